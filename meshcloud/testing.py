@@ -1,0 +1,74 @@
+"""Helpers for tests, the simulator and benchmarks (product code, tested like the rest).
+
+:class:`TestMesh` makes a mesh's worth of real keys and certificates in one call, so tests
+exercise the same admission path as real agents. Transport conformance checks live in
+:mod:`meshcloud.transport.conformance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshcloud.auth import MeshAuthenticator
+from meshcloud.identity.certs import MeshCert, genesis_cert, make_join_proof, sponsor_cert
+from meshcloud.identity.invites import create_invite
+from meshcloud.identity.keys import SigningKey
+from meshcloud.membership import MemoryMembershipRecords
+
+TEST_EPOCH_MS = 1_767_225_600_000
+"""2026-01-01T00:00:00Z: the wall clock of tests that need one."""
+
+
+@dataclass
+class TestMember:
+    key: SigningKey
+    cert: MeshCert
+    records: MemoryMembershipRecords
+    authenticator: MeshAuthenticator
+
+    @property
+    def id(self) -> bytes:
+        return self.key.id
+
+
+@dataclass
+class TestMesh:
+    """A mesh root key and any number of certified members."""
+
+    __test__ = False  # not a pytest class
+
+    root: SigningKey = field(default_factory=SigningKey.generate)
+    members: list[TestMember] = field(default_factory=list)
+    now_ms: int = TEST_EPOCH_MS
+
+    def wall_ms(self) -> int:
+        return self.now_ms
+
+    def add_member(self) -> TestMember:
+        key = SigningKey.generate()
+        if not self.members:
+            cert = genesis_cert(self.root, key, now=self.now_ms, mesh_name="test")
+        else:
+            sponsor = self.members[0]
+            token = create_invite(self.root, now=self.now_ms, ttl_ms=3_600_000, uses=1,
+                                  bootstrap=())
+            proof = make_join_proof(token, key, now=self.now_ms)
+            cert = sponsor_cert(proof, sponsor.key, sponsor.cert.proof)
+        records = MemoryMembershipRecords()
+        member = TestMember(key, cert, records,
+                            MeshAuthenticator(self.root.public, records, self.wall_ms, cert))
+        self.members.append(member)
+        return member
+
+    def outsider(self) -> tuple[SigningKey, MeshAuthenticator]:
+        """A key with no certificate: every member must refuse it."""
+        key = SigningKey.generate()
+        return key, MeshAuthenticator(self.root.public, MemoryMembershipRecords(),
+                                      self.wall_ms, None)
+
+    @classmethod
+    def with_members(cls, n: int) -> TestMesh:
+        mesh = cls()
+        for _ in range(n):
+            mesh.add_member()
+        return mesh

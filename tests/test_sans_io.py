@@ -1,0 +1,71 @@
+"""The sans-IO rule (ARCHITECTURE.md §3), checked: cores import no I/O, clock or global RNG."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CORE_GLOBS = [
+    "meshcloud/codec/*.py",
+    "meshcloud/identity/certs.py",
+    "meshcloud/identity/invites.py",
+    "meshcloud/transport/noise.py",
+    "meshcloud/transport/mux.py",
+    "meshcloud/clock.py",
+    "meshcloud/placement.py",
+    "meshcloud/state/crdt.py",
+    "meshcloud/state/hlc.py",
+    "meshcloud/state/merkle.py",
+    "meshcloud/state/sync.py",
+    "meshcloud/state/gc.py",
+    "meshcloud/state/table.py",
+    "meshcloud/state/schema.py",
+    "meshcloud/state/replication.py",
+    "dht/*.py",
+    "gossip/*.py",
+    "blobstore/quorum.py",
+    "blobstore/holders.py",
+    "blobstore/erasure.py",
+    "blobstore/crypto.py",
+    "blobstore/chunker.py",
+    "blobstore/shards.py",
+    "blobstore/s3/sigv4.py",
+    "vnet/ipam.py",
+]
+DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
+FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",
+             "subprocess", "anyio"}
+CLOCK_ALLOWED_IN = {"meshcloud/clock.py"}  # defines SystemClock, the one real clock
+RANDOM_CALLS_ALLOWED = {"Random"}
+
+
+def core_files() -> list[Path]:
+    files = set()
+    for pattern in CORE_GLOBS:
+        files.update(p for p in ROOT.glob(pattern) if p.name not in DRIVER_NAMES)
+    return sorted(files)
+
+
+@pytest.mark.parametrize("path", core_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_module_does_no_io(path: Path):
+    rel = str(path.relative_to(ROOT))
+    tree = ast.parse(path.read_text(), filename=rel)
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            assert top not in FORBIDDEN, f"{rel} imports {name}: cores do no I/O"
+            if top == "time":
+                assert rel in CLOCK_ALLOWED_IN, f"{rel} imports time: take `now` instead"
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "random"):
+            assert node.func.attr in RANDOM_CALLS_ALLOWED, (
+                f"{rel} calls random.{node.func.attr}: use the injected random.Random")
