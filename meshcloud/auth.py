@@ -3,9 +3,11 @@
 A peer is let in when it shows a membership certificate that verifies against our mesh
 root key (:meth:`MeshCert.verify`) for the very key it proved in the handshake, and
 neither the node nor the invite it used is revoked. A peer that shows an invite-backed
-*join proof* instead is let in only as a **joiner** (only the join protocol), and only when
-the invite is unexpired on our clock, unrevoked and has uses left — so a bootstrap node can
-admit it. Everything else is refused with one clear AuthError.
+*join proof* instead (a binding signed with a root-signed invite's key) is let in only as a
+**joiner**, which may open nothing but the join protocol; there
+:class:`meshcloud.join.JoinService` checks that the invite is unexpired on our clock,
+unrevoked and has uses left, and answers with a certificate or one clear reason. Everything
+else is refused with one clear AuthError.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class MeshAuthenticator:
                 raise AuthError("this node is not a member yet and cannot admit others")
             if peer.join_proof.binding.node_public != peer.node_public:
                 raise AuthError("join proof is for another key")
-            check_join_proof(peer.join_proof, self.root_public, self.records, self.wall_ms())
+            try:
+                peer.join_proof.check(self.root_public)
+            except AuthError as exc:
+                raise InviteError(f"invite refused: {exc}") from None
             return
         raise AuthError("peer shows no membership certificate")

@@ -1,0 +1,5 @@
+import sys
+
+from meshcloud.cli import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""The `meshcloud` command line.
+
+Each verb is a small function; verbs that need the running agent talk to its local API
+(:mod:`meshcloud.client`). Any :class:`~meshcloud.errors.MeshError` becomes one line on
+stderr (``meshcloud: <message>``) and exit code 1; a usage error exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from meshcloud.datadir import DataDir
+from meshcloud.errors import MeshError
+
+if TYPE_CHECKING:
+    from meshcloud.client import ApiClient
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int | None]],
+                                   Callable[[argparse.Namespace], int | None]]:
+    def register(fn: Callable[[argparse.Namespace], int | None]
+                 ) -> Callable[[argparse.Namespace], int | None]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 1h, 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def datadir(args: argparse.Namespace) -> DataDir:
+    return DataDir(args.data_dir)
+
+
+def client(args: argparse.Namespace) -> ApiClient:
+    from meshcloud.client import ApiClient
+
+    return ApiClient(datadir(args))
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def node_settings(args: argparse.Namespace) -> dict[str, object]:
+    labels = dict(args.label) if getattr(args, "label", None) else None
+    return {"listen": args.listen, "advertise": args.advertise, "api": args.api,
+            "s3": getattr(args, "s3", None), "profile": args.profile, "labels": labels}
+
+
+# --- verbs ----------------------------------------------------------------------------------
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> None:
+    from meshcloud.lifecycle import init_mesh
+
+    info = init_mesh(datadir(args), args.name, node_settings(args))
+    assert info.cert is not None
+    print(f"created mesh {info.mesh_name!r} ({info.mesh_id.hex()[:12]}) in {args.data_dir}")
+    print(f"this node: {info.cert.node_id.hex()[:12]} (holds the mesh admin key)")
+    print("next: `meshcloud up` to run it, `meshcloud invite` to add machines")
+
+
+@command("join")
+def cmd_join(args: argparse.Namespace) -> None:
+    import trio
+
+    from meshcloud.lifecycle import join_mesh
+
+    accepted = trio.run(join_mesh, datadir(args), args.token, node_settings(args))
+    cert = accepted.cert
+    print(f"joined mesh {accepted.mesh_name!r} as node {cert.node_id.hex()[:12]} "
+          f"(sponsored by {cert.sponsor_id.hex()[:12]})")
+    print("next: `meshcloud up` to run it")
+
+
+@command("invite")
+def cmd_invite(args: argparse.Namespace) -> None:
+    from meshcloud.client import AgentNotRunning
+
+    body: dict[str, Any] = {"ttl_s": args.ttl, "uses": args.uses}
+    if args.bootstrap:
+        body["bootstrap"] = args.bootstrap
+    try:
+        reply = client(args).post("/v1/invites", body)
+        token = reply["token"]
+    except AgentNotRunning:
+        token = _local_invite(args)
+    if args.qr:
+        import qrcode
+
+        qr = qrcode.QRCode(border=1)
+        qr.add_data(token)
+        qr.print_ascii(invert=True)
+    print(token)
+
+
+def _local_invite(args: argparse.Namespace) -> str:
+    """An invite made without the agent (right after `init`), from the data dir alone."""
+    from meshcloud.clock import SystemClock
+    from meshcloud.config import load_config
+    from meshcloud.identity.invites import create_invite
+    from meshcloud.node import expand_wildcards
+
+    d = datadir(args)
+    root = d.root_key()
+    if root is None:
+        raise MeshError("this node holds no admin key: create invites on the node where "
+                        "`meshcloud init` ran")
+    config = load_config(d.config_path)
+    bootstrap = args.bootstrap or config.advertise or expand_wildcards(config.listen)
+    if any(address.endswith(":0") for address in bootstrap):
+        raise MeshError("the agent is not running and listens on a random port: start it "
+                        "first (`meshcloud up`) or pass --bootstrap HOST:PORT")
+    token = create_invite(root, now=SystemClock().wall_ms(), ttl_ms=int(args.ttl * 1000),
+                          uses=args.uses, bootstrap=tuple(bootstrap),
+                          mesh_name=d.mesh().mesh_name)
+    return token.encode()
+
+
+@command("up")
+def cmd_up(args: argparse.Namespace) -> int:
+    from meshcloud.daemon import run_agent
+
+    return run_agent(datadir(args), node_settings(args), log_level=args.log_level)
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> None:
+    status = client(args).get("/v1/status")
+    if args.json:
+        print_json(status)
+        return
+    from meshcloud.ui_text import print_status
+
+    print_status(status)
+
+
+@command("version")
+def cmd_version(args: argparse.Namespace) -> None:
+    from meshcloud.node import versions
+
+    for name, version in versions().items():
+        print(f"{name:10} {version}")
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from meshcloud.demo import run_demo
+
+    return run_demo(args.dir, nodes=args.nodes, base_port=args.base_port)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def add_node_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", action="append", metavar="HOST:PORT",
+                        help="peer address to listen on (repeatable; default 0.0.0.0:7946)")
+    parser.add_argument("--advertise", action="append", metavar="HOST:PORT",
+                        help="address to tell peers (repeatable)")
+    parser.add_argument("--api", metavar="HOST:PORT", help="local API (default 127.0.0.1:7947)")
+    parser.add_argument("--s3", metavar="HOST:PORT", help="S3 API (default 127.0.0.1:7948)")
+    parser.add_argument("--profile", choices=["lan", "wan", "local", "phone"],
+                        help="timing preset (default lan)")
+    parser.add_argument("--label", action="append", type=parse_label, metavar="KEY=VALUE",
+                        help="a placement label (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshcloud",
+                                     description="A private cloud with no master.")
+    parser.add_argument("--data-dir", default=None,
+                        help="node data directory (default ~/.meshcloud, or $MESHCLOUD_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a new mesh with this machine as its first node")
+    p.add_argument("--name", default="home", help="a name for the mesh")
+    add_node_flags(p)
+
+    p = sub.add_parser("join", help="join a mesh with an invite token")
+    p.add_argument("token", help="the mc1-... token from `meshcloud invite`")
+    add_node_flags(p)
+
+    p = sub.add_parser("invite", help="create an invite for a new machine (admin node)")
+    p.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime (default 1h)")
+    p.add_argument("--uses", type=int, default=1, help="how many machines may use it")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
+                   help="address the new machine contacts (default: this node's)")
+    p.add_argument("--qr", action="store_true", help="also print a QR code")
+
+    p = sub.add_parser("up", help="run the agent (foreground; Ctrl-C stops it)")
+    add_node_flags(p)
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("status", help="this node, its peers and versions")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("version", help="versions of meshcloud and its parts")
+
+    p = sub.add_parser("demo", help="run a local 3-node mesh with the web UI")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--dir", default=None, help="where the demo nodes keep their data")
+    p.add_argument("--base-port", type=int, default=7100)
+
+    for extend in EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+EXTENSIONS: list[Callable[[Any], None]] = []
+"""Functions adding verb groups (resources) to the parser: see meshcloud.cli_resources."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    try:
+        import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
+    except ImportError:
+        pass
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        args.data_dir = os.environ.get("MESHCLOUD_DATA_DIR")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result = COMMANDS[args.command](args)
+    except MeshError as exc:
+        print(f"meshcloud: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Node configuration: one dataclass, documented defaults, loaded from ``config.toml``.
+
+Every setting has a default that suits a home LAN, so a node needs no file at all. A
+file in the data dir (``config.toml``) or a command-line flag overrides it. Unknown keys,
+wrong types and impossible values are refused with one message naming the key and line.
+
+Example ``config.toml``::
+
+    listen = ["0.0.0.0:7946"]
+    api = "127.0.0.1:7947"
+    labels = { room = "attic", gpu = "no" }
+    profile = "lan"          # lan | wan | local | phone
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshcloud.errors import ConfigError
+
+PROFILES = ("lan", "wan", "local", "phone")
+
+
+@dataclass
+class NodeConfig:
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:7946"])
+    """Where peers reach this node. Peer traffic is always authenticated and encrypted, so
+    listening on every interface is safe; other machines of the mesh need to reach it."""
+
+    advertise: list[str] = field(default_factory=list)
+    """Addresses to tell peers (default: the listen addresses, with 0.0.0.0 replaced by this
+    machine's own addresses)."""
+
+    api: str = "127.0.0.1:7947"
+    """The local HTTP API and web UI. Loopback by default: only this machine may use it,
+    and even then only with the token in the data dir."""
+
+    s3: str = "127.0.0.1:7948"
+    """The S3-compatible API of this node (SigV4 keys, see `meshcloud s3 key create`)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    """Free-form labels for placement constraints (e.g. room = "attic")."""
+
+    profile: str = "lan"
+    """Timing preset of gossip and transport: lan (default), wan, local (tests), phone."""
+
+    metered: bool = False
+    """This node is on a metered network: placement avoids giving it bulk work."""
+
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
+        for address in [*self.listen, *self.advertise, self.api, self.s3]:
+            parse_host_port(address)
+        if not self.listen:
+            raise ConfigError("listen: at least one address is needed")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not debug/info/warning/error")
+        for key, value in self.labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError("labels: keys and values must be strings")
+
+    def with_overrides(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` → (host, port); raises ConfigError."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{address!r} is not host:port")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{address!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{address!r}: port {port} is out of range")
+    if not host.replace("-", "").replace(".", "").isalnum():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{address!r}: {host!r} is not a host name or address") from None
+    return host, port
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith(key):
+            return number
+    return None
+
+
+def load_config(path: Path) -> NodeConfig:
+    """The config in ``path``, or the defaults if there is no file."""
+    if not path.exists():
+        return NodeConfig()
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    known = {f.name: f for f in dataclasses.fields(NodeConfig)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{path}:{_line_of(text, key) or '?'}"
+        if key not in known:
+            close = [k for k in known if k[:3] == key[:3]]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting {key!r}{hint}")
+        default = getattr(NodeConfig(), key)
+        if isinstance(default, list) and isinstance(value, str):
+            value = [value]
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"{where}: {key} should be a {type(default).__name__}, "
+                f"not {type(value).__name__}"
+            )
+        values[key] = value
+    try:
+        return NodeConfig(**values)
+    except ConfigError as exc:
+        key = str(exc).split(":")[0]
+        raise ConfigError(f"{path}:{_line_of(text, key) or '?'}: {exc}") from None

@@ -1,0 +1,329 @@
+"""One node: its identity, its services, and how they are wired together.
+
+:class:`Node` is built from a data dir and a config without doing any I/O beyond reading
+its files; :meth:`Node.run` starts the services in one nursery (transport first, the API
+last, so that "started" means "answering"), and cancelling that nursery stops them all.
+Every service is reachable from here for the API and the CLI, and nothing else holds
+global state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+import meshcloud
+from meshcloud.auth import MeshAuthenticator
+from meshcloud.clock import Clock, SystemClock
+from meshcloud.config import NodeConfig, parse_host_port
+from meshcloud.datadir import DataDir, MeshInfo
+from meshcloud.errors import DataDirError, MeshError, TransportError
+from meshcloud.events import EventFeed
+from meshcloud.identity.invites import InviteToken, create_invite
+from meshcloud.identity.keys import SigningKey, short_id
+from meshcloud.join import JOIN_PROTOCOL, JoinService, PeerContact
+from meshcloud.membership import FileMembershipRecords
+from meshcloud.transport.base import PeerConnected, PeerDisconnected, Transport
+
+log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[SigningKey, MeshAuthenticator, NodeConfig], Transport]
+
+RECONNECT_INTERVAL = 2.0
+"""Seconds between attempts to reach known peers while this node has none connected."""
+
+
+def tcp_transport(key: SigningKey, authenticator: MeshAuthenticator,
+                  config: NodeConfig) -> Transport:
+    from meshcloud.transport.tcp import TcpTransport
+
+    return TcpTransport(key, authenticator, listen=config.listen, profile=config.profile,
+                        agent_version=meshcloud.__version__)
+
+
+@dataclass
+class PeerRecord:
+    node_id: bytes
+    addresses: list[str] = field(default_factory=list)
+    connected: bool = False
+    since: float = 0.0
+    agent_version: str = ""
+    last_change_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.node_id.hex(), "addresses": self.addresses,
+                "connected": self.connected, "agent_version": self.agent_version,
+                "last_change": self.last_change_ms}
+
+
+class Node:
+    def __init__(self, datadir: DataDir, config: NodeConfig, *, clock: Clock | None = None,
+                 transport_factory: TransportFactory = tcp_transport) -> None:
+        self.datadir = datadir
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.key = datadir.node_key()
+        self.mesh: MeshInfo = datadir.mesh()
+        if self.mesh.cert is None:
+            raise DataDirError(
+                f"{datadir.path} has not finished joining; run `meshcloud join TOKEN` again"
+            )
+        self.cert = self.mesh.cert
+        self.root_key = datadir.root_key()
+        self.records = FileMembershipRecords(datadir.membership_path)
+        self.authenticator = MeshAuthenticator(
+            self.mesh.root_public, self.records, self.clock.wall_ms, self.cert
+        )
+        self.transport = transport_factory(self.key, self.authenticator, config)
+        self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())
+        self.peers: dict[bytes, PeerRecord] = {}
+        self._load_peers()
+        self.join_service = JoinService(
+            self.key, self.cert, self.mesh.root_public, self.mesh.mesh_name, self.records,
+            self.clock.wall_ms, self.contacts, on_admitted=self._on_admitted,
+        )
+        self.api_urls: list[str] = []
+        self.started_at_ms = 0
+        self.stopping = trio.Event()
+        self._peer_set_changed = trio.Event()
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> bytes:
+        return self.key.id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.root_key is not None
+
+    def advertised_addresses(self) -> list[str]:
+        if self.config.advertise:
+            return list(self.config.advertise)
+        return expand_wildcards(self.transport.listen_addresses)
+
+    def create_invite(self, *, ttl_s: float, uses: int,
+                      bootstrap: list[str] | None = None) -> InviteToken:
+        if self.root_key is None:
+            raise MeshError("this node holds no admin key: create invites on the node where "
+                            "`meshcloud init` ran", code="not_admin")
+        token = create_invite(
+            self.root_key, now=self.clock.wall_ms(), ttl_ms=int(ttl_s * 1000), uses=uses,
+            bootstrap=tuple(bootstrap or self.advertised_addresses()),
+            mesh_name=self.mesh.mesh_name,
+        )
+        self.events.emit("invite.created", invite=token.invite.invite_id.hex()[:8], uses=uses,
+                         expires_at=token.invite.body.expires_at)
+        return token
+
+    # --- peers ----------------------------------------------------------------------------
+
+    def contacts(self) -> list[PeerContact]:
+        me = PeerContact(node_id=self.node_id, addresses=tuple(self.advertised_addresses()))
+        others = [PeerContact(node_id=p.node_id, addresses=tuple(p.addresses))
+                  for p in self.peers.values() if p.addresses]
+        return [me, *others]
+
+    def _on_admitted(self, cert: Any) -> None:
+        self.events.emit("node.admitted", peer=cert.node_id.hex(),
+                         sponsor=self.node_id.hex())
+
+    def _load_peers(self) -> None:
+        path = self.datadir.path / "peers.json"
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}
+        for contact in self.mesh.bootstrap:
+            data.setdefault("bootstrap", []).append(contact)
+        for hex_id, addresses in data.get("peers", {}).items():
+            node_id = bytes.fromhex(hex_id)
+            if node_id != self.node_id:
+                self.peers[node_id] = PeerRecord(node_id, list(addresses))
+        self._bootstrap_addresses = list(dict.fromkeys(data.get("bootstrap", [])))
+
+    def _save_peers(self) -> None:
+        path = self.datadir.path / "peers.json"
+        data = {"peers": {p.node_id.hex(): p.addresses for p in self.peers.values()
+                          if p.addresses}}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+    def learn_peer(self, node_id: bytes, addresses: list[str]) -> None:
+        if node_id == self.node_id or not addresses:
+            return
+        record = self.peers.setdefault(node_id, PeerRecord(node_id))
+        if record.addresses != list(addresses):
+            record.addresses = list(addresses)
+            self.transport.set_addresses(node_id, record.addresses)
+            self._save_peers()
+
+    async def _watch_peers(self) -> None:
+        events = self.transport.peer_events()
+        async for event in events:
+            now = self.clock.wall_ms()
+            if isinstance(event, PeerConnected):
+                peer = event.peer
+                if peer.joining:
+                    continue
+                record = self.peers.setdefault(peer.node_id, PeerRecord(peer.node_id))
+                record.connected = True
+                record.since = self.clock.monotonic()
+                record.agent_version = peer.agent_version
+                record.last_change_ms = now
+                if peer.listen_addresses:
+                    self.learn_peer(peer.node_id, expand_wildcards(
+                        list(peer.listen_addresses), host_hint=event.address))
+                log.info("peer connected", extra={"peer": short_id(peer.node_id),
+                                                   "address": event.address})
+                self.events.emit("peer.connected", peer=peer.node_id.hex(),
+                                 address=event.address)
+            elif isinstance(event, PeerDisconnected):
+                record = self.peers.get(event.node_id)
+                if record is None or not record.connected:
+                    continue
+                record.connected = False
+                record.last_change_ms = now
+                log.info("peer disconnected", extra={"peer": short_id(event.node_id),
+                                                      "why": event.reason})
+                self.events.emit("peer.disconnected", peer=event.node_id.hex(),
+                                 reason=event.reason)
+            self._peer_set_changed.set()
+            self._peer_set_changed = trio.Event()
+
+    async def _keep_connected(self) -> None:
+        """Until membership gossip runs the show, reach every known peer we are not connected to."""
+        while True:
+            targets = [(p.node_id, p.addresses) for p in self.peers.values()
+                       if not p.connected and p.addresses]
+            addresses = [a for a in self._bootstrap_addresses
+                         if a not in self.advertised_addresses()]
+            async with trio.open_nursery() as nursery:
+                for node_id, peer_addresses in targets:
+                    nursery.start_soon(self._try_dial, peer_addresses, node_id)
+                if not any(p.connected for p in self.peers.values()):
+                    for address in addresses:
+                        nursery.start_soon(self._try_dial, [address], None)
+            with trio.move_on_after(RECONNECT_INTERVAL):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+
+    async def _try_dial(self, addresses: list[str], expect: bytes | None) -> None:
+        for address in addresses:
+            try:
+                with trio.move_on_after(5):
+                    await self.transport.dial(address, expect=expect)
+                    return
+            except (TransportError, MeshError, OSError) as exc:
+                log.debug("dial failed", extra={"address": address, "why": str(exc)})
+
+    # --- running --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.wall_ms()
+        return {
+            "node": {
+                "id": self.node_id.hex(),
+                "mesh_id": self.mesh.mesh_id.hex(),
+                "mesh_name": self.mesh.mesh_name,
+                "admin": self.is_admin,
+                "addresses": self.advertised_addresses(),
+                "api": self.api_urls,
+                "started_at": self.started_at_ms,
+                "uptime_s": round((now - self.started_at_ms) / 1000, 1)
+                if self.started_at_ms else 0,
+                "sponsor": self.cert.sponsor_id.hex(),
+                "pid": os.getpid(),
+            },
+            "peers": sorted((p.to_json() for p in self.peers.values()),
+                            key=lambda p: (not p["connected"], p["id"])),
+            "versions": versions(),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from meshcloud.api.server import serve_api
+
+        self.started_at_ms = self.clock.wall_ms()
+        async with trio.open_nursery() as nursery:
+            self.transport.serve(JOIN_PROTOCOL, self.join_service.handle)
+            await nursery.start(self.transport.run)
+            for record in self.peers.values():
+                self.transport.set_addresses(record.node_id, record.addresses)
+            nursery.start_soon(self._watch_peers)
+            nursery.start_soon(self._keep_connected)
+            self.api_urls = await nursery.start(serve_api, self)
+            self.datadir.write_runtime_info({
+                "pid": os.getpid(),
+                "node_id": self.node_id.hex(),
+                "api": self.api_urls[0] if self.api_urls else None,
+                "listen": self.transport.listen_addresses,
+                "advertise": self.advertised_addresses(),
+                "started_at": self.started_at_ms,
+            })
+            log.info("node started", extra={"node": short_id(self.node_id),
+                                             "listen": ",".join(self.transport.listen_addresses),
+                                             "api": ",".join(self.api_urls)})
+            self.events.emit("node.started", addresses=self.advertised_addresses())
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.stopping.set()
+                self.datadir.clear_runtime_info()
+                log.info("node stopped", extra={"node": short_id(self.node_id)})
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"meshcloud": meshcloud.__version__, "python": platform.python_version()}
+    for name in ("trio", "pynacl", "cbor2", "lmdb", "zfec", "hypercorn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["platform"] = f"{platform.system().lower()}-{platform.machine()}"
+    return out
+
+
+def local_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses (best effort, no traffic sent)."""
+    found: list[str] = []
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            address = info[4][0]
+            if not address.startswith("127.") and address not in found:
+                found.append(address)
+    except OSError:
+        pass
+    return found or ["127.0.0.1"]
+
+
+def expand_wildcards(addresses: list[str], host_hint: str | None = None) -> list[str]:
+    """Replace 0.0.0.0 / :: in listen addresses with reachable ones."""
+    out: list[str] = []
+    for address in addresses:
+        if "://" in address:  # another transport's address form (mem://, later others)
+            out.append(address)
+            continue
+        host, port = parse_host_port(address)
+        if host in ("0.0.0.0", "::"):
+            hosts = local_addresses()
+            if host_hint:
+                hint_host = host_hint.rpartition(":")[0].strip("[]")
+                if hint_host and hint_host not in hosts:
+                    hosts = [hint_host, *hosts]
+            out.extend(f"{h}:{port}" for h in hosts)
+        else:
+            out.append(address)
+    return list(dict.fromkeys(out))

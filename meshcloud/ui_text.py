@@ -1,0 +1,81 @@
+"""Text rendering of API answers for the CLI (tables via rich)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def ago(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    seconds = max(0.0, time.time() - ms / 1000)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    node = status["node"]
+    admin = " (admin)" if node.get("admin") else ""
+    console.print(f"[bold]node[/] {node['id'][:12]}{admin} of mesh [bold]{node['mesh_name']}[/] "
+                  f"({node['mesh_id'][:12]})")
+    console.print(f"  addresses {', '.join(node['addresses'])}   api {', '.join(node['api'])}   "
+                  f"up {node['uptime_s']:.0f}s")
+    members = status.get("members")
+    if members is not None:
+        table = Table(title=f"members ({sum(m['state'] == 'alive' for m in members)} alive)",
+                      title_justify="left")
+        for column in ("node", "state", "inc", "addresses", "cpu", "ram free", "disk free",
+                       "battery", "arch", "changed"):
+            table.add_column(column)
+        for m in members:
+            cap = m.get("capacity") or {}
+            table.add_row(
+                m["id"][:12] + (" (me)" if m["id"] == node["id"] else ""),
+                _state(m["state"]), str(m.get("incarnation", "")),
+                ", ".join(m.get("addresses", [])),
+                f"{cap.get('cpu_cores', '-')}",
+                _bytes(cap.get("ram_free")), _bytes(cap.get("disk_free")),
+                _battery(cap), cap.get("arch", "-"), ago(m.get("last_change")),
+            )
+        console.print(table)
+    else:
+        table = Table(title="peers", title_justify="left")
+        for column in ("node", "connected", "addresses", "version", "changed"):
+            table.add_column(column)
+        for p in status["peers"]:
+            table.add_row(p["id"][:12], "yes" if p["connected"] else "no",
+                          ", ".join(p["addresses"]), p.get("agent_version") or "-",
+                          ago(p.get("last_change")))
+        console.print(table)
+    versions = status.get("versions", {})
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+
+def _state(state: str) -> str:
+    colour = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "blue"}.get(state)
+    return f"[{colour}]{state}[/]" if colour else state
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.0f} PiB"
+
+
+def _battery(cap: dict[str, Any]) -> str:
+    level = cap.get("battery")
+    if level is None:
+        return "-"
+    return f"{level:.0f}%" + (" AC" if cap.get("on_ac") else "")
