@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench NAME` prints figures and, last, one JSON line of them."""

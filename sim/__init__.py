@@ -1,0 +1,1 @@
+"""The simulation harness: `python -m sim ...` (simulated and real-process modes)."""
