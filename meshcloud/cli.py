@@ -159,6 +159,14 @@ def cmd_status(args: argparse.Namespace) -> None:
     print_status(status)
 
 
+@command("ui")
+def cmd_ui(args: argparse.Namespace) -> None:
+    api = client(args)
+    ticket = api.post("/v1/ui/ticket")["ticket"]
+    print(f"{api.url}/ui/login?ticket={ticket}")
+    print("(a one-time link, valid for 5 minutes)", file=sys.stderr)
+
+
 @command("version")
 def cmd_version(args: argparse.Namespace) -> None:
     from meshcloud.node import versions
@@ -220,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("version", help="versions of meshcloud and its parts")
+    sub.add_parser("ui", help="print a one-time login link to the web UI")
 
     p = sub.add_parser("demo", help="run a local 3-node mesh with the web UI")
     p.add_argument("--nodes", type=int, default=3)

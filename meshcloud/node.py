@@ -91,6 +91,11 @@ class Node:
             self.clock.wall_ms, self.contacts, on_admitted=self._on_admitted,
         )
         self.api_urls: list[str] = []
+        self.route_providers: list[Callable[[], list[Any]]] = []
+        """Services add API routes here (each a callable returning Starlette routes)."""
+        self.ui_route_providers: list[Callable[..., list[Any]]] = []
+        """Services add UI pages here: callables (base_context, render) -> routes."""
+        self._extra_nav: list[tuple[str, str, str, bool]] = []
         self.started_at_ms = 0
         self.stopping = trio.Event()
         self._peer_set_changed = trio.Event()
@@ -123,6 +128,20 @@ class Node:
         self.events.emit("invite.created", invite=token.invite.invite_id.hex()[:8], uses=uses,
                          expires_at=token.invite.body.expires_at)
         return token
+
+    def extra_nav(self) -> list[tuple[str, str, str, bool]]:
+        return list(self._extra_nav)
+
+    def members_view(self) -> list[dict[str, Any]]:
+        """Every known node with its state, for `status`, the API and the UI."""
+        now = self.clock.wall_ms()
+        me = {"id": self.node_id.hex(), "state": "alive", "incarnation": 0,
+              "addresses": self.advertised_addresses(), "capacity": {},
+              "last_change": self.started_at_ms or now}
+        others = [{"id": p.node_id.hex(), "state": "alive" if p.connected else "dead",
+                   "incarnation": 0, "addresses": p.addresses, "capacity": {},
+                   "last_change": p.last_change_ms} for p in self.peers.values()]
+        return [me, *sorted(others, key=lambda m: m["id"])]
 
     # --- peers ----------------------------------------------------------------------------
 

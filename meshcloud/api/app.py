@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -63,16 +63,34 @@ class RequireToken:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             path = scope.get("path", "")
-            from starlette.requests import HTTPConnection
-
-            if not path.startswith(PUBLIC_PATHS) and not self.auth.allowed(HTTPConnection(scope)):
-                response = error_response(401, "unauthorized",
-                                          "missing or wrong API token (see api.token in the "
-                                          "data dir, or `meshcloud ui` for a login link)")
+            conn = HTTPConnection(scope)
+            if not path.startswith(PUBLIC_PATHS) and not self.auth.allowed(conn):
+                if path.startswith("/ui") or path == "/":
+                    response: Response = HTMLResponse(
+                        "<!doctype html><title>meshcloud</title><h1>Not logged in</h1>"
+                        "<p>Run <code>meshcloud ui</code> on this machine for a login link.</p>",
+                        status_code=401)
+                else:
+                    response = error_response(401, "unauthorized",
+                                              "missing or wrong API token (see api.token in "
+                                              "the data dir, or `meshcloud ui` for a login link)")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="meshcloud"'
                 await response(scope, receive, send)
                 return
+            if scope.get("method") in ("POST", "PUT", "DELETE", "PATCH") and not same_origin(conn):
+                await error_response(403, "cross_origin", "cross-site request refused")(
+                    scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """A browser's state-changing request must come from a page of this very node."""
+    origin = conn.headers.get("origin")
+    if origin is None or (origin == "null" and not conn.cookies):
+        return True  # not a browser (CLI, boto3...): the bearer token is the proof
+    host = conn.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -153,8 +171,10 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/events", events),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
     ]
-    for extra in node_routes(node):
-        routes.append(extra)
+    routes.extend(node_routes(node))
+    from meshcloud.web.routes import ui_routes
+
+    routes.extend(ui_routes(node, auth))
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequireToken, auth=auth)],
