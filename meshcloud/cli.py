@@ -159,6 +159,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     print_status(status)
 
 
+@command("ping")
+def cmd_ping(args: argparse.Namespace) -> None:
+    reply = client(args).post(f"/v1/peers/{args.node}/ping")
+    print(f"{reply['peer'][:12]} answered in {reply['rtt_ms']:.2f} ms "
+          f"(meshcloud {reply['agent_version']})")
+
+
 @command("ui")
 def cmd_ui(args: argparse.Namespace) -> None:
     api = client(args)
@@ -229,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="versions of meshcloud and its parts")
     sub.add_parser("ui", help="print a one-time login link to the web UI")
+    p = sub.add_parser("ping", help="round trip to another node over the mesh")
+    p.add_argument("node", help="node id (or a unique prefix)")
 
     p = sub.add_parser("demo", help="run a local 3-node mesh with the web UI")
     p.add_argument("--nodes", type=int, default=3)

@@ -90,6 +90,9 @@ class Node:
             self.key, self.cert, self.mesh.root_public, self.mesh.mesh_name, self.records,
             self.clock.wall_ms, self.contacts, on_admitted=self._on_admitted,
         )
+        from meshcloud.diagnostics import Diagnostics
+
+        self.diagnostics = Diagnostics(self)
         self.api_urls: list[str] = []
         self.route_providers: list[Callable[[], list[Any]]] = []
         """Services add API routes here (each a callable returning Starlette routes)."""
@@ -128,6 +131,9 @@ class Node:
         self.events.emit("invite.created", invite=token.invite.invite_id.hex()[:8], uses=uses,
                          expires_at=token.invite.body.expires_at)
         return token
+
+    def known_node_ids(self) -> list[bytes]:
+        return [self.node_id, *self.peers]
 
     def extra_nav(self) -> list[tuple[str, str, str, bool]]:
         return list(self._extra_nav)
@@ -278,6 +284,7 @@ class Node:
             await nursery.start(self.transport.run)
             for record in self.peers.values():
                 self.transport.set_addresses(record.node_id, record.addresses)
+            await nursery.start(self.diagnostics.run)
             nursery.start_soon(self._watch_peers)
             nursery.start_soon(self._keep_connected)
             self.api_urls = await nursery.start(serve_api, self)

@@ -153,6 +153,20 @@ def build_app(node: Node) -> Starlette:
         kind = request.query_params.get("kind")
         return JSONResponse(node.events.recent(limit, kind))
 
+    async def ping_peer(request: Request) -> Response:
+        from meshcloud.diagnostics import parse_peer
+
+        peer = parse_peer(node, request.path_params["peer"])
+        return JSONResponse(await node.diagnostics.ping(peer))
+
+    async def hold_stream(request: Request) -> Response:
+        from meshcloud.diagnostics import parse_peer
+
+        body = await read_json(request)
+        peer = parse_peer(node, field(body, "peer", str, required=True))
+        await node.diagnostics.hold(peer)
+        return JSONResponse({"peer": peer.hex(), "holding": True})
+
     async def login_ticket(request: Request) -> Response:
         return JSONResponse({"ticket": auth.new_login_ticket()})
 
@@ -170,6 +184,8 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/invites", create_invite, methods=["POST"]),
         Route("/v1/events", events),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
+        Route("/v1/peers/{peer}/ping", ping_peer, methods=["POST"]),
+        Route("/v1/debug/hold", hold_stream, methods=["POST"]),
     ]
     routes.extend(node_routes(node))
     from meshcloud.web.routes import ui_routes

@@ -161,3 +161,24 @@ async def test_only_the_admin_node_creates_invites(tmp_path, nursery, network):
     b = await start_node(nursery, b_dir, network)
     with pytest.raises(MeshError, match="no admin key"):
         b.create_invite(ttl_s=60, uses=1)
+
+
+async def test_ping_and_held_stream_report_a_crashed_peer(tmp_path, nursery, network,
+                                                          autojump_clock):
+    a_dir, b_dir = DataDir(tmp_path / "a"), DataDir(tmp_path / "b")
+    init_mesh(a_dir, "home", {})
+    a = await start_node(nursery, a_dir, network)
+    await join_mesh(b_dir, a.create_invite(ttl_s=60, uses=1).encode(), {},
+                    transport_factory=factory(network))
+    b = await start_node(nursery, b_dir, network)
+    await wait_connected(a, b.node_id)
+    reply = await a.diagnostics.ping(b.node_id)
+    assert reply["peer"] == b.node_id.hex()
+    events = a.events.subscribe()
+    await a.diagnostics.hold(b.node_id)
+    network.crash(b.node_id)
+    with trio.fail_after(5):
+        async for event in events:
+            if event["kind"] == "stream.ended":
+                break
+    assert event["peer"] == b.node_id.hex() and "connection_lost" in event["reason"]
