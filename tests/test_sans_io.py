@@ -35,6 +35,7 @@ CORE_GLOBS = [
     "blobstore/shards.py",
     "blobstore/s3/sigv4.py",
     "vnet/ipam.py",
+    "apps/runtimes/health.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

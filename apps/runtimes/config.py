@@ -5,7 +5,7 @@ Both runtimes keep everything under ``data_dir`` (the node's data directory):
 ```
 <data_dir>/volumes/<name>/            named volumes, shared by both runtimes
 <data_dir>/runtimes/process/<name>/   process replicas: state.json, output.log*, work/
-<data_dir>/runtimes/podman/           root/ runroot/ containers.conf service.pid service.log
+<data_dir>/runtimes/podman/           root/ run (-> /run/meshcloud/<hash>) containers.conf ...
 ```
 
 ``phone()`` is the preset for Termux (process runtime only: smaller logs, slower polling).
@@ -81,8 +81,8 @@ class PodmanConfig:
     thread that cancellation cannot free)."""
     log_poll_interval: float = 0.2
     socket_path: Path | None = None
-    """API socket; default ``<data_dir>/runtimes/podman/podman.sock`` (or a short path
-    under /tmp when that exceeds the 107-byte limit of Unix socket names)."""
+    """API socket; default ``/run/meshcloud/<hash of data dir>/podman.sock`` (see
+    :mod:`apps.runtimes.podman_service` for why it is not under the data dir)."""
 
     def __post_init__(self) -> None:
         if self.nofile < 64 or self.nproc < 64:

@@ -8,12 +8,19 @@ containers, and a user's own ``podman ps`` is untouched:
 <data_dir>/runtimes/podman/
   containers.conf   generated: runc, cgroupfs, file locks, k8s-file logs, ulimits, tmp_dir
   root/             --root     (images, layers, container configs, volumes)
-  run/              --runroot  (and podman's tmp_dir: locks, events, exit files)
-  boot_id           the boot the run/ dir belongs to (wiped after a reboot, as a tmpfs would be)
+  run -> /run/meshcloud/<12 hex>/   --runroot (a symlink to it, for people looking)
+  boot_id           the boot the run dir belongs to (wiped after a reboot if not a tmpfs)
   service.pid       "<pid> <start ticks>" of the API service we started
   service.log       its output
-  podman.sock       the API socket (or a short path under /tmp: sun_path holds 107 bytes)
+/run/meshcloud/<12 hex>/            12 hex = hash of the data dir
+  libpod/           podman's tmp_dir: locks, events, exit files
+  podman.sock       the API socket
 ```
+
+The run dir lives under ``/run`` because podman refuses a runroot longer than 50
+characters, a Unix socket path holds at most 107 bytes, and ``/run`` is a tmpfs on a normal
+system (cleared at boot, as podman expects). Without a writable ``/run`` it goes under
+``$XDG_RUNTIME_DIR`` or ``/tmp``.
 
 Choices, measured on this machine (podman 4.3.1, runc, cgroup v1):
 
@@ -47,10 +54,13 @@ from apps.runtimes.config import PodmanConfig
 
 log = logging.getLogger(__name__)
 
-SUN_PATH_MAX = 107
-"""Longest Unix socket path Linux accepts (108 bytes with the NUL)."""
+RUNROOT_MAX = 50
+"""Longest runroot podman 4 accepts ("the specified runroot is longer than 50 characters")."""
 STOP_GRACE = 5.0
 """Seconds the service gets to exit on SIGTERM before SIGKILL."""
+EXEC_EXIT_DELAY = 5
+"""Seconds an exec session's conmon lingers after the command ends (podman: 300, which left
+one idle conmon per health probe for five minutes); the exit code is read right away."""
 PING_FAILURES_TO_RESTART = 3
 """Consecutive failed pings (one per supervise interval) before the service is restarted."""
 
@@ -81,6 +91,7 @@ def containers_conf(config: PodmanConfig, run_dir: Path) -> str:
         'cgroup_manager = "cgroupfs"',
         'events_logger = "file"',
         'lock_type = "file"',
+        f"exit_command_delay = {EXEC_EXIT_DELAY}",
         f'tmp_dir = "{run_dir / "libpod"}"',
         "",
     ])
@@ -93,21 +104,14 @@ class PodmanService:
         self.config = config
         self.dir = config.root
         self.graph_root = self.dir / "root"
-        self.run_root = self.dir / "run"
+        self.run_root = short_run_dir(self.dir)
         self.conf_path = self.dir / "containers.conf"
-        self.socket_path = config.socket_path or self._default_socket()
+        self.socket_path = config.socket_path or self.run_root / "podman.sock"
         self.ready = trio.Event()
         self.restarts = 0
         self.start_seconds: float | None = None
         """Wall seconds the last start took until the first answered ping."""
         self._proc: trio.Process | None = None
-
-    def _default_socket(self) -> Path:
-        path = self.dir / "podman.sock"
-        if len(str(path)) <= SUN_PATH_MAX:
-            return path
-        digest = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"meshcloud-podman-{digest}.sock"
 
     @property
     def url(self) -> str:
@@ -134,8 +138,12 @@ class PodmanService:
             log.info("machine rebooted since last start: clearing %s", self.run_root)
             shutil.rmtree(self.run_root, ignore_errors=True)
         boot_file.write_text(boot)
-        self.run_root.mkdir(parents=True, exist_ok=True)
+        self.run_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.graph_root.mkdir(parents=True, exist_ok=True)
+        link = self.dir / "run"
+        if not (link.is_symlink() and link.readlink() == self.run_root):
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.run_root, target_is_directory=True)
         self.conf_path.write_text(containers_conf(self.config, self.run_root))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -250,6 +258,17 @@ class PodmanService:
                 await trio.sleep(0.02)
             return
         os.kill(ident.pid, signal.SIGKILL)
+
+
+def short_run_dir(store_dir: Path) -> Path:
+    """The node's podman run dir: short (see RUNROOT_MAX), unique per data dir."""
+    digest = hashlib.sha256(str(store_dir.resolve()).encode()).hexdigest()[:12]
+    for base in ("/run", os.environ.get("XDG_RUNTIME_DIR"), "/tmp"):
+        if base and os.access(base, os.W_OK):
+            path = Path(base) / "meshcloud" / digest
+            if len(str(path)) <= RUNROOT_MAX:
+                return path
+    return Path("/tmp") / f"mc-{digest}"
 
 
 def _boot_id() -> str:
