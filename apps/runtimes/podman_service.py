@@ -260,6 +260,29 @@ class PodmanService:
         os.kill(ident.pid, signal.SIGKILL)
 
 
+def store_mounts(graph_root: Path) -> list[Path]:
+    """Mount points at or under ``graph_root`` (deepest first), from /proc/self/mountinfo."""
+    root = str(graph_root.resolve())
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        point = line.split()[4].encode().decode("unicode_escape")  # octal escapes (\040)
+        if point == root or point.startswith(root + "/"):
+            found.append(Path(point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def release_store(graph_root: Path) -> None:
+    """Unmount what containers/storage left mounted under ``graph_root`` (its overlay dir
+    is bind-mounted onto itself), so the data dir can be deleted. Call with no container
+    running; a mount still in use stays and is reported by the next ``rmtree``."""
+    for point in store_mounts(graph_root):
+        subprocess.run(["umount", str(point)], check=False, capture_output=True)
+
+
 def short_run_dir(store_dir: Path) -> Path:
     """The node's podman run dir: short (see RUNROOT_MAX), unique per data dir."""
     digest = hashlib.sha256(str(store_dir.resolve()).encode()).hexdigest()[:12]

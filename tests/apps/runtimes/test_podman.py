@@ -35,7 +35,12 @@ from apps.runtimes.base import (
 )
 from apps.runtimes.config import PodmanConfig
 from apps.runtimes.podman import PodmanRuntime, container_name
-from apps.runtimes.podman_service import PodmanService, podman_unavailable_reason
+from apps.runtimes.podman_service import (
+    PodmanService,
+    podman_unavailable_reason,
+    release_store,
+    store_mounts,
+)
 from tests.apps.runtimes.conftest import free_port, wait_for
 
 NODE = "node-a"
@@ -80,7 +85,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory):
     trio.run(build)
     yield path
     cli(path, "rm", "--all", "--force", "--time", "0", check=False)
-    shutil.rmtree(PodmanService(config(path)).run_root, ignore_errors=True)
+    service = PodmanService(config(path))
+    release_store(service.graph_root)
+    assert store_mounts(service.graph_root) == []
+    shutil.rmtree(service.run_root, ignore_errors=True)
     for line in sorted(f"{k}: {v:.3f}" for k, v in TIMINGS.items()):
         print(f"[podman timing] {line}", file=sys.stderr)
 
