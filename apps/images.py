@@ -246,16 +246,20 @@ async def _with_runtime(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apps.images", description=__doc__.split(
-        "\n")[0])
-    parser.add_argument("--data-dir", required=True, help="the node's data directory")
-    parser.add_argument("--node-id", default="cli", help=argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", required=True, help="the node's data directory")
+    common.add_argument("--node-id", default="cli", help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="python -m apps.images",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    sub.add_parser("build-demo", help="build localhost/meshcloud/{busybox,web}:1")
-    load = sub.add_parser("load", help="load a `podman save` archive into the node's store")
+    sub.add_parser("build-demo", parents=[common],
+                   help="build localhost/meshcloud/{busybox,web}:1 (idempotent)")
+    load = sub.add_parser("load", parents=[common],
+                          help="load a `podman save` archive into the node's store")
     load.add_argument("archive")
-    pod = sub.add_parser("podman", help="run podman against the node's store "
-                                        "(e.g. `podman -- pull docker.io/library/nginx`)")
+    pod = sub.add_parser("podman", parents=[common],
+                         help="run podman against the node's store "
+                              "(e.g. `podman --data-dir D -- pull docker.io/library/nginx`)")
     pod.add_argument("podman_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.verb == "podman":
@@ -272,9 +276,28 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return trio.run(_with_runtime, args)
-    except WorkloadRuntimeError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+    except (WorkloadRuntimeError, BaseExceptionGroup) as exc:
+        errors = _leaves(exc)
+        if not errors:
+            raise
+        for err in errors:
+            print(f"error ({err.code}): {err.message}", file=sys.stderr)
         return 1
+
+
+def _leaves(exc: BaseException) -> list[WorkloadRuntimeError]:
+    """The runtime errors inside ``exc`` (empty if anything else is in there too)."""
+    if isinstance(exc, WorkloadRuntimeError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    out: list[WorkloadRuntimeError] = []
+    for inner in exc.exceptions:
+        found = _leaves(inner)
+        if not found:
+            return []
+        out.extend(found)
+    return out
 
 
 if __name__ == "__main__":

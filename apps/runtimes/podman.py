@@ -198,11 +198,23 @@ class PodmanRuntime:
         return str(resp.json().get("Id", ""))
 
     async def load_image(self, archive: Path) -> list[str]:
-        """``podman load`` of a ``podman save`` / ``docker save`` archive; returns tags."""
+        """``podman load`` of a ``podman save`` / ``docker save`` archive (streamed from
+        disk, not read into memory); returns the names it brought."""
         client = self._need_running()
-        data = await trio.Path(archive).read_bytes()
-        images = await self._api(lambda: list(client.images.load(data)))
-        return [t for img in images for t in (img.tags or [img.id])]
+        if not await trio.Path(archive).is_file():
+            raise WorkloadRuntimeError(ErrorCode.IMAGE_NOT_FOUND,
+                                       f"image archive {archive} not found")
+
+        def load() -> Any:
+            with open(archive, "rb") as f:
+                return client.api.post("/images/load", data=f,
+                                       headers={"Content-Type": "application/x-tar"})
+
+        resp = await self._api(load)
+        if resp.status_code != 200:
+            raise WorkloadRuntimeError(ErrorCode.IMAGE_BUILD_FAILED,
+                                       f"load of {archive} failed: {resp.text[:300]}")
+        return [str(n) for n in resp.json().get("Names") or []]
 
     # -- start ------------------------------------------------------------------------
 
