@@ -17,13 +17,23 @@ Time is ``now`` (float seconds, any monotonic origin) passed in; nothing here re
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass
 
-from apps.runtimes.base import HealthCheck, HealthState
+from apps.runtimes.spec import HealthCheck
 
 LOG_KEPT = 5
 """Probe results remembered for ``health_detail`` (podman keeps 5 too)."""
+
+
+class HealthState(enum.Enum):
+    NONE = "none"
+    """No health check in the spec."""
+    STARTING = "starting"
+    """Checked, but no verdict yet (start period, or no probe answered)."""
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,16 +3,16 @@
 The runtime talks to a ``podman system service`` it starts and supervises itself
 (:mod:`apps.runtimes.podman_service`) through podman-py. podman-py is synchronous, so
 every call runs in a worker thread (``trio.to_thread.run_sync``) under a capacity limiter
-(``PodmanConfig.api_threads``); command health probes get their own limiter so a hung
-probe never starves the reconciler.
+(``PodmanConfig.api_threads``).
 
-Why the API service and not the CLI: measured here, one API call (inspect, list, create)
-takes 1-25 ms, a CLI call 60-150 ms of process start-up, and ``list()`` runs on every
-reconcile tick. Why podman-py and not only raw HTTP: its create call maps Docker-style
-arguments onto podman's SpecGenerator. Where podman-py 5.x and podman 4.3 disagree we use
-its raw ``client.api`` instead and say so: list filters given as a list or dict silently
-match nothing (``_list_raw`` sends the JSON filter itself); ``nano_cpus`` is dropped (we
-send ``cpu_quota``/``cpu_period``); logs are read from conmon's ``k8s-file`` (a following
+Why the API service and not the CLI: measured here (``python -m bench.runtimes``), status
+and list take ~3 ms through the service and ~27 ms through the CLI (process start-up,
+more on a Raspberry Pi), and ``list()`` runs on every reconcile tick. Why podman-py and
+not only raw HTTP: its create call maps Docker-style arguments onto podman's
+SpecGenerator. Where podman-py 5.x and podman 4.3 disagree we use its raw ``client.api``
+instead and say so: list filters given as a list or dict silently match nothing
+(``_list_raw`` sends the JSON filter itself); ``nano_cpus`` is dropped (we send
+``cpu_quota``/``cpu_period``); logs are read from conmon's ``k8s-file`` (a following
 podman-py log stream would pin a thread that cancellation cannot free).
 
 Containers are named ``meshcloud-<name>`` and labelled (``meshcloud.node``, ``.name``,
@@ -21,16 +21,18 @@ filters on ``meshcloud.node``. A little state that cannot live in immutable labe
 requested, a raised fencing token) sits in ``<data_dir>/runtimes/podman/replicas/<name>.json``.
 Every container runs with ``--init`` (catatonit as pid 1: signals forwarded, zombies
 reaped), the configured ulimits, no restart policy, and memory+swap = memory (no swap).
-Health checks are run by the runtime (podman's own need systemd timers, absent here).
+Health checks are run by the runtime (podman's own need systemd timers, absent here):
+TCP/HTTP probes from the host to the published port, command probes with ``runc exec``
+(the OCI runtime's own exec: ~30 ms, no podman exec session left behind).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,29 +45,31 @@ from apps.runtimes.base import (
     HealthKind,
     HealthState,
     ReplicaHandle,
-    ReplicaState,
     ReplicaStatus,
     WorkloadRuntimeError,
-    describe_exit,
-    ended_state,
     injected_env,
-    spec_from_dict,
 )
 from apps.runtimes.config import PodmanConfig, volume_dir
 from apps.runtimes.health import HealthCore
 from apps.runtimes.logfile import read_log
 from apps.runtimes.podman_service import PodmanService, podman_unavailable_reason
+from apps.runtimes.podman_status import (
+    LABEL,
+    NAME_PREFIX,
+    ContainerView,
+    is_alive,
+    replica_status,
+    spec_of,
+    view_from_inspect,
+    view_from_list,
+)
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
 
 log = logging.getLogger(__name__)
 
 KIND = "podman"
-NAME_PREFIX = "meshcloud-"
-LABEL = "meshcloud."
 CPU_PERIOD = 100_000
 """Microseconds; the CFS period podman uses for ``--cpus``."""
-PROBE_THREADS = 4
-"""Concurrent ``podman exec`` health probes."""
 HOW_TO_GET_IMAGES = (
     "build the demo images with `python -m apps.images build-demo --data-dir DATA_DIR`, "
     "or pull it on a machine with a registry and copy it here: "
@@ -91,7 +95,6 @@ class PodmanRuntime:
         """podman API calls made so far (tests check that refused specs make none)."""
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(config.api_threads)
-        self._probe_limiter = trio.CapacityLimiter(PROBE_THREADS)
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._health: dict[str, tuple[HealthCore, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
@@ -116,9 +119,9 @@ class PodmanRuntime:
                 self.notes_dir.mkdir(parents=True, exist_ok=True)
                 for info in await self._list_raw():
                     if info.get("State") == "running":
-                        spec = _spec_of(info.get("Labels") or {})
+                        spec = spec_of(info.get("Labels") or {})
                         if spec is not None:
-                            self._arm_health(spec)
+                            self._arm_health(spec, info["Id"])
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -232,13 +235,13 @@ class PodmanRuntime:
                         ErrorCode.START_FAILED,
                         f"a container named {container_name(spec.name)} exists that this "
                         "node does not own; remove it by hand")
-                if _alive(info["State"].get("Status", "")):
+                if is_alive(info["State"].get("Status", "")):
                     return self._already_running(info, spec)
                 restarts = int(labels.get(LABEL + "restarts", "0")) + 1
                 await self._remove_container(spec.name)
             self._write_note(spec.name, {"fence": spec.fencing_token, "stop_requested": False})
             cid = await self._create_and_start(spec, restarts)
-            self._arm_health(spec)
+            self._arm_health(spec, cid)
             return ReplicaHandle(name=spec.name, runtime=KIND, id=cid,
                                  spec_hash=spec.spec_hash())
 
@@ -328,9 +331,9 @@ class PodmanRuntime:
             if info is None or not self._owned(info):
                 return
             self._stop_health(name)
-            if not _alive(info["State"].get("Status", "")):
+            if not is_alive(info["State"].get("Status", "")):
                 return
-            spec = _spec_of(info["Config"].get("Labels") or {})
+            spec = spec_of(info["Config"].get("Labels") or {})
             grace = stop_timeout if stop_timeout is not None else (
                 spec.stop_timeout if spec is not None else 10.0)
             self._write_note(name, {**self._read_note(name), "stop_requested": True})
@@ -388,61 +391,20 @@ class PodmanRuntime:
         if info is None or not self._owned(info):
             raise WorkloadRuntimeError(ErrorCode.NOT_FOUND,
                                        f"no replica named {name!r} on this node")
-        st = info["State"]
-        return self._status(name, info["Id"], info["Config"].get("Labels") or {},
-                            status=st.get("Status", ""), exit_code=st.get("ExitCode"),
-                            started=_iso(st.get("StartedAt")), finished=_iso(st.get("FinishedAt")),
-                            oom=bool(st.get("OOMKilled")), error=st.get("Error") or "",
-                            image=info.get("ImageName") or info["Config"].get("Image"))
+        return self._status(view_from_inspect(info))
 
     async def list(self) -> list[ReplicaStatus]:
-        out = []
-        for c in await self._list_raw():
-            labels = c.get("Labels") or {}
-            name = labels.get(LABEL + "name") or c["Names"][0][len(NAME_PREFIX):]
-            out.append(self._status(
-                name, c["Id"], labels, status=c.get("State", ""), exit_code=c.get("ExitCode"),
-                started=_unix(c.get("StartedAt")), finished=_unix(c.get("ExitedAt")),
-                oom=False, error="", image=c.get("Image")))
-        return sorted(out, key=lambda s: s.name)
+        views = [view_from_list(c) for c in await self._list_raw()]
+        return sorted((self._status(v) for v in views), key=lambda s: s.name)
 
-    def _status(self, name: str, cid: str, labels: dict[str, str], *, status: str,
-                exit_code: int | None, started: float | None, finished: float | None,
-                oom: bool, error: str, image: str | None) -> ReplicaStatus:
-        note = self._read_note(name)
-        spec = _spec_of(labels)
-        health, detail = HealthState.NONE, ""
-        if name in self._health:
-            core = self._health[name][0]
-            health, detail = core.state, core.detail
-        elif spec is not None and spec.health is not None and _alive(status):
-            health = HealthState.STARTING
-        message = ""
-        if status in ("created", "configured", "initialized"):
-            state = ReplicaState.CREATING
-        elif _alive(status):
-            state = (ReplicaState.UNHEALTHY if health is HealthState.UNHEALTHY
-                     else ReplicaState.RUNNING)
-        elif status in ("exited", "stopped", "removing"):
-            stop_requested = bool(note.get("stop_requested"))
-            state = ended_state(exit_code, stop_requested=stop_requested)
-            message = describe_exit(exit_code)
-            if oom:
-                state, message = ReplicaState.FAILED, "killed: out of memory"
-            if error:
-                state, message = ReplicaState.FAILED, error
-        else:
-            state, message = ReplicaState.UNKNOWN, f"podman state {status!r}"
-        return ReplicaStatus(
-            name=name, runtime=KIND, state=state, id=cid,
-            exit_code=None if state in (ReplicaState.CREATING, ReplicaState.RUNNING,
-                                        ReplicaState.UNHEALTHY) else exit_code,
-            started_at=started, finished_at=finished if not _alive(status) else None,
-            restarts=int(labels.get(LABEL + "restarts", "0")), health=health,
-            health_detail=detail, workload=labels.get(LABEL + "workload", ""),
-            replica=int(labels.get(LABEL + "replica", "0")),
-            fencing_token=self._fence(name, labels),
-            spec_hash=labels.get(LABEL + "spec_hash", ""), image=image, message=message)
+    def _status(self, view: ContainerView) -> ReplicaStatus:
+        note = self._read_note(view.name)
+        health: tuple[HealthState, str] | None = None
+        if view.name in self._health:
+            core = self._health[view.name][0]
+            health = (core.state, core.detail)
+        return replica_status(view, stop_requested=bool(note.get("stop_requested")),
+                              fence=self._fence(view.name, view.labels), health=health)
 
     async def wait_exit(self, name: str) -> ReplicaStatus:
         while True:
@@ -466,7 +428,7 @@ class PodmanRuntime:
 
         async def alive() -> bool:
             now = await self._inspect(name)
-            return now is not None and now["Id"] == cid and _alive(now["State"]["Status"])
+            return now is not None and now["Id"] == cid and is_alive(now["State"]["Status"])
 
         async for line in read_log(Path(path), tail=tail, follow=follow, alive=alive,
                                    poll_interval=self.config.log_poll_interval, cri=True):
@@ -474,14 +436,14 @@ class PodmanRuntime:
 
     # -- health -----------------------------------------------------------------------
 
-    def _arm_health(self, spec: ContainerSpec) -> None:
+    def _arm_health(self, spec: ContainerSpec, cid: str) -> None:
         self._stop_health(spec.name)
         if spec.health is None or self._nursery is None:
             return
         core = HealthCore(spec.health, trio.current_time())
         scope = trio.CancelScope()
         self._health[spec.name] = (core, scope)
-        probe = self._probe_for(spec)
+        probe = self._probe_for(spec, cid)
 
         async def loop() -> None:
             with scope:
@@ -494,25 +456,23 @@ class PodmanRuntime:
         if entry is not None:
             entry[1].cancel()
 
-    def _probe_for(self, spec: ContainerSpec) -> Probe:
+    def _probe_for(self, spec: ContainerSpec, cid: str) -> Probe:
         check = spec.health
         assert check is not None
-        cname = container_name(spec.name)
         if check.kind is HealthKind.COMMAND:
+            argv = [self.config.runtime, "exec", cid, *check.command]
+
             async def probe_command() -> tuple[bool, str]:
-                client = self._need_running()
-
-                def run() -> tuple[int, bytes]:
-                    code, out = client.containers.get(cname).exec_run(list(check.command))
-                    return int(code if code is not None else -1), out or b""
-
+                # the OCI runtime directly: ~30 ms, and no podman exec session whose conmon
+                # lingers (exit_command_delay) and re-opens the store after we are gone
                 try:
-                    code, out = await trio.to_thread.run_sync(
-                        run, limiter=self._probe_limiter, abandon_on_cancel=True)
-                except Exception as exc:  # podman-py raises many types; a probe only fails
+                    res = await trio.run_process(argv, check=False, capture_stdout=True,
+                                                 capture_stderr=True,
+                                                 stdin=subprocess.DEVNULL)
+                except OSError as exc:
                     return False, f"exec: {exc}"
-                text = _strip_stream_headers(out).decode(errors="replace").strip()[-200:]
-                return code == 0, f"command exit {code} {text}".strip()
+                text = (res.stdout + res.stderr).decode(errors="replace").strip()[-200:]
+                return res.returncode == 0, f"command exit {res.returncode} {text}".strip()
 
             return probe_command
         mapping = next(m for m in spec.ports if m.container_port == check.port)
@@ -540,52 +500,6 @@ class PodmanRuntime:
                    int(self._read_note(name).get("fence", 0)))
 
 
-def _alive(status: str) -> bool:
-    return status in ("running", "paused", "stopping")
-
-
-def _spec_of(labels: dict[str, str]) -> ContainerSpec | None:
-    raw = labels.get(LABEL + "spec")
-    if raw is None:
-        return None
-    try:
-        return spec_from_dict(json.loads(raw))
-    except (ValueError, WorkloadRuntimeError):
-        return None
-
-
-def _iso(value: str | None) -> float | None:
-    """podman's RFC 3339 times (nanoseconds, 'Z' or an offset); year 1 means never."""
-    if not value or value.startswith("0001-"):
-        return None
-    head, _, rest = value.partition(".")
-    frac, tz = "", "Z"
-    if rest:
-        i = next((k for k, ch in enumerate(rest) if not ch.isdigit()), len(rest))
-        frac, tz = rest[:i][:6], rest[i:] or "Z"
-    elif value.endswith("Z"):
-        head = value[:-1]
-    text = head + (f".{frac}" if frac else "") + ("+00:00" if tz == "Z" else tz)
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def _unix(value: int | float | None) -> float | None:
-    return float(value) if value and value > 0 else None
-
-
 def _api_message(exc: Exception) -> str:
     explanation = getattr(exc, "explanation", None)
     return str(explanation or exc)
-
-
-def _strip_stream_headers(data: bytes) -> bytes:
-    """Remove Docker's 8-byte stream frame headers from a non-TTY exec output, if present."""
-    out, i = bytearray(), 0
-    while i + 8 <= len(data) and data[i] in (0, 1, 2) and data[i + 1:i + 4] == b"\0\0\0":
-        size = int.from_bytes(data[i + 4:i + 8], "big")
-        out += data[i + 8:i + 8 + size]
-        i += 8 + size
-    return bytes(out) if i == len(data) else data

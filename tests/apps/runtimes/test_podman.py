@@ -241,17 +241,17 @@ async def test_pids_limit_is_enforced_and_volumes_persist(rt, data_dir):
     assert (data_dir / "volumes/vol1/f").read_text() == "kept\n"
 
 
-async def test_command_health_check_runs_inside_the_container(rt):
+async def test_command_health_check_runs_inside_the_container(rt, data_dir):
     spec = ContainerSpec(name="sick", image=DEMO_BASE_IMAGE, command=("sleep", "60"),
+                         volumes=(VolumeMount(name="flags", path="/flags"),),
                          health=HealthCheck(kind=HealthKind.COMMAND, interval=0.1, retries=2,
-                                            command=("test", "-f", "/tmp/ok")))
+                                            command=("test", "-f", "/flags/ok")))
     await rt.start(spec)
     st = await wait_for(lambda: _health_is(rt, "sick", HealthState.UNHEALTHY), what="unhealthy")
-    assert st.state is ReplicaState.UNHEALTHY
-    client = rt._client
-    await trio.to_thread.run_sync(
-        lambda: client.containers.get(container_name("sick")).exec_run(["touch", "/tmp/ok"]))
-    await wait_for(lambda: _health_is(rt, "sick", HealthState.HEALTHY), what="recovered")
+    assert st.state is ReplicaState.UNHEALTHY and "exit 1" in st.health_detail
+    (data_dir / "volumes/flags/ok").write_text("")
+    st = await wait_for(lambda: _health_is(rt, "sick", HealthState.HEALTHY), what="recovered")
+    assert st.state is ReplicaState.RUNNING
 
 
 async def test_adoption_after_the_runtime_is_recreated(data_dir):
