@@ -103,7 +103,7 @@ def replica_status(view: ContainerView, *, stop_requested: bool, fence: int,
     labels = view.labels
     return ReplicaStatus(
         name=view.name, runtime=KIND, state=state, id=view.id, exit_code=exit_code,
-        started_at=view.started, finished_at=None if is_alive(view.status) else view.finished,
+        started_at=view.started, finished_at=view.finished if view.status in ENDED else None,
         restarts=_int(labels.get(LABEL + "restarts")), health=state_h, health_detail=detail,
         workload=labels.get(LABEL + "workload", ""), replica=_int(labels.get(LABEL + "replica")),
         fencing_token=fence, spec_hash=labels.get(LABEL + "spec_hash", ""), image=view.image,

@@ -30,7 +30,6 @@ the command does not inherit it) until the command has ended.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -63,6 +62,7 @@ from apps.runtimes.config import ProcessConfig, volume_dir
 from apps.runtimes.health import HealthCore
 from apps.runtimes.logfile import read_log, rotate, rotated_files
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
+from apps.runtimes.process_state import ReplicaRecord, read_exit_file
 
 log = logging.getLogger(__name__)
 
@@ -74,47 +74,6 @@ PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PREFIX", "LD_PRELOAD",
 """Agent variables a command inherits (Termux needs PREFIX and LD_PRELOAD for shebangs)."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process group to vanish after SIGKILL before reporting failure."""
-STATE_VERSION = 1
-
-
-@dataclass
-class _Record:
-    """What ``state.json`` holds: enough to adopt, report and finish a replica."""
-
-    node: str
-    spec: ContainerSpec
-    pid: int = 0
-    start_ticks: int | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    ended: bool = False
-    restarts: int = 0
-    stop_requested: bool = False
-    killed: bool = False
-    message: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "version": STATE_VERSION, "node": self.node, "spec": json.loads(self.spec.to_json()),
-            "pid": self.pid, "start_ticks": self.start_ticks, "started_at": self.started_at,
-            "finished_at": self.finished_at, "exit_code": self.exit_code, "ended": self.ended,
-            "restarts": self.restarts, "stop_requested": self.stop_requested,
-            "killed": self.killed, "message": self.message}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> _Record:
-        from apps.runtimes.base import spec_from_dict
-        d = json.loads(text)
-        return cls(node=d["node"], spec=spec_from_dict(d["spec"]), pid=d["pid"],
-                   start_ticks=d["start_ticks"], started_at=d["started_at"],
-                   finished_at=d["finished_at"], exit_code=d["exit_code"], ended=d["ended"],
-                   restarts=d["restarts"], stop_requested=d["stop_requested"],
-                   killed=d["killed"], message=d.get("message", ""))
-
-    @property
-    def ident(self) -> pidfile.ProcessIdentity:
-        return pidfile.ProcessIdentity(self.pid, self.start_ticks)
 
 
 @dataclass
@@ -122,7 +81,7 @@ class _Replica:
     """In-memory companion of a record: our child (if we started it), health, events."""
 
     dir: Path
-    rec: _Record
+    rec: ReplicaRecord
     proc: trio.Process | None = None
     ended: trio.Event = field(default_factory=trio.Event)
     health: HealthCore | None = None
@@ -168,7 +127,7 @@ class ProcessRuntime:
     def _adopt_all(self) -> None:
         for state_file in sorted(self.config.root.glob("*/state.json")):
             try:
-                rec = _Record.from_json(state_file.read_text())
+                rec = ReplicaRecord.load(state_file.parent)
             except (OSError, ValueError, KeyError, WorkloadRuntimeError) as exc:
                 log.warning("ignoring unreadable %s: %s", state_file, exc)
                 continue
@@ -327,7 +286,7 @@ class ProcessRuntime:
         finally:
             os.close(fd)
         # our unreaped child cannot be replaced under its pid: its start time is safe to read
-        rec = _Record(node=self.config.node_id, spec=spec, pid=proc.pid,
+        rec = ReplicaRecord(node=self.config.node_id, spec=spec, pid=proc.pid,
                       start_ticks=pidfile.start_ticks(proc.pid), started_at=time.time(),
                       restarts=restarts)
         rep = _Replica(rdir, rec, proc=proc)
@@ -344,14 +303,14 @@ class ProcessRuntime:
         if rep.rec.ended:
             return
         _kill_group(rep.rec.pid, signal.SIGKILL)  # stragglers; the zombie-free pgid is ours
-        recorded = _read_exit_file(rep.dir)
+        recorded = read_exit_file(rep.dir)
         if recorded is None:
             recorded = 128 - code if code < 0 else code
         self._finish(rep, recorded)
 
     def _finish_adopted(self, rep: _Replica) -> None:
         """An adopted (or abandoned) process is gone: find out how it ended."""
-        code = _read_exit_file(rep.dir)
+        code = read_exit_file(rep.dir)
         try:  # our own unreaped child, left by an earlier runtime object in this process
             pid, status = os.waitpid(rep.rec.pid, os.WNOHANG)
             if pid == rep.rec.pid and code is None:
@@ -544,9 +503,7 @@ class ProcessRuntime:
     # -- persistence ------------------------------------------------------------------
 
     def _save(self, rep: _Replica) -> None:
-        tmp = rep.dir / "state.json.tmp"
-        tmp.write_text(rep.rec.to_json())
-        os.replace(tmp, rep.dir / "state.json")
+        rep.rec.save(rep.dir)
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> bool:
@@ -558,10 +515,3 @@ def _kill_group(pgid: int, sig: signal.Signals) -> bool:
         log.warning("no permission to signal process group %d", pgid)
         return False
     return True
-
-
-def _read_exit_file(rdir: Path) -> int | None:
-    try:
-        return int((rdir / "exit_code").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
