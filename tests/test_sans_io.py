@@ -35,6 +35,9 @@ CORE_GLOBS = [
     "blobstore/shards.py",
     "blobstore/s3/sigv4.py",
     "vnet/ipam.py",
+    "apps/runtimes/health.py",
+    "apps/runtimes/spec.py",
+    "apps/runtimes/errors.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

@@ -1,0 +1,1 @@
+"""Workload runtimes: podman containers and supervised host processes (see ``base.py``)."""
