@@ -1,6 +1,6 @@
 """Runtime timings: what a failover costs once a node is declared dead.
 
-``python -m bench.runtimes [--rounds N]`` prints, for a fresh podman store and for the
+``python -m bench runtimes [--rounds N]`` prints, for a fresh podman store and for the
 process runtime: API service start, demo image build (and the no-op rebuild check),
 container start to first HTTP response, stop, and the cost of one status/list call through
 the API service versus the podman CLI (the reason the runtime keeps a service). Figures
@@ -56,10 +56,15 @@ async def timed(fn: Callable[[], Awaitable[object]]) -> float:
     return time.perf_counter() - begun
 
 
+FIGURES: dict[str, float] = {}
+
+
 def show(name: str, values: list[float]) -> None:
     ms = [v * 1000 for v in values]
     print(f"{name:<44} median {statistics.median(ms):8.1f} ms   "
           f"min {min(ms):8.1f}   max {max(ms):8.1f}   (n={len(ms)})")
+    key = name.split(" (")[0].replace(":", "").replace("()", "").replace(" ", "_").lower()
+    FIGURES[key + "_ms"] = round(statistics.median(ms), 2)
 
 
 async def bench_podman(rounds: int, data_dir: Path) -> None:
@@ -134,7 +139,11 @@ async def main(rounds: int) -> None:
         await bench_process(rounds, Path(tmp) / "process-node")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.runtimes")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5)
-    trio.run(main, parser.parse_args().rounds)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """`python -m bench runtimes`: timings of the podman and process runtimes."""
+    trio.run(main, 2 if args.quick else args.rounds)
+    return dict(FIGURES)
