@@ -107,6 +107,9 @@ class StateCore:
         self.sessions: dict[int, SyncSession] = {}
         self._session_ids = itertools.count(1)
         self._outputs: list[Output] = []
+        self._view_seen: object = None
+        self._peers: frozenset[NodeId] = frozenset()
+        self._peers_sorted: list[NodeId] = []
         self._counters = dict.fromkeys(
             ("datagrams_sent", "datagrams_received", "datagrams_rejected", "news_sent",
              "news_received", "syncs_started", "syncs_completed", "syncs_failed",
@@ -138,8 +141,21 @@ class StateCore:
     def physical_ms(self, now: float) -> int:
         return self.wall_offset_ms + int(now * 1000)
 
+    def timestamp(self, now: float) -> int:
+        """A fresh HLC timestamp (e.g. for the key of an ``events`` row)."""
+        return self.hlc.now(self.physical_ms(now))
+
     def alive_peers(self) -> frozenset[NodeId]:
-        return frozenset(self.view()) - {self.me}
+        view = self.view()
+        if view is not self._view_seen:  # the simulator hands the same object back
+            self._view_seen = view
+            self._peers = frozenset(view) - {self.me}
+            self._peers_sorted = sorted(self._peers)
+        return self._peers
+
+    def _sorted_peers(self) -> list[NodeId]:
+        self.alive_peers()
+        return self._peers_sorted
 
     # --- local writes ---------------------------------------------------------------------
 
@@ -233,6 +249,18 @@ class StateCore:
                 if shared:
                     plan[name] = [bytes([p]) for p in sorted(shared)]
         return plan
+
+    def shard_partners(self) -> list[NodeId]:
+        """Live peers that store a partition we store, in some sharded table."""
+        view = self.alive_peers() | {self.me}
+        partners: set[NodeId] = set()
+        for replication in self.replications.values():
+            if replication.full_copy:
+                continue
+            for partition in replication.partitions_of(self.me, view):
+                partners.update(replication.storage_nodes(partition, view))
+        partners.discard(self.me)
+        return sorted(partners)
 
     def start_sync(self, peer: NodeId, now: float) -> SyncSession:
         """A new anti-entropy session with ``peer`` (the driver runs it)."""
@@ -330,10 +358,14 @@ class StateCore:
         alive = self.alive_peers()
         replication = self.replications[core.name]
         if replication.full_copy:
-            candidates = sorted(alive - {exclude} if exclude else alive)
             fanout = self.config.fanout(len(alive))
-            targets = (self.rng.sample(candidates, fanout) if len(candidates) > fanout
-                       else candidates)
+            candidates = self._sorted_peers()
+            if len(candidates) > fanout:
+                # One extra pick in case the sender is among them; order stays seeded.
+                picked = self.rng.sample(candidates, min(len(candidates), fanout + 1))
+                targets = [p for p in picked if p != exclude][:fanout]
+            else:
+                targets = [p for p in candidates if p != exclude]
             batches = _batches(items, self.config.datagram_budget)
             self._counters["news_sent"] += len(items) * len(targets)
             return self._sent([SendDatagram(peer, EntryBatch(table=core.name, entries=b))
@@ -430,6 +462,7 @@ class _AntiEntropyWorker:
     def __init__(self, core: StateCore) -> None:
         self.core = core
         self._next: float | None = None
+        self._rounds = 0
 
     def step(self, now: float) -> WorkerState:
         core = self.core
@@ -442,7 +475,15 @@ class _AntiEntropyWorker:
         self._next = now + interval * (0.5 + core.rng.random())
         if core.sessions:
             return WorkerState.IDLE  # one outgoing session at a time
-        peers = sorted(core.alive_peers())
+        self._rounds += 1
+        partners = core.shard_partners()
+        full_copy = any(r.full_copy for r in core.replications.values())
+        # Full-copy tables sync with any live peer; sharded ones need a peer sharing a
+        # partition (at 1,000 nodes a random peer almost never does): alternate.
+        if partners and (not full_copy or self._rounds % 2 == 0):
+            peers = partners
+        else:
+            peers = core._sorted_peers()
         if not peers:
             return WorkerState.IDLE
         peer = core.rng.choice(peers)

@@ -124,7 +124,7 @@ class LwwRegister:
         if data is not None:
             if type(data) is not bytes:
                 raise CodecError("register data must be bytes or null")
-            cbor.decode(data)  # must itself be valid, bounded CBOR
+            # Must itself be valid, bounded CBOR, in canonical form.
             if cbor.encode_canonical(cbor.decode(data)) != data:
                 raise CodecError("register data is not canonical CBOR")
         return cls(ts, writer, data)

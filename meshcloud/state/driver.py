@@ -58,6 +58,7 @@ from meshcloud.state.replication import Replication
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.sync import SyncSession, SyncStatistics
 from meshcloud.state.table import Change
+from meshcloud.state.tables import EVENTS, EventRecord
 from meshcloud.transport.base import Stream, Transport, send_message, stream_error
 
 log = logging.getLogger("meshcloud.state")
@@ -120,6 +121,13 @@ class StateDriver:
 
     def delete(self, table: str, key: Key | Atom) -> None:
         self._perform(self.core.delete(table, key, self._now()))
+
+    def log_event(self, kind: str, message: str, *, subject: str = "",
+                  level: str = "info") -> None:
+        """Append to the ``events`` table (key: HLC timestamp, this node's id)."""
+        key = (self.core.timestamp(self._now()), self.core.me)
+        self.put(EVENTS.name, key, EventRecord(kind=kind, message=message, subject=subject,
+                                               level=level))
 
     def merkle_root(self, table: str) -> bytes:
         return self.core.merkle_root(table)

@@ -94,12 +94,14 @@ class GcCore:
         for name, table in self.tables.items():
             replication = self.replications[name]
             groups: dict[frozenset[NodeId], list[tuple[bytes, bytes, bytes]]] = {}
-            for key, value_hash, data in table.gc_candidates(before, self.config.gc_batch):
-                if (name, key) in busy:
-                    continue
+
+            def ours(key: bytes, table: TableCore[Any] = table, name: str = name) -> bool:
                 partition = table.schema.partition_of_key_bytes(key)
-                if coordinators[partition][0] != self.me:
-                    continue
+                return coordinators[partition][0] == self.me and (name, key) not in busy
+
+            for key, value_hash, data in table.gc_candidates(before, self.config.gc_batch,
+                                                             accept=ours):
+                partition = table.schema.partition_of_key_bytes(key)
                 members = frozenset(replication.storage_nodes(partition, full_view)) - {
                     self.me}
                 groups.setdefault(members, []).append((key, value_hash, data))

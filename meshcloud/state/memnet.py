@@ -22,7 +22,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshcloud.state.config import StateConfig
@@ -49,13 +49,6 @@ class MeshStatistics:
     events: int = 0
 
 
-@dataclass(order=True, slots=True)
-class _Event:
-    at: float
-    seq: int
-    action: Callable[[], None] = field(compare=False)
-
-
 class StateMesh:
     """N state cores on a virtual network. See the module docstring."""
 
@@ -78,9 +71,10 @@ class StateMesh:
         self.crashed: set[NodeId] = set()
         self._group: dict[NodeId, int] | None = None
         self._views: dict[int, frozenset[NodeId]] = {}
-        self._queue: list[_Event] = []
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._timer_version: dict[NodeId, int] = {}
+        self._armed: dict[NodeId, float | None] = {}
         self.cores: dict[NodeId, StateCore] = {}
         tables = list(tables)
         for i, node in enumerate(self.ids):
@@ -131,18 +125,21 @@ class StateMesh:
     def revive(self, node: NodeId) -> None:
         self.crashed.discard(node)
         self._views.clear()
-        self._arm(node)
+        self._arm(node, force=True)
 
     # --- event loop -----------------------------------------------------------------------
 
     def _at(self, at: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, _Event(at, next(self._seq), action))
+        heapq.heappush(self._queue, (at, next(self._seq), action))
 
     def _delay(self) -> float:
         return self.latency + self.random.random() * self.jitter
 
-    def _arm(self, node: NodeId) -> None:
+    def _arm(self, node: NodeId, *, force: bool = False) -> None:
         deadline = self.cores[node].next_deadline()
+        if not force and node in self._armed and self._armed[node] == deadline:
+            return  # that timer is already in the queue
+        self._armed[node] = deadline
         version = self._timer_version.get(node, 0) + 1
         self._timer_version[node] = version
         if deadline is None:
@@ -151,16 +148,19 @@ class StateMesh:
         def fire() -> None:
             if self._timer_version.get(node) != version or node in self.crashed:
                 return
+            self._armed.pop(node, None)
             self._perform(node, self.cores[node].on_timer(self.now))
 
         self._at(max(deadline, self.now), fire)
 
     def run_until(self, t: float) -> None:
-        while self._queue and self._queue[0].at <= t:
-            event = heapq.heappop(self._queue)
-            self.now = max(self.now, event.at)
+        queue = self._queue
+        while queue and queue[0][0] <= t:
+            at, _, action = heapq.heappop(queue)
+            if at > self.now:
+                self.now = at
             self.stats.events += 1
-            event.action()
+            action()
         self.now = max(self.now, t)
 
     def run_for(self, seconds: float) -> None:

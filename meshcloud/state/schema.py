@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from meshcloud.codec.messages import from_wire, to_wire
+from meshcloud.codec.messages import _BY_CLASS, _plain, from_wire, to_wire
 from meshcloud.errors import CodecError
 from meshcloud.state.crdt import Entry, LwwMap, LwwRegister
 from meshcloud.state.keys import Atom, Key, decode_key, encode_key, partition_of
@@ -169,9 +169,7 @@ def fields_codec(cls: type[V]) -> tuple[Callable[[V], Any], Callable[[Any], V]]:
     def decode(plain: Any) -> V:
         if type(plain) is not dict:
             raise CodecError(f"{cls.__name__} row is a map of fields")
-        from meshcloud.codec.messages import _BY_CLASS  # the registered tag and version
-
-        spec = _BY_CLASS[cls]
+        spec = _BY_CLASS[cls]  # the registered tag and version (codec internals)
         fields: list[Any] = []
         defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         for name in names:
@@ -180,17 +178,12 @@ def fields_codec(cls: type[V]) -> tuple[Callable[[V], Any], Callable[[Any], V]]:
                 continue
             field = defaults[name]
             if field.default is not dataclasses.MISSING:
-                fields.append(to_wire_value(field.default))
+                fields.append(_plain(field.default))
             elif field.default_factory is not dataclasses.MISSING:
-                fields.append(to_wire_value(field.default_factory()))
+                fields.append(_plain(field.default_factory()))
             else:
                 raise CodecError(f"{cls.__name__} row lacks field {name}")
         return from_wire([spec.tag, spec.version, *fields], cls)
 
     return encode, decode
 
-
-def to_wire_value(value: Any) -> Any:
-    from meshcloud.codec.messages import _plain
-
-    return _plain(value)

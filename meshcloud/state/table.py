@@ -24,7 +24,7 @@ changes nothing.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -304,8 +304,11 @@ class TableCore(Generic[V]):
             self.schema.updated(self.schema.key_from_bytes(key), old, None)
         return True
 
-    def gc_candidates(self, before_ts: int, limit: int) -> list[tuple[bytes, bytes, bytes]]:
-        """Tombstones written before HLC ``before_ts``: (key, value hash, entry bytes).
+    def gc_candidates(self, before_ts: int, limit: int,
+                      accept: Callable[[bytes], bool] | None = None,
+                      ) -> list[tuple[bytes, bytes, bytes]]:
+        """Tombstones written before HLC ``before_ts`` (and whose key ``accept`` takes):
+        (key, value hash, entry bytes), oldest first.
 
         Stale to-do items (the entry changed since) are dropped on the way."""
 
@@ -313,6 +316,8 @@ class TableCore(Generic[V]):
             found, stale = [], []
             for todo_key, value_hash in txn.range(self.gc_tree, b"", _TS.pack(before_ts)):
                 key = todo_key[_TS.size :]
+                if accept is not None and not accept(key):
+                    continue
                 data = txn.get(self.entries_tree, key)
                 if data is None or blake(data) != value_hash:
                     stale.append(todo_key)

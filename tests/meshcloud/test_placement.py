@@ -51,13 +51,13 @@ def test_join_and_leave_move_about_one_nth_of_the_items(n):
 
 def test_bounded_load_keeps_max_over_mean_at_most_c_with_few_moves():
     """100 nodes, 5,000 items (50 per node): plain rendezvous overloads some node by
-    ~40 %; with c = 1.25 no node exceeds ceil(1.25 x mean), and a join or a leave still
-    moves at most 1.5/N of the items (measured: 1.1-1.3/N)."""
+    ~34 %; with c = 1.25 no node exceeds ceil(1.25 x mean), and a join or a leave still
+    moves at most 1.5/N of the items (measured: 0.90/N and 0.96/N)."""
     n, items = 100, ITEMS[:5000]
     nodes = node_ids(n + 1, "b")
     plain = loads(assign(nodes[:n], items, load_factor=None))
     mean = len(items) / n
-    assert max(plain.values()) / mean > 1.3  # the problem bounded load solves
+    assert max(plain.values()) / mean > 1.25  # the problem bounded load solves
     base = assign(nodes[:n], items, load_factor=1.25)
     assert max(loads(base).values()) <= math.ceil(1.25 * mean)
     assert max(loads(base).values()) / mean <= 1.25 + 1 / mean

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+
+import pytest
 
 from meshcloud.state.config import StateConfig, local
 from meshcloud.state.core import StateCore
@@ -131,3 +134,43 @@ def test_sharded_table_lives_on_rf_holders_and_moves_when_one_dies():
         key = KV.key_bytes(f"obj{i}")
         holders = sharded.storage_nodes(table.schema.partition_of_key_bytes(key), view)
         assert all(m.cores[n].table("kv").get_entry(key) is not None for n in holders)
+
+
+def test_sharded_anti_entropy_finds_partners_in_a_large_mesh():
+    """60 nodes, rf = 3: each node holds ~13 of 256 partitions, so a random peer rarely
+    shares one; anti-entropy must pick partners that do. News is lost (loss = 1 for
+    the writes), so only anti-entropy can place the copies."""
+    sharded = Sharded(rf=3)
+    config = dataclasses.replace(StateConfig(), sync_interval=2.0)
+    m = StateMesh(60, [(KV, sharded)], seed=6, config=config)
+    m.loss = 1.0
+    holders_of = {}
+    view = frozenset(m.ids)
+    table = m.cores[m.ids[0]].table("kv")
+    for i in range(40):
+        key = KV.key_bytes(f"obj{i}")
+        holders = sharded.storage_nodes(table.schema.partition_of_key_bytes(key), view)
+        holders_of[key] = holders
+        m.put(holders[0], "kv", f"obj{i}", i)  # only the first holder has it
+    m.loss = 0.0
+    m.run_for(60)
+    for key, holders in holders_of.items():
+        assert all(m.cores[n].table("kv").get_entry(key) is not None for n in holders)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MESHCLOUD_SLOW"), reason="set MESHCLOUD_SLOW=1")
+def test_thousand_nodes_with_loss_and_a_partition_converge():
+    """The simulator's scenario at full size (~15 s of CPU): 1,000 nodes, 10 % loss."""
+    config = dataclasses.replace(StateConfig(), sync_interval=10.0)
+    m = StateMesh(1000, [(KV, None)], seed=7, loss=0.1, config=config)
+    m.run_for(1)
+    half, other = m.ids[:500], m.ids[500:]
+    m.partition(half, other)
+    for k in range(100):
+        m.put(m.ids[(k * 7) % 1000], "kv", f"w{k}", {"n": k})
+    m.run_for(30)
+    assert m.converged("kv", half) and m.converged("kv", other)
+    m.heal()
+    took = m.run_until_converged(["kv"], step=5, limit=300)
+    assert took is not None and took <= 60

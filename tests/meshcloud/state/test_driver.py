@@ -114,3 +114,14 @@ async def test_unknown_table_is_a_clear_error(nursery, autojump_clock):
     with pytest.raises(UnknownTableError):
         drivers[0].put("buckets", "b", {})
     assert WORKLOADS.name in {t.name for t in drivers[0].statistics().tables}
+
+
+async def test_events_are_time_ordered_and_replicated(nursery, autojump_clock):
+    _, ids, drivers = await start_cluster(nursery, 2)
+    drivers[0].log_event("node", "joined")
+    await trio.sleep(1)
+    drivers[1].log_event("workload", "web started", subject="web")
+    await trio.sleep(1)
+    newest_first = drivers[0].scan("events", reverse=True)
+    assert [e.message for _, e in newest_first] == ["web started", "joined"]
+    assert [key[1] for key, _ in newest_first] == [ids[1], ids[0]]
