@@ -18,7 +18,9 @@ transaction; removals are not news (every replica removes on its own).
 
 Entries from peers are decoded and validated *all before any is stored*
 (:meth:`merge_encoded`): one malformed entry rejects its whole batch with a CodecError and
-changes nothing.
+changes nothing. Entries stamped more than ``MAX_DRIFT_MS`` (60 s) ahead of our clock are
+refused until our clock catches up, so one node with a wrong clock cannot win every
+write for years.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from meshcloud.clock import hlc_pack
+from meshcloud.clock import MAX_DRIFT_MS, hlc_pack
 from meshcloud.codec import cbor
 from meshcloud.errors import CodecError
 from meshcloud.state.crdt import Entry, LwwMap, LwwRegister, entry_bytes
@@ -64,6 +66,7 @@ class TableStatistics:
     merkle_todo: int
     gc_todo: int
     root: bytes
+    refused_future: int
 
 
 class TableCore(Generic[V]):
@@ -83,6 +86,8 @@ class TableCore(Generic[V]):
         self.outbox: list[tuple[bytes, bytes]] = []
         """(key, entry bytes) changed here and not yet spread; the state core drains it."""
         self.max_entry_bytes = schema.max_value_bytes + ENTRY_OVERHEAD
+        self.refused_future = 0
+        """Entries refused because they were stamped too far in our future."""
 
     @property
     def name(self) -> str:
@@ -122,6 +127,7 @@ class TableCore(Generic[V]):
         one raises CodecError and nothing is stored. Items equal to what is stored are
         skipped without decoding (the common case when news arrives twice)."""
         fresh: list[tuple[bytes, Entry]] = []
+        horizon = hlc_pack(now_ms + MAX_DRIFT_MS, 0)
 
         def pick(txn: Txn) -> None:
             for key, data in items:
@@ -132,7 +138,12 @@ class TableCore(Generic[V]):
                 fresh.append((key, self.decode_remote(key, data)))
 
         self.kv.read(pick)
-        return self.merge(fresh, now_ms)
+        # An entry stamped more than a minute in our future comes from a clock that is
+        # wrong (a phone set to 2030): taking it would let it win every write for years.
+        # It is refused (not an error) and accepted once our clock catches up.
+        timely = [(k, e) for k, e in fresh if e.timestamp < horizon]
+        self.refused_future += len(fresh) - len(timely)
+        return self.merge(timely, now_ms)
 
     def _merge_txn(self, txn: Txn, items: list[tuple[bytes, Entry]],
                    now_ms: int) -> list[Change]:
@@ -375,6 +386,7 @@ class TableCore(Generic[V]):
                 merkle_todo=txn.count(self.merkle.names.todo),
                 gc_todo=txn.count(self.gc_tree),
                 root=self.merkle.view_hash(txn, b""),
+                refused_future=self.refused_future,
             )
 
         return self.kv.read(run)

@@ -167,3 +167,15 @@ def test_lww_map_entry_type_is_declared_by_schema():
         TableSchema("bad/name", partition=(str,))
     with pytest.raises(ValueError):
         TableSchema("x", partition=(float,))
+
+
+def test_entries_from_a_clock_far_in_the_future_wait_until_time_catches_up():
+    t = table()
+    now_ms = 1_767_225_600_000
+    future = LwwRegister.write(hlc_pack(now_ms + 365 * 86_400_000, 0), W, "from 2027")
+    item = [(SCHEMA.key_bytes(("a", 1)), entry_bytes(future))]
+    assert t.merge_encoded(item, now_ms=now_ms) == [] and t.count() == 0
+    assert t.refused_future == 1
+    near = LwwRegister.write(hlc_pack(now_ms + 30_000, 0), W, "30 s ahead: accepted")
+    assert len(t.merge_encoded([(SCHEMA.key_bytes(("a", 2)), entry_bytes(near))], now_ms)) == 1
+    assert len(t.merge_encoded(item, now_ms=now_ms + 365 * 86_400_000)) == 1
