@@ -28,6 +28,7 @@ CORE_GLOBS = [
     "meshcloud/state/keys.py",
     "meshcloud/state/kv.py",
     "meshcloud/state/core.py",
+    "meshcloud/state/background.py",
     "meshcloud/state/memnet.py",
     "meshcloud/state/messages.py",
     "meshcloud/state/outputs.py",

@@ -21,7 +21,7 @@ catches the rest and heals partitions, and what a sync teaches is news again, so
 partition floods back in O(log N) hops. Sharded tables push to the partition's holders
 instead of random peers, and only holders store.
 
-**Background workers** (:mod:`meshcloud.workers`): Merkle to-do draining, anti-entropy
+**Background workers** (:mod:`.background`): Merkle to-do draining, anti-entropy
 scheduling, GC passes and expiry purges, throttled by tranquility.
 
 Time: ``now`` is seconds (monotonic, for deadlines); HLC physical time is
@@ -48,6 +48,7 @@ from typing import Any
 
 from meshcloud.clock import Hlc
 from meshcloud.errors import CodecError, LocalProtocolError, RemoteProtocolError
+from meshcloud.state.background import background_workers
 from meshcloud.state.config import StateConfig
 from meshcloud.state.crdt import entry_bytes
 from meshcloud.state.errors import UnknownTableError
@@ -55,12 +56,12 @@ from meshcloud.state.gc import GcCore
 from meshcloud.state.keys import Atom, Key
 from meshcloud.state.kv import Kv
 from meshcloud.state.messages import EntryBatch, GcAck, GcDelete, GcPush, SyncHello
-from meshcloud.state.outputs import Output, SendDatagram, StartSync
+from meshcloud.state.outputs import Output, SendDatagram
 from meshcloud.state.replication import FullCopy, Replication, shared_partitions
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.sync import SyncSession, SyncState, respond
 from meshcloud.state.table import Change, TableCore, TableStatistics
-from meshcloud.workers import WorkerSet, WorkerState, WorkerStatus
+from meshcloud.workers import WorkerSet, WorkerStatus
 
 NodeId = bytes
 View = Callable[[], Collection[NodeId]]
@@ -115,11 +116,8 @@ class StateCore:
              "news_received", "syncs_started", "syncs_completed", "syncs_failed",
              "sync_requests_served", "entries_pushed", "entries_pulled", "expired"), 0)
         self.workers = WorkerSet(cpu_clock)
-        tranquility = self.config.tranquility
-        self.workers.add(_MerkleWorker(self), tranquility)
-        self.workers.add(_AntiEntropyWorker(self), tranquility)
-        self.workers.add(_GcWorker(self), tranquility)
-        self.workers.add(_ExpiryWorker(self), tranquility)
+        for worker in background_workers(self):
+            self.workers.add(worker, self.config.tranquility)
 
     # --- tables ---------------------------------------------------------------------------
 
@@ -430,123 +428,3 @@ def _batches(items: list[tuple[bytes, bytes]],
     if batch:
         out.append(tuple(batch))
     return out
-
-
-# --- workers ------------------------------------------------------------------------------
-
-
-class _MerkleWorker:
-    name = "merkle"
-
-    def __init__(self, core: StateCore) -> None:
-        self.core = core
-
-    def step(self, now: float) -> WorkerState:
-        done = 0
-        for table in self.core.tables.values():
-            done += table.flush_merkle(self.core.config.merkle_batch - done)
-            if done >= self.core.config.merkle_batch:
-                return WorkerState.BUSY
-        return WorkerState.IDLE
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def queue_length(self) -> int | None:
-        return sum(t.merkle.todo_count() for t in self.core.tables.values())
-
-
-class _AntiEntropyWorker:
-    name = "anti-entropy"
-
-    def __init__(self, core: StateCore) -> None:
-        self.core = core
-        self._next: float | None = None
-        self._rounds = 0
-
-    def step(self, now: float) -> WorkerState:
-        core = self.core
-        interval = core.config.sync_interval
-        if self._next is None:  # first run: start at a random phase
-            self._next = now + interval * core.rng.random()
-            return WorkerState.IDLE
-        if now < self._next:
-            return WorkerState.IDLE
-        self._next = now + interval * (0.5 + core.rng.random())
-        if core.sessions:
-            return WorkerState.IDLE  # one outgoing session at a time
-        self._rounds += 1
-        partners = core.shard_partners()
-        full_copy = any(r.full_copy for r in core.replications.values())
-        # Full-copy tables sync with any live peer; sharded ones need a peer sharing a
-        # partition (at 1,000 nodes a random peer almost never does): alternate.
-        if partners and (not full_copy or self._rounds % 2 == 0):
-            peers = partners
-        else:
-            peers = core._sorted_peers()
-        if not peers:
-            return WorkerState.IDLE
-        peer = core.rng.choice(peers)
-        if not any(core.plan_for(peer).values()):
-            return WorkerState.IDLE
-        core._outputs.append(StartSync(core.start_sync(peer, now)))
-        return WorkerState.IDLE
-
-    def next_deadline(self) -> float | None:
-        return self._next
-
-    def queue_length(self) -> int | None:
-        return len(self.core.sessions)
-
-
-class _GcWorker:
-    name = "gc"
-
-    def __init__(self, core: StateCore) -> None:
-        self.core = core
-        self._next: float | None = None
-
-    def step(self, now: float) -> WorkerState:
-        core = self.core
-        if self._next is None:
-            self._next = now + core.config.gc_interval * core.rng.random()
-            return WorkerState.IDLE
-        if now < self._next:
-            return WorkerState.IDLE
-        self._next = now + core.config.gc_interval
-        sends = core.gc.start_rounds(now, core.physical_ms(now), core.alive_peers())
-        core._outputs.extend(core._sent(sends))
-        return WorkerState.IDLE
-
-    def next_deadline(self) -> float | None:
-        return self._next
-
-    def queue_length(self) -> int | None:
-        return sum(t.gc_todo_count() for t in self.core.tables.values())
-
-
-class _ExpiryWorker:
-    name = "expiry"
-
-    def __init__(self, core: StateCore) -> None:
-        self.core = core
-        self._next: float | None = None
-
-    def step(self, now: float) -> WorkerState:
-        core = self.core
-        if self._next is not None and now < self._next:
-            return WorkerState.IDLE
-        self._next = now + core.config.expiry_interval
-        limit = core.config.merkle_batch
-        removed = sum(t.purge_expired(core.physical_ms(now), limit)
-                      for t in core.tables.values() if t.schema.expires_after_ms)
-        core._counters["expired"] += removed
-        if removed:
-            core.workers.poke("merkle", now)
-        return WorkerState.BUSY if removed >= limit else WorkerState.IDLE
-
-    def next_deadline(self) -> float | None:
-        return self._next
-
-    def queue_length(self) -> int | None:
-        return None
