@@ -30,7 +30,10 @@ from meshcloud.events import EventFeed
 from meshcloud.identity.invites import InviteToken, create_invite
 from meshcloud.identity.keys import SigningKey, short_id
 from meshcloud.join import JOIN_PROTOCOL, JoinService, PeerContact
-from meshcloud.membership import FileMembershipRecords
+from meshcloud.membership import FileMembershipRecords, MemoryMembershipRecords
+from meshcloud.state.driver import StateDriver
+from meshcloud.state.store import LmdbKv
+from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
 from meshcloud.transport.base import PeerConnected, PeerDisconnected, Transport
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,21 @@ class Node:
             )
         self.cert = self.mesh.cert
         self.root_key = datadir.root_key()
-        self.records = FileMembershipRecords(datadir.membership_path)
+        # admission needs the membership records, which live in the replicated state,
+        # which needs the transport, which needs admission: start with the records kept
+        # on disk by earlier versions and switch to the table once the state exists
         self.authenticator = MeshAuthenticator(
-            self.mesh.root_public, self.records, self.clock.wall_ms, self.cert
+            self.mesh.root_public, MemoryMembershipRecords(), self.clock.wall_ms, self.cert
         )
         self.transport = transport_factory(self.key, self.authenticator, config)
+        datadir.ensure()
+        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster"),
+                                 view=self.alive_peer_ids, clock=self.clock)
+        for schema in CLUSTER_TABLES:
+            self.state.open_table(schema)
+        self.records = TableMembershipRecords(self.state)
+        self._import_file_records()
+        self.authenticator.records = self.records
         self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())
         self.peers: dict[bytes, PeerRecord] = {}
         self._load_peers()
@@ -102,6 +115,25 @@ class Node:
         self.started_at_ms = 0
         self.stopping = trio.Event()
         self._peer_set_changed = trio.Event()
+
+    def _import_file_records(self) -> None:
+        """Carry invite redemptions and revocations from ``membership.json`` into the table."""
+        path = self.datadir.membership_path
+        if not path.exists():
+            return
+        old = FileMembershipRecords(path)
+        for invite, users in old.redemptions.items():
+            for node_id, at in users.items():
+                self.records.record_redemption(invite, node_id, at)
+        for node_id, at in old.revoked_nodes.items():
+            self.records.revoke_node(node_id, at)
+        for invite, at in old.revoked_invites.items():
+            self.records.revoke_invite(invite, at)
+        path.rename(path.with_suffix(".json.imported"))
+
+    def alive_peer_ids(self) -> frozenset[bytes]:
+        """The peers this node believes alive (gossip's view once it runs)."""
+        return frozenset(p.node_id for p in self.peers.values() if p.connected)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -282,6 +314,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self.transport.serve(JOIN_PROTOCOL, self.join_service.handle)
             await nursery.start(self.transport.run)
+            await nursery.start(self.state.run)
             for record in self.peers.values():
                 self.transport.set_addresses(record.node_id, record.addresses)
             await nursery.start(self.diagnostics.run)
