@@ -34,6 +34,13 @@ CORE_GLOBS = [
     "blobstore/chunker.py",
     "blobstore/shards.py",
     "blobstore/s3/sigv4.py",
+    "blobstore/s3/*.py",
+    "blobstore/manifest.py",
+    "blobstore/fetch.py",
+    "blobstore/repair.py",
+    "blobstore/gc.py",
+    "blobstore/scrub.py",
+    "blobstore/errors.py",
     "vnet/ipam.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
