@@ -8,6 +8,8 @@ only need three calls per node, so they depend on this protocol, not on the tran
 * :class:`blobstore.service.TransportShardClient` reaches other nodes over
   ``/meshcloud/blob/1`` streams.
 
+There is no delete here on purpose: GC deletes from the node's own store only.
+
 Errors: ``get_shard`` raises :class:`~blobstore.errors.ShardNotFound` when the node does
 not have the shard; any :class:`~meshcloud.errors.MeshError` (transport failure, store
 full, integrity) means "this node did not do it" and callers try another.
@@ -18,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from blobstore.errors import ShardNotFound
 from blobstore.shards import ShardId
 from blobstore.shardstore import AsyncShardStore, ShardStore
 from meshcloud.errors import TransportError
@@ -33,10 +34,6 @@ class ShardClient(Protocol):
 
     async def get_shard(self, node: NodeId, sid: ShardId) -> bytes:
         """The shard's bytes from ``node`` (unchecked: callers verify against ``sid``)."""
-        ...
-
-    async def delete_shard(self, node: NodeId, sid: ShardId) -> None:
-        """Remove the shard from ``node`` if present (GC only)."""
         ...
 
 
@@ -60,9 +57,3 @@ class LocalShardClient:
 
     async def get_shard(self, node: NodeId, sid: ShardId) -> bytes:
         return await self._store(node).get(sid)
-
-    async def delete_shard(self, node: NodeId, sid: ShardId) -> None:
-        try:
-            await self._store(node).delete(sid)
-        except ShardNotFound:
-            pass

@@ -7,9 +7,11 @@ costs one chunk's k shards. Per chunk, :func:`gather_chunk` drives a
 checks every reply against the manifest (hash and header, in a worker thread), and asks
 for another shard for each one that is missing, slow (``shard_timeout``), unreachable or
 corrupt. Up to m bad shards per chunk are invisible to the caller; each is reported to
-``on_bad_shard`` so repair can rebuild it. Fewer than k good shards raise
-:class:`~blobstore.errors.NotEnoughShards`; a chunk that decodes but fails to open
-(wrong key, tampering that kept the hashes right, i.e. a forged manifest) raises
+``on_bad_shard`` so repair can rebuild it, and a holder that failed to answer is asked
+last for the rest of the read (one dead node costs one timeout per read, not one per
+chunk). Fewer than k good shards raise :class:`~blobstore.errors.NotEnoughShards`; a
+chunk that decodes but fails to open (wrong key, tampering that kept the hashes right,
+i.e. a forged manifest) raises
 :class:`~blobstore.errors.IntegrityError`. Nothing unauthenticated is ever yielded.
 
 Use it under ``contextlib.aclosing`` when the consumer may stop early. There is no read
@@ -63,9 +65,17 @@ async def read_object(
 ) -> AsyncIterator[bytes]:
     """Plaintext of bytes [start, end) (end defaults to the object's size)."""
     end = manifest.size if end is None else end
+    unreachable: set[bytes] = set()
+
+    def note(bad: BadShard) -> None:
+        if not bad.corrupt:
+            unreachable.add(bad.ref.node)
+        if on_bad_shard is not None:
+            on_bad_shard(bad)
+
     for chunk, lo, hi in manifest.chunks_in_range(start, end):
-        plain = await read_chunk(manifest, chunk, client, config=config,
-                                 on_bad_shard=on_bad_shard)
+        plain = await read_chunk(manifest, chunk, client, config=config, on_bad_shard=note,
+                                 avoid=frozenset(unreachable))
         yield plain if (lo, hi) == (0, chunk.length) else plain[lo:hi]
 
 
@@ -80,10 +90,11 @@ async def read_all(manifest: Manifest, client: ShardClient, **kwargs: object) ->
 async def read_chunk(
     manifest: Manifest, chunk: ChunkRef, client: ShardClient, *,
     config: ReaderConfig = ReaderConfig(), on_bad_shard: BadShardHook | None = None,
+    avoid: frozenset[bytes] = frozenset(),
 ) -> bytes:
-    """One chunk's plaintext, authenticated."""
+    """One chunk's plaintext, authenticated. Nodes in ``avoid`` are asked last."""
     fetch = ChunkFetch(manifest.object_id, manifest.scheme, manifest.k, manifest.m, chunk,
-                       hedge=config.hedge)
+                       hedge=config.hedge, skip=avoid)
     await gather_chunk(fetch, client, config=config, on_bad_shard=on_bad_shard)
 
     def finish() -> bytes:

@@ -61,8 +61,9 @@ async def rebuild_chunk(
         blob = blobs[index]
         sid = shard_id(blob)
         try:
-            await client.put_shard(node, sid, blob)
-        except MeshError as exc:
+            with trio.fail_after(config.shard_timeout * 3):
+                await client.put_shard(node, sid, blob)
+        except (MeshError, trio.TooSlowError) as exc:
             log.info("rebuild of chunk %d shard %d on %s failed: %s", task.chunk.index, index,
                      node.hex()[:12], exc)
             return

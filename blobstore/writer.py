@@ -79,6 +79,10 @@ class WriterConfig:
     thread_threshold: int = 64 * 1024
     """Chunks at least this big are hashed, sealed and coded in a worker thread."""
 
+    put_timeout: float = 30.0
+    """Seconds one shard put may take before its holder counts as refusing (a phone on a
+    slow uplink moves a 1 MiB shard in a few seconds; a hung peer must not stall a put)."""
+
     def __post_init__(self) -> None:
         if self.chunks_in_flight < 1 or self.puts_in_flight < 1 or self.spare_holders < 0:
             raise ValueError("writer limits must be positive")
@@ -173,9 +177,11 @@ async def _spread(
         while True:
             try:
                 async with puts:
-                    await client.put_shard(node, prepared.ids[i], prepared.blobs[i])
-            except MeshError as exc:
-                errors.append(f"shard {i} on {node.hex()[:12]}: {exc}")
+                    with trio.fail_after(config.put_timeout):
+                        await client.put_shard(node, prepared.ids[i], prepared.blobs[i])
+            except (MeshError, trio.TooSlowError) as exc:
+                why = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                errors.append(f"shard {i} on {node.hex()[:12]}: {why}")
                 if not spares:
                     return
                 node = spares.popleft()

@@ -46,10 +46,6 @@ class MemoryShardClient:
         except KeyError:
             raise ShardNotFound("no such shard") from None
 
-    async def delete_shard(self, n: bytes, sid: bytes) -> None:
-        await trio.lowlevel.checkpoint()
-        self._store(n).pop(sid, None)
-
     def corrupt(self, n: bytes, sid: bytes) -> None:
         blob = bytearray(self.stores[n][sid])
         blob[-1] ^= 0x01

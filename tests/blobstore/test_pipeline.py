@@ -15,7 +15,7 @@ from blobstore.crypto import new_object_key
 from blobstore.erasure import ReplicationCode, ZfecCode
 from blobstore.errors import IntegrityError, NotEnoughHolders, NotEnoughShards, WriteFailed
 from blobstore.fetch import BadShard
-from blobstore.holders import RendezvousHolders
+from blobstore.holders import RendezvousHolders, placement_key
 from blobstore.manifest import Manifest
 from blobstore.reader import ReaderConfig, read_all, read_object
 from blobstore.writer import WriterConfig, write_object
@@ -227,3 +227,35 @@ async def test_chunk_index_base_and_fixed_key_for_multipart_parts():
     assert [c.index for c in m1.chunks] == [1 << 20, (1 << 20) + 1]
     assert m1.key == key and m1.object_id == b"u" * 16
     assert await read_all(m1, client) == b"p" * 1500
+
+
+async def test_hung_holder_is_replaced_after_the_put_timeout(autojump_clock):
+    client = MemoryShardClient(NODES)
+    hung = RendezvousHolders(NODES).pick(placement_key(b"h" * 16, 0), 1)[0]
+    original = client.put_shard
+
+    async def put_shard(n, sid, blob):
+        if n == hung:
+            await trio.sleep(10_000)
+        await original(n, sid, blob)
+
+    client.put_shard = put_shard
+    config = WriterConfig(chunk_size=1000, thread_threshold=10**9, put_timeout=7)
+    start = trio.current_time()
+    manifest = await put(client, b"w" * 800, config=config, object_id=b"h" * 16)
+    assert 7 <= trio.current_time() - start < 8
+    assert hung not in holders_of(manifest)
+    assert len(manifest.chunks[0].shards) == 6
+
+
+async def test_a_dead_holder_is_asked_once_per_read_not_once_per_chunk():
+    client = MemoryShardClient(NODES)
+    data = random.Random(8).randbytes(20_000)
+    manifest = await put(client, data)
+    dead = NODES[0]
+    client.down.add(dead)
+    bad: list[BadShard] = []
+    assert await read_all(manifest, client, on_bad_shard=bad.append) == data
+    chunks_on_dead = sum(1 for c in manifest.chunks if dead in c.holders())
+    assert chunks_on_dead > 3
+    assert len([b for b in bad if b.ref.node == dead]) == 1
