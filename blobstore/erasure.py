@@ -55,7 +55,7 @@ class ErasureCode(Protocol):
         """Bytes of each shard's payload for a chunk of ``length`` bytes."""
         ...
 
-    def encode(self, data: bytes) -> list[bytes]:
+    def encode(self, data: bytes) -> list[bytes | memoryview]:
         """All n shard payloads of ``data``, in shard-index order, equal sizes."""
         ...
 
@@ -85,14 +85,14 @@ class ZfecCode:
     def shard_size(self, length: int) -> int:
         return -(-length // self.k)
 
-    def encode(self, data: bytes) -> list[bytes]:
+    def encode(self, data: bytes) -> list[bytes | memoryview]:
+        """Data shards are views into ``data`` (no copy; the caller frames them), parity new."""
         size = self.shard_size(len(data))
         view = memoryview(data)
         blocks: list[bytes | memoryview] = [
             view[i * size : (i + 1) * size] for i in range(self.k)
         ]
-        short = size * self.k - len(data)
-        if short:
+        if size * self.k != len(data):
             # Only the last block(s) need padding: copy just those.
             for i in range(self.k):
                 if len(blocks[i]) < size:
@@ -102,7 +102,7 @@ class ZfecCode:
             if self.m
             else []
         )
-        return [bytes(b) for b in blocks] + list(parity)
+        return blocks + list(parity)
 
     def decode(self, shards: Mapping[int, bytes], length: int) -> bytes:
         size = self.shard_size(length)
@@ -137,7 +137,7 @@ class ReplicationCode:
     def shard_size(self, length: int) -> int:
         return length
 
-    def encode(self, data: bytes) -> list[bytes]:
+    def encode(self, data: bytes) -> list[bytes | memoryview]:
         data = bytes(data)
         return [data] * self.n
 

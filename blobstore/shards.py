@@ -111,7 +111,7 @@ def pack_shard(header: ShardHeader, payload: bytes | memoryview) -> bytes:
         raise ShardFormatError(
             f"payload of {len(payload)} bytes, header implies {header.payload_size}"
         )
-    return header.encode() + bytes(payload)
+    return b"".join((header.encode(), payload))  # one copy, payload may be a view
 
 
 def unpack_shard(
