@@ -67,6 +67,10 @@ DEFAULT_MAX_MAP_SIZE = (1 << 40) if _64BIT else (1 << 30)
 DEFAULT_MIN_FREE_BYTES = 256 << 20
 """Keep 256 MiB free on the filesystem: the OS, logs and LMDB's own pages need room."""
 
+DELETE_HEADROOM = 4 << 20
+"""How far past ``max_map_size`` a delete may grow the map: a delete needs a few pages
+(tree path copies, free list), never megabytes."""
+
 MAX_SHARD_SIZE = 65 << 20
 """A shard is at most one 64 MiB sealed chunk (replication) plus its header."""
 
@@ -180,15 +184,19 @@ class ShardStore:
         if expect_id is not None and sid != expect_id:
             raise IntegrityError(f"shard {expect_id.hex()[:16]}: content does not match its id")
         unpack_shard(blob)  # header sanity; raises ShardFormatError
+        self._check_disk(len(blob))
+        return sid, self._write(lambda: self._put_txn(sid, blob), len(blob), self.max_map_size)
+
+    def _write(self, txn_fn: Callable[[], T], incoming: int, limit: int) -> T:
+        """Run one write transaction, growing the map (up to ``limit``) when it is full."""
         with self._write_lock:
             while True:
-                self._check_disk(len(blob))
                 try:
                     with self._gate.shared():
                         self._check_open()
-                        return sid, self._put_txn(sid, blob)
+                        return txn_fn()
                 except lmdb.MapFullError:
-                    self._grow(len(blob))
+                    self._grow(incoming, limit)
                 except lmdb.Error as exc:
                     raise self._translate(exc) from None
 
@@ -202,22 +210,25 @@ class ShardStore:
         return True
 
     def delete(self, sid: ShardId) -> bool:
-        """Remove a shard; returns whether it was there."""
-        with self._write_lock:
-            try:
-                with self._gate.shared():
-                    self._check_open()
-                    with self._env.begin(write=True) as txn:
-                        meta = txn.get(sid, db=self._meta)
-                        if meta is None:
-                            return False
-                        _, size = _META.unpack(meta)
-                        txn.delete(sid, db=self._shards)
-                        txn.delete(sid, db=self._meta)
-                        self._bump(txn, -1, -size)
-                    return True
-            except lmdb.Error as exc:
-                raise self._translate(exc) from None
+        """Remove a shard; returns whether it was there.
+
+        Deleting writes pages too (LMDB is copy-on-write), so a completely full map could
+        refuse the very delete meant to free it: deletes may grow the map a little past
+        ``max_map_size`` (:data:`DELETE_HEADROOM`).
+        """
+
+        def txn_fn() -> bool:
+            with self._env.begin(write=True) as txn:
+                meta = txn.get(sid, db=self._meta)
+                if meta is None:
+                    return False
+                _, size = _META.unpack(meta)
+                txn.delete(sid, db=self._shards)
+                txn.delete(sid, db=self._meta)
+                self._bump(txn, -1, -size)
+            return True
+
+        return self._write(txn_fn, 0, self.max_map_size + DELETE_HEADROOM)
 
     def _bump(self, txn: lmdb.Transaction, count: int, size: int) -> None:
         for name, delta in ((_COUNT, count), (_BYTES, size)):
@@ -234,13 +245,14 @@ class ShardStore:
                 f"{self.min_free_bytes >> 20} MiB in reserve: shard not stored"
             )
 
-    def _grow(self, incoming: int) -> None:
-        if self.map_size >= self.max_map_size:
+    def _grow(self, incoming: int, limit: int) -> None:
+        if self.map_size >= limit:
             raise StoreFullError(
                 f"shard store {self.path} is full ({self.map_size >> 20} MiB map, the "
-                "configured maximum): shard not stored"
+                "configured maximum): nothing written"
             )
-        new = min(max(self.map_size * 2, self.map_size + 4 * incoming), self.max_map_size)
+        new = min(max(self.map_size * 2, self.map_size + 4 * incoming, self.map_size + (1 << 20)),
+                  limit)
         with self._gate.exclusive():
             self._check_open()
             self._env.set_mapsize(new)

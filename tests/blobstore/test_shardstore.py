@@ -177,3 +177,19 @@ async def test_concurrent_async_puts_and_gets_while_the_map_grows(tmp_path):
         assert all(r.ok for r in results) and len(results) == len(blobs)
     finally:
         store.close()
+
+
+def test_deletes_work_when_the_reopened_map_has_no_free_page(tmp_path):
+    # Found by the stateful test: after growing, a reopen maps just the file's size, so
+    # the first write finds no free page; a delete (copy-on-write) must grow the map too.
+    def open_store():
+        return ShardStore(tmp_path / "f", map_size=128 << 10, max_map_size=512 << 10,
+                          min_free_bytes=0, sync=False)
+
+    with open_store() as s:
+        a, _ = s.put(blob(30_000, 2))
+        s.put(blob(70_000, 3))
+    with open_store() as s:
+        assert s.stats().map_size == s.stats().used_bytes  # not one spare page
+        assert s.delete(a)
+        assert s.stats().count == 1
