@@ -304,7 +304,7 @@ def _request_time(request: S3Request) -> tuple[str, float]:
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     try:
         parsed = parsedate_to_datetime(date)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header"
                            ) from None
     if parsed.tzinfo is None:

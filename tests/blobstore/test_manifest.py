@@ -94,3 +94,28 @@ def test_with_shards_replaces_same_index():
     assert len(m2.chunks[1].shards) == 6
     with pytest.raises(KeyError):
         m.with_shards(9, [new])
+
+
+shard_refs = st.builds(ShardRef, index=st.integers(0, 5), shard_id=st.binary(min_size=32,
+                       max_size=32), node=st.binary(min_size=1, max_size=64))
+
+
+@st.composite
+def manifests(draw):
+    lengths = draw(st.lists(st.integers(0, 2**40), max_size=5))
+    chunks = tuple(
+        ChunkRef(index=i * 7, length=n, sealed_length=n + SEAL_OVERHEAD,
+                 shards=tuple({r.index: r for r in draw(st.lists(shard_refs, max_size=6))}
+                              .values()))
+        for i, n in enumerate(lengths)
+    )
+    return Manifest(object_id=draw(st.binary(min_size=1, max_size=64)), size=sum(lengths),
+                    etag=draw(st.text(max_size=40)), scheme=Scheme.ZFEC, k=4, m=2,
+                    key=draw(st.binary(min_size=32, max_size=32)), chunks=chunks,
+                    part_sizes=draw(st.sampled_from([(), tuple(lengths)])) if lengths else ())
+
+
+@settings(max_examples=60, deadline=None)
+@given(manifests())
+def test_any_valid_manifest_round_trips(manifest):
+    assert decode_message(encode_message(manifest), Manifest) == manifest

@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from meshcloud.codec import cbor
@@ -114,7 +114,10 @@ def test_tags_are_unique_and_inside_their_block():
 def test_every_registered_message_round_trips(data):
     tags = _all_registered_messages()
     cls = data.draw(st.sampled_from(sorted(tags.values(), key=lambda c: c.__name__)))
-    msg = data.draw(st.from_type(cls))
+    try:
+        msg = data.draw(st.from_type(cls))
+    except (TypeError, ValueError):
+        assume(False)  # a value the message's own __post_init__ validation refuses
     wire = encode_message(msg)
     again = decode_message(wire)
     assert type(again) is cls

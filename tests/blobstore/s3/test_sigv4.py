@@ -313,3 +313,11 @@ def test_boto3_generate_presigned_url_verifies():
     assert auth.presigned
     with pytest.raises(e.ExpiredPresignedUrl):
         verify_request(req, STORE, NOW + 3601)
+
+
+@pytest.mark.parametrize("date", ["", "yesterday", "Mon, 99 Foo", "Thu, 01 Jan 2026 25:61:00 GMT"])
+def test_garbage_date_header_is_access_denied(date):
+    req = header_signed("GET", URL, {"Date": "x"})
+    req = _with_header(req, "Date", date)
+    with pytest.raises(e.AccessDenied):
+        verify_request(req, STORE, NOW)
