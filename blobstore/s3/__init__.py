@@ -3,6 +3,7 @@
 Nothing here does I/O or reads a clock; the HTTP layer (hypercorn + starlette, later)
 parses the request into plain values, calls these, and writes what they return:
 
+* :mod:`.request`    S3Request: method, raw path and query, headers, as received;
 * :mod:`.errors`     S3Error subclasses: each knows its S3 code and HTTP status;
 * :mod:`.sigv4`      AWS Signature V4 (Authorization header and presigned URLs);
 * :mod:`.chunked`    the ``aws-chunked`` body decoder with per-chunk signatures;

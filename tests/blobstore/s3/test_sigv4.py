@@ -297,12 +297,13 @@ def test_presigned_with_unsigned_amz_header():
 
 def test_boto3_generate_presigned_url_verifies():
     import boto3
+    import botocore.config
 
     from tests.blobstore.s3.signing import SECRET, frozen, to_s3request
 
     client = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1",
                           aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-                          config=__import__("botocore.config").config.Config(
+                          config=botocore.config.Config(
                               signature_version="s3v4", s3={"addressing_style": "path"}))
     with frozen():
         url = client.generate_presigned_url(
