@@ -110,21 +110,16 @@ class RepairPlanner:
         bad: set[tuple[NodeId, bytes]], plan: RepairPlan,
     ) -> None:
         k, n = manifest.k, manifest.n
-        sources: list[ShardRef] = []
-        holders: set[NodeId] = set()
-        for ref in sorted(chunk.shards, key=lambda s: s.index):
-            if ref.node not in live or (ref.node, ref.shard_id) in bad:
-                continue
-            if ref.node in holders:
-                # A second shard on the same node: readable, but rebuilt elsewhere.
-                sources.append(ref)
-                continue
-            holders.add(ref.node)
-            sources.append(ref)
+        sources = [
+            ref for ref in sorted(chunk.shards, key=lambda s: s.index)
+            if ref.node in live and (ref.node, ref.shard_id) not in bad
+        ]
         distinct_indexes = {s.index for s in sources}
         if len(distinct_indexes) < k:
             plan.lost.append(ChunkLost(manifest.object_id, chunk.index, len(distinct_indexes), k))
             return
+        # One shard per node counts as placed; a second shard on the same node stays
+        # readable (a source) but is rebuilt elsewhere.
         kept: dict[int, ShardRef] = {}
         placed_on: set[NodeId] = set()
         for ref in sources:

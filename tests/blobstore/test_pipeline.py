@@ -259,3 +259,20 @@ async def test_a_dead_holder_is_asked_once_per_read_not_once_per_chunk():
     chunks_on_dead = sum(1 for c in manifest.chunks if dead in c.holders())
     assert chunks_on_dead > 3
     assert len([b for b in bad if b.ref.node == dead]) == 1
+
+
+async def test_a_manifest_pointing_at_another_chunks_shard_is_caught_by_the_header():
+    """The id matches its bytes, but the header says it belongs elsewhere: skipped."""
+    import dataclasses
+
+    client = MemoryShardClient(NODES)
+    data = random.Random(10).randbytes(2000)
+    manifest = await put(client, data)
+    foreign = manifest.chunks[1].shards[0]
+    mine = manifest.chunks[0].shards[0]
+    client.stores[mine.node][foreign.shard_id] = client.stores[foreign.node][foreign.shard_id]
+    forged = manifest.with_shards(0, [dataclasses.replace(mine, shard_id=foreign.shard_id)])
+    bad: list[BadShard] = []
+    assert await read_all(forged, client, on_bad_shard=bad.append) == data
+    assert [(b.chunk_index, b.ref.index, b.corrupt) for b in bad] == [(0, 0, True)]
+    assert "foreign header" in bad[0].reason

@@ -36,6 +36,7 @@ def reference(keys, prefix, delimiter):
 def walk_v2(source, prefix, delimiter, max_keys):
     contents, prefixes, pages, token = [], [], 0, None
     while True:
+        assert pages <= len(source.items) + 1, "paging does not terminate"
         after = TOKENS.decode(token, bucket="b", prefix=prefix, delimiter=delimiter) \
             if token else None
         page = list_page(source, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
@@ -53,7 +54,7 @@ def walk_v2(source, prefix, delimiter, max_keys):
 def walk_v1(source, prefix, delimiter, max_keys):
     """V1: the client resumes from NextMarker (or the last key) as a plain marker."""
     contents, prefixes, marker = [], [], None
-    while True:
+    for _ in range(len(source.items) + 2):
         page = list_page(source, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
                          after=Position(After.KEY, marker) if marker is not None else None)
         contents += [k for k, _ in page.contents]
@@ -61,6 +62,7 @@ def walk_v1(source, prefix, delimiter, max_keys):
         if not page.is_truncated:
             return contents, prefixes
         marker = page.last.value
+    raise AssertionError("v1 paging does not terminate")
 
 
 KEYS = st.lists(st.text(alphabet="ab/é", max_size=6), max_size=40)
