@@ -1,0 +1,113 @@
+"""Conditional requests: If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since.
+
+Evaluated in RFC 9110 §13.2.2's order, which also gives S3's documented combinations:
+
+1. If-Match present: fails (412) unless the object exists and one listed ETag matches it
+   strongly (or ``*``). Otherwise, If-Unmodified-Since: fails (412) if the object changed
+   after that date. (If-Match true + If-Unmodified-Since false -> served, as S3.)
+2. If-None-Match present: if the object exists and an ETag matches weakly (or ``*``), a GET
+   or HEAD gets 304 Not Modified, any other method 412. Otherwise, for GET/HEAD only,
+   If-Modified-Since: 304 if the object has not changed since. (If-None-Match false +
+   If-Modified-Since true -> 304, as S3.)
+
+A date that does not parse is ignored (RFC 9110 §13.1.3-4). Last-Modified has one-second
+precision on the wire, so comparisons use whole seconds. ETags are compared without
+quotes, and unquoted ones from careless clients are accepted. Writes use the same rules:
+``If-None-Match: *`` on a PUT is "create only" (412 if the key exists), ``If-Match`` on a
+PUT is "replace only this version".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+from blobstore.s3.errors import NotModified, PreconditionFailed
+from blobstore.s3.request import S3Request
+
+MAX_CONDITION_HEADER = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """The object a condition is evaluated against."""
+
+    etag: str
+    """Without quotes."""
+    last_modified: float
+    """Wall-clock seconds."""
+
+
+def parse_http_date(value: str) -> float | None:
+    """Seconds since the epoch, or None if ``value`` is not an HTTP date."""
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _tags(value: str) -> list[tuple[bool, str]] | None:
+    """(weak, opaque) pairs of an ETag list; None for ``*``."""
+    if value.strip() == "*":
+        return None
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        weak = item.startswith("W/")
+        if weak:
+            item = item[2:]
+        if len(item) >= 2 and item[0] == item[-1] == '"':
+            item = item[1:-1]
+        if item:
+            out.append((weak, item))
+    return out
+
+
+def _matches(header: str, etag: str, *, strong: bool) -> bool:
+    tags = _tags(header)
+    if tags is None:
+        return True
+    return any(opaque == etag and not (strong and weak) for weak, opaque in tags)
+
+
+def check_conditions(request: S3Request, current: Current | None) -> None:
+    """Raise PreconditionFailed (412) or NotModified (304) as the headers demand."""
+    method = request.method.upper()
+    safe = method in ("GET", "HEAD")
+    if_match = _header(request, "if-match")
+    if_none_match = _header(request, "if-none-match")
+    if_unmodified = _header(request, "if-unmodified-since")
+    if_modified = _header(request, "if-modified-since")
+    seconds = math.floor(current.last_modified) if current is not None else None
+
+    if if_match is not None:
+        if current is None or not _matches(if_match, current.etag, strong=True):
+            raise PreconditionFailed(Condition="If-Match")
+    elif if_unmodified is not None and current is not None:
+        limit = parse_http_date(if_unmodified)
+        if limit is not None and seconds is not None and seconds > limit:
+            raise PreconditionFailed(Condition="If-Unmodified-Since")
+
+    if if_none_match is not None:
+        if current is not None and _matches(if_none_match, current.etag, strong=False):
+            if safe:
+                raise NotModified(ETag=f'"{current.etag}"')
+            raise PreconditionFailed(Condition="If-None-Match")
+    elif if_modified is not None and safe and current is not None:
+        since = parse_http_date(if_modified)
+        if since is not None and seconds is not None and seconds <= since:
+            raise NotModified(ETag=f'"{current.etag}"')
+
+
+def _header(request: S3Request, name: str) -> str | None:
+    value = request.header(name)
+    if value is not None and len(value) > MAX_CONDITION_HEADER:
+        return None
+    return value
