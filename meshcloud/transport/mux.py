@@ -26,8 +26,11 @@ window is a protocol error.
 
 **Closing**: FIN (:meth:`~MuxCore.end_stream`) half-closes one direction and the peer sees
 :class:`StreamEnded` after the last message; RESET (:meth:`~MuxCore.reset_stream`) aborts
-both directions with a reason (:class:`StreamAborted`). GOAWAY announces a clean shutdown:
-no new streams either way, existing ones may finish.
+both directions with a reason (:class:`StreamAborted`). GOAWAY says "I open no more
+streams here": the receiver stops opening streams too, but streams the peer opened before
+it heard are still served (its OPENs precede its GOAWAY on the wire, so nothing is lost).
+Once both sides have sent GOAWAY and no stream is left, the connection is :attr:`drained`
+and can be closed without cutting anything (used to retire a duplicate connection).
 
 **Keepalive**: any bytes from the peer prove it alive. After ``keepalive_interval`` of
 silence we send a PING (and again every interval); after ``dead_timeout`` of silence the
@@ -107,7 +110,7 @@ class MuxError(RemoteProtocolError):
 
 class MuxState(Enum):
     OPEN = "open"
-    CLOSING = "closing"  # GOAWAY sent or received: existing streams only
+    CLOSING = "closing"  # GOAWAY sent or received: no new local streams
     DEAD = "dead"  # keepalive timeout
     ERROR = "error"  # protocol error; refuses further input
 
@@ -143,6 +146,7 @@ class MuxCore:
         self.initiator = initiator
         self.state = MuxState.OPEN
         self.peer_going_away = False
+        self.going_away = False
         self.rtt: float | None = None
         self._error: MuxError | None = None
         self._streams: dict[int, _Stream] = {}
@@ -176,6 +180,11 @@ class MuxCore:
 
     def can_open_streams(self) -> bool:
         return self.state is MuxState.OPEN and not self.peer_going_away
+
+    @property
+    def drained(self) -> bool:
+        """Both sides said GOAWAY and no stream is left: closing now cuts nothing."""
+        return self.going_away and self.peer_going_away and not self._streams
 
     # --- output -------------------------------------------------------------------------
 
@@ -329,8 +338,9 @@ class MuxCore:
         return True
 
     def go_away(self, reason: str = "") -> None:
-        """Announce a clean shutdown: no new streams; existing ones may finish."""
-        if self.state is MuxState.OPEN:
+        """We open no more streams here (clean shutdown or retiring a duplicate)."""
+        if not self.going_away and self.state in (MuxState.OPEN, MuxState.CLOSING):
+            self.going_away = True
             self._emit(_GOAWAY, 0, 0, encode_reason(reason))
             self.state = MuxState.CLOSING
 
@@ -506,9 +516,8 @@ class MuxCore:
             raise MuxError(f"OPEN of stream {stream_id} is out of order or of the wrong side")
         self._last_remote_id = stream_id
         protocol, rest = self._split_name(payload)
-        if self.state is not MuxState.OPEN:
-            self._emit(_RESET, 0, stream_id, encode_reason("connection is closing"))
-            return
+        if self.peer_going_away:
+            raise MuxError("peer opened a stream after its GOAWAY")
         if self._inbound >= self.config.max_streams:
             self._emit(_RESET, 0, stream_id, encode_reason(
                 f"too many streams (limit {self.config.max_streams})"))

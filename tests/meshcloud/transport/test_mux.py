@@ -346,14 +346,33 @@ def test_goaway_stops_new_streams_both_ways():
     assert messages(pair.transfer(pair.a)) == [b"existing streams still work"]
 
 
-def test_open_after_our_goaway_is_reset():
+def test_open_racing_our_goaway_is_served_and_the_pair_drains():
     pair = Pair()
     sid = pair.a.open_stream("/p/1")
-    pair.b.go_away()
-    pair.b.data_to_send()
+    pair.b.go_away("duplicate connection")
+    in_flight = pair.b.data_to_send()  # b's GOAWAY still on its way when a opens
     pair.a.send_message(sid, b"x")
-    assert pair.transfer(pair.a) == []
-    assert pair.transfer(pair.b) == [StreamAborted(sid, "connection is closing")]
+    pair.a.end_stream(sid)
+    events = pair.transfer(pair.a)
+    assert StreamOpened(sid, "/p/1") in events and messages(events) == [b"x"]
+    assert not pair.b.drained
+    for packet in in_flight:
+        assert pair.a.receive_data(bytes(packet), 0.0) == [GoAwayReceived("duplicate connection")]
+    with pytest.raises(LocalProtocolError):
+        pair.a.open_stream("/p/1")
+    pair.a.go_away("duplicate connection")
+    pair.transfer(pair.a)
+    pair.b.end_stream(sid)
+    assert pair.b.drained  # both said GOAWAY, no stream left
+    pair.transfer(pair.b)
+    assert pair.a.drained
+
+
+def test_open_after_the_peers_own_goaway_is_a_protocol_error():
+    core = MuxCore(initiator=False, now=0.0)
+    with pytest.raises(MuxError, match="after its GOAWAY"):
+        core.receive_data(frame(FrameType.GOAWAY, 0, 0, b"bye")
+                          + frame(FrameType.OPEN, 0, 1, b"\x02/p"), 0.0)
 
 
 # --- protocol errors ----------------------------------------------------------------------
