@@ -16,10 +16,11 @@ message-oriented: a message larger than a frame is cut into frames flagged MORE 
 reassembled, up to ``max_message`` bytes (a larger one resets the stream).
 
 **Flow control** is per stream and counts message bytes (HTTP/2 §5.2 in spirit). Both
-sides start every stream with :data:`INITIAL_WINDOW` of credit; the receiver raises it to
-its configured ``stream_window`` with a WINDOW_UPDATE as the stream opens, and returns
-credit as the application :meth:`~MuxCore.acknowledge` s messages, in updates of at least a
-quarter window. A message being reassembled is credited as it arrives once it is the next
+sides start every stream with :data:`INITIAL_WINDOW` of credit; once a stream has carried
+half of that (a bulk stream) the receiver raises it to its configured ``stream_window``,
+so a short request stream costs no WINDOW_UPDATE at all. Credit comes back as the
+application :meth:`~MuxCore.acknowledge` s messages, in updates of at least a quarter
+window. A message being reassembled is credited as it arrives once it is the next
 one the application will read (else a message larger than the window would deadlock), so a
 stream buffers at most ``stream_window + max_message`` bytes. A sender exceeding the
 window is a protocol error.
@@ -118,7 +119,7 @@ class MuxState(Enum):
 class _Stream:
     __slots__ = ("id", "local", "name", "owed", "partial", "partial_size", "partial_uncredited",
                  "pending_credit", "pending_open", "protocol", "recv_open", "recv_window",
-                 "send_open", "send_window", "sending_partial")
+                 "send_open", "send_window", "sending_partial", "window")
 
     def __init__(self, stream_id: int, protocol: str, name: bytes, *, local: bool) -> None:
         self.id = stream_id
@@ -130,6 +131,7 @@ class _Stream:
         self.recv_open = True
         self.send_window = INITIAL_WINDOW
         self.recv_window = INITIAL_WINDOW
+        self.window = INITIAL_WINDOW  # the receive window we aim to keep open
         self.sending_partial = False
         self.pending_credit = 0
         self.owed: deque[int] = deque()
@@ -161,7 +163,6 @@ class MuxCore:
         self._next_ping = now + self.config.keepalive_interval
         self._ping_sent: tuple[bytes, float] | None = None
         self._ping_count = 0
-        self._grant_threshold = self.config.stream_window // 4
 
     # --- introspection ------------------------------------------------------------------
 
@@ -247,10 +248,8 @@ class MuxCore:
             if earlier is not None and earlier.pending_open and earlier is not stream:
                 earlier.pending_open = False
                 self._emit(_OPEN, 0, earlier.id, earlier.name)
-                self._grant_initial(earlier)
         stream.pending_open = False
         self._emit(_OPEN, flags, stream.id, stream.name, first)
-        self._grant_initial(stream)
 
     def send_message(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Send as much of the current message as the window allows.
@@ -287,7 +286,8 @@ class MuxCore:
             if not more:
                 break
         stream.send_window = window
-        stream.sending_partial = sent < total
+        if sent:  # nothing sent leaves the stream as it was (mid-message or not)
+            stream.sending_partial = sent < total
         return sent
 
     def end_stream(self, stream_id: int) -> None:
@@ -352,15 +352,12 @@ class MuxCore:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
         return stream
 
-    def _grant_initial(self, stream: _Stream) -> None:
-        extra = self.config.stream_window - INITIAL_WINDOW
-        if extra > 0 and stream.recv_open:
-            stream.recv_window += extra
-            self._emit(_WINDOW_UPDATE, 0, stream.id, U32.pack(extra))
-
     def _maybe_grant(self, stream: _Stream) -> None:
         credit = stream.pending_credit
-        if credit >= self._grant_threshold and stream.recv_open:
+        if stream.recv_window <= stream.window // 2 < self.config.stream_window // 2:
+            credit += self.config.stream_window - stream.window  # a bulk stream: widen
+            stream.window = self.config.stream_window
+        if credit >= stream.window // 4 and stream.recv_open:
             stream.pending_credit = 0
             stream.recv_window += credit
             self._emit(_WINDOW_UPDATE, 0, stream.id, U32.pack(credit))
@@ -526,7 +523,6 @@ class MuxCore:
         self._streams[stream_id] = stream
         self._inbound += 1
         events.append(StreamOpened(stream_id, protocol))
-        self._grant_initial(stream)
         if flags & (_MSG | _FIN | _MORE) or rest:
             self._on_data(flags, stream_id, rest, events)
 

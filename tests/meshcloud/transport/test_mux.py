@@ -87,8 +87,23 @@ def test_request_goes_out_in_one_frame_with_the_open():
     ftype, flags, _length, stream_id = HEADER.unpack_from(packets[0])
     assert (ftype, flags, stream_id) == (FrameType.OPEN, Flag.MSG, 1)
     events = pair.b.receive_data(bytes(packets[0]), 0.0)
-    assert events[:2] == [StreamOpened(1, "/test/echo/1"), MessageReceived(1, b"ping")]
-    assert StreamEnded(1) in events
+    assert events == [StreamOpened(1, "/test/echo/1"), MessageReceived(1, b"ping"),
+                      StreamEnded(1)]
+    pair.b.acknowledge(1)
+    assert pair.b.backlog == 0  # a short stream costs no WINDOW_UPDATE
+
+
+def test_bulk_stream_widens_its_window_to_the_configured_size():
+    pair = Pair()
+    sid = pair.a.open_stream("/bulk/1")
+    for _ in range(2):  # unread one-frame messages: no credit comes back yet
+        pair.a.send_message(sid, bytes(60_000))
+    pair.transfer(pair.a)
+    assert pair.b.backlog == 0
+    pair.a.send_message(sid, bytes(60_000))  # past half the initial window
+    pair.transfer(pair.a)
+    assert pair.transfer(pair.b) == [WindowUpdated(sid)]
+    assert pair.a.send_window(sid) == MuxConfig().stream_window - 180_000
 
 
 def test_round_trip_half_close_and_forgetting_finished_streams():
