@@ -107,6 +107,18 @@ class SecureChannel:
         self.bytes_sent += size
         return out
 
+    def encrypt_packets(self, packets: list[bytearray]) -> bytearray:
+        """Packets of at most MAX_PLAINTEXT bytes each, one transport message each."""
+        encrypt = self._send.encrypt_with_ad
+        pack = LENGTH.pack
+        out = bytearray()
+        for packet in packets:
+            ciphertext = encrypt(None, bytes(packet))
+            out += pack(len(ciphertext))
+            out += ciphertext
+            self.bytes_sent += len(packet)
+        return out
+
     def decrypt_message(self, message: bytes) -> bytes:
         """Decrypt one transport message already cut from the stream."""
         plaintext = self._receive.decrypt_with_ad(None, message)
