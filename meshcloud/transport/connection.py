@@ -65,6 +65,15 @@ READS_BEFORE_YIELD = 8
 """Reads in a row (data always ready) before the reader lets other tasks run."""
 
 
+async def _send_all(sock: socket.socket, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
 class TcpStream:
     """A message stream on a :class:`Connection` (see :class:`~meshcloud.transport.base.Stream`)."""
 
@@ -231,11 +240,14 @@ class Connection:
         self.lost = False
         self.lost_reason = ""
         self.retiring = False  # a duplicate being drained: no new streams from us
+        self._retire_reason = ""
         self._goaway_reason: str | None = None
         self._flush_scheduled = False
         self._writing = False  # the writer holds bytes not yet fully sent
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._cancel = trio.CancelScope()
+        self.closed = trio.Event()
+        """Set once the connection is gone (for whoever must wait for that)."""
 
     def __repr__(self) -> str:
         way = "to" if self.we_dialed else "from"
@@ -268,6 +280,7 @@ class Connection:
         if self.lost or self.retiring:
             return
         self.retiring = True
+        self._retire_reason = reason
         self.mux.go_away(reason)
         self.schedule_flush()
         self._close_if_drained()
@@ -291,6 +304,7 @@ class Connection:
             stream._on_failure(error)
         self.streams.clear()
         self._cancel.cancel()
+        self.closed.set()
         self.transport._forget(self, reason)
 
     def schedule_flush(self) -> None:
@@ -309,13 +323,22 @@ class Connection:
     def _close_if_drained(self) -> None:
         if self.retiring and self.mux.drained and not self.lost:
             self._send_nowait()
-            self.lose("duplicate connection retired")
+            if self._goaway_reason is not None:
+                self.lose(f"peer is going away: {self._goaway_reason}")
+            else:
+                self.lose(self._retire_reason)
 
     # --- tasks --------------------------------------------------------------------------
 
-    async def run(self, early: list[bytes]) -> None:
+    async def run(self, early: list[bytes], first: bytes = b"") -> None:
+        """Serve the connection until it is lost. ``early``: transport data that came with
+        the handshake; ``first``: bytes to send before anything else (the verdict)."""
         try:
             with self._cancel:
+                if first:
+                    self._writing = True
+                    await _send_all(self.sock, first)
+                    self._writing = False
                 if early:
                     self._feed(early)
                 async with trio.open_nursery() as nursery:

@@ -287,11 +287,12 @@ class TcpTransport:
             raise TransportError(f"cannot reach {address}: connection timed out")
         try:
             core = self._handshake_core(initiator=True, expect=expect)
+            early, first = [], b""
             with trio.move_on_after(self.config.handshake_timeout):
-                early = await _run_handshake(sock, core)
+                early, first = await _run_handshake(sock, core)
             if core.status is not HandshakeStatus.DONE:
                 raise TransportError(f"handshake with {address} timed out")
-            return self._adopt(sock, core, early, we_dialed=True, address=address).peer
+            return self._adopt(sock, core, early, first, we_dialed=True, address=address).peer
         except BaseException:
             sock.close()
             raise
@@ -340,9 +341,10 @@ class TcpTransport:
 
     async def _inbound(self, sock: socket.socket, address: str) -> None:
         core = self._handshake_core(initiator=False)
+        early, first = [], b""
         try:
             with trio.move_on_after(self.config.handshake_timeout):
-                early = await _run_handshake(sock, core)
+                early, first = await _run_handshake(sock, core)
             if core.status is not HandshakeStatus.DONE:
                 logger.debug("handshake from %s timed out", address)
                 sock.close()
@@ -358,12 +360,15 @@ class TcpTransport:
         except BaseException:
             sock.close()
             raise
-        self._adopt(sock, core, early, we_dialed=False, address=address)
+        try:
+            self._adopt(sock, core, early, first, we_dialed=False, address=address)
+        except TransportError:  # stopped meanwhile
+            return
 
     # --- connections --------------------------------------------------------------------
 
-    def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes], *,
-               we_dialed: bool, address: str) -> Connection:
+    def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes],
+               first: bytes, *, we_dialed: bool, address: str) -> Connection:
         peer, channel = core.peer, core.channel
         assert peer is not None and channel is not None
         if self._nursery is None:
@@ -372,13 +377,13 @@ class TcpTransport:
         conn = Connection(self, sock, channel, peer, we_dialed=we_dialed, address=address,
                           config=self.config.mux, serial=next(self._serial))
         conns = self._connections.setdefault(peer.node_id, [])
-        first = not conns
+        new_peer = not conns
         conns.append(conn)
         self._learn_addresses(peer, address if we_dialed else None)
-        self._nursery.start_soon(conn.run, early)
+        self._nursery.start_soon(conn.run, early, first)
         logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
                     short_id(peer.node_id), address, " (joining)" if peer.joining else "")
-        if first:
+        if new_peer:
             self._publish(PeerConnected(peer=peer, address=address, we_dialed=we_dialed))
         else:
             self._retire_duplicates(peer.node_id)
@@ -403,7 +408,7 @@ class TcpTransport:
                 conn.retire("duplicate connection")
 
     def _on_goaway(self, conn: Connection, reason: str) -> None:
-        conn.retire(f"peer is going away: {reason}")
+        conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
 
     def _forget(self, conn: Connection, reason: str) -> None:
         node_id = conn.peer.node_id
@@ -571,12 +576,17 @@ async def _receive_some(sock: socket.socket) -> bytes:
             await trio.lowlevel.wait_readable(sock)
 
 
-async def _run_handshake(sock: socket.socket, core: HandshakeCore) -> list[bytes]:
-    """Exchange handshake messages until the core is done; a refusal is sent before raising."""
-    early: list[bytes] = []
+async def _run_handshake(sock: socket.socket, core: HandshakeCore
+                         ) -> tuple[list[bytes], bytes]:
+    """Exchange handshake messages until the core is done; a refusal is sent before raising.
+
+    Returns the transport data that arrived early and the bytes still to send (the
+    listener's verdict): the caller registers the connection first, so that a dialer told
+    "accepted" always finds it registered here.
+    """
     try:
         await _send_all(sock, core.data_to_send())
-        while core.status is HandshakeStatus.IN_PROGRESS:
+        while True:
             data = await _receive_some(sock)
             if not data:
                 raise TransportError("peer closed the connection during the handshake")
@@ -589,9 +599,10 @@ async def _run_handshake(sock: socket.socket, core: HandshakeCore) -> list[bytes
                         await _send_all(sock, verdict)
                 raise
             out = core.data_to_send()
+            if core.status is HandshakeStatus.DONE:
+                return early, out
             if out:
                 await _send_all(sock, out)
     except OSError as exc:
         raise TransportError(f"connection failed during the handshake: "
                              f"{exc.strerror or exc}") from None
-    return early
