@@ -96,14 +96,18 @@ class TcpConfig:
     datagram_queue: int = 64
     """Datagrams held for a peer while it is being dialled; more are dropped."""
 
+    max_handshakes: int = 64
+    """Inbound handshakes in progress at once; further connections are closed at once, so
+    a flood of silent sockets costs at most this many tasks until ``handshake_timeout``."""
+
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.handshake_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        if self.datagram_queue < 0:
-            raise ValueError("datagram_queue must be >= 0")
+        if self.datagram_queue < 0 or self.max_handshakes < 1:
+            raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
 
     @classmethod
     def lan(cls) -> TcpConfig:
@@ -144,6 +148,7 @@ class TcpTransport:
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
         self._background_dials: set[NodeId] = set()
+        self._handshaking = 0
         self._nursery: trio.Nursery | None = None
         self._serial = itertools.count(1)
 
@@ -335,11 +340,22 @@ class TcpTransport:
                     logger.warning("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     break
+                if self._handshaking >= self.config.max_handshakes:
+                    logger.debug("too many handshakes in progress: closing %s", addr)
+                    sock.close()
+                    continue
                 _tune(sock)
                 assert self._nursery is not None
+                self._handshaking += 1
                 self._nursery.start_soon(self._inbound, sock, format_address(*addr[:2]))
 
     async def _inbound(self, sock: socket.socket, address: str) -> None:
+        try:
+            await self._inbound_handshake(sock, address)
+        finally:
+            self._handshaking -= 1
+
+    async def _inbound_handshake(self, sock: socket.socket, address: str) -> None:
         core = self._handshake_core(initiator=False)
         early, first = [], b""
         try:

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.errors import (
@@ -378,6 +379,32 @@ async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
         assert "keepalive" in gone.reason
         assert trio.current_time() - started < FAST.mux.dead_timeout + 0.5
     finally:
+        sock.close()
+
+
+async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
+    mesh = TestMesh.with_members(2)
+    config = TcpConfig(handshake_timeout=0.5, max_handshakes=2)
+    listener = await start_member(nursery, mesh.members[0], config)
+    port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    for sock in silent:
+        sock.setblocking(False)
+    await trio.testing.wait_all_tasks_blocked(0.05)  # both accepted, waiting for msg 1
+    assert listener._handshaking == 2
+    extra = socket.create_connection(("127.0.0.1", port))
+    extra.setblocking(False)
+    with trio.fail_after(0.4):  # closed at once, well before the handshake timeout
+        await trio.lowlevel.wait_readable(extra)
+        assert extra.recv(100) == b""
+    with trio.fail_after(5):  # the silent ones are dropped after handshake_timeout
+        for sock in silent:
+            await trio.lowlevel.wait_readable(sock)
+            assert sock.recv(100) == b""
+    friend = await start_member(nursery, mesh.members[1])
+    await friend.dial(listener.listen_addresses[0])
+    assert await round_trip(friend, listener.local_id) == b"ping"
+    for sock in [*silent, extra]:
         sock.close()
 
 
