@@ -473,7 +473,12 @@ class TcpTransport:
             logger.exception("handler for %s failed", stream.protocol)
             await stream.abort("handler failed")
             return
-        await stream.close()
+        # A handler that returns is done with the stream: finish our side cleanly, and
+        # reset the peer's side if it is still sending (nobody will read it).
+        try:
+            await stream.close()
+        except (*_STANDARD_ERRORS, trio.BusyResourceError):
+            pass
         if not stream._eof:
             await stream.abort("handler finished")
 

@@ -446,3 +446,23 @@ async def test_busy_peer_is_not_declared_dead(nursery):
         rounds += 1
     assert rounds > 1
     assert [type(e) for e in drain(events)] == [PeerConnected]
+
+
+async def test_handler_that_returns_early_resets_the_peers_side(nursery):
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0])
+    b = await start_member(nursery, mesh.members[1])
+
+    async def one_and_done(stream):
+        await stream.send(b"bye")  # returns without reading or closing
+
+    b.serve("/test/once/1", one_and_done)
+    await a.dial(b.listen_addresses[0])
+    stream = await a.open_stream(b.local_id, "/test/once/1")
+    await stream.send(b"are you there?")
+    assert await stream.receive() == b"bye"
+    with pytest.raises(trio.EndOfChannel):  # the handler's side ended cleanly...
+        await stream.receive()
+    with trio.fail_after(5), pytest.raises(StreamReset, match="handler finished"):
+        while True:  # ...and ours is refused: nobody reads it any more
+            await stream.send(b"more")
