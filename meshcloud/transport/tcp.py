@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import socket
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ from meshcloud.transport.base import (
 from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
+from meshcloud.transport.sockets import bind, connect, run_handshake, tune
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class TcpTransport:
         listeners = []
         try:
             for address in self._listen_spec:
-                listeners.append(await _bind(address))
+                listeners.append(await bind(address))
             self._listeners = listeners
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -287,14 +287,14 @@ class TcpTransport:
             raise TransportError(str(exc)) from None
         sock = None
         with trio.move_on_after(self.config.connect_timeout):
-            sock = await _connect(host, port, address)
+            sock = await connect(host, port, address)
         if sock is None:
             raise TransportError(f"cannot reach {address}: connection timed out")
         try:
             core = self._handshake_core(initiator=True, expect=expect)
             early, first = [], b""
             with trio.move_on_after(self.config.handshake_timeout):
-                early, first = await _run_handshake(sock, core)
+                early, first = await run_handshake(sock, core)
             if core.status is not HandshakeStatus.DONE:
                 raise TransportError(f"handshake with {address} timed out")
             return self._adopt(sock, core, early, first, we_dialed=True, address=address).peer
@@ -344,7 +344,7 @@ class TcpTransport:
                     logger.debug("too many handshakes in progress: closing %s", addr)
                     sock.close()
                     continue
-                _tune(sock)
+                tune(sock)
                 assert self._nursery is not None
                 self._handshaking += 1
                 self._nursery.start_soon(self._inbound, sock, format_address(*addr[:2]))
@@ -360,7 +360,7 @@ class TcpTransport:
         early, first = [], b""
         try:
             with trio.move_on_after(self.config.handshake_timeout):
-                early, first = await _run_handshake(sock, core)
+                early, first = await run_handshake(sock, core)
             if core.status is not HandshakeStatus.DONE:
                 logger.debug("handshake from %s timed out", address)
                 sock.close()
@@ -519,111 +519,3 @@ class TcpTransport:
         if queue and conn is not None:
             for protocol, data in queue:
                 conn.send_datagram(protocol, data)
-
-
-# --- sockets ------------------------------------------------------------------------------
-
-
-def _tune(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we coalesce ourselves
-
-
-async def _bind(address: str) -> socket.socket:
-    host, port = parse_address(address)
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                          flags=socket.AI_PASSIVE)
-    family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-    return sock
-
-
-async def _connect(host: str, port: int, address: str) -> socket.socket:
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TransportError(f"cannot resolve {address}: {exc}") from None
-    last: OSError | None = None
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            _tune(sock)
-            try:
-                sock.connect(sockaddr)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if error:
-                    raise OSError(error, os.strerror(error)) from None
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    reason = (last.strerror or str(last)).lower() if last is not None else "no address"
-    raise TransportError(f"cannot reach {address}: {reason}")
-
-
-async def _send_all(sock: socket.socket, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        view = view[sent:]
-    await trio.lowlevel.checkpoint()
-
-
-async def _receive_some(sock: socket.socket) -> bytes:
-    while True:
-        try:
-            return sock.recv(65536)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-
-
-async def _run_handshake(sock: socket.socket, core: HandshakeCore
-                         ) -> tuple[list[bytes], bytes]:
-    """Exchange handshake messages until the core is done; a refusal is sent before raising.
-
-    Returns the transport data that arrived early and the bytes still to send (the
-    listener's verdict): the caller registers the connection first, so that a dialer told
-    "accepted" always finds it registered here.
-    """
-    try:
-        await _send_all(sock, core.data_to_send())
-        while True:
-            data = await _receive_some(sock)
-            if not data:
-                raise TransportError("peer closed the connection during the handshake")
-            try:
-                early = core.receive_data(data)
-            except (AuthError, RemoteProtocolError):
-                verdict = core.data_to_send()
-                if verdict:
-                    with trio.move_on_after(1.0):
-                        await _send_all(sock, verdict)
-                raise
-            out = core.data_to_send()
-            if core.status is HandshakeStatus.DONE:
-                return early, out
-            if out:
-                await _send_all(sock, out)
-    except OSError as exc:
-        raise TransportError(f"connection failed during the handshake: "
-                             f"{exc.strerror or exc}") from None
