@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import struct
 
-from meshcloud.transport.noise import MAX_PLAINTEXT, CipherState, TransportCiphers
+from meshcloud.transport.noise import MAX_PLAINTEXT, TAG_SIZE, CipherState, TransportCiphers
 
 LENGTH = struct.Struct(">H")
+OVERHEAD = LENGTH.size + TAG_SIZE
+"""Bytes each transport message adds: its length prefix and its authentication tag."""
 
 Buffer = bytes | bytearray | memoryview
 
@@ -75,9 +77,14 @@ def frame(message: bytes) -> bytes:
 
 
 class SecureChannel:
-    """Encrypts outgoing plaintext into framed Noise messages and decrypts incoming ones."""
+    """Encrypts outgoing plaintext into framed Noise messages and decrypts incoming ones.
 
-    __slots__ = ("_reader", "_receive", "_send", "bytes_received", "bytes_sent",
+    The hot path copies as little as it can: :meth:`encrypt_packets` encrypts each packet
+    straight into one output buffer; :meth:`decrypt` decrypts straight out of the received
+    bytes, copying only a message that straddles two reads.
+    """
+
+    __slots__ = ("_pending", "_receive", "_send", "bytes_received", "bytes_sent",
                  "handshake_hash", "remote_static")
 
     def __init__(self, ciphers: TransportCiphers) -> None:
@@ -85,52 +92,70 @@ class SecureChannel:
         self._receive: CipherState = ciphers.receive
         self.handshake_hash = ciphers.handshake_hash
         self.remote_static = ciphers.remote_static
-        self._reader = MessageReader()
+        self._pending = bytearray()  # the start of a message whose end has not arrived
         self.bytes_sent = 0
         self.bytes_received = 0
 
     def encrypt(self, data: Buffer) -> bytearray:
         """``data`` as one or more framed transport messages, ready for the socket."""
-        encrypt = self._send.encrypt_with_ad
-        size = len(data)
-        if size <= MAX_PLAINTEXT:
-            ciphertext = encrypt(None, bytes(data))
-            out = bytearray(LENGTH.pack(len(ciphertext)))
-            out += ciphertext
-        else:
-            view = memoryview(data)
-            out = bytearray()
-            for start in range(0, size, MAX_PLAINTEXT):
-                ciphertext = encrypt(None, bytes(view[start : start + MAX_PLAINTEXT]))
-                out += LENGTH.pack(len(ciphertext))
-                out += ciphertext
-        self.bytes_sent += size
-        return out
+        view = memoryview(data)
+        return self.encrypt_packets([view[start:start + MAX_PLAINTEXT]
+                                     for start in range(0, len(view), MAX_PLAINTEXT)]
+                                    or [view])
 
-    def encrypt_packets(self, packets: list[bytearray]) -> bytearray:
-        """Packets of at most MAX_PLAINTEXT bytes each, one transport message each."""
-        encrypt = self._send.encrypt_with_ad
-        pack = LENGTH.pack
-        out = bytearray()
+    def encrypt_packets(self, packets: list[bytearray] | list[memoryview]) -> bytearray:
+        """One framed transport message per packet (each at most MAX_PLAINTEXT bytes)."""
+        out = bytearray(sum(len(packet) for packet in packets) + OVERHEAD * len(packets))
+        encrypt_into = self._send.encrypt_into
+        pack_into = LENGTH.pack_into
+        pos = 0
         for packet in packets:
-            ciphertext = encrypt(None, bytes(packet))
-            out += pack(len(ciphertext))
-            out += ciphertext
-            self.bytes_sent += len(packet)
+            size = len(packet) + TAG_SIZE
+            pack_into(out, pos, size)
+            encrypt_into(out, pos + 2, packet)
+            pos += 2 + size
+            self.bytes_sent += size - TAG_SIZE
         return out
 
-    def decrypt_message(self, message: bytes) -> bytes:
+    def decrypt_message(self, message: bytes) -> bytes | bytearray:
         """Decrypt one transport message already cut from the stream."""
-        plaintext = self._receive.decrypt_with_ad(None, message)
+        plaintext = self._receive.decrypt_buffer(message)
         self.bytes_received += len(plaintext)
         return plaintext
 
-    def decrypt(self, data: Buffer) -> list[bytes]:
-        """Feed ciphertext; returns the plaintext of every message completed by it."""
-        decrypt = self._receive.decrypt_with_ad
-        out = []
-        for message in self._reader.feed(data):
-            plaintext = decrypt(None, message)
-            self.bytes_received += len(plaintext)
-            out.append(plaintext)
+    def decrypt(self, data: bytes) -> list[bytes | bytearray]:
+        """Feed ciphertext as received; returns the plaintext of every message it completes.
+
+        ``data`` must not change afterwards (plaintexts never alias it, but decryption
+        reads it in place).
+        """
+        decrypt = self._receive.decrypt_buffer
+        out: list[bytes | bytearray] = []
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        pending = self._pending
+        if pending:  # finish the message that straddled the previous read
+            if len(pending) < 2:
+                take = min(2 - len(pending), end)
+                pending += view[:take]
+                pos = take
+                if len(pending) < 2:
+                    return out
+            need = 2 + LENGTH.unpack_from(pending)[0] - len(pending)
+            if need > end - pos:
+                pending += view[pos:]
+                return out
+            pending += view[pos:pos + need]
+            pos += need
+            self._pending = bytearray()
+            out.append(decrypt(bytes(pending[2:])))
+        while end - pos >= 2:
+            stop = pos + 2 + LENGTH.unpack_from(view, pos)[0]
+            if stop > end:
+                break
+            out.append(decrypt(view[pos + 2:stop]))
+            pos = stop
+        if pos < end:
+            self._pending = bytearray(view[pos:])
+        self.bytes_received += sum(len(p) for p in out)
         return out

@@ -395,7 +395,11 @@ class MuxCore:
     # --- input --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray, now: float) -> list[MuxEvent]:
-        """Feed decrypted bytes from the peer; returns what happened."""
+        """Feed decrypted bytes from the peer; returns what happened.
+
+        Messages are cut from ``data`` without copying it first, so the caller must not
+        change ``data`` afterwards (the channel hands over a fresh buffer per message).
+        """
         if self._error is not None:
             raise self._error
         if self.state is MuxState.DEAD:
@@ -404,7 +408,7 @@ class MuxCore:
         self._next_ping = now + self.config.keepalive_interval
         events: list[MuxEvent] = []
         try:
-            if self._in or type(data) is not bytes:
+            if self._in:
                 buffer = self._in
                 buffer += data
                 consumed = self._parse(buffer, events, now, zero_copy=False)
@@ -412,7 +416,7 @@ class MuxCore:
             else:
                 consumed = self._parse(data, events, now, zero_copy=True)
                 if consumed < len(data):
-                    self._in = bytearray(data[consumed:])
+                    self._in = bytearray(memoryview(data)[consumed:])
         except MuxError as exc:
             self._fail(exc)
             raise

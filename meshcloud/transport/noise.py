@@ -45,6 +45,14 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
+try:  # libsodium through pynacl's own cffi module: encrypt into and decrypt from buffers
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+
+    _FAST = hasattr(_lib, "crypto_aead_chacha20poly1305_ietf_encrypt")
+except ImportError:  # pragma: no cover - every pynacl build has it; the public API is the fallback
+    _FAST = False
+
 from meshcloud.errors import LocalProtocolError, RemoteProtocolError
 
 MAX_MESSAGE = 65535
@@ -192,6 +200,58 @@ class CipherState:
         except nacl.exceptions.CryptoError:
             raise self._break(NoiseDecryptError(
                 "Noise message failed authentication (forged or damaged)")) from None
+        self.n = n + 1
+        return plaintext
+
+    def encrypt_into(self, out: bytearray, offset: int,
+                     plaintext: bytes | bytearray | memoryview) -> int:
+        """ENCRYPT(k, n++, "", plaintext) written into ``out`` at ``offset``, without
+        intermediate copies (the transport's hot path). Returns the ciphertext length."""
+        if self._broken is not None:
+            raise self._broken
+        k, n = self.k, self.n
+        size = len(plaintext)
+        if k is None or n >= MAX_NONCE or size > MAX_PLAINTEXT:
+            raise LocalProtocolError("encrypt_into needs a keyed cipher, a nonce and at most "
+                                     f"{MAX_PLAINTEXT} bytes")
+        if len(out) - offset < size + TAG_SIZE:
+            raise LocalProtocolError("output buffer too small for the ciphertext")
+        if _FAST:
+            target = _ffi.from_buffer("unsigned char[]", out, require_writable=True)
+            source = _ffi.from_buffer("unsigned char[]", plaintext) if size else _ffi.NULL
+            if _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+                    target + offset, _ffi.NULL, source, size, _ffi.NULL, 0, _ffi.NULL,
+                    _NONCE.pack(n), k) != 0:
+                raise LocalProtocolError("ChaCha20-Poly1305 encryption failed")
+        else:
+            ciphertext = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+                bytes(plaintext), None, _NONCE.pack(n), k)
+            out[offset:offset + size + TAG_SIZE] = ciphertext
+        self.n = n + 1
+        return size + TAG_SIZE
+
+    def decrypt_buffer(self, ciphertext: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """DECRYPT(k, n++, "", ciphertext) from any buffer, into a new buffer (hot path)."""
+        if self._broken is not None:
+            raise self._broken
+        k, n = self.k, self.n
+        if k is None:
+            raise LocalProtocolError("decrypt_buffer needs a keyed cipher")
+        if n >= MAX_NONCE:
+            raise self._break(NoiseError("Noise nonce exhausted"))
+        size = len(ciphertext) - TAG_SIZE
+        if size < 0:
+            raise self._break(NoiseDecryptError("Noise ciphertext shorter than its tag"))
+        if not _FAST:
+            return self.decrypt_with_ad(None, bytes(ciphertext))
+        plaintext = bytearray(size)
+        target = _ffi.from_buffer("unsigned char[]", plaintext, require_writable=True)
+        if _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+                target if size else _ffi.NULL, _ffi.NULL, _ffi.NULL,
+                _ffi.from_buffer("unsigned char[]", ciphertext), size + TAG_SIZE,
+                _ffi.NULL, 0, _NONCE.pack(n), k) != 0:
+            raise self._break(NoiseDecryptError(
+                "Noise message failed authentication (forged or damaged)"))
         self.n = n + 1
         return plaintext
 
