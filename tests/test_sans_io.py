@@ -17,6 +17,7 @@ CORE_GLOBS = [
     "meshcloud/transport/mux*.py",
     "meshcloud/transport/channel.py",
     "meshcloud/transport/handshake.py",
+    "meshcloud/transport/peers.py",
     "meshcloud/clock.py",
     "meshcloud/placement.py",
     "meshcloud/state/crdt.py",
