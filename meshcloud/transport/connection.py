@@ -37,7 +37,6 @@ from meshcloud.errors import (
     TransportError,
 )
 from meshcloud.identity.keys import short_id
-from meshcloud.transport.base import JOIN_PROTOCOLS, PeerAuth
 from meshcloud.transport.channel import SecureChannel
 from meshcloud.transport.mux import (
     ConnectionDead,
@@ -52,6 +51,7 @@ from meshcloud.transport.mux import (
     StreamOpened,
     WindowUpdated,
 )
+from meshcloud.transport.peers import JOIN_PROTOCOLS, PeerAuth
 
 if TYPE_CHECKING:
     from meshcloud.transport.tcp import TcpTransport

@@ -44,9 +44,9 @@ from meshcloud.codec.tags import TagBlock
 from meshcloud.errors import AuthError, LocalProtocolError, MeshError, RemoteProtocolError
 from meshcloud.identity.certs import MemberProof, MeshCert
 from meshcloud.identity.keys import SigningKey, key_id
-from meshcloud.transport.base import Authenticator, NodeId, PeerAuth
 from meshcloud.transport.channel import MessageReader, SecureChannel, frame
 from meshcloud.transport.noise import BLAKE2B, HandshakeState, NoiseHash
+from meshcloud.transport.peers import Authenticator, NodeId, PeerAuth
 
 PROLOGUE = b"meshcloud/transport/1"
 """Mixed into the handshake hash: a peer speaking another version fails at message 2."""
@@ -80,15 +80,16 @@ class HandshakePayload:
     listen_addresses: tuple[str, ...] = ()
     agent_version: str = ""
 
-    def __post_init__(self) -> None:
+    def check_limits(self) -> None:
+        """Raise HandshakeError for a payload outside the limits (checked on receipt)."""
         if len(self.node_public) != 32:
-            raise ValueError("node_public must be a 32-byte Ed25519 key")
+            raise HandshakeError("node_public must be a 32-byte Ed25519 key")
         if len(self.listen_addresses) > MAX_ADDRESSES:
-            raise ValueError(f"more than {MAX_ADDRESSES} listen addresses")
+            raise HandshakeError(f"more than {MAX_ADDRESSES} listen addresses")
         if any(len(a) > MAX_ADDRESS_LENGTH for a in self.listen_addresses):
-            raise ValueError(f"a listen address is longer than {MAX_ADDRESS_LENGTH}")
+            raise HandshakeError(f"a listen address is longer than {MAX_ADDRESS_LENGTH}")
         if len(self.agent_version) > MAX_AGENT_VERSION:
-            raise ValueError(f"agent version is longer than {MAX_AGENT_VERSION}")
+            raise HandshakeError(f"agent version is longer than {MAX_AGENT_VERSION}")
 
 
 @message(TagBlock.TRANSPORT + 2)
@@ -220,6 +221,7 @@ class HandshakeCore:
 
     def _admit(self, raw: bytes, *, we_dialed: bool) -> PeerAuth:
         payload = decode_message(raw, HandshakePayload, max_size=MAX_PAYLOAD)
+        payload.check_limits()
         remote_static = self._noise.remote_static
         if remote_static is None or static_key_of(payload.node_public) != remote_static:
             raise AuthError("peer's node key does not match the key it proved in the handshake")
