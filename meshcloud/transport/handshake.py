@@ -132,6 +132,7 @@ class HandshakeCore:
             listen_addresses=tuple(listen_addresses)[:MAX_ADDRESSES],
             agent_version=agent_version[:MAX_AGENT_VERSION]))
         self.initiator = initiator
+        self._local_id = key.id
         self.authenticator = authenticator
         self.expect = expect
         self._noise = HandshakeState(initiator=initiator,
@@ -226,6 +227,8 @@ class HandshakeCore:
         if remote_static is None or static_key_of(payload.node_public) != remote_static:
             raise AuthError("peer's node key does not match the key it proved in the handshake")
         node_id = key_id(payload.node_public)
+        if node_id == self._local_id:
+            raise AuthError("this address is our own node")
         if we_dialed and self.expect is not None and node_id != self.expect:
             raise AuthError("the address answered with another node than the one expected")
         peer = PeerAuth(node_id=node_id, node_public=payload.node_public, cert=payload.cert,

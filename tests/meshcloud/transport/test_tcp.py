@@ -140,6 +140,14 @@ async def test_dialer_refuses_a_listener_of_another_mesh_before_showing_itself(n
     assert drain(events) == []
 
 
+async def test_dialling_ourselves_is_refused(nursery):
+    mesh = TestMesh.with_members(1)
+    a = await start_member(nursery, mesh.members[0])
+    with pytest.raises(AuthError, match="our own node"):
+        await a.dial(a.listen_addresses[0])
+    assert a.connected_peers() == [] and a.addresses_of(a.local_id) == []
+
+
 async def test_expecting_another_node_at_an_address_is_refused(nursery):
     mesh = TestMesh.with_members(3)
     a, b = [await start_member(nursery, m) for m in mesh.members[:2]]
