@@ -474,10 +474,12 @@ def test_config_presets_are_valid_and_checked():
 
 # --- properties ---------------------------------------------------------------------------
 
-SIZES = st.one_of(st.integers(0, 64), st.integers(0, 70_000), st.integers(0, 1_500_000))
+SIZES = st.one_of(st.integers(0, 64), st.integers(0, 70_000),
+                  st.sampled_from([65_511, 65_512, 131_022, 200_000, 262_144, 400_000]))
+"""Message sizes: small, around one frame (65511), and beyond the 256 KiB window."""
 
-KINDS = ["open", "send", "send", "send", "send", "close", "reset", "deliver", "deliver",
-         "deliver", "consume", "consume", "datagram", "tick"]
+KINDS = ["open", "open"] + ["send"] * 8 + ["close", "reset"] + ["deliver"] * 4 + [
+    "consume"] * 3 + ["datagram", "tick"]
 OPS = st.tuples(st.sampled_from(KINDS), st.booleans(), st.integers(0, 7), SIZES)
 """(kind, side, index, number): each kind reads the index and number it needs."""
 OPEN_OPS = st.tuples(st.just("open"), st.booleans(), st.integers(0, 7), st.just(0))
@@ -532,12 +534,17 @@ def apply(event, side: Side) -> None:
         side.datagrams.append(event.data)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(OPEN_OPS, min_size=1, max_size=4), st.lists(OPS, min_size=10, max_size=80),
-       st.randoms(use_true_random=False))
-def test_random_interleavings_deliver_exactly_what_was_sent(opens, ops, rnd):
+       st.integers(0, 2**32))
+def test_random_interleavings_deliver_exactly_what_was_sent(opens, ops, seed):
+    # payload bytes come from a seeded generator: drawing 400 KB from hypothesis would
+    # overrun its buffer and silently discard every example with a large message
+    rnd = random.Random(seed)
     ops = opens + ops
-    a, b = Side(MuxCore(initiator=True, now=0.0)), Side(MuxCore(initiator=False, now=0.0))
+    config = MuxConfig(stream_window=INITIAL_WINDOW)  # messages up to 400 KB overrun it
+    a = Side(MuxCore(config, initiator=True, now=0.0))
+    b = Side(MuxCore(config, initiator=False, now=0.0))
     sides = {True: (a, b), False: (b, a)}
     now = 0.0
     datagrams_sent: dict[int, list[bytes]] = {id(a): [], id(b): []}
@@ -551,6 +558,8 @@ def test_random_interleavings_deliver_exactly_what_was_sent(opens, ops, rnd):
 
     for op in ops:
         me, other = sides[op[1]]
+        if op[0] in ("send", "close", "reset") and not me.streams:
+            me, other = other, me  # act on the side that has streams
         if op[0] == "open":
             sid = me.core.open_stream(f"/proto/{op[2] % 3}")
             me.streams.append(sid)
