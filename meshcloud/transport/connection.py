@@ -350,38 +350,46 @@ class Connection:
             self.sock.close()
 
     async def _reader(self) -> None:
-        sock = self.sock
-        recv = sock.recv
         streak = 0
         while not self.lost:
-            try:
-                data = recv(READ_SIZE)
-            except BlockingIOError:
+            got = self._receive_once()
+            if got is None:
+                return
+            if not got:
                 streak = 0
-                await trio.lowlevel.wait_readable(sock)
+                await trio.lowlevel.wait_readable(self.sock)
                 continue
-            except OSError as exc:
-                self.lose(f"connection reset ({exc.strerror or exc})")
-                return
-            if not data:
-                if self._goaway_reason is not None:
-                    self.lose(f"peer shut down: {self._goaway_reason}")
-                else:
-                    self.lose("peer closed the connection")
-                return
-            try:
-                self._feed(self.channel.decrypt(data))
-            except RemoteProtocolError as exc:
-                logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
-                self._send_nowait()  # the core queued a GOAWAY naming the error
-                self.lose(f"protocol error: {exc}")
-                return
-            if self.mux.backlog:
-                self.schedule_flush()
             streak += 1
             if streak >= READS_BEFORE_YIELD:
                 streak = 0
                 await trio.lowlevel.checkpoint()
+
+    def _receive_once(self) -> bool | None:
+        """One non-blocking read, fed to the core: True if data came, False if none was
+        waiting, None if the connection ended."""
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.lose(f"connection reset ({exc.strerror or exc})")
+            return None
+        if not data:
+            if self._goaway_reason is not None:
+                self.lose(f"peer shut down: {self._goaway_reason}")
+            else:
+                self.lose("peer closed the connection")
+            return None
+        try:
+            self._feed(self.channel.decrypt(data))
+        except RemoteProtocolError as exc:
+            logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
+            self._send_nowait()  # the core queued a GOAWAY naming the error
+            self.lose(f"protocol error: {exc}")
+            return None
+        if self.mux.backlog:
+            self.schedule_flush()
+        return not self.lost
 
     def _feed(self, plaintexts: list[bytes]) -> None:
         now = trio.current_time()
@@ -483,6 +491,13 @@ class Connection:
             if deadline is None:
                 return
             await trio.sleep_until(deadline)
+            # If this process stalled (a long computation, a suspended phone), the peer's
+            # bytes may be waiting unread in the socket: read them before judging silence.
+            for _ in range(READS_BEFORE_YIELD):
+                if not self._receive_once():
+                    break
+            if self.lost:
+                return
             for event in mux.on_timer(trio.current_time()):
                 if isinstance(event, ConnectionDead):
                     logger.info("%s is unresponsive: %s", short_id(self.peer.node_id),

@@ -108,3 +108,36 @@ async def test_benchmark_measures_a_peer_process(nursery, tmp_path):
     for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "pingpong_p50_ms", "stream_mb_s"):
         assert figures[key] > 0, key
     assert figures["rpc_p50_ms"] <= figures["rpc_p99_ms"]
+
+
+async def test_our_own_stall_does_not_kill_a_live_peer(nursery, tmp_path):
+    """After this process stalls past dead_timeout, bytes the peer sent meanwhile are read
+    before silence is judged: a live peer is not declared dead for our own pause."""
+    import time
+
+    import trio.testing
+
+    from meshcloud.transport.mux import MuxConfig
+    from meshcloud.transport.tcp import TcpConfig
+
+    mesh = TestMesh.with_members(2)
+    member = mesh.members[0]
+    config = TcpConfig(mux=MuxConfig(keepalive_interval=0.1, dead_timeout=0.5))
+    me = TcpTransport(member.key, member.authenticator, config=config)
+    await nursery.start(me.run)
+    events = me.peer_events()
+    peer_process, address = await spawn(tmp_path, mesh, mesh.members[1])
+    try:
+        peer = await me.dial(address)
+        stream = await me.open_stream(peer.node_id, ECHO)
+        await stream.send(bytes(512 * 1024))
+        await trio.testing.wait_all_tasks_blocked(0.01)  # our bytes are on their way
+        time.sleep(1.0)  # the stall under test (a blocked event loop), not a wait
+        with trio.fail_after(NOTICE_WITHIN):
+            assert len(await stream.receive()) == 512 * 1024
+        assert [type(e) for e in [events.receive_nowait()]] == [PeerConnected]
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()
+    finally:
+        peer_process.kill()
+        await peer_process.wait()
