@@ -12,11 +12,13 @@ Reusable pieces (the agent and ``python -m bench transport`` call them):
 Command line::
 
     python -m meshcloud.transport.benchmark                 # spawn a peer, measure, print JSON
-    python -m meshcloud.transport.benchmark --peer FILE     # serve with the credentials in FILE
-    python -m meshcloud.transport.benchmark --measure ADDR --credentials FILE
+    python -m meshcloud.transport.benchmark --write-credentials DIR   # DIR/a and DIR/b
+    python -m meshcloud.transport.benchmark --peer DIR/b [--listen 0.0.0.0:7946]
+    python -m meshcloud.transport.benchmark --measure ADDR --credentials DIR/a
 
-FILE holds a test mesh member's credentials (see :func:`write_credentials`); the peer prints
-``LISTENING <address>`` once it is up and exits when its standard input closes.
+A credentials file holds a test mesh member's key and certificate (see
+:func:`write_credentials`); the peer prints ``LISTENING <address>`` once it is up and exits
+when its standard input closes.
 """
 
 from __future__ import annotations
@@ -275,7 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--measure", metavar="ADDR", help="measure against a running peer")
     parser.add_argument("--credentials", type=Path, metavar="FILE")
+    parser.add_argument("--write-credentials", type=Path, metavar="DIR",
+                        help="make a two-member test mesh: DIR/a and DIR/b")
     args = parser.parse_args(argv)
+    if args.write_credentials is not None:
+        mesh = TestMesh.with_members(2)
+        for name, member in zip("ab", mesh.members, strict=True):
+            write_credentials(args.write_credentials / name, mesh, member)
+        print(f"wrote {args.write_credentials / 'a'} and {args.write_credentials / 'b'}")
+        return
     if args.peer is not None:
         trio.run(_peer_main, args.peer, args.listen)
         return
