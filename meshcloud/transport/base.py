@@ -25,20 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import ConnectionLost, StreamReset, TransportError
-
-if TYPE_CHECKING:
-    from meshcloud.identity.certs import MemberProof, MeshCert
+from meshcloud.transport.peers import JOIN_PROTOCOLS, Authenticator, NodeId, PeerAuth
 
 __all__ = [
     "JOIN_PROTOCOLS",
     "Authenticator",
     "ConnectionLost",
+    "NodeId",
     "PeerAuth",
     "PeerConnected",
     "PeerDisconnected",
@@ -50,40 +49,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-NodeId = bytes
-
-JOIN_PROTOCOLS = frozenset({"/meshcloud/join/1"})
-"""The only protocols a peer that is still joining (no certificate yet) may open."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAuth:
-    """Who a connection's peer is, as established by the handshake."""
-
-    node_id: NodeId
-    node_public: bytes
-    cert: MeshCert | None = None
-    join_proof: MemberProof | None = None
-    listen_addresses: tuple[str, ...] = ()
-    agent_version: str = ""
-
-    @property
-    def joining(self) -> bool:
-        return self.cert is None
-
-
-class Authenticator(Protocol):
-    """The node's policy for the handshake: what we show, and whom we let in."""
-
-    def local_credentials(self) -> tuple[MeshCert | None, MemberProof | None]:
-        """Our certificate, or (while joining) our join proof."""
-        ...
-
-    def check_peer(self, peer: PeerAuth, *, we_dialed: bool) -> None:
-        """Raise AuthError to refuse the peer (forged cert, revoked, wrong mesh...)."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class PeerConnected:

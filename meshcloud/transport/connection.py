@@ -1,0 +1,508 @@
+"""One authenticated TCP connection, driven by trio: socket → SecureChannel → MuxCore and back.
+
+A :class:`Connection` owns a non-blocking stdlib socket and three tasks:
+
+* the **reader** receives bytes, decrypts them, feeds the mux core and dispatches its
+  events to streams (waking their readers and writers), to the transport (new streams,
+  datagrams, GOAWAY);
+* the **writer** sleeps until something was queued, then takes *everything* the core has
+  (so small writes made meanwhile coalesce into one encrypted write), encrypts it and
+  sends it; while the socket is full, new frames wait in the core (and datagrams beyond its
+  backlog are dropped);
+* the **timer** sleeps until the core's keepalive deadline and runs ``on_timer``.
+
+The socket is driven with ``trio.lowlevel.wait_readable``/``wait_writable`` and direct
+``recv``/``send`` calls: one syscall per read or write, no extra buffering layer.
+
+:class:`TcpStream` is the :class:`~meshcloud.transport.base.Stream` handed to services.
+When the connection dies every stream fails with :class:`ConnectionLost` (after the
+messages that had already arrived); a peer's RESET gives :class:`StreamReset`; a FIN gives
+``trio.EndOfChannel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshcloud.errors import (
+    ConnectionLost,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StreamReset,
+    TransportError,
+)
+from meshcloud.identity.keys import short_id
+from meshcloud.transport.channel import SecureChannel
+from meshcloud.transport.mux import (
+    ConnectionDead,
+    DatagramReceived,
+    GoAwayReceived,
+    MessageReceived,
+    MuxConfig,
+    MuxCore,
+    MuxEvent,
+    StreamAborted,
+    StreamEnded,
+    StreamOpened,
+    WindowUpdated,
+)
+from meshcloud.transport.peers import JOIN_PROTOCOLS, PeerAuth
+
+if TYPE_CHECKING:
+    from meshcloud.transport.tcp import TcpTransport
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+"""Bytes asked of one ``recv``: four full Noise messages, so bulk data costs few syscalls."""
+
+READS_BEFORE_YIELD = 8
+"""Reads in a row (data always ready) before the reader lets other tasks run."""
+
+
+async def _send_all(sock: socket.socket, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
+class TcpStream:
+    """A message stream on a :class:`Connection` (see :class:`~meshcloud.transport.base.Stream`)."""
+
+    def __init__(self, conn: Connection, stream_id: int, protocol: str, peer: PeerAuth, *,
+                 announced: bool) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.protocol = protocol
+        self.peer = peer
+        self._announced = announced
+        self._inbox: deque[bytes] = deque()
+        self._eof = False
+        self._send_closed = False
+        self._sending = False
+        self._failure: TransportError | None = None
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+
+    def __repr__(self) -> str:
+        return f"<TcpStream {self.protocol} #{self.stream_id} to {short_id(self.peer.node_id)}>"
+
+    # --- the Stream interface -----------------------------------------------------------
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_sendable()
+        conn = self._conn
+        if len(data) > conn.max_message:
+            raise LocalProtocolError(
+                f"message of {len(data)} bytes exceeds the {conn.max_message} byte limit")
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            view = memoryview(data)
+            mux = conn.mux
+            started = False
+            while True:
+                sent = mux.send_message(self.stream_id, view)
+                if sent or not view:
+                    started = self._announced = True
+                    conn.schedule_flush()
+                if sent == len(view):
+                    break
+                view = view[sent:]
+                try:
+                    await self._writable.park()
+                except BaseException:
+                    if started:  # cancelled mid-message: the stream cannot go on
+                        self._abort_nowait("send cancelled in the middle of a message")
+                    raise
+                self._check_sendable()
+        finally:
+            self._sending = False
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive(self) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._inbox:
+                data = self._inbox.popleft()
+                conn = self._conn
+                conn.mux.acknowledge(self.stream_id)
+                if conn.mux.backlog:
+                    conn.schedule_flush()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            if self._eof:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise trio.EndOfChannel
+            if self._failure is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise self._failure
+            if not self._announced and not self._send_closed:
+                self._announced = True
+                self._conn.mux.announce(self.stream_id)
+                self._conn.schedule_flush()
+            await self._readable.park()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._send_closed or self._failure is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._send_closed = True
+        self._announced = True
+        conn = self._conn
+        conn.mux.end_stream(self.stream_id)
+        conn.schedule_flush()
+        conn.release_if_done(self)
+        await trio.lowlevel.cancel_shielded_checkpoint()  # after queueing: FIN joins the data
+
+    async def abort(self, reason: str = "") -> None:
+        self._abort_nowait(reason)
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> TcpStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            await self.close()
+        else:
+            await self.abort("error in handler")
+
+    # --- driven by the connection ---------------------------------------------------------
+
+    def _check_sendable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._send_closed:
+            raise trio.ClosedResourceError("stream was closed for sending")
+
+    def _abort_nowait(self, reason: str) -> None:
+        if self._failure is not None:
+            return
+        self._failure = StreamReset(f"stream aborted here: {reason}")
+        self._send_closed = True
+        self._inbox.clear()
+        conn = self._conn
+        if not conn.lost:
+            conn.mux.reset_stream(self.stream_id, reason)
+            conn.schedule_flush()
+        conn.release(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._readable.unpark_all()
+        self._writable.unpark_all()
+
+    def _on_message(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._readable.unpark_all()
+
+    def _on_end(self) -> None:
+        self._eof = True
+        self._readable.unpark_all()
+
+    def _on_failure(self, error: TransportError) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._send_closed = True
+        self._wake()
+
+
+class Connection:
+    """A live, authenticated connection to one peer. Started with :meth:`run`."""
+
+    def __init__(self, transport: TcpTransport, sock: socket.socket, channel: SecureChannel,
+                 peer: PeerAuth, *, we_dialed: bool, address: str, config: MuxConfig,
+                 serial: int) -> None:
+        self.transport = transport
+        self.sock = sock
+        self.channel = channel
+        self.peer = peer
+        self.we_dialed = we_dialed
+        self.address = address
+        self.serial = serial
+        self.max_message = config.max_message
+        self.mux = MuxCore(config, initiator=we_dialed, now=trio.current_time())
+        self.streams: dict[int, TcpStream] = {}
+        self.lost = False
+        self.lost_reason = ""
+        self.retiring = False  # a duplicate being drained: no new streams from us
+        self._retire_reason = ""
+        self._goaway_reason: str | None = None
+        self._flush_scheduled = False
+        self._writing = False  # the writer holds bytes not yet fully sent
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._cancel = trio.CancelScope()
+        self.closed = trio.Event()
+        """Set once the connection is gone (for whoever must wait for that)."""
+
+    def __repr__(self) -> str:
+        way = "to" if self.we_dialed else "from"
+        return f"<Connection {way} {short_id(self.peer.node_id)} at {self.address}>"
+
+    @property
+    def dialer_id(self) -> bytes:
+        return self.transport.local_id if self.we_dialed else self.peer.node_id
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and not self.retiring and self.mux.can_open_streams()
+
+    # --- commands from the transport ----------------------------------------------------
+
+    def open_stream(self, protocol: str) -> TcpStream:
+        stream_id = self.mux.open_stream(protocol)
+        stream = TcpStream(self, stream_id, protocol, self.peer, announced=False)
+        self.streams[stream_id] = stream
+        return stream
+
+    def send_datagram(self, protocol: str, data: bytes | bytearray | memoryview) -> bool:
+        if self.lost or not self.mux.send_datagram(protocol, data):
+            return False
+        self.schedule_flush()
+        return True
+
+    def retire(self, reason: str) -> None:
+        """Stop opening streams here and close once both sides are done (duplicates)."""
+        if self.lost or self.retiring:
+            return
+        self.retiring = True
+        self._retire_reason = reason
+        self.mux.go_away(reason)
+        self.schedule_flush()
+        self._close_if_drained()
+
+    def close(self, reason: str) -> None:
+        """Say GOAWAY (best effort, without blocking) and drop the connection now."""
+        if self.lost:
+            return
+        self.mux.go_away(reason)
+        self._send_nowait()
+        self.lose(f"closed here: {reason}" if reason else "closed here")
+
+    def lose(self, reason: str) -> None:
+        """The connection is gone: fail every stream, stop the tasks, tell the transport."""
+        if self.lost:
+            return
+        self.lost = True
+        self.lost_reason = reason
+        error = ConnectionLost(reason)
+        for stream in list(self.streams.values()):
+            stream._on_failure(error)
+        self.streams.clear()
+        self._cancel.cancel()
+        self.closed.set()
+        self.transport._forget(self, reason)
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._writer_lot.unpark()
+
+    def release(self, stream: TcpStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._close_if_drained()
+
+    def release_if_done(self, stream: TcpStream) -> None:
+        if stream._send_closed and stream._eof:
+            self.release(stream)
+
+    def _close_if_drained(self) -> None:
+        if self.retiring and self.mux.drained and not self.lost:
+            self._send_nowait()
+            if self._goaway_reason is not None:
+                self.lose(f"peer is going away: {self._goaway_reason}")
+            else:
+                self.lose(self._retire_reason)
+
+    # --- tasks --------------------------------------------------------------------------
+
+    async def run(self, early: list[bytes], first: bytes = b"") -> None:
+        """Serve the connection until it is lost. ``early``: transport data that came with
+        the handshake; ``first``: bytes to send before anything else (the verdict)."""
+        try:
+            with self._cancel:
+                if first:
+                    self._writing = True
+                    await _send_all(self.sock, first)
+                    self._writing = False
+                if early:
+                    self._feed(early)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._timer)
+                    await self._reader()
+        finally:
+            self.lose("transport shut down")
+            self.sock.close()
+
+    async def _reader(self) -> None:
+        streak = 0
+        while not self.lost:
+            got = self._receive_once()
+            if got is None:
+                return
+            if not got:
+                streak = 0
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            streak += 1
+            if streak >= READS_BEFORE_YIELD:
+                streak = 0
+                await trio.lowlevel.checkpoint()
+
+    def _receive_once(self) -> bool | None:
+        """One non-blocking read, fed to the core: True if data came, False if none was
+        waiting, None if the connection ended."""
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.lose(f"connection reset ({exc.strerror or exc})")
+            return None
+        if not data:
+            if self._goaway_reason is not None:
+                self.lose(f"peer shut down: {self._goaway_reason}")
+            else:
+                self.lose("peer closed the connection")
+            return None
+        try:
+            self._feed(self.channel.decrypt(data))
+        except RemoteProtocolError as exc:
+            logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
+            self._send_nowait()  # the core queued a GOAWAY naming the error
+            self.lose(f"protocol error: {exc}")
+            return None
+        if self.mux.backlog:
+            self.schedule_flush()
+        return not self.lost
+
+    def _feed(self, plaintexts: list[bytes]) -> None:
+        now = trio.current_time()
+        receive = self.mux.receive_data
+        for plaintext in plaintexts:
+            self._dispatch(receive(plaintext, now))
+
+    def _dispatch(self, events: list[MuxEvent]) -> None:
+        streams = self.streams
+        for event in events:
+            kind = type(event)
+            if kind is MessageReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_message(event.data)
+            elif kind is WindowUpdated:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._writable.unpark_all()
+            elif kind is StreamOpened:
+                self._accept(event.stream_id, event.protocol)
+            elif kind is StreamEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_end()
+                    self.release_if_done(stream)
+            elif kind is StreamAborted:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    who = "peer aborted the stream" if event.by_peer else "stream reset"
+                    stream._on_failure(StreamReset(f"{who}: {event.reason}"))
+                    self.release(stream)
+            elif kind is DatagramReceived:
+                if self.peer.joining and event.protocol not in JOIN_PROTOCOLS:
+                    continue
+                self.transport.registry.deliver_datagram(self.peer.node_id, event.protocol,
+                                                         event.data)
+            elif kind is GoAwayReceived:
+                self._goaway_reason = event.reason
+                self.transport._on_goaway(self, event.reason)
+                self._close_if_drained()
+
+    def _accept(self, stream_id: int, protocol: str) -> None:
+        transport = self.transport
+        if self.peer.joining and protocol not in JOIN_PROTOCOLS:
+            self.mux.reset_stream(stream_id, "a joining node may only open join protocols")
+            return
+        handler = transport.registry.handlers.get(protocol)
+        if handler is None or not transport.running:
+            self.mux.reset_stream(stream_id, f"protocol {protocol} is not served")
+            return
+        stream = TcpStream(self, stream_id, protocol, self.peer, announced=True)
+        self.streams[stream_id] = stream
+        transport._spawn_handler(handler, stream)
+
+    async def _writer(self) -> None:
+        sock = self.sock
+        mux = self.mux
+        encrypt = self.channel.encrypt_packets
+        while True:
+            while not self._flush_scheduled:
+                await self._writer_lot.park()
+            # Let the tasks that woke us finish their step first: a request's OPEN, data
+            # and FIN then leave in one write (and reach the peer in one read).
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._flush_scheduled = False
+            packets = mux.data_to_send()
+            if not packets:
+                continue
+            view = memoryview(encrypt(packets))
+            self._writing = True
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    self.lose(f"connection reset ({exc.strerror or exc})")
+                    return
+                view = view[sent:]
+            self._writing = False
+
+    def _send_nowait(self) -> None:
+        """Push what the core holds without blocking (a GOAWAY before closing)."""
+        if self._writing:  # the writer is mid-message: never interleave bytes
+            return
+        packets = self.mux.data_to_send()
+        if packets:
+            try:
+                self.sock.send(self.channel.encrypt_packets(packets))
+            except OSError:
+                pass
+
+    async def _timer(self) -> None:
+        mux = self.mux
+        while True:
+            deadline = mux.next_deadline()
+            if deadline is None:
+                return
+            await trio.sleep_until(deadline)
+            # If this process stalled (a long computation, a suspended phone), the peer's
+            # bytes may be waiting unread in the socket: read them before judging silence.
+            for _ in range(READS_BEFORE_YIELD):
+                if not self._receive_once():
+                    break
+            if self.lost:
+                return
+            for event in mux.on_timer(trio.current_time()):
+                if isinstance(event, ConnectionDead):
+                    logger.info("%s is unresponsive: %s", short_id(self.peer.node_id),
+                                event.reason)
+                    self.lose(event.reason)
+                    return
+            if mux.backlog:
+                self.schedule_flush()

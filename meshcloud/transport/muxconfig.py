@@ -1,0 +1,65 @@
+"""Multiplexer settings: window, message size, stream limit, keepalive timing, with presets.
+
+The keepalive pair is the one to think about: a peer is declared dead ``dead_timeout``
+seconds after its last byte, and pinged after every ``keepalive_interval`` of silence, so
+an idle connection costs one small frame per interval each way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+INITIAL_WINDOW = 256 * 1024
+"""Credit every stream starts with in both directions (before any WINDOW_UPDATE): enough
+for a typical request to go out with the OPEN frame, and the smallest window we accept."""
+
+MAX_WINDOW = 2**31 - 1
+"""Largest credit a sender may hold (as HTTP/2); more is a protocol error."""
+
+
+@dataclass(frozen=True, slots=True)
+class MuxConfig:
+    """Multiplexer settings. Defaults suit a LAN; see :meth:`lan` and :meth:`phone`."""
+
+    stream_window: int = 1024 * 1024
+    """Receive window per stream (bytes): what a peer may send before we consume it. 1 MiB
+    keeps a loopback or LAN link busy (bandwidth-delay product) without letting one
+    stream hoard memory."""
+
+    max_message: int = 16 * 1024 * 1024 + 64 * 1024
+    """Largest message on a stream: the codec's 16 MiB limit plus envelope headroom."""
+
+    max_streams: int = 1024
+    """Concurrent streams the peer may have open towards us; further OPENs are reset."""
+
+    keepalive_interval: float = 1.0
+    """Seconds of silence from the peer before we PING it (and between PINGs)."""
+
+    dead_timeout: float = 4.0
+    """Seconds of silence after which the peer is declared dead. 4 s notices a frozen peer
+    well within 5 s while tolerating three lost-in-queue PINGs' worth of scheduling hiccups."""
+
+    datagram_backlog: int = 1024 * 1024
+    """Outgoing bytes queued above which new datagrams are dropped (best effort)."""
+
+    def __post_init__(self) -> None:
+        if not INITIAL_WINDOW <= self.stream_window <= MAX_WINDOW:
+            raise ValueError(f"stream_window must be in [{INITIAL_WINDOW}, {MAX_WINDOW}]")
+        if self.max_message < 1 or self.max_streams < 1 or self.datagram_backlog < 0:
+            raise ValueError("max_message and max_streams must be positive")
+        if not 0 < self.keepalive_interval < self.dead_timeout:
+            raise ValueError("need 0 < keepalive_interval < dead_timeout")
+
+    @classmethod
+    def lan(cls) -> MuxConfig:
+        """Home or office network: the defaults."""
+        return cls()
+
+    @classmethod
+    def phone(cls) -> MuxConfig:
+        """A phone on Wi-Fi or mobile data: smaller windows (RAM), and keepalives sparse
+        enough to let the radio sleep, at the cost of noticing a dead peer later (20 s)."""
+        return dataclasses.replace(cls(), stream_window=INITIAL_WINDOW, max_streams=256,
+                                   keepalive_interval=5.0, dead_timeout=20.0,
+                                   datagram_backlog=256 * 1024)

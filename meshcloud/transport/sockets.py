@@ -1,0 +1,123 @@
+"""Socket plumbing for the TCP transport: non-blocking stdlib sockets driven by trio.
+
+The transport talks to sockets directly (``trio.lowlevel.wait_readable``/``wait_writable``
+around ``recv``/``send``): one syscall per read or write and no buffering layer in between.
+This module holds the parts that are not about connections: binding, connecting with
+address resolution, and exchanging handshake messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import trio
+
+from meshcloud.errors import AuthError, RemoteProtocolError, TransportError
+from meshcloud.transport.addresses import parse_address
+from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
+
+
+def tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we coalesce ourselves
+
+
+async def bind(address: str) -> socket.socket:
+    host, port = parse_address(address)
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def connect(host: str, port: int, address: str) -> socket.socket:
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TransportError(f"cannot resolve {address}: {exc}") from None
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            tune(sock)
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error)) from None
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    reason = (last.strerror or str(last)).lower() if last is not None else "no address"
+    raise TransportError(f"cannot reach {address}: {reason}")
+
+
+async def send_all(sock: socket.socket, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
+    await trio.lowlevel.checkpoint()
+
+
+async def receive_some(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+
+
+async def run_handshake(sock: socket.socket, core: HandshakeCore
+                         ) -> tuple[list[bytes], bytes]:
+    """Exchange handshake messages until the core is done; a refusal is sent before raising.
+
+    Returns the transport data that arrived early and the bytes still to send (the
+    listener's verdict): the caller registers the connection first, so that a dialer told
+    "accepted" always finds it registered here.
+    """
+    try:
+        await send_all(sock, core.data_to_send())
+        while True:
+            data = await receive_some(sock)
+            if not data:
+                raise TransportError("peer closed the connection during the handshake")
+            try:
+                early = core.receive_data(data)
+            except (AuthError, RemoteProtocolError):
+                verdict = core.data_to_send()
+                if verdict:
+                    with trio.move_on_after(1.0):
+                        await send_all(sock, verdict)
+                raise
+            out = core.data_to_send()
+            if core.status is HandshakeStatus.DONE:
+                return early, out
+            if out:
+                await send_all(sock, out)
+    except OSError as exc:
+        raise TransportError(f"connection failed during the handshake: "
+                             f"{exc.strerror or exc}") from None

@@ -1,0 +1,521 @@
+"""The real transport: Noise XX + the multiplexer over TCP, driven by trio.
+
+Usage::
+
+    transport = TcpTransport(key, authenticator, listen=["0.0.0.0:7946"])
+    transport.serve("/meshcloud/echo/1", handler)
+    await nursery.start(transport.run)          # listening once this returns
+    peer = await transport.dial("192.168.1.20:7946")
+    stream = await transport.open_stream(peer.node_id, "/meshcloud/echo/1")
+
+What this module does (the protocol logic lives in the sans-IO cores):
+
+* **listen** on each address; every accepted socket runs the handshake
+  (:mod:`~meshcloud.transport.handshake`) under ``handshake_timeout``; a refused peer gets
+  the reason and is closed, and nothing about it is remembered;
+* **dial** with ``connect_timeout`` for TCP and ``handshake_timeout`` for the handshake.
+  Concurrent dials of one address share one attempt; a dial of an address (or an
+  ``expect``-ed node) we are already connected to returns that connection;
+* **connections** (:mod:`~meshcloud.transport.connection`) carry the streams. One peer
+  normally has one connection. **Simultaneous dials** (both sides dial each other at once)
+  leave two; both sides then apply the same rule: keep the connection dialled by the node
+  with the smaller node id (among connections of the same dialer, the newest), and retire
+  the other: GOAWAY, no new streams, and it closes once both sides said GOAWAY and its
+  last stream ended, so no stream is cut;
+* **open_stream** uses the peer's connection, or dials the addresses of the address book
+  (:meth:`set_addresses`, filled by the DHT and gossip; a dialled address and, for inbound
+  peers, their announced listen addresses are learnt automatically);
+* **datagrams** never block or raise: on a connection they are queued in the mux (dropped
+  when its backlog is full); to a peer we are not connected to they wait in a small queue
+  while a background dial runs, and are dropped if the queue is full or the dial fails;
+* **peer events**: :class:`PeerConnected` when a peer's first connection is up,
+  :class:`PeerDisconnected` when its last one is gone.
+
+Keys are never logged; peers appear in logs as short node ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+
+from meshcloud.errors import (
+    AuthError,
+    ConfigError,
+    MeshError,
+    RemoteProtocolError,
+    TransportError,
+)
+from meshcloud.identity.keys import SigningKey, short_id
+from meshcloud.transport.addresses import format_address, parse_address
+from meshcloud.transport.base import (
+    JOIN_PROTOCOLS,
+    Authenticator,
+    NodeId,
+    PeerAuth,
+    PeerConnected,
+    PeerDisconnected,
+    PeerEvent,
+    ProtocolRegistry,
+    StreamHandler,
+)
+from meshcloud.transport.connection import Connection, TcpStream
+from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
+from meshcloud.transport.mux import MuxConfig
+from meshcloud.transport.sockets import bind, connect, run_handshake, tune
+
+logger = logging.getLogger(__name__)
+
+AGENT_VERSION = "meshcloud/0.1"
+
+_STANDARD_ERRORS = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.EndOfChannel)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    """Settings of the TCP transport; the multiplexer's are in ``mux``."""
+
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    """Windows, message size, stream limit and keepalive (see :class:`MuxConfig`)."""
+
+    connect_timeout: float = 3.0
+    """Seconds for the TCP connection: a LAN answers in milliseconds, a SYN to a machine
+    that is off gets no answer at all, and dialling is often a search among addresses."""
+
+    handshake_timeout: float = 5.0
+    """Seconds for the Noise handshake and admission (1.5 round trips and six signature
+    checks: milliseconds normally, seconds on a loaded phone)."""
+
+    datagram_queue: int = 64
+    """Datagrams held for a peer while it is being dialled; more are dropped."""
+
+    max_handshakes: int = 64
+    """Inbound handshakes in progress at once; further connections are closed at once, so
+    a flood of silent sockets costs at most this many tasks until ``handshake_timeout``."""
+
+    agent_version: str = AGENT_VERSION
+    """Told to peers in the handshake (shown by ``meshcloud status``)."""
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.handshake_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.datagram_queue < 0 or self.max_handshakes < 1:
+            raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
+
+    @classmethod
+    def lan(cls) -> TcpConfig:
+        return cls()
+
+    @classmethod
+    def phone(cls) -> TcpConfig:
+        """Slow radios and sleepy CPUs: longer timeouts, the phone mux preset."""
+        return cls(mux=MuxConfig.phone(), connect_timeout=10.0, handshake_timeout=15.0,
+                   datagram_queue=32)
+
+
+@dataclass(slots=True)
+class _Dial:
+    """One dial in progress; concurrent dials of the same address wait for it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    peer: PeerAuth | None = None
+    error: MeshError | None = None
+
+
+class TcpTransport:
+    """The :class:`~meshcloud.transport.base.Transport` over TCP. See the module docstring."""
+
+    def __init__(self, key: SigningKey, authenticator: Authenticator, *,
+                 listen: list[str] | tuple[str, ...] = ("127.0.0.1:0",),
+                 config: TcpConfig | None = None) -> None:
+        self.key = key
+        self.local_id: NodeId = key.id
+        self.authenticator = authenticator
+        self.config = config or TcpConfig()
+        self.registry = ProtocolRegistry()
+        self._listen_spec = list(listen)
+        self._listeners: list[socket.socket] = []
+        self._connections: dict[NodeId, list[Connection]] = {}
+        self._dials: dict[str, _Dial] = {}
+        self._addresses: dict[NodeId, list[str]] = {}
+        self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
+        self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
+        self._background_dials: set[NodeId] = set()
+        self._handshaking = 0
+        self._nursery: trio.Nursery | None = None
+        self._serial = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<TcpTransport {short_id(self.local_id)} {self.listen_addresses}>"
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        out = []
+        for sock in self._listeners:
+            host, port = sock.getsockname()[:2]
+            out.append(format_address(host, port))
+        return out
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled. ``await nursery.start(transport.run)``."""
+        if self._nursery is not None:
+            raise TransportError("transport is already running")
+        listeners = []
+        try:
+            for address in self._listen_spec:
+                listeners.append(await bind(address))
+            self._listeners = listeners
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener)
+                logger.info("transport %s listening on %s", short_id(self.local_id),
+                            ", ".join(self.listen_addresses))
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._shut_down()
+        finally:
+            self._nursery = None
+            self._shut_down()
+            for listener in listeners:
+                listener.close()
+            self._listeners = []
+
+    def _shut_down(self) -> None:
+        for conns in list(self._connections.values()):
+            for conn in list(conns):
+                conn.close("shutting down")
+
+    # --- addresses and peers ------------------------------------------------------------
+
+    def set_addresses(self, peer: NodeId, addresses: list[str]) -> None:
+        self._addresses[peer] = list(addresses)
+
+    def addresses_of(self, peer: NodeId) -> list[str]:
+        return list(self._addresses.get(peer, ()))
+
+    def connected_peers(self) -> list[PeerAuth]:
+        return [conns[0].peer for conns in self._connections.values() if conns]
+
+    def connections_to(self, peer: NodeId) -> list[Connection]:
+        """Live connections to ``peer`` (normally one; two while a duplicate drains)."""
+        return list(self._connections.get(peer, ()))
+
+    def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
+        send, receive = trio.open_memory_channel[PeerEvent](math.inf)
+        self._subscribers.append(send)
+        return receive
+
+    def _publish(self, event: PeerEvent) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    def _usable(self, peer: NodeId) -> Connection | None:
+        best = None
+        for conn in self._connections.get(peer, ()):
+            if conn.usable and (best is None or self._preference(conn) > self._preference(best)):
+                best = conn
+        return best
+
+    def _preference(self, conn: Connection) -> tuple[bool, int]:
+        """Both ends rank a peer's connections alike: smaller dialer id first, then newest."""
+        smaller = min(self.local_id, conn.peer.node_id)
+        return conn.dialer_id == smaller, conn.serial
+
+    # --- dialling -----------------------------------------------------------------------
+
+    async def dial(self, address: str, *, expect: NodeId | None = None) -> PeerAuth:
+        if self._nursery is None:
+            raise TransportError("transport is not running")
+        existing = self._usable(expect) if expect is not None else self._connected_at(address)
+        if existing is not None:
+            await trio.lowlevel.checkpoint()
+            return existing.peer
+        attempt = self._dials.get(address)
+        if attempt is not None:
+            await attempt.done.wait()
+            if attempt.error is not None:
+                raise type(attempt.error)(str(attempt.error))
+            assert attempt.peer is not None
+            if expect is not None and attempt.peer.node_id != expect:
+                raise AuthError("the address answered with another node than the one expected")
+            return attempt.peer
+        attempt = self._dials[address] = _Dial()
+        try:
+            attempt.peer = await self._dial_now(address, expect)
+            return attempt.peer
+        except MeshError as exc:
+            attempt.error = exc
+            raise
+        except BaseException:
+            attempt.error = TransportError(f"dial of {address} was abandoned")
+            raise
+        finally:
+            del self._dials[address]
+            attempt.done.set()
+
+    def _connected_at(self, address: str) -> Connection | None:
+        for peer, addresses in self._addresses.items():
+            if address in addresses:
+                conn = self._usable(peer)
+                if conn is not None:
+                    return conn
+        return None
+
+    async def _dial_now(self, address: str, expect: NodeId | None) -> PeerAuth:
+        try:
+            host, port = parse_address(address)
+        except ConfigError as exc:
+            raise TransportError(str(exc)) from None
+        sock = None
+        with trio.move_on_after(self.config.connect_timeout):
+            sock = await connect(host, port, address)
+        if sock is None:
+            raise TransportError(f"cannot reach {address}: connection timed out")
+        try:
+            core = self._handshake_core(initiator=True, expect=expect)
+            early, first = [], b""
+            with trio.move_on_after(self.config.handshake_timeout):
+                early, first = await run_handshake(sock, core)
+            if core.status is not HandshakeStatus.DONE:
+                raise TransportError(f"handshake with {address} timed out")
+            return self._adopt(sock, core, early, first, we_dialed=True, address=address).peer
+        except BaseException:
+            sock.close()
+            raise
+
+    def _handshake_core(self, *, initiator: bool, expect: NodeId | None = None) -> HandshakeCore:
+        return HandshakeCore(initiator=initiator, key=self.key, authenticator=self.authenticator,
+                             listen_addresses=tuple(self.listen_addresses),
+                             agent_version=self.config.agent_version, expect=expect)
+
+    async def _ensure_connection(self, peer: NodeId) -> Connection:
+        conn = self._usable(peer)
+        if conn is not None:
+            return conn
+        addresses = self._addresses.get(peer)
+        if not addresses:
+            raise TransportError(f"no known address for peer {short_id(peer)}")
+        errors = []
+        for address in list(addresses):
+            try:
+                await self.dial(address, expect=peer)
+            except (TransportError, AuthError) as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            conn = self._usable(peer)
+            if conn is not None:
+                return conn
+        raise TransportError(f"cannot reach peer {short_id(peer)}: {'; '.join(errors)}")
+
+    # --- accepting ----------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    sock, addr = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # out of file descriptors...: back off a little
+                    logger.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                if self._handshaking >= self.config.max_handshakes:
+                    logger.debug("too many handshakes in progress: closing %s", addr)
+                    sock.close()
+                    continue
+                tune(sock)
+                assert self._nursery is not None
+                self._handshaking += 1
+                self._nursery.start_soon(self._inbound, sock, format_address(*addr[:2]))
+
+    async def _inbound(self, sock: socket.socket, address: str) -> None:
+        try:
+            await self._inbound_handshake(sock, address)
+        finally:
+            self._handshaking -= 1
+
+    async def _inbound_handshake(self, sock: socket.socket, address: str) -> None:
+        core = self._handshake_core(initiator=False)
+        early, first = [], b""
+        try:
+            with trio.move_on_after(self.config.handshake_timeout):
+                early, first = await run_handshake(sock, core)
+            if core.status is not HandshakeStatus.DONE:
+                logger.debug("handshake from %s timed out", address)
+                sock.close()
+                return
+        except AuthError as exc:
+            logger.info("refused a peer from %s: %s", address, exc)
+            sock.close()
+            return
+        except (RemoteProtocolError, TransportError, OSError) as exc:
+            logger.debug("handshake from %s failed: %s", address, exc)
+            sock.close()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            self._adopt(sock, core, early, first, we_dialed=False, address=address)
+        except TransportError:  # stopped meanwhile
+            return
+
+    # --- connections --------------------------------------------------------------------
+
+    def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes],
+               first: bytes, *, we_dialed: bool, address: str) -> Connection:
+        peer, channel = core.peer, core.channel
+        assert peer is not None and channel is not None
+        if self._nursery is None:
+            sock.close()
+            raise TransportError("transport stopped during the handshake")
+        conn = Connection(self, sock, channel, peer, we_dialed=we_dialed, address=address,
+                          config=self.config.mux, serial=next(self._serial))
+        conns = self._connections.setdefault(peer.node_id, [])
+        new_peer = not conns
+        conns.append(conn)
+        self._learn_addresses(peer, address if we_dialed else None)
+        self._nursery.start_soon(conn.run, early, first)
+        logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
+                    short_id(peer.node_id), address, " (joining)" if peer.joining else "")
+        if new_peer:
+            self._publish(PeerConnected(peer=peer, address=address, we_dialed=we_dialed))
+        else:
+            self._retire_duplicates(peer.node_id)
+        self._flush_queued(peer.node_id)
+        return conn
+
+    def _learn_addresses(self, peer: PeerAuth, dialled: str | None) -> None:
+        known = self._addresses.setdefault(peer.node_id, [])
+        if dialled is not None and dialled not in known:
+            known.insert(0, dialled)
+        if not known:
+            known.extend(peer.listen_addresses)
+
+    def _retire_duplicates(self, peer: NodeId) -> None:
+        live = [c for c in self._connections.get(peer, ()) if c.usable]
+        if len(live) < 2:
+            return
+        keep = max(live, key=self._preference)
+        for conn in live:
+            if conn is not keep:
+                logger.debug("retiring duplicate %r", conn)
+                conn.retire("duplicate connection")
+
+    def _on_goaway(self, conn: Connection, reason: str) -> None:
+        conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
+
+    def _forget(self, conn: Connection, reason: str) -> None:
+        node_id = conn.peer.node_id
+        conns = self._connections.get(node_id)
+        if conns is None or conn not in conns:
+            return
+        conns.remove(conn)
+        if not conns:
+            del self._connections[node_id]
+            logger.info("disconnected from %s: %s", short_id(node_id), reason)
+            self._publish(PeerDisconnected(node_id=node_id, reason=reason))
+
+    async def disconnect(self, peer: NodeId, reason: str = "") -> None:
+        for conn in list(self._connections.get(peer, ())):
+            conn.close(reason or "disconnected")
+        await trio.lowlevel.checkpoint()
+
+    # --- streams ------------------------------------------------------------------------
+
+    def serve(self, protocol: str, handler: StreamHandler) -> None:
+        self.registry.serve(protocol, handler)
+
+    async def open_stream(self, peer: NodeId, protocol: str) -> TcpStream:
+        if self.authenticator.local_credentials()[0] is None and protocol not in JOIN_PROTOCOLS:
+            raise AuthError(f"a joining node may not open {protocol}")
+        if self._nursery is None:
+            raise TransportError("transport is not running")
+        conn = self._usable(peer)
+        if conn is None:
+            conn = await self._ensure_connection(peer)
+        else:
+            await trio.lowlevel.checkpoint()
+        return conn.open_stream(protocol)
+
+    def _spawn_handler(self, handler: StreamHandler, stream: TcpStream) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_handler, handler, stream, name=stream.protocol)
+
+    async def _run_handler(self, handler: StreamHandler, stream: TcpStream) -> None:
+        try:
+            await handler(stream)
+        except _STANDARD_ERRORS as exc:
+            logger.debug("%r ended: %s", stream, exc)
+            return
+        except Exception:
+            logger.exception("handler for %s failed", stream.protocol)
+            await stream.abort("handler failed")
+            return
+        # A handler that returns is done with the stream: finish our side cleanly, and
+        # reset the peer's side if it is still sending (nobody will read it).
+        try:
+            await stream.close()
+        except (*_STANDARD_ERRORS, trio.BusyResourceError):
+            pass
+        if not stream._eof:
+            await stream.abort("handler finished")
+
+    # --- datagrams ----------------------------------------------------------------------
+
+    def datagrams(self, protocol: str) -> trio.MemoryReceiveChannel[tuple[NodeId, bytes]]:
+        return self.registry.datagrams(protocol)
+
+    def send_datagram(self, peer: NodeId, protocol: str, data: bytes) -> None:
+        if self._nursery is None:
+            return
+        conn = self._usable(peer)
+        if conn is not None:
+            conn.send_datagram(protocol, data)
+            return
+        if not self._addresses.get(peer):
+            return
+        queue = self._queued.setdefault(peer, deque())
+        if len(queue) >= self.config.datagram_queue:
+            return
+        queue.append((protocol, bytes(data)))
+        if peer not in self._background_dials:
+            self._background_dials.add(peer)
+            self._nursery.start_soon(self._dial_in_background, peer)
+
+    async def _dial_in_background(self, peer: NodeId) -> None:
+        try:
+            await self._ensure_connection(peer)
+        except (TransportError, AuthError) as exc:
+            logger.debug("dropping datagrams for %s: %s", short_id(peer), exc)
+            self._queued.pop(peer, None)
+        finally:
+            self._background_dials.discard(peer)
+
+    def _flush_queued(self, peer: NodeId) -> None:
+        queue = self._queued.pop(peer, None)
+        conn = self._usable(peer)
+        if queue and conn is not None:
+            for protocol, data in queue:
+                conn.send_datagram(protocol, data)
