@@ -9,6 +9,7 @@ global state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,10 +47,11 @@ RECONNECT_INTERVAL = 2.0
 
 def tcp_transport(key: SigningKey, authenticator: MeshAuthenticator,
                   config: NodeConfig) -> Transport:
-    from meshcloud.transport.tcp import TcpTransport
+    from meshcloud.transport.tcp import TcpConfig, TcpTransport
 
-    return TcpTransport(key, authenticator, listen=config.listen, profile=config.profile,
-                        agent_version=meshcloud.__version__)
+    base = TcpConfig.phone() if config.profile == "phone" else TcpConfig.lan()
+    tcp_config = dataclasses.replace(base, agent_version=meshcloud.__version__)
+    return TcpTransport(key, authenticator, listen=config.listen, config=tcp_config)
 
 
 @dataclass
