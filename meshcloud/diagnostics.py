@@ -50,6 +50,10 @@ class Diagnostics:
         self.node = node
         node.transport.serve(PING_PROTOCOL, self._serve_ping)
         node.transport.serve(HOLD_PROTOCOL, self._serve_hold)
+        from meshcloud.transport.benchmark import serve_benchmark
+
+        serve_benchmark(node.transport)
+        self._benchmark_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -90,6 +94,18 @@ class Diagnostics:
             raise TransportError("the answer came from another node")
         rtt_ms = round((trio.current_time() - start) * 1e3, 3)
         return {"peer": pong.node_id.hex(), "rtt_ms": rtt_ms, "agent_version": pong.agent_version}
+
+    async def benchmark(self, address: str, *, quick: bool = False) -> dict[str, object]:
+        """Measure the link to the node at ``address`` (``python -m bench transport``)."""
+        from meshcloud.transport.benchmark import MiB, measure
+
+        if self._benchmark_lock.locked():
+            raise MeshError("a transport benchmark is already running", code="conflict")
+        async with self._benchmark_lock:
+            if quick:
+                return await measure(self.node.transport, address, connects=5, rpcs=1000,
+                                     bulk_bytes=64 * MiB)
+            return await measure(self.node.transport, address)
 
     async def hold(self, peer: bytes) -> None:
         """Open a held stream to ``peer``; its end is reported as a ``stream.ended`` event."""

@@ -167,6 +167,12 @@ def build_app(node: Node) -> Starlette:
         await node.diagnostics.hold(peer)
         return JSONResponse({"peer": peer.hex(), "holding": True})
 
+    async def bench_transport(request: Request) -> Response:
+        body = await read_json(request)
+        address = field(body, "address", str, required=True)
+        quick = field(body, "quick", bool, False)
+        return JSONResponse(await node.diagnostics.benchmark(address, quick=quick))
+
     async def login_ticket(request: Request) -> Response:
         return JSONResponse({"ticket": auth.new_login_ticket()})
 
@@ -186,6 +192,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
         Route("/v1/peers/{peer}/ping", ping_peer, methods=["POST"]),
         Route("/v1/debug/hold", hold_stream, methods=["POST"]),
+        Route("/v1/debug/bench-transport", bench_transport, methods=["POST"]),
     ]
     routes.extend(node_routes(node))
     from meshcloud.web.routes import ui_routes
