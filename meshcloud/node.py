@@ -109,11 +109,15 @@ class Node:
 
         self.diagnostics = Diagnostics(self)
         self.api_urls: list[str] = []
-        self.route_providers: list[Callable[[], list[Any]]] = []
-        """Services add API routes here (each a callable returning Starlette routes)."""
-        self.ui_route_providers: list[Callable[..., list[Any]]] = []
-        """Services add UI pages here: callables (base_context, render) -> routes."""
-        self._extra_nav: list[tuple[str, str, str, bool]] = []
+        from meshcloud.services import build_services
+
+        self.services = build_services(self)
+        self.route_providers: list[Callable[[], list[Any]]] = [
+            s.api_routes for s in self.services if hasattr(s, "api_routes")]
+        """API routes of the services (each a callable returning Starlette routes)."""
+        self.ui_route_providers: list[Callable[..., list[Any]]] = [
+            s.ui_routes for s in self.services if hasattr(s, "ui_routes")]
+        """UI pages of the services: callables (base_context, render) -> routes."""
         self.started_at_ms = 0
         self.stopping = trio.Event()
         self._peer_set_changed = trio.Event()
@@ -170,7 +174,7 @@ class Node:
         return [self.node_id, *self.peers]
 
     def extra_nav(self) -> list[tuple[str, str, str, bool]]:
-        return list(self._extra_nav)
+        return [entry for s in self.services if hasattr(s, "nav") for entry in s.nav()]
 
     def members_view(self) -> list[dict[str, Any]]:
         """Every known node with its state, for `status`, the API and the UI."""
@@ -307,6 +311,7 @@ class Node:
             "peers": sorted((p.to_json() for p in self.peers.values()),
                             key=lambda p: (not p["connected"], p["id"])),
             "versions": versions(),
+            **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -322,6 +327,8 @@ class Node:
             await nursery.start(self.diagnostics.run)
             nursery.start_soon(self._watch_peers)
             nursery.start_soon(self._keep_connected)
+            for service in self.services:
+                await nursery.start(service.run)
             self.api_urls = await nursery.start(serve_api, self)
             self.datadir.write_runtime_info({
                 "pid": os.getpid(),

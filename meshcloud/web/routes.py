@@ -33,8 +33,8 @@ SSE_KEEPALIVE = 15.0
 
 NAV = [
     ("mesh", "Mesh", "/ui/", True),
-    ("workloads", "Workloads", "/ui/workloads", True),
-    ("storage", "Storage", "/ui/storage", True),
+    ("workloads", "Workloads", "/ui/workloads", False),
+    ("storage", "Storage", "/ui/storage", False),
     ("functions", "Functions", "/ui/functions", False),
     ("sites", "Sites", "/ui/sites", False),
     ("databases", "Databases", "/ui/databases", False),
@@ -46,6 +46,14 @@ NAV = [
 
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def merge_nav(base: list[tuple[str, str, str, bool]],
+              extra: list[tuple[str, str, str, bool]]) -> list[tuple[str, str, str, bool]]:
+    """A service's entry replaces the placeholder of the same page, keeping its place."""
+    by_page = {entry[0]: entry for entry in extra}
+    merged = [by_page.pop(entry[0], entry) for entry in base]
+    return merged + list(by_page.values())
 
 
 def render(name: str, **context: Any) -> HTMLResponse:
@@ -141,7 +149,7 @@ def ui_routes(node: Node, auth: TokenAuth) -> list[Route | Mount]:
             "page": page, "title": title, "mesh_name": node.mesh.mesh_name,
             "node_id": node.node_id.hex(),
             "nav": [{"page": p, "label": label, "href": href, "ready": ready}
-                    for p, label, href, ready in NAV + node.extra_nav()],
+                    for p, label, href, ready in merge_nav(NAV, node.extra_nav())],
         }
 
     async def login(request: Request) -> Response:
@@ -209,8 +217,9 @@ def ui_routes(node: Node, auth: TokenAuth) -> list[Route | Mount]:
         Route("/v1/events/stream", events_stream),
         Mount("/ui/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    served = {entry[0] for entry in node.extra_nav()}
     for page, label, href, ready in NAV:
-        if not ready:
+        if not ready and page not in served:
             routes.append(Route(href, placeholder(page, label)))
     for extra in node.ui_route_providers:
         routes.extend(extra(base, render))
