@@ -85,7 +85,7 @@ def storage_routes(service: BlobService) -> list[Route]:
             body = await json_body(request)
             name = str(body.get("name", ""))
             try:
-                record = store().create_bucket(name, code=str(body.get("code") or ""))
+                record = await store().create_bucket(name, code=str(body.get("code") or ""))
             except S3Error as exc:
                 raise _s3(exc) from None
             return JSONResponse({"name": name, "id": record.bucket_id.hex(),
@@ -183,7 +183,7 @@ def storage_routes(service: BlobService) -> list[Route]:
             record = AccessKeyRecord(name=name, secret=secret,
                                      created_ms=service.node.clock.wall_ms(), buckets=clean,
                                      create_buckets=bool(body.get("create_buckets")))
-            service.node.state.put(S3KEYS.name, key_id, record)
+            await service.index.put_everywhere(S3KEYS.name, (key_id,), record)
             return JSONResponse({"access_key": key_id, "secret": secret, "name": name,
                                  "buckets": clean, "create_buckets": record.create_buckets})
         rows = service.node.state.scan(S3KEYS.name)
@@ -195,7 +195,7 @@ def storage_routes(service: BlobService) -> list[Route]:
         key_id = request.path_params["access_key"]
         if service.node.state.get(S3KEYS.name, key_id) is None:
             raise NotFoundError(f"no S3 key {key_id}")
-        service.node.state.delete(S3KEYS.name, key_id)
+        await service.index.put_everywhere(S3KEYS.name, (key_id,), None)
         return JSONResponse({"deleted": key_id})
 
     return [

@@ -43,7 +43,7 @@ import trio
 from blobstore.errors import IndexUnavailable
 from blobstore.messages import IndexEntries, IndexRead, IndexScan, IndexWrite, IndexWriteReply
 from blobstore.quorum import QuorumCall, QuorumState
-from blobstore.records import INDEX_TABLES
+from blobstore.records import FULL_COPY_TABLES, INDEX_TABLES
 from meshcloud.errors import CodecError, MeshError
 from meshcloud.state.crdt import LwwRegister, entry_bytes
 from meshcloud.state.driver import StateDriver
@@ -84,7 +84,7 @@ class IndexService:
 
     def __init__(self, state: StateDriver) -> None:
         self.state = state
-        self.tables = {schema.name for schema in INDEX_TABLES}
+        self.tables = {schema.name for schema in (*INDEX_TABLES, *FULL_COPY_TABLES)}
         self.writes = 0
         self.reads = 0
         self.refused = 0
@@ -181,6 +181,26 @@ class Index:
             return True
 
         await self._quorum(targets, need, one, f"write to {table}")
+
+    async def put_everywhere(self, table: str, key: Key, value: Any) -> None:
+        """A full-copy row (bucket, access key): stored here, then pushed to every live
+        node before returning, so a bucket created through one node is usable through any
+        other at once (nodes that miss it get it from anti-entropy)."""
+        entry = self.state.build_entry(table, key, value)
+        self.state.merge_entries(self.me, table, [entry])
+        msg = IndexWrite(table=table, entries=(entry,))
+        peers = [n for n in sorted(set(self.view())) if n != self.me]
+
+        async def one(node: NodeId) -> None:
+            try:
+                with trio.fail_after(self.timeout):
+                    await self._ask(node, msg, IndexWriteReply)
+            except _TRANSIENT as exc:
+                log.debug("push of %s to %s failed: %s", table, node.hex()[:12], exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in peers:
+                nursery.start_soon(one, node)
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ class ObjectStore:
     def buckets(self) -> list[tuple[str, BucketRecord]]:
         return [(str(key[0]), value) for key, value in self.state.scan(BUCKETS.name)]
 
-    def create_bucket(self, name: str, *, code: str = "", owner: str = "") -> BucketRecord:
+    async def create_bucket(self, name: str, *, code: str = "", owner: str = "") -> BucketRecord:
         validate_bucket_name(name)
         try:
             parse_code(code)
@@ -121,7 +121,7 @@ class ObjectStore:
             raise BucketAlreadyOwnedByYou(BucketName=name)
         record = BucketRecord(bucket_id=nacl.utils.random(16), created_ms=self.wall_ms(),
                               code=code, owner=owner)
-        self.state.put(BUCKETS.name, name, record)
+        await self.index.put_everywhere(BUCKETS.name, (name,), record)
         return record
 
     async def delete_bucket(self, name: str) -> None:
@@ -132,7 +132,7 @@ class ObjectStore:
                                             limit=50)
             if any(row.value is not None for row in rows):
                 raise BucketNotEmpty(BucketName=name)
-        self.state.delete(BUCKETS.name, name)
+        await self.index.put_everywhere(BUCKETS.name, (name,), None)
 
     def code_for(self, bucket: BucketRecord) -> ErasureCode:
         chosen = parse_code(bucket.code)

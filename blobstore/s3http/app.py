@@ -69,6 +69,23 @@ class KeyTable:
         return None if record is None else record.secret
 
 
+class TrackedReceive:
+    """ASGI ``receive`` that remembers whether the request body has ended (so an error
+    reply never waits for body bytes that will not come)."""
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self.finished = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if self.finished:
+            return {"type": "http.disconnect"}
+        message: dict[str, Any] = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.finished = True
+        return message
+
+
 @dataclass
 class Call:
     """One request on its way through the app."""
@@ -120,6 +137,7 @@ class S3App:
         request_id = secrets.token_hex(8).upper()
         request = request_of(scope)
         started = False
+        receive = TrackedReceive(receive)
 
         async def tracked_send(message: dict[str, Any]) -> None:
             nonlocal started
@@ -146,7 +164,8 @@ class S3App:
         self.errors += 1
         if started:
             return  # the reply was under way: the client sees a cut body
-        await drain(receive)
+        if not receive.finished:
+            await drain(receive)
         body = render_error(exc, request_id=request_id, resource=request.raw_path[:1100])
         headers = [("content-type", "application/xml"), ("x-amz-request-id", request_id)]
         if exc.status == 304:

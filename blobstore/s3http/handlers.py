@@ -112,7 +112,7 @@ async def bucket_operation(app: S3App, call: Call, method: str) -> Reply:
         app.store.bucket(call.bucket or "")
         return Reply(200, [("x-amz-bucket-region", app.region)])
     if method == "PUT":
-        return create_bucket(app, call)
+        return await create_bucket(app, call)
     if method == "DELETE":
         await app.store.delete_bucket(need(call, Permission.WRITE))
         return Reply(204)
@@ -160,18 +160,18 @@ def list_buckets(app: S3App, call: Call) -> Reply:
     return Reply(200, [XML], render_list_buckets(entries, OWNER))
 
 
-def create_bucket(app: S3App, call: Call) -> Reply:
+async def create_bucket(app: S3App, call: Call) -> Reply:
     name = call.bucket or ""
     if not call.key.create_buckets:
         raise AccessDenied("this key may not create buckets (meshcloud s3 key create "
                            "--allow-create)")
-    app.store.create_bucket(name, owner=call.auth.access_key)
+    await app.store.create_bucket(name, owner=call.auth.access_key)
     grants = dict(call.key.buckets)
     grants[name] = ",".join(Permission.ALL)
     record = type(call.key)(name=call.key.name, secret=call.key.secret,
                             created_ms=call.key.created_ms, buckets=grants,
                             create_buckets=call.key.create_buckets)
-    app.store.state.put(S3KEYS.name, call.auth.access_key, record)
+    await app.store.index.put_everywhere(S3KEYS.name, (call.auth.access_key,), record)
     return Reply(200, [("location", f"/{name}")])
 
 
@@ -278,10 +278,13 @@ def conditions_for(call: Call):  # type: ignore[no-untyped-def]
 async def put_object(app: S3App, call: Call) -> Reply:
     check = PayloadCheck.for_request(call.request, call.auth)
     content_type, meta = metadata_of(call)
+    precheck = conditions_for(call)
+    if precheck is not None:  # refuse before reading the body; checked again at commit
+        precheck(await app.store.find(call.bucket or "", call.object_key or ""))
     record = await app.store.put(call.bucket or "", call.object_key or "",
                                  Body(call.receive, call.request, call.auth, check),
                                  content_type=content_type, metadata=meta,
-                                 precheck=conditions_for(call))
+                                 precheck=precheck)
     return Reply(200, [("etag", quoted(record.etag))])
 
 

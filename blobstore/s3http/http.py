@@ -13,12 +13,17 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from blobstore.s3.chunked import ChunkedDecoder
 from blobstore.s3.errors import IncompleteBody, MalformedXML
 from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.request import S3Request
 from blobstore.s3.sigv4 import Authorization
 from blobstore.s3.xml import MAX_XML_BODY
+
+DRAIN_TIMEOUT = 1.0
+"""Seconds spent reading the rest of a refused request's body before answering anyway."""
 
 Receive = Any
 Send = Any
@@ -89,10 +94,10 @@ class Reply:
 
 async def send_reply(send: Send, reply: Reply, *, head: bool = False) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-    if isinstance(reply.body, bytes):
-        headers.append((b"content-length", str(len(reply.body)).encode()))
-    elif reply.length is not None:
+    if reply.length is not None:
         headers.append((b"content-length", str(reply.length).encode()))
+    elif isinstance(reply.body, bytes):
+        headers.append((b"content-length", str(len(reply.body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     if head or reply.status in (204, 304):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -109,10 +114,11 @@ async def drain(receive: Receive, limit: int = 1 << 20) -> None:
     """Read and drop what is left of a refused request's body (up to ``limit`` bytes), so
     the connection can carry the error reply and the next request."""
     seen = 0
-    while seen <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
+    with trio.move_on_after(DRAIN_TIMEOUT):  # a client that declared more than it sends
+        while seen <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
