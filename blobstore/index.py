@@ -202,6 +202,24 @@ class Index:
             for node in peers:
                 nursery.start_soon(one, node)
 
+    async def fetch_missing(self, table: str, key: Key, *, peers: int = 3) -> bool:
+        """A full-copy row this node lacks (it joined a moment ago, or missed the push):
+        ask a few live peers and merge what they have. True if the row is here now."""
+        schema = self._table(table).schema
+        key_bytes = schema.key_bytes(key)
+        msg = IndexRead(table=table, keys=(key_bytes,))
+        candidates = [n for n in sorted(set(self.view())) if n != self.me][:peers]
+        for node in candidates:
+            try:
+                with trio.fail_after(self.timeout):
+                    reply = await self._ask(node, msg, IndexEntries)
+                if reply.entries:
+                    self.state.merge_entries(node, table, list(reply.entries))
+                    return self._table(table).get_bytes(key_bytes) is not None
+            except (*_TRANSIENT, CodecError) as exc:
+                log.debug("fetch of %s from %s failed: %s", table, node.hex()[:12], exc)
+        return False
+
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, table: str, key: Key) -> Found | None:
@@ -221,7 +239,8 @@ class Index:
         async def repair(call: QuorumCall[dict[bytes, bytes]]) -> None:
             await self._repair(table, key[: len(schema.partition)], call.replies, None)
 
-        replies = await self._quorum(targets, need, one, f"read from {table}", repair)
+        replies = await self._quorum(targets, need, one, f"read from {table}", repair,
+                                     agree=True)
         merged = _merge(self._table(table), list(replies.values()))
         return merged.get(key_bytes)
 
@@ -244,7 +263,7 @@ class Index:
                 raise IndexUnavailable(reply.error)
             return self._validated(table, reply.entries), reply.truncated
 
-        replies = await self._quorum(targets, need, one, f"scan of {table}")
+        replies = await self._quorum(targets, need, one, f"scan of {table}", agree=True)
         pages = list(replies.values())
         horizon: bytes | None = None
         for rows, truncated in pages:
@@ -278,11 +297,16 @@ class Index:
     async def _quorum(self, targets: list[NodeId], need: int,
                       fn: Callable[[NodeId], Awaitable[Any]], what: str,
                       on_complete: Callable[[QuorumCall[Any]], Awaitable[None]] | None = None,
-                      ) -> dict[NodeId, Any]:
+                      *, agree: bool = False) -> dict[NodeId, Any]:
+        """Run ``fn`` on every target; return the replies once ``need`` answered. With
+        ``agree`` (reads), a quorum whose replies differ waits for every target (or its
+        timeout): after holders changed, a new holder that has nothing yet must not
+        outvote the old one that has the row."""
         if not targets:
             raise IndexUnavailable(f"{what}: no live holder")
         call: QuorumCall[Any] = QuorumCall(targets, need)
         decided = trio.Event()
+        finished = trio.Event()
         now = trio.current_time
 
         async def one(node: NodeId) -> None:
@@ -295,6 +319,8 @@ class Index:
                 outputs = call.on_reply(node, value, now())
             if outputs:
                 decided.set()
+            if call.complete:
+                finished.set()
             if call.complete and on_complete is not None and call.replies:
                 try:
                     await on_complete(call)
@@ -309,6 +335,10 @@ class Index:
             for node in targets:
                 self.nursery.start_soon(one, node)
             await decided.wait()
+            if agree and call.state is QuorumState.SUCCEEDED and not call.complete:
+                values = list(call.replies.values())
+                if any(v != values[0] for v in values[1:]):
+                    await finished.wait()
         if call.state is not QuorumState.SUCCEEDED:
             failures = "; ".join(f"{n.hex()[:12]}: {why}" for n, why in call.failures.items())
             raise IndexUnavailable(f"{what}: {len(call.replies)} of {need} replicas answered"

@@ -149,6 +149,8 @@ class RepairWorker(AsyncWorker):
         self.chunks_lost = 0
         self.short = 0
         self._pass_counts = (0, 0)
+        self._needy: set[bytes] = set()
+        self._next_needy: set[bytes] = set()
 
     def poke(self) -> None:
         if self.cursor is not None:
@@ -172,8 +174,8 @@ class RepairWorker(AsyncWorker):
             self.cursor = key + b"\x00"
             bucket_id = table.schema.key_from_bytes(key)[0]
             holders = service.index.holders(OBJECTS.name, (bucket_id,))
-            if not holders or holders[0] != service.node.node_id:
-                continue
+            if service.node.node_id not in holders:
+                continue  # a row left over from an older view: its holders handle it
             entry = table.get_entry(key)
             record = table.value_of_entry(entry)
             if record is None:
@@ -186,11 +188,18 @@ class RepairWorker(AsyncWorker):
                                          key=record.key[:200], chunks=len(plan.lost))
             if plan.short:
                 self.short += 1
-            if plan.rebuild:
+            if not plan.rebuild:
+                continue
+            # The first holder coordinates; another holder steps in when an object still
+            # needs repair one pass later (the first may be new and not have the row yet).
+            if holders[0] == service.node.node_id or key in self._needy:
                 await self._repair(table.schema.key_from_bytes(key), record, planner, live)
+            else:
+                self._next_needy.add(key)
         if len(rows) < PAGE:
             self.cursor = None
             self.passes += 1
+            self._needy, self._next_needy = self._next_needy, set()
             rebuilt = self.shards_rebuilt - self._pass_counts[0]
             lost = self.chunks_lost - self._pass_counts[1]
             if rebuilt or lost:

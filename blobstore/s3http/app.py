@@ -34,7 +34,7 @@ from blobstore.errors import (
     WriteFailed,
 )
 from blobstore.objects import ObjectStore
-from blobstore.records import S3KEYS, AccessKeyRecord
+from blobstore.records import BUCKETS, S3KEYS, AccessKeyRecord
 from blobstore.s3.errors import (
     AccessDenied,
     InternalError,
@@ -173,9 +173,21 @@ class S3App:
         await send_reply(send, Reply(exc.status, headers, body if exc.has_body else b""),
                          head=request.method == "HEAD" or not exc.has_body)
 
+    async def _fetch_missing(self, request: S3Request) -> None:
+        """An access key this node does not know yet may exist elsewhere (a key created a
+        moment ago, a node that just joined): ask peers before refusing."""
+        credential = request.query().get("X-Amz-Credential", "")
+        header = request.header("authorization") or ""
+        if "Credential=" in header:
+            credential = header.split("Credential=", 1)[1]
+        access_key = credential.split("/", 1)[0].strip()
+        if access_key and len(access_key) <= 128 and self.keys.record(access_key) is None:
+            await self.store.index.fetch_missing(S3KEYS.name, (access_key,))
+
     async def handle(self, request: S3Request, receive: Any, request_id: str) -> Reply:
         from blobstore.s3http.handlers import route
 
+        await self._fetch_missing(request)
         auth = verify_request(request, self.keys, self.wall(), self.sigv4)
         if auth is None:
             raise AccessDenied("anonymous access is not allowed: sign requests with a key "
@@ -185,5 +197,8 @@ class S3App:
             raise AccessDenied()
         target = parse_target(request.header("host"), request.raw_path,
                               base_domains=self.base_domains)
+        if target.bucket is not None and \
+                self.store.state.get(BUCKETS.name, target.bucket) is None:
+            await self.store.index.fetch_missing(BUCKETS.name, (target.bucket,))
         call = Call(request, auth, key, target.bucket, target.key, receive, request_id)
         return await route(self, call)
