@@ -468,7 +468,8 @@ class DhtCore:
         self._counts["lookups_started"] += 1
         if target != self.local_id:
             self._touched[self.table.index_of(target)] = now
-        seeds = [contact.info for contact in self.table.closest(target, c.k)]
+        # 2k seeds: only the k closest are asked first, the rest stand in for dead ones.
+        seeds = [contact.info for contact in self.table.closest(target, c.max_find_count)]
         out: list[Output] = [LookupStarted(lookup_id, purpose, target)]
         return out + self._continue(op, lookup.start(seeds), now)
 

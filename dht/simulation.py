@@ -161,6 +161,7 @@ class SimNetwork:
         self._seq = itertools.count()
         self._timer_at = [math.inf] * n
         self.on_finished: Callable[[int, LookupFinished], None] | None = None
+        self.log: list[tuple[int, Output]] | None = None  # set to a list to keep every output
         self._live_cache: tuple[int, list[int]] | None = None
 
     # --- building tables ------------------------------------------------------------------
@@ -221,6 +222,8 @@ class SimNetwork:
 
     def _handle(self, i: int, outputs: list[Output]) -> None:
         source = self.ids[i]
+        if self.log is not None:
+            self.log.extend((i, out) for out in outputs)
         for out in outputs:
             if type(out) is Send:
                 msg = out.msg
@@ -237,12 +240,16 @@ class SimNetwork:
             self._timer_at[i] = deadline
             heapq.heappush(self._events, (deadline, next(self._seq), i, None, None))
 
-    def run(self, done: Callable[[], bool]) -> None:
-        """Process events until ``done()`` is true (checked after every event)."""
+    def run(self, done: Callable[[], bool], *, until: float = math.inf) -> None:
+        """Process events until ``done()`` is true (checked after every event) or the next
+        event is later than ``until``."""
         events = self._events
         cores = self.cores
         alive = self.alive
         while events and not done():
+            if events[0][0] > until:
+                self.now = until
+                return
             when, _, dst, source, msg = heapq.heappop(events)
             if when > self.now:
                 self.now = when
@@ -260,6 +267,16 @@ class SimNetwork:
             self.messages += 1
             if alive[dst]:
                 self._handle(dst, cores[dst].on_message(source, msg, self.now))
+
+    def run_for(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, handling everything due in them."""
+        end = self.now + seconds
+        self.run(lambda: False, until=end)
+        self.now = end
+
+    def feed(self, i: int, outputs: list[Output]) -> None:
+        """Perform the outputs of a command given to core ``i`` (sends, timers)."""
+        self._handle(i, outputs)
 
     def start_lookup(self, i: int, target: bytes, kind: str) -> int:
         core = self.cores[i]
