@@ -283,26 +283,24 @@ class DhtCore:
 
     def _on_request(self, peer: bytes, msg: Any, now: float) -> list[Output]:
         c = self.config
-        if addresses_problem(msg.sender_addresses, c.max_addresses,
-                             c.max_address_length) is not None:
+        kind = type(msg)
+        if (addresses_problem(msg.sender_addresses, c.max_addresses,
+                              c.max_address_length) is not None
+                or (kind is FindNode and len(msg.target) != ID_BYTES)
+                or (kind is FindValue and len(msg.key) != ID_BYTES)):
             self.dropped["garbage_request"] += 1
             return []
         out: list[Output] = []
         if msg.serving and peer != self.local_id:
             out += self._observe(PeerInfo(node_id=peer, addresses=msg.sender_addresses), now)
         reply: Any
-        if type(msg) is Ping:
+        if kind is Ping:
             reply = Pong(rid=msg.rid, sender_addresses=self.addresses)
-        elif type(msg) is FindNode:
-            if len(msg.target) != ID_BYTES:
-                self.dropped["garbage_request"] += 1
-                return out
-            reply = FindNodeReply(rid=msg.rid, peers=self._closest_for(msg.target, msg.count, peer),
+        elif kind is FindNode:
+            reply = FindNodeReply(rid=msg.rid,
+                                  peers=self._closest_for(msg.target, msg.count, peer),
                                   sender_addresses=self.addresses)
-        elif type(msg) is FindValue:
-            if len(msg.key) != ID_BYTES:
-                self.dropped["garbage_request"] += 1
-                return out
+        elif kind is FindValue:
             reply = self._find_value_reply(peer, msg, now)
         else:
             reply = self._store_reply(msg, now, out)

@@ -342,3 +342,14 @@ def test_next_deadline_is_the_earliest_of_requests_and_maintenance():
     core.find_node(bytes(32), 2.0)
     assert core.next_deadline() == 2.0 + CONFIG.request_timeout
     assert core.on_timer(2.5) == []  # nothing due yet
+
+
+def test_garbage_requests_are_dropped_before_anything_is_learned():
+    core = lone_core()
+    peer = random_id(random.Random(7))
+    assert core.on_message(peer, FindNode(rid=1, target=b"short", count=20), 1.0) == []
+    assert core.on_message(peer, FindValue(rid=2, key=b"", kind=ValueKind.PEER,
+                                           count=20), 1.0) == []
+    assert core.on_message(peer, Ping(rid=3, sender_addresses=("a",) * 9), 1.0) == []
+    assert len(core.table) == 0
+    assert core.statistics().dropped == {"garbage_request": 3}
