@@ -36,6 +36,16 @@ later, exactly one ``LookupFinished`` with the same id.
 Time: ``now`` is float seconds on the driver's monotonic clock. Records need wall time;
 ``epoch_ms`` is the wall-clock millisecond at ``now == 0``, so wall time is
 ``epoch_ms + now * 1000`` (a driver sets it when it starts).
+
+Driving a core (what :mod:`dht.driver` and :mod:`dht.simulation` do)::
+
+    core = DhtCore(FakeSigner(node_id), FakeVerifier(), DhtConfig(),
+                   rng=random.Random(seed), addresses=("sim://7",), epoch_ms=EPOCH_MS)
+    outputs = core.bootstrap([PeerInfo(node_id=seed_id, addresses=("sim://0",))], now)
+    # for each Send(to, msg, addresses): deliver msg to core[to].on_message(self_id, msg, t)
+    #   (replies travel back the same way); drop it if `to` is down: the sender times out
+    # at core.next_deadline(): outputs = core.on_timer(now)
+    # LookupFinished(lookup_id, ...) ends what LookupStarted(lookup_id, ...) began
 """
 
 from __future__ import annotations
