@@ -36,14 +36,14 @@ cheapened, each for a stated reason:
     third fewer requests; the success rate is the same (100 %):
 
     ======  =========  =============  ==========  ====================  ==============
-    nodes   build      rounds median  rounds p99  requests per lookup   build time
+    nodes   build      rounds median  rounds p99  requests per lookup   whole run
     ======  =========  =============  ==========  ====================  ==============
     2,000   join       3              4           28.6                  27 s
-    2,000   uniform    2              3           22.1                  under 1 s
-    5,000   join       3              4           31.5                  105 s
-    5,000   uniform    3              3           22.7                  2 s
-    10,000  join       3              5           35.0                  290 s
-    10,000  uniform    3              4           23.3                  4 s
+    2,000   uniform    2              3           22.1                  2 s
+    5,000   join       3              4           31.5                  107 s
+    5,000   uniform    3              3           22.7                  5 s
+    10,000  join       3              5           35.0                  292 s
+    10,000  uniform    3              4           23.3                  7 s
     ======  =========  =============  ==========  ====================  ==============
 
 Crashes are applied after the tables are built, all at once: the worst case for lookups,
