@@ -133,6 +133,9 @@ def build_app(node: Node) -> Starlette:
     async def peers(request: Request) -> Response:
         return JSONResponse(node.status()["peers"])
 
+    async def members(request: Request) -> Response:
+        return JSONResponse(node.members_view())
+
     async def create_invite(request: Request) -> Response:
         body = await read_json(request)
         ttl = field(body, "ttl_s", float, 3600.0)
@@ -187,6 +190,7 @@ def build_app(node: Node) -> Starlette:
     routes = [
         Route("/v1/status", status),
         Route("/v1/peers", peers),
+        Route("/v1/members", members),
         Route("/v1/invites", create_invite, methods=["POST"]),
         Route("/v1/events", events),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
