@@ -89,7 +89,7 @@ def test_writes_survive_two_kills_and_repair_restores_full_redundancy(tmp_path):
 
         for agent in survivors:
             s3 = clients[agent.name]
-            for name, (i, size, digest) in acked.items():
+            for name, (_i, size, digest) in acked.items():
                 body = s3.get_object(Bucket="chaos", Key=name)["Body"].read()
                 assert len(body) == size and hashlib.sha256(body).hexdigest() == digest, \
                     f"{name} read through {agent.name}"
@@ -129,6 +129,6 @@ def test_writes_survive_two_kills_and_repair_restores_full_redundancy(tmp_path):
         assert rebuilt > 0
         # and the repaired objects still read back bit-exact through a newcomer
         newcomer = s3_for(cluster.agents[-1], key)
-        for name, (i, size, digest) in list(acked.items())[:40]:
+        for name, (_i, _size, digest) in list(acked.items())[:40]:
             body = newcomer.get_object(Bucket="chaos", Key=name)["Body"].read()
             assert hashlib.sha256(body).hexdigest() == digest
