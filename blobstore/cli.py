@@ -51,6 +51,7 @@ def _object_path(bucket: str, key: str) -> str:
 
 def _progress() -> Any:
     """A rich progress bar on stderr (off when stderr is not a terminal)."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -58,8 +59,6 @@ def _progress() -> Any:
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-
-    from rich.console import Console
 
     return Progress("[bold]{task.description}", BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(),
