@@ -10,7 +10,8 @@ object's holders at that moment (the ``object_acked`` record, updated by each
 A read that failed while that count was at most m is a violation: the system lost
 something it promised to keep (wrong placement, two shards on one node, a repair that
 recorded shards it did not store, GC deleting a referenced shard...). Reads that failed
-with more than m holders gone are counted, not failed: that loss is outside the promise. An acknowledged object never read at all is a violation too.
+with more than m holders gone are counted, not failed: that loss is outside the promise.
+An acknowledged object never read at all is a violation too.
 """
 
 from __future__ import annotations
