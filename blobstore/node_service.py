@@ -128,7 +128,8 @@ class BlobService:
         self.client = TransportShardClient(self.node.transport, self.shards)
         self.objects = ObjectStore(self.node.state, self.index, self.client, self.picker,
                                    wall_ms=self.node.clock.wall_ms, writer=WriterConfig(),
-                                   reader=ReaderConfig(), on_bad_shard=self._on_bad_shard)
+                                   reader=ReaderConfig(), on_bad_shard=self._on_bad_shard,
+                                   emit=self.node.events.emit)
         secret = hashlib.blake2b(self.node.mesh.mesh_id, person=b"s3-list-tokens",
                                  digest_size=32).digest()
         self.app = S3App(self.objects, wall=lambda: self.node.clock.wall_ms() / 1000,

@@ -88,7 +88,8 @@ class ObjectStore:
     def __init__(self, state: StateDriver, index: Index, client: ShardClient,
                  picker: PlacementPicker, *, wall_ms: Callable[[], int],
                  writer: WriterConfig = WriterConfig(), reader: ReaderConfig = ReaderConfig(),
-                 on_bad_shard: BadShardHook | None = None) -> None:
+                 on_bad_shard: BadShardHook | None = None,
+                 emit: Callable[..., Any] | None = None) -> None:
         self.state = state
         self.index = index
         self.client = client
@@ -97,6 +98,8 @@ class ObjectStore:
         self.writer = writer
         self.reader = reader
         self.on_bad_shard = on_bad_shard
+        self.emit = emit
+        """The node's event feed (``emit(kind, **facts)``), for ``object.put``."""
         self.puts = 0
         self.gets = 0
 
@@ -191,6 +194,9 @@ class ObjectStore:
         """Write an object record on a quorum (the acknowledgement of a put)."""
         await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)), record)
         self.puts += 1
+        if self.emit is not None:
+            self.emit("object.put", bucket=bucket.bucket_id.hex(), key=record.key[:200],
+                      size=record.size, etag=record.etag)
 
     async def _write_ref(self, object_id: bytes, ref: BlobRef) -> None:
         await self.index.put(BLOBREFS.name, (object_id,), ref)

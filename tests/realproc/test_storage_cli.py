@@ -40,5 +40,9 @@ def test_bucket_cp_ls_and_key_create(cluster_factory, tmp_path):
     assert body == src.read_bytes()
     assert key_id in agent.cli("s3", "key", "ls").stdout
     assert secret not in agent.cli("s3", "key", "ls").stdout
+    puts = agent.get("/v1/events?kind=object.put")
+    assert any(e["key"] == "2024/report.bin" and e["size"] == src.stat().st_size for e in puts)
+    storage = agent.get("/v1/status")["storage"]
+    assert storage["shards"] >= 2 and storage["bytes"] >= src.stat().st_size
     refused = agent.cli("bucket", "rm", "docs", check=False)
     assert refused.returncode == 1 and "BucketNotEmpty" in refused.stderr
