@@ -128,9 +128,11 @@ def storage_routes(service: BlobService) -> list[Route]:
                         if piece:
                             yield piece
 
+                length = request.headers.get("content-length", "")
                 record = await store().put(
                     bucket_name, key, body(),
-                    content_type=request.headers.get("content-type", "binary/octet-stream"))
+                    content_type=request.headers.get("content-type", "binary/octet-stream"),
+                    size_hint=int(length) if length.isdigit() else None)
                 return JSONResponse(object_json(record))
             if request.method == "DELETE":
                 await store().delete(bucket_name, key)

@@ -22,6 +22,7 @@ at least 6 nodes are live, else min(3, live) plain copies (:func:`blobstore.eras
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -32,7 +33,7 @@ import trio
 
 from blobstore.client import ShardClient
 from blobstore.concurrency import open_nursery
-from blobstore.erasure import ErasureCode, ReplicationCode, ZfecCode, choose_code
+from blobstore.erasure import ErasureCode, ReplicationCode, Scheme, ZfecCode, choose_code
 from blobstore.fetch import BadShard
 from blobstore.index import Index
 from blobstore.manifest import Manifest
@@ -41,6 +42,7 @@ from blobstore.reader import ReaderConfig, read_object
 from blobstore.records import (
     BLOBREFS,
     BUCKETS,
+    INLINE_MAX,
     OBJECTS,
     BlobRef,
     BucketRecord,
@@ -164,11 +166,15 @@ class ObjectStore:
                   content_type: str = "binary/octet-stream",
                   metadata: dict[str, str] | None = None,
                   precheck: Callable[[ObjectRecord | None], Any] | None = None,
-                  ) -> ObjectRecord:
+                  size_hint: int | None = None) -> ObjectRecord:
         """Store an object (see the module docstring); returns its record once
         acknowledged. ``precheck`` runs on the current record just before the commit
         (conditional PUTs: If-None-Match / If-Match) and may raise."""
         bucket = self.bucket(bucket_name)
+        if size_hint is not None and size_hint <= INLINE_MAX:
+            return await self._put_inline(bucket, bucket_name, key, source,
+                                          content_type=content_type, metadata=metadata,
+                                          precheck=precheck)
         code = self.code_for(bucket)
         object_id = new_object_id()
         sk = sort_key(key)
@@ -190,6 +196,28 @@ class ObjectStore:
         await self.commit(bucket, record)
         return record
 
+    async def _put_inline(self, bucket: BucketRecord, bucket_name: str, key: str,
+                          source: AsyncIterable[bytes], *, content_type: str,
+                          metadata: dict[str, str] | None,
+                          precheck: Callable[[ObjectRecord | None], Any] | None,
+                          ) -> ObjectRecord:
+        """A small object: its bytes go in the record (see ``ObjectRecord.inline``)."""
+        data = bytearray()
+        async for piece in source:
+            data += piece
+            if len(data) > INLINE_MAX:
+                raise InvalidArgument("body longer than its declared length")
+        manifest = Manifest(object_id=new_object_id(), size=0,
+                            etag=hashlib.md5(data).hexdigest(), scheme=Scheme.REPLICATION,
+                            k=1, m=0, key=bytes(32), chunks=())
+        record = ObjectRecord(key=key, manifest=manifest, content_type=content_type,
+                              metadata=dict(metadata or {}), modified_ms=self.wall_ms(),
+                              inline=bytes(data))
+        if precheck is not None:
+            precheck(await self.find(bucket_name, key))
+        await self.commit(bucket, record)
+        return record
+
     async def commit(self, bucket: BucketRecord, record: ObjectRecord) -> None:
         """Write an object record on a quorum (the acknowledgement of a put)."""
         await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)), record)
@@ -205,6 +233,11 @@ class ObjectStore:
                    ) -> AsyncIterator[bytes]:
         """Plaintext of bytes [start, end) of an object (see :mod:`blobstore.reader`)."""
         self.gets += 1
+        if record.inline is not None:
+            end = len(record.inline) if end is None else end
+            if end > start:
+                yield record.inline[start:end]
+            return
         async for piece in read_object(record.manifest, self.client, start=start, end=end,
                                        config=self.reader, on_bad_shard=self.on_bad_shard):
             yield piece
@@ -233,7 +266,8 @@ class ObjectStore:
 
         async def store() -> None:
             result.append(await self.put(bucket_name, key, pieces(),
-                                         content_type=content_type, metadata=metadata))
+                                         content_type=content_type, metadata=metadata,
+                                         size_hint=source.size))
 
         async with open_nursery() as nursery:
             nursery.start_soon(pump)

@@ -44,6 +44,9 @@ RECORDS = TagBlock.BLOBSTORE + 20
 INDEX_REPLICATION = Sharded(rf=3, read_quorum=2, write_quorum=2)
 """Every read quorum meets every write quorum (2 + 2 > 3), and one holder may be down."""
 
+INLINE_MAX = 4096
+"""Objects up to this many bytes live inside their index record (no shards)."""
+
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 """An object record holds its manifest: ~470 bytes per 4 MiB chunk with 4+2, so 4 MiB
 covers objects of ~35 GiB (a single PUT is at most 5 GiB)."""
@@ -104,10 +107,14 @@ class ObjectRecord:
     """User metadata (x-amz-meta-*, lowercase names without the prefix) and a few standard
     headers kept as given (cache-control, content-disposition, content-encoding...)."""
     modified_ms: int = 0
+    inline: bytes | None = None
+    """The bytes of a small object (at most ``INLINE_MAX``), kept in the record itself
+    instead of in shards (Garage inlines objects under 3 KiB the same way): one quorum
+    write per PUT, and the index's three copies are its redundancy."""
 
     @property
     def size(self) -> int:
-        return self.manifest.size
+        return len(self.inline) if self.inline is not None else self.manifest.size
 
     @property
     def etag(self) -> str:

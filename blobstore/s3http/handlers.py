@@ -284,7 +284,7 @@ async def put_object(app: S3App, call: Call) -> Reply:
     record = await app.store.put(call.bucket or "", call.object_key or "",
                                  Body(call.receive, call.request, call.auth, check),
                                  content_type=content_type, metadata=meta,
-                                 precheck=precheck)
+                                 precheck=precheck, size_hint=check.length)
     return Reply(200, [("etag", quoted(record.etag))])
 
 
@@ -295,7 +295,9 @@ async def get_object(app: S3App, call: Call, *, head: bool) -> Reply:
     q = call.query()
     start, end, status = 0, record.size, 200
     if "partNumber" in q:
-        start, end = part_range(record.manifest, parse_part_number(q["partNumber"]))
+        number = parse_part_number(q["partNumber"])
+        start, end = (0, record.size) if record.inline is not None and number == 1 \
+            else part_range(record.manifest, number)
         status = 206
         headers.append(("content-range", f"bytes {start}-{max(end - 1, start)}/{record.size}"))
     else:
