@@ -175,3 +175,81 @@ class BlobModel:
             readable = self._readable(obj)
             self.trace.record("object_read", t=t, object=obj.object_id.hex(),
                               ok=readable >= self.k, readable_shards=readable)
+
+
+FAILED_EVENTS = ("MemberFailed", "MemberLeft")
+ALIVE_EVENTS = ("MemberJoined", "MemberUpdated")
+
+
+class BlobSimModel:
+    """:class:`BlobModel` plugged into ``sim.runner.Run`` (``Run(..., models=[...])``).
+
+    * ``attach(run)``: every live host is a node; membership events of every host reach
+      :meth:`on_membership` through ``run.cluster.listeners``: a node is believed failed
+      as soon as one observer reports it failed or left (the node that hears it starts
+      repair), alive again when one reports it joined;
+    * ``sample(now)`` (each second): the hosts' real state is compared with the model's
+      (crash, restart, leave, join), then :meth:`BlobModel.on_tick`;
+    * ``finish(now)``: a last read of every object.
+    """
+
+    name = "blobstore"
+
+    def __init__(self, **settings: float) -> None:
+        self.settings = settings
+        self.model: BlobModel | None = None
+        self.cluster: object = None
+        self._known: dict[NodeId, str] = {}
+
+    def attach(self, run: object) -> None:
+        cluster = run.cluster  # type: ignore[attr-defined]
+        rng = run.engine.derive_random("blobstore")  # type: ignore[attr-defined]
+        self.cluster = cluster
+        self.model = BlobModel(run.trace, rng, **self.settings)  # type: ignore[attr-defined, arg-type]
+        now = run.engine.now  # type: ignore[attr-defined]
+        states = self._states()
+        self.model.start(now, [n for n, s in states.items() if s == "up"])
+        self._known = states
+        cluster.listeners.append(self.on_membership)
+
+    def _states(self) -> dict[NodeId, str]:
+        out = {}
+        for host in self.cluster.by_index:  # type: ignore[attr-defined]
+            out[host.node_id] = "left" if host.left else "up" if host.up else "down"
+        return out
+
+    def on_membership(self, t: float, observer: NodeId, output: object) -> None:
+        assert self.model is not None
+        kind = type(output).__name__
+        member = getattr(output, "member", None)
+        subject = getattr(member, "node_id", None)
+        if subject is None or subject == observer:
+            return
+        if kind in FAILED_EVENTS:
+            self.model.on_member_failed(t, subject)
+        elif kind == "MemberJoined" or (kind in ALIVE_EVENTS and _is_alive(member)):
+            self.model.on_member_alive(t, subject)
+
+    def sample(self, now: float) -> None:
+        assert self.model is not None
+        for node, state in self._states().items():
+            before = self._known.get(node)
+            if state == before:
+                continue
+            if state == "up":
+                (self.model.on_restart if before == "down" else self.model.on_join)(now, node)
+            elif state == "down":
+                self.model.on_crash(now, node)
+            else:
+                self.model.on_leave(now, node)
+            self._known[node] = state
+        self.model.on_tick(now)
+
+    def finish(self, now: float) -> None:
+        if self.model is not None:
+            self.model.finish(now)
+
+
+def _is_alive(member: object) -> bool:
+    state = getattr(member, "state", "alive")
+    return str(getattr(state, "value", state)).lower() == "alive"

@@ -139,3 +139,54 @@ def test_checker_catches_a_repair_that_records_shards_it_did_not_store():
     result = NoAcknowledgedObjectLost().check(trace)
     assert not result.passed
     assert "unreadable with only 1 of its holders gone" in result.examples[0]
+
+
+class FakeHost:
+    def __init__(self, node_id: bytes) -> None:
+        self.node_id = node_id
+        self.up = True
+        self.left = False
+
+
+class FakeRun:
+    """The parts of sim.runner.Run the adapter uses."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.trace = Trace(end=100)
+        self.cluster = SimpleNamespace(by_index=[FakeHost(n) for n in NODES], listeners=[])
+        self.engine = SimpleNamespace(now=0.0, derive_random=lambda name: random.Random(5))
+
+
+class MemberFailed:
+    def __init__(self, node: bytes) -> None:
+        from types import SimpleNamespace
+
+        self.member = SimpleNamespace(node_id=node, state="dead")
+
+
+def test_runner_adapter_follows_hosts_and_membership_events():
+    from sim.blobmodel import BlobSimModel
+
+    run = FakeRun()
+    adapter = BlobSimModel(writes_per_tick=2.0, repair_delay=2.0)
+    adapter.attach(run)
+    for node in NODES:
+        run.trace.node_state(0.0, node, "alive")
+    assert run.cluster.listeners == [adapter.on_membership]
+    for second in range(1, 60):
+        t = float(second)
+        if second == 20:
+            host = run.cluster.by_index[0]
+            host.up, host.left = False, True
+            run.trace.node_state(t, host.node_id, "left")
+        if second == 22:
+            for listener in run.cluster.listeners:
+                listener(t, NODES[1], MemberFailed(NODES[0]))
+        adapter.sample(t)
+    adapter.finish(60.0)
+    assert adapter.model is not None and not adapter.model.stored[NODES[0]]
+    assert run.trace.records["object_repaired"]
+    result = NoAcknowledgedObjectLost().check(run.trace)
+    assert result.passed and result.figures["objects_acked"] > 50
