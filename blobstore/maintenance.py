@@ -55,7 +55,7 @@ from blobstore.scrub import (
     ShardCorrupt,
     VerifyBatch,
 )
-from blobstore.shards import unpack_shard
+from blobstore.shards import parse_header, unpack_shard
 from meshcloud.errors import MeshError
 from meshcloud.workers import Tranquilizer, WorkerState
 
@@ -386,9 +386,9 @@ class GcWorker(AsyncWorker):
         by_object: dict[bytes, list[bytes]] = {}
         for info in due:
             try:
-                header, _ = unpack_shard(await service.shards.get(info.shard_id))
+                header = parse_header(await service.shards.head(info.shard_id))
             except MeshError:
-                continue  # rot: the scrubber's business
+                continue  # rot or gone meanwhile: the scrubber's business
             by_object.setdefault(header.object_id, []).append(info.shard_id)
         garbage: set[bytes] = set()
         for object_id, sids in by_object.items():
