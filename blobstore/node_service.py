@@ -188,6 +188,7 @@ class BlobService:
             "index_read_repairs": self.index.read_repairs,
             "s3_requests": self.app.requests if self.app else 0,
             "s3_errors": self.app.errors if self.app else 0,
+            "s3_payload_modes": dict(self.app.payload_modes) if self.app else {},
         })
         if self.maintenance is not None:
             out.update(self.maintenance.status())

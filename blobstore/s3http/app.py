@@ -121,6 +121,8 @@ class S3App:
         self.tokens = ContinuationTokens(token_secret)
         self.requests = 0
         self.errors = 0
+        self.payload_modes: dict[str, int] = {}
+        """Signed requests per x-amz-content-sha256 mode (which clients stream how)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -192,6 +194,8 @@ class S3App:
         if auth is None:
             raise AccessDenied("anonymous access is not allowed: sign requests with a key "
                                "from `meshcloud s3 key create`")
+        mode = auth.payload_mode.value
+        self.payload_modes[mode] = self.payload_modes.get(mode, 0) + 1
         key = self.keys.record(auth.access_key)
         if key is None:  # deleted between the two lookups
             raise AccessDenied()
