@@ -115,6 +115,7 @@ class BlobService:
         self.app: S3App | None = None
         self.maintenance: Any = None
         self.s3_urls: list[str] = []
+        self.s3_error: str | None = None
 
     def alive(self) -> frozenset[bytes]:
         return frozenset(self.node.alive_peer_ids()) | {self.node.node_id}
@@ -155,7 +156,14 @@ class BlobService:
             async with trio.open_nursery() as nursery:
                 self.index.nursery = nursery
                 await nursery.start(self.maintenance.run)
-                self.s3_urls = await nursery.start(serve_s3, self.app, self.node.config.s3)
+                try:
+                    self.s3_urls = await nursery.start(serve_s3, self.app,
+                                                       self.node.config.s3)
+                except OSError as exc:
+                    # the node keeps storing and serving shards; only S3 is missing
+                    self.s3_error = f"cannot listen on {self.node.config.s3}: {exc}"
+                    log.error("storage: S3 API not started: %s", self.s3_error)
+                    self.node.events.emit("storage.s3_failed", error=self.s3_error)
                 log.info("storage ready", extra={"s3": ",".join(self.s3_urls),
                                                  "protocol": SHARD_PROTOCOL})
                 task_status.started()
@@ -170,7 +178,7 @@ class BlobService:
         return {"s3": self.s3_urls[0] if self.s3_urls else None}
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"s3": self.s3_urls}
+        out: dict[str, Any] = {"s3": self.s3_urls, "s3_error": self.s3_error}
         if self.shards is None or self.objects is None:
             return {**out, "ready": False}
         stats = self.shards.store.stats()
