@@ -324,7 +324,7 @@ class Index:
             if call.complete and on_complete is not None and call.replies:
                 try:
                     await on_complete(call)
-                except _TRANSIENT as exc:
+                except Exception as exc:  # read repair is best effort, never fatal
                     log.debug("index read repair failed: %s", exc)
 
         if self.nursery is None:
@@ -346,10 +346,16 @@ class Index:
         return dict(call.replies)
 
     async def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception as exc:  # background repair is best effort, never fatal
+                log.debug("index background task failed: %s", exc)
+
         if self.nursery is not None:
-            self.nursery.start_soon(fn, *args)
+            self.nursery.start_soon(guarded)
         else:
-            await fn(*args)
+            await guarded()
 
     async def _repair(self, table: str, partition: Key, replies: dict[NodeId, dict[bytes, bytes]],
                       keys: Collection[bytes] | None) -> None:

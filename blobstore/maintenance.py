@@ -111,10 +111,12 @@ class AsyncWorker:
             self.state = WorkerState.BUSY
             try:
                 state = await self.step(begin)
-            except (BlobstoreError, *_TRANSIENT) as exc:
+            except Exception as exc:  # a worker's bug must not stop the node (as WorkerSet)
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.info("%s worker: %s", self.name, self.last_error)
+                expected = isinstance(exc, (BlobstoreError, *_TRANSIENT))
+                log.log(logging.INFO if expected else logging.ERROR, "%s worker: %s",
+                        self.name, self.last_error, exc_info=not expected)
                 self.state = WorkerState.IDLE
                 self.next_run = trio.current_time() + 10.0
                 continue
