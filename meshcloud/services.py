@@ -33,4 +33,7 @@ class Service(Protocol):
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
     services: list[Any] = []
+    from blobstore.node_service import BlobService
+
+    services.append(BlobService(node))
     return services
