@@ -91,12 +91,13 @@ _env.filters["short"] = short
 _env.filters["ago"] = ago
 
 
-def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_env.get_template(name).render(**context), status_code=status_code)
+def render(template: str, /, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(template).render(**context),
+                        status_code=status_code)
 
 
-def render_text(name: str, **context: Any) -> str:
-    return _env.get_template(name).render(**context)
+def render_text(template: str, /, **context: Any) -> str:
+    return _env.get_template(template).render(**context)
 
 
 def merge_nav(base: list[NavEntry], extra: list[NavEntry]) -> list[NavEntry]:

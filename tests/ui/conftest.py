@@ -33,8 +33,12 @@ if not Path(CHROMIUM).exists():
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster.create(tmp_path_factory.mktemp("uimesh"), 3)
+def mesh(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three agents, each joined through the one before; a module may set ``MESH_ENV``
+    (environment of the agents)."""
+    env = dict(getattr(request.module, "MESH_ENV", {}))
+    cluster = LocalCluster.create(tmp_path_factory.mktemp("uimesh"), 3, env=env)
     try:
         yield cluster
     finally:

@@ -206,6 +206,19 @@ def put_object(agent, bucket: str, key: str, data: bytes) -> None:
         assert response.status == 200
 
 
+def workloads_available(agent) -> bool:
+    """True when the agents run the workload service; then a workload "hello" exists."""
+    try:
+        listed = agent.get("/v1/workloads")["workloads"]
+    except urllib.error.HTTPError:
+        return False
+    if not any(w["name"] == "hello" for w in listed):
+        agent.post("/v1/workloads", {"spec": {
+            "name": "hello", "replicas": 2,
+            "command": ["sh", "-c", "while true; do echo hello from $$; sleep 1; done"]}})
+    return True
+
+
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: Path,
                                                           viewport):
@@ -216,9 +229,12 @@ def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: P
                     "2024/notes.txt", "2024/trip/map.png", "readme.md"):
             put_object(node, "shots", key, os.urandom(20_000 if "." in key[-4:] else 100))
         node.post("/v1/storage/keys", {"name": "laptop", "buckets": {"shots": "read"}})
+    pages = list(PAGES)
+    if workloads_available(node):
+        pages.append(("workload", "/ui/workloads/w/hello"))
     page = ui.open(node, viewport=viewport)
     size = f"{viewport['width']}x{viewport['height']}"
-    for name, path in PAGES:
+    for name, path in pages:
         response = page.goto(node.api_url + path)
         assert response is not None and response.ok, f"{path}: {response and response.status}"
         page.wait_for_load_state("load")
