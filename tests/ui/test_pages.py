@@ -246,3 +246,27 @@ def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: P
         overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth,
                                              inner: window.innerWidth})""")
         assert overflow["scroll"] <= overflow["inner"], f"{path} overflows at {size}: {overflow}"
+
+
+def test_events_feed_is_live_and_filterable(mesh, ui):
+    admin = mesh.agents[0]
+    page = ui.open(admin, "/ui/events")
+    expect(page.locator("#live")).to_have_class("live on", timeout=10_000)
+    page.evaluate("window.__noReload = true")
+    admin.post("/v1/invites", {"ttl_s": 60, "uses": 3})
+    put_object(admin, "family", "live/event.txt", b"hello")  # from the storage test
+    newest = page.locator("#events .event").first
+    expect(newest).to_have_attribute("data-kind", "object.put", timeout=10_000)
+    expect(page.locator('#events .event[data-kind="invite.created"]').first).to_contain_text(
+        "uses 3")
+
+    page.click('#event-filters .chip[data-family="invite"]')
+    visible = page.locator("#events .event:visible")
+    expect(visible.first).to_have_attribute("data-kind", "invite.created")
+    assert all(kind.startswith("invite.") for kind in
+               visible.evaluate_all("els => els.map(e => e.dataset.kind)"))
+    page.click('#event-filters .chip[data-family=""]')
+    page.fill("#event-search", "live/event.txt")
+    expect(visible).to_have_count(1)
+    expect(visible.first).to_have_attribute("data-kind", "object.put")
+    assert page.evaluate("window.__noReload") is True
