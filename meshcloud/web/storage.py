@@ -113,6 +113,10 @@ def routes(ui: UiContext) -> list[Route]:
         return render("storage_unavailable.html", status_code=503,
                       **ui.base("storage", "Storage"), tab=page)
 
+    def frag_unavailable() -> Response:
+        return render("_unavailable.html", status_code=503,
+                      text="Storage is still starting on this node.")
+
     def bucket_rows() -> list[dict[str, Any]]:
         store = service().objects
         rows = []
@@ -134,7 +138,7 @@ def routes(ui: UiContext) -> list[Route]:
         try:
             return render("_buckets.html", buckets=bucket_rows())
         except StorageUnavailable:
-            return unavailable("buckets")
+            return frag_unavailable()
 
     async def listing(bucket: str, prefix: str, after: str) -> dict[str, Any]:
         from blobstore.bucketlist import list_bucket
@@ -177,7 +181,7 @@ def routes(ui: UiContext) -> list[Route]:
             view = await listing(request.path_params["bucket"], q.get("prefix", ""),
                                  q.get("after", ""))
         except StorageUnavailable:
-            return unavailable("buckets")
+            return frag_unavailable()
         return render("_objects.html", **view)
 
     async def object_page(request: Request) -> Response:
@@ -228,7 +232,7 @@ def routes(ui: UiContext) -> list[Route]:
         try:
             return render("_keys.html", keys=key_rows())
         except StorageUnavailable:
-            return unavailable("keys")
+            return frag_unavailable()
 
     def health_view() -> dict[str, Any]:
         blob = service()
@@ -255,7 +259,7 @@ def routes(ui: UiContext) -> list[Route]:
         try:
             return render("_storage_health.html", **health_view())
         except StorageUnavailable:
-            return unavailable("health")
+            return frag_unavailable()
 
     return [
         Route("/ui/storage", buckets_page),

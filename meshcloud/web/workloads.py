@@ -125,18 +125,22 @@ def routes(ui: UiContext) -> list[Route]:
             return unavailable()
         return render("workloads.html", **ui.base("workloads", "Workloads"), **view)
 
+    def frag_unavailable() -> Response:
+        return render("_unavailable.html", status_code=503,
+                      text="This node runs no workload service.")
+
     async def fragment(request: Request) -> Response:
         try:
             view = await context()
         except MeshError:
-            return unavailable()
+            return frag_unavailable()
         return render("_workloads.html", **view)
 
     async def nodes_fragment(request: Request) -> Response:
         try:
             return render("_drain.html", nodes=await nodes_view())
         except MeshError:
-            return unavailable()
+            return frag_unavailable()
 
     async def detail(request: Request) -> Response:
         name = request.path_params["name"]
