@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from meshcloud.web.render import render
+from meshcloud.web.render import fmt_bytes, render
 
 if TYPE_CHECKING:
     from meshcloud.node import Node
@@ -35,8 +35,15 @@ HIDDEN_FACTS = ("kind", "at", "seq", "node")
 _HEX_ID = re.compile(r"^[0-9a-f]{32,}$")
 
 
-def fact_text(value: Any) -> str:
-    """A fact as the feed shows it: long hex ids cut to 8 digits, lists joined."""
+BYTE_FACTS = ("size", "bytes", "deleted_bytes")
+"""Facts that are byte counts (shown as KiB, MiB...)."""
+
+
+def fact_text(value: Any, key: str = "") -> str:
+    """A fact as the feed shows it: long hex ids cut to 8 digits, sizes in KiB/MiB, lists
+    joined."""
+    if key in BYTE_FACTS and isinstance(value, int) and not isinstance(value, bool):
+        return fmt_bytes(value)
     if isinstance(value, str) and _HEX_ID.match(value):
         return value[:8]
     if isinstance(value, list | tuple):
@@ -48,7 +55,7 @@ def fact_text(value: Any) -> str:
 def event_view(event: dict[str, Any]) -> dict[str, Any]:
     return {"kind": event.get("kind", ""), "family": str(event.get("kind", "")).split(".")[0],
             "at": event.get("at"), "node": event.get("node", ""),
-            "facts": [(k, fact_text(v), str(v), time_fact(k, v)) for k, v in event.items()
+            "facts": [(k, fact_text(v, k), str(v), time_fact(k, v)) for k, v in event.items()
                       if k not in HIDDEN_FACTS]}
 
 

@@ -171,3 +171,10 @@ def test_nav_keeps_its_order_and_groups():
     groups = nav_groups(merged, "storage")
     assert [g["name"] for g in groups] == ["Cluster", "Data", "Compute"]
     assert groups[1]["items"][0]["active"] is True
+
+
+def test_byte_facts_read_as_sizes():
+    facts = {k: text for k, text, _, _ in event_view(
+        {"kind": "object.put", "at": 1, "node": "n", "size": 5 * 1024 * 1024, "parts": 5})[
+        "facts"]}
+    assert facts == {"size": "5.0 MiB", "parts": "5"}

@@ -253,8 +253,10 @@ def test_events_feed_is_live_and_filterable(mesh, ui):
     page = ui.open(admin, "/ui/events")
     expect(page.locator("#live")).to_have_class("live on", timeout=10_000)
     page.evaluate("window.__noReload = true")
+    if "feed" not in [b["name"] for b in admin.get("/v1/storage/buckets")]:
+        admin.post("/v1/storage/buckets", {"name": "feed"})
     admin.post("/v1/invites", {"ttl_s": 60, "uses": 3})
-    put_object(admin, "family", "live/event.txt", b"hello")  # from the storage test
+    put_object(admin, "feed", "live/event.txt", b"hello")
     newest = page.locator("#events .event").first
     expect(newest).to_have_attribute("data-kind", "object.put", timeout=10_000)
     expect(page.locator('#events .event[data-kind="invite.created"]').first).to_contain_text(

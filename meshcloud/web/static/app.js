@@ -34,6 +34,15 @@ function renderTimes(root) {
   }
 }
 
+const BYTE_FACTS = ["size", "bytes", "deleted_bytes"];
+
+function fmtBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 || n >= 100 ? Math.round(n) + " " + units[i] : n.toFixed(1) + " " + units[i];
+}
+
 function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
@@ -129,6 +138,7 @@ function eventItem(e) {
   const facts = Object.entries(e).filter(([k]) => !hidden.includes(k)).map(([k, v]) => {
     let text = Array.isArray(v) ? v.join(", ") : String(v);
     if (/^[0-9a-f]{32,}$/.test(text)) text = text.slice(0, 8);
+    if (BYTE_FACTS.includes(k) && Number.isInteger(v)) text = fmtBytes(v);
     if (text.length > 80) text = text.slice(0, 77) + "...";
     const value = k.endsWith("_at") && Number.isInteger(v)
       ? '<time data-ms="' + v + '" data-absolute></time>' : escapeHtml(text);
@@ -462,8 +472,18 @@ function setupLogs() {
 
 // --- start -----------------------------------------------------------------------------------
 
+function showActiveNav() {
+  // on a phone the navigation is one scrolling row: bring the current page into it
+  const nav = $(".side");
+  const active = $(".side a.active");
+  if (nav && active && nav.scrollWidth > nav.clientWidth) {
+    nav.scrollLeft = Math.max(0, active.offsetLeft - (nav.clientWidth - active.offsetWidth) / 2);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   renderTimes();
+  showActiveNav();
   setupEventFilters();
   setupUploads();
   setupLogs();
