@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{'bytes/node/s':>13} {'join→all':>9} {'wall':>7}")
     for n in sizes:
         duration = 120.0 if n <= 1000 else 80.0
-        sim, extra = quiet_run(n, duration, crash_every=15.0, join_at=duration - 25, seed=n)
+        sim, extra = quiet_run(n, duration, crash_every=15.0, join_at=duration - 27, seed=n)
         times, _ = detection_times(sim.trace)
         steady = sim.rates[5:15] or sim.rates  # before the first crash's news
         rate = statistics.fmean(steady)
