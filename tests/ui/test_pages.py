@@ -60,12 +60,15 @@ def test_upload_through_one_node_download_through_another(mesh, ui, tmp_path):
     original = os.urandom(UPLOAD_BYTES)
     source = tmp_path / "holiday.bin"
     source.write_bytes(original)
-    page.set_input_files("#upload-files", str(source))
-    item = page.locator('#uploads .upload-item[data-key="holiday.bin"]')
-    expect(item).to_have_class("upload-item done", timeout=60_000)
-    expect(item.locator(".progress > span")).to_have_attribute("style", "width: 100%;")
-    expect(page.locator('#objects tr.object[data-key="holiday.bin"]')).to_be_visible(
-        timeout=10_000)
+    odd = tmp_path / "été & co #1.txt"  # a name that needs escaping in a URL
+    odd.write_text("bonjour")
+    page.set_input_files("#upload-files", [str(source), str(odd)])
+    for key in ("holiday.bin", odd.name):
+        item = page.locator(f'#uploads .upload-item[data-key="{key}"]')
+        expect(item).to_have_class("upload-item done", timeout=60_000)
+        expect(item.locator(".progress > span")).to_have_attribute("style", "width: 100%;")
+        expect(page.locator(f'#objects tr.object[data-key="{key}"]')).to_be_visible(
+            timeout=10_000)
 
     other = ui.open(node2, "/ui/storage/b/family", downloads=True)
     row = other.locator('#objects tr.object[data-key="holiday.bin"]')
@@ -77,6 +80,11 @@ def test_upload_through_one_node_download_through_another(mesh, ui, tmp_path):
     saved = tmp_path / "downloaded.bin"
     download.save_as(saved)
     assert saved.read_bytes() == original
+    with other.expect_download() as odd_download:
+        other.locator(f'#objects tr.object[data-key="{odd.name}"] [data-download]').click()
+    assert odd_download.value.suggested_filename == odd.name
+    odd_download.value.save_as(tmp_path / "odd.txt")
+    assert (tmp_path / "odd.txt").read_text() == "bonjour"
 
     # the object page on node 2: where the shards are, all on live nodes
     row.locator("td.name a").click()
