@@ -168,6 +168,16 @@ class HolderCore:
             return lease
         return None
 
+    def observe_term(self, workload: str, term: int) -> None:
+        """A term seen elsewhere (the claim of the last holder): the next new lease asks
+        for a higher one at once instead of learning it from refusals."""
+        if term > self._terms.get(workload, 0):
+            self._terms[workload] = term
+
+    def known_term(self, workload: str) -> int:
+        """The highest term this holder knows of for ``workload`` (0: none)."""
+        return self._terms.get(workload, 0)
+
     def request(self, workload: str, granters: tuple[bytes, ...], now: float
                 ) -> list[tuple[bytes, LeaseRequest]]:
         """Start (or renew) a lease; returns (granter, request) pairs to send."""
