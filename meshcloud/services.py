@@ -32,5 +32,7 @@ class Service(Protocol):
 
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
-    services: list[Any] = []
+    from apps.workloads.service import WorkloadService
+
+    services: list[Any] = [WorkloadService(node)]
     return services

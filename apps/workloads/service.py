@@ -1,0 +1,559 @@
+"""The workload service of a node: runtimes, reconciler, leases, logs, and the operations
+the API and CLI call (run, deploy, scale, stop, remove, ps, logs, drain).
+
+Built by the node (``meshcloud/services.py``) after its transport and state exist; its
+``run`` starts, in order: the runtimes this machine has (podman where available, the
+process runtime everywhere; ``MESHCLOUD_RUNTIMES=process`` narrows it), the stream
+protocols (``/meshcloud/logs/1``, ``/meshcloud/replicas/1``, ``/meshcloud/lease/1``),
+this node's offer (runtimes and images, in the ``offers`` table), then the reconciler.
+Stopping the agent leaves replicas running; the next agent adopts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from apps.runtimes.base import Runtime, WorkloadRuntimeError
+from apps.runtimes.config import PodmanConfig, ProcessConfig
+from apps.workloads.admission import admission_problems
+from apps.workloads.config import ReconcilerConfig
+from apps.workloads.errors import SpecError, WorkloadError, WorkloadExists, WorkloadNotFound
+from apps.workloads.leasing import LeaseService
+from apps.workloads.logs import LogServer, local_lines, remote_lines
+from apps.workloads.messages import (
+    INVENTORY_PROTOCOL,
+    LOGS_PROTOCOL,
+    InventoryItem,
+    InventoryReply,
+    InventoryRequest,
+    LogsRequest,
+    NodeOffer,
+)
+from apps.workloads.offers import OFFERS, all_offers
+from apps.workloads.reconciler import Reconciler, read_claims, read_workloads
+from apps.workloads.spec import MAX_REPLICAS, WorkloadSpec, parse_spec, replica_name
+from apps.workloads.view import build_view, capacities_from_members
+from meshcloud.codec.messages import decode_message, encode_message
+from meshcloud.errors import MeshError, NotFoundError
+from meshcloud.placement import NodeInfo
+from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, WorkloadRecord
+from meshcloud.transport.base import Stream
+
+if TYPE_CHECKING:
+    from meshcloud.node import Node
+
+log = logging.getLogger(__name__)
+
+OFFER_REFRESH = 30.0
+"""Seconds between checks of this node's images and runtimes (re-published on change)."""
+INVENTORY_TIMEOUT = 3.0
+SYNC_ON_JOIN_INTERVAL = 5.0
+"""At most one join-time anti-entropy session per peer this often (a flapping peer)."""
+RUNTIMES_ENV = "MESHCLOUD_RUNTIMES"
+"""Comma-separated runtimes this node may use (default: every one available)."""
+
+
+def machine_ram_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def release_idle_store(runtime: Runtime) -> None:
+    """After a podman runtime stops: if no container has its root file system mounted,
+    undo containers/storage's bind mount of the store onto itself, so the data dir can be
+    deleted like any directory. With containers running, everything stays as it is."""
+    service = getattr(runtime, "service", None)
+    graph_root = getattr(service, "graph_root", None)
+    if graph_root is None or not Path(graph_root).exists():
+        return
+    from apps.runtimes.podman_service import release_store, store_mounts
+
+    base = (Path(graph_root) / "overlay").resolve()
+    if all(point == base for point in store_mounts(Path(graph_root))):
+        release_store(Path(graph_root))
+
+
+def _first(exc: BaseException) -> str:
+    """The message of the first leaf of an exception (group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
+class WorkloadService:
+    name = "workloads"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.state = node.state
+        node.state.open_table(OFFERS)
+        self.config = (ReconcilerConfig.local() if node.config.profile == "local"
+                       else ReconcilerConfig())
+        self.runtimes: dict[str, Runtime] = {}
+        self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
+                                   on_change=self.poke)
+        self.reconciler = Reconciler(
+            node.node_id, node.state, self.runtimes, self.view, config=self.config,
+            leases=self.leases, emit=node.events.emit, wall_ms=node.clock.wall_ms)
+        self.images: tuple[str, ...] = ()
+        self.started = trio.Event()
+        self._synced: dict[bytes, float] = {}
+
+    # --- views ------------------------------------------------------------------------------
+
+    def known_nodes(self) -> list[bytes]:
+        return sorted(all_offers(self.state))
+
+    def draining(self) -> set[bytes]:
+        return {key[0] for key, record in self.state.scan(NODES.name)
+                if record is not None and record.drain}
+
+    def view(self) -> list[NodeInfo]:
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        capacities = capacities_from_members(self.node.members_view())
+        return build_view(alive, all_offers(self.state), capacities, self.draining())
+
+    def poke(self) -> None:
+        self.reconciler.poke()
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve the protocols at once; bring runtimes up in the background (podman's API
+        service takes a moment, and a machine without it still runs the node), then
+        publish this node's offer and start the reconciler (only then: before the
+        runtimes answer it cannot tell what already runs here)."""
+        async with trio.open_nursery() as nursery:
+            transport = self.node.transport
+            transport.serve(LOGS_PROTOCOL, LogServer(self.runtimes).handle)
+            transport.serve(INVENTORY_PROTOCOL, self._serve_inventory)
+            await nursery.start(self.leases.run)
+            nursery.start_soon(self._watch_members)
+            nursery.start_soon(self._bring_up, nursery)
+            task_status.started()
+
+    async def _bring_up(self, nursery: trio.Nursery) -> None:
+        await self._start_runtimes(nursery)
+        await self.publish_offer()
+        await nursery.start(self.reconciler.run)
+        nursery.start_soon(self._refresh_offer)
+        self.started.set()
+        self.node.events.emit("workloads.ready", runtimes=sorted(self.runtimes))
+
+    def allowed_runtimes(self) -> list[str]:
+        text = os.environ.get(RUNTIMES_ENV, "")
+        wanted = [r.strip() for r in text.split(",") if r.strip()]
+        return wanted or ["podman", "process"]
+
+    async def _start_runtimes(self, nursery: trio.Nursery) -> None:
+        data_dir = self.node.datadir.path
+        node_hex = self.node.node_id.hex()
+        candidates: list[Runtime] = []
+        for kind in self.allowed_runtimes():
+            if kind == "podman":
+                from apps.runtimes.podman import PodmanRuntime
+
+                candidates.append(PodmanRuntime(PodmanConfig(data_dir=data_dir,
+                                                             node_id=node_hex)))
+            elif kind == "process":
+                from apps.runtimes.process import ProcessRuntime
+
+                config = ProcessConfig(data_dir=data_dir, node_id=node_hex)
+                if self.node.config.profile == "phone":
+                    config = config.phone()
+                candidates.append(ProcessRuntime(config))
+        for runtime in candidates:
+            if not await runtime.available():
+                log.info("%s runtime not available on this machine", runtime.kind)
+                continue
+            try:
+                await nursery.start(self._supervise_runtime, runtime)
+            except (Exception, BaseExceptionGroup) as exc:
+                if isinstance(exc, BaseExceptionGroup) and exc.subgroup(
+                        lambda e: not isinstance(e, Exception)) is not None:
+                    raise  # a cancellation or KeyboardInterrupt: not ours to swallow
+                log.warning("%s runtime did not start: %s", runtime.kind, _first(exc))
+                continue
+            self.runtimes[runtime.kind] = runtime
+        self.reconciler.runtimes = self.runtimes
+
+    async def _supervise_runtime(self, runtime: Runtime, *,
+                                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                 ) -> None:
+        """Run a runtime; if it fails later, drop it (and its offer) instead of the node."""
+        started = False
+
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            await runtime.run(task_status=task_status)
+
+        try:
+            async with trio.open_nursery() as inner:
+                await inner.start(run)
+                started = True
+                task_status.started()
+        except (Exception, BaseExceptionGroup) as exc:
+            if not started or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(
+                    lambda e: not isinstance(e, Exception)) is not None):
+                raise
+            log.error("%s runtime stopped: %s", runtime.kind, _first(exc))
+            self.runtimes.pop(runtime.kind, None)
+            await self.publish_offer()
+        finally:
+            release_idle_store(runtime)
+
+    async def _watch_members(self) -> None:
+        """Membership changes start a pass; a node that (re)appears gets one anti-entropy
+        session at once, so offers, workloads and claims written while it was away (or
+        before it existed) reach it in a round trip instead of the next sync period."""
+        events = self.node.events.subscribe()
+        async with trio.open_nursery() as nursery:
+            async for event in events:
+                kind = str(event.get("kind", ""))
+                if not kind.startswith(("member.", "peer.")):
+                    continue
+                self.poke()
+                if kind in ("peer.connected", "member.joined"):
+                    try:
+                        peer = bytes.fromhex(str(event.get("peer", "")))
+                    except ValueError:
+                        continue
+                    nursery.start_soon(self._sync_with, peer)
+
+    async def _sync_with(self, peer: bytes) -> None:
+        now = trio.current_time()
+        if now - self._synced.get(peer, -SYNC_ON_JOIN_INTERVAL) < SYNC_ON_JOIN_INTERVAL:
+            return
+        self._synced[peer] = now
+        try:
+            await self.state.sync_with(peer)
+        except MeshError as exc:
+            log.debug("sync with new peer %s failed: %s", peer.hex()[:12], exc)
+        self.poke()
+
+    async def _refresh_offer(self) -> None:
+        while True:
+            await trio.sleep(OFFER_REFRESH)
+            await self.publish_offer()
+
+    async def publish_offer(self) -> NodeOffer:
+        images: tuple[str, ...] = ()
+        podman = self.runtimes.get("podman")
+        if podman is not None:
+            try:
+                images = tuple(await podman.list_images())  # type: ignore[attr-defined]
+            except WorkloadRuntimeError as exc:
+                log.warning("cannot list images: %s", exc.message)
+                images = self.images
+        self.images = images
+        config = self.node.config
+        offer = NodeOffer(runtimes=tuple(sorted(self.runtimes)), images=images,
+                          arch=platform.machine(), cpus=float(os.cpu_count() or 1),
+                          ram_mb=machine_ram_mb(), labels=tuple(sorted(config.labels.items())),
+                          metered=config.metered, updated_ms=self.node.clock.wall_ms())
+        current = self.state.get(OFFERS.name, self.node.node_id)
+        if current is None or replace(current, updated_ms=0) != replace(offer, updated_ms=0):
+            self.state.put(OFFERS.name, self.node.node_id, offer)
+        return offer
+
+    async def build_demo_images(self) -> list[dict[str, Any]]:
+        from apps.images import build_demo_images
+
+        podman = self.runtimes.get("podman")
+        if podman is None:
+            raise WorkloadError("this node has no podman runtime", code="runtime_unavailable")
+        results = await build_demo_images(podman)
+        await self.publish_offer()
+        return [{"image": r.reference, "built": r.built, "seconds": round(r.seconds, 3)}
+                for r in results]
+
+    # --- inventory --------------------------------------------------------------------------
+
+    async def inventory(self, workload: str = "") -> list[InventoryItem]:
+        items = []
+        for status in (await self.reconciler.observe()) or []:
+            if not status.workload or status.name != replica_name(status.workload,
+                                                                   status.replica):
+                continue
+            if workload and status.workload != workload:
+                continue
+            items.append(InventoryItem(
+                name=status.name, workload=status.workload, replica=status.replica,
+                state=status.state.value, runtime=status.runtime,
+                fencing=status.fencing_token, restarts=status.restarts))
+        return items
+
+    async def _serve_inventory(self, stream: Stream) -> None:
+        try:
+            with trio.fail_after(INVENTORY_TIMEOUT * 2):
+                request = decode_message(await stream.receive(), InventoryRequest,
+                                         max_size=1024)
+                reply = InventoryReply(items=tuple(await self.inventory(request.workload)),
+                                       draining=self.node.node_id in self.draining())
+                await stream.send(encode_message(reply))
+                await stream.close()
+        except (MeshError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            return
+
+    async def inventory_of(self, node_id: bytes) -> list[InventoryItem] | None:
+        """What ``node_id``'s runtimes run (None if it cannot be asked now)."""
+        if node_id == self.node.node_id:
+            return await self.inventory()
+        from meshcloud.transport.base import request
+
+        try:
+            with trio.fail_after(INVENTORY_TIMEOUT):
+                reply = await request(self.node.transport, node_id, INVENTORY_PROTOCOL,
+                                      InventoryRequest(), InventoryReply)
+        except (MeshError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            return None
+        return list(reply.items)
+
+    # --- operations (API and CLI) ---------------------------------------------------------
+
+    def _record(self, name: str) -> WorkloadRecord:
+        record = self.state.get(WORKLOADS.name, name)
+        if record is None or record.kind != "service":
+            raise WorkloadNotFound(f"no workload named {name!r} (see `meshcloud ps`)")
+        return record
+
+    def specs(self) -> dict[str, WorkloadSpec]:
+        return {name: entry.spec for name, entry in read_workloads(self.state).items()}
+
+    def check(self, spec: WorkloadSpec) -> list[str]:
+        """Mesh-wide problems of ``spec`` (empty: it can run here)."""
+        return admission_problems(spec, self.view(), all_offers(self.state), self.specs())
+
+    def submit(self, data: Mapping[str, Any], *, replace_existing: bool) -> dict[str, Any]:
+        """Create (``run``) or create-or-update (``deploy``) a workload. Every check runs
+        before the one write; a refused spec changes nothing."""
+        spec = parse_spec(data)
+        existing = self.state.get(WORKLOADS.name, spec.name)
+        if existing is not None and not replace_existing:
+            raise WorkloadExists(f"workload {spec.name!r} exists: `meshcloud deploy` "
+                                 "updates it, `meshcloud rm` removes it")
+        problems = self.check(spec)
+        if problems:
+            raise SpecError(spec.name, problems)
+        generation = 1
+        if existing is not None:
+            generation = existing.generation
+            try:
+                old = parse_spec(existing.spec)
+                if old.runtime_hash() != spec.runtime_hash() or old.singleton != spec.singleton:
+                    generation += 1
+            except MeshError:
+                generation += 1
+        record = WorkloadRecord(kind="service", spec=spec.to_dict(), replicas=spec.replicas,
+                                constraints=spec.constraints.to_dict(), generation=generation)
+        self.state.put(WORKLOADS.name, spec.name, record)
+        self._drop_claims_above(spec.name, spec.replicas)
+        self.node.events.emit("workload.deployed", workload=spec.name,
+                              replicas=spec.replicas, generation=generation)
+        self.poke()
+        return self.describe(spec.name)
+
+    def scale(self, name: str, replicas: int) -> dict[str, Any]:
+        record = self._record(name)
+        if not 0 <= replicas <= MAX_REPLICAS:
+            raise SpecError(name, [f"replicas {replicas} must be from 0 to {MAX_REPLICAS}"])
+        spec = parse_spec(record.spec)
+        if replicas > 0:
+            if spec.singleton and replicas != 1:
+                raise SpecError(name, ["a singleton has exactly one replica"])
+            scaled = spec.with_replicas(replicas)
+            problems = [p for p in self.check(scaled) if "node" in p]
+            if problems:
+                raise SpecError(name, problems)
+            spec = scaled
+        self.state.put(WORKLOADS.name, name, replace(
+            record, spec=spec.to_dict(), replicas=replicas))
+        self._drop_claims_above(name, replicas)
+        self.poke()
+        return self.describe(name)
+
+    def stop(self, name: str) -> dict[str, Any]:
+        record = self._record(name)
+        self.state.put(WORKLOADS.name, name, replace(record, replicas=0))
+        self._drop_claims_above(name, 0)
+        self.poke()
+        return self.describe(name)
+
+    def start(self, name: str) -> dict[str, Any]:
+        record = self._record(name)
+        spec = parse_spec(record.spec)
+        self.state.put(WORKLOADS.name, name, replace(record, replicas=spec.replicas))
+        self.poke()
+        return self.describe(name)
+
+    def remove(self, name: str) -> None:
+        self._record(name)
+        self.state.delete(WORKLOADS.name, name)
+        self._drop_claims_above(name, 0)
+        self.node.events.emit("workload.removed", workload=name)
+        self.poke()
+
+    def _drop_claims_above(self, name: str, replicas: int) -> None:
+        for key, _ in self.state.scan(REPLICAS.name, (name,)):
+            if key[1] >= replicas:
+                self.state.delete(REPLICAS.name, key)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def replica_rows(self, name: str | None = None) -> list[dict[str, Any]]:
+        """``meshcloud ps``: every replica wanted or claimed, from this node's state."""
+        alive = {n.node_id for n in self.view()} | set(self.node.alive_peer_ids())
+        alive.add(self.node.node_id)
+        workloads = read_workloads(self.state)
+        claims = read_claims(self.state)
+        rows = []
+        for workload, entry in sorted(workloads.items()):
+            if name is not None and workload != name:
+                continue
+            indices = set(range(entry.replicas)) | {i for (w, i) in claims if w == workload}
+            for index in sorted(indices):
+                claim = claims.get((workload, index))
+                row: dict[str, Any] = {"workload": workload, "replica": index,
+                                       "name": replica_name(workload, index),
+                                       "wanted": index < entry.replicas}
+                if claim is None:
+                    row.update(node=None, node_alive=None, state="pending", restarts=0,
+                               fencing=0, updated=None, message="no node has claimed it")
+                else:
+                    row.update(node=claim.node.hex(), node_alive=claim.node in alive,
+                               state=claim.state if claim.node in alive else "node down",
+                               restarts=claim.restarts, fencing=claim.fencing,
+                               updated=claim.updated_ms, generation=claim.generation,
+                               message=claim.message)
+                rows.append(row)
+        return rows
+
+    def describe(self, name: str) -> dict[str, Any]:
+        record = self._record(name)
+        spec = parse_spec(record.spec)
+        rows = self.replica_rows(name)
+        running = sum(1 for r in rows if r["wanted"] and r["state"] == "running")
+        return {"name": name, "kind": record.kind, "image": spec.image,
+                "command": list(spec.command), "runtime": spec.runtime,
+                "singleton": spec.singleton, "desired": record.replicas,
+                "configured": spec.replicas, "stopped": record.replicas == 0,
+                "running": running, "generation": record.generation,
+                "spec": spec.to_dict(), "replicas": rows}
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.describe(name) for name in sorted(read_workloads(self.state))]
+
+    def resolve_node(self, text: str) -> bytes:
+        """A node id from hex, a unique prefix, or ``self``."""
+        text = text.strip().lower()
+        if text in ("self", "."):
+            return self.node.node_id
+        known = set(all_offers(self.state)) | {k[0] for k, _ in self.state.scan(NODES.name)}
+        known |= set(self.node.known_node_ids())
+        matches = [n for n in known if isinstance(n, bytes) and n.hex().startswith(text)]
+        if len(matches) == 1 and text:
+            return matches[0]
+        if not matches:
+            raise NotFoundError(f"no known node id starts with {text!r}")
+        raise WorkloadError(f"{text!r} matches {len(matches)} nodes; give more digits",
+                            code="bad_request")
+
+    def log_targets(self, name: str, replica: int | None) -> list[tuple[int, bytes]]:
+        """(index, node) of the replicas whose logs ``meshcloud logs`` shows; raises
+        before anything is streamed when there is none."""
+        record = self._record(name)
+        claims = {i: c.node for (w, i), c in read_claims(self.state).items() if w == name}
+        if replica is not None:
+            if replica not in claims:
+                raise NotFoundError(f"replica {replica_name(name, replica)} is not claimed "
+                                    "by any node yet")
+            return [(replica, claims[replica])]
+        indices = sorted(i for i in claims if i < record.replicas) or sorted(claims)
+        if not indices:
+            raise NotFoundError(f"no replica of {name!r} runs anywhere yet")
+        return [(i, claims[i]) for i in indices]
+
+    async def stream_logs(self, name: str, targets: list[tuple[int, bytes]], *,
+                          follow: bool, tail: int | None,
+                          send: trio.MemorySendChannel[str]) -> None:
+        """Send the lines of ``targets`` into ``send`` (closed at the end); with several
+        replicas each line starts with ``NAME-INDEX | ``."""
+        prefix = len(targets) > 1
+
+        async def pump(index: int, node_id: bytes, out: trio.MemorySendChannel[str]) -> None:
+            label = f"{replica_name(name, index)} | " if prefix else ""
+            async with out:
+                try:
+                    async for line in self._replica_lines(name, index, node_id, follow,
+                                                          tail):
+                        await out.send(label + line)
+                except MeshError as exc:
+                    await out.send(f"{label}(logs unavailable: {exc.message})")
+
+        async with send, trio.open_nursery() as nursery:
+            for index, node_id in targets:
+                nursery.start_soon(pump, index, node_id, send.clone())
+
+    async def _replica_lines(self, name: str, index: int, node_id: bytes, follow: bool,
+                             tail: int | None) -> AsyncIterator[str]:
+        request = LogsRequest(workload=name, replica=index, follow=follow, tail=tail)
+        if node_id == self.node.node_id:
+            lines = local_lines(self.runtimes, request)
+        else:
+            lines = remote_lines(self.node.transport, node_id, request)
+        async for line in lines:
+            yield line
+
+    # --- drain ------------------------------------------------------------------------------
+
+    def set_drain(self, node_id: bytes, drain: bool) -> None:
+        self.state.patch(NODES.name, node_id, {"drain": drain})
+        self.node.events.emit("node.drain" if drain else "node.undrain", node=node_id.hex())
+        self.poke()
+
+    async def drain_progress(self, node_id: bytes) -> dict[str, Any]:
+        """How far moving everything off ``node_id`` has come; ``safe`` once nothing runs
+        there (claims gone from the table, and its runtimes report nothing alive)."""
+        workloads = read_workloads(self.state)
+        claims = [{"workload": w, "replica": i, "state": c.state}
+                  for (w, i), c in sorted(read_claims(self.state).items())
+                  if c.node == node_id and w in workloads]
+        items = await self.inventory_of(node_id)
+        running = [] if items is None else [
+            {"name": it.name, "state": it.state} for it in items
+            if it.state in ("creating", "running", "unhealthy")]
+        draining = node_id in self.draining()
+        reachable = items is not None
+        return {"node": node_id.hex(), "draining": draining, "claims": claims,
+                "running": running, "reachable": reachable,
+                "safe": draining and not claims and not running}
+
+    # --- node hooks -------------------------------------------------------------------------
+
+    def api_routes(self) -> list[Any]:
+        from apps.workloads.api import routes
+
+        return routes(self)
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.reconciler.last
+        mine = [] if snapshot is None else [
+            s.name for s in snapshot.observed if s.alive]
+        return {"runtimes": sorted(self.runtimes), "images": list(self.images),
+                "running_here": mine, "passes": self.reconciler.passes,
+                "leases": sorted(self.leases.leases())}
