@@ -82,6 +82,7 @@ class LeaseService:
         self._wake = trio.Event()
         self._held_terms: dict[str, int] = {}
         self.rounds = 0
+        self._releasing: set[str] = set()
 
     # --- holder API ---------------------------------------------------------------------
 
@@ -113,12 +114,16 @@ class LeaseService:
                   ) -> None:
         self._quiet_until = trio.current_time() + self.quiet_period
         self.transport.serve(LEASE_PROTOCOL, self._serve)
-        task_status.started()
-        while True:
-            with trio.move_on_after(self.renew_every):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self._round()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                # rounds start on a fixed cadence: a granter that does not answer costs a
+                # round its timeout, never the next renewal its turn
+                next_round = trio.current_time() + self.renew_every
+                nursery.start_soon(self._round)
+                with trio.move_on_at(next_round):
+                    await self._wake.wait()
+                self._wake = trio.Event()
 
     async def _round(self) -> None:
         for workload in [w for w in self.holder.held if w not in self._wanted]:
@@ -178,6 +183,15 @@ class LeaseService:
             return None
 
     async def _release(self, workload: str) -> None:
+        if workload in self._releasing:
+            return
+        self._releasing.add(workload)
+        try:
+            await self._send_release(workload)
+        finally:
+            self._releasing.discard(workload)
+
+    async def _send_release(self, workload: str) -> None:
         sends = self.holder.release(workload)
         self._held_terms.pop(workload, None)
         self.on_change()

@@ -21,7 +21,7 @@ Invariants (property-tested in ``tests/apps/workloads/test_planner.py``):
 * stable: when no node is at its load cap, a node that holds none of a workload's
   replicas before or after a change (join, leave, drain of someone else, another
   workload added) does not move that workload; sticky indices keep unchanged nodes'
-  replicas in place.
+  replicas in place; a singleton stays on its node while that node is eligible.
 
 Sans-IO: no clock, no I/O; the reconciler calls :func:`plan` on every pass.
 """
@@ -56,6 +56,10 @@ class PlanItem:
     """Replicas wanted now (0 when stopped)."""
     constraints: Constraints
     singleton: bool = False
+    keep: frozenset[NodeId] = frozenset()
+    """Nodes that keep their replica while eligible, before rank order fills the rest:
+    a singleton stays where it runs (moving a database primary back after a partition
+    heals would cost a second failover)."""
 
 
 def item_key(name: str) -> bytes:
@@ -89,10 +93,12 @@ def place(view: Iterable[NodeInfo | NodeId], items: Iterable[PlanItem], *,
         rule = (item.constraints if item.constraints is not NO_CONSTRAINTS
                 else Constraints(avoid_battery=False))
         ranking = ranker.rank(item_key(item.name), rule)
-        chosen: list[NodeId] = []
+        chosen: list[NodeId] = [n for n in ranking if n in item.keep][: item.replicas]
         for node_id in ranking:
             if len(chosen) == item.replicas:
                 break
+            if node_id in chosen:
+                continue
             if caps is not None and load[node_id] >= caps.get(node_id, 0):
                 continue
             chosen.append(node_id)

@@ -92,8 +92,11 @@ def compute_assignment(view: list[NodeInfo], workloads: Mapping[str, WorkloadEnt
                        claims: Mapping[ReplicaKey, ReplicaClaim],
                        offers: Mapping[bytes, NodeOffer], load_factor: float | None
                        ) -> dict[str, dict[int, bytes]]:
-    items: list[PlanItem] = [plan_item(name, entry.spec, entry.replicas, offers)
-                             for name, entry in workloads.items()]
+    items: list[PlanItem] = []
+    for name, entry in workloads.items():
+        claim = claims.get((name, 0))
+        items.append(plan_item(name, entry.spec, entry.replicas, offers,
+                               claim.node if claim is not None else None))
     by_workload: dict[str, dict[int, bytes]] = {}
     for (workload, index), claim in claims.items():
         by_workload.setdefault(workload, {})[index] = claim.node

@@ -85,9 +85,11 @@ def lacking_image(image: str | None, offers: Mapping[bytes, NodeOffer]) -> froze
 
 
 def plan_item(name: str, spec: WorkloadSpec, replicas: int,
-              offers: Mapping[bytes, NodeOffer]) -> PlanItem:
-    """A workload as placement sees it: its constraints plus "the node holds the image"."""
+              offers: Mapping[bytes, NodeOffer], holder: bytes | None = None) -> PlanItem:
+    """A workload as placement sees it: its constraints plus "the node holds the image";
+    a singleton keeps ``holder`` (its current claim) while that node is eligible."""
     constraints = replace(spec.placement_constraints(),
                           exclude=lacking_image(spec.image if spec.runtime == "podman"
                                                 else None, offers))
-    return PlanItem(name, replicas, constraints, spec.singleton)
+    keep = frozenset({holder}) if spec.singleton and holder is not None else frozenset()
+    return PlanItem(name, replicas, constraints, spec.singleton, keep)

@@ -193,3 +193,15 @@ def test_stopped_workload_gets_no_node_and_assigned_to_lists_mine():
     mine = assigned_to(result, IDS[0])
     assert mine == {("on", i) for i, n in result["on"].items() if n == IDS[0]}
     assert len(mine) == 1
+
+
+def test_singleton_stays_on_its_eligible_holder():
+    view = [node(i) for i in range(5)]
+    item = PlanItem("db", 1, Constraints(avoid_battery=False), singleton=True)
+    top = place(view, [item])["db"][0]
+    other = next(n.node_id for n in view if n.node_id != top)
+    kept = PlanItem("db", 1, item.constraints, True, keep=frozenset({other}))
+    assert place(view, [kept])["db"] == [other]
+    drained = [NodeInfo(n.node_id, draining=n.node_id == other) for n in view]
+    assert place(drained, [kept])["db"] == [top]
+    assert place([n for n in view if n.node_id != other], [kept])["db"] == [top]
