@@ -22,6 +22,8 @@ from typing import Any
 import trio
 
 import meshcloud
+from dht.config import DhtConfig
+from dht.driver import DhtDriver
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.clock import Clock, SystemClock
 from meshcloud.config import NodeConfig, parse_host_port
@@ -108,6 +110,7 @@ class Node:
         from meshcloud.diagnostics import Diagnostics
 
         self.diagnostics = Diagnostics(self)
+        self.dht: DhtDriver | None = None
         self.api_urls: list[str] = []
         from meshcloud.services import build_services
 
@@ -230,8 +233,7 @@ class Node:
             self.transport.set_addresses(node_id, record.addresses)
             self._save_peers()
 
-    async def _watch_peers(self) -> None:
-        events = self.transport.peer_events()
+    async def _watch_peers(self, events: trio.MemoryReceiveChannel[Any]) -> None:
         async for event in events:
             now = self.clock.wall_ms()
             if isinstance(event, PeerConnected):
@@ -289,6 +291,48 @@ class Node:
                     return
             except (TransportError, MeshError, OSError) as exc:
                 log.debug("dial failed", extra={"address": address, "why": str(exc)})
+        if expect is not None and self.dht is not None:
+            # the peer may have moved (a phone on another network): ask the DHT
+            try:
+                with trio.move_on_after(10):
+                    fresh = await self.dht.find_peer(expect)
+                    if fresh and fresh != addresses:
+                        self.learn_peer(expect, fresh)
+            except MeshError as exc:
+                log.debug("peer not found in the DHT", extra={"peer": short_id(expect),
+                                                              "why": str(exc)})
+
+    def _make_dht(self) -> DhtDriver:
+        presets = {"lan": DhtConfig.lan, "wan": DhtConfig.wan, "local": DhtConfig.local,
+                   "phone": DhtConfig.phone}
+        return DhtDriver.create(self.transport, self.key, presets[self.config.profile](),
+                                wall_ms=self.clock.wall_ms)
+
+    async def _keep_in_dht(self) -> None:
+        """Join the DHT through any known member, publish our addresses, and do it again
+        whenever we have been alone (after a restart, a partition, a network change)."""
+        assert self.dht is not None
+        published: list[str] = []
+        while not self.stopping.is_set():
+            seeds = [a for p in self.peers.values() for a in p.addresses]
+            seeds += [a for a in self._bootstrap_addresses if a not in seeds]
+            seeds = [a for a in seeds if a not in self.advertised_addresses()]
+            if seeds and self.dht.statistics().routing_table_size == 0:
+                with trio.move_on_after(30):
+                    try:
+                        await self.dht.bootstrap(seeds)
+                    except MeshError as exc:
+                        log.debug("DHT bootstrap failed", extra={"why": str(exc)})
+            addresses = self.advertised_addresses()
+            if addresses != published and self.dht.statistics().routing_table_size > 0:
+                with trio.move_on_after(30):
+                    try:
+                        await self.dht.publish_self(addresses)
+                        published = addresses
+                    except MeshError as exc:
+                        log.debug("DHT publish failed", extra={"why": str(exc)})
+            with trio.move_on_after(RECONNECT_INTERVAL * 5):
+                await self.stopping.wait()
 
     # --- running --------------------------------------------------------------------------
 
@@ -321,11 +365,15 @@ class Node:
         async with trio.open_nursery() as nursery:
             self.transport.serve(JOIN_PROTOCOL, self.join_service.handle)
             await nursery.start(self.transport.run)
+            # subscribe before anything can dial, so that no connection goes unseen
+            nursery.start_soon(self._watch_peers, self.transport.peer_events())
             await nursery.start(self.state.run)
+            self.dht = self._make_dht()
+            await nursery.start(self.dht.run)
+            nursery.start_soon(self._keep_in_dht)
             for record in self.peers.values():
                 self.transport.set_addresses(record.node_id, record.addresses)
             await nursery.start(self.diagnostics.run)
-            nursery.start_soon(self._watch_peers)
             nursery.start_soon(self._keep_connected)
             for service in self.services:
                 await nursery.start(service.run)
