@@ -8,6 +8,7 @@ API, which works from any node: ``ps`` and ``logs`` show replicas wherever they 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 import urllib.parse
 from pathlib import Path
@@ -42,9 +43,12 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             problems.append(f"--require-label {item!r} is not KEY=VALUE")
         labels[key] = value
-    command = list(args.command or [])
-    if command[:1] == ["--"]:
-        command = command[1:]
+    command: list[str] = []
+    if args.argv:
+        try:
+            command = shlex.split(args.argv)
+        except ValueError as exc:
+            problems.append(f"--command: {exc}")
     spec: dict[str, Any] = {
         "name": args.name, "image": args.image, "replicas": args.replicas,
         "singleton": args.singleton, "env": env, "ports": list(args.port or []),
@@ -290,8 +294,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--health-interval", type=float, default=5.0)
     p.add_argument("--stop-timeout", type=float, default=10.0)
     _wait_flags(p)
-    p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="command and arguments (after --); replaces the image's CMD")
+    p.add_argument("--command", dest="argv", metavar="'CMD ARGS...'",
+                   help="command line (shell words, not run by a shell); with an image it "
+                        "replaces the image's CMD, without one it runs as a host process")
 
     p = sub.add_parser("deploy", help="create or update a workload from a TOML file")
     p.add_argument("file")

@@ -254,6 +254,10 @@ class Reconciler:
                     return
                 try:
                     handle = await runtime.start(op.spec)
+                except RuntimeError as exc:
+                    if "closed to new arrivals" not in str(exc):
+                        raise
+                    return  # the node is stopping and the runtime with it; the next adopts
                 except WorkloadRuntimeError as exc:
                     self.core.on_start_failed(op.key, exc.code, exc.message,
                                               trio.current_time())
