@@ -32,6 +32,10 @@ class ReconcilerConfig:
     singleton_start_margin: float = 1.0
     """A singleton starts only with at least budget + this much lease left."""
 
+    startup_grace: float = 10.0
+    """After the reconciler starts, new replicas wait until a peer is seen or this long
+    passed (a node alone at boot would otherwise start every workload of the mesh)."""
+
     def __post_init__(self) -> None:
         if min(self.resync_interval, self.backoff_base, self.backoff_max,
                self.handoff_timeout, self.singleton_stop_budget) <= 0:
@@ -45,7 +49,7 @@ class ReconcilerConfig:
     def local(cls) -> ReconcilerConfig:
         """Tests and one-machine demos: quick passes and short back-off."""
         return replace(cls(), resync_interval=0.5, backoff_base=0.2, backoff_max=5.0,
-                       handoff_timeout=10.0)
+                       handoff_timeout=10.0, startup_grace=2.0)
 
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:

@@ -25,6 +25,8 @@ Rules, per replica key (workload, index):
   Singletons stop at once (their lease decides, not the claim).
 * **Workload removed or scaled below the index**: stop and remove at once.
 * Claims naming this node for replicas it neither runs nor should run are deleted.
+* **Boot**: until the node sees a peer (or ``startup_grace`` passed) it starts nothing:
+  alone, it would believe itself the holder of every workload. What runs is kept.
 
 Fencing tokens: a node taking over a replica claims it with the previous token + 1 (a
 singleton uses its lease term), so the newest owner always has the highest token and a
@@ -111,8 +113,10 @@ class ReconcilerCore:
              assignment: Mapping[str, Mapping[int, bytes]],
              claims: Mapping[ReplicaKey, ReplicaClaim], observed: Sequence[ReplicaStatus],
              leases: Mapping[str, HeldLease] | None = None,
-             busy: Collection[str] = ()) -> list[Output]:
-        """One pass: compare what should run here with what runs; see the module doc."""
+             busy: Collection[str] = (), hold_new: bool = False) -> list[Output]:
+        """One pass: compare what should run here with what runs; see the module doc.
+        ``hold_new``: start nothing (a node that just booted and sees no peer yet would
+        otherwise believe itself the holder of every workload)."""
         leases = leases or {}
         out: list[Output] = []
         deadlines: list[float] = []
@@ -126,7 +130,7 @@ class ReconcilerCore:
                 by_key[key] = status
         mine = {key for key in assigned_to(assignment, self.node_id) if key[0] in workloads}
         self.wanted_leases = {w for w, _ in mine if workloads[w].spec.singleton}
-        ctx = _Pass(now, wall_ms, claims, leases, busy, out, deadlines)
+        ctx = _Pass(now, wall_ms, claims, leases, busy, out, deadlines, hold_new)
         for key in sorted(mine):
             self._assigned(ctx, key, workloads[key[0]], by_key.get(key))
         for key in sorted(set(by_key) - mine):
@@ -247,6 +251,8 @@ class ReconcilerCore:
                 ctx.claim(self, key, claim, fencing, ClaimState.FAILED, restarts,
                           entry.generation, track.message)
             return
+        if ctx.hold_new:
+            return
         ctx.claim(self, key, claim, fencing, ClaimState.STARTING, restarts, entry.generation,
                   track.message)
         ctx.out.append(StartReplica(key, wanted, runtime))
@@ -310,6 +316,7 @@ class _Pass:
     busy: Collection[str]
     out: list[Output]
     deadlines: list[float]
+    hold_new: bool = False
 
     def claim(self, core: ReconcilerCore, key: ReplicaKey, current: ReplicaClaim | None,
               fencing: int, state: str, restarts: int, generation: int, message: str) -> None:

@@ -128,6 +128,7 @@ class Reconciler:
         self._bad_rows: set[str] = set()
         self.pass_done = trio.Event()
         """Set after every pass (then replaced): tests wait on it."""
+        self.started_at: float | None = None
 
     def poke(self) -> None:
         """Something changed: run a pass soon."""
@@ -135,6 +136,7 @@ class Reconciler:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for table in WATCHED_TABLES:
@@ -183,9 +185,14 @@ class Reconciler:
         assignment = compute_assignment(view, workloads, claims, offers,
                                         self.config.load_factor)
         leases = self.leases.leases() if self.leases is not None else {}
-        outputs = self.core.step(trio.current_time(), self.wall_ms(), workloads=workloads,
+        now = trio.current_time()
+        booting = self.started_at is not None and \
+            now - self.started_at < self.config.startup_grace
+        alone = not any(n.node_id != self.node_id for n in view)
+        outputs = self.core.step(now, self.wall_ms(), workloads=workloads,
                                  assignment=assignment, claims=claims, observed=observed,
-                                 leases=leases, busy=set(self.busy))
+                                 leases=leases, busy=set(self.busy),
+                                 hold_new=booting and alone)
         if self.leases is not None:
             for workload in self.core.wanted_leases:
                 claim = claims.get((workload, 0))

@@ -40,13 +40,13 @@ def claim(node=ME, fencing=1, state=ClaimState.RUNNING, generation=1, restarts=0
 
 
 def step(core, now, *, workloads=None, assignment=None, claims=None, observed=(),
-         leases=None, busy=()):
+         leases=None, busy=(), hold_new=False):
     return core.step(now, 1000, workloads=workloads if workloads is not None
                      else {"web": entry()},
                      assignment=assignment if assignment is not None
                      else {"web": {0: ME, 1: OTHER}},
                      claims=claims or {}, observed=list(observed), leases=leases or {},
-                     busy=busy)
+                     busy=busy, hold_new=hold_new)
 
 
 def of(outputs, kind):
@@ -260,3 +260,13 @@ def test_foreign_replicas_are_ignored():
     foreign = replace(status(WEB, 0), name="hand-made")
     out = step(core, 0.0, workloads={}, assignment={}, observed=[foreign])
     assert out == []
+
+
+def test_a_booting_node_alone_starts_nothing_but_keeps_what_runs():
+    core = ReconcilerCore(ME, CFG)
+    out = step(core, 0.0, assignment={"web": {0: ME, 1: ME}},
+               claims={("web", 0): claim()}, observed=[status(WEB, 0)], hold_new=True)
+    assert of(out, StartReplica) == [] and of(out, StopReplica) == []
+    out = step(core, 1.0, assignment={"web": {0: ME, 1: ME}},
+               claims={("web", 0): claim()}, observed=[status(WEB, 0)])
+    assert [s.spec.name for s in of(out, StartReplica)] == ["web-1"]
