@@ -155,3 +155,36 @@ async def test_drain_command_waits_for_safe_to_unplug(mesh3, capsys):
     assert all(bytes.fromhex(r["node"]) != holder.node_id for r in rows)
     code, out, _ = await cli(b, "drain", holder.node_id.hex(), "--undo", capsys=capsys)
     assert code == 0 and "takes workloads again" in out
+
+
+async def test_follow_logs_over_http_from_a_node_that_does_not_run_it(mesh3):
+    a = mesh3.members[0]
+    a.service.submit({"name": "ticker", "command": [
+        "/bin/sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"]},
+        replace_existing=False)
+    await wait_for(lambda: a.service.replica_rows("ticker")[0]["state"] == "running",
+                   "ticker running")
+    holder = bytes.fromhex(a.service.replica_rows("ticker")[0]["node"])
+    reader = next(m for m in mesh3.up() if m.node_id != holder)
+
+    def follow() -> list[str]:
+        info = reader.datadir.runtime_info()
+        request = urllib.request.Request(
+            info["api"] + "/v1/workloads/ticker/logs?follow=1&tail=1")
+        request.add_header("Authorization", f"Bearer {reader.datadir.api_token()}")
+        lines = []
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["content-type"].startswith("text/plain")
+            for raw in response:
+                lines.append(raw.decode().rstrip("\n"))
+                if len(lines) == 6:
+                    break
+        return lines
+
+    lines = await trio.to_thread.run_sync(follow)
+    numbers = [int(line.split()[1]) for line in lines]
+    assert all(line.startswith("tick ") for line in lines)
+    assert numbers == list(range(numbers[0], numbers[0] + 6)), "lines lost or reordered"
+    status, body = await trio.to_thread.run_sync(
+        lambda: api(reader, "GET", "/v1/workloads/ticker/logs?replica=5"))
+    assert status == 404 and "not claimed" in body["error"]["message"]
