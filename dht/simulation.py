@@ -110,6 +110,37 @@ class SimulationResult:
                 f"time median {self.duration_median:.3f} s p99 {self.duration_p99:.3f} s")
 
 
+def fill_tables_uniformly(cores: list[DhtCore], infos: list[PeerInfo], rng: random.Random,
+                          *, k: int | None = None) -> None:
+    """Fill each core's routing table: bucket ``i`` of node ``u`` covers one contiguous block
+    of the id space; with ``m`` nodes there it holds ``min(k, m)`` of them, chosen uniformly
+    (the "uniform" build of the module docstring). ``cores[i]`` belongs to ``infos[i]``."""
+    keys = sorted((id_to_int(info.node_id), i) for i, info in enumerate(infos))
+    values = [key for key, _ in keys]
+    for i, core in enumerate(cores):
+        bucket_size = k or core.config.k
+        ku = id_to_int(infos[i].node_id)
+        lo, hi = 0, len(values)  # nodes sharing our first (255 - bit) bits
+        for bit in range(ID_BITS - 1, -1, -1):
+            if hi - lo <= 1:
+                break
+            base = (ku >> bit) << bit  # our prefix down to this bit, lower bits zero
+            if ku >> bit & 1:
+                split = bisect.bisect_left(values, base, lo, hi)
+                block, lo = (lo, split), split
+            else:
+                split = bisect.bisect_left(values, base + (1 << bit), lo, hi)
+                block, hi = (split, hi), split
+            size = block[1] - block[0]
+            if size == 0:
+                continue
+            chosen = (range(block[0], block[1]) if size <= bucket_size
+                      else rng.sample(range(block[0], block[1]), bucket_size))
+            for position in chosen:
+                key, j = keys[position]
+                core.table.insert_unchecked(Contact(infos[j], key))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile (p99 of 1,000 samples is the 990th smallest)."""
     if not values:
@@ -171,31 +202,7 @@ class SimNetwork:
 
     def build_uniform(self) -> None:
         """Fill every table directly (see the module docstring for why this is faithful)."""
-        keys = sorted((id_to_int(node), i) for i, node in enumerate(self.ids))
-        values = [key for key, _ in keys]
-        k = self.config.k
-        rng = self.rng
-        for i, core in enumerate(self.cores):
-            ku = id_to_int(self.ids[i])
-            lo, hi = 0, len(values)  # nodes sharing our first (255 - bit) bits
-            for bit in range(ID_BITS - 1, -1, -1):
-                if hi - lo <= 1:
-                    break
-                base = (ku >> bit) << bit  # our prefix down to this bit, lower bits zero
-                if ku >> bit & 1:
-                    split = bisect.bisect_left(values, base, lo, hi)
-                    block, lo = (lo, split), split
-                else:
-                    split = bisect.bisect_left(values, base + (1 << bit), lo, hi)
-                    block, hi = (split, hi), split
-                size = block[1] - block[0]
-                if size == 0:
-                    continue
-                chosen = (range(block[0], block[1]) if size <= k
-                          else rng.sample(range(block[0], block[1]), k))
-                for position in chosen:
-                    key, j = keys[position]
-                    core.table.insert_unchecked(Contact(self.infos[j], key))
+        fill_tables_uniformly(self.cores, self.infos, self.rng, k=self.config.k)
 
     def build_by_joining(self) -> None:
         """Nodes join one by one through real bootstrap lookups (see module docstring)."""

@@ -78,6 +78,9 @@ class BeliefReplay:
         self.truth: dict[bytes, str] = {}
         self.group: dict[bytes, int] = {}
         self.belief: dict[bytes, dict[bytes, bool]] = defaultdict(dict)
+        self.initial: frozenset[bytes] = frozenset(
+            node for row in trace.records.get("initial_members", []) for node in row["nodes"])
+        """Nodes that started as one converged mesh: they believe each other alive."""
         self.disagree: dict[bytes, int] = defaultdict(int)
         self.total = 0
         self.episodes: list[Episode] = []
@@ -92,9 +95,14 @@ class BeliefReplay:
     def observers(self) -> list[bytes]:
         return [n for n, s in self.truth.items() if s == "alive"]
 
+    def believes_alive(self, observer: bytes, subject: bytes) -> bool:
+        known = self.belief[observer].get(subject)
+        if known is None:
+            return observer in self.initial and subject in self.initial
+        return known
+
     def _pair_wrong(self, observer: bytes, subject: bytes) -> bool:
-        believed = self.belief[observer].get(subject, False)
-        return believed != self.expected(observer, subject)
+        return self.believes_alive(observer, subject) != self.expected(observer, subject)
 
     def _recount_subject(self, subject: bytes) -> None:
         count = sum(1 for o in self.observers()
@@ -140,7 +148,7 @@ class BeliefReplay:
 
     def on_view(self, t: float, observer: bytes, subject: bytes, state: str) -> None:
         believed = state == "alive"
-        old = self.belief[observer].get(subject, False)
+        old = self.believes_alive(observer, subject)
         if old == believed:
             return
         counts = self.truth.get(observer) == "alive" and observer != subject
@@ -185,7 +193,8 @@ class BeliefReplay:
         for observer in self.observers():
             for subject in self.truth:
                 if subject != observer and self._pair_wrong(observer, subject):
-                    believed = "alive" if self.belief[observer].get(subject) else "not alive"
+                    believed = ("alive" if self.believes_alive(observer, subject)
+                                else "not alive")
                     out.append(f"{short(observer)} believes {short(subject)} {believed}, "
                                f"truth {self.truth[subject]}")
                     if len(out) >= limit:

@@ -19,12 +19,14 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
+from meshcloud.errors import MeshError
+
 PREFIX = "mcs"
 """Every namespace, bridge and veth made here starts with this (and the lab id)."""
 
 
-class NetnsError(Exception):
-    pass
+class NetnsError(MeshError):
+    code = "netns_error"
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
