@@ -8,7 +8,8 @@ workload, how many replicas really run and how many should:
 * node ``o`` runs workload ``w`` when, among the nodes it believes alive or suspect
   (itself included), fewer than ``replicas`` rank above it in ``w``'s rendezvous order
   (:func:`meshcloud.placement.rank` with the planner's item key: the same order the real
-  planner starts from; the model leaves out bounded load and constraints);
+  planner starts from, phones last as ``avoid_battery`` does; the model leaves out
+  bounded load and hard constraints);
 * a replica counts ``start_delay`` seconds after its node decided to run it (the
   container start), and stops counting at once when the node stops believing it should
   run it, crashes, or is asleep (pessimistic: the real reconciler hands over, make before
@@ -31,7 +32,7 @@ it keeps up with a 1,000-node run.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from apps.workloads.planner import item_key
@@ -42,6 +43,41 @@ DEFAULT_START_DELAY = 1.0
 1 s leaves room for a slow machine and the reconciler's pass)."""
 DEFAULT_STARTUP_GRACE = 10.0
 """The reconciler's ``startup_grace``: a node alone after boot starts nothing this long."""
+
+
+class _View:
+    """The nodes one observer believes alive: a base set shared by every member of the
+    initial mesh (a converged mesh of 1,000 nodes would otherwise hold a million entries),
+    plus this observer's own changes."""
+
+    __slots__ = ("added", "base", "removed")
+
+    def __init__(self, base: frozenset[bytes] = frozenset()) -> None:
+        self.base = base
+        self.added: set[bytes] = set()
+        self.removed: set[bytes] = set()
+
+    def __contains__(self, node: bytes) -> bool:
+        return (node in self.base and node not in self.removed) or node in self.added
+
+    def add(self, node: bytes) -> None:
+        if node in self.base:
+            self.removed.discard(node)
+        else:
+            self.added.add(node)
+
+    def discard(self, node: bytes) -> None:
+        if node in self.base:
+            self.removed.add(node)
+        else:
+            self.added.discard(node)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from (n for n in self.base if n not in self.removed)
+        yield from self.added
+
+    def __bool__(self) -> bool:
+        return bool(self.added) or len(self.base) > len(self.removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +94,12 @@ class WorkloadModel:
     def __init__(self, workloads: Sequence[ModelWorkload], nodes: Iterable[bytes] = (), *,
                  start_delay: float = DEFAULT_START_DELAY,
                  startup_grace: float = DEFAULT_STARTUP_GRACE,
-                 alive_states: tuple[str, ...] = ("alive", "suspect")) -> None:
+                 alive_states: tuple[str, ...] = ("alive", "suspect"),
+                 last: Iterable[bytes] = ()) -> None:
         self.workloads = list(workloads)
+        self.last = frozenset(last)
+        """Nodes ranked after every other (phones on battery: the planner's default
+        ``avoid_battery`` preference)."""
         self.alive_states = alive_states
         """View states a node places work on: SWIM keeps suspects in the member list
         until they are declared dead, and so does ``alive_peer_ids``."""
@@ -68,7 +108,7 @@ class WorkloadModel:
         self._pos: list[dict[bytes, int]] = [{} for _ in self.workloads]
         self._nodes: list[bytes] = []
         self.truth: dict[bytes, str] = {}
-        self.view: dict[bytes, set[bytes]] = {}
+        self.view: dict[bytes, _View] = {}
         self._above: dict[bytes, list[int]] = {}
         self._booted_at: dict[bytes, float] = {}
         self._deciding: dict[bytes, list[bool]] = {}
@@ -98,6 +138,8 @@ class WorkloadModel:
         self._nodes.extend(new)
         for index, workload in enumerate(self.workloads):
             order = rank(self._nodes, item_key(workload.name))
+            order = [n for n in order if n not in self.last] + [
+                n for n in order if n in self.last]
             self._pos[index] = {node: i for i, node in enumerate(order)}
         for node in self._nodes:  # positions moved: recount from the views, decide again
             if node in self.view:
@@ -106,7 +148,7 @@ class WorkloadModel:
                     self._decide(t, node)
 
     def _recount(self, observer: bytes) -> None:
-        believed = self.view.get(observer, set())
+        believed = self.view.get(observer, _View())
         self._above[observer] = [
             sum(1 for s in believed if pos.get(s, 1 << 30) < pos[observer])
             for pos in self._pos]
@@ -122,7 +164,7 @@ class WorkloadModel:
         self._dirty = True
         if state == "alive" and before != "alive":
             if before in (None, "crashed", "gone", "left"):
-                self.view[node] = set()  # a fresh process knows no one yet
+                self.view[node] = _View()  # a fresh process knows no one yet
                 self._booted_at[node] = t
             self._recount(node)
             self._decide(t, node)
@@ -136,7 +178,7 @@ class WorkloadModel:
         if observer == subject:
             return
         self.add_nodes([observer, subject], t)
-        believed = self.view.setdefault(observer, set())
+        believed = self.view.setdefault(observer, _View())
         if observer not in self._above:
             self._recount(observer)
         alive = state in self.alive_states
@@ -154,6 +196,21 @@ class WorkloadModel:
         self._decide(t, observer)
         self._emit(t)
 
+    def on_initial(self, t: float, nodes: Iterable[bytes]) -> None:
+        """The simulator starts from a converged mesh: these nodes believe each other
+        alive without any view being recorded (``initial_members`` in the trace)."""
+        self._advance(t)
+        base = frozenset(nodes)
+        self.add_nodes(base, t)
+        orders = [{n: i for i, n in enumerate(sorted(base, key=pos.__getitem__))}
+                  for pos in self._pos]
+        for node in base:
+            self.view[node] = _View(base - {node})
+            self._above[node] = [order[node] for order in orders]
+        for node in base:
+            self._decide(t, node)
+        self._emit(t)
+
     def finish(self, t: float) -> None:
         self._advance(t)
         self._emit(t)
@@ -163,7 +220,7 @@ class WorkloadModel:
     def _decide(self, t: float, node: bytes) -> None:
         if self.truth.get(node) != "alive":
             return
-        believed = self.view.get(node, set())
+        believed = self.view.get(node, _View())
         booting = not believed and t - self._booted_at.get(node, -1e18) < self.startup_grace
         if booting:
             self._pending_wake(t + self.startup_grace - (t - self._booted_at[node]), node)
@@ -234,12 +291,16 @@ class WorkloadModel:
         into it (``trace.records['workload_replicas']``, series ``workload_missing``)."""
         events: list[tuple[float, int, tuple[object, ...]]] = []
         events.extend((t, 0, ("truth", n, s)) for t, n, s in trace.truth)  # type: ignore[attr-defined]
-        events.extend((t, 1, ("view", o, s, v)) for t, o, s, v in trace.views)  # type: ignore[attr-defined]
+        events.extend((row["t"], 1, ("initial", row["nodes"]))
+                      for row in trace.records.get("initial_members", []))  # type: ignore[attr-defined]
+        events.extend((t, 2, ("view", o, s, v)) for t, o, s, v in trace.views)  # type: ignore[attr-defined]
         events.sort(key=lambda e: (e[0], e[1]))
         self.add_nodes(n for _, n, _ in trace.truth)  # type: ignore[attr-defined]
         for t, _, event in events:
             if event[0] == "truth":
                 self.on_truth(t, event[1], event[2])  # type: ignore[arg-type]
+            elif event[0] == "initial":
+                self.on_initial(t, event[1])  # type: ignore[arg-type]
             else:
                 self.on_view(t, event[1], event[2], event[3])  # type: ignore[arg-type]
         self.finish(trace.end)  # type: ignore[attr-defined]
@@ -250,3 +311,38 @@ class WorkloadModel:
             trace.record("workload_replicas", **row)  # type: ignore[attr-defined]
         for t, value in self.missing_series:
             trace.sample("workload_missing", t, value)  # type: ignore[attr-defined]
+
+
+class WorkloadAvailabilityModel:
+    """The model as a plug-in of the simulated-mode runner (``sim.runner.run(...,
+    models=[WorkloadAvailabilityModel()])``): it replays the finished trace, writes its
+    records and brings its checker."""
+
+    def __init__(self, workloads: Sequence[ModelWorkload] | None = None, *,
+                 start_delay: float = DEFAULT_START_DELAY,
+                 startup_grace: float = DEFAULT_STARTUP_GRACE) -> None:
+        self.model = WorkloadModel(workloads or default_workloads(), start_delay=start_delay,
+                                   startup_grace=startup_grace)
+        self.trace: object = None
+
+    def attach(self, run: object) -> None:
+        self.trace = run.trace  # type: ignore[attr-defined]
+        self.run = run
+
+    def _phones(self) -> set[bytes]:
+        cluster = getattr(getattr(self, "run", None), "cluster", None)
+        hosts = getattr(cluster, "by_index", [])
+        return {h.node_id for h in hosts if getattr(h, "phone", False)}
+
+    def sample(self, now: float) -> None:
+        """Nothing to do while running: the model reads the trace at the end."""
+
+    def finish(self, now: float) -> None:
+        if self.trace is not None:
+            self.model.last = frozenset(self._phones())
+            self.model.replay(self.trace)
+
+    def checkers(self) -> list[object]:
+        from sim.availability import WorkloadAvailability
+
+        return [WorkloadAvailability()]

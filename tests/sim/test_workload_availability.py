@@ -177,3 +177,18 @@ def test_a_thousand_nodes_with_churn_replays_fast_and_deterministically():
     again.replay(Trace(truth=list(trace.truth), views=list(trace.views), end=trace.end))
     assert first.records == again.records
     assert took < 20, f"replay took {took:.1f}s of CPU"
+
+
+def test_nodes_ranked_last_hold_work_only_when_others_cannot():
+    trace = healthy()
+    phones = NODES[:4]
+    model = WorkloadModel(default_workloads(10, 2), last=phones)
+    model.replay(trace)
+    counting = {node for node, flags in model._counting.items() if any(flags)}
+    assert counting <= set(NODES[4:])
+    trace2 = healthy()
+    crash(trace2, NODES[4], at=10.0, seen_after=1.0)
+    crash(trace2, NODES[5], at=10.0, seen_after=1.0)
+    model = WorkloadModel(default_workloads(10, 2), last=phones)
+    model.replay(trace2)
+    assert set(final(trace2).values()) == {(2, 2)}  # the phones took over
