@@ -105,6 +105,15 @@ class LeaseService:
     def observe_term(self, workload: str, term: int) -> None:
         self.holder.observe_term(workload, term)
 
+    def restore(self, workload: str, term: int, valid_until: float) -> None:
+        """A lease this node's previous agent held (same boot: its end, measured on the
+        monotonic clock, still bounds the granters' grants from below); renewals carry
+        on with its term, so an adopted singleton keeps running."""
+        if valid_until > trio.current_time():
+            self.holder.held[workload] = HeldLease(term, valid_until)
+            self.holder.observe_term(workload, term)
+            self._wanted.add(workload)  # until the reconciler says otherwise
+
     def granters(self, workload: str) -> tuple[bytes, ...]:
         return granters_for(workload, self.known_nodes())
 

@@ -16,13 +16,20 @@ task checks running singletons' leases four times a second, independently of pas
 Failover path after a node dies: membership drops it from the view → every node's pass
 recomputes the assignment → the node that inherits an index claims it (fencing + 1) and
 starts the replica, typically within one pass of the membership event.
+
+Running singletons' lease ends go to the node's watchdog process
+(:mod:`apps.workloads.watchdog`), which stops them if this agent dies or freezes; a
+restarted agent resumes those leases (:meth:`Reconciler.restored_leases`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -44,6 +51,7 @@ from apps.workloads.outputs import (
 from apps.workloads.planner import PlanItem, ReplicaKey, plan
 from apps.workloads.spec import replica_name, spec_from_stored
 from apps.workloads.view import plan_item
+from apps.workloads.watchdog import Watched, ensure_watchdog, read_watched, write_watched
 from meshcloud.errors import MeshError
 from meshcloud.placement import NodeInfo
 from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, ReplicaClaim
@@ -53,6 +61,8 @@ log = logging.getLogger(__name__)
 WATCHED_TABLES = (WORKLOADS.name, REPLICAS.name, NODES.name, OFFERS.name)
 GUARD_INTERVAL = 0.25
 """Seconds between checks of running singletons' leases by the guard task."""
+WATCHDOG_CHECK = 2.0
+"""Seconds between checks that the singleton watchdog process runs (while one is needed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +120,8 @@ class Reconciler:
                  view: Callable[[], list[NodeInfo]], *, config: ReconcilerConfig | None = None,
                  leases: LeaseService | None = None,
                  emit: Callable[..., Any] | None = None,
-                 wall_ms: Callable[[], int] | None = None) -> None:
+                 wall_ms: Callable[[], int] | None = None,
+                 watchdog_dir: Path | None = None) -> None:
         self.node_id = node_id
         self.state = state
         self.runtimes = dict(runtimes)
@@ -129,6 +140,11 @@ class Reconciler:
         self.pass_done = trio.Event()
         """Set after every pass (then replaced): tests wait on it."""
         self.started_at: float | None = None
+        self.watchdog_dir = watchdog_dir
+        """Data dir whose singleton watchdog gets deadlines (None: no watchdog)."""
+        self._watched: dict[str, Watched] = (
+            read_watched(watchdog_dir) if watchdog_dir is not None else {})
+        self._watchdog_checked = -1e9
 
     def poke(self) -> None:
         """Something changed: run a pass soon."""
@@ -291,6 +307,36 @@ class Reconciler:
 
     # --- singleton guard ------------------------------------------------------------------
 
+    def restored_leases(self) -> dict[str, tuple[int, float]]:
+        """Leases the previous agent held for singletons it ran: workload → (term, end in
+        trio time), from the watchdog's file."""
+        mono, now = time.monotonic(), trio.current_time()
+        return {w.workload: (w.term, now + (w.lease_end - mono))
+                for w in self._watched.values() if w.lease_end > mono}
+
+    def _update_watchdog(self, snapshot: Snapshot, leases: Mapping[str, Any],
+                         now: float) -> None:
+        """Hand the running singletons' lease ends to the node's watchdog process."""
+        assert self.watchdog_dir is not None
+        mono = time.monotonic()
+        watched: dict[str, Watched] = {}
+        for status in snapshot.observed:
+            entry = snapshot.workloads.get(status.workload)
+            if entry is None or not entry.spec.singleton or not status.alive:
+                continue
+            lease = leases.get(status.workload)
+            if lease is not None:
+                watched[status.name] = Watched(status.runtime, status.workload, lease.term,
+                                               round(mono + lease.valid_until - now, 3))
+            elif status.name in self._watched:
+                watched[status.name] = self._watched[status.name]
+        if watched != self._watched:
+            write_watched(self.watchdog_dir, os.getpid(), watched)
+            self._watched = watched
+        if watched and mono - self._watchdog_checked > WATCHDOG_CHECK:
+            self._watchdog_checked = mono
+            ensure_watchdog(self.watchdog_dir)
+
     async def _guard(self) -> None:
         """Stop running singletons whose lease is about to run out, whatever passes do."""
         budget = self.config.singleton_stop_budget
@@ -301,6 +347,8 @@ class Reconciler:
                 continue
             leases = self.leases.leases()
             now = trio.current_time()
+            if self.watchdog_dir is not None:
+                self._update_watchdog(snapshot, leases, now)
             for status in snapshot.observed:
                 entry = snapshot.workloads.get(status.workload)
                 if entry is None or not entry.spec.singleton or status.name in self.busy:

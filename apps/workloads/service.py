@@ -115,7 +115,8 @@ class WorkloadService:
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY)
         self.reconciler = Reconciler(
             node.node_id, node.state, self.runtimes, self.view, config=self.config,
-            leases=self.leases, emit=node.events.emit, wall_ms=node.clock.wall_ms)
+            leases=self.leases, emit=node.events.emit, wall_ms=node.clock.wall_ms,
+            watchdog_dir=node.datadir.path)
         self.images: tuple[str, ...] = ()
         self.started = trio.Event()
         self._synced: dict[bytes, float] = {}
@@ -149,6 +150,8 @@ class WorkloadService:
             transport = self.node.transport
             transport.serve(LOGS_PROTOCOL, LogServer(self.runtimes).handle)
             transport.serve(INVENTORY_PROTOCOL, self._serve_inventory)
+            for workload, (term, end) in self.reconciler.restored_leases().items():
+                self.leases.restore(workload, term, end)
             await nursery.start(self.leases.run)
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._bring_up, nursery)

@@ -75,3 +75,58 @@ async def test_singleton_never_runs_twice_across_a_partition(tmp_path, nursery):
         assert bytes.fromhex(new["node"]) == majority_copy
     finally:
         await mesh.close()
+
+
+async def test_agent_restart_keeps_the_singleton_and_a_dead_agent_s_watchdog_stops_it(
+        tmp_path, nursery):
+    """A restarted agent resumes its lease (same process, no restart); an agent that dies
+    with its process running leaves the stop to its watchdog, before the lease could be
+    granted to anyone else; then another node takes over."""
+    from apps.workloads.watchdog import read_watched
+
+    network = MemoryNetwork(seed=4, dead_after=2.0, dial_timeout=1.0)
+    mesh = await LocalMesh.create(tmp_path, nursery, 3, network)
+    try:
+        a = mesh.members[0]
+        a.service.submit({"name": "db", "command": SLEEPER, "singleton": True},
+                         replace_existing=False)
+        with trio.fail_after(40):
+            while len(found := await copies(mesh)) != 1:
+                await trio.sleep(0.05)
+        holder = mesh.member_of(next(iter(found)))
+        before = found[holder.node_id][0]
+        await wait_for(lambda: read_watched(holder.datadir.path), "watch list written")
+
+        mesh.stop(holder)
+        await mesh.start(holder)
+        for _ in range(60):  # longer than a lease of the local profile
+            now = await copies(mesh)
+            assert list(now) == [holder.node_id] and now[holder.node_id][0].id == before.id
+            await trio.sleep(0.12)
+
+        pid = int(before.id.split(":")[0])
+        await wait_for(lambda: (holder.datadir.path / "workloads" / "watchdog.pid").exists(),
+                       "watchdog started")
+        mesh.stop(holder)  # the agent dies; its process does not
+        others = [m for m in mesh.members if m is not holder]
+        with trio.fail_after(40):
+            while True:
+                alive_here = pid_alive(pid)
+                elsewhere = [s for m in others for s in await alive_replicas(m, "db")]
+                assert not (alive_here and elsewhere), "two copies: watchdog too late"
+                if elsewhere and not alive_here:
+                    break
+                await trio.sleep(0.02)
+    finally:
+        await mesh.close()
+
+
+def pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
