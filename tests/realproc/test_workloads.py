@@ -297,6 +297,37 @@ def test_singleton_never_runs_twice_during_a_partition(cluster):
     remove_workload(cluster, "db")
 
 
+def test_singleton_of_a_killed_agent_is_stopped_before_another_starts(cluster):
+    """kill -9 of the holder's agent leaves its container running: the node's watchdog
+    stops it before the lease could be granted elsewhere (podman's view and timestamps)."""
+    agents = up(cluster)
+    agents[0].cli("run", "db", "--image", BUSYBOX, "--singleton", "--command", "sleep 3600")
+    wait_until(lambda: settled(agents, "db", 1), 60, message="the singleton running")
+    holder = next(a for a in agents if a.node_id in running_everywhere(agents, "db"))
+    wait_until(lambda: (holder.data_dir / "workloads" / "watchdog.pid").exists(), 10,
+               message="watchdog started")
+    holder.kill()
+    others = [a for a in agents if a is not holder]
+    deadline = time.monotonic() + 60
+    while True:
+        where = running_everywhere(agents, "db")
+        assert sum(len(v) for v in where.values()) <= 1, f"two running copies: {where}"
+        if any(a.node_id in where for a in others):
+            break
+        assert time.monotonic() < deadline, "no other node took the singleton over"
+    ended = [c for c in containers(holder, "db") if c["State"] != "running"]
+    started = [c for a in others for c in containers(a, "db") if c["State"] == "running"]
+    assert len(ended) == 1 and len(started) == 1
+    gap = (_inspect_time(others, started[0]["Id"], "StartedAt")
+           - _inspect_time([holder], ended[0]["Id"], "FinishedAt"))
+    print(f"\n[workloads] dead agent's singleton stopped by its watchdog {gap:.2f}s before "
+          "the new copy started")
+    assert gap > 0
+    holder.start()
+    wait_until(lambda: settled(agents, "db", 1), 60, message="settled after the restart")
+    remove_workload(cluster, "db")
+
+
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*(Z|[+-]\d\d:?\d\d)?")
 
 
