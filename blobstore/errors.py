@@ -59,3 +59,9 @@ class WriteFailed(BlobstoreError):
     """A put could not store enough shards of some chunk; the object was not written."""
 
     code = "write_failed"
+
+
+class IndexUnavailable(BlobstoreError):
+    """Too few replicas of an index partition answered to reach the quorum."""
+
+    code = "index_unavailable"

@@ -41,3 +41,53 @@ class GetShardReply:
     found: bool
     blob: bytes = b""
     error: str = ""
+
+
+# --- the object index protocol (/meshcloud/blob-index/1, blobstore.index) ---------------
+
+Pairs = tuple[tuple[bytes, bytes], ...]
+
+
+@message(TagBlock.BLOBSTORE + 40)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexWrite:
+    """Merge these writer-stamped entries (key bytes, entry bytes) into ``table``."""
+
+    table: str
+    entries: Pairs
+
+
+@message(TagBlock.BLOBSTORE + 41)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexWriteReply:
+    ok: bool
+    error: str = ""
+
+
+@message(TagBlock.BLOBSTORE + 42)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexRead:
+    table: str
+    keys: tuple[bytes, ...]
+
+
+@message(TagBlock.BLOBSTORE + 43)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexScan:
+    """Stored entries with ``low <= key < high`` (high empty: no bound), tombstones too."""
+
+    table: str
+    low: bytes
+    high: bytes
+    limit: int
+
+
+@message(TagBlock.BLOBSTORE + 44)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexEntries:
+    """Reply to IndexRead / IndexScan: the entries found; ``truncated``: a scan stopped
+    at ``limit`` with more keys in range."""
+
+    entries: Pairs
+    truncated: bool = False
+    error: str = ""

@@ -114,6 +114,25 @@ def pack_shard(header: ShardHeader, payload: bytes | memoryview) -> bytes:
     return b"".join((header.encode(), payload))  # one copy, payload may be a view
 
 
+def parse_header(head: bytes | memoryview) -> ShardHeader:
+    """The header of a shard from its first bytes (no payload, no id check)."""
+    view = memoryview(head)
+    if len(view) < _FIXED.size:
+        raise ShardFormatError("too few bytes for a shard header")
+    magic, version, scheme, k, m, index, id_len = _FIXED.unpack_from(view)
+    if magic != MAGIC or version != HEADER_VERSION:
+        raise ShardFormatError("not a shard header of a known version")
+    start = _FIXED.size
+    if len(view) < start + id_len + _TAIL.size:
+        raise ShardFormatError("shard header truncated")
+    chunk_index, chunk_length = _TAIL.unpack_from(view, start + id_len)
+    try:
+        return ShardHeader(bytes(view[start:start + id_len]), chunk_index, index,
+                           Scheme(scheme), k, m, chunk_length)
+    except ValueError:
+        raise ShardFormatError(f"unknown shard scheme {scheme}") from None
+
+
 def unpack_shard(
     blob: bytes | memoryview, *, expect_id: ShardId | None = None
 ) -> tuple[ShardHeader, memoryview]:

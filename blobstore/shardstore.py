@@ -74,6 +74,9 @@ DELETE_HEADROOM = 4 << 20
 MAX_SHARD_SIZE = 65 << 20
 """A shard is at most one 64 MiB sealed chunk (replication) plus its header."""
 
+HEAD_BYTES = 128
+"""Enough for any shard header (26 bytes plus an object id of at most 64)."""
+
 T = TypeVar("T")
 
 _META = struct.Struct(">QQ")  # stored_at_ms, size
@@ -275,6 +278,20 @@ class ShardStore:
             raise ShardNotFound(f"no shard {sid.hex()[:16]} here")
         return blob
 
+    def head(self, sid: ShardId, size: int = HEAD_BYTES) -> bytes:
+        """The first ``size`` bytes of a stored shard (its header), read without copying
+        the payload out of the map: what GC needs to learn a shard's object."""
+        with self._gate.shared():
+            self._check_open()
+            try:
+                with self._env.begin(buffers=True) as txn:
+                    blob = txn.get(sid, db=self._shards)
+                    if blob is None:
+                        raise ShardNotFound(f"no shard {sid.hex()[:16]} here")
+                    return bytes(blob[:size])
+            except lmdb.Error as exc:
+                raise self._translate(exc) from None
+
     def contains(self, sid: ShardId) -> bool:
         with self._read() as txn:
             return txn.get(sid, db=self._meta) is not None
@@ -427,6 +444,9 @@ class AsyncShardStore:
 
     async def get(self, sid: ShardId) -> bytes:
         return await self._run(self.store.get, sid)
+
+    async def head(self, sid: ShardId) -> bytes:
+        return await self._run(self.store.head, sid)
 
     async def verify(self, sid: ShardId) -> bool:
         return await self._run(self.store.verify, sid)

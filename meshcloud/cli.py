@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
     except ImportError:
         pass
+    import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is None:

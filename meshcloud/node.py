@@ -385,6 +385,8 @@ class Node:
                 "listen": self.transport.listen_addresses,
                 "advertise": self.advertised_addresses(),
                 "started_at": self.started_at_ms,
+                **{k: v for s in self.services if hasattr(s, "runtime_info")
+                   for k, v in s.runtime_info().items()},
             })
             log.info("node started", extra={"node": short_id(self.node_id),
                                              "listen": ",".join(self.transport.listen_addresses),

@@ -33,6 +33,7 @@ class Service(Protocol):
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
     from apps.workloads.service import WorkloadService
+    from blobstore.node_service import BlobService
 
-    services: list[Any] = [WorkloadService(node)]
+    services: list[Any] = [WorkloadService(node), BlobService(node)]
     return services

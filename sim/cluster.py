@@ -463,7 +463,8 @@ class SimCluster:
         lookup_id = outputs[0].lookup_id
         self._lookups[(origin.node_id, lookup_id)] = {
             "t": self.engine.now, "origin": origin.node_id.hex(), "target": target.node_id.hex(),
-            "want": target.addresses(), "origin_gen": origin.generation}
+            "want": target.addresses(), "origin_gen": origin.generation,
+            "reachable": self.network.reachable(origin.node_id, target.node_id)}
         self._handle_dht(origin, outputs)
 
     def _lookup_finished(self, host: Host, out: LookupFinished) -> None:
@@ -472,7 +473,10 @@ class SimCluster:
             return
         target = self.hosts[bytes.fromhex(pending["target"])]
         found = tuple(out.addresses or ())
-        ok = bool(found) and (found == target.addresses() or not target.reachable)
+        ok = bool(found) and found == target.addresses()
+        # a lookup can only be expected to find a node it can reach, alive all along
+        expected = (target.reachable and pending["reachable"]
+                    and self.network.reachable(host.node_id, target.node_id))
         self.trace.record("dht_lookup", t=pending["t"], origin=pending["origin"],
-                          target=pending["target"], ok=ok, rounds=out.rounds,
-                          seconds=round(self.engine.now - pending["t"], 3))
+                          target=pending["target"], ok=ok, expected=expected,
+                          rounds=out.rounds, seconds=round(self.engine.now - pending["t"], 3))

@@ -233,6 +233,33 @@ class StateCore:
         self._counters["datagrams_rejected"] += 1
         return []
 
+    def merge_entries(self, peer: NodeId, table: str, entries: list[tuple[bytes, bytes]],
+                      now: float) -> list[Output]:
+        """Merge entries a peer sent on a request stream (a quorum write, e.g. the
+        blobstore's object index): like an ``EntryBatch`` datagram, but a malformed entry
+        raises CodecError (nothing stored) so the caller can answer with an error, and the
+        merge is committed when this returns (the caller may then acknowledge it)."""
+        core = self.table(table)
+        changes = core.merge_encoded(entries, self.physical_ms(now))
+        self._observe(changes, now)
+        return self._finish(changes, now, exclude=peer)
+
+    def build_entry(self, table: str, key: Key | Atom, value: Any, now: float, *,
+                    ts: int | None = None, writer: NodeId | None = None) -> tuple[bytes, bytes]:
+        """(key bytes, entry bytes) of a write of ``value`` (None: a tombstone), stamped by
+        our HLC unless ``ts``/``writer`` are given, *without* storing it: for callers that
+        send the entry to a quorum of holders themselves (:meth:`merge_entries`)."""
+        core = self.table(table)
+        key_bytes = core.schema.key_bytes(key)
+        if ts is None:
+            ts = self.hlc.now(self.physical_ms(now))
+        who = self.me if writer is None else writer
+        if value is None:
+            entry = core.build_tombstone(key_bytes, ts, who)
+        else:
+            entry = core.build(value, ts, who)
+        return key_bytes, entry_bytes(entry)
+
     # --- anti-entropy ---------------------------------------------------------------------
 
     def plan_for(self, peer: NodeId) -> dict[str, list[bytes]]:

@@ -129,6 +129,18 @@ class StateDriver:
         self.put(EVENTS.name, key, EventRecord(kind=kind, message=message, subject=subject,
                                                level=level))
 
+    def merge_entries(self, peer: bytes, table: str,
+                      entries: list[tuple[bytes, bytes]]) -> None:
+        """Merge entries received on a request stream; CodecError if one is malformed
+        (nothing stored). Committed when this returns."""
+        self._perform(self.core.merge_entries(peer, table, entries, self._now()))
+
+    def build_entry(self, table: str, key: Key | Atom, value: Any, *, ts: int | None = None,
+                    writer: bytes | None = None) -> tuple[bytes, bytes]:
+        """An entry for ``key`` (None: tombstone) built but not stored (see
+        :meth:`StateCore.build_entry`)."""
+        return self.core.build_entry(table, key, value, self._now(), ts=ts, writer=writer)
+
     def merkle_root(self, table: str) -> bytes:
         return self.core.merkle_root(table)
 

@@ -287,6 +287,21 @@ class TableCore(Generic[V]):
 
         return self.kv.read(run)
 
+    def scan_entries(self, low: bytes, high: bytes | None, *, limit: int | None = None
+                     ) -> list[tuple[bytes, bytes]]:
+        """Stored (key, entry bytes) with ``low <= key < high``, tombstones included, in
+        key order: what a replica answers to a quorum range read."""
+
+        def run(txn: Txn) -> list[tuple[bytes, bytes]]:
+            out = []
+            for key, data in txn.range(self.entries_tree, low, high):
+                out.append((key, data))
+                if limit is not None and len(out) >= limit:
+                    break
+            return out
+
+        return self.kv.read(run)
+
     def count(self) -> int:
         return self.kv.read(lambda txn: txn.count(self.entries_tree))
 

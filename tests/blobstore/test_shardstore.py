@@ -193,3 +193,22 @@ def test_deletes_work_when_the_reopened_map_has_no_free_page(tmp_path):
         assert s.stats().map_size == s.stats().used_bytes  # not one spare page
         assert s.delete(a)
         assert s.stats().count == 1
+
+
+def test_head_reads_the_header_without_the_payload(tmp_path):
+    from blobstore.erasure import Scheme
+    from blobstore.errors import ShardNotFound
+    from blobstore.shards import ShardHeader, pack_shard, parse_header
+    from blobstore.shardstore import ShardStore
+
+    header = ShardHeader(b"object-id-123456", 7, 1, Scheme.ZFEC, 4, 2, 4000)
+    blob = pack_shard(header, bytes(header.payload_size))
+    with ShardStore(tmp_path / "s", map_size=8 << 20, min_free_bytes=0, sync=False) as store:
+        sid, _ = store.put(blob)
+        head = store.head(sid)
+        assert len(head) == 128 and blob.startswith(head)
+        assert parse_header(head) == header
+        import pytest
+
+        with pytest.raises(ShardNotFound):
+            store.head(bytes(32))

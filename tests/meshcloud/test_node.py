@@ -38,7 +38,7 @@ def factory(network):
     return lambda key, auth, config: network.add(key, auth)
 
 
-CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0")
+CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")
 
 
 async def start_node(nursery, datadir, network, clock=None):

@@ -44,9 +44,12 @@ def test_quick_detection_passes_and_is_measured():
     crash_d(trace, 10.0, {A: 2.0, B: 3.0, C: 4.0})
     result = DetectionTime().check(trace, scenario("[checks]\ndetect_bound = \"5s\"\n"))
     assert result.passed
-    assert result.figures["detect_median_s"] == 2.0  # suspicion counts as noticing
+    assert result.figures["detect_median_s"] == 3.0  # declared dead
+    assert result.figures["suspect_median_s"] == 2.0
     times, first = detection_times(trace)
-    assert sorted(times) == [1.0, 2.0, 3.0] and first == [1.0]
+    assert sorted(times) == [2.0, 3.0, 4.0] and first == [2.0]
+    suspected, _ = detection_times(trace, ("suspect", "dead"))
+    assert sorted(suspected) == [1.0, 2.0, 3.0]
 
 
 def test_slow_detection_fails():
@@ -54,7 +57,7 @@ def test_slow_detection_fails():
     crash_d(trace, 10.0, {A: 2.0, B: 3.0, C: 40.0})
     result = DetectionTime().check(trace, scenario("[checks]\ndetect_bound = \"5s\"\n"))
     assert not result.passed
-    assert result.figures["detect_p99_s"] == 39.0
+    assert result.figures["detect_p99_s"] == 40.0
 
 
 def test_never_detected_crash_fails_convergence():

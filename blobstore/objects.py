@@ -1,0 +1,275 @@
+"""ObjectStore: buckets and objects, on the index and the shard pipelines.
+
+What the S3 app, the agent API and the CLI call. One method per operation; every S3
+error a client can cause is raised here as the S3 error it maps to.
+
+**A PUT** (:meth:`ObjectStore.put`), in order:
+
+1. the object's :class:`~blobstore.records.BlobRef` (object id -> bucket, key) is written
+   on a quorum *while* the bytes stream into shards (:func:`blobstore.writer.write_object`:
+   every chunk on k+m distinct nodes); both must succeed;
+2. only then the :class:`~blobstore.records.ObjectRecord` (with the manifest) is written
+   on a quorum of the bucket's index holders: that write is the acknowledgement.
+
+A source that raises (bad signature, wrong Content-MD5, truncated body) stops the put
+before step 2: nothing becomes visible, and the shards already stored are unreferenced,
+so GC takes them after the grace period. Because the BlobRef is durable before the record
+exists, GC can always find the owner of a shard it is about to judge.
+
+**Erasure code** per bucket (``BucketRecord.code``): automatic by default, i.e. 4+2 once
+at least 6 nodes are live, else min(3, live) plain copies (:func:`blobstore.erasure.choose_code`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
+
+import nacl.utils
+import trio
+
+from blobstore.client import ShardClient
+from blobstore.concurrency import open_nursery
+from blobstore.erasure import ErasureCode, ReplicationCode, Scheme, ZfecCode, choose_code
+from blobstore.fetch import BadShard
+from blobstore.index import Index
+from blobstore.manifest import Manifest
+from blobstore.picker import PlacementPicker
+from blobstore.reader import ReaderConfig, read_object
+from blobstore.records import (
+    BLOBREFS,
+    BUCKETS,
+    INLINE_MAX,
+    OBJECTS,
+    BlobRef,
+    BucketRecord,
+)
+from blobstore.records import ObjectRecord as ObjectRecord
+from blobstore.s3.errors import (
+    BucketAlreadyOwnedByYou,
+    BucketNotEmpty,
+    InvalidArgument,
+    NoSuchBucket,
+    NoSuchKey,
+)
+from blobstore.s3.names import validate_bucket_name
+from blobstore.sortkeys import sort_key
+from blobstore.writer import WriterConfig, new_object_id, write_object
+from meshcloud.state.driver import StateDriver
+from meshcloud.state.keys import encode_key, prefix_end
+
+log = logging.getLogger(__name__)
+
+_CODE = re.compile(r"^(?:(\d{1,2})\+(\d{1,2})|r(\d{1,2}))$")
+
+BadShardHook = Callable[[BadShard], None]
+
+
+def parse_code(text: str) -> tuple[int, int] | int | None:
+    """"" -> None (automatic); "k+m" -> (k, m); "rN" -> N copies. ValueError otherwise."""
+    if not text:
+        return None
+    match = _CODE.match(text)
+    if match is None:
+        raise ValueError(f"erasure code {text!r} is not k+m (like 4+2) or rN (like r3)")
+    if match.group(3):
+        copies = int(match.group(3))
+        ReplicationCode(copies)
+        return copies
+    k, m = int(match.group(1)), int(match.group(2))
+    ZfecCode(k, m)
+    return k, m
+
+
+class ObjectStore:
+    """See the module docstring."""
+
+    def __init__(self, state: StateDriver, index: Index, client: ShardClient,
+                 picker: PlacementPicker, *, wall_ms: Callable[[], int],
+                 writer: WriterConfig = WriterConfig(), reader: ReaderConfig = ReaderConfig(),
+                 on_bad_shard: BadShardHook | None = None,
+                 emit: Callable[..., Any] | None = None) -> None:
+        self.state = state
+        self.index = index
+        self.client = client
+        self.picker = picker
+        self.wall_ms = wall_ms
+        self.writer = writer
+        self.reader = reader
+        self.on_bad_shard = on_bad_shard
+        self.emit = emit
+        """The node's event feed (``emit(kind, **facts)``), for ``object.put``."""
+        self.puts = 0
+        self.gets = 0
+
+    # --- buckets (full copy: local reads) -------------------------------------------------
+
+    def bucket(self, name: str) -> BucketRecord:
+        record = self.state.get(BUCKETS.name, name)
+        if record is None:
+            raise NoSuchBucket(BucketName=name)
+        return record  # type: ignore[no-any-return]
+
+    def buckets(self) -> list[tuple[str, BucketRecord]]:
+        return [(str(key[0]), value) for key, value in self.state.scan(BUCKETS.name)]
+
+    async def create_bucket(self, name: str, *, code: str = "", owner: str = "") -> BucketRecord:
+        validate_bucket_name(name)
+        try:
+            parse_code(code)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if self.state.get(BUCKETS.name, name) is not None:
+            raise BucketAlreadyOwnedByYou(BucketName=name)
+        record = BucketRecord(bucket_id=nacl.utils.random(16), created_ms=self.wall_ms(),
+                              code=code, owner=owner)
+        await self.index.put_everywhere(BUCKETS.name, (name,), record)
+        return record
+
+    async def delete_bucket(self, name: str) -> None:
+        bucket = self.bucket(name)
+        for table in (OBJECTS.name,):
+            low = encode_key((bucket.bucket_id,))
+            rows, _ = await self.index.scan(table, (bucket.bucket_id,), low, prefix_end(low),
+                                            limit=50)
+            if any(row.value is not None for row in rows):
+                raise BucketNotEmpty(BucketName=name)
+        await self.index.put_everywhere(BUCKETS.name, (name,), None)
+
+    def code_for(self, bucket: BucketRecord) -> ErasureCode:
+        chosen = parse_code(bucket.code)
+        if chosen is None:
+            return choose_code(max(1, self.picker.live_count()))
+        if isinstance(chosen, int):
+            return ReplicationCode(chosen)
+        return ZfecCode(*chosen)
+
+    # --- objects --------------------------------------------------------------------------
+
+    async def head(self, bucket_name: str, key: str) -> ObjectRecord:
+        bucket = self.bucket(bucket_name)
+        found = await self.index.get(OBJECTS.name, (bucket.bucket_id, sort_key(key)))
+        if found is None or found.value is None:
+            raise NoSuchKey(Key=key[:1024])
+        return found.value  # type: ignore[no-any-return]
+
+    async def find(self, bucket_name: str, key: str) -> ObjectRecord | None:
+        try:
+            return await self.head(bucket_name, key)
+        except NoSuchKey:
+            return None
+
+    async def put(self, bucket_name: str, key: str, source: AsyncIterable[bytes], *,
+                  content_type: str = "binary/octet-stream",
+                  metadata: dict[str, str] | None = None,
+                  precheck: Callable[[ObjectRecord | None], Any] | None = None,
+                  size_hint: int | None = None) -> ObjectRecord:
+        """Store an object (see the module docstring); returns its record once
+        acknowledged. ``precheck`` runs on the current record just before the commit
+        (conditional PUTs: If-None-Match / If-Match) and may raise."""
+        bucket = self.bucket(bucket_name)
+        if size_hint is not None and size_hint <= INLINE_MAX:
+            return await self._put_inline(bucket, bucket_name, key, source,
+                                          content_type=content_type, metadata=metadata,
+                                          precheck=precheck)
+        code = self.code_for(bucket)
+        object_id = new_object_id()
+        sk = sort_key(key)
+        manifest: list[Manifest] = []
+
+        async def shards() -> None:
+            manifest.append(await write_object(source, client=self.client, picker=self.picker,
+                                               code=code, config=self.writer,
+                                               object_id=object_id))
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(shards)
+            nursery.start_soon(self._write_ref, object_id,
+                               BlobRef(bucket_id=bucket.bucket_id, sort_key=sk))
+        record = ObjectRecord(key=key, manifest=manifest[0], content_type=content_type,
+                              metadata=dict(metadata or {}), modified_ms=self.wall_ms())
+        if precheck is not None:
+            precheck(await self.find(bucket_name, key))
+        await self.commit(bucket, record)
+        return record
+
+    async def _put_inline(self, bucket: BucketRecord, bucket_name: str, key: str,
+                          source: AsyncIterable[bytes], *, content_type: str,
+                          metadata: dict[str, str] | None,
+                          precheck: Callable[[ObjectRecord | None], Any] | None,
+                          ) -> ObjectRecord:
+        """A small object: its bytes go in the record (see ``ObjectRecord.inline``)."""
+        data = bytearray()
+        async for piece in source:
+            data += piece
+            if len(data) > INLINE_MAX:
+                raise InvalidArgument("body longer than its declared length")
+        manifest = Manifest(object_id=new_object_id(), size=0,
+                            etag=hashlib.md5(data).hexdigest(), scheme=Scheme.REPLICATION,
+                            k=1, m=0, key=bytes(32), chunks=())
+        record = ObjectRecord(key=key, manifest=manifest, content_type=content_type,
+                              metadata=dict(metadata or {}), modified_ms=self.wall_ms(),
+                              inline=bytes(data))
+        if precheck is not None:
+            precheck(await self.find(bucket_name, key))
+        await self.commit(bucket, record)
+        return record
+
+    async def commit(self, bucket: BucketRecord, record: ObjectRecord) -> None:
+        """Write an object record on a quorum (the acknowledgement of a put)."""
+        await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)), record)
+        self.puts += 1
+        if self.emit is not None:
+            self.emit("object.put", bucket=bucket.bucket_id.hex(), key=record.key[:200],
+                      size=record.size, etag=record.etag)
+
+    async def _write_ref(self, object_id: bytes, ref: BlobRef) -> None:
+        await self.index.put(BLOBREFS.name, (object_id,), ref)
+
+    async def read(self, record: ObjectRecord, start: int = 0, end: int | None = None
+                   ) -> AsyncIterator[bytes]:
+        """Plaintext of bytes [start, end) of an object (see :mod:`blobstore.reader`)."""
+        self.gets += 1
+        if record.inline is not None:
+            end = len(record.inline) if end is None else end
+            if end > start:
+                yield record.inline[start:end]
+            return
+        async for piece in read_object(record.manifest, self.client, start=start, end=end,
+                                       config=self.reader, on_bad_shard=self.on_bad_shard):
+            yield piece
+
+    async def delete(self, bucket_name: str, key: str) -> None:
+        """Delete ``key`` (a tombstone on a quorum); deleting a missing key is fine (S3)."""
+        bucket = self.bucket(bucket_name)
+        await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(key)), None)
+
+    async def copy(self, source: ObjectRecord, bucket_name: str, key: str, *,
+                   content_type: str, metadata: dict[str, str]) -> ObjectRecord:
+        """A new object with ``source``'s bytes (re-encoded under a new id and key)."""
+        send, receive = trio.open_memory_channel[bytes](2)
+
+        async def pump() -> None:
+            async with send:
+                async for piece in self.read(source):
+                    await send.send(piece)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            async with receive:
+                async for piece in receive:
+                    yield piece
+
+        result: list[ObjectRecord] = []
+
+        async def store() -> None:
+            result.append(await self.put(bucket_name, key, pieces(),
+                                         content_type=content_type, metadata=metadata,
+                                         size_hint=source.size))
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(pump)
+            nursery.start_soon(store)
+        return result[0]
