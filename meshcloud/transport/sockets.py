@@ -62,7 +62,8 @@ def source_for(listen: list[str], target: str) -> str | None:
         except (ConfigError, ValueError):
             continue
         if ip.is_loopback and ip.version == ipaddress.ip_address(target).version:
-            return str(ip)
+            # 127.0.0.1 and ::1 are what the kernel picks anyway: leave its path alone
+            return None if str(ip) in ("127.0.0.1", "::1") else str(ip)
     return None
 
 

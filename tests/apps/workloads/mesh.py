@@ -25,7 +25,8 @@ from meshcloud.lifecycle import init_mesh, join_mesh
 from meshcloud.node import Node
 from meshcloud.transport.memory import MemoryNetwork
 
-CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", profile="local")
+CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0",
+                    profile="local")
 SLEEPER = ["/bin/sh", "-c", "echo started $MESHCLOUD_NAME; exec sleep 3600"]
 """A replica that prints one line and then waits to be stopped."""
 

@@ -502,4 +502,5 @@ def test_source_address_rule():
     assert source_for(["127.0.0.11:7946"], "192.168.1.9") is None  # routing decides
     assert source_for(["0.0.0.0:7946"], "127.0.0.12") is None
     assert source_for(["[::1]:7946"], "127.0.0.12") is None
-    assert source_for(["[::1]:7946"], "::1") == "::1"
+    assert source_for(["[::1]:7946"], "::1") is None  # the kernel's own choice
+    assert source_for(["127.0.0.1:7946"], "127.0.0.12") is None
