@@ -3,7 +3,8 @@ the API and CLI call (run, deploy, scale, stop, remove, ps, logs, drain).
 
 Built by the node (``meshcloud/services.py``) after its transport and state exist; its
 ``run`` starts, in order: the runtimes this machine has (podman where available, the
-process runtime everywhere; ``MESHCLOUD_RUNTIMES=process`` narrows it), the stream
+process runtime everywhere; ``MESHCLOUD_RUNTIMES=process`` narrows it; podman itself
+starts when first needed, :mod:`apps.workloads.ondemand`), the stream
 protocols (``/meshcloud/logs/1``, ``/meshcloud/replicas/1``, ``/meshcloud/lease/1``),
 this node's offer (runtimes and images, in the ``offers`` table), then the reconciler.
 Stopping the agent leaves replicas running; the next agent adopts them.
@@ -16,6 +17,7 @@ import os
 import platform
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ from apps.workloads.messages import (
     NodeOffer,
 )
 from apps.workloads.offers import OFFERS, all_offers
+from apps.workloads.ondemand import OnDemandRuntime, graph_root, has_containers
 from apps.workloads.reconciler import Reconciler, read_claims, read_workloads
 from apps.workloads.spec import MAX_REPLICAS, WorkloadSpec, parse_spec, replica_name
 from apps.workloads.view import build_view, capacities_from_members
@@ -191,16 +194,34 @@ class WorkloadService:
             if not await runtime.available():
                 log.info("%s runtime not available on this machine", runtime.kind)
                 continue
-            try:
-                await nursery.start(self._supervise_runtime, runtime)
-            except (Exception, BaseExceptionGroup) as exc:
-                if isinstance(exc, BaseExceptionGroup) and exc.subgroup(
-                        lambda e: not isinstance(e, Exception)) is not None:
-                    raise  # a cancellation or KeyboardInterrupt: not ours to swallow
-                log.warning("%s runtime did not start: %s", runtime.kind, _first(exc))
+            root = graph_root(runtime)
+            if root is not None and not has_containers(root):
+                # nothing to adopt: start podman when something needs it (ondemand.py)
+                self.runtimes[runtime.kind] = OnDemandRuntime(
+                    runtime, partial(self._start_runtime, nursery, runtime, strict=True))
                 continue
-            self.runtimes[runtime.kind] = runtime
+            if await self._start_runtime(nursery, runtime):
+                self.runtimes[runtime.kind] = runtime
         self.reconciler.runtimes = self.runtimes
+
+    async def _start_runtime(self, nursery: trio.Nursery, runtime: Runtime, *,
+                             strict: bool = False) -> bool:
+        """Start ``runtime`` under supervision; False (or, ``strict``, a runtime error)
+        if it cannot start."""
+        try:
+            await nursery.start(self._supervise_runtime, runtime)
+        except (Exception, BaseExceptionGroup) as exc:
+            if isinstance(exc, BaseExceptionGroup) and exc.subgroup(
+                    lambda e: not isinstance(e, Exception)) is not None:
+                raise  # a cancellation or KeyboardInterrupt: not ours to swallow
+            log.warning("%s runtime did not start: %s", runtime.kind, _first(exc))
+            if strict:
+                raise WorkloadRuntimeError(
+                    "runtime_unavailable",
+                    f"{runtime.kind} runtime did not start: {_first(exc)}") from None
+            return False
+        log.info("%s runtime started", runtime.kind)
+        return True
 
     async def _supervise_runtime(self, runtime: Runtime, *,
                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -286,6 +307,9 @@ class WorkloadService:
         podman = self.runtimes.get("podman")
         if podman is None:
             raise WorkloadError("this node has no podman runtime", code="runtime_unavailable")
+        if isinstance(podman, OnDemandRuntime):
+            await podman.ensure_started()
+            podman = podman.inner
         results = await build_demo_images(podman)
         await self.publish_offer()
         return [{"image": r.reference, "built": r.built, "seconds": round(r.seconds, 3)}
