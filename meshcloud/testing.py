@@ -19,6 +19,22 @@ TEST_EPOCH_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z: the wall clock of tests that need one."""
 
 
+class TrioClock:
+    """Wall time that follows trio's (virtual, in tests) clock: with ``autojump_clock`` a
+    test's timestamps are as deterministic as its timeouts."""
+
+    def __init__(self, epoch_ms: int = TEST_EPOCH_MS) -> None:
+        self.epoch_ms = epoch_ms
+
+    def monotonic(self) -> float:
+        import trio
+
+        return trio.current_time()
+
+    def wall_ms(self) -> int:
+        return self.epoch_ms + int(self.monotonic() * 1000)
+
+
 @dataclass
 class TestMember:
     key: SigningKey

@@ -329,12 +329,25 @@ class Run:
         }
 
 
+def default_models() -> list[Any]:
+    """Models of the services on top of membership, each with its checkers."""
+    from sim.blobmodel import BlobSimModel
+
+    return [BlobSimModel()]
+
+
+def default_checkers() -> list[Any]:
+    from sim.blobchecks import NoAcknowledgedObjectLost
+    from sim.checkers import CHECKERS
+
+    return [*CHECKERS, NoAcknowledgedObjectLost()]
+
+
 def run(scenario: Scenario, *, out: Path | None, progress: bool = True,
         with_dht: bool = True, extra_checkers: list[Any] | None = None,
         models: list[Any] | None = None) -> RunResult:
-    from sim.checkers import CHECKERS
-
     started = time.monotonic()
+    models = default_models() if models is None else models
     sim = Run(scenario, with_dht=with_dht, models=models)
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -353,9 +366,7 @@ def run(scenario: Scenario, *, out: Path | None, progress: bool = True,
             sim.run(report)
     else:
         sim.run()
-    checkers = list(CHECKERS) + list(extra_checkers or [])
-    for model in sim.models:
-        checkers.extend(getattr(model, "checkers", lambda: [])())
+    checkers = default_checkers() + list(extra_checkers or [])
     results = run_checkers(sim.trace, scenario, checkers)
     figures = sim.figures()
     document = metrics_document(scenario, figures, results)

@@ -452,12 +452,18 @@ class TcpTransport:
             raise AuthError(f"a joining node may not open {protocol}")
         if self._nursery is None:
             raise TransportError("transport is not running")
-        conn = self._usable(peer)
-        if conn is None:
-            conn = await self._ensure_connection(peer)
-        else:
-            await trio.lowlevel.checkpoint()
-        return conn.open_stream(protocol)
+        for _ in range(3):
+            conn = self._usable(peer)
+            if conn is None:
+                conn = await self._ensure_connection(peer)
+            else:
+                await trio.lowlevel.checkpoint()
+            # the connection may have been retired (a simultaneous dial won) or lost while
+            # we waited: open on whichever is usable now, dialling again if none is
+            if conn.usable:
+                return conn.open_stream(protocol)
+        raise TransportError(f"no usable connection to {peer.hex()[:12]}: connections kept "
+                             f"closing while a stream was being opened")
 
     def _spawn_handler(self, handler: StreamHandler, stream: TcpStream) -> None:
         assert self._nursery is not None

@@ -16,7 +16,7 @@ from meshcloud.state.tables import (
     TableMembershipRecords,
     WorkloadRecord,
 )
-from meshcloud.testing import TestMesh
+from meshcloud.testing import TestMesh, TrioClock
 from meshcloud.transport.memory import MemoryNetwork
 
 
@@ -32,8 +32,11 @@ async def start_cluster(nursery, n, *, loss=0.0, seed=0):
         await nursery.start(t.run)
     drivers = []
     for i, t in enumerate(transports):
-        driver = StateDriver(t, MemoryKv(), lambda: ids, config=local(),
-                             rng=random.Random(seed * 100 + i))
+        def view(me=t.local_id):  # what membership gossip would say: the reachable peers
+            return [j for j in ids if network.reachable(me, j)]
+
+        driver = StateDriver(t, MemoryKv(), view, config=local(),
+                             rng=random.Random(seed * 100 + i), clock=TrioClock())
         for schema in CLUSTER_TABLES:
             driver.open_table(schema)
         await nursery.start(driver.run)
@@ -54,11 +57,13 @@ async def test_five_nodes_partition_then_heal_converge(nursery, autojump_clock):
     network.partition(set(ids[:2]), set(ids[2:]))
     await trio.sleep(5)
     drivers[0].put("workloads", "shared", WorkloadRecord(kind="service", spec={"side": "a"}))
+    await trio.sleep(0.5)  # on the virtual clock: side b writes strictly later
     drivers[4].put("workloads", "shared", WorkloadRecord(kind="site", spec={"side": "b"}))
     drivers[3].delete("workloads", "app1")
     drivers[1].put("workloads", "left-only", WorkloadRecord(kind="function"))
-    await trio.sleep(10)
-    assert len(set(roots(drivers[:2]))) == 1 and len(set(roots(drivers[2:]))) == 1
+    with trio.fail_after(30):
+        while len(set(roots(drivers[:2]))) != 1 or len(set(roots(drivers[2:]))) != 1:
+            await trio.sleep(1)
     assert roots(drivers)[0] != roots(drivers)[4]
     network.heal()
     with trio.fail_after(60):
