@@ -59,7 +59,9 @@ async def test_run_ps_logs_rm_from_different_nodes(mesh3, capsys):
     assert lines[0].split()[:3] == ["REPLICA", "NODE", "STATE"]
     assert [ln.split()[0] for ln in lines[1:]] == ["hello-0", "hello-1"]
     assert all(ln.split()[2] == "running" for ln in lines[1:])
-    code, out, _ = await cli(c, "logs", "hello", capsys=capsys)
+    with trio.fail_after(10):  # "running" can come before the processes printed
+        while len((out := (await cli(c, "logs", "hello", capsys=capsys))[1]).splitlines()) < 2:
+            await trio.sleep(0.05)
     assert sorted(out.splitlines()) == ["hello-0 | hello from hello-0",
                                         "hello-1 | hello from hello-1"]
     code, out, _ = await cli(c, "logs", "hello", "--replica", "1", capsys=capsys)

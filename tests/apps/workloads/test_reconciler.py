@@ -242,7 +242,13 @@ async def test_logs_of_a_replica_on_another_node(mesh3):
     placed = await wait_running(mesh3, "svc", 1)
     asker = next(m for m in mesh3.up() if m.node_id not in placed)
     targets = asker.service.log_targets("svc", None)
-    send, receive = trio.open_memory_channel(10)
-    await asker.service.stream_logs("svc", targets, follow=False, tail=None, send=send)
-    lines = [line async for line in receive]
+
+    async def read() -> list[str]:
+        send, receive = trio.open_memory_channel(10)
+        await asker.service.stream_logs("svc", targets, follow=False, tail=None, send=send)
+        return [line async for line in receive]
+
+    with trio.fail_after(10):  # "running" can come before the process printed its line
+        while not (lines := await read()):
+            await trio.sleep(0.05)
     assert lines == ["started svc-0"]
