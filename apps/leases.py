@@ -168,11 +168,25 @@ class HolderCore:
             return lease
         return None
 
+    def observe_term(self, workload: str, term: int) -> None:
+        """A term seen elsewhere (the claim of the last holder): the next new lease asks
+        for a higher one at once instead of learning it from refusals."""
+        if term > self._terms.get(workload, 0):
+            self._terms[workload] = term
+
+    def known_term(self, workload: str) -> int:
+        """The highest term this holder knows of for ``workload`` (0: none)."""
+        return self._terms.get(workload, 0)
+
     def request(self, workload: str, granters: tuple[bytes, ...], now: float
                 ) -> list[tuple[bytes, LeaseRequest]]:
         """Start (or renew) a lease; returns (granter, request) pairs to send."""
         held = self.holds(workload, now)
-        term = held.term if held is not None else self._terms.get(workload, 0) + 1
+        known = self._terms.get(workload, 0)
+        # renew with the held term; move to a new one when refusals taught of a higher
+        # term (granters refuse stale terms forever, so keeping the old one would lose the
+        # lease): the holder is the same, so the new term only raises its fencing token
+        term = held.term if held is not None and held.term >= known else known + 1
         self._terms[workload] = max(self._terms.get(workload, 0), term)
         self._next_id += 1
         attempt = _Attempt(self._next_id, term, now, tuple(granters))

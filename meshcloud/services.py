@@ -32,8 +32,8 @@ class Service(Protocol):
 
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
-    services: list[Any] = []
+    from apps.workloads.service import WorkloadService
     from blobstore.node_service import BlobService
 
-    services.append(BlobService(node))
+    services: list[Any] = [WorkloadService(node), BlobService(node)]
     return services

@@ -64,6 +64,18 @@ CORE_GLOBS = [
     "apps/runtimes/health.py",
     "apps/runtimes/spec.py",
     "apps/runtimes/errors.py",
+    "apps/leases.py",
+    "apps/workloads/admission.py",
+    "apps/workloads/config.py",
+    "apps/workloads/core.py",
+    "apps/workloads/errors.py",
+    "apps/workloads/messages.py",
+    "apps/workloads/offers.py",
+    "apps/workloads/outputs.py",
+    "apps/workloads/planner.py",
+    "apps/workloads/spec.py",
+    "apps/workloads/view.py",
+    "sim/workloadmodel.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

@@ -188,6 +188,18 @@ class PodmanRuntime:
             return None
         return dict((resp.json().get("Config") or {}).get("Labels") or {})
 
+    async def list_images(self) -> list[str]:
+        """Every tagged image reference in the node's store (``repo:tag``), sorted."""
+        client = self._need_running()
+        resp = await self._api(client.api.get, "/images/json")
+        if resp.status_code != 200:
+            raise WorkloadRuntimeError(ErrorCode.BACKEND,
+                                       f"image list failed: {resp.text[:300]}")
+        names = {str(tag) for image in resp.json() or []
+                 for tag in image.get("RepoTags") or image.get("Names") or []
+                 if tag and not str(tag).startswith("<none>")}
+        return sorted(names)
+
     async def import_image(self, rootfs_tar: bytes, reference: str,
                            changes: list[str]) -> str:
         """``podman import``: a rootfs tarball becomes image ``reference``; returns its id."""

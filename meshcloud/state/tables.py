@@ -71,7 +71,7 @@ class ReplicaState:
     FAILED = "failed"
 
 
-@message(RECORDS + 2)
+@message(RECORDS + 2, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaClaim:
     node: bytes
@@ -82,6 +82,8 @@ class ReplicaClaim:
     restarts: int = 0
     updated_ms: int = 0
     generation: int = 0
+    message: str = ""
+    """Why it is not running, in words (version 2): a start error, the last exit."""
 
 
 @message(RECORDS + 3)

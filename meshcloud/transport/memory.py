@@ -440,7 +440,10 @@ class MemoryTransport:
         conn = self._connection_to(peer)
         if conn is None and not self._addresses.get(peer):
             return
-        self._nursery.start_soon(self._deliver_datagram, conn, peer, protocol, payload)
+        try:
+            self._nursery.start_soon(self._deliver_datagram, conn, peer, protocol, payload)
+        except RuntimeError:
+            return  # shutting down: the nursery takes no new tasks (never raise, as documented)
 
     async def _deliver_datagram(self, conn: _Connection | None, peer: NodeId, protocol: str,
                                 payload: bytes) -> None:

@@ -8,12 +8,13 @@ address resolution, and exchanging handshake messages.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 
 import trio
 
-from meshcloud.errors import AuthError, RemoteProtocolError, TransportError
+from meshcloud.errors import AuthError, ConfigError, RemoteProtocolError, TransportError
 from meshcloud.transport.addresses import parse_address
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 
@@ -43,7 +44,31 @@ async def bind(address: str) -> socket.socket:
     return sock
 
 
-async def connect(host: str, port: int, address: str) -> socket.socket:
+def source_for(listen: list[str], target: str) -> str | None:
+    """Where a connection to ``target`` starts from: for a loopback target, the first
+    loopback address this node listens on, so that several nodes on one machine, each on
+    its own 127.x address, connect *from* that address and can be partitioned by source
+    with iptables. Otherwise None: the kernel picks (a multi-homed machine's routing
+    knows better than a listen address)."""
+    try:
+        if not ipaddress.ip_address(target).is_loopback:
+            return None
+    except ValueError:
+        return None
+    for spec in listen:
+        try:
+            host, _ = parse_address(spec)
+            ip = ipaddress.ip_address(host)
+        except (ConfigError, ValueError):
+            continue
+        if ip.is_loopback and ip.version == ipaddress.ip_address(target).version:
+            # 127.0.0.1 and ::1 are what the kernel picks anyway: leave its path alone
+            return None if str(ip) in ("127.0.0.1", "::1") else str(ip)
+    return None
+
+
+async def connect(host: str, port: int, address: str, *,
+                  listen: list[str] | None = None) -> socket.socket:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -53,6 +78,9 @@ async def connect(host: str, port: int, address: str) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         try:
             tune(sock)
+            source = source_for(listen or [], sockaddr[0])
+            if source is not None:
+                sock.bind((source, 0))
             try:
                 sock.connect(sockaddr)
             except BlockingIOError:

@@ -287,7 +287,7 @@ class TcpTransport:
             raise TransportError(str(exc)) from None
         sock = None
         with trio.move_on_after(self.config.connect_timeout):
-            sock = await connect(host, port, address)
+            sock = await connect(host, port, address, listen=self._listen_spec)
         if sock is None:
             raise TransportError(f"cannot reach {address}: connection timed out")
         try:

@@ -94,3 +94,35 @@ def test_no_two_holders_ever_overlap(data):
             holders[holder_id].on_reply(granter_id, reply, now)
         holding = [h for h, core in holders.items() if core.holds("db", now)]
         assert len(holding) <= 1, f"two holders at {now}: {holding}"
+
+
+def test_holder_moves_to_a_higher_term_when_granters_know_one():
+    """After a partition heals, granters that saw a higher term from the other side refuse
+    renewals at the old term; the holder then renews at a higher term and keeps its lease."""
+    granters = {g: GranterCore(g) for g in GRANTER_IDS}
+    holder, rival = HolderCore(HOLDER_IDS[0]), HolderCore(HOLDER_IDS[1])
+
+    def renew(now, reach):
+        lease = None
+        replies = []
+        for g, r in holder.request("db", GRANTER_IDS, now=now):
+            if g in reach:
+                reply = granters[g].on_request(r, GRANTER_IDS, now)
+                replies.append(reply)
+                lease = holder.on_reply(g, reply, now) or lease
+        return lease, replies
+
+    side = GRANTER_IDS[:3]
+    for now in (0.0, 3.0, 6.0, 9.0):
+        lease, _ = renew(now, side)
+        assert lease is not None and lease.term == 1
+    for _ in range(5):  # the rival, cut off with the two other granters, bumps its term
+        for g, r in rival.request("db", GRANTER_IDS, now=1.0)[3:]:
+            rival.on_reply(g, granters[g].on_request(r, GRANTER_IDS, 1.0), 1.0)
+    assert granters[GRANTER_IDS[4]].highest_term["db"] == 5
+    lease, replies = renew(12.0, GRANTER_IDS)  # healed; the rival's grants have expired
+    assert [r.reason for r in replies[3:]] == ["term is stale"] * 2
+    assert lease is not None and lease.term == 1  # the three on its side still renew
+    lease, replies = renew(13.0, GRANTER_IDS)
+    assert all(r.granted for r in replies)
+    assert lease is not None and lease.term == 6 and lease.valid_until > 20

@@ -170,6 +170,12 @@ async def _health_is(rt: PodmanRuntime, name: str, want: HealthState):
     return st if st.health is want else None
 
 
+async def test_list_images_names_the_demo_images(rt):
+    images = await rt.list_images()
+    assert DEMO_BASE_IMAGE in images and DEMO_WEB_IMAGE in images
+    assert images == sorted(images) and not any(i.startswith("<none>") for i in images)
+
+
 async def test_unknown_image_is_refused_and_nothing_is_created(rt, data_dir):
     with pytest.raises(WorkloadRuntimeError) as info:
         await rt.start(ContainerSpec(name="ghost", image="localhost/meshcloud/nope:1"))

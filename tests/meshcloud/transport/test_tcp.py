@@ -474,3 +474,33 @@ async def test_handler_that_returns_early_resets_the_peers_side(nursery):
     with trio.fail_after(5), pytest.raises(StreamReset, match="handler finished"):
         while True:  # ...and ours is refused: nobody reads it any more
             await stream.send(b"more")
+
+
+async def test_dials_start_from_the_loopback_address_the_node_listens_on(nursery):
+    """Nodes on their own 127.x addresses connect from them (iptables can cut them apart)."""
+    mesh = TestMesh.with_members(2)
+    a = TcpTransport(mesh.members[0].key, mesh.members[0].authenticator,
+                     listen=["127.0.0.21:0"])
+    b = TcpTransport(mesh.members[1].key, mesh.members[1].authenticator,
+                     listen=["127.0.0.22:0"])
+    b.serve(ECHO, echo)
+    events = b.peer_events()
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    await a.dial(b.listen_addresses[0])
+    with trio.fail_after(5):
+        event = await events.receive()
+    assert isinstance(event, PeerConnected) and event.address.startswith("127.0.0.21:")
+    assert await round_trip(a, b.local_id) == b"ping"
+
+
+def test_source_address_rule():
+    from meshcloud.transport.sockets import source_for
+
+    assert source_for(["127.0.0.11:7946"], "127.0.0.12") == "127.0.0.11"
+    assert source_for(["0.0.0.0:7946", "127.0.0.11:1"], "127.0.0.12") == "127.0.0.11"
+    assert source_for(["127.0.0.11:7946"], "192.168.1.9") is None  # routing decides
+    assert source_for(["0.0.0.0:7946"], "127.0.0.12") is None
+    assert source_for(["[::1]:7946"], "127.0.0.12") is None
+    assert source_for(["[::1]:7946"], "::1") is None  # the kernel's own choice
+    assert source_for(["127.0.0.1:7946"], "127.0.0.12") is None
