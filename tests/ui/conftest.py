@@ -9,6 +9,7 @@ if there are any. Screenshots go to ``artifacts/ui/`` (gitignored).
 from __future__ import annotations
 
 import shutil
+import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sim.agents import Agent, LocalCluster
+from sim.agents import Agent, LocalCluster, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -42,7 +43,30 @@ def mesh(request: pytest.FixtureRequest,
     try:
         yield cluster
     finally:
-        cluster.close()
+        try:
+            remove_workloads(cluster)
+        finally:
+            cluster.close()
+
+
+def remove_workloads(cluster: LocalCluster, timeout: float = 30.0) -> None:
+    """Remove every workload and wait until no agent runs a replica: process replicas
+    live in their own sessions and would outlive agents killed by ``close``."""
+    live = [a for a in cluster.agents if a.running]
+    if not live:
+        return
+    try:
+        names = [w["name"] for w in live[0].get("/v1/workloads")["workloads"]]
+    except urllib.error.HTTPError:
+        return  # no workload service
+    for name in names:
+        live[0].api_call("DELETE", f"/v1/workloads/{name}")
+
+    def idle() -> bool:
+        return all(not a.get("/v1/status").get("workloads", {}).get("running_here")
+                   for a in live if a.running)
+
+    wait_until(idle, timeout, interval=0.2, message="replicas stopped")
 
 
 @pytest.fixture(scope="module")
