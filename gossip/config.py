@@ -129,10 +129,12 @@ class GossipConfig:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    dead_retention: float = 60.0
-    """Seconds a DEAD or LEFT member is kept before it is reaped (forgotten). Long enough
-    that late, stale Alives (queued elsewhere, or in a sync from a lagging node) cannot
-    resurrect it: news spreads in ~1-2 s; a restarted node outbids it anyway."""
+    dead_retention: float = 300.0
+    """Seconds a DEAD or LEFT member is kept before it is reaped (forgotten). While kept,
+    stale Alives (queued elsewhere, or in a sync from a lagging node) cannot resurrect it,
+    and each push-pull period may try to *reconnect* to one dead member, which reunites
+    the two sides of a healed partition (Serf keeps failed members far longer, 24 h).
+    A restarted node outbids its dead entry anyway. Memory: ~150 bytes per dead member."""
 
     proof_window: float = 30.0
     """Seconds after a node first appears during which Alives about it carry its
@@ -200,7 +202,7 @@ class GossipConfig:
                              suspicion_mult=1.5,
                              suspicion_max_timeout_mult=6.0, gossip_interval=0.5,
                              gossip_nodes=4, retransmit_mult=4, push_pull_interval=60.0,
-                             gossip_to_the_dead_time=60.0, dead_retention=300.0,
+                             gossip_to_the_dead_time=60.0, dead_retention=900.0,
                              leave_timeout=5.0, sync_timeout=30.0)
 
     @classmethod
@@ -209,7 +211,7 @@ class GossipConfig:
         return cls().replace(probe_interval=0.2, probe_timeout=0.08, indirect_timeout=0.08,
                              suspicion_mult=0.5,
                              gossip_interval=0.05, push_pull_interval=5.0,
-                             gossip_to_the_dead_time=5.0, dead_retention=10.0,
+                             gossip_to_the_dead_time=5.0, dead_retention=30.0,
                              proof_window=5.0, capacity_interval=1.0, leave_timeout=1.0,
                              sync_timeout=5.0)
 

@@ -138,6 +138,7 @@ class SwimCore:
         self._timer_counter = 0
         self._seq = rng.getrandbits(32)
         self._revoked: set[bytes] = set()
+        self._seeds: list[bytes] = []
         self._started = now
         self._left = False
         self._leave_reported = False
@@ -207,7 +208,13 @@ class SwimCore:
     # === commands =========================================================================
 
     def join(self, seeds: Iterable[bytes], now: float) -> list[Output]:
-        """Start a full-state sync with each seed (node ids the driver has dialled)."""
+        """Start a full-state sync with each seed (node ids the driver has dialled).
+
+        The seeds are remembered: while this node knows no other live member (every seed
+        was down, or all its peers died), each push-pull period syncs with them again."""
+        seeds = [seed for seed in seeds if seed != self.node_id]
+        if seeds:
+            self._seeds = seeds
         msg = PushPull(join=True, entries=self._local_state())
         out: list[Output] = []
         for seed in seeds:
@@ -447,10 +454,24 @@ class SwimCore:
         n = self.table.live_count
         self._next_push_pull = now + push_pull_interval(config.push_pull_interval, n,
                                                         config.push_pull_scale_threshold)
+        state = None
         peers = self.table.random_members(1, (self.node_id,))
         if peers and self.table.members[peers[0]].state is MemberState.ALIVE:
+            state = PushPull(join=False, entries=self._local_state())
             self.counters.syncs_started += 1
-            out.append(Sync(peers[0], PushPull(join=False, entries=self._local_state())))
+            out.append(Sync(peers[0], state))
+        # Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed
+        # partition, with us dead in its view; nothing else would ever reunite us. Try
+        # one, more often the larger the dead share; a node left alone tries several.
+        dead = self.table.counts[MemberState.DEAD]
+        if dead and self.random.random() < dead / max(1, n):
+            tries = config.gossip_nodes if n <= 1 else 1
+            for target in self.table.random_dead(tries):
+                state = state or PushPull(join=False, entries=self._local_state())
+                self.counters.syncs_started += 1
+                out.append(Sync(target, state))
+        if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
+            out.extend(self.join(self._seeds, now))
 
     def _capacity_tick(self, now: float, out: list[Output]) -> None:
         self._next_capacity = None

@@ -135,6 +135,24 @@ class MemberTable:
         extra = min(k - len(chosen), len(candidates))
         return chosen + self.random.sample(candidates, extra)
 
+    def random_dead(self, k: int = 1) -> list[bytes]:
+        """Up to ``k`` distinct random DEAD members (not LEFT: they said goodbye)."""
+        if not self.counts[MemberState.DEAD] or k <= 0:
+            return []
+        ids = self._ids
+        chosen: list[bytes] = []
+        for _ in range(16 * k):
+            node_id = ids[self.random.randrange(len(ids))]
+            member = self.members.get(node_id)
+            if (member is not None and member.state is MemberState.DEAD
+                    and node_id not in chosen):
+                chosen.append(node_id)
+                if len(chosen) == k:
+                    return chosen
+        rest = [i for i, m in self.members.items()
+                if m.state is MemberState.DEAD and i not in chosen]
+        return chosen + self.random.sample(rest, min(k - len(chosen), len(rest)))
+
     def _eligible(self, node_id: bytes, exclude: tuple[bytes, ...],
                   dead_since: float | None) -> bool:
         if node_id in exclude:
