@@ -44,27 +44,15 @@ forgotten (its timer cannot fire); no work per message is O(N) (only push-pull i
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import random
 from collections.abc import Iterable
 
 from gossip.awareness import Awareness
 from gossip.capacity import Capacity, significant_change
 from gossip.config import GossipConfig
-from gossip.formulas import confirmations_needed, push_pull_interval, suspicion_timeout
+from gossip.formulas import push_pull_interval
 from gossip.hooks import GossipHooks
-from gossip.member import (
-    MAX_INCARNATION,
-    Member,
-    MemberInfo,
-    MemberState,
-    alive_overrides,
-    dead_overrides,
-    refutation_incarnation,
-    refutes,
-    suspect_confirms,
-    suspect_overrides,
-)
+from gossip.member import MAX_INCARNATION, Member, MemberInfo, MemberState
 from gossip.messages import (
     Ack,
     Alive,
@@ -76,48 +64,25 @@ from gossip.messages import (
     Ping,
     PingReq,
     PushPull,
-    PushPullEntry,
     Suspect,
     leave_bytes,
 )
-from gossip.outputs import (
-    LeaveSpread,
-    MemberFailed,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberSuspected,
-    MemberUpdated,
-    Output,
-    Refuted,
-    Send,
-    Sync,
-)
-from gossip.probe import ProbeRound, Relay, Stage, failure_health_delta
+from gossip.news import NewsApplier
+from gossip.outputs import LeaveSpread, MemberReaped, Output, Send, Sync
+from gossip.probe import RELAY_SHARE, Prober, ProbeRound, Relay
 from gossip.queue import TransmitQueue
 from gossip.stats import Counters, GossipStatistics
 from gossip.suspicion import Suspicion
 from gossip.table import MemberTable
+from gossip.timers import TimerHeap, TimerKind
 from meshcloud.codec.messages import encode_message
 from meshcloud.errors import LocalProtocolError
 
 PRIMARY_RESERVE = 64
 """Bytes of a packet's budget kept for its primary message (a Ping is ~50 bytes)."""
 
-MAX_INCARNATION_JUMP = 1 << 32
-"""Suspect/Dead news more than this above the incarnation we know is refused: it could
-only come from a member trying to push the accused past the incarnations it can sign."""
 
-RELAY_SHARE = 0.8
-"""A relay sends its Nack after this share of the requester's indirect window
-(``indirect_timeout``), so the Nack lands before the requester's round ends
-(Lifeguard counts only nacks that arrive in time)."""
-
-# Timer kinds in the heap (periodic ticks have their own fields).
-_ROUND, _RELAY, _SUSPICION, _REAP = range(4)
-
-
-class SwimCore:
+class SwimCore(Prober, NewsApplier):
     def __init__(self, node_id: bytes, config: GossipConfig, hooks: GossipHooks,
                  rng: random.Random, *, now: float, addresses: Iterable[str] = (),
                  capacity: Capacity | None = None, incarnation: int = 0) -> None:
@@ -134,12 +99,11 @@ class SwimCore:
         self._suspicions: dict[bytes, Suspicion] = {}
         self._rounds: dict[bytes, ProbeRound] = {}
         self._acks: dict[int, ProbeRound | Relay] = {}
-        self._timers: list[tuple[float, int, int, object]] = []
-        self._timer_counter = 0
+        self.timers = TimerHeap(self._timer_valid)
         self._seq = rng.getrandbits(32)
         self._revoked: set[bytes] = set()
         self._seeds: list[bytes] = []
-        self._started = now
+        self._joining = False
         self._left = False
         self._leave_reported = False
         self._incarnation = incarnation
@@ -195,10 +159,7 @@ class SwimCore:
         )
 
     def next_deadline(self) -> float | None:
-        timers = self._timers
-        while timers and not self._timer_valid(timers[0]):
-            heapq.heappop(timers)
-        best = timers[0][0] if timers else None
+        best = self.timers.peek()
         for when in (self._next_probe, self._next_gossip, self._next_push_pull,
                      self._next_capacity):
             if when is not None and (best is None or when < best):
@@ -218,9 +179,9 @@ class SwimCore:
         msg = PushPull(join=True, entries=self._local_state())
         out: list[Output] = []
         for seed in seeds:
-            if seed != self.node_id:
-                self.counters.syncs_started += 1
-                out.append(Sync(seed, msg))
+            self.counters.syncs_started += 1
+            out.append(Sync(seed, msg))
+        self._joining = bool(seeds)
         return out
 
     def leave(self, now: float) -> list[Output]:
@@ -303,6 +264,7 @@ class SwimCore:
             m.first_seen = old
             self.table.add(m, proof)
             added += 1
+        self._reschedule_push_pull(now)
         return added
 
     # === inputs ===========================================================================
@@ -324,21 +286,25 @@ class SwimCore:
 
     def on_push_pull(self, peer: bytes, msg: PushPull,
                      now: float) -> tuple[PushPull, list[Output]]:
-        """Serve a sync: our state (as it was before merging) and the merge's outputs."""
-        reply = PushPull(join=False, entries=self._local_state())
-        if peer != self.node_id and (peer in self.table.members
-                                     or self.hooks.membership.is_member(peer, None)):
-            self.counters.syncs_received += 1
-            out = self._merge(peer, msg, now)
-        else:
+        """Serve a sync: our state (as it was before merging) and the merge's outputs.
+
+        A sender that is not a member gets an empty state and changes nothing."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
             self.counters.dropped_non_member += 1
-            out = []
-        return reply, out
+            return PushPull(join=False, entries=()), []
+        reply = PushPull(join=False, entries=self._local_state())
+        self.counters.syncs_received += 1
+        return reply, self._merge(peer, msg, now)
 
     def on_push_pull_reply(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
         if peer == self.node_id:
             return []
-        return self._merge(peer, msg, now)
+        out = self._merge(peer, msg, now)
+        if self._joining:  # a join is a full sync: the periodic one can wait a period
+            self._joining = False
+            self._reschedule_push_pull(now)
+        return out
 
     def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
         """A sync could not complete (peer unreachable). Nothing to undo: SWIM will probe."""
@@ -357,11 +323,8 @@ class SwimCore:
 
     def on_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
-        timers = self._timers
         while True:
-            while timers and not self._timer_valid(timers[0]):
-                heapq.heappop(timers)
-            when = timers[0][0] if timers else None
+            when = self.timers.peek()
             which = 0
             for i, tick in enumerate((self._next_probe, self._next_gossip,
                                       self._next_push_pull, self._next_capacity), 1):
@@ -370,7 +333,7 @@ class SwimCore:
             if when is None or when > now:
                 return out
             if which == 0:
-                _, _, kind, key = heapq.heappop(timers)
+                kind, key = self.timers.pop()
                 self._fire(kind, key, now, out)
             elif which == 1:
                 self._probe_tick(now, out)
@@ -383,34 +346,29 @@ class SwimCore:
 
     # === timers ===========================================================================
 
-    def _schedule(self, when: float, kind: int, key: object) -> None:
-        self._timer_counter += 1
-        heapq.heappush(self._timers, (when, self._timer_counter, kind, key))
-
-    def _timer_valid(self, entry: tuple[float, int, int, object]) -> bool:
-        when, _, kind, key = entry
-        if kind == _ROUND:
+    def _timer_valid(self, when: float, kind: TimerKind, key: object) -> bool:
+        if kind is TimerKind.ROUND:
             rnd = self._rounds.get(key)  # type: ignore[arg-type]
             return rnd is not None and rnd.next_at == when
-        if kind == _RELAY:
+        if kind is TimerKind.RELAY:
             relay = self._acks.get(key)  # type: ignore[arg-type]
             return type(relay) is Relay and not relay.answered and relay.deadline == when
-        if kind == _SUSPICION:
+        if kind is TimerKind.SUSPICION:
             suspicion = self._suspicions.get(key)  # type: ignore[arg-type]
             return suspicion is not None and suspicion.deadline() == when
         m = self.table.get(key)  # type: ignore[arg-type]
         return m is not None and m.state.gone and (
             m.changed_at + self.config.dead_retention == when)
 
-    def _fire(self, kind: int, key: object, now: float, out: list[Output]) -> None:
-        if kind == _ROUND:
+    def _fire(self, kind: TimerKind, key: object, now: float, out: list[Output]) -> None:
+        if kind is TimerKind.ROUND:
             self._round_timer(self._rounds[key], now, out)  # type: ignore[index]
-        elif kind == _RELAY:
+        elif kind is TimerKind.RELAY:
             relay = self._acks.pop(key)  # type: ignore[arg-type]
             assert type(relay) is Relay
             relay.answered = True
             self._send(relay.requester, Nack(seq=relay.requester_seq), now, out)
-        elif kind == _SUSPICION:
+        elif kind is TimerKind.SUSPICION:
             self._suspicion_expired(self._suspicions[key], now, out)  # type: ignore[index]
         else:
             self.table.remove(key)  # type: ignore[arg-type]
@@ -473,6 +431,16 @@ class SwimCore:
         if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
             out.extend(self.join(self._seeds, now))
 
+    def _reschedule_push_pull(self, now: float) -> None:
+        """Next sync at a random point of the period for the current N (after a join or
+        a warm start, so 5,000 nodes do not all sync in the same first half minute)."""
+        if self._next_push_pull is None:
+            return
+        config = self.config
+        period = push_pull_interval(config.push_pull_interval, self.table.live_count,
+                                    config.push_pull_scale_threshold)
+        self._next_push_pull = now + period * self.random.uniform(0.5, 1.0)
+
     def _capacity_tick(self, now: float, out: list[Output]) -> None:
         self._next_capacity = None
         if not self._left and significant_change(self._capacity, self._latest_capacity):
@@ -517,126 +485,7 @@ class SwimCore:
             self._leave_reported = True
             out.append(LeaveSpread())
 
-    # === probing ==========================================================================
-
-    def _start_round(self, m: Member, now: float, out: list[Output], *, escalate: bool,
-                     relay: Relay | None = None) -> None:
-        config = self.config
-        seq = relay.seq if relay is not None else self._next_seq()
-        ack_deadline = (relay.deadline if relay is not None
-                        else now + self.awareness.scale(config.probe_timeout))
-        rnd = ProbeRound(m.node_id, seq, start=now, ack_deadline=ack_deadline,
-                         end=now + self.awareness.scale(config.probe_timeout
-                                                        + config.indirect_timeout),
-                         escalate=escalate, relay=relay)
-        self._rounds[m.node_id] = rnd
-        self._acks[seq] = rnd
-        self._schedule(rnd.next_at, _ROUND, m.node_id)
-        self.counters.probes_started += 1
-        if relay is None:
-            self._send(m.node_id, Ping(seq=seq, target=m.node_id), now, out,
-                       self._buddy(m))
-
-    def _buddy(self, m: Member) -> tuple[Broadcastable, ...]:
-        """Lifeguard's buddy system: tell a suspect (or a node we hold dead) about it."""
-        if m.state is MemberState.SUSPECT:
-            suspicion = self._suspicions.get(m.node_id)
-            accuser = suspicion.accuser if suspicion is not None else self.node_id
-            return (Suspect(node=m.node_id, incarnation=m.incarnation, from_node=accuser),)
-        if m.state is MemberState.DEAD:
-            return (Dead(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id),)
-        return ()
-
-    def _round_timer(self, rnd: ProbeRound, now: float, out: list[Output]) -> None:
-        if rnd.stage is Stage.DIRECT:
-            if rnd.relay is not None and not rnd.relay.answered:
-                rnd.relay.answered = True
-                self._send(rnd.relay.requester, Nack(seq=rnd.relay.requester_seq), now, out)
-            rnd.stage = Stage.INDIRECT
-            target = rnd.target
-            relays = self.table.random_members(self.config.indirect_checks,
-                                               (self.node_id, target))
-            rnd.expected_nacks = len(relays)
-            req = PingReq(seq=rnd.seq, target=target, escalate=rnd.escalate)
-            for relay in relays:
-                self._send(relay, req, now, out)
-            self.counters.indirect_probes += len(relays)
-            m = self.table.get(target)
-            if m is not None:
-                self._send(target, Ping(seq=rnd.seq, target=target), now, out, self._buddy(m))
-            self._schedule(rnd.next_at, _ROUND, target)
-            return
-        # The round ended without an ack.
-        self._end_round(rnd)
-        self.counters.probes_failed += 1
-        self.awareness.apply_delta(failure_health_delta(rnd.expected_nacks, rnd.nacks))
-        if rnd.final:
-            self._last_check_done(rnd, False, now, out)
-            return
-        m = self.table.get(rnd.target)
-        if m is None or m.state.gone or self._left:
-            return
-        suspect = Suspect(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id)
-        self._apply_suspect(m, suspect, now, out)
-        self._send(m.node_id, suspect, now, out)  # let it refute at once
-        if rnd.relay is not None and rnd.relay.requester in self.table.members:
-            self._send(rnd.relay.requester, suspect, now, out)  # our confirmation
-
-    def _end_round(self, rnd: ProbeRound) -> None:
-        self._rounds.pop(rnd.target, None)
-        if self._acks.get(rnd.seq) is rnd:
-            del self._acks[rnd.seq]
-
-    def _clear_rounds(self) -> None:
-        self._rounds.clear()
-        self._acks = {seq: a for seq, a in self._acks.items() if type(a) is Relay}
-
-    def _on_ack(self, peer: bytes, ack: Ack, now: float, out: list[Output]) -> None:
-        entry = self._acks.get(ack.seq)
-        if entry is None:
-            self.counters.dropped_stale_seq += 1
-            return
-        if type(entry) is Relay:
-            del self._acks[ack.seq]
-            if not entry.answered:
-                entry.answered = True
-                self._send(entry.requester, Ack(seq=entry.requester_seq), now, out)
-            return
-        rnd = entry
-        assert type(rnd) is ProbeRound
-        relay = rnd.relay
-        if relay is not None and not relay.answered:
-            relay.answered = True
-            self._send(relay.requester, Ack(seq=relay.requester_seq), now, out)
-        if rnd.stage is Stage.DIRECT and now <= rnd.ack_deadline:
-            self.awareness.apply_delta(-1)
-        self._end_round(rnd)
-        if rnd.final:
-            self._last_check_done(rnd, True, now, out)
-
-    def _on_nack(self, nack: Nack) -> None:
-        entry = self._acks.get(nack.seq)
-        if type(entry) is ProbeRound and entry.stage is Stage.INDIRECT:
-            entry.nacks += 1
-
-    def _on_ping_req(self, peer: bytes, req: PingReq, now: float, out: list[Output]) -> None:
-        if req.target == self.node_id:
-            self._send(peer, Ack(seq=req.seq), now, out)
-            return
-        seq = self._next_seq()
-        relay = Relay(seq, req.target, peer, req.seq, now + self._relay_timeout)
-        m = self.table.get(req.target)
-        self._send(req.target, Ping(seq=seq, target=req.target), now, out,
-                   self._buddy(m) if m is not None else ())
-        if (req.escalate and m is not None and not m.state.gone and not self._left
-                and req.target not in self._rounds):
-            # Our ping doubles as the first step of our own round (never escalating).
-            self._start_round(m, now, out, escalate=False, relay=relay)
-            return
-        self._acks[seq] = relay
-        self._schedule(relay.deadline, _RELAY, seq)
-
-    # === news =============================================================================
+    # === inbound ==========================================================================
 
     def _dispatch(self, peer: bytes, msg: object, now: float, out: list[Output]) -> None:
         kind = type(msg)
@@ -659,262 +508,3 @@ class SwimCore:
             self._on_ping_req(peer, msg, now, out)  # type: ignore[arg-type]
         elif kind is Nack:
             self._on_nack(msg)  # type: ignore[arg-type]
-
-    def _verify_alive(self, alive: Alive) -> bool:
-        ok = self.hooks.verifier.verify(alive.node, alive.public_key, alive.signed_bytes(),
-                                        alive.signature)
-        if not ok:
-            self.counters.dropped_bad_signature += 1
-        return ok
-
-    def _on_alive(self, alive: Alive, now: float, out: list[Output]) -> None:
-        node = alive.node
-        if node == self.node_id:
-            self._alive_about_self(alive, now, out)
-            return
-        m = self.table.get(node)
-        if m is not None and not alive_overrides(m.state, m.incarnation, alive.incarnation):
-            return  # stale or duplicate: the common case
-        if node in self._revoked:
-            self.counters.dropped_non_member += 1
-            return
-        if not self._verify_alive(alive):
-            return
-        proof = alive.proof
-        stripped = dataclasses.replace(alive, proof=b"") if proof else alive
-        if m is None:
-            if not self.hooks.membership.is_member(node, proof):
-                if proof:
-                    self.counters.dropped_non_member += 1
-                else:
-                    self.counters.dropped_no_proof += 1
-                return
-            m = Member(stripped, now=now)
-            self.table.add(m, proof)
-            self._queue_news(m, alive, now)
-            out.append(MemberJoined(m.info()))
-            return
-        previous = m.state
-        m.alive = stripped
-        if proof and node not in self.table.proofs:
-            self.table.proofs[node] = proof
-        self._suspicions.pop(node, None)
-        self.table.set_state(m, MemberState.ALIVE, alive.incarnation, now)
-        self._queue_news(m, alive, now)
-        if previous.gone:
-            self.table.leave_signatures.pop(node, None)
-            out.append(MemberJoined(m.info()))
-        else:
-            out.append(MemberUpdated(m.info(), refuted=previous is MemberState.SUSPECT))
-
-    def _alive_about_self(self, alive: Alive, now: float, out: list[Output]) -> None:
-        if self._left or alive.incarnation < self._incarnation:
-            return
-        if alive.incarnation == self._incarnation and alive.same_statement(self._me.alive):
-            return
-        # A statement of ours we did not make in this life: an older run of this node
-        # (restarted with the same key), or a forgery. Outbid it.
-        if not self._verify_alive(alive):
-            return
-        self._announce(refutation_incarnation(self._incarnation, alive.incarnation), now, out)
-
-    def _on_suspect(self, peer: bytes, s: Suspect, now: float, out: list[Output]) -> None:
-        node = s.node
-        if node == self.node_id:
-            self._accused(peer, s.from_node, s.incarnation, now, out)
-            return
-        m = self.table.get(node)
-        if m is None:
-            self.counters.ignored_unknown += 1
-            return
-        if s.incarnation > m.incarnation + MAX_INCARNATION_JUMP:
-            self.counters.dropped_bad_signature += 1
-            return
-        if (suspect_confirms(m.state, m.incarnation, s.incarnation)
-                or suspect_overrides(m.state, m.incarnation, s.incarnation)):
-            self._apply_suspect(m, s, now, out)
-
-    def _apply_suspect(self, m: Member, s: Suspect, now: float, out: list[Output]) -> None:
-        if suspect_confirms(m.state, m.incarnation, s.incarnation):
-            suspicion = self._suspicions.get(m.node_id)
-            if suspicion is not None and suspicion.confirm(s.from_node):
-                self._schedule(suspicion.deadline(), _SUSPICION, m.node_id)
-                self._queue_news(m, s, now)
-            return
-        config = self.config
-        n = self.table.live_count
-        min_timeout = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
-        suspicion = Suspicion(m.node_id, s.incarnation, s.from_node, start=now,
-                              k=confirmations_needed(config.suspicion_confirmations, n),
-                              min_timeout=min_timeout,
-                              max_timeout=min_timeout * config.suspicion_max_timeout_mult)
-        self._suspicions[m.node_id] = suspicion
-        self.table.set_state(m, MemberState.SUSPECT, s.incarnation, now)
-        self._schedule(suspicion.deadline(), _SUSPICION, m.node_id)
-        self._queue_news(m, s, now)
-        if s.from_node == self.node_id:
-            self.counters.suspicions_started += 1
-        out.append(MemberSuspected(m.info(), s.from_node))
-
-    def _suspicion_expired(self, suspicion: Suspicion, now: float, out: list[Output]) -> None:
-        """The timer ran out. Confirmed: declare the member dead. Unconfirmed (weak
-        evidence: one accuser, maybe a lossy path, maybe a refutation we missed): probe it
-        one last time ourselves; that round decides (:meth:`_last_check_done`)."""
-        m = self.table.get(suspicion.node_id)
-        if (m is None or m.state is not MemberState.SUSPECT
-                or m.incarnation != suspicion.incarnation):
-            del self._suspicions[suspicion.node_id]
-            return
-        if not suspicion.confirmed and not suspicion.checking and not self._left:
-            suspicion.checking = True
-            rnd = self._rounds.get(m.node_id)
-            if rnd is None:
-                self._start_round(m, now, out, escalate=False)
-                rnd = self._rounds[m.node_id]
-            rnd.final = True
-            return
-        del self._suspicions[suspicion.node_id]
-        self.counters.deaths_declared += 1
-        self._apply_dead(m, Dead(node=m.node_id, incarnation=m.incarnation,
-                                 from_node=self.node_id), now, out)
-
-    def _last_check_done(self, rnd: ProbeRound, acked: bool, now: float,
-                         out: list[Output]) -> None:
-        suspicion = self._suspicions.get(rnd.target)
-        m = self.table.get(rnd.target)
-        if (suspicion is None or m is None or m.state is not MemberState.SUSPECT
-                or m.incarnation != suspicion.incarnation):
-            return
-        if acked:  # it answers: its refutation may still be on the way; start over
-            suspicion.restart(now)
-            self._schedule(suspicion.deadline(), _SUSPICION, rnd.target)
-        else:
-            self._suspicion_expired(suspicion, now, out)
-
-    def _on_dead(self, peer: bytes, d: Dead, now: float, out: list[Output]) -> None:
-        node = d.node
-        if node == self.node_id:
-            if not d.is_leave:
-                self._accused(peer, d.from_node, d.incarnation, now, out)
-            elif not self._left and d.incarnation >= self._incarnation:
-                # Our signed leave from an earlier life (or a forged one): outbid it.
-                self._accused(peer, d.from_node, d.incarnation, now, out, health=False)
-            return
-        m = self.table.get(node)
-        if m is None:
-            self.counters.ignored_unknown += 1
-            return
-        if d.incarnation > m.incarnation + MAX_INCARNATION_JUMP:
-            self.counters.dropped_bad_signature += 1
-            return
-        if not dead_overrides(m.state, m.incarnation, d.incarnation):
-            return
-        if d.is_leave and not self.hooks.verifier.verify(
-                node, m.alive.public_key, d.leave_bytes(), d.signature):
-            self.counters.dropped_bad_signature += 1
-            return
-        self._apply_dead(m, d, now, out)
-
-    def _apply_dead(self, m: Member, d: Dead, now: float, out: list[Output]) -> None:
-        if m.node_id == self.node_id:
-            raise LocalProtocolError("a node never declares itself dead")
-        state = MemberState.LEFT if d.is_leave else MemberState.DEAD
-        self._suspicions.pop(m.node_id, None)
-        rnd = self._rounds.get(m.node_id)
-        if rnd is not None:
-            self._end_round(rnd)
-        self.table.set_state(m, state, d.incarnation, now)
-        if d.is_leave:
-            self.table.leave_signatures[m.node_id] = d.signature
-        self._schedule(now + self.config.dead_retention, _REAP, m.node_id)
-        self._queue_news(m, d, now)
-        info = m.info()
-        out.append(MemberLeft(info) if d.is_leave else MemberFailed(info))
-
-    def _accused(self, peer: bytes, accuser: bytes, incarnation: int, now: float,
-                 out: list[Output], *, health: bool = True) -> None:
-        """News says we are suspect or dead at ``incarnation``: refute if it is current.
-
-        Stale news (an incarnation we already outbid) means the sender missed our
-        refutation: we send it our current Alive directly."""
-        if self._left:
-            return
-        if not refutes(self._incarnation, incarnation):
-            if peer in self.table.members:
-                self._send(peer, self._me.alive, now, out)
-            return
-        if incarnation > self._incarnation + MAX_INCARNATION_JUMP:
-            self.counters.dropped_bad_signature += 1
-            return
-        self._announce(refutation_incarnation(self._incarnation, incarnation), now, out)
-        self.counters.refutations += 1
-        if health:
-            self.awareness.apply_delta(1)
-        out.append(Refuted(self._incarnation, accuser))
-        alive = self._me.alive
-        for to in (peer, accuser) if accuser != peer else (peer,):
-            if to != self.node_id and to in self.table.members:
-                self._send(to, alive, now, out)
-
-    def _sign_alive(self, incarnation: int) -> Alive:
-        unsigned = Alive(node=self.node_id, incarnation=incarnation, addresses=self._addresses,
-                         capacity=self._capacity, public_key=self.hooks.signer.public_key,
-                         signature=b"")
-        signature = self.hooks.signer.sign(unsigned.signed_bytes())
-        return dataclasses.replace(unsigned, signature=signature)
-
-    def _announce(self, incarnation: int, now: float, out: list[Output]) -> None:
-        """Sign and gossip a new Alive about ourselves at ``incarnation``."""
-        if incarnation >= MAX_INCARNATION:
-            return
-        self._capacity = self._latest_capacity
-        self._incarnation = incarnation
-        self._last_announce = now
-        self._next_capacity = None
-        alive = self._sign_alive(incarnation)
-        me = self._me
-        me.alive = alive
-        self.table.set_state(me, MemberState.ALIVE, incarnation, now)
-        self._queue_news(me, alive, now)
-
-    # === push-pull ========================================================================
-
-    def _local_state(self) -> tuple[PushPullEntry, ...]:
-        entries = []
-        proofs = self.table.proofs
-        leaves = self.table.leave_signatures
-        for node, m in self.table.members.items():
-            alive = m.alive
-            proof = proofs.get(node)
-            if proof:
-                alive = dataclasses.replace(alive, proof=proof)
-            entries.append(PushPullEntry(alive=alive, state=m.state, incarnation=m.incarnation,
-                                         leave_signature=leaves.get(node, b"")))
-        return tuple(entries)
-
-    def _merge(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
-        """Merge a remote state (memberlist ``mergeState``): Alives by the usual rules;
-        a remote DEAD only makes us *suspect* (we may know better); unknown nodes are
-        learnt only from ALIVE entries."""
-        out: list[Output] = []
-        for entry in msg.entries:
-            alive = entry.alive
-            node = alive.node
-            known = node in self.table.members or node == self.node_id
-            if entry.state is MemberState.ALIVE or known:
-                self._on_alive(alive, now, out)
-            if entry.state is MemberState.ALIVE:
-                continue
-            if entry.state is MemberState.LEFT:
-                self._on_dead(peer, Dead(node=node, incarnation=entry.incarnation,
-                                         from_node=node, signature=entry.leave_signature),
-                              now, out)
-            else:  # SUSPECT, or DEAD: suspect it ourselves (never a confirmation)
-                m = self.table.get(node)
-                if node == self.node_id:
-                    self._accused(peer, peer, entry.incarnation, now, out)
-                elif m is not None and suspect_overrides(m.state, m.incarnation,
-                                                         entry.incarnation):
-                    self._apply_suspect(m, Suspect(node=node, incarnation=entry.incarnation,
-                                                   from_node=peer), now, out)
-        return out

@@ -57,6 +57,16 @@ MAX_INCARNATION = (1 << 63) - 1
 """Incarnations above 2^63 - 1 are refused on the wire: no honest node gets there."""
 
 
+MAX_INCARNATION_JUMP = 1 << 32
+"""Suspect or Dead news more than this above the incarnation we know is refused: only a
+member trying to push the accused past the incarnations it can sign would send it."""
+
+
+def plausible_incarnation(known: int, claimed: int) -> bool:
+    """Is an *unsigned* claim (Suspect, Dead) of ``claimed`` credible when we know ``known``?"""
+    return claimed <= known + MAX_INCARNATION_JUMP
+
+
 def alive_overrides(state: MemberState | None, current: int, incarnation: int) -> bool:
     """Does an Alive at ``incarnation`` replace the entry (``state``, ``current``)?"""
     return state is None or incarnation > current

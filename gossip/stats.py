@@ -2,9 +2,10 @@
 
 The core counts; it never logs or exports metrics (EXAMPLES.md: "a core reports an event,
 the driver counts it"). ``dropped_*`` counters are messages refused without any effect:
-``dropped_bad_signature`` and ``dropped_non_member`` are hostile by nature (forged
-incarnations, forged leaves, non-members); ``dropped_no_proof`` is benign (an Alive about
-a node we do not know yet, relayed without its certificate: a later sync brings it).
+``dropped_bad_signature``, ``dropped_implausible`` and ``dropped_non_member`` are hostile
+by nature (forged incarnations, forged leaves, absurd incarnation jumps, non-members);
+``dropped_no_proof`` is benign (an Alive about a node we do not know yet, relayed without
+its certificate: a later sync brings it).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass, fields
 
 class Counters:
     __slots__ = ("broadcasts_sent", "deaths_declared", "dropped_bad_signature",
-                 "dropped_misaddressed", "dropped_no_proof", "dropped_non_member",
-                 "dropped_stale_seq", "ignored_unknown", "indirect_probes",
+                 "dropped_implausible", "dropped_misaddressed", "dropped_no_proof",
+                 "dropped_non_member", "dropped_stale_seq", "ignored_unknown", "indirect_probes",
                  "messages_received", "messages_sent", "probe_hints", "probes_failed",
                  "probes_started", "refutations", "suspicions_started", "syncs_received",
                  "syncs_started")
@@ -43,6 +44,8 @@ class GossipStatistics:
     syncs_started: int
     syncs_received: int
     dropped_bad_signature: int
+    dropped_implausible: int
+    """Suspect/Dead claiming an incarnation far above any the accused has signed."""
     dropped_non_member: int
     dropped_no_proof: int
     dropped_misaddressed: int
@@ -58,8 +61,8 @@ class GossipStatistics:
 
     @property
     def hostile_dropped(self) -> int:
-        """Messages refused as forged or from/about non-members."""
-        return self.dropped_bad_signature + self.dropped_non_member
+        """Messages refused as forged, implausible, or from/about non-members."""
+        return self.dropped_bad_signature + self.dropped_implausible + self.dropped_non_member
 
     def as_dict(self) -> dict[str, int]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

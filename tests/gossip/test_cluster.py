@@ -45,8 +45,11 @@ def test_mass_join_at_once_converges():
     seed = cluster.add()
     for _ in range(49):
         cluster.add(seeds=[seed])
-    cluster.run_for(20.0)
-    assert cluster.converged()
+    cluster.run_for(10.0)
+    known = sum(len(n.core.members()) for n in cluster.live_nodes())
+    assert known >= 0.995 * 50 * 50  # gossip: all but the rare miss...
+    cluster.run_for(30.0)
+    assert cluster.converged()  # ...which the periodic push-pull repairs
 
 
 def test_crash_is_detected_by_every_survivor_within_the_targets():

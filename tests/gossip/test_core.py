@@ -386,6 +386,8 @@ def test_absurd_incarnation_jump_in_a_suspicion_is_refused():
     assert a.on_message(liar.node_id, huge, 0.0) == []
     assert a.state_of(x.node_id) is ALIVE
     assert x.on_message(liar.node_id, huge, 0.0) == [] and x.incarnation == 0
+    assert a.statistics().dropped_implausible == 1 == x.statistics().dropped_implausible
+    assert a.statistics().hostile_dropped == 1
 
 
 def test_suspicion_about_an_unknown_node_is_ignored():
@@ -458,8 +460,9 @@ def test_non_member_sender_is_dropped_and_counted():
     stranger = make_core(9)
     assert a.on_message(stranger.node_id, Ping(seq=1, target=a.node_id), 0.0) == []
     assert a.statistics().dropped_non_member == 1
-    _reply, out = a.on_push_pull(stranger.node_id, PushPull(join=True, entries=()), 0.0)
+    reply, out = a.on_push_pull(stranger.node_id, PushPull(join=True, entries=()), 0.0)
     assert out == [] and a.statistics().dropped_non_member == 2
+    assert reply.entries == ()  # a non-member learns nothing
 
 
 def test_alive_about_a_non_member_is_dropped_and_counted():
