@@ -12,6 +12,9 @@ rebuilt when stale entries outnumber live ones). Filling one packet looks at no 
 :data:`MAX_SCAN` live items, so its cost does not grow with the queue: a 5,000-node mesh
 after a mass join holds thousands of items.
 
+A broadcast bigger than the whole budget (an Alive with a certificate and many labels)
+is sent alone when nothing else fits, so it cannot block the queue.
+
 Invariants: at most one broadcast per key; every queued broadcast has ``transmits <
 limit``; the queue never holds more than ``max_items`` (the most-sent, then oldest, are
 dropped first).
@@ -83,6 +86,7 @@ class TransmitQueue:
         limit = retransmit_limit(self.retransmit_mult, n_nodes)
         by_key = self._by_key
         taken: list[Broadcast] = []
+        oversize: Broadcast | None = None
         scanned = 0
         room = budget
         for sends in sorted(self._heaps):
@@ -101,12 +105,16 @@ class TransmitQueue:
                     taken.append(item)
                     room -= item.size
                 else:
+                    if oversize is None and item.size > budget:
+                        oversize = item
                     kept.append(entry)
             for entry in kept:
                 heapq.heappush(heap, entry)
                 self._entries += 1
             if not heap:
                 del self._heaps[sends]
+        if not taken and oversize is not None:
+            taken.append(oversize)  # bigger than any packet: it travels alone
         for item in taken:
             item.transmits += 1
             if item.transmits >= limit:

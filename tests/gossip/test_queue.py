@@ -88,7 +88,8 @@ def test_scan_is_bounded_when_nothing_fits():
     q2.queue(NODES[1], news(1), 10)
     for i in range(2, MAX_SCAN + 10):
         q2.queue(NODES[i], news(i), 900)
-    assert q2.take(10, 500) == []
+    taken = q2.take(10, 1000)
+    assert len(taken) == 1 and news(1) not in taken
 
 
 def test_remove_and_items():
@@ -98,3 +99,12 @@ def test_remove_and_items():
     assert [b.key for b in q.items()] == [NODES[2], NODES[1]]
     assert q.remove(NODES[1]) is not None and q.remove(NODES[1]) is None
     assert len(q) == 1 and q.get(NODES[2]) is not None
+
+
+def test_a_broadcast_bigger_than_any_packet_travels_alone():
+    q = TransmitQueue(retransmit_mult=1, max_items=10)
+    q.queue(NODES[1], news(1), 3000)
+    q.queue(NODES[2], news(2), 100)
+    assert q.take(5, 1400) == [news(2)]  # what fits goes first
+    assert q.take(5, 1400) == [news(1)]  # then the big one, alone
+    assert len(q) == 0
