@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -94,7 +94,9 @@ class GossipDriver:
     def __init__(self, transport: Transport, config: GossipConfig, hooks: GossipHooks, *,
                  capacity: Capacity | None = None, incarnation: int = 0,
                  rng: random.Random | None = None,
-                 capacity_source: Callable[[], Capacity] | None = None) -> None:
+                 capacity_source: Callable[[], Capacity] | None = None,
+                 run_sync: Callable[[Callable[[], Capacity]], Awaitable[Capacity]]
+                 = trio.to_thread.run_sync) -> None:
         self.transport = transport
         self.config = config
         self.hooks = hooks
@@ -102,6 +104,8 @@ class GossipDriver:
         self._incarnation = incarnation
         self._random = rng or random.Random()
         self._capacity_source = capacity_source
+        self._run_sync = run_sync
+        """How the (blocking) capacity reading runs: a worker thread by default."""
         self._core: SwimCore | None = None
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -285,7 +289,7 @@ class GossipDriver:
         while True:
             await trio.sleep(interval)
             try:
-                capacity = await trio.to_thread.run_sync(source)
+                capacity = await self._run_sync(source)
             except (OSError, ValueError) as exc:  # a reading we cannot use: try later
                 log.warning("could not read this machine's capacity: %s", exc)
                 continue

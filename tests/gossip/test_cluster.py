@@ -77,6 +77,22 @@ def test_five_nodes_with_a_connection_hint_mark_a_crash_dead_within_six_seconds(
     assert max(seen.values()) - start <= 3.0  # with the hint, well within
 
 
+def test_five_nodes_without_a_hint_still_mark_a_crash_dead_within_six_seconds():
+    worst = 0.0
+    for seed in range(12):
+        cluster = SwimCluster(seed=seed, record=False, latency=0.0005, jitter=0.0005)
+        ids = cluster.populate(5)
+        cluster.run_for(2.0 + seed / 4)
+        victim = ids[seed % 5]
+        cluster.crash(victim)
+        start = cluster.now
+        cluster.run_for(8.0)
+        seen = cluster.failure_seen[victim]
+        assert len(seen) == 4
+        worst = max(worst, max(seen.values()) - start)
+    assert worst <= 6.0
+
+
 def test_no_false_deaths_at_ten_percent_loss():
     cluster = SwimCluster(seed=11, loss=0.10, record=False)
     cluster.populate(50)

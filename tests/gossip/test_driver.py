@@ -7,6 +7,7 @@ MeshAuthenticator and a GossipDriver with Ed25519 signatures and MeshCert member
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -39,13 +40,22 @@ class Node:
         return self.member.id
 
 
+async def run_inline(fn: Callable[[], Capacity]) -> Capacity:
+    """Read capacity in the test's thread: a worker thread would let the autojump clock
+    race ahead while the reading is pending."""
+    await trio.lowlevel.checkpoint()
+    return fn()
+
+
 async def start_node(nursery: trio.Nursery, network: MemoryNetwork, mesh: TestMesh,
                      member: MeshMember, *, name: str | None = None,
-                     capacity: Capacity | None = None) -> Node:
+                     capacity: Capacity | None = None,
+                     capacity_source: Callable[[], Capacity] | None = None) -> Node:
     transport = network.add(member.key, member.authenticator, name=name)
     hooks = cert_hooks(member.key, member.cert, mesh.root.public, member.records)
     driver = GossipDriver(transport, CONFIG, hooks, capacity=capacity,
-                          rng=random.Random(member.id))
+                          rng=random.Random(member.id), capacity_source=capacity_source,
+                          run_sync=run_inline)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -253,3 +263,23 @@ async def test_oversize_sync_is_refused(nursery, autojump_clock):
     await stream.close()
     reply = await stream.receive()
     assert reply  # a well-formed sync is answered
+
+
+async def test_sampled_capacity_is_announced_to_the_mesh(nursery, autojump_clock, tmp_path):
+    from gossip.sysinfo import read_capacity
+
+    mesh = TestMesh.with_members(2)
+    network = MemoryNetwork()
+    readings = iter([Capacity(cpu_cores=2), Capacity(cpu_cores=2, load=0.1)])
+
+    def source() -> Capacity:
+        return next(readings, None) or read_capacity(tmp_path, use_termux=False)
+
+    a = await start_node(nursery, network, mesh, mesh.members[0], capacity=Capacity())
+    b = await start_node(nursery, network, mesh, mesh.members[1], capacity_source=source)
+    await b.driver.join([a.transport.listen_addresses[0]])
+    await wait_until(lambda: a.driver.member(b.id).capacity.cpu_cores == 2, timeout=60)
+    await wait_until(lambda: a.driver.member(b.id).capacity.ram_total > 0, timeout=60)
+    info = a.driver.member(b.id)
+    assert info.capacity.disk_free > 0 and "process" in info.capacity.runtimes
+    assert info.incarnation >= 2  # each announcement outbid the last

@@ -11,6 +11,7 @@ from gossip.sysinfo import (
     read_capacity,
     read_memory,
     read_power,
+    read_termux_battery,
 )
 
 
@@ -85,3 +86,19 @@ def test_fake_proc_and_sys_roots(tmp_path):
     assert cap.battery == 12 and cap.metered is True
     assert read_capacity(tmp_path, proc=tmp_path / "proc", sysfs=tmp_path / "sys",
                          metered=False, use_termux=False).metered is False
+
+
+def test_termux_battery_status_is_read_when_the_command_exists(tmp_path, monkeypatch):
+    script = tmp_path / "bin" / "termux-battery-status"
+    write(script, "#!/bin/sh\n"
+                  "echo '{\"health\": \"GOOD\", \"percentage\": 42, "
+                  "\"plugged\": \"UNPLUGGED\", \"status\": \"DISCHARGING\"}'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert read_termux_battery() == (42, False)
+    write(script, "#!/bin/sh\necho '{\"percentage\": 100, \"plugged\": \"PLUGGED_AC\"}'\n")
+    assert read_termux_battery() == (100, True)
+    write(script, "#!/bin/sh\necho 'not json'\n")
+    assert read_termux_battery() == (-1, None)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert read_termux_battery() == (-1, None)
