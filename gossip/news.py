@@ -248,7 +248,12 @@ class NewsApplier:
             if not d.is_leave:
                 self._accused(peer, d.from_node, d.incarnation, now, out)
             elif not self._left and d.incarnation >= self._incarnation:
-                # Our signed leave from an earlier life (or a forged one): outbid it.
+                # Our signed leave from an earlier life: outbid it. A forged one: drop it
+                # (no member applies it, so there is nothing to refute).
+                if not self.hooks.verifier.verify(node, self._me.alive.public_key,
+                                                  d.leave_bytes(), d.signature):
+                    self.counters.dropped_bad_signature += 1
+                    return
                 self._accused(peer, d.from_node, d.incarnation, now, out, health=False)
             return
         m = self.table.get(node)

@@ -543,3 +543,16 @@ def test_sync_output_is_produced_periodically():
     when = a._next_push_pull
     out = a.on_timer(when)
     assert any(type(o) is Sync for o in out)
+
+
+def test_forged_leave_about_ourselves_is_dropped_but_our_old_signed_leave_is_outbid():
+    a, b = make_core(0), make_core(1)
+    forged = Dead(node=b.node_id, incarnation=0, from_node=b.node_id, signature=b"x" * 16)
+    assert b.on_message(a.node_id, forged, 0.0) == [] and b.incarnation == 0
+    assert b.statistics().dropped_bad_signature == 1
+    old_life = make_core(1)  # the same node before a restart, which then left
+    signed = old_life.leave(0.0)
+    leave = next(x.msg for x in old_life.queue.items() if type(x.msg) is Dead)
+    assert signed == [] and leave.is_leave
+    b.on_message(a.node_id, leave, 1.0)
+    assert b.incarnation == 1 and b.state_of(b.node_id) is ALIVE

@@ -7,12 +7,16 @@ every step the SWIM invariants must hold:
   leave, no MemberFailed about itself, its own state ALIVE or LEFT);
 * incarnations never go backwards (a node's own, and every entry of every table while it
   stays in the table);
-* a refuted suspicion never ends in death (no MemberFailed at an incarnation at or below
-  one that was refuted before, on the same observer);
+* a refuted suspicion never ends in death (no MemberFailed at an incarnation below one
+  that was refuted before, on the same observer);
+* forgeries (unsigned Alives claiming a new incarnation, unsigned leaves, statements
+  about ourselves we never made) are dropped and counted, never applied;
 * once the faults stop (no loss, no crash for a while), the survivors converge.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -26,6 +30,8 @@ from gossip.outputs import MemberFailed, MemberUpdated, Send
 from gossip.testing import SwimCluster
 
 N = 5
+FORGED = 10**12
+"""An incarnation no honest node reaches in a test: only a forgery could carry it."""
 
 
 class SwimMachine(RuleBasedStateMachine):
@@ -117,7 +123,44 @@ class SwimMachine(RuleBasedStateMachine):
                                                           self.cluster.now))
         self.cluster._arm(self.cluster.nodes[node])
 
+    @rule(data=st.data(), kind=st.sampled_from(["alive", "leave", "self"]))
+    def forge(self, data: st.DataObject, kind: str) -> None:
+        """A member sends a forgery; it must be dropped and counted, never applied."""
+        live = self.live()
+        liar = data.draw(st.sampled_from(live))
+        target = data.draw(st.sampled_from([i for i in live if i != liar]))
+        subject = data.draw(st.sampled_from(self.ids))
+        if kind == "self":
+            subject = target
+        core = self.cluster.nodes[target].core
+        known = core.table.get(subject)
+        before = core.statistics().dropped_bad_signature
+        if kind == "leave":
+            if known is None or known.state.gone:
+                return
+            msg: object = Dead(node=subject, incarnation=known.incarnation, from_node=subject,
+                               signature=b"forged")
+        else:
+            if known is None:
+                return
+            msg = dataclasses.replace(known.alive, incarnation=FORGED, signature=b"forged")
+        self.cluster._run_outputs(self.cluster.nodes[target],
+                                  core.on_message(liar, msg, self.cluster.now))
+        self.cluster._arm(self.cluster.nodes[target])
+        assert core.statistics().dropped_bad_signature == before + 1
+        self.forged = True
+
     # --- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def forgeries_are_never_applied(self) -> None:
+        for node in self.cluster.live_nodes():
+            assert node.core.incarnation < FORGED
+            for subject, member in node.core.table.members.items():
+                assert member.incarnation < FORGED
+                if member.state is MemberState.LEFT and subject != node.node_id:
+                    assert subject in self.left or not self.cluster.nodes[subject].up or (
+                        self.cluster.nodes[subject].core.left), "a forged leave was applied"
 
     @invariant()
     def no_violation_seen(self) -> None:
