@@ -22,7 +22,8 @@ How it drives a core (the whole contract):
 
 Large meshes start converged with :meth:`SwimCluster.populate` (``SwimCore.preload``),
 skipping N full-state joins. Memory is the limit: every node holds every member, about
-0.2 KB per (node, member) pair, so 1,000 nodes take ~200 MB and 5,000 take ~5 GB.
+0.14 KB per (node, member) pair, so 1,000 nodes take ~140 MB and 5,000 take ~3 GB (and a
+minute of steady state at 5,000 nodes runs in about 5 s).
 """
 
 from __future__ import annotations
