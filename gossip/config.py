@@ -159,6 +159,13 @@ class GossipConfig:
     """Minimum seconds between two capacity re-announcements (each is a broadcast through
     the whole mesh); only significant changes are announced (gossip.capacity)."""
 
+    resume_gap: float = 3.0
+    """A timer that fires this many seconds late means this process was frozen (a phone's
+    app suspended, a laptop lid closed, a VM paused). Its suspicions and probe rounds are
+    then stale: suspicions start over (unconfirmed, so they end with a last check) and
+    rounds are dropped, instead of declaring deaths the moment it wakes. Far above
+    scheduling jitter (milliseconds), below any real sleep."""
+
     leave_timeout: float = 3.0
     """Driver: how long ``leave()`` waits for the leave broadcast to go out."""
 
@@ -174,7 +181,7 @@ class GossipConfig:
     def __post_init__(self) -> None:
         positive = ("probe_interval", "probe_timeout", "indirect_timeout", "gossip_interval",
                     "push_pull_interval", "suspicion_mult", "dead_retention", "leave_timeout",
-                    "sync_timeout")
+                    "sync_timeout", "resume_gap")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"gossip.{name} must be positive")
@@ -217,6 +224,7 @@ class GossipConfig:
                              suspicion_max_timeout_mult=6.0, gossip_interval=0.5,
                              gossip_nodes=4, retransmit_mult=4, push_pull_interval=60.0,
                              gossip_to_the_dead_time=60.0, dead_retention=900.0,
+                             resume_gap=10.0,
                              leave_timeout=5.0, sync_timeout=30.0)
 
     @classmethod

@@ -323,6 +323,9 @@ class SwimCore(Prober, NewsApplier):
 
     def on_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
+        due = self.next_deadline()
+        if due is not None and now - due > self.config.resume_gap:
+            self._resumed(now)
         while True:
             when = self.timers.peek()
             which = 0
@@ -373,6 +376,28 @@ class SwimCore(Prober, NewsApplier):
         else:
             self.table.remove(key)  # type: ignore[arg-type]
             out.append(MemberReaped(key))  # type: ignore[arg-type]
+
+    def _resumed(self, now: float) -> None:
+        """We were frozen (our timers fire late): nothing we timed meanwhile is evidence.
+
+        Suspicions start over, without the confirmations gathered before the freeze (so
+        each ends with a last check, never a blind declaration); probe rounds and relays
+        are dropped, not failed; the periodic ticks restart from now."""
+        self.counters.resumes += 1
+        for suspicion in self._suspicions.values():
+            suspicion.confirmers.clear()
+            suspicion.restart(now)
+            self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION,
+                                 suspicion.node_id)
+        self._rounds.clear()
+        self._acks.clear()
+        config = self.config
+        if self._next_probe is not None:
+            self._next_probe = now + self.random.uniform(0, config.probe_interval)
+        if self._next_gossip is not None:
+            self._next_gossip = now
+        if self._next_push_pull is not None and self._next_push_pull < now:
+            self._next_push_pull = now + self.random.uniform(0, config.probe_interval)
 
     def _probe_tick(self, now: float, out: list[Output]) -> None:
         self._next_probe = now + self.awareness.scale(self.config.probe_interval)

@@ -20,8 +20,9 @@ signed Alive (health +1); stale news (an incarnation we already outbid) gets our
 Alive sent straight back to its sender, who evidently missed it.
 
 Push-pull merge follows memberlist ``mergeState``: Alives by the usual rules; a remote
-DEAD only makes us *suspect* (we may know better); unknown nodes are learnt only from
-ALIVE entries.
+SUSPECT or DEAD only makes us *suspect* (we may know better). Unlike memberlist, a node we
+never knew that is DEAD or LEFT there is recorded as such (silently): a fresh node then
+refuses stale Alives of the dead like everyone else.
 
 :class:`NewsApplier` is a mixin: it works on the core's state.
 """
@@ -55,6 +56,7 @@ from gossip.messages import (
     PushPull,
     PushPullEntry,
     Suspect,
+    leave_bytes,
 )
 from gossip.outputs import (
     MemberFailed,
@@ -349,28 +351,57 @@ class NewsApplier:
         return tuple(entries)
 
     def _merge(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
-        """Merge a remote state (memberlist ``mergeState``): Alives by the usual rules;
-        a remote DEAD only makes us *suspect* (we may know better); unknown nodes are
-        learnt only from ALIVE entries."""
+        """Merge a remote state (memberlist ``mergeState``, with one addition): Alives by
+        the usual rules; a remote SUSPECT or DEAD only makes us *suspect* (we may know
+        better), never confirms; an unknown node that is DEAD or LEFT there is recorded
+        here as such, silently, so a stale Alive cannot bring it back to life in our
+        view (memberlist ignores it)."""
         out: list[Output] = []
         for entry in msg.entries:
             alive = entry.alive
             node = alive.node
-            known = node in self.table.members or node == self.node_id
-            if entry.state is MemberState.ALIVE or known:
-                self._on_alive(alive, now, out)
-            if entry.state is MemberState.ALIVE:
+            state = entry.state
+            if state.gone and node != self.node_id and node not in self.table.members:
+                self._learn_gone(entry, now)
                 continue
-            if entry.state is MemberState.LEFT:
+            self._on_alive(alive, now, out)
+            if state is MemberState.ALIVE:
+                continue
+            if state is MemberState.LEFT:
                 self._on_dead(peer, Dead(node=node, incarnation=entry.incarnation,
                                          from_node=node, signature=entry.leave_signature),
                               now, out)
-            else:  # SUSPECT, or DEAD: suspect it ourselves (never a confirmation)
+            elif node == self.node_id:
+                self._accused(peer, peer, entry.incarnation, now, out)
+            else:
                 m = self.table.get(node)
-                if node == self.node_id:
-                    self._accused(peer, peer, entry.incarnation, now, out)
-                elif m is not None and suspect_overrides(m.state, m.incarnation,
-                                                         entry.incarnation):
+                if m is not None and suspect_overrides(m.state, m.incarnation,
+                                                       entry.incarnation):
                     self._apply_suspect(m, Suspect(node=node, incarnation=entry.incarnation,
                                                    from_node=peer), now, out)
         return out
+
+    def _learn_gone(self, entry: PushPullEntry, now: float) -> None:
+        """Record a member we never knew as DEAD or LEFT, checked like any news."""
+        alive = entry.alive
+        node = alive.node
+        if node in self._revoked or not plausible_incarnation(alive.incarnation,
+                                                              entry.incarnation):
+            return
+        if not self._verify_alive(alive):
+            return
+        if not self.hooks.membership.is_member(node, alive.proof):
+            self.counters.dropped_non_member += 1
+            return
+        leave = entry.state is MemberState.LEFT
+        if leave and not self.hooks.verifier.verify(
+                node, alive.public_key, leave_bytes(node, entry.incarnation),
+                entry.leave_signature):
+            self.counters.dropped_bad_signature += 1
+            return
+        m = Member(dataclasses.replace(alive, proof=b"") if alive.proof else alive, now=now)
+        self.table.add(m, alive.proof)
+        self.table.set_state(m, entry.state, entry.incarnation, now)
+        if leave:
+            self.table.leave_signatures[node] = entry.leave_signature
+        self.timers.schedule(now + self.config.dead_retention, TimerKind.REAP, node)

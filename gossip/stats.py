@@ -18,8 +18,8 @@ class Counters:
                  "dropped_implausible", "dropped_misaddressed", "dropped_no_proof",
                  "dropped_non_member", "dropped_stale_seq", "ignored_unknown", "indirect_probes",
                  "messages_received", "messages_sent", "probe_hints", "probes_failed",
-                 "probes_started", "refutations", "suspicions_started", "syncs_received",
-                 "syncs_started")
+                 "probes_started", "refutations", "resumes", "suspicions_started",
+                 "syncs_received", "syncs_started")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -43,6 +43,8 @@ class GossipStatistics:
     """Suspicions that expired here (this node declared the member dead)."""
     syncs_started: int
     syncs_received: int
+    resumes: int
+    """Times this node found its timers firing late (it was frozen) and started over."""
     dropped_bad_signature: int
     dropped_implausible: int
     """Suspect/Dead claiming an incarnation far above any the accused has signed."""

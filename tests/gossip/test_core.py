@@ -154,11 +154,10 @@ def test_relay_forwards_the_targets_ack_with_the_requesters_seq():
 
 
 def test_relay_nacks_when_the_target_is_silent():
-    cores, wire = meshed(3)
+    cores, _wire = meshed(3)
     a, c, t = cores
-    c.on_message(a.node_id, PingReq(seq=501, target=t.node_id), 10.0)
-    wire.now = 10.0
-    out = c.on_timer(10.0 + 0.8 * CONFIG.indirect_timeout)
+    c.on_message(a.node_id, PingReq(seq=501, target=t.node_id), 0.0)
+    out = c.on_timer(0.8 * CONFIG.indirect_timeout)
     assert sent(out, Nack, to=a.node_id) == [Nack(seq=501)]
 
 
@@ -556,3 +555,50 @@ def test_forged_leave_about_ourselves_is_dropped_but_our_old_signed_leave_is_out
     assert signed == [] and leave.is_leave
     b.on_message(a.node_id, leave, 1.0)
     assert b.incarnation == 1 and b.state_of(b.node_id) is ALIVE
+
+
+def test_a_node_frozen_for_a_while_does_not_declare_deaths_when_it_wakes():
+    cores, wire = meshed(6)
+    phone, x = cores[0], cores[1]
+    for accuser in cores[2:]:  # an accuser and 3 confirmations: the minimum timeout
+        phone.on_message(accuser.node_id, Suspect(node=x.node_id, incarnation=0,
+                                                  from_node=accuser.node_id), 0.0)
+    assert phone._suspicions[x.node_id].confirmed
+    # Frozen for two minutes: every timer is long overdue when it wakes.
+    out = phone.on_timer(120.0)
+    assert not events(out, MemberFailed)
+    assert phone.state_of(x.node_id) is SUSPECT
+    assert phone.statistics().resumes == 1
+    suspicion = phone._suspicions[x.node_id]
+    assert suspicion.start == 120.0 and suspicion.confirmations == 0
+    # x answers the last check: the refutation has time to arrive, x is never declared.
+    wire.now = 120.0
+    wire.run(phone.node_id, out)
+    wire.advance(140.0)
+    assert phone.state_of(x.node_id) in (ALIVE, SUSPECT)
+    assert not [o for o in events(wire.outputs_of(phone.node_id), MemberFailed)
+                if o.member.node_id == x.node_id]
+
+
+def test_a_joiner_learns_the_dead_silently_and_refuses_their_stale_alives():
+    cores, _wire = meshed(4)
+    a, dead, gone = cores[0], cores[1], cores[2]
+    a.on_message(cores[3].node_id, Dead(node=dead.node_id, incarnation=0,
+                                        from_node=cores[3].node_id), 0.0)
+    gone.leave(0.0)
+    a.on_message(gone.node_id, gone.queue.get(gone.node_id).msg, 0.0)
+    assert a.state_of(gone.node_id) is LEFT
+    joiner = make_core(9)
+    out = a.on_push_pull(joiner.node_id, PushPull(join=True, entries=()), 1.0)[0]
+    events_out = joiner.on_push_pull_reply(a.node_id, out, 1.0)
+    assert joiner.state_of(dead.node_id) is DEAD and joiner.state_of(gone.node_id) is LEFT
+    assert {type(e) for e in events_out} == {MemberJoined}  # nothing about the departed
+    stale = dead.table.members[dead.node_id].alive
+    assert joiner.on_message(a.node_id, stale, 2.0) == []
+    assert joiner.state_of(dead.node_id) is DEAD
+    forged = dataclasses.replace(state_entry := next(
+        e for e in out.entries if e.alive.node == gone.node_id), leave_signature=b"x" * 16)
+    fresh = make_core(10)
+    fresh.on_push_pull_reply(a.node_id, PushPull(join=False, entries=(forged,)), 1.0)
+    assert fresh.state_of(gone.node_id) is None and state_entry.state is LEFT
+    assert fresh.statistics().dropped_bad_signature == 1
