@@ -382,7 +382,8 @@ class SwimCore(Prober, NewsApplier):
 
         Suspicions start over, without the confirmations gathered before the freeze (so
         each ends with a last check, never a blind declaration); probe rounds and relays
-        are dropped, not failed; the periodic ticks restart from now."""
+        are dropped, not failed; the periodic ticks restart from now, with a full sync at
+        once (whatever changed while we slept, we missed its gossip)."""
         self.counters.resumes += 1
         for suspicion in self._suspicions.values():
             suspicion.confirmers.clear()
@@ -396,8 +397,8 @@ class SwimCore(Prober, NewsApplier):
             self._next_probe = now + self.random.uniform(0, config.probe_interval)
         if self._next_gossip is not None:
             self._next_gossip = now
-        if self._next_push_pull is not None and self._next_push_pull < now:
-            self._next_push_pull = now + self.random.uniform(0, config.probe_interval)
+        if self._next_push_pull is not None:  # our view is stale: a full sync now
+            self._next_push_pull = now
 
     def _probe_tick(self, now: float, out: list[Output]) -> None:
         self._next_probe = now + self.awareness.scale(self.config.probe_interval)
