@@ -20,7 +20,9 @@ signed Alive (health +1); stale news (an incarnation we already outbid) gets our
 Alive sent straight back to its sender, who evidently missed it.
 
 Push-pull merge follows memberlist ``mergeState``: Alives by the usual rules; a remote
-SUSPECT or DEAD only makes us *suspect* (we may know better). Unlike memberlist, a node we
+SUSPECT or DEAD only makes us *suspect* (we may know better); for a remote DEAD we run the
+last check at once (up to :data:`MERGE_CHECKS` per sync), so a node back from a freeze
+agrees within one probe round instead of a whole suspicion timeout. Unlike memberlist, a node we
 never knew that is DEAD or LEFT there is recorded as such (silently): a fresh node then
 refuses stale Alives of the dead like everyone else.
 
@@ -80,6 +82,12 @@ if TYPE_CHECKING:
     from gossip.stats import Counters
     from gossip.table import MemberTable
     from gossip.timers import TimerHeap
+
+
+MERGE_CHECKS = 16
+"""Members a single push-pull may send to an immediate last check (those the remote holds
+DEAD and we hold alive); the rest wait out a normal suspicion, so one sync after a long
+partition does not start thousands of probe rounds at once."""
 
 
 class NewsApplier:
@@ -219,12 +227,7 @@ class NewsApplier:
             del self._suspicions[suspicion.node_id]
             return
         if not suspicion.confirmed and not suspicion.checking and not self._left:
-            suspicion.checking = True
-            rnd = self._rounds.get(m.node_id)
-            if rnd is None:
-                self._start_round(m, now, out, escalate=False)
-                rnd = self._rounds[m.node_id]
-            rnd.final = True
+            self._check_now(m, now, out)
             return
         del self._suspicions[suspicion.node_id]
         self.counters.deaths_declared += 1
@@ -357,6 +360,7 @@ class NewsApplier:
         here as such, silently, so a stale Alive cannot bring it back to life in our
         view (memberlist ignores it)."""
         out: list[Output] = []
+        checks = MERGE_CHECKS
         for entry in msg.entries:
             alive = entry.alive
             node = alive.node
@@ -379,7 +383,23 @@ class NewsApplier:
                                                        entry.incarnation):
                     self._apply_suspect(m, Suspect(node=node, incarnation=entry.incarnation,
                                                    from_node=peer), now, out)
+                    if state is MemberState.DEAD and checks and not self._left:
+                        checks -= 1
+                        self._check_now(m, now, out)
         return out
+
+    def _check_now(self, m: Member, now: float, out: list[Output]) -> None:
+        """Another node holds ``m`` dead: run our last check at once instead of waiting
+        out a full suspicion (a node back from a freeze, or a joiner, agrees quickly)."""
+        suspicion = self._suspicions.get(m.node_id)
+        if suspicion is None or suspicion.checking:
+            return
+        suspicion.checking = True
+        rnd = self._rounds.get(m.node_id)
+        if rnd is None:
+            self._start_round(m, now, out, escalate=False)
+            rnd = self._rounds[m.node_id]
+        rnd.final = True
 
     def _learn_gone(self, entry: PushPullEntry, now: float) -> None:
         """Record a member we never knew as DEAD or LEFT, checked like any news."""

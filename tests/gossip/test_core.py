@@ -602,3 +602,17 @@ def test_a_joiner_learns_the_dead_silently_and_refuses_their_stale_alives():
     fresh.on_push_pull_reply(a.node_id, PushPull(join=False, entries=(forged,)), 1.0)
     assert fresh.state_of(gone.node_id) is None and state_entry.state is LEFT
     assert fresh.statistics().dropped_bad_signature == 1
+
+
+def test_a_sync_that_says_dead_is_checked_at_once():
+    cores, wire = meshed(5)
+    a, x, peer = cores[0], cores[1], cores[2]
+    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
+                  for e in peer._local_state())
+    out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
+    assert a.state_of(x.node_id) is SUSPECT  # not dead on hearsay
+    assert sent(out, Ping, to=x.node_id)  # but checked at once
+    wire.drop = lambda src, dst, msg: dst == x.node_id or src == x.node_id
+    wire.run(a.node_id, out)
+    wire.advance(CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
+    assert a.state_of(x.node_id) is DEAD  # one round, not a whole suspicion timeout
