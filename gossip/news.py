@@ -22,9 +22,9 @@ Alive sent straight back to its sender, who evidently missed it.
 Push-pull merge follows memberlist ``mergeState``: Alives by the usual rules; a remote
 SUSPECT or DEAD only makes us *suspect* (we may know better); for a remote DEAD we run the
 last check at once (up to :data:`MERGE_CHECKS` per sync), so a node back from a freeze
-agrees within one probe round instead of a whole suspicion timeout. Unlike memberlist, a
-node we never knew that is DEAD or LEFT there is recorded as such (reported, not
-gossiped): a fresh node then refuses stale Alives of the dead like everyone else.
+agrees within one probe round instead of a whole suspicion timeout. Unlike memberlist, a node we
+never knew that is DEAD or LEFT there is recorded as such (silently): a fresh node then
+refuses stale Alives of the dead like everyone else.
 
 :class:`NewsApplier` is a mixin: it works on the core's state.
 """
@@ -357,7 +357,7 @@ class NewsApplier:
         """Merge a remote state (memberlist ``mergeState``, with one addition): Alives by
         the usual rules; a remote SUSPECT or DEAD only makes us *suspect* (we may know
         better), never confirms; an unknown node that is DEAD or LEFT there is recorded
-        here as such (and reported), so a stale Alive cannot bring it back to life in our
+        here as such, silently, so a stale Alive cannot bring it back to life in our
         view (memberlist ignores it)."""
         out: list[Output] = []
         checks = MERGE_CHECKS
@@ -366,7 +366,7 @@ class NewsApplier:
             node = alive.node
             state = entry.state
             if state.gone and node != self.node_id and node not in self.table.members:
-                self._learn_gone(entry, now, out)
+                self._learn_gone(entry, now)
                 continue
             self._on_alive(alive, now, out)
             if state is MemberState.ALIVE:
@@ -401,10 +401,8 @@ class NewsApplier:
             rnd = self._rounds[m.node_id]
         rnd.final = True
 
-    def _learn_gone(self, entry: PushPullEntry, now: float, out: list[Output]) -> None:
-        """Record a member we never knew as DEAD or LEFT, checked like any news, and say
-        so (MemberFailed / MemberLeft), so the events account for every entry of the
-        table. Nothing is gossiped: it is old news to everyone else."""
+    def _learn_gone(self, entry: PushPullEntry, now: float) -> None:
+        """Record a member we never knew as DEAD or LEFT, checked like any news."""
         alive = entry.alive
         node = alive.node
         if node in self._revoked or not plausible_incarnation(alive.incarnation,
@@ -427,4 +425,3 @@ class NewsApplier:
         if leave:
             self.table.leave_signatures[node] = entry.leave_signature
         self.timers.schedule(now + self.config.dead_retention, TimerKind.REAP, node)
-        out.append(MemberLeft(m.info()) if leave else MemberFailed(m.info()))
