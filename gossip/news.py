@@ -402,7 +402,11 @@ class NewsApplier:
         rnd.final = True
 
     def _learn_gone(self, entry: PushPullEntry, now: float) -> None:
-        """Record a member we never knew as DEAD or LEFT, checked like any news."""
+        """Record a member we never knew as DEAD or LEFT, checked like any news.
+
+        Silently: it is secondhand and may be stale (the node may be back already, with a
+        higher incarnation on its way), and we never believed it alive, so no belief of
+        ours changed. Nothing is gossiped either: it is old news to everyone else."""
         alive = entry.alive
         node = alive.node
         if node in self._revoked or not plausible_incarnation(alive.incarnation,
