@@ -177,10 +177,15 @@ class GossipDriver:
         return joined
 
     async def leave(self) -> None:
-        """Gossip a signed leave and wait (at most ``leave_timeout``) for it to go out."""
+        """Gossip a signed leave and wait (at most ``leave_timeout``) for it to go out.
+
+        "Out" means sent as often as the retransmit limit asks; we then linger one gossip
+        interval more so the last datagrams leave the transport before the caller stops
+        it (a stopped transport drops what it still holds)."""
         self._perform(self.core.leave(trio.current_time()))
         with trio.move_on_after(self.config.leave_timeout):
             await self._leave_spread.wait()
+            await trio.sleep(self.config.gossip_interval)
 
     def update_capacity(self, capacity: Capacity) -> None:
         self._perform(self.core.update_capacity(capacity, trio.current_time()))
