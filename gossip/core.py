@@ -1,0 +1,536 @@
+"""SwimCore: SWIM membership with Lifeguard, sans-IO.
+
+One object per node. It holds the member table, the broadcast queue, the probe rounds and
+the suspicion timers, and reacts to three kinds of input, each returning a list of
+:mod:`gossip.outputs`:
+
+* ``on_message(peer, msg, now)`` — a decoded datagram (one message or a Compound);
+  ``on_push_pull(peer, msg, now)`` / ``on_push_pull_reply`` — a full-state sync;
+  ``on_peer_lost(peer, now)`` — a hint from the transport that a connection died;
+* ``on_timer(now)`` — call at (or after) ``next_deadline()``;
+* commands: ``join(seeds, now)``, ``leave(now)``, ``update_capacity(capacity, now)``,
+  ``update_addresses(addresses, now)``, ``revoke(node_id, now)``.
+
+Papers: SWIM (Das, Gupta, Motivala, DSN 2002) §3-4: probe, indirect probe, suspicion,
+incarnations, infection-style dissemination, round-robin targets. Lifeguard (Dadgar,
+Phillips, Currey, 2018): local health (:mod:`gossip.awareness`), suspicion timeouts that
+shrink with confirmations (:mod:`gossip.suspicion`), and the buddy system (a probe of a
+suspect carries the suspicion, so the suspect hears it at once). Model: memberlist.
+
+Theory of operation:
+
+* Each ``probe_interval`` (stretched by health) a probe round starts on the next member in
+  the shuffled round-robin order (:mod:`gossip.probe`). A failed round suspects the member
+  and tells it directly. Relays asked by a regular round escalate into rounds of their
+  own, so a real crash collects confirmations within half a round.
+* News (Alive, Suspect, Dead) that wins its precedence check (:mod:`gossip.member`) is
+  applied and queued (:mod:`gossip.queue`); every datagram we send carries queued news up
+  to the byte budget, and while the queue is not empty, every ``gossip_interval`` a
+  packet goes to ``gossip_nodes`` random members (and to the recently dead).
+* Every Alive is signed by its node; a new member must carry a membership proof the
+  :class:`~gossip.hooks.Membership` hook accepts. Anything failing either is dropped and
+  counted, never applied. Checks run only when the news would change something, so a
+  duplicate costs a dict lookup.
+* Accused at an incarnation >= ours, we refute: sign an Alive with a higher incarnation,
+  gossip it, send it to the accuser, and count a health point against ourselves.
+* Periodically, a full state sync with one random member (push-pull) repairs whatever
+  gossip missed; its period grows with N so its bytes per node stay flat.
+
+Invariants: this node never declares itself dead (only a signed leave makes it LEFT);
+member incarnations never go backwards; a suspicion cancelled by a higher incarnation is
+forgotten (its timer cannot fire); no work per message is O(N) (only push-pull is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterable
+
+from gossip.awareness import Awareness
+from gossip.capacity import Capacity, significant_change
+from gossip.config import GossipConfig
+from gossip.formulas import push_pull_interval
+from gossip.hooks import GossipHooks
+from gossip.member import MAX_INCARNATION, Member, MemberInfo, MemberState
+from gossip.messages import (
+    Ack,
+    Alive,
+    Broadcastable,
+    Compound,
+    Dead,
+    Nack,
+    Packet,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    leave_bytes,
+)
+from gossip.news import NewsApplier
+from gossip.outputs import LeaveSpread, MemberReaped, Output, Send, Sync
+from gossip.probe import RELAY_SHARE, Prober, ProbeRound, Relay
+from gossip.queue import TransmitQueue
+from gossip.stats import Counters, GossipStatistics
+from gossip.suspicion import Suspicion
+from gossip.table import MemberTable
+from gossip.timers import TimerHeap, TimerKind
+from meshcloud.codec.messages import encode_message
+from meshcloud.errors import LocalProtocolError
+
+PRIMARY_RESERVE = 64
+"""Bytes of a packet's budget kept for its primary message (a Ping is ~50 bytes)."""
+
+
+class SwimCore(Prober, NewsApplier):
+    def __init__(self, node_id: bytes, config: GossipConfig, hooks: GossipHooks,
+                 rng: random.Random, *, now: float, addresses: Iterable[str] = (),
+                 capacity: Capacity | None = None, incarnation: int = 0) -> None:
+        if not 0 <= incarnation < MAX_INCARNATION:
+            raise LocalProtocolError("incarnation out of range")
+        self.node_id = node_id
+        self.config = config
+        self.hooks = hooks
+        self.random = rng
+        self.table = MemberTable(rng)
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.queue = TransmitQueue(config.retransmit_mult, config.max_queue)
+        self.counters = Counters()
+        self._suspicions: dict[bytes, Suspicion] = {}
+        self._rounds: dict[bytes, ProbeRound] = {}
+        self._acks: dict[int, ProbeRound | Relay] = {}
+        self.timers = TimerHeap(self._timer_valid)
+        self._seq = rng.getrandbits(32)
+        self._revoked: set[bytes] = set()
+        self._seeds: list[bytes] = []
+        self._joining = False
+        self._left = False
+        self._leave_reported = False
+        self._incarnation = incarnation
+        self._addresses = tuple(addresses)
+        self._capacity = capacity or Capacity()
+        self._latest_capacity = self._capacity
+        self._last_announce = now
+        me = Member(self._sign_alive(incarnation), now=now)
+        self.table.add(me, hooks.proof)
+        self._me = me
+        self._next_probe: float | None = now + rng.uniform(0, config.probe_interval)
+        self._next_gossip: float | None = None
+        self._next_push_pull: float | None = now + config.push_pull_interval * rng.uniform(
+            0.5, 1.0)
+        self._next_capacity: float | None = None
+        self._relay_timeout = RELAY_SHARE * config.indirect_timeout
+        self._queue_news(me, me.alive, now)
+
+    # === queries ==========================================================================
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    @property
+    def left(self) -> bool:
+        return self._left
+
+    def members(self) -> list[MemberInfo]:
+        """A snapshot of every known member (this node included)."""
+        return [m.info() for m in self.table.members.values()]
+
+    def member(self, node_id: bytes) -> MemberInfo | None:
+        m = self.table.get(node_id)
+        return m.info() if m is not None else None
+
+    def state_of(self, node_id: bytes) -> MemberState | None:
+        m = self.table.get(node_id)
+        return m.state if m is not None else None
+
+    def statistics(self) -> GossipStatistics:
+        c = self.counters
+        counts = self.table.counts
+        return GossipStatistics(
+            **{name: getattr(c, name) for name in Counters.__slots__},
+            health_score=self.awareness.score,
+            incarnation=self._incarnation,
+            alive=counts[MemberState.ALIVE],
+            suspect=counts[MemberState.SUSPECT],
+            dead=counts[MemberState.DEAD],
+            left=counts[MemberState.LEFT],
+            queued_broadcasts=len(self.queue),
+        )
+
+    def next_deadline(self) -> float | None:
+        best = self.timers.peek()
+        for when in (self._next_probe, self._next_gossip, self._next_push_pull,
+                     self._next_capacity):
+            if when is not None and (best is None or when < best):
+                best = when
+        return best
+
+    # === commands =========================================================================
+
+    def join(self, seeds: Iterable[bytes], now: float) -> list[Output]:
+        """Start a full-state sync with each seed (node ids the driver has dialled).
+
+        The seeds are remembered: while this node knows no other live member (every seed
+        was down, or all its peers died), each push-pull period syncs with them again."""
+        seeds = [seed for seed in seeds if seed != self.node_id]
+        if seeds:
+            self._seeds = seeds
+        msg = PushPull(join=True, entries=self._local_state())
+        out: list[Output] = []
+        for seed in seeds:
+            self.counters.syncs_started += 1
+            out.append(Sync(seed, msg))
+        self._joining = bool(seeds)
+        return out
+
+    def leave(self, now: float) -> list[Output]:
+        """Leave gracefully: gossip a signed leave, stop probing; LeaveSpread when done."""
+        if self._left:
+            return []
+        self._left = True
+        inc = self._incarnation
+        leave = Dead(node=self.node_id, incarnation=inc, from_node=self.node_id,
+                     signature=self.hooks.signer.sign(leave_bytes(self.node_id, inc)))
+        me = self._me
+        self.table.set_state(me, MemberState.LEFT, inc, now)
+        self.table.leave_signatures[self.node_id] = leave.signature
+        self._clear_rounds()
+        self._next_probe = None
+        self._next_push_pull = None
+        self._next_capacity = None
+        self._queue_news(me, leave, now)
+        out: list[Output] = []
+        self._check_leave_spread(out)
+        return out
+
+    def update_capacity(self, capacity: Capacity, now: float) -> list[Output]:
+        """Announce a significant capacity change (rate-limited by capacity_interval)."""
+        self._latest_capacity = capacity
+        if self._left or not significant_change(self._capacity, capacity):
+            return []
+        due = self._last_announce + self.config.capacity_interval
+        if now >= due:
+            out: list[Output] = []
+            self._announce(self._incarnation + 1, now, out)
+            return out
+        if self._next_capacity is None:
+            self._next_capacity = due
+        return []
+
+    def update_addresses(self, addresses: Iterable[str], now: float) -> list[Output]:
+        """Announce new addresses at once (peers need them to reach us)."""
+        addresses = tuple(addresses)
+        if addresses == self._addresses or self._left:
+            return []
+        self._addresses = addresses
+        out: list[Output] = []
+        self._announce(self._incarnation + 1, now, out)
+        return out
+
+    def revoke(self, node_id: bytes, now: float) -> list[Output]:
+        """Expel a member whose certificate was revoked: DEAD now, its Alives refused."""
+        if node_id == self.node_id:
+            raise LocalProtocolError("a node does not revoke itself; use leave()")
+        self._revoked.add(node_id)
+        out: list[Output] = []
+        m = self.table.get(node_id)
+        if m is not None and not m.state.gone:
+            self._apply_dead(m, Dead(node=node_id, incarnation=m.incarnation,
+                                     from_node=self.node_id), now, out)
+        return out
+
+    def preload(self, alives: Iterable[Alive], now: float, *, verified: bool = False) -> int:
+        """Add members known out of band, silently (no events, no broadcasts).
+
+        For a simulator's warm start (a converged mesh of thousands without the O(N^2)
+        joins) or a view restored from disk. Unless the caller vouches for them
+        (``verified=True``), each Alive is checked like any other. Returns how many were
+        added; known nodes and this node are skipped.
+        """
+        added = 0
+        membership = self.hooks.membership
+        old = now - self.config.proof_window  # not news to anyone
+        for alive in alives:
+            node = alive.node
+            if node == self.node_id or node in self.table.members or node in self._revoked:
+                continue
+            if not verified and (not self._verify_alive(alive)
+                                 or not membership.is_member(node, alive.proof)):
+                continue
+            proof = alive.proof
+            stripped = dataclasses.replace(alive, proof=b"") if proof else alive
+            m = Member(stripped, now=now)
+            m.first_seen = old
+            self.table.add(m, proof)
+            added += 1
+        self._reschedule_push_pull(now)
+        return added
+
+    # === inputs ===========================================================================
+
+    def on_message(self, peer: bytes, msg: Packet, now: float) -> list[Output]:
+        out: list[Output] = []
+        if peer == self.node_id:
+            return out
+        if peer not in self.table.members and not self.hooks.membership.is_member(peer, None):
+            self.counters.dropped_non_member += 1
+            return out
+        self.counters.messages_received += 1
+        if type(msg) is Compound:
+            for part in msg.parts:
+                self._dispatch(peer, part, now, out)
+        else:
+            self._dispatch(peer, msg, now, out)
+        return out
+
+    def on_push_pull(self, peer: bytes, msg: PushPull,
+                     now: float) -> tuple[PushPull, list[Output]]:
+        """Serve a sync: our state (as it was before merging) and the merge's outputs.
+
+        A sender that is not a member gets an empty state and changes nothing."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
+            self.counters.dropped_non_member += 1
+            return PushPull(join=False, entries=()), []
+        reply = PushPull(join=False, entries=self._local_state())
+        self.counters.syncs_received += 1
+        return reply, self._merge(peer, msg, now)
+
+    def on_push_pull_reply(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
+        if peer == self.node_id:
+            return []
+        out = self._merge(peer, msg, now)
+        if self._joining:  # a join is a full sync: the periodic one can wait a period
+            self._joining = False
+            self._reschedule_push_pull(now)
+        return out
+
+    def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
+        """A sync could not complete (peer unreachable). Nothing to undo: SWIM will probe."""
+        return []
+
+    def on_peer_lost(self, peer: bytes, now: float) -> list[Output]:
+        """The transport lost its connection to ``peer``: probe it now (not declare it)."""
+        out: list[Output] = []
+        m = self.table.get(peer)
+        if (self._left or m is None or m.state.gone or peer == self.node_id
+                or peer in self._rounds):
+            return out
+        self.counters.probe_hints += 1
+        self._start_round(m, now, out, escalate=True)
+        return out
+
+    def on_timer(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        due = self.next_deadline()
+        if due is not None and now - due > self.config.resume_gap:
+            self._resumed(now)
+        while True:
+            when = self.timers.peek()
+            which = 0
+            for i, tick in enumerate((self._next_probe, self._next_gossip,
+                                      self._next_push_pull, self._next_capacity), 1):
+                if tick is not None and (when is None or tick < when):
+                    when, which = tick, i
+            if when is None or when > now:
+                return out
+            if which == 0:
+                kind, key = self.timers.pop()
+                self._fire(kind, key, now, out)
+            elif which == 1:
+                self._probe_tick(now, out)
+            elif which == 2:
+                self._gossip_tick(now, out)
+            elif which == 3:
+                self._push_pull_tick(now, out)
+            else:
+                self._capacity_tick(now, out)
+
+    # === timers ===========================================================================
+
+    def _timer_valid(self, when: float, kind: TimerKind, key: object) -> bool:
+        if kind is TimerKind.ROUND:
+            rnd = self._rounds.get(key)  # type: ignore[arg-type]
+            return rnd is not None and rnd.next_at == when
+        if kind is TimerKind.RELAY:
+            relay = self._acks.get(key)  # type: ignore[arg-type]
+            return type(relay) is Relay and not relay.answered and relay.deadline == when
+        if kind is TimerKind.SUSPICION:
+            suspicion = self._suspicions.get(key)  # type: ignore[arg-type]
+            return suspicion is not None and suspicion.deadline() == when
+        m = self.table.get(key)  # type: ignore[arg-type]
+        return m is not None and m.state.gone and (
+            m.changed_at + self.config.dead_retention == when)
+
+    def _fire(self, kind: TimerKind, key: object, now: float, out: list[Output]) -> None:
+        if kind is TimerKind.ROUND:
+            self._round_timer(self._rounds[key], now, out)  # type: ignore[index]
+        elif kind is TimerKind.RELAY:
+            relay = self._acks.pop(key)  # type: ignore[arg-type]
+            assert type(relay) is Relay
+            relay.answered = True
+            self._send(relay.requester, Nack(seq=relay.requester_seq), now, out)
+        elif kind is TimerKind.SUSPICION:
+            self._suspicion_expired(self._suspicions[key], now, out)  # type: ignore[index]
+        else:
+            self.table.remove(key)  # type: ignore[arg-type]
+            out.append(MemberReaped(key))  # type: ignore[arg-type]
+
+    def _resumed(self, now: float) -> None:
+        """We were frozen (our timers fire late): nothing we timed meanwhile is evidence.
+
+        Suspicions start over, without the confirmations gathered before the freeze (so
+        each ends with a last check, never a blind declaration); probe rounds and relays
+        are dropped, not failed; the periodic ticks restart from now, with a full sync at
+        once (whatever changed while we slept, we missed its gossip)."""
+        self.counters.resumes += 1
+        for suspicion in self._suspicions.values():
+            suspicion.confirmers.clear()
+            suspicion.restart(now)
+            self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION,
+                                 suspicion.node_id)
+        self._rounds.clear()
+        self._acks.clear()
+        config = self.config
+        if self._next_probe is not None:
+            self._next_probe = now + self.random.uniform(0, config.probe_interval)
+        if self._next_gossip is not None:
+            self._next_gossip = now
+        if self._next_push_pull is not None:  # our view is stale: a full sync now
+            self._next_push_pull = now
+
+    def _probe_tick(self, now: float, out: list[Output]) -> None:
+        self._next_probe = now + self.awareness.scale(self.config.probe_interval)
+        target = self.table.next_probe_target(self.node_id)
+        if target is None or target in self._rounds:
+            return
+        self._start_round(self.table.members[target], now, out, escalate=True)
+
+    def _gossip_tick(self, now: float, out: list[Output]) -> None:
+        config = self.config
+        if not self.queue:
+            self._next_gossip = None
+            return
+        self._next_gossip = now + config.gossip_interval
+        targets = self.table.random_members(
+            config.gossip_nodes, (self.node_id,),
+            dead_since=now - config.gossip_to_the_dead_time)
+        n = self.table.live_count
+        budget = config.packet_budget
+        for target in targets:
+            news = self.queue.take(n, budget)
+            if not news:
+                break
+            self.counters.broadcasts_sent += len(news)
+            self.counters.messages_sent += 1
+            out.append(Send(target, news[0] if len(news) == 1 else Compound(parts=tuple(news))))
+        if not targets:
+            if self._left:
+                self.queue.remove(self.node_id)  # nobody left to tell
+            self._next_gossip = None  # until news about a member arrives
+        if not self.queue:
+            self._next_gossip = None
+        self._check_leave_spread(out)
+
+    def _push_pull_tick(self, now: float, out: list[Output]) -> None:
+        config = self.config
+        n = self.table.live_count
+        self._next_push_pull = now + push_pull_interval(config.push_pull_interval, n,
+                                                        config.push_pull_scale_threshold)
+        state = None
+        peers = self.table.random_members(1, (self.node_id,))
+        if peers and self.table.members[peers[0]].state is MemberState.ALIVE:
+            state = PushPull(join=False, entries=self._local_state())
+            self.counters.syncs_started += 1
+            out.append(Sync(peers[0], state))
+        # Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed
+        # partition, with us dead in its view; nothing else would ever reunite us. Try
+        # one, more often the larger the dead share; a node left alone tries several.
+        dead = self.table.counts[MemberState.DEAD]
+        if dead and self.random.random() < dead / max(1, n):
+            tries = config.gossip_nodes if n <= 1 else 1
+            for target in self.table.random_dead(tries):
+                state = state or PushPull(join=False, entries=self._local_state())
+                self.counters.syncs_started += 1
+                out.append(Sync(target, state))
+        if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
+            out.extend(self.join(self._seeds, now))
+
+    def _reschedule_push_pull(self, now: float) -> None:
+        """Next sync at a random point of the period for the current N (after a join or
+        a warm start, so 5,000 nodes do not all sync in the same first half minute)."""
+        if self._next_push_pull is None:
+            return
+        config = self.config
+        period = push_pull_interval(config.push_pull_interval, self.table.live_count,
+                                    config.push_pull_scale_threshold)
+        self._next_push_pull = now + period * self.random.uniform(0.5, 1.0)
+
+    def _capacity_tick(self, now: float, out: list[Output]) -> None:
+        self._next_capacity = None
+        if not self._left and significant_change(self._capacity, self._latest_capacity):
+            self._announce(self._incarnation + 1, now, out)
+
+    # === sending ==========================================================================
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return self._seq
+
+    def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
+              now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()) -> None:
+        """Send ``primary`` (plus ``extra``) with queued news piggybacked up to the budget."""
+        news = self.queue.take(self.table.live_count,
+                               self.config.packet_budget - PRIMARY_RESERVE
+                               - 80 * len(extra)) if self.queue else []
+        self.counters.messages_sent += 1
+        if not news and not extra:
+            out.append(Send(to, primary))
+            return
+        self.counters.broadcasts_sent += len(news)
+        out.append(Send(to, Compound(parts=(primary, *extra, *news))))
+        if self._left:
+            self._check_leave_spread(out)
+
+    def _queue_news(self, m: Member, msg: Broadcastable, now: float) -> None:
+        """Queue news about ``m`` (an Alive gets its proof while ``m`` is new)."""
+        if type(msg) is Alive:
+            young = now - m.first_seen < self.config.proof_window
+            proof = self.table.proofs.get(m.node_id, b"") if young else b""
+            if proof and msg.proof != proof:
+                msg = dataclasses.replace(msg, proof=proof)
+            elif not young and msg.proof:
+                msg = dataclasses.replace(msg, proof=b"")
+        self.queue.queue(m.node_id, msg, len(encode_message(msg)))
+        if self._next_gossip is None:
+            self._next_gossip = now + self.config.gossip_interval * self.random.random()
+
+    def _check_leave_spread(self, out: list[Output]) -> None:
+        if self._left and not self._leave_reported and self.node_id not in self.queue:
+            self._leave_reported = True
+            out.append(LeaveSpread())
+
+    # === inbound ==========================================================================
+
+    def _dispatch(self, peer: bytes, msg: object, now: float, out: list[Output]) -> None:
+        kind = type(msg)
+        if kind is Ping:
+            if msg.target != self.node_id:  # type: ignore[attr-defined]
+                self.counters.dropped_misaddressed += 1
+                return
+            m = self.table.get(peer)
+            self._send(peer, Ack(seq=msg.seq), now, out,  # type: ignore[attr-defined]
+                       self._buddy(m) if m is not None else ())
+        elif kind is Ack:
+            self._on_ack(peer, msg, now, out)  # type: ignore[arg-type]
+        elif kind is Alive:
+            self._on_alive(msg, now, out)  # type: ignore[arg-type]
+        elif kind is Suspect:
+            self._on_suspect(peer, msg, now, out)  # type: ignore[arg-type]
+        elif kind is Dead:
+            self._on_dead(peer, msg, now, out)  # type: ignore[arg-type]
+        elif kind is PingReq:
+            self._on_ping_req(peer, msg, now, out)  # type: ignore[arg-type]
+        elif kind is Nack:
+            self._on_nack(msg)  # type: ignore[arg-type]

@@ -1,0 +1,366 @@
+"""The trio driver: a Transport on one side, a SwimCore on the other.
+
+Thin on purpose (ARCHITECTURE.md §3): every behaviour worth testing lives in the core.
+The driver
+
+* decodes datagrams on ``/meshcloud/gossip/1`` (bounded; malformed or oversize ones are
+  dropped and counted) and feeds ``core.on_message``; encodes every :class:`Send`;
+* serves and opens push-pull streams on ``/meshcloud/gossip-sync/1`` (one PushPull each
+  way, bounded by ``sync_timeout`` and ``max_sync_bytes``);
+* keeps **one** timer, at ``core.next_deadline()``, re-armed after every input;
+* turns ``PeerDisconnected`` from ``transport.peer_events()`` into ``core.on_peer_lost``
+  (a hint to probe that peer now; death still goes through suspicion);
+* tells the transport every member's addresses (``set_addresses``) as they are learnt;
+* optionally samples the machine's capacity (``capacity_source``, in a worker thread)
+  every ``capacity_interval`` and hands it to ``core.update_capacity``;
+* publishes membership events to subscribers (the API, the UI) and counts bytes.
+
+Usage::
+
+    driver = GossipDriver(transport, GossipConfig.lan(), cert_hooks(key, cert, root, records),
+                          capacity=read_capacity(data_dir))
+    await nursery.start(driver.run)
+    await driver.join(["tcp://192.168.1.10:7946"])
+    events = driver.subscribe()
+    ...
+    await driver.leave()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from gossip.capacity import Capacity
+from gossip.config import GossipConfig
+from gossip.core import SwimCore
+from gossip.hooks import GossipHooks
+from gossip.member import MemberInfo
+from gossip.messages import GOSSIP_PROTOCOL, PACKET_TYPES, SYNC_PROTOCOL, PushPull
+from gossip.outputs import (
+    LeaveSpread,
+    MemberEvent,
+    MemberJoined,
+    MemberUpdated,
+    Output,
+    Refuted,
+    Send,
+    Sync,
+)
+from gossip.stats import GossipStatistics
+from meshcloud.codec.messages import decode_message, encode_message
+from meshcloud.errors import AuthError, CodecError, MeshError, TransportError
+from meshcloud.transport.base import PeerDisconnected, Stream, Transport
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_BUFFER = 1024
+"""Events queued per subscriber; a subscriber that falls further behind loses events
+(counted in ``events_dropped``) rather than stalling gossip."""
+
+
+class GossipError(MeshError):
+    """Joining or syncing failed (no seed answered, a seed refused us...)."""
+
+    code = "gossip_error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverStatistics:
+    core: GossipStatistics
+    datagrams_sent: int
+    datagrams_received: int
+    bytes_sent: int
+    bytes_received: int
+    syncs_ok: int
+    syncs_failed: int
+    sync_bytes_sent: int
+    sync_bytes_received: int
+    dropped_malformed: int
+    """Datagrams or syncs that did not decode (CodecError) or were oversize."""
+    events_dropped: int
+
+    @property
+    def hostile_dropped(self) -> int:
+        return self.core.hostile_dropped + self.dropped_malformed
+
+
+class GossipDriver:
+    def __init__(self, transport: Transport, config: GossipConfig, hooks: GossipHooks, *,
+                 capacity: Capacity | None = None, incarnation: int = 0,
+                 rng: random.Random | None = None,
+                 capacity_source: Callable[[], Capacity] | None = None,
+                 run_sync: Callable[[Callable[[], Capacity]], Awaitable[Capacity]]
+                 = trio.to_thread.run_sync) -> None:
+        self.transport = transport
+        self.config = config
+        self.hooks = hooks
+        self._capacity = capacity
+        self._incarnation = incarnation
+        self._random = rng or random.Random()
+        self._capacity_source = capacity_source
+        self._run_sync = run_sync
+        """How the (blocking) capacity reading runs: a worker thread by default."""
+        self._core: SwimCore | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wakeup = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
+        self._leave_spread = trio.Event()
+        self._counts = dict.fromkeys(
+            ("datagrams_sent", "datagrams_received", "bytes_sent", "bytes_received",
+             "syncs_ok", "syncs_failed", "sync_bytes_sent", "sync_bytes_received",
+             "dropped_malformed", "events_dropped"), 0)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def core(self) -> SwimCore:
+        if self._core is None:
+            raise GossipError("the gossip driver is not running")
+        return self._core
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run until cancelled. Started with ``nursery.start(driver.run)``."""
+        transport = self.transport
+        self._core = SwimCore(transport.local_id, self.config, self.hooks, self._random,
+                              now=trio.current_time(),
+                              addresses=transport.listen_addresses, capacity=self._capacity,
+                              incarnation=self._incarnation)
+        datagrams = transport.datagrams(GOSSIP_PROTOCOL)
+        events = transport.peer_events()
+        transport.serve(SYNC_PROTOCOL, self._serve_sync)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._datagram_loop, datagrams)
+                nursery.start_soon(self._peer_event_loop, events)
+                nursery.start_soon(self._timer_loop)
+                if self._capacity_source is not None:
+                    nursery.start_soon(self._capacity_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            for channel in self._subscribers:
+                channel.close()
+
+    async def join(self, addresses: Iterable[str]) -> int:
+        """Dial each seed address and sync with it; returns how many syncs succeeded.
+
+        Raises GossipError when seeds were given but none could be synced with.
+        """
+        addresses = list(addresses)
+        ids: list[bytes] = []
+        errors: list[str] = []
+        for address in addresses:
+            try:
+                peer = await self.transport.dial(address)
+            except (TransportError, AuthError) as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            if peer.node_id != self.transport.local_id:
+                ids.append(peer.node_id)
+        joined = 0
+        for out in self.core.join(ids, trio.current_time()):
+            if type(out) is Sync:
+                if await self._sync(out):  # type: ignore[arg-type]
+                    joined += 1
+                else:
+                    errors.append(f"{out.to.hex()[:12]}: sync failed")  # type: ignore[union-attr]
+        if addresses and not joined:
+            raise GossipError("could not join the mesh: " + "; ".join(errors or ["no seed"]))
+        return joined
+
+    async def leave(self) -> None:
+        """Gossip a signed leave and wait (at most ``leave_timeout``) for it to go out.
+
+        "Out" means sent as often as the retransmit limit asks; we then linger one gossip
+        interval more so the last datagrams leave the transport before the caller stops
+        it (a stopped transport drops what it still holds)."""
+        self._perform(self.core.leave(trio.current_time()))
+        with trio.move_on_after(self.config.leave_timeout):
+            await self._leave_spread.wait()
+            await trio.sleep(self.config.gossip_interval)
+
+    def update_capacity(self, capacity: Capacity) -> None:
+        self._perform(self.core.update_capacity(capacity, trio.current_time()))
+
+    def update_addresses(self, addresses: Iterable[str]) -> None:
+        self._perform(self.core.update_addresses(addresses, trio.current_time()))
+
+    # --- queries --------------------------------------------------------------------------
+
+    def members(self) -> list[MemberInfo]:
+        """Every known member (this node included). ``changed_at`` is in trio time;
+        :meth:`wall_time` converts it."""
+        return self.core.members()
+
+    def member(self, node_id: bytes) -> MemberInfo | None:
+        return self.core.member(node_id)
+
+    @staticmethod
+    def wall_time(core_time: float, wall_now: float) -> float:
+        """A core timestamp as Unix seconds, given the wall clock now."""
+        return wall_now - (trio.current_time() - core_time)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]:
+        """A new subscription to membership events (joined, updated, suspected...)."""
+        send, receive = trio.open_memory_channel[MemberEvent](SUBSCRIBER_BUFFER)
+        self._subscribers.append(send)
+        return receive
+
+    def statistics(self) -> DriverStatistics:
+        return DriverStatistics(core=self.core.statistics(), **self._counts)
+
+    # --- performing outputs ---------------------------------------------------------------
+
+    def _perform(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            kind = type(out)
+            if kind is Send:
+                data = encode_message(out.msg)  # type: ignore[union-attr]
+                self._counts["datagrams_sent"] += 1
+                self._counts["bytes_sent"] += len(data)
+                self.transport.send_datagram(out.to, GOSSIP_PROTOCOL, data)  # type: ignore[union-attr]
+            elif kind is Sync:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._sync, out)
+            elif kind is LeaveSpread:
+                self._leave_spread.set()
+            elif kind is Refuted:
+                log.info("refuted an accusation by %s: now at incarnation %d",
+                         out.accuser.hex()[:12], out.incarnation)  # type: ignore[union-attr]
+            else:  # a membership event
+                if kind is MemberJoined or kind is MemberUpdated:
+                    info: MemberInfo = out.member  # type: ignore[union-attr]
+                    if info.node_id != self.transport.local_id:
+                        self.transport.set_addresses(info.node_id, list(info.addresses))
+                self._publish(out)  # type: ignore[arg-type]
+        self._wakeup.set()
+
+    def _publish(self, event: MemberEvent) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self._counts["events_dropped"] += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    # --- loops ----------------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        core = self.core
+        while True:
+            deadline = core.next_deadline()
+            self._wakeup = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._wakeup.wait()
+            now = trio.current_time()
+            deadline = core.next_deadline()
+            if deadline is not None and now >= deadline:
+                self._perform(core.on_timer(now))
+
+    async def _datagram_loop(self, datagrams: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
+                             ) -> None:
+        core = self.core
+        limit = self.config.max_datagram
+        async for peer, data in datagrams:
+            self._counts["datagrams_received"] += 1
+            self._counts["bytes_received"] += len(data)
+            try:
+                msg = decode_message(data, PACKET_TYPES, max_size=limit)
+            except CodecError as exc:
+                self._counts["dropped_malformed"] += 1
+                log.debug("dropped a malformed gossip datagram from %s: %s",
+                          peer.hex()[:12], exc)
+                continue
+            self._perform(core.on_message(peer, msg, trio.current_time()))
+
+    async def _peer_event_loop(self, events: trio.MemoryReceiveChannel[object]) -> None:
+        async for event in events:
+            if isinstance(event, PeerDisconnected):
+                self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
+
+    async def _capacity_loop(self) -> None:
+        source = self._capacity_source
+        assert source is not None
+        interval = max(self.config.capacity_interval, 1.0)
+        while True:
+            await trio.sleep(interval)
+            try:
+                capacity = await self._run_sync(source)
+            except (OSError, ValueError) as exc:  # a reading we cannot use: try later
+                log.warning("could not read this machine's capacity: %s", exc)
+                continue
+            self.update_capacity(capacity)
+
+    # --- push-pull ------------------------------------------------------------------------
+
+    async def _sync(self, out: Sync) -> bool:
+        """Run one push-pull as the initiator; feed the reply (or the failure) to the core."""
+        core = self.core
+        try:
+            with trio.fail_after(self.config.sync_timeout):
+                stream = await self.transport.open_stream(out.to, SYNC_PROTOCOL)
+                try:
+                    data = encode_message(out.msg)
+                    await stream.send(data)
+                    self._counts["sync_bytes_sent"] += len(data)
+                    await stream.close()
+                    reply_data = await stream.receive()
+                    self._counts["sync_bytes_received"] += len(reply_data)
+                    reply = decode_message(reply_data, PushPull,
+                                           max_size=self.config.max_sync_bytes)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await stream.abort("sync abandoned")
+                    raise
+        except CodecError as exc:
+            self._counts["dropped_malformed"] += 1
+            self._counts["syncs_failed"] += 1
+            log.info("malformed sync reply from %s: %s", out.to.hex()[:12], exc)
+            self._perform(core.on_push_pull_failed(out.to, trio.current_time()))
+            return False
+        except (TransportError, AuthError, trio.TooSlowError, trio.EndOfChannel,
+                trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._counts["syncs_failed"] += 1
+            log.debug("sync with %s failed: %s", out.to.hex()[:12], exc)
+            self._perform(core.on_push_pull_failed(out.to, trio.current_time()))
+            return False
+        self._counts["syncs_ok"] += 1
+        self._perform(core.on_push_pull_reply(out.to, reply, trio.current_time()))
+        return True
+
+    async def _serve_sync(self, stream: Stream) -> None:
+        """Answer a push-pull: read theirs, send ours, merge theirs."""
+        core = self._core
+        if core is None:
+            await stream.abort("gossip not running")
+            return
+        try:
+            with trio.fail_after(self.config.sync_timeout):
+                data = await stream.receive()
+                self._counts["sync_bytes_received"] += len(data)
+                try:
+                    msg = decode_message(data, PushPull, max_size=self.config.max_sync_bytes)
+                except CodecError:
+                    self._counts["dropped_malformed"] += 1
+                    await stream.abort("malformed push-pull")
+                    return
+                reply, outputs = core.on_push_pull(stream.peer.node_id, msg,
+                                                   trio.current_time())
+                reply_data = encode_message(reply)
+                await stream.send(reply_data)
+                self._counts["sync_bytes_sent"] += len(reply_data)
+                await stream.close()
+        except (TransportError, trio.TooSlowError, trio.EndOfChannel,
+                trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.abort("sync failed")
+            return
+        self._perform(outputs)

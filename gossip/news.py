@@ -1,0 +1,431 @@
+"""News: applying Alive, Suspect and Dead to the member table (the other half of SwimCore).
+
+Every piece of news goes through the precedence rules of :mod:`gossip.member`; only news
+that would change something is checked further (an Alive's signature, a new member's
+proof, a leave's signature), so a duplicate costs one dict lookup. News that wins is
+applied, reported (MemberJoined, MemberUpdated, MemberSuspected, MemberFailed,
+MemberLeft) and queued for gossip; news that fails a check is dropped and counted
+(``dropped_bad_signature``, ``dropped_non_member``, ``dropped_no_proof``).
+
+Suspicions (SWIM §4.2, Lifeguard §4.2): a suspicion runs a :class:`~gossip.suspicion.Suspicion`
+timer, shortened by confirmations from distinct nodes (the accuser excluded; a push-pull is
+never a confirmation). When it runs out **with** its ``k`` confirmations the member is
+declared DEAD; **without** them (weak evidence: one accuser on a lossy path, or a refutation
+we missed) this node first probes the member itself: no answer means DEAD, an answer
+starts the suspicion over. That last check is what keeps false deaths at zero under 10 %
+loss, where one node in a million misses a given refutation.
+
+Refutation: news that we are suspect or dead at an incarnation >= ours is outbid with a new
+signed Alive (health +1); stale news (an incarnation we already outbid) gets our current
+Alive sent straight back to its sender, who evidently missed it.
+
+Push-pull merge follows memberlist ``mergeState``: Alives by the usual rules; a remote
+SUSPECT or DEAD only makes us *suspect* (we may know better); for a remote DEAD we run the
+last check at once (up to :data:`MERGE_CHECKS` per sync), so a node back from a freeze
+agrees within one probe round instead of a whole suspicion timeout. Unlike memberlist, a node we
+never knew that is DEAD or LEFT there is recorded as such (silently): a fresh node then
+refuses stale Alives of the dead like everyone else.
+
+:class:`NewsApplier` is a mixin: it works on the core's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from gossip.formulas import confirmations_needed, suspicion_timeout
+from gossip.member import (
+    MAX_INCARNATION,
+    Member,
+    MemberState,
+    alive_overrides,
+    dead_overrides,
+    plausible_incarnation,
+    refutation_incarnation,
+    refutes,
+    suspect_confirms,
+    suspect_overrides,
+)
+from gossip.messages import (
+    Ack,
+    Alive,
+    Broadcastable,
+    Dead,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    PushPullEntry,
+    Suspect,
+    leave_bytes,
+)
+from gossip.outputs import (
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspected,
+    MemberUpdated,
+    Output,
+    Refuted,
+)
+from gossip.suspicion import Suspicion
+from gossip.timers import TimerKind
+from meshcloud.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from gossip.awareness import Awareness
+    from gossip.capacity import Capacity
+    from gossip.config import GossipConfig
+    from gossip.hooks import GossipHooks
+    from gossip.probe import ProbeRound
+    from gossip.stats import Counters
+    from gossip.table import MemberTable
+    from gossip.timers import TimerHeap
+
+
+MERGE_CHECKS = 16
+"""Members a single push-pull may send to an immediate last check (those the remote holds
+DEAD and we hold alive); the rest wait out a normal suspicion, so one sync after a long
+partition does not start thousands of probe rounds at once."""
+
+
+class NewsApplier:
+    """Applying news to the member table: SwimCore's state machine (mixin)."""
+
+    node_id: bytes
+    config: GossipConfig
+    hooks: GossipHooks
+    table: MemberTable
+    awareness: Awareness
+    counters: Counters
+    timers: TimerHeap
+    _suspicions: dict[bytes, Suspicion]
+    _rounds: dict[bytes, ProbeRound]
+    _revoked: set[bytes]
+    _left: bool
+    _incarnation: int
+    _addresses: tuple[str, ...]
+    _capacity: Capacity
+    _latest_capacity: Capacity
+    _last_announce: float
+    _next_capacity: float | None
+    _me: Member
+
+    if TYPE_CHECKING:  # provided by the other parts of the core
+        def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
+                  now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()
+                  ) -> None: ...
+        def _queue_news(self, m: Member, msg: Broadcastable, now: float) -> None: ...
+        def _start_round(self, m: Member, now: float, out: list[Output], *, escalate: bool,
+                         relay: object = None) -> None: ...
+        def _end_round(self, rnd: ProbeRound) -> None: ...
+
+    def _verify_alive(self, alive: Alive) -> bool:
+        ok = self.hooks.verifier.verify(alive.node, alive.public_key, alive.signed_bytes(),
+                                        alive.signature)
+        if not ok:
+            self.counters.dropped_bad_signature += 1
+        return ok
+
+    def _on_alive(self, alive: Alive, now: float, out: list[Output]) -> None:
+        node = alive.node
+        if node == self.node_id:
+            self._alive_about_self(alive, now, out)
+            return
+        m = self.table.get(node)
+        if m is not None and not alive_overrides(m.state, m.incarnation, alive.incarnation):
+            return  # stale or duplicate: the common case
+        if node in self._revoked:
+            self.counters.dropped_non_member += 1
+            return
+        if not self._verify_alive(alive):
+            return
+        proof = alive.proof
+        stripped = dataclasses.replace(alive, proof=b"") if proof else alive
+        if m is None:
+            if not self.hooks.membership.is_member(node, proof):
+                if proof:
+                    self.counters.dropped_non_member += 1
+                else:
+                    self.counters.dropped_no_proof += 1
+                return
+            m = Member(stripped, now=now)
+            self.table.add(m, proof)
+            self._queue_news(m, alive, now)
+            out.append(MemberJoined(m.info()))
+            return
+        previous = m.state
+        m.alive = stripped
+        if proof and node not in self.table.proofs:
+            self.table.proofs[node] = proof
+        self._suspicions.pop(node, None)
+        self.table.set_state(m, MemberState.ALIVE, alive.incarnation, now)
+        self._queue_news(m, alive, now)
+        if previous.gone:
+            self.table.leave_signatures.pop(node, None)
+            out.append(MemberJoined(m.info()))
+        else:
+            out.append(MemberUpdated(m.info(), refuted=previous is MemberState.SUSPECT))
+
+    def _alive_about_self(self, alive: Alive, now: float, out: list[Output]) -> None:
+        if self._left or alive.incarnation < self._incarnation:
+            return
+        if alive.incarnation == self._incarnation and alive.same_statement(self._me.alive):
+            return
+        # A statement of ours we did not make in this life: an older run of this node
+        # (restarted with the same key), or a forgery. Outbid it.
+        if not self._verify_alive(alive):
+            return
+        self._announce(refutation_incarnation(self._incarnation, alive.incarnation), now, out)
+
+    def _on_suspect(self, peer: bytes, s: Suspect, now: float, out: list[Output]) -> None:
+        node = s.node
+        if node == self.node_id:
+            self._accused(peer, s.from_node, s.incarnation, now, out)
+            return
+        m = self.table.get(node)
+        if m is None:
+            self.counters.ignored_unknown += 1
+            return
+        if not plausible_incarnation(m.incarnation, s.incarnation):
+            self.counters.dropped_implausible += 1
+            return
+        if (suspect_confirms(m.state, m.incarnation, s.incarnation)
+                or suspect_overrides(m.state, m.incarnation, s.incarnation)):
+            self._apply_suspect(m, s, now, out)
+
+    def _apply_suspect(self, m: Member, s: Suspect, now: float, out: list[Output]) -> None:
+        if suspect_confirms(m.state, m.incarnation, s.incarnation):
+            suspicion = self._suspicions.get(m.node_id)
+            if suspicion is not None and suspicion.confirm(s.from_node):
+                self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, m.node_id)
+                self._queue_news(m, s, now)
+            return
+        config = self.config
+        n = self.table.live_count
+        min_timeout = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+        suspicion = Suspicion(m.node_id, s.incarnation, s.from_node, start=now,
+                              k=confirmations_needed(config.suspicion_confirmations, n),
+                              min_timeout=min_timeout,
+                              max_timeout=min_timeout * config.suspicion_max_timeout_mult)
+        self._suspicions[m.node_id] = suspicion
+        self.table.set_state(m, MemberState.SUSPECT, s.incarnation, now)
+        self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, m.node_id)
+        self._queue_news(m, s, now)
+        if s.from_node == self.node_id:
+            self.counters.suspicions_started += 1
+        out.append(MemberSuspected(m.info(), s.from_node))
+
+    def _suspicion_expired(self, suspicion: Suspicion, now: float, out: list[Output]) -> None:
+        """The timer ran out. Confirmed: declare the member dead. Unconfirmed (weak
+        evidence: one accuser, maybe a lossy path, maybe a refutation we missed): probe it
+        one last time ourselves; that round decides (:meth:`_last_check_done`)."""
+        m = self.table.get(suspicion.node_id)
+        if (m is None or m.state is not MemberState.SUSPECT
+                or m.incarnation != suspicion.incarnation):
+            del self._suspicions[suspicion.node_id]
+            return
+        if not suspicion.confirmed and not suspicion.checking and not self._left:
+            self._check_now(m, now, out)
+            return
+        del self._suspicions[suspicion.node_id]
+        self.counters.deaths_declared += 1
+        self._apply_dead(m, Dead(node=m.node_id, incarnation=m.incarnation,
+                                 from_node=self.node_id), now, out)
+
+    def _last_check_done(self, rnd: ProbeRound, acked: bool, now: float,
+                         out: list[Output]) -> None:
+        suspicion = self._suspicions.get(rnd.target)
+        m = self.table.get(rnd.target)
+        if (suspicion is None or m is None or m.state is not MemberState.SUSPECT
+                or m.incarnation != suspicion.incarnation):
+            return
+        if acked:  # it answers: its refutation may still be on the way; start over
+            suspicion.restart(now)
+            self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, rnd.target)
+        else:
+            self._suspicion_expired(suspicion, now, out)
+
+    def _on_dead(self, peer: bytes, d: Dead, now: float, out: list[Output]) -> None:
+        node = d.node
+        if node == self.node_id:
+            if not d.is_leave:
+                self._accused(peer, d.from_node, d.incarnation, now, out)
+            elif not self._left and d.incarnation >= self._incarnation:
+                # Our signed leave from an earlier life: outbid it. A forged one: drop it
+                # (no member applies it, so there is nothing to refute).
+                if not self.hooks.verifier.verify(node, self._me.alive.public_key,
+                                                  d.leave_bytes(), d.signature):
+                    self.counters.dropped_bad_signature += 1
+                    return
+                self._accused(peer, d.from_node, d.incarnation, now, out, health=False)
+            return
+        m = self.table.get(node)
+        if m is None:
+            self.counters.ignored_unknown += 1
+            return
+        if not plausible_incarnation(m.incarnation, d.incarnation):
+            self.counters.dropped_implausible += 1
+            return
+        if not dead_overrides(m.state, m.incarnation, d.incarnation):
+            return
+        if d.is_leave and not self.hooks.verifier.verify(
+                node, m.alive.public_key, d.leave_bytes(), d.signature):
+            self.counters.dropped_bad_signature += 1
+            return
+        self._apply_dead(m, d, now, out)
+
+    def _apply_dead(self, m: Member, d: Dead, now: float, out: list[Output]) -> None:
+        if m.node_id == self.node_id:
+            raise LocalProtocolError("a node never declares itself dead")
+        state = MemberState.LEFT if d.is_leave else MemberState.DEAD
+        self._suspicions.pop(m.node_id, None)
+        rnd = self._rounds.get(m.node_id)
+        if rnd is not None:
+            self._end_round(rnd)
+        self.table.set_state(m, state, d.incarnation, now)
+        if d.is_leave:
+            self.table.leave_signatures[m.node_id] = d.signature
+        self.timers.schedule(now + self.config.dead_retention, TimerKind.REAP, m.node_id)
+        self._queue_news(m, d, now)
+        info = m.info()
+        out.append(MemberLeft(info) if d.is_leave else MemberFailed(info))
+
+    def _accused(self, peer: bytes, accuser: bytes, incarnation: int, now: float,
+                 out: list[Output], *, health: bool = True) -> None:
+        """News says we are suspect or dead at ``incarnation``: refute if it is current.
+
+        Stale news (an incarnation we already outbid) means the sender missed our
+        refutation: we send it our current Alive directly."""
+        if self._left:
+            return
+        if not refutes(self._incarnation, incarnation):
+            if peer in self.table.members:
+                self._send(peer, self._me.alive, now, out)
+            return
+        if not plausible_incarnation(self._incarnation, incarnation):
+            self.counters.dropped_implausible += 1
+            return
+        self._announce(refutation_incarnation(self._incarnation, incarnation), now, out)
+        self.counters.refutations += 1
+        if health:
+            self.awareness.apply_delta(1)
+        out.append(Refuted(self._incarnation, accuser))
+        alive = self._me.alive
+        for to in (peer, accuser) if accuser != peer else (peer,):
+            if to != self.node_id and to in self.table.members:
+                self._send(to, alive, now, out)
+
+    def _sign_alive(self, incarnation: int) -> Alive:
+        unsigned = Alive(node=self.node_id, incarnation=incarnation, addresses=self._addresses,
+                         capacity=self._capacity, public_key=self.hooks.signer.public_key,
+                         signature=b"")
+        signature = self.hooks.signer.sign(unsigned.signed_bytes())
+        return dataclasses.replace(unsigned, signature=signature)
+
+    def _announce(self, incarnation: int, now: float, out: list[Output]) -> None:
+        """Sign and gossip a new Alive about ourselves at ``incarnation``."""
+        if incarnation >= MAX_INCARNATION:
+            return
+        self._capacity = self._latest_capacity
+        self._incarnation = incarnation
+        self._last_announce = now
+        self._next_capacity = None
+        alive = self._sign_alive(incarnation)
+        me = self._me
+        me.alive = alive
+        self.table.set_state(me, MemberState.ALIVE, incarnation, now)
+        self._queue_news(me, alive, now)
+
+    # --- push-pull ------------------------------------------------------------------------
+
+    def _local_state(self) -> tuple[PushPullEntry, ...]:
+        entries = []
+        proofs = self.table.proofs
+        leaves = self.table.leave_signatures
+        for node, m in self.table.members.items():
+            alive = m.alive
+            proof = proofs.get(node)
+            if proof:
+                alive = dataclasses.replace(alive, proof=proof)
+            entries.append(PushPullEntry(alive=alive, state=m.state, incarnation=m.incarnation,
+                                         leave_signature=leaves.get(node, b"")))
+        return tuple(entries)
+
+    def _merge(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
+        """Merge a remote state (memberlist ``mergeState``, with one addition): Alives by
+        the usual rules; a remote SUSPECT or DEAD only makes us *suspect* (we may know
+        better), never confirms; an unknown node that is DEAD or LEFT there is recorded
+        here as such, silently, so a stale Alive cannot bring it back to life in our
+        view (memberlist ignores it)."""
+        out: list[Output] = []
+        checks = MERGE_CHECKS
+        for entry in msg.entries:
+            alive = entry.alive
+            node = alive.node
+            state = entry.state
+            if state.gone and node != self.node_id and node not in self.table.members:
+                self._learn_gone(entry, now)
+                continue
+            self._on_alive(alive, now, out)
+            if state is MemberState.ALIVE:
+                continue
+            if state is MemberState.LEFT:
+                self._on_dead(peer, Dead(node=node, incarnation=entry.incarnation,
+                                         from_node=node, signature=entry.leave_signature),
+                              now, out)
+            elif node == self.node_id:
+                self._accused(peer, peer, entry.incarnation, now, out)
+            else:
+                m = self.table.get(node)
+                if m is not None and suspect_overrides(m.state, m.incarnation,
+                                                       entry.incarnation):
+                    self._apply_suspect(m, Suspect(node=node, incarnation=entry.incarnation,
+                                                   from_node=peer), now, out)
+                    if state is MemberState.DEAD and checks and not self._left:
+                        checks -= 1
+                        self._check_now(m, now, out)
+        return out
+
+    def _check_now(self, m: Member, now: float, out: list[Output]) -> None:
+        """Another node holds ``m`` dead: run our last check at once instead of waiting
+        out a full suspicion (a node back from a freeze, or a joiner, agrees quickly)."""
+        suspicion = self._suspicions.get(m.node_id)
+        if suspicion is None or suspicion.checking:
+            return
+        suspicion.checking = True
+        rnd = self._rounds.get(m.node_id)
+        if rnd is None:
+            self._start_round(m, now, out, escalate=False)
+            rnd = self._rounds[m.node_id]
+        rnd.final = True
+
+    def _learn_gone(self, entry: PushPullEntry, now: float) -> None:
+        """Record a member we never knew as DEAD or LEFT, checked like any news.
+
+        Silently: it is secondhand and may be stale (the node may be back already, with a
+        higher incarnation on its way), and we never believed it alive, so no belief of
+        ours changed. Nothing is gossiped either: it is old news to everyone else."""
+        alive = entry.alive
+        node = alive.node
+        if node in self._revoked or not plausible_incarnation(alive.incarnation,
+                                                              entry.incarnation):
+            return
+        if not self._verify_alive(alive):
+            return
+        if not self.hooks.membership.is_member(node, alive.proof):
+            self.counters.dropped_non_member += 1
+            return
+        leave = entry.state is MemberState.LEFT
+        if leave and not self.hooks.verifier.verify(
+                node, alive.public_key, leave_bytes(node, entry.incarnation),
+                entry.leave_signature):
+            self.counters.dropped_bad_signature += 1
+            return
+        m = Member(dataclasses.replace(alive, proof=b"") if alive.proof else alive, now=now)
+        self.table.add(m, alive.proof)
+        self.table.set_state(m, entry.state, entry.incarnation, now)
+        if leave:
+            self.table.leave_signatures[node] = entry.leave_signature
+        self.timers.schedule(now + self.config.dead_retention, TimerKind.REAP, node)

@@ -1,0 +1,72 @@
+"""Counters kept by SwimCore and the frozen snapshot it returns from ``statistics()``.
+
+The core counts; it never logs or exports metrics (EXAMPLES.md: "a core reports an event,
+the driver counts it"). ``dropped_*`` counters are messages refused without any effect:
+``dropped_bad_signature``, ``dropped_implausible`` and ``dropped_non_member`` are hostile
+by nature (forged incarnations, forged leaves, absurd incarnation jumps, non-members);
+``dropped_no_proof`` is benign (an Alive about a node we do not know yet, relayed without
+its certificate: a later sync brings it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+class Counters:
+    __slots__ = ("broadcasts_sent", "deaths_declared", "dropped_bad_signature",
+                 "dropped_implausible", "dropped_misaddressed", "dropped_no_proof",
+                 "dropped_non_member", "dropped_stale_seq", "ignored_unknown", "indirect_probes",
+                 "messages_received", "messages_sent", "probe_hints", "probes_failed",
+                 "probes_started", "refutations", "resumes", "suspicions_started",
+                 "syncs_received", "syncs_started")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipStatistics:
+    messages_sent: int
+    messages_received: int
+    broadcasts_sent: int
+    """Piggybacked news items sent (one datagram may carry many)."""
+    probes_started: int
+    probes_failed: int
+    probe_hints: int
+    """Probes started early because the transport lost the connection to a peer."""
+    indirect_probes: int
+    suspicions_started: int
+    refutations: int
+    deaths_declared: int
+    """Suspicions that expired here (this node declared the member dead)."""
+    syncs_started: int
+    syncs_received: int
+    resumes: int
+    """Times this node found its timers firing late (it was frozen) and started over."""
+    dropped_bad_signature: int
+    dropped_implausible: int
+    """Suspect/Dead claiming an incarnation far above any the accused has signed."""
+    dropped_non_member: int
+    dropped_no_proof: int
+    dropped_misaddressed: int
+    dropped_stale_seq: int
+    ignored_unknown: int
+    health_score: int
+    incarnation: int
+    alive: int
+    suspect: int
+    dead: int
+    left: int
+    queued_broadcasts: int
+
+    @property
+    def hostile_dropped(self) -> int:
+        """Messages refused as forged, implausible, or from/about non-members."""
+        return self.dropped_bad_signature + self.dropped_implausible + self.dropped_non_member
+
+    def as_dict(self) -> dict[str, int]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["hostile_dropped"] = self.hostile_dropped
+        return out

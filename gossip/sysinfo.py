@@ -1,0 +1,175 @@
+"""Read this machine's capacity: cpu, load, RAM, disk, battery, power, network, runtimes.
+
+Driver side only (it reads files and may run ``termux-battery-status``); the core gets a
+plain :class:`~gossip.capacity.Capacity`. Every reader is tolerant: a file that is missing
+or unreadable gives the "unknown" value (0, -1, None), never an exception, because the
+same agent runs on a server, a laptop, a Raspberry Pi and an Android phone.
+
+Sources:
+
+* cores: ``os.sched_getaffinity`` (what we may use), else ``os.cpu_count``;
+* load: ``os.getloadavg`` (1 minute);
+* RAM: ``/proc/meminfo`` ``MemTotal`` and ``MemAvailable`` (what new work can get);
+* disk: ``os.statvfs`` of the data directory (``f_bavail``: what we may write);
+* battery and power: Linux sysfs ``/sys/class/power_supply/*`` (``type`` Battery with
+  ``capacity``; Mains/USB/AC with ``online``); on Termux, ``termux-battery-status`` (JSON)
+  when sysfs is closed to apps, as on recent Android;
+* metered: the default route's interface (``/proc/net/route``) is a cellular one
+  (``rmnet*``, ``ccmni*``, ``wwan*``...), unless the user says otherwise;
+* arch: ``platform.machine()``; runtimes: ``process`` always, ``podman`` if on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from gossip.capacity import MAX_LABELS, Capacity
+
+CELLULAR_PREFIXES = ("rmnet", "ccmni", "wwan", "pdp", "ppp", "v4-rmnet")
+"""Interface names of mobile data links (Qualcomm, MediaTek, modems, tethering)."""
+
+TERMUX_TIMEOUT = 5.0
+"""Seconds to wait for ``termux-battery-status`` (it asks an Android service)."""
+
+
+def read_capacity(data_dir: Path, *, labels: dict[str, str] | None = None,
+                  metered: bool | None = None, proc: Path = Path("/proc"),
+                  sysfs: Path = Path("/sys"), use_termux: bool = True) -> Capacity:
+    """One reading of this machine's capacity. ``metered=None`` means auto-detect."""
+    total, available = read_memory(proc / "meminfo")
+    battery, on_ac = read_power(sysfs / "class" / "power_supply")
+    if battery < 0 and on_ac is None and use_termux:
+        battery, on_ac = read_termux_battery()
+    if metered is None:
+        metered = default_route_is_cellular(proc / "net" / "route")
+    pairs = sorted((labels or {}).items())[:MAX_LABELS]
+    return Capacity(
+        cpu_cores=cpu_cores(),
+        load=read_load(),
+        ram_total=total,
+        ram_free=available,
+        disk_free=disk_free(data_dir),
+        battery=battery,
+        on_ac=on_ac,
+        metered=metered,
+        arch=platform.machine()[:32],
+        runtimes=available_runtimes(),
+        labels=tuple(pairs),
+    )
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 0
+
+
+def read_load() -> float:
+    try:
+        return round(max(0.0, os.getloadavg()[0]), 2)
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def read_memory(meminfo: Path) -> tuple[int, int]:
+    """(total, available) bytes from /proc/meminfo; (0, 0) when unreadable."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return 0, 0
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
+            values[name.strip()] = int(parts[0]) * scale
+    total = values.get("MemTotal", 0)
+    available = values.get("MemAvailable", values.get("MemFree", 0))
+    return total, min(available, total) if total else available
+
+
+def disk_free(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def read_power(power_supply: Path) -> tuple[int, bool | None]:
+    """(battery percent or -1, on mains power or None) from sysfs power_supply."""
+    battery = -1
+    on_ac: bool | None = None
+    discharging: bool | None = None
+    try:
+        supplies = sorted(power_supply.iterdir())
+    except OSError:
+        return battery, on_ac
+    for supply in supplies:
+        kind = _read(supply / "type")
+        if kind == "Battery":
+            level = _read(supply / "capacity")
+            if level.isdigit() and battery < 0:
+                battery = min(int(level), 100)
+                status = _read(supply / "status")
+                if status:
+                    discharging = status == "Discharging"
+        elif kind in ("Mains", "USB", "USB_C", "USB_PD", "Wireless"):
+            online = _read(supply / "online")
+            if online in ("0", "1"):
+                on_ac = bool(on_ac) or online == "1"
+    if on_ac is None and discharging is not None:
+        on_ac = not discharging
+    return battery, on_ac
+
+
+def read_termux_battery() -> tuple[int, bool | None]:
+    """Battery through Termux:API, if installed; (-1, None) otherwise."""
+    command = shutil.which("termux-battery-status")
+    if command is None:
+        return -1, None
+    try:
+        done = subprocess.run([command], capture_output=True, timeout=TERMUX_TIMEOUT,
+                              check=False)
+        data = json.loads(done.stdout or b"{}")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return -1, None
+    percentage = data.get("percentage")
+    plugged = data.get("plugged")
+    battery = int(percentage) if isinstance(percentage, int | float) else -1
+    on_ac = None if not isinstance(plugged, str) else plugged.upper() != "UNPLUGGED"
+    return max(-1, min(battery, 100)), on_ac
+
+
+def default_route_is_cellular(route: Path) -> bool:
+    """Is the IPv4 default route through a mobile data interface?"""
+    try:
+        lines = route.read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000":
+            return fields[0].startswith(CELLULAR_PREFIXES)
+    return False
+
+
+def available_runtimes() -> tuple[str, ...]:
+    runtimes = ["process"]
+    if shutil.which("podman"):
+        runtimes.insert(0, "podman")
+    return tuple(runtimes)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
