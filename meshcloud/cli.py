@@ -159,6 +159,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     print_status(status)
 
 
+@command("leave")
+def cmd_leave(args: argparse.Namespace) -> None:
+    reply = client(args).post("/v1/leave", timeout=30)
+    print(f"node {reply['node'][:12]} left the mesh; its agent is stopping "
+          f"(start it again with `meshcloud up` to rejoin)")
+
+
 @command("ping")
 def cmd_ping(args: argparse.Namespace) -> None:
     reply = client(args).post(f"/v1/peers/{args.node}/ping")
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="versions of meshcloud and its parts")
     sub.add_parser("ui", help="print a one-time login link to the web UI")
+    sub.add_parser("leave", help="leave the mesh gracefully and stop this node's agent")
     p = sub.add_parser("ping", help="round trip to another node over the mesh")
     p.add_argument("node", help="node id (or a unique prefix)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -55,6 +56,9 @@ class ApiClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise AgentNotRunning(f"cannot reach the agent at {self.url}: {reason}") from None
+        except http.client.HTTPException as exc:
+            raise MeshError(f"the agent at {self.url} broke off its answer "
+                            f"({type(exc).__name__})", code="api_error") from None
         return json.loads(raw) if raw else None
 
     def get(self, path: str) -> Any:

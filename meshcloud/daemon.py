@@ -39,14 +39,24 @@ async def _main(datadir: DataDir, config: NodeConfig) -> int:
     from meshcloud.node import Node
 
     node = Node(datadir, config)
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             print_ready(node)
-            async for signum in signals:
-                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                    break
                 nursery.cancel_scope.cancel()
-                break
+
+            async def on_request() -> None:
+                await node.stop_requested.wait()
+                log.info("stopping", extra={"why": "left the mesh"})
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(on_request)
     return 0
 
 

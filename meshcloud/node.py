@@ -28,7 +28,7 @@ from meshcloud.auth import MeshAuthenticator
 from meshcloud.clock import Clock, SystemClock
 from meshcloud.config import NodeConfig, parse_host_port
 from meshcloud.datadir import DataDir, MeshInfo
-from meshcloud.errors import DataDirError, MeshError, TransportError
+from meshcloud.errors import DataDirError, MeshError
 from meshcloud.events import EventFeed
 from meshcloud.identity.invites import InviteToken, create_invite
 from meshcloud.identity.keys import SigningKey, short_id
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 TransportFactory = Callable[[SigningKey, MeshAuthenticator, NodeConfig], Transport]
 
 RECONNECT_INTERVAL = 2.0
-"""Seconds between attempts to reach known peers while this node has none connected."""
+"""Seconds between DHT join attempts while this node is alone (times five)."""
+MOVED_PEER_INTERVAL = 30.0
+"""Seconds between DHT look-ups of members held dead (they may have changed address)."""
 
 
 def tcp_transport(key: SigningKey, authenticator: MeshAuthenticator,
@@ -100,6 +102,10 @@ class Node:
         self.records = TableMembershipRecords(self.state)
         self._import_file_records()
         self.authenticator.records = self.records
+        from meshcloud.members import Members
+
+        self.members = Members(self)
+        self.stop_requested = trio.Event()
         self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())
         self.peers: dict[bytes, PeerRecord] = {}
         self._load_peers()
@@ -141,8 +147,11 @@ class Node:
         path.rename(path.with_suffix(".json.imported"))
 
     def alive_peer_ids(self) -> frozenset[bytes]:
-        """The peers this node believes alive (gossip's view once it runs)."""
-        return frozenset(p.node_id for p in self.peers.values() if p.connected)
+        """The other members that gossip holds alive (or only suspects)."""
+        return self.members.alive_ids()
+
+    def bootstrap_addresses(self) -> list[str]:
+        return list(self._bootstrap_addresses)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -174,21 +183,22 @@ class Node:
         return token
 
     def known_node_ids(self) -> list[bytes]:
-        return [self.node_id, *self.peers]
+        ids = [bytes.fromhex(m["id"]) for m in self.members_view()]
+        return list(dict.fromkeys([self.node_id, *ids, *self.peers]))
+
+    async def leave(self) -> None:
+        """Leave the mesh gracefully; the agent then stops (see :meth:`request_stop`)."""
+        await self.members.leave()
+
+    async def request_stop(self) -> None:
+        self.stop_requested.set()
 
     def extra_nav(self) -> list[tuple[str, str, str, bool]]:
         return [entry for s in self.services if hasattr(s, "nav") for entry in s.nav()]
 
     def members_view(self) -> list[dict[str, Any]]:
-        """Every known node with its state, for `status`, the API and the UI."""
-        now = self.clock.wall_ms()
-        me = {"id": self.node_id.hex(), "state": "alive", "incarnation": 0,
-              "addresses": self.advertised_addresses(), "capacity": {},
-              "last_change": self.started_at_ms or now}
-        others = [{"id": p.node_id.hex(), "state": "alive" if p.connected else "dead",
-                   "incarnation": 0, "addresses": p.addresses, "capacity": {},
-                   "last_change": p.last_change_ms} for p in self.peers.values()]
-        return [me, *sorted(others, key=lambda m: m["id"])]
+        """Every known member with its state, for `status`, the API and the UI."""
+        return self.members.view()
 
     # --- peers ----------------------------------------------------------------------------
 
@@ -265,42 +275,27 @@ class Node:
             self._peer_set_changed.set()
             self._peer_set_changed = trio.Event()
 
-    async def _keep_connected(self) -> None:
-        """Until membership gossip runs the show, reach every known peer we are not connected to."""
-        while True:
-            targets = [(p.node_id, p.addresses) for p in self.peers.values()
-                       if not p.connected and p.addresses]
-            addresses = [a for a in self._bootstrap_addresses
-                         if a not in self.advertised_addresses()]
-            async with trio.open_nursery() as nursery:
-                for node_id, peer_addresses in targets:
-                    nursery.start_soon(self._try_dial, peer_addresses, node_id)
-                if not any(p.connected for p in self.peers.values()):
-                    for address in addresses:
-                        nursery.start_soon(self._try_dial, [address], None)
-            with trio.move_on_after(RECONNECT_INTERVAL):
+    async def _find_moved_peers(self) -> None:
+        """Members we hold dead may only have moved (a phone on another network): ask the
+        DHT for their current signed addresses now and then, and dial those."""
+        while not self.stopping.is_set():
+            with trio.move_on_after(MOVED_PEER_INTERVAL):
                 await self.stopping.wait()
-            if self.stopping.is_set():
-                return
-
-    async def _try_dial(self, addresses: list[str], expect: bytes | None) -> None:
-        for address in addresses:
-            try:
-                with trio.move_on_after(5):
-                    await self.transport.dial(address, expect=expect)
-                    return
-            except (TransportError, MeshError, OSError) as exc:
-                log.debug("dial failed", extra={"address": address, "why": str(exc)})
-        if expect is not None and self.dht is not None:
-            # the peer may have moved (a phone on another network): ask the DHT
-            try:
-                with trio.move_on_after(10):
-                    fresh = await self.dht.find_peer(expect)
-                    if fresh and fresh != addresses:
-                        self.learn_peer(expect, fresh)
-            except MeshError as exc:
-                log.debug("peer not found in the DHT", extra={"peer": short_id(expect),
-                                                              "why": str(exc)})
+            if self.dht is None or self.stopping.is_set():
+                continue
+            for member in self.members_view():
+                if member["state"] != "dead":
+                    continue
+                node_id = bytes.fromhex(member["id"])
+                try:
+                    with trio.move_on_after(10):
+                        fresh = await self.dht.find_peer(node_id)
+                except MeshError:
+                    continue
+                if fresh and sorted(fresh) != sorted(member["addresses"]):
+                    log.info("peer moved", extra={"peer": short_id(node_id),
+                                                  "addresses": ",".join(fresh)})
+                    self.learn_peer(node_id, fresh)
 
     def _make_dht(self) -> DhtDriver:
         presets = {"lan": DhtConfig.lan, "wan": DhtConfig.wan, "local": DhtConfig.local,
@@ -354,6 +349,7 @@ class Node:
             },
             "peers": sorted((p.to_json() for p in self.peers.values()),
                             key=lambda p: (not p["connected"], p["id"])),
+            "members": self.members_view(),
             "versions": versions(),
             **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }
@@ -374,7 +370,8 @@ class Node:
             for record in self.peers.values():
                 self.transport.set_addresses(record.node_id, record.addresses)
             await nursery.start(self.diagnostics.run)
-            nursery.start_soon(self._keep_connected)
+            await nursery.start(self.members.run)
+            nursery.start_soon(self._find_moved_peers)
             for service in self.services:
                 await nursery.start(service.run)
             self.api_urls = await nursery.start(serve_api, self)

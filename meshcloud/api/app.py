@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
@@ -177,6 +178,12 @@ def build_app(node: Node) -> Starlette:
         quick = field(body, "quick", bool, False)
         return JSONResponse(await node.diagnostics.benchmark(address, quick=quick))
 
+    async def leave(request: Request) -> Response:
+        await node.leave()
+        # stop the agent once the answer is out
+        return JSONResponse({"left": True, "node": node.node_id.hex()},
+                            background=BackgroundTask(node.request_stop))
+
     async def login_ticket(request: Request) -> Response:
         return JSONResponse({"ticket": auth.new_login_ticket()})
 
@@ -192,6 +199,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/status", status),
         Route("/v1/peers", peers),
         Route("/v1/members", members),
+        Route("/v1/leave", leave, methods=["POST"]),
         Route("/v1/invites", create_invite, methods=["POST"]),
         Route("/v1/events", events),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),

@@ -1,0 +1,203 @@
+"""The node's view of the mesh: membership gossip (SWIM) wired into the node.
+
+:class:`Members` owns the node's :class:`~gossip.driver.GossipDriver` and everything
+around it:
+
+* **joining**: sync with any reachable member (the invite's bootstrap addresses, then every
+  peer address we have seen), and again whenever we are alone;
+* **the view**: :meth:`alive_ids` (what placement, storage and the state use) and
+  :meth:`view` (every member with state, incarnation, addresses, capacity, last change, for
+  the API, the CLI and the UI);
+* **events**: each membership change becomes a node event (``member.joined``,
+  ``member.updated``, ``member.suspect``, ``member.failed``, ``member.left``,
+  ``member.reaped``, with ``peer=<hex id>``) — what reconcilers, repair and the UI follow;
+* **incarnation on disk**: a restarted node starts above its last incarnation, so it
+  outbids any stale news about itself at once;
+* **leave**: gossip a signed leave and wait for it to spread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gossip.capacity import Capacity
+from gossip.config import GossipConfig
+from gossip.driver import GossipDriver, GossipError
+from gossip.hooks import cert_hooks
+from gossip.member import MemberInfo, MemberState
+from gossip.outputs import (
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspected,
+    MemberUpdated,
+)
+from gossip.sysinfo import read_capacity
+from meshcloud.identity.keys import short_id
+
+if TYPE_CHECKING:
+    from meshcloud.node import Node
+
+log = logging.getLogger(__name__)
+
+JOIN_RETRY = 2.0
+"""Seconds between attempts to join while no member answers (up to JOIN_RETRY_MAX)."""
+JOIN_RETRY_MAX = 30.0
+
+EVENT_KINDS = {MemberJoined: "member.joined", MemberUpdated: "member.updated",
+               MemberSuspected: "member.suspect", MemberFailed: "member.failed",
+               MemberLeft: "member.left", MemberReaped: "member.reaped"}
+
+PRESETS = {"lan": GossipConfig.lan, "wan": GossipConfig.wan, "local": GossipConfig.local,
+           "phone": GossipConfig.phone}
+
+
+def capacity_dict(capacity: Capacity) -> dict[str, Any]:
+    """A member's capacity as JSON for the API and the UI (unknowns become None)."""
+    data = asdict(capacity)
+    data["battery"] = None if capacity.battery < 0 else capacity.battery
+    data["runtimes"] = list(capacity.runtimes)
+    data["labels"] = dict(capacity.labels)
+    return data
+
+
+class Members:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        config = node.config
+        self.incarnation_path = node.datadir.path / "run" / "incarnation"
+        self.sample = partial(read_capacity, node.datadir.path, labels=config.labels,
+                              metered=True if config.metered else None)
+        self.gossip = GossipDriver(
+            node.transport, PRESETS[config.profile](),
+            cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
+            capacity=self.sample(), capacity_source=self.sample,
+            incarnation=self._saved_incarnation() + 1,
+        )
+        self.left = False
+        self._saved = -1
+
+    # --- incarnation ----------------------------------------------------------------------
+
+    def _saved_incarnation(self) -> int:
+        try:
+            return int(self.incarnation_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return -1
+
+    def _save_incarnation(self) -> None:
+        try:
+            incarnation = self.gossip.core.incarnation
+        except GossipError:
+            return
+        if incarnation != self._saved:
+            self.incarnation_path.parent.mkdir(mode=0o700, exist_ok=True)
+            tmp = self.incarnation_path.with_suffix(".tmp")
+            tmp.write_text(f"{incarnation}\n")
+            tmp.replace(self.incarnation_path)
+            self._saved = incarnation
+
+    # --- the view -------------------------------------------------------------------------
+
+    def alive_ids(self) -> frozenset[bytes]:
+        """Members gossip holds alive (or only suspected), this node excluded."""
+        try:
+            members = self.gossip.members()
+        except GossipError:
+            return frozenset()
+        me = self.node.node_id
+        return frozenset(m.node_id for m in members if m.node_id != me and
+                         m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+    def view(self) -> list[dict[str, Any]]:
+        try:
+            members = self.gossip.members()
+        except GossipError:
+            return []
+        wall_now = self.node.clock.wall_ms() / 1000
+        out = [self._entry(m, wall_now) for m in members]
+        me = self.node.node_id.hex()
+        out.sort(key=lambda m: (m["id"] != me, m["id"]))
+        return out
+
+    def _entry(self, member: MemberInfo, wall_now: float) -> dict[str, Any]:
+        changed = GossipDriver.wall_time(member.changed_at, wall_now)
+        return {"id": member.node_id.hex(), "state": member.state.name.lower(),
+                "incarnation": member.incarnation, "addresses": list(member.addresses),
+                "capacity": capacity_dict(member.capacity),
+                "last_change": int(changed * 1000)}
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gossip.run)
+            self.gossip.update_addresses(self.node.advertised_addresses())
+            self._save_incarnation()
+            nursery.start_soon(self._follow_events, self.gossip.subscribe())
+            nursery.start_soon(self._keep_joined)
+            task_status.started()
+
+    async def _follow_events(self, events: trio.MemoryReceiveChannel[Any]) -> None:
+        async for event in events:
+            kind = EVENT_KINDS.get(type(event))
+            if kind is None:
+                continue
+            if isinstance(event, MemberReaped):
+                self.node.events.emit(kind, peer=event.node_id.hex())
+                continue
+            member = event.member
+            if member.node_id == self.node.node_id:
+                self._save_incarnation()
+                continue
+            facts: dict[str, Any] = {"peer": member.node_id.hex(),
+                                     "incarnation": member.incarnation}
+            if isinstance(event, MemberSuspected):
+                facts["accuser"] = event.accuser.hex()
+            if isinstance(event, MemberUpdated) and event.refuted:
+                facts["refuted"] = True
+            if member.addresses:
+                self.node.learn_peer(member.node_id, list(member.addresses))
+            log.info(kind.replace(".", " "), extra={"peer": short_id(member.node_id),
+                                                     "incarnation": member.incarnation})
+            self.node.events.emit(kind, **facts)
+            self._save_incarnation()
+
+    def seeds(self) -> list[str]:
+        node = self.node
+        mine = set(node.advertised_addresses())
+        addresses = [a for p in node.peers.values() for a in p.addresses]
+        addresses += node.bootstrap_addresses()
+        return [a for a in dict.fromkeys(addresses) if a not in mine]
+
+    async def _keep_joined(self) -> None:
+        """Join through any reachable member; try again, backing off, while alone."""
+        delay = JOIN_RETRY
+        while not self.left:
+            if not self.alive_ids():
+                seeds = self.seeds()
+                if seeds:
+                    try:
+                        with trio.move_on_after(30):
+                            joined = await self.gossip.join(seeds)
+                            if joined:
+                                log.info("joined the mesh", extra={"syncs": joined})
+                                delay = JOIN_RETRY
+                    except GossipError as exc:
+                        log.debug("join attempt failed", extra={"why": str(exc)})
+                        delay = min(delay * 2, JOIN_RETRY_MAX)
+            await trio.sleep(delay)
+
+    async def leave(self) -> None:
+        """Announce a graceful leave (signed) and wait for it to spread."""
+        self.left = True
+        await self.gossip.leave()
+        self._save_incarnation()
+        self.node.events.emit("node.left", node=self.node.node_id.hex())
