@@ -3,6 +3,8 @@ dead, on another node's page without a reload (server-sent events)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -52,6 +54,6 @@ def test_mesh_page_shows_a_killed_node_suspect_then_dead_without_reload(mesh, ui
     expect(card).to_have_attribute("data-state", "dead")
     expect(card.locator(".pill")).to_have_text("dead")
     expect(page.locator(f'.picture .node[data-node="{node3.node_id}"]')).to_have_class(
-        "node state-dead")
+        re.compile(r"\bstate-dead\b"))
     expect(page.locator('#members .member[data-state="alive"]')).to_have_count(2)
     expect(page.locator('[data-count="dead"]')).to_have_text("1 dead")
