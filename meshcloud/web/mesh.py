@@ -5,9 +5,10 @@ capacity, last change). No node is special: the page only marks which one is ser
 The section re-renders (``/ui/frag/mesh``) on every ``member.*``, ``peer.*`` and
 ``node.*`` event, so a node turning suspect, then dead, shows without a reload.
 
-Capacity bars all read "how much is taken": CPU load per core, RAM used, disk used when
-the node reports its disk size; battery shows the charge. A node that only reports free
-disk gets a bar relative to the roomiest node (said in its tooltip).
+Capacity bars read "how much is taken" (blue, turning amber then red): CPU load per core,
+RAM used, disk used when the node reports its disk size. Green bars read "how much is
+left": the battery's charge, and the free disk of a node that only reports free space,
+relative to the roomiest node (said in its tooltip).
 """
 
 from __future__ import annotations
