@@ -17,6 +17,8 @@ DELETE   /v1/storage/objects/{bucket}/{key}           delete
 GET      /v1/storage/layout/{bucket}                  every object's chunks and holders, and
                                                       whether each chunk has k+m shards on
                                                       k+m distinct live nodes
+GET      /v1/storage/layout/{bucket}/{key}            the same for one object (the UI's
+                                                      object page)
 POST     /v1/storage/keys                             create an S3 key; the secret is shown
                                                       in this reply only
 GET      /v1/storage/keys                             keys (no secrets)
@@ -155,7 +157,7 @@ def storage_routes(service: BlobService) -> list[Route]:
                 page = await list_bucket(store().index, bucket_id, after=after)
                 for key, _ in page.contents:
                     record = await store().head(name, key)
-                    out.append(_layout(record, live))
+                    out.append(object_layout(record, live))
                 if not page.is_truncated or page.last is None:
                     break
                 after = page.last
@@ -163,6 +165,16 @@ def storage_routes(service: BlobService) -> list[Route]:
             raise _s3(exc) from None
         return JSONResponse({"live": sorted(n.hex() for n in live), "objects": out,
                              "complete": all(o["complete"] for o in out)})
+
+    async def object_layout_route(request: Request) -> Response:
+        try:
+            key = validate_key(request.path_params["key"])
+            record = await store().head(request.path_params["bucket"], key)
+        except S3Error as exc:
+            raise _s3(exc) from None
+        live = service.alive()
+        return JSONResponse({"live": sorted(n.hex() for n in live),
+                             **object_layout(record, live)})
 
     async def keys(request: Request) -> Response:
         if request.method == "POST":
@@ -206,12 +218,17 @@ def storage_routes(service: BlobService) -> list[Route]:
         Route("/v1/storage/objects/{bucket}", listing, methods=["GET"]),
         Route("/v1/storage/objects/{bucket}/{key:path}", obj, methods=["GET", "PUT", "DELETE"]),
         Route("/v1/storage/layout/{bucket}", layout, methods=["GET"]),
+        Route("/v1/storage/layout/{bucket}/{key:path}", object_layout_route,
+              methods=["GET"]),
         Route("/v1/storage/keys", keys, methods=["GET", "POST"]),
         Route("/v1/storage/keys/{access_key}", key, methods=["DELETE"]),
     ]
 
 
-def _layout(record: ObjectRecord, live: frozenset[bytes]) -> dict[str, Any]:
+def object_layout(record: ObjectRecord, live: frozenset[bytes]) -> dict[str, Any]:
+    """Where an object's shards are, and whether each chunk has its k+m shards on k+m
+    distinct live nodes (``ok``). A small object kept inline in its index record has no
+    chunks (``inline``): the index's replicas are its copies."""
     manifest = record.manifest
     chunks = []
     complete = True
@@ -222,6 +239,8 @@ def _layout(record: ObjectRecord, live: frozenset[bytes]) -> dict[str, Any]:
             and len(set(nodes)) == manifest.n
         complete = complete and ok
         chunks.append({"index": chunk.index, "shards": [
-            {"index": s.index, "node": s.node.hex()} for s in chunk.shards], "ok": ok})
+            {"index": s.index, "node": s.node.hex(), "live": s.node in live}
+            for s in chunk.shards], "ok": ok})
     return {"key": record.key, "size": record.size, "k": manifest.k, "m": manifest.m,
-            "scheme": manifest.scheme.name.lower(), "chunks": chunks, "complete": complete}
+            "scheme": manifest.scheme.name.lower(), "chunks": chunks, "complete": complete,
+            "inline": record.inline is not None}

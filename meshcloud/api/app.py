@@ -67,9 +67,10 @@ class RequireToken:
             conn = HTTPConnection(scope)
             if not path.startswith(PUBLIC_PATHS) and not self.auth.allowed(conn):
                 if path.startswith("/ui") or path == "/":
+                    from meshcloud.web.render import render_text
+
                     response: Response = HTMLResponse(
-                        "<!doctype html><title>meshcloud</title><h1>Not logged in</h1>"
-                        "<p>Run <code>meshcloud ui</code> on this machine for a login link.</p>",
+                        render_text("login_failed.html", heading="Not logged in"),
                         status_code=401)
                 else:
                     response = error_response(401, "unauthorized",
