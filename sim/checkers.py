@@ -60,6 +60,9 @@ class Episode:
     kind: str
     start: float
     converged: float | None = None
+    superseded: bool = False
+    """A newer change of the same subject came before this one converged (a crash undone
+    by a restart 0.1 s later cannot, and need not, be noticed)."""
 
     @property
     def duration(self) -> float | None:
@@ -81,6 +84,8 @@ class BeliefReplay:
         self.initial: frozenset[bytes] = frozenset(
             node for row in trace.records.get("initial_members", []) for node in row["nodes"])
         """Nodes that started as one converged mesh: they believe each other alive."""
+        self.restarted: set[bytes] = set()
+        """Nodes that came back as a new process: they start knowing nothing."""
         self.disagree: dict[bytes, int] = defaultdict(int)
         self.total = 0
         self.episodes: list[Episode] = []
@@ -98,7 +103,8 @@ class BeliefReplay:
     def believes_alive(self, observer: bytes, subject: bytes) -> bool:
         known = self.belief[observer].get(subject)
         if known is None:
-            return observer in self.initial and subject in self.initial
+            return (observer in self.initial and observer not in self.restarted
+                    and subject in self.initial)
         return known
 
     def _pair_wrong(self, observer: bytes, subject: bytes) -> bool:
@@ -115,6 +121,9 @@ class BeliefReplay:
             self._recount_subject(subject)
 
     def _open_episode(self, subject: bytes | None, kind: str, t: float) -> None:
+        previous = self._open.get(subject)
+        if previous is not None:
+            previous.superseded = True
         episode = Episode(subject, kind, t)
         self.episodes.append(episode)
         self._open[subject] = episode
@@ -132,6 +141,10 @@ class BeliefReplay:
     def on_truth(self, t: float, node: bytes, state: str) -> None:
         before = self.truth.get(node)
         was_observer = before == "alive"
+        if state == "alive" and before in ("crashed", "gone", "left"):
+            # a new process: what the old one believed died with it
+            self.belief[node] = {}
+            self.restarted.add(node)
         self.truth[node] = state
         is_observer = state == "alive"
         if was_observer != is_observer:
@@ -217,9 +230,13 @@ class MembershipConvergence:
         replay.run()
         by_kind: dict[str, list[float]] = defaultdict(list)
         late, examples = 0, []
+        superseded = 0
         for episode in replay.episodes:
             if episode.start < 1.0 and episode.kind.startswith("new"):
                 continue  # the initial bootstrap of the mesh is measured separately
+            if episode.superseded and episode.converged is None:
+                superseded += 1
+                continue
             if episode.duration is not None:
                 by_kind[_kind(episode.kind)].append(episode.duration)
                 if episode.duration > bound:
@@ -235,6 +252,7 @@ class MembershipConvergence:
         figures.update({f"{kind}_max_s": round(max(values), 3)
                         for kind, values in by_kind.items() if values})
         figures["late_episodes"] = late
+        figures["superseded_episodes"] = superseded
         figures["episodes"] = sum(len(v) for v in by_kind.values())
         passed = late == 0
         summary = (f"{figures['episodes']} changes, all reflected in every live view within "
@@ -377,6 +395,8 @@ def false_positives(trace: Trace, grace: float) -> tuple[int, int, list[str]]:
         subject_timeline = timeline.get(subject, [])
         if Trace.state_at(subject_timeline, t) != "alive":
             continue
+        if Trace.state_at(subject_timeline, t - grace) != "alive":
+            continue  # it was down (asleep, crashed) at the start of the window
         if any(t - grace <= when <= t and s != "alive" for when, s in subject_timeline):
             continue
         if any(t - grace <= when <= t for when, _ in partitions) or trace.groups_at(t):

@@ -224,7 +224,9 @@ class Run:
         s = self.scenario
         churn = s.churn
         now = self.engine.now
-        stop = churn.stop if churn.stop is not None else s.scenario.duration * 0.85
+        quiet = 2 * s.checks.convergence_bound  # time to settle before the end
+        stop = churn.stop if churn.stop is not None else \
+            min(s.scenario.duration * 0.85, s.scenario.duration - quiet)
         if now > stop:
             return
         total = churn.join + churn.leave + churn.crash
@@ -332,8 +334,9 @@ class Run:
 def default_models() -> list[Any]:
     """Models of the services on top of membership, each with its checkers."""
     from sim.blobmodel import BlobSimModel
+    from sim.workloadmodel import WorkloadAvailabilityModel
 
-    return [BlobSimModel()]
+    return [BlobSimModel(), WorkloadAvailabilityModel()]
 
 
 def default_checkers() -> list[Any]:
@@ -367,6 +370,10 @@ def run(scenario: Scenario, *, out: Path | None, progress: bool = True,
     else:
         sim.run()
     checkers = default_checkers() + list(extra_checkers or [])
+    for model in sim.models:
+        for checker in getattr(model, "checkers", list)():
+            if all(type(checker) is not type(c) for c in checkers):
+                checkers.append(checker)
     results = run_checkers(sim.trace, scenario, checkers)
     figures = sim.figures()
     document = metrics_document(scenario, figures, results)

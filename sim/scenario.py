@@ -133,6 +133,10 @@ class CheckSpec:
     dht_lookups: int = 200
     min_dht_success: float = 1.0
     state_convergence_bound: float = 120.0
+    """After the last fault, every live node's cluster-state Merkle roots are equal within
+    this many seconds."""
+    workload_bound: float = 15.0
+    """A replica lost with its node runs again elsewhere within this many seconds."""
 
 
 @dataclass
@@ -212,7 +216,8 @@ SECTIONS: dict[str, type] = {"scenario": ScenarioMeta, "network": NetworkSpec,
                              "population": PopulationSpec, "churn": ChurnSpec,
                              "nemesis": NemesisSpec, "checks": CheckSpec}
 DURATION_FIELDS = {"duration", "restart_after", "start", "stop", "at", "convergence_bound",
-                   "detect_bound", "state_convergence_bound", "phone_sleep", "phone_awake"}
+                   "detect_bound", "state_convergence_bound", "workload_bound", "phone_sleep",
+                   "phone_awake"}
 RATE_FIELDS = {"bandwidth"}
 
 

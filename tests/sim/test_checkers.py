@@ -124,3 +124,37 @@ def test_views_during_partition_are_not_false_deaths():
     trace.partition(20.0, [frozenset({A, B}), frozenset({C, D})])
     trace.view(25.0, A, C, "dead")
     assert FalsePositives().check(trace, scenario()).figures["false_deaths"] == 0
+
+
+def test_a_restarted_node_forgets_what_its_old_process_believed():
+    trace = healthy_trace()
+    trace.node_state(10.0, A, "crashed")
+    for observer in (B, C, D):
+        trace.view(12.0, observer, A, "dead")
+    trace.node_state(20.0, A, "alive")  # a new process: it knows nobody yet
+    for observer in (B, C, D):
+        trace.view(21.0, observer, A, "alive")
+    result = SplitBrain().check(trace, scenario())
+    assert not result.passed  # A has not learnt of B, C, D again
+    assert any(f"{A.hex()[:8]} believes" in e and "not alive" in e for e in result.examples)
+    for subject in (B, C, D):
+        trace.view(22.0, A, subject, "alive")
+    assert SplitBrain().check(trace, scenario()).passed
+
+
+def test_a_change_undone_before_anyone_could_notice_is_not_late():
+    trace = healthy_trace()
+    trace.node_state(10.0, D, "crashed")
+    trace.node_state(10.1, D, "alive")  # restarted at once: nobody noticed, nobody had to
+    for subject in (A, B, C):
+        trace.view(11.0, D, subject, "alive")
+    result = MembershipConvergence().check(trace, scenario())
+    assert result.passed and result.figures["superseded_episodes"] == 1
+
+
+def test_declaring_a_just_woken_phone_dead_is_not_a_false_death():
+    trace = healthy_trace()
+    trace.node_state(30.0, B, "asleep")
+    trace.node_state(55.0, B, "alive")
+    trace.view(55.2, A, B, "dead")  # decided on what it saw while B slept
+    assert FalsePositives().check(trace, scenario()).figures["false_deaths"] == 0
