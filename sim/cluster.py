@@ -310,7 +310,8 @@ class SimCluster:
         if dst is None:
             return
         now = self.engine.now
-        delay = self.network.transit(src.node_id, dst_id, 0, now)
+        # DHT requests and replies travel on streams: loss only delays them
+        delay = self.network.transit(src.node_id, dst_id, 0, now, reliable=kind == 1)
         if delay is None:
             return
         if dst.slow:

@@ -15,6 +15,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
+RETRANSMIT_TIMEOUT = 0.2
+"""Seconds TCP waits before its first retransmission (Linux's minimum RTO), doubling."""
+
 
 @dataclass
 class LinkModel:
@@ -95,7 +98,11 @@ class Network:
 
     # --- the fate of one message ----------------------------------------------------------
 
-    def transit(self, src: bytes, dst: bytes, size: int, now: float) -> float | None:
+    def transit(self, src: bytes, dst: bytes, size: int, now: float, *,
+                reliable: bool = False) -> float | None:
+        """The delay of one message, or None if it is lost. ``reliable`` messages (on a
+        stream: TCP retransmits) are never lost to random loss, only delayed by a
+        retransmission timeout per lost attempt; a partition still stops them."""
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += size
@@ -104,10 +111,18 @@ class Network:
             return None
         link = self._links.get((src, dst)) or self._node_links.get(src) or \
             self._node_links.get(dst) or self.default
-        if link.loss and self.rng.random() < link.loss:
-            stats.lost_random += 1
-            return None
-        delay = link.sample_delay(self.rng)
+        retransmit = 0.0
+        if link.loss:
+            if not reliable:
+                if self.rng.random() < link.loss:
+                    stats.lost_random += 1
+                    return None
+            else:
+                rto = RETRANSMIT_TIMEOUT
+                while self.rng.random() < link.loss and retransmit < 30.0:
+                    retransmit += rto
+                    rto *= 2
+        delay = link.sample_delay(self.rng) + retransmit
         if self.uplink_bytes_per_s:
             start = max(now, self._uplink_free.get(src, 0.0))
             done = start + size / self.uplink_bytes_per_s

@@ -331,12 +331,23 @@ class Run:
         }
 
 
-def default_models() -> list[Any]:
-    """Models of the services on top of membership, each with its checkers."""
-    from sim.blobmodel import BlobSimModel
-    from sim.workloadmodel import WorkloadAvailabilityModel
+def default_models(scenario: Scenario) -> list[Any]:
+    """Models of the services on top of membership the scenario asks for."""
+    models: list[Any] = []
+    wanted = scenario.scenario.models
+    if "blobs" in wanted:
+        from sim.blobmodel import BlobSimModel
 
-    return [BlobSimModel(), WorkloadAvailabilityModel()]
+        models.append(BlobSimModel())
+    if "workloads" in wanted:
+        from sim.workloadmodel import WorkloadAvailabilityModel
+
+        models.append(WorkloadAvailabilityModel())
+    if "state" in wanted:
+        from sim.statemodel import StateSimModel
+
+        models.append(StateSimModel())
+    return models
 
 
 def default_checkers() -> list[Any]:
@@ -350,7 +361,7 @@ def run(scenario: Scenario, *, out: Path | None, progress: bool = True,
         with_dht: bool = True, extra_checkers: list[Any] | None = None,
         models: list[Any] | None = None) -> RunResult:
     started = time.monotonic()
-    models = default_models() if models is None else models
+    models = default_models(scenario) if models is None else models
     sim = Run(scenario, with_dht=with_dht, models=models)
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -75,6 +75,8 @@ class ScenarioMeta:
     seed: int = 1
     profile: str = "lan"
     description: str = ""
+    models: list[str] = field(default_factory=lambda: ["blobs", "workloads"])
+    """Service models run on top of membership: blobs, workloads, state (costlier)."""
 
 
 @dataclass
@@ -320,6 +322,10 @@ def _check(s: Scenario, fail: Any) -> None:
         raise fail(f"nodes must be between 1 and 100000, got {meta.nodes}", "scenario", "nodes")
     if meta.duration <= 0:
         raise fail("duration must be positive", "scenario", "duration")
+    unknown = [m for m in meta.models if m not in ("blobs", "workloads", "state")]
+    if unknown:
+        raise fail(f"unknown model {unknown[0]!r} (models: blobs, workloads, state)",
+                   "scenario", "models")
     if meta.profile not in ("lan", "wan", "local", "phone"):
         raise fail(f"profile {meta.profile!r} is not lan, wan, local or phone", "scenario",
                    "profile")
