@@ -141,6 +141,12 @@ class GossipConfig:
     push_pull_scale_threshold: int = 32
     """Mesh size from which the sync period grows (memberlist: 32)."""
 
+    reconnect_interval: float = 30.0
+    """Seconds between attempts to sync with one member we hold DEAD (Serf's reconnect,
+    every 30 s). Not scaled with N like push-pull: after a partition of a large mesh heals,
+    each side holds the other dead, and these syncs are what reunite them quickly. Each
+    attempt is made with probability dead/live, so a healthy mesh pays nothing."""
+
     # --- lifecycle ------------------------------------------------------------------------
 
     dead_retention: float = 300.0
@@ -199,6 +205,8 @@ class GossipConfig:
                 raise ConfigError(f"gossip.{name} must be at least 1")
         if self.packet_budget < 256:
             raise ConfigError("gossip.packet_budget must be at least 256 bytes")
+        if self.reconnect_interval <= 0:
+            raise ConfigError("gossip.reconnect_interval must be positive")
         for name in ("gossip_to_the_dead_time", "proof_window", "capacity_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"gossip.{name} must not be negative")

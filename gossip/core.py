@@ -119,6 +119,8 @@ class SwimCore(Prober, NewsApplier):
         self._next_push_pull: float | None = now + config.push_pull_interval * rng.uniform(
             0.5, 1.0)
         self._next_capacity: float | None = None
+        self._next_reconnect: float | None = now + config.reconnect_interval * rng.uniform(
+            0.5, 1.0)
         self._relay_timeout = RELAY_SHARE * config.indirect_timeout
         self._queue_news(me, me.alive, now)
 
@@ -161,7 +163,7 @@ class SwimCore(Prober, NewsApplier):
     def next_deadline(self) -> float | None:
         best = self.timers.peek()
         for when in (self._next_probe, self._next_gossip, self._next_push_pull,
-                     self._next_capacity):
+                     self._next_capacity, self._next_reconnect):
             if when is not None and (best is None or when < best):
                 best = when
         return best
@@ -199,6 +201,7 @@ class SwimCore(Prober, NewsApplier):
         self._next_probe = None
         self._next_push_pull = None
         self._next_capacity = None
+        self._next_reconnect = None
         self._queue_news(me, leave, now)
         out: list[Output] = []
         self._check_leave_spread(out)
@@ -330,7 +333,8 @@ class SwimCore(Prober, NewsApplier):
             when = self.timers.peek()
             which = 0
             for i, tick in enumerate((self._next_probe, self._next_gossip,
-                                      self._next_push_pull, self._next_capacity), 1):
+                                      self._next_push_pull, self._next_capacity,
+                                      self._next_reconnect), 1):
                 if tick is not None and (when is None or tick < when):
                     when, which = tick, i
             if when is None or when > now:
@@ -344,8 +348,10 @@ class SwimCore(Prober, NewsApplier):
                 self._gossip_tick(now, out)
             elif which == 3:
                 self._push_pull_tick(now, out)
-            else:
+            elif which == 4:
                 self._capacity_tick(now, out)
+            else:
+                self._reconnect_tick(now, out)
 
     # === timers ===========================================================================
 
@@ -438,24 +444,29 @@ class SwimCore(Prober, NewsApplier):
         n = self.table.live_count
         self._next_push_pull = now + push_pull_interval(config.push_pull_interval, n,
                                                         config.push_pull_scale_threshold)
-        state = None
         peers = self.table.random_members(1, (self.node_id,))
         if peers and self.table.members[peers[0]].state is MemberState.ALIVE:
             state = PushPull(join=False, entries=self._local_state())
             self.counters.syncs_started += 1
             out.append(Sync(peers[0], state))
-        # Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed
-        # partition, with us dead in its view; nothing else would ever reunite us. Try
-        # one, more often the larger the dead share; a node left alone tries several.
+        if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
+            out.extend(self.join(self._seeds, now))
+
+    def _reconnect_tick(self, now: float, out: list[Output]) -> None:
+        """Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed
+        partition, with us dead in its view; nothing else would ever reunite us. Try one,
+        with probability dead/live (a healthy mesh pays nothing); a node left alone tries
+        several. Its own timer, not scaled with N like push-pull (config)."""
+        config = self.config
+        self._next_reconnect = now + config.reconnect_interval * self.random.uniform(0.75, 1.25)
+        n = self.table.live_count
         dead = self.table.counts[MemberState.DEAD]
         if dead and self.random.random() < dead / max(1, n):
             tries = config.gossip_nodes if n <= 1 else 1
+            state = PushPull(join=False, entries=self._local_state())
             for target in self.table.random_dead(tries):
-                state = state or PushPull(join=False, entries=self._local_state())
                 self.counters.syncs_started += 1
                 out.append(Sync(target, state))
-        if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
-            out.extend(self.join(self._seeds, now))
 
     def _reschedule_push_pull(self, now: float) -> None:
         """Next sync at a random point of the period for the current N (after a join or
