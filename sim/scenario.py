@@ -137,8 +137,9 @@ class CheckSpec:
     state_convergence_bound: float = 120.0
     """After the last fault, every live node's cluster-state Merkle roots are equal within
     this many seconds."""
-    workload_bound: float = 15.0
-    """A replica lost with its node runs again elsewhere within this many seconds."""
+    workload_bound: float | None = None
+    """A replica lost with its node runs again elsewhere within this many seconds; unset, it
+    is ``detect_bound`` + 5 s (detection, then a replacement started)."""
 
 
 @dataclass

@@ -79,6 +79,9 @@ def test_drain_moves_replicas_off_a_node_then_remove(mesh, ui):
 
     remove = card.locator("button", has_text="Remove")
     remove.click()
+    expect(remove).to_have_text("Sure? Remove")
+    page.evaluate("refresh(document.getElementById('workloads'))")  # as a poll would
+    expect(remove).to_have_text("Sure? Remove")  # the armed tap survives the refresh
     remove.click()
     expect(page.locator('#workloads .workload[data-workload="ticker"]')).to_have_count(
         0, timeout=10_000)

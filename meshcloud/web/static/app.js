@@ -3,7 +3,8 @@
 // * Sections with data-frag re-fetch their HTML fragment when an event whose kind starts
 //   with one of their data-refresh-on prefixes arrives on the server-sent event stream,
 //   and every data-poll seconds (state that reaches this node through replicated tables
-//   raises no event here). A section the user is typing in waits until they leave it.
+//   raises no event here). A section the user is typing in, or holds a button armed for
+//   its confirming second tap, waits until they are done.
 // * Forms with data-api and buttons with data-call send JSON to the agent API.
 // * Uploads are XMLHttpRequest PUTs (upload progress events drive the bars); logs stream
 //   with fetch and a body reader.
@@ -75,6 +76,8 @@ const busy = new WeakMap();      // section -> a refresh is in flight
 const deferred = new WeakSet();  // sections waiting for the user to leave them
 
 function userIsIn(section) {
+  // typing in a field, or half-way through a two-tap confirmation: a swap would undo it
+  if (section.querySelector('[data-armed="1"]')) return true;
   const active = document.activeElement;
   return active && section.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
 }
@@ -112,13 +115,15 @@ async function refresh(section) {
 
 function refreshAll() { for (const section of $$("[data-frag]")) refresh(section); }
 
-document.addEventListener("focusout", () => {
+function resumeDeferred() {
   setTimeout(() => {
     for (const section of $$("[data-frag]")) {
       if (deferred.has(section) && !userIsIn(section)) { deferred.delete(section); refresh(section); }
     }
   }, 0);
-});
+}
+
+document.addEventListener("focusout", resumeDeferred);
 
 function startPolling() {
   for (const section of $$("[data-frag][data-poll]")) {
@@ -304,6 +309,7 @@ async function clickCall(button) {
         button.dataset.armed = "";
         button.textContent = button.dataset.label;
         button.classList.remove("armed");
+        resumeDeferred();
       }
     }, 4000);
     return;
@@ -322,6 +328,7 @@ async function clickCall(button) {
     toast(e.message, "bad");
     button.disabled = false;
     if (button.dataset.label) { button.textContent = button.dataset.label; button.classList.remove("armed"); }
+    resumeDeferred();
   }
 }
 
