@@ -248,7 +248,7 @@ class StateConvergence:
         writes_stop = max((r["writes_stop"] for r in trace.records.get("state_model", [])),
                           default=0.0)
         last_fault = max([t for t, _, _ in trace.faults] + [writes_stop])
-        after = [s for s in samples if s["t"] >= last_fault]
+        after = [s for s in samples if s["t"] >= last_fault] or samples[-1:]
         converged_at = next((s["t"] for s in after if s["distinct"] == 1), None)
         figures: dict[str, Any] = {
             "writes": samples[-1]["writes"],
