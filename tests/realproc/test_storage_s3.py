@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -206,9 +207,11 @@ def test_presigned_urls_and_permissions(mesh):
                                    ExpiresIn=60)
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"hello"
-    expired = a.generate_presigned_url("get_object",
-                                       Params={"Bucket": "shared", "Key": "doc"}, ExpiresIn=1)
-    time.sleep(2.1)
+    signed_long_ago = (datetime.now(UTC) - timedelta(minutes=10)).replace(tzinfo=None)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=signed_long_ago):
+        expired = a.generate_presigned_url("get_object",
+                                           Params={"Bucket": "shared", "Key": "doc"},
+                                           ExpiresIn=60)  # signed 10 min ago: expired
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(expired, timeout=10)
     assert err.value.code == 403 and b"AccessDenied" in err.value.read()
@@ -297,13 +300,11 @@ def test_hostile_input_gets_s3_errors_and_changes_nothing(mesh):
                 assert b"413" in reply.split(b"\r\n")[0] or b"400" in reply.split(b"\r\n")[0]
                 assert error in reply
             sock.shutdown(socket.SHUT_WR)  # the body stops short
-            sock.settimeout(3)
-            try:
+            try:  # the server is done with the request once it closes the connection
                 while sock.recv(65536):
                     pass
-            except OSError:
+            except ConnectionResetError:
                 pass
-    time.sleep(0.5)
     assert listing() == ["keep"]
     assert s3.get_object(Bucket="hostile", Key="keep")["Body"].read() == b"original"
     status, body = raw_request(url, "PUT", "/Bad_Bucket", key)
