@@ -31,6 +31,12 @@ class DhtConfig:
     """Most peers a FindNode may ask for (2k): room for a lookup to see past up to k dead
     nodes near its target (see dht.lookup), while bounding a reply's size."""
 
+    find_count: int | None = None
+    """Peers each FindNode of a lookup asks for (k to ``max_find_count``; unset, all of
+    ``max_find_count``). Asking for 2k from the start lets a lookup see past dead nodes in
+    its first replies: with 20 % of a mesh crashed, 4 rounds instead of 6 (dht.lookup),
+    for replies twice as long."""
+
     replacement_cache_size: int = 20
     """Newcomers remembered per full bucket, to replace contacts that stop answering."""
 
@@ -93,6 +99,8 @@ class DhtConfig:
             raise ValueError("k and alpha must be at least 1")
         if self.max_find_count < self.k:
             raise ValueError("max_find_count must be at least k")
+        if self.find_count is not None and not self.k <= self.find_count <= self.max_find_count:
+            raise ValueError("find_count must be between k and max_find_count")
         for name in ("request_timeout", "maintenance_interval", "refresh_interval",
                      "peer_record_ttl", "peer_republish_interval", "provider_record_ttl",
                      "provider_republish_interval", "max_record_ttl"):

@@ -470,7 +470,9 @@ class DhtCore:
         c = self.config
         lookup_id = next(self._lookup_ids)
         lookup = Lookup(target, local_id=self.local_id, k=c.k, alpha=c.alpha,
-                        max_count=c.max_find_count, stop_at_target=purpose is Purpose.FIND_PEER)
+                        max_count=c.max_find_count,
+                        ask=c.find_count or c.max_find_count,
+                        stop_at_target=purpose is Purpose.FIND_PEER)
         op = Operation(lookup_id, purpose, target, lookup, now, value_kind, record)
         self._ops[lookup_id] = op
         self._counts["lookups_started"] += 1

@@ -39,6 +39,15 @@ ANSWERED, FAILED. A node is asked at most once (plus at most one "top-up", below
   lookup (46 instead of 29) and makes every lookup exact (asking only the alpha closest
   again left 0.3 % of lookups one node short: knowledge of the neighbourhood is spread
   over all of it).
+* **Asking wide from the start** (``ask``, the node's ``find_count``, 2k by default):
+  each query asks for more than k peers, so the first replies already show the
+  neighbourhood past its dead nodes; the k+f rule and top-ups above then rarely have
+  anything left to do. And in the WIDE phase the lookup also asks, at once, as many
+  candidates past the k-th as the k closest are likely to hold dead ones (by this
+  lookup's failure ratio so far): each would be asked a round later anyway, when one of
+  the k closest failed. Measured at 10,000 nodes with 20 % crashed: median rounds 6 → 4,
+  p99 10 → 5, requests per lookup 46 → 32, still every lookup exact; without crashes
+  nothing changes but the size of replies.
 * ``stop_at_target``: a lookup for a node id also ends when that node itself answers.
 
 **Rounds**, defined precisely: a query sent by :meth:`start` is in round 1; a query sent
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -103,9 +113,13 @@ class Lookup:
     """One lookup's state. See the module docstring for the strategy and "rounds"."""
 
     def __init__(self, target: bytes, *, local_id: bytes, k: int = 20, alpha: int = 3,
-                 max_count: int = 40, stop_at_target: bool = False) -> None:
+                 max_count: int = 40, ask: int | None = None,
+                 stop_at_target: bool = False) -> None:
         if k < 1 or alpha < 1 or max_count < k:
             raise ValueError("need k >= 1, alpha >= 1, max_count >= k")
+        if ask is not None and not k <= ask <= max_count:
+            raise ValueError("need k <= ask <= max_count")
+        self.ask = k if ask is None else ask
         self.target = target
         self.target_key = id_to_int(target)
         self.local_id = local_id
@@ -214,14 +228,15 @@ class Lookup:
         return c.info if c else None
 
     def need(self) -> int:
-        """Peers to ask for: k plus the failed candidates nearer than the k-th (capped)."""
+        """Peers to ask for: ``ask``, or k plus the failed candidates nearer than the k-th
+        if that is more (capped at ``max_count``)."""
         if not self._failed:
-            return self.k
+            return self.ask
         if len(self._order) >= self.k:
             failed_near = bisect.bisect_left(self._failed, self._order[self.k - 1][0])
         else:
             failed_near = len(self._failed)
-        return min(self.k + failed_near, self.max_count)
+        return max(self.ask, min(self.k + failed_near, self.max_count))
 
     # --- the rules ------------------------------------------------------------------------
 
@@ -237,20 +252,23 @@ class Lookup:
     def _advance(self, trigger_round: int) -> list[Query]:
         if self.finished:
             return []
-        limit = self.alpha if self.phase is Phase.NARROW else self.k
+        k = self.k
+        window = k if self.phase is Phase.NARROW else k + self._spares()
+        limit = self.alpha if self.phase is Phase.NARROW else window
         need = self.need()
         best = self._order[0][0] if self._order else 0
         queries: list[Query] = []
         settled = True  # every one of the k closest has answered
         candidates = self._candidates
-        for _, node_id in self._order[: self.k]:
+        for rank, (_, node_id) in enumerate(self._order[:window]):
             c = candidates[node_id]
             state = c.state
             if state is QueryState.WAITING:
-                settled = False
+                if rank < k:
+                    settled = False
                 if self.in_flight < limit:
                     queries.append(self._send(c, need, best, trigger_round))
-            elif state is QueryState.IN_FLIGHT or c.topup:
+            elif rank < k and (state is QueryState.IN_FLIGHT or c.topup):
                 settled = False
         if settled:
             short = self._short_reach()
@@ -261,6 +279,15 @@ class Lookup:
                 count = min(max(need, c.asked + 1), self.max_count)
                 queries.append(self._send(c, count, best, trigger_round))
         return queries
+
+    def _spares(self) -> int:
+        """Candidates past the k-th to ask at once in the WIDE phase: as many as the k
+        closest are likely to hold dead nodes, judged by this lookup's failures so far.
+        Each would be asked anyway, a round later, when one of the k closest fails."""
+        if not self.failures:
+            return 0
+        ratio = self.failures / (self.failures + self.replies)
+        return min(math.ceil(self.k * ratio), self.max_count - self.k)
 
     def _short_reach(self) -> list[_Candidate]:
         """Those of the k closest (all answered) whose reply stopped short of the k-th."""

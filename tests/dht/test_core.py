@@ -227,7 +227,8 @@ def lookup_in_progress():
 
 def test_reply_with_too_many_peers_is_dropped_and_the_query_fails():
     core, peer, request = lookup_in_progress()
-    flood = tuple(PeerInfo(node_id=random_id(random.Random(i))) for i in range(21))
+    asked = request.msg.count
+    flood = tuple(PeerInfo(node_id=random_id(random.Random(i))) for i in range(asked + 1))
     out = core.on_message(peer, FindNodeReply(rid=request.msg.rid, peers=flood), 0.1)
     (result,) = [o for o in out if type(o) is LookupFinished]
     assert result.failures == 1 and result.closest == ()

@@ -253,3 +253,34 @@ def test_bad_parameters_are_refused():
     with pytest.raises(ValueError):
         Lookup(bytes(32), local_id=bytes(32), k=20, max_count=10)
     assert ID_BITS == 256
+
+
+def test_queries_ask_for_ask_peers_from_the_start():
+    target = bytes(32)
+    a = ids_at(1 << 10, target=target)[0]
+    local = ids_at(1 << 255)[0]
+    plain = Lookup(target, local_id=local, k=2, alpha=1, max_count=6)
+    assert [q.count for q in plain.start([peer(a)])] == [2]
+    wide = Lookup(target, local_id=local, k=2, alpha=1, max_count=6, ask=6)
+    assert [q.count for q in wide.start([peer(a)])] == [6]
+    with pytest.raises(ValueError):
+        Lookup(target, local_id=local, k=2, max_count=6, ask=7)
+
+
+def test_after_failures_the_wide_phase_also_asks_spares_past_the_kth():
+    target = bytes(32)
+    dead, seed = ids_at(1 << 100, 1 << 200, target=target)
+    n1, n2, n3, n4 = ids_at(1, 2, 3, 4, target=target)
+    local = ids_at(1 << 255)[0]
+    lookup = Lookup(target, local_id=local, k=2, alpha=1, max_count=4)
+    assert [q.node.node_id for q in lookup.start([peer(dead), peer(seed)])] == [dead]
+    assert [q.node.node_id for q in lookup.on_failure(dead)] == [seed]
+    assert [q.node.node_id for q in lookup.on_reply(seed, [peer(n) for n in
+                                                          (n1, n2, n3, n4)])] == [n1]
+    # n1 brings nothing nearer: WIDE. One failure in three outcomes: one spare past the
+    # 2nd closest (n2) is asked at once, n3, not a round later if n2 turned out dead.
+    wide = lookup.on_reply(n1, [])
+    assert lookup.phase is Phase.WIDE
+    assert [q.node.node_id for q in wide] == [n2, n3]
+    assert lookup.on_reply(n2, []) == [] and lookup.finished  # n3 is not waited for
+    assert [p.node_id for p in lookup.closest()] == [n1, n2]
