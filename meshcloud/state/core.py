@@ -46,7 +46,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshcloud.clock import Hlc
+from meshcloud.clock import Hlc, hlc_pack, hlc_physical
 from meshcloud.errors import CodecError, LocalProtocolError, RemoteProtocolError
 from meshcloud.state.background import background_workers
 from meshcloud.state.config import StateConfig
@@ -88,6 +88,12 @@ class StateStatistics:
     expired: int
     workers: tuple[WorkerStatus, ...]
 
+CLOCK_TREE = "state.clock"
+CLOCK_CEILING_KEY = b"hlc-ceiling"
+CLOCK_LEASE_MS = 10_000
+"""The persisted HLC ceiling runs this far ahead of the clock: after a restart the node's
+timestamps start there (well inside peers' 60 s drift allowance)."""
+
 
 class StateCore:
     """One node's replicated tables and their anti-entropy, GC and news spreading."""
@@ -102,6 +108,8 @@ class StateCore:
         self.rng = rng or random.Random(0)
         self.wall_offset_ms = wall_offset_ms
         self.hlc = Hlc()
+        self._hlc_ceiling_ms = 0
+        self._restore_clock()
         self.tables: dict[str, TableCore[Any]] = {}
         self.replications: dict[str, Replication] = {}
         self.gc = GcCore(me, self.tables, self.replications, self.config)
@@ -141,7 +149,39 @@ class StateCore:
 
     def timestamp(self, now: float) -> int:
         """A fresh HLC timestamp (e.g. for the key of an ``events`` row)."""
-        return self.hlc.now(self.physical_ms(now))
+        return self._stamp(now)
+
+    # --- the clock across restarts --------------------------------------------------------
+
+    def _restore_clock(self) -> None:
+        """Start past every timestamp the last run could have issued: a node whose wall
+        clock went back while it was down (no RTC on a Raspberry Pi, a phone's clock set by
+        hand) must not stamp its new writes older than its old ones, or they would lose."""
+        self.kv.ensure(CLOCK_TREE)
+        stored = self.kv.read(lambda txn: txn.get(CLOCK_TREE, CLOCK_CEILING_KEY))
+        if stored is not None and len(stored) == 8:
+            self._hlc_ceiling_ms = int.from_bytes(stored, "big")
+            self.hlc = Hlc(hlc_pack(self._hlc_ceiling_ms, 0))
+
+    def _keep_ceiling(self, ts: int) -> None:
+        """Persist a ceiling a little ahead of the clock whenever the clock reaches it (one
+        small write every ``CLOCK_LEASE_MS`` of writing, not one per write)."""
+        if hlc_physical(ts) < self._hlc_ceiling_ms:
+            return
+        wanted = hlc_physical(ts) + CLOCK_LEASE_MS
+
+        def raise_ceiling(txn: Any) -> int:  # never lower it (cores may share a store)
+            stored = txn.get(CLOCK_TREE, CLOCK_CEILING_KEY)
+            ceiling = max(wanted, int.from_bytes(stored, "big") if stored else 0)
+            txn.put(CLOCK_TREE, CLOCK_CEILING_KEY, ceiling.to_bytes(8, "big"))
+            return ceiling
+
+        self._hlc_ceiling_ms = self.kv.transact(raise_ceiling)
+
+    def _stamp(self, now: float) -> int:
+        ts = self.hlc.now(self.physical_ms(now))
+        self._keep_ceiling(ts)
+        return ts
 
     def alive_peers(self) -> frozenset[NodeId]:
         view = self.view()
@@ -161,7 +201,7 @@ class StateCore:
         """Write ``value`` at ``key`` (last writer wins, stamped by our HLC)."""
         core = self.table(table)
         key_bytes = core.schema.key_bytes(key)
-        ts = self.hlc.now(self.physical_ms(now))
+        ts = self._stamp(now)
         return self._write(core, key_bytes, core.build(value, ts, self.me), now)
 
     def patch(self, table: str, key: Key | Atom, fields: Mapping[str, Any],
@@ -169,14 +209,14 @@ class StateCore:
         """Set some fields of an LwwMap row (plain values; None removes a field)."""
         core = self.table(table)
         key_bytes = core.schema.key_bytes(key)
-        ts = self.hlc.now(self.physical_ms(now))
+        ts = self._stamp(now)
         return self._write(core, key_bytes, core.build_patch(fields, ts, self.me), now)
 
     def delete(self, table: str, key: Key | Atom, now: float) -> list[Output]:
         """Delete ``key``: a tombstone that beats every older write, GC'd later."""
         core = self.table(table)
         key_bytes = core.schema.key_bytes(key)
-        ts = self.hlc.now(self.physical_ms(now))
+        ts = self._stamp(now)
         return self._write(core, key_bytes, core.build_tombstone(key_bytes, ts, self.me), now)
 
     def _write(self, core: TableCore[Any], key: bytes, entry: Any, now: float) -> list[Output]:
@@ -252,7 +292,7 @@ class StateCore:
         core = self.table(table)
         key_bytes = core.schema.key_bytes(key)
         if ts is None:
-            ts = self.hlc.now(self.physical_ms(now))
+            ts = self._stamp(now)
         who = self.me if writer is None else writer
         if value is None:
             entry = core.build_tombstone(key_bytes, ts, who)
@@ -364,7 +404,7 @@ class StateCore:
         """Follow the HLC of what we learnt, so our next write is newer (causality)."""
         newest = max((c.new.timestamp for c in changes if c.new is not None), default=0)
         if newest > self.hlc.last:
-            self.hlc.observe(newest, self.physical_ms(now))
+            self._keep_ceiling(self.hlc.observe(newest, self.physical_ms(now)))
 
     def _finish(self, changes: list[Change], now: float,
                 exclude: NodeId | None = None) -> list[Output]:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from meshcloud.clock import hlc_physical
 from meshcloud.state.config import StateConfig, local
 from meshcloud.state.core import StateCore
 from meshcloud.state.kv import MemoryKv
@@ -17,7 +18,7 @@ from meshcloud.state.outputs import SendDatagram
 from meshcloud.state.replication import Sharded
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.table import Change
-from meshcloud.state.tables import WORKLOADS, WorkloadRecord
+from meshcloud.state.tables import CLUSTER_TABLES, WORKLOADS, WorkloadRecord
 
 KV = TableSchema("kv", partition=(str,))
 NO_SYNC = StateConfig(sync_interval=1e9)  # news only: anti-entropy never runs
@@ -174,3 +175,21 @@ def test_thousand_nodes_with_loss_and_a_partition_converge():
     m.heal()
     took = m.run_until_converged(["kv"], step=5, limit=300)
     assert took is not None and took <= 60
+
+
+def test_a_restarted_node_stamps_past_its_old_writes_even_if_its_clock_went_back():
+    store, me, wall = MemoryKv(), b"\x01" * 32, 1_800_000_000_000
+
+    def core(wall_offset_ms: int) -> StateCore:
+        node = StateCore(me, store, lambda: frozenset(), wall_offset_ms=wall_offset_ms)
+        for schema in CLUSTER_TABLES:
+            node.open_table(schema)
+        return node
+
+    first = core(wall)
+    first.put(WORKLOADS.name, "web", WorkloadRecord(kind="service", spec={"v": 1}), 5.0)
+    # it restarts with its wall clock an hour behind (no RTC, a clock set by hand)
+    again = core(wall - 3_600_000)
+    again.put(WORKLOADS.name, "web", WorkloadRecord(kind="service", spec={"v": 2}), 5.0)
+    assert again.table(WORKLOADS.name).get("web").spec == {"v": 2}  # the new write wins
+    assert hlc_physical(again.timestamp(6.0)) > wall + 5_000
