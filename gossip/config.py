@@ -144,8 +144,8 @@ class GossipConfig:
     reconnect_interval: float = 30.0
     """Seconds between attempts to sync with one member we hold DEAD (Serf's reconnect,
     every 30 s). Not scaled with N like push-pull: after a partition of a large mesh heals,
-    each side holds the other dead, and these syncs are what reunite them quickly. Each
-    attempt is made with probability dead/live, so a healthy mesh pays nothing."""
+    each side holds the other dead, and these syncs are what reunite them quickly. One
+    random DEAD member per period; a mesh with no dead member pays nothing."""
 
     # --- lifecycle ------------------------------------------------------------------------
 

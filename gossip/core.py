@@ -454,14 +454,16 @@ class SwimCore(Prober, NewsApplier):
 
     def _reconnect_tick(self, now: float, out: list[Output]) -> None:
         """Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed
-        partition, with us dead in its view; nothing else would ever reunite us. Try one,
-        with probability dead/live (a healthy mesh pays nothing); a node left alone tries
-        several. Its own timer, not scaled with N like push-pull (config)."""
+        partition, with us dead in its view; nothing else would ever reunite us. Try one
+        each period (a node left alone tries several); its own timer, not scaled with N
+        like push-pull (config). Not Serf's dead/live odds: after a heal has mostly
+        converged, a node that still holds one live member dead would then try it once in
+        ~N periods. A healthy mesh pays nothing, and a truly dead member costs one failed
+        dial per period until it is reaped."""
         config = self.config
         self._next_reconnect = now + config.reconnect_interval * self.random.uniform(0.75, 1.25)
         n = self.table.live_count
-        dead = self.table.counts[MemberState.DEAD]
-        if dead and self.random.random() < dead / max(1, n):
+        if self.table.counts[MemberState.DEAD]:
             tries = config.gossip_nodes if n <= 1 else 1
             state = PushPull(join=False, entries=self._local_state())
             for target in self.table.random_dead(tries):

@@ -616,3 +616,18 @@ def test_a_sync_that_says_dead_is_checked_at_once():
     wire.run(a.node_id, out)
     wire.advance(CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
     assert a.state_of(x.node_id) is DEAD  # one round, not a whole suspicion timeout
+
+
+def test_a_member_held_dead_is_retried_every_reconnect_period_however_few_are_dead():
+    cores, _wire = meshed(20)
+    a, x = cores[0], cores[1]
+    a.on_message(cores[2].node_id, Dead(node=x.node_id, incarnation=0,
+                                        from_node=cores[2].node_id), 0.0)
+    assert a.state_of(x.node_id) is DEAD and a.table.live_count == 19
+    tried = []
+    for _ in range(3):  # one dead of 20: Serf's dead/live odds would try it ~1 time in 19
+        when = a._next_reconnect
+        assert when is not None and when <= 3 * a.config.reconnect_interval
+        tried += [o.to for o in a.on_timer(when) if type(o) is Sync and o.to == x.node_id]
+    assert len(tried) == 3
+
