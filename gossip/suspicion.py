@@ -17,8 +17,8 @@ from gossip.formulas import suspicion_deadline_offset
 
 
 class Suspicion:
-    __slots__ = ("accuser", "checking", "confirmers", "incarnation", "k", "max_timeout",
-                 "min_timeout", "node_id", "start")
+    __slots__ = ("accuser", "checking", "checks_left", "confirmers", "incarnation", "k",
+                 "max_timeout", "min_timeout", "node_id", "start")
 
     def __init__(self, node_id: bytes, incarnation: int, accuser: bytes, *, start: float,
                  k: int, min_timeout: float, max_timeout: float) -> None:
@@ -34,6 +34,8 @@ class Suspicion:
         self.confirmers: set[bytes] = set()
         self.checking = False
         """Expired without ``k`` confirmations; a last probe round decides (see core)."""
+        self.checks_left = 0
+        """Failed rounds still needed before the last check declares the member dead."""
 
     @property
     def confirmed(self) -> bool:
@@ -44,6 +46,7 @@ class Suspicion:
         """Start over (a last check found the member answering): full timeout again."""
         self.start = now
         self.checking = False
+        self.checks_left = 0
 
     @property
     def confirmations(self) -> int:

@@ -614,8 +614,28 @@ def test_a_sync_that_says_dead_is_checked_at_once():
     assert sent(out, Ping, to=x.node_id)  # but checked at once
     wire.drop = lambda src, dst, msg: dst == x.node_id or src == x.node_id
     wire.run(a.node_id, out)
-    wire.advance(CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
-    assert a.state_of(x.node_id) is DEAD  # one round, not a whole suspicion timeout
+    one_round = CONFIG.probe_timeout + CONFIG.indirect_timeout
+    wire.advance(one_round + 0.01)
+    assert a.state_of(x.node_id) is SUSPECT  # one lost round is not enough on hearsay
+    wire.advance(4 * one_round)  # the second round (stretched by Lifeguard's awareness)
+    assert a.state_of(x.node_id) is DEAD
+
+
+def test_a_sync_that_says_dead_of_a_node_that_answers_the_second_round_kills_nothing():
+    cores, wire = meshed(5)
+    a, x, peer = cores[0], cores[1], cores[2]
+    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
+                  for e in peer._local_state())
+    out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
+    wire.drop = lambda src, dst, msg: dst == x.node_id or src == x.node_id  # a lossy spell
+    wire.run(a.node_id, out)
+    one_round = CONFIG.probe_timeout + CONFIG.indirect_timeout
+    wire.advance(one_round + 0.01)
+    assert a.state_of(x.node_id) is SUSPECT
+    wire.drop = lambda src, dst, msg: False  # the path is back for the second round
+    wire.advance(4 * one_round)
+    assert a.state_of(x.node_id) is not DEAD
+    assert a.statistics().deaths_declared == 0
 
 
 def test_a_member_held_dead_is_retried_every_reconnect_period_however_few_are_dead():
