@@ -17,8 +17,10 @@ read repair) over its ``TableShardedReplication``.
 
 **Quorums** (:class:`~blobstore.quorum.QuorumCall`): the holders of a key are the top 3
 of its partition's rendezvous ranking over the live view (``Sharded(3, 2, 2)``); a write
-returns once 2 acknowledged (the third keeps going in the background), a read once 2
-answered. Read replies are merged by the CRDT join; replicas that answered something
+returns once 2 acknowledged (the third keeps going in the background), a point read
+once 2 answered and agree on an entry (absence, or disagreement, waits for all three:
+after two holders died the live top 3 holds two new, empty ones); a scan hears all.
+Read replies are merged by the CRDT join; replicas that answered something
 older (or nothing) get the merged entry back (**read repair**), after the caller already
 has its answer. With fewer live nodes the quorum shrinks with the holder list (a one-node
 mesh writes to itself).
@@ -240,7 +242,7 @@ class Index:
             await self._repair(table, key[: len(schema.partition)], call.replies, None)
 
         replies = await self._quorum(targets, need, one, f"read from {table}", repair,
-                                     agree=True)
+                                     settled=_agree_on_something)
         merged = _merge(self._table(table), list(replies.values()))
         return merged.get(key_bytes)
 
@@ -263,7 +265,8 @@ class Index:
                 raise IndexUnavailable(reply.error)
             return self._validated(table, reply.entries), reply.truncated
 
-        replies = await self._quorum(targets, need, one, f"scan of {table}", agree=True)
+        replies = await self._quorum(targets, need, one, f"scan of {table}",
+                                     settled=_never)
         pages = list(replies.values())
         horizon: bytes | None = None
         for rows, truncated in pages:
@@ -297,11 +300,13 @@ class Index:
     async def _quorum(self, targets: list[NodeId], need: int,
                       fn: Callable[[NodeId], Awaitable[Any]], what: str,
                       on_complete: Callable[[QuorumCall[Any]], Awaitable[None]] | None = None,
-                      *, agree: bool = False) -> dict[NodeId, Any]:
+                      *, settled: Callable[[list[Any]], bool] | None = None
+                      ) -> dict[NodeId, Any]:
         """Run ``fn`` on every target; return the replies once ``need`` answered. With
-        ``agree`` (reads), a quorum whose replies differ waits for every target (or its
-        timeout): after holders changed, a new holder that has nothing yet must not
-        outvote the old one that has the row."""
+        ``settled`` (reads), a quorum whose replies it does not accept waits for every
+        target (or its timeout). Holders are the top of the ranking over the *live* view:
+        after two of a key's three holders died, two new, empty holders and one old one
+        hold it, and the two empty replies must not outvote the one with the row."""
         if not targets:
             raise IndexUnavailable(f"{what}: no live holder")
         call: QuorumCall[Any] = QuorumCall(targets, need)
@@ -335,10 +340,9 @@ class Index:
             for node in targets:
                 self.nursery.start_soon(one, node)
             await decided.wait()
-            if agree and call.state is QuorumState.SUCCEEDED and not call.complete:
-                values = list(call.replies.values())
-                if any(v != values[0] for v in values[1:]):
-                    await finished.wait()
+            if (settled is not None and call.state is QuorumState.SUCCEEDED
+                    and not call.complete and not settled(list(call.replies.values()))):
+                await finished.wait()
         if call.state is not QuorumState.SUCCEEDED:
             failures = "; ".join(f"{n.hex()[:12]}: {why}" for n, why in call.failures.items())
             raise IndexUnavailable(f"{what}: {len(call.replies)} of {need} replicas answered"
@@ -403,3 +407,15 @@ def _merge(core: TableCore[Any], replies: list[dict[bytes, bytes]]) -> dict[byte
             entries[key] = entry if mine is None else mine.merge(entry)
     return {key: Found(key, entry, core.value_of_entry(entry))
             for key, entry in entries.items()}
+
+
+def _agree_on_something(values: list[dict[bytes, bytes]]) -> bool:
+    """A point read may stop at its quorum when the replies agree on an entry; agreeing
+    on *nothing* proves little (new holders start empty), so absence waits for all."""
+    return bool(values[0]) and all(v == values[0] for v in values[1:])
+
+
+def _never(values: list[Any]) -> bool:
+    """Scans hear every holder (or its timeout): pages of new holders may agree on a
+    part of the listing."""
+    return False

@@ -27,11 +27,16 @@ from tests.blobstore.test_records import record_for
 BUCKET = b"B" * 16
 
 
-async def start(nursery, n=5):
+async def start(nursery, n=5, view: list | None = None):
+    """``view``: a list the nodes read their live view from (filled with every id), so
+    a test can take members out of it as membership would."""
     mesh = TestMesh.with_members(n)
     network = MemoryNetwork(seed=1, latency=0.002)
     transports = [network.add(m.key, m.authenticator) for m in mesh.members]
     ids = [t.local_id for t in transports]
+    if view is not None:
+        view[:] = ids
+        ids = view
     for t in transports:
         for other in transports:
             if other is not t:
@@ -188,3 +193,38 @@ async def test_listing_pages_match_a_sorted_list_including_long_keys(nursery, au
             break
         after = Position(After.KEY, seen[-1])
     assert seen == sorted(names, key=lambda s: s.encode())
+
+
+async def test_after_two_holders_die_two_empty_new_holders_do_not_outvote_the_third(
+        nursery, autojump_clock):
+    view: list = []
+    network, indexes = await start(nursery, n=6, view=view)
+    by_id = {ix.me: ix for ix in indexes}
+    key = (BUCKET, sort_key("kept"))
+    old = indexes[0].holders(OBJECTS.name, (BUCKET,))
+    client = next(ix for ix in indexes if ix.me not in old)
+    await client.put(OBJECTS.name, key, record_for("kept"))
+    await client.put(OBJECTS.name, (BUCKET, sort_key("also")), record_for("also"))
+    await trio.sleep(1)
+    assert all(local_value(by_id[h], key) is not None for h in old)
+    for dead in old[:2]:  # two of the three holders die and leave the live view
+        network.crash(dead)
+        view.remove(dead)
+    new = client.holders(OBJECTS.name, (BUCKET,))
+    assert old[2] in new and len(set(new) - set(old)) == 2
+    survivor = by_id[old[2]]
+    serve = survivor.service.handle
+
+    async def slow(stream):  # the old holder answers last
+        await trio.sleep(0.5)
+        await serve(stream)
+
+    survivor.transport.registry.handlers[INDEX_PROTOCOL] = slow
+    reader = next(ix for ix in indexes if ix.me not in old and ix.me not in new)
+    reader.nursery = nursery  # as on a node: a call returns at its quorum
+    found = await reader.get(OBJECTS.name, key)
+    assert found is not None and found.value.key == "kept"
+    # read repair gave the new holders "kept" but not "also": their pages agree, wrongly
+    await trio.sleep(1)
+    rows, _ = await reader.scan(OBJECTS.name, (BUCKET,), b"", None)
+    assert sorted(r.value.key for r in rows if r.value is not None) == ["also", "kept"]
