@@ -190,7 +190,7 @@ class PodmanService:
         try:
             self._proc = await trio.lowlevel.open_process(
                 argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=self.env(),
-                start_new_session=True)
+                start_new_session=True, cwd=self.dir)  # conmon drops an "oom" file in its cwd
         except OSError as exc:
             raise WorkloadRuntimeError(ErrorCode.UNAVAILABLE,
                                        f"cannot start podman service: {exc}") from exc

@@ -220,9 +220,12 @@ async def test_list_shows_only_this_nodes_containers(rt, data_dir):
 async def test_memory_limit_kills_a_hog_and_restarts_are_counted(rt):
     hog = ContainerSpec(name="hog", image=DEMO_BASE_IMAGE, memory=32 << 20,
                         command=("dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"))
+    stray = Path.cwd() / "oom"  # conmon writes one in its working directory
+    was_there = stray.exists()
     await rt.start(hog)
     st = await _ended(rt, "hog")
     assert st.state is ReplicaState.FAILED and st.exit_code == 137 and st.restarts == 0
+    assert was_there or not stray.exists(), "the OOM kill left a file in our cwd"
     await rt.start(hog)
     st = await _ended(rt, "hog")
     assert st.state is ReplicaState.FAILED and st.restarts == 1
