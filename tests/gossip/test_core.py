@@ -651,3 +651,22 @@ def test_a_member_held_dead_is_retried_every_reconnect_period_however_few_are_de
         tried += [o.to for o in a.on_timer(when) if type(o) is Sync and o.to == x.node_id]
     assert len(tried) == 3
 
+
+
+def test_a_suspicion_learnt_from_a_sync_is_checked_here_but_not_gossiped():
+    cores, _wire = meshed(6)
+    a, x, peer = cores[0], cores[1], cores[2]
+    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
+                  for e in peer._local_state())
+    out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
+    assert a.state_of(x.node_id) is SUSPECT
+    queued = [item.msg for item in a.queue.items()]
+    assert not [m for m in queued if type(m) is Suspect and m.node == x.node_id]
+    others = [o for o in out if type(o) is Send and o.to != x.node_id]
+    assert not [m for m in sent(others, Suspect) if m.node == x.node_id]
+    assert [m for m in sent(out, Suspect, to=x.node_id)]  # x itself hears it (buddy)
+    # a probe of our own that fails is evidence, and that is gossiped as usual
+    b = cores[3]
+    b.on_message(cores[4].node_id, Suspect(node=x.node_id, incarnation=0,
+                                           from_node=cores[4].node_id), 0.0)
+    assert [m for m in (i.msg for i in b.queue.items()) if type(m) is Suspect]
