@@ -219,6 +219,7 @@ class NewsApplier:
                               k=confirmations_needed(config.suspicion_confirmations, n),
                               min_timeout=min_timeout,
                               max_timeout=min_timeout * config.suspicion_max_timeout_mult)
+        suspicion.hearsay = not spread
         self._suspicions[m.node_id] = suspicion
         self.table.set_state(m, MemberState.SUSPECT, s.incarnation, now)
         self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, m.node_id)
@@ -238,7 +239,9 @@ class NewsApplier:
             del self._suspicions[suspicion.node_id]
             return
         if not suspicion.confirmed and not suspicion.checking and not self._left:
-            self._check_now(m, now, out)
+            # hearsay alone (no probe of anyone's accused it): as many rounds as at once
+            hearsay = suspicion.hearsay and not suspicion.confirmers
+            self._check_now(m, now, out, rounds=HEARSAY_CHECK_ROUNDS if hearsay else 1)
             return
         del self._suspicions[suspicion.node_id]
         self.counters.deaths_declared += 1
@@ -410,8 +413,9 @@ class NewsApplier:
 
     def _check_now(self, m: Member, now: float, out: list[Output], rounds: int = 1) -> None:
         """Run the last check of ``m`` now: ``rounds`` probe rounds in a row must fail for
-        it to be declared dead. After a suspicion ran out, one; when another node holds
-        ``m`` dead (a node back from a freeze, or a joiner, agrees quickly), two."""
+        it to be declared dead. After a suspicion ran out, one; when the only evidence is
+        that another node holds ``m`` dead (checked at once, so that a node back from a
+        freeze, or a joiner, agrees quickly; or when such a suspicion ran out), two."""
         suspicion = self._suspicions.get(m.node_id)
         if suspicion is None or suspicion.checking:
             return

@@ -17,8 +17,8 @@ from gossip.formulas import suspicion_deadline_offset
 
 
 class Suspicion:
-    __slots__ = ("accuser", "checking", "checks_left", "confirmers", "incarnation", "k",
-                 "max_timeout", "min_timeout", "node_id", "start")
+    __slots__ = ("accuser", "checking", "checks_left", "confirmers", "hearsay", "incarnation",
+                 "k", "max_timeout", "min_timeout", "node_id", "start")
 
     def __init__(self, node_id: bytes, incarnation: int, accuser: bytes, *, start: float,
                  k: int, min_timeout: float, max_timeout: float) -> None:
@@ -36,6 +36,8 @@ class Suspicion:
         """Expired without ``k`` confirmations; a last probe round decides (see core)."""
         self.checks_left = 0
         """Failed rounds still needed before the last check declares the member dead."""
+        self.hearsay = False
+        """Started from a sync that held the member DEAD, not from a probe (see core)."""
 
     @property
     def confirmed(self) -> bool:

@@ -670,3 +670,19 @@ def test_a_suspicion_learnt_from_a_sync_is_checked_here_but_not_gossiped():
     b.on_message(cores[4].node_id, Suspect(node=x.node_id, incarnation=0,
                                            from_node=cores[4].node_id), 0.0)
     assert [m for m in (i.msg for i in b.queue.items()) if type(m) is Suspect]
+
+
+def test_a_sync_suspicion_that_ran_out_also_needs_two_failed_rounds():
+    cores, _wire = meshed(5)
+    a, x, peer = cores[0], cores[1], cores[2]
+    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
+                  for e in peer._local_state())
+    # a sync beyond the immediate checks: the suspicion waits out its timeout
+    a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
+    suspicion = a._suspicions[x.node_id]
+    assert suspicion.hearsay
+    suspicion.checking = False  # as if this sync's immediate checks had run out
+    a._rounds.pop(x.node_id, None)
+    out = a.on_timer(suspicion.deadline())
+    assert sent(out, Ping, to=x.node_id)  # the last check starts
+    assert a._suspicions[x.node_id].checks_left == 2
