@@ -144,7 +144,15 @@ class LocalMesh:
         return next(m for m in self.members if m.node_id == node_id)
 
     async def close(self) -> None:
-        """Stop every replica on every node (tests must leave no process behind)."""
+        """Stop every agent, then every replica (tests must leave no process behind). The
+        agents first: a running reconciler would restart a replica killed under it."""
+        for member in self.members:
+            if member.scope is not None:
+                member.scope.cancel()
+        for member in self.members:
+            if member.done is not None:
+                with trio.move_on_after(30):
+                    await member.done.wait()
         for member in self.members:
             for path in member.datadir.path.glob("runtimes/process/*/state.json"):
                 kill_recorded(path)
