@@ -40,6 +40,12 @@ def meshed(n: int, config: GossipConfig = CONFIG) -> tuple[list[SwimCore], Wire]
     return cores, Wire(cores)
 
 
+def says_dead(peer: SwimCore, x: SwimCore) -> tuple:
+    """``peer``'s push-pull state, but holding ``x`` DEAD (as after a partition)."""
+    return tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
+                 for e in peer._local_state())
+
+
 def first_probe(core: SwimCore, wire: Wire) -> tuple[bytes, list]:
     """Fire ``core``'s probe tick; return its target and the outputs."""
     when = core._next_probe
@@ -607,8 +613,7 @@ def test_a_joiner_learns_the_dead_silently_and_refuses_their_stale_alives():
 def test_a_sync_that_says_dead_is_checked_at_once():
     cores, wire = meshed(5)
     a, x, peer = cores[0], cores[1], cores[2]
-    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
-                  for e in peer._local_state())
+    state = says_dead(peer, x)
     out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
     assert a.state_of(x.node_id) is SUSPECT  # not dead on hearsay
     assert sent(out, Ping, to=x.node_id)  # but checked at once
@@ -624,8 +629,7 @@ def test_a_sync_that_says_dead_is_checked_at_once():
 def test_a_sync_that_says_dead_of_a_node_that_answers_the_second_round_kills_nothing():
     cores, wire = meshed(5)
     a, x, peer = cores[0], cores[1], cores[2]
-    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
-                  for e in peer._local_state())
+    state = says_dead(peer, x)
     out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
     wire.drop = lambda src, dst, msg: dst == x.node_id or src == x.node_id  # a lossy spell
     wire.run(a.node_id, out)
@@ -656,8 +660,7 @@ def test_a_member_held_dead_is_retried_every_reconnect_period_however_few_are_de
 def test_a_suspicion_learnt_from_a_sync_is_checked_here_but_not_gossiped():
     cores, _wire = meshed(6)
     a, x, peer = cores[0], cores[1], cores[2]
-    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
-                  for e in peer._local_state())
+    state = says_dead(peer, x)
     out = a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
     assert a.state_of(x.node_id) is SUSPECT
     queued = [item.msg for item in a.queue.items()]
@@ -675,8 +678,7 @@ def test_a_suspicion_learnt_from_a_sync_is_checked_here_but_not_gossiped():
 def test_a_sync_suspicion_that_ran_out_also_needs_two_failed_rounds():
     cores, _wire = meshed(5)
     a, x, peer = cores[0], cores[1], cores[2]
-    state = tuple(dataclasses.replace(e, state=DEAD) if e.alive.node == x.node_id else e
-                  for e in peer._local_state())
+    state = says_dead(peer, x)
     # a sync beyond the immediate checks: the suspicion waits out its timeout
     a.on_push_pull_reply(peer.node_id, PushPull(join=False, entries=state), 0.0)
     suspicion = a._suspicions[x.node_id]
