@@ -7,13 +7,15 @@
    ``/meshcloud/join/1``. The joiner checks the bootstrap node's certificate against the
    root key in the invite, so it cannot be fooled by an impostor.
 2. The joiner opens ``/meshcloud/join/1`` and sends :class:`JoinRequest`.
-3. The bootstrap node checks the proof again, records the redemption (so the invite's use
-   count holds) *before* answering, co-signs the binding (it becomes the sponsor) and
-   replies :class:`JoinAccepted` with the certificate and peers to contact — or
-   :class:`JoinRefused` with one clear reason.
+3. The bootstrap node checks the proof again, wins a use of the invite from a majority of
+   the invite's redemption ledger (:mod:`meshcloud.redemption`: this is what makes
+   ``--uses`` hold mesh-wide), records the redemption in the cluster state, issues the
+   certificate on its own clock (with the root key if it holds it, else as a link under
+   its own certificate) and replies :class:`JoinAccepted` with the certificate and peers
+   to contact — or :class:`JoinRefused` with one clear reason.
 
-A refused joiner changes nothing on the bootstrap node: nothing is recorded until every
-check has passed.
+A refused joiner changes nothing on the bootstrap node's state; a ledger member may keep a
+grant for it, which only that same node can use again.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from meshcloud.auth import check_join_proof
 from meshcloud.codec.messages import message
 from meshcloud.codec.tags import TagBlock
 from meshcloud.errors import AuthError, InviteError, MeshError, TransportError
-from meshcloud.identity.certs import MeshCert, sponsor_cert
+from meshcloud.identity.certs import MemberProof, MeshCert, issue_cert
 from meshcloud.identity.keys import SigningKey, short_id
 from meshcloud.membership import MembershipRecords
+from meshcloud.redemption import LedgerService, redeem
 from meshcloud.transport.base import Stream, Transport, receive_message, send_message
 
 log = logging.getLogger(__name__)
@@ -74,10 +77,15 @@ class JoinService:
 
     def __init__(self, key: SigningKey, cert: MeshCert, root_public: bytes, mesh_name: str,
                  records: MembershipRecords, wall_ms: Callable[[], int],
-                 contacts: Callable[[], list[PeerContact]],
+                 contacts: Callable[[], list[PeerContact]], *,
+                 transport: Transport, ledger: LedgerService,
+                 root_key: SigningKey | None = None,
                  on_admitted: Callable[[MeshCert], None] | None = None) -> None:
         self.key = key
         self.cert = cert
+        self.transport = transport
+        self.ledger = ledger
+        self.root_key = root_key
         self.root_public = root_public
         self.mesh_name = mesh_name
         self.records = records
@@ -97,6 +105,8 @@ class JoinService:
             if proof.binding.node_public != peer.node_public:
                 raise InviteError("join proof is for another key")
             check_join_proof(proof, self.root_public, self.records, self.wall_ms())
+            await redeem(self.transport, self.ledger, proof.invite, proof.binding.node_id)
+            cert = self._issue(proof)
         except MeshError as exc:
             self.refused += 1
             log.info("join refused", extra={"peer": short_id(peer.node_id), "why": str(exc)})
@@ -105,7 +115,6 @@ class JoinService:
             return
         self.records.record_redemption(proof.invite.invite_id, proof.binding.node_id,
                                        self.wall_ms())
-        cert = sponsor_cert(proof, self.key, self.cert.proof)
         self.admitted += 1
         log.info("node admitted", extra={"peer": short_id(peer.node_id),
                                          "invite": proof.invite.invite_id.hex()[:8]})
@@ -114,6 +123,13 @@ class JoinService:
         await send_message(stream, JoinAccepted(cert=cert, mesh_name=self.mesh_name,
                                                 peers=tuple(self.contacts())))
         await stream.close()
+
+    def _issue(self, proof: MemberProof) -> MeshCert:
+        # an issuer whose clock is behind the admin's still issues inside the invite's life
+        now = max(self.wall_ms(), proof.invite.body.created_at)
+        if self.root_key is not None:
+            return issue_cert(proof, self.root_key, None, now=now)
+        return issue_cert(proof, self.key, self.cert, now=now)
 
 
 async def request_certificate(transport: Transport, bootstrap: list[str]) -> JoinAccepted:

@@ -7,10 +7,11 @@ exercise the same admission path as real agents. Transport conformance checks li
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from meshcloud.auth import MeshAuthenticator
-from meshcloud.identity.certs import MeshCert, genesis_cert, make_join_proof, sponsor_cert
+from meshcloud.identity.certs import MeshCert, genesis_cert, issue_cert, make_join_proof
 from meshcloud.identity.invites import create_invite
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
@@ -33,6 +34,12 @@ class TrioClock:
 
     def wall_ms(self) -> int:
         return self.epoch_ms + int(self.monotonic() * 1000)
+
+
+def forge_issuer_signature(cert: MeshCert, signature: bytes = bytes(64)) -> MeshCert:
+    """``cert`` with its first link's issuer signature replaced (it must then be refused)."""
+    link = dataclasses.replace(cert.links[0], issuer_signature=signature)
+    return MeshCert(links=(link, *cert.links[1:]))
 
 
 @dataclass
@@ -65,11 +72,11 @@ class TestMesh:
         if not self.members:
             cert = genesis_cert(self.root, key, now=self.now_ms, mesh_name="test")
         else:
-            sponsor = self.members[0]
+            issuer = self.members[0]
             token = create_invite(self.root, now=self.now_ms, ttl_ms=3_600_000, uses=1,
-                                  bootstrap=())
+                                  bootstrap=(), ledger=(issuer.id,))
             proof = make_join_proof(token, key, now=self.now_ms)
-            cert = sponsor_cert(proof, sponsor.key, sponsor.cert.proof)
+            cert = issue_cert(proof, issuer.key, issuer.cert, now=self.now_ms)
         records = MemoryMembershipRecords()
         member = TestMember(key, cert, records,
                             MeshAuthenticator(self.root.public, records, self.wall_ms, cert))

@@ -153,6 +153,22 @@ def build_app(node: Node) -> Starlette:
                              "expires_at": token.invite.body.expires_at,
                              "uses": uses, "bootstrap": list(token.invite.body.bootstrap)})
 
+    async def revoke(request: Request) -> Response:
+        from meshcloud.revocation import resolve_subject
+
+        body = await read_json(request)
+        text = field(body, "id", str, required=True)
+        kind = field(body, "kind", str, None)
+        if kind not in (None, "node", "invite"):
+            raise MeshError("kind must be node or invite", code="bad_request")
+        kind, subject = resolve_subject(text, node.known_node_ids(),
+                                        node.records.known_invites(), kind)
+        return JSONResponse(node.revoke(kind, subject))
+
+    async def revocations(request: Request) -> Response:
+        return JSONResponse([{"kind": k, "id": s.hex(), "at": at}
+                             for k, s, at in node.records.revocations()])
+
     async def events(request: Request) -> Response:
         limit = min(int(request.query_params.get("limit", "100")), 2000)
         kind = request.query_params.get("kind")
@@ -202,6 +218,8 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/leave", leave, methods=["POST"]),
         Route("/v1/invites", create_invite, methods=["POST"]),
         Route("/v1/events", events),
+        Route("/v1/revocations", revoke, methods=["POST"]),
+        Route("/v1/revocations", revocations),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
         Route("/v1/peers/{peer}/ping", ping_peer, methods=["POST"]),
         Route("/v1/debug/hold", hold_stream, methods=["POST"]),

@@ -53,9 +53,10 @@ async def wait_connected(node, peer_id):
             await node._peer_set_changed.wait()
 
 
-def snapshot(datadir: DataDir) -> bytes:
-    path = datadir.membership_path
-    return path.read_bytes() if path.exists() else b""
+def snapshot(node: Node) -> tuple[bytes, list]:
+    """What admission may change: the redemption ledger and the membership table."""
+    path = node.datadir.path / "redemption-ledger.json"
+    return (path.read_bytes() if path.exists() else b"", node.state.scan("membership"))
 
 
 async def test_join_through_invite_then_status_over_api(tmp_path, nursery, network):
@@ -64,7 +65,8 @@ async def test_join_through_invite_then_status_over_api(tmp_path, nursery, netwo
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=1)
     accepted = await join_mesh(b_dir, token.encode(), {}, transport_factory=factory(network))
-    assert accepted.cert.sponsor_id == a.node_id
+    assert accepted.cert.issuer_id == a.mesh.mesh_id  # the admin's node issues as root
+    assert accepted.cert.depth == 1
     assert accepted.mesh_name == "home"
     b = await start_node(nursery, b_dir, network)
     await wait_connected(a, b.node_id)
@@ -106,11 +108,12 @@ async def test_reused_invite_is_refused_and_changes_nothing(tmp_path, nursery, n
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=1).encode()
     await join_mesh(DataDir(tmp_path / "b"), token, {}, transport_factory=factory(network))
-    before = snapshot(a_dir)
+    before = snapshot(a)
     with pytest.raises(InviteError, match="already used"):
         await join_mesh(DataDir(tmp_path / "c"), token, {}, transport_factory=factory(network))
-    assert snapshot(a_dir) == before
-    assert a.join_service.refused == 1 and a.join_service.admitted == 1
+    assert snapshot(a) == before
+    # refused at the handshake already (a used-up invite gets no joiner session)
+    assert a.authenticator.refused == 1 and a.join_service.admitted == 1
 
 
 async def test_expired_invite_is_refused_by_the_bootstrap_clock(tmp_path, nursery, network):
@@ -120,10 +123,10 @@ async def test_expired_invite_is_refused_by_the_bootstrap_clock(tmp_path, nurser
     a = await start_node(nursery, a_dir, network, clock=clock)
     token = a.create_invite(ttl_s=60, uses=1).encode()
     clock.shift_ms = 120_000  # the bootstrap's clock says the invite is two minutes old
-    before = snapshot(a_dir)
+    before = snapshot(a)
     with pytest.raises(InviteError, match="expired"):
         await join_mesh(DataDir(tmp_path / "b"), token, {}, transport_factory=factory(network))
-    assert snapshot(a_dir) == before
+    assert snapshot(a) == before
 
 
 async def test_forged_invite_is_refused(tmp_path, nursery, network):
@@ -132,12 +135,12 @@ async def test_forged_invite_is_refused(tmp_path, nursery, network):
     a = await start_node(nursery, a_dir, network)
     forger = SigningKey.generate()
     forged = create_invite(forger, now=SystemClock().wall_ms(), ttl_ms=60_000, uses=1,
-                           bootstrap=tuple(a.transport.listen_addresses))
-    before = snapshot(a_dir)
+                           bootstrap=tuple(a.transport.listen_addresses), ledger=(a.node_id,))
+    before = snapshot(a)
     with pytest.raises(InviteError, match="another mesh"):
         await join_mesh(DataDir(tmp_path / "b"), forged.encode(), {},
                         transport_factory=factory(network))
-    assert snapshot(a_dir) == before
+    assert snapshot(a) == before
     assert a.peers == {}
 
 
@@ -146,7 +149,7 @@ async def test_revoked_invite_is_refused(tmp_path, nursery, network):
     init_mesh(a_dir, "home", {})
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=5)
-    a.records.revoke_invite(token.invite.invite_id, 0)
+    a.revoke("invite", token.invite.invite_id)
     with pytest.raises(InviteError, match="revoked"):
         await join_mesh(DataDir(tmp_path / "b"), token.encode(), {},
                         transport_factory=factory(network))

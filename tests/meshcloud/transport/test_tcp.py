@@ -3,7 +3,6 @@ the state of both sides unchanged), connection reuse, duplicates, keepalive, bad
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 
 import pytest
@@ -20,7 +19,7 @@ from meshcloud.errors import (
 )
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
-from meshcloud.testing import TestMesh
+from meshcloud.testing import TestMesh, forge_issuer_signature
 from meshcloud.transport.base import PeerConnected, PeerDisconnected
 from meshcloud.transport.conformance import echo
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
@@ -86,9 +85,9 @@ def lenient_stranger(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
 
 
 def forged(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
-    """A real member's key with its certificate's sponsor signature forged."""
+    """A real member's key with its certificate's issuer signature forged."""
     member = mesh.add_member()
-    cert = dataclasses.replace(member.cert, sponsor_signature=bytes(64))
+    cert = forge_issuer_signature(member.cert)
     return member.key, MeshAuthenticator(mesh.root.public, MemoryMembershipRecords(),
                                          mesh.wall_ms, cert)
 
@@ -101,7 +100,7 @@ def revoked(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
 
 REFUSALS = {
     "outsider without certificate": (lambda mesh: mesh.outsider(), "no membership certificate"),
-    "forged certificate": (forged, "co-signed"),
+    "forged certificate": (forged, "not signed by its issuer"),
     "certificate of another mesh": (lenient_stranger, "another mesh"),
     "revoked node": (revoked, "revoked"),
 }
@@ -338,7 +337,8 @@ async def test_joiner_cannot_open_members_protocols_even_bypassing_its_own_check
 
     mesh = TestMesh.with_members(1)
     member = await start_member(nursery, mesh.members[0])
-    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1, bootstrap=())
+    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1, bootstrap=(),
+                          ledger=(mesh.members[0].id,))
     key = SigningKey.generate()
     auth = MeshAuthenticator(mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms, None,
                              make_join_proof(token, key, now=mesh.now_ms))
