@@ -196,7 +196,8 @@ def storage_routes(service: BlobService) -> list[Route]:
             key_id, secret = new_access_key()
             record = AccessKeyRecord(name=name, secret=secret,
                                      created_ms=service.node.clock.wall_ms(), buckets=clean,
-                                     create_buckets=bool(body.get("create_buckets")))
+                                     create_buckets=bool(body.get("create_buckets")),
+                                     creator=service.node.node_id)
             await service.index.put_everywhere(S3KEYS.name, (key_id,), record)
             return JSONResponse({"access_key": key_id, "secret": secret, "name": name,
                                  "buckets": clean, "create_buckets": record.create_buckets})

@@ -150,7 +150,9 @@ async def request_certificate(transport: Transport, bootstrap: list[str]) -> Joi
             # the bootstrap refused our handshake: the invite is bad (say why) or the
             # node we reached is not of this mesh.
             text = str(exc)
-            if not text.startswith("invite refused"):
+            if "invite refused" in text:
+                text = text[text.index("invite refused"):]
+            else:
                 text = f"refused by {address}: {text}"
             raise InviteError(text) from None
         except (TransportError, OSError) as exc:
