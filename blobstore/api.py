@@ -28,6 +28,7 @@ DELETE   /v1/storage/keys/{access_key}                delete a key
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -213,6 +214,22 @@ def storage_routes(service: BlobService) -> list[Route]:
         await service.index.put_everywhere(S3KEYS.name, (key_id,), None)
         return JSONResponse({"deleted": key_id})
 
+    async def rotate_key(request: Request) -> Response:
+        """A new secret for the same access key id and grants: the old one stops working
+        on every node as soon as the row arrives."""
+        key_id = request.path_params["access_key"]
+        record = service.node.state.get(S3KEYS.name, key_id)
+        if record is None:
+            raise NotFoundError(f"no S3 key {key_id}")
+        _, secret = new_access_key()
+        fresh = dataclasses.replace(record, secret=secret,
+                                    created_ms=service.node.clock.wall_ms(),
+                                    creator=service.node.node_id)
+        await service.index.put_everywhere(S3KEYS.name, (key_id,), fresh)
+        return JSONResponse({"access_key": key_id, "secret": secret, "name": record.name,
+                             "buckets": record.buckets,
+                             "create_buckets": record.create_buckets})
+
     return [
         Route("/v1/storage/buckets", buckets, methods=["GET", "POST"]),
         Route("/v1/storage/buckets/{bucket}", bucket, methods=["DELETE"]),
@@ -223,6 +240,7 @@ def storage_routes(service: BlobService) -> list[Route]:
               methods=["GET"]),
         Route("/v1/storage/keys", keys, methods=["GET", "POST"]),
         Route("/v1/storage/keys/{access_key}", key, methods=["DELETE"]),
+        Route("/v1/storage/keys/{access_key}/rotate", rotate_key, methods=["POST"]),
     ]
 
 

@@ -189,11 +189,15 @@ def download(api: Any, bucket: str, key: str, dst: Path) -> None:
 def cmd_s3(args: argparse.Namespace) -> None:
     api = client(args)
     if args.s3_command != "key":
-        raise MeshError("usage: meshcloud s3 key create|ls|rm")
-    if args.key_command == "create":
-        buckets = {b: args.allow for b in (args.bucket or [])}
-        reply = api.post("/v1/storage/keys", {"name": args.name, "buckets": buckets,
-                                              "create_buckets": args.allow_create})
+        raise MeshError("usage: meshcloud s3 key create|ls|rm|rotate")
+    if args.key_command in ("create", "rotate"):
+        if args.key_command == "rotate":
+            path = f"/v1/storage/keys/{urllib.parse.quote(args.access_key)}/rotate"
+            reply = api.post(path, {})
+        else:
+            buckets = {b: args.allow for b in (args.bucket or [])}
+            reply = api.post("/v1/storage/keys", {"name": args.name, "buckets": buckets,
+                                                  "create_buckets": args.allow_create})
         print(f"access key id:     {reply['access_key']}")
         print(f"secret access key: {reply['secret']}")
         print("(the secret is shown this once; keep it somewhere safe)", file=sys.stderr)
@@ -242,6 +246,8 @@ def add_parsers(sub: Any) -> None:
     ksub.add_parser("ls", help="list keys (no secrets)")
     kr = ksub.add_parser("rm", help="delete a key")
     kr.add_argument("access_key")
+    kt = ksub.add_parser("rotate", help="a new secret for a key (the old one stops working)")
+    kt.add_argument("access_key")
 
 
 EXTENSIONS.append(add_parsers)

@@ -149,6 +149,8 @@ def totals(members: list[dict[str, Any]]) -> list[dict[str, str]]:
 def mesh_context(node: Any) -> dict[str, Any]:
     members = [dict(m) for m in node.members_view()]
     me = node.node_id.hex()
+    revoked = {subject.hex() for kind, subject, _ in node.records.revocations()
+               if kind == "node"}
     roomiest = max((_num((m.get("capacity") or {}).get("disk_free")) or 0.0
                     for m in members), default=0.0)
     for member in members:
@@ -160,13 +162,14 @@ def mesh_context(node: Any) -> dict[str, Any]:
         member["runtimes"] = list(cap.get("runtimes") or [])
         member["last_change_text"] = ago(member.get("last_change"))
         member["metered"] = bool(cap.get("metered"))
+        member["revoked"] = member["id"] in revoked
     # by id, this node's card first: nothing moves when a state changes
     members.sort(key=lambda m: m["id"])
     picture = mesh_picture(members, me)
     members.sort(key=lambda m: not m["me"])
     counts = {state: sum(1 for m in members if m["state"] == state) for state in STATES}
     return {"members": members, "counts": counts, "picture": picture,
-            "totals": totals(members)}
+            "totals": totals(members), "admin": node.is_admin}
 
 
 def routes(ui: UiContext) -> list[Route]:

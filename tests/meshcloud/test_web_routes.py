@@ -172,3 +172,16 @@ async def test_storage_pages_follow_the_api(nodes):
     assert status == 404
     status, body = await trio.to_thread.run_sync(browser.get, "/ui/storage/b/nothing-here")
     assert status == 404
+
+
+async def test_only_the_admin_node_offers_revoke_and_a_revoked_node_shows_it(nodes):
+    admin, other = nodes
+    revoke = 'data-call="POST /v1/revocations"'
+    body = (await trio.to_thread.run_sync((await logged_in(other)).get, "/ui/frag/mesh"))[1]
+    assert revoke not in body
+    browser = await logged_in(admin)
+    body = (await trio.to_thread.run_sync(browser.get, "/ui/frag/mesh"))[1]
+    assert body.count(revoke) == 1 and f'"id": "{other.node_id.hex()}"' in body
+    admin.revoke("node", other.node_id)
+    body = (await trio.to_thread.run_sync(browser.get, "/ui/frag/mesh"))[1]
+    assert revoke not in body and ">revoked<" in body

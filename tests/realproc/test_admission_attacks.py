@@ -34,6 +34,16 @@ def outcome(process: subprocess.Popen[str]) -> list[str]:
     return out.strip().splitlines()
 
 
+def _refused(s3) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.get_object(Bucket="photos", Key="a.txt")
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    return False
+
+
 def connected(agent, other) -> bool:
     return any(p["id"] == other.node_id and p["connected"] for p in agent.get("/v1/peers"))
 
@@ -89,13 +99,23 @@ def test_revoking_a_node_cuts_it_off_within_seconds_and_kills_its_s3_keys(cluste
     a, b, c = cluster.agents
     wait_until(lambda: connected(a, c) and connected(b, c), 15, message="c connected")
     c.cli("bucket", "create", "photos")
-    key = c.post("/v1/storage/keys", {"name": "laptop", "buckets": {"photos": "read,write"}})
-    s3 = boto3.client("s3", endpoint_url=b.get("/v1/status")["storage"]["s3"][0],
-                      aws_access_key_id=key["access_key"],
-                      aws_secret_access_key=key["secret"], region_name="us-east-1",
-                      config=Config(s3={"addressing_style": "path"},
-                                    retries={"max_attempts": 1}))
+    endpoint = b.get("/v1/status")["storage"]["s3"][0]
+
+    def s3_client(key):
+        return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key["access_key"],
+                            aws_secret_access_key=key["secret"], region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"},
+                                          retries={"max_attempts": 1}))
+
+    grants = {"name": "laptop", "buckets": {"photos": "read,write"}}
+    s3 = s3_client(c.post("/v1/storage/keys", grants))
     s3.put_object(Bucket="photos", Key="a.txt", Body=b"hello")
+    # a key made through the admin's node, rotated: the old secret stops working
+    old = a.post("/v1/storage/keys", {**grants, "name": "phone"})
+    new = a.post(f"/v1/storage/keys/{old['access_key']}/rotate", {})
+    assert new["access_key"] == old["access_key"] and new["secret"] != old["secret"]
+    wait_until(lambda: _refused(s3_client(old)), 10, message="the old secret refused")
+    assert s3_client(new).get_object(Bucket="photos", Key="a.txt")["Body"].read() == b"hello"
     started = time.monotonic()
     a.cli("revoke", c.node_id[:12])
     took = wait_until(lambda: not connected(a, c) and not connected(b, c), 5,
@@ -105,6 +125,8 @@ def test_revoking_a_node_cuts_it_off_within_seconds_and_kills_its_s3_keys(cluste
     with pytest.raises(ClientError) as refused:
         s3.get_object(Bucket="photos", Key="a.txt")
     assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    # keys made through other members live on
+    assert s3_client(new).get_object(Bucket="photos", Key="a.txt")["Body"].read() == b"hello"
     # it cannot come back: its own agent stays out, other members refuse its handshakes
     wait_until(lambda: all(m["id"] != c.node_id or m["state"] != "alive"
                            for m in a.get("/v1/members")), 15,
