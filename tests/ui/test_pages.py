@@ -254,6 +254,17 @@ def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: P
         overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth,
                                              inner: window.innerWidth})""")
         assert overflow["scroll"] <= overflow["inner"], f"{path} overflows at {size}: {overflow}"
+        # every section's tab is wholly on screen (none hidden behind a sideways scroll)
+        cut = page.evaluate("""() => [...document.querySelectorAll('.side a')]
+            .filter(a => { const r = a.getBoundingClientRect();
+                           return r.left < 0 || r.right > window.innerWidth + 0.5
+                                  || a.scrollWidth > a.clientWidth + 1; })
+            .map(a => a.textContent.trim())""")
+        assert cut == [], f"{path} at {size}: tabs cut {cut}"
+        if name == "invite":  # the whole command shows, no inner scroll hides its end
+            box = page.evaluate("""() => { const c = document.querySelector('#invite-command');
+                                           return [c.scrollHeight, c.clientHeight]; }""")
+            assert box[0] <= box[1] + 1, f"invite command cut at {size}: {box}"
 
 
 def test_events_feed_is_live_and_filterable(mesh, ui):
