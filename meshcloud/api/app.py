@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,6 +32,7 @@ from meshcloud.errors import (
     NotFoundError,
     TransportError,
 )
+from meshcloud.web.origin import is_ui_path, ui_host_for, ui_redirect_target
 
 if TYPE_CHECKING:
     from meshcloud.node import Node
@@ -150,6 +151,14 @@ class RequireToken:
         if scope["type"] in ("http", "websocket"):
             path = scope.get("path", "")
             conn = HTTPConnection(scope)
+            if scope["type"] == "http" and is_ui_path(path):
+                raw_path = scope.get("raw_path") or path.encode()
+                target = ui_redirect_target(conn.headers.get("host", ""),
+                                            raw_path.decode("latin-1"),
+                                            scope.get("query_string", b"").decode("latin-1"))
+                if target is not None:  # the UI lives on its own name (web/origin.py)
+                    await RedirectResponse(target, status_code=307)(scope, receive, send)
+                    return
             if not path.startswith(PUBLIC_PATHS) and not self.auth.allowed(conn):
                 if path.startswith("/ui") or path == "/":
                     from meshcloud.web.render import render_text
@@ -270,7 +279,10 @@ def build_app(node: Node) -> Starlette:
                             background=BackgroundTask(node.request_stop))
 
     async def login_ticket(request: Request) -> Response:
-        return JSONResponse({"ticket": auth.new_login_ticket()})
+        ticket = auth.new_login_ticket()
+        host = request.headers.get("host", "")
+        url = f"http://{ui_host_for(host) or host}/ui/login?ticket={ticket}"
+        return JSONResponse({"ticket": ticket, "url": url})
 
     async def on_mesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MeshError)
