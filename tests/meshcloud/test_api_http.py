@@ -170,3 +170,50 @@ async def test_api_cuts_a_stalled_body_and_keeps_serving(node, nursery, logs):
     assert cut.levelno == logging.INFO
     assert logs.errors() == []
     assert (await exchange(url, head(node, "GET", "/v1/status"))).startswith(b"HTTP/1.1 200")
+
+
+async def api_post(node: Node, path: str, value: dict[str, Any]) -> Any:
+    body = json.dumps(value).encode()
+    status, reply = parse(await exchange(node.api_urls[0], head(
+        node, "POST", path, Content_Type="application/json",
+        Content_Length=str(len(body))) + body))
+    assert status == 200, reply
+    return reply
+
+
+async def test_s3_cuts_a_stalled_upload_and_stores_nothing(node, nursery, logs):
+    """The node's real S3 app behind a server with short bounds: a signed PUT that
+    stalls mid-body is answered IncompleteBody and closed; the object never appears."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from blobstore.s3http.server import serve_s3
+
+    storage = next((s for s in node.services if s.name == "storage"), None)
+    if storage is None:
+        pytest.skip("this node runs no storage service")
+    await api_post(node, "/v1/storage/buckets", {"name": "slow"})
+    key = await api_post(node, "/v1/storage/keys", {"name": "t",
+                                                    "buckets": {"slow": "read,write"}})
+    (url,) = await nursery.start(lambda task_status: serve_s3(
+        storage.app, "127.0.0.1:0", limits=SHORT, task_status=task_status))
+    host = url.removeprefix("http://")
+    request = AWSRequest(method="PUT", url=f"{url}/slow/k", headers={
+        "Content-Length": "100", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    S3SigV4Auth(Credentials(key["access_key"], key["secret"]), "s3",
+                "us-east-1").add_auth(request)
+    lines = ["PUT /slow/k HTTP/1.1", f"Host: {host}",
+             *(f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host")]
+    address, port = host.rsplit(":", 1)
+    stalled = await trio.open_tcp_stream(address, int(port))
+    await stalled.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + b"x" * 10)
+    reply = b""
+    with trio.fail_after(DEADLINE):
+        while chunk := await stalled.receive_some(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b"<Code>IncompleteBody</Code>" in reply
+    await logs.wait_for("meshcloud.api.guard", "too slow")
+    status, listing = await get(node, "/v1/storage/objects/slow")
+    assert status == 200 and listing["objects"] == []
+    assert logs.errors() == []
