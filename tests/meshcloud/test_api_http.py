@@ -217,3 +217,26 @@ async def test_s3_cuts_a_stalled_upload_and_stores_nothing(node, nursery, logs):
     status, listing = await get(node, "/v1/storage/objects/slow")
     assert status == 200 and listing["objects"] == []
     assert logs.errors() == []
+
+
+HOSTILE = ["abc", "-1", "0", "99999999999999999999999", "1e3", "%00", "k:" + "x" * 5000,
+           "p:", "%FF%FE", ""]
+
+
+async def test_no_query_parameter_value_gives_a_server_error(node, logs):
+    """Every query parameter the API and UI read, with hostile values: 4xx or a page,
+    never a 500, never an ERROR in the log."""
+    if "storage" in {s.name for s in node.services}:
+        await api_post(node, "/v1/storage/buckets", {"name": "qqq"})
+    paths = {"/v1/events": ["limit", "kind"],
+             "/v1/storage/objects/qqq": ["limit", "prefix", "delimiter", "after"],
+             "/v1/replicas": ["workload"],
+             "/ui/storage/b/qqq": ["prefix", "after"],
+             "/ui/frag/storage/b/qqq": ["prefix", "after"],
+             "/ui/events": ["kind"]}
+    for path, params in paths.items():
+        for param in params:
+            for value in HOSTILE:
+                status, body = await get(node, f"{path}?{param}={value}")
+                assert status < 500, (path, param, value, body)
+    assert logs.errors() == []
