@@ -198,10 +198,11 @@ def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
             self.send_response(200)
             if self.path == "/set":
                 self.send_header("Set-Cookie", "probe=1; Path=/")
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", "3")
+            page = b'<!doctype html><link rel="icon" href="data:,"><p>ok</p>'  # no favicon
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
             self.end_headers()
-            self.wfile.write(b"ok\n")
+            self.wfile.write(page)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -226,6 +227,7 @@ def test_the_ui_session_never_reaches_other_services_on_loopback(mesh, ui):
     with header_recorder() as (first, first_seen), header_recorder() as (other, seen):
         assert page.goto(first + "/set").ok
         assert page.goto(other + "/").ok
+        page.goto("about:blank")  # nothing left to load when the recorders stop
     sent = [h.get("cookie", "") for h in [*first_seen, *seen]]
     assert "probe=1" in seen[0].get("cookie", ""), "the browser did not share a cookie " \
         "across ports: this test would prove nothing"
