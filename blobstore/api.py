@@ -104,6 +104,8 @@ def storage_routes(service: BlobService) -> list[Route]:
         return JSONResponse({"deleted": request.path_params["bucket"]})
 
     async def listing(request: Request) -> Response:
+        from meshcloud.api.app import query_int
+
         q = request.query_params
         try:
             name = validate_bucket_name(request.path_params["bucket"])
@@ -111,7 +113,8 @@ def storage_routes(service: BlobService) -> list[Route]:
             after = Position(After.KEY, q["after"]) if q.get("after") else None
             page = await list_bucket(store().index, bucket_id, prefix=q.get("prefix", ""),
                                      delimiter=q.get("delimiter") or None,
-                                     max_keys=min(int(q.get("limit", "1000")), 1000),
+                                     max_keys=query_int(request, "limit", 1000,
+                                                        minimum=1, maximum=1000),
                                      after=after)
         except S3Error as exc:
             raise _s3(exc) from None

@@ -194,8 +194,8 @@ def cmd_ping(args: argparse.Namespace) -> None:
 @command("ui")
 def cmd_ui(args: argparse.Namespace) -> None:
     api = client(args)
-    ticket = api.post("/v1/ui/ticket")["ticket"]
-    print(f"{api.url}/ui/login?ticket={ticket}")
+    reply = api.post("/v1/ui/ticket")
+    print(reply.get("url") or f"{api.url}/ui/login?ticket={reply['ticket']}")
     print("(a one-time link, valid for 5 minutes)", file=sys.stderr)
 
 
