@@ -226,7 +226,7 @@ class Connection:
 
     def __init__(self, transport: TcpTransport, sock: socket.socket, channel: SecureChannel,
                  peer: PeerAuth, *, we_dialed: bool, address: str, config: MuxConfig,
-                 serial: int) -> None:
+                 serial: int, first: bytes = b"") -> None:
         self.transport = transport
         self.sock = sock
         self.channel = channel
@@ -244,6 +244,10 @@ class Connection:
         self._goaway_reason: str | None = None
         self._flush_scheduled = False
         self._writing = False  # the writer holds bytes not yet fully sent
+        # Bytes that must precede everything else on the wire: the listener's verdict,
+        # encrypted with the channel's first nonce. Whatever path writes first (run, or a
+        # close/retire before run started) sends them first.
+        self._first = first
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._cancel = trio.CancelScope()
         self.closed = trio.Event()
@@ -330,12 +334,14 @@ class Connection:
 
     # --- tasks --------------------------------------------------------------------------
 
-    async def run(self, early: list[bytes], first: bytes = b"") -> None:
+    async def run(self, early: list[bytes]) -> None:
         """Serve the connection until it is lost. ``early``: transport data that came with
-        the handshake; ``first``: bytes to send before anything else (the verdict)."""
+        the handshake. The ``first`` bytes given at construction (the verdict) leave before
+        anything else."""
         try:
             with self._cancel:
-                if first:
+                if self._first:
+                    first, self._first = self._first, b""
                     self._writing = True
                     await _send_all(self.sock, first)
                     self._writing = False
@@ -345,6 +351,10 @@ class Connection:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._timer)
                     await self._reader()
+        except Exception as exc:  # a bug here must end this connection, never the transport
+            self.transport.counters.connection_errors += 1
+            logger.exception("connection %r failed", self)
+            self.lose(f"internal error: {exc!r}")
         finally:
             self.lose("transport shut down")
             self.sock.close()
@@ -383,6 +393,7 @@ class Connection:
         try:
             self._feed(self.channel.decrypt(data))
         except RemoteProtocolError as exc:
+            self.transport.counters.connection_errors += 1
             logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
             self._send_nowait()  # the core queued a GOAWAY naming the error
             self.lose(f"protocol error: {exc}")
@@ -478,9 +489,11 @@ class Connection:
         if self._writing:  # the writer is mid-message: never interleave bytes
             return
         packets = self.mux.data_to_send()
-        if packets:
+        data = self._first + (self.channel.encrypt_packets(packets) if packets else b"")
+        self._first = b""
+        if data:
             try:
-                self.sock.send(self.channel.encrypt_packets(packets))
+                self.sock.send(data)
             except OSError:
                 pass
 
