@@ -2,26 +2,31 @@
 
 Every accepted socket needs a slot while its handshake runs. A flood of silent sockets
 (connected, saying nothing) must not keep members out, and members on one machine share
-one source address (127.0.0.1) with whoever floods from it. The rules:
+one source address (127.0.0.1) with whoever floods from it. So a socket lives in one of
+two pools:
 
-* at most ``total`` handshakes at once, and at most ``per_source`` from one address
-  (``per_source < total``, so one address never holds every slot);
-* a socket is **silent** until its first handshake message arrives (:meth:`heard`), and the
-  driver ends a silent socket after a short first-message deadline;
-* when a new socket finds its source (or the whole table) full, the **oldest silent**
-  handshake of that source (or of the busiest source) is shed to make room; only if none
-  is silent is the new socket refused. A real peer sends its first message with the
-  connection, so it stops being silent at once and is never shed by a flood; a flooder
-  only ever evicts its own kind.
+* **silent**: accepted, first handshake message not yet read. Cheap (a file descriptor and
+  a waiting task) and short-lived: the driver closes it after ``first_message_timeout``.
+  At most ``silent_per_source`` per address and ``silent_total`` in all; a newcomer that
+  finds its pool full **sheds the oldest silent socket** (of its own address, else of the
+  busiest one), skipping sockets whose first bytes already wait unread (``ready``). So a
+  flooder only ever evicts its own kind, and a real dialer (which sends its first message
+  with the connection) is never shed unless a whole pool of newer sockets arrives before
+  its first bytes do.
+* **active**: its first message arrived (:meth:`promote`), so the expensive part (Diffie-
+  Hellman, signature checks) runs. At most ``per_source`` per address and ``total`` in
+  all, ``per_source < total`` so one address never holds every slot; a socket that finds
+  no active slot is closed (its dialer retries).
 
 The driver (:mod:`~meshcloud.transport.tcp`) passes opaque slot keys and acts on the
-answers (closes the shed sockets). Nothing here reads a clock or does I/O.
+answers (closes shed sockets). Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -30,81 +35,95 @@ class _Slot:
     silent: bool = True
 
 
-@dataclass(slots=True)
-class Admission:
-    """The answer to :meth:`HandshakeSlots.admit`."""
-
-    admitted: bool
-    shed: list[int] = field(default_factory=list)
-    """Keys of silent handshakes to end now (their slots went to the new socket)."""
-
-
 class HandshakeSlots:
-    """Bounded table of inbound handshakes in progress (see the module docstring)."""
+    """Bounded tables of inbound handshakes in progress (see the module docstring)."""
 
-    def __init__(self, total: int, per_source: int) -> None:
-        if total < 1 or not 1 <= per_source <= total:
-            raise ValueError("need total >= 1 and 1 <= per_source <= total")
+    def __init__(self, *, total: int, per_source: int, silent_total: int,
+                 silent_per_source: int) -> None:
+        if not 1 <= per_source <= total or not 1 <= silent_per_source <= silent_total:
+            raise ValueError("need 1 <= per_source <= total (for each pool)")
         self.total = total
         self.per_source = per_source
+        self.silent_total = silent_total
+        self.silent_per_source = silent_per_source
         self._slots: OrderedDict[int, _Slot] = OrderedDict()  # oldest first
-        self._by_source: dict[str, int] = {}
+        self._count: dict[tuple[str, bool], int] = {}  # (source, silent) -> slots
+        self._silent = 0
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def count(self, source: str) -> int:
-        return self._by_source.get(source, 0)
-
+    @property
     def silent(self) -> int:
-        return sum(1 for slot in self._slots.values() if slot.silent)
+        return self._silent
 
-    def admit(self, key: int, source: str) -> Admission:
-        """A socket from ``source`` wants a slot under ``key`` (a new, unused key)."""
+    @property
+    def active(self) -> int:
+        return len(self._slots) - self._silent
+
+    def count(self, source: str, *, silent: bool) -> int:
+        return self._count.get((source, silent), 0)
+
+    def admit(self, key: int, source: str,
+              ready: Callable[[int], bool] = lambda key: False) -> list[int]:
+        """A new socket from ``source`` under ``key`` (unused): it joins the silent pool.
+        Returns the keys of silent sockets shed to make room (the caller closes them).
+        ``ready(key)`` tells whether a silent socket's first bytes already wait unread:
+        such a socket is about to be promoted and is shed only if no other can be."""
         if key in self._slots:
             raise ValueError(f"slot key {key} is already in use")
-        shed: list[int] = []
-        if self.count(source) >= self.per_source:
-            victim = self._oldest_silent(source)
-            if victim is None:
-                return Admission(admitted=False)
-            shed.append(victim)
-            self.release(victim)
-        elif len(self._slots) >= self.total:
-            busiest = max(self._by_source, key=lambda s: self._by_source[s])
-            victim = self._oldest_silent(busiest)
-            if victim is None:
-                victim = self._oldest_silent(None)
-            if victim is None:
-                return Admission(admitted=False)
-            shed.append(victim)
+        shed = []
+        if self.count(source, silent=True) >= self.silent_per_source:
+            shed.append(self._victim(source, ready))
+        elif self._silent >= self.silent_total:
+            busiest = max((s for (s, silent) in self._count if silent),
+                          key=lambda s: self.count(s, silent=True))
+            shed.append(self._victim(busiest, ready))
+        for victim in shed:
             self.release(victim)
         self._slots[key] = _Slot(source)
-        self._by_source[source] = self.count(source) + 1
-        return Admission(admitted=True, shed=shed)
+        self._add(source, True, 1)
+        return shed
 
-    def heard(self, key: int) -> None:
-        """The handshake's first message arrived: it is no longer silent (never shed)."""
+    def promote(self, key: int) -> bool:
+        """The socket's first message arrived: move it to the active pool. False if the
+        active pool (or its source's share) is full: the caller closes the socket."""
         slot = self._slots.get(key)
-        if slot is not None:
-            slot.silent = False
+        if slot is None or not slot.silent:
+            return slot is not None
+        if (self.active >= self.total
+                or self.count(slot.source, silent=False) >= self.per_source):
+            return False
+        self._add(slot.source, True, -1)
+        slot.silent = False
+        self._add(slot.source, False, 1)
+        return True
 
     def release(self, key: int) -> None:
         """The handshake ended (done, failed, timed out or shed). Unknown keys are ignored."""
         slot = self._slots.pop(key, None)
-        if slot is None:
-            return
-        left = self._by_source[slot.source] - 1
-        if left:
-            self._by_source[slot.source] = left
-        else:
-            del self._by_source[slot.source]
+        if slot is not None:
+            self._add(slot.source, slot.silent, -1)
 
-    def _oldest_silent(self, source: str | None) -> int | None:
+    def _add(self, source: str, silent: bool, delta: int) -> None:
+        left = self._count.get((source, silent), 0) + delta
+        if left:
+            self._count[(source, silent)] = left
+        else:
+            self._count.pop((source, silent), None)
+        if silent:
+            self._silent += delta
+
+    def _victim(self, source: str, ready: Callable[[int], bool]) -> int:
+        fallback = None
         for key, slot in self._slots.items():
-            if slot.silent and (source is None or slot.source == source):
-                return key
-        return None
+            if slot.silent and slot.source == source:
+                if not ready(key):
+                    return key
+                if fallback is None:
+                    fallback = key
+        assert fallback is not None, "a full silent pool has a silent socket"
+        return fallback
 
 
 @dataclass(slots=True)

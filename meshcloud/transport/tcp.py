@@ -98,13 +98,19 @@ class TcpConfig:
     """Datagrams held for a peer while it is being dialled; more are dropped."""
 
     max_handshakes: int = 64
-    """Inbound handshakes in progress at once (see :mod:`~meshcloud.transport.admission`:
-    a newcomer sheds the oldest silent socket, else it is closed at once)."""
+    """Inbound handshakes past their first message (doing the key exchange and checks)
+    at once; a socket finding no slot is closed. See :mod:`~meshcloud.transport.admission`."""
 
     max_handshakes_per_source: int = 16
-    """Inbound handshakes in progress from one source address: one address (a flooder, or
-    a machine full of members on 127.0.0.1) never holds every slot (at most
-    ``max_handshakes``)."""
+    """The same from one source address: one address (a flooder, or a machine full of
+    members on 127.0.0.1) never holds every slot (at most ``max_handshakes``)."""
+
+    max_silent: int = 256
+    """Accepted sockets waiting for their first message; a newcomer finding this (or its
+    address's share) full sheds the oldest silent socket of the busiest address."""
+
+    max_silent_per_source: int = 64
+    """The same from one source address (at most ``max_silent``)."""
 
     first_message_timeout: float = 1.0
     """Seconds an accepted socket may stay silent: a dialer sends its first handshake
@@ -118,8 +124,8 @@ class TcpConfig:
             raise ValueError("timeouts must be positive")
         if self.datagram_queue < 0 or self.max_handshakes < 1:
             raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
-        if self.max_handshakes_per_source < 1:
-            raise ValueError("max_handshakes_per_source must be >= 1")
+        if min(self.max_handshakes_per_source, self.max_silent, self.max_silent_per_source) < 1:
+            raise ValueError("handshake and silent socket limits must be >= 1")
 
     @classmethod
     def lan(cls) -> TcpConfig:
@@ -171,10 +177,13 @@ class TcpTransport:
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
         self._background_dials: set[NodeId] = set()
-        self._slots = HandshakeSlots(self.config.max_handshakes,
-                                     min(self.config.max_handshakes_per_source,
-                                         self.config.max_handshakes))
-        self._slot_scopes: dict[int, trio.CancelScope] = {}
+        config = self.config
+        self._slots = HandshakeSlots(
+            total=config.max_handshakes,
+            per_source=min(config.max_handshakes_per_source, config.max_handshakes),
+            silent_total=config.max_silent,
+            silent_per_source=min(config.max_silent_per_source, config.max_silent))
+        self._slot_tasks: dict[int, tuple[trio.CancelScope, socket.socket]] = {}
         self.counters = TransportCounters()
         self._nursery: trio.Nursery | None = None
         self._serial = itertools.count(1)
@@ -388,23 +397,15 @@ class TcpTransport:
                 self._admit(sock, format_address(*addr[:2]))
 
     def _admit(self, sock: socket.socket, address: str) -> None:
-        """Give an accepted socket a handshake slot (shedding a silent one) or close it."""
+        """Give an accepted socket a silent slot, shedding the oldest silent one if full."""
         key = next(self._serial)
-        source = address.rsplit(":", 1)[0]
-        verdict = self._slots.admit(key, source)
-        for victim in verdict.shed:
+        shed = self._slots.admit(key, address.rsplit(":", 1)[0],
+                                 ready=lambda k: _has_data(self._slot_tasks[k][1]))
+        for victim in shed:
             self.counters.handshakes_shed += 1
-            scope = self._slot_scopes.pop(victim)
-            scope.cancel()  # its task closes the socket
-        if not verdict.admitted:
-            self.counters.handshakes_shed += 1
-            logger.debug("too many handshakes in progress from %s: closing", address)
-            sock.close()
-            return
-        if _has_data(sock):  # its first message came with the connection: a real dialer
-            self._slots.heard(key)
+            self._slot_tasks.pop(victim)[0].cancel()  # its task closes the socket
         scope = trio.CancelScope()
-        self._slot_scopes[key] = scope
+        self._slot_tasks[key] = (scope, sock)
         assert self._nursery is not None
         self._nursery.start_soon(self._inbound, sock, address, key, scope)
 
@@ -421,7 +422,7 @@ class TcpTransport:
             logger.exception("handshake from %s failed unexpectedly: %r", address, exc)
         finally:
             self._slots.release(key)
-            self._slot_scopes.pop(key, None)
+            self._slot_tasks.pop(key, None)
             if not adopted:
                 sock.close()
 
@@ -431,7 +432,10 @@ class TcpTransport:
             self.counters.handshakes_shed += 1
             logger.debug("socket from %s stayed silent: closing", address)
             return False
-        self._slots.heard(key)
+        if not self._slots.promote(key):
+            self.counters.handshakes_shed += 1
+            logger.debug("too many handshakes in progress from %s: closing", address)
+            return False
         core = self._handshake_core(initiator=False)
         early, first = [], b""
         try:
@@ -451,7 +455,7 @@ class TcpTransport:
             return False
         # the slot is free once the handshake is over (the connection is not a handshake)
         self._slots.release(key)
-        self._slot_scopes.pop(key, None)
+        self._slot_tasks.pop(key, None)
         try:
             self._adopt(sock, core, early, first, we_dialed=False, address=address)
         except TransportError:  # stopped meanwhile (_adopt closed the socket)

@@ -392,7 +392,7 @@ async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
 
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     mesh = TestMesh.with_members(2)
-    config = TcpConfig(handshake_timeout=0.5, first_message_timeout=0.5, max_handshakes=2)
+    config = TcpConfig(handshake_timeout=0.5, first_message_timeout=0.5, max_silent=2)
     listener = await start_member(nursery, mesh.members[0], config)
     port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]

@@ -169,3 +169,69 @@ async def test_a_damaged_byte_anywhere_in_a_handshake_ends_that_connection_only(
     await c.dial(a.listen_addresses[0])
     assert await round_trip(c, a.local_id) == b"ping"
     assert await round_trip(a, b.local_id) == b"ping"  # directly, not through the proxy
+
+
+# --- handshake floods ---------------------------------------------------------------------------
+
+
+async def keep_silent_socket(port: int, opened: list[int], all_open: trio.Event) -> None:
+    """One flooder: a connection that never says a word, reopened whenever it is closed
+    (until cancelled)."""
+    while True:
+        sock = trio.socket.socket()
+        try:
+            await sock.connect(("127.0.0.1", port))
+            opened[0] += 1
+            if opened[0] == 80:
+                all_open.set()
+            await sock.recv(1)  # b"" (or a reset) once the listener closed it
+        except OSError:
+            await trio.lowlevel.checkpoint()
+        finally:
+            sock.close()
+
+
+async def test_a_member_and_a_joiner_get_in_through_a_flood_of_silent_sockets(nursery):
+    """80 silent sockets from 127.0.0.1, reopened as soon as the listener closes them,
+    more than every slot of the old design (64): a member on the same address connects
+    and a joiner joins meanwhile."""
+    from meshcloud.auth import MeshAuthenticator
+    from meshcloud.identity.certs import make_join_proof
+    from meshcloud.identity.invites import create_invite
+    from meshcloud.identity.keys import SigningKey
+    from meshcloud.join import JOIN_PROTOCOL, JoinService, request_certificate
+    from meshcloud.membership import MemoryMembershipRecords
+
+    mesh = TestMesh.with_members(2)
+    host = mesh.members[0]
+    listener = await start(nursery, host)
+    service = JoinService(host.key, host.cert, mesh.root.public, "test", host.records,
+                          mesh.wall_ms, contacts=lambda: [])
+    listener.serve(JOIN_PROTOCOL, service.handle)
+    port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
+    opened, all_open = [0], trio.Event()
+    async with trio.open_nursery() as flood:
+        for _ in range(80):
+            flood.start_soon(keep_silent_socket, port, opened, all_open)
+        with trio.fail_after(10):
+            await all_open.wait()
+        member = await start(nursery, mesh.members[1])
+        with trio.fail_after(10):
+            await member.dial(listener.listen_addresses[0])
+            assert await round_trip(member, listener.local_id) == b"ping"
+        token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1,
+                              bootstrap=())
+        key = SigningKey.generate()
+        joiner = TcpTransport(key, MeshAuthenticator(
+            mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms, None,
+            make_join_proof(token, key, now=mesh.now_ms)))
+        await nursery.start(joiner.run)
+        with trio.fail_after(20):
+            accepted = await request_certificate(joiner, listener.listen_addresses)
+        assert accepted.cert.node_public == key.public
+        # the flood held its whole share of slots throughout, and was shed, not served
+        assert listener._slots.silent == listener.config.max_silent_per_source
+        assert listener.counters.handshakes_shed > 0
+        flood.cancel_scope.cancel()
+    assert listener.running and listener.counters.handshakes_shed > 0
+    assert service.admitted == 1
