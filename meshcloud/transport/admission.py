@@ -148,3 +148,6 @@ class TransportCounters:
     """Established connections ended by a protocol error or an unexpected internal error."""
     handler_errors: int = 0
     """Stream handlers that raised an unexpected exception (their stream was aborted)."""
+    buffer_resets: int = 0
+    """Streams reset because their connection was wedged at its buffer limit while a
+    reader waited (see ``MuxCore.relieve``): should stay 0 outside of abuse."""

@@ -66,6 +66,7 @@ from meshcloud.transport.base import (
     ProtocolRegistry,
     StreamHandler,
 )
+from meshcloud.transport.buffers import BufferBudget
 from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
@@ -116,6 +117,11 @@ class TcpConfig:
     """Seconds an accepted socket may stay silent: a dialer sends its first handshake
     message with the connection, so only a flood waits this long (and is then closed)."""
 
+    max_buffered: int = 256 * 1024 * 1024
+    """Received message bytes all connections together may hold before the application
+    reads them (each connection also has ``mux.max_buffered``); beyond it sockets are
+    not read. See :mod:`~meshcloud.transport.buffers`."""
+
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
 
@@ -126,6 +132,8 @@ class TcpConfig:
             raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
         if min(self.max_handshakes_per_source, self.max_silent, self.max_silent_per_source) < 1:
             raise ValueError("handshake and silent socket limits must be >= 1")
+        if self.max_buffered < self.mux.max_buffered:
+            raise ValueError("max_buffered (node) must be >= mux.max_buffered (connection)")
 
     @classmethod
     def lan(cls) -> TcpConfig:
@@ -135,7 +143,8 @@ class TcpConfig:
     def phone(cls) -> TcpConfig:
         """Slow radios and sleepy CPUs: longer timeouts, the phone mux preset."""
         return cls(mux=MuxConfig.phone(), connect_timeout=10.0, handshake_timeout=15.0,
-                   first_message_timeout=5.0, datagram_queue=32)
+                   first_message_timeout=5.0, datagram_queue=32,
+                   max_buffered=64 * 1024 * 1024)
 
 
 @dataclass(slots=True)
@@ -185,6 +194,11 @@ class TcpTransport:
             silent_per_source=min(config.max_silent_per_source, config.max_silent))
         self._slot_tasks: dict[int, tuple[trio.CancelScope, socket.socket]] = {}
         self.counters = TransportCounters()
+        mux = config.mux
+        self.buffer_budget = BufferBudget(
+            config.max_buffered,
+            credit_limit=config.max_buffered - mux.max_message - 2 * mux.stream_window)
+        self._buffer_lot = trio.lowlevel.ParkingLot()  # readers paused by back-pressure
         self._nursery: trio.Nursery | None = None
         self._serial = itertools.count(1)
 
@@ -513,6 +527,15 @@ class TcpTransport:
 
     def _on_goaway(self, conn: Connection, reason: str) -> None:
         conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
+
+    @property
+    def buffered(self) -> int:
+        """Received message bytes all connections hold, not yet read by the application."""
+        return self.buffer_budget.used
+
+    def _buffers_freed(self) -> None:
+        if self._buffer_lot:
+            self._buffer_lot.unpark_all()
 
     def _forget(self, conn: Connection, reason: str) -> None:
         node_id = conn.peer.node_id
