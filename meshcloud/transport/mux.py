@@ -25,6 +25,17 @@ one the application will read (else a message larger than the window would deadl
 stream buffers at most ``stream_window + max_message`` bytes. A sender exceeding the
 window is a protocol error.
 
+**Bounded buffers**: :attr:`MuxCore.buffered` counts message bytes received and not yet
+taken by the application (the driver reports what it takes with
+:meth:`~MuxCore.acknowledge` and :meth:`~MuxCore.discard`), also summed node-wide in a
+:class:`~meshcloud.transport.buffers.BufferBudget`. Credit is granted only while buffered
+bytes plus the credit the peer holds stay within ``config.credit_budget``; an OPEN beyond
+``config.open_budget`` is reset as busy; one stream at a time whose reader waits
+(:meth:`~MuxCore.reader_waiting`) may be granted beyond (the *lane*), so any reading order
+finishes. The driver reads at most :meth:`~MuxCore.read_allowance` bytes (0 at
+``max_buffered``), and :meth:`~MuxCore.relieve` resets a partial message if a waiting
+reader is ever stuck behind that limit.
+
 **Closing**: FIN (:meth:`~MuxCore.end_stream`) half-closes one direction and the peer sees
 :class:`StreamEnded` after the last message; RESET (:meth:`~MuxCore.reset_stream`) aborts
 both directions with a reason (:class:`StreamAborted`). GOAWAY says "I open no more

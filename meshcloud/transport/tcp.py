@@ -10,9 +10,10 @@ Usage::
 
 What this module does (the protocol logic lives in the sans-IO cores):
 
-* **listen** on each address; every accepted socket runs the handshake
-  (:mod:`~meshcloud.transport.handshake`) under ``handshake_timeout``; a refused peer gets
-  the reason and is closed, and nothing about it is remembered;
+* **listen** on each address; every accepted socket waits for its first message in a
+  bounded silent pool, then runs the handshake (:mod:`~meshcloud.transport.handshake`) in
+  a bounded slot under ``handshake_timeout`` (:mod:`~meshcloud.transport.admission`); a
+  refused peer gets the reason and is closed, and nothing about it is remembered;
 * **dial** with ``connect_timeout`` for TCP and ``handshake_timeout`` for the handshake.
   Concurrent dials of one address share one attempt; a dial of an address (or an
   ``expect``-ed node) we are already connected to returns that connection;
@@ -29,7 +30,10 @@ What this module does (the protocol logic lives in the sans-IO cores):
   when its backlog is full); to a peer we are not connected to they wait in a small queue
   while a background dial runs, and are dropped if the queue is full or the dial fails;
 * **peer events**: :class:`PeerConnected` when a peer's first connection is up,
-  :class:`PeerDisconnected` when its last one is gone.
+  :class:`PeerDisconnected` when its last one is gone;
+* **failures** of one handshake, dial, connection or handler end that one only, and are
+  counted once in :attr:`TcpTransport.counters` and logged once; received bytes are
+  bounded per connection and per node (:mod:`~meshcloud.transport.buffers`).
 
 Keys are never logged; peers appear in logs as short node ids.
 """
