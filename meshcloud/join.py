@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 JOIN_PROTOCOL = "/meshcloud/join/1"
 
-JOIN_TIMEOUT = 15.0
+JOIN_TIMEOUT = 20.0
 """Seconds a join may take end to end (dial, handshake, certificate) before giving up."""
 
 
@@ -132,33 +132,59 @@ class JoinService:
         return issue_cert(proof, self.key, self.cert, now=now)
 
 
-async def request_certificate(transport: Transport, bootstrap: list[str]) -> JoinAccepted:
-    """Joiner side: try each bootstrap address until one admits us. Raises InviteError."""
-    errors: list[str] = []
-    for address in bootstrap:
-        try:
-            with trio.fail_after(JOIN_TIMEOUT):
-                peer = await transport.dial(address)
-                stream = await transport.open_stream(peer.node_id, JOIN_PROTOCOL)
-                await send_message(stream, JoinRequest(agent_version="", labels={}))
-                await stream.close()
-                reply = await receive_message(stream, (JoinAccepted, JoinRefused))
-        except trio.TooSlowError:
-            errors.append(f"{address}: no answer within {JOIN_TIMEOUT:.0f} s")
-            continue
-        except AuthError as exc:
-            # the bootstrap refused our handshake: the invite is bad (say why) or the
-            # node we reached is not of this mesh.
-            text = str(exc)
-            if "invite refused" in text:
-                text = text[text.index("invite refused"):]
-            else:
-                text = f"refused by {address}: {text}"
-            raise InviteError(text) from None
-        except (TransportError, OSError) as exc:
-            errors.append(f"{address}: {exc}")
-            continue
-        if isinstance(reply, JoinRefused):
-            raise InviteError(reply.reason)
-        return reply
-    raise TransportError("could not reach any bootstrap node of the invite: " + "; ".join(errors))
+JOIN_ATTEMPT_TIMEOUT = 8.0
+"""Seconds one attempt at one bootstrap address may take before the next is tried."""
+
+JOIN_BACKOFF = (0.25, 2.0)
+"""First and largest pause between rounds over the bootstrap addresses (doubling)."""
+
+
+async def request_certificate(transport: Transport, bootstrap: list[str], *,
+                              timeout: float = JOIN_TIMEOUT,
+                              attempt_timeout: float = JOIN_ATTEMPT_TIMEOUT) -> JoinAccepted:
+    """Joiner side: try the bootstrap addresses in turn, in rounds with a doubling pause
+    between them, until one admits us or ``timeout`` (the whole join) runs out. A busy or
+    unreachable node is retried; a refusal is final. Raises InviteError (refused) or
+    TransportError (no bootstrap node answered in time)."""
+    errors: dict[str, str] = {}
+    pause = JOIN_BACKOFF[0]
+    deadline = trio.current_time() + timeout
+    while True:
+        for address in bootstrap:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            try:
+                with trio.fail_after(min(attempt_timeout, remaining)):
+                    peer = await transport.dial(address)
+                    stream = await transport.open_stream(peer.node_id, JOIN_PROTOCOL)
+                    await send_message(stream, JoinRequest(agent_version="", labels={}))
+                    await stream.close()
+                    reply = await receive_message(stream, (JoinAccepted, JoinRefused))
+            except trio.TooSlowError:
+                errors[address] = "no answer in time"
+                continue
+            except AuthError as exc:
+                # the bootstrap refused our handshake: the invite is bad (say why) or the
+                # node we reached is not of this mesh.
+                text = str(exc)
+                if "invite refused" in text:
+                    text = text[text.index("invite refused"):]
+                else:
+                    text = f"refused by {address}: {text}"
+                raise InviteError(text) from None
+            except (TransportError, OSError) as exc:  # busy, unreachable, damaged: retry
+                errors[address] = str(exc)
+                continue
+            if isinstance(reply, JoinRefused):
+                raise InviteError(reply.reason)
+            return reply
+        remaining = deadline - trio.current_time()
+        if remaining <= 0 or not bootstrap:
+            break
+        log.info("no bootstrap node admitted us yet; trying again in %.2f s", pause)
+        await trio.sleep(min(pause, remaining))
+        pause = min(pause * 2, JOIN_BACKOFF[1])
+    detail = "; ".join(f"{address}: {error}" for address, error in errors.items())
+    raise TransportError(f"could not reach any bootstrap node of the invite within "
+                         f"{timeout:.0f} s: {detail or 'no address'}")

@@ -38,8 +38,8 @@ from meshcloud.transport.base import Stream, Transport, receive_message, send_me
 log = logging.getLogger(__name__)
 
 REDEEM_PROTOCOL = "/meshcloud/redeem/1"
-REDEEM_TIMEOUT = 5.0
-"""Seconds an issuer waits for the ledger's answers."""
+REDEEM_TIMEOUT = 3.0
+"""Seconds an issuer waits for the ledger's answers (within a joiner's attempt, 8 s)."""
 KEEP_AFTER_EXPIRY_MS = 24 * 3_600_000
 """Grants of an invite are forgotten a day after it expired (it can never be used again)."""
 

@@ -392,7 +392,7 @@ async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
 
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     mesh = TestMesh.with_members(2)
-    config = TcpConfig(handshake_timeout=0.5, max_handshakes=2)
+    config = TcpConfig(handshake_timeout=0.5, first_message_timeout=0.5, max_silent=2)
     listener = await start_member(nursery, mesh.members[0], config)
     port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
@@ -402,16 +402,18 @@ async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     assert listener._handshaking == 2
     extra = socket.create_connection(("127.0.0.1", port))
     extra.setblocking(False)
-    with trio.fail_after(0.4):  # closed at once, well before the handshake timeout
-        await trio.lowlevel.wait_readable(extra)
-        assert extra.recv(100) == b""
-    with trio.fail_after(5):  # the silent ones are dropped after handshake_timeout
-        for sock in silent:
+    with trio.fail_after(0.4):  # the oldest silent one is shed at once for the newcomer
+        await trio.lowlevel.wait_readable(silent[0])
+        assert silent[0].recv(100) == b""
+    assert listener._handshaking == 2 and listener.counters.handshakes_shed == 1
+    with trio.fail_after(5):  # the others are dropped after first_message_timeout
+        for sock in (silent[1], extra):
             await trio.lowlevel.wait_readable(sock)
             assert sock.recv(100) == b""
     friend = await start_member(nursery, mesh.members[1])
     await friend.dial(listener.listen_addresses[0])
     assert await round_trip(friend, listener.local_id) == b"ping"
+    assert listener.counters.handshakes_shed == 3
     for sock in [*silent, extra]:
         sock.close()
 
