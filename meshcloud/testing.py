@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.identity.certs import MeshCert, genesis_cert, issue_cert, make_join_proof
-from meshcloud.identity.invites import create_invite
+from meshcloud.identity.invites import InviteToken, create_invite
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
+
+if TYPE_CHECKING:
+    from meshcloud.join import JoinService
+    from meshcloud.transport.base import Transport
 
 TEST_EPOCH_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z: the wall clock of tests that need one."""
@@ -53,6 +58,18 @@ class TestMember:
     def id(self) -> bytes:
         return self.key.id
 
+    def join_service(self, mesh: TestMesh, transport: Transport) -> JoinService:
+        """This member's join service (it alone counts the invites made by
+        :meth:`TestMesh.invite`), issuing on ``transport``."""
+        from meshcloud.join import JoinService
+        from meshcloud.redemption import LedgerBook, LedgerService
+
+        ledger = LedgerService(LedgerBook(self.id, mesh.root.public), mesh.wall_ms,
+                               self.records.is_revoked)
+        return JoinService(self.key, self.cert, mesh.root.public, "test", self.records,
+                           mesh.wall_ms, contacts=lambda: [], transport=transport,
+                           ledger=ledger)
+
 
 @dataclass
 class TestMesh:
@@ -82,6 +99,11 @@ class TestMesh:
                             MeshAuthenticator(self.root.public, records, self.wall_ms, cert))
         self.members.append(member)
         return member
+
+    def invite(self, *, uses: int = 1, ttl_ms: int = 3_600_000) -> InviteToken:
+        """An invite counted by the first member alone."""
+        return create_invite(self.root, now=self.now_ms, ttl_ms=ttl_ms, uses=uses,
+                             bootstrap=(), ledger=(self.members[0].id,))
 
     def outsider(self) -> tuple[SigningKey, MeshAuthenticator]:
         """A key with no certificate: every member must refuse it."""

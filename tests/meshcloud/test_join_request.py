@@ -12,7 +12,6 @@ import trio.testing
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.errors import InviteError, TransportError
 from meshcloud.identity.certs import make_join_proof
-from meshcloud.identity.invites import create_invite
 from meshcloud.identity.keys import SigningKey
 from meshcloud.join import JOIN_PROTOCOL, JoinService, request_certificate
 from meshcloud.membership import MemoryMembershipRecords
@@ -27,7 +26,7 @@ def free_address() -> str:
 
 
 async def start_joiner(nursery, mesh: TestMesh, uses: int = 1) -> TcpTransport:
-    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=uses, bootstrap=())
+    token = mesh.invite(uses=uses, ttl_ms=60_000)
     key = SigningKey.generate()
     joiner = TcpTransport(key, MeshAuthenticator(
         mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms, None,
@@ -39,8 +38,7 @@ async def start_joiner(nursery, mesh: TestMesh, uses: int = 1) -> TcpTransport:
 async def start_bootstrap(nursery, mesh: TestMesh, address: str) -> JoinService:
     host = mesh.members[0]
     transport = TcpTransport(host.key, host.authenticator, listen=[address])
-    service = JoinService(host.key, host.cert, mesh.root.public, "test", host.records,
-                          mesh.wall_ms, contacts=lambda: [])
+    service = host.join_service(mesh, transport)
     transport.serve(JOIN_PROTOCOL, service.handle)
     await nursery.start(transport.run)
     return service

@@ -197,16 +197,14 @@ async def test_a_member_and_a_joiner_get_in_through_a_flood_of_silent_sockets(nu
     and a joiner joins meanwhile."""
     from meshcloud.auth import MeshAuthenticator
     from meshcloud.identity.certs import make_join_proof
-    from meshcloud.identity.invites import create_invite
     from meshcloud.identity.keys import SigningKey
-    from meshcloud.join import JOIN_PROTOCOL, JoinService, request_certificate
+    from meshcloud.join import JOIN_PROTOCOL, request_certificate
     from meshcloud.membership import MemoryMembershipRecords
 
     mesh = TestMesh.with_members(2)
     host = mesh.members[0]
     listener = await start(nursery, host)
-    service = JoinService(host.key, host.cert, mesh.root.public, "test", host.records,
-                          mesh.wall_ms, contacts=lambda: [])
+    service = host.join_service(mesh, listener)
     listener.serve(JOIN_PROTOCOL, service.handle)
     port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
     opened, all_open = [0], trio.Event()
@@ -219,8 +217,7 @@ async def test_a_member_and_a_joiner_get_in_through_a_flood_of_silent_sockets(nu
         with trio.fail_after(10):
             await member.dial(listener.listen_addresses[0])
             assert await round_trip(member, listener.local_id) == b"ping"
-        token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1,
-                              bootstrap=())
+        token = mesh.invite(ttl_ms=60_000)
         key = SigningKey.generate()
         joiner = TcpTransport(key, MeshAuthenticator(
             mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms, None,
