@@ -304,12 +304,12 @@ def _request_time(request: S3Request) -> tuple[str, float]:
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     try:
         parsed = parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: huge fields
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header"
                            ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
 
 
 def _amz_epoch(amz: str, error: type[Exception]) -> float:

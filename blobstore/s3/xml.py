@@ -362,6 +362,8 @@ def parse_xml(body: bytes, *, max_size: int = MAX_XML_BODY) -> Node:
         parser.Parse(body, True)
     except expat.ExpatError as exc:
         raise MalformedXML(f"not well-formed XML: {expat.ErrorString(exc.code)}") from None
+    except (LookupError, ValueError):  # an unknown or multi-byte encoding in the declaration
+        raise MalformedXML("the XML declaration names an encoding we do not read") from None
     if len(root) != 1:
         raise MalformedXML("no root element")
     return root[0]

@@ -105,8 +105,10 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
         raise MeshError(f"request body is not JSON: {exc}", code="bad_request") from None
+    except RecursionError:
+        raise MeshError("request body is nested too deeply", code="bad_request") from None
     if not isinstance(value, dict):
         raise MeshError("request body must be a JSON object", code="bad_request")
     return value
