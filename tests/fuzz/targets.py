@@ -110,11 +110,25 @@ def synthetic_messages(per_class: int = 3) -> list[bytes]:
     return out
 
 
+def seeded_urandom(seed: int) -> Any:
+    """Keys and invite ids drawn while this is active come from ``random.Random(seed)``."""
+    from unittest import mock
+
+    return mock.patch("os.urandom", random.Random(seed).randbytes)
+
+
 @functools.cache
 def mesh() -> Any:
+    """Three certified members; keys and invite ids come from a seeded generator, so the
+    seeds (and a campaign's inputs) are the same on every run."""
+    from meshcloud.identity.keys import SigningKey
     from meshcloud.testing import TestMesh
 
-    return TestMesh.with_members(3)
+    with seeded_urandom(11):
+        m = TestMesh(root=SigningKey.generate())
+        for _ in range(3):
+            m.add_member()
+        return m
 
 
 @functools.cache
@@ -126,9 +140,10 @@ def identity_messages() -> list[bytes]:
     from meshcloud.transport.handshake import HandshakePayload, HandshakeVerdict
 
     m = mesh()
-    token = create_invite(m.root, now=m.now_ms, ttl_ms=3_600_000, uses=2,
-                          bootstrap=("tcp://10.0.0.1:7946", "tcp://[::1]:7946"),
-                          mesh_name="home")
+    with seeded_urandom(12):
+        token = create_invite(m.root, now=m.now_ms, ttl_ms=3_600_000, uses=2,
+                              bootstrap=("tcp://10.0.0.1:7946", "tcp://[::1]:7946"),
+                              mesh_name="home")
     proof = make_join_proof(token, SigningKey(b"\x05" * 32), now=m.now_ms)
     out = [encode_message(x) for x in (
         token, token.invite, token.invite.body, proof, proof.binding,
@@ -301,9 +316,10 @@ def invite_text_target() -> Target:
     from meshcloud.identity.invites import InviteToken, create_invite
 
     m = mesh()
-    tokens = [create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=u,
-                            bootstrap=tuple(f"tcp://10.0.0.{i}:7946" for i in range(u)),
-                            mesh_name="home" * u) for u in (1, 3)]
+    with seeded_urandom(13):
+        tokens = [create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=u,
+                                bootstrap=tuple(f"tcp://10.0.0.{i}:7946" for i in range(u)),
+                                mesh_name="home" * u) for u in (1, 3)]
     seeds = [t.encode().encode() for t in tokens]
     seeds += [b"  " + s + b"\n" for s in seeds]
 
@@ -323,8 +339,9 @@ def invite_cbor_target() -> Target:
     from meshcloud.identity.invites import TOKEN_PREFIX, InviteToken, create_invite
 
     m = mesh()
-    token = create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=2,
-                          bootstrap=("tcp://10.0.0.1:7946",), mesh_name="home")
+    with seeded_urandom(14):
+        token = create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=2,
+                              bootstrap=("tcp://10.0.0.1:7946",), mesh_name="home")
     seeds = [encode_message(token)]
 
     def run(data: bytes) -> None:
@@ -427,9 +444,10 @@ def handshake_payload_target() -> Target:
     a, b = m.members[0], m.members[1]
     proven = static_key_of(b.key.public)  # the static key the peer proved in the handshake
     seeds = [encode_message(HandshakePayload(node_public=b.key.public, cert=b.cert,
-                                             listen_addresses=("127.0.0.1:7000", "[::1]:7"),
-                                             agent_version="meshcloud/0.1"))]
-    seeds += identity_messages()
+                                             listen_addresses=addresses, agent_version=version))
+             for addresses, version in ((("127.0.0.1:7000", "[::1]:7"), "meshcloud/0.1"),
+                                        ((), ""), (("tcp://10.1.2.3:7946",) * 16, "v" * 64))]
+    seeds += identity_messages()[8:10]  # the same payload, and a joiner's (refused here)
 
     def run(data: bytes) -> None:
         payload = decode_message(data, HandshakePayload, max_size=MAX_PAYLOAD)
@@ -887,4 +905,7 @@ def all_targets(names: list[str] | None = None) -> list[Target]:
 def allocate(targets: list[Target], total: int) -> dict[str, int]:
     """Split ``total`` inputs by weight (each target gets at least one)."""
     weights = sum(t.weight for t in targets)
-    return {t.name: max(1, math.floor(total * t.weight / weights)) for t in targets}
+    shares = {t.name: max(1, math.floor(total * t.weight / weights)) for t in targets}
+    for t in sorted(targets, key=lambda t: -t.weight)[: max(0, total - sum(shares.values()))]:
+        shares[t.name] += 1  # the rounding remainder, so that the shares add up to total
+    return shares
