@@ -433,7 +433,7 @@ def _verify_presigned(request: S3Request, credentials: CredentialStore, now: flo
         raise fail("X-Amz-Date must be in the ISO8601 Long Format YYYYMMDDTHHMMSSZ")
     when = _amz_epoch(amz_date, AuthorizationQueryParametersError)
     expires_text = params["X-Amz-Expires"]
-    if not expires_text.isdigit() or len(expires_text) > 10:
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 10:
         raise fail("X-Amz-Expires must be a non-negative integer")
     expires = int(expires_text)
     if expires > config.max_presign_expires:

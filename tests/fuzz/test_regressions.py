@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 
 from blobstore.s3.conditions import Current, check_conditions, parse_http_date
-from blobstore.s3.errors import AccessDenied, MalformedXML
+from blobstore.s3.errors import (
+    AccessDenied,
+    AuthorizationQueryParametersError,
+    InvalidArgument,
+    MalformedXML,
+    S3Error,
+)
+from blobstore.s3.listing import parse_max_keys
+from blobstore.s3.multipart import parse_part_number
+from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.request import S3Request
 from blobstore.s3.sigv4 import StaticCredentials, verify_request
 from blobstore.s3.xml import parse_complete_multipart, parse_delete
@@ -76,3 +85,40 @@ def test_sigv4_date_header_out_of_range_is_access_denied(date):
                                               ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")])
     with pytest.raises(AccessDenied):
         verify_request(request, StaticCredentials({"AKID": "secret"}), 1.77e9)
+
+
+# str.isdigit() is true for '²', '³', '①'... which int() refuses: each check that let them
+# through to int() raised ValueError. Checks now also require ASCII.
+SUPERSCRIPTS = ["²", "1²", "³", "①"]
+
+
+@pytest.mark.parametrize("text", SUPERSCRIPTS)
+def test_query_numbers_with_non_ascii_digits_are_invalid_arguments(text):
+    with pytest.raises(InvalidArgument):
+        parse_max_keys(text)
+    with pytest.raises(S3Error):
+        parse_part_number(text)
+
+
+@pytest.mark.parametrize("text", SUPERSCRIPTS)
+def test_part_number_in_xml_with_non_ascii_digits_is_malformed(text):
+    body = (f"<CompleteMultipartUpload><Part><PartNumber>{text}</PartNumber><ETag>e</ETag>"
+            f"</Part></CompleteMultipartUpload>").encode()
+    with pytest.raises(MalformedXML):
+        parse_complete_multipart(body)
+
+
+@pytest.mark.parametrize("text", ["\xb2", "10\xb2"])  # latin-1 header bytes, as received
+def test_content_length_with_a_superscript_is_an_invalid_argument(text):
+    request = S3Request("PUT", "/b/k", "", (("Content-Length", text),))
+    with pytest.raises(InvalidArgument):
+        PayloadCheck.for_request(request, None)
+
+
+def test_presigned_expiry_with_a_superscript_is_a_query_error():
+    query = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F20260115%2Fus-east-1"
+             "%2Fs3%2Faws4_request&X-Amz-Date=20260115T123000Z&X-Amz-Expires=6%C2%B2"
+             "&X-Amz-SignedHeaders=host&X-Amz-Signature=" + "0" * 64)
+    request = S3Request("GET", "/b/k", query, (("Host", "x"),))
+    with pytest.raises(AuthorizationQueryParametersError):
+        verify_request(request, StaticCredentials({"AKID": "secret"}), 1_768_480_200.0)
