@@ -669,6 +669,7 @@ S3_TOKENS = (
     b"aws4_request", b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD", b"UNSIGNED-PAYLOAD",
     b"STREAMING-UNSIGNED-PAYLOAD-TRAILER", b"99999999999999999999", b"-1",
     b"20260115T123000Z", b"99991231T235959Z", b"Authorization: AWS ", b"\ndate: ",
+    b"\xb2", b"%C2%B2", b"%D9%A3", b"%00", b"%2e%2e", b"/../", b"\nHost: ",
 )
 
 
@@ -704,6 +705,51 @@ def sigv4_target() -> Target:
             raise FuzzFailure("a request signed by no known key was accepted")
 
     return Target("sigv4", seeds, run, (S3Error,), S3_TOKENS, weight=0.6)
+
+
+def s3_request_target() -> Target:
+    """The rest of a request's outside text: bucket and key from Host and path, the query
+    parameters the handlers read, and the body-describing headers."""
+    from blobstore.s3.errors import S3Error
+    from blobstore.s3.listing import After, ContinuationTokens, Position, parse_max_keys
+    from blobstore.s3.multipart import parse_part_number
+    from blobstore.s3.names import parse_target
+    from blobstore.s3.payload import PayloadCheck
+
+    tokens_codec = ContinuationTokens(b"k" * 32)
+    token = tokens_codec.encode(Position(After.KEY, "photos/2026/a.jpg"), bucket="photos",
+                                prefix="photos/", delimiter="/")
+    seeds = [
+        b"GET /photos?list-type=2&prefix=photos%2F&delimiter=%2F&max-keys=100&"
+        b"continuation-token=" + token.encode() + b"\nHost: s3.mesh.local:8333",
+        b"PUT /photos/some%20dir/caf%C3%A9.txt?partNumber=3&uploadId=abc\nHost: 127.0.0.1\n"
+        b"Content-Length: 1024\nContent-MD5: 1B2M2Y8AsgTpgAmY7PhCfg==\n"
+        b"x-amz-checksum-crc32: AAAAAA==",
+        b"GET /key/with/slashes?max-parts=10&part-number-marker=2\n"
+        b"Host: photos.s3.mesh.local",
+        b"PUT /\nHost: [::1]:9000\nContent-Length: 0",
+    ]
+
+    def run(data: bytes) -> None:
+        request = _parse_request(data)
+        where = parse_target(request.header("host"), request.raw_path,
+                             base_domains=("s3.mesh.local",))
+        if where.key is not None and (any(s in (".", "..") for s in where.key.split("/"))
+                                      or "\x00" in where.key):
+            raise FuzzFailure(f"key {where.key!r} escaped validation")
+        query = request.query()
+        for name in ("max-keys", "max-parts", "max-uploads"):
+            if name in query and not 0 <= parse_max_keys(query[name], name=name) <= 1000:
+                raise FuzzFailure(f"{name} out of range")
+        if "partNumber" in query:
+            parse_part_number(query["partNumber"])
+        if "continuation-token" in query:
+            tokens_codec.decode(query["continuation-token"], bucket=where.bucket or "",
+                                prefix=query.get("prefix", ""), delimiter=query.get("delimiter"))
+        if request.method == "PUT":
+            PayloadCheck.for_request(request, None)
+
+    return Target("s3_request", seeds, run, (S3Error,), S3_TOKENS, weight=0.6)
 
 
 def chunked_target() -> Target:
@@ -773,7 +819,8 @@ def s3_xml_target() -> Target:
     tokens = (b"<", b">", b"</", b"/>", b"<!DOCTYPE d [<!ENTITY e 'x'>]>", b"&e;", b"&amp;",
               b"&#0;", b"&#x10FFFF;", b"<![CDATA[", b"]]>", b"<?xml version='1.0' "
               b"encoding='UTF-16'?>", b" xmlns:a='u'", b"a:", b"<Part>", b"<PartNumber>",
-              b"<ETag>", b"<Object><Key>", b"\xef\xbb\xbf", b"\x00", b"99999999999")
+              b"<ETag>", b"<Object><Key>", b"\xef\xbb\xbf", b"\x00", b"99999999999",
+              "²".encode(), "٣".encode())
     return Target("s3_xml", seeds, run, (S3Error,), tokens, weight=0.6)
 
 
@@ -816,7 +863,7 @@ def s3_headers_target() -> Target:
     tokens = (b"bytes=", b"-", b",", b"\n", b"If-Match: ", b"If-None-Match: ",
               b"If-Modified-Since: ", b"If-Unmodified-Since: ", b"GMT", b" +9999", b"-0000",
               b"W/", b"\"", b"*", b"99999999999999999999", b"31 Dec 9999 23:59:59",
-              b"01 Jan 0001 00:00:00")
+              b"01 Jan 0001 00:00:00", b"\xb2")
     return Target("s3_headers", seeds, run, (S3Error,), tokens, weight=0.6)
 
 
@@ -892,7 +939,8 @@ def api_json_target() -> Target:
 BUILDERS = (cbor_target, messages_target, frames_target, certs_target, invite_text_target,
             invite_cbor_target, handshake_target, handshake_payload_target,
             channel_target, mux_target, gossip_target,
-            dht_target, sigv4_target, chunked_target, s3_xml_target, s3_headers_target,
+            dht_target, sigv4_target, s3_request_target, chunked_target, s3_xml_target,
+            s3_headers_target,
             api_json_target)
 
 
