@@ -910,17 +910,24 @@ def api_json_target() -> Target:
         {"replicas": 3, "drain": True},
     ]
     seeds = [json.dumps(d).encode() for d in docs] + [b"", b"[]", b"\"x\""]
+    seeds.append(b'{"ttl_s": 1' + b"0" * 400 + b', "bootstrap": [1, "a"], "uses": NaN}')
 
     def run(data: bytes) -> None:
         body = read_json_now(data)
         if not isinstance(body, dict):
             raise FuzzFailure("read_json returned something other than an object")
-        for name, kind in (("ttl_s", float), ("uses", int), ("bootstrap", list),
-                           ("peer", str), ("quick", bool), ("replicas", int)):
+        for name, kind, items in (("ttl_s", float, None), ("uses", int, None),
+                                  ("bootstrap", list, str), ("peer", str, None),
+                                  ("quick", bool, None), ("replicas", int, None)):
             try:
-                field(body, name, kind)
+                value = field(body, name, kind, items=items)
             except MeshError:
-                pass
+                continue
+            if kind is float and value is not None and not math.isfinite(value):
+                raise FuzzFailure(f"field {name} let a non-finite number through")
+            if items is not None and value is not None and any(type(v) is not items
+                                                                for v in value):
+                raise FuzzFailure(f"field {name} let a member of another type through")
         spec = body.get("spec")
         if isinstance(spec, dict):
             parsed = parse_spec(spec)

@@ -20,6 +20,7 @@ from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.request import S3Request
 from blobstore.s3.sigv4 import StaticCredentials, verify_request
 from blobstore.s3.xml import parse_complete_multipart, parse_delete
+from meshcloud.api.app import field
 from meshcloud.errors import InviteError, MeshError
 from meshcloud.identity.invites import InviteToken, create_invite
 from tests.fuzz.targets import mesh, read_json_now
@@ -122,3 +123,22 @@ def test_presigned_expiry_with_a_superscript_is_a_query_error():
     request = S3Request("GET", "/b/k", query, (("Host", "x"),))
     with pytest.raises(AuthorizationQueryParametersError):
         verify_request(request, StaticCredentials({"AKID": "secret"}), 1_768_480_200.0)
+
+
+@pytest.mark.parametrize("body", [b'{"ttl_s": NaN}', b'{"ttl_s": Infinity}', b'{"ttl_s": 1e999}',
+                                  b'{"ttl_s": -Infinity}', b'{"ttl_s": 1' + b"0" * 400 + b"}"])
+def test_api_float_field_that_is_not_finite_is_a_bad_request(body):
+    # NaN passed the invite route's range check (every comparison with NaN is false) and
+    # crashed in int(ttl_s * 1000); a 400-digit integer overflowed float().
+    with pytest.raises(MeshError) as info:
+        field(read_json_now(body), "ttl_s", float, 3600.0)
+    assert info.value.code == "bad_request"
+    assert field(read_json_now(b'{"ttl_s": 60}'), "ttl_s", float) == 60.0
+
+
+def test_api_list_field_with_members_of_another_type_is_a_bad_request():
+    body = read_json_now(b'{"bootstrap": ["tcp://10.0.0.1:7946", 7946]}')
+    with pytest.raises(MeshError) as info:
+        field(body, "bootstrap", list, None, items=str)
+    assert info.value.code == "bad_request"
+    assert field({"bootstrap": ["a", "b"]}, "bootstrap", list, items=str) == ["a", "b"]
