@@ -17,7 +17,7 @@ from tests.fuzz.targets import BUILDERS, allocate
 
 pytestmark = pytest.mark.fuzz
 
-SHORT_TOTAL = 25_000
+SHORT_TOTAL = 20_000
 """Inputs of the CI run over all targets (the campaign default is 1,000,000)."""
 
 NAMES = [b.__name__.removesuffix("_target") for b in BUILDERS]
@@ -60,7 +60,7 @@ def test_most_seeds_are_accepted(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_seed_with_a_span_replaced_gets_only_the_typed_error(name, data):
