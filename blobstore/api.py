@@ -138,7 +138,7 @@ def storage_routes(service: BlobService) -> list[Route]:
                 record = await store().put(
                     bucket_name, key, body(),
                     content_type=request.headers.get("content-type", "binary/octet-stream"),
-                    size_hint=int(length) if length.isdigit() else None)
+                    size_hint=int(length) if length.isascii() and length.isdigit() else None)
                 return JSONResponse(object_json(record))
             if request.method == "DELETE":
                 await store().delete(bucket_name, key)

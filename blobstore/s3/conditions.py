@@ -44,13 +44,13 @@ def parse_http_date(value: str) -> float | None:
     """Seconds since the epoch, or None if ``value`` is not an HTTP date."""
     try:
         parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+        if parsed is None:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a huge field
         return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def _tags(value: str) -> list[tuple[bool, str]] | None:

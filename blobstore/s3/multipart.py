@@ -51,7 +51,7 @@ def new_upload_id() -> str:
 
 
 def parse_part_number(value: str | None) -> int:
-    if value is None or not value.isdigit() or len(value) > 5 \
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 5 \
             or not 1 <= int(value) <= MAX_PART_NUMBER:
         raise TooManyParts(ArgumentName="partNumber", ArgumentValue=(value or "")[:20])
     return int(value)

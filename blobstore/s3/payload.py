@@ -91,7 +91,7 @@ def parse_content_md5(value: str) -> bytes:
 
 def _parse_length(value: str, name: str) -> int:
     value = value.strip()
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise InvalidArgument(f"{name} must be a non-negative integer", ArgumentName=name)
     return int(value)
 

@@ -304,12 +304,12 @@ def _request_time(request: S3Request) -> tuple[str, float]:
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     try:
         parsed = parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: huge fields
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header"
                            ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
 
 
 def _amz_epoch(amz: str, error: type[Exception]) -> float:
@@ -433,7 +433,7 @@ def _verify_presigned(request: S3Request, credentials: CredentialStore, now: flo
         raise fail("X-Amz-Date must be in the ISO8601 Long Format YYYYMMDDTHHMMSSZ")
     when = _amz_epoch(amz_date, AuthorizationQueryParametersError)
     expires_text = params["X-Amz-Expires"]
-    if not expires_text.isdigit() or len(expires_text) > 10:
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 10:
         raise fail("X-Amz-Expires must be a non-negative integer")
     expires = int(expires_text)
     if expires > config.max_presign_expires:

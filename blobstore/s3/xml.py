@@ -362,6 +362,8 @@ def parse_xml(body: bytes, *, max_size: int = MAX_XML_BODY) -> Node:
         parser.Parse(body, True)
     except expat.ExpatError as exc:
         raise MalformedXML(f"not well-formed XML: {expat.ErrorString(exc.code)}") from None
+    except (LookupError, ValueError):  # an unknown or multi-byte encoding in the declaration
+        raise MalformedXML("the XML declaration names an encoding we do not read") from None
     if len(root) != 1:
         raise MalformedXML("no root element")
     return root[0]
@@ -378,7 +380,8 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
         if number_node is None or etag_node is None:
             raise MalformedXML("each Part needs a PartNumber and an ETag")
         number = number_node.text.strip()
-        if not number.isdigit() or len(number) > 5 or not 1 <= int(number) <= MAX_PART_NUMBER:
+        if not (number.isascii() and number.isdigit()) or len(number) > 5 \
+                or not 1 <= int(number) <= MAX_PART_NUMBER:
             raise MalformedXML(f"PartNumber '{number[:10]}' is not within 1..10000")
         parts.append((int(number), clean_etag(etag_node.text)))
     if not parts:

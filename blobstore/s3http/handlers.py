@@ -387,7 +387,7 @@ async def complete_multipart(app: S3App, call: Call) -> Reply:
 async def list_parts(app: S3App, call: Call) -> Reply:
     q = call.query()
     marker_text = q.get("part-number-marker", "0") or "0"
-    if not marker_text.isdigit() or len(marker_text) > 5:
+    if not (marker_text.isascii() and marker_text.isdigit()) or len(marker_text) > 5:
         raise InvalidArgument("part-number-marker must be an integer",
                               ArgumentName="part-number-marker")
     max_parts = parse_max_keys(q.get("max-parts"), name="max-parts")

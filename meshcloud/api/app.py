@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -199,24 +200,32 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
         raise MeshError(f"request body is not JSON: {exc}", code="bad_request") from None
+    except RecursionError:
+        raise MeshError("request body is nested too deeply", code="bad_request") from None
     if not isinstance(value, dict):
         raise MeshError("request body must be a JSON object", code="bad_request")
     return value
 
 
 def field(body: dict[str, Any], name: str, kind: type, default: Any = None,
-          *, required: bool = False) -> Any:
+          *, required: bool = False, items: type | None = None) -> Any:
+    """``body[name]`` checked to be a ``kind`` (a list's members ``items``); floats finite."""
     if name not in body or body[name] is None:
         if required:
             raise MeshError(f"missing field {name!r}", code="bad_request")
         return default
     value = body[name]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1000 else math.inf
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise MeshError(f"field {name!r} must be {kind.__name__}", code="bad_request")
+    if kind is float and not math.isfinite(value):  # JSON's NaN, Infinity, 1e999
+        raise MeshError(f"field {name!r} must be a finite number", code="bad_request")
+    if items is not None and not all(type(item) is items for item in value):
+        raise MeshError(f"field {name!r} must hold only {items.__name__} values",
+                        code="bad_request")
     return value
 
 
@@ -236,7 +245,7 @@ def build_app(node: Node) -> Starlette:
         body = await read_json(request)
         ttl = field(body, "ttl_s", float, 3600.0)
         uses = field(body, "uses", int, 1)
-        bootstrap = field(body, "bootstrap", list, None)
+        bootstrap = field(body, "bootstrap", list, None, items=str)
         if ttl <= 0 or ttl > 30 * 86400:
             raise MeshError("ttl_s must be between 0 and 30 days", code="bad_request")
         if not 1 <= uses <= 1000:

@@ -99,6 +99,8 @@ class InviteToken:
     invite_seed: bytes
 
     def invite_key(self) -> SigningKey:
+        if len(self.invite_seed) != 32:  # the seed is not covered by the invite's signature
+            raise InviteError("invite token is damaged: its key is not 32 bytes")
         key = SigningKey(self.invite_seed)
         if key.public != self.invite.body.invite_public:
             raise InviteError("invite token is damaged: its key does not match the invite")
