@@ -143,7 +143,7 @@ def identity_messages() -> list[bytes]:
     with seeded_urandom(12):
         token = create_invite(m.root, now=m.now_ms, ttl_ms=3_600_000, uses=2,
                               bootstrap=("tcp://10.0.0.1:7946", "tcp://[::1]:7946"),
-                              mesh_name="home")
+                              mesh_name="home", ledger=(m.members[0].id,))
     proof = make_join_proof(token, SigningKey(b"\x05" * 32), now=m.now_ms)
     out = [encode_message(x) for x in (
         token, token.invite, token.invite.body, proof, proof.binding,
@@ -319,7 +319,8 @@ def invite_text_target() -> Target:
     with seeded_urandom(13):
         tokens = [create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=u,
                                 bootstrap=tuple(f"tcp://10.0.0.{i}:7946" for i in range(u)),
-                                mesh_name="home" * u) for u in (1, 3)]
+                                mesh_name="home" * u, ledger=(m.members[0].id,))
+                  for u in (1, 3)]
     seeds = [t.encode().encode() for t in tokens]
     seeds += [b"  " + s + b"\n" for s in seeds]
 
@@ -341,7 +342,8 @@ def invite_cbor_target() -> Target:
     m = mesh()
     with seeded_urandom(14):
         token = create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=2,
-                              bootstrap=("tcp://10.0.0.1:7946",), mesh_name="home")
+                              bootstrap=("tcp://10.0.0.1:7946",), mesh_name="home",
+                              ledger=(m.members[0].id,))
     seeds = [encode_message(token)]
 
     def run(data: bytes) -> None:

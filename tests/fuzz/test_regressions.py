@@ -22,7 +22,7 @@ from blobstore.s3.sigv4 import StaticCredentials, verify_request
 from blobstore.s3.xml import parse_complete_multipart, parse_delete
 from meshcloud.api.app import field
 from meshcloud.errors import InviteError, MeshError
-from meshcloud.identity.invites import InviteToken, create_invite
+from meshcloud.identity.invites import InviteToken
 from tests.fuzz.targets import mesh, read_json_now
 
 
@@ -31,7 +31,7 @@ def test_invite_token_with_a_short_key_seed_is_a_damaged_invite(cut):
     # The one-time key's seed is not covered by the root's signature: a token whose seed
     # was cut still passes the signature check, and SigningKey raised ValueError.
     m = mesh()
-    token = create_invite(m.root, now=m.now_ms, ttl_ms=60_000, uses=1, bootstrap=())
+    token = m.invite(ttl_ms=60_000)
     damaged = dataclasses.replace(token, invite_seed=token.invite_seed[:cut])
     with pytest.raises(InviteError, match="damaged"):
         InviteToken.decode(damaged.encode())
