@@ -251,6 +251,13 @@ class AuthorizationQueryParametersError(S3Error):
     default_message = "Query-string authentication parameters are malformed."
 
 
+class InvalidPresignedExpiry(AuthorizationQueryParametersError):
+    """An X-Amz-Expires that is not a number of seconds within a week: S3 refuses the URL
+    with this code but status 403, like an expired one."""
+
+    status = 403
+
+
 class MissingSecurityHeader(S3Error):
     code = "MissingSecurityHeader"
     status = 400
