@@ -171,6 +171,13 @@ class NoSuchKey(S3Error):
     default_message = "The specified key does not exist."
 
 
+class NoSuchVersion(S3Error):
+    code = "NoSuchVersion"
+    status = 404
+    default_message = ("The version ID specified in the request does not match an existing "
+                       "version.")
+
+
 class NoSuchUpload(S3Error):
     code = "NoSuchUpload"
     status = 404
