@@ -6,7 +6,10 @@ milliseconds per request of each kind and the projected seconds for 1,000 delete
 A DELETE is one quorum write of a tombstone on the bucket's three index holders, so it
 costs what a small (inline) PUT costs; a HEAD is a quorum read (no disk write).
 
-The JSON figures: ``put_ms``, ``head_ms``, ``delete_ms``, ``deletes_1000_s``.
+Then the same keys again, removed by DeleteObjects (up to 1,000 keys per request).
+
+The JSON figures: ``put_ms``, ``head_ms``, ``delete_ms``, ``deletes_1000_s``,
+``delete_objects_per_key_ms``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 call(i)
             timings[name] = (time.perf_counter() - start) / keys * 1000
             print(f"{name:7s} {timings[name]:7.1f} ms per request ({keys} requests)", flush=True)
+        assert "Contents" not in s3.list_objects_v2(Bucket="deletes")
+        for i in range(keys):
+            s3.put_object(Bucket="deletes", Key=f"k/{i:05d}", Body=b"x" * 100)
+        start = time.perf_counter()
+        for first in range(0, keys, 1000):
+            s3.delete_objects(Bucket="deletes", Delete={"Objects": [
+                {"Key": f"k/{i:05d}"} for i in range(first, min(keys, first + 1000))]})
+        timings["delete_objects_per_key"] = (time.perf_counter() - start) / keys * 1000
+        print(f"DeleteObjects {timings['delete_objects_per_key']:7.2f} ms per key", flush=True)
         assert "Contents" not in s3.list_objects_v2(Bucket="deletes")
     figures = {f"{name}_ms": round(ms, 1) for name, ms in timings.items()}
     figures["deletes_1000_s"] = round(timings["delete"], 1)

@@ -299,11 +299,11 @@ async def delete_objects(app: S3App, call: Call) -> Reply:
             validate_key(key)
             if version not in (None, NULL_VERSION):
                 raise NoSuchVersion(Key=key[:1024], VersionId=version[:64])
-            await app.store.delete(bucket, key)
             deleted.append(Deleted(key, version))
         except S3Error as exc:
             errors.append(DeleteError(key[:1024], exc.code, exc.message,
                                       None if version is None else version[:64]))
+    await app.store.delete_many(bucket, [d.key for d in deleted])
     return Reply(200, [XML], render_delete_result(deleted, errors, quiet=request.quiet))
 
 
