@@ -12,6 +12,8 @@ from botocore.handlers import (
     decode_list_object_versions,
 )
 from botocore.parsers import create_parser
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobstore.s3 import errors as e
 from blobstore.s3 import xml
@@ -115,6 +117,27 @@ def test_list_versions_of_a_bucket_without_versioning():
     done = parse("ListObjectVersions", xml.render_list_versions("bk", ListPage(), owner=OWNER))
     assert done["IsTruncated"] is False and "NextKeyMarker" not in done
     assert "Versions" not in done
+
+
+KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(KEY_TEXT, min_size=0, max_size=8, unique=True), KEY_TEXT,
+       st.sampled_from([None, "url"]))
+def test_list_versions_round_trips_any_keys(keys, marker, encoding):
+    keys = sorted(keys)
+    page = ListPage(contents=[entry(k) for k in keys], is_truncated=bool(keys),
+                    last=Position(After.KEY, keys[-1]) if keys else None)
+    body = xml.render_list_versions("bk", page, owner=OWNER, key_marker=marker,
+                                    encoding_type=encoding)
+    parsed = parse("ListObjectVersions", body)
+    decode_list_object_versions(parsed, {"encoding_type_auto_set": True})
+    assert [v["Key"] for v in parsed.get("Versions", [])] == keys
+    assert {v["VersionId"] for v in parsed.get("Versions", [])} <= {"null"}
+    assert parsed["KeyMarker"] == marker
+    if keys:
+        assert parsed["NextKeyMarker"] == keys[-1]
 
 
 def test_delete_result_echoes_version_ids():
