@@ -151,7 +151,11 @@ def cmd_revoke(args: argparse.Namespace) -> None:
             print("nothing revoked")
         return
     body: dict[str, Any] = {"id": args.id}
-    if args.invite:
+    if args.id.startswith("mc1-"):  # the token itself names its invite
+        from meshcloud.identity.invites import InviteToken
+
+        body = {"id": InviteToken.decode(args.id).invite.invite_id.hex(), "kind": "invite"}
+    elif args.invite:
         body["kind"] = "invite"
     elif args.node:
         body["kind"] = "node"
@@ -254,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("revoke", help="revoke a node or an invite, mesh-wide (admin node)")
     p.add_argument("id", nargs="?", default=None,
-                   help="node or invite id (a unique prefix); none: list revocations")
+                   help="node or invite id (a unique prefix), or an invite's mc1- token; "
+                        "none: list revocations")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--node", action="store_true", help="the id is a node's")
     kind.add_argument("--invite", action="store_true", help="the id is an invite's")

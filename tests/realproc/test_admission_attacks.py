@@ -65,6 +65,11 @@ def test_no_certificate_can_be_forged_from_any_token(cluster_factory):
                 assert "refused" in line, f"{name} token at {target.name}: {line}"
     assert {m["id"] for m in a.get("/v1/members")} == members_before
     assert all(agent.running for agent in (a, b, c))
+    # the admin revokes the live invite by its token: a join with it is refused at once
+    a.cli("revoke", live)
+    late = cluster.new_agent("late")
+    result = late.cli("join", live, *late.node_flags(), check=False)
+    assert result.returncode == 1 and "revoked" in result.stderr, result.stderr
 
 
 def test_three_concurrent_redemptions_of_a_one_use_invite(cluster_factory):
