@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -193,7 +194,8 @@ def cmd_version(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from meshcloud.demo import run_demo
 
-    return run_demo(args.dir, nodes=args.nodes, base_port=args.base_port)
+    return run_demo(args.dir, nodes=args.nodes, base_port=args.base_port,
+                    restart_dead=args.restart_dead, stdin=sys.stdin)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -247,10 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ping", help="round trip to another node over the mesh")
     p.add_argument("node", help="node id (or a unique prefix)")
 
-    p = sub.add_parser("demo", help="run a local 3-node mesh with the web UI")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--dir", default=None, help="where the demo nodes keep their data")
-    p.add_argument("--base-port", type=int, default=7100)
+    p = sub.add_parser(
+        "demo", help="run a local 3-node mesh with the web UI",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run a mesh of real agents on 127.0.0.1 (node1 creates it, the others "
+                    "join). Kill one agent and the others keep serving; Enter restarts it. "
+                    "Running the demo again reuses its data and restarts missing nodes. "
+                    "Ctrl-C stops the agents and their workloads.")
+    p.add_argument("--nodes", type=int, default=3, help="how many nodes")
+    p.add_argument("--dir", default=os.environ.get("MESHCLOUD_DEMO_DIR", "~/.meshcloud-demo"),
+                   help="where the demo nodes keep their data (or $MESHCLOUD_DEMO_DIR)")
+    p.add_argument("--base-port", type=int, default=7100,
+                   help="nodeN listens on BASE+N-1 (peers), BASE+100+N-1 (API) and "
+                        "BASE+200+N-1 (S3)")
+    p.add_argument("--restart-dead", action="store_true",
+                   help="restart a node whose agent dies, without asking")
 
     for extend in EXTENSIONS:
         extend(sub)
@@ -262,8 +275,6 @@ EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     try:
         import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
     except ImportError:
