@@ -151,17 +151,33 @@ def cmd_ps(args: argparse.Namespace) -> None:
     if not rows:
         print("no workloads (start one with `meshcloud run NAME --image IMAGE`)")
         return
-    now = time.time() * 1000
+    import shutil
+    import sys
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for line in ps_lines(rows, time.time() * 1000, width):
+        print(line)
+
+
+def ps_lines(rows: list[dict[str, Any]], now_ms: float, width: int | None) -> list[str]:
+    """The ``ps`` table; MESSAGE gets what ``width`` leaves (at least 40), all of it when
+    ``width`` is None (output to a pipe or file)."""
     table = [("REPLICA", "NODE", "STATE", "RESTARTS", "FENCE", "UPDATED", "MESSAGE")]
     for r in rows:
-        age = "-" if not r.get("updated") else _age((now - r["updated"]) / 1000)
+        age = "-" if not r.get("updated") else _age((now_ms - r["updated"]) / 1000)
         state = r["state"] if r["wanted"] else f"{r['state']} (extra)"
         table.append((r["name"], (r["node"] or "-")[:12], state, str(r["restarts"]),
-                      str(r["fencing"]), age, (r.get("message") or "")[:60]))
+                      str(r["fencing"]), age, " ".join((r.get("message") or "").split())))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    room = None if width is None else max(40, width - sum(widths) - 2 * len(widths) - 1)
+    lines = []
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
-              + "  " + row[-1])
+        message = row[-1]
+        if room is not None and len(message) > room:
+            message = message[:room - 1] + "…"
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                     + "  " + message)
+    return lines
 
 
 def _age(seconds: float) -> str:
