@@ -52,3 +52,69 @@ def test_ps_message_uses_the_terminal_width_and_is_whole_in_a_pipe():
     assert narrow[1].endswith("…") and len(narrow[1]) <= 100
     assert narrow[0].split() == ["REPLICA", "NODE", "STATE", "RESTARTS", "FENCE", "UPDATED",
                                  "MESSAGE"]
+
+
+def _parser():
+    import blobstore.cli  # noqa: F401 - registers storage verbs
+    import meshcloud.cli_resources  # noqa: F401
+    from meshcloud.cli import build_parser
+
+    return build_parser()
+
+
+def test_data_dir_is_accepted_after_the_verb_at_every_level():
+    parser = _parser()
+    assert parser.parse_args(["init", "--data-dir", "X"]).data_dir == "X"
+    assert parser.parse_args(["--data-dir", "Y", "init"]).data_dir == "Y"
+    assert parser.parse_args(["--data-dir", "Y", "status"]).data_dir == "Y"
+    args = parser.parse_args(["s3", "key", "create", "k", "--data-dir", "Z"])
+    assert args.data_dir == "Z" and args.name == "k"
+
+
+def test_demo_help_describes_every_flag_with_its_default():
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = sub.choices["demo"].format_help()
+    for flag in ("--nodes", "--dir", "--base-port", "--restart-dead"):
+        assert flag in text
+    assert "(default: 3)" in text and "(default: 7100)" in text and "S3" in text
+
+
+def test_qr_has_a_quiet_zone_and_sets_its_own_colours():
+    from meshcloud.cli import qr_text
+
+    plain = qr_text("mc1-example-token", colour=False).splitlines()
+    assert plain[0].strip() == "" and plain[1].strip() == ""  # 4 modules = 2 text rows
+    assert all(line.startswith("    ") and line.endswith("    ") for line in plain)
+    assert any("\u2588" in line for line in plain)
+    coloured = qr_text("mc1-example-token", colour=True).splitlines()
+    assert all(line.startswith("\x1b[30;107m") and line.endswith("\x1b[0m")
+               for line in coloured)
+    assert len(coloured) == len(plain)
+
+
+def test_output_into_a_closed_pipe_is_silent():
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "meshcloud", "version"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # like `| head` having read its lines
+    err = child.stderr.read()
+    assert child.wait(timeout=60) == 141
+    assert err == b""
+
+
+def test_dev_help_prints_the_usage_only():
+    import subprocess
+    from pathlib import Path
+
+    dev = Path(__file__).resolve().parents[2] / "dev"
+    result = subprocess.run(["bash", str(dev), "--help"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    assert "./dev demo" in result.stdout and "./dev test" in result.stdout
+    assert "set -e" not in result.stdout and "#" not in result.stdout
