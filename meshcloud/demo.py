@@ -317,6 +317,11 @@ def _clean_podman(data_dir: Path) -> list[str]:
             subprocess.run([*base, "rm", "-f", "-t", "2", *names], env=env,
                            capture_output=True, timeout=120)
             done += [f"container {name}" for name in names]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((service.dir / "service.pid").read_text().split()[0])
+        if b"podman" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+            done.append(f"podman service {pid}")
     release_store(service.graph_root)
     if service.run_root.exists():
         import shutil
