@@ -116,6 +116,5 @@ def shared_port_problems(spec: WorkloadSpec, eligible: Sequence[bytes],
     ports = ", ".join(f"{p.host_port}/{p.protocol}" for p in spec.ports)
     return [f"replicas = {spec.replicas} would share host port(s) {ports}: the nodes that "
             f"can run it are on {len(hosts)} machine(s) ({', '.join(sorted(hosts))}), "
-            "so two replicas would bind the same port on one machine; use one replica per "
-            "machine, or publish no fixed host port (e.g. `--port CONTAINER` or put the "
-            "workload behind a site)"]
+            "so two replicas would bind the same port on one machine; run at most "
+            f"{len(hosts)} replica(s), or publish no host port"]
