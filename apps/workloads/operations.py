@@ -239,6 +239,9 @@ class WorkloadOperations:
                         await out.send(label + line)
                 except MeshError as exc:
                     await out.send(f"{label}(logs unavailable: {exc.message})")
+                    claim = read_claims(self.state).get((name, index))
+                    if claim is not None and claim.message:
+                        await out.send(f"{label}(replica {claim.state}: {claim.message})")
 
         async with send, trio.open_nursery() as nursery:
             for index, node_id in targets:
