@@ -57,6 +57,7 @@ def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     node1, node2 = DataDir(tmp_path / "node1"), DataDir(tmp_path / "node2")
+    demos = [demo]
     try:
         out = Output(demo)
         out.wait_for("Kill an agent")
@@ -76,13 +77,30 @@ def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
         assert agent_running(node2)
         info = node2.runtime_info()
         assert info is not None and info["pid"] != victim["pid"]
+        # killed again: a second `meshcloud demo` restarts only the missing node
+        os.kill(info["pid"], signal.SIGKILL)
+        out.wait_for("node2 (")
+        second = subprocess.Popen(
+            [sys.executable, "-m", "meshcloud", "demo", "--nodes", "2", "--dir",
+             str(tmp_path), "--base-port", str(base)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        demos.append(second)
+        out2 = Output(second)
+        out2.wait_for("node1 is already running")
+        out2.wait_for("Kill an agent")
+        out.wait_for("node2 is running again")
+        os.kill(second.pid, signal.SIGINT)
+        assert second.wait(timeout=TIMEOUT) == 0
+        assert agent_running(node1) and not agent_running(node2)  # it stopped only its own
         os.kill(demo.pid, signal.SIGINT)
         assert demo.wait(timeout=TIMEOUT) == 0
         assert not agent_running(node1) and not agent_running(node2)
     finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
+        for process in demos:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         for d in (node1, node2):
             info = d.runtime_info()
             if info and agent_running(d):
