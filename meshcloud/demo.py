@@ -132,6 +132,12 @@ def _login_url(data_dir: Path, api: str) -> str:
     return f"{api}/ui/login?ticket={ticket}"
 
 
+def cli_command() -> str:
+    """How to type `meshcloud` here: the script beside this Python, else `python -m`."""
+    script = Path(sys.executable).parent / "meshcloud"
+    return str(script) if script.exists() else f"{sys.executable} -m meshcloud"
+
+
 def demo_nodes(root: Path, nodes: int, base_port: int) -> list[DemoNode]:
     """The demo's nodes: ``nodeN`` listens on base+N-1 (peers), +100 (API), +200 (S3)."""
     return [DemoNode(f"node{i + 1}", root / f"node{i + 1}", base_port + i,
@@ -223,7 +229,7 @@ def run_demo(directory: str | None, *, nodes: int, base_port: int,
                       "leaving it as it is", flush=True)
                 continue
             node.start()
-        for line in summary_lines(demo, "meshcloud"):
+        for line in summary_lines(demo, cli_command()):
             print(line, flush=True)
         for node in demo:
             if node.info.get("api"):
