@@ -328,6 +328,16 @@ def _clean_podman(data_dir: Path) -> list[str]:
         if b"podman" in Path(f"/proc/{pid}/cmdline").read_bytes():
             os.kill(pid, signal.SIGKILL)
             done.append(f"podman service {pid}")
+    # conmon runs `podman container cleanup` when a container ends, which recreates the run
+    # dir: wait for every process of this store (they name its run dir) to finish first
+    deadline = time.monotonic() + STOP_TIMEOUT
+    roots = (service.run_root, service.graph_root)
+    while store_processes(*roots) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in store_processes(*roots):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        done.append(f"process {pid}")
     release_store(service.graph_root)
     if service.run_root.exists():
         import shutil
@@ -335,3 +345,19 @@ def _clean_podman(data_dir: Path) -> list[str]:
         shutil.rmtree(service.run_root, ignore_errors=True)
         done.append(f"run dir {service.run_root}")
     return done
+
+
+def store_processes(*roots: Path) -> list[int]:
+    """Processes whose command line names one of ``roots`` (podman, conmon, clean-ups)."""
+    needles = [str(root).encode() for root in roots]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if any(needle in cmdline for needle in needles):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

@@ -105,3 +105,48 @@ def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
             info = d.runtime_info()
             if info and agent_running(d):
                 os.kill(info["pid"], signal.SIGKILL)
+
+
+def test_demo_ctrl_c_leaves_no_container_mount_or_run_dir(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from apps.runtimes.config import PodmanConfig
+    from apps.runtimes.podman_service import (
+        PodmanService,
+        podman_unavailable_reason,
+        store_mounts,
+    )
+
+    reason = podman_unavailable_reason() or (None if os.geteuid() == 0 else "needs root")
+    if reason:
+        pytest.skip(f"cannot run podman: {reason}")
+    base = _base_port(2)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "meshcloud", "demo", "--nodes", "2", "--dir", str(tmp_path),
+         "--base-port", str(base)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    dirs = [tmp_path / "node1", tmp_path / "node2"]
+    try:
+        Output(demo).wait_for("Kill an agent")
+        meshcloud_cmd(dirs[0], "images", "--build-demo", timeout=600)
+        meshcloud_cmd(dirs[0], "run", "web", "--image", "localhost/meshcloud/web:1",
+                      "--replicas", "2", "--wait", "240s", timeout=300)
+        os.kill(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=TIMEOUT) == 0
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    for data_dir in dirs:
+        service = PodmanService(PodmanConfig(data_dir=data_dir, node_id="check"))
+        assert not service.run_root.exists()
+        assert store_mounts(service.graph_root) == []
+        left = subprocess.run([*service.cli_args(), "ps", "-a", "--format", "json"],
+                              env=service.env(), capture_output=True, text=True, timeout=60)
+        from meshcloud.demo import clean_workloads
+
+        clean_workloads(data_dir)  # the check itself made a run dir
+        assert json.loads(left.stdout or "[]") == []
