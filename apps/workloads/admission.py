@@ -94,7 +94,8 @@ def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
 def machine_of_addresses(addresses: Sequence[str]) -> str | None:
     """The machine behind a node's advertised addresses: the host of the first one."""
     for address in addresses:
-        host = str(address).rsplit(":", 1)[0].strip("[]")
+        text = str(address).split("://", 1)[-1]
+        host = (text.rsplit(":", 1)[0] if ":" in text else text).strip("[]")
         if host:
             return host
     return None

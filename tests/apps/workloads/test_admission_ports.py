@@ -50,6 +50,8 @@ def test_no_fixed_port_or_one_replica_is_fine_on_one_machine():
 def test_machine_of_addresses():
     assert machine_of_addresses(["127.0.0.1:7100", "10.0.0.1:7946"]) == "127.0.0.1"
     assert machine_of_addresses(["[::1]:7946"]) == "::1"
+    assert machine_of_addresses(["mem://n1"]) == "n1"  # in-process nodes: one each
+    assert machine_of_addresses(["tcp://10.0.0.2:7946"]) == "10.0.0.2"
     assert machine_of_addresses([]) is None
 
 
