@@ -28,6 +28,7 @@ DELETE   /v1/storage/keys/{access_key}                delete a key
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,8 @@ def storage_routes(service: BlobService) -> list[Route]:
         return JSONResponse({"deleted": request.path_params["bucket"]})
 
     async def listing(request: Request) -> Response:
+        from meshcloud.api.app import query_int
+
         q = request.query_params
         try:
             name = validate_bucket_name(request.path_params["bucket"])
@@ -110,7 +113,8 @@ def storage_routes(service: BlobService) -> list[Route]:
             after = Position(After.KEY, q["after"]) if q.get("after") else None
             page = await list_bucket(store().index, bucket_id, prefix=q.get("prefix", ""),
                                      delimiter=q.get("delimiter") or None,
-                                     max_keys=min(int(q.get("limit", "1000")), 1000),
+                                     max_keys=query_int(request, "limit", 1000,
+                                                        minimum=1, maximum=1000),
                                      after=after)
         except S3Error as exc:
             raise _s3(exc) from None
@@ -134,7 +138,7 @@ def storage_routes(service: BlobService) -> list[Route]:
                 record = await store().put(
                     bucket_name, key, body(),
                     content_type=request.headers.get("content-type", "binary/octet-stream"),
-                    size_hint=int(length) if length.isdigit() else None)
+                    size_hint=int(length) if length.isascii() and length.isdigit() else None)
                 return JSONResponse(object_json(record))
             if request.method == "DELETE":
                 await store().delete(bucket_name, key)
@@ -196,7 +200,8 @@ def storage_routes(service: BlobService) -> list[Route]:
             key_id, secret = new_access_key()
             record = AccessKeyRecord(name=name, secret=secret,
                                      created_ms=service.node.clock.wall_ms(), buckets=clean,
-                                     create_buckets=bool(body.get("create_buckets")))
+                                     create_buckets=bool(body.get("create_buckets")),
+                                     creator=service.node.node_id)
             await service.index.put_everywhere(S3KEYS.name, (key_id,), record)
             return JSONResponse({"access_key": key_id, "secret": secret, "name": name,
                                  "buckets": clean, "create_buckets": record.create_buckets})
@@ -212,6 +217,22 @@ def storage_routes(service: BlobService) -> list[Route]:
         await service.index.put_everywhere(S3KEYS.name, (key_id,), None)
         return JSONResponse({"deleted": key_id})
 
+    async def rotate_key(request: Request) -> Response:
+        """A new secret for the same access key id and grants: the old one stops working
+        on every node as soon as the row arrives."""
+        key_id = request.path_params["access_key"]
+        record = service.node.state.get(S3KEYS.name, key_id)
+        if record is None:
+            raise NotFoundError(f"no S3 key {key_id}")
+        _, secret = new_access_key()
+        fresh = dataclasses.replace(record, secret=secret,
+                                    created_ms=service.node.clock.wall_ms(),
+                                    creator=service.node.node_id)
+        await service.index.put_everywhere(S3KEYS.name, (key_id,), fresh)
+        return JSONResponse({"access_key": key_id, "secret": secret, "name": record.name,
+                             "buckets": record.buckets,
+                             "create_buckets": record.create_buckets})
+
     return [
         Route("/v1/storage/buckets", buckets, methods=["GET", "POST"]),
         Route("/v1/storage/buckets/{bucket}", bucket, methods=["DELETE"]),
@@ -222,6 +243,7 @@ def storage_routes(service: BlobService) -> list[Route]:
               methods=["GET"]),
         Route("/v1/storage/keys", keys, methods=["GET", "POST"]),
         Route("/v1/storage/keys/{access_key}", key, methods=["DELETE"]),
+        Route("/v1/storage/keys/{access_key}/rotate", rotate_key, methods=["POST"]),
     ]
 
 

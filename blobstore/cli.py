@@ -139,6 +139,19 @@ def require_buckets(api: Any, names: list[str]) -> None:
                         "lists them)", code="not_found")
 
 
+def _check_granted_buckets(api: Any, buckets: dict[str, str], allow_create: bool) -> None:
+    """A key's buckets must exist; with --allow-create a missing one is only noted."""
+    named = [b for b in buckets if b != "*"]
+    if named and not allow_create:
+        require_buckets(api, named)
+    elif named:
+        have = {b["name"] for b in api.get("/v1/storage/buckets")}
+        for name in named:
+            if name not in have:
+                print(f"note: bucket {name!r} does not exist yet; the key may create it",
+                      file=sys.stderr)
+
+
 def upload(api: Any, src: Path, bucket: str, key: str) -> dict[str, Any]:
     import json
 
@@ -204,20 +217,16 @@ def download(api: Any, bucket: str, key: str, dst: Path) -> None:
 def cmd_s3(args: argparse.Namespace) -> None:
     api = client(args)
     if args.s3_command != "key":
-        raise MeshError("usage: meshcloud s3 key create|ls|rm")
-    if args.key_command == "create":
-        buckets = {b: args.allow for b in (args.bucket or [])}
-        named = [b for b in buckets if b != "*"]
-        if named and not args.allow_create:
-            require_buckets(api, named)
-        elif named:
-            have = {b["name"] for b in api.get("/v1/storage/buckets")}
-            for name in named:
-                if name not in have:
-                    print(f"note: bucket {name!r} does not exist yet; the key may create it",
-                          file=sys.stderr)
-        reply = api.post("/v1/storage/keys", {"name": args.name, "buckets": buckets,
-                                              "create_buckets": args.allow_create})
+        raise MeshError("usage: meshcloud s3 key create|ls|rm|rotate")
+    if args.key_command in ("create", "rotate"):
+        if args.key_command == "rotate":
+            path = f"/v1/storage/keys/{urllib.parse.quote(args.access_key)}/rotate"
+            reply = api.post(path, {})
+        else:
+            buckets = {b: args.allow for b in (args.bucket or [])}
+            _check_granted_buckets(api, buckets, args.allow_create)
+            reply = api.post("/v1/storage/keys", {"name": args.name, "buckets": buckets,
+                                                  "create_buckets": args.allow_create})
         print(f"access key id:     {reply['access_key']}")
         print(f"secret access key: {reply['secret']}")
         print("(the secret is shown this once; keep it somewhere safe)", file=sys.stderr)
@@ -266,6 +275,8 @@ def add_parsers(sub: Any) -> None:
     ksub.add_parser("ls", help="list keys (no secrets)")
     kr = ksub.add_parser("rm", help="delete a key")
     kr.add_argument("access_key")
+    kt = ksub.add_parser("rotate", help="a new secret for a key (the old one stops working)")
+    kt.add_argument("access_key")
 
 
 EXTENSIONS.append(add_parsers)

@@ -134,7 +134,8 @@ class BlobService:
         secret = hashlib.blake2b(self.node.mesh.mesh_id, person=b"s3-list-tokens",
                                  digest_size=32).digest()
         self.app = S3App(self.objects, wall=lambda: self.node.clock.wall_ms() / 1000,
-                         token_secret=secret, base_domains=self.config.s3_domains)
+                         token_secret=secret, base_domains=self.config.s3_domains,
+                         is_revoked_node=lambda node: self.node.records.is_revoked(node, b""))
         from blobstore.maintenance import Maintenance
 
         self.maintenance = Maintenance(self)

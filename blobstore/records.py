@@ -72,7 +72,7 @@ class BucketRecord:
     """Access key that created it through S3 ("" when made with the CLI or API)."""
 
 
-@message(RECORDS + 1)
+@message(RECORDS + 1, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessKeyRecord:
     name: str
@@ -82,6 +82,8 @@ class AccessKeyRecord:
     """bucket name -> "read", "write" or "read,write"; "*" applies to every bucket."""
     create_buckets: bool = False
     """May create buckets through S3 (and then has read,write on them)."""
+    creator: bytes = b""
+    """Node id of the member whose API created it: the key dies if that node is revoked."""
 
     def allows(self, bucket: str, permission: str) -> bool:
         for name in (bucket, "*"):

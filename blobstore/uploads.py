@@ -16,7 +16,8 @@ aborted uploads, are shards nobody references: GC takes them after its grace per
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
+from typing import Any
 
 from blobstore.crypto import new_object_key
 from blobstore.erasure import Scheme, code_for
@@ -36,6 +37,7 @@ from blobstore.s3.multipart import (
     Part,
     UploadEntry,
     new_upload_id,
+    object_id_of_upload,
     part_chunk_base,
 )
 from blobstore.sortkeys import sort_key
@@ -55,8 +57,8 @@ class Uploads:
                      metadata: dict[str, str]) -> str:
         bucket = self.store.bucket(bucket_name)
         code = self.store.code_for(bucket)
-        upload_id = new_upload_id()
         object_id = new_object_id()
+        upload_id = new_upload_id(object_id)
         record = UploadRecord(key=key, object_id=object_id, object_key=new_object_key(),
                               scheme=int(code.scheme), k=code.k, m=code.m,
                               initiated_ms=self.store.wall_ms(), content_type=content_type,
@@ -119,20 +121,44 @@ class Uploads:
         return record, self._upload(upload_id, record, await self.parts(bucket_id, upload_id))
 
     async def complete(self, bucket_name: str, upload_id: str,
-                       requested: Sequence[tuple[int, str]]) -> ObjectRecord:
+                       requested: Sequence[tuple[int, str]], *, key: str | None = None,
+                       precheck: Callable[[ObjectRecord | None], Any] | None = None,
+                       ) -> ObjectRecord:
+        """Complete an upload. Completing it again (a client retrying after a lost reply)
+        answers with the object the first completion made, while that object is still
+        the key's current one. ``precheck`` sees the key's current object just before the
+        commit (If-Match / If-None-Match) and may raise."""
         bucket = self.store.bucket(bucket_name)
-        bucket_id, record = await self.get(bucket_name, upload_id)
+        try:
+            bucket_id, record = await self.get(bucket_name, upload_id)
+        except NoSuchUpload:
+            done = await self._completed(bucket_name, upload_id, key)
+            if done is None:
+                raise
+            return done
         parts = await self.parts(bucket_id, upload_id)
         manifest = self._upload(upload_id, record, parts).complete(requested)
         object_record = ObjectRecord(key=record.key, manifest=manifest,
                                      content_type=record.content_type,
                                      metadata=dict(record.metadata),
                                      modified_ms=self.store.wall_ms())
+        if precheck is not None:
+            precheck(await self.store.find(bucket_name, record.key))
         await self.index.put(BLOBREFS.name, (record.object_id,),
                              BlobRef(bucket_id=bucket_id, sort_key=sort_key(record.key)))
         await self.store.commit(bucket, object_record)
         await self._forget(bucket_id, upload_id, parts)
         return object_record
+
+    async def _completed(self, bucket_name: str, upload_id: str, key: str | None
+                         ) -> ObjectRecord | None:
+        object_id = object_id_of_upload(upload_id)
+        if key is None or object_id is None:
+            return None
+        current = await self.store.find(bucket_name, key)
+        if current is None or current.manifest.object_id != object_id:
+            return None
+        return current
 
     async def abort(self, bucket_name: str, upload_id: str) -> None:
         bucket_id, _ = await self.get(bucket_name, upload_id)

@@ -37,7 +37,11 @@ BIG = 1 << 62
 """Upper bound for byte counts and core counts (a sanity limit, not a real one)."""
 
 
-@message(TagBlock.GOSSIP + 20)
+MAX_MACHINE = 16
+"""A machine fingerprint: 16 hex digits of a hash of ``/etc/machine-id``."""
+
+
+@message(TagBlock.GOSSIP + 20, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capacity:
     """A node's resources. Unknown values are 0 (counts), -1 (battery) or None (on_ac)."""
@@ -61,6 +65,8 @@ class Capacity:
     """Workload runtimes this node can run: ``podman``, ``process``."""
     labels: tuple[tuple[str, str], ...] = ()
     """User labels as sorted (key, value) pairs, e.g. ``(("zone", "attic"),)``."""
+    machine: str = ""
+    """Which machine the node runs on (nodes sharing one count its RAM and disk once)."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_cores", "ram_total", "ram_free", "disk_free"):
@@ -73,6 +79,8 @@ class Capacity:
             raise ValueError("load out of range")
         if len(self.arch) > MAX_NAME_LENGTH:
             raise ValueError("arch name too long")
+        if len(self.machine) > MAX_MACHINE:
+            raise ValueError("machine fingerprint too long")
         if len(self.runtimes) > MAX_RUNTIMES or any(
             not r or len(r) > MAX_NAME_LENGTH for r in self.runtimes
         ):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from meshcloud.codec.messages import decode_message
 from meshcloud.errors import MeshError
-from meshcloud.identity.certs import MeshCert
+from meshcloud.identity.certs import MeshCert, is_chain_revoked
 from meshcloud.identity.keys import SigningKey, key_id, verify
 from meshcloud.membership import MembershipRecords
 
@@ -90,18 +90,23 @@ class CertMembership:
     def __init__(self, root_public: bytes, records: MembershipRecords) -> None:
         self.root_public = root_public
         self.records = records
-        self._checked: dict[bytes, bytes] = {}
-        """node id -> invite id of a certificate already verified for it."""
+        self._certs: dict[bytes, MeshCert] = {}
+        """node id -> its certificate, already verified."""
         self._proofs: dict[bytes, bytes] = {}
+
+    def _revoked(self, cert: MeshCert | None) -> bool:
+        return cert is not None and is_chain_revoked(cert, self.records.is_revoked)
 
     def is_member(self, node_id: bytes, proof: bytes | None) -> bool:
         if proof is None:
-            invite_id = self._checked.get(node_id, b"")
-            return not self.records.is_revoked(node_id, invite_id)
+            cert = self._certs.get(node_id)
+            if cert is None:
+                return not self.records.is_revoked(node_id, b"")
+            return not self._revoked(cert)
         if not proof:
             return False
         if self._proofs.get(node_id) == proof:
-            return not self.records.is_revoked(node_id, self._checked[node_id])
+            return not self._revoked(self._certs[node_id])
         try:
             cert = decode_message(proof, MeshCert, max_size=len(proof))
             if cert.node_id != node_id:
@@ -109,12 +114,12 @@ class CertMembership:
             cert.verify(self.root_public)
         except MeshError:
             return False
-        if len(self._checked) >= self.MAX_CACHE:
-            self._checked.clear()
+        if len(self._certs) >= self.MAX_CACHE:
+            self._certs.clear()
             self._proofs.clear()
-        self._checked[node_id] = cert.invite_id
+        self._certs[node_id] = cert
         self._proofs[node_id] = proof
-        return not self.records.is_revoked(node_id, cert.invite_id)
+        return not self._revoked(cert)
 
 
 # --- fakes: the simulator and fast tests ------------------------------------------------

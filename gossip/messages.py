@@ -54,8 +54,9 @@ MAX_ADDRESSES = 8
 MAX_ADDRESS_LENGTH = 256
 MAX_PUBLIC_KEY = 64
 MAX_SIGNATURE = 128
-MAX_PROOF = 4096
-"""A MeshCert with its sponsor proof is about 1 KiB; 4 KiB leaves room for growth."""
+MAX_PROOF = 12 * 1024
+"""A MeshCert is about 0.7 KiB a link and at most 4 links (with 16 bootstrap addresses in
+each invite, ~1.7 KiB a link): 12 KiB leaves room."""
 
 MAX_COMPOUND_PARTS = 255
 MAX_SYNC_ENTRIES = 100_000

@@ -4,9 +4,11 @@ A peer is let in when it shows a membership certificate that verifies against ou
 root key (:meth:`MeshCert.verify`) for the very key it proved in the handshake, and
 neither the node nor the invite it used is revoked. A peer that shows an invite-backed
 *join proof* instead (a binding signed with a root-signed invite's key) is let in only as a
-**joiner**, which may open nothing but the join protocol; there
+**joiner**, and only while the invite is unexpired on our clock, unrevoked and not known to
+be used up; a joiner may open nothing but the join protocol; there
 :class:`meshcloud.join.JoinService` checks that the invite is unexpired on our clock,
-unrevoked and has uses left, and answers with a certificate or one clear reason. Everything
+unrevoked and wins a use from the invite's redemption ledger
+(:mod:`meshcloud.redemption`), and answers with a certificate or one clear reason. Everything
 else is refused with one clear AuthError.
 """
 
@@ -15,9 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshcloud.errors import AuthError, InviteError
-from meshcloud.identity.certs import MemberProof, MeshCert
+from meshcloud.identity.certs import MemberProof, MeshCert, is_chain_revoked
 from meshcloud.membership import MembershipRecords
 from meshcloud.transport.base import PeerAuth
+
+
+def is_cert_revoked(cert: MeshCert, records: MembershipRecords) -> bool:
+    """True if any node or invite of the certificate's chain is revoked."""
+    return is_chain_revoked(cert, records.is_revoked)
 
 
 def check_join_proof(proof: MemberProof, root_public: bytes, records: MembershipRecords,
@@ -69,7 +76,7 @@ class MeshAuthenticator:
             if cert.node_public != peer.node_public:
                 raise AuthError("peer shows a certificate for another key")
             cert.verify(self.root_public)
-            if self.records.is_revoked(cert.node_id, cert.invite_id):
+            if is_cert_revoked(cert, self.records):
                 raise AuthError("peer's membership has been revoked")
             return
         if peer.join_proof is not None:
@@ -79,9 +86,6 @@ class MeshAuthenticator:
                 raise AuthError("this node is not a member yet and cannot admit others")
             if peer.join_proof.binding.node_public != peer.node_public:
                 raise AuthError("join proof is for another key")
-            try:
-                peer.join_proof.check(self.root_public)
-            except AuthError as exc:
-                raise InviteError(f"invite refused: {exc}") from None
+            check_join_proof(peer.join_proof, self.root_public, self.records, self.wall_ms())
             return
         raise AuthError("peer shows no membership certificate")

@@ -101,7 +101,7 @@ def cmd_join(args: argparse.Namespace) -> None:
         raise
     cert = accepted.cert
     print(f"joined mesh {accepted.mesh_name!r} as node {cert.node_id.hex()[:12]} "
-          f"(sponsored by {cert.sponsor_id.hex()[:12]})")
+          f"(admitted by {cert.issuer_id.hex()[:12]})")
     print("next: `meshcloud up` to run it")
 
 
@@ -180,8 +180,26 @@ def _local_invite(args: argparse.Namespace) -> str:
                         "first (`meshcloud up`) or pass --bootstrap HOST:PORT")
     token = create_invite(root, now=SystemClock().wall_ms(), ttl_ms=int(args.ttl * 1000),
                           uses=args.uses, bootstrap=tuple(bootstrap),
-                          mesh_name=d.mesh().mesh_name)
+                          mesh_name=d.mesh().mesh_name, ledger=(d.node_key().id,))
     return token.encode()
+
+
+@command("revoke")
+def cmd_revoke(args: argparse.Namespace) -> None:
+    if args.id is None:
+        rows = client(args).get("/v1/revocations")
+        for row in rows:
+            print(f"{row['kind']:<7} {row['id']}")
+        if not rows:
+            print("nothing revoked")
+        return
+    body: dict[str, Any] = {"id": args.id}
+    if args.invite:
+        body["kind"] = "invite"
+    elif args.node:
+        body["kind"] = "node"
+    reply = client(args).post("/v1/revocations", body)
+    print(f"revoked {reply['kind']} {reply['id']}: every member refuses it within seconds")
 
 
 @command("up")
@@ -219,8 +237,8 @@ def cmd_ping(args: argparse.Namespace) -> None:
 @command("ui")
 def cmd_ui(args: argparse.Namespace) -> None:
     api = client(args)
-    ticket = api.post("/v1/ui/ticket")["ticket"]
-    print(f"{api.url}/ui/login?ticket={ticket}")
+    reply = api.post("/v1/ui/ticket")
+    print(reply.get("url") or f"{api.url}/ui/login?ticket={reply['ticket']}")
     print("(a one-time link, valid for 5 minutes)", file=sys.stderr)
 
 
@@ -277,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
                    help="address the new machine contacts (default: this node's)")
     p.add_argument("--qr", action="store_true", help="also print a QR code")
+
+    p = sub.add_parser("revoke", help="revoke a node or an invite, mesh-wide (admin node)")
+    p.add_argument("id", nargs="?", default=None,
+                   help="node or invite id (a unique prefix); none: list revocations")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--node", action="store_true", help="the id is a node's")
+    kind.add_argument("--invite", action="store_true", help="the id is an invite's")
 
     p = sub.add_parser("up", help="run the agent (foreground; Ctrl-C stops it)")
     add_node_flags(p)

@@ -143,6 +143,12 @@ class DataDir:
                 f"{self.path} has a node key but no mesh; run `meshcloud join`"
             ) from None
         except CodecError as exc:
+            if "MeshCert version 1" in str(exc) or "InviteBody version 1" in str(exc):
+                raise DataDirError(
+                    f"{self.path} belongs to a mesh made by meshcloud 0.1, whose membership "
+                    "certificates could be forged from any old invite token: create the mesh "
+                    "again (`meshcloud init` in a new --data-dir on the admin machine, then "
+                    "`meshcloud join` on the others; see docs/security.md)") from None
             raise DataDirError(f"{self.mesh_path} is damaged: {exc}") from None
         if key_id(info.root_public) != info.mesh_id:
             raise DataDirError(f"{self.mesh_path} is damaged: mesh id does not match its key")

@@ -7,13 +7,15 @@
    ``/meshcloud/join/1``. The joiner checks the bootstrap node's certificate against the
    root key in the invite, so it cannot be fooled by an impostor.
 2. The joiner opens ``/meshcloud/join/1`` and sends :class:`JoinRequest`.
-3. The bootstrap node checks the proof again, records the redemption (so the invite's use
-   count holds) *before* answering, co-signs the binding (it becomes the sponsor) and
-   replies :class:`JoinAccepted` with the certificate and peers to contact — or
-   :class:`JoinRefused` with one clear reason.
+3. The bootstrap node checks the proof again, wins a use of the invite from a majority of
+   the invite's redemption ledger (:mod:`meshcloud.redemption`: this is what makes
+   ``--uses`` hold mesh-wide), records the redemption in the cluster state, issues the
+   certificate on its own clock (with the root key if it holds it, else as a link under
+   its own certificate) and replies :class:`JoinAccepted` with the certificate and peers
+   to contact — or :class:`JoinRefused` with one clear reason.
 
-A refused joiner changes nothing on the bootstrap node: nothing is recorded until every
-check has passed.
+A refused joiner changes nothing on the bootstrap node's state; a ledger member may keep a
+grant for it, which only that same node can use again.
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ from meshcloud.auth import check_join_proof
 from meshcloud.codec.messages import message
 from meshcloud.codec.tags import TagBlock
 from meshcloud.errors import AuthError, InviteError, MeshError, TransportError
-from meshcloud.identity.certs import MeshCert, sponsor_cert
+from meshcloud.identity.certs import MemberProof, MeshCert, issue_cert
 from meshcloud.identity.keys import SigningKey, short_id
 from meshcloud.membership import MembershipRecords
+from meshcloud.redemption import LedgerService, redeem
 from meshcloud.transport.base import Stream, Transport, receive_message, send_message
 
 log = logging.getLogger(__name__)
 
 JOIN_PROTOCOL = "/meshcloud/join/1"
 
-JOIN_TIMEOUT = 15.0
+JOIN_TIMEOUT = 20.0
 """Seconds a join may take end to end (dial, handshake, certificate) before giving up."""
 
 
@@ -74,10 +77,15 @@ class JoinService:
 
     def __init__(self, key: SigningKey, cert: MeshCert, root_public: bytes, mesh_name: str,
                  records: MembershipRecords, wall_ms: Callable[[], int],
-                 contacts: Callable[[], list[PeerContact]],
+                 contacts: Callable[[], list[PeerContact]], *,
+                 transport: Transport, ledger: LedgerService,
+                 root_key: SigningKey | None = None,
                  on_admitted: Callable[[MeshCert], None] | None = None) -> None:
         self.key = key
         self.cert = cert
+        self.transport = transport
+        self.ledger = ledger
+        self.root_key = root_key
         self.root_public = root_public
         self.mesh_name = mesh_name
         self.records = records
@@ -97,6 +105,8 @@ class JoinService:
             if proof.binding.node_public != peer.node_public:
                 raise InviteError("join proof is for another key")
             check_join_proof(proof, self.root_public, self.records, self.wall_ms())
+            await redeem(self.transport, self.ledger, proof.invite, proof.binding.node_id)
+            cert = self._issue(proof)
         except MeshError as exc:
             self.refused += 1
             log.info("join refused", extra={"peer": short_id(peer.node_id), "why": str(exc)})
@@ -105,7 +115,6 @@ class JoinService:
             return
         self.records.record_redemption(proof.invite.invite_id, proof.binding.node_id,
                                        self.wall_ms())
-        cert = sponsor_cert(proof, self.key, self.cert.proof)
         self.admitted += 1
         log.info("node admitted", extra={"peer": short_id(peer.node_id),
                                          "invite": proof.invite.invite_id.hex()[:8]})
@@ -115,32 +124,67 @@ class JoinService:
                                                 peers=tuple(self.contacts())))
         await stream.close()
 
+    def _issue(self, proof: MemberProof) -> MeshCert:
+        # an issuer whose clock is behind the admin's still issues inside the invite's life
+        now = max(self.wall_ms(), proof.invite.body.created_at)
+        if self.root_key is not None:
+            return issue_cert(proof, self.root_key, None, now=now)
+        return issue_cert(proof, self.key, self.cert, now=now)
 
-async def request_certificate(transport: Transport, bootstrap: list[str]) -> JoinAccepted:
-    """Joiner side: try each bootstrap address until one admits us. Raises InviteError."""
-    errors: list[str] = []
-    for address in bootstrap:
-        try:
-            with trio.fail_after(JOIN_TIMEOUT):
-                peer = await transport.dial(address)
-                stream = await transport.open_stream(peer.node_id, JOIN_PROTOCOL)
-                await send_message(stream, JoinRequest(agent_version="", labels={}))
-                await stream.close()
-                reply = await receive_message(stream, (JoinAccepted, JoinRefused))
-        except trio.TooSlowError:
-            errors.append(f"{address}: no answer within {JOIN_TIMEOUT:.0f} s")
-            continue
-        except AuthError as exc:
-            # the bootstrap refused our handshake: the invite is bad (say why) or the
-            # node we reached is not of this mesh.
-            text = str(exc)
-            if not text.startswith("invite refused"):
-                text = f"refused by {address}: {text}"
-            raise InviteError(text) from None
-        except (TransportError, OSError) as exc:
-            errors.append(f"{address}: {exc}")
-            continue
-        if isinstance(reply, JoinRefused):
-            raise InviteError(reply.reason)
-        return reply
-    raise TransportError("could not reach any bootstrap node of the invite: " + "; ".join(errors))
+
+JOIN_ATTEMPT_TIMEOUT = 8.0
+"""Seconds one attempt at one bootstrap address may take before the next is tried."""
+
+JOIN_BACKOFF = (0.25, 2.0)
+"""First and largest pause between rounds over the bootstrap addresses (doubling)."""
+
+
+async def request_certificate(transport: Transport, bootstrap: list[str], *,
+                              timeout: float = JOIN_TIMEOUT,
+                              attempt_timeout: float = JOIN_ATTEMPT_TIMEOUT) -> JoinAccepted:
+    """Joiner side: try the bootstrap addresses in turn, in rounds with a doubling pause
+    between them, until one admits us or ``timeout`` (the whole join) runs out. A busy or
+    unreachable node is retried; a refusal is final. Raises InviteError (refused) or
+    TransportError (no bootstrap node answered in time)."""
+    errors: dict[str, str] = {}
+    pause = JOIN_BACKOFF[0]
+    deadline = trio.current_time() + timeout
+    while True:
+        for address in bootstrap:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            try:
+                with trio.fail_after(min(attempt_timeout, remaining)):
+                    peer = await transport.dial(address)
+                    stream = await transport.open_stream(peer.node_id, JOIN_PROTOCOL)
+                    await send_message(stream, JoinRequest(agent_version="", labels={}))
+                    await stream.close()
+                    reply = await receive_message(stream, (JoinAccepted, JoinRefused))
+            except trio.TooSlowError:
+                errors[address] = "no answer in time"
+                continue
+            except AuthError as exc:
+                # the bootstrap refused our handshake: the invite is bad (say why) or the
+                # node we reached is not of this mesh.
+                text = str(exc)
+                if "invite refused" in text:
+                    text = text[text.index("invite refused"):]
+                else:
+                    text = f"refused by {address}: {text}"
+                raise InviteError(text) from None
+            except (TransportError, OSError) as exc:  # busy, unreachable, damaged: retry
+                errors[address] = str(exc)
+                continue
+            if isinstance(reply, JoinRefused):
+                raise InviteError(reply.reason)
+            return reply
+        remaining = deadline - trio.current_time()
+        if remaining <= 0 or not bootstrap:
+            break
+        log.info("no bootstrap node admitted us yet; trying again in %.2f s", pause)
+        await trio.sleep(min(pause, remaining))
+        pause = min(pause * 2, JOIN_BACKOFF[1])
+    detail = "; ".join(f"{address}: {error}" for address, error in errors.items())
+    raise TransportError(f"could not reach any bootstrap node of the invite within "
+                         f"{timeout:.0f} s: {detail or 'no address'}")

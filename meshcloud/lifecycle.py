@@ -47,7 +47,7 @@ def write_config(path: Path, settings: dict[str, object]) -> None:
 
 
 def init_mesh(datadir: DataDir, name: str, settings: dict[str, object]) -> MeshInfo:
-    """A new mesh: root key, first node key, its certificate (sponsored by the root)."""
+    """A new mesh: root key, first node key, its certificate (issued by the root key)."""
     if datadir.exists():
         raise DataDirError(f"{datadir.path} already holds a node; use another --data-dir")
     clock = SystemClock()

@@ -23,10 +23,6 @@ class MembershipRecords(Protocol):
 
     def record_redemption(self, invite_id: bytes, node_id: bytes, now_ms: int) -> None: ...
 
-    def revoke_node(self, node_id: bytes, now_ms: int) -> None: ...
-
-    def revoke_invite(self, invite_id: bytes, now_ms: int) -> None: ...
-
 
 @dataclass
 class MemoryMembershipRecords:

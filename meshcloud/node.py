@@ -30,10 +30,12 @@ from meshcloud.config import NodeConfig, parse_host_port
 from meshcloud.datadir import DataDir, MeshInfo
 from meshcloud.errors import DataDirError, MeshError
 from meshcloud.events import EventFeed
-from meshcloud.identity.invites import InviteToken, create_invite
+from meshcloud.identity.invites import MAX_LEDGER, InviteToken, create_invite
 from meshcloud.identity.keys import SigningKey, short_id
 from meshcloud.join import JOIN_PROTOCOL, JoinService, PeerContact
-from meshcloud.membership import FileMembershipRecords, MemoryMembershipRecords
+from meshcloud.membership import MemoryMembershipRecords
+from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
+from meshcloud.revocation import RevocationEnforcer, sign_revocation
 from meshcloud.state.driver import StateDriver
 from meshcloud.state.store import LmdbKv
 from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
@@ -99,9 +101,14 @@ class Node:
                                  view=self.alive_peer_ids, clock=self.clock)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
-        self.records = TableMembershipRecords(self.state)
-        self._import_file_records()
+        self.records = TableMembershipRecords(self.state, self.mesh.root_public)
         self.authenticator.records = self.records
+        self.ledger = LedgerService(
+            FileLedgerBook(datadir.path / "redemption-ledger.json", self.key.id,
+                           self.mesh.root_public),
+            self.clock.wall_ms, self.records.is_revoked)
+        self.revocations = RevocationEnforcer(self.transport, self._is_revoked_peer,
+                                              on_cut=self._on_revoked_cut)
         from meshcloud.members import Members
 
         self.members = Members(self)
@@ -111,7 +118,8 @@ class Node:
         self._load_peers()
         self.join_service = JoinService(
             self.key, self.cert, self.mesh.root_public, self.mesh.mesh_name, self.records,
-            self.clock.wall_ms, self.contacts, on_admitted=self._on_admitted,
+            self.clock.wall_ms, self.contacts, transport=self.transport, ledger=self.ledger,
+            root_key=self.root_key, on_admitted=self._on_admitted,
         )
         from meshcloud.diagnostics import Diagnostics
 
@@ -130,21 +138,6 @@ class Node:
         self.started_at_ms = 0
         self.stopping = trio.Event()
         self._peer_set_changed = trio.Event()
-
-    def _import_file_records(self) -> None:
-        """Carry invite redemptions and revocations from ``membership.json`` into the table."""
-        path = self.datadir.membership_path
-        if not path.exists():
-            return
-        old = FileMembershipRecords(path)
-        for invite, users in old.redemptions.items():
-            for node_id, at in users.items():
-                self.records.record_redemption(invite, node_id, at)
-        for node_id, at in old.revoked_nodes.items():
-            self.records.revoke_node(node_id, at)
-        for invite, at in old.revoked_invites.items():
-            self.records.revoke_invite(invite, at)
-        path.rename(path.with_suffix(".json.imported"))
 
     def alive_peer_ids(self) -> frozenset[bytes]:
         """The other members that gossip holds alive (or only suspects)."""
@@ -176,11 +169,44 @@ class Node:
         token = create_invite(
             self.root_key, now=self.clock.wall_ms(), ttl_ms=int(ttl_s * 1000), uses=uses,
             bootstrap=tuple(bootstrap or self.advertised_addresses()),
-            mesh_name=self.mesh.mesh_name,
+            mesh_name=self.mesh.mesh_name, ledger=self._ledger_members(),
         )
         self.events.emit("invite.created", invite=token.invite.invite_id.hex()[:8], uses=uses,
                          expires_at=token.invite.body.expires_at)
         return token
+
+    def _ledger_members(self) -> tuple[bytes, ...]:
+        """Who counts a new invite's uses: this node and up to two live members, the
+        longest-connected first (they are the likeliest to be up when the invite is used)."""
+        alive = self.alive_peer_ids()
+        connected = sorted((p for p in self.peers.values() if p.connected and p.node_id in alive),
+                           key=lambda p: (p.since, p.node_id))
+        return (self.node_id, *[p.node_id for p in connected][:MAX_LEDGER - 1])
+
+    def revoke(self, kind: str, subject: bytes) -> dict[str, Any]:
+        """Revoke a node or an invite (admin only): signed with the root key, spread by
+        the replicated state, enforced by every member on handshakes and open connections."""
+        if self.root_key is None:
+            raise MeshError("this node holds no admin key: revoke on the node where "
+                            "`meshcloud init` ran", code="not_admin")
+        if kind == "node" and subject == self.node_id:
+            raise MeshError("a node cannot revoke itself; run `meshcloud revoke` on the "
+                            "admin node for another node, or `meshcloud leave` here",
+                            code="bad_request")
+        at = self.clock.wall_ms()
+        self.records.add_revocation(kind, subject, at, sign_revocation(self.root_key, kind,
+                                                                       subject, at))
+        self.events.emit(f"{kind}.revoked", subject=subject.hex())
+        log.warning("revoked", extra={"kind": kind, "subject": subject.hex()[:12]})
+        return {"kind": kind, "id": subject.hex(), "at": at}
+
+    def _is_revoked_peer(self, peer: Any) -> bool:
+        from meshcloud.auth import is_cert_revoked
+
+        return peer.cert is not None and is_cert_revoked(peer.cert, self.records)
+
+    def _on_revoked_cut(self, node_id: bytes) -> None:
+        self.events.emit("peer.revoked", peer=node_id.hex())
 
     def known_node_ids(self) -> list[bytes]:
         ids = [bytes.fromhex(m["id"]) for m in self.members_view()]
@@ -210,7 +236,7 @@ class Node:
 
     def _on_admitted(self, cert: Any) -> None:
         self.events.emit("node.admitted", peer=cert.node_id.hex(),
-                         sponsor=self.node_id.hex())
+                         issuer=self.node_id.hex())
 
     def _load_peers(self) -> None:
         path = self.datadir.path / "peers.json"
@@ -344,7 +370,8 @@ class Node:
                 "started_at": self.started_at_ms,
                 "uptime_s": round((now - self.started_at_ms) / 1000, 1)
                 if self.started_at_ms else 0,
-                "sponsor": self.cert.sponsor_id.hex(),
+                "issuer": self.cert.issuer_id.hex(),
+                "cert_links": self.cert.depth,
                 "pid": os.getpid(),
             },
             "peers": sorted((p.to_json() for p in self.peers.values()),
@@ -360,10 +387,12 @@ class Node:
         self.started_at_ms = self.clock.wall_ms()
         async with trio.open_nursery() as nursery:
             self.transport.serve(JOIN_PROTOCOL, self.join_service.handle)
+            self.transport.serve(REDEEM_PROTOCOL, self.ledger.handle)
             await nursery.start(self.transport.run)
             # subscribe before anything can dial, so that no connection goes unseen
             nursery.start_soon(self._watch_peers, self.transport.peer_events())
             await nursery.start(self.state.run)
+            await nursery.start(self.revocations.run)
             self.dht = self._make_dht()
             await nursery.start(self.dht.run)
             nursery.start_soon(self._keep_in_dht)

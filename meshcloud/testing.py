@@ -7,13 +7,19 @@ exercise the same admission path as real agents. Transport conformance checks li
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshcloud.auth import MeshAuthenticator
-from meshcloud.identity.certs import MeshCert, genesis_cert, make_join_proof, sponsor_cert
-from meshcloud.identity.invites import create_invite
+from meshcloud.identity.certs import MeshCert, genesis_cert, issue_cert, make_join_proof
+from meshcloud.identity.invites import InviteToken, create_invite
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
+
+if TYPE_CHECKING:
+    from meshcloud.join import JoinService
+    from meshcloud.transport.base import Transport
 
 TEST_EPOCH_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z: the wall clock of tests that need one."""
@@ -35,6 +41,12 @@ class TrioClock:
         return self.epoch_ms + int(self.monotonic() * 1000)
 
 
+def forge_issuer_signature(cert: MeshCert, signature: bytes = bytes(64)) -> MeshCert:
+    """``cert`` with its first link's issuer signature replaced (it must then be refused)."""
+    link = dataclasses.replace(cert.links[0], issuer_signature=signature)
+    return MeshCert(links=(link, *cert.links[1:]))
+
+
 @dataclass
 class TestMember:
     key: SigningKey
@@ -45,6 +57,18 @@ class TestMember:
     @property
     def id(self) -> bytes:
         return self.key.id
+
+    def join_service(self, mesh: TestMesh, transport: Transport) -> JoinService:
+        """This member's join service (it alone counts the invites made by
+        :meth:`TestMesh.invite`), issuing on ``transport``."""
+        from meshcloud.join import JoinService
+        from meshcloud.redemption import LedgerBook, LedgerService
+
+        ledger = LedgerService(LedgerBook(self.id, mesh.root.public), mesh.wall_ms,
+                               self.records.is_revoked)
+        return JoinService(self.key, self.cert, mesh.root.public, "test", self.records,
+                           mesh.wall_ms, contacts=lambda: [], transport=transport,
+                           ledger=ledger)
 
 
 @dataclass
@@ -65,16 +89,21 @@ class TestMesh:
         if not self.members:
             cert = genesis_cert(self.root, key, now=self.now_ms, mesh_name="test")
         else:
-            sponsor = self.members[0]
+            issuer = self.members[0]
             token = create_invite(self.root, now=self.now_ms, ttl_ms=3_600_000, uses=1,
-                                  bootstrap=())
+                                  bootstrap=(), ledger=(issuer.id,))
             proof = make_join_proof(token, key, now=self.now_ms)
-            cert = sponsor_cert(proof, sponsor.key, sponsor.cert.proof)
+            cert = issue_cert(proof, issuer.key, issuer.cert, now=self.now_ms)
         records = MemoryMembershipRecords()
         member = TestMember(key, cert, records,
                             MeshAuthenticator(self.root.public, records, self.wall_ms, cert))
         self.members.append(member)
         return member
+
+    def invite(self, *, uses: int = 1, ttl_ms: int = 3_600_000) -> InviteToken:
+        """An invite counted by the first member alone."""
+        return create_invite(self.root, now=self.now_ms, ttl_ms=ttl_ms, uses=uses,
+                             bootstrap=(), ledger=(self.members[0].id,))
 
     def outsider(self) -> tuple[SigningKey, MeshAuthenticator]:
         """A key with no certificate: every member must refuse it."""

@@ -166,7 +166,7 @@ class WorkloadService(WorkloadOperations):
         await nursery.start(self.reconciler.run)
         nursery.start_soon(self._refresh_offer)
         self.started.set()
-        self.node.events.emit("workloads.ready", runtimes=sorted(self.runtimes))
+        self.node.events.emit("workload.runtimes_ready", runtimes=sorted(self.runtimes))
 
     def allowed_runtimes(self) -> list[str]:
         text = os.environ.get(RUNTIMES_ENV, "")

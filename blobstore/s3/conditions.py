@@ -44,13 +44,13 @@ def parse_http_date(value: str) -> float | None:
     """Seconds since the epoch, or None if ``value`` is not an HTTP date."""
     try:
         parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+        if parsed is None:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a huge field
         return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def _tags(value: str) -> list[tuple[bool, str]] | None:
@@ -111,3 +111,28 @@ def _header(request: S3Request, name: str) -> str | None:
     if value is not None and len(value) > MAX_CONDITION_HEADER:
         return None
     return value
+
+
+def check_copy_source(request: S3Request, source: Current) -> None:
+    """x-amz-copy-source-if-* on a copy (CopyObject, UploadPartCopy): any that fails is
+    412 PreconditionFailed (a copy never answers 304). As S3: if-match true makes
+    if-unmodified-since irrelevant, and if-none-match false makes if-modified-since so."""
+    if_match = _header(request, "x-amz-copy-source-if-match")
+    if_none_match = _header(request, "x-amz-copy-source-if-none-match")
+    if_unmodified = _header(request, "x-amz-copy-source-if-unmodified-since")
+    if_modified = _header(request, "x-amz-copy-source-if-modified-since")
+    seconds = math.floor(source.last_modified)
+    if if_match is not None:
+        if not _matches(if_match, source.etag, strong=True):
+            raise PreconditionFailed(Condition="x-amz-copy-source-If-Match")
+    elif if_unmodified is not None:
+        limit = parse_http_date(if_unmodified)
+        if limit is not None and seconds > limit:
+            raise PreconditionFailed(Condition="x-amz-copy-source-If-Unmodified-Since")
+    if if_none_match is not None:
+        if _matches(if_none_match, source.etag, strong=False):
+            raise PreconditionFailed(Condition="x-amz-copy-source-If-None-Match")
+    elif if_modified is not None:
+        since = parse_http_date(if_modified)
+        if since is not None and seconds <= since:
+            raise PreconditionFailed(Condition="x-amz-copy-source-If-Modified-Since")

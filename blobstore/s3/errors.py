@@ -171,6 +171,13 @@ class NoSuchKey(S3Error):
     default_message = "The specified key does not exist."
 
 
+class NoSuchVersion(S3Error):
+    code = "NoSuchVersion"
+    status = 404
+    default_message = ("The version ID specified in the request does not match an existing "
+                       "version.")
+
+
 class NoSuchUpload(S3Error):
     code = "NoSuchUpload"
     status = 404
@@ -249,6 +256,13 @@ class AuthorizationQueryParametersError(S3Error):
     code = "AuthorizationQueryParametersError"
     status = 400
     default_message = "Query-string authentication parameters are malformed."
+
+
+class InvalidPresignedExpiry(AuthorizationQueryParametersError):
+    """An X-Amz-Expires that is not a number of seconds within a week: S3 refuses the URL
+    with this code but status 403, like an expired one."""
+
+    status = 403
 
 
 class MissingSecurityHeader(S3Error):

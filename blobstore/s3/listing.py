@@ -92,7 +92,7 @@ class ListPage(Generic[V]):
 def parse_max_keys(value: str | None, *, name: str = "max-keys") -> int:
     if value is None:
         return MAX_KEYS
-    if not value.isdigit() or len(value) > 10:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
         raise InvalidArgument(f"Provided {name} not an integer or within integer range",
                               ArgumentName=name, ArgumentValue=value[:40])
     return min(int(value), MAX_KEYS)

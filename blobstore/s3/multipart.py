@@ -9,8 +9,9 @@ the final manifest lists the chosen parts' chunks in order, nothing is re-encode
 Rules (S3 API reference, UploadPart / CompleteMultipartUpload):
 
 * part numbers are 1..10000; uploading a number again replaces that part;
-* completion lists parts in strictly ascending order (``InvalidPartOrder``), each of them
-  uploaded and with the matching ETag (``InvalidPart``); every part but the last must be
+* completion lists parts in ascending order (``InvalidPartOrder``), each of them uploaded
+  and with the matching ETag (``InvalidPart``); a number listed twice stands for its last
+  upload, which one of the listed ETags must match; every part but the last must be
   at least 5 MiB (``EntityTooSmall``); an empty list is ``MalformedXML``;
 * the ETag of the object is ``hex(md5(md5(part 1) || ... || md5(part N)))-N``;
 * parts uploaded but not listed are dropped (their shards become garbage for GC).
@@ -45,13 +46,31 @@ MAX_PART_NUMBER = 10_000
 MAX_PARTS_LISTED = 1000
 
 
-def new_upload_id() -> str:
-    """An unguessable upload id (it is the only capability needed to add parts)."""
-    return base64.urlsafe_b64encode(nacl.utils.random(24)).decode()
+UPLOAD_SECRET_SIZE = 16
+
+
+def new_upload_id(object_id: bytes = b"") -> str:
+    """An unguessable upload id (it is the only capability needed to add parts): the
+    upload's object id, then random bytes. The object id lets a repeated
+    CompleteMultipartUpload recognise the object its first call made."""
+    return base64.urlsafe_b64encode(object_id + nacl.utils.random(UPLOAD_SECRET_SIZE)).decode()
+
+
+def object_id_of_upload(upload_id: str, object_id_size: int = 16) -> bytes | None:
+    """The object id inside an upload id made by :func:`new_upload_id` (None: not one)."""
+    if len(upload_id) > 128:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(upload_id.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    if len(raw) != object_id_size + UPLOAD_SECRET_SIZE:
+        return None
+    return raw[:object_id_size]
 
 
 def parse_part_number(value: str | None) -> int:
-    if value is None or not value.isdigit() or len(value) > 5 \
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 5 \
             or not 1 <= int(value) <= MAX_PART_NUMBER:
         raise TooManyParts(ArgumentName="partNumber", ArgumentValue=(value or "")[:20])
     return int(value)
@@ -128,13 +147,16 @@ class MultipartUpload:
         if len(requested) > MAX_PART_NUMBER:
             raise MalformedXML(f"more than {MAX_PART_NUMBER} parts listed")
         numbers = [number for number, _ in requested]
-        if any(b <= a for a, b in itertools.pairwise(numbers)):
+        if any(b < a for a, b in itertools.pairwise(numbers)):
             raise InvalidPartOrder()
-        chosen: list[Part] = []
+        listed: dict[int, set[str]] = {}
         for number, etag in requested:
+            listed.setdefault(number, set()).add(clean_etag(etag))
+        chosen: list[Part] = []
+        for number, etags in listed.items():  # a number listed twice: its last upload
             part = self.parts.get(number)
-            if part is None or part.etag != clean_etag(etag):
-                raise InvalidPart(PartNumber=number, ETag=clean_etag(etag)[:64])
+            if part is None or part.etag not in etags:
+                raise InvalidPart(PartNumber=number, ETag=sorted(etags)[-1][:64])
             chosen.append(part)
         for part in chosen[:-1]:
             if part.size < min_part_size:
@@ -160,10 +182,10 @@ def part_range(manifest: Manifest, part_number: int) -> tuple[int, int]:
     if not manifest.part_sizes:
         if part_number == 1:
             return 0, manifest.size
-        raise InvalidArgument("the object has one part", ArgumentName="partNumber")
+        raise InvalidPart("the object has one part", PartNumber=part_number)
     if not 1 <= part_number <= len(manifest.part_sizes):
-        raise InvalidArgument("partNumber is past the object's last part",
-                              ArgumentName="partNumber")
+        raise InvalidPart("partNumber is past the object's last part",
+                          PartNumber=part_number)
     start = sum(manifest.part_sizes[: part_number - 1])
     return start, start + manifest.part_sizes[part_number - 1]
 

@@ -8,8 +8,8 @@ fails any check leaves nothing visible (its shards fall to GC).
 
 Refused, by S3 code:
 
-* ``MissingContentLength`` (411): neither Content-Length nor, for aws-chunked bodies,
-  x-amz-decoded-content-length;
+* ``MissingContentLength`` (411): neither Content-Length (nor Transfer-Encoding: chunked)
+  nor, for aws-chunked bodies, x-amz-decoded-content-length;
 * ``EntityTooLarge``: a declared or actual size above ``max_size`` (5 GiB for one PUT, as
   S3), found before reading when declared, at the first byte over when not;
 * ``IncompleteBody``: fewer bytes than declared;
@@ -91,13 +91,14 @@ def parse_content_md5(value: str) -> bytes:
 
 def _parse_length(value: str, name: str) -> int:
     value = value.strip()
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise InvalidArgument(f"{name} must be a non-negative integer", ArgumentName=name)
     return int(value)
 
 
-def declared_length(request: S3Request, mode: PayloadMode | None) -> int:
-    """The payload size the client declared (decoded size for aws-chunked bodies)."""
+def declared_length(request: S3Request, mode: PayloadMode | None) -> int | None:
+    """The payload size the client declared (decoded size for aws-chunked bodies); None
+    for an HTTP body sent with Transfer-Encoding: chunked and no length."""
     if mode is not None and mode.chunked:
         value = request.header("x-amz-decoded-content-length")
         if value is None:
@@ -105,6 +106,8 @@ def declared_length(request: S3Request, mode: PayloadMode | None) -> int:
         return _parse_length(value, "x-amz-decoded-content-length")
     value = request.header("content-length")
     if value is None:
+        if "chunked" in (request.header("transfer-encoding") or "").lower():
+            return None  # the HTTP server de-chunks; the size limit still holds
         raise MissingContentLength()
     return _parse_length(value, "Content-Length")
 

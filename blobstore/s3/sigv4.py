@@ -48,6 +48,7 @@ from blobstore.s3.errors import (
     ExpiredPresignedUrl,
     InvalidAccessKeyId,
     InvalidArgument,
+    InvalidPresignedExpiry,
     InvalidRequest,
     NotYetValidPresignedUrl,
     RequestTimeTooSkewed,
@@ -304,12 +305,12 @@ def _request_time(request: S3Request) -> tuple[str, float]:
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     try:
         parsed = parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: huge fields
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header"
                            ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime(AMZ_DATE_FORMAT), parsed.timestamp()
 
 
 def _amz_epoch(amz: str, error: type[Exception]) -> float:
@@ -349,10 +350,11 @@ def _secret(credentials: CredentialStore, access_key: str) -> str:
 
 def _compare(claim: _Claim, key: bytes, canonical: str, to_sign: str) -> None:
     expected = sign(key, to_sign)
-    if not hmac.compare_digest(expected, claim.signature):
+    if not _HEX64.fullmatch(claim.signature) or \
+            not hmac.compare_digest(expected, claim.signature):
         raise SignatureDoesNotMatch(
             AWSAccessKeyId=claim.access_key, StringToSign=to_sign,
-            SignatureProvided=claim.signature, CanonicalRequest=canonical,
+            SignatureProvided=claim.signature[:128], CanonicalRequest=canonical,
         )
 
 
@@ -424,21 +426,20 @@ def _verify_presigned(request: S3Request, credentials: CredentialStore, now: flo
         raise fail(f"X-Amz-Algorithm must be {ALGORITHM}")
     access_key, date, region, service = _parse_credential(params["X-Amz-Credential"], fail)
     signed = _parse_signed_headers(params["X-Amz-SignedHeaders"], fail)
-    signature = params["X-Amz-Signature"]
-    if not _HEX64.fullmatch(signature):
-        raise fail("X-Amz-Signature is not 64 lowercase hex digits")
+    signature = params["X-Amz-Signature"]  # any other text fails the comparison below
     claim = _Claim(access_key, date, region, service, signed, signature)
     amz_date = params["X-Amz-Date"]
     if not _AMZ_DATE.fullmatch(amz_date):
         raise fail("X-Amz-Date must be in the ISO8601 Long Format YYYYMMDDTHHMMSSZ")
     when = _amz_epoch(amz_date, AuthorizationQueryParametersError)
     expires_text = params["X-Amz-Expires"]
-    if not expires_text.isdigit() or len(expires_text) > 10:
-        raise fail("X-Amz-Expires must be a non-negative integer")
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 10:
+        raise InvalidPresignedExpiry("X-Amz-Expires must be a non-negative integer")
     expires = int(expires_text)
     if expires > config.max_presign_expires:
-        raise fail(f"X-Amz-Expires must be less than a week (in seconds) that is "
-                   f"{config.max_presign_expires}")
+        raise InvalidPresignedExpiry(
+            f"X-Amz-Expires must be less than a week (in seconds) that is; the given "
+            f"X-Amz-Expires must be less than {config.max_presign_expires} seconds")
     _check_scope(claim, amz_date, config, fail)
     secret = _secret(credentials, access_key)
     server_time = datetime.fromtimestamp(now, UTC).strftime(AMZ_DATE_FORMAT)

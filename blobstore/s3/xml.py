@@ -35,6 +35,9 @@ MAX_DEPTH = 8
 MAX_DELETE_KEYS = 1000
 """S3's limit on a multi-object delete."""
 
+NULL_VERSION = "null"
+"""The version id of every object in a bucket without versioning."""
+
 
 @dataclass(frozen=True, slots=True)
 class Owner:
@@ -120,15 +123,16 @@ def render_location(region: str) -> bytes:
 
 
 def _contents(root: ET.Element, page: ListPage[ObjectEntry], encoding_type: str | None,
-              with_owner: bool) -> None:
+              with_owner: bool, owner: Owner | None = None) -> None:
     for key, entry in page.contents:
         element = _add(root, "Contents")
         _add(element, "Key", _enc(key, encoding_type))
         _add(element, "LastModified", timestamp(entry.last_modified))
         _add(element, "ETag", quoted(entry.etag))
         _add(element, "Size", entry.size)
-        if with_owner and entry.owner is not None:
-            _owner(element, "Owner", entry.owner)
+        shown = entry.owner or owner
+        if with_owner and shown is not None:
+            _owner(element, "Owner", shown)
         _add(element, "StorageClass", entry.storage_class)
     for common in page.common_prefixes:
         _add(_add(root, "CommonPrefixes"), "Prefix", _enc(common, encoding_type))
@@ -137,11 +141,11 @@ def _contents(root: ET.Element, page: ListPage[ObjectEntry], encoding_type: str 
 def render_list_objects_v1(
     bucket: str, page: ListPage[ObjectEntry], *, prefix: str = "",
     delimiter: str | None = None, marker: str = "", max_keys: int = 1000,
-    encoding_type: str | None = None,
+    encoding_type: str | None = None, owner: Owner | None = None,
 ) -> bytes:
     root = _root("ListBucketResult")
     _add(root, "Name", bucket)
-    _add(root, "Prefix", _enc(prefix, encoding_type))
+    _add(root, "Prefix", prefix)  # v1 sends the prefix as given, even with encoding-type
     _add(root, "Marker", _enc(marker, encoding_type))
     _add(root, "MaxKeys", max_keys)
     if delimiter:
@@ -152,7 +156,7 @@ def render_list_objects_v1(
         _add(root, "NextMarker", _enc(page.last.value, encoding_type))
     if encoding_type:
         _add(root, "EncodingType", encoding_type)
-    _contents(root, page, encoding_type, with_owner=True)
+    _contents(root, page, encoding_type, with_owner=True, owner=owner)
     return _bytes(root)
 
 
@@ -160,7 +164,7 @@ def render_list_objects_v2(
     bucket: str, page: ListPage[ObjectEntry], *, prefix: str = "",
     delimiter: str | None = None, max_keys: int = 1000, start_after: str = "",
     continuation_token: str | None = None, next_continuation_token: str | None = None,
-    encoding_type: str | None = None, fetch_owner: bool = False,
+    encoding_type: str | None = None, fetch_owner: bool = False, owner: Owner | None = None,
 ) -> bytes:
     root = _root("ListBucketResult")
     _add(root, "Name", bucket)
@@ -178,7 +182,43 @@ def render_list_objects_v2(
         _add(root, "StartAfter", _enc(start_after, encoding_type))
     if encoding_type:
         _add(root, "EncodingType", encoding_type)
-    _contents(root, page, encoding_type, with_owner=fetch_owner)
+    _contents(root, page, encoding_type, with_owner=fetch_owner, owner=owner)
+    return _bytes(root)
+
+
+def render_list_versions(
+    bucket: str, page: ListPage[ObjectEntry], *, owner: Owner, prefix: str = "",
+    delimiter: str | None = None, key_marker: str = "", version_id_marker: str = "",
+    max_keys: int = 1000, encoding_type: str | None = None,
+) -> bytes:
+    """ListObjectVersions of a bucket without versioning: each object is its one version,
+    ``null``, the latest; there are no delete markers."""
+    root = _root("ListVersionsResult")
+    _add(root, "Name", bucket)
+    _add(root, "Prefix", _enc(prefix, encoding_type))
+    _add(root, "KeyMarker", _enc(key_marker, encoding_type))
+    _add(root, "VersionIdMarker", version_id_marker)
+    if page.is_truncated and page.last is not None:
+        _add(root, "NextKeyMarker", _enc(page.last.value, encoding_type))
+        _add(root, "NextVersionIdMarker", NULL_VERSION)
+    _add(root, "MaxKeys", max_keys)
+    if delimiter:
+        _add(root, "Delimiter", _enc(delimiter, encoding_type))
+    _add(root, "IsTruncated", page.is_truncated)
+    if encoding_type:
+        _add(root, "EncodingType", encoding_type)
+    for key, entry in page.contents:
+        element = _add(root, "Version")
+        _add(element, "Key", _enc(key, encoding_type))
+        _add(element, "VersionId", NULL_VERSION)
+        _add(element, "IsLatest", True)
+        _add(element, "LastModified", timestamp(entry.last_modified))
+        _add(element, "ETag", quoted(entry.etag))
+        _add(element, "Size", entry.size)
+        _owner(element, "Owner", entry.owner or owner)
+        _add(element, "StorageClass", entry.storage_class)
+    for common in page.common_prefixes:
+        _add(_add(root, "CommonPrefixes"), "Prefix", _enc(common, encoding_type))
     return _bytes(root)
 
 
@@ -266,17 +306,31 @@ class DeleteError:
     key: str
     code: str
     message: str
+    version_id: str | None = None
 
 
-def render_delete_result(deleted: Iterable[str], errors: Iterable[DeleteError],
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    key: str
+    version_id: str | None = None
+    """Echoed when the request named a version."""
+
+
+def render_delete_result(deleted: Iterable[Deleted | str], errors: Iterable[DeleteError],
                          *, quiet: bool = False) -> bytes:
     root = _root("DeleteResult")
     if not quiet:
-        for key in deleted:
-            _add(_add(root, "Deleted"), "Key", key)
+        for item in deleted:
+            done = item if isinstance(item, Deleted) else Deleted(item)
+            element = _add(root, "Deleted")
+            _add(element, "Key", done.key)
+            if done.version_id is not None:
+                _add(element, "VersionId", done.version_id)
     for err in errors:
         element = _add(root, "Error")
         _add(element, "Key", err.key)
+        if err.version_id is not None:
+            _add(element, "VersionId", err.version_id)
         _add(element, "Code", err.code)
         _add(element, "Message", err.message)
     return _bytes(root)
@@ -362,6 +416,8 @@ def parse_xml(body: bytes, *, max_size: int = MAX_XML_BODY) -> Node:
         parser.Parse(body, True)
     except expat.ExpatError as exc:
         raise MalformedXML(f"not well-formed XML: {expat.ErrorString(exc.code)}") from None
+    except (LookupError, ValueError):  # an unknown or multi-byte encoding in the declaration
+        raise MalformedXML("the XML declaration names an encoding we do not read") from None
     if len(root) != 1:
         raise MalformedXML("no root element")
     return root[0]
@@ -378,7 +434,8 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
         if number_node is None or etag_node is None:
             raise MalformedXML("each Part needs a PartNumber and an ETag")
         number = number_node.text.strip()
-        if not number.isdigit() or len(number) > 5 or not 1 <= int(number) <= MAX_PART_NUMBER:
+        if not (number.isascii() and number.isdigit()) or len(number) > 5 \
+                or not 1 <= int(number) <= MAX_PART_NUMBER:
             raise MalformedXML(f"PartNumber '{number[:10]}' is not within 1..10000")
         parts.append((int(number), clean_etag(etag_node.text)))
     if not parts:

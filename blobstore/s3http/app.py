@@ -56,13 +56,19 @@ log = logging.getLogger(__name__)
 class KeyTable:
     """SigV4 credentials and grants from the replicated ``s3keys`` table."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any,
+                 is_revoked_node: Callable[[bytes], bool] | None = None) -> None:
         self.state = state
+        self.is_revoked_node = is_revoked_node
 
     def record(self, access_key: str) -> AccessKeyRecord | None:
         if not access_key or len(access_key) > 128:
             return None
-        return self.state.get(S3KEYS.name, access_key)  # type: ignore[no-any-return]
+        record: AccessKeyRecord | None = self.state.get(S3KEYS.name, access_key)
+        if (record is not None and record.creator and self.is_revoked_node is not None
+                and self.is_revoked_node(record.creator)):
+            return None  # made through a node since revoked: dead with it
+        return record
 
     def secret_for(self, access_key: str) -> str | None:
         record = self.record(access_key)
@@ -110,10 +116,11 @@ class S3App:
 
     def __init__(self, store: ObjectStore, *, wall: Callable[[], float],
                  token_secret: bytes, region: str = "us-east-1",
-                 base_domains: Sequence[str] = ()) -> None:
+                 base_domains: Sequence[str] = (),
+                 is_revoked_node: Callable[[bytes], bool] | None = None) -> None:
         self.store = store
         self.uploads = Uploads(store)
-        self.keys = KeyTable(store.state)
+        self.keys = KeyTable(store.state, is_revoked_node)
         self.wall = wall
         self.sigv4 = SigV4Config(region=region)
         self.region = region

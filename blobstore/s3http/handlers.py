@@ -13,14 +13,18 @@ from urllib.parse import unquote
 
 from blobstore.bucketlist import list_bucket
 from blobstore.records import S3KEYS, ObjectRecord, Permission
-from blobstore.s3.conditions import Current, check_conditions
+from blobstore.s3.conditions import Current, check_conditions, check_copy_source
 from blobstore.s3.errors import (
     AccessDenied,
+    BucketAlreadyExists,
+    BucketAlreadyOwnedByYou,
+    EntityTooLarge,
     InvalidArgument,
+    InvalidRange,
     InvalidRequest,
     MethodNotAllowed,
-    NoSuchBucket,
     NoSuchKey,
+    NoSuchVersion,
     NotImplementedS3,
     S3Error,
 )
@@ -30,7 +34,9 @@ from blobstore.s3.names import validate_bucket_name, validate_key
 from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.ranges import parse_range
 from blobstore.s3.xml import (
+    NULL_VERSION,
     BucketEntry,
+    Deleted,
     DeleteError,
     Owner,
     parse_complete_multipart,
@@ -45,6 +51,7 @@ from blobstore.s3.xml import (
     render_list_objects_v2,
     render_list_parts,
     render_list_uploads,
+    render_list_versions,
     render_location,
 )
 from blobstore.s3http.http import Body, Reply
@@ -61,6 +68,14 @@ MAX_USER_METADATA = 2048
 STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding",
                   "content-language", "expires")
 """Standard headers kept with an object and sent back with it, as S3 does."""
+
+RESPONSE_OVERRIDES = (("response-content-type", "content-type"),
+                      ("response-content-language", "content-language"),
+                      ("response-expires", "expires"),
+                      ("response-cache-control", "cache-control"),
+                      ("response-content-disposition", "content-disposition"),
+                      ("response-content-encoding", "content-encoding"))
+"""GetObject query parameters that replace a header of the reply."""
 
 UNSUPPORTED_SUBRESOURCES = ("acl", "policy", "cors", "lifecycle", "tagging", "website",
                             "replication", "encryption", "object-lock", "retention",
@@ -106,12 +121,16 @@ async def bucket_operation(app: S3App, call: Call, method: str) -> Reply:
                          b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>')
         if call.has("uploads"):
             return await list_multipart_uploads(app, call)
+        if call.has("versions"):
+            return await list_object_versions(app, call)
         return await list_objects(app, call)
     if method == "HEAD":
         need(call, Permission.READ)
         app.store.bucket(call.bucket or "")
         return Reply(200, [("x-amz-bucket-region", app.region)])
     if method == "PUT":
+        if call.has("versioning"):
+            raise NotImplementedS3("bucket versioning is not supported")
         return await create_bucket(app, call)
     if method == "DELETE":
         await app.store.delete_bucket(need(call, Permission.WRITE))
@@ -125,6 +144,7 @@ async def object_operation(app: S3App, call: Call, method: str) -> Reply:
     q = call.query()
     if method in ("GET", "HEAD"):
         need(call, Permission.READ)
+        version_of(call)
         if "uploadId" in q and method == "GET":
             return await list_parts(app, call)
         return await get_object(app, call, head=method == "HEAD")
@@ -132,7 +152,7 @@ async def object_operation(app: S3App, call: Call, method: str) -> Reply:
     if method == "PUT":
         if "uploadId" in q:
             if call.request.header("x-amz-copy-source") is not None:
-                raise NotImplementedS3("UploadPartCopy is not supported")
+                return await upload_part_copy(app, call)
             return await upload_part(app, call)
         if call.request.header("x-amz-copy-source") is not None:
             return await copy_object(app, call)
@@ -141,8 +161,9 @@ async def object_operation(app: S3App, call: Call, method: str) -> Reply:
         if "uploadId" in q:
             await app.uploads.abort(call.bucket or "", q["uploadId"])
             return Reply(204)
+        version = version_of(call)
         await app.store.delete(call.bucket or "", call.object_key or "")
-        return Reply(204)
+        return Reply(204, [] if version is None else [("x-amz-version-id", version)])
     if method == "POST":
         if call.has("uploads"):
             return await create_multipart(app, call)
@@ -165,7 +186,16 @@ async def create_bucket(app: S3App, call: Call) -> Reply:
     if not call.key.create_buckets:
         raise AccessDenied("this key may not create buckets (meshcloud s3 key create "
                            "--allow-create)")
-    await app.store.create_bucket(name, owner=call.auth.access_key)
+    try:
+        await app.store.create_bucket(name, owner=call.auth.access_key)
+    except BucketAlreadyOwnedByYou:
+        existing = app.store.bucket(name)
+        if existing.owner not in ("", call.auth.access_key):
+            raise BucketAlreadyExists(BucketName=name) from None
+        if app.region != "us-east-1":
+            raise
+        # S3 in us-east-1 answers a re-creation of your own bucket with success
+        return Reply(200, [("location", f"/{name}")])
     grants = dict(call.key.buckets)
     grants[name] = ",".join(Permission.ALL)
     record = type(call.key)(name=call.key.name, secret=call.key.secret,
@@ -190,7 +220,7 @@ async def list_objects(app: S3App, call: Call) -> Reply:
         token = q.get("continuation-token")
         start_after = q.get("start-after", "")
         after = None
-        if token is not None:
+        if token:
             after = app.tokens.decode(token, bucket=bucket_name, prefix=prefix,
                                       delimiter=delimiter)
         elif start_after:
@@ -205,7 +235,7 @@ async def list_objects(app: S3App, call: Call) -> Reply:
             bucket_name, page, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
             start_after=start_after, continuation_token=token,
             next_continuation_token=next_token, encoding_type=encoding,
-            fetch_owner=q.get("fetch-owner") == "true")
+            fetch_owner=q.get("fetch-owner") == "true", owner=OWNER)
         return Reply(200, [XML], body)
     marker = q.get("marker", "")
     page = await list_bucket(app.store.index, bucket.bucket_id, prefix=prefix,
@@ -213,7 +243,47 @@ async def list_objects(app: S3App, call: Call) -> Reply:
                              after=Position(After.KEY, marker) if marker else None)
     return Reply(200, [XML], render_list_objects_v1(
         bucket_name, page, prefix=prefix, delimiter=delimiter, marker=marker,
-        max_keys=max_keys, encoding_type=encoding))
+        max_keys=max_keys, encoding_type=encoding, owner=OWNER))
+
+
+async def list_object_versions(app: S3App, call: Call) -> Reply:
+    """ListObjectVersions: without versioning each object is one version, ``null``."""
+    bucket_name = call.bucket or ""
+    bucket = app.store.bucket(bucket_name)
+    q = call.query()
+    prefix = q.get("prefix", "")
+    delimiter = q.get("delimiter") or None
+    encoding = q.get("encoding-type") or None
+    if encoding not in (None, "url"):
+        raise InvalidArgument("Invalid Encoding Method specified in Request",
+                              ArgumentName="encoding-type")
+    max_keys = parse_max_keys(q.get("max-keys"))
+    key_marker = q.get("key-marker", "")
+    version_marker = q.get("version-id-marker", "")
+    if version_marker and not key_marker:
+        raise InvalidArgument("A version-id marker cannot be specified without a key marker.",
+                              ArgumentName="version-id-marker")
+    if version_marker not in ("", NULL_VERSION):
+        raise InvalidArgument("Invalid version id specified",
+                              ArgumentName="version-id-marker")
+    page = await list_bucket(app.store.index, bucket.bucket_id, prefix=prefix,
+                             delimiter=delimiter, max_keys=max_keys,
+                             after=Position(After.KEY, key_marker) if key_marker else None)
+    return Reply(200, [XML], render_list_versions(
+        bucket_name, page, owner=OWNER, prefix=prefix, delimiter=delimiter,
+        key_marker=key_marker, version_id_marker=version_marker, max_keys=max_keys,
+        encoding_type=encoding))
+
+
+def version_of(call: Call) -> str | None:
+    """The ``versionId`` a request names: only ``null`` exists (no versioning here)."""
+    pairs = [v for n, v in call.request.query_pairs() if n == "versionId"]
+    if not pairs:
+        return None
+    if pairs != [NULL_VERSION]:
+        raise InvalidArgument("Invalid version id specified", ArgumentName="versionId",
+                              ArgumentValue=pairs[0][:64])
+    return NULL_VERSION
 
 
 async def delete_objects(app: S3App, call: Call) -> Reply:
@@ -222,14 +292,18 @@ async def delete_objects(app: S3App, call: Call) -> Reply:
     body = await Body(call.receive, call.request, call.auth,
                       PayloadCheck.for_request(call.request, call.auth)).read_all()
     request = parse_delete(body)
-    deleted, errors = [], []
-    for key, _version in request.objects:
+    deleted: list[Deleted] = []
+    errors: list[DeleteError] = []
+    for key, version in request.objects:
         try:
             validate_key(key)
-            await app.store.delete(bucket, key)
-            deleted.append(key)
+            if version not in (None, NULL_VERSION):
+                raise NoSuchVersion(Key=key[:1024], VersionId=version[:64])
+            deleted.append(Deleted(key, version))
         except S3Error as exc:
-            errors.append(DeleteError(key[:1024], exc.code, exc.message))
+            errors.append(DeleteError(key[:1024], exc.code, exc.message,
+                                      None if version is None else version[:64]))
+    await app.store.delete_many(bucket, [d.key for d in deleted])
     return Reply(200, [XML], render_delete_result(deleted, errors, quiet=request.quiet))
 
 
@@ -245,6 +319,12 @@ def metadata_of(call: Call) -> tuple[str, dict[str, str]]:
         if lower.startswith("x-amz-meta-"):
             size += len(lower) - len("x-amz-meta-") + len(value.encode("utf-8", "replace"))
             meta[lower] = value
+        elif lower == "content-encoding":
+            # aws-chunked only frames this request's body: the object keeps the rest
+            kept = [v.strip() for v in value.split(",")
+                    if v.strip() and v.strip().lower() != "aws-chunked"]
+            if kept:
+                meta[lower] = ", ".join(kept)
         elif lower in STORED_HEADERS:
             meta[lower] = value
     if size > MAX_USER_METADATA:
@@ -305,9 +385,7 @@ async def get_object(app: S3App, call: Call, *, head: bool) -> Reply:
         if wanted is not None:
             start, end, status = wanted.start, wanted.end, 206
             headers.append(("content-range", wanted.content_range(record.size)))
-    for param, header in (("response-content-type", "content-type"),
-                          ("response-content-disposition", "content-disposition"),
-                          ("response-cache-control", "cache-control")):
+    for param, header in RESPONSE_OVERRIDES:
         if param in q:
             headers = [(k, v) for k, v in headers if k != header] + [(header, q[param][:256])]
     if head:
@@ -324,16 +402,25 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return validate_bucket_name(bucket), validate_key(key)
 
 
-async def copy_object(app: S3App, call: Call) -> Reply:
-    src_bucket, src_key = parse_copy_source(call.request.header("x-amz-copy-source") or "")
+async def copy_source(app: S3App, call: Call) -> ObjectRecord:
+    """The object x-amz-copy-source names (read permission on its bucket needed)."""
+    value = call.request.header("x-amz-copy-source") or ""
+    src_bucket, src_key = parse_copy_source(value)
     if not call.key.allows(src_bucket, Permission.READ):
         raise AccessDenied()
+    version = value.partition("?")[2]
+    if version and version != f"versionId={NULL_VERSION}":
+        raise InvalidArgument("Invalid version id specified", ArgumentName="x-amz-copy-source")
     try:
-        source = await app.store.head(src_bucket, src_key)
-    except NoSuchBucket:
-        raise
+        return await app.store.head(src_bucket, src_key)
     except NoSuchKey:
         raise NoSuchKey(Key=src_key) from None
+
+
+async def copy_object(app: S3App, call: Call) -> Reply:
+    src_bucket, src_key = parse_copy_source(call.request.header("x-amz-copy-source") or "")
+    source = await copy_source(app, call)
+    check_copy_source(call.request, Current(source.etag, source.modified_ms / 1000))
     directive = (call.request.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata directive.",
@@ -373,12 +460,50 @@ async def upload_part(app: S3App, call: Call) -> Reply:
     return Reply(200, [("etag", quoted(part.etag))])
 
 
+async def upload_part_copy(app: S3App, call: Call) -> Reply:
+    """UploadPartCopy: a part made of an object's bytes (all, or x-amz-copy-source-range)."""
+    q = call.query()
+    number = parse_part_number(q.get("partNumber"))
+    source = await copy_source(app, call)
+    check_copy_source(call.request, Current(source.etag, source.modified_ms / 1000))
+    start, end = parse_copy_range(call.request.header("x-amz-copy-source-range"), source.size)
+    if end - start > MAX_PART_SIZE:
+        raise EntityTooLarge(ProposedSize=end - start, MaxSizeAllowed=MAX_PART_SIZE)
+    await Body(call.receive, call.request, call.auth,
+               PayloadCheck(length=0)).read_all(limit=0)
+    part = await app.uploads.upload_part(call.bucket or "", q["uploadId"], number,
+                                         app.store.read(source, start, end))
+    return Reply(200, [XML], render_copy_object(part.etag, part.modified_ms / 1000,
+                                                part=True))
+
+
+def parse_copy_range(value: str | None, size: int) -> tuple[int, int]:
+    """[start, end) of ``bytes=first-last`` (both given, within the object), or all."""
+    if value is None:
+        return 0, size
+    spec = value.strip()
+    first, dash, last = spec.removeprefix("bytes=").partition("-")
+    if not spec.startswith("bytes=") or not dash or not first.isdigit() \
+            or not last.isdigit() or len(first) > 19 or len(last) > 19:
+        raise InvalidArgument("The x-amz-copy-source-range value must be of the form "
+                              "bytes=first-last where first and last are the zero-based "
+                              "offsets of the first and last bytes to copy",
+                              ArgumentName="x-amz-copy-source-range",
+                              ArgumentValue=value[:64])
+    start, stop = int(first), int(last)
+    if start > stop or stop >= size:
+        raise InvalidRange(f"Range specified is not valid for source object of size: {size}",
+                           RangeRequested=value[:64], ActualObjectSize=size)
+    return start, stop + 1
+
+
 async def complete_multipart(app: S3App, call: Call) -> Reply:
     body = await Body(call.receive, call.request, call.auth,
                       PayloadCheck.for_request(call.request, call.auth)).read_all()
     requested = parse_complete_multipart(body)
     record = await app.uploads.complete(call.bucket or "", call.query()["uploadId"],
-                                        requested)
+                                        requested, key=call.object_key,
+                                        precheck=conditions_for(call))
     location = f"/{call.bucket}/{call.object_key}"
     return Reply(200, [XML], render_complete_multipart(location, call.bucket or "",
                                                        call.object_key or "", record.etag))
@@ -387,7 +512,7 @@ async def complete_multipart(app: S3App, call: Call) -> Reply:
 async def list_parts(app: S3App, call: Call) -> Reply:
     q = call.query()
     marker_text = q.get("part-number-marker", "0") or "0"
-    if not marker_text.isdigit() or len(marker_text) > 5:
+    if not (marker_text.isascii() and marker_text.isdigit()) or len(marker_text) > 5:
         raise InvalidArgument("part-number-marker must be an integer",
                               ArgumentName="part-number-marker")
     max_parts = parse_max_keys(q.get("max-parts"), name="max-parts")

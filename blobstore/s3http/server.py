@@ -1,31 +1,32 @@
-"""Serving the S3 app: hypercorn on trio, bound to the node's ``s3`` address."""
+"""Serving the S3 app: hypercorn on trio, bound to the node's ``s3`` address.
+
+Slow clients are bounded by :class:`~meshcloud.api.limits.HttpLimits`: headers within
+``header_timeout``, bodies piece by piece (:class:`~meshcloud.api.guard.BodyDeadline`;
+a cut upload reads as a client that went away, so nothing is stored).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from blobstore.s3http.app import S3App
+from meshcloud.api.guard import BodyDeadline, server_config
+from meshcloud.api.limits import DEFAULT_LIMITS, HttpLimits
 
 log = logging.getLogger(__name__)
 
 
-def s3_config(bind: str) -> Config:
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 60
-    config.graceful_timeout = 2
-    config.h11_max_incomplete_size = 64 * 1024  # headers; bodies stream
-    config.include_server_header = False
-    return config
+def s3_config(bind: str, limits: HttpLimits = DEFAULT_LIMITS) -> Config:
+    return server_config(bind, limits)
 
 
-async def serve_s3(app: S3App, bind: str, *,
+async def serve_s3(app: Any, bind: str, *, limits: HttpLimits = DEFAULT_LIMITS,
                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled; ``task_status.started`` gets the bound URLs."""
-    await serve(app, s3_config(bind), task_status=task_status)  # type: ignore[arg-type]
+    """Serve ``app`` (the :class:`~blobstore.s3http.app.S3App`) until cancelled;
+    ``task_status.started`` gets the bound URLs."""
+    await serve(BodyDeadline(app, limits), s3_config(bind, limits),  # type: ignore[arg-type]
+                task_status=task_status)

@@ -2,20 +2,25 @@
 
 Errors are ``{"error": {"code": ..., "message": ...}}`` with a status that fits:
 401 without a valid token, 400 for bad input, 404 for unknown things, 409 for conflicts,
-503 when this node cannot do it right now.
+503 when this node cannot do it right now. A bad query parameter is a 400 whose error
+also names it (``"param": "limit"``; see :func:`query_int`). A client that goes away
+before its request body is complete is one INFO line in the log, not a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,9 +33,12 @@ from meshcloud.errors import (
     NotFoundError,
     TransportError,
 )
+from meshcloud.web.origin import is_ui_path, ui_host_for, ui_redirect_target
 
 if TYPE_CHECKING:
     from meshcloud.node import Node
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
 """API request bodies are small documents; 1 MiB is plenty and stops memory abuse."""
@@ -38,8 +46,87 @@ MAX_JSON_BODY = 1 << 20
 PUBLIC_PATHS = ("/ui/login", "/ui/static/")
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+class BadParam(MeshError):
+    """A query parameter that is missing, malformed or out of range."""
+
+    code = "bad_param"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"query parameter {param!r} {message}")
+        self.param = param
+
+
+def error_response(status: int, code: str, message: str,
+                   **extra: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}},
+                        status_code=status)
+
+
+def query_int(request: Request, name: str, default: int, *, minimum: int,
+              maximum: int) -> int:
+    """The integer query parameter ``name`` (``default`` when absent or empty), or
+    :class:`BadParam` unless it is a plain decimal integer in ``[minimum, maximum]``."""
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise BadParam(name, f"must be an integer, not {text[:40]!r}")
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise BadParam(name, f"must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+def query_str(request: Request, name: str, default: str | None = None, *,
+              max_length: int = 1024) -> str | None:
+    """The text query parameter ``name``, or :class:`BadParam` when it is too long."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if len(text) > max_length:
+        raise BadParam(name, f"is longer than {max_length} characters")
+    return text
+
+
+def only_disconnects(exc: BaseException) -> bool:
+    """True when ``exc`` is a :class:`ClientDisconnect`, or a group of nothing else."""
+    if isinstance(exc, ClientDisconnect):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(only_disconnects(inner) for inner in exc.exceptions)
+    return False
+
+
+class QuietDisconnect:
+    """ASGI middleware: a client gone mid-body is logged as one INFO line (it is the
+    client's doing, not a fault of ours) and, if nothing was sent yet, answered 400 (which
+    the server drops when the connection is gone)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except BaseException as exc:
+            if not only_disconnects(exc):
+                raise
+            client = scope.get("client") or ("?", 0)
+            log.info("HTTP %s %s from %s:%s: the client went away before its request body "
+                     "was complete", scope.get("method"), scope.get("path"), *client)
+            if not started:
+                await error_response(400, "incomplete_body",
+                                     "the request body ended early")(scope, receive, send)
 
 
 def status_for(exc: MeshError) -> int:
@@ -65,6 +152,14 @@ class RequireToken:
         if scope["type"] in ("http", "websocket"):
             path = scope.get("path", "")
             conn = HTTPConnection(scope)
+            if scope["type"] == "http" and is_ui_path(path):
+                raw_path = scope.get("raw_path") or path.encode()
+                target = ui_redirect_target(conn.headers.get("host", ""),
+                                            raw_path.decode("latin-1"),
+                                            scope.get("query_string", b"").decode("latin-1"))
+                if target is not None:  # the UI lives on its own name (web/origin.py)
+                    await RedirectResponse(target, status_code=307)(scope, receive, send)
+                    return
             if not path.startswith(PUBLIC_PATHS) and not self.auth.allowed(conn):
                 if path.startswith("/ui") or path == "/":
                     from meshcloud.web.render import render_text
@@ -105,24 +200,32 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
         raise MeshError(f"request body is not JSON: {exc}", code="bad_request") from None
+    except RecursionError:
+        raise MeshError("request body is nested too deeply", code="bad_request") from None
     if not isinstance(value, dict):
         raise MeshError("request body must be a JSON object", code="bad_request")
     return value
 
 
 def field(body: dict[str, Any], name: str, kind: type, default: Any = None,
-          *, required: bool = False) -> Any:
+          *, required: bool = False, items: type | None = None) -> Any:
+    """``body[name]`` checked to be a ``kind`` (a list's members ``items``); floats finite."""
     if name not in body or body[name] is None:
         if required:
             raise MeshError(f"missing field {name!r}", code="bad_request")
         return default
     value = body[name]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1000 else math.inf
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise MeshError(f"field {name!r} must be {kind.__name__}", code="bad_request")
+    if kind is float and not math.isfinite(value):  # JSON's NaN, Infinity, 1e999
+        raise MeshError(f"field {name!r} must be a finite number", code="bad_request")
+    if items is not None and not all(type(item) is items for item in value):
+        raise MeshError(f"field {name!r} must hold only {items.__name__} values",
+                        code="bad_request")
     return value
 
 
@@ -142,7 +245,7 @@ def build_app(node: Node) -> Starlette:
         body = await read_json(request)
         ttl = field(body, "ttl_s", float, 3600.0)
         uses = field(body, "uses", int, 1)
-        bootstrap = field(body, "bootstrap", list, None)
+        bootstrap = field(body, "bootstrap", list, None, items=str)
         if ttl <= 0 or ttl > 30 * 86400:
             raise MeshError("ttl_s must be between 0 and 30 days", code="bad_request")
         if not 1 <= uses <= 1000:
@@ -153,9 +256,25 @@ def build_app(node: Node) -> Starlette:
                              "expires_at": token.invite.body.expires_at,
                              "uses": uses, "bootstrap": list(token.invite.body.bootstrap)})
 
+    async def revoke(request: Request) -> Response:
+        from meshcloud.revocation import resolve_subject
+
+        body = await read_json(request)
+        text = field(body, "id", str, required=True)
+        kind = field(body, "kind", str, None)
+        if kind not in (None, "node", "invite"):
+            raise MeshError("kind must be node or invite", code="bad_request")
+        kind, subject = resolve_subject(text, node.known_node_ids(),
+                                        node.records.known_invites(), kind)
+        return JSONResponse(node.revoke(kind, subject))
+
+    async def revocations(request: Request) -> Response:
+        return JSONResponse([{"kind": k, "id": s.hex(), "at": at}
+                             for k, s, at in node.records.revocations()])
+
     async def events(request: Request) -> Response:
-        limit = min(int(request.query_params.get("limit", "100")), 2000)
-        kind = request.query_params.get("kind")
+        limit = query_int(request, "limit", 100, minimum=1, maximum=2000)
+        kind = query_str(request, "kind", max_length=200)
         return JSONResponse(node.events.recent(limit, kind))
 
     async def ping_peer(request: Request) -> Response:
@@ -185,10 +304,15 @@ def build_app(node: Node) -> Starlette:
                             background=BackgroundTask(node.request_stop))
 
     async def login_ticket(request: Request) -> Response:
-        return JSONResponse({"ticket": auth.new_login_ticket()})
+        ticket = auth.new_login_ticket()
+        host = request.headers.get("host", "")
+        url = f"http://{ui_host_for(host) or host}/ui/login?ticket={ticket}"
+        return JSONResponse({"ticket": ticket, "url": url})
 
     async def on_mesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MeshError)
+        if isinstance(exc, BadParam):
+            return error_response(400, exc.code, exc.message, param=exc.param)
         return error_response(status_for(exc), exc.code, exc.message)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -202,6 +326,8 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/leave", leave, methods=["POST"]),
         Route("/v1/invites", create_invite, methods=["POST"]),
         Route("/v1/events", events),
+        Route("/v1/revocations", revoke, methods=["POST"]),
+        Route("/v1/revocations", revocations),
         Route("/v1/ui/ticket", login_ticket, methods=["POST"]),
         Route("/v1/peers/{peer}/ping", ping_peer, methods=["POST"]),
         Route("/v1/debug/hold", hold_stream, methods=["POST"]),
@@ -213,7 +339,7 @@ def build_app(node: Node) -> Starlette:
     routes.extend(ui_routes(node, auth))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequireToken, auth=auth)],
+        middleware=[Middleware(QuietDisconnect), Middleware(RequireToken, auth=auth)],
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
     )
     app.state.node = node

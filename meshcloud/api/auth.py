@@ -4,6 +4,10 @@ Every request needs the node's API token (``<data dir>/api.token``), either as
 ``Authorization: Bearer TOKEN`` (CLI, scripts) or as the session cookie that the one-time
 login URL sets (web UI). Without it the answer is 401 with no data. Tokens are compared in
 constant time and never logged.
+
+A session is bound to the Host its login link was opened with (the UI's own name,
+``ui.localhost:PORT``; see :mod:`meshcloud.web.origin`): the same cookie presented with
+any other Host is ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ LOGIN_TICKET_TTL = 300.0
 class TokenAuth:
     def __init__(self, token: str) -> None:
         self._token = token.encode()
-        self._sessions: set[str] = set()
+        self._sessions: dict[str, str] = {}
+        """session id -> the Host it is valid for"""
         self._tickets: dict[str, float] = {}
 
     def check_token(self, candidate: str) -> bool:
@@ -33,9 +38,11 @@ class TokenAuth:
         if header.lower().startswith("bearer ") and self.check_token(header[7:].strip()):
             return True
         session = conn.cookies.get(SESSION_COOKIE)
-        return session is not None and any(
-            hmac.compare_digest(session, known) for known in self._sessions
-        )
+        if session is None:
+            return False
+        host = conn.headers.get("host", "").strip().lower()
+        return any(hmac.compare_digest(session, known) and host == bound
+                   for known, bound in self._sessions.items())
 
     def new_login_ticket(self) -> str:
         """A one-time ticket for a login URL (``/ui/login?ticket=...``)."""
@@ -45,11 +52,12 @@ class TokenAuth:
         self._tickets[ticket] = now + LOGIN_TICKET_TTL
         return ticket
 
-    def redeem_ticket(self, ticket: str) -> str | None:
-        """Trade a valid ticket (once) for a session id; None if unknown or expired."""
+    def redeem_ticket(self, ticket: str, host: str) -> str | None:
+        """Trade a valid ticket (once) for a session id valid with the Host header
+        ``host`` only; None if unknown or expired."""
         expires = self._tickets.pop(ticket, None)
         if expires is None or expires < time.monotonic():
             return None
         session = secrets.token_urlsafe(32)
-        self._sessions.add(session)
+        self._sessions[session] = host.strip().lower()
         return session

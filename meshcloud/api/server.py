@@ -1,4 +1,8 @@
-"""Serving the API: hypercorn on trio, bound where the config says (127.0.0.1 by default)."""
+"""Serving the API: hypercorn on trio, bound where the config says (127.0.0.1 by default).
+
+Slow clients are bounded by :class:`~meshcloud.api.limits.HttpLimits` (headers and
+bodies; see :mod:`meshcloud.api.guard`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from meshcloud.api.app import build_app
+from meshcloud.api.guard import BodyDeadline, server_config
+from meshcloud.api.limits import DEFAULT_LIMITS, HttpLimits
 
 if TYPE_CHECKING:
     from meshcloud.node import Node
@@ -17,19 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def hypercorn_config(bind: str) -> Config:
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 30
-    config.graceful_timeout = 2
-    config.h11_max_incomplete_size = 64 * 1024
-    return config
+def hypercorn_config(bind: str, limits: HttpLimits = DEFAULT_LIMITS) -> Config:
+    return server_config(bind, limits)
 
 
 async def serve_api(
-    node: Node, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    node: Node, *, limits: HttpLimits = DEFAULT_LIMITS,
+    bind: str | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    app = build_app(node)
-    await serve(app, hypercorn_config(node.config.api), task_status=task_status)
+    """Serve the node's API and UI until cancelled (on ``bind``, by default the
+    configured ``api`` address); ``task_status.started`` gets the bound URLs."""
+    app = BodyDeadline(build_app(node), limits)
+    await serve(app, hypercorn_config(bind or node.config.api, limits),  # type: ignore[arg-type]
+                task_status=task_status)

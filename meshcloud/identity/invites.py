@@ -34,7 +34,11 @@ MAX_TOKEN_LENGTH = 4096
 MAX_BOOTSTRAP_ADDRESSES = 16
 
 
-@message(TagBlock.CORE + 1)
+MAX_LEDGER = 3
+"""Members that count an invite's redemptions (see :mod:`meshcloud.redemption`)."""
+
+
+@message(TagBlock.CORE + 1, version=2, min_version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InviteBody:
     mesh_id: bytes
@@ -46,9 +50,17 @@ class InviteBody:
     bootstrap: tuple[str, ...]
     root_public: bytes
     mesh_name: str = ""
+    ledger: tuple[bytes, ...] = ()
+    """Node ids of the members that count this invite's uses: a certificate is issued only
+    after a majority of them granted the joiner a use (fixed here, signed by the root key,
+    so every issuer asks the same set and two majorities always share a member)."""
+
+    @property
+    def quorum(self) -> int:
+        return len(self.ledger) // 2 + 1
 
     def signed_bytes(self) -> bytes:
-        return b"meshcloud-invite-v1" + cbor.encode_canonical(to_wire(self))
+        return b"meshcloud-invite-v2" + cbor.encode_canonical(to_wire(self))
 
 
 @message(TagBlock.CORE + 2)
@@ -76,6 +88,8 @@ class SignedInvite:
             raise InviteError("invite is damaged: mesh id does not match its root key")
         if not verify(body.root_public, body.signed_bytes(), self.signature):
             raise InviteError("invite signature is not valid (forged or damaged)")
+        if not 1 <= len(body.ledger) <= MAX_LEDGER:
+            raise InviteError("invite names no redemption ledger (made by an older meshcloud?)")
 
 
 @message(TagBlock.CORE + 3)
@@ -85,6 +99,8 @@ class InviteToken:
     invite_seed: bytes
 
     def invite_key(self) -> SigningKey:
+        if len(self.invite_seed) != 32:  # the seed is not covered by the invite's signature
+            raise InviteError("invite token is damaged: its key is not 32 bytes")
         key = SigningKey(self.invite_seed)
         if key.public != self.invite.body.invite_public:
             raise InviteError("invite token is damaged: its key does not match the invite")
@@ -120,12 +136,15 @@ def create_invite(
     uses: int,
     bootstrap: tuple[str, ...],
     mesh_name: str = "",
+    ledger: tuple[bytes, ...],
 ) -> InviteToken:
     """A fresh invite signed by ``root``, valid from ``now`` for ``ttl_ms``, for ``uses`` nodes."""
     if ttl_ms <= 0:
         raise InviteError("an invite needs a positive lifetime")
     if uses < 1:
         raise InviteError("an invite must allow at least one use")
+    if not 1 <= len(ledger) <= MAX_LEDGER or len(set(ledger)) != len(ledger):
+        raise InviteError(f"an invite needs 1 to {MAX_LEDGER} distinct ledger members")
     if len(bootstrap) > MAX_BOOTSTRAP_ADDRESSES:
         bootstrap = bootstrap[:MAX_BOOTSTRAP_ADDRESSES]
     invite_key = SigningKey.generate()
@@ -139,6 +158,7 @@ def create_invite(
         bootstrap=tuple(bootstrap),
         root_public=root.public,
         mesh_name=mesh_name,
+        ledger=tuple(ledger),
     )
     signed = SignedInvite(body=body, signature=root.sign(body.signed_bytes()))
     return InviteToken(invite=signed, invite_seed=invite_key.seed())

@@ -38,6 +38,10 @@ class StateConfig:
     """Bytes of entries per SyncPush or SyncEntries message."""
     merkle_batch: int = 1000
     """To-do items applied per Merkle worker step."""
+    merkle_delay: float = 0.5
+    """Seconds a write's Merkle to-do waits before the worker applies it, so a burst of
+    writes shares one transaction (one fsync) instead of paying one each (anti-entropy
+    applies what is pending before it compares trees)."""
     gc_delay: float = 24 * 3600.0
     """A tombstone is kept this long before GC (Garage: 24 h): a node partitioned for
     less than this cannot bring a deleted entry back."""

@@ -414,7 +414,7 @@ class StateCore:
             if core.outbox:
                 out.extend(self._spread(core, core.take_outbox(), exclude))
         if changes:
-            self.workers.poke("merkle", now)
+            self.workers.poke("merkle", now + self.config.merkle_delay)
         out.extend(self._take())
         return out
 

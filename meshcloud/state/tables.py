@@ -99,6 +99,8 @@ class EventRecord:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MembershipRecord:
     at_ms: int
+    signature: bytes = b""
+    """Revocations only: the mesh root key's signature (see :mod:`meshcloud.revocation`)."""
 
 
 _node_enc, _node_dec = fields_codec(NodeRecord)
@@ -145,13 +147,48 @@ class TableMembershipRecords:
     """:class:`meshcloud.membership.MembershipRecords` backed by the ``membership`` table,
     so every member refuses a revoked node and counts an invite's uses mesh-wide."""
 
-    def __init__(self, state: TableAccess) -> None:
+    def __init__(self, state: TableAccess, root_public: bytes) -> None:
         self.state = state
+        self.root_public = root_public
+        self._valid: dict[tuple[str, bytes, int, bytes], bool] = {}
 
     def is_revoked(self, node_id: bytes, invite_id: bytes) -> bool:
-        return (self.state.get("membership", ("revoked_node", node_id, b"")) is not None
-                or self.state.get("membership", ("revoked_invite", invite_id, b""))
-                is not None)
+        return (self._signed("revoked_node", "node", node_id)
+                or self._signed("revoked_invite", "invite", invite_id))
+
+    def _signed(self, row: str, kind: str, subject: bytes) -> bool:
+        """A revocation row counts only with a valid root signature (one member cannot
+        revoke another); checked once per row."""
+        record = self.state.get("membership", (row, subject, b""))
+        if record is None:
+            return False
+        key = (kind, subject, record.at_ms, record.signature)
+        if key not in self._valid:
+            from meshcloud.revocation import revocation_valid
+
+            self._valid[key] = revocation_valid(self.root_public, kind, subject,
+                                                record.at_ms, record.signature)
+        return self._valid[key]
+
+    def revocations(self) -> list[tuple[str, bytes, int]]:
+        """(kind, subject, at) of every validly signed revocation."""
+        out = []
+        for key, record in self.state.scan("membership"):
+            row, subject = key[0], key[1]
+            kind = {"revoked_node": "node", "revoked_invite": "invite"}.get(row)
+            if kind and isinstance(subject, bytes) and self._signed(row, kind, subject):
+                out.append((kind, subject, record.at_ms))
+        return out
+
+    def add_revocation(self, kind: str, subject: bytes, at_ms: int, signature: bytes) -> None:
+        row = {"node": "revoked_node", "invite": "revoked_invite"}[kind]
+        self.state.put("membership", (row, subject, b""),
+                       MembershipRecord(at_ms=at_ms, signature=signature))
+
+    def known_invites(self) -> list[bytes]:
+        """Invites that admitted somebody (for `meshcloud revoke` by prefix)."""
+        rows = self.state.scan("membership", ("redemption",))
+        return [key[1] for key, _ in rows if isinstance(key[1], bytes)]
 
     def redeemed_by(self, invite_id: bytes) -> set[bytes]:
         rows = self.state.scan("membership", ("redemption", invite_id))
@@ -160,11 +197,6 @@ class TableMembershipRecords:
     def record_redemption(self, invite_id: bytes, node_id: bytes, now_ms: int) -> None:
         self._first("redemption", invite_id, node_id, now_ms)
 
-    def revoke_node(self, node_id: bytes, now_ms: int) -> None:
-        self._first("revoked_node", node_id, b"", now_ms)
-
-    def revoke_invite(self, invite_id: bytes, now_ms: int) -> None:
-        self._first("revoked_invite", invite_id, b"", now_ms)
 
     def _first(self, kind: str, subject: bytes, other: bytes, now_ms: int) -> None:
         key = (kind, subject, other)

@@ -96,6 +96,11 @@ class SecureChannel:
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    @property
+    def pending(self) -> int:
+        """Bytes received that belong to a message not yet complete (not yet decrypted)."""
+        return len(self._pending)
+
     def encrypt(self, data: Buffer) -> bytearray:
         """``data`` as one or more framed transport messages, ready for the socket."""
         view = memoryview(data)

@@ -348,7 +348,8 @@ async def check_joiner_limited(harness: Harness, nursery: trio.Nursery) -> None:
     """A node holding only an invite gets in as a joiner, for the join protocols only."""
     mesh, (member,) = await _members(harness, nursery, 1)
     member.serve(JOIN, echo)
-    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=600_000, uses=1, bootstrap=())
+    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=600_000, uses=1, bootstrap=(),
+                          ledger=(mesh.members[0].id,))
     key = SigningKey.generate()
     proof = make_join_proof(token, key, now=mesh.now_ms)
     auth = MeshAuthenticator(mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms,

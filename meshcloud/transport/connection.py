@@ -65,6 +65,13 @@ READS_BEFORE_YIELD = 8
 """Reads in a row (data always ready) before the reader lets other tasks run."""
 
 
+def _has_data(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
+
+
 async def _send_all(sock: socket.socket, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
@@ -136,7 +143,8 @@ class TcpStream:
             if self._inbox:
                 data = self._inbox.popleft()
                 conn = self._conn
-                conn.mux.acknowledge(self.stream_id)
+                conn.mux.acknowledge(self.stream_id, len(data))
+                conn.transport._buffers_freed()
                 if conn.mux.backlog:
                     conn.schedule_flush()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -147,11 +155,18 @@ class TcpStream:
             if self._failure is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise self._failure
+            conn = self._conn
             if not self._announced and not self._send_closed:
                 self._announced = True
-                self._conn.mux.announce(self.stream_id)
-                self._conn.schedule_flush()
-            await self._readable.park()
+                conn.mux.announce(self.stream_id)
+                conn.schedule_flush()
+            conn.mux.reader_waiting(self.stream_id, True)  # may earn withheld credit
+            if conn.mux.backlog:
+                conn.schedule_flush()
+            try:
+                await self._readable.park()
+            finally:
+                conn.mux.reader_waiting(self.stream_id, False)
 
     async def close(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -194,8 +209,12 @@ class TcpStream:
             return
         self._failure = StreamReset(f"stream aborted here: {reason}")
         self._send_closed = True
-        self._inbox.clear()
         conn = self._conn
+        dropped = sum(len(message) for message in self._inbox)
+        self._inbox.clear()
+        if dropped:
+            conn.mux.discard(dropped)
+            conn.transport._buffers_freed()
         if not conn.lost:
             conn.mux.reset_stream(self.stream_id, reason)
             conn.schedule_flush()
@@ -226,7 +245,7 @@ class Connection:
 
     def __init__(self, transport: TcpTransport, sock: socket.socket, channel: SecureChannel,
                  peer: PeerAuth, *, we_dialed: bool, address: str, config: MuxConfig,
-                 serial: int) -> None:
+                 serial: int, first: bytes = b"") -> None:
         self.transport = transport
         self.sock = sock
         self.channel = channel
@@ -235,7 +254,10 @@ class Connection:
         self.address = address
         self.serial = serial
         self.max_message = config.max_message
-        self.mux = MuxCore(config, initiator=we_dialed, now=trio.current_time())
+        self.mux = MuxCore(config, initiator=we_dialed, now=trio.current_time(),
+                           budget=transport.buffer_budget)
+        self.paused = False
+        """The socket is not being read: the connection or the node holds its buffer limit."""
         self.streams: dict[int, TcpStream] = {}
         self.lost = False
         self.lost_reason = ""
@@ -244,6 +266,10 @@ class Connection:
         self._goaway_reason: str | None = None
         self._flush_scheduled = False
         self._writing = False  # the writer holds bytes not yet fully sent
+        # Bytes that must precede everything else on the wire: the listener's verdict,
+        # encrypted with the channel's first nonce. Whatever path writes first (run, or a
+        # close/retire before run started) sends them first.
+        self._first = first
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._cancel = trio.CancelScope()
         self.closed = trio.Event()
@@ -303,6 +329,8 @@ class Connection:
         for stream in list(self.streams.values()):
             stream._on_failure(error)
         self.streams.clear()
+        self.mux.detach_budget()
+        self.transport._buffers_freed()
         self._cancel.cancel()
         self.closed.set()
         self.transport._forget(self, reason)
@@ -330,12 +358,14 @@ class Connection:
 
     # --- tasks --------------------------------------------------------------------------
 
-    async def run(self, early: list[bytes], first: bytes = b"") -> None:
+    async def run(self, early: list[bytes]) -> None:
         """Serve the connection until it is lost. ``early``: transport data that came with
-        the handshake; ``first``: bytes to send before anything else (the verdict)."""
+        the handshake. The ``first`` bytes given at construction (the verdict) leave before
+        anything else."""
         try:
             with self._cancel:
-                if first:
+                if self._first:
+                    first, self._first = self._first, b""
                     self._writing = True
                     await _send_all(self.sock, first)
                     self._writing = False
@@ -345,6 +375,10 @@ class Connection:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._timer)
                     await self._reader()
+        except Exception as exc:  # a bug here must end this connection, never the transport
+            self.transport.counters.connection_errors += 1
+            logger.exception("connection %r failed", self)
+            self.lose(f"internal error: {exc!r}")
         finally:
             self.lose("transport shut down")
             self.sock.close()
@@ -352,6 +386,14 @@ class Connection:
     async def _reader(self) -> None:
         streak = 0
         while not self.lost:
+            if self._read_allowance() <= 0:  # back-pressure: leave the bytes in TCP
+                self.paused = True
+                with trio.move_on_after(self.mux.config.keepalive_interval) as waited:
+                    await self.transport._buffer_lot.park()
+                if waited.cancelled_caught:  # nothing was read anywhere meanwhile
+                    self._relieve()
+                continue
+            self.paused = False
             got = self._receive_once()
             if got is None:
                 return
@@ -366,9 +408,12 @@ class Connection:
 
     def _receive_once(self) -> bool | None:
         """One non-blocking read, fed to the core: True if data came, False if none was
-        waiting, None if the connection ended."""
+        waiting (or no room to read), None if the connection ended."""
+        allowance = self._read_allowance()
+        if allowance <= 0:
+            return False
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(min(READ_SIZE, allowance))
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -383,6 +428,7 @@ class Connection:
         try:
             self._feed(self.channel.decrypt(data))
         except RemoteProtocolError as exc:
+            self.transport.counters.connection_errors += 1
             logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
             self._send_nowait()  # the core queued a GOAWAY naming the error
             self.lose(f"protocol error: {exc}")
@@ -390,6 +436,23 @@ class Connection:
         if self.mux.backlog:
             self.schedule_flush()
         return not self.lost
+
+    def _read_allowance(self) -> int:
+        # the channel may hold the start of a message read earlier: it counts too
+        return self.mux.read_allowance() - self.channel.pending
+
+    def _relieve(self) -> None:
+        stream_id = self.mux.relieve()
+        if stream_id is None:
+            return
+        self.transport.counters.buffer_resets += 1
+        logger.warning("%r: out of buffer space while a reader waits: resetting stream %d",
+                       self, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream._on_failure(StreamReset("stream reset here: out of buffer space"))
+            self.release(stream)
+        self.schedule_flush()
 
     def _feed(self, plaintexts: list[bytes]) -> None:
         now = trio.current_time()
@@ -478,9 +541,11 @@ class Connection:
         if self._writing:  # the writer is mid-message: never interleave bytes
             return
         packets = self.mux.data_to_send()
-        if packets:
+        data = self._first + (self.channel.encrypt_packets(packets) if packets else b"")
+        self._first = b""
+        if data:
             try:
-                self.sock.send(self.channel.encrypt_packets(packets))
+                self.sock.send(data)
             except OSError:
                 pass
 
@@ -498,6 +563,8 @@ class Connection:
                     break
             if self.lost:
                 return
+            if self.paused and _has_data(self.sock):
+                mux.peer_alive(trio.current_time())  # it sent; we are the ones not reading
             for event in mux.on_timer(trio.current_time()):
                 if isinstance(event, ConnectionDead):
                     logger.info("%s is unresponsive: %s", short_id(self.peer.node_id),

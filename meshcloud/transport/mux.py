@@ -25,6 +25,17 @@ one the application will read (else a message larger than the window would deadl
 stream buffers at most ``stream_window + max_message`` bytes. A sender exceeding the
 window is a protocol error.
 
+**Bounded buffers**: :attr:`MuxCore.buffered` counts message bytes received and not yet
+taken by the application (the driver reports what it takes with
+:meth:`~MuxCore.acknowledge` and :meth:`~MuxCore.discard`), also summed node-wide in a
+:class:`~meshcloud.transport.buffers.BufferBudget`. Credit is granted only while buffered
+bytes plus the credit the peer holds stay within ``config.credit_budget``; an OPEN beyond
+``config.open_budget`` is reset as busy; one stream at a time whose reader waits
+(:meth:`~MuxCore.reader_waiting`) may be granted beyond (the *lane*), so any reading order
+finishes. The driver reads at most :meth:`~MuxCore.read_allowance` bytes (0 at
+``max_buffered``), and :meth:`~MuxCore.relieve` resets a partial message if a waiting
+reader is ever stuck behind that limit.
+
 **Closing**: FIN (:meth:`~MuxCore.end_stream`) half-closes one direction and the peer sees
 :class:`StreamEnded` after the last message; RESET (:meth:`~MuxCore.reset_stream`) aborts
 both directions with a reason (:class:`StreamAborted`). GOAWAY says "I open no more
@@ -51,6 +62,7 @@ from collections import deque
 from enum import Enum
 
 from meshcloud.errors import LocalProtocolError, RemoteProtocolError
+from meshcloud.transport.buffers import BufferBudget
 from meshcloud.transport.muxconfig import INITIAL_WINDOW, MAX_WINDOW, MuxConfig
 from meshcloud.transport.muxevents import (
     ConnectionDead,
@@ -119,7 +131,7 @@ class MuxState(Enum):
 class _Stream:
     __slots__ = ("id", "local", "name", "owed", "partial", "partial_size", "partial_uncredited",
                  "pending_credit", "pending_open", "protocol", "recv_open", "recv_window",
-                 "send_open", "send_window", "sending_partial", "window")
+                 "send_open", "send_window", "sending_partial", "sizes", "window")
 
     def __init__(self, stream_id: int, protocol: str, name: bytes, *, local: bool) -> None:
         self.id = stream_id
@@ -135,6 +147,7 @@ class _Stream:
         self.sending_partial = False
         self.pending_credit = 0
         self.owed: deque[int] = deque()
+        self.sizes: deque[int] = deque()  # delivered messages the application has not taken
         self.partial: list[bytes | memoryview] | None = None
         self.partial_size = 0
         self.partial_uncredited = 0
@@ -143,8 +156,20 @@ class _Stream:
 class MuxCore:
     """One side of a multiplexed connection. ``initiator`` is the side that dialled."""
 
-    def __init__(self, config: MuxConfig | None = None, *, initiator: bool, now: float) -> None:
+    def __init__(self, config: MuxConfig | None = None, *, initiator: bool, now: float,
+                 budget: BufferBudget | None = None) -> None:
         self.config = config or MuxConfig()
+        self.budget = budget
+        self.buffered = 0
+        """Message bytes received and not yet taken by the application (reassembled or
+        delivered): never above ``config.max_buffered`` if the driver reads at most
+        :meth:`read_allowance` bytes at a time."""
+        self.peak_buffered = 0
+        self._outstanding = 0  # credit the peer holds on our open receive directions
+        self._waiting: dict[int, int] = {}  # stream id -> order in which its reader parked
+        self._wait_serial = 0
+        self._starved: dict[int, None] = {}  # streams whose credit is withheld, in order
+        self._lane: int | None = None  # the one stream granted credit beyond the budget
         self.initiator = initiator
         self.state = MuxState.OPEN
         self.peer_going_away = False
@@ -174,6 +199,14 @@ class MuxCore:
     def backlog(self) -> int:
         """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
         return self._backlog
+
+    def read_allowance(self) -> int:
+        """Bytes the driver may read from the socket now (each yields at most as many
+        message bytes): 0 while the connection, or the node, holds its hard limit."""
+        room = self.config.max_buffered - self.buffered
+        if self.budget is not None:
+            room = min(room, self.budget.room)
+        return max(0, room)
 
     def send_window(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -229,6 +262,7 @@ class MuxCore:
             raise LocalProtocolError("stream ids exhausted on this connection; reconnect")
         self._next_local_id += 2
         self._streams[stream_id] = _Stream(stream_id, protocol, name, local=True)
+        self._outstanding += INITIAL_WINDOW
         self._unannounced.append(stream_id)
         return stream_id
 
@@ -311,18 +345,72 @@ class MuxCore:
             self._emit(_RESET, 0, stream_id, encode_reason(reason))
         self._forget(stream)
 
-    def acknowledge(self, stream_id: int) -> None:
-        """The application took the oldest undelivered message of this stream: return credit."""
+    def acknowledge(self, stream_id: int, size: int | None = None) -> None:
+        """The application took the oldest undelivered message of this stream (``size``
+        bytes: needed only once the stream is gone here): return credit and buffer room."""
         stream = self._streams.get(stream_id)
         if stream is None:
+            self.discard(size or 0)
             return
         if not stream.owed:
             raise LocalProtocolError("no received message to acknowledge on this stream")
+        self.discard(stream.sizes.popleft())
         stream.pending_credit += stream.owed.popleft()
         if not stream.owed and stream.partial_uncredited:
             stream.pending_credit += stream.partial_uncredited  # the partial is next in line
             stream.partial_uncredited = 0
         self._maybe_grant(stream)
+        self._retry_starved()
+
+    def discard(self, size: int) -> None:
+        """The application dropped ``size`` delivered bytes unread (an aborted stream's)."""
+        if size:
+            self._buffer(-size)
+            self._retry_starved()
+
+    def reader_waiting(self, stream_id: int, waiting: bool) -> None:
+        """A reader parked on this stream with nothing to read (True), or stopped waiting.
+        The stream whose reader has waited longest may get credit beyond the budget."""
+        if not waiting:
+            self._waiting.pop(stream_id, None)
+            if self._lane == stream_id:  # its message arrived: the lane is free again
+                self._lane = None
+                self._retry_starved()
+            return
+        if stream_id not in self._waiting and stream_id in self._streams:
+            self._wait_serial += 1
+            self._waiting[stream_id] = self._wait_serial
+            self._retry_starved()
+
+    def relieve(self) -> int | None:
+        """The connection is wedged: it may not read (buffer limit) while a reader waits
+        for data still in the socket, behind messages half reassembled on other streams
+        (only possible when very many streams each sent their initial window unasked).
+        Reset the stream with the largest partial message, sparing the longest-waiting
+        reader's stream if it can; return its id (None if there is nothing to free)."""
+        if not self._waiting:
+            return None
+        lane = min(self._waiting, key=self._waiting.__getitem__)
+        partial = [s for s in self._streams.values() if s.partial is not None]
+        if not partial:
+            return None
+        victim = max(partial, key=lambda s: (s.id != lane, s.partial_size))
+        reason = "receiver out of buffer space: try again later"
+        self.reset_stream(victim.id, reason)
+        return victim.id
+
+    def detach_budget(self) -> None:
+        """The connection is gone: hand its bytes back to the node-wide budget."""
+        if self.budget is not None:
+            self.budget.add(-self.buffered)
+            self.budget = None
+
+    def _buffer(self, size: int) -> None:
+        self.buffered += size
+        if self.buffered > self.peak_buffered:
+            self.peak_buffered = self.buffered
+        if self.budget is not None:
+            self.budget.add(size)
 
     def send_datagram(self, protocol: str, data: bytes | bytearray | memoryview) -> bool:
         """Queue a datagram; False (dropped) if too large, backlogged, or closing down."""
@@ -354,23 +442,74 @@ class MuxCore:
 
     def _maybe_grant(self, stream: _Stream) -> None:
         credit = stream.pending_credit
+        widen = 0
         if stream.recv_window <= stream.window // 2 < self.config.stream_window // 2:
-            credit += self.config.stream_window - stream.window  # a bulk stream: widen
-            stream.window = self.config.stream_window
-        if credit >= stream.window // 4 and stream.recv_open:
-            stream.pending_credit = 0
-            stream.recv_window += credit
-            self._emit(_WINDOW_UPDATE, 0, stream.id, U32.pack(credit))
+            widen = self.config.stream_window - stream.window  # a bulk stream: widen
+        if credit + widen < (stream.window + widen) // 4 or not stream.recv_open:
+            return
+        if not self._may_grant(stream, credit + widen):
+            self._starved[stream.id] = None
+            return
+        self._starved.pop(stream.id, None)
+        credit += widen
+        stream.window += widen
+        stream.pending_credit = 0
+        stream.recv_window += credit
+        self._outstanding += credit
+        self._emit(_WINDOW_UPDATE, 0, stream.id, U32.pack(credit))
+
+    def _may_grant(self, stream: _Stream, credit: int) -> bool:
+        """Within the budgets; or the *lane*: one stream at a time whose reader waits for
+        a message that cannot arrive without more credit, granted beyond the budget
+        (the room for it is kept below ``max_buffered``), so that whatever order the
+        application reads in, its next message can always finish: no deadlock."""
+        committed = self.buffered + self._outstanding + credit
+        budget = self.budget
+        if committed <= self.config.credit_budget and (
+                budget is None or budget.used + credit <= budget.credit_limit):
+            return True
+        if self._lane is None and stream.id in self._waiting and (
+                stream.partial is not None or stream.recv_window < MAX_CHUNK):
+            self._lane = stream.id
+        return self._lane == stream.id
+
+    def _retry_starved(self) -> None:
+        for stream_id in list(self._starved):
+            stream = self._streams.get(stream_id)
+            if stream is None or not stream.recv_open:
+                self._starved.pop(stream_id, None)
+            else:
+                self._maybe_grant(stream)
 
     def _maybe_forget(self, stream: _Stream) -> None:
         if not stream.send_open and not stream.recv_open:
             self._forget(stream)
 
+    def _close_receiving(self, stream: _Stream) -> None:
+        if stream.recv_open:
+            stream.recv_open = False
+            self._outstanding -= stream.recv_window
+            stream.recv_window = 0
+        self._starved.pop(stream.id, None)
+        if stream.partial is not None:
+            self._buffer(-stream.partial_size)
+            stream.partial = None
+            stream.partial_size = stream.partial_uncredited = 0
+
     def _forget(self, stream: _Stream) -> None:
+        self._close_receiving(stream)
+        self._waiting.pop(stream.id, None)
+        if self._lane == stream.id:
+            self._lane = None
         if self._streams.pop(stream.id, None) is not None and not stream.local:
             self._inbound -= 1
 
     # --- timers -------------------------------------------------------------------------
+
+    def peer_alive(self, now: float) -> None:
+        """The peer's bytes are waiting unread (we stopped reading: back-pressure): it is
+        not silent, whatever the keepalive would conclude."""
+        self._last_received = now
 
     def next_deadline(self) -> float | None:
         if self.state in (MuxState.DEAD, MuxState.ERROR):
@@ -523,8 +662,13 @@ class MuxCore:
             self._emit(_RESET, 0, stream_id, encode_reason(
                 f"too many streams (limit {self.config.max_streams})"))
             return
+        if self.buffered + self._outstanding + INITIAL_WINDOW > self.config.open_budget:
+            self._emit(_RESET, 0, stream_id, encode_reason(
+                "receiver busy: too much data in flight on this connection; try again"))
+            return
         stream = _Stream(stream_id, protocol, b"", local=False)
         self._streams[stream_id] = stream
+        self._outstanding += INITIAL_WINDOW
         self._inbound += 1
         events.append(StreamOpened(stream_id, protocol))
         if flags & (_MSG | _FIN | _MORE) or rest:
@@ -544,11 +688,14 @@ class MuxCore:
                 raise MuxError("a frame cannot both continue a message and end the stream")
             size = len(payload)
             stream.recv_window -= size
+            self._outstanding -= size
             if stream.recv_window < 0:
                 raise MuxError(f"peer overran the flow-control window of stream {stream_id}")
             if stream.partial is None and not more and size <= self.config.max_message:
                 # the common case: a one-frame message
                 stream.owed.append(size)
+                stream.sizes.append(size)
+                self._buffer(size)
                 events.append(MessageReceived(stream_id, bytes(payload)))
             elif not self._on_part(stream, payload, bool(more), events):
                 return
@@ -557,7 +704,7 @@ class MuxCore:
         if fin:
             if stream.partial is not None:
                 raise MuxError(f"stream {stream_id} ended in the middle of a message")
-            stream.recv_open = False
+            self._close_receiving(stream)
             events.append(StreamEnded(stream_id))
             self._maybe_forget(stream)
         else:
@@ -580,6 +727,7 @@ class MuxCore:
             return False
         stream.partial.append(payload)
         stream.partial_size = total
+        self._buffer(size)
         if stream.owed:
             stream.partial_uncredited += size
         else:
@@ -587,6 +735,7 @@ class MuxCore:
         if not more:
             data = b"".join(stream.partial)
             stream.owed.append(stream.partial_uncredited)
+            stream.sizes.append(total)
             stream.partial = None
             stream.partial_size = stream.partial_uncredited = 0
             events.append(MessageReceived(stream.id, data))

@@ -43,6 +43,27 @@ class MuxConfig:
     datagram_backlog: int = 1024 * 1024
     """Outgoing bytes queued above which new datagrams are dropped (best effort)."""
 
+    max_buffered: int = 64 * 1024 * 1024
+    """Received message bytes one connection may hold before the application reads them
+    (reassembled or waiting in a stream). What the peer may send is bounded by the credit
+    we gave: stream credit is granted within :attr:`credit_budget`, new streams are
+    accepted within :attr:`open_budget`, the room left is for the one stream whose reader
+    waits (see :class:`~meshcloud.transport.mux.MuxCore`), and the socket is not read
+    beyond this bound (back-pressure through TCP) should that ever not suffice."""
+
+    @property
+    def open_budget(self) -> int:
+        """Bytes (buffered plus credit the peer holds) above which a new stream from the
+        peer is reset as busy (it would bring :data:`INITIAL_WINDOW` of credit unasked):
+        room for one whole message and two windows is kept below :attr:`max_buffered`."""
+        return self.max_buffered - self.max_message - 2 * self.stream_window
+
+    @property
+    def credit_budget(self) -> int:
+        """Bytes (buffered plus credit the peer holds) above which stream credit is
+        withheld: half of :attr:`open_budget`, so a burst of new streams fits the rest."""
+        return self.open_budget // 2
+
     def __post_init__(self) -> None:
         if not INITIAL_WINDOW <= self.stream_window <= MAX_WINDOW:
             raise ValueError(f"stream_window must be in [{INITIAL_WINDOW}, {MAX_WINDOW}]")
@@ -50,6 +71,9 @@ class MuxConfig:
             raise ValueError("max_message and max_streams must be positive")
         if not 0 < self.keepalive_interval < self.dead_timeout:
             raise ValueError("need 0 < keepalive_interval < dead_timeout")
+        if self.credit_budget < INITIAL_WINDOW:
+            raise ValueError("max_buffered must exceed max_message + 2 * stream_window "
+                             f"by at least {2 * INITIAL_WINDOW} bytes")
 
     @classmethod
     def lan(cls) -> MuxConfig:
@@ -62,4 +86,5 @@ class MuxConfig:
         enough to let the radio sleep, at the cost of noticing a dead peer later (20 s)."""
         return dataclasses.replace(cls(), stream_window=INITIAL_WINDOW, max_streams=256,
                                    keepalive_interval=5.0, dead_timeout=20.0,
-                                   datagram_backlog=256 * 1024)
+                                   datagram_backlog=256 * 1024,
+                                   max_buffered=32 * 1024 * 1024)

@@ -45,7 +45,11 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
-try:  # libsodium through pynacl's own cffi module: encrypt into and decrypt from buffers
+# libsodium through pynacl's own cffi module: encrypt into and decrypt from buffers. pynacl's
+# public ``nacl.bindings.crypto_aead_chacha20poly1305_ietf_*`` only take and return ``bytes``,
+# which costs a copy of every 64 KiB frame each way (and an allocation) on the stream path;
+# the fallback below uses that public API when the private module is missing or changes.
+try:
     from nacl._sodium import ffi as _ffi
     from nacl._sodium import lib as _lib
 

@@ -10,9 +10,10 @@ Usage::
 
 What this module does (the protocol logic lives in the sans-IO cores):
 
-* **listen** on each address; every accepted socket runs the handshake
-  (:mod:`~meshcloud.transport.handshake`) under ``handshake_timeout``; a refused peer gets
-  the reason and is closed, and nothing about it is remembered;
+* **listen** on each address; every accepted socket waits for its first message in a
+  bounded silent pool, then runs the handshake (:mod:`~meshcloud.transport.handshake`) in
+  a bounded slot under ``handshake_timeout`` (:mod:`~meshcloud.transport.admission`); a
+  refused peer gets the reason and is closed, and nothing about it is remembered;
 * **dial** with ``connect_timeout`` for TCP and ``handshake_timeout`` for the handshake.
   Concurrent dials of one address share one attempt; a dial of an address (or an
   ``expect``-ed node) we are already connected to returns that connection;
@@ -29,7 +30,10 @@ What this module does (the protocol logic lives in the sans-IO cores):
   when its backlog is full); to a peer we are not connected to they wait in a small queue
   while a background dial runs, and are dropped if the queue is full or the dial fails;
 * **peer events**: :class:`PeerConnected` when a peer's first connection is up,
-  :class:`PeerDisconnected` when its last one is gone.
+  :class:`PeerDisconnected` when its last one is gone;
+* **failures** of one handshake, dial, connection or handler end that one only, and are
+  counted once in :attr:`TcpTransport.counters` and logged once; received bytes are
+  bounded per connection and per node (:mod:`~meshcloud.transport.buffers`).
 
 Keys are never logged; peers appear in logs as short node ids.
 """
@@ -54,6 +58,7 @@ from meshcloud.errors import (
 )
 from meshcloud.identity.keys import SigningKey, short_id
 from meshcloud.transport.addresses import format_address, parse_address
+from meshcloud.transport.admission import HandshakeSlots, TransportCounters
 from meshcloud.transport.base import (
     JOIN_PROTOCOLS,
     Authenticator,
@@ -65,6 +70,7 @@ from meshcloud.transport.base import (
     ProtocolRegistry,
     StreamHandler,
 )
+from meshcloud.transport.buffers import BufferBudget
 from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
@@ -97,17 +103,41 @@ class TcpConfig:
     """Datagrams held for a peer while it is being dialled; more are dropped."""
 
     max_handshakes: int = 64
-    """Inbound handshakes in progress at once; further connections are closed at once, so
-    a flood of silent sockets costs at most this many tasks until ``handshake_timeout``."""
+    """Inbound handshakes past their first message (doing the key exchange and checks)
+    at once; a socket finding no slot is closed. See :mod:`~meshcloud.transport.admission`."""
+
+    max_handshakes_per_source: int = 16
+    """The same from one source address: one address (a flooder, or a machine full of
+    members on 127.0.0.1) never holds every slot (at most ``max_handshakes``)."""
+
+    max_silent: int = 256
+    """Accepted sockets waiting for their first message; a newcomer finding this (or its
+    address's share) full sheds the oldest silent socket of the busiest address."""
+
+    max_silent_per_source: int = 64
+    """The same from one source address (at most ``max_silent``)."""
+
+    first_message_timeout: float = 1.0
+    """Seconds an accepted socket may stay silent: a dialer sends its first handshake
+    message with the connection, so only a flood waits this long (and is then closed)."""
+
+    max_buffered: int = 256 * 1024 * 1024
+    """Received message bytes all connections together may hold before the application
+    reads them (each connection also has ``mux.max_buffered``); beyond it sockets are
+    not read. See :mod:`~meshcloud.transport.buffers`."""
 
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
 
     def __post_init__(self) -> None:
-        if self.connect_timeout <= 0 or self.handshake_timeout <= 0:
+        if min(self.connect_timeout, self.handshake_timeout, self.first_message_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.datagram_queue < 0 or self.max_handshakes < 1:
             raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
+        if min(self.max_handshakes_per_source, self.max_silent, self.max_silent_per_source) < 1:
+            raise ValueError("handshake and silent socket limits must be >= 1")
+        if self.max_buffered < self.mux.max_buffered:
+            raise ValueError("max_buffered (node) must be >= mux.max_buffered (connection)")
 
     @classmethod
     def lan(cls) -> TcpConfig:
@@ -117,7 +147,8 @@ class TcpConfig:
     def phone(cls) -> TcpConfig:
         """Slow radios and sleepy CPUs: longer timeouts, the phone mux preset."""
         return cls(mux=MuxConfig.phone(), connect_timeout=10.0, handshake_timeout=15.0,
-                   datagram_queue=32)
+                   first_message_timeout=5.0, datagram_queue=32,
+                   max_buffered=64 * 1024 * 1024)
 
 
 @dataclass(slots=True)
@@ -127,6 +158,17 @@ class _Dial:
     done: trio.Event = field(default_factory=trio.Event)
     peer: PeerAuth | None = None
     error: MeshError | None = None
+
+
+def _has_data(sock: socket.socket) -> bool:
+    """Bytes (or an EOF) are waiting on a non-blocking socket."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # an error is news too: the handshake will read it and end
+    return True
 
 
 class TcpTransport:
@@ -148,7 +190,19 @@ class TcpTransport:
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
         self._background_dials: set[NodeId] = set()
-        self._handshaking = 0
+        config = self.config
+        self._slots = HandshakeSlots(
+            total=config.max_handshakes,
+            per_source=min(config.max_handshakes_per_source, config.max_handshakes),
+            silent_total=config.max_silent,
+            silent_per_source=min(config.max_silent_per_source, config.max_silent))
+        self._slot_tasks: dict[int, tuple[trio.CancelScope, socket.socket]] = {}
+        self.counters = TransportCounters()
+        mux = config.mux
+        self.buffer_budget = BufferBudget(
+            config.max_buffered,
+            credit_limit=config.max_buffered - mux.max_message - 2 * mux.stream_window)
+        self._buffer_lot = trio.lowlevel.ParkingLot()  # readers paused by back-pressure
         self._nursery: trio.Nursery | None = None
         self._serial = itertools.count(1)
 
@@ -263,6 +317,7 @@ class TcpTransport:
             attempt.peer = await self._dial_now(address, expect)
             return attempt.peer
         except MeshError as exc:
+            self.counters.dials_failed += 1
             attempt.error = exc
             raise
         except BaseException:
@@ -293,9 +348,17 @@ class TcpTransport:
         try:
             core = self._handshake_core(initiator=True, expect=expect)
             early, first = [], b""
-            with trio.move_on_after(self.config.handshake_timeout):
-                early, first = await run_handshake(sock, core)
+            try:
+                with trio.move_on_after(self.config.handshake_timeout):
+                    early, first = await run_handshake(sock, core)
+            except AuthError:
+                self.counters.handshakes_refused += 1
+                raise
+            except RemoteProtocolError as exc:  # damaged or malformed: this dial failed
+                self.counters.handshake_errors += 1
+                raise TransportError(f"handshake with {address} failed: {exc}") from None
             if core.status is not HandshakeStatus.DONE:
+                self.counters.handshakes_timed_out += 1
                 raise TransportError(f"handshake with {address} timed out")
             return self._adopt(sock, core, early, first, we_dialed=True, address=address).peer
         except BaseException:
@@ -318,7 +381,7 @@ class TcpTransport:
         for address in list(addresses):
             try:
                 await self.dial(address, expect=peer)
-            except (TransportError, AuthError) as exc:
+            except (TransportError, AuthError, RemoteProtocolError) as exc:
                 errors.append(f"{address}: {exc}")
                 continue
             conn = self._usable(peer)
@@ -327,6 +390,10 @@ class TcpTransport:
         raise TransportError(f"cannot reach peer {short_id(peer)}: {'; '.join(errors)}")
 
     # --- accepting ----------------------------------------------------------------------
+
+    @property
+    def _handshaking(self) -> int:
+        return len(self._slots)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         while True:
@@ -340,46 +407,85 @@ class TcpTransport:
                     logger.warning("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     break
-                if self._handshaking >= self.config.max_handshakes:
-                    logger.debug("too many handshakes in progress: closing %s", addr)
+                try:
+                    tune(sock)
+                except OSError:  # reset before we even looked at it
                     sock.close()
                     continue
-                tune(sock)
-                assert self._nursery is not None
-                self._handshaking += 1
-                self._nursery.start_soon(self._inbound, sock, format_address(*addr[:2]))
+                self._admit(sock, format_address(*addr[:2]))
 
-    async def _inbound(self, sock: socket.socket, address: str) -> None:
+    def _admit(self, sock: socket.socket, address: str) -> None:
+        """Give an accepted socket a silent slot, shedding the oldest silent one if full."""
+        key = next(self._serial)
+        shed = self._slots.admit(key, address.rsplit(":", 1)[0],
+                                 ready=lambda k: _has_data(self._slot_tasks[k][1]))
+        for victim in shed:
+            self.counters.handshakes_shed += 1
+            self._slot_tasks.pop(victim)[0].cancel()  # its task closes the socket
+        scope = trio.CancelScope()
+        self._slot_tasks[key] = (scope, sock)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._inbound, sock, address, key, scope)
+
+    async def _inbound(self, sock: socket.socket, address: str, key: int,
+                       scope: trio.CancelScope) -> None:
+        adopted = False
         try:
-            await self._inbound_handshake(sock, address)
+            with scope:
+                adopted = await self._inbound_handshake(sock, address, key)
+            if scope.cancelled_caught:
+                logger.debug("shed a silent handshake from %s for a newer one", address)
+        except Exception as exc:  # a bug must end this handshake only, never the transport
+            self.counters.handshake_errors += 1
+            logger.exception("handshake from %s failed unexpectedly: %r", address, exc)
         finally:
-            self._handshaking -= 1
+            self._slots.release(key)
+            self._slot_tasks.pop(key, None)
+            if not adopted:
+                sock.close()
 
-    async def _inbound_handshake(self, sock: socket.socket, address: str) -> None:
+    async def _inbound_handshake(self, sock: socket.socket, address: str, key: int) -> bool:
+        """Run an inbound handshake; True once the connection is adopted (it owns ``sock``)."""
+        if not await self._first_message(sock):
+            self.counters.handshakes_shed += 1
+            logger.debug("socket from %s stayed silent: closing", address)
+            return False
+        if not self._slots.promote(key):
+            self.counters.handshakes_shed += 1
+            logger.debug("too many handshakes in progress from %s: closing", address)
+            return False
         core = self._handshake_core(initiator=False)
         early, first = [], b""
         try:
             with trio.move_on_after(self.config.handshake_timeout):
                 early, first = await run_handshake(sock, core)
-            if core.status is not HandshakeStatus.DONE:
-                logger.debug("handshake from %s timed out", address)
-                sock.close()
-                return
         except AuthError as exc:
+            self.counters.handshakes_refused += 1
             logger.info("refused a peer from %s: %s", address, exc)
-            sock.close()
-            return
+            return False
         except (RemoteProtocolError, TransportError, OSError) as exc:
+            self.counters.handshake_errors += 1
             logger.debug("handshake from %s failed: %s", address, exc)
-            sock.close()
-            return
-        except BaseException:
-            sock.close()
-            raise
+            return False
+        if core.status is not HandshakeStatus.DONE:
+            self.counters.handshakes_timed_out += 1
+            logger.debug("handshake from %s timed out", address)
+            return False
+        # the slot is free once the handshake is over (the connection is not a handshake)
+        self._slots.release(key)
+        self._slot_tasks.pop(key, None)
         try:
             self._adopt(sock, core, early, first, we_dialed=False, address=address)
-        except TransportError:  # stopped meanwhile
-            return
+        except TransportError:  # stopped meanwhile (_adopt closed the socket)
+            return True
+        return True
+
+    async def _first_message(self, sock: socket.socket) -> bool:
+        """Wait up to ``first_message_timeout`` for the peer's first bytes."""
+        with trio.move_on_after(self.config.first_message_timeout):
+            await trio.lowlevel.wait_readable(sock)
+            return True
+        return _has_data(sock)  # came just as the deadline passed
 
     # --- connections --------------------------------------------------------------------
 
@@ -391,12 +497,12 @@ class TcpTransport:
             sock.close()
             raise TransportError("transport stopped during the handshake")
         conn = Connection(self, sock, channel, peer, we_dialed=we_dialed, address=address,
-                          config=self.config.mux, serial=next(self._serial))
+                          config=self.config.mux, serial=next(self._serial), first=first)
         conns = self._connections.setdefault(peer.node_id, [])
         new_peer = not conns
         conns.append(conn)
         self._learn_addresses(peer, address if we_dialed else None)
-        self._nursery.start_soon(conn.run, early, first)
+        self._nursery.start_soon(conn.run, early)
         logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
                     short_id(peer.node_id), address, " (joining)" if peer.joining else "")
         if new_peer:
@@ -425,6 +531,15 @@ class TcpTransport:
 
     def _on_goaway(self, conn: Connection, reason: str) -> None:
         conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
+
+    @property
+    def buffered(self) -> int:
+        """Received message bytes all connections hold, not yet read by the application."""
+        return self.buffer_budget.used
+
+    def _buffers_freed(self) -> None:
+        if self._buffer_lot:
+            self._buffer_lot.unpark_all()
 
     def _forget(self, conn: Connection, reason: str) -> None:
         node_id = conn.peer.node_id
@@ -476,6 +591,7 @@ class TcpTransport:
             logger.debug("%r ended: %s", stream, exc)
             return
         except Exception:
+            self.counters.handler_errors += 1
             logger.exception("handler for %s failed", stream.protocol)
             await stream.abort("handler failed")
             return
@@ -507,14 +623,21 @@ class TcpTransport:
             return
         queue.append((protocol, bytes(data)))
         if peer not in self._background_dials:
+            try:
+                self._nursery.start_soon(self._dial_in_background, peer)
+            except RuntimeError:  # the transport is stopping: best effort means dropped
+                self._queued.pop(peer, None)
+                return
             self._background_dials.add(peer)
-            self._nursery.start_soon(self._dial_in_background, peer)
 
     async def _dial_in_background(self, peer: NodeId) -> None:
         try:
             await self._ensure_connection(peer)
-        except (TransportError, AuthError) as exc:
+        except MeshError as exc:
             logger.debug("dropping datagrams for %s: %s", short_id(peer), exc)
+            self._queued.pop(peer, None)
+        except Exception:  # a bug must cost these datagrams, never the transport
+            logger.exception("background dial of %s failed", short_id(peer))
             self._queued.pop(peer, None)
         finally:
             self._background_dials.discard(peer)

@@ -52,9 +52,28 @@ def fact_text(value: Any, key: str = "") -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+FOLDED_KINDS = ("member.updated",)
+"""Kinds whose runs (same kind, same peer) show as one line with a count (app.js folds the
+live ones the same way)."""
+
+
+def fold_repeats(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Newest-first views with each run of a folded kind for one peer made one line."""
+    out: list[dict[str, Any]] = []
+    for view in views:
+        last = out[-1] if out else None
+        if (last is not None and view["kind"] in FOLDED_KINDS and last["kind"] == view["kind"]
+                and last["peer"] == view["peer"]):
+            last["repeat"] += 1
+            continue
+        out.append(view)
+    return out
+
+
 def event_view(event: dict[str, Any]) -> dict[str, Any]:
     return {"kind": event.get("kind", ""), "family": str(event.get("kind", "")).split(".")[0],
             "at": event.get("at"), "node": event.get("node", ""),
+            "peer": str(event.get("peer", "")), "repeat": 1,
             "facts": [(k, fact_text(v, k), str(v), time_fact(k, v)) for k, v in event.items()
                       if k not in HIDDEN_FACTS]}
 
@@ -68,7 +87,8 @@ def time_fact(key: str, value: Any) -> int | None:
 
 def routes(ui: UiContext) -> list[Route]:
     async def page(request: Request) -> Response:
-        events = [event_view(e) for e in reversed(ui.node.events.recent(PAGE_EVENTS))]
+        events = fold_repeats([event_view(e)
+                               for e in reversed(ui.node.events.recent(PAGE_EVENTS))])
         families = sorted({e["family"] for e in events} | set(FAMILIES))
         return render("events.html", **ui.base("events", "Events"), events=events,
                       families=families)

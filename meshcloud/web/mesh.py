@@ -63,9 +63,10 @@ def capacity_bars(cap: Mapping[str, Any], *, roomiest_disk: float = 0.0
     cores, load = _num(cap.get("cpu_cores")), _num(cap.get("load")) or 0.0
     if cores:
         used = min(100.0, 100.0 * load / cores)
-        bars.append({"label": "CPU", "percent": round(used), "level": level(used),
-                     "text": f"{load:.1f} / {cores:.0f} cores",
-                     "title": f"load {load:.2f} on {cores:.0f} cores"})
+        bars.append({"label": "Load", "percent": round(used), "level": level(used),
+                     "text": f"{load:.1f} on {cores:.0f} cores",
+                     "title": f"1-minute load average {load:.2f} on {cores:.0f} cores "
+                              "(runnable tasks, not a percentage)"})
     total, free = _num(cap.get("ram_total")), _num(cap.get("ram_free"))
     if total:
         used = max(0.0, min(100.0, 100.0 * (total - (free or 0)) / total))
@@ -131,11 +132,20 @@ def mesh_picture(members: list[dict[str, Any]], me: str = "") -> dict[str, Any]:
 def totals(members: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Summary tiles: what the live part of the mesh adds up to."""
     alive = [m.get("capacity") or {} for m in members if m["state"] == "alive"]
+    # nodes on one machine (a demo, several agents on a laptop) share its cores, RAM and
+    # disk: count each machine once
+    by_machine: dict[str, dict[str, Any]] = {}
+    for index, cap in enumerate(alive):
+        by_machine.setdefault(cap.get("machine") or f"node-{index}", cap)
+    alive = list(by_machine.values())
     cores = sum(_num(c.get("cpu_cores")) or 0 for c in alive)
     ram_total = sum(_num(c.get("ram_total")) or 0 for c in alive)
     ram_free = sum(_num(c.get("ram_free")) or 0 for c in alive)
     disk_free = sum(_num(c.get("disk_free")) or 0 for c in alive)
-    tiles = [{"label": "Nodes alive", "value": f"{len(alive)} of {len(members)}"}]
+    live_nodes = sum(1 for m in members if m["state"] == "alive")
+    tiles = [{"label": "Nodes alive", "value": f"{live_nodes} of {len(members)}"}]
+    if len(alive) < live_nodes:
+        tiles[0]["sub"] = f"on {len(alive)} machine{'s' if len(alive) != 1 else ''}"
     if cores:
         tiles.append({"label": "CPU", "value": f"{cores:.0f} cores"})
     if ram_total:
@@ -149,6 +159,8 @@ def totals(members: list[dict[str, Any]]) -> list[dict[str, str]]:
 def mesh_context(node: Any) -> dict[str, Any]:
     members = [dict(m) for m in node.members_view()]
     me = node.node_id.hex()
+    revoked = {subject.hex() for kind, subject, _ in node.records.revocations()
+               if kind == "node"}
     roomiest = max((_num((m.get("capacity") or {}).get("disk_free")) or 0.0
                     for m in members), default=0.0)
     for member in members:
@@ -160,13 +172,14 @@ def mesh_context(node: Any) -> dict[str, Any]:
         member["runtimes"] = list(cap.get("runtimes") or [])
         member["last_change_text"] = ago(member.get("last_change"))
         member["metered"] = bool(cap.get("metered"))
+        member["revoked"] = member["id"] in revoked
     # by id, this node's card first: nothing moves when a state changes
     members.sort(key=lambda m: m["id"])
     picture = mesh_picture(members, me)
     members.sort(key=lambda m: not m["me"])
     counts = {state: sum(1 for m in members if m["state"] == state) for state in STATES}
     return {"members": members, "counts": counts, "picture": picture,
-            "totals": totals(members)}
+            "totals": totals(members), "admin": node.is_admin}
 
 
 def routes(ui: UiContext) -> list[Route]:

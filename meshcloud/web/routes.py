@@ -4,7 +4,9 @@ Pages are GET only; changes go through the JSON API (``fetch`` / ``XMLHttpReques
 the page, which the API's same-origin check lets through because they come from this very
 node) or, for the invite form, a same-origin form post. The session cookie set by the
 one-time login link is HttpOnly and SameSite=Strict, so another site can neither read it
-nor make the browser send it.
+nor make the browser send it; it is set by the UI's own name, ``ui.localhost:PORT``, so
+that it never reaches other services on 127.0.0.1, and it is honoured only with that
+Host (:mod:`.origin`).
 
 Page modules: :mod:`.mesh`, :mod:`.events` (and the SSE stream), :mod:`.invite`,
 :mod:`.storage` (when the node runs the storage service), :mod:`.workloads` (when it runs
@@ -44,7 +46,8 @@ def ui_routes(node: Node, auth: TokenAuth) -> list[Route | Mount]:
     ui = UiContext(node=node, auth=auth, nav=nav)
 
     async def login(request: Request) -> Response:
-        session = auth.redeem_ticket(request.query_params.get("ticket", ""))
+        session = auth.redeem_ticket(request.query_params.get("ticket", ""),
+                                     request.headers.get("host", ""))
         if session is None:
             return render("login_failed.html", status_code=401,
                           heading="This login link has expired or was already used")

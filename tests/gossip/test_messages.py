@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gossip.capacity import Capacity
 from gossip.member import MemberState
 from gossip.messages import (
+    MAX_PROOF,
     PACKET_TYPES,
     Ack,
     Alive,
@@ -85,7 +86,7 @@ def test_garbage_is_a_codec_error(data):
     lambda: Alive(node=b"x", incarnation=0, addresses=("a",) * 9, capacity=Capacity(),
                   public_key=b"", signature=b""),
     lambda: Alive(node=b"x", incarnation=0, addresses=(), capacity=Capacity(),
-                  public_key=b"", signature=b"", proof=b"p" * 4097),
+                  public_key=b"", signature=b"", proof=b"p" * (MAX_PROOF + 1)),
     lambda: Compound(parts=()),
 ])
 def test_out_of_bounds_messages_are_refused(build):

@@ -69,7 +69,8 @@ def test_this_machine_gives_a_valid_capacity(tmp_path):
     cap = read_capacity(tmp_path, labels={"zone": "test"}, use_termux=False)
     assert isinstance(cap, Capacity)
     assert cap.cpu_cores >= 1 and cap.ram_total > 0 and 0 < cap.ram_free <= cap.ram_total
-    assert cap.disk_free == disk_free(tmp_path) > 0
+    # other programs write to the same file system between the two readings
+    assert cap.disk_free > 0 and abs(cap.disk_free - disk_free(tmp_path)) < 1 << 30
     assert "process" in cap.runtimes and cap.arch
     assert cap.label_map() == {"zone": "test"}
 

@@ -8,19 +8,22 @@ import stat
 
 import pytest
 
-from meshcloud.errors import AuthError, DataDirError, InviteError
+from meshcloud.codec.messages import decode_message, encode_message
+from meshcloud.errors import AuthError, CodecError, DataDirError, InviteError
 from meshcloud.identity.certs import (
-    Binding,
+    MAX_CHAIN,
+    CertLink,
     MeshCert,
     genesis_cert,
+    issue_cert,
     make_join_proof,
-    sponsor_cert,
 )
 from meshcloud.identity.invites import InviteToken, SignedInvite, create_invite
 from meshcloud.identity.keys import SigningKey, key_id, verify
 
 NOW = 1_800_000_000_000
 HOUR = 3_600_000
+LEDGER = (b"\x01" * 32,)
 
 
 @pytest.fixture
@@ -31,12 +34,27 @@ def mesh():
     return root, first, first_cert
 
 
-def join(root, sponsor, sponsor_cert_, *, now=NOW, ttl=HOUR, invite_now=NOW):
-    token = create_invite(root, now=invite_now, ttl_ms=ttl, uses=1, bootstrap=("127.0.0.1:1",))
+def invite(root, *, now=NOW, ttl=HOUR, uses=1):
+    return create_invite(root, now=now, ttl_ms=ttl, uses=uses, bootstrap=("127.0.0.1:1",),
+                         ledger=LEDGER)
+
+
+def join(root, issuer, issuer_cert, *, now=NOW):
+    """``issuer_cert`` None: ``issuer`` is the root key."""
+    token = invite(root)
     node = SigningKey.generate()
     proof = make_join_proof(InviteToken.decode(token.encode()), node, now=now)
-    sponsor_proof = sponsor_cert_.proof if sponsor_cert_ is not None else None
-    return node, sponsor_cert(proof, sponsor, sponsor_proof)
+    return node, issue_cert(proof, issuer, issuer_cert, now=now)
+
+
+def self_made_cert(token, node, *, issued_at):
+    """What a token holder can build alone: its join proof plus a link it signs itself
+    (the attack on the old sponsor scheme: a sponsor that proved itself with a proof)."""
+    proof = make_join_proof(token, node, now=min(issued_at, token.invite.body.expires_at))
+    unsigned = CertLink(proof=proof, issued_at=issued_at, issuer_public=node.public,
+                        issuer_signature=b"")
+    link = dataclasses.replace(unsigned, issuer_signature=node.sign(unsigned.signed_bytes()))
+    return MeshCert(links=(link, link))
 
 
 def test_key_file_is_0600_and_round_trips(tmp_path):
@@ -79,17 +97,23 @@ def test_signatures_verify_only_for_the_signed_data():
     assert not verify(b"short", b"hello", sig)
 
 
-def test_genesis_and_sponsored_certs_verify(mesh):
+def test_genesis_and_issued_certs_verify(mesh):
     root, first, first_cert = mesh
     first_cert.verify(root.public)
     assert first_cert.node_id == first.id == key_id(first.public)
+    assert first_cert.depth == 1
     node, cert = join(root, first, first_cert)
     cert.verify(root.public)
     assert cert.node_id == node.id
-    assert cert.sponsor_id == first.id
-    # and a node sponsored by that one
+    assert cert.issuer_id == first.id
+    assert cert.depth == 2
+    # a node admitted by that one, and one admitted by the admin's node with the root key
     _, grandchild = join(root, node, cert)
     grandchild.verify(root.public)
+    assert grandchild.depth == 3
+    _, direct = join(root, root, None)
+    direct.verify(root.public)
+    assert direct.depth == 1
 
 
 def test_cert_of_another_mesh_is_refused(mesh):
@@ -102,7 +126,7 @@ def test_cert_of_another_mesh_is_refused(mesh):
 def test_invite_forged_with_another_key_is_refused(mesh):
     root, _first, _first_cert = mesh
     forger = SigningKey.generate()
-    token = create_invite(forger, now=NOW, ttl_ms=HOUR, uses=1, bootstrap=())
+    token = invite(forger)
     # the forger claims the real mesh's root key in the body but cannot sign for it
     body = dataclasses.replace(token.invite.body, root_public=root.public, mesh_id=root.id)
     forged = InviteToken(invite=SignedInvite(body=body, signature=token.invite.signature),
@@ -111,47 +135,97 @@ def test_invite_forged_with_another_key_is_refused(mesh):
         InviteToken.decode(forged.encode())
 
 
-def test_cert_without_valid_sponsor_signature_is_refused(mesh):
+def test_cert_with_a_bad_issuer_signature_is_refused(mesh):
     root, first, first_cert = mesh
     _, cert = join(root, first, first_cert)
     rogue = SigningKey.generate()
-    forged = dataclasses.replace(cert, sponsor_signature=rogue.sign(b"x"))
-    with pytest.raises(AuthError, match="co-signed"):
+    link = dataclasses.replace(cert.links[0], issuer_signature=rogue.sign(b"x"))
+    forged = MeshCert(links=(link, *cert.links[1:]))
+    with pytest.raises(AuthError, match="not signed by its issuer"):
         forged.verify(root.public)
 
 
-def test_non_member_cannot_sponsor(mesh):
+def test_non_member_cannot_issue(mesh):
     root, _first, first_cert = mesh
     outsider = SigningKey.generate()
-    token = create_invite(root, now=NOW, ttl_ms=HOUR, uses=1, bootstrap=())
+    token = invite(root)
     node = SigningKey.generate()
     proof = make_join_proof(token, node, now=NOW)
-    # the outsider shows the first node's (public) proof as if it were its own
-    cert = sponsor_cert(proof, outsider, first_cert.proof)
+    # the outsider signs and shows the first node's (public) certificate as its own
+    link = issue_cert(proof, outsider, None, now=NOW).links[0]
+    with pytest.raises(AuthError, match="does not certify"):
+        MeshCert(links=(link, *first_cert.links)).verify(root.public)
+    with pytest.raises(AuthError, match="does not end at the mesh root"):
+        MeshCert(links=(link,)).verify(root.public)
     with pytest.raises(AuthError, match="another key"):
-        cert.verify(root.public)
-    with pytest.raises(AuthError, match="no proof"):
-        sponsor_cert(proof, outsider, None).verify(root.public)
+        issue_cert(proof, outsider, first_cert, now=NOW)
 
 
-def test_binding_issued_after_invite_expiry_is_refused(mesh):
-    root, first, first_cert = mesh
-    token = create_invite(root, now=NOW, ttl_ms=HOUR, uses=1, bootstrap=())
+# --- the attacks of the security review (each built a certificate the old code accepted) ---
+
+
+@pytest.mark.parametrize("when", ["expired", "used", "live"])
+def test_a_token_holder_cannot_make_a_certificate_alone(mesh, when):
+    """From an expired token, a used-up token, or a live token without a member: the
+    old scheme accepted a certificate whose "sponsor" was the joiner itself, proved by a
+    join proof any token holder can make, with a back-dated issue time."""
+    root, _first, _first_cert = mesh
+    token = invite(root, now=NOW, ttl=HOUR)
     node = SigningKey.generate()
-    # the joiner backdates nothing: it signs with a time past the expiry
-    binding = Binding(mesh_id=root.id, node_public=node.public,
-                      invite_id=token.invite.invite_id, issued_at=NOW + 2 * HOUR)
+    issued_at = NOW + 10  # back-dated inside the invite's life, whatever the real time
+    for forged in (self_made_cert(token, node, issued_at=issued_at),
+                   MeshCert(links=(self_made_cert(token, node, issued_at=issued_at).links[0],))):
+        with pytest.raises(AuthError):
+            forged.verify(root.public)
+
+
+def test_the_issue_time_is_the_issuers_and_must_fall_inside_the_invite(mesh):
+    root, first, first_cert = mesh
+    token = invite(root, now=NOW, ttl=HOUR)
+    node = SigningKey.generate()
     proof = make_join_proof(token, node, now=NOW)
-    late = dataclasses.replace(
-        proof, binding=binding,
-        binding_signature=token.invite_key().sign(binding.signed_bytes()))
-    with pytest.raises(AuthError, match="after its invite expired"):
-        sponsor_cert(late, first, first_cert.proof).verify(root.public)
+    late = issue_cert(proof, first, first_cert, now=NOW + 2 * HOUR)
+    with pytest.raises(AuthError, match="outside its invite's lifetime"):
+        late.verify(root.public)
+    early = issue_cert(proof, first, first_cert, now=NOW - 1)
+    with pytest.raises(AuthError, match="outside its invite's lifetime"):
+        early.verify(root.public)
+
+
+def test_chains_are_bounded(mesh):
+    root, first, first_cert = mesh
+    key, cert = first, first_cert
+    for _ in range(MAX_CHAIN - 1):
+        key, cert = join(root, key, cert)
+    cert.verify(root.public)
+    assert cert.depth == MAX_CHAIN
+    token = invite(root)
+    proof = make_join_proof(token, SigningKey.generate(), now=NOW)
+    with pytest.raises(InviteError, match="links from the admin key"):
+        issue_cert(proof, key, cert, now=NOW)
+
+
+def test_a_chain_with_a_loop_is_refused(mesh):
+    root, first, first_cert = mesh
+    _node, cert = join(root, first, first_cert)
+    looped = MeshCert(links=(cert.links[0], cert.links[0], *cert.links[1:]))
+    with pytest.raises(AuthError):
+        looped.verify(root.public)
+
+
+def test_old_version_1_certificates_are_refused_when_decoded(mesh):
+    from meshcloud.codec import cbor
+
+    _root, _first, first_cert = mesh
+    wire = cbor.decode(encode_message(first_cert))
+    wire[1] = 1
+    with pytest.raises(CodecError, match="MeshCert version 1"):
+        decode_message(cbor.encode(wire), MeshCert)
 
 
 def test_join_proof_with_expired_invite_is_refused_by_the_joiner(mesh):
     root, *_ = mesh
-    token = create_invite(root, now=NOW, ttl_ms=HOUR, uses=1, bootstrap=())
+    token = invite(root)
     with pytest.raises(InviteError, match="expired"):
         make_join_proof(token, SigningKey.generate(), now=NOW + HOUR + 1)
 
@@ -160,8 +234,10 @@ def test_binding_for_a_different_key_is_refused(mesh):
     root, first, first_cert = mesh
     _node, cert = join(root, first, first_cert)
     other = SigningKey.generate()
-    binding = dataclasses.replace(cert.proof.binding, node_public=other.public)
-    forged = dataclasses.replace(cert, proof=dataclasses.replace(cert.proof, binding=binding))
+    link = cert.links[0]
+    binding = dataclasses.replace(link.proof.binding, node_public=other.public)
+    proof = dataclasses.replace(link.proof, binding=binding)
+    forged = MeshCert(links=(dataclasses.replace(link, proof=proof), *cert.links[1:]))
     with pytest.raises(AuthError):
         forged.verify(root.public)
 
@@ -180,9 +256,10 @@ def test_bad_tokens_give_one_clear_error(text, why):
 def test_token_round_trips_and_is_compact(mesh):
     root, *_ = mesh
     token = create_invite(root, now=NOW, ttl_ms=HOUR, uses=3,
-                          bootstrap=("192.168.1.20:7946", "10.0.0.5:7946"), mesh_name="home")
+                          bootstrap=("192.168.1.20:7946", "10.0.0.5:7946"), mesh_name="home",
+                          ledger=tuple(SigningKey.generate().id for _ in range(3)))
     text = token.encode()
-    assert len(text) < 600
+    assert len(text) < 700
     again = InviteToken.decode(text)
     assert again == token
     assert again.invite.body.uses == 3
@@ -190,7 +267,7 @@ def test_token_round_trips_and_is_compact(mesh):
 
 def test_tampered_token_is_refused(mesh):
     root, *_ = mesh
-    token = create_invite(root, now=NOW, ttl_ms=HOUR, uses=1, bootstrap=())
+    token = invite(root)
     body = dataclasses.replace(token.invite.body, uses=100)
     tampered = InviteToken(invite=SignedInvite(body=body, signature=token.invite.signature),
                            invite_seed=token.invite_seed)
@@ -199,8 +276,6 @@ def test_tampered_token_is_refused(mesh):
 
 
 def test_cert_survives_the_wire(mesh):
-    from meshcloud.codec.messages import decode_message, encode_message
-
     root, first, first_cert = mesh
     _, cert = join(root, first, first_cert)
     again = decode_message(encode_message(cert), MeshCert)

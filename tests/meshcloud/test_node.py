@@ -53,9 +53,10 @@ async def wait_connected(node, peer_id):
             await node._peer_set_changed.wait()
 
 
-def snapshot(datadir: DataDir) -> bytes:
-    path = datadir.membership_path
-    return path.read_bytes() if path.exists() else b""
+def snapshot(node: Node) -> tuple[bytes, list]:
+    """What admission may change: the redemption ledger and the membership table."""
+    path = node.datadir.path / "redemption-ledger.json"
+    return (path.read_bytes() if path.exists() else b"", node.state.scan("membership"))
 
 
 async def test_join_through_invite_then_status_over_api(tmp_path, nursery, network):
@@ -64,7 +65,8 @@ async def test_join_through_invite_then_status_over_api(tmp_path, nursery, netwo
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=1)
     accepted = await join_mesh(b_dir, token.encode(), {}, transport_factory=factory(network))
-    assert accepted.cert.sponsor_id == a.node_id
+    assert accepted.cert.issuer_id == a.mesh.mesh_id  # the admin's node issues as root
+    assert accepted.cert.depth == 1
     assert accepted.mesh_name == "home"
     b = await start_node(nursery, b_dir, network)
     await wait_connected(a, b.node_id)
@@ -106,11 +108,12 @@ async def test_reused_invite_is_refused_and_changes_nothing(tmp_path, nursery, n
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=1).encode()
     await join_mesh(DataDir(tmp_path / "b"), token, {}, transport_factory=factory(network))
-    before = snapshot(a_dir)
+    before = snapshot(a)
     with pytest.raises(InviteError, match="already used"):
         await join_mesh(DataDir(tmp_path / "c"), token, {}, transport_factory=factory(network))
-    assert snapshot(a_dir) == before
-    assert a.join_service.refused == 1 and a.join_service.admitted == 1
+    assert snapshot(a) == before
+    # refused at the handshake already (a used-up invite gets no joiner session)
+    assert a.authenticator.refused == 1 and a.join_service.admitted == 1
 
 
 async def test_expired_invite_is_refused_by_the_bootstrap_clock(tmp_path, nursery, network):
@@ -120,10 +123,10 @@ async def test_expired_invite_is_refused_by_the_bootstrap_clock(tmp_path, nurser
     a = await start_node(nursery, a_dir, network, clock=clock)
     token = a.create_invite(ttl_s=60, uses=1).encode()
     clock.shift_ms = 120_000  # the bootstrap's clock says the invite is two minutes old
-    before = snapshot(a_dir)
+    before = snapshot(a)
     with pytest.raises(InviteError, match="expired"):
         await join_mesh(DataDir(tmp_path / "b"), token, {}, transport_factory=factory(network))
-    assert snapshot(a_dir) == before
+    assert snapshot(a) == before
 
 
 async def test_forged_invite_is_refused(tmp_path, nursery, network):
@@ -132,12 +135,12 @@ async def test_forged_invite_is_refused(tmp_path, nursery, network):
     a = await start_node(nursery, a_dir, network)
     forger = SigningKey.generate()
     forged = create_invite(forger, now=SystemClock().wall_ms(), ttl_ms=60_000, uses=1,
-                           bootstrap=tuple(a.transport.listen_addresses))
-    before = snapshot(a_dir)
+                           bootstrap=tuple(a.transport.listen_addresses), ledger=(a.node_id,))
+    before = snapshot(a)
     with pytest.raises(InviteError, match="another mesh"):
         await join_mesh(DataDir(tmp_path / "b"), forged.encode(), {},
                         transport_factory=factory(network))
-    assert snapshot(a_dir) == before
+    assert snapshot(a) == before
     assert a.peers == {}
 
 
@@ -146,7 +149,7 @@ async def test_revoked_invite_is_refused(tmp_path, nursery, network):
     init_mesh(a_dir, "home", {})
     a = await start_node(nursery, a_dir, network)
     token = a.create_invite(ttl_s=60, uses=5)
-    a.records.revoke_invite(token.invite.invite_id, 0)
+    a.revoke("invite", token.invite.invite_id)
     with pytest.raises(InviteError, match="revoked"):
         await join_mesh(DataDir(tmp_path / "b"), token.encode(), {},
                         transport_factory=factory(network))
@@ -182,3 +185,121 @@ async def test_ping_and_held_stream_report_a_crashed_peer(tmp_path, nursery, net
             if event["kind"] == "stream.ended":
                 break
     assert event["peer"] == b.node_id.hex() and "connection_lost" in event["reason"]
+
+
+# --- admission under attack: uses counted by the invite's ledger, revocation ---------------
+
+
+async def three_node_mesh(tmp_path, nursery, network):
+    """a (admin), b and c, all connected and alive in a's view."""
+    dirs = [DataDir(tmp_path / name) for name in "abc"]
+    init_mesh(dirs[0], "home", {})
+    a = await start_node(nursery, dirs[0], network)
+    nodes = [a]
+    for d in dirs[1:]:
+        await join_mesh(d, a.create_invite(ttl_s=60, uses=1).encode(), {},
+                        transport_factory=factory(network))
+        nodes.append(await start_node(nursery, d, network))
+    with trio.fail_after(30):
+        while not a.alive_peer_ids() >= {n.node_id for n in nodes[1:]}:
+            await trio.sleep(0.1)
+    return nodes
+
+
+async def ask_for_cert(network, token, bootstrap_address, key=None):
+    """A joiner that chooses which member to ask (an attacker can)."""
+    from meshcloud.auth import MeshAuthenticator
+    from meshcloud.identity.certs import make_join_proof
+    from meshcloud.join import request_certificate
+    from meshcloud.membership import MemoryMembershipRecords
+
+    key = key or SigningKey.generate()
+    body = token.invite.body
+    proof = make_join_proof(token, key, now=SystemClock().wall_ms())
+    auth = MeshAuthenticator(body.root_public, MemoryMembershipRecords(),
+                             SystemClock().wall_ms, None, proof)
+    transport = network.add(key, auth)
+    failure: MeshError | None = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        try:
+            accepted = await request_certificate(transport, [bootstrap_address])
+        except MeshError as exc:
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return accepted
+
+
+async def test_three_concurrent_redemptions_of_one_use_admit_at_most_one(
+        tmp_path, nursery, network, autojump_clock):
+    nodes = await three_node_mesh(tmp_path, nursery, network)
+    token = nodes[0].create_invite(ttl_s=60, uses=1)
+    assert set(token.invite.body.ledger) == {n.node_id for n in nodes}
+    results: list[object] = []
+
+    async def attempt(node):
+        try:
+            results.append(await ask_for_cert(network, token, node.transport.listen_addresses[0]))
+        except InviteError as exc:
+            results.append(exc)
+
+    for _round in range(3):  # the same token, through a, b and c at once, three times over
+        async with trio.open_nursery() as race:
+            for node in nodes:
+                race.start_soon(attempt, node)
+    admitted = [r for r in results if not isinstance(r, Exception)]
+    assert len(admitted) <= 1, f"{len(admitted)} certificates from a one-use invite"
+    refusals = {str(r) for r in results if isinstance(r, Exception)}
+    assert all("invite refused" in r or "cannot count" in r for r in refusals), refusals
+
+
+async def test_a_member_cut_off_from_the_ledger_cannot_issue(tmp_path, nursery, network,
+                                                             autojump_clock):
+    a, b, c = await three_node_mesh(tmp_path, nursery, network)
+    token = a.create_invite(ttl_s=60, uses=5)
+    joiner = SigningKey.generate()
+    network.partition({c.node_id, joiner.id}, {a.node_id, b.node_id})
+    with trio.fail_after(30):  # open connections die once keepalives fail
+        while {p.node_id for p in c.transport.connected_peers()} & {a.node_id, b.node_id}:
+            await trio.sleep(0.1)
+    before = snapshot(c)
+    with pytest.raises(InviteError, match="cannot count this invite's uses"):
+        await ask_for_cert(network, token, c.transport.listen_addresses[0], joiner)
+    assert snapshot(c)[1] == before[1]  # nothing recorded in the state
+    network.heal()
+    accepted = await ask_for_cert(network, token, c.transport.listen_addresses[0])
+    assert accepted.cert.issuer_id == c.node_id and accepted.cert.depth == 2
+
+
+async def test_revoking_a_node_cuts_it_off_everywhere_within_seconds(tmp_path, nursery,
+                                                                    network, autojump_clock):
+    a, b, c = await three_node_mesh(tmp_path, nursery, network)
+    await wait_connected(c, b.node_id)
+    revoked_at = trio.current_time()
+    a.revoke("node", b.node_id)
+    with trio.fail_after(5):
+        while any(b.node_id in {p.node_id for p in n.transport.connected_peers()}
+                  for n in (a, c)):
+            await trio.sleep(0.05)
+    took = trio.current_time() - revoked_at
+    assert took < 5
+    # and b cannot come back: a fresh dial is refused by every member
+    for member in (a, c):
+        with pytest.raises(MeshError, match="revoked"):
+            await b.transport.dial(member.transport.listen_addresses[0])
+    assert ("node", b.node_id) in {(k, s) for k, s, _ in c.records.revocations()}
+
+
+async def test_only_the_admin_key_revokes(tmp_path, nursery, network, autojump_clock):
+    a, b, c = await three_node_mesh(tmp_path, nursery, network)
+    with pytest.raises(MeshError, match="no admin key"):
+        b.revoke("node", c.node_id)
+    # a member writing an unsigned revocation row directly changes nothing
+    from meshcloud.state.tables import MembershipRecord
+
+    b.state.put("membership", ("revoked_node", c.node_id, b""), MembershipRecord(at_ms=1))
+    await trio.sleep(3)
+    assert not a.records.is_revoked(c.node_id, b"")
+    assert c.node_id in {p.node_id for p in a.transport.connected_peers()}

@@ -22,24 +22,31 @@ CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")
 
 
 class Browser:
-    """A cookie-keeping HTTP client (no JavaScript): what a browser sends, minus scripts."""
+    """A cookie-keeping HTTP client (no JavaScript): what a browser sends, minus scripts.
+
+    It connects to the API's address but, as a browser does, names the UI's own host
+    (``ui.localhost:PORT``, which browsers resolve to loopback) in Host and Origin."""
 
     def __init__(self, base: str) -> None:
         self.base = base
+        self.host = "ui.localhost:" + base.rsplit(":", 1)[1]
+        self.origin = f"http://{self.host}"
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
 
     def get(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(self.base + path, headers={"Host": self.host})
         try:
-            with self.opener.open(self.base + path, timeout=10) as response:
+            with self.opener.open(request, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
     def post_form(self, path: str, body: bytes, origin: str | None = None) -> tuple[int, str]:
         request = urllib.request.Request(self.base + path, data=body, method="POST")
+        request.add_header("Host", self.host)
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
-        request.add_header("Origin", origin or self.base)
+        request.add_header("Origin", origin or self.origin)
         try:
             with self.opener.open(request, timeout=10) as response:
                 return response.status, response.read().decode()
@@ -48,7 +55,8 @@ class Browser:
 
     def api(self, method: str, path: str, body: bytes | None = None) -> int:
         request = urllib.request.Request(self.base + path, data=body, method=method)
-        request.add_header("Origin", self.base)
+        request.add_header("Host", self.host)
+        request.add_header("Origin", self.origin)
         request.add_header("Content-Type", "application/json")
         try:
             with self.opener.open(request, timeout=10) as response:
@@ -172,3 +180,16 @@ async def test_storage_pages_follow_the_api(nodes):
     assert status == 404
     status, body = await trio.to_thread.run_sync(browser.get, "/ui/storage/b/nothing-here")
     assert status == 404
+
+
+async def test_only_the_admin_node_offers_revoke_and_a_revoked_node_shows_it(nodes):
+    admin, other = nodes
+    revoke = 'data-call="POST /v1/revocations"'
+    body = (await trio.to_thread.run_sync((await logged_in(other)).get, "/ui/frag/mesh"))[1]
+    assert revoke not in body
+    browser = await logged_in(admin)
+    body = (await trio.to_thread.run_sync(browser.get, "/ui/frag/mesh"))[1]
+    assert body.count(revoke) == 1 and f'"id": "{other.node_id.hex()}"' in body
+    admin.revoke("node", other.node_id)
+    body = (await trio.to_thread.run_sync(browser.get, "/ui/frag/mesh"))[1]
+    assert revoke not in body and ">revoked<" in body

@@ -33,7 +33,8 @@ def test_fmt_bytes(n, text):
 def test_capacity_bars_read_what_is_taken_and_skip_what_is_unknown():
     bars = capacity_bars({"cpu_cores": 4, "load": 3.0, "ram_total": 8 * GIB,
                           "ram_free": 2 * GIB, "disk_free": 10 * GIB, "battery": -1})
-    assert [b["label"] for b in bars] == ["CPU", "RAM", "Disk"]  # battery -1: none
+    assert [b["label"] for b in bars] == ["Load", "RAM", "Disk"]  # battery -1: none
+    assert bars[0]["text"] == "3.0 on 4 cores" and "load average" in bars[0]["title"]
     cpu, ram, disk = bars
     assert cpu["percent"] == 75 and cpu["level"] == "mid"
     assert ram["percent"] == 75 and ram["text"] == "2.0 GiB free"
@@ -96,6 +97,31 @@ def test_totals_count_only_live_nodes():
                     member(2, "dead", cpu_cores=8, ram_total=8 * GIB, ram_free=GIB)])
     assert tiles[0] == {"label": "Nodes alive", "value": "1 of 2"}
     assert {"label": "CPU", "value": "4 cores"} in tiles
+
+
+def test_totals_count_a_machine_shared_by_nodes_once():
+    shared = {"cpu_cores": 2, "ram_total": 8 * GIB, "ram_free": 4 * GIB, "disk_free": 10 * GIB,
+              "machine": "aaaa"}
+    tiles = totals([member(1, **shared), member(2, **shared),
+                    member(3, **{**shared, "machine": "bbbb"})])
+    assert tiles[0] == {"label": "Nodes alive", "value": "3 of 3", "sub": "on 2 machines"}
+    assert {"label": "CPU", "value": "4 cores"} in tiles
+    assert {"label": "RAM free", "value": "8.0 GiB", "sub": "of 16.0 GiB"} in tiles
+
+
+def test_repeated_member_updates_fold_into_one_line_with_a_count():
+    from meshcloud.web.events import fold_repeats
+
+    def ev(kind, peer, at):
+        return event_view({"kind": kind, "at": at, "node": "n", "peer": peer})
+
+    views = fold_repeats([ev("member.updated", "p1", 5), ev("member.updated", "p1", 4),
+                          ev("member.updated", "p1", 3), ev("member.updated", "p2", 2),
+                          ev("member.failed", "p1", 1), ev("member.failed", "p1", 0)])
+    assert [(v["kind"], v["peer"], v["repeat"]) for v in views] == [
+        ("member.updated", "p1", 3), ("member.updated", "p2", 1),
+        ("member.failed", "p1", 1), ("member.failed", "p1", 1)]
+    assert views[0]["at"] == 5  # the newest of the run
 
 
 def test_event_facts_shorten_ids_and_mark_times():
@@ -178,3 +204,17 @@ def test_byte_facts_read_as_sizes():
         {"kind": "object.put", "at": 1, "node": "n", "size": 5 * 1024 * 1024, "parts": 5})[
         "facts"]}
     assert facts == {"size": "5.0 MiB", "parts": "5"}
+
+
+def test_a_dead_node_is_not_shown_as_accepting_work():
+    from meshcloud.web.render import _env
+
+    def row(state):
+        return {"id": "ab" * 32, "state": state, "replicas": 0, "runtimes": ["process"],
+                "draining": False, "me": False, "progress": None}
+
+    html = _env.get_template("_drain.html").render(nodes=[row("dead")])
+    assert "accepting</span>" not in html.replace("not accepting", "")
+    assert "dead: not accepting" in html and "Drain</button>" not in html
+    html = _env.get_template("_drain.html").render(nodes=[row("alive")])
+    assert '"pill state-alive">accepting' in html and "Drain</button>" in html

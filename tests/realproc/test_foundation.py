@@ -20,9 +20,10 @@ def connected(agent, other) -> bool:
     return any(p["id"] == other.node_id and p["connected"] for p in peers)
 
 
-def membership_state(agent) -> str:
-    path = agent.data_dir / "membership.json"
-    return path.read_text() if path.exists() else ""
+def membership_state(agent) -> tuple[str, list]:
+    """What admission may change: the invite ledger's grants and the revocations."""
+    path = agent.data_dir / "redemption-ledger.json"
+    return (path.read_text() if path.exists() else "", agent.get("/v1/revocations"))
 
 
 def events_of(agent, kind):
@@ -85,8 +86,9 @@ def forge_invite(tmp_path, address: str) -> str:
     from meshcloud.identity.invites import create_invite
     from meshcloud.identity.keys import SigningKey
 
-    return create_invite(SigningKey.generate(), now=SystemClock().wall_ms(), ttl_ms=600_000,
-                         uses=1, bootstrap=(address,)).encode()
+    forger = SigningKey.generate()
+    return create_invite(forger, now=SystemClock().wall_ms(), ttl_ms=600_000,
+                         uses=1, bootstrap=(address,), ledger=(forger.id,)).encode()
 
 
 NO_CERT_DIAL = """

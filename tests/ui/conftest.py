@@ -80,6 +80,16 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+def ui_host(agent: Agent) -> str:
+    """The UI's own name for ``agent`` (browsers resolve ``*.localhost`` to loopback; a
+    UI request through 127.0.0.1 is redirected there)."""
+    return "ui.localhost:" + agent.api_url.rsplit(":", 1)[1]
+
+
+def ui_url(agent: Agent) -> str:
+    return f"http://{ui_host(agent)}"
+
+
 @dataclass
 class Ui:
     """Opens logged-in pages on any agent and keeps what the browser complained about."""
@@ -99,8 +109,9 @@ class Ui:
         ticket = agent.post("/v1/ui/ticket")["ticket"]
         response = page.goto(f"{agent.api_url}/ui/login?ticket={ticket}")
         assert response is not None and response.ok, "login link refused"
+        assert page.url == ui_url(agent) + "/ui/", "the login link did not move to ui.localhost"
         if path != "/ui/":
-            page.goto(agent.api_url + path)
+            page.goto(ui_url(agent) + path)
         return page
 
     def anonymous(self, viewport: dict[str, int] = DESKTOP) -> Any:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ from playwright.sync_api import expect
 from meshcloud.config import load_config
 from meshcloud.datadir import DataDir
 from sim.agents import meshcloud_cmd
-from tests.ui.conftest import DESKTOP, PHONE, zbar_decode
+from tests.ui.conftest import DESKTOP, PHONE, ui_host, ui_url, zbar_decode
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
 
@@ -55,7 +59,7 @@ def test_upload_through_one_node_download_through_another(mesh, ui, tmp_path):
     bucket_link = page.locator('#buckets a[data-bucket="family"]')
     expect(bucket_link).to_be_visible(timeout=10_000)
     bucket_link.click()
-    expect(page).to_have_url(f"{node1.api_url}/ui/storage/b/family")
+    expect(page).to_have_url(f"{ui_url(node1)}/ui/storage/b/family")
 
     original = os.urandom(UPLOAD_BYTES)
     source = tmp_path / "holiday.bin"
@@ -139,12 +143,13 @@ def test_without_the_token_nothing_is_served(mesh, ui, tmp_path):
     for path in ("/v1/status", "/v1/members", "/v1/events", "/v1/storage/buckets",
                  "/v1/events/stream", "/ui/", "/ui/frag/mesh", "/ui/events", "/ui/storage",
                  "/ui/storage/b/family", "/ui/invite", "/ui/workloads"):
-        status, body, _ = http(node.api_url + path)
+        status, body, _ = http(node.api_url + path, headers={"Host": ui_host(node)})
         assert status == 401, path
         assert not any(i[:8] in body for i in ids), f"{path} leaks a node id"
         assert "family" not in body
     for cookie in ("meshcloud_session=forged", ""):
-        status, _, _ = http(node.api_url + "/ui/", headers={"Cookie": cookie})
+        status, _, _ = http(node.api_url + "/ui/",
+                            headers={"Cookie": cookie, "Host": ui_host(node)})
         assert status == 401
     status, body, _ = http(node.api_url + "/v1/members",
                            headers={"Authorization": "Bearer wrong"})
@@ -152,15 +157,17 @@ def test_without_the_token_nothing_is_served(mesh, ui, tmp_path):
 
     # a login link works once
     ticket = node.post("/v1/ui/ticket")["ticket"]
-    status, _, headers = http(f"{node.api_url}/ui/login?ticket={ticket}")
+    login = f"{node.api_url}/ui/login?ticket={ticket}"
+    status, _, headers = http(login, headers={"Host": ui_host(node)})
     assert status == 303 and "meshcloud_session=" in headers.get("set-cookie", "")
-    status, body, _ = http(f"{node.api_url}/ui/login?ticket={ticket}")
+    status, body, _ = http(login, headers={"Host": ui_host(node)})
     assert status == 401 and not any(i[:8] in body for i in ids)
 
     # in the browser: a page without a session shows no data
     page = ui.anonymous()
     response = page.goto(node.api_url + "/ui/")
     assert response is not None and response.status == 401
+    assert page.url == ui_url(node) + "/ui/"
     text = page.content()
     assert "Not logged in" in text and not any(i[:8] in text for i in ids)
 
@@ -169,12 +176,65 @@ def test_without_the_token_nothing_is_served(mesh, ui, tmp_path):
     cookies = logged_in.context.cookies()
     session = next(c for c in cookies if c["name"] == "meshcloud_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert session["domain"] == "ui.localhost"  # host-only, on the UI's own name
     status, _, _ = http(node.api_url + "/v1/storage/buckets", method="POST",
                         headers={"Cookie": f"meshcloud_session={session['value']}",
+                                 "Host": ui_host(node),
                                  "Origin": "http://evil.example", "Content-Type":
                                  "application/json"}, body=b'{"name": "evil"}')
     assert status == 403
     assert "evil" not in [b["name"] for b in node.get("/v1/storage/buckets")]
+
+
+@contextmanager
+def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A tiny HTTP server on another 127.0.0.1 port (a stand-in for a published workload)
+    that records the headers of every request; ``/set`` also sets a cookie ``probe``."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            if self.path == "/set":
+                self.send_header("Set-Cookie", "probe=1; Path=/")
+            page = b'<!doctype html><link rel="icon" href="data:,"><p>ok</p>'  # no favicon
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_the_ui_session_never_reaches_other_services_on_loopback(mesh, ui):
+    """Cookies ignore ports: what 127.0.0.1:A sets, the browser sends to 127.0.0.1:B.
+    The UI's session cookie belongs to ui.localhost, so no other service sees it."""
+    node = mesh.agents[0]
+    page = ui.open(node)
+    session = next(c for c in page.context.cookies() if c["name"] == "meshcloud_session")
+    with header_recorder() as (first, first_seen), header_recorder() as (other, seen):
+        assert page.goto(first + "/set").ok
+        assert page.goto(other + "/").ok
+        page.goto("about:blank")  # nothing left to load when the recorders stop
+    sent = [h.get("cookie", "") for h in [*first_seen, *seen]]
+    assert "probe=1" in seen[0].get("cookie", ""), "the browser did not share a cookie " \
+        "across ports: this test would prove nothing"
+    assert not any("meshcloud_session" in c or session["value"] in c for c in sent), sent
+    # the UI itself still has its session
+    response = page.goto(ui_url(node) + "/ui/")
+    assert response is not None and response.status == 200
 
 
 def test_api_and_ui_bind_to_loopback_by_default(tmp_path):
@@ -243,7 +303,7 @@ def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: P
     page = ui.open(node, viewport=viewport)
     size = f"{viewport['width']}x{viewport['height']}"
     for name, path in pages:
-        response = page.goto(node.api_url + path)
+        response = page.goto(ui_url(node) + path)
         assert response is not None and response.ok, f"{path}: {response and response.status}"
         page.wait_for_load_state("load")
         if name == "invite":
@@ -254,6 +314,17 @@ def test_every_page_screenshot_and_no_horizontal_overflow(mesh, ui, artifacts: P
         overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth,
                                              inner: window.innerWidth})""")
         assert overflow["scroll"] <= overflow["inner"], f"{path} overflows at {size}: {overflow}"
+        # every section's tab is wholly on screen (none hidden behind a sideways scroll)
+        cut = page.evaluate("""() => [...document.querySelectorAll('.side a')]
+            .filter(a => { const r = a.getBoundingClientRect();
+                           return r.left < 0 || r.right > window.innerWidth + 0.5
+                                  || a.scrollWidth > a.clientWidth + 1; })
+            .map(a => a.textContent.trim())""")
+        assert cut == [], f"{path} at {size}: tabs cut {cut}"
+        if name == "invite":  # the whole command shows, no inner scroll hides its end
+            box = page.evaluate("""() => { const c = document.querySelector('#invite-command');
+                                           return [c.scrollHeight, c.clientHeight]; }""")
+            assert box[0] <= box[1] + 1, f"invite command cut at {size}: {box}"
 
 
 def test_events_feed_is_live_and_filterable(mesh, ui):

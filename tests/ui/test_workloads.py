@@ -8,6 +8,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.ui.conftest import ui_url
+
 pytest.importorskip("apps.workloads", reason="the workload service is not built yet")
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
@@ -52,7 +54,7 @@ def test_run_from_one_node_see_it_running_on_another(mesh, ui):
     other.locator('#workload form.inline input[name=replicas]').fill("1")
     other.locator('#workload form.inline button[type=submit]').click()
     expect(other.locator('#workload tr[data-replica="0"]')).to_be_visible()
-    other.goto(node2.api_url + "/ui/workloads")
+    other.goto(ui_url(node2) + "/ui/workloads")
     card = other.locator('#workloads .workload[data-workload="ticker"]')
     expect(card).to_have_attribute("data-desired", "1", timeout=10_000)
     expect(card).to_have_attribute("data-running", "1", timeout=30_000)

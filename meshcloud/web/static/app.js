@@ -139,6 +139,7 @@ function eventItem(e) {
   const family = String(e.kind).split(".")[0];
   li.className = "event fam-" + family + " fresh";
   li.dataset.kind = e.kind;
+  li.dataset.peer = e.peer || "";
   const hidden = ["kind", "at", "seq", "node"];
   const facts = Object.entries(e).filter(([k]) => !hidden.includes(k)).map(([k, v]) => {
     let text = Array.isArray(v) ? v.join(", ") : String(v);
@@ -153,6 +154,27 @@ function eventItem(e) {
     '"></time><span class="facts">' + facts + '</span><span class="from" title="seen by ' +
     escapeHtml(e.node || "") + '">' + escapeHtml(String(e.node || "").slice(0, 8)) + "</span>";
   return li;
+}
+
+// Repeated news of one member (its capacity or incarnation moved) folds into the newest line
+// with a count, instead of flooding the feed.
+const FOLDED_KINDS = ["member.updated"];
+
+function foldInto(first, event) {
+  if (!first || !FOLDED_KINDS.includes(event.kind) || first.dataset.kind !== event.kind ||
+      first.dataset.peer !== (event.peer || "")) return false;
+  const count = Number(first.dataset.repeat || 1) + 1;
+  first.dataset.repeat = String(count);
+  let badge = first.querySelector(".repeat");
+  if (!badge) {
+    badge = document.createElement("span");
+    badge.className = "repeat";
+    first.querySelector(".kind").after(badge);
+  }
+  badge.textContent = "\u00d7" + count;
+  const time = first.querySelector(":scope > time");
+  if (time) { time.dataset.ms = String(Number(event.at)); renderTimes(first); }
+  return true;
 }
 
 const eventFilter = { family: "", text: "" };
@@ -201,7 +223,9 @@ function connect() {
       if (prefixes.some(p => event.kind.startsWith(p))) refresh(section);
     }
     const list = $("[data-live-events]");
-    if (list) {
+    if (list && foldInto(list.firstElementChild, event)) {
+      applyEventFilter();
+    } else if (list) {
       const li = eventItem(event);
       list.prepend(li);
       renderTimes(li);

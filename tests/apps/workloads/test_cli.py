@@ -54,11 +54,15 @@ async def test_run_ps_logs_rm_from_different_nodes(mesh3, capsys):
                                "--env", "X=1", "--wait", "20s", capsys=capsys)
     assert code == 0, err
     assert "hello: 2 replica(s) wanted (process" in out and "2 of 2 running" in out
-    code, out, _ = await cli(b, "ps", capsys=capsys)
-    lines = out.splitlines()
+    with trio.fail_after(20):  # b learns the replicas' states by replication, a moment later
+        while True:
+            code, out, _ = await cli(b, "ps", capsys=capsys)
+            lines = out.splitlines()
+            if all(ln.split()[2] == "running" for ln in lines[1:]) and len(lines) == 3:
+                break
+            await trio.sleep(0.1)
     assert lines[0].split()[:3] == ["REPLICA", "NODE", "STATE"]
     assert [ln.split()[0] for ln in lines[1:]] == ["hello-0", "hello-1"]
-    assert all(ln.split()[2] == "running" for ln in lines[1:])
     with trio.fail_after(10):  # "running" can come before the processes printed
         while len((out := (await cli(c, "logs", "hello", capsys=capsys))[1]).splitlines()) < 2:
             await trio.sleep(0.05)

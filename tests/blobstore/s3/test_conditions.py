@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 
 from blobstore.s3 import errors as e
-from blobstore.s3.conditions import Current, check_conditions, parse_http_date
+from blobstore.s3.conditions import (
+    Current,
+    check_conditions,
+    check_copy_source,
+    parse_http_date,
+)
 from blobstore.s3.request import S3Request
 
 T = 1_767_225_600.4  # 2026-01-01T00:00:00.4Z
@@ -85,3 +90,31 @@ def test_http_date_formats():
 
 def test_not_modified_has_no_body():
     assert e.NotModified().status == 304 and not e.NotModified().has_body
+
+
+def copy_check(**headers):
+    names = {"im": "x-amz-copy-source-if-match", "inm": "x-amz-copy-source-if-none-match",
+             "ims": "x-amz-copy-source-if-modified-since",
+             "ius": "x-amz-copy-source-if-unmodified-since"}
+    req = S3Request.build("PUT", "/b/k2", [(names[k], v) for k, v in headers.items()])
+    check_copy_source(req, CUR)
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"im": '"abc123"'}, {"im": "*"}, {"inm": '"other"'}, {"ims": BEFORE},
+    {"ius": AT}, {"ius": AFTER},
+    {"im": '"abc123"', "ius": BEFORE},  # if-match true wins over unmodified-since false
+    {"inm": '"other"', "ims": AFTER},  # S3 evaluates if-modified-since only alone
+])
+def test_copy_source_conditions_that_pass(headers):
+    copy_check(**headers)
+
+
+@pytest.mark.parametrize("headers", [
+    {"im": '"other"'}, {"inm": '"abc123"'}, {"inm": "*"}, {"ims": AT}, {"ims": AFTER},
+    {"ius": BEFORE}, {"im": '"other"', "ius": AFTER},
+])
+def test_copy_source_conditions_that_fail_are_412_never_304(headers):
+    with pytest.raises(e.PreconditionFailed) as info:
+        copy_check(**headers)
+    assert info.value.status == 412

@@ -19,6 +19,7 @@ from blobstore.s3.multipart import (
     list_uploads,
     multipart_etag,
     new_upload_id,
+    object_id_of_upload,
     parse_part_number,
     part_chunk_base,
     part_range,
@@ -69,7 +70,8 @@ def test_complete_in_order_builds_the_manifest():
 @pytest.mark.parametrize(("listed", "error"), [
     ([], e.MalformedXML),
     ([(2, "x"), (1, "y")], e.InvalidPartOrder),
-    ([(1, "x"), (1, "x")], e.InvalidPartOrder),
+    ([(2, f"{2:032x}"), (1, f"{1:032x}")], e.InvalidPartOrder),
+    ([(1, "x"), (1, "y")], e.InvalidPart),
     ([(1, f"{1:032x}"), (9, f"{9:032x}")], e.InvalidPart),
     ([(1, "0" * 32)], e.InvalidPart),
     ([(2, f"{2:032x}"), (4, f"{4:032x}")], e.EntityTooSmall),
@@ -91,6 +93,42 @@ def test_reuploading_a_part_replaces_it():
     with pytest.raises(e.InvalidPart):
         up.complete([(1, "a" * 32)])
     assert up.complete([(1, "b" * 32)]).size == 20
+
+
+def test_a_part_listed_twice_stands_for_its_last_upload():
+    up = upload()
+    up.add_part(fake_part(1, 10, "a" * 32))
+    up.add_part(fake_part(1, 20, "b" * 32))  # the part uploaded again
+    up.add_part(fake_part(2, 5, "c" * 32))
+    for listed in ([(1, "a" * 32), (1, "b" * 32), (2, "c" * 32)],
+                   [(1, "b" * 32), (1, "a" * 32), (2, "c" * 32)]):
+        manifest = up.complete(listed, min_part_size=1)
+        assert manifest.size == 25 and manifest.part_sizes == (20, 5)
+        assert manifest.etag.endswith("-2")
+    with pytest.raises(e.InvalidPart):
+        up.complete([(1, "a" * 32), (1, "a" * 32)])
+
+
+def test_upload_ids_carry_their_object_id():
+    oid = bytes(range(16))
+    uid = new_upload_id(oid)
+    assert object_id_of_upload(uid) == oid and new_upload_id(oid) != uid
+    for other in ("", "x" * 200, "not base64!", new_upload_id()[:-4], "é"):
+        assert object_id_of_upload(other) is None
+
+
+@pytest.mark.parametrize("number", [2, 3, 10000])
+def test_a_part_number_past_the_last_part_is_invalid_part(number):
+    up = upload()
+    up.add_part(fake_part(1, MIN_PART_SIZE))
+    up.add_part(fake_part(2, 7))
+    manifest = up.complete([(1, f"{1:032x}"), (2, f"{2:032x}")])
+    if number == 2:
+        assert part_range(manifest, 2) == (MIN_PART_SIZE, MIN_PART_SIZE + 7)
+        return
+    with pytest.raises(e.InvalidPart) as info:
+        part_range(manifest, number)
+    assert (info.value.code, info.value.status) == ("InvalidPart", 400)
 
 
 def test_list_parts_pages():

@@ -104,11 +104,15 @@ def test_trailer_checksum_arrives_at_finish():
      ([("Content-Length", "1e9")], None, e.InvalidArgument),
      ([("Content-Length", "99"), ("x-amz-decoded-content-length", "5")],
       PayloadMode.STREAMING_SIGNED, 5),
-     ([("Content-Length", "99")], PayloadMode.STREAMING_SIGNED, e.MissingContentLength)],
+     ([("Content-Length", "99")], PayloadMode.STREAMING_SIGNED, e.MissingContentLength),
+     ([("Transfer-Encoding", "chunked")], None, None),
+     ([("Transfer-Encoding", "gzip")], None, e.MissingContentLength),
+     ([("Transfer-Encoding", "chunked")], PayloadMode.STREAMING_SIGNED,
+      e.MissingContentLength)],
 )
 def test_declared_length(headers, mode, expect):
     req = S3Request.build("PUT", "/b/k", headers)
-    if isinstance(expect, int):
+    if expect is None or isinstance(expect, int):
         assert declared_length(req, mode) == expect
     else:
         with pytest.raises(expect):

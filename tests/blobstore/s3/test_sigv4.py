@@ -268,8 +268,33 @@ def test_presigned_tampering(how):
 
 def test_presigned_expiry_over_a_week_is_refused():
     req = presigned("GET", URL, expires=604801)
-    with pytest.raises(e.AuthorizationQueryParametersError):
+    with pytest.raises(e.AuthorizationQueryParametersError) as info:
         verify_request(req, STORE, NOW)
+    assert info.value.status == 403  # as S3: refused like an expired URL, not a 400
+
+
+@pytest.mark.parametrize("value", ["-7", "abc", "", "1e3", "99999999999"])
+def test_presigned_expiry_that_is_not_a_number_of_seconds_is_403(value):
+    req = presigned("GET", URL, expires=600)
+    req = dataclasses.replace(req, raw_query=req.raw_query.replace(
+        "X-Amz-Expires=600", f"X-Amz-Expires={value}"))
+    with pytest.raises(e.AuthorizationQueryParametersError) as info:
+        verify_request(req, STORE, NOW)
+    assert (info.value.code, info.value.status) == ("AuthorizationQueryParametersError", 403)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 64])
+def test_presigned_signature_of_the_wrong_length_does_not_match(cut):
+    req = presigned("GET", URL, expires=600)
+    query = req.raw_query
+    start = query.index("X-Amz-Signature=") + len("X-Amz-Signature=")
+    end = query.find("&", start)
+    end = len(query) if end < 0 else end
+    for tampered in (query[:end - cut] + query[end:], query[:end] + "ab"[:cut % 2 + 1]
+                     + query[end:]):
+        with pytest.raises(e.SignatureDoesNotMatch) as info:
+            verify_request(dataclasses.replace(req, raw_query=tampered), STORE, NOW + 1)
+        assert info.value.status == 403
 
 
 @pytest.mark.parametrize("param", ["X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",

@@ -6,8 +6,14 @@ import datetime as dt
 
 import botocore.session
 import pytest
-from botocore.handlers import decode_list_object, decode_list_object_v2
+from botocore.handlers import (
+    decode_list_object,
+    decode_list_object_v2,
+    decode_list_object_versions,
+)
 from botocore.parsers import create_parser
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobstore.s3 import errors as e
 from blobstore.s3 import xml
@@ -68,6 +74,80 @@ def test_list_objects_v1_next_marker_only_with_delimiter():
                                                              max_keys=1, encoding_type="url"))
     decode_list_object(parsed, {"encoding_type_auto_set": True})
     assert parsed["NextMarker"] == "a&b"
+
+
+def test_list_objects_v1_keeps_the_prefix_as_given_with_url_encoding():
+    page = ListPage(contents=[entry("a b/x+y")])
+    body = xml.render_list_objects_v1("b", page, prefix="a b/", marker="a b/", max_keys=5,
+                                      encoding_type="url")
+    raw = parse("ListObjects", body)
+    assert raw["Prefix"] == "a b/" and raw["Marker"] == "a%20b/"
+    decode_list_object(raw, {"encoding_type_auto_set": True})
+    assert (raw["Prefix"], raw["Marker"], raw["Contents"][0]["Key"]) == \
+        ("a b/", "a b/", "a b/x+y")
+
+
+def test_listings_show_the_default_owner_when_asked():
+    page = ListPage(contents=[("k", xml.ObjectEntry("k", 1, "e" * 32, T))])
+    parsed = parse("ListObjectsV2", xml.render_list_objects_v2("b", page, fetch_owner=True,
+                                                                owner=OWNER))
+    assert parsed["Contents"][0]["Owner"] == {"ID": "owner-id", "DisplayName": "me"}
+    parsed = parse("ListObjectsV2", xml.render_list_objects_v2("b", page, owner=OWNER))
+    assert "Owner" not in parsed["Contents"][0]
+    parsed = parse("ListObjects", xml.render_list_objects_v1("b", page, owner=OWNER))
+    assert parsed["Contents"][0]["Owner"]["ID"] == "owner-id"
+
+
+def test_list_versions_of_a_bucket_without_versioning():
+    page = ListPage(contents=[entry("a b"), entry("c+d")], common_prefixes=["p q/"],
+                    is_truncated=True, last=Position(After.KEY, "c+d"))
+    body = xml.render_list_versions("bk", page, owner=OWNER, prefix="", delimiter="/",
+                                    key_marker="0 0", version_id_marker="null", max_keys=3,
+                                    encoding_type="url")
+    parsed = parse("ListObjectVersions", body)
+    decode_list_object_versions(parsed, {"encoding_type_auto_set": True})
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in parsed["Versions"]] == \
+        [("a b", "null", True), ("c+d", "null", True)]
+    assert parsed["Versions"][0]["Size"] == 3 and parsed["Versions"][0]["Owner"]["ID"]
+    assert parsed["CommonPrefixes"] == [{"Prefix": "p q/"}]
+    assert (parsed["KeyMarker"], parsed["VersionIdMarker"]) == ("0 0", "null")
+    assert (parsed["NextKeyMarker"], parsed["NextVersionIdMarker"]) == ("c+d", "null")
+    assert parsed["IsTruncated"] is True and parsed["Name"] == "bk"
+    assert "DeleteMarkers" not in parsed
+    done = parse("ListObjectVersions", xml.render_list_versions("bk", ListPage(), owner=OWNER))
+    assert done["IsTruncated"] is False and "NextKeyMarker" not in done
+    assert "Versions" not in done
+
+
+KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(KEY_TEXT, min_size=0, max_size=8, unique=True), KEY_TEXT,
+       st.sampled_from([None, "url"]))
+def test_list_versions_round_trips_any_keys(keys, marker, encoding):
+    keys = sorted(keys)
+    page = ListPage(contents=[entry(k) for k in keys], is_truncated=bool(keys),
+                    last=Position(After.KEY, keys[-1]) if keys else None)
+    body = xml.render_list_versions("bk", page, owner=OWNER, key_marker=marker,
+                                    encoding_type=encoding)
+    parsed = parse("ListObjectVersions", body)
+    decode_list_object_versions(parsed, {"encoding_type_auto_set": True})
+    assert [v["Key"] for v in parsed.get("Versions", [])] == keys
+    assert {v["VersionId"] for v in parsed.get("Versions", [])} <= {"null"}
+    assert parsed["KeyMarker"] == marker
+    if keys:
+        assert parsed["NextKeyMarker"] == keys[-1]
+
+
+def test_delete_result_echoes_version_ids():
+    body = xml.render_delete_result(
+        [xml.Deleted("a", "null"), xml.Deleted("b")],
+        [xml.DeleteError("c", "NoSuchVersion", "no", "v9")])
+    parsed = parse("DeleteObjects", body)
+    assert parsed["Deleted"] == [{"Key": "a", "VersionId": "null"}, {"Key": "b"}]
+    assert parsed["Errors"] == [{"Key": "c", "VersionId": "v9", "Code": "NoSuchVersion",
+                                 "Message": "no"}]
 
 
 def test_multipart_documents():

@@ -193,3 +193,23 @@ def test_a_restarted_node_stamps_past_its_old_writes_even_if_its_clock_went_back
     again.put(WORKLOADS.name, "web", WorkloadRecord(kind="service", spec={"v": 2}), 5.0)
     assert again.table(WORKLOADS.name).get("web").spec == {"v": 2}  # the new write wins
     assert hlc_physical(again.timestamp(6.0)) > wall + 5_000
+
+
+def test_a_burst_of_writes_shares_one_merkle_transaction():
+    """Each Merkle flush is a write transaction (an fsync on disk): writes arriving close
+    together wait ``merkle_delay`` and are applied together, not one flush per write."""
+    ids = [bytes([i]) * 32 for i in range(2)]
+    core = StateCore(ids[0], MemoryKv(), lambda: ids, config=NO_SYNC)
+    core.open_table(KV)
+    table = core.table("kv")
+    flushes = []
+    original = table.merkle.flush
+    table.merkle.flush = lambda limit=1000: flushes.append(original(limit)) or flushes[-1]
+    core.on_timer(0.5)  # the workers' first runs
+    for i in range(20):
+        core.put("kv", f"k{i}", i, 1.0 + i * 0.01)
+        core.on_timer(1.0 + i * 0.01)
+    assert table.merkle.todo_count() == 20 and not any(flushes)
+    assert core.workers.next_deadline() == pytest.approx(1.0 + NO_SYNC.merkle_delay)
+    core.on_timer(1.0 + NO_SYNC.merkle_delay)
+    assert table.merkle.todo_count() == 0 and [n for n in flushes if n] == [20]

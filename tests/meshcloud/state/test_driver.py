@@ -102,14 +102,27 @@ async def test_sync_with_a_peer_on_demand(nursery, autojump_clock):
 
 async def test_membership_records_are_replicated(nursery, autojump_clock):
     _, ids, drivers = await start_cluster(nursery, 3)
-    records = [TableMembershipRecords(d) for d in drivers]
+    from meshcloud.identity.keys import SigningKey
+    from meshcloud.revocation import sign_revocation
+    from meshcloud.state.tables import MembershipRecord
+
+    root = SigningKey.generate()
+    records = [TableMembershipRecords(d, root.public) for d in drivers]
     records[0].record_redemption(b"invite", ids[1], 1000)
-    records[2].revoke_node(b"evil" * 8, 2000)
+    records[2].add_revocation("node", b"evil" * 8, 2000,
+                              sign_revocation(root, "node", b"evil" * 8, 2000))
+    # a member writing a revocation row without the root key's signature revokes nothing
+    drivers[1].put("membership", ("revoked_node", ids[0], b""), MembershipRecord(at_ms=1))
+    drivers[1].put("membership", ("revoked_node", ids[2], b""),
+                   MembershipRecord(at_ms=1, signature=sign_revocation(root, "node", ids[2], 2)))
     await trio.sleep(3)
     for r in records:
         assert r.redeemed_by(b"invite") == {ids[1]}
         assert r.is_revoked(b"evil" * 8, b"other")
         assert not r.is_revoked(ids[1], b"invite")
+        assert not r.is_revoked(ids[0], b"")
+        assert not r.is_revoked(ids[2], b"")
+        assert r.revocations() == [("node", b"evil" * 8, 2000)]
 
 
 async def test_unknown_table_is_a_clear_error(nursery, autojump_clock):

@@ -3,7 +3,6 @@ the state of both sides unchanged), connection reuse, duplicates, keepalive, bad
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 
 import pytest
@@ -20,7 +19,7 @@ from meshcloud.errors import (
 )
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
-from meshcloud.testing import TestMesh
+from meshcloud.testing import TestMesh, forge_issuer_signature
 from meshcloud.transport.base import PeerConnected, PeerDisconnected
 from meshcloud.transport.conformance import echo
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
@@ -86,9 +85,9 @@ def lenient_stranger(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
 
 
 def forged(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
-    """A real member's key with its certificate's sponsor signature forged."""
+    """A real member's key with its certificate's issuer signature forged."""
     member = mesh.add_member()
-    cert = dataclasses.replace(member.cert, sponsor_signature=bytes(64))
+    cert = forge_issuer_signature(member.cert)
     return member.key, MeshAuthenticator(mesh.root.public, MemoryMembershipRecords(),
                                          mesh.wall_ms, cert)
 
@@ -101,7 +100,7 @@ def revoked(mesh: TestMesh) -> tuple[SigningKey, MeshAuthenticator]:
 
 REFUSALS = {
     "outsider without certificate": (lambda mesh: mesh.outsider(), "no membership certificate"),
-    "forged certificate": (forged, "co-signed"),
+    "forged certificate": (forged, "not signed by its issuer"),
     "certificate of another mesh": (lenient_stranger, "another mesh"),
     "revoked node": (revoked, "revoked"),
 }
@@ -338,7 +337,8 @@ async def test_joiner_cannot_open_members_protocols_even_bypassing_its_own_check
 
     mesh = TestMesh.with_members(1)
     member = await start_member(nursery, mesh.members[0])
-    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1, bootstrap=())
+    token = create_invite(mesh.root, now=mesh.now_ms, ttl_ms=60_000, uses=1, bootstrap=(),
+                          ledger=(mesh.members[0].id,))
     key = SigningKey.generate()
     auth = MeshAuthenticator(mesh.root.public, MemoryMembershipRecords(), mesh.wall_ms, None,
                              make_join_proof(token, key, now=mesh.now_ms))
@@ -392,7 +392,7 @@ async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
 
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     mesh = TestMesh.with_members(2)
-    config = TcpConfig(handshake_timeout=0.5, max_handshakes=2)
+    config = TcpConfig(handshake_timeout=0.5, first_message_timeout=0.5, max_silent=2)
     listener = await start_member(nursery, mesh.members[0], config)
     port = int(listener.listen_addresses[0].rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
@@ -402,16 +402,18 @@ async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     assert listener._handshaking == 2
     extra = socket.create_connection(("127.0.0.1", port))
     extra.setblocking(False)
-    with trio.fail_after(0.4):  # closed at once, well before the handshake timeout
-        await trio.lowlevel.wait_readable(extra)
-        assert extra.recv(100) == b""
-    with trio.fail_after(5):  # the silent ones are dropped after handshake_timeout
-        for sock in silent:
+    with trio.fail_after(0.4):  # the oldest silent one is shed at once for the newcomer
+        await trio.lowlevel.wait_readable(silent[0])
+        assert silent[0].recv(100) == b""
+    assert listener._handshaking == 2 and listener.counters.handshakes_shed == 1
+    with trio.fail_after(5):  # the others are dropped after first_message_timeout
+        for sock in (silent[1], extra):
             await trio.lowlevel.wait_readable(sock)
             assert sock.recv(100) == b""
     friend = await start_member(nursery, mesh.members[1])
     await friend.dial(listener.listen_addresses[0])
     assert await round_trip(friend, listener.local_id) == b"ping"
+    assert listener.counters.handshakes_shed == 3
     for sock in [*silent, extra]:
         sock.close()
 
