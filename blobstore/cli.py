@@ -123,9 +123,33 @@ def cmd_cp(args: argparse.Namespace) -> None:
         src = Path(args.src)
         if not key or key.endswith("/"):
             key += src.name
+        require_buckets(api, [bucket])
         upload(api, src, bucket, key)
     else:
         raise MeshError("cp copies between a local path and s3://bucket/key")
+
+
+def require_buckets(api: Any, names: list[str]) -> None:
+    """Refuse at once, in one line, names of buckets that do not exist."""
+    have = {b["name"] for b in api.get("/v1/storage/buckets")}
+    missing = [n for n in dict.fromkeys(names) if n not in have]
+    if missing:
+        raise MeshError(f"no bucket named {', '.join(repr(n) for n in missing)} (create it "
+                        f"with `meshcloud bucket create {missing[0]}`; `meshcloud bucket ls` "
+                        "lists them)", code="not_found")
+
+
+def _check_granted_buckets(api: Any, buckets: dict[str, str], allow_create: bool) -> None:
+    """A key's buckets must exist; with --allow-create a missing one is only noted."""
+    named = [b for b in buckets if b != "*"]
+    if named and not allow_create:
+        require_buckets(api, named)
+    elif named:
+        have = {b["name"] for b in api.get("/v1/storage/buckets")}
+        for name in named:
+            if name not in have:
+                print(f"note: bucket {name!r} does not exist yet; the key may create it",
+                      file=sys.stderr)
 
 
 def upload(api: Any, src: Path, bucket: str, key: str) -> dict[str, Any]:
@@ -154,6 +178,10 @@ def upload(api: Any, src: Path, bucket: str, key: str) -> dict[str, Any]:
             from meshcloud.client import _api_error
 
             raise _api_error(exc) from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise MeshError(f"the agent refused the upload to s3://{bucket}/{key} part way "
+                            "(it closed the connection); see `meshcloud bucket ls` and the "
+                            "agent's log", code="upload_failed") from None
     print(f"uploaded {size} bytes to s3://{bucket}/{key} (etag {reply['etag']})")
     return reply
 
@@ -196,6 +224,7 @@ def cmd_s3(args: argparse.Namespace) -> None:
             reply = api.post(path, {})
         else:
             buckets = {b: args.allow for b in (args.bucket or [])}
+            _check_granted_buckets(api, buckets, args.allow_create)
             reply = api.post("/v1/storage/keys", {"name": args.name, "buckets": buckets,
                                                   "create_buckets": args.allow_create})
         print(f"access key id:     {reply['access_key']}")

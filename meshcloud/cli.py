@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshcloud.datadir import DataDir
@@ -90,11 +92,34 @@ def cmd_join(args: argparse.Namespace) -> None:
 
     from meshcloud.lifecycle import join_mesh
 
-    accepted = trio.run(join_mesh, datadir(args), args.token, node_settings(args))
+    d = datadir(args)
+    before = set(d.path.iterdir()) if d.path.is_dir() else None
+    try:
+        accepted = trio.run(join_mesh, d, args.token, node_settings(args))
+    except BaseException:
+        undo_half_made(d.path, before)
+        raise
     cert = accepted.cert
     print(f"joined mesh {accepted.mesh_name!r} as node {cert.node_id.hex()[:12]} "
           f"(admitted by {cert.issuer_id.hex()[:12]})")
     print("next: `meshcloud up` to run it")
+
+
+def undo_half_made(path: Path, before: set[Path] | None) -> None:
+    """Remove what a refused `join` created: the data dir itself if it did not exist, else
+    the entries it added (a data dir that held a node key is never touched)."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    if any(p.name == "node.key" for p in before):
+        return
+    for entry in set(path.iterdir()) - before:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 @command("invite")
@@ -110,12 +135,30 @@ def cmd_invite(args: argparse.Namespace) -> None:
     except AgentNotRunning:
         token = _local_invite(args)
     if args.qr:
-        import qrcode
-
-        qr = qrcode.QRCode(border=1)
-        qr.add_data(token)
-        qr.print_ascii(invert=True)
+        print(qr_text(token, colour=sys.stdout.isatty()), end="")
     print(token)
+
+
+def qr_text(data: str, *, colour: bool) -> str:
+    """``data`` as a QR code for a terminal: two modules per character cell (half blocks),
+    with the 4-module quiet zone readers need. With ``colour`` it sets black-on-white
+    itself, so it scans the same on dark and light terminals; without (a pipe, a file),
+    dark modules are drawn in the text colour on the page's background."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=4)
+    qr.add_data(data)
+    qr.make(fit=True)
+    matrix = qr.get_matrix()
+    if len(matrix) % 2:
+        matrix.append([False] * len(matrix[0]))
+    blocks = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584",
+              (True, True): "\u2588"}
+    lines = []
+    for top, bottom in zip(matrix[::2], matrix[1::2], strict=True):
+        row = "".join(blocks[(a, b)] for a, b in zip(top, bottom, strict=True))
+        lines.append(f"\x1b[30;107m{row}\x1b[0m" if colour else row)
+    return "\n".join(lines) + "\n"
 
 
 def _local_invite(args: argparse.Namespace) -> str:
@@ -215,7 +258,8 @@ def cmd_version(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from meshcloud.demo import run_demo
 
-    return run_demo(args.dir, nodes=args.nodes, base_port=args.base_port)
+    return run_demo(args.dir, nodes=args.nodes, base_port=args.base_port,
+                    restart_dead=args.restart_dead, stdin=sys.stdin)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -277,14 +321,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ping", help="round trip to another node over the mesh")
     p.add_argument("node", help="node id (or a unique prefix)")
 
-    p = sub.add_parser("demo", help="run a local 3-node mesh with the web UI")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--dir", default=None, help="where the demo nodes keep their data")
-    p.add_argument("--base-port", type=int, default=7100)
+    p = sub.add_parser(
+        "demo", help="run a local 3-node mesh with the web UI",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run a mesh of real agents on 127.0.0.1 (node1 creates it, the others "
+                    "join). Kill one agent and the others keep serving; Enter restarts it. "
+                    "Running the demo again reuses its data and restarts missing nodes. "
+                    "Ctrl-C stops the agents and their workloads.")
+    p.add_argument("--nodes", type=int, default=3, help="how many nodes")
+    p.add_argument("--dir", default=os.environ.get("MESHCLOUD_DEMO_DIR", "~/.meshcloud-demo"),
+                   help="where the demo nodes keep their data (or $MESHCLOUD_DEMO_DIR)")
+    p.add_argument("--base-port", type=int, default=7100,
+                   help="nodeN listens on BASE+N-1 (peers), BASE+100+N-1 (API) and "
+                        "BASE+200+N-1 (S3)")
+    p.add_argument("--restart-dead", action="store_true",
+                   help="restart a node whose agent dies, without asking")
 
     for extend in EXTENSIONS:
         extend(sub)
+    _data_dir_after_verbs(sub)
     return parser
+
+
+def _data_dir_after_verbs(sub: Any) -> None:
+    """Accept ``--data-dir`` after the verb too (``meshcloud init --data-dir X``), at every
+    level of verbs; given in both places, the later one wins."""
+    for verb_parser in set(sub.choices.values()):
+        if "--data-dir" not in verb_parser._option_string_actions:
+            verb_parser.add_argument("--data-dir", default=argparse.SUPPRESS,
+                                     help="node data directory (as before the verb)")
+        for action in verb_parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _data_dir_after_verbs(action)
 
 
 EXTENSIONS: list[Callable[[Any], None]] = []
@@ -292,8 +360,6 @@ EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     try:
         import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
     except ImportError:
@@ -308,12 +374,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = COMMANDS[args.command](args)
+        sys.stdout.flush()
     except MeshError as exc:
         print(f"meshcloud: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if stdout_closed():
+            # the reader went away (`meshcloud ps | head`): stop quietly, like other tools
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
+        print("meshcloud: the agent closed the connection (broken pipe); see its log",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def stdout_closed() -> bool:
+    """True when nobody reads our standard output any more (a pipe's reader exited)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return True
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events)
 
 
 if __name__ == "__main__":

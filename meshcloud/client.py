@@ -23,6 +23,8 @@ class AgentNotRunning(MeshError):
 class ApiClient:
     def __init__(self, datadir: DataDir, url: str | None = None) -> None:
         self.datadir = datadir
+        if url is None:
+            datadir.require()  # no node here at all: say `init`/`join`, not `up`
         info = datadir.runtime_info() if url is None else {"api": url, "pid": None}
         if not info or not info.get("api"):
             raise AgentNotRunning(

@@ -17,11 +17,23 @@ def ago(ms: int | None) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-def print_status(status: dict[str, Any]) -> None:
+def unique_prefixes(ids: list[str], min_len: int = 6) -> dict[str, str]:
+    """Each id's shortest prefix (at least ``min_len``) that no other id shares."""
+    out = {}
+    for ident in ids:
+        others = [o for o in ids if o != ident]
+        n = min(min_len, len(ident))
+        while n < len(ident) and any(o.startswith(ident[:n]) for o in others):
+            n += 1
+        out[ident] = ident[:n]
+    return out
+
+
+def print_status(status: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     node = status["node"]
     admin = " (admin)" if node.get("admin") else ""
     console.print(f"[bold]node[/] {node['id'][:12]}{admin} of mesh [bold]{node['mesh_name']}[/] "
@@ -32,13 +44,16 @@ def print_status(status: dict[str, Any]) -> None:
     if members is not None:
         table = Table(title=f"members ({sum(m['state'] == 'alive' for m in members)} alive)",
                       title_justify="left")
-        for column in ("node", "state", "inc", "addresses", "cpu", "ram free", "disk free",
-                       "battery", "arch", "changed"):
+        short = unique_prefixes([m["id"] for m in members])
+        table.add_column("node", no_wrap=True,
+                         min_width=max([len(p) + 5 for p in short.values()] or [4]))
+        for column in ("state", "inc", "addresses", "cpu", "ram free", "disk free", "battery",
+                       "arch", "changed"):
             table.add_column(column)
         for m in members:
             cap = m.get("capacity") or {}
             table.add_row(
-                m["id"][:12] + (" (me)" if m["id"] == node["id"] else ""),
+                short[m["id"]] + (" (me)" if m["id"] == node["id"] else ""),
                 _state(m["state"]), str(m.get("incarnation", "")),
                 ", ".join(m.get("addresses", [])),
                 f"{cap.get('cpu_cores', '-')}",
@@ -48,10 +63,13 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(table)
     else:
         table = Table(title="peers", title_justify="left")
-        for column in ("node", "connected", "addresses", "version", "changed"):
+        short = unique_prefixes([p["id"] for p in status["peers"]])
+        table.add_column("node", no_wrap=True,
+                         min_width=max([len(p) for p in short.values()] or [4]))
+        for column in ("connected", "addresses", "version", "changed"):
             table.add_column(column)
         for p in status["peers"]:
-            table.add_row(p["id"][:12], "yes" if p["connected"] else "no",
+            table.add_row(short[p["id"]], "yes" if p["connected"] else "no",
                           ", ".join(p["addresses"]), p.get("agent_version") or "-",
                           ago(p.get("last_change")))
         console.print(table)

@@ -71,10 +71,10 @@ KIND = "podman"
 CPU_PERIOD = 100_000
 """Microseconds; the CFS period podman uses for ``--cpus``."""
 HOW_TO_GET_IMAGES = (
-    "build the demo images with `python -m apps.images build-demo --data-dir DATA_DIR`, "
-    "or pull it on a machine with a registry and copy it here: "
+    "build the demo images with `meshcloud images --build-demo`, "
+    "or pull it on a machine with a registry and push it to the mesh: "
     "`podman pull IMAGE && podman save -o image.tar IMAGE`, then "
-    "`python -m apps.images load --data-dir DATA_DIR image.tar` (docs/operations.md, Images)")
+    "`meshcloud images push image.tar` (docs/operations.md, Images)")
 
 T = TypeVar("T")
 

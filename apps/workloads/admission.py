@@ -10,7 +10,9 @@ judges it against the mesh as this node sees it:
   there are replicas (each replica needs its own node); when none does, the answer says
   why, node by node;
 * **host ports are free**: no other workload publishes the same host port (replicas of
-  two workloads may share a node).
+  two workloads may share a node), and no two replicas of this one would share a host
+  port on one machine (:func:`shared_port_problems`: nodes advertising the same IP address
+  are one machine, e.g. the demo's agents on 127.0.0.1).
 
 Pure: the API calls :func:`admission_problems` with the node's view and refuses the spec
 with all problems at once if the list is not empty.
@@ -26,9 +28,9 @@ from apps.workloads.spec import WorkloadSpec
 from apps.workloads.view import plan_item
 from meshcloud.placement import Constraints, NodeInfo
 
-HOW_TO_GET_IMAGES = ("build or load it into a node's store first "
-                     "(`python -m apps.images build-demo|load --data-dir DATA_DIR`, "
-                     "docs/operations.md, Images)")
+HOW_TO_GET_IMAGES = ("push it to the mesh first (`meshcloud images push ARCHIVE` for a "
+                     "`podman save` archive, or `meshcloud images --build-demo` for the "
+                     "demo images; docs/operations.md, Images)")
 
 
 def why_not(node: NodeInfo, c: Constraints) -> str | None:
@@ -53,7 +55,8 @@ def why_not(node: NodeInfo, c: Constraints) -> str | None:
 
 def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
                        offers: Mapping[bytes, NodeOffer],
-                       others: Mapping[str, WorkloadSpec] | None = None) -> list[str]:
+                       others: Mapping[str, WorkloadSpec] | None = None,
+                       machines: Mapping[bytes, str] | None = None) -> list[str]:
     problems: list[str] = []
     if spec.runtime == "podman" and spec.image is not None:
         holders = [n for n, o in offers.items() if spec.image in o.images]
@@ -73,6 +76,7 @@ def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
     elif 0 < len(eligible) < spec.replicas:
         problems.append(f"replicas = {spec.replicas} but only {len(eligible)} live node(s) "
                         "can run it (each replica needs its own node)")
+    problems += shared_port_problems(spec, eligible, machines or {})
     for name, other in sorted((others or {}).items()):
         if name == spec.name:
             continue
@@ -85,3 +89,33 @@ def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
                     problems.append(f"host port {mine.host_port}/{mine.protocol} is already "
                                     f"published by workload {name!r}")
     return problems
+
+
+def machine_of_addresses(addresses: Sequence[str]) -> str | None:
+    """The machine behind a node's advertised addresses: the host of the first one."""
+    for address in addresses:
+        text = str(address).split("://", 1)[-1]
+        host = (text.rsplit(":", 1)[0] if ":" in text else text).strip("[]")
+        if host:
+            return host
+    return None
+
+def shared_port_problems(spec: WorkloadSpec, eligible: Sequence[bytes],
+                         machines: Mapping[bytes, str]) -> list[str]:
+    """Host ports two replicas of ``spec`` would both bind on one machine.
+
+    Replicas go to distinct nodes, but several nodes may share a machine. When the nodes
+    that can run the workload span fewer machines than there are replicas, some machine
+    gets two replicas, and a fixed host port would fail there with "address already in
+    use", over and over. Refused at submit time instead.
+    """
+    if spec.replicas < 2 or not spec.ports:
+        return []
+    hosts = {machines.get(n) or n.hex() for n in eligible}
+    if not eligible or len(hosts) >= spec.replicas:
+        return []
+    ports = ", ".join(f"{p.host_port}/{p.protocol}" for p in spec.ports)
+    return [f"replicas = {spec.replicas} would share host port(s) {ports}: the nodes that "
+            f"can run it are on {len(hosts)} machine(s) ({', '.join(sorted(hosts))}), "
+            "so two replicas would bind the same port on one machine; run at most "
+            f"{len(hosts)} replica(s), or publish no host port"]

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from apps.workloads.errors import SpecError
-from apps.workloads.offers import all_offers
+from apps.workloads.offers import own_offers
 from meshcloud.errors import MeshError
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def routes(service: WorkloadService) -> list[Route]:
         return JSONResponse(await service.drain_progress(node_id))
 
     async def images(request: Request) -> Response:
-        offers = all_offers(service.state)
+        offers = own_offers(service.state)
         return JSONResponse({
             "node": service.node.node_id.hex(), "images": list(service.images),
             "runtimes": sorted(service.runtimes),
@@ -135,6 +135,26 @@ def routes(service: WorkloadService) -> list[Route]:
 
     async def build_demo(request: Request) -> Response:
         return JSONResponse({"built": await service.build_demo_images()})
+
+    async def catalogue(request: Request) -> Response:
+        if request.method == "GET":
+            from apps.workloads.catalogue import mesh_images
+
+            return JSONResponse({ref: {"key": i.key, "size": i.size, "sha256": i.sha256,
+                                       "pushed_ms": i.pushed_ms}
+                                 for ref, i in sorted(mesh_images(service.state).items())})
+        body = await _body(request)
+        refs, key = body.get("images"), body.get("key")
+        if not (isinstance(refs, list) and refs and all(isinstance(r, str) and r for r in refs)
+                and isinstance(key, str) and isinstance(body.get("size"), int)
+                and isinstance(body.get("sha256"), str)):
+            raise MeshError("give images (a list of references), key, size and sha256",
+                            code="bad_request")
+        return JSONResponse({"pushed": service.register_image(refs, key, body["size"],
+                                                              body["sha256"])})
+
+    async def uncatalogue(request: Request) -> Response:
+        return JSONResponse(service.unregister_image(request.path_params["ref"]))
 
     return [
         Route("/v1/workloads", list_workloads, methods=["GET"]),
@@ -150,6 +170,8 @@ def routes(service: WorkloadService) -> list[Route]:
         Route("/v1/nodes/{node}/drain", drain, methods=["GET", "POST"]),
         Route("/v1/images", images, methods=["GET"]),
         Route("/v1/images/build-demo", build_demo, methods=["POST"]),
+        Route("/v1/images/mesh", catalogue, methods=["GET", "POST"]),
+        Route("/v1/images/mesh/{ref:path}", uncatalogue, methods=["DELETE"]),
     ]
 
 

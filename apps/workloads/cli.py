@@ -151,17 +151,33 @@ def cmd_ps(args: argparse.Namespace) -> None:
     if not rows:
         print("no workloads (start one with `meshcloud run NAME --image IMAGE`)")
         return
-    now = time.time() * 1000
+    import shutil
+    import sys
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for line in ps_lines(rows, time.time() * 1000, width):
+        print(line)
+
+
+def ps_lines(rows: list[dict[str, Any]], now_ms: float, width: int | None) -> list[str]:
+    """The ``ps`` table; MESSAGE gets what ``width`` leaves (at least 40), all of it when
+    ``width`` is None (output to a pipe or file)."""
     table = [("REPLICA", "NODE", "STATE", "RESTARTS", "FENCE", "UPDATED", "MESSAGE")]
     for r in rows:
-        age = "-" if not r.get("updated") else _age((now - r["updated"]) / 1000)
+        age = "-" if not r.get("updated") else _age((now_ms - r["updated"]) / 1000)
         state = r["state"] if r["wanted"] else f"{r['state']} (extra)"
         table.append((r["name"], (r["node"] or "-")[:12], state, str(r["restarts"]),
-                      str(r["fencing"]), age, (r.get("message") or "")[:60]))
+                      str(r["fencing"]), age, " ".join((r.get("message") or "").split())))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    room = None if width is None else max(40, width - sum(widths) - 2 * len(widths) - 1)
+    lines = []
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
-              + "  " + row[-1])
+        message = row[-1]
+        if room is not None and len(message) > room:
+            message = message[:room - 1] + "…"
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                     + "  " + message)
+    return lines
 
 
 def _age(seconds: float) -> str:
@@ -246,20 +262,88 @@ def _drain_summary(progress: dict[str, Any]) -> str:
 @command("images")
 def cmd_images(args: argparse.Namespace) -> None:
     api = client(args)
+    verb = getattr(args, "images_command", None)
+    if verb == "push":
+        push_archive(api, Path(args.archive))
+        return
+    if verb == "rm":
+        _remove_pushed(api, args.reference)
+        return
     if args.build_demo:
-        for r in api.post("/v1/images/build-demo", timeout=300)["built"]:
+        built = api.post("/v1/images/build-demo", timeout=300)["built"]
+        for r in built:
             print(f"{r['image']}: {'built' if r['built'] else 'up to date'} "
                   f"in {r['seconds']:.2f}s")
+        if not args.local:
+            for r in built:
+                _push_from_store(api, args, r["image"])
     info = api.get("/v1/images")
+    pushed = api.get("/v1/images/mesh")
     if args.json:
-        print_json(info)
+        print_json({**info, "pushed": pushed})
         return
+    print("pushed to the mesh (any podman node loads them on demand):")
+    for ref, image in pushed.items():
+        print(f"    {ref}  {image['size'] / 1e6:.1f} MB  sha256:{image['sha256'][:12]}")
+    if not pushed:
+        print("    none (`meshcloud images push ARCHIVE`)")
     for node, offer in info["mesh"].items():
         mark = " (this node)" if node == info["node"] else ""
         runtimes = ",".join(offer["runtimes"]) or "none"
         print(f"{node[:12]}{mark}  runtimes: {runtimes}")
         for image in offer["images"]:
             print(f"    {image}")
+
+
+def push_archive(api: Any, archive: Path) -> list[str]:
+    """Store a ``podman save`` archive in the mesh's image bucket and name its images."""
+    from apps.workloads.catalogue import BUCKET, archive_key, archive_references, file_sha256
+    from blobstore.cli import upload
+
+    if not archive.is_file():
+        raise MeshError(f"{archive} is not a file (make one with `podman save -o "
+                        "image.tar IMAGE`)")
+    refs = archive_references(archive)
+    digest = file_sha256(archive)
+    if BUCKET not in {b["name"] for b in api.get("/v1/storage/buckets")}:
+        api.post("/v1/storage/buckets", {"name": BUCKET, "code": ""})
+    upload(api, archive, BUCKET, archive_key(digest))
+    api.post("/v1/images/mesh", {"images": refs, "key": archive_key(digest),
+                                 "size": archive.stat().st_size, "sha256": digest})
+    for ref in refs:
+        print(f"pushed {ref} (sha256:{digest[:12]}): any podman node loads it on demand")
+    return refs
+
+
+def _push_from_store(api: Any, args: argparse.Namespace, reference: str) -> None:
+    """`podman save` an image of this node's store, then push the archive."""
+    import subprocess
+    import tempfile
+
+    from apps.runtimes.config import PodmanConfig
+    from apps.runtimes.podman_service import PodmanService
+    from meshcloud.cli import datadir
+
+    service = PodmanService(PodmanConfig(data_dir=datadir(args).path, node_id="cli"))
+    with tempfile.TemporaryDirectory(prefix="meshcloud-image-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        result = subprocess.run([*service.cli_args(), "save", "--format", "docker-archive",
+                                 "-o", str(archive), reference], env=service.env(),
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise MeshError(f"podman save {reference} failed: {result.stderr.strip()[-300:]}")
+        push_archive(api, archive)
+
+
+def _remove_pushed(api: Any, reference: str) -> None:
+    from apps.workloads.catalogue import BUCKET
+
+    reply = api.delete(f"/v1/images/mesh/{_quote(reference)}")
+    if not reply["archive_shared"]:
+        from blobstore.cli import _object_path
+
+        api.delete(_object_path(BUCKET, reply["key"]))
+    print(f"removed {reference} from the mesh (node stores that loaded it keep their copy)")
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -327,10 +411,21 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--no-wait", action="store_true", help="set the flag and return")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("images", help="images and runtimes of every node")
+    p = sub.add_parser("images", help="images of the mesh: push, ls, rm; node stores",
+                       description="Images without a registry: `push` stores a `podman save` "
+                                   "archive in the mesh (blobstore bucket meshcloud-images); "
+                                   "a node loads it before it starts a replica.")
     p.add_argument("--build-demo", action="store_true",
-                   help="build localhost/meshcloud/{busybox,web}:1 into this node's store")
+                   help="build localhost/meshcloud/{busybox,web}:1 and push them to the mesh")
+    p.add_argument("--local", action="store_true",
+                   help="with --build-demo: only into this node's store, no push")
     p.add_argument("--json", action="store_true")
+    isub = p.add_subparsers(dest="images_command", metavar="VERB")
+    push = isub.add_parser("push", help="store a `podman save` archive in the mesh")
+    push.add_argument("archive", help="file from `podman save -o FILE IMAGE`")
+    isub.add_parser("ls", help="pushed images and every node's store (the default)")
+    rm = isub.add_parser("rm", help="remove a pushed image from the mesh")
+    rm.add_argument("reference", help="e.g. localhost/meshcloud/web:1")
 
 
 def _wait_flags(p: argparse.ArgumentParser) -> None:

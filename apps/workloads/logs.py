@@ -82,8 +82,13 @@ class LogServer:
         try:
             await _pump(local_lines(self.runtimes, request), stream)
             end = LogsEnd()
-        except MeshError as exc:
-            end = LogsEnd(code=exc.code, message=exc.message)
+        except (MeshError, BaseExceptionGroup) as exc:
+            error = mesh_error(exc)
+            if error is None:
+                if _only_closed(exc):
+                    return
+                raise
+            end = LogsEnd(code=error.code, message=error.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         try:
@@ -91,6 +96,19 @@ class LogServer:
             await stream.close()
         except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+def mesh_error(exc: BaseException) -> MeshError | None:
+    """The :class:`MeshError` that ``exc`` is, or that a group (a nursery's) wraps alone."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, MeshError) else None
+
+
+def _only_closed(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_closed(e) for e in exc.exceptions)
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
 
 
 async def _pump(lines: AsyncIterator[str], stream: Stream) -> None:

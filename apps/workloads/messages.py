@@ -88,3 +88,15 @@ class InventoryItem:
 class InventoryReply:
     items: tuple[InventoryItem, ...]
     draining: bool = False
+
+
+@message(TagBlock.APPS + 17)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshImage:
+    """An image pushed to the mesh (``images`` table, key: its reference): a ``podman save``
+    archive stored as object ``key`` of the mesh's image bucket."""
+
+    key: str
+    size: int
+    sha256: str
+    pushed_ms: int = 0

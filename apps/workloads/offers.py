@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.workloads.messages import NodeOffer
+from meshcloud.state.errors import UnknownTableError
 from meshcloud.state.schema import TableSchema, record_codec
 
 _enc, _dec = record_codec(NodeOffer)
@@ -22,7 +23,21 @@ OFFERS: TableSchema[NodeOffer] = TableSchema(
     "offers", partition=(bytes,), encode=_enc, decode=_dec, max_value_bytes=64 * 1024)
 
 
-def all_offers(state: Any) -> dict[bytes, NodeOffer]:
-    """Every node's offer, by node id."""
+def own_offers(state: Any) -> dict[bytes, NodeOffer]:
+    """Every node's offer, by node id, as the node published it."""
     return {key[0]: value for key, value in state.scan(OFFERS.name)
             if isinstance(key[0], bytes) and value is not None}
+
+
+def all_offers(state: Any) -> dict[bytes, NodeOffer]:
+    """Every node's offer, by node id, with the images pushed to the mesh counted on every
+    podman node (they load on demand: :mod:`apps.workloads.catalogue`)."""
+    from apps.workloads.catalogue import mesh_images, with_catalogue
+
+    offers = own_offers(state)
+    try:
+        refs = set(mesh_images(state))
+    except UnknownTableError:  # the images table is not open (a test's bare state)
+        return offers
+    return with_catalogue(offers, refs) if refs else offers
+

@@ -13,6 +13,10 @@ container, need none of it. So the service wraps the podman runtime in
   containers and nothing else creates them), and the images of the store, read from
   containers/storage's ``overlay-images/images.json`` (written atomically by podman; no
   mount, no process).
+
+It also loads images pushed to the mesh (:mod:`apps.workloads.catalogue`): before a replica
+starts, an image missing from the store is fetched with ``fetch`` (from the blobstore, to a
+file) and loaded — no registry needed.
 """
 
 from __future__ import annotations
@@ -62,12 +66,18 @@ def has_containers(root: Path) -> bool:
 class OnDemandRuntime:
     """A runtime started by ``start_inner`` on first need (see the module docstring)."""
 
-    def __init__(self, inner: Runtime, start_inner: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, inner: Runtime, start_inner: Callable[[], Awaitable[None]], *,
+                 fetch: Callable[[str], Awaitable[Path | None]] | None = None,
+                 started: bool = False) -> None:
         self.inner = inner
         self.kind = inner.kind
         self._start_inner = start_inner
         self._lock = trio.Lock()
-        self.started = False
+        self._load_lock = trio.Lock()
+        self.started = started
+        self.fetch = fetch
+        self.loaded: list[str] = []
+        """Images this wrapper loaded from the mesh (newest last)."""
 
     @property
     def service(self) -> Any:
@@ -88,11 +98,30 @@ class OnDemandRuntime:
 
     async def ensure_image(self, image: str | None) -> None:
         await self.ensure_started()
+        await self.load_from_mesh(image)
         await self.inner.ensure_image(image)
 
     async def start(self, spec: ContainerSpec) -> ReplicaHandle:
         await self.ensure_started()
+        await self.load_from_mesh(spec.image)
         return await self.inner.start(spec)
+
+    async def load_from_mesh(self, image: str | None) -> None:
+        """Load ``image`` from the mesh's archives if the store lacks it (no-op otherwise,
+        or when the mesh has no such image: the runtime then says it is missing)."""
+        if not image or self.fetch is None:
+            return
+        async with self._load_lock:
+            if image in await self.inner.list_images():  # type: ignore[attr-defined]
+                return
+            path = await self.fetch(image)
+            if path is None:
+                return
+            try:
+                await self.inner.load_image(path)  # type: ignore[attr-defined]
+            finally:
+                await trio.Path(path).unlink(missing_ok=True)
+            self.loaded.append(image)
 
     async def stop(self, name: str, stop_timeout: float | None = None) -> None:
         if self.started:

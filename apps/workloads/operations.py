@@ -59,7 +59,20 @@ class WorkloadOperations:
 
     def check(self, spec: WorkloadSpec) -> list[str]:
         """Mesh-wide problems of ``spec`` (empty: it can run here)."""
-        return admission_problems(spec, self.view(), all_offers(self.state), self.specs())
+        return admission_problems(spec, self.view(), all_offers(self.state), self.specs(),
+                                  self.machines())
+
+    def machines(self) -> dict[bytes, str]:
+        """Node id -> the machine it runs on (host of its first advertised address)."""
+        from apps.workloads.admission import machine_of_addresses
+
+        members = getattr(self.node, "members_view", lambda: [])()
+        out = {}
+        for member in members:
+            host = machine_of_addresses(member.get("addresses") or [])
+            if host is not None:
+                out[bytes.fromhex(member["id"])] = host
+        return out
 
     def submit(self, data: Mapping[str, Any], *, replace_existing: bool) -> dict[str, Any]:
         """Create (``run``) or create-or-update (``deploy``) a workload. Every check runs
@@ -226,6 +239,9 @@ class WorkloadOperations:
                         await out.send(label + line)
                 except MeshError as exc:
                     await out.send(f"{label}(logs unavailable: {exc.message})")
+                    claim = read_claims(self.state).get((name, index))
+                    if claim is not None and claim.message:
+                        await out.send(f"{label}(replica {claim.state}: {claim.message})")
 
         async with send, trio.open_nursery() as nursery:
             for index, node_id in targets:

@@ -58,7 +58,7 @@ from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, ReplicaClaim
 
 log = logging.getLogger(__name__)
 
-WATCHED_TABLES = (WORKLOADS.name, REPLICAS.name, NODES.name, OFFERS.name)
+WATCHED_TABLES = (WORKLOADS.name, REPLICAS.name, NODES.name, OFFERS.name, "images")
 GUARD_INTERVAL = 0.25
 """Seconds between checks of running singletons' leases by the guard task."""
 WATCHDOG_CHECK = 2.0

@@ -25,6 +25,7 @@ import trio
 from apps.leases import LEASE_DURATION, RENEW_EVERY
 from apps.runtimes.base import Runtime, WorkloadRuntimeError
 from apps.runtimes.config import PodmanConfig, ProcessConfig
+from apps.workloads.catalogue import IMAGES, fetch_archive, mesh_images
 from apps.workloads.config import ReconcilerConfig
 from apps.workloads.errors import WorkloadError
 from apps.workloads.leasing import LeaseService
@@ -106,6 +107,7 @@ class WorkloadService(WorkloadOperations):
         self.node = node
         self.state = node.state
         node.state.open_table(OFFERS)
+        node.state.open_table(IMAGES)
         self.config = (ReconcilerConfig.local() if node.config.profile == "local"
                        else ReconcilerConfig())
         self.runtimes: dict[str, Runtime] = {}
@@ -196,10 +198,13 @@ class WorkloadService(WorkloadOperations):
             if root is not None and not has_containers(root):
                 # nothing to adopt: start podman when something needs it (ondemand.py)
                 self.runtimes[runtime.kind] = OnDemandRuntime(
-                    runtime, partial(self._start_runtime, nursery, runtime, strict=True))
+                    runtime, partial(self._start_runtime, nursery, runtime, strict=True),
+                    fetch=self.fetch_image)
                 continue
             if await self._start_runtime(nursery, runtime):
-                self.runtimes[runtime.kind] = runtime
+                self.runtimes[runtime.kind] = runtime if root is None else OnDemandRuntime(
+                    runtime, partial(self._start_runtime, nursery, runtime, strict=True),
+                    fetch=self.fetch_image, started=True)
         self.reconciler.runtimes = self.runtimes
 
     async def _start_runtime(self, nursery: trio.Nursery, runtime: Runtime, *,
@@ -298,6 +303,47 @@ class WorkloadService(WorkloadOperations):
         if current is None or replace(current, updated_ms=0) != replace(offer, updated_ms=0):
             self.state.put(OFFERS.name, self.node.node_id, offer)
         return offer
+
+    async def fetch_image(self, reference: str) -> Path | None:
+        """The archive of a pushed image, copied from the blobstore to a file (None if the
+        mesh has no such image)."""
+        image = mesh_images(self.state).get(reference)
+        if image is None:
+            return None
+        storage = next((s for s in getattr(self.node, "services", [])
+                        if getattr(s, "name", "") == "storage"), None)
+        objects = getattr(storage, "objects", None)
+        if objects is None:
+            from apps.runtimes.base import ErrorCode
+
+            raise WorkloadRuntimeError(ErrorCode.IMAGE_NOT_FOUND,
+                                       f"image {reference} is in the mesh but this node's "
+                                       "storage service is not running")
+        pull = self.node.datadir.path / "runtimes" / "pull"
+        await trio.Path(pull).mkdir(parents=True, exist_ok=True)
+        log.info("loading image %s from the mesh (%d bytes)", reference, image.size)
+        return await fetch_archive(objects, image, pull / f"{image.sha256}.tar")
+
+    def register_image(self, references: list[str], key: str, size: int, sha256: str
+                       ) -> list[str]:
+        from apps.workloads.messages import MeshImage
+
+        record = MeshImage(key=key, size=size, sha256=sha256,
+                           pushed_ms=self.node.clock.wall_ms())
+        for ref in references:
+            self.state.put(IMAGES.name, ref, record)
+        self.poke()
+        return references
+
+    def unregister_image(self, reference: str) -> dict[str, Any]:
+        images = mesh_images(self.state)
+        image = images.get(reference)
+        if image is None:
+            raise WorkloadError(f"no image {reference!r} was pushed to the mesh "
+                                "(`meshcloud images ls`)", code="not_found")
+        self.state.delete(IMAGES.name, reference)
+        shared = any(i.key == image.key for r, i in images.items() if r != reference)
+        return {"image": reference, "key": image.key, "archive_shared": shared}
 
     async def build_demo_images(self) -> list[dict[str, Any]]:
         from apps.images import build_demo_images

@@ -181,7 +181,8 @@ async def test_unknown_image_is_refused_and_nothing_is_created(rt, data_dir):
         await rt.start(ContainerSpec(name="ghost", image="localhost/meshcloud/nope:1"))
     assert info.value.code == ErrorCode.IMAGE_NOT_FOUND
     assert "image localhost/meshcloud/nope:1 not found locally" in info.value.message
-    assert "apps.images build-demo" in info.value.message and "podman save" in info.value.message
+    assert "meshcloud images --build-demo" in info.value.message
+    assert "podman save" in info.value.message and "python -m" not in info.value.message
     names = cli(data_dir, "ps", "--all", "--format", "{{.Names}}").stdout.split()
     assert container_name("ghost") not in names
     assert await rt.list() == []
