@@ -62,7 +62,7 @@ def ensure_root_dir(path: Path) -> None:
         os.chmod(path, 0o711)
 
 
-def _chown_tree(path: Path, ident: Identity) -> None:
+def chown_tree(path: Path, ident: Identity) -> None:
     """Give a tree that root owned (so nobody could have planted links in it) to ``ident``."""
     os.lchown(path, ident.uid, ident.gid)
     for top, dirs, files in os.walk(path, followlinks=False):
@@ -90,7 +90,7 @@ def ensure_owned_dir(path: Path, ident: Identity | None, *, what: str,
     want = 0 if ident is None else ident.uid
     if st.st_uid != want:
         if st.st_uid == 0 and ident is not None:
-            _chown_tree(path, ident)
+            chown_tree(path, ident)
         elif keep_foreign:
             log.warning("%s %s belongs to uid %d, not %d: left as it is", what, path,
                         st.st_uid, want)
