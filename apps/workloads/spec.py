@@ -128,6 +128,10 @@ class WorkloadSpec:
     health: HealthCheck | None = None
     stop_timeout: float = 10.0
     constraints: WorkloadConstraints = field(default_factory=WorkloadConstraints)
+    run_as_root: bool = False
+    """Never read from what a user gives nor stored (not a key of :meth:`to_dict`): the
+    reconciler of the node starting a replica sets it when the mesh's signed policy
+    allows root for this workload (:mod:`apps.workloads.policy`)."""
 
     @property
     def runtime(self) -> str:
@@ -148,7 +152,7 @@ class WorkloadSpec:
             args=self.args, env=dict(self.env), ports=self.ports, cpu=self.cpu,
             memory=self.memory, volumes=self.volumes, health=self.health,
             stop_timeout=self.stop_timeout, workload=self.name, replica=index,
-            fencing_token=fencing)
+            fencing_token=fencing, run_as_root=self.run_as_root)
 
     def placement_constraints(self) -> Constraints:
         c = self.constraints

@@ -1,0 +1,91 @@
+"""The workload policy on a node: what the reconciler asks, what the admin's API does.
+
+=======  ====================================  ==============================================
+method   path                                  what
+=======  ====================================  ==============================================
+GET      /v1/policy/root                       every ``workload_policy`` row and its verdict
+POST     /v1/policy/root/{name}                ``{"allow": true|false}``: sign and store a
+                                               ``run-as-root`` / ``revoke-root`` statement
+                                               (only on the node holding the mesh root key:
+                                               403 ``not_admin`` elsewhere)
+=======  ====================================  ==============================================
+
+Statements and their checks are in :mod:`apps.workloads.policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from apps.workloads.policy import (
+    ALLOW,
+    POLICY,
+    REVOKE,
+    RootPolicy,
+    RootPolicyCheck,
+    is_valid,
+    sign_policy,
+)
+from apps.workloads.spec import NAME_RE
+from meshcloud.errors import MeshError
+from meshcloud.identity.keys import SigningKey
+
+
+class RootPolicyOps:
+    def __init__(self, state: Any, mesh_id: bytes, root_public: bytes,
+                 root_key: SigningKey | None, wall_ms: Callable[[], int]) -> None:
+        self.state = state
+        self.mesh_id = mesh_id
+        self.root_key = root_key
+        self.wall_ms = wall_ms
+        self.check = RootPolicyCheck(mesh_id, root_public)
+
+    def allowed(self) -> set[str]:
+        """Workloads whose replicas this node may start as root (verified rows only)."""
+        return self.check.allowed(self.state.scan(POLICY.name))
+
+    def set_root(self, name: str, allow: bool) -> dict[str, Any]:
+        if self.root_key is None:
+            raise MeshError("this node holds no admin key: change the workload policy on the "
+                            "node where `meshcloud init` ran", code="not_admin")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise MeshError(f"{name!r} is not a workload name", code="bad_request")
+        current = self.state.get(POLICY.name, name)
+        issued = self.wall_ms()
+        if is_valid(self.mesh_id, self.check.root_public, name, current):
+            issued = max(issued, current.issued_ms + 1)  # newer than the admin's last word
+        row = sign_policy(self.root_key, self.mesh_id, name, ALLOW if allow else REVOKE,
+                          issued)
+        self.state.put(POLICY.name, name, row)
+        self.check.allows(name, row)  # remember it: an older replay now loses here too
+        return self._row(name, row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self._row(key[0], row) for key, row in self.state.scan(POLICY.name)
+                if row is not None and isinstance(key[0], str)]
+
+    def _row(self, name: str, row: RootPolicy) -> dict[str, Any]:
+        return {"workload": name, "verb": row.verb, "issued_ms": row.issued_ms,
+                "verdict": self.check.describe(name, row)}
+
+
+def policy_routes(ops: RootPolicyOps) -> list[Route]:
+    async def list_rows(request: Request) -> Response:
+        return JSONResponse({"root": ops.rows()})
+
+    async def set_root(request: Request) -> Response:
+        from meshcloud.api.app import read_json
+
+        body = await read_json(request)
+        allow = body.get("allow")
+        if not isinstance(allow, bool):
+            raise MeshError("field 'allow' must be true or false", code="bad_request")
+        return JSONResponse(ops.set_root(request.path_params["name"], allow))
+
+    return [Route("/v1/policy/root", list_rows, methods=["GET"]),
+            Route("/v1/policy/root/{name}", set_root, methods=["POST"])]
