@@ -14,8 +14,10 @@ missing, malformed, forged, foreign-mesh or misfiled row means "not root". Revok
 writes a signed ``revoke-root`` statement rather than deleting the row, and
 :class:`RootPolicyCheck` remembers the newest valid statement it has seen for each
 workload, so replaying an older ``run-as-root`` statement over a revocation does not
-bring root back on a node that saw the revocation. A member can still *delete* or
-overwrite the row (every member can write the state): that only ever denies root.
+bring root back on a node that saw the revocation (the node keeps what it has seen on
+disk, :mod:`apps.workloads.policy_ops`, so a restart does not forget it). A member can
+still *delete* or overwrite the row (every member can write the state): that only ever
+denies root.
 
 Pure: no I/O; the workload service feeds it rows, the reconciler asks it per workload.
 """
@@ -96,6 +98,20 @@ class RootPolicyCheck:
         self.root_public = root_public
         self._newest: dict[str, tuple[int, str]] = {}
         """Newest valid (issued_ms, verb) seen per workload: older replays lose to it."""
+
+    @property
+    def newest(self) -> dict[str, tuple[int, str]]:
+        """What it has seen (workload → newest valid issued_ms, verb), to be kept."""
+        return dict(self._newest)
+
+    def remember(self, seen: dict[str, tuple[int, str]]) -> None:
+        """Restore what an earlier check saw (entries that are not well formed are skipped)."""
+        for name, value in seen.items():
+            if isinstance(name, str) and isinstance(value, tuple | list) and len(value) == 2 \
+                    and isinstance(value[0], int) and value[1] in VERBS:
+                current = self._newest.get(name)
+                if current is None or current[0] < value[0]:
+                    self._newest[name] = (value[0], value[1])
 
     def allows(self, workload: str, row: object) -> bool:
         """``row`` is the current ``workload_policy`` row of ``workload`` (or None)."""

@@ -10,12 +10,18 @@ POST     /v1/policy/root/{name}                ``{"allow": true|false}``: sign a
                                                403 ``not_admin`` elsewhere)
 =======  ====================================  ==============================================
 
-Statements and their checks are in :mod:`apps.workloads.policy`.
+Statements and their checks are in :mod:`apps.workloads.policy`. The newest valid
+statement seen per workload is kept in ``<data_dir>/runtimes/policy-seen.json``, so a
+revocation seen once keeps beating replays of older grants after the agent restarts.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -35,19 +41,51 @@ from apps.workloads.spec import NAME_RE
 from meshcloud.errors import MeshError
 from meshcloud.identity.keys import SigningKey
 
+log = logging.getLogger(__name__)
+
 
 class RootPolicyOps:
     def __init__(self, state: Any, mesh_id: bytes, root_public: bytes,
-                 root_key: SigningKey | None, wall_ms: Callable[[], int]) -> None:
+                 root_key: SigningKey | None, wall_ms: Callable[[], int],
+                 data_dir: Path | None = None) -> None:
         self.state = state
         self.mesh_id = mesh_id
         self.root_key = root_key
         self.wall_ms = wall_ms
         self.check = RootPolicyCheck(mesh_id, root_public)
+        self.seen_path = None if data_dir is None else \
+            Path(data_dir) / "runtimes" / "policy-seen.json"
+        self._saved: dict[str, tuple[int, str]] = {}
+        if self.seen_path is not None:
+            try:
+                raw = json.loads(self.seen_path.read_text())
+                self.check.remember({k: tuple(v) for k, v in raw.items()
+                                     if isinstance(v, list)})
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("%s unreadable: %s", self.seen_path, exc)
+            self._saved = self.check.newest
 
     def allowed(self) -> set[str]:
         """Workloads whose replicas this node may start as root (verified rows only)."""
-        return self.check.allowed(self.state.scan(POLICY.name))
+        allowed = self.check.allowed(self.state.scan(POLICY.name))
+        self._keep()
+        return allowed
+
+    def _keep(self) -> None:
+        newest = self.check.newest
+        if self.seen_path is None or newest == self._saved:
+            return
+        try:
+            self.seen_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.seen_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({k: list(v) for k, v in newest.items()},
+                                      sort_keys=True))
+            os.replace(tmp, self.seen_path)
+            self._saved = newest
+        except OSError as exc:
+            log.warning("cannot keep %s: %s", self.seen_path, exc)
 
     def set_root(self, name: str, allow: bool) -> dict[str, Any]:
         if self.root_key is None:
@@ -63,6 +101,7 @@ class RootPolicyOps:
                           issued)
         self.state.put(POLICY.name, name, row)
         self.check.allows(name, row)  # remember it: an older replay now loses here too
+        self._keep()
         return self._row(name, row)
 
     def rows(self) -> list[dict[str, Any]]:

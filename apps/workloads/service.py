@@ -110,7 +110,7 @@ class WorkloadService(WorkloadOperations):
         node.state.open_table(OFFERS)
         node.state.open_table(POLICY)
         self.policy = RootPolicyOps(node.state, node.mesh.mesh_id, node.mesh.root_public,
-                                    node.root_key, node.clock.wall_ms)
+                                    node.root_key, node.clock.wall_ms, node.datadir.path)
         self.config = (ReconcilerConfig.local() if node.config.profile == "local"
                        else ReconcilerConfig())
         self.runtimes: dict[str, Runtime] = {}

@@ -187,3 +187,43 @@ async def test_replicas_run_as_root_only_under_a_signed_policy(mesh2, capsys):
     for member in mesh2.up():
         assert member.service.policy.allowed() == set()
     assert (await replica_uid(mesh2))[1] == uid
+
+
+class _Table:
+    """The three calls RootPolicyOps makes on the state, over a dict (unit test only)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, object] = {}
+
+    def get(self, table: str, key: str) -> object:
+        return self.rows.get(key)
+
+    def put(self, table: str, key: str, value: object) -> None:
+        self.rows[key] = value
+
+    def scan(self, table: str) -> list[tuple[tuple[str], object]]:
+        return [((k,), v) for k, v in sorted(self.rows.items())]
+
+
+def test_a_seen_revocation_outlives_a_restart(tmp_path):
+    from apps.workloads.policy_ops import RootPolicyOps
+    from meshcloud.errors import MeshError
+
+    table = _Table()
+    admin = RootPolicyOps(table, MESH, ROOT.public, ROOT, lambda: 1000, tmp_path / "a")
+    admin.set_root("db", True)
+    grant = table.rows["db"]
+    node = RootPolicyOps(table, MESH, ROOT.public, None, lambda: 0, tmp_path / "b")
+    assert node.allowed() == {"db"}
+    admin.set_root("db", False)  # same millisecond: issued one later all the same
+    assert table.rows["db"].issued_ms == 1001 and node.allowed() == set()
+    table.put(POLICY.name, "db", grant)  # replayed by a member
+    restarted = RootPolicyOps(table, MESH, ROOT.public, None, lambda: 0, tmp_path / "b")
+    assert restarted.allowed() == set()
+    fresh = RootPolicyOps(table, MESH, ROOT.public, None, lambda: 0, tmp_path / "c")
+    assert fresh.allowed() == {"db"}  # a node that never saw the revocation: the limit
+    with pytest.raises(MeshError) as info:
+        node.set_root("db", True)
+    assert info.value.code == "not_admin"
+    with pytest.raises(MeshError):
+        admin.set_root("../etc", True)
