@@ -46,7 +46,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -485,7 +485,16 @@ class ProcessRuntime:
             exit_code=rec.exit_code, started_at=rec.started_at, finished_at=rec.finished_at,
             restarts=rec.restarts, health=health, health_detail=detail,
             workload=spec.workload, replica=spec.replica, fencing_token=spec.fencing_token,
-            spec_hash=spec.spec_hash(), image=None, message=rec.message)
+            spec_hash=self._as_run(rep).spec_hash(), image=None, message=rec.message)
+
+    def _as_run(self, rep: _Replica) -> ContainerSpec:
+        """The spec as the replica really runs: one a root agent of an earlier version
+        started (no uid recorded) runs as root, and says so, so the reconciler restarts it
+        under its workload's user unless the policy allows root."""
+        spec = rep.rec.spec
+        if self.switch_users and rep.rec.uid is None and not spec.run_as_root:
+            return replace(spec, run_as_root=True)
+        return spec
 
     async def list(self) -> list[ReplicaStatus]:
         await trio.lowlevel.checkpoint()

@@ -148,3 +148,25 @@ def test_slots_are_stable_distinct_and_remembered(tmp_path):
     slot = preferred_slot("alpha")
     clash = next(f"w{i}" for i in range(100000) if preferred_slot(f"w{i}") == slot)
     assert users.base_for(clash) == slot_base((slot + 1) % SLOTS)
+
+
+async def test_a_root_replica_of_an_earlier_agent_reports_itself_as_root(tmp_path):
+    import json
+    from dataclasses import replace
+
+    spec = ContainerSpec(name="old-0", image=None, workload="old",
+                         command=("/bin/sh", "-c", "exec sleep 30"))
+    first = make_runtime(tmp_path)
+    async with running(first):
+        await first.start(replace(spec, run_as_root=True))
+    # what an agent before user switching wrote: no uid, no run_as_root, the work dir
+    state_file = tmp_path / "runtimes/process/old-0/state.json"
+    record = json.loads(state_file.read_text())
+    record.pop("uid"), record.pop("home"), record["spec"].pop("run_as_root")
+    state_file.write_text(json.dumps(record))
+    second = make_runtime(tmp_path)
+    async with running(second):
+        st = await second.status("old-0")
+        assert st.alive and st.spec_hash == replace(spec, run_as_root=True).spec_hash()
+        assert st.spec_hash != spec.spec_hash()  # so the reconciler restarts it
+        await second.remove("old-0")
