@@ -38,6 +38,7 @@ import logging
 import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -285,13 +286,14 @@ class PodmanRuntime:
                              spec_hash=spec.spec_hash(), adopted=True)
 
     def _create_args(self, spec: ContainerSpec, restarts: int) -> dict[str, Any]:
+        base = self.host_base(spec)
         labels = {**spec.labels,
                   LABEL + "node": self.config.node_id, LABEL + "name": spec.name,
                   LABEL + "workload": spec.workload, LABEL + "replica": str(spec.replica),
                   LABEL + "fence": str(spec.fencing_token),
                   LABEL + "spec_hash": spec.spec_hash(), LABEL + "restarts": str(restarts),
+                  LABEL + "userns": "host" if base is None else str(base),
                   LABEL + "spec": spec.to_json()}
-        base = self.host_base(spec)
         ulimits = [{"Name": "nofile", "Soft": spec.nofile or self.config.nofile,
                     "Hard": spec.nofile or self.config.nofile},
                    {"Name": "nproc", "Soft": self.config.nproc, "Hard": self.config.nproc}]
@@ -442,8 +444,15 @@ class PodmanRuntime:
         if view.name in self._health:
             core = self._health[view.name][0]
             health = (core.state, core.detail)
-        return replica_status(view, stop_requested=bool(note.get("stop_requested")),
-                              fence=self._fence(view.name, view.labels), health=health)
+        status = replica_status(view, stop_requested=bool(note.get("stop_requested")),
+                                fence=self._fence(view.name, view.labels), health=health)
+        spec = spec_of(view.labels)
+        if self.map_users and LABEL + "userns" not in view.labels and spec is not None \
+                and not spec.run_as_root:
+            # made by an agent before user namespaces: it runs as host root and says so,
+            # so the reconciler replaces it unless the policy allows root
+            status = replace(status, spec_hash=replace(spec, run_as_root=True).spec_hash())
+        return status
 
     async def wait_exit(self, name: str) -> ReplicaStatus:
         while True:
