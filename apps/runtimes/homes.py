@@ -35,6 +35,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_HOMES = Path("/var/lib/meshcloud/homes")
+SHIFTABLE = 1 << 16
+"""Ids a container's user namespace maps (0..65535)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +64,25 @@ def ensure_root_dir(path: Path) -> None:
         os.chmod(path, 0o711)
 
 
-def chown_tree(path: Path, ident: Identity) -> None:
-    """Give a tree that root owned (so nobody could have planted links in it) to ``ident``."""
-    os.lchown(path, ident.uid, ident.gid)
+def chown_tree(path: Path, ident: Identity, *, shift: bool = False) -> None:
+    """Give a tree that root owned (so nobody could have planted links in it) to ``ident``.
+
+    ``shift``: a host id ``n`` below 65536 becomes ``ident + n`` instead of ``ident``
+    (a container's user namespace: files of its uid 999 stay its uid 999's).
+    """
+    def give(p: str) -> None:
+        if shift:
+            st = os.lstat(p)
+            uid = ident.uid + st.st_uid if st.st_uid < SHIFTABLE else ident.uid
+            gid = ident.gid + st.st_gid if st.st_gid < SHIFTABLE else ident.gid
+            os.lchown(p, uid, gid)
+        else:
+            os.lchown(p, ident.uid, ident.gid)
+
+    give(str(path))
     for top, dirs, files in os.walk(path, followlinks=False):
         for name in (*dirs, *files):
-            os.lchown(os.path.join(top, name), ident.uid, ident.gid)
+            give(os.path.join(top, name))
 
 
 def ensure_owned_dir(path: Path, ident: Identity | None, *, what: str,

@@ -25,7 +25,8 @@ Under a root agent every container has a user namespace: container uids and gids
 ``0..65535`` are host ``base..base+65535``, the range of its workload
 (:mod:`apps.runtimes.users`; ``--uidmap 0:base:65536 --gidmap 0:base:65536``), so root in a
 container is an unprivileged user on the host; its volumes are handed to ``base`` on first
-use. Only a spec with ``run_as_root`` (set from the mesh's signed policy) runs without one.
+use (ids shifted: a file of host uid 999 becomes the container's 999). Only a spec with
+``run_as_root`` (set from the mesh's signed policy) runs without one.
 Health checks are run by the runtime (podman's own need systemd timers, absent here):
 TCP/HTTP probes from the host to the published port, command probes with ``runc exec``
 (the OCI runtime's own exec: ~30 ms, no podman exec session left behind).
@@ -341,7 +342,7 @@ class PodmanRuntime:
         path.mkdir(parents=True, exist_ok=True)
         owner = path.stat().st_uid
         if base is not None and owner == 0:  # fresh, or written by root before
-            chown_tree(path, Identity(base, base))
+            chown_tree(path, Identity(base, base), shift=True)
         elif base is not None and owner != base:
             log.warning("volume %s belongs to uid %d, not to this workload's %d: left as "
                         "it is", name, owner, base)

@@ -340,6 +340,10 @@ async def test_container_root_is_not_host_root(rt, data_dir):
     from apps.runtimes.users import SLOT_SIZE, is_workload_uid
 
     script = "id -u; echo x > /data/by-root; ls -ln /data; exec sleep 60"
+    legacy = data_dir / "volumes" / "boxed-data"  # written by a container without userns
+    legacy.mkdir(parents=True)
+    (legacy / "by-999").write_text("old\n")
+    os.chown(legacy / "by-999", 999, 999)
     await rt.start(ContainerSpec(name="boxed-0", image=DEMO_BASE_IMAGE, workload="boxed",
                                  command=("sh", "-c", script),
                                  volumes=(VolumeMount(name="boxed-data", path="/data"),)))
@@ -353,6 +357,8 @@ async def test_container_root_is_not_host_root(rt, data_dir):
     assert lines[0] == "0"  # ... is root inside
     written = data_dir / "volumes" / "boxed-data" / "by-root"
     assert written.read_text() == "x\n" and written.stat().st_uid == base
+    moved = legacy / "by-999"  # ids shifted into the namespace: still its uid 999's
+    assert (moved.stat().st_uid, moved.stat().st_gid) == (base + 999, base + 999)
 
 
 async def test_run_as_root_container_is_host_root(rt, data_dir):
