@@ -53,8 +53,19 @@ def default_homes(data_dir: Path) -> Path:
 
 
 def ensure_root_dir(path: Path) -> None:
-    """A root-owned directory others may pass through but not list or write (0711)."""
-    path.mkdir(parents=True, exist_ok=True)
+    """A root-owned directory others may pass through but not list or write (0711).
+
+    Directories made on the way get 0711 too (whatever the umask); an existing ancestor
+    others cannot pass through is an error that says which one.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True)
+        os.chmod(p, 0o711)
+    for p in path.parents:
+        if not p.stat().st_mode & stat.S_IXOTH:
+            raise OSError(f"workload users cannot reach {path}: {p} is not searchable by "
+                          "others (chmod o+x it, or choose another homes directory)")
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{path} is not a directory")

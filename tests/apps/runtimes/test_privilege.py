@@ -170,3 +170,14 @@ async def test_a_root_replica_of_an_earlier_agent_reports_itself_as_root(tmp_pat
         assert st.alive and st.spec_hash == replace(spec, run_as_root=True).spec_hash()
         assert st.spec_hash != spec.spec_hash()  # so the reconciler restarts it
         await second.remove("old-0")
+
+
+async def test_homes_others_cannot_reach_are_refused_with_the_reason(tmp_path):
+    from apps.runtimes.base import ErrorCode, WorkloadRuntimeError
+
+    rt = make_runtime(tmp_path, homes=tmp_path / "homes")  # pytest's tmp dirs are 0700
+    async with running(rt):
+        with pytest.raises(WorkloadRuntimeError) as info:
+            await rt.start(ContainerSpec(name="lost-0", image=None, command=("true",)))
+    assert info.value.code == ErrorCode.START_FAILED
+    assert "is not searchable by others" in info.value.message
