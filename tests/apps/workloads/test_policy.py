@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apps.runtimes.users import is_workload_uid
+from apps.workloads.errors import SpecError
 from apps.workloads.policy import (
     ALLOW,
     POLICY,
@@ -86,9 +87,12 @@ def test_signed_rows_survive_the_table_codec():
 
 
 def test_a_spec_cannot_ask_for_root():
-    with pytest.raises(Exception) as info:
-        parse_spec({"name": "db", "command": ["true"], "run_as_root": True})
-    assert "run_as_root" in str(info.value)
+    for key in ("run_as_root", "privileged"):
+        with pytest.raises(SpecError) as info:
+            parse_spec({"name": "db", "command": ["true"], key: True})
+        assert info.value.problems == [
+            "a spec cannot ask to run as root: the mesh admin allows it per workload with "
+            "`meshcloud policy allow-root NAME`"]
     spec = WorkloadSpec(name="db", command=("true",))
     assert "run_as_root" not in spec.to_dict()
     granted = replace(spec, run_as_root=True)
