@@ -5,6 +5,8 @@ Both runtimes keep everything under ``data_dir`` (the node's data directory):
 ```
 <data_dir>/volumes/<name>/            named volumes, shared by both runtimes
 <data_dir>/runtimes/process/<name>/   process replicas: state.json, output.log*, work/
+<data_dir>/runtimes/uids.json         workload uid slots (apps.runtimes.users)
+<homes>/<name>/ <homes>/volumes/      a root agent's unprivileged replicas (apps.runtimes.homes)
 <data_dir>/runtimes/podman/           root/ run (-> /run/meshcloud/<hash>) containers.conf ...
 ```
 
@@ -39,6 +41,10 @@ class ProcessConfig:
     """RLIMIT_NOFILE when the spec gives none (the machine's hard limit is 20000)."""
     shell: str = "/bin/sh"
     """The POSIX shell that wraps each command to record its exit code (Termux: $PREFIX/bin/sh)."""
+    homes: Path | None = None
+    """Root of unprivileged replicas' directories and volumes, outside the data dir
+    (which their users cannot enter); default ``/var/lib/meshcloud/homes/<hash>``
+    (:mod:`apps.runtimes.homes`). Used only by a root agent."""
 
     def __post_init__(self) -> None:
         if self.log_max_bytes < 4096 or self.log_keep < 0:
@@ -49,6 +55,12 @@ class ProcessConfig:
     @property
     def root(self) -> Path:
         return Path(self.data_dir) / "runtimes" / "process"
+
+    @property
+    def homes_root(self) -> Path:
+        from apps.runtimes.homes import default_homes
+
+        return Path(self.homes) if self.homes is not None else default_homes(self.data_dir)
 
     def phone(self) -> ProcessConfig:
         """Termux: 2 MiB logs, two kept, slower supervision (battery)."""

@@ -21,6 +21,12 @@ filters on ``meshcloud.node``. A little state that cannot live in immutable labe
 requested, a raised fencing token) sits in ``<data_dir>/runtimes/podman/replicas/<name>.json``.
 Every container runs with ``--init`` (catatonit as pid 1: signals forwarded, zombies
 reaped), the configured ulimits, no restart policy, and memory+swap = memory (no swap).
+Under a root agent every container has a user namespace: container uids and gids
+``0..65535`` are host ``base..base+65535``, the range of its workload
+(:mod:`apps.runtimes.users`; ``--uidmap 0:base:65536 --gidmap 0:base:65536``), so root in a
+container is an unprivileged user on the host; its volumes are handed to ``base`` on first
+use (ids shifted: a file of host uid 999 becomes the container's 999). Only a spec with
+``run_as_root`` (set from the mesh's signed policy) runs without one.
 Health checks are run by the runtime (podman's own need systemd timers, absent here):
 TCP/HTTP probes from the host to the published port, command probes with ``runc exec``
 (the OCI runtime's own exec: ~30 ms, no podman exec session left behind).
@@ -33,6 +39,7 @@ import logging
 import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +58,7 @@ from apps.runtimes.base import (
 )
 from apps.runtimes.config import PodmanConfig, volume_dir
 from apps.runtimes.health import HealthCore
+from apps.runtimes.homes import Identity, chown_tree
 from apps.runtimes.logfile import read_log
 from apps.runtimes.podman_service import PodmanService, podman_unavailable_reason
 from apps.runtimes.podman_status import (
@@ -64,6 +72,7 @@ from apps.runtimes.podman_status import (
     view_from_list,
 )
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
+from apps.runtimes.users import SLOT_SIZE, UidAllocator, can_switch_user
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +108,9 @@ class PodmanRuntime:
         self._health: dict[str, tuple[HealthCore, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
         self.notes_dir = config.root / "replicas"
+        self.users = UidAllocator(config.data_dir)
+        self.map_users = can_switch_user()
+        """Rootful podman: give containers a user namespace (rootless podman has one)."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -275,11 +287,13 @@ class PodmanRuntime:
                              spec_hash=spec.spec_hash(), adopted=True)
 
     def _create_args(self, spec: ContainerSpec, restarts: int) -> dict[str, Any]:
+        base = self.host_base(spec)
         labels = {**spec.labels,
                   LABEL + "node": self.config.node_id, LABEL + "name": spec.name,
                   LABEL + "workload": spec.workload, LABEL + "replica": str(spec.replica),
                   LABEL + "fence": str(spec.fencing_token),
                   LABEL + "spec_hash": spec.spec_hash(), LABEL + "restarts": str(restarts),
+                  LABEL + "userns": "host" if base is None else str(base),
                   LABEL + "spec": spec.to_json()}
         ulimits = [{"Name": "nofile", "Soft": spec.nofile or self.config.nofile,
                     "Hard": spec.nofile or self.config.nofile},
@@ -292,7 +306,7 @@ class PodmanRuntime:
             "labels": labels, "init": True, "ulimits": ulimits,
             "ports": {f"{m.container_port}/{m.protocol}": (m.host_ip, m.host_port)
                       for m in spec.ports},
-            "mounts": [{"type": "bind", "source": str(self._volume(v.name)),
+            "mounts": [{"type": "bind", "source": str(self._volume(v.name, base)),
                         "target": v.path, "read_only": v.read_only} for v in spec.volumes],
             "stop_timeout": int(spec.stop_timeout),
         }
@@ -311,11 +325,27 @@ class PodmanRuntime:
             args["cpu_quota"] = max(1000, round(spec.cpu * CPU_PERIOD))
         if spec.working_dir:
             args["working_dir"] = spec.working_dir
+        if base is not None:
+            mapping = [{"container_id": 0, "host_id": base, "size": SLOT_SIZE}]
+            args["idmappings"] = {"UIDMap": mapping, "GIDMap": mapping}
+            args["userns_mode"] = "private"
         return args
 
-    def _volume(self, name: str) -> Path:
+    def host_base(self, spec: ContainerSpec) -> int | None:
+        """The host uid of the container's root (None: host root, no user namespace)."""
+        if not self.map_users or spec.run_as_root:
+            return None
+        return self.users.base_for(spec.workload or spec.name)
+
+    def _volume(self, name: str, base: int | None = None) -> Path:
         path = volume_dir(self.config.data_dir, name)
         path.mkdir(parents=True, exist_ok=True)
+        owner = path.stat().st_uid
+        if base is not None and owner == 0:  # fresh, or written by root before
+            chown_tree(path, Identity(base, base), shift=True)
+        elif base is not None and owner != base:
+            log.warning("volume %s belongs to uid %d, not to this workload's %d: left as "
+                        "it is", name, owner, base)
         return path
 
     async def _create_and_start(self, spec: ContainerSpec, restarts: int) -> str:
@@ -415,8 +445,15 @@ class PodmanRuntime:
         if view.name in self._health:
             core = self._health[view.name][0]
             health = (core.state, core.detail)
-        return replica_status(view, stop_requested=bool(note.get("stop_requested")),
-                              fence=self._fence(view.name, view.labels), health=health)
+        status = replica_status(view, stop_requested=bool(note.get("stop_requested")),
+                                fence=self._fence(view.name, view.labels), health=health)
+        spec = spec_of(view.labels)
+        if self.map_users and LABEL + "userns" not in view.labels and spec is not None \
+                and not spec.run_as_root:
+            # made by an agent before user namespaces: it runs as host root and says so,
+            # so the reconciler replaces it unless the policy allows root
+            status = replace(status, spec_hash=replace(spec, run_as_root=True).spec_hash())
+        return status
 
     async def wait_exit(self, name: str) -> ReplicaStatus:
         while True:

@@ -4,23 +4,30 @@ Each replica is a command run under a tiny POSIX-shell wrapper, in its own sessi
 process group, with rlimits set before exec:
 
 ```
-sh -c 'trap : TERM INT HUP; "$@"; echo $? > exit_code' meshcloud-wrap <exit_code> cmd args...
+sh -c 'exec 9>&0 </dev/null; trap : TERM INT HUP; "$@" 9>&-; echo $? >&9' meshcloud-wrap cmd args...
 ```
 
-The wrapper exists for one reason: to write the command's exit status to a file, so a
-runtime made after an agent restart can still tell EXITED from FAILED for a replica it
-did not start. Its ``trap :`` keeps it alive through SIGTERM (a handler, not an ignore, so
-the command does not inherit it) until the command has ended.
+The wrapper exists for one reason: to write the command's exit status to a file (opened
+by the agent for writing and handed over as standard input, which the wrapper moves to
+descriptor 9, closed for the command, which gets /dev/null), so a runtime made
+after an agent restart can still tell EXITED from FAILED for a replica it did not start.
+Its ``trap :`` keeps it alive through SIGTERM (a handler, not an ignore, so the command
+does not inherit it) until the command has ended.
 
+- **User**: a root agent runs each replica as its workload's own uid (no supplementary
+  groups; :mod:`apps.runtimes.users`), in a directory of its own outside the data dir
+  (:mod:`apps.runtimes.homes`), unless the spec says ``run_as_root`` (set only from the
+  mesh's signed policy). An agent that is not root runs replicas as itself.
 - **Limits**: memory → RLIMIT_AS (virtual memory: give runtimes like the JVM or Go
   headroom), ``cpu_time`` → RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a second later),
-  ``nofile`` → RLIMIT_NOFILE, ``pids`` → RLIMIT_NPROC (counted per user, and not enforced
-  for root: advisory there). ``cpu`` (cores) cannot be expressed as an rlimit and is only
-  used by placement.
+  ``nofile`` → RLIMIT_NOFILE, ``pids`` → RLIMIT_NPROC (counted per user: each workload has
+  its own uid, so the cap is its own; not enforced for root). ``cpu`` (cores) cannot be
+  expressed as an rlimit and is only used by placement.
 - **Files**: ``<data_dir>/runtimes/process/<name>/``: ``state.json`` (spec, pid, kernel start
-  time, counters; rewritten atomically), ``exit_code``, ``output.log`` (stdout and stderr,
-  rotated by copytruncate), ``work/`` (the working directory and ``HOME``; volumes appear
-  as symlinks at their path inside it, and as ``VOLUME_<NAME>`` variables).
+  time, uid, counters; rewritten atomically), ``exit_code``, ``output.log`` (stdout and
+  stderr, rotated by copytruncate). The working directory and ``HOME`` is
+  ``<homes>/<name>/`` for a root agent, ``work/`` beside ``state.json`` otherwise; volumes
+  appear as symlinks at their path inside it, and as ``VOLUME_<NAME>`` variables.
 - **Ports**: there is no network namespace; the command listens on ``PORT`` (the first
   mapping's host port; ``PORT_<container port>`` for each, ``HOST`` the first host ip).
 - **Stop**: SIGTERM to the process group, SIGKILL to the group after ``stop_timeout``.
@@ -39,7 +46,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -60,15 +67,19 @@ from apps.runtimes.base import (
 )
 from apps.runtimes.config import ProcessConfig, volume_dir
 from apps.runtimes.health import HealthCore
+from apps.runtimes.homes import Identity, ensure_owned_dir, ensure_root_dir, setup_inside
 from apps.runtimes.logfile import read_log, rotate, rotated_files
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
 from apps.runtimes.process_state import ReplicaRecord, read_exit_file
+from apps.runtimes.users import UidAllocator, can_switch_user
 
 log = logging.getLogger(__name__)
 
 KIND = "process"
-WRAPPER = 'f=$1; shift; trap : TERM INT HUP; "$@"; rc=$?; echo "$rc" > "$f"; exit "$rc"'
-"""Runs the command in the foreground, then records its status (see module docstring)."""
+WRAPPER = ('exec 9>&0 </dev/null; trap : TERM INT HUP; "$@" 9>&-; rc=$?; echo "$rc" >&9; '
+           'exit "$rc"')
+"""Runs the command in the foreground, then records its status in the file it got as
+standard input (see module docstring; POSIX shells only know descriptors 0..9)."""
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PREFIX", "LD_PRELOAD",
               "LD_LIBRARY_PATH", "ANDROID_ROOT", "ANDROID_DATA")
 """Agent variables a command inherits (Termux needs PREFIX and LD_PRELOAD for shebangs)."""
@@ -102,6 +113,9 @@ class ProcessRuntime:
         self._replicas: dict[str, _Replica] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._nursery: trio.Nursery | None = None
+        self.switch_users = can_switch_user()
+        """A root agent runs replicas as their workloads' users (see module docstring)."""
+        self.users = UidAllocator(config.data_dir)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -209,7 +223,8 @@ class ProcessRuntime:
         return ReplicaHandle(name=spec.name, runtime=KIND, id=str(rep.rec.ident),
                              spec_hash=spec.spec_hash(), adopted=True)
 
-    def _environment(self, spec: ContainerSpec, work: Path) -> dict[str, str]:
+    def _environment(self, spec: ContainerSpec, work: Path,
+                     volumes: dict[str, Path] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["HOME"] = str(work)
@@ -221,29 +236,52 @@ class ProcessRuntime:
                 env[f"PORT_{m.container_port}"] = str(m.host_port)
         for v in spec.volumes:
             key = "VOLUME_" + v.name.upper().replace("-", "_").replace(".", "_")
-            env[key] = str(volume_dir(self.config.data_dir, v.name))
+            path = (volumes or {}).get(v.name) or volume_dir(self.config.data_dir, v.name)
+            env[key] = str(path)
         env.update(spec.env)
         return env
 
-    def _prepare_dirs(self, spec: ContainerSpec, rdir: Path) -> Path:
-        work = rdir / "work"
-        work.mkdir(parents=True, exist_ok=True)
+    def identity(self, spec: ContainerSpec) -> Identity | None:
+        """The user ``spec`` runs as (None: the agent's own)."""
+        if not self.switch_users or spec.run_as_root:
+            return None
+        base = self.users.base_for(spec.workload or spec.name)
+        return Identity(base, base)
+
+    def _layout(self, spec: ContainerSpec, rdir: Path, ident: Identity | None
+                ) -> tuple[Path, dict[str, Path]]:
+        """The replica's home and its volumes' directories, made (see :mod:`.homes`)."""
+        if not self.switch_users:
+            volumes = {}
+            for v in spec.volumes:
+                volumes[v.name] = volume_dir(self.config.data_dir, v.name)
+                volumes[v.name].mkdir(parents=True, exist_ok=True)
+            home = rdir / "work"
+            home.mkdir(parents=True, exist_ok=True)
+            return home, volumes
+        homes = self.config.homes_root
+        ensure_root_dir(homes)
+        home = homes / spec.name
+        ensure_owned_dir(home, ident, what="home", keep_foreign=False)
+        volumes = {}
+        if spec.volumes:
+            ensure_root_dir(homes / "volumes")
         for v in spec.volumes:
-            target = volume_dir(self.config.data_dir, v.name)
-            target.mkdir(parents=True, exist_ok=True)
-            link = work / v.path.lstrip("/")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                if link.is_symlink() and link.resolve() == target.resolve():
-                    continue
-                if link.is_symlink() or link.is_file():
-                    link.unlink()
-                else:
-                    shutil.rmtree(link)
-            link.symlink_to(target, target_is_directory=True)
-        cwd = work / spec.working_dir.lstrip("/") if spec.working_dir else work
-        cwd.mkdir(parents=True, exist_ok=True)
-        return cwd
+            path = homes / "volumes" / v.name
+            if not path.exists() and volume_dir(self.config.data_dir, v.name).exists():
+                log.warning("volume %s: %s is no longer used by process replicas of a root "
+                            "agent; move its contents to %s", v.name,
+                            volume_dir(self.config.data_dir, v.name), path)
+            ensure_owned_dir(path, ident, what="volume", keep_foreign=True)
+            volumes[v.name] = path
+        return home, volumes
+
+    @staticmethod
+    def _inside(spec: ContainerSpec, home: Path, volumes: dict[str, Path]
+                ) -> tuple[list[tuple[str, str]], str]:
+        links = [(str(home / v.path.lstrip("/")), str(volumes[v.name])) for v in spec.volumes]
+        cwd = home / spec.working_dir.lstrip("/") if spec.working_dir else home
+        return links, str(cwd)
 
     def _rlimits(self, spec: ContainerSpec) -> list[tuple[int, tuple[int, int]]]:
         limits: list[tuple[int, tuple[int, int]]] = []
@@ -263,36 +301,53 @@ class ProcessRuntime:
     async def _spawn(self, spec: ContainerSpec, restarts: int) -> _Replica:
         rdir = self.config.root / spec.name
         rdir.mkdir(parents=True, exist_ok=True)
-        cwd = self._prepare_dirs(spec, rdir)
-        exit_file = rdir / "exit_code"
-        exit_file.unlink(missing_ok=True)
+        try:
+            ident = self.identity(spec)
+            home, volumes = self._layout(spec, rdir, ident)
+        except OSError as exc:
+            raise WorkloadRuntimeError(
+                ErrorCode.START_FAILED, f"{spec.name}: cannot prepare its directory: {exc}"
+            ) from exc
+        links, cwd = self._inside(spec, home, volumes)
+        if ident is None:  # the agent's own user (or root by policy): no one to fear
+            setup_inside(str(home), links, cwd)
         limits = self._rlimits(spec)
 
-        def set_limits() -> None:  # runs in the child between fork and exec
+        def in_child() -> None:  # between fork and exec, after the switch of user
             for which, value in limits:
                 resource.setrlimit(which, value)
+            if ident is not None:
+                setup_inside(str(home), links, cwd)
 
-        argv = [self.config.shell, "-c", WRAPPER, "meshcloud-wrap", str(exit_file),
-                *spec.command, *spec.args]
+        exit_fd = os.open(rdir / "exit_code", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         fd = os.open(rdir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        argv = [self.config.shell, "-c", WRAPPER, "meshcloud-wrap",
+                *spec.command, *spec.args]
+        user: dict[str, object] = {}
+        if ident is not None:
+            user = {"user": ident.uid, "group": ident.gid, "extra_groups": []}
         try:
             proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=str(cwd),
-                env=self._environment(spec, rdir / "work"),
-                start_new_session=True, preexec_fn=set_limits)
-        except OSError as exc:
+                argv, stdin=exit_fd, stdout=fd, stderr=fd,
+                cwd=str(home) if ident is not None else cwd,
+                env=self._environment(spec, home, volumes),
+                start_new_session=True, preexec_fn=in_child, **user)
+        except (OSError, subprocess.SubprocessError) as exc:
             raise WorkloadRuntimeError(
                 ErrorCode.START_FAILED, f"{spec.name}: cannot start {argv[0]}: {exc}") from exc
         finally:
             os.close(fd)
+            os.close(exit_fd)
         # our unreaped child cannot be replaced under its pid: its start time is safe to read
         rec = ReplicaRecord(node=self.config.node_id, spec=spec, pid=proc.pid,
-                      start_ticks=pidfile.start_ticks(proc.pid), started_at=time.time(),
-                      restarts=restarts)
+                            start_ticks=pidfile.start_ticks(proc.pid), started_at=time.time(),
+                            restarts=restarts, uid=None if ident is None else ident.uid,
+                            home="" if home == rdir / "work" else str(home))
         rep = _Replica(rdir, rec, proc=proc)
         self._replicas[spec.name] = rep
         self._save(rep)
-        log.info("started %s (pid %d)", spec.name, proc.pid)
+        log.info("started %s (pid %d, uid %s)", spec.name, proc.pid,
+                 os.geteuid() if ident is None else ident.uid)
         return rep
 
     # -- ending -----------------------------------------------------------------------
@@ -391,6 +446,8 @@ class ProcessRuntime:
         async with self._locks[name]:
             self._forget(rep)
             await trio.to_thread.run_sync(shutil.rmtree, rep.dir, True)
+            if rep.rec.home:  # its home (volumes stay)
+                await trio.to_thread.run_sync(shutil.rmtree, rep.rec.home, True)
 
     def _forget(self, rep: _Replica) -> None:
         if rep.health_scope is not None:
@@ -428,7 +485,16 @@ class ProcessRuntime:
             exit_code=rec.exit_code, started_at=rec.started_at, finished_at=rec.finished_at,
             restarts=rec.restarts, health=health, health_detail=detail,
             workload=spec.workload, replica=spec.replica, fencing_token=spec.fencing_token,
-            spec_hash=spec.spec_hash(), image=None, message=rec.message)
+            spec_hash=self._as_run(rep).spec_hash(), image=None, message=rec.message)
+
+    def _as_run(self, rep: _Replica) -> ContainerSpec:
+        """The spec as the replica really runs: one a root agent of an earlier version
+        started (no uid recorded) runs as root, and says so, so the reconciler restarts it
+        under its workload's user unless the policy allows root."""
+        spec = rep.rec.spec
+        if self.switch_users and rep.rec.uid is None and not spec.run_as_root:
+            return replace(spec, run_as_root=True)
+        return spec
 
     async def list(self) -> list[ReplicaStatus]:
         await trio.lowlevel.checkpoint()
@@ -480,13 +546,18 @@ class ProcessRuntime:
         check = spec.health
         assert check is not None
         if check.kind is HealthKind.COMMAND:
-            cwd = rep.dir / "work"
+            cwd = Path(rep.rec.home) if rep.rec.home else rep.dir / "work"
+            user: dict[str, object] = {}
+            if rep.rec.uid is not None:  # the probe runs as the replica's user too
+                user = {"user": rep.rec.uid, "group": rep.rec.uid, "extra_groups": []}
+            volumes = {v.name: cwd.parent / "volumes" / v.name for v in spec.volumes
+                       } if rep.rec.home else None
 
             async def probe_command() -> tuple[bool, str]:
                 try:
                     res = await trio.run_process(
-                        list(check.command), check=False, cwd=str(cwd),
-                        env=self._environment(spec, cwd), stdin=subprocess.DEVNULL,
+                        list(check.command), check=False, cwd=str(cwd), **user,
+                        env=self._environment(spec, cwd, volumes), stdin=subprocess.DEVNULL,
                         capture_stdout=True, capture_stderr=True)
                 except OSError as exc:
                     return False, f"command: {exc}"

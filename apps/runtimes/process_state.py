@@ -38,6 +38,11 @@ class ReplicaRecord:
     stop_requested: bool = False
     killed: bool = False
     message: str = ""
+    uid: int | None = None
+    """The host user it runs as (None: the agent's own user)."""
+    home: str = ""
+    """Its working directory root and HOME ("" = ``<replica dir>/work``, the layout of
+    replicas run as the agent's own user)."""
 
     def to_json(self) -> str:
         return json.dumps({
@@ -45,7 +50,8 @@ class ReplicaRecord:
             "pid": self.pid, "start_ticks": self.start_ticks, "started_at": self.started_at,
             "finished_at": self.finished_at, "exit_code": self.exit_code, "ended": self.ended,
             "restarts": self.restarts, "stop_requested": self.stop_requested,
-            "killed": self.killed, "message": self.message}, sort_keys=True)
+            "killed": self.killed, "message": self.message, "uid": self.uid,
+            "home": self.home}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ReplicaRecord:
@@ -56,7 +62,8 @@ class ReplicaRecord:
                    start_ticks=d["start_ticks"], started_at=d["started_at"],
                    finished_at=d["finished_at"], exit_code=d["exit_code"], ended=d["ended"],
                    restarts=d["restarts"], stop_requested=d["stop_requested"],
-                   killed=d["killed"], message=d.get("message", ""))
+                   killed=d["killed"], message=d.get("message", ""), uid=d.get("uid"),
+                   home=d.get("home", ""))
 
     @property
     def ident(self) -> pidfile.ProcessIdentity:

@@ -124,6 +124,10 @@ class ContainerSpec:
     workload: str = ""
     replica: int = 0
     fencing_token: int = 0
+    run_as_root: bool = False
+    """Run as host root (no uid switch, no user namespace). Set only by the node that
+    starts the replica, from the mesh's signed policy (:mod:`apps.workloads.policy`);
+    a user's spec cannot ask for it."""
 
     def validate(self, *, needs_image: bool) -> None:
         """Raise one :class:`WorkloadRuntimeError` (``invalid_spec``) naming every problem."""
@@ -155,6 +159,8 @@ def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
     d["labels"] = dict(spec.labels)
     if spec.health is not None:
         d["health"]["kind"] = spec.health.kind.value
+    if not spec.run_as_root:
+        del d["run_as_root"]  # absent when false: specs stored before it hash the same
     return d
 
 
@@ -174,7 +180,8 @@ def spec_from_dict(d: Mapping[str, Any]) -> ContainerSpec:
                 **{**health, "kind": HealthKind(health["kind"]),
                    "command": tuple(health.get("command", ()))}),
             stop_timeout=d.get("stop_timeout", 10.0), workload=d.get("workload", ""),
-            replica=d.get("replica", 0), fencing_token=d.get("fencing_token", 0))
+            replica=d.get("replica", 0), fencing_token=d.get("fencing_token", 0),
+            run_as_root=d.get("run_as_root", False) is True)
     except (KeyError, TypeError, ValueError) as exc:
         raise WorkloadRuntimeError(ErrorCode.BACKEND, f"stored spec unreadable: {exc}") from exc
 
@@ -267,6 +274,8 @@ def spec_problems(spec: ContainerSpec, *, needs_image: bool) -> list[str]:
         p.append(f"replica {spec.replica!r} must be an integer >= 0")
     if not _is_int(spec.fencing_token) or spec.fencing_token < 0:
         p.append(f"fencing_token {spec.fencing_token!r} must be an integer >= 0")
+    if not isinstance(spec.run_as_root, bool):
+        p.append("run_as_root is true or false")
     return p
 
 

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, ReplicaClaim
 log = logging.getLogger(__name__)
 
 WATCHED_TABLES = (WORKLOADS.name, REPLICAS.name, NODES.name, OFFERS.name, "images")
+POLICY_TABLE = "workload_policy"
+"""Watched too when the reconciler checks the root policy (:mod:`apps.workloads.policy`)."""
 GUARD_INTERVAL = 0.25
 """Seconds between checks of running singletons' leases by the guard task."""
 WATCHDOG_CHECK = 2.0
@@ -93,6 +95,14 @@ def read_workloads(state: Any, *, on_bad: Callable[[str, Exception], None] | Non
     return out
 
 
+def with_policy(workloads: dict[str, WorkloadEntry], root: set[str]
+                ) -> dict[str, WorkloadEntry]:
+    """Mark the workloads the verified policy lets run as root (their replicas' spec hash
+    changes with it, so a grant or a revocation restarts them under the new user)."""
+    return {name: replace(entry, spec=replace(entry.spec, run_as_root=True))
+            if name in root else entry for name, entry in workloads.items()}
+
+
 def read_claims(state: Any) -> dict[ReplicaKey, ReplicaClaim]:
     return {(key[0], key[1]): claim for key, claim in state.scan(REPLICAS.name)
             if claim is not None and isinstance(key[0], str) and isinstance(key[1], int)}
@@ -121,7 +131,8 @@ class Reconciler:
                  leases: LeaseService | None = None,
                  emit: Callable[..., Any] | None = None,
                  wall_ms: Callable[[], int] | None = None,
-                 watchdog_dir: Path | None = None) -> None:
+                 watchdog_dir: Path | None = None,
+                 root_allowed: Callable[[], set[str]] | None = None) -> None:
         self.node_id = node_id
         self.state = state
         self.runtimes = dict(runtimes)
@@ -145,6 +156,8 @@ class Reconciler:
         self._watched: dict[str, Watched] = (
             read_watched(watchdog_dir) if watchdog_dir is not None else {})
         self._watchdog_checked = -1e9
+        self.root_allowed = root_allowed
+        """Workloads the mesh's signed policy lets run as root (None: none may)."""
 
     def poke(self) -> None:
         """Something changed: run a pass soon."""
@@ -157,6 +170,8 @@ class Reconciler:
             self._nursery = nursery
             for table in WATCHED_TABLES:
                 nursery.start_soon(self._watch, table)
+            if self.root_allowed is not None:
+                nursery.start_soon(self._watch, POLICY_TABLE)
             nursery.start_soon(self._guard)
             task_status.started()
             try:
@@ -194,7 +209,8 @@ class Reconciler:
         observed = await self.observe()
         if observed is None:
             return []
-        workloads = read_workloads(self.state, on_bad=self._on_bad_row)
+        workloads = with_policy(read_workloads(self.state, on_bad=self._on_bad_row),
+                                self.root_allowed() if self.root_allowed else set())
         claims = read_claims(self.state)
         view = self.view()
         offers = all_offers(self.state)

@@ -41,6 +41,8 @@ from apps.workloads.messages import (
 from apps.workloads.offers import OFFERS, all_offers
 from apps.workloads.ondemand import OnDemandRuntime, graph_root, has_containers
 from apps.workloads.operations import WorkloadOperations
+from apps.workloads.policy import POLICY
+from apps.workloads.policy_ops import RootPolicyOps, policy_routes
 from apps.workloads.reconciler import Reconciler
 from apps.workloads.spec import replica_name
 from apps.workloads.view import build_view, capacities_from_members
@@ -108,6 +110,9 @@ class WorkloadService(WorkloadOperations):
         self.state = node.state
         node.state.open_table(OFFERS)
         node.state.open_table(IMAGES)
+        node.state.open_table(POLICY)
+        self.policy = RootPolicyOps(node.state, node.mesh.mesh_id, node.mesh.root_public,
+                                    node.root_key, node.clock.wall_ms, node.datadir.path)
         self.config = (ReconcilerConfig.local() if node.config.profile == "local"
                        else ReconcilerConfig())
         self.runtimes: dict[str, Runtime] = {}
@@ -119,7 +124,7 @@ class WorkloadService(WorkloadOperations):
         self.reconciler = Reconciler(
             node.node_id, node.state, self.runtimes, self.view, config=self.config,
             leases=self.leases, emit=node.events.emit, wall_ms=node.clock.wall_ms,
-            watchdog_dir=node.datadir.path)
+            watchdog_dir=node.datadir.path, root_allowed=self.policy.allowed)
         self.images: tuple[str, ...] = ()
         self.started = trio.Event()
         self._synced: dict[bytes, float] = {}
@@ -408,7 +413,7 @@ class WorkloadService(WorkloadOperations):
     def api_routes(self) -> list[Any]:
         from apps.workloads.api import routes
 
-        return routes(self)
+        return [*routes(self), *policy_routes(self.policy)]
 
     def status(self) -> dict[str, Any]:
         snapshot = self.reconciler.last

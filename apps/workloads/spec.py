@@ -82,6 +82,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 <
 
 TOP_KEYS = ("name", "kind", "image", "command", "args", "replicas", "singleton", "cpu",
             "memory", "env", "ports", "volumes", "health", "constraints", "stop_timeout")
+ROOT_KEYS = ("run_as_root", "privileged")
+"""Keys a user might try for root; refused with a pointer to the policy."""
 CONSTRAINT_KEYS = ("runtime", "arch", "labels", "min_ram", "min_cpus", "avoid_battery",
                    "avoid_metered")
 HEALTH_KEYS = ("kind", "command", "port", "path", "interval", "timeout", "retries",
@@ -128,6 +130,10 @@ class WorkloadSpec:
     health: HealthCheck | None = None
     stop_timeout: float = 10.0
     constraints: WorkloadConstraints = field(default_factory=WorkloadConstraints)
+    run_as_root: bool = False
+    """Never read from what a user gives nor stored (not a key of :meth:`to_dict`): the
+    reconciler of the node starting a replica sets it when the mesh's signed policy
+    allows root for this workload (:mod:`apps.workloads.policy`)."""
 
     @property
     def runtime(self) -> str:
@@ -148,7 +154,7 @@ class WorkloadSpec:
             args=self.args, env=dict(self.env), ports=self.ports, cpu=self.cpu,
             memory=self.memory, volumes=self.volumes, health=self.health,
             stop_timeout=self.stop_timeout, workload=self.name, replica=index,
-            fencing_token=fencing)
+            fencing_token=fencing, run_as_root=self.run_as_root)
 
     def placement_constraints(self) -> Constraints:
         c = self.constraints
@@ -370,7 +376,10 @@ def spec_from_dict(data: Mapping[str, Any]) -> tuple[WorkloadSpec | None, list[s
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return None, ["a workload spec is a table of keys"]
-    r = _Reader(data, "", TOP_KEYS, problems)
+    r = _Reader({k: v for k, v in data.items() if k not in ROOT_KEYS}, "", TOP_KEYS, problems)
+    if any(k in data for k in ROOT_KEYS):
+        problems.append("a spec cannot ask to run as root: the mesh admin allows it per "
+                        "workload with `meshcloud policy allow-root NAME`")
     name = r.get("name", str, "")
     if not name:
         problems.append("name is required")

@@ -320,3 +320,55 @@ async def test_service_is_restarted_when_it_dies(rt):
 async def _restarted(rt: PodmanRuntime) -> bool:
     await trio.lowlevel.checkpoint()
     return rt.service.restarts > 0 and rt.service.ready.is_set()
+
+
+def _host_ids(pid: int) -> tuple[int, str]:
+    """The host uid of process ``pid`` and its user namespace's uid map."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    return uid, " ".join(Path(f"/proc/{pid}/uid_map").read_text().split())
+
+
+async def _running_pid(data_dir: Path, name: str) -> int:
+    async def pid() -> int:
+        await trio.lowlevel.checkpoint()
+        return int(inspect(data_dir, name)["State"].get("Pid") or 0)
+
+    return await wait_for(pid, what=f"{name} running")
+
+
+async def test_container_root_is_not_host_root(rt, data_dir):
+    from apps.runtimes.users import SLOT_SIZE, is_workload_uid
+
+    script = "id -u; echo x > /data/by-root; ls -ln /data; exec sleep 60"
+    legacy = data_dir / "volumes" / "boxed-data"  # written by a container without userns
+    legacy.mkdir(parents=True)
+    (legacy / "by-999").write_text("old\n")
+    os.chown(legacy / "by-999", 999, 999)
+    await rt.start(ContainerSpec(name="boxed-0", image=DEMO_BASE_IMAGE, workload="boxed",
+                                 command=("sh", "-c", script),
+                                 volumes=(VolumeMount(name="boxed-data", path="/data"),)))
+    pid = await _running_pid(data_dir, "boxed-0")
+    uid, uid_map = _host_ids(pid)
+    base = rt.host_base(ContainerSpec(name="boxed-0", image=DEMO_BASE_IMAGE, workload="boxed"))
+    assert base is not None and is_workload_uid(base)
+    assert uid == base != 0  # container root, as the host sees it
+    assert uid_map == f"0 {base} {SLOT_SIZE}"
+    lines = await wait_for(lambda: _log_lines(rt, "boxed-0", 2), what="output")
+    assert lines[0] == "0"  # ... is root inside
+    written = data_dir / "volumes" / "boxed-data" / "by-root"
+    assert written.read_text() == "x\n" and written.stat().st_uid == base
+    moved = legacy / "by-999"  # ids shifted into the namespace: still its uid 999's
+    assert (moved.stat().st_uid, moved.stat().st_gid) == (base + 999, base + 999)
+
+
+async def test_run_as_root_container_is_host_root(rt, data_dir):
+    await rt.start(ContainerSpec(name="trusted-0", image=DEMO_BASE_IMAGE, workload="trusted",
+                                 command=("sleep", "60"), run_as_root=True))
+    uid, uid_map = _host_ids(await _running_pid(data_dir, "trusted-0"))
+    assert uid == 0 and uid_map == "0 0 4294967295"
+
+
+async def _log_lines(rt: PodmanRuntime, name: str, n: int) -> list[str] | None:
+    lines = [x async for x in rt.logs(name)]
+    return lines if len(lines) >= n else None

@@ -79,3 +79,30 @@ def test_parse_time_never(text):
 def test_both_runtimes_implement_the_protocol(tmp_path: Path):
     assert isinstance(ProcessRuntime(ProcessConfig(data_dir=tmp_path, node_id="n")), Runtime)
     assert isinstance(PodmanRuntime(PodmanConfig(data_dir=tmp_path, node_id="n")), Runtime)
+
+
+@pytest.mark.parametrize("userns_label", [None, "host", "1073741824"])
+def test_a_container_made_before_user_namespaces_reports_itself_as_root(tmp_path,
+                                                                         userns_label):
+    from dataclasses import replace
+
+    from apps.runtimes.base import ContainerSpec
+    from apps.runtimes.podman_status import LABEL, view_from_list
+
+    rt = PodmanRuntime(PodmanConfig(data_dir=tmp_path, node_id="n"))
+    rt.map_users = True  # a root agent
+    spec = ContainerSpec(name="db-0", image="localhost/x:1", workload="db")
+    labels = {LABEL + "name": "db-0", LABEL + "spec": spec.to_json(),
+              LABEL + "spec_hash": spec.spec_hash()}
+    if userns_label is not None:
+        labels[LABEL + "userns"] = userns_label
+    entry = {"Id": "c1", "Names": ["meshcloud-db-0"], "Labels": labels, "State": "running"}
+    status = rt._status(view_from_list(entry))
+    if userns_label is None:  # runs as host root: a different replica than wanted
+        assert status.spec_hash == replace(spec, run_as_root=True).spec_hash()
+        assert status.spec_hash != spec.spec_hash()
+    else:
+        assert status.spec_hash == spec.spec_hash()
+    rt.map_users = False  # rootless podman: its own user namespace, nothing to report
+    labels.pop(LABEL + "userns", None)
+    assert rt._status(view_from_list(entry)).spec_hash == spec.spec_hash()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,15 +25,14 @@ from apps.runtimes.base import (
 )
 from apps.runtimes.config import ProcessConfig
 from apps.runtimes.process import ProcessRuntime
-from tests.apps.runtimes.conftest import free_port, wait_for
+from tests.apps.runtimes.conftest import PY, free_port, home, homes_for, volume, wait_for
 
-PY = sys.executable
 NODE = "node-a"
 
 
 def make_runtime(data_dir: Path, **kw) -> ProcessRuntime:
     cfg = dict(data_dir=data_dir, node_id=NODE, supervise_interval=0.05, poll_interval=0.01,
-               log_poll_interval=0.01)
+               log_poll_interval=0.01, homes=homes_for(data_dir))
     return ProcessRuntime(ProcessConfig(**{**cfg, **kw}))
 
 
@@ -74,9 +72,9 @@ async def test_runs_command_with_env_ports_volumes_and_captures_output(rt, tmp_p
     st = await ended(rt, "job")
     assert st.state is ReplicaState.EXITED and st.exit_code == 0
     out = await logs(rt, "job")
-    vol = tmp_path / "volumes" / "store"
+    vol = volume(tmp_path, "store")
     assert out == [f"A=1 PORT={port} P80={port} HOST=127.0.0.1 R=2 W=batch", "err",
-                   str(tmp_path / "runtimes/process/job/work"), f"vol={vol}"]
+                   str(home(tmp_path, "job")), f"vol={vol}"]
     assert (vol / "f").read_text() == "saved\n"
     assert await logs(rt, "job", tail=1) == [f"vol={vol}"]
 
@@ -125,7 +123,7 @@ async def test_cpu_time_limit_kills_a_spinner(rt):
 async def test_stop_escalates_to_sigkill_and_kills_the_whole_group(rt, tmp_path):
     script = "trap '' TERM; sleep 300 & echo $! > child.pid; while :; do sleep 0.05; done"
     await rt.start(sh("stubborn", script, stop_timeout=0.3))
-    child_file = tmp_path / "runtimes/process/stubborn/work/child.pid"
+    child_file = home(tmp_path, "stubborn") / "child.pid"
     await wait_for(lambda: _exists(child_file), what="child pid file")
     child = pidfile.identify(int(child_file.read_text()))
     assert child is not None
@@ -221,7 +219,7 @@ async def test_command_health_check_marks_unhealthy(rt, tmp_path):
     await rt.start(spec)
     st = await wait_for(lambda: _health_is(rt, "sick", HealthState.UNHEALTHY), what="unhealthy")
     assert st.state is ReplicaState.UNHEALTHY and "exit 1" in st.health_detail
-    (tmp_path / "runtimes/process/sick/work/ok").write_text("")
+    (home(tmp_path, "sick") / "ok").write_text("")
     st = await wait_for(lambda: _health_is(rt, "sick", HealthState.HEALTHY), what="recovery")
     assert st.state is ReplicaState.RUNNING
 
@@ -259,7 +257,7 @@ async def test_logs_follow_until_exit_and_rotation(tmp_path):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(follow)
                 await wait_for(lambda: _at_least(got, 40), what="old lines")
-                (tmp_path / "runtimes/process/chatty/work/go").write_text("")
+                (home(tmp_path, "chatty") / "go").write_text("")
         assert got[-1] == "done"
         numbered = [int(x.split()[1]) for x in got[:-1]]
         assert numbered == list(range(1, 41))
@@ -281,7 +279,7 @@ async def test_adoption_after_the_runtime_restarts(tmp_path):
             kind=HealthKind.COMMAND, command=("false",), interval=0.05, retries=1)))
         before = {s.name: s for s in await first.list()}
     # the agent "restarted": a new runtime object over the same data dir
-    (tmp_path / "runtimes/process/short/work/go").write_text("")
+    (home(tmp_path, "short") / "go").write_text("")
     await wait_for(lambda: _exists(tmp_path / "runtimes/process/short/exit_code"),
                    what="short to end")
     second = make_runtime(tmp_path)

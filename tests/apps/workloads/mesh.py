@@ -9,6 +9,7 @@ replicas keep running) and started again on the same data dir.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import trio
 
+from apps.runtimes.homes import default_homes
 from apps.workloads.service import WorkloadService
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
@@ -156,6 +158,8 @@ class LocalMesh:
         for member in self.members:
             for path in member.datadir.path.glob("runtimes/process/*/state.json"):
                 kill_recorded(path)
+            # a root agent's replicas live outside the data dir (apps.runtimes.homes)
+            shutil.rmtree(default_homes(member.datadir.path), ignore_errors=True)
 
 
 def kill_recorded(state_file: Path) -> None:
