@@ -92,7 +92,7 @@ class IngressService:
         while True:
             try:
                 await self.check_endpoints()
-            except MeshError as exc:
+            except (MeshError, OSError) as exc:
                 log.warning("endpoint check failed: %s", exc)
             await trio.sleep(self.check_every)
 
@@ -207,7 +207,7 @@ class IngressService:
         with scope:
             try:
                 listeners = await trio.open_tcp_listeners(port, host=self.bind_host(exposure))
-            except OSError as exc:
+            except (OSError, MeshError) as exc:
                 self.listen_errors[port] = str(exc)
                 log.warning("cannot listen on %s:%d: %s", exposure.bind, port, exc)
                 await trio.sleep(5)  # then the exposure loop tries again
@@ -217,7 +217,11 @@ class IngressService:
             self.listen_errors.pop(port, None)
 
             async def handle(client: trio.SocketStream) -> None:
-                await self.forward(client, exposure.workload, exposure.endpoint)
+                try:
+                    await self.forward(client, exposure.workload, exposure.endpoint)
+                except Exception:  # one connection's bug must not stop the node
+                    log.exception("forwarding a connection on port %d failed", port)
+                    await client.aclose()
 
             await trio.serve_listeners(handle, listeners)
 
@@ -229,7 +233,8 @@ class IngressService:
             return exposure.bind
         from meshcloud.transport.addresses import parse_address
 
-        for address in self.node.transport.listen_addresses():
+        addresses = self.node.transport.listen_addresses
+        for address in addresses() if callable(addresses) else addresses:
             try:
                 return parse_address(address)[0]
             except (ValueError, MeshError):
