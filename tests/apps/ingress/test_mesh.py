@@ -178,3 +178,22 @@ async def test_a_refused_or_unreachable_replica_is_retried_on_another(mesh3, nur
     name, echoed = await exchange(port, b"retried")
     assert (name, echoed) == ("solo-0", b"retried")
     assert ingress.retries == 2 and ingress.forwarded == 1
+
+
+async def test_a_bad_forward_open_is_refused_and_the_node_carries_on(mesh3):
+    from apps.ingress.messages import FORWARD_PROTOCOL, ForwardOpen, ForwardReply
+    from meshcloud.codec.messages import decode_message, encode_message
+    from meshcloud.errors import StreamReset
+
+    a, b = mesh3.members[0], mesh3.members[1]
+    with trio.fail_after(20):
+        stream = await a.running.transport.open_stream(b.node_id, FORWARD_PROTOCOL)
+        await stream.send(b"\xff not a message")
+        with pytest.raises((StreamReset, trio.EndOfChannel)):
+            await stream.receive()
+        # a well-formed open for a replica b does not run: a typed refusal
+        stream = await a.running.transport.open_stream(b.node_id, FORWARD_PROTOCOL)
+        await stream.send(encode_message(ForwardOpen(workload="x", endpoint="y", index=0)))
+        reply = decode_message(await stream.receive(), ForwardReply)
+        assert not reply.ok and reply.code == "no_replica"
+    assert b.node is not None and ingress_of(b).status()["failed"] == 0
