@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+HTTP_ENV = "MESHCLOUD_HTTP"
+DEFAULT_HTTP = "127.0.0.1:7080"
 MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
 CHECK_TIMEOUT = 1.0
@@ -71,6 +74,8 @@ class IngressService:
         self.forwarded = 0
         self.failed = 0
         self.retries = 0
+        self.http_address = ""
+        self.http_error = ""
 
     # --- running ----------------------------------------------------------------------------
 
@@ -80,6 +85,7 @@ class IngressService:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._endpoint_loop)
             nursery.start_soon(self._exposure_loop, nursery)
+            nursery.start_soon(self._http)
             task_status.started()
 
     def _entries(self) -> dict[str, WorkloadEntry]:
@@ -120,7 +126,12 @@ class IngressService:
                 nursery.start_soon(check, key, port)
         self.running_here = results
         me = self.node.node_id
-        puts, deletes = publish_plan(me, results, endpoint_rows(self.state))
+        # during a hand-over (make before break) two nodes run the same index: only the
+        # claim's holder publishes it, so the two never overwrite each other's row
+        claimed = {k: v for k, v in results.items()
+                   if (claim := snapshot.claims.get((k[0], k[2]))) is not None
+                   and claim.node == me}
+        puts, deletes = publish_plan(me, claimed, endpoint_rows(self.state))
         for key, record in puts.items():
             self.state.put(ENDPOINTS.name, key,
                            record.__class__(node=record.node, port=record.port,
@@ -150,9 +161,10 @@ class IngressService:
         return live_targets(endpoint_rows(self.state), workload, endpoint, alive=alive,
                             replicas=entry.replicas)
 
-    async def forward(self, client: trio.SocketStream, workload: str, endpoint: str) -> bool:
-        """Carry ``client`` to a live replica of ``workload:endpoint``; False (client
-        closed) if none could be reached."""
+    async def connect(self, workload: str, endpoint: str) -> tuple[Target, Any] | None:
+        """A connection to a live replica of ``workload:endpoint``: a TCP stream to a
+        replica on this node, else a forward stream (None if no replica could be
+        reached in ``MAX_ATTEMPTS`` tries)."""
         tried: set[RowKey] = set()
         for _ in range(MAX_ATTEMPTS):
             target = pick(self.targets(workload, endpoint), self.open, self.rng, tried)
@@ -173,19 +185,28 @@ class IngressService:
                          target.node.hex()[:12], exc)
                 self.retries += 1
                 continue
-            self.open[target.key] += 1
-            self.forwarded += 1
-            try:
-                if isinstance(upstream, trio.SocketStream):
-                    await splice_tcp(client, upstream)
-                else:
-                    await splice_stream(client, upstream)
-            finally:
-                self.open[target.key] -= 1
-            return True
-        self.failed += 1
-        await client.aclose()
-        return False
+            return target, upstream
+        return None
+
+    async def forward(self, client: trio.SocketStream, workload: str, endpoint: str) -> bool:
+        """Carry ``client`` to a live replica of ``workload:endpoint``; False (client
+        closed) if none could be reached."""
+        connected = await self.connect(workload, endpoint)
+        if connected is None:
+            self.failed += 1
+            await client.aclose()
+            return False
+        target, upstream = connected
+        self.open[target.key] += 1
+        self.forwarded += 1
+        try:
+            if isinstance(upstream, trio.SocketStream):
+                await splice_tcp(client, upstream)
+            else:
+                await splice_stream(client, upstream)
+        finally:
+            self.open[target.key] -= 1
+        return True
 
     # --- TCP ports --------------------------------------------------------------------------
 
@@ -225,6 +246,34 @@ class IngressService:
 
             await trio.serve_listeners(handle, listeners)
 
+    async def _http(self) -> None:
+        """The HTTP ingress on ``$MESHCLOUD_HTTP`` (``HOST:PORT``, ``mesh:PORT`` or
+        ``off``; default ``127.0.0.1:7080``)."""
+        from apps.ingress.http import serve_http
+
+        text = os.environ.get(HTTP_ENV, DEFAULT_HTTP).strip()
+        if text == "off":
+            return
+        host, _, port_text = text.rpartition(":")
+        if host == MESH_BIND:
+            host = self.bind_host(Exposure(workload="", endpoint="", bind=MESH_BIND))
+        try:
+            listeners = await trio.open_tcp_listeners(int(port_text), host=host or None)
+        except (OSError, ValueError) as exc:
+            self.http_error = f"{text}: {exc}"
+            log.warning("HTTP ingress not started on %s: %s", text, exc)
+            return
+        sockname = listeners[0].socket.getsockname()
+        self.http_address = f"{sockname[0]}:{sockname[1]}"
+
+        async def handle(client: trio.SocketStream) -> None:
+            try:
+                await serve_http(client, self)
+            except Exception:  # one connection's bug must not stop the node
+                log.exception("HTTP ingress connection failed")
+
+        await trio.serve_listeners(handle, listeners)
+
     def bind_host(self, exposure: Exposure) -> str:
         """The address to listen on: the exposure's, or for ``mesh`` the host this node's
         mesh transport listens on (several agents on one machine, each on its own
@@ -252,7 +301,8 @@ class IngressService:
         return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
                 "failed": self.failed, "retries": self.retries,
                 "listen_errors": dict(self.listen_errors),
-                "endpoints_here": len(self.running_here)}
+                "endpoints_here": len(self.running_here), "http": self.http_address,
+                "http_error": self.http_error}
 
 
 async def tcp_check(host: str, port: int, timeout: float = CHECK_TIMEOUT) -> bool:

@@ -22,6 +22,8 @@ Accepted forms (the same keys everywhere; sizes as ``"256m"``, ``"1GiB"`` or byt
     stop_timeout = 10
     publish = ["http"]                       # named endpoints for the ingress: NAME,
                                              # NAME=CONTAINER_PORT or a port number
+    domains = ["shop.home"]                  # HTTP ingress: Host names routed to the
+                                             # first published endpoint
 
     [health]                                 # kind = http | tcp | command
     kind = "http"
@@ -84,11 +86,13 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 <
 
 TOP_KEYS = ("name", "kind", "image", "command", "args", "replicas", "singleton", "cpu",
             "memory", "env", "ports", "volumes", "health", "constraints", "stop_timeout",
-            "publish")
+            "publish", "domains")
 CONSTRAINT_KEYS = ("runtime", "arch", "labels", "min_ram", "min_cpus", "avoid_battery",
                    "avoid_metered")
 ENDPOINT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 """Endpoint names (``web:http``, ``db:5432``): a short DNS label."""
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
+                       r"(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 HEALTH_KEYS = ("kind", "command", "port", "path", "interval", "timeout", "retries",
                "start_period")
 
@@ -137,6 +141,8 @@ class WorkloadSpec:
     """Named endpoints ``(name, container port)`` (0: the process listens on ``$PORT``).
     Each replica's node picks an ephemeral host port per endpoint (the ingress forwards to
     it), so replicas never collide on a host port."""
+    domains: tuple[str, ...] = ()
+    """Host names the HTTP ingress routes to the first published endpoint."""
 
     @property
     def runtime(self) -> str:
@@ -188,6 +194,8 @@ class WorkloadSpec:
         extra: dict[str, Any] = {}
         if self.publish:
             extra["publish"] = [endpoint_text(n, p) for n, p in self.publish]
+        if self.domains:
+            extra["domains"] = list(self.domains)
         return extra | {
             "name": self.name, "kind": self.kind, "image": self.image,
             "command": list(self.command), "args": list(self.args),
@@ -286,6 +294,11 @@ def spec_problems(spec: WorkloadSpec) -> list[str]:
         p.append("publish names each endpoint once")
     if spec.image is not None and any(port == 0 for _, port in spec.publish):
         p.append("a container's endpoint needs its port (publish NAME=PORT or PORT)")
+    for domain in spec.domains:
+        if not isinstance(domain, str) or not DOMAIN_RE.match(domain):
+            p.append(f"domain {domain!r} is not a lowercase host name")
+    if spec.domains and not spec.publish:
+        p.append("a domain routes to a published endpoint: add publish")
     # everything a runtime would check, on replica 0 (names checked above)
     probe = replace(spec, name="x" if not name_ok else spec.name)
     try:
@@ -462,7 +475,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> tuple[WorkloadSpec | None, list[s
         cpu=r.get("cpu", float, None), memory=memory, env=env, ports=tuple(ports),
         volumes=tuple(volumes), health=health,
         stop_timeout=r.get("stop_timeout", float, 10.0), constraints=constraints,
-        publish=tuple(publish))
+        publish=tuple(publish), domains=r.strings("domains"))
     if spec.image == "":
         problems.append("image must not be empty")
     return spec, problems
