@@ -8,6 +8,8 @@ so "through the third node" is a real choice of node.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -21,6 +23,8 @@ from sim.agents import Agent, LocalCluster, wait_until
 
 ADDRESSES = [f"127.0.0.{41 + i}" for i in range(3)]
 ECHO = f"{sys.executable} {Path(__file__).parents[1] / 'apps/ingress/echo_server.py'}"
+HTTP_PORT = ephemeral_port()
+"""Each agent's HTTP ingress, on its own loopback address."""
 DETECTION_BOUND = 6.0
 """Membership detection of a killed node (gossip: ≤ 6 s; the transport alone: at once)."""
 
@@ -64,7 +68,8 @@ def kill_replicas(agent: Agent) -> None:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("ingress")
     cluster = LocalCluster(root, extra_args=["--profile", "local"],
-                           env={"MESHCLOUD_RUNTIMES": "process"})
+                           env={"MESHCLOUD_RUNTIMES": "process",
+                                "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}"})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 3):
@@ -115,6 +120,27 @@ def test_expose_through_the_third_node_two_on_one_node_and_kill(cluster):
     for _ in range(5):  # both workloads answer, side by side
         assert exchange(host, port, b"one")[1] == b"one"
         assert exchange(host, port2, b"two")[1] == b"two"
+
+    # the HTTP ingress of the third node, by Host header
+    a.cli("run", "site", "--command", f"{ECHO} http", "--publish", "http",
+          "--domain", "site.home")
+    wait_until(lambda: healthy(a, "site", 1), 60, message="site healthy")
+
+    def get(site: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(host, HTTP_PORT, timeout=10)
+        try:
+            conn.request("GET", "/hello", headers={"Host": site})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    wait_until(lambda: get("site.home")[0] == 200, 30, message="site through HTTP")
+    status, body = get("site.home")
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["path"] == "/hello" and seen["headers"]["x-forwarded-host"] == "site.home"
+    assert get("other.home")[0] == 404
 
     # kill -9 one echo holder's agent: after detection new connections keep working
     victim = next(x for x in cluster.agents if x.node_id in holders)
