@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
     except ImportError:
         pass
+    import apps.ingress.cli  # noqa: F401 - ingress verbs (expose, unexpose, endpoints)
     import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -32,8 +32,10 @@ class Service(Protocol):
 
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
+    from apps.ingress.service import IngressService
     from apps.workloads.service import WorkloadService
     from blobstore.node_service import BlobService
 
-    services: list[Any] = [WorkloadService(node), BlobService(node)]
+    workloads = WorkloadService(node)
+    services: list[Any] = [workloads, BlobService(node), IngressService(node, workloads)]
     return services

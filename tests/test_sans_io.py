@@ -75,6 +75,9 @@ CORE_GLOBS = [
     "apps/workloads/planner.py",
     "apps/workloads/spec.py",
     "apps/workloads/view.py",
+    "apps/ingress/routing.py",
+    "apps/ingress/messages.py",
+    "apps/ingress/tables.py",
     "sim/workloadmodel.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}

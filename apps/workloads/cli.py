@@ -53,7 +53,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name, "image": args.image, "replicas": args.replicas,
         "singleton": args.singleton, "env": env, "ports": list(args.port or []),
         "volumes": list(args.volume or []), "command": command,
-        "stop_timeout": args.stop_timeout,
+        "stop_timeout": args.stop_timeout, "publish": list(args.publish or []),
+        "domains": list(args.domain or []),
         "constraints": {"runtime": args.runtime, "arch": list(args.arch or []),
                         "labels": labels, "min_ram": args.min_ram, "min_cpus": args.min_cpus,
                         "avoid_battery": not args.allow_battery,
@@ -359,6 +360,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--port", action="append", metavar="[IP:]HOST:CONTAINER[/udp]",
                    help="publish a port (host IP defaults to 127.0.0.1)")
+    p.add_argument("--publish", action="append", metavar="NAME[=PORT]|PORT",
+                   help="a named endpoint for the ingress (the replica listens on $PORT)")
+    p.add_argument("--domain", action="append", metavar="HOST",
+                   help="the HTTP ingress routes this Host to the first published endpoint")
     p.add_argument("--volume", action="append", metavar="NAME:/PATH[:ro]",
                    help="a named volume on the node that runs the replica")
     p.add_argument("--singleton", action="store_true",

@@ -38,7 +38,7 @@ Sans-IO: ``now`` is monotonic seconds, ``wall_ms`` the wall clock for ``updated_
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,9 @@ class ReconcilerCore:
     def __init__(self, node_id: bytes, config: ReconcilerConfig | None = None) -> None:
         self.node_id = node_id
         self.config = config or ReconcilerConfig()
+        self.endpoint_port: Callable[[str, int, str], int] | None = None
+        """The node's host port for a replica's published endpoint (the ingress sets it;
+        it must answer the same for the same replica, or the replica restarts)."""
         self.wanted_leases: set[str] = set()
         """Singletons this node should hold a lease for (the lease driver follows it)."""
         self._tracks: dict[ReplicaKey, _Track] = {}
@@ -189,7 +192,7 @@ class ReconcilerCore:
             fencing = base if claim is not None and claim.node == self.node_id else base + 1
             if status is not None:
                 fencing = max(fencing, status.fencing_token)
-        wanted = spec.container_spec(index, fencing)
+        wanted = spec.container_spec(index, fencing, self.endpoint_port)
         runtime = spec.runtime
 
         if status is not None and _alive(status):

@@ -20,6 +20,10 @@ Accepted forms (the same keys everywhere; sizes as ``"256m"``, ``"1GiB"`` or byt
     ports = ["8080:8080"]                    # [IP:]HOST:CONTAINER[/udp], or tables
     volumes = ["data:/data"]                 # NAME:PATH[:ro], or tables
     stop_timeout = 10
+    publish = ["http"]                       # named endpoints for the ingress: NAME,
+                                             # NAME=CONTAINER_PORT or a port number
+    domains = ["shop.home"]                  # HTTP ingress: Host names routed to the
+                                             # first published endpoint
 
     [health]                                 # kind = http | tcp | command
     kind = "http"
@@ -46,7 +50,7 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -81,11 +85,16 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 <
                "t": 1 << 40, "tib": 1 << 40, "tb": 1000**4}
 
 TOP_KEYS = ("name", "kind", "image", "command", "args", "replicas", "singleton", "cpu",
-            "memory", "env", "ports", "volumes", "health", "constraints", "stop_timeout")
+            "memory", "env", "ports", "volumes", "health", "constraints", "stop_timeout",
+            "publish", "domains")
 ROOT_KEYS = ("run_as_root", "privileged")
 """Keys a user might try for root; refused with a pointer to the policy."""
 CONSTRAINT_KEYS = ("runtime", "arch", "labels", "min_ram", "min_cpus", "avoid_battery",
                    "avoid_metered")
+ENDPOINT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+"""Endpoint names (``web:http``, ``db:5432``): a short DNS label."""
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
+                       r"(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 HEALTH_KEYS = ("kind", "command", "port", "path", "interval", "timeout", "retries",
                "start_period")
 
@@ -130,6 +139,12 @@ class WorkloadSpec:
     health: HealthCheck | None = None
     stop_timeout: float = 10.0
     constraints: WorkloadConstraints = field(default_factory=WorkloadConstraints)
+    publish: tuple[tuple[str, int], ...] = ()
+    """Named endpoints ``(name, container port)`` (0: the process listens on ``$PORT``).
+    Each replica's node picks an ephemeral host port per endpoint (the ingress forwards to
+    it), so replicas never collide on a host port."""
+    domains: tuple[str, ...] = ()
+    """Host names the HTTP ingress routes to the first published endpoint."""
     run_as_root: bool = False
     """Never read from what a user gives nor stored (not a key of :meth:`to_dict`): the
     reconciler of the node starting a replica sets it when the mesh's signed policy
@@ -147,11 +162,24 @@ class WorkloadSpec:
         if problems:
             raise SpecError(self.name if isinstance(self.name, str) else "", problems)
 
-    def container_spec(self, index: int, fencing: int) -> ContainerSpec:
-        """Replica ``index`` as the runtime runs it (``fencing`` in its labels)."""
+    def container_spec(self, index: int, fencing: int,
+                       endpoint_port: Callable[[str, int, str], int] | None = None
+                       ) -> ContainerSpec:
+        """Replica ``index`` as the runtime runs it (``fencing`` in its labels).
+
+        ``endpoint_port(workload, index, endpoint)`` is the node's host port for each
+        published endpoint; those mappings come first, so ``$PORT`` is the first one."""
+        ports = self.ports
+        if endpoint_port is not None and self.publish:
+            chosen = []
+            for endpoint, container_port in self.publish:
+                host_port = endpoint_port(self.name, index, endpoint)
+                chosen.append(PortMapping(container_port=container_port or host_port,
+                                          host_port=host_port))
+            ports = tuple(chosen) + self.ports
         return ContainerSpec(
             name=replica_name(self.name, index), image=self.image, command=self.command,
-            args=self.args, env=dict(self.env), ports=self.ports, cpu=self.cpu,
+            args=self.args, env=dict(self.env), ports=ports, cpu=self.cpu,
             memory=self.memory, volumes=self.volumes, health=self.health,
             stop_timeout=self.stop_timeout, workload=self.name, replica=index,
             fencing_token=fencing, run_as_root=self.run_as_root)
@@ -165,11 +193,16 @@ class WorkloadSpec:
     def runtime_hash(self) -> str:
         """What replicas *are* (placement fields and replica count excluded): a change
         bumps the workload's generation and restarts its replicas."""
-        return self.container_spec(0, 0).spec_hash()
+        return self.container_spec(0, 0, lambda *_: 0).spec_hash()
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical plain form (JSON and CBOR friendly), as stored in ``workloads``."""
-        return {
+        extra: dict[str, Any] = {}
+        if self.publish:
+            extra["publish"] = [endpoint_text(n, p) for n, p in self.publish]
+        if self.domains:
+            extra["domains"] = list(self.domains)
+        return extra | {
             "name": self.name, "kind": self.kind, "image": self.image,
             "command": list(self.command), "args": list(self.args),
             "replicas": self.replicas, "singleton": self.singleton, "cpu": self.cpu,
@@ -186,6 +219,29 @@ class WorkloadSpec:
 
     def with_replicas(self, replicas: int) -> WorkloadSpec:
         return replace(self, replicas=replicas)
+
+
+def endpoint_text(name: str, container_port: int) -> str:
+    return name if not container_port or name == str(container_port) else \
+        f"{name}={container_port}"
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``http`` → (http, 0); ``5432`` → (5432, 5432); ``http=8080`` → (http, 8080)."""
+    name, sep, port_text = text.partition("=")
+    port = 0
+    if sep:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"publish {text!r}: container port must be 1-65535")
+        port = int(port_text)
+    elif name.isdigit():
+        port = int(name)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"publish {text!r}: port must be 1-65535")
+    if not ENDPOINT_RE.match(name):
+        raise ValueError(f"publish {text!r}: endpoint name must be 1-32 lowercase letters, "
+                         "digits or '-'")
+    return name, port
 
 
 def replica_name(workload: str, index: int) -> str:
@@ -239,6 +295,16 @@ def spec_problems(spec: WorkloadSpec) -> list[str]:
         p.append("constraints avoid_battery and avoid_metered are true or false")
     if not isinstance(spec.singleton, bool):
         p.append("singleton is true or false")
+    names = [n for n, _ in spec.publish]
+    if len(set(names)) != len(names):
+        p.append("publish names each endpoint once")
+    if spec.image is not None and any(port == 0 for _, port in spec.publish):
+        p.append("a container's endpoint needs its port (publish NAME=PORT or PORT)")
+    for domain in spec.domains:
+        if not isinstance(domain, str) or not DOMAIN_RE.match(domain):
+            p.append(f"domain {domain!r} is not a lowercase host name")
+    if spec.domains and not spec.publish:
+        p.append("a domain routes to a published endpoint: add publish")
     # everything a runtime would check, on replica 0 (names checked above)
     probe = replace(spec, name="x" if not name_ok else spec.name)
     try:
@@ -402,6 +468,12 @@ def spec_from_dict(data: Mapping[str, Any]) -> tuple[WorkloadSpec | None, list[s
             volumes.append(_volume_item(item))
         except (ValueError, TypeError) as exc:
             problems.append(str(exc))
+    publish: list[tuple[str, int]] = []
+    for item in r.strings("publish"):
+        try:
+            publish.append(parse_endpoint(item))
+        except ValueError as exc:
+            problems.append(str(exc))
     health = _health_from(r.get("health", dict, None), problems)
     constraints = _constraints_from(r.get("constraints", dict, {}), problems)
     memory = r.size("memory")
@@ -411,7 +483,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> tuple[WorkloadSpec | None, list[s
         replicas=r.get("replicas", int, 1), singleton=r.get("singleton", bool, False),
         cpu=r.get("cpu", float, None), memory=memory, env=env, ports=tuple(ports),
         volumes=tuple(volumes), health=health,
-        stop_timeout=r.get("stop_timeout", float, 10.0), constraints=constraints)
+        stop_timeout=r.get("stop_timeout", float, 10.0), constraints=constraints,
+        publish=tuple(publish), domains=r.strings("domains"))
     if spec.image == "":
         problems.append("image must not be empty")
     return spec, problems

@@ -1,0 +1,1 @@
+"""The ingress: named endpoints of workloads, forwarding over the mesh, TCP ports."""

@@ -1,0 +1,327 @@
+"""The ingress service of a node: endpoint rows and health, forwarding, TCP ports.
+
+Built after the workload service (it lends the reconciler the node's port book, so each
+replica's published endpoints get ephemeral host ports). ``run`` serves
+``/meshcloud/forward/1`` and starts two loops:
+
+* **endpoints**: every ``check_every`` seconds, a TCP connect check of each endpoint of
+  each replica running here; the rows of ``endpoints`` this node owns follow
+  (:func:`~apps.ingress.routing.publish_plan`);
+* **exposures**: every node listens on each port of ``exposures`` and forwards each
+  connection to a live replica (power of two choices on this node's open connections;
+  a failed connect is retried on another replica, up to ``MAX_ATTEMPTS``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from apps.ingress.forward import (
+    OPEN_TIMEOUT,
+    ForwardError,
+    open_forward,
+    serve_forward,
+    splice_stream,
+    splice_tcp,
+)
+from apps.ingress.messages import FORWARD_PROTOCOL, Exposure, ForwardOpen
+from apps.ingress.ports import PortBook
+from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
+from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
+from apps.workloads.core import WorkloadEntry
+from apps.workloads.reconciler import read_workloads
+from meshcloud.errors import MeshError
+
+if TYPE_CHECKING:
+    from apps.workloads.service import WorkloadService
+    from meshcloud.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+HTTP_ENV = "MESHCLOUD_HTTP"
+DEFAULT_HTTP = "127.0.0.1:7080"
+MESH_BIND = "mesh"
+"""Exposure bind meaning: the host of this node's mesh listen address."""
+CHECK_TIMEOUT = 1.0
+
+
+class IngressService:
+    name = "ingress"
+
+    def __init__(self, node: Node, workloads: WorkloadService) -> None:
+        self.node = node
+        self.state = node.state
+        self.workloads = workloads
+        node.state.open_table(ENDPOINTS)
+        node.state.open_table(EXPOSURES)
+        self.book = PortBook(node.datadir.path / "ingress" / "ports.json")
+        workloads.reconciler.core.endpoint_port = self.book.port
+        local = node.config.profile == "local"
+        self.check_every = 0.5 if local else 2.0
+        self.rng = random.Random()
+        self.open: defaultdict[RowKey, int] = defaultdict(int)
+        self.running_here: dict[RowKey, LocalReplica] = {}
+        self.listeners: dict[int, tuple[Exposure, trio.CancelScope]] = {}
+        self.listen_errors: dict[int, str] = {}
+        self.forwarded = 0
+        self.failed = 0
+        self.retries = 0
+        self.http_address = ""
+        self.http_error = ""
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.node.transport.serve(FORWARD_PROTOCOL, self._serve_forward)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._endpoint_loop)
+            nursery.start_soon(self._exposure_loop, nursery)
+            nursery.start_soon(self._http)
+            task_status.started()
+
+    def _entries(self) -> dict[str, WorkloadEntry]:
+        snapshot = self.workloads.reconciler.last
+        return snapshot.workloads if snapshot is not None else read_workloads(self.state)
+
+    # --- endpoints and health ---------------------------------------------------------------
+
+    async def _endpoint_loop(self) -> None:
+        while True:
+            try:
+                await self.check_endpoints()
+            except (MeshError, OSError) as exc:
+                log.warning("endpoint check failed: %s", exc)
+            await trio.sleep(self.check_every)
+
+    async def check_endpoints(self) -> None:
+        snapshot = self.workloads.reconciler.last
+        if snapshot is None:
+            return
+        entries = snapshot.workloads
+        ports: dict[RowKey, int] = {}
+        for status in snapshot.observed:
+            entry = entries.get(status.workload)
+            if entry is None or not status.alive:
+                continue
+            for endpoint, _ in entry.spec.publish:
+                port = self.book.lookup(status.workload, status.replica, endpoint)
+                if port is not None:
+                    ports[(status.workload, endpoint, status.replica)] = port
+        results: dict[RowKey, LocalReplica] = {}
+
+        async def check(key: RowKey, port: int) -> None:
+            results[key] = LocalReplica(port, await tcp_check("127.0.0.1", port))
+
+        async with trio.open_nursery() as nursery:
+            for key, port in ports.items():
+                nursery.start_soon(check, key, port)
+        self.running_here = results
+        me = self.node.node_id
+        # during a hand-over (make before break) two nodes run the same index: only the
+        # claim's holder publishes it, so the two never overwrite each other's row
+        claimed = {k: v for k, v in results.items()
+                   if (claim := snapshot.claims.get((k[0], k[2]))) is not None
+                   and claim.node == me}
+        puts, deletes = publish_plan(me, claimed, endpoint_rows(self.state))
+        for key, record in puts.items():
+            self.state.put(ENDPOINTS.name, key,
+                           record.__class__(node=record.node, port=record.port,
+                                            healthy=record.healthy,
+                                            updated_ms=self.node.clock.wall_ms()))
+        for key in deletes:
+            self.state.delete(ENDPOINTS.name, key)
+        keep = {(s.workload, s.replica) for s in snapshot.observed if s.alive}
+        keep |= {(w, i) for w, mine in snapshot.assignment.items()
+                 for i, node in mine.items() if node == me}
+        self.book.forget_except(keep)
+
+    def _resolve(self, request: ForwardOpen) -> int | None:
+        seen = self.running_here.get((request.workload, request.endpoint, request.index))
+        return seen.port if seen is not None else None
+
+    async def _serve_forward(self, stream: Any) -> None:
+        await serve_forward(stream, self._resolve)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def targets(self, workload: str, endpoint: str) -> list[Target]:
+        entry = self._entries().get(workload)
+        if entry is None:
+            return []
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        return live_targets(endpoint_rows(self.state), workload, endpoint, alive=alive,
+                            replicas=entry.replicas)
+
+    async def connect(self, workload: str, endpoint: str) -> tuple[Target, Any] | None:
+        """A connection to a live replica of ``workload:endpoint``: a TCP stream to a
+        replica on this node, else a forward stream (None if no replica could be
+        reached in ``MAX_ATTEMPTS`` tries)."""
+        tried: set[RowKey] = set()
+        for _ in range(MAX_ATTEMPTS):
+            target = pick(self.targets(workload, endpoint), self.open, self.rng, tried)
+            if target is None:
+                break
+            tried.add(target.key)
+            try:
+                with trio.fail_after(OPEN_TIMEOUT):
+                    if target.node == self.node.node_id:
+                        upstream: Any = await trio.open_tcp_stream("127.0.0.1", target.port)
+                    else:
+                        upstream = await open_forward(self.node.transport, target.node,
+                                                      workload, endpoint, target.index)
+            except (ForwardError, MeshError, OSError, trio.TooSlowError,
+                    trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.EndOfChannel) as exc:
+                log.info("forward to %s replica %d on %s failed: %r", workload, target.index,
+                         target.node.hex()[:12], exc)
+                self.retries += 1
+                continue
+            return target, upstream
+        return None
+
+    async def forward(self, client: trio.SocketStream, workload: str, endpoint: str) -> bool:
+        """Carry ``client`` to a live replica of ``workload:endpoint``; False (client
+        closed) if none could be reached."""
+        connected = await self.connect(workload, endpoint)
+        if connected is None:
+            self.failed += 1
+            await client.aclose()
+            return False
+        target, upstream = connected
+        self.open[target.key] += 1
+        self.forwarded += 1
+        try:
+            if isinstance(upstream, trio.SocketStream):
+                await splice_tcp(client, upstream)
+            else:
+                await splice_stream(client, upstream)
+        finally:
+            self.open[target.key] -= 1
+        return True
+
+    # --- TCP ports --------------------------------------------------------------------------
+
+    async def _exposure_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            wanted = exposures(self.state)
+            for port, (exposure, scope) in list(self.listeners.items()):
+                if wanted.get(port) != exposure:
+                    scope.cancel()
+                    del self.listeners[port]
+            for port, exposure in wanted.items():
+                if port not in self.listeners:
+                    scope = trio.CancelScope()
+                    self.listeners[port] = (exposure, scope)
+                    nursery.start_soon(self._listen, port, exposure, scope)
+            await trio.sleep(self.check_every)
+
+    async def _listen(self, port: int, exposure: Exposure, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                listeners = await trio.open_tcp_listeners(port, host=self.bind_host(exposure))
+            except (OSError, MeshError) as exc:
+                self.listen_errors[port] = str(exc)
+                log.warning("cannot listen on %s:%d: %s", exposure.bind, port, exc)
+                await trio.sleep(5)  # then the exposure loop tries again
+                if self.listeners.get(port, (None,))[0] == exposure:
+                    del self.listeners[port]
+                return
+            self.listen_errors.pop(port, None)
+
+            async def handle(client: trio.SocketStream) -> None:
+                try:
+                    await self.forward(client, exposure.workload, exposure.endpoint)
+                except Exception:  # one connection's bug must not stop the node
+                    log.exception("forwarding a connection on port %d failed", port)
+                    await client.aclose()
+
+            await trio.serve_listeners(handle, listeners)
+
+    async def _http(self) -> None:
+        """The HTTP ingress on ``$MESHCLOUD_HTTP`` (``HOST:PORT``, ``mesh:PORT`` or
+        ``off``; default ``127.0.0.1:7080``)."""
+        from apps.ingress.http import serve_http
+
+        text = os.environ.get(HTTP_ENV, DEFAULT_HTTP).strip()
+        if text == "off":
+            return
+        host, _, port_text = text.rpartition(":")
+        if host == MESH_BIND:
+            host = self.bind_host(Exposure(workload="", endpoint="", bind=MESH_BIND))
+        try:
+            listeners = await trio.open_tcp_listeners(int(port_text), host=host or None)
+        except (OSError, ValueError) as exc:
+            self.http_error = f"{text}: {exc}"
+            log.warning("HTTP ingress not started on %s: %s", text, exc)
+            return
+        sockname = listeners[0].socket.getsockname()
+        self.http_address = f"{sockname[0]}:{sockname[1]}"
+
+        async def handle(client: trio.SocketStream) -> None:
+            try:
+                await serve_http(client, self)
+            except Exception:  # one connection's bug must not stop the node
+                log.exception("HTTP ingress connection failed")
+
+        await trio.serve_listeners(handle, listeners)
+
+    def bind_host(self, exposure: Exposure) -> str:
+        """The address to listen on: the exposure's, or for ``mesh`` the host this node's
+        mesh transport listens on (several agents on one machine, each on its own
+        loopback address, or a node exposing on its LAN address)."""
+        if exposure.bind != MESH_BIND:
+            return exposure.bind
+        from meshcloud.transport.addresses import parse_address
+
+        addresses = self.node.transport.listen_addresses
+        for address in addresses() if callable(addresses) else addresses:
+            try:
+                return parse_address(address)[0]
+            except (ValueError, MeshError):
+                continue
+        return "127.0.0.1"
+
+    # --- node hooks -------------------------------------------------------------------------
+
+    def api_routes(self) -> list[Any]:
+        from apps.ingress.api import routes
+
+        return routes(self)
+
+    def status(self) -> dict[str, Any]:
+        return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
+                "failed": self.failed, "retries": self.retries,
+                "listen_errors": dict(self.listen_errors),
+                "endpoints_here": len(self.running_here), "http": self.http_address,
+                "http_error": self.http_error}
+
+
+async def tcp_check(host: str, port: int, timeout: float = CHECK_TIMEOUT) -> bool:
+    """The health check: a TCP connect that succeeds within ``timeout``."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+def valid_bind(text: str) -> bool:
+    if text == MESH_BIND:
+        return True
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
