@@ -1,4 +1,4 @@
-"""Wire messages and stored rows of the ingress (tags ``APPS + 40`` … ``APPS + 49``)."""
+"""Wire messages and stored rows of the ingress (tags ``APPS + 50`` … ``APPS + 59``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ FORWARD_PROTOCOL = "/meshcloud/forward/1"
 both ways (each stream message a chunk); a half-close of the stream is a TCP FIN."""
 
 
-@message(TagBlock.APPS + 40)
+@message(TagBlock.APPS + 50)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointRecord:
     """A live replica of an endpoint, written only by the node that runs it.
@@ -27,7 +27,7 @@ class EndpointRecord:
     updated_ms: int = 0
 
 
-@message(TagBlock.APPS + 41)
+@message(TagBlock.APPS + 51)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Exposure:
     """Every node listens on ``bind:port`` and forwards to ``workload:endpoint``.
@@ -39,7 +39,7 @@ class Exposure:
     bind: str = "127.0.0.1"
 
 
-@message(TagBlock.APPS + 42)
+@message(TagBlock.APPS + 52)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardOpen:
     """Connect me to replica ``index`` of ``workload:endpoint`` that you run. The port is
@@ -50,7 +50,7 @@ class ForwardOpen:
     index: int
 
 
-@message(TagBlock.APPS + 43)
+@message(TagBlock.APPS + 53)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardReply:
     ok: bool

@@ -13,16 +13,17 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from apps.ingress.ports import ephemeral_port
 from sim.agents import Agent, LocalCluster, wait_until
+from tests.workload_python import inline_script_line
 
 ADDRESSES = [f"127.0.0.{41 + i}" for i in range(3)]
-ECHO = f"{sys.executable} {Path(__file__).parents[1] / 'apps/ingress/echo_server.py'}"
+ECHO_SCRIPT = Path(__file__).parents[1] / "apps/ingress/echo_server.py"
+ECHO = inline_script_line(ECHO_SCRIPT)
 HTTP_PORT = ephemeral_port()
 """Each agent's HTTP ingress, on its own loopback address."""
 DETECTION_BOUND = 6.0
@@ -122,7 +123,7 @@ def test_expose_through_the_third_node_two_on_one_node_and_kill(cluster):
         assert exchange(host, port2, b"two")[1] == b"two"
 
     # the HTTP ingress of the third node, by Host header
-    a.cli("run", "site", "--command", f"{ECHO} http", "--publish", "http",
+    a.cli("run", "site", "--command", inline_script_line(ECHO_SCRIPT, "http"), "--publish", "http",
           "--domain", "site.home")
     wait_until(lambda: healthy(a, "site", 1), 60, message="site healthy")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ from apps.ingress.service import IngressService
 from apps.ingress.tables import endpoint_rows
 from meshcloud.transport.memory import MemoryNetwork
 from tests.apps.workloads.mesh import LocalMesh, wait_for
+from tests.workload_python import inline_script
 
-HTTP = [sys.executable, str(Path(__file__).with_name("echo_server.py")), "http"]
+HTTP = inline_script(Path(__file__).with_name("echo_server.py"), "http")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ real TCP on 127.0.0.1, carried between nodes by ``/meshcloud/forward/1`` streams
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,9 @@ from apps.ingress.service import IngressService
 from apps.ingress.tables import EXPOSURES, endpoint_rows
 from meshcloud.transport.memory import MemoryNetwork
 from tests.apps.workloads.mesh import LocalMesh, wait_for
+from tests.workload_python import inline_script
 
-ECHO = [sys.executable, str(Path(__file__).with_name("echo_server.py"))]
+ECHO = inline_script(Path(__file__).with_name("echo_server.py"))
 
 
 @pytest.fixture(autouse=True)
