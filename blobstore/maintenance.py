@@ -43,9 +43,18 @@ from blobstore.errors import BlobstoreError
 from blobstore.fetch import BadShard
 from blobstore.gc import GcConfig, ShardGc, StoredShard
 from blobstore.index import Found
+from blobstore.layout import (
+    LayoutPlan,
+    code_text,
+    goal_code,
+    make_code,
+    plan_layout,
+    reachable_code,
+)
 from blobstore.manifest import Manifest
 from blobstore.rebuild import rebuild_chunk
-from blobstore.records import BLOBREFS, OBJECTS, UPLOADS, BlobRef, ObjectRecord
+from blobstore.records import BLOBREFS, OBJECTS, UPLOADS, BlobRef, BucketRecord, ObjectRecord
+from blobstore.reencode import reencode_object
 from blobstore.repair import RebuildChunk, RepairPlanner
 from blobstore.scrub import (
     PassFinished,
@@ -70,6 +79,10 @@ TRANQUILITY = 2.0
 PAGE = 100
 """Index rows examined per repair step."""
 
+REENCODE_STEP_BYTES = 16 << 20
+"""A repair step ends once it has re-encoded this many bytes (then rests, see
+``BlobConfig.reencode_rate``)."""
+
 TRIGGERS = ("member.failed", "member.left", "member.joined", "peer.connected",
             "peer.disconnected")
 """Node events that start a repair pass (peer.* until gossip reports members)."""
@@ -90,6 +103,8 @@ class AsyncWorker:
         self.last_error: str | None = None
         self.next_run: float | None = 0.0
         self.tranquilizer = Tranquilizer(TRANQUILITY)
+        self.min_rest = 0.0
+        """Set by a busy step that must rest at least this long (a byte rate)."""
         self._wake = trio.Event()
 
     def poke(self) -> None:
@@ -123,6 +138,7 @@ class AsyncWorker:
             self.steps += 1
             if state is WorkerState.BUSY:
                 rest = self.tranquilizer.observe(trio.current_time() - begin)
+                rest, self.min_rest = max(rest, self.min_rest), 0.0
                 self.state = WorkerState.THROTTLED if rest > 0 else WorkerState.BUSY
                 self.next_run = trio.current_time() + rest
             else:
@@ -149,7 +165,13 @@ class RepairWorker(AsyncWorker):
         self.objects_repaired = 0
         self.shards_rebuilt = 0
         self.chunks_lost = 0
-        self.short = 0
+        self.objects_reencoded = 0
+        self.bytes_reencoded = 0
+        self.below_target: int | None = None
+        """Objects coordinated here below their target layout in the last full pass."""
+        self.waiting: int | None = None
+        """Of those, the ones that need more live nodes first (last full pass)."""
+        self._counting = (0, 0)
         self._pass_counts = (0, 0)
         self._needy: set[bytes] = set()
         self._next_needy: set[bytes] = set()
@@ -162,6 +184,15 @@ class RepairWorker(AsyncWorker):
     def next_deadline(self) -> float | None:
         return trio.current_time() + self.service.config.repair_interval
 
+    def _layout(self, record: ObjectRecord, bucket: BucketRecord | None,
+                live: frozenset[bytes], mesh_size: int) -> LayoutPlan:
+        service = self.service
+        assert service.objects is not None
+        explicit = service.objects.explicit_code(bucket) if bucket is not None else None
+        return plan_layout(record.manifest, goal_code(explicit, mesh_size),
+                           reachable_code(explicit, len(live)), live,
+                           inline=record.inline is not None)
+
     async def step(self, now: float) -> WorkerState:
         service = self.service
         assert service.client is not None and service.objects is not None
@@ -169,38 +200,62 @@ class RepairWorker(AsyncWorker):
         if self.cursor is None:
             self.cursor = b""
             self._pass_counts = (self.shards_rebuilt, self.chunks_lost)
+            self._counting = (0, 0)
         rows = table.scan_entries(self.cursor, None, limit=PAGE)
         live = service.alive()
+        mesh_size = service.mesh_size()
+        buckets = {r.bucket_id: r for _, r in service.objects.buckets()}
         planner = RepairPlanner(service.picker)
+        me = service.node.node_id
+        budget = REENCODE_STEP_BYTES
+        moved = 0
         for key, _data in rows:
             self.cursor = key + b"\x00"
             bucket_id = table.schema.key_from_bytes(key)[0]
             holders = service.index.holders(OBJECTS.name, (bucket_id,))
-            if service.node.node_id not in holders:
+            if me not in holders:
                 continue  # a row left over from an older view: its holders handle it
             entry = table.get_entry(key)
             record = table.value_of_entry(entry)
             if record is None:
                 continue
             self.checked += 1
+            # The first holder coordinates; another holder steps in when an object still
+            # needs work one pass later (the first may be new and not have the row yet).
+            mine = holders[0] == me or key in self._needy
+            layout = self._layout(record, buckets.get(bucket_id), live, mesh_size)
+            if layout.reencode is not None:
+                if not mine:
+                    self._next_needy.add(key)
+                    self._count(holders[0] == me, layout, short=False)
+                    continue
+                done = await self._reencode(table.schema.key_from_bytes(key), record,
+                                            layout)
+                self._count(holders[0] == me, layout, short=False, fixed=done)
+                moved += record.size if done else 0
+                if moved >= budget:
+                    break
+                continue
             plan = planner.plan([record.manifest], live)
+            self._count(holders[0] == me, layout, short=bool(plan.short))
             if plan.lost:
                 self.chunks_lost += len(plan.lost)
                 service.node.events.emit("repair.lost", object=record.manifest.object_id.hex(),
                                          key=record.key[:200], chunks=len(plan.lost))
-            if plan.short:
-                self.short += 1
             if not plan.rebuild:
                 continue
-            # The first holder coordinates; another holder steps in when an object still
-            # needs repair one pass later (the first may be new and not have the row yet).
-            if holders[0] == service.node.node_id or key in self._needy:
+            if mine:
                 await self._repair(table.schema.key_from_bytes(key), record, planner, live)
             else:
                 self._next_needy.add(key)
+        if moved:
+            self.min_rest = moved / max(service.config.reencode_rate, 1.0)
+        if moved >= budget:
+            return WorkerState.BUSY  # the rest of the page after a rest
         if len(rows) < PAGE:
             self.cursor = None
             self.passes += 1
+            self.below_target, self.waiting = self._counting
             self._needy, self._next_needy = self._next_needy, set()
             rebuilt = self.shards_rebuilt - self._pass_counts[0]
             lost = self.chunks_lost - self._pass_counts[1]
@@ -212,6 +267,41 @@ class RepairWorker(AsyncWorker):
                 return WorkerState.BUSY
             return WorkerState.IDLE
         return WorkerState.BUSY
+
+    def _count(self, coordinator: bool, layout: LayoutPlan, *, short: bool,
+               fixed: bool = False) -> None:
+        """Tally the pass's objects below target (only the coordinator counts one)."""
+        if not coordinator or fixed or (layout.at_target and not short):
+            return
+        below, waiting = self._counting
+        self._counting = (below + 1, waiting + (layout.waiting or short))
+
+    async def _reencode(self, key: tuple[Any, ...], seen: ObjectRecord,
+                        layout: LayoutPlan) -> bool:
+        """Raise one object to ``layout.reencode``; True once the index points at it."""
+        service = self.service
+        assert service.client is not None and service.objects is not None
+        assert layout.reencode is not None
+        found = await service.index.get(OBJECTS.name, key)
+        if found is None or found.value is None:
+            return False
+        record: ObjectRecord = found.value
+        if record.manifest != seen.manifest:
+            return False  # overwritten or repaired meanwhile: the next pass looks again
+        objects = service.objects
+        manifest = await reencode_object(record.manifest, make_code(layout.reencode),
+                                         client=service.client, picker=service.picker,
+                                         writer=objects.writer, reader=objects.reader)
+        # Only now, with every new shard stored, does the index point at the new layout;
+        # the old shards are unreferenced from here on and GC drops them on each holder.
+        await write_repaired(service, key, found, manifest)
+        self.objects_reencoded += 1
+        self.bytes_reencoded += record.size
+        service.node.events.emit("repair.reencoded", object=manifest.object_id.hex(),
+                                 key=record.key[:200], size=record.size,
+                                 code_from=code_text(layout.current),
+                                 code_to=code_text(layout.reencode))
+        return True
 
     async def _repair(self, key: tuple[Any, ...], seen: ObjectRecord, planner: RepairPlanner,
                       live: frozenset[bytes]) -> None:
@@ -242,7 +332,11 @@ class RepairWorker(AsyncWorker):
         return {**super().status(), "passes": self.passes, "checked": self.checked,
                 "objects_repaired": self.objects_repaired,
                 "shards_rebuilt": self.shards_rebuilt, "chunks_lost": self.chunks_lost,
-                "objects_short_of_nodes": self.short, "in_pass": self.cursor is not None}
+                "objects_reencoded": self.objects_reencoded,
+                "bytes_reencoded": self.bytes_reencoded,
+                "objects_below_target": self.below_target,
+                "objects_short_of_nodes": self.waiting,
+                "in_pass": self.cursor is not None}
 
 
 async def write_repaired(service: BlobService, key: tuple[Any, ...], found: Found,

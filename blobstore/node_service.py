@@ -72,6 +72,10 @@ class BlobConfig:
     scrub_rate: float = 8 * 1024 * 1024
     """Bytes per second a scrub pass reads. MESHCLOUD_BLOB_SCRUB_RATE"""
 
+    reencode_rate: float = 16 * 1024 * 1024
+    """Bytes of objects per second the repair worker re-encodes to their target layout, on
+    average (objects written while too few nodes were live). MESHCLOUD_BLOB_REENCODE_RATE"""
+
     min_free_bytes: int = 256 << 20
     """Disk kept free under the shard store. MESHCLOUD_BLOB_MIN_FREE"""
 
@@ -89,6 +93,7 @@ class BlobConfig:
             gc_interval=_env_float("MESHCLOUD_BLOB_GC_INTERVAL", d.gc_interval),
             scrub_interval=_env_float("MESHCLOUD_BLOB_SCRUB_INTERVAL", d.scrub_interval),
             scrub_rate=_env_float("MESHCLOUD_BLOB_SCRUB_RATE", d.scrub_rate),
+            reencode_rate=_env_float("MESHCLOUD_BLOB_REENCODE_RATE", d.reencode_rate),
             min_free_bytes=int(_env_float("MESHCLOUD_BLOB_MIN_FREE", d.min_free_bytes)),
             s3_domains=tuple(x.strip() for x in domains.split(",") if x.strip())
             or ("localhost",),
@@ -119,6 +124,13 @@ class BlobService:
 
     def alive(self) -> frozenset[bytes]:
         return frozenset(self.node.alive_peer_ids()) | {self.node.node_id}
+
+    def mesh_size(self) -> int:
+        """Members not known to have left, this node included: the nodes an object's target
+        layout counts on (a crashed member counts until gossip forgets it)."""
+        members = {row.get("id") for row in self.node.members_view()
+                   if row.get("state") != "left"}
+        return len(members | {n.hex() for n in self.alive()})
 
     def _build(self) -> None:
         """Open the store and assemble the pipelines (the only disk I/O: done in run)."""

@@ -140,9 +140,15 @@ class ObjectStore:
         await self.index.put_everywhere(BUCKETS.name, (name,), None)
 
     def code_for(self, bucket: BucketRecord) -> ErasureCode:
+        explicit = self.explicit_code(bucket)
+        return explicit or choose_code(max(1, self.picker.live_count()))
+
+    @staticmethod
+    def explicit_code(bucket: BucketRecord) -> ErasureCode | None:
+        """The bucket's own code, or None when it is automatic."""
         chosen = parse_code(bucket.code)
         if chosen is None:
-            return choose_code(max(1, self.picker.live_count()))
+            return None
         if isinstance(chosen, int):
             return ReplicationCode(chosen)
         return ZfecCode(*chosen)
