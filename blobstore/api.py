@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from blobstore.bucketlist import list_bucket
 from blobstore.erasure import ErasureCode
-from blobstore.layout import code_key, code_text, goal_code, manifest_code
+from blobstore.layout import better, code_key, code_text, goal_code, manifest_code
 from blobstore.records import S3KEYS, AccessKeyRecord, ObjectRecord, Permission
 from blobstore.s3.errors import S3Error
 from blobstore.s3.listing import After, Position
@@ -244,7 +244,7 @@ def object_layout(record: ObjectRecord, live: frozenset[bytes],
     distinct live nodes (``ok``). A small object kept inline in its index record has no
     chunks (``inline``): the index's replicas are its copies. With ``target`` (the code
     the object should have, :mod:`blobstore.layout`): ``target`` as text and
-    ``at_target`` (that code, and complete)."""
+    ``at_target`` (that code or one at least as good, and complete)."""
     manifest = record.manifest
     chunks = []
     complete = True
@@ -263,5 +263,6 @@ def object_layout(record: ObjectRecord, live: frozenset[bytes],
     if target is not None:
         inline = record.inline is not None or not manifest.chunks
         out["target"] = code_text(code_key(target))
-        out["at_target"] = inline or (complete and manifest_code(manifest) == code_key(target))
+        out["at_target"] = inline or (
+            complete and not better(code_key(target), manifest_code(manifest)))
     return out

@@ -12,12 +12,14 @@ mesh's *size*, i.e. the members not known to have left (a crashed node still cou
 gossip forgets it, so an outage does not lower the goal). What can be done *now* depends on
 the live nodes (:func:`reachable_code`). :func:`plan_layout` decides per object:
 
-* ``at_target``: its code is the goal and every chunk has k+m shards on k+m distinct live
-  nodes;
+* ``at_target``: its code is the goal or at least as good (:func:`better`) and every chunk
+  has k+m shards on k+m distinct live nodes;
 * ``reencode``: the code to re-encode it to, or None. It is the goal once enough nodes are
   live for it (this also turns three copies into 4+2 when a mesh reaches six nodes);
   before that, the reachable code if it survives more losses than the current one (two
-  copies become three as soon as three nodes are live), never a weaker one;
+  copies become three as soon as three nodes are live). Never a weaker code nor a
+  costlier one for the same safety: a 4+2 object on a mesh that shrank below six nodes
+  stays 4+2 (repair keeps as many of its shards as the nodes allow);
 * ``waiting``: below target and nothing can be done until more nodes are live.
 
 A chunk missing shards whose code is already the goal is repair's business
@@ -88,6 +90,15 @@ class LayoutPlan:
     waiting: bool
 
 
+def better(a: Code, b: Code) -> bool:
+    """Layout ``a`` is worth re-encoding ``b`` into: it survives more lost holders, or as
+    many at a lower storage cost (three copies -> 4+2). Never the other way round, so a
+    node with a partial view of the mesh (just started) cannot make objects weaker."""
+    if a[2] != b[2]:
+        return a[2] > b[2]
+    return (a[1] + a[2]) * b[1] < (b[1] + b[2]) * a[1]
+
+
 def plan_layout(manifest: Manifest, goal: ErasureCode, reachable: ErasureCode | None,
                 live: Collection[NodeId], *, inline: bool = False) -> LayoutPlan:
     """See the module docstring. ``inline``: the object lives in its index record (no
@@ -96,13 +107,11 @@ def plan_layout(manifest: Manifest, goal: ErasureCode, reachable: ErasureCode | 
     want = code_key(goal)
     if inline or not manifest.chunks:
         return LayoutPlan(current, want, True, None, False)
-    if current == want:
-        ok = complete(manifest, live)
-        return LayoutPlan(current, want, ok, None, False)
+    if not better(want, current):
+        # the goal, or something at least as good: only missing shards (repair) remain
+        return LayoutPlan(current, want, complete(manifest, live), None, False)
     now = code_key(reachable) if reachable is not None else None
     target: Code | None = None
-    if now == want:
-        target = want
-    elif now is not None and now[2] > current[2] and now != current:
+    if now == want or (now is not None and better(now, current) and now[2] > current[2]):
         target = now
     return LayoutPlan(current, want, False, target, target is None)

@@ -57,12 +57,16 @@ from blobstore.records import BLOBREFS, OBJECTS, UPLOADS, BlobRef, BucketRecord,
 from blobstore.reencode import reencode_object
 from blobstore.repair import RebuildChunk, RepairPlanner
 from blobstore.scrub import (
+    SCHEDULE_NOTE,
     PassFinished,
     ScrubConfig,
     ScrubCore,
     ScrubResult,
+    ScrubSchedule,
     ShardCorrupt,
     VerifyBatch,
+    core_schedule,
+    first_schedule,
 )
 from blobstore.shards import parse_header, unpack_shard
 from meshcloud.errors import MeshError
@@ -78,6 +82,9 @@ TRANQUILITY = 2.0
 
 PAGE = 100
 """Index rows examined per repair step."""
+
+REENCODE_PATIENCE = 3
+"""Passes a holder that does not coordinate an object waits before re-encoding it itself."""
 
 REENCODE_STEP_BYTES = 16 << 20
 """A repair step ends once it has re-encoded this many bytes (then rests, see
@@ -175,6 +182,8 @@ class RepairWorker(AsyncWorker):
         self._pass_counts = (0, 0)
         self._needy: set[bytes] = set()
         self._next_needy: set[bytes] = set()
+        self._waited: dict[bytes, int] = {}
+        self._next_waited: dict[bytes, int] = {}
 
     def poke(self) -> None:
         if self.cursor is not None:
@@ -225,8 +234,11 @@ class RepairWorker(AsyncWorker):
             mine = holders[0] == me or key in self._needy
             layout = self._layout(record, buckets.get(bucket_id), live, mesh_size)
             if layout.reencode is not None:
-                if not mine:
-                    self._next_needy.add(key)
+                # A re-encode moves the whole object: another holder steps in only after
+                # the coordinator left it undone for several passes (no duplicate work
+                # while the coordinator is merely busy with a backlog).
+                if holders[0] != me and self._waited.get(key, 0) < REENCODE_PATIENCE:
+                    self._next_waited[key] = self._waited.get(key, 0) + 1
                     self._count(holders[0] == me, layout, short=False)
                     continue
                 done = await self._reencode(table.schema.key_from_bytes(key), record,
@@ -257,6 +269,7 @@ class RepairWorker(AsyncWorker):
             self.passes += 1
             self.below_target, self.waiting = self._counting
             self._needy, self._next_needy = self._next_needy, set()
+            self._waited, self._next_waited = self._next_waited, {}
             rebuilt = self.shards_rebuilt - self._pass_counts[0]
             lost = self.chunks_lost - self._pass_counts[1]
             if rebuilt or lost:
@@ -379,14 +392,29 @@ class ScrubWorker(AsyncWorker):
     def __init__(self, service: BlobService, rng: random.Random) -> None:
         super().__init__()
         self.service = service
+        self.rng = rng
         cfg = service.config
         self.core = ScrubCore(ScrubConfig(max_rate=cfg.scrub_rate,
                                           pass_interval=cfg.scrub_interval), rng)
-        self.core.next_at = trio.current_time() + rng.uniform(0, 60) \
-            if cfg.scrub_interval > 3600 else 0.0
-        self.next_run = self.core.next_deadline()
+        self.core.next_at = None  # until load() has read the kept schedule
+        self.next_run = None
         self.repaired = 0
         self.unrepaired = 0
+
+    def _wall(self) -> float:
+        return self.service.node.clock.wall_ms() / 1000
+
+    async def load(self) -> None:
+        """Take up the schedule kept in the shard store (see :mod:`blobstore.scrub`)."""
+        shards = self.service.shards
+        assert shards is not None
+        saved = ScrubSchedule.decode(await shards.note(SCHEDULE_NOTE))
+        plan = first_schedule(saved, self._wall(), self.core.config, self.rng)
+        self.core.cursor = plan.cursor
+        self.core.next_at = trio.current_time() + max(0.0, plan.next_wall - self._wall())
+        self.next_run = self.core.next_deadline()
+        if saved is None:
+            await shards.set_note(SCHEDULE_NOTE, plan.encode())
 
     def next_deadline(self) -> float | None:
         return self.core.next_deadline()
@@ -395,6 +423,9 @@ class ScrubWorker(AsyncWorker):
         shards = self.service.shards
         assert shards is not None
         outputs: list[Any] = self.core.on_timer(now)
+        if not outputs:
+            self.next_run = self.core.next_deadline()
+            return WorkerState.IDLE
         while outputs:
             output = outputs.pop(0)
             if isinstance(output, VerifyBatch):
@@ -407,6 +438,9 @@ class ScrubWorker(AsyncWorker):
             elif isinstance(output, PassFinished) and output.checked:
                 self.service.node.events.emit("scrub.finished", checked=output.checked,
                                               corrupt=output.corrupt, bytes=output.bytes)
+        # kept after every batch: a restart resumes here instead of starting over
+        await shards.set_note(SCHEDULE_NOTE, core_schedule(
+            self.core, trio.current_time(), self._wall()).encode())
         self.next_run = self.core.next_deadline()
         return WorkerState.IDLE
 
@@ -530,6 +564,7 @@ class Maintenance:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.scrub = ScrubWorker(self.service, random.Random())
+        await self.scrub.load()
         self.gc = GcWorker(self.service, lambda: self.service.node.clock.wall_ms() / 1000)
         events = self.service.node.events.subscribe()
         async with trio.open_nursery() as nursery:
