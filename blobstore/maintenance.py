@@ -83,8 +83,9 @@ TRANQUILITY = 2.0
 PAGE = 100
 """Index rows examined per repair step."""
 
-REENCODE_PATIENCE = 3
-"""Passes a holder that does not coordinate an object waits before re-encoding it itself."""
+REENCODE_PATIENCE = 900.0
+"""Seconds (and at least three repair intervals) a holder that does not coordinate an
+object waits before re-encoding it itself: the coordinator may have a backlog."""
 
 REENCODE_STEP_BYTES = 16 << 20
 """A repair step ends once it has re-encoded this many bytes (then rests, see
@@ -182,8 +183,8 @@ class RepairWorker(AsyncWorker):
         self._pass_counts = (0, 0)
         self._needy: set[bytes] = set()
         self._next_needy: set[bytes] = set()
-        self._waited: dict[bytes, int] = {}
-        self._next_waited: dict[bytes, int] = {}
+        self._waited: dict[bytes, float] = {}
+        self._next_waited: dict[bytes, float] = {}
 
     def poke(self) -> None:
         if self.cursor is not None:
@@ -235,10 +236,12 @@ class RepairWorker(AsyncWorker):
             layout = self._layout(record, buckets.get(bucket_id), live, mesh_size)
             if layout.reencode is not None:
                 # A re-encode moves the whole object: another holder steps in only after
-                # the coordinator left it undone for several passes (no duplicate work
+                # the coordinator left it undone for a long while (no duplicate work
                 # while the coordinator is merely busy with a backlog).
-                if holders[0] != me and self._waited.get(key, 0) < REENCODE_PATIENCE:
-                    self._next_waited[key] = self._waited.get(key, 0) + 1
+                since = self._waited.get(key, now)
+                if holders[0] != me and now - since < max(
+                        REENCODE_PATIENCE, 3 * service.config.repair_interval):
+                    self._next_waited[key] = since
                     self._count(holders[0] == me, layout, short=False)
                     continue
                 done = await self._reencode(table.schema.key_from_bytes(key), record,

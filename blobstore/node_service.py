@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from blobstore.index import Index, IndexService
+from blobstore.memory import MemoryReleaser, malloc_trim, tune_malloc
 from blobstore.objects import ObjectStore
 from blobstore.picker import PlacementPicker
 from blobstore.reader import ReaderConfig
@@ -119,6 +120,7 @@ class BlobService:
         self.objects: ObjectStore | None = None
         self.app: S3App | None = None
         self.maintenance: Any = None
+        self.memory: Any = None
         self.s3_urls: list[str] = []
         self.s3_error: str | None = None
 
@@ -150,6 +152,17 @@ class BlobService:
         from blobstore.maintenance import Maintenance
 
         self.maintenance = Maintenance(self)
+        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory)
+
+    def _bytes_moved(self) -> int:
+        moved = self.objects.bytes_moved if self.objects is not None else 0
+        return moved + (self.shards.store.bytes_moved if self.shards is not None else 0)
+
+    def _release_memory(self) -> None:
+        """After large transfers (worker thread): unmap the store pages read, trim the heap."""
+        if self.shards is not None:
+            self.shards.store.release_pages()
+        malloc_trim()
 
     def _on_bad_shard(self, bad: Any) -> None:
         if self.maintenance is not None:
@@ -160,6 +173,7 @@ class BlobService:
         from blobstore.s3http.server import serve_s3
         from blobstore.service import PROTOCOL as SHARD_PROTOCOL
 
+        tune_malloc()
         self._build()
         assert self.shard_service is not None and self.app is not None
         self.shard_service.register(self.node.transport)
@@ -168,6 +182,7 @@ class BlobService:
             async with trio.open_nursery() as nursery:
                 self.index.nursery = nursery
                 await nursery.start(self.maintenance.run)
+                nursery.start_soon(self.memory.run)
                 try:
                     self.s3_urls = await nursery.start(serve_s3, self.app,
                                                        self.node.config.s3)
@@ -212,6 +227,8 @@ class BlobService:
         })
         if self.maintenance is not None:
             out.update(self.maintenance.status())
+        if self.memory is not None:
+            out["memory_releases"] = self.memory.releases
         return out
 
     def api_routes(self) -> list[Any]:

@@ -85,6 +85,10 @@ _NOTE = b"note:"
 """Prefix of small named values kept in the ``stats`` database (the scrub schedule)."""
 MAX_NOTE = 4096
 
+RELEASE_READ_BYTES = 32 << 20
+"""Shard bytes read through :meth:`ShardStore.get` between two :meth:`release_pages`: a
+GET of a big object or a rebuild leaves at most this much of the map in RSS."""
+
 
 @dataclass(frozen=True, slots=True)
 class ShardInfo:
@@ -157,6 +161,9 @@ class ShardStore:
         self._write_lock = threading.Lock()
         self._gate = _Gate()
         self._closed = False
+        self.bytes_moved = 0
+        """Shard bytes stored and read so far (what :mod:`blobstore.memory` watches)."""
+        self._read_since_release = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -191,6 +198,7 @@ class ShardStore:
             raise IntegrityError(f"shard {expect_id.hex()[:16]}: content does not match its id")
         unpack_shard(blob)  # header sanity; raises ShardFormatError
         self._check_disk(len(blob))
+        self.bytes_moved += len(blob)
         return sid, self._write(lambda: self._put_txn(sid, blob), len(blob), self.max_map_size)
 
     def _write(self, txn_fn: Callable[[], T], incoming: int, limit: int) -> T:
@@ -296,6 +304,10 @@ class ShardStore:
             blob = txn.get(sid, db=self._shards)
         if blob is None:
             raise ShardNotFound(f"no shard {sid.hex()[:16]} here")
+        self.bytes_moved += len(blob)
+        self._read_since_release += len(blob)
+        if self._read_since_release >= RELEASE_READ_BYTES:
+            self.release_pages()
         return blob
 
     def head(self, sid: ShardId, size: int = HEAD_BYTES) -> bytes:
@@ -355,6 +367,7 @@ class ShardStore:
         cache): reading through the whole store must not leave it all counted in the
         process's RSS. The map is read-only and shared (writes go through the file), so
         the next read of a page simply faults it in again. Linux only; a no-op elsewhere."""
+        self._read_since_release = 0
         with self._gate.shared():  # a resize (exclusive) moves the map
             if self._closed:
                 return
