@@ -244,9 +244,17 @@ class RepairWorker(AsyncWorker):
                     self._next_waited[key] = since
                     self._count(holders[0] == me, layout, short=False)
                     continue
-                done = await self._reencode(table.schema.key_from_bytes(key), record,
-                                            layout)
-                self._count(holders[0] == me, layout, short=False, fixed=done)
+                try:
+                    done = await self._reencode(table.schema.key_from_bytes(key), record,
+                                                layout)
+                except (BlobstoreError, *_TRANSIENT) as exc:
+                    # one object that cannot move now must not hold up the pass
+                    done = False
+                    self.errors += 1
+                    self.last_error = f"re-encode: {type(exc).__name__}: {exc}"[:300]
+                    log.info("repair: %s", self.last_error)
+                self._count(holders[0] == me, layout, short=False,
+                            fixed=done and layout.reencode == layout.goal)
                 moved += record.size if done else 0
                 if moved >= budget:
                     break
