@@ -4,7 +4,8 @@ A 3-node mesh with one node down writes two copies (only two nodes are live); a 
 mesh with two nodes down writes three copies (4+2 needs six). Once the nodes are back the
 repair worker re-encodes every such object to the mesh's target (three copies, 4+2), the
 count of objects below target (layout API and every agent's status) falls to 0, and every
-object still reads back bit-exact."""
+object still reads back bit-exact. GC then drops the old layouts: the shards stored on
+all agents are exactly those the manifests list."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.real
 
 KIB = 1024
 MIB = 1024 * KIB
-ENV = {"MESHCLOUD_BLOB_REPAIR_INTERVAL": "2"}
+ENV = {"MESHCLOUD_BLOB_REPAIR_INTERVAL": "2", "MESHCLOUD_BLOB_GC_GRACE": "20",
+       "MESHCLOUD_BLOB_GC_INTERVAL": "3"}
+"""Short GC grace: the old layouts' shards, unreferenced once re-encoded, go within a minute."""
 SIZES = [5 * KIB, 64 * KIB, 300 * KIB, MIB, 4 * MIB + 7, 9 * MIB]
 
 
@@ -116,10 +119,19 @@ def outage_then_heal(tmp_path, nodes: int, down: int, during: tuple[str, str],
         for name, digest in written.items():
             body = s3_for(victims[0], key).get_object(Bucket="heal", Key=name)["Body"].read()
             assert hashlib.sha256(body).hexdigest() == digest, name
+        expected = sum(len(o["chunks"]) * (o["k"] + o["m"]) for o in layout["objects"])
+
+        def stored() -> int:
+            return sum(a.get("/v1/status")["storage"]["shards"] for a in cluster.agents)
+
+        extra = stored() - expected
+        dropped = wait_until(lambda: stored() == expected, 240, interval=1.0,
+                             message="the old layouts dropped by GC")
         after = below_target_counts(cluster.agents)
         print(f"{nodes} nodes, {down} down: {before} objects below target before the nodes "
               f"came back, {reencoded} re-encoded {per_agent}, at target {took:.1f} s after; "
-              f"below target per agent now {after}")
+              f"below target per agent now {after}; {extra} old shards dropped by GC "
+              f"{dropped:.1f} s later")
 
 
 def test_three_node_mesh_raises_two_copies_to_three_after_an_outage(tmp_path):
