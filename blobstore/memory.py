@@ -12,7 +12,9 @@ Two things keep an agent's RSS high after it moved big objects, neither of them 
 
 :class:`MemoryReleaser` watches a byte counter (shard store reads and writes, object
 bytes in and out) and, once the transfers have *settled* (no progress for one tick) and at
-least ``threshold`` bytes moved since the last release, does both in a worker thread.
+least ``threshold`` bytes moved since the last release, runs a full garbage collection
+(chunk buffers held by reference cycles are otherwise freed only when allocations happen
+to trigger one) and then both of the above in a worker thread.
 The trio driver is :meth:`MemoryReleaser.run`; the decision is :meth:`on_tick` (sans-IO).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -96,5 +99,9 @@ class MemoryReleaser:
         while True:
             await trio.sleep(TICK)
             if self.on_tick(self.moved()):
+                # buffers held by reference cycles (a cancelled fetch's traceback keeps its
+                # frame's shard) wait for a full collection, which an idle process never
+                # triggers; collected here, in the trio thread (finalizers stay in it)
+                gc.collect()
                 await trio.to_thread.run_sync(self.release)
                 self.releases += 1

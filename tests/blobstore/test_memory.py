@@ -74,3 +74,40 @@ def test_reading_through_the_store_keeps_its_pages_out_of_rss(tmp_path, monkeypa
         assert store.bytes_moved == 2 * 24 * (MIB + len(shard(0, 0)))
     finally:
         store.close()
+
+
+@pytest.mark.trio
+async def test_run_collects_cycles_and_releases_once_transfers_settle(autojump_clock):
+    import gc
+    import weakref
+
+    import trio
+
+    moved = [0]
+    released: list[bool] = []
+
+    class Buffer:
+        pass
+
+    gc.disable()  # only the releaser may collect the cycle below
+    try:
+        held = Buffer()
+        held.cycle = held  # a reference cycle, as a traceback holding a frame makes
+        alive = weakref.ref(held)
+        del held
+        r = MemoryReleaser(lambda: moved[0], lambda: released.append(True),
+                           threshold=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.run)
+            await trio.sleep(0.5)
+            for _ in range(5):  # transfers under way: 5 ticks of progress
+                moved[0] += 8
+                await trio.sleep(1.0)
+            assert released == [] and alive() is not None
+            with trio.fail_after(5):
+                while not released:
+                    await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+        assert alive() is None and r.releases == 1
+    finally:
+        gc.enable()
