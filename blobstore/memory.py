@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import sys
@@ -44,7 +45,9 @@ MMAP_THRESHOLD = 1 << 20
 """Heap blocks this big or bigger are always their own mapping, unmapped when freed."""
 
 
+@functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
+    """libc, looked up once (``find_library`` runs ``ldconfig``: far too slow per call)."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -431,7 +431,9 @@ class ShardStore:
 MADV_DONTNEED = 4
 
 
+@functools.lru_cache(maxsize=1)
 def _libc() -> Any:
+    """libc, looked up once (``find_library`` runs ``ldconfig``: far too slow per call)."""
     import ctypes
     import ctypes.util
 
