@@ -11,6 +11,12 @@
 * the same workload against ``moto_server`` in the same run, printed as a
   ratio (moto keeps objects in memory: no disk, no network hops, no erasure coding).
 
+Memory of the agent process (1-node mesh, ``/proc/<pid>/status``): ``put_64mib_peak_rss_mb``
+is the highest VmRSS sampled every 10 ms during the 64 MiB PUTs, ``rss_after_mb`` the RSS
+once the transfers have settled (after the last GET, the client closed, at least 7 s:
+idle keep-alive connections closed; then three readings 1 s apart within 1 MB, or 30 s);
+targets (issue 13): peak <= 200 MB, after <= 80 MB.
+
 The JSON figures: ``zfec_encode_mb_s``, ``lmdb_write_mb_s``, ``put_64mib_mb_s``,
 ``get_64mib_mb_s``, ``ops_4k_per_s`` (the 1-node mesh), ``moto_ops_4k_per_s``, and the
 6-node and moto counterparts (``mesh6_*``, ``moto_*``). ``--quick`` runs fewer operations
@@ -26,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +63,69 @@ def s3_client(url: str, key: str, secret: str) -> Any:
                                       retries={"max_attempts": 1}, read_timeout=300))
 
 
-def workload(s3: Any, bucket: str, ops: int, rounds: int) -> dict[str, float]:
+def rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` in MB (10^6 bytes); 0 if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return 0.0
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval`` seconds between start() and stop()."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb(self.pid))
+
+
+KEEP_ALIVE = 5.0
+"""Seconds hypercorn keeps an idle client connection open; a connection that carried a
+big body holds its buffers until it closes (the client closing its pool may not close
+it at once)."""
+
+
+def settled_rss_mb(pid: int, timeout: float = 30.0, quiet: int = 3,
+                   at_least: float = KEEP_ALIVE + 2) -> float:
+    """RSS once the transfers have settled: at least ``at_least`` seconds after the last
+    one (idle connections closed) and ``quiet`` readings 1 s apart within 1 MB of each
+    other (the agent gives memory back a second or two after transfers stop), or the last
+    reading after ``timeout``."""
+    start = time.monotonic()
+    readings = [rss_mb(pid)]
+    while time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        readings.append(rss_mb(pid))
+        last = readings[-quiet:]
+        if time.monotonic() - start >= at_least and len(last) == quiet \
+                and max(last) - min(last) < 1.0:
+            break
+    return readings[-1]
+
+
+def workload(s3: Any, bucket: str, ops: int, rounds: int, pid: int | None = None
+             ) -> dict[str, float]:
     small = os.urandom(4096)
     s3.put_object(Bucket=bucket, Key="warm", Body=small)
     start = time.perf_counter()
@@ -71,11 +140,13 @@ def workload(s3: Any, bucket: str, ops: int, rounds: int) -> dict[str, float]:
         s3.get_object(Bucket=bucket, Key=f"medium/{i % 50}")["Body"].read()
     ops_64k = 2 * (ops // 2) / (time.perf_counter() - start)
     big = os.urandom(64 * MIB)
-    put, get = 0.0, 0.0
+    put, get, peak = 0.0, 0.0, 0.0
     for _ in range(rounds):
-        start = time.perf_counter()
-        s3.put_object(Bucket=bucket, Key="big", Body=big)
-        put = max(put, len(big) / (time.perf_counter() - start) / MB)
+        with RssSampler(pid or 0) as sampler:
+            start = time.perf_counter()
+            s3.put_object(Bucket=bucket, Key="big", Body=big)
+            put = max(put, len(big) / (time.perf_counter() - start) / MB)
+        peak = max(peak, sampler.peak)
         start = time.perf_counter()
         body = s3.get_object(Bucket=bucket, Key="big")["Body"]
         got = 0
@@ -83,9 +154,17 @@ def workload(s3: Any, bucket: str, ops: int, rounds: int) -> dict[str, float]:
             got += len(piece)
         get = max(get, got / (time.perf_counter() - start) / MB)
         assert got == len(big)
-    return {"ops_4k_per_s": round(ops_per_s, 1), "ops_64k_per_s": round(ops_64k, 1),
-            "put_64mib_mb_s": round(put, 1),
-            "get_64mib_mb_s": round(get, 1)}
+    out = {"ops_4k_per_s": round(ops_per_s, 1), "ops_64k_per_s": round(ops_64k, 1),
+           "put_64mib_mb_s": round(put, 1),
+           "get_64mib_mb_s": round(get, 1)}
+    if pid is not None:
+        del big, body
+        # the client's keep-alive connection would hold the server's per-connection
+        # buffers until its idle timeout: settled means the client is done
+        getattr(s3, "close", lambda: None)()
+        out["put_64mib_peak_rss_mb"] = round(peak, 1)
+        out["rss_after_mb"] = round(settled_rss_mb(pid), 1)
+    return out
 
 
 def mesh_workload(nodes: int, ops: int, rounds: int) -> dict[str, float]:
@@ -98,7 +177,7 @@ def mesh_workload(nodes: int, ops: int, rounds: int) -> dict[str, float]:
         key = agent.post("/v1/storage/keys", {"name": "bench", "buckets": {"*": "read,write"}})
         agent.post("/v1/storage/buckets", {"name": "bench"})
         return workload(s3_client(agent.info["s3"], key["access_key"], key["secret"]),
-                        "bench", ops, rounds)
+                        "bench", ops, rounds, pid=agent.pid)
 
 
 @contextmanager
@@ -143,10 +222,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.update(one)
     print(f"1-node mesh: {one['ops_4k_per_s']} ops/s (4 KiB), {one['ops_64k_per_s']} ops/s "
           f"(64 KiB), PUT 64 MiB "
-          f"{one['put_64mib_mb_s']} MB/s, GET {one['get_64mib_mb_s']} MB/s")
+          f"{one['put_64mib_mb_s']} MB/s, GET {one['get_64mib_mb_s']} MB/s; agent RSS "
+          f"peak {one['put_64mib_peak_rss_mb']} MB during the PUT, "
+          f"{one['rss_after_mb']} MB after")
     if not getattr(args, "no_mesh6", False):
         six = mesh_workload(6, ops, rounds)
-        out.update({f"mesh6_{k}": v for k, v in six.items()})
+        out.update({f"mesh6_{k}": v for k, v in six.items() if "rss" not in k})
         print(f"6-node mesh (4+2): {six['ops_4k_per_s']} ops/s, PUT {six['put_64mib_mb_s']} "
               f"MB/s, GET {six['get_64mib_mb_s']} MB/s")
     with moto_server() as url:
@@ -164,5 +245,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"ratio 4 KiB ops, meshcloud 1-node / moto: {out['ops_vs_moto']}")
     print(f"targets: GET >= 200 MB/s ({out['get_64mib_mb_s']}), PUT >= 100 MB/s "
           f"({out['put_64mib_mb_s']}), zfec >= 1000 MB/s ({out['zfec_encode_mb_s']}), "
-          f"ops >= moto ({out['ops_vs_moto']}x)")
+          f"ops >= moto ({out['ops_vs_moto']}x), peak RSS <= 200 MB "
+          f"({out['put_64mib_peak_rss_mb']}), RSS after <= 80 MB ({out['rss_after_mb']})")
     return out

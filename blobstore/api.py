@@ -16,7 +16,10 @@ GET      /v1/storage/objects/{bucket}/{key}           download
 DELETE   /v1/storage/objects/{bucket}/{key}           delete
 GET      /v1/storage/layout/{bucket}                  every object's chunks and holders, and
                                                       whether each chunk has k+m shards on
-                                                      k+m distinct live nodes
+                                                      k+m distinct live nodes; each
+                                                      object's target code and whether it
+                                                      is at target (``below_target``: how
+                                                      many are not)
 GET      /v1/storage/layout/{bucket}/{key}            the same for one object (the UI's
                                                       object page)
 POST     /v1/storage/keys                             create an S3 key; the secret is shown
@@ -38,6 +41,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from blobstore.bucketlist import list_bucket
+from blobstore.erasure import ErasureCode
+from blobstore.layout import better, code_key, code_text, goal_code, manifest_code
 from blobstore.records import S3KEYS, AccessKeyRecord, ObjectRecord, Permission
 from blobstore.s3.errors import S3Error
 from blobstore.s3.listing import After, Position
@@ -150,35 +155,43 @@ def storage_routes(service: BlobService) -> list[Route]:
                                  headers={"content-length": str(record.size),
                                           "etag": f'"{record.etag}"'})
 
+    def goal(name: str) -> ErasureCode:
+        return goal_code(store().explicit_code(store().bucket(name)), service.mesh_size())
+
     async def layout(request: Request) -> Response:
         name = request.path_params["bucket"]
         live = service.alive()
         out = []
         try:
             bucket_id = store().bucket(name).bucket_id
+            target = goal(name)
             after = None
             while True:
                 page = await list_bucket(store().index, bucket_id, after=after)
                 for key, _ in page.contents:
                     record = await store().head(name, key)
-                    out.append(object_layout(record, live))
+                    out.append(object_layout(record, live, target))
                 if not page.is_truncated or page.last is None:
                     break
                 after = page.last
         except S3Error as exc:
             raise _s3(exc) from None
         return JSONResponse({"live": sorted(n.hex() for n in live), "objects": out,
-                             "complete": all(o["complete"] for o in out)})
+                             "complete": all(o["complete"] for o in out),
+                             "mesh_size": service.mesh_size(),
+                             "target": code_text(code_key(target)),
+                             "below_target": sum(not o["at_target"] for o in out)})
 
     async def object_layout_route(request: Request) -> Response:
         try:
             key = validate_key(request.path_params["key"])
             record = await store().head(request.path_params["bucket"], key)
+            target = goal(request.path_params["bucket"])
         except S3Error as exc:
             raise _s3(exc) from None
         live = service.alive()
         return JSONResponse({"live": sorted(n.hex() for n in live),
-                             **object_layout(record, live)})
+                             **object_layout(record, live, target)})
 
     async def keys(request: Request) -> Response:
         if request.method == "POST":
@@ -247,10 +260,13 @@ def storage_routes(service: BlobService) -> list[Route]:
     ]
 
 
-def object_layout(record: ObjectRecord, live: frozenset[bytes]) -> dict[str, Any]:
+def object_layout(record: ObjectRecord, live: frozenset[bytes],
+                  target: ErasureCode | None = None) -> dict[str, Any]:
     """Where an object's shards are, and whether each chunk has its k+m shards on k+m
     distinct live nodes (``ok``). A small object kept inline in its index record has no
-    chunks (``inline``): the index's replicas are its copies."""
+    chunks (``inline``): the index's replicas are its copies. With ``target`` (the code
+    the object should have, :mod:`blobstore.layout`): ``target`` as text and
+    ``at_target`` (that code or one at least as good, and complete)."""
     manifest = record.manifest
     chunks = []
     complete = True
@@ -263,6 +279,12 @@ def object_layout(record: ObjectRecord, live: frozenset[bytes]) -> dict[str, Any
         chunks.append({"index": chunk.index, "shards": [
             {"index": s.index, "node": s.node.hex(), "live": s.node in live}
             for s in chunk.shards], "ok": ok})
-    return {"key": record.key, "size": record.size, "k": manifest.k, "m": manifest.m,
-            "scheme": manifest.scheme.name.lower(), "chunks": chunks, "complete": complete,
-            "inline": record.inline is not None}
+    out = {"key": record.key, "size": record.size, "k": manifest.k, "m": manifest.m,
+           "scheme": manifest.scheme.name.lower(), "chunks": chunks, "complete": complete,
+           "inline": record.inline is not None, "code": code_text(manifest_code(manifest))}
+    if target is not None:
+        inline = record.inline is not None or not manifest.chunks
+        out["target"] = code_text(code_key(target))
+        out["at_target"] = inline or (
+            complete and not better(code_key(target), manifest_code(manifest)))
+    return out

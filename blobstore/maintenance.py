@@ -43,17 +43,30 @@ from blobstore.errors import BlobstoreError
 from blobstore.fetch import BadShard
 from blobstore.gc import GcConfig, ShardGc, StoredShard
 from blobstore.index import Found
+from blobstore.layout import (
+    LayoutPlan,
+    code_text,
+    goal_code,
+    make_code,
+    plan_layout,
+    reachable_code,
+)
 from blobstore.manifest import Manifest
 from blobstore.rebuild import rebuild_chunk
-from blobstore.records import BLOBREFS, OBJECTS, UPLOADS, BlobRef, ObjectRecord
+from blobstore.records import BLOBREFS, OBJECTS, UPLOADS, BlobRef, BucketRecord, ObjectRecord
+from blobstore.reencode import reencode_object
 from blobstore.repair import RebuildChunk, RepairPlanner
 from blobstore.scrub import (
+    SCHEDULE_NOTE,
     PassFinished,
     ScrubConfig,
     ScrubCore,
     ScrubResult,
+    ScrubSchedule,
     ShardCorrupt,
     VerifyBatch,
+    core_schedule,
+    first_schedule,
 )
 from blobstore.shards import parse_header, unpack_shard
 from meshcloud.errors import MeshError
@@ -69,6 +82,14 @@ TRANQUILITY = 2.0
 
 PAGE = 100
 """Index rows examined per repair step."""
+
+REENCODE_PATIENCE = 900.0
+"""Seconds (and at least three repair intervals) a holder that does not coordinate an
+object waits before re-encoding it itself: the coordinator may have a backlog."""
+
+REENCODE_STEP_BYTES = 16 << 20
+"""A repair step ends once it has re-encoded this many bytes (then rests, see
+``BlobConfig.reencode_rate``)."""
 
 TRIGGERS = ("member.failed", "member.left", "member.joined", "peer.connected",
             "peer.disconnected")
@@ -90,6 +111,8 @@ class AsyncWorker:
         self.last_error: str | None = None
         self.next_run: float | None = 0.0
         self.tranquilizer = Tranquilizer(TRANQUILITY)
+        self.min_rest = 0.0
+        """Set by a busy step that must rest at least this long (a byte rate)."""
         self._wake = trio.Event()
 
     def poke(self) -> None:
@@ -123,6 +146,7 @@ class AsyncWorker:
             self.steps += 1
             if state is WorkerState.BUSY:
                 rest = self.tranquilizer.observe(trio.current_time() - begin)
+                rest, self.min_rest = max(rest, self.min_rest), 0.0
                 self.state = WorkerState.THROTTLED if rest > 0 else WorkerState.BUSY
                 self.next_run = trio.current_time() + rest
             else:
@@ -149,10 +173,18 @@ class RepairWorker(AsyncWorker):
         self.objects_repaired = 0
         self.shards_rebuilt = 0
         self.chunks_lost = 0
-        self.short = 0
+        self.objects_reencoded = 0
+        self.bytes_reencoded = 0
+        self.below_target: int | None = None
+        """Objects coordinated here below their target layout in the last full pass."""
+        self.waiting: int | None = None
+        """Of those, the ones that need more live nodes first (last full pass)."""
+        self._counting = (0, 0)
         self._pass_counts = (0, 0)
         self._needy: set[bytes] = set()
         self._next_needy: set[bytes] = set()
+        self._waited: dict[bytes, float] = {}
+        self._next_waited: dict[bytes, float] = {}
 
     def poke(self) -> None:
         if self.cursor is not None:
@@ -162,6 +194,15 @@ class RepairWorker(AsyncWorker):
     def next_deadline(self) -> float | None:
         return trio.current_time() + self.service.config.repair_interval
 
+    def _layout(self, record: ObjectRecord, bucket: BucketRecord | None,
+                live: frozenset[bytes], mesh_size: int) -> LayoutPlan:
+        service = self.service
+        assert service.objects is not None
+        explicit = service.objects.explicit_code(bucket) if bucket is not None else None
+        return plan_layout(record.manifest, goal_code(explicit, mesh_size),
+                           reachable_code(explicit, len(live)), live,
+                           inline=record.inline is not None)
+
     async def step(self, now: float) -> WorkerState:
         service = self.service
         assert service.client is not None and service.objects is not None
@@ -169,39 +210,77 @@ class RepairWorker(AsyncWorker):
         if self.cursor is None:
             self.cursor = b""
             self._pass_counts = (self.shards_rebuilt, self.chunks_lost)
+            self._counting = (0, 0)
         rows = table.scan_entries(self.cursor, None, limit=PAGE)
         live = service.alive()
+        mesh_size = service.mesh_size()
+        buckets = {r.bucket_id: r for _, r in service.objects.buckets()}
         planner = RepairPlanner(service.picker)
+        me = service.node.node_id
+        budget = REENCODE_STEP_BYTES
+        moved = 0
         for key, _data in rows:
             self.cursor = key + b"\x00"
             bucket_id = table.schema.key_from_bytes(key)[0]
             holders = service.index.holders(OBJECTS.name, (bucket_id,))
-            if service.node.node_id not in holders:
+            if me not in holders:
                 continue  # a row left over from an older view: its holders handle it
             entry = table.get_entry(key)
             record = table.value_of_entry(entry)
             if record is None:
                 continue
             self.checked += 1
+            # The first holder coordinates; another holder steps in when an object still
+            # needs work one pass later (the first may be new and not have the row yet).
+            mine = holders[0] == me or key in self._needy
+            layout = self._layout(record, buckets.get(bucket_id), live, mesh_size)
+            if layout.reencode is not None:
+                # A re-encode moves the whole object: another holder steps in only after
+                # the coordinator left it undone for a long while (no duplicate work
+                # while the coordinator is merely busy with a backlog).
+                since = self._waited.get(key, now)
+                if holders[0] != me and now - since < max(
+                        REENCODE_PATIENCE, 3 * service.config.repair_interval):
+                    self._next_waited[key] = since
+                    self._count(holders[0] == me, layout, short=False)
+                    continue
+                try:
+                    done = await self._reencode(table.schema.key_from_bytes(key), record,
+                                                layout)
+                except (BlobstoreError, *_TRANSIENT) as exc:
+                    # one object that cannot move now must not hold up the pass
+                    done = False
+                    self.errors += 1
+                    self.last_error = f"re-encode: {type(exc).__name__}: {exc}"[:300]
+                    log.info("repair: %s", self.last_error)
+                self._count(holders[0] == me, layout, short=False,
+                            fixed=done and layout.reencode == layout.goal)
+                moved += record.size if done else 0
+                if moved >= budget:
+                    break
+                continue
             plan = planner.plan([record.manifest], live)
+            self._count(holders[0] == me, layout, short=bool(plan.short))
             if plan.lost:
                 self.chunks_lost += len(plan.lost)
                 service.node.events.emit("repair.lost", object=record.manifest.object_id.hex(),
                                          key=record.key[:200], chunks=len(plan.lost))
-            if plan.short:
-                self.short += 1
             if not plan.rebuild:
                 continue
-            # The first holder coordinates; another holder steps in when an object still
-            # needs repair one pass later (the first may be new and not have the row yet).
-            if holders[0] == service.node.node_id or key in self._needy:
+            if mine:
                 await self._repair(table.schema.key_from_bytes(key), record, planner, live)
             else:
                 self._next_needy.add(key)
+        if moved:
+            self.min_rest = moved / max(service.config.reencode_rate, 1.0)
+        if moved >= budget:
+            return WorkerState.BUSY  # the rest of the page after a rest
         if len(rows) < PAGE:
             self.cursor = None
             self.passes += 1
+            self.below_target, self.waiting = self._counting
             self._needy, self._next_needy = self._next_needy, set()
+            self._waited, self._next_waited = self._next_waited, {}
             rebuilt = self.shards_rebuilt - self._pass_counts[0]
             lost = self.chunks_lost - self._pass_counts[1]
             if rebuilt or lost:
@@ -212,6 +291,41 @@ class RepairWorker(AsyncWorker):
                 return WorkerState.BUSY
             return WorkerState.IDLE
         return WorkerState.BUSY
+
+    def _count(self, coordinator: bool, layout: LayoutPlan, *, short: bool,
+               fixed: bool = False) -> None:
+        """Tally the pass's objects below target (only the coordinator counts one)."""
+        if not coordinator or fixed or (layout.at_target and not short):
+            return
+        below, waiting = self._counting
+        self._counting = (below + 1, waiting + (layout.waiting or short))
+
+    async def _reencode(self, key: tuple[Any, ...], seen: ObjectRecord,
+                        layout: LayoutPlan) -> bool:
+        """Raise one object to ``layout.reencode``; True once the index points at it."""
+        service = self.service
+        assert service.client is not None and service.objects is not None
+        assert layout.reencode is not None
+        found = await service.index.get(OBJECTS.name, key)
+        if found is None or found.value is None:
+            return False
+        record: ObjectRecord = found.value
+        if record.manifest != seen.manifest:
+            return False  # overwritten or repaired meanwhile: the next pass looks again
+        objects = service.objects
+        manifest = await reencode_object(record.manifest, make_code(layout.reencode),
+                                         client=service.client, picker=service.picker,
+                                         writer=objects.writer, reader=objects.reader)
+        # Only now, with every new shard stored, does the index point at the new layout;
+        # the old shards are unreferenced from here on and GC drops them on each holder.
+        await write_repaired(service, key, found, manifest)
+        self.objects_reencoded += 1
+        self.bytes_reencoded += record.size
+        service.node.events.emit("repair.reencoded", object=manifest.object_id.hex(),
+                                 key=record.key[:200], size=record.size,
+                                 code_from=code_text(layout.current),
+                                 code_to=code_text(layout.reencode))
+        return True
 
     async def _repair(self, key: tuple[Any, ...], seen: ObjectRecord, planner: RepairPlanner,
                       live: frozenset[bytes]) -> None:
@@ -242,7 +356,11 @@ class RepairWorker(AsyncWorker):
         return {**super().status(), "passes": self.passes, "checked": self.checked,
                 "objects_repaired": self.objects_repaired,
                 "shards_rebuilt": self.shards_rebuilt, "chunks_lost": self.chunks_lost,
-                "objects_short_of_nodes": self.short, "in_pass": self.cursor is not None}
+                "objects_reencoded": self.objects_reencoded,
+                "bytes_reencoded": self.bytes_reencoded,
+                "objects_below_target": self.below_target,
+                "objects_short_of_nodes": self.waiting,
+                "in_pass": self.cursor is not None}
 
 
 async def write_repaired(service: BlobService, key: tuple[Any, ...], found: Found,
@@ -285,14 +403,29 @@ class ScrubWorker(AsyncWorker):
     def __init__(self, service: BlobService, rng: random.Random) -> None:
         super().__init__()
         self.service = service
+        self.rng = rng
         cfg = service.config
         self.core = ScrubCore(ScrubConfig(max_rate=cfg.scrub_rate,
                                           pass_interval=cfg.scrub_interval), rng)
-        self.core.next_at = trio.current_time() + rng.uniform(0, 60) \
-            if cfg.scrub_interval > 3600 else 0.0
-        self.next_run = self.core.next_deadline()
+        self.core.next_at = None  # until load() has read the kept schedule
+        self.next_run = None
         self.repaired = 0
         self.unrepaired = 0
+
+    def _wall(self) -> float:
+        return self.service.node.clock.wall_ms() / 1000
+
+    async def load(self) -> None:
+        """Take up the schedule kept in the shard store (see :mod:`blobstore.scrub`)."""
+        shards = self.service.shards
+        assert shards is not None
+        saved = ScrubSchedule.decode(await shards.note(SCHEDULE_NOTE))
+        plan = first_schedule(saved, self._wall(), self.core.config, self.rng)
+        self.core.cursor = plan.cursor
+        self.core.next_at = trio.current_time() + max(0.0, plan.next_wall - self._wall())
+        self.next_run = self.core.next_deadline()
+        if saved is None:
+            await shards.set_note(SCHEDULE_NOTE, plan.encode())
 
     def next_deadline(self) -> float | None:
         return self.core.next_deadline()
@@ -301,6 +434,9 @@ class ScrubWorker(AsyncWorker):
         shards = self.service.shards
         assert shards is not None
         outputs: list[Any] = self.core.on_timer(now)
+        if not outputs:
+            self.next_run = self.core.next_deadline()
+            return WorkerState.IDLE
         while outputs:
             output = outputs.pop(0)
             if isinstance(output, VerifyBatch):
@@ -313,6 +449,9 @@ class ScrubWorker(AsyncWorker):
             elif isinstance(output, PassFinished) and output.checked:
                 self.service.node.events.emit("scrub.finished", checked=output.checked,
                                               corrupt=output.corrupt, bytes=output.bytes)
+        # kept after every batch: a restart resumes here instead of starting over
+        await shards.set_note(SCHEDULE_NOTE, core_schedule(
+            self.core, trio.current_time(), self._wall()).encode())
         self.next_run = self.core.next_deadline()
         return WorkerState.IDLE
 
@@ -436,6 +575,7 @@ class Maintenance:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.scrub = ScrubWorker(self.service, random.Random())
+        await self.scrub.load()
         self.gc = GcWorker(self.service, lambda: self.service.node.clock.wall_ms() / 1000)
         events = self.service.node.events.subscribe()
         async with trio.open_nursery() as nursery:

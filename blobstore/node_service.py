@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from blobstore.index import Index, IndexService
+from blobstore.memory import MemoryReleaser, malloc_trim, tune_malloc
 from blobstore.objects import ObjectStore
 from blobstore.picker import PlacementPicker
 from blobstore.reader import ReaderConfig
@@ -72,6 +73,10 @@ class BlobConfig:
     scrub_rate: float = 8 * 1024 * 1024
     """Bytes per second a scrub pass reads. MESHCLOUD_BLOB_SCRUB_RATE"""
 
+    reencode_rate: float = 16 * 1024 * 1024
+    """Bytes of objects per second the repair worker re-encodes to their target layout, on
+    average (objects written while too few nodes were live). MESHCLOUD_BLOB_REENCODE_RATE"""
+
     min_free_bytes: int = 256 << 20
     """Disk kept free under the shard store. MESHCLOUD_BLOB_MIN_FREE"""
 
@@ -89,6 +94,7 @@ class BlobConfig:
             gc_interval=_env_float("MESHCLOUD_BLOB_GC_INTERVAL", d.gc_interval),
             scrub_interval=_env_float("MESHCLOUD_BLOB_SCRUB_INTERVAL", d.scrub_interval),
             scrub_rate=_env_float("MESHCLOUD_BLOB_SCRUB_RATE", d.scrub_rate),
+            reencode_rate=_env_float("MESHCLOUD_BLOB_REENCODE_RATE", d.reencode_rate),
             min_free_bytes=int(_env_float("MESHCLOUD_BLOB_MIN_FREE", d.min_free_bytes)),
             s3_domains=tuple(x.strip() for x in domains.split(",") if x.strip())
             or ("localhost",),
@@ -114,11 +120,19 @@ class BlobService:
         self.objects: ObjectStore | None = None
         self.app: S3App | None = None
         self.maintenance: Any = None
+        self.memory: Any = None
         self.s3_urls: list[str] = []
         self.s3_error: str | None = None
 
     def alive(self) -> frozenset[bytes]:
         return frozenset(self.node.alive_peer_ids()) | {self.node.node_id}
+
+    def mesh_size(self) -> int:
+        """Members not known to have left, this node included: the nodes an object's target
+        layout counts on (a crashed member counts until gossip forgets it)."""
+        members = {row.get("id") for row in self.node.members_view()
+                   if row.get("state") != "left"}
+        return len(members | {n.hex() for n in self.alive()})
 
     def _build(self) -> None:
         """Open the store and assemble the pipelines (the only disk I/O: done in run)."""
@@ -139,6 +153,17 @@ class BlobService:
         from blobstore.maintenance import Maintenance
 
         self.maintenance = Maintenance(self)
+        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory)
+
+    def _bytes_moved(self) -> int:
+        moved = self.objects.bytes_moved if self.objects is not None else 0
+        return moved + (self.shards.store.bytes_moved if self.shards is not None else 0)
+
+    def _release_memory(self) -> None:
+        """After large transfers (worker thread): unmap the store pages read, trim the heap."""
+        if self.shards is not None:
+            self.shards.store.release_pages()
+        malloc_trim()
 
     def _on_bad_shard(self, bad: Any) -> None:
         if self.maintenance is not None:
@@ -149,6 +174,7 @@ class BlobService:
         from blobstore.s3http.server import serve_s3
         from blobstore.service import PROTOCOL as SHARD_PROTOCOL
 
+        tune_malloc()
         self._build()
         assert self.shard_service is not None and self.app is not None
         self.shard_service.register(self.node.transport)
@@ -157,6 +183,7 @@ class BlobService:
             async with trio.open_nursery() as nursery:
                 self.index.nursery = nursery
                 await nursery.start(self.maintenance.run)
+                nursery.start_soon(self.memory.run)
                 try:
                     self.s3_urls = await nursery.start(serve_s3, self.app,
                                                        self.node.config.s3)
@@ -201,6 +228,8 @@ class BlobService:
         })
         if self.maintenance is not None:
             out.update(self.maintenance.status())
+        if self.memory is not None:
+            out["memory_releases"] = self.memory.releases
         return out
 
     def api_routes(self) -> list[Any]:

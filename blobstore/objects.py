@@ -104,6 +104,8 @@ class ObjectStore:
         """The node's event feed (``emit(kind, **facts)``), for ``object.put``."""
         self.puts = 0
         self.gets = 0
+        self.bytes_moved = 0
+        """Object bytes stored and read through this node (see :mod:`blobstore.memory`)."""
 
     # --- buckets (full copy: local reads) -------------------------------------------------
 
@@ -140,9 +142,15 @@ class ObjectStore:
         await self.index.put_everywhere(BUCKETS.name, (name,), None)
 
     def code_for(self, bucket: BucketRecord) -> ErasureCode:
+        explicit = self.explicit_code(bucket)
+        return explicit or choose_code(max(1, self.picker.live_count()))
+
+    @staticmethod
+    def explicit_code(bucket: BucketRecord) -> ErasureCode | None:
+        """The bucket's own code, or None when it is automatic."""
         chosen = parse_code(bucket.code)
         if chosen is None:
-            return choose_code(max(1, self.picker.live_count()))
+            return None
         if isinstance(chosen, int):
             return ReplicationCode(chosen)
         return ZfecCode(*chosen)
@@ -222,6 +230,7 @@ class ObjectStore:
         """Write an object record on a quorum (the acknowledgement of a put)."""
         await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)), record)
         self.puts += 1
+        self.bytes_moved += record.size
         if self.emit is not None:
             self.emit("object.put", bucket=bucket.bucket_id.hex(), key=record.key[:200],
                       size=record.size, etag=record.etag)
@@ -240,6 +249,7 @@ class ObjectStore:
             return
         async for piece in read_object(record.manifest, self.client, start=start, end=end,
                                        config=self.reader, on_bad_shard=self.on_bad_shard):
+            self.bytes_moved += len(piece)
             yield piece
 
     async def delete(self, bucket_name: str, key: str) -> None:

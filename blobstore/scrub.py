@@ -12,14 +12,21 @@ Between passes it waits ``pass_interval`` (30 days, jittered by +-10% with the i
 
 The driver loop: at :meth:`ScrubCore.next_deadline` call :meth:`on_timer`; perform each
 :class:`VerifyBatch` (``ShardStore.verify_batch(after, limit)``), feed the results to
-:meth:`on_batch`; queue a repair for each :class:`ShardCorrupt`. The cursor can be
-persisted so a restart resumes mid-pass.
+:meth:`on_batch`; queue a repair for each :class:`ShardCorrupt`.
+
+The schedule survives restarts (:class:`ScrubSchedule`, kept in the shard store): when the
+next batch or pass is due, in wall-clock seconds, and the cursor of a pass under way. A
+restarted node resumes a pass where it stopped and otherwise waits for the next one; a
+store with no schedule yet (a new node, or one from before the schedule was kept) gets
+its first pass at a random point within one interval (:func:`first_schedule`), so a mesh
+upgraded at once does not scrub everything at once.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -136,3 +143,51 @@ class ScrubCore:
             self.state = ScrubState.THROTTLED
             self.next_at = now + size / self.config.max_rate
         return out
+
+
+SCHEDULE_NOTE = "scrub.schedule"
+"""Name of the shard store note holding the encoded :class:`ScrubSchedule`."""
+
+_WALL = struct.Struct(">d")
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubSchedule:
+    next_wall: float
+    """Wall-clock seconds when the next batch (mid-pass) or pass is due."""
+    cursor: ShardId = b""
+    """Last shard id verified by the pass under way; empty between passes."""
+
+    def encode(self) -> bytes:
+        return _WALL.pack(self.next_wall) + self.cursor
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> ScrubSchedule | None:
+        """The schedule, or None for nothing or anything malformed (then start afresh)."""
+        if raw is None or len(raw) not in (_WALL.size, _WALL.size + 32):
+            return None
+        (next_wall,) = _WALL.unpack_from(raw)
+        if next_wall != next_wall or next_wall in (float("inf"), float("-inf")):
+            return None
+        return cls(next_wall, bytes(raw[_WALL.size:]))
+
+
+def first_schedule(saved: ScrubSchedule | None, now_wall: float, config: ScrubConfig,
+                   rng: random.Random) -> ScrubSchedule:
+    """Where a starting scrubber begins: the saved schedule (a due time more than one
+    interval ahead, after the clock went back, is pulled in), or for a store without one
+    a first pass at a random point within one interval (at once for intervals up to an
+    hour: tests and small setups)."""
+    if saved is not None:
+        latest = now_wall + config.pass_interval * (1 + config.jitter)
+        return ScrubSchedule(min(saved.next_wall, latest), saved.cursor)
+    if config.pass_interval <= 3600:
+        return ScrubSchedule(now_wall)
+    return ScrubSchedule(now_wall + rng.uniform(0, config.pass_interval))
+
+
+def core_schedule(core: ScrubCore, now: float, now_wall: float) -> ScrubSchedule:
+    """The schedule to keep for ``core`` (monotonic ``now``, wall-clock ``now_wall``)."""
+    due = core.next_at if core.next_at is not None else now
+    return ScrubSchedule(now_wall + max(0.0, due - now),
+                         core.cursor if core.state is not ScrubState.IDLE else b"")

@@ -81,6 +81,13 @@ T = TypeVar("T")
 
 _META = struct.Struct(">QQ")  # stored_at_ms, size
 _COUNT, _BYTES = b"count", b"bytes"
+_NOTE = b"note:"
+"""Prefix of small named values kept in the ``stats`` database (the scrub schedule)."""
+MAX_NOTE = 4096
+
+RELEASE_READ_BYTES = 32 << 20
+"""Shard bytes read through :meth:`ShardStore.get` between two :meth:`release_pages`: a
+GET of a big object or a rebuild leaves at most this much of the map in RSS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +161,9 @@ class ShardStore:
         self._write_lock = threading.Lock()
         self._gate = _Gate()
         self._closed = False
+        self.bytes_moved = 0
+        """Shard bytes stored and read so far (what :mod:`blobstore.memory` watches)."""
+        self._read_since_release = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -188,6 +198,7 @@ class ShardStore:
             raise IntegrityError(f"shard {expect_id.hex()[:16]}: content does not match its id")
         unpack_shard(blob)  # header sanity; raises ShardFormatError
         self._check_disk(len(blob))
+        self.bytes_moved += len(blob)
         return sid, self._write(lambda: self._put_txn(sid, blob), len(blob), self.max_map_size)
 
     def _write(self, txn_fn: Callable[[], T], incoming: int, limit: int) -> T:
@@ -233,6 +244,23 @@ class ShardStore:
 
         return self._write(txn_fn, 0, self.max_map_size + DELETE_HEADROOM)
 
+    def note(self, name: str) -> bytes | None:
+        """A small value stored under ``name`` with :meth:`set_note`, or None."""
+        with self._read() as txn:
+            return txn.get(_NOTE + name.encode(), db=self._stats)
+
+    def set_note(self, name: str, value: bytes) -> None:
+        """Store a small value (at most MAX_NOTE bytes) that survives restarts."""
+        if len(value) > MAX_NOTE:
+            raise ValueError(f"a note is at most {MAX_NOTE} bytes")
+        key = _NOTE + name.encode()
+
+        def txn_fn() -> None:
+            with self._env.begin(write=True) as txn:
+                txn.put(key, value, db=self._stats)
+
+        self._write(txn_fn, len(value), self.max_map_size + DELETE_HEADROOM)
+
     def _bump(self, txn: lmdb.Transaction, count: int, size: int) -> None:
         for name, delta in ((_COUNT, count), (_BYTES, size)):
             raw = txn.get(name, db=self._stats)
@@ -276,6 +304,10 @@ class ShardStore:
             blob = txn.get(sid, db=self._shards)
         if blob is None:
             raise ShardNotFound(f"no shard {sid.hex()[:16]} here")
+        self.bytes_moved += len(blob)
+        self._read_since_release += len(blob)
+        if self._read_since_release >= RELEASE_READ_BYTES:
+            self.release_pages()
         return blob
 
     def head(self, sid: ShardId, size: int = HEAD_BYTES) -> bytes:
@@ -313,13 +345,33 @@ class ShardStore:
     ) -> tuple[list[VerifyResult], bool]:
         """Verify up to ``limit`` shards with ids > ``after``; returns (results, reached end)."""
         results = []
-        for info in self.list(after=after, limit=limit):
+        infos = self.list(after=after, limit=limit)
+        with self._gate.shared():
+            self._check_open()
             try:
-                blob = self.get(info.shard_id)
-            except ShardNotFound:
-                continue  # deleted meanwhile
-            results.append(VerifyResult(info.shard_id, _check(info.shard_id, blob), len(blob)))
-        return results, len(results) < limit
+                for info in infos:
+                    # hashed in place in the map: no copy of the shard on the heap
+                    with self._env.begin(buffers=True) as txn:
+                        blob = txn.get(info.shard_id, db=self._shards)
+                        if blob is None:
+                            continue  # deleted meanwhile
+                        results.append(VerifyResult(info.shard_id, _check(info.shard_id, blob),
+                                                    len(blob)))
+            except lmdb.Error as exc:
+                raise self._translate(exc) from None
+        self.release_pages()
+        return results, len(infos) < limit
+
+    def release_pages(self) -> None:
+        """Unmap from this process the store pages it has read (they stay in the page
+        cache): reading through the whole store must not leave it all counted in the
+        process's RSS. The map is read-only and shared (writes go through the file), so
+        the next read of a page simply faults it in again. Linux only; a no-op elsewhere."""
+        self._read_since_release = 0
+        with self._gate.shared():  # a resize (exclusive) moves the map
+            if self._closed:
+                return
+            release_file_pages(os.path.join(self._real, "data.mdb"))
 
     def list(self, *, after: ShardId = b"", limit: int | None = None) -> list[ShardInfo]:
         """Shards with ids > ``after`` in id order, at most ``limit`` of them."""
@@ -374,6 +426,47 @@ class ShardStore:
     def _check_open(self) -> None:
         if self._closed:
             raise LocalProtocolError(f"shard store {self.path} is closed")
+
+
+MADV_DONTNEED = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """libc, looked up once (``find_library`` runs ``ldconfig``: far too slow per call)."""
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def release_file_pages(path: str) -> int:
+    """madvise(MADV_DONTNEED) every mapping of ``path`` in this process; returns bytes
+    released. Only for shared read-only file mappings, where it drops page table entries
+    and nothing else."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    ranges = []
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].rstrip("\n") == path \
+                        and parts[1].startswith("r") and "w" not in parts[1] \
+                        and parts[1].endswith("s"):
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return 0
+    libc = _libc()
+    released = 0
+    for start, end in ranges:
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                        MADV_DONTNEED) == 0:
+            released += end - start
+    return released
 
 
 def _check(sid: ShardId, blob: bytes) -> bool:
@@ -464,3 +557,9 @@ class AsyncShardStore:
 
     async def stats(self) -> ShardStoreStats:
         return await self._run(self.store.stats)
+
+    async def note(self, name: str) -> bytes | None:
+        return await self._run(self.store.note, name)
+
+    async def set_note(self, name: str, value: bytes) -> None:
+        await self._run(self.store.set_note, name, value)

@@ -89,7 +89,7 @@ class WriterConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class PreparedChunk:
     index: int
     length: int
     sealed_length: int
@@ -99,12 +99,12 @@ class _Prepared:
 
 def prepare_chunk(
     code: ErasureCode, key: bytes, object_id: bytes, index: int, plain: bytes
-) -> _Prepared:
+) -> PreparedChunk:
     """Seal, encode and frame one chunk (pure CPU work)."""
     sealed = seal_chunk(key, object_id, index, plain)
     header = ShardHeader(object_id, index, 0, code.scheme, code.k, code.m, len(sealed))
     blobs = [pack_shard(header.for_shard(i), p) for i, p in enumerate(code.encode(sealed))]
-    return _Prepared(index, len(plain), len(sealed), blobs, [shard_id(b) for b in blobs])
+    return PreparedChunk(index, len(plain), len(sealed), blobs, [shard_id(b) for b in blobs])
 
 
 async def write_object(
@@ -139,7 +139,7 @@ async def write_object(
             else:
                 prepared = prepare_chunk(code, key, object_id, index, plain)
             del plain
-            refs[position] = await _spread(prepared, object_id, client, picker, code, config,
+            refs[position] = await spread_chunk(prepared, object_id, client, picker, code, config,
                                            need, puts)
         finally:
             slots.release()
@@ -162,8 +162,8 @@ async def write_object(
     )
 
 
-async def _spread(
-    prepared: _Prepared, object_id: bytes, client: ShardClient, picker: HolderPicker,
+async def spread_chunk(
+    prepared: PreparedChunk, object_id: bytes, client: ShardClient, picker: HolderPicker,
     code: ErasureCode, config: WriterConfig, need: int, puts: trio.CapacityLimiter,
 ) -> ChunkRef:
     """Put each shard on its own holder, moving to alternates on refusal."""

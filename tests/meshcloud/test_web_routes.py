@@ -178,6 +178,8 @@ async def test_storage_pages_follow_the_api(nodes):
     assert status == 200 and 'data-health="ok"' in body
     status, body = await trio.to_thread.run_sync(browser.get, "/ui/storage/o/photos/nope")
     assert status == 404
+    status, body = await trio.to_thread.run_sync(browser.get, "/ui/frag/storage/health")
+    assert status == 200 and "below target layout" in body and "waiting for nodes" in body
     status, body = await trio.to_thread.run_sync(browser.get, "/ui/storage/b/nothing-here")
     assert status == 404
 

@@ -1,0 +1,110 @@
+"""Give memory back after large transfers: the agent's RSS returns near idle.
+
+Two things keep an agent's RSS high after it moved big objects, neither of them live data:
+
+* the shard store's LMDB map: every page read (a GET, a scrub, a rebuild) stays mapped
+  into the process and counts in its RSS until evicted, so reading through 1 GiB of
+  shards adds 1 GiB of RSS; :meth:`~blobstore.shardstore.ShardStore.release_pages`
+  unmaps them (they stay in the page cache);
+* freed heap memory glibc keeps for reuse in its arenas (chunk buffers are freed by
+  worker threads, each with its own arena): :func:`tune_malloc` keeps big buffers out of
+  the arenas, ``malloc_trim(0)`` returns what is left.
+
+:class:`MemoryReleaser` watches a byte counter (shard store reads and writes, object
+bytes in and out) and, once the transfers have *settled* (no progress for one tick) and at
+least ``threshold`` bytes moved since the last release, runs a full garbage collection
+(chunk buffers held by reference cycles are otherwise freed only when allocations happen
+to trigger one) and then both of the above in a worker thread.
+The trio driver is :meth:`MemoryReleaser.run`; the decision is :meth:`on_tick` (sans-IO).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import logging
+import sys
+from collections.abc import Callable
+
+import trio
+
+log = logging.getLogger(__name__)
+
+RELEASE_THRESHOLD = 16 << 20
+"""Bytes moved since the last release before another one is worth it."""
+
+TICK = 1.0
+"""Seconds between looks at the counter."""
+
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+"""Heap blocks this big or bigger are always their own mapping, unmapped when freed."""
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """libc, looked up once (``find_library`` runs ``ldconfig``: far too slow per call)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's mmap threshold at 1 MiB. By default it rises to the largest block freed
+    so far, after which every 4 MiB chunk buffer comes from (and stays in) the heap
+    arenas; fixed, chunk and shard buffers are mapped and returned as soon as they are
+    freed. Called once when the blob service starts; False where it does not apply."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+
+def malloc_trim() -> bool:
+    """Return free heap memory to the system (glibc); False where there is no such call."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    return bool(libc.malloc_trim(0))
+
+
+class MemoryReleaser:
+    """See the module docstring."""
+
+    def __init__(self, moved: Callable[[], int], release: Callable[[], None], *,
+                 threshold: int = RELEASE_THRESHOLD) -> None:
+        self.moved = moved
+        self.release = release
+        self.threshold = threshold
+        self.releases = 0
+        self._seen = 0
+        self._released_at = 0
+
+    def on_tick(self, moved: int) -> bool:
+        """The counter now reads ``moved``: True when a release is due."""
+        settled = moved == self._seen
+        self._seen = moved
+        if settled and moved - self._released_at >= self.threshold:
+            self._released_at = moved
+            return True
+        return False
+
+    async def run(self) -> None:
+        self._seen = self._released_at = self.moved()
+        while True:
+            await trio.sleep(TICK)
+            if self.on_tick(self.moved()):
+                # buffers held by reference cycles (a cancelled fetch's traceback keeps its
+                # frame's shard) wait for a full collection, which an idle process never
+                # triggers; collected here, in the trio thread (finalizers stay in it)
+                gc.collect()
+                await trio.to_thread.run_sync(self.release)
+                self.releases += 1
