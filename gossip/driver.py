@@ -13,7 +13,11 @@ The driver
 * tells the transport every member's addresses (``set_addresses``) as they are learnt;
 * optionally samples the machine's capacity (``capacity_source``, in a worker thread)
   every ``capacity_interval`` and hands it to ``core.update_capacity``;
-* publishes membership events to subscribers (the API, the UI) and counts bytes.
+* publishes membership events to subscribers (the API, the UI) and counts bytes;
+* measures its own event loop's lag (a task that sleeps ``lag_interval`` and measures how
+  late trio wakes it: :mod:`gossip.lag`), feeds it to ``core.on_loop_lag`` and logs any
+  stall over 100 ms; with ``watch_steps``, a trio instrument also names the task steps
+  that held the loop (:meth:`loop_status`).
 
 Usage::
 
@@ -28,6 +32,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -40,6 +45,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.core import SwimCore
 from gossip.hooks import GossipHooks
+from gossip.lag import SAMPLE_INTERVAL, LagHistogram, SlowSteps
 from gossip.member import MemberInfo
 from gossip.messages import GOSSIP_PROTOCOL, PACKET_TYPES, SYNC_PROTOCOL, PushPull
 from gossip.outputs import (
@@ -96,7 +102,9 @@ class GossipDriver:
                  rng: random.Random | None = None,
                  capacity_source: Callable[[], Capacity] | None = None,
                  run_sync: Callable[[Callable[[], Capacity]], Awaitable[Capacity]]
-                 = trio.to_thread.run_sync) -> None:
+                 = trio.to_thread.run_sync,
+                 lag_interval: float | None = SAMPLE_INTERVAL,
+                 watch_steps: bool = False) -> None:
         self.transport = transport
         self.config = config
         self.hooks = hooks
@@ -106,6 +114,9 @@ class GossipDriver:
         self._capacity_source = capacity_source
         self._run_sync = run_sync
         """How the (blocking) capacity reading runs: a worker thread by default."""
+        self._lag_interval = lag_interval
+        self.lag = LagHistogram()
+        self.slow_steps = SlowSteps() if watch_steps else None
         self._core: SwimCore | None = None
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -143,8 +154,15 @@ class GossipDriver:
                 nursery.start_soon(self._timer_loop)
                 if self._capacity_source is not None:
                     nursery.start_soon(self._capacity_loop)
+                if self._lag_interval is not None:
+                    nursery.start_soon(self._lag_loop, self._lag_interval)
+                if self.slow_steps is not None:
+                    trio.lowlevel.add_instrument(self.slow_steps)
                 task_status.started()
         finally:
+            if self.slow_steps is not None:
+                with contextlib.suppress(KeyError):
+                    trio.lowlevel.remove_instrument(self.slow_steps)
             self._nursery = None
             for channel in self._subscribers:
                 channel.close()
@@ -217,6 +235,19 @@ class GossipDriver:
     def statistics(self) -> DriverStatistics:
         return DriverStatistics(core=self.core.statistics(), **self._counts)
 
+    def loop_status(self) -> dict[str, object]:
+        """This node's event-loop lag (max, histogram, stalls), the task steps that held
+        the loop longest, and what gossip made of it (health score, extended probes)."""
+        out: dict[str, object] = self.lag.snapshot()
+        if self.slow_steps is not None:
+            out["slow_steps"] = self.slow_steps.top()
+        if self._core is not None:
+            stats = self._core.statistics()
+            out.update(health_score=stats.health_score, probes_stalled=stats.probes_stalled,
+                       suspicions_postponed=stats.suspicions_postponed,
+                       probes_unsettled=stats.probes_unsettled)
+        return out
+
     # --- performing outputs ---------------------------------------------------------------
 
     def _perform(self, outputs: list[Output]) -> None:
@@ -264,6 +295,9 @@ class GossipDriver:
             now = trio.current_time()
             deadline = core.next_deadline()
             if deadline is not None and now >= deadline:
+                # woken late: that is loop lag too, and the core must know it before it
+                # judges the probe steps and suspicions that ran out meanwhile
+                self._perform(core.on_loop_lag(now - deadline, now))
                 self._perform(core.on_timer(now))
 
     async def _datagram_loop(self, datagrams: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
@@ -286,6 +320,22 @@ class GossipDriver:
         async for event in events:
             if isinstance(event, PeerDisconnected):
                 self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
+
+    async def _lag_loop(self, interval: float) -> None:
+        """Sleep ``interval``; how late trio wakes us is the loop's lag (a task step
+        that held the thread, or the OS not running this process)."""
+        core = self.core
+        while True:
+            expected = trio.current_time() + interval
+            await trio.sleep_until(expected)
+            now = trio.current_time()
+            lag = now - expected
+            if self.lag.record(lag):
+                last = self.slow_steps.last if self.slow_steps is not None else None
+                log.warning("event loop stalled for %.0f ms%s", lag * 1000,
+                            f" (last slow step: {last[0]}, {last[1] * 1000:.0f} ms)"
+                            if last else "")
+            self._perform(core.on_loop_lag(lag, now))
 
     async def _capacity_loop(self) -> None:
         source = self._capacity_source

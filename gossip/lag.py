@@ -1,0 +1,101 @@
+"""Event-loop lag: how late trio wakes us, and which task steps held the loop.
+
+An agent that blocks its own event loop (a long hash, an fsync'd commit, an erasure
+encode on the trio thread) cannot read the acks and refutations already waiting in its
+sockets: its probe rounds and suspicions run out and it blames healthy peers. The gossip
+driver measures that lag and hands it to the core (``SwimCore.on_loop_lag``), which then
+neither counts a probe whose deadline passed during the stall as the peer's failure nor
+lets a suspicion expire on it (Lifeguard's local health awareness, fed by the loop).
+
+* :class:`LagHistogram` — a pure record: max, count, a fixed-bucket histogram of lag
+  samples (milliseconds), and the stalls over a threshold;
+* :class:`SlowSteps` — a trio instrument timing every task step (two ``perf_counter``
+  calls per step); steps longer than ``threshold`` are counted per task name, so the
+  status page says *who* held the loop, and for how long.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+BUCKETS_MS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+"""Upper bounds of the histogram's buckets (a last bucket holds everything above)."""
+
+SAMPLE_INTERVAL = 0.05
+"""Seconds between two lag samples (the monitor sleeps this long and measures how late
+it wakes). 20 wake-ups a second cost nothing measurable."""
+
+LOG_THRESHOLD = 0.1
+"""A lag above this (seconds) is logged and counted as a stall."""
+
+
+@dataclass
+class LagHistogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
+    samples: int = 0
+    stalls: int = 0
+    max_s: float = 0.0
+    last_s: float = 0.0
+
+    def record(self, lag: float) -> bool:
+        """Count one sample (seconds, clamped at 0); True if it is a stall worth logging."""
+        lag = max(0.0, lag)
+        self.samples += 1
+        self.last_s = lag
+        self.max_s = max(self.max_s, lag)
+        ms = lag * 1000
+        for i, bound in enumerate(BUCKETS_MS):
+            if ms <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        if lag > LOG_THRESHOLD:
+            self.stalls += 1
+            return True
+        return False
+
+    def snapshot(self) -> dict[str, Any]:
+        labels = [f"<={b:g}" for b in BUCKETS_MS] + [f">{BUCKETS_MS[-1]:g}"]
+        return {"max_ms": round(self.max_s * 1000, 1), "last_ms": round(self.last_s * 1000, 1),
+                "samples": self.samples, "stalls": self.stalls,
+                "histogram_ms": dict(zip(labels, self.counts, strict=True))}
+
+
+class SlowSteps(trio.abc.Instrument):
+    """Times each task step; remembers the slow ones by task name (count, max, total)."""
+
+    def __init__(self, threshold: float = 0.05, keep: int = 64) -> None:
+        self.threshold = threshold
+        self.keep = keep
+        self.slow: dict[str, list[float]] = {}
+        """task name -> [count, max seconds, total seconds]"""
+        self._started = 0.0
+        self.last: tuple[str, float] | None = None
+        """The latest slow step: (task name, seconds)."""
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took = time.perf_counter() - self._started
+        if took < self.threshold:
+            return
+        self.last = (task.name, took)
+        entry = self.slow.get(task.name)
+        if entry is None:
+            if len(self.slow) >= self.keep:
+                return
+            entry = self.slow[task.name] = [0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] = max(entry[1], took)
+        entry[2] += took
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        ranked = sorted(self.slow.items(), key=lambda kv: -kv[1][2])[:n]
+        return [{"task": name, "count": int(c), "max_ms": round(m * 1000, 1),
+                 "total_ms": round(t * 1000, 1)} for name, (c, m, t) in ranked]
