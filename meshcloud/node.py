@@ -350,6 +350,7 @@ class Node:
             "peers": sorted((p.to_json() for p in self.peers.values()),
                             key=lambda p: (not p["connected"], p["id"])),
             "members": self.members_view(),
+            "loop": self.members.loop_status(),
             "versions": versions(),
             **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }
