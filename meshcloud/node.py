@@ -95,7 +95,8 @@ class Node:
         )
         self.transport = transport_factory(self.key, self.authenticator, config)
         datadir.ensure()
-        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster"),
+        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster",
+                                                           background_sync=True),
                                  view=self.alive_peer_ids, clock=self.clock)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
