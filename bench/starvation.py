@@ -22,12 +22,12 @@ counts. Never asserts: it measures.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,47 +51,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=None, help="directory for the data dirs")
 
 
-class Workload(threading.Thread):
-    """One S3 client against one agent: PUT/GET of a big and a small object, looping."""
+class Workload:
+    """One S3 client process against one agent: PUT/GET of a big and a small object,
+    looping (a process of its own, as a real client would be: one bench process with a
+    thread per client would serialise them on its GIL and underload the agents)."""
 
-    def __init__(self, agent: Agent, key: dict[str, str], bucket: str, big: bytes) -> None:
-        super().__init__(daemon=True, name=f"s3-{agent.name}")
+    def __init__(self, agent: Agent, key: dict[str, str], bucket: str, big_mib: int,
+                 root: Path) -> None:
         self.agent = agent
-        self.key = key
-        self.bucket = bucket
-        self.big = big
-        self.stop = threading.Event()
-        self.ops = 0
-        self.errors = 0
-        self.bytes = 0
+        self.status = root / f"client-{agent.name}.json"
+        cmd = [sys.executable, "-c", "import sys; from bench.starvation import client_main; "
+               "client_main(sys.argv[1:])", agent.info["s3"], key["access_key"],
+               key["secret"], bucket, agent.name, str(big_mib), str(self.status)]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
 
-    def run(self) -> None:
-        import boto3
-        from botocore.config import Config
+    def counts(self) -> dict[str, int]:
+        try:
+            return json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return {"ops": 0, "errors": 0, "bytes": 0}
 
-        client = boto3.client(
-            "s3", endpoint_url=self.agent.info["s3"], aws_access_key_id=self.key["access_key"],
-            aws_secret_access_key=self.key["secret"], region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                          signature_version="s3v4", read_timeout=300, connect_timeout=30))
-        small = os.urandom(4096)
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            for name, body in ((f"{self.agent.name}/big-{i % 2}", self.big),
-                               (f"{self.agent.name}/small-{i % 8}", small)):
-                if self.stop.is_set():
-                    return
-                try:
-                    client.put_object(Bucket=self.bucket, Key=name, Body=body)
-                    got = client.get_object(Bucket=self.bucket, Key=name)["Body"].read()
-                    if len(got) != len(body):
-                        raise ValueError("short read")
-                    self.ops += 2
-                    self.bytes += 2 * len(body)
-                except Exception:
-                    self.errors += 1
-                    self.stop.wait(1.0)
+    @property
+    def ops(self) -> int:
+        return self.counts()["ops"]
+
+    @property
+    def errors(self) -> int:
+        return self.counts()["errors"]
+
+    @property
+    def bytes(self) -> int:
+        return self.counts()["bytes"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def client_main(argv: list[str]) -> None:
+    """The client process: loop until terminated, writing its counts to a file."""
+    import boto3
+    from botocore.config import Config
+
+    url, access, secret, bucket, name, big_mib, status = argv
+    client = boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id=access, aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                      signature_version="s3v4", read_timeout=300, connect_timeout=30))
+    big, small = os.urandom(int(big_mib) * MIB), os.urandom(4096)
+    counts = {"ops": 0, "errors": 0, "bytes": 0}
+    path = Path(status)
+    i = 0
+    while True:
+        i += 1
+        for key, body in ((f"{name}/big-{i % 2}", big), (f"{name}/small-{i % 8}", small)):
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=body)
+                got = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                if got != body:
+                    raise ValueError("the object read back differs")
+                counts["ops"] += 2
+                counts["bytes"] += 2 * len(body)
+            except Exception:
+                counts["errors"] += 1
+                time.sleep(1.0)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(counts))
+            tmp.replace(path)
 
 
 def events(agent: Agent, kind: str) -> list[dict[str, Any]]:
@@ -190,12 +223,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import boto3  # noqa: F401 - fail early when it is missing
 
         _make_bucket(agents[0], key)
-        big = os.urandom(args.big_mib * MIB)
         since_ms = time.time() * 1000
         hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
-        workloads = [Workload(a, key, "starve", big) for a in agents]
-        for w in workloads:
-            w.start()
+        workloads = [Workload(a, key, "starve", args.big_mib, root) for a in agents]
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() < end:
             time.sleep(min(30.0, max(0.0, end - time.monotonic())))
@@ -211,11 +241,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for victim in agents[len(agents) - args.kills:]:
             for w in workloads:
                 if w.agent is victim:
-                    w.stop.set()
+                    w.stop()
             survivors = [a for a in agents if a.running and a is not victim]
             detect += kill_and_time(victim, survivors, live)
         for w in workloads:
-            w.stop.set()
+            w.stop()
         figures["s3_ops"] = sum(w.ops for w in workloads)
         figures["s3_errors"] = sum(w.errors for w in workloads)
         figures["s3_mib"] = round(sum(w.bytes for w in workloads) / MIB)
@@ -223,8 +253,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hog.kill()
             hog.wait()
         hogs = []
-        for w in workloads:
-            w.join(timeout=600)
         deaths, susp, examples = false_events(agents, live, since_ms)
         figures["false_deaths"] = deaths
         figures["false_suspicions"] = susp
@@ -240,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures.update(burst(cluster, args.burst, live))
     finally:
         for w in workloads:
-            w.stop.set()
+            w.stop()
         for hog in hogs:
             hog.kill()
         cluster.close()
