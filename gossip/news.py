@@ -217,7 +217,11 @@ class NewsApplier:
             return
         config = self.config
         n = self.table.live_count
-        min_timeout = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+        # Stretched by our health score (Lifeguard scales probes; we scale this too): a
+        # node whose own loop lags reads the accused's refutation late, and one busy
+        # moment of the accused is all it takes for peers as starved as we are to agree.
+        min_timeout = self.awareness.scale(
+            suspicion_timeout(config.suspicion_mult, n, config.probe_interval))
         suspicion = Suspicion(m.node_id, s.incarnation, s.from_node, start=now,
                               k=confirmations_needed(config.suspicion_confirmations, n),
                               min_timeout=min_timeout,

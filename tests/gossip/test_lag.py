@@ -205,3 +205,18 @@ async def test_the_driver_measures_a_held_loop(autojump_clock):
         assert driver.statistics().core.loop_stalls >= 1
         assert status["health_score"] >= 1
         nursery.cancel_scope.cancel()
+
+
+def test_a_lagging_node_gives_suspicions_more_time():
+    cores, wire = meshed(6)
+    a, b, c = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: True
+    calm = suspect_from(cores, wire, b, c).min_timeout
+    d = cores[3]
+    for i in range(3):
+        a.on_loop_lag(STALL, i * CONFIG.probe_interval)
+    assert a.awareness.score == CONFIG.lag_health_cap
+    busy = suspect_from(cores, wire, b, d)
+    assert busy.min_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1))
+    assert busy.max_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1)
+                                             * CONFIG.suspicion_max_timeout_mult)
