@@ -36,8 +36,10 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -45,7 +47,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.core import SwimCore
 from gossip.hooks import GossipHooks
-from gossip.lag import SAMPLE_INTERVAL, LagHistogram, SlowSteps
+from gossip.lag import SAMPLE_INTERVAL, LagHistogram
 from gossip.member import MemberInfo
 from gossip.messages import GOSSIP_PROTOCOL, PACKET_TYPES, SYNC_PROTOCOL, PushPull
 from gossip.outputs import (
@@ -94,6 +96,52 @@ class DriverStatistics:
     @property
     def hostile_dropped(self) -> int:
         return self.core.hostile_dropped + self.dropped_malformed
+
+
+class SlowSteps(trio.abc.Instrument):
+    """Times each task step; remembers the slow ones by task name (count, max, total)."""
+
+    def __init__(self, threshold: float = 0.05, keep: int = 64) -> None:
+        self.threshold = threshold
+        self.keep = keep
+        self.slow: dict[str, list[float]] = {}
+        """task name -> [count, max seconds, total seconds, CPU seconds]"""
+        self._started: float | None = None
+        self._cpu = 0.0
+        self.last: tuple[str, float] | None = None
+        """The latest slow step: (task name, seconds)."""
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+        self._cpu = time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._started is None:  # added in the middle of a step: not timed
+            return
+        took = time.perf_counter() - self._started
+        self._started = None
+        if took < self.threshold:
+            return
+        cpu = time.thread_time() - self._cpu
+        self.last = (task.name, took)
+        entry = self.slow.get(task.name)
+        if entry is None:
+            if len(self.slow) >= self.keep:
+                return
+            entry = self.slow[task.name] = [0, 0.0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] = max(entry[1], took)
+        entry[2] += took
+        entry[3] += cpu
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        """The tasks whose slow steps held the loop longest (wall time), with the CPU
+        time those steps used on this thread: wall far above CPU means the machine did
+        not run us (other processes), CPU close to wall means our own work blocked."""
+        ranked = sorted(self.slow.items(), key=lambda kv: -kv[1][2])[:n]
+        return [{"task": name, "count": int(c), "max_ms": round(m * 1000, 1),
+                 "total_ms": round(t * 1000, 1), "cpu_ms": round(u * 1000, 1)}
+                for name, (c, m, t, u) in ranked]
 
 
 class GossipDriver:

@@ -9,18 +9,17 @@ lets a suspicion expire on it (Lifeguard's local health awareness, fed by the lo
 
 * :class:`LagHistogram` — a pure record: max, count, a fixed-bucket histogram of lag
   samples (milliseconds), and the stalls over a threshold;
-* :class:`SlowSteps` — a trio instrument timing every task step (two ``perf_counter``
-  calls per step); steps longer than ``threshold`` are counted per task name, so the
-  status page says *who* held the loop, and for how long.
+* the driver's ``SlowSteps`` (:mod:`gossip.driver`, it reads clocks) — a trio instrument
+  timing every task step; steps longer than a threshold are counted per task name, so
+  the status page says *who* held the loop, and for how long.
+
+Pure (no clock, no I/O): the driver measures, this module keeps the figures.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
-
-import trio
 
 BUCKETS_MS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 """Upper bounds of the histogram's buckets (a last bucket holds everything above)."""
@@ -64,49 +63,3 @@ class LagHistogram:
         return {"max_ms": round(self.max_s * 1000, 1), "last_ms": round(self.last_s * 1000, 1),
                 "samples": self.samples, "stalls": self.stalls,
                 "histogram_ms": dict(zip(labels, self.counts, strict=True))}
-
-
-class SlowSteps(trio.abc.Instrument):
-    """Times each task step; remembers the slow ones by task name (count, max, total)."""
-
-    def __init__(self, threshold: float = 0.05, keep: int = 64) -> None:
-        self.threshold = threshold
-        self.keep = keep
-        self.slow: dict[str, list[float]] = {}
-        """task name -> [count, max seconds, total seconds, CPU seconds]"""
-        self._started: float | None = None
-        self._cpu = 0.0
-        self.last: tuple[str, float] | None = None
-        """The latest slow step: (task name, seconds)."""
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._started = time.perf_counter()
-        self._cpu = time.thread_time()
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._started is None:  # added in the middle of a step: not timed
-            return
-        took = time.perf_counter() - self._started
-        self._started = None
-        if took < self.threshold:
-            return
-        cpu = time.thread_time() - self._cpu
-        self.last = (task.name, took)
-        entry = self.slow.get(task.name)
-        if entry is None:
-            if len(self.slow) >= self.keep:
-                return
-            entry = self.slow[task.name] = [0, 0.0, 0.0, 0.0]
-        entry[0] += 1
-        entry[1] = max(entry[1], took)
-        entry[2] += took
-        entry[3] += cpu
-
-    def top(self, n: int = 10) -> list[dict[str, Any]]:
-        """The tasks whose slow steps held the loop longest (wall time), with the CPU
-        time those steps used on this thread: wall far above CPU means the machine did
-        not run us (other processes), CPU close to wall means our own work blocked."""
-        ranked = sorted(self.slow.items(), key=lambda kv: -kv[1][2])[:n]
-        return [{"task": name, "count": int(c), "max_ms": round(m * 1000, 1),
-                 "total_ms": round(t * 1000, 1), "cpu_ms": round(u * 1000, 1)}
-                for name, (c, m, t, u) in ranked]
