@@ -184,10 +184,12 @@ class GossipConfig:
     """How many times one probe round (or one suspicion) may be extended for our own
     stalls. Bounded, so a node stalled for good still detects crashes, only later."""
 
-    lag_health_cap: int = 2
+    lag_health_cap: int = 1
     """The health score our own loop lag alone may raise (each stall +1, at most once
-    per probe interval, never above this): probes at most 3x slower because of lag, so
-    crashes are still found within seconds while the node is busy."""
+    per probe interval, never above this): probes and suspicion timeouts at most 2x
+    longer because of lag, so crashes are still found within seconds while the node is
+    busy (a cap of 2 made detection right after a loaded phase take 6 s with 3
+    survivors: the repairs that follow kills keep agents stalling now and then)."""
 
     startup_grace: float = 2.0
     """Seconds after the full sync of a join during which this node does not accuse
