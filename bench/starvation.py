@@ -286,9 +286,10 @@ def _make_bucket(agent: Agent, key: dict[str, str]) -> None:
     client.create_bucket(Bucket="starve")
 
 
-def burst(cluster: LocalCluster, n: int, live: dict[str, tuple[float, float]]
-          ) -> dict[str, Any]:
-    """Join ``n`` new agents (data dirs only), start them all at once, let them settle."""
+def burst(cluster: LocalCluster, n: int, live: dict[str, tuple[float, float]], *,
+          quiet: float = 30.0) -> dict[str, Any]:
+    """Join ``n`` new agents (data dirs only), start them all at once, let them settle
+    (until every agent lists every agent alive, then ``quiet`` seconds more)."""
     through = [a for a in cluster.agents if a.running]
     fresh = [cluster.join(through=through[i % len(through)], start=False) for i in range(n)]
     started_ms = time.time() * 1000
@@ -307,7 +308,7 @@ def burst(cluster: LocalCluster, n: int, live: dict[str, tuple[float, float]]
                             180, interval=1.0, message="every agent lists every agent alive")
     except AgentError:
         settle = None
-    time.sleep(30)  # a quiet half minute in which late false deaths would show
+    time.sleep(quiet)  # a quiet while in which late false deaths would show
     deaths, susp, examples = false_events(everyone, live, started_ms)
     print(f"  burst of {n}: ready in {ready_s:.1f} s, converged after "
           f"{settle if settle is None else round(settle, 1)} s more, false deaths {deaths}, "
