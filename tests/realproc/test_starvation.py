@@ -2,8 +2,8 @@
 
 Twelve agents, joined beforehand, start at once next to a 3-agent mesh on this machine's
 cores: their start-up work and the syncs they ask of the mesh hold every event loop. On
-the commit before the fix, the same burst (20 agents) made the agents declare live
-agents dead 158 times (`docs/benchmarks.md`, starvation)."""
+the commit before the fix this test fails: 33 false deaths (and 158 with a burst of 20,
+`docs/benchmarks.md`, starvation)."""
 
 from __future__ import annotations
 
