@@ -144,27 +144,40 @@ def loop_lag(agent: Agent) -> dict[str, Any]:
 
 def false_events(observers: list[Agent], live: dict[str, tuple[float, float]],
                  since_ms: float) -> tuple[int, int, list[str]]:
-    """(false deaths, false suspicions, a few examples) among the observers' events.
+    """(false deaths, false suspicions, a few examples) in the observers' logs.
 
-    ``live`` maps a node id to the wall-ms interval during which its process ran."""
+    ``live`` maps a node id to the wall-ms interval during which its process ran. The
+    logs, not ``/v1/events``: an agent keeps its last 2,000 events only, and ten busy
+    minutes push an early ``member.failed`` out of them."""
+    short = {node[:12]: node for node in live}
     deaths = 0
     suspicions: set[tuple[str, int]] = set()
     examples: list[str] = []
     for agent in observers:
-        for kind in ("member.failed", "member.suspect"):
-            for event in events(agent, kind):
-                peer, at = event.get("peer"), event.get("at", 0)
-                if at < since_ms or peer not in live:
-                    continue
-                start, end = live[peer]
-                if not start <= at <= end - 500:  # 0.5 s: a death seen as it happened
-                    continue
-                if kind == "member.failed":
-                    deaths += 1
-                    if len(examples) < 8:
-                        examples.append(f"{agent.name} declared {peer[:8]} dead at {at}")
-                else:
-                    suspicions.add((peer, int(event.get("incarnation", 0))))
+        try:
+            lines = (agent.data_dir / "logs" / "agent.log").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            failed = '"member failed"' in line
+            if not failed and '"member suspect"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            peer, at = short.get(entry.get("peer", "")), entry.get("ts", 0) * 1000
+            if peer is None or at < since_ms:
+                continue
+            start, end = live[peer]
+            if not start <= at <= end - 500:  # 0.5 s: a death seen as it happened
+                continue
+            if failed:
+                deaths += 1
+                if len(examples) < 8:
+                    examples.append(f"{agent.name} declared {peer[:8]} dead at {at:.0f}")
+            else:
+                suspicions.add((peer, int(entry.get("incarnation", 0))))
     return deaths, len(suspicions), examples
 
 
