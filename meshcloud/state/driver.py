@@ -101,6 +101,8 @@ class StateDriver:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._flush_wanted = trio.Event()
+        self._flushed = trio.Event()
+        """Set (and replaced) after each flush: what :meth:`durable` waits on."""
         self._flush_limiter = trio.CapacityLimiter(1)
         """One flush at a time: it covers every commit before it."""
 
@@ -216,6 +218,22 @@ class StateDriver:
                                                   limiter=self._flush_limiter)
                 except MeshError as exc:
                     log.warning("state store flush failed: %s", exc)
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    async def durable(self) -> None:
+        """Return once every commit made so far is on disk: what a node awaits before it
+        *acknowledges* a write to another node (a group commit: one fdatasync in a worker
+        thread covers every write waiting, and the event loop never waits for the disk).
+        At once when the store syncs each commit itself."""
+        kv = self.core.kv
+        if not getattr(kv, "background_sync", False) or self._nursery is None:
+            return
+        target = kv.committed  # type: ignore[attr-defined]
+        while kv.synced < target:  # type: ignore[attr-defined]
+            flushed = self._flushed
+            self._flush_wanted.set()
+            await flushed.wait()
 
     def _publish(self, change: Change) -> None:
         channels = self._subscribers.get(change.table)

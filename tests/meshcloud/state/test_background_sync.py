@@ -61,3 +61,43 @@ async def test_the_driver_flushes_a_put_in_a_worker_thread(tmp_path, nursery):
             await trio.sleep(0.01)
     assert kv.flushes > before
     assert driver.get("workloads", "app") == WorkloadRecord(kind="service")
+
+
+async def test_durable_returns_only_once_every_earlier_commit_is_on_disk(tmp_path, nursery):
+    """What a holder awaits before it acknowledges an index write: a write acknowledged to
+    another node must survive a power cut of this one."""
+    import threading
+
+    mesh = TestMesh.with_members(1)
+    member = mesh.members[0]
+    transport = MemoryNetwork().add(member.key, member.authenticator)
+    await nursery.start(transport.run)
+    kv = LmdbKv(tmp_path / "s", background_sync=True)
+    driver = StateDriver(transport, kv, lambda: [], config=local(), rng=random.Random(1),
+                         clock=TrioClock())
+    for schema in CLUSTER_TABLES:
+        driver.open_table(schema)
+    await nursery.start(driver.run)
+    gate = threading.Event()
+    real_flush = kv.flush
+
+    def slow_flush() -> None:  # a disk that takes its time
+        gate.wait(10)
+        real_flush()
+
+    kv.flush = slow_flush  # type: ignore[method-assign]
+    driver.put("workloads", "app", WorkloadRecord(kind="service"))
+    waited = trio.Event()
+
+    async def ack() -> None:
+        await driver.durable()
+        waited.set()
+
+    nursery.start_soon(ack)
+    with trio.move_on_after(0.3):
+        await waited.wait()
+    assert not waited.is_set() and kv.pending >= 1  # still waiting for the disk
+    gate.set()
+    with trio.fail_after(10):
+        await waited.wait()
+    assert kv.pending == 0
