@@ -100,6 +100,8 @@ class IndexService:
         except (MeshError, trio.EndOfChannel):
             return
         reply = self.answer(stream.peer.node_id, msg)
+        if isinstance(reply, IndexWriteReply) and reply.ok:
+            await self.state.durable()  # acknowledged means on our disk
         try:
             await send_message(stream, reply)
             await stream.close()
@@ -287,7 +289,10 @@ class Index:
     async def _ask(self, node: NodeId, msg: Any, expect: type) -> Any:
         if node == self.me:
             await trio.lowlevel.checkpoint()
-            return self.service.answer(self.me, msg)
+            reply = self.service.answer(self.me, msg)
+            if isinstance(reply, IndexWriteReply) and reply.ok:
+                await self.state.durable()  # our own copy counts once it is on disk
+            return reply
         return await request(self.transport, node, INDEX_PROTOCOL, msg, expect)
 
     def _validated(self, table: str, entries: Sequence[tuple[bytes, bytes]]

@@ -172,6 +172,32 @@ class GossipConfig:
     rounds are dropped, instead of declaring deaths the moment it wakes. Far above
     scheduling jitter (milliseconds), below any real sleep."""
 
+    stall_threshold: float = 0.1
+    """Event-loop lag (seconds) that counts as a *stall* of this node (the driver measures
+    how late trio wakes it and calls ``on_loop_lag``; a timer of the core firing this
+    late counts too). While our loop was stalled, the acks and refutations we were waiting
+    for may sit unread in our own buffers: a probe step whose window saw a stall is
+    extended instead of failed, a suspicion that runs out during one is postponed, and
+    the health score rises (Lifeguard: the fault is probably ours)."""
+
+    stall_extensions: int = 2
+    """How many times one probe round (or one suspicion) may be extended for our own
+    stalls. Bounded, so a node stalled for good still detects crashes, only later."""
+
+    lag_health_cap: int = 1
+    """The health score our own loop lag alone may raise (each stall +1, at most once
+    per probe interval, never above this): probes and suspicion timeouts at most 2x
+    longer because of lag, so crashes are still found within seconds while the node is
+    busy (a cap of 2 made detection right after a loaded phase take 6 s with 3
+    survivors: the repairs that follow kills keep agents stalling now and then)."""
+
+    startup_grace: float = 2.0
+    """Seconds after the full sync of a join during which this node does not accuse
+    anyone: its view has not settled (a joiner learns the whole mesh at
+    once, and its first probes race the Alives its new peers gossip), and neither has
+    its loop. Suspicions that run out meanwhile wait for the end of the grace. Two probe
+    intervals: a crash is noticed at most that much later, and only right after a start."""
+
     leave_timeout: float = 3.0
     """Driver: how long ``leave()`` waits for the leave broadcast to go out."""
 
@@ -187,7 +213,7 @@ class GossipConfig:
     def __post_init__(self) -> None:
         positive = ("probe_interval", "probe_timeout", "indirect_timeout", "gossip_interval",
                     "push_pull_interval", "suspicion_mult", "dead_retention", "leave_timeout",
-                    "sync_timeout", "resume_gap")
+                    "sync_timeout", "resume_gap", "stall_threshold")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"gossip.{name} must be positive")
@@ -196,7 +222,8 @@ class GossipConfig:
                               "probe_interval (rounds of one node would overlap)")
         if self.suspicion_max_timeout_mult < 1:
             raise ConfigError("gossip.suspicion_max_timeout_mult must be at least 1")
-        for name in ("indirect_checks", "gossip_nodes", "suspicion_confirmations"):
+        for name in ("indirect_checks", "gossip_nodes", "suspicion_confirmations",
+                     "stall_extensions", "lag_health_cap", "startup_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"gossip.{name} must not be negative")
         for name in ("awareness_max_multiplier", "retransmit_mult", "max_queue",

@@ -44,6 +44,7 @@ forgotten (its timer cannot fire); no work per message is O(N) (only push-pull i
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Iterable
 
@@ -122,6 +123,12 @@ class SwimCore(Prober, NewsApplier):
         self._next_reconnect: float | None = now + config.reconnect_interval * rng.uniform(
             0.5, 1.0)
         self._relay_timeout = RELAY_SHARE * config.indirect_timeout
+        self._stall_end = -math.inf
+        """When our loop last came back from a stall (on_loop_lag, or a late timer)."""
+        self._stall_penalty_at = -math.inf
+        self._settle_at = -math.inf
+        """Before this, our failed probes accuse no one: set by a join's full sync (see
+        GossipConfig.startup_grace). A node knows no one to accuse before it joins."""
         self._queue_news(me, me.alive, now)
 
     # === queries ==========================================================================
@@ -307,6 +314,7 @@ class SwimCore(Prober, NewsApplier):
         if self._joining:  # a join is a full sync: the periodic one can wait a period
             self._joining = False
             self._reschedule_push_pull(now)
+            self._settle_at = max(self._settle_at, now + self.config.startup_grace)
         return out
 
     def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
@@ -323,6 +331,33 @@ class SwimCore(Prober, NewsApplier):
         self.counters.probe_hints += 1
         self._start_round(m, now, out, escalate=True)
         return out
+
+    def on_loop_lag(self, lag: float, now: float) -> list[Output]:
+        """The driver's measure of this node's own event-loop lag: trio woke it ``lag``
+        seconds late at ``now``. A stall (over ``stall_threshold``) is no evidence
+        against anyone: probe steps and suspicions that spanned it are extended, and the
+        health score rises (Lifeguard), at most once per probe interval and never above
+        ``lag_health_cap`` on this account."""
+        if lag > self.config.stall_threshold:
+            self._note_stall(now)
+        return []
+
+    def settled(self, now: float) -> bool:
+        """Past the start-up grace: our failed probes may accuse (see startup_grace)."""
+        return now >= self._settle_at
+
+    def _note_stall(self, now: float) -> None:
+        self._stall_end = max(self._stall_end, now)
+        self.counters.loop_stalls += 1
+        config = self.config
+        if (now - self._stall_penalty_at >= config.probe_interval
+                and self.awareness.score < config.lag_health_cap):
+            self._stall_penalty_at = now
+            self.awareness.apply_delta(1)
+
+    def _stalled_since(self, since: float) -> bool:
+        """Did our loop stall (and come back) at or after ``since``?"""
+        return self._stall_end >= since
 
     def on_timer(self, now: float) -> list[Output]:
         out: list[Output] = []

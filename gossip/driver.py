@@ -13,7 +13,11 @@ The driver
 * tells the transport every member's addresses (``set_addresses``) as they are learnt;
 * optionally samples the machine's capacity (``capacity_source``, in a worker thread)
   every ``capacity_interval`` and hands it to ``core.update_capacity``;
-* publishes membership events to subscribers (the API, the UI) and counts bytes.
+* publishes membership events to subscribers (the API, the UI) and counts bytes;
+* measures its own event loop's lag (a task that sleeps ``lag_interval`` and measures how
+  late trio wakes it: :mod:`gossip.lag`), feeds it to ``core.on_loop_lag`` and logs any
+  stall over 100 ms; with ``watch_steps``, a trio instrument also names the task steps
+  that held the loop (:meth:`loop_status`).
 
 Usage::
 
@@ -28,11 +32,14 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -40,6 +47,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.core import SwimCore
 from gossip.hooks import GossipHooks
+from gossip.lag import SAMPLE_INTERVAL, LagHistogram
 from gossip.member import MemberInfo
 from gossip.messages import GOSSIP_PROTOCOL, PACKET_TYPES, SYNC_PROTOCOL, PushPull
 from gossip.outputs import (
@@ -90,13 +98,61 @@ class DriverStatistics:
         return self.core.hostile_dropped + self.dropped_malformed
 
 
+class SlowSteps(trio.abc.Instrument):
+    """Times each task step; remembers the slow ones by task name (count, max, total)."""
+
+    def __init__(self, threshold: float = 0.05, keep: int = 64) -> None:
+        self.threshold = threshold
+        self.keep = keep
+        self.slow: dict[str, list[float]] = {}
+        """task name -> [count, max seconds, total seconds, CPU seconds]"""
+        self._started: float | None = None
+        self._cpu = 0.0
+        self.last: tuple[str, float] | None = None
+        """The latest slow step: (task name, seconds)."""
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+        self._cpu = time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._started is None:  # added in the middle of a step: not timed
+            return
+        took = time.perf_counter() - self._started
+        self._started = None
+        if took < self.threshold:
+            return
+        cpu = time.thread_time() - self._cpu
+        self.last = (task.name, took)
+        entry = self.slow.get(task.name)
+        if entry is None:
+            if len(self.slow) >= self.keep:
+                return
+            entry = self.slow[task.name] = [0, 0.0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] = max(entry[1], took)
+        entry[2] += took
+        entry[3] += cpu
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        """The tasks whose slow steps held the loop longest (wall time), with the CPU
+        time those steps used on this thread: wall far above CPU means the machine did
+        not run us (other processes), CPU close to wall means our own work blocked."""
+        ranked = sorted(self.slow.items(), key=lambda kv: -kv[1][2])[:n]
+        return [{"task": name, "count": int(c), "max_ms": round(m * 1000, 1),
+                 "total_ms": round(t * 1000, 1), "cpu_ms": round(u * 1000, 1)}
+                for name, (c, m, t, u) in ranked]
+
+
 class GossipDriver:
     def __init__(self, transport: Transport, config: GossipConfig, hooks: GossipHooks, *,
                  capacity: Capacity | None = None, incarnation: int = 0,
                  rng: random.Random | None = None,
                  capacity_source: Callable[[], Capacity] | None = None,
                  run_sync: Callable[[Callable[[], Capacity]], Awaitable[Capacity]]
-                 = trio.to_thread.run_sync) -> None:
+                 = trio.to_thread.run_sync,
+                 lag_interval: float | None = SAMPLE_INTERVAL,
+                 watch_steps: bool = False) -> None:
         self.transport = transport
         self.config = config
         self.hooks = hooks
@@ -106,6 +162,9 @@ class GossipDriver:
         self._capacity_source = capacity_source
         self._run_sync = run_sync
         """How the (blocking) capacity reading runs: a worker thread by default."""
+        self._lag_interval = lag_interval
+        self.lag = LagHistogram()
+        self.slow_steps = SlowSteps() if watch_steps else None
         self._core: SwimCore | None = None
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -143,8 +202,15 @@ class GossipDriver:
                 nursery.start_soon(self._timer_loop)
                 if self._capacity_source is not None:
                     nursery.start_soon(self._capacity_loop)
+                if self._lag_interval is not None:
+                    nursery.start_soon(self._lag_loop, self._lag_interval)
+                if self.slow_steps is not None:
+                    trio.lowlevel.add_instrument(self.slow_steps)
                 task_status.started()
         finally:
+            if self.slow_steps is not None:
+                with contextlib.suppress(KeyError):
+                    trio.lowlevel.remove_instrument(self.slow_steps)
             self._nursery = None
             for channel in self._subscribers:
                 channel.close()
@@ -217,6 +283,19 @@ class GossipDriver:
     def statistics(self) -> DriverStatistics:
         return DriverStatistics(core=self.core.statistics(), **self._counts)
 
+    def loop_status(self) -> dict[str, object]:
+        """This node's event-loop lag (max, histogram, stalls), the task steps that held
+        the loop longest, and what gossip made of it (health score, extended probes)."""
+        out: dict[str, object] = self.lag.snapshot()
+        if self.slow_steps is not None:
+            out["slow_steps"] = self.slow_steps.top()
+        if self._core is not None:
+            stats = self._core.statistics()
+            out.update(health_score=stats.health_score, probes_stalled=stats.probes_stalled,
+                       suspicions_postponed=stats.suspicions_postponed,
+                       probes_unsettled=stats.probes_unsettled)
+        return out
+
     # --- performing outputs ---------------------------------------------------------------
 
     def _perform(self, outputs: list[Output]) -> None:
@@ -264,6 +343,9 @@ class GossipDriver:
             now = trio.current_time()
             deadline = core.next_deadline()
             if deadline is not None and now >= deadline:
+                # woken late: that is loop lag too, and the core must know it before it
+                # judges the probe steps and suspicions that ran out meanwhile
+                self._perform(core.on_loop_lag(now - deadline, now))
                 self._perform(core.on_timer(now))
 
     async def _datagram_loop(self, datagrams: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
@@ -286,6 +368,22 @@ class GossipDriver:
         async for event in events:
             if isinstance(event, PeerDisconnected):
                 self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
+
+    async def _lag_loop(self, interval: float) -> None:
+        """Sleep ``interval``; how late trio wakes us is the loop's lag (a task step
+        that held the thread, or the OS not running this process)."""
+        core = self.core
+        while True:
+            expected = trio.current_time() + interval
+            await trio.sleep_until(expected)
+            now = trio.current_time()
+            lag = now - expected
+            if self.lag.record(lag):
+                last = self.slow_steps.last if self.slow_steps is not None else None
+                log.warning("event loop stalled for %.0f ms%s", lag * 1000,
+                            f" (last slow step: {last[0]}, {last[1] * 1000:.0f} ms)"
+                            if last else "")
+            self._perform(core.on_loop_lag(lag, now))
 
     async def _capacity_loop(self) -> None:
         source = self._capacity_source

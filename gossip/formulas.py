@@ -31,12 +31,14 @@ def suspicion_timeout(mult: float, n: int, interval: float) -> float:
 def confirmations_needed(k: int, n: int) -> int:
     """Independent confirmations that bring a suspicion to its minimum timeout.
 
-    Besides the accuser and the accused, at most ``n - 2`` nodes can confirm; when even
-    that cannot reach ``k``, no confirmation is awaited (0: the minimum applies at once).
+    Besides the accuser and the accused, at most ``n - 2`` nodes can confirm, so a small
+    mesh asks for all of them (3 nodes: the one other node). 0 only when nobody else
+    can (two nodes): the minimum timeout applies, and the suspicion still ends with the
+    deciding node's own last check (a suspicion is confirmed only by someone else).
     """
-    if k < 1 or n - 2 < k:
+    if k < 1:
         return 0
-    return k
+    return max(0, min(k, n - 2))
 
 
 def suspicion_deadline_offset(confirmations: int, k: int, min_timeout: float,

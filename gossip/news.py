@@ -118,8 +118,11 @@ class NewsApplier:
     _last_announce: float
     _next_capacity: float | None
     _me: Member
+    _settle_at: float
 
     if TYPE_CHECKING:  # provided by the other parts of the core
+        def settled(self, now: float) -> bool: ...
+        def _stalled_since(self, since: float) -> bool: ...
         def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
                   now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()
                   ) -> None: ...
@@ -214,7 +217,11 @@ class NewsApplier:
             return
         config = self.config
         n = self.table.live_count
-        min_timeout = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+        # Stretched by our health score (Lifeguard scales probes; we scale this too): a
+        # node whose own loop lags reads the accused's refutation late, and one busy
+        # moment of the accused is all it takes for peers as starved as we are to agree.
+        min_timeout = self.awareness.scale(
+            suspicion_timeout(config.suspicion_mult, n, config.probe_interval))
         suspicion = Suspicion(m.node_id, s.incarnation, s.from_node, start=now,
                               k=confirmations_needed(config.suspicion_confirmations, n),
                               min_timeout=min_timeout,
@@ -238,6 +245,8 @@ class NewsApplier:
                 or m.incarnation != suspicion.incarnation):
             del self._suspicions[suspicion.node_id]
             return
+        if self._postpone(suspicion, now):
+            return
         if not suspicion.confirmed and not suspicion.checking and not self._left:
             # hearsay alone (no probe of anyone's accused it): as many rounds as at once
             hearsay = suspicion.hearsay and not suspicion.confirmers
@@ -247,6 +256,27 @@ class NewsApplier:
         self.counters.deaths_declared += 1
         self._apply_dead(m, Dead(node=m.node_id, incarnation=m.incarnation,
                                  from_node=self.node_id), now, out)
+
+    def _postpone(self, suspicion: Suspicion, now: float) -> bool:
+        """Give a running-out suspicion more time when its end is no evidence:
+
+        * during our start-up grace (our view has not settled), until the grace ends;
+        * when our own loop stalled in the last probe timeout before it ran out (the
+          refutation may be unread in our buffers), by one probe timeout, at most
+          ``stall_extensions`` times."""
+        config = self.config
+        if not self.settled(now):
+            wait = self._settle_at - now
+        elif (suspicion.postponed < config.stall_extensions and self._stalled_since(
+                suspicion.deadline() - self.awareness.scale(config.probe_timeout))):
+            wait = self.awareness.scale(config.probe_timeout)
+            suspicion.postponed += 1
+        else:
+            return False
+        suspicion.extra += now + wait - suspicion.deadline()
+        self.counters.suspicions_postponed += 1
+        self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, suspicion.node_id)
+        return True
 
     def _last_check_done(self, rnd: ProbeRound, acked: bool, now: float,
                          out: list[Output]) -> None:

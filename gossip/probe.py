@@ -65,8 +65,8 @@ class Relay:
 
 
 class ProbeRound:
-    __slots__ = ("ack_deadline", "end", "escalate", "expected_nacks", "final", "nacks",
-                 "relay", "seq", "stage", "start", "target")
+    __slots__ = ("ack_deadline", "end", "escalate", "expected_nacks", "extensions", "final",
+                 "nacks", "relay", "seq", "stage", "start", "step_start", "target")
 
     def __init__(self, target: bytes, seq: int, *, start: float, ack_deadline: float,
                  end: float, escalate: bool, relay: Relay | None = None) -> None:
@@ -83,6 +83,10 @@ class ProbeRound:
         """The last check of an unconfirmed suspicion: failure means DEAD, success means
         the suspicion starts over."""
         self.stage = Stage.DIRECT
+        self.step_start = start
+        """When the current stage's wait began (a stall of ours since then voids it)."""
+        self.extensions = 0
+        """Times a stage was extended because our own loop stalled during it."""
         self.expected_nacks = 0
         self.nacks = 0
 
@@ -114,6 +118,8 @@ class Prober:
     _relay_timeout: float
 
     if TYPE_CHECKING:  # provided by the other parts of the core
+        def _stalled_since(self, since: float) -> bool: ...
+        def settled(self, now: float) -> bool: ...
         def _next_seq(self) -> int: ...
         def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
                   now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()
@@ -151,12 +157,33 @@ class Prober:
             return (Dead(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id),)
         return ()
 
+    def _extend_for_stall(self, rnd: ProbeRound, now: float) -> bool:
+        """Our own loop stalled while this stage waited: the ack may be sitting unread in
+        our buffers, so the stage is no evidence. Wait once more (bounded)."""
+        config = self.config
+        if (rnd.extensions >= config.stall_extensions
+                or not self._stalled_since(rnd.step_start)):
+            return False
+        rnd.extensions += 1
+        rnd.step_start = now
+        self.counters.probes_stalled += 1
+        if rnd.stage is Stage.DIRECT:
+            rnd.ack_deadline = now + self.awareness.scale(config.probe_timeout)
+            rnd.end = rnd.ack_deadline + self.awareness.scale(config.indirect_timeout)
+        else:
+            rnd.end = now + self.awareness.scale(config.indirect_timeout)
+        self.timers.schedule(rnd.next_at, TimerKind.ROUND, rnd.target)
+        return True
+
     def _round_timer(self, rnd: ProbeRound, now: float, out: list[Output]) -> None:
+        if self._extend_for_stall(rnd, now):
+            return
         if rnd.stage is Stage.DIRECT:
             if rnd.relay is not None and not rnd.relay.answered:
                 rnd.relay.answered = True
                 self._send(rnd.relay.requester, Nack(seq=rnd.relay.requester_seq), now, out)
             rnd.stage = Stage.INDIRECT
+            rnd.step_start = now
             target = rnd.target
             relays = self.table.random_members(self.config.indirect_checks,
                                                (self.node_id, target))
@@ -179,6 +206,9 @@ class Prober:
             return
         m = self.table.get(rnd.target)
         if m is None or m.state.gone or self._left:
+            return
+        if not self.settled(now):  # our view and loop have not settled: accuse no one
+            self.counters.probes_unsettled += 1
             return
         suspect = Suspect(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id)
         self._apply_suspect(m, suspect, now, out)

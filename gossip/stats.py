@@ -14,12 +14,32 @@ from dataclasses import dataclass, fields
 
 
 class Counters:
-    __slots__ = ("broadcasts_sent", "deaths_declared", "dropped_bad_signature",
-                 "dropped_implausible", "dropped_misaddressed", "dropped_no_proof",
-                 "dropped_non_member", "dropped_stale_seq", "ignored_unknown", "indirect_probes",
-                 "messages_received", "messages_sent", "probe_hints", "probes_failed",
-                 "probes_started", "refutations", "resumes", "suspicions_started",
-                 "syncs_received", "syncs_started")
+    __slots__ = (
+        "broadcasts_sent",
+        "deaths_declared",
+        "dropped_bad_signature",
+        "dropped_implausible",
+        "dropped_misaddressed",
+        "dropped_no_proof",
+        "dropped_non_member",
+        "dropped_stale_seq",
+        "ignored_unknown",
+        "indirect_probes",
+        "loop_stalls",
+        "messages_received",
+        "messages_sent",
+        "probe_hints",
+        "probes_failed",
+        "probes_stalled",
+        "probes_started",
+        "probes_unsettled",
+        "refutations",
+        "resumes",
+        "suspicions_postponed",
+        "suspicions_started",
+        "syncs_received",
+        "syncs_started",
+    )
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -44,6 +64,15 @@ class GossipStatistics:
     syncs_started: int
     syncs_received: int
     resumes: int
+    loop_stalls: int
+    """Stalls of our own event loop (lag over ``stall_threshold``) reported or seen."""
+    probes_stalled: int
+    """Probe steps extended because our loop stalled during them (not the peer's fault)."""
+    probes_unsettled: int
+    """Failed probe rounds that accused no one (start-up grace)."""
+    suspicions_postponed: int
+    """Suspicions that ran out during (or just after) a stall of ours, or during the
+    start-up grace, and were given more time."""
     """Times this node found its timers firing late (it was frozen) and started over."""
     dropped_bad_signature: int
     dropped_implausible: int

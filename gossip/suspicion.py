@@ -17,8 +17,9 @@ from gossip.formulas import suspicion_deadline_offset
 
 
 class Suspicion:
-    __slots__ = ("accuser", "checking", "checks_left", "confirmers", "hearsay", "incarnation",
-                 "k", "max_timeout", "min_timeout", "node_id", "start")
+    __slots__ = ("accuser", "checking", "checks_left", "confirmers", "extra", "hearsay",
+                 "incarnation", "k", "max_timeout", "min_timeout", "node_id", "postponed",
+                 "start")
 
     def __init__(self, node_id: bytes, incarnation: int, accuser: bytes, *, start: float,
                  k: int, min_timeout: float, max_timeout: float) -> None:
@@ -37,18 +38,28 @@ class Suspicion:
         self.checks_left = 0
         """Failed rounds still needed before the last check declares the member dead."""
         self.hearsay = False
+        self.extra = 0.0
+        """Seconds added to the deadline because it ran out while the deciding node
+        could not judge (its own loop stalled, or it was still starting)."""
+        self.postponed = 0
+        """Times the deadline was pushed back for a stall of the deciding node."""
         """Started from a sync that held the member DEAD, not from a probe (see core)."""
 
     @property
     def confirmed(self) -> bool:
-        """Has it all ``k`` confirmations (strong evidence: no last check needed)?"""
-        return len(self.confirmers) >= self.k
+        """Has it all ``k`` confirmations (strong evidence: no last check needed)?
+
+        Never with ``k == 0`` (a mesh too small for anyone to confirm): one accuser's
+        word is weak evidence, and the suspicion ends with a last check."""
+        return self.k > 0 and len(self.confirmers) >= self.k
 
     def restart(self, now: float) -> None:
         """Start over (a last check found the member answering): full timeout again."""
         self.start = now
         self.checking = False
         self.checks_left = 0
+        self.extra = 0.0
+        self.postponed = 0
 
     @property
     def confirmations(self) -> int:
@@ -67,4 +78,4 @@ class Suspicion:
         """Absolute time at which the member is declared dead, unless refuted before."""
         offset = suspicion_deadline_offset(len(self.confirmers), self.k, self.min_timeout,
                                            self.max_timeout)
-        return self.start + offset
+        return self.start + offset + self.extra

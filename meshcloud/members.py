@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 JOIN_RETRY = 2.0
 """Seconds between attempts to join while no member answers (up to JOIN_RETRY_MAX)."""
 JOIN_RETRY_MAX = 30.0
+STARTUP_WAIT = 60.0
+"""Seconds the first join waits for the node's own start-up (services, API) to finish."""
 
 EVENT_KINDS = {MemberJoined: "member.joined", MemberUpdated: "member.updated",
                MemberSuspected: "member.suspect", MemberFailed: "member.failed",
@@ -78,7 +80,7 @@ class Members:
             node.transport, PRESETS[config.profile](),
             cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
             capacity=self.sample(), capacity_source=self.sample,
-            incarnation=self._saved_incarnation() + 1,
+            incarnation=self._saved_incarnation() + 1, watch_steps=True,
         )
         self.left = False
         self._saved = -1
@@ -177,8 +179,19 @@ class Members:
         addresses += node.bootstrap_addresses()
         return [a for a in dict.fromkeys(addresses) if a not in mine]
 
+    def loop_status(self) -> dict[str, Any]:
+        """The agent's event-loop lag and who held the loop (for ``/v1/status``)."""
+        return self.gossip.loop_status()
+
     async def _keep_joined(self) -> None:
-        """Join through any reachable member; try again, backing off, while alone."""
+        """Join through any reachable member; try again, backing off, while alone.
+
+        Not before the node has started its services and API: start-up work holds the
+        event loop, and a node that announced itself while it cannot answer probes gets
+        suspected (and, in a burst of starts, declared dead) by its new peers."""
+        with trio.move_on_after(STARTUP_WAIT):
+            while not self.node.api_urls:
+                await trio.sleep(0.05)
         delay = JOIN_RETRY
         while not self.left:
             if not self.alive_ids():

@@ -97,7 +97,8 @@ class Node:
         )
         self.transport = transport_factory(self.key, self.authenticator, config)
         datadir.ensure()
-        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster"),
+        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster",
+                                                           background_sync=True),
                                  view=self.alive_peer_ids, clock=self.clock)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
@@ -377,6 +378,7 @@ class Node:
             "peers": sorted((p.to_json() for p in self.peers.values()),
                             key=lambda p: (not p["connected"], p["id"])),
             "members": self.members_view(),
+            "loop": self.members.loop_status(),
             "versions": versions(),
             **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }

@@ -100,6 +100,11 @@ class StateDriver:
         self._subscribers: dict[str, list[trio.MemorySendChannel[StateChanged]]] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._flush_wanted = trio.Event()
+        self._flushed = trio.Event()
+        """Set (and replaced) after each flush: what :meth:`durable` waits on."""
+        self._flush_limiter = trio.CapacityLimiter(1)
+        """One flush at a time: it covers every commit before it."""
 
     # --- API for the node -----------------------------------------------------------------
 
@@ -171,6 +176,8 @@ class StateDriver:
             self._nursery = nursery
             nursery.start_soon(self._receive_datagrams, datagrams)
             nursery.start_soon(self._timer_loop)
+            if getattr(self.core.kv, "background_sync", False):
+                nursery.start_soon(self._flush_loop)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -194,6 +201,39 @@ class StateDriver:
                 self._publish(output)
         if outputs:
             self._wake.set()  # new work may move the core's deadline earlier
+        if getattr(self.core.kv, "pending", 0):
+            self._flush_wanted.set()
+
+    async def _flush_loop(self) -> None:
+        """Background sync: flush pending commits to disk in a worker thread, so the
+        event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`)."""
+        kv = self.core.kv
+        while True:
+            with trio.move_on_after(1.0):  # also a commit no output announced
+                await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            if kv.pending:  # type: ignore[attr-defined]
+                try:
+                    await trio.to_thread.run_sync(kv.flush,  # type: ignore[attr-defined]
+                                                  limiter=self._flush_limiter)
+                except MeshError as exc:
+                    log.warning("state store flush failed: %s", exc)
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    async def durable(self) -> None:
+        """Return once every commit made so far is on disk: what a node awaits before it
+        *acknowledges* a write to another node (a group commit: one fdatasync in a worker
+        thread covers every write waiting, and the event loop never waits for the disk).
+        At once when the store syncs each commit itself."""
+        kv = self.core.kv
+        if not getattr(kv, "background_sync", False) or self._nursery is None:
+            return
+        target = kv.committed  # type: ignore[attr-defined]
+        while kv.synced < target:  # type: ignore[attr-defined]
+            flushed = self._flushed
+            self._flush_wanted.set()
+            await flushed.wait()
 
     def _publish(self, change: Change) -> None:
         channels = self._subscribers.get(change.table)

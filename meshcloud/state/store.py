@@ -10,9 +10,16 @@ are committed together or not at all.
   last committed state. We open with ``metasync=False``: integrity is kept, and a power
   cut may undo the very last commit (state is replicated: anti-entropy brings it back).
   Each commit still costs one fdatasync (~270 commits/s on the dev VM, far fewer on an
-  SD card), run on the trio thread: ``durable=False`` skips it (LMDB keeps integrity on
+  SD card): ``durable=False`` skips it (LMDB keeps integrity on
   file systems that preserve write order, but a power cut may lose recent commits) for
   nodes where flash is slow and peers hold copies anyway.
+* **Background sync** (``background_sync=True``, what agents use): commits do not wait
+  for the disk; the state driver flushes them (:meth:`LmdbKv.flush`, one fdatasync for
+  every commit since the last) in a worker thread as soon as one is pending. An fsync'd
+  commit on the trio thread waited behind the shard store's writes for up to hundreds of
+  milliseconds under load, and a starved event loop misses its gossip deadlines (issue
+  12). A power cut may undo the commits of the last flush window (milliseconds); the
+  state is replicated, and anti-entropy brings them back.
 * **Map size**: LMDB needs the largest size up front. We start at ``map_size`` (64 MiB,
   a sparse file: no disk used until written) and double it when a write does not fit,
   up to ``max_map_size`` (8 GiB on 64-bit hosts, 1 GiB on 32-bit ones, where address
@@ -54,13 +61,21 @@ class LmdbKv:
     """A :class:`~.kv.Kv` on an LMDB environment in directory ``path``."""
 
     def __init__(self, path: Path | str, *, map_size: int = DEFAULT_MAP_SIZE,
-                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, durable: bool = True) -> None:
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, durable: bool = True,
+                 background_sync: bool = False) -> None:
         self.path = Path(path)
+        self.background_sync = durable and background_sync
+        self.committed = 0
+        """Commits so far (background sync only; only the writing thread counts them)."""
+        self.synced = 0
+        """Commits known flushed (only :meth:`flush` moves it)."""
+        self.flushes = 0
         self.max_map_size = max(max_map_size, map_size)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=MAX_DBS,
-                                 subdir=True, metasync=False, sync=durable, readahead=False,
+                                 subdir=True, metasync=False,
+                                 sync=durable and not self.background_sync, readahead=False,
                                  mode=0o600, max_spare_txns=4)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open state store {self.path}: {exc}") from None
@@ -72,7 +87,27 @@ class LmdbKv:
         return int(self.env.info()["map_size"])
 
     def close(self) -> None:
+        if self.pending:
+            self.flush()
         self.env.close()
+
+    def flush(self) -> None:
+        """Make every commit so far durable (one fdatasync). Blocking: with background
+        sync, the state driver calls it in a worker thread; safe beside new commits."""
+        upto = self.committed
+        if upto == self.synced:
+            return
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            raise StoreError(f"state store sync failed: {exc}") from None
+        self.synced = upto
+        self.flushes += 1
+
+    @property
+    def pending(self) -> int:
+        """Commits not yet flushed to disk (background sync only)."""
+        return self.committed - self.synced
 
     def __enter__(self) -> LmdbKv:
         return self
@@ -112,6 +147,8 @@ class LmdbKv:
             txn.abort()
             raise
         txn.commit()
+        if self.background_sync:
+            self.committed += 1
         return result
 
     def _with_growth(self, attempt: Callable[[], R]) -> R:

@@ -33,7 +33,8 @@ def test_suspicion_timeout(mult, n, interval, expected):
 
 
 @pytest.mark.parametrize(("k", "n", "expected"), [
-    (3, 0, 0), (3, 2, 0), (3, 4, 0), (3, 5, 3), (3, 1000, 3), (0, 1000, 0), (1, 3, 1),
+    (3, 0, 0), (3, 2, 0), (3, 3, 1), (3, 4, 2), (3, 5, 3), (3, 1000, 3), (0, 1000, 0),
+    (1, 3, 1),
 ])
 def test_confirmations_needed(k, n, expected):
     assert confirmations_needed(k, n) == expected

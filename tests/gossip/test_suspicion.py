@@ -34,9 +34,11 @@ def test_distinct_confirmations_shrink_the_timeout_to_min():
     assert s.deadline() == 12.0
 
 
-def test_zero_k_means_min_at_once():
+def test_zero_k_means_min_at_once_but_never_confirmed():
+    # nobody else can confirm (two nodes): the minimum applies, then a last check decides
     s = make(k=0)
-    assert s.confirmed and s.deadline() == 12.0
+    assert not s.confirmed and s.deadline() == 12.0
+    assert not s.confirm(b"other") or not s.confirmed
 
 
 def test_restart_gives_a_full_timeout_again():

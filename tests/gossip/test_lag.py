@@ -1,0 +1,222 @@
+"""Our own event-loop lag is no evidence against a peer (issue 12 §1).
+
+Core tests drive SwimCores by hand (``on_loop_lag`` is the driver's measure, an input);
+the driver test holds the loop under the autojump clock and checks that it is measured.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gossip.lag import BUCKETS_MS, LagHistogram
+from gossip.member import MemberState
+from gossip.messages import Ack, Ping, PingReq, PushPull, Suspect
+from tests.gossip.helpers import CONFIG, sent
+from tests.gossip.test_core import first_probe, meshed
+
+SUSPECT = MemberState.SUSPECT
+DEAD = MemberState.DEAD
+ALIVE = MemberState.ALIVE
+STALL = CONFIG.stall_threshold + 0.2
+
+
+# --- the histogram -----------------------------------------------------------------------
+
+
+@given(st.lists(st.floats(min_value=-1.0, max_value=20.0), max_size=50))
+def test_histogram_counts_every_sample_once_and_keeps_the_max(lags):
+    h = LagHistogram()
+    stalls = sum(h.record(lag) for lag in lags)
+    snap = h.snapshot()
+    assert sum(snap["histogram_ms"].values()) == len(lags) == snap["samples"]
+    assert snap["stalls"] == stalls == sum(1 for lag in lags if lag > 0.1)
+    assert snap["max_ms"] == pytest.approx(max([0.0, *lags]) * 1000, abs=0.1)
+
+
+def test_histogram_buckets():
+    h = LagHistogram()
+    for lag in (0.0005, 0.03, 0.15, 7.0):
+        h.record(lag)
+    counts = h.snapshot()["histogram_ms"]
+    assert counts["<=1"] == 1 and counts["<=50"] == 1 and counts["<=200"] == 1
+    assert counts[f">{BUCKETS_MS[-1]:g}"] == 1
+
+
+# --- probe rounds ------------------------------------------------------------------------
+
+
+def test_a_probe_whose_wait_saw_our_stall_is_extended_and_then_acked():
+    cores, wire = meshed(5)
+    a = cores[0]
+    target, outputs = first_probe(a, wire)
+    wire.drop = lambda src, dst, msg: src == target  # the ack sits "unread"
+    wire.run(a.node_id, outputs)
+    wire.now += CONFIG.probe_timeout
+    a.on_loop_lag(STALL, wire.now)  # we were held while the ack waited for us
+    out = a.on_timer(wire.now)
+    assert not sent(out, PingReq)  # no relays asked: this wait proved nothing
+    assert a.statistics().probes_stalled == 1 and a.statistics().loop_stalls == 1
+    seq = sent(wire.outputs_of(a.node_id), Ping, to=target)[0].seq
+    a.on_message(target, Ack(seq=seq), wire.now + 0.01)  # we read it at last
+    wire.drop = lambda src, dst, msg: False
+    wire.advance(wire.now + 2.0)
+    assert a.state_of(target) is ALIVE
+    assert a.statistics().probes_failed == 0 and a.statistics().suspicions_started == 0
+
+
+def test_without_a_stall_the_same_wait_asks_relays():
+    cores, wire = meshed(5)
+    a = cores[0]
+    target, outputs = first_probe(a, wire)
+    wire.drop = lambda src, dst, msg: src == target
+    wire.run(a.node_id, outputs)
+    wire.now += CONFIG.probe_timeout
+    a.on_loop_lag(CONFIG.stall_threshold / 2, wire.now)  # ordinary jitter
+    assert len(sent(a.on_timer(wire.now), PingReq)) == CONFIG.indirect_checks
+    assert a.statistics().probes_stalled == 0 and a.statistics().loop_stalls == 0
+
+
+def test_stall_extensions_are_bounded_so_a_crash_is_still_found():
+    cores, wire = meshed(5)
+    a = cores[0]
+    target, outputs = first_probe(a, wire)
+    wire.drop = lambda src, dst, msg: dst == target or src == target  # it crashed
+    wire.run(a.node_id, outputs)
+    for _ in range(20):  # stalled before every deadline
+        due = a.next_deadline()
+        assert due is not None
+        wire.now = due
+        a.on_loop_lag(STALL, wire.now)
+        wire.run(a.node_id, a.on_timer(wire.now))
+        if a.state_of(target) is not ALIVE:
+            break
+    assert a.state_of(target) is SUSPECT
+    assert a.statistics().probes_stalled <= 2 * CONFIG.stall_extensions
+
+
+def test_lag_raises_the_health_score_at_most_to_its_cap_and_once_per_interval():
+    cores, _wire = meshed(3)
+    a = cores[0]
+    for i in range(10):
+        a.on_loop_lag(STALL, 0.01 * i)  # ten stalls within one interval
+    assert a.awareness.score == 1
+    for i in range(1, 10):
+        a.on_loop_lag(STALL, i * CONFIG.probe_interval)
+    assert a.awareness.score == CONFIG.lag_health_cap
+
+
+# --- suspicions --------------------------------------------------------------------------
+
+
+def suspect_from(cores, wire, accuser, accused):
+    a = cores[0]
+    s = Suspect(node=accused.node_id, incarnation=0, from_node=accuser.node_id)
+    wire.run(accuser.node_id, a.on_message(accuser.node_id, s, wire.now))
+    return a._suspicions[accused.node_id]
+
+
+def test_a_suspicion_running_out_during_our_stall_is_postponed():
+    cores, wire = meshed(6)
+    a, b, c = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: True  # nothing moves: only a's timers matter
+    suspicion = suspect_from(cores, wire, b, c)
+    for node in cores[3:6]:  # confirmed: it would die without a last check
+        suspect_from(cores, wire, node, c)
+    assert suspicion.confirmed
+    deadline = suspicion.deadline()
+    a.on_loop_lag(STALL, deadline - 0.01)
+    wire.now = deadline
+    a.on_timer(deadline)
+    assert a.state_of(c.node_id) is SUSPECT  # not dead: the refutation may be unread
+    assert a.statistics().suspicions_postponed == 1
+    assert suspicion.deadline() == pytest.approx(deadline + a.awareness.scale(CONFIG.probe_timeout))
+    # and with no stall since, the confirmed suspicion ends as before
+    wire.now = suspicion.deadline()
+    a.on_timer(wire.now)
+    assert a.state_of(c.node_id) is DEAD
+
+
+def test_a_suspicion_in_a_three_node_mesh_needs_the_other_nodes_word():
+    # Before: nobody could reach k = 3, so k fell to 0 and one accuser's word killed the
+    # member at the minimum timeout (0.25 s), before its refutation could come back.
+    cores, wire = meshed(3)
+    a, b, c = cores
+    wire.drop = lambda src, dst, msg: True
+    suspicion = suspect_from(cores, wire, b, c)
+    assert suspicion.k == 1 and not suspicion.confirmed
+    wire.now = suspicion.min_timeout + 0.01
+    a.on_timer(wire.now)
+    assert a.state_of(c.node_id) is SUSPECT
+    wire.drop = lambda src, dst, msg: False  # c answers a's own last check
+    wire.advance(suspicion.max_timeout + 2.0)
+    assert a.state_of(c.node_id) is ALIVE or a.state_of(c.node_id) is SUSPECT
+    assert a.statistics().deaths_declared == 0
+
+
+# --- start-up ----------------------------------------------------------------------------
+
+
+def test_no_accusation_during_the_grace_after_a_join():
+    cores, wire = meshed(4)
+    a = cores[0]
+    b = cores[1]
+    a.join([b.node_id], 0.0)
+    a.on_push_pull_reply(b.node_id, PushPull(join=False, entries=b._local_state()), 0.0)
+    assert not a.settled(CONFIG.startup_grace - 0.01) and a.settled(CONFIG.startup_grace)
+    target, outputs = first_probe(a, wire)
+    assert wire.now < CONFIG.startup_grace
+    wire.drop = lambda src, dst, msg: dst == target or src == target
+    wire.run(a.node_id, outputs)
+    wire.advance(wire.now + CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
+    assert a.state_of(target) is ALIVE  # our own failed round accused no one
+    assert a.statistics().probes_unsettled == 1
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+async def test_the_driver_measures_a_held_loop(autojump_clock):
+    from gossip.driver import GossipDriver
+    from gossip.hooks import cert_hooks
+    from meshcloud.testing import TestMesh
+    from meshcloud.transport.memory import MemoryNetwork
+
+    mesh = TestMesh.with_members(1)
+    member = mesh.members[0]
+    network = MemoryNetwork()
+    transport = network.add(member.key, member.authenticator)
+    driver = GossipDriver(transport, CONFIG, cert_hooks(member.key, member.cert,
+                                                        mesh.root.public, member.records),
+                          rng=random.Random(1), watch_steps=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await nursery.start(driver.run)
+        await trio.sleep(1.0)
+        assert driver.lag.max_s < CONFIG.stall_threshold
+        autojump_clock.jump(0.4)  # this task holds the loop for 0.4 s without yielding
+        await trio.sleep(0.2)
+        status = driver.loop_status()
+        assert 0.3 <= driver.lag.max_s <= 0.5 and status["stalls"] >= 1
+        assert driver.statistics().core.loop_stalls >= 1
+        assert status["health_score"] >= 1
+        nursery.cancel_scope.cancel()
+
+
+def test_a_lagging_node_gives_suspicions_more_time():
+    cores, wire = meshed(6)
+    a, b, c = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: True
+    calm = suspect_from(cores, wire, b, c).min_timeout
+    d = cores[3]
+    for i in range(3):
+        a.on_loop_lag(STALL, i * CONFIG.probe_interval)
+    assert a.awareness.score == CONFIG.lag_health_cap
+    busy = suspect_from(cores, wire, b, d)
+    assert busy.min_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1))
+    assert busy.max_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1)
+                                             * CONFIG.suspicion_max_timeout_mult)

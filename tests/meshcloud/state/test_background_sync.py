@@ -1,0 +1,103 @@
+"""Background sync: commits do not wait for the disk on the event loop; the driver
+flushes them in a worker thread (issue 12: an fsync'd commit starved gossip)."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from meshcloud.state.config import local
+from meshcloud.state.driver import StateDriver
+from meshcloud.state.store import LmdbKv
+from meshcloud.state.tables import CLUSTER_TABLES, WorkloadRecord
+from meshcloud.testing import TestMesh, TrioClock
+from meshcloud.transport.memory import MemoryNetwork
+
+
+def test_commits_are_pending_until_flushed_and_survive_a_reopen(tmp_path):
+    kv = LmdbKv(tmp_path / "s", background_sync=True)
+    kv.ensure("t")  # a commit too
+    kv.transact(lambda txn: txn.put("t", b"k", b"v"))
+    kv.transact(lambda txn: txn.put("t", b"k2", b"v2"))
+    assert kv.pending == 3 and kv.flushes == 0
+    kv.flush()
+    assert kv.pending == 0 and kv.flushes == 1
+    kv.flush()  # nothing pending: no second fdatasync
+    assert kv.flushes == 1
+    kv.transact(lambda txn: txn.put("t", b"k3", b"v3"))
+    kv.close()  # closing flushes what is pending
+    again = LmdbKv(tmp_path / "s")
+    again.ensure("t")
+    assert again.read(lambda txn: [txn.get("t", k) for k in (b"k", b"k2", b"k3")]) == [
+        b"v", b"v2", b"v3"]
+    again.close()
+
+
+def test_a_store_that_syncs_each_commit_has_nothing_pending(tmp_path):
+    kv = LmdbKv(tmp_path / "s")
+    kv.ensure("t")
+    kv.transact(lambda txn: txn.put("t", b"k", b"v"))
+    assert kv.pending == 0 and not kv.background_sync
+    kv.close()
+
+
+async def test_the_driver_flushes_a_put_in_a_worker_thread(tmp_path, nursery):
+    mesh = TestMesh.with_members(1)
+    member = mesh.members[0]
+    transport = MemoryNetwork().add(member.key, member.authenticator)
+    await nursery.start(transport.run)
+    kv = LmdbKv(tmp_path / "s", background_sync=True)
+    driver = StateDriver(transport, kv, lambda: [], config=local(), rng=random.Random(1),
+                         clock=TrioClock())
+    for schema in CLUSTER_TABLES:
+        driver.open_table(schema)
+    await nursery.start(driver.run)
+    before = kv.flushes
+    driver.put("workloads", "app", WorkloadRecord(kind="service"))
+    assert kv.pending >= 1  # put returned before any fdatasync
+    with trio.fail_after(30):
+        while kv.pending:
+            await trio.sleep(0.01)
+    assert kv.flushes > before
+    assert driver.get("workloads", "app") == WorkloadRecord(kind="service")
+
+
+async def test_durable_returns_only_once_every_earlier_commit_is_on_disk(tmp_path, nursery):
+    """What a holder awaits before it acknowledges an index write: a write acknowledged to
+    another node must survive a power cut of this one."""
+    import threading
+
+    mesh = TestMesh.with_members(1)
+    member = mesh.members[0]
+    transport = MemoryNetwork().add(member.key, member.authenticator)
+    await nursery.start(transport.run)
+    kv = LmdbKv(tmp_path / "s", background_sync=True)
+    driver = StateDriver(transport, kv, lambda: [], config=local(), rng=random.Random(1),
+                         clock=TrioClock())
+    for schema in CLUSTER_TABLES:
+        driver.open_table(schema)
+    await nursery.start(driver.run)
+    gate = threading.Event()
+    real_flush = kv.flush
+
+    def slow_flush() -> None:  # a disk that takes its time
+        gate.wait(10)
+        real_flush()
+
+    kv.flush = slow_flush  # type: ignore[method-assign]
+    driver.put("workloads", "app", WorkloadRecord(kind="service"))
+    waited = trio.Event()
+
+    async def ack() -> None:
+        await driver.durable()
+        waited.set()
+
+    nursery.start_soon(ack)
+    with trio.move_on_after(0.3):
+        await waited.wait()
+    assert not waited.is_set() and kv.pending >= 1  # still waiting for the disk
+    gate.set()
+    with trio.fail_after(10):
+        await waited.wait()
+    assert kv.pending == 0
