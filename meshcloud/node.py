@@ -378,6 +378,8 @@ class Node:
                             key=lambda p: (not p["connected"], p["id"])),
             "members": self.members_view(),
             "versions": versions(),
+            **({"transport": self.transport.statistics()}
+               if hasattr(self.transport, "statistics") else {}),
             **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }
 

@@ -119,6 +119,7 @@ class TcpStream:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
+        conn.usage.sent(self.protocol, len(data))
         try:
             view = memoryview(data)
             mux = conn.mux
@@ -231,6 +232,7 @@ class TcpStream:
         self._writable.unpark_all()
 
     def _on_message(self, data: bytes) -> None:
+        self._conn.usage.received(self.protocol, len(data))
         self._inbox.append(data)
         self._readable.unpark_all()
 
@@ -253,6 +255,7 @@ class Connection:
                  serial: int, first: bytes = b"") -> None:
         self.transport = transport
         self.counters = transport.counters
+        self.usage = transport.usage
         self.sock = sock
         self.channel = channel
         self.peer = peer
@@ -307,12 +310,14 @@ class Connection:
         stream_id = self.mux.open_stream(protocol)
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=False)
         self.streams[stream_id] = stream
+        self.usage.opened(protocol)
         self._activate()
         return stream
 
     def send_datagram(self, protocol: str, data: bytes | bytearray | memoryview) -> bool:
         if self.lost or not self.mux.send_datagram(protocol, data):
             return False
+        self.usage.sent(protocol, len(data))
         self.last_used = trio.current_time()
         self.schedule_flush()
         return True
@@ -521,6 +526,7 @@ class Connection:
             elif kind is DatagramReceived:
                 if self.peer.joining and event.protocol not in JOIN_PROTOCOLS:
                     continue
+                self.usage.received(event.protocol, len(event.data))
                 self.transport.registry.deliver_datagram(self.peer.node_id, event.protocol,
                                                          event.data)
             elif kind is GoAwayReceived:
@@ -539,6 +545,7 @@ class Connection:
             return
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=True)
         self.streams[stream_id] = stream
+        self.usage.opened(protocol)
         self._timer_lot.unpark_all()  # the core watches now: the timer must look again
         transport._spawn_handler(handler, stream)
 

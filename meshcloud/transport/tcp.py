@@ -40,6 +40,7 @@ Keys are never logged; peers appear in logs as short node ids.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -75,6 +76,7 @@ from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
 from meshcloud.transport.sockets import bind, connect, run_handshake, tune
+from meshcloud.transport.usage import UsageTable
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +212,8 @@ class TcpTransport:
             silent_per_source=min(config.max_silent_per_source, config.max_silent))
         self._slot_tasks: dict[int, tuple[trio.CancelScope, socket.socket]] = {}
         self.counters = TransportCounters()
+        self.usage = UsageTable()
+        """Streams and message bytes by protocol (what each service costs on the wire)."""
         mux = config.mux
         self.buffer_budget = BufferBudget(
             config.max_buffered,
@@ -525,6 +529,13 @@ class TcpTransport:
         self._flush_queued(peer.node_id)
         self._evict_over_cap(keep=conn)
         return conn
+
+    def statistics(self) -> dict[str, object]:
+        """Connections, counters and per-protocol usage, for ``status`` (JSON-ready)."""
+        return {"connections": self.connection_count,
+                "connected_peers": len(self._connections),
+                "counters": dataclasses.asdict(self.counters),
+                "protocols": self.usage.to_json()}
 
     @property
     def connection_count(self) -> int:

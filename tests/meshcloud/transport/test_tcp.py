@@ -489,6 +489,11 @@ async def test_counters_count_bytes_and_packets_both_ways(nursery):
     # handshake (two messages from the dialer) and the request
     assert a.counters.packets_sent >= 3 and b.counters.packets_received >= 3
     assert a.counters.connections_opened == b.counters.connections_opened == 1
+    echo_usage = a.usage.by_protocol[ECHO]
+    assert (echo_usage.streams_opened, echo_usage.bytes_sent, echo_usage.bytes_received) == (
+        1, 10_000, 10_000)
+    assert b.usage.by_protocol[ECHO].bytes_received == 10_000
+    assert a.statistics()["protocols"][ECHO]["messages_sent"] == 1
 
 
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
