@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sim.agents import Agent, LocalCluster, wait_until
+from sim.agents import Agent, LocalCluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -88,10 +88,22 @@ def alive_ids(agent: Agent) -> set[str]:
     return {m["id"] for m in agent.get("/v1/members") if m["state"] == "alive"}
 
 
-def converge(cluster: LocalCluster, timeout: float) -> None:
+def converge(cluster: LocalCluster, timeout: float) -> float:
+    """Wait until every agent lists every agent alive; prints progress every 10 s."""
     ids = {a.node_id for a in cluster.agents}
-    wait_until(lambda: all(alive_ids(a) == ids for a in cluster.agents), timeout,
-               interval=0.5, message=f"{len(ids)} agents converge")
+    started = last = time.monotonic()
+    while True:
+        seen = [len(alive_ids(a) & ids) for a in cluster.agents]
+        if min(seen) == len(ids):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{len(ids)} agents did not converge within {timeout:.0f} s: "
+                               f"alive counts {sorted(seen)}")
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            print(f"     converging: alive counts min {min(seen)} median "
+                  f"{statistics.median(seen)} of {len(ids)}", flush=True)
+        time.sleep(0.5)
 
 
 def snapshot(agents: list[Agent]) -> list[dict[str, Any]]:
@@ -179,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             cluster = build(Path(tmp), n)
             try:
-                converge(cluster, 60 + 2 * n)
+                converge(cluster, 120 + 4 * n)
                 time.sleep(args.settle)
                 result = measure(cluster, seconds)
                 if n == args.detect_at:

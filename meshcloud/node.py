@@ -56,7 +56,8 @@ def tcp_transport(key: SigningKey, authenticator: MeshAuthenticator,
     from meshcloud.transport.tcp import TcpConfig, TcpTransport
 
     base = TcpConfig.phone() if config.profile == "phone" else TcpConfig.lan()
-    tcp_config = dataclasses.replace(base, agent_version=meshcloud.__version__)
+    tcp_config = dataclasses.replace(base, agent_version=meshcloud.__version__,
+                                     max_connections=config.max_connections)
     return TcpTransport(key, authenticator, listen=config.listen, config=tcp_config)
 
 

@@ -612,3 +612,21 @@ def test_source_address_rule():
     assert source_for(["[::1]:7946"], "127.0.0.12") is None
     assert source_for(["[::1]:7946"], "::1") is None  # the kernel's own choice
     assert source_for(["127.0.0.1:7946"], "127.0.0.12") is None
+
+
+def test_node_config_sets_the_connection_cap(tmp_path):
+    from meshcloud.config import load_config
+    from meshcloud.errors import ConfigError
+    from meshcloud.node import tcp_transport
+
+    member = TestMesh.with_members(1).members[0]
+    path = tmp_path / "config.toml"
+    path.write_text("max_connections = 5\n")
+    transport = tcp_transport(member.key, member.authenticator, load_config(path))
+    assert transport.config.max_connections == 5
+    assert TcpConfig().max_connections == 24 and TcpConfig().idle_timeout == 30.0
+    path.write_text("max_connections = 0\n")
+    with pytest.raises(ConfigError, match="max_connections"):
+        load_config(path)
+    with pytest.raises(ValueError):
+        TcpConfig(idle_timeout=0)
