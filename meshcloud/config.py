@@ -54,7 +54,7 @@ class NodeConfig:
 
     log_level: str = "info"
 
-    max_connections: int = 24
+    max_connections: int = 64
     """Peer connections kept open; beyond, idle ones are closed (least recently used
     first) and dialled again when needed. Memory and idle traffic grow with it."""
 

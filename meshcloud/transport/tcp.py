@@ -128,14 +128,20 @@ class TcpConfig:
     reads them (each connection also has ``mux.max_buffered``); beyond it sockets are
     not read. See :mod:`~meshcloud.transport.buffers`."""
 
-    max_connections: int = 24
+    max_connections: int = 64
     """Connections this node keeps; beyond, idle ones (no open stream) are retired
     gracefully, the least recently used first (a connection carrying streams is never
-    cut, so the count may pass this while they last). Peers are dialled again on demand."""
+    cut, so the count may pass this while they last). Peers are dialled again on demand.
+    An idle connection costs no traffic (no keepalive without streams), only memory; a
+    miss costs a handshake, and membership gossips to random members several times a
+    second, so a cap well below the mesh size trades a little memory for constant
+    redials (measured in docs/benchmarks.md, "idle")."""
 
-    idle_timeout: float | None = 30.0
+    idle_timeout: float | None = 120.0
     """Seconds without a stream and without any traffic after which a connection is
-    retired gracefully (GOAWAY both ways, then closed); ``None`` keeps it open."""
+    retired gracefully (GOAWAY both ways, then closed); ``None`` keeps it open. Longer
+    than a membership probe cycle (each member is probed about once per N seconds), so
+    only connections to members that left or stay unused are reaped."""
 
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""

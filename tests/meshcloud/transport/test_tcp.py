@@ -624,7 +624,7 @@ def test_node_config_sets_the_connection_cap(tmp_path):
     path.write_text("max_connections = 5\n")
     transport = tcp_transport(member.key, member.authenticator, load_config(path))
     assert transport.config.max_connections == 5
-    assert TcpConfig().max_connections == 24 and TcpConfig().idle_timeout == 30.0
+    assert TcpConfig().max_connections == 64 and TcpConfig().idle_timeout == 120.0
     path.write_text("max_connections = 0\n")
     with pytest.raises(ConfigError, match="max_connections"):
         load_config(path)
