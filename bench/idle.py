@@ -74,7 +74,8 @@ def build(root: Path, n: int) -> LocalCluster:
         def join(item: tuple[Agent, str]) -> None:
             agent, token = item
             agent.cli("join", token, *agent.node_flags(), timeout=120)
-            agent.start()
+            agent.start(wait=False)
+            agent.wait_ready(timeout=180)  # 60 agents starting on 2 shared cores
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(join, pending))
