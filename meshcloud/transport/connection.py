@@ -372,6 +372,8 @@ class Connection:
 
     def release(self, stream: TcpStream) -> None:
         self.streams.pop(stream.stream_id, None)
+        if not self.streams:
+            self._timer_lot.unpark_all()  # idle now: the timer sets the idle deadline
         self._close_if_drained()
 
     def release_if_done(self, stream: TcpStream) -> None:
