@@ -86,7 +86,13 @@ def build(root: Path, n: int) -> LocalCluster:
 
 
 def alive_ids(agent: Agent) -> set[str]:
-    return {m["id"] for m in agent.get("/v1/members") if m["state"] == "alive"}
+    """Members ``agent`` lists alive (none while its API does not answer)."""
+    if not agent.running:
+        raise RuntimeError(f"{agent.name} exited:\n{agent.console_tail()}")
+    try:
+        return {m["id"] for m in agent.get("/v1/members") if m["state"] == "alive"}
+    except OSError:  # busy starting on a loaded machine: ask again later
+        return set()
 
 
 def converge(cluster: LocalCluster, timeout: float) -> float:
