@@ -66,13 +66,10 @@ def build(root: Path, n: int) -> LocalCluster:
     cluster = LocalCluster(root)
     try:
         first = cluster.init_first()
-        pending = []
-        for _ in range(n - 1):
-            token = cluster.invite(first)
-            pending.append((cluster.new_agent(), token))
+        pending = [cluster.new_agent() for _ in range(n - 1)]
 
-        def join(item: tuple[Agent, str]) -> None:
-            agent, token = item
+        def join(agent: Agent) -> None:
+            token = cluster.invite(first, ttl="30m")  # made when used: a slow build outlives 10 min
             agent.cli("join", token, *agent.node_flags(), timeout=120)
             agent.start(wait=False)
             agent.wait_ready(timeout=180)  # 60 agents starting on 2 shared cores
