@@ -314,6 +314,7 @@ class Node:
                 if member["state"] != "dead":
                     continue
                 node_id = bytes.fromhex(member["id"])
+                fresh = None  # stays None if the look-up times out
                 try:
                     with trio.move_on_after(10):
                         fresh = await self.dht.find_peer(node_id)
