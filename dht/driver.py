@@ -193,8 +193,8 @@ class DhtDriver:
         if self._nursery is None:
             raise DhtError("the DHT driver is not running")
         outputs = start(*args, trio.current_time())
-        started = outputs[0]
-        assert type(started) is LookupStarted
+        # bootstrap puts its seeds in the table first: a full bucket's ping may come first
+        started = next(out for out in outputs if type(out) is LookupStarted)
         waiter = self._waiters[started.lookup_id] = _Waiter()
         try:
             self._perform(outputs)

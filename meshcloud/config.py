@@ -54,7 +54,13 @@ class NodeConfig:
 
     log_level: str = "info"
 
+    max_connections: int = 64
+    """Peer connections kept open; beyond, idle ones are closed (least recently used
+    first) and dialled again when needed. Memory and idle traffic grow with it."""
+
     def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ConfigError("max_connections: must be at least 1")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
         for address in [*self.listen, *self.advertise, self.api, self.s3]:

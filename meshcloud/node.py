@@ -56,7 +56,8 @@ def tcp_transport(key: SigningKey, authenticator: MeshAuthenticator,
     from meshcloud.transport.tcp import TcpConfig, TcpTransport
 
     base = TcpConfig.phone() if config.profile == "phone" else TcpConfig.lan()
-    tcp_config = dataclasses.replace(base, agent_version=meshcloud.__version__)
+    tcp_config = dataclasses.replace(base, agent_version=meshcloud.__version__,
+                                     max_connections=config.max_connections)
     return TcpTransport(key, authenticator, listen=config.listen, config=tcp_config)
 
 
@@ -314,6 +315,7 @@ class Node:
                 if member["state"] != "dead":
                     continue
                 node_id = bytes.fromhex(member["id"])
+                fresh = None  # stays None if the look-up times out
                 try:
                     with trio.move_on_after(10):
                         fresh = await self.dht.find_peer(node_id)
@@ -380,6 +382,8 @@ class Node:
             "members": self.members_view(),
             "loop": self.members.loop_status(),
             "versions": versions(),
+            **({"transport": self.transport.statistics()}
+               if hasattr(self.transport, "statistics") else {}),
             **{s.name: s.status() for s in self.services if hasattr(s, "status")},
         }
 

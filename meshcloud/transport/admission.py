@@ -151,3 +151,18 @@ class TransportCounters:
     buffer_resets: int = 0
     """Streams reset because their connection was wedged at its buffer limit while a
     reader waited (see ``MuxCore.relieve``): should stay 0 outside of abuse."""
+    bytes_sent: int = 0
+    """Bytes written to peer sockets (handshakes included)."""
+    bytes_received: int = 0
+    """Bytes read from peer sockets (handshakes included)."""
+    packets_sent: int = 0
+    """Noise messages written (each a batch of frames; handshake messages included)."""
+    packets_received: int = 0
+    """Noise messages read (handshake messages included)."""
+    connections_opened: int = 0
+    """Connections established, either way."""
+    idle_closes: int = 0
+    """Connections retired after ``idle_timeout`` without a stream or any traffic."""
+    evictions: int = 0
+    """Idle connections retired, least recently used first, to stay within
+    ``max_connections``."""

@@ -9,7 +9,10 @@ A :class:`Connection` owns a non-blocking stdlib socket and three tasks:
   (so small writes made meanwhile coalesce into one encrypted write), encrypts it and
   sends it; while the socket is full, new frames wait in the core (and datagrams beyond its
   backlog are dropped);
-* the **timer** sleeps until the core's keepalive deadline and runs ``on_timer``.
+* the **timer** sleeps until the core's keepalive deadline and runs ``on_timer``; on a
+  connection without streams (no keepalive) it sleeps until the idle deadline instead:
+  no stream and no traffic for ``idle_timeout`` seconds, and the connection is retired
+  gracefully (GOAWAY both ways, then closed; see :meth:`TcpTransport._on_idle`).
 
 The socket is driven with ``trio.lowlevel.wait_readable``/``wait_writable`` and direct
 ``recv``/``send`` calls: one syscall per read or write, no extra buffering layer.
@@ -23,6 +26,7 @@ messages that had already arrived); a peer's RESET gives :class:`StreamReset`; a
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections import deque
 from typing import TYPE_CHECKING
@@ -46,6 +50,7 @@ from meshcloud.transport.mux import (
     MuxConfig,
     MuxCore,
     MuxEvent,
+    MuxState,
     StreamAborted,
     StreamEnded,
     StreamOpened,
@@ -114,6 +119,7 @@ class TcpStream:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
+        conn.usage.sent(self.protocol, len(data))
         try:
             view = memoryview(data)
             mux = conn.mux
@@ -226,6 +232,7 @@ class TcpStream:
         self._writable.unpark_all()
 
     def _on_message(self, data: bytes) -> None:
+        self._conn.usage.received(self.protocol, len(data))
         self._inbox.append(data)
         self._readable.unpark_all()
 
@@ -247,6 +254,8 @@ class Connection:
                  peer: PeerAuth, *, we_dialed: bool, address: str, config: MuxConfig,
                  serial: int, first: bytes = b"") -> None:
         self.transport = transport
+        self.counters = transport.counters
+        self.usage = transport.usage
         self.sock = sock
         self.channel = channel
         self.peer = peer
@@ -271,6 +280,9 @@ class Connection:
         # close/retire before run started) sends them first.
         self._first = first
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._timer_lot = trio.lowlevel.ParkingLot()  # wakes the timer to look again
+        self.last_used = trio.current_time()
+        """When a stream was opened, or a datagram or any byte went either way (trio time)."""
         self._cancel = trio.CancelScope()
         self.closed = trio.Event()
         """Set once the connection is gone (for whoever must wait for that)."""
@@ -289,17 +301,34 @@ class Connection:
 
     # --- commands from the transport ----------------------------------------------------
 
+    @property
+    def idle(self) -> bool:
+        """No stream is open: the connection may be closed without cutting anything."""
+        return not self.streams and self.mux.stream_count == 0
+
     def open_stream(self, protocol: str) -> TcpStream:
         stream_id = self.mux.open_stream(protocol)
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=False)
         self.streams[stream_id] = stream
+        self.usage.opened(protocol)
+        self._activate()
         return stream
 
     def send_datagram(self, protocol: str, data: bytes | bytearray | memoryview) -> bool:
         if self.lost or not self.mux.send_datagram(protocol, data):
             return False
+        self.usage.sent(protocol, len(data))
+        self.last_used = trio.current_time()
         self.schedule_flush()
         return True
+
+    def _activate(self) -> None:
+        """A stream opened (or we go away): the keepalive runs from now on."""
+        now = trio.current_time()
+        self.last_used = now
+        if not self.mux.watching:
+            self.mux.activate(now)
+            self._timer_lot.unpark_all()
 
     def retire(self, reason: str) -> None:
         """Stop opening streams here and close once both sides are done (duplicates)."""
@@ -308,6 +337,7 @@ class Connection:
         self.retiring = True
         self._retire_reason = reason
         self.mux.go_away(reason)
+        self._activate()  # a silent peer must not keep a retiring connection forever
         self.schedule_flush()
         self._close_if_drained()
 
@@ -342,6 +372,8 @@ class Connection:
 
     def release(self, stream: TcpStream) -> None:
         self.streams.pop(stream.stream_id, None)
+        if not self.streams:
+            self._timer_lot.unpark_all()  # idle now: the timer sets the idle deadline
         self._close_if_drained()
 
     def release_if_done(self, stream: TcpStream) -> None:
@@ -366,6 +398,8 @@ class Connection:
             with self._cancel:
                 if self._first:
                     first, self._first = self._first, b""
+                    self.counters.packets_sent += 1
+                    self.counters.bytes_sent += len(first)
                     self._writing = True
                     await _send_all(self.sock, first)
                     self._writing = False
@@ -425,8 +459,12 @@ class Connection:
             else:
                 self.lose("peer closed the connection")
             return None
+        counters = self.counters
+        counters.bytes_received += len(data)
         try:
-            self._feed(self.channel.decrypt(data))
+            plaintexts = self.channel.decrypt(data)
+            counters.packets_received += len(plaintexts)
+            self._feed(plaintexts)
         except RemoteProtocolError as exc:
             self.transport.counters.connection_errors += 1
             logger.warning("protocol error from %s: %s", short_id(self.peer.node_id), exc)
@@ -456,6 +494,8 @@ class Connection:
 
     def _feed(self, plaintexts: list[bytes]) -> None:
         now = trio.current_time()
+        if plaintexts:
+            self.last_used = now
         receive = self.mux.receive_data
         for plaintext in plaintexts:
             self._dispatch(receive(plaintext, now))
@@ -488,6 +528,7 @@ class Connection:
             elif kind is DatagramReceived:
                 if self.peer.joining and event.protocol not in JOIN_PROTOCOLS:
                     continue
+                self.usage.received(event.protocol, len(event.data))
                 self.transport.registry.deliver_datagram(self.peer.node_id, event.protocol,
                                                          event.data)
             elif kind is GoAwayReceived:
@@ -506,6 +547,8 @@ class Connection:
             return
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=True)
         self.streams[stream_id] = stream
+        self.usage.opened(protocol)
+        self._timer_lot.unpark_all()  # the core watches now: the timer must look again
         transport._spawn_handler(handler, stream)
 
     async def _writer(self) -> None:
@@ -523,6 +566,8 @@ class Connection:
             if not packets:
                 continue
             view = memoryview(encrypt(packets))
+            self.counters.packets_sent += len(packets)
+            self.counters.bytes_sent += len(view)
             self._writing = True
             while view:
                 try:
@@ -541,21 +586,41 @@ class Connection:
         if self._writing:  # the writer is mid-message: never interleave bytes
             return
         packets = self.mux.data_to_send()
+        self.counters.packets_sent += len(packets) + bool(self._first)
         data = self._first + (self.channel.encrypt_packets(packets) if packets else b"")
         self._first = b""
         if data:
+            self.counters.bytes_sent += len(data)
             try:
                 self.sock.send(data)
             except OSError:
                 pass
 
+    def _idle_deadline(self) -> float | None:
+        timeout = self.transport.config.idle_timeout
+        if timeout is None or self.retiring or self.lost or not self.idle:
+            return None
+        return self.last_used + timeout
+
     async def _timer(self) -> None:
         mux = self.mux
         while True:
             deadline = mux.next_deadline()
+            idle_at = self._idle_deadline()
             if deadline is None:
-                return
-            await trio.sleep_until(deadline)
+                if mux.state in (MuxState.DEAD, MuxState.ERROR):
+                    return
+                with trio.move_on_at(idle_at if idle_at is not None else math.inf):
+                    await self._timer_lot.park()
+                now = trio.current_time()
+                idle_at = self._idle_deadline()  # traffic may have moved it meanwhile
+                if idle_at is not None and now >= idle_at:
+                    self.transport._on_idle(self)
+                continue
+            with trio.move_on_at(deadline):
+                await self._timer_lot.park()
+            if trio.current_time() < deadline:
+                continue  # woken early to look again
             # If this process stalled (a long computation, a suspended phone), the peer's
             # bytes may be waiting unread in the socket: read them before judging silence.
             for _ in range(READS_BEFORE_YIELD):

@@ -44,11 +44,15 @@ it heard are still served (its OPENs precede its GOAWAY on the wire, so nothing 
 Once both sides have sent GOAWAY and no stream is left, the connection is :attr:`drained`
 and can be closed without cutting anything (used to retire a duplicate connection).
 
-**Keepalive**: any bytes from the peer prove it alive. After ``keepalive_interval`` of
-silence we send a PING (and again every interval); after ``dead_timeout`` of silence the
-connection is dead (:class:`ConnectionDead`). A busy peer that keeps sending is never
-declared dead, however long its PONGs queue behind data; a frozen one (SIGSTOP, Wi-Fi
-gone, no FIN) is noticed ``dead_timeout`` after its last byte.
+**Keepalive**: any bytes from the peer prove it alive. While a stream is open (or the
+connection is going away) and after ``keepalive_interval`` of silence we send a PING (and
+again every interval); after ``dead_timeout`` of silence the connection is dead
+(:class:`ConnectionDead`). A connection with no stream is not watched and costs nothing
+when idle (the membership probes are the failure detector); the driver calls
+:meth:`~MuxCore.activate` when it opens a stream, so silence counts from then. A busy
+peer that keeps sending is never declared dead, however long its PONGs queue behind
+data; a frozen one (SIGSTOP, Wi-Fi gone, no FIN) is noticed ``dead_timeout`` after its
+last byte.
 
 **Errors**: an illegal frame raises :class:`MuxError` (a
 :class:`~meshcloud.errors.RemoteProtocolError`), queues a GOAWAY naming the error, and puts the
@@ -188,6 +192,7 @@ class MuxCore:
         self._next_ping = now + self.config.keepalive_interval
         self._ping_sent: tuple[bytes, float] | None = None
         self._ping_count = 0
+        self._watching = False  # keepalive running: a stream is open, or going away
 
     # --- introspection ------------------------------------------------------------------
 
@@ -503,8 +508,24 @@ class MuxCore:
             self._lane = None
         if self._streams.pop(stream.id, None) is not None and not stream.local:
             self._inbound -= 1
+        if not self._streams and not self.going_away:
+            self._watching = False  # idle: nothing to watch until the next stream
 
     # --- timers -------------------------------------------------------------------------
+
+    @property
+    def watching(self) -> bool:
+        """The keepalive runs: a stream is open, or the connection is going away."""
+        return self._watching
+
+    def activate(self, now: float) -> None:
+        """Start the keepalive (a stream was opened here, or we are going away): the
+        peer's silence counts from ``now``. Does nothing if it already runs."""
+        if self._watching or self.state in (MuxState.DEAD, MuxState.ERROR):
+            return
+        self._watching = True
+        self._last_received = max(self._last_received, now)
+        self._next_ping = now + self.config.keepalive_interval
 
     def peer_alive(self, now: float) -> None:
         """The peer's bytes are waiting unread (we stopped reading: back-pressure): it is
@@ -512,12 +533,12 @@ class MuxCore:
         self._last_received = now
 
     def next_deadline(self) -> float | None:
-        if self.state in (MuxState.DEAD, MuxState.ERROR):
+        if self.state in (MuxState.DEAD, MuxState.ERROR) or not self._watching:
             return None
         return min(self._next_ping, self._last_received + self.config.dead_timeout)
 
     def on_timer(self, now: float) -> list[MuxEvent]:
-        if self.state in (MuxState.DEAD, MuxState.ERROR):
+        if self.state in (MuxState.DEAD, MuxState.ERROR) or not self._watching:
             return []
         silence = now - self._last_received
         if silence >= self.config.dead_timeout:
@@ -670,6 +691,7 @@ class MuxCore:
         self._streams[stream_id] = stream
         self._outstanding += INITIAL_WINDOW
         self._inbound += 1
+        self._watching = True  # receive_data just reset the silence clock
         events.append(StreamOpened(stream_id, protocol))
         if flags & (_MSG | _FIN | _MORE) or rest:
             self._on_data(flags, stream_id, rest, events)

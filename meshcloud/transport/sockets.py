@@ -16,6 +16,7 @@ import trio
 
 from meshcloud.errors import AuthError, ConfigError, RemoteProtocolError, TransportError
 from meshcloud.transport.addresses import parse_address
+from meshcloud.transport.admission import TransportCounters
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 
 
@@ -119,33 +120,44 @@ async def receive_some(sock: socket.socket) -> bytes:
             await trio.lowlevel.wait_readable(sock)
 
 
-async def run_handshake(sock: socket.socket, core: HandshakeCore
-                         ) -> tuple[list[bytes], bytes]:
+async def run_handshake(sock: socket.socket, core: HandshakeCore,
+                        counters: TransportCounters | None = None
+                        ) -> tuple[list[bytes], bytes]:
     """Exchange handshake messages until the core is done; a refusal is sent before raising.
 
     Returns the transport data that arrived early and the bytes still to send (the
     listener's verdict): the caller registers the connection first, so that a dialer told
     "accepted" always finds it registered here.
     """
+    if counters is None:
+        counters = TransportCounters()  # counted nowhere
+
+    async def send(data: bytes) -> None:
+        counters.packets_sent += 1
+        counters.bytes_sent += len(data)
+        await send_all(sock, data)
+
     try:
-        await send_all(sock, core.data_to_send())
+        await send(core.data_to_send())
         while True:
             data = await receive_some(sock)
             if not data:
                 raise TransportError("peer closed the connection during the handshake")
+            counters.packets_received += 1
+            counters.bytes_received += len(data)
             try:
                 early = core.receive_data(data)
             except (AuthError, RemoteProtocolError):
                 verdict = core.data_to_send()
                 if verdict:
                     with trio.move_on_after(1.0):
-                        await send_all(sock, verdict)
+                        await send(verdict)
                 raise
             out = core.data_to_send()
             if core.status is HandshakeStatus.DONE:
                 return early, out
             if out:
-                await send_all(sock, out)
+                await send(out)
     except OSError as exc:
         raise TransportError(f"connection failed during the handshake: "
                              f"{exc.strerror or exc}") from None

@@ -40,6 +40,7 @@ Keys are never logged; peers appear in logs as short node ids.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -75,6 +76,7 @@ from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
 from meshcloud.transport.sockets import bind, connect, run_handshake, tune
+from meshcloud.transport.usage import UsageTable
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,21 @@ class TcpConfig:
     reads them (each connection also has ``mux.max_buffered``); beyond it sockets are
     not read. See :mod:`~meshcloud.transport.buffers`."""
 
+    max_connections: int = 64
+    """Connections this node keeps; beyond, idle ones (no open stream) are retired
+    gracefully, the least recently used first (a connection carrying streams is never
+    cut, so the count may pass this while they last). Peers are dialled again on demand.
+    An idle connection costs no traffic (no keepalive without streams), only memory; a
+    miss costs a handshake, and membership gossips to random members several times a
+    second, so a cap well below the mesh size trades a little memory for constant
+    redials (measured in docs/benchmarks.md, "idle")."""
+
+    idle_timeout: float | None = 120.0
+    """Seconds without a stream and without any traffic after which a connection is
+    retired gracefully (GOAWAY both ways, then closed); ``None`` keeps it open. Longer
+    than a membership probe cycle (each member is probed about once per N seconds), so
+    only connections to members that left or stay unused are reaped."""
+
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
 
@@ -136,6 +153,9 @@ class TcpConfig:
             raise ValueError("datagram_queue must be >= 0 and max_handshakes >= 1")
         if min(self.max_handshakes_per_source, self.max_silent, self.max_silent_per_source) < 1:
             raise ValueError("handshake and silent socket limits must be >= 1")
+        if self.max_connections < 1 or (self.idle_timeout is not None
+                                        and self.idle_timeout <= 0):
+            raise ValueError("max_connections must be >= 1 and idle_timeout positive")
         if self.max_buffered < self.mux.max_buffered:
             raise ValueError("max_buffered (node) must be >= mux.max_buffered (connection)")
 
@@ -198,6 +218,8 @@ class TcpTransport:
             silent_per_source=min(config.max_silent_per_source, config.max_silent))
         self._slot_tasks: dict[int, tuple[trio.CancelScope, socket.socket]] = {}
         self.counters = TransportCounters()
+        self.usage = UsageTable()
+        """Streams and message bytes by protocol (what each service costs on the wire)."""
         mux = config.mux
         self.buffer_budget = BufferBudget(
             config.max_buffered,
@@ -350,7 +372,7 @@ class TcpTransport:
             early, first = [], b""
             try:
                 with trio.move_on_after(self.config.handshake_timeout):
-                    early, first = await run_handshake(sock, core)
+                    early, first = await run_handshake(sock, core, self.counters)
             except AuthError:
                 self.counters.handshakes_refused += 1
                 raise
@@ -458,7 +480,7 @@ class TcpTransport:
         early, first = [], b""
         try:
             with trio.move_on_after(self.config.handshake_timeout):
-                early, first = await run_handshake(sock, core)
+                early, first = await run_handshake(sock, core, self.counters)
         except AuthError as exc:
             self.counters.handshakes_refused += 1
             logger.info("refused a peer from %s: %s", address, exc)
@@ -501,6 +523,7 @@ class TcpTransport:
         conns = self._connections.setdefault(peer.node_id, [])
         new_peer = not conns
         conns.append(conn)
+        self.counters.connections_opened += 1
         self._learn_addresses(peer, address if we_dialed else None)
         self._nursery.start_soon(conn.run, early)
         logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
@@ -510,7 +533,41 @@ class TcpTransport:
         else:
             self._retire_duplicates(peer.node_id)
         self._flush_queued(peer.node_id)
+        self._evict_over_cap(keep=conn)
         return conn
+
+    def statistics(self) -> dict[str, object]:
+        """Connections, counters and per-protocol usage, for ``status`` (JSON-ready)."""
+        return {"connections": self.connection_count,
+                "connected_peers": len(self._connections),
+                "counters": dataclasses.asdict(self.counters),
+                "protocols": self.usage.to_json()}
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open and not being retired."""
+        return sum(1 for conns in self._connections.values() for c in conns
+                   if not c.retiring and not c.lost)
+
+    def _evict_over_cap(self, keep: Connection) -> None:
+        """Retire idle connections, least recently used first, down to the cap."""
+        excess = self.connection_count - self.config.max_connections
+        if excess <= 0:
+            return
+        idle = sorted((c for conns in self._connections.values() for c in conns
+                       if c is not keep and c.idle and not c.retiring and not c.lost),
+                      key=lambda c: c.last_used)
+        for conn in idle[:excess]:
+            self.counters.evictions += 1
+            logger.debug("retiring idle %r: over %d connections", conn,
+                         self.config.max_connections)
+            conn.retire("connection limit: least recently used")
+
+    def _on_idle(self, conn: Connection) -> None:
+        """``conn`` had no stream and no traffic for ``idle_timeout``: retire it."""
+        self.counters.idle_closes += 1
+        logger.debug("retiring idle %r", conn)
+        conn.retire("idle")
 
     def _learn_addresses(self, peer: PeerAuth, dialled: str | None) -> None:
         known = self._addresses.setdefault(peer.node_id, [])

@@ -522,6 +522,7 @@ def mux_target() -> Target:
     sender.announce(s3)
     sender.reset_stream(s3, "gone")
     packets_a = b"".join(bytes(p) for p in sender.data_to_send())
+    sender.activate(0.0)  # the keepalive runs while streams are open
     sender.on_timer(5.0)  # keepalive PING
     sender.go_away("bye")
     packets_b = b"".join(bytes(p) for p in sender.data_to_send())

@@ -311,6 +311,8 @@ def test_datagrams_are_delivered_and_dropped_when_backlogged_or_too_big():
 def test_frozen_peer_is_dead_after_dead_timeout_of_silence():
     config = MuxConfig(keepalive_interval=1.0, dead_timeout=4.0)
     pair = Pair(config, now=100.0)
+    pair.a.open_stream("/p/1")  # the keepalive watches connections with streams
+    pair.a.activate(100.0)
     assert pair.a.next_deadline() == 101.0
     assert pair.a.on_timer(100.5) == [] and pair.a.backlog == 0
     assert pair.a.on_timer(101.0) == []
@@ -330,6 +332,44 @@ def test_frozen_peer_is_dead_after_dead_timeout_of_silence():
     assert now == pytest.approx(105.002)
     assert pair.a.state is MuxState.DEAD and pair.a.next_deadline() is None
     assert len(pair.a.data_to_send()) >= 1  # it kept pinging meanwhile
+
+
+def test_idle_connection_sends_no_keepalive_and_is_never_declared_dead():
+    pair = Pair(MuxConfig(keepalive_interval=1.0, dead_timeout=4.0), now=0.0)
+    assert pair.a.next_deadline() is None and not pair.a.watching
+    for second in range(1, 3600, 7):  # an hour with a datagram now and then, no stream
+        assert pair.a.on_timer(float(second)) == []
+        pair.a.send_datagram("/gossip/1", b"ping")
+        pair.transfer(pair.a, float(second))
+    assert pair.a.state is MuxState.OPEN and pair.b.state is MuxState.OPEN
+    assert pair.a.next_deadline() is None and pair.b.next_deadline() is None
+    assert pair.b.data_to_send() == []  # nothing to answer: no PING ever left a
+
+
+def test_keepalive_runs_while_streams_are_open_and_counts_silence_from_then():
+    config = MuxConfig(keepalive_interval=1.0, dead_timeout=4.0)
+    pair = Pair(config, now=0.0)
+    sid = pair.a.open_stream("/p/1")
+    pair.a.activate(1000.0)  # a long idle time before: silence counts from here
+    assert pair.a.on_timer(1000.0) == [] and pair.a.next_deadline() == 1001.0
+    pair.a.send_message(sid, b"request")
+    pair.transfer(pair.a, 1000.0)
+    assert pair.b.watching  # the peer's stream makes it watch too
+    pair.b.end_stream(sid)
+    pair.transfer(pair.b, 1000.1)
+    pair.a.end_stream(sid)
+    pair.transfer(pair.a, 1000.2)
+    assert pair.a.stream_count == 0 and not pair.a.watching
+    assert pair.a.next_deadline() is None
+    # going away watches until the peer answers (so a frozen peer cannot hold it)
+    pair.a.go_away("idle")
+    pair.a.activate(2000.0)
+    events: list = []
+    now = 2000.0
+    while not events and (deadline := pair.a.next_deadline()) is not None:
+        now = deadline
+        events = pair.a.on_timer(now)
+    assert isinstance(events[0], ConnectionDead) and now == pytest.approx(2004.0)
 
 
 def test_busy_peer_is_never_declared_dead_even_without_pongs():

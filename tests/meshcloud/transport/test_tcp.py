@@ -3,6 +3,7 @@ the state of both sides unchanged), connection reuse, duplicates, keepalive, bad
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -373,7 +374,17 @@ async def handshake_only_peer(mesh: TestMesh, listener_address: str) -> socket.s
     return sock
 
 
-async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
+async def echo_once(transport: TcpTransport, peer: bytes, data: bytes) -> bytes:
+    stream = await transport.open_stream(peer, ECHO)
+    await stream.send(data)
+    await stream.close()
+    reply = await stream.receive()
+    with pytest.raises(trio.EndOfChannel):
+        await stream.receive()
+    return reply
+
+
+async def test_silent_peer_is_declared_dead_by_the_keepalive_while_a_stream_is_open(nursery):
     mesh = TestMesh.with_members(1)
     listener = await start_member(nursery, mesh.members[0], FAST)
     events = listener.peer_events()
@@ -381,13 +392,108 @@ async def test_silent_peer_is_declared_dead_by_the_keepalive(nursery):
     try:
         with trio.fail_after(5):
             connected = await events.receive()
+            assert isinstance(connected, PeerConnected)
+            stream = await listener.open_stream(connected.peer.node_id, ECHO)
             started = trio.current_time()
             gone = await events.receive()
-        assert isinstance(connected, PeerConnected) and isinstance(gone, PeerDisconnected)
+        assert isinstance(gone, PeerDisconnected)
         assert "keepalive" in gone.reason
         assert trio.current_time() - started < FAST.mux.dead_timeout + 0.5
+        with pytest.raises(ConnectionLost):
+            await stream.receive()
     finally:
         sock.close()
+
+
+async def test_idle_connection_sends_nothing_then_is_retired(nursery):
+    """No stream: no keepalive at all; after idle_timeout the connection is retired, and a
+    peer that does not answer the GOAWAY is dropped by the keepalive of the retirement."""
+    mesh = TestMesh.with_members(1)
+    config = dataclasses.replace(FAST, idle_timeout=1.0)
+    listener = await start_member(nursery, mesh.members[0], config)
+    events = listener.peer_events()
+    sock = await handshake_only_peer(mesh, listener.listen_addresses[0])
+    try:
+        with trio.fail_after(10):
+            assert isinstance(await events.receive(), PeerConnected)
+            started = trio.current_time()
+            await trio.lowlevel.wait_readable(sock)  # the first byte since the handshake
+            first_byte = trio.current_time() - started
+            assert listener.connection_count == 0  # being retired: no longer counted
+            gone = await events.receive()
+        # a keepalive would have pinged after 0.1 s; the idle connection said nothing
+        # until its GOAWAY at idle_timeout
+        assert first_byte >= 1.0 - 0.05
+        assert isinstance(gone, PeerDisconnected)
+        elapsed = trio.current_time() - started
+        assert elapsed < 1.0 + FAST.mux.dead_timeout + 0.5
+        assert listener.counters.idle_closes == 1
+    finally:
+        sock.close()
+
+
+async def test_idle_connections_close_gracefully_and_redial_on_demand(nursery):
+    mesh = TestMesh.with_members(2)
+    config = dataclasses.replace(FAST, idle_timeout=0.3)
+    a = await start_member(nursery, mesh.members[0], config)
+    b = await start_member(nursery, mesh.members[1], config)
+    events = a.peer_events()
+    await a.dial(b.listen_addresses[0])
+    with trio.fail_after(10):
+        assert await echo_once(a, b.local_id, b"one") == b"one"
+        assert isinstance(await events.receive(), PeerConnected)
+        gone = await events.receive()
+        assert isinstance(gone, PeerDisconnected) and "idle" in gone.reason
+        assert a.connection_count == 0 and a.counters.connection_errors == 0
+        # dialled again on demand, from the address book
+        assert await echo_once(a, b.local_id, b"two") == b"two"
+        got = b.datagrams("/test/dg/1")
+        await a.disconnect(b.local_id)
+        a.send_datagram(b.local_id, "/test/dg/1", b"short-lived")  # dials in the background
+        assert await got.receive() == (a.local_id, b"short-lived")
+
+
+async def test_connection_cap_retires_the_least_recently_used_idle_connection(nursery):
+    mesh = TestMesh.with_members(5)
+    config = dataclasses.replace(FAST, max_connections=3, idle_timeout=None)
+    hub = await start_member(nursery, mesh.members[0], config)
+    events = hub.peer_events()
+    others = [await start_member(nursery, m, FAST) for m in mesh.members[1:]]
+    with trio.fail_after(10):
+        for other in others[:3]:
+            await hub.dial(other.listen_addresses[0])
+        busy = await hub.open_stream(others[0].local_id, ECHO)  # streams are never cut
+        await busy.send(b"held")
+        assert await busy.receive() == b"held"
+        hub.send_datagram(others[1].local_id, "/test/dg/1", b"x")  # others[2]: least recent
+        await hub.dial(others[3].listen_addresses[0])
+        # over the cap: the least recently used idle connection is retired gracefully
+        while not isinstance(event := await events.receive(), PeerDisconnected):
+            pass
+        assert event.node_id == others[2].local_id
+        assert hub.counters.evictions == 1 and hub.counters.connection_errors == 0
+        assert hub.connection_count == 3
+        await busy.send(b"still open")
+        assert await busy.receive() == b"still open"
+
+
+async def test_counters_count_bytes_and_packets_both_ways(nursery):
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0])
+    b = await start_member(nursery, mesh.members[1])
+    await a.dial(b.listen_addresses[0])
+    with trio.fail_after(10):
+        assert await echo_once(a, b.local_id, bytes(10_000)) == bytes(10_000)
+    assert a.counters.bytes_sent > 10_000 and a.counters.bytes_received > 10_000
+    assert b.counters.bytes_sent > 10_000 and b.counters.bytes_received > 10_000
+    # handshake (two messages from the dialer) and the request
+    assert a.counters.packets_sent >= 3 and b.counters.packets_received >= 3
+    assert a.counters.connections_opened == b.counters.connections_opened == 1
+    echo_usage = a.usage.by_protocol[ECHO]
+    assert (echo_usage.streams_opened, echo_usage.bytes_sent, echo_usage.bytes_received) == (
+        1, 10_000, 10_000)
+    assert b.usage.by_protocol[ECHO].bytes_received == 10_000
+    assert a.statistics()["protocols"][ECHO]["messages_sent"] == 1
 
 
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
@@ -506,3 +612,21 @@ def test_source_address_rule():
     assert source_for(["[::1]:7946"], "127.0.0.12") is None
     assert source_for(["[::1]:7946"], "::1") is None  # the kernel's own choice
     assert source_for(["127.0.0.1:7946"], "127.0.0.12") is None
+
+
+def test_node_config_sets_the_connection_cap(tmp_path):
+    from meshcloud.config import load_config
+    from meshcloud.errors import ConfigError
+    from meshcloud.node import tcp_transport
+
+    member = TestMesh.with_members(1).members[0]
+    path = tmp_path / "config.toml"
+    path.write_text("max_connections = 5\n")
+    transport = tcp_transport(member.key, member.authenticator, load_config(path))
+    assert transport.config.max_connections == 5
+    assert TcpConfig().max_connections == 64 and TcpConfig().idle_timeout == 120.0
+    path.write_text("max_connections = 0\n")
+    with pytest.raises(ConfigError, match="max_connections"):
+        load_config(path)
+    with pytest.raises(ValueError):
+        TcpConfig(idle_timeout=0)

@@ -1,0 +1,223 @@
+"""`python -m bench idle`: what N real agents cost while the mesh is idle.
+
+For each N (``--sizes``, default 10, 30, 60) real ``meshcloud up`` processes on 127.0.0.1
+(made with the genuine ``init`` / ``invite`` / ``join`` commands, ``sim.agents``) join one
+mesh; once every agent lists N members alive and ``--settle`` seconds passed, the agents
+are left alone for ``--seconds`` (default 60) and measured from outside and from their own
+counters:
+
+* ``idle_cpu_pct``: CPU per agent (user + system, ``/proc/PID/stat``), % of one core;
+* ``idle_rss_mb``: resident memory per agent (``/proc/PID/status``), MiB;
+* ``idle_bytes_s`` / ``idle_packets_s``: bytes and Noise messages per node per second on
+  the peer port, sent plus received, from the transport's counters (``status`` →
+  ``transport.counters``; handshakes included);
+* ``connections_per_node``: connections each agent holds at the end (mean; max too);
+* per protocol: message bytes per node per second (``transport.protocols``), which shows
+  which service sends what when nothing happens.
+
+With N = 30 (or the size given by ``--detect-at``), one agent is then frozen with SIGSTOP
+(no TCP close hints at its death) and every other agent is polled until it lists it dead:
+``detect_sigstop_median_s`` and ``_max_s``.
+
+JSON keys are per size (``idle_cpu_pct_10``...) and as objects keyed by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sim.agents import Agent, LocalCluster
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="10,30,60", help="mesh sizes (comma separated)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="idle seconds measured")
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds after convergence before measuring")
+    parser.add_argument("--detect-at", type=int, default=30,
+                        help="mesh size at which SIGSTOP detection is measured (0: never)")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def build(root: Path, n: int) -> LocalCluster:
+    """n agents, all invited by the first and joined through it (4 joins at a time)."""
+    cluster = LocalCluster(root)
+    try:
+        first = cluster.init_first()
+        pending = [cluster.new_agent() for _ in range(n - 1)]
+
+        def join(agent: Agent) -> None:
+            token = cluster.invite(first, ttl="30m")  # made when used: a slow build outlives 10 min
+            agent.cli("join", token, *agent.node_flags(), timeout=120)
+            agent.start(wait=False)
+            agent.wait_ready(timeout=180)  # 60 agents starting on 2 shared cores
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(join, pending))
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def alive_ids(agent: Agent) -> set[str]:
+    """Members ``agent`` lists alive (none while its API does not answer)."""
+    if not agent.running:
+        raise RuntimeError(f"{agent.name} exited:\n{agent.console_tail()}")
+    try:
+        return {m["id"] for m in agent.get("/v1/members") if m["state"] == "alive"}
+    except OSError:  # busy starting on a loaded machine: ask again later
+        return set()
+
+
+def converge(cluster: LocalCluster, timeout: float) -> float:
+    """Wait until every agent lists every agent alive; prints progress every 10 s."""
+    ids = {a.node_id for a in cluster.agents}
+    started = last = time.monotonic()
+    while True:
+        seen = [len(alive_ids(a) & ids) for a in cluster.agents]
+        if min(seen) == len(ids):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{len(ids)} agents did not converge within {timeout:.0f} s: "
+                               f"alive counts {sorted(seen)}")
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            print(f"     converging: alive counts min {min(seen)} median "
+                  f"{statistics.median(seen)} of {len(ids)}", flush=True)
+        time.sleep(0.5)
+
+
+def snapshot(agents: list[Agent]) -> list[dict[str, Any]]:
+    out = []
+    for agent in agents:
+        status = agent.get("/v1/status")
+        out.append({"cpu": cpu_seconds(agent.pid), "t": time.monotonic(),
+                    "transport": status.get("transport", {})})
+    return out
+
+
+def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
+    agents = cluster.agents
+    before = snapshot(agents)
+    time.sleep(seconds)
+    after = snapshot(agents)
+    cpu, byte_rates, packet_rates, sent_rates, connections = [], [], [], [], []
+    protocols: dict[str, float] = {}
+    for b, a in zip(before, after, strict=True):
+        span = a["t"] - b["t"]
+        cpu.append((a["cpu"] - b["cpu"]) / span * 100)
+        cb, ca = b["transport"]["counters"], a["transport"]["counters"]
+        byte_rates.append((ca["bytes_sent"] + ca["bytes_received"]
+                           - cb["bytes_sent"] - cb["bytes_received"]) / span)
+        sent_rates.append((ca["bytes_sent"] - cb["bytes_sent"]) / span)
+        packet_rates.append((ca["packets_sent"] + ca["packets_received"]
+                             - cb["packets_sent"] - cb["packets_received"]) / span)
+        connections.append(a["transport"]["connections"])
+        pb, pa = b["transport"]["protocols"], a["transport"]["protocols"]
+        for name, usage in pa.items():
+            old = pb.get(name, {}).get("bytes_sent", 0)
+            protocols[name] = protocols.get(name, 0.0) + (usage["bytes_sent"] - old) / span
+    n = len(agents)
+    handshakes = sum(a["transport"]["counters"]["connections_opened"]
+                     - b["transport"]["counters"]["connections_opened"]
+                     for b, a in zip(before, after, strict=True))
+    return {
+        "idle_cpu_pct": round(statistics.fmean(cpu), 2),
+        "idle_rss_mb": round(statistics.fmean(rss_mib(a.pid) for a in agents), 1),
+        "idle_bytes_s": round(statistics.fmean(byte_rates), 1),
+        "idle_bytes_sent_s": round(statistics.fmean(sent_rates), 1),
+        "idle_packets_s": round(statistics.fmean(packet_rates), 2),
+        "connections_per_node": round(statistics.fmean(connections), 1),
+        "connections_max": max(connections),
+        "connections_opened_per_node_s": round(handshakes / n / seconds, 3),
+        "protocol_bytes_sent_per_node_s": {k: round(v / n, 1)
+                                           for k, v in sorted(protocols.items()) if v},
+    }
+
+
+def detect_sigstop(cluster: LocalCluster, timeout: float = 30.0) -> dict[str, float]:
+    victim = cluster.agents[-1]
+    observers = cluster.agents[:-1]
+    seen: dict[str, float] = {}
+    victim.freeze()
+    frozen_at = time.monotonic()
+    try:
+        while len(seen) < len(observers) and time.monotonic() - frozen_at < timeout:
+            for agent in observers:
+                if agent.name in seen:
+                    continue
+                states = {m["id"]: m["state"] for m in agent.get("/v1/members")}
+                if states.get(victim.node_id) in ("dead", "left"):
+                    seen[agent.name] = time.monotonic() - frozen_at
+    finally:
+        victim.thaw()
+    times = sorted(seen.values())
+    return {"detect_sigstop_median_s": round(statistics.median(times), 2) if times else -1.0,
+            "detect_sigstop_max_s": round(times[-1], 2) if times else -1.0,
+            "detect_sigstop_observers": len(times)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = [10] if args.quick else [int(x) for x in args.sizes.split(",")]
+    seconds = min(args.seconds, 20.0) if args.quick else args.seconds
+    figures: dict[str, Any] = {"seconds": seconds}
+    keys = ("idle_cpu_pct", "idle_rss_mb", "idle_bytes_s", "idle_packets_s",
+            "connections_per_node")
+    for key in keys:
+        figures[key] = {}
+    print(f"{'N':>4} {'cpu %':>6} {'RSS MiB':>8} {'B/s':>8} {'sent B/s':>9} {'pkt/s':>7} "
+          f"{'conns':>6} {'max':>4} {'dials/s':>8}", flush=True)
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"idle{n}-") as tmp:
+            started = time.monotonic()
+            cluster = build(Path(tmp), n)
+            try:
+                converge(cluster, 120 + 4 * n)
+                time.sleep(args.settle)
+                result = measure(cluster, seconds)
+                if n == args.detect_at:
+                    result.update(detect_sigstop(cluster))
+            finally:
+                cluster.close()
+        for key in keys:
+            figures[key][str(n)] = result[key]
+        for key, value in result.items():
+            figures[f"{key}_{n}"] = value
+        print(f"{n:>4} {result['idle_cpu_pct']:>6.2f} {result['idle_rss_mb']:>8.1f} "
+              f"{result['idle_bytes_s']:>8.0f} {result['idle_bytes_sent_s']:>9.0f} "
+              f"{result['idle_packets_s']:>7.1f} {result['connections_per_node']:>6.1f} "
+              f"{result['connections_max']:>4} {result['connections_opened_per_node_s']:>8.3f}"
+              f"   ({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"     sent per protocol, B/s per node: {result['protocol_bytes_sent_per_node_s']}",
+              flush=True)
+        if "detect_sigstop_median_s" in result:
+            print(f"     SIGSTOP detection: median {result['detect_sigstop_median_s']} s, max "
+                  f"{result['detect_sigstop_max_s']} s "
+                  f"({result['detect_sigstop_observers']} observers)", flush=True)
+    rates = list(figures["idle_bytes_s"].values())
+    if len(rates) > 1 and min(rates) > 0:
+        figures["idle_bytes_s_spread_pct"] = round((max(rates) / min(rates) - 1) * 100, 1)
+    return figures
