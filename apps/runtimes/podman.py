@@ -92,6 +92,10 @@ def container_name(name: str) -> str:
     return NAME_PREFIX + name
 
 
+REMOVE_BUSY_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
+"""Pauses between removals a busy root file system refused (about 6 s in all)."""
+
+
 class PodmanRuntime:
     """Runs replicas as podman containers; see the module docstring. Start with ``run``."""
 
@@ -397,11 +401,18 @@ class PodmanRuntime:
 
     async def _remove_container(self, name: str) -> None:
         client = self._need_running()
-        resp = await self._api(client.api.delete, f"/containers/{container_name(name)}",
-                               params={"force": True, "timeout": 0})
-        if resp.status_code not in (200, 204, 404):
-            raise WorkloadRuntimeError(ErrorCode.BACKEND,
-                                       f"{name}: remove failed: {resp.text[:300]}")
+        # right after a container died (an OOM kill) its cleanup may still hold the root
+        # file system mounted: podman answers "device or resource busy"; that passes
+        for pause in REMOVE_BUSY_RETRIES:
+            resp = await self._api(client.api.delete, f"/containers/{container_name(name)}",
+                                   params={"force": True, "timeout": 0})
+            if resp.status_code in (200, 204, 404):
+                return
+            if "resource busy" not in resp.text:
+                break
+            await trio.sleep(pause)
+        raise WorkloadRuntimeError(ErrorCode.BACKEND,
+                                   f"{name}: remove failed: {resp.text[:300]}")
 
     # -- reporting --------------------------------------------------------------------
 
