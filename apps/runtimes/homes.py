@@ -129,12 +129,15 @@ def ensure_owned_dir(path: Path, ident: Identity | None, *, what: str,
     os.chmod(path, 0o700)
 
 
-def setup_inside(home: str, links: list[tuple[str, str]], cwd: str) -> None:
-    """Inside ``home``: the volume links and the working directory; then ``chdir``.
+def setup_inside(home: str, links: list[tuple[str, str]], cwd: str, *,
+                 enter: bool = True) -> None:
+    """Inside ``home``: the volume links and the working directory; then ``chdir`` there
+    when ``enter`` (only ever in the replica's own process).
 
-    Runs in the replica's process after it switched user (or in the agent when the
-    replica runs as the agent's own user). Plain ``os`` calls: it may run between fork
-    and exec.
+    Runs in the replica's process after it switched user, or in the agent with
+    ``enter=False`` when the replica runs as the agent's own user (the agent must never
+    change its own working directory: a later removal of that home would leave it in a
+    deleted directory). Plain ``os`` calls: it may run between fork and exec.
     """
     for link, target in links:
         os.makedirs(os.path.dirname(link), exist_ok=True)
@@ -148,4 +151,5 @@ def setup_inside(home: str, links: list[tuple[str, str]], cwd: str) -> None:
             os.unlink(link)
         os.symlink(target, link, target_is_directory=True)
     os.makedirs(cwd, exist_ok=True)
-    os.chdir(cwd)
+    if enter:
+        os.chdir(cwd)

@@ -310,7 +310,7 @@ class ProcessRuntime:
             ) from exc
         links, cwd = self._inside(spec, home, volumes)
         if ident is None:  # the agent's own user (or root by policy): no one to fear
-            setup_inside(str(home), links, cwd)
+            setup_inside(str(home), links, cwd, enter=False)
         limits = self._rlimits(spec)
 
         def in_child() -> None:  # between fork and exec, after the switch of user

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from meshcloud.daemon import AgentRunning, agent_lock, agent_running, lock_holder
 from meshcloud.datadir import DataDir
+
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout, for subprocesses' PYTHONPATH."""
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path):
@@ -41,7 +45,7 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
             "sys.stdin.read()")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
         assert agent_running(d) and lock_holder(d) == child.pid

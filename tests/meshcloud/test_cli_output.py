@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from rich.console import Console
 
 from apps.workloads.cli import ps_lines
 from meshcloud.ui_text import print_status, unique_prefixes
+
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout, for subprocesses' PYTHONPATH."""
 
 A = "ab" * 32
 B = "abcdef01" + "0" * 56
@@ -100,7 +104,7 @@ def test_output_into_a_closed_pipe_is_silent():
 
     child = subprocess.Popen([sys.executable, "-m", "meshcloud", "version"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert child.stdout is not None and child.stderr is not None
     child.stdout.close()  # like `| head` having read its lines
     err = child.stderr.read()

@@ -17,6 +17,9 @@ from meshcloud.datadir import DataDir
 from meshcloud.demo import _free
 from sim.agents import meshcloud_cmd
 
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout, for subprocesses' PYTHONPATH."""
+
 TIMEOUT = 120.0
 
 
@@ -55,7 +58,7 @@ def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
         [sys.executable, "-m", "meshcloud", "demo", "--nodes", "2", "--dir", str(tmp_path),
          "--base-port", str(base)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     node1, node2 = DataDir(tmp_path / "node1"), DataDir(tmp_path / "node2")
     demos = [demo]
     try:
@@ -84,7 +87,7 @@ def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
             [sys.executable, "-m", "meshcloud", "demo", "--nodes", "2", "--dir",
              str(tmp_path), "--base-port", str(base)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         demos.append(second)
         out2 = Output(second)
         out2.wait_for("node1 is already running")
@@ -127,7 +130,7 @@ def test_demo_ctrl_c_leaves_no_container_mount_or_run_dir(tmp_path: Path) -> Non
         [sys.executable, "-m", "meshcloud", "demo", "--nodes", "2", "--dir", str(tmp_path),
          "--base-port", str(base)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     dirs = [tmp_path / "node1", tmp_path / "node2"]
     try:
         Output(demo).wait_for("Kill an agent")

@@ -94,11 +94,15 @@ async def test_a_replica_runs_as_its_own_user_fenced_in_by_permissions(tmp_path)
 
 async def test_run_as_root_runs_as_root(tmp_path):
     rt = make_runtime(tmp_path)
+    where = os.getcwd()
     async with running(rt):
         await rt.start(probe("admin-0", tmp_path, tmp_path, workload="admin",
                              run_as_root=True))
         got = await output(rt, "admin-0")
         assert got["uid"] == "0" and got["data_dir"] == "yes"
+        # the replica's directory is set up from the agent, which stays where it was
+        # (it once moved into the replica's home and was left in a deleted directory)
+        assert os.getcwd() == where
         await rt.remove("admin-0")
 
 
