@@ -211,6 +211,9 @@ def run_demo(directory: str | None, *, nodes: int, base_port: int,
                     raise MeshError(f"port {port} is in use; pass --base-port to use others")
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (as a shell does
+    # for a command sent to the background), where Python would not raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for index, node in enumerate(demo):
             if not (node.data_dir / "node.key").exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 from meshcloud.daemon import agent_running
 from meshcloud.datadir import DataDir
 from meshcloud.demo import _free
-from sim.agents import meshcloud_cmd
+from sim.agents import meshcloud_cmd, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 """The checkout, for subprocesses' PYTHONPATH."""
@@ -50,6 +50,10 @@ class Output:
             self.seen.append(line)
             if text in line:
                 return line
+
+
+def node_short(data_dir: Path) -> str:
+    return DataDir(data_dir).node_key().id.hex()[:12]
 
 
 def test_demo_survives_kill_9_and_restarts_the_node(tmp_path: Path) -> None:
@@ -135,6 +139,9 @@ def test_demo_ctrl_c_leaves_no_container_mount_or_run_dir(tmp_path: Path) -> Non
     try:
         Output(demo).wait_for("Kill an agent")
         meshcloud_cmd(dirs[0], "images", "--build-demo", timeout=600)
+        # node2's offer (its runtimes) reaches node1 by replication, a moment after it joined
+        wait_until(lambda: node_short(dirs[1]) in meshcloud_cmd(dirs[0], "images", "ls").stdout,
+                   60, message="node2's offer known to node1")
         meshcloud_cmd(dirs[0], "run", "web", "--image", "localhost/meshcloud/web:1",
                       "--replicas", "2", "--wait", "240s", timeout=300)
         os.kill(demo.pid, signal.SIGINT)
