@@ -42,7 +42,8 @@ def test_a_store_that_syncs_each_commit_has_nothing_pending(tmp_path):
     kv.close()
 
 
-async def test_the_driver_flushes_a_put_in_a_worker_thread(tmp_path, nursery):
+async def start_driver(tmp_path, nursery) -> tuple[LmdbKv, StateDriver]:
+    """A one-node state driver over a store with background sync, running."""
     mesh = TestMesh.with_members(1)
     member = mesh.members[0]
     transport = MemoryNetwork().add(member.key, member.authenticator)
@@ -53,6 +54,11 @@ async def test_the_driver_flushes_a_put_in_a_worker_thread(tmp_path, nursery):
     for schema in CLUSTER_TABLES:
         driver.open_table(schema)
     await nursery.start(driver.run)
+    return kv, driver
+
+
+async def test_the_driver_flushes_a_put_in_a_worker_thread(tmp_path, nursery):
+    kv, driver = await start_driver(tmp_path, nursery)
     before = kv.flushes
     driver.put("workloads", "app", WorkloadRecord(kind="service"))
     assert kv.pending >= 1  # put returned before any fdatasync
@@ -68,16 +74,7 @@ async def test_durable_returns_only_once_every_earlier_commit_is_on_disk(tmp_pat
     another node must survive a power cut of this one."""
     import threading
 
-    mesh = TestMesh.with_members(1)
-    member = mesh.members[0]
-    transport = MemoryNetwork().add(member.key, member.authenticator)
-    await nursery.start(transport.run)
-    kv = LmdbKv(tmp_path / "s", background_sync=True)
-    driver = StateDriver(transport, kv, lambda: [], config=local(), rng=random.Random(1),
-                         clock=TrioClock())
-    for schema in CLUSTER_TABLES:
-        driver.open_table(schema)
-    await nursery.start(driver.run)
+    kv, driver = await start_driver(tmp_path, nursery)
     gate = threading.Event()
     real_flush = kv.flush
 
