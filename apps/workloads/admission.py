@@ -56,8 +56,14 @@ def why_not(node: NodeInfo, c: Constraints) -> str | None:
 def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
                        offers: Mapping[bytes, NodeOffer],
                        others: Mapping[str, WorkloadSpec] | None = None,
-                       machines: Mapping[bytes, str] | None = None) -> list[str]:
+                       machines: Mapping[bytes, str] | None = None,
+                       unannounced: int = 0) -> list[str]:
+    """Every reason the mesh cannot run ``spec`` now. ``unannounced`` counts live members
+    whose workload offer has not reached this node yet (just joined or just restarted):
+    they are not in ``view``, and a refusal says so, since waiting a moment helps."""
     problems: list[str] = []
+    later = (f"; {unannounced} more live member(s) have not announced their runtimes "
+             "yet: try again in a few seconds") if unannounced else ""
     if spec.runtime == "podman" and spec.image is not None:
         holders = [n for n, o in offers.items() if spec.image in o.images]
         if not holders:
@@ -67,15 +73,15 @@ def admission_problems(spec: WorkloadSpec, view: Sequence[NodeInfo],
     reasons = {n.node_id: why_not(n, constraints) for n in view}
     eligible = [n for n, why in reasons.items() if why is None]
     if not view:
-        problems.append("no live node runs the workload service")
+        problems.append(f"no live node runs the workload service{later}")
     elif not eligible and not (problems and all(r == "lacks the image"
                                                 for r in reasons.values())):
         counts = Counter(why for why in reasons.values() if why is not None)
         summary = ", ".join(f"{count} {why}" for why, count in counts.most_common())
-        problems.append(f"no live node can run it ({len(view)} checked: {summary})")
+        problems.append(f"no live node can run it ({len(view)} checked: {summary}){later}")
     elif 0 < len(eligible) < spec.replicas:
         problems.append(f"replicas = {spec.replicas} but only {len(eligible)} live node(s) "
-                        "can run it (each replica needs its own node)")
+                        f"can run it (each replica needs its own node{later})")
     problems += shared_port_problems(spec, eligible, machines or {})
     for name, other in sorted((others or {}).items()):
         if name == spec.name:

@@ -59,8 +59,10 @@ class WorkloadOperations:
 
     def check(self, spec: WorkloadSpec) -> list[str]:
         """Mesh-wide problems of ``spec`` (empty: it can run here)."""
-        return admission_problems(spec, self.view(), all_offers(self.state), self.specs(),
-                                  self.machines())
+        offers = all_offers(self.state)
+        alive = set(getattr(self.node, "alive_peer_ids", lambda: [])()) | {self.node.node_id}
+        return admission_problems(spec, self.view(), offers, self.specs(), self.machines(),
+                                  unannounced=len(alive - set(offers)))
 
     def machines(self) -> dict[bytes, str]:
         """Node id -> the machine it runs on (host of its first advertised address)."""

@@ -106,8 +106,9 @@ def test_expose_through_the_third_node_two_on_one_node_and_kill(cluster):
 
     # a second workload with three replicas: some node runs a replica of both, each on
     # its own ephemeral port
-    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) == 3, 60,
-               message="all three nodes alive in a's view")
+    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) == 3 and
+               len(a.get("/v1/images")["mesh"]) == 3, 60,
+               message="all three nodes alive in a's view, and their offers known to a")
     a.cli("run", "echo2", "--command", ECHO, "--replicas", "3", "--publish", "echo")
     wait_until(lambda: healthy(a, "echo2", 3), 60, message="3 healthy echo2 replicas")
     rows = endpoints(a, "echo") + endpoints(a, "echo2")

@@ -60,3 +60,13 @@ def test_missing_image_hint_names_the_cli_verb():
     problems = admission_problems(_spec(1, []), view, {IDS[0]: NodeOffer(runtimes=("podman",))},
                                   {}, machines)
     assert "meshcloud images push" in problems[0] and "python -m" not in HOW_TO_GET_IMAGES
+
+
+def test_a_refusal_for_too_few_nodes_says_when_members_have_not_announced_yet():
+    view, offers, machines = _mesh(["10.0.0.1", "10.0.0.2"])
+    quiet = admission_problems(_spec(3, []), view, offers, {}, machines)
+    assert quiet == ["replicas = 3 but only 2 live node(s) can run it "
+                     "(each replica needs its own node)"]
+    waiting = admission_problems(_spec(3, []), view, offers, {}, machines, unannounced=1)
+    assert len(waiting) == 1
+    assert "1 more live member(s) have not announced their runtimes yet" in waiting[0]
