@@ -157,11 +157,12 @@ def from_wire(value: Any, expect: type[T] | tuple[type, ...] | None = None) -> T
     for name, convert, item in zip(spec.names, spec.converters, fields, strict=False):
         kwargs[name] = convert(item, f"{spec.cls.__name__}.{name}")
     try:
-        return spec.cls(**kwargs)
+        msg: T = spec.cls(**kwargs)
     except CodecError:
         raise
     except (TypeError, ValueError) as exc:  # __post_init__ validation
         raise CodecError(f"invalid {spec.cls.__name__}: {exc}") from None
+    return msg
 
 
 def decode_message(
