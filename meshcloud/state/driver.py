@@ -206,16 +206,17 @@ class StateDriver:
 
     def _perform(self, outputs: list[Output]) -> None:
         for output in outputs:
-            if isinstance(output, SendDatagram):
-                self.transport.send_datagram(output.peer, STATE_PROTOCOL,
-                                             encode_message(output.msg))
-            elif isinstance(output, StartSync):
-                if self._nursery is None:
-                    self.core.on_sync_closed(output.session, self._now(), "not running")
-                else:
-                    self._nursery.start_soon(self._run_session, output.session)
-            elif isinstance(output, Change):
-                self._publish(output)
+            match output:
+                case SendDatagram():
+                    self.transport.send_datagram(output.peer, STATE_PROTOCOL,
+                                                 encode_message(output.msg))
+                case StartSync():
+                    if self._nursery is None:
+                        self.core.on_sync_closed(output.session, self._now(), "not running")
+                    else:
+                        self._nursery.start_soon(self._run_session, output.session)
+                case Change():
+                    self._publish(output)
         if outputs:
             self._wake.set()  # new work may move the core's deadline earlier
         if getattr(self.core.kv, "pending", 0):
