@@ -374,15 +374,15 @@ class DhtCore:
         del self._pending[msg.rid]
         c = self.config
         problem = addresses_problem(msg.sender_addresses, c.max_addresses, c.max_address_length)
-        if problem is None and isinstance(msg, FindNodeReply | FindValueReply):  # a lookup's
+        # the reply has the class the request asked for: these two answer a lookup's query
+        if problem is None and isinstance(msg, FindNodeReply | FindValueReply):
             problem = self._lookup_reply_problem(msg, pending)
         if problem is not None:
             self.dropped[problem] += 1
             return self._failed(pending, now)
         out = self._observe(PeerInfo(node_id=peer, addresses=msg.sender_addresses), now)
-        # the reply's class is the one the request asked for, so it says what was asked
         match msg:
-            case FindNodeReply() | FindValueReply():  # a lookup's query
+            case FindNodeReply() | FindValueReply():
                 out += self._lookup_reply(pending, msg, now)
             case StoreReply():
                 op = self._ops.get(pending.op_id)
