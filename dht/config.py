@@ -14,6 +14,7 @@ Presets are edits of the one base (``lan()`` is the default):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from dht.records import RecordLimits
 
@@ -119,8 +120,8 @@ class DhtConfig:
                             max_address_length=self.max_address_length,
                             max_ttl_ms=int(self.max_record_ttl * 1000))
 
-    def replace(self, **changes: object) -> DhtConfig:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> DhtConfig:
+        return replace(self, **changes)
 
     @classmethod
     def lan(cls) -> DhtConfig:

@@ -57,7 +57,6 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from dht.config import DhtConfig
 from dht.errors import RecordError
@@ -65,7 +64,6 @@ from dht.hooks import Signer, Verifier
 from dht.ids import ID_BYTES, random_id_in_bucket
 from dht.lookup import Lookup, Query
 from dht.messages import (
-    REPLY_TO,
     FindNode,
     FindNodeReply,
     FindValue,
@@ -73,6 +71,8 @@ from dht.messages import (
     PeerInfo,
     Ping,
     Pong,
+    Reply,
+    Request,
     Store,
     StoreReply,
     ValueKind,
@@ -267,14 +267,14 @@ class DhtCore:
 
     # --- messages -----------------------------------------------------------------------
 
-    def on_message(self, peer: bytes, msg: Any, now: float) -> list[Output]:
-        kind = type(msg)
-        if kind in REPLY_TO:
-            self._counts["requests_received"] += 1
-            return self._on_request(peer, msg, now)
-        if kind in _REPLY_TYPES:
-            self._counts["replies_received"] += 1
-            return self._on_reply(peer, msg, now)
+    def on_message(self, peer: bytes, msg: object, now: float) -> list[Output]:
+        match msg:
+            case Ping() | FindNode() | FindValue() | Store():
+                self._counts["requests_received"] += 1
+                return self._on_request(peer, msg, now)
+            case Pong() | FindNodeReply() | FindValueReply() | StoreReply():
+                self._counts["replies_received"] += 1
+                return self._on_reply(peer, msg, now)
         self.dropped["unexpected_message"] += 1
         return []
 
@@ -291,29 +291,29 @@ class DhtCore:
 
     # --- serving requests ----------------------------------------------------------------
 
-    def _on_request(self, peer: bytes, msg: Any, now: float) -> list[Output]:
+    def _on_request(self, peer: bytes, msg: Request, now: float) -> list[Output]:
         c = self.config
-        kind = type(msg)
         if (addresses_problem(msg.sender_addresses, c.max_addresses,
                               c.max_address_length) is not None
-                or (kind is FindNode and len(msg.target) != ID_BYTES)
-                or (kind is FindValue and len(msg.key) != ID_BYTES)):
+                or (isinstance(msg, FindNode) and len(msg.target) != ID_BYTES)
+                or (isinstance(msg, FindValue) and len(msg.key) != ID_BYTES)):
             self.dropped["garbage_request"] += 1
             return []
         out: list[Output] = []
         if msg.serving and peer != self.local_id:
             out += self._observe(PeerInfo(node_id=peer, addresses=msg.sender_addresses), now)
-        reply: Any
-        if kind is Ping:
-            reply = Pong(rid=msg.rid, sender_addresses=self.addresses)
-        elif kind is FindNode:
-            reply = FindNodeReply(rid=msg.rid,
-                                  peers=self._closest_for(msg.target, msg.count, peer),
-                                  sender_addresses=self.addresses)
-        elif kind is FindValue:
-            reply = self._find_value_reply(peer, msg, now)
-        else:
-            reply = self._store_reply(msg, now, out)
+        reply: Reply
+        match msg:
+            case Ping():
+                reply = Pong(rid=msg.rid, sender_addresses=self.addresses)
+            case FindNode():
+                reply = FindNodeReply(rid=msg.rid,
+                                      peers=self._closest_for(msg.target, msg.count, peer),
+                                      sender_addresses=self.addresses)
+            case FindValue():
+                reply = self._find_value_reply(peer, msg, now)
+            case Store():
+                reply = self._store_reply(msg, now, out)
         out.append(Send(peer, reply))
         return out
 
@@ -366,7 +366,7 @@ class DhtCore:
 
     # --- replies --------------------------------------------------------------------------
 
-    def _on_reply(self, peer: bytes, msg: Any, now: float) -> list[Output]:
+    def _on_reply(self, peer: bytes, msg: Reply, now: float) -> list[Output]:
         pending = self._pending.get(msg.rid)
         if pending is None or pending.peer != peer or type(msg) is not pending.reply_type:
             self.dropped["unexpected_reply"] += 1
@@ -374,21 +374,24 @@ class DhtCore:
         del self._pending[msg.rid]
         c = self.config
         problem = addresses_problem(msg.sender_addresses, c.max_addresses, c.max_address_length)
-        if problem is None and pending.kind is _Kind.LOOKUP:
+        # the reply has the class the request asked for: these two answer a lookup's query
+        if problem is None and isinstance(msg, FindNodeReply | FindValueReply):
             problem = self._lookup_reply_problem(msg, pending)
         if problem is not None:
             self.dropped[problem] += 1
             return self._failed(pending, now)
         out = self._observe(PeerInfo(node_id=peer, addresses=msg.sender_addresses), now)
-        if pending.kind is _Kind.LOOKUP:
-            out += self._lookup_reply(pending, msg, now)
-        elif pending.kind is _Kind.STORE:
-            op = self._ops.get(pending.op_id)
-            if op is not None and op.store_answered(msg.rid, msg.accepted):
-                out += self._finish(op, now)
+        match msg:
+            case FindNodeReply() | FindValueReply():
+                out += self._lookup_reply(pending, msg, now)
+            case StoreReply():
+                op = self._ops.get(pending.op_id)
+                if op is not None and op.store_answered(msg.rid, msg.accepted):
+                    out += self._finish(op, now)
         return out
 
-    def _lookup_reply_problem(self, msg: Any, pending: _Pending) -> str | None:
+    def _lookup_reply_problem(self, msg: FindNodeReply | FindValueReply,
+                              pending: _Pending) -> str | None:
         c = self.config
         if len(msg.peers) > pending.count:
             return "too_many_peers"
@@ -402,16 +405,17 @@ class DhtCore:
             for address in info.addresses:
                 if len(address) > max_length:
                     return "address_too_long"
-        if type(msg) is FindValueReply and len(msg.providers) > c.max_providers_per_key:
+        if isinstance(msg, FindValueReply) and len(msg.providers) > c.max_providers_per_key:
             return "too_many_providers"
         return None
 
-    def _lookup_reply(self, pending: _Pending, msg: Any, now: float) -> list[Output]:
+    def _lookup_reply(self, pending: _Pending, msg: FindNodeReply | FindValueReply,
+                      now: float) -> list[Output]:
         op = self._ops.get(pending.op_id)
         if op is None or op.lookup.finished:
             return []
         peer = pending.peer
-        if type(msg) is FindValueReply:
+        if isinstance(msg, FindValueReply):
             problem = op.take_values(msg, self.verifier, self.wall_ms(now), self._limits,
                                      self.dropped)
             if problem is not None:
@@ -492,9 +496,9 @@ class DhtCore:
             if op.value_kind is None:
                 rid = self._track(info.node_id, _Kind.LOOKUP, FindNodeReply, now, addresses,
                                   op.lookup_id, query.count)
-                msg: Any = FindNode(rid=rid, target=op.target, count=query.count,
-                                    sender_addresses=self.addresses,
-                                    serving=self.config.serving)
+                msg: Request = FindNode(rid=rid, target=op.target, count=query.count,
+                                        sender_addresses=self.addresses,
+                                        serving=self.config.serving)
             else:
                 rid = self._track(info.node_id, _Kind.LOOKUP, FindValueReply, now, addresses,
                                   op.lookup_id, query.count)
@@ -582,9 +586,6 @@ class DhtCore:
             requests_received=counts["requests_received"],
             replies_received=counts["replies_received"], timeouts=counts["timeouts"],
             dropped=dict(self.dropped))
-
-
-_REPLY_TYPES = frozenset(REPLY_TO.values())
 
 
 def _checked_id(value: bytes) -> bytes:

@@ -118,25 +118,26 @@ class DhtDriver:
 
     def _perform(self, outputs: list[Output]) -> None:
         for out in outputs:
-            if type(out) is Send:
-                if isinstance(out.msg, REPLY_TYPES):
-                    slot = self._replies.get((out.to, out.msg.rid))
-                    if slot is not None:
-                        slot.append(out.msg)
-                elif self._nursery is not None:
-                    self._nursery.start_soon(self._request, out)
-            elif type(out) is PeerFound:
-                if out.addresses:
-                    self.transport.set_addresses(out.node_id, list(out.addresses))
-            elif type(out) is LookupFinished:
-                for provider in out.providers:
-                    if provider.provider != self.core.local_id and provider.addresses:
-                        self.transport.set_addresses(provider.provider,
-                                                     list(provider.addresses))
-                waiter = self._waiters.get(out.lookup_id)
-                if waiter is not None:
-                    waiter.result = out
-                    waiter.event.set()
+            match out:
+                case Send():
+                    if isinstance(out.msg, REPLY_TYPES):
+                        slot = self._replies.get((out.to, out.msg.rid))
+                        if slot is not None:
+                            slot.append(out.msg)
+                    elif self._nursery is not None:
+                        self._nursery.start_soon(self._request, out)
+                case PeerFound():
+                    if out.addresses:
+                        self.transport.set_addresses(out.node_id, list(out.addresses))
+                case LookupFinished():
+                    for provider in out.providers:
+                        if provider.provider != self.core.local_id and provider.addresses:
+                            self.transport.set_addresses(provider.provider,
+                                                         list(provider.addresses))
+                    waiter = self._waiters.get(out.lookup_id)
+                    if waiter is not None:
+                        waiter.result = out
+                        waiter.event.set()
         if self._timer is not None:
             self._timer.deadline = self.core.next_deadline()
 

@@ -127,8 +127,8 @@ class StoreReply:
 
 Request = Ping | FindNode | FindValue | Store
 Reply = Pong | FindNodeReply | FindValueReply | StoreReply
-REQUEST_TYPES: tuple[type, ...] = (Ping, FindNode, FindValue, Store)
-REPLY_TYPES: tuple[type, ...] = (Pong, FindNodeReply, FindValueReply, StoreReply)
+REQUEST_TYPES = (Ping, FindNode, FindValue, Store)
+REPLY_TYPES = (Pong, FindNodeReply, FindValueReply, StoreReply)
 REPLY_TO: dict[type, type] = {Ping: Pong, FindNode: FindNodeReply, FindValue: FindValueReply,
                               Store: StoreReply}
 """Which reply answers which request (a reply of another type is hostile)."""

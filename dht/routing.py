@@ -107,8 +107,8 @@ class RoutingTable:
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, node_id: object) -> bool:
-        return self.get(node_id) is not None  # type: ignore[arg-type]
+    def __contains__(self, node_id: bytes) -> bool:
+        return self.get(node_id) is not None
 
     def __iter__(self) -> Iterator[Contact]:
         for index in self._indices:
@@ -136,7 +136,7 @@ class RoutingTable:
     def closest(self, target: bytes | int, count: int,
                 exclude: bytes | None = None) -> list[Contact]:
         """The ``count`` contacts closest to ``target`` by XOR, nearest first."""
-        t = target if type(target) is int else id_to_int(target)  # type: ignore[arg-type]
+        t = target if isinstance(target, int) else id_to_int(target)
         split = (t ^ self.local_key).bit_length() - 1  # -1 when the target is our own id
         indices = self._indices
         buckets = self._buckets

@@ -16,6 +16,7 @@ costs a broadcast through the whole mesh.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from meshcloud.codec.messages import message
 from meshcloud.codec.tags import TagBlock
@@ -100,10 +101,10 @@ class Capacity:
             raise ValueError(f"labels exceed {MAX_LABEL_TOTAL} characters in all")
 
     @classmethod
-    def build(cls, *, labels: dict[str, str] | None = None, **fields: object) -> Capacity:
+    def build(cls, *, labels: dict[str, str] | None = None, **fields: Any) -> Capacity:
         """A Capacity from keyword fields, with ``labels`` given as a dict."""
         pairs = tuple(sorted((labels or {}).items()))
-        return cls(labels=pairs, **fields)  # type: ignore[arg-type]
+        return cls(labels=pairs, **fields)
 
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)

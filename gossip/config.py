@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from meshcloud.errors import ConfigError
 
@@ -238,8 +239,8 @@ class GossipConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"gossip.{name} must not be negative")
 
-    def replace(self, **changes: object) -> GossipConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> GossipConfig:
+        return dataclasses.replace(self, **changes)
 
     # --- presets --------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ from gossip.queue import TransmitQueue
 from gossip.stats import Counters, GossipStatistics
 from gossip.suspicion import Suspicion
 from gossip.table import MemberTable
-from gossip.timers import TimerHeap, TimerKind
+from gossip.timers import TimerHeap, TimerKey, TimerKind
 from meshcloud.codec.messages import encode_message
 from meshcloud.errors import LocalProtocolError
 
@@ -287,11 +287,12 @@ class SwimCore(Prober, NewsApplier):
             self.counters.dropped_non_member += 1
             return out
         self.counters.messages_received += 1
-        if type(msg) is Compound:
-            for part in msg.parts:
-                self._dispatch(peer, part, now, out)
-        else:
-            self._dispatch(peer, msg, now, out)
+        match msg:
+            case Compound():
+                for part in msg.parts:
+                    self._dispatch(peer, part, now, out)
+            case _:
+                self._dispatch(peer, msg, now, out)
         return out
 
     def on_push_pull(self, peer: bytes, msg: PushPull,
@@ -390,33 +391,38 @@ class SwimCore(Prober, NewsApplier):
 
     # === timers ===========================================================================
 
-    def _timer_valid(self, when: float, kind: TimerKind, key: object) -> bool:
-        if kind is TimerKind.ROUND:
-            rnd = self._rounds.get(key)  # type: ignore[arg-type]
-            return rnd is not None and rnd.next_at == when
+    def _timer_valid(self, when: float, kind: TimerKind, key: TimerKey) -> bool:
         if kind is TimerKind.RELAY:
-            relay = self._acks.get(key)  # type: ignore[arg-type]
+            assert type(key) is int
+            relay = self._acks.get(key)
             return type(relay) is Relay and not relay.answered and relay.deadline == when
+        assert type(key) is bytes  # the other timers are about a member
+        if kind is TimerKind.ROUND:
+            rnd = self._rounds.get(key)
+            return rnd is not None and rnd.next_at == when
         if kind is TimerKind.SUSPICION:
-            suspicion = self._suspicions.get(key)  # type: ignore[arg-type]
+            suspicion = self._suspicions.get(key)
             return suspicion is not None and suspicion.deadline() == when
-        m = self.table.get(key)  # type: ignore[arg-type]
+        m = self.table.get(key)
         return m is not None and m.state.gone and (
             m.changed_at + self.config.dead_retention == when)
 
-    def _fire(self, kind: TimerKind, key: object, now: float, out: list[Output]) -> None:
-        if kind is TimerKind.ROUND:
-            self._round_timer(self._rounds[key], now, out)  # type: ignore[index]
-        elif kind is TimerKind.RELAY:
-            relay = self._acks.pop(key)  # type: ignore[arg-type]
+    def _fire(self, kind: TimerKind, key: TimerKey, now: float, out: list[Output]) -> None:
+        if kind is TimerKind.RELAY:
+            assert type(key) is int
+            relay = self._acks.pop(key)
             assert type(relay) is Relay
             relay.answered = True
             self._send(relay.requester, Nack(seq=relay.requester_seq), now, out)
+            return
+        assert type(key) is bytes  # the other timers are about a member
+        if kind is TimerKind.ROUND:
+            self._round_timer(self._rounds[key], now, out)
         elif kind is TimerKind.SUSPICION:
-            self._suspicion_expired(self._suspicions[key], now, out)  # type: ignore[index]
+            self._suspicion_expired(self._suspicions[key], now, out)
         else:
-            self.table.remove(key)  # type: ignore[arg-type]
-            out.append(MemberReaped(key))  # type: ignore[arg-type]
+            self.table.remove(key)
+            out.append(MemberReaped(key))
 
     def _resumed(self, now: float) -> None:
         """We were frozen (our timers fire late): nothing we timed meanwhile is evidence.
@@ -562,23 +568,23 @@ class SwimCore(Prober, NewsApplier):
     # === inbound ==========================================================================
 
     def _dispatch(self, peer: bytes, msg: object, now: float, out: list[Output]) -> None:
-        kind = type(msg)
-        if kind is Ping:
-            if msg.target != self.node_id:  # type: ignore[attr-defined]
-                self.counters.dropped_misaddressed += 1
-                return
-            m = self.table.get(peer)
-            self._send(peer, Ack(seq=msg.seq), now, out,  # type: ignore[attr-defined]
-                       self._buddy(m) if m is not None else ())
-        elif kind is Ack:
-            self._on_ack(peer, msg, now, out)  # type: ignore[arg-type]
-        elif kind is Alive:
-            self._on_alive(msg, now, out)  # type: ignore[arg-type]
-        elif kind is Suspect:
-            self._on_suspect(peer, msg, now, out)  # type: ignore[arg-type]
-        elif kind is Dead:
-            self._on_dead(peer, msg, now, out)  # type: ignore[arg-type]
-        elif kind is PingReq:
-            self._on_ping_req(peer, msg, now, out)  # type: ignore[arg-type]
-        elif kind is Nack:
-            self._on_nack(msg)  # type: ignore[arg-type]
+        match msg:
+            case Ping():
+                if msg.target != self.node_id:
+                    self.counters.dropped_misaddressed += 1
+                    return
+                m = self.table.get(peer)
+                self._send(peer, Ack(seq=msg.seq), now, out,
+                           self._buddy(m) if m is not None else ())
+            case Ack():
+                self._on_ack(peer, msg, now, out)
+            case Alive():
+                self._on_alive(msg, now, out)
+            case Suspect():
+                self._on_suspect(peer, msg, now, out)
+            case Dead():
+                self._on_dead(peer, msg, now, out)
+            case PingReq():
+                self._on_ping_req(peer, msg, now, out)
+            case Nack():
+                self._on_nack(msg)

@@ -233,11 +233,11 @@ class GossipDriver:
                 ids.append(peer.node_id)
         joined = 0
         for out in self.core.join(ids, trio.current_time()):
-            if type(out) is Sync:
-                if await self._sync(out):  # type: ignore[arg-type]
+            if isinstance(out, Sync):
+                if await self._sync(out):
                     joined += 1
                 else:
-                    errors.append(f"{out.to.hex()[:12]}: sync failed")  # type: ignore[union-attr]
+                    errors.append(f"{out.to.hex()[:12]}: sync failed")
         if addresses and not joined:
             raise GossipError("could not join the mesh: " + "; ".join(errors or ["no seed"]))
         return joined
@@ -300,26 +300,26 @@ class GossipDriver:
 
     def _perform(self, outputs: list[Output]) -> None:
         for out in outputs:
-            kind = type(out)
-            if kind is Send:
-                data = encode_message(out.msg)  # type: ignore[union-attr]
-                self._counts["datagrams_sent"] += 1
-                self._counts["bytes_sent"] += len(data)
-                self.transport.send_datagram(out.to, GOSSIP_PROTOCOL, data)  # type: ignore[union-attr]
-            elif kind is Sync:
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._sync, out)
-            elif kind is LeaveSpread:
-                self._leave_spread.set()
-            elif kind is Refuted:
-                log.info("refuted an accusation by %s: now at incarnation %d",
-                         out.accuser.hex()[:12], out.incarnation)  # type: ignore[union-attr]
-            else:  # a membership event
-                if kind is MemberJoined or kind is MemberUpdated:
-                    info: MemberInfo = out.member  # type: ignore[union-attr]
-                    if info.node_id != self.transport.local_id:
-                        self.transport.set_addresses(info.node_id, list(info.addresses))
-                self._publish(out)  # type: ignore[arg-type]
+            match out:
+                case Send():
+                    data = encode_message(out.msg)
+                    self._counts["datagrams_sent"] += 1
+                    self._counts["bytes_sent"] += len(data)
+                    self.transport.send_datagram(out.to, GOSSIP_PROTOCOL, data)
+                case Sync():
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._sync, out)
+                case LeaveSpread():
+                    self._leave_spread.set()
+                case Refuted():
+                    log.info("refuted an accusation by %s: now at incarnation %d",
+                             out.accuser.hex()[:12], out.incarnation)
+                case _:  # a membership event
+                    if isinstance(out, MemberJoined | MemberUpdated):
+                        info: MemberInfo = out.member
+                        if info.node_id != self.transport.local_id:
+                            self.transport.set_addresses(info.node_id, list(info.addresses))
+                    self._publish(out)
         self._wakeup.set()
 
     def _publish(self, event: MemberEvent) -> None:

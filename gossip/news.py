@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from gossip.capacity import Capacity
     from gossip.config import GossipConfig
     from gossip.hooks import GossipHooks
-    from gossip.probe import ProbeRound
+    from gossip.probe import ProbeRound, Relay
     from gossip.stats import Counters
     from gossip.table import MemberTable
     from gossip.timers import TimerHeap
@@ -128,7 +128,7 @@ class NewsApplier:
                   ) -> None: ...
         def _queue_news(self, m: Member, msg: Broadcastable, now: float) -> None: ...
         def _start_round(self, m: Member, now: float, out: list[Output], *, escalate: bool,
-                         relay: object = None) -> None: ...
+                         relay: Relay | None = None) -> None: ...
         def _end_round(self, rnd: ProbeRound) -> None: ...
 
     def _verify_alive(self, alive: Alive) -> bool:

@@ -13,37 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
+@dataclass(slots=True)
 class Counters:
-    __slots__ = (
-        "broadcasts_sent",
-        "deaths_declared",
-        "dropped_bad_signature",
-        "dropped_implausible",
-        "dropped_misaddressed",
-        "dropped_no_proof",
-        "dropped_non_member",
-        "dropped_stale_seq",
-        "ignored_unknown",
-        "indirect_probes",
-        "loop_stalls",
-        "messages_received",
-        "messages_sent",
-        "probe_hints",
-        "probes_failed",
-        "probes_stalled",
-        "probes_started",
-        "probes_unsettled",
-        "refutations",
-        "resumes",
-        "suspicions_postponed",
-        "suspicions_started",
-        "syncs_received",
-        "syncs_started",
-    )
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    broadcasts_sent: int = 0
+    deaths_declared: int = 0
+    dropped_bad_signature: int = 0
+    dropped_implausible: int = 0
+    dropped_misaddressed: int = 0
+    dropped_no_proof: int = 0
+    dropped_non_member: int = 0
+    dropped_stale_seq: int = 0
+    ignored_unknown: int = 0
+    indirect_probes: int = 0
+    loop_stalls: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+    probe_hints: int = 0
+    probes_failed: int = 0
+    probes_stalled: int = 0
+    probes_started: int = 0
+    probes_unsettled: int = 0
+    refutations: int = 0
+    resumes: int = 0
+    suspicions_postponed: int = 0
+    suspicions_started: int = 0
+    syncs_received: int = 0
+    syncs_started: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,11 +26,14 @@ class TimerKind(enum.IntEnum):
     """A DEAD or LEFT member's end of retention."""
 
 
-Entry = tuple[float, int, TimerKind, object]
+TimerKey = bytes | int
+"""What a timer is about: a member's node id, or (RELAY) our sequence number of a relay."""
+
+Entry = tuple[float, int, TimerKind, TimerKey]
 
 
 class TimerHeap:
-    def __init__(self, is_valid: Callable[[float, TimerKind, object], bool]) -> None:
+    def __init__(self, is_valid: Callable[[float, TimerKind, TimerKey], bool]) -> None:
         self._heap: list[Entry] = []
         self._counter = 0
         self._is_valid = is_valid
@@ -38,7 +41,7 @@ class TimerHeap:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def schedule(self, when: float, kind: TimerKind, key: object) -> None:
+    def schedule(self, when: float, kind: TimerKind, key: TimerKey) -> None:
         self._counter += 1
         heapq.heappush(self._heap, (when, self._counter, kind, key))
 
@@ -52,7 +55,7 @@ class TimerHeap:
             heapq.heappop(heap)
         return None
 
-    def pop(self) -> tuple[TimerKind, object]:
+    def pop(self) -> tuple[TimerKind, TimerKey]:
         """Remove the top entry (call after peek()) and return its kind and key."""
         _, _, kind, key = heapq.heappop(self._heap)
         return kind, key

@@ -113,7 +113,7 @@ def _only_closed(exc: BaseException) -> bool:
 
 async def _pump(lines: AsyncIterator[str], stream: Stream) -> None:
     """Send lines in batches: whatever is ready when the previous batch went out."""
-    send, receive = trio.open_memory_channel[str | None](MAX_LOG_BATCH)
+    send, receive = trio.open_memory_channel[str](MAX_LOG_BATCH)
 
     async def produce() -> None:
         async with send:
@@ -124,13 +124,13 @@ async def _pump(lines: AsyncIterator[str], stream: Stream) -> None:
         nursery.start_soon(produce)
         async with receive:
             async for first in receive:
-                batch = [first]  # type: ignore[list-item]
+                batch = [first]
                 while len(batch) < MAX_LOG_BATCH:
                     try:
                         item = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    batch.append(item)  # type: ignore[arg-type]
+                    batch.append(item)
                 await stream.send(encode_message(LogLines(lines=tuple(batch))))
 
 

@@ -245,21 +245,22 @@ class Reconciler:
 
     def perform(self, outputs: list[Output]) -> None:
         for output in outputs:
-            if isinstance(output, WriteClaim):
-                self.state.put(REPLICAS.name, output.key, output.claim)
-            elif isinstance(output, DeleteClaim):
-                current = self.state.get(REPLICAS.name, output.key)
-                if current is not None and current.node == output.node:
-                    self.state.delete(REPLICAS.name, output.key)
-            elif isinstance(output, Report):
-                self._report(output)
-            elif isinstance(output, StartReplica | StopReplica):
-                name = (output.spec.name if isinstance(output, StartReplica)
-                        else output.name)
-                if name in self.busy or self._nursery is None:
-                    continue
-                self.busy.add(name)
-                self._nursery.start_soon(self._operate, name, output)
+            match output:
+                case WriteClaim():
+                    self.state.put(REPLICAS.name, output.key, output.claim)
+                case DeleteClaim():
+                    current = self.state.get(REPLICAS.name, output.key)
+                    if current is not None and current.node == output.node:
+                        self.state.delete(REPLICAS.name, output.key)
+                case Report():
+                    self._report(output)
+                case StartReplica() | StopReplica():
+                    name = (output.spec.name if isinstance(output, StartReplica)
+                            else output.name)
+                    if name in self.busy or self._nursery is None:
+                        continue
+                    self.busy.add(name)
+                    self._nursery.start_soon(self._operate, name, output)
 
     def _report(self, report: Report) -> None:
         self.emit(report.kind, **report.facts)

@@ -30,7 +30,7 @@ import enum
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from meshcloud.codec import cbor
 from meshcloud.codec.tags import block_of
@@ -129,7 +129,11 @@ def encode_message(msg: Any) -> bytes:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def from_wire(value: Any, expect: type[T] | tuple[type, ...] | None = None) -> T:
+@overload
+def from_wire(value: Any, expect: type[T]) -> T: ...
+@overload
+def from_wire(value: Any, expect: tuple[type, ...] | None = None) -> Any: ...
+def from_wire(value: Any, expect: type | tuple[type, ...] | None = None) -> Any:
     """Build a message from its plain-data form, checking every field."""
     if type(value) is not list or len(value) < 2:
         raise CodecError("a message is an array [tag, version, fields...]")
@@ -164,12 +168,19 @@ def from_wire(value: Any, expect: type[T] | tuple[type, ...] | None = None) -> T
         raise CodecError(f"invalid {spec.cls.__name__}: {exc}") from None
 
 
+@overload
+def decode_message(data: bytes | bytearray | memoryview, expect: type[T], *,
+                   max_size: int = cbor.MAX_MESSAGE_SIZE) -> T: ...
+@overload
+def decode_message(data: bytes | bytearray | memoryview,
+                   expect: tuple[type, ...] | None = None, *,
+                   max_size: int = cbor.MAX_MESSAGE_SIZE) -> Any: ...
 def decode_message(
     data: bytes | bytearray | memoryview,
-    expect: type[T] | tuple[type, ...] | None = None,
+    expect: type | tuple[type, ...] | None = None,
     *,
     max_size: int = cbor.MAX_MESSAGE_SIZE,
-) -> T:
+) -> Any:
     """Decode bytes to a message; if ``expect`` is given, any other type is a CodecError."""
     return from_wire(cbor.decode(data, max_size=max_size), expect)
 

@@ -254,20 +254,21 @@ class StateCore:
         counted; they change nothing."""
         self._counters["datagrams_received"] += 1
         try:
-            if isinstance(msg, EntryBatch):
-                core = self.table(msg.table)
-                self._counters["news_received"] += len(msg.entries)
-                changes = core.merge_encoded(msg.entries, self.physical_ms(now))
-                self._observe(changes, now)
-                return self._finish(changes, now, exclude=peer)
-            if isinstance(msg, GcPush):
-                ack, changes = self.gc.on_push(peer, msg, self.physical_ms(now))
-                self._observe(changes, now)
-                return [SendDatagram(peer, ack), *self._finish(changes, now, exclude=peer)]
-            if isinstance(msg, GcDelete):
-                return [SendDatagram(peer, self.gc.on_delete(peer, msg))]
-            if isinstance(msg, GcAck):
-                return self._sent(self.gc.on_ack(peer, msg, now))
+            match msg:
+                case EntryBatch():
+                    core = self.table(msg.table)
+                    self._counters["news_received"] += len(msg.entries)
+                    changes = core.merge_encoded(msg.entries, self.physical_ms(now))
+                    self._observe(changes, now)
+                    return self._finish(changes, now, exclude=peer)
+                case GcPush():
+                    ack, changes = self.gc.on_push(peer, msg, self.physical_ms(now))
+                    self._observe(changes, now)
+                    return [SendDatagram(peer, ack), *self._finish(changes, now, exclude=peer)]
+                case GcDelete():
+                    return [SendDatagram(peer, self.gc.on_delete(peer, msg))]
+                case GcAck():
+                    return self._sent(self.gc.on_ack(peer, msg, now))
         except (CodecError, RemoteProtocolError, UnknownTableError):
             pass
         self._counters["datagrams_rejected"] += 1

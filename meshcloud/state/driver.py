@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 import trio
 
@@ -74,6 +74,23 @@ MAX_DATAGRAM = 256 * 1024
 SUBSCRIBER_BUFFER = 4096
 """Events a subscriber may fall behind before it is dropped (its channel ends: it should
 re-subscribe and rescan)."""
+
+
+class _BackgroundSyncKv(Protocol):
+    """A store whose commits reach the disk later, flushed by a worker thread
+    (:mod:`meshcloud.state.store`, ``background_sync=True``)."""
+
+    background_sync: bool
+    committed: int
+    synced: int
+
+    @property
+    def pending(self) -> int: ...
+    def flush(self) -> None: ...
+
+
+def _background_sync(kv: Kv) -> TypeGuard[_BackgroundSyncKv]:
+    return bool(getattr(kv, "background_sync", False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +193,7 @@ class StateDriver:
             self._nursery = nursery
             nursery.start_soon(self._receive_datagrams, datagrams)
             nursery.start_soon(self._timer_loop)
-            if getattr(self.core.kv, "background_sync", False):
+            if _background_sync(self.core.kv):
                 nursery.start_soon(self._flush_loop)
             task_status.started()
             try:
@@ -189,16 +206,17 @@ class StateDriver:
 
     def _perform(self, outputs: list[Output]) -> None:
         for output in outputs:
-            if isinstance(output, SendDatagram):
-                self.transport.send_datagram(output.peer, STATE_PROTOCOL,
-                                             encode_message(output.msg))
-            elif isinstance(output, StartSync):
-                if self._nursery is None:
-                    self.core.on_sync_closed(output.session, self._now(), "not running")
-                else:
-                    self._nursery.start_soon(self._run_session, output.session)
-            elif isinstance(output, Change):
-                self._publish(output)
+            match output:
+                case SendDatagram():
+                    self.transport.send_datagram(output.peer, STATE_PROTOCOL,
+                                                 encode_message(output.msg))
+                case StartSync():
+                    if self._nursery is None:
+                        self.core.on_sync_closed(output.session, self._now(), "not running")
+                    else:
+                        self._nursery.start_soon(self._run_session, output.session)
+                case Change():
+                    self._publish(output)
         if outputs:
             self._wake.set()  # new work may move the core's deadline earlier
         if getattr(self.core.kv, "pending", 0):
@@ -208,14 +226,14 @@ class StateDriver:
         """Background sync: flush pending commits to disk in a worker thread, so the
         event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`)."""
         kv = self.core.kv
+        assert _background_sync(kv)
         while True:
             with trio.move_on_after(1.0):  # also a commit no output announced
                 await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
-            if kv.pending:  # type: ignore[attr-defined]
+            if kv.pending:
                 try:
-                    await trio.to_thread.run_sync(kv.flush,  # type: ignore[attr-defined]
-                                                  limiter=self._flush_limiter)
+                    await trio.to_thread.run_sync(kv.flush, limiter=self._flush_limiter)
                 except MeshError as exc:
                     log.warning("state store flush failed: %s", exc)
             self._flushed.set()
@@ -227,10 +245,10 @@ class StateDriver:
         thread covers every write waiting, and the event loop never waits for the disk).
         At once when the store syncs each commit itself."""
         kv = self.core.kv
-        if not getattr(kv, "background_sync", False) or self._nursery is None:
+        if not _background_sync(kv) or self._nursery is None:
             return
-        target = kv.committed  # type: ignore[attr-defined]
-        while kv.synced < target:  # type: ignore[attr-defined]
+        target = kv.committed
+        while kv.synced < target:
             flushed = self._flushed
             self._flush_wanted.set()
             await flushed.wait()

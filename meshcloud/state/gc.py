@@ -188,7 +188,8 @@ class GcCore:
 
 def _fit(items: list[tuple[bytes, bytes, bytes]], budget: int) -> list[tuple[bytes, bytes, bytes]]:
     """As many items as fit one datagram (at least one)."""
-    out, size = [], 0
+    out: list[tuple[bytes, bytes, bytes]] = []
+    size = 0
     for item in items:
         cost = len(item[0]) + len(item[2]) + 8
         if out and size + cost > budget:

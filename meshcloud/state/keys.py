@@ -43,16 +43,16 @@ def _escape(data: bytes) -> bytes:
 
 
 def encode_atom(atom: Atom) -> bytes:
-    kind = type(atom)
-    if kind is bytes:
-        return b"\x01" + _escape(atom) + b"\x00"  # type: ignore[operator]
-    if kind is str:
-        return b"\x02" + _escape(atom.encode()) + b"\x00"  # type: ignore[union-attr]
-    if kind is int:
-        if not -_INT_OFFSET <= atom < _INT_OFFSET:  # type: ignore[operator]
+    # exact types: a bool (an int subclass) or a str subclass is not an atom
+    if type(atom) is bytes:
+        return b"\x01" + _escape(atom) + b"\x00"
+    if type(atom) is str:
+        return b"\x02" + _escape(atom.encode()) + b"\x00"
+    if type(atom) is int:
+        if not -_INT_OFFSET <= atom < _INT_OFFSET:
             raise CodecError(f"key integer {atom} outside the signed 64-bit range")
-        return b"\x03" + _U64.pack(atom + _INT_OFFSET)  # type: ignore[operator]
-    raise CodecError(f"a key atom is str, bytes or int, not {kind.__name__}")
+        return b"\x03" + _U64.pack(atom + _INT_OFFSET)
+    raise CodecError(f"a key atom is str, bytes or int, not {type(atom).__name__}")
 
 
 def encode_key(key: Key) -> bytes:

@@ -36,9 +36,12 @@ PARTITION_ITEM = b"meshcloud/state/partition/"
 
 
 class Replication(Protocol):
-    full_copy: bool
-    read_quorum: int
-    write_quorum: int
+    @property
+    def full_copy(self) -> bool: ...
+    @property
+    def read_quorum(self) -> int: ...
+    @property
+    def write_quorum(self) -> int: ...
 
     def storage_nodes(self, partition: int, view: frozenset[NodeId]) -> tuple[NodeId, ...]:
         """Nodes of ``view`` that store ``partition``, best first."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from meshcloud.codec.messages import _BY_CLASS, _plain, from_wire, to_wire
 from meshcloud.errors import CodecError
@@ -48,7 +48,7 @@ class TableSchema(Generic[V]):
     """Types of the leading key atoms that form the partition key (may be empty)."""
     sort: tuple[type, ...] = ()
     """Types of the remaining key atoms (the sort key)."""
-    entry: type = LwwRegister
+    entry: type[LwwRegister] | type[LwwMap] = LwwRegister
     """The entry CRDT: LwwRegister (whole row) or LwwMap (per field)."""
     encode: Callable[[V], Any] = _identity
     """Application value to plain data (for LwwMap: a dict of field name to plain)."""
@@ -78,9 +78,9 @@ class TableSchema(Generic[V]):
 
     def check_key(self, key: Key | Atom) -> Key:
         """The key as a tuple, checked against the declared atom types."""
-        if type(key) is not tuple:
-            key = (key,)  # type: ignore[assignment]
-        assert isinstance(key, tuple)
+        # a lone atom is a key of one; anything else that is not exactly a tuple fails the
+        # atom check below
+        key = key if type(key) is tuple else cast(Key, (key,))
         kinds = (*self.partition, *self.sort)
         if len(key) != len(kinds):
             raise CodecError(f"table {self.name} keys have {len(kinds)} atoms, got {len(key)}")
@@ -123,7 +123,7 @@ class TableSchema(Generic[V]):
             raise CodecError(f"table {self.name}: malformed value: {exc}") from None
 
     def entry_from_plain(self, plain: Any) -> Entry:
-        return self.entry.from_plain(plain)  # type: ignore[attr-defined, no-any-return]
+        return self.entry.from_plain(plain)
 
     def check_entry(self, entry: Entry) -> None:
         """Every live value in ``entry`` must decode (so peers cannot store garbage)."""
@@ -158,7 +158,8 @@ def record_codec(cls: type[V]) -> tuple[Callable[[V], Any], Callable[[Any], V]]:
 def fields_codec(cls: type[V]) -> tuple[Callable[[V], Any], Callable[[Any], V]]:
     """encode/decode for an LwwMap row backed by a registered message dataclass: each
     field is its own register; fields missing on decode take their defaults."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = dataclasses.fields(cast(Any, cls))  # a registered message is a dataclass
+    names = [f.name for f in fields]
 
     def encode(value: V) -> dict[str, Any]:
         if type(value) is not cls:
@@ -170,20 +171,20 @@ def fields_codec(cls: type[V]) -> tuple[Callable[[V], Any], Callable[[Any], V]]:
         if type(plain) is not dict:
             raise CodecError(f"{cls.__name__} row is a map of fields")
         spec = _BY_CLASS[cls]  # the registered tag and version (codec internals)
-        fields: list[Any] = []
-        defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values: list[Any] = []
+        defaults = {f.name: f for f in fields}
         for name in names:
             if name in plain:
-                fields.append(plain[name])
+                values.append(plain[name])
                 continue
             field = defaults[name]
             if field.default is not dataclasses.MISSING:
-                fields.append(_plain(field.default))
+                values.append(_plain(field.default))
             elif field.default_factory is not dataclasses.MISSING:
-                fields.append(_plain(field.default_factory()))
+                values.append(_plain(field.default_factory()))
             else:
                 raise CodecError(f"{cls.__name__} row lacks field {name}")
-        return from_wire([spec.tag, spec.version, *fields], cls)
+        return from_wire([spec.tag, spec.version, *values], cls)
 
     return encode, decode
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from meshcloud.errors import CodecError, LocalProtocolError, RemoteProtocolError
@@ -163,11 +164,13 @@ class SyncSession:
         table = self.tables[name]
         while work.push:
             budget = self.config.sync_batch_bytes
-            keys = []
-            while work.push and len(keys) < MAX_KEYS:
-                keys.append(work.push.popleft())
-            entries, size, unsent = [], 0, []
-            for key, data in table.entries_for(keys):
+            batch: list[bytes] = []
+            while work.push and len(batch) < MAX_KEYS:
+                batch.append(work.push.popleft())
+            entries: list[tuple[bytes, bytes]] = []
+            unsent: list[bytes] = []
+            size = 0
+            for key, data in table.entries_for(batch):
                 if entries and size + len(key) + len(data) > budget:
                     unsent.append(key)
                     continue
@@ -334,43 +337,49 @@ def _table(tables: Mapping[str, TableCore[Any]], name: str) -> TableCore[Any]:
 def _respond(tables: Mapping[str, TableCore[Any]], request: Any, now_ms: int,
              config: StateConfig, holds: Callable[[str, bytes], bool],
              ) -> tuple[Any, list[Change]]:
-    if isinstance(request, SyncHello):
-        differ: dict[str, tuple[bytes, ...]] = {}
-        for name, pairs in request.tables.items():
-            table = tables.get(name)
-            if table is None:
-                continue
-            mine = table.kv.read(
-                lambda txn, t=table, ps=pairs: [t.merkle.view_hash(txn, p) for p, _ in ps])
-            changed = tuple(p for (p, theirs), ours in zip(pairs, mine, strict=True)
-                            if ours != theirs and holds(name, p))
-            if changed:
-                differ[name] = changed
-        return SyncHelloReply(differ=differ), []
-    if isinstance(request, SyncNodes):
-        table = _table(tables, request.table)
-        if any(len(p) > MAX_PREFIX_BYTES for p in request.prefixes):
-            raise RemoteProtocolError("prefix too long")
-        nodes = table.kv.read(
-            lambda txn: tuple(table.merkle.view(txn, p) if holds(request.table, p) else EMPTY
-                              for p in request.prefixes))
-        return SyncNodesReply(nodes=nodes), []
-    if isinstance(request, SyncGet):
-        table = _table(tables, request.table)
-        entries, size, processed = [], 0, 0
-        found = dict(table.entries_for(request.keys))
-        for key in request.keys:
-            data = found.get(key)
-            if data is not None:
-                if entries and size + len(key) + len(data) > config.sync_batch_bytes:
-                    break
-                entries.append((key, data))
-                size += len(key) + len(data)
-            processed += 1
-        return SyncEntries(table=request.table, entries=tuple(entries),
-                           processed=processed), []
-    if isinstance(request, SyncPush):
-        table = _table(tables, request.table)
-        changes = table.merge_encoded(request.entries, now_ms)
-        return SyncPushAck(table=request.table, changed=len(changes)), changes
+    match request:
+        case SyncHello():
+            differ: dict[str, tuple[bytes, ...]] = {}
+            for name, pairs in request.tables.items():
+                known = tables.get(name)
+                if known is None:
+                    continue
+                mine = known.kv.read(partial(_view_hashes, known, pairs))
+                changed = tuple(p for (p, theirs), ours in zip(pairs, mine, strict=True)
+                                if ours != theirs and holds(name, p))
+                if changed:
+                    differ[name] = changed
+            return SyncHelloReply(differ=differ), []
+        case SyncNodes():
+            table = _table(tables, request.table)
+            if any(len(p) > MAX_PREFIX_BYTES for p in request.prefixes):
+                raise RemoteProtocolError("prefix too long")
+            nodes = table.kv.read(
+                lambda txn: tuple(table.merkle.view(txn, p) if holds(request.table, p)
+                                  else EMPTY for p in request.prefixes))
+            return SyncNodesReply(nodes=nodes), []
+        case SyncGet():
+            table = _table(tables, request.table)
+            entries: list[tuple[bytes, bytes]] = []
+            size = processed = 0
+            found = dict(table.entries_for(request.keys))
+            for key in request.keys:
+                data = found.get(key)
+                if data is not None:
+                    if entries and size + len(key) + len(data) > config.sync_batch_bytes:
+                        break
+                    entries.append((key, data))
+                    size += len(key) + len(data)
+                processed += 1
+            return SyncEntries(table=request.table, entries=tuple(entries),
+                               processed=processed), []
+        case SyncPush():
+            table = _table(tables, request.table)
+            changes = table.merge_encoded(request.entries, now_ms)
+            return SyncPushAck(table=request.table, changed=len(changes)), changes
     raise RemoteProtocolError(f"{type(request).__name__} is not a sync request")
+
+
+def _view_hashes(table: TableCore[Any], pairs: Iterable[tuple[bytes, bytes]],
+                 txn: Any) -> list[bytes]:
+    return [table.merkle.view_hash(txn, p) for p, _ in pairs]

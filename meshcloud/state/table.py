@@ -96,7 +96,7 @@ class TableCore(Generic[V]):
     # --- decoding -------------------------------------------------------------------------
 
     def _load(self, data: bytes) -> Entry:
-        return self.schema.entry.from_stored(cbor.decode(data))  # type: ignore[attr-defined, no-any-return]
+        return self.schema.entry.from_stored(cbor.decode(data))
 
     def decode_remote(self, key: bytes, data: bytes) -> Entry:
         """Validate one (key, entry bytes) pair from a peer. CodecError if malformed."""
@@ -220,7 +220,7 @@ class TableCore(Generic[V]):
     def build_tombstone(self, key: bytes, ts: int, writer: bytes) -> Entry:
         if self.schema.entry is LwwMap:
             current = self.get_entry(key)
-            names = [] if current is None else [n for n, _ in current.fields]  # type: ignore[attr-defined]
+            names = [n for n, _ in current.fields] if isinstance(current, LwwMap) else []
             return LwwMap.of({n: LwwRegister.tombstone(ts, writer) for n in names})
         return LwwRegister.tombstone(ts, writer)
 
@@ -408,5 +408,5 @@ class TableCore(Generic[V]):
 
 
 def _is_tombstone_bytes(schema: TableSchema[Any], data: bytes) -> bool:
-    return bool(schema.entry.from_stored(cbor.decode(data)).is_tombstone)  # type: ignore[attr-defined]
+    return schema.entry.from_stored(cbor.decode(data)).is_tombstone
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import trio
 
@@ -140,7 +140,11 @@ async def send_message(stream: Stream, msg: Any) -> None:
     await stream.send(encode_message(msg))
 
 
-async def receive_message(stream: Stream, expect: type[T] | tuple[type, ...]) -> T:
+@overload
+async def receive_message(stream: Stream, expect: type[T]) -> T: ...
+@overload
+async def receive_message(stream: Stream, expect: tuple[type, ...]) -> Any: ...
+async def receive_message(stream: Stream, expect: type | tuple[type, ...]) -> Any:
     """The next message, decoded; a malformed one aborts the stream and raises CodecError."""
     data = await stream.receive()
     try:
@@ -150,8 +154,14 @@ async def receive_message(stream: Stream, expect: type[T] | tuple[type, ...]) ->
         raise
 
 
+@overload
 async def request(transport: Transport, peer: NodeId, protocol: str, msg: Any,
-                  expect: type[T] | tuple[type, ...]) -> T:
+                  expect: type[T]) -> T: ...
+@overload
+async def request(transport: Transport, peer: NodeId, protocol: str, msg: Any,
+                  expect: tuple[type, ...]) -> Any: ...
+async def request(transport: Transport, peer: NodeId, protocol: str, msg: Any,
+                  expect: type | tuple[type, ...]) -> Any:
     """One request, one reply, on a fresh stream. Callers bound it with trio.fail_after."""
     stream = await transport.open_stream(peer, protocol)
     try:

@@ -390,7 +390,7 @@ class Connection:
 
     # --- tasks --------------------------------------------------------------------------
 
-    async def run(self, early: list[bytes]) -> None:
+    async def run(self, early: list[bytes | bytearray]) -> None:
         """Serve the connection until it is lost. ``early``: transport data that came with
         the handshake. The ``first`` bytes given at construction (the verdict) leave before
         anything else."""
@@ -492,7 +492,7 @@ class Connection:
             self.release(stream)
         self.schedule_flush()
 
-    def _feed(self, plaintexts: list[bytes]) -> None:
+    def _feed(self, plaintexts: list[bytes | bytearray]) -> None:
         now = trio.current_time()
         if plaintexts:
             self.last_used = now
@@ -503,38 +503,38 @@ class Connection:
     def _dispatch(self, events: list[MuxEvent]) -> None:
         streams = self.streams
         for event in events:
-            kind = type(event)
-            if kind is MessageReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream._on_message(event.data)
-            elif kind is WindowUpdated:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream._writable.unpark_all()
-            elif kind is StreamOpened:
-                self._accept(event.stream_id, event.protocol)
-            elif kind is StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream._on_end()
-                    self.release_if_done(stream)
-            elif kind is StreamAborted:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    who = "peer aborted the stream" if event.by_peer else "stream reset"
-                    stream._on_failure(StreamReset(f"{who}: {event.reason}"))
-                    self.release(stream)
-            elif kind is DatagramReceived:
-                if self.peer.joining and event.protocol not in JOIN_PROTOCOLS:
-                    continue
-                self.usage.received(event.protocol, len(event.data))
-                self.transport.registry.deliver_datagram(self.peer.node_id, event.protocol,
-                                                         event.data)
-            elif kind is GoAwayReceived:
-                self._goaway_reason = event.reason
-                self.transport._on_goaway(self, event.reason)
-                self._close_if_drained()
+            match event:
+                case MessageReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._on_message(event.data)
+                case WindowUpdated():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._writable.unpark_all()
+                case StreamOpened():
+                    self._accept(event.stream_id, event.protocol)
+                case StreamEnded():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._on_end()
+                        self.release_if_done(stream)
+                case StreamAborted():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        who = "peer aborted the stream" if event.by_peer else "stream reset"
+                        stream._on_failure(StreamReset(f"{who}: {event.reason}"))
+                        self.release(stream)
+                case DatagramReceived():
+                    if self.peer.joining and event.protocol not in JOIN_PROTOCOLS:
+                        continue
+                    self.usage.received(event.protocol, len(event.data))
+                    self.transport.registry.deliver_datagram(self.peer.node_id,
+                                                             event.protocol, event.data)
+                case GoAwayReceived():
+                    self._goaway_reason = event.reason
+                    self.transport._on_goaway(self, event.reason)
+                    self._close_if_drained()
 
     def _accept(self, stream_id: int, protocol: str) -> None:
         transport = self.transport

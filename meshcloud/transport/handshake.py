@@ -153,7 +153,7 @@ class HandshakeCore:
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[bytes]:
+    def receive_data(self, data: bytes) -> list[bytes | bytearray]:
         """Feed bytes from the peer. Returns transport plaintexts that followed the handshake."""
         if self._error is not None:
             raise self._error
@@ -167,22 +167,22 @@ class HandshakeCore:
             self.peer = None
             raise
 
-    def _receive(self, data: bytes) -> list[bytes]:
+    def _receive(self, data: bytes) -> list[bytes | bytearray]:
         messages = self._reader.feed(data, limit=1)
         while messages and self.status is HandshakeStatus.IN_PROGRESS:
-            if self._noise.ciphers is None:
-                self._on_handshake_message(messages[0])
-            else:  # dialer waiting for the verdict: it was the first transport message
+            if self._noise.ciphers is not None:
+                # dialer waiting for the verdict: it was the first transport message
                 self._start_channel()
                 return self._on_verdict(messages[0])
-            if self.status is HandshakeStatus.DONE:
+            if self._on_handshake_message(messages[0]):
                 break
             messages = self._reader.feed(b"", limit=1)
         if self.status is HandshakeStatus.DONE and self.channel is not None:
             return self.channel.decrypt(self._reader.take_rest())
         return []
 
-    def _on_handshake_message(self, raw: bytes) -> None:
+    def _on_handshake_message(self, raw: bytes) -> bool:
+        """Process one handshake message; True once the handshake is done (listener)."""
         noise = self._noise
         index = noise.message_index
         payload = noise.read_message(raw)
@@ -205,13 +205,14 @@ class HandshakeCore:
                 raise
             self._out += self.channel.encrypt(encode_message(HandshakeVerdict(accepted=True)))
             self.status = HandshakeStatus.DONE
+        return self.status is HandshakeStatus.DONE
 
     def _start_channel(self) -> None:
         if self.channel is None:
             assert self._noise.ciphers is not None
             self.channel = SecureChannel(self._noise.ciphers)
 
-    def _on_verdict(self, raw: bytes) -> list[bytes]:
+    def _on_verdict(self, raw: bytes) -> list[bytes | bytearray]:
         assert self.channel is not None
         verdict = decode_message(self.channel.decrypt_message(raw), HandshakeVerdict,
                                  max_size=1024)

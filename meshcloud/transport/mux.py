@@ -235,7 +235,8 @@ class MuxCore:
         return packets
 
     def _emit(self, frame_type: int, flags: int, stream_id: int,
-              payload: bytes | memoryview = b"", extra: bytes | memoryview = b"") -> None:
+              payload: bytes | memoryview = b"",
+              extra: bytes | bytearray | memoryview = b"") -> None:
         length = len(payload) + len(extra)
         size = HEADER_SIZE + length
         packets = self._packets

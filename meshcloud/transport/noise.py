@@ -101,7 +101,8 @@ class NoiseHash:
     factory: Callable[..., Any]
 
     def hash(self, data: bytes) -> bytes:
-        return self.factory(data).digest()
+        digest: bytes = self.factory(data).digest()
+        return digest
 
     def hmac(self, key: bytes, data: bytes) -> bytes:
         # hmac uses the factory's block_size: 128 for BLAKE2b/SHA512, 64 for BLAKE2s/SHA256,

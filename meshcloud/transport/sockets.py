@@ -79,7 +79,7 @@ async def connect(host: str, port: int, address: str, *,
         sock = socket.socket(family, kind, proto)
         try:
             tune(sock)
-            source = source_for(listen or [], sockaddr[0])
+            source = source_for(listen or [], str(sockaddr[0]))
             if source is not None:
                 sock.bind((source, 0))
             try:
@@ -122,7 +122,7 @@ async def receive_some(sock: socket.socket) -> bytes:
 
 async def run_handshake(sock: socket.socket, core: HandshakeCore,
                         counters: TransportCounters | None = None
-                        ) -> tuple[list[bytes], bytes]:
+                        ) -> tuple[list[bytes | bytearray], bytes]:
     """Exchange handshake messages until the core is done; a refusal is sent before raising.
 
     Returns the transport data that arrived early and the bytes still to send (the

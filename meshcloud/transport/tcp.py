@@ -369,7 +369,8 @@ class TcpTransport:
             raise TransportError(f"cannot reach {address}: connection timed out")
         try:
             core = self._handshake_core(initiator=True, expect=expect)
-            early, first = [], b""
+            early: list[bytes | bytearray] = []
+            first = b""
             try:
                 with trio.move_on_after(self.config.handshake_timeout):
                     early, first = await run_handshake(sock, core, self.counters)
@@ -477,7 +478,8 @@ class TcpTransport:
             logger.debug("too many handshakes in progress from %s: closing", address)
             return False
         core = self._handshake_core(initiator=False)
-        early, first = [], b""
+        early: list[bytes | bytearray] = []
+        first = b""
         try:
             with trio.move_on_after(self.config.handshake_timeout):
                 early, first = await run_handshake(sock, core, self.counters)
@@ -511,7 +513,7 @@ class TcpTransport:
 
     # --- connections --------------------------------------------------------------------
 
-    def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes],
+    def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes | bytearray],
                first: bytes, *, we_dialed: bool, address: str) -> Connection:
         peer, channel = core.peer, core.channel
         assert peer is not None and channel is not None
