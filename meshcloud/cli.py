@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import apps.ingress.cli  # noqa: F401 - ingress verbs (expose, unexpose, endpoints)
     import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
+    from apps.sites import cli as _site_verbs  # noqa: F401 - site deploy/rollback/ls/rm
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is None:
