@@ -113,7 +113,7 @@ async def deploy(sites: Sites, name: str, tree: dict[str, bytes], **extra: Any
                  ) -> dict[str, Any]:
     files = listing(tree)
     missing = set(await sites.missing(name, files))
-    for path, data in tree.items():
+    for _path, data in tree.items():
         digest = hashlib.sha256(data).hexdigest()
         if digest in missing:
             await sites.upload(name, digest, len(data), chunks(data))
@@ -147,7 +147,7 @@ BLOG = {"index.html": b"<h1>v1</h1>", "404.html": b"<h1>lost</h1>",
 
 
 async def test_deploy_then_serve_byte_exact(env, autojump_clock) -> None:
-    sites, storage = env
+    sites, _storage = env
     reply = await deploy(sites, "blog", BLOG, domains=["Blog.Home."])
     assert reply["current"] == 1 and reply["domains"] == ["blog.home"]
     response, body = await fetch(sites, "blog.home", "/")
@@ -195,7 +195,7 @@ async def test_an_upload_that_does_not_match_its_digest_stores_nothing(env, auto
 
 
 async def test_a_commit_with_files_not_uploaded_changes_nothing(env, autojump_clock) -> None:
-    sites, storage = env
+    sites, _storage = env
     await deploy(sites, "blog", BLOG, domains=["blog.home"])
     before = sites.state.get(SITES.name, "blog")
     with pytest.raises(SiteError, match="not uploaded"):
@@ -298,7 +298,7 @@ async def test_storage_failure_is_a_503_and_an_error(env, autojump_clock) -> Non
     await deploy(sites, "blog", BLOG, domains=["blog.home"])
     sites.manifests.clear()
     storage.broken = True
-    response, body = await fetch(sites, "blog.home", "/")
+    response, _body = await fetch(sites, "blog.home", "/")
     assert response.status == 503 and hdr(response, b"retry-after") == b"2"
     assert sites.counters["blog"].errors == 1
 
