@@ -69,7 +69,11 @@ class SiteService:
     def ui_routes(self, base: Any, render: Any) -> list[Any]:
         from apps.sites.ui import routes
 
-        return routes(self.sites, base)
+        def ingress_address() -> str:
+            ingress = next((s for s in self.node.services if s.name == "ingress"), None)
+            return str(getattr(ingress, "http_address", "") or "")
+
+        return routes(self.sites, base, ingress_address)
 
     def nav(self) -> list[tuple[str, str, str, bool]]:
         return [("sites", "Sites", "/ui/sites", True)]
