@@ -224,7 +224,10 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
                        client_ip: str, ingress: IngressService) -> None:
     method = request.method.decode("ascii", "replace").upper()
     target = request.target.decode("latin-1")
+    size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
     try:
+        if size > MAX_HEADERS:  # h11 bounds only what arrives in pieces
+            raise BadRequest(431, "request headers too large")
         checked = check_request(method, target, list(request.headers))
     except BadRequest as exc:
         ingress.http_refused += 1
