@@ -126,6 +126,22 @@ def test_prefix_routes_forwarded_headers_404_and_503(cluster):
     assert s == 503 and h["retry-after"] == "2"
 
 
+def test_routes_and_status_show_hosts_prefixes_and_live_replicas(cluster):
+    a = cluster.agents[0]
+    lines = a.cli("routes").stdout.splitlines()
+    def line(start):
+        return next(x for x in lines if x.split()[0] == start)
+    assert "-> app:http" in line("app.home") and "2/2 live" in line("app.home")
+    assert "-> api:http" in line("app.home/api") and "1/1 live" in line("app.home/api")
+    assert "0/1 live (none)" in line("down.home")
+    assert "timeout 1.5s" in line("hang.home")
+    rows = json.loads(a.cli("routes", "--json").stdout)["routes"]
+    app = next(r for r in rows if r["host"] == "app.home" and r["prefix"] == "/")
+    assert sorted(x["replica"] for x in app["live"]) == [0, 1]
+    status = a.cli("status").stdout
+    assert f"ingress http://{host_of(a)}:{HTTP_PORT}" in status
+
+
 def test_websocket_echo_through_a_cross_node_forward(cluster):
     agent = next(x for x in cluster.agents
                  if all(e["node"] != x.node_id for e in x.get("/v1/ingress")["endpoints"]
