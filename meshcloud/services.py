@@ -40,7 +40,6 @@ def build_services(node: Node) -> list[Any]:
     workloads = WorkloadService(node)
     blobs, ingress = BlobService(node), IngressService(node, workloads)
     sites = SiteService(node, blobs)
-    if hasattr(ingress, "add_host_lookup"):  # the ingress's seam for in-process hosts
-        ingress.add_host_lookup(sites.lookup)
+    ingress.add_host_lookup(sites.lookup)
     services: list[Any] = [workloads, blobs, ingress, sites]
     return services

@@ -18,13 +18,11 @@ from pathlib import Path
 import pytest
 
 from apps.ingress.ports import ephemeral_port
-from apps.ingress.service import IngressService
 from sim.agents import Agent, LocalCluster, wait_until
 
 ADDRESSES = [f"127.0.0.{51 + i}" for i in range(3)]
 HTTP_PORT = ephemeral_port()
 SWITCH_BOUND = 5.0
-SEAM = hasattr(IngressService, "add_host_lookup")
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -115,7 +113,6 @@ def test_deploy_ls_rollback_rm_through_the_cli(cluster, tmp_path):
                            for x in (a, b)), SWITCH_BOUND, message="removed everywhere")
 
 
-@pytest.mark.skipif(not SEAM, reason="needs the ingress's add_host_lookup (issue 15 seam)")
 def test_served_byte_exact_through_nodes_2_and_3(cluster, tmp_path):
     a, _, c = cluster.agents
     through = [ADDRESSES[1], ADDRESSES[2]]
