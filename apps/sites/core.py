@@ -245,6 +245,7 @@ class Sites:
         record = self.site(check_name(name))
         self.state.delete(SITES.name, name)
         self._domains_at = -1e9
+        self.forget_cached(name)
         for node, _ in site_stats(self.state).get(name, {}).items():
             if node == self.node_id:
                 self.state.delete(SITE_STATS.name, (name, node))
@@ -258,6 +259,14 @@ class Sites:
         if self.emit is not None:
             self.emit("site.removed", site=name)
         return {"removed": name, "versions": len(record.versions), "objects": removed}
+
+    def forget_cached(self, name: str) -> None:
+        prefix = site_prefix(name)
+        for table in (self.handles, self.manifests):
+            for key in [k for k in table if k.startswith(prefix)]:
+                del table[key]
+        for key in [k for k in self.cache.items if str(k).startswith(prefix)]:
+            self.cache.discard(key)
 
     def _fresh_domains(self) -> dict[str, str]:
         self._domains_at = -1e9
@@ -352,6 +361,7 @@ class Sites:
             log.warning("site %s: %s %s failed: %r", name, request.method,
                         request.target[:200], exc)
             counters.errors += 1
+            self.handles.clear()  # a stale object record (site removed and redeployed)
             body = b"the site's storage did not answer; try again\n"
             return HostResponse(503, [(b"content-type", b"text/plain; charset=utf-8"),
                                       (b"content-length", str(len(body)).encode()),

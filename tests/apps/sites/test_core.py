@@ -283,6 +283,7 @@ async def test_hostile_paths_never_read_outside_the_version(env, autojump_clock)
 async def test_remove_stops_serving_and_deletes_objects(env, autojump_clock) -> None:
     sites, storage = env
     await deploy(sites, "blog", BLOG, domains=["blog.home"])
+    await fetch(sites, "blog.home", "/css/site.css")  # cached here
     await deploy(sites, "keep", {"index.html": b"keep"}, domains=["keep.home"])
     reply = await sites.remove("blog")
     assert reply["objects"] == len(BLOG) + 1
@@ -291,6 +292,9 @@ async def test_remove_stops_serving_and_deletes_objects(env, autojump_clock) -> 
     assert (await fetch(sites, "keep.home", "/"))[1] == b"keep"
     with pytest.raises(NotFoundError):
         await sites.remove("blog")
+    again = await deploy(sites, "blog", BLOG, domains=["blog.home"])
+    assert again["current"] == 1
+    assert (await fetch(sites, "blog.home", "/css/site.css"))[1] == BLOG["css/site.css"]
 
 
 async def test_storage_failure_is_a_503_and_an_error(env, autojump_clock) -> None:
