@@ -177,3 +177,42 @@ def test_served_byte_exact_through_nodes_2_and_3(cluster, tmp_path):
     wait_until(lambda: next(s for s in c.get("/v1/sites")["sites"]
                             if s["name"] == "blog")["stats"]["not_found"] >= 2,
                10, interval=0.2, message="counters replicated")
+
+
+def raw_call(agent: Agent, method: str, path: str, data: bytes,
+             content_type: str = "application/octet-stream") -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(agent.api_url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {agent.datadir.api_token()}")
+    request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_bad_uploads_and_commits_change_nothing(cluster):
+    a, b, _ = cluster.agents
+    good = b"hello"
+    digest = hashlib.sha256(good).hexdigest()
+    listing = [{"path": "index.html", "size": len(good), "sha256": digest}]
+    status, reply = raw_call(a, "PUT", f"/v1/sites/evil/files/{digest}", b"olleh")
+    assert status == 400 and "hash" in reply["error"]["message"]
+    status, reply = raw_call(a, "PUT", f"/v1/sites/evil/files/{'z' * 64}", good)
+    assert status == 400
+    assert b.post("/v1/sites/evil/missing", {"files": listing})["missing"] == [digest]
+    for files in ([{"path": "../x", "size": 1, "sha256": digest}],
+                  [{"path": "a/%2e%2e/b\\c", "size": 1, "sha256": digest}],
+                  [{"path": "a\u0000b", "size": 1, "sha256": digest}], listing):
+        status, reply = raw_call(a, "POST", "/v1/sites/evil/versions",
+                                 json.dumps({"files": files, "domains": ["evil.home"]})
+                                 .encode(), "application/json")
+        assert status == 400, reply
+    status, _ = raw_call(a, "POST", "/v1/sites/evil/versions", b"{not json",
+                         "application/json")
+    assert status == 400
+    assert "evil" not in {s["name"] for s in b.get("/v1/sites")["sites"]}
+    assert "evil" not in {s["name"] for s in a.get("/v1/sites")["sites"]}
