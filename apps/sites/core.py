@@ -57,6 +57,8 @@ MAX_CACHED_FILE = 4 << 20
 STORAGE_TIMEOUT = 15.0
 DOMAIN_REFRESH = 0.25
 """Seconds the domain → site index is reused before it is read again from the table."""
+RECORD_REFRESH = 0.25
+"""Seconds a site's row is reused by requests before it is read again from the table."""
 MAX_MAX_AGE = 365 * 86400
 
 Files = dict[str, ManifestEntry]
@@ -96,6 +98,7 @@ class Sites:
         self._domains: dict[str, str] = {}
         self._domains_at = -1e9
         self._published: dict[str, SiteStats] = {}
+        self._records: dict[str, tuple[float, SiteRecord | None]] = {}
 
     # --- reading the table --------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Sites:
         record, dropped = prune(record)
         self.state.put(SITES.name, name, record)
         self._domains_at = -1e9
+        self._records.pop(name, None)
         if self.emit is not None:
             self.emit("site.deployed", site=name, version=number, files=len(files))
         await self._forget(name, record, dropped)
@@ -236,6 +240,7 @@ class Sites:
         switched = max(self.wall_ms(), record.switched_ms + 1000)
         record = replace(record, current=to, switched_ms=switched)
         self.state.put(SITES.name, name, record)
+        self._records.pop(name, None)
         if self.emit is not None:
             self.emit("site.rolled_back", site=name, version=to)
         return site_json(name, record)
@@ -245,6 +250,7 @@ class Sites:
         record = self.site(check_name(name))
         self.state.delete(SITES.name, name)
         self._domains_at = -1e9
+        self._records.pop(name, None)
         self.forget_cached(name)
         for node, _ in site_stats(self.state).get(name, {}).items():
             if node == self.node_id:
@@ -351,12 +357,24 @@ class Sites:
             found = self.counters[name] = Counters()
         return found
 
+    def record(self, name: str) -> SiteRecord | None:
+        """The site's row, re-read at most every :data:`RECORD_REFRESH` seconds (decoding
+        it is most of a cached request's cost); this node's own changes are seen at once."""
+        now = self.monotonic()
+        cached = self._records.get(name)
+        if cached is not None and now - cached[0] < RECORD_REFRESH:
+            return cached[1]
+        record = self.state.get(SITES.name, name)
+        self._records[name] = (now, record)
+        if len(self._records) > 1024:
+            self._records.clear()
+        return record  # type: ignore[no-any-return]
+
     async def respond(self, name: str, request: HostRequest) -> HostResponse:
         counters = self.counters_for(name)
         counters.requests += 1
         try:
-            with trio.fail_after(STORAGE_TIMEOUT):
-                response = await self._respond(name, request, counters)
+            return await self._respond(name, request, counters)
         except (MeshError, OSError, trio.TooSlowError) as exc:
             log.warning("site %s: %s %s failed: %r", name, request.method,
                         request.target[:200], exc)
@@ -367,11 +385,12 @@ class Sites:
                                       (b"content-length", str(len(body)).encode()),
                                       (b"retry-after", b"2"), (b"cache-control", b"no-store")],
                                 body if request.method != "HEAD" else b"")
-        return response
 
     async def _respond(self, name: str, request: HostRequest,
                        counters: Counters) -> HostResponse:
-        record = self.state.get(SITES.name, name)
+        """Cached manifests and files answer without a storage call (and without a
+        timeout scope); anything read from storage has :data:`STORAGE_TIMEOUT`."""
+        record = self.record(name)
         version = next((v for v in record.versions if v.version == record.current),
                        None) if record is not None else None
         if record is None or version is None:
@@ -379,7 +398,10 @@ class Sites:
             body = b"no such site\n"
             return HostResponse(404, [(b"content-type", b"text/plain; charset=utf-8"),
                                       (b"content-length", str(len(body)).encode())], body)
-        files = await self.files(name, version)
+        files = self.manifests.get(version.manifest_key)
+        if files is None:
+            with trio.fail_after(STORAGE_TIMEOUT):
+                files = await self.files(name, version)
         p = plan(request.method, request.target, request.headers, files, record)
         if p.outcome == "not_found":
             counters.not_found += 1
@@ -389,9 +411,13 @@ class Sites:
             return HostResponse(p.status, p.headers, b"" if head else p.body)
         counters.bytes_sent += p.end - p.start
         if self.cache.fits(p.entry.size):
-            data = await self.file_bytes(p.entry)
+            data = self.cache.get(p.entry.key)
+            if data is None:
+                with trio.fail_after(STORAGE_TIMEOUT):
+                    data = await self.file_bytes(p.entry)
             return HostResponse(p.status, p.headers, data[p.start:p.end])
-        handle = await self._handle(p.entry.key)
+        with trio.fail_after(STORAGE_TIMEOUT):
+            handle = await self._handle(p.entry.key)
         return HostResponse(p.status, p.headers, self._stream(handle, p))
 
     async def _stream(self, handle: Any, p: Plan) -> AsyncIterator[bytes]:

@@ -9,10 +9,13 @@ bytes that are not UTF-8, and targets over :data:`MAX_TARGET`. Pure.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_TARGET = 4096
 _HEX = "0123456789abcdefABCDEF"
+_PLAIN = re.compile(r"/[\x21-\x7e]*")
+"""A path with nothing to decode: printable ASCII (checked below for ``%`` and ``\\``)."""
 
 
 class BadTarget(ValueError):
@@ -42,6 +45,19 @@ def parse_target(target: str) -> RequestPath:
         path = rest[slash:] if slash >= 0 else "/"
     if not path.startswith("/"):
         raise BadTarget("request target must be a path starting with '/'")
+    if _PLAIN.fullmatch(path) and "%" not in path and "\\" not in path:
+        text = path
+    else:
+        text = _decode(path)
+    parts = text.split("/")
+    if any(p in (".", "..") for p in parts):
+        raise BadTarget("'.' or '..' in the request path")
+    segments = tuple(p for p in parts if p)
+    return RequestPath(segments=segments, trailing_slash=text.endswith("/") and bool(segments),
+                       query=query)
+
+
+def _decode(path: str) -> str:
     raw = bytearray()
     i = 0
     while i < len(path):
@@ -66,12 +82,6 @@ def parse_target(target: str) -> RequestPath:
     if any(b < 0x20 or b == 0x7F for b in raw):
         raise BadTarget("a control character (or NUL) in the request path")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadTarget("the request path is not UTF-8") from None
-    parts = text.split("/")
-    if any(p in (".", "..") for p in parts):
-        raise BadTarget("'.' or '..' in the request path")
-    segments = tuple(p for p in parts if p)
-    return RequestPath(segments=segments, trailing_slash=text.endswith("/") and bool(segments),
-                       query=query)

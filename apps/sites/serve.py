@@ -20,6 +20,7 @@ fetches the bytes; nothing here does I/O.
 from __future__ import annotations
 
 import email.utils
+import functools
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ def etag_of(entry: ManifestEntry) -> str:
     return f'"{entry.etag[:32]}"'
 
 
+@functools.lru_cache(maxsize=256)
 def http_date(ms: int) -> str:
     return email.utils.formatdate(ms // 1000, usegmt=True)
 

@@ -17,7 +17,7 @@ from apps.sites.paths import MAX_TARGET, BadTarget, parse_target
     "/../etc/passwd", "/a/../../b", "/%2e%2e/secret", "/%2E%2E/x", "/a/%2e%2e/%2e%2e/b",
     "/.%2e/x", "/a/./b", "/%2e/x", "/a%2fb", "/a%2Fb", "/..%2f..%2fetc", "/a%5cb",
     "/a\\b", "/\\..\\x", "/a%00b", "/a\x00b", "/a%0ab", "/%zz", "/%2", "/%",
-    "/%ff%fe", "relative/path", "*", "/" + "a" * MAX_TARGET, "/caf\u00e9",
+    "/%ff%fe", "/a\n", "/a\t", "relative/path", "*", "/" + "a" * MAX_TARGET, "/caf\u00e9",
 ])
 def test_hostile_targets_are_refused(target: str) -> None:
     with pytest.raises(BadTarget):
