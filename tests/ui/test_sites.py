@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from sim.agents import Agent, wait_until
+from tests.ui.conftest import PHONE
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
 
@@ -37,7 +38,7 @@ def current(agent: Agent, name: str) -> int | None:
     return sites[name]["current"] if name in sites else None
 
 
-def test_sites_page_versions_counters_rollback_remove(mesh, ui, tmp_path: Path):
+def test_sites_page_versions_counters_rollback_remove(mesh, ui, artifacts, tmp_path: Path):
     node1, node2, node3 = mesh.agents
     page = ui.open(node2, "/ui/sites")
     expect(page.locator("nav a[href='/ui/sites']")).not_to_have_class(re.compile(r"\bsoon\b"))
@@ -62,6 +63,10 @@ def test_sites_page_versions_counters_rollback_remove(mesh, ui, tmp_path: Path):
     expect(card.locator(".requests")).to_have_attribute("data-requests", "2", timeout=15_000)
     expect(card.locator(".not-found")).to_have_text("1 not found")
 
+    page.screenshot(path=str(artifacts / "sites.png"), full_page=True)
+    phone = ui.open(node1, "/ui/sites", viewport=PHONE)
+    expect(phone.locator('#sites .site[data-site="blog"]')).to_be_visible()
+    phone.screenshot(path=str(artifacts / "sites-phone.png"), full_page=True)
     card.locator("button.rollback", has_text="Roll back to v1").click()
     expect(card).to_have_attribute("data-current", "1", timeout=10_000)
     wait_until(lambda: current(node3, "blog") == 1 and current(node1, "blog") == 1, 10,
