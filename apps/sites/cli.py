@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from meshcloud.cli import EXTENSIONS, client, command, print_json
 from meshcloud.errors import MeshError
 
 PIECE = 1 << 20
+UPLOADS = 4
+"""Files uploaded at once."""
 SKIP_DIRS = {".git", ".hg", ".svn"}
 
 
@@ -93,13 +96,19 @@ def deploy(api: Any, root: Path, name: str, domains: list[str] | None, spa: bool
     print(f"{name}: {len(files)} files, {len(todo)} to upload ({total} bytes), "
           f"{len(files) - len(todo)} unchanged", file=out, flush=True)
     progress = _progress()
-    with progress:
+    order = sorted(todo.items())
+    with progress, ThreadPoolExecutor(UPLOADS) as pool:
         task = progress.add_task(f"uploading {name}", total=total or 1)
-        for done, (digest, (file, size)) in enumerate(sorted(todo.items()), 1):
+
+        def one(item: tuple[str, tuple[Path, int]]) -> Path:
+            digest, (file, size) = item
             put_file(api, name, file, size, digest, lambda n: progress.advance(task, n))
+            return file
+
+        for done, file in enumerate(pool.map(one, order), 1):
             if not sys.stderr.isatty():
-                print(f"  [{done}/{len(todo)}] {file.relative_to(root).as_posix()} "
-                      f"({size} bytes)", file=out, flush=True)
+                print(f"  [{done}/{len(todo)}] {file.relative_to(root).as_posix()}",
+                      file=out, flush=True)
     body: dict[str, Any] = {"files": listing}
     if domains:
         body["domains"] = domains

@@ -124,11 +124,17 @@ class Sites:
 
     # --- deploy -------------------------------------------------------------------------
 
-    async def missing(self, name: str, files: Any) -> list[str]:
-        """The SHA-256 digests of ``files`` the site does not hold yet."""
+    async def missing(self, name: str, files: Any, *, confirm: bool = False) -> list[str]:
+        """The SHA-256 digests of ``files`` the site does not hold yet, from one listing
+        of the site's files; with ``confirm``, each one the listing lacks is looked up
+        by key as well (a commit must not refuse a file a lagging listing missed)."""
         check_name(name)
         wanted = {digest: size for _, size, digest in check_files(files)}
         await self.storage.ensure_bucket()
+        listed = await self.storage.sizes(file_key(name, ""))
+        candidates = {d: s for d, s in wanted.items() if listed.get(file_key(name, d)) != s}
+        if not confirm:
+            return sorted(candidates)
         missing: list[str] = []
         limiter = trio.CapacityLimiter(16)
 
@@ -138,7 +144,7 @@ class Sites:
                     missing.append(digest)
 
         async with trio.open_nursery() as nursery:
-            for digest, size in wanted.items():
+            for digest, size in candidates.items():
                 nursery.start_soon(probe, digest, size)
         return sorted(missing)
 
@@ -197,7 +203,7 @@ class Sites:
         if not isinstance(max_age, int) or isinstance(max_age, bool) \
                 or not 0 <= max_age <= MAX_MAX_AGE:
             raise SiteError(f"max_age must be 0..{MAX_MAX_AGE} seconds")
-        missing = await self.missing(name, body.get("files"))
+        missing = await self.missing(name, body.get("files"), confirm=True)
         if missing:
             raise SiteError(f"{len(missing)} file(s) are not uploaded yet (first: "
                             f"{missing[0][:12]}); upload them, then commit again")

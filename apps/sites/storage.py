@@ -37,6 +37,10 @@ class Storage(Protocol):
 
     async def keys(self, prefix: str) -> list[str]: ...
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        """{key: size} of the objects under ``prefix`` (one listing, not one read each)."""
+        ...
+
 
 class BlobStorage:
     """:class:`Storage` on the node's blobstore (its ``ObjectStore`` once it runs)."""
@@ -85,6 +89,9 @@ class BlobStorage:
         await self._objects().delete(BUCKET, key)
 
     async def keys(self, prefix: str) -> list[str]:
+        return list(await self.sizes(prefix))
+
+    async def sizes(self, prefix: str) -> dict[str, int]:
         from blobstore.bucketlist import list_bucket
         from blobstore.s3.errors import NoSuchBucket
 
@@ -92,13 +99,13 @@ class BlobStorage:
         try:
             bucket = objects.bucket(BUCKET)
         except NoSuchBucket:
-            return []
-        out: list[str] = []
+            return {}
+        out: dict[str, int] = {}
         after = None
         while True:
             page = await list_bucket(objects.index, bucket.bucket_id, prefix=prefix,
                                      after=after)
-            out += [key for key, _ in page.contents]
+            out.update((key, int(entry.size)) for key, entry in page.contents)
             if not page.is_truncated or page.last is None:
                 return out
             after = page.last

@@ -30,6 +30,8 @@ class DictStorage:
         self.objects: dict[str, bytes] = {}
         self.reads: list[str] = []
         self.broken = False
+        self.unlisted: set[str] = set()
+        """Keys a (lagging) listing does not show yet."""
 
     def _check(self) -> None:
         if self.broken:
@@ -69,6 +71,11 @@ class DictStorage:
 
     async def keys(self, prefix: str) -> list[str]:
         return sorted(k for k in self.objects if k.startswith(prefix))
+
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        self._check()
+        return {k: len(v) for k, v in self.objects.items()
+                if k.startswith(prefix) and k not in self.unlisted}
 
 
 async def one_state(nursery: trio.Nursery) -> StateDriver:
@@ -318,3 +325,19 @@ async def test_counters_are_published_per_node(env, autojump_clock) -> None:
     assert (row.requests, row.not_found) == (2, 1)
     overview = {s["name"]: s for s in sites.overview()}
     assert overview["blog"]["stats"]["requests"] == 2
+
+
+async def test_a_lagging_listing_costs_an_upload_never_a_refused_commit(env, autojump_clock
+                                                                        ) -> None:
+    sites, storage = env
+    tree = {"index.html": b"hello"}
+    digest = hashlib.sha256(b"hello").hexdigest()
+    await sites.upload("blog", digest, 5, chunks(b"hello"))
+    storage.unlisted.add(file_key("blog", digest))
+    assert await sites.missing("blog", listing(tree)) == [digest]
+    assert await sites.missing("blog", listing(tree), confirm=True) == []
+    reply = await sites.commit("blog", {"files": listing(tree), "domains": ["blog.home"]})
+    assert reply["current"] == 1
+    storage.objects[file_key("blog", digest)] = b"hell"  # listed, but the wrong size
+    storage.unlisted.clear()
+    assert await sites.missing("blog", listing(tree)) == [digest]
