@@ -69,7 +69,8 @@ def print_json(value: Any) -> None:
 def node_settings(args: argparse.Namespace) -> dict[str, object]:
     labels = dict(args.label) if getattr(args, "label", None) else None
     return {"listen": args.listen, "advertise": args.advertise, "api": args.api,
-            "s3": getattr(args, "s3", None), "profile": args.profile, "labels": labels}
+            "s3": getattr(args, "s3", None), "profile": args.profile, "labels": labels,
+            "ingress": getattr(args, "ingress", None)}
 
 
 # --- verbs ----------------------------------------------------------------------------------
@@ -272,6 +273,8 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
                         help="address to tell peers (repeatable)")
     parser.add_argument("--api", metavar="HOST:PORT", help="local API (default 127.0.0.1:7947)")
     parser.add_argument("--s3", metavar="HOST:PORT", help="S3 API (default 127.0.0.1:7948)")
+    parser.add_argument("--ingress", metavar="HOST:PORT",
+                        help="HTTP ingress (default 127.0.0.1:7080; mesh:PORT, off)")
     parser.add_argument("--profile", choices=["lan", "wan", "local", "phone"],
                         help="timing preset (default lan)")
     parser.add_argument("--label", action="append", type=parse_label, metavar="KEY=VALUE",
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import apps.ingress.cli  # noqa: F401 - ingress verbs (expose, unexpose, endpoints)
     import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
+    from apps.sites import cli as _site_verbs  # noqa: F401 - site deploy/rollback/ls/rm
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is None:

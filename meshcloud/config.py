@@ -43,6 +43,10 @@ class NodeConfig:
     s3: str = "127.0.0.1:7948"
     """The S3-compatible API of this node (SigV4 keys, see `meshcloud s3 key create`)."""
 
+    ingress: str = "127.0.0.1:7080"
+    """The HTTP ingress of this node (``HOST:PORT``; ``mesh:PORT`` for the host of its
+    mesh address; ``off``). Loopback by default: ``0.0.0.0:80`` is an explicit choice."""
+
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels for placement constraints (e.g. room = "attic")."""
 
@@ -65,6 +69,8 @@ class NodeConfig:
             raise ConfigError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
         for address in [*self.listen, *self.advertise, self.api, self.s3]:
             parse_host_port(address)
+        if self.ingress != "off":
+            parse_host_port(self.ingress)
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
         if self.log_level not in ("debug", "info", "warning", "error"):

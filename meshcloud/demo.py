@@ -64,6 +64,7 @@ class DemoNode:
     peer: int
     api: int
     s3: int
+    ingress: int = 0
     process: subprocess.Popen[bytes] | None = None
     """The agent this demo started (None when another process runs it)."""
     info: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +76,8 @@ class DemoNode:
 
     def flags(self) -> list[str]:
         return ["--listen", f"127.0.0.1:{self.peer}", "--api", f"127.0.0.1:{self.api}",
-                "--s3", f"127.0.0.1:{self.s3}", "--label", f"demo={self.name}"]
+                "--s3", f"127.0.0.1:{self.s3}", "--label", f"demo={self.name}",
+                *(["--ingress", f"127.0.0.1:{self.ingress}"] if self.ingress else [])]
 
     def alive(self) -> bool:
         if self.process is not None and self.process.poll() is None:
@@ -88,6 +90,8 @@ class DemoNode:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "meshcloud", "--data-dir", str(self.data_dir), "up"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MESHCLOUD_HTTP": f"127.0.0.1:{self.ingress}"}
+                if self.ingress else None,
             )
         self.info = self._wait_ready()
         self.reported_dead = False
@@ -139,9 +143,11 @@ def cli_command() -> str:
 
 
 def demo_nodes(root: Path, nodes: int, base_port: int) -> list[DemoNode]:
-    """The demo's nodes: ``nodeN`` listens on base+N-1 (peers), +100 (API), +200 (S3)."""
+    """The demo's nodes: ``nodeN`` listens on base+N-1 (peers), +100 (API), +200 (S3),
+    +300 (HTTP ingress)."""
     return [DemoNode(f"node{i + 1}", root / f"node{i + 1}", base_port + i,
-                     base_port + 100 + i, base_port + 200 + i) for i in range(nodes)]
+                     base_port + 100 + i, base_port + 200 + i, base_port + 300 + i)
+            for i in range(nodes)]
 
 
 def summary_lines(nodes: list[DemoNode], cli: str) -> list[str]:
@@ -151,7 +157,7 @@ def summary_lines(nodes: list[DemoNode], cli: str) -> list[str]:
         info = node.info
         lines.append(f"  {node.name}  {str(info.get('node_id', '?'))[:12]}  "
                      f"peers 127.0.0.1:{node.peer}  API {info.get('api', '-')}  "
-                     f"S3 http://127.0.0.1:{node.s3}")
+                     f"S3 http://127.0.0.1:{node.s3}  ingress http://127.0.0.1:{node.ingress}")
     first = nodes[0].data_dir
     lines += [
         "",
@@ -206,7 +212,7 @@ def run_demo(directory: str | None, *, nodes: int, base_port: int,
     demo = demo_nodes(root, nodes, base_port)
     if not (demo[0].data_dir / "node.key").exists():
         for node in demo:
-            for port in (node.peer, node.api, node.s3):
+            for port in (node.peer, node.api, node.s3, node.ingress):
                 if not _free(port):
                     raise MeshError(f"port {port} is in use; pass --base-port to use others")
 

@@ -33,9 +33,13 @@ class Service(Protocol):
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
     from apps.ingress.service import IngressService
+    from apps.sites.service import SiteService
     from apps.workloads.service import WorkloadService
     from blobstore.node_service import BlobService
 
     workloads = WorkloadService(node)
-    services: list[Any] = [workloads, BlobService(node), IngressService(node, workloads)]
+    blobs, ingress = BlobService(node), IngressService(node, workloads)
+    sites = SiteService(node, blobs)
+    ingress.add_host_lookup(sites.lookup)
+    services: list[Any] = [workloads, blobs, ingress, sites]
     return services

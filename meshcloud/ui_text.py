@@ -40,6 +40,11 @@ def print_status(status: dict[str, Any], console: Any = None) -> None:
                   f"({node['mesh_id'][:12]})")
     console.print(f"  addresses {', '.join(node['addresses'])}   api {', '.join(node['api'])}   "
                   f"up {node['uptime_s']:.0f}s")
+    ingress = status.get("ingress") or {}
+    if ingress.get("http") or ingress.get("http_error"):
+        where = f"http://{ingress['http']}" if ingress.get("http") else "not listening"
+        problem = f" ({ingress['http_error']})" if ingress.get("http_error") else ""
+        console.print(f"  ingress {where}{problem}")
     members = status.get("members")
     if members is not None:
         table = Table(title=f"members ({sum(m['state'] == 'alive' for m in members)} alive)",

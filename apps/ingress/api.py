@@ -5,6 +5,8 @@ method   path                             what
 =======  ===============================  ================================================
 GET      /v1/ingress                      endpoints (replicas, node, port, health) and
                                           exposed ports
+GET      /v1/ingress/routes               HTTP routes: host + path prefix → endpoint, its
+                                          live replicas and timeout
 POST     /v1/ingress/exposures            ``{"target": "WORKLOAD:ENDPOINT", "port": N,
                                           "bind": "127.0.0.1"}``: every node listens
 DELETE   /v1/ingress/exposures/{port}     stop listening on that port everywhere
@@ -51,6 +53,22 @@ def parse_exposure(body: Any, published: dict[str, list[str]]) -> tuple[int, Exp
     return port, Exposure(workload=workload, endpoint=endpoint, bind=bind)
 
 
+def route_rows(service: IngressService) -> list[dict[str, Any]]:
+    """Each HTTP route with the replicas it would reach now (healthy, node alive)."""
+    entries = service._entries()
+    out = []
+    for host, table in sorted(service.http_routes().items()):
+        for route in sorted(table, key=lambda r: r.prefix):
+            live = service.targets(route.workload, route.endpoint)
+            entry = entries.get(route.workload)
+            out.append({"host": host, "prefix": route.prefix or "/",
+                        "target": f"{route.workload}:{route.endpoint}",
+                        "timeout_s": route.timeout,
+                        "replicas": entry.replicas if entry is not None else 0,
+                        "live": [{"replica": t.index, "node": t.node.hex()} for t in live]})
+    return out
+
+
 def routes(service: IngressService) -> list[Route]:
     from meshcloud.api.app import read_json
 
@@ -68,6 +86,11 @@ def routes(service: IngressService) -> list[Route]:
                    for p, x in sorted(exposures(service.state).items())]
         return JSONResponse({"endpoints": endpoints, "exposures": exposed,
                              "status": service.status()})
+
+    async def http_routes(request: Request) -> Response:
+        return JSONResponse({"routes": route_rows(service),
+                             "ingress": service.http_address,
+                             "lookups": len(service.lookups)})
 
     async def expose(request: Request) -> Response:
         port, exposure = parse_exposure(await read_json(request), published())
@@ -87,5 +110,6 @@ def routes(service: IngressService) -> list[Route]:
         return JSONResponse({"removed": int(text)})
 
     return [Route("/v1/ingress", overview, methods=["GET"]),
+            Route("/v1/ingress/routes", http_routes, methods=["GET"]),
             Route("/v1/ingress/exposures", expose, methods=["POST"]),
             Route("/v1/ingress/exposures/{port}", unexpose, methods=["DELETE"])]

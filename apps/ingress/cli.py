@@ -1,4 +1,4 @@
-"""CLI verbs of the ingress: ``expose``, ``unexpose``, ``endpoints``.
+"""CLI verbs of the ingress: ``expose``, ``unexpose``, ``endpoints``, ``routes``.
 
 Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -39,6 +39,23 @@ def cmd_endpoints(args: argparse.Namespace) -> None:
         print(f"exposed {x['bind']}:{x['port']} -> {x['target']}")
 
 
+@command("routes")
+def cmd_routes(args: argparse.Namespace) -> None:
+    reply = client(args).get("/v1/ingress/routes")
+    if args.json:
+        print_json(reply)
+        return
+    if not reply["routes"]:
+        print("no HTTP routes (meshcloud run NAME --http --domain HOST[/PREFIX])")
+    for r in reply["routes"]:
+        live = ", ".join(f"{x['replica']}@{x['node'][:12]}" for x in r["live"]) or "none"
+        where = r["host"] + (r["prefix"] if r["prefix"] != "/" else "")
+        print(f"{where:32} -> {r['target']:20} {len(r['live'])}/{r['replicas']} live "
+              f"({live})  timeout {r['timeout_s']:g}s")
+    if reply.get("ingress"):
+        print(f"this node's ingress: http://{reply['ingress']}")
+
+
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("expose", help="every node listens on a TCP port and forwards to an "
                                       "endpoint (WORKLOAD:ENDPOINT)")
@@ -49,6 +66,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("unexpose", help="stop listening on an exposed port")
     p.add_argument("port", type=int)
     p = sub.add_parser("endpoints", help="endpoints, their replicas and exposed ports")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("routes", help="HTTP routes (host and path prefix -> endpoint) and "
+                                      "their live replicas")
     p.add_argument("--json", action="store_true")
 
 

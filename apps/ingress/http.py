@@ -1,11 +1,20 @@
-"""The HTTP ingress: every node answers HTTP/1.1 and routes by Host header.
+"""The HTTP ingress: every node answers HTTP/1.1 and routes by Host header and path prefix.
 
-``meshcloud run NAME --domain shop.home --publish http`` routes ``Host: shop.home`` to
-the workload's first endpoint. Each request gets its own upstream connection (a local
-replica by TCP or a ``/meshcloud/forward/1`` stream, chosen like exposed ports: power of
-two choices, retried on another replica), with ``Connection: close`` upstream; the client
-side keeps its connection alive. Bodies stream both ways chunk by chunk (nothing is
-buffered whole). Unknown host: 404; no live replica: 503 with ``Retry-After``.
+``meshcloud run NAME --domain shop.home[/prefix] --publish http`` routes requests for
+``shop.home`` (under ``/prefix``, longest prefix first) to the workload's first endpoint;
+a request no workload route matches goes to the host lookups of in-process services
+(static sites, :mod:`apps.ingress.targets`), else gets a 404 page. Each proxied request
+gets its own upstream connection (a local replica by TCP or a ``/meshcloud/forward/1``
+stream, power of two choices) with ``Connection: close`` upstream; the client side keeps
+its connection alive. Bodies stream both ways chunk by chunk. An idempotent request whose
+replica fails before any response byte is retried on another replica (its body, up to
+``RETRY_BODY``, is kept for that); a replica that does not answer within the route's
+timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
+``Upgrade`` answered with 101 becomes a raw byte splice both ways.
+
+Hostile clients: headers over 64 KiB get 431, headers not complete within the header
+timeout get 408 and the connection closed (slowloris), connections beyond the limit get a
+503 at once; Host tricks are refused (:func:`apps.ingress.httpcore.check_request`).
 
 Built on h11 (sans-IO HTTP/1.1, already under hypercorn): a proxy needs the raw event
 stream (its own framing, streaming, half-close) that an ASGI server hides.
@@ -14,83 +23,53 @@ stream (its own framing, streaming, half-close) that an ASGI server hides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
 
+from apps.ingress.forward import _ERRORS as FORWARD_ERRORS
+from apps.ingress.httpcore import (
+    IDEMPOTENT,
+    BadRequest,
+    Checked,
+    HttpRoute,
+    check_request,
+    downstream_headers,
+    host_of,
+    not_found_page,
+    upstream_headers,
+)
+from apps.ingress.targets import HostRequest
 from meshcloud.transport.base import Stream
 
 if TYPE_CHECKING:
     from apps.ingress.service import IngressService
 
+__all__ = ["HttpLimits", "downstream_headers", "host_of", "serve_http", "upstream_headers"]
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 MAX_HEADERS = 64 * 1024
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
-              b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 RETRY_AFTER = b"2"
-IDLE_TIMEOUT = 60.0
-"""Seconds a kept-alive client connection may wait between requests."""
+RETRY_BODY = 64 * 1024
+"""Request bodies up to this size are kept so that an idempotent request can be retried."""
 
 Headers = list[tuple[bytes, bytes]]
+_IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-# --- pure parts -------------------------------------------------------------------------------
-
-
-def host_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The request's host name, lower case, without port or trailing dot."""
-    for name, value in headers:
-        if name.lower() == b"host":
-            text = value.decode("latin-1").strip().lower()
-            if text.startswith("["):
-                return text.split("]")[0] + "]"
-            return text.rsplit(":", 1)[0].rstrip(".") if ":" in text else text.rstrip(".")
-    return ""
-
-
-def _strip(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    named = set(HOP_BY_HOP)
-    for name, value in headers:  # headers a Connection header names are hop-by-hop too
-        if name.lower() == b"connection":
-            named |= {t.strip().lower() for t in value.split(b",") if t.strip()}
-    return [(n, v) for n, v in headers if n.lower() not in named]
-
-
-def upstream_headers(headers: Iterable[tuple[bytes, bytes]], client_ip: str,
-                     proto: str = "http") -> Headers:
-    """Request headers for the replica: hop-by-hop ones dropped, X-Forwarded-For appended
-    to, X-Forwarded-Proto/Host set, ``Connection: close``."""
-    headers = list(headers)
-    out = [(n, v) for n, v in _strip(headers)
-           if n.lower() not in (b"x-forwarded-proto", b"x-forwarded-host")]
-    prior = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
-    out = [(n, v) for n, v in out if n.lower() != b"x-forwarded-for"]
-    chain = b", ".join([*prior, client_ip.encode()])
-    host = next((v for n, v in headers if n.lower() == b"host"), b"")
-    out += [(b"x-forwarded-for", chain), (b"x-forwarded-proto", proto.encode()),
-            (b"x-forwarded-host", host), (b"connection", b"close")]
-    return out
-
-
-def downstream_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Response headers for the client: hop-by-hop ones dropped (h11 frames the body)."""
-    return _strip(headers)
-
-
-def route_table(entries: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """{domain: (workload, endpoint)} from the workloads' specs: each domain goes to its
-    workload's first published endpoint."""
-    table: dict[str, tuple[str, str]] = {}
-    for name in sorted(entries):
-        spec = entries[name].spec
-        if spec.domains and spec.publish:
-            for domain in spec.domains:
-                table.setdefault(domain, (name, spec.publish[0][0]))
-    return table
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    header_timeout: float = 10.0
+    """Seconds from a request's first byte to the end of its headers (slowloris)."""
+    idle_timeout: float = 60.0
+    """Seconds a kept-alive client connection may wait between requests."""
+    max_clients: int = 1024
+    """Client connections served at once; beyond, a 503 at once."""
 
 
 # --- byte streams -----------------------------------------------------------------------------
@@ -111,9 +90,28 @@ class StreamBytes:
     async def send_all(self, data: bytes) -> None:
         await self.stream.send(bytes(data))
 
+    async def send_eof(self) -> None:
+        await self.stream.close()
+
     async def aclose(self) -> None:
         with trio.move_on_after(1):
             await self.stream.abort("closed")
+
+
+class Counted:
+    """An upstream byte stream that counts what it received (retry only before a byte)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.received = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self.inner.receive_some(CHUNK)
+        self.received += len(data)
+        return bytes(data)
+
+    async def send_all(self, data: bytes) -> None:
+        await self.inner.send_all(data)
 
 
 async def _next_event(conn: h11.Connection, sock: Any) -> Any:
@@ -131,13 +129,15 @@ async def _send(conn: h11.Connection, sock: Any, event: Any) -> None:
         await sock.send_all(data)
 
 
-async def _simple(conn: h11.Connection, sock: Any, status: int, text: str,
-                  extra: Headers | None = None) -> None:
-    body = text.encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"),
-               (b"content-length", str(len(body)).encode()), *(extra or [])]
+async def _simple(conn: h11.Connection, sock: Any, status: int, text: str | bytes,
+                  extra: Headers | None = None, html: bool = False) -> None:
+    body = text.encode() if isinstance(text, str) else text
+    kind = b"text/html; charset=utf-8" if html else b"text/plain; charset=utf-8"
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
+               *(extra or [])]
     await _send(conn, sock, h11.Response(status_code=status, headers=headers))
-    await _send(conn, sock, h11.Data(data=body))
+    if conn.our_state is h11.SEND_BODY:
+        await _send(conn, sock, h11.Data(data=body))
     await _send(conn, sock, h11.EndOfMessage())
 
 
@@ -147,11 +147,34 @@ async def _drain_request(conn: h11.Connection, sock: Any) -> None:
         pass
 
 
+async def _read_body(conn: h11.Connection, sock: Any, limit: int) -> tuple[list[bytes], bool]:
+    """Up to ``limit`` bytes of the request body: (chunks, complete)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        event = await _next_event(conn, sock)
+        if isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+            size += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return chunks, True
+        else:
+            raise trio.BrokenResourceError("client went away mid-request")
+    return chunks, False
+
+
+async def _pump(src: Any, dst: Any) -> None:
+    while data := await src.receive_some(CHUNK):
+        await dst.send_all(data)
+    await dst.send_eof()
+
+
 # --- the driver -------------------------------------------------------------------------------
 
 
 async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None:
-    """Serve one client connection: requests in turn, each proxied to a replica."""
+    """Serve one client connection: requests in turn, each routed and answered."""
+    limits: HttpLimits = ingress.http_limits
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
     try:
         peer = client.socket.getpeername()
@@ -160,87 +183,243 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
         client_ip = "unknown"
     try:
         while True:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                event = await _next_event(conn, client)
-            if idle.cancelled_caught or not isinstance(event, h11.Request):
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(limits.idle_timeout) as idle:
+                    data = await client.receive_some(CHUNK)
+                if idle.cancelled_caught:
+                    break
+                conn.receive_data(bytes(data))
+                with trio.move_on_after(limits.header_timeout) as slow:
+                    event = await _next_event(conn, client)
+                if slow.cancelled_caught:
+                    ingress.http_timeouts += 1
+                    if conn.our_state is h11.IDLE:
+                        await _simple(conn, client, 408, "request headers took too long\n",
+                                      [(b"connection", b"close")])
+                    break
+            if not isinstance(event, h11.Request):
                 break
             await _one_request(conn, client, event, client_ip, ingress)
+            if conn.our_state is h11.SWITCHED_PROTOCOL:
+                break
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 break
             conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
+        ingress.http_refused += 1
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 await _simple(conn, client, exc.error_status_hint, f"bad request: {exc}\n")
-            except (h11.LocalProtocolError, OSError, trio.BrokenResourceError):
+            except (h11.LocalProtocolError, *_IO_ERRORS):
                 pass
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-            h11.LocalProtocolError) as exc:
+    except (*_IO_ERRORS, h11.LocalProtocolError) as exc:
         log.debug("http client %s: %r", client_ip, exc)
     finally:
-        await client.aclose()
+        with trio.move_on_after(1):
+            await client.aclose()
 
 
 async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
                        client_ip: str, ingress: IngressService) -> None:
-    host = host_of(request.headers)
-    route = route_table(ingress._entries()).get(host)
+    method = request.method.decode("ascii", "replace").upper()
+    target = request.target.decode("latin-1")
+    size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+    try:
+        if size > MAX_HEADERS:  # h11 bounds only what arrives in pieces
+            raise BadRequest(431, "request headers too large")
+        checked = check_request(method, target, list(request.headers))
+    except BadRequest as exc:
+        ingress.http_refused += 1
+        await _simple(conn, client, exc.status, exc.reason + "\n",
+                      [(b"connection", b"close")])
+        return
+    route = ingress.http_route(checked.host, checked.path)
     if route is None:
+        handler = ingress.host_handler(checked.host, checked.path)
         await _drain_request(conn, client)
-        await _simple(conn, client, 404, f"no site for host {host!r}\n")
+        if handler is None:
+            ingress.http_not_found += 1
+            await _simple(conn, client, 404, not_found_page(checked.host), html=True)
+            return
+        await _serve_handler(conn, client, handler, HostRequest(
+            method=method, target=target,
+            headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
+            host=checked.host))
         return
-    connected = await ingress.connect(*route)
-    if connected is None:
-        ingress.failed += 1
-        await _drain_request(conn, client)
-        await _simple(conn, client, 503, f"{route[0]}: no live replica, try again\n",
-                      [(b"retry-after", RETRY_AFTER)])
-        return
-    target, raw = connected
-    upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
-    ingress.open[target.key] += 1
-    ingress.forwarded += 1
-    try:
-        await _proxy(conn, client, request, client_ip, upstream)
-    finally:
-        ingress.open[target.key] -= 1
-        await upstream.aclose()
+    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress)
 
 
-async def _proxy(conn: h11.Connection, client: Any, request: h11.Request, client_ip: str,
-                 upstream: Any) -> None:
-    up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
-    await _send(up, upstream, h11.Request(
-        method=request.method, target=request.target,
-        headers=upstream_headers(request.headers, client_ip)))
-    while True:  # the request body, chunk by chunk
-        event = await _next_event(conn, client)
-        if isinstance(event, h11.Data):
-            await _send(up, upstream, h11.Data(data=event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            await _send(up, upstream, h11.EndOfMessage())
-            break
-        else:
-            raise trio.BrokenResourceError("client went away mid-request")
+async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
+                         request: HostRequest) -> None:
     try:
-        while True:  # the response, chunk by chunk
-            event = await _next_event(up, upstream)
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                await _send(conn, client, h11.Response(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=downstream_headers(event.headers)))
-            elif isinstance(event, h11.Data):
-                await _send(conn, client, h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await _send(conn, client, h11.EndOfMessage())
-                return
+        response = await handler.respond(request)
+    except Exception:
+        log.exception("host handler for %s failed", request.host)
+        await _simple(conn, client, 500, "internal error\n")
+        return
+    body = response.body
+    try:
+        await _send(conn, client, h11.Response(status_code=response.status,
+                                               headers=list(response.headers)))
+        if request.method != "HEAD" and conn.our_state is h11.SEND_BODY:
+            if isinstance(body, bytes | bytearray | memoryview):
+                if body:
+                    await _send(conn, client, h11.Data(data=bytes(body)))
             else:
-                break
-    except (h11.RemoteProtocolError, OSError, trio.BrokenResourceError) as exc:
-        log.info("upstream failed mid-response: %r", exc)
-    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-        await _simple(conn, client, 502, "the replica closed without a response\n")
-    else:
-        raise trio.BrokenResourceError("upstream ended mid-response")
+                async for chunk in body:
+                    if chunk:
+                        await _send(conn, client, h11.Data(data=chunk))
+        await _send(conn, client, h11.EndOfMessage())
+    finally:
+        if not isinstance(body, bytes | bytearray | memoryview):
+            closer = getattr(body, "aclose", None)
+            if closer is not None:
+                with trio.move_on_after(1):
+                    await closer()
+
+
+class _Retry(Exception):
+    """The replica failed before any response byte: another may take the request."""
+
+
+async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, method: str,
+                       checked: Checked, route: HttpRoute, client_ip: str,
+                       ingress: IngressService) -> None:
+    idempotent = method in IDEMPOTENT
+    body, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
+    retryable = idempotent and complete
+    headers = upstream_headers(request.headers, client_ip, upgrade=checked.upgrade)
+    head = h11.Request(method=request.method, target=request.target, headers=headers)
+    tried: set[Any] = set()
+    while True:
+        connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
+        if connected is None:
+            ingress.failed += 1
+            if not complete:
+                await _drain_request(conn, client)
+            await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
+                          "again\n", [(b"retry-after", RETRY_AFTER)])
+            return
+        target, raw = connected
+        tried.add(target.key)
+        upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+        ingress.open[target.key] += 1
+        ingress.forwarded += 1
+        try:
+            await _exchange(conn, client, head, body, complete, upstream, route, checked,
+                            retryable)
+            return
+        except _Retry as exc:
+            ingress.retries += 1
+            log.info("%s replica %d failed before answering (%s): retrying",
+                     route.workload, target.index, exc)
+        finally:
+            ingress.open[target.key] -= 1
+            with trio.move_on_after(1):
+                await upstream.aclose()
+
+
+async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: list[bytes],
+                    complete: bool, raw_upstream: Any, route: HttpRoute, checked: Checked,
+                    retryable: bool) -> None:
+    upstream = Counted(raw_upstream)
+    up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
+    try:
+        await _send(up, upstream, head)
+        for chunk in body:
+            await _send(up, upstream, h11.Data(data=chunk))
+        if complete:
+            await _send(up, upstream, h11.EndOfMessage())
+    except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
+        if retryable:
+            raise _Retry(repr(exc)) from None
+        await _answer_failure(conn, client, 502, "the replica went away\n", complete)
+        return
+    if not complete:  # stream the rest of the body
+        try:
+            while True:
+                event = await _next_event(conn, client)
+                if isinstance(event, h11.Data):
+                    await _send(up, upstream, h11.Data(data=event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await _send(up, upstream, h11.EndOfMessage())
+                    break
+                else:
+                    raise trio.BrokenResourceError("client went away mid-request")
+        except FORWARD_ERRORS as exc:
+            if conn.their_state is h11.SEND_BODY:
+                raise trio.BrokenResourceError("upstream failed mid-request") from exc
+    responded = False
+    while True:  # the response, chunk by chunk, each read within the route's timeout
+        with trio.move_on_after(route.timeout) as waited:
+            try:
+                event = await _next_event(up, upstream)
+            except (h11.RemoteProtocolError, *FORWARD_ERRORS) as exc:
+                event = exc
+        if waited.cancelled_caught:
+            if not responded:
+                await _simple(conn, client, 504, f"{route.workload} did not answer within "
+                              f"{route.timeout:g} s\n", [(b"connection", b"close")])
+                return
+            raise trio.BrokenResourceError("upstream stalled mid-response")
+        if isinstance(event, Exception | h11.ConnectionClosed):
+            if not responded:
+                if upstream.received == 0 and retryable:
+                    raise _Retry(repr(event))
+                await _simple(conn, client, 502, "the replica closed without a response\n")
+                return
+            raise trio.BrokenResourceError("upstream ended mid-response")
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101 and checked.upgrade:
+                await _switch(conn, client, up, upstream, raw_upstream, event)
+                return
+            continue
+        if isinstance(event, h11.Response):
+            responded = True
+            await _send(conn, client, h11.Response(
+                status_code=event.status_code, reason=event.reason,
+                headers=downstream_headers(event.headers)))
+        elif isinstance(event, h11.Data):
+            if conn.our_state is h11.SEND_BODY:
+                await _send(conn, client, h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            await _send(conn, client, h11.EndOfMessage())
+            return
+
+
+async def _answer_failure(conn: h11.Connection, client: Any, status: int, text: str,
+                          complete: bool) -> None:
+    if not complete:
+        await _drain_request(conn, client)
+    await _simple(conn, client, status, text)
+
+
+async def _switch(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Counted,
+                  raw_upstream: Any, response: h11.InformationalResponse) -> None:
+    """A 101: tell the client, then carry bytes both ways until both sides end."""
+    await _send(conn, client, h11.InformationalResponse(
+        status_code=101, reason=response.reason,
+        headers=downstream_headers(response.headers, upgrade=True)))
+    from_client, _ = conn.trailing_data
+    from_replica, _ = up.trailing_data
+    if from_replica:
+        await client.send_all(from_replica)
+    if from_client:
+        await raw_upstream.send_all(from_client)
+
+    async def guard(src: Any, dst: Any, scope: trio.CancelScope) -> None:
+        try:
+            await _pump(src, dst)
+        except (*_IO_ERRORS, *FORWARD_ERRORS):
+            scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guard, client, raw_upstream, nursery.cancel_scope)
+        nursery.start_soon(guard, raw_upstream, client, nursery.cancel_scope)
+
+
+async def aiter_bytes(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """An async iterator over ``chunks`` (for handlers that have their body in parts)."""
+    for chunk in chunks:
+        yield chunk

@@ -31,10 +31,13 @@ from apps.ingress.forward import (
     splice_stream,
     splice_tcp,
 )
+from apps.ingress.http import HttpLimits
+from apps.ingress.httpcore import HttpRoute, match_route, route_table
 from apps.ingress.messages import FORWARD_PROTOCOL, Exposure, ForwardOpen
 from apps.ingress.ports import PortBook
 from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
 from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
+from apps.ingress.targets import HostHandler, HostLookup
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
 from meshcloud.errors import MeshError
@@ -51,6 +54,24 @@ DEFAULT_HTTP = "127.0.0.1:7080"
 MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
 CHECK_TIMEOUT = 1.0
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nconnection: close\r\n"
+        b"content-type: text/plain\r\ncontent-length: 22\r\n\r\ntoo many connections\r\n")
+
+
+def http_limits_from_env() -> HttpLimits:
+    """The HTTP ingress limits; ``MESHCLOUD_HTTP_HEADER_TIMEOUT``,
+    ``MESHCLOUD_HTTP_IDLE_TIMEOUT`` and ``MESHCLOUD_HTTP_MAX_CLIENTS`` override them."""
+    base = HttpLimits()
+    def number(name: str, default: float) -> float:
+        try:
+            value = float(os.environ.get(name, ""))
+        except ValueError:
+            return default
+        return value if value > 0 else default
+    return HttpLimits(
+        header_timeout=number("MESHCLOUD_HTTP_HEADER_TIMEOUT", base.header_timeout),
+        idle_timeout=number("MESHCLOUD_HTTP_IDLE_TIMEOUT", base.idle_timeout),
+        max_clients=int(number("MESHCLOUD_HTTP_MAX_CLIENTS", base.max_clients)))
 
 
 class IngressService:
@@ -76,6 +97,14 @@ class IngressService:
         self.retries = 0
         self.http_address = ""
         self.http_error = ""
+        self.http_limits = http_limits_from_env()
+        self.http_clients = 0
+        self.http_busy = 0
+        self.http_refused = 0
+        self.http_timeouts = 0
+        self.http_not_found = 0
+        self.lookups: list[HostLookup] = []
+        self._routes: tuple[Any, dict[str, list[HttpRoute]]] = (None, {})
 
     # --- running ----------------------------------------------------------------------------
 
@@ -161,11 +190,40 @@ class IngressService:
         return live_targets(endpoint_rows(self.state), workload, endpoint, alive=alive,
                             replicas=entry.replicas)
 
-    async def connect(self, workload: str, endpoint: str) -> tuple[Target, Any] | None:
-        """A connection to a live replica of ``workload:endpoint``: a TCP stream to a
-        replica on this node, else a forward stream (None if no replica could be
-        reached in ``MAX_ATTEMPTS`` tries)."""
-        tried: set[RowKey] = set()
+    def add_host_lookup(self, lookup: HostLookup) -> None:
+        """Let an in-process service (static sites) answer requests that match no
+        workload route; lookups are asked in the order they were added."""
+        self.lookups.append(lookup)
+
+    def host_handler(self, host: str, path: str) -> HostHandler | None:
+        for lookup in self.lookups:
+            try:
+                handler = lookup(host, path)
+            except Exception:  # one service's bug must not stop the ingress
+                log.exception("host lookup for %r failed", host)
+                continue
+            if handler is not None:
+                return handler
+        return None
+
+    def http_routes(self) -> dict[str, list[HttpRoute]]:
+        """{host: routes} of the workloads' domains, computed once per snapshot."""
+        snapshot = self.workloads.reconciler.last
+        if snapshot is None:
+            return route_table(self._entries())
+        if self._routes[0] is not snapshot:
+            self._routes = (snapshot, route_table(self._entries()))
+        return self._routes[1]
+
+    def http_route(self, host: str, path: str) -> HttpRoute | None:
+        return match_route(self.http_routes(), host, path)
+
+    async def connect(self, workload: str, endpoint: str, exclude: set[RowKey] | None = None
+                      ) -> tuple[Target, Any] | None:
+        """A connection to a live replica of ``workload:endpoint`` not in ``exclude``: a
+        TCP stream to a replica on this node, else a forward stream (None if no replica
+        could be reached in ``MAX_ATTEMPTS`` tries)."""
+        tried: set[RowKey] = set(exclude or ())
         for _ in range(MAX_ATTEMPTS):
             target = pick(self.targets(workload, endpoint), self.open, self.rng, tried)
             if target is None:
@@ -246,19 +304,25 @@ class IngressService:
 
             await trio.serve_listeners(handle, listeners)
 
+    def http_setting(self) -> str:
+        """Where the HTTP ingress listens: ``$MESHCLOUD_HTTP``, else the node's
+        ``ingress`` setting (``--ingress``, config.toml), else ``127.0.0.1:7080``."""
+        text = os.environ.get(HTTP_ENV, "").strip()
+        return text or str(getattr(self.node.config, "ingress", "") or DEFAULT_HTTP)
+
     async def _http(self) -> None:
-        """The HTTP ingress on ``$MESHCLOUD_HTTP`` (``HOST:PORT``, ``mesh:PORT`` or
-        ``off``; default ``127.0.0.1:7080``)."""
+        """The HTTP ingress on ``HOST:PORT``, ``mesh:PORT`` or ``off``."""
         from apps.ingress.http import serve_http
 
-        text = os.environ.get(HTTP_ENV, DEFAULT_HTTP).strip()
+        text = self.http_setting()
         if text == "off":
             return
         host, _, port_text = text.rpartition(":")
         if host == MESH_BIND:
             host = self.bind_host(Exposure(workload="", endpoint="", bind=MESH_BIND))
         try:
-            listeners = await trio.open_tcp_listeners(int(port_text), host=host or None)
+            listeners = await trio.open_tcp_listeners(int(port_text),
+                                                      host=host.strip("[]") or None)
         except (OSError, ValueError) as exc:
             self.http_error = f"{text}: {exc}"
             log.warning("HTTP ingress not started on %s: %s", text, exc)
@@ -267,10 +331,22 @@ class IngressService:
         self.http_address = f"{sockname[0]}:{sockname[1]}"
 
         async def handle(client: trio.SocketStream) -> None:
+            if self.http_clients >= self.http_limits.max_clients:
+                self.http_busy += 1
+                with trio.move_on_after(1):
+                    try:
+                        await client.send_all(BUSY)
+                    except (OSError, trio.BrokenResourceError):
+                        pass
+                    await client.aclose()
+                return
+            self.http_clients += 1
             try:
                 await serve_http(client, self)
             except Exception:  # one connection's bug must not stop the node
                 log.exception("HTTP ingress connection failed")
+            finally:
+                self.http_clients -= 1
 
         await trio.serve_listeners(handle, listeners)
 
@@ -302,7 +378,9 @@ class IngressService:
                 "failed": self.failed, "retries": self.retries,
                 "listen_errors": dict(self.listen_errors),
                 "endpoints_here": len(self.running_here), "http": self.http_address,
-                "http_error": self.http_error}
+                "http_error": self.http_error, "http_clients": self.http_clients,
+                "http_busy": self.http_busy, "http_refused": self.http_refused,
+                "http_timeouts": self.http_timeouts, "http_not_found": self.http_not_found}
 
 
 async def tcp_check(host: str, port: int, timeout: float = CHECK_TIMEOUT) -> bool:

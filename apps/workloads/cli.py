@@ -53,13 +53,15 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name, "image": args.image, "replicas": args.replicas,
         "singleton": args.singleton, "env": env, "ports": list(args.port or []),
         "volumes": list(args.volume or []), "command": command,
-        "stop_timeout": args.stop_timeout, "publish": list(args.publish or []),
+        "stop_timeout": args.stop_timeout, "publish": _publish_from_args(args),
         "domains": list(args.domain or []),
         "constraints": {"runtime": args.runtime, "arch": list(args.arch or []),
                         "labels": labels, "min_ram": args.min_ram, "min_cpus": args.min_cpus,
                         "avoid_battery": not args.allow_battery,
                         "avoid_metered": args.avoid_metered},
     }
+    if args.route_timeout is not None:
+        spec["route_timeout"] = args.route_timeout
     if args.cpu is not None:
         spec["cpu"] = args.cpu
     if args.memory is not None:
@@ -70,6 +72,17 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if problems:
         raise SpecError(args.name, problems)
     return spec
+
+
+def _publish_from_args(args: argparse.Namespace) -> list[str]:
+    """``--publish`` items, with ``--http [PORT]`` first (``--domain`` alone implies it)."""
+    publish = list(args.publish or [])
+    http = args.http
+    if http is None and args.domain and not publish:
+        http = ""
+    if http is not None:
+        publish.insert(0, f"http={http}" if http else "http")
+    return publish
 
 
 def _health_from_args(args: argparse.Namespace, problems: list[str]) -> dict[str, Any] | None:
@@ -362,8 +375,15 @@ def add_parsers(sub: Any) -> None:
                    help="publish a port (host IP defaults to 127.0.0.1)")
     p.add_argument("--publish", action="append", metavar="NAME[=PORT]|PORT",
                    help="a named endpoint for the ingress (the replica listens on $PORT)")
-    p.add_argument("--domain", action="append", metavar="HOST",
-                   help="the HTTP ingress routes this Host to the first published endpoint")
+    p.add_argument("--http", nargs="?", const="", metavar="PORT",
+                   help="publish the endpoint 'http' first (an image listens on PORT, a "
+                        "host command on $PORT); with --domain, one-command web apps")
+    p.add_argument("--domain", action="append", metavar="HOST[/PREFIX]",
+                   help="the HTTP ingress routes this Host (and path prefix) to the first "
+                        "published endpoint (implies --http if nothing is published)")
+    p.add_argument("--route-timeout", type=float, metavar="SECONDS",
+                   help="an HTTP request gets 504 if a replica takes longer to answer "
+                        "(default 60)")
     p.add_argument("--volume", action="append", metavar="NAME:/PATH[:ro]",
                    help="a named volume on the node that runs the replica")
     p.add_argument("--singleton", action="store_true",

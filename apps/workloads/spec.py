@@ -86,7 +86,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 <
 
 TOP_KEYS = ("name", "kind", "image", "command", "args", "replicas", "singleton", "cpu",
             "memory", "env", "ports", "volumes", "health", "constraints", "stop_timeout",
-            "publish", "domains")
+            "publish", "domains", "route_timeout")
 ROOT_KEYS = ("run_as_root", "privileged")
 """Keys a user might try for root; refused with a pointer to the policy."""
 CONSTRAINT_KEYS = ("runtime", "arch", "labels", "min_ram", "min_cpus", "avoid_battery",
@@ -95,6 +95,8 @@ ENDPOINT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 """Endpoint names (``web:http``, ``db:5432``): a short DNS label."""
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
                        r"(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+ROUTE_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*/?$")
+"""The path prefix of a domain (``shop.home/api``): plain segments, no dot segments."""
 HEALTH_KEYS = ("kind", "command", "port", "path", "interval", "timeout", "retries",
                "start_period")
 
@@ -144,7 +146,10 @@ class WorkloadSpec:
     Each replica's node picks an ephemeral host port per endpoint (the ingress forwards to
     it), so replicas never collide on a host port."""
     domains: tuple[str, ...] = ()
-    """Host names the HTTP ingress routes to the first published endpoint."""
+    """Host names (``shop.home`` or ``shop.home/api``, a path prefix) the HTTP ingress
+    routes to the first published endpoint."""
+    route_timeout: float = 0.0
+    """Seconds a replica may take to start answering an HTTP request (0: 60 s)."""
     run_as_root: bool = False
     """Never read from what a user gives nor stored (not a key of :meth:`to_dict`): the
     reconciler of the node starting a replica sets it when the mesh's signed policy
@@ -202,6 +207,8 @@ class WorkloadSpec:
             extra["publish"] = [endpoint_text(n, p) for n, p in self.publish]
         if self.domains:
             extra["domains"] = list(self.domains)
+        if self.route_timeout:
+            extra["route_timeout"] = self.route_timeout
         return extra | {
             "name": self.name, "kind": self.kind, "image": self.image,
             "command": list(self.command), "args": list(self.args),
@@ -301,8 +308,14 @@ def spec_problems(spec: WorkloadSpec) -> list[str]:
     if spec.image is not None and any(port == 0 for _, port in spec.publish):
         p.append("a container's endpoint needs its port (publish NAME=PORT or PORT)")
     for domain in spec.domains:
-        if not isinstance(domain, str) or not DOMAIN_RE.match(domain):
+        host, _, prefix = domain.partition("/") if isinstance(domain, str) else ("", "", "")
+        if not DOMAIN_RE.match(host):
             p.append(f"domain {domain!r} is not a lowercase host name")
+        elif prefix and (not ROUTE_PREFIX_RE.match("/" + prefix)
+                         or any(s in (".", "..") for s in prefix.split("/"))):
+            p.append(f"domain {domain!r}: the path prefix must be plain /segments")
+    if not 0 <= spec.route_timeout <= 3600:
+        p.append("route_timeout must be 0 to 3600 seconds")
     if spec.domains and not spec.publish:
         p.append("a domain routes to a published endpoint: add publish")
     # everything a runtime would check, on replica 0 (names checked above)
@@ -484,7 +497,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> tuple[WorkloadSpec | None, list[s
         cpu=r.get("cpu", float, None), memory=memory, env=env, ports=tuple(ports),
         volumes=tuple(volumes), health=health,
         stop_timeout=r.get("stop_timeout", float, 10.0), constraints=constraints,
-        publish=tuple(publish), domains=r.strings("domains"))
+        publish=tuple(publish), domains=r.strings("domains"),
+        route_timeout=r.get("route_timeout", float, 0.0))
     if spec.image == "":
         problems.append("image must not be empty")
     return spec, problems

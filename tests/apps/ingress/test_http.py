@@ -14,6 +14,7 @@ import trio
 from apps.ingress.http import downstream_headers, host_of, upstream_headers
 from apps.ingress.service import IngressService
 from apps.ingress.tables import endpoint_rows
+from apps.ingress.targets import HostResponse
 from meshcloud.transport.memory import MemoryNetwork
 from tests.apps.workloads.mesh import LocalMesh, wait_for
 from tests.workload_python import inline_script
@@ -106,3 +107,64 @@ def test_header_rewriting():
                   (b"connection", b"close")]
     assert downstream_headers([(b"content-length", b"3"), (b"keep-alive", b"timeout=5"),
                                (b"connection", b"close")]) == [(b"content-length", b"3")]
+
+
+class Site:
+    """A host handler as a sites service would register: a streamed body."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    async def respond(self, request):
+        self.seen.append(request)
+
+        async def body():
+            yield b"hello "
+            yield b""
+            yield request.target.encode()
+
+        length = str(len(b"hello ") + len(request.target)).encode()
+        return HostResponse(200, [(b"content-type", b"text/plain"),
+                                  (b"content-length", length)], body())
+
+
+async def test_host_lookups_answer_what_no_route_matches(mesh3):
+    a = mesh3.members[0]
+    a.service.submit({"name": "shop", "command": HTTP, "replicas": 1, "publish": ["http"],
+                      "domains": ["blog.home/api"]}, replace_existing=False)
+    await wait_for(lambda: sum(r.healthy for k, r in endpoint_rows(a.running.state).items()
+                               if k[0] == "shop") == 1, "shop healthy", 60)
+    ingress = ingress_of(a)
+    site = Site()
+    asked: list = []
+
+    def never(host, path):
+        asked.append((host, path))
+        return None
+
+    def broken(host, path):
+        raise RuntimeError("a lookup's bug")
+
+    ingress.add_host_lookup(never)
+    ingress.add_host_lookup(broken)
+    ingress.add_host_lookup(lambda host, path: site if host == "blog.home" else None)
+    results = await trio.to_thread.run_sync(request, ingress.http_address, [
+        ("GET", "/index.html?x=1", "Blog.Home.", None),
+        ("POST", "/form", "blog.home", b"x" * 300_000),  # drained, then answered
+        ("HEAD", "/index.html", "blog.home", None),
+        ("GET", "/api/items", "blog.home", None),          # the workload route wins
+        ("GET", "/apix", "blog.home", None),               # not under /api: the site
+        ("GET", "/", "other.home", None),
+    ])
+    (s1, h1, b1), (s2, _, b2), (s3, h3, b3), (s4, _, b4), (s5, _, b5), (s6, h6, b6) = results
+    assert (s1, b1) == (200, b"hello /index.html?x=1")
+    assert h1["content-type"] == "text/plain"
+    assert (s2, b2) == (200, b"hello /form")
+    assert (s3, b3) == (200, b"") and h3["content-length"] == str(len(b"hello /index.html"))
+    assert s4 == 200 and json.loads(b4)["path"] == "/api/items"
+    assert (s5, b5) == (200, b"hello /apix")
+    assert s6 == 404 and h6["content-type"].startswith("text/html")
+    assert b"other.home" in b6
+    assert [r.method for r in site.seen] == ["GET", "POST", "HEAD", "GET"]
+    assert site.seen[0].host == "blog.home" and site.seen[0].client_ip == "127.0.0.1"
+    assert ("blog.home", "/index.html") in asked and ("other.home", "/") in asked

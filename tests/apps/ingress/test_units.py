@@ -145,3 +145,30 @@ def test_exposure_requests_get_one_clear_error():
         assert words in info.value.message
     with pytest.raises(NotFoundError):
         parse_exposure({"target": "nope:http", "port": 1}, published)
+
+
+def test_each_demo_node_has_its_own_ingress_port_and_the_summary_shows_it(tmp_path):
+    from meshcloud.demo import demo_nodes, summary_lines
+
+    nodes = demo_nodes(tmp_path, 3, 7100)
+    assert [n.ingress for n in nodes] == [7400, 7401, 7402]
+    assert all(f"--ingress 127.0.0.1:{n.ingress}" in " ".join(n.flags()) for n in nodes)
+    text = "\n".join(summary_lines(nodes, "mc"))
+    assert all(f"ingress http://127.0.0.1:{7400 + i}" in text for i in range(3))
+
+
+def test_the_ingress_setting_is_checked(tmp_path):
+    from meshcloud.config import NodeConfig, load_config
+    from meshcloud.errors import ConfigError
+
+    assert NodeConfig().ingress == "127.0.0.1:7080"
+    assert NodeConfig(ingress="off").ingress == "off"
+    assert NodeConfig(ingress="mesh:8080").ingress == "mesh:8080"
+    with pytest.raises(ConfigError):
+        NodeConfig(ingress="127.0.0.1")
+    path = tmp_path / "config.toml"
+    path.write_text('ingress = "0.0.0.0:99999"\n')
+    with pytest.raises(ConfigError, match="port 99999 is out of range"):
+        load_config(path)
+    path.write_text('ingress = "127.0.0.2:8080"\n')
+    assert load_config(path).ingress == "127.0.0.2:8080"

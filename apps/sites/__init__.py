@@ -1,0 +1,1 @@
+"""Static sites served from the mesh's own bucket by every node's ingress."""
