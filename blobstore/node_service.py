@@ -1,4 +1,4 @@
-"""BlobService: the blobstore as one of the node's services (``meshcloud.services``).
+"""BlobService: the blobstore as one of the node's services (``meshcloud.agent.compose``).
 
 What it runs on a node:
 
@@ -41,7 +41,7 @@ from blobstore.shardstore import AsyncShardStore, ShardStore
 from blobstore.writer import WriterConfig
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

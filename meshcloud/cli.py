@@ -77,7 +77,7 @@ def node_settings(args: argparse.Namespace) -> dict[str, object]:
 
 @command("init")
 def cmd_init(args: argparse.Namespace) -> None:
-    from meshcloud.lifecycle import init_mesh
+    from meshcloud.agent.lifecycle import init_mesh
 
     info = init_mesh(datadir(args), args.name, node_settings(args))
     assert info.cert is not None
@@ -90,7 +90,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_join(args: argparse.Namespace) -> None:
     import trio
 
-    from meshcloud.lifecycle import join_mesh
+    from meshcloud.agent.lifecycle import join_mesh
 
     d = datadir(args)
     before = set(d.path.iterdir()) if d.path.is_dir() else None
@@ -163,10 +163,10 @@ def qr_text(data: str, *, colour: bool) -> str:
 
 def _local_invite(args: argparse.Namespace) -> str:
     """An invite made without the agent (right after `init`), from the data dir alone."""
+    from meshcloud.agent.node import expand_wildcards
     from meshcloud.clock import SystemClock
     from meshcloud.config import load_config
     from meshcloud.identity.invites import create_invite
-    from meshcloud.node import expand_wildcards
 
     d = datadir(args)
     root = d.root_key()
@@ -208,7 +208,7 @@ def cmd_revoke(args: argparse.Namespace) -> None:
 
 @command("up")
 def cmd_up(args: argparse.Namespace) -> int:
-    from meshcloud.daemon import run_agent
+    from meshcloud.agent.daemon import run_agent
 
     return run_agent(datadir(args), node_settings(args), log_level=args.log_level)
 
@@ -248,7 +248,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 @command("version")
 def cmd_version(args: argparse.Namespace) -> None:
-    from meshcloud.node import versions
+    from meshcloud.agent.node import versions
 
     for name, version in versions().items():
         print(f"{name:10} {version}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from meshcloud.daemon import agent_running
+from meshcloud.agent.daemon import agent_running
 from meshcloud.datadir import DataDir
 from meshcloud.errors import MeshError
 

@@ -39,8 +39,7 @@ LAYERS: list[tuple[str, list[str], list[str]]] = [
     # Core services, and the small kits (Service/NodeContext, API/UI/CLI) domains build on.
     ("core", ["meshcloud/state/", "meshcloud/placement.py", "meshcloud/workers.py",
               "meshcloud/events.py", "meshcloud/config.py", "meshcloud/datadir.py",
-              "meshcloud/logs.py", "meshcloud/ui_text.py", "meshcloud/client.py",
-              "meshcloud/services.py"],
+              "meshcloud/logs.py", "meshcloud/ui_text.py", "meshcloud/client.py"],
      ["foundation", "wire", "protocols"]),
     # Each domain with its own api.py / ui.py / cli.py, on the kits.
     ("domains", ["blobstore/", "apps/"], BELOW_DOMAINS),
@@ -48,9 +47,7 @@ LAYERS: list[tuple[str, list[str], list[str]]] = [
     ("http", ["meshcloud/api/", "meshcloud/web/"], BELOW_DOMAINS),
     # The composition root: node wiring, daemon, peers, discovery, join, members. Only its
     # composition module reaches up to the domains and the HTTP server (EXCEPTIONS).
-    ("agent", ["meshcloud/node.py", "meshcloud/daemon.py", "meshcloud/members.py",
-               "meshcloud/lifecycle.py", "meshcloud/diagnostics.py"],
-     BELOW_DOMAINS),
+    ("agent", ["meshcloud/agent/"], BELOW_DOMAINS),
     # The command line: talks to the agent, starts it (`up`), runs the demo.
     ("faces", ["meshcloud/cli.py", "meshcloud/cli_resources.py", "meshcloud/__main__.py",
                "meshcloud/demo.py"],
@@ -64,8 +61,8 @@ LAYERS: list[tuple[str, list[str], list[str]]] = [
 # The one module allowed to import the domains and the HTTP server: the agent's
 # composition module. Format: (importer path, imported layer).
 EXCEPTIONS: list[tuple[str, str]] = [
-    ("meshcloud/node.py", "domains"),
-    ("meshcloud/node.py", "http"),
+    ("meshcloud/agent/compose.py", "domains"),
+    ("meshcloud/agent/compose.py", "http"),
 ]
 
 # Domains stand side by side: one never imports another.
@@ -77,22 +74,23 @@ DOMAIN_PACKAGES = ["blobstore/", "apps/"]
 KNOWN_VIOLATIONS: list[str] = [
     "apps.ingress.api -> meshcloud.api.app",
     "apps.ingress.cli -> meshcloud.cli",
-    "apps.ingress.service -> meshcloud.node",
+    "apps.ingress.service -> meshcloud.agent.node",
     "apps.workloads.api -> meshcloud.api.app",
     "apps.workloads.cli -> blobstore.cli",
     "apps.workloads.cli -> meshcloud.cli",
-    "apps.workloads.operations -> meshcloud.node",
+    "apps.workloads.operations -> meshcloud.agent.node",
     "apps.workloads.policy_cli -> meshcloud.cli",
     "apps.workloads.policy_ops -> meshcloud.api.app",
-    "apps.workloads.service -> meshcloud.node",
+    "apps.workloads.service -> meshcloud.agent.node",
     "blobstore.api -> meshcloud.api.app",
     "blobstore.cli -> meshcloud.cli",
-    "blobstore.node_service -> meshcloud.node",
+    "blobstore.node_service -> meshcloud.agent.node",
     "blobstore.s3http.server -> meshcloud.api.guard",
     "blobstore.s3http.server -> meshcloud.api.limits",
-    "meshcloud.api.app -> meshcloud.diagnostics",
-    "meshcloud.api.app -> meshcloud.node",
-    "meshcloud.api.server -> meshcloud.node",
+    "meshcloud.agent.node -> meshcloud.api.server",
+    "meshcloud.api.app -> meshcloud.agent.diagnostics",
+    "meshcloud.api.app -> meshcloud.agent.node",
+    "meshcloud.api.server -> meshcloud.agent.node",
     "meshcloud.cli -> apps.ingress.cli",
     "meshcloud.cli -> blobstore.cli",
     "meshcloud.cli_resources -> apps.workloads.cli",
@@ -101,13 +99,9 @@ KNOWN_VIOLATIONS: list[str] = [
     "meshcloud.demo -> apps.runtimes.pidfile",
     "meshcloud.demo -> apps.runtimes.podman_service",
     "meshcloud.demo -> apps.runtimes.process_state",
-    "meshcloud.services -> apps.ingress.service",
-    "meshcloud.services -> apps.workloads.service",
-    "meshcloud.services -> blobstore.node_service",
-    "meshcloud.services -> meshcloud.node",
-    "meshcloud.web.events -> meshcloud.node",
-    "meshcloud.web.render -> meshcloud.node",
-    "meshcloud.web.routes -> meshcloud.node",
+    "meshcloud.web.events -> meshcloud.agent.node",
+    "meshcloud.web.render -> meshcloud.agent.node",
+    "meshcloud.web.routes -> meshcloud.agent.node",
     "meshcloud.web.storage -> blobstore.api",
     "meshcloud.web.storage -> blobstore.bucketlist",
     "meshcloud.web.storage -> blobstore.erasure",
@@ -118,13 +112,13 @@ KNOWN_VIOLATIONS: list[str] = [
     "meshcloud.web.workloads -> apps.workloads.offers",
     ("cycle: apps.ingress.api, apps.ingress.http, apps.ingress.service, apps.workloads.api, "
      "apps.workloads.operations, apps.workloads.policy_ops, apps.workloads.service, "
-     "blobstore.api, blobstore.maintenance, blobstore.node_service, meshcloud.api.app, "
-     "meshcloud.api.server, meshcloud.diagnostics, meshcloud.members, meshcloud.node, "
-     "meshcloud.services, meshcloud.web.events, meshcloud.web.invite, meshcloud.web.mesh, "
-     "meshcloud.web.render, meshcloud.web.routes, meshcloud.web.storage, "
-     "meshcloud.web.workloads"),
-    ("cycle: apps.ingress.cli, apps.workloads.cli, apps.workloads.policy_cli, blobstore.cli, "
-     "meshcloud.cli, meshcloud.cli_resources"),
+     "blobstore.api, blobstore.maintenance, blobstore.node_service, meshcloud.agent.compose,"
+     " meshcloud.agent.diagnostics, meshcloud.agent.members, meshcloud.agent.node, "
+     "meshcloud.api.app, meshcloud.api.server, meshcloud.web.events, meshcloud.web.invite, "
+     "meshcloud.web.mesh, meshcloud.web.render, meshcloud.web.routes, meshcloud.web.storage,"
+     " meshcloud.web.workloads"),
+    ("cycle: apps.ingress.cli, apps.workloads.cli, apps.workloads.policy_cli, blobstore.cli,"
+     " meshcloud.cli, meshcloud.cli_resources"),
 ]
 
 
@@ -318,7 +312,7 @@ def test_no_forbidden_arrow_and_no_cycle_across_packages():
 def test_the_checker_sees_lazy_and_type_only_imports(tmp_path):
     """The graph builder itself: a lazy and a TYPE_CHECKING import both count."""
     source = ("from typing import TYPE_CHECKING\n"
-              "if TYPE_CHECKING:\n    from meshcloud.node import Node\n"
+              "if TYPE_CHECKING:\n    from meshcloud.agent.node import Node\n"
               "def f():\n    from blobstore import api\n    import dht.core\n")
     fake = ROOT / "gossip" / "__layers_probe__.py"
     modules = {module_name(p): p for p in production_files()}
@@ -330,11 +324,11 @@ def test_the_checker_sees_lazy_and_type_only_imports(tmp_path):
         found = imports_of(fake, modules)
     finally:
         Path.read_text = original  # type: ignore[method-assign]
-    assert {"meshcloud.node", "blobstore.api", "dht.core"} <= found
-    graph = {"gossip.__layers_probe__": found, "meshcloud.node": set(),
+    assert {"meshcloud.agent.node", "blobstore.api", "dht.core"} <= found
+    graph = {"gossip.__layers_probe__": found, "meshcloud.agent.node": set(),
              "blobstore.api": set(), "dht.core": set()}
     violations = arrow_violations(modules, graph)
-    assert "gossip.__layers_probe__ -> meshcloud.node" in violations
+    assert "gossip.__layers_probe__ -> meshcloud.agent.node" in violations
     assert "gossip.__layers_probe__ -> blobstore.api" in violations
     assert "gossip.__layers_probe__ -> dht.core" not in violations
 

@@ -41,7 +41,7 @@ from meshcloud.errors import MeshError
 
 if TYPE_CHECKING:
     from apps.workloads.service import WorkloadService
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

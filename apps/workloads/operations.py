@@ -26,7 +26,7 @@ from meshcloud.placement import NodeInfo
 from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, WorkloadRecord
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 
 class WorkloadOperations:

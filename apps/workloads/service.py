@@ -53,7 +53,7 @@ from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 
 class Service(Protocol):

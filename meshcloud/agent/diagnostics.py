@@ -22,7 +22,7 @@ from meshcloud.errors import MeshError, NotFoundError, TransportError
 from meshcloud.transport.base import Stream, receive_message, send_message, stream_error
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from gossip.sysinfo import read_capacity
 from meshcloud.identity.keys import short_id
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -111,7 +111,7 @@ class Node:
             self.clock.wall_ms, self.records.is_revoked)
         self.revocations = RevocationEnforcer(self.transport, self._is_revoked_peer,
                                               on_cut=self._on_revoked_cut)
-        from meshcloud.members import Members
+        from meshcloud.agent.members import Members
 
         self.members = Members(self)
         self.stop_requested = trio.Event()
@@ -123,12 +123,12 @@ class Node:
             self.clock.wall_ms, self.contacts, transport=self.transport, ledger=self.ledger,
             root_key=self.root_key, on_admitted=self._on_admitted,
         )
-        from meshcloud.diagnostics import Diagnostics
+        from meshcloud.agent.diagnostics import Diagnostics
 
         self.diagnostics = Diagnostics(self)
         self.dht: DhtDriver | None = None
         self.api_urls: list[str] = []
-        from meshcloud.services import build_services
+        from meshcloud.agent.compose import build_services
 
         self.services = build_services(self)
         self.route_providers: list[Callable[[], list[Any]]] = [

@@ -36,7 +36,7 @@ from meshcloud.errors import (
 from meshcloud.web.origin import is_ui_path, ui_host_for, ui_redirect_target
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +278,13 @@ def build_app(node: Node) -> Starlette:
         return JSONResponse(node.events.recent(limit, kind))
 
     async def ping_peer(request: Request) -> Response:
-        from meshcloud.diagnostics import parse_peer
+        from meshcloud.agent.diagnostics import parse_peer
 
         peer = parse_peer(node, request.path_params["peer"])
         return JSONResponse(await node.diagnostics.ping(peer))
 
     async def hold_stream(request: Request) -> Response:
-        from meshcloud.diagnostics import parse_peer
+        from meshcloud.agent.diagnostics import parse_peer
 
         body = await read_json(request)
         peer = parse_peer(node, field(body, "peer", str, required=True))

@@ -18,7 +18,7 @@ from meshcloud.api.guard import BodyDeadline, server_config
 from meshcloud.api.limits import DEFAULT_LIMITS, HttpLimits
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 

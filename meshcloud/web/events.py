@@ -21,7 +21,7 @@ from starlette.routing import Route
 from meshcloud.web.render import fmt_bytes, render
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
     from meshcloud.web.render import UiContext
 
 SSE_KEEPALIVE = 15.0

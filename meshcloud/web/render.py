@@ -25,8 +25,8 @@ from starlette.responses import HTMLResponse
 from meshcloud.ui_text import ago
 
 if TYPE_CHECKING:
+    from meshcloud.agent.node import Node
     from meshcloud.api.auth import TokenAuth
-    from meshcloud.node import Node
 
 HERE = Path(__file__).parent
 

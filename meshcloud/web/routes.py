@@ -11,7 +11,7 @@ Host (:mod:`.origin`).
 Page modules: :mod:`.mesh`, :mod:`.events` (and the SSE stream), :mod:`.invite`,
 :mod:`.storage` (when the node runs the storage service), :mod:`.workloads` (when it runs
 the workload service). A service may also bring its own pages through ``ui_routes(base,
-render)`` and ``nav()`` (see :mod:`meshcloud.services`).
+render)`` and ``nav()`` (see :mod:`meshcloud.agent.compose`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from meshcloud.web import events, invite, mesh, storage, workloads
 from meshcloud.web.render import HERE, NAV, PLACEHOLDER_TEXT, UiContext, merge_nav, render
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 SESSION_MAX_AGE = 7 * 86400
 """Seconds a browser stays logged in (the session dies with the agent process anyway)."""

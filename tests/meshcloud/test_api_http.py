@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import trio
 
+from meshcloud.agent.lifecycle import init_mesh
+from meshcloud.agent.node import Node
 from meshcloud.api.limits import HttpLimits
 from meshcloud.api.server import serve_api
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
-from meshcloud.lifecycle import init_mesh
-from meshcloud.node import Node
 
 CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")
 DEADLINE = 30.0

@@ -9,6 +9,8 @@ import urllib.request
 import pytest
 import trio
 
+from meshcloud.agent.lifecycle import init_mesh, join_mesh
+from meshcloud.agent.node import Node
 from meshcloud.client import ApiClient
 from meshcloud.clock import SystemClock
 from meshcloud.config import NodeConfig
@@ -16,8 +18,6 @@ from meshcloud.datadir import DataDir
 from meshcloud.errors import InviteError, MeshError
 from meshcloud.identity.invites import create_invite
 from meshcloud.identity.keys import SigningKey
-from meshcloud.lifecycle import init_mesh, join_mesh
-from meshcloud.node import Node
 from meshcloud.transport.memory import MemoryNetwork
 
 
