@@ -41,7 +41,7 @@ from blobstore.shardstore import AsyncShardStore, ShardStore
 from blobstore.writer import WriterConfig
 
 if TYPE_CHECKING:
-    from meshcloud.agent.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class BlobService:
 
     name = "storage"
 
-    def __init__(self, node: Node, config: BlobConfig | None = None) -> None:
+    def __init__(self, node: NodeContext, config: BlobConfig | None = None) -> None:
         self.node = node
         self.config = config or BlobConfig.from_env()
         self.path = node.datadir.state_dir / "blobs"

@@ -52,7 +52,7 @@ def parse_exposure(body: Any, published: dict[str, list[str]]) -> tuple[int, Exp
 
 
 def routes(service: IngressService) -> list[Route]:
-    from meshcloud.api.app import read_json
+    from meshcloud.kit.api import read_json
 
     def published() -> dict[str, list[str]]:
         return {name: [e for e, _ in entry.spec.publish]

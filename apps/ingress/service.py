@@ -41,7 +41,7 @@ from meshcloud.errors import MeshError
 
 if TYPE_CHECKING:
     from apps.workloads.service import WorkloadService
-    from meshcloud.agent.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ CHECK_TIMEOUT = 1.0
 class IngressService:
     name = "ingress"
 
-    def __init__(self, node: Node, workloads: WorkloadService) -> None:
+    def __init__(self, node: NodeContext, workloads: WorkloadService) -> None:
         self.node = node
         self.state = node.state
         self.workloads = workloads

@@ -26,11 +26,11 @@ from meshcloud.placement import NodeInfo
 from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, WorkloadRecord
 
 if TYPE_CHECKING:
-    from meshcloud.agent.node import Node
+    from meshcloud.kit.service import NodeContext
 
 
 class WorkloadOperations:
-    node: Node
+    node: NodeContext
     state: Any
     runtimes: dict[str, Runtime]
 

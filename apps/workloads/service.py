@@ -53,7 +53,7 @@ from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
 
 if TYPE_CHECKING:
-    from meshcloud.agent.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _first(exc: BaseException) -> str:
 class WorkloadService(WorkloadOperations):
     name = "workloads"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.state = node.state
         node.state.open_table(OFFERS)
