@@ -39,6 +39,7 @@ from blobstore.s3http.app import S3App
 from blobstore.service import ShardService, TransportShardClient
 from blobstore.shardstore import AsyncShardStore, ShardStore
 from blobstore.writer import WriterConfig
+from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
     from meshcloud.kit.service import NodeContext
@@ -101,7 +102,7 @@ class BlobConfig:
         )
 
 
-class BlobService:
+class BlobService(ServiceBase):
     """See the module docstring."""
 
     name = "storage"
@@ -236,3 +237,11 @@ class BlobService:
         from blobstore.api import storage_routes
 
         return storage_routes(self)
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from blobstore.ui import routes
+
+        return routes(ui)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("storage", "Storage", "/ui/storage", True)]

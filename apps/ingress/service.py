@@ -38,6 +38,7 @@ from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
 from meshcloud.errors import MeshError
+from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
     from apps.workloads.service import WorkloadService
@@ -53,7 +54,7 @@ MESH_BIND = "mesh"
 CHECK_TIMEOUT = 1.0
 
 
-class IngressService:
+class IngressService(ServiceBase):
     name = "ingress"
 
     def __init__(self, node: NodeContext, workloads: WorkloadService) -> None:

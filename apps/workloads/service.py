@@ -48,6 +48,7 @@ from apps.workloads.spec import replica_name
 from apps.workloads.view import build_view, capacities_from_members
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError
+from meshcloud.kit.service import ServiceBase
 from meshcloud.placement import NodeInfo
 from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
@@ -102,7 +103,7 @@ def _first(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
-class WorkloadService(WorkloadOperations):
+class WorkloadService(WorkloadOperations, ServiceBase):
     name = "workloads"
 
     def __init__(self, node: NodeContext) -> None:
@@ -414,6 +415,14 @@ class WorkloadService(WorkloadOperations):
         from apps.workloads.api import routes
 
         return [*routes(self), *policy_routes(self.policy)]
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from apps.workloads.ui import routes
+
+        return routes(ui)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("workloads", "Workloads", "/ui/workloads", True)]
 
     def status(self) -> dict[str, Any]:
         snapshot = self.reconciler.last

@@ -22,9 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshcloud.api.auth import TokenAuth
-from meshcloud.errors import (
-    MeshError,
-)
+from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.api import (  # noqa: F401  (re-exported for older callers)
     MAX_JSON_BODY,
     BadParam,
@@ -38,7 +36,7 @@ from meshcloud.kit.api import (  # noqa: F401  (re-exported for older callers)
 from meshcloud.web.origin import is_ui_path, ui_host_for, ui_redirect_target
 
 if TYPE_CHECKING:
-    from meshcloud.agent.node import Node
+    from meshcloud.api.face import AgentFace
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +133,7 @@ def same_origin(conn: HTTPConnection) -> bool:
     return origin.split("://", 1)[-1] == host
 
 
-def build_app(node: Node) -> Starlette:
+def build_app(node: AgentFace) -> Starlette:
     auth = TokenAuth(node.datadir.api_token())
 
     async def status(request: Request) -> Response:
@@ -184,16 +182,12 @@ def build_app(node: Node) -> Starlette:
         return JSONResponse(node.events.recent(limit, kind))
 
     async def ping_peer(request: Request) -> Response:
-        from meshcloud.agent.diagnostics import parse_peer
-
-        peer = parse_peer(node, request.path_params["peer"])
+        peer = parse_peer(node.known_node_ids(), request.path_params["peer"])
         return JSONResponse(await node.diagnostics.ping(peer))
 
     async def hold_stream(request: Request) -> Response:
-        from meshcloud.agent.diagnostics import parse_peer
-
         body = await read_json(request)
-        peer = parse_peer(node, field(body, "peer", str, required=True))
+        peer = parse_peer(node.known_node_ids(), field(body, "peer", str, required=True))
         await node.diagnostics.hold(peer)
         return JSONResponse({"peer": peer.hex(), "holding": True})
 
@@ -253,9 +247,23 @@ def build_app(node: Node) -> Starlette:
     return app
 
 
-def node_routes(node: Node) -> list[Route]:
-    """Routes contributed by the node's services (membership, workloads, storage...)."""
-    routes: list[Route] = []
-    for provider in getattr(node, "route_providers", []):
-        routes.extend(provider())
-    return routes
+def node_routes(node: AgentFace) -> list[Route]:
+    """Routes contributed by the node's services (workloads, storage, ingress...)."""
+    return [route for service in node.services for route in service.api_routes()]
+
+
+def parse_peer(known: list[bytes], text: str) -> bytes:
+    """A peer id from full hex or a unique prefix of a ``known`` id."""
+    text = text.strip().lower()
+    try:
+        if len(text) == 64:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    found = [p for p in known if p.hex().startswith(text)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotFoundError(f"no known node id starts with {text!r}")
+    raise MeshError(f"{text!r} matches {len(found)} nodes; give more digits",
+                    code="bad_request")

@@ -59,10 +59,9 @@ def test_ps_message_uses_the_terminal_width_and_is_whole_in_a_pipe():
 
 
 def _parser():
-    import blobstore.cli  # noqa: F401 - registers storage verbs
-    import meshcloud.cli_resources  # noqa: F401
-    from meshcloud.cli import build_parser
+    from meshcloud.cli import build_parser, load_cli_verbs
 
+    load_cli_verbs()
     return build_parser()
 
 

@@ -50,7 +50,7 @@ async def start_node(nursery, datadir, network, clock=None):
 async def wait_connected(node, peer_id):
     with trio.fail_after(10):
         while not (peer_id in node.peers and node.peers[peer_id].connected):
-            await node._peer_set_changed.wait()
+            await node.book.changed.wait()
 
 
 def snapshot(node: Node) -> tuple[bytes, list]:

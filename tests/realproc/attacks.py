@@ -13,7 +13,7 @@ import sys
 
 import trio
 
-from meshcloud.agent.node import tcp_transport
+from meshcloud.agent.net import tcp_transport
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.clock import SystemClock
 from meshcloud.config import NodeConfig

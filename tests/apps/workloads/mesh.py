@@ -129,7 +129,7 @@ class LocalMesh:
         async def connected(node: Node, other: bytes) -> None:
             with trio.fail_after(20):
                 while not (other in node.peers and node.peers[other].connected):
-                    await node._peer_set_changed.wait()
+                    await node.book.changed.wait()
 
         for member in self.up():
             for other in self.up():

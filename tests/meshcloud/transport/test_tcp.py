@@ -615,7 +615,7 @@ def test_source_address_rule():
 
 
 def test_node_config_sets_the_connection_cap(tmp_path):
-    from meshcloud.agent.node import tcp_transport
+    from meshcloud.agent.net import tcp_transport
     from meshcloud.config import load_config
     from meshcloud.errors import ConfigError
 
