@@ -117,3 +117,20 @@ def test_core_module_does_no_io(path: Path):
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "random"):
             assert node.func.attr in RANDOM_CALLS_ALLOWED, (
                 f"{rel} calls random.{node.func.attr}: use the injected random.Random")
+
+
+# Parts split out of a core call its public methods (which return their outputs); they never
+# touch its private state (issue 14: "no module appends to another's private output list").
+USES_ONLY_PUBLIC_API = ["meshcloud/state/background.py"]
+
+
+@pytest.mark.parametrize("rel", USES_ONLY_PUBLIC_API)
+def test_split_out_parts_use_only_the_public_api(rel: str):
+    path = ROOT / rel
+    assert path.exists(), f"{rel} does not exist"
+    tree = ast.parse(path.read_text(), filename=rel)
+    private = [f"{rel}:{node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+               and not node.attr.startswith("__")
+               and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+    assert not private, "private state of another object:\n" + "\n".join(private)
