@@ -73,6 +73,7 @@ CORE_GLOBS = [
     "apps/workloads/planner.py",
     "apps/workloads/spec.py",
     "apps/workloads/view.py",
+    "apps/workloads/tables.py",
     "apps/ingress/routing.py",
     "apps/ingress/messages.py",
     "apps/ingress/tables.py",

@@ -45,11 +45,13 @@ from apps.workloads.policy import POLICY
 from apps.workloads.policy_ops import RootPolicyOps, policy_routes
 from apps.workloads.reconciler import Reconciler
 from apps.workloads.spec import replica_name
+from apps.workloads.tables import WORKLOAD_TABLES
 from apps.workloads.view import build_view, capacities_from_members
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError
 from meshcloud.kit.service import ServiceBase
 from meshcloud.placement import NodeInfo
+from meshcloud.state.schema import TableSchema
 from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
 
@@ -109,9 +111,8 @@ class WorkloadService(WorkloadOperations, ServiceBase):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.state = node.state
-        node.state.open_table(OFFERS)
-        node.state.open_table(IMAGES)
-        node.state.open_table(POLICY)
+        for schema in self.tables():
+            node.state.open_table(schema)
         self.policy = RootPolicyOps(node.state, node.mesh.mesh_id, node.mesh.root_public,
                                     node.root_key, node.clock.wall_ms, node.datadir.path)
         self.config = (ReconcilerConfig.local() if node.config.profile == "local"
@@ -410,6 +411,9 @@ class WorkloadService(WorkloadOperations, ServiceBase):
         return list(reply.items)
 
     # --- node hooks -------------------------------------------------------------------------
+
+    def tables(self) -> tuple[TableSchema[Any], ...]:
+        return (*WORKLOAD_TABLES, OFFERS, IMAGES, POLICY)
 
     def api_routes(self) -> list[Any]:
         from apps.workloads.api import routes
