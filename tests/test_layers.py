@@ -269,6 +269,12 @@ def test_no_forbidden_arrow_and_no_cycle_across_packages():
     assert not fixed, ("fixed, so remove from KNOWN_VIOLATIONS:\n  " + "\n  ".join(fixed))
 
 
+def test_the_node_module_only_wires():
+    """The composition root stays small: helpers live in their own agent modules."""
+    lines = (ROOT / "meshcloud" / "agent" / "node.py").read_text().count("\n")
+    assert lines <= 200, f"meshcloud/agent/node.py has {lines} lines (at most 200)"
+
+
 def test_the_checker_sees_lazy_and_type_only_imports(tmp_path):
     """The graph builder itself: a lazy and a TYPE_CHECKING import both count."""
     source = ("from typing import TYPE_CHECKING\n"
