@@ -106,6 +106,9 @@ class BlobService(ServiceBase):
     """See the module docstring."""
 
     name = "storage"
+    events = ("object.put", "repair.rebuilt", "repair.reencoded", "repair.lost",
+              "repair.finished", "scrub.corrupt", "scrub.repaired", "scrub.finished",
+              "gc.deleted", "storage.s3_failed")
 
     def __init__(self, node: NodeContext, config: BlobConfig | None = None) -> None:
         self.node = node

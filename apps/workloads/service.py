@@ -107,6 +107,10 @@ def _first(exc: BaseException) -> str:
 
 class WorkloadService(WorkloadOperations, ServiceBase):
     name = "workloads"
+    events = ("workload.deployed", "workload.removed", "workload.runtimes_ready",
+              "replica.starting", "replica.started", "replica.start_failed",
+              "replica.stopping", "replica.stopped", "replica.failed", "replica.fenced",
+              "replica.unhealthy", "node.drain", "node.undrain")
 
     def __init__(self, node: NodeContext) -> None:
         self.node = node

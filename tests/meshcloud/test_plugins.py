@@ -116,3 +116,37 @@ async def test_a_new_service_plugs_in_through_the_contract(tmp_path, nursery):
     assert {s.name for s in node.services} == {"functions"}
     code, _ = await trio.to_thread.run_sync(browser.get, "/ui/storage")
     assert code == 200  # the storage placeholder page, not the storage service's
+
+
+def _emitted_kinds(package: Path) -> set[str]:
+    """Event kinds a package emits: literal first arguments of ``emit(...)``/``Report(...)``."""
+    import ast
+
+    kinds: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            first = node.args[0]
+            if isinstance(first, ast.IfExp):  # emit("a" if x else "b")
+                candidates = [first.body, first.orelse]
+            else:
+                candidates = [first]
+            for arg in candidates:
+                if name in ("emit", "Report") and isinstance(arg, ast.Constant) \
+                        and isinstance(arg.value, str):
+                    kinds.add(arg.value)
+    return kinds
+
+
+def test_each_service_declares_the_events_it_emits():
+    from apps.workloads.service import WorkloadService
+    from blobstore.node_service import BlobService
+
+    root = Path(__file__).resolve().parents[2]
+    for service, package in ((WorkloadService, root / "apps" / "workloads"),
+                             (BlobService, root / "blobstore")):
+        emitted = _emitted_kinds(package)
+        assert emitted, package
+        assert emitted == set(service.events), (service.name, emitted ^ set(service.events))
