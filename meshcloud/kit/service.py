@@ -72,8 +72,11 @@ class NodeContext(Protocol):
 @runtime_checkable
 class Service(Protocol):
     name: str
-    events: tuple[str, ...]
-    """The event kinds it emits on ``ctx.events`` (tests hold this to the code)."""
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The event kinds it emits on ``ctx.events`` (tests hold this to the code)."""
+        ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None: ...
