@@ -84,7 +84,7 @@ def storage_routes(service: BlobService) -> list[Route]:
         return service.objects
 
     async def json_body(request: Request) -> dict[str, Any]:
-        from meshcloud.api.app import read_json
+        from meshcloud.kit.api import read_json
 
         return await read_json(request)
 
@@ -109,7 +109,7 @@ def storage_routes(service: BlobService) -> list[Route]:
         return JSONResponse({"deleted": request.path_params["bucket"]})
 
     async def listing(request: Request) -> Response:
-        from meshcloud.api.app import query_int
+        from meshcloud.kit.api import query_int
 
         q = request.query_params
         try:

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meshcloud.cli import EXTENSIONS, client, command, print_json
 from meshcloud.errors import MeshError
+from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
 PIECE = 1 << 20
 """Bytes read or written per step of a transfer (1 MiB)."""

@@ -1,4 +1,4 @@
-"""BlobService: the blobstore as one of the node's services (``meshcloud.services``).
+"""BlobService: the blobstore as one of the node's services (``meshcloud.agent.compose``).
 
 What it runs on a node:
 
@@ -39,9 +39,10 @@ from blobstore.s3http.app import S3App
 from blobstore.service import ShardService, TransportShardClient
 from blobstore.shardstore import AsyncShardStore, ShardStore
 from blobstore.writer import WriterConfig
+from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,15 @@ class BlobConfig:
         )
 
 
-class BlobService:
+class BlobService(ServiceBase):
     """See the module docstring."""
 
     name = "storage"
+    events = ("object.put", "repair.rebuilt", "repair.reencoded", "repair.lost",
+              "repair.finished", "scrub.corrupt", "scrub.repaired", "scrub.finished",
+              "gc.deleted", "storage.s3_failed")
 
-    def __init__(self, node: Node, config: BlobConfig | None = None) -> None:
+    def __init__(self, node: NodeContext, config: BlobConfig | None = None) -> None:
         self.node = node
         self.config = config or BlobConfig.from_env()
         self.path = node.datadir.state_dir / "blobs"
@@ -236,3 +240,11 @@ class BlobService:
         from blobstore.api import storage_routes
 
         return storage_routes(self)
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from blobstore.ui import routes
+
+        return routes(ui)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("storage", "Storage", "/ui/storage", True)]

@@ -8,63 +8,25 @@ stderr (``meshcloud: <message>``) and exit code 1; a usage error exits with 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshcloud.datadir import DataDir
 from meshcloud.errors import MeshError
+from meshcloud.kit.cli import (
+    COMMANDS,
+    EXTENSIONS,
+    client,
+    command,
+    datadir,
+    parse_duration,
+    parse_label,
+    print_json,
+)
 
 if TYPE_CHECKING:
-    from meshcloud.client import ApiClient
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
-
-
-def command(name: str) -> Callable[[Callable[[argparse.Namespace], int | None]],
-                                   Callable[[argparse.Namespace], int | None]]:
-    def register(fn: Callable[[argparse.Namespace], int | None]
-                 ) -> Callable[[argparse.Namespace], int | None]:
-        COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 1h, 2d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key, value
-
-
-def datadir(args: argparse.Namespace) -> DataDir:
-    return DataDir(args.data_dir)
-
-
-def client(args: argparse.Namespace) -> ApiClient:
-    from meshcloud.client import ApiClient
-
-    return ApiClient(datadir(args))
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
-
+    pass
 
 def node_settings(args: argparse.Namespace) -> dict[str, object]:
     labels = dict(args.label) if getattr(args, "label", None) else None
@@ -78,7 +40,7 @@ def node_settings(args: argparse.Namespace) -> dict[str, object]:
 
 @command("init")
 def cmd_init(args: argparse.Namespace) -> None:
-    from meshcloud.lifecycle import init_mesh
+    from meshcloud.agent.lifecycle import init_mesh
 
     info = init_mesh(datadir(args), args.name, node_settings(args))
     assert info.cert is not None
@@ -91,7 +53,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_join(args: argparse.Namespace) -> None:
     import trio
 
-    from meshcloud.lifecycle import join_mesh
+    from meshcloud.agent.lifecycle import join_mesh
 
     d = datadir(args)
     before = set(d.path.iterdir()) if d.path.is_dir() else None
@@ -164,10 +126,10 @@ def qr_text(data: str, *, colour: bool) -> str:
 
 def _local_invite(args: argparse.Namespace) -> str:
     """An invite made without the agent (right after `init`), from the data dir alone."""
+    from meshcloud.agent.net import expand_wildcards
     from meshcloud.clock import SystemClock
     from meshcloud.config import load_config
     from meshcloud.identity.invites import create_invite
-    from meshcloud.node import expand_wildcards
 
     d = datadir(args)
     root = d.root_key()
@@ -209,7 +171,7 @@ def cmd_revoke(args: argparse.Namespace) -> None:
 
 @command("up")
 def cmd_up(args: argparse.Namespace) -> int:
-    from meshcloud.daemon import run_agent
+    from meshcloud.agent.daemon import run_agent
 
     return run_agent(datadir(args), node_settings(args), log_level=args.log_level)
 
@@ -249,7 +211,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 @command("version")
 def cmd_version(args: argparse.Namespace) -> None:
-    from meshcloud.node import versions
+    from meshcloud.agent.status import versions
 
     for name, version in versions().items():
         print(f"{name:10} {version}")
@@ -279,6 +241,13 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
                         help="timing preset (default lan)")
     parser.add_argument("--label", action="append", type=parse_label, metavar="KEY=VALUE",
                         help="a placement label (repeatable)")
+
+
+def load_cli_verbs() -> None:
+    """Register every service's verbs (an import error there is not hidden)."""
+    from meshcloud.agent.compose import load_cli_verbs as load
+
+    load()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,18 +327,8 @@ def _data_dir_after_verbs(sub: Any) -> None:
                 _data_dir_after_verbs(action)
 
 
-EXTENSIONS: list[Callable[[Any], None]] = []
-"""Functions adding verb groups (resources) to the parser: see meshcloud.cli_resources."""
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        import meshcloud.cli_resources  # noqa: F401 - registers resource verbs
-    except ImportError:
-        pass
-    import apps.ingress.cli  # noqa: F401 - ingress verbs (expose, unexpose, endpoints)
-    import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
-    from apps.sites import cli as _site_verbs  # noqa: F401 - site deploy/rollback/ls/rm
+    load_cli_verbs()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is None:

@@ -23,13 +23,14 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from gossip.member import MemberState
 from meshcloud.state.config import StateConfig
 from meshcloud.state.core import StateCore
 from meshcloud.state.kv import MemoryKv
 from meshcloud.state.outputs import SendDatagram, StartSync
 from meshcloud.state.sync import SyncSession
-from meshcloud.state.tables import CLUSTER_TABLES, WORKLOADS, WorkloadRecord
+from meshcloud.state.tables import EVENTS, MEMBERSHIP, NODES
 from sim.checkers import CheckResult
 from sim.scenario import Scenario
 from sim.trace import Trace
@@ -98,7 +99,7 @@ class StateSimModel:
         rng = self.engine.derive_random(f"state/{host.index}/{host.generation}")
         core = StateCore(host.node_id, MemoryKv(), self._view(host.node_id), config=self.config,
                          rng=rng, wall_offset_ms=EPOCH_MS)
-        for schema in CLUSTER_TABLES:
+        for schema in (NODES, WORKLOADS, REPLICAS, EVENTS, MEMBERSHIP):
             core.open_table(schema)
         node = _Node(core, host.generation)
         self.nodes[host.node_id] = node

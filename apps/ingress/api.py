@@ -70,7 +70,7 @@ def route_rows(service: IngressService) -> list[dict[str, Any]]:
 
 
 def routes(service: IngressService) -> list[Route]:
-    from meshcloud.api.app import read_json
+    from meshcloud.kit.api import read_json
 
     def published() -> dict[str, list[str]]:
         return {name: [e for e, _ in entry.spec.publish]

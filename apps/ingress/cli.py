@@ -1,13 +1,13 @@
 """CLI verbs of the ingress: ``expose``, ``unexpose``, ``endpoints``, ``routes``.
 
-Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
+Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from meshcloud.cli import EXTENSIONS, client, command, print_json
+from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
 
 @command("expose")

@@ -41,10 +41,11 @@ from apps.ingress.targets import HostHandler, HostLookup
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
 from meshcloud.errors import MeshError
+from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
     from apps.workloads.service import WorkloadService
-    from meshcloud.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,10 @@ def http_limits_from_env() -> HttpLimits:
         max_clients=int(number("MESHCLOUD_HTTP_MAX_CLIENTS", base.max_clients)))
 
 
-class IngressService:
+class IngressService(ServiceBase):
     name = "ingress"
 
-    def __init__(self, node: Node, workloads: WorkloadService) -> None:
+    def __init__(self, node: NodeContext, workloads: WorkloadService) -> None:
         self.node = node
         self.state = node.state
         self.workloads = workloads

@@ -32,7 +32,7 @@ MAX_MISSING_BODY = 2 << 20
 
 
 def routes(sites: Sites) -> list[Route]:
-    from meshcloud.api.app import read_json
+    from meshcloud.kit.api import read_json
 
     async def listing(request: Request) -> Response:
         return JSONResponse({"sites": sites.overview()})

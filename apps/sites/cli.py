@@ -1,6 +1,6 @@
 """CLI verbs of the sites service: ``meshcloud site deploy|rollback|ls|rm``.
 
-Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
+Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from apps.sites.manifest import MAX_FILES, SiteError, check_path
-from meshcloud.cli import EXTENSIONS, client, command, print_json
 from meshcloud.errors import MeshError
+from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
 PIECE = 1 << 20
 UPLOADS = 4

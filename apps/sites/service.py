@@ -1,5 +1,6 @@
-"""The sites service of a node (``meshcloud.services``): tables, the ingress host lookup,
-a loop publishing this node's request counters, API routes, UI page and navigation."""
+"""The sites service of a node (built in :mod:`meshcloud.agent.compose`): tables, the
+ingress host lookup, a loop publishing this node's request counters, API routes, UI page
+and navigation."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from apps.sites.core import Sites, cache_bytes_from_env
 from apps.sites.storage import BlobStorage
 from apps.sites.tables import SITE_STATS, SITES
+from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +37,20 @@ class SiteHandler:
         return await self.sites.respond(self.name, request)
 
 
-class SiteService:
+class SiteService(ServiceBase):
     name = "sites"
+    events = ("site.deployed", "site.rolled_back", "site.removed")
 
-    def __init__(self, node: Node, blobs: Any) -> None:
+    def __init__(self, node: NodeContext, blobs: Any) -> None:
         self.node = node
         node.state.open_table(SITES)
         node.state.open_table(SITE_STATS)
         self.sites = Sites(node.state, BlobStorage(blobs), node_id=node.node_id,
                            wall_ms=node.clock.wall_ms, monotonic=node.clock.monotonic,
                            emit=node.events.emit, cache_bytes=cache_bytes_from_env())
+
+    def tables(self) -> tuple[Any, ...]:
+        return (SITES, SITE_STATS)
 
     def lookup(self, host: str, path: str) -> HostHandler | None:
         """The ingress's :data:`~apps.ingress.targets.HostLookup`."""
@@ -66,14 +72,10 @@ class SiteService:
 
         return routes(self.sites)
 
-    def ui_routes(self, base: Any, render: Any) -> list[Any]:
+    def ui_routes(self, ui: Any) -> list[Any]:
         from apps.sites.ui import routes
 
-        def ingress_address() -> str:
-            ingress = next((s for s in self.node.services if s.name == "ingress"), None)
-            return str(getattr(ingress, "http_address", "") or "")
-
-        return routes(self.sites, base, ingress_address)
+        return routes(ui, self.sites)
 
     def nav(self) -> list[tuple[str, str, str, bool]]:
         return [("sites", "Sites", "/ui/sites", True)]

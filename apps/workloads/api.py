@@ -49,7 +49,7 @@ def _spec_error(exc: SpecError) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    from meshcloud.api.app import read_json
+    from meshcloud.kit.api import read_json
 
     return await read_json(request)
 
@@ -192,7 +192,7 @@ class LogsEndpoint:
             replica = _int_param(request, "replica")
             targets = self.service.log_targets(name, replica)
         except MeshError as exc:
-            from meshcloud.api.app import error_response, status_for
+            from meshcloud.kit.api import error_response, status_for
 
             await error_response(status_for(exc), exc.code, exc.message)(scope, receive, send)
             return

@@ -1,7 +1,7 @@
 """CLI verbs of workloads: run, deploy, ps, logs, rm, scale, drain, images.
 
-Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when
-``meshcloud.cli_resources`` imports this module. Every verb talks to the local agent's
+Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported
+(the agent's composition module lists it). Every verb talks to the local agent's
 API, which works from any node: ``ps`` and ``logs`` show replicas wherever they run.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from apps.workloads.errors import SpecError
 from apps.workloads.spec import parse_env, spec_from_toml
-from meshcloud.cli import EXTENSIONS, client, command, parse_duration, print_json
 from meshcloud.errors import MeshError
+from meshcloud.kit.cli import EXTENSIONS, client, command, parse_duration, print_json
 
 POLL_INTERVAL = 0.5
 """Seconds between progress checks of ``--wait`` and ``drain`` (a person is watching)."""
@@ -336,7 +336,7 @@ def _push_from_store(api: Any, args: argparse.Namespace, reference: str) -> None
 
     from apps.runtimes.config import PodmanConfig
     from apps.runtimes.podman_service import PodmanService
-    from meshcloud.cli import datadir
+    from meshcloud.kit.cli import datadir
 
     service = PodmanService(PodmanConfig(data_dir=datadir(args).path, node_id="cli"))
     with tempfile.TemporaryDirectory(prefix="meshcloud-image-") as tmp:

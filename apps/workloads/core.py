@@ -54,7 +54,7 @@ from apps.workloads.outputs import (
 )
 from apps.workloads.planner import ReplicaKey, assigned_to
 from apps.workloads.spec import WorkloadSpec, replica_name
-from meshcloud.state.tables import ReplicaClaim
+from apps.workloads.tables import ReplicaClaim
 
 if TYPE_CHECKING:
     from apps.runtimes.base import ReplicaStatus

@@ -21,16 +21,17 @@ from apps.workloads.messages import InventoryItem, LogsRequest
 from apps.workloads.offers import all_offers
 from apps.workloads.reconciler import read_claims, read_workloads
 from apps.workloads.spec import MAX_REPLICAS, WorkloadSpec, parse_spec, replica_name
+from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.placement import NodeInfo
-from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, WorkloadRecord
+from meshcloud.state.tables import NODES
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.kit.service import NodeContext
 
 
 class WorkloadOperations:
-    node: Node
+    node: NodeContext
     state: Any
     runtimes: dict[str, Runtime]
 

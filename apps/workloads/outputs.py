@@ -12,7 +12,7 @@ from typing import Any
 
 from apps.runtimes.spec import ContainerSpec
 from apps.workloads.planner import ReplicaKey
-from meshcloud.state.tables import ReplicaClaim
+from apps.workloads.tables import ReplicaClaim
 
 
 @dataclass(frozen=True, slots=True)

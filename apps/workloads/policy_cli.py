@@ -12,7 +12,7 @@ import argparse
 import urllib.parse
 from typing import Any
 
-from meshcloud.cli import EXTENSIONS, client, command, print_json
+from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
 
 @command("policy")

@@ -118,7 +118,7 @@ def policy_routes(ops: RootPolicyOps) -> list[Route]:
         return JSONResponse({"root": ops.rows()})
 
     async def set_root(request: Request) -> Response:
-        from meshcloud.api.app import read_json
+        from meshcloud.kit.api import read_json
 
         body = await read_json(request)
         allow = body.get("allow")

@@ -50,11 +50,12 @@ from apps.workloads.outputs import (
 )
 from apps.workloads.planner import PlanItem, ReplicaKey, plan
 from apps.workloads.spec import replica_name, spec_from_stored
+from apps.workloads.tables import REPLICAS, WORKLOADS, ReplicaClaim
 from apps.workloads.view import plan_item
 from apps.workloads.watchdog import Watched, ensure_watchdog, read_watched, write_watched
 from meshcloud.errors import MeshError
 from meshcloud.placement import NodeInfo
-from meshcloud.state.tables import NODES, REPLICAS, WORKLOADS, ReplicaClaim
+from meshcloud.state.tables import NODES
 
 log = logging.getLogger(__name__)
 

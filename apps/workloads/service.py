@@ -45,15 +45,18 @@ from apps.workloads.policy import POLICY
 from apps.workloads.policy_ops import RootPolicyOps, policy_routes
 from apps.workloads.reconciler import Reconciler
 from apps.workloads.spec import replica_name
+from apps.workloads.tables import WORKLOAD_TABLES
 from apps.workloads.view import build_view, capacities_from_members
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError
+from meshcloud.kit.service import ServiceBase
 from meshcloud.placement import NodeInfo
+from meshcloud.state.schema import TableSchema
 from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +105,18 @@ def _first(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
-class WorkloadService(WorkloadOperations):
+class WorkloadService(WorkloadOperations, ServiceBase):
     name = "workloads"
+    events = ("workload.deployed", "workload.removed", "workload.runtimes_ready",
+              "replica.starting", "replica.started", "replica.start_failed",
+              "replica.stopping", "replica.stopped", "replica.failed", "replica.fenced",
+              "replica.unhealthy", "node.drain", "node.undrain")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.state = node.state
-        node.state.open_table(OFFERS)
-        node.state.open_table(IMAGES)
-        node.state.open_table(POLICY)
+        for schema in self.tables():
+            node.state.open_table(schema)
         self.policy = RootPolicyOps(node.state, node.mesh.mesh_id, node.mesh.root_public,
                                     node.root_key, node.clock.wall_ms, node.datadir.path)
         self.config = (ReconcilerConfig.local() if node.config.profile == "local"
@@ -410,10 +416,21 @@ class WorkloadService(WorkloadOperations):
 
     # --- node hooks -------------------------------------------------------------------------
 
+    def tables(self) -> tuple[TableSchema[Any], ...]:
+        return (*WORKLOAD_TABLES, OFFERS, IMAGES, POLICY)
+
     def api_routes(self) -> list[Any]:
         from apps.workloads.api import routes
 
         return [*routes(self), *policy_routes(self.policy)]
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from apps.workloads.ui import routes
+
+        return routes(ui)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("workloads", "Workloads", "/ui/workloads", True)]
 
     def status(self) -> dict[str, Any]:
         snapshot = self.reconciler.last

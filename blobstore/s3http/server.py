@@ -1,7 +1,7 @@
 """Serving the S3 app: hypercorn on trio, bound to the node's ``s3`` address.
 
-Slow clients are bounded by :class:`~meshcloud.api.limits.HttpLimits`: headers within
-``header_timeout``, bodies piece by piece (:class:`~meshcloud.api.guard.BodyDeadline`;
+Slow clients are bounded by :class:`~meshcloud.kit.limits.HttpLimits`: headers within
+``header_timeout``, bodies piece by piece (:class:`~meshcloud.kit.guard.BodyDeadline`;
 a cut upload reads as a client that went away, so nothing is stored).
 """
 
@@ -14,8 +14,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from meshcloud.api.guard import BodyDeadline, server_config
-from meshcloud.api.limits import DEFAULT_LIMITS, HttpLimits
+from meshcloud.kit.guard import BodyDeadline, server_config
+from meshcloud.kit.limits import DEFAULT_LIMITS, HttpLimits
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,7 @@ before its request body is complete is one INFO line in the log, not a traceback
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -25,67 +22,25 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshcloud.api.auth import TokenAuth
-from meshcloud.errors import (
-    AuthError,
-    ConfigError,
-    InviteError,
-    MeshError,
-    NotFoundError,
-    TransportError,
+from meshcloud.errors import MeshError, NotFoundError
+from meshcloud.kit.api import (  # noqa: F401  (re-exported for older callers)
+    MAX_JSON_BODY,
+    BadParam,
+    error_response,
+    field,
+    query_int,
+    query_str,
+    read_json,
+    status_for,
 )
 from meshcloud.web.origin import is_ui_path, ui_host_for, ui_redirect_target
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.api.face import AgentFace
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY = 1 << 20
-"""API request bodies are small documents; 1 MiB is plenty and stops memory abuse."""
-
 PUBLIC_PATHS = ("/ui/login", "/ui/static/")
-
-
-class BadParam(MeshError):
-    """A query parameter that is missing, malformed or out of range."""
-
-    code = "bad_param"
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"query parameter {param!r} {message}")
-        self.param = param
-
-
-def error_response(status: int, code: str, message: str,
-                   **extra: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}},
-                        status_code=status)
-
-
-def query_int(request: Request, name: str, default: int, *, minimum: int,
-              maximum: int) -> int:
-    """The integer query parameter ``name`` (``default`` when absent or empty), or
-    :class:`BadParam` unless it is a plain decimal integer in ``[minimum, maximum]``."""
-    text = request.query_params.get(name, "").strip()
-    if not text:
-        return default
-    if not re.fullmatch(r"-?[0-9]{1,18}", text):
-        raise BadParam(name, f"must be an integer, not {text[:40]!r}")
-    value = int(text)
-    if not minimum <= value <= maximum:
-        raise BadParam(name, f"must be between {minimum} and {maximum}, not {value}")
-    return value
-
-
-def query_str(request: Request, name: str, default: str | None = None, *,
-              max_length: int = 1024) -> str | None:
-    """The text query parameter ``name``, or :class:`BadParam` when it is too long."""
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    if len(text) > max_length:
-        raise BadParam(name, f"is longer than {max_length} characters")
-    return text
 
 
 def only_disconnects(exc: BaseException) -> bool:
@@ -127,18 +82,6 @@ class QuietDisconnect:
             if not started:
                 await error_response(400, "incomplete_body",
                                      "the request body ended early")(scope, receive, send)
-
-
-def status_for(exc: MeshError) -> int:
-    if isinstance(exc, InviteError | ConfigError):
-        return 400
-    if isinstance(exc, AuthError):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, TransportError):
-        return 503
-    return {"conflict": 409, "not_admin": 403, "bad_request": 400}.get(exc.code, 400)
 
 
 class RequireToken:
@@ -190,46 +133,7 @@ def same_origin(conn: HTTPConnection) -> bool:
     return origin.split("://", 1)[-1] == host
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise MeshError(f"request body over {MAX_JSON_BODY} bytes", code="bad_request")
-    if not body:
-        return {}
-    try:
-        value = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
-        raise MeshError(f"request body is not JSON: {exc}", code="bad_request") from None
-    except RecursionError:
-        raise MeshError("request body is nested too deeply", code="bad_request") from None
-    if not isinstance(value, dict):
-        raise MeshError("request body must be a JSON object", code="bad_request")
-    return value
-
-
-def field(body: dict[str, Any], name: str, kind: type, default: Any = None,
-          *, required: bool = False, items: type | None = None) -> Any:
-    """``body[name]`` checked to be a ``kind`` (a list's members ``items``); floats finite."""
-    if name not in body or body[name] is None:
-        if required:
-            raise MeshError(f"missing field {name!r}", code="bad_request")
-        return default
-    value = body[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value) if abs(value) < 2**1000 else math.inf
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise MeshError(f"field {name!r} must be {kind.__name__}", code="bad_request")
-    if kind is float and not math.isfinite(value):  # JSON's NaN, Infinity, 1e999
-        raise MeshError(f"field {name!r} must be a finite number", code="bad_request")
-    if items is not None and not all(type(item) is items for item in value):
-        raise MeshError(f"field {name!r} must hold only {items.__name__} values",
-                        code="bad_request")
-    return value
-
-
-def build_app(node: Node) -> Starlette:
+def build_app(node: AgentFace) -> Starlette:
     auth = TokenAuth(node.datadir.api_token())
 
     async def status(request: Request) -> Response:
@@ -278,16 +182,12 @@ def build_app(node: Node) -> Starlette:
         return JSONResponse(node.events.recent(limit, kind))
 
     async def ping_peer(request: Request) -> Response:
-        from meshcloud.diagnostics import parse_peer
-
-        peer = parse_peer(node, request.path_params["peer"])
+        peer = parse_peer(node.known_node_ids(), request.path_params["peer"])
         return JSONResponse(await node.diagnostics.ping(peer))
 
     async def hold_stream(request: Request) -> Response:
-        from meshcloud.diagnostics import parse_peer
-
         body = await read_json(request)
-        peer = parse_peer(node, field(body, "peer", str, required=True))
+        peer = parse_peer(node.known_node_ids(), field(body, "peer", str, required=True))
         await node.diagnostics.hold(peer)
         return JSONResponse({"peer": peer.hex(), "holding": True})
 
@@ -347,9 +247,23 @@ def build_app(node: Node) -> Starlette:
     return app
 
 
-def node_routes(node: Node) -> list[Route]:
-    """Routes contributed by the node's services (membership, workloads, storage...)."""
-    routes: list[Route] = []
-    for provider in getattr(node, "route_providers", []):
-        routes.extend(provider())
-    return routes
+def node_routes(node: AgentFace) -> list[Route]:
+    """Routes contributed by the node's services (workloads, storage, ingress...)."""
+    return [route for service in node.services for route in service.api_routes()]
+
+
+def parse_peer(known: list[bytes], text: str) -> bytes:
+    """A peer id from full hex or a unique prefix of a ``known`` id."""
+    text = text.strip().lower()
+    try:
+        if len(text) == 64:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    found = [p for p in known if p.hex().startswith(text)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotFoundError(f"no known node id starts with {text!r}")
+    raise MeshError(f"{text!r} matches {len(found)} nodes; give more digits",
+                    code="bad_request")

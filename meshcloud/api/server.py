@@ -1,7 +1,7 @@
 """Serving the API: hypercorn on trio, bound where the config says (127.0.0.1 by default).
 
-Slow clients are bounded by :class:`~meshcloud.api.limits.HttpLimits` (headers and
-bodies; see :mod:`meshcloud.api.guard`).
+Slow clients are bounded by :class:`~meshcloud.kit.limits.HttpLimits` (headers and
+bodies; see :mod:`meshcloud.kit.guard`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from meshcloud.api.app import build_app
-from meshcloud.api.guard import BodyDeadline, server_config
-from meshcloud.api.limits import DEFAULT_LIMITS, HttpLimits
+from meshcloud.kit.guard import BodyDeadline, server_config
+from meshcloud.kit.limits import DEFAULT_LIMITS, HttpLimits
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.api.face import AgentFace
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def hypercorn_config(bind: str, limits: HttpLimits = DEFAULT_LIMITS) -> Config:
 
 
 async def serve_api(
-    node: Node, *, limits: HttpLimits = DEFAULT_LIMITS,
+    node: AgentFace, *, limits: HttpLimits = DEFAULT_LIMITS,
     bind: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:

@@ -7,23 +7,28 @@
 * ``gc``: every ``gc_interval`` starts GC rounds for due tombstones we coordinate;
 * ``expiry``: every ``expiry_interval`` purges expired rows.
 
-They reach into :class:`~.core.StateCore` (its outputs, counters and peers): they are
-its parts, split out to keep one concept per file.
+They call the public methods of :class:`~.core.StateCore`, which return their outputs;
+a step hands those to ``emit`` (given by the core), and the core returns them from its next
+call (``on_timer``, a write, a message), so no worker touches the core's private state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from meshcloud.state.outputs import StartSync
 from meshcloud.workers import Worker, WorkerState
 
 if TYPE_CHECKING:
     from meshcloud.state.core import StateCore
+    from meshcloud.state.outputs import Output
+
+Emit = Callable[[list["Output"]], None]
 
 
-def background_workers(core: StateCore) -> list[Worker]:
-    return [MerkleWorker(core), AntiEntropyWorker(core), GcWorker(core), ExpiryWorker(core)]
+def background_workers(core: StateCore, emit: Emit) -> list[Worker]:
+    return [MerkleWorker(core), AntiEntropyWorker(core, emit), GcWorker(core, emit),
+            ExpiryWorker(core)]
 
 
 class MerkleWorker:
@@ -50,8 +55,9 @@ class MerkleWorker:
 class AntiEntropyWorker:
     name = "anti-entropy"
 
-    def __init__(self, core: StateCore) -> None:
+    def __init__(self, core: StateCore, emit: Emit) -> None:
         self.core = core
+        self.emit = emit
         self._next: float | None = None
         self._rounds = 0
 
@@ -74,13 +80,13 @@ class AntiEntropyWorker:
         if partners and (not full_copy or self._rounds % 2 == 0):
             peers = partners
         else:
-            peers = core._sorted_peers()
+            peers = core.sorted_peers()
         if not peers:
             return WorkerState.IDLE
         peer = core.rng.choice(peers)
         if not any(core.plan_for(peer).values()):
             return WorkerState.IDLE
-        core._outputs.append(StartSync(core.start_sync(peer, now)))
+        self.emit(core.begin_sync(peer, now))
         return WorkerState.IDLE
 
     def next_deadline(self) -> float | None:
@@ -93,8 +99,9 @@ class AntiEntropyWorker:
 class GcWorker:
     name = "gc"
 
-    def __init__(self, core: StateCore) -> None:
+    def __init__(self, core: StateCore, emit: Emit) -> None:
         self.core = core
+        self.emit = emit
         self._next: float | None = None
 
     def step(self, now: float) -> WorkerState:
@@ -105,8 +112,7 @@ class GcWorker:
         if now < self._next:
             return WorkerState.IDLE
         self._next = now + core.config.gc_interval
-        sends = core.gc.start_rounds(now, core.physical_ms(now), core.alive_peers())
-        core._outputs.extend(core._sent(sends))
+        self.emit(core.start_gc_rounds(now))
         return WorkerState.IDLE
 
     def next_deadline(self) -> float | None:
@@ -129,9 +135,7 @@ class ExpiryWorker:
             return WorkerState.IDLE
         self._next = now + core.config.expiry_interval
         limit = core.config.merkle_batch
-        removed = sum(t.purge_expired(core.physical_ms(now), limit)
-                      for t in core.tables.values() if t.schema.expires_after_ms)
-        core._counters["expired"] += removed
+        removed = core.purge_expired(now, limit)
         if removed:
             core.workers.poke("merkle", now)
         return WorkerState.BUSY if removed >= limit else WorkerState.IDLE

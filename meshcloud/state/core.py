@@ -56,7 +56,7 @@ from meshcloud.state.gc import GcCore
 from meshcloud.state.keys import Atom, Key
 from meshcloud.state.kv import Kv
 from meshcloud.state.messages import EntryBatch, GcAck, GcDelete, GcPush, SyncHello
-from meshcloud.state.outputs import Output, SendDatagram
+from meshcloud.state.outputs import Output, SendDatagram, StartSync
 from meshcloud.state.replication import FullCopy, Replication, shared_partitions
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.sync import SyncSession, SyncState, respond
@@ -124,7 +124,7 @@ class StateCore:
              "news_received", "syncs_started", "syncs_completed", "syncs_failed",
              "sync_requests_served", "entries_pushed", "entries_pulled", "expired"), 0)
         self.workers = WorkerSet(cpu_clock)
-        for worker in background_workers(self):
+        for worker in background_workers(self, self._queue):
             self.workers.add(worker, self.config.tranquility)
 
     # --- tables ---------------------------------------------------------------------------
@@ -449,6 +449,31 @@ class StateCore:
                 out.append(SendDatagram(peer, EntryBatch(table=core.name, entries=batch)))
         self._counters["news_sent"] += sum(len(e) for e in by_peer.values())
         return self._sent(out)
+
+    # --- background work (the workers of state/background.py call these) ------------------
+
+    def sorted_peers(self) -> list[NodeId]:
+        """The live peers, sorted (a stable order for seeded choices)."""
+        return self._sorted_peers()
+
+    def begin_sync(self, peer: NodeId, now: float) -> list[Output]:
+        """Start one anti-entropy session with ``peer``: its ``StartSync`` output."""
+        return [StartSync(self.start_sync(peer, now))]
+
+    def start_gc_rounds(self, now: float) -> list[Output]:
+        """GC rounds for the due tombstones we coordinate: their datagrams."""
+        return self._sent(self.gc.start_rounds(now, self.physical_ms(now), self.alive_peers()))
+
+    def purge_expired(self, now: float, limit: int) -> int:
+        """Purge up to ``limit`` expired rows per table; how many went."""
+        removed = sum(t.purge_expired(self.physical_ms(now), limit)
+                      for t in self.tables.values() if t.schema.expires_after_ms)
+        self._counters["expired"] += removed
+        return removed
+
+    def _queue(self, outputs: list[Output]) -> None:
+        """Outputs of a background step, returned by the next call into the core."""
+        self._outputs.extend(outputs)
 
     def _sent(self, outputs: list[SendDatagram]) -> list[Output]:
         self._counters["datagrams_sent"] += len(outputs)

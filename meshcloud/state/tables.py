@@ -3,15 +3,14 @@
 Adding a table is: a record dataclass registered as a message (a tag in this package's
 block, ``TagBlock.STATE + 50..99``, so stored rows carry a version and evolve by the
 codec's rules), a :class:`~.schema.TableSchema`, and a line in :data:`CLUSTER_TABLES`.
-Domain packages (blobstore buckets and keys, vnets, functions) define theirs the same way
-in their own modules and open them with ``driver.open_table(schema, replication)``.
+This module holds only the core's tables; domain packages (workloads and replicas, blobstore
+buckets and keys, later vnets, functions) define theirs the same way in their own modules
+and open them with ``driver.open_table(schema, replication)``.
 
 =============  ====================================  ==========================  ========
 table          key (partition | sort)                value                       entry
 =============  ====================================  ==========================  ========
 nodes          node id                               NodeRecord (per field)      LwwMap
-workloads      name                                  WorkloadRecord              LWW
-replicas       workload name | replica index         ReplicaClaim                LWW
 events         (one partition) | HLC ts, node id     EventRecord, kept 7 days    LWW
 membership     kind, subject | other id              MembershipRecord            LWW
 =============  ====================================  ==========================  ========
@@ -51,41 +50,6 @@ class NodeRecord:
     agent_version: str = ""
 
 
-@message(RECORDS + 1)
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkloadRecord:
-    kind: str
-    """service, function, site, database, spark."""
-    spec: dict[str, Any] = field(default_factory=dict)
-    replicas: int = 1
-    constraints: dict[str, Any] = field(default_factory=dict)
-    generation: int = 0
-    """Bumped by every spec change: reconcilers restart replicas running an older one."""
-
-
-class ReplicaState:
-    CLAIMED = "claimed"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-@message(RECORDS + 2, version=2)
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplicaClaim:
-    node: bytes
-    fencing: int
-    """Fencing token: grows with every new claim of this replica; a runtime refuses
-    orders carrying a smaller one (two nodes with different views cannot both win)."""
-    state: str = ReplicaState.CLAIMED
-    restarts: int = 0
-    updated_ms: int = 0
-    generation: int = 0
-    message: str = ""
-    """Why it is not running, in words (version 2): a start error, the last exit."""
-
-
 @message(RECORDS + 3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventRecord:
@@ -107,14 +71,6 @@ _node_enc, _node_dec = fields_codec(NodeRecord)
 NODES: TableSchema[NodeRecord] = TableSchema(
     "nodes", partition=(bytes,), entry=LwwMap, encode=_node_enc, decode=_node_dec)
 
-_wl_enc, _wl_dec = record_codec(WorkloadRecord)
-WORKLOADS: TableSchema[WorkloadRecord] = TableSchema(
-    "workloads", partition=(str,), encode=_wl_enc, decode=_wl_dec)
-
-_claim_enc, _claim_dec = record_codec(ReplicaClaim)
-REPLICAS: TableSchema[ReplicaClaim] = TableSchema(
-    "replicas", partition=(str,), sort=(int,), encode=_claim_enc, decode=_claim_dec)
-
 _ev_enc, _ev_dec = record_codec(EventRecord)
 EVENTS: TableSchema[EventRecord] = TableSchema(
     "events", partition=(), sort=(int, bytes), encode=_ev_enc, decode=_ev_dec,
@@ -128,8 +84,9 @@ MEMBERSHIP: TableSchema[MembershipRecord] = TableSchema(
 """Keys: ("redemption", invite id, node id), ("revoked_node", node id, b""),
 ("revoked_invite", invite id, b"")."""
 
-CLUSTER_TABLES: tuple[TableSchema[Any], ...] = (NODES, WORKLOADS, REPLICAS, EVENTS,
-                                                MEMBERSHIP)
+CLUSTER_TABLES: tuple[TableSchema[Any], ...] = (NODES, EVENTS, MEMBERSHIP)
+"""The tables every node opens. A service's own tables (``workloads`` and ``replicas``:
+:mod:`apps.workloads.tables`, tags ``RECORDS + 1`` and ``+ 2``) are opened by the service."""
 
 
 class TableAccess(Protocol):

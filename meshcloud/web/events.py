@@ -21,7 +21,7 @@ from starlette.routing import Route
 from meshcloud.web.render import fmt_bytes, render
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.api.face import AgentFace
     from meshcloud.web.render import UiContext
 
 SSE_KEEPALIVE = 15.0
@@ -99,7 +99,7 @@ def routes(ui: UiContext) -> list[Route]:
     return [Route("/ui/events", page), Route("/v1/events/stream", stream)]
 
 
-def event_stream(node: Node) -> Response:
+def event_stream(node: AgentFace) -> Response:
     """Server-sent events: every node event, as JSON, as it happens."""
     receive = node.events.subscribe()
 

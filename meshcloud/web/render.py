@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse
 
 from meshcloud.ui_text import ago
 
 if TYPE_CHECKING:
     from meshcloud.api.auth import TokenAuth
-    from meshcloud.node import Node
+    from meshcloud.api.face import AgentFace
 
 HERE = Path(__file__).parent
 
@@ -66,7 +66,8 @@ PLACEHOLDER_TEXT = {
     "storage": "Buckets and objects, erasure coded over the nodes.",
 }
 
-_env = Environment(loader=FileSystemLoader(HERE / "templates"),
+_loader = ChoiceLoader([FileSystemLoader(HERE / "templates")])
+_env = Environment(loader=_loader,
                    autoescape=select_autoescape(["html"]), trim_blocks=True,
                    lstrip_blocks=True)
 
@@ -100,6 +101,14 @@ def render_text(template: str, /, **context: Any) -> str:
     return _env.get_template(template).render(**context)
 
 
+def use_templates(directory: Path) -> None:
+    """Look templates up in ``directory`` too, after the UI's own (a service's pages)."""
+    loader = FileSystemLoader(directory)
+    if all(getattr(known, "searchpath", None) != loader.searchpath
+           for known in _loader.loaders):
+        _loader.loaders.append(loader)
+
+
 def merge_nav(base: list[NavEntry], extra: list[NavEntry]) -> list[NavEntry]:
     """A service's entry replaces the placeholder of the same page, keeping its place."""
     by_page = {entry[0]: entry for entry in extra}
@@ -119,7 +128,7 @@ def nav_groups(entries: list[NavEntry], page: str) -> list[dict[str, Any]]:
 class UiContext:
     """What every page module gets: the node, the auth, and the page layout."""
 
-    node: Node
+    node: AgentFace
     auth: TokenAuth
     nav: list[NavEntry]
 
@@ -136,6 +145,13 @@ class UiContext:
     def service(self, name: str) -> Any | None:
         """The node's service called ``name`` (storage, workloads...), if it runs one."""
         return next((s for s in getattr(self.node, "services", []) if s.name == name), None)
+
+    def render(self, template: str, /, status_code: int = 200,
+               **context: Any) -> HTMLResponse:
+        return render(template, status_code=status_code, **context)
+
+    def use_templates(self, directory: Path) -> None:
+        use_templates(directory)
 
 
 Renderer = Callable[..., HTMLResponse]

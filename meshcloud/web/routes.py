@@ -8,10 +8,10 @@ nor make the browser send it; it is set by the UI's own name, ``ui.localhost:POR
 that it never reaches other services on 127.0.0.1, and it is honoured only with that
 Host (:mod:`.origin`).
 
-Page modules: :mod:`.mesh`, :mod:`.events` (and the SSE stream), :mod:`.invite`,
-:mod:`.storage` (when the node runs the storage service), :mod:`.workloads` (when it runs
-the workload service). A service may also bring its own pages through ``ui_routes(base,
-render)`` and ``nav()`` (see :mod:`meshcloud.services`).
+Page modules: :mod:`.mesh`, :mod:`.events` (and the SSE stream), :mod:`.invite`. Every
+service brings its own pages through ``ui_routes(ui)`` and its navigation entries through
+``nav()`` (see :mod:`meshcloud.kit.service`); a page no service serves yet shows its
+placeholder.
 """
 
 from __future__ import annotations
@@ -25,24 +25,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from meshcloud.api.auth import SESSION_COOKIE, TokenAuth
-from meshcloud.web import events, invite, mesh, storage, workloads
+from meshcloud.web import events, invite, mesh
 from meshcloud.web.render import HERE, NAV, PLACEHOLDER_TEXT, UiContext, merge_nav, render
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.api.face import AgentFace
 
 SESSION_MAX_AGE = 7 * 86400
 """Seconds a browser stays logged in (the session dies with the agent process anyway)."""
 
-BUILT_IN_PAGES = {"storage": storage.routes, "workloads": workloads.routes}
-"""Pages of services this package renders itself, mounted when the node runs the service."""
 
-
-def ui_routes(node: Node, auth: TokenAuth) -> list[Route | Mount]:
-    services = {s.name for s in getattr(node, "services", [])}
-    built_in = [(page, label, href, True) for page, label, href, _ in NAV
-                if page in BUILT_IN_PAGES and page in services]
-    nav = merge_nav(merge_nav(NAV, built_in), node.extra_nav())
+def ui_routes(node: AgentFace, auth: TokenAuth) -> list[Route | Mount]:
+    service_nav = [entry for service in node.services for entry in service.nav()]
+    nav = merge_nav(NAV, service_nav)
     ui = UiContext(node=node, auth=auth, nav=nav)
 
     async def login(request: Request) -> Response:
@@ -75,13 +70,10 @@ def ui_routes(node: Node, auth: TokenAuth) -> list[Route | Mount]:
         *invite.routes(ui),
         Mount("/ui/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    for page, build in BUILT_IN_PAGES.items():
-        if page in services:
-            routes.extend(build(ui))
-    served = {entry[0] for entry in node.extra_nav()}
+    for service in node.services:
+        routes.extend(service.ui_routes(ui))
+    served = {entry[0] for entry in service_nav}
     for page, label, href, ready in nav:
         if not ready and page not in served:
             routes.append(Route(href, placeholder(page, label)))
-    for extra in node.ui_route_providers:
-        routes.extend(extra(ui.base, render))
     return routes

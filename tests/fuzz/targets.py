@@ -31,8 +31,8 @@ from tests.fuzz.engine import CBOR_TOKENS, FuzzFailure, Target
 
 def _import_message_modules() -> None:
     """Register every wire message class (the generic decoder knows only imported ones)."""
+    import meshcloud.agent.diagnostics
     import meshcloud.datadir
-    import meshcloud.diagnostics
     import meshcloud.identity.certs
     import meshcloud.join
     import meshcloud.state.messages

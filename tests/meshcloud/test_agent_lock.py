@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcloud.daemon import AgentRunning, agent_lock, agent_running, lock_holder
+from meshcloud.agent.daemon import AgentRunning, agent_lock, agent_running, lock_holder
 from meshcloud.datadir import DataDir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +40,9 @@ def test_stale_runtime_info_naming_a_live_pid_does_not_block(tmp_path):
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
     d = DataDir(tmp_path)
-    code = ("import sys; from meshcloud.daemon import agent_lock; from meshcloud.datadir import "
-            "DataDir\nwith agent_lock(DataDir(sys.argv[1])):\n print('held', flush=True)\n "
+    code = ("import sys; from meshcloud.agent.daemon import agent_lock; "
+            "from meshcloud.datadir import DataDir\n"
+            "with agent_lock(DataDir(sys.argv[1])):\n print('held', flush=True)\n "
             "sys.stdin.read()")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

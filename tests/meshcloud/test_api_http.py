@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import trio
 
-from meshcloud.api.limits import HttpLimits
+from meshcloud.agent.lifecycle import init_mesh
+from meshcloud.agent.node import Node
 from meshcloud.api.server import serve_api
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
-from meshcloud.lifecycle import init_mesh
-from meshcloud.node import Node
+from meshcloud.kit.limits import HttpLimits
 
 CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")
 DEADLINE = 30.0
@@ -166,7 +166,7 @@ async def test_api_cuts_a_stalled_body_and_keeps_serving(node, nursery, logs):
             reply += chunk
     status, body = parse(reply)
     assert status == 400 and body["error"]["code"] == "incomplete_body"
-    cut = await logs.wait_for("meshcloud.api.guard", "too slow")
+    cut = await logs.wait_for("meshcloud.kit.guard", "too slow")
     assert cut.levelno == logging.INFO
     assert logs.errors() == []
     assert (await exchange(url, head(node, "GET", "/v1/status"))).startswith(b"HTTP/1.1 200")
@@ -213,7 +213,7 @@ async def test_s3_cuts_a_stalled_upload_and_stores_nothing(node, nursery, logs):
         while chunk := await stalled.receive_some(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 400") and b"<Code>IncompleteBody</Code>" in reply
-    await logs.wait_for("meshcloud.api.guard", "too slow")
+    await logs.wait_for("meshcloud.kit.guard", "too slow")
     status, listing = await get(node, "/v1/storage/objects/slow")
     assert status == 200 and listing["objects"] == []
     assert logs.errors() == []

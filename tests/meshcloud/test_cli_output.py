@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -59,10 +62,9 @@ def test_ps_message_uses_the_terminal_width_and_is_whole_in_a_pipe():
 
 
 def _parser():
-    import blobstore.cli  # noqa: F401 - registers storage verbs
-    import meshcloud.cli_resources  # noqa: F401
-    from meshcloud.cli import build_parser
+    from meshcloud.cli import build_parser, load_cli_verbs
 
+    load_cli_verbs()
     return build_parser()
 
 
@@ -122,3 +124,22 @@ def test_dev_help_prints_the_usage_only():
     assert result.returncode == 0
     assert "./dev demo" in result.stdout and "./dev test" in result.stdout
     assert "set -e" not in result.stdout and "#" not in result.stdout
+
+
+def test_a_verb_module_that_fails_to_import_fails_the_command_line_loudly():
+    """One broken service CLI must not silently drop its verbs (or anyone else's)."""
+    code = ("import sys; sys.modules['apps.workloads.cli'] = None\n"
+            "from meshcloud.cli import main\nsys.exit(main(['ps']))")
+    root = str(Path(__file__).parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode != 0
+    assert "apps.workloads.cli" in done.stderr
+    assert "ModuleNotFoundError" in done.stderr or "ImportError" in done.stderr
+
+
+def test_every_service_verb_is_registered():
+    from meshcloud.cli import COMMANDS, load_cli_verbs
+
+    load_cli_verbs()
+    assert {"ps", "run", "bucket", "expose", "policy"} <= set(COMMANDS)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobstore.s3http.server import serve_s3
-from meshcloud.api.limits import BodyBudget, HttpLimits
 from meshcloud.errors import ConfigError
+from meshcloud.kit.limits import BodyBudget, HttpLimits
 
 DEADLINE = 30.0
 """Seconds a test waits for what a short bound must cause (a busy machine is slow)."""
@@ -200,7 +200,7 @@ async def test_the_guard_answers_408_when_the_app_does_not(nursery, caplog):
     await stalled.send_all(PUT + b"x" * 10)
     reply = await read_until_closed(stalled)
     assert reply.startswith(b"HTTP/1.1 408")
-    cut = [r for r in caplog.records if r.name == "meshcloud.api.guard"]
+    cut = [r for r in caplog.records if r.name == "meshcloud.kit.guard"]
     assert len(cut) == 1 and cut[0].levelno == logging.INFO and cut[0].exc_info is None
     assert "10 bytes" in cut[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -9,6 +9,8 @@ import urllib.request
 import pytest
 import trio
 
+from meshcloud.agent.lifecycle import init_mesh, join_mesh
+from meshcloud.agent.node import Node
 from meshcloud.client import ApiClient
 from meshcloud.clock import SystemClock
 from meshcloud.config import NodeConfig
@@ -16,8 +18,6 @@ from meshcloud.datadir import DataDir
 from meshcloud.errors import InviteError, MeshError
 from meshcloud.identity.invites import create_invite
 from meshcloud.identity.keys import SigningKey
-from meshcloud.lifecycle import init_mesh, join_mesh
-from meshcloud.node import Node
 from meshcloud.transport.memory import MemoryNetwork
 
 
@@ -50,7 +50,7 @@ async def start_node(nursery, datadir, network, clock=None):
 async def wait_connected(node, peer_id):
     with trio.fail_after(10):
         while not (peer_id in node.peers and node.peers[peer_id].connected):
-            await node._peer_set_changed.wait()
+            await node.book.changed.wait()
 
 
 def snapshot(node: Node) -> tuple[bytes, list]:

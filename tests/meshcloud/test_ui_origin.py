@@ -10,10 +10,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshcloud.agent.lifecycle import init_mesh
+from meshcloud.agent.node import Node
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
-from meshcloud.lifecycle import init_mesh
-from meshcloud.node import Node
 from meshcloud.web.origin import is_ui_path, split_host, ui_host_for, ui_redirect_target
 
 CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")

@@ -11,11 +11,11 @@ import urllib.request
 import pytest
 import trio
 
+from meshcloud.agent.lifecycle import init_mesh, join_mesh
+from meshcloud.agent.node import Node
 from meshcloud.client import ApiClient
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
-from meshcloud.lifecycle import init_mesh, join_mesh
-from meshcloud.node import Node
 from meshcloud.transport.memory import MemoryNetwork
 
 CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")

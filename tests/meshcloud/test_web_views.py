@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apps.workloads.ui import replica_summary
+from blobstore.ui import crumbs, layout_view, parse_after
 from meshcloud.web.events import event_view, fact_text, time_fact
 from meshcloud.web.mesh import capacity_bars, label_map, mesh_picture, totals
 from meshcloud.web.render import fmt_bytes, merge_nav, nav_groups, render_text
-from meshcloud.web.storage import crumbs, layout_view, parse_after
-from meshcloud.web.workloads import replica_summary
 
 GIB = 1 << 30
 
@@ -207,7 +207,10 @@ def test_byte_facts_read_as_sizes():
 
 
 def test_a_dead_node_is_not_shown_as_accepting_work():
-    from meshcloud.web.render import _env
+    from apps.workloads.ui import TEMPLATES
+    from meshcloud.web.render import _env, use_templates
+
+    use_templates(TEMPLATES)
 
     def row(state):
         return {"id": "ab" * 32, "state": state, "replicas": 0, "runtimes": ["process"],

@@ -13,6 +13,7 @@ import sys
 
 import trio
 
+from meshcloud.agent.net import tcp_transport
 from meshcloud.auth import MeshAuthenticator
 from meshcloud.clock import SystemClock
 from meshcloud.config import NodeConfig
@@ -22,7 +23,6 @@ from meshcloud.identity.invites import InviteToken
 from meshcloud.identity.keys import SigningKey
 from meshcloud.join import request_certificate
 from meshcloud.membership import MemoryMembershipRecords
-from meshcloud.node import tcp_transport
 
 
 def forgeries(token: InviteToken, key: SigningKey) -> dict[str, MeshCert]:

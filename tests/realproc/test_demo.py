@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from meshcloud.daemon import agent_running
+from meshcloud.agent.daemon import agent_running
 from meshcloud.datadir import DataDir
 from meshcloud.demo import _free
 from sim.agents import meshcloud_cmd, wait_until

@@ -98,7 +98,7 @@ from meshcloud.clock import SystemClock
 from meshcloud.config import NodeConfig
 from meshcloud.identity.keys import SigningKey
 from meshcloud.membership import MemoryMembershipRecords
-from meshcloud.node import tcp_transport
+from meshcloud.agent.net import tcp_transport
 from meshcloud.errors import MeshError
 
 async def main():

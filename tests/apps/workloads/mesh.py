@@ -20,11 +20,11 @@ import trio
 
 from apps.runtimes.homes import default_homes
 from apps.workloads.service import WorkloadService
+from meshcloud.agent.lifecycle import init_mesh, join_mesh
+from meshcloud.agent.node import Node
 from meshcloud.config import NodeConfig
 from meshcloud.datadir import DataDir
 from meshcloud.errors import MeshError
-from meshcloud.lifecycle import init_mesh, join_mesh
-from meshcloud.node import Node
 from meshcloud.transport.memory import MemoryNetwork
 
 CONFIG = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0",
@@ -129,7 +129,7 @@ class LocalMesh:
         async def connected(node: Node, other: bytes) -> None:
             with trio.fail_after(20):
                 while not (other in node.peers and node.peers[other].connected):
-                    await node._peer_set_changed.wait()
+                    await node.book.changed.wait()
 
         for member in self.up():
             for other in self.up():

@@ -10,7 +10,7 @@ from apps.workloads.config import ReconcilerConfig, backoff_delay
 from apps.workloads.core import ClaimState, ReconcilerCore, WorkloadEntry
 from apps.workloads.outputs import DeleteClaim, Report, StartReplica, StopReplica, WriteClaim
 from apps.workloads.spec import parse_spec
-from meshcloud.state.tables import ReplicaClaim
+from apps.workloads.tables import ReplicaClaim
 
 ME, OTHER, THIRD = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 CFG = ReconcilerConfig(backoff_base=1.0, backoff_max=8.0, backoff_reset=30.0,

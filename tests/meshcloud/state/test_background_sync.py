@@ -7,10 +7,11 @@ import random
 
 import trio
 
+from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from meshcloud.state.config import local
 from meshcloud.state.driver import StateDriver
 from meshcloud.state.store import LmdbKv
-from meshcloud.state.tables import CLUSTER_TABLES, WorkloadRecord
+from meshcloud.state.tables import EVENTS, MEMBERSHIP, NODES
 from meshcloud.testing import TestMesh, TrioClock
 from meshcloud.transport.memory import MemoryNetwork
 
@@ -51,7 +52,7 @@ async def start_driver(tmp_path, nursery) -> tuple[LmdbKv, StateDriver]:
     kv = LmdbKv(tmp_path / "s", background_sync=True)
     driver = StateDriver(transport, kv, lambda: [], config=local(), rng=random.Random(1),
                          clock=TrioClock())
-    for schema in CLUSTER_TABLES:
+    for schema in (NODES, WORKLOADS, REPLICAS, EVENTS, MEMBERSHIP):
         driver.open_table(schema)
     await nursery.start(driver.run)
     return kv, driver

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from meshcloud.clock import hlc_physical
 from meshcloud.state.config import StateConfig, local
 from meshcloud.state.core import StateCore
@@ -18,7 +19,7 @@ from meshcloud.state.outputs import SendDatagram
 from meshcloud.state.replication import Sharded
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.table import Change
-from meshcloud.state.tables import CLUSTER_TABLES, WORKLOADS, WorkloadRecord
+from meshcloud.state.tables import EVENTS, MEMBERSHIP, NODES
 
 KV = TableSchema("kv", partition=(str,))
 NO_SYNC = StateConfig(sync_interval=1e9)  # news only: anti-entropy never runs
@@ -182,7 +183,7 @@ def test_a_restarted_node_stamps_past_its_old_writes_even_if_its_clock_went_back
 
     def core(wall_offset_ms: int) -> StateCore:
         node = StateCore(me, store, lambda: frozenset(), wall_offset_ms=wall_offset_ms)
-        for schema in CLUSTER_TABLES:
+        for schema in (NODES, WORKLOADS, REPLICAS, EVENTS, MEMBERSHIP):
             node.open_table(schema)
         return node
 

@@ -7,15 +7,11 @@ import random
 import pytest
 import trio
 
+from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from meshcloud.state.config import local
 from meshcloud.state.driver import StateChanged, StateDriver
 from meshcloud.state.kv import MemoryKv
-from meshcloud.state.tables import (
-    CLUSTER_TABLES,
-    WORKLOADS,
-    TableMembershipRecords,
-    WorkloadRecord,
-)
+from meshcloud.state.tables import EVENTS, MEMBERSHIP, NODES, TableMembershipRecords
 from meshcloud.testing import TestMesh, TrioClock
 from meshcloud.transport.memory import MemoryNetwork
 
@@ -37,7 +33,7 @@ async def start_cluster(nursery, n, *, loss=0.0, seed=0):
 
         driver = StateDriver(t, MemoryKv(), view, config=local(),
                              rng=random.Random(seed * 100 + i), clock=TrioClock())
-        for schema in CLUSTER_TABLES:
+        for schema in (NODES, WORKLOADS, REPLICAS, EVENTS, MEMBERSHIP):
             driver.open_table(schema)
         await nursery.start(driver.run)
         drivers.append(driver)

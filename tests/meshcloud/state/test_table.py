@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.workloads.tables import REPLICAS, ReplicaClaim
 from meshcloud.clock import hlc_pack
 from meshcloud.codec import cbor
 from meshcloud.errors import CodecError
@@ -12,7 +13,7 @@ from meshcloud.state.errors import ValueTooLargeError
 from meshcloud.state.kv import MemoryKv
 from meshcloud.state.merkle import blake
 from meshcloud.state.schema import TableSchema
-from meshcloud.state.tables import NODES, REPLICAS, NodeRecord, ReplicaClaim
+from meshcloud.state.tables import NODES, NodeRecord
 
 W = b"\x07" * 32
 SCHEMA = TableSchema("t", partition=(str,), sort=(int,))

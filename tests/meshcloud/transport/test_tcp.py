@@ -615,9 +615,9 @@ def test_source_address_rule():
 
 
 def test_node_config_sets_the_connection_cap(tmp_path):
+    from meshcloud.agent.net import tcp_transport
     from meshcloud.config import load_config
     from meshcloud.errors import ConfigError
-    from meshcloud.node import tcp_transport
 
     member = TestMesh.with_members(1).members[0]
     path = tmp_path / "config.toml"

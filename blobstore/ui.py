@@ -23,17 +23,18 @@ Fragments under ``/ui/frag/storage/...`` re-render the live parts on ``object.*`
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meshcloud.web.render import render
-
 if TYPE_CHECKING:
     from blobstore.node_service import BlobService
-    from meshcloud.web.render import UiContext
+    from meshcloud.kit.ui import UiKit
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 PAGE_SIZE = 200
 """Objects and folders per page of a bucket listing."""
@@ -102,7 +103,10 @@ def layout_view(layout: dict[str, Any]) -> dict[str, Any]:
             "health": worst, "n": n}
 
 
-def routes(ui: UiContext) -> list[Route]:
+def routes(ui: UiKit) -> list[Route]:
+    ui.use_templates(TEMPLATES)
+    render = ui.render
+
     def service() -> BlobService:
         found = ui.service("storage")
         if found is None or found.objects is None:

@@ -1,5 +1,5 @@
 """How long our HTTP servers (the API + UI, and S3) wait for a client: the numbers and
-the body budget, with no I/O (the trio side is :mod:`meshcloud.api.guard`).
+the body budget, with no I/O (the trio side is :mod:`meshcloud.kit.guard`).
 
 Two bounds, both per connection:
 

@@ -1,4 +1,4 @@
-"""The trio side of :mod:`meshcloud.api.limits`: hypercorn options for the header bound,
+"""The trio side of :mod:`meshcloud.kit.limits`: hypercorn options for the header bound,
 and an ASGI middleware that holds a request body to its :class:`BodyBudget`.
 
 When a body runs out of time the application's next ``receive()`` returns
@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 
-from meshcloud.api.limits import DEFAULT_LIMITS, BodyBudget, HttpLimits
+from meshcloud.kit.limits import DEFAULT_LIMITS, BodyBudget, HttpLimits
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import trio
 
 from meshcloud.codec.messages import message
 from meshcloud.codec.tags import TagBlock
-from meshcloud.errors import MeshError, NotFoundError, TransportError
+from meshcloud.errors import MeshError, TransportError
 from meshcloud.transport.base import Stream, receive_message, send_message, stream_error
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,3 @@ class Diagnostics:
         self.node.events.emit("stream.ended", peer=peer.hex(), reason=reason,
                               after_s=round(trio.current_time() - opened, 3))
 
-
-def parse_peer(node: Node, text: str) -> bytes:
-    """A peer id from full hex or a unique prefix of a known peer."""
-    text = text.strip().lower()
-    try:
-        if len(text) == 64:
-            return bytes.fromhex(text)
-    except ValueError:
-        pass
-    known = [p for p in node.known_node_ids() if p.hex().startswith(text)]
-    if len(known) == 1:
-        return known[0]
-    if not known:
-        raise NotFoundError(f"no known node id starts with {text!r}")
-    raise MeshError(f"{text!r} matches {len(known)} nodes; give more digits", code="bad_request")

@@ -42,7 +42,7 @@ from gossip.sysinfo import read_capacity
 from meshcloud.identity.keys import short_id
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -166,18 +166,15 @@ class Members:
             if isinstance(event, MemberUpdated) and event.refuted:
                 facts["refuted"] = True
             if member.addresses:
-                self.node.learn_peer(member.node_id, list(member.addresses))
+                self.node.book.learn(member.node_id, list(member.addresses))
             log.info(kind.replace(".", " "), extra={"peer": short_id(member.node_id),
                                                      "incarnation": member.incarnation})
             self.node.events.emit(kind, **facts)
             self._save_incarnation()
 
     def seeds(self) -> list[str]:
-        node = self.node
-        mine = set(node.advertised_addresses())
-        addresses = [a for p in node.peers.values() for a in p.addresses]
-        addresses += node.bootstrap_addresses()
-        return [a for a in dict.fromkeys(addresses) if a not in mine]
+        mine = set(self.node.advertised_addresses())
+        return [a for a in dict.fromkeys(self.node.book.seeds()) if a not in mine]
 
     def loop_status(self) -> dict[str, Any]:
         """The agent's event-loop lag and who held the loop (for ``/v1/status``)."""

@@ -20,7 +20,7 @@ from meshcloud.join import JoinAccepted, request_certificate
 from meshcloud.membership import MemoryMembershipRecords
 
 if TYPE_CHECKING:
-    from meshcloud.node import TransportFactory
+    from meshcloud.agent.net import TransportFactory
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ async def join_mesh(datadir: DataDir, token_text: str, settings: dict[str, objec
                                       clock.wall_ms, None, proof)
     config = NodeConfig(listen=["127.0.0.1:0"], profile="lan")
     if transport_factory is None:
-        from meshcloud.node import tcp_transport
+        from meshcloud.agent.net import tcp_transport
 
         transport_factory = tcp_transport
     transport = transport_factory(key, authenticator, config)

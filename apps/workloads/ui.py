@@ -21,6 +21,7 @@ replicated tables, which raise no event here; so the live sections re-render on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,10 +30,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshcloud.errors import MeshError
-from meshcloud.web.render import render
 
 if TYPE_CHECKING:
-    from meshcloud.web.render import UiContext
+    from meshcloud.kit.ui import UiKit
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 DRAIN_PROGRESS_TIMEOUT = 2.0
 """Seconds the page waits for a draining node's inventory before showing it unknown."""
@@ -66,7 +68,10 @@ def workload_view(workload: dict[str, Any]) -> dict[str, Any]:
             "runtime": workload.get("runtime") or spec.get("constraints", {}).get("runtime")}
 
 
-def routes(ui: UiContext) -> list[Route]:
+def routes(ui: UiKit) -> list[Route]:
+    ui.use_templates(TEMPLATES)
+    render = ui.render
+
     def service() -> Any:
         found = ui.service("workloads")
         if found is None:

@@ -29,7 +29,7 @@ from meshcloud.errors import MeshError
 from meshcloud.logs import setup_logging
 
 if TYPE_CHECKING:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
 log = logging.getLogger("meshcloud.agent")
 
@@ -104,7 +104,7 @@ def run_agent(datadir: DataDir, settings: dict[str, object], *, log_level: str |
 
 
 async def _main(datadir: DataDir, config: NodeConfig) -> int:
-    from meshcloud.node import Node
+    from meshcloud.agent.node import Node
 
     node = Node(datadir, config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,0 +1,1 @@
+"""The agent: the composition root (node wiring, daemon, peers, discovery, members)."""
