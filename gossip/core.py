@@ -49,7 +49,7 @@ import random
 from collections.abc import Iterable
 
 from gossip.awareness import Awareness
-from gossip.capacity import Capacity, significant_change
+from gossip.capacity import Capacity, dynamic_change, static_change
 from gossip.config import GossipConfig
 from gossip.formulas import push_pull_interval
 from gossip.hooks import GossipHooks
@@ -215,18 +215,34 @@ class SwimCore(Prober, NewsApplier):
         return out
 
     def update_capacity(self, capacity: Capacity, now: float) -> list[Output]:
-        """Announce a significant capacity change (rate-limited by capacity_interval)."""
+        """Announce a significant capacity change: a change of what this node offers
+        within ``capacity_interval``, moved readings within ``capacity_refresh_interval``
+        (scaled with N; see gossip.capacity)."""
         self._latest_capacity = capacity
-        if self._left or not significant_change(self._capacity, capacity):
-            return []
-        due = self._last_announce + self.config.capacity_interval
+        out: list[Output] = []
+        self._capacity_due(now, out)
+        return out
+
+    def _capacity_due(self, now: float, out: list[Output]) -> None:
+        """Announce the latest capacity if it is due, or set the timer for when it is."""
+        self._next_capacity = None
+        old, new = self._capacity, self._latest_capacity
+        if self._left:
+            return
+        config = self.config
+        if static_change(old, new):
+            wait = config.capacity_interval
+        elif dynamic_change(old, new):
+            wait = max(config.capacity_interval, push_pull_interval(
+                config.capacity_refresh_interval, self.table.live_count,
+                config.push_pull_scale_threshold))
+        else:
+            return
+        due = self._last_announce + wait
         if now >= due:
-            out: list[Output] = []
             self._announce(self._incarnation + 1, now, out)
-            return out
-        if self._next_capacity is None:
+        else:
             self._next_capacity = due
-        return []
 
     def update_addresses(self, addresses: Iterable[str], now: float) -> list[Output]:
         """Announce new addresses at once (peers need them to reach us)."""
@@ -516,9 +532,7 @@ class SwimCore(Prober, NewsApplier):
         self._next_push_pull = now + period * self.random.uniform(0.5, 1.0)
 
     def _capacity_tick(self, now: float, out: list[Output]) -> None:
-        self._next_capacity = None
-        if not self._left and significant_change(self._capacity, self._latest_capacity):
-            self._announce(self._incarnation + 1, now, out)
+        self._capacity_due(now, out)
 
     # === sending ==========================================================================
 
