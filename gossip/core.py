@@ -51,6 +51,7 @@ from collections.abc import Iterable
 from gossip.awareness import Awareness
 from gossip.capacity import Capacity, dynamic_change, static_change
 from gossip.config import GossipConfig
+from gossip.digest import delta_for, make_digest, wanted_entries
 from gossip.formulas import push_pull_interval
 from gossip.hooks import GossipHooks
 from gossip.member import MAX_INCARNATION, Member, MemberInfo, MemberState
@@ -66,6 +67,8 @@ from gossip.messages import (
     PingReq,
     PushPull,
     Suspect,
+    SyncDelta,
+    SyncDigest,
     leave_bytes,
 )
 from gossip.news import NewsApplier
@@ -332,6 +335,42 @@ class SwimCore(Prober, NewsApplier):
             self._reschedule_push_pull(now)
             self._settle_at = max(self._settle_at, now + self.config.startup_grace)
         return out
+
+    def sync_digest(self) -> SyncDigest:
+        """The first message of a periodic (non-join) sync: see :mod:`gossip.digest`.
+
+        A driver may run any non-join :class:`~gossip.outputs.Sync` this way instead of
+        sending its full state: digest, :meth:`on_sync_digest` at the peer,
+        :meth:`on_sync_delta` here, :meth:`on_sync_entries` at the peer."""
+        return make_digest(self.table)
+
+    def on_sync_digest(self, peer: bytes, digest: SyncDigest, now: float) -> SyncDelta:
+        """Serve a digest sync: what the peer lacks or holds differently, and what we
+        want. Nothing is merged yet (the peer's entries come with its last message). A
+        sender that is not a member gets nothing."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
+            self.counters.dropped_non_member += 1
+            return SyncDelta(entries=())
+        self.counters.syncs_received += 1
+        return delta_for(self.table, digest)
+
+    def on_sync_delta(self, peer: bytes, delta: SyncDelta,
+                      now: float) -> tuple[PushPull, list[Output]]:
+        """The initiator's second step: the entries the peer wanted (as they were before
+        merging, like a full sync), and the outputs of merging the peer's entries."""
+        if peer == self.node_id:
+            return PushPull(join=False, entries=()), []
+        wanted = PushPull(join=False, entries=wanted_entries(self.table, delta))
+        return wanted, self._merge(peer, PushPull(join=False, entries=delta.entries), now)
+
+    def on_sync_entries(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
+        """The responder's last step: merge the entries it wanted."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
+            self.counters.dropped_non_member += 1
+            return []
+        return self._merge(peer, msg, now)
 
     def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
         """A sync could not complete (peer unreachable). Nothing to undo: SWIM will probe."""
