@@ -145,12 +145,19 @@ class SwimCore(Prober, NewsApplier):
         return self._left
 
     def members(self) -> list[MemberInfo]:
-        """A snapshot of every known member (this node included)."""
-        return [m.info() for m in self.table.members.values()]
+        """A snapshot of every known member (this node included, with its latest
+        capacity reading: others see the announced one, see gossip.capacity)."""
+        return [self._info(m) for m in self.table.members.values()]
 
     def member(self, node_id: bytes) -> MemberInfo | None:
         m = self.table.get(node_id)
-        return m.info() if m is not None else None
+        return self._info(m) if m is not None else None
+
+    def _info(self, m: Member) -> MemberInfo:
+        info = m.info()
+        if m is self._me and info.capacity != self._latest_capacity:
+            info = dataclasses.replace(info, capacity=self._latest_capacity)
+        return info
 
     def state_of(self, node_id: bytes) -> MemberState | None:
         m = self.table.get(node_id)

@@ -535,6 +535,9 @@ def test_moved_readings_are_announced_rarely_and_rarer_in_a_big_mesh():
     # the load moves by far more than its step: not before the refresh interval
     assert core.update_capacity(Capacity(cpu_cores=2, load=9.0), 30.0) == []
     assert core.incarnation == 1 and core._next_capacity == pytest.approx(620.0)
+    # this node's own view shows the latest reading; the announced one is unchanged
+    assert core.member(core.node_id).capacity.load == 9.0
+    assert core.table.members[core.node_id].alive.capacity.load == 0.1
     core.on_timer(619.0)
     assert core.incarnation == 1
     core.on_timer(620.0)
