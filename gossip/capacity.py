@@ -8,9 +8,18 @@ below bound the encoded size under :data:`MAX_CAPACITY_BYTES`; the codec refuses
 capacity that breaks them.
 
 A node re-announces its capacity (a new Alive with a higher incarnation) only when it
-changes *significantly* (:func:`significant_change`) and at most once per
-``capacity_interval``: load and free memory move all the time, and each announcement
-costs a broadcast through the whole mesh.
+changes *significantly*, and each announcement costs a broadcast that every member
+retransmits, so the mesh-wide rate of announcements sets every node's share of it:
+
+* a change of what the node *is* (:func:`static_change`: cores, RAM size, arch,
+  runtimes, labels, power source, metered link) is announced within
+  ``capacity_interval``: placement constraints depend on it;
+* a change of a *reading* (:func:`dynamic_change`: load, free RAM, free disk, battery)
+  only past coarse steps and at most once per ``capacity_refresh_interval``, stretched
+  with N past ``push_pull_scale_threshold`` nodes, so the mesh as a whole announces
+  readings at a bounded rate whatever its size (readings are for display and coarse
+  choices; a busy machine's load moves all the time, and re-announcing it every 10 s
+  cost each node kilobytes per second at N = 30).
 """
 
 from __future__ import annotations
@@ -110,8 +119,11 @@ class Capacity:
         return dict(self.labels)
 
 
-LOAD_STEP = 0.5
-"""Load average change (absolute) worth announcing: half a core's worth of work."""
+LOAD_STEP = 1.0
+"""Load average change worth announcing: a whole core's worth of work, or half of the
+machine's cores if that is more (an 8-core machine's load moving by 2 is noise)."""
+
+LOAD_STEP_PER_CORE = 0.5
 
 RAM_STEP = 0.10
 """Fraction of total RAM by which free RAM must move before it is re-announced."""
@@ -120,17 +132,14 @@ DISK_STEP = 0.05
 DISK_STEP_MIN = 1 << 30
 """Free disk must move by 5 % of its last value and at least 1 GiB."""
 
-BATTERY_STEP = 5
+BATTERY_STEP = 10
 """Battery percentage points worth announcing."""
 
 
-def significant_change(old: Capacity, new: Capacity) -> bool:
-    """Is ``new`` different enough from the announced ``old`` to gossip it?
-
-    Static facts (cores, RAM size, arch, runtimes, labels, metered, power source) always
-    count; fluctuating ones only past the steps above.
-    """
-    if (
+def static_change(old: Capacity, new: Capacity) -> bool:
+    """Did a fact placement depends on change (cores, RAM size, arch, runtimes, labels,
+    metered link, power source, machine)? Always worth announcing soon."""
+    return (
         old.cpu_cores != new.cpu_cores
         or old.ram_total != new.ram_total
         or old.arch != new.arch
@@ -138,9 +147,22 @@ def significant_change(old: Capacity, new: Capacity) -> bool:
         or old.labels != new.labels
         or old.metered != new.metered
         or old.on_ac != new.on_ac
-    ):
-        return True
-    if abs(old.load - new.load) >= LOAD_STEP:
+        or old.machine != new.machine
+    )
+
+
+def significant_change(old: Capacity, new: Capacity) -> bool:
+    """Is ``new`` different enough from the announced ``old`` to gossip it at all?"""
+    return static_change(old, new) or dynamic_change(old, new)
+
+
+def dynamic_change(old: Capacity, new: Capacity) -> bool:
+    """Did a reading move past its coarse step since the announced ``old``?
+
+    The steps are measured from the *announced* value, not the previous reading, so a
+    reading that wanders around one value is never announced (hysteresis)."""
+    load_step = max(LOAD_STEP, LOAD_STEP_PER_CORE * new.cpu_cores)
+    if abs(old.load - new.load) >= load_step:
         return True
     if new.ram_total and abs(old.ram_free - new.ram_free) >= RAM_STEP * new.ram_total:
         return True

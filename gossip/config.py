@@ -164,7 +164,17 @@ class GossipConfig:
 
     capacity_interval: float = 10.0
     """Minimum seconds between two capacity re-announcements (each is a broadcast through
-    the whole mesh); only significant changes are announced (gossip.capacity)."""
+    the whole mesh); only significant changes are announced (gossip.capacity). Also how
+    often the driver reads the machine's capacity."""
+
+    capacity_refresh_interval: float = 600.0
+    """Minimum seconds between two announcements of changed *readings* only (load, free
+    RAM and disk, battery: :func:`gossip.capacity.dynamic_change`), up to
+    ``push_pull_scale_threshold`` nodes; beyond, scaled linearly with N. The whole mesh
+    then announces readings at most ``threshold / refresh`` times a second (0.05/s), so
+    each node's share of their retransmissions stays bounded (~250 B/s at worst) whatever
+    N. A change of what a node offers (runtimes, labels, cores, power source) still goes
+    out within ``capacity_interval``."""
 
     resume_gap: float = 3.0
     """A timer that fires this many seconds late means this process was frozen (a phone's
@@ -235,7 +245,8 @@ class GossipConfig:
             raise ConfigError("gossip.packet_budget must be at least 256 bytes")
         if self.reconnect_interval <= 0:
             raise ConfigError("gossip.reconnect_interval must be positive")
-        for name in ("gossip_to_the_dead_time", "proof_window", "capacity_interval"):
+        for name in ("gossip_to_the_dead_time", "proof_window", "capacity_interval",
+                     "capacity_refresh_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"gossip.{name} must not be negative")
 
@@ -270,7 +281,8 @@ class GossipConfig:
                              suspicion_mult=0.5,
                              gossip_interval=0.05, push_pull_interval=5.0,
                              gossip_to_the_dead_time=5.0, dead_retention=30.0,
-                             proof_window=5.0, capacity_interval=1.0, leave_timeout=1.0,
+                             proof_window=5.0, capacity_interval=1.0,
+                             capacity_refresh_interval=5.0, leave_timeout=1.0,
                              sync_timeout=5.0)
 
     @classmethod
@@ -281,4 +293,5 @@ class GossipConfig:
         return cls().replace(probe_interval=2.0, probe_timeout=0.9, indirect_timeout=0.9,
                              suspicion_mult=1.0,
                              gossip_interval=0.5, push_pull_interval=120.0,
-                             capacity_interval=120.0, sync_timeout=30.0)
+                             capacity_interval=120.0, capacity_refresh_interval=1800.0,
+                             sync_timeout=30.0)

@@ -49,8 +49,9 @@ import random
 from collections.abc import Iterable
 
 from gossip.awareness import Awareness
-from gossip.capacity import Capacity, significant_change
+from gossip.capacity import Capacity, dynamic_change, static_change
 from gossip.config import GossipConfig
+from gossip.digest import delta_for, make_digest, wanted_entries
 from gossip.formulas import push_pull_interval
 from gossip.hooks import GossipHooks
 from gossip.member import MAX_INCARNATION, Member, MemberInfo, MemberState
@@ -66,6 +67,8 @@ from gossip.messages import (
     PingReq,
     PushPull,
     Suspect,
+    SyncDelta,
+    SyncDigest,
     leave_bytes,
 )
 from gossip.news import NewsApplier
@@ -142,12 +145,19 @@ class SwimCore(Prober, NewsApplier):
         return self._left
 
     def members(self) -> list[MemberInfo]:
-        """A snapshot of every known member (this node included)."""
-        return [m.info() for m in self.table.members.values()]
+        """A snapshot of every known member (this node included, with its latest
+        capacity reading: others see the announced one, see gossip.capacity)."""
+        return [self._info(m) for m in self.table.members.values()]
 
     def member(self, node_id: bytes) -> MemberInfo | None:
         m = self.table.get(node_id)
-        return m.info() if m is not None else None
+        return self._info(m) if m is not None else None
+
+    def _info(self, m: Member) -> MemberInfo:
+        info = m.info()
+        if m is self._me and info.capacity != self._latest_capacity:
+            info = dataclasses.replace(info, capacity=self._latest_capacity)
+        return info
 
     def state_of(self, node_id: bytes) -> MemberState | None:
         m = self.table.get(node_id)
@@ -215,18 +225,34 @@ class SwimCore(Prober, NewsApplier):
         return out
 
     def update_capacity(self, capacity: Capacity, now: float) -> list[Output]:
-        """Announce a significant capacity change (rate-limited by capacity_interval)."""
+        """Announce a significant capacity change: a change of what this node offers
+        within ``capacity_interval``, moved readings within ``capacity_refresh_interval``
+        (scaled with N; see gossip.capacity)."""
         self._latest_capacity = capacity
-        if self._left or not significant_change(self._capacity, capacity):
-            return []
-        due = self._last_announce + self.config.capacity_interval
+        out: list[Output] = []
+        self._capacity_due(now, out)
+        return out
+
+    def _capacity_due(self, now: float, out: list[Output]) -> None:
+        """Announce the latest capacity if it is due, or set the timer for when it is."""
+        self._next_capacity = None
+        old, new = self._capacity, self._latest_capacity
+        if self._left:
+            return
+        config = self.config
+        if static_change(old, new):
+            wait = config.capacity_interval
+        elif dynamic_change(old, new):
+            wait = max(config.capacity_interval, push_pull_interval(
+                config.capacity_refresh_interval, self.table.live_count,
+                config.push_pull_scale_threshold))
+        else:
+            return
+        due = self._last_announce + wait
         if now >= due:
-            out: list[Output] = []
             self._announce(self._incarnation + 1, now, out)
-            return out
-        if self._next_capacity is None:
+        else:
             self._next_capacity = due
-        return []
 
     def update_addresses(self, addresses: Iterable[str], now: float) -> list[Output]:
         """Announce new addresses at once (peers need them to reach us)."""
@@ -317,6 +343,42 @@ class SwimCore(Prober, NewsApplier):
             self._reschedule_push_pull(now)
             self._settle_at = max(self._settle_at, now + self.config.startup_grace)
         return out
+
+    def sync_digest(self) -> SyncDigest:
+        """The first message of a periodic (non-join) sync: see :mod:`gossip.digest`.
+
+        A driver may run any non-join :class:`~gossip.outputs.Sync` this way instead of
+        sending its full state: digest, :meth:`on_sync_digest` at the peer,
+        :meth:`on_sync_delta` here, :meth:`on_sync_entries` at the peer."""
+        return make_digest(self.table)
+
+    def on_sync_digest(self, peer: bytes, digest: SyncDigest, now: float) -> SyncDelta:
+        """Serve a digest sync: what the peer lacks or holds differently, and what we
+        want. Nothing is merged yet (the peer's entries come with its last message). A
+        sender that is not a member gets nothing."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
+            self.counters.dropped_non_member += 1
+            return SyncDelta(entries=())
+        self.counters.syncs_received += 1
+        return delta_for(self.table, digest)
+
+    def on_sync_delta(self, peer: bytes, delta: SyncDelta,
+                      now: float) -> tuple[PushPull, list[Output]]:
+        """The initiator's second step: the entries the peer wanted (as they were before
+        merging, like a full sync), and the outputs of merging the peer's entries."""
+        if peer == self.node_id:
+            return PushPull(join=False, entries=()), []
+        wanted = PushPull(join=False, entries=wanted_entries(self.table, delta))
+        return wanted, self._merge(peer, PushPull(join=False, entries=delta.entries), now)
+
+    def on_sync_entries(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
+        """The responder's last step: merge the entries it wanted."""
+        if peer == self.node_id or (peer not in self.table.members
+                                    and not self.hooks.membership.is_member(peer, None)):
+            self.counters.dropped_non_member += 1
+            return []
+        return self._merge(peer, msg, now)
 
     def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
         """A sync could not complete (peer unreachable). Nothing to undo: SWIM will probe."""
@@ -522,9 +584,7 @@ class SwimCore(Prober, NewsApplier):
         self._next_push_pull = now + period * self.random.uniform(0.5, 1.0)
 
     def _capacity_tick(self, now: float, out: list[Output]) -> None:
-        self._next_capacity = None
-        if not self._left and significant_change(self._capacity, self._latest_capacity):
-            self._announce(self._incarnation + 1, now, out)
+        self._capacity_due(now, out)
 
     # === sending ==========================================================================
 

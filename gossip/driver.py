@@ -5,8 +5,9 @@ The driver
 
 * decodes datagrams on ``/meshcloud/gossip/1`` (bounded; malformed or oversize ones are
   dropped and counted) and feeds ``core.on_message``; encodes every :class:`Send`;
-* serves and opens push-pull streams on ``/meshcloud/gossip-sync/1`` (one PushPull each
-  way, bounded by ``sync_timeout`` and ``max_sync_bytes``);
+* serves and opens push-pull streams on ``/meshcloud/gossip-sync/1`` (a join: one
+  PushPull each way; a periodic sync: digest, delta, wanted entries, see
+  :mod:`gossip.digest`; bounded by ``sync_timeout`` and ``max_sync_bytes``);
 * keeps **one** timer, at ``core.next_deadline()``, re-armed after every input;
 * turns ``PeerDisconnected`` from ``transport.peer_events()`` into ``core.on_peer_lost``
   (a hint to probe that peer now; death still goes through suspicion);
@@ -49,7 +50,14 @@ from gossip.core import SwimCore
 from gossip.hooks import GossipHooks
 from gossip.lag import SAMPLE_INTERVAL, LagHistogram
 from gossip.member import MemberInfo
-from gossip.messages import GOSSIP_PROTOCOL, PACKET_TYPES, SYNC_PROTOCOL, PushPull
+from gossip.messages import (
+    GOSSIP_PROTOCOL,
+    PACKET_TYPES,
+    SYNC_PROTOCOL,
+    PushPull,
+    SyncDelta,
+    SyncDigest,
+)
 from gossip.outputs import (
     LeaveSpread,
     MemberEvent,
@@ -401,20 +409,20 @@ class GossipDriver:
     # --- push-pull ------------------------------------------------------------------------
 
     async def _sync(self, out: Sync) -> bool:
-        """Run one push-pull as the initiator; feed the reply (or the failure) to the core."""
+        """Run one push-pull as the initiator; feed the reply (or the failure) to the core.
+
+        A join sends the full state; a periodic sync starts with a digest
+        (:mod:`gossip.digest`) and moves full entries only where the views differ."""
         core = self.core
+        digest = not out.msg.join
         try:
             with trio.fail_after(self.config.sync_timeout):
                 stream = await self.transport.open_stream(out.to, SYNC_PROTOCOL)
                 try:
-                    data = encode_message(out.msg)
-                    await stream.send(data)
-                    self._counts["sync_bytes_sent"] += len(data)
-                    await stream.close()
-                    reply_data = await stream.receive()
-                    self._counts["sync_bytes_received"] += len(reply_data)
-                    reply = decode_message(reply_data, PushPull,
-                                           max_size=self.config.max_sync_bytes)
+                    if digest:
+                        outputs = await self._digest_sync(stream, out.to)
+                    else:
+                        reply = await self._full_sync(stream, out.msg)
                 except BaseException:
                     with trio.CancelScope(shield=True):
                         await stream.abort("sync abandoned")
@@ -432,31 +440,63 @@ class GossipDriver:
             self._perform(core.on_push_pull_failed(out.to, trio.current_time()))
             return False
         self._counts["syncs_ok"] += 1
-        self._perform(core.on_push_pull_reply(out.to, reply, trio.current_time()))
+        if digest:
+            self._perform(outputs)
+        else:
+            self._perform(core.on_push_pull_reply(out.to, reply, trio.current_time()))
         return True
 
+    async def _send_sync(self, stream: Stream, msg: object) -> None:
+        data = encode_message(msg)
+        await stream.send(data)
+        self._counts["sync_bytes_sent"] += len(data)
+
+    async def _receive_sync(self, stream: Stream, expect: type | tuple[type, ...]) -> Any:
+        data = await stream.receive()
+        self._counts["sync_bytes_received"] += len(data)
+        return decode_message(data, expect, max_size=self.config.max_sync_bytes)
+
+    async def _full_sync(self, stream: Stream, msg: PushPull) -> PushPull:
+        await self._send_sync(stream, msg)
+        await stream.close()
+        reply: PushPull = await self._receive_sync(stream, PushPull)
+        return reply
+
+    async def _digest_sync(self, stream: Stream, peer: bytes) -> list[Output]:
+        core = self.core
+        await self._send_sync(stream, core.sync_digest())
+        delta: SyncDelta = await self._receive_sync(stream, SyncDelta)
+        wanted, outputs = core.on_sync_delta(peer, delta, trio.current_time())
+        await self._send_sync(stream, wanted)
+        await stream.close()
+        return outputs
+
     async def _serve_sync(self, stream: Stream) -> None:
-        """Answer a push-pull: read theirs, send ours, merge theirs."""
+        """Answer a push-pull: read theirs, send ours, merge theirs (a full sync); or
+        answer a digest with the differences and merge the entries that come back."""
         core = self._core
         if core is None:
             await stream.abort("gossip not running")
             return
+        peer = stream.peer.node_id
         try:
             with trio.fail_after(self.config.sync_timeout):
-                data = await stream.receive()
-                self._counts["sync_bytes_received"] += len(data)
                 try:
-                    msg = decode_message(data, PushPull, max_size=self.config.max_sync_bytes)
+                    msg = await self._receive_sync(stream, (PushPull, SyncDigest))
+                    if type(msg) is SyncDigest:
+                        delta = core.on_sync_digest(peer, msg, trio.current_time())
+                        await self._send_sync(stream, delta)
+                        entries = await self._receive_sync(stream, PushPull)
+                        await stream.close()
+                        outputs = core.on_sync_entries(peer, entries, trio.current_time())
+                    else:
+                        reply, outputs = core.on_push_pull(peer, msg, trio.current_time())
+                        await self._send_sync(stream, reply)
+                        await stream.close()
                 except CodecError:
                     self._counts["dropped_malformed"] += 1
                     await stream.abort("malformed push-pull")
                     return
-                reply, outputs = core.on_push_pull(stream.peer.node_id, msg,
-                                                   trio.current_time())
-                reply_data = encode_message(reply)
-                await stream.send(reply_data)
-                self._counts["sync_bytes_sent"] += len(reply_data)
-                await stream.close()
         except (TransportError, trio.TooSlowError, trio.EndOfChannel,
                 trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.abort("sync failed")

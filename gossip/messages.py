@@ -2,7 +2,11 @@
 
 Datagrams on ``/meshcloud/gossip/1`` carry one message or a :class:`Compound` (a primary
 message followed by piggybacked broadcasts). Push-pull full-state syncs travel on the
-stream ``/meshcloud/gossip-sync/1`` as one :class:`PushPull` each way.
+stream ``/meshcloud/gossip-sync/1``: a join as one :class:`PushPull` each way; a periodic
+sync as a :class:`SyncDigest` (about 40 bytes a member), a :class:`SyncDelta` back (the
+full entries the initiator's digest shows it lacks or holds differently, and the nodes the
+responder wants), and a last :class:`PushPull` with the wanted entries, so two agreeing
+nodes exchange digests only (a full entry with its certificate is ~1.3 KB).
 
 =====  ==============  =====================================================================
 tag    message         meaning
@@ -19,6 +23,9 @@ tag    message         meaning
 +8     PushPullEntry   one member in a full-state sync
 +9     PushPull        a full-state sync (sent by both sides)
 +10    Compound        several messages in one datagram
++11    DigestEntry     one member in a sync digest: node, incarnation, state
++12    SyncDigest      the first message of a periodic sync: every member in brief
++13    SyncDelta       the answer to a digest: the entries that differ, and what we lack
 +20    Capacity        see :mod:`gossip.capacity`
 =====  ==============  =====================================================================
 
@@ -232,6 +239,47 @@ class PushPull:
     def __post_init__(self) -> None:
         if len(self.entries) > MAX_SYNC_ENTRIES:
             raise ValueError("too many entries in a push-pull")
+
+
+@message(TagBlock.GOSSIP + 11)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DigestEntry:
+    node: bytes
+    incarnation: int
+    state: MemberState
+
+    def __post_init__(self) -> None:
+        _check_node(self.node, "node")
+        _check_incarnation(self.incarnation)
+
+
+@message(TagBlock.GOSSIP + 12)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncDigest:
+    entries: tuple[DigestEntry, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.entries) > MAX_SYNC_ENTRIES:
+            raise ValueError("too many entries in a sync digest")
+
+
+@message(TagBlock.GOSSIP + 13)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncDelta:
+    entries: tuple[PushPullEntry, ...]
+    """Members the digest's sender lacks or holds at another (incarnation, state)."""
+    wants: tuple[bytes, ...] = ()
+    """Members in the digest that we hold differently: send us your entries."""
+    wants_new: tuple[bytes, ...] = ()
+    """Members in the digest that we do not know: send them with their proofs."""
+
+    def __post_init__(self) -> None:
+        if len(self.entries) > MAX_SYNC_ENTRIES:
+            raise ValueError("too many entries in a sync delta")
+        if len(self.wants) + len(self.wants_new) > MAX_SYNC_ENTRIES:
+            raise ValueError("too many wants in a sync delta")
+        for node in (*self.wants, *self.wants_new):
+            _check_node(node, "wanted node")
 
 
 Broadcastable = Alive | Suspect | Dead

@@ -15,8 +15,10 @@ How it drives a core (the whole contract):
   latency, unless lost, by ``core.on_message(sender, msg, now)``;
   :class:`~gossip.outputs.Sync` — reliable exchange: ``reply, outs =
   peer.on_push_pull(sender, msg, now)`` then, one latency later,
-  ``core.on_push_pull_reply(peer, reply, now)`` (or ``on_push_pull_failed``); membership
-  events are recorded;
+  ``core.on_push_pull_reply(peer, reply, now)`` (or ``on_push_pull_failed``). A
+  non-join Sync runs digest-first as the driver does (``digest_syncs``): ``peer.on_sync_digest(
+  sender, core.sync_digest(), now)``, one latency later ``core.on_sync_delta``, one more
+  ``peer.on_sync_entries``. Membership events are recorded;
 * crash = stop delivering to and from the node and never call it again; restart = a new
   core with the same id (incarnation 0) that joins through a live seed.
 
@@ -40,11 +42,11 @@ from gossip.config import GossipConfig
 from gossip.core import SwimCore
 from gossip.hooks import GossipHooks, fake_hooks
 from gossip.member import MemberState
-from gossip.messages import PACKET_TYPES, PushPull
+from gossip.messages import PACKET_TYPES, PushPull, SyncDelta, SyncDigest
 from gossip.outputs import MemberFailed, Output, Send, Sync
 from meshcloud.codec.messages import decode_message, encode_message
 
-_DELIVER, _TIMER, _SYNC_REQUEST, _SYNC_REPLY, _SYNC_FAILED = range(5)
+_DELIVER, _TIMER, _SYNC_REQUEST, _SYNC_REPLY, _SYNC_FAILED, _SYNC_ENTRIES = range(6)
 
 
 def sim_node_id(index: int) -> bytes:
@@ -90,6 +92,8 @@ class SwimCluster:
     record: bool = True
     """Keep every membership event in ``observations``."""
     hooks_factory: Callable[[bytes], GossipHooks] = fake_hooks
+    digest_syncs: bool = True
+    """Run periodic syncs digest-first, as the driver does (False: full push-pull)."""
 
     def __post_init__(self) -> None:
         self.now = 0.0
@@ -243,15 +247,29 @@ class SwimCluster:
                 self._push(now + self.config.sync_timeout, _SYNC_FAILED,
                            (sender, target, generation))
                 return
-            reply, outputs = node.core.on_push_pull(sender, msg, now)
-            self._run_outputs(node, outputs)
+            if type(msg) is SyncDigest:
+                reply: object = node.core.on_sync_digest(sender, msg, now)
+            else:
+                reply, outputs = node.core.on_push_pull(sender, msg, now)
+                self._run_outputs(node, outputs)
             self._arm(node)
             self._push(now + self.latency, _SYNC_REPLY, (sender, target, generation, reply))
         elif kind == _SYNC_REPLY:
             target, sender, generation, msg = payload  # type: ignore[misc]
             node = self.nodes[target]
             if node.up and node.generation == generation:
-                self._run_outputs(node, node.core.on_push_pull_reply(sender, msg, now))
+                if type(msg) is SyncDelta:
+                    wanted, outputs = node.core.on_sync_delta(sender, msg, now)
+                    self._push(now + self.latency, _SYNC_ENTRIES, (sender, target, wanted))
+                else:
+                    outputs = node.core.on_push_pull_reply(sender, msg, now)
+                self._run_outputs(node, outputs)
+                self._arm(node)
+        elif kind == _SYNC_ENTRIES:
+            target, sender, msg = payload  # type: ignore[misc]
+            node = self.nodes[target]
+            if node.up:
+                self._run_outputs(node, node.core.on_sync_entries(sender, msg, now))
                 self._arm(node)
         else:  # _SYNC_FAILED
             target, sender, generation = payload  # type: ignore[misc]
@@ -282,6 +300,8 @@ class SwimCluster:
             elif kind is Sync:
                 msg = out.msg  # type: ignore[union-attr]
                 assert isinstance(msg, PushPull)
+                if self.digest_syncs and not msg.join:
+                    msg = node.core.sync_digest()
                 self._push(now + self.latency, _SYNC_REQUEST,
                            (out.to, node.node_id, node.generation, msg))  # type: ignore[union-attr]
             else:

@@ -567,7 +567,7 @@ def gossip_target() -> Target:
     from gossip.config import GossipConfig
     from gossip.core import SwimCore
     from gossip.hooks import fake_hooks
-    from gossip.messages import PACKET_TYPES, Alive, PushPull
+    from gossip.messages import PACKET_TYPES, Alive, PushPull, SyncDelta, SyncDigest
     from gossip.outputs import Send, Sync
     from gossip.testing import sim_node_id
     from meshcloud.codec.messages import decode_message, encode_message
@@ -596,11 +596,24 @@ def gossip_target() -> Target:
                 encode_message(out.msg)
 
     def run(data: bytes) -> None:
-        msg = decode_message(data, (*PACKET_TYPES, PushPull), max_size=config.max_sync_bytes)
+        msg = decode_message(data, (*PACKET_TYPES, PushPull, SyncDigest, SyncDelta),
+                             max_size=config.max_sync_bytes)
         clock[0] += 0.01
         now = clock[0]
         before = snapshot()
-        if type(msg) is PushPull:
+        if type(msg) is SyncDigest:
+            delta = core.on_sync_digest(outsider, msg, now)
+            if delta.entries or delta.wants or delta.wants_new or snapshot() != before:
+                raise FuzzFailure("a digest from a non-member got an answer")
+            encode_message(core.on_sync_digest(member, msg, now))
+            outputs = []
+        elif type(msg) is SyncDelta:
+            entries = PushPull(join=False, entries=msg.entries)
+            if core.on_sync_entries(outsider, entries, now) or snapshot() != before:
+                raise FuzzFailure("sync entries from a non-member changed the member table")
+            wanted, outputs = core.on_sync_delta(member, msg, now)
+            encode_message(wanted)
+        elif type(msg) is PushPull:
             reply, outputs = core.on_push_pull(outsider, msg, now)
             if outputs or reply.entries or snapshot() != before:
                 raise FuzzFailure("a push-pull from a non-member changed the member table")
@@ -614,7 +627,11 @@ def gossip_target() -> Target:
         if core.next_deadline() is not None and core.next_deadline() <= now:
             check_outputs(core.on_timer(now))
 
-    return Target("gossip", datagrams + syncs, run, (CodecError,), CBOR_TOKENS, weight=1.0,
+    digest = core.sync_digest()
+    seeds = [encode_message(digest),
+             encode_message(core.on_sync_digest(member, SyncDigest(entries=digest.entries[1:]),
+                                                0.5))]
+    return Target("gossip", datagrams + syncs + seeds, run, (CodecError,), CBOR_TOKENS, weight=1.0,
                   cbor=True)
 
 

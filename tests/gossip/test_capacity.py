@@ -13,7 +13,9 @@ from gossip.capacity import (
     MAX_LABELS,
     MAX_RUNTIMES,
     Capacity,
+    dynamic_change,
     significant_change,
+    static_change,
 )
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import CodecError
@@ -64,19 +66,30 @@ BASE = Capacity(cpu_cores=4, load=1.0, ram_total=8 * GIB, ram_free=4 * GIB,
                 runtimes=("podman", "process"))
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    ({}, False),
-    ({"load": 1.4}, False), ({"load": 1.5}, True),
-    ({"ram_free": 4 * GIB + GIB // 2}, False), ({"ram_free": 5 * GIB}, True),
-    ({"disk_free": 99 * GIB}, False), ({"disk_free": 94 * GIB}, True),
-    ({"battery": 77}, False), ({"battery": 75}, True), ({"battery": -1}, True),
-    ({"on_ac": False}, True), ({"metered": True}, True), ({"cpu_cores": 2}, True),
-    ({"runtimes": ("process",)}, True), ({"labels": (("a", "b"),)}, True),
-    ({"arch": "aarch64"}, True), ({"ram_total": 16 * GIB}, True),
+@pytest.mark.parametrize(("change", "expected", "static"), [
+    ({}, False, False),
+    # 4 cores: the load step is 2 (half the cores), not 1
+    ({"load": 2.9}, False, False), ({"load": 3.0}, True, False), ({"load": 0.1}, False, False),
+    ({"ram_free": 4 * GIB + GIB // 2}, False, False), ({"ram_free": 5 * GIB}, True, False),
+    ({"disk_free": 99 * GIB}, False, False), ({"disk_free": 94 * GIB}, True, False),
+    ({"battery": 71}, False, False), ({"battery": 70}, True, False),
+    ({"battery": -1}, True, False),
+    ({"on_ac": False}, True, True), ({"metered": True}, True, True),
+    ({"cpu_cores": 2}, True, True), ({"machine": "ab"}, True, True),
+    ({"runtimes": ("process",)}, True, True), ({"labels": (("a", "b"),)}, True, True),
+    ({"arch": "aarch64"}, True, True), ({"ram_total": 16 * GIB}, True, True),
 ])
-def test_significant_change(change, expected):
+def test_significant_change(change, expected, static):
     new = Capacity(**{**{f: getattr(BASE, f) for f in BASE.__dataclass_fields__}, **change})
     assert significant_change(BASE, new) is expected
+    assert static_change(BASE, new) is static
+    assert dynamic_change(BASE, new) is (expected and not static)
+
+
+def test_load_step_on_a_small_machine_is_one_core():
+    one = Capacity(cpu_cores=1, load=0.25)
+    assert not dynamic_change(one, Capacity(cpu_cores=1, load=1.125))
+    assert dynamic_change(one, Capacity(cpu_cores=1, load=1.25))
 
 
 @settings(max_examples=60, deadline=None)

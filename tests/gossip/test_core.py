@@ -526,6 +526,44 @@ def test_significant_capacity_change_is_announced_with_a_higher_incarnation():
     assert core.member(core.node_id).capacity.cpu_cores == 8
 
 
+def test_moved_readings_are_announced_rarely_and_rarer_in_a_big_mesh():
+    config = CONFIG.replace(capacity_interval=10.0, capacity_refresh_interval=600.0,
+                            push_pull_scale_threshold=32)
+    core = make_core(0, config=config)
+    core.update_capacity(Capacity(cpu_cores=2, load=0.1), 20.0)  # what it is: announced
+    assert core.incarnation == 1
+    # the load moves by far more than its step: not before the refresh interval
+    assert core.update_capacity(Capacity(cpu_cores=2, load=9.0), 30.0) == []
+    assert core.incarnation == 1 and core._next_capacity == pytest.approx(620.0)
+    # this node's own view shows the latest reading; the announced one is unchanged
+    assert core.member(core.node_id).capacity.load == 9.0
+    assert core.table.members[core.node_id].alive.capacity.load == 0.1
+    core.on_timer(619.0)
+    assert core.incarnation == 1
+    core.on_timer(620.0)
+    assert core.incarnation == 2
+    assert core.member(core.node_id).capacity.load == 9.0
+    # a reading back within its step of the announced value: never announced
+    core.update_capacity(Capacity(cpu_cores=2, load=8.5), 2000.0)
+    assert core.incarnation == 2 and core._next_capacity is None
+    # long after the last announcement, a moved reading goes out at once
+    core.update_capacity(Capacity(cpu_cores=2, load=1.0), 2001.0)
+    assert core.incarnation == 3
+    # a reading that moved and came back before its turn: the timer announces nothing
+    core.update_capacity(Capacity(cpu_cores=2, load=9.2), 2002.0)
+    assert core._next_capacity == pytest.approx(2601.0)
+    core.update_capacity(Capacity(cpu_cores=2, load=1.5), 2100.0)
+    core.on_timer(2601.0)
+    assert core.incarnation == 3
+    # 64 live members: the refresh interval doubles (the mesh-wide rate stays bounded)
+    big, _wire = meshed(64, config)
+    me = big[0]
+    me.update_capacity(Capacity(cpu_cores=2, load=5.0), 10.0)  # cores: static
+    assert me.incarnation == 1
+    me.update_capacity(Capacity(cpu_cores=2, load=50.0), 20.0)
+    assert me._next_capacity == pytest.approx(10.0 + 1200.0)
+
+
 def test_new_addresses_are_announced_at_once():
     core = make_core(0)
     core.update_addresses(["tcp://10.0.0.2:7946"], 1.0)

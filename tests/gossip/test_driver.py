@@ -18,9 +18,9 @@ from gossip.config import GossipConfig
 from gossip.driver import GossipDriver, GossipError
 from gossip.hooks import cert_hooks
 from gossip.member import MemberState
-from gossip.messages import GOSSIP_PROTOCOL, SYNC_PROTOCOL, Alive, PushPull
+from gossip.messages import GOSSIP_PROTOCOL, SYNC_PROTOCOL, Alive, PushPull, SyncDelta
 from gossip.outputs import MemberFailed, MemberJoined, MemberLeft
-from meshcloud.codec.messages import encode_message
+from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.testing import TestMember as MeshMember
 from meshcloud.testing import TestMesh
 from meshcloud.transport.memory import MemoryNetwork, MemoryTransport
@@ -283,3 +283,38 @@ async def test_sampled_capacity_is_announced_to_the_mesh(nursery, autojump_clock
     info = a.driver.member(b.id)
     assert info.capacity.disk_free > 0 and "process" in info.capacity.runtimes
     assert info.incarnation >= 2  # each announcement outbid the last
+
+
+async def test_periodic_syncs_are_digest_first_and_small(nursery, autojump_clock):
+    mesh = TestMesh.with_members(5)
+    network = MemoryNetwork(latency=0.002, jitter=0.002)
+    nodes = await five_node_mesh(nursery, network, mesh)
+    full = len(encode_message(PushPull(join=False,
+                                       entries=nodes[0].driver.core._local_state())))
+    before = {n.id: n.driver.statistics() for n in nodes}
+    await trio.sleep(2 * CONFIG.push_pull_interval)
+    syncs = sent = 0
+    for n in nodes:
+        now, then = n.driver.statistics(), before[n.id]
+        syncs += now.syncs_ok - then.syncs_ok
+        sent += now.sync_bytes_sent - then.sync_bytes_sent
+        assert now.syncs_failed == then.syncs_failed and now.dropped_malformed == 0
+    assert syncs >= 5  # every node syncs about once a period
+    # converged views: a digest each way and two empty deltas, not the full state
+    assert sent / syncs < full / 2
+
+
+async def test_malformed_digest_sync_entries_are_dropped_and_counted(nursery,
+                                                                     autojump_clock):
+    mesh = TestMesh.with_members(2)
+    network = MemoryNetwork()
+    nodes = [await start_node(nursery, network, mesh, m) for m in mesh.members]
+    await nodes[1].driver.join([nodes[0].transport.listen_addresses[0]])
+    before = nodes[0].driver.members()
+    stream = await nodes[1].transport.open_stream(nodes[0].id, SYNC_PROTOCOL)
+    await stream.send(encode_message(nodes[1].driver.core.sync_digest()))
+    delta = decode_message(await stream.receive(), SyncDelta)
+    assert delta.entries == () and delta.wants == () and delta.wants_new == ()
+    await stream.send(b"\xff\x00junk")
+    await wait_until(lambda: nodes[0].driver.statistics().dropped_malformed == 1)
+    assert nodes[0].driver.members() == before
