@@ -4,9 +4,10 @@ that is not ours (``wrk``), beside ``nginx`` serving the same file, in one run.
 * **static**: a 4 KiB file answered by the ingress of a node (a real ``Node`` in this
   process, its ingress on 127.0.0.1) through a host lookup, as a site is served
   (``static_rps``), and the same file from ``nginx`` (one worker; ``nginx_static_rps``);
-* **proxy**: a small hypercorn app as a workload replica on one of two agents (127.0.0.51,
-  .52, the process runtime), hit through the *other* agent's ingress (one cross-node
-  ``/meshcloud/forward/1`` hop; ``proxy_rps``) and directly on its port (``direct_rps``);
+* **proxy**: a small hypercorn app (this venv's hypercorn) as a workload replica on one of
+  two agents (127.0.0.51, .52, the process runtime), hit through the *other* agent's
+  ingress (one cross-node ``/meshcloud/forward/1`` hop; ``proxy_rps``) and directly on its
+  port (``direct_rps``);
   ``proxy_added_p50_ms`` is the difference of the two medians with one connection;
 * **forward stream**: 1 GiB (``--quick``: 64 MiB) sent through a cross-node forward of an
   exposed port to a digest replica, which must answer the byte count and SHA-256 of what
@@ -65,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mib", type=int, default=1024, help="MiB to stream (default 1024)")
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="seconds of each wrk throughput run (default 8)")
+
+
+def hypercorn_path() -> str:
+    """The site-packages of this Python's hypercorn (the bench's venv, readable by the
+    replica's user): the replica runs the system Python with the same hypercorn."""
+    import hypercorn
+
+    return str(Path(hypercorn.__file__).resolve().parents[1])
 
 
 # --- wrk ----------------------------------------------------------------------------------------
@@ -276,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             a, b = cluster.agents
             a.cli("run", "hello", "--command",
                   f"{WORKLOAD_PYTHON} -c {shlex.quote(HYPERCORN_APP)}",
+                  "--env", f"PYTHONPATH={hypercorn_path()}",
                   "--http", "--domain", "hello.home")
             a.cli("run", "sink", "--command", inline_script_line(SERVER, "digest"),
                   "--publish", "data")

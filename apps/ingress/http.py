@@ -292,39 +292,63 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
     headers = upstream_headers(request.headers, client_ip, upgrade=checked.upgrade)
     head = h11.Request(method=request.method, target=request.target, headers=headers)
     tried: set[Any] = set()
+    use_pool = retryable and not checked.upgrade
+    pool = ingress.pool
     while True:
-        connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
-        if connected is None:
-            ingress.failed += 1
-            if not complete:
-                await _drain_request(conn, client)
-            await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
-                          "again\n", [(b"retry-after", RETRY_AFTER)])
-            return
-        target, raw = connected
-        tried.add(target.key)
-        upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+        kept = None
+        if use_pool:
+            target = ingress.pick_target(route.workload, route.endpoint, tried)
+            kept = pool.take(target.key) if target is not None else None
+        if kept is not None:
+            upstream, up = kept
+        else:
+            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
+            if connected is None:
+                ingress.failed += 1
+                if not complete:
+                    await _drain_request(conn, client)
+                await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
+                              "again\n", [(b"retry-after", RETRY_AFTER)])
+                return
+            target, raw = connected
+            upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+            up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
+        assert target is not None
         ingress.open[target.key] += 1
         ingress.forwarded += 1
+        parked = False
         try:
-            await _exchange(conn, client, head, body, complete, upstream, route, checked,
-                            retryable)
+            reusable = await _exchange(conn, client, head, body, complete, upstream, up,
+                                       route, checked, retryable)
+            if reusable:
+                up.start_next_cycle()
+                parked = pool.put(target.key, (upstream, up))
             return
         except _Retry as exc:
+            if kept is not None:  # the replica closed a kept connection: a fresh one
+                log.debug("a kept connection to %s failed (%s)", route.workload, exc)
+                use_pool = False
+                continue
+            tried.add(target.key)
             ingress.retries += 1
             log.info("%s replica %d failed before answering (%s): retrying",
                      route.workload, target.index, exc)
         finally:
             ingress.open[target.key] -= 1
-            with trio.move_on_after(1):
-                await upstream.aclose()
+            doomed = pool.stale
+            pool.stale = []
+            if not parked:
+                doomed.append((upstream, up))
+            for stream, _ in doomed:
+                with trio.move_on_after(1):
+                    await stream.aclose()
 
 
 async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: list[bytes],
-                    complete: bool, raw_upstream: Any, route: HttpRoute, checked: Checked,
-                    retryable: bool) -> None:
+                    complete: bool, raw_upstream: Any, up: h11.Connection, route: HttpRoute,
+                    checked: Checked, retryable: bool) -> bool:
+    """One request and its response; True if the upstream connection may be reused."""
     upstream = Counted(raw_upstream)
-    up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
     try:
         await _send(up, upstream, head)
         for chunk in body:
@@ -335,7 +359,7 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
         if retryable:
             raise _Retry(repr(exc)) from None
         await _answer_failure(conn, client, 502, "the replica went away\n", complete)
-        return
+        return False
     if not complete:  # stream the rest of the body
         try:
             while True:
@@ -361,19 +385,19 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
             if not responded:
                 await _simple(conn, client, 504, f"{route.workload} did not answer within "
                               f"{route.timeout:g} s\n", [(b"connection", b"close")])
-                return
+                return False
             raise trio.BrokenResourceError("upstream stalled mid-response")
         if isinstance(event, Exception | h11.ConnectionClosed):
             if not responded:
                 if upstream.received == 0 and retryable:
                     raise _Retry(repr(event))
                 await _simple(conn, client, 502, "the replica closed without a response\n")
-                return
+                return False
             raise trio.BrokenResourceError("upstream ended mid-response")
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101 and checked.upgrade:
                 await _switch(conn, client, up, upstream, raw_upstream, event)
-                return
+                return False
             continue
         if isinstance(event, h11.Response):
             responded = True
@@ -385,7 +409,7 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                 await _send(conn, client, h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             await _send(conn, client, h11.EndOfMessage())
-            return
+            return up.our_state is h11.DONE and up.their_state is h11.DONE
 
 
 async def _answer_failure(conn: h11.Connection, client: Any, status: int, text: str,

@@ -34,6 +34,7 @@ from apps.ingress.forward import (
 from apps.ingress.http import HttpLimits
 from apps.ingress.httpcore import HttpRoute, match_route, route_table
 from apps.ingress.messages import FORWARD_PROTOCOL, Exposure, ForwardOpen
+from apps.ingress.pool import UpstreamPool
 from apps.ingress.ports import PortBook
 from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
 from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
@@ -54,6 +55,7 @@ DEFAULT_HTTP = "127.0.0.1:7080"
 MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
 CHECK_TIMEOUT = 1.0
+ROWS_MAX_AGE = 2.0
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nconnection: close\r\n"
         b"content-type: text/plain\r\ncontent-length: 22\r\n\r\ntoo many connections\r\n")
 
@@ -104,6 +106,8 @@ class IngressService:
         self.http_timeouts = 0
         self.http_not_found = 0
         self.lookups: list[HostLookup] = []
+        self.pool = UpstreamPool()
+        self._rows: tuple[float, dict[RowKey, Any]] | None = None
         self._routes: tuple[Any, dict[str, list[HttpRoute]]] = (None, {})
 
     # --- running ----------------------------------------------------------------------------
@@ -112,10 +116,23 @@ class IngressService:
                   ) -> None:
         self.node.transport.serve(FORWARD_PROTOCOL, self._serve_forward)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_endpoints, self.state.subscribe(ENDPOINTS.name))
             nursery.start_soon(self._endpoint_loop)
             nursery.start_soon(self._exposure_loop, nursery)
             nursery.start_soon(self._http)
             task_status.started()
+
+    async def _watch_endpoints(self, changes: Any) -> None:
+        async for _ in changes:
+            self._rows = None
+
+    def endpoint_rows(self) -> dict[RowKey, Any]:
+        """The ``endpoints`` table, decoded once per change (a request must not scan it;
+        re-read every ``ROWS_MAX_AGE`` seconds should a change event be missed)."""
+        now = trio.current_time()
+        if self._rows is None or now - self._rows[0] > ROWS_MAX_AGE:
+            self._rows = (now, endpoint_rows(self.state))
+        return self._rows[1]
 
     def _entries(self) -> dict[str, WorkloadEntry]:
         snapshot = self.workloads.reconciler.last
@@ -125,6 +142,7 @@ class IngressService:
 
     async def _endpoint_loop(self) -> None:
         while True:
+            await self._sweep_pool()
             try:
                 await self.check_endpoints()
             except (MeshError, OSError) as exc:
@@ -173,6 +191,16 @@ class IngressService:
                  for i, node in mine.items() if node == me}
         self.book.forget_except(keep)
 
+    async def _sweep_pool(self) -> None:
+        """Close kept upstream connections that expired or whose replica is no longer
+        routable."""
+        live: set[RowKey] = set()
+        for workload, endpoint in {(k[0], k[1]) for k in self.pool.idle}:
+            live |= {t.key for t in self.targets(workload, endpoint)}
+        for stream, _ in self.pool.sweep(lambda key: key in live):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
     def _resolve(self, request: ForwardOpen) -> int | None:
         seen = self.running_here.get((request.workload, request.endpoint, request.index))
         return seen.port if seen is not None else None
@@ -187,7 +215,7 @@ class IngressService:
         if entry is None:
             return []
         alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
-        return live_targets(endpoint_rows(self.state), workload, endpoint, alive=alive,
+        return live_targets(self.endpoint_rows(), workload, endpoint, alive=alive,
                             replicas=entry.replicas)
 
     def add_host_lookup(self, lookup: HostLookup) -> None:
@@ -217,6 +245,10 @@ class IngressService:
 
     def http_route(self, host: str, path: str) -> HttpRoute | None:
         return match_route(self.http_routes(), host, path)
+
+    def pick_target(self, workload: str, endpoint: str, exclude: set[RowKey]
+                    ) -> Target | None:
+        return pick(self.targets(workload, endpoint), self.open, self.rng, exclude)
 
     async def connect(self, workload: str, endpoint: str, exclude: set[RowKey] | None = None
                       ) -> tuple[Target, Any] | None:
@@ -376,6 +408,7 @@ class IngressService:
     def status(self) -> dict[str, Any]:
         return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
                 "failed": self.failed, "retries": self.retries,
+                "kept_alive": len(self.pool), "reused": self.pool.reused,
                 "listen_errors": dict(self.listen_errors),
                 "endpoints_here": len(self.running_here), "http": self.http_address,
                 "http_error": self.http_error, "http_clients": self.http_clients,
