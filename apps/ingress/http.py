@@ -7,8 +7,9 @@ a request no workload route matches goes to the host lookups of in-process servi
 gets its own upstream connection (a local replica by TCP or a ``/meshcloud/forward/1``
 stream, power of two choices) with ``Connection: close`` upstream; the client side keeps
 its connection alive. Bodies stream both ways chunk by chunk. An idempotent request whose
-replica fails before any response byte is retried on another replica (its body, up to
-``RETRY_BODY``, is kept for that); a replica that does not answer within the route's
+replica fails before any response byte reached the client is retried on another replica
+(its body, up to ``RETRY_BODY``, is kept for that, and so is a response of at most that
+declared length, until it is complete); a replica that does not answer within the route's
 timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
 ``Upgrade`` answered with 101 becomes a raw byte splice both ways.
 
@@ -374,7 +375,8 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
         except FORWARD_ERRORS as exc:
             if conn.their_state is h11.SEND_BODY:
                 raise trio.BrokenResourceError("upstream failed mid-request") from exc
-    responded = False
+    responded = False  # nothing of the response has reached the client yet
+    held: list[Any] | None = None  # a small response kept whole while it may be retried
     while True:  # the response, chunk by chunk, each read within the route's timeout
         with trio.move_on_after(route.timeout) as waited:
             try:
@@ -389,7 +391,7 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
             raise trio.BrokenResourceError("upstream stalled mid-response")
         if isinstance(event, Exception | h11.ConnectionClosed):
             if not responded:
-                if upstream.received == 0 and retryable:
+                if retryable:
                     raise _Retry(repr(event))
                 await _simple(conn, client, 502, "the replica closed without a response\n")
                 return False
@@ -400,16 +402,34 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                 return False
             continue
         if isinstance(event, h11.Response):
-            responded = True
-            await _send(conn, client, h11.Response(
-                status_code=event.status_code, reason=event.reason,
-                headers=downstream_headers(event.headers)))
+            response = h11.Response(status_code=event.status_code, reason=event.reason,
+                                    headers=downstream_headers(event.headers))
+            if retryable and _small(event.headers):
+                held = [response]
+            else:
+                responded = True
+                await _send(conn, client, response)
         elif isinstance(event, h11.Data):
-            if conn.our_state is h11.SEND_BODY:
+            if held is not None:
+                held.append(h11.Data(data=event.data))
+            elif conn.our_state is h11.SEND_BODY:
                 await _send(conn, client, h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
+            responded = True
+            for part in held or ():
+                if isinstance(part, h11.Response) or conn.our_state is h11.SEND_BODY:
+                    await _send(conn, client, part)
             await _send(conn, client, h11.EndOfMessage())
             return up.our_state is h11.DONE and up.their_state is h11.DONE
+
+
+def _small(headers: Any) -> bool:
+    """A response whose declared length fits in ``RETRY_BODY`` (kept whole, so that a
+    replica dying mid-body costs a retry rather than a broken response)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return value.isdigit() and int(value) <= RETRY_BODY
+    return False
 
 
 async def _answer_failure(conn: h11.Connection, client: Any, status: int, text: str,

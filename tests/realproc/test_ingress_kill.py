@@ -124,6 +124,8 @@ def test_kill_9_of_a_replica_node_under_load(tmp_path):
         print(f"\n{len(results)} GETs, {len(failed)} failed ({rate:.2%}); detection "
               f"{detection - killed_at:.2f} s after the kill; failures after detection + "
               f"{CALM:g} s: {len(late)}")
+        for started, _, note in failed[:5]:
+            print(f"  failed {started - killed_at:+.2f} s from the kill: {note}")
         assert rate <= 0.01, failed[:5]
         assert late == [], late[:5]
         assert sum(r[0] >= calm_from for r in results) > 50  # the calm window was loaded
