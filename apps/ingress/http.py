@@ -130,16 +130,24 @@ async def _send(conn: h11.Connection, sock: Any, event: Any) -> None:
         await sock.send_all(data)
 
 
+async def _send_whole(conn: h11.Connection, sock: Any, response: h11.Response,
+                      body: list[bytes]) -> None:
+    """A whole response in one write (each write to a socket is a system call and a
+    wake-up of the reader; a response in pieces costs several)."""
+    out = [conn.send(response) or b""]
+    if conn.our_state is h11.SEND_BODY:
+        out += [conn.send(h11.Data(data=chunk)) or b"" for chunk in body if chunk]
+    out.append(conn.send(h11.EndOfMessage()) or b"")
+    await sock.send_all(b"".join(out))
+
+
 async def _simple(conn: h11.Connection, sock: Any, status: int, text: str | bytes,
                   extra: Headers | None = None, html: bool = False) -> None:
     body = text.encode() if isinstance(text, str) else text
     kind = b"text/html; charset=utf-8" if html else b"text/plain; charset=utf-8"
     headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
                *(extra or [])]
-    await _send(conn, sock, h11.Response(status_code=status, headers=headers))
-    if conn.our_state is h11.SEND_BODY:
-        await _send(conn, sock, h11.Data(data=body))
-    await _send(conn, sock, h11.EndOfMessage())
+    await _send_whole(conn, sock, h11.Response(status_code=status, headers=headers), [body])
 
 
 async def _drain_request(conn: h11.Connection, sock: Any) -> None:
@@ -260,24 +268,22 @@ async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
         await _simple(conn, client, 500, "internal error\n")
         return
     body = response.body
+    head = h11.Response(status_code=response.status, headers=list(response.headers))
+    if isinstance(body, bytes | bytearray | memoryview):
+        await _send_whole(conn, client, head, [] if request.method == "HEAD" else [bytes(body)])
+        return
     try:
-        await _send(conn, client, h11.Response(status_code=response.status,
-                                               headers=list(response.headers)))
+        await _send(conn, client, head)
         if request.method != "HEAD" and conn.our_state is h11.SEND_BODY:
-            if isinstance(body, bytes | bytearray | memoryview):
-                if body:
-                    await _send(conn, client, h11.Data(data=bytes(body)))
-            else:
-                async for chunk in body:
-                    if chunk:
-                        await _send(conn, client, h11.Data(data=chunk))
+            async for chunk in body:
+                if chunk:
+                    await _send(conn, client, h11.Data(data=chunk))
         await _send(conn, client, h11.EndOfMessage())
     finally:
-        if not isinstance(body, bytes | bytearray | memoryview):
-            closer = getattr(body, "aclose", None)
-            if closer is not None:
-                with trio.move_on_after(1):
-                    await closer()
+        closer = getattr(body, "aclose", None)
+        if closer is not None:
+            with trio.move_on_after(1):
+                await closer()
 
 
 class _Retry(Exception):
@@ -350,12 +356,12 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                     checked: Checked, retryable: bool) -> bool:
     """One request and its response; True if the upstream connection may be reused."""
     upstream = Counted(raw_upstream)
-    try:
-        await _send(up, upstream, head)
-        for chunk in body:
-            await _send(up, upstream, h11.Data(data=chunk))
+    try:  # the head and the body read so far in one write
+        out = [up.send(head) or b""]
+        out += [up.send(h11.Data(data=chunk)) or b"" for chunk in body]
         if complete:
-            await _send(up, upstream, h11.EndOfMessage())
+            out.append(up.send(h11.EndOfMessage()) or b"")
+        await upstream.send_all(b"".join(out))
     except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
         if retryable:
             raise _Retry(repr(exc)) from None
@@ -416,10 +422,10 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                 await _send(conn, client, h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             responded = True
-            for part in held or ():
-                if isinstance(part, h11.Response) or conn.our_state is h11.SEND_BODY:
-                    await _send(conn, client, part)
-            await _send(conn, client, h11.EndOfMessage())
+            if held is not None:
+                await _send_whole(conn, client, held[0], [d.data for d in held[1:]])
+            else:
+                await _send(conn, client, h11.EndOfMessage())
             return up.our_state is h11.DONE and up.their_state is h11.DONE
 
 
