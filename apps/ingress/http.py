@@ -115,6 +115,25 @@ class Counted:
         await self.inner.send_all(data)
 
 
+class Patient:
+    """The client seen by a request: each read must bring bytes within ``seconds``
+    (a client stalling mid-body is cut, as one stalling mid-headers is)."""
+
+    def __init__(self, inner: trio.SocketStream, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        with trio.fail_after(self.seconds):
+            return bytes(await self.inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes) -> None:
+        await self.inner.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+
 async def _next_event(conn: h11.Connection, sock: Any) -> Any:
     while True:
         event = conn.next_event()
@@ -209,7 +228,8 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
                     break
             if not isinstance(event, h11.Request):
                 break
-            await _one_request(conn, client, event, client_ip, ingress)
+            await _one_request(conn, Patient(client, limits.idle_timeout), event, client_ip,
+                               ingress)
             if conn.our_state is h11.SWITCHED_PROTOCOL:
                 break
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -222,7 +242,7 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
                 await _simple(conn, client, exc.error_status_hint, f"bad request: {exc}\n")
             except (h11.LocalProtocolError, *_IO_ERRORS):
                 pass
-    except (*_IO_ERRORS, h11.LocalProtocolError) as exc:
+    except (*_IO_ERRORS, h11.LocalProtocolError, trio.TooSlowError) as exc:
         log.debug("http client %s: %r", client_ip, exc)
     finally:
         with trio.move_on_after(1):
@@ -451,6 +471,8 @@ async def _switch(conn: h11.Connection, client: Any, up: h11.Connection, upstrea
     await _send(conn, client, h11.InformationalResponse(
         status_code=101, reason=response.reason,
         headers=downstream_headers(response.headers, upgrade=True)))
+    if isinstance(client, Patient):  # an upgraded connection may idle as long as it likes
+        client = client.inner
     from_client, _ = conn.trailing_data
     from_replica, _ = up.trailing_data
     if from_replica:

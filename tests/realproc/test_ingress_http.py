@@ -36,6 +36,7 @@ SCRIPT = Path(__file__).parents[1] / "apps/ingress/echo_server.py"
 HTTP_PORT = ephemeral_port()
 HEADER_TIMEOUT = 2.0
 MAX_CLIENTS = 12
+IDLE_TIMEOUT = 6.0
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -47,7 +48,8 @@ def cluster(tmp_path_factory):
                            env={"MESHCLOUD_RUNTIMES": "process",
                                 "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}",
                                 "MESHCLOUD_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
-                                "MESHCLOUD_HTTP_MAX_CLIENTS": str(MAX_CLIENTS)})
+                                "MESHCLOUD_HTTP_MAX_CLIENTS": str(MAX_CLIENTS),
+                                "MESHCLOUD_HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT)})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 3):
@@ -234,6 +236,22 @@ def test_slowloris_is_cut_after_the_header_timeout_while_others_are_served(clust
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_a_client_stalling_mid_body_is_cut_after_the_idle_timeout(cluster):
+    agent = cluster.agents[0]
+    with socket.create_connection((host_of(agent), HTTP_PORT), timeout=30) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: app.home\r\nContent-Length: 1000\r\n"
+                     b"\r\n0123456789")  # then nothing more
+        started = time.monotonic()
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - started
+    assert IDLE_TIMEOUT - 0.5 <= took < IDLE_TIMEOUT + 10
+    assert call(agent, "GET", "/", "app.home")[0] == 200
 
 
 def test_client_connections_are_bounded(cluster):
