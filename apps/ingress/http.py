@@ -119,7 +119,7 @@ class Patient:
     """The client seen by a request: each read must bring bytes within ``seconds``
     (a client stalling mid-body is cut, as one stalling mid-headers is)."""
 
-    def __init__(self, inner: trio.SocketStream, seconds: float) -> None:
+    def __init__(self, inner: Any, seconds: float) -> None:
         self.inner = inner
         self.seconds = seconds
 
@@ -131,7 +131,9 @@ class Patient:
         await self.inner.send_all(data)
 
     async def send_eof(self) -> None:
-        await self.inner.send_eof()
+        eof = getattr(self.inner, "send_eof", None)
+        if eof is not None:
+            await eof()
 
 
 async def _next_event(conn: h11.Connection, sock: Any) -> Any:
@@ -194,18 +196,21 @@ async def _read_body(conn: h11.Connection, sock: Any, limit: int) -> tuple[list[
 async def _pump(src: Any, dst: Any) -> None:
     while data := await src.receive_some(CHUNK):
         await dst.send_all(data)
-    await dst.send_eof()
+    eof = getattr(dst, "send_eof", None)  # TLS has no half-close
+    if eof is not None:
+        await eof()
 
 
 # --- the driver -------------------------------------------------------------------------------
 
 
-async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None:
-    """Serve one client connection: requests in turn, each routed and answered."""
+async def serve_http(client: Any, ingress: IngressService, proto: str = "http") -> None:
+    """Serve one client connection (TCP, or TLS for ``proto="https"``): requests in
+    turn, each routed and answered."""
     limits: HttpLimits = ingress.http_limits
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
     try:
-        peer = client.socket.getpeername()
+        peer = getattr(client, "transport_stream", client).socket.getpeername()
         client_ip = str(peer[0]) if isinstance(peer, tuple) else "unknown"
     except OSError:
         client_ip = "unknown"
@@ -229,7 +234,7 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
             if not isinstance(event, h11.Request):
                 break
             await _one_request(conn, Patient(client, limits.idle_timeout), event, client_ip,
-                               ingress)
+                               ingress, proto)
             if conn.our_state is h11.SWITCHED_PROTOCOL:
                 break
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -250,7 +255,7 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
 
 
 async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
-                       client_ip: str, ingress: IngressService) -> None:
+                       client_ip: str, ingress: IngressService, proto: str = "http") -> None:
     method = request.method.decode("ascii", "replace").upper()
     target = request.target.decode("latin-1")
     size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
@@ -276,7 +281,8 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
             headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
             host=checked.host))
         return
-    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress)
+    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress,
+                       proto)
 
 
 async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
@@ -312,11 +318,11 @@ class _Retry(Exception):
 
 async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, method: str,
                        checked: Checked, route: HttpRoute, client_ip: str,
-                       ingress: IngressService) -> None:
+                       ingress: IngressService, proto: str = "http") -> None:
     idempotent = method in IDEMPOTENT
     body, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
     retryable = idempotent and complete
-    headers = upstream_headers(request.headers, client_ip, upgrade=checked.upgrade)
+    headers = upstream_headers(request.headers, client_ip, proto, upgrade=checked.upgrade)
     head = h11.Request(method=request.method, target=request.target, headers=headers)
     tried: set[Any] = set()
     use_pool = retryable and not checked.upgrade

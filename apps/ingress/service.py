@@ -39,6 +39,7 @@ from apps.ingress.ports import PortBook
 from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
 from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
 from apps.ingress.targets import HostHandler, HostLookup
+from apps.ingress.tls import CertStore
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
 from meshcloud.errors import MeshError
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 HTTP_ENV = "MESHCLOUD_HTTP"
+HTTPS_ENV = "MESHCLOUD_HTTPS"
 DEFAULT_HTTP = "127.0.0.1:7080"
 MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
@@ -99,6 +101,9 @@ class IngressService:
         self.retries = 0
         self.http_address = ""
         self.http_error = ""
+        self.https_address = ""
+        self.https_error = ""
+        self.certs = CertStore(node.datadir.path / "ingress" / "certs")
         self.http_limits = http_limits_from_env()
         self.http_clients = 0
         self.http_busy = 0
@@ -120,6 +125,7 @@ class IngressService:
             nursery.start_soon(self._endpoint_loop)
             nursery.start_soon(self._exposure_loop, nursery)
             nursery.start_soon(self._http)
+            nursery.start_soon(self._https)
             task_status.started()
 
     async def _watch_endpoints(self, changes: Any) -> None:
@@ -344,25 +350,48 @@ class IngressService:
 
     async def _http(self) -> None:
         """The HTTP ingress on ``HOST:PORT``, ``mesh:PORT`` or ``off``."""
+        await self._serve_ingress(self.http_setting(), tls=False)
+
+    def https_setting(self) -> str:
+        """Where the HTTPS ingress listens: ``$MESHCLOUD_HTTPS``, else the node's
+        ``ingress_tls`` setting (``--ingress-tls``); off by default."""
+        text = os.environ.get(HTTPS_ENV, "").strip()
+        return text or str(getattr(self.node.config, "ingress_tls", "") or "off")
+
+    async def _https(self) -> None:
+        """The HTTPS ingress: certificates from ``DATA_DIR/ingress/certs`` by SNI."""
+        await self._serve_ingress(self.https_setting(), tls=True)
+
+    async def _serve_ingress(self, text: str, *, tls: bool) -> None:
         from apps.ingress.http import serve_http
 
-        text = self.http_setting()
         if text == "off":
             return
         host, _, port_text = text.rpartition(":")
         if host == MESH_BIND:
             host = self.bind_host(Exposure(workload="", endpoint="", bind=MESH_BIND))
         try:
-            listeners = await trio.open_tcp_listeners(int(port_text),
-                                                      host=host.strip("[]") or None)
+            listeners: list[Any] = await trio.open_tcp_listeners(
+                int(port_text), host=host.strip("[]") or None)
         except (OSError, ValueError) as exc:
-            self.http_error = f"{text}: {exc}"
-            log.warning("HTTP ingress not started on %s: %s", text, exc)
+            if tls:
+                self.https_error = f"{text}: {exc}"
+            else:
+                self.http_error = f"{text}: {exc}"
+            log.warning("%s ingress not started on %s: %s", "HTTPS" if tls else "HTTP", text,
+                        exc)
             return
         sockname = listeners[0].socket.getsockname()
-        self.http_address = f"{sockname[0]}:{sockname[1]}"
+        if tls:
+            self.https_address = f"{sockname[0]}:{sockname[1]}"
+            self.certs.refresh(force=True)
+            context = self.certs.listener_context()
+            listeners = [trio.SSLListener(x, context, https_compatible=True)
+                         for x in listeners]
+        else:
+            self.http_address = f"{sockname[0]}:{sockname[1]}"
 
-        async def handle(client: trio.SocketStream) -> None:
+        async def handle(client: Any) -> None:
             if self.http_clients >= self.http_limits.max_clients:
                 self.http_busy += 1
                 with trio.move_on_after(1):
@@ -374,9 +403,18 @@ class IngressService:
                 return
             self.http_clients += 1
             try:
-                await serve_http(client, self)
+                if tls:
+                    with trio.move_on_after(self.http_limits.header_timeout) as slow:
+                        await client.do_handshake()
+                    if slow.cancelled_caught:
+                        self.http_timeouts += 1
+                        await trio.aclose_forcefully(client)
+                        return
+                await serve_http(client, self, "https" if tls else "http")
+            except (OSError, trio.BrokenResourceError) as exc:  # a failed TLS handshake
+                log.debug("ingress client: %r", exc)
             except Exception:  # one connection's bug must not stop the node
-                log.exception("HTTP ingress connection failed")
+                log.exception("ingress connection failed")
             finally:
                 self.http_clients -= 1
 
@@ -412,6 +450,8 @@ class IngressService:
                 "listen_errors": dict(self.listen_errors),
                 "endpoints_here": len(self.running_here), "http": self.http_address,
                 "http_error": self.http_error, "http_clients": self.http_clients,
+                "https": self.https_address, "https_error": self.https_error,
+                "certificates": self.certs.status(),
                 "http_busy": self.http_busy, "http_refused": self.http_refused,
                 "http_timeouts": self.http_timeouts, "http_not_found": self.http_not_found}
 
