@@ -51,6 +51,9 @@ class NodeConfig:
     """The HTTPS ingress (``HOST:PORT`` as ``ingress``; off by default). Certificates:
     ``DATA_DIR/ingress/certs/HOST.pem`` (chain and key), chosen by SNI, reloaded on change."""
 
+    ingress_redirect: bool = False
+    """Plain-HTTP requests for a host that has a certificate get a 308 to HTTPS."""
+
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels for placement constraints (e.g. room = "attic")."""
 

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 MAX_HEADERS = 64 * 1024
 RETRY_AFTER = b"2"
+ACME_PREFIX = "/.well-known/acme-challenge/"
+"""Never redirected to HTTPS (the seam for an ACME client answering challenges)."""
 RETRY_BODY = 64 * 1024
 """Request bodies up to this size are kept so that an idempotent request can be retried."""
 
@@ -268,6 +270,14 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
         await _simple(conn, client, exc.status, exc.reason + "\n",
                       [(b"connection", b"close")])
         return
+    if proto == "http" and not checked.path.startswith(ACME_PREFIX):
+        base = ingress.https_redirect(checked.host)
+        if base is not None:
+            await _drain_request(conn, client)
+            await _simple(conn, client, 308, f"moved to {base}\n",
+                          [(b"location", (base + target if target.startswith("/")
+                                          else base + "/").encode("latin-1"))])
+            return
     route = ingress.http_route(checked.host, checked.path)
     if route is None:
         handler = ingress.host_handler(checked.host, checked.path)

@@ -358,6 +358,19 @@ class IngressService:
         text = os.environ.get(HTTPS_ENV, "").strip()
         return text or str(getattr(self.node.config, "ingress_tls", "") or "off")
 
+    def https_redirect(self, host: str) -> str | None:
+        """``https://HOST[:PORT]`` when plain HTTP for ``host`` goes to HTTPS: redirects
+        are on (``ingress_redirect``, ``$MESHCLOUD_HTTPS_REDIRECT=1``), HTTPS listens and
+        a certificate for ``host`` is installed; else None."""
+        wanted = os.environ.get("MESHCLOUD_HTTPS_REDIRECT", "").strip() == "1" or \
+            bool(getattr(self.node.config, "ingress_redirect", False))
+        if not (wanted and host and self.https_address) or host.startswith("["):
+            return None
+        if not self.certs.covers(host):
+            return None
+        port = self.https_address.rsplit(":", 1)[1]
+        return f"https://{host}" + ("" if port == "443" else f":{port}")
+
     async def _https(self) -> None:
         """The HTTPS ingress: certificates from ``DATA_DIR/ingress/certs`` by SNI."""
         await self._serve_ingress(self.https_setting(), tls=True)

@@ -86,6 +86,13 @@ class CertStore:
                 return self.contexts[f"*.{parent}"]
         return self.contexts.get("default")
 
+    def covers(self, host: str) -> bool:
+        """A certificate of this very name (or a wildcard over it) is installed (the
+        default one does not count: it would not match the name)."""
+        self.refresh()
+        _, dot, parent = host.partition(".")
+        return host in self.contexts or bool(dot and f"*.{parent}" in self.contexts)
+
     def listener_context(self) -> ssl.SSLContext:
         """The context a listener starts handshakes with: SNI picks the certificate."""
         ctx = server_context()

@@ -53,7 +53,8 @@ def cluster(tmp_path_factory):
                                 "MESHCLOUD_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
                                 "MESHCLOUD_HTTP_MAX_CLIENTS": str(MAX_CLIENTS),
                                 "MESHCLOUD_HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
-                                "MESHCLOUD_HTTPS": f"mesh:{HTTPS_PORT}"})
+                                "MESHCLOUD_HTTPS": f"mesh:{HTTPS_PORT}",
+                                "MESHCLOUD_HTTPS_REDIRECT": "1"})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 3):
@@ -310,3 +311,8 @@ def test_https_with_the_users_certificate_by_sni_and_hot_reload(cluster):
     assert ingress["https"].endswith(f":{HTTPS_PORT}")
     assert ingress["certificates"]["hosts"] == ["app.home"]
     assert "https://" in agent.cli("status").stdout
+    # plain HTTP for a host with a certificate is redirected; other hosts are not
+    s, h, _ = call(agent, "GET", "/a?b=1", "app.home")
+    assert s == 308 and h["location"] == f"https://app.home:{HTTPS_PORT}/a?b=1"
+    assert call(agent, "GET", "/.well-known/acme-challenge/t", "app.home")[0] == 200
+    assert call(agent, "GET", "/", "flaky.home")[0] == 200

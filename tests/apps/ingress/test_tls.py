@@ -70,6 +70,8 @@ def test_sni_picks_the_file_of_the_host_then_wildcard_then_default(tmp_path):
     assert served(store, "other.home", default, check=False) == "fallback.home"
     assert served(store, None, default) == "fallback.home"
     assert host_of_file(Path("_.x.home.pem")) == "*.x.home"
+    assert store.covers("shop.home") and store.covers("a.blog.home")
+    assert not store.covers("other.home") and not store.covers("blog.home")
     assert store.status() == {"hosts": ["*.blog.home", "default", "shop.home"], "errors": {}}
 
 
