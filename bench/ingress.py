@@ -64,6 +64,8 @@ asyncio.run(serve(app, config))
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mib", type=int, default=1024, help="MiB to stream (default 1024)")
+    parser.add_argument("--profile", default="local", choices=["local", "lan"],
+                        help="the agents' timing profile (default local)")
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="seconds of each wrk throughput run (default 8)")
 
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
               f"p50 {static['p50_ms']:.2f} ms  non-2xx {static['non_2xx']:.0f}", flush=True)
 
         http_port = free_port()
-        cluster = LocalCluster(root / "mesh", extra_args=["--profile", "local"],
+        cluster = LocalCluster(root / "mesh", extra_args=["--profile", args.profile],
                                env={"MESHCLOUD_RUNTIMES": "process",
                                     "MESHCLOUD_HTTP": f"mesh:{http_port}"})
         try:
