@@ -270,6 +270,8 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
         await _simple(conn, client, exc.status, exc.reason + "\n",
                       [(b"connection", b"close")])
         return
+    if conn.they_are_waiting_for_100_continue:  # curl waits a second for this otherwise
+        await _send(conn, client, h11.InformationalResponse(status_code=100, headers=[]))
     if proto == "http" and not checked.path.startswith(ACME_PREFIX):
         base = ingress.https_redirect(checked.host)
         if base is not None:

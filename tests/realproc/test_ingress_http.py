@@ -259,6 +259,22 @@ def test_a_client_stalling_mid_body_is_cut_after_the_idle_timeout(cluster):
     assert call(agent, "GET", "/", "app.home")[0] == 200
 
 
+def test_expect_100_continue_is_answered_at_once(cluster):
+    agent = cluster.agents[2]
+    with socket.create_connection((host_of(agent), HTTP_PORT), timeout=20) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: app.home\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        first = sock.recv(1 << 16)  # before any body byte was sent
+        assert first.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        reply = first.split(b"\r\n\r\n", 1)[1]
+        while not reply.endswith(b"hello"):
+            chunk = sock.recv(1 << 16)
+            assert chunk
+            reply += chunk
+    assert status_line(reply) == 200
+
+
 def test_client_connections_are_bounded(cluster):
     agent = cluster.agents[2]
     idle = [socket.create_connection((host_of(agent), HTTP_PORT), timeout=20)
