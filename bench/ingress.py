@@ -1,10 +1,19 @@
-"""`python -m bench ingress`: one TCP connection carried across the mesh by the ingress.
+"""`python -m bench ingress`: the HTTP ingress and the forward path under a load generator
+that is not ours (``wrk``), beside ``nginx`` serving the same file, in one run.
 
-Two real agents on their own loopback addresses (127.0.0.51, .52), the process runtime, a
-replica of a digest server (it reads to EOF, then answers the byte count and SHA-256).
-The replica runs on one agent; the client connects to the *other* agent's exposed port,
-so every byte crosses ``/meshcloud/forward/1`` (TCP → Noise stream → TCP). 1 GiB by
-default (``--quick``: 64 MiB); the answer must match the bytes sent, or the bench fails.
+* **static**: a 4 KiB file answered by the ingress of a node (a real ``Node`` in this
+  process, its ingress on 127.0.0.1) through a host lookup, as a site is served
+  (``static_rps``), and the same file from ``nginx`` (one worker; ``nginx_static_rps``);
+* **proxy**: a small hypercorn app (this venv's hypercorn) as a workload replica on one of
+  two agents (127.0.0.51, .52, the process runtime), hit through the *other* agent's
+  ingress (one cross-node ``/meshcloud/forward/1`` hop; ``proxy_rps``) and directly on its
+  port (``direct_rps``);
+  ``proxy_added_p50_ms`` is the difference of the two medians with one connection;
+* **forward stream**: 1 GiB (``--quick``: 64 MiB) sent through a cross-node forward of an
+  exposed port to a digest replica, which must answer the byte count and SHA-256 of what
+  it read (``forward_stream_mb_s``).
+
+Throughput runs use ``wrk -t2 -c32``; the latency runs ``wrk -t1 -c1``.
 """
 
 from __future__ import annotations
@@ -12,21 +21,202 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
+import shlex
+import shutil
 import socket
-import sys
+import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sim.agents import LocalCluster, wait_until
+from tests.workload_python import WORKLOAD_PYTHON, inline_script_line
 
 ADDRESSES = ["127.0.0.51", "127.0.0.52"]
 SERVER = Path(__file__).resolve().parents[1] / "tests/apps/ingress/echo_server.py"
 CHUNK = 1 << 20
+FILE = bytes((i * 7 + 13) % 251 for i in range(4096))
+HYPERCORN_APP = """
+import asyncio, os
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+BODY = b"hello from " + os.environ.get("MESHCLOUD_NAME", "?").encode() + b"\\n"
+HEAD = [(b"content-type", b"text/plain"), (b"content-length", str(len(BODY)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": HEAD})
+    await send({"type": "http.response.body", "body": BODY})
+config = Config()
+config.bind = ["127.0.0.1:" + os.environ["PORT"]]
+asyncio.run(serve(app, config))
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mib", type=int, default=1024, help="MiB to send (default 1024)")
+    parser.add_argument("--mib", type=int, default=1024, help="MiB to stream (default 1024)")
+    parser.add_argument("--profile", default="local", choices=["local", "lan"],
+                        help="the agents' timing profile (default local)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="seconds of each wrk throughput run (default 8)")
+
+
+def hypercorn_path() -> str:
+    """The site-packages of this Python's hypercorn (the bench's venv, readable by the
+    replica's user): the replica runs the system Python with the same hypercorn."""
+    import hypercorn
+
+    return str(Path(hypercorn.__file__).resolve().parents[1])
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+
+def wrk(url: str, seconds: float, *, connections: int = 32, threads: int = 2,
+        host: str | None = None) -> dict[str, float]:
+    """Requests/s and the median latency (ms) of one wrk run; errors counted."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+           "--latency", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    median = float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*?timeout (\d+)", out)
+    return {"rps": rps, "p50_ms": median, "non_2xx": float(bad.group(1)) if bad else 0.0,
+            "timeouts": float(errors.group(1)) if errors else 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- static: a node's ingress with a host lookup, and nginx ---------------------------------------
+
+
+class StaticFile:
+    """The host handler the bench registers: one 4 KiB file, as a site would serve it."""
+
+    def __init__(self, body: bytes) -> None:
+        from apps.ingress.targets import HostResponse
+
+        self.response = HostResponse
+        self.body = body
+        self.etag = b'"' + hashlib.sha256(body).hexdigest()[:16].encode() + b'"'
+
+    async def respond(self, request: Any) -> Any:
+        return self.response(200, [(b"content-type", b"application/octet-stream"),
+                                   (b"content-length", str(len(self.body)).encode()),
+                                   (b"etag", self.etag)], self.body)
+
+
+class StaticNode:
+    """A real node in a thread of this process, its ingress answering ``static.home``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.address = ""
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.token: Any = None
+        self.stop_event: Any = None
+
+    def _main(self) -> None:
+        import trio
+
+        from apps.ingress.service import IngressService
+        from meshcloud.transport.memory import MemoryNetwork
+        from tests.apps.workloads.mesh import LocalMesh
+
+        async def main() -> None:
+            self.token = trio.lowlevel.current_trio_token()
+            self.stop_event = trio.Event()
+            async with trio.open_nursery() as nursery:
+                mesh = await LocalMesh.create(self.root, nursery, 1, MemoryNetwork(seed=1))
+                node = mesh.members[0].running
+                ingress = next(s for s in node.services if isinstance(s, IngressService))
+                handler = StaticFile(FILE)
+                ingress.add_host_lookup(lambda host, path: handler
+                                        if host == "static.home" else None)
+                while not ingress.http_address:
+                    await trio.sleep(0.05)
+                self.address = ingress.http_address
+                self.ready.set()
+                await self.stop_event.wait()
+                await mesh.close()
+                nursery.cancel_scope.cancel()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> str:
+        os.environ["MESHCLOUD_HTTP"] = "127.0.0.1:0"
+        self.thread.start()
+        self.ready.wait(120)
+        if self.error is not None or not self.address:
+            raise SystemExit(f"the static node did not start: {self.error!r}")
+        return self.address
+
+    def stop(self) -> None:
+        import trio
+
+        if self.token is not None and self.stop_event is not None:
+            trio.from_thread.run_sync(self.stop_event.set, trio_token=self.token)
+        self.thread.join(30)
+
+
+def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    (root / "www").mkdir()
+    (root / "www" / "file.bin").write_bytes(FILE)
+    conf = root / "nginx.conf"
+    conf.write_text(f"""
+user root root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+    }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    process = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"])
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()
+               is None, 20, message="nginx listening")
+    return process, port
+
+
+# --- the forward stream -----------------------------------------------------------------------
 
 
 def send_and_digest(host: str, port: int, total: int) -> tuple[float, bool, str]:
@@ -51,37 +241,101 @@ def send_and_digest(host: str, port: int, total: int) -> tuple[float, bool, str]
     return seconds, answer.strip() == expected, name
 
 
+# --- the run ----------------------------------------------------------------------------------
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     mib = 64 if args.quick else args.mib
+    seconds = 3.0 if args.quick else args.seconds
     total = mib << 20
+    figures: dict[str, float] = {}
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="mc-bench-ingress-") as tmp:
-        cluster = LocalCluster(Path(tmp), extra_args=["--profile", "local"],
-                               env={"MESHCLOUD_RUNTIMES": "process"})
+        root = Path(tmp)
+        # static: nginx, then the ingress of a node with a host lookup
+        (root / "nginx" / "tmp").mkdir(parents=True)
+        nginx, nginx_port = start_nginx(root / "nginx")
+        try:
+            direct = wrk(f"http://127.0.0.1:{nginx_port}/file.bin", seconds)
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+        figures["nginx_static_rps"] = round(direct["rps"])
+        print(f"nginx, 4 KiB file:            {direct['rps']:9.0f} req/s  "
+              f"p50 {direct['p50_ms']:.2f} ms", flush=True)
+        static_node = StaticNode(root / "static")
+        address = static_node.start()
+        try:
+            wrk(f"http://{address}/file.bin", 1, host="static.home")  # warm up
+            static = wrk(f"http://{address}/file.bin", seconds, host="static.home")
+        finally:
+            static_node.stop()
+        figures["static_rps"] = round(static["rps"])
+        figures["static_non_2xx"] = static["non_2xx"]
+        print(f"ingress host lookup, 4 KiB:   {static['rps']:9.0f} req/s  "
+              f"p50 {static['p50_ms']:.2f} ms  non-2xx {static['non_2xx']:.0f}", flush=True)
+
+        http_port = free_port()
+        cluster = LocalCluster(root / "mesh", extra_args=["--profile", args.profile],
+                               env={"MESHCLOUD_RUNTIMES": "process",
+                                    "MESHCLOUD_HTTP": f"mesh:{http_port}"})
         try:
             cluster.init_first(listen=f"{ADDRESSES[0]}:0")
             cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[1]}:0")
             a, b = cluster.agents
-            a.cli("run", "sink", "--command", f"{sys.executable} {SERVER} digest",
+            a.cli("run", "hello", "--command",
+                  f"{WORKLOAD_PYTHON} -c {shlex.quote(HYPERCORN_APP)}",
+                  "--env", f"PYTHONPATH={hypercorn_path()}",
+                  "--http", "--domain", "hello.home")
+            a.cli("run", "sink", "--command", inline_script_line(SERVER, "digest"),
                   "--publish", "data")
 
-            def row() -> dict | None:
+            def row(name: str) -> dict | None:
                 rows = [e for e in a.get("/v1/ingress")["endpoints"]
-                        if e["workload"] == "sink" and e["healthy"]]
+                        if e["workload"] == name and e["healthy"] and e["node_alive"]]
                 return rows[0] if rows else None
 
-            wait_until(lambda: row() is not None, 60, message="sink replica healthy")
-            holder = row()["node"]  # type: ignore[index]
-            client_side = b if a.node_id == holder else a
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
+            wait_until(lambda: row("hello") is not None and row("sink") is not None, 90,
+                       message="hello and sink replicas healthy")
+            hello = row("hello")
+            assert hello is not None
+            through = b if a.node_id == hello["node"] else a
+            host = through.address.rsplit(":", 1)[0]
+            url = f"http://{host}:{http_port}/"
+            wait_until(lambda: wrk(url, 1, connections=1, threads=1,
+                                   host="hello.home")["non_2xx"] == 0, 30,
+                       message="the ingress routes hello.home")
+            direct_url = f"http://127.0.0.1:{hello['port']}/"
+            direct = wrk(direct_url, seconds)
+            proxy = wrk(url, seconds, host="hello.home")
+            direct1 = wrk(direct_url, seconds, connections=1, threads=1)
+            proxy1 = wrk(url, seconds, connections=1, threads=1, host="hello.home")
+            figures.update(
+                direct_rps=round(direct["rps"]), proxy_rps=round(proxy["rps"]),
+                proxy_ratio=round(proxy["rps"] / direct["rps"], 3),
+                proxy_non_2xx=proxy["non_2xx"],
+                direct_p50_ms=round(direct1["p50_ms"], 3),
+                proxy_p50_ms=round(proxy1["p50_ms"], 3),
+                proxy_added_p50_ms=round(proxy1["p50_ms"] - direct1["p50_ms"], 3))
+            print(f"hypercorn app direct:         {direct['rps']:9.0f} req/s  "
+                  f"p50 (1 conn) {direct1['p50_ms']:.2f} ms", flush=True)
+            print(f"through the other node:       {proxy['rps']:9.0f} req/s  "
+                  f"p50 (1 conn) {proxy1['p50_ms']:.2f} ms  non-2xx {proxy['non_2xx']:.0f}",
+                  flush=True)
+
+            sink = row("sink")
+            assert sink is not None
+            client_side = b if a.node_id == sink["node"] else a
+            port = free_port()
             a.cli("expose", "sink:data", "--port", str(port), "--bind", "mesh")
-            host = client_side.address.rsplit(":", 1)[0]
-            wait_until(lambda: send_and_digest(host, port, 1)[1], 30,
+            shost = client_side.address.rsplit(":", 1)[0]
+            wait_until(lambda: send_and_digest(shost, port, 1)[1], 30,
                        message="exposed port forwards")
-            print(f"sending {mib} MiB through {client_side.name} to the replica on the other "
-                  "node", flush=True)
-            seconds, exact, name = send_and_digest(host, port, total)
+            print(f"sending {mib} MiB through {client_side.name} to the replica on the "
+                  "other node", flush=True)
+            took, exact, name = send_and_digest(shost, port, total)
         finally:
             cluster.close()
             for agent in cluster.agents:
@@ -89,10 +343,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                     _kill(path)
     if not exact:
         raise SystemExit(f"the {mib} MiB stream did NOT arrive byte-exact at {name}")
-    rate = total / seconds / 1e6
-    print(f"{mib} MiB byte-exact at {name} in {seconds:.2f} s: {rate:.1f} MB/s")
-    return {"forward_stream_mb_s": round(rate, 1), "forward_stream_mib": mib,
-            "forward_stream_s": round(seconds, 2), "byte_exact": 1.0}
+    rate = total / took / 1e6
+    print(f"{mib} MiB byte-exact at {name} in {took:.2f} s: {rate:.1f} MB/s")
+    figures.update(forward_stream_mb_s=round(rate, 1), forward_stream_mib=mib,
+                   forward_stream_s=round(took, 2), byte_exact=1.0,
+                   load_1m=round(load[0], 2))
+    return figures
 
 
 def _kill(state_file: Path) -> None:

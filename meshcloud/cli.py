@@ -32,7 +32,9 @@ def node_settings(args: argparse.Namespace) -> dict[str, object]:
     labels = dict(args.label) if getattr(args, "label", None) else None
     return {"listen": args.listen, "advertise": args.advertise, "api": args.api,
             "s3": getattr(args, "s3", None), "profile": args.profile, "labels": labels,
-            "ingress": getattr(args, "ingress", None)}
+            "ingress": getattr(args, "ingress", None),
+            "ingress_tls": getattr(args, "ingress_tls", None),
+            "ingress_redirect": getattr(args, "ingress_redirect", None)}
 
 
 # --- verbs ----------------------------------------------------------------------------------
@@ -237,6 +239,11 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3", metavar="HOST:PORT", help="S3 API (default 127.0.0.1:7948)")
     parser.add_argument("--ingress", metavar="HOST:PORT",
                         help="HTTP ingress (default 127.0.0.1:7080; mesh:PORT, off)")
+    parser.add_argument("--ingress-tls", metavar="HOST:PORT",
+                        help="HTTPS ingress (default off; certificates in "
+                             "DATA_DIR/ingress/certs/HOST.pem)")
+    parser.add_argument("--ingress-redirect", action="store_true", default=None,
+                        help="redirect plain HTTP to HTTPS for hosts with a certificate")
     parser.add_argument("--profile", choices=["lan", "wan", "local", "phone"],
                         help="timing preset (default lan)")
     parser.add_argument("--label", action="append", type=parse_label, metavar="KEY=VALUE",

@@ -47,6 +47,13 @@ class NodeConfig:
     """The HTTP ingress of this node (``HOST:PORT``; ``mesh:PORT`` for the host of its
     mesh address; ``off``). Loopback by default: ``0.0.0.0:80`` is an explicit choice."""
 
+    ingress_tls: str = "off"
+    """The HTTPS ingress (``HOST:PORT`` as ``ingress``; off by default). Certificates:
+    ``DATA_DIR/ingress/certs/HOST.pem`` (chain and key), chosen by SNI, reloaded on change."""
+
+    ingress_redirect: bool = False
+    """Plain-HTTP requests for a host that has a certificate get a 308 to HTTPS."""
+
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form labels for placement constraints (e.g. room = "attic")."""
 
@@ -69,8 +76,9 @@ class NodeConfig:
             raise ConfigError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
         for address in [*self.listen, *self.advertise, self.api, self.s3]:
             parse_host_port(address)
-        if self.ingress != "off":
-            parse_host_port(self.ingress)
+        for address in (self.ingress, self.ingress_tls):
+            if address != "off":
+                parse_host_port(address)
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -45,6 +45,10 @@ def print_status(status: dict[str, Any], console: Any = None) -> None:
         where = f"http://{ingress['http']}" if ingress.get("http") else "not listening"
         problem = f" ({ingress['http_error']})" if ingress.get("http_error") else ""
         console.print(f"  ingress {where}{problem}")
+    if ingress.get("https") or ingress.get("https_error"):
+        where = f"https://{ingress['https']}" if ingress.get("https") else "not listening"
+        problem = f" ({ingress['https_error']})" if ingress.get("https_error") else ""
+        console.print(f"  ingress {where}{problem}")
     members = status.get("members")
     if members is not None:
         table = Table(title=f"members ({sum(m['state'] == 'alive' for m in members)} alive)",

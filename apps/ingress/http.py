@@ -7,8 +7,9 @@ a request no workload route matches goes to the host lookups of in-process servi
 gets its own upstream connection (a local replica by TCP or a ``/meshcloud/forward/1``
 stream, power of two choices) with ``Connection: close`` upstream; the client side keeps
 its connection alive. Bodies stream both ways chunk by chunk. An idempotent request whose
-replica fails before any response byte is retried on another replica (its body, up to
-``RETRY_BODY``, is kept for that); a replica that does not answer within the route's
+replica fails before any response byte reached the client is retried on another replica
+(its body, up to ``RETRY_BODY``, is kept for that, and so is a response of at most that
+declared length, until it is complete); a replica that does not answer within the route's
 timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
 ``Upgrade`` answered with 101 becomes a raw byte splice both ways.
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 MAX_HEADERS = 64 * 1024
 RETRY_AFTER = b"2"
+ACME_PREFIX = "/.well-known/acme-challenge/"
+"""Never redirected to HTTPS (the seam for an ACME client answering challenges)."""
 RETRY_BODY = 64 * 1024
 """Request bodies up to this size are kept so that an idempotent request can be retried."""
 
@@ -114,6 +117,27 @@ class Counted:
         await self.inner.send_all(data)
 
 
+class Patient:
+    """The client seen by a request: each read must bring bytes within ``seconds``
+    (a client stalling mid-body is cut, as one stalling mid-headers is)."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        with trio.fail_after(self.seconds):
+            return bytes(await self.inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes) -> None:
+        await self.inner.send_all(data)
+
+    async def send_eof(self) -> None:
+        eof = getattr(self.inner, "send_eof", None)
+        if eof is not None:
+            await eof()
+
+
 async def _next_event(conn: h11.Connection, sock: Any) -> Any:
     while True:
         event = conn.next_event()
@@ -129,16 +153,24 @@ async def _send(conn: h11.Connection, sock: Any, event: Any) -> None:
         await sock.send_all(data)
 
 
+async def _send_whole(conn: h11.Connection, sock: Any, response: h11.Response,
+                      body: list[bytes]) -> None:
+    """A whole response in one write (each write to a socket is a system call and a
+    wake-up of the reader; a response in pieces costs several)."""
+    out = [conn.send(response) or b""]
+    if conn.our_state is h11.SEND_BODY:
+        out += [conn.send(h11.Data(data=chunk)) or b"" for chunk in body if chunk]
+    out.append(conn.send(h11.EndOfMessage()) or b"")
+    await sock.send_all(b"".join(out))
+
+
 async def _simple(conn: h11.Connection, sock: Any, status: int, text: str | bytes,
                   extra: Headers | None = None, html: bool = False) -> None:
     body = text.encode() if isinstance(text, str) else text
     kind = b"text/html; charset=utf-8" if html else b"text/plain; charset=utf-8"
     headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
                *(extra or [])]
-    await _send(conn, sock, h11.Response(status_code=status, headers=headers))
-    if conn.our_state is h11.SEND_BODY:
-        await _send(conn, sock, h11.Data(data=body))
-    await _send(conn, sock, h11.EndOfMessage())
+    await _send_whole(conn, sock, h11.Response(status_code=status, headers=headers), [body])
 
 
 async def _drain_request(conn: h11.Connection, sock: Any) -> None:
@@ -166,18 +198,21 @@ async def _read_body(conn: h11.Connection, sock: Any, limit: int) -> tuple[list[
 async def _pump(src: Any, dst: Any) -> None:
     while data := await src.receive_some(CHUNK):
         await dst.send_all(data)
-    await dst.send_eof()
+    eof = getattr(dst, "send_eof", None)  # TLS has no half-close
+    if eof is not None:
+        await eof()
 
 
 # --- the driver -------------------------------------------------------------------------------
 
 
-async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None:
-    """Serve one client connection: requests in turn, each routed and answered."""
+async def serve_http(client: Any, ingress: IngressService, proto: str = "http") -> None:
+    """Serve one client connection (TCP, or TLS for ``proto="https"``): requests in
+    turn, each routed and answered."""
     limits: HttpLimits = ingress.http_limits
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
     try:
-        peer = client.socket.getpeername()
+        peer = getattr(client, "transport_stream", client).socket.getpeername()
         client_ip = str(peer[0]) if isinstance(peer, tuple) else "unknown"
     except OSError:
         client_ip = "unknown"
@@ -200,7 +235,8 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
                     break
             if not isinstance(event, h11.Request):
                 break
-            await _one_request(conn, client, event, client_ip, ingress)
+            await _one_request(conn, Patient(client, limits.idle_timeout), event, client_ip,
+                               ingress, proto)
             if conn.our_state is h11.SWITCHED_PROTOCOL:
                 break
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -213,7 +249,7 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
                 await _simple(conn, client, exc.error_status_hint, f"bad request: {exc}\n")
             except (h11.LocalProtocolError, *_IO_ERRORS):
                 pass
-    except (*_IO_ERRORS, h11.LocalProtocolError) as exc:
+    except (*_IO_ERRORS, h11.LocalProtocolError, trio.TooSlowError) as exc:
         log.debug("http client %s: %r", client_ip, exc)
     finally:
         with trio.move_on_after(1):
@@ -221,7 +257,7 @@ async def serve_http(client: trio.SocketStream, ingress: IngressService) -> None
 
 
 async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
-                       client_ip: str, ingress: IngressService) -> None:
+                       client_ip: str, ingress: IngressService, proto: str = "http") -> None:
     method = request.method.decode("ascii", "replace").upper()
     target = request.target.decode("latin-1")
     size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
@@ -234,6 +270,16 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
         await _simple(conn, client, exc.status, exc.reason + "\n",
                       [(b"connection", b"close")])
         return
+    if conn.they_are_waiting_for_100_continue:  # curl waits a second for this otherwise
+        await _send(conn, client, h11.InformationalResponse(status_code=100, headers=[]))
+    if proto == "http" and not checked.path.startswith(ACME_PREFIX):
+        base = ingress.https_redirect(checked.host)
+        if base is not None:
+            await _drain_request(conn, client)
+            await _simple(conn, client, 308, f"moved to {base}\n",
+                          [(b"location", (base + target if target.startswith("/")
+                                          else base + "/").encode("latin-1"))])
+            return
     route = ingress.http_route(checked.host, checked.path)
     if route is None:
         handler = ingress.host_handler(checked.host, checked.path)
@@ -247,7 +293,8 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
             headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
             host=checked.host))
         return
-    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress)
+    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress,
+                       proto)
 
 
 async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
@@ -259,24 +306,22 @@ async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
         await _simple(conn, client, 500, "internal error\n")
         return
     body = response.body
+    head = h11.Response(status_code=response.status, headers=list(response.headers))
+    if isinstance(body, bytes | bytearray | memoryview):
+        await _send_whole(conn, client, head, [] if request.method == "HEAD" else [bytes(body)])
+        return
     try:
-        await _send(conn, client, h11.Response(status_code=response.status,
-                                               headers=list(response.headers)))
+        await _send(conn, client, head)
         if request.method != "HEAD" and conn.our_state is h11.SEND_BODY:
-            if isinstance(body, bytes | bytearray | memoryview):
-                if body:
-                    await _send(conn, client, h11.Data(data=bytes(body)))
-            else:
-                async for chunk in body:
-                    if chunk:
-                        await _send(conn, client, h11.Data(data=chunk))
+            async for chunk in body:
+                if chunk:
+                    await _send(conn, client, h11.Data(data=chunk))
         await _send(conn, client, h11.EndOfMessage())
     finally:
-        if not isinstance(body, bytes | bytearray | memoryview):
-            closer = getattr(body, "aclose", None)
-            if closer is not None:
-                with trio.move_on_after(1):
-                    await closer()
+        closer = getattr(body, "aclose", None)
+        if closer is not None:
+            with trio.move_on_after(1):
+                await closer()
 
 
 class _Retry(Exception):
@@ -285,57 +330,81 @@ class _Retry(Exception):
 
 async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, method: str,
                        checked: Checked, route: HttpRoute, client_ip: str,
-                       ingress: IngressService) -> None:
+                       ingress: IngressService, proto: str = "http") -> None:
     idempotent = method in IDEMPOTENT
     body, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
     retryable = idempotent and complete
-    headers = upstream_headers(request.headers, client_ip, upgrade=checked.upgrade)
+    headers = upstream_headers(request.headers, client_ip, proto, upgrade=checked.upgrade)
     head = h11.Request(method=request.method, target=request.target, headers=headers)
     tried: set[Any] = set()
+    use_pool = retryable and not checked.upgrade
+    pool = ingress.pool
     while True:
-        connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
-        if connected is None:
-            ingress.failed += 1
-            if not complete:
-                await _drain_request(conn, client)
-            await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
-                          "again\n", [(b"retry-after", RETRY_AFTER)])
-            return
-        target, raw = connected
-        tried.add(target.key)
-        upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+        kept = None
+        if use_pool:
+            target = ingress.pick_target(route.workload, route.endpoint, tried)
+            kept = pool.take(target.key) if target is not None else None
+        if kept is not None:
+            upstream, up = kept
+        else:
+            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
+            if connected is None:
+                ingress.failed += 1
+                if not complete:
+                    await _drain_request(conn, client)
+                await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
+                              "again\n", [(b"retry-after", RETRY_AFTER)])
+                return
+            target, raw = connected
+            upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+            up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
+        assert target is not None
         ingress.open[target.key] += 1
         ingress.forwarded += 1
+        parked = False
         try:
-            await _exchange(conn, client, head, body, complete, upstream, route, checked,
-                            retryable)
+            reusable = await _exchange(conn, client, head, body, complete, upstream, up,
+                                       route, checked, retryable)
+            if reusable:
+                up.start_next_cycle()
+                parked = pool.put(target.key, (upstream, up))
             return
         except _Retry as exc:
+            if kept is not None:  # the replica closed a kept connection: a fresh one
+                log.debug("a kept connection to %s failed (%s)", route.workload, exc)
+                use_pool = False
+                continue
+            tried.add(target.key)
             ingress.retries += 1
             log.info("%s replica %d failed before answering (%s): retrying",
                      route.workload, target.index, exc)
         finally:
             ingress.open[target.key] -= 1
-            with trio.move_on_after(1):
-                await upstream.aclose()
+            doomed = pool.stale
+            pool.stale = []
+            if not parked:
+                doomed.append((upstream, up))
+            for stream, _ in doomed:
+                with trio.move_on_after(1):
+                    await stream.aclose()
 
 
 async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: list[bytes],
-                    complete: bool, raw_upstream: Any, route: HttpRoute, checked: Checked,
-                    retryable: bool) -> None:
+                    complete: bool, raw_upstream: Any, up: h11.Connection, route: HttpRoute,
+                    checked: Checked, retryable: bool) -> bool:
+    """One request and its response; True if the upstream connection may be reused."""
     upstream = Counted(raw_upstream)
-    up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
-    try:
-        await _send(up, upstream, head)
-        for chunk in body:
-            await _send(up, upstream, h11.Data(data=chunk))
+    try:  # the head and the body read so far in one write
+        out = [up.send(head) or b""]
+        out += [up.send(h11.Data(data=chunk)) or b"" for chunk in body]
         if complete:
-            await _send(up, upstream, h11.EndOfMessage())
+            out.append(up.send(h11.EndOfMessage()) or b"")
+        await upstream.send_all(b"".join(out))
     except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
         if retryable:
             raise _Retry(repr(exc)) from None
         await _answer_failure(conn, client, 502, "the replica went away\n", complete)
-        return
+        return False
     if not complete:  # stream the rest of the body
         try:
             while True:
@@ -350,7 +419,8 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
         except FORWARD_ERRORS as exc:
             if conn.their_state is h11.SEND_BODY:
                 raise trio.BrokenResourceError("upstream failed mid-request") from exc
-    responded = False
+    responded = False  # nothing of the response has reached the client yet
+    held: list[Any] | None = None  # a small response kept whole while it may be retried
     while True:  # the response, chunk by chunk, each read within the route's timeout
         with trio.move_on_after(route.timeout) as waited:
             try:
@@ -361,31 +431,49 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
             if not responded:
                 await _simple(conn, client, 504, f"{route.workload} did not answer within "
                               f"{route.timeout:g} s\n", [(b"connection", b"close")])
-                return
+                return False
             raise trio.BrokenResourceError("upstream stalled mid-response")
         if isinstance(event, Exception | h11.ConnectionClosed):
             if not responded:
-                if upstream.received == 0 and retryable:
+                if retryable:
                     raise _Retry(repr(event))
                 await _simple(conn, client, 502, "the replica closed without a response\n")
-                return
+                return False
             raise trio.BrokenResourceError("upstream ended mid-response")
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101 and checked.upgrade:
                 await _switch(conn, client, up, upstream, raw_upstream, event)
-                return
+                return False
             continue
         if isinstance(event, h11.Response):
-            responded = True
-            await _send(conn, client, h11.Response(
-                status_code=event.status_code, reason=event.reason,
-                headers=downstream_headers(event.headers)))
+            response = h11.Response(status_code=event.status_code, reason=event.reason,
+                                    headers=downstream_headers(event.headers))
+            if retryable and _small(event.headers):
+                held = [response]
+            else:
+                responded = True
+                await _send(conn, client, response)
         elif isinstance(event, h11.Data):
-            if conn.our_state is h11.SEND_BODY:
+            if held is not None:
+                held.append(h11.Data(data=event.data))
+            elif conn.our_state is h11.SEND_BODY:
                 await _send(conn, client, h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
-            await _send(conn, client, h11.EndOfMessage())
-            return
+            responded = True
+            if held is not None:
+                await _send_whole(conn, client, held[0], [d.data for d in held[1:]])
+            else:
+                await _send(conn, client, h11.EndOfMessage())
+            return up.our_state is h11.DONE and up.their_state is h11.DONE
+
+
+def _small(headers: Any) -> bool:
+    """A response whose declared length fits in ``RETRY_BODY`` (kept whole, so that a
+    replica dying mid-body costs a retry rather than a broken response)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return value.isdigit() and int(value) <= RETRY_BODY
+    return False
 
 
 async def _answer_failure(conn: h11.Connection, client: Any, status: int, text: str,
@@ -401,6 +489,8 @@ async def _switch(conn: h11.Connection, client: Any, up: h11.Connection, upstrea
     await _send(conn, client, h11.InformationalResponse(
         status_code=101, reason=response.reason,
         headers=downstream_headers(response.headers, upgrade=True)))
+    if isinstance(client, Patient):  # an upgraded connection may idle as long as it likes
+        client = client.inner
     from_client, _ = conn.trailing_data
     from_replica, _ = up.trailing_data
     if from_replica:

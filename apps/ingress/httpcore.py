@@ -164,19 +164,20 @@ def _strip(headers: Iterable[tuple[bytes, bytes]], keep: frozenset[bytes] = froz
 def upstream_headers(headers: Iterable[tuple[bytes, bytes]], client_ip: str,
                      proto: str = "http", upgrade: bool = False) -> Headers:
     """Request headers for the replica: hop-by-hop ones dropped, X-Forwarded-For appended
-    to, X-Forwarded-Proto/Host set, ``Connection: close`` (or, for an upgrade, the
+    to, X-Forwarded-Proto/Host set, ``Expect`` dropped (the ingress answers it),
+    ``Connection: keep-alive`` (or, for an upgrade, the
     ``Upgrade`` header kept and ``Connection: upgrade``)."""
     headers = list(headers)
     keep = frozenset({b"upgrade"}) if upgrade else frozenset()
     out = [(n, v) for n, v in _strip(headers, keep)
            if n.lower() not in (b"x-forwarded-proto", b"x-forwarded-host",
-                                b"x-forwarded-for")]
+                                b"x-forwarded-for", b"expect")]
     prior = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
     chain = b", ".join([*prior, client_ip.encode()])
     host = next((v for n, v in headers if n.lower() == b"host"), b"")
     out += [(b"x-forwarded-for", chain), (b"x-forwarded-proto", proto.encode()),
             (b"x-forwarded-host", host),
-            (b"connection", b"upgrade" if upgrade else b"close")]
+            (b"connection", b"upgrade" if upgrade else b"keep-alive")]
     return out
 
 

@@ -34,10 +34,12 @@ from apps.ingress.forward import (
 from apps.ingress.http import HttpLimits
 from apps.ingress.httpcore import HttpRoute, match_route, route_table
 from apps.ingress.messages import FORWARD_PROTOCOL, Exposure, ForwardOpen
+from apps.ingress.pool import UpstreamPool
 from apps.ingress.ports import PortBook
 from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
 from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
 from apps.ingress.targets import HostHandler, HostLookup
+from apps.ingress.tls import CertStore
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
 from meshcloud.errors import MeshError
@@ -51,10 +53,12 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 HTTP_ENV = "MESHCLOUD_HTTP"
+HTTPS_ENV = "MESHCLOUD_HTTPS"
 DEFAULT_HTTP = "127.0.0.1:7080"
 MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
 CHECK_TIMEOUT = 1.0
+ROWS_MAX_AGE = 2.0
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nconnection: close\r\n"
         b"content-type: text/plain\r\ncontent-length: 22\r\n\r\ntoo many connections\r\n")
 
@@ -98,6 +102,9 @@ class IngressService(ServiceBase):
         self.retries = 0
         self.http_address = ""
         self.http_error = ""
+        self.https_address = ""
+        self.https_error = ""
+        self.certs = CertStore(node.datadir.path / "ingress" / "certs")
         self.http_limits = http_limits_from_env()
         self.http_clients = 0
         self.http_busy = 0
@@ -105,6 +112,8 @@ class IngressService(ServiceBase):
         self.http_timeouts = 0
         self.http_not_found = 0
         self.lookups: list[HostLookup] = []
+        self.pool = UpstreamPool()
+        self._rows: tuple[float, dict[RowKey, Any]] | None = None
         self._routes: tuple[Any, dict[str, list[HttpRoute]]] = (None, {})
 
     # --- running ----------------------------------------------------------------------------
@@ -113,10 +122,24 @@ class IngressService(ServiceBase):
                   ) -> None:
         self.node.transport.serve(FORWARD_PROTOCOL, self._serve_forward)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_endpoints, self.state.subscribe(ENDPOINTS.name))
             nursery.start_soon(self._endpoint_loop)
             nursery.start_soon(self._exposure_loop, nursery)
             nursery.start_soon(self._http)
+            nursery.start_soon(self._https)
             task_status.started()
+
+    async def _watch_endpoints(self, changes: Any) -> None:
+        async for _ in changes:
+            self._rows = None
+
+    def endpoint_rows(self) -> dict[RowKey, Any]:
+        """The ``endpoints`` table, decoded once per change (a request must not scan it;
+        re-read every ``ROWS_MAX_AGE`` seconds should a change event be missed)."""
+        now = trio.current_time()
+        if self._rows is None or now - self._rows[0] > ROWS_MAX_AGE:
+            self._rows = (now, endpoint_rows(self.state))
+        return self._rows[1]
 
     def _entries(self) -> dict[str, WorkloadEntry]:
         snapshot = self.workloads.reconciler.last
@@ -126,6 +149,7 @@ class IngressService(ServiceBase):
 
     async def _endpoint_loop(self) -> None:
         while True:
+            await self._sweep_pool()
             try:
                 await self.check_endpoints()
             except (MeshError, OSError) as exc:
@@ -174,6 +198,16 @@ class IngressService(ServiceBase):
                  for i, node in mine.items() if node == me}
         self.book.forget_except(keep)
 
+    async def _sweep_pool(self) -> None:
+        """Close kept upstream connections that expired or whose replica is no longer
+        routable."""
+        live: set[RowKey] = set()
+        for workload, endpoint in {(k[0], k[1]) for k in self.pool.idle}:
+            live |= {t.key for t in self.targets(workload, endpoint)}
+        for stream, _ in self.pool.sweep(lambda key: key in live):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
     def _resolve(self, request: ForwardOpen) -> int | None:
         seen = self.running_here.get((request.workload, request.endpoint, request.index))
         return seen.port if seen is not None else None
@@ -188,7 +222,7 @@ class IngressService(ServiceBase):
         if entry is None:
             return []
         alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
-        return live_targets(endpoint_rows(self.state), workload, endpoint, alive=alive,
+        return live_targets(self.endpoint_rows(), workload, endpoint, alive=alive,
                             replicas=entry.replicas)
 
     def add_host_lookup(self, lookup: HostLookup) -> None:
@@ -218,6 +252,10 @@ class IngressService(ServiceBase):
 
     def http_route(self, host: str, path: str) -> HttpRoute | None:
         return match_route(self.http_routes(), host, path)
+
+    def pick_target(self, workload: str, endpoint: str, exclude: set[RowKey]
+                    ) -> Target | None:
+        return pick(self.targets(workload, endpoint), self.open, self.rng, exclude)
 
     async def connect(self, workload: str, endpoint: str, exclude: set[RowKey] | None = None
                       ) -> tuple[Target, Any] | None:
@@ -313,25 +351,61 @@ class IngressService(ServiceBase):
 
     async def _http(self) -> None:
         """The HTTP ingress on ``HOST:PORT``, ``mesh:PORT`` or ``off``."""
+        await self._serve_ingress(self.http_setting(), tls=False)
+
+    def https_setting(self) -> str:
+        """Where the HTTPS ingress listens: ``$MESHCLOUD_HTTPS``, else the node's
+        ``ingress_tls`` setting (``--ingress-tls``); off by default."""
+        text = os.environ.get(HTTPS_ENV, "").strip()
+        return text or str(getattr(self.node.config, "ingress_tls", "") or "off")
+
+    def https_redirect(self, host: str) -> str | None:
+        """``https://HOST[:PORT]`` when plain HTTP for ``host`` goes to HTTPS: redirects
+        are on (``ingress_redirect``, ``$MESHCLOUD_HTTPS_REDIRECT=1``), HTTPS listens and
+        a certificate for ``host`` is installed; else None."""
+        wanted = os.environ.get("MESHCLOUD_HTTPS_REDIRECT", "").strip() == "1" or \
+            bool(getattr(self.node.config, "ingress_redirect", False))
+        if not (wanted and host and self.https_address) or host.startswith("["):
+            return None
+        if not self.certs.covers(host):
+            return None
+        port = self.https_address.rsplit(":", 1)[1]
+        return f"https://{host}" + ("" if port == "443" else f":{port}")
+
+    async def _https(self) -> None:
+        """The HTTPS ingress: certificates from ``DATA_DIR/ingress/certs`` by SNI."""
+        await self._serve_ingress(self.https_setting(), tls=True)
+
+    async def _serve_ingress(self, text: str, *, tls: bool) -> None:
         from apps.ingress.http import serve_http
 
-        text = self.http_setting()
         if text == "off":
             return
         host, _, port_text = text.rpartition(":")
         if host == MESH_BIND:
             host = self.bind_host(Exposure(workload="", endpoint="", bind=MESH_BIND))
         try:
-            listeners = await trio.open_tcp_listeners(int(port_text),
-                                                      host=host.strip("[]") or None)
+            listeners: list[Any] = await trio.open_tcp_listeners(
+                int(port_text), host=host.strip("[]") or None)
         except (OSError, ValueError) as exc:
-            self.http_error = f"{text}: {exc}"
-            log.warning("HTTP ingress not started on %s: %s", text, exc)
+            if tls:
+                self.https_error = f"{text}: {exc}"
+            else:
+                self.http_error = f"{text}: {exc}"
+            log.warning("%s ingress not started on %s: %s", "HTTPS" if tls else "HTTP", text,
+                        exc)
             return
         sockname = listeners[0].socket.getsockname()
-        self.http_address = f"{sockname[0]}:{sockname[1]}"
+        if tls:
+            self.https_address = f"{sockname[0]}:{sockname[1]}"
+            self.certs.refresh(force=True)
+            context = self.certs.listener_context()
+            listeners = [trio.SSLListener(x, context, https_compatible=True)
+                         for x in listeners]
+        else:
+            self.http_address = f"{sockname[0]}:{sockname[1]}"
 
-        async def handle(client: trio.SocketStream) -> None:
+        async def handle(client: Any) -> None:
             if self.http_clients >= self.http_limits.max_clients:
                 self.http_busy += 1
                 with trio.move_on_after(1):
@@ -343,9 +417,18 @@ class IngressService(ServiceBase):
                 return
             self.http_clients += 1
             try:
-                await serve_http(client, self)
+                if tls:
+                    with trio.move_on_after(self.http_limits.header_timeout) as slow:
+                        await client.do_handshake()
+                    if slow.cancelled_caught:
+                        self.http_timeouts += 1
+                        await trio.aclose_forcefully(client)
+                        return
+                await serve_http(client, self, "https" if tls else "http")
+            except (OSError, trio.BrokenResourceError) as exc:  # a failed TLS handshake
+                log.debug("ingress client: %r", exc)
             except Exception:  # one connection's bug must not stop the node
-                log.exception("HTTP ingress connection failed")
+                log.exception("ingress connection failed")
             finally:
                 self.http_clients -= 1
 
@@ -377,9 +460,12 @@ class IngressService(ServiceBase):
     def status(self) -> dict[str, Any]:
         return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
                 "failed": self.failed, "retries": self.retries,
+                "kept_alive": len(self.pool), "reused": self.pool.reused,
                 "listen_errors": dict(self.listen_errors),
                 "endpoints_here": len(self.running_here), "http": self.http_address,
                 "http_error": self.http_error, "http_clients": self.http_clients,
+                "https": self.https_address, "https_error": self.https_error,
+                "certificates": self.certs.status(),
                 "http_busy": self.http_busy, "http_refused": self.http_refused,
                 "http_timeouts": self.http_timeouts, "http_not_found": self.http_not_found}
 

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -28,14 +29,17 @@ from wsproto.events import (
 
 from apps.ingress.ports import ephemeral_port
 from sim.agents import Agent, LocalCluster, wait_until
+from tests.apps.ingress.test_tls import make_cert
 from tests.realproc.test_ingress import healthy, kill_replicas
 from tests.workload_python import inline_script_line
 
 ADDRESSES = [f"127.0.0.{51 + i}" for i in range(3)]
 SCRIPT = Path(__file__).parents[1] / "apps/ingress/echo_server.py"
 HTTP_PORT = ephemeral_port()
+HTTPS_PORT = ephemeral_port()
 HEADER_TIMEOUT = 2.0
 MAX_CLIENTS = 12
+IDLE_TIMEOUT = 6.0
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -47,7 +51,10 @@ def cluster(tmp_path_factory):
                            env={"MESHCLOUD_RUNTIMES": "process",
                                 "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}",
                                 "MESHCLOUD_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
-                                "MESHCLOUD_HTTP_MAX_CLIENTS": str(MAX_CLIENTS)})
+                                "MESHCLOUD_HTTP_MAX_CLIENTS": str(MAX_CLIENTS),
+                                "MESHCLOUD_HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+                                "MESHCLOUD_HTTPS": f"mesh:{HTTPS_PORT}",
+                                "MESHCLOUD_HTTPS_REDIRECT": "1"})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 3):
@@ -236,6 +243,38 @@ def test_slowloris_is_cut_after_the_header_timeout_while_others_are_served(clust
             sock.close()
 
 
+def test_a_client_stalling_mid_body_is_cut_after_the_idle_timeout(cluster):
+    agent = cluster.agents[0]
+    with socket.create_connection((host_of(agent), HTTP_PORT), timeout=30) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: app.home\r\nContent-Length: 1000\r\n"
+                     b"\r\n0123456789")  # then nothing more
+        started = time.monotonic()
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - started
+    assert IDLE_TIMEOUT - 0.5 <= took < IDLE_TIMEOUT + 10
+    assert call(agent, "GET", "/", "app.home")[0] == 200
+
+
+def test_expect_100_continue_is_answered_at_once(cluster):
+    agent = cluster.agents[2]
+    with socket.create_connection((host_of(agent), HTTP_PORT), timeout=20) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: app.home\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        first = sock.recv(1 << 16)  # before any body byte was sent
+        assert first.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        reply = first.split(b"\r\n\r\n", 1)[1]
+        while not reply.endswith(b"hello"):
+            chunk = sock.recv(1 << 16)
+            assert chunk
+            reply += chunk
+    assert status_line(reply) == 200
+
+
 def test_client_connections_are_bounded(cluster):
     agent = cluster.agents[2]
     idle = [socket.create_connection((host_of(agent), HTTP_PORT), timeout=20)
@@ -250,3 +289,46 @@ def test_client_connections_are_bounded(cluster):
             sock.close()
     wait_until(lambda: call(agent, "GET", "/", "app.home")[0] == 200, 20,
                message="served again once the idle clients left")
+
+
+def test_https_with_the_users_certificate_by_sni_and_hot_reload(cluster):
+    agent = cluster.agents[1]
+    certs = agent.data_dir / "ingress" / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    first = make_cert(certs / "app.home.pem", "app.home")
+
+    def get(trust: bytes) -> tuple[int, dict]:
+        context = ssl.create_default_context(cadata=trust.decode())
+        with socket.create_connection((host_of(agent), HTTPS_PORT), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="app.home") as tls:
+            conn = http.client.HTTPConnection("app.home")
+            conn.sock = tls
+            conn.request("GET", "/secure", headers={"Host": "app.home"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+
+    wait_until(lambda: get(first)[0] == 200, 20, message="HTTPS with the first certificate")
+    status, seen = get(first)
+    assert status == 200 and seen["path"] == "/secure"
+    assert seen["headers"]["x-forwarded-proto"] == "https"
+    second = make_cert(certs / "app.home.pem", "app.home")  # replaced while running
+
+    def second_served() -> bool:
+        try:
+            return get(second)[0] == 200
+        except ssl.SSLError:
+            return False
+
+    took = wait_until(second_served, 20, message="the new certificate served")
+    assert took < 10
+    with pytest.raises(ssl.SSLError):
+        get(first)
+    ingress = agent.get("/v1/ingress")["status"]
+    assert ingress["https"].endswith(f":{HTTPS_PORT}")
+    assert ingress["certificates"]["hosts"] == ["app.home"]
+    assert "https://" in agent.cli("status").stdout
+    # plain HTTP for a host with a certificate is redirected; other hosts are not
+    s, h, _ = call(agent, "GET", "/a?b=1", "app.home")
+    assert s == 308 and h["location"] == f"https://app.home:{HTTPS_PORT}/a?b=1"
+    assert call(agent, "GET", "/.well-known/acme-challenge/t", "app.home")[0] == 200
+    assert call(agent, "GET", "/", "flaky.home")[0] == 200

@@ -104,7 +104,7 @@ def test_header_rewriting():
     assert up == [(b"host", b"a.home"), (b"accept", b"*/*"),
                   (b"x-forwarded-for", b"10.0.0.1, 127.0.0.9"),
                   (b"x-forwarded-proto", b"http"), (b"x-forwarded-host", b"a.home"),
-                  (b"connection", b"close")]
+                  (b"connection", b"keep-alive")]
     assert downstream_headers([(b"content-length", b"3"), (b"keep-alive", b"timeout=5"),
                                (b"connection", b"close")]) == [(b"content-length", b"3")]
 

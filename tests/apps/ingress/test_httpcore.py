@@ -118,3 +118,60 @@ def test_spec_domains_with_prefixes_and_route_timeouts():
                                      "route_timeout": -1})
     with pytest.raises(Exception, match="route_timeout"):
         spec.validate()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pool_gives_back_the_most_recent_live_connection_and_expires_the_rest():
+    from apps.ingress.pool import UpstreamPool
+
+    clock = Clock()
+    pool = UpstreamPool(max_age=3.0, per_target=2, clock=clock)
+    a, b = ("w", "http", 0), ("w", "http", 1)
+    assert pool.put(a, "a1") and pool.put(a, "a2") and not pool.put(a, "a3")
+    clock.now = 1.0
+    assert pool.put(b, "b1")
+    assert pool.take(a) == "a2" and len(pool) == 2
+    clock.now = 3.5  # a1 is too old now, b1 is not
+    assert pool.take(a) is None and pool.stale == ["a1"]
+    assert pool.sweep() == ["a1"] and pool.stale == []
+    assert pool.sweep(lambda key: key != b) == ["b1"] and len(pool) == 0
+    assert pool.reused == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from(["put", "take", "tick", "sweep"]),
+                          st.integers(0, 2)), max_size=60))
+def test_the_pool_never_hands_out_an_expired_or_doubled_connection(ops):
+    from apps.ingress.pool import UpstreamPool
+
+    clock = Clock()
+    pool = UpstreamPool(max_age=2.0, per_target=3, clock=clock)
+    born: dict[int, float] = {}
+    out: set[int] = set()
+    closed: set[int] = set()
+    serial = 0
+    for op, k in ops:
+        key = ("w", "e", k)
+        if op == "put":
+            serial += 1
+            born[serial] = clock.now
+            if not pool.put(key, serial):
+                closed.add(serial)
+        elif op == "take":
+            got = pool.take(key)
+            if got is not None:
+                assert clock.now - born[got] < 2.0 and got not in out and got not in closed
+                out.add(got)
+        elif op == "tick":
+            clock.now += 0.7
+        else:
+            for item in pool.sweep():
+                assert item not in out and item not in closed
+                closed.add(item)
+    assert len(pool) <= 9

@@ -172,3 +172,23 @@ def test_the_ingress_setting_is_checked(tmp_path):
         load_config(path)
     path.write_text('ingress = "127.0.0.2:8080"\n')
     assert load_config(path).ingress == "127.0.0.2:8080"
+
+
+def test_run_http_and_domain_make_a_web_app_in_one_command():
+    import apps.workloads.cli as workloads_cli
+    from meshcloud.cli import build_parser
+
+    def spec(*argv):
+        return workloads_cli.spec_from_args(build_parser().parse_args(["run", *argv]))
+
+    s = spec("web", "--image", "shop:1", "--replicas", "3", "--http", "8080",
+             "--domain", "shop.home", "--domain", "shop.home/api", "--route-timeout", "5")
+    assert s["publish"] == ["http=8080"] and s["replicas"] == 3
+    assert s["domains"] == ["shop.home", "shop.home/api"] and s["route_timeout"] == 5.0
+    parsed, problems = spec_from_dict(s)
+    assert problems == [] and spec_problems(parsed) == []
+    assert parsed.publish == (("http", 8080),)
+    assert spec("web", "--command", "x", "--domain", "a.home")["publish"] == ["http"]
+    assert spec("web", "--command", "x", "--http", "--publish", "db=5432")["publish"] == \
+        ["http", "db=5432"]
+    assert spec("web", "--command", "x", "--publish", "api")["publish"] == ["api"]
