@@ -77,6 +77,13 @@ CORE_GLOBS = [
     "apps/ingress/routing.py",
     "apps/ingress/messages.py",
     "apps/ingress/tables.py",
+    "apps/ingress/httpcore.py",
+    "apps/sites/cache.py",
+    "apps/sites/manifest.py",
+    "apps/sites/messages.py",
+    "apps/sites/paths.py",
+    "apps/sites/serve.py",
+    "apps/sites/tables.py",
     "sim/workloadmodel.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
