@@ -210,8 +210,9 @@ class GossipConfig:
     (also while the health score is above 0): a probe round that fails then is run once
     more before we accuse the member, and a suspicion that runs out, even one with all
     its confirmations, ends with a last probe round of our own before we declare the
-    member dead. Starved nodes confirm each other's suspicions about a peer that is
-    merely slow; a node at rest (health 0, no stall for 3 s) keeps the fast path."""
+    member dead (unless a round of ours, so repeated, failed on it too). Starved nodes
+    confirm each other's suspicions about a peer that is merely slow; a node at rest
+    (health 0, no stall for 3 s) keeps the fast path."""
 
     leave_timeout: float = 3.0
     """Driver: how long ``leave()`` waits for the leave broadcast to go out."""

@@ -248,8 +248,8 @@ class NewsApplier:
             return
         if self._postpone(suspicion, now):
             return
-        if ((not suspicion.confirmed or self.shaky(now)) and not suspicion.checking
-                and not self._left):
+        weak = self.shaky(now) and not suspicion.witnessed  # only others' word, and ours
+        if (not suspicion.confirmed or weak) and not suspicion.checking and not self._left:
             # hearsay alone (no probe of anyone's accused it): as many rounds as at once
             hearsay = suspicion.hearsay and not suspicion.confirmers
             self._check_now(m, now, out, rounds=HEARSAY_CHECK_ROUNDS if hearsay else 1)

@@ -228,6 +228,9 @@ class Prober:
             return
         suspect = Suspect(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id)
         self._apply_suspect(m, suspect, now, out)
+        suspicion = self._suspicions.get(m.node_id)
+        if suspicion is not None and suspicion.incarnation == m.incarnation:
+            suspicion.witnessed = True
         self._send(m.node_id, suspect, now, out)  # let it refute at once
         if rnd.confirm_to is not None and rnd.confirm_to in self.table.members:
             self._send(rnd.confirm_to, suspect, now, out)  # our confirmation

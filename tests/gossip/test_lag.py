@@ -321,3 +321,26 @@ def test_a_calm_node_declares_a_confirmed_suspect_dead_at_once():
     wire.now = suspicion.deadline()
     a.on_timer(wire.now)
     assert a.state_of(c.node_id) is DEAD
+
+
+def test_a_shaky_node_whose_own_rounds_failed_too_needs_no_last_check():
+    cores, wire = meshed(6)
+    a = cores[0]
+    when = a._next_probe
+    a.on_loop_lag(STALL, when - 0.5)
+    wire.now = when - 0.5
+    target = fail_one_round(a, wire)
+    wire.advance(wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+                 + 0.01)  # the second round fails too: a accuses
+    suspicion = a._suspicions[target]
+    assert suspicion.witnessed and a.statistics().probes_retried == 1
+    for core in cores[1:]:
+        if core.node_id != target:  # the others' word
+            a.on_message(core.node_id, Suspect(node=target, incarnation=0,
+                                               from_node=core.node_id), wire.now)
+    assert suspicion.confirmed
+    a.awareness.apply_delta(1)  # still shaky
+    assert a.shaky(wire.now)
+    wire.now = suspicion.deadline()
+    a.on_timer(wire.now)
+    assert a.state_of(target) is DEAD  # two rounds of ours and k others: enough
