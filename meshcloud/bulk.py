@@ -65,7 +65,9 @@ def _lowered(fn: Callable[..., T], *args: object) -> T:
     return fn(*args)
 
 
-async def run_bulk(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a low-priority worker thread, bounded per process. Not
-    cancellable once started (the work finishes; its result is then dropped)."""
-    return await trio.to_thread.run_sync(_lowered, fn, *args, limiter=limiter())
+async def run_bulk(fn: Callable[..., T], *args: object,
+                   bound: trio.CapacityLimiter | None = None) -> T:
+    """``fn(*args)`` in a low-priority worker thread, at most :data:`BULK_THREADS` at a
+    time per process (or under ``bound``: disk I/O has its own). Not cancellable once
+    started (the work finishes; its result is then dropped)."""
+    return await trio.to_thread.run_sync(_lowered, fn, *args, limiter=bound or limiter())
