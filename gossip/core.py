@@ -334,6 +334,7 @@ class SwimCore(Prober, NewsApplier):
             return out
         self.counters.probe_hints += 1
         self._start_round(m, now, out, escalate=True)
+        self._rounds[peer].hinted = True
         return out
 
     def on_loop_lag(self, lag: float, now: float) -> list[Output]:

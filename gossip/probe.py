@@ -66,8 +66,8 @@ class Relay:
 
 class ProbeRound:
     __slots__ = ("ack_deadline", "confirm_to", "end", "escalate", "expected_nacks",
-                 "extensions", "final", "nacks", "relay", "retry", "seq", "stage", "start",
-                 "step_start", "target")
+                 "extensions", "final", "hinted", "nacks", "relay", "retry", "seq", "stage",
+                 "start", "step_start", "target")
 
     def __init__(self, target: bytes, seq: int, *, start: float, ack_deadline: float,
                  end: float, escalate: bool, relay: Relay | None = None) -> None:
@@ -95,6 +95,10 @@ class ProbeRound:
         (GossipConfig.stall_memory): its failure accuses."""
         self.confirm_to = relay.requester if relay is not None else None
         """Who asked us to escalate: our suspicion is sent to it as a confirmation."""
+        self.hinted = False
+        """Started because the transport lost its last connection to the member: evidence
+        that does not come from our own (maybe starved) timing, so a failure accuses at
+        once even when our judgement is weak (a killed process closes its sockets)."""
 
     @property
     def next_at(self) -> float:
@@ -218,7 +222,7 @@ class Prober:
         if not self.settled(now):  # our view and loop have not settled: accuse no one
             self.counters.probes_unsettled += 1
             return
-        if weak and not rnd.retry:
+        if weak and not rnd.retry and not rnd.hinted:
             # Our own loop has been starved: the silence may be ours. Ask once more.
             self.counters.probes_retried += 1
             self._start_round(m, now, out, escalate=rnd.escalate)

@@ -344,3 +344,20 @@ def test_a_shaky_node_whose_own_rounds_failed_too_needs_no_last_check():
     wire.now = suspicion.deadline()
     a.on_timer(wire.now)
     assert a.state_of(target) is DEAD  # two rounds of ours and k others: enough
+
+
+def test_a_lost_connection_is_evidence_a_shaky_node_acts_on_at_once():
+    """A killed agent's sockets close: the probe that hint starts accuses on its first
+    failure even while our loop stalls (detection under load stays fast)."""
+    cores, wire = meshed(5)
+    a, t = cores[0], cores[1]
+    a.on_loop_lag(STALL, 0.0)
+    assert a.shaky(0.1)
+    wire.drop = lambda src, dst, msg: (dst == t.node_id or src == t.node_id
+                                       or any(type(p) is Suspect for p in parts(msg)))
+    wire.now = 0.1
+    wire.run(a.node_id, a.on_peer_lost(t.node_id, wire.now))
+    wire.advance(wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+                 + 0.01)
+    assert a.state_of(t.node_id) is SUSPECT
+    assert a.statistics().probes_retried == 0 and a._suspicions[t.node_id].witnessed
