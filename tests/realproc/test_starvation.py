@@ -2,9 +2,9 @@
 
 Sixteen agents, joined beforehand, start at once next to a 3-agent mesh while busy loops
 saturate every core: their start-up work, the syncs they ask of the mesh and the hogs
-starve every event loop. On the commit before the fix (77c4a9a) this test fails: 19
-false deaths in one run (and 158 with a burst of 20 on a loaded machine,
-`docs/benchmarks.md`, starvation)."""
+starve every event loop. On the commit before the fix (77c4a9a) this test fails: 26
+false deaths (19 in a run that also waited 5 s after convergence; 158 with a burst of
+20 on a loaded machine, `docs/benchmarks.md`, starvation)."""
 
 from __future__ import annotations
 
