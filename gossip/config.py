@@ -207,7 +207,8 @@ class GossipConfig:
 
     stall_memory: float = 3.0
     """Seconds after our own last stall during which our judgement of others is weak
-    (also while the health score is above 0): a probe round that fails then is run once
+    (also while the health score is above 0, and for ``startup_grace_max`` after a
+    join): a probe round that fails then is run once
     more before we accuse the member, and a suspicion that runs out, even one with all
     its confirmations, ends with a last probe round of our own before we declare the
     member dead (unless a round of ours, so repeated, failed on it too). Starved nodes

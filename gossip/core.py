@@ -352,11 +352,15 @@ class SwimCore(Prober, NewsApplier):
         return now >= self._settle_at
 
     def shaky(self, now: float) -> bool:
-        """Is our own judgement weak now: health score above 0, or a stall of our loop
-        within ``stall_memory``? Then a failed probe round is repeated before we accuse,
-        and we check a member ourselves before declaring it dead (see stall_memory)."""
+        """Is our own judgement weak now: health score above 0, a stall of our loop
+        within ``stall_memory``, or a join less than ``startup_grace_max`` ago (a
+        newcomer's loop and connections are still busy with its start)? Then a failed
+        probe round is repeated before we accuse, and we check a member ourselves before
+        declaring it dead (see stall_memory)."""
+        config = self.config
         return (self.awareness.score > 0
-                or now - self._stall_end < self.config.stall_memory)
+                or now - self._stall_end < config.stall_memory
+                or now - self._joined_at < config.startup_grace_max)
 
     def _note_stall(self, now: float) -> None:
         self._stall_end = max(self._stall_end, now)

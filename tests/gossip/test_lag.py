@@ -361,3 +361,14 @@ def test_a_lost_connection_is_evidence_a_shaky_node_acts_on_at_once():
                  + 0.01)
     assert a.state_of(t.node_id) is SUSPECT
     assert a.statistics().probes_retried == 0 and a._suspicions[t.node_id].witnessed
+
+
+def test_a_newcomer_past_its_grace_still_probes_again_before_it_accuses():
+    cores, wire = meshed(5)
+    a = joined(cores, wire)
+    wire.now = CONFIG.startup_grace + 0.5  # settled, calm, but new
+    assert a.settled(wire.now) and a.shaky(wire.now)
+    a._next_probe = wire.now
+    target = fail_one_round(a, wire)
+    assert a.state_of(target) is ALIVE and a.statistics().probes_retried == 1
+    assert not a.shaky(CONFIG.startup_grace_max + 0.01)  # and then it is not new any more
