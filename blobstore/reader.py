@@ -34,6 +34,7 @@ from blobstore.crypto import open_chunk
 from blobstore.errors import NotEnoughShards
 from blobstore.fetch import BadShard, ChunkFetch, verdict
 from blobstore.manifest import ChunkRef, Manifest, ShardRef
+from meshcloud.bulk import run_bulk
 from meshcloud.errors import MeshError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ async def read_chunk(
         return open_chunk(manifest.key, manifest.object_id, chunk.index, fetch.decode())
 
     if chunk.sealed_length >= config.thread_threshold:
-        return await trio.to_thread.run_sync(finish)
+        return await run_bulk(finish)
     return finish()
 
 
@@ -123,7 +124,7 @@ async def gather_chunk(
                 more = fetch.on_bad(ref, reason, corrupt=False)
             else:
                 if big:
-                    payload, reason = await trio.to_thread.run_sync(verdict, fetch, ref, blob)
+                    payload, reason = await run_bulk(verdict, fetch, ref, blob)
                 else:
                     payload, reason = verdict(fetch, ref, blob)
                 if payload is None:

@@ -51,6 +51,7 @@ import trio
 
 from blobstore.errors import BlobstoreError, IntegrityError, ShardNotFound, StoreFullError
 from blobstore.shards import SHARD_ID_SIZE, ShardId, shard_id, unpack_shard
+from meshcloud.bulk import run_bulk
 from meshcloud.clock import Clock, SystemClock
 from meshcloud.errors import LocalProtocolError, MeshError
 
@@ -528,9 +529,7 @@ class AsyncShardStore:
         self._limiter = trio.CapacityLimiter(threads)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self._limiter
-        )
+        return await run_bulk(functools.partial(fn, *args, **kwargs), bound=self._limiter)
 
     async def put(self, blob: bytes, *, expect_id: ShardId | None = None) -> tuple[ShardId, bool]:
         return await self._run(self.store.put, blob, expect_id=expect_id)

@@ -45,6 +45,7 @@ from blobstore.errors import WriteFailed
 from blobstore.holders import HolderPicker, assign_holders, placement_key
 from blobstore.manifest import ChunkRef, Manifest, ShardRef
 from blobstore.shards import ShardHeader, pack_shard, shard_id
+from meshcloud.bulk import run_bulk
 from meshcloud.errors import MeshError
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,7 @@ async def write_object(
         try:
             index = first_chunk_index + position
             if len(plain) >= config.thread_threshold:
-                prepared = await trio.to_thread.run_sync(
-                    prepare_chunk, code, key, object_id, index, plain)
+                prepared = await run_bulk(prepare_chunk, code, key, object_id, index, plain)
             else:
                 prepared = prepare_chunk(code, key, object_id, index, plain)
             del plain
@@ -148,7 +148,7 @@ async def write_object(
         position = 0
         async for plain in chunks(source, config.chunk_size):
             if len(plain) >= config.thread_threshold:
-                await trio.to_thread.run_sync(md5.update, plain)
+                await run_bulk(md5.update, plain)
             else:
                 md5.update(plain)
             size += len(plain)

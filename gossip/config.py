@@ -209,6 +209,23 @@ class GossipConfig:
     its loop. Suspicions that run out meanwhile wait for the end of the grace. Two probe
     intervals: a crash is noticed at most that much later, and only right after a start."""
 
+    startup_grace_max: float = 15.0
+    """Seconds after the join's full sync beyond which the start-up grace ends even if our
+    loop still stalls. Within it, each stall of ours pushes the grace's end to
+    ``startup_grace`` after the stall: a newcomer starved by its own start (and by a
+    burst of others starting beside it) waits until its loop has been calm for a while
+    before it accuses anyone, and a node stalled for good still detects crashes."""
+
+    stall_memory: float = 3.0
+    """Seconds after our own last stall during which our judgement of others is weak
+    (also while the health score is above 0, and for ``startup_grace_max`` after a
+    join): a probe round that fails then is run once
+    more before we accuse the member, and a suspicion that runs out, even one with all
+    its confirmations, ends with a last probe round of our own before we declare the
+    member dead (unless a round of ours, so repeated, failed on it too). Starved nodes
+    confirm each other's suspicions about a peer that is merely slow; a node at rest
+    (health 0, no stall for 3 s) keeps the fast path."""
+
     leave_timeout: float = 3.0
     """Driver: how long ``leave()`` waits for the leave broadcast to go out."""
 
@@ -224,7 +241,7 @@ class GossipConfig:
     def __post_init__(self) -> None:
         positive = ("probe_interval", "probe_timeout", "indirect_timeout", "gossip_interval",
                     "push_pull_interval", "suspicion_mult", "dead_retention", "leave_timeout",
-                    "sync_timeout", "resume_gap", "stall_threshold")
+                    "sync_timeout", "resume_gap", "stall_threshold", "startup_grace_max")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"gossip.{name} must be positive")
@@ -234,7 +251,7 @@ class GossipConfig:
         if self.suspicion_max_timeout_mult < 1:
             raise ConfigError("gossip.suspicion_max_timeout_mult must be at least 1")
         for name in ("indirect_checks", "gossip_nodes", "suspicion_confirmations",
-                     "stall_extensions", "lag_health_cap", "startup_grace"):
+                     "stall_extensions", "lag_health_cap", "startup_grace", "stall_memory"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"gossip.{name} must not be negative")
         for name in ("awareness_max_multiplier", "retransmit_mult", "max_queue",

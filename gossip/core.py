@@ -131,7 +131,10 @@ class SwimCore(Prober, NewsApplier):
         self._stall_penalty_at = -math.inf
         self._settle_at = -math.inf
         """Before this, our failed probes accuse no one: set by a join's full sync (see
-        GossipConfig.startup_grace). A node knows no one to accuse before it joins."""
+        GossipConfig.startup_grace) and pushed back by our stalls during the grace. A
+        node knows no one to accuse before it joins."""
+        self._joined_at = -math.inf
+        """When the join's full sync completed (the grace ends by startup_grace_max after)."""
         self._queue_news(me, me.alive, now)
 
     # === queries ==========================================================================
@@ -341,6 +344,7 @@ class SwimCore(Prober, NewsApplier):
         if self._joining:  # a join is a full sync: the periodic one can wait a period
             self._joining = False
             self._reschedule_push_pull(now)
+            self._joined_at = now
             self._settle_at = max(self._settle_at, now + self.config.startup_grace)
         return out
 
@@ -393,6 +397,7 @@ class SwimCore(Prober, NewsApplier):
             return out
         self.counters.probe_hints += 1
         self._start_round(m, now, out, escalate=True)
+        self._rounds[peer].hinted = True
         return out
 
     def on_loop_lag(self, lag: float, now: float) -> list[Output]:
@@ -409,10 +414,24 @@ class SwimCore(Prober, NewsApplier):
         """Past the start-up grace: our failed probes may accuse (see startup_grace)."""
         return now >= self._settle_at
 
+    def shaky(self, now: float) -> bool:
+        """Is our own judgement weak now: health score above 0, a stall of our loop
+        within ``stall_memory``, or a join less than ``startup_grace_max`` ago (a
+        newcomer's loop and connections are still busy with its start)? Then a failed
+        probe round is repeated before we accuse, and we check a member ourselves before
+        declaring it dead (see stall_memory)."""
+        config = self.config
+        return (self.awareness.score > 0
+                or now - self._stall_end < config.stall_memory
+                or now - self._joined_at < config.startup_grace_max)
+
     def _note_stall(self, now: float) -> None:
         self._stall_end = max(self._stall_end, now)
         self.counters.loop_stalls += 1
         config = self.config
+        if now < self._settle_at:  # still starting: calm for a while before we accuse
+            limit = self._joined_at + config.startup_grace_max
+            self._settle_at = max(self._settle_at, min(now + config.startup_grace, limit))
         if (now - self._stall_penalty_at >= config.probe_interval
                 and self.awareness.score < config.lag_health_cap):
             self._stall_penalty_at = now

@@ -122,6 +122,7 @@ class NewsApplier:
 
     if TYPE_CHECKING:  # provided by the other parts of the core
         def settled(self, now: float) -> bool: ...
+        def shaky(self, now: float) -> bool: ...
         def _stalled_since(self, since: float) -> bool: ...
         def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
                   now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()
@@ -247,7 +248,8 @@ class NewsApplier:
             return
         if self._postpone(suspicion, now):
             return
-        if not suspicion.confirmed and not suspicion.checking and not self._left:
+        weak = self.shaky(now) and not suspicion.witnessed  # only others' word, and ours
+        if (not suspicion.confirmed or weak) and not suspicion.checking and not self._left:
             # hearsay alone (no probe of anyone's accused it): as many rounds as at once
             hearsay = suspicion.hearsay and not suspicion.confirmers
             self._check_now(m, now, out, rounds=HEARSAY_CHECK_ROUNDS if hearsay else 1)

@@ -65,8 +65,9 @@ class Relay:
 
 
 class ProbeRound:
-    __slots__ = ("ack_deadline", "end", "escalate", "expected_nacks", "extensions", "final",
-                 "nacks", "relay", "seq", "stage", "start", "step_start", "target")
+    __slots__ = ("ack_deadline", "confirm_to", "end", "escalate", "expected_nacks",
+                 "extensions", "final", "hinted", "nacks", "relay", "retry", "seq", "stage",
+                 "start", "step_start", "target")
 
     def __init__(self, target: bytes, seq: int, *, start: float, ack_deadline: float,
                  end: float, escalate: bool, relay: Relay | None = None) -> None:
@@ -89,6 +90,15 @@ class ProbeRound:
         """Times a stage was extended because our own loop stalled during it."""
         self.expected_nacks = 0
         self.nacks = 0
+        self.retry = False
+        """The second round of a node whose judgement was weak when the first failed
+        (GossipConfig.stall_memory): its failure accuses."""
+        self.confirm_to = relay.requester if relay is not None else None
+        """Who asked us to escalate: our suspicion is sent to it as a confirmation."""
+        self.hinted = False
+        """Started because the transport lost its last connection to the member: evidence
+        that does not come from our own (maybe starved) timing, so a failure accuses at
+        once even when our judgement is weak (a killed process closes its sockets)."""
 
     @property
     def next_at(self) -> float:
@@ -120,6 +130,7 @@ class Prober:
     if TYPE_CHECKING:  # provided by the other parts of the core
         def _stalled_since(self, since: float) -> bool: ...
         def settled(self, now: float) -> bool: ...
+        def shaky(self, now: float) -> bool: ...
         def _next_seq(self) -> int: ...
         def _send(self, to: bytes, primary: Ping | PingReq | Ack | Nack | Broadcastable,
                   now: float, out: list[Output], extra: tuple[Broadcastable, ...] = ()
@@ -200,6 +211,7 @@ class Prober:
         # The round ended without an ack.
         self._end_round(rnd)
         self.counters.probes_failed += 1
+        weak = self.shaky(now)  # as we were while it ran, before its own health penalty
         self.awareness.apply_delta(failure_health_delta(rnd.expected_nacks, rnd.nacks))
         if rnd.final:
             self._last_check_done(rnd, False, now, out)
@@ -210,11 +222,22 @@ class Prober:
         if not self.settled(now):  # our view and loop have not settled: accuse no one
             self.counters.probes_unsettled += 1
             return
+        if weak and not rnd.retry and not rnd.hinted:
+            # Our own loop has been starved: the silence may be ours. Ask once more.
+            self.counters.probes_retried += 1
+            self._start_round(m, now, out, escalate=rnd.escalate)
+            again = self._rounds[m.node_id]
+            again.retry = True
+            again.confirm_to = rnd.confirm_to
+            return
         suspect = Suspect(node=m.node_id, incarnation=m.incarnation, from_node=self.node_id)
         self._apply_suspect(m, suspect, now, out)
+        suspicion = self._suspicions.get(m.node_id)
+        if suspicion is not None and suspicion.incarnation == m.incarnation:
+            suspicion.witnessed = True
         self._send(m.node_id, suspect, now, out)  # let it refute at once
-        if rnd.relay is not None and rnd.relay.requester in self.table.members:
-            self._send(rnd.relay.requester, suspect, now, out)  # our confirmation
+        if rnd.confirm_to is not None and rnd.confirm_to in self.table.members:
+            self._send(rnd.confirm_to, suspect, now, out)  # our confirmation
 
     def _end_round(self, rnd: ProbeRound) -> None:
         self._rounds.pop(rnd.target, None)

@@ -30,6 +30,7 @@ class Counters:
     messages_sent: int = 0
     probe_hints: int = 0
     probes_failed: int = 0
+    probes_retried: int = 0
     probes_stalled: int = 0
     probes_started: int = 0
     probes_unsettled: int = 0

@@ -19,7 +19,7 @@ from gossip.formulas import suspicion_deadline_offset
 class Suspicion:
     __slots__ = ("accuser", "checking", "checks_left", "confirmers", "extra", "hearsay",
                  "incarnation", "k", "max_timeout", "min_timeout", "node_id", "postponed",
-                 "start")
+                 "start", "witnessed")
 
     def __init__(self, node_id: bytes, incarnation: int, accuser: bytes, *, start: float,
                  k: int, min_timeout: float, max_timeout: float) -> None:
@@ -43,6 +43,9 @@ class Suspicion:
         could not judge (its own loop stalled, or it was still starting)."""
         self.postponed = 0
         """Times the deadline was pushed back for a stall of the deciding node."""
+        self.witnessed = False
+        """A probe round of our own failed on this member too (retried first if our
+        judgement was weak then): our own evidence, no last check needed for it."""
         """Started from a sync that held the member DEAD, not from a probe (see core)."""
 
     @property
@@ -60,6 +63,7 @@ class Suspicion:
         self.checks_left = 0
         self.extra = 0.0
         self.postponed = 0
+        self.witnessed = False
 
     @property
     def confirmations(self) -> int:

@@ -29,6 +29,13 @@ class StateConfig:
     """A session not reported closed by then is considered failed (lost driver task)."""
     sync_max_requests: int = 2000
     """Requests per session; a bigger difference finishes in the next rounds."""
+    sync_concurrency: int = 2
+    """Anti-entropy sessions this node runs at once as initiator, and as many it serves
+    at once; more wait their turn (in order). A burst of 30 newcomers each asking every
+    member for a full sync (and every member syncing with each newcomer it sees join)
+    would otherwise interleave dozens of sessions' Merkle walks and merges on one event
+    loop, which then stalls for hundreds of milliseconds again and again; its probes
+    and acks wait behind them and starved peers declare it dead."""
     sync_nodes_per_request: int = 64
     """Merkle nodes asked per SyncNodes: a full intermediate node is 8.4 KiB, so replies
     stay under 540 KiB."""
@@ -68,6 +75,8 @@ class StateConfig:
                 raise ValueError(f"{name} must be positive")
         if self.gc_delay < 0 or self.tranquility < 0:
             raise ValueError("gc_delay and tranquility are >= 0")
+        if self.sync_concurrency < 1:
+            raise ValueError("sync_concurrency must be at least 1")
         if not 1 <= self.sync_nodes_per_request <= 256:
             raise ValueError("sync_nodes_per_request is 1..256")
         if not 1 <= self.sync_keys_per_request <= 1024:

@@ -6,7 +6,9 @@ Thin on purpose (the simulator drives the core without it):
 * ``/meshcloud/state-sync/1`` streams are served by feeding each request to
   ``core.on_sync_request`` and sending the reply;
 * a ``StartSync`` output becomes a task that opens a stream to the peer and runs the
-  session (bounded by ``sync_timeout``);
+  session (bounded by ``sync_timeout``); at most ``sync_concurrency`` sessions run at
+  once, and as many are served at once (the others wait their turn), so a burst of
+  newcomers cannot pile dozens of Merkle walks and merges onto the event loop;
 * one timer task sleeps until ``core.next_deadline()`` (or until poked by new work) and
   calls ``core.on_timer``; background workers are throttled by CPU time measured with
   ``time.perf_counter`` (tranquility, :mod:`meshcloud.workers`);
@@ -122,6 +124,10 @@ class StateDriver:
         """Set (and replaced) after each flush: what :meth:`durable` waits on."""
         self._flush_limiter = trio.CapacityLimiter(1)
         """One flush at a time: it covers every commit before it."""
+        self._sessions = trio.CapacityLimiter(self.config.sync_concurrency)
+        """Our anti-entropy sessions running at once (StateConfig.sync_concurrency)."""
+        self._serving = trio.CapacityLimiter(self.config.sync_concurrency)
+        """Peers' sessions served at once."""
 
     # --- API for the node -----------------------------------------------------------------
 
@@ -178,8 +184,9 @@ class StateDriver:
 
     async def sync_with(self, peer: bytes) -> SyncStatistics:
         """Run one anti-entropy session with ``peer`` now (tests, ``meshcloud status``)."""
-        session = self.core.start_sync(peer, self._now())
-        await self._run_session(session)
+        async with self._sessions:  # the session (and its timeout) starts with its turn
+            session = self.core.start_sync(peer, self._now())
+            await self._session(session)
         return session.stats
 
     # --- running --------------------------------------------------------------------------
@@ -293,6 +300,11 @@ class StateDriver:
             self._perform(self.core.on_datagram(peer, msg, self._now()))
 
     async def _run_session(self, session: SyncSession) -> None:
+        async with self._sessions:
+            if session.session_id in self.core.sessions:  # not timed out while it waited
+                await self._session(session)
+
+    async def _session(self, session: SyncSession) -> None:
         error: str | None = None
         try:
             with trio.fail_after(self.config.sync_timeout):
@@ -316,6 +328,10 @@ class StateDriver:
             self._perform(self.core.on_sync_closed(session, self._now(), error))
 
     async def _serve_sync(self, stream: Stream) -> None:
+        async with self._serving:
+            await self._serve_session(stream)
+
+    async def _serve_session(self, stream: Stream) -> None:
         peer = stream.peer.node_id
         served = 0
         with trio.move_on_after(self.config.sync_timeout):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meshcloud.bulk import run_bulk
 from meshcloud.errors import (
     ConnectionLost,
     LocalProtocolError,
@@ -68,6 +69,14 @@ READ_SIZE = 256 * 1024
 
 READS_BEFORE_YIELD = 8
 """Reads in a row (data always ready) before the reader lets other tasks run."""
+
+WRITE_SLICE = 512 * 1024
+"""Plaintext bytes the writer encrypts and sends at a time; datagrams and pings queued
+meanwhile go out before the next slice (a probe's ack waits behind at most this much)."""
+
+OFFLOAD_BYTES = 128 * 1024
+"""From this size a write is encrypted in a bulk worker thread (:mod:`meshcloud.bulk`),
+not on the event loop."""
 
 
 def _has_data(sock: socket.socket) -> bool:
@@ -552,9 +561,7 @@ class Connection:
         transport._spawn_handler(handler, stream)
 
     async def _writer(self) -> None:
-        sock = self.sock
         mux = self.mux
-        encrypt = self.channel.encrypt_packets
         while True:
             while not self._flush_scheduled:
                 await self._writer_lot.park()
@@ -565,21 +572,43 @@ class Connection:
             packets = mux.data_to_send()
             if not packets:
                 continue
-            view = memoryview(encrypt(packets))
-            self.counters.packets_sent += len(packets)
-            self.counters.bytes_sent += len(view)
             self._writing = True
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    self.lose(f"connection reset ({exc.strerror or exc})")
+            # In slices: datagrams (probes, acks) and pings queued meanwhile go out
+            # between two slices instead of behind all of them.
+            start = 0
+            while start < len(packets):
+                end, size = start + 1, len(packets[start])
+                while end < len(packets) and size + len(packets[end]) <= WRITE_SLICE:
+                    size += len(packets[end])
+                    end += 1
+                batch = packets[start:end]
+                if start:
+                    batch = mux.urgent_to_send() + batch
+                start = end
+                if not await self._write(batch, size):
                     return
-                view = view[sent:]
             self._writing = False
+
+    async def _write(self, packets: list[bytearray], size: int) -> bool:
+        """Encrypt ``packets`` (in a bulk worker thread when large) and send them all.
+        False if the connection was lost."""
+        encrypt = self.channel.encrypt_packets
+        data = encrypt(packets) if size < OFFLOAD_BYTES else await run_bulk(encrypt, packets)
+        self.counters.packets_sent += len(packets)
+        self.counters.bytes_sent += len(data)
+        view = memoryview(data)
+        sock = self.sock
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                self.lose(f"connection reset ({exc.strerror or exc})")
+                return False
+            view = view[sent:]
+        return True
 
     def _send_nowait(self) -> None:
         """Push what the core holds without blocking (a GOAWAY before closing)."""

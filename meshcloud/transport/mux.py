@@ -98,6 +98,7 @@ _DATA, _OPEN, _WINDOW_UPDATE, _RESET = (int(FrameType.DATA), int(FrameType.OPEN)
                                         int(FrameType.WINDOW_UPDATE), int(FrameType.RESET))
 _DATAGRAM, _PING, _PONG, _GOAWAY = (int(FrameType.DATAGRAM), int(FrameType.PING),
                                     int(FrameType.PONG), int(FrameType.GOAWAY))
+_URGENT = frozenset((_DATAGRAM, _PING, _PONG))
 _MSG, _MORE, _FIN = Flag.MSG, Flag.MORE, Flag.FIN
 
 
@@ -187,6 +188,7 @@ class MuxCore:
         self._inbound = 0
         self._in = bytearray()
         self._packets: list[bytearray] = []
+        self._urgent: list[bytearray] = []  # datagrams, pings, pongs: they may overtake
         self._backlog = 0
         self._last_received = now
         self._next_ping = now + self.config.keepalive_interval
@@ -228,10 +230,22 @@ class MuxCore:
     # --- output -------------------------------------------------------------------------
 
     def data_to_send(self) -> list[bytearray]:
-        """Queued frames as packets of whole frames, each at most one Noise plaintext."""
-        packets = self._packets
+        """Queued frames as packets of whole frames, each at most one Noise plaintext.
+        Datagrams, pings and pongs come first: they belong to no stream, so they may
+        overtake stream data (a probe's ack does not wait behind megabytes of it)."""
+        packets = self._urgent + self._packets if self._urgent else self._packets
         self._packets = []
+        self._urgent = []
         self._backlog = 0
+        return packets
+
+    def urgent_to_send(self) -> list[bytearray]:
+        """Only the queued datagrams, pings and pongs (see :meth:`data_to_send`): what a
+        driver still writing stream data taken earlier may send ahead of the rest."""
+        packets = self._urgent
+        if packets:
+            self._urgent = []
+            self._backlog -= sum(len(packet) for packet in packets)
         return packets
 
     def _emit(self, frame_type: int, flags: int, stream_id: int,
@@ -239,7 +253,7 @@ class MuxCore:
               extra: bytes | bytearray | memoryview = b"") -> None:
         length = len(payload) + len(extra)
         size = HEADER_SIZE + length
-        packets = self._packets
+        packets = self._urgent if frame_type in _URGENT else self._packets
         if packets and len(packets[-1]) + size <= MAX_PLAINTEXT:
             packet = packets[-1]
             packet += HEADER.pack(frame_type, flags, length, stream_id)

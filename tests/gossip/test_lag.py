@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gossip.lag import BUCKETS_MS, LagHistogram
 from gossip.member import MemberState
 from gossip.messages import Ack, Ping, PingReq, PushPull, Suspect
-from tests.gossip.helpers import CONFIG, sent
+from tests.gossip.helpers import CONFIG, parts, sent
 from tests.gossip.test_core import first_probe, meshed
 
 SUSPECT = MemberState.SUSPECT
@@ -135,9 +135,12 @@ def test_a_suspicion_running_out_during_our_stall_is_postponed():
     assert a.state_of(c.node_id) is SUSPECT  # not dead: the refutation may be unread
     assert a.statistics().suspicions_postponed == 1
     assert suspicion.deadline() == pytest.approx(deadline + a.awareness.scale(CONFIG.probe_timeout))
-    # and with no stall since, the confirmed suspicion ends as before
+    # with no stall since, it ends; but our stall was recent, so even confirmed it ends
+    # with a last probe round of our own (c is silent: dead after it)
     wire.now = suspicion.deadline()
     a.on_timer(wire.now)
+    assert a.state_of(c.node_id) is SUSPECT and suspicion.checking
+    wire.advance(wire.now + 10 * CONFIG.probe_interval)
     assert a.state_of(c.node_id) is DEAD
 
 
@@ -220,3 +223,152 @@ def test_a_lagging_node_gives_suspicions_more_time():
     assert busy.min_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1))
     assert busy.max_timeout == pytest.approx(calm * (CONFIG.lag_health_cap + 1)
                                              * CONFIG.suspicion_max_timeout_mult)
+
+
+# --- a starved node's judgement ------------------------------------------------------------
+
+
+def joined(cores, wire):
+    a, b = cores[0], cores[1]
+    a.join([b.node_id], wire.now)
+    a.on_push_pull_reply(b.node_id, PushPull(join=False, entries=b._local_state()), wire.now)
+    return a
+
+
+def test_stalls_during_the_start_up_grace_push_its_end_back_up_to_a_bound():
+    cores, wire = meshed(4)
+    a = joined(cores, wire)
+    grace = CONFIG.startup_grace
+    a.on_loop_lag(STALL, grace - 0.5)  # still starting, and starved
+    assert not a.settled(grace + 0.5) and a.settled(2 * grace - 0.5)
+    t = grace - 0.5
+    while t < CONFIG.startup_grace_max + 5:  # stalled for good
+        t += 0.5
+        a.on_loop_lag(STALL, t)
+    assert a.settled(CONFIG.startup_grace_max)  # a node stalled for good still accuses
+    settled_at = a._settle_at
+    a.on_loop_lag(STALL, t + 1.0)  # after the grace, a stall does not reopen it
+    assert a._settle_at == settled_at
+
+
+def test_a_calm_node_does_not_stretch_its_grace():
+    cores, wire = meshed(4)
+    a = joined(cores, wire)
+    a.on_loop_lag(CONFIG.stall_threshold / 2, 1.0)  # jitter, no stall
+    assert a.settled(CONFIG.startup_grace)
+
+
+def fail_one_round(a, wire):
+    """``a`` probes a silent member; the relays' own accusations are not delivered (so
+    what ``a`` makes of the member is its own judgement)."""
+    target, outputs = first_probe(a, wire)
+    wire.drop = lambda src, dst, msg: (dst == target or src == target
+                                       or any(type(p) is Suspect for p in parts(msg)))
+    wire.run(a.node_id, outputs)
+    end = wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+    wire.advance(end + 0.001)
+    return target
+
+
+def test_a_node_that_stalled_lately_probes_again_before_it_accuses():
+    cores, wire = meshed(5)
+    a = cores[0]
+    when = a._next_probe
+    a.on_loop_lag(STALL, when - 0.5)  # starved half a second before the round
+    wire.now = when - 0.5
+    target = fail_one_round(a, wire)
+    assert a.state_of(target) is ALIVE  # not yet: one more round first
+    assert a.statistics().probes_retried == 1 and target in a._rounds
+    wire.advance(wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+                 + 0.01)
+    assert a.state_of(target) is SUSPECT  # two failed rounds: now it accuses
+    assert a.statistics().suspicions_started == 1
+
+
+def test_a_calm_node_accuses_after_one_failed_round():
+    cores, wire = meshed(5)
+    a = cores[0]
+    target = fail_one_round(a, wire)
+    assert a.state_of(target) is SUSPECT
+    assert a.statistics().probes_retried == 0
+
+
+def test_a_shaky_node_checks_a_confirmed_suspect_itself_before_declaring_it_dead():
+    cores, wire = meshed(6)
+    a, b, c = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: True
+    suspicion = suspect_from(cores, wire, b, c)
+    for node in cores[3:6]:
+        suspect_from(cores, wire, node, c)
+    assert suspicion.confirmed
+    a.awareness.apply_delta(1)  # our own probes have been failing: weak judgement
+    wire.now = suspicion.deadline()
+    a.on_timer(wire.now)
+    assert a.state_of(c.node_id) is SUSPECT and suspicion.checking  # a last check first
+    wire.drop = lambda src, dst, msg: False  # and c answers it
+    wire.advance(wire.now + 0.5)
+    assert a.state_of(c.node_id) is not DEAD
+    assert a.statistics().deaths_declared == 0
+
+
+def test_a_calm_node_declares_a_confirmed_suspect_dead_at_once():
+    cores, wire = meshed(6)
+    a, b, c = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: True
+    suspicion = suspect_from(cores, wire, b, c)
+    for node in cores[3:6]:
+        suspect_from(cores, wire, node, c)
+    wire.now = suspicion.deadline()
+    a.on_timer(wire.now)
+    assert a.state_of(c.node_id) is DEAD
+
+
+def test_a_shaky_node_whose_own_rounds_failed_too_needs_no_last_check():
+    cores, wire = meshed(6)
+    a = cores[0]
+    when = a._next_probe
+    a.on_loop_lag(STALL, when - 0.5)
+    wire.now = when - 0.5
+    target = fail_one_round(a, wire)
+    wire.advance(wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+                 + 0.01)  # the second round fails too: a accuses
+    suspicion = a._suspicions[target]
+    assert suspicion.witnessed and a.statistics().probes_retried == 1
+    for core in cores[1:]:
+        if core.node_id != target:  # the others' word
+            a.on_message(core.node_id, Suspect(node=target, incarnation=0,
+                                               from_node=core.node_id), wire.now)
+    assert suspicion.confirmed
+    a.awareness.apply_delta(1)  # still shaky
+    assert a.shaky(wire.now)
+    wire.now = suspicion.deadline()
+    a.on_timer(wire.now)
+    assert a.state_of(target) is DEAD  # two rounds of ours and k others: enough
+
+
+def test_a_lost_connection_is_evidence_a_shaky_node_acts_on_at_once():
+    """A killed agent's sockets close: the probe that hint starts accuses on its first
+    failure even while our loop stalls (detection under load stays fast)."""
+    cores, wire = meshed(5)
+    a, t = cores[0], cores[1]
+    a.on_loop_lag(STALL, 0.0)
+    assert a.shaky(0.1)
+    wire.drop = lambda src, dst, msg: (dst == t.node_id or src == t.node_id
+                                       or any(type(p) is Suspect for p in parts(msg)))
+    wire.now = 0.1
+    wire.run(a.node_id, a.on_peer_lost(t.node_id, wire.now))
+    wire.advance(wire.now + a.awareness.scale(CONFIG.probe_timeout + CONFIG.indirect_timeout)
+                 + 0.01)
+    assert a.state_of(t.node_id) is SUSPECT
+    assert a.statistics().probes_retried == 0 and a._suspicions[t.node_id].witnessed
+
+
+def test_a_newcomer_past_its_grace_still_probes_again_before_it_accuses():
+    cores, wire = meshed(5)
+    a = joined(cores, wire)
+    wire.now = CONFIG.startup_grace + 0.5  # settled, calm, but new
+    assert a.settled(wire.now) and a.shaky(wire.now)
+    a._next_probe = wire.now
+    target = fail_one_round(a, wire)
+    assert a.state_of(target) is ALIVE and a.statistics().probes_retried == 1
+    assert not a.shaky(CONFIG.startup_grace_max + 0.01)  # and then it is not new any more

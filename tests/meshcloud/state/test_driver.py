@@ -6,6 +6,7 @@ import random
 
 import pytest
 import trio
+import trio.testing
 
 from apps.workloads.tables import REPLICAS, WORKLOADS, WorkloadRecord
 from meshcloud.state.config import local
@@ -139,3 +140,48 @@ async def test_events_are_time_ordered_and_replicated(nursery, autojump_clock):
     newest_first = drivers[0].scan("events", reverse=True)
     assert [e.message for _, e in newest_first] == ["web started", "joined"]
     assert [key[1] for key, _ in newest_first] == [ids[1], ids[0]]
+
+
+async def test_sessions_served_at_once_are_bounded(nursery, autojump_clock):
+    """A burst of peers syncing with one node: it serves ``sync_concurrency`` sessions at
+    a time, the others wait their turn (and all complete)."""
+    _network, ids, drivers = await start_cluster(nursery, 6, seed=3)
+    busy = drivers[0]
+    limit = busy.config.sync_concurrency
+    assert limit < 5
+    peak = 0
+    serve = busy._serve_session
+
+    async def watched(stream):
+        nonlocal peak
+        peak = max(peak, busy._serving.borrowed_tokens)
+        await trio.sleep(0.5)  # a slow session: the others pile up meanwhile
+        await serve(stream)
+
+    busy._serve_session = watched
+    results = []
+
+    async def sync(driver):
+        results.append(await driver.sync_with(ids[0]))
+
+    async with trio.open_nursery() as inner:
+        for driver in drivers[1:]:
+            inner.start_soon(sync, driver)
+        await trio.sleep(0.25)
+        assert busy._serving.borrowed_tokens == limit
+        assert busy._serving.statistics().tasks_waiting == 5 - limit
+    assert peak == limit and len(results) == 5
+    assert busy.statistics().sync_requests_served >= 5
+
+
+async def test_sessions_started_at_once_are_bounded(nursery, autojump_clock):
+    _network, ids, drivers = await start_cluster(nursery, 6, seed=4)
+    me = drivers[0]
+    limit = me.config.sync_concurrency
+    async with trio.open_nursery() as inner:
+        for peer in ids[1:]:
+            inner.start_soon(me.sync_with, peer)
+        await trio.testing.wait_all_tasks_blocked()  # every session waits on the network
+        assert me._sessions.borrowed_tokens == limit
+        assert len(me.core.sessions) == limit  # the others have not started yet
+    assert me._sessions.borrowed_tokens == 0 and not me.core.sessions
