@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import apps.ingress.cli  # noqa: F401 - ingress verbs (expose, unexpose, endpoints)
     import blobstore.cli  # noqa: F401 - storage verbs (bucket, ls, cp, s3 key)
+    from apps.functions import cli as _fn_verbs  # noqa: F401 - fn deploy/invoke/ls/rm
     from apps.sites import cli as _site_verbs  # noqa: F401 - site deploy/rollback/ls/rm
     parser = build_parser()
     args = parser.parse_args(argv)

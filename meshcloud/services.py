@@ -32,6 +32,7 @@ class Service(Protocol):
 
 def build_services(node: Node) -> list[Any]:
     """Every optional service of a node, in start order."""
+    from apps.functions.service import FunctionService
     from apps.ingress.service import IngressService
     from apps.sites.service import SiteService
     from apps.workloads.service import WorkloadService
@@ -40,6 +41,8 @@ def build_services(node: Node) -> list[Any]:
     workloads = WorkloadService(node)
     blobs, ingress = BlobService(node), IngressService(node, workloads)
     sites = SiteService(node, blobs)
+    functions = FunctionService(node, blobs)
+    ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    services: list[Any] = [workloads, blobs, ingress, sites]
+    services: list[Any] = [workloads, blobs, ingress, sites, functions]
     return services
