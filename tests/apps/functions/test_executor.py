@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from apps.functions.bundle import pack
 from apps.functions.core import build_version
 from apps.functions.executor import Executor, InvokeFailed
@@ -152,7 +153,7 @@ async def test_fork_bomb_and_writes_outside_are_fenced(root):
 async def test_import_error_is_start_failed(root):
     ex, spec, _ = make(root, source="import no_such_module_here\n")
     try:
-        with pytest.raises(InvokeFailed, match="No.*no_such_module_here") as info:
+        with pytest.raises(InvokeFailed, match=r"No.*no_such_module_here") as info:
             await call(ex, spec, b"{}")
         assert info.value.code == "start_failed"
     finally:
@@ -164,7 +165,7 @@ async def test_scale_to_zero_then_cold_start(root):
     ex, spec, _ = make(root, idle="5s")
     ex.monotonic = lambda: now[0]
     try:
-        first, _ = await call(ex, spec, b"{}")
+        await call(ex, spec, b"{}")
         ex.pools[("f", 1)].monotonic = ex.monotonic
         second, _ = await call(ex, spec, b"{}")
         now[0] += 4.9
