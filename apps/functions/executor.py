@@ -85,6 +85,23 @@ async def _recv_exact(sock: trio.socket.SocketType, n: int) -> bytes:
     return b"".join(parts)
 
 
+async def _recv_frame(sock: trio.socket.SocketType) -> tuple[dict[str, Any], bytes]:
+    """One reply frame; a small one (the usual case) costs one ``recv``."""
+    data = await sock.recv(1 << 16)
+    if len(data) < 8:
+        data += await _recv_exact(sock, 8 - len(data)) if data else b""
+        if len(data) < 8:
+            raise EOFError
+    hl, bl = struct.unpack(">II", data[:8])
+    missing = 8 + hl + bl - len(data)
+    if missing > 0:
+        data += await _recv_exact(sock, missing)
+    header = json.loads(data[8:8 + hl])
+    if not isinstance(header, dict):
+        raise EOFError
+    return header, data[8 + hl:8 + hl + bl]
+
+
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -215,9 +232,7 @@ class Pool:
                 with trio.move_on_after(timeout_s) as scope:
                     await _send_all(inst.sock, struct.pack(">II", len(head), len(payload))
                                     + head + payload)
-                    hl, bl = struct.unpack(">II", await _recv_exact(inst.sock, 8))
-                    header = json.loads(await _recv_exact(inst.sock, hl))
-                    body = await _recv_exact(inst.sock, bl) if bl else b""
+                    header, body = await _recv_frame(inst.sock)
                 if scope.cancelled_caught:
                     raise InvokeFailed("timeout", f"{self.name} ran past its timeout of "
                                                   f"{timeout_s:g} s and was stopped")

@@ -269,6 +269,15 @@ async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
         await _simple(conn, client, 500, "internal error\n")
         return
     body = response.body
+    if isinstance(body, bytes | bytearray | memoryview):
+        # one write for a whole small response: head, body and end in one segment
+        head = h11.Response(status_code=response.status, headers=list(response.headers))
+        data = conn.send(head) or b""
+        if request.method != "HEAD" and conn.our_state is h11.SEND_BODY and body:
+            data += conn.send(h11.Data(data=bytes(body))) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        await client.send_all(data)
+        return
     try:
         await _send(conn, client, h11.Response(status_code=response.status,
                                                headers=list(response.headers)))
