@@ -167,8 +167,10 @@ class Pool:
         user: dict[str, Any] = {}
         if self.identity is not None:
             user = {"user": self.identity[0], "group": self.identity[1], "extra_groups": []}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as logfile:
+        self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.log_path.parent, 0o700)  # logs may hold what handlers print
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as logfile:
             try:
                 self.proc = await trio.lowlevel.open_process(
                     [python_for_functions(), "-I", "-c", SOURCE], cwd=self.code_dir,

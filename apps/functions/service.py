@@ -94,7 +94,7 @@ class FunctionService:
     name = "functions"
 
     def __init__(self, node: Node, blobs: Any) -> None:
-        from apps.runtimes.homes import default_homes
+        from apps.runtimes.homes import default_homes, ensure_root_dir
         from apps.runtimes.users import UidAllocator, can_switch_user
 
         self.node = node
@@ -105,6 +105,8 @@ class FunctionService:
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
                      else data_dir / "functions")
+        if self.switch_users:
+            ensure_root_dir(self.root)  # root-owned 0711: function users pass, not list
         uids = UidAllocator(data_dir)
 
         def identity(name: str) -> tuple[int, int] | None:

@@ -100,6 +100,10 @@ async def test_warm_reuse_context_and_unprivileged_user(root):
         assert len(reads) == 1  # the bundle is fetched once per node
         pool = ex.pools[("f", 1)]
         assert pool.cold_starts == 1 and pool.invocations == 2
+        log = root / "run" / "logs" / "f.log"
+        assert "handled req-1" in log.read_text()  # context.logger
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert log.parent.stat().st_mode & 0o777 == 0o700
     finally:
         ex.close()
 
