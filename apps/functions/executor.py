@@ -152,8 +152,9 @@ class Pool:
 
     async def start(self) -> None:
         async with self._start_lock:
-            if self.proc is not None and self.proc.returncode is None:
+            if self.proc is not None and self.proc.poll() is None:
                 return
+            self._stop_server()  # a fork server that died is started afresh
             await self._start()
 
     async def _start(self) -> None:
@@ -199,7 +200,7 @@ class Pool:
             self.ctl.close()
             self.ctl = None
         if self.proc is not None:
-            if self.proc.returncode is None:
+            if self.proc.poll() is None:
                 kill(self.proc.pid)
             self.proc = None
 
@@ -347,5 +348,6 @@ class Executor:
 
     def stats(self) -> dict[str, Any]:
         return {f"{n}@{v}": {"instances": p.instances, "invocations": p.invocations,
-                             "cold_starts": p.cold_starts}
+                             "cold_starts": p.cold_starts,
+                             "fork_server": p.proc is not None and p.proc.poll() is None}
                 for (n, v), p in self.pools.items()}

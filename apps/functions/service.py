@@ -118,6 +118,7 @@ class FunctionService:
         self.executor = Executor(self.root, self._read_bundle, identity)
         self.forwarded = 0
         self.served_remote = 0
+        self._prewarmed: set[tuple[str, int]] = set()
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -319,16 +320,38 @@ class FunctionService:
         self.node.transport.serve(INVOKE_PROTOCOL, self._serve)
         task_status.started()
         try:
-            while True:
-                await trio.sleep(TICK)
-                try:
-                    live = {n: r.current for n, r in all_functions(self.state).items()}
-                    self.executor.retire(live)
-                    self.executor.scale_down()
-                except Exception:  # housekeeping must not stop serving
-                    log.exception("functions housekeeping failed")
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        self.housekeeping(nursery)
+                    except Exception:  # housekeeping must not stop serving
+                        log.exception("functions housekeeping failed")
+                    await trio.sleep(TICK)
         finally:
             self.executor.close()
+
+    def housekeeping(self, nursery: trio.Nursery) -> None:
+        """Retire pools of versions no longer current, stop idle instances, and start
+        the fork server of each current version this node is the top node of (once per
+        version: the first call after a deploy then forks, it does not start Python)."""
+        records = all_functions(self.state)
+        live = {n: r.current for n, r in records.items()}
+        self.executor.retire(live)
+        self.executor.scale_down()
+        self._prewarmed &= set(live.items())
+        for name, record in records.items():
+            key = (name, record.current)
+            if key in self._prewarmed or self.ranked(name)[0] != self.node.node_id:
+                continue
+            self._prewarmed.add(key)
+            nursery.start_soon(self._prewarm, name, current(record))
+
+    async def _prewarm(self, name: str, spec: Any) -> None:
+        try:
+            pool = await self.executor.pool(name, spec)
+            await pool.start()
+        except (MeshError, OSError) as exc:
+            log.warning("function %s v%d not started ahead: %s", name, spec.version, exc)
 
     def api_routes(self) -> list[Any]:
         from apps.functions.api import routes

@@ -76,6 +76,10 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
     wait_until(lambda: any(f["name"] == "greet"
                            for f in c.get("/v1/functions")["functions"]), 30,
                interval=0.1, message="greet replicated to node 3")
+    # the top node started the fork server ahead of the first call
+    wait_until(lambda: any(x.get("/v1/status")["functions"]["pools"].get("greet@1", {})
+                           .get("fork_server") for x in cluster.agents), 30, interval=0.1,
+               message="greet's fork server started ahead on its top node")
     # CLI through node 3
     got = json.loads(c.cli("fn", "invoke", "greet", "--data", '{"n": 1}').stdout)
     assert got["greeting"] == "hi" and got["echo"] == {"n": 1} and got["version"] == 1
