@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0
 """Seconds between scale-down and retire passes."""
+OPEN_TIMEOUT = 3.0
+"""Seconds to open a stream to the top node before the next ranked node runs the call."""
 FORWARD_SLACK = 5.0
 """Seconds a forwarding node waits beyond the function's timeout."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
@@ -244,24 +246,38 @@ class FunctionService:
             spec = current(record)
         except MeshError as exc:
             return InvokeReply(ok=False, code=exc.code, message=str(exc))
-        failures: list[str] = []
         for target in self.ranked(name)[:3]:
             if target == self.node.node_id:
                 return await self.run_local(name, spec.version, payload, request_id)
+            sent = False
+
+            def mark_sent() -> None:
+                nonlocal sent
+                sent = True
+
             try:
                 return await self._forward(target, name, spec.version, payload, request_id,
-                                           spec.timeout_ms / 1000 + FORWARD_SLACK)
+                                           spec.timeout_ms / 1000 + FORWARD_SLACK,
+                                           mark_sent)
             except (*_NET, trio.TooSlowError) as exc:
                 log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
-                failures.append(f"{target.hex()[:12]}: {exc!r}")
+                if sent:  # it may have run there: not run twice, the caller decides
+                    return InvokeReply(
+                        ok=False, code="unavailable", node=target,
+                        message=f"node {target.hex()[:12]} running {name} went away "
+                                f"during the invocation ({type(exc).__name__}); it may or "
+                                "may not have run")
         return await self.run_local(name, spec.version, payload, request_id)
 
     async def _forward(self, target: bytes, name: str, version: int, payload: bytes,
-                       request_id: str, limit: float) -> InvokeReply:
+                       request_id: str, limit: float, sent: Callable[[], None]
+                       ) -> InvokeReply:
         self.forwarded += 1
-        stream = await self.node.transport.open_stream(target, INVOKE_PROTOCOL)
+        with trio.fail_after(OPEN_TIMEOUT):
+            stream = await self.node.transport.open_stream(target, INVOKE_PROTOCOL)
         try:
             with trio.fail_after(limit):
+                sent()
                 await stream.send(encode_message(InvokeRequest(
                     name=name, version=version, request_id=request_id, payload=payload)))
                 return decode_message(await stream.receive(), InvokeReply)

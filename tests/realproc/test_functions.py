@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,85 @@ def test_timeout_and_memory_limit_stop_the_instance(cluster, tmp_path):
     status, body = http_post(ADDRESSES[0], "/fn/nosuch", b"{}")
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
     assert "removed function hog" in a.cli("fn", "rm", "hog").stdout
+
+
+def raw_api(agent, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(agent.api_url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {agent.datadir.api_token()}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_bad_uploads_and_deploys_store_nothing(cluster):
+    import hashlib
+
+    a = cluster.agents[0]
+    bundle = b"not really a tar, but bytes"
+    digest = hashlib.sha256(bundle).hexdigest()
+    wrong = hashlib.sha256(b"other").hexdigest()
+    status, body = raw_api(a, "PUT", f"/v1/functions/bundles/{wrong}", bundle)
+    assert status == 400 and b"do not match" in body
+    assert raw_api(a, "HEAD", f"/v1/functions/bundles/{wrong}")[0] == 404
+    status, body = raw_api(a, "POST", "/v1/functions/ghost/versions",
+                           json.dumps({"sha256": digest}).encode())
+    assert status == 400 and b"not uploaded" in body
+    status, body = raw_api(a, "POST", "/v1/functions/Bad_Name/versions",
+                           json.dumps({"sha256": digest}).encode())
+    assert status == 400 and b"bad function name" in body
+    names = [f["name"] for f in a.get("/v1/functions")["functions"]]
+    assert "ghost" not in names and "Bad_Name" not in names
+
+
+def test_kill_the_holder_and_calls_move_elsewhere(cluster, tmp_path):
+    """Runs last: it kills one agent. Calls through the survivors never hang; each is a
+    success or a clear error, and soon every call succeeds on a surviving node."""
+    a = cluster.agents[0]
+    a.cli("fn", "deploy", "steady", str(write_fn(tmp_path / "steady", 1)), "--timeout", "5s")
+
+    def holder():
+        for agent in cluster.agents:
+            pools = agent.get("/v1/status")["functions"]["pools"]
+            if pools.get("steady@1", {}).get("fork_server"):
+                return agent
+        return None
+
+    wait_until(lambda: holder() is not None, 30, interval=0.1,
+               message="steady started ahead on its top node")
+    victim = holder()
+    survivors = [x for x in cluster.agents if x is not victim]
+    index = {id(x): i for i, x in enumerate(cluster.agents)}
+    status, _ = http_post(ADDRESSES[index[id(survivors[0])]], "/fn/steady", b"{}")
+    assert status == 200
+    victim.kill()
+    outcomes = []
+
+    def call_all() -> bool:
+        ok = True
+        for agent in survivors:
+            start = time.monotonic()
+            status, body = http_post(ADDRESSES[index[id(agent)]], "/fn/steady", b'{"n": 1}')
+            took = time.monotonic() - start
+            outcomes.append((status, took))
+            assert took < 25, "an invocation hung"
+            if status != 200:
+                error = json.loads(body)["error"]
+                assert error["code"] in ("unavailable", "timeout") and error["message"]
+                ok = False
+        return ok
+
+    wait_until(call_all, 60, interval=0.2, message="calls succeed through the survivors")
+    for _ in range(3):
+        assert call_all()
+    assert any(agent.get("/v1/status")["functions"]["pools"].get("steady@1", {})
+               .get("invocations") for agent in survivors)
+    print(f"after kill -9 of the holder: {len(outcomes)} calls, "
+          f"{sum(1 for s, _ in outcomes if s != 200)} failed clearly, "
+          f"slowest {max(t for _, t in outcomes):.2f} s")
