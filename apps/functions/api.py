@@ -11,6 +11,8 @@ POST     /v1/functions/{name}/versions         ``{"sha256", "handler", "runtime"
                                                "timeout", "memory", "concurrency",
                                                "idle"}``: a new version, current at once
 POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
+GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
+                                               log on every live node that has one
 POST     /v1/functions/{name}/invoke           the body is the event; the reply is the
                                                handler's result (or an error JSON)
 DELETE   /v1/functions/{name}                  the function and its unused bundles
@@ -91,7 +93,15 @@ def routes(fns: FunctionService) -> list[Route]:
                         status_code=HTTP_STATUS.get(reply.code, 502),
                         media_type="application/json", headers=headers)
 
+    async def logs(request: Request) -> Response:
+        raw = request.query_params.get("lines", "100")
+        if not (raw.isascii() and raw.isdigit()):
+            raise FunctionError("lines must be a number")
+        return JSONResponse({"nodes": await fns.logs(request.path_params["name"],
+                                                     int(raw))})
+
     return [Route("/v1/functions", listing, methods=["GET"]),
+            Route("/v1/functions/{name}/logs", logs, methods=["GET"]),
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
             Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),
             Route("/v1/functions/{name}/versions", versions, methods=["POST"]),

@@ -1,4 +1,4 @@
-"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|ls|rm|rollback``.
+"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``.
 
 Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -86,6 +86,14 @@ def cmd_fn(args: argparse.Namespace) -> None:
             raise MeshError(error["message"], code=error["code"])
         except (ValueError, KeyError, TypeError):
             raise MeshError(body.decode(errors="replace"), code="invoke_failed") from None
+    elif verb == "logs":
+        nodes = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/logs"
+                        f"?lines={args.lines}")["nodes"]
+        if not nodes:
+            print(f"no log lines of {args.name} on any live node")
+        for node, text in nodes.items():
+            for line in text.splitlines():
+                print(f"{node[:12]}  {line}")
     elif verb == "rollback":
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
@@ -125,6 +133,9 @@ def add_parsers(sub: Any) -> None:
     i = fsub.add_parser("invoke", help="run a function once and print its result")
     i.add_argument("name")
     i.add_argument("--data", help="the event: text, @FILE, or @- for stdin")
+    lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
+    lg.add_argument("name")
+    lg.add_argument("--lines", type=int, default=100)
     r = fsub.add_parser("rollback", help="run an earlier version again")
     r.add_argument("name")
     r.add_argument("--to", type=int, metavar="VERSION")

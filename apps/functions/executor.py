@@ -332,6 +332,20 @@ class Executor:
         pool = await self.pool(name, spec)
         return await pool.invoke(payload, request_id, spec.timeout_ms / 1000)
 
+    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10) -> str:
+        """The last ``lines`` lines of ``name``'s log on this node ("" if none)."""
+        path = self.root / "logs" / f"{name}.log"
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                data = fh.read()
+        except FileNotFoundError:
+            return ""
+        text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+        return "\n".join(text) + ("\n" if text else "")
+
     def retire(self, live: dict[str, int]) -> None:
         """Close pools whose function is gone or whose version is no longer current."""
         for key in [k for k in self.pools if live.get(k[0]) != k[1]]:

@@ -9,6 +9,9 @@ from meshcloud.codec.tags import TagBlock
 
 INVOKE_PROTOCOL = "/meshcloud/fn/invoke/1"
 """One stream = one invocation: :class:`InvokeRequest` → :class:`InvokeReply`."""
+LOGS_PROTOCOL = "/meshcloud/fn/logs/1"
+"""One stream = one read of a node's log of a function: :class:`LogsRequest` →
+:class:`LogsReply`."""
 
 
 @message(TagBlock.APPS + 80)
@@ -63,3 +66,16 @@ class InvokeReply:
     message: str = ""
     cold: bool = False
     node: bytes = b""
+
+
+@message(TagBlock.APPS + 84)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsRequest:
+    name: str
+    lines: int
+
+
+@message(TagBlock.APPS + 85)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsReply:
+    text: str

@@ -37,7 +37,14 @@ from apps.functions.core import (
     unused_bundles,
 )
 from apps.functions.executor import Executor, InvokeFailed
-from apps.functions.messages import INVOKE_PROTOCOL, InvokeReply, InvokeRequest
+from apps.functions.messages import (
+    INVOKE_PROTOCOL,
+    LOGS_PROTOCOL,
+    InvokeReply,
+    InvokeRequest,
+    LogsReply,
+    LogsRequest,
+)
 from apps.functions.tables import FUNCTIONS, all_functions
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from meshcloud.codec.messages import decode_message, encode_message
@@ -320,6 +327,51 @@ class FunctionService:
         except _NET:
             pass
 
+    # --- logs ------------------------------------------------------------------------------
+
+    async def logs(self, name: str, lines: int = 100) -> dict[str, str]:
+        """{node id hex: the tail of ``name``'s log there} from every live node that has
+        one (instances run on the top node, or on another after a failover)."""
+        self.get(name)
+        lines = max(1, min(int(lines), 10_000))
+        out: dict[str, str] = {}
+
+        async def one(node: bytes) -> None:
+            if node == self.node.node_id:
+                text = self.executor.log_tail(name, lines)
+            else:
+                try:
+                    with trio.fail_after(OPEN_TIMEOUT + 2):
+                        stream = await self.node.transport.open_stream(node, LOGS_PROTOCOL)
+                        try:
+                            await stream.send(encode_message(LogsRequest(name=name,
+                                                                         lines=lines)))
+                            text = decode_message(await stream.receive(), LogsReply).text
+                        finally:
+                            with trio.move_on_after(1):
+                                await stream.close()
+                except (*_NET, trio.TooSlowError) as exc:
+                    text = f"(logs of {node.hex()[:12]} unavailable: {type(exc).__name__})\n"
+            if text:
+                out[node.hex()] = text
+
+        async with trio.open_nursery() as nursery:
+            for node in self.ranked(name):
+                nursery.start_soon(one, node)
+        return dict(sorted(out.items()))
+
+    async def _serve_logs(self, stream: Any) -> None:
+        try:
+            request = decode_message(await stream.receive(), LogsRequest)
+            text = self.executor.log_tail(check_name(request.name),
+                                          max(1, min(request.lines, 10_000)))
+            await stream.send(encode_message(LogsReply(text=text)))
+            await stream.close()
+        except _NET as exc:
+            log.debug("logs request failed: %r", exc)
+            with trio.move_on_after(1):
+                await stream.abort("bad logs request")
+
     # --- plugin contract -------------------------------------------------------------------
 
     def lookup(self, host: str, path: str) -> HostHandler | None:
@@ -334,6 +386,7 @@ class FunctionService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.node.transport.serve(INVOKE_PROTOCOL, self._serve)
+        self.node.transport.serve(LOGS_PROTOCOL, self._serve_logs)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:

@@ -29,6 +29,7 @@ def handle(event, context):
         time.sleep(event["sleep"])
     if event.get("alloc_mb"):
         hog = bytearray(event["alloc_mb"] << 20)
+    context.logger.info("greeted %s", context.request_id)
     return {"greeting": GREETING, "echo": event, "request_id": context.request_id,
             "uid": os.getuid(), "version": VERSION}
 '''
@@ -89,6 +90,9 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
     status, body = http_post(ADDRESSES[2], "/fn/greet", b'{"n": 2}')
     assert status == 200, body
     assert json.loads(body)["echo"] == {"n": 2}
+    # its log lines, read through node 3 from whichever node ran it
+    logs = c.cli("fn", "logs", "greet").stdout
+    assert logs.count("greeted ") >= 2, logs
     # a second version, then rollback
     a.cli("fn", "deploy", "greet", str(write_fn(tmp_path / "v2", 2)), "--timeout", "2s",
           "--memory", "64M")

@@ -104,6 +104,9 @@ async def test_warm_reuse_context_and_unprivileged_user(root):
         assert "handled req-1" in log.read_text()  # context.logger
         assert log.stat().st_mode & 0o777 == 0o600
         assert log.parent.stat().st_mode & 0o777 == 0o700
+        tail = ex.log_tail("f", 1)
+        assert tail.count("\n") == 1 and "handled req-2" in tail
+        assert ex.log_tail("nosuch", 10) == ""
     finally:
         ex.close()
 
