@@ -41,8 +41,6 @@ FSIZE = 64 << 20
 EXTRA_PROCESSES = 8
 """RLIMIT_NPROC of an instance: the version's concurrency plus this (its fork server,
 a few children of its own); a fork bomb stops there."""
-CPU_BUDGET = 10
-"""An instance's RLIMIT_CPU is this many times the timeout (CPU seconds over its life)."""
 
 
 class InvokeFailed(MeshError):
@@ -146,7 +144,7 @@ class Pool:
     def limits(self) -> dict[str, int]:
         timeout_s = max(1, -(-self.spec.timeout_ms // 1000))
         return {"RLIMIT_AS": self.spec.memory_bytes, "RLIMIT_NOFILE": FILES,
-                "RLIMIT_FSIZE": FSIZE, "RLIMIT_CPU": timeout_s * CPU_BUDGET,
+                "RLIMIT_FSIZE": FSIZE, "cpu_seconds": timeout_s + 1,
                 **({"RLIMIT_NPROC": self.spec.concurrency + EXTRA_PROCESSES}
                    if self.identity is not None else {})}
 

@@ -5,7 +5,9 @@ Started with the working directory at the unpacked bundle, it imports the handle
 module once, then says ``R`` (or ``E<error>``) on its control socket (fd ``FN_CTL``).
 Each control message carries one socket (SCM_RIGHTS): the server forks an *instance*
 that sets its rlimits and serves invocations on that socket, and answers with the
-instance's pid. A fork costs a few milliseconds: that is the cold start.
+instance's pid. Before each invocation the instance allows itself ``cpu_seconds`` more of
+CPU time (soft RLIMIT_CPU: SIGXCPU ends it past that, even with threads; the agent's
+wall-clock deadline is the main fence). A fork costs a few milliseconds: that is the cold start.
 
 Invocation frames on an instance socket: 8-byte header (two big-endian u32: header
 length, body length), a JSON header, the body. Request header ``{"id", "deadline"}``
@@ -73,6 +75,7 @@ def send(sock, header, body=b""):
 
 def instance(sock, handler, limits):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    cpu_seconds = limits.pop("cpu_seconds")
     for name, value in limits.items():
         which = getattr(resource, name)
         resource.setrlimit(which, (value, value))
@@ -92,6 +95,10 @@ def instance(sock, handler, limits):
         except ValueError:
             event = body
         ctx = Context(header["id"], header["deadline"], logger)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        spent = int(usage.ru_utime + usage.ru_stime)
+        resource.setrlimit(resource.RLIMIT_CPU,
+                           (spent + cpu_seconds, resource.RLIM_INFINITY))
         try:
             result = handler(event, ctx)
             if isinstance(result, (bytes, bytearray)):

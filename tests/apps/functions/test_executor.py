@@ -143,6 +143,24 @@ async def test_memory_limit_crash_and_handler_error_are_clear(root):
         ex.close()
 
 
+async def test_instance_rlimits(root):
+    ex, spec, _ = make(root)
+    try:
+        got, _ = await call(ex, spec, b"{}")
+        limits = {}
+        for line in Path(f"/proc/{got['pid']}/limits").read_text().splitlines()[1:]:
+            name = line[:26].strip()
+            limits[name] = line[26:].split()[:2]
+        assert limits["Max address space"] == [str(64 << 20)] * 2
+        assert limits["Max open files"] == ["256", "256"]
+        assert limits["Max file size"] == [str(64 << 20)] * 2
+        assert limits["Max cpu time"] == ["2", "unlimited"]  # spent 0 s + timeout 1 s + 1
+        if os.geteuid() == 0:
+            assert limits["Max processes"] == ["10", "10"]  # concurrency 2 + 8
+    finally:
+        ex.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="process and file fences need a root agent")
 async def test_fork_bomb_and_writes_outside_are_fenced(root):
     ex, spec, _ = make(root)
