@@ -86,6 +86,10 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
     got = json.loads(c.cli("fn", "invoke", "greet", "--data", '{"n": 1}').stdout)
     assert got["greeting"] == "hi" and got["echo"] == {"n": 1} and got["version"] == 1
     assert got["uid"] != 0  # an unprivileged user of its own
+    event = tmp_path / "event.json"
+    event.write_text('{"from": "a file"}')
+    got = json.loads(c.cli("fn", "invoke", "greet", "--data", f"@{event}").stdout)
+    assert got["echo"] == {"from": "a file"}
     # HTTP trigger through node 3's ingress
     status, body = http_post(ADDRESSES[2], "/fn/greet", b'{"n": 2}')
     assert status == 200, body
