@@ -283,7 +283,17 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
     route = ingress.http_route(checked.host, checked.path)
     if route is None:
         handler = ingress.host_handler(checked.host, checked.path)
-        await _drain_request(conn, client)
+        body_limit = int(getattr(handler, "max_body", 0))
+        body = b""
+        if body_limit:
+            chunks, complete = await _read_body(conn, client, body_limit)
+            if not complete:
+                await _simple(conn, client, 413, "request body too large\n",
+                              [(b"connection", b"close")])
+                return
+            body = b"".join(chunks)
+        else:
+            await _drain_request(conn, client)
         if handler is None:
             ingress.http_not_found += 1
             await _simple(conn, client, 404, not_found_page(checked.host), html=True)
@@ -291,7 +301,7 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
         await _serve_handler(conn, client, handler, HostRequest(
             method=method, target=target,
             headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
-            host=checked.host))
+            host=checked.host, body=body))
         return
     await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress,
                        proto)

@@ -30,6 +30,9 @@ class HostRequest:
     client_ip: str
     host: str
     """Lower case, without port or trailing dot."""
+    body: bytes = b""
+    """The request body, for a handler with a ``max_body`` attribute (bytes it accepts;
+    a longer body is refused with 413); empty (drained) for the others."""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,109 @@
+"""JSON API of the functions service (mounted by the node under the same token check).
+
+=======  ====================================  ==========================================
+method   path                                  what
+=======  ====================================  ==========================================
+GET      /v1/functions                         every function and its kept versions
+GET      /v1/functions/{name}                  one function
+HEAD     /v1/functions/bundles/{sha256}        200 when that bundle is stored, else 404
+PUT      /v1/functions/bundles/{sha256}        a bundle (tar) by its SHA-256
+POST     /v1/functions/{name}/versions         ``{"sha256", "handler", "runtime", "env",
+                                               "timeout", "memory", "concurrency",
+                                               "idle"}``: a new version, current at once
+POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
+GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
+                                               log on every live node that has one
+POST     /v1/functions/{name}/invoke           the body is the event; the reply is the
+                                               handler's result (or an error JSON)
+DELETE   /v1/functions/{name}                  the function and its unused bundles
+=======  ====================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from apps.functions.core import MAX_PAYLOAD, FunctionError, check_name, function_json
+from meshcloud.errors import MeshError
+
+if TYPE_CHECKING:
+    from apps.functions.service import FunctionService
+
+
+def routes(fns: FunctionService) -> list[Route]:
+    from apps.functions.service import HTTP_STATUS
+    from meshcloud.kit.api import read_json
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse({"functions": fns.overview()})
+
+    async def one(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "DELETE":
+            return JSONResponse(await fns.remove(name))
+        return JSONResponse(function_json(fns.get(name)))
+
+    async def bundle(request: Request) -> Response:
+        digest = request.path_params["sha256"]
+        if request.method == "HEAD":
+            size = await fns.bundle_size(digest)
+            return Response(status_code=404 if size is None else 200)
+        length = request.headers.get("content-length", "")
+        if not (length.isascii() and length.isdigit()):
+            raise FunctionError("a bundle upload needs a Content-Length")
+
+        async def body() -> AsyncIterator[bytes]:
+            async for piece in request.stream():
+                if piece:
+                    yield piece
+
+        size = await fns.upload(digest, int(length), body())
+        return JSONResponse({"stored": digest, "size": size}, status_code=201)
+
+    async def versions(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(await fns.commit(request.path_params["name"], body),
+                            status_code=201)
+
+    async def rollback(request: Request) -> Response:
+        body = await read_json(request)
+        to = body.get("to")
+        if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
+            raise MeshError("to must be a version number", code="bad_request")
+        return JSONResponse(await fns.rollback(request.path_params["name"], to))
+
+    async def invoke(request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        payload = bytearray()
+        async for piece in request.stream():
+            payload += piece
+            if len(payload) > MAX_PAYLOAD:
+                raise FunctionError(f"a payload is at most {MAX_PAYLOAD >> 20} MiB")
+        reply = await fns.invoke(name, bytes(payload))
+        headers = {"x-fn-cold": "1" if reply.cold else "0", "x-fn-node": reply.node.hex()}
+        if reply.ok:
+            return Response(reply.body, media_type=reply.content_type, headers=headers)
+        return Response(json.dumps({"error": {"code": reply.code, "message": reply.message}}),
+                        status_code=HTTP_STATUS.get(reply.code, 502),
+                        media_type="application/json", headers=headers)
+
+    async def logs(request: Request) -> Response:
+        raw = request.query_params.get("lines", "100")
+        if not (raw.isascii() and raw.isdigit()):
+            raise FunctionError("lines must be a number")
+        return JSONResponse({"nodes": await fns.logs(request.path_params["name"],
+                                                     int(raw))})
+
+    return [Route("/v1/functions", listing, methods=["GET"]),
+            Route("/v1/functions/{name}/logs", logs, methods=["GET"]),
+            Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
+            Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),
+            Route("/v1/functions/{name}/versions", versions, methods=["POST"]),
+            Route("/v1/functions/{name}/rollback", rollback, methods=["POST"]),
+            Route("/v1/functions/{name}/invoke", invoke, methods=["POST"])]

@@ -1,0 +1,149 @@
+"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``.
+
+Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from apps.functions.bundle import pack
+from apps.functions.core import FunctionError, check_name
+from meshcloud.errors import MeshError
+from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
+
+
+def _raw(api: Any, method: str, path: str, data: bytes | None, timeout: float = 300
+         ) -> tuple[int, bytes, dict[str, str]]:
+    request = api._request(method, path)
+    if data is not None:
+        request.data = data
+        request.add_header("Content-Length", str(len(data)))
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def deploy(api: Any, name: str, root: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    check_name(name)
+    bundle = pack(root)
+    digest = hashlib.sha256(bundle).hexdigest()
+    status, _, _ = _raw(api, "HEAD", f"/v1/functions/bundles/{digest}", None)
+    if status != 200:
+        status, body, _ = _raw(api, "PUT", f"/v1/functions/bundles/{digest}", bundle)
+        if status != 201:
+            raise MeshError(f"bundle upload failed ({status}): {body.decode(errors='replace')}",
+                            code="upload_failed")
+    reply: dict[str, Any] = api.post(f"/v1/functions/{urllib.parse.quote(name)}/versions",
+                                     {"sha256": digest, **spec})
+    return reply
+
+
+def invoke(api: Any, name: str, data: bytes) -> tuple[bool, bytes]:
+    status, body, _ = _raw(api, "POST", f"/v1/functions/{urllib.parse.quote(name)}/invoke",
+                           data)
+    return status == 200, body
+
+
+def _data(arg: str | None) -> bytes:
+    if arg is None:
+        return b""
+    if arg.startswith("@"):
+        return sys.stdin.buffer.read() if arg == "@-" else Path(arg[1:]).read_bytes()
+    return arg.encode()
+
+
+@command("fn")
+def cmd_fn(args: argparse.Namespace) -> None:
+    api = client(args)
+    verb = args.fn_command
+    if verb == "deploy":
+        spec: dict[str, Any] = {"runtime": args.runtime, "handler": args.handler,
+                                "env": args.env or []}
+        for key in ("timeout", "memory", "concurrency", "idle"):
+            if getattr(args, key) is not None:
+                spec[key] = getattr(args, key)
+        reply = deploy(api, args.name, Path(args.dir), spec)
+        print(f"deployed {args.name} version {reply['current']}: "
+              f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
+    elif verb == "invoke":
+        ok, body = invoke(api, args.name, _data(args.data))
+        if ok:
+            sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
+            return
+        try:
+            error = json.loads(body)["error"]
+            raise MeshError(error["message"], code=error["code"])
+        except (ValueError, KeyError, TypeError):
+            raise MeshError(body.decode(errors="replace"), code="invoke_failed") from None
+    elif verb == "logs":
+        nodes = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/logs"
+                        f"?lines={args.lines}")["nodes"]
+        if not nodes:
+            print(f"no log lines of {args.name} on any live node")
+        for node, text in nodes.items():
+            for line in text.splitlines():
+                print(f"{node[:12]}  {line}")
+    elif verb == "rollback":
+        reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
+                         {"to": args.to} if args.to is not None else {})
+        print(f"{args.name} now runs version {reply['current']}")
+    elif verb == "rm":
+        reply = api.delete(f"/v1/functions/{urllib.parse.quote(args.name)}")
+        print(f"removed function {args.name} ({reply['versions']} versions)")
+    else:
+        fns = api.get("/v1/functions")["functions"]
+        if args.json:
+            print_json(fns)
+            return
+        if not fns:
+            print("no functions (`meshcloud fn deploy NAME DIR`)")
+        for f in fns:
+            cur = next(v for v in f["versions"] if v["version"] == f["current"])
+            kept = ",".join(str(v["version"]) for v in f["versions"])
+            print(f"{f['name']:20} v{f['current']:<4} {cur['runtime']} {cur['handler']:16} "
+                  f"timeout {cur['timeout_ms'] / 1000:g}s memory "
+                  f"{cur['memory_bytes'] >> 20}M concurrency {cur['concurrency']} "
+                  f"(kept: {kept})")
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("fn", help="functions: deploy code, invoke it on any node")
+    fsub = p.add_subparsers(dest="fn_command", required=True)
+    d = fsub.add_parser("deploy", help="upload a directory as a new version and switch to it")
+    d.add_argument("name")
+    d.add_argument("dir")
+    d.add_argument("--runtime", default="python", choices=["python"])
+    d.add_argument("--handler", default="main:handle", help="module:function")
+    d.add_argument("--env", action="append", metavar="K=V")
+    d.add_argument("--timeout", help="per invocation (default 30s)")
+    d.add_argument("--memory", help="per instance (default 128M)")
+    d.add_argument("--concurrency", type=int, help="instances per node (default 8)")
+    d.add_argument("--idle", help="scale to zero after this idle time (default 5m)")
+    i = fsub.add_parser("invoke", help="run a function once and print its result")
+    i.add_argument("name")
+    i.add_argument("--data", help="the event: text, @FILE, or @- for stdin")
+    lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
+    lg.add_argument("name")
+    lg.add_argument("--lines", type=int, default=100)
+    r = fsub.add_parser("rollback", help="run an earlier version again")
+    r.add_argument("name")
+    r.add_argument("--to", type=int, metavar="VERSION")
+    ls = fsub.add_parser("ls", help="functions and their versions")
+    ls.add_argument("--json", action="store_true")
+    rm = fsub.add_parser("rm", help="delete a function and all its versions")
+    rm.add_argument("name")
+
+
+EXTENSIONS.append(add_parsers)
+__all__ = ["FunctionError", "deploy", "invoke"]

@@ -1,0 +1,365 @@
+"""Runs function instances on this node: one fork server per (function, version) under
+the function's own uid, warm instances reused, per-invocation deadline, scale to zero.
+
+The agent holds one end of each instance's socket; an instance serves one invocation at a
+time, so ``concurrency`` is the most instances of a version on this node. A deadline
+that passes kills the instance (SIGKILL) and the caller gets ``timeout``; an instance
+that dies mid-invocation (an rlimit, a crash) gives ``crashed``; a handler that runs out
+of memory answers ``memory`` and exits.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from apps.functions.bundle import unpack
+from apps.functions.messages import FunctionVersion
+from apps.functions.zygote import SOURCE
+from meshcloud.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+"""Seconds for a fork server to import the handler's module."""
+FILES = 256
+FSIZE = 64 << 20
+EXTRA_PROCESSES = 8
+"""RLIMIT_NPROC of an instance: the version's concurrency plus this (its fork server,
+a few children of its own); a fork bomb stops there."""
+
+
+class InvokeFailed(MeshError):
+    """An invocation did not return; ``code`` says why (timeout, memory, crashed, error,
+    start_failed)."""
+
+    code = "invoke_failed"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+def python_for_functions() -> str:
+    return "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
+        "/usr/bin/python3") else sys.executable
+
+
+@dataclass(slots=True)
+class Result:
+    body: bytes
+    content_type: str
+    cold: bool
+
+
+@dataclass(slots=True, eq=False)
+class Instance:
+    pid: int
+    sock: trio.socket.SocketType
+    last_used: float = 0.0
+
+
+async def _recv_exact(sock: trio.socket.SocketType, n: int) -> bytes:
+    parts: list[bytes] = []
+    while n:
+        part = await sock.recv(min(n, 1 << 20))
+        if not part:
+            raise EOFError
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+async def _recv_frame(sock: trio.socket.SocketType) -> tuple[dict[str, Any], bytes]:
+    """One reply frame; a small one (the usual case) costs one ``recv``."""
+    data = await sock.recv(1 << 16)
+    if len(data) < 8:
+        data += await _recv_exact(sock, 8 - len(data)) if data else b""
+        if len(data) < 8:
+            raise EOFError
+    hl, bl = struct.unpack(">II", data[:8])
+    missing = 8 + hl + bl - len(data)
+    if missing > 0:
+        data += await _recv_exact(sock, missing)
+    header = json.loads(data[8:8 + hl])
+    if not isinstance(header, dict):
+        raise EOFError
+    return header, data[8 + hl:8 + hl + bl]
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass(eq=False)
+class Pool:
+    """The fork server and instances of one version of one function on this node."""
+
+    name: str
+    spec: FunctionVersion
+    code_dir: Path
+    log_path: Path
+    identity: tuple[int, int] | None
+    """(uid, gid) to run as; None keeps the agent's (an unprivileged agent)."""
+    monotonic: Callable[[], float] = time.monotonic
+    idle: list[Instance] = field(default_factory=list)
+    busy: set[Instance] = field(default_factory=set)
+    proc: Any = None
+    ctl: Any = None
+    cold_starts: int = 0
+    invocations: int = 0
+
+    def __post_init__(self) -> None:
+        self._start_lock = trio.Lock()
+        self._ctl_lock = trio.Lock()
+        self._slots = trio.Semaphore(self.spec.concurrency)
+
+    @property
+    def instances(self) -> int:
+        return len(self.idle) + len(self.busy)
+
+    def limits(self) -> dict[str, int]:
+        timeout_s = max(1, -(-self.spec.timeout_ms // 1000))
+        return {"RLIMIT_AS": self.spec.memory_bytes, "RLIMIT_NOFILE": FILES,
+                "RLIMIT_FSIZE": FSIZE, "cpu_seconds": timeout_s + 1,
+                **({"RLIMIT_NPROC": self.spec.concurrency + EXTRA_PROCESSES}
+                   if self.identity is not None else {})}
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self.proc is not None and self.proc.poll() is None:
+                return
+            self._stop_server()  # a fork server that died is started afresh
+            await self._start()
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+               "HOME": str(self.code_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update(e.split("=", 1) for e in self.spec.env)  # type: ignore[misc]
+        env.update(FN_CTL=str(theirs.fileno()), FN_HANDLER=self.spec.handler,
+                   FN_LIMITS=json.dumps(self.limits()), FN_NAME=self.name,
+                   FN_VERSION=str(self.spec.version))
+        user: dict[str, Any] = {}
+        if self.identity is not None:
+            user = {"user": self.identity[0], "group": self.identity[1], "extra_groups": []}
+        self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.log_path.parent, 0o700)  # logs may hold what handlers print
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as logfile:
+            try:
+                self.proc = await trio.lowlevel.open_process(
+                    [python_for_functions(), "-I", "-c", SOURCE], cwd=self.code_dir,
+                    env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    stdout=logfile, stderr=logfile, start_new_session=True, **user)
+            finally:
+                theirs.close()
+        self.ctl = trio.socket.from_stdlib_socket(ours)
+        try:
+            with trio.fail_after(START_TIMEOUT):
+                first = await self.ctl.recv(4096)
+        except trio.TooSlowError:
+            self._stop_server()
+            raise InvokeFailed("start_failed", f"{self.name}: the handler's module did not "
+                                               f"load in {START_TIMEOUT:.0f} s") from None
+        if first != b"R":
+            self._stop_server()
+            reason = first[1:].decode(errors="replace") if first else "it exited"
+            raise InvokeFailed("start_failed", f"{self.name} v{self.spec.version} could not "
+                                               f"load {self.spec.handler}: {reason}")
+        log.info("function %s v%d: fork server pid %d ready", self.name, self.spec.version,
+                 self.proc.pid)
+
+    def _stop_server(self) -> None:
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                kill(self.proc.pid)
+            self.proc = None
+
+    async def _fork(self) -> Instance:
+        await self.start()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            async with self._ctl_lock:
+                await self.ctl.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 array.array("i", [theirs.fileno()]))])
+                pid = struct.unpack(">I", await _recv_exact(self.ctl, 4))[0]
+        except (OSError, EOFError) as exc:
+            ours.close()
+            self._stop_server()
+            raise InvokeFailed("crashed", f"{self.name}: the fork server failed: {exc!r}"
+                               ) from None
+        finally:
+            theirs.close()
+        self.cold_starts += 1
+        return Instance(pid, trio.socket.from_stdlib_socket(ours))
+
+    async def invoke(self, payload: bytes, request_id: str, timeout_s: float) -> Result:
+        async with self._slots:
+            cold = not self.idle
+            inst = self.idle.pop() if self.idle else await self._fork()
+            self.busy.add(inst)
+            self.invocations += 1
+            retire = True
+            try:
+                head = json.dumps({"id": request_id,
+                                   "deadline": time.time() + timeout_s}).encode()
+                with trio.move_on_after(timeout_s) as scope:
+                    await _send_all(inst.sock, struct.pack(">II", len(head), len(payload))
+                                    + head + payload)
+                    header, body = await _recv_frame(inst.sock)
+                if scope.cancelled_caught:
+                    raise InvokeFailed("timeout", f"{self.name} ran past its timeout of "
+                                                  f"{timeout_s:g} s and was stopped")
+                if header.get("ok"):
+                    retire = False
+                    return Result(body, str(header.get("type", "")), cold)
+                code = str(header.get("code", "error"))
+                retire = code == "memory"
+                message = str(header.get("message", ""))
+                if code == "memory":
+                    message = (f"{self.name} exceeded its memory limit of "
+                               f"{self.spec.memory_bytes >> 20} MiB and was stopped")
+                raise InvokeFailed(code, message)
+            except (EOFError, OSError) as exc:
+                raise InvokeFailed("crashed", f"the {self.name} instance died during the "
+                                   f"invocation ({type(exc).__name__}: a crash, or a limit: "
+                                   f"memory {self.spec.memory_bytes >> 20} MiB, processes, "
+                                   "CPU time)") from None
+            finally:
+                self.busy.discard(inst)
+                if retire:
+                    kill(inst.pid)
+                    inst.sock.close()
+                else:
+                    inst.last_used = self.monotonic()
+                    self.idle.append(inst)
+
+    def scale_down(self, now: float) -> int:
+        """Stop instances idle longer than the version's idle period; how many."""
+        limit = self.spec.idle_ms / 1000
+        keep = [i for i in self.idle if now - i.last_used < limit]
+        gone = [i for i in self.idle if now - i.last_used >= limit]
+        self.idle = keep
+        for inst in gone:
+            kill(inst.pid)
+            inst.sock.close()
+        return len(gone)
+
+    def close(self) -> None:
+        for inst in [*self.idle, *self.busy]:
+            kill(inst.pid)
+            inst.sock.close()
+        self.idle.clear()
+        self._stop_server()
+
+
+class Executor:
+    """Every pool of this node. ``read_bundle(key)`` fetches a bundle's bytes;
+    ``identity(name)`` gives the (uid, gid) a function runs as (None: the agent's)."""
+
+    def __init__(self, root: Path, read_bundle: Callable[[str], Awaitable[bytes]],
+                 identity: Callable[[str], tuple[int, int] | None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.root = root
+        self.read_bundle = read_bundle
+        self.identity = identity
+        self.monotonic = monotonic
+        self.pools: dict[tuple[str, int], Pool] = {}
+        self._unpack_lock = trio.Lock()
+
+    async def code_dir(self, spec: FunctionVersion) -> Path:
+        target = self.root / "code" / spec.sha256
+        if target.is_dir():
+            return target
+        async with self._unpack_lock:
+            if not target.is_dir():
+                import hashlib
+
+                data = await self.read_bundle(spec.bundle_key)
+                if hashlib.sha256(data).hexdigest() != spec.sha256:
+                    raise InvokeFailed("bad_bundle", f"bundle {spec.sha256[:12]} does not "
+                                                     "match its digest")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(target.parent, 0o711)
+                await trio.to_thread.run_sync(unpack, data, target)
+        return target
+
+    async def pool(self, name: str, spec: FunctionVersion) -> Pool:
+        key = (name, spec.version)
+        pool = self.pools.get(key)
+        if pool is None or pool.spec != spec:
+            if pool is not None:
+                pool.close()
+            code = await self.code_dir(spec)
+            pool = self.pools.get(key)
+            if pool is None or pool.spec != spec:
+                pool = Pool(name, spec, code, self.root / "logs" / f"{name}.log",
+                            self.identity(name), self.monotonic)
+                self.pools[key] = pool
+        return pool
+
+    async def invoke(self, name: str, spec: FunctionVersion, payload: bytes,
+                     request_id: str) -> Result:
+        pool = await self.pool(name, spec)
+        return await pool.invoke(payload, request_id, spec.timeout_ms / 1000)
+
+    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10) -> str:
+        """The last ``lines`` lines of ``name``'s log on this node ("" if none)."""
+        path = self.root / "logs" / f"{name}.log"
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                data = fh.read()
+        except FileNotFoundError:
+            return ""
+        text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+        return "\n".join(text) + ("\n" if text else "")
+
+    def retire(self, live: dict[str, int]) -> None:
+        """Close pools whose function is gone or whose version is no longer current."""
+        for key in [k for k in self.pools if live.get(k[0]) != k[1]]:
+            self.pools.pop(key).close()
+
+    def scale_down(self) -> int:
+        now = self.monotonic()
+        return sum(p.scale_down(now) for p in self.pools.values())
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {f"{n}@{v}": {"instances": p.instances, "invocations": p.invocations,
+                             "cold_starts": p.cold_starts,
+                             "fork_server": p.proc is not None and p.proc.poll() is None}
+                for (n, v), p in self.pools.items()}

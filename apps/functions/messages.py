@@ -1,0 +1,81 @@
+"""Records and wire messages of the functions service (tags ``APPS + 80`` … ``APPS + 84``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshcloud.codec.messages import message
+from meshcloud.codec.tags import TagBlock
+
+INVOKE_PROTOCOL = "/meshcloud/fn/invoke/1"
+"""One stream = one invocation: :class:`InvokeRequest` → :class:`InvokeReply`."""
+LOGS_PROTOCOL = "/meshcloud/fn/logs/1"
+"""One stream = one read of a node's log of a function: :class:`LogsRequest` →
+:class:`LogsReply`."""
+
+
+@message(TagBlock.APPS + 80)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionVersion:
+    """One deployed version: the bundle (a tar stored as object ``bundle_key``, its
+    SHA-256 ``sha256``) and how to run it."""
+
+    version: int
+    bundle_key: str
+    sha256: str
+    size: int
+    runtime: str
+    handler: str
+    env: tuple[str, ...] = ()
+    """``K=V`` strings given to every instance (and nothing else of the agent's)."""
+    timeout_ms: int = 30_000
+    memory_bytes: int = 128 << 20
+    concurrency: int = 8
+    idle_ms: int = 300_000
+    created_ms: int = 0
+
+
+@message(TagBlock.APPS + 81)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionRecord:
+    """Row of the ``functions`` table (key: the name). Switching ``current`` is the one
+    replicated write that makes a version live on every node."""
+
+    name: str
+    current: int
+    versions: tuple[FunctionVersion, ...]
+
+
+@message(TagBlock.APPS + 82)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvokeRequest:
+    name: str
+    version: int
+    request_id: str
+    payload: bytes
+
+
+@message(TagBlock.APPS + 83)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvokeReply:
+    ok: bool
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    code: str = ""
+    """When not ok: timeout, memory, crashed, error, not_found, unavailable."""
+    message: str = ""
+    cold: bool = False
+    node: bytes = b""
+
+
+@message(TagBlock.APPS + 84)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsRequest:
+    name: str
+    lines: int
+
+
+@message(TagBlock.APPS + 85)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsReply:
+    text: str

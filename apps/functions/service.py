@@ -1,0 +1,437 @@
+"""The functions service of a node (built in :mod:`meshcloud.agent.compose`): the
+``functions`` table, bundle storage in the blobstore, invocation routing, the executor, the HTTP trigger
+(``POST /fn/NAME`` on the ingress), API routes and CLI.
+
+Routing: a function's warm instances live on its rendezvous top node among the live
+members. Any node accepts an invocation; if it is not the top node it forwards the
+invocation over the mesh (:data:`INVOKE_PROTOCOL`, one stream per invocation); if the
+top node cannot be reached, the next ranked node runs it (that may be this node).
+
+Depends on the node only for ``state``, ``transport``, ``clock``, ``node_id``,
+``alive_peer_ids()`` and ``datadir.path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from apps.functions.core import (
+    BUCKET,
+    MAX_PAYLOAD,
+    FunctionError,
+    build_version,
+    check_name,
+    check_sha,
+    current,
+    deploy,
+    function_json,
+    next_version,
+    rollback,
+    unused_bundles,
+)
+from apps.functions.executor import Executor, InvokeFailed
+from apps.functions.messages import (
+    INVOKE_PROTOCOL,
+    LOGS_PROTOCOL,
+    InvokeReply,
+    InvokeRequest,
+    LogsReply,
+    LogsRequest,
+)
+from apps.functions.tables import FUNCTIONS, all_functions
+from apps.ingress.targets import HostHandler, HostRequest, HostResponse
+from meshcloud.codec.messages import decode_message, encode_message
+from meshcloud.errors import MeshError, NotFoundError
+from meshcloud.kit.service import ServiceBase
+from meshcloud.placement import rank
+
+if TYPE_CHECKING:
+    from meshcloud.kit.service import NodeContext
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0
+"""Seconds between scale-down and retire passes."""
+OPEN_TIMEOUT = 3.0
+"""Seconds to open a stream to the top node before the next ranked node runs the call."""
+FORWARD_SLACK = 5.0
+"""Seconds a forwarding node waits beyond the function's timeout."""
+_NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+        trio.EndOfChannel)
+
+HTTP_STATUS = {"timeout": 504, "memory": 502, "crashed": 502, "error": 502,
+               "not_found": 404, "bad_request": 400, "start_failed": 502,
+               "unavailable": 503}
+
+
+class FunctionHandler:
+    """The ingress's handler for ``POST /fn/NAME`` (any host)."""
+
+    max_body = MAX_PAYLOAD
+
+    def __init__(self, service: FunctionService, name: str) -> None:
+        self.service = service
+        self.name = name
+
+    async def respond(self, request: HostRequest) -> HostResponse:
+        if request.method != "POST":
+            return HostResponse(405, [(b"allow", b"POST"), (b"content-length", b"0")])
+        reply = await self.service.invoke(self.name, getattr(request, "body", b""))
+        return http_reply(reply)
+
+
+def http_reply(reply: InvokeReply) -> HostResponse:
+    if reply.ok:
+        body, ctype, status = reply.body, reply.content_type, 200
+    else:
+        import json
+
+        body = json.dumps({"error": {"code": reply.code, "message": reply.message}}
+                          ).encode() + b"\n"
+        ctype, status = "application/json", HTTP_STATUS.get(reply.code, 502)
+    return HostResponse(status, [(b"content-type", ctype.encode()),
+                                 (b"content-length", str(len(body)).encode())], body)
+
+
+class FunctionService(ServiceBase):
+    name = "functions"
+    events: tuple[str, ...] = ()
+
+    def __init__(self, node: NodeContext, blobs: Any) -> None:
+        from apps.runtimes.homes import default_homes, ensure_root_dir
+        from apps.runtimes.users import UidAllocator, can_switch_user
+
+        self.node = node
+        self.state = node.state
+        self.blobs = blobs
+        self.state.open_table(FUNCTIONS)
+        data_dir = Path(node.datadir.path)
+        self.switch_users = can_switch_user()
+        self.root = (default_homes(data_dir) / "functions" if self.switch_users
+                     else data_dir / "functions")
+        if self.switch_users:
+            ensure_root_dir(self.root)  # root-owned 0711: function users pass, not list
+        uids = UidAllocator(data_dir)
+
+        def identity(name: str) -> tuple[int, int] | None:
+            if not self.switch_users:
+                return None
+            base = uids.base_for(f"fn:{name}")
+            return base, base
+
+        self.executor = Executor(self.root, self._read_bundle, identity)
+        self.forwarded = 0
+        self.served_remote = 0
+        self._prewarmed: set[tuple[str, int]] = set()
+
+    # --- storage ---------------------------------------------------------------------------
+
+    def _objects(self) -> Any:
+        objects = getattr(self.blobs, "objects", None)
+        if objects is None:
+            raise MeshError("this node's storage service is not running", code="unavailable")
+        return objects
+
+    async def _ensure_bucket(self) -> None:
+        from blobstore.s3.errors import BucketAlreadyOwnedByYou, NoSuchBucket
+
+        objects = self._objects()
+        try:
+            objects.bucket(BUCKET)
+        except NoSuchBucket:
+            try:
+                await objects.create_bucket(BUCKET, code="")
+            except BucketAlreadyOwnedByYou:
+                pass
+
+    async def _read_bundle(self, key: str) -> bytes:
+        objects = self._objects()
+        record = await objects.head(BUCKET, key)
+        return b"".join([piece async for piece in objects.read(record, 0, int(record.size))])
+
+    async def bundle_size(self, sha256: str) -> int | None:
+        from apps.functions.core import bundle_key
+        from blobstore.s3.errors import NoSuchBucket
+
+        try:
+            record = await self._objects().find(BUCKET, bundle_key(check_sha(sha256)))
+        except NoSuchBucket:
+            return None
+        return None if record is None else int(record.size)
+
+    async def upload(self, sha256: str, size: int, body: AsyncIterator[bytes]) -> int:
+        """Store a bundle under its digest; refused (nothing stored) unless the bytes
+        hash to ``sha256``."""
+        from apps.functions.core import MAX_BUNDLE, bundle_key
+
+        key = bundle_key(check_sha(sha256))
+        if not 0 < size <= MAX_BUNDLE:
+            raise FunctionError(f"a bundle is 1 byte to {MAX_BUNDLE >> 20} MiB")
+        await self._ensure_bucket()
+        h = hashlib.sha256()
+        seen = 0
+
+        async def hashed() -> AsyncIterator[bytes]:
+            nonlocal seen
+            async for piece in body:
+                seen += len(piece)
+                if seen > size:
+                    raise FunctionError("the bundle is longer than its Content-Length")
+                h.update(piece)
+                yield piece
+
+        def check(_current: Any) -> None:
+            if seen != size or h.hexdigest() != sha256:
+                raise FunctionError("the uploaded bytes do not match the bundle's SHA-256")
+
+        await self._objects().put(BUCKET, key, hashed(), content_type="application/x-tar",
+                                  size_hint=size, precheck=check)
+        return size
+
+    # --- versions --------------------------------------------------------------------------
+
+    def get(self, name: str) -> Any:
+        record = self.state.get(FUNCTIONS.name, check_name(name))
+        if record is None:
+            raise NotFoundError(f"no function {name!r}")
+        return record
+
+    def overview(self) -> list[dict[str, Any]]:
+        return [function_json(r) for _, r in sorted(all_functions(self.state).items())]
+
+    async def commit(self, name: str, spec: Any) -> dict[str, Any]:
+        check_name(name)
+        digest = check_sha(spec.get("sha256") if isinstance(spec, dict) else None)
+        size = await self.bundle_size(digest)
+        if size is None:
+            raise FunctionError(f"bundle {digest[:12]} is not uploaded")
+        old = self.state.get(FUNCTIONS.name, name)
+        version = build_version(spec, version=next_version(old), size=size,
+                                now_ms=self.node.clock.wall_ms())
+        record = deploy(old, name, version)
+        self.state.put(FUNCTIONS.name, name, record)
+        return function_json(record)
+
+    async def rollback(self, name: str, to: int | None) -> dict[str, Any]:
+        record = rollback(self.get(name), to)
+        self.state.put(FUNCTIONS.name, name, record)
+        return function_json(record)
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        record = self.get(name)
+        self.state.delete(FUNCTIONS.name, name)
+        others = [r for r in all_functions(self.state).values() if r.name != name]
+        removed = 0
+        for key in unused_bundles(others, record):
+            try:
+                await self._objects().delete(BUCKET, key)
+                removed += 1
+            except Exception as exc:  # the record is gone; a stray bundle is harmless
+                log.warning("deleting bundle %s failed: %s", key, exc)
+        return {"name": name, "versions": len(record.versions), "bundles_deleted": removed}
+
+    # --- invocation ------------------------------------------------------------------------
+
+    def ranked(self, name: str) -> list[bytes]:
+        view = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        return rank(view, b"fn:" + name.encode())
+
+    async def invoke(self, name: str, payload: bytes, request_id: str = "") -> InvokeReply:
+        """Run ``name`` with ``payload`` wherever its warm instances live; every failure
+        is an ``InvokeReply`` with a code and a message, never a hang."""
+        request_id = request_id or secrets.token_hex(8)
+        try:
+            check_name(name)
+            if len(payload) > MAX_PAYLOAD:
+                raise FunctionError(f"a payload is at most {MAX_PAYLOAD >> 20} MiB")
+            record = self.get(name)
+            spec = current(record)
+        except MeshError as exc:
+            return InvokeReply(ok=False, code=exc.code, message=str(exc))
+        for target in self.ranked(name)[:3]:
+            if target == self.node.node_id:
+                return await self.run_local(name, spec.version, payload, request_id)
+            sent = False
+
+            def mark_sent() -> None:
+                nonlocal sent
+                sent = True
+
+            try:
+                return await self._forward(target, name, spec.version, payload, request_id,
+                                           spec.timeout_ms / 1000 + FORWARD_SLACK,
+                                           mark_sent)
+            except (*_NET, trio.TooSlowError) as exc:
+                log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
+                if sent:  # it may have run there: not run twice, the caller decides
+                    return InvokeReply(
+                        ok=False, code="unavailable", node=target,
+                        message=f"node {target.hex()[:12]} running {name} went away "
+                                f"during the invocation ({type(exc).__name__}); it may or "
+                                "may not have run")
+        return await self.run_local(name, spec.version, payload, request_id)
+
+    async def _forward(self, target: bytes, name: str, version: int, payload: bytes,
+                       request_id: str, limit: float, sent: Callable[[], None]
+                       ) -> InvokeReply:
+        self.forwarded += 1
+        with trio.fail_after(OPEN_TIMEOUT):
+            stream = await self.node.transport.open_stream(target, INVOKE_PROTOCOL)
+        try:
+            with trio.fail_after(limit):
+                sent()
+                await stream.send(encode_message(InvokeRequest(
+                    name=name, version=version, request_id=request_id, payload=payload)))
+                return decode_message(await stream.receive(), InvokeReply)
+        finally:
+            with trio.move_on_after(1):
+                await stream.close()
+
+    async def run_local(self, name: str, version: int, payload: bytes, request_id: str
+                        ) -> InvokeReply:
+        try:
+            record = self.get(name)
+            spec = next((v for v in record.versions if v.version == version), None)
+            if spec is None:
+                raise NotFoundError(f"{name} has no version {version}")
+            result = await self.executor.invoke(name, spec, payload, request_id)
+        except (InvokeFailed, MeshError) as exc:
+            return InvokeReply(ok=False, code=exc.code, message=str(exc),
+                               node=self.node.node_id)
+        except OSError as exc:
+            log.exception("running %s failed", name)
+            return InvokeReply(ok=False, code="unavailable", message=f"{name}: {exc}",
+                               node=self.node.node_id)
+        return InvokeReply(ok=True, body=result.body, content_type=result.content_type,
+                           cold=result.cold, node=self.node.node_id)
+
+    async def _serve(self, stream: Any) -> None:
+        try:
+            request = decode_message(await stream.receive(), InvokeRequest)
+        except _NET as exc:
+            log.debug("bad invoke from %s: %r", getattr(stream, "peer", b"").hex(), exc)
+            with trio.move_on_after(1):
+                await stream.abort("bad invoke request")
+            return
+        self.served_remote += 1
+        reply = await self.run_local(request.name, request.version, request.payload,
+                                     request.request_id)
+        try:
+            await stream.send(encode_message(reply))
+            await stream.close()
+        except _NET:
+            pass
+
+    # --- logs ------------------------------------------------------------------------------
+
+    async def logs(self, name: str, lines: int = 100) -> dict[str, str]:
+        """{node id hex: the tail of ``name``'s log there} from every live node that has
+        one (instances run on the top node, or on another after a failover)."""
+        self.get(name)
+        lines = max(1, min(int(lines), 10_000))
+        out: dict[str, str] = {}
+
+        async def one(node: bytes) -> None:
+            if node == self.node.node_id:
+                text = self.executor.log_tail(name, lines)
+            else:
+                try:
+                    with trio.fail_after(OPEN_TIMEOUT + 2):
+                        stream = await self.node.transport.open_stream(node, LOGS_PROTOCOL)
+                        try:
+                            await stream.send(encode_message(LogsRequest(name=name,
+                                                                         lines=lines)))
+                            text = decode_message(await stream.receive(), LogsReply).text
+                        finally:
+                            with trio.move_on_after(1):
+                                await stream.close()
+                except (*_NET, trio.TooSlowError) as exc:
+                    text = f"(logs of {node.hex()[:12]} unavailable: {type(exc).__name__})\n"
+            if text:
+                out[node.hex()] = text
+
+        async with trio.open_nursery() as nursery:
+            for node in self.ranked(name):
+                nursery.start_soon(one, node)
+        return dict(sorted(out.items()))
+
+    async def _serve_logs(self, stream: Any) -> None:
+        try:
+            request = decode_message(await stream.receive(), LogsRequest)
+            text = self.executor.log_tail(check_name(request.name),
+                                          max(1, min(request.lines, 10_000)))
+            await stream.send(encode_message(LogsReply(text=text)))
+            await stream.close()
+        except _NET as exc:
+            log.debug("logs request failed: %r", exc)
+            with trio.move_on_after(1):
+                await stream.abort("bad logs request")
+
+    # --- plugin contract -------------------------------------------------------------------
+
+    def lookup(self, host: str, path: str) -> HostHandler | None:
+        """The ingress's host lookup: ``/fn/NAME`` on any host."""
+        if not path.startswith("/fn/"):
+            return None
+        name = path[4:].split("?", 1)[0].rstrip("/")
+        if "/" in name or not name:
+            return None
+        return FunctionHandler(self, name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.node.transport.serve(INVOKE_PROTOCOL, self._serve)
+        self.node.transport.serve(LOGS_PROTOCOL, self._serve_logs)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        self.housekeeping(nursery)
+                    except Exception:  # housekeeping must not stop serving
+                        log.exception("functions housekeeping failed")
+                    await trio.sleep(TICK)
+        finally:
+            self.executor.close()
+
+    def housekeeping(self, nursery: trio.Nursery) -> None:
+        """Retire pools of versions no longer current, stop idle instances, and start
+        the fork server of each current version this node is the top node of (once per
+        version: the first call after a deploy then forks, it does not start Python)."""
+        records = all_functions(self.state)
+        live = {n: r.current for n, r in records.items()}
+        self.executor.retire(live)
+        self.executor.scale_down()
+        self._prewarmed &= set(live.items())
+        for name, record in records.items():
+            key = (name, record.current)
+            if key in self._prewarmed or self.ranked(name)[0] != self.node.node_id:
+                continue
+            self._prewarmed.add(key)
+            nursery.start_soon(self._prewarm, name, current(record))
+
+    async def _prewarm(self, name: str, spec: Any) -> None:
+        try:
+            pool = await self.executor.pool(name, spec)
+            await pool.start()
+        except (MeshError, OSError) as exc:
+            log.warning("function %s v%d not started ahead: %s", name, spec.version, exc)
+
+    def tables(self) -> tuple[Any, ...]:
+        return (FUNCTIONS,)
+
+    def api_routes(self) -> list[Any]:
+        from apps.functions.api import routes
+
+        return routes(self)
+
+    def status(self) -> dict[str, Any]:
+        return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
+                "served_remote": self.served_remote, "pools": self.executor.stats()}

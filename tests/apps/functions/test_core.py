@@ -1,0 +1,125 @@
+"""The functions core: deploy parsing, version history (property tests), record codec."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apps.functions.core import (
+    KEEP_VERSIONS,
+    FunctionError,
+    build_version,
+    current,
+    deploy,
+    next_version,
+    parse_duration_ms,
+    parse_size,
+    rollback,
+    unused_bundles,
+)
+from apps.functions.messages import FunctionRecord, InvokeReply, InvokeRequest
+from apps.functions.tables import FUNCTIONS
+from meshcloud.codec.messages import decode_message, encode_message
+
+SHA = "ab" * 32
+
+
+def spec(**kw):
+    return {"sha256": SHA, **kw}
+
+
+def test_durations_and_sizes():
+    assert parse_duration_ms("30s") == 30_000
+    assert parse_duration_ms("500ms") == 500
+    assert parse_duration_ms("5m") == 300_000
+    assert parse_duration_ms(2) == 2000
+    assert parse_size("128M") == 128 << 20
+    assert parse_size("1Gi") == 1 << 30
+    assert parse_size("4096") == 4096
+    for bad in ("", "-1s", "1x", "0s", None, True, "1.5.2s"):
+        with pytest.raises(FunctionError):
+            parse_duration_ms(bad)
+    for bad in ("", "12T", "-5M", None, 1.5):
+        with pytest.raises(FunctionError):
+            parse_size(bad)
+
+
+@given(st.integers(1, 10**6), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_units(n, unit):
+    assert parse_duration_ms(f"{n}{unit}") == n * {"ms": 1, "s": 1000, "m": 60_000,
+                                                   "h": 3_600_000}[unit]
+
+
+def test_build_version_fields_and_refusals():
+    v = build_version(spec(handler="app.entry:run", env=["A=1", "B=x=y"], timeout="2s",
+                           memory="64M", concurrency=3, idle="10s"),
+                      version=4, size=100, now_ms=7)
+    assert (v.version, v.handler, v.env, v.timeout_ms, v.memory_bytes, v.concurrency,
+            v.idle_ms, v.created_ms) == (4, "app.entry:run", ("A=1", "B=x=y"), 2000,
+                                         64 << 20, 3, 10_000, 7)
+    assert v.bundle_key == f"bundles/{SHA}.tar"
+    bad = [spec(sha256="x"), spec(runtime="ruby"), spec(handler="main"),
+           spec(handler="../x:y"), spec(env=["NOEQUALS"]), spec(env=["1A=2"]),
+           spec(env="A=1"), spec(timeout="1h"), spec(memory="1M"), spec(concurrency=0),
+           spec(concurrency=True), spec(concurrency=10_000), "not a dict"]
+    for s in bad:
+        with pytest.raises(FunctionError):
+            build_version(s, version=1, size=100, now_ms=0)
+    with pytest.raises(FunctionError):
+        build_version(spec(), version=1, size=0, now_ms=0)
+
+
+ops = st.lists(st.one_of(st.tuples(st.just("deploy"), st.integers(0, 3)),
+                         st.tuples(st.just("rollback"), st.none() | st.integers(0, 12))),
+               max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_version_history_invariants(steps):
+    record = None
+    for op, arg in steps:
+        if op == "deploy":
+            n = next_version(record)
+            v = build_version(spec(sha256=f"{arg:x}" * 64, ), version=n, size=1, now_ms=n)
+            new = deploy(record, "f", v)
+            assert new.current == n and current(new) == v
+            assert [x.version for x in new.versions][-1] == n
+            if record is not None:
+                assert n > max(x.version for x in record.versions)
+            record = new
+        elif record is not None:
+            before = record
+            try:
+                record = rollback(record, arg)
+            except FunctionError:
+                assert record is before
+                continue
+            assert record.versions == before.versions
+            if arg is None:
+                assert record.current < before.current
+            else:
+                assert record.current == arg
+        if record is not None:
+            numbers = [x.version for x in record.versions]
+            assert numbers == sorted(set(numbers))
+            assert 1 <= len(numbers) <= KEEP_VERSIONS
+            assert record.current in numbers
+            assert decode_message(encode_message(record), FunctionRecord) == record
+            assert FUNCTIONS.decode(FUNCTIONS.encode(record)) == record
+
+
+def test_unused_bundles_keeps_shared_ones():
+    a = deploy(None, "a", build_version(spec(sha256="1" * 64), version=1, size=1, now_ms=0))
+    a = deploy(a, "a", build_version(spec(sha256="2" * 64), version=2, size=1, now_ms=0))
+    b = deploy(None, "b", build_version(spec(sha256="2" * 64), version=1, size=1, now_ms=0))
+    assert unused_bundles([a, b], a) == [f"bundles/{'1' * 64}.tar"]
+
+
+@given(st.binary(max_size=2000), st.text(max_size=50), st.booleans())
+def test_invoke_messages_round_trip(payload, text, ok):
+    req = InvokeRequest(name="f", version=3, request_id=text, payload=payload)
+    assert decode_message(encode_message(req), InvokeRequest) == req
+    rep = InvokeReply(ok=ok, body=payload, code=text, message=text, cold=ok, node=b"n" * 32)
+    assert decode_message(encode_message(rep), InvokeReply) == rep

@@ -1,0 +1,206 @@
+"""The executor with real fork servers and instances (as a function's own uid when the
+tests run as root): warm reuse, timeout, memory, process and file limits, crash, import
+errors, scale to zero."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from apps.functions.bundle import pack
+from apps.functions.core import build_version
+from apps.functions.executor import Executor, InvokeFailed
+
+HANDLER = '''
+import json, os, time
+def handle(event, context):
+    event = event or {}
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("alloc_mb"):
+        hog = bytearray(event["alloc_mb"] << 20)
+    if event.get("forks"):
+        made = 0
+        try:
+            for _ in range(event["forks"]):
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                made += 1
+        except OSError as exc:
+            return {"forks": made, "error": str(exc)}
+        return {"forks": made}
+    if event.get("write"):
+        try:
+            open(event["write"], "w").write("x")
+            return {"wrote": True}
+        except OSError as exc:
+            return {"wrote": False, "error": str(exc)}
+    if event.get("exit"):
+        os._exit(3)
+    if event.get("raise"):
+        raise ValueError("asked to fail")
+    context.logger.info("handled %s", context.request_id)
+    return {"pid": os.getpid(), "uid": os.getuid(), "id": context.request_id,
+            "left": context.remaining_ms(), "echo": event}
+'''
+UID = (1 << 30) + 4242
+
+
+@pytest.fixture
+def root():
+    # a world-passable directory: the function's uid must reach its code
+    path = Path(tempfile.mkdtemp(prefix="fn-test-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make(root: Path, source: str = HANDLER, **kw):
+    src = root / "src"
+    src.mkdir(exist_ok=True)
+    (src / "main.py").write_text(source)
+    data = pack(src)
+    spec = build_version({"sha256": hashlib.sha256(data).hexdigest(), "timeout": "1s",
+                          "memory": "64M", "concurrency": 2, **kw},
+                         version=1, size=len(data), now_ms=0)
+    reads = []
+
+    async def read(key: str) -> bytes:
+        reads.append(key)
+        return data
+
+    as_root = os.geteuid() == 0
+    ex = Executor(root / "run", read, lambda name: (UID, UID) if as_root else None)
+    return ex, spec, reads
+
+
+async def call(ex, spec, payload: bytes, rid: str = "r"):
+    import json
+
+    result = await ex.invoke("f", spec, payload, rid)
+    return json.loads(result.body), result.cold
+
+
+async def test_warm_reuse_context_and_unprivileged_user(root):
+    ex, spec, reads = make(root)
+    try:
+        first, cold = await call(ex, spec, b'{"a": 1}', "req-1")
+        assert cold and first["echo"] == {"a": 1} and first["id"] == "req-1"
+        assert 0 < first["left"] <= 1000
+        again, cold = await call(ex, spec, b"", "req-2")
+        assert not cold and again["pid"] == first["pid"] and again["echo"] == {}
+        if os.geteuid() == 0:
+            assert first["uid"] == UID
+        assert len(reads) == 1  # the bundle is fetched once per node
+        pool = ex.pools[("f", 1)]
+        assert pool.cold_starts == 1 and pool.invocations == 2
+        log = root / "run" / "logs" / "f.log"
+        assert "handled req-1" in log.read_text()  # context.logger
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert log.parent.stat().st_mode & 0o777 == 0o700
+        tail = ex.log_tail("f", 1)
+        assert tail.count("\n") == 1 and "handled req-2" in tail
+        assert ex.log_tail("nosuch", 10) == ""
+    finally:
+        ex.close()
+
+
+async def test_timeout_kills_the_instance_and_the_next_call_works(root):
+    ex, spec, _ = make(root)
+    try:
+        warm, _ = await call(ex, spec, b"{}")
+        with pytest.raises(InvokeFailed, match="timeout of 1 s") as info:
+            await call(ex, spec, b'{"sleep": 20}')
+        assert info.value.code == "timeout"
+        assert ex.pools[("f", 1)].instances == 0  # the killed one is not kept
+        after, cold = await call(ex, spec, b"{}")
+        assert cold and after["pid"] != warm["pid"]
+    finally:
+        ex.close()
+
+
+async def test_memory_limit_crash_and_handler_error_are_clear(root):
+    ex, spec, _ = make(root)
+    try:
+        with pytest.raises(InvokeFailed, match="memory limit of 64 MiB") as info:
+            await call(ex, spec, b'{"alloc_mb": 200}')
+        assert info.value.code == "memory"
+        with pytest.raises(InvokeFailed, match="died during the invocation") as info:
+            await call(ex, spec, b'{"exit": true}')
+        assert info.value.code == "crashed"
+        with pytest.raises(InvokeFailed, match="ValueError: asked to fail") as info:
+            await call(ex, spec, b'{"raise": true}')
+        assert info.value.code == "error"
+        ok, _ = await call(ex, spec, b'{"n": 5}')
+        assert ok["echo"] == {"n": 5}
+    finally:
+        ex.close()
+
+
+async def test_instance_rlimits(root):
+    ex, spec, _ = make(root)
+    try:
+        got, _ = await call(ex, spec, b"{}")
+        limits = {}
+        for line in Path(f"/proc/{got['pid']}/limits").read_text().splitlines()[1:]:
+            name = line[:26].strip()
+            limits[name] = line[26:].split()[:2]
+        assert limits["Max address space"] == [str(64 << 20)] * 2
+        assert limits["Max open files"] == ["256", "256"]
+        assert limits["Max file size"] == [str(64 << 20)] * 2
+        assert limits["Max cpu time"] == ["2", "unlimited"]  # spent 0 s + timeout 1 s + 1
+        if os.geteuid() == 0:
+            assert limits["Max processes"] == ["10", "10"]  # concurrency 2 + 8
+    finally:
+        ex.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="process and file fences need a root agent")
+async def test_fork_bomb_and_writes_outside_are_fenced(root):
+    ex, spec, _ = make(root)
+    try:
+        got, _ = await call(ex, spec, b'{"forks": 200}')
+        assert got["forks"] < 2 + 8 and "Resource temporarily unavailable" in got["error"]
+        got, _ = await call(ex, spec, b'{"write": "/etc/fn-test-owned"}')
+        assert got["wrote"] is False and not os.path.exists("/etc/fn-test-owned")
+        got, _ = await call(ex, spec, b'{"write": "main.py"}')
+        assert got["wrote"] is False  # its own code is read-only to it
+    finally:
+        ex.close()
+
+
+async def test_import_error_is_start_failed(root):
+    ex, spec, _ = make(root, source="import no_such_module_here\n")
+    try:
+        with pytest.raises(InvokeFailed, match=r"No.*no_such_module_here") as info:
+            await call(ex, spec, b"{}")
+        assert info.value.code == "start_failed"
+    finally:
+        ex.close()
+
+
+async def test_scale_to_zero_then_cold_start(root):
+    now = [100.0]
+    ex, spec, _ = make(root, idle="5s")
+    ex.monotonic = lambda: now[0]
+    try:
+        await call(ex, spec, b"{}")
+        ex.pools[("f", 1)].monotonic = ex.monotonic
+        second, _ = await call(ex, spec, b"{}")
+        now[0] += 4.9
+        assert ex.scale_down() == 0
+        now[0] += 0.2
+        assert ex.scale_down() == 1
+        assert ex.pools[("f", 1)].instances == 0
+        third, cold = await call(ex, spec, b"{}")
+        assert cold and third["pid"] != second["pid"]
+        ex.retire({})
+        assert ex.pools == {}
+    finally:
+        ex.close()

@@ -1,0 +1,214 @@
+"""Issue 16 first slice, functions on real agents: deploy through node 1, invoke through
+node 3 (CLI and ``POST /fn/NAME`` on its ingress) on a 3-agent mesh; a function past its
+timeout or its memory limit is stopped with a clear error and the agents keep serving.
+Rollback, listing and removal through the CLI."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from apps.ingress.ports import ephemeral_port
+from sim.agents import LocalCluster, wait_until
+
+ADDRESSES = [f"127.0.0.{61 + i}" for i in range(3)]
+HTTP_PORT = ephemeral_port()
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+HANDLER = '''
+import os, time
+GREETING = os.environ.get("GREETING", "hello")
+def handle(event, context):
+    event = event or {}
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("alloc_mb"):
+        hog = bytearray(event["alloc_mb"] << 20)
+    context.logger.info("greeted %s", context.request_id)
+    return {"greeting": GREETING, "echo": event, "request_id": context.request_id,
+            "uid": os.getuid(), "version": VERSION}
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("functions")
+    cluster = LocalCluster(root, extra_args=["--profile", "local"],
+                           env={"MESHCLOUD_RUNTIMES": "process",
+                                "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}"})
+    try:
+        cluster.init_first(listen=f"{ADDRESSES[0]}:0")
+        for i in range(1, 3):
+            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0")
+        agents = cluster.agents
+        wait_until(lambda: all(len([m for m in a.get("/v1/status")["members"]
+                                    if m.get("state") == "alive"]) >= 3 for a in agents),
+                   60, interval=0.2, message="three members alive everywhere")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def write_fn(root: Path, version: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "main.py").write_text(HANDLER + f"VERSION = {version}\n")
+    return root
+
+
+def http_post(address: str, target: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(address, HTTP_PORT, timeout=30)
+    try:
+        conn.request("POST", target, body=body, headers={"Host": "any.home"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
+    a, _, c = cluster.agents
+    out = a.cli("fn", "deploy", "greet", str(write_fn(tmp_path / "v1", 1)), "--env",
+                "GREETING=hi", "--timeout", "2s", "--memory", "64M").stdout
+    assert "version 1" in out
+    wait_until(lambda: any(f["name"] == "greet"
+                           for f in c.get("/v1/functions")["functions"]), 30,
+               interval=0.1, message="greet replicated to node 3")
+    # the top node started the fork server ahead of the first call
+    wait_until(lambda: any(x.get("/v1/status")["functions"]["pools"].get("greet@1", {})
+                           .get("fork_server") for x in cluster.agents), 30, interval=0.1,
+               message="greet's fork server started ahead on its top node")
+    # CLI through node 3
+    got = json.loads(c.cli("fn", "invoke", "greet", "--data", '{"n": 1}').stdout)
+    assert got["greeting"] == "hi" and got["echo"] == {"n": 1} and got["version"] == 1
+    assert got["uid"] != 0  # an unprivileged user of its own
+    event = tmp_path / "event.json"
+    event.write_text('{"from": "a file"}')
+    got = json.loads(c.cli("fn", "invoke", "greet", "--data", f"@{event}").stdout)
+    assert got["echo"] == {"from": "a file"}
+    # HTTP trigger through node 3's ingress
+    status, body = http_post(ADDRESSES[2], "/fn/greet", b'{"n": 2}')
+    assert status == 200, body
+    assert json.loads(body)["echo"] == {"n": 2}
+    # its log lines, read through node 3 from whichever node ran it
+    logs = c.cli("fn", "logs", "greet").stdout
+    assert logs.count("greeted ") >= 2, logs
+    # a second version, then rollback
+    a.cli("fn", "deploy", "greet", str(write_fn(tmp_path / "v2", 2)), "--timeout", "2s",
+          "--memory", "64M")
+    wait_until(lambda: json.loads(c.cli("fn", "invoke", "greet").stdout)["version"] == 2,
+               30, interval=0.2, message="version 2 live through node 3")
+    assert "version 1" in c.cli("fn", "rollback", "greet").stdout
+    wait_until(lambda: json.loads(c.cli("fn", "invoke", "greet").stdout)["version"] == 1,
+               30, interval=0.2, message="rollback live through node 3")
+    listed = json.loads(a.cli("fn", "ls", "--json").stdout)
+    assert [v["version"] for v in listed[0]["versions"]] == [1, 2]
+
+
+def test_timeout_and_memory_limit_stop_the_instance(cluster, tmp_path):
+    a, _, c = cluster.agents
+    a.cli("fn", "deploy", "hog", str(write_fn(tmp_path / "hog", 1)), "--timeout", "1s",
+          "--memory", "64M")
+    wait_until(lambda: any(f["name"] == "hog" for f in c.get("/v1/functions")["functions"]),
+               30, interval=0.1, message="hog replicated to node 3")
+    slow = c.cli("fn", "invoke", "hog", "--data", '{"sleep": 30}', check=False)
+    assert slow.returncode != 0
+    assert "timeout of 1 s" in slow.stderr + slow.stdout
+    status, body = http_post(ADDRESSES[1], "/fn/hog", b'{"alloc_mb": 200}')
+    assert status == 502, body
+    assert json.loads(body)["error"]["code"] in ("memory", "crashed")
+    assert "memory" in json.loads(body)["error"]["message"]
+    # the agents and the function keep serving
+    got = json.loads(c.cli("fn", "invoke", "hog", "--data", '{"n": 3}').stdout)
+    assert got["echo"] == {"n": 3}
+    for agent in cluster.agents:
+        assert agent.get("/v1/status")
+    status, body = http_post(ADDRESSES[0], "/fn/nosuch", b"{}")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    assert "removed function hog" in a.cli("fn", "rm", "hog").stdout
+
+
+def raw_api(agent, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(agent.api_url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {agent.datadir.api_token()}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_bad_uploads_and_deploys_store_nothing(cluster):
+    import hashlib
+
+    a = cluster.agents[0]
+    bundle = b"not really a tar, but bytes"
+    digest = hashlib.sha256(bundle).hexdigest()
+    wrong = hashlib.sha256(b"other").hexdigest()
+    status, body = raw_api(a, "PUT", f"/v1/functions/bundles/{wrong}", bundle)
+    assert status == 400 and b"do not match" in body
+    assert raw_api(a, "HEAD", f"/v1/functions/bundles/{wrong}")[0] == 404
+    status, body = raw_api(a, "POST", "/v1/functions/ghost/versions",
+                           json.dumps({"sha256": digest}).encode())
+    assert status == 400 and b"not uploaded" in body
+    status, body = raw_api(a, "POST", "/v1/functions/Bad_Name/versions",
+                           json.dumps({"sha256": digest}).encode())
+    assert status == 400 and b"bad function name" in body
+    names = [f["name"] for f in a.get("/v1/functions")["functions"]]
+    assert "ghost" not in names and "Bad_Name" not in names
+
+
+def test_kill_the_holder_and_calls_move_elsewhere(cluster, tmp_path):
+    """Runs last: it kills one agent. Calls through the survivors never hang; each is a
+    success or a clear error, and soon every call succeeds on a surviving node."""
+    a = cluster.agents[0]
+    a.cli("fn", "deploy", "steady", str(write_fn(tmp_path / "steady", 1)), "--timeout", "5s")
+
+    def holder():
+        for agent in cluster.agents:
+            pools = agent.get("/v1/status")["functions"]["pools"]
+            if pools.get("steady@1", {}).get("fork_server"):
+                return agent
+        return None
+
+    wait_until(lambda: holder() is not None, 30, interval=0.1,
+               message="steady started ahead on its top node")
+    victim = holder()
+    survivors = [x for x in cluster.agents if x is not victim]
+    index = {id(x): i for i, x in enumerate(cluster.agents)}
+    status, _ = http_post(ADDRESSES[index[id(survivors[0])]], "/fn/steady", b"{}")
+    assert status == 200
+    victim.kill()
+    outcomes = []
+
+    def call_all() -> bool:
+        ok = True
+        for agent in survivors:
+            start = time.monotonic()
+            status, body = http_post(ADDRESSES[index[id(agent)]], "/fn/steady", b'{"n": 1}')
+            took = time.monotonic() - start
+            outcomes.append((status, took))
+            assert took < 25, "an invocation hung"
+            if status != 200:
+                error = json.loads(body)["error"]
+                assert error["code"] in ("unavailable", "timeout") and error["message"]
+                ok = False
+        return ok
+
+    wait_until(call_all, 60, interval=0.2, message="calls succeed through the survivors")
+    for _ in range(3):
+        assert call_all()
+    assert any(agent.get("/v1/status")["functions"]["pools"].get("steady@1", {})
+               .get("invocations") for agent in survivors)
+    print(f"after kill -9 of the holder: {len(outcomes)} calls, "
+          f"{sum(1 for s, _ in outcomes if s != 200)} failed clearly, "
+          f"slowest {max(t for _, t in outcomes):.2f} s")
