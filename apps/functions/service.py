@@ -1,6 +1,6 @@
 """The functions service of a node (built in :mod:`meshcloud.agent.compose`): the
-``functions`` table, bundle storage in the blobstore, invocation routing, the executor, the HTTP trigger
-(``POST /fn/NAME`` on the ingress), API routes and CLI.
+``functions`` table, bundle storage in the blobstore, invocation routing, the executor,
+the HTTP trigger (``POST /fn/NAME`` on the ingress), API routes and CLI.
 
 Routing: a function's warm instances live on its rendezvous top node among the live
 members. Any node accepts an invocation; if it is not the top node it forwards the
