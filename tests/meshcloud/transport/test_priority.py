@@ -77,13 +77,16 @@ async def test_bulk_work_runs_in_a_lowered_thread_and_is_bounded():
     lock = threading.Lock()
     main = threading.get_native_id()
     gate = threading.Event()
+    full = threading.Event()
 
     def work(i: int) -> tuple[int, int]:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
-        gate.wait(5)
+            if running == bulk.BULK_THREADS:
+                full.set()
+        gate.wait(10)
         with lock:
             running -= 1
         me = threading.get_native_id()
@@ -97,6 +100,9 @@ async def test_bulk_work_runs_in_a_lowered_thread_and_is_bounded():
     async with trio.open_nursery() as nursery:
         for i in range(5):
             nursery.start_soon(one, i)
+        # the bound is reached (not a moment: the worker threads start when the kernel
+        # runs them), then the rest stay queued behind it
+        assert await trio.to_thread.run_sync(full.wait, 30)
         await trio.testing.wait_all_tasks_blocked()
         gate.set()
     assert peak == bulk.BULK_THREADS
