@@ -111,13 +111,13 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
 
 def test_timeout_and_memory_limit_stop_the_instance(cluster, tmp_path):
     a, _, c = cluster.agents
-    a.cli("fn", "deploy", "hog", str(write_fn(tmp_path / "hog", 1)), "--timeout", "1s",
+    a.cli("fn", "deploy", "hog", str(write_fn(tmp_path / "hog", 1)), "--timeout", "4s",
           "--memory", "64M")
     wait_until(lambda: any(f["name"] == "hog" for f in c.get("/v1/functions")["functions"]),
                30, interval=0.1, message="hog replicated to node 3")
     slow = c.cli("fn", "invoke", "hog", "--data", '{"sleep": 30}', check=False)
     assert slow.returncode != 0
-    assert "timeout of 1 s" in slow.stderr + slow.stdout
+    assert "timeout of 4 s" in slow.stderr + slow.stdout
     status, body = http_post(ADDRESSES[1], "/fn/hog", b'{"alloc_mb": 200}')
     assert status == 502, body
     assert json.loads(body)["error"]["code"] in ("memory", "crashed")
