@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"agents": args.agents, "minutes": args.minutes,
                                "hogs": args.hogs, "burst": args.burst}
     hogs: list[subprocess.Popen[bytes]] = []
-    cluster = LocalCluster.create(root / "mesh", args.agents)
+    cluster = LocalCluster.create(root / "mesh", args.agents, chain=False)
     workloads: list[Workload] = []
     try:
         agents = list(cluster.agents)
@@ -343,6 +343,8 @@ def burst(cluster: LocalCluster, n: int, live: dict[str, tuple[float, float]], *
           quiet: float = 30.0) -> dict[str, Any]:
     """Join ``n`` new agents (data dirs only), start them all at once, let them settle
     (until every agent lists every agent alive, then ``quiet`` seconds more)."""
+    # every first-generation agent joined through the admin's node (certificates of one
+    # link), so each can sponsor newcomers (a chain is at most MAX_CHAIN links)
     through = [a for a in cluster.agents if a.running]
     fresh = [cluster.join(through=through[i % len(through)], start=False) for i in range(n)]
     started_ms = time.time() * 1000
