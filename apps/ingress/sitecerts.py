@@ -110,6 +110,12 @@ class SiteCerts:
 
     # --- admin node -------------------------------------------------------------------------
 
+    def sealable_keys(self) -> dict[bytes, bytes]:
+        """The published node keys, less those of revoked nodes."""
+        revoked = {subject for kind, subject, _ in self.node.records.revocations()
+                   if kind == "node"}
+        return {n: k for n, k in seal_keys(self.node.state).items() if n not in revoked}
+
     def ca(self) -> tuple[bytes, bytes]:
         """The CA (key PEM, certificate PEM), made on first use; only on the admin node."""
         if self.node.root_key is None:
@@ -144,7 +150,7 @@ class SiteCerts:
         assert root is not None
         now = dt.datetime.fromtimestamp(self.now(), dt.UTC)
         cert_pem, key_pem = meshca.issue(ca_key, ca_cert, host, days, now)
-        keys = seal_keys(self.node.state)
+        keys = self.sealable_keys()
         keys[self.node.node_id] = self.curve_public
         sealed = tuple(sorted((n, meshca.seal(pub, key_pem)) for n, pub in keys.items()))
         mesh = self.node.mesh
@@ -156,7 +162,7 @@ class SiteCerts:
                 "serial": format(_serial(cert_pem), "x")}
 
     def reseal(self, rows: dict[str, SiteCert], now: float) -> None:
-        keys = seal_keys(self.node.state)
+        keys = self.sealable_keys()
         me = self.node.node_id
         for host, row in rows.items():
             boxes = dict(row.sealed)
