@@ -473,6 +473,12 @@ class IngressService(ServiceBase):
 
         return routes(self)
 
+    def route_rows(self) -> list[dict[str, Any]]:
+        """The rows of ``GET /v1/ingress/routes`` (for other services' UI pages)."""
+        from apps.ingress.api import route_rows
+
+        return route_rows(self)
+
     def status(self) -> dict[str, Any]:
         return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
                 "failed": self.failed, "retries": self.retries,

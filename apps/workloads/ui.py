@@ -126,9 +126,7 @@ def routes(ui: UiKit) -> list[Route]:
         ingress = ui.service("ingress")
         if ingress is None:
             return {}
-        from apps.ingress.api import route_rows
-
-        return routes_by_workload(route_rows(ingress))
+        return routes_by_workload(ingress.route_rows())
 
     async def context() -> dict[str, Any]:
         svc = service()
