@@ -45,6 +45,8 @@ class SiteCerts:
         self.curve_private = node.datadir.node_key().to_curve25519_private()
         self.curve_public = meshca.curve_public(self.curve_private)
         self.errors: dict[str, str] = {}
+        self._opened: dict[str, tuple[bytes, bytes]] = {}
+        """host -> (row signature, installed PEM): a row seen before is not opened again."""
 
     def now(self) -> float:
         return self.node.clock.wall_ms() / 1000
@@ -80,6 +82,10 @@ class SiteCerts:
             if row.not_after <= now:
                 errors[host] = "expired"
                 continue
+            seen = self._opened.get(host)
+            if seen is not None and seen[0] == row.signature:
+                wanted[host] = seen[1]
+                continue
             if not self.valid(host, row):
                 errors[host] = "row not signed by the mesh root key"
                 continue
@@ -91,6 +97,9 @@ class SiteCerts:
                 wanted[host] = row.cert_pem + meshca.unseal(self.curve_private, box)
             except MeshError as exc:
                 errors[host] = exc.message
+                continue
+            self._opened[host] = (row.signature, wanted[host])
+        self._opened = {h: v for h, v in self._opened.items() if h in wanted}
         self.errors = errors
         before = self.installed()
         for host, pem in wanted.items():
