@@ -10,6 +10,11 @@ GET      /v1/ingress/routes               HTTP routes: host + path prefix → en
 POST     /v1/ingress/exposures            ``{"target": "WORKLOAD:ENDPOINT", "port": N,
                                           "bind": "127.0.0.1"}``: every node listens
 DELETE   /v1/ingress/exposures/{port}     stop listening on that port everywhere
+GET      /v1/ingress/ca                   ``{"pem"}``: the mesh CA certificate (made on
+                                          first use on the admin node)
+GET      /v1/ingress/certs                site certificates of the mesh CA
+POST     /v1/ingress/certs                ``{"domain", "days"}`` (admin node): issue one;
+                                          every node installs it
 =======  ===============================  ================================================
 """
 
@@ -109,7 +114,19 @@ def routes(service: IngressService) -> list[Route]:
         service.state.delete(EXPOSURES.name, (int(text),))
         return JSONResponse({"removed": int(text)})
 
+    async def ca(request: Request) -> Response:
+        return JSONResponse({"pem": service.site_certs.ca_pem().decode()})
+
+    async def certs(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse({"certificates": service.site_certs.overview()})
+        body = await read_json(request)
+        reply = service.site_certs.issue(body.get("domain"), body.get("days"))
+        return JSONResponse(reply, status_code=201)
+
     return [Route("/v1/ingress", overview, methods=["GET"]),
+            Route("/v1/ingress/ca", ca, methods=["GET"]),
+            Route("/v1/ingress/certs", certs, methods=["GET", "POST"]),
             Route("/v1/ingress/routes", http_routes, methods=["GET"]),
             Route("/v1/ingress/exposures", expose, methods=["POST"]),
             Route("/v1/ingress/exposures/{port}", unexpose, methods=["DELETE"])]

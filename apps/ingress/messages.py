@@ -56,3 +56,28 @@ class ForwardReply:
     ok: bool
     code: str = ""
     message: str = ""
+
+
+@message(TagBlock.APPS + 54)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSealKey:
+    """A node's X25519 public key (from its node key), to which site keys are sealed.
+
+    Key in ``ingress_keys``: the node id."""
+
+    curve_public: bytes
+
+
+@message(TagBlock.APPS + 55)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteCert:
+    """A site certificate issued by the mesh CA, written by the admin node.
+
+    Key in ``site_certs``: the host. ``sealed`` holds (node id, sealed key PEM) pairs;
+    ``signature`` is the root key's over :func:`apps.ingress.meshca.signed_bytes`."""
+
+    cert_pem: bytes
+    not_after: float
+    sealed: tuple[tuple[bytes, bytes], ...]
+    signature: bytes
+    ca_pem: bytes = b""

@@ -37,7 +37,8 @@ from apps.ingress.messages import FORWARD_PROTOCOL, Exposure, ForwardOpen
 from apps.ingress.pool import UpstreamPool
 from apps.ingress.ports import PortBook
 from apps.ingress.routing import LocalReplica, RowKey, Target, live_targets, pick, publish_plan
-from apps.ingress.tables import ENDPOINTS, EXPOSURES, endpoint_rows, exposures
+from apps.ingress.sitecerts import SiteCerts
+from apps.ingress.tables import ENDPOINTS, EXPOSURES, SITE_CERTS, endpoint_rows, exposures
 from apps.ingress.targets import HostHandler, HostLookup
 from apps.ingress.tls import CertStore
 from apps.workloads.core import WorkloadEntry
@@ -104,7 +105,9 @@ class IngressService(ServiceBase):
         self.http_error = ""
         self.https_address = ""
         self.https_error = ""
-        self.certs = CertStore(node.datadir.path / "ingress" / "certs")
+        self.certs = CertStore(node.datadir.path / "ingress" / "certs",
+                               wall=lambda: node.clock.wall_ms() / 1000)
+        self.site_certs = SiteCerts(node)
         self.http_limits = http_limits_from_env()
         self.http_clients = 0
         self.http_busy = 0
@@ -127,6 +130,7 @@ class IngressService(ServiceBase):
             nursery.start_soon(self._exposure_loop, nursery)
             nursery.start_soon(self._http)
             nursery.start_soon(self._https)
+            nursery.start_soon(self._site_cert_loop)
             task_status.started()
 
     async def _watch_endpoints(self, changes: Any) -> None:
@@ -140,6 +144,18 @@ class IngressService(ServiceBase):
         if self._rows is None or now - self._rows[0] > ROWS_MAX_AGE:
             self._rows = (now, endpoint_rows(self.state))
         return self._rows[1]
+
+    async def _site_cert_loop(self) -> None:
+        """Install the mesh CA's site certificates for this node (and, on the admin node,
+        seal their keys to nodes that joined later)."""
+        changes = self.state.subscribe(SITE_CERTS.name)
+        while True:
+            try:
+                self.site_certs.sync()
+            except (MeshError, OSError) as exc:
+                log.warning("site certificates not installed: %s", exc)
+            with trio.move_on_after(self.check_every * 4):
+                await changes.receive()
 
     def _entries(self) -> dict[str, WorkloadEntry]:
         snapshot = self.workloads.reconciler.last
@@ -457,6 +473,12 @@ class IngressService(ServiceBase):
 
         return routes(self)
 
+    def route_rows(self) -> list[dict[str, Any]]:
+        """The rows of ``GET /v1/ingress/routes`` (for other services' UI pages)."""
+        from apps.ingress.api import route_rows
+
+        return route_rows(self)
+
     def status(self) -> dict[str, Any]:
         return {"listening": sorted(self.listeners), "forwarded": self.forwarded,
                 "failed": self.failed, "retries": self.retries,
@@ -466,6 +488,7 @@ class IngressService(ServiceBase):
                 "http_error": self.http_error, "http_clients": self.http_clients,
                 "https": self.https_address, "https_error": self.https_error,
                 "certificates": self.certs.status(),
+                "site_certificates": self.site_certs.overview(),
                 "http_busy": self.http_busy, "http_refused": self.http_refused,
                 "http_timeouts": self.http_timeouts, "http_not_found": self.http_not_found}
 

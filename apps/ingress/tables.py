@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.ingress.messages import EndpointRecord, Exposure
+from apps.ingress.messages import EndpointRecord, Exposure, NodeSealKey, SiteCert
 from meshcloud.state.schema import TableSchema, record_codec
 
 _ep_enc, _ep_dec = record_codec(EndpointRecord)
@@ -26,3 +26,24 @@ def endpoint_rows(state: Any) -> dict[tuple[str, str, int], EndpointRecord]:
 
 def exposures(state: Any) -> dict[int, Exposure]:
     return {k[0]: v for k, v in state.scan(EXPOSURES.name) if v is not None and k}
+
+
+_nk_enc, _nk_dec = record_codec(NodeSealKey)
+INGRESS_KEYS: TableSchema[NodeSealKey] = TableSchema(
+    "ingress_keys", partition=(bytes,), encode=_nk_enc, decode=_nk_dec, max_value_bytes=256)
+"""Key: node id; each node writes its own row at start."""
+
+_sc_enc, _sc_dec = record_codec(SiteCert)
+SITE_CERTS: TableSchema[SiteCert] = TableSchema(
+    "site_certs", partition=(str,), encode=_sc_enc, decode=_sc_dec,
+    max_value_bytes=256 * 1024)
+"""Key: host; written by the admin node only (rows carry the root key's signature)."""
+
+
+def site_certs(state: Any) -> dict[str, SiteCert]:
+    return {k[0]: v for k, v in state.scan(SITE_CERTS.name) if v is not None and k}
+
+
+def seal_keys(state: Any) -> dict[bytes, bytes]:
+    return {k[0]: v.curve_public for k, v in state.scan(INGRESS_KEYS.name)
+            if v is not None and k}

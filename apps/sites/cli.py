@@ -1,4 +1,4 @@
-"""CLI verbs of the sites service: ``meshcloud site deploy|rollback|ls|rm``.
+"""CLI verbs of the sites service: ``meshcloud site deploy|rollback|ls|rm|cert|ca``.
 
 Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -134,6 +134,13 @@ def cmd_site(args: argparse.Namespace) -> None:
         reply = api.post(f"/v1/sites/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
         print(f"{args.name} now serves version {reply['current']}")
+    elif verb == "cert":
+        reply = api.post("/v1/ingress/certs", {"domain": args.domain, "days": args.days})
+        print(f"certificate for {reply['host']} issued by the mesh CA (serial "
+              f"{reply['serial']}, sealed to {reply['nodes']} nodes); every node's HTTPS "
+              f"ingress serves it within seconds")
+    elif verb == "ca":
+        sys.stdout.write(api.get("/v1/ingress/ca")["pem"])
     elif verb == "rm":
         reply = api.delete(f"/v1/sites/{urllib.parse.quote(args.name)}")
         print(f"removed site {args.name} ({reply['versions']} versions, "
@@ -175,6 +182,11 @@ def add_parsers(sub: Any) -> None:
                    help="the version (default: the one before the current)")
     ls = ssub.add_parser("ls", help="sites, their versions, domains and request counts")
     ls.add_argument("--json", action="store_true")
+    c = ssub.add_parser("cert", help="issue a certificate for DOMAIN from the mesh CA "
+                                     "(admin node); every node's HTTPS ingress serves it")
+    c.add_argument("domain")
+    c.add_argument("--days", type=int, default=None, help="validity (default 397)")
+    ssub.add_parser("ca", help="print the mesh CA certificate (PEM) for clients to trust")
     rm = ssub.add_parser("rm", help="delete a site and all its versions")
     rm.add_argument("name")
 

@@ -68,6 +68,19 @@ def workload_view(workload: dict[str, Any]) -> dict[str, Any]:
             "runtime": workload.get("runtime") or spec.get("constraints", {}).get("runtime")}
 
 
+def routes_by_workload(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The ingress's HTTP routes (``GET /v1/ingress/routes`` rows) per workload."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        workload, _, endpoint = str(row["target"]).partition(":")
+        prefix = "" if row["prefix"] == "/" else row["prefix"]
+        out.setdefault(workload, []).append(
+            {"host": row["host"], "prefix": row["prefix"], "where": row["host"] + prefix,
+             "endpoint": endpoint, "live": len(row["live"]), "replicas": row["replicas"],
+             "nodes": sorted({x["node"] for x in row["live"]})})
+    return out
+
+
 def routes(ui: UiKit) -> list[Route]:
     ui.use_templates(TEMPLATES)
     render = ui.render
@@ -109,9 +122,17 @@ def routes(ui: UiKit) -> list[Route]:
             rows.append(row)
         return rows
 
+    def ingress_routes() -> dict[str, list[dict[str, Any]]]:
+        ingress = ui.service("ingress")
+        if ingress is None:
+            return {}
+        return routes_by_workload(ingress.route_rows())
+
     async def context() -> dict[str, Any]:
         svc = service()
-        workloads = [workload_view(w) for w in svc.list()]
+        published = ingress_routes()
+        workloads = [{**workload_view(w), "routes": published.get(w["name"], [])}
+                     for w in svc.list()]
         offered = offers()
         images = sorted({image for o in offered.values() for image in o.images})
         runtimes = sorted({r for o in offered.values() for r in o.runtimes})
