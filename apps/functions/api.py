@@ -10,6 +10,8 @@ PUT      /v1/functions/bundles/{sha256}        a bundle (tar) by its SHA-256
 POST     /v1/functions/{name}/versions         ``{"sha256", "handler", "runtime", "env",
                                                "timeout", "memory", "concurrency",
                                                "idle"}``: a new version, current at once
+POST     /v1/functions/{name}/schedule         ``{"schedule": CRON}`` (``""``: none)
+GET      /v1/functions/{name}/ticks            the scheduled ticks recorded (last 50)
 POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
 GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
                                                log on every live node that has one
@@ -93,6 +95,14 @@ def routes(fns: FunctionService) -> list[Route]:
                         status_code=HTTP_STATUS.get(reply.code, 502),
                         media_type="application/json", headers=headers)
 
+    async def schedule(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(await fns.set_schedule(request.path_params["name"],
+                                                   body.get("schedule", "")))
+
+    async def ticks(request: Request) -> Response:
+        return JSONResponse({"ticks": fns.ticks(request.path_params["name"])})
+
     async def logs(request: Request) -> Response:
         raw = request.query_params.get("lines", "100")
         if not (raw.isascii() and raw.isdigit()):
@@ -105,5 +115,7 @@ def routes(fns: FunctionService) -> list[Route]:
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
             Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),
             Route("/v1/functions/{name}/versions", versions, methods=["POST"]),
+            Route("/v1/functions/{name}/schedule", schedule, methods=["POST"]),
+            Route("/v1/functions/{name}/ticks", ticks, methods=["GET"]),
             Route("/v1/functions/{name}/rollback", rollback, methods=["POST"]),
             Route("/v1/functions/{name}/invoke", invoke, methods=["POST"])]

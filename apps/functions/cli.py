@@ -1,4 +1,5 @@
-"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``.
+"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``,
+``fn schedule|ticks``.
 
 Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -70,7 +71,7 @@ def cmd_fn(args: argparse.Namespace) -> None:
     if verb == "deploy":
         spec: dict[str, Any] = {"runtime": args.runtime, "handler": args.handler,
                                 "env": args.env or []}
-        for key in ("timeout", "memory", "concurrency", "idle"):
+        for key in ("timeout", "memory", "concurrency", "idle", "schedule"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
         reply = deploy(api, args.name, Path(args.dir), spec)
@@ -94,6 +95,20 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for node, text in nodes.items():
             for line in text.splitlines():
                 print(f"{node[:12]}  {line}")
+    elif verb == "schedule":
+        cron = "" if args.cron in ("off", "none") else args.cron
+        reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/schedule",
+                         {"schedule": cron})
+        print(f"{args.name} runs on schedule {reply['schedule']!r}" if reply["schedule"]
+              else f"{args.name} has no schedule")
+    elif verb == "ticks":
+        rows = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/ticks")["ticks"]
+        if args.json:
+            print_json(rows)
+            return
+        for r in rows:
+            print(f"{r['tick']}  {r['state']:8} term {r['term']:<4} {r['node'][:12]}  "
+                  f"{'ok' if r['ok'] else r['message']}")
     elif verb == "rollback":
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
@@ -130,6 +145,14 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--memory", help="per instance (default 128M)")
     d.add_argument("--concurrency", type=int, help="instances per node (default 8)")
     d.add_argument("--idle", help="scale to zero after this idle time (default 5m)")
+    d.add_argument("--schedule", metavar="CRON",
+                   help='run on a cron schedule, seconds optional ("*/10 * * * * *")')
+    sc = fsub.add_parser("schedule", help="run a function on a cron schedule (off: none)")
+    sc.add_argument("name")
+    sc.add_argument("cron", help='"*/10 * * * * *" (seconds first, optional) or off')
+    tk = fsub.add_parser("ticks", help="the scheduled ticks recorded for a function")
+    tk.add_argument("name")
+    tk.add_argument("--json", action="store_true")
     i = fsub.add_parser("invoke", help="run a function once and print its result")
     i.add_argument("name")
     i.add_argument("--data", help="the event: text, @FILE, or @- for stdin")

@@ -138,7 +138,21 @@ def deploy(old: FunctionRecord | None, name: str, version: FunctionVersion) -> F
     kept.append(version)
     kept.sort(key=lambda v: v.version)
     return FunctionRecord(name=name, current=version.version,
-                          versions=tuple(kept[-KEEP_VERSIONS:]))
+                          versions=tuple(kept[-KEEP_VERSIONS:]),
+                          schedule=old.schedule if old else "",
+                          schedule_since_ms=old.schedule_since_ms if old else 0)
+
+
+def with_schedule(record: FunctionRecord, schedule: Any, now_ms: int) -> FunctionRecord:
+    """The record running on cron ``schedule`` from now on (``""`` or ``off``: none)."""
+    from apps.functions.cron import parse_cron
+
+    if schedule in ("", "off", None):
+        return replace(record, schedule="", schedule_since_ms=0)
+    cron = parse_cron(schedule)
+    if cron.text == record.schedule:
+        return record
+    return replace(record, schedule=cron.text, schedule_since_ms=now_ms)
 
 
 def rollback(record: FunctionRecord, to: int | None) -> FunctionRecord:
@@ -177,4 +191,4 @@ def version_json(v: FunctionVersion) -> dict[str, Any]:
 
 def function_json(record: FunctionRecord) -> dict[str, Any]:
     return {"name": record.name, "current": record.current,
-            "versions": [version_json(v) for v in record.versions]}
+            "schedule": record.schedule, "versions": [version_json(v) for v in record.versions]}

@@ -35,7 +35,7 @@ class FunctionVersion:
     created_ms: int = 0
 
 
-@message(TagBlock.APPS + 81)
+@message(TagBlock.APPS + 81, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionRecord:
     """Row of the ``functions`` table (key: the name). Switching ``current`` is the one
@@ -44,6 +44,10 @@ class FunctionRecord:
     name: str
     current: int
     versions: tuple[FunctionVersion, ...]
+    schedule: str = ""
+    """A cron schedule (``*/10 * * * * *``) the function runs on, or empty."""
+    schedule_since_ms: int = 0
+    """When the schedule was set: no tick before it runs."""
 
 
 @message(TagBlock.APPS + 82)
@@ -79,3 +83,24 @@ class LogsRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogsReply:
     text: str
+
+
+SCHEDULE_LEASE = "fn-scheduler"
+"""The lease under which one node of the mesh runs every schedule's ticks."""
+FN_LEASE_PROTOCOL = "/meshcloud/fn/lease/1"
+"""The functions service's own lease protocol (same messages as the workloads' one)."""
+
+
+@message(TagBlock.APPS + 86)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickRecord:
+    """Row of the ``fn_ticks`` table (key: function name, tick time in seconds): written
+    ``started`` before a scheduled tick runs and ``done`` after, by the holder of the
+    scheduler lease (``term``); a tick with a row never runs again."""
+
+    state: str
+    term: int
+    node: bytes
+    at_ms: int
+    ok: bool = False
+    message: str = ""

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,17 +36,23 @@ from apps.functions.core import (
     next_version,
     rollback,
     unused_bundles,
+    with_schedule,
 )
+from apps.functions.cron import parse_cron
 from apps.functions.executor import Executor, InvokeFailed
 from apps.functions.messages import (
+    FN_LEASE_PROTOCOL,
     INVOKE_PROTOCOL,
     LOGS_PROTOCOL,
+    SCHEDULE_LEASE,
     InvokeReply,
     InvokeRequest,
     LogsReply,
     LogsRequest,
+    TickRecord,
 )
-from apps.functions.tables import FUNCTIONS, all_functions
+from apps.functions.schedule import due_ticks
+from apps.functions.tables import FUNCTIONS, TICKS, all_functions, recorded_ticks
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
@@ -63,6 +70,12 @@ OPEN_TIMEOUT = 3.0
 """Seconds to open a stream to the top node before the next ranked node runs the call."""
 FORWARD_SLACK = 5.0
 """Seconds a forwarding node waits beyond the function's timeout."""
+SCHEDULE_EVERY = 0.25
+"""Seconds between looks at the schedules by the scheduler lease holder."""
+MIN_LEASE_LEFT = 1.5
+"""A tick starts only with at least this much of the scheduler lease left."""
+LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
+"""Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
 
@@ -112,6 +125,7 @@ class FunctionService(ServiceBase):
         self.state = node.state
         self.blobs = blobs
         self.state.open_table(FUNCTIONS)
+        self.state.open_table(TICKS)
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
@@ -130,6 +144,15 @@ class FunctionService(ServiceBase):
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
+        from apps.leases import LEASE_DURATION, RENEW_EVERY
+        from apps.workloads.leasing import LeaseService
+
+        local = getattr(getattr(node, "config", None), "profile", "") == "local"
+        self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
+                                   duration=LOCAL_LEASE if local else LEASE_DURATION,
+                                   renew_every=LOCAL_RENEW if local else RENEW_EVERY,
+                                   protocol=FN_LEASE_PROTOCOL)
+        self.ticks_run = 0
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -216,6 +239,13 @@ class FunctionService(ServiceBase):
         version = build_version(spec, version=next_version(old), size=size,
                                 now_ms=self.node.clock.wall_ms())
         record = deploy(old, name, version)
+        if "schedule" in spec:
+            record = with_schedule(record, spec["schedule"], self.node.clock.wall_ms())
+        self.state.put(FUNCTIONS.name, name, record)
+        return function_json(record)
+
+    async def set_schedule(self, name: str, schedule: Any) -> dict[str, Any]:
+        record = with_schedule(self.get(name), schedule, self.node.clock.wall_ms())
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
 
@@ -392,6 +422,8 @@ class FunctionService(ServiceBase):
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.leases.run)
+                nursery.start_soon(self._scheduler)
                 while True:
                     try:
                         self.housekeeping(nursery)
@@ -424,8 +456,78 @@ class FunctionService(ServiceBase):
         except (MeshError, OSError) as exc:
             log.warning("function %s v%d not started ahead: %s", name, spec.version, exc)
 
+    # --- schedules -------------------------------------------------------------------------
+
+    def known_nodes(self) -> list[bytes]:
+        """Every node that ever ran the workload service (a set that does not move when a
+        node merely looks dead): the scheduler lease's granters are chosen from it."""
+        from apps.workloads.offers import all_offers
+
+        return sorted(set(all_offers(self.state)) | {self.node.node_id})
+
+    def _scheduled(self) -> dict[str, Any]:
+        return {n: r for n, r in all_functions(self.state).items() if r.schedule}
+
+    async def _scheduler(self) -> None:
+        """One node of the mesh (the first live node by rank) holds the scheduler lease
+        and runs each due tick once: a ``started`` row before, a ``done`` row after."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    self._schedule_pass(nursery)
+                except Exception:  # a bad row must not stop the schedules
+                    log.exception("functions scheduler pass failed")
+                await trio.sleep(SCHEDULE_EVERY)
+
+    def _schedule_pass(self, nursery: trio.Nursery) -> None:
+        scheduled = self._scheduled()
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        top = rank(alive, SCHEDULE_LEASE.encode())[0]
+        self.leases.want({SCHEDULE_LEASE} if scheduled and top == self.node.node_id
+                         else set())
+        for name, record in sorted(scheduled.items()):
+            try:
+                cron = parse_cron(record.schedule)
+            except MeshError as exc:
+                log.warning("function %s: %s", name, exc)
+                continue
+            now_s = self.node.clock.wall_ms() // 1000
+            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000, now_s=now_s,
+                            recorded=recorded_ticks(self.state, name))
+            for tick in due:
+                lease = self.leases.leases().get(SCHEDULE_LEASE)
+                if lease is None or lease.valid_until - trio.current_time() < MIN_LEASE_LEFT:
+                    return
+                self.state.put(TICKS.name, (name, tick), TickRecord(
+                    state="started", term=lease.term, node=self.node.node_id,
+                    at_ms=self.node.clock.wall_ms()))
+                nursery.start_soon(self._run_tick, name, tick, lease.term)
+
+    async def _run_tick(self, name: str, tick: int, term: int) -> None:
+        import json
+        from datetime import datetime
+
+        self.ticks_run += 1
+        event = {"type": "schedule", "function": name, "tick": tick,
+                 "time": datetime.fromtimestamp(tick, UTC).isoformat()}
+        reply = await self.invoke(name, json.dumps(event).encode(),
+                                  request_id=f"tick-{name}-{tick}")
+        if not reply.ok:
+            log.warning("scheduled tick %d of %s failed: %s: %s", tick, name, reply.code,
+                        reply.message)
+        self.state.put(TICKS.name, (name, tick), TickRecord(
+            state="done", term=term, node=self.node.node_id,
+            at_ms=self.node.clock.wall_ms(), ok=reply.ok,
+            message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+
+    def ticks(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        self.get(name)
+        rows = sorted(recorded_ticks(self.state, name).items())[-limit:]
+        return [{"tick": t, "state": r.state, "term": r.term, "node": r.node.hex(),
+                 "at_ms": r.at_ms, "ok": r.ok, "message": r.message} for t, r in rows]
+
     def tables(self) -> tuple[Any, ...]:
-        return (FUNCTIONS,)
+        return (FUNCTIONS, TICKS)
 
     def api_routes(self) -> list[Any]:
         from apps.functions.api import routes
@@ -434,4 +536,5 @@ class FunctionService(ServiceBase):
 
     def status(self) -> dict[str, Any]:
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
-                "served_remote": self.served_remote, "pools": self.executor.stats()}
+                "served_remote": self.served_remote, "ticks_run": self.ticks_run,
+                "scheduler": SCHEDULE_LEASE in self.leases.leases(), "pools": self.executor.stats()}
