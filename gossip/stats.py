@@ -64,6 +64,8 @@ class GossipStatistics:
     """Stalls of our own event loop (lag over ``stall_threshold``) reported or seen."""
     probes_stalled: int
     """Probe steps extended because our loop stalled during them (not the peer's fault)."""
+    probes_retried: int = 0
+    """Probe steps tried again (counted in :class:`Counters`)."""
     probes_unsettled: int
     """Failed probe rounds that accused no one (start-up grace)."""
     suspicions_postponed: int
