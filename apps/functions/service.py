@@ -153,6 +153,8 @@ class FunctionService(ServiceBase):
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY,
                                    protocol=FN_LEASE_PROTOCOL)
         self.ticks_run = 0
+        self.scheduler_term = 0
+        """The scheduler lease's term while this node holds it (else 0; status only)."""
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -485,6 +487,8 @@ class FunctionService(ServiceBase):
         top = rank(alive, SCHEDULE_LEASE.encode())[0]
         self.leases.want({SCHEDULE_LEASE} if scheduled and top == self.node.node_id
                          else set())
+        held = self.leases.leases().get(SCHEDULE_LEASE)
+        self.scheduler_term = held.term if held is not None else 0
         for name, record in sorted(scheduled.items()):
             try:
                 cron = parse_cron(record.schedule)
@@ -537,4 +541,4 @@ class FunctionService(ServiceBase):
     def status(self) -> dict[str, Any]:
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
                 "served_remote": self.served_remote, "ticks_run": self.ticks_run,
-                "scheduler": SCHEDULE_LEASE in self.leases.leases(), "pools": self.executor.stats()}
+                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats()}
