@@ -104,3 +104,21 @@ class TickRecord:
     at_ms: int
     ok: bool = False
     message: str = ""
+
+
+@message(TagBlock.APPS + 87)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedInvocation:
+    """Row of the ``fn_queue`` table (key: function name, invocation id): an
+    asynchronous invocation (``X-Invocation-Type: Event``). The scheduler lease holder
+    runs it (at least once: the invocation id is the handler's request id, for dedup)
+    and retries it with back-off until it succeeds or runs out of attempts."""
+
+    payload: bytes
+    state: str = "queued"
+    """queued, done or failed."""
+    attempts: int = 0
+    next_ms: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+    message: str = ""

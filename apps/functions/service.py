@@ -17,6 +17,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,10 +50,20 @@ from apps.functions.messages import (
     InvokeRequest,
     LogsReply,
     LogsRequest,
+    QueuedInvocation,
     TickRecord,
 )
+from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
+from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
 from apps.functions.schedule import due_ticks
-from apps.functions.tables import FUNCTIONS, TICKS, all_functions, recorded_ticks
+from apps.functions.tables import (
+    FUNCTIONS,
+    QUEUE,
+    TICKS,
+    all_functions,
+    queued,
+    recorded_ticks,
+)
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
@@ -96,6 +107,21 @@ class FunctionHandler:
     async def respond(self, request: HostRequest) -> HostResponse:
         if request.method != "POST":
             return HostResponse(405, [(b"allow", b"POST"), (b"content-length", b"0")])
+        headers = {k.lower(): v for k, v in getattr(request, "headers", ())}
+        if headers.get(b"x-invocation-type", b"").lower() == b"event":
+            import json
+
+            try:
+                dedup = headers.get(b"x-invocation-id", b"").decode("ascii")
+                queued_id = self.service.enqueue(self.name, getattr(request, "body", b""),
+                                                 dedup)
+            except (MeshError, UnicodeDecodeError) as exc:
+                return http_reply(InvokeReply(ok=False, code=getattr(exc, "code",
+                                                                     "bad_request"),
+                                              message=str(exc)))
+            body = json.dumps({"invocation_id": queued_id}).encode() + b"\n"
+            return HostResponse(202, [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(body)).encode())], body)
         reply = await self.service.invoke(self.name, getattr(request, "body", b""))
         return http_reply(reply)
 
@@ -126,6 +152,8 @@ class FunctionService(ServiceBase):
         self.blobs = blobs
         self.state.open_table(FUNCTIONS)
         self.state.open_table(TICKS)
+        self.state.open_table(QUEUE)
+        self._in_flight: set[tuple[str, str]] = set()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
@@ -458,6 +486,47 @@ class FunctionService(ServiceBase):
         except (MeshError, OSError) as exc:
             log.warning("function %s v%d not started ahead: %s", name, spec.version, exc)
 
+    # --- asynchronous invocations ---------------------------------------------------------
+
+    def enqueue(self, name: str, payload: bytes, dedup: str = "") -> str:
+        """Queue an invocation (replicated); returns its id. The same dedup id again
+        queues nothing new."""
+        self.get(name)
+        ident = invocation_id(dedup)
+        if self.state.get(QUEUE.name, (name, ident)) is None:
+            self.state.put(QUEUE.name, (name, ident),
+                           enqueue(payload, self.node.clock.wall_ms()))
+        return ident
+
+    def invocations(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        self.get(name)
+        rows = sorted(queued(self.state, name), key=lambda r: r[2].created_ms)[-limit:]
+        return [{"id": ident, "state": r.state, "attempts": r.attempts,
+                 "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+                 "message": r.message} for _, ident, r in rows]
+
+    def _queue_pass(self, nursery: trio.Nursery) -> None:
+        now_ms = self.node.clock.wall_ms()
+        for name, ident, row in queued(self.state):
+            if (name, ident) in self._in_flight or not is_due(row, now_ms):
+                continue
+            self._in_flight.add((name, ident))
+            nursery.start_soon(self._run_queued, name, ident, row)
+
+    async def _run_queued(self, name: str, ident: str, row: QueuedInvocation) -> None:
+        try:
+            if self.state.get(FUNCTIONS.name, name) is None:
+                reply = InvokeReply(ok=False, code="not_found", message=f"no function {name}")
+                row = replace(row, attempts=MAX_ATTEMPTS_DONE - 1)
+            else:
+                reply = await self.invoke(name, row.payload, request_id=ident)
+            if not reply.ok:
+                log.info("async invocation %s of %s failed: %s", ident, name, reply.code)
+            self.state.put(QUEUE.name, (name, ident), after_attempt(
+                row, reply.ok, f"{reply.code}: {reply.message}", self.node.clock.wall_ms()))
+        finally:
+            self._in_flight.discard((name, ident))
+
     # --- schedules -------------------------------------------------------------------------
 
     def known_nodes(self) -> list[bytes]:
@@ -485,10 +554,13 @@ class FunctionService(ServiceBase):
         scheduled = self._scheduled()
         alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
         top = rank(alive, SCHEDULE_LEASE.encode())[0]
-        self.leases.want({SCHEDULE_LEASE} if scheduled and top == self.node.node_id
+        busy = scheduled or any(r.state == "queued" for _, _, r in queued(self.state))
+        self.leases.want({SCHEDULE_LEASE} if busy and top == self.node.node_id
                          else set())
         held = self.leases.leases().get(SCHEDULE_LEASE)
         self.scheduler_term = held.term if held is not None else 0
+        if held is not None and held.valid_until - trio.current_time() >= MIN_LEASE_LEFT:
+            self._queue_pass(nursery)
         for name, record in sorted(scheduled.items()):
             try:
                 cron = parse_cron(record.schedule)

@@ -1,10 +1,13 @@
-"""Issue 16, schedules on real agents: a function on a cron schedule every 2 s on a
-3-agent mesh runs every tick exactly once while the node holding the scheduler lease is
-killed (kill -9) and restarted: each tick has one row in ``fn_ticks`` and one line in the
-handler's log, none is skipped, none runs twice."""
+"""Issue 16, schedules and asynchronous invocations on real agents: a function on a cron
+schedule every 2 s on a 3-agent mesh runs every tick exactly once while the node holding
+the scheduler lease is killed (kill -9) and restarted: each tick has one row in
+``fn_ticks`` and one line in the handler's log, none is skipped, none runs twice.
+``X-Invocation-Type: Event`` on the ingress and ``fn invoke --async``: 202 with an id, run
+once (dedup id honoured), a failing one retried with back-off until marked failed."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 
@@ -21,6 +24,11 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 HANDLER = '''
 def handle(event, context):
+    if "tick" not in event:
+        context.logger.info("ASYNCRAN %s", context.request_id)
+        if event.get("fail"):
+            raise RuntimeError("asked to fail")
+        return {"async": context.request_id}
     context.logger.info("TICKRAN %s", event["tick"])
     return {"tick": event["tick"]}
 '''
@@ -104,3 +112,48 @@ def test_every_tick_once_while_the_scheduler_dies(cluster, tmp_path):
     assert set(counts) <= set(rows), "every run tick is recorded"
     print(f"ticks={len(rows)} ran={len(ran)} not_ok={len(failed)} "
           f"holders={len({r['node'] for r in rows.values()})}")
+
+
+def http_event(address: str, target: str, body: bytes, ident: str = "") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(address, HTTP_PORT, timeout=30)
+    headers = {"Host": "any.home", "X-Invocation-Type": "Event"}
+    if ident:
+        headers["X-Invocation-Id"] = ident
+    try:
+        conn.request("POST", target, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def invocations(agent) -> dict[str, dict]:
+    return {r["id"]: r for r in json.loads(agent.cli("fn", "invocations", "tick", "--json")
+                                           .stdout)}
+
+
+def test_async_invocations_queued_run_once_and_retried(cluster):
+    a, _, c = cluster.agents
+    # (the schedule test deployed "tick" and switched its schedule off)
+    status, body = http_event(ADDRESSES[2], "/fn/tick", b'{"n": 1}', "order-1")
+    assert status == 202, body
+    assert json.loads(body) == {"invocation_id": "order-1"}
+    again, _ = http_event(ADDRESSES[1], "/fn/tick", b'{"n": 1}', "order-1")  # a retry
+    assert again == 202
+    bad, body = http_event(ADDRESSES[1], "/fn/tick", b"{}", "no spaces allowed")
+    assert bad == 400, body
+    queued = json.loads(a.cli("fn", "invoke", "tick", "--async", "--data",
+                              '{"fail": true}').stdout)["invocation_id"]
+    wait_until(lambda: invocations(c).get("order-1", {}).get("state") == "done", 60,
+               interval=0.3, message="order-1 done")
+    wait_until(lambda: invocations(c).get(queued, {}).get("attempts", 0) >= 2, 60,
+               interval=0.3, message="the failing one retried")
+    assert invocations(c)[queued]["state"] == "queued"
+    wait_until(lambda: invocations(c)[queued]["state"] == "failed", 90, interval=0.5,
+               message="the failing one given up after its attempts")
+    row = invocations(c)[queued]
+    assert row["attempts"] == 5 and "asked to fail" in row["message"], row
+    assert invocations(c)["order-1"]["attempts"] == 1
+    logs = c.cli("fn", "logs", "tick", "--lines", "10000").stdout
+    assert logs.count("ASYNCRAN order-1") == 1, logs  # the repeated id queued nothing new
+    assert logs.count(f"ASYNCRAN {queued}") == 5
