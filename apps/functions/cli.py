@@ -87,6 +87,8 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for key in ("timeout", "memory", "concurrency", "idle", "schedule"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
+        if args.on_object:
+            spec["on_object"] = args.on_object
         reply = deploy(api, args.name, Path(args.dir), spec)
         print(f"deployed {args.name} version {reply['current']}: "
               f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
@@ -168,6 +170,8 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--idle", help="scale to zero after this idle time (default 5m)")
     d.add_argument("--schedule", metavar="CRON",
                    help='run on a cron schedule, seconds optional ("*/10 * * * * *")')
+    d.add_argument("--on-object", action="append", metavar="created:BUCKET/PREFIX",
+                   help="run on each object created (or deleted:) under a bucket prefix")
     sc = fsub.add_parser("schedule", help="run a function on a cron schedule (off: none)")
     sc.add_argument("name")
     sc.add_argument("cron", help='"*/10 * * * * *" (seconds first, optional) or off')

@@ -35,7 +35,7 @@ class FunctionVersion:
     created_ms: int = 0
 
 
-@message(TagBlock.APPS + 81, version=2)
+@message(TagBlock.APPS + 81, version=3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionRecord:
     """Row of the ``functions`` table (key: the name). Switching ``current`` is the one
@@ -48,6 +48,8 @@ class FunctionRecord:
     """A cron schedule (``*/10 * * * * *``) the function runs on, or empty."""
     schedule_since_ms: int = 0
     """When the schedule was set: no tick before it runs."""
+    on_object: tuple[str, ...] = ()
+    """Bucket triggers ``created:BUCKET/PREFIX`` or ``deleted:BUCKET/PREFIX``."""
 
 
 @message(TagBlock.APPS + 82)

@@ -27,15 +27,18 @@ import trio
 from apps.functions.core import (
     BUCKET,
     MAX_PAYLOAD,
+    OBJECT_KINDS,
     FunctionError,
     build_version,
     check_name,
     check_sha,
+    check_triggers,
     current,
     deploy,
     function_json,
     next_version,
     rollback,
+    trigger_matches,
     unused_bundles,
     with_schedule,
 )
@@ -269,6 +272,8 @@ class FunctionService(ServiceBase):
         version = build_version(spec, version=next_version(old), size=size,
                                 now_ms=self.node.clock.wall_ms())
         record = deploy(old, name, version)
+        if "on_object" in spec:
+            record = replace(record, on_object=check_triggers(spec["on_object"]))
         if "schedule" in spec:
             record = with_schedule(record, spec["schedule"], self.node.clock.wall_ms())
         self.state.put(FUNCTIONS.name, name, record)
@@ -454,6 +459,7 @@ class FunctionService(ServiceBase):
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._scheduler)
+                nursery.start_soon(self._object_events)
                 while True:
                     try:
                         self.housekeeping(nursery)
@@ -504,6 +510,49 @@ class FunctionService(ServiceBase):
         return [{"id": ident, "state": r.state, "attempts": r.attempts,
                  "created_ms": r.created_ms, "updated_ms": r.updated_ms,
                  "message": r.message} for _, ident, r in rows]
+
+    async def _object_events(self) -> None:
+        """Bucket triggers: an object created or deleted through this node (the node
+        that committed it emits the event) queues an asynchronous invocation of each
+        function whose trigger matches, with the event id as dedup id."""
+        events = self.node.events.subscribe()
+        async for event in events:
+            kind = OBJECT_KINDS.get(event.get("kind", ""))
+            if kind is None:
+                continue
+            try:
+                self._object_event(kind, event)
+            except Exception:  # one bad event must not stop the triggers
+                log.exception("bucket trigger failed for %r", event)
+
+    def _bucket_names(self) -> dict[str, str]:
+        from blobstore.records import BUCKETS
+
+        try:
+            return {r.bucket_id.hex(): k[0] for k, r in self.state.scan(BUCKETS.name)
+                    if r is not None and k}
+        except Exception:  # no storage tables on this node
+            return {}
+
+    def _object_event(self, kind: str, event: dict[str, Any]) -> None:
+        import json
+
+        targets = [r for r in all_functions(self.state).values() if r.on_object]
+        if not targets:
+            return
+        bucket = self._bucket_names().get(str(event.get("bucket", "")))
+        key = str(event.get("key", ""))
+        if bucket is None or bucket == BUCKET:
+            return
+        ident = "ev-" + hashlib.sha256(
+            f"{event.get('node')}|{event.get('seq')}|{event.get('at')}|{kind}|{bucket}|"
+            f"{key}".encode()).hexdigest()[:24]
+        body = json.dumps({"type": f"object.{kind}", "event_id": ident, "bucket": bucket,
+                           "key": key, "size": event.get("size"), "etag": event.get("etag"),
+                           "time_ms": event.get("at")}).encode()
+        for record in targets:
+            if trigger_matches(record.on_object, kind, bucket, key):
+                self.enqueue(record.name, body, ident)
 
     def _queue_pass(self, nursery: trio.Nursery) -> None:
         now_ms = self.node.clock.wall_ms()

@@ -157,3 +157,35 @@ def test_async_invocations_queued_run_once_and_retried(cluster):
     logs = c.cli("fn", "logs", "tick", "--lines", "10000").stdout
     assert logs.count("ASYNCRAN order-1") == 1, logs  # the repeated id queued nothing new
     assert logs.count(f"ASYNCRAN {queued}") == 5
+
+
+def test_bucket_event_runs_the_function_through_another_node(cluster, tmp_path):
+    a, _, c = cluster.agents
+    src = tmp_path / "onobj"
+    src.mkdir()
+    (src / "main.py").write_text('''
+def handle(event, context):
+    context.logger.info("OBJEVENT %s %s/%s %s", event["type"], event["bucket"],
+                        event["key"], event["event_id"])
+    return {}
+''')
+    bad = a.cli("fn", "deploy", "onobj", str(src), "--on-object", "made:inbox/x", check=False)
+    assert bad.returncode != 0 and "bucket trigger" in bad.stderr + bad.stdout
+    a.cli("bucket", "create", "inbox")
+    a.cli("fn", "deploy", "onobj", str(src), "--on-object", "created:inbox/up/")
+    wait_until(lambda: any(f["name"] == "onobj" and f["on_object"]
+                           for f in c.get("/v1/functions")["functions"]), 30,
+               interval=0.2, message="onobj replicated to node 3")
+    data = tmp_path / "a.txt"
+    data.write_text("hello")
+    c.cli("cp", str(data), "s3://inbox/up/a.txt")  # through node 3
+    c.cli("cp", str(data), "s3://inbox/elsewhere.txt")  # not under the prefix
+
+    def done() -> bool:
+        rows = json.loads(c.cli("fn", "invocations", "onobj", "--json").stdout)
+        return len(rows) == 1 and rows[0]["state"] == "done"
+
+    wait_until(done, 60, interval=0.3, message="the bucket event ran onobj")
+    logs = a.cli("fn", "logs", "onobj", "--lines", "1000").stdout
+    assert logs.count("OBJEVENT object.created inbox/up/a.txt ev-") == 1, logs
+    assert "elsewhere" not in logs

@@ -72,3 +72,19 @@ def test_backoff_doubles_and_is_capped():
 def test_row_round_trips_the_table_codec():
     row = QueuedInvocation(payload=b"\x00\xff", attempts=2, next_ms=5, message="m")
     assert QUEUE.decode(QUEUE.encode(row)) == row
+
+
+def test_bucket_triggers_checked_and_matched():
+    from apps.functions.core import check_triggers, trigger_matches
+
+    t = check_triggers(["created:inbox/up/", "deleted:inbox", "created:inbox/up/"])
+    assert t == ("created:inbox/up/", "deleted:inbox")
+    assert trigger_matches(t, "created", "inbox", "up/a.txt")
+    assert not trigger_matches(t, "created", "inbox", "down/a.txt")
+    assert not trigger_matches(t, "created", "inboxes", "up/a.txt")
+    assert trigger_matches(t, "deleted", "inbox", "anything")
+    assert not trigger_matches(t, "deleted", "other", "anything")
+    for bad in (["made:inbox/x"], ["created:"], ["created:UPPER/x"], "created:inbox", [5],
+                ["created:x/" + "a"] * 17):
+        with pytest.raises(FunctionError):
+            check_triggers(bad)
