@@ -67,8 +67,6 @@ class GossipStatistics:
     weak (a recent stall of our loop, or a health score above 0)."""
     probes_stalled: int
     """Probe steps extended because our loop stalled during them (not the peer's fault)."""
-    probes_retried: int = 0
-    """Probe steps tried again (counted in :class:`Counters`)."""
     probes_unsettled: int
     """Failed probe rounds that accused no one (start-up grace)."""
     suspicions_postponed: int
