@@ -529,7 +529,7 @@ class FunctionService(ServiceBase):
         from blobstore.records import BUCKETS
 
         try:
-            return {r.bucket_id.hex(): k[0] for k, r in self.state.scan(BUCKETS.name)
+            return {r.bucket_id.hex(): str(k[0]) for k, r in self.state.scan(BUCKETS.name)
                     if r is not None and k}
         except Exception:  # no storage tables on this node
             return {}
