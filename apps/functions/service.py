@@ -608,8 +608,9 @@ class FunctionService(ServiceBase):
                          else set())
         held = self.leases.leases().get(SCHEDULE_LEASE)
         self.scheduler_term = held.term if held is not None else 0
-        if held is not None and held.valid_until - trio.current_time() >= MIN_LEASE_LEFT:
-            self._queue_pass(nursery)
+        if held is None or held.valid_until - trio.current_time() < MIN_LEASE_LEFT:
+            return  # only the lease holder looks for due ticks and queued invocations
+        self._queue_pass(nursery)
         for name, record in sorted(scheduled.items()):
             try:
                 cron = parse_cron(record.schedule)
