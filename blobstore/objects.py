@@ -256,6 +256,8 @@ class ObjectStore:
         """Delete ``key`` (a tombstone on a quorum); deleting a missing key is fine (S3)."""
         bucket = self.bucket(bucket_name)
         await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(key)), None)
+        if self.emit is not None:
+            self.emit("object.deleted", bucket=bucket.bucket_id.hex(), key=key[:200])
 
     async def delete_many(self, bucket_name: str, keys: list[str]) -> None:
         """Delete several keys of one bucket: their tombstones travel in one quorum write
@@ -266,6 +268,9 @@ class ObjectStore:
                    for key in dict.fromkeys(keys)]
         if entries:
             await self.index.write_entries(OBJECTS.name, (bucket.bucket_id,), entries)
+            for key in dict.fromkeys(keys):
+                if self.emit is not None:
+                    self.emit("object.deleted", bucket=bucket.bucket_id.hex(), key=key[:200])
 
     async def copy(self, source: ObjectRecord, bucket_name: str, key: str, *,
                    content_type: str, metadata: dict[str, str]) -> ObjectRecord:

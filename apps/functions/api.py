@@ -10,6 +10,12 @@ PUT      /v1/functions/bundles/{sha256}        a bundle (tar) by its SHA-256
 POST     /v1/functions/{name}/versions         ``{"sha256", "handler", "runtime", "env",
                                                "timeout", "memory", "concurrency",
                                                "idle"}``: a new version, current at once
+POST     /v1/functions/{name}/invoke           with ``X-Invocation-Type: Event``: queued,
+                                               202 ``{"invocation_id"}`` (optional
+                                               ``X-Invocation-Id``: the dedup id)
+GET      /v1/functions/{name}/invocations      the asynchronous invocations (last 50)
+POST     /v1/functions/{name}/schedule         ``{"schedule": CRON}`` (``""``: none)
+GET      /v1/functions/{name}/ticks            the scheduled ticks recorded (last 50)
 POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
 GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
                                                log on every live node that has one
@@ -85,6 +91,10 @@ def routes(fns: FunctionService) -> list[Route]:
             payload += piece
             if len(payload) > MAX_PAYLOAD:
                 raise FunctionError(f"a payload is at most {MAX_PAYLOAD >> 20} MiB")
+        if request.headers.get("x-invocation-type", "").lower() == "event":
+            ident = fns.enqueue(name, bytes(payload),
+                                request.headers.get("x-invocation-id", ""))
+            return JSONResponse({"invocation_id": ident}, status_code=202)
         reply = await fns.invoke(name, bytes(payload))
         headers = {"x-fn-cold": "1" if reply.cold else "0", "x-fn-node": reply.node.hex()}
         if reply.ok:
@@ -92,6 +102,17 @@ def routes(fns: FunctionService) -> list[Route]:
         return Response(json.dumps({"error": {"code": reply.code, "message": reply.message}}),
                         status_code=HTTP_STATUS.get(reply.code, 502),
                         media_type="application/json", headers=headers)
+
+    async def schedule(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(await fns.set_schedule(request.path_params["name"],
+                                                   body.get("schedule", "")))
+
+    async def invocations(request: Request) -> Response:
+        return JSONResponse({"invocations": fns.invocations(request.path_params["name"])})
+
+    async def ticks(request: Request) -> Response:
+        return JSONResponse({"ticks": fns.ticks(request.path_params["name"])})
 
     async def logs(request: Request) -> Response:
         raw = request.query_params.get("lines", "100")
@@ -105,5 +126,8 @@ def routes(fns: FunctionService) -> list[Route]:
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
             Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),
             Route("/v1/functions/{name}/versions", versions, methods=["POST"]),
+            Route("/v1/functions/{name}/schedule", schedule, methods=["POST"]),
+            Route("/v1/functions/{name}/ticks", ticks, methods=["GET"]),
+            Route("/v1/functions/{name}/invocations", invocations, methods=["GET"]),
             Route("/v1/functions/{name}/rollback", rollback, methods=["POST"]),
             Route("/v1/functions/{name}/invoke", invoke, methods=["POST"])]

@@ -1,4 +1,5 @@
-"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``.
+"""CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``,
+``fn schedule|ticks|invocations``.
 
 Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -49,10 +50,23 @@ def deploy(api: Any, name: str, root: Path, spec: dict[str, Any]) -> dict[str, A
     return reply
 
 
-def invoke(api: Any, name: str, data: bytes) -> tuple[bool, bytes]:
-    status, body, _ = _raw(api, "POST", f"/v1/functions/{urllib.parse.quote(name)}/invoke",
-                           data)
-    return status == 200, body
+def invoke(api: Any, name: str, data: bytes, *, event: bool = False, dedup: str = ""
+           ) -> tuple[bool, bytes]:
+    path = f"/v1/functions/{urllib.parse.quote(name)}/invoke"
+    if not event:
+        status, body, _ = _raw(api, "POST", path, data)
+        return status == 200, body
+    request = api._request("POST", path)
+    request.data = data
+    request.add_header("Content-Length", str(len(data)))
+    request.add_header("X-Invocation-Type", "Event")
+    if dedup:
+        request.add_header("X-Invocation-Id", dedup)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status == 202, response.read()
+    except urllib.error.HTTPError as exc:
+        return False, exc.read()
 
 
 def _data(arg: str | None) -> bytes:
@@ -70,14 +84,17 @@ def cmd_fn(args: argparse.Namespace) -> None:
     if verb == "deploy":
         spec: dict[str, Any] = {"runtime": args.runtime, "handler": args.handler,
                                 "env": args.env or []}
-        for key in ("timeout", "memory", "concurrency", "idle"):
+        for key in ("timeout", "memory", "concurrency", "idle", "schedule"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
+        if args.on_object:
+            spec["on_object"] = args.on_object
         reply = deploy(api, args.name, Path(args.dir), spec)
         print(f"deployed {args.name} version {reply['current']}: "
               f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
     elif verb == "invoke":
-        ok, body = invoke(api, args.name, _data(args.data))
+        ok, body = invoke(api, args.name, _data(args.data), event=args.async_,
+                          dedup=args.id or "")
         if ok:
             sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
             return
@@ -94,6 +111,27 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for node, text in nodes.items():
             for line in text.splitlines():
                 print(f"{node[:12]}  {line}")
+    elif verb == "schedule":
+        cron = "" if args.cron in ("off", "none") else args.cron
+        reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/schedule",
+                         {"schedule": cron})
+        print(f"{args.name} runs on schedule {reply['schedule']!r}" if reply["schedule"]
+              else f"{args.name} has no schedule")
+    elif verb == "invocations":
+        rows = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/invocations")
+        if args.json:
+            print_json(rows["invocations"])
+            return
+        for r in rows["invocations"]:
+            print(f"{r['id']:26} {r['state']:7} attempts {r['attempts']}  {r['message']}")
+    elif verb == "ticks":
+        rows = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/ticks")["ticks"]
+        if args.json:
+            print_json(rows)
+            return
+        for r in rows:
+            print(f"{r['tick']}  {r['state']:8} term {r['term']:<4} {r['node'][:12]}  "
+                  f"{'ok' if r['ok'] else r['message']}")
     elif verb == "rollback":
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
@@ -130,9 +168,25 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--memory", help="per instance (default 128M)")
     d.add_argument("--concurrency", type=int, help="instances per node (default 8)")
     d.add_argument("--idle", help="scale to zero after this idle time (default 5m)")
+    d.add_argument("--schedule", metavar="CRON",
+                   help='run on a cron schedule, seconds optional ("*/10 * * * * *")')
+    d.add_argument("--on-object", action="append", metavar="created:BUCKET/PREFIX",
+                   help="run on each object created (or deleted:) under a bucket prefix")
+    sc = fsub.add_parser("schedule", help="run a function on a cron schedule (off: none)")
+    sc.add_argument("name")
+    sc.add_argument("cron", help='"*/10 * * * * *" (seconds first, optional) or off')
+    tk = fsub.add_parser("ticks", help="the scheduled ticks recorded for a function")
+    tk.add_argument("name")
+    tk.add_argument("--json", action="store_true")
     i = fsub.add_parser("invoke", help="run a function once and print its result")
     i.add_argument("name")
     i.add_argument("--data", help="the event: text, @FILE, or @- for stdin")
+    i.add_argument("--async", dest="async_", action="store_true",
+                   help="queue it (run at least once, retried with back-off); prints its id")
+    i.add_argument("--id", help="with --async: the invocation (dedup) id")
+    iv = fsub.add_parser("invocations", help="its asynchronous invocations and their state")
+    iv.add_argument("name")
+    iv.add_argument("--json", action="store_true")
     lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
     lg.add_argument("name")
     lg.add_argument("--lines", type=int, default=100)

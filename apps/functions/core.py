@@ -138,7 +138,49 @@ def deploy(old: FunctionRecord | None, name: str, version: FunctionVersion) -> F
     kept.append(version)
     kept.sort(key=lambda v: v.version)
     return FunctionRecord(name=name, current=version.version,
-                          versions=tuple(kept[-KEEP_VERSIONS:]))
+                          versions=tuple(kept[-KEEP_VERSIONS:]),
+                          schedule=old.schedule if old else "",
+                          schedule_since_ms=old.schedule_since_ms if old else 0,
+                          on_object=old.on_object if old else ())
+
+
+_TRIGGER = re.compile(r"^(created|deleted):([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
+OBJECT_KINDS = {"object.put": "created", "object.deleted": "deleted"}
+
+
+def check_triggers(triggers: Any) -> tuple[str, ...]:
+    """``created:BUCKET/PREFIX`` / ``deleted:BUCKET/PREFIX`` (prefix optional)."""
+    if triggers is None:
+        return ()
+    if not isinstance(triggers, list | tuple) or len(triggers) > 16:
+        raise FunctionError("on_object is a list of at most 16 triggers")
+    for t in triggers:
+        if not isinstance(t, str) or len(t) > 1100 or not _TRIGGER.match(t):
+            raise FunctionError(f"bad bucket trigger {t!r}: created:BUCKET/PREFIX or "
+                                "deleted:BUCKET/PREFIX")
+    return tuple(dict.fromkeys(triggers))
+
+
+def trigger_matches(triggers: tuple[str, ...], kind: str, bucket: str, key: str) -> bool:
+    """Whether an object event (``created`` or ``deleted``) fires one of ``triggers``."""
+    for t in triggers:
+        m = _TRIGGER.match(t)
+        if m and m.group(1) == kind and m.group(2) == bucket and key.startswith(
+                m.group(3) or ""):
+            return True
+    return False
+
+
+def with_schedule(record: FunctionRecord, schedule: Any, now_ms: int) -> FunctionRecord:
+    """The record running on cron ``schedule`` from now on (``""`` or ``off``: none)."""
+    from apps.functions.cron import parse_cron
+
+    if schedule in ("", "off", None):
+        return replace(record, schedule="", schedule_since_ms=0)
+    cron = parse_cron(schedule)
+    if cron.text == record.schedule:
+        return record
+    return replace(record, schedule=cron.text, schedule_since_ms=now_ms)
 
 
 def rollback(record: FunctionRecord, to: int | None) -> FunctionRecord:
@@ -177,4 +219,5 @@ def version_json(v: FunctionVersion) -> dict[str, Any]:
 
 def function_json(record: FunctionRecord) -> dict[str, Any]:
     return {"name": record.name, "current": record.current,
+            "schedule": record.schedule, "on_object": list(record.on_object),
             "versions": [version_json(v) for v in record.versions]}

@@ -35,7 +35,7 @@ class FunctionVersion:
     created_ms: int = 0
 
 
-@message(TagBlock.APPS + 81)
+@message(TagBlock.APPS + 81, version=3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionRecord:
     """Row of the ``functions`` table (key: the name). Switching ``current`` is the one
@@ -44,6 +44,12 @@ class FunctionRecord:
     name: str
     current: int
     versions: tuple[FunctionVersion, ...]
+    schedule: str = ""
+    """A cron schedule (``*/10 * * * * *``) the function runs on, or empty."""
+    schedule_since_ms: int = 0
+    """When the schedule was set: no tick before it runs."""
+    on_object: tuple[str, ...] = ()
+    """Bucket triggers ``created:BUCKET/PREFIX`` or ``deleted:BUCKET/PREFIX``."""
 
 
 @message(TagBlock.APPS + 82)
@@ -79,3 +85,42 @@ class LogsRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogsReply:
     text: str
+
+
+SCHEDULE_LEASE = "fn-scheduler"
+"""The lease under which one node of the mesh runs every schedule's ticks."""
+FN_LEASE_PROTOCOL = "/meshcloud/fn/lease/1"
+"""The functions service's own lease protocol (same messages as the workloads' one)."""
+
+
+@message(TagBlock.APPS + 86)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickRecord:
+    """Row of the ``fn_ticks`` table (key: function name, tick time in seconds): written
+    ``started`` before a scheduled tick runs and ``done`` after, by the holder of the
+    scheduler lease (``term``); a tick with a row never runs again."""
+
+    state: str
+    term: int
+    node: bytes
+    at_ms: int
+    ok: bool = False
+    message: str = ""
+
+
+@message(TagBlock.APPS + 87)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedInvocation:
+    """Row of the ``fn_queue`` table (key: function name, invocation id): an
+    asynchronous invocation (``X-Invocation-Type: Event``). The scheduler lease holder
+    runs it (at least once: the invocation id is the handler's request id, for dedup)
+    and retries it with back-off until it succeeds or runs out of attempts."""
+
+    payload: bytes
+    state: str = "queued"
+    """queued, done or failed."""
+    attempts: int = 0
+    next_ms: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+    message: str = ""

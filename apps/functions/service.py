@@ -17,6 +17,8 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,27 +27,46 @@ import trio
 from apps.functions.core import (
     BUCKET,
     MAX_PAYLOAD,
+    OBJECT_KINDS,
     FunctionError,
     build_version,
     check_name,
     check_sha,
+    check_triggers,
     current,
     deploy,
     function_json,
     next_version,
     rollback,
+    trigger_matches,
     unused_bundles,
+    with_schedule,
 )
+from apps.functions.cron import parse_cron
 from apps.functions.executor import Executor, InvokeFailed
 from apps.functions.messages import (
+    FN_LEASE_PROTOCOL,
     INVOKE_PROTOCOL,
     LOGS_PROTOCOL,
+    SCHEDULE_LEASE,
     InvokeReply,
     InvokeRequest,
     LogsReply,
     LogsRequest,
+    QueuedInvocation,
+    TickRecord,
 )
-from apps.functions.tables import FUNCTIONS, all_functions
+from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
+from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
+from apps.functions.schedule import due_ticks
+from apps.functions.tables import (
+    FUNCTIONS,
+    QUEUE,
+    TICKS,
+    all_functions,
+    queued,
+    recorded_ticks,
+)
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
@@ -63,6 +84,12 @@ OPEN_TIMEOUT = 3.0
 """Seconds to open a stream to the top node before the next ranked node runs the call."""
 FORWARD_SLACK = 5.0
 """Seconds a forwarding node waits beyond the function's timeout."""
+SCHEDULE_EVERY = 0.25
+"""Seconds between looks at the schedules by the scheduler lease holder."""
+MIN_LEASE_LEFT = 1.5
+"""A tick starts only with at least this much of the scheduler lease left."""
+LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
+"""Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
 
@@ -83,6 +110,21 @@ class FunctionHandler:
     async def respond(self, request: HostRequest) -> HostResponse:
         if request.method != "POST":
             return HostResponse(405, [(b"allow", b"POST"), (b"content-length", b"0")])
+        headers = {k.lower(): v for k, v in getattr(request, "headers", ())}
+        if headers.get(b"x-invocation-type", b"").lower() == b"event":
+            import json
+
+            try:
+                dedup = headers.get(b"x-invocation-id", b"").decode("ascii")
+                queued_id = self.service.enqueue(self.name, getattr(request, "body", b""),
+                                                 dedup)
+            except (MeshError, UnicodeDecodeError) as exc:
+                return http_reply(InvokeReply(ok=False, code=getattr(exc, "code",
+                                                                     "bad_request"),
+                                              message=str(exc)))
+            body = json.dumps({"invocation_id": queued_id}).encode() + b"\n"
+            return HostResponse(202, [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(body)).encode())], body)
         reply = await self.service.invoke(self.name, getattr(request, "body", b""))
         return http_reply(reply)
 
@@ -112,6 +154,9 @@ class FunctionService(ServiceBase):
         self.state = node.state
         self.blobs = blobs
         self.state.open_table(FUNCTIONS)
+        self.state.open_table(TICKS)
+        self.state.open_table(QUEUE)
+        self._in_flight: set[tuple[str, str]] = set()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
@@ -130,6 +175,17 @@ class FunctionService(ServiceBase):
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
+        from apps.leases import LEASE_DURATION, RENEW_EVERY
+        from apps.workloads.leasing import LeaseService
+
+        local = getattr(getattr(node, "config", None), "profile", "") == "local"
+        self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
+                                   duration=LOCAL_LEASE if local else LEASE_DURATION,
+                                   renew_every=LOCAL_RENEW if local else RENEW_EVERY,
+                                   protocol=FN_LEASE_PROTOCOL)
+        self.ticks_run = 0
+        self.scheduler_term = 0
+        """The scheduler lease's term while this node holds it (else 0; status only)."""
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -216,6 +272,15 @@ class FunctionService(ServiceBase):
         version = build_version(spec, version=next_version(old), size=size,
                                 now_ms=self.node.clock.wall_ms())
         record = deploy(old, name, version)
+        if "on_object" in spec:
+            record = replace(record, on_object=check_triggers(spec["on_object"]))
+        if "schedule" in spec:
+            record = with_schedule(record, spec["schedule"], self.node.clock.wall_ms())
+        self.state.put(FUNCTIONS.name, name, record)
+        return function_json(record)
+
+    async def set_schedule(self, name: str, schedule: Any) -> dict[str, Any]:
+        record = with_schedule(self.get(name), schedule, self.node.clock.wall_ms())
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
 
@@ -392,6 +457,9 @@ class FunctionService(ServiceBase):
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.leases.run)
+                nursery.start_soon(self._scheduler)
+                nursery.start_soon(self._object_events)
                 while True:
                     try:
                         self.housekeeping(nursery)
@@ -424,8 +492,168 @@ class FunctionService(ServiceBase):
         except (MeshError, OSError) as exc:
             log.warning("function %s v%d not started ahead: %s", name, spec.version, exc)
 
+    # --- asynchronous invocations ---------------------------------------------------------
+
+    def enqueue(self, name: str, payload: bytes, dedup: str = "") -> str:
+        """Queue an invocation (replicated); returns its id. The same dedup id again
+        queues nothing new."""
+        self.get(name)
+        ident = invocation_id(dedup)
+        if self.state.get(QUEUE.name, (name, ident)) is None:
+            self.state.put(QUEUE.name, (name, ident),
+                           enqueue(payload, self.node.clock.wall_ms()))
+        return ident
+
+    def invocations(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        self.get(name)
+        rows = sorted(queued(self.state, name), key=lambda r: r[2].created_ms)[-limit:]
+        return [{"id": ident, "state": r.state, "attempts": r.attempts,
+                 "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+                 "message": r.message} for _, ident, r in rows]
+
+    async def _object_events(self) -> None:
+        """Bucket triggers: an object created or deleted through this node (the node
+        that committed it emits the event) queues an asynchronous invocation of each
+        function whose trigger matches, with the event id as dedup id."""
+        events = self.node.events.subscribe()
+        async for event in events:
+            kind = OBJECT_KINDS.get(event.get("kind", ""))
+            if kind is None:
+                continue
+            try:
+                self._object_event(kind, event)
+            except Exception:  # one bad event must not stop the triggers
+                log.exception("bucket trigger failed for %r", event)
+
+    def _bucket_names(self) -> dict[str, str]:
+        from blobstore.records import BUCKETS
+
+        try:
+            return {r.bucket_id.hex(): str(k[0]) for k, r in self.state.scan(BUCKETS.name)
+                    if r is not None and k}
+        except Exception:  # no storage tables on this node
+            return {}
+
+    def _object_event(self, kind: str, event: dict[str, Any]) -> None:
+        import json
+
+        targets = [r for r in all_functions(self.state).values() if r.on_object]
+        if not targets:
+            return
+        bucket = self._bucket_names().get(str(event.get("bucket", "")))
+        key = str(event.get("key", ""))
+        if bucket is None or bucket == BUCKET:
+            return
+        ident = "ev-" + hashlib.sha256(
+            f"{event.get('node')}|{event.get('seq')}|{event.get('at')}|{kind}|{bucket}|"
+            f"{key}".encode()).hexdigest()[:24]
+        body = json.dumps({"type": f"object.{kind}", "event_id": ident, "bucket": bucket,
+                           "key": key, "size": event.get("size"), "etag": event.get("etag"),
+                           "time_ms": event.get("at")}).encode()
+        for record in targets:
+            if trigger_matches(record.on_object, kind, bucket, key):
+                self.enqueue(record.name, body, ident)
+
+    def _queue_pass(self, nursery: trio.Nursery) -> None:
+        now_ms = self.node.clock.wall_ms()
+        for name, ident, row in queued(self.state):
+            if (name, ident) in self._in_flight or not is_due(row, now_ms):
+                continue
+            self._in_flight.add((name, ident))
+            nursery.start_soon(self._run_queued, name, ident, row)
+
+    async def _run_queued(self, name: str, ident: str, row: QueuedInvocation) -> None:
+        try:
+            if self.state.get(FUNCTIONS.name, name) is None:
+                reply = InvokeReply(ok=False, code="not_found", message=f"no function {name}")
+                row = replace(row, attempts=MAX_ATTEMPTS_DONE - 1)
+            else:
+                reply = await self.invoke(name, row.payload, request_id=ident)
+            if not reply.ok:
+                log.info("async invocation %s of %s failed: %s", ident, name, reply.code)
+            self.state.put(QUEUE.name, (name, ident), after_attempt(
+                row, reply.ok, f"{reply.code}: {reply.message}", self.node.clock.wall_ms()))
+        finally:
+            self._in_flight.discard((name, ident))
+
+    # --- schedules -------------------------------------------------------------------------
+
+    def known_nodes(self) -> list[bytes]:
+        """Every node that ever ran the workload service (a set that does not move when a
+        node merely looks dead): the scheduler lease's granters are chosen from it."""
+        from apps.workloads.offers import all_offers
+
+        return sorted(set(all_offers(self.state)) | {self.node.node_id})
+
+    def _scheduled(self) -> dict[str, Any]:
+        return {n: r for n, r in all_functions(self.state).items() if r.schedule}
+
+    async def _scheduler(self) -> None:
+        """One node of the mesh (the first live node by rank) holds the scheduler lease
+        and runs each due tick once: a ``started`` row before, a ``done`` row after."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    self._schedule_pass(nursery)
+                except Exception:  # a bad row must not stop the schedules
+                    log.exception("functions scheduler pass failed")
+                await trio.sleep(SCHEDULE_EVERY)
+
+    def _schedule_pass(self, nursery: trio.Nursery) -> None:
+        scheduled = self._scheduled()
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        top = rank(alive, SCHEDULE_LEASE.encode())[0]
+        busy = scheduled or any(r.state == "queued" for _, _, r in queued(self.state))
+        self.leases.want({SCHEDULE_LEASE} if busy and top == self.node.node_id
+                         else set())
+        held = self.leases.leases().get(SCHEDULE_LEASE)
+        self.scheduler_term = held.term if held is not None else 0
+        if held is None or held.valid_until - trio.current_time() < MIN_LEASE_LEFT:
+            return  # only the lease holder looks for due ticks and queued invocations
+        self._queue_pass(nursery)
+        for name, record in sorted(scheduled.items()):
+            try:
+                cron = parse_cron(record.schedule)
+            except MeshError as exc:
+                log.warning("function %s: %s", name, exc)
+                continue
+            now_s = self.node.clock.wall_ms() // 1000
+            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000, now_s=now_s,
+                            recorded=recorded_ticks(self.state, name))
+            for tick in due:
+                lease = self.leases.leases().get(SCHEDULE_LEASE)
+                if lease is None or lease.valid_until - trio.current_time() < MIN_LEASE_LEFT:
+                    return
+                self.state.put(TICKS.name, (name, tick), TickRecord(
+                    state="started", term=lease.term, node=self.node.node_id,
+                    at_ms=self.node.clock.wall_ms()))
+                nursery.start_soon(self._run_tick, name, tick, lease.term)
+
+    async def _run_tick(self, name: str, tick: int, term: int) -> None:
+        import json
+        from datetime import datetime
+
+        self.ticks_run += 1
+        event = {"type": "schedule", "function": name, "tick": tick,
+                 "time": datetime.fromtimestamp(tick, UTC).isoformat()}
+        reply = await self.invoke(name, json.dumps(event).encode(),
+                                  request_id=f"tick-{name}-{tick}")
+        if not reply.ok:
+            log.warning("scheduled tick %d of %s failed: %s: %s", tick, name, reply.code,
+                        reply.message)
+        self.state.put(TICKS.name, (name, tick), TickRecord(
+            state="done", term=term, node=self.node.node_id,
+            at_ms=self.node.clock.wall_ms(), ok=reply.ok,
+            message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+
+    def ticks(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        self.get(name)
+        rows = sorted(recorded_ticks(self.state, name).items())[-limit:]
+        return [{"tick": t, "state": r.state, "term": r.term, "node": r.node.hex(),
+                 "at_ms": r.at_ms, "ok": r.ok, "message": r.message} for t, r in rows]
+
     def tables(self) -> tuple[Any, ...]:
-        return (FUNCTIONS,)
+        return (FUNCTIONS, TICKS)
 
     def api_routes(self) -> list[Any]:
         from apps.functions.api import routes
@@ -434,4 +662,5 @@ class FunctionService(ServiceBase):
 
     def status(self) -> dict[str, Any]:
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
-                "served_remote": self.served_remote, "pools": self.executor.stats()}
+                "served_remote": self.served_remote, "ticks_run": self.ticks_run,
+                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats()}
