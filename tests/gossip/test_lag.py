@@ -372,3 +372,10 @@ def test_a_newcomer_past_its_grace_still_probes_again_before_it_accuses():
     target = fail_one_round(a, wire)
     assert a.state_of(target) is ALIVE and a.statistics().probes_retried == 1
     assert not a.shaky(CONFIG.startup_grace_max + 0.01)  # and then it is not new any more
+
+
+def test_statistics_carry_every_counter():
+    from gossip.stats import Counters
+
+    cores, _ = meshed(2)
+    assert set(Counters.__slots__) <= set(cores[0].statistics().as_dict())
