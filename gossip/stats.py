@@ -50,8 +50,6 @@ class GossipStatistics:
     """Piggybacked news items sent (one datagram may carry many)."""
     probes_started: int
     probes_failed: int
-    probes_retried: int
-    """Failed probe rounds run again before accusing (our own judgement was weak)."""
     probe_hints: int
     """Probes started early because the transport lost the connection to a peer."""
     indirect_probes: int
