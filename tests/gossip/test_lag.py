@@ -196,6 +196,8 @@ async def test_the_driver_measures_a_held_loop(autojump_clock):
     driver = GossipDriver(transport, CONFIG, cert_hooks(member.key, member.cert,
                                                         mesh.root.public, member.records),
                           rng=random.Random(1), watch_steps=True)
+    assert driver.slow_steps is not None
+    driver.slow_steps.clock = trio.current_time  # steps timed on the test's virtual clock
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         await nursery.start(driver.run)
