@@ -16,6 +16,14 @@ least ``threshold`` bytes moved since the last release, runs a full garbage coll
 (chunk buffers held by reference cycles are otherwise freed only when allocations happen
 to trigger one) and then both of the above in a worker thread.
 The trio driver is :meth:`MemoryReleaser.run`; the decision is :meth:`on_tick` (sans-IO).
+
+A full collection walks every tracked object, and an agent holds a few hundred thousand
+of them from start-up on (modules, classes, functions, the service graph): 45-90 ms of
+CPU with the GIL held, the event loop stalled the whole time (a worker thread would
+stall it just the same). So, once start-up is over (:data:`FREEZE_AFTER`), the releaser
+collects once and then moves every object alive to the collector's permanent generation
+(:func:`freeze_startup`, ``gc.freeze``): later collections, this releaser's and the
+ones allocations trigger, only walk what was allocated since.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ RELEASE_THRESHOLD = 16 << 20
 
 TICK = 1.0
 """Seconds between looks at the counter."""
+
+FREEZE_AFTER = 10.0
+"""Seconds after the releaser starts (with the blob service, late in the agent's
+start-up) before the objects then alive are frozen (see the module docstring)."""
 
 
 M_TRIM_THRESHOLD = -1
@@ -76,14 +88,29 @@ def malloc_trim() -> bool:
     return bool(libc.malloc_trim(0))
 
 
+def freeze_startup() -> int:
+    """Collect once, then freeze every object left (all alive: the collection just freed
+    the cyclic garbage, which would otherwise be frozen for good). Objects frozen here
+    and later dropped are still freed by reference counting; only a cycle among them
+    would stay, which is why this runs once, after start-up, on long-lived objects.
+    Returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 class MemoryReleaser:
     """See the module docstring."""
 
     def __init__(self, moved: Callable[[], int], release: Callable[[], None], *,
-                 threshold: int = RELEASE_THRESHOLD) -> None:
+                 threshold: int = RELEASE_THRESHOLD,
+                 freeze_after: float | None = FREEZE_AFTER) -> None:
         self.moved = moved
         self.release = release
         self.threshold = threshold
+        self.freeze_after = freeze_after
+        self.frozen = 0
+        """Objects frozen after start-up (0 until then)."""
         self.releases = 0
         self._seen = 0
         self._released_at = 0
@@ -97,10 +124,21 @@ class MemoryReleaser:
             return True
         return False
 
+    def freeze_due(self, elapsed: float) -> bool:
+        """``elapsed`` seconds since :meth:`run` began: True once, when it is time to
+        freeze the start-up objects."""
+        return (self.freeze_after is not None and not self.frozen
+                and elapsed >= self.freeze_after)
+
     async def run(self) -> None:
         self._seen = self._released_at = self.moved()
+        started = trio.current_time()
         while True:
             await trio.sleep(TICK)
+            if self.freeze_due(trio.current_time() - started):
+                self.frozen = max(1, freeze_startup())
+                log.info("froze %d start-up objects out of the collector's walks",
+                         self.frozen)
             if self.on_tick(self.moved()):
                 # buffers held by reference cycles (a cancelled fetch's traceback keeps its
                 # frame's shard) wait for a full collection, which an idle process never

@@ -48,7 +48,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.core import SwimCore
 from gossip.hooks import GossipHooks
-from gossip.lag import SAMPLE_INTERVAL, LagHistogram
+from gossip.lag import CPU_MARK_EVERY, SAMPLE_INTERVAL, LagHistogram
 from gossip.member import MemberInfo
 from gossip.messages import (
     GOSSIP_PROTOCOL,
@@ -107,30 +107,51 @@ class DriverStatistics:
 
 
 class SlowSteps(trio.abc.Instrument):
-    """Times each task step; remembers the slow ones by task name (count, max, total)."""
+    """Times each task step; remembers the slow ones by task name (count, max, total).
 
-    def __init__(self, threshold: float = 0.05, keep: int = 64) -> None:
+    Cheap enough to watch every step of a busy agent: a step is timed with the monotonic
+    clock (no system call); the thread's CPU clock (a system call) is read only when a
+    step turned out slow, and otherwise at most once per ``cpu_mark_every`` seconds, so
+    a slow step's CPU time is counted from a mark taken at most that long before it
+    began (and capped at its wall time)."""
+
+    def __init__(self, threshold: float = 0.05, keep: int = 64, *,
+                 cpu_mark_every: float = CPU_MARK_EVERY,
+                 clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self.threshold = threshold
         self.keep = keep
+        self.cpu_mark_every = cpu_mark_every
+        self.clock = clock
+        self.cpu_clock = cpu_clock
         self.slow: dict[str, list[float]] = {}
         """task name -> [count, max seconds, total seconds, CPU seconds]"""
         self._started: float | None = None
-        self._cpu = 0.0
+        self._mark_at = -math.inf
+        self._cpu_mark = 0.0
+        self.longest = 0.0
+        """The longest slow step since the last :meth:`take_longest` (seconds, 0 if none)."""
         self.last: tuple[str, float] | None = None
         """The latest slow step: (task name, seconds)."""
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._started = time.perf_counter()
-        self._cpu = time.thread_time()
+        now = self._started = self.clock()
+        if now - self._mark_at >= self.cpu_mark_every:
+            self._mark_at = now
+            self._cpu_mark = self.cpu_clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._started is None:  # added in the middle of a step: not timed
+        started = self._started
+        if started is None:  # added in the middle of a step: not timed
             return
-        took = time.perf_counter() - self._started
         self._started = None
+        took = self.clock() - started
         if took < self.threshold:
             return
-        cpu = time.thread_time() - self._cpu
+        cpu_now = self.cpu_clock()
+        cpu = min(max(0.0, cpu_now - self._cpu_mark), took)
+        self._mark_at, self._cpu_mark = started + took, cpu_now
+        self.longest = max(self.longest, took)
         self.last = (task.name, took)
         entry = self.slow.get(task.name)
         if entry is None:
@@ -141,6 +162,11 @@ class SlowSteps(trio.abc.Instrument):
         entry[1] = max(entry[1], took)
         entry[2] += took
         entry[3] += cpu
+
+    def take_longest(self) -> float:
+        """The longest slow step since the last call (0.0 if none), and start over."""
+        longest, self.longest = self.longest, 0.0
+        return longest
 
     def top(self, n: int = 10) -> list[dict[str, Any]]:
         """The tasks whose slow steps held the loop longest (wall time), with the CPU
@@ -386,6 +412,10 @@ class GossipDriver:
             await trio.sleep_until(expected)
             now = trio.current_time()
             lag = now - expected
+            if self.slow_steps is not None:
+                # a step that held the loop between two samples delayed every task that
+                # was ready meanwhile: that is lag too, even if this sleep ended after it
+                lag = max(lag, self.slow_steps.take_longest())
             if self.lag.record(lag):
                 last = self.slow_steps.last if self.slow_steps is not None else None
                 log.warning("event loop stalled for %.0f ms%s", lag * 1000,

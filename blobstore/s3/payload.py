@@ -18,6 +18,13 @@ Refused, by S3 code:
 * ``InvalidRequest`` / ``BadDigest``: an x-amz-checksum-* value malformed / wrong.
   CRC32, SHA-1 and SHA-256 are checked; CRC32C and CRC64NVME need native code we do not
   ship yet and are refused (``NotImplemented``) rather than stored unchecked.
+
+Hashing is kept off the event loop for large bodies: :meth:`~PayloadCheck.feed` checks
+sizes at once but only queues the bytes for the hashes; once :data:`BULK_HASH_MIN` bytes
+are queued (:attr:`~PayloadCheck.hash_due`), the caller hands
+:meth:`~PayloadCheck.take_pending` to :meth:`~PayloadCheck.hash` in a bulk worker thread
+(hashlib releases the GIL on large buffers). What is left (less than that) is hashed
+in :meth:`~PayloadCheck.finish`.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ CHECKSUM_HEADERS = {
     "x-amz-checksum-sha256": 32,
 }
 UNSUPPORTED_CHECKSUMS = {"x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme"}
+
+BULK_HASH_MIN = 1 << 20
+"""Queued body bytes worth hashing in a worker thread (below, a thread hop costs about
+as much as the hashing it would move)."""
 
 
 class _Crc32:
@@ -143,6 +154,10 @@ class PayloadCheck:
             raise InvalidRequest("Expecting a single x-amz-checksum- header. Multiple "
                                  "checksum Types are not allowed.")
         self._checksums = {name: _hasher(name) for name in names}
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._hashing = (self._md5 is not None or self._sha256 is not None
+                         or bool(self._checksums))
 
     @classmethod
     def for_request(cls, request: S3Request, auth: Authorization | None,
@@ -173,21 +188,44 @@ class PayloadCheck:
             raise EntityTooLarge(MaxSizeAllowed=self.max_size)
         if self.length is not None and self.received > self.length:
             raise IncompleteBody(f"body longer than the declared {self.length} bytes")
-        if self._md5 is not None:
-            self._md5.update(data)
-        if self._sha256 is not None:
-            self._sha256.update(data)
-        for hasher in self._checksums.values():
-            hasher.update(data)
+        if self._hashing and data:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+
+    @property
+    def hash_due(self) -> bool:
+        """Enough bytes are queued to hash them in a worker thread."""
+        return self._pending_bytes >= BULK_HASH_MIN
+
+    def take_pending(self) -> list[bytes]:
+        """The queued bytes, in order, for :meth:`hash` (the queue starts over)."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        return pending
+
+    def hash(self, pieces: list[bytes]) -> None:
+        """Hash ``pieces`` into every digest, in order. May run in a worker thread, as long
+        as nothing else uses this check until it returns."""
+        md5, sha256, checksums = self._md5, self._sha256, list(self._checksums.values())
+        for data in pieces:
+            if md5 is not None:
+                md5.update(data)
+            if sha256 is not None:
+                sha256.update(data)
+            for hasher in checksums:
+                hasher.update(data)
 
     @property
     def md5_hex(self) -> str | None:
         """Hex MD5 of the body (only when a Content-MD5 was given)."""
-        return None if self._md5 is None else self._md5.hexdigest()
+        if self._md5 is None:
+            return None
+        self.hash(self.take_pending())
+        return self._md5.hexdigest()
 
     def finish(self, trailers: dict[str, str] | None = None) -> None:
         if self.length is not None and self.received != self.length:
             raise IncompleteBody(f"declared {self.length} bytes, received {self.received}")
+        self.hash(self.take_pending())
         if self.sha256 is not None:
             assert self._sha256 is not None
             if self._sha256.hexdigest() != self.sha256:

@@ -4,7 +4,9 @@ Memory: a request body is never gathered whole unless it is an XML document (at 
 :data:`~blobstore.s3.xml.MAX_XML_BODY`); an upload flows ASGI message by message through
 the aws-chunked decoder and the payload checks into the put pipeline, which holds at
 most a couple of chunks. hypercorn stops reading the socket while its small queue of
-body messages is full, so a fast client cannot fill our memory either.
+body messages is full, so a fast client cannot fill our memory either. The payload's
+hashes (SHA-256, Content-MD5, checksums) are computed a megabyte at a time in a bulk
+worker thread, not on the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.request import S3Request
 from blobstore.s3.sigv4 import Authorization
 from blobstore.s3.xml import MAX_XML_BODY
+from meshcloud.bulk import run_bulk
 
 DRAIN_TIMEOUT = 1.0
 """Seconds spent reading the rest of a refused request's body before answering anyway."""
@@ -65,6 +68,8 @@ class Body:
                 pieces = self.decoder.feed(data) if self.decoder is not None else [data]
                 for piece in pieces:
                     self.check.feed(piece)
+                    if self.check.hash_due:  # a megabyte or more: off the event loop
+                        await run_bulk(self.check.hash, self.check.take_pending())
                     yield piece
             if not message.get("more_body", False):
                 break

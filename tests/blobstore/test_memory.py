@@ -96,7 +96,7 @@ async def test_run_collects_cycles_and_releases_once_transfers_settle(autojump_c
         alive = weakref.ref(held)
         del held
         r = MemoryReleaser(lambda: moved[0], lambda: released.append(True),
-                           threshold=10)
+                           threshold=10, freeze_after=None)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(r.run)
             await trio.sleep(0.5)
@@ -112,3 +112,43 @@ async def test_run_collects_cycles_and_releases_once_transfers_settle(autojump_c
         assert alive() is None and released == [True]
     finally:
         gc.enable()
+
+
+def test_freeze_is_due_once_after_start_up():
+    r = MemoryReleaser(lambda: 0, lambda: None, freeze_after=10.0)
+    assert not r.freeze_due(9.9) and r.freeze_due(10.0)
+    r.frozen = 1
+    assert not r.freeze_due(20.0)
+    assert not MemoryReleaser(lambda: 0, lambda: None, freeze_after=None).freeze_due(1e9)
+
+
+@pytest.mark.trio
+async def test_start_up_objects_are_frozen_out_of_later_collections(autojump_clock):
+    import gc
+    import weakref
+
+    import trio
+
+    class Node:
+        pass
+
+    long_lived = Node()  # alive at start-up: frozen, never walked again
+    garbage = Node()
+    garbage.cycle = garbage  # start-up garbage: collected, not frozen for good
+    dead = weakref.ref(garbage)
+    del garbage
+    r = MemoryReleaser(lambda: 0, lambda: None, freeze_after=3.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.run)
+            await trio.sleep(2.5)
+            assert r.frozen == 0 and gc.get_freeze_count() == 0
+            await trio.sleep(1.0)
+            assert r.frozen > 0 and gc.get_freeze_count() > 0
+            nursery.cancel_scope.cancel()
+        assert dead() is None
+        assert not any(obj is long_lived for obj in gc.get_objects())
+        fresh = Node()  # allocated later: still the collector's
+        assert any(obj is fresh for obj in gc.get_objects())
+    finally:
+        gc.unfreeze()

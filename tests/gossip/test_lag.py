@@ -196,6 +196,8 @@ async def test_the_driver_measures_a_held_loop(autojump_clock):
     driver = GossipDriver(transport, CONFIG, cert_hooks(member.key, member.cert,
                                                         mesh.root.public, member.records),
                           rng=random.Random(1), watch_steps=True)
+    assert driver.slow_steps is not None
+    driver.slow_steps.clock = trio.current_time  # steps timed on the test's virtual clock
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         await nursery.start(driver.run)
@@ -372,3 +374,96 @@ def test_a_newcomer_past_its_grace_still_probes_again_before_it_accuses():
     target = fail_one_round(a, wire)
     assert a.state_of(target) is ALIVE and a.statistics().probes_retried == 1
     assert not a.shaky(CONFIG.startup_grace_max + 0.01)  # and then it is not new any more
+
+
+def test_statistics_carry_every_counter():
+    from gossip.stats import Counters
+
+    cores, _ = meshed(2)
+    assert set(Counters.__slots__) <= set(cores[0].statistics().as_dict())
+
+
+# --- the step instrument -----------------------------------------------------------------
+
+
+class _Task:
+    name = "busy"
+
+
+class _Clocks:
+    """A wall clock the test moves and a CPU clock that counts its reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.cpu = 0.0
+        self.cpu_reads = 0
+
+    def wall(self) -> float:
+        return self.now
+
+    def thread(self) -> float:
+        self.cpu_reads += 1
+        return self.cpu
+
+
+def _step(steps, clocks: _Clocks, took: float, cpu: float | None = None) -> None:
+    steps.before_task_step(_Task())
+    clocks.now += took
+    clocks.cpu += took if cpu is None else cpu
+    steps.after_task_step(_Task())
+
+
+def test_fast_steps_read_the_cpu_clock_at_most_once_per_mark_interval():
+    from gossip.driver import SlowSteps
+
+    clocks = _Clocks()
+    steps = SlowSteps(0.05, cpu_mark_every=0.01, clock=clocks.wall, cpu_clock=clocks.thread)
+    for _ in range(1000):  # 1,000 steps of 0.1 ms: 0.1 s of busy loop
+        _step(steps, clocks, 0.0001)
+    assert clocks.cpu_reads <= 11
+    assert steps.slow == {} and steps.take_longest() == 0.0
+
+
+def test_a_slow_step_is_counted_with_its_cpu_time_bounded_by_the_mark():
+    from gossip.driver import SlowSteps
+
+    clocks = _Clocks()
+    steps = SlowSteps(0.05, cpu_mark_every=0.01, clock=clocks.wall, cpu_clock=clocks.thread)
+    _step(steps, clocks, 0.005)  # sets a mark, then 5 ms of CPU before the slow step
+    _step(steps, clocks, 0.2, cpu=0.03)  # held the loop 200 ms, 30 ms of it our CPU
+    (top,) = steps.top()
+    assert top["task"] == "busy" and top["count"] == 1 and top["max_ms"] == 200.0
+    assert 30.0 <= top["cpu_ms"] <= 30.0 + 10.0  # at most one mark interval too much
+    assert steps.take_longest() == pytest.approx(0.2) and steps.take_longest() == 0.0
+    _step(steps, clocks, 0.3, cpu=0.5)  # CPU clock ahead of the wall: capped at the wall
+    assert steps.top()[0]["cpu_ms"] <= 30.0 + 10.0 + 300.0
+
+
+async def test_a_slow_step_between_two_samples_is_lag(autojump_clock):
+    from gossip.driver import GossipDriver
+    from gossip.hooks import cert_hooks
+    from meshcloud.testing import TestMesh
+    from meshcloud.transport.memory import MemoryNetwork
+
+    mesh = TestMesh.with_members(1)
+    member = mesh.members[0]
+    network = MemoryNetwork()
+    transport = network.add(member.key, member.authenticator)
+    driver = GossipDriver(transport, CONFIG, cert_hooks(member.key, member.cert,
+                                                        mesh.root.public, member.records),
+                          rng=random.Random(1), watch_steps=True)
+    assert driver.slow_steps is not None
+    wall = [0.0]
+    driver.slow_steps.clock = lambda: wall[0]  # steps take no time unless we say so
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await nursery.start(driver.run)
+        await trio.sleep(1.0)
+        assert driver.lag.max_s == 0.0
+        wall[0] += 0.15  # this step held the loop 150 ms; trio's clock did not move
+        await trio.sleep(1.0)
+        status = driver.loop_status()
+        assert driver.lag.max_s == pytest.approx(0.15) and status["stalls"] == 1
+        assert driver.statistics().core.loop_stalls >= 1
+        assert status["slow_steps"][0]["max_ms"] == 150.0
+        nursery.cancel_scope.cancel()

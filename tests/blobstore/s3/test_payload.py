@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blobstore.s3 import errors as e
 from blobstore.s3.payload import MAX_PUT_SIZE, PayloadCheck, declared_length, parse_content_md5
@@ -117,3 +120,46 @@ def test_declared_length(headers, mode, expect):
     else:
         with pytest.raises(expect):
             declared_length(req, mode)
+
+
+# --- hashing in batches (a worker thread hashes what the loop queued) ----------------------
+
+
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=8),
+       flushes=st.lists(st.booleans(), max_size=10))
+def test_hashing_in_batches_gives_the_digests_of_the_whole_body(body, cuts, flushes):
+    from blobstore.s3 import payload
+
+    check = PayloadCheck(length=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                         content_md5=hashlib.md5(body).digest(),
+                         checksums={"x-amz-checksum-crc32": crc_b64(body)})
+    bounds = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+        check.feed(body[start:end])
+        if i < len(flushes) and flushes[i]:
+            check.hash(check.take_pending())
+    assert check._pending_bytes < payload.BULK_HASH_MIN or check.hash_due
+    check.finish()  # hashes what is left; raises if any digest were off
+    assert check.md5_hex == hashlib.md5(body).hexdigest()
+
+
+def test_a_megabyte_queued_is_due_for_a_worker_and_taking_it_empties_the_queue():
+    from blobstore.s3.payload import BULK_HASH_MIN
+
+    body = b"x" * BULK_HASH_MIN
+    check = PayloadCheck(length=len(body) + 1, sha256=hashlib.sha256(body + b"y").hexdigest())
+    check.feed(body[:-1])
+    assert not check.hash_due
+    check.feed(body[-1:])
+    assert check.hash_due
+    assert b"".join(check.take_pending()) == body and not check.hash_due
+    check.feed(b"y")
+    with pytest.raises(e.ContentSha256Mismatch):  # the taken bytes were never hashed
+        check.finish()
+
+
+def test_a_check_without_digests_queues_nothing():
+    check = PayloadCheck(length=2 * (1 << 20))
+    check.feed(b"x" * (2 << 20))
+    assert not check.hash_due and check.take_pending() == []
+    check.finish()
