@@ -62,6 +62,9 @@ class GossipStatistics:
     resumes: int
     loop_stalls: int
     """Stalls of our own event loop (lag over ``stall_threshold``) reported or seen."""
+    probes_retried: int
+    """Failed probe rounds run once more before accusing, because our own judgement was
+    weak (a recent stall of our loop, or a health score above 0)."""
     probes_stalled: int
     """Probe steps extended because our loop stalled during them (not the peer's fault)."""
     probes_unsettled: int
