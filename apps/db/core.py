@@ -71,32 +71,84 @@ def placement(name: str, nodes: Collection[bytes], standbys: int) -> list[bytes]
     return rank(sorted(set(nodes)), b"db/" + name.encode())[:1 + standbys]
 
 
+def group_of(name: str, spec: DbSpec, known: Collection[bytes]) -> list[bytes]:
+    """The nodes that keep a copy of ``name``: the node chosen at creation first, then the
+    best ranked other known nodes (dead ones included: a copy does not move because its
+    node is down for a while)."""
+    others = placement(name, set(known) - {spec.home}, spec.standbys)[:spec.standbys]
+    return [spec.home, *others]
+
+
 @dataclass(frozen=True, slots=True)
-class Want:
-    """What one node should run for one database."""
+class Local:
+    """What this node has of one database."""
 
-    name: str
-    role: str
-    """``primary`` or ``standby``."""
-    primary: bytes
-    """The node that runs (or should run) the primary."""
+    has_data: bool = False
+    standby_data: bool = False
+    """The data dir is a standby's (standby.signal)."""
+    running: bool = False
+    term: int = 0
+    """The term under which this copy last ran as primary (0: never)."""
 
 
-def wanted_here(me: bytes, specs: Mapping[str, DbSpec], nodes: Collection[bytes]
-                ) -> dict[str, Want]:
-    """The databases this node should run and as what. The primary stays on the node
-    recorded at creation (``DbSpec.home``): a database's data never moves by accident."""
-    out: dict[str, Want] = {}
-    for name, spec in specs.items():
-        home = spec.home
-        if me == home:
-            out[name] = Want(name, PRIMARY, home)
-            continue
-        others = [n for n in placement(name, set(nodes) - {home}, spec.standbys)
-                  ][:spec.standbys]
-        if me in others:
-            out[name] = Want(name, STANDBY, home)
-    return out
+INITDB = "initdb"
+START_PRIMARY = "start_primary"
+PROMOTE = "promote"
+CLONE = "clone"
+START_STANDBY = "start_standby"
+FENCE = "fence"
+KEEP = "keep"
+WAIT = "wait"
+DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    want_lease: bool
+    action: str
+
+
+def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
+           alive: Collection[bytes], rows: Mapping[bytes, DbMember], local: Local,
+           lease_term: int | None) -> Decision:
+    """What this node does about one database this round. The lease (with its term, a
+    fencing token) is the only licence to run as primary: without it a running primary
+    is stopped at once; a standby asks for it only when no other live primary exists,
+    and is promoted only once it holds it (so after the previous holder's lease ran out).
+    A copy that was primary under an older term than the current primary's is cloned
+    again as a standby: it never accepts a write on its old term."""
+    if me not in group_of(name, spec, known):
+        return Decision(False, DROP if local.has_data else WAIT)
+    others = {n: m for n, m in rows.items() if n != me}
+    live_primary = primary_of(name, others, alive)
+    top_term = max((m.term for m in rows.values() if m.role == PRIMARY), default=0)
+    fresh = not rows or all(m.term == 0 for m in rows.values())
+    if lease_term is not None:
+        if not local.has_data:
+            if fresh and me == spec.home:
+                return Decision(True, INITDB)
+            return Decision(False, CLONE if live_primary else WAIT)
+        if local.standby_data:
+            return Decision(True, PROMOTE if local.running else START_STANDBY)
+        if local.term < top_term and (live_primary is not None or
+                                      any(m.term > local.term for n, m in others.items()
+                                          if m.role == PRIMARY)):
+            return Decision(False, CLONE if live_primary else WAIT)  # stale copy
+        return Decision(True, KEEP if local.running else START_PRIMARY)
+    # no lease
+    if local.has_data and not local.standby_data and local.running:
+        return Decision(False, FENCE)
+    if live_primary is not None:
+        if not local.has_data or (not local.standby_data and
+                                  local.term <= live_primary[1].term):
+            return Decision(False, CLONE)
+        return Decision(False, KEEP if local.running else START_STANDBY)
+    # no live primary anywhere
+    if not local.has_data:
+        return Decision(fresh and me == spec.home, WAIT)
+    if local.standby_data:
+        return Decision(local.running, KEEP if local.running else START_STANDBY)
+    return Decision(local.term >= top_term, WAIT)  # the last primary may come back
 
 
 def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[bytes]

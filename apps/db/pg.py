@@ -170,3 +170,7 @@ async def stop(inst: Instance, mode: str = "fast") -> None:
 async def promote(inst: Instance) -> None:
     await _run(inst, [str(BIN / "pg_ctl"), "promote", "-D", str(inst.data), "-w"],
                timeout=60)
+
+
+async def reload(inst: Instance) -> None:
+    await _run(inst, [str(BIN / "pg_ctl"), "reload", "-D", str(inst.data), "-s"], timeout=30)

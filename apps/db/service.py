@@ -13,21 +13,32 @@ import trio
 
 from apps.db import pg
 from apps.db.core import (
+    CLONE,
+    DROP,
+    FENCE,
+    INITDB,
     PRIMARY,
+    PROMOTE,
+    STANDBY,
+    START_PRIMARY,
+    START_STANDBY,
     DbError,
-    Want,
+    Local,
     check_create,
+    conf_text,
+    decide,
     free_port,
     new_password,
     placement,
     primary_of,
-    wanted_here,
 )
 from apps.db.messages import DB_FORWARD_PROTOCOL, DbMember, DbSpec
 from apps.db.tables import DATABASES, DB_MEMBERS, all_databases, all_members
 from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
 from apps.ingress.messages import ForwardOpen, ForwardReply
 from apps.ingress.ports import ephemeral_port
+from apps.leases import LEASE_DURATION, RENEW_EVERY
+from apps.workloads.leasing import LeaseService
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
@@ -41,6 +52,10 @@ TICK = 1.0
 """Seconds between controller rounds."""
 OPEN_TIMEOUT = 5.0
 ENDPOINT = "pg"
+DB_LEASE_PROTOCOL = "/meshcloud/db-lease/1"
+LOCAL_LEASE = 6.0
+LOCAL_RENEW = 1.0
+"""Lease timing under ``--profile local`` (as the workloads': one machine, fast failover)."""
 
 
 class DbService(ServiceBase):
@@ -70,6 +85,12 @@ class DbService(ServiceBase):
         self.listeners: dict[int, trio.CancelScope] = {}
         self.forwarded = 0
         self.refused = 0
+        self.sync_seen: dict[str, int] = {}
+        local = node.config.profile == "local"
+        self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
+                                   duration=LOCAL_LEASE if local else LEASE_DURATION,
+                                   renew_every=LOCAL_RENEW if local else RENEW_EVERY,
+                                   protocol=DB_LEASE_PROTOCOL)
 
     def tables(self) -> tuple[Any, ...]:
         return (DATABASES, DB_MEMBERS)
@@ -182,6 +203,7 @@ class DbService(ServiceBase):
                   ) -> None:
         self.node.transport.serve(DB_FORWARD_PROTOCOL, self._serve_forward)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.leases.run)
             nursery.start_soon(self._control_loop)
             nursery.start_soon(self._listen_loop, nursery)
             task_status.started()
@@ -197,51 +219,133 @@ class DbService(ServiceBase):
     async def control_round(self) -> None:
         specs = all_databases(self.state)
         me = self.node.node_id
-        wants = wanted_here(me, specs, self.alive_nodes())
-        for name, want in sorted(wants.items()):
+        members = all_members(self.state)
+        known = self.known_nodes()
+        alive = self.alive_nodes()
+        held = self.leases.leases()
+        want: set[str] = set()
+        for name, spec in sorted(specs.items()):
+            rows = members.get(name, {})
+            for row in rows.values():
+                self.leases.observe_term(name, row.term)
+            lease = held.get(name)
             try:
-                await self._ensure(want, specs[name])
+                local = await self._local(name)
+                decision = decide(me, name, spec, known=known, alive=alive, rows=rows,
+                                  local=local,
+                                  lease_term=lease.term if lease is not None else None)
+                if decision.want_lease:
+                    want.add(name)
+                await self._act(name, spec, decision.action, local, lease, rows, alive)
                 self.errors.pop(name, None)
             except (pg.PgFailed, OSError, trio.TooSlowError, MeshError) as exc:
                 self.errors[name] = str(exc)[-500:]
                 log.warning("database %s: %s", name, str(exc)[-300:])
+        self.leases.want(want)
         for name in sorted(set(self.local) | set(self._ports())):
-            if name not in wants:
+            if name not in specs:
                 await self._drop(name)
         mine = {k[0] for k, v in self.state.scan(DB_MEMBERS.name)
                 if v is not None and len(k) == 2 and k[1] == me}
-        for name in mine - set(wants):
+        for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
 
-    async def _ensure(self, want: Want, spec: DbSpec) -> None:
-        name = want.name
+    def known_nodes(self) -> list[bytes]:
+        from apps.workloads.offers import all_offers
+
+        return sorted(set(all_offers(self.state)) | {self.node.node_id})
+
+    async def _local(self, name: str) -> Local:
+        inst = self.instance(name)
+        has = inst.exists()
+        return Local(has_data=has, standby_data=has and inst.is_standby(),
+                     running=has and await pg.running(inst), term=self._term(inst))
+
+    @staticmethod
+    def _term(inst: pg.Instance) -> int:
+        try:
+            return int((inst.root / "term").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    @staticmethod
+    def _set_term(inst: pg.Instance, term: int) -> None:
+        tmp = inst.root / "term.new"
+        tmp.write_text(str(term))
+        tmp.replace(inst.root / "term")
+
+    async def _act(self, name: str, spec: DbSpec, action: str, local: Local,
+                   lease: Any, rows: dict[bytes, DbMember], alive: set[bytes]) -> None:
         inst = self.instance(name)
         port = self._pg_port(name)
-        if not await pg.running(inst):
-            if want.role == PRIMARY:
-                if not inst.exists():
-                    await pg.initdb(inst, name, spec.password, port=port,
-                                    standbys=spec.standbys)
-                    await pg.start(inst)
-                    await self._create_database(inst, name, spec.password)
-                else:
-                    await pg.start(inst)
-            else:
-                if not inst.exists():
-                    if self._primary_node(name) is None:
-                        return  # nothing to clone from yet
-                    await pg.basebackup(inst, host=self.bind_host(), port=spec.port,
-                                        user=name, password=spec.password, my_port=port,
-                                        standbys=spec.standbys)
-                await pg.start(inst)
-        healthy = await tcp_check(port)
-        self.local[name] = (want.role, port, healthy)
-        row = DbMember(role=want.role, port=port, healthy=healthy, term=1,
+        term = lease.term if lease is not None else local.term
+        if action == FENCE:
+            log.warning("database %s: lease lost, stopping the primary (term %d)", name,
+                        local.term)
+            await pg.stop(inst, "immediate")
+        elif action == INITDB:
+            await pg.initdb(inst, name, spec.password, port=port, standbys=0)
+            self._set_term(inst, term)
+            await pg.start(inst)
+            await self._create_database(inst, name, spec.password)
+        elif action == START_PRIMARY:
+            self._set_term(inst, term)
+            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await pg.start(inst)
+        elif action == PROMOTE:
+            log.warning("database %s: promoting this standby (term %d)", name, term)
+            self._set_term(inst, term)
+            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await pg.promote(inst)
+            await pg.reload(inst)
+        elif action == CLONE:
+            if local.running:
+                await pg.stop(inst, "immediate")
+            log.info("database %s: cloning a standby from the primary", name)
+            await pg.basebackup(inst, host=self.bind_host(), port=spec.port, user=name,
+                                password=spec.password, my_port=port,
+                                standbys=spec.standbys)
+            self._set_term(inst, 0)
+            await pg.start(inst)
+        elif action == START_STANDBY:
+            await pg.start(inst)
+        elif action == DROP:
+            await self._drop(name)
+            return
+        now = await self._local(name)
+        if not now.has_data:
+            return
+        role = STANDBY if now.standby_data else PRIMARY
+        if role == PRIMARY and lease is not None and now.running:
+            await self._sync(inst, name, spec, rows, alive, port)
+        healthy = now.running and await tcp_check(port)
+        if role == PRIMARY and lease is None:
+            healthy = False  # never routed to without the lease
+        self.local[name] = (role, port, healthy)
+        row = DbMember(role=role, port=port, healthy=healthy,
+                       term=now.term if role == PRIMARY else 0,
                        updated_ms=self.node.clock.wall_ms())
         old = self.state.get(DB_MEMBERS.name, (name, self.node.node_id))
         if old is None or (old.role, old.port, old.healthy, old.term) != \
                 (row.role, row.port, row.healthy, row.term):
             self.state.put(DB_MEMBERS.name, (name, self.node.node_id), row)
+
+    async def _sync(self, inst: pg.Instance, name: str, spec: DbSpec,
+                    rows: dict[bytes, DbMember], alive: set[bytes], port: int,
+                    *, force: bool = False) -> None:
+        """Synchronous commit while a standby is live; without one the primary carries on
+        alone (degraded) rather than blocking every write."""
+        me = self.node.node_id
+        live = sum(1 for n, m in rows.items()
+                   if n != me and n in alive and m.role == STANDBY and m.healthy)
+        standbys = min(spec.standbys, live)
+        if not force and self.sync_seen.get(name) == standbys:
+            return
+        pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
+                                      standbys=standbys))
+        if not force:
+            await pg.reload(inst)
+        self.sync_seen[name] = standbys
 
     async def _create_database(self, inst: pg.Instance, name: str, password: str) -> None:
         await pg._run(inst, [str(pg.BIN / "psql"), "-h", str(inst.sock), "-p",
@@ -346,7 +450,8 @@ class DbService(ServiceBase):
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only this node's own primary (a peer cannot make us connect elsewhere)."""
         local = self.local.get(request.workload)
-        if request.endpoint != ENDPOINT or local is None or local[0] != PRIMARY:
+        if request.endpoint != ENDPOINT or local is None or local[0] != PRIMARY \
+                or not local[2]:
             return None
         return local[1]
 

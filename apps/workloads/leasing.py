@@ -67,8 +67,10 @@ class LeaseService:
                  known_nodes: Callable[[], Iterable[bytes]], *,
                  on_change: Callable[[], None] = lambda: None,
                  duration: float = LEASE_DURATION, renew_every: float = RENEW_EVERY,
-                 quiet_period: float | None = None) -> None:
+                 quiet_period: float | None = None, protocol: str = LEASE_PROTOCOL) -> None:
         self.node_id = node_id
+        self.protocol = protocol
+        """Another service (databases) runs its own granters and holder on its own protocol."""
         self.transport = transport
         self.known_nodes = known_nodes
         self.on_change = on_change
@@ -122,7 +124,7 @@ class LeaseService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self._quiet_until = trio.current_time() + self.quiet_period
-        self.transport.serve(LEASE_PROTOCOL, self._serve)
+        self.transport.serve(self.protocol, self._serve)
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
@@ -177,7 +179,7 @@ class LeaseService:
             return self._answer(request)
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                stream = await self.transport.open_stream(granter, LEASE_PROTOCOL)
+                stream = await self.transport.open_stream(granter, self.protocol)
                 try:
                     await stream.send(encode_message(request))
                     await stream.close()
@@ -210,7 +212,7 @@ class LeaseService:
                 continue
             try:
                 with trio.move_on_after(REQUEST_TIMEOUT):
-                    stream = await self.transport.open_stream(granter, LEASE_PROTOCOL)
+                    stream = await self.transport.open_stream(granter, self.protocol)
                     await stream.send(encode_message(release))
                     await stream.close()
             except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):

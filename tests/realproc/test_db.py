@@ -32,12 +32,13 @@ def db_roots(agent: Agent) -> list[Path]:
     return out
 
 
-def kill_postgres(agent: Agent) -> None:
-    """postgres outlives a killed agent (pg_ctl detaches it): stop it immediately."""
+def kill_postgres(agent: Agent, signum: int = signal.SIGQUIT) -> None:
+    """postgres outlives a killed agent (pg_ctl detaches it): end it (SIGQUIT: immediate
+    shutdown; SIGKILL: kill -9)."""
     for root in db_roots(agent):
         try:
             pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGQUIT)
+            os.kill(pid, signum)
         except (OSError, ValueError, IndexError):
             continue
 
@@ -126,3 +127,76 @@ def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
     gone = psql(via(url, ADDRESSES[2]), "SELECT 1", timeout=15)
     assert gone.returncode != 0
     assert databases(c) == {}
+
+
+def agent_of(cluster: LocalCluster, node_hex: str) -> Agent:
+    return next(a for a in cluster.agents if a.node_id == node_hex)
+
+
+def roles(agent: Agent, name: str) -> dict[str, str]:
+    d = databases(agent).get(name) or {"members": []}
+    return {m["node"]: m["role"] for m in d["members"] if m["healthy"] and m["alive"]}
+
+
+def test_failover_keeps_every_acknowledged_row_and_the_old_primary_rejoins(cluster):
+    import threading
+    import time
+
+    a = cluster.agents[0]
+    port = ephemeral_port()
+    a.cli("db", "create", "ledger", "--standbys", "1", "--port", str(port))
+    wait_until(lambda: ready(a, "ledger", 1), 180, interval=0.5, message="ledger ready")
+    before = roles(a, "ledger")
+    primary_hex = next(n for n, r in before.items() if r == "primary")
+    standby_hex = next(n for n, r in before.items() if r == "standby")
+    old = agent_of(cluster, primary_hex)
+    client = next(x for x in cluster.agents if x.node_id not in (primary_hex, standby_hex))
+    host = ADDRESSES[cluster.agents.index(client)]
+    url = via(a.cli("db", "url", "ledger").stdout.strip(), host)
+    made = psql(url, "CREATE TABLE t (id int primary key)")
+    assert made.returncode == 0, made.stderr
+
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            r = psql(url, f"INSERT INTO t VALUES ({i})", timeout=20)
+            if r.returncode == 0:
+                acked.append(i)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(acked) >= 20, 60, message="20 rows before the kill")
+        old.kill()
+        kill_postgres(old, signal.SIGKILL)
+        killed_at, count = time.monotonic(), len(acked)
+        wait_until(lambda: len(acked) >= count + 10, 120, interval=0.2,
+                   message="writes resumed after failover")
+        resumed = time.monotonic() - killed_at
+    finally:
+        stop.set()
+        thread.join(60)
+    present = {int(x) for x in psql(url, "SELECT id FROM t").stdout.split()}
+    lost = sorted(set(acked) - present)
+    assert lost == [], f"acknowledged rows lost: {lost[:20]}"
+    after = roles(client, "ledger")
+    assert after.get(standby_hex) == "primary"
+    print(f"failover: writes resumed {resumed:.1f} s after kill -9, {len(acked)} acked, "
+          "0 lost")
+
+    # the old primary comes back: it is cloned again as a standby, never a primary
+    old.start()
+    wait_until(lambda: roles(client, "ledger").get(primary_hex) == "standby", 180,
+               interval=0.5, message="old primary rejoined as a standby")
+    assert roles(client, "ledger").get(standby_hex) == "primary"
+    again = psql(url, "INSERT INTO t VALUES (-1); SELECT count(*) FROM t")
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout.split()[-1]) == len(present) + 1
+    # synchronous again once the standby streams (the primary ran alone meanwhile)
+    wait_until(lambda: psql(url, "SELECT sync_state FROM pg_stat_replication"
+                            ).stdout.split() == ["quorum"], 60, interval=0.5,
+               message="synchronous standby again")
