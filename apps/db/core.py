@@ -4,7 +4,6 @@ what this node should do about each database (no I/O)."""
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -59,10 +58,6 @@ def free_port(taken: Iterable[int]) -> int:
         if port not in used:
             return port
     raise DbError("every database port is taken", code="no_port")
-
-
-def new_password() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def placement(name: str, nodes: Collection[bytes], standbys: int) -> list[bytes]:

@@ -74,17 +74,16 @@ async def _run(inst: Instance, args: list[str], *, env: dict[str, str] | None = 
                timeout: float = 120.0) -> str:
     base = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(inst.root), "LC_ALL": "C.UTF-8",
             "PGTZ": "UTC"}
-    kwargs: dict[str, object] = {}
-    if inst.uid is not None:
-        kwargs = {"user": inst.uid, "group": inst.uid, "extra_groups": []}
+    uid = inst.uid
+    if uid is not None:
         base |= {"LD_PRELOAD": NSS_WRAPPER, "NSS_WRAPPER_PASSWD": str(inst.passwd),
                  "NSS_WRAPPER_GROUP": str(inst.passwd.with_name("group"))}
     with trio.fail_after(timeout):
         done = await trio.run_process(
             args, capture_stdout=True, capture_stderr=True, check=False,
             env={**base, **(env or {})}, cwd=str(inst.root), stdin=subprocess.DEVNULL,
-            **kwargs)
-    out = (done.stdout + done.stderr).decode(errors="replace")
+            user=uid, group=uid, extra_groups=[] if uid is not None else None)
+    out = bytes(done.stdout + done.stderr).decode(errors="replace")
     if done.returncode != 0:
         raise PgFailed(f"{Path(args[0]).name} exited {done.returncode}: {out[-2000:]}")
     return out

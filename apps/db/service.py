@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,6 @@ from apps.db.core import (
     conf_text,
     decide,
     free_port,
-    new_password,
     placement,
     primary_of,
 )
@@ -113,7 +113,7 @@ class DbService(ServiceBase):
             raise DbError(f"{1 + standbys} nodes needed, {len(nodes)} alive",
                           code="no_nodes")
         home = placement(name, nodes, 0)[0]
-        spec = DbSpec(port=port, password=new_password(), home=home, standbys=standbys,
+        spec = DbSpec(port=port, password=secrets.token_urlsafe(24), home=home, standbys=standbys,
                       version=version, created_ms=self.node.clock.wall_ms())
         self.state.put(DATABASES.name, (name,), spec)
         self.node.events.emit("db.created", name=name, port=port)
@@ -245,7 +245,7 @@ class DbService(ServiceBase):
         for name in sorted(set(self.local) | set(self._ports())):
             if name not in specs:
                 await self._drop(name)
-        mine = {k[0] for k, v in self.state.scan(DB_MEMBERS.name)
+        mine = {str(k[0]) for k, v in self.state.scan(DB_MEMBERS.name)
                 if v is not None and len(k) == 2 and k[1] == me}
         for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
