@@ -113,7 +113,7 @@ async def initdb(inst: Instance, user: str, password: str, *, port: int, standby
                  ) -> None:
     prepare(inst)
     if inst.data.exists():
-        shutil.rmtree(inst.data)
+        await trio.to_thread.run_sync(shutil.rmtree, inst.data)
     pwfile = inst.root / ".pw"
     pwfile.write_text(password + "\n")
     os.chmod(pwfile, 0o600)
@@ -133,7 +133,7 @@ async def basebackup(inst: Instance, *, host: str, port: int, user: str, passwor
     """Clone the primary reached at ``host:port`` into a fresh data dir, as a standby."""
     prepare(inst)
     if inst.data.exists():
-        shutil.rmtree(inst.data)
+        await trio.to_thread.run_sync(shutil.rmtree, inst.data)
     await _run(inst, [str(BIN / "pg_basebackup"), "-D", str(inst.data), "-h", host,
                       "-p", str(port), "-U", user, "-X", "stream", "-c", "fast",
                       "--no-password"], env={"PGPASSWORD": password}, timeout=600)

@@ -359,7 +359,7 @@ class DbService(ServiceBase):
         inst = self.instance(name)
         if inst.data.exists():
             await pg.stop(inst, "immediate")
-        shutil.rmtree(inst.root, ignore_errors=True)
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(inst.root, ignore_errors=True))
         self.local.pop(name, None)
         self._forget_port(name)
 
