@@ -5,6 +5,8 @@ Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from typing import Any
 
 from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
@@ -24,6 +26,10 @@ def cmd_db(args: argparse.Namespace) -> int | None:
               f"(`meshcloud db url {reply['name']}`)")
     elif verb == "url":
         print(api.get(f"/v1/db/{args.name}/url")["url"])
+    elif verb == "psql":
+        url = api.get(f"/v1/db/{args.name}/url")["url"]
+        psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+        os.execv(psql, [psql, url, *args.psql_args])
     elif verb == "rm":
         api.delete(f"/v1/db/{args.name}")
         print(f"removed database {args.name}")
@@ -56,6 +62,9 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--json", action="store_true")
     u = dsub.add_parser("url", help="the connection string (with the password)")
     u.add_argument("name")
+    q = dsub.add_parser("psql", help="psql connected to the database (through this node)")
+    q.add_argument("name")
+    q.add_argument("psql_args", nargs=argparse.REMAINDER, help="more arguments for psql")
     r = dsub.add_parser("rm", help="stop a database and delete its data everywhere")
     r.add_argument("name")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,7 +231,7 @@ class DbService(ServiceBase):
                 self.leases.observe_term(name, row.term)
             lease = held.get(name)
             try:
-                local = await self._local(name)
+                local = await self._local(name, spec)
                 decision = decide(me, name, spec, known=known, alive=alive, rows=rows,
                                   local=local,
                                   lease_term=lease.term if lease is not None else None)
@@ -255,11 +256,27 @@ class DbService(ServiceBase):
 
         return sorted(set(all_offers(self.state)) | {self.node.node_id})
 
-    async def _local(self, name: str) -> Local:
+    async def _local(self, name: str, spec: DbSpec | None = None) -> Local:
         inst = self.instance(name)
+        if spec is not None and inst.root.exists() and self._marker(inst) != spec.created_ms:
+            # a copy left from an earlier database of the same name: never reuse it
+            await pg.stop(inst, "immediate")
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(inst.root,
+                                                                ignore_errors=True))
         has = inst.exists()
         return Local(has_data=has, standby_data=has and inst.is_standby(),
                      running=has and await pg.running(inst), term=self._term(inst))
+
+    @staticmethod
+    def _marker(inst: pg.Instance) -> int:
+        try:
+            return int((inst.root / "created").read_text())
+        except (OSError, ValueError):
+            return -1
+
+    @staticmethod
+    def _set_marker(inst: pg.Instance, created_ms: int) -> None:
+        (inst.root / "created").write_text(str(created_ms))
 
     @staticmethod
     def _term(inst: pg.Instance) -> int:
@@ -285,6 +302,7 @@ class DbService(ServiceBase):
             await pg.stop(inst, "immediate")
         elif action == INITDB:
             await pg.initdb(inst, name, spec.password, port=port, standbys=0)
+            self._set_marker(inst, spec.created_ms)
             self._set_term(inst, term)
             await pg.start(inst)
             await self._create_database(inst, name, spec.password)
@@ -305,6 +323,7 @@ class DbService(ServiceBase):
             await pg.basebackup(inst, host=self.bind_host(), port=spec.port, user=name,
                                 password=spec.password, my_port=port,
                                 standbys=spec.standbys)
+            self._set_marker(inst, spec.created_ms)
             self._set_term(inst, 0)
             await pg.start(inst)
         elif action == START_STANDBY:
@@ -354,8 +373,6 @@ class DbService(ServiceBase):
                       env={"PGPASSWORD": password})
 
     async def _drop(self, name: str) -> None:
-        import shutil
-
         inst = self.instance(name)
         if inst.data.exists():
             await pg.stop(inst, "immediate")

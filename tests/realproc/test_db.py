@@ -8,6 +8,7 @@ nodes, the standby synchronous (quorum); ``db rm`` stops both and frees the port
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -68,6 +69,9 @@ def cluster(tmp_path_factory):
         cluster.close()
         for agent in cluster.agents:
             kill_postgres(agent)
+        for agent in cluster.agents:  # the homes root outlives the test's tmp dir
+            for root in db_roots(agent):
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def databases(agent: Agent) -> dict[str, dict]:
@@ -103,6 +107,8 @@ def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
 
     url = a.cli("db", "url", "shop").stdout.strip()
     assert url.startswith("postgresql://shop:") and f":{port}/shop" in url
+    viacli = a.cli("db", "psql", "shop", "-XAtc", "SELECT current_database()").stdout
+    assert viacli.strip() == "shop"
     listing = a.cli("db", "ls").stdout
     assert "shop" in listing and url.split(":")[2].split("@")[0] not in listing  # no pw
 
