@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 def build_services(ctx: NodeContext) -> list[Service]:
     """Every service of a node, in start order."""
+    from apps.db.service import DbService
     from apps.functions.service import FunctionService
     from apps.ingress.service import IngressService
     from apps.sites.service import SiteService
@@ -34,12 +35,13 @@ def build_services(ctx: NodeContext) -> list[Service]:
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    return [workloads, blobs, ingress, sites, functions]
+    return [workloads, blobs, ingress, sites, functions, DbService(ctx)]
 
 
 def load_cli_verbs() -> None:
     """Import every service's CLI module: each registers its verbs with
     :mod:`meshcloud.kit.cli`. An import error here fails the command line loudly."""
+    import apps.db.cli
     import apps.functions.cli
     import apps.ingress.cli
     import apps.sites.cli

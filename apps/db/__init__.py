@@ -1,0 +1,1 @@
+"""Managed PostgreSQL: one primary per database, reached through every node."""

@@ -1,0 +1,190 @@
+"""Pure decisions of the database service: names, placement, ports, configuration and
+what this node should do about each database (no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from apps.db.messages import DbMember, DbSpec
+from meshcloud.errors import MeshError
+from meshcloud.placement import rank
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+"""A database name is also its PostgreSQL user and database name: no quoting needed."""
+RESERVED = frozenset({"postgres", "template0", "template1", "meshcloud", "replication",
+                      "all", "public"})
+PORT_BASE = 15432
+PORT_LIMIT = 15999
+MAX_STANDBYS = 4
+VERSIONS = (15,)
+PRIMARY = "primary"
+STANDBY = "standby"
+
+
+class DbError(MeshError):
+    """A request about a database that cannot be done (bad name, taken, unknown)."""
+
+    code = "db_error"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise DbError(f"bad database name {name!r}: 1-31 of a-z, 0-9, _ starting with a "
+                      f"letter", code="bad_name")
+    if name in RESERVED:
+        raise DbError(f"database name {name!r} is reserved", code="bad_name")
+    return name
+
+
+def check_create(name: str, standbys: int, version: int, taken: Mapping[str, DbSpec]
+                 ) -> None:
+    check_name(name)
+    if name in taken:
+        raise DbError(f"database {name!r} already exists", code="conflict")
+    if not isinstance(standbys, int) or isinstance(standbys, bool) or \
+            not 0 <= standbys <= MAX_STANDBYS:
+        raise DbError(f"standbys must be 0..{MAX_STANDBYS}", code="bad_standbys")
+    if version not in VERSIONS:
+        raise DbError(f"PostgreSQL {version} is not available (have: {VERSIONS})",
+                      code="bad_version")
+
+
+def free_port(taken: Iterable[int]) -> int:
+    """The lowest ingress port of the database range no database or exposure uses."""
+    used = set(taken)
+    for port in range(PORT_BASE, PORT_LIMIT + 1):
+        if port not in used:
+            return port
+    raise DbError("every database port is taken", code="no_port")
+
+
+def placement(name: str, nodes: Collection[bytes], standbys: int) -> list[bytes]:
+    """The database's nodes, best first: the primary's home, then its standbys (distinct
+    nodes; fewer when the mesh is smaller)."""
+    return rank(sorted(set(nodes)), b"db/" + name.encode())[:1 + standbys]
+
+
+def group_of(name: str, spec: DbSpec, known: Collection[bytes]) -> list[bytes]:
+    """The nodes that keep a copy of ``name``: the node chosen at creation first, then the
+    best ranked other known nodes (dead ones included: a copy does not move because its
+    node is down for a while)."""
+    others = placement(name, set(known) - {spec.home}, spec.standbys)[:spec.standbys]
+    return [spec.home, *others]
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """What this node has of one database."""
+
+    has_data: bool = False
+    standby_data: bool = False
+    """The data dir is a standby's (standby.signal)."""
+    running: bool = False
+    term: int = 0
+    """The term under which this copy last ran as primary (0: never)."""
+
+
+INITDB = "initdb"
+START_PRIMARY = "start_primary"
+PROMOTE = "promote"
+CLONE = "clone"
+START_STANDBY = "start_standby"
+FENCE = "fence"
+KEEP = "keep"
+WAIT = "wait"
+DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    want_lease: bool
+    action: str
+
+
+def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
+           alive: Collection[bytes], rows: Mapping[bytes, DbMember], local: Local,
+           lease_term: int | None) -> Decision:
+    """What this node does about one database this round. The lease (with its term, a
+    fencing token) is the only licence to run as primary: without it a running primary
+    is stopped at once; a standby asks for it only when no other live primary exists,
+    and is promoted only once it holds it (so after the previous holder's lease ran out).
+    A copy that was primary under an older term than the current primary's is cloned
+    again as a standby: it never accepts a write on its old term."""
+    if me not in group_of(name, spec, known):
+        return Decision(False, DROP if local.has_data else WAIT)
+    others = {n: m for n, m in rows.items() if n != me}
+    live_primary = primary_of(name, others, alive)
+    top_term = max((m.term for m in rows.values() if m.role == PRIMARY), default=0)
+    fresh = not rows or all(m.term == 0 for m in rows.values())
+    if lease_term is not None:
+        if not local.has_data:
+            if fresh and me == spec.home:
+                return Decision(True, INITDB)
+            return Decision(False, CLONE if live_primary else WAIT)
+        if local.standby_data:
+            return Decision(True, PROMOTE if local.running else START_STANDBY)
+        if local.term < top_term and (live_primary is not None or
+                                      any(m.term > local.term for n, m in others.items()
+                                          if m.role == PRIMARY)):
+            return Decision(False, CLONE if live_primary else WAIT)  # stale copy
+        return Decision(True, KEEP if local.running else START_PRIMARY)
+    # no lease
+    if local.has_data and not local.standby_data and local.running:
+        return Decision(False, FENCE)
+    if live_primary is not None:
+        if not local.has_data or (not local.standby_data and
+                                  local.term <= live_primary[1].term):
+            return Decision(False, CLONE)
+        return Decision(False, KEEP if local.running else START_STANDBY)
+    # no live primary anywhere
+    if not local.has_data:
+        return Decision(fresh and me == spec.home, WAIT)
+    if local.standby_data:
+        return Decision(local.running, KEEP if local.running else START_STANDBY)
+    return Decision(local.term >= top_term, WAIT)  # the last primary may come back
+
+
+def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[bytes]
+               ) -> tuple[bytes, DbMember] | None:
+    """The healthy primary of ``name`` on a node believed alive (highest term first)."""
+    found = [(m.term, node, m) for node, m in members.items()
+             if m.role == PRIMARY and m.healthy and node in alive and 0 < m.port < 65536]
+    if not found:
+        return None
+    _, node, member = max(found, key=lambda t: (t[0], t[1]))
+    return node, member
+
+
+def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "") -> str:
+    """The settings meshcloud owns (``meshcloud.conf``, included from postgresql.conf).
+    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty."""
+    lines = [
+        "listen_addresses = '127.0.0.1'",
+        f"port = {int(port)}",
+        f"unix_socket_directories = '{socket_dir}'",
+        "password_encryption = 'scram-sha-256'",
+        "wal_level = replica",
+        "max_wal_senders = 10",
+        "max_replication_slots = 10",
+        "wal_keep_size = '256MB'",
+        "hot_standby = on",
+        "synchronous_commit = on",
+        "logging_collector = off",
+    ]
+    if standbys > 0:
+        lines.append("synchronous_standby_names = 'ANY 1 (*)'")
+    else:
+        lines.append("synchronous_standby_names = ''")
+    if standby_of:
+        lines.append("primary_conninfo = '" + standby_of.replace("'", "''") + "'")
+    return "\n".join(lines) + "\n"
+
+
+HBA = """\
+# meshcloud: every client arrives on 127.0.0.1 (the node's ingress or a mesh forward)
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+"""

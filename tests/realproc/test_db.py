@@ -1,0 +1,208 @@
+"""Issue 17 (first slice): managed PostgreSQL with real agents and real postgres.
+
+Three agents on their own loopback addresses (127.0.0.61 … .63); ``db create shop
+--standbys 1``; psql through each node's port; the primary and the standby on distinct
+nodes, the standby synchronous (quorum); ``db rm`` stops both and frees the port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from apps.ingress.ports import ephemeral_port
+from apps.runtimes.homes import default_homes
+from sim.agents import Agent, LocalCluster, wait_until
+
+ADDRESSES = [f"127.0.0.{61 + i}" for i in range(3)]
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+
+def db_roots(agent: Agent) -> list[Path]:
+    out = []
+    for base in (default_homes(agent.data_dir) / "db", agent.data_dir / "db"):
+        if base.is_dir():
+            out += [p for p in base.iterdir() if p.is_dir()]
+    return out
+
+
+def kill_postgres(agent: Agent, signum: int = signal.SIGQUIT) -> None:
+    """postgres outlives a killed agent (pg_ctl detaches it): end it (SIGQUIT: immediate
+    shutdown; SIGKILL: kill -9)."""
+    for root in db_roots(agent):
+        try:
+            pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signum)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def psql(url: str, sql: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PSQL, url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def via(url: str, host: str) -> str:
+    """The same connection string through another node's address."""
+    head, _, tail = url.rpartition("@")
+    _, _, port_db = tail.partition(":")
+    return f"{head}@{host}:{port_db}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("db")
+    cluster = LocalCluster(root, extra_args=["--profile", "local"])
+    try:
+        cluster.init_first(listen=f"{ADDRESSES[0]}:0")
+        for i in range(1, 3):
+            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0")
+        yield cluster
+    finally:
+        cluster.close()
+        for agent in cluster.agents:
+            kill_postgres(agent)
+        for agent in cluster.agents:  # the homes root outlives the test's tmp dir
+            for root in db_roots(agent):
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def databases(agent: Agent) -> dict[str, dict]:
+    return {d["name"]: d for d in agent.get("/v1/db")["databases"]}
+
+
+def ready(agent: Agent, name: str, standbys: int) -> bool:
+    d = databases(agent).get(name)
+    if d is None or d["primary"] is None:
+        return False
+    roles = sorted(m["role"] for m in d["members"] if m["healthy"] and m["alive"])
+    return roles == sorted(["primary"] + ["standby"] * standbys)
+
+
+def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
+    a, b, c = cluster.agents
+    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 3,
+               60, message="3 members")
+    port = ephemeral_port()
+    out = a.cli("db", "create", "shop", "--standbys", "1", "--port", str(port)).stdout
+    assert f"port {port}" in out
+    # bad input: one clear error, nothing stored
+    bad = a.cli("db", "create", "Bad-Name", check=False)
+    assert bad.returncode != 0 and "bad database name" in (bad.stderr + bad.stdout)
+    dup = a.cli("db", "create", "shop", check=False)
+    assert dup.returncode != 0 and "already exists" in (dup.stderr + dup.stdout)
+    assert sorted(databases(b)) == ["shop"]
+
+    wait_until(lambda: ready(c, "shop", 1), 180, interval=0.5, message="primary + standby")
+    d = databases(c)["shop"]
+    nodes = {m["role"]: m["node"] for m in d["members"]}
+    assert nodes["primary"] != nodes["standby"]
+
+    url = a.cli("db", "url", "shop").stdout.strip()
+    assert url.startswith("postgresql://shop:") and f":{port}/shop" in url
+    viacli = a.cli("db", "psql", "shop", "-XAtc", "SELECT current_database()").stdout
+    assert viacli.strip() == "shop"
+    listing = a.cli("db", "ls").stdout
+    assert "shop" in listing and url.split(":")[2].split("@")[0] not in listing  # no pw
+
+    first = psql(via(url, ADDRESSES[0]),
+                 "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+    assert first.returncode == 0, first.stderr
+    for i, host in enumerate(ADDRESSES):
+        r = psql(via(url, host), f"INSERT INTO t VALUES ({10 + i}); SELECT count(*) FROM t")
+        assert r.returncode == 0, (host, r.stderr)
+        assert r.stdout.strip() == str(2 + i)
+    # the standby streams synchronously (quorum commit: ANY 1)
+    sync = psql(via(url, ADDRESSES[1]),
+                "SELECT sync_state FROM pg_stat_replication").stdout.split()
+    assert sync == ["quorum"]
+    # a wrong password is refused
+    wrong = psql(via(url.replace("shop:", "shop:x", 1), ADDRESSES[2]), "SELECT 1")
+    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+
+    a.cli("db", "rm", "shop")
+    wait_until(lambda: all(not db_roots(x) for x in (a, b, c)), 60, interval=0.5,
+               message="data dirs removed")
+    gone = psql(via(url, ADDRESSES[2]), "SELECT 1", timeout=15)
+    assert gone.returncode != 0
+    assert databases(c) == {}
+
+
+def agent_of(cluster: LocalCluster, node_hex: str) -> Agent:
+    return next(a for a in cluster.agents if a.node_id == node_hex)
+
+
+def roles(agent: Agent, name: str) -> dict[str, str]:
+    d = databases(agent).get(name) or {"members": []}
+    return {m["node"]: m["role"] for m in d["members"] if m["healthy"] and m["alive"]}
+
+
+def test_failover_keeps_every_acknowledged_row_and_the_old_primary_rejoins(cluster):
+    import threading
+    import time
+
+    a = cluster.agents[0]
+    port = ephemeral_port()
+    a.cli("db", "create", "ledger", "--standbys", "1", "--port", str(port))
+    wait_until(lambda: ready(a, "ledger", 1), 180, interval=0.5, message="ledger ready")
+    before = roles(a, "ledger")
+    primary_hex = next(n for n, r in before.items() if r == "primary")
+    standby_hex = next(n for n, r in before.items() if r == "standby")
+    old = agent_of(cluster, primary_hex)
+    client = next(x for x in cluster.agents if x.node_id not in (primary_hex, standby_hex))
+    host = ADDRESSES[cluster.agents.index(client)]
+    url = via(a.cli("db", "url", "ledger").stdout.strip(), host)
+    made = psql(url, "CREATE TABLE t (id int primary key)")
+    assert made.returncode == 0, made.stderr
+
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            r = psql(url, f"INSERT INTO t VALUES ({i})", timeout=20)
+            if r.returncode == 0:
+                acked.append(i)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(acked) >= 20, 60, message="20 rows before the kill")
+        old.kill()
+        kill_postgres(old, signal.SIGKILL)
+        killed_at, count = time.monotonic(), len(acked)
+        wait_until(lambda: len(acked) >= count + 10, 120, interval=0.2,
+                   message="writes resumed after failover")
+        resumed = time.monotonic() - killed_at
+    finally:
+        stop.set()
+        thread.join(60)
+    present = {int(x) for x in psql(url, "SELECT id FROM t").stdout.split()}
+    lost = sorted(set(acked) - present)
+    assert lost == [], f"acknowledged rows lost: {lost[:20]}"
+    after = roles(client, "ledger")
+    assert after.get(standby_hex) == "primary"
+    print(f"failover: writes resumed {resumed:.1f} s after kill -9, {len(acked)} acked, "
+          "0 lost")
+
+    # the old primary comes back: it is cloned again as a standby, never a primary
+    old.start()
+    wait_until(lambda: roles(client, "ledger").get(primary_hex) == "standby", 180,
+               interval=0.5, message="old primary rejoined as a standby")
+    assert roles(client, "ledger").get(standby_hex) == "primary"
+    again = psql(url, "INSERT INTO t VALUES (-1); SELECT count(*) FROM t")
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout.split()[-1]) == len(present) + 1
+    # synchronous again once the standby streams (the primary ran alone meanwhile)
+    wait_until(lambda: psql(url, "SELECT sync_state FROM pg_stat_replication"
+                            ).stdout.split() == ["quorum"], 60, interval=0.5,
+               message="synchronous standby again")
