@@ -336,13 +336,13 @@ def default_models(scenario: Scenario) -> list[Any]:
     models: list[Any] = []
     wanted = scenario.scenario.models
     if "blobs" in wanted:
-        from sim.blobmodel import BlobSimModel
+        from sim.blobs import BlobSimModel
 
         models.append(BlobSimModel())
     if "workloads" in wanted:
-        from sim.workloadmodel import WorkloadAvailabilityModel
+        from sim.workloads import WorkloadSim
 
-        models.append(WorkloadAvailabilityModel())
+        models.append(WorkloadSim())
     if "state" in wanted:
         from sim.statemodel import StateSimModel
 

@@ -58,7 +58,7 @@ CORE_GLOBS = [
     "blobstore/records.py",
     "blobstore/sortkeys.py",
     "blobstore/picker.py",
-    "sim/blobmodel.py",
+    "sim/blobs.py",
     "sim/blobchecks.py",
     "vnet/ipam.py",
     "apps/runtimes/health.py",
@@ -78,7 +78,7 @@ CORE_GLOBS = [
     "apps/ingress/routing.py",
     "apps/ingress/messages.py",
     "apps/ingress/tables.py",
-    "sim/workloadmodel.py",
+    "sim/workloads.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

@@ -1,12 +1,13 @@
-"""The blob model and the "no acknowledged object lost" checker: crafted traces that must
-fail do fail; a model run with crashes, a departure and repair passes."""
+"""The simulator's blobstore (production picker and repair planner over a fake shard store)
+and the "no acknowledged object lost" checker: crafted traces that must fail do fail; a
+run with crashes, a departure and repair passes."""
 
 from __future__ import annotations
 
 import random
 
 from sim.blobchecks import NoAcknowledgedObjectLost
-from sim.blobmodel import BlobModel
+from sim.blobs import BlobModel
 from sim.trace import Trace
 
 NODES = [bytes([i]) * 32 for i in range(1, 9)]
@@ -75,9 +76,9 @@ class ForgetfulRepair(BlobModel):
     """A repair bug: the new holders are recorded, the shards never stored."""
 
     def _repair(self, t: float) -> None:
-        saved = {node: set(keys) for node, keys in self.stored.items()}
+        saved = {node: set(keys) for node, keys in self.store.shards.items()}
         super()._repair(t)
-        self.stored = saved
+        self.store.shards = saved
 
 
 def run_model(seed: int, *, repair: bool, model_class: type[BlobModel] = BlobModel
@@ -167,7 +168,7 @@ class MemberFailed:
 
 
 def test_runner_adapter_follows_hosts_and_membership_events():
-    from sim.blobmodel import BlobSimModel
+    from sim.blobs import BlobSimModel
 
     run = FakeRun()
     adapter = BlobSimModel(writes_per_tick=2.0, repair_delay=2.0)
