@@ -191,3 +191,28 @@ def test_runner_adapter_follows_hosts_and_membership_events():
     assert run.trace.records["object_repaired"]
     result = NoAcknowledgedObjectLost().check(run.trace)
     assert result.passed and result.figures["objects_acked"] > 50
+
+
+def test_writes_follow_the_production_picker_spares_and_battery_rule():
+    trace = Trace(end=50)
+    model = BlobModel(trace, random.Random(1), writes_per_tick=3.0)
+    alive_all(trace)
+    model.start(0.0, NODES)
+    phone = NODES[7]
+    model.capacity = {n: {"disk_free": 100 << 30, "on_ac": n != phone} for n in NODES}
+    model.on_crash(0.0, NODES[0])  # believed alive, really down: its put fails
+    for second in range(1, 11):
+        model.on_tick(float(second))
+    assert len(model.objects) == 30
+    for obj in model.objects:
+        assert NODES[0] not in obj.holders and phone not in obj.holders
+        assert len(set(obj.holders)) == model.n  # the spare took the refused shard
+
+
+def test_too_few_nodes_refuses_the_write():
+    trace = Trace(end=10)
+    model = BlobModel(trace, random.Random(1), writes_per_tick=1.0)
+    model.start(0.0, NODES[:5])
+    model.on_tick(1.0)
+    assert not model.objects
+    assert "need 6 distinct holders" in trace.records["object_write_failed"][0]["why"]
