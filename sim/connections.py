@@ -182,7 +182,13 @@ class ConnectionModel:
         excess = len(pool) - self.config.max_connections
         if excess <= 0:
             return
-        for peer in [p for p, c in pool.items() if c.streams == 0][:excess]:
+        victims = []
+        for peer, conn in pool.items():  # least recently used first
+            if conn.streams == 0:
+                victims.append(peer)
+                if len(victims) == excess:
+                    break
+        for peer in victims:
             self.retire(node, peer)
             self.stats.evictions += 1
 
