@@ -181,7 +181,7 @@ class SimCluster:
             self._arm(host)
 
     def _fill_dht_tables(self, hosts: list[Host]) -> None:
-        from dht.simulation import fill_tables_uniformly
+        from sim.dhtmesh import fill_tables_uniformly
 
         cores = [h.dht for h in hosts]
         infos = [PeerInfo(node_id=h.node_id, addresses=h.addresses()) for h in hosts]

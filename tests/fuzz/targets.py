@@ -189,8 +189,8 @@ def gossip_traffic() -> tuple[list[bytes], list[bytes]]:
 @functools.cache
 def dht_traffic() -> list[bytes]:
     from dht.outputs import Send
-    from dht.simulation import SimNetwork
     from meshcloud.codec.messages import encode_message
+    from sim.dhtmesh import SimNetwork
 
     net = SimNetwork(12, seed=5, wire=True)
     net.log = []
@@ -621,9 +621,9 @@ def gossip_target() -> Target:
 def dht_target() -> Target:
     from dht.messages import REPLY_TYPES, REQUEST_TYPES
     from dht.outputs import Send
-    from dht.simulation import SimNetwork
     from meshcloud.codec.messages import decode_message, encode_message
     from meshcloud.errors import CodecError
+    from sim.dhtmesh import SimNetwork
 
     seeds = dht_traffic()
     net = SimNetwork(6, seed=9)
