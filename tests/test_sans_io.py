@@ -32,7 +32,6 @@ CORE_GLOBS = [
     "meshcloud/state/kv.py",
     "meshcloud/state/core.py",
     "meshcloud/state/background.py",
-    "meshcloud/state/memnet.py",
     "meshcloud/state/messages.py",
     "meshcloud/state/outputs.py",
     "meshcloud/state/config.py",
