@@ -12,7 +12,7 @@ network with latency and loss), so 5,000 nodes and an hour of 10 % loss take min
   bytes are estimated by encoding one message in 64).
 * **join**: a new node joins through one member; seconds until every node lists it alive.
 * **DHT**: lookups at 1,000 and 10,000 nodes, with none and 20 % of the nodes crashed
-  (``dht.simulation``): rounds (median, p99) and success.
+  (``sim.dhtmesh``): rounds (median, p99) and success.
 
 JSON keys: ``detect_median_s``, ``detect_p99_s`` (1,000 nodes), ``false_deaths_loss10``
 (per node-hour at 10 % loss), ``msgs_per_node_s`` (object keyed by N), ``dht_rounds_median``
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{deaths} false deaths, {suspicions} false suspicions "
               f"({extra['wall_s']:.0f}s wall)", flush=True)
 
-    from dht.simulation import simulate
+    from sim.dhtmesh import simulate
 
     dht_sizes = [1000, 2000] if quick else [1000, 10000]
     for n in dht_sizes:

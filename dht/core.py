@@ -37,7 +37,7 @@ Time: ``now`` is float seconds on the driver's monotonic clock. Records need wal
 ``epoch_ms`` is the wall-clock millisecond at ``now == 0``, so wall time is
 ``epoch_ms + now * 1000`` (a driver sets it when it starts).
 
-Driving a core (what :mod:`dht.driver` and :mod:`dht.simulation` do)::
+Driving a core (what :mod:`dht.driver` and :mod:`sim.dhtmesh` do)::
 
     core = DhtCore(FakeSigner(node_id), FakeVerifier(), DhtConfig(),
                    rng=random.Random(seed), addresses=("sim://7",), epoch_ms=EPOCH_MS)

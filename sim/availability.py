@@ -1,6 +1,6 @@
 """The workload availability checker: replicas running vs wanted, over time.
 
-Reads the ``workload_replicas`` records that :class:`sim.workloadmodel.WorkloadModel`
+Reads the ``workload_replicas`` records that :class:`sim.workloads.WorkloadSim`
 writes (``{t, workload, running, wanted}`` at every change). A **deficit episode** of a
 workload starts when fewer replicas run than wanted and ends when enough run again. After
 the warm-up (the first instant every workload had all its replicas), every episode must

@@ -2,7 +2,7 @@
 
 The promise (shared/ARCHITECTURE.md §5): an acknowledged object stays readable while at
 most m of its shard holders are gone. The checker replays the trace: for every read of an
-acknowledged object (``object_read``, recorded by :mod:`sim.blobmodel`), it takes the
+acknowledged object (``object_read``, recorded by :mod:`sim.blobs`), it takes the
 object's holders at that moment (the ``object_acked`` record, updated by each
 ``object_repaired``) and counts the *distinct* holder nodes that were gone: not alive then
 (crashed, left, asleep, gone), or left / gone at any moment since the shards were placed

@@ -28,7 +28,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dht.core import DhtCore
@@ -50,12 +50,11 @@ from gossip.outputs import (
     Send,
     Sync,
 )
+from sim.connections import ConnectionModel
 from sim.engine import Engine
 from sim.network import Network
 from sim.trace import Trace
 
-CONNECTION_IDLE = 30.0
-"""Seconds a transport connection stays open after the last message (for crash hints)."""
 SYNC_CONNECT_TIMEOUT = 3.0
 """A push-pull to an unreachable peer fails after the TCP connect timeout."""
 SLOW_DELAY = 0.25
@@ -91,8 +90,11 @@ class Host:
     address_version: int = 0
     timer_armed: float = math.inf
     sent: int = 0
-    sent_bytes: int = 0
-    contacts: dict[bytes, float] = field(default_factory=dict)
+    """Messages sent: protocol messages plus handshakes, keepalives and GOAWAYs."""
+    proto_sent: int = 0
+    """Protocol messages sent (gossip, DHT, push-pull)."""
+    overhead_bytes: int = 0
+    """Bytes sent besides protocol messages: handshakes, keepalives, frame headers."""
 
     @property
     def reachable(self) -> bool:
@@ -122,6 +124,9 @@ class SimCluster:
         self.listeners: list[Callable[[float, bytes, Any], None]] = []
         """Called with (time, node, output) for every membership event (for models)."""
         self._lookups: dict[tuple[bytes, int], dict[str, Any]] = {}
+        self.conns = ConnectionModel(count=self._count_overhead)
+        """Every node's transport connections (:mod:`sim.connections`)."""
+        self.overhead_messages = 0
 
     # --- building -------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class SimCluster:
             self._arm(host)
 
     def _fill_dht_tables(self, hosts: list[Host]) -> None:
-        from dht.simulation import fill_tables_uniformly
+        from sim.dhtmesh import fill_tables_uniformly
 
         cores = [h.dht for h in hosts]
         infos = [PeerInfo(node_id=h.node_id, addresses=h.addresses()) for h in hosts]
@@ -224,9 +229,9 @@ class SimCluster:
         now = self.engine.now
         self.trace.node_state(now, node, "gone" if permanent else "crashed")
         # the kernel resets the dead process's TCP connections: peers hear of it at once
-        for peer, last in host.contacts.items():
+        for peer in self.conns.crashed(node):
             other = self.hosts.get(peer)
-            if other is not None and other.reachable and now - last < CONNECTION_IDLE:
+            if other is not None and other.reachable:
                 self.engine.after(self.network.default.sample_delay(self.network.rng),
                                   self._peer_lost, other.node_id, other.generation, node)
 
@@ -298,22 +303,44 @@ class SimCluster:
 
     # --- delivery -------------------------------------------------------------------------
 
-    def _touch(self, a: Host, b: Host, now: float) -> None:
-        a.contacts[b.node_id] = now
-        b.contacts[a.node_id] = now
+    def _count_overhead(self, node: bytes, messages: int, size: int) -> None:
+        host = self.hosts.get(node)
+        if host is not None:
+            host.sent += messages
+            host.overhead_bytes += size
+        self.overhead_messages += messages
+
+    def _rtt(self) -> float:
+        return 2 * self.network.default.sample_delay(self.network.rng)
+
+    def _can_connect(self, src: Host, dst: Host | None) -> bool:
+        return dst is not None and dst.reachable and self.network.reachable(src.node_id,
+                                                                            dst.node_id)
 
     def _send(self, src: Host, dst_id: bytes, kind: int, msg: Any) -> None:
         dst = self.hosts.get(dst_id)
         self.messages += 1
         src.sent += 1
+        src.proto_sent += 1
         self._count_bytes(src, msg)
         if dst is None:
             return
         now = self.engine.now
+        # a message needs a connection: dialled first (handshake) when the pool has none
+        wait = self.conns.send(src.node_id, dst_id, now, self._rtt(),
+                               can_connect=self._can_connect(src, dst))
+        if wait is None:
+            return  # the dial failed: a datagram is dropped, a request times out
         # DHT requests and replies travel on streams: loss only delays them
-        delay = self.network.transit(src.node_id, dst_id, 0, now, reliable=kind == 1)
+        reliable = kind == 1
+        delay = self.network.transit(src.node_id, dst_id, 0, now, reliable=reliable)
+        if reliable and (delay is None or not dst.reachable):
+            self.conns.stream(src.node_id, dst_id, now, None, answered=False)
         if delay is None:
             return
+        delay += wait
+        if reliable and delay >= self.conns.config.keepalive_interval:
+            self.conns.stream(src.node_id, dst_id, now, delay, answered=True)
         if dst.slow:
             delay += SLOW_DELAY
         self.engine.at(now + delay, self._deliver, src.node_id, dst_id, dst.generation, kind,
@@ -339,10 +366,7 @@ class SimCluster:
         dst = self.hosts[dst_id]
         if dst.generation != generation or not dst.reachable:
             return
-        src = self.hosts.get(src_id)
         now = self.engine.now
-        if src is not None:
-            self._touch(src, dst, now)
         if kind == 0:
             self._handle_swim(dst, dst.swim.on_message(src_id, msg, now))
         else:
@@ -350,29 +374,53 @@ class SimCluster:
             self._handle_dht(dst, dst.dht.on_message(src_id, msg, now))
 
     def _sync(self, src: Host, peer_id: bytes, msg: Any) -> None:
-        """A push-pull over a stream: reliable, or failed after the connect timeout."""
+        """A push-pull over a stream: reliable, or failed after the TCP connect timeout (no
+        connection) or the keepalive's ``dead_timeout`` (a connection that no longer
+        answers: the peer also hears nothing, and the connection is dropped)."""
         peer = self.hosts.get(peer_id)
         now = self.engine.now
         self.messages += 2
         src.sent += 1
-        if peer is None or not peer.reachable or not self.network.reachable(src.node_id,
-                                                                             peer_id):
+        src.proto_sent += 1
+        if peer is not None:
+            peer.sent += 1
+            peer.proto_sent += 1
+        connected = self.conns.connected(src.node_id, peer_id)
+        wait = self.conns.send(src.node_id, peer_id, now, self._rtt(),
+                               can_connect=self._can_connect(src, peer))
+        if wait is None:
             self.engine.after(SYNC_CONNECT_TIMEOUT, self._sync_failed, src.node_id,
                               src.generation, peer_id)
             return
-        delay = self.network.default.sample_delay(self.network.rng)
+        assert peer is not None
+        if connected and not self._can_connect(src, peer):
+            self._stream_died(src, peer_id)
+            return
+        delay = wait + self.network.default.sample_delay(self.network.rng)
         self.engine.at(now + delay, self._sync_at_peer, src.node_id, src.generation, peer_id,
                        peer.generation, msg)
+
+    def _stream_died(self, src: Host, peer_id: bytes) -> None:
+        """A stream on a connection whose peer went silent: keepalives, then dead."""
+        cfg = self.conns.config
+        self.conns.stream(src.node_id, peer_id, self.engine.now, None, answered=False)
+        self.engine.after(cfg.dead_timeout, self._sync_failed, src.node_id, src.generation,
+                          peer_id)
+        self.engine.after(cfg.dead_timeout, self._peer_lost, src.node_id, src.generation,
+                          peer_id)
 
     def _sync_at_peer(self, src_id: bytes, src_gen: int, peer_id: bytes, peer_gen: int,
                       msg: Any) -> None:
         peer = self.hosts[peer_id]
         if peer.generation != peer_gen or not peer.reachable:
-            self.engine.after(SYNC_CONNECT_TIMEOUT, self._sync_failed, src_id, src_gen, peer_id)
+            src = self.hosts[src_id]
+            if src.generation == src_gen:
+                self._stream_died(src, peer_id)
             return
         now = self.engine.now
         reply, outs = peer.swim.on_push_pull(src_id, msg, now)
         self._handle_swim(peer, outs)
+        self.conns.send(peer_id, src_id, now, 0.0, can_connect=True)  # the reply's frame
         delay = self.network.default.sample_delay(self.network.rng)
         self.engine.at(now + delay, self._sync_reply, src_id, src_gen, peer_id, reply)
 
@@ -380,7 +428,6 @@ class SimCluster:
         src = self.hosts[src_id]
         if src.generation != src_gen or not src.reachable:
             return
-        self._touch(src, self.hosts[peer_id], self.engine.now)
         self._handle_swim(src, src.swim.on_push_pull_reply(peer_id, reply, self.engine.now))
 
     def _sync_failed(self, src_id: bytes, src_gen: int, peer_id: bytes) -> None:

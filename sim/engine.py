@@ -55,6 +55,20 @@ class Engine:
         if on_progress is not None:
             on_progress(self.now)
 
+    def run_while(self, keep_going: Callable[[], bool], until: float = float("inf")) -> None:
+        """Run events while ``keep_going()`` (checked before each) and the next is not
+        later than ``until`` (then the clock stops at ``until``)."""
+        queue = self._queue
+        pop = heapq.heappop
+        while queue and keep_going():
+            if queue[0][0] > until:
+                self.now = until
+                return
+            when, _, fn, args = pop(queue)
+            self.now = when
+            fn(*args)
+            self.events_run += 1
+
     @property
     def pending(self) -> int:
         return len(self._queue)

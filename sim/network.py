@@ -27,11 +27,15 @@ class LinkModel:
     """Log-normal sigma: 0 is constant latency; 0.3 gives p99 ≈ 2× the median."""
     loss: float = 0.0
     """Probability that a message is lost (each message independently)."""
+    spread_s: float = 0.0
+    """With ``jitter`` 0: an extra delay drawn uniformly from 0..spread_s seconds."""
+    latency_s: float | None = None
+    """The median in seconds, when given exactly (overrides ``latency_ms``)."""
 
     def sample_delay(self, rng: random.Random) -> float:
-        base = self.latency_ms / 1000.0
+        base = self.latency_ms / 1000.0 if self.latency_s is None else self.latency_s
         if self.jitter <= 0:
-            return base
+            return base + rng.random() * self.spread_s if self.spread_s else base
         return base * math.exp(rng.gauss(0.0, self.jitter))
 
 
@@ -59,6 +63,7 @@ class Network:
         self._cuts: list[tuple[frozenset[bytes], frozenset[bytes]]] = []
         self._uplink_free: dict[bytes, float] = {}
         self._slow_nodes: dict[bytes, float] = {}
+        self._isolate_rest = False
 
     # --- configuration --------------------------------------------------------------------
 
@@ -72,12 +77,14 @@ class Network:
     def set_loss(self, loss: float) -> None:
         self.default = LinkModel(self.default.latency_ms, self.default.jitter, loss)
 
-    def partition(self, groups: list[set[bytes]]) -> None:
-        """Nodes reach only nodes of their own group; nodes in no group form one more group."""
+    def partition(self, groups: list[set[bytes]], *, isolate_rest: bool = False) -> None:
+        """Nodes reach only nodes of their own group; nodes in no group form one more group
+        (with ``isolate_rest``: reach no one)."""
         self._group = {}
         for index, group in enumerate(groups):
             for node in group:
                 self._group[node] = index
+        self._isolate_rest = isolate_rest
 
     def cut_one_way(self, src_group: set[bytes], dst_group: set[bytes]) -> None:
         """Messages from ``src_group`` to ``dst_group`` are lost; the reverse still flows."""
@@ -92,8 +99,11 @@ class Network:
         return self._group is not None or bool(self._cuts)
 
     def reachable(self, src: bytes, dst: bytes) -> bool:
-        if self._group is not None and self._group.get(src, -1) != self._group.get(dst, -1):
-            return False
+        groups = self._group
+        if groups is not None:
+            a, b = groups.get(src, -1), groups.get(dst, -1)
+            if a != b or (a == -1 and self._isolate_rest):
+                return False
         return not any(src in a and dst in b for a, b in self._cuts)
 
     # --- the fate of one message ----------------------------------------------------------

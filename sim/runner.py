@@ -28,8 +28,8 @@ SAMPLE_INTERVAL = 1.0
 """Seconds between samples of alive counts and message rates."""
 VIEW_SAMPLES = 60
 """Views (observers) whose alive count is recorded each sample, for the alive plot."""
-KEEPALIVE_DEATH = 4.0
-"""A connection across a new partition dies after this (the transport's keepalive)."""
+SWEEP_INTERVAL = 10.0
+"""Seconds between sweeps of idle connections (the transport's idle close)."""
 
 
 @dataclass
@@ -75,8 +75,13 @@ class Run:
         self.checkers = checkers
         self.models = models or []
         self._last_messages = 0
-        self._last_sent: dict[bytes, int] = {}
+        self._last_sent: dict[bytes, tuple[int, int, int]] = {}
         self.rates: list[float] = []
+        self.proto_rates: list[float] = []
+        self.overhead_byte_rates: list[float] = []
+        self.connection_counts: list[float] = []
+        self.live_counts: list[float] = []
+        self._next_sweep = SWEEP_INTERVAL
 
     # --- scheduling -------------------------------------------------------------------------
 
@@ -187,8 +192,9 @@ class Run:
                 groups.append(set(order[start:end]))
                 start = end
             self.network.partition(groups)
+            # connections across the cut die only when a stream on them goes silent
+            # (the keepalive runs only while streams are open): see sim.connections
             self.trace.partition(now, [frozenset(g) for g in groups])
-            self._kill_cut_connections()
             detail["groups"] = [len(g) for g in groups]
         elif action == "one_way":
             victims = set(self._victims(fault, live))
@@ -208,17 +214,6 @@ class Run:
 
     def _unslow(self, node: bytes) -> None:
         self.cluster.hosts[node].slow = False
-
-    def _kill_cut_connections(self) -> None:
-        """Connections across a new cut die when keepalives go unanswered."""
-        now = self.engine.now
-        for host in self.cluster.by_index:
-            if not host.reachable:
-                continue
-            for peer, last in host.contacts.items():
-                if now - last < 30.0 and not self.network.reachable(host.node_id, peer):
-                    self.engine.after(KEEPALIVE_DEATH, self.cluster._peer_lost, host.node_id,
-                                      host.generation, peer)
 
     def _churn_event(self) -> None:
         s = self.scenario
@@ -291,15 +286,31 @@ class Run:
             else:
                 counts.append(math.nan)
         self.trace.record("view_alive_counts", t=now, counts=counts)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            c.conns.sweep(now)
         if now > 0 and live_hosts:
-            sent = [h.sent - self._last_sent.get(h.node_id, 0) for h in live_hosts]
-            rate = sum(sent) / len(live_hosts) / SAMPLE_INTERVAL
+            zero = (0, 0, 0)
+            last = [self._last_sent.get(h.node_id, zero) for h in live_hosts]
+            sent = [h.sent - was[0] for h, was in zip(live_hosts, last, strict=True)]
+            proto = sum(h.proto_sent - was[1] for h, was in zip(live_hosts, last, strict=True))
+            extra = sum(h.overhead_bytes - was[2]
+                        for h, was in zip(live_hosts, last, strict=True))
+            per = len(live_hosts) * SAMPLE_INTERVAL
+            rate = sum(sent) / per
             self.rates.append(rate)
+            self.proto_rates.append(proto / per)
+            self.overhead_byte_rates.append(extra / per)
+            conns = sum(c.conns.size(h.node_id) for h in live_hosts) / len(live_hosts)
+            self.connection_counts.append(conns)
+            self.live_counts.append(float(len(live_hosts)))
             self.trace.sample("msgs_per_node_s", now, round(rate, 3))
+            self.trace.sample("connections_per_node", now, round(conns, 2))
             ordered = sorted(sent)
             p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] / SAMPLE_INTERVAL
             self.trace.sample("msgs_per_node_s_p99", now, p99)
-        self._last_sent = {h.node_id: h.sent for h in c.by_index}
+        self._last_sent = {h.node_id: (h.sent, h.proto_sent, h.overhead_bytes)
+                           for h in c.by_index}
         for model in self.models:
             model.sample(now)
         self.engine.after(SAMPLE_INTERVAL, self._sample)
@@ -316,14 +327,29 @@ class Run:
 
     def figures(self) -> dict[str, Any]:
         c = self.cluster
-        rates = self.rates or [0.0]
-        mean_rate = statistics.fmean(rates)
+        mean_rate = statistics.fmean(self.rates or [0.0])
+        proto_rate = statistics.fmean(self.proto_rates or [0.0])
+        overhead = statistics.fmean(self.overhead_byte_rates or [0.0])
+        seconds = max(1.0, len(self.rates) * SAMPLE_INTERVAL)
+        live = max(1.0, statistics.fmean(self.live_counts or [1.0]))
+        cs = c.conns.stats
         return {
             "events": self.engine.events_run,
             "messages": c.messages,
             "msgs_per_node_s": round(mean_rate, 3),
-            "bytes_per_node_s": round(mean_rate * c.mean_message_bytes, 1),
+            "protocol_msgs_per_node_s": round(proto_rate, 3),
+            "bytes_per_node_s": round(proto_rate * c.mean_message_bytes + overhead, 1),
+            "overhead_bytes_per_node_s": round(overhead, 1),
             "mean_message_bytes": round(c.mean_message_bytes, 1),
+            "connections_per_node": round(statistics.fmean(self.connection_counts or [0.0]),
+                                          2),
+            "connections_per_node_max": max((c.conns.size(h.node_id) for h in c.live()),
+                                            default=0),
+            "dials_per_node_s": round(cs.dials / seconds / live, 3),
+            "dials_failed": cs.dials_failed,
+            "keepalive_msgs_per_node_s": round(cs.keepalive_messages / seconds / live, 4),
+            "idle_closes": cs.idle_closes,
+            "evictions": cs.evictions,
             "lost_random": self.network.stats.lost_random,
             "lost_partition": self.network.stats.lost_partition,
             "nodes_final_alive": sum(1 for h in c.by_index if h.reachable and not h.left),
@@ -336,13 +362,13 @@ def default_models(scenario: Scenario) -> list[Any]:
     models: list[Any] = []
     wanted = scenario.scenario.models
     if "blobs" in wanted:
-        from sim.blobmodel import BlobSimModel
+        from sim.blobs import BlobSimModel
 
         models.append(BlobSimModel())
     if "workloads" in wanted:
-        from sim.workloadmodel import WorkloadAvailabilityModel
+        from sim.workloads import WorkloadSim
 
-        models.append(WorkloadAvailabilityModel())
+        models.append(WorkloadSim())
     if "state" in wanted:
         from sim.statemodel import StateSimModel
 

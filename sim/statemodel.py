@@ -10,7 +10,7 @@ many distinct Merkle roots the live nodes hold, and the :class:`StateConvergence
 decides whether they agree again within the scenario's ``state_convergence_bound`` after
 the last fault.
 
-Drive it like :mod:`meshcloud.state.memnet` does (the reference for driving StateCore):
+Drive it like :mod:`sim.statemesh` does (the reference for driving StateCore):
 ``SendDatagram`` → ``on_datagram`` at the peer; ``StartSync`` → ``next_request`` /
 ``on_sync_request`` / ``on_sync_reply`` hops, ``on_sync_closed`` at the end or on a break;
 ``on_timer`` at ``next_deadline()``.

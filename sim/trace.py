@@ -17,6 +17,7 @@ trace, and a run can be re-checked with new checkers without re-running it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +34,17 @@ class Trace:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     partitions: list[tuple[float, list[frozenset[bytes]] | None]] = field(default_factory=list)
     end: float = 0.0
+    truth_listeners: list[Callable[[float, bytes, str], None]] = field(
+        default_factory=list, repr=False, compare=False)
+    """Called with every truth change as it is recorded (services modelled on the hosts
+    follow crashes, restarts and sleeps at the instant they happen)."""
 
     # --- recording ------------------------------------------------------------------------
 
     def node_state(self, t: float, node: bytes, state: str) -> None:
         self.truth.append((t, node, state))
+        for listener in self.truth_listeners:
+            listener(t, node, state)
 
     def view(self, t: float, observer: bytes, subject: bytes, state: str) -> None:
         self.views.append((t, observer, subject, state))

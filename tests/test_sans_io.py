@@ -31,7 +31,6 @@ CORE_GLOBS = [
     "meshcloud/state/kv.py",
     "meshcloud/state/core.py",
     "meshcloud/state/background.py",
-    "meshcloud/state/memnet.py",
     "meshcloud/state/messages.py",
     "meshcloud/state/outputs.py",
     "meshcloud/state/config.py",
@@ -57,7 +56,7 @@ CORE_GLOBS = [
     "blobstore/records.py",
     "blobstore/sortkeys.py",
     "blobstore/picker.py",
-    "sim/blobmodel.py",
+    "sim/blobs.py",
     "sim/blobchecks.py",
     "apps/runtimes/health.py",
     "apps/runtimes/spec.py",
@@ -87,7 +86,7 @@ CORE_GLOBS = [
     "apps/sites/paths.py",
     "apps/sites/serve.py",
     "apps/sites/tables.py",
-    "sim/workloadmodel.py",
+    "sim/workloads.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

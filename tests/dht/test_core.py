@@ -1,6 +1,6 @@
 """DhtCore driven directly: joins, records, hostile peers, bucket maintenance, timers.
 
-Cores talk through :class:`dht.simulation.SimNetwork` (instant delivery, virtual time),
+Cores talk through :class:`sim.dhtmesh.SimNetwork` (instant delivery, virtual time),
 or are fed hand-made messages to play a hostile peer.
 """
 
@@ -29,7 +29,7 @@ from dht.messages import (
 )
 from dht.outputs import LookupFinished, LookupStarted, PeerFound, Purpose, Send
 from dht.records import make_peer_record
-from dht.simulation import SimNetwork
+from sim.dhtmesh import SimNetwork
 
 CONFIG = DhtConfig.local()
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dht.simulation import SimNetwork, median, percentile, simulate
+from sim.dhtmesh import SimNetwork, median, percentile, simulate
 
 
 def test_lookups_find_the_k_closest_in_a_healthy_network():

@@ -160,8 +160,8 @@ def identity_messages() -> list[bytes]:
 def gossip_traffic() -> tuple[list[bytes], list[bytes]]:
     """(datagrams, push-pull syncs) captured from a 5-node simulated gossip mesh."""
     from gossip.outputs import Send, Sync
-    from gossip.testing import SwimCluster
     from meshcloud.codec.messages import encode_message
+    from sim.swimmesh import SwimCluster
 
     cluster = SwimCluster(seed=3)
     datagrams: dict[bytes, None] = {}
@@ -189,8 +189,8 @@ def gossip_traffic() -> tuple[list[bytes], list[bytes]]:
 @functools.cache
 def dht_traffic() -> list[bytes]:
     from dht.outputs import Send
-    from dht.simulation import SimNetwork
     from meshcloud.codec.messages import encode_message
+    from sim.dhtmesh import SimNetwork
 
     net = SimNetwork(12, seed=5, wire=True)
     net.log = []
@@ -569,9 +569,9 @@ def gossip_target() -> Target:
     from gossip.hooks import fake_hooks
     from gossip.messages import PACKET_TYPES, Alive, PushPull, SyncDelta, SyncDigest
     from gossip.outputs import Send, Sync
-    from gossip.testing import sim_node_id
     from meshcloud.codec.messages import decode_message, encode_message
     from meshcloud.errors import CodecError
+    from sim.swimmesh import sim_node_id
 
     datagrams, syncs = gossip_traffic()
     config = GossipConfig()
@@ -638,9 +638,9 @@ def gossip_target() -> Target:
 def dht_target() -> Target:
     from dht.messages import REPLY_TYPES, REQUEST_TYPES
     from dht.outputs import Send
-    from dht.simulation import SimNetwork
     from meshcloud.codec.messages import decode_message, encode_message
     from meshcloud.errors import CodecError
+    from sim.dhtmesh import SimNetwork
 
     seeds = dht_traffic()
     net = SimNetwork(6, seed=9)

@@ -10,7 +10,7 @@ from gossip.core import SwimCore
 from gossip.hooks import GossipHooks, fake_hooks
 from gossip.messages import Compound
 from gossip.outputs import Output, Send, Sync
-from gossip.testing import sim_node_id
+from sim.swimmesh import sim_node_id
 
 CONFIG = GossipConfig()
 

@@ -16,7 +16,7 @@ import pytest
 
 from gossip.config import GossipConfig
 from gossip.member import MemberState
-from gossip.testing import SwimCluster, detection_summary
+from sim.swimmesh import SwimCluster, detection_summary
 
 
 def crash_several(cluster: SwimCluster, ids: list[bytes], count: int, *, seed: int = 3,

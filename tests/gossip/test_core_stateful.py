@@ -27,7 +27,7 @@ from gossip.config import GossipConfig
 from gossip.member import MemberState
 from gossip.messages import Compound, Dead
 from gossip.outputs import MemberFailed, MemberUpdated, Send
-from gossip.testing import SwimCluster
+from sim.swimmesh import SwimCluster
 
 N = 5
 FORGED = 10**12

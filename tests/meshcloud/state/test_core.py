@@ -13,13 +13,13 @@ from meshcloud.clock import hlc_physical
 from meshcloud.state.config import StateConfig, local
 from meshcloud.state.core import StateCore
 from meshcloud.state.kv import MemoryKv
-from meshcloud.state.memnet import StateMesh
 from meshcloud.state.messages import EntryBatch
 from meshcloud.state.outputs import SendDatagram
 from meshcloud.state.replication import Sharded
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.table import Change
 from meshcloud.state.tables import EVENTS, MEMBERSHIP, NODES
+from sim.statemesh import StateMesh
 
 KV = TableSchema("kv", partition=(str,))
 NO_SYNC = StateConfig(sync_interval=1e9)  # news only: anti-entropy never runs

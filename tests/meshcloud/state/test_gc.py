@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from meshcloud.state.config import local
-from meshcloud.state.memnet import StateMesh
 from meshcloud.state.schema import TableSchema
+from sim.statemesh import StateMesh
 
 SCHEMA = TableSchema("t", partition=(str,))
 CONFIG = dataclasses.replace(local(), sync_interval=3.0)

@@ -1,9 +1,12 @@
-"""A deterministic multi-node harness for SwimCore: tests, benches, and a model for ``sim/``.
+"""A deterministic multi-node harness for SwimCore (tests and benches), on the simulator's
+engine.
 
-:class:`SwimCluster` runs many :class:`~gossip.core.SwimCore` objects on one virtual clock
-with a single event queue, exactly as the simulator must (ARCHITECTURE.md §3): no trio,
-no threads, one seeded ``random.Random`` for the network and one per core. The same seed
-gives the same run.
+:class:`SwimCluster` runs many :class:`~gossip.core.SwimCore` objects on the one event
+queue of :class:`sim.engine.Engine` and the one network model of :class:`sim.network.Network`
+(latency with a uniform spread, loss, partitions): no trio, no threads, one seeded
+``random.Random`` for the network and one per core. The same seed gives the same run. It
+is a thin adapter: the engine orders events, the network decides each datagram's fate,
+this module only wires SwimCore's inputs and outputs to them.
 
 How it drives a core (the whole contract):
 
@@ -31,7 +34,6 @@ minute of steady state at 5,000 nodes runs in about 5 s).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import statistics as stats
 from collections.abc import Callable, Iterable
@@ -45,8 +47,8 @@ from gossip.member import MemberState
 from gossip.messages import PACKET_TYPES, PushPull, SyncDelta, SyncDigest
 from gossip.outputs import MemberFailed, Output, Send, Sync
 from meshcloud.codec.messages import decode_message, encode_message
-
-_DELIVER, _TIMER, _SYNC_REQUEST, _SYNC_REPLY, _SYNC_FAILED, _SYNC_ENTRIES = range(6)
+from sim.engine import Engine
+from sim.network import LinkModel, Network
 
 
 def sim_node_id(index: int) -> bytes:
@@ -96,11 +98,11 @@ class SwimCluster:
     """Run periodic syncs digest-first, as the driver does (False: full push-pull)."""
 
     def __post_init__(self) -> None:
-        self.now = 0.0
+        self.engine = Engine(self.seed)
         self.random = random.Random(self.seed)
+        self.network = Network(self.random, LinkModel(latency_s=self.latency, jitter=0.0,
+                                                      loss=self.loss, spread_s=self.jitter))
         self.nodes: dict[bytes, SimNode] = {}
-        self._heap: list[tuple[float, int, int, object]] = []
-        self._counter = 0
         self.observations: list[Observation] = []
         self.crashed_at: dict[bytes, float] = {}
         self.false_deaths: list[Observation] = []
@@ -108,7 +110,6 @@ class SwimCluster:
         """Crashed subject -> time the first node declared it DEAD."""
         self.failure_seen: dict[bytes, dict[bytes, float]] = {}
         """Crashed subject -> observer -> time that observer marked it DEAD."""
-        self.groups: dict[bytes, int] | None = None
         self.delivered = 0
         self.listeners: list[Callable[[float, bytes, Output], None]] = []
 
@@ -181,39 +182,25 @@ class SwimCluster:
 
     def partition(self, *groups: Iterable[bytes]) -> None:
         """Nodes reach only nodes in their own group (and no node in no group)."""
-        self.groups = {}
-        for number, group in enumerate(groups):
-            for node_id in group:
-                self.groups[node_id] = number
+        self.network.partition([set(g) for g in groups], isolate_rest=True)
 
     def heal(self) -> None:
-        self.groups = None
-
-    def _reachable(self, a: bytes, b: bytes) -> bool:
-        if self.groups is None:
-            return True
-        ga, gb = self.groups.get(a), self.groups.get(b)
-        return ga is not None and ga == gb
+        self.network.heal()
 
     # --- running --------------------------------------------------------------------------
 
     def live_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.up]
 
+    @property
+    def now(self) -> float:
+        return self.engine.now
+
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
 
     def run_until(self, until: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= until:
-            when, _, kind, payload = heapq.heappop(heap)
-            self.now = when
-            self._handle(kind, payload)
-        self.now = max(self.now, until)
-
-    def _push(self, when: float, kind: int, payload: object) -> None:
-        self._counter += 1
-        heapq.heappush(self._heap, (when, self._counter, kind, payload))
+        self.engine.run_until(until)
 
     def _arm(self, node: SimNode) -> None:
         if not node.up:
@@ -221,62 +208,66 @@ class SwimCluster:
         deadline = node.core.next_deadline()
         if deadline is not None and deadline != node.scheduled:
             node.scheduled = deadline
-            self._push(max(deadline, self.now), _TIMER, (node, node.generation, deadline))
+            self.engine.at(max(deadline, self.now), self._timer, node, node.generation,
+                           deadline)
 
-    def _handle(self, kind: int, payload: object) -> None:
+    def _timer(self, node: SimNode, generation: int, deadline: float) -> None:
+        if not node.up or node.generation != generation or node.scheduled != deadline:
+            return
+        node.scheduled = None
+        self._run_outputs(node, node.core.on_timer(self.now))
+        self._arm(node)
+
+    def _deliver(self, target: bytes, sender: bytes, msg: object) -> None:
+        node = self.nodes[target]
+        if not node.up:
+            return
+        self.delivered += 1
+        self._run_outputs(node, node.core.on_message(sender, msg, self.now))
+        self._arm(node)
+
+    def _sync_request(self, target: bytes, sender: bytes, generation: int,
+                      msg: PushPull | SyncDigest) -> None:
         now = self.now
-        if kind == _TIMER:
-            node, generation, deadline = payload  # type: ignore[misc]
-            if not node.up or node.generation != generation or node.scheduled != deadline:
-                return
-            node.scheduled = None
-            self._run_outputs(node, node.core.on_timer(now))
+        node = self.nodes[target]
+        if not node.up or not self.network.reachable(sender, target):
+            self.engine.at(now + self.config.sync_timeout, self._sync_failed, sender, target,
+                           generation)
+            return
+        reply: PushPull | SyncDelta
+        if isinstance(msg, SyncDigest):
+            reply = node.core.on_sync_digest(sender, msg, now)
+        else:
+            reply, outputs = node.core.on_push_pull(sender, msg, now)
+            self._run_outputs(node, outputs)
+        self._arm(node)
+        self.engine.at(now + self.latency, self._sync_reply, sender, target, generation,
+                       reply)
+
+    def _sync_reply(self, target: bytes, sender: bytes, generation: int,
+                    msg: PushPull | SyncDelta) -> None:
+        node = self.nodes[target]
+        if not (node.up and node.generation == generation):
+            return
+        if isinstance(msg, SyncDelta):
+            wanted, outputs = node.core.on_sync_delta(sender, msg, self.now)
+            self.engine.at(self.now + self.latency, self._sync_entries, sender, target, wanted)
+        else:
+            outputs = node.core.on_push_pull_reply(sender, msg, self.now)
+        self._run_outputs(node, outputs)
+        self._arm(node)
+
+    def _sync_entries(self, target: bytes, sender: bytes, msg: object) -> None:
+        node = self.nodes[target]
+        if node.up:
+            self._run_outputs(node, node.core.on_sync_entries(sender, msg, self.now))  # type: ignore[arg-type]
             self._arm(node)
-        elif kind == _DELIVER:
-            target, sender, msg = payload  # type: ignore[misc]
-            node = self.nodes[target]
-            if not node.up:
-                return
-            self.delivered += 1
-            self._run_outputs(node, node.core.on_message(sender, msg, now))
+
+    def _sync_failed(self, target: bytes, sender: bytes, generation: int) -> None:
+        node = self.nodes[target]
+        if node.up and node.generation == generation:
+            self._run_outputs(node, node.core.on_push_pull_failed(sender, self.now))
             self._arm(node)
-        elif kind == _SYNC_REQUEST:
-            target, sender, generation, msg = payload  # type: ignore[misc]
-            node = self.nodes[target]
-            if not node.up or not self._reachable(sender, target):
-                self._push(now + self.config.sync_timeout, _SYNC_FAILED,
-                           (sender, target, generation))
-                return
-            if type(msg) is SyncDigest:
-                reply: object = node.core.on_sync_digest(sender, msg, now)
-            else:
-                reply, outputs = node.core.on_push_pull(sender, msg, now)
-                self._run_outputs(node, outputs)
-            self._arm(node)
-            self._push(now + self.latency, _SYNC_REPLY, (sender, target, generation, reply))
-        elif kind == _SYNC_REPLY:
-            target, sender, generation, msg = payload  # type: ignore[misc]
-            node = self.nodes[target]
-            if node.up and node.generation == generation:
-                if type(msg) is SyncDelta:
-                    wanted, outputs = node.core.on_sync_delta(sender, msg, now)
-                    self._push(now + self.latency, _SYNC_ENTRIES, (sender, target, wanted))
-                else:
-                    outputs = node.core.on_push_pull_reply(sender, msg, now)
-                self._run_outputs(node, outputs)
-                self._arm(node)
-        elif kind == _SYNC_ENTRIES:
-            target, sender, msg = payload  # type: ignore[misc]
-            node = self.nodes[target]
-            if node.up:
-                self._run_outputs(node, node.core.on_sync_entries(sender, msg, now))
-                self._arm(node)
-        else:  # _SYNC_FAILED
-            target, sender, generation = payload  # type: ignore[misc]
-            node = self.nodes[target]
-            if node.up and node.generation == generation:
-                self._run_outputs(node, node.core.on_push_pull_failed(sender, now))
-                self._arm(node)
 
     def _run_outputs(self, node: SimNode, outputs: list[Output]) -> None:
         now = self.now
@@ -290,20 +281,20 @@ class SwimCluster:
                     data = encode_message(msg)
                     node.sent_bytes += len(data)
                     msg = decode_message(data, PACKET_TYPES)
-                if to not in self.nodes or not self._reachable(node.node_id, to):
+                if to not in self.nodes:
                     continue
-                if self.loss and self.random.random() < self.loss:
+                delay = self.network.transit(node.node_id, to, 0, now)
+                if delay is None:
                     continue
-                delay = self.latency + (self.random.random() * self.jitter if self.jitter
-                                        else 0.0)
-                self._push(now + delay, _DELIVER, (to, node.node_id, msg))
+                self.engine.at(now + delay, self._deliver, to, node.node_id, msg)
             elif kind is Sync:
                 msg = out.msg  # type: ignore[union-attr]
                 assert isinstance(msg, PushPull)
+                request: PushPull | SyncDigest = msg
                 if self.digest_syncs and not msg.join:
-                    msg = node.core.sync_digest()
-                self._push(now + self.latency, _SYNC_REQUEST,
-                           (out.to, node.node_id, node.generation, msg))  # type: ignore[union-attr]
+                    request = node.core.sync_digest()
+                self.engine.at(now + self.latency, self._sync_request, out.to,  # type: ignore[union-attr]
+                               node.node_id, node.generation, request)
             else:
                 self._observe(node.node_id, out)
             for listener in self.listeners:

@@ -1,12 +1,13 @@
-"""The blob model and the "no acknowledged object lost" checker: crafted traces that must
-fail do fail; a model run with crashes, a departure and repair passes."""
+"""The simulator's blobstore (production picker and repair planner over a fake shard store)
+and the "no acknowledged object lost" checker: crafted traces that must fail do fail; a
+run with crashes, a departure and repair passes."""
 
 from __future__ import annotations
 
 import random
 
 from sim.blobchecks import NoAcknowledgedObjectLost
-from sim.blobmodel import BlobModel
+from sim.blobs import BlobModel
 from sim.trace import Trace
 
 NODES = [bytes([i]) * 32 for i in range(1, 9)]
@@ -75,9 +76,9 @@ class ForgetfulRepair(BlobModel):
     """A repair bug: the new holders are recorded, the shards never stored."""
 
     def _repair(self, t: float) -> None:
-        saved = {node: set(keys) for node, keys in self.stored.items()}
+        saved = {node: set(keys) for node, keys in self.store.shards.items()}
         super()._repair(t)
-        self.stored = saved
+        self.store.shards = saved
 
 
 def run_model(seed: int, *, repair: bool, model_class: type[BlobModel] = BlobModel
@@ -167,7 +168,7 @@ class MemberFailed:
 
 
 def test_runner_adapter_follows_hosts_and_membership_events():
-    from sim.blobmodel import BlobSimModel
+    from sim.blobs import BlobSimModel
 
     run = FakeRun()
     adapter = BlobSimModel(writes_per_tick=2.0, repair_delay=2.0)
@@ -190,3 +191,28 @@ def test_runner_adapter_follows_hosts_and_membership_events():
     assert run.trace.records["object_repaired"]
     result = NoAcknowledgedObjectLost().check(run.trace)
     assert result.passed and result.figures["objects_acked"] > 50
+
+
+def test_writes_follow_the_production_picker_spares_and_battery_rule():
+    trace = Trace(end=50)
+    model = BlobModel(trace, random.Random(1), writes_per_tick=3.0)
+    alive_all(trace)
+    model.start(0.0, NODES)
+    phone = NODES[7]
+    model.capacity = {n: {"disk_free": 100 << 30, "on_ac": n != phone} for n in NODES}
+    model.on_crash(0.0, NODES[0])  # believed alive, really down: its put fails
+    for second in range(1, 11):
+        model.on_tick(float(second))
+    assert len(model.objects) == 30
+    for obj in model.objects:
+        assert NODES[0] not in obj.holders and phone not in obj.holders
+        assert len(set(obj.holders)) == model.n  # the spare took the refused shard
+
+
+def test_too_few_nodes_refuses_the_write():
+    trace = Trace(end=10)
+    model = BlobModel(trace, random.Random(1), writes_per_tick=1.0)
+    model.start(0.0, NODES[:5])
+    model.on_tick(1.0)
+    assert not model.objects
+    assert "need 6 distinct holders" in trace.records["object_write_failed"][0]["why"]

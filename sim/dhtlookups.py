@@ -1,11 +1,11 @@
-"""``python -m dht``: run the lookup simulation (:mod:`dht.simulation`) and print figures.
+"""``python -m sim.dhtlookups``: run the lookup simulation (:mod:`sim.dhtmesh`) and print figures.
 
 Examples::
 
-    python -m dht                                   # 1,000 and 10,000 nodes, 0 and 20 % crashed
-    python -m dht --nodes 10000 --crash 0.2 --kind closest --lookups 2000
-    python -m dht --nodes 2000 --build join         # tables from real joins (slow)
-    python -m dht --nodes 1000 --latency 0.02 --jitter 0.03 --json
+    python -m sim.dhtlookups                    # 1,000 and 10,000 nodes, 0 and 20 % crashed
+    python -m sim.dhtlookups --nodes 10000 --crash 0.2 --kind closest --lookups 2000
+    python -m sim.dhtlookups --nodes 2000 --build join  # tables from real joins (slow)
+    python -m sim.dhtlookups --nodes 1000 --latency 0.02 --jitter 0.03 --json
 
 Figures only, never a pass/fail: benchmarks print, tests assert.
 """
@@ -19,11 +19,12 @@ import json
 import time
 
 from dht.config import DhtConfig
-from dht.simulation import simulate
+from sim.dhtmesh import simulate
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dht", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sim.dhtlookups",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--crash", type=float, nargs="+", default=[0.0, 0.2],
                         help="fractions of nodes crashed before the lookups")

@@ -1,7 +1,9 @@
-"""StateMesh: many StateCores on one seeded event queue (tests, benches, simulator model).
+"""StateMesh: many StateCores on the simulator's engine and network (tests, benches).
 
-No trio, no sockets: a heap of timed events, the way ``sim/`` drives cores (ARCHITECTURE
-§3). It is the reference for driving :class:`~.core.StateCore` without the trio driver:
+No trio, no sockets: the one event queue of :class:`sim.engine.Engine` and the link model
+of :class:`sim.network.Network` (latency with a uniform spread, loss), the way ``sim/``
+drives cores (ARCHITECTURE §3). It is the reference for driving
+:class:`~meshcloud.state.core.StateCore` without the trio driver:
 
 * datagrams (``SendDatagram``) arrive ``latency`` (+ jitter) later, unless lost (``loss``)
   or the two nodes are cut apart (:meth:`partition`) or one has crashed;
@@ -18,8 +20,6 @@ every view (the moments before failure detection).
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ from meshcloud.state.outputs import Output, SendDatagram, StartSync
 from meshcloud.state.replication import Replication
 from meshcloud.state.schema import TableSchema
 from meshcloud.state.sync import SyncSession
+from sim.engine import Engine
+from sim.network import LinkModel, Network
 
 NodeId = bytes
 
@@ -58,21 +60,20 @@ class StateMesh:
                  views_follow_partitions: bool = True,
                  on_output: Callable[[NodeId, Output], None] | None = None) -> None:
         self.random = random.Random(seed)
-        self.loss = loss
+        self.engine = Engine(seed)
+        self.network = Network(self.random, LinkModel(latency_s=latency, jitter=0.0,
+                                                      loss=loss, spread_s=jitter))
         self.latency = latency
         self.jitter = jitter
         self.config = config or StateConfig()
         self.views_follow_partitions = views_follow_partitions
         self.on_output = on_output
-        self.now = 0.0
         self.stats = MeshStatistics()
         self.ids = [hashlib.blake2b(b"node%d/%d" % (seed, i), digest_size=32).digest()
                     for i in range(n)]
         self.crashed: set[NodeId] = set()
         self._group: dict[NodeId, int] | None = None
         self._views: dict[int, frozenset[NodeId]] = {}
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
         self._timer_version: dict[NodeId, int] = {}
         self._armed: dict[NodeId, float | None] = {}
         self.cores: dict[NodeId, StateCore] = {}
@@ -129,11 +130,27 @@ class StateMesh:
 
     # --- event loop -----------------------------------------------------------------------
 
+    @property
+    def now(self) -> float:
+        return self.engine.now
+
+    @property
+    def loss(self) -> float:
+        return self.network.default.loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self.network.set_loss(value)
+
     def _at(self, at: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, (at, next(self._seq), action))
+        self.engine.at(at, self._tick, action)
+
+    def _tick(self, action: Callable[[], None]) -> None:
+        self.stats.events += 1
+        action()
 
     def _delay(self) -> float:
-        return self.latency + self.random.random() * self.jitter
+        return self.network.default.sample_delay(self.random)
 
     def _arm(self, node: NodeId, *, force: bool = False) -> None:
         deadline = self.cores[node].next_deadline()
@@ -154,14 +171,7 @@ class StateMesh:
         self._at(max(deadline, self.now), fire)
 
     def run_until(self, t: float) -> None:
-        queue = self._queue
-        while queue and queue[0][0] <= t:
-            at, _, action = heapq.heappop(queue)
-            if at > self.now:
-                self.now = at
-            self.stats.events += 1
-            action()
-        self.now = max(self.now, t)
+        self.engine.run_until(t)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
@@ -191,10 +201,12 @@ class StateMesh:
 
     def _send(self, sender: NodeId, output: SendDatagram) -> None:
         self.stats.datagrams += 1
-        if self.loss and self.random.random() < self.loss:
+        peer, msg = output.peer, output.msg
+        # the fate on the link (loss, delay); a cut or a crash is judged on arrival
+        delay = self.network.transit(sender, peer, 0, self.now)
+        if delay is None:
             self.stats.lost += 1
             return
-        peer, msg = output.peer, output.msg
 
         def arrive() -> None:
             if not self.reachable(sender, peer):
@@ -202,7 +214,7 @@ class StateMesh:
                 return
             self._perform(peer, self.cores[peer].on_datagram(sender, msg, self.now))
 
-        self._at(self.now + self._delay(), arrive)
+        self._at(self.now + delay, arrive)
 
     def _hop(self, node: NodeId, session: SyncSession) -> None:
         """Send the session's next request; its reply comes back one hop later."""

@@ -1,6 +1,6 @@
-"""A fast in-process lookup simulation: thousands of real DhtCores, one event queue.
+"""A fast in-process lookup simulation: thousands of real DhtCores on the simulator's engine.
 
-Used by ``bench/`` and ``sim/`` (and ``python -m dht``) to measure lookups at 1,000 and
+Used by ``bench/`` and ``sim/`` (and ``python -m sim.dhtlookups``) to measure lookups at 1,000 and
 10,000 nodes: rounds (median, p99; see :mod:`dht.lookup` for the definition), success
 rate, requests per lookup, and, with latency, lookup time.
 
@@ -11,9 +11,11 @@ cheapened, each for a stated reason:
 
 * **Signatures** use :class:`~dht.hooks.FakeSigner`/``FakeVerifier`` (lookups sign nothing;
   records would otherwise cost an Ed25519 verify each).
-* **Delivery** is an event queue: a message arrives ``latency + U(0, jitter)`` seconds
-  after it was sent (``latency=0``: instantly, in send order). A crashed node drops what
-  it is sent; its peers learn only by their own request timeouts, as in real life.
+* **Delivery** is the simulator's one event queue (:class:`sim.engine.Engine`) and network
+  model (:class:`sim.network.Network`): a message arrives ``latency + U(0, jitter)``
+  seconds after it was sent (``latency=0``: instantly, in send order). A crashed node
+  drops what it is sent; its peers learn only by their own request timeouts, as in real
+  life.
 * **Routing tables** are built one of two ways (``build``):
 
   - ``"join"``: nodes join one at a time, each bootstrapping from a random node already
@@ -30,7 +32,7 @@ cheapened, each for a stated reason:
     that block to have contacted us, an arbitrary one. A network where every node joined
     once and nothing ever failed is less even: a far bucket is first filled by the nodes
     that answered its refresh lookup, which gather round one random id, and full buckets
-    keep their oldest contacts. Measured against real joins (``python -m dht --build
+    keep their oldest contacts. Measured against real joins (``python -m sim.dhtlookups --build
     join``: no crashes, instant delivery, 1,000 lookups, k = 20, alpha = 3), uniform
     tables come out up to one round better at the median or p99 and need a quarter to a
     third fewer requests; the success rate is the same (100 %):
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 import math
 import random
 from collections.abc import Callable
@@ -69,6 +70,8 @@ from dht.messages import PeerInfo
 from dht.outputs import LookupFinished, Output, Send
 from dht.routing import Contact
 from meshcloud.codec.messages import decode_message, encode_message
+from sim.engine import Engine
+from sim.network import LinkModel, Network
 
 SIM_CONFIG = DhtConfig()
 """Defaults for simulated nodes: the production defaults (k=20, alpha=3, 2 s timeout)."""
@@ -172,7 +175,9 @@ class SimNetwork:
         self.latency = latency
         self.jitter = jitter
         self.wire = wire
-        self.now = 0.0
+        self.engine = Engine(seed)
+        self.network = Network(self.rng, LinkModel(latency_s=latency, jitter=0.0,
+                                                   spread_s=jitter))
         self.ids: list[bytes] = []
         seen: set[bytes] = set()
         while len(self.ids) < n:
@@ -191,8 +196,6 @@ class SimNetwork:
         ]
         self.alive = [True] * n
         self.messages = 0
-        self._events: list[tuple[float, int, int, Any, Any]] = []
-        self._seq = itertools.count()
         self._timer_at = [math.inf] * n
         self.on_finished: Callable[[int, LookupFinished], None] | None = None
         self.log: list[tuple[int, Output]] | None = None  # set to a list to keep every output
@@ -225,13 +228,13 @@ class SimNetwork:
 
     # --- running --------------------------------------------------------------------------
 
-    def _delay(self) -> float:
-        if self.latency <= 0 and self.jitter <= 0:
-            return 0.0
-        return self.latency + self.rng.random() * self.jitter
+    @property
+    def now(self) -> float:
+        return self.engine.now
 
     def _handle(self, i: int, outputs: list[Output]) -> None:
         source = self.ids[i]
+        now = self.engine.now
         if self.log is not None:
             self.log.extend((i, out) for out in outputs)
         for out in outputs:
@@ -241,48 +244,48 @@ class SimNetwork:
                     msg = decode_message(encode_message(msg))
                 dst = self.index.get(out.to)
                 if dst is not None:
-                    heapq.heappush(self._events, (self.now + self._delay(), next(self._seq),
-                                                  dst, source, msg))
+                    delay = self.network.transit(source, out.to, 0, now)
+                    if delay is not None:
+                        self.engine.at(now + delay, self._arrive, dst, source, msg)
             elif type(out) is LookupFinished and self.on_finished is not None:
                 self.on_finished(i, out)
         deadline = self.cores[i].next_deadline()
         if deadline < self._timer_at[i]:
             self._timer_at[i] = deadline
-            heapq.heappush(self._events, (deadline, next(self._seq), i, None, None))
+            self.engine.at(deadline, self._timer, i, deadline)
+
+    def _arrive(self, dst: int, source: bytes, msg: Any) -> None:
+        self.messages += 1
+        if self.alive[dst]:
+            self._handle(dst, self.cores[dst].on_message(source, msg, self.engine.now))
+
+    def _timer(self, dst: int, when: float) -> None:
+        if self._timer_at[dst] == when:
+            self._timer_at[dst] = math.inf
+        if not self.alive[dst]:
+            return
+        core = self.cores[dst]
+        now = self.engine.now
+        if core.next_deadline() <= now:
+            self._handle(dst, core.on_timer(now))
+        elif self._timer_at[dst] == math.inf:
+            self._handle(dst, [])
 
     def run(self, done: Callable[[], bool], *, until: float = math.inf) -> None:
         """Process events until ``done()`` is true (checked after every event) or the next
         event is later than ``until``."""
-        events = self._events
-        cores = self.cores
-        alive = self.alive
-        while events and not done():
-            if events[0][0] > until:
-                self.now = until
-                return
-            when, _, dst, source, msg = heapq.heappop(events)
-            if when > self.now:
-                self.now = when
-            if source is None:  # a timer
-                if self._timer_at[dst] == when:
-                    self._timer_at[dst] = math.inf
-                if not alive[dst]:
-                    continue
-                core = cores[dst]
-                if core.next_deadline() <= self.now:
-                    self._handle(dst, core.on_timer(self.now))
-                elif self._timer_at[dst] == math.inf:
-                    self._handle(dst, [])
-                continue
-            self.messages += 1
-            if alive[dst]:
-                self._handle(dst, cores[dst].on_message(source, msg, self.now))
+        self.engine.run_while(lambda: not done(), until)
+
+    @property
+    def idle(self) -> bool:
+        """No event left to run."""
+        return self.engine.pending == 0
 
     def run_for(self, seconds: float) -> None:
         """Let ``seconds`` of virtual time pass, handling everything due in them."""
         end = self.now + seconds
         self.run(lambda: False, until=end)
-        self.now = end
+        self.engine.now = max(self.engine.now, end)
 
     def feed(self, i: int, outputs: list[Output]) -> None:
         """Perform the outputs of a command given to core ``i`` (sends, timers)."""
@@ -384,7 +387,7 @@ def simulate(nodes: int = 1000, *, lookups: int = 500, crash_fraction: float = 0
         if not pending and all_done():
             break
         net.run(room if pending else all_done)
-        if not net._events and not all_done():
+        if net.idle and not all_done():
             raise RuntimeError("simulation stalled with lookups unfinished")
     samples = []
     k = config.k
