@@ -3,7 +3,7 @@
 The sans-IO core is :class:`gossip.core.SwimCore`; the trio driver is
 :class:`gossip.driver.GossipDriver` (import it from ``gossip.driver``: this package's
 ``__init__`` stays free of trio so the simulator can use the core alone). A deterministic
-many-node harness for tests, benches and the simulator is :mod:`gossip.testing`.
+many-node harness for tests, benches and the simulator is :mod:`sim.swimmesh`.
 """
 
 from gossip.capacity import Capacity

@@ -6,7 +6,7 @@ are checked in ``__post_init__``; a bad one raises :class:`~meshcloud.errors.Con
 naming the field.
 
 **The LAN defaults are tuned to these targets** (measured by the in-test harness
-``gossip/testing.py`` and later by ``python -m bench membership``):
+``sim/swimmesh.py`` and later by ``python -m bench membership``):
 
 * 5 real nodes on loopback: a ``kill -9``'d node is DEAD on every survivor within 6 s;
 * 1,000 nodes: failure detection median <= 3 s, p99 <= 8 s;

@@ -56,8 +56,7 @@ LAYERS: list[tuple[str, list[str], list[str]]] = [
                "meshcloud/demo.py"],
      [*BELOW_DOMAINS, "agent"]),
     # Harnesses: they may import everything; nothing but a harness imports them.
-    ("tools", ["sim/", "bench/", "gossip/testing.py",
-               "dht/simulation.py", "dht/__main__.py"],
+    ("tools", ["sim/", "bench/"],
      ["foundation", "wire", "protocols", "core", "domains", "http", "agent", "faces"]),
 ]
 

@@ -25,10 +25,6 @@ IO_MODULES = {"trio", "anyio", "asyncio", "socket", "select", "selectors", "thre
 """Imports that make a module a driver (or a tool), not a core."""
 
 NOT_CHECKED = {
-    "gossip/testing.py": "test mesh, being moved onto the one simulator engine (issue 14.4)",
-    "dht/simulation.py": "test mesh, being moved onto the one simulator engine (issue 14.4)",
-    "meshcloud/state/memnet.py": "test mesh, being moved onto the one simulator engine "
-                                 "(issue 14.4)",
     "meshcloud/state/tables.py": "the apps' schemas, being moved out of the core (issue 14.1)",
     "meshcloud/state/background.py": "being rewritten to return its outputs (issue 14.3)",
 }
