@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -325,6 +326,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for hog in hogs:
             hog.kill()
         cluster.close()
+        if args.root is None:  # ten minutes of 64 MiB objects fill tens of GiB
+            shutil.rmtree(root, ignore_errors=True)
     return figures
 
 
