@@ -59,10 +59,10 @@ from apps.workloads.outputs import DeleteClaim, Output, StartReplica, StopReplic
 from apps.workloads.planner import ReplicaKey
 from apps.workloads.reconciler import compute_assignment
 from apps.workloads.spec import WorkloadSpec
+from apps.workloads.tables import ReplicaClaim
 from apps.workloads.view import build_view
 from gossip.outputs import MemberFailed, MemberJoined, MemberLeft, MemberSuspected, MemberUpdated
 from meshcloud.placement import NodeInfo
-from meshcloud.state.tables import ReplicaClaim
 
 DEFAULT_WORKLOAD_NODES = 100
 START_DELAY = 1.0
