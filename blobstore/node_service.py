@@ -106,7 +106,7 @@ class BlobService(ServiceBase):
     """See the module docstring."""
 
     name = "storage"
-    events = ("object.put", "repair.rebuilt", "repair.reencoded", "repair.lost",
+    events = ("object.put", "object.deleted", "repair.rebuilt", "repair.reencoded", "repair.lost",
               "repair.finished", "scrub.corrupt", "scrub.repaired", "scrub.finished",
               "gc.deleted", "storage.s3_failed")
 
