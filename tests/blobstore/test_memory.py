@@ -132,6 +132,7 @@ async def test_start_up_objects_are_frozen_out_of_later_collections(autojump_clo
     class Node:
         pass
 
+    gc.unfreeze()  # in-process agents of earlier tests may have frozen their own objects
     long_lived = Node()  # alive at start-up: frozen, never walked again
     garbage = Node()
     garbage.cycle = garbage  # start-up garbage: collected, not frozen for good
