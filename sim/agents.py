@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,26 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05,
             extra = f" (last error: {last_error})" if last_error else ""
             raise AgentError(f"{message} not reached within {timeout} s{extra}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def process_mesh(root: Path, addresses: list[str], *, http_port: int,
+                 wait_alive: bool = True) -> Iterator[LocalCluster]:
+    """Agents on the given loopback addresses (the first inits, the others join through
+    it), local profile, process runtime, the HTTP ingress on ``http_port`` of each; with
+    ``wait_alive``, until every agent lists them all alive. Closed on exit."""
+    cluster = LocalCluster(root, extra_args=["--profile", "local"],
+                           env={"MESHCLOUD_RUNTIMES": "process",
+                                "MESHCLOUD_HTTP": f"mesh:{http_port}"})
+    try:
+        cluster.init_first(listen=f"{addresses[0]}:0")
+        for address in addresses[1:]:
+            cluster.join(through=cluster.agents[0], listen=f"{address}:0")
+        if wait_alive:
+            wait_until(lambda: all(
+                len([m for m in a.get("/v1/status")["members"] if m.get("state") == "alive"])
+                >= len(addresses) for a in cluster.agents),
+                60, interval=0.2, message="every member alive everywhere")
+        yield cluster
+    finally:
+        cluster.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from apps.ingress.ports import ephemeral_port
-from sim.agents import Agent, LocalCluster, wait_until
+from sim.agents import Agent, process_mesh, wait_until
 
 ADDRESSES = [f"127.0.0.{51 + i}" for i in range(3)]
 HTTP_PORT = ephemeral_port()
@@ -29,21 +29,8 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sites")
-    cluster = LocalCluster(root, extra_args=["--profile", "local"],
-                           env={"MESHCLOUD_RUNTIMES": "process",
-                                "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}"})
-    try:
-        cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 3):
-            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0")
-        agents = cluster.agents
-        wait_until(lambda: all(len([m for m in a.get("/v1/status")["members"]
-                                    if m.get("state") == "alive"]) >= 3 for a in agents),
-                   60, interval=0.2, message="three members alive everywhere")
-        yield cluster
-    finally:
-        cluster.close()
+    with process_mesh(tmp_path_factory.mktemp("sites"), ADDRESSES, http_port=HTTP_PORT) as mesh:
+        yield mesh
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
