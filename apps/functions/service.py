@@ -68,6 +68,7 @@ from apps.functions.tables import (
     recorded_ticks,
 )
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
+from apps.sites.storage import BlobStorage
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
@@ -152,7 +153,7 @@ class FunctionService(ServiceBase):
 
         self.node = node
         self.state = node.state
-        self.blobs = blobs
+        self.storage = BlobStorage(blobs, bucket=BUCKET)
         self.state.open_table(FUNCTIONS)
         self.state.open_table(TICKS)
         self.state.open_table(QUEUE)
@@ -189,38 +190,19 @@ class FunctionService(ServiceBase):
 
     # --- storage ---------------------------------------------------------------------------
 
-    def _objects(self) -> Any:
-        objects = getattr(self.blobs, "objects", None)
-        if objects is None:
-            raise MeshError("this node's storage service is not running", code="unavailable")
-        return objects
-
-    async def _ensure_bucket(self) -> None:
-        from blobstore.s3.errors import BucketAlreadyOwnedByYou, NoSuchBucket
-
-        objects = self._objects()
-        try:
-            objects.bucket(BUCKET)
-        except NoSuchBucket:
-            try:
-                await objects.create_bucket(BUCKET, code="")
-            except BucketAlreadyOwnedByYou:
-                pass
-
     async def _read_bundle(self, key: str) -> bytes:
-        objects = self._objects()
-        record = await objects.head(BUCKET, key)
-        return b"".join([piece async for piece in objects.read(record, 0, int(record.size))])
+        record = await self.storage.handle(key)
+        return b"".join([piece async for piece in self.storage.read(record, 0,
+                                                                    int(record.size))])
 
     async def bundle_size(self, sha256: str) -> int | None:
         from apps.functions.core import bundle_key
         from blobstore.s3.errors import NoSuchBucket
 
         try:
-            record = await self._objects().find(BUCKET, bundle_key(check_sha(sha256)))
+            return await self.storage.size_of(bundle_key(check_sha(sha256)))
         except NoSuchBucket:
             return None
-        return None if record is None else int(record.size)
 
     async def upload(self, sha256: str, size: int, body: AsyncIterator[bytes]) -> int:
         """Store a bundle under its digest; refused (nothing stored) unless the bytes
@@ -230,7 +212,7 @@ class FunctionService(ServiceBase):
         key = bundle_key(check_sha(sha256))
         if not 0 < size <= MAX_BUNDLE:
             raise FunctionError(f"a bundle is 1 byte to {MAX_BUNDLE >> 20} MiB")
-        await self._ensure_bucket()
+        await self.storage.ensure_bucket()
         h = hashlib.sha256()
         seen = 0
 
@@ -243,12 +225,12 @@ class FunctionService(ServiceBase):
                 h.update(piece)
                 yield piece
 
-        def check(_current: Any) -> None:
+        def check() -> None:
             if seen != size or h.hexdigest() != sha256:
                 raise FunctionError("the uploaded bytes do not match the bundle's SHA-256")
 
-        await self._objects().put(BUCKET, key, hashed(), content_type="application/x-tar",
-                                  size_hint=size, precheck=check)
+        await self.storage.put(key, hashed(), size=size, content_type="application/x-tar",
+                               check=check)
         return size
 
     # --- versions --------------------------------------------------------------------------
@@ -296,7 +278,7 @@ class FunctionService(ServiceBase):
         removed = 0
         for key in unused_bundles(others, record):
             try:
-                await self._objects().delete(BUCKET, key)
+                await self.storage.delete(key)
                 removed += 1
             except Exception as exc:  # the record is gone; a stray bundle is harmless
                 log.warning("deleting bundle %s failed: %s", key, exc)

@@ -43,10 +43,13 @@ class Storage(Protocol):
 
 
 class BlobStorage:
-    """:class:`Storage` on the node's blobstore (its ``ObjectStore`` once it runs)."""
+    """:class:`Storage` on the node's blobstore (its ``ObjectStore`` once it runs), in one
+    bucket (the sites' :data:`BUCKET` unless told; the functions service keeps its bundles
+    through it too)."""
 
-    def __init__(self, blobs: Any) -> None:
+    def __init__(self, blobs: Any, bucket: str = BUCKET) -> None:
         self.blobs = blobs
+        self.bucket = bucket
 
     def _objects(self) -> Any:
         objects = getattr(self.blobs, "objects", None)
@@ -59,24 +62,24 @@ class BlobStorage:
 
         objects = self._objects()
         try:
-            objects.bucket(BUCKET)
+            objects.bucket(self.bucket)
         except NoSuchBucket:
             try:
-                await objects.create_bucket(BUCKET, code="")
+                await objects.create_bucket(self.bucket, code="")
             except BucketAlreadyOwnedByYou:
                 pass
 
     async def size_of(self, key: str) -> int | None:
-        record = await self._objects().find(BUCKET, key)
+        record = await self._objects().find(self.bucket, key)
         return None if record is None else int(record.size)
 
     async def put(self, key: str, source: AsyncIterable[bytes], *, size: int,
                   content_type: str, check: Callable[[], None]) -> None:
-        await self._objects().put(BUCKET, key, source, content_type=content_type,
+        await self._objects().put(self.bucket, key, source, content_type=content_type,
                                   size_hint=size, precheck=lambda _current: check())
 
     async def handle(self, key: str) -> Any:
-        return await self._objects().head(BUCKET, key)
+        return await self._objects().head(self.bucket, key)
 
     async def read(self, handle: Any, start: int, end: int) -> AsyncIterator[bytes]:
         end = min(end, int(handle.size))
@@ -86,7 +89,7 @@ class BlobStorage:
             yield piece
 
     async def delete(self, key: str) -> None:
-        await self._objects().delete(BUCKET, key)
+        await self._objects().delete(self.bucket, key)
 
     async def keys(self, prefix: str) -> list[str]:
         return list(await self.sizes(prefix))
@@ -97,7 +100,7 @@ class BlobStorage:
 
         objects = self._objects()
         try:
-            bucket = objects.bucket(BUCKET)
+            bucket = objects.bucket(self.bucket)
         except NoSuchBucket:
             return {}
         out: dict[str, int] = {}
