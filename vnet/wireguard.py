@@ -1,0 +1,245 @@
+"""The WireGuard data plane: one interface per V-Net, configured with ``ip`` and ``wg``.
+
+Kernel WireGuard is used when ``ip link add … type wireguard`` works; otherwise the
+userspace ``wireguard-go`` makes a TUN interface (it runs in the foreground as this
+agent's child and exits when the interface is deleted). Either way ``wg set`` configures
+it, so the rest is the same. The private key goes to ``wg`` through a 0600 file that is
+removed at once (never on a command line); peers are added, updated and removed to match
+the :class:`~vnet.plane.PlaneConfig`; WireGuard itself rekeys every two minutes and
+follows a peer that roams. Stats come from ``wg show IF dump``.
+
+:meth:`WireGuardPlane.close` deletes the interface (its address and routes go with it)
+and the V-Net's firewall rules (:mod:`vnet.firewall`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import trio
+
+from vnet.firewall import Firewall, run
+from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 15
+"""Seconds between keepalives to each peer (keeps NAT mappings and shows liveness)."""
+UAPI_DIR = Path("/var/run/wireguard")
+START_TIMEOUT = 10.0
+
+
+def b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def available() -> str | None:
+    """Why this host cannot run the plane, or None when it can."""
+    if os.geteuid() != 0:
+        return "the WireGuard plane needs root (CAP_NET_ADMIN)"
+    if shutil.which("wg") is None or shutil.which("ip") is None:
+        return "`wg` or `ip` is missing (apt-get install wireguard-tools iproute2)"
+    return None
+
+
+async def kernel_wireguard() -> bool:
+    """True if the kernel makes WireGuard links (tried with a throwaway one)."""
+    probe = f"mcwgprobe{os.getpid() % 10000}"
+    out = await trio.run_process(["ip", "link", "add", probe, "type", "wireguard"],
+                                 check=False, capture_stdout=True, capture_stderr=True)
+    if out.returncode == 0:
+        await run("ip", "link", "del", probe, check=False)
+        return True
+    return False
+
+
+class WireGuardPlane:
+    name = "wireguard"
+
+    def __init__(self, workdir: Path, firewall: Firewall, *,
+                 kernel: bool | None = None) -> None:
+        self.workdir = workdir
+        self.firewall = firewall
+        self.kernel = kernel
+        self.config: PlaneConfig | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._port = 0
+        self._stats: list[PeerStats] = []
+        self.mode = ""
+
+    # --- the interface --------------------------------------------------------------------
+
+    async def _link_exists(self, interface: str) -> bool:
+        out = await trio.run_process(["ip", "link", "show", "dev", interface], check=False,
+                                     capture_stdout=True, capture_stderr=True)
+        return out.returncode == 0
+
+    async def _create(self, interface: str) -> None:
+        if await self._link_exists(interface):
+            # left by an earlier run of this agent (kill -9): take it over
+            self.mode = self.mode or "existing"
+            return
+        if self.kernel is None:
+            self.kernel = await kernel_wireguard()
+        if self.kernel:
+            await run("ip", "link", "add", interface, "type", "wireguard")
+            self.mode = "kernel"
+            return
+        if shutil.which("wireguard-go") is None:
+            raise PlaneError("no kernel WireGuard and no `wireguard-go` "
+                             "(apt-get install wireguard-go), or use --plane python")
+        if not os.path.exists("/dev/net/tun"):
+            raise PlaneError("wireguard-go needs /dev/net/tun")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.workdir / f"{interface}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["wireguard-go", "-f", interface], stdout=logfile, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, "LOG_LEVEL": "error"})
+        logfile.close()
+        self.mode = "wireguard-go"
+        with trio.move_on_after(START_TIMEOUT):
+            while not (UAPI_DIR / f"{interface}.sock").exists() \
+                    or not await self._link_exists(interface):
+                if self.process.poll() is not None:
+                    raise PlaneError(f"wireguard-go exited ({self.process.returncode}); "
+                                     f"see {self.workdir / (interface + '.log')}")
+                await trio.sleep(0.02)
+            return
+        raise PlaneError(f"wireguard-go did not make {interface} within {START_TIMEOUT} s")
+
+    async def _set_key(self, config: PlaneConfig) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / f".{config.interface}.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b64(config.private_key).encode() + b"\n")
+        finally:
+            os.close(fd)
+        try:
+            await run("wg", "set", config.interface, "private-key", str(path),
+                      "listen-port", str(config.listen_port))
+        finally:
+            path.unlink(missing_ok=True)
+
+    # --- DataPlane ------------------------------------------------------------------------
+
+    async def apply(self, config: PlaneConfig) -> None:
+        old = self.config
+        if old is not None and old.interface != config.interface:
+            raise PlaneError("a plane serves one interface; close it first")
+        iface = config.interface
+        if old is None or not await self._link_exists(iface):
+            await self._create(iface)
+            old = None
+        if old is None or old.private_key != config.private_key or \
+                (config.listen_port and config.listen_port != self._port):
+            try:
+                await self._set_key(config)
+            except PlaneError:
+                if not config.listen_port:
+                    raise
+                # the port is taken (by something else since last time): any port
+                await self._set_key(_with_port(config, 0))
+        if old is None or old.address != config.address or old.mtu != config.mtu:
+            await run("ip", "-4", "addr", "flush", "dev", iface)
+            await run("ip", "addr", "add", str(config.address), "dev", iface)
+            await run("ip", "link", "set", iface, "mtu", str(config.mtu), "up")
+        await self.firewall.ensure(config.vnet, iface, config.address.network)
+        await self._sync_peers(config, old)
+        self.config = config
+        await self.refresh()
+
+    async def _sync_peers(self, config: PlaneConfig, old: PlaneConfig | None) -> None:
+        wanted = {b64(p.public_key): p for p in config.peers}
+        present = set(await self._dump_peers(config.interface)) if old is None else \
+            {b64(p.public_key) for p in old.peers}
+        for key in sorted(present - set(wanted)):
+            await run("wg", "set", config.interface, "peer", key, "remove")
+        before = {b64(p.public_key): p for p in (old.peers if old else ())}
+        for key, peer in sorted(wanted.items()):
+            if before.get(key) == peer:
+                continue
+            await run("wg", "set", config.interface, *peer_args(key, peer))
+
+    async def _dump_peers(self, interface: str) -> list[str]:
+        text = await run("wg", "show", interface, "dump", check=False)
+        return [b64(s.public_key) for s in parse_dump(text)[1]]
+
+    async def refresh(self) -> None:
+        """Read ``wg show IF dump`` into :meth:`listen_port` and :meth:`stats`."""
+        if self.config is None:
+            return
+        text = await run("wg", "show", self.config.interface, "dump", check=False)
+        port, stats = parse_dump(text)
+        self._port = port or self._port
+        self._stats = stats
+
+    def listen_port(self) -> int:
+        return self._port
+
+    def stats(self) -> list[PeerStats]:
+        return list(self._stats)
+
+    async def close(self) -> None:
+        config, self.config = self.config, None
+        if config is None:
+            return
+        await self.firewall.remove(config.vnet)
+        await run("ip", "link", "del", config.interface, check=False)
+        process, self.process = self.process, None
+        if process is not None:
+            with trio.move_on_after(5):
+                while process.poll() is None:
+                    await trio.sleep(0.02)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _with_port(config: PlaneConfig, port: int) -> PlaneConfig:
+    from dataclasses import replace
+
+    return replace(config, listen_port=port)
+
+
+def peer_args(key: str, peer: PeerConfig) -> list[str]:
+    args = ["peer", key, "persistent-keepalive", str(KEEPALIVE),
+            "allowed-ips", ",".join(str(n) for n in peer.allowed_ips)]
+    if peer.endpoint is not None:
+        host, port = peer.endpoint
+        host = f"[{host}]" if ":" in host else host
+        args += ["endpoint", f"{host}:{port}"]
+    return args
+
+
+def parse_dump(text: str) -> tuple[int, list[PeerStats]]:
+    """``wg show IF dump``: the interface line (private, public, port, fwmark), then one
+    line per peer (public, psk, endpoint, allowed, handshake, rx, tx, keepalive)."""
+    lines = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not lines or len(lines[0]) < 3:
+        return 0, []
+    port = int(lines[0][2]) if lines[0][2].isdigit() else 0
+    stats: list[PeerStats] = []
+    for cols in lines[1:]:
+        if len(cols) < 8:
+            continue
+        try:
+            key = base64.b64decode(cols[0])
+            endpoint = None
+            if cols[2] != "(none)":
+                host, _, p = cols[2].rpartition(":")
+                endpoint = (host.strip("[]"), int(p))
+            handshake = int(cols[4])
+            stats.append(PeerStats(public_key=key, endpoint=endpoint,
+                                   rx_bytes=int(cols[5]), tx_bytes=int(cols[6]),
+                                   last_handshake=float(handshake) if handshake else None))
+        except ValueError:
+            continue
+    return port, stats
+
+
