@@ -28,6 +28,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     from apps.sites.service import SiteService
     from apps.workloads.service import WorkloadService
     from blobstore.node_service import BlobService
+    from vnet.service import VNetService
 
     workloads = WorkloadService(ctx)
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
@@ -35,7 +36,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    return [workloads, blobs, ingress, sites, functions, DbService(ctx)]
+    return [workloads, blobs, ingress, sites, functions, DbService(ctx), VNetService(ctx)]
 
 
 def load_cli_verbs() -> None:
@@ -48,6 +49,7 @@ def load_cli_verbs() -> None:
     import apps.workloads.cli
     import apps.workloads.policy_cli  # noqa: F401  policy allow-root, revoke-root, list
     import blobstore.cli  # noqa: F401  bucket, ls, cp, s3 key
+    import vnet.cli  # noqa: F401  vnet create, ls, rm, attach, detach, show
 
 
 def clean_workloads(data_dir: Path) -> list[str]:

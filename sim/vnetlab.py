@@ -1,0 +1,139 @@
+"""Real agents in network namespaces with V-Nets: the acceptance tests' and the
+benchmark's lab (needs root).
+
+Each "host" is a namespace of a :class:`~sim.netns.NetnsLab` running one genuine
+``meshcloud up``. The agent also gets a private mount namespace with its own
+``/run/wireguard`` (a tmpfs), as a real machine has: ``wireguard-go`` keeps its control
+socket there under the interface's name, and every host names its interface for a V-Net
+alike.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sim.agents import Agent, LocalCluster, wait_until
+from sim.netns import Host, NetnsLab
+
+PRIVATE_RUN = 'mkdir -p /run/wireguard && mount -t tmpfs mcwg /run/wireguard && exec "$@"'
+
+
+def agent_prefix(host: Host) -> list[str]:
+    return [*host.exec_prefix(), "unshare", "-m", "--propagation", "private",
+            "sh", "-c", PRIVATE_RUN, "sh"]
+
+
+def ns(host: Host, *cmd: str, check: bool = True, timeout: float = 30,
+       input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*host.exec_prefix(), *cmd], capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} in {host.netns}: "
+                             f"{result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def snapshot(host: Host) -> dict[str, str]:
+    """The host's links and firewall rules, without counters and timestamps."""
+    links = ns(host, "ip", "-br", "link").stdout
+    rules = ns(host, "iptables-save").stdout
+    rules = "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in rules.splitlines()
+                      if not line.startswith("#"))
+    routes = ns(host, "ip", "-4", "route", "show", "table", "all").stdout
+    return {"links": links, "iptables": rules, "routes": routes}
+
+
+class VNetLab:
+    """``n`` namespaces, an agent in each, all alive to each other."""
+
+    def __init__(self, root: Path, n: int, *, env: dict[str, str] | None = None) -> None:
+        self.lab = NetnsLab(n)
+        self.cluster = LocalCluster(root / "agents", env=env)
+        try:
+            for host in self.lab.hosts:
+                # iptables' filter table exists before anything is measured against it
+                ns(host, "iptables", "-w", "-S")
+            for index, host in enumerate(self.lab.hosts):
+                agent = self.cluster.new_agent(
+                    f"node{index + 1}", listen=f"{host.ip}:0", api=f"{host.ip}:0",
+                    s3=f"{host.ip}:0", prefix=agent_prefix(host),
+                    extra_args=["--profile", "local"])
+                if index == 0:
+                    agent.cli("init", "--name", "vnetlab", *agent.node_flags())
+                else:
+                    token = self.cluster.invite(self.cluster.agents[0])
+                    agent.cli("join", token, *agent.node_flags())
+                agent.start()
+            self.wait_alive()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def agents(self) -> list[Agent]:
+        return self.cluster.agents
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.lab.hosts
+
+    def wait_alive(self, timeout: float = 60) -> None:
+        ids = {a.node_id for a in self.agents if a.running}
+
+        def alive() -> bool:
+            for agent in self.agents:
+                if not agent.running:
+                    continue
+                seen = {m["id"] for m in agent.get("/v1/members") if m["state"] == "alive"}
+                if not ids <= seen:
+                    return False
+            return True
+
+        wait_until(alive, timeout, interval=0.2, message="every agent sees every agent")
+
+    def attach_all(self, vnet: str) -> list[str]:
+        """Every host joins ``vnet``; their addresses in host order."""
+        out = []
+        for agent in self.agents:
+            text = agent.cli("vnet", "attach", vnet, "--host").stdout
+            out.append(text.split(" is ")[1].split()[0])
+        return out
+
+    def show(self, agent: Agent, vnet: str) -> dict[str, Any]:
+        result: dict[str, Any] = agent.get(f"/v1/vnets/{vnet}")
+        return result
+
+    def tunnels_up(self, vnet: str, agents: list[Agent] | None = None) -> bool:
+        """Every agent in ``agents`` has a handshaken tunnel to every other one."""
+        agents = agents or self.agents
+        ids = {a.node_id for a in agents}
+        for agent in agents:
+            info = self.show(agent, vnet)
+            local = info.get("local") or {}
+            if local.get("error") or not local.get("address"):
+                return False
+            peers = {m["node"] for m in info["members"]
+                     if m.get("tunnel") and m["tunnel"]["handshake_age_s"] is not None}
+            if not (ids - {agent.node_id}) <= peers:
+                return False
+        return True
+
+    def ping(self, host: Host, address: str, *, count: int = 1, interface: str | None = None,
+             timeout_s: int = 1) -> bool:
+        cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), "-i", "0.2"]
+        if interface:
+            cmd += ["-I", interface]
+        return ns(host, *cmd, address, check=False, timeout=30).returncode == 0
+
+    def close(self) -> None:
+        self.cluster.close()
+        self.lab.close()
+
+    def __enter__(self) -> VNetLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

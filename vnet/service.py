@@ -1,0 +1,398 @@
+"""The V-Net service of a node (built in :mod:`meshcloud.agent.compose`).
+
+A loop, woken by changes to the V-Net tables and at least every :data:`PASS_EVERY`
+seconds, runs one pass: the core's :func:`~vnet.core.reconcile` orders for this node's
+member rows are written, then :func:`~vnet.core.plane_configs` (with the membership
+view's addresses, so a roaming peer is followed) is applied to one data plane per V-Net
+this node is in; planes of V-Nets it left are closed. Stopping the service closes every
+plane (interfaces, routes, firewall rules).
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshcloud.errors import MeshError, NotFoundError
+from meshcloud.kit.service import ServiceBase
+from vnet import core
+from vnet.firewall import Firewall
+from vnet.ipam import VNetError, check_name, overlaps, parse_cidr
+from vnet.keys import load_or_create
+from vnet.plane import DataPlane, PlaneConfig, PlaneError
+from vnet.records import HOST, AttachRecord, VNetRecord
+from vnet.tables import (
+    ATTACHMENTS,
+    MEMBERS,
+    VNET_TABLES,
+    VNETS,
+    all_attachments,
+    all_members,
+    all_vnets,
+    host_member,
+)
+
+if TYPE_CHECKING:
+    from meshcloud.kit.service import NodeContext
+
+log = logging.getLogger(__name__)
+
+PASS_EVERY = 1.0
+"""Seconds between passes when nothing changes (membership addresses are polled)."""
+PLANES = ("wireguard", "python", "userspace")
+PLANE_ENV = "MESHCLOUD_VNET_PLANE"
+"""Forces this node's plane (``wireguard``, ``python``, ``userspace``)."""
+RUNNING_STATES = {"claimed", "starting", "running"}
+
+
+class VNetService(ServiceBase):
+    name = "vnet"
+    events = ("vnet.created", "vnet.removed", "vnet.attached", "vnet.plane_error")
+
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
+        for schema in VNET_TABLES:
+            node.state.open_table(schema)
+        self.workdir = node.datadir.path / "vnet"
+        self._private: bytes | None = None
+        self.public_key = b""
+        self.firewall = Firewall()
+        self.planes: dict[str, DataPlane] = {}
+        self.applied: dict[str, PlaneConfig] = {}
+        self.errors: dict[str, str] = {}
+        self.wake = trio.Event()
+        self.passes = 0
+
+    def tables(self) -> tuple[Any, ...]:
+        return VNET_TABLES
+
+    # --- keys and views ---------------------------------------------------------------
+
+    def _keys(self) -> bytes:
+        if self._private is None:
+            self._private, self.public_key = load_or_create(self.workdir / "tunnel.key")
+        return self._private
+
+    def view(self) -> core.View:
+        state = self.node.state
+        running: dict[str, set[int]] = {}
+        try:
+            for key, claim in state.scan("replicas"):
+                if claim is not None and len(key) == 2 and \
+                        getattr(claim, "node", None) == self.node.node_id and \
+                        getattr(claim, "state", "") in RUNNING_STATES:
+                    running.setdefault(key[0], set()).add(key[1])
+        except Exception:  # the workloads' table is not open on this node
+            running = {}
+        return core.View(vnets=all_vnets(state), members=all_members(state),
+                         attachments=all_attachments(state),
+                         running={k: frozenset(v) for k, v in running.items()})
+
+    def _membership(self) -> tuple[dict[bytes, list[str]], frozenset[bytes]]:
+        addresses: dict[bytes, list[str]] = {}
+        alive: set[bytes] = set()
+        for member in self.node.members_view():
+            try:
+                node = bytes.fromhex(member["id"])
+            except (KeyError, ValueError):
+                continue
+            addresses[node] = list(member.get("addresses") or [])
+            if member.get("state") in ("alive", "suspect"):
+                alive.add(node)
+        return addresses, frozenset(alive)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self._keys()
+        root = os.geteuid() == 0
+        if root:
+            try:
+                await self.firewall.reset()
+            except PlaneError as exc:
+                log.warning("V-Net firewall chains: %s", exc)
+        try:
+            async with trio.open_nursery() as nursery:
+                for table in (VNETS.name, MEMBERS.name, ATTACHMENTS.name):
+                    nursery.start_soon(self._follow, table)
+                task_status.started()
+                while True:
+                    try:
+                        await self.one_pass()
+                    except Exception:  # a pass is retried on the next tick
+                        log.exception("V-Net pass failed")
+                    with trio.move_on_after(PASS_EVERY):
+                        await self.wake.wait()
+                    self.wake = trio.Event()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(20):
+                await self.close_all()
+                if root:
+                    try:
+                        await self.firewall.reset()
+                    except PlaneError as exc:
+                        log.warning("V-Net firewall cleanup: %s", exc)
+
+    async def _follow(self, table: str) -> None:
+        async for _ in self.node.state.subscribe(table):
+            self.wake.set()
+
+    async def close_all(self) -> None:
+        for vnet in list(self.planes):
+            await self._close(vnet)
+
+    async def _close(self, vnet: str) -> None:
+        plane = self.planes.pop(vnet, None)
+        self.applied.pop(vnet, None)
+        self.errors.pop(vnet, None)
+        if plane is not None:
+            try:
+                await plane.close()
+            except PlaneError as exc:
+                log.warning("closing V-Net %s: %s", vnet, exc)
+
+    async def one_pass(self) -> None:
+        private = self._keys()
+        self.passes += 1
+        view = self.view()
+        ports = {vnet: plane.listen_port() for vnet, plane in self.planes.items()
+                 if plane.listen_port()}
+        orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
+                                self.node.clock.wall_ms())
+        if orders:
+            for order in orders:
+                key = (order.vnet, order.member)
+                if isinstance(order, core.Put):
+                    self.node.state.put(MEMBERS.name, key, order.record)
+                else:
+                    self.node.state.delete(MEMBERS.name, key)
+            view = self.view()
+        addresses, alive = self._membership()
+        me = host_member(self.node.node_id)
+        listen = {v: r.port for (v, m), r in view.members.items() if m == me and r.port}
+        configs = core.plane_configs(view, self.node.node_id, private, addresses,
+                                     alive=alive, listen_ports=listen)
+        for vnet in list(self.planes):
+            if vnet not in configs:
+                await self._close(vnet)
+                self.node.events.emit("vnet.removed", vnet=vnet)
+        for vnet, config in configs.items():
+            row = view.members.get((vnet, me))
+            await self._apply(vnet, config, row.plane if row is not None else "")
+
+    async def _apply(self, vnet: str, config: PlaneConfig, wanted: str) -> None:
+        plane = self.planes.get(vnet)
+        try:
+            if plane is None:
+                plane = self.planes[vnet] = self.open_plane(wanted)
+            if self.applied.get(vnet) != config:
+                await plane.apply(config)
+                self.applied[vnet] = config
+                self.errors.pop(vnet, None)
+            refresh = getattr(plane, "refresh", None)
+            if refresh is not None:
+                await refresh()
+        except (PlaneError, MeshError) as exc:
+            if self.errors.get(vnet) != str(exc):
+                log.warning("V-Net %s: %s", vnet, exc)
+                self.node.events.emit("vnet.plane_error", vnet=vnet, error=str(exc))
+            self.errors[vnet] = str(exc)
+            self.applied.pop(vnet, None)
+
+    def open_plane(self, wanted: str) -> DataPlane:
+        """The data plane to use: ``wanted`` (``--plane``), else $MESHCLOUD_VNET_PLANE,
+        else WireGuard where this host can run it, the Python plane, the userspace mode."""
+        from vnet import wireguard
+
+        kind = wanted or os.environ.get(PLANE_ENV, "")
+        if not kind:
+            kind = "wireguard" if wireguard.available() is None else "python"
+        if kind == "wireguard":
+            reason = wireguard.available()
+            if reason is not None:
+                raise PlaneError(reason)
+            return wireguard.WireGuardPlane(self.workdir, self.firewall)
+        if kind not in PLANES:
+            raise PlaneError(f"unknown plane {kind!r} (one of {', '.join(PLANES)})")
+        module_name = "vnet.pyplane" if kind == "python" else "vnet.userspace"
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise PlaneError(f"the {kind} plane is not available in this build") from None
+        plane: DataPlane = module.open_plane(self.node)
+        return plane
+
+    # --- operations (API) -------------------------------------------------------------
+
+    async def host_routes(self) -> list[ipaddress.IPv4Network]:
+        """This host's IPv4 routes, except the default one and the V-Nets' own."""
+        try:
+            out = await trio.run_process(["ip", "-4", "-o", "route", "show", "table", "all"],
+                                         capture_stdout=True, capture_stderr=True,
+                                         check=False)
+        except FileNotFoundError:
+            return []
+        routes: list[ipaddress.IPv4Network] = []
+        for line in out.stdout.decode(errors="replace").splitlines():
+            words = line.split()
+            if not words or " dev mc-" in line:
+                continue
+            dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
+            if dest == "default" or words[0] in ("local", "broadcast"):
+                continue
+            try:
+                routes.append(ipaddress.IPv4Network(dest, strict=False))
+            except ValueError:
+                continue
+        return routes
+
+    async def create(self, name: Any, cidr: Any) -> dict[str, Any]:
+        name = check_name(name)
+        network = parse_cidr(cidr)
+        vnets = all_vnets(self.node.state)
+        if name in vnets:
+            raise MeshError(f"V-Net {name!r} exists ({vnets[name].cidr})", code="conflict")
+        others = {n: core.network_of(r) for n, r in vnets.items()}
+        for other_name, other in others.items():
+            if other is not None and network.overlaps(other):
+                raise VNetError(f"{network} overlaps V-Net {other_name!r} ({other})")
+        clash = overlaps(network, await self.host_routes())
+        if clash is not None:
+            raise VNetError(f"{network} overlaps this host's route to {clash}; "
+                            "pick another range")
+        record = VNetRecord(cidr=str(network), created_ms=self.node.clock.wall_ms())
+        self.node.state.put(VNETS.name, name, record)
+        self.node.events.emit("vnet.created", vnet=name, cidr=str(network))
+        self.wake.set()
+        return {"name": name, "cidr": str(network), "created_ms": record.created_ms}
+
+    def _require(self, name: str) -> VNetRecord:
+        record = all_vnets(self.node.state).get(name)
+        if record is None:
+            raise NotFoundError(f"no V-Net {name!r} (`meshcloud vnet ls`)")
+        return record
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        self._require(name)
+        state = self.node.state
+        for (vnet, member) in all_members(state):
+            if vnet == name:
+                state.delete(MEMBERS.name, (vnet, member))
+        for (vnet, workload) in all_attachments(state):
+            if vnet == name:
+                state.delete(ATTACHMENTS.name, (vnet, workload))
+        state.delete(VNETS.name, name)
+        self.node.events.emit("vnet.removed", vnet=name)
+        self.wake.set()
+        return {"removed": name}
+
+    async def attach(self, name: str, *, host: bool, workload: str | None,
+                     plane: str = "") -> dict[str, Any]:
+        self._require(name)
+        if plane and plane not in PLANES:
+            raise VNetError(f"unknown plane {plane!r} (one of {', '.join(PLANES)})")
+        if host == bool(workload):
+            raise VNetError("attach either --host or a WORKLOAD")
+        if workload:
+            if self.node.state.get("workloads", workload) is None:
+                raise NotFoundError(f"no workload {workload!r}")
+            self.node.state.put(ATTACHMENTS.name, (name, workload),
+                                AttachRecord(created_ms=self.node.clock.wall_ms()))
+            self.wake.set()
+            return {"vnet": name, "workload": workload}
+        self._keys()
+        put = core.new_host_member(self.view(), name, self.node.node_id,
+                                   self.node.clock.wall_ms(), public_key=self.public_key,
+                                   plane=plane)
+        self.node.state.put(MEMBERS.name, (put.vnet, put.member), put.record)
+        self.node.events.emit("vnet.attached", vnet=name, member=put.member)
+        self.wake.set()
+        return {"vnet": name, "member": put.member,
+                "address": str(ipaddress.IPv4Address(put.record.address))}
+
+    async def detach(self, name: str, *, host: bool, workload: str | None) -> dict[str, Any]:
+        self._require(name)
+        if workload:
+            self.node.state.delete(ATTACHMENTS.name, (name, workload))
+        else:
+            self.node.state.delete(MEMBERS.name, (name, host_member(self.node.node_id)))
+        self.wake.set()
+        return {"vnet": name, "detached": workload or "host"}
+
+    # --- read side --------------------------------------------------------------------
+
+    def overview(self) -> list[dict[str, Any]]:
+        members = all_members(self.node.state)
+        out = []
+        for name, record in sorted(all_vnets(self.node.state).items()):
+            mine = [m for (v, m), r in members.items() if v == name]
+            out.append({"name": name, "cidr": record.cidr, "created_ms": record.created_ms,
+                        "members": len(mine), "local": self._local(name)})
+        return out
+
+    def _local(self, name: str) -> dict[str, Any] | None:
+        plane = self.planes.get(name)
+        config = self.applied.get(name)
+        if plane is None:
+            return None
+        return {"plane": plane.name, "interface": config.interface if config else None,
+                "address": str(config.address) if config else None,
+                "port": plane.listen_port(), "error": self.errors.get(name)}
+
+    def show(self, name: str) -> dict[str, Any]:
+        record = self._require(name)
+        view = self.view()
+        held = core.owners(view.members, name)
+        addresses, alive = self._membership()
+        now = time.time()
+        stats = {}
+        plane = self.planes.get(name)
+        if plane is not None:
+            stats = {s.public_key: s for s in plane.stats()}
+        members = []
+        for (vnet, member), row in sorted(view.members.items()):
+            if vnet != name:
+                continue
+            address = str(ipaddress.IPv4Address(row.address)) if row.address else None
+            entry: dict[str, Any] = {
+                "member": member, "kind": row.kind, "node": row.node.hex(),
+                "address": address, "port": row.port,
+                "routed": row.kind != HOST or held.get(row.address) == member,
+                "alive": row.node == self.node.node_id or row.node in alive,
+                "endpoint": core.endpoint_host(addresses.get(row.node, [])),
+                "this_node": row.node == self.node.node_id}
+            tunnel = stats.get(row.public_key) if row.kind == HOST else None
+            if tunnel is not None:
+                entry["tunnel"] = {
+                    "rx_bytes": tunnel.rx_bytes, "tx_bytes": tunnel.tx_bytes,
+                    "endpoint": f"{tunnel.endpoint[0]}:{tunnel.endpoint[1]}"
+                    if tunnel.endpoint else None,
+                    "handshake_age_s": round(now - tunnel.last_handshake, 1)
+                    if tunnel.last_handshake else None}
+            members.append(entry)
+        return {"name": name, "cidr": record.cidr, "created_ms": record.created_ms,
+                "members": members, "local": self._local(name),
+                "workloads": sorted(w for (v, w) in all_attachments(self.node.state)
+                                    if v == name)}
+
+    async def refused(self, name: str) -> int:
+        return await self.firewall.counters(name) if os.geteuid() == 0 else 0
+
+    def status(self) -> dict[str, Any]:
+        return {"vnets": len(all_vnets(self.node.state)), "planes": {
+            v: p.name for v, p in self.planes.items()}, "errors": dict(self.errors)}
+
+    def api_routes(self) -> list[Any]:
+        from vnet.api import routes
+
+        return routes(self)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return []
