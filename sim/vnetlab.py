@@ -54,8 +54,10 @@ class VNetLab:
         self.cluster = LocalCluster(root / "agents", env=env)
         try:
             for host in self.lab.hosts:
-                # iptables' filter table exists before anything is measured against it
-                ns(host, "iptables", "-w", "-S")
+                # the filter table exists before anything is measured against it (as on
+                # any host with a firewall): the agent's rules then leave it as it was
+                for chain in ("INPUT", "FORWARD", "OUTPUT"):
+                    ns(host, "iptables", "-w", "-P", chain, "ACCEPT")
             for index, host in enumerate(self.lab.hosts):
                 agent = self.cluster.new_agent(
                     f"node{index + 1}", listen=f"{host.ip}:0", api=f"{host.ip}:0",
