@@ -1,0 +1,97 @@
+"""`python -m bench vnet`: V-Net throughput and latency between network namespaces.
+
+Two namespaces joined by a bridge (``sim/netns.py``), a real agent in each, one V-Net
+with both hosts attached (``sim/vnetlab.py``); then in the same run:
+
+* ``wg_tcp_mb_s``: ``iperf3`` TCP from one host to the other's V-Net address, over the
+  WireGuard plane (kernel WireGuard when the host has it, else ``wireguard-go``; the
+  run says which: ``wg_mode``);
+* ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
+  bare veth + bridge path);
+* ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the average of ``ping`` RTTs over each path;
+* ``py_tcp_mb_s``: the Python plane, from ``bench._vnet_py.measure(lab, seconds)`` when
+  that module exists (else null).
+
+Needs root, ``iperf3``, ``wireguard-go`` or kernel WireGuard. MB/s are 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sim.agents import wait_until
+from sim.netns import Host
+from sim.vnetlab import VNetLab, ns
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
+    parser.add_argument("--pings", type=int, default=40)
+
+
+def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
+    """TCP MB/s from ``client`` to an iperf3 server on ``server``'s ``address``."""
+    daemon = subprocess.Popen([*server.exec_prefix(), "iperf3", "-s", "-B", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = (f"import socket; socket.create_connection(('{address}', 5201), "
+                 "timeout=1).close()")
+        wait_until(lambda: ns(client, "python3", "-c", probe, check=False).returncode == 0,
+                   15, message="iperf3 server up")
+        out = ns(client, "iperf3", "-c", address, "-t", str(seconds), "-J",
+                 timeout=seconds + 60)
+        report = json.loads(out.stdout)
+        bps = report["end"]["sum_received"]["bits_per_second"]
+        return round(float(bps) / 8 / 1e6, 1)
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def rtt(host: Host, address: str, count: int) -> float | None:
+    out = ns(host, "ping", "-n", "-q", "-c", str(count), "-i", "0.05", address,
+             check=False, timeout=count + 30).stdout
+    match = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(match.group(1)) if match else None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    seconds = 2.0 if args.quick else args.seconds
+    pings = 10 if args.quick else args.pings
+    root = Path(tempfile.mkdtemp(prefix="bench-vnet-"))
+    figures: dict[str, Any] = {}
+    with VNetLab(root, 2) as lab:
+        a, b = lab.agents
+        ha, hb = lab.hosts
+        a.cli("vnet", "create", "bench", "--cidr", "10.77.0.0/24")
+        wait_until(lambda: b.get("/v1/vnets")["vnets"], 20, message="the V-Net on both")
+        addresses = lab.attach_all("bench")
+        wait_until(lambda: lab.tunnels_up("bench"), 40, interval=0.3, message="tunnel up")
+        mode = subprocess.run(["nsenter", "-t", str(a.pid), "-m", "-n", "ip", "-d", "link",
+                               "show", "mc-bench"], capture_output=True, text=True).stdout
+        figures["wg_mode"] = "kernel" if "wireguard" in mode else "wireguard-go"
+        rtt(ha, addresses[1], 3)  # warm the path
+        figures["vnet_rtt_ms"] = rtt(ha, addresses[1], pings)
+        figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
+        figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
+        figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
+        try:
+            py = importlib.import_module("bench._vnet_py")
+        except ImportError:
+            figures["py_tcp_mb_s"] = None
+        else:
+            figures["py_tcp_mb_s"] = py.measure(lab, seconds)
+        a.cli("vnet", "rm", "bench")
+    if figures["vnet_rtt_ms"] is not None and figures["underlay_rtt_ms"] is not None:
+        figures["rtt_overhead_ms"] = round(figures["vnet_rtt_ms"] - figures["underlay_rtt_ms"],
+                                           3)
+    for key, value in figures.items():
+        print(f"{key:20} {value}")
+    return figures
