@@ -49,7 +49,10 @@ def snapshot(host: Host) -> dict[str, str]:
 class VNetLab:
     """``n`` namespaces, an agent in each, all alive to each other."""
 
-    def __init__(self, root: Path, n: int, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, n: int, *, env: dict[str, str] | None = None,
+                 listen_any: frozenset[int] = frozenset()) -> None:
+        """``listen_any``: hosts whose agent listens on 0.0.0.0 (its underlay address
+        may change; it advertises what it has at start)."""
         self.lab = NetnsLab(n)
         self.cluster = LocalCluster(root / "agents", env=env)
         try:
@@ -60,7 +63,9 @@ class VNetLab:
                     ns(host, "iptables", "-w", "-P", chain, "ACCEPT")
             for index, host in enumerate(self.lab.hosts):
                 agent = self.cluster.new_agent(
-                    f"node{index + 1}", listen=f"{host.ip}:0", api=f"{host.ip}:0",
+                    f"node{index + 1}",
+                    listen=f"{'0.0.0.0' if index in listen_any else host.ip}:0",
+                    api=f"{host.ip}:0",
                     s3=f"{host.ip}:0", prefix=agent_prefix(host),
                     extra_args=["--profile", "local"])
                 if index == 0:

@@ -148,15 +148,21 @@ def reconcile(view: View, node: bytes, public_key: bytes, ports: Mapping[str, in
 
 
 def endpoint_host(addresses: list[str]) -> str | None:
-    """The host part of a member's first mesh address (``host:port`` or ``[v6]:port``)."""
+    """The host part of a member's mesh address (``host:port`` or ``[v6]:port``) to send
+    tunnel packets to: the first that is not loopback (a node listening on a wildcard
+    advertises 127.0.0.1 too), else the first (a mesh on one machine)."""
+    hosts: list[str] = []
     for address in addresses:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             continue
         host = host.strip("[]")
         if host and host not in ("0.0.0.0", "::"):
+            hosts.append(host)
+    for host in hosts:
+        if not (host.startswith("127.") or host == "::1" or host == "localhost"):
             return host
-    return None
+    return hosts[0] if hosts else None
 
 
 def plane_configs(view: View, node: bytes, private_key: bytes,

@@ -49,6 +49,11 @@ PLANES = ("wireguard", "python", "userspace")
 PLANE_ENV = "MESHCLOUD_VNET_PLANE"
 """Forces this node's plane (``wireguard``, ``python``, ``userspace``)."""
 RUNNING_STATES = {"claimed", "starting", "running"}
+HEARD_GRACE = 20.0
+"""Seconds a peer gossip holds dead keeps its tunnel while the tunnel still brings its
+packets (keepalives every 15 s): a host that roams stays reachable while the mesh
+catches up with its new address. A peer that left, or is no longer listed (revoked,
+reaped), loses its tunnels at once."""
 
 
 class VNetService(ServiceBase):
@@ -68,6 +73,9 @@ class VNetService(ServiceBase):
         self.errors: dict[str, str] = {}
         self.wake = trio.Event()
         self.passes = 0
+        self.underlay: frozenset[str] = frozenset()
+        self.heard: dict[bytes, tuple[int, float]] = {}
+        """Peer node → (bytes received from it over all tunnels, when that last grew)."""
 
     def tables(self) -> tuple[Any, ...]:
         return VNET_TABLES
@@ -94,16 +102,38 @@ class VNetService(ServiceBase):
                          attachments=all_attachments(state),
                          running={k: frozenset(v) for k, v in running.items()})
 
+    def _note_traffic(self) -> None:
+        now = time.monotonic()
+        keys: dict[bytes, bytes] = {r.public_key: r.node
+                                    for r in all_members(self.node.state).values()}
+        totals: dict[bytes, int] = {}
+        for plane in self.planes.values():
+            for peer in plane.stats():
+                node = keys.get(peer.public_key)
+                if node is not None:
+                    totals[node] = totals.get(node, 0) + peer.rx_bytes
+        for node, total in totals.items():
+            seen = self.heard.get(node)
+            if seen is None or total > seen[0]:
+                self.heard[node] = (total, now)
+
     def _membership(self) -> tuple[dict[bytes, list[str]], frozenset[bytes]]:
+        """Each member's mesh addresses, and the nodes to keep tunnels to: those gossip
+        holds alive or suspect, and those it holds dead whose tunnels brought packets in
+        the last :data:`HEARD_GRACE` seconds."""
         addresses: dict[bytes, list[str]] = {}
         alive: set[bytes] = set()
+        now = time.monotonic()
         for member in self.node.members_view():
             try:
                 node = bytes.fromhex(member["id"])
             except (KeyError, ValueError):
                 continue
             addresses[node] = list(member.get("addresses") or [])
-            if member.get("state") in ("alive", "suspect"):
+            state = member.get("state")
+            heard = self.heard.get(node)
+            if state in ("alive", "suspect") or (
+                    state == "dead" and heard is not None and now - heard[1] < HEARD_GRACE):
                 alive.add(node)
         return addresses, frozenset(alive)
 
@@ -174,6 +204,7 @@ class VNetService(ServiceBase):
                 else:
                     self.node.state.delete(MEMBERS.name, key)
             view = self.view()
+        self._note_traffic()
         addresses, alive = self._membership()
         me = host_member(self.node.node_id)
         listen = {v: r.port for (v, m), r in view.members.items() if m == me and r.port}
@@ -186,6 +217,29 @@ class VNetService(ServiceBase):
         for vnet, config in configs.items():
             row = view.members.get((vnet, me))
             await self._apply(vnet, config, row.plane if row is not None else "")
+        if self.planes:
+            await self._check_underlay()
+
+    async def _check_underlay(self) -> None:
+        """When this host's own addresses change (it roamed), tell the planes at once."""
+        try:
+            out = await trio.run_process(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                                         capture_stdout=True, capture_stderr=True,
+                                         check=False)
+        except FileNotFoundError:
+            return
+        now = frozenset(line.split()[3] for line in out.stdout.decode().splitlines()
+                        if len(line.split()) > 3 and " mc-" not in line)
+        changed, self.underlay = bool(self.underlay) and now != self.underlay, now
+        if changed:
+            log.info("this host's addresses changed: rebinding the V-Net tunnels")
+            for plane in list(self.planes.values()):
+                rebind = getattr(plane, "rebind", None)
+                if rebind is not None:
+                    try:
+                        await rebind()
+                    except PlaneError as exc:
+                        log.warning("rebinding a V-Net plane: %s", exc)
 
     async def _apply(self, vnet: str, config: PlaneConfig, wanted: str) -> None:
         plane = self.planes.get(vnet)

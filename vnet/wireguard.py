@@ -170,6 +170,18 @@ class WireGuardPlane:
         text = await run("wg", "show", interface, "dump", check=False)
         return [b64(s.public_key) for s in parse_dump(text)[1]]
 
+    async def rebind(self) -> None:
+        """Set every peer's endpoint again: after this host's own underlay address
+        changed, WireGuard forgets the source address it stuck to and sends from the new
+        one at once (the peers follow it on the first authenticated packet)."""
+        config = self.config
+        if config is None:
+            return
+        for peer in config.peers:
+            if peer.endpoint is not None:
+                await run("wg", "set", config.interface, *peer_args(b64(peer.public_key),
+                                                                     peer), check=False)
+
     async def refresh(self) -> None:
         """Read ``wg show IF dump`` into :meth:`listen_port` and :meth:`stats`."""
         if self.config is None:

@@ -112,8 +112,9 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     blue = lab.attach_all("blue")
     red = lab.attach_all("red")
     assert len(set(blue)) == 3 and len(set(red)) == 3
-    wait_until(lambda: lab.tunnels_up("blue") and lab.tunnels_up("red"), 40, interval=0.3,
-               message="every tunnel handshaken")
+    up = wait_until(lambda: lab.tunnels_up("blue") and lab.tunnels_up("red"), 40,
+                    interval=0.3, message="every tunnel handshaken")
+    print(f"every tunnel of both V-Nets handshaken {up:.1f} s after the last attach")
 
     # --- ping and a TCP stream by V-Net address; the underlay sees only UDP ------------
     assert lab.ping(h[0], blue[1], count=3)
@@ -162,11 +163,14 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
 
     # --- a kill -9'd host is dropped by its peers, then rejoins with its addresses ----
     a[2].kill()
-    wait_until(lambda: not any(m["node"] == a[2].node_id and m.get("tunnel")
-                               for m in a[0].get("/v1/vnets/blue")["members"]), 30,
+    dropped = wait_until(lambda: not any(m["node"] == a[2].node_id and m.get("tunnel")
+                               for m in a[0].get("/v1/vnets/blue")["members"]), 45,
                interval=0.3, message="host 2's tunnel dropped by host 0")
     a[2].start()
-    wait_until(lambda: lab.tunnels_up("blue"), 40, interval=0.3, message="host 2 back")
+    back = wait_until(lambda: lab.tunnels_up("blue"), 40, interval=0.3,
+                      message="host 2 back")
+    print(f"kill -9: host 2 dropped by host 0 after {dropped:.1f} s; back {back:.1f} s "
+          "after its restart")
     assert a[2].get("/v1/vnets/blue")["local"]["address"] == f"{blue[2]}/24"
     assert lab.ping(h[0], blue[2], count=2)
 

@@ -51,6 +51,15 @@ def test_configs_only_for_vnets_the_node_is_in_with_peers_from_membership():
     assert {p.node_id for p in both["red"].peers} == {C}
 
 
+def test_endpoint_skips_loopback_unless_only_loopback():
+    from vnet.core import endpoint_host
+
+    assert endpoint_host(["127.0.0.1:5", "10.1.2.3:5"]) == "10.1.2.3"
+    assert endpoint_host(["127.0.0.51:5"]) == "127.0.0.51"
+    assert endpoint_host(["[fd00::1]:7", "bad"]) == "fd00::1"
+    assert endpoint_host(["0.0.0.0:1"]) is None
+
+
 def test_a_collision_loser_is_not_routed_and_re_allocates():
     v = view()
     members = dict(v.members)
