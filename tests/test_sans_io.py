@@ -87,6 +87,7 @@ CORE_GLOBS = [
     "apps/sites/serve.py",
     "apps/sites/tables.py",
     "sim/workloads.py",
+    "vnet/pyplane/*.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",
