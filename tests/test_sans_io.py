@@ -93,6 +93,8 @@ CORE_GLOBS = [
     "vnet/pyplane/messages.py",
     "vnet/pyplane/replay.py",
     "vnet/pyplane/session.py",
+    "vnet/userspace/routing.py",
+    "vnet/userspace/socks.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",
