@@ -5,15 +5,13 @@ only UDP (and none of the plaintext)."""
 from __future__ import annotations
 
 import hashlib
-import selectors
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from vnet.pyplane.lab import PORT, PlaneLab
+from vnet.pyplane.lab import PORT, PlaneLab, wait_output
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -47,27 +45,12 @@ print(conn.recv(1024).decode(), flush=True)
 """
 
 
-def wait_line(proc: subprocess.Popen[str], stream: str, needle: str, timeout: float) -> str:
-    pipe = getattr(proc, stream)
-    selector = selectors.DefaultSelector()
-    selector.register(pipe, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if selector.select(max(0.0, deadline - time.monotonic())):
-            line = pipe.readline()
-            if needle in line:
-                return line
-            if not line:
-                break
-    raise AssertionError(f"{needle!r} not seen within {timeout} s")
-
-
 def capture(lab: PlaneLab, path: Path, expression: str) -> subprocess.Popen[str]:
     side = lab.sides[1]
     proc = subprocess.Popen(side.exec("tcpdump", "-i", side.veth, "-n", "-U", "-w", str(path),
                                       expression),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_line(proc, "stderr", "listening on", 30)
+    wait_output(proc, "listening on", 30, stream="stderr")
     return proc
 
 
@@ -91,7 +74,7 @@ def test_ping_and_tcp_across_two_namespaces_with_only_udp_on_the_wire(tmp_path: 
 
             sink = subprocess.Popen(b.exec(sys.executable, "-c", SINK, b.address),
                                     stdout=subprocess.PIPE, text=True)
-            wait_line(sink, "stdout", "listening", 30)
+            wait_output(sink, "listening", 30)
             sent = subprocess.run(a.exec(sys.executable, "-c", SOURCE, b.address,
                                          MARKER.decode(), str(SIZE)),
                                   capture_output=True, text=True, timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -43,7 +44,7 @@ async def main() -> int:
         print(f"error bad config: {exc}", flush=True)
         return 2
     async with trio.open_nursery() as nursery:
-        plane = PyPlane(nursery)
+        plane = PyPlane(nursery, threads=os.environ.get("VNET_PY_THREADS", "1") == "1")
         try:
             await plane.apply(config)
         except PlaneError as exc:

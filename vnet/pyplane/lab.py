@@ -102,9 +102,10 @@ class PlaneLab:
             side.process.stdin.write(json.dumps(self.config(side, other)) + "\n")
             side.process.stdin.flush()
         for side in self.sides:
-            line = _readline(side.process, timeout)
-            if not line.startswith("ready"):
-                raise PlaneError(f"plane in {side.netns} did not start: {line.strip()}")
+            try:
+                wait_output(side.process, "ready", timeout)
+            except PlaneError as exc:
+                raise PlaneError(f"plane in {side.netns} did not start: {exc}") from exc
 
     def stop_planes(self, timeout: float = 20.0) -> dict[str, str]:
         """Stop the helpers (closing their stdin); their stderr, by namespace."""
@@ -128,12 +129,32 @@ class PlaneLab:
         self._made.clear()
 
 
-def _readline(proc: subprocess.Popen[str] | None, timeout: float) -> str:
-    assert proc is not None and proc.stdout is not None
+def wait_output(proc: subprocess.Popen[str] | None, needle: str, timeout: float,
+                stream: str = "stdout") -> str:
+    """Read ``proc``'s stdout (or stderr) until a line holds ``needle``; that line.
+
+    Reads the raw descriptor, so nothing sits in a Python buffer where a selector cannot
+    see it; bytes after the matching line are discarded (the callers want one line)."""
+    assert proc is not None
+    pipe = getattr(proc, stream)
+    assert pipe is not None
+    fd = pipe.fileno()
     selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
+    selector.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if selector.select(deadline - time.monotonic()):
-            return proc.stdout.readline()
-    raise PlaneError("no answer from the plane helper")
+    seen = b""
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+            for line in seen.decode(errors="replace").splitlines():
+                if needle in line:
+                    return line
+    finally:
+        selector.close()
+    raise PlaneError(f"{needle!r} not seen from {proc.args!r} within {timeout} s "
+                     f"(got {seen[-300:]!r})")
