@@ -14,6 +14,7 @@ import trio.testing
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.testing import TestMesh
 from meshcloud.transport.memory import MemoryNetwork
+from meshcloud.transport.tcp import TcpTransport
 from vnet.plane import PeerConfig, PlaneConfig, PlaneError
 from vnet.userspace.plane import Forward, UserspacePlane, parse_forward
 from vnet.userspace.socks import Reply
@@ -78,11 +79,15 @@ async def round_trip(stream: trio.SocketStream, payload: bytes) -> bytes:
     return got
 
 
-@pytest.fixture
-async def mesh(nursery: trio.Nursery):
+@pytest.fixture(params=["memory", "tcp"])
+async def mesh(request, nursery: trio.Nursery):
+    """Three members' transports: in memory, or the real Noise-over-TCP stack on loopback."""
     test_mesh = TestMesh.with_members(3)
-    network = MemoryNetwork(seed=4)
-    transports = [network.add(m.key, m.authenticator) for m in test_mesh.members]
+    if request.param == "memory":
+        network = MemoryNetwork(seed=4)
+        transports = [network.add(m.key, m.authenticator) for m in test_mesh.members]
+    else:
+        transports = [TcpTransport(m.key, m.authenticator) for m in test_mesh.members]
     for transport in transports:
         await nursery.start(transport.run)
     for transport in transports:
