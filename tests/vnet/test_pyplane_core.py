@@ -414,3 +414,29 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 TestSessions = SessionMachine.TestCase
+
+
+def test_packets_with_an_offload_header_route_and_check_past_it() -> None:
+    rand = rng_bytes(5)
+    a_key, b_key = rand(32), rand(32)
+    a = PlaneCore(a_key, rng_bytes(6), ip_offset=10)
+    b = PlaneCore(b_key, rng_bytes(7), ip_offset=10)
+    a.set_peers([PeerConfig(public_key(b_key), B_EP, (ipaddress.IPv4Network("10.42.0.2/32"),))])
+    b.set_peers([PeerConfig(public_key(a_key), A_EP, (ipaddress.IPv4Network("10.42.0.1/32"),))])
+    header = bytes([1, 1]) + bytes(8)  # NEEDS_CSUM, TCPv4 segmentation: opaque to the core
+    packet = header + ip_packet("10.42.0.1", "10.42.0.2", b"big" * 5000)
+    (_, init), = a.outbound(packet, T0)
+    _, (response,) = b.inbound(init, A_EP, T0)
+    _, (data,) = a.inbound(response[1], B_EP, T0)
+    written, _ = b.inbound(data[1], A_EP, T0)
+    assert written == packet
+    with pytest.raises(PacketError) as info:  # without the offset the header is no IPv4
+        a.outbound(ip_packet("10.42.0.1", "10.42.0.2")[:25], T0)
+    assert info.value.reason == "no_route"
+    (_, forged), = a.outbound(header + ip_packet("10.42.0.7", "10.42.0.2"), T0)
+    with pytest.raises(PacketError) as info:
+        b.inbound(forged, A_EP, T0)
+    assert info.value.reason == "source"
+    with pytest.raises(PacketError) as info:
+        a.outbound(header + ip_packet("10.42.0.1", "10.42.0.2", bytes(65500)), T0)
+    assert info.value.reason == "too_big"

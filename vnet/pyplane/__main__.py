@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from vnet.plane import PeerConfig, PlaneConfig, PlaneError
-from vnet.pyplane.driver import PyPlane
+from vnet.pyplane.driver import GSO_MAX_SIZE, PyPlane
 
 
 def parse_config(text: str) -> PlaneConfig:
@@ -44,7 +44,9 @@ async def main() -> int:
         print(f"error bad config: {exc}", flush=True)
         return 2
     async with trio.open_nursery() as nursery:
-        plane = PyPlane(nursery, threads=os.environ.get("VNET_PY_THREADS", "1") == "1")
+        plane = PyPlane(nursery, threads=os.environ.get("VNET_PY_THREADS", "1") == "1",
+                        offload=os.environ.get("VNET_PY_OFFLOAD", "1") == "1",
+                        gso_max_size=int(os.environ.get("VNET_PY_GSO", str(GSO_MAX_SIZE))))
         try:
             await plane.apply(config)
         except PlaneError as exc:

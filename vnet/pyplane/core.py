@@ -40,19 +40,24 @@ from vnet.pyplane.messages import (
 from vnet.pyplane.session import Keypair, PeerSession, SessionConfig, flatten_allowed
 
 Datagram = tuple[Endpoint, bytes]
+MAX_PLAINTEXT = 65507 - DATA_HEADER - 16
+"""The largest packet that fits one UDP datagram once encrypted."""
 _U32 = struct.Struct("<I")
 _IP = struct.Struct("!I")
 
 
 class PlaneCore:
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
-                 config: SessionConfig | None = None) -> None:
+                 config: SessionConfig | None = None, ip_offset: int = 0) -> None:
         if len(private_key) != 32:
             raise ValueError("the plane's private key is 32 bytes")
         self.config = config or SessionConfig()
         self._private = private_key
         self.public_key = public_key(private_key)
         self._random = random_bytes
+        self.ip_offset = ip_offset
+        """Bytes before the IP header in every packet (the driver's 10-byte offload header;
+        it travels encrypted with the packet)."""
         self._peers: dict[bytes, PeerSession] = {}
         self._indexes: dict[int, tuple[PeerSession, Keypair | InitiatorState]] = {}
         self._routes: dict[int, PeerSession] = {}  # /32 routes
@@ -106,9 +111,10 @@ class PlaneCore:
     # --- packets from the TUN device -----------------------------------------------------
 
     def route(self, packet: bytes) -> PeerSession:
-        if len(packet) < 20 or packet[0] >> 4 != 4:
+        off = self.ip_offset
+        if len(packet) < off + 20 or packet[off] >> 4 != 4:
             raise PacketError("no_route", "not an IPv4 packet")
-        (dst,) = _IP.unpack_from(packet, 16)
+        (dst,) = _IP.unpack_from(packet, off + 16)
         session = self._routes.get(dst)
         if session is None:
             for prefix, network, candidate in self._wide:
@@ -120,7 +126,7 @@ class PlaneCore:
 
     def outbound(self, packet: bytes, now: float) -> list[Datagram]:
         """Encrypt an IP packet for the peer its destination belongs to."""
-        if len(packet) > 65535 - DATA_HEADER - 16:
+        if len(packet) > MAX_PLAINTEXT:
             raise PacketError("too_big", f"{len(packet)} bytes")
         return self.send(self.route(packet), packet, now)
 
@@ -274,9 +280,10 @@ class PlaneCore:
             out = self._flush(session)
         if not plain:
             return None, out
-        if len(plain) < 20 or plain[0] >> 4 != 4:
+        off = self.ip_offset
+        if len(plain) < off + 20 or plain[off] >> 4 != 4:
             raise PacketError("source", "not an IPv4 packet")
-        (src,) = _IP.unpack_from(plain, 12)
+        (src,) = _IP.unpack_from(plain, off + 12)
         if not session.allows(src):
             raise PacketError("source", "source address not allowed for this peer")
         return plain, out

@@ -39,6 +39,16 @@ log = logging.getLogger(__name__)
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+VNET_HDR = 10
+"""The virtio-net header before each packet on the TUN descriptor (and inside the
+encrypted payload on the wire): it carries the offload state of a packet (partial
+checksum, TCP segmentation size) from the sender's kernel to the receiver's."""
+GSO_MAX_SIZE = 60000
+"""The largest offloaded packet the kernel may hand us (it must fit one UDP datagram)."""
 BATCH = 128
 """Packets handled per wake-up of a loop before yielding to trio."""
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -47,8 +57,10 @@ POLL_MS = 200
 """How often a packet thread looks at its stop flag while idle."""
 
 
-def open_tun(name: str) -> int:
-    """A non-blocking descriptor for a new TUN interface ``name`` (no packet info)."""
+def open_tun(name: str, offload: bool = True) -> int:
+    """A non-blocking descriptor for a new TUN interface ``name``: no packet info, a
+    virtio-net header before each packet, and with ``offload`` the kernel's checksum and
+    TCP segmentation left to the far end (large TCP packets, one per many segments)."""
     if not name or len(name.encode()) > 15:
         raise PlaneError(f"interface name {name!r}: 1 to 15 characters")
     try:
@@ -57,7 +69,10 @@ def open_tun(name: str) -> int:
         raise PlaneError(f"cannot open /dev/net/tun ({exc.strerror}): the Python plane "
                          "needs root and the tun module; use the userspace mode") from exc
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(),
+                                               IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
     except OSError as exc:
         os.close(fd)
         raise PlaneError(f"cannot create interface {name}: {exc.strerror}") from exc
@@ -87,8 +102,11 @@ class PyPlane:
 
     def __init__(self, nursery: trio.Nursery, *, session: SessionConfig | None = None,
                  random_bytes: Callable[[int], bytes] = nacl.utils.random,
-                 threads: bool = True) -> None:
+                 threads: bool = True, offload: bool = True,
+                 gso_max_size: int = GSO_MAX_SIZE) -> None:
         self._nursery = nursery
+        self._offload = offload
+        self._gso_max_size = gso_max_size
         self._threads = threads
         self._session = session
         self._random = random_bytes
@@ -151,12 +169,13 @@ class PyPlane:
     # --- setup ---------------------------------------------------------------------------
 
     async def _open(self, config: PlaneConfig) -> None:
-        core = PlaneCore(config.private_key, self._random, self._session)
-        self._fd = open_tun(config.interface)
+        core = PlaneCore(config.private_key, self._random, self._session, ip_offset=VNET_HDR)
+        self._fd = open_tun(config.interface, self._offload)
         try:
             await _ip("addr", "add", str(config.address), "dev", config.interface)
             _no_ipv6(config.interface)
-            await _ip("link", "set", config.interface, "mtu", str(config.mtu), "up")
+            await _ip("link", "set", config.interface, "mtu", str(config.mtu),
+                      "gso_max_size", str(self._gso_max_size), "up")
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._sock = sock
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
