@@ -60,10 +60,13 @@ def packets(path: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-def test_ping_and_tcp_across_two_namespaces_with_only_udp_on_the_wire(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads, offload", [(True, True), (False, False)],
+                         ids=["threads-offload", "trio-loops-no-offload"])
+def test_ping_and_tcp_across_two_namespaces_with_only_udp_on_the_wire(
+        tmp_path: Path, threads: bool, offload: bool) -> None:
     with PlaneLab() as lab:
         a, b = lab.sides
-        lab.start_planes()
+        lab.start_planes(threads=threads, offload=offload)
         clear = capture(lab, tmp_path / "clear.pcap", "ip and not udp")
         tunnel = capture(lab, tmp_path / "tunnel.pcap", "udp")  # with fragments
         try:

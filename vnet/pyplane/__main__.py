@@ -1,9 +1,11 @@
 """Run one Python plane as a helper process: ``python -m vnet.pyplane``.
 
-The first line of stdin is the config as JSON (keys hex-encoded, see :func:`parse_config`);
-the helper applies it, prints ``ready PORT`` and runs until stdin closes or it gets
-SIGTERM/SIGINT, then closes the plane (the interface goes with it). Tests and the
-benchmark run one inside each network namespace.
+The first line of stdin is the config as JSON (keys hex-encoded, see
+:func:`parse_config`); the helper applies it, prints ``ready PORT`` and runs until stdin
+closes or it gets SIGTERM/SIGINT, then closes the plane (the interface goes with it).
+Tests and the benchmark run one inside each network namespace. ``VNET_PY_THREADS=0`` runs
+the packet loops on trio, ``VNET_PY_OFFLOAD=0`` turns the TUN offload off,
+``VNET_PY_GSO=N`` caps offloaded packets at N bytes.
 """
 
 from __future__ import annotations

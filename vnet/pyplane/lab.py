@@ -91,9 +91,11 @@ class PlaneLab:
                            "endpoint": [other.underlay, PORT],
                            "allowed_ips": [f"{other.address}/32"]}]}
 
-    def start_planes(self, timeout: float = 30.0) -> None:
+    def start_planes(self, timeout: float = 30.0, *, threads: bool = True,
+                     offload: bool = True) -> None:
         a, b = self.sides
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "VNET_PY_THREADS": str(int(threads)),
+               "VNET_PY_OFFLOAD": str(int(offload))}
         for side, other in ((a, b), (b, a)):
             side.process = subprocess.Popen(
                 side.exec(sys.executable, "-m", "vnet.pyplane"), stdin=subprocess.PIPE,
