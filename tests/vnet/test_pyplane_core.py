@@ -144,8 +144,8 @@ def test_each_handshake_gives_fresh_keys() -> None:
     pair.a_to_b()
     first = pair.a.peer(public_key(pair.b_key)).current
     pair.now += 200  # past reject_after_time: the old keys are gone
-    pair.a.tick(pair.now)
-    pair.b.tick(pair.now)
+    pair.deliver(pair.a.tick(pair.now), True)
+    pair.deliver(pair.b.tick(pair.now), False)
     assert pair.a_to_b(b"again") != []
     second = pair.a.peer(public_key(pair.b_key)).current
     assert first is not None and second is not None
@@ -440,3 +440,32 @@ def test_packets_with_an_offload_header_route_and_check_past_it() -> None:
     with pytest.raises(PacketError) as info:
         a.outbound(header + ip_packet("10.42.0.1", "10.42.0.2", bytes(65500)), T0)
     assert info.value.reason == "too_big"
+
+
+def test_a_peer_that_lost_its_keys_gets_a_new_handshake() -> None:
+    pair = Pair()
+    pair.a_to_b()
+    pair.b = PlaneCore(pair.b_key, rng_bytes(99))  # B restarts: no sessions
+    pair.b.set_peers([PeerConfig(public_key(pair.a_key), A_EP,
+                                 (ipaddress.IPv4Network("10.42.0.1/32"),))])
+    (_, data), = pair.a.outbound(ip_packet("10.42.0.1", "10.42.0.2"), pair.now)
+    with pytest.raises(PacketError):
+        pair.b.inbound(data, A_EP, pair.now)
+    assert pair.a.tick(pair.now + 14) == []
+    retry = pair.a.tick(pair.now + 15)
+    assert [len(d) for _, d in retry] == [INIT_SIZE]
+    pair.now += 15
+    pair.deliver(retry, True)
+    assert pair.a_to_b(b"again") == [ip_packet("10.42.0.1", "10.42.0.2", b"again")]
+
+
+def test_one_way_traffic_is_answered_by_keepalives_not_handshakes() -> None:
+    pair = Pair()
+    for step in range(40):  # A sends every second, B never has anything to say
+        pair.now = T0 + step
+        assert pair.a_to_b(bytes([step])) != []
+        for _, data in pair.a.tick(pair.now):
+            assert len(data) != INIT_SIZE, f"a needless handshake at {step} s"
+        keepalives = pair.b.tick(pair.now)
+        assert all(len(d) == DATA_HEADER + 16 for _, d in keepalives)
+        assert pair.deliver(keepalives, False) == []

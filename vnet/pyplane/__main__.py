@@ -1,11 +1,12 @@
 """Run one Python plane as a helper process: ``python -m vnet.pyplane``.
 
 The first line of stdin is the config as JSON (keys hex-encoded, see
-:func:`parse_config`); the helper applies it, prints ``ready PORT`` and runs until stdin
-closes or it gets SIGTERM/SIGINT, then closes the plane (the interface goes with it).
-Tests and the benchmark run one inside each network namespace. ``VNET_PY_THREADS=0`` runs
-the packet loops on trio, ``VNET_PY_OFFLOAD=0`` turns the TUN offload off,
-``VNET_PY_GSO=N`` caps offloaded packets at N bytes.
+:func:`parse_config`); the helper applies it, prints ``ready PORT``, applies each further
+line the same way (printing ``applied``) and runs until stdin closes or it gets
+SIGTERM/SIGINT, then closes the plane (the interface goes with it). Tests and the
+benchmark run one inside each network namespace. ``VNET_PY_THREADS=0`` runs the packet
+loops on trio, ``VNET_PY_OFFLOAD=0`` turns the TUN offload off, ``VNET_PY_GSO=N`` caps
+offloaded packets at N bytes.
 """
 
 from __future__ import annotations
@@ -57,8 +58,17 @@ async def main() -> int:
             return 1
         print(f"ready {plane.listen_port()}", flush=True)
 
-        async def until_stdin_closes() -> None:
-            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        async def apply_each_line_until_stdin_closes() -> None:
+            while line := await trio.to_thread.run_sync(sys.stdin.readline,
+                                                        abandon_on_cancel=True):
+                if not line.strip():
+                    continue
+                try:
+                    await plane.apply(parse_config(line))
+                except (PlaneError, ValueError, KeyError, TypeError) as exc:
+                    print(f"error {exc}", flush=True)
+                else:
+                    print("applied", flush=True)
             nursery.cancel_scope.cancel()
 
         async def until_signal() -> None:
@@ -66,7 +76,7 @@ async def main() -> int:
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
 
-        nursery.start_soon(until_stdin_closes)
+        nursery.start_soon(apply_each_line_until_stdin_closes)
         nursery.start_soon(until_signal)
         try:
             await trio.sleep_forever()

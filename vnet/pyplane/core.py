@@ -139,13 +139,17 @@ class PlaneCore:
             while len(session.queue) > config.queue_limit:
                 session.queue.popleft()
             return self._maybe_init(session, now)
-        out = [self._encrypt(session, kp, packet)] if session.endpoint else []
+        out = [self._encrypt(session, kp, packet, now)] if session.endpoint else []
         if (kp.send_counter >= config.rekey_after_messages
                 or now - kp.created >= config.rekey_after_time):
             out += self._maybe_init(session, now)
         return out
 
-    def _encrypt(self, session: PeerSession, kp: Keypair, packet: bytes) -> Datagram:
+    def _encrypt(self, session: PeerSession, kp: Keypair, packet: bytes, now: float
+                 ) -> Datagram:
+        session.owes_keepalive_since = None
+        if packet and session.unanswered_since is None:
+            session.unanswered_since = now
         counter = kp.send_counter
         kp.send_counter = counter + 1
         data = DATA_HEAD.pack(DATA, kp.remote_index, counter) + seal(kp.send_key, counter,
@@ -224,9 +228,9 @@ class PlaneCore:
         session.endpoint = source
         session.last_handshake = now
         session.rx_bytes += len(data)
-        out = self._flush(session)
+        out = self._flush(session, now)
         if not out:  # a keepalive confirms the keypair to the responder
-            out.append(self._encrypt(session, kp, b""))
+            out.append(self._encrypt(session, kp, b"", now))
         return out
 
     def _rotate(self, session: PeerSession, kp: Keypair, now: float) -> None:
@@ -235,13 +239,13 @@ class PlaneCore:
         session.previous_until = now + self.config.previous_ttl
         session.current = kp
 
-    def _flush(self, session: PeerSession) -> list[Datagram]:
+    def _flush(self, session: PeerSession, now: float) -> list[Datagram]:
         kp = session.current
         out: list[Datagram] = []
         if kp is None or session.endpoint is None:
             return out
         while session.queue:
-            out.append(self._encrypt(session, kp, session.queue.popleft()))
+            out.append(self._encrypt(session, kp, session.queue.popleft(), now))
         return out
 
     # --- packets from the network --------------------------------------------------------
@@ -277,9 +281,12 @@ class PlaneCore:
         if kp is session.next:
             session.next = None
             self._rotate(session, kp, now)
-            out = self._flush(session)
+            out = self._flush(session, now)
+        session.unanswered_since = None
         if not plain:
             return None, out
+        if session.owes_keepalive_since is None:
+            session.owes_keepalive_since = now
         off = self.ip_offset
         if len(plain) < off + 20 or plain[off] >> 4 != 4:
             raise PacketError("source", "not an IPv4 packet")
@@ -291,7 +298,10 @@ class PlaneCore:
     # --- timers --------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Datagram]:
-        """Expire old keys; resend unanswered handshakes for peers with queued packets."""
+        """Expire old keys; resend unanswered handshakes for peers with queued packets;
+        send a keepalive to a peer whose packets we have not answered for
+        ``keepalive_timeout``; handshake again with a peer that has not answered ours for
+        ``keepalive_timeout + rekey_timeout`` (it may have lost its keys: restarted)."""
         config = self.config
         out: list[Datagram] = []
         for session in self._peers.values():
@@ -304,6 +314,16 @@ class PlaneCore:
                 if kp is not None and now - kp.created >= config.reject_after_time:
                     self._drop(kp)
                     setattr(session, name, None)
+            kp = session.current
+            if kp is not None and session.endpoint is not None:
+                owes = session.owes_keepalive_since
+                if owes is not None and now - owes >= config.keepalive_timeout:
+                    out.append(self._encrypt(session, kp, b"", now))
+                silent = session.unanswered_since
+                if (silent is not None and session.pending is None
+                        and now - silent >= config.keepalive_timeout + config.rekey_timeout):
+                    session.unanswered_since = None
+                    out += self._maybe_init(session, now)
             if session.pending is None:
                 if session.queue and session.current is None:
                     out += self._maybe_init(session, now)

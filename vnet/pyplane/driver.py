@@ -107,6 +107,7 @@ class PyPlane:
         self._nursery = nursery
         self._offload = offload
         self._gso_max_size = gso_max_size
+        self._lock = threading.Lock()
         self._threads = threads
         self._session = session
         self._random = random_bytes
@@ -132,7 +133,8 @@ class PyPlane:
         if old is None:
             await self._open(config)
         assert self._core is not None
-        self._core.set_peers(config.peers)
+        with self._lock:  # the packet threads use the core too
+            self._core.set_peers(config.peers)
         self._config = config
 
     def listen_port(self) -> int:
@@ -204,16 +206,16 @@ class PyPlane:
                 async with trio.open_nursery() as nursery:
                     if self._threads:
                         stop = threading.Event()
-                        lock = threading.Lock()
                         for loop in (self._tun_thread, self._udp_thread):
                             nursery.start_soon(functools.partial(
-                                trio.to_thread.run_sync, loop, core, fd, sock, lock, stop))
+                                trio.to_thread.run_sync, loop, core, fd, sock, self._lock,
+                                stop))
                         nursery.start_soon(self._stop_threads_on_cancel, stop)
                     else:
-                        lock = None
                         nursery.start_soon(self._from_tun, core, fd, sock)
                         nursery.start_soon(self._from_udp, core, fd, sock)
-                    nursery.start_soon(self._ticks, core, sock, lock)
+                    nursery.start_soon(self._ticks, core, sock,
+                                       self._lock if self._threads else None)
         finally:
             stopped.set()
 

@@ -34,6 +34,9 @@ class SessionConfig:
     """Resend an unanswered handshake after this many seconds."""
     rekey_attempt_time: float = 90.0
     """Give up (drop the queued packets) after trying to handshake for this long."""
+    keepalive_timeout: float = 10.0
+    """Answer a peer's packets with a keepalive if we sent nothing for this long; and if a
+    peer answers none of ours for this long plus ``rekey_timeout``, handshake again."""
     previous_ttl: float = 15.0
     """Seconds the replaced key still reads packets in flight."""
     replay_window: int = DEFAULT_SIZE
@@ -78,6 +81,10 @@ class PeerSession:
     pending_since: float = 0.0
     first_attempt: float = 0.0
     queue: deque[bytes] = field(default_factory=deque)
+    unanswered_since: float | None = None
+    """When we first sent a packet the peer has not answered (nothing authenticated since)."""
+    owes_keepalive_since: float | None = None
+    """When the peer first sent a packet we have not answered (we sent nothing since)."""
     last_timestamp: int = -1
     """The newest handshake timestamp this peer sent us (an older INIT is a replay)."""
     rx_bytes: int = 0
