@@ -87,6 +87,14 @@ CORE_GLOBS = [
     "apps/sites/serve.py",
     "apps/sites/tables.py",
     "sim/workloads.py",
+    "vnet/pyplane/core.py",
+    "vnet/pyplane/crypto.py",
+    "vnet/pyplane/handshake.py",
+    "vnet/pyplane/messages.py",
+    "vnet/pyplane/replay.py",
+    "vnet/pyplane/session.py",
+    "vnet/userspace/routing.py",
+    "vnet/userspace/socks.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",
