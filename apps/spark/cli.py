@@ -137,7 +137,8 @@ def add_parsers(sub: Any) -> None:
     j.add_argument("--output", help="s3://bucket/prefix (passed to the job as --output)")
     j.add_argument("--conf", action="append", help="spark.KEY=VALUE (repeatable)")
     j.add_argument("--detach", "-d", action="store_true", help="print the job id and return")
-    j.add_argument("job_args", nargs=argparse.REMAINDER, help="more arguments for the job")
+    j.add_argument("--arg", dest="job_args", action="append", default=[],
+                   help="one more argument for the job (repeatable; --arg=--flag)")
     ls = s.add_parser("jobs", help="submitted jobs, newest first")
     ls.add_argument("--json", action="store_true")
     lg = s.add_parser("logs", help="a job's driver log (kept in the log bucket)")

@@ -24,7 +24,8 @@ CAPABILITY = ("spark", "yes")
 PORT_RANGE = (17077, 17199)
 """The TCP ports every node listens on for the master (RPC) and its web UI."""
 MAX_WORKERS = 64
-MIN_WORKER_MEMORY = 256 << 20
+MIN_WORKER_MEMORY = 512 << 20
+"""Spark refuses executors under 450 MiB."""
 DAEMON_MEMORY = 256 << 20
 """Heap of the master and worker daemons themselves (executors get the worker memory)."""
 JOB_ID_RE = re.compile(r"^[a-z0-9]{6,32}$")
@@ -56,7 +57,7 @@ def check_up(workers: int, worker_memory: int, cores: int, capable: int) -> None
         raise SparkError(f"workers must be 1..{MAX_WORKERS}", code="bad_workers")
     if isinstance(worker_memory, bool) or not isinstance(worker_memory, int) \
             or worker_memory < MIN_WORKER_MEMORY:
-        raise SparkError("worker memory must be at least 256m", code="bad_memory")
+        raise SparkError("worker memory must be at least 512m", code="bad_memory")
     if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
         raise SparkError("worker cores must be 1..256", code="bad_cores")
     if capable < workers:
@@ -92,6 +93,23 @@ def s3_case(urls: Mapping[str, str]) -> str:
     return f'case "$MESHCLOUD_NODE" in\n{arms}  *) ;;\nesac\n' if arms else ""
 
 
+IDENTITY = """\
+U=$(id -u); G=$(id -g)
+if ! getent passwd "$U" >/dev/null 2>&1; then
+  for lib in /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so; do
+    [ -e "$lib" ] || continue
+    printf 'spark:x:%s:%s:spark:%s:/bin/false\\n' "$U" "$G" "$HOME" > "$HOME/.passwd"
+    printf 'spark:x:%s:\\n' "$G" > "$HOME/.group"
+    export LD_PRELOAD="$lib" NSS_WRAPPER_PASSWD="$HOME/.passwd" NSS_WRAPPER_GROUP="$HOME/.group"
+    break
+  done
+fi
+export SPARK_USER=spark HADOOP_USER_NAME=spark
+"""
+"""Java (Hadoop's login) needs a passwd entry for its uid: a replica's uid has none, so it
+gets one of its own through nss_wrapper (apt libnss-wrapper)."""
+
+
 def _java(memory: int, main: str) -> str:
     return (f'exec "$JAVA" -Xmx{mib(memory)}m -cp "$SPARK_HOME/jars/*" '
             f'-Dspark.worker.preferConfiguredMasterAddress=true {main}')
@@ -99,7 +117,7 @@ def _java(memory: int, main: str) -> str:
 
 def master_spec(plan: ClusterPlan, *, java: str, spark_home: str, hosts: Mapping[str, str],
                 default_host: str) -> dict[str, Any]:
-    script = (host_case(hosts, default_host) + 'mkdir -p "$HOME/tmp"\n'
+    script = (host_case(hosts, default_host) + IDENTITY
               + _java(DAEMON_MEMORY, "org.apache.spark.deploy.master.Master")
               + f' --host "$H" --port "$PORT_{RPC_LABEL}" --webui-port "$PORT_{UI_LABEL}"\n')
     return {
@@ -114,7 +132,7 @@ def master_spec(plan: ClusterPlan, *, java: str, spark_home: str, hosts: Mapping
 def worker_spec(plan: ClusterPlan, *, java: str, spark_home: str, python: str,
                 pythonpath: str, hosts: Mapping[str, str], default_host: str,
                 s3_urls: Mapping[str, str]) -> dict[str, Any]:
-    script = (host_case(hosts, default_host) + s3_case(s3_urls)
+    script = (host_case(hosts, default_host) + s3_case(s3_urls) + IDENTITY
               + 'mkdir -p "$HOME/work" "$HOME/tmp"\n'
               + _java(DAEMON_MEMORY, "org.apache.spark.deploy.worker.Worker")
               + f' --host "$H" --cores {plan.worker_cores} --memory {mib(plan.worker_memory)}m'
@@ -187,8 +205,8 @@ def submit_args(master_url: str, conf: Mapping[str, str], *, workers: int,
 
 
 def executor_memory(worker_memory: int) -> int:
-    """What an executor may use of a worker's memory (all but 64 MiB, at least 256 MiB)."""
-    return max(MIN_WORKER_MEMORY, worker_memory - (64 << 20))
+    """An executor takes its worker's whole memory (one executor a worker)."""
+    return max(MIN_WORKER_MEMORY, worker_memory)
 
 
 QUEUED = "queued"

@@ -77,7 +77,13 @@ class SparkService(ServiceBase):
             node.config.labels[core.CAPABILITY[0]] = core.CAPABILITY[1]
         self.dist_dir: Path | None = None
         self.data_dir = Path(node.datadir.path)
-        self.jobs_dir = self.data_dir / "spark" / "jobs"
+        from apps.runtimes.homes import default_homes
+        from apps.runtimes.users import can_switch_user
+
+        self.switch_users = can_switch_user()
+        # a driver runs as its own uid: its files live where that uid can reach them
+        self.jobs_dir = (default_homes(self.data_dir) / "spark-jobs.d" if self.switch_users
+                         else self.data_dir / "spark" / "jobs")
         self.listener: tuple[int, trio.CancelScope] | None = None
         self.forwarded = 0
         self.refused = 0
@@ -422,6 +428,10 @@ class SparkService(ServiceBase):
                        args=tuple(job_args), submitted_ms=self.node.clock.wall_ms())
         self.state.put(SPARK_JOBS.name, (job_id,), job)
         workdir = self.jobs_dir / job_id
+        if self.switch_users:
+            from apps.runtimes.homes import ensure_root_dir
+
+            ensure_root_dir(self.jobs_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / file).write_bytes(source)
         assert self.nursery is not None
@@ -458,16 +468,14 @@ class SparkService(ServiceBase):
         logfile = workdir / "driver.log"
         env = self._driver_env(current, settings, workdir)
         ident: dict[str, Any] = {}
-        if os.geteuid() == 0:
+        if self.switch_users:
             from apps.runtimes.users import UidAllocator
 
             uid = UidAllocator(self.data_dir).base_for("spark-driver")
             for path in (workdir, *workdir.iterdir()):
                 os.chown(path, uid, uid)
-            os.chmod(self.jobs_dir, 0o711)
-            os.chmod(self.jobs_dir.parent, 0o711)
-            os.chmod(self.data_dir, os.stat(self.data_dir).st_mode | 0o011)
             ident = {"user": uid, "group": uid, "extra_groups": []}
+            env |= passwd_env(workdir, uid)
         code: int | None = None
         error = ""
         with open(logfile, "ab") as out:
@@ -580,6 +588,20 @@ class SparkService(ServiceBase):
                 "dist": str(self.dist_dir or ""), "forwarded": self.forwarded,
                 "refused": self.refused, "jobs_running": sorted(self.running),
                 "errors": dict(self.errors)}
+
+
+def passwd_env(home: Path, uid: int) -> dict[str, str]:
+    """A passwd entry for the driver's uid (Java's login asks for one), via nss_wrapper."""
+    import glob
+
+    env = {"SPARK_USER": "spark", "HADOOP_USER_NAME": "spark"}
+    libs = glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so")
+    if libs:
+        (home / ".passwd").write_text(f"spark:x:{uid}:{uid}:spark:{home}:/bin/false\n")
+        (home / ".group").write_text(f"spark:x:{uid}:\n")
+        env |= {"LD_PRELOAD": libs[0], "NSS_WRAPPER_PASSWD": str(home / ".passwd"),
+                "NSS_WRAPPER_GROUP": str(home / ".group")}
+    return env
 
 
 def job_dict(job_id: str, job: SparkJob) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def test_check_up_refuses_before_anything_is_written():
         core.check_up(4, 512 << 20, 1, capable=3)
     assert exc.value.code == "no_capable_node"
     for workers, memory, cores in ((0, 512 << 20, 1), (True, 512 << 20, 1),
-                                   (2, 1 << 20, 1), (2, 512 << 20, 0)):
+                                   (2, 256 << 20, 1), (2, 512 << 20, 0)):
         with pytest.raises(SparkError):
             core.check_up(workers, memory, cores, capable=10)
 
@@ -93,5 +93,5 @@ def test_submit_args_put_the_mesh_master_first_and_keep_the_users_conf():
     assert words[:2] == ["--master", "spark://127.0.0.71:17077"]
     assert words[-1] == "pyspark-shell"
     assert "spark.executor.memory=300m" in words and "spark.cores.max=3" in words
-    assert core.executor_memory(512 << 20) == 448 << 20
-    assert core.executor_memory(256 << 20) == 256 << 20
+    assert core.executor_memory(768 << 20) == 768 << 20
+    assert core.executor_memory(256 << 20) == 512 << 20
