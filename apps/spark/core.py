@@ -82,7 +82,8 @@ def host_case(hosts: Mapping[str, str], default: str) -> str:
     """Shell that sets ``H`` to this node's mesh host from ``$MESHCLOUD_NODE``."""
     arms = "".join(f"  {node}) H={shlex.quote(host)} ;;\n" for node, host in sorted(hosts.items())
                    if re.fullmatch(r"[0-9a-f]{8,128}", node))
-    return f'case "$MESHCLOUD_NODE" in\n{arms}  *) H={shlex.quote(default)} ;;\nesac\n'
+    return (f'case "$MESHCLOUD_NODE" in\n{arms}  *) H={shlex.quote(default)} ;;\nesac\n'
+            'export SPARK_LOCAL_IP="$H"\n')
 
 
 def s3_case(urls: Mapping[str, str]) -> str:
@@ -149,7 +150,9 @@ def worker_spec(plan: ClusterPlan, *, java: str, spark_home: str, python: str,
 
 
 def _env(java: str, spark_home: str) -> dict[str, str]:
-    return {"JAVA": java, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1"}
+    # the launcher of executors asks for the Scala version (Spark 4 is built for 2.13 only)
+    return {"JAVA": java, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1",
+            "SPARK_SCALA_VERSION": "2.13"}
 
 
 # --- jobs ----------------------------------------------------------------------------------

@@ -449,6 +449,7 @@ class SparkService(ServiceBase):
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(workdir), "LANG": "C.UTF-8", "JAVA_HOME": java_home,
+            "SPARK_LOCAL_IP": host, "SPARK_SCALA_VERSION": "2.13",
             "PYTHONPATH": str(self.dist_dir), "PYSPARK_PYTHON": self.tools.python,
             "PYSPARK_DRIVER_PYTHON": self.tools.python,
             "SPARK_HOME": str(self.dist_dir / "pyspark"),
