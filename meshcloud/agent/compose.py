@@ -26,6 +26,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     from apps.functions.service import FunctionService
     from apps.ingress.service import IngressService
     from apps.sites.service import SiteService
+    from apps.spark.service import SparkService
     from apps.workloads.service import WorkloadService
     from blobstore.node_service import BlobService
     from vnet.service import VNetService
@@ -36,7 +37,8 @@ def build_services(ctx: NodeContext) -> list[Service]:
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    return [workloads, blobs, ingress, sites, functions, DbService(ctx), VNetService(ctx)]
+    return [workloads, blobs, ingress, sites, functions, DbService(ctx), VNetService(ctx),
+            SparkService(ctx, workloads, blobs)]
 
 
 def load_cli_verbs() -> None:
@@ -46,6 +48,7 @@ def load_cli_verbs() -> None:
     import apps.functions.cli
     import apps.ingress.cli
     import apps.sites.cli
+    import apps.spark.cli
     import apps.workloads.cli
     import apps.workloads.policy_cli  # noqa: F401  policy allow-root, revoke-root, list
     import blobstore.cli  # noqa: F401  bucket, ls, cp, s3 key

@@ -41,7 +41,7 @@ NAV: list[NavEntry] = [
     ("functions", "Functions", "/ui/functions", False),
     ("sites", "Sites", "/ui/sites", False),
     ("databases", "Databases", "/ui/databases", False),
-    ("spark", "Spark", "/ui/spark", False),
+    ("spark", "Spark", "/ui/spark", True),
     ("storage", "Storage", "/ui/storage", False),
     ("vnets", "V-Nets", "/ui/vnets", False),
 ]

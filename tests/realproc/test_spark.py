@@ -1,0 +1,273 @@
+"""Issue 19: Apache Spark on the mesh, with real agents, real Java and real Spark.
+
+Five agents on their own loopback addresses (127.0.0.71 … .75); the last has no Java
+(``MESHCLOUD_JAVA`` points nowhere), so it offers no Spark. ``spark up --workers 3`` puts
+three workers on three distinct capable nodes; a word count over objects of a bucket,
+submitted through the CLI, writes counts to a bucket that equal a plain Python count; bad
+input gets clear errors and leaves nothing behind; ``kill -9`` of a worker's node mid-job
+and of the master's node: the jobs still complete; ``spark down`` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from apps.runtimes.homes import default_homes
+from sim.agents import Agent, LocalCluster, wait_until
+
+ADDRESSES = [f"127.0.0.{71 + i}" for i in range(5)]
+NO_JAVA = 4
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+WORDCOUNT = '''
+import sys
+from pyspark.sql import SparkSession, functions as F
+
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+spark = SparkSession.builder.appName("wordcount").getOrCreate()
+split = spark.conf.get("spark.meshcloud.split", "67108864")
+lines = spark.read.format("meshcloud").option("split", split).load(args["--input"])
+words = lines.select(F.explode(F.split(F.col("value"), " ")).alias("word")) \\
+    .where(F.col("word") != "")
+counts = words.groupBy("word").count().repartition(3)
+counts.write.format("meshcloud").option("format", "csv").mode("append") \\
+    .save(args["--output"])
+print("wordcount done", counts.count())
+spark.stop()
+'''
+
+WORDS = ["mesh", "spark", "node", "bucket", "shard", "lease", "worker", "master", "trio"]
+
+
+def corpus(n_objects: int, lines: int, seed: int) -> dict[str, str]:
+    import random
+
+    rng = random.Random(seed)
+    return {f"part{i:02d}.txt": "\n".join(" ".join(rng.choice(WORDS) for _ in range(
+        rng.randint(1, 12))) for _ in range(lines)) + "\n" for i in range(n_objects)}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spark")
+    cluster = LocalCluster(root, extra_args=["--profile", "local"])
+    try:
+        cluster.init_first(listen=f"{ADDRESSES[0]}:0")
+        for i in range(1, 5):
+            env = {"MESHCLOUD_JAVA": "/nonexistent/java"} if i == NO_JAVA else None
+            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0",
+                         **({"env": env} if env else {}))
+        yield cluster
+    finally:
+        cluster.close()
+        for agent in cluster.agents:
+            kill_workload_processes(agent)
+            shutil.rmtree(default_homes(agent.data_dir), ignore_errors=True)
+
+
+def workload_pids(agent: Agent) -> list[int]:
+    """Processes whose HOME is under this agent's replica homes or data dir (the Spark
+    daemons, executors and drivers it started)."""
+    roots = (str(default_homes(agent.data_dir)), str(agent.data_dir))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b"HOME=") and item[5:].decode(errors="replace").startswith(
+                    roots):
+                found.append(int(entry))
+                break
+    return found
+
+
+def kill_workload_processes(agent: Agent) -> None:
+    for pid in workload_pids(agent):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def spark(agent: Agent) -> dict:
+    return agent.get("/v1/spark")
+
+
+def alive_workers(agent: Agent) -> list[dict]:
+    view = spark(agent).get("master_view") or {}
+    return [w for w in view.get("workers", []) if w.get("state") == "ALIVE"]
+
+
+def put_objects(agent: Agent, tmp: Path, bucket: str, prefix: str,
+                objects: dict[str, str]) -> None:
+    for name, text in objects.items():
+        path = tmp / name
+        path.write_text(text)
+        agent.cli("cp", str(path), f"s3://{bucket}/{prefix}{name}")
+
+
+def read_counts(agent: Agent, tmp: Path, bucket: str, prefix: str) -> Counter:
+    listing = agent.get(f"/v1/storage/objects/{bucket}?prefix={prefix}")["objects"]
+    keys = [o["key"] for o in listing if o["key"].endswith(".csv")]
+    assert keys, listing
+    total: Counter = Counter()
+    for key in keys:
+        dest = tmp / key.replace("/", "_")
+        agent.cli("cp", f"s3://{bucket}/{key}", str(dest))
+        for word, count in csv.reader(io.StringIO(dest.read_text())):
+            assert word not in total, f"{word} counted twice"
+            total[word] = int(count)
+    return total
+
+
+def expected(objects: dict[str, str]) -> Counter:
+    return Counter(w for text in objects.values() for w in text.split())
+
+
+def test_up_wordcount_bad_input(cluster, tmp_path):
+    a = cluster.agents[0]
+    wait_until(lambda: sum(n["capable"] for n in spark(a)["nodes"]) == 4
+               and len(spark(a)["nodes"]) == 5, 120, interval=0.5,
+               message="4 capable nodes and one without Java")
+    nojava = next(n for n in spark(a)["nodes"] if not n["capable"])
+    assert "java" in nojava["reason"]
+    assert nojava["node"] == cluster.agents[NO_JAVA].node_id
+
+    # more workers than nodes with Java: one clear error, nothing written
+    bad = a.cli("spark", "up", "--workers", "5", "--worker-memory", "512m", check=False)
+    assert bad.returncode != 0 and "5 worker(s) need" in bad.stderr + bad.stdout
+    assert spark(a)["cluster"] is None
+    assert not [w for w in a.get("/v1/workloads")["workloads"]
+                if w["name"].startswith("spark")]
+
+    out = a.cli("spark", "up", "--workers", "3", "--worker-memory", "512m").stdout
+    assert "3 worker(s)" in out
+    wait_until(lambda: len(alive_workers(a)) == 3, 300, interval=1,
+               message="3 workers registered with the master")
+    reps = spark(a)["cluster"]["worker_replicas"]
+    nodes = {r["node"] for r in reps if r.get("node")}
+    assert len(nodes) == 3, reps
+    assert cluster.agents[NO_JAVA].node_id not in nodes
+
+    # data in a bucket, the job through the CLI of another node
+    a.cli("bucket", "create", "books")
+    a.cli("bucket", "create", "counts")
+    objects = corpus(6, 300, seed=1)
+    put_objects(a, tmp_path, "books", "in/", objects)
+    job = tmp_path / "wordcount.py"
+    job.write_text(WORDCOUNT)
+    b = cluster.agents[1]
+    run = b.cli("spark", "submit", str(job), "--input", "s3://books/in/", "--output",
+                "s3://counts/run1", "--conf", "spark.meshcloud.split=2000", timeout=600,
+                check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "wordcount done" in run.stdout
+    assert read_counts(a, tmp_path, "counts", "run1/") == expected(objects)
+
+    jobs = a.get("/v1/spark/jobs")["jobs"]
+    assert jobs[0]["state"] == "succeeded" and jobs[0]["log_key"]
+    logs = a.cli("spark", "logs", jobs[0]["id"]).stdout
+    assert "wordcount done" in logs
+    listing = a.get("/v1/storage/objects/spark-logs")["objects"]
+    assert f"{jobs[0]['id']}.log" in [o["key"] for o in listing]
+
+    # bad input: a missing job file, a missing bucket; nothing started
+    missing = b.cli("spark", "submit", str(tmp_path / "nope.py"), check=False)
+    assert missing.returncode != 0 and "not found" in missing.stderr
+    nobucket = b.cli("spark", "submit", str(job), "--input", "s3://nosuch/x", "--output",
+                     "s3://counts/x", check=False)
+    assert nobucket.returncode != 0 and "no bucket 'nosuch'" in nobucket.stderr
+    assert len(a.get("/v1/spark/jobs")["jobs"]) == 1
+
+
+def kill_node(agent: Agent) -> None:
+    """A machine's death: its agent and every process it started, with SIGKILL."""
+    agent.kill()
+    kill_workload_processes(agent)
+
+
+def by_node(cluster: LocalCluster, node_hex: str) -> Agent:
+    return next(x for x in cluster.agents if x.node_id == node_hex)
+
+
+def wait_job(agent: Agent, job_id: str, timeout: float) -> dict:
+    wait_until(lambda: agent.get(f"/v1/spark/jobs/{job_id}")["state"] in (
+        "succeeded", "failed"), timeout, interval=1, message=f"job {job_id} ended")
+    return agent.get(f"/v1/spark/jobs/{job_id}")
+
+
+def test_kill_a_workers_node_mid_job(cluster, tmp_path):
+    a = cluster.agents[0]
+    c = spark(a)["cluster"]
+    master = c["master_node"]
+    victims = [r["node"] for r in c["worker_replicas"]
+               if r["node"] not in (master, a.node_id)]
+    assert victims, c
+    victim = by_node(cluster, victims[0])
+    objects = corpus(8, 2000, seed=2)
+    put_objects(a, tmp_path, "books", "big/", objects)
+    job = tmp_path / "wordcount.py"
+    job.write_text(WORDCOUNT)
+    job_id = a.cli("spark", "submit", str(job), "--input", "s3://books/big/", "--output",
+                   "s3://counts/run2", "--conf", "spark.meshcloud.split=20000",
+                   "--detach").stdout.split()[-1]
+    # mid-job: once the executors took tasks
+    wait_until(lambda: "Stage" in a.get(f"/v1/spark/jobs/{job_id}/log")["data"], 300,
+               interval=0.5, message="the job's first stage")
+    kill_node(victim)
+    done = wait_job(a, job_id, 600)
+    assert done["state"] == "succeeded", a.cli("spark", "logs", job_id).stdout[-3000:]
+    assert read_counts(a, tmp_path, "counts", "run2/") == expected(objects)
+
+
+def test_kill_the_masters_node(cluster, tmp_path):
+    alive = [x for x in cluster.agents if x.running()]
+    c = spark(alive[0])["cluster"]
+    old = c["master_node"]
+    victim = by_node(cluster, old)
+    survivor = next(x for x in alive if x is not victim)
+    workers_before = {w["host"] for w in alive_workers(survivor)} - {
+        ADDRESSES[cluster.agents.index(victim)]}
+    assert workers_before
+    kill_node(victim)
+    t0 = time.monotonic()
+    wait_until(lambda: spark(survivor)["cluster"]["master_node"] not in (None, old), 120,
+               interval=0.5, message="a new master")
+    moved = time.monotonic() - t0
+    wait_until(lambda: {w["host"] for w in alive_workers(survivor)} >= workers_before, 180,
+               interval=1, message="the surviving workers re-registered")
+    print(f"master moved in {moved:.1f} s; workers re-registered after "
+          f"{time.monotonic() - t0:.1f} s")
+    objects = corpus(3, 200, seed=3)
+    put_objects(survivor, tmp_path, "books", "after/", objects)
+    job = tmp_path / "wordcount.py"
+    job.write_text(WORDCOUNT)
+    run = survivor.cli("spark", "submit", str(job), "--input", "s3://books/after/",
+                       "--output", "s3://counts/run3", timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert read_counts(survivor, tmp_path, "counts", "run3/") == expected(objects)
+
+
+def test_down_leaves_nothing_running(cluster):
+    alive = [x for x in cluster.agents if x.running()]
+    x = alive[0]
+    x.cli("spark", "down")
+    assert spark(x)["cluster"] is None
+    wait_until(lambda: not any(workload_pids(y) for y in alive), 120, interval=1,
+               message="no Spark process left")
+    again = x.cli("spark", "down", check=False)
+    assert again.returncode != 0 and "no Spark cluster" in again.stderr
