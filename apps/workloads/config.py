@@ -51,6 +51,12 @@ class ReconcilerConfig:
         return replace(cls(), resync_interval=0.5, backoff_base=0.2, backoff_max=5.0,
                        handoff_timeout=10.0, startup_grace=2.0)
 
+    @classmethod
+    def phone(cls) -> ReconcilerConfig:
+        """A phone: passes when something changes (pokes), else every 30 s, so the CPU
+        sleeps between them; a crashed replica is noticed by its runtime's supervision."""
+        return replace(cls(), resync_interval=30.0)
+
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:
     """Seconds before restart number ``failures`` (1 = first failure): base·2^(n−1),

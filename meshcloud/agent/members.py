@@ -75,7 +75,9 @@ class Members:
         config = node.config
         self.incarnation_path = node.datadir.path / "run" / "incarnation"
         self.sample = partial(read_capacity, node.datadir.path, labels=config.labels,
-                              metered=True if config.metered else None)
+                              metered=True if config.metered else None,
+                              low_battery=config.battery_threshold,
+                              disk_quota=config.quota_bytes())
         self.gossip = GossipDriver(
             node.transport, PRESETS[config.profile](),
             cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
