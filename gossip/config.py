@@ -310,6 +310,6 @@ class GossipConfig:
         30 s (a phone going low hands its work off within that plus a reconcile pass)."""
         return cls().replace(probe_interval=2.0, probe_timeout=0.9, indirect_timeout=0.9,
                              suspicion_mult=1.0,
-                             gossip_interval=0.5, push_pull_interval=120.0,
+                             gossip_interval=1.0, push_pull_interval=120.0,
                              capacity_interval=30.0, capacity_refresh_interval=1800.0,
                              sync_timeout=30.0)

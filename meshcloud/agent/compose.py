@@ -32,6 +32,9 @@ def build_services(ctx: NodeContext) -> list[Service]:
     workloads = WorkloadService(ctx)
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
     sites = SiteService(ctx, blobs)
+    if ctx.config.profile == "phone":  # no databases or function executors on a phone
+        ingress.add_host_lookup(sites.lookup)
+        return [workloads, blobs, ingress, sites]
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)

@@ -29,6 +29,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.driver import GossipDriver, GossipError
 from gossip.hooks import cert_hooks
+from gossip.lag import SAMPLE_INTERVAL
 from gossip.member import MemberInfo, MemberState
 from gossip.outputs import (
     MemberFailed,
@@ -51,6 +52,9 @@ JOIN_RETRY = 2.0
 JOIN_RETRY_MAX = 30.0
 STARTUP_WAIT = 60.0
 """Seconds the first join waits for the node's own start-up (services, API) to finish."""
+
+PHONE_LAG_SAMPLE = 1.0
+"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise)."""
 
 EVENT_KINDS = {MemberJoined: "member.joined", MemberUpdated: "member.updated",
                MemberSuspected: "member.suspect", MemberFailed: "member.failed",
@@ -83,6 +87,7 @@ class Members:
             cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
             capacity=self.sample(), capacity_source=self.sample,
             incarnation=self._saved_incarnation() + 1, watch_steps=True,
+            lag_interval=PHONE_LAG_SAMPLE if config.profile == "phone" else SAMPLE_INTERVAL,
         )
         self.left = False
         self._saved = -1

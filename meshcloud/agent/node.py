@@ -36,12 +36,16 @@ from meshcloud.join import JOIN_PROTOCOL, JoinService, PeerContact
 from meshcloud.kit.service import NodeContext, Service
 from meshcloud.membership import MemoryMembershipRecords
 from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
-from meshcloud.revocation import RevocationEnforcer
+from meshcloud.revocation import ENFORCE_INTERVAL, RevocationEnforcer
 from meshcloud.state.driver import StateDriver
 from meshcloud.state.store import LmdbKv
 from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
 
 log = logging.getLogger(__name__)
+
+PHONE_REVOCATION_CHECK = 5.0
+"""Seconds between checks for revoked peers on a phone (a revocation also closes the
+revoked node's connections on every other member at once)."""
 
 ServiceFactory = Callable[[NodeContext], list[Service]]
 
@@ -83,7 +87,8 @@ class Node:
         self.revocations = RevocationEnforcer(
             self.transport, lambda peer: peer.cert is not None and is_cert_revoked(
                 peer.cert, self.records),
-            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()))
+            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()),
+            interval=PHONE_REVOCATION_CHECK if config.profile == "phone" else ENFORCE_INTERVAL)
         self.members = Members(self)
         self.stop_requested = trio.Event()
         self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())
