@@ -159,7 +159,9 @@ class BlobService(ServiceBase):
         from blobstore.maintenance import Maintenance
 
         self.maintenance = Maintenance(self)
-        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory)
+        phone = self.node.config.profile == "phone"
+        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory,
+                                     tick=5.0 if phone else 1.0)
 
     def _bytes_moved(self) -> int:
         moved = self.objects.bytes_moved if self.objects is not None else 0

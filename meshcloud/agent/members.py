@@ -53,8 +53,11 @@ JOIN_RETRY_MAX = 30.0
 STARTUP_WAIT = 60.0
 """Seconds the first join waits for the node's own start-up (services, API) to finish."""
 
-PHONE_LAG_SAMPLE = 1.0
-"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise)."""
+PHONE_LAG_SAMPLE = 2.0
+"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise;
+a freeze is a timer firing ``resume_gap`` = 3 s late, still seen)."""
+PHONE_JOINED_CHECK = 10.0
+"""Seconds between "am I alone?" checks on a phone while it has live peers."""
 
 EVENT_KINDS = {MemberJoined: "member.joined", MemberUpdated: "member.updated",
                MemberSuspected: "member.suspect", MemberFailed: "member.failed",
@@ -210,7 +213,8 @@ class Members:
                     except GossipError as exc:
                         log.debug("join attempt failed", extra={"why": str(exc)})
                         delay = min(delay * 2, JOIN_RETRY_MAX)
-            await trio.sleep(delay)
+            phone = self.node.config.profile == "phone"
+            await trio.sleep(PHONE_JOINED_CHECK if phone and self.alive_ids() else delay)
 
     async def leave(self) -> None:
         """Announce a graceful leave (signed) and wait for it to spread."""

@@ -37,6 +37,7 @@ from meshcloud.kit.service import NodeContext, Service
 from meshcloud.membership import MemoryMembershipRecords
 from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
 from meshcloud.revocation import ENFORCE_INTERVAL, RevocationEnforcer
+from meshcloud.state import config as state_config
 from meshcloud.state.driver import StateDriver
 from meshcloud.state.store import LmdbKv
 from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
@@ -75,7 +76,9 @@ class Node:
         datadir.ensure()
         self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster",
                                                            background_sync=True),
-                                 view=self.alive_peer_ids, clock=self.clock)
+                                 view=self.alive_peer_ids, clock=self.clock,
+                                 config=state_config.phone() if config.profile == "phone"
+                                 else None)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
         self.records = TableMembershipRecords(self.state, self.mesh.root_public)
