@@ -23,6 +23,7 @@ from meshcloud.agent.discovery import Discovery
 from meshcloud.agent.members import Members
 from meshcloud.agent.net import TransportFactory, expand_wildcards, tcp_transport
 from meshcloud.agent.peers import AddressBook, PeerRecord
+from meshcloud.agent.profiles import open_state, revocation_interval
 from meshcloud.agent.status import node_status
 from meshcloud.auth import MeshAuthenticator, is_cert_revoked
 from meshcloud.clock import Clock, SystemClock
@@ -36,17 +37,10 @@ from meshcloud.join import JOIN_PROTOCOL, JoinService, PeerContact
 from meshcloud.kit.service import NodeContext, Service
 from meshcloud.membership import MemoryMembershipRecords
 from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
-from meshcloud.revocation import ENFORCE_INTERVAL, RevocationEnforcer
-from meshcloud.state import config as state_config
-from meshcloud.state.driver import StateDriver
-from meshcloud.state.store import LmdbKv
+from meshcloud.revocation import RevocationEnforcer
 from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
 
 log = logging.getLogger(__name__)
-
-PHONE_REVOCATION_CHECK = 5.0
-"""Seconds between checks for revoked peers on a phone (a revocation also closes the
-revoked node's connections on every other member at once)."""
 
 ServiceFactory = Callable[[NodeContext], list[Service]]
 
@@ -74,11 +68,8 @@ class Node:
         )
         self.transport = transport_factory(self.key, self.authenticator, config)
         datadir.ensure()
-        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster",
-                                                           background_sync=True),
-                                 view=self.alive_peer_ids, clock=self.clock,
-                                 config=state_config.phone() if config.profile == "phone"
-                                 else None)
+        self.state = open_state(self.transport, datadir.state_dir / "cluster",
+                                self.alive_peer_ids, self.clock, config.profile)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
         self.records = TableMembershipRecords(self.state, self.mesh.root_public)
@@ -89,9 +80,8 @@ class Node:
             self.clock.wall_ms, self.records.is_revoked)
         self.revocations = RevocationEnforcer(
             self.transport, lambda peer: peer.cert is not None and is_cert_revoked(
-                peer.cert, self.records),
-            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()),
-            interval=PHONE_REVOCATION_CHECK if config.profile == "phone" else ENFORCE_INTERVAL)
+                peer.cert, self.records), interval=revocation_interval(config.profile),
+            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()))
         self.members = Members(self)
         self.stop_requested = trio.Event()
         self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())
