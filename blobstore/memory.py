@@ -104,7 +104,8 @@ class MemoryReleaser:
 
     def __init__(self, moved: Callable[[], int], release: Callable[[], None], *,
                  threshold: int = RELEASE_THRESHOLD,
-                 freeze_after: float | None = FREEZE_AFTER) -> None:
+                 freeze_after: float | None = FREEZE_AFTER, tick: float = TICK) -> None:
+        self.tick = tick
         self.moved = moved
         self.release = release
         self.threshold = threshold
@@ -134,7 +135,7 @@ class MemoryReleaser:
         self._seen = self._released_at = self.moved()
         started = trio.current_time()
         while True:
-            await trio.sleep(TICK)
+            await trio.sleep(self.tick)
             if self.freeze_due(trio.current_time() - started):
                 self.frozen = max(1, freeze_startup())
                 log.info("froze %d start-up objects out of the collector's walks",

@@ -140,8 +140,10 @@ class BlobService(ServiceBase):
 
     def _build(self) -> None:
         """Open the store and assemble the pipelines (the only disk I/O: done in run)."""
+        quota = self.node.config.quota_bytes()
+        limits = {"max_map_size": quota, "map_size": min(quota, 1 << 30)} if quota else {}
         store = ShardStore(self.path, min_free_bytes=self.config.min_free_bytes,
-                           clock=self.node.clock)
+                           clock=self.node.clock, **limits)
         self.shards = AsyncShardStore(store)
         self.shard_service = ShardService(self.shards)
         self.client = TransportShardClient(self.node.transport, self.shards)
@@ -157,7 +159,9 @@ class BlobService(ServiceBase):
         from blobstore.maintenance import Maintenance
 
         self.maintenance = Maintenance(self)
-        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory)
+        phone = self.node.config.profile == "phone"
+        self.memory = MemoryReleaser(self._bytes_moved, self._release_memory,
+                                     tick=5.0 if phone else 1.0)
 
     def _bytes_moved(self) -> int:
         moved = self.objects.bytes_moved if self.objects is not None else 0

@@ -6,7 +6,9 @@ Each live member becomes a :class:`~meshcloud.placement.NodeInfo`:
 * weight = free disk in GiB (at least 0.05, so a nearly full node still ranks somewhere
   and a write can fall back to it); a member whose capacity is unknown gets the mean
   weight of the known ones (1.0 when none is known);
-* ``on_battery`` when its capacity says it runs on battery, ``metered`` likewise.
+* ``on_battery`` when its capacity says it runs on battery, ``metered`` likewise;
+* ``draining`` when its capacity says ``low_power`` (battery low, not charging): it
+  gets no new shards, and repair moves its shards to the others.
 
 The soft constraints ``avoid_battery`` and ``avoid_metered`` rank those nodes after all
 the others: they are used only when too few other nodes exist, so a 4+2 write on a mesh
@@ -50,7 +52,7 @@ def node_infos(alive: Iterable[NodeId], members: Iterable[Mapping[str, Any]]
             node, weight=known.get(node, default),
             on_battery=on_ac is False,
             metered=bool(cap.get("metered", False)),
-            draining=bool(cap.get("draining", False)),
+            draining=bool(cap.get("draining", False)) or cap.get("low_power") is True,
         ))
     return out
 

@@ -12,7 +12,7 @@ changes *significantly*, and each announcement costs a broadcast that every memb
 retransmits, so the mesh-wide rate of announcements sets every node's share of it:
 
 * a change of what the node *is* (:func:`static_change`: cores, RAM size, arch,
-  runtimes, labels, power source, metered link) is announced within
+  runtimes, labels, power source, metered link, low battery) is announced within
   ``capacity_interval``: placement constraints depend on it;
 * a change of a *reading* (:func:`dynamic_change`: load, free RAM, free disk, battery)
   only past coarse steps and at most once per ``capacity_refresh_interval``, stretched
@@ -51,7 +51,7 @@ MAX_MACHINE = 16
 """A machine fingerprint: 16 hex digits of a hash of ``/etc/machine-id``."""
 
 
-@message(TagBlock.GOSSIP + 20, version=2)
+@message(TagBlock.GOSSIP + 20, version=3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capacity:
     """A node's resources. Unknown values are 0 (counts), -1 (battery) or None (on_ac)."""
@@ -77,6 +77,10 @@ class Capacity:
     """User labels as sorted (key, value) pairs, e.g. ``(("zone", "attic"),)``."""
     machine: str = ""
     """Which machine the node runs on (nodes sharing one count its RAM and disk once)."""
+    low_power: bool = False
+    """The node's battery is below its threshold (``battery_threshold``, default 30 %) and
+    it is not charging: it takes no new work and hands its replicas off, like a drain.
+    The node decides (the threshold is its own setting); every other node obeys."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_cores", "ram_total", "ram_free", "disk_free"):
@@ -148,6 +152,7 @@ def static_change(old: Capacity, new: Capacity) -> bool:
         or old.metered != new.metered
         or old.on_ac != new.on_ac
         or old.machine != new.machine
+        or old.low_power != new.low_power
     )
 
 

@@ -25,6 +25,9 @@ from meshcloud.errors import ConfigError
 
 PROFILES = ("lan", "wan", "local", "phone")
 
+PHONE_QUOTA = 2 << 30
+"""Shard store limit of the ``phone`` profile when ``storage_quota`` is not set."""
+
 
 @dataclass
 class NodeConfig:
@@ -63,6 +66,14 @@ class NodeConfig:
     metered: bool = False
     """This node is on a metered network: placement avoids giving it bulk work."""
 
+    battery_threshold: int = 30
+    """Battery percentage under which this node, when not charging, takes no new work and
+    hands its replicas and shards off (like ``drain``) until it charges (0: never)."""
+
+    storage_quota: str = ""
+    """Most bytes of shards this node keeps (``"2g"``; empty: the disk's free space). The
+    ``phone`` profile defaults to 2 GiB."""
+
     log_level: str = "info"
 
     max_connections: int = 64
@@ -81,14 +92,40 @@ class NodeConfig:
                 parse_host_port(address)
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
+        if not 0 <= self.battery_threshold <= 100:
+            raise ConfigError("battery_threshold: a percentage from 0 to 100")
+        if self.storage_quota:
+            parse_size(self.storage_quota)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug/info/warning/error")
         for key, value in self.labels.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError("labels: keys and values must be strings")
 
+    def quota_bytes(self) -> int:
+        """The shard store's limit in bytes (0: none but the disk)."""
+        if self.storage_quota:
+            return parse_size(self.storage_quota)
+        return PHONE_QUOTA if self.profile == "phone" else 0
+
     def with_overrides(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"512m"``, ``"2g"``, ``"1.5GiB"`` → bytes; raises ConfigError."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:].isalpha() else (raw, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(f"storage_quota: {text!r} is not a size like 512m or 2g") from None
+    if not 0 < value < 1 << 60:
+        raise ConfigError(f"storage_quota: {text!r} is out of range")
+    return int(value)
 
 
 def parse_host_port(address: str) -> tuple[str, int]:

@@ -22,7 +22,7 @@ full goes to the next node in its own ranking. The result is still a pure functi
 **Constraints** (:class:`Constraints`): hard filters (runtime, architecture, labels,
 minimum RAM and CPU, draining nodes) remove nodes; soft preferences (avoid battery, avoid
 metered links) rank the nodes that break them after all the others, keeping rendezvous
-order inside each tier.
+order inside each tier. For heavy work (``heavy``) those preferences are hard filters.
 
 Views and fencing: two nodes with different views can pick different holders for a
 while; singletons are protected by fencing tokens in the ``replicas`` table, not here.
@@ -78,9 +78,14 @@ class Constraints:
     avoid_battery: bool = True
     avoid_metered: bool = False
     exclude: frozenset[NodeId] = field(default_factory=frozenset)
+    heavy: bool = False
+    """Heavy work (databases, Spark, builds): ``avoid_battery`` and ``avoid_metered``
+    become hard filters instead of preferences."""
 
     def allows(self, node: NodeInfo) -> bool:
         if node.draining or node.node_id in self.exclude:
+            return False
+        if self.heavy and self.penalty(node):
             return False
         if self.runtime is not None and self.runtime not in node.runtimes:
             return False

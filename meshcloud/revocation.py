@@ -57,7 +57,9 @@ class RevocationEnforcer:
     """Cuts open connections to peers whose certificate the records now revoke."""
 
     def __init__(self, transport: Transport, is_revoked_peer: Callable[[Any], bool],
-                 on_cut: Callable[[bytes], None] | None = None) -> None:
+                 on_cut: Callable[[bytes], None] | None = None,
+                 interval: float = ENFORCE_INTERVAL) -> None:
+        self.interval = interval
         self.transport = transport
         self.is_revoked_peer = is_revoked_peer
         self.on_cut = on_cut
@@ -78,7 +80,7 @@ class RevocationEnforcer:
         task_status.started()
         while True:
             await self.check_once()
-            await trio.sleep(ENFORCE_INTERVAL)
+            await trio.sleep(self.interval)
 
 
 def resolve_subject(text: str, node_ids: list[bytes], invite_ids: list[bytes],

@@ -112,8 +112,9 @@ def _fault_marks(ax: Any, trace: Trace) -> None:
 
 
 def write_plots(out: Path, scenario: Scenario, trace: Trace) -> list[str]:
-    import matplotlib
+    from meshcloud.extras import require
 
+    matplotlib = require("matplotlib", "plots of the simulator")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

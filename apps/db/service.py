@@ -109,7 +109,7 @@ class DbService(ServiceBase):
             port = free_port(taken)
         elif not 1024 <= port < 65536 or port in taken:
             raise DbError(f"port {port} is taken or out of range", code="conflict")
-        nodes = self.alive_nodes()
+        nodes = self.heavy_capable(self.alive_nodes())
         if len(nodes) < 1 + standbys:
             raise DbError(f"{1 + standbys} nodes needed, {len(nodes)} alive",
                           code="no_nodes")
@@ -154,6 +154,18 @@ class DbService(ServiceBase):
         return out
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def heavy_capable(self, nodes: set[bytes]) -> set[bytes]:
+        """A database is heavy work: not on a node on battery or a metered link."""
+        unfit = set()
+        for row in self.node.members_view():
+            cap = row.get("capacity") or {}
+            if cap.get("on_ac") is False or cap.get("metered") or cap.get("low_power"):
+                try:
+                    unfit.add(bytes.fromhex(str(row.get("id", ""))))
+                except ValueError:
+                    continue
+        return nodes - unfit
 
     def alive_nodes(self) -> set[bytes]:
         return set(self.node.alive_peer_ids()) | {self.node.node_id}

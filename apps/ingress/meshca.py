@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 import nacl.exceptions
 import nacl.public
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcloud.errors import MeshError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (7 MiB resident) is imported by the functions that make or read
+# certificates: a node that never does (a phone) does not load it
 
 MAX_DAYS = 3650
 DEFAULT_DAYS = 397
@@ -52,11 +55,18 @@ def check_days(days: object) -> int:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def make_ca(mesh_name: str, now: dt.datetime) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     """A new CA: (key PEM, certificate PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
@@ -81,6 +91,11 @@ def issue(ca_key_pem: bytes, ca_cert_pem: bytes, domain: str, days: int,
           now: dt.datetime) -> tuple[bytes, bytes]:
     """A certificate for ``domain`` signed by the CA: (certificate chain PEM, key PEM).
     ``days`` may be 0 or negative only for tests of expiry (validity ends ``now + days``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise CertError("the mesh CA key is not an ECDSA key")
@@ -107,6 +122,8 @@ def issue(ca_key_pem: bytes, ca_cert_pem: bytes, domain: str, days: int,
 
 def not_after(cert_pem: bytes) -> float:
     """The end of the first certificate's validity (Unix seconds)."""
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:

@@ -120,12 +120,23 @@ class PodmanRuntime:
 
     async def available(self) -> bool:
         await trio.lowlevel.checkpoint()
-        return podman_unavailable_reason(self.config.podman, self.config.runtime) is None
+        if podman_unavailable_reason(self.config.podman, self.config.runtime) is not None:
+            return False
+        from meshcloud.extras import has
+
+        if not has("podman"):
+            log.warning("podman is installed but podman-py is not: "
+                        "pip install 'meshcloud[containers]' to run containers")
+            return False
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Start the API service, re-arm health checks of adopted replicas, then wait."""
-        import podman  # deferred: nodes without podman never import podman-py
+        from meshcloud.extras import require
+
+        # deferred: nodes without podman never import podman-py
+        podman = require("podman", "the podman runtime")
 
         try:
             async with trio.open_nursery() as nursery:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_EVERY = 2.0
+PHONE_STATS_EVERY = 30.0
+"""A phone serves few site requests: its counters go out rarely (it sleeps between)."""
 """Seconds between writes of this node's request counters (only changed ones)."""
 
 
@@ -60,8 +62,9 @@ class SiteService(ServiceBase):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
+        every = PHONE_STATS_EVERY if self.node.config.profile == "phone" else STATS_EVERY
         while True:
-            await trio.sleep(STATS_EVERY)
+            await trio.sleep(every)
             try:
                 self.sites.publish_stats()
             except Exception:  # counters are best effort; serving goes on

@@ -58,7 +58,9 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "constraints": {"runtime": args.runtime, "arch": list(args.arch or []),
                         "labels": labels, "min_ram": args.min_ram, "min_cpus": args.min_cpus,
                         "avoid_battery": not args.allow_battery,
-                        "avoid_metered": args.avoid_metered},
+                        "avoid_metered": args.avoid_metered or (
+                            args.heavy and not args.allow_battery),
+                        "heavy": args.heavy},
     }
     if args.route_timeout is not None:
         spec["route_timeout"] = args.route_timeout
@@ -397,6 +399,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--allow-battery", action="store_true",
                    help="do not rank nodes on battery last")
     p.add_argument("--avoid-metered", action="store_true")
+    p.add_argument("--heavy", action="store_true",
+                   help="heavy work (database, build): never on a battery or metered node "
+                        "(with --allow-battery: allowed there)")
     p.add_argument("--health-http", metavar="PORT[/PATH]")
     p.add_argument("--health-tcp", metavar="PORT")
     p.add_argument("--health-cmd", metavar="SHELL COMMAND")

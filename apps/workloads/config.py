@@ -32,6 +32,10 @@ class ReconcilerConfig:
     singleton_start_margin: float = 1.0
     """A singleton starts only with at least budget + this much lease left."""
 
+    guard_interval: float = 0.25
+    """Seconds between checks of running singletons' leases by the guard task (below
+    ``singleton_stop_budget``)."""
+
     startup_grace: float = 10.0
     """After the reconciler starts, new replicas wait until a peer is seen or this long
     passed (a node alone at boot would otherwise start every workload of the mesh)."""
@@ -50,6 +54,12 @@ class ReconcilerConfig:
         """Tests and one-machine demos: quick passes and short back-off."""
         return replace(cls(), resync_interval=0.5, backoff_base=0.2, backoff_max=5.0,
                        handoff_timeout=10.0, startup_grace=2.0)
+
+    @classmethod
+    def phone(cls) -> ReconcilerConfig:
+        """A phone: passes when something changes (pokes), else every 30 s, so the CPU
+        sleeps between them; a crashed replica is noticed by its runtime's supervision."""
+        return replace(cls(), resync_interval=30.0, guard_interval=1.0)
 
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:

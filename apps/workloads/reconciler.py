@@ -359,7 +359,7 @@ class Reconciler:
         """Stop running singletons whose lease is about to run out, whatever passes do."""
         budget = self.config.singleton_stop_budget
         while True:
-            await trio.sleep(GUARD_INTERVAL)
+            await trio.sleep(self.config.guard_interval)
             snapshot = self.last
             if snapshot is None or self.leases is None:
                 continue

@@ -119,8 +119,9 @@ class WorkloadService(WorkloadOperations, ServiceBase):
             node.state.open_table(schema)
         self.policy = RootPolicyOps(node.state, node.mesh.mesh_id, node.mesh.root_public,
                                     node.root_key, node.clock.wall_ms, node.datadir.path)
-        self.config = (ReconcilerConfig.local() if node.config.profile == "local"
-                       else ReconcilerConfig())
+        self.config = {"local": ReconcilerConfig.local,
+                       "phone": ReconcilerConfig.phone}.get(node.config.profile,
+                                                            ReconcilerConfig)()
         self.runtimes: dict[str, Runtime] = {}
         local = node.config.profile == "local"
         self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
@@ -182,7 +183,10 @@ class WorkloadService(WorkloadOperations, ServiceBase):
     def allowed_runtimes(self) -> list[str]:
         text = os.environ.get(RUNTIMES_ENV, "")
         wanted = [r.strip() for r in text.split(",") if r.strip()]
-        return wanted or ["podman", "process"]
+        if wanted:
+            return wanted
+        # a phone has no containers (no root, no cgroups): never even look for podman
+        return ["process"] if self.node.config.profile == "phone" else ["podman", "process"]
 
     async def _start_runtimes(self, nursery: trio.Nursery) -> None:
         data_dir = self.node.datadir.path

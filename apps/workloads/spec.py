@@ -37,7 +37,10 @@ Accepted forms (the same keys everywhere; sizes as ``"256m"``, ``"1GiB"`` or byt
     min_ram = "1g"
     min_cpus = 2
     avoid_battery = true
-    avoid_metered = false
+    avoid_metered = false                    # default true with heavy
+    heavy = false                            # databases, Spark, builds: never on a
+                                             # battery or metered node (avoid_* = false
+                                             # to allow one)
 
 The spec travels in the ``workloads`` table as :meth:`WorkloadSpec.to_dict` (canonical,
 CBOR-friendly), and each replica becomes a :class:`~apps.runtimes.spec.ContainerSpec`
@@ -90,7 +93,7 @@ TOP_KEYS = ("name", "kind", "image", "command", "args", "replicas", "singleton",
 ROOT_KEYS = ("run_as_root", "privileged")
 """Keys a user might try for root; refused with a pointer to the policy."""
 CONSTRAINT_KEYS = ("runtime", "arch", "labels", "min_ram", "min_cpus", "avoid_battery",
-                   "avoid_metered")
+                   "avoid_metered", "heavy")
 ENDPOINT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 """Endpoint names (``web:http``, ``db:5432``): a short DNS label."""
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
@@ -114,12 +117,17 @@ class WorkloadConstraints:
     min_cpus: float = 0.0
     avoid_battery: bool = True
     avoid_metered: bool = False
+    heavy: bool = False
+    """Heavy work: the ``avoid_*`` preferences become hard filters."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "arch": list(self.arch),
-                "labels": dict(self.labels), "min_ram": self.min_ram,
-                "min_cpus": self.min_cpus, "avoid_battery": self.avoid_battery,
-                "avoid_metered": self.avoid_metered}
+        out = {"runtime": self.runtime, "arch": list(self.arch),
+               "labels": dict(self.labels), "min_ram": self.min_ram,
+               "min_cpus": self.min_cpus, "avoid_battery": self.avoid_battery,
+               "avoid_metered": self.avoid_metered}
+        if self.heavy:  # absent when false: specs stored before the flag stay the same
+            out["heavy"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,7 +201,8 @@ class WorkloadSpec:
         c = self.constraints
         return Constraints(runtime=self.runtime, arch=frozenset(c.arch), labels=c.labels,
                            min_ram_mb=-(-c.min_ram // (1 << 20)), min_cpus=c.min_cpus,
-                           avoid_battery=c.avoid_battery, avoid_metered=c.avoid_metered)
+                           avoid_battery=c.avoid_battery, avoid_metered=c.avoid_metered,
+                           heavy=c.heavy)
 
     def runtime_hash(self) -> str:
         """What replicas *are* (placement fields and replica count excluded): a change
@@ -298,8 +307,8 @@ def spec_problems(spec: WorkloadSpec) -> list[str]:
         p.append(f"constraint min_ram {c.min_ram!r} must be bytes >= 0")
     if not _is_num(c.min_cpus) or not 0 <= c.min_cpus <= 1024:
         p.append(f"constraint min_cpus {c.min_cpus!r} must be between 0 and 1024")
-    if not isinstance(c.avoid_battery, bool) or not isinstance(c.avoid_metered, bool):
-        p.append("constraints avoid_battery and avoid_metered are true or false")
+    if not all(isinstance(x, bool) for x in (c.avoid_battery, c.avoid_metered, c.heavy)):
+        p.append("constraints avoid_battery, avoid_metered and heavy are true or false")
     if not isinstance(spec.singleton, bool):
         p.append("singleton is true or false")
     names = [n for n, _ in spec.publish]
@@ -559,11 +568,12 @@ def _constraints_from(data: Mapping[str, Any], problems: list[str]) -> WorkloadC
             problems.append(f"constraints.labels.{key} must be a string")
             continue
         pairs.append((str(key), value))
-    return WorkloadConstraints(
+    heavy = r.get("heavy", bool, False)
+    return WorkloadConstraints(heavy=heavy,
         runtime=r.get("runtime", str, None), arch=r.strings("arch"), labels=tuple(pairs),
         min_ram=r.size("min_ram") or 0, min_cpus=r.get("min_cpus", float, 0.0),
         avoid_battery=r.get("avoid_battery", bool, True),
-        avoid_metered=r.get("avoid_metered", bool, False))
+        avoid_metered=r.get("avoid_metered", bool, heavy))
 
 
 def parse_spec(data: Mapping[str, Any]) -> WorkloadSpec:

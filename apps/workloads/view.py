@@ -3,8 +3,10 @@ on every node from what it knows.
 
 Inputs: the ids this node believes alive (gossip), gossip capacity (``members_view``),
 the ``offers`` table (runtimes and images each node publishes) and the ``nodes`` table's
-``drain`` flags. Only nodes with an offer can run workloads (an agent without the
-workload service publishes none). Pure: same inputs, same view, whatever their order.
+``drain`` flags; a node whose capacity says ``low_power`` (battery under its
+threshold, not charging) counts as draining until it charges. Only nodes with an offer
+can run workloads (an agent without the workload service publishes none). Pure: same
+inputs, same view, whatever their order.
 
 Capacity dicts are read tolerantly (gossip's ``Capacity`` field names, or the short
 forms ``cpus``/``ram_mb``), and the offer fills in what gossip does not say.
@@ -43,7 +45,8 @@ def node_info(node_id: bytes, offer: NodeOffer, capacity: Mapping[str, Any] | No
         node_id=node_id, arch=str(cap.get("arch") or offer.arch),
         runtimes=frozenset(offer.runtimes), labels=tuple(sorted(labels.items())),
         cpus=float(cpus), ram_mb=ram_mb, on_battery=on_ac is False,
-        metered=bool(cap.get("metered", offer.metered)), draining=draining)
+        metered=bool(cap.get("metered", offer.metered)),
+        draining=draining or cap.get("low_power") is True)
 
 
 def _number(value: Any) -> float:

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 def build_services(ctx: NodeContext) -> list[Service]:
     """Every service of a node, in start order."""
-    from apps.db.service import DbService
-    from apps.functions.service import FunctionService
     from apps.ingress.service import IngressService
     from apps.sites.service import SiteService
     from apps.spark.service import SparkService
@@ -34,6 +32,12 @@ def build_services(ctx: NodeContext) -> list[Service]:
     workloads = WorkloadService(ctx)
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
     sites = SiteService(ctx, blobs)
+    if ctx.config.profile == "phone":  # no databases or function executors on a phone
+        ingress.add_host_lookup(sites.lookup)
+        return [workloads, blobs, ingress, sites]
+    from apps.db.service import DbService
+    from apps.functions.service import FunctionService
+
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)

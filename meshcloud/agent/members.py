@@ -29,6 +29,7 @@ from gossip.capacity import Capacity
 from gossip.config import GossipConfig
 from gossip.driver import GossipDriver, GossipError
 from gossip.hooks import cert_hooks
+from gossip.lag import SAMPLE_INTERVAL
 from gossip.member import MemberInfo, MemberState
 from gossip.outputs import (
     MemberFailed,
@@ -51,6 +52,12 @@ JOIN_RETRY = 2.0
 JOIN_RETRY_MAX = 30.0
 STARTUP_WAIT = 60.0
 """Seconds the first join waits for the node's own start-up (services, API) to finish."""
+
+PHONE_LAG_SAMPLE = 2.0
+"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise;
+a freeze is a timer firing ``resume_gap`` = 3 s late, still seen)."""
+PHONE_JOINED_CHECK = 10.0
+"""Seconds between "am I alone?" checks on a phone while it has live peers."""
 
 EVENT_KINDS = {MemberJoined: "member.joined", MemberUpdated: "member.updated",
                MemberSuspected: "member.suspect", MemberFailed: "member.failed",
@@ -75,12 +82,15 @@ class Members:
         config = node.config
         self.incarnation_path = node.datadir.path / "run" / "incarnation"
         self.sample = partial(read_capacity, node.datadir.path, labels=config.labels,
-                              metered=True if config.metered else None)
+                              metered=True if config.metered else None,
+                              low_battery=config.battery_threshold,
+                              disk_quota=config.quota_bytes())
         self.gossip = GossipDriver(
             node.transport, PRESETS[config.profile](),
             cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
             capacity=self.sample(), capacity_source=self.sample,
             incarnation=self._saved_incarnation() + 1, watch_steps=True,
+            lag_interval=PHONE_LAG_SAMPLE if config.profile == "phone" else SAMPLE_INTERVAL,
         )
         self.left = False
         self._saved = -1
@@ -203,7 +213,8 @@ class Members:
                     except GossipError as exc:
                         log.debug("join attempt failed", extra={"why": str(exc)})
                         delay = min(delay * 2, JOIN_RETRY_MAX)
-            await trio.sleep(delay)
+            phone = self.node.config.profile == "phone"
+            await trio.sleep(PHONE_JOINED_CHECK if phone and self.alive_ids() else delay)
 
     async def leave(self) -> None:
         """Announce a graceful leave (signed) and wait for it to spread."""

@@ -23,6 +23,7 @@ from meshcloud.agent.discovery import Discovery
 from meshcloud.agent.members import Members
 from meshcloud.agent.net import TransportFactory, expand_wildcards, tcp_transport
 from meshcloud.agent.peers import AddressBook, PeerRecord
+from meshcloud.agent.profiles import open_state, revocation_interval
 from meshcloud.agent.status import node_status
 from meshcloud.auth import MeshAuthenticator, is_cert_revoked
 from meshcloud.clock import Clock, SystemClock
@@ -37,8 +38,6 @@ from meshcloud.kit.service import NodeContext, Service
 from meshcloud.membership import MemoryMembershipRecords
 from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
 from meshcloud.revocation import RevocationEnforcer
-from meshcloud.state.driver import StateDriver
-from meshcloud.state.store import LmdbKv
 from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,8 @@ class Node:
         )
         self.transport = transport_factory(self.key, self.authenticator, config)
         datadir.ensure()
-        self.state = StateDriver(self.transport, LmdbKv(datadir.state_dir / "cluster",
-                                                           background_sync=True),
-                                 view=self.alive_peer_ids, clock=self.clock)
+        self.state = open_state(self.transport, datadir.state_dir / "cluster",
+                                self.alive_peer_ids, self.clock, config.profile)
         for schema in CLUSTER_TABLES:
             self.state.open_table(schema)
         self.records = TableMembershipRecords(self.state, self.mesh.root_public)
@@ -82,7 +80,7 @@ class Node:
             self.clock.wall_ms, self.records.is_revoked)
         self.revocations = RevocationEnforcer(
             self.transport, lambda peer: peer.cert is not None and is_cert_revoked(
-                peer.cert, self.records),
+                peer.cert, self.records), interval=revocation_interval(config.profile),
             on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()))
         self.members = Members(self)
         self.stop_requested = trio.Event()

@@ -1,0 +1,220 @@
+"""`python -m bench phone`: what a phone-class node costs (issue 20).
+
+A 3-node mesh on 127.0.0.1: two agents of the default profile and one ``--profile phone``
+agent started the way a phone runs it: **not root** (uid/gid 65534 through ``setpriv``),
+no podman (the phone profile offers the process runtime only), inside a cgroup of
+**256 MiB** of memory and **25 % of one CPU** (this machine has cgroup v1: the
+``memory`` and ``cpu`` hierarchies, ``memory.limit_in_bytes`` and
+``cpu.cfs_quota_us = 25000`` per 100000; on cgroup v2 ``memory.max`` and ``cpu.max``).
+Once all three list each other alive and ``--settle`` seconds passed, the phone agent is
+left alone for ``--seconds`` and measured from ``/proc`` (``--baseline`` measures a
+default-profile agent the same way, for comparison):
+
+* ``idle_rss_mb``: ``VmRSS`` at the end of the idle window, MiB;
+* ``idle_cpu_pct``: user + system time of all its threads over the window, % of one core;
+* ``wakeups_per_s``: voluntary + non-voluntary context switches of all its threads
+  (``/proc/PID/task/*/status``) over the window, per second: how often it wakes the CPU;
+* ``threads``: its threads at the end;
+* ``put_64mib_peak_rss_mb``: ``VmHWM`` (peak RSS) after a 64 MiB object is written through
+  its S3 API (``meshcloud cp`` against the phone agent), MiB;
+* ``relay_mb_s``: a stream through a relay (nodes behind NAT; measured elsewhere): null.
+
+Needs root (to make the cgroups and drop to uid 65534).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sim.agents import Agent, LocalCluster, meshcloud_cmd, wait_until
+
+TICKS = os.sysconf("SC_CLK_TCK")
+CGROUP_V1 = Path("/sys/fs/cgroup")
+MEMORY_LIMIT = 256 << 20
+CPU_QUOTA_US, CPU_PERIOD_US = 25_000, 100_000
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=60.0, help="idle seconds measured")
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds after convergence before measuring")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also measure a default-profile agent (no cgroup) likewise")
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def switches(pid: int) -> int:
+    """Context switches (voluntary + non-voluntary) of every live thread of ``pid``."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
+
+
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def measure_idle(pid: int, seconds: float) -> dict[str, float]:
+    cpu0, sw0, t0 = cpu_seconds(pid), switches(pid), time.monotonic()
+    time.sleep(seconds)
+    cpu1, sw1, t1 = cpu_seconds(pid), switches(pid), time.monotonic()
+    window = t1 - t0
+    return {"idle_rss_mb": round(status_kib(pid, "VmRSS") / 1024, 1),
+            "idle_cpu_pct": round(100 * (cpu1 - cpu0) / window, 2),
+            "wakeups_per_s": round((sw1 - sw0) / window, 2),
+            "threads": threads(pid)}
+
+
+# --- the phone's box --------------------------------------------------------------------------
+
+
+class Box:
+    """A memory + CPU cgroup (v1 or v2) that a command prefix puts a process into."""
+
+    def __init__(self, name: str) -> None:
+        self.v2 = (CGROUP_V1 / "cgroup.controllers").exists()
+        if self.v2:
+            self.dirs = [CGROUP_V1 / name]
+        else:
+            self.dirs = [CGROUP_V1 / "memory" / name, CGROUP_V1 / "cpu" / name]
+        for d in self.dirs:
+            d.mkdir(exist_ok=True)
+        if self.v2:
+            (self.dirs[0] / "memory.max").write_text(str(MEMORY_LIMIT))
+            (self.dirs[0] / "cpu.max").write_text(f"{CPU_QUOTA_US} {CPU_PERIOD_US}")
+        else:
+            (self.dirs[0] / "memory.limit_in_bytes").write_text(str(MEMORY_LIMIT))
+            (self.dirs[1] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (self.dirs[1] / "cpu.cfs_quota_us").write_text(str(CPU_QUOTA_US))
+
+    def describe(self) -> str:
+        version = "v2" if self.v2 else "v1"
+        return (f"cgroup {version}: {MEMORY_LIMIT >> 20} MiB, "
+                f"{100 * CPU_QUOTA_US // CPU_PERIOD_US} % of one CPU")
+
+    def prefix(self, home: Path, pythonpath: str) -> list[str]:
+        """Join the cgroups, drop to uid/gid 65534 and exec the system's Python on the
+        rest of the command (the pid stays). The interpreter that runs this bench may live
+        where uid 65534 cannot read (a pyenv under /root): the command's first word is
+        replaced by ``/usr/bin/python3``, with the checkout and the venv's site-packages
+        on ``PYTHONPATH``."""
+        joins = "; ".join(f"echo $$ > {d}/cgroup.procs" for d in self.dirs)
+        drop = (f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups env HOME={home} "
+                f"PYTHONPATH={pythonpath} {SYSTEM_PYTHON}")
+        return ["sh", "-c", f'{joins}; shift; exec {drop} "$@"', "sh"]
+
+    def oom_kills(self) -> int:
+        path = self.dirs[0] / ("memory.events" if self.v2 else "memory.oom_control")
+        for line in path.read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def put_through(agent: Agent, size: int, tmp: Path) -> float:
+    """Write a ``size``-byte object through ``agent``; seconds it took."""
+    src = tmp / "object.bin"
+    with open(src, "wb") as fh:
+        for _ in range(size >> 20):
+            fh.write(os.urandom(1 << 20))
+    os.chmod(src, 0o644)
+    start = time.monotonic()
+    # the command line runs outside the box (root may read the phone's token): only the
+    # agent's own memory is measured
+    meshcloud_cmd(agent.data_dir, "bucket", "create", "phone", check=False)
+    meshcloud_cmd(agent.data_dir, "cp", str(src), "s3://phone/object.bin", timeout=600)
+    return time.monotonic() - start
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise SystemExit("bench phone needs root (cgroups, and setpriv to uid 65534)")
+    seconds = 10.0 if args.quick else args.seconds
+    settle = 5.0 if args.quick else args.settle
+    box = Box(f"meshcloud-phone-{os.getpid()}")
+    root = Path(tempfile.mkdtemp(prefix="bench-phone-"))
+    os.chmod(root, 0o755)
+    phone_home = root / "phone"
+    phone_home.mkdir()
+    os.chown(phone_home, NOBODY, NOBODY)
+    cluster = LocalCluster(root / "mesh")
+    figures: dict[str, Any] = {"relay_mb_s": None}
+    try:
+        a = cluster.init_first(listen="127.0.0.71:0")
+        cluster.join(through=a, listen="127.0.0.72:0")
+        checkout = str(Path(__file__).resolve().parent.parent)
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+        phone = Agent("phone", phone_home / "data", listen="127.0.0.73:0",
+                      extra_args=["--profile", "phone"],
+                      prefix=box.prefix(phone_home, f"{checkout}:{site}"))
+        phone.cli("join", cluster.invite(a), *phone.node_flags())
+        cluster.agents.append(phone)
+        phone.start()
+        print(f"phone agent pid {phone.pid}: uid {NOBODY}, {box.describe()}", flush=True)
+        wait_until(lambda: all(sum(m["state"] == "alive" for m in x.get("/v1/members")) == 3
+                               for x in cluster.agents), 120, interval=0.5,
+                   message="three members alive everywhere")
+        time.sleep(settle)
+        print(f"idle for {seconds:.0f} s ...", flush=True)
+        figures.update(measure_idle(phone.pid, seconds))
+        if args.baseline:
+            base = measure_idle(a.pid, seconds)
+            figures.update({f"default_{k}": v for k, v in base.items()})
+        took = put_through(phone, 64 << 20, root)
+        figures["put_64mib_s"] = round(took, 2)
+        figures["put_64mib_peak_rss_mb"] = round(status_kib(phone.pid, "VmHWM") / 1024, 1)
+        figures["oom_kills"] = box.oom_kills()
+        figures["phone_uid"] = os.stat(f"/proc/{phone.pid}").st_uid
+        podman = subprocess.run(["pgrep", "-u", str(NOBODY), "-x", "podman"],
+                                capture_output=True, check=False)
+        figures["podman_running"] = podman.returncode == 0
+    finally:
+        cluster.close()
+        box.remove()
+    print(f"phone: idle RSS {figures.get('idle_rss_mb')} MiB, CPU "
+          f"{figures.get('idle_cpu_pct')} %, {figures.get('wakeups_per_s')} wake-ups/s, "
+          f"{figures.get('threads')} threads; 64 MiB put peak RSS "
+          f"{figures.get('put_64mib_peak_rss_mb')} MiB", flush=True)
+    return figures

@@ -1,0 +1,82 @@
+"""A phone asleep (issue 20): SIGSTOP for 60 s.
+
+Three real agents: two of the local profile and one ``--profile phone`` agent. An object
+is written through the phone (acknowledged), then the phone is frozen for 60 s, as
+Android freezes an app whose wake lock is gone. The others mark it suspect, then dead,
+and keep serving the object; thawed, the phone is alive again everywhere without anyone
+doing anything, and the object reads back byte for byte through it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from sim.agents import Agent, LocalCluster, wait_until
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+ASLEEP = 60.0
+BACK_BOUND = 60.0
+"""Seconds after SIGCONT by which every member lists the phone alive again (its probes
+and its refutation of its death: a few phone probe periods)."""
+
+
+def state_of(agent: Agent, node: Agent) -> str:
+    members = {m["id"]: m["state"] for m in agent.get("/v1/members")}
+    return members.get(node.node_id, "unknown")
+
+
+def test_a_phone_frozen_for_a_minute_comes_back_with_its_data(tmp_path):
+    cluster = LocalCluster(tmp_path / "mesh", extra_args=["--profile", "local"],
+                           env={"MESHCLOUD_RUNTIMES": "process"})
+    try:
+        a = cluster.init_first(listen="127.0.0.85:0")
+        b = cluster.join(through=a, listen="127.0.0.86:0")
+        phone = cluster.new_agent("phone", listen="127.0.0.87:0",
+                                  extra_args=["--profile", "phone"])
+        phone.cli("join", cluster.invite(a), *phone.node_flags())
+        phone.start()
+        wait_until(lambda: all(sum(m["state"] == "alive" for m in x.get("/v1/members")) == 3
+                               for x in (a, b, phone)), 90, interval=0.2,
+                   message="three members alive everywhere")
+        phone.cli("bucket", "create", "notes")
+        src = tmp_path / "note.bin"
+        src.write_bytes(os.urandom(2 << 20))
+        phone.cli("cp", str(src), "s3://notes/note.bin")  # acknowledged by the phone
+
+        phone.freeze()
+        frozen_at = time.monotonic()
+        wait_until(lambda: state_of(a, phone) in ("suspect", "dead")
+                   and state_of(b, phone) in ("suspect", "dead"), 30, interval=0.2,
+                   message="the others suspect the sleeping phone")
+        wait_until(lambda: state_of(a, phone) == "dead" and state_of(b, phone) == "dead",
+                   ASLEEP - 5, interval=0.2, message="the others declare it dead")
+        died = time.monotonic() - frozen_at
+        back = tmp_path / "while-asleep.bin"
+        b.cli("cp", "s3://notes/note.bin", str(back))  # served without the phone
+        assert back.read_bytes() == src.read_bytes()
+
+        def slept_dead() -> bool:
+            """The whole minute, nobody brings the frozen phone back to life (the local
+            profile forgets a dead member after 30 s: "unknown" then)."""
+            assert {state_of(a, phone), state_of(b, phone)} <= {"dead", "unknown"}
+            return time.monotonic() - frozen_at >= ASLEEP
+
+        wait_until(slept_dead, ASLEEP + 10, interval=0.5, message="a minute asleep")
+        phone.thaw()
+        thawed_at = time.monotonic()
+        wait_until(lambda: state_of(a, phone) == "alive" and state_of(b, phone) == "alive"
+                   and sum(m["state"] == "alive" for m in phone.get("/v1/members")) == 3,
+                   BACK_BOUND, interval=0.2, message="the phone alive again everywhere")
+        returned = time.monotonic() - thawed_at
+        print(f"\ndead {died:.1f} s after SIGSTOP; alive everywhere {returned:.1f} s after "
+              f"SIGCONT")
+        again = tmp_path / "after.bin"
+        phone.cli("cp", "s3://notes/note.bin", str(again))
+        assert again.read_bytes() == src.read_bytes()
+        assert phone.running
+    finally:
+        cluster.close()
