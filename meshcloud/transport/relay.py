@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 """Bytes moved per stream message by a pump."""
 REPLY_TIMEOUT = 5.0
 """Seconds a relay waits for the target's answer to a circuit."""
