@@ -114,9 +114,11 @@ class ReachReport:
 @message(TagBlock.TRANSPORT + 26)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PunchOffer:
-    """Where I expect to be reachable from outside (observed host, my listen port)."""
+    """Where I expect to be reachable from outside (observed host, my listen port), and
+    whether I can be dialled at all (then the other side just dials me)."""
 
     addresses: tuple[str, ...]
+    public: bool = False
 
     def __post_init__(self) -> None:
         _check_addresses(self.addresses)
@@ -126,6 +128,7 @@ class PunchOffer:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PunchAnswer:
     addresses: tuple[str, ...]
+    public: bool = False
 
     def __post_init__(self) -> None:
         _check_addresses(self.addresses)

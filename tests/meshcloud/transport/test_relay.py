@@ -10,7 +10,6 @@ import trio
 from meshcloud.errors import TransportError
 from meshcloud.testing import TestMesh
 from meshcloud.transport.addresses import relay_address
-from meshcloud.transport.base import Stream
 from meshcloud.transport.conformance import echo
 from meshcloud.transport.relay import RelayService
 from meshcloud.transport.relaylimits import RelayConfig
@@ -133,7 +132,7 @@ async def test_circuits_per_peer_are_limited(nursery):
 
 
 async def test_when_the_relay_goes_the_relayed_connection_ends(nursery):
-    _, a, r, b, relay = await relayed_trio(nursery)
+    _, a, r, b, _relay = await relayed_trio(nursery)
     with trio.fail_after(10):
         assert await round_trip(a, b.local_id, b"x") == b"x"
     (conn,) = a.connections_to(b.local_id)
