@@ -124,6 +124,9 @@ class NatKeeper:
                     log.debug("reachability probe failed", extra={"peer": short_id(member),
                                                                    "why": str(exc)})
                     continue
+                except Exception:  # a bug costs this probe, never the agent
+                    log.exception("reachability probe failed")
+                    continue
                 before = self.core.verdict
                 after = self.core.on_report(member, report.observed, report.dialable,
                                             trio.current_time())
@@ -163,7 +166,6 @@ class NatKeeper:
 
     async def _relay_slot(self) -> None:
         """Keep one reservation while we are behind NAT."""
-        assert self.relays is not None
         while True:
             while self.core.verdict != BEHIND_NAT:
                 await self.changed.wait()
@@ -173,28 +175,47 @@ class NatKeeper:
                     continue
                 self.claimed.add(relay)
                 try:
-                    async with trio.open_nursery() as nursery:
-                        with trio.fail_after(PROBE_TIMEOUT):
-                            await nursery.start(self.relays.reserve, relay)
-                        reserved = True
-                        self.current.append(relay)
-                        log.info("relayed", extra={"relay": short_id(relay)})
-                        self.node.events.emit("nat.relay", relay=relay.hex(), held=True)
-                        self._announce()
-                except (MeshError, trio.TooSlowError) as exc:
-                    log.debug("relay refused us", extra={"relay": short_id(relay),
-                                                         "why": str(exc)})
-                    continue
+                    reserved = await self._hold(relay)
+                except Exception:  # a bug must cost this attempt only, never the agent
+                    log.exception("relay reservation failed", extra={"relay": short_id(relay)})
                 finally:
                     self.claimed.discard(relay)
-                    if reserved and relay in self.current:
-                        self.current.remove(relay)
-                        self.node.events.emit("nat.relay", relay=relay.hex(), held=False)
-                        self._announce()
-                break  # ended: look again from the best candidate
+                if reserved:
+                    break  # it ended: look again from the best candidate
             if not reserved:
                 with trio.move_on_after(RELAY_RETRY):
                     await self.node.book.changed.wait()
+
+    async def _hold(self, relay: bytes) -> bool:
+        """Hold a reservation with ``relay`` until it ends; False if it was refused."""
+        relays = self.relays
+        assert relays is not None
+        ended = trio.Event()
+
+        async def reservation(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                await relays.reserve(relay, task_status=task_status)
+            finally:
+                ended.set()
+
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(PROBE_TIMEOUT):
+                    await nursery.start(reservation)
+            except (MeshError, trio.TooSlowError) as exc:
+                log.debug("relay refused us", extra={"relay": short_id(relay), "why": str(exc)})
+                return False
+            self.current.append(relay)
+            log.info("relayed", extra={"relay": short_id(relay)})
+            self.node.events.emit("nat.relay", relay=relay.hex(), held=True)
+            self._announce()
+            try:
+                await ended.wait()
+            finally:
+                self.current.remove(relay)
+                self.node.events.emit("nat.relay", relay=relay.hex(), held=False)
+                self._announce()
+        return True
 
     async def _watch(self, events: trio.MemoryReceiveChannel[Any]) -> None:
         async with trio.open_nursery() as nursery:
@@ -212,6 +233,9 @@ class NatKeeper:
             conn = await punch(self.transport, peer, addresses, public=public)
         except MeshError as exc:
             log.debug("punch failed", extra={"peer": short_id(peer), "why": str(exc)})
+            return
+        except Exception:  # a bug (or a malformed address) costs this punch, not the agent
+            log.exception("punch failed", extra={"peer": short_id(peer)})
             return
         if conn is not None:
             self._on_direct(peer)

@@ -62,8 +62,10 @@ async def simultaneous_open(local: str, remote: str, window: float = PUNCH_WINDO
                             ) -> socket.socket | None:
     """Connect from ``local`` (our listening address) to ``remote`` until it works or
     ``window`` passes; the connected socket, or None."""
-    host, _, port_text = remote.rpartition(":")
-    target = (host.strip("[]"), int(port_text))
+    try:
+        target = parse_address(remote)
+    except ConfigError:
+        return None
     with trio.move_on_after(window):
         while True:
             try:
