@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from meshcloud.agent.net import expand_wildcards
 from meshcloud.errors import MeshError
 from meshcloud.identity.keys import short_id
 from meshcloud.transport.addresses import RELAY_SCHEME, relay_address
@@ -79,6 +80,15 @@ class NatKeeper:
     def relay_addresses(self) -> list[str]:
         return [relay_address(r) for r in self.current]
 
+    def base_addresses(self) -> list[str]:
+        """Where a direct dial reaches us: the configured or listen addresses."""
+        node = self.node
+        return list(node.config.advertise) or expand_wildcards(node.transport.listen_addresses)
+
+    def advertised_addresses(self) -> list[str]:
+        """What peers are told: behind NAT, our relays first."""
+        return [*self.relay_addresses(), *self.base_addresses()]
+
     def _announce(self) -> None:
         """Tell gossip our new addresses (discovery republishes them in the DHT)."""
         self.changed.set()
@@ -92,7 +102,7 @@ class NatKeeper:
         assert self.transport is not None
         verdict = self.core.verdict
         if verdict == PUBLIC:
-            return self.node.base_addresses(), True
+            return self.base_addresses(), True
         if verdict == BEHIND_NAT:
             return self.core.punch_addresses(self.transport.listen_addresses), False
         return [], False
@@ -119,7 +129,7 @@ class NatKeeper:
             for member in members[:3]:
                 try:
                     with trio.fail_after(PROBE_TIMEOUT):
-                        report = await probe(self.transport, member, self.node.base_addresses())
+                        report = await probe(self.transport, member, self.base_addresses())
                 except (MeshError, trio.TooSlowError) as exc:
                     log.debug("reachability probe failed", extra={"peer": short_id(member),
                                                                    "why": str(exc)})

@@ -22,7 +22,7 @@ from meshcloud.agent.diagnostics import Diagnostics
 from meshcloud.agent.discovery import Discovery
 from meshcloud.agent.members import Members
 from meshcloud.agent.nat import NatKeeper
-from meshcloud.agent.net import TransportFactory, expand_wildcards, tcp_transport
+from meshcloud.agent.net import TransportFactory, tcp_transport
 from meshcloud.agent.peers import AddressBook, PeerRecord
 from meshcloud.agent.status import node_status
 from meshcloud.auth import MeshAuthenticator, is_cert_revoked
@@ -96,8 +96,7 @@ class Node:
             root_key=self.root_key, on_admitted=lambda cert: self.events.emit(
                 "node.admitted", peer=cert.node_id.hex(), issuer=self.node_id.hex()),
         )
-        self.diagnostics = Diagnostics(self)
-        self.nat = NatKeeper(self)
+        self.diagnostics, self.nat = Diagnostics(self), NatKeeper(self)
         self.discovery = Discovery(self.transport, self.key, config.profile, self.clock,
                                    self.book, self.advertised_addresses, self.members_view)
         self.api_urls: list[str] = []
@@ -132,15 +131,8 @@ class Node:
         ids = [bytes.fromhex(m["id"]) for m in self.members_view()]
         return list(dict.fromkeys([self.node_id, *ids, *self.peers]))
 
-    def base_addresses(self) -> list[str]:
-        """Where this node listens (or says it does): what a direct dial would use."""
-        if self.config.advertise:
-            return list(self.config.advertise)
-        return expand_wildcards(self.transport.listen_addresses)
-
-    def advertised_addresses(self) -> list[str]:
-        """What peers are told: behind NAT, the relays first (:mod:`.nat`)."""
-        return [*self.nat.relay_addresses(), *self.base_addresses()]
+    def advertised_addresses(self) -> list[str]:  # behind NAT, the relays first (.nat)
+        return self.nat.advertised_addresses()
 
     def contacts(self) -> list[PeerContact]:
         me = PeerContact(node_id=self.node_id, addresses=tuple(self.advertised_addresses()))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from meshcloud.codec.messages import message
 from meshcloud.codec.tags import TagBlock
-from meshcloud.errors import CodecError
 from meshcloud.transport.addresses import MAX_ADDRESS
 
 RELAY_PROTOCOL = "/meshcloud/relay/1"
@@ -36,15 +35,15 @@ NODE_ID_SIZE = 32
 
 def _check_addresses(addresses: tuple[str, ...]) -> None:
     if len(addresses) > MAX_ADDRESSES:
-        raise CodecError(f"{len(addresses)} addresses, at most {MAX_ADDRESSES}")
+        raise ValueError(f"{len(addresses)} addresses, at most {MAX_ADDRESSES}")
     for address in addresses:
         if not address or len(address) > MAX_ADDRESS:
-            raise CodecError("an address is empty or too long")
+            raise ValueError("an address is empty or too long")
 
 
 def _check_node_id(node_id: bytes, what: str) -> None:
     if len(node_id) != NODE_ID_SIZE:
-        raise CodecError(f"{what} must be a {NODE_ID_SIZE}-byte node id")
+        raise ValueError(f"{what} must be a {NODE_ID_SIZE}-byte node id")
 
 
 @message(TagBlock.TRANSPORT + 20)
@@ -83,7 +82,7 @@ class RelayReply:
 
     def __post_init__(self) -> None:
         if len(self.reason) > 512:
-            raise CodecError("relay reason longer than 512 characters")
+            raise ValueError("relay reason longer than 512 characters")
 
 
 @message(TagBlock.TRANSPORT + 24)
@@ -108,7 +107,7 @@ class ReachReport:
     def __post_init__(self) -> None:
         _check_addresses(self.dialable)
         if len(self.observed) > MAX_ADDRESS:
-            raise CodecError("observed address too long")
+            raise ValueError("observed address too long")
 
 
 @message(TagBlock.TRANSPORT + 26)
