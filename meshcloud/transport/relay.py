@@ -256,7 +256,8 @@ class RelayService:
 
     async def _open_to(self, target: bytes) -> Stream:
         """A stream to ``target`` over the connection it keeps with us (never a dial)."""
-        if self.transport._usable(target) is None:
+        conn = self.transport._usable(target)
+        if conn is None or conn.relayed:  # never a circuit inside a circuit
             raise TransportError("the target is not connected to this relay")
         return await self.transport.open_stream(target, RELAY_PROTOCOL)
 
