@@ -1,23 +1,39 @@
 """Nodes behind NAT, for real: two agents each behind its own NAT (iptables MASQUERADE),
 two public agents. The NATed agents find out they cannot be dialled, keep reservations
 with the public ones, reach each other through a relay, then directly after a hole punch;
-an object written on one is read on the other; when a relay dies, the other public member
+an object written on one is read on the other, and one's ingress reaches a workload
+replica on the other; when a relay dies, the other public member
 carries on. Every namespace, veth, rule and route is removed at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import signal
+import socket
+from pathlib import Path
 
 import pytest
 
 from sim.agents import Agent, LocalCluster, wait_until
 from tests.netns.natlab import NatLab, leftovers
+from tests.workload_python import inline_script_line
 
 pytestmark = [pytest.mark.netns, pytest.mark.real, pytest.mark.slow]
 
-PEER, API, S3 = 7946, 7947, 7948
+PEER, API, S3, EXPOSED = 7946, 7947, 7948, 7960
+ECHO = inline_script_line(Path(__file__).parents[1] / "apps/ingress/echo_server.py")
 DEADLINE = 90
+
+
+def kill_replicas(agent: Agent) -> None:
+    """Process replicas outlive a killed agent: end their groups."""
+    from apps.runtimes.process_state import ReplicaRecord
+
+    for path in agent.data_dir.glob("runtimes/process/*/state.json"):
+        with contextlib.suppress(Exception):
+            os.killpg(ReplicaRecord.load(path.parent).pid, signal.SIGKILL)
 
 
 def reach(agent: Agent) -> dict:
@@ -34,6 +50,22 @@ def events(agent: Agent, kind: str) -> list[dict]:
 def stage(predicate, message: str) -> None:
     took = wait_until(predicate, DEADLINE, interval=0.2, message=message)
     print(f"{message}: {took:.1f} s")
+
+
+def endpoints(agent: Agent) -> list[dict]:
+    return [e for e in agent.get("/v1/ingress")["endpoints"] if e["workload"] == "echo"]
+
+
+def exchange(host: str, port: int, payload: bytes) -> tuple[str, bytes]:
+    """Send, half-close, read to EOF: (replica name, echoed bytes)."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(1 << 16):
+            chunks.append(data)
+    name, _, rest = b"".join(chunks).partition(b"\n")
+    return name.decode(), rest
 
 
 def alive_ids(agent: Agent) -> set[str]:
@@ -101,6 +133,25 @@ def test_two_nodes_behind_two_nats_reach_each_other_relayed_then_direct(tmp_path
         assert back.read_bytes() == data
         assert reach(b)["paths"].get(a.node_id) == "direct after punch"
 
+        # ... and a workload: a replica on every node, reached through A's ingress; the
+        #     replica on B answers across both NATs
+        a.cli("run", "echo", "--command", ECHO, "--replicas", "4", "--publish", "echo")
+        stage(lambda: len([e for e in endpoints(a) if e["healthy"]]) == 4,
+              "4 healthy echo replicas in A's view")
+        on_b = {f"echo-{e['replica']}" for e in endpoints(a) if e["node"] == b.node_id}
+        assert len(on_b) == 1
+        a.cli("expose", "echo:echo", "--port", str(EXPOSED), "--bind", "mesh")
+        seen: set[str] = set()
+
+        def reached_b() -> bool:
+            payload = os.urandom(20_000)
+            name, echoed = exchange(hosts[2].ip, EXPOSED, payload)
+            assert echoed == payload
+            seen.add(name)
+            return bool(on_b & seen)
+
+        stage(reached_b, "A's ingress reached the replica on B")
+
         # 5. a relay dies: the other public member carries the reservations alone
         first = reach(a)["relays"][0]
         dead, survivor = (p0, p1) if first == p0.node_id else (p1, p0)
@@ -115,5 +166,7 @@ def test_two_nodes_behind_two_nats_reach_each_other_relayed_then_direct(tmp_path
         assert back.read_bytes() == data
     finally:
         cluster.close()
+        for agent in cluster.agents:
+            kill_replicas(agent)
         lab.close()
     assert leftovers(lab.lab_id) == {"netns": [], "links": [], "routes": []}
