@@ -40,6 +40,14 @@ def print_status(status: dict[str, Any], console: Any = None) -> None:
                   f"({node['mesh_id'][:12]})")
     console.print(f"  addresses {', '.join(node['addresses'])}   api {', '.join(node['api'])}   "
                   f"up {node['uptime_s']:.0f}s")
+    reach = status.get("reachability") or {}
+    if reach:
+        relays = ", ".join(r[:12] for r in reach.get("relays") or []) or "none"
+        seen = f"   seen as {reach['observed']}" if reach.get("observed") else ""
+        console.print(f"  reachability {reach.get('state')}   relays {relays}{seen}")
+        for peer, path in sorted((reach.get("paths") or {}).items()):
+            if path != "direct":
+                console.print(f"    to {peer[:12]}: {path}")
     ingress = status.get("ingress") or {}
     if ingress.get("http") or ingress.get("http_error"):
         where = f"http://{ingress['http']}" if ingress.get("http") else "not listening"

@@ -21,7 +21,8 @@ from meshcloud.agent import admin
 from meshcloud.agent.diagnostics import Diagnostics
 from meshcloud.agent.discovery import Discovery
 from meshcloud.agent.members import Members
-from meshcloud.agent.net import TransportFactory, expand_wildcards, tcp_transport
+from meshcloud.agent.nat import NatKeeper
+from meshcloud.agent.net import TransportFactory, tcp_transport
 from meshcloud.agent.peers import AddressBook, PeerRecord
 from meshcloud.agent.profiles import open_state, revocation_interval
 from meshcloud.agent.status import node_status
@@ -93,7 +94,7 @@ class Node:
             root_key=self.root_key, on_admitted=lambda cert: self.events.emit(
                 "node.admitted", peer=cert.node_id.hex(), issuer=self.node_id.hex()),
         )
-        self.diagnostics = Diagnostics(self)
+        self.diagnostics, self.nat = Diagnostics(self), NatKeeper(self)
         self.discovery = Discovery(self.transport, self.key, config.profile, self.clock,
                                    self.book, self.advertised_addresses, self.members_view)
         self.api_urls: list[str] = []
@@ -128,10 +129,8 @@ class Node:
         ids = [bytes.fromhex(m["id"]) for m in self.members_view()]
         return list(dict.fromkeys([self.node_id, *ids, *self.peers]))
 
-    def advertised_addresses(self) -> list[str]:
-        if self.config.advertise:
-            return list(self.config.advertise)
-        return expand_wildcards(self.transport.listen_addresses)
+    def advertised_addresses(self) -> list[str]:  # behind NAT, the relays first (.nat)
+        return self.nat.advertised_addresses()
 
     def contacts(self) -> list[PeerContact]:
         me = PeerContact(node_id=self.node_id, addresses=tuple(self.advertised_addresses()))
@@ -176,6 +175,7 @@ class Node:
             self.book.dial_known()
             await nursery.start(self.diagnostics.run)
             await nursery.start(self.members.run)
+            await nursery.start(self.nat.run)
             for service in self.services:
                 await nursery.start(service.run)
             self.api_urls = await nursery.start(serve_faces, self)

@@ -34,6 +34,7 @@ def node_status(node: Node) -> dict[str, Any]:
                         key=lambda p: (not p["connected"], p["id"])),
         "members": node.members_view(),
         "loop": node.members.loop_status(),
+        "reachability": node.nat.status(),
         "versions": versions(),
         **({"transport": node.transport.statistics()}
            if hasattr(node.transport, "statistics") else {}),

@@ -42,3 +42,24 @@ def format_address(host: str, port: int) -> str:
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+RELAY_SCHEME = "relay://"
+"""``relay://<node id hex>``: "reach me through this member" (a node behind NAT)."""
+
+
+def relay_address(relay: bytes) -> str:
+    return f"{RELAY_SCHEME}{relay.hex()}"
+
+
+def relay_of(address: str) -> bytes | None:
+    """The relay's node id in a ``relay://`` address; None for any other address."""
+    if not address.startswith(RELAY_SCHEME):
+        return None
+    try:
+        node_id = bytes.fromhex(address[len(RELAY_SCHEME):])
+    except ValueError:
+        raise ConfigError(f"not a relay address: {address!r}") from None
+    if len(node_id) != 32:
+        raise ConfigError(f"not a relay address: {address!r}")
+    return node_id

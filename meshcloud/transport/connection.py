@@ -271,6 +271,10 @@ class Connection:
         self.we_dialed = we_dialed
         self.address = address
         self.serial = serial
+        self.relayed = False
+        """The bytes go through a relay (a spliced stream, not a direct socket)."""
+        self.punched = False
+        """A direct connection made by a hole punch (simultaneous open)."""
         self.max_message = config.max_message
         self.mux = MuxCore(config, initiator=we_dialed, now=trio.current_time(),
                            budget=transport.buffer_budget)

@@ -26,22 +26,54 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we coalesce ourselves
 
 
-async def bind(address: str) -> socket.socket:
+def _open(family: int, kind: int, proto: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+async def bind(address: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on ``address``. With ``reuse_port`` (for hole punching, which
+    connects from the listening port) a port already in use is still refused: a plain
+    socket tries it first."""
     host, port = parse_address(address)
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                           flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sock = _open(family, kind, proto, reuse_port=False)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port and port != 0:
+            sock.bind(sockaddr)  # EADDRINUSE if anyone holds it, REUSEPORT or not
+            sock.close()
+            sock = _open(family, kind, proto, reuse_port=True)
+        elif reuse_port:
+            sock.close()
+            sock = _open(family, kind, proto, reuse_port=True)
         sock.bind(sockaddr)
         sock.listen(128)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise TransportError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    return sock
+
+
+def bind_for_punch(local: str) -> socket.socket:
+    """A non-blocking socket bound to our listening address (SO_REUSEPORT), to connect
+    from: the NAT maps it like the address peers saw us at."""
+    host, port = parse_address(local)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = _open(family, socket.SOCK_STREAM, 0, reuse_port=True)
+    try:
+        sock.bind((host, port))
+        tune(sock)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

@@ -46,6 +46,7 @@ import logging
 import math
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -58,7 +59,7 @@ from meshcloud.errors import (
     TransportError,
 )
 from meshcloud.identity.keys import SigningKey, short_id
-from meshcloud.transport.addresses import format_address, parse_address
+from meshcloud.transport.addresses import format_address, parse_address, relay_of
 from meshcloud.transport.admission import HandshakeSlots, TransportCounters
 from meshcloud.transport.base import (
     JOIN_PROTOCOLS,
@@ -145,6 +146,11 @@ class TcpConfig:
 
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
+
+    reuse_port: bool = True
+    """Listen with SO_REUSEPORT, so that a hole punch can connect *from* the listening
+    port (:mod:`~meshcloud.transport.punch`). A port another socket already listens on is
+    still refused (checked before binding)."""
 
     def __post_init__(self) -> None:
         if min(self.connect_timeout, self.handshake_timeout, self.first_message_timeout) <= 0:
@@ -252,7 +258,7 @@ class TcpTransport:
         listeners = []
         try:
             for address in self._listen_spec:
-                listeners.append(await bind(address))
+                listeners.append(await bind(address, reuse_port=self.config.reuse_port))
             self._listeners = listeners
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -311,20 +317,29 @@ class TcpTransport:
                 best = conn
         return best
 
-    def _preference(self, conn: Connection) -> tuple[bool, int]:
-        """Both ends rank a peer's connections alike: smaller dialer id first, then newest."""
+    def _preference(self, conn: Connection) -> tuple[bool, bool, int]:
+        """Both ends rank a peer's connections alike: direct before relayed, then smaller
+        dialer id first, then newest."""
         smaller = min(self.local_id, conn.peer.node_id)
-        return conn.dialer_id == smaller, conn.serial
+        return not conn.relayed, conn.dialer_id == smaller, conn.serial
 
     # --- dialling -----------------------------------------------------------------------
 
     async def dial(self, address: str, *, expect: NodeId | None = None) -> PeerAuth:
         if self._nursery is None:
             raise TransportError("transport is not running")
+        try:
+            relay = relay_of(address)
+        except ConfigError as exc:
+            raise TransportError(str(exc)) from None
+        if relay is not None and expect is None:
+            raise TransportError(f"dialling {address} needs the node id expected behind it")
         existing = self._usable(expect) if expect is not None else self._connected_at(address)
         if existing is not None:
             await trio.lowlevel.checkpoint()
             return existing.peer
+        if relay is not None:  # one relay carries circuits to many nodes: one attempt each
+            address = f"{address}>{expect.hex() if expect else ''}"
         attempt = self._dials.get(address)
         if attempt is not None:
             await attempt.done.wait()
@@ -358,6 +373,8 @@ class TcpTransport:
         return None
 
     async def _dial_now(self, address: str, expect: NodeId | None) -> PeerAuth:
+        if ">" in address and address.startswith("relay://"):
+            return await self._dial_relayed(address.partition(">")[0], expect)
         try:
             host, port = parse_address(address)
         except ConfigError as exc:
@@ -367,8 +384,32 @@ class TcpTransport:
             sock = await connect(host, port, address, listen=self._listen_spec)
         if sock is None:
             raise TransportError(f"cannot reach {address}: connection timed out")
+        return (await self.handshake_over(sock, address, expect=expect, initiator=True)).peer
+
+    async def _dial_relayed(self, address: str, expect: NodeId | None) -> PeerAuth:
+        """A circuit through the relay named in ``address``, then the end-to-end
+        handshake through it (:mod:`~meshcloud.transport.relay`)."""
+        from meshcloud.transport.relay import open_circuit
+
+        relay = relay_of(address)
+        assert relay is not None and expect is not None
+        if relay in (self.local_id, expect):
+            raise TransportError(f"{address} cannot relay to itself")
+        with trio.move_on_after(self.config.connect_timeout + self.config.handshake_timeout):
+            sock = await open_circuit(self, relay, expect)
+            conn = await self.handshake_over(sock, address, expect=expect, initiator=True,
+                                             relayed=True)
+            return conn.peer
+        raise TransportError(f"cannot reach {short_id(expect)} through {address}: timed out")
+
+    async def handshake_over(self, sock: socket.socket, address: str, *,
+                             expect: NodeId | None, initiator: bool, relayed: bool = False,
+                             punched: bool = False) -> Connection:
+        """Run the Noise handshake on a connected socket (TCP, or one end of a socket
+        pair spliced to a relay stream) and adopt the connection; closes ``sock`` on
+        failure. As responder, ``expect`` is checked after the handshake."""
         try:
-            core = self._handshake_core(initiator=True, expect=expect)
+            core = self._handshake_core(initiator=initiator, expect=expect)
             early: list[bytes | bytearray] = []
             first = b""
             try:
@@ -383,7 +424,11 @@ class TcpTransport:
             if core.status is not HandshakeStatus.DONE:
                 self.counters.handshakes_timed_out += 1
                 raise TransportError(f"handshake with {address} timed out")
-            return self._adopt(sock, core, early, first, we_dialed=True, address=address).peer
+            assert core.peer is not None
+            if expect is not None and core.peer.node_id != expect:
+                raise AuthError("the address answered with another node than the one expected")
+            return self._adopt(sock, core, early, first, we_dialed=initiator, address=address,
+                               relayed=relayed, punched=punched)
         except BaseException:
             sock.close()
             raise
@@ -514,7 +559,8 @@ class TcpTransport:
     # --- connections --------------------------------------------------------------------
 
     def _adopt(self, sock: socket.socket, core: HandshakeCore, early: list[bytes | bytearray],
-               first: bytes, *, we_dialed: bool, address: str) -> Connection:
+               first: bytes, *, we_dialed: bool, address: str, relayed: bool = False,
+               punched: bool = False) -> Connection:
         peer, channel = core.peer, core.channel
         assert peer is not None and channel is not None
         if self._nursery is None:
@@ -522,6 +568,7 @@ class TcpTransport:
             raise TransportError("transport stopped during the handshake")
         conn = Connection(self, sock, channel, peer, we_dialed=we_dialed, address=address,
                           config=self.config.mux, serial=next(self._serial), first=first)
+        conn.relayed, conn.punched = relayed, punched
         conns = self._connections.setdefault(peer.node_id, [])
         new_peer = not conns
         conns.append(conn)
@@ -572,6 +619,8 @@ class TcpTransport:
         conn.retire("idle")
 
     def _learn_addresses(self, peer: PeerAuth, dialled: str | None) -> None:
+        if dialled is not None and dialled.startswith("relay://") and ">" in dialled:
+            dialled = dialled.partition(">")[0]
         known = self._addresses.setdefault(peer.node_id, [])
         if dialled is not None and dialled not in known:
             known.insert(0, dialled)
@@ -638,6 +687,12 @@ class TcpTransport:
                 return conn.open_stream(protocol)
         raise TransportError(f"no usable connection to {peer.hex()[:12]}: connections kept "
                              f"closing while a stream was being opened")
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` in the transport's nursery (ends when the transport stops)."""
+        if self._nursery is None:
+            raise TransportError("transport is not running")
+        self._nursery.start_soon(fn, *args)
 
     def _spawn_handler(self, handler: StreamHandler, stream: TcpStream) -> None:
         assert self._nursery is not None

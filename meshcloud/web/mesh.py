@@ -161,6 +161,8 @@ def mesh_context(node: Any) -> dict[str, Any]:
     me = node.node_id.hex()
     revoked = {subject.hex() for kind, subject, _ in node.records.revocations()
                if kind == "node"}
+    nat = getattr(node, "nat", None)
+    reach = nat.status() if nat is not None else {}
     roomiest = max((_num((m.get("capacity") or {}).get("disk_free")) or 0.0
                     for m in members), default=0.0)
     for member in members:
@@ -173,6 +175,8 @@ def mesh_context(node: Any) -> dict[str, Any]:
         member["last_change_text"] = ago(member.get("last_change"))
         member["metered"] = bool(cap.get("metered"))
         member["revoked"] = member["id"] in revoked
+        member["reach"] = (reach.get("state") if member["me"]
+                           else (reach.get("paths") or {}).get(member["id"]))
     # by id, this node's card first: nothing moves when a state changes
     members.sort(key=lambda m: m["id"])
     picture = mesh_picture(members, me)
