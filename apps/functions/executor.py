@@ -330,18 +330,25 @@ class Executor:
         pool = await self.pool(name, spec)
         return await pool.invoke(payload, request_id, spec.timeout_ms / 1000)
 
-    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10) -> str:
-        """The last ``lines`` lines of ``name``'s log on this node ("" if none)."""
+    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10,
+                 request_id: str = "") -> str:
+        """The last ``lines`` lines of ``name``'s log on this node ("" if none); with
+        ``request_id``, only the lines that invocation wrote (searched in the last
+        ``4 * max_bytes``)."""
         path = self.root / "logs" / f"{name}.log"
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
-                fh.seek(max(0, size - max_bytes))
+                window = max_bytes * (4 if request_id else 1)
+                fh.seek(max(0, size - window))
                 data = fh.read()
         except FileNotFoundError:
             return ""
-        text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+        every = data.decode("utf-8", "replace").splitlines()
+        if request_id:
+            every = [line for line in every if line.startswith(request_id + " | ")]
+        text = every[-lines:] if lines > 0 else []
         return "\n".join(text) + ("\n" if text else "")
 
     def retire(self, live: dict[str, int]) -> None:

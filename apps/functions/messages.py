@@ -74,11 +74,13 @@ class InvokeReply:
     node: bytes = b""
 
 
-@message(TagBlock.APPS + 84)
+@message(TagBlock.APPS + 84, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogsRequest:
     name: str
     lines: int
+    request_id: str = ""
+    """When set: only the lines one invocation wrote (each starts with its id)."""
 
 
 @message(TagBlock.APPS + 85)
@@ -124,3 +126,33 @@ class QueuedInvocation:
     created_ms: int = 0
     updated_ms: int = 0
     message: str = ""
+
+
+@message(TagBlock.APPS + 89)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecentInvocation:
+    """One invocation a node ran, for the Functions page (and its logs)."""
+
+    request_id: str
+    at_ms: int
+    duration_us: int
+    ok: bool
+    code: str = ""
+    cold: bool = False
+    version: int = 0
+
+
+@message(TagBlock.APPS + 88)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FnNodeStats:
+    """Row of the ``fn_stats`` table (key: function name, node id): what that node ran
+    of the function since its agent started (see :mod:`apps.functions.stats`)."""
+
+    invocations: int = 0
+    errors: int = 0
+    cold_starts: int = 0
+    instances: int = 0
+    buckets: tuple[tuple[int, int], ...] = ()
+    """Duration histogram: (bucket index, count) pairs, sorted."""
+    recent: tuple[RecentInvocation, ...] = ()
+    updated_ms: int = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -59,11 +60,14 @@ from apps.functions.messages import (
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
 from apps.functions.schedule import due_ticks
+from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
     FUNCTIONS,
     QUEUE,
+    STATS,
     TICKS,
     all_functions,
+    node_stats,
     queued,
     recorded_ticks,
 )
@@ -94,6 +98,7 @@ LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 HTTP_STATUS = {"timeout": 504, "memory": 502, "crashed": 502, "error": 502,
                "not_found": 404, "bad_request": 400, "start_failed": 502,
                "unavailable": 503}
@@ -157,6 +162,9 @@ class FunctionService(ServiceBase):
         self.state.open_table(FUNCTIONS)
         self.state.open_table(TICKS)
         self.state.open_table(QUEUE)
+        self.state.open_table(STATS)
+        self.stats = StatsBook()
+        self._instances: dict[str, int] = {}
         self._in_flight: set[tuple[str, str]] = set()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
@@ -242,7 +250,12 @@ class FunctionService(ServiceBase):
         return record
 
     def overview(self) -> list[dict[str, Any]]:
-        return [function_json(r) for _, r in sorted(all_functions(self.state).items())]
+        return [self.describe(r) for _, r in sorted(all_functions(self.state).items())]
+
+    def describe(self, record: Any) -> dict[str, Any]:
+        """A function's JSON with its metrics over the mesh (``stats``)."""
+        return {**function_json(record),
+                "stats": merge(node_stats(self.state, record.name))}
 
     async def commit(self, name: str, spec: Any) -> dict[str, Any]:
         check_name(name)
@@ -274,6 +287,9 @@ class FunctionService(ServiceBase):
     async def remove(self, name: str) -> dict[str, Any]:
         record = self.get(name)
         self.state.delete(FUNCTIONS.name, name)
+        for node in node_stats(self.state, name):
+            self.state.delete(STATS.name, (name, node))
+        self.stats.forget(name)
         others = [r for r in all_functions(self.state).values() if r.name != name]
         removed = 0
         for key in unused_bundles(others, record):
@@ -343,6 +359,16 @@ class FunctionService(ServiceBase):
 
     async def run_local(self, name: str, version: int, payload: bytes, request_id: str
                         ) -> InvokeReply:
+        started = trio.current_time()
+        reply = await self._run_local(name, version, payload, request_id)
+        if reply.code != "not_found":
+            self.stats.record(name, request_id=request_id, at_ms=self.node.clock.wall_ms(),
+                              duration_us=int((trio.current_time() - started) * 1e6),
+                              ok=reply.ok, code=reply.code, cold=reply.cold, version=version)
+        return reply
+
+    async def _run_local(self, name: str, version: int, payload: bytes, request_id: str
+                         ) -> InvokeReply:
         try:
             record = self.get(name)
             spec = next((v for v in record.versions if v.version == version), None)
@@ -378,23 +404,27 @@ class FunctionService(ServiceBase):
 
     # --- logs ------------------------------------------------------------------------------
 
-    async def logs(self, name: str, lines: int = 100) -> dict[str, str]:
+    async def logs(self, name: str, lines: int = 100, request_id: str = ""
+                   ) -> dict[str, str]:
         """{node id hex: the tail of ``name``'s log there} from every live node that has
-        one (instances run on the top node, or on another after a failover)."""
+        one (instances run on the top node, or on another after a failover); with
+        ``request_id``, only that invocation's lines."""
         self.get(name)
         lines = max(1, min(int(lines), 10_000))
+        if request_id and not _REQUEST_ID.match(request_id):
+            raise FunctionError(f"bad request id {request_id[:80]!r}")
         out: dict[str, str] = {}
 
         async def one(node: bytes) -> None:
             if node == self.node.node_id:
-                text = self.executor.log_tail(name, lines)
+                text = self.executor.log_tail(name, lines, request_id=request_id)
             else:
                 try:
                     with trio.fail_after(OPEN_TIMEOUT + 2):
                         stream = await self.node.transport.open_stream(node, LOGS_PROTOCOL)
                         try:
-                            await stream.send(encode_message(LogsRequest(name=name,
-                                                                         lines=lines)))
+                            await stream.send(encode_message(LogsRequest(
+                                name=name, lines=lines, request_id=request_id)))
                             text = decode_message(await stream.receive(), LogsReply).text
                         finally:
                             with trio.move_on_after(1):
@@ -412,8 +442,9 @@ class FunctionService(ServiceBase):
     async def _serve_logs(self, stream: Any) -> None:
         try:
             request = decode_message(await stream.receive(), LogsRequest)
+            rid = request.request_id if _REQUEST_ID.match(request.request_id) else ""
             text = self.executor.log_tail(check_name(request.name),
-                                          max(1, min(request.lines, 10_000)))
+                                          max(1, min(request.lines, 10_000)), request_id=rid)
             await stream.send(encode_message(LogsReply(text=text)))
             await stream.close()
         except _NET as exc:
@@ -459,6 +490,7 @@ class FunctionService(ServiceBase):
         live = {n: r.current for n, r in records.items()}
         self.executor.retire(live)
         self.executor.scale_down()
+        self.publish_stats(records)
         self._prewarmed &= set(live.items())
         for name, record in records.items():
             key = (name, record.current)
@@ -466,6 +498,23 @@ class FunctionService(ServiceBase):
                 continue
             self._prewarmed.add(key)
             nursery.start_soon(self._prewarm, name, current(record))
+
+    def publish_stats(self, records: dict[str, Any]) -> None:
+        """Write this node's ``fn_stats`` row of each function whose counters or
+        instance count changed since the last pass."""
+        instances: dict[str, int] = {}
+        for (name, _), pool in self.executor.pools.items():
+            instances[name] = instances.get(name, 0) + pool.instances
+        for name in set(instances) | set(self._instances):
+            if instances.get(name, 0) != self._instances.get(name, 0):
+                self.stats.mark(name)
+        self._instances = instances
+        for name in self.stats.dirty():
+            if name not in records:
+                self.stats.forget(name)
+                continue
+            self.state.put(STATS.name, (name, self.node.node_id), self.stats.row(
+                name, instances=instances.get(name, 0), now_ms=self.node.clock.wall_ms()))
 
     async def _prewarm(self, name: str, spec: Any) -> None:
         try:
@@ -635,7 +684,15 @@ class FunctionService(ServiceBase):
                  "at_ms": r.at_ms, "ok": r.ok, "message": r.message} for t, r in rows]
 
     def tables(self) -> tuple[Any, ...]:
-        return (FUNCTIONS, TICKS)
+        return (FUNCTIONS, TICKS, QUEUE, STATS)
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from apps.functions.ui import routes
+
+        return routes(ui, self)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("functions", "Functions", "/ui/functions", True)]
 
     def api_routes(self) -> list[Any]:
         from apps.functions.api import routes

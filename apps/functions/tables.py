@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.functions.messages import FunctionRecord, QueuedInvocation, TickRecord
+from apps.functions.messages import FnNodeStats, FunctionRecord, QueuedInvocation, TickRecord
 from meshcloud.state.schema import TableSchema, record_codec
 
 _enc, _dec = record_codec(FunctionRecord)
@@ -38,3 +38,15 @@ def queued(state: Any, name: str | None = None) -> list[tuple[str, str, QueuedIn
     rows = state.scan(QUEUE.name, (name,)) if name else state.scan(QUEUE.name)
     return [(k[0], k[1], v) for k, v in rows
             if v is not None and len(k) == 2 and isinstance(k[1], str)]
+
+
+_senc, _sdec = record_codec(FnNodeStats)
+STATS: TableSchema[FnNodeStats] = TableSchema(
+    "fn_stats", partition=(str,), sort=(bytes,), encode=_senc, decode=_sdec,
+    max_value_bytes=16 << 10, expires_after_ms=7 * 24 * 3_600_000)
+"""Per-node invocation metrics (key: function name, node id)."""
+
+
+def node_stats(state: Any, name: str) -> dict[bytes, FnNodeStats]:
+    return {k[1]: v for k, v in state.scan(STATS.name, (name,))
+            if v is not None and len(k) == 2 and isinstance(k[1], bytes)}

@@ -106,6 +106,12 @@ async def test_warm_reuse_context_and_unprivileged_user(root):
         assert log.parent.stat().st_mode & 0o777 == 0o700
         tail = ex.log_tail("f", 1)
         assert tail.count("\n") == 1 and "handled req-2" in tail
+        # every line an invocation writes starts with its id: one invocation's lines
+        one = ex.log_tail("f", 100, request_id="req-1")
+        assert one.startswith("req-1 | ") and "handled req-1" in one
+        assert "req-2" not in one and all(line.startswith("req-1 | ")
+                                          for line in one.splitlines())
+        assert ex.log_tail("f", 100, request_id="req-9") == ""
         assert ex.log_tail("nosuch", 10) == ""
     finally:
         ex.close()
