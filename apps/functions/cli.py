@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,6 +70,35 @@ def invoke(api: Any, name: str, data: bytes, *, event: bool = False, dedup: str 
         return False, exc.read()
 
 
+def wait_requirements(api: Any, name: str, version: int, limit: float,
+                      sleep: Any = time.sleep, monotonic: Any = time.monotonic) -> None:
+    """Follow the install of ``requirements.txt`` on the node that runs the version
+    (its fork server is started ahead of the first call): one line per change, an
+    error when it failed."""
+    deadline = monotonic() + limit
+    said: set[tuple[str, str]] = set()
+    while monotonic() < deadline:
+        fn = api.get(f"/v1/functions/{urllib.parse.quote(name)}")
+        if fn["current"] != version:
+            print(f"{name} is now at version {fn['current']}: not waiting")
+            return
+        rows = {node: r for node, r in fn.get("stats", {}).get("requirements", {}).items()
+                if r["version"] == version}
+        for node, r in sorted(rows.items()):
+            if (node, r["state"]) not in said:
+                said.add((node, r["state"]))
+                if r["state"] == "installing":
+                    print(f"installing requirements.txt on {node[:12]} ...", flush=True)
+                elif r["state"] == "ready":
+                    print(f"requirements.txt installed on {node[:12]}")
+                    return
+                else:
+                    raise MeshError(r["message"], code="requirements_failed")
+        sleep(0.5)
+    print(f"requirements.txt not installed yet after {limit:g} s: see `meshcloud fn logs "
+          f"{name}`")
+
+
 def _data(arg: str | None) -> bytes:
     if arg is None:
         return b""
@@ -92,6 +122,8 @@ def cmd_fn(args: argparse.Namespace) -> None:
         reply = deploy(api, args.name, Path(args.dir), spec)
         print(f"deployed {args.name} version {reply['current']}: "
               f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
+        if (Path(args.dir) / "requirements.txt").is_file() and not args.no_wait:
+            wait_requirements(api, args.name, int(reply["current"]), args.wait)
     elif verb == "invoke":
         ok, body = invoke(api, args.name, _data(args.data), event=args.async_,
                           dedup=args.id or "")
@@ -172,6 +204,10 @@ def add_parsers(sub: Any) -> None:
                    help='run on a cron schedule, seconds optional ("*/10 * * * * *")')
     d.add_argument("--on-object", action="append", metavar="created:BUCKET/PREFIX",
                    help="run on each object created (or deleted:) under a bucket prefix")
+    d.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+                   help="with a requirements.txt: how long to follow its install")
+    d.add_argument("--no-wait", action="store_true",
+                   help="do not follow the install of requirements.txt")
     sc = fsub.add_parser("schedule", help="run a function on a cron schedule (off: none)")
     sc.add_argument("name")
     sc.add_argument("cron", help='"*/10 * * * * *" (seconds first, optional) or off')

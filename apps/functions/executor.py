@@ -11,9 +11,11 @@ of memory answers ``memory`` and exits.
 from __future__ import annotations
 
 import array
+import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -41,6 +43,13 @@ FSIZE = 64 << 20
 EXTRA_PROCESSES = 8
 """RLIMIT_NPROC of an instance: the version's concurrency plus this (its fork server,
 a few children of its own); a fork bomb stops there."""
+REQUIREMENTS = "requirements.txt"
+PIP_TIMEOUT = 600.0
+"""Seconds one ``pip install`` of a bundle's requirements may take."""
+RETRY_FAILED_INSTALL = 60.0
+"""Seconds a failed install is remembered (calls fail at once) before it is tried again."""
+PIP_OUTPUT_TAIL = 12
+"""Lines of pip's output quoted in the error of a failed install."""
 
 
 class InvokeFailed(MeshError):
@@ -51,6 +60,22 @@ class InvokeFailed(MeshError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message, code=code)
+
+
+def pip_failure(name: str, output: str) -> str:
+    """One clear line (and pip's own last lines) for a failed install."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    tail = " / ".join(lines[-PIP_OUTPUT_TAIL:])[-1500:]
+    text = output.lower()
+    if any(word in text for word in ("connection", "network is unreachable",
+                                     "name or service not known", "timed out",
+                                     "temporary failure in name resolution")):
+        cause = "the package index is unreachable from this node"
+    elif "no matching distribution" in text or "could not find a version" in text:
+        cause = "a package (or a wheel of it) is not on the package index"
+    else:
+        cause = "pip failed"
+    return f"{name}: installing {REQUIREMENTS} failed: {cause}: {tail}"
 
 
 def python_for_functions() -> str:
@@ -125,6 +150,8 @@ class Pool:
     identity: tuple[int, int] | None
     """(uid, gid) to run as; None keeps the agent's (an unprivileged agent)."""
     monotonic: Callable[[], float] = time.monotonic
+    python: str = ""
+    """The interpreter of the fork server: a requirements venv's, or the plain one."""
     idle: list[Instance] = field(default_factory=list)
     busy: set[Instance] = field(default_factory=set)
     proc: Any = None
@@ -172,7 +199,8 @@ class Pool:
         with open(fd, "ab") as logfile:
             try:
                 self.proc = await trio.lowlevel.open_process(
-                    [python_for_functions(), "-I", "-c", SOURCE], cwd=self.code_dir,
+                    [self.python or python_for_functions(), "-I", "-c", SOURCE],
+                    cwd=self.code_dir,
                     env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                     stdout=logfile, stderr=logfile, start_new_session=True, **user)
             finally:
@@ -293,6 +321,15 @@ class Executor:
         self.monotonic = monotonic
         self.pools: dict[tuple[str, int], Pool] = {}
         self._unpack_lock = trio.Lock()
+        self._venv_locks: dict[str, trio.Lock] = {}
+        self._venv_failed: dict[str, tuple[float, str]] = {}
+        self.pip_options: tuple[str, ...] = ()
+        """Extra ``pip install`` options (an index: ``--index-url URL``); pip also reads
+        the agent's ``PIP_*`` environment and pip.conf."""
+        self.venv_builds = 0
+        self.preparing: dict[tuple[str, int], tuple[str, str]] = {}
+        """(function, version) → (state, message) of its requirements install on this
+        node: ``installing``, ``ready`` or ``failed``."""
 
     async def code_dir(self, spec: FunctionVersion) -> Path:
         target = self.root / "code" / spec.sha256
@@ -300,8 +337,6 @@ class Executor:
             return target
         async with self._unpack_lock:
             if not target.is_dir():
-                import hashlib
-
                 data = await self.read_bundle(spec.bundle_key)
                 if hashlib.sha256(data).hexdigest() != spec.sha256:
                     raise InvokeFailed("bad_bundle", f"bundle {spec.sha256[:12]} does not "
@@ -318,12 +353,104 @@ class Executor:
             if pool is not None:
                 pool.close()
             code = await self.code_dir(spec)
+            python = await self.interpreter(name, spec, code)
             pool = self.pools.get(key)
             if pool is None or pool.spec != spec:
-                pool = Pool(name, spec, code, self.root / "logs" / f"{name}.log",
-                            self.identity(name), self.monotonic)
+                pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
+                            self.monotonic, python)
                 self.pools[key] = pool
         return pool
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    async def interpreter(self, name: str, spec: FunctionVersion, code: Path) -> str:
+        """The Python a version's fork server runs: with a ``requirements.txt`` in its
+        bundle, the ``bin/python`` of a virtual environment holding them (built once
+        per node for each distinct requirements file, kept under
+        ``venvs/SHA256``), else the plain one."""
+        wanted = code / REQUIREMENTS
+        if not wanted.is_file():
+            return ""
+        digest = hashlib.sha256(wanted.read_bytes()).hexdigest()
+        target = self.root / "venvs" / digest
+        python = target / "bin" / "python"
+        if (target / ".ready").exists():
+            self.preparing[(name, spec.version)] = ("ready", "")
+            return str(python)
+        async with self._venv_locks.setdefault(digest, trio.Lock()):
+            if (target / ".ready").exists():
+                self.preparing[(name, spec.version)] = ("ready", "")
+                return str(python)
+            failed = self._venv_failed.get(digest)
+            if failed is not None and self.monotonic() - failed[0] < RETRY_FAILED_INSTALL:
+                raise InvokeFailed("requirements_failed", failed[1])
+            self.preparing[(name, spec.version)] = ("installing", "")
+            try:
+                await self._build_venv(name, wanted, target)
+            except InvokeFailed as exc:
+                self._venv_failed[digest] = (self.monotonic(), exc.message)
+                self.preparing[(name, spec.version)] = ("failed", exc.message)
+                raise
+            self._venv_failed.pop(digest, None)
+            self.preparing[(name, spec.version)] = ("ready", "")
+        return str(python)
+
+    async def _build_venv(self, name: str, wanted: Path, target: Path) -> None:
+        """``python -m venv`` then ``pip install -r`` into ``target`` (made atomically:
+        a half-built venv is never used). Wheels only: nothing of a package runs at
+        install time (the agent installs; functions only read). pip's output goes to
+        the function's log (``requirements | `` lines)."""
+        base = python_for_functions()
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o711)
+        self.venv_builds += 1
+        log_path = self.log_path(name)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._log(log_path, f"installing {REQUIREMENTS} into a new environment")
+        steps = [[base, "-m", "venv", "--without-pip", str(tmp)],
+                 [base, "-m", "pip", "--python", str(tmp / "bin" / "python"), "install",
+                  "--no-input", "--only-binary=:all:", "--progress-bar", "off",
+                  "--no-warn-script-location", *self.pip_options, "-r", str(wanted)]]
+        for argv in steps:
+            try:
+                with trio.fail_after(PIP_TIMEOUT):
+                    done = await trio.run_process(argv, capture_stdout=True,
+                                                  stderr=subprocess.STDOUT, check=False,
+                                                  stdin=subprocess.DEVNULL)
+            except trio.TooSlowError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                message = (f"{name}: installing {REQUIREMENTS} took more than "
+                           f"{PIP_TIMEOUT:.0f} s")
+                self._log(log_path, message)
+                raise InvokeFailed("requirements_failed", message) from None
+            output = done.stdout.decode("utf-8", "replace")
+            self._log(log_path, output)
+            if done.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise InvokeFailed("requirements_failed", pip_failure(name, output))
+        for folder, dirs, files in os.walk(tmp):  # readable by every function's uid
+            for entry in dirs + files:
+                path = os.path.join(folder, entry)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755 if entry in dirs or os.access(path, os.X_OK)
+                             else 0o644)
+        os.chmod(tmp, 0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        (target / ".ready").touch()
+        self._log(log_path, f"{REQUIREMENTS} installed")
+
+    @staticmethod
+    def _log(path: Path, text: str) -> None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"requirements | {line}\n" for line in lines))
 
     async def invoke(self, name: str, spec: FunctionVersion, payload: bytes,
                      request_id: str) -> Result:

@@ -156,3 +156,8 @@ class FnNodeStats:
     """Duration histogram: (bucket index, count) pairs, sorted."""
     recent: tuple[RecentInvocation, ...] = ()
     updated_ms: int = 0
+    prepared_version: int = 0
+    """The version whose requirements.txt this node installed last (0: none)."""
+    prepared_state: str = ""
+    """installing, ready or failed."""
+    prepared_message: str = ""

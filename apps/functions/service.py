@@ -165,6 +165,7 @@ class FunctionService(ServiceBase):
         self.state.open_table(STATS)
         self.stats = StatsBook()
         self._instances: dict[str, int] = {}
+        self._prepared: dict[str, tuple[int, str, str]] = {}
         self._in_flight: set[tuple[str, str]] = set()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
@@ -509,12 +510,21 @@ class FunctionService(ServiceBase):
             if instances.get(name, 0) != self._instances.get(name, 0):
                 self.stats.mark(name)
         self._instances = instances
+        prepared: dict[str, tuple[int, str, str]] = {}
+        for name, record in records.items():
+            state = self.executor.preparing.get((name, record.current))
+            if state is not None:
+                prepared[name] = (record.current, *state)
+            if prepared.get(name) != self._prepared.get(name):
+                self.stats.mark(name)
+        self._prepared = prepared
         for name in self.stats.dirty():
             if name not in records:
                 self.stats.forget(name)
                 continue
             self.state.put(STATS.name, (name, self.node.node_id), self.stats.row(
-                name, instances=instances.get(name, 0), now_ms=self.node.clock.wall_ms()))
+                name, instances=instances.get(name, 0), now_ms=self.node.clock.wall_ms(),
+                prepared=prepared.get(name, (0, "", ""))))
 
     async def _prewarm(self, name: str, spec: Any) -> None:
         try:

@@ -100,12 +100,17 @@ class StatsBook:
         self.functions.pop(name, None)
         self._dirty.discard(name)
 
-    def row(self, name: str, *, instances: int, now_ms: int) -> FnNodeStats:
+    def row(self, name: str, *, instances: int, now_ms: int,
+            prepared: tuple[int, str, str] = (0, "", "")) -> FnNodeStats:
+        """This node's row; ``prepared`` is (version, state, message) of the
+        requirements install of the current version here."""
         stats = self.functions.get(name, FunctionStats())
         return FnNodeStats(invocations=stats.invocations, errors=stats.errors,
                            cold_starts=stats.cold_starts, instances=instances,
                            buckets=tuple(sorted(stats.buckets.items())),
-                           recent=tuple(stats.recent), updated_ms=now_ms)
+                           recent=tuple(stats.recent), updated_ms=now_ms,
+                           prepared_version=prepared[0], prepared_state=prepared[1],
+                           prepared_message=prepared[2][:2000])
 
 
 def merge(rows: dict[bytes, FnNodeStats]) -> dict[str, Any]:
@@ -127,6 +132,10 @@ def merge(rows: dict[bytes, FnNodeStats]) -> dict[str, Any]:
         "p99_ms": None if p99 is None else round(p99, 3),
         "instances": {node.hex(): r.instances for node, r in sorted(rows.items())
                       if r.instances},
+        "requirements": {node.hex(): {"version": r.prepared_version,
+                                      "state": r.prepared_state,
+                                      "message": r.prepared_message}
+                         for node, r in sorted(rows.items()) if r.prepared_state},
         "recent": [{"request_id": r.request_id, "node": node.hex(), "at_ms": r.at_ms,
                     "duration_ms": round(r.duration_us / 1000, 3), "ok": r.ok,
                     "code": r.code, "cold": r.cold, "version": r.version}

@@ -134,6 +134,36 @@ def raw_api(agent, method: str, path: str, data: bytes | None = None) -> tuple[i
         return exc.code, exc.read()
 
 
+def test_requirements_txt_is_installed_on_the_node_that_runs_it(cluster, tmp_path):
+    """One small pure-Python package from the package index this machine reaches:
+    `fn deploy` follows its install; node 3 invokes it (CLI and HTTP)."""
+    a, _, c = cluster.agents
+    src = tmp_path / "needs"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "import idna\n"
+        "def handle(event, context):\n"
+        "    return {'idna': idna.__version__, 'from': idna.__file__,\n"
+        "            'encoded': idna.encode('b\u00fccher.example').decode()}\n")
+    (src / "requirements.txt").write_text("idna\n")
+    out = a.cli("fn", "deploy", "needs", str(src), timeout=600).stdout
+    assert "requirements.txt installed on" in out, out
+    got = json.loads(c.cli("fn", "invoke", "needs").stdout)
+    assert got["encoded"] == "xn--bcher-kva.example" and "/venvs/" in got["from"]
+    status, body = http_post(ADDRESSES[2], "/fn/needs", b"{}")
+    assert status == 200 and json.loads(body)["idna"] == got["idna"]
+    logs = c.cli("fn", "logs", "needs").stdout
+    assert "requirements | requirements.txt installed" in logs, logs
+    # a package the index does not have: one clear error, at deploy and at invoke
+    (src / "requirements.txt").write_text("meshcloud-no-such-package-4242\n")
+    failed = a.cli("fn", "deploy", "needs", str(src), check=False, timeout=600)
+    assert failed.returncode != 0
+    assert "not on the package index" in failed.stderr + failed.stdout
+    bad = c.cli("fn", "invoke", "needs", check=False)
+    assert bad.returncode != 0 and "requirements.txt failed" in bad.stderr + bad.stdout
+    assert "removed function needs" in a.cli("fn", "rm", "needs").stdout
+
+
 def test_bad_uploads_and_deploys_store_nothing(cluster):
     import hashlib
 
