@@ -114,15 +114,22 @@ def cmd_fn(args: argparse.Namespace) -> None:
     if verb == "deploy":
         spec: dict[str, Any] = {"runtime": args.runtime, "handler": args.handler,
                                 "env": args.env or []}
+        if args.image:
+            if args.dir:
+                raise FunctionError("--image IMAGE runs that image: give no DIR")
+            spec = {"image": args.image, "env": args.env or []}
+        elif not args.dir:
+            raise FunctionError("fn deploy needs a DIR (or --image IMAGE)")
         for key in ("timeout", "memory", "concurrency", "idle", "schedule"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
         if args.on_object:
             spec["on_object"] = args.on_object
-        reply = deploy(api, args.name, Path(args.dir), spec)
+        reply = (api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/versions", spec)
+                 if args.image else deploy(api, args.name, Path(args.dir), spec))
         print(f"deployed {args.name} version {reply['current']}: "
               f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
-        if (Path(args.dir) / "requirements.txt").is_file() and not args.no_wait:
+        if args.dir and (Path(args.dir) / "requirements.txt").is_file() and not args.no_wait:
             wait_requirements(api, args.name, int(reply["current"]), args.wait)
     elif verb == "invoke":
         ok, body = invoke(api, args.name, _data(args.data), event=args.async_,
@@ -181,7 +188,7 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for f in fns:
             cur = next(v for v in f["versions"] if v["version"] == f["current"])
             kept = ",".join(str(v["version"]) for v in f["versions"])
-            print(f"{f['name']:20} v{f['current']:<4} {cur['runtime']} {cur['handler']:16} "
+            print(f"{f['name']:20} v{f['current']:<4} {cur['runtime']} {cur['image'] or cur['handler']:16} "
                   f"timeout {cur['timeout_ms'] / 1000:g}s memory "
                   f"{cur['memory_bytes'] >> 20}M concurrency {cur['concurrency']} "
                   f"(kept: {kept})")
@@ -192,8 +199,10 @@ def add_parsers(sub: Any) -> None:
     fsub = p.add_subparsers(dest="fn_command", required=True)
     d = fsub.add_parser("deploy", help="upload a directory as a new version and switch to it")
     d.add_argument("name")
-    d.add_argument("dir")
+    d.add_argument("dir", nargs="?", help="the code (not with --image)")
     d.add_argument("--runtime", default="python", choices=["python"])
+    d.add_argument("--image", help="any language: a container image serving POST / on $PORT "
+                                   "(run by podman, one request per invocation)")
     d.add_argument("--handler", default="main:handle", help="module:function")
     d.add_argument("--env", action="append", metavar="K=V")
     d.add_argument("--timeout", help="per invocation (default 30s)")

@@ -16,6 +16,7 @@ KEEP_VERSIONS = 5
 MAX_BUNDLE = 32 << 20
 MAX_PAYLOAD = 4 << 20
 RUNTIMES = ("python",)
+IMAGE_RUNTIME = "image"
 MAX_TIMEOUT_MS = 15 * 60_000
 MIN_MEMORY = 16 << 20
 MAX_CONCURRENCY = 256
@@ -25,6 +26,7 @@ _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
                       r":[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _SIZE = re.compile(r"^(\d+)([KMG]i?B?|B)?$", re.IGNORECASE)
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
@@ -95,13 +97,20 @@ def build_version(spec: Any, *, version: int, size: int, now_ms: int) -> Functio
     field is a :class:`FunctionError` naming it."""
     if not isinstance(spec, dict):
         raise FunctionError("a deploy is a JSON object")
-    digest = check_sha(spec.get("sha256"))
-    runtime = spec.get("runtime", "python")
-    if runtime not in RUNTIMES:
-        raise FunctionError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
-    handler = spec.get("handler", "main:handle")
-    if not isinstance(handler, str) or not _HANDLER.match(handler):
-        raise FunctionError(f"bad handler {handler!r}: expected module:function")
+    image = spec.get("image") or ""
+    if image:
+        if not isinstance(image, str) or not _IMAGE.match(image) or ".." in image:
+            raise FunctionError(f"bad image reference {str(image)[:100]!r}")
+        digest, runtime, handler, size = "", IMAGE_RUNTIME, "", 0
+    else:
+        digest = check_sha(spec.get("sha256"))
+        runtime = spec.get("runtime", "python")
+        if runtime not in RUNTIMES:
+            raise FunctionError(f"unknown runtime {runtime!r} (known: "
+                                f"{', '.join(RUNTIMES)}, or --image)")
+        handler = spec.get("handler", "main:handle")
+        if not isinstance(handler, str) or not _HANDLER.match(handler):
+            raise FunctionError(f"bad handler {handler!r}: expected module:function")
     timeout_ms = parse_duration_ms(spec.get("timeout", "30s"))
     if timeout_ms > MAX_TIMEOUT_MS:
         raise FunctionError(f"timeout is at most {MAX_TIMEOUT_MS // 60_000} minutes")
@@ -113,9 +122,10 @@ def build_version(spec: Any, *, version: int, size: int, now_ms: int) -> Functio
             or not 1 <= concurrency <= MAX_CONCURRENCY):
         raise FunctionError(f"concurrency must be 1..{MAX_CONCURRENCY}")
     idle_ms = parse_duration_ms(spec.get("idle", "5m"))
-    if not 0 < size <= MAX_BUNDLE:
+    if not image and not 0 < size <= MAX_BUNDLE:
         raise FunctionError(f"a bundle is 1 byte to {MAX_BUNDLE >> 20} MiB")
-    return FunctionVersion(version=version, bundle_key=bundle_key(digest), sha256=digest,
+    return FunctionVersion(version=version, image=image,
+                           bundle_key=bundle_key(digest) if digest else "", sha256=digest,
                            size=size, runtime=runtime, handler=handler,
                            env=check_env(spec.get("env")), timeout_ms=timeout_ms,
                            memory_bytes=memory, concurrency=concurrency, idle_ms=idle_ms,
@@ -207,14 +217,15 @@ def current(record: FunctionRecord) -> FunctionVersion:
 def unused_bundles(records: list[FunctionRecord], removed: FunctionRecord) -> list[str]:
     """Bundle keys of ``removed`` that no other function's kept versions use."""
     used = {v.bundle_key for r in records if r.name != removed.name for v in r.versions}
-    return sorted({v.bundle_key for v in removed.versions} - used)
+    return sorted({v.bundle_key for v in removed.versions if v.bundle_key} - used)
 
 
 def version_json(v: FunctionVersion) -> dict[str, Any]:
     return {"version": v.version, "sha256": v.sha256, "size": v.size, "runtime": v.runtime,
             "handler": v.handler, "env": [e.split("=", 1)[0] for e in v.env],
             "timeout_ms": v.timeout_ms, "memory_bytes": v.memory_bytes,
-            "concurrency": v.concurrency, "idle_ms": v.idle_ms, "created_ms": v.created_ms}
+            "concurrency": v.concurrency, "idle_ms": v.idle_ms, "created_ms": v.created_ms,
+            "image": v.image}
 
 
 def function_json(record: FunctionRecord) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from apps.functions.bundle import unpack
+from apps.functions.containers import ContainerInvokeError, ContainerPool
 from apps.functions.messages import FunctionVersion
 from apps.functions.zygote import SOURCE
 from meshcloud.errors import MeshError
@@ -60,6 +61,10 @@ class InvokeFailed(MeshError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message, code=code)
+
+
+def _no_spawn(job: Callable[[], Awaitable[None]]) -> None:
+    log.warning("no nursery for a background stop: %r", job)
 
 
 def pip_failure(name: str, output: str) -> str:
@@ -314,12 +319,17 @@ class Executor:
 
     def __init__(self, root: Path, read_bundle: Callable[[str], Awaitable[bytes]],
                  identity: Callable[[str], tuple[int, int] | None],
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 containers: Callable[[], Any] | None = None) -> None:
         self.root = root
+        self.containers = containers
+        """The podman runtime for image functions (None, or returning None: none here)."""
+        self.spawn: Callable[[Callable[[], Awaitable[None]]], None] = _no_spawn
+        """Runs container stops in the background (the service sets its nursery's)."""
         self.read_bundle = read_bundle
         self.identity = identity
         self.monotonic = monotonic
-        self.pools: dict[tuple[str, int], Pool] = {}
+        self.pools: dict[tuple[str, int], Pool | ContainerPool] = {}
         self._unpack_lock = trio.Lock()
         self._venv_locks: dict[str, trio.Lock] = {}
         self._venv_failed: dict[str, tuple[float, str]] = {}
@@ -346,19 +356,30 @@ class Executor:
                 await trio.to_thread.run_sync(unpack, data, target)
         return target
 
-    async def pool(self, name: str, spec: FunctionVersion) -> Pool:
+    async def pool(self, name: str, spec: FunctionVersion) -> Pool | ContainerPool:
         key = (name, spec.version)
         pool = self.pools.get(key)
+        if pool is not None and pool.spec == spec:
+            return pool
+        if pool is not None:
+            pool.close()
+        if spec.image:
+            runtime = self.containers() if self.containers is not None else None
+            if runtime is None:
+                raise InvokeFailed("unavailable", f"{name} runs image {spec.image}: this "
+                                                  "node has no podman runtime")
+            pool = ContainerPool(name, spec, runtime, self.spawn,
+                                 env=dict(e.split("=", 1) for e in spec.env),
+                                 monotonic=self.monotonic)
+            self.pools[key] = pool
+            return pool
+        code = await self.code_dir(spec)
+        python = await self.interpreter(name, spec, code)
+        pool = self.pools.get(key)
         if pool is None or pool.spec != spec:
-            if pool is not None:
-                pool.close()
-            code = await self.code_dir(spec)
-            python = await self.interpreter(name, spec, code)
-            pool = self.pools.get(key)
-            if pool is None or pool.spec != spec:
-                pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
-                            self.monotonic, python)
-                self.pools[key] = pool
+            pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
+                        self.monotonic, python)
+            self.pools[key] = pool
         return pool
 
     def log_path(self, name: str) -> Path:
@@ -455,6 +476,13 @@ class Executor:
     async def invoke(self, name: str, spec: FunctionVersion, payload: bytes,
                      request_id: str) -> Result:
         pool = await self.pool(name, spec)
+        if isinstance(pool, ContainerPool):
+            try:
+                body, ctype, cold = await pool.invoke(payload, request_id,
+                                                      spec.timeout_ms / 1000)
+            except ContainerInvokeError as exc:
+                raise InvokeFailed(exc.code, exc.message) from None
+            return Result(body, ctype, cold)
         return await pool.invoke(payload, request_id, spec.timeout_ms / 1000)
 
     def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10,
@@ -494,6 +522,6 @@ class Executor:
 
     def stats(self) -> dict[str, Any]:
         return {f"{n}@{v}": {"instances": p.instances, "invocations": p.invocations,
-                             "cold_starts": p.cold_starts,
+                             "cold_starts": p.cold_starts, "image": p.spec.image,
                              "fork_server": p.proc is not None and p.proc.poll() is None}
                 for (n, v), p in self.pools.items()}

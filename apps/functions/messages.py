@@ -14,7 +14,7 @@ LOGS_PROTOCOL = "/meshcloud/fn/logs/1"
 :class:`LogsReply`."""
 
 
-@message(TagBlock.APPS + 80)
+@message(TagBlock.APPS + 80, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionVersion:
     """One deployed version: the bundle (a tar stored as object ``bundle_key``, its
@@ -33,6 +33,9 @@ class FunctionVersion:
     concurrency: int = 8
     idle_ms: int = 300_000
     created_ms: int = 0
+    image: str = ""
+    """A container image (runtime ``image``): the function is that image's HTTP server
+    on ``$PORT`` (no bundle: ``bundle_key`` and ``sha256`` are empty)."""
 
 
 @message(TagBlock.APPS + 81, version=3)

@@ -152,7 +152,7 @@ class FunctionService(ServiceBase):
     name = "functions"
     events: tuple[str, ...] = ()
 
-    def __init__(self, node: NodeContext, blobs: Any) -> None:
+    def __init__(self, node: NodeContext, blobs: Any, workloads: Any = None) -> None:
         from apps.runtimes.homes import default_homes, ensure_root_dir
         from apps.runtimes.users import UidAllocator, can_switch_user
 
@@ -181,7 +181,13 @@ class FunctionService(ServiceBase):
             base = uids.base_for(f"fn:{name}")
             return base, base
 
-        self.executor = Executor(self.root, self._read_bundle, identity)
+        self.workloads = workloads
+
+        def podman() -> Any:
+            runtimes = getattr(self.workloads, "runtimes", None) or {}
+            return runtimes.get("podman")
+
+        self.executor = Executor(self.root, self._read_bundle, identity, containers=podman)
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
@@ -260,10 +266,14 @@ class FunctionService(ServiceBase):
 
     async def commit(self, name: str, spec: Any) -> dict[str, Any]:
         check_name(name)
-        digest = check_sha(spec.get("sha256") if isinstance(spec, dict) else None)
-        size = await self.bundle_size(digest)
-        if size is None:
-            raise FunctionError(f"bundle {digest[:12]} is not uploaded")
+        if isinstance(spec, dict) and spec.get("image"):
+            size = 0
+        else:
+            digest = check_sha(spec.get("sha256") if isinstance(spec, dict) else None)
+            found = await self.bundle_size(digest)
+            if found is None:
+                raise FunctionError(f"bundle {digest[:12]} is not uploaded")
+            size = found
         old = self.state.get(FUNCTIONS.name, name)
         version = build_version(spec, version=next_version(old), size=size,
                                 now_ms=self.node.clock.wall_ms())
@@ -304,7 +314,17 @@ class FunctionService(ServiceBase):
     # --- invocation ------------------------------------------------------------------------
 
     def ranked(self, name: str) -> list[bytes]:
+        """The nodes that may run ``name``, best first: every live node, or for an image
+        function the live nodes that offer the podman runtime (all, if none does)."""
         view = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        record = self.state.get(FUNCTIONS.name, name)
+        if record is not None and any(v.image for v in record.versions
+                                      if v.version == record.current):
+            from apps.workloads.offers import all_offers
+
+            with_podman = {n for n, offer in all_offers(self.state).items()
+                           if "podman" in offer.runtimes} & view
+            view = with_podman or view
         return rank(view, b"fn:" + name.encode())
 
     async def invoke(self, name: str, payload: bytes, request_id: str = "") -> InvokeReply:
@@ -471,6 +491,7 @@ class FunctionService(ServiceBase):
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                self.executor.spawn = nursery.start_soon
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._object_events)

@@ -32,7 +32,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     workloads = WorkloadService(ctx)
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
     sites = SiteService(ctx, blobs)
-    functions = FunctionService(ctx, blobs)
+    functions = FunctionService(ctx, blobs, workloads)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
     return [workloads, blobs, ingress, sites, functions, DbService(ctx)]

@@ -123,3 +123,23 @@ def test_invoke_messages_round_trip(payload, text, ok):
     assert decode_message(encode_message(req), InvokeRequest) == req
     rep = InvokeReply(ok=ok, body=payload, code=text, message=text, cold=ok, node=b"n" * 32)
     assert decode_message(encode_message(rep), InvokeReply) == rep
+
+
+def test_image_versions_need_no_bundle_and_refuse_bad_references():
+    from apps.functions.core import build_version, unused_bundles, version_json
+
+    v = build_version({"image": "localhost/meshcloud/fn-echo:1", "env": ["A=1"]},
+                      version=1, size=0, now_ms=5)
+    assert (v.image, v.runtime, v.bundle_key, v.sha256, v.handler) == (
+        "localhost/meshcloud/fn-echo:1", "image", "", "", "")
+    assert version_json(v)["image"] == "localhost/meshcloud/fn-echo:1"
+    assert decode_message(encode_message(v), type(v)) == v
+    record = FunctionRecord(name="f", current=1, versions=(v,))
+    assert unused_bundles([], record) == []
+    for bad in ("", " x", "-x", "a b", "x" * 300, "../etc", "a;rm -rf /", 7):
+        if bad == "":
+            continue  # no image: a bundle deploy (and then the sha256 is missing)
+        with pytest.raises(FunctionError, match="bad image"):
+            build_version({"image": bad}, version=1, size=0, now_ms=0)
+    with pytest.raises(FunctionError, match="bad bundle digest"):
+        build_version({"image": ""}, version=1, size=0, now_ms=0)
