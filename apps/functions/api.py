@@ -25,7 +25,10 @@ POST     /v1/functions/{name}/zip?handler=H    a zip archive as a new version (t
                                                current at once
 POST     /v1/functions/{name}/invoke           the body is the event; the reply is the
                                                handler's result (or an error JSON)
-DELETE   /v1/functions/{name}                  the function and its unused bundles
+GET      /v1/functions/{name}/secrets          ``{"secrets": [NAME]}``: names only
+POST     /v1/functions/{name}/secrets          ``{"set": {NAME: value}, "remove": [NAME]}``
+                                               (a name may get secrets before its deploy)
+DELETE   /v1/functions/{name}                  the function, its secrets, unused bundles
 
 A function's JSON carries ``stats`` (invocations, errors, cold starts, p50/p99 duration,
 instances per node, recent invocations) summed over every node's ``fn_stats`` row. A
@@ -167,7 +170,14 @@ def routes(fns: FunctionService) -> list[Route]:
             spec["concurrency"] = int(concurrency)
         return JSONResponse(await fns.commit(name, spec), status_code=201)
 
+    async def fn_secrets(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "GET":
+            return JSONResponse({"name": name, "secrets": fns.secrets.names(check_name(name))})
+        return JSONResponse(fns.set_secrets(name, await read_json(request)))
+
     return [Route("/v1/functions", listing, methods=["GET"]),
+            Route("/v1/functions/{name}/secrets", fn_secrets, methods=["GET", "POST"]),
             Route("/v1/functions/{name}/logs", logs, methods=["GET"]),
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
             Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),

@@ -1,5 +1,5 @@
 """CLI verbs of the functions service: ``meshcloud fn deploy|invoke|logs|ls|rm|rollback``,
-``fn schedule|ticks|invocations``.
+``fn schedule|ticks|invocations|secret|key``.
 
 Registered into :mod:`meshcloud.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -99,6 +99,33 @@ def wait_requirements(api: Any, name: str, version: int, limit: float,
           f"{name}`")
 
 
+def parse_secrets(pairs: list[str]) -> dict[str, str]:
+    """``K=V`` (or ``K=@FILE``: the file's text, so the value stays out of the shell's
+    history and the process list)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FunctionError(f"bad secret {key[:40]!r}: expected NAME=VALUE or "
+                                "NAME=@FILE")
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text().rstrip("\n")
+            except OSError as exc:
+                raise FunctionError(f"secret {key}: cannot read {value[1:]}: "
+                                    f"{exc.strerror}") from None
+        out[key] = value
+    return out
+
+
+def put_secrets(api: Any, name: str, set_: dict[str, str], remove: list[str]
+                ) -> list[str]:
+    check_name(name)
+    reply = api.post(f"/v1/functions/{urllib.parse.quote(name)}/secrets",
+                     {"set": set_, "remove": remove})
+    return list(reply["secrets"])
+
+
 def _data(arg: str | None) -> bytes:
     if arg is None:
         return b""
@@ -125,6 +152,8 @@ def cmd_fn(args: argparse.Namespace) -> None:
                 spec[key] = getattr(args, key)
         if args.on_object:
             spec["on_object"] = args.on_object
+        if args.secret:  # before the version: its first instances have them
+            put_secrets(api, args.name, parse_secrets(args.secret), [])
         reply = (api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/versions", spec)
                  if args.image else deploy(api, args.name, Path(args.dir), spec))
         print(f"deployed {args.name} version {reply['current']}: "
@@ -171,6 +200,15 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for r in rows:
             print(f"{r['tick']}  {r['state']:8} term {r['term']:<4} {r['node'][:12]}  "
                   f"{'ok' if r['ok'] else r['message']}")
+    elif verb == "secret":
+        if args.secret_command == "set":
+            names = put_secrets(api, args.name, parse_secrets(args.pairs), [])
+        elif args.secret_command == "rm":
+            names = put_secrets(api, args.name, {}, list(args.keys))
+        else:
+            names = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/secrets"
+                            )["secrets"]
+        print(f"{args.name} secrets: {', '.join(names) if names else '(none)'}")
     elif verb == "rollback":
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
@@ -188,7 +226,8 @@ def cmd_fn(args: argparse.Namespace) -> None:
         for f in fns:
             cur = next(v for v in f["versions"] if v["version"] == f["current"])
             kept = ",".join(str(v["version"]) for v in f["versions"])
-            print(f"{f['name']:20} v{f['current']:<4} {cur['runtime']} {cur['image'] or cur['handler']:16} "
+            what = cur["image"] or cur["handler"]
+            print(f"{f['name']:20} v{f['current']:<4} {cur['runtime']} {what:16} "
                   f"timeout {cur['timeout_ms'] / 1000:g}s memory "
                   f"{cur['memory_bytes'] >> 20}M concurrency {cur['concurrency']} "
                   f"(kept: {kept})")
@@ -205,6 +244,9 @@ def add_parsers(sub: Any) -> None:
                                    "(run by podman, one request per invocation)")
     d.add_argument("--handler", default="main:handle", help="module:function")
     d.add_argument("--env", action="append", metavar="K=V")
+    d.add_argument("--secret", action="append", metavar="K=V",
+                   help="a secret in the environment (encrypted in the mesh's state, "
+                        "never shown); K=@FILE reads the value from a file")
     d.add_argument("--timeout", help="per invocation (default 30s)")
     d.add_argument("--memory", help="per instance (default 128M)")
     d.add_argument("--concurrency", type=int, help="instances per node (default 8)")
@@ -235,6 +277,16 @@ def add_parsers(sub: Any) -> None:
     lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
     lg.add_argument("name")
     lg.add_argument("--lines", type=int, default=100)
+    se = fsub.add_parser("secret", help="a function's secrets (values are never shown)")
+    ssub = se.add_subparsers(dest="secret_command", required=True)
+    ss = ssub.add_parser("set", help="set secrets: NAME K=V [K=@FILE ...]")
+    ss.add_argument("name")
+    ss.add_argument("pairs", nargs="+", metavar="K=V")
+    sr = ssub.add_parser("rm", help="remove secrets: NAME K [K ...]")
+    sr.add_argument("name")
+    sr.add_argument("keys", nargs="+", metavar="K")
+    sl = ssub.add_parser("ls", help="the names of a function's secrets")
+    sl.add_argument("name")
     r = fsub.add_parser("rollback", help="run an earlier version again")
     r.add_argument("name")
     r.add_argument("--to", type=int, metavar="VERSION")

@@ -157,6 +157,8 @@ class Pool:
     monotonic: Callable[[], float] = time.monotonic
     python: str = ""
     """The interpreter of the fork server: a requirements venv's, or the plain one."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Added to the fork server's environment (never logged)."""
     idle: list[Instance] = field(default_factory=list)
     busy: set[Instance] = field(default_factory=set)
     proc: Any = None
@@ -192,6 +194,7 @@ class Pool:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                "HOME": str(self.code_dir), "PYTHONDONTWRITEBYTECODE": "1"}
         env.update(e.split("=", 1) for e in self.spec.env)  # type: ignore[misc]
+        env.update(self.secrets)
         env.update(FN_CTL=str(theirs.fileno()), FN_HANDLER=self.spec.handler,
                    FN_LIMITS=json.dumps(self.limits()), FN_NAME=self.name,
                    FN_VERSION=str(self.spec.version))
@@ -324,6 +327,9 @@ class Executor:
         self.root = root
         self.containers = containers
         """The podman runtime for image functions (None, or returning None: none here)."""
+        self.secret_env: Callable[[str], dict[str, str]] = lambda name: {}
+        """A function's secrets, added to its instances' environment (the service sets
+        it; an error when this node cannot open them)."""
         self.spawn: Callable[[Callable[[], Awaitable[None]]], None] = _no_spawn
         """Runs container stops in the background (the service sets its nursery's)."""
         self.read_bundle = read_bundle
@@ -369,18 +375,32 @@ class Executor:
                 raise InvokeFailed("unavailable", f"{name} runs image {spec.image}: this "
                                                   "node has no podman runtime")
             pool = ContainerPool(name, spec, runtime, self.spawn,
-                                 env=dict(e.split("=", 1) for e in spec.env),
+                                 env={**dict(e.split("=", 1) for e in spec.env),
+                                      **self._secrets(name)},
                                  monotonic=self.monotonic)
             self.pools[key] = pool
             return pool
         code = await self.code_dir(spec)
         python = await self.interpreter(name, spec, code)
+        secrets = self._secrets(name)
         pool = self.pools.get(key)
         if pool is None or pool.spec != spec:
             pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
-                        self.monotonic, python)
+                        self.monotonic, python, secrets=secrets)
             self.pools[key] = pool
         return pool
+
+    def _secrets(self, name: str) -> dict[str, str]:
+        try:
+            return self.secret_env(name)
+        except MeshError as exc:
+            raise InvokeFailed("unavailable", str(exc)) from None
+
+    def drop(self, name: str) -> None:
+        """Close every pool of ``name`` (its secrets changed: the next call starts
+        afresh with the new ones)."""
+        for key in [k for k in self.pools if k[0] == name]:
+            self.pools.pop(key).close()
 
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"

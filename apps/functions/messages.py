@@ -164,3 +164,25 @@ class FnNodeStats:
     prepared_state: str = ""
     """installing, ready or failed."""
     prepared_message: str = ""
+
+
+@message(TagBlock.APPS + 97)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FnSecrets:
+    """Row of ``fn_secrets`` (key: function name): the function's secrets, encrypted
+    (XSalsa20-Poly1305) under its data key ``key_id``; only their names in clear."""
+
+    key_id: bytes
+    ciphertext: bytes
+    names: tuple[str, ...] = ()
+    updated_ms: int = 0
+
+
+@message(TagBlock.APPS + 98)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FnSecretKey:
+    """Row of ``fn_secret_keys`` (key: function name, node id): the function's data key
+    ``key_id`` sealed to that node's X25519 key (the one ``ingress_keys`` publishes)."""
+
+    key_id: bytes
+    box: bytes

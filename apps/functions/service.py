@@ -60,10 +60,13 @@ from apps.functions.messages import (
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
 from apps.functions.schedule import due_ticks
+from apps.functions.secrets import FunctionSecrets, check_updates
 from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
     FUNCTIONS,
     QUEUE,
+    SECRET_KEYS,
+    SECRETS,
     STATS,
     TICKS,
     all_functions,
@@ -163,6 +166,10 @@ class FunctionService(ServiceBase):
         self.state.open_table(TICKS)
         self.state.open_table(QUEUE)
         self.state.open_table(STATS)
+        self.state.open_table(SECRETS)
+        self.state.open_table(SECRET_KEYS)
+        self.secrets = self._secrets_of(node)
+        self._secret_marks: dict[str, tuple[bytes, bytes]] = {}
         self.stats = StatsBook()
         self._instances: dict[str, int] = {}
         self._prepared: dict[str, tuple[int, str, str]] = {}
@@ -188,6 +195,7 @@ class FunctionService(ServiceBase):
             return runtimes.get("podman")
 
         self.executor = Executor(self.root, self._read_bundle, identity, containers=podman)
+        self.executor.secret_env = self.secrets.values
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
@@ -202,6 +210,39 @@ class FunctionService(ServiceBase):
         self.ticks_run = 0
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
+
+    @staticmethod
+    def _secrets_of(node: Any) -> FunctionSecrets:
+        """Secrets sealed to the node keys ``ingress_keys`` publishes (the ingress
+        service publishes this node's; the table is opened here if it is not yet)."""
+        from apps.ingress.tables import INGRESS_KEYS, seal_keys
+        from meshcloud.errors import LocalProtocolError
+
+        try:
+            node.state.open_table(INGRESS_KEYS)
+        except LocalProtocolError:
+            pass  # the ingress service opened it
+
+        def revoked() -> set[bytes]:
+            return {subject for kind, subject, _ in node.records.revocations()
+                    if kind == "node"}
+
+        def sealable() -> dict[bytes, bytes]:
+            gone = revoked()
+            return {n: k for n, k in seal_keys(node.state).items() if n not in gone}
+
+        return FunctionSecrets(node.state, node.node_id,
+                               node.datadir.node_key().to_curve25519_private(),
+                               sealable, revoked)
+
+    def set_secrets(self, name: str, body: Any) -> dict[str, Any]:
+        """``{"set": {K: V}, "remove": [K]}`` → the names after (values never leave)."""
+        check_name(name)
+        if not isinstance(body, dict):
+            raise FunctionError('secrets are {"set": {NAME: value}, "remove": [NAME]}')
+        set_, remove = check_updates(body.get("set"), body.get("remove"))
+        names = self.secrets.update(name, set_, remove, self.node.clock.wall_ms())
+        return {"name": name, "secrets": names}
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -260,8 +301,9 @@ class FunctionService(ServiceBase):
         return [self.describe(r) for _, r in sorted(all_functions(self.state).items())]
 
     def describe(self, record: Any) -> dict[str, Any]:
-        """A function's JSON with its metrics over the mesh (``stats``)."""
-        return {**function_json(record),
+        """A function's JSON with its metrics over the mesh (``stats``) and the names
+        of its secrets (never their values)."""
+        return {**function_json(record), "secrets": self.secrets.names(record.name),
                 "stats": merge(node_stats(self.state, record.name))}
 
     async def commit(self, name: str, spec: Any) -> dict[str, Any]:
@@ -300,6 +342,7 @@ class FunctionService(ServiceBase):
         self.state.delete(FUNCTIONS.name, name)
         for node in node_stats(self.state, name):
             self.state.delete(STATS.name, (name, node))
+        self.secrets.remove_all(name)
         self.stats.forget(name)
         others = [r for r in all_functions(self.state).values() if r.name != name]
         removed = 0
@@ -513,6 +556,14 @@ class FunctionService(ServiceBase):
         self.executor.retire(live)
         self.executor.scale_down()
         self.publish_stats(records)
+        self.secrets.reseal()
+        marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
+                 for n in self.secrets.functions() if (r := self.secrets.row(n))}
+        for name in set(marks) | set(self._secret_marks):
+            if marks.get(name) != self._secret_marks.get(name) and name in self._secret_marks:
+                self.executor.drop(name)  # new secrets: instances start afresh
+                self._prewarmed = {k for k in self._prewarmed if k[0] != name}
+        self._secret_marks = marks
         self._prewarmed &= set(live.items())
         for name, record in records.items():
             key = (name, record.current)
@@ -715,7 +766,7 @@ class FunctionService(ServiceBase):
                  "at_ms": r.at_ms, "ok": r.ok, "message": r.message} for t, r in rows]
 
     def tables(self) -> tuple[Any, ...]:
-        return (FUNCTIONS, TICKS, QUEUE, STATS)
+        return (FUNCTIONS, TICKS, QUEUE, STATS, SECRETS, SECRET_KEYS)
 
     def ui_routes(self, ui: Any) -> list[Any]:
         from apps.functions.ui import routes
