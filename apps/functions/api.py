@@ -28,6 +28,10 @@ POST     /v1/functions/{name}/invoke           the body is the event; the reply 
 GET      /v1/functions/{name}/secrets          ``{"secrets": [NAME]}``: names only
 POST     /v1/functions/{name}/secrets          ``{"set": {NAME: value}, "remove": [NAME]}``
                                                (a name may get secrets before its deploy)
+POST     /v1/functions/{name}/keys             ``{"replace": bool}``: a new key for ``POST
+                                               /fn/NAME`` (in the reply only; 4 kept)
+DELETE   /v1/functions/{name}/keys             revoke every key
+POST     /v1/functions/{name}/access           ``{"public": bool}``
 DELETE   /v1/functions/{name}                  the function, its secrets, unused bundles
 
 A function's JSON carries ``stats`` (invocations, errors, cold starts, p50/p99 duration,
@@ -176,7 +180,21 @@ def routes(fns: FunctionService) -> list[Route]:
             return JSONResponse({"name": name, "secrets": fns.secrets.names(check_name(name))})
         return JSONResponse(fns.set_secrets(name, await read_json(request)))
 
+    async def keys(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "DELETE":
+            return JSONResponse(fns.set_access(name, None, revoke_keys=True))
+        body = await read_json(request)
+        return JSONResponse(fns.new_key(name, replace_all=body.get("replace") is True),
+                            status_code=201)
+
+    async def access(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(fns.set_access(request.path_params["name"], body.get("public")))
+
     return [Route("/v1/functions", listing, methods=["GET"]),
+            Route("/v1/functions/{name}/keys", keys, methods=["POST", "DELETE"]),
+            Route("/v1/functions/{name}/access", access, methods=["POST"]),
             Route("/v1/functions/{name}/secrets", fn_secrets, methods=["GET", "POST"]),
             Route("/v1/functions/{name}/logs", logs, methods=["GET"]),
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),

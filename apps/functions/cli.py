@@ -146,18 +146,24 @@ def cmd_fn(args: argparse.Namespace) -> None:
                 raise FunctionError("--image IMAGE runs that image: give no DIR")
             spec = {"image": args.image, "env": args.env or []}
         elif not args.dir:
-            raise FunctionError("fn deploy needs a DIR (or --image IMAGE)")
+            raise FunctionError("fn deploy needs a DIR (or --image IMAGE); options go "
+                                "before NAME or after DIR")
         for key in ("timeout", "memory", "concurrency", "idle", "schedule"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
         if args.on_object:
             spec["on_object"] = args.on_object
+        if args.public is not None:
+            spec["public"] = args.public
         if args.secret:  # before the version: its first instances have them
             put_secrets(api, args.name, parse_secrets(args.secret), [])
         reply = (api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/versions", spec)
                  if args.image else deploy(api, args.name, Path(args.dir), spec))
         print(f"deployed {args.name} version {reply['current']}: "
               f"POST /fn/{args.name} on any node's ingress, or `meshcloud fn invoke`")
+        if not reply.get("public") and not reply.get("keys"):
+            print(f"POST /fn/{args.name} needs a key: `meshcloud fn key {args.name}` "
+                  "(or deploy with --public)")
         if args.dir and (Path(args.dir) / "requirements.txt").is_file() and not args.no_wait:
             wait_requirements(api, args.name, int(reply["current"]), args.wait)
     elif verb == "invoke":
@@ -209,6 +215,21 @@ def cmd_fn(args: argparse.Namespace) -> None:
             names = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/secrets"
                             )["secrets"]
         print(f"{args.name} secrets: {', '.join(names) if names else '(none)'}")
+    elif verb == "key":
+        path = f"/v1/functions/{urllib.parse.quote(args.name)}/keys"
+        if args.revoke_all:
+            reply = api.delete(path)
+            print(f"every key of {args.name} revoked")
+            return
+        reply = api.post(path, {"replace": args.replace})
+        print(reply["key"])
+        print(f"(shown once; send it as `X-Fn-Key: KEY` with POST /fn/{args.name}; "
+              f"{reply['keys']} key(s) open it)", file=sys.stderr)
+    elif verb == "access":
+        reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/access",
+                         {"public": args.mode == "public"})
+        print(f"POST /fn/{args.name} is " + ("public" if reply["public"] else
+                                             f"private ({reply['keys']} key(s))"))
     elif verb == "rollback":
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/rollback",
                          {"to": args.to} if args.to is not None else {})
@@ -244,6 +265,10 @@ def add_parsers(sub: Any) -> None:
                                    "(run by podman, one request per invocation)")
     d.add_argument("--handler", default="main:handle", help="module:function")
     d.add_argument("--env", action="append", metavar="K=V")
+    d.add_argument("--public", action="store_true", default=None,
+                   help="POST /fn/NAME needs no key (default: a key from `fn key`)")
+    d.add_argument("--private", dest="public", action="store_false",
+                   help="POST /fn/NAME needs a key again")
     d.add_argument("--secret", action="append", metavar="K=V",
                    help="a secret in the environment (encrypted in the mesh's state, "
                         "never shown); K=@FILE reads the value from a file")
@@ -277,6 +302,13 @@ def add_parsers(sub: Any) -> None:
     lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
     lg.add_argument("name")
     lg.add_argument("--lines", type=int, default=100)
+    k = fsub.add_parser("key", help="a new key for POST /fn/NAME (printed once)")
+    k.add_argument("name")
+    k.add_argument("--replace", action="store_true", help="revoke the older keys")
+    k.add_argument("--revoke-all", action="store_true", help="revoke every key")
+    ac = fsub.add_parser("access", help="make POST /fn/NAME public or key-only")
+    ac.add_argument("name")
+    ac.add_argument("mode", choices=["public", "private"])
     se = fsub.add_parser("secret", help="a function's secrets (values are never shown)")
     ssub = se.add_subparsers(dest="secret_command", required=True)
     ss = ssub.add_parser("set", help="set secrets: NAME K=V [K=@FILE ...]")

@@ -3,6 +3,8 @@ function (deploy, rollback) and the JSON shape of a function. No I/O."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from dataclasses import replace
 from typing import Any
@@ -151,7 +153,10 @@ def deploy(old: FunctionRecord | None, name: str, version: FunctionVersion) -> F
                           versions=tuple(kept[-KEEP_VERSIONS:]),
                           schedule=old.schedule if old else "",
                           schedule_since_ms=old.schedule_since_ms if old else 0,
-                          on_object=old.on_object if old else ())
+                          on_object=old.on_object if old else (),
+                          public=old.public if old else False,
+                          keys=old.keys if old else (),
+                          secrets_key=old.secrets_key if old else b"")
 
 
 _TRIGGER = re.compile(r"^(created|deleted):([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
@@ -229,6 +234,61 @@ def version_json(v: FunctionVersion) -> dict[str, Any]:
 
 
 def function_json(record: FunctionRecord) -> dict[str, Any]:
-    return {"name": record.name, "current": record.current,
+    return {"name": record.name, "current": record.current, "public": record.public,
+            "keys": len(record.keys),
             "schedule": record.schedule, "on_object": list(record.on_object),
             "versions": [version_json(v) for v in record.versions]}
+
+
+MAX_KEYS = 4
+"""Trigger keys kept per function (a new one beyond that retires the oldest)."""
+KEY_HEADER = "x-fn-key"
+MAX_KEY_LENGTH = 256
+MAX_PRESENTED = 4
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def with_new_key(record: FunctionRecord, key: str, *, replace_all: bool
+                 ) -> FunctionRecord:
+    """The record with ``key`` opening its HTTP trigger (the oldest beyond
+    :data:`MAX_KEYS` retired; ``replace_all``: the only one)."""
+    kept = () if replace_all else record.keys
+    return replace(record, keys=(*kept, key_digest(key))[-MAX_KEYS:])
+
+
+def presented_keys(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The keys a request presents: ``X-Fn-Key`` or ``Authorization: Bearer``
+    (the first :data:`MAX_PRESENTED`)."""
+    out: list[bytes] = []
+    for name, value in headers:
+        name = name.lower()
+        if name == KEY_HEADER.encode():
+            out.append(value.strip())
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            out.append(value[7:].strip())
+        if len(out) >= MAX_PRESENTED:
+            break
+    return out
+
+
+def trigger_denied(record: FunctionRecord, headers: list[tuple[bytes, bytes]]
+                   ) -> tuple[int, str] | None:
+    """Whether ``POST /fn/NAME`` with ``headers`` is refused: None (allowed), or
+    (401, why) without a key, (403, why) with a wrong one. Keys are compared by their
+    SHA-256 in constant time; nothing presented is echoed back."""
+    if record.public:
+        return None
+    presented = presented_keys(headers)
+    if not presented:
+        return 401, (f"{record.name} is not public: send its key in an X-Fn-Key header "
+                     f"(`meshcloud fn key {record.name}` makes one)")
+    for key in presented:
+        if not key or len(key) > MAX_KEY_LENGTH:
+            continue
+        digest = hashlib.sha256(key).hexdigest()
+        if any(hmac.compare_digest(digest, known) for known in record.keys):
+            return None
+    return 403, f"the key does not open {record.name}"

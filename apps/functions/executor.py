@@ -63,6 +63,11 @@ class InvokeFailed(MeshError):
         super().__init__(message, code=code)
 
 
+async def _no_secrets(name: str) -> dict[str, str]:
+    await trio.lowlevel.checkpoint()
+    return {}
+
+
 def _no_spawn(job: Callable[[], Awaitable[None]]) -> None:
     log.warning("no nursery for a background stop: %r", job)
 
@@ -327,7 +332,7 @@ class Executor:
         self.root = root
         self.containers = containers
         """The podman runtime for image functions (None, or returning None: none here)."""
-        self.secret_env: Callable[[str], dict[str, str]] = lambda name: {}
+        self.secret_env: Callable[[str], Awaitable[dict[str, str]]] = _no_secrets
         """A function's secrets, added to its instances' environment (the service sets
         it; an error when this node cannot open them)."""
         self.spawn: Callable[[Callable[[], Awaitable[None]]], None] = _no_spawn
@@ -376,13 +381,13 @@ class Executor:
                                                   "node has no podman runtime")
             pool = ContainerPool(name, spec, runtime, self.spawn,
                                  env={**dict(e.split("=", 1) for e in spec.env),
-                                      **self._secrets(name)},
+                                      **await self._secrets(name)},
                                  monotonic=self.monotonic)
             self.pools[key] = pool
             return pool
         code = await self.code_dir(spec)
         python = await self.interpreter(name, spec, code)
-        secrets = self._secrets(name)
+        secrets = await self._secrets(name)
         pool = self.pools.get(key)
         if pool is None or pool.spec != spec:
             pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
@@ -390,9 +395,9 @@ class Executor:
             self.pools[key] = pool
         return pool
 
-    def _secrets(self, name: str) -> dict[str, str]:
+    async def _secrets(self, name: str) -> dict[str, str]:
         try:
-            return self.secret_env(name)
+            return await self.secret_env(name)
         except MeshError as exc:
             raise InvokeFailed("unavailable", str(exc)) from None
 

@@ -38,7 +38,7 @@ class FunctionVersion:
     on ``$PORT`` (no bundle: ``bundle_key`` and ``sha256`` are empty)."""
 
 
-@message(TagBlock.APPS + 81, version=3)
+@message(TagBlock.APPS + 81, version=4)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionRecord:
     """Row of the ``functions`` table (key: the name). Switching ``current`` is the one
@@ -53,6 +53,14 @@ class FunctionRecord:
     """When the schedule was set: no tick before it runs."""
     on_object: tuple[str, ...] = ()
     """Bucket triggers ``created:BUCKET/PREFIX`` or ``deleted:BUCKET/PREFIX``."""
+    public: bool = False
+    """``POST /fn/NAME`` needs no key."""
+    keys: tuple[str, ...] = ()
+    """SHA-256 (hex) of each key that opens ``POST /fn/NAME`` (the keys themselves are
+    shown once, when made)."""
+    secrets_key: bytes = b""
+    """The key id of its secrets (``fn_secrets``) when it has some: a node whose copy of
+    them is missing or older waits for it before starting an instance."""
 
 
 @message(TagBlock.APPS + 82)

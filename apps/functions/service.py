@@ -39,8 +39,10 @@ from apps.functions.core import (
     function_json,
     next_version,
     rollback,
+    trigger_denied,
     trigger_matches,
     unused_bundles,
+    with_new_key,
     with_schedule,
 )
 from apps.functions.cron import parse_cron
@@ -60,7 +62,7 @@ from apps.functions.messages import (
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
 from apps.functions.schedule import due_ticks
-from apps.functions.secrets import FunctionSecrets, check_updates
+from apps.functions.secrets import FunctionSecrets, SecretsUnavailable, check_updates
 from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
     FUNCTIONS,
@@ -98,10 +100,18 @@ MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 """Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
+SECRETS_WAIT = 5.0
+"""Seconds an instance start waits for a function's secrets to open on this node."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+def check_public(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FunctionError("public is true or false")
+    return value
+
+
 HTTP_STATUS = {"timeout": 504, "memory": 502, "crashed": 502, "error": 502,
                "not_found": 404, "bad_request": 400, "start_failed": 502,
                "unavailable": 503}
@@ -119,7 +129,22 @@ class FunctionHandler:
     async def respond(self, request: HostRequest) -> HostResponse:
         if request.method != "POST":
             return HostResponse(405, [(b"allow", b"POST"), (b"content-length", b"0")])
-        headers = {k.lower(): v for k, v in getattr(request, "headers", ())}
+        raw = list(getattr(request, "headers", ()))
+        try:
+            denied = trigger_denied(self.service.get(self.name), raw)
+        except MeshError as exc:
+            return http_reply(InvokeReply(ok=False, code=exc.code, message=str(exc)))
+        if denied is not None:
+            import json
+
+            status, why = denied
+            body = json.dumps({"error": {"code": "unauthorized" if status == 401
+                                         else "forbidden", "message": why}}).encode() + b"\n"
+            extra = [(b"www-authenticate", b'Bearer realm="fn"')] if status == 401 else []
+            return HostResponse(status, [(b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode()),
+                                         *extra], body)
+        headers = {k.lower(): v for k, v in raw}
         if headers.get(b"x-invocation-type", b"").lower() == b"event":
             import json
 
@@ -195,7 +220,7 @@ class FunctionService(ServiceBase):
             return runtimes.get("podman")
 
         self.executor = Executor(self.root, self._read_bundle, identity, containers=podman)
-        self.executor.secret_env = self.secrets.values
+        self.executor.secret_env = self.secret_values
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
@@ -235,6 +260,27 @@ class FunctionService(ServiceBase):
                                node.datadir.node_key().to_curve25519_private(),
                                sealable, revoked)
 
+    async def secret_values(self, name: str) -> dict[str, str]:
+        """The secrets of ``name`` for its instances; waits a little for the sealed key
+        of a secret set moments ago (its rows may replicate after the function's)."""
+        def expected() -> bool:
+            record = self.state.get(FUNCTIONS.name, name)
+            row = self.secrets.row(name)
+            return not (record is not None and record.secrets_key
+                        and (row is None or row.key_id != record.secrets_key))
+
+        with trio.move_on_after(SECRETS_WAIT):
+            while True:
+                try:
+                    if expected():
+                        return self.secrets.values(name)
+                except SecretsUnavailable:
+                    pass
+                await trio.sleep(0.1)
+        if not expected():
+            raise SecretsUnavailable(f"{name}'s secrets have not reached this node yet")
+        return self.secrets.values(name)
+
     def set_secrets(self, name: str, body: Any) -> dict[str, Any]:
         """``{"set": {K: V}, "remove": [K]}`` → the names after (values never leave)."""
         check_name(name)
@@ -242,6 +288,10 @@ class FunctionService(ServiceBase):
             raise FunctionError('secrets are {"set": {NAME: value}, "remove": [NAME]}')
         set_, remove = check_updates(body.get("set"), body.get("remove"))
         names = self.secrets.update(name, set_, remove, self.node.clock.wall_ms())
+        record = self.state.get(FUNCTIONS.name, name)
+        row = self.secrets.row(name)
+        if record is not None and row is not None and record.secrets_key != row.key_id:
+            self.state.put(FUNCTIONS.name, name, replace(record, secrets_key=row.key_id))
         return {"name": name, "secrets": names}
 
     # --- storage ---------------------------------------------------------------------------
@@ -324,6 +374,11 @@ class FunctionService(ServiceBase):
             record = replace(record, on_object=check_triggers(spec["on_object"]))
         if "schedule" in spec:
             record = with_schedule(record, spec["schedule"], self.node.clock.wall_ms())
+        if "public" in spec:
+            record = replace(record, public=check_public(spec["public"]))
+        secrets_row = self.secrets.row(name)
+        if secrets_row is not None:
+            record = replace(record, secrets_key=secrets_row.key_id)
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
 
@@ -331,6 +386,23 @@ class FunctionService(ServiceBase):
         record = with_schedule(self.get(name), schedule, self.node.clock.wall_ms())
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
+
+    def new_key(self, name: str, replace_all: bool = False) -> dict[str, Any]:
+        """A new key for ``POST /fn/NAME`` (returned once: only its hash is kept)."""
+        key = "fk_" + secrets.token_urlsafe(24)
+        record = with_new_key(self.get(name), key, replace_all=replace_all)
+        self.state.put(FUNCTIONS.name, name, record)
+        return {"name": name, "key": key, "keys": len(record.keys), "public": record.public}
+
+    def set_access(self, name: str, public: Any, revoke_keys: bool = False
+                   ) -> dict[str, Any]:
+        record = self.get(name)
+        if public is not None:
+            record = replace(record, public=check_public(public))
+        if revoke_keys:
+            record = replace(record, keys=())
+        self.state.put(FUNCTIONS.name, name, record)
+        return {"name": name, "public": record.public, "keys": len(record.keys)}
 
     async def rollback(self, name: str, to: int | None) -> dict[str, Any]:
         record = rollback(self.get(name), to)
@@ -560,7 +632,7 @@ class FunctionService(ServiceBase):
         marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
                  for n in self.secrets.functions() if (r := self.secrets.row(n))}
         for name in set(marks) | set(self._secret_marks):
-            if marks.get(name) != self._secret_marks.get(name) and name in self._secret_marks:
+            if marks.get(name) != self._secret_marks.get(name):
                 self.executor.drop(name)  # new secrets: instances start afresh
                 self._prewarmed = {k for k in self._prewarmed if k[0] != name}
         self._secret_marks = marks

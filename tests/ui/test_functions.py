@@ -58,6 +58,7 @@ def test_functions_page_invoke_logs_stats_zip_rollback(mesh, ui, artifacts, tmp_
     card = page.locator('#functions .function[data-function="hello"]')
     expect(card).to_have_attribute("data-current", "2", timeout=10_000)
     expect(card.locator(".version")).to_have_count(2)
+    expect(card.locator(".access")).to_have_text("key only")
 
     page.reload()  # the invoke form lists the functions known when the page rendered
     page.locator("#fn-invoke-name").select_option("hello")

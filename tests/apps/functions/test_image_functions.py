@@ -32,7 +32,8 @@ exec httpd -f -p "${PORT:-8080}" -h /www
 CGI = r"""#!/bin/sh
 body=$(head -c "${CONTENT_LENGTH:-0}")
 case "$body" in
-  *fail*) printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nasked to fail'; exit 0;;
+  *fail*) printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
+          printf 'asked to fail'; exit 0;;
   *sleep*) sleep 3;;
 esac
 printf 'Content-Type: application/json\r\n\r\n'
