@@ -17,9 +17,11 @@ GET      /v1/functions/{name}/invocations      the asynchronous invocations (las
 POST     /v1/functions/{name}/schedule         ``{"schedule": CRON}`` (``""``: none)
 GET      /v1/functions/{name}/ticks            the scheduled ticks recorded (last 50)
 POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
-GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
-         [&request_id=ID]                      log on every live node that has one (with
-                                               ``request_id``: that invocation's lines)
+GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}, "offsets": {node:
+         [&request_id=ID]                      end}}``: the tail of its log on every live
+         [&offsets=NODE:N,...]                 node (``request_id``: that invocation's
+                                               lines; ``offsets``: what each log holds
+                                               past them, for ``fn logs -f``)
 POST     /v1/functions/{name}/zip?handler=H    a zip archive as a new version (the page's
          [&runtime=&memory=&timeout=&...]      upload): converted to a bundle, stored,
                                                current at once
@@ -141,9 +143,18 @@ def routes(fns: FunctionService) -> list[Route]:
         raw = request.query_params.get("lines", "100")
         if not (raw.isascii() and raw.isdigit()):
             raise FunctionError("lines must be a number")
-        return JSONResponse({"nodes": await fns.logs(
+        offsets: dict[str, int] | None = None
+        if "offsets" in request.query_params:
+            offsets = {}
+            for item in request.query_params["offsets"].split(",")[:64]:
+                node, _, at = item.partition(":")
+                if not (at.isascii() and at.isdigit() and len(at) < 19):
+                    raise FunctionError("offsets are NODE:BYTES pairs")
+                offsets[node] = int(at)
+        texts, ends = await fns.read_logs(
             request.path_params["name"], int(raw),
-            request_id=request.query_params.get("request_id", ""))})
+            request_id=request.query_params.get("request_id", ""), offsets=offsets)
+        return JSONResponse({"nodes": texts, "offsets": ends})
 
     async def zip_deploy(request: Request) -> Response:
         from apps.functions.bundle import from_zip

@@ -99,6 +99,31 @@ def wait_requirements(api: Any, name: str, version: int, limit: float,
           f"{name}`")
 
 
+def print_logs(nodes: dict[str, str]) -> None:
+    for node, text in nodes.items():
+        for line in text.splitlines():
+            print(f"{node[:12]}  {line}", flush=True)
+
+
+def follow_logs(api: Any, path: str, offsets: dict[str, int], every: float = 0.5,
+                sleep: Any = time.sleep) -> None:
+    """Print what every node's log gains until interrupted (a node that appears starts
+    at its tail)."""
+    try:
+        while True:
+            sleep(every)
+            query = ",".join(f"{n}:{o}" for n, o in sorted(offsets.items()))
+            try:
+                reply = api.get(path + (f"&offsets={query}" if query else ""))
+            except (MeshError, OSError) as exc:
+                print(f"(logs unavailable: {exc}; retrying)", file=sys.stderr, flush=True)
+                continue
+            print_logs(reply["nodes"])
+            offsets = {**offsets, **reply.get("offsets", {})}
+    except KeyboardInterrupt:
+        return
+
+
 def parse_secrets(pairs: list[str]) -> dict[str, str]:
     """``K=V`` (or ``K=@FILE``: the file's text, so the value stays out of the shell's
     history and the process list)."""
@@ -178,13 +203,13 @@ def cmd_fn(args: argparse.Namespace) -> None:
         except (ValueError, KeyError, TypeError):
             raise MeshError(body.decode(errors="replace"), code="invoke_failed") from None
     elif verb == "logs":
-        nodes = api.get(f"/v1/functions/{urllib.parse.quote(args.name)}/logs"
-                        f"?lines={args.lines}")["nodes"]
-        if not nodes:
+        path = f"/v1/functions/{urllib.parse.quote(args.name)}/logs?lines={args.lines}"
+        reply = api.get(path)
+        if not reply["nodes"] and not args.follow:
             print(f"no log lines of {args.name} on any live node")
-        for node, text in nodes.items():
-            for line in text.splitlines():
-                print(f"{node[:12]}  {line}")
+        print_logs(reply["nodes"])
+        if args.follow:
+            follow_logs(api, path, reply.get("offsets", {}))
     elif verb == "schedule":
         cron = "" if args.cron in ("off", "none") else args.cron
         reply = api.post(f"/v1/functions/{urllib.parse.quote(args.name)}/schedule",
@@ -302,6 +327,8 @@ def add_parsers(sub: Any) -> None:
     lg = fsub.add_parser("logs", help="the tail of its log on every node that ran it")
     lg.add_argument("name")
     lg.add_argument("--lines", type=int, default=100)
+    lg.add_argument("-f", "--follow", action="store_true",
+                    help="keep printing new lines (Ctrl-C stops)")
     k = fsub.add_parser("key", help="a new key for POST /fn/NAME (printed once)")
     k.add_argument("name")
     k.add_argument("--replace", action="store_true", help="revoke the older keys")

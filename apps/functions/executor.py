@@ -531,6 +531,32 @@ class Executor:
         text = every[-lines:] if lines > 0 else []
         return "\n".join(text) + ("\n" if text else "")
 
+    def log_read(self, name: str, offset: int, max_bytes: int = 1 << 20
+                 ) -> tuple[str, int]:
+        """Whole lines of ``name``'s log from byte ``offset`` (a log shorter than that
+        was started afresh: from 0) and the offset after them."""
+        path = self.root / "logs" / f"{name}.log"
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if offset > size:
+                    offset = 0
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            return "", 0
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < max_bytes:
+            return "", offset  # half a line: wait for its end
+        data = data[:cut] if cut else data
+        return data.decode("utf-8", "replace"), offset + len(data)
+
+    def log_end(self, name: str) -> int:
+        try:
+            return (self.root / "logs" / f"{name}.log").stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def retire(self, live: dict[str, int]) -> None:
         """Close pools whose function is gone or whose version is no longer current."""
         for key in [k for k in self.pools if live.get(k[0]) != k[1]]:

@@ -92,12 +92,16 @@ class LogsRequest:
     lines: int
     request_id: str = ""
     """When set: only the lines one invocation wrote (each starts with its id)."""
+    offset: int = -1
+    """≥ 0: what the log holds from this byte on (following it); -1: its tail."""
 
 
-@message(TagBlock.APPS + 85)
+@message(TagBlock.APPS + 85, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogsReply:
     text: str
+    end: int = 0
+    """The byte offset the text ends at (the next read of a follow starts there)."""
 
 
 SCHEDULE_LEASE = "fn-scheduler"

@@ -545,43 +545,68 @@ class FunctionService(ServiceBase):
         """{node id hex: the tail of ``name``'s log there} from every live node that has
         one (instances run on the top node, or on another after a failover); with
         ``request_id``, only that invocation's lines."""
+        return (await self.read_logs(name, lines, request_id))[0]
+
+    async def read_logs(self, name: str, lines: int = 100, request_id: str = "",
+                        offsets: dict[str, int] | None = None
+                        ) -> tuple[dict[str, str], dict[str, int]]:
+        """The logs of ``name`` on every live node: the tail (``lines``), or with
+        ``offsets`` (node hex → byte offset, a follow) what each node's log holds past
+        its offset; and each node's offset after the text returned."""
         self.get(name)
         lines = max(1, min(int(lines), 10_000))
         if request_id and not _REQUEST_ID.match(request_id):
             raise FunctionError(f"bad request id {request_id[:80]!r}")
         out: dict[str, str] = {}
+        ends: dict[str, int] = {}
 
         async def one(node: bytes) -> None:
+            offset = -1 if offsets is None else offsets.get(node.hex(), -1)
+            end = 0
             if node == self.node.node_id:
-                text = self.executor.log_tail(name, lines, request_id=request_id)
+                if offset >= 0:
+                    text, end = self.executor.log_read(name, offset)
+                else:
+                    text = self.executor.log_tail(name, lines, request_id=request_id)
+                    end = self.executor.log_end(name)
             else:
                 try:
                     with trio.fail_after(OPEN_TIMEOUT + 2):
                         stream = await self.node.transport.open_stream(node, LOGS_PROTOCOL)
                         try:
                             await stream.send(encode_message(LogsRequest(
-                                name=name, lines=lines, request_id=request_id)))
-                            text = decode_message(await stream.receive(), LogsReply).text
+                                name=name, lines=lines, request_id=request_id,
+                                offset=offset)))
+                            reply = decode_message(await stream.receive(), LogsReply)
+                            text, end = reply.text, reply.end
                         finally:
                             with trio.move_on_after(1):
                                 await stream.close()
                 except (*_NET, trio.TooSlowError) as exc:
                     text = f"(logs of {node.hex()[:12]} unavailable: {type(exc).__name__})\n"
+                    end = offset  # unchanged: the next read asks again from there
             if text:
                 out[node.hex()] = text
+            if end >= 0:
+                ends[node.hex()] = end
 
         async with trio.open_nursery() as nursery:
             for node in self.ranked(name):
                 nursery.start_soon(one, node)
-        return dict(sorted(out.items()))
+        return dict(sorted(out.items())), dict(sorted(ends.items()))
 
     async def _serve_logs(self, stream: Any) -> None:
         try:
             request = decode_message(await stream.receive(), LogsRequest)
             rid = request.request_id if _REQUEST_ID.match(request.request_id) else ""
-            text = self.executor.log_tail(check_name(request.name),
-                                          max(1, min(request.lines, 10_000)), request_id=rid)
-            await stream.send(encode_message(LogsReply(text=text)))
+            name = check_name(request.name)
+            if request.offset >= 0:
+                text, end = self.executor.log_read(name, request.offset)
+            else:
+                text = self.executor.log_tail(name, max(1, min(request.lines, 10_000)),
+                                              request_id=rid)
+                end = self.executor.log_end(name)
+            await stream.send(encode_message(LogsReply(text=text, end=end)))
             await stream.close()
         except _NET as exc:
             log.debug("logs request failed: %r", exc)

@@ -267,6 +267,51 @@ def test_secrets_reach_the_instance_only_and_the_trigger_needs_a_key(cluster, tm
     assert b.get("/v1/functions/vault/secrets")["secrets"] == []
 
 
+def test_logs_follow_prints_each_new_line(cluster, tmp_path):
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    a, _, c = cluster.agents
+    src = tmp_path / "chatty"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "def handle(event, context):\n"
+        "    print('said', event['n'])\n"
+        "    return 'ok'\n")
+    a.cli("fn", "deploy", "chatty", str(src))
+    a.cli("fn", "invoke", "chatty", "--data", '{"n": "before"}')
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "meshcloud", "--data-dir", str(c.data_dir), "fn", "logs",
+         "chatty", "-f", "--lines", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, **c.env})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout], daemon=True).start()
+
+    def wait_line(text: str, within: float = 30) -> str:
+        deadline = time.monotonic() + within
+        while True:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    try:
+        assert "said before" in wait_line("said before")  # the tail first
+        for n in ("after-1", "after-2"):
+            a.cli("fn", "invoke", "chatty", "--data", f'{{"n": "{n}"}}')
+            line = wait_line(f"said {n}")
+            assert line.split()[1] != "said" and " | said " in line  # node, request id
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=30) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    a.cli("fn", "rm", "chatty")
+
+
 def test_bad_uploads_and_deploys_store_nothing(cluster):
     import hashlib
 

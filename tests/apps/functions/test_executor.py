@@ -210,3 +210,25 @@ async def test_scale_to_zero_then_cold_start(root):
         assert ex.pools == {}
     finally:
         ex.close()
+
+
+def test_log_read_follows_whole_lines_and_restarts_a_new_log(tmp_path):
+    async def read(key: str) -> bytes:
+        raise AssertionError("no bundle needed")
+
+    ex = Executor(tmp_path, read, lambda name: None)
+    assert ex.log_read("f", 0) == ("", 0) and ex.log_end("f") == 0
+    log = tmp_path / "logs" / "f.log"
+    log.parent.mkdir()
+    log.write_bytes(b"one\ntwo\nhal")
+    text, end = ex.log_read("f", 0)
+    assert text == "one\ntwo\n" and end == 8  # the half line waits for its end
+    assert ex.log_read("f", end) == ("", 8)
+    with open(log, "ab") as fh:
+        fh.write(b"f\nthree\n")
+    assert ex.log_read("f", end) == ("half\nthree\n", 19)
+    assert ex.log_end("f") == 19
+    log.write_bytes(b"new\n")  # a new log, shorter than the offset: from its start
+    assert ex.log_read("f", 19) == ("new\n", 4)
+    log.write_bytes(b"x" * 100)  # one line longer than a read: given as it is
+    assert ex.log_read("f", 0, max_bytes=10) == ("x" * 10, 10)
