@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             wait_until(lambda: all(len([m for m in x.get("/v1/status")["members"]
                                         if m.get("state") == "alive"]) >= 2
                                    for x in (a, b)), 60, message="two members alive")
-            a.cli("fn", "deploy", "echo", str(src), "--concurrency", str(CLIENTS))
-            a.cli("fn", "deploy", "cold", str(src), "--idle", "100ms")
+            a.cli("fn", "deploy", "--public", "echo", str(src), "--concurrency", str(CLIENTS))
+            a.cli("fn", "deploy", "--public", "cold", str(src), "--idle", "100ms")
             wait_until(lambda: len(b.get("/v1/functions")["functions"]) == 2, 30,
                        message="functions replicated")
             hosts = {x.node_id: x.address.rsplit(":", 1)[0] for x in (a, b)}

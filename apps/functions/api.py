@@ -17,25 +17,46 @@ GET      /v1/functions/{name}/invocations      the asynchronous invocations (las
 POST     /v1/functions/{name}/schedule         ``{"schedule": CRON}`` (``""``: none)
 GET      /v1/functions/{name}/ticks            the scheduled ticks recorded (last 50)
 POST     /v1/functions/{name}/rollback         ``{"to": N}`` (default: the one before)
-GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}}``: the tail of its
-                                               log on every live node that has one
+GET      /v1/functions/{name}/logs?lines=N  ``{"nodes": {node: text}, "offsets": {node:
+         [&request_id=ID]                      end}}``: the tail of its log on every live
+         [&offsets=NODE:N,...]                 node (``request_id``: that invocation's
+                                               lines; ``offsets``: what each log holds
+                                               past them, for ``fn logs -f``)
+POST     /v1/functions/{name}/zip?handler=H    a zip archive as a new version (the page's
+         [&runtime=&memory=&timeout=&...]      upload): converted to a bundle, stored,
+                                               current at once
 POST     /v1/functions/{name}/invoke           the body is the event; the reply is the
                                                handler's result (or an error JSON)
-DELETE   /v1/functions/{name}                  the function and its unused bundles
+GET      /v1/functions/{name}/secrets          ``{"secrets": [NAME]}``: names only
+POST     /v1/functions/{name}/secrets          ``{"set": {NAME: value}, "remove": [NAME]}``
+                                               (a name may get secrets before its deploy)
+POST     /v1/functions/{name}/keys             ``{"replace": bool}``: a new key for ``POST
+                                               /fn/NAME`` (in the reply only; 4 kept)
+DELETE   /v1/functions/{name}/keys             revoke every key
+POST     /v1/functions/{name}/access           ``{"public": bool}``
+DELETE   /v1/functions/{name}                  the function, its secrets, unused bundles
+
+A function's JSON carries ``stats`` (invocations, errors, cold starts, p50/p99 duration,
+instances per node, recent invocations) summed over every node's ``fn_stats`` row. A
+synchronous invocation's reply has headers ``X-Fn-Request-Id``, ``X-Fn-Node``,
+``X-Fn-Cold`` and ``X-Fn-Duration-Ms`` (measured by the node that took the call).
 =======  ====================================  ==========================================
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from apps.functions.core import MAX_PAYLOAD, FunctionError, check_name, function_json
+from apps.functions.core import MAX_PAYLOAD, FunctionError, check_name
 from meshcloud.errors import MeshError
 
 if TYPE_CHECKING:
@@ -53,7 +74,7 @@ def routes(fns: FunctionService) -> list[Route]:
         name = request.path_params["name"]
         if request.method == "DELETE":
             return JSONResponse(await fns.remove(name))
-        return JSONResponse(function_json(fns.get(name)))
+        return JSONResponse(fns.describe(fns.get(name)))
 
     async def bundle(request: Request) -> Response:
         digest = request.path_params["sha256"]
@@ -95,8 +116,12 @@ def routes(fns: FunctionService) -> list[Route]:
             ident = fns.enqueue(name, bytes(payload),
                                 request.headers.get("x-invocation-id", ""))
             return JSONResponse({"invocation_id": ident}, status_code=202)
-        reply = await fns.invoke(name, bytes(payload))
-        headers = {"x-fn-cold": "1" if reply.cold else "0", "x-fn-node": reply.node.hex()}
+        request_id = secrets.token_hex(8)
+        started = trio.current_time()
+        reply = await fns.invoke(name, bytes(payload), request_id=request_id)
+        headers = {"x-fn-cold": "1" if reply.cold else "0", "x-fn-node": reply.node.hex(),
+                   "x-fn-request-id": request_id,
+                   "x-fn-duration-ms": f"{(trio.current_time() - started) * 1000:.3f}"}
         if reply.ok:
             return Response(reply.body, media_type=reply.content_type, headers=headers)
         return Response(json.dumps({"error": {"code": reply.code, "message": reply.message}}),
@@ -118,10 +143,70 @@ def routes(fns: FunctionService) -> list[Route]:
         raw = request.query_params.get("lines", "100")
         if not (raw.isascii() and raw.isdigit()):
             raise FunctionError("lines must be a number")
-        return JSONResponse({"nodes": await fns.logs(request.path_params["name"],
-                                                     int(raw))})
+        offsets: dict[str, int] | None = None
+        if "offsets" in request.query_params:
+            offsets = {}
+            for item in request.query_params["offsets"].split(",")[:64]:
+                node, _, at = item.partition(":")
+                if not (at.isascii() and at.isdigit() and len(at) < 19):
+                    raise FunctionError("offsets are NODE:BYTES pairs")
+                offsets[node] = int(at)
+        texts, ends = await fns.read_logs(
+            request.path_params["name"], int(raw),
+            request_id=request.query_params.get("request_id", ""), offsets=offsets)
+        return JSONResponse({"nodes": texts, "offsets": ends})
+
+    async def zip_deploy(request: Request) -> Response:
+        from apps.functions.bundle import from_zip
+        from apps.functions.core import MAX_BUNDLE
+
+        name = check_name(request.path_params["name"])
+        data = bytearray()
+        async for piece in request.stream():
+            data += piece
+            if len(data) > MAX_BUNDLE:
+                raise FunctionError(f"a zip archive is at most {MAX_BUNDLE >> 20} MiB")
+        bundle = await trio.to_thread.run_sync(from_zip, bytes(data))
+        digest = hashlib.sha256(bundle).hexdigest()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield bundle
+
+        if await fns.bundle_size(digest) is None:
+            await fns.upload(digest, len(bundle), body())
+        spec: dict[str, object] = {"sha256": digest}
+        for key in ("handler", "runtime", "memory", "timeout", "idle"):
+            if request.query_params.get(key):
+                spec[key] = request.query_params[key]
+        concurrency = request.query_params.get("concurrency", "")
+        if concurrency:
+            if not (concurrency.isascii() and concurrency.isdigit()):
+                raise FunctionError("concurrency must be a number")
+            spec["concurrency"] = int(concurrency)
+        return JSONResponse(await fns.commit(name, spec), status_code=201)
+
+    async def fn_secrets(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "GET":
+            return JSONResponse({"name": name, "secrets": fns.secrets.names(check_name(name))})
+        return JSONResponse(fns.set_secrets(name, await read_json(request)))
+
+    async def keys(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "DELETE":
+            return JSONResponse(fns.set_access(name, None, revoke_keys=True))
+        body = await read_json(request)
+        return JSONResponse(fns.new_key(name, replace_all=body.get("replace") is True),
+                            status_code=201)
+
+    async def access(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(fns.set_access(request.path_params["name"], body.get("public")))
 
     return [Route("/v1/functions", listing, methods=["GET"]),
+            Route("/v1/functions/{name}/keys", keys, methods=["POST", "DELETE"]),
+            Route("/v1/functions/{name}/access", access, methods=["POST"]),
+            Route("/v1/functions/{name}/secrets", fn_secrets, methods=["GET", "POST"]),
             Route("/v1/functions/{name}/logs", logs, methods=["GET"]),
             Route("/v1/functions/bundles/{sha256}", bundle, methods=["HEAD", "PUT"]),
             Route("/v1/functions/{name}", one, methods=["GET", "DELETE"]),
@@ -130,4 +215,5 @@ def routes(fns: FunctionService) -> list[Route]:
             Route("/v1/functions/{name}/ticks", ticks, methods=["GET"]),
             Route("/v1/functions/{name}/invocations", invocations, methods=["GET"]),
             Route("/v1/functions/{name}/rollback", rollback, methods=["POST"]),
+            Route("/v1/functions/{name}/zip", zip_deploy, methods=["POST"]),
             Route("/v1/functions/{name}/invoke", invoke, methods=["POST"])]

@@ -3,6 +3,8 @@ function (deploy, rollback) and the JSON shape of a function. No I/O."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from dataclasses import replace
 from typing import Any
@@ -16,6 +18,7 @@ KEEP_VERSIONS = 5
 MAX_BUNDLE = 32 << 20
 MAX_PAYLOAD = 4 << 20
 RUNTIMES = ("python",)
+IMAGE_RUNTIME = "image"
 MAX_TIMEOUT_MS = 15 * 60_000
 MIN_MEMORY = 16 << 20
 MAX_CONCURRENCY = 256
@@ -25,6 +28,7 @@ _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
                       r":[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _SIZE = re.compile(r"^(\d+)([KMG]i?B?|B)?$", re.IGNORECASE)
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
@@ -95,13 +99,20 @@ def build_version(spec: Any, *, version: int, size: int, now_ms: int) -> Functio
     field is a :class:`FunctionError` naming it."""
     if not isinstance(spec, dict):
         raise FunctionError("a deploy is a JSON object")
-    digest = check_sha(spec.get("sha256"))
-    runtime = spec.get("runtime", "python")
-    if runtime not in RUNTIMES:
-        raise FunctionError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
-    handler = spec.get("handler", "main:handle")
-    if not isinstance(handler, str) or not _HANDLER.match(handler):
-        raise FunctionError(f"bad handler {handler!r}: expected module:function")
+    image = spec.get("image") or ""
+    if image:
+        if not isinstance(image, str) or not _IMAGE.match(image) or ".." in image:
+            raise FunctionError(f"bad image reference {str(image)[:100]!r}")
+        digest, runtime, handler, size = "", IMAGE_RUNTIME, "", 0
+    else:
+        digest = check_sha(spec.get("sha256"))
+        runtime = spec.get("runtime", "python")
+        if runtime not in RUNTIMES:
+            raise FunctionError(f"unknown runtime {runtime!r} (known: "
+                                f"{', '.join(RUNTIMES)}, or --image)")
+        handler = spec.get("handler", "main:handle")
+        if not isinstance(handler, str) or not _HANDLER.match(handler):
+            raise FunctionError(f"bad handler {handler!r}: expected module:function")
     timeout_ms = parse_duration_ms(spec.get("timeout", "30s"))
     if timeout_ms > MAX_TIMEOUT_MS:
         raise FunctionError(f"timeout is at most {MAX_TIMEOUT_MS // 60_000} minutes")
@@ -113,9 +124,10 @@ def build_version(spec: Any, *, version: int, size: int, now_ms: int) -> Functio
             or not 1 <= concurrency <= MAX_CONCURRENCY):
         raise FunctionError(f"concurrency must be 1..{MAX_CONCURRENCY}")
     idle_ms = parse_duration_ms(spec.get("idle", "5m"))
-    if not 0 < size <= MAX_BUNDLE:
+    if not image and not 0 < size <= MAX_BUNDLE:
         raise FunctionError(f"a bundle is 1 byte to {MAX_BUNDLE >> 20} MiB")
-    return FunctionVersion(version=version, bundle_key=bundle_key(digest), sha256=digest,
+    return FunctionVersion(version=version, image=image,
+                           bundle_key=bundle_key(digest) if digest else "", sha256=digest,
                            size=size, runtime=runtime, handler=handler,
                            env=check_env(spec.get("env")), timeout_ms=timeout_ms,
                            memory_bytes=memory, concurrency=concurrency, idle_ms=idle_ms,
@@ -141,7 +153,10 @@ def deploy(old: FunctionRecord | None, name: str, version: FunctionVersion) -> F
                           versions=tuple(kept[-KEEP_VERSIONS:]),
                           schedule=old.schedule if old else "",
                           schedule_since_ms=old.schedule_since_ms if old else 0,
-                          on_object=old.on_object if old else ())
+                          on_object=old.on_object if old else (),
+                          public=old.public if old else False,
+                          keys=old.keys if old else (),
+                          secrets_key=old.secrets_key if old else b"")
 
 
 _TRIGGER = re.compile(r"^(created|deleted):([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
@@ -207,17 +222,73 @@ def current(record: FunctionRecord) -> FunctionVersion:
 def unused_bundles(records: list[FunctionRecord], removed: FunctionRecord) -> list[str]:
     """Bundle keys of ``removed`` that no other function's kept versions use."""
     used = {v.bundle_key for r in records if r.name != removed.name for v in r.versions}
-    return sorted({v.bundle_key for v in removed.versions} - used)
+    return sorted({v.bundle_key for v in removed.versions if v.bundle_key} - used)
 
 
 def version_json(v: FunctionVersion) -> dict[str, Any]:
     return {"version": v.version, "sha256": v.sha256, "size": v.size, "runtime": v.runtime,
             "handler": v.handler, "env": [e.split("=", 1)[0] for e in v.env],
             "timeout_ms": v.timeout_ms, "memory_bytes": v.memory_bytes,
-            "concurrency": v.concurrency, "idle_ms": v.idle_ms, "created_ms": v.created_ms}
+            "concurrency": v.concurrency, "idle_ms": v.idle_ms, "created_ms": v.created_ms,
+            "image": v.image}
 
 
 def function_json(record: FunctionRecord) -> dict[str, Any]:
-    return {"name": record.name, "current": record.current,
+    return {"name": record.name, "current": record.current, "public": record.public,
+            "keys": len(record.keys),
             "schedule": record.schedule, "on_object": list(record.on_object),
             "versions": [version_json(v) for v in record.versions]}
+
+
+MAX_KEYS = 4
+"""Trigger keys kept per function (a new one beyond that retires the oldest)."""
+KEY_HEADER = "x-fn-key"
+MAX_KEY_LENGTH = 256
+MAX_PRESENTED = 4
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def with_new_key(record: FunctionRecord, key: str, *, replace_all: bool
+                 ) -> FunctionRecord:
+    """The record with ``key`` opening its HTTP trigger (the oldest beyond
+    :data:`MAX_KEYS` retired; ``replace_all``: the only one)."""
+    kept = () if replace_all else record.keys
+    return replace(record, keys=(*kept, key_digest(key))[-MAX_KEYS:])
+
+
+def presented_keys(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The keys a request presents: ``X-Fn-Key`` or ``Authorization: Bearer``
+    (the first :data:`MAX_PRESENTED`)."""
+    out: list[bytes] = []
+    for name, value in headers:
+        name = name.lower()
+        if name == KEY_HEADER.encode():
+            out.append(value.strip())
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            out.append(value[7:].strip())
+        if len(out) >= MAX_PRESENTED:
+            break
+    return out
+
+
+def trigger_denied(record: FunctionRecord, headers: list[tuple[bytes, bytes]]
+                   ) -> tuple[int, str] | None:
+    """Whether ``POST /fn/NAME`` with ``headers`` is refused: None (allowed), or
+    (401, why) without a key, (403, why) with a wrong one. Keys are compared by their
+    SHA-256 in constant time; nothing presented is echoed back."""
+    if record.public:
+        return None
+    presented = presented_keys(headers)
+    if not presented:
+        return 401, (f"{record.name} is not public: send its key in an X-Fn-Key header "
+                     f"(`meshcloud fn key {record.name}` makes one)")
+    for key in presented:
+        if not key or len(key) > MAX_KEY_LENGTH:
+            continue
+        digest = hashlib.sha256(key).hexdigest()
+        if any(hmac.compare_digest(digest, known) for known in record.keys):
+            return None
+    return 403, f"the key does not open {record.name}"

@@ -11,9 +11,11 @@ of memory answers ``memory`` and exits.
 from __future__ import annotations
 
 import array
+import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -28,6 +30,7 @@ from typing import Any
 import trio
 
 from apps.functions.bundle import unpack
+from apps.functions.containers import ContainerInvokeError, ContainerPool
 from apps.functions.messages import FunctionVersion
 from apps.functions.zygote import SOURCE
 from meshcloud.errors import MeshError
@@ -41,6 +44,13 @@ FSIZE = 64 << 20
 EXTRA_PROCESSES = 8
 """RLIMIT_NPROC of an instance: the version's concurrency plus this (its fork server,
 a few children of its own); a fork bomb stops there."""
+REQUIREMENTS = "requirements.txt"
+PIP_TIMEOUT = 600.0
+"""Seconds one ``pip install`` of a bundle's requirements may take."""
+RETRY_FAILED_INSTALL = 60.0
+"""Seconds a failed install is remembered (calls fail at once) before it is tried again."""
+PIP_OUTPUT_TAIL = 12
+"""Lines of pip's output quoted in the error of a failed install."""
 
 
 class InvokeFailed(MeshError):
@@ -51,6 +61,31 @@ class InvokeFailed(MeshError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message, code=code)
+
+
+async def _no_secrets(name: str) -> dict[str, str]:
+    await trio.lowlevel.checkpoint()
+    return {}
+
+
+def _no_spawn(job: Callable[[], Awaitable[None]]) -> None:
+    log.warning("no nursery for a background stop: %r", job)
+
+
+def pip_failure(name: str, output: str) -> str:
+    """One clear line (and pip's own last lines) for a failed install."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    tail = " / ".join(lines[-PIP_OUTPUT_TAIL:])[-1500:]
+    text = output.lower()
+    if any(word in text for word in ("connection", "network is unreachable",
+                                     "name or service not known", "timed out",
+                                     "temporary failure in name resolution")):
+        cause = "the package index is unreachable from this node"
+    elif "no matching distribution" in text or "could not find a version" in text:
+        cause = "a package (or a wheel of it) is not on the package index"
+    else:
+        cause = "pip failed"
+    return f"{name}: installing {REQUIREMENTS} failed: {cause}: {tail}"
 
 
 def python_for_functions() -> str:
@@ -125,6 +160,10 @@ class Pool:
     identity: tuple[int, int] | None
     """(uid, gid) to run as; None keeps the agent's (an unprivileged agent)."""
     monotonic: Callable[[], float] = time.monotonic
+    python: str = ""
+    """The interpreter of the fork server: a requirements venv's, or the plain one."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Added to the fork server's environment (never logged)."""
     idle: list[Instance] = field(default_factory=list)
     busy: set[Instance] = field(default_factory=set)
     proc: Any = None
@@ -160,6 +199,7 @@ class Pool:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                "HOME": str(self.code_dir), "PYTHONDONTWRITEBYTECODE": "1"}
         env.update(e.split("=", 1) for e in self.spec.env)  # type: ignore[misc]
+        env.update(self.secrets)
         env.update(FN_CTL=str(theirs.fileno()), FN_HANDLER=self.spec.handler,
                    FN_LIMITS=json.dumps(self.limits()), FN_NAME=self.name,
                    FN_VERSION=str(self.spec.version))
@@ -172,7 +212,8 @@ class Pool:
         with open(fd, "ab") as logfile:
             try:
                 self.proc = await trio.lowlevel.open_process(
-                    [python_for_functions(), "-I", "-c", SOURCE], cwd=self.code_dir,
+                    [self.python or python_for_functions(), "-I", "-c", SOURCE],
+                    cwd=self.code_dir,
                     env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                     stdout=logfile, stderr=logfile, start_new_session=True, **user)
             finally:
@@ -286,13 +327,30 @@ class Executor:
 
     def __init__(self, root: Path, read_bundle: Callable[[str], Awaitable[bytes]],
                  identity: Callable[[str], tuple[int, int] | None],
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 containers: Callable[[], Any] | None = None) -> None:
         self.root = root
+        self.containers = containers
+        """The podman runtime for image functions (None, or returning None: none here)."""
+        self.secret_env: Callable[[str], Awaitable[dict[str, str]]] = _no_secrets
+        """A function's secrets, added to its instances' environment (the service sets
+        it; an error when this node cannot open them)."""
+        self.spawn: Callable[[Callable[[], Awaitable[None]]], None] = _no_spawn
+        """Runs container stops in the background (the service sets its nursery's)."""
         self.read_bundle = read_bundle
         self.identity = identity
         self.monotonic = monotonic
-        self.pools: dict[tuple[str, int], Pool] = {}
+        self.pools: dict[tuple[str, int], Pool | ContainerPool] = {}
         self._unpack_lock = trio.Lock()
+        self._venv_locks: dict[str, trio.Lock] = {}
+        self._venv_failed: dict[str, tuple[float, str]] = {}
+        self.pip_options: tuple[str, ...] = ()
+        """Extra ``pip install`` options (an index: ``--index-url URL``); pip also reads
+        the agent's ``PIP_*`` environment and pip.conf."""
+        self.venv_builds = 0
+        self.preparing: dict[tuple[str, int], tuple[str, str]] = {}
+        """(function, version) → (state, message) of its requirements install on this
+        node: ``installing``, ``ready`` or ``failed``."""
 
     async def code_dir(self, spec: FunctionVersion) -> Path:
         target = self.root / "code" / spec.sha256
@@ -300,8 +358,6 @@ class Executor:
             return target
         async with self._unpack_lock:
             if not target.is_dir():
-                import hashlib
-
                 data = await self.read_bundle(spec.bundle_key)
                 if hashlib.sha256(data).hexdigest() != spec.sha256:
                     raise InvokeFailed("bad_bundle", f"bundle {spec.sha256[:12]} does not "
@@ -311,38 +367,195 @@ class Executor:
                 await trio.to_thread.run_sync(unpack, data, target)
         return target
 
-    async def pool(self, name: str, spec: FunctionVersion) -> Pool:
+    async def pool(self, name: str, spec: FunctionVersion) -> Pool | ContainerPool:
         key = (name, spec.version)
         pool = self.pools.get(key)
+        if pool is not None and pool.spec == spec:
+            return pool
+        if pool is not None:
+            pool.close()
+        if spec.image:
+            runtime = self.containers() if self.containers is not None else None
+            if runtime is None:
+                raise InvokeFailed("unavailable", f"{name} runs image {spec.image}: this "
+                                                  "node has no podman runtime")
+            pool = ContainerPool(name, spec, runtime, self.spawn,
+                                 env={**dict(e.split("=", 1) for e in spec.env),
+                                      **await self._secrets(name)},
+                                 monotonic=self.monotonic)
+            self.pools[key] = pool
+            return pool
+        code = await self.code_dir(spec)
+        python = await self.interpreter(name, spec, code)
+        secrets = await self._secrets(name)
+        pool = self.pools.get(key)
         if pool is None or pool.spec != spec:
-            if pool is not None:
-                pool.close()
-            code = await self.code_dir(spec)
-            pool = self.pools.get(key)
-            if pool is None or pool.spec != spec:
-                pool = Pool(name, spec, code, self.root / "logs" / f"{name}.log",
-                            self.identity(name), self.monotonic)
-                self.pools[key] = pool
+            pool = Pool(name, spec, code, self.log_path(name), self.identity(name),
+                        self.monotonic, python, secrets=secrets)
+            self.pools[key] = pool
         return pool
+
+    async def _secrets(self, name: str) -> dict[str, str]:
+        try:
+            return await self.secret_env(name)
+        except MeshError as exc:
+            raise InvokeFailed("unavailable", str(exc)) from None
+
+    def drop(self, name: str) -> None:
+        """Close every pool of ``name`` (its secrets changed: the next call starts
+        afresh with the new ones)."""
+        for key in [k for k in self.pools if k[0] == name]:
+            self.pools.pop(key).close()
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    async def interpreter(self, name: str, spec: FunctionVersion, code: Path) -> str:
+        """The Python a version's fork server runs: with a ``requirements.txt`` in its
+        bundle, the ``bin/python`` of a virtual environment holding them (built once
+        per node for each distinct requirements file, kept under
+        ``venvs/SHA256``), else the plain one."""
+        wanted = code / REQUIREMENTS
+        if not wanted.is_file():
+            return ""
+        digest = hashlib.sha256(wanted.read_bytes()).hexdigest()
+        target = self.root / "venvs" / digest
+        python = target / "bin" / "python"
+        if (target / ".ready").exists():
+            self.preparing[(name, spec.version)] = ("ready", "")
+            return str(python)
+        async with self._venv_locks.setdefault(digest, trio.Lock()):
+            if (target / ".ready").exists():
+                self.preparing[(name, spec.version)] = ("ready", "")
+                return str(python)
+            failed = self._venv_failed.get(digest)
+            if failed is not None and self.monotonic() - failed[0] < RETRY_FAILED_INSTALL:
+                raise InvokeFailed("requirements_failed", failed[1])
+            self.preparing[(name, spec.version)] = ("installing", "")
+            try:
+                await self._build_venv(name, wanted, target)
+            except InvokeFailed as exc:
+                self._venv_failed[digest] = (self.monotonic(), exc.message)
+                self.preparing[(name, spec.version)] = ("failed", exc.message)
+                raise
+            self._venv_failed.pop(digest, None)
+            self.preparing[(name, spec.version)] = ("ready", "")
+        return str(python)
+
+    async def _build_venv(self, name: str, wanted: Path, target: Path) -> None:
+        """``python -m venv`` then ``pip install -r`` into ``target`` (made atomically:
+        a half-built venv is never used). Wheels only: nothing of a package runs at
+        install time (the agent installs; functions only read). pip's output goes to
+        the function's log (``requirements | `` lines)."""
+        base = python_for_functions()
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o711)
+        self.venv_builds += 1
+        log_path = self.log_path(name)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._log(log_path, f"installing {REQUIREMENTS} into a new environment")
+        steps = [[base, "-m", "venv", "--without-pip", str(tmp)],
+                 [base, "-m", "pip", "--python", str(tmp / "bin" / "python"), "install",
+                  "--no-input", "--only-binary=:all:", "--progress-bar", "off",
+                  "--no-warn-script-location", *self.pip_options, "-r", str(wanted)]]
+        for argv in steps:
+            try:
+                with trio.fail_after(PIP_TIMEOUT):
+                    done = await trio.run_process(argv, capture_stdout=True,
+                                                  stderr=subprocess.STDOUT, check=False,
+                                                  stdin=subprocess.DEVNULL)
+            except trio.TooSlowError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                message = (f"{name}: installing {REQUIREMENTS} took more than "
+                           f"{PIP_TIMEOUT:.0f} s")
+                self._log(log_path, message)
+                raise InvokeFailed("requirements_failed", message) from None
+            output = done.stdout.decode("utf-8", "replace")
+            self._log(log_path, output)
+            if done.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise InvokeFailed("requirements_failed", pip_failure(name, output))
+        for folder, dirs, files in os.walk(tmp):  # readable by every function's uid
+            for entry in dirs + files:
+                path = os.path.join(folder, entry)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755 if entry in dirs or os.access(path, os.X_OK)
+                             else 0o644)
+        os.chmod(tmp, 0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        (target / ".ready").touch()
+        self._log(log_path, f"{REQUIREMENTS} installed")
+
+    @staticmethod
+    def _log(path: Path, text: str) -> None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"requirements | {line}\n" for line in lines))
 
     async def invoke(self, name: str, spec: FunctionVersion, payload: bytes,
                      request_id: str) -> Result:
         pool = await self.pool(name, spec)
+        if isinstance(pool, ContainerPool):
+            try:
+                body, ctype, cold = await pool.invoke(payload, request_id,
+                                                      spec.timeout_ms / 1000)
+            except ContainerInvokeError as exc:
+                raise InvokeFailed(exc.code, exc.message) from None
+            return Result(body, ctype, cold)
         return await pool.invoke(payload, request_id, spec.timeout_ms / 1000)
 
-    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10) -> str:
-        """The last ``lines`` lines of ``name``'s log on this node ("" if none)."""
+    def log_tail(self, name: str, lines: int, max_bytes: int = 256 << 10,
+                 request_id: str = "") -> str:
+        """The last ``lines`` lines of ``name``'s log on this node ("" if none); with
+        ``request_id``, only the lines that invocation wrote (searched in the last
+        ``4 * max_bytes``)."""
         path = self.root / "logs" / f"{name}.log"
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
-                fh.seek(max(0, size - max_bytes))
+                window = max_bytes * (4 if request_id else 1)
+                fh.seek(max(0, size - window))
                 data = fh.read()
         except FileNotFoundError:
             return ""
-        text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+        every = data.decode("utf-8", "replace").splitlines()
+        if request_id:
+            every = [line for line in every if line.startswith(request_id + " | ")]
+        text = every[-lines:] if lines > 0 else []
         return "\n".join(text) + ("\n" if text else "")
+
+    def log_read(self, name: str, offset: int, max_bytes: int = 1 << 20
+                 ) -> tuple[str, int]:
+        """Whole lines of ``name``'s log from byte ``offset`` (a log shorter than that
+        was started afresh: from 0) and the offset after them."""
+        path = self.root / "logs" / f"{name}.log"
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if offset > size:
+                    offset = 0
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            return "", 0
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < max_bytes:
+            return "", offset  # half a line: wait for its end
+        data = data[:cut] if cut else data
+        return data.decode("utf-8", "replace"), offset + len(data)
+
+    def log_end(self, name: str) -> int:
+        try:
+            return (self.root / "logs" / f"{name}.log").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def retire(self, live: dict[str, int]) -> None:
         """Close pools whose function is gone or whose version is no longer current."""
@@ -360,6 +573,6 @@ class Executor:
 
     def stats(self) -> dict[str, Any]:
         return {f"{n}@{v}": {"instances": p.instances, "invocations": p.invocations,
-                             "cold_starts": p.cold_starts,
+                             "cold_starts": p.cold_starts, "image": p.spec.image,
                              "fork_server": p.proc is not None and p.proc.poll() is None}
                 for (n, v), p in self.pools.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -38,8 +39,10 @@ from apps.functions.core import (
     function_json,
     next_version,
     rollback,
+    trigger_denied,
     trigger_matches,
     unused_bundles,
+    with_new_key,
     with_schedule,
 )
 from apps.functions.cron import parse_cron
@@ -59,11 +62,17 @@ from apps.functions.messages import (
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
 from apps.functions.schedule import due_ticks
+from apps.functions.secrets import FunctionSecrets, SecretsUnavailable, check_updates
+from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
     FUNCTIONS,
     QUEUE,
+    SECRET_KEYS,
+    SECRETS,
+    STATS,
     TICKS,
     all_functions,
+    node_stats,
     queued,
     recorded_ticks,
 )
@@ -91,8 +100,17 @@ MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 """Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
+SECRETS_WAIT = 5.0
+"""Seconds an instance start waits for a function's secrets to open on this node."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+def check_public(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FunctionError("public is true or false")
+    return value
+
 
 HTTP_STATUS = {"timeout": 504, "memory": 502, "crashed": 502, "error": 502,
                "not_found": 404, "bad_request": 400, "start_failed": 502,
@@ -111,7 +129,22 @@ class FunctionHandler:
     async def respond(self, request: HostRequest) -> HostResponse:
         if request.method != "POST":
             return HostResponse(405, [(b"allow", b"POST"), (b"content-length", b"0")])
-        headers = {k.lower(): v for k, v in getattr(request, "headers", ())}
+        raw = list(getattr(request, "headers", ()))
+        try:
+            denied = trigger_denied(self.service.get(self.name), raw)
+        except MeshError as exc:
+            return http_reply(InvokeReply(ok=False, code=exc.code, message=str(exc)))
+        if denied is not None:
+            import json
+
+            status, why = denied
+            body = json.dumps({"error": {"code": "unauthorized" if status == 401
+                                         else "forbidden", "message": why}}).encode() + b"\n"
+            extra = [(b"www-authenticate", b'Bearer realm="fn"')] if status == 401 else []
+            return HostResponse(status, [(b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode()),
+                                         *extra], body)
+        headers = {k.lower(): v for k, v in raw}
         if headers.get(b"x-invocation-type", b"").lower() == b"event":
             import json
 
@@ -147,7 +180,7 @@ class FunctionService(ServiceBase):
     name = "functions"
     events: tuple[str, ...] = ()
 
-    def __init__(self, node: NodeContext, blobs: Any) -> None:
+    def __init__(self, node: NodeContext, blobs: Any, workloads: Any = None) -> None:
         from apps.runtimes.homes import default_homes, ensure_root_dir
         from apps.runtimes.users import UidAllocator, can_switch_user
 
@@ -157,6 +190,14 @@ class FunctionService(ServiceBase):
         self.state.open_table(FUNCTIONS)
         self.state.open_table(TICKS)
         self.state.open_table(QUEUE)
+        self.state.open_table(STATS)
+        self.state.open_table(SECRETS)
+        self.state.open_table(SECRET_KEYS)
+        self.secrets = self._secrets_of(node)
+        self._secret_marks: dict[str, tuple[bytes, bytes]] = {}
+        self.stats = StatsBook()
+        self._instances: dict[str, int] = {}
+        self._prepared: dict[str, tuple[int, str, str]] = {}
         self._in_flight: set[tuple[str, str]] = set()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
@@ -172,7 +213,14 @@ class FunctionService(ServiceBase):
             base = uids.base_for(f"fn:{name}")
             return base, base
 
-        self.executor = Executor(self.root, self._read_bundle, identity)
+        self.workloads = workloads
+
+        def podman() -> Any:
+            runtimes = getattr(self.workloads, "runtimes", None) or {}
+            return runtimes.get("podman")
+
+        self.executor = Executor(self.root, self._read_bundle, identity, containers=podman)
+        self.executor.secret_env = self.secret_values
         self.forwarded = 0
         self.served_remote = 0
         self._prewarmed: set[tuple[str, int]] = set()
@@ -187,6 +235,64 @@ class FunctionService(ServiceBase):
         self.ticks_run = 0
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
+
+    @staticmethod
+    def _secrets_of(node: Any) -> FunctionSecrets:
+        """Secrets sealed to the node keys ``ingress_keys`` publishes (the ingress
+        service publishes this node's; the table is opened here if it is not yet)."""
+        from apps.ingress.tables import INGRESS_KEYS, seal_keys
+        from meshcloud.errors import LocalProtocolError
+
+        try:
+            node.state.open_table(INGRESS_KEYS)
+        except LocalProtocolError:
+            pass  # the ingress service opened it
+
+        def revoked() -> set[bytes]:
+            return {subject for kind, subject, _ in node.records.revocations()
+                    if kind == "node"}
+
+        def sealable() -> dict[bytes, bytes]:
+            gone = revoked()
+            return {n: k for n, k in seal_keys(node.state).items() if n not in gone}
+
+        return FunctionSecrets(node.state, node.node_id,
+                               node.datadir.node_key().to_curve25519_private(),
+                               sealable, revoked)
+
+    async def secret_values(self, name: str) -> dict[str, str]:
+        """The secrets of ``name`` for its instances; waits a little for the sealed key
+        of a secret set moments ago (its rows may replicate after the function's)."""
+        def expected() -> bool:
+            record = self.state.get(FUNCTIONS.name, name)
+            row = self.secrets.row(name)
+            return not (record is not None and record.secrets_key
+                        and (row is None or row.key_id != record.secrets_key))
+
+        with trio.move_on_after(SECRETS_WAIT):
+            while True:
+                try:
+                    if expected():
+                        return self.secrets.values(name)
+                except SecretsUnavailable:
+                    pass
+                await trio.sleep(0.1)
+        if not expected():
+            raise SecretsUnavailable(f"{name}'s secrets have not reached this node yet")
+        return self.secrets.values(name)
+
+    def set_secrets(self, name: str, body: Any) -> dict[str, Any]:
+        """``{"set": {K: V}, "remove": [K]}`` → the names after (values never leave)."""
+        check_name(name)
+        if not isinstance(body, dict):
+            raise FunctionError('secrets are {"set": {NAME: value}, "remove": [NAME]}')
+        set_, remove = check_updates(body.get("set"), body.get("remove"))
+        names = self.secrets.update(name, set_, remove, self.node.clock.wall_ms())
+        record = self.state.get(FUNCTIONS.name, name)
+        row = self.secrets.row(name)
+        if record is not None and row is not None and record.secrets_key != row.key_id:
+            self.state.put(FUNCTIONS.name, name, replace(record, secrets_key=row.key_id))
+        return {"name": name, "secrets": names}
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -242,14 +348,24 @@ class FunctionService(ServiceBase):
         return record
 
     def overview(self) -> list[dict[str, Any]]:
-        return [function_json(r) for _, r in sorted(all_functions(self.state).items())]
+        return [self.describe(r) for _, r in sorted(all_functions(self.state).items())]
+
+    def describe(self, record: Any) -> dict[str, Any]:
+        """A function's JSON with its metrics over the mesh (``stats``) and the names
+        of its secrets (never their values)."""
+        return {**function_json(record), "secrets": self.secrets.names(record.name),
+                "stats": merge(node_stats(self.state, record.name))}
 
     async def commit(self, name: str, spec: Any) -> dict[str, Any]:
         check_name(name)
-        digest = check_sha(spec.get("sha256") if isinstance(spec, dict) else None)
-        size = await self.bundle_size(digest)
-        if size is None:
-            raise FunctionError(f"bundle {digest[:12]} is not uploaded")
+        if isinstance(spec, dict) and spec.get("image"):
+            size = 0
+        else:
+            digest = check_sha(spec.get("sha256") if isinstance(spec, dict) else None)
+            found = await self.bundle_size(digest)
+            if found is None:
+                raise FunctionError(f"bundle {digest[:12]} is not uploaded")
+            size = found
         old = self.state.get(FUNCTIONS.name, name)
         version = build_version(spec, version=next_version(old), size=size,
                                 now_ms=self.node.clock.wall_ms())
@@ -258,6 +374,11 @@ class FunctionService(ServiceBase):
             record = replace(record, on_object=check_triggers(spec["on_object"]))
         if "schedule" in spec:
             record = with_schedule(record, spec["schedule"], self.node.clock.wall_ms())
+        if "public" in spec:
+            record = replace(record, public=check_public(spec["public"]))
+        secrets_row = self.secrets.row(name)
+        if secrets_row is not None:
+            record = replace(record, secrets_key=secrets_row.key_id)
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
 
@@ -265,6 +386,23 @@ class FunctionService(ServiceBase):
         record = with_schedule(self.get(name), schedule, self.node.clock.wall_ms())
         self.state.put(FUNCTIONS.name, name, record)
         return function_json(record)
+
+    def new_key(self, name: str, replace_all: bool = False) -> dict[str, Any]:
+        """A new key for ``POST /fn/NAME`` (returned once: only its hash is kept)."""
+        key = "fk_" + secrets.token_urlsafe(24)
+        record = with_new_key(self.get(name), key, replace_all=replace_all)
+        self.state.put(FUNCTIONS.name, name, record)
+        return {"name": name, "key": key, "keys": len(record.keys), "public": record.public}
+
+    def set_access(self, name: str, public: Any, revoke_keys: bool = False
+                   ) -> dict[str, Any]:
+        record = self.get(name)
+        if public is not None:
+            record = replace(record, public=check_public(public))
+        if revoke_keys:
+            record = replace(record, keys=())
+        self.state.put(FUNCTIONS.name, name, record)
+        return {"name": name, "public": record.public, "keys": len(record.keys)}
 
     async def rollback(self, name: str, to: int | None) -> dict[str, Any]:
         record = rollback(self.get(name), to)
@@ -274,6 +412,10 @@ class FunctionService(ServiceBase):
     async def remove(self, name: str) -> dict[str, Any]:
         record = self.get(name)
         self.state.delete(FUNCTIONS.name, name)
+        for node in node_stats(self.state, name):
+            self.state.delete(STATS.name, (name, node))
+        self.secrets.remove_all(name)
+        self.stats.forget(name)
         others = [r for r in all_functions(self.state).values() if r.name != name]
         removed = 0
         for key in unused_bundles(others, record):
@@ -287,7 +429,17 @@ class FunctionService(ServiceBase):
     # --- invocation ------------------------------------------------------------------------
 
     def ranked(self, name: str) -> list[bytes]:
+        """The nodes that may run ``name``, best first: every live node, or for an image
+        function the live nodes that offer the podman runtime (all, if none does)."""
         view = set(self.node.alive_peer_ids()) | {self.node.node_id}
+        record = self.state.get(FUNCTIONS.name, name)
+        if record is not None and any(v.image for v in record.versions
+                                      if v.version == record.current):
+            from apps.workloads.offers import all_offers
+
+            with_podman = {n for n, offer in all_offers(self.state).items()
+                           if "podman" in offer.runtimes} & view
+            view = with_podman or view
         return rank(view, b"fn:" + name.encode())
 
     async def invoke(self, name: str, payload: bytes, request_id: str = "") -> InvokeReply:
@@ -343,6 +495,16 @@ class FunctionService(ServiceBase):
 
     async def run_local(self, name: str, version: int, payload: bytes, request_id: str
                         ) -> InvokeReply:
+        started = trio.current_time()
+        reply = await self._run_local(name, version, payload, request_id)
+        if reply.code != "not_found":
+            self.stats.record(name, request_id=request_id, at_ms=self.node.clock.wall_ms(),
+                              duration_us=int((trio.current_time() - started) * 1e6),
+                              ok=reply.ok, code=reply.code, cold=reply.cold, version=version)
+        return reply
+
+    async def _run_local(self, name: str, version: int, payload: bytes, request_id: str
+                         ) -> InvokeReply:
         try:
             record = self.get(name)
             spec = next((v for v in record.versions if v.version == version), None)
@@ -378,43 +540,73 @@ class FunctionService(ServiceBase):
 
     # --- logs ------------------------------------------------------------------------------
 
-    async def logs(self, name: str, lines: int = 100) -> dict[str, str]:
+    async def logs(self, name: str, lines: int = 100, request_id: str = ""
+                   ) -> dict[str, str]:
         """{node id hex: the tail of ``name``'s log there} from every live node that has
-        one (instances run on the top node, or on another after a failover)."""
+        one (instances run on the top node, or on another after a failover); with
+        ``request_id``, only that invocation's lines."""
+        return (await self.read_logs(name, lines, request_id))[0]
+
+    async def read_logs(self, name: str, lines: int = 100, request_id: str = "",
+                        offsets: dict[str, int] | None = None
+                        ) -> tuple[dict[str, str], dict[str, int]]:
+        """The logs of ``name`` on every live node: the tail (``lines``), or with
+        ``offsets`` (node hex → byte offset, a follow) what each node's log holds past
+        its offset; and each node's offset after the text returned."""
         self.get(name)
         lines = max(1, min(int(lines), 10_000))
+        if request_id and not _REQUEST_ID.match(request_id):
+            raise FunctionError(f"bad request id {request_id[:80]!r}")
         out: dict[str, str] = {}
+        ends: dict[str, int] = {}
 
         async def one(node: bytes) -> None:
+            offset = -1 if offsets is None else offsets.get(node.hex(), -1)
+            end = 0
             if node == self.node.node_id:
-                text = self.executor.log_tail(name, lines)
+                if offset >= 0:
+                    text, end = self.executor.log_read(name, offset)
+                else:
+                    text = self.executor.log_tail(name, lines, request_id=request_id)
+                    end = self.executor.log_end(name)
             else:
                 try:
                     with trio.fail_after(OPEN_TIMEOUT + 2):
                         stream = await self.node.transport.open_stream(node, LOGS_PROTOCOL)
                         try:
-                            await stream.send(encode_message(LogsRequest(name=name,
-                                                                         lines=lines)))
-                            text = decode_message(await stream.receive(), LogsReply).text
+                            await stream.send(encode_message(LogsRequest(
+                                name=name, lines=lines, request_id=request_id,
+                                offset=offset)))
+                            reply = decode_message(await stream.receive(), LogsReply)
+                            text, end = reply.text, reply.end
                         finally:
                             with trio.move_on_after(1):
                                 await stream.close()
                 except (*_NET, trio.TooSlowError) as exc:
                     text = f"(logs of {node.hex()[:12]} unavailable: {type(exc).__name__})\n"
+                    end = offset  # unchanged: the next read asks again from there
             if text:
                 out[node.hex()] = text
+            if end >= 0:
+                ends[node.hex()] = end
 
         async with trio.open_nursery() as nursery:
             for node in self.ranked(name):
                 nursery.start_soon(one, node)
-        return dict(sorted(out.items()))
+        return dict(sorted(out.items())), dict(sorted(ends.items()))
 
     async def _serve_logs(self, stream: Any) -> None:
         try:
             request = decode_message(await stream.receive(), LogsRequest)
-            text = self.executor.log_tail(check_name(request.name),
-                                          max(1, min(request.lines, 10_000)))
-            await stream.send(encode_message(LogsReply(text=text)))
+            rid = request.request_id if _REQUEST_ID.match(request.request_id) else ""
+            name = check_name(request.name)
+            if request.offset >= 0:
+                text, end = self.executor.log_read(name, request.offset)
+            else:
+                text = self.executor.log_tail(name, max(1, min(request.lines, 10_000)),
+                                              request_id=rid)
+                end = self.executor.log_end(name)
+            await stream.send(encode_message(LogsReply(text=text, end=end)))
             await stream.close()
         except _NET as exc:
             log.debug("logs request failed: %r", exc)
@@ -439,6 +631,7 @@ class FunctionService(ServiceBase):
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                self.executor.spawn = nursery.start_soon
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._object_events)
@@ -459,6 +652,15 @@ class FunctionService(ServiceBase):
         live = {n: r.current for n, r in records.items()}
         self.executor.retire(live)
         self.executor.scale_down()
+        self.publish_stats(records)
+        self.secrets.reseal()
+        marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
+                 for n in self.secrets.functions() if (r := self.secrets.row(n))}
+        for name in set(marks) | set(self._secret_marks):
+            if marks.get(name) != self._secret_marks.get(name):
+                self.executor.drop(name)  # new secrets: instances start afresh
+                self._prewarmed = {k for k in self._prewarmed if k[0] != name}
+        self._secret_marks = marks
         self._prewarmed &= set(live.items())
         for name, record in records.items():
             key = (name, record.current)
@@ -466,6 +668,32 @@ class FunctionService(ServiceBase):
                 continue
             self._prewarmed.add(key)
             nursery.start_soon(self._prewarm, name, current(record))
+
+    def publish_stats(self, records: dict[str, Any]) -> None:
+        """Write this node's ``fn_stats`` row of each function whose counters or
+        instance count changed since the last pass."""
+        instances: dict[str, int] = {}
+        for (name, _), pool in self.executor.pools.items():
+            instances[name] = instances.get(name, 0) + pool.instances
+        for name in set(instances) | set(self._instances):
+            if instances.get(name, 0) != self._instances.get(name, 0):
+                self.stats.mark(name)
+        self._instances = instances
+        prepared: dict[str, tuple[int, str, str]] = {}
+        for name, record in records.items():
+            state = self.executor.preparing.get((name, record.current))
+            if state is not None:
+                prepared[name] = (record.current, *state)
+            if prepared.get(name) != self._prepared.get(name):
+                self.stats.mark(name)
+        self._prepared = prepared
+        for name in self.stats.dirty():
+            if name not in records:
+                self.stats.forget(name)
+                continue
+            self.state.put(STATS.name, (name, self.node.node_id), self.stats.row(
+                name, instances=instances.get(name, 0), now_ms=self.node.clock.wall_ms(),
+                prepared=prepared.get(name, (0, "", ""))))
 
     async def _prewarm(self, name: str, spec: Any) -> None:
         try:
@@ -635,7 +863,15 @@ class FunctionService(ServiceBase):
                  "at_ms": r.at_ms, "ok": r.ok, "message": r.message} for t, r in rows]
 
     def tables(self) -> tuple[Any, ...]:
-        return (FUNCTIONS, TICKS)
+        return (FUNCTIONS, TICKS, QUEUE, STATS, SECRETS, SECRET_KEYS)
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from apps.functions.ui import routes
+
+        return routes(ui, self)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("functions", "Functions", "/ui/functions", True)]
 
     def api_routes(self) -> list[Any]:
         from apps.functions.api import routes

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.functions.messages import FunctionRecord, QueuedInvocation, TickRecord
+from apps.functions.messages import (
+    FnNodeStats,
+    FnSecretKey,
+    FnSecrets,
+    FunctionRecord,
+    QueuedInvocation,
+    TickRecord,
+)
 from meshcloud.state.schema import TableSchema, record_codec
 
 _enc, _dec = record_codec(FunctionRecord)
@@ -38,3 +45,32 @@ def queued(state: Any, name: str | None = None) -> list[tuple[str, str, QueuedIn
     rows = state.scan(QUEUE.name, (name,)) if name else state.scan(QUEUE.name)
     return [(k[0], k[1], v) for k, v in rows
             if v is not None and len(k) == 2 and isinstance(k[1], str)]
+
+
+_senc, _sdec = record_codec(FnNodeStats)
+STATS: TableSchema[FnNodeStats] = TableSchema(
+    "fn_stats", partition=(str,), sort=(bytes,), encode=_senc, decode=_sdec,
+    max_value_bytes=16 << 10, expires_after_ms=7 * 24 * 3_600_000)
+"""Per-node invocation metrics (key: function name, node id)."""
+
+
+def node_stats(state: Any, name: str) -> dict[bytes, FnNodeStats]:
+    return {k[1]: v for k, v in state.scan(STATS.name, (name,))
+            if v is not None and len(k) == 2 and isinstance(k[1], bytes)}
+
+
+_xenc, _xdec = record_codec(FnSecrets)
+SECRETS: TableSchema[FnSecrets] = TableSchema(
+    "fn_secrets", partition=(str,), encode=_xenc, decode=_xdec, max_value_bytes=48 << 10)
+"""Encrypted secrets per function (key: function name)."""
+
+_kenc, _kdec = record_codec(FnSecretKey)
+SECRET_KEYS: TableSchema[FnSecretKey] = TableSchema(
+    "fn_secret_keys", partition=(str,), sort=(bytes,), encode=_kenc, decode=_kdec,
+    max_value_bytes=1024)
+"""A function's data key sealed to each node (key: function name, node id)."""
+
+
+def secret_keys(state: Any, name: str) -> dict[bytes, FnSecretKey]:
+    return {k[1]: v for k, v in state.scan(SECRET_KEYS.name, (name,))
+            if v is not None and len(k) == 2 and isinstance(k[1], bytes)}

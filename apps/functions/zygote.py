@@ -13,6 +13,10 @@ Invocation frames on an instance socket: 8-byte header (two big-endian u32: head
 length, body length), a JSON header, the body. Request header ``{"id", "deadline"}``
 (wall-clock seconds); reply header ``{"ok", "type"}`` or ``{"ok": false, "code",
 "message"}``.
+
+While an instance runs an invocation, every line it writes to stdout or stderr (prints,
+the context's logger) starts with the request id and `` | ``: ``fn logs --request``
+and the Functions page find one invocation's lines by it.
 """
 
 SOURCE = r'''
@@ -73,12 +77,40 @@ def send(sock, header, body=b""):
     head = json.dumps(header).encode()
     sock.sendall(struct.pack(">II", len(head), len(body)) + head + body)
 
+class Tagged:
+    """A text stream that starts every line written during an invocation with the
+    invocation's request id (``ID | line``), so its lines can be found in the log."""
+    current = ""
+    def __init__(self, raw):
+        self.raw = raw
+        self.fresh = True
+    def write(self, text):
+        if not text:
+            return 0
+        out = []
+        for piece in text.splitlines(True):
+            if self.fresh and Tagged.current:
+                out.append(Tagged.current + " | ")
+            out.append(piece)
+            self.fresh = piece.endswith("\n")
+        self.raw.write("".join(out))
+        self.raw.flush()
+        return len(text)
+    def flush(self):
+        self.raw.flush()
+    def isatty(self):
+        return False
+    def fileno(self):
+        return self.raw.fileno()
+
 def instance(sock, handler, limits):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     cpu_seconds = limits.pop("cpu_seconds")
     for name, value in limits.items():
         which = getattr(resource, name)
         resource.setrlimit(which, (value, value))
+    sys.stdout = Tagged(sys.stdout)
+    sys.stderr = Tagged(sys.stderr)
     import logging
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -95,6 +127,7 @@ def instance(sock, handler, limits):
         except ValueError:
             event = body
         ctx = Context(header["id"], header["deadline"], logger)
+        Tagged.current = "".join(c for c in str(header["id"]) if c.isalnum() or c in "-_.")
         usage = resource.getrusage(resource.RUSAGE_SELF)
         spent = int(usage.ru_utime + usage.ru_stime)
         resource.setrlimit(resource.RLIMIT_CPU,
@@ -117,6 +150,11 @@ def instance(sock, handler, limits):
             logger.error("invocation %s failed:\n%s", header["id"], traceback.format_exc())
             send(sock, {"ok": False, "code": "error",
                         "message": ("%s: %s" % (type(exc).__name__, exc))[:2000]})
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                if not getattr(stream, "fresh", True):
+                    stream.write("\n")
+            Tagged.current = ""
 
 main()
 '''

@@ -32,13 +32,13 @@ def build_services(ctx: NodeContext) -> list[Service]:
     workloads = WorkloadService(ctx)
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
     sites = SiteService(ctx, blobs)
-    if ctx.config.profile == "phone":  # no databases or function executors on a phone
+    if ctx.config.profile == "phone":  # no databases, function executors or Spark on a phone
         ingress.add_host_lookup(sites.lookup)
-        return [workloads, blobs, ingress, sites]
+        return [workloads, blobs, ingress, sites, VNetService(ctx)]
     from apps.db.service import DbService
     from apps.functions.service import FunctionService
 
-    functions = FunctionService(ctx, blobs)
+    functions = FunctionService(ctx, blobs, workloads)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
     return [workloads, blobs, ingress, sites, functions, DbService(ctx), VNetService(ctx),

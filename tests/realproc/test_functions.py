@@ -59,7 +59,7 @@ def http_post(address: str, target: str, body: bytes) -> tuple[int, bytes]:
 
 def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
     a, _, c = cluster.agents
-    out = a.cli("fn", "deploy", "greet", str(write_fn(tmp_path / "v1", 1)), "--env",
+    out = a.cli("fn", "deploy", "--public", "greet", str(write_fn(tmp_path / "v1", 1)), "--env",
                 "GREETING=hi", "--timeout", "2s", "--memory", "64M").stdout
     assert "version 1" in out
     wait_until(lambda: any(f["name"] == "greet"
@@ -85,7 +85,7 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
     logs = c.cli("fn", "logs", "greet").stdout
     assert logs.count("greeted ") >= 2, logs
     # a second version, then rollback
-    a.cli("fn", "deploy", "greet", str(write_fn(tmp_path / "v2", 2)), "--timeout", "2s",
+    a.cli("fn", "deploy", "--public", "greet", str(write_fn(tmp_path / "v2", 2)), "--timeout", "2s",
           "--memory", "64M")
     wait_until(lambda: json.loads(c.cli("fn", "invoke", "greet").stdout)["version"] == 2,
                30, interval=0.2, message="version 2 live through node 3")
@@ -98,7 +98,7 @@ def test_deploy_on_one_invoke_on_another(cluster, tmp_path):
 
 def test_timeout_and_memory_limit_stop_the_instance(cluster, tmp_path):
     a, _, c = cluster.agents
-    a.cli("fn", "deploy", "hog", str(write_fn(tmp_path / "hog", 1)), "--timeout", "4s",
+    a.cli("fn", "deploy", "--public", "hog", str(write_fn(tmp_path / "hog", 1)), "--timeout", "4s",
           "--memory", "64M")
     wait_until(lambda: any(f["name"] == "hog" for f in c.get("/v1/functions")["functions"]),
                30, interval=0.1, message="hog replicated to node 3")
@@ -134,6 +134,184 @@ def raw_api(agent, method: str, path: str, data: bytes | None = None) -> tuple[i
         return exc.code, exc.read()
 
 
+def test_requirements_txt_is_installed_on_the_node_that_runs_it(cluster, tmp_path):
+    """One small pure-Python package from the package index this machine reaches:
+    `fn deploy` follows its install; node 3 invokes it (CLI and HTTP)."""
+    a, _, c = cluster.agents
+    src = tmp_path / "needs"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "import idna\n"
+        "def handle(event, context):\n"
+        "    return {'idna': idna.__version__, 'from': idna.__file__,\n"
+        "            'encoded': idna.encode('b\u00fccher.example').decode()}\n")
+    (src / "requirements.txt").write_text("idna\n")
+    out = a.cli("fn", "deploy", "--public", "needs", str(src), timeout=600).stdout
+    assert "requirements.txt installed on" in out, out
+    got = json.loads(c.cli("fn", "invoke", "needs").stdout)
+    assert got["encoded"] == "xn--bcher-kva.example" and "/venvs/" in got["from"]
+    status, body = http_post(ADDRESSES[2], "/fn/needs", b"{}")
+    assert status == 200 and json.loads(body)["idna"] == got["idna"]
+    logs = c.cli("fn", "logs", "needs").stdout
+    assert "requirements | requirements.txt installed" in logs, logs
+    # a package the index does not have: one clear error, at deploy and at invoke
+    (src / "requirements.txt").write_text("meshcloud-no-such-package-4242\n")
+    failed = a.cli("fn", "deploy", "--public", "needs", str(src), check=False, timeout=600)
+    assert failed.returncode != 0
+    assert "not on the package index" in failed.stderr + failed.stdout
+    bad = c.cli("fn", "invoke", "needs", check=False)
+    assert bad.returncode != 0 and "requirements.txt failed" in bad.stderr + bad.stdout
+    assert "removed function needs" in a.cli("fn", "rm", "needs").stdout
+
+
+def http_call(address: str, target: str, body: bytes,
+              headers: list[tuple[str, str | bytes]]) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(address, HTTP_PORT, timeout=30)
+    try:
+        conn.putrequest("POST", target, skip_host=True)
+        conn.putheader("Host", "any.home")
+        conn.putheader("Content-Length", str(len(body)))
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+    finally:
+        conn.close()
+
+
+SECRET = "tok-4242-very-secret"
+
+
+def test_secrets_reach_the_instance_only_and_the_trigger_needs_a_key(cluster, tmp_path):
+    a, b, c = cluster.agents
+    src = tmp_path / "vault"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "import os\n"
+        "def handle(event, context):\n"
+        "    context.logger.info('handled with %d secrets', len(os.environ.get('TOKEN', '')))\n"
+        "    return {'token': os.environ.get('TOKEN'), 'db': os.environ.get('DB'),\n"
+        "            'mode': os.environ.get('MODE')}\n")
+    db_file = tmp_path / "db.txt"
+    db_file.write_text("postgres://user:pw-9931@db/x\n")
+    out = a.cli("fn", "deploy", "vault", str(src), "--env", "MODE=prod", "--secret",
+                f"TOKEN={SECRET}", "--secret", f"DB=@{db_file}").stdout
+    assert "needs a key" in out and SECRET not in out
+    got = json.loads(c.cli("fn", "invoke", "vault").stdout)  # the API token, no key
+    assert got == {"token": SECRET, "db": "postgres://user:pw-9931@db/x", "mode": "prod"}
+    # names only, everywhere but the instance
+    for text in (a.cli("fn", "ls", "--json").stdout, c.cli("fn", "secret", "ls", "vault").stdout,
+                 json.dumps(b.get("/v1/functions/vault")), c.cli("fn", "logs", "vault").stdout,
+                 json.dumps(b.get("/v1/status"))):
+        assert SECRET not in text and "pw-9931" not in text
+    assert "DB, TOKEN" in c.cli("fn", "secret", "ls", "vault").stdout
+    assert b.get("/v1/functions/vault")["secrets"] == ["DB", "TOKEN"]
+
+    # the HTTP trigger: 401 without a key, 403 with a wrong one
+    status, headers, body = http_call(ADDRESSES[2], "/fn/vault", b"{}", [])
+    assert status == 401 and headers.get("www-authenticate", "").startswith("Bearer")
+    assert "fn key vault" in json.loads(body)["error"]["message"]
+    key = b.cli("fn", "key", "vault").stdout.strip()
+    assert key.startswith("fk_") and key not in json.dumps(a.get("/v1/functions/vault"))
+    hostile: list[list[tuple[str, str | bytes]]] = [
+        [("X-Fn-Key", "fk_wrong")], [("X-Fn-Key", key[:-1])], [("X-Fn-Key", key + "x")],
+        [("Authorization", "Basic " + key)], [("X-Fn-Key", "")], [("X-Fn-Key", " ")],
+        [("X-Fn-Key", "k" * 4000)], [("X-Fn-Key", b"\xff\xfe" + key.encode()[2:])],
+        [("X-Fn-Key", "fk_a")] * 4 + [("X-Fn-Key", key)],  # only the first four count
+        [("X-Fn-Key", key.upper())]]
+    for headers_ in hostile:
+        status, _, body = http_call(ADDRESSES[0], "/fn/vault", b"{}", headers_)
+        assert status in (401, 403), (headers_, status, body)  # never opened
+        assert key not in body.decode(errors="replace")
+    for headers_ in ([("X-Fn-Key", key)], [("Authorization", f"Bearer {key}")],
+                     [("x-fn-key", "fk_wrong"), ("X-Fn-Key", key)]):
+        status, _, body = http_call(ADDRESSES[2], "/fn/vault", b"{}", headers_)
+        assert status == 200 and json.loads(body)["token"] == SECRET
+    # an event (asynchronous) invocation is held to the same key
+    status, _, _ = http_call(ADDRESSES[1], "/fn/vault", b"{}", [("X-Invocation-Type", "Event")])
+    assert status == 401
+    # another function's key does not open this one
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "main.py").write_text("def handle(event, context):\n    return 'other'\n")
+    a.cli("fn", "deploy", "other", str(other))
+    other_key = a.cli("fn", "key", "other").stdout.strip()
+    status, _, _ = http_call(ADDRESSES[1], "/fn/vault", b"{}", [("X-Fn-Key", other_key)])
+    assert status == 403
+
+    # a new secret value reaches the instances (they start afresh)
+    c.cli("fn", "secret", "set", "vault", "TOKEN=tok-rotated")
+    wait_until(lambda: json.loads(a.cli("fn", "invoke", "vault").stdout)["token"]
+               == "tok-rotated", 30, interval=0.2, message="the new secret in use")
+    c.cli("fn", "secret", "rm", "vault", "DB")
+    wait_until(lambda: json.loads(a.cli("fn", "invoke", "vault").stdout)["db"] is None,
+               30, interval=0.2, message="the removed secret gone")
+
+    # keys revoked: refused again; public: no key needed
+    b.cli("fn", "key", "vault", "--revoke-all")
+    wait_until(lambda: http_call(ADDRESSES[2], "/fn/vault", b"{}", [("X-Fn-Key", key)])[0]
+               == 403, 10, interval=0.1, message="the revoked key refused on node 3")
+    a.cli("fn", "access", "vault", "public")
+    wait_until(lambda: http_call(ADDRESSES[2], "/fn/vault", b"{}", [])[0] == 200, 10,
+               interval=0.1, message="public on node 3")
+    # nothing on the agents' disks holds a secret in clear
+    for agent in cluster.agents:
+        for path in agent.data_dir.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20:
+                data = path.read_bytes()
+                assert SECRET.encode() not in data and b"pw-9931" not in data, path
+    for name in ("vault", "other"):
+        a.cli("fn", "rm", name)
+    assert b.get("/v1/functions/vault/secrets")["secrets"] == []
+
+
+def test_logs_follow_prints_each_new_line(cluster, tmp_path):
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    a, _, c = cluster.agents
+    src = tmp_path / "chatty"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "def handle(event, context):\n"
+        "    print('said', event['n'])\n"
+        "    return 'ok'\n")
+    a.cli("fn", "deploy", "chatty", str(src))
+    a.cli("fn", "invoke", "chatty", "--data", '{"n": "before"}')
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "meshcloud", "--data-dir", str(c.data_dir), "fn", "logs",
+         "chatty", "-f", "--lines", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, **c.env})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout], daemon=True).start()
+
+    def wait_line(text: str, within: float = 30) -> str:
+        deadline = time.monotonic() + within
+        while True:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    try:
+        assert "said before" in wait_line("said before")  # the tail first
+        for n in ("after-1", "after-2"):
+            a.cli("fn", "invoke", "chatty", "--data", f'{{"n": "{n}"}}')
+            line = wait_line(f"said {n}")
+            assert line.split()[1] != "said" and " | said " in line  # node, request id
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=30) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    a.cli("fn", "rm", "chatty")
+
+
 def test_bad_uploads_and_deploys_store_nothing(cluster):
     import hashlib
 
@@ -158,7 +336,8 @@ def test_kill_the_holder_and_calls_move_elsewhere(cluster, tmp_path):
     """Runs last: it kills one agent. Calls through the survivors never hang; each is a
     success or a clear error, and soon every call succeeds on a surviving node."""
     a = cluster.agents[0]
-    a.cli("fn", "deploy", "steady", str(write_fn(tmp_path / "steady", 1)), "--timeout", "5s")
+    a.cli("fn", "deploy", "--public", "steady", str(write_fn(tmp_path / "steady", 1)),
+          "--timeout", "5s")
 
     def holder():
         for agent in cluster.agents:

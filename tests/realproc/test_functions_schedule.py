@@ -60,7 +60,7 @@ def test_every_tick_once_while_the_scheduler_dies(cluster, tmp_path):
     bad = a.cli("fn", "deploy", "tick", str(src), "--schedule", "61 * * * * *", check=False)
     assert bad.returncode != 0 and "second" in bad.stderr + bad.stdout
     assert "no functions" in a.cli("fn", "ls").stdout  # refused: nothing stored
-    a.cli("fn", "deploy", "tick", str(src), "--schedule", f"*/{EVERY} * * * * *")
+    a.cli("fn", "deploy", "--public", "tick", str(src), "--schedule", f"*/{EVERY} * * * * *")
     wait_until(lambda: len(ticks(c)) >= 3, 60, interval=0.5,
                message="three ticks recorded, seen through node 3")
     victim = holder(cluster.agents)

@@ -61,3 +61,54 @@ def test_unpack_refuses_hostile_bundles_and_leaves_nothing(tmp_path, bundle):
     with pytest.raises(FunctionError):
         unpack(bundle, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def zipped(entries: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if modes and name in modes:
+                info.external_attr = modes[name] << 16
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def test_a_zipped_directory_is_the_same_bundle_as_the_directory(tmp_path):
+    from apps.functions.bundle import from_zip
+
+    files = {"main.py": b"def handle(e, c): return e\n", "lib/util.py": b"X = 1\n"}
+    expected = pack(tree(tmp_path / "a", files))
+    assert from_zip(zipped({"hello/" + k: v for k, v in files.items()})) == expected
+    assert from_zip(zipped(files)) == expected  # files at the root of the archive
+    assert from_zip(zipped({**files, "__pycache__/m.pyc": b"x"})) == expected
+
+
+@pytest.mark.parametrize("entries, modes, reason", [
+    ({"../evil.py": b"x"}, None, "refused"),
+    ({"/etc/evil.py": b"x"}, None, "refused"),
+    ({"a/../../evil.py": b"x"}, None, "refused"),
+    ({"link": b"/etc/passwd"}, {"link": 0o120777}, "refused"),
+    ({"main.py": b"x", "main.py/x": b"y"}, None, "twice"),
+    ({}, None, "no files"),
+])
+def test_hostile_zips_are_refused(entries, modes, reason):
+    from apps.functions.bundle import from_zip
+
+    with pytest.raises(FunctionError, match=reason):
+        from_zip(zipped(entries, modes))
+
+
+def test_not_a_zip_and_a_zip_bomb_are_refused():
+    from apps.functions.bundle import from_zip
+    from apps.functions.core import MAX_BUNDLE
+
+    with pytest.raises(FunctionError, match="not a zip archive"):
+        from_zip(b"PK\x03\x04 but not really")
+    bomb = zipped({"a.bin": bytes(MAX_BUNDLE // 2 + 1), "b.bin": bytes(MAX_BUNDLE // 2 + 1)})
+    assert len(bomb) < 1 << 20  # small compressed, too large unpacked
+    with pytest.raises(FunctionError, match="larger than"):
+        from_zip(bomb)

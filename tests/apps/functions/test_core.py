@@ -123,3 +123,64 @@ def test_invoke_messages_round_trip(payload, text, ok):
     assert decode_message(encode_message(req), InvokeRequest) == req
     rep = InvokeReply(ok=ok, body=payload, code=text, message=text, cold=ok, node=b"n" * 32)
     assert decode_message(encode_message(rep), InvokeReply) == rep
+
+
+def test_image_versions_need_no_bundle_and_refuse_bad_references():
+    from apps.functions.core import build_version, unused_bundles, version_json
+
+    v = build_version({"image": "localhost/meshcloud/fn-echo:1", "env": ["A=1"]},
+                      version=1, size=0, now_ms=5)
+    assert (v.image, v.runtime, v.bundle_key, v.sha256, v.handler) == (
+        "localhost/meshcloud/fn-echo:1", "image", "", "", "")
+    assert version_json(v)["image"] == "localhost/meshcloud/fn-echo:1"
+    assert decode_message(encode_message(v), type(v)) == v
+    record = FunctionRecord(name="f", current=1, versions=(v,))
+    assert unused_bundles([], record) == []
+    for bad in ("", " x", "-x", "a b", "x" * 300, "../etc", "a;rm -rf /", 7):
+        if bad == "":
+            continue  # no image: a bundle deploy (and then the sha256 is missing)
+        with pytest.raises(FunctionError, match="bad image"):
+            build_version({"image": bad}, version=1, size=0, now_ms=0)
+    with pytest.raises(FunctionError, match="bad bundle digest"):
+        build_version({"image": ""}, version=1, size=0, now_ms=0)
+
+
+def _fn(public: bool = False, keys: tuple[str, ...] = ()) -> FunctionRecord:
+    from apps.functions.core import build_version
+
+    v = build_version({"sha256": "a" * 64}, version=1, size=10, now_ms=0)
+    return FunctionRecord(name="f", current=1, versions=(v,), public=public, keys=keys)
+
+
+def test_trigger_keys_open_only_their_function():
+    from apps.functions.core import MAX_KEYS, function_json, trigger_denied, with_new_key
+
+    record = _fn()
+    assert trigger_denied(record, [])[0] == 401
+    assert trigger_denied(_fn(public=True), []) is None
+    record = with_new_key(record, "fk_one", replace_all=False)
+    assert trigger_denied(record, [(b"x-fn-key", b"fk_one")]) is None
+    assert trigger_denied(record, [(b"authorization", b"Bearer fk_one")]) is None
+    assert trigger_denied(record, [(b"X-Fn-Key", b" fk_one ")]) is None
+    status, why = trigger_denied(record, [(b"x-fn-key", b"fk_two")])
+    assert status == 403 and "fk_two" not in why
+    assert trigger_denied(record, [(b"authorization", b"Basic fk_one")])[0] == 401
+    for i in range(MAX_KEYS):
+        record = with_new_key(record, f"fk_{i}", replace_all=False)
+    assert len(record.keys) == MAX_KEYS
+    assert trigger_denied(record, [(b"x-fn-key", b"fk_one")])[0] == 403  # retired
+    record = with_new_key(record, "fk_only", replace_all=True)
+    assert trigger_denied(record, [(b"x-fn-key", b"fk_0")])[0] == 403
+    assert trigger_denied(record, [(b"x-fn-key", b"fk_only")]) is None
+    assert "fk_only" not in repr(function_json(record))
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"x-fn-key", b"authorization", b"X-FN-KEY",
+                                           b"host", b"x-fn-key "]),
+                          st.binary(max_size=300)), max_size=8))
+def test_no_header_soup_opens_a_private_function(headers):
+    from apps.functions.core import trigger_denied, with_new_key
+
+    record = with_new_key(_fn(), "fk_the-real-key", replace_all=False)
+    result = trigger_denied(record, headers)
+    assert result is not None and result[0] in (401, 403)

@@ -106,6 +106,12 @@ async def test_warm_reuse_context_and_unprivileged_user(root):
         assert log.parent.stat().st_mode & 0o777 == 0o700
         tail = ex.log_tail("f", 1)
         assert tail.count("\n") == 1 and "handled req-2" in tail
+        # every line an invocation writes starts with its id: one invocation's lines
+        one = ex.log_tail("f", 100, request_id="req-1")
+        assert one.startswith("req-1 | ") and "handled req-1" in one
+        assert "req-2" not in one and all(line.startswith("req-1 | ")
+                                          for line in one.splitlines())
+        assert ex.log_tail("f", 100, request_id="req-9") == ""
         assert ex.log_tail("nosuch", 10) == ""
     finally:
         ex.close()
@@ -204,3 +210,25 @@ async def test_scale_to_zero_then_cold_start(root):
         assert ex.pools == {}
     finally:
         ex.close()
+
+
+def test_log_read_follows_whole_lines_and_restarts_a_new_log(tmp_path):
+    async def read(key: str) -> bytes:
+        raise AssertionError("no bundle needed")
+
+    ex = Executor(tmp_path, read, lambda name: None)
+    assert ex.log_read("f", 0) == ("", 0) and ex.log_end("f") == 0
+    log = tmp_path / "logs" / "f.log"
+    log.parent.mkdir()
+    log.write_bytes(b"one\ntwo\nhal")
+    text, end = ex.log_read("f", 0)
+    assert text == "one\ntwo\n" and end == 8  # the half line waits for its end
+    assert ex.log_read("f", end) == ("", 8)
+    with open(log, "ab") as fh:
+        fh.write(b"f\nthree\n")
+    assert ex.log_read("f", end) == ("half\nthree\n", 19)
+    assert ex.log_end("f") == 19
+    log.write_bytes(b"new\n")  # a new log, shorter than the offset: from its start
+    assert ex.log_read("f", 19) == ("new\n", 4)
+    log.write_bytes(b"x" * 100)  # one line longer than a read: given as it is
+    assert ex.log_read("f", 0, max_bytes=10) == ("x" * 10, 10)
