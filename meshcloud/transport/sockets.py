@@ -37,23 +37,18 @@ def _open(family: int, kind: int, proto: int, *, reuse_port: bool) -> socket.soc
 
 
 async def bind(address: str, *, reuse_port: bool = False) -> socket.socket:
-    """A listening socket on ``address``. With ``reuse_port`` (for hole punching, which
-    connects from the listening port) a port already in use is still refused: a plain
-    socket tries it first."""
+    """A listening socket on ``address``. With ``reuse_port`` (hole punching connects from
+    the listening port) SO_REUSEPORT is set only *after* binding: the bind itself still
+    refuses a port in use, and port 0 still gets a port nobody holds."""
     host, port = parse_address(address)
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                           flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
     sock = _open(family, kind, proto, reuse_port=False)
     try:
-        if reuse_port and port != 0:
-            sock.bind(sockaddr)  # EADDRINUSE if anyone holds it, REUSEPORT or not
-            sock.close()
-            sock = _open(family, kind, proto, reuse_port=True)
-        elif reuse_port:
-            sock.close()
-            sock = _open(family, kind, proto, reuse_port=True)
         sock.bind(sockaddr)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(128)
         sock.setblocking(False)
     except OSError as exc:

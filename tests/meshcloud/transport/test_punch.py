@@ -66,3 +66,21 @@ async def test_a_punch_between_two_dialable_nodes_changes_nothing(nursery):
     with trio.fail_after(10):
         assert await punch(a, b.local_id, a.listen_addresses, public=True) is None
     assert all(c.relayed for c in a.connections_to(b.local_id))
+
+
+async def test_the_listening_port_admits_punch_sockets_but_not_a_second_listener(nursery):
+    import pytest
+
+    from meshcloud.errors import TransportError
+    from meshcloud.transport.sockets import bind, bind_for_punch
+
+    listener = await bind("127.0.0.1:0", reuse_port=True)
+    try:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(TransportError, match="cannot listen"):
+            await bind(address, reuse_port=True)
+        punch_socket = bind_for_punch(address)  # connects from the listening port
+        assert punch_socket.getsockname() == listener.getsockname()
+        punch_socket.close()
+    finally:
+        listener.close()

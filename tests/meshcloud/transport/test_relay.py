@@ -149,3 +149,36 @@ async def test_relay_addresses_need_the_node_expected(nursery):
         await a.dial(relay_address(bytes(32)))
     with pytest.raises(TransportError, match="not a relay address"):
         await a.dial("relay://zz", expect=bytes(32))
+
+
+async def test_when_a_relay_dies_peers_come_through_the_next_one(nursery):
+    mesh = TestMesh.with_members(4)
+    a, _ = await start(nursery, mesh.members[0])
+    b, b_relays = await start(nursery, mesh.members[1])
+    relays = []
+    for member in mesh.members[2:]:
+        relay = TcpTransport(member.key, member.authenticator)
+        RelayService(relay).install()
+        scope = trio.CancelScope()
+
+        async def run(transport=relay, scope=scope, task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await transport.run(task_status=task_status)
+
+        await nursery.start(run)
+        relays.append((relay, scope))
+        b.set_addresses(relay.local_id, relay.listen_addresses)
+        a.set_addresses(relay.local_id, relay.listen_addresses)
+        await nursery.start(b_relays.reserve, relay.local_id)
+    (r1, r1_scope), (r2, _) = relays
+    a.set_addresses(b.local_id, [relay_address(r1.local_id), relay_address(r2.local_id)])
+    with trio.fail_after(10):
+        assert await round_trip(a, b.local_id, b"one") == b"one"
+    (first,) = a.connections_to(b.local_id)
+    assert first.relayed and first.address == relay_address(r1.local_id)
+    r1_scope.cancel()  # the first relay dies
+    with trio.fail_after(10):
+        await first.closed.wait()
+        assert await round_trip(a, b.local_id, b"two") == b"two"
+    (second,) = a.connections_to(b.local_id)
+    assert second.relayed and second.address == relay_address(r2.local_id)
