@@ -5,6 +5,7 @@ only UDP (and none of the plaintext)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,37 @@ def test_ping_and_tcp_across_two_namespaces_with_only_udp_on_the_wire(
             gone = subprocess.run(side.exec("ip", "link", "show", lab.interface),
                                   capture_output=True, text=True)
             assert gone.returncode != 0, gone.stdout
+
+
+def ping(side, address: str, count: int = 3, wait: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(side.exec("ping", "-c", str(count), "-i", "0.2", "-W", str(wait),
+                                    address), capture_output=True, text=True, timeout=120)
+
+
+def test_a_roaming_host_keeps_its_session_and_a_removed_peer_is_cut_off() -> None:
+    with PlaneLab() as lab:
+        a, b = lab.sides
+        lab.start_planes()
+        assert ping(a, b.address).returncode == 0
+
+        # A's underlay address changes; B's config still names the old one
+        prefix = a.underlay.rsplit(".", 1)[0]
+        lab.roam(a, f"{prefix}.7")
+        moved = ping(a, b.address)
+        assert moved.returncode == 0 and " 3 received" in moved.stdout, moved.stdout
+        back = ping(b, a.address)  # B answers to where A's packets came from
+        assert back.returncode == 0 and " 3 received" in back.stdout, back.stdout
+
+        # the control plane removes A from B's peers: nothing of A's gets through
+        lab.apply(b, {**lab.config(b, a), "peers": []})
+        cut = ping(a, b.address, count=3, wait=1)
+        assert " 0 received" in cut.stdout, cut.stdout
+
+        # and A is back (at its new address): B's traffic handshakes anew at once
+        lab.apply(b, {**lab.config(b, a)})
+        again = ping(b, a.address)
+        assert again.returncode == 0 and " 3 received" in again.stdout, again.stdout
+        assert ping(a, b.address).returncode == 0
+        errors = lab.stop_planes()
+        drops = json.loads(errors[b.netns].split("drops ", 1)[1])
+        assert drops.get("index", 0) + drops.get("unknown_peer", 0) >= 3, drops

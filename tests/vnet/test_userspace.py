@@ -135,7 +135,8 @@ async def test_socks_and_forward_reach_a_peer_node_over_mesh_streams(nursery, me
 async def test_refusals_get_the_right_socks_reply(nursery, mesh) -> None:
     a_t, b_t, _ = mesh
     echo_port = await echo_server(nursery)
-    a = UserspacePlane(VnetTcpServer(a_t), nursery)
+    a_server = VnetTcpServer(a_t)  # one per node
+    a = UserspacePlane(a_server, nursery)
     b = UserspacePlane(VnetTcpServer(b_t), nursery)
     await a.apply(config(A_IP, B_IP, b_t.local_id))
     await b.apply(config(B_IP, A_IP, a_t.local_id))
@@ -151,6 +152,22 @@ async def test_refusals_get_the_right_socks_reply(nursery, mesh) -> None:
         assert code == expected, (host, port)
         assert await stream.receive_some(10) == b""
         await stream.aclose()
+
+    # a name the node's resolver knows, one it does not
+    a_named = UserspacePlane(a_server, nursery, resolve={"echo.lab.vnet": B_IP}.get)
+    await a_named.apply(config(A_IP, B_IP, b_t.local_id))
+    for name, expected in (("echo.lab.vnet", Reply.SUCCEEDED),
+                           ("other.lab.vnet", Reply.HOST_UNREACHABLE)):
+        stream = await trio.open_tcp_stream("127.0.0.1", a_named.listen_port())
+        await stream.send_all(b"\x05\x01\x00\x05\x01\x00\x03" + bytes([len(name)])
+                              + name.encode() + struct.pack("!H", echo_port))
+        answer = await receive_exactly(stream, 12)
+        assert answer[:2] == b"\x05\x00" and answer[3] == expected, (name, answer)
+        if expected == Reply.SUCCEEDED:
+            assert await round_trip(stream, b"by name") == b"by name"
+        else:
+            await stream.aclose()
+    await a_named.close()
 
     # a domain name we cannot resolve, and a BIND command
     stream = await trio.open_tcp_stream("127.0.0.1", a.listen_port())

@@ -45,7 +45,7 @@ def _run(*cmd: str) -> None:
 
 
 class PlaneLab:
-    """Namespaces ``<prefix>a``/``<prefix>b`` on 10.214.N.1-2/30, V-Net 10.99.0.1-2/24."""
+    """Namespaces ``<prefix>a``/``<prefix>b`` on 10.214.N.1-2/24, V-Net 10.99.0.1-2/24."""
 
     def __init__(self, prefix: str | None = None, interface: str = "mcvpy0",
                  mtu: int = 1420) -> None:
@@ -80,7 +80,7 @@ class PlaneLab:
         _run("ip", "link", "add", a.veth, "netns", a.netns, "type", "veth", "peer", "name",
              b.veth, "netns", b.netns)
         for side in self.sides:
-            _run(*side.exec("ip", "addr", "add", f"{side.underlay}/30", "dev", side.veth))
+            _run(*side.exec("ip", "addr", "add", f"{side.underlay}/24", "dev", side.veth))
             _run(*side.exec("ip", "link", "set", side.veth, "up"))
             _run(*side.exec("ip", "link", "set", "lo", "up"))
 
@@ -108,6 +108,20 @@ class PlaneLab:
                 wait_output(side.process, "ready", timeout)
             except PlaneError as exc:
                 raise PlaneError(f"plane in {side.netns} did not start: {exc}") from exc
+
+    def apply(self, side: Side, config: dict[str, object], timeout: float = 30.0) -> None:
+        """Hand a running helper a new config (it answers ``applied``)."""
+        proc = side.process
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.write(json.dumps(config) + "\n")
+        proc.stdin.flush()
+        wait_output(proc, "applied", timeout)
+
+    def roam(self, side: Side, new_underlay: str) -> None:
+        """Move ``side`` to another underlay address (its peers are not told)."""
+        _run(*side.exec("ip", "addr", "flush", "dev", side.veth))
+        _run(*side.exec("ip", "addr", "add", f"{new_underlay}/24", "dev", side.veth))
+        side.underlay = new_underlay
 
     def stop_planes(self, timeout: float = 20.0) -> dict[str, str]:
         """Stop the helpers (closing their stdin); their stderr, by namespace."""

@@ -97,8 +97,11 @@ class UserspacePlane:
 
     def __init__(self, server: VnetTcpServer, nursery: trio.Nursery, *,
                  socks_host: str = "127.0.0.1", socks_port: int = 0,
-                 forwards: Sequence[Forward] = ()) -> None:
+                 forwards: Sequence[Forward] = (),
+                 resolve: Callable[[str], str | None] | None = None) -> None:
         self._server = server
+        self._resolve = resolve
+        """Names (``web.NAME.vnet``…) to V-Net addresses, if the node has a resolver."""
         self._nursery = nursery
         self._socks_host = socks_host
         self._socks_port = socks_port
@@ -241,8 +244,11 @@ class UserspacePlane:
         if config is None:
             raise _Refusal(Reply.NETWORK_UNREACHABLE, "no V-Net applied")
         address = parse_ipv4(host)
+        if address is None and self._resolve is not None:
+            resolved = self._resolve(host)
+            address = parse_ipv4(resolved) if resolved else None
         if address is None:
-            raise _Refusal(Reply.HOST_UNREACHABLE, f"{host}: only V-Net IPv4 addresses")
+            raise _Refusal(Reply.HOST_UNREACHABLE, f"{host}: not a V-Net address or name")
         where: Local | Remote | Refused = locate(config, address, loopback=True)
         if isinstance(where, Refused):
             code = Reply.NOT_ALLOWED if where.reason == "outside" else Reply.HOST_UNREACHABLE
