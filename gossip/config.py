@@ -308,8 +308,8 @@ class GossipConfig:
         latency), batteries and metered links make every packet count. Slower probing and
         gossip, longer timeouts, rare syncs and capacity updates; the battery is read every
         30 s (a phone going low hands its work off within that plus a reconcile pass)."""
-        return cls().replace(probe_interval=2.0, probe_timeout=0.9, indirect_timeout=0.9,
+        return cls().replace(probe_interval=3.0, probe_timeout=0.9, indirect_timeout=0.9,
                              suspicion_mult=1.0,
-                             gossip_interval=1.0, push_pull_interval=120.0,
+                             gossip_interval=2.0, push_pull_interval=120.0,
                              capacity_interval=30.0, capacity_refresh_interval=1800.0,
                              sync_timeout=30.0)

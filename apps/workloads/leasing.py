@@ -24,6 +24,7 @@ Time is trio's clock (monotonic); the cores get it as ``now``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import trio
@@ -132,6 +133,8 @@ class LeaseService:
                 # round its timeout, never the next renewal its turn
                 next_round = trio.current_time() + self.renew_every
                 nursery.start_soon(self._round)
+                if not self.holder.held and not self._wanted:
+                    next_round = math.inf  # nothing held or wanted: sleep until want()
                 with trio.move_on_at(next_round):
                     await self._wake.wait()
                 self._wake = trio.Event()

@@ -367,6 +367,11 @@ class Reconciler:
             now = trio.current_time()
             if self.watchdog_dir is not None:
                 self._update_watchdog(snapshot, leases, now)
+            if not self._watched and not any(
+                    (e := snapshot.workloads.get(s.workload)) is not None and e.spec.singleton
+                    for s in snapshot.observed):
+                await self.pass_done.wait()  # no singleton here: nothing to guard till a pass
+                continue
             for status in snapshot.observed:
                 entry = snapshot.workloads.get(status.workload)
                 if entry is None or not entry.spec.singleton or status.name in self.busy:
