@@ -12,6 +12,8 @@ Python (same minor version as the packages) with ``PYTHONPATH`` set to it.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -76,14 +78,30 @@ def detect() -> Toolchain:
     major = _java_major(java)
     if major < 17:
         return Toolchain(False, f"java {major or '?'} found; Spark 4 needs 17 or newer")
-    missing = [p for p in REQUIRED if importlib.util.find_spec(p) is None]
+    specs = {p: _spec(p) for p in REQUIRED}
+    missing = [p for p, spec in specs.items() if spec is None]
     if missing:
         return Toolchain(False, f"no {', '.join(missing)} (pip install 'meshcloud[spark]')")
-    import pyspark
+    # Found, not imported: pyspark and pyarrow cost every agent tens of MiB if imported here.
+    origin = specs["pyspark"].origin  # type: ignore[union-attr]
+    try:
+        version = importlib.metadata.version("pyspark")
+    except importlib.metadata.PackageNotFoundError:
+        return Toolchain(False, "no pyspark distribution (pip install 'meshcloud[spark]')")
+    site = str(Path(origin or "").resolve().parent.parent)
+    return Toolchain(True, f"java {major}, pyspark {version}", java=java,
+                     python=workload_python(), site=site, version=version)
 
-    site = str(Path(pyspark.__file__).resolve().parent.parent)
-    return Toolchain(True, f"java {major}, pyspark {pyspark.__version__}", java=java,
-                     python=workload_python(), site=site, version=pyspark.__version__)
+
+def _spec(module: str) -> importlib.machinery.ModuleSpec | None:
+    """Where ``module`` would be imported from, or None (also for a package a core install
+    blocks, which has no distribution metadata)."""
+    try:
+        spec = importlib.util.find_spec(module)
+        importlib.metadata.distribution(module)
+    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
+        return None
+    return spec
 
 
 def readable_by_others(path: Path) -> bool:
