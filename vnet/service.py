@@ -448,5 +448,10 @@ class VNetService(ServiceBase):
 
         return routes(self)
 
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from vnet.ui import routes
+
+        return routes(ui, self)
+
     def nav(self) -> list[tuple[str, str, str, bool]]:
-        return []
+        return [("vnets", "V-Nets", "/ui/vnets", True)]
