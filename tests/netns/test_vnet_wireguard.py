@@ -116,6 +116,13 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
                     interval=0.3, message="every tunnel handshaken")
     print(f"every tunnel of both V-Nets handshaken {up:.1f} s after the last attach")
 
+    # --- names: host 0 asks host 1's resolver (on its blue address) for host 2 --------
+    name = f"{a[2].node_id[:12]}.blue.vnet"
+    wait_until(lambda: dig(h[0], blue[1], name) == [blue[2]], 20, interval=0.3,
+               message="the V-Net name resolves")
+    assert dig(h[0], blue[1], f"{a[2].node_id[:12]}.red.vnet") == []  # not in blue
+    assert lab.ping(h[0], dig(h[0], blue[1], f"{a[1].node_id[:12]}.blue.vnet")[0])
+
     # --- ping and a TCP stream by V-Net address; the underlay sees only UDP ------------
     assert lab.ping(h[0], blue[1], count=3)
     assert lab.ping(h[2], blue[0], count=3)
@@ -193,6 +200,24 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
         assert agent.stop() == 0
     after = [snapshot(host) for host in h]
     assert after == before
+
+
+DIG = """
+import sys, dns.message, dns.query, dns.rcode
+q = dns.message.make_query(sys.argv[2], "A")
+r = dns.query.udp(q, sys.argv[1], timeout=2)
+print(" ".join(a.address for rr in r.answer for a in rr) if r.rcode() == 0 else "")
+"""
+
+
+def dig(host, server, name):
+    """Ask the V-Net resolver at ``server`` from inside ``host`` (dnspython)."""
+    import sys
+
+    out = ns(host, sys.executable, "-c", DIG, server, name, check=False)
+    if out.returncode != 0:
+        raise OSError(out.stderr.strip()[-200:])
+    return out.stdout.split()
 
 
 def _public_key_b64(agent):
