@@ -49,9 +49,9 @@ PLANES = ("wireguard", "python", "userspace")
 PLANE_ENV = "MESHCLOUD_VNET_PLANE"
 """Forces this node's plane (``wireguard``, ``python``, ``userspace``)."""
 RUNNING_STATES = {"claimed", "starting", "running"}
-HEARD_GRACE = 20.0
+HEARD_GRACE = 12.0
 """Seconds a peer gossip holds dead keeps its tunnel while the tunnel still brings its
-packets (keepalives every 15 s): a host that roams stays reachable while the mesh
+packets (keepalives every 5 s): a host that roams stays reachable while the mesh
 catches up with its new address. A peer that left, or is no longer listed (revoked,
 reaped), loses its tunnels at once."""
 
