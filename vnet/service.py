@@ -198,6 +198,8 @@ class VNetService(ServiceBase):
         private = self._keys()
         self.passes += 1
         view = self.view()
+        if not view.vnets and not view.members and not self.planes:
+            return  # nothing to do (the common case on a mesh without V-Nets)
         ports = {vnet: plane.listen_port() for vnet, plane in self.planes.items()
                  if plane.listen_port()}
         orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
