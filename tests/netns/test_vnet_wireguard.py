@@ -6,8 +6,8 @@ by V-Net address between hosts; on the underlay only UDP (the stream's bytes nev
 appear in clear); two V-Nets on the same hosts cannot reach each other (a peer that
 forces the other V-Net's address into its tunnel is refused by the receiver's rule, whose
 packet counter shows it); a kill -9'd host is dropped by its peers and rejoins with the
-same addresses; ``ip link``, routes and ``iptables-save`` are as before once the V-Nets
-are removed and the agents stopped.
+same addresses; a host that leaves the mesh loses its tunnels; ``ip link``, routes and
+``iptables-save`` are as before once the V-Nets are removed and the agents stopped.
 """
 
 from __future__ import annotations
@@ -181,6 +181,16 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     assert a[2].get("/v1/vnets/blue")["local"]["address"] == f"{blue[2]}/24"
     assert lab.ping(h[0], blue[2], count=2)
 
+    # --- a host that leaves the mesh loses its tunnels within seconds ------------------
+    a[1].cli("leave")
+    gone = wait_until(lambda: not any(m["node"] == a[1].node_id and m.get("tunnel")
+                                      for m in a[0].get("/v1/vnets/blue")["members"]),
+                      15, interval=0.2, message="host 1's tunnel dropped after it left")
+    print(f"leave: host 1's tunnel dropped by host 0 {gone:.1f} s after `meshcloud leave`")
+    assert a[1].process.wait(timeout=30) == 0
+    wait_until(lambda: snapshot(h[1]) == before[1], 20, interval=0.3,
+               message="host 1 as before once its agent stopped")
+
     # --- removal and stop leave the hosts as they were --------------------------------
     a[0].cli("vnet", "rm", "blue")
     a[0].cli("vnet", "rm", "red")
@@ -196,7 +206,7 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
             for part in was:
                 assert now[part] == was[part], f"{host.netns} {part} differs"
         raise
-    for agent in a:
+    for agent in (a[0], a[2]):
         assert agent.stop() == 0
     after = [snapshot(host) for host in h]
     assert after == before
