@@ -58,6 +58,8 @@ class Firewall:
         self.iptables = iptables
         self.lock = trio.Lock()
         self.installed: dict[str, list[tuple[str, ...]]] = {}
+        self.used = False
+        """True once a rule was installed by this run (stopping then cleans the chains)."""
 
     async def _ipt(self, *args: str, check: bool = True) -> str:
         return await run(self.iptables, "-w", *args, check=check)
@@ -82,6 +84,7 @@ class Firewall:
             if self.installed.get(vnet) == rules:
                 return
             await self._remove(vnet)
+            self.used = True
             await self._ensure_chains()
             for rule in rules:
                 if not await self._exists(*rule):

@@ -145,19 +145,19 @@ class VNetService(ServiceBase):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        self._keys()
         root = os.geteuid() == 0
-        if root:
-            try:
-                await self.firewall.reset()
-            except PlaneError as exc:
-                log.warning("V-Net firewall chains: %s", exc)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for table in (VNETS.name, MEMBERS.name, ATTACHMENTS.name):
                     nursery.start_soon(self._follow, table)
-                task_status.started()
+                task_status.started()  # the node's start never waits on iptables
+                self._keys()
+                if root:
+                    try:  # what a kill -9'd run of this agent left in its chains
+                        await self.firewall.reset()
+                    except PlaneError as exc:
+                        log.warning("V-Net firewall chains: %s", exc)
                 while True:
                     try:
                         await self.one_pass()
@@ -169,7 +169,7 @@ class VNetService(ServiceBase):
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20):
                 await self.close_all()
-                if root:
+                if root and self.firewall.used:
                     try:
                         await self.firewall.reset()
                     except PlaneError as exc:
