@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,25 @@ class VNetLab:
                 for chain in ("INPUT", "FORWARD", "OUTPUT"):
                     ns(host, "iptables", "-w", "-P", chain, "ACCEPT")
             for index, host in enumerate(self.lab.hosts):
-                agent = self.cluster.new_agent(
+                self.cluster.new_agent(
                     f"node{index + 1}",
                     listen=f"{'0.0.0.0' if index in listen_any else host.ip}:0",
-                    api=f"{host.ip}:0",
-                    s3=f"{host.ip}:0", prefix=agent_prefix(host),
+                    api=f"{host.ip}:0", s3=f"{host.ip}:0", prefix=agent_prefix(host),
                     extra_args=["--profile", "local"])
-                if index == 0:
-                    agent.cli("init", "--name", "vnetlab", *agent.node_flags())
-                else:
-                    token = self.cluster.invite(self.cluster.agents[0])
-                    agent.cli("join", token, *agent.node_flags())
+            first = self.agents[0]
+            first.cli("init", "--name", "vnetlab", *first.node_flags())
+            first.start()
+            tokens = [self.cluster.invite(first) for _ in self.agents[1:]]
+
+            def join(agent: Agent, token: str) -> None:
+                agent.cli("join", token, *agent.node_flags())
                 agent.start()
+
+            # the others join at once (each through the first)
+            with ThreadPoolExecutor(max_workers=max(1, n - 1)) as pool:
+                for future in [pool.submit(join, agent, token)
+                               for agent, token in zip(self.agents[1:], tokens, strict=True)]:
+                    future.result()
             self.wait_alive()
         except BaseException:
             self.close()
@@ -102,12 +110,10 @@ class VNetLab:
         wait_until(alive, timeout, interval=0.2, message="every agent sees every agent")
 
     def attach_all(self, vnet: str) -> list[str]:
-        """Every host joins ``vnet``; their addresses in host order."""
-        out = []
-        for agent in self.agents:
-            text = agent.cli("vnet", "attach", vnet, "--host").stdout
-            out.append(text.split(" is ")[1].split()[0])
-        return out
+        """Every host joins ``vnet`` (through its API; the CLI verb is the same call);
+        their addresses in host order."""
+        return [agent.post(f"/v1/vnets/{vnet}/attach", {"host": True})["address"]
+                for agent in self.agents]
 
     def show(self, agent: Agent, vnet: str) -> dict[str, Any]:
         result: dict[str, Any] = agent.get(f"/v1/vnets/{vnet}")

@@ -58,13 +58,18 @@ class Firewall:
         self.iptables = iptables
         self.lock = trio.Lock()
         self.installed: dict[str, list[tuple[str, ...]]] = {}
+        self.used = False
+        """True once a rule was installed by this run (stopping then cleans the chains)."""
 
     async def _ipt(self, *args: str, check: bool = True) -> str:
         return await run(self.iptables, "-w", *args, check=check)
 
-    async def _exists(self, *rule: str) -> bool:
-        result = await trio.run_process([self.iptables, "-w", "-C", *rule], check=False,
-                                        capture_stdout=True, capture_stderr=True)
+    async def _exists(self, *rule: str, flag: str = "-C") -> bool:
+        try:
+            result = await trio.run_process([self.iptables, "-w", flag, *rule], check=False,
+                                            capture_stdout=True, capture_stderr=True)
+        except FileNotFoundError:
+            raise PlaneError(f"`{self.iptables}` is not installed") from None
         return result.returncode == 0
 
     async def _ensure_chains(self) -> None:
@@ -79,6 +84,7 @@ class Firewall:
             if self.installed.get(vnet) == rules:
                 return
             await self._remove(vnet)
+            self.used = True
             await self._ensure_chains()
             for rule in rules:
                 if not await self._exists(*rule):
@@ -115,7 +121,11 @@ class Firewall:
         return total
 
     async def reset(self) -> None:
-        """Remove whatever an earlier run of the agent left in its chains (it owns them)."""
+        """Remove whatever an earlier run of the agent left in its chains (it owns them);
+        nothing to do (one ``iptables -S`` each) when they do not exist."""
         async with self.lock:
             self.installed.clear()
-            await self._drop_chains()
+            for chain, _ in HOOKS:
+                if await self._exists(chain, flag="-S"):
+                    await self._drop_chains()
+                    return

@@ -49,9 +49,9 @@ PLANES = ("wireguard", "python", "userspace")
 PLANE_ENV = "MESHCLOUD_VNET_PLANE"
 """Forces this node's plane (``wireguard``, ``python``, ``userspace``)."""
 RUNNING_STATES = {"claimed", "starting", "running"}
-HEARD_GRACE = 20.0
+HEARD_GRACE = 12.0
 """Seconds a peer gossip holds dead keeps its tunnel while the tunnel still brings its
-packets (keepalives every 15 s): a host that roams stays reachable while the mesh
+packets (keepalives every 5 s): a host that roams stays reachable while the mesh
 catches up with its new address. A peer that left, or is no longer listed (revoked,
 reaped), loses its tunnels at once."""
 
@@ -74,6 +74,10 @@ class VNetService(ServiceBase):
         self.wake = trio.Event()
         self.passes = 0
         self.underlay: frozenset[str] = frozenset()
+        self.resolvers: dict[str, tuple[str, trio.CancelScope]] = {}
+        """V-Net → (the address its resolver listens on, the scope to stop it)."""
+        self.dns_port = int(os.environ.get("MESHCLOUD_VNET_DNS_PORT", "53"))
+        self._nursery: trio.Nursery | None = None
         self.heard: dict[bytes, tuple[int, float]] = {}
         """Peer node → (bytes received from it over all tunnels, when that last grew)."""
 
@@ -141,18 +145,19 @@ class VNetService(ServiceBase):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        self._keys()
         root = os.geteuid() == 0
-        if root:
-            try:
-                await self.firewall.reset()
-            except PlaneError as exc:
-                log.warning("V-Net firewall chains: %s", exc)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for table in (VNETS.name, MEMBERS.name, ATTACHMENTS.name):
                     nursery.start_soon(self._follow, table)
-                task_status.started()
+                task_status.started()  # the node's start never waits on iptables
+                self._keys()
+                if root:
+                    try:  # what a kill -9'd run of this agent left in its chains
+                        await self.firewall.reset()
+                    except PlaneError as exc:
+                        log.warning("V-Net firewall chains: %s", exc)
                 while True:
                     try:
                         await self.one_pass()
@@ -164,7 +169,7 @@ class VNetService(ServiceBase):
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20):
                 await self.close_all()
-                if root:
+                if root and self.firewall.used:
                     try:
                         await self.firewall.reset()
                     except PlaneError as exc:
@@ -179,6 +184,7 @@ class VNetService(ServiceBase):
             await self._close(vnet)
 
     async def _close(self, vnet: str) -> None:
+        self._stop_resolver(vnet)
         plane = self.planes.pop(vnet, None)
         self.applied.pop(vnet, None)
         self.errors.pop(vnet, None)
@@ -192,6 +198,8 @@ class VNetService(ServiceBase):
         private = self._keys()
         self.passes += 1
         view = self.view()
+        if not view.vnets and not view.members and not self.planes:
+            return  # nothing to do (the common case on a mesh without V-Nets)
         ports = {vnet: plane.listen_port() for vnet, plane in self.planes.items()
                  if plane.listen_port()}
         orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
@@ -253,12 +261,45 @@ class VNetService(ServiceBase):
             refresh = getattr(plane, "refresh", None)
             if refresh is not None:
                 await refresh()
+            await self._ensure_resolver(vnet, str(config.address.ip))
         except (PlaneError, MeshError) as exc:
             if self.errors.get(vnet) != str(exc):
                 log.warning("V-Net %s: %s", vnet, exc)
                 self.node.events.emit("vnet.plane_error", vnet=vnet, error=str(exc))
             self.errors[vnet] = str(exc)
             self.applied.pop(vnet, None)
+
+    def _stop_resolver(self, vnet: str) -> None:
+        running = self.resolvers.pop(vnet, None)
+        if running is not None:
+            running[1].cancel()
+
+    async def _ensure_resolver(self, vnet: str, address: str) -> None:
+        """The V-Net's names answered on this node's address in it (port 53)."""
+        running = self.resolvers.get(vnet)
+        if running is not None and running[0] == address and not running[1].cancel_called:
+            return
+        self._stop_resolver(vnet)
+        if self._nursery is None or getattr(self.planes.get(vnet), "name", "") \
+                not in ("wireguard", "python"):
+            return  # the userspace mode has no address to listen on
+        from vnet import dns as vdns
+
+        scope = trio.CancelScope()
+
+        async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+            with scope:
+                try:
+                    await vdns.serve(address, vnet, lambda: all_members(self.node.state),
+                                     port=self.dns_port, task_status=task_status)
+                except OSError as exc:
+                    log.warning("V-Net %s resolver on %s: %s", vnet, address, exc)
+                    scope.cancel()
+                    task_status.started()
+
+        self.resolvers[vnet] = (address, scope)
+        await self._nursery.start(serve)
 
     def open_plane(self, wanted: str) -> DataPlane:
         """The data plane to use: ``wanted`` (``--plane``), else $MESHCLOUD_VNET_PLANE,
@@ -448,5 +489,10 @@ class VNetService(ServiceBase):
 
         return routes(self)
 
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from vnet.ui import routes
+
+        return routes(ui, self)
+
     def nav(self) -> list[tuple[str, str, str, bool]]:
-        return []
+        return [("vnets", "V-Nets", "/ui/vnets", True)]

@@ -28,7 +28,7 @@ from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE = 15
+KEEPALIVE = 5
 """Seconds between keepalives to each peer (keeps NAT mappings and shows liveness)."""
 UAPI_DIR = Path("/var/run/wireguard")
 START_TIMEOUT = 10.0

@@ -4,6 +4,8 @@
   side of a partition, host 0 on the other, so host 0's claim collides with one of theirs.
   After the heal every node names the same two owners, the loser is not routed (the
   range is full), and once a winner detaches the loser gets the freed address.
+* A workload attached to a V-Net: the nodes running its two replicas join it, and
+  ``sleeper.apps.vnet`` / ``0.sleeper.vnet`` resolve to them.
 * Roaming: host 2's underlay address changes under an open TCP connection carried by the
   V-Net; the connection goes on within 10 s (WireGuard follows the authenticated peer).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 
@@ -40,11 +43,27 @@ for line in sys.stdin:
 """
 
 
+DIG = """
+import sys, dns.message, dns.query
+q = dns.message.make_query(sys.argv[2], "A")
+r = dns.query.udp(q, sys.argv[1], timeout=2)
+print(" ".join(a.address for rr in r.answer for a in rr) if r.rcode() == 0 else "")
+"""
+
+
+def dig(host, server, name):
+    out = ns(host, sys.executable, "-c", DIG, server, name, check=False)
+    if out.returncode != 0:
+        raise OSError(out.stderr.strip()[-200:])
+    return out.stdout.split()
+
+
 @pytest.fixture
 def lab(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the V-Net acceptance tests need root (network namespaces)")
-    with VNetLab(tmp_path, 3, listen_any=frozenset({2})) as built:
+    with VNetLab(tmp_path, 3, listen_any=frozenset({2}),
+                 env={"MESHCLOUD_RUNTIMES": "process"}) as built:
         yield built
 
 
@@ -81,6 +100,32 @@ def test_partition_allocation_and_roaming(lab):
         routed(a[0], "tiny")) == 2, 20, interval=0.3, message="the loser re-allocated")
     final = routed(a[0], "tiny")
     assert len(set(final)) == 2 and winner.node_id not in final.values()
+
+    # --- a workload attached: the nodes running its replicas join, names resolve ------
+    a[0].cli("vnet", "create", "apps", "--cidr", "10.46.0.0/24")
+    a[0].cli("run", "sleeper", "--command", "sleep 3600", "--replicas", "2")
+    a[0].cli("vnet", "attach", "apps", "sleeper")
+
+    def replica_hosts() -> dict[str, str]:
+        """node id → its address in "apps", for the nodes running a replica."""
+        members = a[0].get("/v1/vnets/apps")["members"]
+        nodes = {m["node"] for m in members if m["kind"] == "replica"}
+        return {m["node"]: m["address"] for m in members
+                if m["kind"] == "host" and m["node"] in nodes and m["routed"]}
+
+    wait_until(lambda: len(replica_hosts()) == 2, 40, interval=0.3,
+               message="both replicas' nodes in the V-Net")
+    hosts = replica_hosts()
+    index = next(i for i, x in enumerate(a) if x.node_id in hosts)
+    own = hosts[a[index].node_id]
+    wait_until(lambda: sorted(dig(h[index], own, "sleeper.apps.vnet")) == sorted(
+        hosts.values()), 20, interval=0.3, message="WORKLOAD.NET.vnet resolves")
+    one = dig(h[index], own, "0.sleeper.vnet")
+    assert len(one) == 1 and one[0] in hosts.values()
+    other = next(addr for node, addr in hosts.items() if node != a[index].node_id)
+    wait_until(lambda: lab.ping(h[index], other), 30, interval=0.3,
+               message="the replicas' nodes reach each other")
+    a[0].cli("vnet", "rm", "apps")
 
     # --- roaming: host 2's underlay address changes under a TCP connection --------------
     addresses = {}

@@ -6,8 +6,8 @@ by V-Net address between hosts; on the underlay only UDP (the stream's bytes nev
 appear in clear); two V-Nets on the same hosts cannot reach each other (a peer that
 forces the other V-Net's address into its tunnel is refused by the receiver's rule, whose
 packet counter shows it); a kill -9'd host is dropped by its peers and rejoins with the
-same addresses; ``ip link``, routes and ``iptables-save`` are as before once the V-Nets
-are removed and the agents stopped.
+same addresses; a host that leaves the mesh loses its tunnels; ``ip link``, routes and
+``iptables-save`` are as before once the V-Nets are removed and the agents stopped.
 """
 
 from __future__ import annotations
@@ -116,6 +116,13 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
                     interval=0.3, message="every tunnel handshaken")
     print(f"every tunnel of both V-Nets handshaken {up:.1f} s after the last attach")
 
+    # --- names: host 0 asks host 1's resolver (on its blue address) for host 2 --------
+    name = f"{a[2].node_id[:12]}.blue.vnet"
+    wait_until(lambda: dig(h[0], blue[1], name) == [blue[2]], 20, interval=0.3,
+               message="the V-Net name resolves")
+    assert dig(h[0], blue[1], f"{a[2].node_id[:12]}.red.vnet") == []  # not in blue
+    assert lab.ping(h[0], dig(h[0], blue[1], f"{a[1].node_id[:12]}.blue.vnet")[0])
+
     # --- ping and a TCP stream by V-Net address; the underlay sees only UDP ------------
     assert lab.ping(h[0], blue[1], count=3)
     assert lab.ping(h[2], blue[0], count=3)
@@ -140,10 +147,10 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     assert vnet_lines == [], f"V-Net addresses on the underlay: {vnet_lines[:3]}"
     udp = [line for line in lines if " UDP," in line]
     assert len(udp) > STREAM // 1500, f"only {len(udp)} UDP packets for the stream"
-    port = a[1].get("/v1/vnets/blue")["local"]["port"]
-    assert all(f".{port}:" in line or f".{port} >" in line for line in udp
-               if line.split()[2].startswith(h[0].ip) or line.split()[4].startswith(h[0].ip)
-               ), "UDP between the hosts that is not the V-Net's tunnel"
+    ports = {str(x.get(f"/v1/vnets/{v}")["local"]["port"]) for x in a for v in ("blue", "red")}
+    for line in udp:  # "IP 10.213.X.10.PORT > 10.213.X.11.PORT: UDP, length N"
+        src, dst = line.split()[2], line.split()[4].rstrip(":")
+        assert src.rsplit(".", 1)[1] in ports or dst.rsplit(".", 1)[1] in ports, line
 
     # --- isolation: blue cannot reach red, even when a blue peer tries ----------------
     # host 0 forces host 1's red address into its blue tunnel (as a hostile node could):
@@ -174,6 +181,16 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     assert a[2].get("/v1/vnets/blue")["local"]["address"] == f"{blue[2]}/24"
     assert lab.ping(h[0], blue[2], count=2)
 
+    # --- a host that leaves the mesh loses its tunnels within seconds ------------------
+    a[1].cli("leave")
+    gone = wait_until(lambda: not any(m["node"] == a[1].node_id and m.get("tunnel")
+                                      for m in a[0].get("/v1/vnets/blue")["members"]),
+                      15, interval=0.2, message="host 1's tunnel dropped after it left")
+    print(f"leave: host 1's tunnel dropped by host 0 {gone:.1f} s after `meshcloud leave`")
+    assert a[1].process.wait(timeout=30) == 0
+    wait_until(lambda: snapshot(h[1]) == before[1], 20, interval=0.3,
+               message="host 1 as before once its agent stopped")
+
     # --- removal and stop leave the hosts as they were --------------------------------
     a[0].cli("vnet", "rm", "blue")
     a[0].cli("vnet", "rm", "red")
@@ -189,10 +206,28 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
             for part in was:
                 assert now[part] == was[part], f"{host.netns} {part} differs"
         raise
-    for agent in a:
+    for agent in (a[0], a[2]):
         assert agent.stop() == 0
     after = [snapshot(host) for host in h]
     assert after == before
+
+
+DIG = """
+import sys, dns.message, dns.query, dns.rcode
+q = dns.message.make_query(sys.argv[2], "A")
+r = dns.query.udp(q, sys.argv[1], timeout=2)
+print(" ".join(a.address for rr in r.answer for a in rr) if r.rcode() == 0 else "")
+"""
+
+
+def dig(host, server, name):
+    """Ask the V-Net resolver at ``server`` from inside ``host`` (dnspython)."""
+    import sys
+
+    out = ns(host, sys.executable, "-c", DIG, server, name, check=False)
+    if out.returncode != 0:
+        raise OSError(out.stderr.strip()[-200:])
+    return out.stdout.split()
 
 
 def _public_key_b64(agent):

@@ -124,10 +124,11 @@ steps = st.lists(st.tuples(st.sampled_from(["attach", "reconcile", "partition", 
                            st.integers(0, 1000)), max_size=60)
 
 
-@settings(max_examples=150, deadline=None)
-@given(nodes=st.integers(2, 9), small=st.booleans(), steps=steps)
-def test_partitions_never_leave_a_duplicate_after_heal(nodes, small, steps):
-    cidr = "10.42.0.0/28" if small else "10.42.0.0/29"  # 14 or 6 addresses
+@settings(max_examples=200, deadline=None)
+@given(nodes=st.integers(2, 9), cidr=st.sampled_from(["10.42.0.0/30", "10.42.0.0/29",
+                                                      "10.42.0.0/28"]), steps=steps)
+def test_partitions_never_leave_a_duplicate_after_heal(nodes, cidr, steps):
+    # 2, 6 or 14 addresses: small ranges make two sides of a partition pick the same one
     model = Model(nodes, cidr)
     groups = [list(range(nodes))]
     for action, n in steps:

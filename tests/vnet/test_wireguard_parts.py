@@ -1,0 +1,71 @@
+"""The WireGuard plane's pure parts: `wg show dump` parsing, `wg set` arguments, the
+isolation rules, the interface key file. (The plane itself runs in tests/netns.)"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+import pytest
+
+from vnet.firewall import FWD_CHAIN, IN_CHAIN, rules_for
+from vnet.keys import load_or_create
+from vnet.plane import PeerConfig, PlaneConfig
+from vnet.wireguard import parse_dump, peer_args
+
+K1, K2 = base64.b64encode(b"\x01" * 32).decode(), base64.b64encode(b"\x02" * 32).decode()
+
+
+def test_parse_dump():
+    text = (f"PRIVATE\t{K1}\t51820\toff\n"
+            f"{K2}\t(none)\t10.0.0.2:4000\t10.42.0.2/32\t1700000000\t1234\t5678\t5\n"
+            f"{K1}\t(none)\t(none)\t10.42.0.3/32\t0\t0\t0\toff\n"
+            "garbage line\n")
+    port, stats = parse_dump(text)
+    assert port == 51820
+    assert [(s.public_key, s.endpoint, s.rx_bytes, s.tx_bytes, s.last_handshake)
+            for s in stats] == [(b"\x02" * 32, ("10.0.0.2", 4000), 1234, 5678, 1.7e9),
+                                (b"\x01" * 32, None, 0, 0, None)]
+    assert parse_dump("") == (0, [])
+
+
+def test_peer_args_never_carry_a_private_key():
+    peer = PeerConfig(public_key=b"\x02" * 32, endpoint=("fd00::1", 9),
+                      allowed_ips=(ipaddress.IPv4Network("10.42.0.2/32"),
+                                   ipaddress.IPv4Network("10.42.0.9/32")))
+    args = peer_args(K2, peer)
+    assert args[:2] == ["peer", K2]
+    assert "10.42.0.2/32,10.42.0.9/32" in args and "[fd00::1]:9" in args
+    no_endpoint = peer_args(K2, PeerConfig(public_key=b"\x02" * 32, endpoint=None,
+                                           allowed_ips=()))
+    assert "endpoint" not in no_endpoint
+    config = PlaneConfig(vnet="blue", interface="mc-blue",
+                         address=ipaddress.IPv4Interface("10.42.0.1/24"),
+                         private_key=b"\x07" * 32, listen_port=0)
+    assert base64.b64encode(b"\x07" * 32).decode() not in repr(config)
+
+
+def test_isolation_rules():
+    rules = rules_for("blue", "mc-blue", ipaddress.IPv4Network("10.42.0.0/24"))
+    assert ("-i", "mc-blue") in {r[1:3] for r in rules if r[0] == FWD_CHAIN}
+    assert ("-o", "mc-blue") in {r[1:3] for r in rules if r[0] == FWD_CHAIN}
+    inbound = [r for r in rules if r[0] == IN_CHAIN]
+    assert {r[r.index("!") + 1] for r in inbound} == {"-s", "-d"}
+    assert all("mc-vnet:blue" in r and r[-1] == "DROP" for r in rules)
+
+
+def test_tunnel_key_file(tmp_path):
+    from meshcloud.errors import DataDirError
+
+    path = tmp_path / "vnet" / "tunnel.key"
+    private, public = load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(private) == len(public) == 32 and private != public
+    assert load_or_create(path) == (private, public)
+    path.chmod(0o644)
+    with pytest.raises(DataDirError, match="readable by others"):
+        load_or_create(path)
+    path.chmod(0o600)
+    path.write_bytes(b"short")
+    with pytest.raises(DataDirError, match="32-byte"):
+        load_or_create(path)
