@@ -47,7 +47,7 @@ def routes(service: SparkService) -> list[Route]:
         return JSONResponse(reply, status_code=201)
 
     async def down(request: Request) -> Response:
-        return JSONResponse(service.down())
+        return JSONResponse(await service.down())
 
     async def job_list(request: Request) -> Response:
         if request.method == "GET":

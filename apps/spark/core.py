@@ -82,8 +82,9 @@ def host_case(hosts: Mapping[str, str], default: str) -> str:
     """Shell that sets ``H`` to this node's mesh host from ``$MESHCLOUD_NODE``."""
     arms = "".join(f"  {node}) H={shlex.quote(host)} ;;\n" for node, host in sorted(hosts.items())
                    if re.fullmatch(r"[0-9a-f]{8,128}", node))
-    return (f'case "$MESHCLOUD_NODE" in\n{arms}  *) H={shlex.quote(default)} ;;\nesac\n'
-            'export SPARK_LOCAL_IP="$H"\n')
+    # (not SPARK_LOCAL_IP: the web UIs would bind to it, and the ingress reaches them on
+    # 127.0.0.1)
+    return f'case "$MESHCLOUD_NODE" in\n{arms}  *) H={shlex.quote(default)} ;;\nesac\n'
 
 
 def s3_case(urls: Mapping[str, str]) -> str:

@@ -237,8 +237,9 @@ class SparkService(ServiceBase):
                                   s3_urls=s3)
         return master, worker
 
-    def down(self) -> dict[str, Any]:
+    async def down(self) -> dict[str, Any]:
         from apps.ingress.tables import EXPOSURES
+        from blobstore.records import S3KEYS
 
         current = cluster(self.state)
         if current is None:
@@ -253,6 +254,8 @@ class SparkService(ServiceBase):
         self.state.delete(SPARK_CLUSTER.name, (CLUSTER_KEY,))
         for scope in self.running.values():
             scope.cancel()
+        if self.blobs.index is not None:  # the jobs' S3 key goes with the cluster
+            await self.blobs.index.put_everywhere(S3KEYS.name, (current.access_key,), None)
         self.node.events.emit("spark.down")
         return {"removed": True}
 

@@ -235,7 +235,7 @@ def test_kill_a_workers_node_mid_job(cluster, tmp_path):
 
 
 def test_kill_the_masters_node(cluster, tmp_path):
-    alive = [x for x in cluster.agents if x.running()]
+    alive = [x for x in cluster.agents if x.running]
     c = spark(alive[0])["cluster"]
     old = c["master_node"]
     victim = by_node(cluster, old)
@@ -263,7 +263,7 @@ def test_kill_the_masters_node(cluster, tmp_path):
 
 
 def test_down_leaves_nothing_running(cluster):
-    alive = [x for x in cluster.agents if x.running()]
+    alive = [x for x in cluster.agents if x.running]
     x = alive[0]
     x.cli("spark", "down")
     assert spark(x)["cluster"] is None
