@@ -165,6 +165,8 @@ def test_a_userspace_host_reaches_a_member_through_socks5(tmp_path):
         local = a1.get("/v1/vnets/teal")["local"]
         assert local["address"] == f"{entry['address']}/24" and local["interface"] is None
         assert "mc-" not in ns(h1, "ip", "-br", "link").stdout  # no interface: no TUN
+        shown = a1.cli("vnet", "show", "teal").stdout
+        assert f"plane userspace, {entry['address']}/24, SOCKS5 port {port}" in shown
 
         server = subprocess.Popen([*h0.exec_prefix(), "python3", "-c", ECHO, address, "2"],
                                   stdout=subprocess.PIPE, text=True)
