@@ -4,8 +4,8 @@
 * The Python plane, forced on every host (``MESHCLOUD_VNET_PLANE=python``): three hosts
   ping each other and carry a TCP stream by V-Net address and by name (asked of a
   host's V-Net resolver); on the underlay only UDP between the planes' ports, the
-  stream's bytes never in clear; removing the V-Net leaves links, routes and rules as
-  they were.
+  stream's bytes never in clear; an agent that stops, and removing the V-Net, leave
+  links, routes and rules as they were.
 * The userspace mode: a host attached with ``--plane userspace`` has no interface, and a
   SOCKS5 client on it reaches a TCP server on a Python-plane host's V-Net address, by
   address and by name, over the mesh transport; an address outside the V-Net is refused.
@@ -96,6 +96,10 @@ def test_vnet_over_the_python_plane_between_three_hosts(tmp_path):
         target = dig(h[2], green[2], f"{a[0].node_id[:12]}.green.vnet")
         assert target == [green[0]]
         assert tcp_stream(lab, h[2], h[0], target[0], payload) == (STREAM, digest)
+
+        # --- an agent that stops takes its TUN interface and rules with it ----------
+        assert a[2].stop() == 0
+        assert snapshot(h[2]) == before[2]
 
         # --- removing the V-Net removes the TUN interfaces and the rules -----------
         a[0].cli("vnet", "rm", "green")
