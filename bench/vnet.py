@@ -9,8 +9,9 @@ with both hosts attached (``sim/vnetlab.py``); then in the same run:
 * ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
   bare veth + bridge path);
 * ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the average of ``ping`` RTTs over each path;
-* ``py_tcp_mb_s``: the Python plane, from ``bench._vnet_py.measure(lab, seconds)`` when
-  that module exists (else null).
+* ``py_tcp_mb_s`` / ``py_rtt_ms``: the Python plane, from
+  ``bench._vnet_py.measure(seconds)`` (a Python plane helper in each of two namespaces of
+  its own, after the agents' lab is closed).
 
 Needs root, ``iperf3``, ``wireguard-go`` or kernel WireGuard. MB/s are 10^6 bytes.
 """
@@ -82,13 +83,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
         figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
         figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
-        try:
-            py = importlib.import_module("bench._vnet_py")
-        except ImportError:
-            figures["py_tcp_mb_s"] = None
-        else:
-            figures["py_tcp_mb_s"] = py.measure(lab, seconds)
         a.cli("vnet", "rm", "bench")
+    try:
+        py = importlib.import_module("bench._vnet_py")
+    except ImportError:
+        figures["py_tcp_mb_s"] = None
+    else:  # its own two namespaces, once the agents' lab is gone
+        figures.update(py.measure(seconds))
     if figures["vnet_rtt_ms"] is not None and figures["underlay_rtt_ms"] is not None:
         figures["rtt_overhead_ms"] = round(figures["vnet_rtt_ms"] - figures["underlay_rtt_ms"],
                                            3)

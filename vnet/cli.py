@@ -21,10 +21,15 @@ def _size(n: int) -> str:
 
 def print_show(info: dict[str, Any]) -> None:
     local = info.get("local") or {}
-    print(f"{info['name']}  {info['cidr']}  "
-          + (f"plane {local.get('plane')} on {local.get('interface')} "
-             f"{local.get('address')} port {local.get('port')}" if local else
-             "(this node is not a member)"))
+    if local and local.get("plane") == "userspace":
+        where = (f"plane userspace, {local.get('address')}, "
+                 f"SOCKS5 port {local.get('socks')}")
+    elif local:
+        where = (f"plane {local.get('plane')} on {local.get('interface')} "
+                 f"{local.get('address')} port {local.get('port')}")
+    else:
+        where = "(this node is not a member)"
+    print(f"{info['name']}  {info['cidr']}  {where}")
     if local.get("error"):
         print(f"  error: {local['error']}")
     for m in info["members"]:

@@ -10,7 +10,6 @@ plane (interfaces, routes, firewall rules).
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import logging
 import os
@@ -25,7 +24,9 @@ from vnet import core
 from vnet.firewall import Firewall
 from vnet.ipam import VNetError, check_name, overlaps, parse_cidr
 from vnet.keys import load_or_create
+from vnet.names import resolve_name
 from vnet.plane import DataPlane, PlaneConfig, PlaneError
+from vnet.planes import PLANES, Served, choose
 from vnet.records import HOST, AttachRecord, VNetRecord
 from vnet.tables import (
     ATTACHMENTS,
@@ -45,9 +46,11 @@ log = logging.getLogger(__name__)
 
 PASS_EVERY = 1.0
 """Seconds between passes when nothing changes (membership addresses are polled)."""
-PLANES = ("wireguard", "python", "userspace")
 PLANE_ENV = "MESHCLOUD_VNET_PLANE"
 """Forces this node's plane (``wireguard``, ``python``, ``userspace``)."""
+SOCKS_ENV = "MESHCLOUD_VNET_SOCKS"
+"""``HOST:PORT`` of the userspace mode's SOCKS5 listener (default 127.0.0.1, any port;
+``vnet show`` gives it)."""
 RUNNING_STATES = {"claimed", "starting", "running"}
 HEARD_GRACE = 12.0
 """Seconds a peer gossip holds dead keeps its tunnel while the tunnel still brings its
@@ -80,6 +83,11 @@ class VNetService(ServiceBase):
         self._nursery: trio.Nursery | None = None
         self.heard: dict[bytes, tuple[int, float]] = {}
         """Peer node → (bytes received from it over all tunnels, when that last grew)."""
+        from vnet.userspace.stream import VnetTcpServer
+
+        self.tcp = VnetTcpServer(node.transport)
+        """``/meshcloud/vnet-tcp/1`` for every V-Net of this node: userspace-mode nodes
+        reach the members hosted here (and a userspace plane here its own address)."""
 
     def tables(self) -> tuple[Any, ...]:
         return VNET_TABLES
@@ -200,8 +208,11 @@ class VNetService(ServiceBase):
         view = self.view()
         if not view.vnets and not view.members and not self.planes:
             return  # nothing to do (the common case on a mesh without V-Nets)
-        ports = {vnet: plane.listen_port() for vnet, plane in self.planes.items()
-                 if plane.listen_port()}
+        # the row publishes the plane's UDP port (peers send tunnel packets there); a
+        # userspace plane has none (its peers reach it over the mesh transport)
+        ports = {vnet: 0 if plane.name == "userspace" else _udp_port(plane)
+                 for vnet, plane in self.planes.items()
+                 if plane.name == "userspace" or _udp_port(plane)}
         orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
                                 self.node.clock.wall_ms())
         if orders:
@@ -253,7 +264,7 @@ class VNetService(ServiceBase):
         plane = self.planes.get(vnet)
         try:
             if plane is None:
-                plane = self.planes[vnet] = self.open_plane(wanted)
+                plane = self.planes[vnet] = self.open_plane(wanted, vnet)
             if self.applied.get(vnet) != config:
                 await plane.apply(config)
                 self.applied[vnet] = config
@@ -301,28 +312,38 @@ class VNetService(ServiceBase):
         self.resolvers[vnet] = (address, scope)
         await self._nursery.start(serve)
 
-    def open_plane(self, wanted: str) -> DataPlane:
-        """The data plane to use: ``wanted`` (``--plane``), else $MESHCLOUD_VNET_PLANE,
-        else WireGuard where this host can run it, the Python plane, the userspace mode."""
+    def open_plane(self, wanted: str, vnet: str) -> DataPlane:
+        """The data plane for ``vnet``: ``wanted`` (``--plane``), else
+        $MESHCLOUD_VNET_PLANE, else the best this host has (:func:`vnet.planes.choose`)."""
         from vnet import wireguard
 
-        kind = wanted or os.environ.get(PLANE_ENV, "")
-        if not kind:
-            kind = "wireguard" if wireguard.available() is None else "python"
+        if self._nursery is None:
+            raise PlaneError("the V-Net service is not running")
+        root = os.geteuid() == 0
+        kind = choose(wanted or os.environ.get(PLANE_ENV, ""),
+                      wireguard_missing=wireguard.available(),
+                      tun=os.access("/dev/net/tun", os.R_OK | os.W_OK), root=root)
         if kind == "wireguard":
             reason = wireguard.available()
             if reason is not None:
                 raise PlaneError(reason)
-            return wireguard.WireGuardPlane(self.workdir, self.firewall)
-        if kind not in PLANES:
-            raise PlaneError(f"unknown plane {kind!r} (one of {', '.join(PLANES)})")
-        module_name = "vnet.pyplane" if kind == "python" else "vnet.userspace"
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise PlaneError(f"the {kind} plane is not available in this build") from None
-        plane: DataPlane = module.open_plane(self.node)
-        return plane
+            return Served(wireguard.WireGuardPlane(self.workdir, self.firewall), self.tcp)
+        if kind == "python":
+            from vnet.pyplane.driver import PyPlane
+
+            return Served(PyPlane(self._nursery), self.tcp, self.firewall if root else None)
+        from vnet.userspace.plane import UserspacePlane
+
+        host, _, port = os.environ.get(SOCKS_ENV, "127.0.0.1:0").rpartition(":")
+        if not port.isdigit():
+            raise PlaneError(f"${SOCKS_ENV}: expected HOST:PORT")
+
+        def resolve(name: str) -> str | None:
+            found = resolve_name(name, vnet, all_members(self.node.state))
+            return str(found[0]) if found else None
+
+        return UserspacePlane(self.tcp, self._nursery, socks_host=host or "127.0.0.1",
+                              socks_port=int(port), resolve=resolve)
 
     # --- operations (API) -------------------------------------------------------------
 
@@ -437,9 +458,13 @@ class VNetService(ServiceBase):
         config = self.applied.get(name)
         if plane is None:
             return None
-        return {"plane": plane.name, "interface": config.interface if config else None,
+        return {"plane": plane.name,
+                "interface": config.interface if config and plane.name != "userspace"
+                else None,
                 "address": str(config.address) if config else None,
-                "port": plane.listen_port(), "error": self.errors.get(name)}
+                "port": _udp_port(plane) if plane.name != "userspace" else None,
+                "socks": _udp_port(plane) if plane.name == "userspace" else None,
+                "error": self.errors.get(name)}
 
     def show(self, name: str) -> dict[str, Any]:
         record = self._require(name)
@@ -496,3 +521,12 @@ class VNetService(ServiceBase):
 
     def nav(self) -> list[tuple[str, str, str, bool]]:
         return [("vnets", "V-Nets", "/ui/vnets", True)]
+
+
+def _udp_port(plane: DataPlane) -> int:
+    """The port a plane listens on (the SOCKS5 port for the userspace mode), 0 while it
+    does not run (a config that failed to apply)."""
+    try:
+        return plane.listen_port()
+    except PlaneError:
+        return 0
