@@ -147,6 +147,20 @@ async def _next_event(conn: h11.Connection, sock: Any) -> Any:
         conn.receive_data(bytes(data) if data else b"")
 
 
+async def _next_timed(conn: h11.Connection, sock: Any, seconds: float) -> Any:
+    """The next event, each read within ``seconds`` (``h11.NEED_DATA`` when one is not):
+    events already parsed cost no timer."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        with trio.move_on_after(seconds):
+            data = await sock.receive_some(CHUNK)
+            conn.receive_data(bytes(data) if data else b"")
+            continue
+        return h11.NEED_DATA
+
+
 async def _send(conn: h11.Connection, sock: Any, event: Any) -> None:
     data = conn.send(event)
     if data:
@@ -225,9 +239,11 @@ async def serve_http(client: Any, ingress: IngressService, proto: str = "http") 
                 if idle.cancelled_caught:
                     break
                 conn.receive_data(bytes(data))
-                with trio.move_on_after(limits.header_timeout) as slow:
-                    event = await _next_event(conn, client)
-                if slow.cancelled_caught:
+                event = conn.next_event()  # the whole head came in one read, usually
+                if event is h11.NEED_DATA:
+                    with trio.move_on_after(limits.header_timeout):
+                        event = await _next_event(conn, client)
+                if event is h11.NEED_DATA:  # the header timeout struck
                     ingress.http_timeouts += 1
                     if conn.our_state is h11.IDLE:
                         await _simple(conn, client, 408, "request headers took too long\n",
@@ -432,12 +448,11 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
     responded = False  # nothing of the response has reached the client yet
     held: list[Any] | None = None  # a small response kept whole while it may be retried
     while True:  # the response, chunk by chunk, each read within the route's timeout
-        with trio.move_on_after(route.timeout) as waited:
-            try:
-                event = await _next_event(up, upstream)
-            except (h11.RemoteProtocolError, *FORWARD_ERRORS) as exc:
-                event = exc
-        if waited.cancelled_caught:
+        try:
+            event = await _next_timed(up, upstream, route.timeout)
+        except (h11.RemoteProtocolError, *FORWARD_ERRORS) as exc:
+            event = exc
+        if event is h11.NEED_DATA:  # timed out
             if not responded:
                 await _simple(conn, client, 504, f"{route.workload} did not answer within "
                               f"{route.timeout:g} s\n", [(b"connection", b"close")])

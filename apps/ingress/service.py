@@ -60,6 +60,9 @@ MESH_BIND = "mesh"
 """Exposure bind meaning: the host of this node's mesh listen address."""
 CHECK_TIMEOUT = 1.0
 ROWS_MAX_AGE = 2.0
+ALIVE_MAX_AGE = 0.1
+"""Seconds a request may reuse the routable replicas computed for an earlier one: the
+rows and the workloads are followed exactly; membership (a death) within this."""
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nconnection: close\r\n"
         b"content-type: text/plain\r\ncontent-length: 22\r\n\r\ntoo many connections\r\n")
 
@@ -118,6 +121,7 @@ class IngressService(ServiceBase):
         self.pool = UpstreamPool()
         self._rows: tuple[float, dict[RowKey, Any]] | None = None
         self._routes: tuple[Any, dict[str, list[HttpRoute]]] = (None, {})
+        self._targets: dict[tuple[str, str], tuple[float, Any, Any, list[Target]]] = {}
 
     # --- running ----------------------------------------------------------------------------
 
@@ -234,12 +238,25 @@ class IngressService(ServiceBase):
     # --- routing ----------------------------------------------------------------------------
 
     def targets(self, workload: str, endpoint: str) -> list[Target]:
+        """The routable replicas of ``workload:endpoint``, computed again when the rows or
+        the workloads change and at least every ``ALIVE_MAX_AGE`` seconds (membership):
+        a request must not scan the member list."""
+        rows = self.endpoint_rows()
+        snapshot = self.workloads.reconciler.last
+        now = trio.current_time()
+        seen = self._targets.get((workload, endpoint))
+        if seen is not None and seen[1] is rows and seen[2] is snapshot and \
+                snapshot is not None and now - seen[0] < ALIVE_MAX_AGE:
+            return seen[3]
         entry = self._entries().get(workload)
         if entry is None:
             return []
         alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
-        return live_targets(self.endpoint_rows(), workload, endpoint, alive=alive,
-                            replicas=entry.replicas)
+        found = live_targets(rows, workload, endpoint, alive=alive, replicas=entry.replicas)
+        if len(self._targets) > 1024:
+            self._targets.clear()
+        self._targets[(workload, endpoint)] = (now, rows, snapshot, found)
+        return found
 
     def add_host_lookup(self, lookup: HostLookup) -> None:
         """Let an in-process service (static sites) answer requests that match no

@@ -7,8 +7,11 @@ A :class:`Connection` owns a non-blocking stdlib socket and three tasks:
   datagrams, GOAWAY);
 * the **writer** sleeps until something was queued, then takes *everything* the core has
   (so small writes made meanwhile coalesce into one encrypted write), encrypts it and
-  sends it; while the socket is full, new frames wait in the core (and datagrams beyond its
-  backlog are dropped);
+  sends it, in slices with a turn for other tasks between two; while the socket is full,
+  new frames wait in the core (and datagrams beyond its backlog are dropped). Encryption
+  runs on the event loop, as decryption does: a slice costs well under a millisecond, and
+  a worker thread (lowered priority, :mod:`meshcloud.bulk`) halved bulk throughput on a
+  loaded machine, where the writer waited for a thread the kernel ran last;
 * the **timer** sleeps until the core's keepalive deadline and runs ``on_timer``; on a
   connection without streams (no keepalive) it sleeps until the idle deadline instead:
   no stream and no traffic for ``idle_timeout`` seconds, and the connection is retired
@@ -33,7 +36,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshcloud.bulk import run_bulk
 from meshcloud.errors import (
     ConnectionLost,
     LocalProtocolError,
@@ -71,12 +73,9 @@ READS_BEFORE_YIELD = 8
 """Reads in a row (data always ready) before the reader lets other tasks run."""
 
 WRITE_SLICE = 512 * 1024
-"""Plaintext bytes the writer encrypts and sends at a time; datagrams and pings queued
-meanwhile go out before the next slice (a probe's ack waits behind at most this much)."""
-
-OFFLOAD_BYTES = 128 * 1024
-"""From this size a write is encrypted in a bulk worker thread (:mod:`meshcloud.bulk`),
-not on the event loop."""
+"""Plaintext bytes the writer encrypts and sends at a time; other tasks run between two
+slices, and datagrams and pings queued meanwhile go out before the next slice (a probe's
+ack waits behind at most this much)."""
 
 
 def _has_data(sock: socket.socket) -> bool:
@@ -587,17 +586,16 @@ class Connection:
                     end += 1
                 batch = packets[start:end]
                 if start:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # the loop's turn
                     batch = mux.urgent_to_send() + batch
                 start = end
-                if not await self._write(batch, size):
+                if not await self._write(batch):
                     return
             self._writing = False
 
-    async def _write(self, packets: list[bytearray], size: int) -> bool:
-        """Encrypt ``packets`` (in a bulk worker thread when large) and send them all.
-        False if the connection was lost."""
-        encrypt = self.channel.encrypt_packets
-        data = encrypt(packets) if size < OFFLOAD_BYTES else await run_bulk(encrypt, packets)
+    async def _write(self, packets: list[bytearray]) -> bool:
+        """Encrypt ``packets`` and send them all. False if the connection was lost."""
+        data = self.channel.encrypt_packets(packets)
         self.counters.packets_sent += len(packets)
         self.counters.bytes_sent += len(data)
         view = memoryview(data)
