@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from gossip.capacity import MAX_LABELS, Capacity
@@ -183,9 +184,28 @@ def read_power(power_supply: Path) -> tuple[int, bool | None]:
     return battery, on_ac
 
 
+WHICH_TTL = 60.0
+"""Seconds a PATH lookup is remembered (capacity is read every second or two; installing
+podman or Termux:API is noticed within a minute)."""
+
+_which_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def which(name: str) -> str | None:
+    """``shutil.which`` remembered for :data:`WHICH_TTL` seconds (each lookup stats every
+    PATH directory, on the capacity sampler's every turn otherwise)."""
+    now, key = time.monotonic(), (name, os.environ.get("PATH", ""))
+    hit = _which_cache.get(key)
+    if hit is not None and now - hit[0] < WHICH_TTL:
+        return hit[1]
+    found = shutil.which(name)
+    _which_cache[key] = (now, found)
+    return found
+
+
 def termux_json(name: str) -> dict[str, object]:
     """The JSON object a Termux:API command prints, or {} (not installed, no answer)."""
-    command = shutil.which(name)
+    command = which(name)
     if command is None:
         return {}
     try:
@@ -244,7 +264,7 @@ def _default_interface(route: Path) -> str:
 
 def available_runtimes() -> tuple[str, ...]:
     runtimes = ["process"]
-    if shutil.which("podman"):
+    if which("podman"):
         runtimes.insert(0, "podman")
     return tuple(runtimes)
 
