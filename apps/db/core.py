@@ -51,6 +51,33 @@ def check_create(name: str, standbys: int, version: int, taken: Mapping[str, DbS
                       code="bad_version")
 
 
+ROLES = ("readonly", "readwrite", "admin")
+
+
+def user_sql(db: str, user: str, role: str, password: str) -> str:
+    """The SQL (run in database ``db``) that makes ``user`` with ``role``; the password
+    is a generated URL-safe token (checked: no quoting needed)."""
+    check_name(user)
+    if user == db:
+        raise DbError(f"{user!r} is the database's own user", code="conflict")
+    if role not in ROLES:
+        raise DbError(f"role is one of {', '.join(ROLES)}", code="bad_request")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", password):
+        raise DbError("a generated password is URL-safe", code="bad_request")
+    schema = f'GRANT USAGE, CREATE ON SCHEMA public TO "{user}"'
+    grants = {
+        "readonly": [f'GRANT CONNECT ON DATABASE "{db}" TO "{user}"',
+                     f'GRANT pg_read_all_data TO "{user}"'],
+        "readwrite": [f'GRANT CONNECT ON DATABASE "{db}" TO "{user}"',
+                      f'GRANT pg_read_all_data, pg_write_all_data TO "{user}"', schema],
+        "admin": [f'GRANT ALL ON DATABASE "{db}" TO "{user}"',
+                  f'GRANT pg_read_all_data, pg_write_all_data TO "{user}"',
+                  f'ALTER ROLE "{user}" CREATEROLE', schema],
+    }[role]
+    return ";\n".join([f'CREATE ROLE "{user}" LOGIN PASSWORD \'{password}\'', *grants]
+                      ) + ";"
+
+
 def free_port(taken: Iterable[int]) -> int:
     """The lowest ingress port of the database range no database or exposure uses."""
     used = set(taken)
@@ -142,8 +169,21 @@ def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
     if not local.has_data:
         return Decision(fresh and me == spec.home, WAIT)
     if local.standby_data:
-        return Decision(local.running, KEEP if local.running else START_STANDBY)
+        best = local.running and not _defer(me, rows, alive)
+        return Decision(best, KEEP if local.running else START_STANDBY)
     return Decision(local.term >= top_term, WAIT)  # the last primary may come back
+
+
+def _defer(me: bytes, rows: Mapping[bytes, DbMember], alive: Collection[bytes]) -> bool:
+    """A standby leaves the lease to another one: the one a switchover named, or a live
+    healthy standby that has replayed more WAL (the most advanced is promoted)."""
+    named = {m.handover for n, m in rows.items() if m.handover and n in alive}
+    named &= {n for n, m in rows.items() if n in alive and m.role == STANDBY}
+    if named:
+        return me not in named
+    mine = rows[me].lsn if me in rows else 0
+    return any(m.lsn > mine for n, m in rows.items()
+               if n != me and n in alive and m.role == STANDBY and m.healthy)
 
 
 def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[bytes]
@@ -157,9 +197,11 @@ def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[b
     return node, member
 
 
-def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "") -> str:
+def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "",
+              archive: str = "") -> str:
     """The settings meshcloud owns (``meshcloud.conf``, included from postgresql.conf).
-    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty."""
+    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty;
+    ``archive`` the WAL ``archive_command`` (empty: no archiving)."""
     lines = [
         "listen_addresses = '127.0.0.1'",
         f"port = {int(port)}",
@@ -172,7 +214,12 @@ def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = ""
         "hot_standby = on",
         "synchronous_commit = on",
         "logging_collector = off",
+        "wal_log_hints = on",
+        "archive_mode = on" if archive else "archive_mode = off",
     ]
+    if archive:
+        lines.append("archive_command = '" + archive.replace("'", "''") + "'")
+        lines.append("archive_timeout = 60")
     if standbys > 0:
         lines.append("synchronous_standby_names = 'ANY 1 (*)'")
     else:

@@ -35,7 +35,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     functions = FunctionService(ctx, blobs)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    return [workloads, blobs, ingress, sites, functions, DbService(ctx)]
+    return [workloads, blobs, ingress, sites, functions, DbService(ctx, blobs)]
 
 
 def load_cli_verbs() -> None:

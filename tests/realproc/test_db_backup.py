@@ -1,0 +1,112 @@
+"""Issue 17: backups with pgBackRest into the mesh's own S3 API, point-in-time restore.
+
+Two agents; ``db create shop --standbys 1``; rows A, ``db backup``, rows B, time T, rows C;
+``db restore shop --at T --as copy``: the copy has exactly A and B. Bad restore times are
+refused with nothing created.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from apps.ingress.ports import ephemeral_port
+from sim.agents import LocalCluster, wait_until
+from tests.realproc.test_db import databases, db_roots, kill_postgres, psql, ready, via
+
+ADDRESSES = [f"127.0.0.{71 + i}" for i in range(2)]
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dbbackup")
+    cluster = LocalCluster(root, extra_args=["--profile", "local"])
+    try:
+        cluster.init_first(listen=f"{ADDRESSES[0]}:0")
+        cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[1]}:0")
+        yield cluster
+    finally:
+        cluster.close()
+        for agent in cluster.agents:
+            kill_postgres(agent)
+        for agent in cluster.agents:
+            for root in db_roots(agent):
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def ids(url: str) -> list[int]:
+    r = psql(url, "SELECT id FROM t ORDER BY id")
+    assert r.returncode == 0, r.stderr
+    return [int(x) for x in r.stdout.split()]
+
+
+def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
+    a, b = cluster.agents
+    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 2,
+               60, message="2 members")
+    a.cli("db", "create", "shop", "--standbys", "1", "--port", str(ephemeral_port()))
+    wait_until(lambda: ready(b, "shop", 1), 180, interval=0.5, message="shop ready")
+    url = via(a.cli("db", "url", "shop").stdout.strip(), ADDRESSES[1])
+    r = psql(url, "CREATE TABLE t (id int primary key); "
+                  "INSERT INTO t SELECT generate_series(1, 100)")
+    assert r.returncode == 0, r.stderr
+
+    # a restore before any backup: refused, nothing created
+    early = a.cli("db", "restore", "shop", "--at", "2020-01-01T00:00:00Z", "--as", "nope",
+                  check=False, timeout=300)
+    assert early.returncode != 0
+    assert "no backup" in early.stderr + early.stdout
+    assert "nope" not in databases(a)
+
+    out = a.cli("db", "backup", "shop", timeout=600).stdout
+    assert "backup " in out and "(full)" in out, out
+    listed = a.cli("db", "backup", "shop", "--list").stdout
+    assert "full" in listed, listed
+    first_stop = a.get("/v1/db/shop/backups")["backups"][0]["stop"]
+
+    r = psql(url, "INSERT INTO t SELECT generate_series(101, 150)")
+    assert r.returncode == 0, r.stderr
+    r = psql(url, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                  "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    at = r.stdout.strip()
+    # rows C are committed strictly after T (the server clock has moved past it)
+    wait_until(lambda: psql(url, f"SELECT clock_timestamp() > '{at}'::timestamptz"
+                            ).stdout.strip() == "t", 10, message="clock past T")
+    r = psql(url, "INSERT INTO t SELECT generate_series(151, 200)")
+    assert r.returncode == 0, r.stderr
+
+    # bad input: a time before the first backup, a taken name, a bad time
+    before = a.cli("db", "restore", "shop", "--at", str(first_stop - 3600), "--as", "nope",
+                   check=False, timeout=300)
+    assert before.returncode != 0 and "before the first backup" in before.stderr, \
+        before.stderr
+    taken = a.cli("db", "restore", "shop", "--at", at, "--as", "shop", check=False,
+                  timeout=300)
+    assert taken.returncode != 0 and "already exists" in taken.stderr, taken.stderr
+    garbage = a.cli("db", "restore", "shop", "--at", "yesterday", "--as", "nope",
+                    check=False, timeout=300)
+    assert garbage.returncode != 0 and "bad time" in garbage.stderr, garbage.stderr
+    assert sorted(databases(a)) == ["shop"]
+
+    out = a.cli("db", "restore", "shop", "--at", at, "--as", "copy", timeout=600).stdout
+    assert "as copy" in out, out
+    wait_until(lambda: ready(a, "copy", 1), 300, interval=0.5, message="copy ready")
+    copy_url = via(a.cli("db", "url", "copy").stdout.strip(), ADDRESSES[0])
+    assert copy_url.startswith("postgresql://copy:")
+    wait_until(lambda: psql(copy_url, "SELECT 1").returncode == 0, 60, interval=0.5,
+               message="copy answers")
+    assert ids(copy_url) == list(range(1, 151))
+    assert ids(url) == list(range(1, 201))  # the source is untouched
+    # the copy is a database of its own: it takes writes and keeps its own backups
+    r = psql(copy_url, "INSERT INTO t VALUES (1000)")
+    assert r.returncode == 0, r.stderr
+    # the source's user cannot log in to the copy with the source's password
+    old = psql(copy_url.replace("copy:", "shop:", 1).replace("/copy", "/shop")
+               .replace(copy_url.split(":")[2].split("@")[0],
+                        url.split(":")[2].split("@")[0]), "SELECT 1")
+    assert old.returncode != 0
+    out = a.cli("db", "backup", "copy", "--type", "full", timeout=600).stdout
+    assert "(full)" in out, out
