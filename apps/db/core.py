@@ -93,11 +93,17 @@ def placement(name: str, nodes: Collection[bytes], standbys: int) -> list[bytes]
     return rank(sorted(set(nodes)), b"db/" + name.encode())[:1 + standbys]
 
 
-def group_of(name: str, spec: DbSpec, known: Collection[bytes]) -> list[bytes]:
+def group_of(name: str, spec: DbSpec, known: Collection[bytes],
+             gone: Collection[bytes] = ()) -> list[bytes]:
     """The nodes that keep a copy of ``name``: the node chosen at creation first, then the
     best ranked other known nodes (dead ones included: a copy does not move because its
-    node is down for a while)."""
-    others = placement(name, set(known) - {spec.home}, spec.standbys)[:spec.standbys]
+    node is down for a while), except the ``gone`` ones (down longer than the service's
+    replace delay): their place goes to the next ranked node, which clones a new standby."""
+    lost = set(gone)
+    if spec.home in lost:
+        return placement(name, set(known) - lost, spec.standbys)[:1 + spec.standbys]
+    others = placement(name, set(known) - {spec.home} - lost,
+                       spec.standbys)[:spec.standbys]
     return [spec.home, *others]
 
 
@@ -132,14 +138,14 @@ class Decision:
 
 def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
            alive: Collection[bytes], rows: Mapping[bytes, DbMember], local: Local,
-           lease_term: int | None) -> Decision:
+           lease_term: int | None, gone: Collection[bytes] = ()) -> Decision:
     """What this node does about one database this round. The lease (with its term, a
     fencing token) is the only licence to run as primary: without it a running primary
     is stopped at once; a standby asks for it only when no other live primary exists,
     and is promoted only once it holds it (so after the previous holder's lease ran out).
     A copy that was primary under an older term than the current primary's is cloned
     again as a standby: it never accepts a write on its old term."""
-    if me not in group_of(name, spec, known):
+    if me not in group_of(name, spec, known, gone):
         return Decision(False, DROP if local.has_data else WAIT)
     others = {n: m for n, m in rows.items() if n != me}
     live_primary = primary_of(name, others, alive)

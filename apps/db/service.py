@@ -66,6 +66,9 @@ OPEN_TIMEOUT = 5.0
 ENDPOINT = "pg"
 RO_ENDPOINT = "pg-ro"
 HANDOVER_TIMEOUT = 120.0
+REPLACE_AFTER = 300.0
+"""Seconds a node is down before its database copies are remade on another node."""
+LOCAL_REPLACE_AFTER = 20.0
 DB_LEASE_PROTOCOL = "/meshcloud/db-lease/1"
 LOCAL_LEASE = 6.0
 LOCAL_RENEW = 1.0
@@ -109,6 +112,8 @@ class DbService(ServiceBase):
         self.repo = Repo(self, blobs)
         self.nursery: trio.Nursery | None = None
         self.handing: set[str] = set()
+        self.down_since: dict[bytes, float] = {}
+        self.replace_after = LOCAL_REPLACE_AFTER if local else REPLACE_AFTER
         """Databases this node's primary is handing over (switchover): left alone."""
 
     def tables(self) -> tuple[Any, ...]:
@@ -406,6 +411,7 @@ class DbService(ServiceBase):
         known = self.known_nodes()
         alive = self.alive_nodes()
         held = self.leases.leases()
+        gone = self._gone(known, alive)
         want: set[str] = set()
         for name, spec in sorted(specs.items()):
             rows = {n: m for n, m in members.get(name, {}).items()
@@ -418,7 +424,7 @@ class DbService(ServiceBase):
             try:
                 local = await self._local(name, spec)
                 decision = decide(me, name, spec, known=known, alive=alive, rows=rows,
-                                  local=local,
+                                  local=local, gone=gone,
                                   lease_term=lease.term if lease is not None else None)
                 if decision.want_lease:
                     want.add(name)
@@ -435,6 +441,18 @@ class DbService(ServiceBase):
                 if v is not None and len(k) == 2 and k[1] == me}
         for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
+
+    def _gone(self, known: list[bytes], alive: set[bytes]) -> set[bytes]:
+        """Known nodes down longer than the replace delay (their copies are remade on
+        other nodes)."""
+        now = trio.current_time()
+        for node in known:
+            if node in alive:
+                self.down_since.pop(node, None)
+            else:
+                self.down_since.setdefault(node, now)
+        return {n for n, t in self.down_since.items()
+                if n not in alive and now - t >= self.replace_after}
 
     def known_nodes(self) -> list[bytes]:
         from apps.workloads.offers import all_offers
@@ -525,8 +543,10 @@ class DbService(ServiceBase):
             await pg.start(inst)
         elif action == START_STANDBY:
             await pg.start(inst)
-        elif action == DROP:
+        elif action == DROP:  # out of the group (its place was given to another node)
             await self._drop(name)
+            if self.state.get(DB_MEMBERS.name, (name, self.node.node_id)) is not None:
+                self.state.delete(DB_MEMBERS.name, (name, self.node.node_id))
             return
         now = await self._local(name)
         if not now.has_data:

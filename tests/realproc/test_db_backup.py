@@ -110,3 +110,69 @@ def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
     assert old.returncode != 0
     out = a.cli("db", "backup", "copy", "--type", "full", timeout=600).stdout
     assert "(full)" in out, out
+
+
+def test_user_add_read_only_port_and_planned_switchover(cluster):
+    import threading
+
+    from tests.realproc.test_db import roles
+
+    a, b = cluster.agents
+    a.cli("db", "create", "ops", "--standbys", "1", "--port", str(ephemeral_port()))
+    wait_until(lambda: ready(b, "ops", 1), 180, interval=0.5, message="ops ready")
+    url = via(a.cli("db", "url", "ops").stdout.strip(), ADDRESSES[1])
+    r = psql(url, "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (0)")
+    assert r.returncode == 0, r.stderr
+
+    # a read-only user: password printed once, reads allowed, writes refused
+    out = a.cli("db", "user", "add", "ops", "reader", "--role", "readonly").stdout
+    password = out.split("password (shown once): ")[1].split()[0]
+    reader = via(url.replace(url.split("@")[0], f"postgresql://reader:{password}"),
+                 ADDRESSES[0])
+    assert psql(reader, "SELECT count(*) FROM t").stdout.strip() == "1"
+    denied = psql(reader, "INSERT INTO t VALUES (99)")
+    assert denied.returncode != 0 and "permission denied" in denied.stderr
+    dup = a.cli("db", "user", "add", "ops", "reader", check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr, dup.stderr
+    bad = a.cli("db", "user", "add", "ops", "Bad-Name", check=False)
+    assert bad.returncode != 0 and "bad database name" in bad.stderr
+    assert password not in (a.data_dir / "logs" / "console.log").read_text()
+
+    # the read-only port reaches a standby
+    ro = via(a.cli("db", "url", "ops", "--read-only").stdout.strip(), ADDRESSES[0])
+    wait_until(lambda: psql(ro, "SELECT pg_is_in_recovery()").stdout.strip() == "t", 60,
+               interval=0.5, message="read-only port on a standby")
+    refused = psql(ro, "INSERT INTO t VALUES (98)")
+    assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+
+    # planned switchover under writes: no acknowledged row lost, roles swapped
+    before = roles(a, "ops")
+    primary = next(n for n, r in before.items() if r == "primary")
+    standby = next(n for n, r in before.items() if r == "standby")
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            if psql(url, f"INSERT INTO t VALUES ({i})", timeout=20).returncode == 0:
+                acked.append(i)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(acked) >= 10, 60, message="10 rows before the switchover")
+        out = a.cli("db", "failover", "ops", timeout=300).stdout
+        assert "primary moved" in out, out
+        count = len(acked)
+        wait_until(lambda: len(acked) >= count + 10, 120, interval=0.2,
+                   message="writes after the switchover")
+    finally:
+        stop.set()
+        thread.join(60)
+    present = set(ids(url))
+    assert sorted(set(acked) - present) == []
+    wait_until(lambda: roles(a, "ops") == {standby: "primary", primary: "standby"}, 180,
+               interval=0.5, message="old primary follows as a standby")
+    print(f"switchover: {out.strip()}; {len(acked)} acked, 0 lost")

@@ -171,3 +171,18 @@ def test_new_rows_round_trip():
                   DbSpec(port=1, password="p", home=b"h", restore_from="s-1",
                          restore_at="2026-12-07T05:00:00+00:00", ro_port=2)):
         assert decode_message(encode_message(value), type(value)) == value
+
+
+@given(st.sets(st.sampled_from(NODES), min_size=1), st.sets(st.sampled_from(NODES)),
+       st.integers(0, 3))
+def test_group_skips_gone_nodes(known, gone, standbys):
+    spec = DbSpec(port=1, password="", home=NODES[0], standbys=standbys)
+    group = group_of("shop", spec, known | {NODES[0]}, gone)
+    assert not set(group) & gone
+    assert len(group) == len(set(group)) == min(1 + standbys, len((known | {NODES[0]}) - gone))
+    if NODES[0] not in gone:
+        assert group[0] == NODES[0]
+    # the survivors keep their places: only the gone ones are replaced
+    full = group_of("shop", spec, known | {NODES[0]})
+    assert [n for n in full if n not in gone] == group[:len([n for n in full
+                                                             if n not in gone])]
