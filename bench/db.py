@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from tests.realproc.test_db import db_roots
 
         for agent in cluster.agents:
-            for path in db_roots(agent):
+            for path in db_roots(agent, node_dirs=True):
                 shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
     return figures

@@ -25,11 +25,14 @@ PSQL = "/usr/lib/postgresql/15/bin/psql"
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
-def db_roots(agent: Agent) -> list[Path]:
+def db_roots(agent: Agent, *, node_dirs: bool = False) -> list[Path]:
+    """Each database's directory on ``agent``'s node (``node_dirs``: also the node's own,
+    dot-named: the backup TLS front's certificates, the repository config)."""
     out = []
     for base in (default_homes(agent.data_dir) / "db", agent.data_dir / "db"):
         if base.is_dir():
-            out += [p for p in base.iterdir() if p.is_dir()]
+            out += [p for p in base.iterdir()
+                    if p.is_dir() and (node_dirs or not p.name.startswith("."))]
     return out
 
 
@@ -70,7 +73,7 @@ def cluster(tmp_path_factory):
         for agent in cluster.agents:
             kill_postgres(agent)
         for agent in cluster.agents:  # the homes root outlives the test's tmp dir
-            for root in db_roots(agent):
+            for root in db_roots(agent, node_dirs=True):
                 shutil.rmtree(root, ignore_errors=True)
 
 

@@ -33,7 +33,7 @@ def cluster(tmp_path_factory):
         for agent in cluster.agents:
             kill_postgres(agent)
         for agent in cluster.agents:
-            for root in db_roots(agent):
+            for root in db_roots(agent, node_dirs=True):
                 shutil.rmtree(root, ignore_errors=True)
 
 
