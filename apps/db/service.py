@@ -105,6 +105,7 @@ class DbService(ServiceBase):
         self.refused = 0
         self.sync_seen: dict[str, int] = {}
         local = node.config.profile == "local"
+        self.lease_duration = LOCAL_LEASE if local else LEASE_DURATION
         self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
                                    duration=LOCAL_LEASE if local else LEASE_DURATION,
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY,
@@ -522,12 +523,12 @@ class DbService(ServiceBase):
             await self._create_database(inst, name, spec.password)
         elif action == START_PRIMARY:
             self._set_term(inst, term)
-            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await self._sync(inst, name, spec, rows, alive, port, lease, force=True)
             await pg.start(inst)
         elif action == PROMOTE:
             log.warning("database %s: promoting this standby (term %d)", name, term)
             self._set_term(inst, term)
-            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await self._sync(inst, name, spec, rows, alive, port, lease, force=True)
             await pg.promote(inst)
             await pg.reload(inst)
         elif action == CLONE:
@@ -555,7 +556,7 @@ class DbService(ServiceBase):
         if role == PRIMARY and lease is not None and now.running:
             if spec.restore_from and not (inst.root / "restored").exists():
                 await self._finish_restore(inst, name, spec, port)
-            await self._sync(inst, name, spec, rows, alive, port)
+            await self._sync(inst, name, spec, rows, alive, port, lease)
         healthy = now.running and await tcp_check(port)
         if role == PRIMARY and lease is None:
             healthy = False  # never routed to without the lease
@@ -580,13 +581,23 @@ class DbService(ServiceBase):
 
     async def _sync(self, inst: pg.Instance, name: str, spec: DbSpec,
                     rows: dict[bytes, DbMember], alive: set[bytes], port: int,
-                    *, force: bool = False) -> None:
+                    lease: Any, *, force: bool = False) -> None:
         """Synchronous commit while a standby is live; without one the primary carries on
-        alone (degraded) rather than blocking every write."""
+        alone (degraded) rather than blocking every write, but only once its lease was
+        renewed after the standbys' nodes were seen down: a primary cut off from the
+        mesh cannot renew, so it keeps waiting for its standby (no commit it acknowledges
+        can be lost) until its lease runs out and it is fenced."""
         me = self.node.node_id
         live = sum(1 for n, m in rows.items()
                    if n != me and n in alive and m.role == STANDBY and m.healthy)
         standbys = min(spec.standbys, live)
+        if standbys == 0 and spec.standbys > 0 and self.sync_seen.get(name, 1) > 0:
+            down = [self.down_since.get(n, trio.current_time()) for n, m in rows.items()
+                    if n != me and m.role == STANDBY and n not in alive]
+            renewed = (lease.valid_until - self.lease_duration) if lease is not None \
+                else float("-inf")
+            if down and renewed <= max(down):
+                standbys = 1  # not yet: stay synchronous
         if not force and self.sync_seen.get(name) == standbys:
             return
         pg.write_conf(inst, self._conf(inst, name, spec, port, standbys))
