@@ -192,6 +192,20 @@ def _defer(me: bytes, rows: Mapping[bytes, DbMember], alive: Collection[bytes]) 
                if n != me and n in alive and m.role == STANDBY and m.healthy)
 
 
+def excluded_nodes(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
+                   rows: Mapping[bytes, DbMember], alive: Collection[bytes],
+                   gone: Collection[bytes], holding: bool) -> frozenset[bytes]:
+    """The nodes out of the database's group: those the live primary's row names; when
+    this node holds the lease, also the group's nodes it counts ``gone`` itself. A node
+    that finds itself named drops its copy."""
+    live = primary_of(name, rows, alive)
+    named = set(live[1].excluded) if live is not None else set()
+    if holding:
+        named |= set(rows[me].excluded) if me in rows else set()
+        named |= (set(gone) - {me}) & set(group_of(name, spec, known, named))
+    return frozenset(named)
+
+
 def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[bytes]
                ) -> tuple[bytes, DbMember] | None:
     """The healthy primary of ``name`` on a node believed alive (highest term first)."""

@@ -66,6 +66,10 @@ class DbMember:
     handover: bytes = b""
     """Set by a primary that shut down for a planned switchover: the standby that should
     take over (the others leave the lease to it)."""
+    excluded: tuple[bytes, ...] = ()
+    """Written by the primary: nodes it counted gone (down longer than the replace delay).
+    They leave the database's group for good (this incarnation): their places go to the
+    next ranked nodes, and a copy they still have is dropped when they return."""
 
 
 @message(TagBlock.APPS + 92)

@@ -31,6 +31,7 @@ from apps.db.core import (
     check_create,
     conf_text,
     decide,
+    excluded_nodes,
     free_port,
     placement,
     primary_of,
@@ -68,7 +69,7 @@ RO_ENDPOINT = "pg-ro"
 HANDOVER_TIMEOUT = 120.0
 REPLACE_AFTER = 300.0
 """Seconds a node is down before its database copies are remade on another node."""
-LOCAL_REPLACE_AFTER = 20.0
+LOCAL_REPLACE_AFTER = 30.0
 DB_LEASE_PROTOCOL = "/meshcloud/db-lease/1"
 LOCAL_LEASE = 6.0
 LOCAL_RENEW = 1.0
@@ -422,14 +423,17 @@ class DbService(ServiceBase):
             lease = held.get(name)
             if name in self.handing:
                 continue
+            excluded = excluded_nodes(me, name, spec, known=known, rows=rows, alive=alive,
+                                      gone=gone, holding=lease is not None)
             try:
                 local = await self._local(name, spec)
                 decision = decide(me, name, spec, known=known, alive=alive, rows=rows,
-                                  local=local, gone=gone,
+                                  local=local, gone=excluded,
                                   lease_term=lease.term if lease is not None else None)
                 if decision.want_lease:
                     want.add(name)
-                await self._act(name, spec, decision.action, local, lease, rows, alive)
+                await self._act(name, spec, decision.action, local, lease, rows, alive,
+                                excluded)
                 self.errors.pop(name, None)
             except (pg.PgFailed, OSError, trio.TooSlowError, MeshError) as exc:
                 self.errors[name] = str(exc)[-500:]
@@ -496,7 +500,8 @@ class DbService(ServiceBase):
         tmp.replace(inst.root / "term")
 
     async def _act(self, name: str, spec: DbSpec, action: str, local: Local,
-                   lease: Any, rows: dict[bytes, DbMember], alive: set[bytes]) -> None:
+                   lease: Any, rows: dict[bytes, DbMember], alive: set[bytes],
+                   excluded: frozenset[bytes] = frozenset()) -> None:
         inst = self.instance(name)
         port = self._pg_port(name)
         term = lease.term if lease is not None else local.term
@@ -565,10 +570,12 @@ class DbService(ServiceBase):
         row = DbMember(role=role, port=port, healthy=healthy,
                        term=now.term if role == PRIMARY else 0,
                        updated_ms=self.node.clock.wall_ms(), incarnation=spec.created_ms,
-                       lsn=lsn)
+                       lsn=lsn, excluded=tuple(sorted(excluded)) if role == PRIMARY and
+                       lease is not None else ())
         old = self.state.get(DB_MEMBERS.name, (name, self.node.node_id))
-        if old is None or (old.role, old.port, old.healthy, old.term, old.incarnation) != \
-                (row.role, row.port, row.healthy, row.term, row.incarnation) or \
+        if old is None or (old.role, old.port, old.healthy, old.term, old.incarnation,
+                           old.excluded) != \
+                (row.role, row.port, row.healthy, row.term, row.incarnation, row.excluded) or \
                 (row.lsn != old.lsn and row.updated_ms - old.updated_ms >= 5000):
             self.state.put(DB_MEMBERS.name, (name, self.node.node_id), row)
         if role == PRIMARY and healthy and lease is not None and self.nursery is not None:

@@ -186,3 +186,39 @@ def test_group_skips_gone_nodes(known, gone, standbys):
     full = group_of("shop", spec, known | {NODES[0]})
     assert [n for n in full if n not in gone] == group[:len([n for n in full
                                                              if n not in gone])]
+
+
+def test_excluded_nodes_come_from_the_live_primary_and_stick():
+    from apps.db.core import PRIMARY, excluded_nodes
+
+    spec = DbSpec(port=1, password="p", home=NODES[0], standbys=1)
+    known = NODES[:3]
+    group = group_of("shop", spec, known)
+    primary, standby = group
+    third = next(n for n in known if n not in group)
+    rows = {primary: DbMember(role=PRIMARY, port=1, healthy=True, term=2),
+            standby: DbMember(role=STANDBY, port=2, healthy=True)}
+    alive = [primary, third]
+    # the holder counts the lost standby out; others follow its row, not their own view
+    out = excluded_nodes(primary, "shop", spec, known=known, rows=rows, alive=alive,
+                         gone=[standby], holding=True)
+    assert out == {standby}
+    assert group_of("shop", spec, known, out) == [primary, third]
+    assert excluded_nodes(third, "shop", spec, known=known, rows=rows, alive=alive,
+                          gone=[standby], holding=False) == frozenset()
+    rows[primary] = DbMember(role=PRIMARY, port=1, healthy=True, term=2, excluded=(standby,))
+    # the standby is back and sees itself alive: still out (the primary's row says so)
+    everyone = known
+    assert excluded_nodes(standby, "shop", spec, known=known, rows=rows, alive=everyone,
+                          gone=[], holding=False) == {standby}
+    assert decide(standby, "shop", spec, known=known, alive=everyone, rows=rows,
+                  local=Local(has_data=True, standby_data=True), lease_term=None,
+                  gone={standby}).action == "drop"
+    # the holder never drops a node it named, even once it is alive again
+    assert excluded_nodes(primary, "shop", spec, known=known, rows=rows, alive=everyone,
+                          gone=[], holding=True) == {standby}
+    # a node outside the group that is down is not named
+    group5 = group_of("shop", spec, NODES, {standby})
+    outside = next(n for n in NODES if n not in group5 and n != standby)
+    assert excluded_nodes(primary, "shop", spec, known=NODES, rows=rows, alive=[primary],
+                          gone=[outside], holding=True) == {standby}
