@@ -313,8 +313,9 @@ def test_partition_of_the_primary_never_gives_two_primaries_accepting_writes(clu
     last_old = max((at for _, at in acked["old"]), default=0.0)
     first_new = min(at for _, at in acked["new"])
     assert last_old < first_new, (acked["old"][-3:], acked["new"][:3])
+    last = f"last {last_old - cut:+.1f} s" if acked["old"] else "none"
     print(f"partition: old side acknowledged {len(acked['old'])} writes after the cut "
-          f"(last {last_old - cut:+.1f} s), new side first {first_new - cut:.1f} s after it")
+          f"({last}), new side first {first_new - cut:.1f} s after it")
     # healed: the old primary rejoins as a standby (or, when the majority counted it gone
     # and made a standby elsewhere, drops its copy); never a primary again
     def settled() -> bool:
