@@ -164,8 +164,8 @@ def check_restore_time(target: dt.datetime, backups: list[Backup], now_s: float)
         first = dt.datetime.fromtimestamp(backups[0].stop, dt.UTC).isoformat()
         raise DbError(f"{target.isoformat()} is before the first backup (finished "
                       f"{first}): nothing to restore from", code="too_early")
-    if ts > now_s + 1:
-        raise DbError(f"{target.isoformat()} is in the future", code="bad_time")
+    if ts >= now_s:
+        raise DbError(f"{target.isoformat()} is not in the past", code="bad_time")
 
 
 def target_text(target: dt.datetime) -> str:

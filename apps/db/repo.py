@@ -200,10 +200,14 @@ class Repo:
         return {**last, "seconds": round(seconds, 3)}
 
     async def check(self, name: str, spec: DbSpec, inst: pg.Instance, port: int) -> None:
-        """``pgbackrest check``: switches WAL and waits until it is in the repository (so
-        a restore sees every commit made before it)."""
+        """A transaction with an id (its commit record is timestamped), then ``pgbackrest
+        check``: switches WAL and waits until it is in the repository (so a restore sees
+        every commit made before it, and one after its target)."""
         if not self.write_conf(inst):
             raise DbError("the backup repository is not ready", code="unavailable")
+        # a commit record after the restore target: recovery to a time stops at the first
+        # commit past it, and ends in error when the archived WAL has none
+        await pg.sql(inst, port, name, spec.password, "SELECT txid_current()", timeout=60)
         await pgbr.run(inst, stanza(name, spec.created_ms), "check", env=_pw(spec.password),
                        extra=(f"--pg1-port={port}", f"--pg1-user={name}"), timeout=300)
 
