@@ -4,7 +4,7 @@
 method   path                  what
 =======  ====================  ===========================================================
 GET      /v1/db                every database: port, primary, members (no password)
-POST     /v1/db                ``{"name", "standbys", "version", "port"}``: create
+POST     /v1/db                ``{"name", "standbys", "version", "port", "size"}``: create
 GET      /v1/db/{name}/url     the connection string, with the password (``?read_only=1``:
                                the standbys' port; POST too, for the UI's button)
 POST     /v1/db/{name}/users   ``{"user", "role"}``: a new login; the password once
@@ -37,7 +37,8 @@ def routes(service: DbService) -> list[Route]:
             name = field(body, "name", str, required=True)
             spec = service.create(name, standbys=field(body, "standbys", int, 0),
                                   version=field(body, "version", int, 15),
-                                  port=field(body, "port", int))
+                                  port=field(body, "port", int),
+                                  size=field(body, "size", str))
             return JSONResponse({"name": name, "port": spec.port,
                                  "home": spec.home.hex()}, status_code=201)
         return JSONResponse({"databases": service.overview()})

@@ -27,6 +27,8 @@ def cmd_db(args: argparse.Namespace) -> int | None:
                                 "version": args.version}
         if args.port is not None:
             body["port"] = args.port
+        if args.size is not None:
+            body["size"] = args.size
         reply = api.post("/v1/db", body)
         print(f"database {reply['name']}: port {reply['port']} on every node "
               f"(`meshcloud db url {reply['name']}`)")
@@ -98,6 +100,8 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--version", type=int, default=15, help="PostgreSQL major version")
     c.add_argument("--port", type=int, help="the TCP port on every node (default: the "
                                             "first free from 15432)")
+    c.add_argument("--size", help="disk each copy needs (10G, 512M): placed only on nodes "
+                                  "with that much free")
     ls = dsub.add_parser("ls", help="databases, their port and where they run")
     ls.add_argument("--json", action="store_true")
     u = dsub.add_parser("url", help="the connection string (with the password)")

@@ -78,6 +78,18 @@ def user_sql(db: str, user: str, role: str, password: str) -> str:
                       ) + ";"
 
 
+def check_size(size: int, free: Mapping[bytes, int], copies: int) -> list[bytes]:
+    """The nodes with ``size`` bytes of disk free; an error when fewer than ``copies``."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise DbError("size is a number of bytes (or 10G, 512M)", code="bad_size")
+    fit = sorted(n for n, f in free.items() if f >= size)
+    if len(fit) < copies:
+        best = max(free.values(), default=0)
+        raise DbError(f"no {copies} node(s) with {size / 2**30:.1f} GiB free (the most "
+                      f"any live node has: {best / 2**30:.1f} GiB)", code="bad_size")
+    return fit
+
+
 def free_port(taken: Iterable[int]) -> int:
     """The lowest ingress port of the database range no database or exposure uses."""
     used = set(taken)

@@ -41,6 +41,9 @@ class DbSpec:
     ro_port: int = 0
     """The TCP port every node's ingress listens on for read-only connections (to a
     standby; 0: none)."""
+    size: int = 0
+    """Bytes asked for with ``--size`` (0: not given): each copy is placed on a node with
+    that much disk free at creation. Not a quota: the database may grow past it."""
 
 
 @message(TagBlock.APPS + 91, version=2)

@@ -29,6 +29,7 @@ from apps.db.core import (
     DbError,
     Local,
     check_create,
+    check_size,
     conf_text,
     decide,
     excluded_nodes,
@@ -125,7 +126,7 @@ class DbService(ServiceBase):
 
     def create(self, name: str, *, standbys: int = 0, version: int = 15,
                port: int | None = None, restore: DbSpec | None = None,
-               home: bytes | None = None) -> DbSpec:
+               home: bytes | None = None, size: int | str | None = None) -> DbSpec:
         from apps.ingress.tables import exposures
 
         specs = all_databases(self.state)
@@ -141,10 +142,20 @@ class DbService(ServiceBase):
         if len(nodes) < 1 + standbys:
             raise DbError(f"{1 + standbys} nodes needed, {len(nodes)} alive",
                           code="no_nodes")
+        size_bytes = 0
+        if size is not None:
+            from apps.workloads.spec import parse_size
+
+            try:
+                size_bytes = parse_size(size, "size")
+            except ValueError as exc:
+                raise DbError(str(exc), code="bad_size") from None
+            nodes = set(check_size(size_bytes, self._free_disk(nodes), 1 + standbys))
         if home is None or home not in nodes:
             home = placement(name, nodes, 0)[0]
         spec = DbSpec(port=port, password=secrets.token_urlsafe(24), home=home, standbys=standbys,
-                      version=version, created_ms=self.node.clock.wall_ms(), ro_port=ro_port)
+                      version=version, created_ms=self.node.clock.wall_ms(), ro_port=ro_port,
+                      size=size_bytes)
         if restore is not None:
             spec = replace(spec, restore_from=restore.restore_from,
                            restore_at=restore.restore_at, restore_user=restore.restore_user,
@@ -343,6 +354,18 @@ class DbService(ServiceBase):
 
     def alive_nodes(self) -> set[bytes]:
         return set(self.node.alive_peer_ids()) | {self.node.node_id}
+
+    def _free_disk(self, nodes: set[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for member in self.node.members_view():
+            try:
+                node = bytes.fromhex(str(member["id"]))
+                free = int((member.get("capacity") or {}).get("disk_free") or 0)
+            except (ValueError, TypeError, AttributeError):
+                continue
+            if node in nodes:
+                out[node] = free
+        return out
 
     def bind_host(self) -> str:
         """The host of this node's mesh listen address (several agents on one machine

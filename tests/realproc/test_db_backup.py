@@ -138,6 +138,18 @@ def test_user_add_read_only_port_and_planned_switchover(cluster):
     assert bad.returncode != 0 and "bad database name" in bad.stderr
     assert password not in (a.data_dir / "logs" / "console.log").read_text()
 
+    # bad input: an impossible --size, an unreadable one, a database name that is not there
+    huge = a.cli("db", "create", "huge", "--standbys", "1", "--size", "1000T", check=False)
+    assert huge.returncode != 0 and "no 2 node(s) with" in huge.stderr, huge.stderr
+    odd = a.cli("db", "create", "huge", "--size", "lots", check=False)
+    assert odd.returncode != 0 and "not a size" in odd.stderr, odd.stderr
+    assert "huge" not in databases(a)
+    nope = psql(url.rsplit("/", 1)[0] + "/nope", "SELECT 1")
+    assert nope.returncode != 0 and 'database "nope" does not exist' in nope.stderr
+    fits = a.cli("db", "create", "small", "--size", "1M").stdout
+    assert "database small" in fits
+    a.cli("db", "rm", "small")
+
     # the read-only port reaches a standby
     ro = via(a.cli("db", "url", "ops", "--read-only").stdout.strip(), ADDRESSES[0])
     wait_until(lambda: psql(ro, "SELECT pg_is_in_recovery()").stdout.strip() == "t", 60,

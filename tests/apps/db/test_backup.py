@@ -222,3 +222,15 @@ def test_excluded_nodes_come_from_the_live_primary_and_stick():
     outside = next(n for n in NODES if n not in group5 and n != standby)
     assert excluded_nodes(primary, "shop", spec, known=NODES, rows=rows, alive=[primary],
                           gone=[outside], holding=True) == {standby}
+
+
+def test_check_size():
+    from apps.db.core import check_size
+
+    free = {NODES[0]: 5 << 30, NODES[1]: 20 << 30, NODES[2]: 1 << 30}
+    assert check_size(4 << 30, free, 2) == sorted([NODES[0], NODES[1]])
+    with pytest.raises(DbError) as info:
+        check_size(10 << 30, free, 2)
+    assert info.value.code == "bad_size" and "20.0 GiB" in str(info.value)
+    with pytest.raises(DbError):
+        check_size(-1, free, 1)
