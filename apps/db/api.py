@@ -4,8 +4,14 @@
 method   path                  what
 =======  ====================  ===========================================================
 GET      /v1/db                every database: port, primary, members (no password)
-POST     /v1/db                ``{"name", "standbys", "version", "port"}``: create
-GET      /v1/db/{name}/url     the connection string, with the password
+POST     /v1/db                ``{"name", "standbys", "version", "port", "size"}``: create
+GET      /v1/db/{name}/url     the connection string, with the password (``?read_only=1``:
+                               the standbys' port; POST too, for the UI's button)
+POST     /v1/db/{name}/users   ``{"user", "role"}``: a new login; the password once
+POST     /v1/db/{name}/failover ``{"to": NODE}``: planned switchover to a standby
+POST     /v1/db/{name}/backup  ``{"type": "full"|"incr"|"diff"}``: run it on the primary
+GET      /v1/db/{name}/backups the backups in the repository (as last seen)
+POST     /v1/db/{name}/restore ``{"at": TIME, "as": NEW}``: point-in-time restore
 DELETE   /v1/db/{name}         stop it everywhere and delete its data
 =======  ====================  ===========================================================
 """
@@ -31,18 +37,53 @@ def routes(service: DbService) -> list[Route]:
             name = field(body, "name", str, required=True)
             spec = service.create(name, standbys=field(body, "standbys", int, 0),
                                   version=field(body, "version", int, 15),
-                                  port=field(body, "port", int))
+                                  port=field(body, "port", int),
+                                  size=field(body, "size", str))
             return JSONResponse({"name": name, "port": spec.port,
                                  "home": spec.home.hex()}, status_code=201)
         return JSONResponse({"databases": service.overview()})
 
     async def url(request: Request) -> Response:
-        return JSONResponse({"url": service.url(request.path_params["name"])})
+        read_only = request.query_params.get("read_only", "") in ("1", "true", "yes")
+        return JSONResponse({"url": service.url(request.path_params["name"], read_only)})
+
+    async def users(request: Request) -> Response:
+        body = await read_json(request)
+        result = await service.add_user(request.path_params["name"],
+                                        field(body, "user", str, required=True),
+                                        field(body, "role", str, "readwrite"))
+        return JSONResponse(result, status_code=201)
+
+    async def failover(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(await service.switchover(request.path_params["name"],
+                                                     field(body, "to", str, "")))
+
+    async def backup(request: Request) -> Response:
+        body = await read_json(request)
+        result = await service.backup(request.path_params["name"],
+                                      field(body, "type", str, "full"))
+        return JSONResponse(result)
+
+    async def backups(request: Request) -> Response:
+        return JSONResponse(service.backups(request.path_params["name"]))
+
+    async def restore(request: Request) -> Response:
+        body = await read_json(request)
+        result = await service.restore(request.path_params["name"],
+                                       field(body, "at", str, required=True),
+                                       field(body, "as", str))
+        return JSONResponse(result, status_code=201)
 
     async def one(request: Request) -> Response:
         service.remove(request.path_params["name"])
         return JSONResponse({"removed": request.path_params["name"]})
 
     return [Route("/v1/db", listing, methods=["GET", "POST"]),
-            Route("/v1/db/{name}/url", url, methods=["GET"]),
+            Route("/v1/db/{name}/url", url, methods=["GET", "POST"]),
+            Route("/v1/db/{name}/backup", backup, methods=["POST"]),
+            Route("/v1/db/{name}/users", users, methods=["POST"]),
+            Route("/v1/db/{name}/failover", failover, methods=["POST"]),
+            Route("/v1/db/{name}/backups", backups, methods=["GET"]),
+            Route("/v1/db/{name}/restore", restore, methods=["POST"]),
             Route("/v1/db/{name}", one, methods=["DELETE"])]

@@ -12,6 +12,12 @@ from typing import Any
 from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
 
+def _utc(seconds: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace) -> int | None:
     api = client(args)
@@ -21,15 +27,51 @@ def cmd_db(args: argparse.Namespace) -> int | None:
                                 "version": args.version}
         if args.port is not None:
             body["port"] = args.port
+        if args.size is not None:
+            body["size"] = args.size
         reply = api.post("/v1/db", body)
         print(f"database {reply['name']}: port {reply['port']} on every node "
               f"(`meshcloud db url {reply['name']}`)")
     elif verb == "url":
-        print(api.get(f"/v1/db/{args.name}/url")["url"])
+        query = "?read_only=1" if args.read_only else ""
+        print(api.get(f"/v1/db/{args.name}/url{query}")["url"])
+    elif verb == "user":
+        reply = api.post(f"/v1/db/{args.name}/users", {"user": args.user, "role": args.role})
+        print(f"user {reply['user']} ({reply['role']}) on {args.name}; password (shown "
+              f"once): {reply['password']}")
+        print(reply["url"])
+    elif verb == "failover":
+        reply = api.post(f"/v1/db/{args.name}/failover", {"to": args.to or ""}, timeout=300)
+        print(f"{args.name}: primary moved from {reply['from'][:8]} to {reply['to'][:8]} "
+              f"in {reply['seconds']:.1f} s (no commit lost: the old primary shut down "
+              f"cleanly first)")
     elif verb == "psql":
         url = api.get(f"/v1/db/{args.name}/url")["url"]
         psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
         os.execv(psql, [psql, url, *args.psql_args])
+    elif verb == "backup":
+        if args.list:
+            info = api.get(f"/v1/db/{args.name}/backups")
+            if args.json:
+                print_json(info)
+                return None
+            for b in info["backups"]:
+                print(f"{b['label']:32} {b['type']:5} {_utc(b['stop'])}  "
+                      f"{b['size'] / 1e6:9.1f} MB  stored {b['repo_size'] / 1e6:8.1f} MB")
+            if not info["backups"]:
+                print(f"no backups of {args.name} yet")
+            return None
+        reply = api.post(f"/v1/db/{args.name}/backup", {"type": args.type}, timeout=3600)
+        print(f"backup {reply.get('label', '?')} ({reply.get('type', args.type)}) of "
+              f"{args.name}: {reply.get('size', 0) / 1e6:.1f} MB in "
+              f"{reply.get('seconds', 0):.1f} s")
+    elif verb == "restore":
+        body = {"at": args.at}
+        if args.as_name:
+            body["as"] = args.as_name
+        reply = api.post(f"/v1/db/{args.name}/restore", body, timeout=600)
+        print(f"restoring {args.name} at {reply['at']} as {reply['name']} "
+              f"(port {reply['port']}; `meshcloud db ls` shows when it is up)")
     elif verb == "rm":
         api.delete(f"/v1/db/{args.name}")
         print(f"removed database {args.name}")
@@ -58,13 +100,37 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--version", type=int, default=15, help="PostgreSQL major version")
     c.add_argument("--port", type=int, help="the TCP port on every node (default: the "
                                             "first free from 15432)")
+    c.add_argument("--size", help="disk each copy needs (10G, 512M): placed only on nodes "
+                                  "with that much free")
     ls = dsub.add_parser("ls", help="databases, their port and where they run")
     ls.add_argument("--json", action="store_true")
     u = dsub.add_parser("url", help="the connection string (with the password)")
     u.add_argument("name")
+    u.add_argument("--read-only", action="store_true",
+                   help="the standbys' port (read-only queries)")
+    us = dsub.add_parser("user", help="`db user add NAME USER`: a new login role")
+    us.add_argument("action", choices=["add"])
+    us.add_argument("name")
+    us.add_argument("user")
+    us.add_argument("--role", choices=["readonly", "readwrite", "admin"],
+                    default="readwrite")
+    f = dsub.add_parser("failover", help="planned switchover to the most advanced standby")
+    f.add_argument("name")
+    f.add_argument("--to", help="the standby's node id (prefix not accepted)")
     q = dsub.add_parser("psql", help="psql connected to the database (through this node)")
     q.add_argument("name")
     q.add_argument("psql_args", nargs=argparse.REMAINDER, help="more arguments for psql")
+    b = dsub.add_parser("backup", help="back up now into the mesh's storage (pgBackRest)")
+    b.add_argument("name")
+    b.add_argument("--type", choices=["full", "incr", "diff"], default="full")
+    b.add_argument("--list", action="store_true", help="list the backups instead")
+    b.add_argument("--json", action="store_true")
+    rs = dsub.add_parser("restore", help="point-in-time restore (into a new database with "
+                                         "--as, else replacing this one)")
+    rs.add_argument("name")
+    rs.add_argument("--at", required=True, help="ISO 8601 time (UTC unless a zone is given) "
+                                                "or Unix seconds")
+    rs.add_argument("--as", dest="as_name", help="the new database's name")
     r = dsub.add_parser("rm", help="stop a database and delete its data everywhere")
     r.add_argument("name")
 

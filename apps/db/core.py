@@ -51,6 +51,45 @@ def check_create(name: str, standbys: int, version: int, taken: Mapping[str, DbS
                       code="bad_version")
 
 
+ROLES = ("readonly", "readwrite", "admin")
+
+
+def user_sql(db: str, user: str, role: str, password: str) -> str:
+    """The SQL (run in database ``db``) that makes ``user`` with ``role``; the password
+    is a generated URL-safe token (checked: no quoting needed)."""
+    check_name(user)
+    if user == db:
+        raise DbError(f"{user!r} is the database's own user", code="conflict")
+    if role not in ROLES:
+        raise DbError(f"role is one of {', '.join(ROLES)}", code="bad_request")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", password):
+        raise DbError("a generated password is URL-safe", code="bad_request")
+    schema = f'GRANT USAGE, CREATE ON SCHEMA public TO "{user}"'
+    grants = {
+        "readonly": [f'GRANT CONNECT ON DATABASE "{db}" TO "{user}"',
+                     f'GRANT pg_read_all_data TO "{user}"'],
+        "readwrite": [f'GRANT CONNECT ON DATABASE "{db}" TO "{user}"',
+                      f'GRANT pg_read_all_data, pg_write_all_data TO "{user}"', schema],
+        "admin": [f'GRANT ALL ON DATABASE "{db}" TO "{user}"',
+                  f'GRANT pg_read_all_data, pg_write_all_data TO "{user}"',
+                  f'ALTER ROLE "{user}" CREATEROLE', schema],
+    }[role]
+    return ";\n".join([f'CREATE ROLE "{user}" LOGIN PASSWORD \'{password}\'', *grants]
+                      ) + ";"
+
+
+def check_size(size: int, free: Mapping[bytes, int], copies: int) -> list[bytes]:
+    """The nodes with ``size`` bytes of disk free; an error when fewer than ``copies``."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise DbError("size is a number of bytes (or 10G, 512M)", code="bad_size")
+    fit = sorted(n for n, f in free.items() if f >= size)
+    if len(fit) < copies:
+        best = max(free.values(), default=0)
+        raise DbError(f"no {copies} node(s) with {size / 2**30:.1f} GiB free (the most "
+                      f"any live node has: {best / 2**30:.1f} GiB)", code="bad_size")
+    return fit
+
+
 def free_port(taken: Iterable[int]) -> int:
     """The lowest ingress port of the database range no database or exposure uses."""
     used = set(taken)
@@ -66,11 +105,17 @@ def placement(name: str, nodes: Collection[bytes], standbys: int) -> list[bytes]
     return rank(sorted(set(nodes)), b"db/" + name.encode())[:1 + standbys]
 
 
-def group_of(name: str, spec: DbSpec, known: Collection[bytes]) -> list[bytes]:
+def group_of(name: str, spec: DbSpec, known: Collection[bytes],
+             gone: Collection[bytes] = ()) -> list[bytes]:
     """The nodes that keep a copy of ``name``: the node chosen at creation first, then the
     best ranked other known nodes (dead ones included: a copy does not move because its
-    node is down for a while)."""
-    others = placement(name, set(known) - {spec.home}, spec.standbys)[:spec.standbys]
+    node is down for a while), except the ``gone`` ones (down longer than the service's
+    replace delay): their place goes to the next ranked node, which clones a new standby."""
+    lost = set(gone)
+    if spec.home in lost:
+        return placement(name, set(known) - lost, spec.standbys)[:1 + spec.standbys]
+    others = placement(name, set(known) - {spec.home} - lost,
+                       spec.standbys)[:spec.standbys]
     return [spec.home, *others]
 
 
@@ -105,14 +150,14 @@ class Decision:
 
 def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
            alive: Collection[bytes], rows: Mapping[bytes, DbMember], local: Local,
-           lease_term: int | None) -> Decision:
+           lease_term: int | None, gone: Collection[bytes] = ()) -> Decision:
     """What this node does about one database this round. The lease (with its term, a
     fencing token) is the only licence to run as primary: without it a running primary
     is stopped at once; a standby asks for it only when no other live primary exists,
     and is promoted only once it holds it (so after the previous holder's lease ran out).
     A copy that was primary under an older term than the current primary's is cloned
     again as a standby: it never accepts a write on its old term."""
-    if me not in group_of(name, spec, known):
+    if me not in group_of(name, spec, known, gone):
         return Decision(False, DROP if local.has_data else WAIT)
     others = {n: m for n, m in rows.items() if n != me}
     live_primary = primary_of(name, others, alive)
@@ -142,8 +187,35 @@ def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
     if not local.has_data:
         return Decision(fresh and me == spec.home, WAIT)
     if local.standby_data:
-        return Decision(local.running, KEEP if local.running else START_STANDBY)
+        best = local.running and not _defer(me, rows, alive)
+        return Decision(best, KEEP if local.running else START_STANDBY)
     return Decision(local.term >= top_term, WAIT)  # the last primary may come back
+
+
+def _defer(me: bytes, rows: Mapping[bytes, DbMember], alive: Collection[bytes]) -> bool:
+    """A standby leaves the lease to another one: the one a switchover named, or a live
+    healthy standby that has replayed more WAL (the most advanced is promoted)."""
+    named = {m.handover for n, m in rows.items() if m.handover and n in alive}
+    named &= {n for n, m in rows.items() if n in alive and m.role == STANDBY}
+    if named:
+        return me not in named
+    mine = rows[me].lsn if me in rows else 0
+    return any(m.lsn > mine for n, m in rows.items()
+               if n != me and n in alive and m.role == STANDBY and m.healthy)
+
+
+def excluded_nodes(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
+                   rows: Mapping[bytes, DbMember], alive: Collection[bytes],
+                   gone: Collection[bytes], holding: bool) -> frozenset[bytes]:
+    """The nodes out of the database's group: those the live primary's row names; when
+    this node holds the lease, also the group's nodes it counts ``gone`` itself. A node
+    that finds itself named drops its copy."""
+    live = primary_of(name, rows, alive)
+    named = set(live[1].excluded) if live is not None else set()
+    if holding:
+        named |= set(rows[me].excluded) if me in rows else set()
+        named |= (set(gone) - {me}) & set(group_of(name, spec, known, named))
+    return frozenset(named)
 
 
 def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[bytes]
@@ -157,9 +229,11 @@ def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[b
     return node, member
 
 
-def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "") -> str:
+def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "",
+              archive: str = "") -> str:
     """The settings meshcloud owns (``meshcloud.conf``, included from postgresql.conf).
-    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty."""
+    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty;
+    ``archive`` the WAL ``archive_command`` (empty: no archiving)."""
     lines = [
         "listen_addresses = '127.0.0.1'",
         f"port = {int(port)}",
@@ -172,7 +246,12 @@ def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = ""
         "hot_standby = on",
         "synchronous_commit = on",
         "logging_collector = off",
+        "wal_log_hints = on",
+        "archive_mode = on" if archive else "archive_mode = off",
     ]
+    if archive:
+        lines.append("archive_command = '" + archive.replace("'", "''") + "'")
+        lines.append("archive_timeout = 60")
     if standbys > 0:
         lines.append("synchronous_standby_names = 'ANY 1 (*)'")
     else:

@@ -13,7 +13,7 @@ DB_FORWARD_PROTOCOL = "/meshcloud/db-forward/1"
 that database's primary itself)."""
 
 
-@message(TagBlock.APPS + 90)
+@message(TagBlock.APPS + 90, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DbSpec:
     """A database the user asked for. Key in ``databases``: its name."""
@@ -27,9 +27,26 @@ class DbSpec:
     standbys: int = 0
     version: int = 15
     created_ms: int = 0
+    restore_from: str = ""
+    """(version 2) The pgBackRest stanza this database was restored from ("" for a new
+    one); its first primary runs ``pgbackrest restore`` instead of ``initdb``."""
+    restore_at: str = ""
+    """The point in time (ISO 8601, UTC) of that restore."""
+    restore_user: str = ""
+    """The user (and database) name inside the restored copy (the source database's)."""
+    restore_password: str = ""
+    """The source's password at restore time (to log in once and rename)."""
+    backup_every_s: int = 86_400
+    """Scheduled backups: one when the last is older than this (0: none)."""
+    ro_port: int = 0
+    """The TCP port every node's ingress listens on for read-only connections (to a
+    standby; 0: none)."""
+    size: int = 0
+    """Bytes asked for with ``--size`` (0: not given): each copy is placed on a node with
+    that much disk free at creation. Not a quota: the database may grow past it."""
 
 
-@message(TagBlock.APPS + 91)
+@message(TagBlock.APPS + 91, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DbMember:
     """One node's copy of a database, written only by that node.
@@ -43,3 +60,53 @@ class DbMember:
     healthy: bool
     term: int = 0
     updated_ms: int = 0
+    incarnation: int = 0
+    """(version 2) The ``created_ms`` of the database spec this copy belongs to (a database
+    restored in place is a new incarnation: rows of the old one are ignored)."""
+    lsn: int = 0
+    """The last WAL position written (primary) or replayed (standby), for switchover and
+    the UI's lag."""
+    handover: bytes = b""
+    """Set by a primary that shut down for a planned switchover: the standby that should
+    take over (the others leave the lease to it)."""
+    excluded: tuple[bytes, ...] = ()
+    """Written by the primary: nodes it counted gone (down longer than the replace delay).
+    They leave the database's group for good (this incarnation): their places go to the
+    next ranked nodes, and a copy they still have is dropped when they return."""
+
+
+@message(TagBlock.APPS + 92)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DbBackups:
+    """What the repository holds for one database, written by its primary after each
+    backup or look. Key in ``db_backups``: the database name."""
+
+    stanza: str
+    backups: str = "[]"
+    """JSON list of ``Backup.as_json()``, oldest first."""
+    updated_ms: int = 0
+    error: str = ""
+
+
+DB_CALL_PROTOCOL = "/meshcloud/db-call/1"
+"""One stream = one request to the node running a database's primary (backup, switchover,
+archive check)."""
+
+
+@message(TagBlock.APPS + 93)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DbCall:
+    name: str
+    op: str
+    args: dict[str, str]
+    incarnation: int = 0
+
+
+@message(TagBlock.APPS + 94)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DbCallReply:
+    ok: bool
+    code: str = ""
+    message: str = ""
+    result: str = "{}"
+    """JSON."""

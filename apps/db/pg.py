@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from apps.db.core import HBA, conf_text
+from apps.db.core import HBA, DbError, conf_text
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,10 @@ host's /etc/passwd, each database's tools see a passwd file of their own (nss_wr
 START_TIMEOUT = 60.0
 
 
-class PgFailed(Exception):
-    """A PostgreSQL tool exited non-zero (its output is in the message)."""
+class PgFailed(DbError):
+    """A PostgreSQL (or pgBackRest) tool exited non-zero (its output is in the message)."""
+
+    code = "pg_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +111,8 @@ def _write_as(inst: Instance, path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def initdb(inst: Instance, user: str, password: str, *, port: int, standbys: int
-                 ) -> None:
+async def initdb(inst: Instance, user: str, password: str, *, port: int, standbys: int,
+                 archive: str = "") -> None:
     prepare(inst)
     if inst.data.exists():
         await trio.to_thread.run_sync(shutil.rmtree, inst.data)
@@ -125,11 +127,12 @@ async def initdb(inst: Instance, user: str, password: str, *, port: int, standby
                           "--no-instructions"])
     finally:
         pwfile.unlink(missing_ok=True)
-    write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock), standbys=standbys))
+    write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock), standbys=standbys,
+                               archive=archive))
 
 
 async def basebackup(inst: Instance, *, host: str, port: int, user: str, password: str,
-                     my_port: int, standbys: int) -> None:
+                     my_port: int, standbys: int, archive: str = "") -> None:
     """Clone the primary reached at ``host:port`` into a fresh data dir, as a standby."""
     prepare(inst)
     if inst.data.exists():
@@ -140,7 +143,7 @@ async def basebackup(inst: Instance, *, host: str, port: int, user: str, passwor
     conninfo = f"host={host} port={port} user={user} password={password} " \
                f"application_name=standby"
     write_conf(inst, conf_text(port=my_port, socket_dir=str(inst.sock), standbys=standbys,
-                               standby_of=conninfo))
+                               standby_of=conninfo, archive=archive))
     _write_as(inst, inst.data / "standby.signal", "")
 
 
@@ -169,6 +172,14 @@ async def stop(inst: Instance, mode: str = "fast") -> None:
 async def promote(inst: Instance) -> None:
     await _run(inst, [str(BIN / "pg_ctl"), "promote", "-D", str(inst.data), "-w"],
                timeout=60)
+
+
+async def sql(inst: Instance, port: int, user: str, password: str, query: str, *,
+              database: str = "postgres", timeout: float = 60) -> str:
+    """Run ``query`` through the instance's socket as ``user``; the unaligned output."""
+    return await _run(inst, [str(BIN / "psql"), "-h", str(inst.sock), "-p", str(port),
+                             "-U", user, "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1",
+                             "-c", query], env={"PGPASSWORD": password}, timeout=timeout)
 
 
 async def reload(inst: Instance) -> None:

@@ -8,12 +8,14 @@ import json
 import logging
 import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from apps.db import pg
+from apps.db.backup import check_restore_time, parse_time, stanza
 from apps.db.core import (
     CLONE,
     DROP,
@@ -27,14 +29,25 @@ from apps.db.core import (
     DbError,
     Local,
     check_create,
+    check_size,
     conf_text,
     decide,
+    excluded_nodes,
     free_port,
     placement,
     primary_of,
+    user_sql,
 )
-from apps.db.messages import DB_FORWARD_PROTOCOL, DbMember, DbSpec
-from apps.db.tables import DATABASES, DB_MEMBERS, all_databases, all_members
+from apps.db.messages import (
+    DB_CALL_PROTOCOL,
+    DB_FORWARD_PROTOCOL,
+    DbCall,
+    DbCallReply,
+    DbMember,
+    DbSpec,
+)
+from apps.db.repo import Repo
+from apps.db.tables import DATABASES, DB_BACKUPS, DB_MEMBERS, all_databases, all_members
 from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
 from apps.ingress.messages import ForwardOpen, ForwardReply
 from apps.ingress.ports import ephemeral_port
@@ -53,6 +66,11 @@ TICK = 1.0
 """Seconds between controller rounds."""
 OPEN_TIMEOUT = 5.0
 ENDPOINT = "pg"
+RO_ENDPOINT = "pg-ro"
+HANDOVER_TIMEOUT = 120.0
+REPLACE_AFTER = 300.0
+"""Seconds a node is down before its database copies are remade on another node."""
+LOCAL_REPLACE_AFTER = 30.0
 DB_LEASE_PROTOCOL = "/meshcloud/db-lease/1"
 LOCAL_LEASE = 6.0
 LOCAL_RENEW = 1.0
@@ -61,9 +79,9 @@ LOCAL_RENEW = 1.0
 
 class DbService(ServiceBase):
     name = "db"
-    events = ("db.created", "db.removed")
+    events = ("db.created", "db.removed", "db.backup", "db.restored")
 
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, blobs: Any = None) -> None:
         from apps.runtimes.homes import default_homes, ensure_root_dir
         from apps.runtimes.users import UidAllocator, can_switch_user
 
@@ -71,6 +89,7 @@ class DbService(ServiceBase):
         self.state = node.state
         node.state.open_table(DATABASES)
         node.state.open_table(DB_MEMBERS)
+        node.state.open_table(DB_BACKUPS)
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = default_homes(data_dir) / "db" if self.switch_users else data_dir / "db"
@@ -88,34 +107,59 @@ class DbService(ServiceBase):
         self.refused = 0
         self.sync_seen: dict[str, int] = {}
         local = node.config.profile == "local"
+        self.lease_duration = LOCAL_LEASE if local else LEASE_DURATION
         self.leases = LeaseService(node.node_id, node.transport, self.known_nodes,
                                    duration=LOCAL_LEASE if local else LEASE_DURATION,
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY,
                                    protocol=DB_LEASE_PROTOCOL)
+        self.repo = Repo(self, blobs)
+        self.nursery: trio.Nursery | None = None
+        self.handing: set[str] = set()
+        self.down_since: dict[bytes, float] = {}
+        self.replace_after = LOCAL_REPLACE_AFTER if local else REPLACE_AFTER
+        """Databases this node's primary is handing over (switchover): left alone."""
 
     def tables(self) -> tuple[Any, ...]:
-        return (DATABASES, DB_MEMBERS)
+        return (DATABASES, DB_MEMBERS, DB_BACKUPS)
 
     # --- requests (API) --------------------------------------------------------------------
 
     def create(self, name: str, *, standbys: int = 0, version: int = 15,
-               port: int | None = None) -> DbSpec:
+               port: int | None = None, restore: DbSpec | None = None,
+               home: bytes | None = None, size: int | str | None = None) -> DbSpec:
         from apps.ingress.tables import exposures
 
         specs = all_databases(self.state)
         check_create(name, standbys, version, specs)
         taken = {s.port for s in specs.values()} | set(exposures(self.state))
+        taken |= {s.ro_port for s in specs.values() if s.ro_port}
         if port is None:
             port = free_port(taken)
         elif not 1024 <= port < 65536 or port in taken:
             raise DbError(f"port {port} is taken or out of range", code="conflict")
+        ro_port = free_port(taken | {port}) if standbys > 0 else 0
         nodes = self.heavy_capable(self.alive_nodes())
         if len(nodes) < 1 + standbys:
             raise DbError(f"{1 + standbys} nodes needed, {len(nodes)} alive",
                           code="no_nodes")
-        home = placement(name, nodes, 0)[0]
+        size_bytes = 0
+        if size is not None:
+            from apps.workloads.spec import parse_size
+
+            try:
+                size_bytes = parse_size(size, "size")
+            except ValueError as exc:
+                raise DbError(str(exc), code="bad_size") from None
+            nodes = set(check_size(size_bytes, self._free_disk(nodes), 1 + standbys))
+        if home is None or home not in nodes:
+            home = placement(name, nodes, 0)[0]
         spec = DbSpec(port=port, password=secrets.token_urlsafe(24), home=home, standbys=standbys,
-                      version=version, created_ms=self.node.clock.wall_ms())
+                      version=version, created_ms=self.node.clock.wall_ms(), ro_port=ro_port,
+                      size=size_bytes)
+        if restore is not None:
+            spec = replace(spec, restore_from=restore.restore_from,
+                           restore_at=restore.restore_at, restore_user=restore.restore_user,
+                           restore_password=restore.restore_password)
         self.state.put(DATABASES.name, (name,), spec)
         self.node.events.emit("db.created", name=name, port=port)
         return spec
@@ -132,23 +176,176 @@ class DbService(ServiceBase):
             raise NotFoundError(f"no database {name!r}")
         return spec
 
-    def url(self, name: str) -> str:
+    def url(self, name: str, read_only: bool = False) -> str:
         spec = self.spec(name)
-        return f"postgresql://{name}:{spec.password}@{self.bind_host()}:{spec.port}/{name}"
+        port = spec.port
+        if read_only:
+            if not spec.ro_port:
+                raise DbError(f"database {name!r} has no standbys, so no read-only port",
+                              code="bad_request")
+            port = spec.ro_port
+        return f"postgresql://{name}:{spec.password}@{self.bind_host()}:{port}/{name}"
+
+    async def restore(self, name: str, at: str, as_name: str | None = None
+                      ) -> dict[str, Any]:
+        """Point-in-time restore of ``name`` to ``at``: into a new database ``as_name``, or
+        replacing ``name`` (a new incarnation under the same name, port and password).
+        The target is checked against the repository first: nothing changes when it
+        cannot be restored."""
+        spec = self.spec(name)
+        target = parse_time(at)
+        if as_name is not None:
+            check_create(as_name, spec.standbys, spec.version, all_databases(self.state))
+        st = stanza(name, spec.created_ms)
+        try:  # the WAL up to now into the repository (when the primary is up)
+            await self.call(name, "check", {}, timeout=300)
+        except (MeshError, OSError, trio.TooSlowError) as exc:
+            log.info("database %s: no archive check before the restore: %s", name, exc)
+        backups = await self.repo.info(st)
+        check_restore_time(target, backups, self.node.clock.wall_ms() / 1000)
+        carrier = replace(spec, restore_from=st, restore_at=target.isoformat(),
+                          restore_user=name,
+                          restore_password=spec.password)
+        if as_name is not None:
+            new = self.create(as_name, standbys=spec.standbys, version=spec.version,
+                              restore=carrier)
+            return {"name": as_name, "port": new.port, "from": st,
+                    "at": carrier.restore_at}
+        found = self._primary_node(name)
+        home = found[0] if found is not None else spec.home
+        created = max(self.node.clock.wall_ms(), spec.created_ms + 1)
+        self.state.put(DATABASES.name, (name,), replace(carrier, home=home,
+                                                         created_ms=created))
+        return {"name": name, "port": spec.port, "from": st, "at": carrier.restore_at}
+
+    async def add_user(self, name: str, user: str, role: str = "readwrite"
+                       ) -> dict[str, Any]:
+        """A new login role on ``name`` with a generated password (returned once, stored
+        nowhere but as PostgreSQL's SCRAM verifier)."""
+        password = secrets.token_urlsafe(24)
+        user_sql(name, user, role, password)  # bad input fails here, before any call
+        spec = self.spec(name)
+        await self.call(name, "user", {"user": user, "role": role, "password": password},
+                        timeout=60)
+        host = self.bind_host()
+        return {"user": user, "role": role, "password": password,
+                "url": f"postgresql://{user}:{password}@{host}:{spec.port}/{name}"}
+
+    async def switchover(self, name: str, to: str = "") -> dict[str, Any]:
+        return await self.call(name, "switchover", {"to": to}, timeout=180)
+
+    async def backup(self, name: str, kind: str = "full") -> dict[str, Any]:
+        return await self.call(name, "backup", {"type": kind})
+
+    def backups(self, name: str) -> dict[str, Any]:
+        spec = self.spec(name)
+        row = self.state.get(DB_BACKUPS.name, (name,))
+        st = stanza(name, spec.created_ms)
+        listed = json.loads(row.backups) if row is not None and row.stanza == st else []
+        return {"name": name, "stanza": st, "backups": listed,
+                "restored_from": spec.restore_from, "restored_at": spec.restore_at}
+
+    async def call(self, name: str, op: str, args: dict[str, str], *,
+                   timeout: float = 3600.0) -> dict[str, Any]:
+        """Ask the node running ``name``'s primary to do ``op`` (backup, check,
+        switchover) and wait for its answer."""
+        spec = self.spec(name)
+        found = self._primary_node(name)
+        if found is None:
+            raise DbError(f"database {name!r} has no live primary right now",
+                          code="unavailable")
+        node = found[0]
+        msg = DbCall(name=name, op=op, args=args, incarnation=spec.created_ms)
+        if node == self.node.node_id:
+            reply = await self._handle_call(msg)
+        else:
+            stream = await self.node.transport.open_stream(node, DB_CALL_PROTOCOL)
+            try:
+                with trio.fail_after(timeout):
+                    await stream.send(encode_message(msg))
+                    reply = decode_message(await stream.receive(), DbCallReply,
+                                           max_size=256 * 1024)
+            finally:
+                with trio.move_on_after(1):
+                    await stream.close()
+        if not reply.ok:
+            raise DbError(reply.message or reply.code, code=reply.code or "db_error")
+        result: dict[str, Any] = json.loads(reply.result)
+        return result
+
+    async def _serve_call(self, stream: Any) -> None:
+        try:
+            with trio.fail_after(OPEN_TIMEOUT):
+                msg = decode_message(await stream.receive(), DbCall, max_size=64 * 1024)
+        except (MeshError, trio.TooSlowError, trio.EndOfChannel,
+                trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.move_on_after(1):
+                await stream.abort("bad database call")
+            return
+        reply = await self._handle_call(msg)
+        with trio.move_on_after(10):
+            await stream.send(encode_message(reply))
+            await stream.close()
+
+    async def _handle_call(self, msg: DbCall) -> DbCallReply:
+        spec = all_databases(self.state).get(msg.name)
+        local = self.local.get(msg.name)
+        lease = self.leases.leases().get(msg.name)
+        if spec is None or spec.created_ms != msg.incarnation or local is None or \
+                local[0] != PRIMARY or not local[2] or lease is None:
+            return DbCallReply(ok=False, code="not_primary",
+                               message=f"this node does not run {msg.name}'s primary")
+        inst = self.instance(msg.name)
+        port = local[1]
+        try:
+            if msg.op == "backup":
+                result = await self.repo.backup(msg.name, spec, inst, port,
+                                                msg.args.get("type", "full"))
+                self.node.events.emit("db.backup", name=msg.name,
+                                      type=result.get("type", ""))
+            elif msg.op == "check":
+                await self.repo.check(msg.name, spec, inst, port)
+                result = {}
+            elif msg.op == "user":
+                user, role = msg.args.get("user", ""), msg.args.get("role", "")
+                sql = user_sql(msg.name, user, role, msg.args.get("password", ""))
+                exists = await pg.sql(inst, port, msg.name, spec.password,
+                                      f"SELECT count(*) FROM pg_roles WHERE rolname = "
+                                      f"'{user}'")
+                if exists.strip() != "0":
+                    raise DbError(f"user {user!r} already exists in {msg.name}",
+                                  code="conflict")
+                await pg.sql(inst, port, msg.name, spec.password, sql, database=msg.name)
+                result = {"user": user, "role": role}
+            elif msg.op == "switchover":
+                result = await self._switchover(msg.name, spec, inst, port,
+                                                msg.args.get("to", ""))
+            else:
+                return DbCallReply(ok=False, code="bad_request",
+                                   message=f"unknown operation {msg.op!r}")
+        except MeshError as exc:
+            return DbCallReply(ok=False, code=exc.code, message=str(exc))
+        except (pg.PgFailed, OSError, trio.TooSlowError) as exc:
+            return DbCallReply(ok=False, code="failed", message=str(exc)[-1500:])
+        return DbCallReply(ok=True, result=json.dumps(result))
 
     def overview(self) -> list[dict[str, Any]]:
-        members = all_members(self.state)
         alive = self.alive_nodes()
         out = []
         for name, spec in sorted(all_databases(self.state).items()):
-            rows = members.get(name, {})
+            rows = self._rows(name)
             primary = primary_of(name, rows, alive)
             out.append({
-                "name": name, "port": spec.port, "standbys": spec.standbys,
+                "name": name, "port": spec.port, "ro_port": spec.ro_port,
+                "standbys": spec.standbys,
                 "version": spec.version, "home": spec.home.hex(),
                 "primary": primary[0].hex() if primary else None,
                 "members": [{"node": n.hex(), "role": m.role, "healthy": m.healthy,
-                             "term": m.term, "alive": n in alive}
+                             "term": m.term, "alive": n in alive, "lsn": m.lsn,
+                             "port": m.port,
+                             "lag_bytes": (max(0, primary[1].lsn - m.lsn)
+                                           if primary and m.role == STANDBY and m.lsn
+                                           else None)}
                             for n, m in sorted(rows.items())],
             })
         return out
@@ -169,6 +366,18 @@ class DbService(ServiceBase):
 
     def alive_nodes(self) -> set[bytes]:
         return set(self.node.alive_peer_ids()) | {self.node.node_id}
+
+    def _free_disk(self, nodes: set[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for member in self.node.members_view():
+            try:
+                node = bytes.fromhex(str(member["id"]))
+                free = int((member.get("capacity") or {}).get("disk_free") or 0)
+            except (ValueError, TypeError, AttributeError):
+                continue
+            if node in nodes:
+                out[node] = free
+        return out
 
     def bind_host(self) -> str:
         """The host of this node's mesh listen address (several agents on one machine
@@ -215,8 +424,11 @@ class DbService(ServiceBase):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.node.transport.serve(DB_FORWARD_PROTOCOL, self._serve_forward)
+        self.node.transport.serve(DB_CALL_PROTOCOL, self._serve_call)
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             await nursery.start(self.leases.run)
+            await nursery.start(self.repo.run)
             nursery.start_soon(self._control_loop)
             nursery.start_soon(self._listen_loop, nursery)
             task_status.started()
@@ -236,20 +448,27 @@ class DbService(ServiceBase):
         known = self.known_nodes()
         alive = self.alive_nodes()
         held = self.leases.leases()
+        gone = self._gone(known, alive)
         want: set[str] = set()
         for name, spec in sorted(specs.items()):
-            rows = members.get(name, {})
+            rows = {n: m for n, m in members.get(name, {}).items()
+                    if m.incarnation == spec.created_ms}
             for row in rows.values():
                 self.leases.observe_term(name, row.term)
             lease = held.get(name)
+            if name in self.handing:
+                continue
+            excluded = excluded_nodes(me, name, spec, known=known, rows=rows, alive=alive,
+                                      gone=gone, holding=lease is not None)
             try:
                 local = await self._local(name, spec)
                 decision = decide(me, name, spec, known=known, alive=alive, rows=rows,
-                                  local=local,
+                                  local=local, gone=excluded,
                                   lease_term=lease.term if lease is not None else None)
                 if decision.want_lease:
                     want.add(name)
-                await self._act(name, spec, decision.action, local, lease, rows, alive)
+                await self._act(name, spec, decision.action, local, lease, rows, alive,
+                                excluded)
                 self.errors.pop(name, None)
             except (pg.PgFailed, OSError, trio.TooSlowError, MeshError) as exc:
                 self.errors[name] = str(exc)[-500:]
@@ -262,6 +481,18 @@ class DbService(ServiceBase):
                 if v is not None and len(k) == 2 and k[1] == me}
         for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
+
+    def _gone(self, known: list[bytes], alive: set[bytes]) -> set[bytes]:
+        """Known nodes down longer than the replace delay (their copies are remade on
+        other nodes)."""
+        now = trio.current_time()
+        for node in known:
+            if node in alive:
+                self.down_since.pop(node, None)
+            else:
+                self.down_since.setdefault(node, now)
+        return {n for n, t in self.down_since.items()
+                if n not in alive and now - t >= self.replace_after}
 
     def known_nodes(self) -> list[bytes]:
         from apps.workloads.offers import all_offers
@@ -304,7 +535,8 @@ class DbService(ServiceBase):
         tmp.replace(inst.root / "term")
 
     async def _act(self, name: str, spec: DbSpec, action: str, local: Local,
-                   lease: Any, rows: dict[bytes, DbMember], alive: set[bytes]) -> None:
+                   lease: Any, rows: dict[bytes, DbMember], alive: set[bytes],
+                   excluded: frozenset[bytes] = frozenset()) -> None:
         inst = self.instance(name)
         port = self._pg_port(name)
         term = lease.term if lease is not None else local.term
@@ -312,20 +544,31 @@ class DbService(ServiceBase):
             log.warning("database %s: lease lost, stopping the primary (term %d)", name,
                         local.term)
             await pg.stop(inst, "immediate")
+        elif action == INITDB and spec.restore_from:
+            log.warning("database %s: restoring %s at %s", name, spec.restore_from,
+                        spec.restore_at)
+            await self.repo.restore(name, spec, inst)
+            self._set_marker(inst, spec.created_ms)
+            self._set_term(inst, term)
+            pg.write_conf(inst, self._conf(inst, name, spec, port, 0))
+            await pg.start(inst)
+            await self._finish_restore(inst, name, spec, port)
         elif action == INITDB:
-            await pg.initdb(inst, name, spec.password, port=port, standbys=0)
+            pg.prepare(inst)
+            await pg.initdb(inst, name, spec.password, port=port, standbys=0,
+                            archive=self.repo.archive(inst, spec, name))
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, term)
             await pg.start(inst)
             await self._create_database(inst, name, spec.password)
         elif action == START_PRIMARY:
             self._set_term(inst, term)
-            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await self._sync(inst, name, spec, rows, alive, port, lease, force=True)
             await pg.start(inst)
         elif action == PROMOTE:
             log.warning("database %s: promoting this standby (term %d)", name, term)
             self._set_term(inst, term)
-            await self._sync(inst, name, spec, rows, alive, port, force=True)
+            await self._sync(inst, name, spec, rows, alive, port, lease, force=True)
             await pg.promote(inst)
             await pg.reload(inst)
         elif action == CLONE:
@@ -334,49 +577,186 @@ class DbService(ServiceBase):
             log.info("database %s: cloning a standby from the primary", name)
             await pg.basebackup(inst, host=self.bind_host(), port=spec.port, user=name,
                                 password=spec.password, my_port=port,
-                                standbys=spec.standbys)
+                                standbys=spec.standbys,
+                                archive=self.repo.archive(inst, spec, name))
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, 0)
             await pg.start(inst)
         elif action == START_STANDBY:
             await pg.start(inst)
-        elif action == DROP:
+        elif action == DROP:  # out of the group (its place was given to another node)
             await self._drop(name)
+            if self.state.get(DB_MEMBERS.name, (name, self.node.node_id)) is not None:
+                self.state.delete(DB_MEMBERS.name, (name, self.node.node_id))
             return
         now = await self._local(name)
         if not now.has_data:
             return
         role = STANDBY if now.standby_data else PRIMARY
         if role == PRIMARY and lease is not None and now.running:
-            await self._sync(inst, name, spec, rows, alive, port)
+            if spec.restore_from and not (inst.root / "restored").exists():
+                await self._finish_restore(inst, name, spec, port)
+            await self._sync(inst, name, spec, rows, alive, port, lease)
         healthy = now.running and await tcp_check(port)
         if role == PRIMARY and lease is None:
             healthy = False  # never routed to without the lease
+        lsn = await self._lsn(inst, name, spec, port, role) if healthy else 0
         self.local[name] = (role, port, healthy)
         row = DbMember(role=role, port=port, healthy=healthy,
                        term=now.term if role == PRIMARY else 0,
-                       updated_ms=self.node.clock.wall_ms())
+                       updated_ms=self.node.clock.wall_ms(), incarnation=spec.created_ms,
+                       lsn=lsn, excluded=tuple(sorted(excluded)) if role == PRIMARY and
+                       lease is not None else ())
         old = self.state.get(DB_MEMBERS.name, (name, self.node.node_id))
-        if old is None or (old.role, old.port, old.healthy, old.term) != \
-                (row.role, row.port, row.healthy, row.term):
+        if old is None or (old.role, old.port, old.healthy, old.term, old.incarnation,
+                           old.excluded) != \
+                (row.role, row.port, row.healthy, row.term, row.incarnation, row.excluded) or \
+                (row.lsn != old.lsn and row.updated_ms - old.updated_ms >= 5000):
             self.state.put(DB_MEMBERS.name, (name, self.node.node_id), row)
+        if role == PRIMARY and healthy and lease is not None and self.nursery is not None:
+            try:
+                await self.repo.on_primary(name, spec, inst, port, self.nursery)
+            except (pg.PgFailed, OSError, trio.TooSlowError, MeshError) as exc:
+                self.errors[f"{name} backups"] = str(exc)[-500:]
+            else:
+                self.errors.pop(f"{name} backups", None)
 
     async def _sync(self, inst: pg.Instance, name: str, spec: DbSpec,
                     rows: dict[bytes, DbMember], alive: set[bytes], port: int,
-                    *, force: bool = False) -> None:
+                    lease: Any, *, force: bool = False) -> None:
         """Synchronous commit while a standby is live; without one the primary carries on
-        alone (degraded) rather than blocking every write."""
+        alone (degraded) rather than blocking every write, but only once its lease was
+        renewed after the standbys' nodes were seen down: a primary cut off from the
+        mesh cannot renew, so it keeps waiting for its standby (no commit it acknowledges
+        can be lost) until its lease runs out and it is fenced."""
         me = self.node.node_id
         live = sum(1 for n, m in rows.items()
                    if n != me and n in alive and m.role == STANDBY and m.healthy)
         standbys = min(spec.standbys, live)
+        if standbys == 0 and spec.standbys > 0 and self.sync_seen.get(name, 1) > 0:
+            down = [self.down_since.get(n, trio.current_time()) for n, m in rows.items()
+                    if n != me and m.role == STANDBY and n not in alive]
+            renewed = (lease.valid_until - self.lease_duration) if lease is not None \
+                else float("-inf")
+            if down and renewed <= max(down):
+                standbys = 1  # not yet: stay synchronous
         if not force and self.sync_seen.get(name) == standbys:
             return
-        pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
-                                      standbys=standbys))
+        pg.write_conf(inst, self._conf(inst, name, spec, port, standbys))
         if not force:
             await pg.reload(inst)
         self.sync_seen[name] = standbys
+
+    def _conf(self, inst: pg.Instance, name: str, spec: DbSpec, port: int, standbys: int
+              ) -> str:
+        return conf_text(port=port, socket_dir=str(inst.sock), standbys=standbys,
+                         archive=self.repo.archive(inst, spec, name))
+
+    async def _lsn(self, inst: pg.Instance, name: str, spec: DbSpec, port: int,
+                   role: str) -> int:
+        """The WAL position written (primary) or replayed (standby); 0 when unknown."""
+        query = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+                 if role == PRIMARY else
+                 "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
+        try:
+            out = await pg.sql(inst, port, name, spec.password, query, timeout=10)
+            return int(out.split()[-1])
+        except (pg.PgFailed, OSError, trio.TooSlowError, ValueError, IndexError):
+            return 0
+
+    async def _finish_restore(self, inst: pg.Instance, name: str, spec: DbSpec,
+                              port: int) -> None:
+        """After ``pgbackrest restore``: wait for the promotion at the target, give the
+        copy its own user and database name and password, drop the recovery settings
+        pgBackRest wrote, and open its own stanza."""
+        source, old_pw = spec.restore_user or name, spec.restore_password or spec.password
+        with trio.fail_after(900):
+            while True:
+                try:
+                    out = await pg.sql(inst, port, source, old_pw,
+                                       "SELECT pg_is_in_recovery()", timeout=10)
+                except pg.PgFailed:
+                    out = ""
+                    try:  # renamed already (a round cut short after it)
+                        out = await pg.sql(inst, port, name, spec.password,
+                                           "SELECT pg_is_in_recovery()", timeout=10)
+                        source, old_pw = name, spec.password
+                    except pg.PgFailed:
+                        pass
+                if out.strip() == "f":
+                    break
+                await trio.sleep(0.5)
+        if source != name:
+            await pg.sql(inst, port, source, old_pw,
+                         f"CREATE ROLE \"{name}\" SUPERUSER LOGIN PASSWORD "
+                         f"'{spec.password}'")
+            await pg.sql(inst, port, name, spec.password,
+                         f'ALTER DATABASE "{source}" RENAME TO "{name}"')
+            await pg.sql(inst, port, name, spec.password,
+                         f'ALTER ROLE "{source}" NOLOGIN PASSWORD NULL')
+        elif old_pw != spec.password:
+            await pg.sql(inst, port, name, old_pw,
+                         f"ALTER ROLE \"{name}\" PASSWORD '{spec.password}'")
+        await pg.sql(inst, port, name, spec.password, "ALTER SYSTEM RESET ALL")
+        await pg.sql(inst, port, name, spec.password, "SELECT pg_reload_conf()")
+        (inst.root / "restored").write_text(spec.restore_at)
+        self.node.events.emit("db.restored", name=name, source=spec.restore_from,
+                              at=spec.restore_at)
+
+    async def _switchover(self, name: str, spec: DbSpec, inst: pg.Instance, port: int,
+                          to: str) -> dict[str, Any]:
+        """Planned switchover, run by the primary: pick the standby (``to`` or the most
+        advanced), shut down cleanly (a fast shutdown sends every WAL record, the shutdown
+        checkpoint included, to the connected standbys before it ends), become a standby
+        naming the target in this node's row, give up the lease, and wait until the target
+        is primary on a higher term."""
+        me = self.node.node_id
+        alive = self.alive_nodes()
+        rows = self._rows(name)
+        standbys = {n: m for n, m in rows.items()
+                    if n != me and n in alive and m.role == STANDBY and m.healthy}
+        if to:
+            try:
+                target = bytes.fromhex(to)
+            except ValueError:
+                raise DbError(f"bad node id {to!r}", code="bad_request") from None
+            if target not in standbys:
+                raise DbError(f"node {to[:12]} has no healthy standby of {name}",
+                              code="bad_request")
+        elif standbys:
+            target = max(standbys, key=lambda n: (standbys[n].lsn, n))
+        else:
+            raise DbError(f"database {name!r} has no live standby to switch over to",
+                          code="unavailable")
+        old_term = self._term(inst)
+        started = trio.current_time()
+        self.handing.add(name)
+        try:
+            self.local[name] = (PRIMARY, port, False)  # no new connections here
+            await pg.stop(inst, "fast")
+            conninfo = (f"host={self.bind_host()} port={spec.port} user={name} "
+                        f"password={spec.password} application_name=standby")
+            pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
+                                          standbys=spec.standbys, standby_of=conninfo,
+                                          archive=self.repo.archive(inst, spec, name)))
+            pg._write_as(inst, inst.data / "standby.signal", "")
+            self._set_term(inst, 0)
+            self.local[name] = (STANDBY, port, False)
+            self.state.put(DB_MEMBERS.name, (name, me), DbMember(
+                role=STANDBY, port=port, healthy=False, term=0,
+                updated_ms=self.node.clock.wall_ms(), incarnation=spec.created_ms,
+                handover=target))
+            self.leases.want(set(self.leases.leases()) - {name})
+            with trio.fail_after(HANDOVER_TIMEOUT):
+                while True:
+                    found = self._primary_node(name)
+                    if found is not None and found[0] != me and found[1].term > old_term:
+                        break
+                    await trio.sleep(0.1)
+        finally:
+            self.handing.discard(name)
+        return {"from": me.hex(), "to": found[0].hex(), "term": found[1].term,
+                "seconds": round(trio.current_time() - started, 3)}
 
     async def _create_database(self, inst: pg.Instance, name: str, password: str) -> None:
         await pg._run(inst, [str(pg.BIN / "psql"), "-h", str(inst.sock), "-p",
@@ -392,27 +772,53 @@ class DbService(ServiceBase):
         self.local.pop(name, None)
         self._forget_port(name)
 
+    def _rows(self, name: str) -> dict[bytes, DbMember]:
+        """The member rows of ``name``'s current incarnation."""
+        spec = all_databases(self.state).get(name)
+        if spec is None:
+            return {}
+        return {n: m for n, m in all_members(self.state).get(name, {}).items()
+                if m.incarnation == spec.created_ms}
+
     def _primary_node(self, name: str) -> tuple[bytes, DbMember] | None:
-        rows = all_members(self.state).get(name, {})
-        return primary_of(name, rows, self.alive_nodes())
+        return primary_of(name, self._rows(name), self.alive_nodes())
+
+    def _standby_node(self, name: str) -> tuple[bytes, DbMember] | None:
+        """A healthy standby of ``name`` on a live node: this node's own if it has one,
+        else the least behind."""
+        alive = self.alive_nodes()
+        found = [(m.lsn, n, m) for n, m in self._rows(name).items()
+                 if m.role == STANDBY and m.healthy and n in alive and 0 < m.port < 65536]
+        mine = [f for f in found if f[1] == self.node.node_id]
+        if mine:
+            return mine[0][1], mine[0][2]
+        if not found:
+            return None
+        _, node, member = max(found, key=lambda t: (t[0], t[1]))
+        return node, member
 
     # --- client connections ----------------------------------------------------------------
 
     async def _listen_loop(self, nursery: trio.Nursery) -> None:
         while True:
-            wanted = {spec.port: name for name, spec in all_databases(self.state).items()}
+            wanted: dict[int, tuple[str, bool]] = {}
+            for name, spec in all_databases(self.state).items():
+                wanted[spec.port] = (name, False)
+                if spec.ro_port:
+                    wanted[spec.ro_port] = (name, True)
             for port, scope in list(self.listeners.items()):
                 if port not in wanted:
                     scope.cancel()
                     del self.listeners[port]
-            for port, name in wanted.items():
+            for port, (name, read_only) in wanted.items():
                 if port not in self.listeners:
                     scope = trio.CancelScope()
                     self.listeners[port] = scope
-                    nursery.start_soon(self._listen, name, port, scope)
+                    nursery.start_soon(self._listen, name, port, scope, read_only)
             await trio.sleep(TICK / 2)
 
-    async def _listen(self, name: str, port: int, scope: trio.CancelScope) -> None:
+    async def _listen(self, name: str, port: int, scope: trio.CancelScope,
+                      read_only: bool = False) -> None:
         with scope:
             try:
                 listeners = await trio.open_tcp_listeners(port, host=self.bind_host())
@@ -425,16 +831,18 @@ class DbService(ServiceBase):
 
             async def handle(client: trio.SocketStream) -> None:
                 try:
-                    await self.forward(client, name)
+                    await self.forward(client, name, read_only)
                 except Exception:  # one connection's bug must not stop the node
                     log.exception("database %s: forwarding a connection failed", name)
                     await client.aclose()
 
             await trio.serve_listeners(handle, listeners)
 
-    async def forward(self, client: trio.SocketStream, name: str) -> bool:
-        """Carry ``client`` to the primary of ``name``; closed at once when none is live."""
-        found = self._primary_node(name)
+    async def forward(self, client: trio.SocketStream, name: str, read_only: bool = False
+                      ) -> bool:
+        """Carry ``client`` to the primary of ``name`` (``read_only``: to a standby, this
+        node's own first); closed at once when none is live."""
+        found = self._standby_node(name) if read_only else self._primary_node(name)
         upstream: Any = None
         if found is not None:
             node, member = found
@@ -443,7 +851,7 @@ class DbService(ServiceBase):
                     if node == self.node.node_id:
                         upstream = await trio.open_tcp_stream("127.0.0.1", member.port)
                     else:
-                        upstream = await self._open_forward(node, name)
+                        upstream = await self._open_forward(node, name, read_only)
             except (ForwardError, MeshError, OSError, trio.TooSlowError,
                     trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.EndOfChannel) as exc:
@@ -460,11 +868,11 @@ class DbService(ServiceBase):
             await splice_stream(client, upstream)
         return True
 
-    async def _open_forward(self, node: bytes, name: str) -> Any:
+    async def _open_forward(self, node: bytes, name: str, read_only: bool = False) -> Any:
         stream = await self.node.transport.open_stream(node, DB_FORWARD_PROTOCOL)
         try:
-            await stream.send(encode_message(ForwardOpen(workload=name, endpoint=ENDPOINT,
-                                                         index=0)))
+            await stream.send(encode_message(ForwardOpen(
+                workload=name, endpoint=RO_ENDPOINT if read_only else ENDPOINT, index=0)))
             reply = decode_message(await stream.receive(), ForwardReply, max_size=4096)
         except BaseException:
             with trio.move_on_after(1):
@@ -479,10 +887,13 @@ class DbService(ServiceBase):
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only this node's own primary (a peer cannot make us connect elsewhere)."""
         local = self.local.get(request.workload)
-        if request.endpoint != ENDPOINT or local is None or local[0] != PRIMARY \
-                or not local[2]:
+        if local is None or not local[2]:
             return None
-        return local[1]
+        if request.endpoint == ENDPOINT and local[0] == PRIMARY:
+            return local[1]
+        if request.endpoint == RO_ENDPOINT and local[0] == STANDBY:
+            return local[1]
+        return None
 
     async def _serve_forward(self, stream: Any) -> None:
         await serve_forward(stream, self._resolve)
@@ -493,6 +904,14 @@ class DbService(ServiceBase):
         from apps.db.api import routes
 
         return routes(self)
+
+    def ui_routes(self, ui: Any) -> list[Any]:
+        from apps.db.ui import routes
+
+        return routes(ui, self)
+
+    def nav(self) -> list[tuple[str, str, str, bool]]:
+        return [("databases", "Databases", "/ui/databases", True)]
 
     def status(self) -> dict[str, Any]:
         return {"local": {n: {"role": r, "port": p, "healthy": h}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.db.messages import DbMember, DbSpec
+from apps.db.messages import DbBackups, DbMember, DbSpec
 from meshcloud.state.schema import TableSchema, record_codec
 
 _spec_enc, _spec_dec = record_codec(DbSpec)
@@ -30,3 +30,15 @@ def all_members(state: Any) -> dict[str, dict[bytes, DbMember]]:
         if v is not None and len(k) == 2:
             out.setdefault(k[0], {})[k[1]] = v
     return out
+
+
+_bk_enc, _bk_dec = record_codec(DbBackups)
+DB_BACKUPS: TableSchema[DbBackups] = TableSchema(
+    "db_backups", partition=(str,), encode=_bk_enc, decode=_bk_dec,
+    max_value_bytes=64 * 1024)
+"""Key: the database name; written by its primary."""
+
+
+def all_backups(state: Any) -> dict[str, DbBackups]:
+    return {k[0]: v for k, v in state.scan(DB_BACKUPS.name)
+            if v is not None and k and isinstance(k[0], str)}

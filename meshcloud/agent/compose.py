@@ -41,8 +41,8 @@ def build_services(ctx: NodeContext) -> list[Service]:
     functions = FunctionService(ctx, blobs, workloads)
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
-    return [workloads, blobs, ingress, sites, functions, DbService(ctx), VNetService(ctx),
-            SparkService(ctx, workloads, blobs)]
+    return [workloads, blobs, ingress, sites, functions, DbService(ctx, blobs),
+            VNetService(ctx), SparkService(ctx, workloads, blobs)]
 
 
 def load_cli_verbs() -> None:

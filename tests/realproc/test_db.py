@@ -25,11 +25,14 @@ PSQL = "/usr/lib/postgresql/15/bin/psql"
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
-def db_roots(agent: Agent) -> list[Path]:
+def db_roots(agent: Agent, *, node_dirs: bool = False) -> list[Path]:
+    """Each database's directory on ``agent``'s node (``node_dirs``: also the node's own,
+    dot-named: the backup TLS front's certificates, the repository config)."""
     out = []
     for base in (default_homes(agent.data_dir) / "db", agent.data_dir / "db"):
         if base.is_dir():
-            out += [p for p in base.iterdir() if p.is_dir()]
+            out += [p for p in base.iterdir()
+                    if p.is_dir() and (node_dirs or not p.name.startswith("."))]
     return out
 
 
@@ -70,7 +73,7 @@ def cluster(tmp_path_factory):
         for agent in cluster.agents:
             kill_postgres(agent)
         for agent in cluster.agents:  # the homes root outlives the test's tmp dir
-            for root in db_roots(agent):
+            for root in db_roots(agent, node_dirs=True):
                 shutil.rmtree(root, ignore_errors=True)
 
 
@@ -206,3 +209,121 @@ def test_failover_keeps_every_acknowledged_row_and_the_old_primary_rejoins(clust
     wait_until(lambda: psql(url, "SELECT sync_state FROM pg_stat_replication"
                             ).stdout.split() == ["quorum"], 60, interval=0.5,
                message="synchronous standby again")
+
+
+def test_a_lost_standby_is_remade_on_another_node_and_the_old_one_drops_its_copy(cluster):
+    a = cluster.agents[0]
+    for agent in cluster.agents:  # the previous test restarted one
+        wait_until(lambda agent=agent: agent.get("/v1/status") is not None, 60,
+                   message="agent up")
+    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 3,
+               120, message="3 members")
+    a.cli("db", "create", "stock", "--standbys", "1", "--port", str(ephemeral_port()))
+    wait_until(lambda: ready(a, "stock", 1), 180, interval=0.5, message="stock ready")
+    before = roles(a, "stock")
+    primary_hex = next(n for n, r in before.items() if r == "primary")
+    standby_hex = next(n for n, r in before.items() if r == "standby")
+    lost = agent_of(cluster, standby_hex)
+    third = next(x for x in cluster.agents if x.node_id not in (primary_hex, standby_hex))
+    observer = agent_of(cluster, primary_hex)
+    url = via(a.cli("db", "url", "stock").stdout.strip(),
+              ADDRESSES[cluster.agents.index(third)])
+    assert psql(url, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").returncode == 0
+
+    lost.kill()
+    kill_postgres(lost, signal.SIGKILL)
+    # writes go on (the primary degrades to asynchronous while no standby streams)
+    assert psql(url, "INSERT INTO t VALUES (2)", timeout=60).returncode == 0
+    wait_until(lambda: roles(observer, "stock") == {primary_hex: "primary",
+                                                     third.node_id: "standby"},
+               240, interval=0.5, message="a new standby on the third node")
+    wait_until(lambda: psql(url, "SELECT sync_state FROM pg_stat_replication"
+                            ).stdout.split() == ["quorum"], 60, interval=0.5,
+               message="synchronous again with the new standby")
+    assert psql(url, "INSERT INTO t VALUES (3); SELECT count(*) FROM t"
+                ).stdout.split()[-1] == "3"
+
+    # the lost node comes back: outside the group now, it drops its copy, never serves
+    lost.start()
+    wait_until(lambda: not any(p.name == "stock" for p in db_roots(lost)), 180,
+               interval=0.5, message="the returning node dropped its copy")
+    assert roles(observer, "stock") == {primary_hex: "primary", third.node_id: "standby"}
+
+
+def test_partition_of_the_primary_never_gives_two_primaries_accepting_writes(cluster):
+    """iptables DROP between the primary's address and the others' (the transport dials
+    from its listen address). Writes are tried on both sides all along: straight to the
+    isolated primary's own postgres port and through the majority's port. Every write
+    acknowledged on the old side precedes every write acknowledged on the new one, and
+    after healing every acknowledged row is there."""
+    import time
+
+    a = cluster.agents[0]
+    for agent in cluster.agents:
+        if agent.process is None or agent.process.poll() is not None:
+            agent.start()
+    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 3,
+               120, message="3 members")
+    a.cli("db", "create", "part", "--standbys", "1", "--port", str(ephemeral_port()))
+    wait_until(lambda: ready(a, "part", 1), 180, interval=0.5, message="part ready")
+    d = databases(a)["part"]
+    primary = next(m for m in d["members"] if m["role"] == "primary")
+    old = agent_of(cluster, primary["node"])
+    majority = [x for x in cluster.agents if x is not old]
+    url = a.cli("db", "url", "part").stdout.strip()
+    new_side = via(url, ADDRESSES[cluster.agents.index(majority[1])])
+    old_side = via(url, "127.0.0.1").replace(f":{d['port']}/", f":{primary['port']}/")
+    made = psql(new_side, "CREATE TABLE t (id int primary key, side text, "
+                          "at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    assert made.returncode == 0, made.stderr
+
+    def write(target: str, i: int, side: str) -> float | None:
+        try:
+            r = psql(target, f"INSERT INTO t (id, side) VALUES ({i}, '{side}') "
+                             "RETURNING extract(epoch FROM at)", timeout=4)
+        except subprocess.TimeoutExpired:
+            return None  # killed before an answer: not acknowledged
+        if r.returncode != 0 or "WARNING" in r.stderr:
+            return None
+        return float(r.stdout.split()[0])
+
+    acked: dict[str, list[tuple[int, float]]] = {"old": [], "new": []}
+    i = 0
+    rules = []
+    old_ip = ADDRESSES[cluster.agents.index(old)]
+    try:
+        for other in majority:
+            ip = ADDRESSES[cluster.agents.index(other)]
+            for src, dst in ((old_ip, ip), (ip, old_ip)):
+                rule = ["INPUT", "-i", "lo", "-s", src, "-d", dst, "-j", "DROP"]
+                subprocess.run(["iptables", "-w", "-I", *rule], check=True)
+                rules.append(rule)
+        cut = time.time()
+        deadline = time.monotonic() + 120
+        while len(acked["new"]) < 5:
+            assert time.monotonic() < deadline, f"no new primary: {acked}"
+            for side, target in (("old", old_side), ("new", new_side)):
+                i += 1
+                at = write(target, i, side)
+                if at is not None:
+                    acked[side].append((i, at))
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-D", *rule], check=False)
+    last_old = max((at for _, at in acked["old"]), default=0.0)
+    first_new = min(at for _, at in acked["new"])
+    assert last_old < first_new, (acked["old"][-3:], acked["new"][:3])
+    last = f"last {last_old - cut:+.1f} s" if acked["old"] else "none"
+    print(f"partition: old side acknowledged {len(acked['old'])} writes after the cut "
+          f"({last}), new side first {first_new - cut:.1f} s after it")
+    # healed: the old primary rejoins as a standby (or, when the majority counted it gone
+    # and made a standby elsewhere, drops its copy); never a primary again
+    def settled() -> bool:
+        r = roles(a, "part")
+        return sorted(r.values()) == ["primary", "standby"] and \
+            r.get(old.node_id) != "primary"
+
+    wait_until(settled, 180, interval=0.5, message="one primary and one standby again")
+    present = {int(x) for x in psql(new_side, "SELECT id FROM t").stdout.split()}
+    lost = [n for side in acked.values() for n, _ in side if n not in present]
+    assert lost == []

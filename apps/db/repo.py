@@ -1,0 +1,262 @@
+"""The backup side of the database service on one node: the S3 bucket and key, the local
+TLS front, each copy's pgBackRest configuration, backups, the daily schedule and
+point-in-time restores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from apps.db import pg, pgbr
+from apps.db.backup import (
+    BACKUP_TYPES,
+    BUCKET,
+    Backup,
+    access_key_id,
+    archive_command,
+    parse_info,
+    repo_conf,
+    scheduled_kind,
+    stanza,
+)
+from apps.db.core import DbError
+from apps.db.messages import DbBackups, DbSpec
+from apps.db.tables import DB_BACKUPS
+
+if TYPE_CHECKING:
+    from apps.db.service import DbService
+
+log = logging.getLogger(__name__)
+
+LOOK_EVERY = 600.0
+"""Seconds between two looks at the repository by a primary (besides after a backup)."""
+
+
+class Repo:
+    def __init__(self, service: DbService, blobs: Any) -> None:
+        self.service = service
+        self.blobs = blobs
+        self.front_port = 0
+        self.ca_file: Path | None = None
+        self.key: tuple[str, str] | None = None
+        self.ready_stanzas: set[str] = set()
+        self.running: dict[str, str] = {}
+        """name → kind of the backup running on this node."""
+        self.looked: dict[str, float] = {}
+        self.locks: dict[str, trio.Lock] = {}
+        self.error = ""
+
+    # --- infrastructure --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Start the TLS front once the node's S3 API listens; keep the key known."""
+        task_status.started()
+        if self.blobs is None:
+            self.error = "no storage service on this node: backups unavailable"
+            return
+        while not getattr(self.blobs, "s3_urls", None):
+            await trio.sleep(0.5)
+        tls_dir = self.service.root / ".tls"
+        ca, chain, key = await trio.to_thread.run_sync(pgbr.ensure_tls, tls_dir)
+        self.ca_file = ca
+        async with trio.open_nursery() as nursery:
+            self.front_port = await nursery.start(pgbr.serve_tls_front,
+                                                  self.blobs.s3_urls[0], chain, key)
+            while True:
+                try:
+                    await self.ensure_key()
+                    self.error = ""
+                except Exception as exc:  # storage not ready yet: try again
+                    self.error = f"backup repository not ready: {exc}"
+                await trio.sleep(5 if self.key is None else 30)
+
+    async def ensure_key(self) -> tuple[str, str]:
+        """The mesh's database-backup S3 key and bucket (made by the first node needing
+        them; a race between two nodes ends with one secret, the row's)."""
+        from blobstore.api import new_access_key
+        from blobstore.records import S3KEYS, AccessKeyRecord
+        from blobstore.s3.errors import BucketAlreadyOwnedByYou, NoSuchBucket
+
+        state = self.service.state
+        key_id = access_key_id(self.service.node.mesh.mesh_id)
+        record = state.get(S3KEYS.name, key_id)
+        if record is None:
+            _, secret = new_access_key()
+            record = AccessKeyRecord(name="meshcloud databases", secret=secret,
+                                     created_ms=self.service.node.clock.wall_ms(),
+                                     buckets={BUCKET: "read,write"},
+                                     creator=self.service.node.node_id)
+            await self.blobs.index.put_everywhere(S3KEYS.name, (key_id,), record)
+        objects = self.blobs.objects
+        if objects is None:
+            raise DbError("storage is starting", code="unavailable")
+        try:
+            objects.bucket(BUCKET)
+        except NoSuchBucket:
+            try:
+                await objects.create_bucket(BUCKET, code="")
+            except BucketAlreadyOwnedByYou:
+                pass
+        self.key = (key_id, record.secret)
+        return self.key
+
+    def ready(self) -> bool:
+        return self.front_port > 0 and self.ca_file is not None and self.key is not None
+
+    # --- per copy ---------------------------------------------------------------------------
+
+    def archive(self, inst: pg.Instance, spec: DbSpec, name: str) -> str:
+        return archive_command(pgbr.PGBACKREST, str(pgbr.conf_paths(inst)[0]),
+                               stanza(name, spec.created_ms), str(inst.data))
+
+    def write_conf(self, inst: pg.Instance) -> bool:
+        """(Re)write the copy's pgBackRest config when the key or front changed."""
+        if not self.ready() or not inst.root.exists():
+            return False
+        assert self.key is not None and self.ca_file is not None
+        pgbr.prepare(inst)
+        conf, logs, lock, spool = pgbr.conf_paths(inst)
+        text = repo_conf(key=self.key[0], secret=self.key[1], port=self.front_port,
+                         ca_file=str(self.ca_file), log_path=str(logs),
+                         lock_path=str(lock), spool_path=str(spool))
+        try:
+            if conf.read_text() == text:
+                return True
+        except OSError:
+            pass
+        pgbr.write_private(conf, text, inst.uid)
+        return True
+
+    async def on_primary(self, name: str, spec: DbSpec, inst: pg.Instance, port: int,
+                         nursery: trio.Nursery) -> None:
+        """Each round on the lease-holding primary: the stanza, the look, the schedule."""
+        if not self.write_conf(inst):
+            return
+        st = stanza(name, spec.created_ms)
+        if st not in self.ready_stanzas:
+            await pgbr.run(inst, st, "stanza-create", env=_pw(spec.password),
+                           extra=(f"--pg1-port={port}", f"--pg1-user={name}"),
+                           timeout=300)
+            self.ready_stanzas.add(st)
+            await self.look(name, spec, inst)
+        now = trio.current_time()
+        if now - self.looked.get(name, -LOOK_EVERY) >= LOOK_EVERY:
+            await self.look(name, spec, inst)
+        if spec.backup_every_s <= 0 or name in self.running:
+            return
+        row = self.service.state.get(DB_BACKUPS.name, (name,))
+        backups = _backups_of(row, st)
+        kind = scheduled_kind(backups, self.service.node.clock.wall_ms() / 1000,
+                              spec.backup_every_s)
+        if kind is not None:
+            nursery.start_soon(self._scheduled, name, spec, inst, port, kind)
+
+    async def _scheduled(self, name: str, spec: DbSpec, inst: pg.Instance, port: int,
+                         kind: str) -> None:
+        try:
+            await self.backup(name, spec, inst, port, kind)
+        except (DbError, pg.PgFailed, OSError, trio.TooSlowError) as exc:
+            log.warning("database %s: scheduled backup failed: %s", name, str(exc)[-300:])
+
+    async def look(self, name: str, spec: DbSpec, inst: pg.Instance) -> list[Backup]:
+        st = stanza(name, spec.created_ms)
+        self.looked[name] = trio.current_time()
+        out = await pgbr.run(inst, st, "info", extra=("--output=json",), timeout=120)
+        backups = parse_info(out)
+        self.service.state.put(DB_BACKUPS.name, (name,), DbBackups(
+            stanza=st, backups=json.dumps([b.as_json() for b in backups]),
+            updated_ms=self.service.node.clock.wall_ms()))
+        return backups
+
+    async def backup(self, name: str, spec: DbSpec, inst: pg.Instance, port: int,
+                     kind: str) -> dict[str, Any]:
+        if kind not in BACKUP_TYPES:
+            raise DbError(f"backup type is one of {', '.join(BACKUP_TYPES)}",
+                          code="bad_request")
+        if not self.write_conf(inst):
+            raise DbError(self.error or "the backup repository is not ready",
+                          code="unavailable")
+        st = stanza(name, spec.created_ms)
+        lock = self.locks.setdefault(name, trio.Lock())
+        async with lock:  # one at a time: a request waits for the running one
+            self.running[name] = kind
+            started = trio.current_time()
+            try:
+                await pgbr.run(inst, st, "backup", env=_pw(spec.password),
+                               extra=(f"--pg1-port={port}", f"--pg1-user={name}",
+                                      f"--type={kind}"))
+            finally:
+                del self.running[name]
+            seconds = trio.current_time() - started
+        backups = await self.look(name, spec, inst)
+        last = backups[-1].as_json() if backups else {}
+        return {**last, "seconds": round(seconds, 3)}
+
+    async def check(self, name: str, spec: DbSpec, inst: pg.Instance, port: int) -> None:
+        """A transaction with an id (its commit record is timestamped), then ``pgbackrest
+        check``: switches WAL and waits until it is in the repository (so a restore sees
+        every commit made before it, and one after its target)."""
+        if not self.write_conf(inst):
+            raise DbError("the backup repository is not ready", code="unavailable")
+        # a commit record after the restore target: recovery to a time stops at the first
+        # commit past it, and ends in error when the archived WAL has none
+        await pg.sql(inst, port, name, spec.password, "SELECT txid_current()", timeout=60)
+        await pgbr.run(inst, stanza(name, spec.created_ms), "check", env=_pw(spec.password),
+                       extra=(f"--pg1-port={port}", f"--pg1-user={name}"), timeout=300)
+
+    # --- restore ----------------------------------------------------------------------------
+
+    def node_instance(self) -> pg.Instance:
+        """A pgBackRest config for looks from this node (run as the agent)."""
+        return pg.Instance(self.service.root / ".repo", None)
+
+    async def info(self, stanza_name: str) -> list[Backup]:
+        inst = self.node_instance()
+        inst.root.mkdir(mode=0o700, exist_ok=True)
+        (inst.root / "sock").mkdir(mode=0o700, exist_ok=True)
+        if not self.write_conf(inst):
+            raise DbError(self.error or "the backup repository is not ready",
+                          code="unavailable")
+        out = await pgbr.run(inst, stanza_name, "info", extra=("--output=json",),
+                             timeout=120)
+        return parse_info(out)
+
+    async def restore(self, name: str, spec: DbSpec, inst: pg.Instance) -> None:
+        """Fill ``inst.data`` from the source stanza up to ``spec.restore_at``."""
+        from apps.db.backup import parse_time, target_text
+
+        pg.prepare(inst)
+        if not self.write_conf(inst):
+            raise DbError(self.error or "the backup repository is not ready",
+                          code="unavailable")
+        if inst.data.exists():
+            await trio.to_thread.run_sync(shutil.rmtree, inst.data)
+        inst.data.mkdir(mode=0o700)
+        if inst.uid is not None:
+            os.chown(inst.data, inst.uid, inst.uid)
+        target = target_text(parse_time(spec.restore_at))
+        await pgbr.run(inst, spec.restore_from, "restore",
+                       extra=("--type=time", f"--target={target}",
+                              "--target-action=promote"))
+
+
+def _pw(password: str) -> dict[str, str]:
+    return {"PGPASSWORD": password}
+
+
+def _backups_of(row: DbBackups | None, st: str) -> list[Backup]:
+    if row is None or row.stanza != st:
+        return []
+    try:
+        return [Backup(label=b["label"], kind=b["type"], start=b["start"], stop=b["stop"],
+                       size=b["size"], repo_size=b["repo_size"])
+                for b in json.loads(row.backups)]
+    except (ValueError, KeyError, TypeError):
+        return []
