@@ -2,10 +2,12 @@
 ``functions`` table, bundle storage in the blobstore, invocation routing, the executor,
 the HTTP trigger (``POST /fn/NAME`` on the ingress), API routes and CLI.
 
-Routing: a function's warm instances live on its rendezvous top node among the live
-members. Any node accepts an invocation; if it is not the top node it forwards the
-invocation over the mesh (:data:`INVOKE_PROTOCOL`, one stream per invocation); if the
-top node cannot be reached, the next ranked node runs it (that may be this node).
+Routing (:mod:`apps.functions.routing`): a function's warm instances live on its
+rendezvous top nodes (its runtime, not draining, battery and metered nodes last). Any
+node accepts an invocation and sends it to the best of two of the first ``k`` of them
+(``k`` grows with the calls in flight), forwarding over the mesh
+(:data:`INVOKE_PROTOCOL`, one stream per invocation) when that is another node; if it
+cannot be reached, the next ranked node runs it (that may be this node).
 
 Depends on the node only for ``state``, ``transport``, ``clock``, ``node_id``,
 ``alive_peer_ids()`` and ``datadir.path``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -61,7 +64,11 @@ from apps.functions.messages import (
 )
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
-from apps.functions.schedule import due_ticks
+from apps.functions.routing import Route, choose, order, spread
+from apps.functions.routing import constraints as fn_constraints
+from apps.functions.routing import item as route_item
+from apps.functions.routing import route as route_of
+from apps.functions.schedule import due_ticks, stale_ticks, tick_id
 from apps.functions.secrets import FunctionSecrets, SecretsUnavailable, check_updates
 from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
@@ -81,7 +88,7 @@ from apps.sites.storage import BlobStorage
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
-from meshcloud.placement import rank
+from meshcloud.placement import NodeInfo, rank
 
 if TYPE_CHECKING:
     from meshcloud.kit.service import NodeContext
@@ -100,6 +107,9 @@ MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 """Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
+STALE_SLACK = 5.0
+"""Seconds past a tick call's timeout (and forwarding slack) before a tick left
+``started`` without ``done`` counts as abandoned and runs again."""
 SECRETS_WAIT = 5.0
 """Seconds an instance start waits for a function's secrets to open on this node."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
@@ -199,6 +209,10 @@ class FunctionService(ServiceBase):
         self._instances: dict[str, int] = {}
         self._prepared: dict[str, tuple[int, str, str]] = {}
         self._in_flight: set[tuple[str, str]] = set()
+        self._outstanding: dict[str, dict[bytes, int]] = {}
+        """Calls in flight per function and node, as this node sees them (the calls it
+        routes, and the forwarded calls it runs for others)."""
+        self._rng = random.Random()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
@@ -233,6 +247,7 @@ class FunctionService(ServiceBase):
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY,
                                    protocol=FN_LEASE_PROTOCOL)
         self.ticks_run = 0
+        self._ticks_running: set[tuple[str, int]] = set()
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
 
@@ -428,23 +443,39 @@ class FunctionService(ServiceBase):
 
     # --- invocation ------------------------------------------------------------------------
 
-    def ranked(self, name: str) -> list[bytes]:
-        """The nodes that may run ``name``, best first: every live node, or for an image
-        function the live nodes that offer the podman runtime (all, if none does)."""
-        view = set(self.node.alive_peer_ids()) | {self.node.node_id}
+    def route(self, name: str) -> Route:
+        """Where ``name``'s calls go (:mod:`apps.functions.routing`): its rendezvous top
+        nodes among the live nodes that offer its runtime (podman for an image), not
+        draining, battery and metered nodes last; every live node when no offer says
+        anything yet (a mesh still replicating its ``offers``)."""
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
         record = self.state.get(FUNCTIONS.name, name)
-        if record is not None and any(v.image for v in record.versions
-                                      if v.version == record.current):
-            from apps.workloads.offers import all_offers
+        image = record is not None and any(v.image for v in record.versions
+                                           if v.version == record.current)
+        view_of = getattr(self.workloads, "view", None)
+        view: list[NodeInfo] = []
+        if callable(view_of):
+            try:
+                view = [m for m in view_of() if m.node_id in alive]
+            except Exception:  # the placement view is an input, never a reason to fail
+                log.exception("placement view for %s failed", name)
+        found = route_of(view, name, fn_constraints(image))
+        if found.candidates:
+            return found
+        plain = tuple(rank(alive, route_item(name)))
+        return Route(plain[:1], plain)
 
-            with_podman = {n for n, offer in all_offers(self.state).items()
-                           if "podman" in offer.runtimes} & view
-            view = with_podman or view
-        return rank(view, b"fn:" + name.encode())
+    def ranked(self, name: str) -> list[bytes]:
+        """The nodes that may run ``name``, best first."""
+        return list(self.route(name).ranking)
+
+    def _outstanding_of(self, name: str) -> dict[bytes, int]:
+        return self._outstanding.setdefault(name, {})
 
     async def invoke(self, name: str, payload: bytes, request_id: str = "") -> InvokeReply:
-        """Run ``name`` with ``payload`` wherever its warm instances live; every failure
-        is an ``InvokeReply`` with a code and a message, never a hang."""
+        """Run ``name`` with ``payload`` on one of its top nodes (the best of two of the
+        first ``k``, ``k`` growing with the calls in flight); every failure is an
+        ``InvokeReply`` with a code and a message, never a hang."""
         request_id = request_id or secrets.token_hex(8)
         try:
             check_name(name)
@@ -454,27 +485,40 @@ class FunctionService(ServiceBase):
             spec = current(record)
         except MeshError as exc:
             return InvokeReply(ok=False, code=exc.code, message=str(exc))
-        for target in self.ranked(name)[:3]:
-            if target == self.node.node_id:
-                return await self.run_local(name, spec.version, payload, request_id)
-            sent = False
-
-            def mark_sent() -> None:
-                nonlocal sent
-                sent = True
-
+        found = self.route(name)
+        outstanding = self._outstanding_of(name)
+        k = spread(spec.concurrency, sum(outstanding.values()), len(found.candidates))
+        chosen = choose(found.candidates, k, outstanding, self._rng.randrange)
+        for target in order(chosen, found.ranking)[:3]:
+            outstanding[target] = outstanding.get(target, 0) + 1
             try:
-                return await self._forward(target, name, spec.version, payload, request_id,
-                                           spec.timeout_ms / 1000 + FORWARD_SLACK,
-                                           mark_sent)
-            except (*_NET, trio.TooSlowError) as exc:
-                log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
-                if sent:  # it may have run there: not run twice, the caller decides
-                    return InvokeReply(
-                        ok=False, code="unavailable", node=target,
-                        message=f"node {target.hex()[:12]} running {name} went away "
-                                f"during the invocation ({type(exc).__name__}); it may or "
-                                "may not have run")
+                if target == self.node.node_id:
+                    return await self.run_local(name, spec.version, payload, request_id)
+                sent = False
+
+                def mark_sent() -> None:
+                    nonlocal sent
+                    sent = True
+
+                try:
+                    return await self._forward(target, name, spec.version, payload,
+                                               request_id,
+                                               spec.timeout_ms / 1000 + FORWARD_SLACK,
+                                               mark_sent)
+                except (*_NET, trio.TooSlowError) as exc:
+                    log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
+                    if sent:  # it may have run there: not run twice, the caller decides
+                        return InvokeReply(
+                            ok=False, code="unavailable", node=target,
+                            message=f"node {target.hex()[:12]} running {name} went away "
+                                    f"during the invocation ({type(exc).__name__}); it may "
+                                    "or may not have run")
+            finally:
+                left = outstanding.get(target, 1) - 1
+                if left > 0:
+                    outstanding[target] = left
+                else:
+                    outstanding.pop(target, None)
         return await self.run_local(name, spec.version, payload, request_id)
 
     async def _forward(self, target: bytes, name: str, version: int, payload: bytes,
@@ -530,8 +574,18 @@ class FunctionService(ServiceBase):
                 await stream.abort("bad invoke request")
             return
         self.served_remote += 1
-        reply = await self.run_local(request.name, request.version, request.payload,
-                                     request.request_id)
+        outstanding = self._outstanding_of(request.name)
+        me = self.node.node_id
+        outstanding[me] = outstanding.get(me, 0) + 1
+        try:
+            reply = await self.run_local(request.name, request.version, request.payload,
+                                         request.request_id)
+        finally:
+            left = outstanding.get(me, 1) - 1
+            if left > 0:
+                outstanding[me] = left
+            else:
+                outstanding.pop(me, None)
         try:
             await stream.send(encode_message(reply))
             await stream.close()
@@ -543,7 +597,7 @@ class FunctionService(ServiceBase):
     async def logs(self, name: str, lines: int = 100, request_id: str = ""
                    ) -> dict[str, str]:
         """{node id hex: the tail of ``name``'s log there} from every live node that has
-        one (instances run on the top node, or on another after a failover); with
+        one (instances run on the top nodes, or on another after a failover); with
         ``request_id``, only that invocation's lines."""
         return (await self.read_logs(name, lines, request_id))[0]
 
@@ -591,7 +645,7 @@ class FunctionService(ServiceBase):
                 ends[node.hex()] = end
 
         async with trio.open_nursery() as nursery:
-            for node in self.ranked(name):
+            for node in sorted(set(self.node.alive_peer_ids()) | {self.node.node_id}):
                 nursery.start_soon(one, node)
         return dict(sorted(out.items())), dict(sorted(ends.items()))
 
@@ -827,34 +881,44 @@ class FunctionService(ServiceBase):
             except MeshError as exc:
                 log.warning("function %s: %s", name, exc)
                 continue
-            now_s = self.node.clock.wall_ms() // 1000
-            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000, now_s=now_s,
-                            recorded=recorded_ticks(self.state, name))
-            for tick in due:
+            now_ms = self.node.clock.wall_ms()
+            recorded = recorded_ticks(self.state, name)
+            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000,
+                            now_s=now_ms // 1000, recorded=recorded)
+            timeout_ms = current(record).timeout_ms
+            stale = stale_ticks(recorded, now_ms=now_ms,
+                                after_ms=timeout_ms + int((FORWARD_SLACK + STALE_SLACK) * 1000),
+                                running={t for n, t in self._ticks_running if n == name})
+            for tick, rerun in sorted([(t, True) for t in stale] + [(t, False) for t in due]):
                 lease = self.leases.leases().get(SCHEDULE_LEASE)
                 if lease is None or lease.valid_until - trio.current_time() < MIN_LEASE_LEFT:
                     return
                 self.state.put(TICKS.name, (name, tick), TickRecord(
                     state="started", term=lease.term, node=self.node.node_id,
                     at_ms=self.node.clock.wall_ms()))
-                nursery.start_soon(self._run_tick, name, tick, lease.term)
+                self._ticks_running.add((name, tick))
+                nursery.start_soon(self._run_tick, name, tick, lease.term, rerun)
 
-    async def _run_tick(self, name: str, tick: int, term: int) -> None:
+    async def _run_tick(self, name: str, tick: int, term: int, rerun: bool = False) -> None:
         import json
         from datetime import datetime
 
         self.ticks_run += 1
+        ident = tick_id(name, tick)
         event = {"type": "schedule", "function": name, "tick": tick,
-                 "time": datetime.fromtimestamp(tick, UTC).isoformat()}
-        reply = await self.invoke(name, json.dumps(event).encode(),
-                                  request_id=f"tick-{name}-{tick}")
-        if not reply.ok:
-            log.warning("scheduled tick %d of %s failed: %s: %s", tick, name, reply.code,
-                        reply.message)
-        self.state.put(TICKS.name, (name, tick), TickRecord(
-            state="done", term=term, node=self.node.node_id,
-            at_ms=self.node.clock.wall_ms(), ok=reply.ok,
-            message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+                 "time": datetime.fromtimestamp(tick, UTC).isoformat(), "tick_id": ident,
+                 "rerun": rerun}
+        try:
+            reply = await self.invoke(name, json.dumps(event).encode(), request_id=ident)
+            if not reply.ok:
+                log.warning("scheduled tick %d of %s failed: %s: %s", tick, name,
+                            reply.code, reply.message)
+            self.state.put(TICKS.name, (name, tick), TickRecord(
+                state="done", term=term, node=self.node.node_id,
+                at_ms=self.node.clock.wall_ms(), ok=reply.ok,
+                message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+        finally:
+            self._ticks_running.discard((name, tick))
 
     def ticks(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         self.get(name)
