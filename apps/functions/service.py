@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from apps.functions.bucketevents import EventCursor, event_id
 from apps.functions.core import (
     BUCKET,
     MAX_PAYLOAD,
@@ -44,6 +45,7 @@ from apps.functions.core import (
     rollback,
     trigger_denied,
     trigger_matches,
+    trigger_parts,
     unused_bundles,
     with_new_key,
     with_schedule,
@@ -107,6 +109,10 @@ MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 """Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
+CATCH_UP_DELAY, CATCH_UP_RETRY = 3.0, 2.0
+"""Seconds before a start-up scan of the trigger buckets, and between its retries."""
+FIND_TIMEOUT = 5.0
+"""Seconds a bucket event waits to read its object's record (for its event id)."""
 STALE_SLACK = 5.0
 """Seconds past a tick call's timeout (and forwarding slack) before a tick left
 ``started`` without ``done`` counts as abandoned and runs again."""
@@ -248,6 +254,12 @@ class FunctionService(ServiceBase):
                                    protocol=FN_LEASE_PROTOCOL)
         self.ticks_run = 0
         self._ticks_running: set[tuple[str, int]] = set()
+        self._cursor = EventCursor()
+        self._event_feed: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._saved_mark: int | None = None
+        self.caught_up = 0
+        """Bucket events queued by catch-up scans (status)."""
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
 
@@ -707,6 +719,7 @@ class FunctionService(ServiceBase):
         self.executor.retire(live)
         self.executor.scale_down()
         self.publish_stats(records)
+        self._save_mark()
         self.secrets.reseal()
         marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
                  for n in self.secrets.functions() if (r := self.secrets.row(n))}
@@ -778,16 +791,130 @@ class FunctionService(ServiceBase):
     async def _object_events(self) -> None:
         """Bucket triggers: an object created or deleted through this node (the node
         that committed it emits the event) queues an asynchronous invocation of each
-        function whose trigger matches, with the event id as dedup id."""
+        function whose trigger matches, with the event id as dedup id. Created events
+        are at least once (:mod:`apps.functions.bucketevents`): after a restart or a
+        gap in the feed, objects modified since the mark are queued again (same ids)."""
         events = self.node.events.subscribe()
-        async for event in events:
-            kind = OBJECT_KINDS.get(event.get("kind", ""))
-            if kind is None:
-                continue
+        latest = self.node.events.recent(1)  # the last event before the subscription
+        token = self._cursor.start(self._read_mark(), self.node.clock.wall_ms(),
+                                   int(latest[-1].get("seq") or 0) if latest else 0)
+        async with trio.open_nursery() as nursery:
+            self._event_feed, self._nursery = events, nursery
+            if token is not None:
+                nursery.start_soon(self._catch_up, token, CATCH_UP_DELAY)
+            async for event in events:
+                token = self._cursor.received(int(event.get("seq") or 0))
+                if token is not None:
+                    log.warning("bucket triggers missed events before seq %s: scanning",
+                                event.get("seq"))
+                    nursery.start_soon(self._catch_up, token, 0.0)
+                try:
+                    kind = OBJECT_KINDS.get(event.get("kind", ""))
+                    if kind is not None:
+                        await self._object_event(kind, event)
+                except Exception:  # one bad event must not stop the triggers
+                    log.exception("bucket trigger failed for %r", event)
+                finally:
+                    self._cursor.handled(int(event.get("at") or 0))
+
+    def _mark_path(self) -> Path:
+        return Path(self.node.datadir.path) / "fn-events.mark"
+
+    def _read_mark(self) -> int | None:
+        """The stored mark; None on a node that never ran bucket triggers; an
+        unreadable one means "scan the last ten minutes"."""
+        try:
+            return int(self._mark_path().read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return self.node.clock.wall_ms() - 600_000
+
+    def _save_mark(self) -> None:
+        feed = self._event_feed
+        if feed is not None and feed.statistics().current_buffer_used == 0:
+            latest = self.node.events.recent(1)
+            token = self._cursor.idle(self.node.clock.wall_ms(),
+                                      int(latest[-1].get("seq") or 0) if latest else 0)
+            if token is not None and self._nursery is not None:
+                log.warning("bucket triggers missed events: scanning")
+                self._nursery.start_soon(self._catch_up, token, 0.0)
+        if feed is None or self._cursor.mark_ms == self._saved_mark:
+            return
+        path = self._mark_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(self._cursor.mark_ms))
+        tmp.replace(path)
+        self._saved_mark = self._cursor.mark_ms
+
+    async def _catch_up(self, token: int, delay: float) -> None:
+        """Queue the created events of objects modified since the scan's start (their
+        ids are the live events', so nothing queued already is queued again); retried
+        until it succeeds, the mark held meanwhile."""
+        await trio.sleep(delay)  # let the queue rows of the mesh replicate here first
+        since_ms = self._cursor.scans.get(token, 0)
+        while True:
             try:
-                self._object_event(kind, event)
-            except Exception:  # one bad event must not stop the triggers
-                log.exception("bucket trigger failed for %r", event)
+                found = await self._scan_objects(since_ms)
+                break
+            except Exception as exc:  # storage not up yet, a bucket listing failed
+                log.warning("bucket trigger catch-up failed, retrying: %r", exc)
+                await trio.sleep(CATCH_UP_RETRY)
+        if found:
+            log.info("bucket trigger catch-up queued %d event(s)", found)
+        self.caught_up += found
+        self._cursor.scanned(token)
+
+    async def _scan_objects(self, since_ms: int) -> int:
+        from blobstore.bucketlist import list_bucket
+        from blobstore.s3.errors import NoSuchBucket
+
+        wanted = {(bucket, prefix) for r in all_functions(self.state).values()
+                  for kind, bucket, prefix in trigger_parts(r.on_object)
+                  if kind == "created" and bucket != BUCKET}
+        if not wanted:
+            return 0
+        objects = getattr(self.storage.blobs, "objects", None)
+        if objects is None:
+            raise MeshError("this node's storage service is not running")
+        queued_now = 0
+        for bucket_name, prefix in sorted(wanted):
+            try:
+                bucket = objects.bucket(bucket_name)
+            except NoSuchBucket:
+                continue
+            after = None
+            while True:
+                page = await list_bucket(objects.index, bucket.bucket_id, prefix=prefix,
+                                         after=after)
+                for key, entry in page.contents:
+                    if entry.last_modified * 1000 + 1 < since_ms:
+                        continue
+                    record = await objects.find(bucket_name, key)
+                    if record is not None:
+                        queued_now += self._queue_created(bucket_name, key, record)
+                if not page.is_truncated or page.last is None:
+                    break
+                after = page.last
+        return queued_now
+
+    def _queue_created(self, bucket: str, key: str, record: Any) -> int:
+        """Queue the created event of one object for each matching function (the
+        same id as its live event); how many rows were new."""
+        import json
+
+        ident = event_id("created", bucket, key, record.manifest.object_id.hex())
+        body = json.dumps({"type": "object.created", "event_id": ident, "bucket": bucket,
+                           "key": key, "size": int(record.size), "etag": record.etag,
+                           "time_ms": int(record.modified_ms)}).encode()
+        new = 0
+        for function in all_functions(self.state).values():
+            if function.on_object and trigger_matches(function.on_object, "created",
+                                                      bucket, key):
+                if self.state.get(QUEUE.name, (function.name, ident)) is None:
+                    new += 1
+                self.enqueue(function.name, body, ident)
+        return new
 
     def _bucket_names(self) -> dict[str, str]:
         from blobstore.records import BUCKETS
@@ -798,25 +925,44 @@ class FunctionService(ServiceBase):
         except Exception:  # no storage tables on this node
             return {}
 
-    def _object_event(self, kind: str, event: dict[str, Any]) -> None:
+    async def _object_event(self, kind: str, event: dict[str, Any]) -> None:
         import json
+        import os
 
-        targets = [r for r in all_functions(self.state).values() if r.on_object]
+        targets = [r for r in all_functions(self.state).values()
+                   if r.on_object and r.name]
         if not targets:
             return
         bucket = self._bucket_names().get(str(event.get("bucket", "")))
         key = str(event.get("key", ""))
         if bucket is None or bucket == BUCKET:
             return
+        matching = [r for r in targets if trigger_matches(r.on_object, kind, bucket, key)]
+        if not matching:
+            return
+        if os.environ.get("MESHCLOUD_FN_FAULT") == "exit-before-enqueue":
+            os._exit(137)  # fault point (tests): die between the commit and the queue row
+        if kind == "created":
+            record = None
+            objects = getattr(self.storage.blobs, "objects", None)
+            if objects is not None:
+                with trio.move_on_after(FIND_TIMEOUT):
+                    try:
+                        record = await objects.find(bucket, key)
+                    except Exception as exc:  # the fallback id below still queues it
+                        log.info("bucket trigger: reading %s/%s failed: %r", bucket, key,
+                                 exc)
+            if record is not None:
+                self._queue_created(bucket, key, record)
+                return
         ident = "ev-" + hashlib.sha256(
             f"{event.get('node')}|{event.get('seq')}|{event.get('at')}|{kind}|{bucket}|"
             f"{key}".encode()).hexdigest()[:24]
         body = json.dumps({"type": f"object.{kind}", "event_id": ident, "bucket": bucket,
                            "key": key, "size": event.get("size"), "etag": event.get("etag"),
                            "time_ms": event.get("at")}).encode()
-        for record in targets:
-            if trigger_matches(record.on_object, kind, bucket, key):
-                self.enqueue(record.name, body, ident)
+        for function in matching:
+            self.enqueue(function.name, body, ident)
 
     def _queue_pass(self, nursery: trio.Nursery) -> None:
         now_ms = self.node.clock.wall_ms()
@@ -945,4 +1091,5 @@ class FunctionService(ServiceBase):
     def status(self) -> dict[str, Any]:
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
                 "served_remote": self.served_remote, "ticks_run": self.ticks_run,
-                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats()}
+                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats(),
+                "events_caught_up": self.caught_up}

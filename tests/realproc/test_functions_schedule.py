@@ -177,3 +177,43 @@ def handle(event, context):
     logs = a.cli("fn", "logs", "onobj", "--lines", "1000").stdout
     assert logs.count("OBJEVENT object.created inbox/up/a.txt ev-") == 1, logs
     assert "elsewhere" not in logs
+
+
+def test_a_bucket_event_survives_a_crash_between_commit_and_queue(cluster, tmp_path):
+    """Node 3 commits an object and dies (a fault point) before the event's queue row:
+    on restart it scans the trigger bucket past its mark and the function runs once."""
+    a, _, c = cluster.agents
+    src = tmp_path / "crashobj"
+    src.mkdir()
+    (src / "main.py").write_text('''
+def handle(event, context):
+    context.logger.info("CRASHEVENT %s/%s %s", event["bucket"], event["key"],
+                        event["event_id"])
+    return {}
+''')
+    c.cli("bucket", "create", "crashbox")
+    a.cli("fn", "deploy", "crashobj", str(src), "--on-object", "created:crashbox/in/")
+    wait_until(lambda: any(f["name"] == "crashobj" and f["on_object"]
+                           for f in c.get("/v1/functions")["functions"]), 30,
+               interval=0.2, message="crashobj replicated to node 3")
+    wait_until(lambda: (c.data_dir / "fn-events.mark").exists(), 30, interval=0.2,
+               message="node 3 keeps a bucket-event mark")
+    c.stop()
+    c.env["MESHCLOUD_FN_FAULT"] = "exit-before-enqueue"
+    c.start()
+    data = tmp_path / "b.txt"
+    data.write_text("survive")
+    c.cli("cp", str(data), "s3://crashbox/in/b.txt", check=False)
+    assert c.process is not None and c.process.wait(timeout=60) == 137  # died there
+    assert json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout) == []
+    del c.env["MESHCLOUD_FN_FAULT"]
+    c.start()
+
+    def done() -> bool:
+        rows = json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout)
+        return len(rows) == 1 and rows[0]["state"] == "done"
+
+    wait_until(done, 90, interval=0.5, message="the event lost in the crash ran")
+    assert c.get("/v1/status")["functions"]["events_caught_up"] == 1
+    logs = a.cli("fn", "logs", "crashobj", "--lines", "1000").stdout
+    assert logs.count("CRASHEVENT crashbox/in/b.txt ev-") == 1, logs
