@@ -113,6 +113,9 @@ CATCH_UP_DELAY, CATCH_UP_RETRY = 3.0, 2.0
 """Seconds before a start-up scan of the trigger buckets, and between its retries."""
 FIND_TIMEOUT = 5.0
 """Seconds a bucket event waits to read its object's record (for its event id)."""
+TERM_SYNC = 5.0
+"""Seconds a new scheduler lease holder spends reading its peers' rows before it runs
+ticks or queued invocations."""
 STALE_SLACK = 5.0
 """Seconds past a tick call's timeout (and forwarding slack) before a tick left
 ``started`` without ``done`` counts as abandoned and runs again."""
@@ -254,6 +257,7 @@ class FunctionService(ServiceBase):
                                    protocol=FN_LEASE_PROTOCOL)
         self.ticks_run = 0
         self._ticks_running: set[tuple[str, int]] = set()
+        self._caught_up_term = self._catching_up_term = 0
         self._cursor = EventCursor()
         self._event_feed: Any = None
         self._nursery: trio.Nursery | None = None
@@ -1020,6 +1024,11 @@ class FunctionService(ServiceBase):
         self.scheduler_term = held.term if held is not None else 0
         if held is None or held.valid_until - trio.current_time() < MIN_LEASE_LEFT:
             return  # only the lease holder looks for due ticks and queued invocations
+        if self._caught_up_term != held.term:
+            if self._catching_up_term != held.term:  # a new term: read the rows first
+                self._catching_up_term = held.term
+                nursery.start_soon(self._sync_for_term, held.term)
+            return
         self._queue_pass(nursery)
         for name, record in sorted(scheduled.items()):
             try:
@@ -1044,6 +1053,23 @@ class FunctionService(ServiceBase):
                     at_ms=self.node.clock.wall_ms()))
                 self._ticks_running.add((name, tick))
                 nursery.start_soon(self._run_tick, name, tick, lease.term, rerun)
+
+    async def _sync_for_term(self, term: int) -> None:
+        """Before a new holder runs anything, one anti-entropy session with each live
+        peer (at most :data:`TERM_SYNC` s): the ``fn_ticks`` and ``fn_queue`` rows the
+        previous holder wrote reach this node first, so it does not run them again."""
+        peers = sorted(set(self.node.alive_peer_ids()) - {self.node.node_id})
+        with trio.move_on_after(TERM_SYNC):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(self._sync_one, peer)
+        self._caught_up_term = term
+
+    async def _sync_one(self, peer: bytes) -> None:
+        try:
+            await self.state.sync_with(peer)
+        except (*_NET, trio.TooSlowError) as exc:
+            log.info("scheduler sync with %s failed: %r", peer.hex()[:12], exc)
 
     async def _run_tick(self, name: str, tick: int, term: int, rerun: bool = False) -> None:
         import json
