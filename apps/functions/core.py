@@ -186,6 +186,16 @@ def trigger_matches(triggers: tuple[str, ...], kind: str, bucket: str, key: str)
     return False
 
 
+def trigger_parts(triggers: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``(kind, bucket, prefix)`` of each well-formed trigger."""
+    out = []
+    for t in triggers:
+        m = _TRIGGER.match(t)
+        if m:
+            out.append((m.group(1), m.group(2), m.group(3) or ""))
+    return out
+
+
 def with_schedule(record: FunctionRecord, schedule: Any, now_ms: int) -> FunctionRecord:
     """The record running on cron ``schedule`` from now on (``""`` or ``off``: none)."""
     from apps.functions.cron import parse_cron

@@ -115,7 +115,8 @@ FN_LEASE_PROTOCOL = "/meshcloud/fn/lease/1"
 class TickRecord:
     """Row of the ``fn_ticks`` table (key: function name, tick time in seconds): written
     ``started`` before a scheduled tick runs and ``done`` after, by the holder of the
-    scheduler lease (``term``); a tick with a row never runs again."""
+    scheduler lease (``term``); a ``done`` tick never runs again, one left ``started``
+    past its call's timeout runs again (its holder died)."""
 
     state: str
     term: int

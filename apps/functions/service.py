@@ -2,10 +2,12 @@
 ``functions`` table, bundle storage in the blobstore, invocation routing, the executor,
 the HTTP trigger (``POST /fn/NAME`` on the ingress), API routes and CLI.
 
-Routing: a function's warm instances live on its rendezvous top node among the live
-members. Any node accepts an invocation; if it is not the top node it forwards the
-invocation over the mesh (:data:`INVOKE_PROTOCOL`, one stream per invocation); if the
-top node cannot be reached, the next ranked node runs it (that may be this node).
+Routing (:mod:`apps.functions.routing`): a function's warm instances live on its
+rendezvous top nodes (its runtime, not draining, battery and metered nodes last). Any
+node accepts an invocation and sends it to the best of two of the first ``k`` of them
+(``k`` grows with the calls in flight), forwarding over the mesh
+(:data:`INVOKE_PROTOCOL`, one stream per invocation) when that is another node; if it
+cannot be reached, the next ranked node runs it (that may be this node).
 
 Depends on the node only for ``state``, ``transport``, ``clock``, ``node_id``,
 ``alive_peer_ids()`` and ``datadir.path``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from apps.functions.bucketevents import EventCursor, event_id
 from apps.functions.core import (
     BUCKET,
     MAX_PAYLOAD,
@@ -41,6 +45,7 @@ from apps.functions.core import (
     rollback,
     trigger_denied,
     trigger_matches,
+    trigger_parts,
     unused_bundles,
     with_new_key,
     with_schedule,
@@ -61,7 +66,11 @@ from apps.functions.messages import (
 )
 from apps.functions.queue import MAX_ATTEMPTS as MAX_ATTEMPTS_DONE
 from apps.functions.queue import after_attempt, enqueue, invocation_id, is_due
-from apps.functions.schedule import due_ticks
+from apps.functions.routing import Route, choose, order, spread
+from apps.functions.routing import constraints as fn_constraints
+from apps.functions.routing import item as route_item
+from apps.functions.routing import route as route_of
+from apps.functions.schedule import due_ticks, stale_ticks, tick_id
 from apps.functions.secrets import FunctionSecrets, SecretsUnavailable, check_updates
 from apps.functions.stats import StatsBook, merge
 from apps.functions.tables import (
@@ -81,7 +90,7 @@ from apps.sites.storage import BlobStorage
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
-from meshcloud.placement import rank
+from meshcloud.placement import NodeInfo, rank
 
 if TYPE_CHECKING:
     from meshcloud.kit.service import NodeContext
@@ -100,6 +109,16 @@ MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
 """Scheduler lease timing of the ``local`` profile (as the workloads' singletons)."""
+CATCH_UP_DELAY, CATCH_UP_RETRY = 3.0, 2.0
+"""Seconds before a start-up scan of the trigger buckets, and between its retries."""
+FIND_TIMEOUT = 5.0
+"""Seconds a bucket event waits to read its object's record (for its event id)."""
+TERM_SYNC = 5.0
+"""Seconds a new scheduler lease holder spends reading its peers' rows before it runs
+ticks or queued invocations."""
+STALE_SLACK = 5.0
+"""Seconds past a tick call's timeout (and forwarding slack) before a tick left
+``started`` without ``done`` counts as abandoned and runs again."""
 SECRETS_WAIT = 5.0
 """Seconds an instance start waits for a function's secrets to open on this node."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
@@ -199,6 +218,10 @@ class FunctionService(ServiceBase):
         self._instances: dict[str, int] = {}
         self._prepared: dict[str, tuple[int, str, str]] = {}
         self._in_flight: set[tuple[str, str]] = set()
+        self._outstanding: dict[str, dict[bytes, int]] = {}
+        """Calls in flight per function and node, as this node sees them (the calls it
+        routes, and the forwarded calls it runs for others)."""
+        self._rng = random.Random()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = (default_homes(data_dir) / "functions" if self.switch_users
@@ -233,6 +256,14 @@ class FunctionService(ServiceBase):
                                    renew_every=LOCAL_RENEW if local else RENEW_EVERY,
                                    protocol=FN_LEASE_PROTOCOL)
         self.ticks_run = 0
+        self._ticks_running: set[tuple[str, int]] = set()
+        self._caught_up_term = self._catching_up_term = 0
+        self._cursor = EventCursor()
+        self._event_feed: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._saved_mark: int | None = None
+        self.caught_up = 0
+        """Bucket events queued by catch-up scans (status)."""
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
 
@@ -428,23 +459,39 @@ class FunctionService(ServiceBase):
 
     # --- invocation ------------------------------------------------------------------------
 
-    def ranked(self, name: str) -> list[bytes]:
-        """The nodes that may run ``name``, best first: every live node, or for an image
-        function the live nodes that offer the podman runtime (all, if none does)."""
-        view = set(self.node.alive_peer_ids()) | {self.node.node_id}
+    def route(self, name: str) -> Route:
+        """Where ``name``'s calls go (:mod:`apps.functions.routing`): its rendezvous top
+        nodes among the live nodes that offer its runtime (podman for an image), not
+        draining, battery and metered nodes last; every live node when no offer says
+        anything yet (a mesh still replicating its ``offers``)."""
+        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
         record = self.state.get(FUNCTIONS.name, name)
-        if record is not None and any(v.image for v in record.versions
-                                      if v.version == record.current):
-            from apps.workloads.offers import all_offers
+        image = record is not None and any(v.image for v in record.versions
+                                           if v.version == record.current)
+        view_of = getattr(self.workloads, "view", None)
+        view: list[NodeInfo] = []
+        if callable(view_of):
+            try:
+                view = [m for m in view_of() if m.node_id in alive]
+            except Exception:  # the placement view is an input, never a reason to fail
+                log.exception("placement view for %s failed", name)
+        found = route_of(view, name, fn_constraints(image))
+        if found.candidates:
+            return found
+        plain = tuple(rank(alive, route_item(name)))
+        return Route(plain[:1], plain)
 
-            with_podman = {n for n, offer in all_offers(self.state).items()
-                           if "podman" in offer.runtimes} & view
-            view = with_podman or view
-        return rank(view, b"fn:" + name.encode())
+    def ranked(self, name: str) -> list[bytes]:
+        """The nodes that may run ``name``, best first."""
+        return list(self.route(name).ranking)
+
+    def _outstanding_of(self, name: str) -> dict[bytes, int]:
+        return self._outstanding.setdefault(name, {})
 
     async def invoke(self, name: str, payload: bytes, request_id: str = "") -> InvokeReply:
-        """Run ``name`` with ``payload`` wherever its warm instances live; every failure
-        is an ``InvokeReply`` with a code and a message, never a hang."""
+        """Run ``name`` with ``payload`` on one of its top nodes (the best of two of the
+        first ``k``, ``k`` growing with the calls in flight); every failure is an
+        ``InvokeReply`` with a code and a message, never a hang."""
         request_id = request_id or secrets.token_hex(8)
         try:
             check_name(name)
@@ -454,27 +501,40 @@ class FunctionService(ServiceBase):
             spec = current(record)
         except MeshError as exc:
             return InvokeReply(ok=False, code=exc.code, message=str(exc))
-        for target in self.ranked(name)[:3]:
-            if target == self.node.node_id:
-                return await self.run_local(name, spec.version, payload, request_id)
-            sent = False
-
-            def mark_sent() -> None:
-                nonlocal sent
-                sent = True
-
+        found = self.route(name)
+        outstanding = self._outstanding_of(name)
+        k = spread(spec.concurrency, sum(outstanding.values()), len(found.candidates))
+        chosen = choose(found.candidates, k, outstanding, self._rng.randrange)
+        for target in order(chosen, found.ranking)[:3]:
+            outstanding[target] = outstanding.get(target, 0) + 1
             try:
-                return await self._forward(target, name, spec.version, payload, request_id,
-                                           spec.timeout_ms / 1000 + FORWARD_SLACK,
-                                           mark_sent)
-            except (*_NET, trio.TooSlowError) as exc:
-                log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
-                if sent:  # it may have run there: not run twice, the caller decides
-                    return InvokeReply(
-                        ok=False, code="unavailable", node=target,
-                        message=f"node {target.hex()[:12]} running {name} went away "
-                                f"during the invocation ({type(exc).__name__}); it may or "
-                                "may not have run")
+                if target == self.node.node_id:
+                    return await self.run_local(name, spec.version, payload, request_id)
+                sent = False
+
+                def mark_sent() -> None:
+                    nonlocal sent
+                    sent = True
+
+                try:
+                    return await self._forward(target, name, spec.version, payload,
+                                               request_id,
+                                               spec.timeout_ms / 1000 + FORWARD_SLACK,
+                                               mark_sent)
+                except (*_NET, trio.TooSlowError) as exc:
+                    log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
+                    if sent:  # it may have run there: not run twice, the caller decides
+                        return InvokeReply(
+                            ok=False, code="unavailable", node=target,
+                            message=f"node {target.hex()[:12]} running {name} went away "
+                                    f"during the invocation ({type(exc).__name__}); it may "
+                                    "or may not have run")
+            finally:
+                left = outstanding.get(target, 1) - 1
+                if left > 0:
+                    outstanding[target] = left
+                else:
+                    outstanding.pop(target, None)
         return await self.run_local(name, spec.version, payload, request_id)
 
     async def _forward(self, target: bytes, name: str, version: int, payload: bytes,
@@ -530,8 +590,18 @@ class FunctionService(ServiceBase):
                 await stream.abort("bad invoke request")
             return
         self.served_remote += 1
-        reply = await self.run_local(request.name, request.version, request.payload,
-                                     request.request_id)
+        outstanding = self._outstanding_of(request.name)
+        me = self.node.node_id
+        outstanding[me] = outstanding.get(me, 0) + 1
+        try:
+            reply = await self.run_local(request.name, request.version, request.payload,
+                                         request.request_id)
+        finally:
+            left = outstanding.get(me, 1) - 1
+            if left > 0:
+                outstanding[me] = left
+            else:
+                outstanding.pop(me, None)
         try:
             await stream.send(encode_message(reply))
             await stream.close()
@@ -543,7 +613,7 @@ class FunctionService(ServiceBase):
     async def logs(self, name: str, lines: int = 100, request_id: str = ""
                    ) -> dict[str, str]:
         """{node id hex: the tail of ``name``'s log there} from every live node that has
-        one (instances run on the top node, or on another after a failover); with
+        one (instances run on the top nodes, or on another after a failover); with
         ``request_id``, only that invocation's lines."""
         return (await self.read_logs(name, lines, request_id))[0]
 
@@ -591,7 +661,7 @@ class FunctionService(ServiceBase):
                 ends[node.hex()] = end
 
         async with trio.open_nursery() as nursery:
-            for node in self.ranked(name):
+            for node in sorted(set(self.node.alive_peer_ids()) | {self.node.node_id}):
                 nursery.start_soon(one, node)
         return dict(sorted(out.items())), dict(sorted(ends.items()))
 
@@ -653,6 +723,7 @@ class FunctionService(ServiceBase):
         self.executor.retire(live)
         self.executor.scale_down()
         self.publish_stats(records)
+        self._save_mark()
         self.secrets.reseal()
         marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
                  for n in self.secrets.functions() if (r := self.secrets.row(n))}
@@ -724,16 +795,130 @@ class FunctionService(ServiceBase):
     async def _object_events(self) -> None:
         """Bucket triggers: an object created or deleted through this node (the node
         that committed it emits the event) queues an asynchronous invocation of each
-        function whose trigger matches, with the event id as dedup id."""
+        function whose trigger matches, with the event id as dedup id. Created events
+        are at least once (:mod:`apps.functions.bucketevents`): after a restart or a
+        gap in the feed, objects modified since the mark are queued again (same ids)."""
         events = self.node.events.subscribe()
-        async for event in events:
-            kind = OBJECT_KINDS.get(event.get("kind", ""))
-            if kind is None:
-                continue
+        latest = self.node.events.recent(1)  # the last event before the subscription
+        token = self._cursor.start(self._read_mark(), self.node.clock.wall_ms(),
+                                   int(latest[-1].get("seq") or 0) if latest else 0)
+        async with trio.open_nursery() as nursery:
+            self._event_feed, self._nursery = events, nursery
+            if token is not None:
+                nursery.start_soon(self._catch_up, token, CATCH_UP_DELAY)
+            async for event in events:
+                token = self._cursor.received(int(event.get("seq") or 0))
+                if token is not None:
+                    log.warning("bucket triggers missed events before seq %s: scanning",
+                                event.get("seq"))
+                    nursery.start_soon(self._catch_up, token, 0.0)
+                try:
+                    kind = OBJECT_KINDS.get(event.get("kind", ""))
+                    if kind is not None:
+                        await self._object_event(kind, event)
+                except Exception:  # one bad event must not stop the triggers
+                    log.exception("bucket trigger failed for %r", event)
+                finally:
+                    self._cursor.handled(int(event.get("at") or 0))
+
+    def _mark_path(self) -> Path:
+        return Path(self.node.datadir.path) / "fn-events.mark"
+
+    def _read_mark(self) -> int | None:
+        """The stored mark; None on a node that never ran bucket triggers; an
+        unreadable one means "scan the last ten minutes"."""
+        try:
+            return int(self._mark_path().read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return self.node.clock.wall_ms() - 600_000
+
+    def _save_mark(self) -> None:
+        feed = self._event_feed
+        if feed is not None and feed.statistics().current_buffer_used == 0:
+            latest = self.node.events.recent(1)
+            token = self._cursor.idle(self.node.clock.wall_ms(),
+                                      int(latest[-1].get("seq") or 0) if latest else 0)
+            if token is not None and self._nursery is not None:
+                log.warning("bucket triggers missed events: scanning")
+                self._nursery.start_soon(self._catch_up, token, 0.0)
+        if feed is None or self._cursor.mark_ms == self._saved_mark:
+            return
+        path = self._mark_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(self._cursor.mark_ms))
+        tmp.replace(path)
+        self._saved_mark = self._cursor.mark_ms
+
+    async def _catch_up(self, token: int, delay: float) -> None:
+        """Queue the created events of objects modified since the scan's start (their
+        ids are the live events', so nothing queued already is queued again); retried
+        until it succeeds, the mark held meanwhile."""
+        await trio.sleep(delay)  # let the queue rows of the mesh replicate here first
+        since_ms = self._cursor.scans.get(token, 0)
+        while True:
             try:
-                self._object_event(kind, event)
-            except Exception:  # one bad event must not stop the triggers
-                log.exception("bucket trigger failed for %r", event)
+                found = await self._scan_objects(since_ms)
+                break
+            except Exception as exc:  # storage not up yet, a bucket listing failed
+                log.warning("bucket trigger catch-up failed, retrying: %r", exc)
+                await trio.sleep(CATCH_UP_RETRY)
+        if found:
+            log.info("bucket trigger catch-up queued %d event(s)", found)
+        self.caught_up += found
+        self._cursor.scanned(token)
+
+    async def _scan_objects(self, since_ms: int) -> int:
+        from blobstore.bucketlist import list_bucket
+        from blobstore.s3.errors import NoSuchBucket
+
+        wanted = {(bucket, prefix) for r in all_functions(self.state).values()
+                  for kind, bucket, prefix in trigger_parts(r.on_object)
+                  if kind == "created" and bucket != BUCKET}
+        if not wanted:
+            return 0
+        objects = getattr(self.storage.blobs, "objects", None)
+        if objects is None:
+            raise MeshError("this node's storage service is not running")
+        queued_now = 0
+        for bucket_name, prefix in sorted(wanted):
+            try:
+                bucket = objects.bucket(bucket_name)
+            except NoSuchBucket:
+                continue
+            after = None
+            while True:
+                page = await list_bucket(objects.index, bucket.bucket_id, prefix=prefix,
+                                         after=after)
+                for key, entry in page.contents:
+                    if entry.last_modified * 1000 + 1 < since_ms:
+                        continue
+                    record = await objects.find(bucket_name, key)
+                    if record is not None:
+                        queued_now += self._queue_created(bucket_name, key, record)
+                if not page.is_truncated or page.last is None:
+                    break
+                after = page.last
+        return queued_now
+
+    def _queue_created(self, bucket: str, key: str, record: Any) -> int:
+        """Queue the created event of one object for each matching function (the
+        same id as its live event); how many rows were new."""
+        import json
+
+        ident = event_id("created", bucket, key, record.manifest.object_id.hex())
+        body = json.dumps({"type": "object.created", "event_id": ident, "bucket": bucket,
+                           "key": key, "size": int(record.size), "etag": record.etag,
+                           "time_ms": int(record.modified_ms)}).encode()
+        new = 0
+        for function in all_functions(self.state).values():
+            if function.on_object and trigger_matches(function.on_object, "created",
+                                                      bucket, key):
+                if self.state.get(QUEUE.name, (function.name, ident)) is None:
+                    new += 1
+                self.enqueue(function.name, body, ident)
+        return new
 
     def _bucket_names(self) -> dict[str, str]:
         from blobstore.records import BUCKETS
@@ -744,25 +929,44 @@ class FunctionService(ServiceBase):
         except Exception:  # no storage tables on this node
             return {}
 
-    def _object_event(self, kind: str, event: dict[str, Any]) -> None:
+    async def _object_event(self, kind: str, event: dict[str, Any]) -> None:
         import json
+        import os
 
-        targets = [r for r in all_functions(self.state).values() if r.on_object]
+        targets = [r for r in all_functions(self.state).values()
+                   if r.on_object and r.name]
         if not targets:
             return
         bucket = self._bucket_names().get(str(event.get("bucket", "")))
         key = str(event.get("key", ""))
         if bucket is None or bucket == BUCKET:
             return
+        matching = [r for r in targets if trigger_matches(r.on_object, kind, bucket, key)]
+        if not matching:
+            return
+        if os.environ.get("MESHCLOUD_FN_FAULT") == "exit-before-enqueue":
+            os._exit(137)  # fault point (tests): die between the commit and the queue row
+        if kind == "created":
+            record = None
+            objects = getattr(self.storage.blobs, "objects", None)
+            if objects is not None:
+                with trio.move_on_after(FIND_TIMEOUT):
+                    try:
+                        record = await objects.find(bucket, key)
+                    except Exception as exc:  # the fallback id below still queues it
+                        log.info("bucket trigger: reading %s/%s failed: %r", bucket, key,
+                                 exc)
+            if record is not None:
+                self._queue_created(bucket, key, record)
+                return
         ident = "ev-" + hashlib.sha256(
             f"{event.get('node')}|{event.get('seq')}|{event.get('at')}|{kind}|{bucket}|"
             f"{key}".encode()).hexdigest()[:24]
         body = json.dumps({"type": f"object.{kind}", "event_id": ident, "bucket": bucket,
                            "key": key, "size": event.get("size"), "etag": event.get("etag"),
                            "time_ms": event.get("at")}).encode()
-        for record in targets:
-            if trigger_matches(record.on_object, kind, bucket, key):
-                self.enqueue(record.name, body, ident)
+        for function in matching:
+            self.enqueue(function.name, body, ident)
 
     def _queue_pass(self, nursery: trio.Nursery) -> None:
         now_ms = self.node.clock.wall_ms()
@@ -820,6 +1024,11 @@ class FunctionService(ServiceBase):
         self.scheduler_term = held.term if held is not None else 0
         if held is None or held.valid_until - trio.current_time() < MIN_LEASE_LEFT:
             return  # only the lease holder looks for due ticks and queued invocations
+        if self._caught_up_term != held.term:
+            if self._catching_up_term != held.term:  # a new term: read the rows first
+                self._catching_up_term = held.term
+                nursery.start_soon(self._sync_for_term, held.term)
+            return
         self._queue_pass(nursery)
         for name, record in sorted(scheduled.items()):
             try:
@@ -827,34 +1036,61 @@ class FunctionService(ServiceBase):
             except MeshError as exc:
                 log.warning("function %s: %s", name, exc)
                 continue
-            now_s = self.node.clock.wall_ms() // 1000
-            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000, now_s=now_s,
-                            recorded=recorded_ticks(self.state, name))
-            for tick in due:
+            now_ms = self.node.clock.wall_ms()
+            recorded = recorded_ticks(self.state, name)
+            due = due_ticks(cron, since_s=record.schedule_since_ms // 1000,
+                            now_s=now_ms // 1000, recorded=recorded)
+            timeout_ms = current(record).timeout_ms
+            stale = stale_ticks(recorded, now_ms=now_ms,
+                                after_ms=timeout_ms + int((FORWARD_SLACK + STALE_SLACK) * 1000),
+                                running={t for n, t in self._ticks_running if n == name})
+            for tick, rerun in sorted([(t, True) for t in stale] + [(t, False) for t in due]):
                 lease = self.leases.leases().get(SCHEDULE_LEASE)
                 if lease is None or lease.valid_until - trio.current_time() < MIN_LEASE_LEFT:
                     return
                 self.state.put(TICKS.name, (name, tick), TickRecord(
                     state="started", term=lease.term, node=self.node.node_id,
                     at_ms=self.node.clock.wall_ms()))
-                nursery.start_soon(self._run_tick, name, tick, lease.term)
+                self._ticks_running.add((name, tick))
+                nursery.start_soon(self._run_tick, name, tick, lease.term, rerun)
 
-    async def _run_tick(self, name: str, tick: int, term: int) -> None:
+    async def _sync_for_term(self, term: int) -> None:
+        """Before a new holder runs anything, one anti-entropy session with each live
+        peer (at most :data:`TERM_SYNC` s): the ``fn_ticks`` and ``fn_queue`` rows the
+        previous holder wrote reach this node first, so it does not run them again."""
+        peers = sorted(set(self.node.alive_peer_ids()) - {self.node.node_id})
+        with trio.move_on_after(TERM_SYNC):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(self._sync_one, peer)
+        self._caught_up_term = term
+
+    async def _sync_one(self, peer: bytes) -> None:
+        try:
+            await self.state.sync_with(peer)
+        except (*_NET, trio.TooSlowError) as exc:
+            log.info("scheduler sync with %s failed: %r", peer.hex()[:12], exc)
+
+    async def _run_tick(self, name: str, tick: int, term: int, rerun: bool = False) -> None:
         import json
         from datetime import datetime
 
         self.ticks_run += 1
+        ident = tick_id(name, tick)
         event = {"type": "schedule", "function": name, "tick": tick,
-                 "time": datetime.fromtimestamp(tick, UTC).isoformat()}
-        reply = await self.invoke(name, json.dumps(event).encode(),
-                                  request_id=f"tick-{name}-{tick}")
-        if not reply.ok:
-            log.warning("scheduled tick %d of %s failed: %s: %s", tick, name, reply.code,
-                        reply.message)
-        self.state.put(TICKS.name, (name, tick), TickRecord(
-            state="done", term=term, node=self.node.node_id,
-            at_ms=self.node.clock.wall_ms(), ok=reply.ok,
-            message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+                 "time": datetime.fromtimestamp(tick, UTC).isoformat(), "tick_id": ident,
+                 "rerun": rerun}
+        try:
+            reply = await self.invoke(name, json.dumps(event).encode(), request_id=ident)
+            if not reply.ok:
+                log.warning("scheduled tick %d of %s failed: %s: %s", tick, name,
+                            reply.code, reply.message)
+            self.state.put(TICKS.name, (name, tick), TickRecord(
+                state="done", term=term, node=self.node.node_id,
+                at_ms=self.node.clock.wall_ms(), ok=reply.ok,
+                message="" if reply.ok else f"{reply.code}: {reply.message}"[:500]))
+        finally:
+            self._ticks_running.discard((name, tick))
 
     def ticks(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         self.get(name)
@@ -881,4 +1117,5 @@ class FunctionService(ServiceBase):
     def status(self) -> dict[str, Any]:
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
                 "served_remote": self.served_remote, "ticks_run": self.ticks_run,
-                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats()}
+                "scheduler": self.scheduler_term > 0, "pools": self.executor.stats(),
+                "events_caught_up": self.caught_up}

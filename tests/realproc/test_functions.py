@@ -332,6 +332,35 @@ def test_bad_uploads_and_deploys_store_nothing(cluster):
     assert "ghost" not in names and "Bad_Name" not in names
 
 
+def test_a_hot_function_spreads_over_two_nodes(cluster, tmp_path):
+    """16 concurrent callers through node 1 of a function with concurrency 8: the calls
+    past one node's pool go to the function's next top node, so two nodes serve."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = cluster.agents[0]
+    a.cli("fn", "deploy", "--public", "hot", str(write_fn(tmp_path / "hot", 1)),
+          "--timeout", "10s", "--concurrency", "8")
+    wait_until(lambda: http_post(ADDRESSES[0], "/fn/hot", b"{}")[0] == 200, 30,
+               interval=0.2, message="hot deployed and callable through node 1")
+
+    def served() -> list[int]:
+        return [x.get("/v1/status")["functions"]["pools"].get("hot@1", {})
+                .get("invocations", 0) for x in cluster.agents]
+
+    with ThreadPoolExecutor(16) as callers:
+        for _ in range(3):
+            results = list(callers.map(
+                lambda i: http_post(ADDRESSES[0], "/fn/hot", b'{"sleep": 0.5}'),
+                range(16)))
+            assert [s for s, _ in results] == [200] * 16, results
+            if sum(1 for n in served() if n) >= 2:
+                break
+    counts = served()
+    print(f"16 concurrent callers through node 1: invocations per node {counts}")
+    assert sum(1 for n in counts if n) >= 2, counts
+    assert a.cli("fn", "rm", "hot").returncode == 0
+
+
 def test_kill_the_holder_and_calls_move_elsewhere(cluster, tmp_path):
     """Runs last: it kills one agent. Calls through the survivors never hang; each is a
     success or a clear error, and soon every call succeeds on a surviving node."""
