@@ -58,6 +58,7 @@ from blobstore.s3.errors import (
 from blobstore.s3.names import validate_bucket_name
 from blobstore.sortkeys import sort_key
 from blobstore.writer import WriterConfig, new_object_id, write_object
+from meshcloud.codec import cbor
 from meshcloud.state.driver import StateDriver
 from meshcloud.state.keys import encode_key, prefix_end
 
@@ -254,10 +255,7 @@ class ObjectStore:
 
     async def delete(self, bucket_name: str, key: str) -> None:
         """Delete ``key`` (a tombstone on a quorum); deleting a missing key is fine (S3)."""
-        bucket = self.bucket(bucket_name)
-        await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(key)), None)
-        if self.emit is not None:
-            self.emit("object.deleted", bucket=bucket.bucket_id.hex(), key=key[:200])
+        await self.delete_many(bucket_name, [key])
 
     async def delete_many(self, bucket_name: str, keys: list[str]) -> None:
         """Delete several keys of one bucket: their tombstones travel in one quorum write
@@ -268,9 +266,10 @@ class ObjectStore:
                    for key in dict.fromkeys(keys)]
         if entries:
             await self.index.write_entries(OBJECTS.name, (bucket.bucket_id,), entries)
-            for key in dict.fromkeys(keys):
-                if self.emit is not None:
-                    self.emit("object.deleted", bucket=bucket.bucket_id.hex(), key=key[:200])
+            for key, (_, entry) in zip(dict.fromkeys(keys), entries, strict=True):
+                if self.emit is not None:  # ts: the tombstone's stamp (names this delete)
+                    self.emit("object.deleted", bucket=bucket.bucket_id.hex(), key=key[:200],
+                              ts=int(cbor.decode(entry)[0]))
 
     async def copy(self, source: ObjectRecord, bucket_name: str, key: str, *,
                    content_type: str, metadata: dict[str, str]) -> ObjectRecord:

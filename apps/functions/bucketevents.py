@@ -13,12 +13,25 @@ the object id of that put), so the live path and a scan queue the same row once.
 :class:`EventCursor` decides when the mark may move: after an event is handled (the
 feed is in order, so everything before it is handled), when the feed is idle, and never
 while a catch-up scan is pending (a crash during the scan must scan again).
+
+Deleted events: a listing does not show deletions, so the scan also reads the trigger
+prefix's raw index rows (tombstones included; they stay until GC) and queues a deleted
+event for each tombstone stamped after ``mark - SCAN_SLACK_MS``. The live event carries
+the tombstone's HLC stamp (``ts``), so both paths name one delete by
+:func:`deleted_event_id` (bucket, key, stamp). Keys longer than the index's fold length
+(384 bytes) are stored folded: their tombstones do not hold the key, and are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from meshcloud.clock import hlc_physical
+
+FOLD_AT = 384
+"""Longest object key the index stores as itself (``blobstore.sortkeys.FOLD_AT``)."""
 
 SCAN_SLACK_MS = 60_000
 """How far before the mark a catch-up scan looks: an object's ``modified_ms`` is taken
@@ -29,6 +42,46 @@ def event_id(kind: str, bucket: str, key: str, object_id: str) -> str:
     """The dedup id of one bucket event: the same from the live event and a scan."""
     raw = f"{kind}|{bucket}|{key}|{object_id}".encode()
     return "ev-" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+def deleted_event_id(bucket: str, key: str, ts: int) -> str:
+    """The dedup id of the delete whose tombstone was stamped ``ts``."""
+    return event_id("deleted", bucket, key, f"ts{ts:x}")
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    key: str
+    ts: int
+    """The tombstone's HLC stamp."""
+
+    @property
+    def time_ms(self) -> int:
+        return hlc_physical(self.ts)
+
+
+def tombstones_since(rows: Iterable[tuple[bytes, int, bool]], prefix: str,
+                     since_ms: int) -> tuple[list[Tombstone], bool]:
+    """Index rows of one bucket in key order, ``(sort key, stamp, is a tombstone)``, from
+    the first key that may start with ``prefix``: the deletes under ``prefix`` stamped at
+    or after ``since_ms`` (wall ms), and whether the rows went past the prefix (the
+    caller stops scanning)."""
+    want = prefix.encode()
+    found: list[Tombstone] = []
+    for sort_key, ts, dead in rows:
+        if not sort_key.startswith(want[:FOLD_AT]):
+            if sort_key > want:
+                return found, True
+            continue
+        if not dead or len(sort_key) > FOLD_AT or hlc_physical(ts) < since_ms:
+            continue
+        try:
+            key = sort_key.decode()
+        except UnicodeDecodeError:
+            continue
+        if key.startswith(prefix):
+            found.append(Tombstone(key, ts))
+    return found, False
 
 
 @dataclass

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from apps.functions.bucketevents import EventCursor, event_id
+from apps.functions.bucketevents import (
+    EventCursor,
+    Tombstone,
+    deleted_event_id,
+    event_id,
+    tombstones_since,
+)
 from apps.functions.core import (
     BUCKET,
     MAX_PAYLOAD,
@@ -263,6 +269,7 @@ class FunctionService(ServiceBase):
         self._nursery: trio.Nursery | None = None
         self._saved_mark: int | None = None
         self.caught_up = 0
+        self.scans_done = 0
         """Bucket events queued by catch-up scans (status)."""
         self.scheduler_term = 0
         """The scheduler lease's term while this node holds it (else 0; status only)."""
@@ -796,8 +803,9 @@ class FunctionService(ServiceBase):
         """Bucket triggers: an object created or deleted through this node (the node
         that committed it emits the event) queues an asynchronous invocation of each
         function whose trigger matches, with the event id as dedup id. Created events
-        are at least once (:mod:`apps.functions.bucketevents`): after a restart or a
-        gap in the feed, objects modified since the mark are queued again (same ids)."""
+        and deleted events are at least once (:mod:`apps.functions.bucketevents`): after a
+        restart or a gap in the feed, objects modified or deleted since the mark are
+        queued again (same ids)."""
         events = self.node.events.subscribe()
         latest = self.node.events.recent(1)  # the last event before the subscription
         token = self._cursor.start(self._read_mark(), self.node.clock.wall_ms(),
@@ -852,9 +860,9 @@ class FunctionService(ServiceBase):
         self._saved_mark = self._cursor.mark_ms
 
     async def _catch_up(self, token: int, delay: float) -> None:
-        """Queue the created events of objects modified since the scan's start (their
-        ids are the live events', so nothing queued already is queued again); retried
-        until it succeeds, the mark held meanwhile."""
+        """Queue the created and deleted events of objects modified or deleted since the
+        scan's start (their ids are the live events', so nothing queued already is queued
+        again); retried until it succeeds, the mark held meanwhile."""
         await trio.sleep(delay)  # let the queue rows of the mesh replicate here first
         since_ms = self._cursor.scans.get(token, 0)
         while True:
@@ -867,21 +875,31 @@ class FunctionService(ServiceBase):
         if found:
             log.info("bucket trigger catch-up queued %d event(s)", found)
         self.caught_up += found
+        self.scans_done += 1
         self._cursor.scanned(token)
 
     async def _scan_objects(self, since_ms: int) -> int:
         from blobstore.bucketlist import list_bucket
         from blobstore.s3.errors import NoSuchBucket
 
-        wanted = {(bucket, prefix) for r in all_functions(self.state).values()
-                  for kind, bucket, prefix in trigger_parts(r.on_object)
-                  if kind == "created" and bucket != BUCKET}
-        if not wanted:
+        parts = [(kind, bucket, prefix) for r in all_functions(self.state).values()
+                 for kind, bucket, prefix in trigger_parts(r.on_object) if bucket != BUCKET]
+        wanted = {(bucket, prefix) for kind, bucket, prefix in parts if kind == "created"}
+        deletes = {(bucket, prefix) for kind, bucket, prefix in parts if kind == "deleted"}
+        if not wanted and not deletes:
             return 0
         objects = getattr(self.storage.blobs, "objects", None)
         if objects is None:
             raise MeshError("this node's storage service is not running")
         queued_now = 0
+        for bucket_name, prefix in sorted(deletes):
+            try:
+                bucket = objects.bucket(bucket_name)
+            except NoSuchBucket:
+                continue
+            for tomb in await self._tombstones(objects.index, bucket.bucket_id, prefix,
+                                               since_ms):
+                queued_now += self._queue_deleted(bucket_name, tomb)
         for bucket_name, prefix in sorted(wanted):
             try:
                 bucket = objects.bucket(bucket_name)
@@ -901,6 +919,47 @@ class FunctionService(ServiceBase):
                     break
                 after = page.last
         return queued_now
+
+    @staticmethod
+    async def _tombstones(index: Any, bucket_id: bytes, prefix: str,
+                          since_ms: int) -> list[Tombstone]:
+        """The deletes under ``prefix`` since ``since_ms``: raw index rows of the bucket
+        (tombstones included), paged from the prefix's first possible key."""
+        from blobstore.records import OBJECTS
+        from blobstore.sortkeys import scan_start
+        from meshcloud.state.keys import encode_key, prefix_end
+
+        schema = index.state.core.table(OBJECTS.name).schema
+        low = encode_key((bucket_id, scan_start(prefix)))
+        high = prefix_end(encode_key((bucket_id,)))
+        out: list[Tombstone] = []
+        while True:
+            found, truncated = await index.scan(OBJECTS.name, (bucket_id,), low, high)
+            rows = [(schema.key_from_bytes(f.key)[1], f.entry.ts, f.value is None)
+                    for f in found]
+            tombs, past = tombstones_since(rows, prefix, since_ms)
+            out.extend(tombs)
+            if past or not truncated or not found:
+                return out
+            low = found[-1].key + b"\x00"
+
+    def _queue_deleted(self, bucket: str, tomb: Tombstone) -> int:
+        """Queue the deleted event of one tombstone for each matching function (the same
+        id as its live event); how many rows were new."""
+        import json
+
+        ident = deleted_event_id(bucket, tomb.key, tomb.ts)
+        body = json.dumps({"type": "object.deleted", "event_id": ident, "bucket": bucket,
+                           "key": tomb.key, "size": None, "etag": None,
+                           "time_ms": tomb.time_ms}).encode()
+        new = 0
+        for function in all_functions(self.state).values():
+            if function.on_object and trigger_matches(function.on_object, "deleted",
+                                                      bucket, tomb.key):
+                if self.state.get(QUEUE.name, (function.name, ident)) is None:
+                    new += 1
+                self.enqueue(function.name, body, ident)
+        return new
 
     def _queue_created(self, bucket: str, key: str, record: Any) -> int:
         """Queue the created event of one object for each matching function (the
@@ -959,6 +1018,9 @@ class FunctionService(ServiceBase):
             if record is not None:
                 self._queue_created(bucket, key, record)
                 return
+        if kind == "deleted" and isinstance(event.get("ts"), int):
+            self._queue_deleted(bucket, Tombstone(key, int(event["ts"])))
+            return
         ident = "ev-" + hashlib.sha256(
             f"{event.get('node')}|{event.get('seq')}|{event.get('at')}|{kind}|{bucket}|"
             f"{key}".encode()).hexdigest()[:24]
@@ -1118,4 +1180,4 @@ class FunctionService(ServiceBase):
         return {"functions": len(all_functions(self.state)), "forwarded": self.forwarded,
                 "served_remote": self.served_remote, "ticks_run": self.ticks_run,
                 "scheduler": self.scheduler_term > 0, "pools": self.executor.stats(),
-                "events_caught_up": self.caught_up}
+                "events_caught_up": self.caught_up, "events_scans": self.scans_done}

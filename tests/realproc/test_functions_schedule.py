@@ -196,12 +196,13 @@ def test_a_bucket_event_survives_a_crash_between_commit_and_queue(cluster, tmp_p
     src.mkdir()
     (src / "main.py").write_text('''
 def handle(event, context):
-    context.logger.info("CRASHEVENT %s/%s %s", event["bucket"], event["key"],
-                        event["event_id"])
+    context.logger.info("CRASHEVENT %s %s/%s %s", event["type"], event["bucket"],
+                        event["key"], event["event_id"])
     return {}
 ''')
     c.cli("bucket", "create", "crashbox")
-    a.cli("fn", "deploy", "crashobj", str(src), "--on-object", "created:crashbox/in/")
+    a.cli("fn", "deploy", "crashobj", str(src), "--on-object", "created:crashbox/in/",
+          "--on-object", "deleted:crashbox/in/")
     wait_until(lambda: any(f["name"] == "crashobj" and f["on_object"]
                            for f in c.get("/v1/functions")["functions"]), 30,
                interval=0.2, message="crashobj replicated to node 3")
@@ -225,4 +226,38 @@ def handle(event, context):
     wait_until(done, 90, interval=0.5, message="the event lost in the crash ran")
     assert c.get("/v1/status")["functions"]["events_caught_up"] == 1
     logs = a.cli("fn", "logs", "crashobj", "--lines", "1000").stdout
-    assert logs.count("CRASHEVENT crashbox/in/b.txt ev-") == 1, logs
+    assert logs.count("CRASHEVENT object.created crashbox/in/b.txt ev-") == 1, logs
+
+    # a delete lost the same way: the tombstone is found in the index on restart
+    c.stop()
+    c.env["MESHCLOUD_FN_FAULT"] = "exit-before-enqueue"
+    c.start()
+    try:
+        c.api_call("DELETE", "/v1/storage/objects/crashbox/in/b.txt")
+    except (OSError, http.client.HTTPException):  # the node may die before it answers
+        pass
+    assert c.process is not None and c.process.wait(timeout=60) == 137
+    assert len(json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout)) == 1
+    del c.env["MESHCLOUD_FN_FAULT"]
+    c.start()
+
+    def all_done(n: int) -> bool:
+        rows = json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout)
+        return len(rows) == n and all(r["state"] == "done" for r in rows)
+
+    wait_until(lambda: all_done(2), 90, interval=0.5, message="the lost delete ran")
+    assert c.get("/v1/status")["functions"]["events_caught_up"] == 1
+
+    # a delete queued live is not queued again by the next restart's scan (same id)
+    c.cli("cp", str(data), "s3://crashbox/in/c.txt")
+    c.api_call("DELETE", "/v1/storage/objects/crashbox/in/c.txt")
+    wait_until(lambda: all_done(4), 90, interval=0.5, message="c.txt's events ran live")
+    c.stop()
+    c.start()
+    wait_until(lambda: c.get("/v1/status")["functions"]["events_scans"] >= 1, 90,
+               interval=0.5, message="the restart's catch-up scan ran")
+    assert c.get("/v1/status")["functions"]["events_caught_up"] == 0
+    assert all_done(4)
+    logs = a.cli("fn", "logs", "crashobj", "--lines", "1000").stdout
+    assert logs.count("CRASHEVENT object.deleted crashbox/in/b.txt ev-") == 1, logs
+    assert logs.count("CRASHEVENT object.deleted crashbox/in/c.txt ev-") == 1, logs

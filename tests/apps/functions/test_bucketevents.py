@@ -5,7 +5,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apps.functions.bucketevents import SCAN_SLACK_MS, EventCursor, event_id
+from apps.functions.bucketevents import FOLD_AT as EVENTS_FOLD_AT
+from apps.functions.bucketevents import (
+    SCAN_SLACK_MS,
+    EventCursor,
+    Tombstone,
+    deleted_event_id,
+    event_id,
+    tombstones_since,
+)
+from blobstore.sortkeys import FOLD_AT, scan_start, sort_key
+from meshcloud.clock import hlc_pack
 
 
 def test_the_id_names_one_put_of_one_object():
@@ -107,3 +117,64 @@ def test_the_mark_never_passes_an_unhandled_event(stored, ops):
             assert at >= cursor.mark_ms or (covered is not None and at >= covered), (
                 at, cursor.mark_ms, cursor.scans)
     del token
+
+
+# --- deleted events: tombstones read back from the index --------------------------------
+
+def rows_of(bucket: dict[str, tuple[int, bool]], prefix: str
+            ) -> list[tuple[bytes, int, bool]]:
+    """The index rows a scan from the prefix's first possible key returns, in order."""
+    start = scan_start(prefix)
+    return sorted((sort_key(k), ts, dead) for k, (ts, dead) in bucket.items()
+                  if sort_key(k) >= start)
+
+
+def test_the_deleted_id_names_one_tombstone():
+    one = deleted_event_id("inbox", "up/a.txt", hlc_pack(1_000, 3))
+    assert one == deleted_event_id("inbox", "up/a.txt", hlc_pack(1_000, 3))
+    others = {deleted_event_id("inbox", "up/a.txt", hlc_pack(1_000, 4)),
+              deleted_event_id("inbox", "up/b.txt", hlc_pack(1_000, 3)),
+              deleted_event_id("outbox", "up/a.txt", hlc_pack(1_000, 3))}
+    assert one not in others and len(others) == 3
+    assert EVENTS_FOLD_AT == FOLD_AT
+
+
+def test_tombstones_under_the_prefix_since_the_mark_and_nothing_else():
+    since = 50_000
+    bucket = {"up/a": (hlc_pack(60_000, 0), True),  # deleted after: wanted
+              "up/b": (hlc_pack(40_000, 0), True),  # deleted before the scan's start
+              "up/c": (hlc_pack(70_000, 1), False),  # live
+              "upx": (hlc_pack(70_000, 0), True),  # not under "up/"
+              "zz": (hlc_pack(70_000, 0), True)}
+    found, past = tombstones_since(rows_of(bucket, "up/"), "up/", since)
+    assert found == [Tombstone("up/a", hlc_pack(60_000, 0))] and past
+    assert found[0].time_ms == 60_000
+    found, past = tombstones_since(rows_of(bucket, ""), "", since)
+    assert [t.key for t in found] == ["up/a", "upx", "zz"] and not past
+    folded = (b"a" * 384 + b"h" * 16, hlc_pack(60_000, 0), True)  # hash, not a key
+    assert tombstones_since([folded], "", since) == ([], False)
+
+
+keys = st.text(alphabet="ab/é", max_size=6) | st.builds(
+    lambda head, tail: "a" * 380 + head + tail, st.text(alphabet="ab", max_size=8),
+    st.text(alphabet="ab", max_size=3))
+
+
+@given(bucket=st.dictionaries(keys, st.tuples(
+           st.builds(hlc_pack, st.integers(0, 100), st.integers(0, 3)), st.booleans()),
+           max_size=30),
+       prefix=st.sampled_from(["", "a", "ab/", "b", "a" * 382, "/é"]),
+       since=st.integers(0, 100))
+def test_every_recent_tombstone_under_the_prefix_is_found(bucket, prefix, since):
+    """The result is exactly the deletes under the prefix since the mark (keys short
+    enough to be stored unfolded), even where the scan stops early."""
+    rows = rows_of(bucket, prefix)
+    found, past = tombstones_since(rows, prefix, since)
+    want = sorted((k, ts) for k, (ts, dead) in bucket.items()
+                  if dead and k.startswith(prefix) and len(k.encode()) <= FOLD_AT
+                  and ts >> 16 >= since)
+    assert sorted((t.key, t.ts) for t in found) == want
+    assert all(t.time_ms >= since for t in found)
+    if past:  # the scan stopped at a row past every key under the prefix
+        assert any(not k.startswith(prefix) and sort_key(k) > prefix.encode()
+                   for k in bucket)
