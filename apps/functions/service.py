@@ -201,6 +201,11 @@ def http_reply(reply: InvokeReply) -> HostResponse:
                                  (b"content-length", str(len(body)).encode())], body)
 
 
+ROUTE_TTL = 0.5
+"""Seconds a function's route is reused while the live set is unchanged: the placement
+view (every member's capacity and offer) costs more than a warm call itself."""
+
+
 class FunctionService(ServiceBase):
     name = "functions"
     events: tuple[str, ...] = ()
@@ -227,6 +232,8 @@ class FunctionService(ServiceBase):
         self._outstanding: dict[str, dict[bytes, int]] = {}
         """Calls in flight per function and node, as this node sees them (the calls it
         routes, and the forwarded calls it runs for others)."""
+        self._routes: dict[str, tuple[tuple[str, bool, frozenset[bytes]], float, Route]] = {}
+        """Each function's route, reused for :data:`ROUTE_TTL` while the live set holds."""
         self._rng = random.Random()
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
@@ -475,6 +482,16 @@ class FunctionService(ServiceBase):
         record = self.state.get(FUNCTIONS.name, name)
         image = record is not None and any(v.image for v in record.versions
                                            if v.version == record.current)
+        key = (name, image, frozenset(alive))
+        now = trio.current_time()
+        cached = self._routes.get(name)
+        if cached is not None and cached[0] == key and now - cached[1] < ROUTE_TTL:
+            return cached[2]
+        found = self._route(name, image, alive)
+        self._routes[name] = (key, now, found)
+        return found
+
+    def _route(self, name: str, image: bool, alive: set[bytes]) -> Route:
         view_of = getattr(self.workloads, "view", None)
         view: list[NodeInfo] = []
         if callable(view_of):
