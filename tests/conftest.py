@@ -1,9 +1,10 @@
 """Settings for the whole suite, and the lanes of a parallel run (``./dev test`` runs it
-with pytest-xdist, ``-n 2 --dist loadgroup``)."""
+on two pytest-xdist workers: ``-n 2 --dist loadgroup``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -26,30 +27,44 @@ MACHINE_LANE = (
     "tests/sim/test_real.py",                # network namespaces, checks none is left over
     "tests/apps/runtimes/test_podman.py",    # podman
     "tests/apps/workloads/test_ondemand.py", # podman
-    "tests/realproc/test_storage_heal.py",   # no shared resource: balances the two lanes
 )
 """Test files that use something machine-wide (podman, iptables, netns, every core) or
 bound a detection time: they run one after another in the lane ``machine``, beside the
-lane ``agents`` (the other agent tests). The two lanes take about the same time."""
+lane ``agents`` (the other agent tests). A worker takes a unit at a time, so the worker
+of the shorter lane (``machine``) runs most of the other tests after it: the two take
+about the same time."""
 
 AGENT_DIRS = ("tests/realproc/", "tests/ui/")
-AGENT_MARKS = ("real", "podman", "netns", "browser")
+AGENT_FILES = ("tests/meshcloud/transport/test_tcp_processes.py",)
+"""Files that start agents outside AGENT_DIRS (tests/test_lanes.py finds any missing)."""
 
 
-def lane(path: str, marks: set[str]) -> str | None:
-    """The xdist group of a test file (``None``: any worker, any order). Every file that
-    starts agents runs whole on one worker, one file at a time in its lane: module-scoped
-    meshes start once, and at most two meshes (one per lane) share the machine."""
+def lane(path: str) -> str | None:
+    """The lane of a test file (``None``: any worker, any order). Every file that starts
+    agents runs whole on one worker, one file at a time in its lane: module-scoped meshes
+    start once, and at most two meshes (one per lane) share the machine."""
     if path in MACHINE_LANE:
         return "machine"
-    if path.startswith(AGENT_DIRS) or marks & set(AGENT_MARKS):
+    if path.startswith(AGENT_DIRS) or path in AGENT_FILES:
         return "agents"
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(str(item.path)).resolve().relative_to(ROOT).as_posix()
-        group = lane(path, {m.name for m in item.iter_markers()})
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def lane_scheduling() -> type:
+    """xdist's group scheduling, with the lanes as groups (by path: xdist's ``xdist_group``
+    marks are not seen by the pytest this suite runs on). The two lanes are two work units
+    (each on one worker, in file order); every other test is a unit of its own."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    class LaneScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return LaneScheduling
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return lane_scheduling()(config, log)

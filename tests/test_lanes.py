@@ -3,39 +3,39 @@ something machine-wide is in a lane, and the lane table names only files that ex
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 
 import pytest
 
-from tests.conftest import MACHINE_LANE, ROOT, lane
+from tests.conftest import AGENT_FILES, MACHINE_LANE, ROOT, lane, lane_scheduling
+
+AGENT_MARK = re.compile(r"pytest\.mark\.(real|podman|netns|browser)\b")
 
 
-@pytest.mark.parametrize("path", MACHINE_LANE)
-def test_every_machine_lane_entry_is_a_test_file(path: str) -> None:
-    assert (ROOT / path).is_file(), f"{path} is in MACHINE_LANE but does not exist"
+@pytest.mark.parametrize("path", MACHINE_LANE + AGENT_FILES)
+def test_every_listed_file_is_a_test_file(path: str) -> None:
+    assert (ROOT / path).is_file(), f"{path} is listed in tests/conftest.py but does not exist"
 
 
-def test_every_agent_test_file_runs_in_a_lane() -> None:
-    files = [p.relative_to(ROOT).as_posix() for d in ("tests/realproc", "tests/ui")
-             for p in sorted((ROOT / d).glob("test_*.py"))]
-    assert len(files) > 20
-    assert {f: lane(f, set()) for f in files} == {
-        f: "machine" if f in MACHINE_LANE else "agents" for f in files}
+def test_every_file_that_starts_agents_runs_in_a_lane() -> None:
+    files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("test_*.py"))
+    marked = [f for f in files if AGENT_MARK.search((ROOT / f).read_text())]
+    assert "tests/realproc/test_workloads.py" in marked and len(marked) > 20
+    assert [f for f in marked if lane(f) is None] == []
+    for f in files:
+        if f.startswith(("tests/realproc/", "tests/ui/")):
+            assert lane(f) == ("machine" if f in MACHINE_LANE else "agents"), f
 
 
-def test_marks_put_a_file_elsewhere_in_a_lane_and_unit_tests_in_none() -> None:
-    assert lane("tests/meshcloud/transport/test_tcp_processes.py", {"real"}) == "agents"
-    assert lane("tests/apps/runtimes/test_podman.py", {"podman"}) == "machine"
-    assert lane("tests/gossip/test_core.py", set()) is None
-    assert lane("tests/gossip/test_core.py", {"trio"}) is None
+def test_unit_tests_run_in_no_lane() -> None:
+    assert lane("tests/gossip/test_core.py") is None
+    assert lane("tests/test_lanes.py") is None
 
 
-def test_this_run_marked_the_lanes(request: pytest.FixtureRequest) -> None:
-    """The collection hook ran: a file of the machine lane carries its xdist group."""
-    session = request.session
-    grouped = {Path(str(i.path)).resolve().relative_to(ROOT).as_posix(): m.args
-               for i in session.items for m in i.iter_markers("xdist_group")}
-    here = Path(__file__).resolve().relative_to(ROOT).as_posix()
-    assert here not in grouped
-    for path, args in grouped.items():
-        assert args == (lane(path, set()) or "agents",), path
+def test_the_scheduler_puts_a_lane_in_one_unit_and_other_tests_alone() -> None:
+    scheduling = lane_scheduling()
+    split = scheduling._split_scope.__get__(scheduling.__new__(scheduling))
+    assert split("tests/realproc/test_db.py::test_create") == "agents"
+    assert split("tests/ui/test_pages.py::test_x[desktop]") == "agents"
+    assert split("tests/realproc/test_workloads.py::test_drain") == "machine"
+    assert split("tests/gossip/test_core.py::test_a") == "tests/gossip/test_core.py::test_a"

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -122,8 +123,10 @@ def cluster(tmp_path_factory):
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 5):
             cluster.join(through=cluster.agents[i - 1], listen=f"{ADDRESSES[i]}:0")
-        for agent in cluster.agents:
-            built = agent.api_call("POST", "/v1/images/build-demo", {}, timeout=120)["built"]
+        with ThreadPoolExecutor(len(cluster.agents)) as pool:  # every node builds at once
+            builds = list(pool.map(lambda a: a.api_call(
+                "POST", "/v1/images/build-demo", {}, timeout=120)["built"], cluster.agents))
+        for built in builds:
             assert {b["image"] for b in built} == {WEB, BUSYBOX}
 
         def offers_everywhere() -> bool:
