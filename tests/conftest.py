@@ -1,7 +1,12 @@
-"""Settings for the whole suite."""
+"""Settings for the whole suite, and the lanes of a parallel run (``./dev test`` runs it
+on two pytest-xdist workers: ``-n 2 --dist loadgroup``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 from hypothesis import settings
 
 # Property tests judge results, not speed: on a busy machine (every core loaded, as users'
@@ -9,3 +14,57 @@ from hypothesis import settings
 # deadline, which would fail a correct test.
 settings.register_profile("meshcloud", deadline=None)
 settings.load_profile("meshcloud")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MACHINE_LANE = (
+    "tests/realproc/test_workloads.py",      # podman stores, iptables DROP rules
+    "tests/realproc/test_images.py",         # podman
+    "tests/realproc/test_demo.py",           # `meshcloud demo`: podman, a block of ports
+    "tests/realproc/test_starvation.py",     # busy loops on every core
+    "tests/realproc/test_membership.py",     # detection within seconds: not beside the hogs
+    "tests/realproc/test_foundation.py",     # idem
+    "tests/sim/test_real.py",                # network namespaces, checks none is left over
+    "tests/apps/runtimes/test_podman.py",    # podman
+    "tests/apps/workloads/test_ondemand.py", # podman
+)
+"""Test files that use something machine-wide (podman, iptables, netns, every core) or
+bound a detection time: they run one after another in the lane ``machine``, beside the
+lane ``agents`` (the other agent tests). A worker takes a unit at a time, so the worker
+of the shorter lane (``machine``) runs most of the other tests after it: the two take
+about the same time."""
+
+AGENT_DIRS = ("tests/realproc/", "tests/ui/")
+AGENT_FILES = ("tests/meshcloud/transport/test_tcp_processes.py",)
+"""Files that start agents outside AGENT_DIRS (tests/test_lanes.py finds any missing)."""
+
+
+def lane(path: str) -> str | None:
+    """The lane of a test file (``None``: any worker, any order). Every file that starts
+    agents runs whole on one worker, one file at a time in its lane: module-scoped meshes
+    start once, and at most two meshes (one per lane) share the machine."""
+    if path in MACHINE_LANE:
+        return "machine"
+    if path.startswith(AGENT_DIRS) or path in AGENT_FILES:
+        return "agents"
+    return None
+
+
+def lane_scheduling() -> type:
+    """xdist's group scheduling, with the lanes as groups (by path: xdist's ``xdist_group``
+    marks are not seen by the pytest this suite runs on). The two lanes are two work units
+    (each on one worker, in file order); every other test is a unit of its own."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    class LaneScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return LaneScheduling
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return lane_scheduling()(config, log)

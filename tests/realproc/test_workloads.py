@@ -3,7 +3,8 @@
 Each agent listens on its own loopback address (127.0.0.31 … .35) so a partition is a
 set of iptables DROP rules between addresses (the transport dials from the address it
 listens on). The ground truth is podman's own view of each node's store, read with the
-podman CLI (``python -m apps.images podman --data-dir D -- ps``), never the agents' word.
+podman CLI on the node's store (the flags of ``python -m apps.images podman --data-dir D --
+ps``, which tests/realproc/test_images.py runs), never the agents' word.
 
 One cluster serves the whole module (agents take seconds to start); each test leaves it
 with five agents up and no workloads.
@@ -18,9 +19,9 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -49,9 +50,16 @@ pytestmark = [pytest.mark.real, pytest.mark.podman, pytest.mark.slow,
 
 
 def podman(agent: Agent, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.images", "podman", "--data-dir",
-                           str(agent.data_dir), "--", *args], capture_output=True, text=True,
-                          check=check, timeout=60)
+    """The podman CLI on the node's store, with the flags and environment that
+    ``python -m apps.images podman --data-dir D --`` uses (without a Python start per call:
+    the tests poll every node's podman)."""
+    from apps.runtimes.config import PodmanConfig
+    from apps.runtimes.podman_service import PodmanService
+
+    service = PodmanService(PodmanConfig(data_dir=agent.data_dir, node_id="cli"))
+    service.prepare()
+    return subprocess.run([*service.cli_args(), *args], env=service.env(), capture_output=True,
+                          text=True, check=check, timeout=60)
 
 
 def containers(agent: Agent, workload: str) -> list[dict]:
@@ -115,8 +123,10 @@ def cluster(tmp_path_factory):
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
         for i in range(1, 5):
             cluster.join(through=cluster.agents[i - 1], listen=f"{ADDRESSES[i]}:0")
-        for agent in cluster.agents:
-            built = agent.api_call("POST", "/v1/images/build-demo", {}, timeout=120)["built"]
+        with ThreadPoolExecutor(len(cluster.agents)) as pool:  # every node builds at once
+            builds = list(pool.map(lambda a: a.api_call(
+                "POST", "/v1/images/build-demo", {}, timeout=120)["built"], cluster.agents))
+        for built in builds:
             assert {b["image"] for b in built} == {WEB, BUSYBOX}
 
         def offers_everywhere() -> bool:
