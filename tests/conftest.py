@@ -27,6 +27,15 @@ MACHINE_LANE = (
     "tests/sim/test_real.py",                # network namespaces, checks none is left over
     "tests/apps/runtimes/test_podman.py",    # podman
     "tests/apps/workloads/test_ondemand.py", # podman
+    "tests/realproc/test_functions_image.py",      # podman
+    "tests/apps/functions/test_image_functions.py",  # podman
+    "tests/realproc/test_db.py",             # iptables DROP rules (partition)
+    "tests/netns/test_nat.py",               # network namespaces, iptables NAT
+    "tests/netns/test_vnet_wireguard.py",    # network namespaces, iptables, wireguard-go
+    "tests/netns/test_vnet_planes.py",       # idem
+    "tests/netns/test_vnet_partition_roam.py",  # idem
+    "tests/vnet/test_pyplane_netns.py",      # network namespaces
+    "tests/vnet/test_pyplane_driver.py",     # TUN devices, network namespaces
 )
 """Test files that use something machine-wide (podman, iptables, netns, every core) or
 bound a detection time: they run one after another in the lane ``machine``, beside the
@@ -35,7 +44,8 @@ of the shorter lane (``machine``) runs most of the other tests after it: the two
 about the same time."""
 
 AGENT_DIRS = ("tests/realproc/", "tests/ui/")
-AGENT_FILES = ("tests/meshcloud/transport/test_tcp_processes.py",)
+AGENT_FILES = ("tests/meshcloud/transport/test_tcp_processes.py",
+               "tests/apps/functions/test_requirements.py")
 """Files that start agents outside AGENT_DIRS (tests/test_lanes.py finds any missing)."""
 
 

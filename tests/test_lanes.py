@@ -35,7 +35,7 @@ def test_unit_tests_run_in_no_lane() -> None:
 def test_the_scheduler_puts_a_lane_in_one_unit_and_other_tests_alone() -> None:
     scheduling = lane_scheduling()
     split = scheduling._split_scope.__get__(scheduling.__new__(scheduling))
-    assert split("tests/realproc/test_db.py::test_create") == "agents"
+    assert split("tests/realproc/test_sites.py::test_deploy") == "agents"
     assert split("tests/ui/test_pages.py::test_x[desktop]") == "agents"
     assert split("tests/realproc/test_workloads.py::test_drain") == "machine"
     assert split("tests/gossip/test_core.py::test_a") == "tests/gossip/test_core.py::test_a"
