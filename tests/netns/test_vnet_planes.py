@@ -37,6 +37,9 @@ def _everywhere(lab, vnet):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MESHCLOUD_SLOW"),
+                    reason="three hosts again, on the Python plane (the plane itself is checked "
+                           "in tests/vnet/test_pyplane_netns.py): set MESHCLOUD_SLOW=1")
 def test_vnet_over_the_python_plane_between_three_hosts(tmp_path):
     _need_root()
     with VNetLab(tmp_path, 3, env={"MESHCLOUD_VNET_PLANE": "python"}) as lab:
