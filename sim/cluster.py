@@ -322,13 +322,15 @@ class SimCluster:
         self.messages += 1
         src.sent += 1
         src.proto_sent += 1
-        self._count_bytes(src, msg)
+        if self.messages % BYTES_SAMPLE_EVERY == 0:
+            self._count_bytes(src, msg)
         if dst is None:
             return
         now = self.engine.now
-        # a message needs a connection: dialled first (handshake) when the pool has none
+        # a message needs a connection: dialled first (handshake) when the pool has none;
+        # whether the dial can succeed is asked only when one is needed
         wait = self.conns.send(src.node_id, dst_id, now, self._rtt(),
-                               can_connect=self._can_connect(src, dst))
+                               can_connect=lambda: self._can_connect(src, dst))
         if wait is None:
             return  # the dial failed: a datagram is dropped, a request times out
         # DHT requests and replies travel on streams: loss only delays them
@@ -347,15 +349,15 @@ class SimCluster:
                        msg)
 
     def _count_bytes(self, host: Host, msg: Any) -> None:
-        if self.messages % BYTES_SAMPLE_EVERY == 0:
-            from meshcloud.codec.messages import encode_message
+        """Encode one message to estimate bytes on the wire (every BYTES_SAMPLE_EVERY-th)."""
+        from meshcloud.codec.messages import encode_message
 
-            try:
-                size = len(encode_message(msg))
-            except Exception:  # a size estimate only: never fail the run for it
-                return
-            self._encoded += 1
-            self._encoded_bytes += size
+        try:
+            size = len(encode_message(msg))
+        except Exception:  # a size estimate only: never fail the run for it
+            return
+        self._encoded += 1
+        self._encoded_bytes += size
 
     @property
     def mean_message_bytes(self) -> float:
@@ -438,7 +440,7 @@ class SimCluster:
 
     # --- outputs and timers ---------------------------------------------------------------
 
-    def _handle_swim(self, host: Host, outputs: list[Any]) -> None:
+    def _handle_swim(self, host: Host, outputs: list[Any], arm: bool = True) -> None:
         now = self.engine.now
         for out in outputs:
             kind = type(out)
@@ -454,16 +456,18 @@ class SimCluster:
                         self.trace.view(now, host.node_id, subject, state)
                 for listener in self.listeners:
                     listener(now, host.node_id, out)
-        self._arm(host)
+        if arm:
+            self._arm(host)
 
-    def _handle_dht(self, host: Host, outputs: list[Any]) -> None:
+    def _handle_dht(self, host: Host, outputs: list[Any], arm: bool = True) -> None:
         for out in outputs:
             kind = type(out)
             if kind is DhtSend:
                 self._send(host, out.to, 1, out.msg)
             elif kind is LookupFinished:
                 self._lookup_finished(host, out)
-        self._arm(host)
+        if arm:
+            self._arm(host)
 
     def _arm(self, host: Host) -> None:
         if not host.reachable:
@@ -490,12 +494,15 @@ class SimCluster:
             return
         now = self.engine.now
         swim_due = host.swim.next_deadline()
-        if swim_due is not None and swim_due <= now:
-            self._handle_swim(host, host.swim.on_timer(now))
+        swim_ran = swim_due is not None and swim_due <= now
+        if swim_ran:
+            self._handle_swim(host, host.swim.on_timer(now), arm=False)
         if host.dht is not None:
             dht_due = host.dht.next_deadline()
             if dht_due is not None and dht_due <= now:
-                self._handle_dht(host, host.dht.on_timer(now))
+                if swim_ran:
+                    self._arm(host)  # (re-arming between the two keeps the event order)
+                self._handle_dht(host, host.dht.on_timer(now), arm=False)
         self._arm(host)
 
     # --- DHT lookups (for the checker) ----------------------------------------------------

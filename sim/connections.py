@@ -116,14 +116,17 @@ class ConnectionModel:
     # --- traffic --------------------------------------------------------------------------
 
     def send(self, src: NodeId, dst: NodeId, now: float, rtt: float, *,
-             can_connect: bool, size: int = 0) -> float | None:
+             can_connect: bool | Callable[[], bool], size: int = 0) -> float | None:
         """A message from ``src`` to ``dst`` is about to leave: the extra seconds it waits
-        for the connection (0 on a ready one), or None when a needed dial fails."""
-        pool = self._pool(src)
+        for the connection (0 on a ready one), or None when a needed dial fails.
+        ``can_connect`` may be a function, then called only when a dial is needed."""
+        pool = self.pools.get(src)
+        if pool is None:
+            pool = self._pool(src)
         conn = pool.get(dst)
         if conn is None:
             self.stats.dials += 1
-            if not can_connect:
+            if not (can_connect if type(can_connect) is bool else can_connect()):
                 self.stats.dials_failed += 1
                 return None
             conn = Conn(src, dst, now + self.config.handshake_rtts * rtt, now)
