@@ -326,27 +326,35 @@ class SimCluster:
             self._count_bytes(src, msg)
         if dst is None:
             return
-        now = self.engine.now
+        engine = self.engine
+        network = self.network
+        conns = self.conns
+        now = engine.now
+        src_id = src.node_id
         # a message needs a connection: dialled first (handshake) when the pool has none;
         # whether the dial can succeed is asked only when one is needed
-        wait = self.conns.send(src.node_id, dst_id, now, self._rtt(),
-                               can_connect=lambda: self._can_connect(src, dst))
+        wait = conns.send(src_id, dst_id, now, 2 * network.default.sample_delay(network.rng),
+                          can_connect=lambda: self._can_connect(src, dst))
         if wait is None:
             return  # the dial failed: a datagram is dropped, a request times out
         # DHT requests and replies travel on streams: loss only delays them
         reliable = kind == 1
-        delay = self.network.transit(src.node_id, dst_id, 0, now, reliable=reliable)
-        if reliable and (delay is None or not dst.reachable):
-            self.conns.stream(src.node_id, dst_id, now, None, answered=False)
-        if delay is None:
-            return
-        delay += wait
-        if reliable and delay >= self.conns.config.keepalive_interval:
-            self.conns.stream(src.node_id, dst_id, now, delay, answered=True)
+        delay = network.transit(src_id, dst_id, 0, now, reliable=reliable)
+        if reliable:
+            if delay is None or not dst.reachable:
+                conns.stream(src_id, dst_id, now, None, answered=False)
+            if delay is None:
+                return
+            delay += wait
+            if delay >= conns.config.keepalive_interval:
+                conns.stream(src_id, dst_id, now, delay, answered=True)
+        else:
+            if delay is None:
+                return
+            delay += wait
         if dst.slow:
             delay += SLOW_DELAY
-        self.engine.at(now + delay, self._deliver, src.node_id, dst_id, dst.generation, kind,
-                       msg)
+        engine.at(now + delay, self._deliver, src_id, dst_id, dst.generation, kind, msg)
 
     def _count_bytes(self, host: Host, msg: Any) -> None:
         """Encode one message to estimate bytes on the wire (every BYTES_SAMPLE_EVERY-th)."""
@@ -470,16 +478,19 @@ class SimCluster:
             self._arm(host)
 
     def _arm(self, host: Host) -> None:
-        if not host.reachable:
+        if not host.up or host.asleep:
             return
         deadline = host.swim.next_deadline()
-        if host.dht is not None:
-            d = host.dht.next_deadline()
+        dht = host.dht
+        if dht is not None:
+            d = dht.next_deadline()
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         if deadline is None:
             return
-        deadline = max(deadline, self.engine.now)
+        now = self.engine.now
+        if deadline < now:
+            deadline = now
         if deadline < host.timer_armed:
             host.timer_armed = deadline
             self.engine.at(deadline, self._timer, host.node_id, host.generation, deadline)
