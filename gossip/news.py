@@ -73,6 +73,24 @@ from gossip.suspicion import Suspicion
 from gossip.timers import TimerKind
 from meshcloud.errors import LocalProtocolError
 
+_ALIVE_ENTRIES: dict[int, tuple[Alive, PushPullEntry]] = {}
+"""Push-pull entries of ALIVE members with no proof and no leave signature, by the
+identity of their Alive: such an entry is a pure function of the Alive, and a table
+sends the same Alive in every sync until it changes (a memo only: outputs are equal)."""
+_ALIVE_ENTRIES_MAX = 1 << 16
+
+
+def _alive_entry(alive: Alive) -> PushPullEntry:
+    hit = _ALIVE_ENTRIES.get(id(alive))
+    if hit is not None and hit[0] is alive:
+        return hit[1]
+    entry = PushPullEntry(alive=alive, state=MemberState.ALIVE, incarnation=alive.incarnation)
+    if len(_ALIVE_ENTRIES) >= _ALIVE_ENTRIES_MAX:
+        _ALIVE_ENTRIES.clear()
+    _ALIVE_ENTRIES[id(alive)] = (alive, entry)
+    return entry
+
+
 if TYPE_CHECKING:
     from gossip.awareness import Awareness
     from gossip.capacity import Capacity
@@ -394,13 +412,19 @@ class NewsApplier:
         entries = []
         proofs = self.table.proofs
         leaves = self.table.leave_signatures
+        alive_state = MemberState.ALIVE
         for node, m in self.table.members.items():
             alive = m.alive
             proof = proofs.get(node)
+            leave = leaves.get(node, b"")
+            if (not proof and not leave and m.state is alive_state
+                    and m.incarnation == alive.incarnation):
+                entries.append(_alive_entry(alive))  # the common case, memoized
+                continue
             if proof:
                 alive = dataclasses.replace(alive, proof=proof)
             entries.append(PushPullEntry(alive=alive, state=m.state, incarnation=m.incarnation,
-                                         leave_signature=leaves.get(node, b"")))
+                                         leave_signature=leave))
         return tuple(entries)
 
     def _merge(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
@@ -416,10 +440,19 @@ class NewsApplier:
         cannot bring it back to life in our view (memberlist ignores it)."""
         out: list[Output] = []
         checks = MERGE_CHECKS
+        members = self.table.members
+        me = self.node_id
+        alive_state = MemberState.ALIVE
         for entry in msg.entries:
             alive = entry.alive
             node = alive.node
             state = entry.state
+            if state is alive_state and node != me:
+                # what _on_alive does first, inlined: most entries are old news
+                m = members.get(node)
+                if m is not None and not alive_overrides(m.state, m.incarnation,
+                                                         alive.incarnation):
+                    continue
             if state.gone and node != self.node_id and node not in self.table.members:
                 self._learn_gone(entry, now)
                 continue

@@ -322,40 +322,50 @@ class SimCluster:
         self.messages += 1
         src.sent += 1
         src.proto_sent += 1
-        self._count_bytes(src, msg)
+        if self.messages % BYTES_SAMPLE_EVERY == 0:
+            self._count_bytes(src, msg)
         if dst is None:
             return
-        now = self.engine.now
-        # a message needs a connection: dialled first (handshake) when the pool has none
-        wait = self.conns.send(src.node_id, dst_id, now, self._rtt(),
-                               can_connect=self._can_connect(src, dst))
+        engine = self.engine
+        network = self.network
+        conns = self.conns
+        now = engine.now
+        src_id = src.node_id
+        # a message needs a connection: dialled first (handshake) when the pool has none;
+        # whether the dial can succeed is asked only when one is needed
+        wait = conns.send(src_id, dst_id, now, 2 * network.default.sample_delay(network.rng),
+                          can_connect=lambda: self._can_connect(src, dst))
         if wait is None:
             return  # the dial failed: a datagram is dropped, a request times out
         # DHT requests and replies travel on streams: loss only delays them
         reliable = kind == 1
-        delay = self.network.transit(src.node_id, dst_id, 0, now, reliable=reliable)
-        if reliable and (delay is None or not dst.reachable):
-            self.conns.stream(src.node_id, dst_id, now, None, answered=False)
-        if delay is None:
-            return
-        delay += wait
-        if reliable and delay >= self.conns.config.keepalive_interval:
-            self.conns.stream(src.node_id, dst_id, now, delay, answered=True)
+        delay = network.transit(src_id, dst_id, 0, now, reliable=reliable)
+        if reliable:
+            if delay is None or not dst.reachable:
+                conns.stream(src_id, dst_id, now, None, answered=False)
+            if delay is None:
+                return
+            delay += wait
+            if delay >= conns.config.keepalive_interval:
+                conns.stream(src_id, dst_id, now, delay, answered=True)
+        else:
+            if delay is None:
+                return
+            delay += wait
         if dst.slow:
             delay += SLOW_DELAY
-        self.engine.at(now + delay, self._deliver, src.node_id, dst_id, dst.generation, kind,
-                       msg)
+        engine.at(now + delay, self._deliver, src_id, dst_id, dst.generation, kind, msg)
 
     def _count_bytes(self, host: Host, msg: Any) -> None:
-        if self.messages % BYTES_SAMPLE_EVERY == 0:
-            from meshcloud.codec.messages import encode_message
+        """Encode one message to estimate bytes on the wire (every BYTES_SAMPLE_EVERY-th)."""
+        from meshcloud.codec.messages import encode_message
 
-            try:
-                size = len(encode_message(msg))
-            except Exception:  # a size estimate only: never fail the run for it
-                return
-            self._encoded += 1
-            self._encoded_bytes += size
+        try:
+            size = len(encode_message(msg))
+        except Exception:  # a size estimate only: never fail the run for it
+            return
+        self._encoded += 1
+        self._encoded_bytes += size
 
     @property
     def mean_message_bytes(self) -> float:
@@ -438,7 +448,7 @@ class SimCluster:
 
     # --- outputs and timers ---------------------------------------------------------------
 
-    def _handle_swim(self, host: Host, outputs: list[Any]) -> None:
+    def _handle_swim(self, host: Host, outputs: list[Any], arm: bool = True) -> None:
         now = self.engine.now
         for out in outputs:
             kind = type(out)
@@ -454,28 +464,33 @@ class SimCluster:
                         self.trace.view(now, host.node_id, subject, state)
                 for listener in self.listeners:
                     listener(now, host.node_id, out)
-        self._arm(host)
+        if arm:
+            self._arm(host)
 
-    def _handle_dht(self, host: Host, outputs: list[Any]) -> None:
+    def _handle_dht(self, host: Host, outputs: list[Any], arm: bool = True) -> None:
         for out in outputs:
             kind = type(out)
             if kind is DhtSend:
                 self._send(host, out.to, 1, out.msg)
             elif kind is LookupFinished:
                 self._lookup_finished(host, out)
-        self._arm(host)
+        if arm:
+            self._arm(host)
 
     def _arm(self, host: Host) -> None:
-        if not host.reachable:
+        if not host.up or host.asleep:
             return
         deadline = host.swim.next_deadline()
-        if host.dht is not None:
-            d = host.dht.next_deadline()
+        dht = host.dht
+        if dht is not None:
+            d = dht.next_deadline()
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         if deadline is None:
             return
-        deadline = max(deadline, self.engine.now)
+        now = self.engine.now
+        if deadline < now:
+            deadline = now
         if deadline < host.timer_armed:
             host.timer_armed = deadline
             self.engine.at(deadline, self._timer, host.node_id, host.generation, deadline)
@@ -490,12 +505,15 @@ class SimCluster:
             return
         now = self.engine.now
         swim_due = host.swim.next_deadline()
-        if swim_due is not None and swim_due <= now:
-            self._handle_swim(host, host.swim.on_timer(now))
+        swim_ran = swim_due is not None and swim_due <= now
+        if swim_ran:
+            self._handle_swim(host, host.swim.on_timer(now), arm=False)
         if host.dht is not None:
             dht_due = host.dht.next_deadline()
             if dht_due is not None and dht_due <= now:
-                self._handle_dht(host, host.dht.on_timer(now))
+                if swim_ran:
+                    self._arm(host)  # (re-arming between the two keeps the event order)
+                self._handle_dht(host, host.dht.on_timer(now), arm=False)
         self._arm(host)
 
     # --- DHT lookups (for the checker) ----------------------------------------------------

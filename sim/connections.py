@@ -116,38 +116,57 @@ class ConnectionModel:
     # --- traffic --------------------------------------------------------------------------
 
     def send(self, src: NodeId, dst: NodeId, now: float, rtt: float, *,
-             can_connect: bool, size: int = 0) -> float | None:
+             can_connect: bool | Callable[[], bool], size: int = 0) -> float | None:
         """A message from ``src`` to ``dst`` is about to leave: the extra seconds it waits
-        for the connection (0 on a ready one), or None when a needed dial fails."""
-        pool = self._pool(src)
+        for the connection (0 on a ready one), or None when a needed dial fails.
+        ``can_connect`` may be a function, then called only when a dial is needed."""
+        pools = self.pools
+        pool = pools.get(src)
+        if pool is None:
+            pool = self._pool(src)
         conn = pool.get(dst)
+        cfg = self.config
+        stats = self.stats
+        count = self.count
         if conn is None:
-            self.stats.dials += 1
-            if not can_connect:
-                self.stats.dials_failed += 1
+            stats.dials += 1
+            if not (can_connect if type(can_connect) is bool else can_connect()):
+                stats.dials_failed += 1
                 return None
-            conn = Conn(src, dst, now + self.config.handshake_rtts * rtt, now)
+            conn = Conn(src, dst, now + cfg.handshake_rtts * rtt, now)
             pool[dst] = conn
-            self._pool(dst)[src] = conn
-            cfg = self.config
+            peer_pool = pools.get(dst)
+            if peer_pool is None:
+                peer_pool = self._pool(dst)
+            peer_pool[src] = conn
             half = cfg.handshake_messages // 2
-            self.count(src, half, cfg.handshake_bytes // 2)
-            self.count(dst, cfg.handshake_messages - half,
-                       cfg.handshake_bytes - cfg.handshake_bytes // 2)
-            self.stats.handshake_messages += cfg.handshake_messages
-            self.stats.handshake_bytes += cfg.handshake_bytes
-            self._trim(src, now)
-            self._trim(dst, now)
+            count(src, half, cfg.handshake_bytes // 2)
+            count(dst, cfg.handshake_messages - half,
+                  cfg.handshake_bytes - cfg.handshake_bytes // 2)
+            stats.handshake_messages += cfg.handshake_messages
+            stats.handshake_bytes += cfg.handshake_bytes
+            limit = cfg.max_connections
+            if len(pool) > limit:
+                self._trim(src, now)
+            if len(peer_pool) > limit:
+                self._trim(dst, now)
         else:
             pool.move_to_end(dst)
-            peer_pool = self.pools.get(dst)
+            peer_pool = pools.get(dst)
             if peer_pool is not None and src in peer_pool:
                 peer_pool.move_to_end(src)
+            conn.last_used = now
+            overhead = cfg.frame_overhead
+            count(src, 0, overhead)
+            stats.frame_bytes += overhead
+            wait = conn.ready_at - now
+            return wait if wait > 0.0 else 0.0
         conn.last_used = now
-        overhead = self.config.frame_overhead
-        self.count(src, 0, overhead)
-        self.stats.frame_bytes += overhead
-        return max(0.0, conn.ready_at - now)
+        overhead = cfg.frame_overhead
+        count(src, 0, overhead)
+        stats.frame_bytes += overhead
+        wait = conn.ready_at - now
+        return wait if wait > 0.0 else 0.0
 
     def stream(self, src: NodeId, dst: NodeId, opened: float, duration: float | None,
                *, answered: bool) -> None:

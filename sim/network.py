@@ -104,7 +104,9 @@ class Network:
             a, b = groups.get(src, -1), groups.get(dst, -1)
             if a != b or (a == -1 and self._isolate_rest):
                 return False
-        return not any(src in a and dst in b for a, b in self._cuts)
+        if self._cuts:
+            return not any(src in a and dst in b for a, b in self._cuts)
+        return True
 
     # --- the fate of one message ----------------------------------------------------------
 
@@ -119,8 +121,11 @@ class Network:
         if not self.reachable(src, dst):
             stats.lost_partition += 1
             return None
-        link = self._links.get((src, dst)) or self._node_links.get(src) or \
-            self._node_links.get(dst) or self.default
+        if self._links or self._node_links:
+            link = self._links.get((src, dst)) or self._node_links.get(src) or \
+                self._node_links.get(dst) or self.default
+        else:
+            link = self.default
         retransmit = 0.0
         if link.loss:
             if not reliable:
