@@ -30,8 +30,9 @@ class EventFeed:
 
     def emit(self, kind: str, **facts: Any) -> dict[str, Any]:
         self._seq += 1
-        event = {"seq": self._seq, "kind": kind, "at": self.wall_ms(), "node": self.node_id,
-                 **facts}
+        # a service's facts never shadow the feed's own keys (subscribers rely on them)
+        event = {**facts, "seq": self._seq, "kind": kind, "at": self.wall_ms(),
+                 "node": self.node_id}
         self._recent.append(event)
         for channel in list(self._subscribers):
             try:

@@ -76,6 +76,7 @@ class Repo:
                 except Exception as exc:  # storage not ready yet: try again
                     self.error = f"backup repository not ready: {exc}"
                 await trio.sleep(5 if self.key is None else 30)
+                self._refresh_key()
 
     async def ensure_key(self) -> tuple[str, str]:
         """The mesh's database-backup S3 key and bucket (made by the first node needing
@@ -107,6 +108,18 @@ class Repo:
         self.key = (key_id, record.secret)
         return self.key
 
+    def _refresh_key(self) -> None:
+        """The key's secret as the state holds it now: two nodes that made the key at once
+        each wrote their own secret, and the row keeps one of them (the other node learns
+        it when the rows merge, and must not go on signing with its own)."""
+        if self.key is None:
+            return
+        from blobstore.records import S3KEYS
+
+        record = self.service.state.get(S3KEYS.name, self.key[0])
+        if record is not None and record.secret != self.key[1]:
+            self.key = (self.key[0], record.secret)
+
     def ready(self) -> bool:
         return self.front_port > 0 and self.ca_file is not None and self.key is not None
 
@@ -118,6 +131,7 @@ class Repo:
 
     def write_conf(self, inst: pg.Instance) -> bool:
         """(Re)write the copy's pgBackRest config when the key or front changed."""
+        self._refresh_key()
         if not self.ready() or not inst.root.exists():
             return False
         assert self.key is not None and self.ca_file is not None

@@ -701,7 +701,7 @@ class DbService(ServiceBase):
         await pg.sql(inst, port, name, spec.password, "SELECT pg_reload_conf()")
         (inst.root / "restored").write_text(spec.restore_at)
         self.node.events.emit("db.restored", name=name, source=spec.restore_from,
-                              at=spec.restore_at)
+                              target=spec.restore_at)
 
     async def _switchover(self, name: str, spec: DbSpec, inst: pg.Instance, port: int,
                           to: str) -> dict[str, Any]:

@@ -45,12 +45,17 @@ class Route:
 
 def route(view: Iterable[NodeInfo], name: str, rules: Constraints) -> Route:
     members = {m.node_id: m for m in view}
-    ranking = rank(members.values(), item(name), rules)
+    def tier(n: NodeId) -> tuple[bool, bool]:  # mains before metered before battery
+        m = members[n]
+        return (rules.avoid_battery and m.on_battery, rules.avoid_metered and m.metered)
+
+    # rank() puts nodes breaking one soft rule alike; a stable sort on the tier keeps the
+    # rendezvous order inside each tier and puts a battery node after a metered one
+    ranking = sorted(rank(members.values(), item(name), rules), key=tier)
     if not ranking:
         return Route((), ())
-    best = min(rules.penalty(members[n]) for n in ranking)
-    tier = tuple(n for n in ranking if rules.penalty(members[n]) == best)
-    return Route(tier, tuple(ranking))
+    best = tier(ranking[0])
+    return Route(tuple(n for n in ranking if tier(n) == best), tuple(ranking))
 
 
 def spread(concurrency: int, in_flight: int, available: int) -> int:

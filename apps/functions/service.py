@@ -844,7 +844,9 @@ class FunctionService(ServiceBase):
                 except Exception:  # one bad event must not stop the triggers
                     log.exception("bucket trigger failed for %r", event)
                 finally:
-                    self._cursor.handled(int(event.get("at") or 0))
+                    at = event.get("at")  # the feed's stamp (wall ms); 0 if a service's
+                    # own facts shadowed it (then the mark just does not move)
+                    self._cursor.handled(at if isinstance(at, int) else 0)
 
     def _mark_path(self) -> Path:
         return Path(self.node.datadir.path) / "fn-events.mark"
