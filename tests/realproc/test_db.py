@@ -276,6 +276,11 @@ def test_partition_of_the_primary_never_gives_two_primaries_accepting_writes(clu
     made = psql(new_side, "CREATE TABLE t (id int primary key, side text, "
                           "at timestamptz NOT NULL DEFAULT clock_timestamp())")
     assert made.returncode == 0, made.stderr
+    # the claim under test is about a primary with its synchronous standby attached: until
+    # the primary's next round after the standby came up, it commits alone (at creation)
+    wait_until(lambda: psql(old_side, "SELECT count(*) FROM pg_stat_replication WHERE "
+                                      "sync_state IN ('sync', 'quorum')").stdout.split()[:1]
+               == ["1"], 120, interval=0.5, message="the standby synchronous")
 
     def write(target: str, i: int, side: str) -> float | None:
         try:
