@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -42,7 +41,7 @@ from meshcloud.transport.natmessages import (
     PunchGo,
     PunchOffer,
 )
-from meshcloud.transport.sockets import bind_for_punch, connect
+from meshcloud.transport.sockets import bind_for_punch, connect, connect_socket
 
 if TYPE_CHECKING:
     from meshcloud.transport.connection import Connection
@@ -74,13 +73,7 @@ async def simultaneous_open(local: str, remote: str, window: float = PUNCH_WINDO
                 logger.info("cannot punch from %s: %s", local, exc)
                 return None
             try:
-                try:
-                    sock.connect(target)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if error:
-                        raise OSError(error, os.strerror(error)) from None
+                await connect_socket(sock, target)
                 return sock
             except OSError as exc:
                 sock.close()

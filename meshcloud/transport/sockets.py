@@ -95,6 +95,17 @@ def source_for(listen: list[str], target: str) -> str | None:
     return None
 
 
+async def connect_socket(sock: socket.socket, address: socket._Address) -> None:
+    """Connect a non-blocking ``sock`` to ``address`` (OSError if the connect fails)."""
+    try:
+        sock.connect(address)
+    except BlockingIOError:
+        await trio.lowlevel.wait_writable(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error)) from None
+
+
 async def connect(host: str, port: int, address: str, *,
                   listen: list[str] | None = None) -> socket.socket:
     try:
@@ -109,13 +120,7 @@ async def connect(host: str, port: int, address: str, *,
             source = source_for(listen or [], str(sockaddr[0]))
             if source is not None:
                 sock.bind((source, 0))
-            try:
-                sock.connect(sockaddr)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if error:
-                    raise OSError(error, os.strerror(error)) from None
+            await connect_socket(sock, sockaddr)
             return sock
         except OSError as exc:
             sock.close()
