@@ -108,6 +108,8 @@ class ContainerPool:
     spawn: Callable[[Callable[[], Awaitable[None]]], None]
     """Runs a stop in the background (the service's nursery)."""
     env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """The secrets among ``env`` (compared when they change; never logged)."""
     monotonic: Callable[[], float] = time.monotonic
     idle: list[Box] = field(default_factory=list)
     busy: set[Box] = field(default_factory=set)
@@ -228,7 +230,10 @@ class ContainerPool:
             self.spawn(lambda box=box: self._drop(box))  # type: ignore[misc]
         return len(gone)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Stop every container (a replaced pool's in-flight calls fail: containers
+        are stopped in the background, not waited for)."""
+        del now
         for box in [*self.idle, *self.busy]:
             self.spawn(lambda box=box: self._drop(box))  # type: ignore[misc]
         self.idle.clear()

@@ -170,8 +170,12 @@ class Pool:
     ctl: Any = None
     cold_starts: int = 0
     invocations: int = 0
+    closed: bool = False
+    """Replaced (new secrets, a new version): no new invocation starts here; those in
+    flight finish, then their instances and the fork server stop."""
 
     def __post_init__(self) -> None:
+        self._forking = 0
         self._start_lock = trio.Lock()
         self._ctl_lock = trio.Lock()
         self._slots = trio.Semaphore(self.spec.concurrency)
@@ -244,6 +248,15 @@ class Pool:
             self.proc = None
 
     async def _fork(self) -> Instance:
+        self._forking += 1
+        try:
+            return await self._fork_one()
+        finally:
+            self._forking -= 1
+            if self.closed and not self._forking:
+                self._stop_server()
+
+    async def _fork_one(self) -> Instance:
         await self.start()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -251,7 +264,7 @@ class Pool:
                 await self.ctl.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                  array.array("i", [theirs.fileno()]))])
                 pid = struct.unpack(">I", await _recv_exact(self.ctl, 4))[0]
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, trio.ClosedResourceError) as exc:
             ours.close()
             self._stop_server()
             raise InvokeFailed("crashed", f"{self.name}: the fork server failed: {exc!r}"
@@ -263,6 +276,8 @@ class Pool:
 
     async def invoke(self, payload: bytes, request_id: str, timeout_s: float) -> Result:
         async with self._slots:
+            if self.closed:
+                raise PoolClosed("unavailable", f"{self.name}: its instances were replaced")
             cold = not self.idle
             inst = self.idle.pop() if self.idle else await self._fork()
             self.busy.add(inst)
@@ -295,7 +310,7 @@ class Pool:
                                    "CPU time)") from None
             finally:
                 self.busy.discard(inst)
-                if retire:
+                if retire or self.closed:
                     kill(inst.pid)
                     inst.sock.close()
                 else:
@@ -313,12 +328,20 @@ class Pool:
             inst.sock.close()
         return len(gone)
 
-    def close(self) -> None:
-        for inst in [*self.idle, *self.busy]:
+    def close(self, now: bool = False) -> None:
+        """Stop taking invocations. Idle instances stop at once; those in flight (and
+        the fork server, while one forks) finish first, unless ``now``."""
+        self.closed = True
+        for inst in [*self.idle, *(self.busy if now else ())]:
             kill(inst.pid)
             inst.sock.close()
         self.idle.clear()
-        self._stop_server()
+        if now or not self._forking:
+            self._stop_server()
+
+
+class PoolClosed(InvokeFailed):
+    """The pool an invocation picked was replaced before it started: pick again."""
 
 
 class Executor:
@@ -379,10 +402,10 @@ class Executor:
             if runtime is None:
                 raise InvokeFailed("unavailable", f"{name} runs image {spec.image}: this "
                                                   "node has no podman runtime")
+            secrets = await self._secrets(name)
             pool = ContainerPool(name, spec, runtime, self.spawn,
-                                 env={**dict(e.split("=", 1) for e in spec.env),
-                                      **await self._secrets(name)},
-                                 monotonic=self.monotonic)
+                                 env={**dict(e.split("=", 1) for e in spec.env), **secrets},
+                                 secrets=secrets, monotonic=self.monotonic)
             self.pools[key] = pool
             return pool
         code = await self.code_dir(spec)
@@ -401,11 +424,15 @@ class Executor:
         except MeshError as exc:
             raise InvokeFailed("unavailable", str(exc)) from None
 
-    def drop(self, name: str) -> None:
-        """Close every pool of ``name`` (its secrets changed: the next call starts
-        afresh with the new ones)."""
-        for key in [k for k in self.pools if k[0] == name]:
+    def drop(self, name: str, secrets: dict[str, str] | None = None) -> int:
+        """Close the pools of ``name`` (its secrets changed: the next call starts
+        afresh with the new ones); with ``secrets``, only those started with other
+        values. Invocations in flight finish. Returns how many were closed."""
+        keys = [k for k, p in self.pools.items() if k[0] == name
+                and (secrets is None or p.secrets != secrets)]
+        for key in keys:
             self.pools.pop(key).close()
+        return len(keys)
 
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
@@ -500,6 +527,16 @@ class Executor:
 
     async def invoke(self, name: str, spec: FunctionVersion, payload: bytes,
                      request_id: str) -> Result:
+        for _ in range(3):
+            try:
+                return await self._invoke(name, spec, payload, request_id)
+            except PoolClosed:
+                continue  # its secrets changed as it started: the new pool runs it
+        raise InvokeFailed("unavailable", f"{name}: its instances kept being replaced; "
+                                          "try again")
+
+    async def _invoke(self, name: str, spec: FunctionVersion, payload: bytes,
+                      request_id: str) -> Result:
         pool = await self.pool(name, spec)
         if isinstance(pool, ContainerPool):
             try:
@@ -568,7 +605,7 @@ class Executor:
 
     def close(self) -> None:
         for pool in self.pools.values():
-            pool.close()
+            pool.close(now=True)
         self.pools.clear()
 
     def stats(self) -> dict[str, Any]:

@@ -620,6 +620,11 @@ class FunctionService(ServiceBase):
         try:
             reply = await self.run_local(request.name, request.version, request.payload,
                                          request.request_id)
+        except Exception:  # a bug here must not leave the caller waiting out its deadline
+            log.exception("running %s for %s failed", request.name,
+                          getattr(stream, "peer", b"").hex()[:12])
+            reply = InvokeReply(ok=False, code="error", node=me,
+                                message=f"{request.name}: the node running it failed")
         finally:
             left = outstanding.get(me, 1) - 1
             if left > 0:
@@ -752,8 +757,14 @@ class FunctionService(ServiceBase):
         marks = {n: (r.key_id, hashlib.sha256(r.ciphertext).digest())
                  for n in self.secrets.functions() if (r := self.secrets.row(n))}
         for name in set(marks) | set(self._secret_marks):
-            if marks.get(name) != self._secret_marks.get(name):
-                self.executor.drop(name)  # new secrets: instances start afresh
+            if marks.get(name) == self._secret_marks.get(name):
+                continue
+            try:
+                values = self.secrets.values(name)
+            except SecretsUnavailable:
+                marks.pop(name, None)  # not openable here yet: look again next pass
+                continue
+            if self.executor.drop(name, values):  # new secrets: instances start afresh
                 self._prewarmed = {k for k in self._prewarmed if k[0] != name}
         self._secret_marks = marks
         self._prewarmed &= set(live.items())

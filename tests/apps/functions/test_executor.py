@@ -232,3 +232,44 @@ def test_log_read_follows_whole_lines_and_restarts_a_new_log(tmp_path):
     assert ex.log_read("f", 19) == ("new\n", 4)
     log.write_bytes(b"x" * 100)  # one line longer than a read: given as it is
     assert ex.log_read("f", 0, max_bytes=10) == ("x" * 10, 10)
+
+
+async def test_new_secrets_replace_the_pool_without_failing_calls_in_flight(root):
+    """New secret values close the pool: a call already running finishes on its
+    instance, a call that picked the old pool runs on the new one, and the same values
+    again close nothing (an unchanged secret never restarts the fork server)."""
+    import trio
+
+    ex, spec, _ = make(root, timeout="5s")
+    values = {"TOKEN": "one"}
+
+    async def secret_env(name: str) -> dict[str, str]:
+        return dict(values)
+
+    ex.secret_env = secret_env
+    try:
+        first, _ = await call(ex, spec, b"{}")
+        old = ex.pools[("f", 1)]
+        assert ex.drop("f", {"TOKEN": "one"}) == 0 and ex.pools[("f", 1)] is old
+        results = []
+
+        async def slow() -> None:
+            results.append(await call(ex, spec, b'{"sleep": 0.5}'))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            with trio.fail_after(5):
+                while not old.busy:
+                    await trio.sleep(0.01)
+            values["TOKEN"] = "two"
+            assert ex.drop("f", dict(values)) == 1 and old.closed
+            after, cold = await call(ex, spec, b"{}")  # a new pool, new fork server
+            assert cold and after["pid"] != first["pid"]
+        assert results and results[0][0]["echo"] == {"sleep": 0.5}  # not cut short
+        assert old.instances == 0 and old.proc is None  # all of the old pool stopped
+        with pytest.raises(InvokeFailed) as info:
+            await old.invoke(b"{}", "late", 1)
+        assert info.value.code == "unavailable"
+        assert ex.pools[("f", 1)] is not old and ex.pools[("f", 1)].secrets == values
+    finally:
+        ex.close()
