@@ -125,8 +125,10 @@ ticks or queued invocations."""
 STALE_SLACK = 5.0
 """Seconds past a tick call's timeout (and forwarding slack) before a tick left
 ``started`` without ``done`` counts as abandoned and runs again."""
-SECRETS_WAIT = 5.0
-"""Seconds an instance start waits for a function's secrets to open on this node."""
+SECRETS_WAIT = 15.0
+"""Seconds an instance start waits for a function's secrets to open on this node (a
+node that started moments before the deploy gets its sealed key only after its own
+seal key has reached a node that can open the secrets, and the box has come back)."""
 _NET = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
         trio.EndOfChannel)
 
@@ -541,10 +543,10 @@ class FunctionService(ServiceBase):
                     sent = True
 
                 try:
-                    return await self._forward(target, name, spec.version, payload,
-                                               request_id,
-                                               spec.timeout_ms / 1000 + FORWARD_SLACK,
-                                               mark_sent)
+                    return await self._forward(
+                        target, name, spec.version, payload, request_id,
+                        spec.timeout_ms / 1000 + FORWARD_SLACK
+                        + (SECRETS_WAIT if record.secrets_key else 0), mark_sent)
                 except (*_NET, trio.TooSlowError) as exc:
                     log.info("forwarding %s to %s failed: %r", name, target.hex()[:12], exc)
                     if sent:  # it may have run there: not run twice, the caller decides
