@@ -69,6 +69,30 @@ class TableStatistics:
     refused_future: int
 
 
+DECODED_ROWS = 256
+"""Rows per table whose decoded value :meth:`TableCore.get` keeps."""
+
+
+_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+def _shareable(value: object, depth: int = 0) -> bool:
+    """A value that may be handed to several readers: immutable all the way down (a
+    frozen record of atoms, tuples and frozen records; one with a dict is decoded anew
+    for every reader, who may change it)."""
+    if isinstance(value, _ATOMS):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, (tuple, frozenset)):
+        return all(_shareable(item, depth + 1) for item in value)
+    params = getattr(type(value), "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        return False
+    return all(_shareable(getattr(value, f), depth + 1)
+               for f in type(value).__dataclass_fields__)  # type: ignore[attr-defined]
+
+
 class TableCore(Generic[V]):
     """One table on one node. Sans-IO: storage is the injected :class:`Kv`."""
 
@@ -88,6 +112,9 @@ class TableCore(Generic[V]):
         self.max_entry_bytes = schema.max_value_bytes + ENTRY_OVERHEAD
         self.refused_future = 0
         """Entries refused because they were stamped too far in our future."""
+        self._decoded: dict[bytes, tuple[bytes, Any]] = {}
+        """key → (stored bytes, value) of recent :meth:`get` calls: a hot row read again
+        with the same bytes is not decoded again (values are frozen records)."""
 
     @property
     def name(self) -> str:
@@ -243,7 +270,20 @@ class TableCore(Generic[V]):
 
     def get(self, key: Key | Atom) -> V | None:
         """The live value at ``key``, or None if absent or deleted."""
-        return self.value_of_entry(self.get_entry(self.schema.key_bytes(key)))
+        key_bytes = self.schema.key_bytes(key)
+        data = self.get_bytes(key_bytes)
+        if data is None:
+            return None
+        known = self._decoded.get(key_bytes)
+        if known is not None and known[0] == data:
+            value: V | None = known[1]
+            return value
+        value = self.value_of_entry(self._load(data))
+        if _shareable(value):
+            if len(self._decoded) >= DECODED_ROWS:
+                self._decoded.clear()
+            self._decoded[key_bytes] = (data, value)
+        return value
 
     def scan(self, partition: Key = (), prefix: str | bytes | None = None, *,
              start: Key | None = None, limit: int | None = None, reverse: bool = False,
