@@ -47,6 +47,7 @@ def handle(event, context):
         raise ValueError("asked to fail")
     context.logger.info("handled %s", context.request_id)
     return {"pid": os.getpid(), "uid": os.getuid(), "id": context.request_id,
+            "policy": os.sched_getscheduler(0),
             "left": context.remaining_ms(), "echo": event}
 '''
 UID = (1 << 30) + 4242
@@ -93,6 +94,7 @@ async def test_warm_reuse_context_and_unprivileged_user(root):
         first, cold = await call(ex, spec, b'{"a": 1}', "req-1")
         assert cold and first["echo"] == {"a": 1} and first["id"] == "req-1"
         assert 0 < first["left"] <= 1000
+        assert first["policy"] == os.SCHED_BATCH  # never preempts the agent waking it
         again, cold = await call(ex, spec, b"", "req-2")
         assert not cold and again["pid"] == first["pid"] and again["echo"] == {}
         if os.geteuid() == 0:
