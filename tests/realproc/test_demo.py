@@ -123,6 +123,7 @@ def test_demo_ctrl_c_leaves_no_container_mount_or_run_dir(tmp_path: Path) -> Non
     from apps.runtimes.podman_service import (
         PodmanService,
         podman_unavailable_reason,
+        release_store,
         store_mounts,
     )
 
@@ -159,4 +160,5 @@ def test_demo_ctrl_c_leaves_no_container_mount_or_run_dir(tmp_path: Path) -> Non
         from meshcloud.demo import clean_workloads
 
         clean_workloads(data_dir)  # the check itself made a run dir
+        release_store(service.graph_root)  # and mounted the store again
         assert json.loads(left.stdout or "[]") == []
