@@ -169,6 +169,8 @@ def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
                 return Decision(True, INITDB)
             return Decision(False, CLONE if live_primary else WAIT)
         if local.standby_data:
+            if not may_promote(me, rows):
+                return Decision(False, KEEP if local.running else START_STANDBY)
             return Decision(True, PROMOTE if local.running else START_STANDBY)
         if local.term < top_term and (live_primary is not None or
                                       any(m.term > local.term for n, m in others.items()
@@ -187,9 +189,28 @@ def decide(me: bytes, name: str, spec: DbSpec, *, known: Collection[bytes],
     if not local.has_data:
         return Decision(fresh and me == spec.home, WAIT)
     if local.standby_data:
-        best = local.running and not _defer(me, rows, alive)
+        best = local.running and not _defer(me, rows, alive) and may_promote(me, rows)
         return Decision(best, KEEP if local.running else START_STANDBY)
     return Decision(local.term >= top_term, WAIT)  # the last primary may come back
+
+
+def may_promote(me: bytes, rows: Mapping[bytes, DbMember]) -> bool:
+    """Whether this standby may become primary: the standby a switchover named, or one
+    the last primary (highest term) listed as synchronous. Any other may lack commits
+    that primary acknowledged (it was asynchronous, or not yet caught up): the database
+    then waits for a synchronous copy (the old primary's node, or such a standby) to
+    come back rather than lose them."""
+    if any(m.handover == me for m in rows.values()):
+        return True
+    last = max(((m.term, n, m) for n, m in rows.items() if m.role == PRIMARY and m.term),
+               default=None, key=lambda t: (t[0], t[1]))
+    return last is None or me in last[2].synced
+
+
+def standby_name(node: bytes) -> str:
+    """The ``application_name`` a standby on ``node`` streams under (the primary maps
+    ``pg_stat_replication`` rows back to nodes by it)."""
+    return "n" + node.hex()[:24]
 
 
 def _defer(me: bytes, rows: Mapping[bytes, DbMember], alive: Collection[bytes]) -> bool:

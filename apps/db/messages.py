@@ -73,6 +73,11 @@ class DbMember:
     """Written by the primary: nodes it counted gone (down longer than the replace delay).
     They leave the database's group for good (this incarnation): their places go to the
     next ranked nodes, and a copy they still have is dropped when they return."""
+    synced: tuple[bytes, ...] = ()
+    """Written by the primary: the standbys its PostgreSQL reports streaming as
+    synchronous (``pg_stat_replication.sync_state`` sync or quorum) while it commits
+    synchronously. Only these may be promoted after it: any other standby may lack
+    commits it acknowledged."""
 
 
 @message(TagBlock.APPS + 92)

@@ -132,7 +132,8 @@ async def initdb(inst: Instance, user: str, password: str, *, port: int, standby
 
 
 async def basebackup(inst: Instance, *, host: str, port: int, user: str, password: str,
-                     my_port: int, standbys: int, archive: str = "") -> None:
+                     my_port: int, standbys: int, archive: str = "",
+                     app_name: str = "standby") -> None:
     """Clone the primary reached at ``host:port`` into a fresh data dir, as a standby."""
     prepare(inst)
     if inst.data.exists():
@@ -141,7 +142,7 @@ async def basebackup(inst: Instance, *, host: str, port: int, user: str, passwor
                       "-p", str(port), "-U", user, "-X", "stream", "-c", "fast",
                       "--no-password"], env={"PGPASSWORD": password}, timeout=600)
     conninfo = f"host={host} port={port} user={user} password={password} " \
-               f"application_name=standby"
+               f"application_name={app_name}"
     write_conf(inst, conf_text(port=my_port, socket_dir=str(inst.sock), standbys=standbys,
                                standby_of=conninfo, archive=archive))
     _write_as(inst, inst.data / "standby.signal", "")

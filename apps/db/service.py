@@ -36,6 +36,7 @@ from apps.db.core import (
     free_port,
     placement,
     primary_of,
+    standby_name,
     user_sql,
 )
 from apps.db.messages import (
@@ -343,6 +344,7 @@ class DbService(ServiceBase):
                 "members": [{"node": n.hex(), "role": m.role, "healthy": m.healthy,
                              "term": m.term, "alive": n in alive, "lsn": m.lsn,
                              "port": m.port,
+                             "synchronous": primary is not None and n in primary[1].synced,
                              "lag_bytes": (max(0, primary[1].lsn - m.lsn)
                                            if primary and m.role == STANDBY and m.lsn
                                            else None)}
@@ -578,7 +580,8 @@ class DbService(ServiceBase):
             await pg.basebackup(inst, host=self.bind_host(), port=spec.port, user=name,
                                 password=spec.password, my_port=port,
                                 standbys=spec.standbys,
-                                archive=self.repo.archive(inst, spec, name))
+                                archive=self.repo.archive(inst, spec, name),
+                                app_name=standby_name(self.node.node_id))
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, 0)
             await pg.start(inst)
@@ -600,17 +603,23 @@ class DbService(ServiceBase):
         healthy = now.running and await tcp_check(port)
         if role == PRIMARY and lease is None:
             healthy = False  # never routed to without the lease
-        lsn = await self._lsn(inst, name, spec, port, role) if healthy else 0
+        lsn, streaming = await self._lsn(inst, name, spec, port, role) if healthy \
+            else (0, ())
+        synced: tuple[bytes, ...] = ()
+        if role == PRIMARY and lease is not None and self.sync_seen.get(name, 0) > 0:
+            names = {standby_name(n): n for n in rows}
+            synced = tuple(sorted(names[a] for a in streaming if a in names))
         self.local[name] = (role, port, healthy)
         row = DbMember(role=role, port=port, healthy=healthy,
                        term=now.term if role == PRIMARY else 0,
                        updated_ms=self.node.clock.wall_ms(), incarnation=spec.created_ms,
                        lsn=lsn, excluded=tuple(sorted(excluded)) if role == PRIMARY and
-                       lease is not None else ())
+                       lease is not None else (), synced=synced)
         old = self.state.get(DB_MEMBERS.name, (name, self.node.node_id))
         if old is None or (old.role, old.port, old.healthy, old.term, old.incarnation,
-                           old.excluded) != \
-                (row.role, row.port, row.healthy, row.term, row.incarnation, row.excluded) or \
+                           old.excluded, old.synced) != \
+                (row.role, row.port, row.healthy, row.term, row.incarnation, row.excluded,
+                 row.synced) or \
                 (row.lsn != old.lsn and row.updated_ms - old.updated_ms >= 5000):
             self.state.put(DB_MEMBERS.name, (name, self.node.node_id), row)
         if role == PRIMARY and healthy and lease is not None and self.nursery is not None:
@@ -653,16 +662,20 @@ class DbService(ServiceBase):
                          archive=self.repo.archive(inst, spec, name))
 
     async def _lsn(self, inst: pg.Instance, name: str, spec: DbSpec, port: int,
-                   role: str) -> int:
-        """The WAL position written (primary) or replayed (standby); 0 when unknown."""
-        query = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+                   role: str) -> tuple[int, tuple[str, ...]]:
+        """The WAL position written (primary) or replayed (standby), 0 when unknown; on a
+        primary also the ``application_name`` of each standby streaming synchronously."""
+        query = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint || ' ' || "
+                 "coalesce((SELECT string_agg(application_name, ',') FROM "
+                 "pg_stat_replication WHERE state = 'streaming' AND "
+                 "sync_state IN ('sync', 'quorum')), '')"
                  if role == PRIMARY else
                  "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
         try:
-            out = await pg.sql(inst, port, name, spec.password, query, timeout=10)
-            return int(out.split()[-1])
+            out = (await pg.sql(inst, port, name, spec.password, query, timeout=10)).split()
+            return int(out[0]), tuple(a for a in "".join(out[1:]).split(",") if a)
         except (pg.PgFailed, OSError, trio.TooSlowError, ValueError, IndexError):
-            return 0
+            return 0, ()
 
     async def _finish_restore(self, inst: pg.Instance, name: str, spec: DbSpec,
                               port: int) -> None:
@@ -735,7 +748,8 @@ class DbService(ServiceBase):
             self.local[name] = (PRIMARY, port, False)  # no new connections here
             await pg.stop(inst, "fast")
             conninfo = (f"host={self.bind_host()} port={spec.port} user={name} "
-                        f"password={spec.password} application_name=standby")
+                        f"password={spec.password} "
+                        f"application_name={standby_name(me)}")
             pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
                                           standbys=spec.standbys, standby_of=conninfo,
                                           archive=self.repo.archive(inst, spec, name)))

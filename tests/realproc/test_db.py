@@ -85,8 +85,10 @@ def ready(agent: Agent, name: str, standbys: int) -> bool:
     d = databases(agent).get(name)
     if d is None or d["primary"] is None:
         return False
-    roles = sorted(m["role"] for m in d["members"] if m["healthy"] and m["alive"])
-    return roles == sorted(["primary"] + ["standby"] * standbys)
+    live = [m for m in d["members"] if m["healthy"] and m["alive"]]
+    # ready: the standbys stream synchronously (only those may be promoted)
+    return sorted(m["role"] for m in live) == sorted(["primary"] + ["standby"] * standbys) \
+        and all(m["synchronous"] for m in live if m["role"] == "standby")
 
 
 def test_create_reach_through_every_node_sync_standby_and_rm(cluster):

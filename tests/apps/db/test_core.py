@@ -111,10 +111,17 @@ def test_bootstrap_failover_and_rejoin():
     d = decide(standby, "shop", SPEC, known=known, alive=known, rows=primary_row,
                local=Local(), lease_term=None)
     assert d == type(d)(False, CLONE)
-    # the home dies: the running standby asks for the lease, promotes once it holds it
+    # the home dies before it saw the standby stream synchronously: the standby may lack
+    # commits the home acknowledged, so it waits for the home rather than take over
     rows = {**primary_row, standby: DbMember(role=STANDBY, port=5001, healthy=True)}
     running_standby = Local(has_data=True, standby_data=True, running=True)
     alive = [n for n in known if n != home]
+    assert decide(standby, "shop", SPEC, known=known, alive=alive, rows=rows,
+                  local=running_standby, lease_term=None) == type(d)(False, KEEP)
+    assert decide(standby, "shop", SPEC, known=known, alive=alive, rows=rows,
+                  local=running_standby, lease_term=2) == type(d)(False, KEEP)
+    # once the home listed it as synchronous, the home's death makes it primary
+    rows[home] = DbMember(role=PRIMARY, port=5000, healthy=True, term=1, synced=(standby,))
     assert decide(standby, "shop", SPEC, known=known, alive=alive, rows=rows,
                   local=running_standby, lease_term=None) == type(d)(True, KEEP)
     assert decide(standby, "shop", SPEC, known=known, alive=alive, rows=rows,
@@ -171,3 +178,41 @@ def test_fencing_rules(me, known, alive, rows, local, lease):
 def test_rows_round_trip(spec, member):
     assert DATABASES.decode(DATABASES.encode(spec)) == spec
     assert DB_MEMBERS.decode(DB_MEMBERS.encode(member)) == member
+
+
+def test_only_a_standby_the_last_primary_listed_synchronous_may_promote():
+    from apps.db.core import may_promote
+
+    a, b, c, d = NODES[:4]
+    # no primary ever ran (or its rows are gone): nothing acknowledged to lose
+    assert may_promote(b, {b: DbMember(role=STANDBY, port=1, healthy=True)})
+    rows = {a: DbMember(role=PRIMARY, port=1, healthy=False, term=1, synced=(b,)),
+            c: DbMember(role=PRIMARY, port=1, healthy=False, term=3, synced=(d,)),
+            b: DbMember(role=STANDBY, port=1, healthy=True),
+            d: DbMember(role=STANDBY, port=1, healthy=True)}
+    assert may_promote(d, rows) and not may_promote(b, rows)  # the latest term counts
+    rows[c] = DbMember(role=PRIMARY, port=1, healthy=False, term=3)  # ran alone at the end
+    assert not may_promote(d, rows) and not may_promote(b, rows)
+    # a switchover names its target: the old primary handed over cleanly
+    rows[a] = DbMember(role=STANDBY, port=1, healthy=True, handover=b)
+    assert may_promote(b, rows) and not may_promote(d, rows)
+
+
+synced_members = st.builds(
+    DbMember, role=st.sampled_from([PRIMARY, STANDBY]), port=st.sampled_from([0, 5000]),
+    healthy=st.booleans(), term=st.integers(0, 5),
+    synced=st.lists(st.sampled_from(NODES[:4]), max_size=2, unique=True).map(tuple),
+    handover=st.sampled_from([b"", *NODES[:4]]))
+
+
+@given(me=st.sampled_from(NODES[:4]), alive=st.sets(st.sampled_from(NODES[:4])),
+       rows=st.dictionaries(st.sampled_from(NODES[:4]), synced_members, max_size=4),
+       running=st.booleans(), lease=st.one_of(st.none(), st.integers(1, 9)))
+def test_a_standby_never_promotes_or_asks_unless_it_may(me, alive, rows, running, lease):
+    from apps.db.core import may_promote
+
+    local = Local(has_data=True, standby_data=True, running=running)
+    d = decide(me, "shop", SPEC, known=NODES[:4], alive=alive, rows=rows, local=local,
+               lease_term=lease)
+    if not may_promote(me, rows):
+        assert d.action != PROMOTE and not d.want_lease
