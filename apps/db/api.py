@@ -38,7 +38,8 @@ def routes(service: DbService) -> list[Route]:
             spec = service.create(name, standbys=field(body, "standbys", int, 0),
                                   version=field(body, "version", int, 15),
                                   port=field(body, "port", int),
-                                  size=field(body, "size", str))
+                                  size=field(body, "size", str),
+                                  params=field(body, "params", list, []))
             return JSONResponse({"name": name, "port": spec.port,
                                  "home": spec.home.hex()}, status_code=201)
         return JSONResponse({"databases": service.overview()})

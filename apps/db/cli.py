@@ -29,6 +29,8 @@ def cmd_db(args: argparse.Namespace) -> int | None:
             body["port"] = args.port
         if args.size is not None:
             body["size"] = args.size
+        if args.param:
+            body["params"] = args.param
         reply = api.post("/v1/db", body)
         print(f"database {reply['name']}: port {reply['port']} on every node "
               f"(`meshcloud db url {reply['name']}`)")
@@ -102,6 +104,9 @@ def add_parsers(sub: Any) -> None:
                                             "first free from 15432)")
     c.add_argument("--size", help="disk each copy needs (10G, 512M): placed only on nodes "
                                   "with that much free")
+    c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a PostgreSQL setting for every copy (work_mem=16MB); repeat for "
+                        "more")
     ls = dsub.add_parser("ls", help="databases, their port and where they run")
     ls.add_argument("--json", action="store_true")
     u = dsub.add_parser("url", help="the connection string (with the password)")

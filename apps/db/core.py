@@ -4,7 +4,7 @@ what this node should do about each database (no I/O)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from apps.db.messages import DbMember, DbSpec
@@ -250,12 +250,83 @@ def primary_of(name: str, members: Mapping[bytes, DbMember], alive: Collection[b
     return node, member
 
 
+MAX_PARAMS = 64
+MAX_PARAM_VALUE = 1024
+OWNED_PARAMS = frozenset({
+    "listen_addresses", "port", "unix_socket_directories", "password_encryption",
+    "wal_level", "max_wal_senders", "max_replication_slots", "wal_keep_size",
+    "hot_standby", "synchronous_commit", "synchronous_standby_names", "logging_collector",
+    "wal_log_hints", "archive_mode", "archive_timeout", "primary_conninfo",
+    "primary_slot_name", "recovery_target", "recovery_target_lsn", "recovery_target_name",
+    "recovery_target_time", "recovery_target_xid", "recovery_target_action",
+    "recovery_target_inclusive", "recovery_target_timeline"})
+"""Settings the controller relies on (replication, fencing, archiving, where clients
+arrive): ``--param`` cannot change them."""
+_PARAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_BOOL = {"on", "off", "true", "false", "yes", "no", "1", "0"}
+_AMOUNT = re.compile(r"-?\d+(\.\d+)?\s*(B|kB|MB|GB|TB|us|ms|s|min|h|d)?")
+
+
+def check_params(items: Sequence[str], known: Mapping[str, tuple[str, str, str, str]]
+                 ) -> tuple[str, ...]:
+    """``--param k=v`` items, checked: ``known`` is the server's settings (name →
+    (context, type, min, max), from ``postgres --describe-config``). Refused: unknown
+    or internal names, the ones meshcloud owns, files, directories, commands and
+    libraries (they run or read things as the server's user), values that do not fit
+    the type, duplicates. Returns ``k=v`` items in the order given."""
+    if len(items) > MAX_PARAMS:
+        raise DbError(f"at most {MAX_PARAMS} --param settings", code="bad_param")
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        name, eq, value = str(item).partition("=")
+        name = name.strip().lower()
+        value = value.strip()
+        if not eq or not _PARAM_NAME.fullmatch(name):
+            raise DbError(f"--param {str(item)[:80]!r}: write it NAME=VALUE",
+                          code="bad_param")
+        if name in seen:
+            raise DbError(f"--param {name} is given twice", code="bad_param")
+        seen.add(name)
+        if name in OWNED_PARAMS or name.endswith(("_file", "_directory", "_command",
+                                                  "_library", "_libraries")):
+            raise DbError(f"--param {name} is set by meshcloud (replication, archiving, "
+                          "files and commands): it cannot be changed", code="bad_param")
+        found = known.get(name)
+        if found is None or found[0] == "internal":
+            raise DbError(f"--param {name}: PostgreSQL has no such setting",
+                          code="bad_param")
+        if not value or len(value) > MAX_PARAM_VALUE or any(
+                c in value for c in "\0\n\r"):
+            raise DbError(f"--param {name}: a value of 1 to {MAX_PARAM_VALUE} characters "
+                          "on one line", code="bad_param")
+        _check_value(name, value, *found[1:])
+        out.append(f"{name}={value}")
+    return tuple(out)
+
+
+def _check_value(name: str, value: str, kind: str, low: str, high: str) -> None:
+    if kind == "BOOLEAN" and value.lower() not in _BOOL:
+        raise DbError(f"--param {name} is on or off, not {value[:40]!r}", code="bad_param")
+    if kind in ("INTEGER", "REAL"):
+        if not _AMOUNT.fullmatch(value):
+            raise DbError(f"--param {name} is a number (with a unit such as MB or s), "
+                          f"not {value[:40]!r}", code="bad_param")
+        if value.lstrip("-").replace(".", "", 1).isdigit() and low and high and \
+                not float(low) <= float(value) <= float(high):
+            raise DbError(f"--param {name} is {low} to {high}", code="bad_param")
+
+
 def conf_text(*, port: int, socket_dir: str, standbys: int, standby_of: str = "",
-              archive: str = "") -> str:
-    """The settings meshcloud owns (``meshcloud.conf``, included from postgresql.conf).
-    ``standby_of`` is a libpq conninfo to the primary (a standby's), else empty;
-    ``archive`` the WAL ``archive_command`` (empty: no archiving)."""
-    lines = [
+              archive: str = "", params: Sequence[str] = ()) -> str:
+    """The settings meshcloud owns (``meshcloud.conf``, included from postgresql.conf),
+    after the user's ``params`` (``k=v``; the last line wins in PostgreSQL, and
+    :func:`check_params` refuses ours anyway). ``standby_of`` is a libpq conninfo to the
+    primary (a standby's), else empty; ``archive`` the WAL ``archive_command`` (empty:
+    no archiving)."""
+    lines = [f"{k} = '" + v.replace("'", "''") + "'"
+             for k, _, v in (p.partition("=") for p in params)]
+    lines += [
         "listen_addresses = '127.0.0.1'",
         f"port = {int(port)}",
         f"unix_socket_directories = '{socket_dir}'",

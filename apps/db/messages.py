@@ -44,6 +44,9 @@ class DbSpec:
     size: int = 0
     """Bytes asked for with ``--size`` (0: not given): each copy is placed on a node with
     that much disk free at creation. Not a quota: the database may grow past it."""
+    params: tuple[str, ...] = ()
+    """``--param k=v`` settings (checked against the server's own list), written before
+    the settings meshcloud owns in every copy's ``meshcloud.conf``."""
 
 
 @message(TagBlock.APPS + 91, version=2)

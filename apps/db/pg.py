@@ -3,10 +3,12 @@ database's own unprivileged uid (when the agent is root) on its own data directo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def _write_as(inst: Instance, path: Path, text: str) -> None:
 
 
 async def initdb(inst: Instance, user: str, password: str, *, port: int, standbys: int,
-                 archive: str = "") -> None:
+                 archive: str = "", params: Sequence[str] = ()) -> None:
     prepare(inst)
     if inst.data.exists():
         await trio.to_thread.run_sync(shutil.rmtree, inst.data)
@@ -128,12 +130,29 @@ async def initdb(inst: Instance, user: str, password: str, *, port: int, standby
     finally:
         pwfile.unlink(missing_ok=True)
     write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock), standbys=standbys,
-                               archive=archive))
+                               archive=archive, params=params))
+
+
+@functools.lru_cache(maxsize=1)
+def describe_config() -> dict[str, tuple[str, str, str, str]]:
+    """The server's settings: name → (context, type, min, max), from ``postgres
+    --describe-config`` (empty when the server is not installed here)."""
+    try:
+        out = subprocess.run([str(BIN / "postgres"), "--describe-config"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for line in out.splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 7:
+            found[cols[0].lower()] = (cols[1], cols[3], cols[5], cols[6])
+    return found
 
 
 async def basebackup(inst: Instance, *, host: str, port: int, user: str, password: str,
                      my_port: int, standbys: int, archive: str = "",
-                     app_name: str = "standby") -> None:
+                     app_name: str = "standby", params: Sequence[str] = ()) -> None:
     """Clone the primary reached at ``host:port`` into a fresh data dir, as a standby."""
     prepare(inst)
     if inst.data.exists():
@@ -144,7 +163,7 @@ async def basebackup(inst: Instance, *, host: str, port: int, user: str, passwor
     conninfo = f"host={host} port={port} user={user} password={password} " \
                f"application_name={app_name}"
     write_conf(inst, conf_text(port=my_port, socket_dir=str(inst.sock), standbys=standbys,
-                               standby_of=conninfo, archive=archive))
+                               standby_of=conninfo, archive=archive, params=params))
     _write_as(inst, inst.data / "standby.signal", "")
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from apps.db.core import (
     DbError,
     Local,
     check_create,
+    check_params,
     check_size,
     conf_text,
     decide,
@@ -127,11 +129,22 @@ class DbService(ServiceBase):
 
     def create(self, name: str, *, standbys: int = 0, version: int = 15,
                port: int | None = None, restore: DbSpec | None = None,
-               home: bytes | None = None, size: int | str | None = None) -> DbSpec:
+               home: bytes | None = None, size: int | str | None = None,
+               params: Sequence[str] = ()) -> DbSpec:
         from apps.ingress.tables import exposures
 
         specs = all_databases(self.state)
         check_create(name, standbys, version, specs)
+        if not isinstance(params, (list, tuple)) or not all(isinstance(p, str)
+                                                            for p in params):
+            raise DbError("params is a list of NAME=VALUE", code="bad_param")
+        checked: tuple[str, ...] = ()
+        if params:
+            known = pg.describe_config()
+            if not known:
+                raise DbError("this node has no PostgreSQL to check --param against: run "
+                              "the command on a node that has it", code="unavailable")
+            checked = check_params(params, known)
         taken = {s.port for s in specs.values()} | set(exposures(self.state))
         taken |= {s.ro_port for s in specs.values() if s.ro_port}
         if port is None:
@@ -156,7 +169,7 @@ class DbService(ServiceBase):
             home = placement(name, nodes, 0)[0]
         spec = DbSpec(port=port, password=secrets.token_urlsafe(24), home=home, standbys=standbys,
                       version=version, created_ms=self.node.clock.wall_ms(), ro_port=ro_port,
-                      size=size_bytes)
+                      size=size_bytes, params=checked)
         if restore is not None:
             spec = replace(spec, restore_from=restore.restore_from,
                            restore_at=restore.restore_at, restore_user=restore.restore_user,
@@ -209,7 +222,7 @@ class DbService(ServiceBase):
                           restore_password=spec.password)
         if as_name is not None:
             new = self.create(as_name, standbys=spec.standbys, version=spec.version,
-                              restore=carrier)
+                              restore=carrier, params=spec.params)
             return {"name": as_name, "port": new.port, "from": st,
                     "at": carrier.restore_at}
         found = self._primary_node(name)
@@ -558,7 +571,7 @@ class DbService(ServiceBase):
         elif action == INITDB:
             pg.prepare(inst)
             await pg.initdb(inst, name, spec.password, port=port, standbys=0,
-                            archive=self.repo.archive(inst, spec, name))
+                            archive=self.repo.archive(inst, spec, name), params=spec.params)
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, term)
             await pg.start(inst)
@@ -581,7 +594,8 @@ class DbService(ServiceBase):
                                 password=spec.password, my_port=port,
                                 standbys=spec.standbys,
                                 archive=self.repo.archive(inst, spec, name),
-                                app_name=standby_name(self.node.node_id))
+                                app_name=standby_name(self.node.node_id),
+                                params=spec.params)
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, 0)
             await pg.start(inst)
@@ -659,7 +673,7 @@ class DbService(ServiceBase):
     def _conf(self, inst: pg.Instance, name: str, spec: DbSpec, port: int, standbys: int
               ) -> str:
         return conf_text(port=port, socket_dir=str(inst.sock), standbys=standbys,
-                         archive=self.repo.archive(inst, spec, name))
+                         archive=self.repo.archive(inst, spec, name), params=spec.params)
 
     async def _lsn(self, inst: pg.Instance, name: str, spec: DbSpec, port: int,
                    role: str) -> tuple[int, tuple[str, ...]]:
@@ -752,7 +766,8 @@ class DbService(ServiceBase):
                         f"application_name={standby_name(me)}")
             pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
                                           standbys=spec.standbys, standby_of=conninfo,
-                                          archive=self.repo.archive(inst, spec, name)))
+                                          archive=self.repo.archive(inst, spec, name),
+                                          params=spec.params))
             pg._write_as(inst, inst.data / "standby.signal", "")
             self._set_term(inst, 0)
             self.local[name] = (STANDBY, port, False)

@@ -96,11 +96,16 @@ def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
     wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 3,
                60, message="3 members")
     port = ephemeral_port()
-    out = a.cli("db", "create", "shop", "--standbys", "1", "--port", str(port)).stdout
+    out = a.cli("db", "create", "shop", "--standbys", "1", "--port", str(port),
+                "--param", "work_mem=24MB", "--param", "jit=off").stdout
     assert f"port {port}" in out
     # bad input: one clear error, nothing stored
     bad = a.cli("db", "create", "Bad-Name", check=False)
     assert bad.returncode != 0 and "bad database name" in (bad.stderr + bad.stdout)
+    for param, says in (("no_such=1", "no such setting"), ("port=1", "set by meshcloud"),
+                        ("work_mem=lots", "a number")):
+        refused = a.cli("db", "create", "other", "--param", param, check=False)
+        assert refused.returncode != 0 and says in refused.stderr, refused.stderr
     dup = a.cli("db", "create", "shop", check=False)
     assert dup.returncode != 0 and "already exists" in (dup.stderr + dup.stdout)
     assert sorted(databases(b)) == ["shop"]
@@ -124,6 +129,9 @@ def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
         r = psql(via(url, host), f"INSERT INTO t VALUES ({10 + i}); SELECT count(*) FROM t")
         assert r.returncode == 0, (host, r.stderr)
         assert r.stdout.strip() == str(2 + i)
+    # --param reached the server (and the standby's copy of the settings)
+    shown = psql(via(url, ADDRESSES[2]), "SHOW work_mem; SHOW jit").stdout.split()
+    assert shown == ["24MB", "off"]
     # the standby streams synchronously (quorum commit: ANY 1)
     sync = psql(via(url, ADDRESSES[1]),
                 "SELECT sync_state FROM pg_stat_replication").stdout.split()

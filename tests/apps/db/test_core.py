@@ -216,3 +216,34 @@ def test_a_standby_never_promotes_or_asks_unless_it_may(me, alive, rows, running
                lease_term=lease)
     if not may_promote(me, rows):
         assert d.action != PROMOTE and not d.want_lease
+
+
+def test_params_are_checked_against_the_servers_own_list():
+    import pytest
+
+    from apps.db.core import DbError, check_params
+    from apps.db.pg import describe_config
+
+    known = describe_config()  # the installed PostgreSQL's settings
+    assert known["work_mem"][1] == "INTEGER" and known["jit"][1] == "BOOLEAN"
+    assert check_params(["work_mem=16MB", "jit = off", "Search_Path=x y'z"],
+                        known) == ("work_mem=16MB", "jit=off", "search_path=x y'z")
+    conf = conf_text(port=5000, socket_dir="/s", standbys=1,
+                     params=("work_mem=16MB", "search_path=x y'z"))
+    assert conf.index("work_mem = '16MB'") < conf.index("port = 5000")  # ours come last
+    assert "search_path = 'x y''z'" in conf
+    for bad, says in (("work_mem", "NAME=VALUE"), ("no_such_thing=1", "no such setting"),
+                      ("port=6000", "set by meshcloud"),
+                      ("synchronous_commit=off", "set by meshcloud"),
+                      ("ssl_cert_file=/etc/shadow", "set by meshcloud"),
+                      ("archive_command=rm -rf /", "set by meshcloud"),
+                      ("jit=maybe", "on or off"), ("work_mem=lots", "a number"),
+                      ("max_connections=-5", "to"), ("work_mem=", "characters"),
+                      ("block_size=8192", "no such setting")):  # internal: read-only
+        with pytest.raises(DbError, match=says) as info:
+            check_params([bad], known)
+        assert info.value.code == "bad_param"
+    with pytest.raises(DbError, match="twice"):
+        check_params(["jit=on", "JIT=off"], known)
+    with pytest.raises(DbError, match="at most"):
+        check_params([f"work_mem={i}MB" for i in range(65)], known)
