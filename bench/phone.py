@@ -25,6 +25,7 @@ Needs root (to make the cgroups and drop to uid 65534).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import _waketrace as waketrace
 from sim.agents import Agent, LocalCluster, meshcloud_cmd, wait_until
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -49,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds after convergence before measuring")
     parser.add_argument("--baseline", action="store_true",
                         help="also measure a default-profile agent (no cgroup) likewise")
+    parser.add_argument("--trace", action="store_true",
+                        help="name the tasks that wake the idle phone agent (bench._waketrace)")
 
 
 # --- /proc ------------------------------------------------------------------------------------
@@ -124,15 +128,17 @@ class Box:
         return (f"cgroup {version}: {MEMORY_LIMIT >> 20} MiB, "
                 f"{100 * CPU_QUOTA_US // CPU_PERIOD_US} % of one CPU")
 
-    def prefix(self, home: Path, pythonpath: str) -> list[str]:
+    def prefix(self, home: Path, pythonpath: str, *, trace: Path | None = None) -> list[str]:
         """Join the cgroups, drop to uid/gid 65534 and exec the system's Python on the
         rest of the command (the pid stays). The interpreter that runs this bench may live
         where uid 65534 cannot read (a pyenv under /root): the command's first word is
         replaced by ``/usr/bin/python3``, with the checkout and the venv's site-packages
         on ``PYTHONPATH``."""
         joins = "; ".join(f"echo $$ > {d}/cgroup.procs" for d in self.dirs)
+        traced = f"MESHCLOUD_WAKE_TRACE={trace} " if trace else ""
         drop = (f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups env HOME={home} "
-                f"PYTHONPATH={pythonpath} {SYSTEM_PYTHON}")
+                f"PYTHONPATH={pythonpath} {traced}{SYSTEM_PYTHON}"
+                + (" -m bench._waketrace" if trace else ""))
         return ["sh", "-c", f'{joins}; shift; exec {drop} "$@"', "sh"]
 
     def oom_kills(self) -> int:
@@ -179,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phone_home = root / "phone"
     phone_home.mkdir()
     os.chown(phone_home, NOBODY, NOBODY)
+    trace = phone_home / "wakes.json" if args.trace else None
     cluster = LocalCluster(root / "mesh")
     figures: dict[str, Any] = {"relay_mb_s": None}
     try:
@@ -188,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         site = next(p for p in sys.path if p.endswith("site-packages"))
         phone = Agent("phone", phone_home / "data", listen="127.0.0.73:0",
                       extra_args=["--profile", "phone"],
-                      prefix=box.prefix(phone_home, f"{checkout}:{site}"))
+                      prefix=box.prefix(phone_home, f"{checkout}:{site}", trace=trace))
         phone.cli("join", cluster.invite(a), *phone.node_flags())
         cluster.agents.append(phone)
         phone.start()
@@ -198,7 +205,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    message="three members alive everywhere")
         time.sleep(settle)
         print(f"idle for {seconds:.0f} s ...", flush=True)
+        before = waketrace.read(str(trace)) if trace else None
         figures.update(measure_idle(phone.pid, seconds))
+        if trace and before:
+            sources = waketrace.difference(before, waketrace.read(str(trace)))
+            print(json.dumps(sources, indent=1), flush=True)
+            figures["wake_sources"] = sources
         if args.baseline:
             base = measure_idle(a.pid, seconds)
             figures.update({f"default_{k}": v for k, v in base.items()})

@@ -53,9 +53,10 @@ JOIN_RETRY_MAX = 30.0
 STARTUP_WAIT = 60.0
 """Seconds the first join waits for the node's own start-up (services, API) to finish."""
 
-PHONE_LAG_SAMPLE = 2.0
-"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise;
-a freeze is a timer firing ``resume_gap`` = 3 s late, still seen)."""
+PHONE_LAG_SAMPLE = 5.0
+"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise; a
+step that held the loop meanwhile still counts, and a freeze is a timer firing
+``resume_gap`` = 3 s late, still seen)."""
 PHONE_JOINED_CHECK = 10.0
 """Seconds between "am I alone?" checks on a phone while it has live peers."""
 

@@ -235,7 +235,7 @@ class StateDriver:
         kv = self.core.kv
         assert _background_sync(kv)
         while True:
-            with trio.move_on_after(1.0):  # also a commit no output announced
+            with trio.move_on_after(self.config.flush_poll):  # a commit no output announced
                 await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             if kv.pending:
