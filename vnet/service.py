@@ -29,7 +29,7 @@ from vnet.ipam import VNetError, check_name, overlaps, parse_cidr
 from vnet.keys import load_or_create
 from vnet.names import resolve_name
 from vnet.plane import DataPlane, PlaneConfig, PlaneError
-from vnet.planes import PLANES, Served, choose
+from vnet.planes import PLANES, Served, choose, offered
 from vnet.records import HOST, AttachRecord, VNetRecord
 from vnet.tables import (
     ATTACHMENTS,
@@ -326,9 +326,11 @@ class VNetService(ServiceBase):
         if self._nursery is None:
             raise PlaneError("the V-Net service is not running")
         root = os.geteuid() == 0
+        host = host_planes()
         kind = choose(wanted or os.environ.get(PLANE_ENV, ""),
-                      wireguard_missing=wireguard.available(),
-                      tun=os.access("/dev/net/tun", os.R_OK | os.W_OK), root=root)
+                      wireguard_missing=None if "wireguard" in host["offered"]
+                      else wireguard.available() or "no /dev/net/tun and no kernel WireGuard",
+                      tun=host["tun"], root=root)
         if kind == "wireguard":
             reason = wireguard.available()
             if reason is not None:
@@ -513,7 +515,8 @@ class VNetService(ServiceBase):
 
     def status(self) -> dict[str, Any]:
         return {"vnets": len(all_vnets(self.node.state)), "planes": {
-            v: p.name for v, p in self.planes.items()}, "errors": dict(self.errors)}
+            v: p.name for v, p in self.planes.items()}, "errors": dict(self.errors),
+            "host": host_planes()}
 
     def api_routes(self) -> list[Any]:
         from vnet.api import routes
@@ -527,6 +530,19 @@ class VNetService(ServiceBase):
 
     def nav(self) -> list[tuple[str, str, str, bool]]:
         return [("vnets", "V-Nets", "/ui/vnets", True)]
+
+
+def host_planes() -> dict[str, Any]:
+    """What this host offers V-Nets: whether it sees a usable ``/dev/net/tun``, and the
+    planes it can run, best first (:func:`vnet.planes.offered`); a phone offers only the
+    userspace mode."""
+    from vnet import wireguard
+
+    tun = os.access("/dev/net/tun", os.R_OK | os.W_OK)
+    planes = offered(wireguard_missing=wireguard.available(), tun=tun,
+                     root=os.geteuid() == 0,
+                     kernel_wireguard=os.path.exists("/sys/module/wireguard"))
+    return {"tun": tun, "offered": planes}
 
 
 def _udp_port(plane: DataPlane) -> int:
