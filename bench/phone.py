@@ -12,8 +12,12 @@ default-profile agent the same way, for comparison):
 
 * ``idle_rss_mb``: ``VmRSS`` at the end of the idle window, MiB;
 * ``idle_cpu_pct``: user + system time of all its threads over the window, % of one core;
-* ``wakeups_per_s``: voluntary + non-voluntary context switches of all its threads
-  (``/proc/PID/task/*/status``) over the window, per second: how often it wakes the CPU;
+* ``wakeups_per_s``: voluntary context switches of all its threads
+  (``/proc/PID/task/*/status``) over the window, per second: each is the process going
+  to sleep until something wakes it, i.e. how often it wakes the CPU;
+  ``preempted_per_s``: the non-voluntary ones (the scheduler took the CPU while it ran:
+  other load, or the box's CFS quota), which wake nothing and grow with the machine's
+  load; ``switches_per_s``: both (what ``wakeups_per_s`` counted until 2026-12-07);
 * ``threads``: its threads at the end;
 * ``put_64mib_peak_rss_mb``: ``VmHWM`` (peak RSS) after a 64 MiB object is written through
   its S3 API (``meshcloud cp`` against the phone agent), MiB;
@@ -85,18 +89,29 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def switches(pid: int) -> int:
-    """Context switches (voluntary + non-voluntary) of every live thread of ``pid``."""
-    total = 0
+def switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Voluntary and non-voluntary context switches of each live thread of ``pid``."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             text = (task / "status").read_text()
         except OSError:
             continue  # the thread ended
-        for line in text.splitlines():
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                total += int(line.split()[1])
-    return total
+        counts = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        out[int(task.name)] = (int(counts["voluntary_ctxt_switches"]),
+                               int(counts["nonvoluntary_ctxt_switches"]))
+    return out
+
+
+def switched(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+             ) -> tuple[int, int]:
+    """Switches between two readings, over the threads alive at the end (a thread that
+    ended meanwhile takes its count with it: a slight undercount)."""
+    voluntary = nonvoluntary = 0
+    for tid, (v, n) in after.items():
+        v0, n0 = before.get(tid, (0, 0))
+        voluntary, nonvoluntary = voluntary + v - v0, nonvoluntary + n - n0
+    return voluntary, nonvoluntary
 
 
 def threads(pid: int) -> int:
@@ -108,9 +123,12 @@ def measure_idle(pid: int, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     cpu1, sw1, t1 = cpu_seconds(pid), switches(pid), time.monotonic()
     window = t1 - t0
+    voluntary, nonvoluntary = switched(sw0, sw1)
     return {"idle_rss_mb": round(status_kib(pid, "VmRSS") / 1024, 1),
             "idle_cpu_pct": round(100 * (cpu1 - cpu0) / window, 2),
-            "wakeups_per_s": round((sw1 - sw0) / window, 2),
+            "wakeups_per_s": round(voluntary / window, 2),
+            "preempted_per_s": round(nonvoluntary / window, 2),
+            "switches_per_s": round((voluntary + nonvoluntary) / window, 2),
             "threads": threads(pid)}
 
 
@@ -250,7 +268,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if inbound is not None:
             wait_until(lambda: phone.get("/v1/status")["reachability"]["relays"], 120,
                        interval=0.5, message="the undialable phone holds a relay")
-        figures["reachability"] = phone.get("/v1/status")["reachability"]["state"]
+        status = phone.get("/v1/status")
+        figures["reachability"] = status["reachability"]["state"]
+        figures["connections"] = status["transport"]["connections"]
+        figures["paths"] = sorted(status["reachability"]["paths"].values())
         time.sleep(settle)
         print(f"idle for {seconds:.0f} s ...", flush=True)
         before = waketrace.read(str(trace)) if trace else None

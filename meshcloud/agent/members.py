@@ -40,6 +40,7 @@ from gossip.outputs import (
     MemberUpdated,
 )
 from gossip.sysinfo import read_capacity
+from meshcloud.clock import next_tick
 from meshcloud.identity.keys import short_id
 
 if TYPE_CHECKING:
@@ -215,7 +216,10 @@ class Members:
                         log.debug("join attempt failed", extra={"why": str(exc)})
                         delay = min(delay * 2, JOIN_RETRY_MAX)
             phone = self.node.config.profile == "phone"
-            await trio.sleep(PHONE_JOINED_CHECK if phone and self.alive_ids() else delay)
+            if phone and self.alive_ids():
+                await trio.sleep_until(next_tick(trio.current_time(), PHONE_JOINED_CHECK))
+            else:
+                await trio.sleep(delay)
 
     async def leave(self) -> None:
         """Announce a graceful leave (signed) and wait for it to spread."""
