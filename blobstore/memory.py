@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 import trio
 
+from meshcloud.clock import next_tick
+
 log = logging.getLogger(__name__)
 
 RELEASE_THRESHOLD = 16 << 20
@@ -135,7 +137,7 @@ class MemoryReleaser:
         self._seen = self._released_at = self.moved()
         started = trio.current_time()
         while True:
-            await trio.sleep(self.tick)
+            await trio.sleep_until(next_tick(trio.current_time(), self.tick))
             if self.freeze_due(trio.current_time() - started):
                 self.frozen = max(1, freeze_startup())
                 log.info("froze %d start-up objects out of the collector's walks",

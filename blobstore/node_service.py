@@ -161,7 +161,7 @@ class BlobService(ServiceBase):
         self.maintenance = Maintenance(self)
         phone = self.node.config.profile == "phone"
         self.memory = MemoryReleaser(self._bytes_moved, self._release_memory,
-                                     tick=5.0 if phone else 1.0)
+                                     tick=15.0 if phone else 1.0)
 
     def _bytes_moved(self) -> int:
         moved = self.objects.bytes_moved if self.objects is not None else 0

@@ -12,6 +12,7 @@ so they compare with ``<`` and travel as plain CBOR integers.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -102,3 +103,13 @@ class Hlc:
         if hlc_counter(ts) == COUNTER_MASK:
             return hlc_pack(hlc_physical(ts) + 1, 0)
         return ts + 1
+
+
+def next_tick(now: float, period: float) -> float:
+    """The first multiple of ``period`` after ``now``. Loops that sleep until it instead of
+    for ``period`` share one tick: those of one period, or of multiples of it, wake at the
+    same instants, so one wake-up of the process serves them all (a phone's CPU sleeps
+    between). A loop's first sleep is shorter, then every one lasts ``period``."""
+    if period <= 0:
+        raise ValueError("period must be positive")
+    return (math.floor(now / period) + 1) * period

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from meshcloud.clock import next_tick
 from meshcloud.codec import cbor
 from meshcloud.identity.keys import SigningKey, short_id, verify
 from meshcloud.transport.base import Transport
@@ -80,7 +81,7 @@ class RevocationEnforcer:
         task_status.started()
         while True:
             await self.check_once()
-            await trio.sleep(self.interval)
+            await trio.sleep_until(next_tick(trio.current_time(), self.interval))
 
 
 def resolve_subject(text: str, node_ids: list[bytes], invite_ids: list[bytes],

@@ -38,6 +38,19 @@ def choose(wanted: str, *, wireguard_missing: str | None, tun: bool, root: bool)
     return "userspace"
 
 
+def offered(*, wireguard_missing: str | None, tun: bool, root: bool,
+            kernel_wireguard: bool) -> list[str]:
+    """The planes this host can run, best first. WireGuard needs the kernel's module or,
+    for wireguard-go, ``/dev/net/tun``; the Python plane needs TUN and root; the
+    userspace mode needs nothing (a phone: no root, no TUN)."""
+    out = []
+    if wireguard_missing is None and (tun or kernel_wireguard):
+        out.append("wireguard")
+    if tun and root:
+        out.append("python")
+    return [*out, "userspace"]
+
+
 class Registry(Protocol):
     """What :class:`Served` needs of the node's VnetTcpServer."""
 

@@ -1,17 +1,20 @@
 """The V-Net service of a node (built in :mod:`meshcloud.agent.compose`).
 
 A loop, woken by changes to the V-Net tables and at least every :data:`PASS_EVERY`
-seconds, runs one pass: the core's :func:`~vnet.core.reconcile` orders for this node's
-member rows are written, then :func:`~vnet.core.plane_configs` (with the membership
-view's addresses, so a roaming peer is followed) is applied to one data plane per V-Net
-this node is in; planes of V-Nets it left are closed. Stopping the service closes every
-plane (interfaces, routes, firewall rules).
+seconds while this node has a V-Net or a plane (only by the changes otherwise: an idle
+node, a phone, is not woken for nothing), runs one pass: the core's
+:func:`~vnet.core.reconcile` orders for this node's member rows are written, then
+:func:`~vnet.core.plane_configs` (with the membership view's addresses, so a roaming
+peer is followed) is applied to one data plane per V-Net this node is in; planes of
+V-Nets it left are closed. Stopping the service closes every plane (interfaces, routes,
+firewall rules).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,7 +29,7 @@ from vnet.ipam import VNetError, check_name, overlaps, parse_cidr
 from vnet.keys import load_or_create
 from vnet.names import resolve_name
 from vnet.plane import DataPlane, PlaneConfig, PlaneError
-from vnet.planes import PLANES, Served, choose
+from vnet.planes import PLANES, Served, choose, offered
 from vnet.records import HOST, AttachRecord, VNetRecord
 from vnet.tables import (
     ATTACHMENTS,
@@ -76,6 +79,8 @@ class VNetService(ServiceBase):
         self.errors: dict[str, str] = {}
         self.wake = trio.Event()
         self.passes = 0
+        self.busy = True
+        """Whether the last pass found a V-Net, member row or plane (then passes recur)."""
         self.underlay: frozenset[str] = frozenset()
         self.resolvers: dict[str, tuple[str, trio.CancelScope]] = {}
         """V-Net → (the address its resolver listens on, the scope to stop it)."""
@@ -171,7 +176,7 @@ class VNetService(ServiceBase):
                         await self.one_pass()
                     except Exception:  # a pass is retried on the next tick
                         log.exception("V-Net pass failed")
-                    with trio.move_on_after(PASS_EVERY):
+                    with trio.move_on_after(PASS_EVERY if self.busy else math.inf):
                         await self.wake.wait()
                     self.wake = trio.Event()
         finally:
@@ -206,7 +211,8 @@ class VNetService(ServiceBase):
         private = self._keys()
         self.passes += 1
         view = self.view()
-        if not view.vnets and not view.members and not self.planes:
+        self.busy = bool(view.vnets or view.members or self.planes)
+        if not self.busy:
             return  # nothing to do (the common case on a mesh without V-Nets)
         # the row publishes the plane's UDP port (peers send tunnel packets there); a
         # userspace plane has none (its peers reach it over the mesh transport)
@@ -320,9 +326,11 @@ class VNetService(ServiceBase):
         if self._nursery is None:
             raise PlaneError("the V-Net service is not running")
         root = os.geteuid() == 0
+        host = host_planes()
         kind = choose(wanted or os.environ.get(PLANE_ENV, ""),
-                      wireguard_missing=wireguard.available(),
-                      tun=os.access("/dev/net/tun", os.R_OK | os.W_OK), root=root)
+                      wireguard_missing=None if "wireguard" in host["offered"]
+                      else wireguard.available() or "no /dev/net/tun and no kernel WireGuard",
+                      tun=host["tun"], root=root)
         if kind == "wireguard":
             reason = wireguard.available()
             if reason is not None:
@@ -507,7 +515,8 @@ class VNetService(ServiceBase):
 
     def status(self) -> dict[str, Any]:
         return {"vnets": len(all_vnets(self.node.state)), "planes": {
-            v: p.name for v, p in self.planes.items()}, "errors": dict(self.errors)}
+            v: p.name for v, p in self.planes.items()}, "errors": dict(self.errors),
+            "host": host_planes()}
 
     def api_routes(self) -> list[Any]:
         from vnet.api import routes
@@ -521,6 +530,19 @@ class VNetService(ServiceBase):
 
     def nav(self) -> list[tuple[str, str, str, bool]]:
         return [("vnets", "V-Nets", "/ui/vnets", True)]
+
+
+def host_planes() -> dict[str, Any]:
+    """What this host offers V-Nets: whether it sees a usable ``/dev/net/tun``, and the
+    planes it can run, best first (:func:`vnet.planes.offered`); a phone offers only the
+    userspace mode."""
+    from vnet import wireguard
+
+    tun = os.access("/dev/net/tun", os.R_OK | os.W_OK)
+    planes = offered(wireguard_missing=wireguard.available(), tun=tun,
+                     root=os.geteuid() == 0,
+                     kernel_wireguard=os.path.exists("/sys/module/wireguard"))
+    return {"tun": tun, "offered": planes}
 
 
 def _udp_port(plane: DataPlane) -> int:

@@ -43,6 +43,7 @@ from apps.ingress.targets import HostHandler, HostLookup
 from apps.ingress.tls import CertStore
 from apps.workloads.core import WorkloadEntry
 from apps.workloads.reconciler import read_workloads
+from meshcloud.clock import next_tick
 from meshcloud.errors import MeshError
 from meshcloud.kit.service import ServiceBase
 
@@ -174,7 +175,7 @@ class IngressService(ServiceBase):
                 await self.check_endpoints()
             except (MeshError, OSError) as exc:
                 log.warning("endpoint check failed: %s", exc)
-            await trio.sleep(self.check_every)
+            await trio.sleep_until(next_tick(trio.current_time(), self.check_every))
 
     async def check_endpoints(self) -> None:
         snapshot = self.workloads.reconciler.last
@@ -352,7 +353,7 @@ class IngressService(ServiceBase):
                     scope = trio.CancelScope()
                     self.listeners[port] = (exposure, scope)
                     nursery.start_soon(self._listen, port, exposure, scope)
-            await trio.sleep(self.check_every)
+            await trio.sleep_until(next_tick(trio.current_time(), self.check_every))
 
     async def _listen(self, port: int, exposure: Exposure, scope: trio.CancelScope) -> None:
         with scope:

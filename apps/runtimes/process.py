@@ -72,6 +72,7 @@ from apps.runtimes.logfile import read_log, rotate, rotated_files
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
 from apps.runtimes.process_state import ReplicaRecord, read_exit_file
 from apps.runtimes.users import UidAllocator, can_switch_user
+from meshcloud.clock import next_tick
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class ProcessRuntime:
                 self._adopt_all()
                 task_status.started()
                 while True:
-                    await trio.sleep(self.config.supervise_interval)
+                    await trio.sleep_until(next_tick(trio.current_time(),
+                                                     self.config.supervise_interval))
                     await self._supervise()
         finally:
             self._nursery = None

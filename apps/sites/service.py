@@ -13,6 +13,7 @@ from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from apps.sites.core import Sites, cache_bytes_from_env
 from apps.sites.storage import BlobStorage
 from apps.sites.tables import SITE_STATS, SITES
+from meshcloud.clock import next_tick
 from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class SiteService(ServiceBase):
         task_status.started()
         every = PHONE_STATS_EVERY if self.node.config.profile == "phone" else STATS_EVERY
         while True:
-            await trio.sleep(every)
+            await trio.sleep_until(next_tick(trio.current_time(), every))
             try:
                 self.sites.publish_stats()
             except Exception:  # counters are best effort; serving goes on

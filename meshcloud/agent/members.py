@@ -40,6 +40,7 @@ from gossip.outputs import (
     MemberUpdated,
 )
 from gossip.sysinfo import read_capacity
+from meshcloud.clock import next_tick
 from meshcloud.identity.keys import short_id
 
 if TYPE_CHECKING:
@@ -53,9 +54,10 @@ JOIN_RETRY_MAX = 30.0
 STARTUP_WAIT = 60.0
 """Seconds the first join waits for the node's own start-up (services, API) to finish."""
 
-PHONE_LAG_SAMPLE = 2.0
-"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise;
-a freeze is a timer firing ``resume_gap`` = 3 s late, still seen)."""
+PHONE_LAG_SAMPLE = 5.0
+"""Seconds between event-loop lag samples on a phone (5 wake-ups a second otherwise; a
+step that held the loop meanwhile still counts, and a freeze is a timer firing
+``resume_gap`` = 3 s late, still seen)."""
 PHONE_JOINED_CHECK = 10.0
 """Seconds between "am I alone?" checks on a phone while it has live peers."""
 
@@ -214,7 +216,10 @@ class Members:
                         log.debug("join attempt failed", extra={"why": str(exc)})
                         delay = min(delay * 2, JOIN_RETRY_MAX)
             phone = self.node.config.profile == "phone"
-            await trio.sleep(PHONE_JOINED_CHECK if phone and self.alive_ids() else delay)
+            if phone and self.alive_ids():
+                await trio.sleep_until(next_tick(trio.current_time(), PHONE_JOINED_CHECK))
+            else:
+                await trio.sleep(delay)
 
     async def leave(self) -> None:
         """Announce a graceful leave (signed) and wait for it to spread."""

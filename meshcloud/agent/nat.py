@@ -6,9 +6,10 @@
   our connection comes from and whether they can dial our listen addresses back, and
   keeps the verdict (:class:`~meshcloud.transport.reachability.Reachability`): ``public``
   or ``behind NAT``. Again every :data:`PROBE_INTERVAL` seconds (sooner while unknown);
-* **relays**: behind NAT, it keeps a reservation with :data:`RELAYS_WANTED` members that
-  can be dialled, chosen by rendezvous hash over the members (the same member for the
-  same node on every try; the next one when it is gone), and advertises
+* **relays**: behind NAT, it keeps a reservation with :data:`RELAYS_WANTED` members
+  (:data:`PHONE_RELAYS_WANTED` on a phone) that can be dialled, chosen by rendezvous
+  hash over the members (the same member for the same node on every try; the next one
+  when it is gone), and advertises
   ``relay://<relay id>`` first (gossip and the DHT carry it, peers dial through it). When
   a relay dies its reservation ends and the next member in the rendezvous order takes
   over;
@@ -53,6 +54,10 @@ UNKNOWN_RETRY = 3.0
 PROBE_TIMEOUT = 8.0
 RELAYS_WANTED = 2
 """Relays a node behind NAT keeps reservations with (peers try them in turn)."""
+PHONE_RELAYS_WANTED = 1
+"""On a phone, one: a reservation is an open stream, which the relay keeps alive with a
+ping each second of silence, and each ping wakes the phone. When the relay goes, the
+slot takes the next member in rendezvous order (the phone's own connections stay up)."""
 RELAY_RETRY = 2.0
 """Seconds before looking for a relay again when none would take us."""
 
@@ -117,7 +122,8 @@ class NatKeeper:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, self.transport.peer_events())
             nursery.start_soon(self._probe_loop)
-            for _ in range(RELAYS_WANTED):
+            phone = self.node.config.profile == "phone"
+            for _ in range(PHONE_RELAYS_WANTED if phone else RELAYS_WANTED):
                 nursery.start_soon(self._relay_slot)
             task_status.started()
 

@@ -14,7 +14,7 @@ from meshcloud.state.driver import StateDriver
 from meshcloud.state.store import LmdbKv
 from meshcloud.transport.base import Transport
 
-PHONE_REVOCATION_CHECK = 5.0
+PHONE_REVOCATION_CHECK = 15.0
 """Seconds between checks for revoked peers on a phone (a revocation also closes the
 revoked node's connections on every other member at once)."""
 

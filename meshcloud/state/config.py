@@ -65,12 +65,15 @@ class StateConfig:
     """Seconds between purges of expired entries (tables with ``expires_after_ms``)."""
     tranquility: float = 2.0
     """Background workers rest this many times the CPU time they used."""
+    flush_poll: float = 1.0
+    """Seconds between background-sync checks for commits that no output announced
+    (announced ones are flushed at once, and an acknowledged write waits for its flush)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.push_fanout_min <= self.push_fanout_max:
             raise ValueError("need 1 <= push_fanout_min <= push_fanout_max")
         for name in ("sync_interval", "sync_timeout", "gc_interval", "gc_retry_interval",
-                     "gc_round_timeout", "expiry_interval"):
+                     "gc_round_timeout", "expiry_interval", "flush_poll"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.gc_delay < 0 or self.tranquility < 0:
@@ -98,9 +101,9 @@ def wan() -> StateConfig:
 
 
 def phone() -> StateConfig:
-    """Phones sleep and pay for radio time: rarer rounds, more rest."""
+    """Phones sleep and pay for radio time: rarer rounds, more rest, rare flush polls."""
     return dataclasses.replace(lan(), sync_interval=120.0, sync_timeout=120.0,
-                               tranquility=4.0, gc_interval=1800.0)
+                               tranquility=4.0, gc_interval=1800.0, flush_poll=15.0)
 
 
 def local() -> StateConfig:

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeGuard
 
 import trio
 
-from meshcloud.clock import Clock, SystemClock
+from meshcloud.clock import Clock, SystemClock, next_tick
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import CodecError, MeshError, TransportError
 from meshcloud.state.config import StateConfig
@@ -235,7 +235,8 @@ class StateDriver:
         kv = self.core.kv
         assert _background_sync(kv)
         while True:
-            with trio.move_on_after(1.0):  # also a commit no output announced
+            # a commit no output announced: checked on the shared tick
+            with trio.move_on_at(next_tick(trio.current_time(), self.config.flush_poll)):
                 await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             if kv.pending:

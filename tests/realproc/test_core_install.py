@@ -1,12 +1,12 @@
 """The core install (issue 20): no podman-py, no matplotlib, no pyspark.
 
-A fresh virtual environment would need the network (pip resolves even cached wheels
-through the index), so this test takes the shared one and makes the extras unimportable
-instead: a directory first on ``PYTHONPATH`` holds stub packages ``podman``,
-``matplotlib`` and ``pyspark`` whose import records the attempt and raises
-``ImportError``, exactly what a missing package does. Under it, real agents start, join
-a mesh, store an object's shards and run a process workload, and the podman runtime
-says why it is not offered.
+For real: a fresh virtual environment with only the core dependencies and this checkout
+installed (:mod:`tests.realproc.core_venv`, cached by the dependencies' hash) imports
+everything a node uses without the extras, and an agent started from it joins a mesh of
+ordinary agents, holds shards of an object written through it, reads one back, and runs
+a replica of a process workload. Besides, in the shared environment, stub packages
+first on ``PYTHONPATH`` (whose import records the attempt and raises ``ImportError``)
+show which code paths try an extra at all.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sim.agents import LocalCluster, wait_until
+from tests.realproc.core_venv import command_prefix, core_venv
 from tests.workload_python import WORKLOAD_PYTHON
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -69,38 +70,73 @@ def test_importing_everything_a_node_uses_needs_no_extra(tmp_path):
     assert attempts.read_text().split() == list(EXTRAS)
 
 
-def test_core_agents_join_store_shards_and_run_a_process(tmp_path):
-    env, attempts = blocked_env(tmp_path)
-    cluster = LocalCluster(tmp_path / "mesh", extra_args=["--profile", "local"], env=env)
+IMPORTS = ("import meshcloud, meshcloud.cli, meshcloud.agent.node, meshcloud.agent.compose\n"
+           "import meshcloud.api.server, apps.workloads.service, blobstore.node_service\n"
+           "from meshcloud.agent.compose import load_cli_verbs\n"
+           "load_cli_verbs()\n")
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return core_venv(tmp_path_factory.mktemp("core-venv"))
+
+
+def test_a_fresh_core_venv_lacks_the_extras_and_imports_a_whole_node(fresh_python, tmp_path):
+    code = ("import importlib.util, sys\n"
+            "missing = [n for n in ('podman', 'matplotlib', 'pyspark')\n"
+            "           if importlib.util.find_spec(n) is None]\n"
+            + IMPORTS +
+            "print(' '.join(missing))\n"
+            "print(meshcloud.__file__)\n"
+            "print(sys.prefix)\n")
+    done = subprocess.run([str(fresh_python), "-I", "-c", code], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    missing, module, prefix = done.stdout.splitlines()
+    assert missing.split() == ["podman", "matplotlib", "pyspark"]
+    assert module.startswith(prefix) and "site-packages" in module  # installed, not the tree
+    assert Path(prefix) == fresh_python.parent.parent
+
+
+def test_a_fresh_core_agent_joins_stores_shards_and_runs_a_process(fresh_python, tmp_path):
+    cluster = LocalCluster(tmp_path / "mesh", extra_args=["--profile", "local"],
+                           env={"MESHCLOUD_RUNTIMES": "process"})
     try:
         a = cluster.init_first(listen="127.0.0.91:0")
         b = cluster.join(through=a, listen="127.0.0.92:0")
-        wait_until(lambda: all(sum(m["state"] == "alive" for m in x.get("/v1/members")) == 2
-                               and len(x.get("/v1/images")["mesh"]) == 2
-                               for x in (a, b)), 60, message="both alive, offers known")
-        for agent in (a, b):
-            offers = agent.get("/v1/images")["mesh"]
-            assert all(o["runtimes"] == ["process"] for o in offers.values()), offers
-        a.cli("bucket", "create", "docs")
+        core = cluster.new_agent("core", listen="127.0.0.93:0", env={},
+                                 prefix=command_prefix(fresh_python))
+        core.cli("join", cluster.invite(a), *core.node_flags())
+        core.start()
+        # the agent runs the fresh environment's interpreter and native modules
+        maps = Path(f"/proc/{core.pid}/maps").read_text()
+        assert str(fresh_python.parent.parent / "lib") in maps
+        agents = (a, b, core)
+        wait_until(lambda: all(sum(m["state"] == "alive" for m in x.get("/v1/members")) == 3
+                               and len(x.get("/v1/images")["mesh"]) == 3
+                               for x in agents), 90, message="three alive, offers known")
+        assert core.get("/v1/images")["mesh"][core.node_id]["runtimes"] == ["process"]
+
+        core.cli("bucket", "create", "docs")
         src = tmp_path / "data.bin"
         src.write_bytes(os.urandom(3 << 20))
-        a.cli("cp", str(src), "s3://docs/data.bin")
+        core.cli("cp", str(src), "s3://docs/data.bin")
+        layout = a.get("/v1/storage/layout/docs/data.bin")
+        holders = {s["node"] for c in layout["chunks"] for s in c["shards"]}
+        assert core.node_id in holders and layout["complete"], layout
         back = tmp_path / "back.bin"
-        b.cli("cp", "s3://docs/data.bin", str(back))
+        a.cli("cp", "s3://docs/data.bin", str(back))
         assert back.read_bytes() == src.read_bytes()
-        a.cli("run", "sleeper", "--replicas", "2", "--command",
-              f"{WORKLOAD_PYTHON} -c 'import time; time.sleep(3600)'")
+
+        core.cli("run", "sleeper", "--replicas", "3", "--command",
+                 f"{WORKLOAD_PYTHON} -c 'import time; time.sleep(3600)'")
 
         def running(node) -> list[str]:
             return [r["name"] for r in a.get(f"/v1/nodes/{node.node_id}/drain")["running"]]
 
-        wait_until(lambda: running(a) == ["sleeper-0"] or running(a) == ["sleeper-1"], 60,
-                   message="a replica runs on the first node")
-        wait_until(lambda: len(running(b)) == 1, 60, message="a replica on the second")
-        a.cli("rm", "sleeper")
-        tried = set(attempts.read_text().split())
-        assert tried <= {"podman"}  # the podman binary is here: the runtime asks once
-        if tried:
-            assert "meshcloud[containers]" in a.console_tail(100_000)
+        wait_until(lambda: len(running(core)) == 1, 90,
+                   message="a replica runs on the fresh core agent")
+        core.cli("rm", "sleeper")
+        assert "Traceback" not in core.console_tail(100_000)
     finally:
         cluster.close()

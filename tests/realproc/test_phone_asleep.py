@@ -1,6 +1,9 @@
 """A phone asleep (issue 20): SIGSTOP for 60 s.
 
-Three real agents: two of the local profile and one ``--profile phone`` agent. An object
+Three real agents: two of the local profile and one ``--profile phone`` agent that sees
+no ``/dev/net/tun`` (its own mount namespace with a private ``/dev``,
+:mod:`sim.phonebox`): it offers V-Nets through the userspace mode only, and a V-Net it
+joins gets that plane. An object
 is written through the phone (acknowledged), then the phone is frozen for 60 s, as
 Android freezes an app whose wake lock is gone. The others mark it suspect, then dead,
 and keep serving the object; thawed, the phone is alive again everywhere without anyone
@@ -15,6 +18,7 @@ import time
 import pytest
 
 from sim.agents import Agent, LocalCluster, wait_until
+from sim.phonebox import no_tun_prefix
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -36,12 +40,24 @@ def test_a_phone_frozen_for_a_minute_comes_back_with_its_data(tmp_path):
         a = cluster.init_first(listen="127.0.0.85:0")
         b = cluster.join(through=a, listen="127.0.0.86:0")
         phone = cluster.new_agent("phone", listen="127.0.0.87:0",
-                                  extra_args=["--profile", "phone"])
+                                  extra_args=["--profile", "phone"], prefix=no_tun_prefix())
         phone.cli("join", cluster.invite(a), *phone.node_flags())
         phone.start()
         wait_until(lambda: all(sum(m["state"] == "alive" for m in x.get("/v1/members")) == 3
                                for x in (a, b, phone)), 90, interval=0.2,
                    message="three members alive everywhere")
+        assert os.path.exists("/dev/net/tun")  # the host has one, the phone does not see it
+        assert not os.path.exists(f"/proc/{phone.pid}/root/dev/net/tun")
+        host = phone.get("/v1/status")["vnet"]["host"]
+        kernel_wg = os.path.exists("/sys/module/wireguard")  # needs no TUN (a root phone)
+        assert host == {"tun": False,
+                        "offered": ["wireguard", "userspace"] if kernel_wg else ["userspace"]}
+        a.cli("vnet", "create", "blue", "--cidr", "10.77.0.0/24")
+        phone.cli("vnet", "attach", "blue", "--host")
+        wait_until(lambda: phone.get("/v1/status")["vnet"]["planes"].get("blue"), 30,
+                   interval=0.2, message="the phone's V-Net plane is up")
+        assert phone.get("/v1/status")["vnet"]["planes"]["blue"] == host["offered"][0]
+
         phone.cli("bucket", "create", "notes")
         src = tmp_path / "note.bin"
         src.write_bytes(os.urandom(2 << 20))

@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 
 from vnet.plane import PeerStats, PlaneConfig, PlaneError
-from vnet.planes import Served, choose
+from vnet.planes import Served, choose, offered
 
 
 @pytest.mark.parametrize(("wanted", "wg", "tun", "root", "expected"), [
@@ -28,6 +28,21 @@ def test_choose(wanted, wg, tun, root, expected):
 def test_choose_refuses_an_unknown_plane():
     with pytest.raises(PlaneError, match="unknown plane 'tap'"):
         choose("tap", wireguard_missing=None, tun=True, root=True)
+
+
+@pytest.mark.parametrize(("wg", "tun", "root", "kernel", "expected"), [
+    (None, True, True, False, ["wireguard", "python", "userspace"]),
+    (None, False, True, True, ["wireguard", "userspace"]),       # kernel WireGuard, no TUN
+    (None, False, True, False, ["userspace"]),                  # no TUN for wireguard-go
+    ("needs root", False, False, False, ["userspace"]),         # a phone
+    ("needs root", True, False, True, ["userspace"]),
+    ("no wg", True, True, True, ["python", "userspace"]),
+])
+def test_offered_planes_need_tun_or_kernel_wireguard(wg, tun, root, kernel, expected):
+    planes = offered(wireguard_missing=wg, tun=tun, root=root, kernel_wireguard=kernel)
+    assert planes == expected
+    assert choose("", wireguard_missing=None if "wireguard" in planes else wg or "no",
+                  tun=tun, root=root) == planes[0]
 
 
 CONFIG = PlaneConfig(vnet="blue", interface="mc-blue",
