@@ -117,7 +117,8 @@ def local_tps(scale: int, seconds: int) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = args.seconds or (15 if args.quick else 60)
     scale = args.scale or (2 if args.quick else 10)
-    figures: dict[str, Any] = {"seconds": seconds, "scale": scale, "clients": 4}
+    figures: dict[str, Any] = {"seconds": seconds, "scale": scale, "clients": 4,
+                               "load_1m_start": round(os.getloadavg()[0], 2)}
     print(f"bare local PostgreSQL: pgbench -s {scale} -c 4 -T {seconds} …", flush=True)
     figures["tps_local"] = round(local_tps(scale, seconds), 1)
     print(f"  tps_local {figures['tps_local']}", flush=True)
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("tps_via_ingress", mesh_url, "")):
             print(f"{key}: pgbench -c 4 -T {seconds} …", flush=True)
             figures[key] = round(pgbench(target, seconds, options=options), 1)
-            print(f"  {key} {figures[key]}", flush=True)
+            figures[f"load_1m_{key}"] = round(os.getloadavg()[0], 2)
+            print(f"  {key} {figures[key]} (load {figures[f'load_1m_{key}']})", flush=True)
         figures["tps_mesh"] = figures["tps_via_ingress"]
         figures["ratio"] = round(figures["tps_mesh"] / figures["tps_local"], 3)
         figures["ingress_ratio"] = round(figures["tps_via_ingress"] / figures["tps_direct"],
