@@ -36,8 +36,10 @@ import cbor2
 
 from apps.ingress.fastseal import (
     FIN,
+    HEADER_SIZE,
     HELLO,
     MAX_RECORD,
+    TAG,
     TOKEN_SIZE,
     Sealer,
     SealError,
@@ -83,12 +85,15 @@ class Pair:
         threading.Thread(target=self._down, daemon=True).start()
 
     def _up(self) -> None:
-        """plain → sealed."""
+        """plain → sealed: read into a buffer, seal in place, send (no copy)."""
         try:
-            plain, sealed, seal = self.plain, self.sealed, self.sealer.seal
-            while data := plain.recv(MAX_RECORD):
-                sealed.sendall(seal(data))
-            sealed.sendall(seal(b"", FIN))
+            plain, sealed, seal = self.plain, self.sealed, self.sealer.seal_in_place
+            buffer = bytearray(HEADER_SIZE + MAX_RECORD + TAG)
+            view = memoryview(buffer)
+            room = view[HEADER_SIZE:HEADER_SIZE + MAX_RECORD]
+            while size := plain.recv_into(room):
+                sealed.sendall(view[:seal(buffer, size)])
+            sealed.sendall(view[:seal(buffer, 0, FIN)])
         except (OSError, SealError) as exc:
             self.abort(f"plain side: {exc}")
         self._exit()
@@ -100,12 +105,23 @@ class Pair:
             for data in self.early:
                 plain.sendall(data)
             self.early = []
+            buffer = bytearray(2 * READ_SIZE)  # a whole record and the start of the next
+            view = memoryview(buffer)
+            held = unsealer.take_pending()
+            end = len(held)
+            view[:end] = held
+            open_records = unsealer.open_in_place
             while not unsealer.finished:
-                data = sealed.recv(READ_SIZE)
-                if not data:
+                got = sealed.recv_into(view[end:])
+                if not got:
                     raise SealError("sealed connection cut short (no FIN record)")
-                for plaintext in unsealer.feed(data):
-                    plain.sendall(plaintext)
+                end += got
+                spans, used = open_records(buffer, end)
+                for start, stop in spans:
+                    plain.sendall(view[start:stop])
+                if used:
+                    end -= used
+                    view[:end] = bytes(view[used:used + end])
             plain.shutdown(socket.SHUT_WR)
         except (OSError, SealError) as exc:
             self.abort(f"sealed side: {exc}")
@@ -277,7 +293,8 @@ class Relay:
         while True:
             try:
                 sock, _ = listener.accept()
-            except OSError:
+            except OSError:  # out of descriptors, most likely: let some close
+                time.sleep(0.1)
                 continue
             threading.Thread(target=self._hello, args=(sock,), daemon=True).start()
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-import nacl.bindings
-import nacl.exceptions
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from meshcloud.errors import MeshError
 
@@ -70,19 +70,32 @@ class Sealer:
 
     def seal(self, data: bytes | bytearray | memoryview, flags: int = 0) -> bytes:
         """One record carrying ``data`` (at most MAX_RECORD bytes); FIN ends the direction."""
+        out = bytearray(HEADER_SIZE + len(data) + TAG)
+        out[HEADER_SIZE:HEADER_SIZE + len(data)] = data
+        return bytes(out[:self.seal_in_place(out, len(data), flags)])
+
+    def seal_in_place(self, buffer: bytearray, size: int, flags: int = 0) -> int:
+        """Seal the ``size`` plaintext bytes at ``buffer[HEADER_SIZE:]`` in place (the
+        relay's hot path: no copy); ``buffer`` has room for the tag. Returns the record's
+        length (from ``buffer[0]``)."""
         if self.finished:
             raise SealError("this direction has ended")
-        if len(data) > MAX_RECORD or flags & ~_FLAGS:
+        if size > MAX_RECORD or flags & ~_FLAGS:
             raise SealError("record too large or unknown flags")
+        if len(buffer) < HEADER_SIZE + size + TAG:
+            raise SealError("no room for the record's tag")
         if self.seq >= _MAX_SEQ:
             raise SealError("record sequence exhausted")
-        header = HEADER.pack(flags << 24 | (len(data) + TAG))
-        sealed = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-            bytes(data), header, _NONCE.pack(self.seq), self.key)
+        HEADER.pack_into(buffer, 0, flags << 24 | (size + TAG))
+        pointer = _ffi.from_buffer("unsigned char[]", buffer, require_writable=True)
+        if _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+                pointer + HEADER_SIZE, _ffi.NULL, pointer + HEADER_SIZE, size, pointer,
+                HEADER_SIZE, _ffi.NULL, _NONCE.pack(self.seq), self.key) != 0:
+            raise SealError("encryption failed")
         self.seq += 1
         if flags & FIN:
             self.finished = True
-        return header + sealed
+        return HEADER_SIZE + size + TAG
 
 
 class Unsealer:
@@ -107,6 +120,12 @@ class Unsealer:
         """Bytes held of a record not yet complete."""
         return len(self._buffer)
 
+    def take_pending(self) -> bytes:
+        """The start of a record :meth:`feed` holds (to go on with :meth:`open_in_place`)."""
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        return pending
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._broken is not None:
             raise self._broken
@@ -114,40 +133,57 @@ class Unsealer:
             raise self._fail("bytes after the end of the direction")
         buffer = self._buffer
         buffer += data
-        out: list[bytes] = []
-        start = 0
-        while len(buffer) - start >= HEADER_SIZE:
-            (word,) = HEADER.unpack_from(buffer, start)
-            flags, size = word >> 24, word & 0xFFFFFF
-            if flags & ~_FLAGS or size < TAG or size > MAX_RECORD + TAG:
-                raise self._fail("malformed record header")
-            end = start + HEADER_SIZE + size
-            if len(buffer) < end:
-                break
-            try:
-                plain = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-                    bytes(buffer[start + HEADER_SIZE:end]), bytes(buffer[start:start + 4]),
-                    _NONCE.pack(self.seq), self.key)
-            except nacl.exceptions.CryptoError:
-                raise self._fail("record failed authentication (forged, replayed or "
-                                 "out of order)") from None
-            self.seq += 1
-            start = end
-            if flags & HELLO:
-                if plain or self.seq != 1:
-                    raise self._fail("a HELLO record comes first and is empty")
-                self.hellos += 1
-            elif plain:
-                out.append(plain)
-            if flags & FIN:
-                self.finished = True
-                if len(buffer) > start:
-                    raise self._fail("bytes after the end of the direction")
-                break
-        del buffer[:start]
+        spans, used = self.open_in_place(buffer, len(buffer))
+        out = [bytes(buffer[start:end]) for start, end in spans]
+        del buffer[:used]
         return out
+
+    def open_in_place(self, buffer: bytearray, end: int) -> tuple[list[tuple[int, int]], int]:
+        """Open the whole records in ``buffer[:end]`` in place (the relay's hot path):
+        the (start, end) spans of their non-empty plaintexts in ``buffer``, and the bytes
+        used (the rest starts a record not yet complete)."""
+        if self._broken is not None:
+            raise self._broken
+        spans: list[tuple[int, int]] = []
+        start = 0
+        pointer = None
+        try:
+            while end - start >= HEADER_SIZE:
+                if self.finished:
+                    raise self._fail("bytes after the end of the direction")
+                (word,) = HEADER.unpack_from(buffer, start)
+                flags, size = word >> 24, word & 0xFFFFFF
+                if flags & ~_FLAGS or size < TAG or size > MAX_RECORD + TAG:
+                    raise self._fail("malformed record header")
+                stop = start + HEADER_SIZE + size
+                if end < stop:
+                    break
+                if pointer is None:
+                    pointer = _ffi.from_buffer("unsigned char[]", buffer, require_writable=True)
+                body = pointer + start + HEADER_SIZE
+                if _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+                        body, _ffi.NULL, _ffi.NULL, body, size, pointer + start, HEADER_SIZE,
+                        _NONCE.pack(self.seq), self.key) != 0:
+                    raise self._fail("record failed authentication (forged, replayed or "
+                                     "out of order)")
+                self.seq += 1
+                plain = size - TAG
+                if flags & HELLO:
+                    if plain or self.seq != 1:
+                        raise self._fail("a HELLO record comes first and is empty")
+                    self.hellos += 1
+                elif plain:
+                    spans.append((start + HEADER_SIZE, start + HEADER_SIZE + plain))
+                start = stop
+                if flags & FIN:
+                    self.finished = True
+        finally:
+            if pointer is not None:
+                _ffi.release(pointer)  # the buffer may be resized again
+        if self.finished and end > start:
+            raise self._fail("bytes after the end of the direction")
+        return spans, start
 
     def _fail(self, message: str) -> SealError:
         self._broken = SealError(message)
-        self._buffer.clear()
         return self._broken
