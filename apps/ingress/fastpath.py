@@ -44,6 +44,9 @@ ENV = "MESHCLOUD_FAST_FORWARD"
 READY_TIMEOUT = 5.0
 """Seconds the first forward waits for the relay process to start."""
 REPLY_TIMEOUT = 10.0
+RESTART_AFTER = 30.0
+"""Seconds before a relay that failed is started again (forwards stay on their streams
+meanwhile)."""
 _STREAM_ERRORS = (MeshError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -93,6 +96,7 @@ class RelayClient:
         self.sock: trio.socket.SocketType | None = None
         self.ready = trio.Event()
         self.failed = False
+        self.started = trio.current_time()
         self.waiters: dict[int, _Waiter] = {}
         self.ids = itertools.count(1)
 
@@ -178,8 +182,11 @@ async def relay() -> RelayClient | None:
     if not enabled():
         return None
     try:
-        client = _RELAY.get()
+        client: RelayClient | None = _RELAY.get()
     except LookupError:
+        client = None
+    if client is None or (client.failed and
+                          trio.current_time() - client.started > RESTART_AFTER):
         client = RelayClient()
         _RELAY.set(client)
         client.start()

@@ -51,6 +51,9 @@ PENDING_TIMEOUT = 10.0
 """Seconds a registered forward waits for the opener's relay to dial."""
 DIAL_TIMEOUT = 3.0
 HELLO_TIMEOUT = 5.0
+MAX_GREETING = 64
+"""Dialed connections at a time not yet bound to a forward (a stranger opening many is
+closed at once beyond this)."""
 READ_SIZE = MAX_RECORD + 64
 _PR_SET_PDEATHSIG = 1
 
@@ -165,6 +168,7 @@ class Relay:
         self.pairs: dict[int, Pair] = {}
         self.pending: dict[bytes, Pending] = {}
         self.listeners: dict[str, int] = {}
+        self.greeting = threading.BoundedSemaphore(MAX_GREETING)
 
     # --- control ------------------------------------------------------------------------
 
@@ -296,10 +300,19 @@ class Relay:
             except OSError:  # out of descriptors, most likely: let some close
                 time.sleep(0.1)
                 continue
+            if not self.greeting.acquire(blocking=False):
+                sock.close()
+                continue
             threading.Thread(target=self._hello, args=(sock,), daemon=True).start()
 
     def _hello(self, sock: socket.socket) -> None:
         """Bind a dialed connection to its registered forward once its HELLO opened."""
+        try:
+            self._greet(sock)
+        finally:
+            self.greeting.release()
+
+    def _greet(self, sock: socket.socket) -> None:
         try:
             sock.settimeout(HELLO_TIMEOUT)
             token = b""
