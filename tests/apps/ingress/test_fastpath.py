@@ -171,3 +171,46 @@ async def test_forgeries_at_the_relay_port_do_not_take_a_forward(nursery):
             got += chunk
     assert got == b"still works"
     b_side.close()
+
+
+async def test_an_opener_that_speaks_first_stays_on_the_stream(nursery):
+    """The HTTP ingress writes its request on the stream at once: the target takes it as
+    data (not as a path request) and the answer comes back on the stream."""
+    pair = await setup(nursery)
+    stream = await open_forward(pair.a, pair.b.local_id, "echo", "echo", 0)
+    request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+    with trio.fail_after(20):
+        await stream.send(request)
+        await stream.close()
+        got = b""
+        try:
+            while True:
+                got += await stream.receive()
+        except trio.EndOfChannel:
+            pass
+    assert got == request
+
+
+async def test_a_dead_relay_cuts_its_forwards_and_the_next_stays_on_the_stream(nursery):
+    pair = await setup(nursery)
+    port = await ingress(pair, nursery)
+    with trio.fail_after(60):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"hello")
+        assert await client.receive_some(100) == b"hello"
+        relay = await fastpath.relay()
+        assert relay is not None and relay.process is not None
+        relay.process.kill()
+        with pytest.raises(trio.BrokenResourceError):
+            while await client.receive_some(100):
+                pass
+            raise trio.BrokenResourceError  # EOF: cut too
+        await pair.done.wait()
+        assert pair.results == [False]
+        await client.aclose()
+        pair.done = trio.Event()
+        before = pair.a.usage.by_protocol[FORWARD_PROTOCOL].bytes_sent
+        assert await exchange(port, PAYLOAD[:65536]) == PAYLOAD[:65536]
+        await pair.done.wait()
+    assert pair.results == [False, True]
+    assert pair.a.usage.by_protocol[FORWARD_PROTOCOL].bytes_sent - before >= 65536
