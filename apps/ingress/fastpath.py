@@ -283,18 +283,21 @@ async def serve_direct(tcp: trio.SocketStream, stream: Stream, path: ForwardPath
         try:
             async with trio.open_nursery() as nursery:
                 async def from_relay() -> None:
-                    outcome.update(await waiter.next("attached"))
+                    reply = await waiter.next("attached")
+                    outcome.setdefault("op", reply["op"])
                     nursery.cancel_scope.cancel()
 
                 async def from_stream() -> None:
+                    # (errors are caught here: a nursery would raise them in a group)
                     try:
                         said = decode_message(await stream.receive(), ForwardPath,
-                                              max_size=MAX_CONTROL)
+                                              max_size=MAX_CONTROL).kind
                     except trio.EndOfChannel:
                         return  # the opener finished already: the relay says how
-                    if said.kind == "fallback":
-                        outcome.setdefault("op", "fallback")
-                        nursery.cancel_scope.cancel()
+                    except _STREAM_ERRORS as exc:
+                        said = f"lost: {exc!r}"
+                    outcome.setdefault("op", "fallback" if said == "fallback" else said)
+                    nursery.cancel_scope.cancel()
 
                 nursery.start_soon(from_relay)
                 nursery.start_soon(from_stream)
@@ -306,7 +309,11 @@ async def serve_direct(tcp: trio.SocketStream, stream: Stream, path: ForwardPath
             await client.send("unregister", id=pair_id)
             return None
         if outcome.get("op") != "attached":
-            await stream.abort("direct forward failed")
+            log.debug("direct forward not attached: %s", outcome.get("op"))
+            client.send_nowait("unregister", id=pair_id)
+            client.send_nowait("cut", id=pair_id)
+            with trio.move_on_after(1):
+                await stream.abort("direct forward failed")
             return False
         await tcp.aclose()  # the relay holds the connection now
         return await _watch(client, pair_id, waiter, stream)
@@ -330,9 +337,9 @@ async def _watch(client: RelayClient, pair_id: int, waiter: _Waiter, stream: Str
                         await stream.receive()
                 except trio.EndOfChannel:
                     return  # the peer's side is done: ours follows
-                except _STREAM_ERRORS as exc:
+                except _STREAM_ERRORS as exc:  # caught here, not raised in a group
                     log.debug("forward lifeline lost: %r", exc)
-                    await client.send("cut", id=pair_id)
+                    client.send_nowait("cut", id=pair_id)
 
             nursery.start_soon(from_relay)
             nursery.start_soon(from_stream)

@@ -42,6 +42,8 @@ class Pair:
         self.results: list[bool] = []
         self.done = trio.Event()
         self.target_streams: list = []
+        self.served: list[BaseException | None] = []
+        self.target_done = trio.Event()
 
 
 async def setup(nursery) -> Pair:
@@ -56,7 +58,14 @@ async def setup(nursery) -> Pair:
 
     async def serve(stream):
         pair.target_streams.append(stream)
-        await serve_forward(stream, lambda request: pair.port)
+        try:
+            await serve_forward(stream, lambda request: pair.port)
+            pair.served.append(None)
+        except BaseException as exc:
+            pair.served.append(exc)
+            raise
+        finally:
+            pair.target_done.set()
 
     b.serve(FORWARD_PROTOCOL, serve)
     await a.dial(b.listen_addresses[0], expect=b.local_id)
@@ -214,3 +223,23 @@ async def test_a_dead_relay_cuts_its_forwards_and_the_next_stays_on_the_stream(n
         await pair.done.wait()
     assert pair.results == [False, True]
     assert pair.a.usage.by_protocol[FORWARD_PROTOCOL].bytes_sent - before >= 65536
+
+
+@pytest.mark.parametrize("then", ["abort", "garbage"])
+async def test_an_opener_that_vanishes_after_the_offer_ends_the_target_cleanly(nursery, then):
+    """The opener resets the stream (or sends what is no path message) after the target
+    registered the forward with its relay: the target ends its side without an error
+    escaping its handler."""
+    pair = await setup(nursery)
+    stream = await open_forward(pair.a, pair.b.local_id, "echo", "echo", 0)
+    await stream.send(fastpath.encode_message(fastpath.ForwardPath(kind="request",
+                                                                   share=os.urandom(32))))
+    with trio.fail_after(20):
+        answer = fastpath.decode_message(await stream.receive(), fastpath.ForwardPath)
+        assert answer.kind == "accept"
+        if then == "abort":
+            await stream.abort("gone")
+        else:
+            await stream.send(b"not a path message")
+        await pair.target_done.wait()
+    assert pair.served == [None]
