@@ -228,8 +228,7 @@ async def _send_path(stream: Stream, kind: str, **fields: Any) -> None:
 async def open_direct(tcp: trio.SocketStream, stream: Stream) -> bool | None:
     """The opener's side, right after an accepted ``ForwardOpen``: None if the bytes stay
     on ``stream`` (the caller splices), else whether the direct forward ended cleanly."""
-    client = await relay()
-    if client is None:
+    if not enabled():
         await _send_path(stream, "stream")
         return None
     share = os.urandom(SHARE_SIZE)
@@ -237,6 +236,10 @@ async def open_direct(tcp: trio.SocketStream, stream: Stream) -> bool | None:
     with trio.fail_after(REPLY_TIMEOUT):
         answer = decode_message(await stream.receive(), ForwardPath, max_size=MAX_CONTROL)
     if answer.kind != "accept":
+        return None
+    client = await relay()  # only now: a mesh without direct paths never starts one
+    if client is None or len(answer.share) != SHARE_SIZE:
+        await _send_path(stream, "fallback")
         return None
     key_ot, key_to, token = derive_keys(share, answer.share)
     pair_id, waiter = client.new()
@@ -262,9 +265,9 @@ async def serve_direct(tcp: trio.SocketStream, stream: Stream, path: ForwardPath
     on ``stream``, else whether the direct forward ended cleanly."""
     if path.kind != "request":
         return None
-    client = await relay()
     host = direct_host(stream)
-    if client is None or host is None or len(path.share) != SHARE_SIZE:
+    client = await relay() if host is not None and len(path.share) == SHARE_SIZE else None
+    if client is None or host is None:
         await _send_path(stream, "decline")
         return None
     share = os.urandom(SHARE_SIZE)

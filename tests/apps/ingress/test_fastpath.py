@@ -243,3 +243,19 @@ async def test_an_opener_that_vanishes_after_the_offer_ends_the_target_cleanly(n
             await stream.send(b"not a path message")
         await pair.target_done.wait()
     assert pair.served == [None]
+
+
+async def test_a_target_without_a_direct_address_declines_and_no_relay_starts(
+        nursery, monkeypatch):
+    """A relayed or hole-punched mesh connection (no direct address): the target declines,
+    the forward stays on the stream, and neither side starts a relay process."""
+    monkeypatch.setattr(fastpath, "direct_host", lambda stream: None)
+    pair = await setup(nursery)
+    port = await ingress(pair, nursery)
+    with trio.fail_after(60):
+        assert await exchange(port, PAYLOAD[:65536]) == PAYLOAD[:65536]
+        await pair.done.wait()
+    assert pair.results == [True]
+    assert pair.a.usage.by_protocol[FORWARD_PROTOCOL].bytes_sent >= 65536
+    with pytest.raises(LookupError):
+        fastpath._RELAY.get()
