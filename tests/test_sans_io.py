@@ -77,6 +77,7 @@ CORE_GLOBS = [
     "apps/workloads/view.py",
     "apps/workloads/tables.py",
     "apps/ingress/routing.py",
+    "apps/ingress/fastseal.py",
     "apps/ingress/messages.py",
     "apps/ingress/tables.py",
     "apps/ingress/httpcore.py",

@@ -7,6 +7,12 @@ stream message is a chunk of bytes. The transport encrypts and authenticates the
 stream and its credit is the flow control (a slow reader stalls the writer, never a
 buffer). Half-close: TCP EOF one way is a stream close (and the reverse), the other way
 stays open until it ends too. An error either way resets both.
+
+After the reply, :func:`splice_stream` (the opener) and :func:`serve_forward` (the
+target) agree on the path of the bytes (:mod:`apps.ingress.fastpath`): between the two
+nodes' forward relays on a direct connection sealed with keys agreed on the stream, or
+on the stream itself. An opener that speaks first on the stream (the HTTP ingress)
+stays on the stream.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from apps.ingress import fastpath
 from apps.ingress.messages import FORWARD_PROTOCOL, ForwardOpen, ForwardReply
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError
@@ -86,16 +93,31 @@ async def _both(one: Callable[[], Awaitable[None]], other: Callable[[], Awaitabl
 
 
 async def splice_stream(tcp: trio.SocketStream, stream: Stream) -> bool:
-    """Copy both ways between a TCP connection and a forward stream until both ended."""
+    """Carry a TCP connection on an opened forward stream until both ways ended: on the
+    direct path when the target offers it, else on the stream. True if it ended cleanly."""
     try:
-        ok = await _both(lambda: _tcp_to_stream(tcp, stream),
-                         lambda: _stream_to_tcp(stream, tcp))
-        if not ok:
+        try:
+            direct = await fastpath.open_direct(tcp, stream)
+        except _ERRORS as exc:
+            log.debug("forward path negotiation failed: %r", exc)
             with trio.move_on_after(1):
-                await stream.abort("forward failed")
-        return ok
+                await stream.abort("forward path negotiation failed")
+            return False
+        if direct is not None:
+            return direct
+        return await _splice(tcp, stream)
     finally:
         await tcp.aclose()
+
+
+async def _splice(tcp: trio.SocketStream, stream: Stream) -> bool:
+    """Copy both ways between a TCP connection and a forward stream until both ended."""
+    ok = await _both(lambda: _tcp_to_stream(tcp, stream),
+                     lambda: _stream_to_tcp(stream, tcp))
+    if not ok:
+        with trio.move_on_after(1):
+            await stream.abort("forward failed")
+    return ok
 
 
 async def splice_tcp(a: trio.SocketStream, b: trio.SocketStream) -> bool:
@@ -152,11 +174,37 @@ async def serve_forward(stream: Stream, resolve: Callable[[ForwardOpen], int | N
             await stream.abort("bad forward open")
         return
     try:
-        await stream.send(encode_message(ForwardReply(ok=True)))
-    except _ERRORS:
+        try:
+            await stream.send(encode_message(ForwardReply(ok=True)))
+            first = await stream.receive()
+        except trio.EndOfChannel:  # the opener sent nothing and ended its side
+            await _splice(tcp, stream)
+            return
+        except _ERRORS:
+            with trio.move_on_after(1):
+                await stream.abort("forward failed")
+            return
+        path = fastpath.decode_path(first)
+        if path is None:  # the opener speaks on the stream at once
+            try:
+                await tcp.send_all(first)
+            except _ERRORS:
+                with trio.move_on_after(1):
+                    await stream.abort("forward failed")
+                return
+        else:
+            try:
+                direct = await fastpath.serve_direct(tcp, stream, path)
+            except _ERRORS as exc:
+                log.debug("forward path negotiation failed: %r", exc)
+                with trio.move_on_after(1):
+                    await stream.abort("forward path negotiation failed")
+                return
+            if direct is not None:
+                return
+        await _splice(tcp, stream)
+    finally:
         await tcp.aclose()
-        return
-    await splice_stream(tcp, stream)
 
 
 async def _refuse(stream: Stream, code: str, message: str) -> None:
