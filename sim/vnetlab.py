@@ -51,9 +51,11 @@ class VNetLab:
     """``n`` namespaces, an agent in each, all alive to each other."""
 
     def __init__(self, root: Path, n: int, *, env: dict[str, str] | None = None,
-                 listen_any: frozenset[int] = frozenset()) -> None:
+                 listen_any: frozenset[int] = frozenset(),
+                 labels: dict[int, list[str]] | None = None) -> None:
         """``listen_any``: hosts whose agent listens on 0.0.0.0 (its underlay address
-        may change; it advertises what it has at start)."""
+        may change; it advertises what it has at start). ``labels``: placement labels
+        (``KEY=VALUE``) of the agent of each host index."""
         self.lab = NetnsLab(n)
         self.cluster = LocalCluster(root / "agents", env=env)
         try:
@@ -67,7 +69,8 @@ class VNetLab:
                     f"node{index + 1}",
                     listen=f"{'0.0.0.0' if index in listen_any else host.ip}:0",
                     api=f"{host.ip}:0", s3=f"{host.ip}:0", prefix=agent_prefix(host),
-                    extra_args=["--profile", "local"])
+                    extra_args=["--profile", "local",
+                                *[f"--label={x}" for x in (labels or {}).get(index, [])]])
             first = self.agents[0]
             first.cli("init", "--name", "vnetlab", *first.node_flags())
             first.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,12 @@ class VNetService(ServiceBase):
         from vnet.userspace.stream import VnetTcpServer
 
         self.tcp = VnetTcpServer(node.transport)
+        from vnet.replicas import ReplicaNets
+
+        self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows)
+        self.replica_network = self.replicas
+        """The process runtime's hook (:class:`apps.runtimes.network.ReplicaNetwork`):
+        replicas of attached workloads run in namespaces of their own."""
         """``/meshcloud/vnet-tcp/1`` for every V-Net of this node: userspace-mode nodes
         reach the members hosted here (and a userspace plane here its own address)."""
 
@@ -176,6 +183,7 @@ class VNetService(ServiceBase):
                     self.wake = trio.Event()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20):
+                await self.replicas.close()
                 await self.close_all()
                 if root and self.firewall.used:
                     try:
@@ -206,23 +214,10 @@ class VNetService(ServiceBase):
         private = self._keys()
         self.passes += 1
         view = self.view()
-        if not view.vnets and not view.members and not self.planes:
+        if not view.vnets and not view.members and not self.planes \
+                and not self.replicas.entries:
             return  # nothing to do (the common case on a mesh without V-Nets)
-        # the row publishes the plane's UDP port (peers send tunnel packets there); a
-        # userspace plane has none (its peers reach it over the mesh transport)
-        ports = {vnet: 0 if plane.name == "userspace" else _udp_port(plane)
-                 for vnet, plane in self.planes.items()
-                 if plane.name == "userspace" or _udp_port(plane)}
-        orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
-                                self.node.clock.wall_ms())
-        if orders:
-            for order in orders:
-                key = (order.vnet, order.member)
-                if isinstance(order, core.Put):
-                    self.node.state.put(MEMBERS.name, key, order.record)
-                else:
-                    self.node.state.delete(MEMBERS.name, key)
-            view = self.view()
+        view = self._write_rows(self.replicas.netted(view), view)
         self._note_traffic()
         addresses, alive = self._membership()
         me = host_member(self.node.node_id)
@@ -236,8 +231,34 @@ class VNetService(ServiceBase):
         for vnet, config in configs.items():
             row = view.members.get((vnet, me))
             await self._apply(vnet, config, row.plane if row is not None else "")
+        await self.replicas.sync(view, dict(view.running))
+        await self.replicas.forward({v: c.interface for v, c in configs.items()
+                                     if v in self.applied})
         if self.planes:
             await self._check_underlay()
+
+    def _write_rows(self, netted: frozenset[core.MemberKey],
+                    view: core.View | None = None) -> core.View:
+        """Write the control core's orders for this node's member rows (synchronously);
+        the view after them."""
+        self._keys()
+        view = view or self.view()
+        # the row publishes the plane's UDP port (peers send tunnel packets there); a
+        # userspace plane has none (its peers reach it over the mesh transport)
+        ports = {vnet: 0 if plane.name == "userspace" else _udp_port(plane)
+                 for vnet, plane in self.planes.items()
+                 if plane.name == "userspace" or _udp_port(plane)}
+        orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
+                                self.node.clock.wall_ms(), netted)
+        if not orders:
+            return view
+        for order in orders:
+            key = (order.vnet, order.member)
+            if isinstance(order, core.Put):
+                self.node.state.put(MEMBERS.name, key, order.record)
+            else:
+                self.node.state.delete(MEMBERS.name, key)
+        return self.view()
 
     async def _check_underlay(self) -> None:
         """When this host's own addresses change (it roamed), tell the planes at once."""
@@ -410,14 +431,19 @@ class VNetService(ServiceBase):
         return {"removed": name}
 
     async def attach(self, name: str, *, host: bool, workload: str | None,
-                     plane: str = "") -> dict[str, Any]:
+                     plane: str = "", ahead: bool = False) -> dict[str, Any]:
+        """Attach this node (``host``) or a workload's replicas; ``ahead``: a workload
+        about to be created (``meshcloud run … --vnet NAME``), so that its first
+        replicas start in their own namespaces."""
         self._require(name)
         if plane and plane not in PLANES:
             raise VNetError(f"unknown plane {plane!r} (one of {', '.join(PLANES)})")
         if host == bool(workload):
             raise VNetError("attach either --host or a WORKLOAD")
         if workload:
-            if self.node.state.get("workloads", workload) is None:
+            if ahead and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", workload):
+                raise VNetError(f"bad workload name {workload[:70]!r}")
+            if not ahead and self.node.state.get("workloads", workload) is None:
                 raise NotFoundError(f"no workload {workload!r}")
             self.node.state.put(ATTACHMENTS.name, (name, workload),
                                 AttachRecord(created_ms=self.node.clock.wall_ms()))
