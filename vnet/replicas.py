@@ -4,7 +4,9 @@
 replica (:class:`apps.runtimes.network.ReplicaNetwork`): for a workload attached to a
 V-Net it makes the replica's network namespace (``ip netns add``), has the service
 write the replica's row (its address: the one it had on its previous node when still
-free) and wires it, so the replica starts with its address. :meth:`ReplicaNets.sync`,
+free) and wires it, so the replica starts with its address. A container has its own
+namespace already: :meth:`ReplicaNets.joined` (called by the podman runtime once the
+container runs) names it (``ip netns attach``) and wires it the same way. :meth:`ReplicaNets.sync`,
 run on every pass of the service, keeps each namespace's veths matching the rows (an
 address re-allocated after a collision, a V-Net attached or detached, the node's own
 address changed) and removes the namespaces of replicas no longer running here.
@@ -98,6 +100,28 @@ class ReplicaNets:
             await self._wire(entry, view)
             return ReplicaNet(netns=str(NETNS_DIR / entry.netns),
                               env=replica_env(entry.wired))
+
+    async def joined(self, spec: ContainerSpec, pid: int) -> None:
+        """A container of an attached workload started (its main process ``pid``): name
+        its namespace (``ip netns attach``) and wire it; the container keeps its own
+        network beside the V-Nets'."""
+        workload, index = spec.workload or spec.name, spec.replica
+        if os.geteuid() != 0 or not attached(self.view(), workload):
+            return
+        async with self.lock:
+            await self._find()
+            entry = Entry(workload, index, netns_name(self.node, f"{workload}-{index}"),
+                          time.monotonic())
+            old = self.entries.pop(entry.name, None)
+            if old is not None:
+                for w in old.wired.values():
+                    await run(*teardown(w), check=False)
+            # a namespace left by the container's previous run goes (its veths with it)
+            await run("ip", "netns", "del", entry.netns, check=False)
+            await run("ip", "netns", "attach", entry.netns, str(pid))
+            self.entries[entry.name] = entry
+            view = self.write_rows(self.netted(self.view()))
+            await self._wire(entry, view)
 
     async def _make_netns(self, name: str) -> None:
         await run("ip", "netns", "del", name, check=False)  # an unbound leftover

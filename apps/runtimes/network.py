@@ -5,8 +5,11 @@ whether the replica gets a network namespace (:meth:`ReplicaNetwork.prepare`); t
 network's owner (the V-Net service) makes the namespace with its interfaces and
 addresses and answers with its path and the variables that tell the replica about it.
 The process runtime then starts the replica inside that namespace
-(:func:`enter_netns`, between fork and exec). Everything else about the namespace
-(addresses that change, removal once the replica is gone) stays with its owner.
+(:func:`enter_netns`, between fork and exec). A container already has a namespace of its
+own: the podman runtime tells the hook its main process once it runs
+(:meth:`ReplicaNetwork.joined`), and the owner wires that namespace the same way.
+Everything else about the namespace (addresses that change, removal once the replica is
+gone) stays with its owner.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class ReplicaNet:
 class ReplicaNetwork(Protocol):
     async def prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
         """The namespace ``spec``'s replica runs in, made ready; None: the host's."""
+        ...
+
+    async def joined(self, spec: ContainerSpec, pid: int) -> None:
+        """A container runtime started ``spec``'s replica (main process ``pid``) in a
+        namespace of its own: wire that one (a container keeps its runtime's network,
+        and gets the V-Nets' interfaces beside it)."""
         ...
 
 

@@ -201,7 +201,8 @@ class WorkloadService(WorkloadOperations, ServiceBase):
                 from apps.runtimes.podman import PodmanRuntime
 
                 candidates.append(PodmanRuntime(PodmanConfig(data_dir=data_dir,
-                                                             node_id=node_hex)))
+                                                             node_id=node_hex),
+                                                network=self.network))
             elif kind == "process":
                 from apps.runtimes.process import ProcessRuntime
 
