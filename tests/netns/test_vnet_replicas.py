@@ -56,6 +56,12 @@ c = socket.create_connection((target, int(sys.argv[3])), timeout=3)
 print(c.recv(200).decode())
 """
 
+RESOLVE = """
+import sys, dns.message, dns.query
+r = dns.query.udp(dns.message.make_query(sys.argv[1], "A"), sys.argv[2], timeout=2)
+print(" ".join(a.address for rr in r.answer for a in rr))
+"""
+
 
 def in_netns(pid: int, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` in the network namespace of process ``pid`` (the test's files)."""
@@ -185,6 +191,90 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         lab.close()
         for agent in lab.agents:  # names of replica namespaces made in an agent's
             prefix = f"mc{agent.node_id[:8]}-"  # mount namespace (gone with it)
+            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+                if entry.startswith(prefix):
+                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+
+
+HTTP_GET = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+c.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+data = b""
+while (chunk := c.recv(65536)):
+    data += chunk
+print(data.decode(errors="replace"))
+"""
+
+
+def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
+    """A podman container (the demo web image) attached to blue keeps podman's network
+    and gets its V-Net interface beside it; a process replica on another host reaches
+    it by address and by name, and it reaches the replica."""
+    if os.geteuid() != 0:
+        pytest.fail("the V-Net replica test needs root (network namespaces)")
+    from apps.runtimes.config import PodmanConfig
+    from apps.runtimes.podman import container_name
+    from apps.runtimes.podman_service import PodmanService
+
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process,podman"},
+                  labels={0: ["role=api"], 1: ["tier=web"]})
+    try:
+        a = lab.agents
+        built = a[1].api_call("POST", "/v1/images/build-demo", {}, timeout=300)["built"]
+        web_image = next(b["image"] for b in built if "/web:" in b["image"])
+        a[0].cli("vnet", "create", "blue", "--cidr", "10.48.0.0/24")
+        wait_until(lambda: len(a[1].get("/v1/vnets")["vnets"]) == 1, 20)
+        a[0].cli("run", "api", "--vnet", "blue", "--runtime", "process", "--require-label",
+                 "role=api", "--command", inline_script_line(server))
+        a[0].cli("run", "web", "--vnet", "blue", "--image", web_image, "--require-label",
+                 "tier=web")
+
+        def placed() -> dict[str, dict] | None:
+            rows = {m: r for m, r in members(a[0], "blue").items() if m.startswith("wl:")}
+            ok = len(rows) == 2 and all(r["address"] and r["routed"] for r in rows.values())
+            return rows if ok else None
+
+        wait_until(placed, 180, interval=0.5, message="both replicas with addresses")
+        rows = placed()
+        api, web = rows["wl:api/0"], rows["wl:web/0"]
+        assert (api["node"], web["node"]) == (a[0].node_id, a[1].node_id)
+        gw = {m["node"]: m["address"] for m in members(a[0], "blue").values()
+              if m["kind"] == "host"}
+        api_pid = replica_pid(a[0], "api-0")
+
+        service = PodmanService(PodmanConfig(data_dir=a[1].data_dir, node_id="cli"))
+        service.prepare()
+        pid = int(subprocess.run(
+            [*service.cli_args(), "inspect", "-f", "{{.State.Pid}}", container_name("web-0")],
+            env=service.env(), capture_output=True, text=True, check=True,
+            timeout=60).stdout.strip())
+        inside = in_netns(pid, "ip", "-o", "-4", "addr").stdout
+        assert f"inet {web['address']}/32" in inside and "mc-blue" in inside, inside
+        assert "eth0" in inside  # podman's own network stays
+
+        def page(target: str) -> str:
+            out = in_netns(api_pid, sys.executable, "-c", HTTP_GET, target, "8080")
+            return out.stdout if out.returncode == 0 else ""
+
+        wait_until(lambda: "web-0" in page(web["address"]), 60, interval=0.5,
+                   message="the process replica reaches the container by address")
+        found = in_netns(api_pid, sys.executable, "-c", RESOLVE, "0.web.vnet",
+                         gw[a[0].node_id])
+        assert found.stdout.split() == [web["address"]], found.stderr
+        assert web["address"] in page(found.stdout.split()[0]) or "web-0" in page(
+            found.stdout.split()[0])
+        assert call(pid, api["address"], gw[a[1].node_id]).split()[:3] == [
+            "api-0", api["address"], web["address"]]
+    finally:
+        lab.cluster.close()
+        for agent in lab.agents:
+            clean_workloads(agent.data_dir)
+        lab.close()
+        for agent in lab.agents:
+            prefix = f"mc{agent.node_id[:8]}-"
             for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
                 if entry.startswith(prefix):
                     subprocess.run(["ip", "netns", "del", entry], capture_output=True)
