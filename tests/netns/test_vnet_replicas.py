@@ -251,9 +251,14 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
             [*service.cli_args(), "inspect", "-f", "{{.State.Pid}}", container_name("web-0")],
             env=service.env(), capture_output=True, text=True, check=True,
             timeout=60).stdout.strip())
-        inside = in_netns(pid, "ip", "-o", "-4", "addr").stdout
-        assert f"inet {web['address']}/32" in inside and "mc-blue" in inside, inside
-        assert "eth0" in inside  # podman's own network stays
+
+        def inside() -> str:
+            return in_netns(pid, "ip", "-o", "-4", "addr").stdout
+
+        # the row is published as the wiring starts: the interface follows in a moment
+        wait_until(lambda: f"inet {web['address']}/32" in inside(), 30, interval=0.2,
+                   message="the container's V-Net interface")
+        assert "mc-blue" in inside() and "eth0" in inside()  # podman's network stays
 
         def page(target: str) -> str:
             out = in_netns(api_pid, sys.executable, "-c", HTTP_GET, target, "8080")
