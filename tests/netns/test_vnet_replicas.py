@@ -13,7 +13,8 @@ each. What is shown:
 * the host that does not run ``web`` is attached to another V-Net (red) only: it cannot
   reach either replica, even through its red tunnel;
 * ``web``'s host dies (agent killed, link down): the replica is re-placed on the other
-  host, with its address again, under the same names, and ``api`` reaches it.
+  host, with its address again, under the same names, and ``api`` reaches it;
+* an agent that stops leaves its host's links, routes and rules as they were.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 
 from apps.runtimes.cleanup import clean_workloads
 from sim.agents import wait_until
-from sim.vnetlab import VNetLab, ns
+from sim.vnetlab import VNetLab, ns, snapshot
 from tests.workload_python import inline_script_line
 
 pytestmark = [pytest.mark.netns, pytest.mark.real, pytest.mark.slow]
@@ -98,6 +99,7 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
     try:
         h, a = lab.hosts, lab.agents
         ids = [x.node_id for x in a]
+        before = snapshot(h[0])
         a[0].cli("vnet", "create", "blue", "--cidr", "10.46.0.0/24")
         a[0].cli("vnet", "create", "red", "--cidr", "10.47.0.0/24")
         wait_until(lambda: all(len(x.get("/v1/vnets")["vnets"]) == 2 for x in a), 20,
@@ -184,6 +186,11 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
                   if m["kind"] == "host"}[ids[o]]
         assert call(new_pid, "api.blue.vnet", gw_new).startswith(f"api-0 {api['address']}")
         assert call(api_pid, now["address"], gw_api).startswith("web-0")
+
+        # --- an agent that stops takes its replicas' veths, routes and rules with it --
+        assert "mv" in ns(h[0], "ip", "-br", "link").stdout
+        assert a[0].stop() == 0
+        assert snapshot(h[0]) == before
     finally:
         lab.cluster.close()
         for agent in lab.agents:
