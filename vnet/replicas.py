@@ -146,11 +146,14 @@ class ReplicaNets:
                 entry = Entry(parsed[0], parsed[1], name, time.monotonic())
                 self.entries[entry.name] = entry
 
-    async def sync(self, view: View, running: dict[str, frozenset[int]]) -> None:
+    async def sync(self) -> None:
         """Make every namespace's veths match the rows; remove those of replicas that no
-        longer run here."""
+        longer run here. The rows are read under the lock (a ``prepare`` may have just
+        written some)."""
         async with self.lock:
             await self._find()
+            view = self.view()
+            running = view.running
             now = time.monotonic()
             for entry in list(self.entries.values()):
                 here = entry.index in running.get(entry.workload, frozenset())

@@ -231,7 +231,7 @@ class VNetService(ServiceBase):
         for vnet, config in configs.items():
             row = view.members.get((vnet, me))
             await self._apply(vnet, config, row.plane if row is not None else "")
-        await self.replicas.sync(view, dict(view.running))
+        await self.replicas.sync()
         await self.replicas.forward({v: c.interface for v, c in configs.items()
                                      if v in self.applied})
         if self.planes:
