@@ -27,6 +27,7 @@ from apps.runtimes.network import ReplicaNet
 from apps.runtimes.spec import ContainerSpec
 from vnet.core import MemberKey, View
 from vnet.firewall import run
+from vnet.ipam import VNetError
 from vnet.plane import PlaneError
 from vnet.tables import replica_member
 from vnet.wiring import (
@@ -84,6 +85,14 @@ class ReplicaNets:
     # --- the runtime's hook -----------------------------------------------------------
 
     async def prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
+        """See :class:`apps.runtimes.network.ReplicaNetwork`; a failure is one
+        :class:`~vnet.ipam.VNetError` (the runtime refuses the start)."""
+        try:
+            return await self._prepare(spec)
+        except PlaneError as exc:
+            raise VNetError(f"{spec.name}: its V-Net namespace: {exc}") from None
+
+    async def _prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
         if os.geteuid() != 0 or not attached(self.view(), spec.workload or spec.name):
             return None
         workload, index = spec.workload or spec.name, spec.replica
@@ -104,7 +113,13 @@ class ReplicaNets:
     async def joined(self, spec: ContainerSpec, pid: int) -> None:
         """A container of an attached workload started (its main process ``pid``): name
         its namespace (``ip netns attach``) and wire it; the container keeps its own
-        network beside the V-Nets'."""
+        network beside the V-Nets'. A failure is one :class:`~vnet.ipam.VNetError`."""
+        try:
+            await self._joined(spec, pid)
+        except PlaneError as exc:
+            raise VNetError(f"{spec.name}: its V-Net interfaces: {exc}") from None
+
+    async def _joined(self, spec: ContainerSpec, pid: int) -> None:
         workload, index = spec.workload or spec.name, spec.replica
         if os.geteuid() != 0 or not attached(self.view(), workload):
             return

@@ -169,3 +169,35 @@ def test_namespace_names_round_trip(workload, index, node):
     name = netns_name(node, f"{workload}-{index}")
     assert replica_of(node, name) == (workload, index)
     assert replica_of(b"\x00" * 32 if node != b"\x00" * 32 else b"\x01" * 32, name) is None
+
+
+async def test_the_runtime_hook_answers_none_or_one_clear_error(monkeypatch):
+    """ReplicaNets.prepare: nothing for a workload on no V-Net (no command run); a
+    failing ``ip`` becomes one VNetError (the runtime refuses the start with it)."""
+    import os
+
+    import pytest
+
+    from apps.runtimes.spec import ContainerSpec
+    from vnet import replicas
+    from vnet.ipam import VNetError
+    from vnet.plane import PlaneError
+
+    ran: list[tuple[str, ...]] = []
+
+    async def failing(*cmd: str, check: bool = True) -> str:
+        ran.append(cmd)
+        raise PlaneError("`ip` is not installed")
+
+    monkeypatch.setattr(replicas, "run", failing)
+    monkeypatch.setattr(replicas, "NETNS_DIR", replicas.Path("/nonexistent-netns-dir"))
+    view = View(vnets=VNETS, members={}, attachments=ATTACHED)
+    nets = replicas.ReplicaNets(A, lambda: view, lambda netted: view)
+    spec = ContainerSpec(name="db-0", image=None, command=("true",), workload="db")
+    assert await nets.prepare(spec) is None and ran == []
+    if os.geteuid() != 0:
+        return  # a non-root agent never makes namespaces
+    with pytest.raises(VNetError, match="web-0: its V-Net namespace: `ip` is not"):
+        await nets.prepare(ContainerSpec(name="web-0", image=None, command=("true",),
+                                         workload="web"))
+    assert ran and "web-0" not in nets.entries
