@@ -3,7 +3,7 @@
 
 Three hosts: host 0 may run workload ``api`` (label role=api), hosts 1 and 2 workload
 ``web`` (label tier=web); both run with ``meshcloud run … --vnet blue``, one replica
-each. What is shown:
+each, over the WireGuard plane and over the Python plane (forced). What is shown:
 
 * each replica runs in a network namespace of its own, as its workload's unprivileged
   user, with its own V-Net address (told in ``MESHCLOUD_VNET_BLUE``) on a veth named
@@ -88,13 +88,15 @@ def members(agent, vnet: str) -> dict[str, dict]:
     return {m["member"]: m for m in agent.get(f"/v1/vnets/{vnet}")["members"]}
 
 
-def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_path):
+@pytest.mark.parametrize("plane", ["wireguard", "python"])
+def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_path, plane):
     if os.geteuid() != 0:
         pytest.fail("the V-Net replica test needs root (network namespaces)")
     server = tmp_path / "server.py"
     server.write_text(SERVER)
     command = inline_script_line(server)
-    lab = VNetLab(tmp_path, 3, env={"MESHCLOUD_RUNTIMES": "process"},
+    lab = VNetLab(tmp_path, 3, env={"MESHCLOUD_RUNTIMES": "process",
+                                    "MESHCLOUD_VNET_PLANE": plane},
                   labels={0: ["role=api"], 1: ["tier=web"], 2: ["tier=web"]})
     try:
         h, a = lab.hosts, lab.agents
@@ -128,6 +130,7 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         assert set(hosts) == {ids[0], ids[w]}  # the replicas' nodes joined blue
         assert api["address"] != hosts[ids[0]] and web["address"] != hosts[ids[w]]
         red = a[o].post("/v1/vnets/red/attach", {"host": True})["address"]
+        assert a[0].get("/v1/vnets/blue")["local"]["plane"] == plane
 
         # --- each replica: own namespace, own address, unprivileged ---------------------
         api_pid, web_pid = replica_pid(a[0], "api-0"), replica_pid(a[w], "web-0")
