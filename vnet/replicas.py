@@ -9,7 +9,9 @@ namespace already: :meth:`ReplicaNets.joined` (called by the podman runtime once
 container runs) names it (``ip netns attach``) and wires it the same way. :meth:`ReplicaNets.sync`,
 run on every pass of the service, keeps each namespace's veths matching the rows (an
 address re-allocated after a collision, a V-Net attached or detached, the node's own
-address changed) and removes the namespaces of replicas no longer running here.
+address changed) and removes the namespaces of replicas no longer running here. A
+process replica's published ports are forwarded from the node into its namespace
+(:mod:`vnet.portfwd`), so the ingress and the health probes reach it as before.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from apps.runtimes.network import ReplicaNet
+from apps.runtimes.process_state import ReplicaRecord
 from apps.runtimes.spec import ContainerSpec
+from meshcloud.errors import MeshError
 from vnet.core import MemberKey, View
 from vnet.firewall import run
 from vnet.ipam import VNetError
 from vnet.plane import PlaneError
+from vnet.portfwd import forward
 from vnet.tables import replica_member
 from vnet.wiring import (
     Wiring,
@@ -57,6 +63,10 @@ class Entry:
     netns: str
     since: float
     wired: dict[str, Wiring] = field(default_factory=dict)
+    ports: tuple[tuple[str, int], ...] = ()
+    """A process replica's published TCP ports (host ip, host port): forwarded into its
+    namespace (:mod:`vnet.portfwd`)."""
+    forwards: list[trio.CancelScope] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -69,8 +79,14 @@ class ReplicaNets:
     orders (synchronously: no other pass runs in between), returning the new view."""
 
     def __init__(self, node: bytes, view: Callable[[], View],
-                 write_rows: Callable[[frozenset[MemberKey]], View]) -> None:
+                 write_rows: Callable[[frozenset[MemberKey]], View],
+                 process_root: Path | None = None) -> None:
         self.node = node
+        self.process_root = process_root
+        """Where the process runtime keeps its replicas (their published ports are read
+        from there for namespaces found after a restart of the agent)."""
+        self.nursery: trio.Nursery | None = None
+        """Where port forwards run (the service's)."""
         self.view = view
         self.write_rows = write_rows
         self.entries: dict[str, Entry] = {}
@@ -105,10 +121,38 @@ class ReplicaNets:
                 await self._make_netns(entry.netns)
                 self.entries[entry.name] = entry
             entry.since = time.monotonic()
+            entry.ports = tuple((m.host_ip, m.host_port) for m in spec.ports
+                                if m.protocol == "tcp")
             view = self.write_rows(self.netted(self.view()))
             await self._wire(entry, view)
-            return ReplicaNet(netns=str(NETNS_DIR / entry.netns),
-                              env=replica_env(entry.wired))
+            await self._forward(entry)
+            env = replica_env(entry.wired)
+            if spec.ports:  # its own namespace: all its addresses (ports are forwarded)
+                env["HOST"] = "0.0.0.0"
+            return ReplicaNet(netns=str(NETNS_DIR / entry.netns), env=env)
+
+    async def _forward(self, entry: Entry) -> None:
+        """The entry's published ports, forwarded from the node into its namespace."""
+        if entry.forwards or not entry.ports or self.nursery is None:
+            return
+        for host_ip, port in entry.ports:
+            scope = trio.CancelScope()
+            entry.forwards.append(scope)
+
+            async def run(host_ip: str = host_ip, port: int = port,
+                          scope: trio.CancelScope = scope,
+                          task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+                with scope:
+                    try:
+                        await forward(str(NETNS_DIR / entry.netns), host_ip, port,
+                                      task_status=task_status)
+                    except OSError as exc:
+                        log.warning("replica %s: port %s:%d not forwarded: %s",
+                                    entry.name, host_ip, port, exc)
+                        task_status.started()
+
+            await self.nursery.start(run)
 
     async def joined(self, spec: ContainerSpec, pid: int) -> None:
         """A container of an attached workload started (its main process ``pid``): name
@@ -159,7 +203,18 @@ class ReplicaNets:
             parsed = replica_of(self.node, name)
             if parsed is not None and f"{parsed[0]}-{parsed[1]}" not in self.entries:
                 entry = Entry(parsed[0], parsed[1], name, time.monotonic())
+                entry.ports = self._stored_ports(entry.name)
                 self.entries[entry.name] = entry
+
+    def _stored_ports(self, replica: str) -> tuple[tuple[str, int], ...]:
+        """The published TCP ports of a process replica, from its runtime's state."""
+        if self.process_root is None:
+            return ()
+        try:
+            spec = ReplicaRecord.load(self.process_root / replica).spec
+        except (OSError, ValueError, KeyError, TypeError, MeshError):
+            return ()
+        return tuple((m.host_ip, m.host_port) for m in spec.ports if m.protocol == "tcp")
 
     async def sync(self) -> None:
         """Make every namespace's veths match the rows; remove those of replicas that no
@@ -178,6 +233,7 @@ class ReplicaNets:
                 if here:
                     entry.since = now
                 await self._wire(entry, view)
+                await self._forward(entry)
 
     async def _wire(self, entry: Entry, view: View) -> None:
         wanted = wirings(view, self.node, entry.name, entry.workload, entry.index)
@@ -216,6 +272,9 @@ class ReplicaNets:
                 log.warning("V-Net %s: forwarding on %s: %s", vnet, interface, exc)
 
     async def _remove(self, entry: Entry) -> None:
+        for scope in entry.forwards:
+            scope.cancel()
+        entry.forwards.clear()
         for w in entry.wired.values():
             await run(*teardown(w), check=False)
         entry.wired.clear()

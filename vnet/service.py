@@ -89,7 +89,8 @@ class VNetService(ServiceBase):
         self.tcp = VnetTcpServer(node.transport)
         from vnet.replicas import ReplicaNets
 
-        self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows)
+        self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows,
+                                    node.datadir.path / "runtimes" / "process")
         self.replica_network = self.replicas
         """The process runtime's hook (:class:`apps.runtimes.network.ReplicaNetwork`):
         replicas of attached workloads run in namespaces of their own."""
@@ -163,7 +164,7 @@ class VNetService(ServiceBase):
         root = os.geteuid() == 0
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.replicas.nursery = nursery
                 for table in (VNETS.name, MEMBERS.name, ATTACHMENTS.name):
                     nursery.start_soon(self._follow, table)
                 task_status.started()  # the node's start never waits on iptables

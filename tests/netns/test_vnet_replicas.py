@@ -7,7 +7,8 @@ each, over the WireGuard plane and over the Python plane (forced). What is shown
 
 * each replica runs in a network namespace of its own, as its workload's unprivileged
   user, with its own V-Net address (told in ``MESHCLOUD_VNET_BLUE``) on a veth named
-  like the V-Net (``mc-blue``);
+  like the V-Net (``mc-blue``); ``api``'s published port on its node reaches it there
+  (forwarded), and its health probes on that port pass;
 * the two replicas, on different hosts, talk by address and by name (``0.web.vnet`` and
   ``web.blue.vnet``, asked of the V-Net resolver on their node's address);
 * the host that does not run ``web`` is attached to another V-Net (red) only: it cannot
@@ -37,7 +38,7 @@ PORT = 5300
 SERVER = """
 import os, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", PORT)); s.listen(8)
+s.bind(("0.0.0.0", int(os.environ.get("PORT", "PORT")))); s.listen(8)
 while True:
     c, peer = s.accept()
     c.sendall(" ".join([os.environ.get("MESHCLOUD_NAME", ""),
@@ -55,6 +56,11 @@ if not target[0].isdigit() or target.endswith(".vnet"):
     target = sorted(a.address for rr in r.answer for a in rr)[0]
 c = socket.create_connection((target, int(sys.argv[3])), timeout=3)
 print(c.recv(200).decode())
+"""
+
+LOCAL = """
+import socket, sys
+print(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).recv(200).decode())
 """
 
 RESOLVE = """
@@ -110,7 +116,9 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         assert bad.returncode != 0 and "no V-Net 'nope'" in bad.stderr
         for name, label in (("api", "role=api"), ("web", "tier=web")):
             a[0].cli("run", name, "--vnet", "blue", "--runtime", "process",
-                     "--require-label", label, "--command", command)
+                     "--require-label", label, "--command", command,
+                     *(["--port", f"127.0.0.1:{PORT}:{PORT}", "--health-tcp", str(PORT),
+                        "--health-interval", "2"] if name == "api" else []))
 
         def placed() -> dict[str, dict] | None:
             rows = members(a[0], "blue")
@@ -130,6 +138,10 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         assert set(hosts) == {ids[0], ids[w]}  # the replicas' nodes joined blue
         assert api["address"] != hosts[ids[0]] and web["address"] != hosts[ids[w]]
         red = a[o].post("/v1/vnets/red/attach", {"host": True})["address"]
+        # api's published port, on its node: forwarded into its namespace (health
+        # probes and the ingress connect there)
+        local = ns(h[0], "python3", "-c", LOCAL, str(PORT)).stdout.split()
+        assert local[:3] == ["api-0", api["address"], "127.0.0.1"]
         assert a[0].get("/v1/vnets/blue")["local"]["plane"] == plane
 
         # --- each replica: own namespace, own address, unprivileged ---------------------
@@ -189,6 +201,11 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
                   if m["kind"] == "host"}[ids[o]]
         assert call(new_pid, "api.blue.vnet", gw_new).startswith(f"api-0 {api['address']}")
         assert call(api_pid, now["address"], gw_api).startswith("web-0")
+
+        # api's health probes (every 2 s, on its published port) passed all along: a
+        # failing one would have restarted it
+        (row,) = a[0].get("/v1/replicas?workload=api")["replicas"]
+        assert (row["state"], row["restarts"]) == ("running", 0), row
 
         # --- an agent that stops takes its replicas' veths, routes and rules with it --
         assert "mv" in ns(h[0], "ip", "-br", "link").stdout
