@@ -107,6 +107,8 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
     try:
         h, a = lab.hosts, lab.agents
         ids = [x.node_id for x in a]
+        for host in h:  # the agent forwards per interface: the host's switch stays off
+            ns(host, "sysctl", "-qw", "net.ipv4.ip_forward=0")
         before = snapshot(h[0])
         a[0].cli("vnet", "create", "blue", "--cidr", "10.46.0.0/24")
         a[0].cli("vnet", "create", "red", "--cidr", "10.47.0.0/24")
@@ -206,6 +208,7 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         # failing one would have restarted it
         (row,) = a[0].get("/v1/replicas?workload=api")["replicas"]
         assert (row["state"], row["restarts"]) == ("running", 0), row
+        assert ns(h[0], "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
 
         # --- an agent that stops takes its replicas' veths, routes and rules with it --
         assert "mv" in ns(h[0], "ip", "-br", "link").stdout
