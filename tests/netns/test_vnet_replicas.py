@@ -20,6 +20,7 @@ each, over the WireGuard plane and over the Python plane (forced). What is shown
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -251,6 +252,7 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
     server.write_text(SERVER)
     lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process,podman"},
                   labels={0: ["role=api"], 1: ["tier=web"]})
+    handles = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     try:
         a = lab.agents
         built = a[1].api_call("POST", "/v1/images/build-demo", {}, timeout=300)["built"]
@@ -313,3 +315,11 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
             for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
                 if entry.startswith(prefix):
                     subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+        # podman's handle of the container's namespace was mounted in the killed agent's
+        # mount namespace: the file it mounted on stays behind in /run/netns
+        now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+        for entry in now - handles:
+            path = f"/run/netns/{entry}"
+            if entry.startswith("netns-") and not os.path.ismount(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
