@@ -4,8 +4,9 @@ A loop, woken by changes to the V-Net tables and at least every :data:`PASS_EVER
 seconds, runs one pass: the core's :func:`~vnet.core.reconcile` orders for this node's
 member rows are written, then :func:`~vnet.core.plane_configs` (with the membership
 view's addresses, so a roaming peer is followed) is applied to one data plane per V-Net
-this node is in; planes of V-Nets it left are closed. Stopping the service closes every
-plane (interfaces, routes, firewall rules).
+this node is in; planes of V-Nets it left are closed; the network namespaces of the
+replicas running here are wired to match the rows (:mod:`vnet.replicas`). Stopping the
+service closes every plane and replica namespace (interfaces, routes, firewall rules).
 """
 
 from __future__ import annotations
@@ -87,15 +88,15 @@ class VNetService(ServiceBase):
         from vnet.userspace.stream import VnetTcpServer
 
         self.tcp = VnetTcpServer(node.transport)
+        """``/meshcloud/vnet-tcp/1`` for every V-Net of this node: userspace-mode nodes
+        reach the members hosted here (and a userspace plane here its own address)."""
         from vnet.replicas import ReplicaNets
 
         self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows,
                                     node.datadir.path / "runtimes" / "process")
         self.replica_network = self.replicas
-        """The process runtime's hook (:class:`apps.runtimes.network.ReplicaNetwork`):
-        replicas of attached workloads run in namespaces of their own."""
-        """``/meshcloud/vnet-tcp/1`` for every V-Net of this node: userspace-mode nodes
-        reach the members hosted here (and a userspace plane here its own address)."""
+        """The runtimes' hook (:class:`apps.runtimes.network.ReplicaNetwork`): replicas
+        of attached workloads run in namespaces of their own."""
 
     def tables(self) -> tuple[Any, ...]:
         return VNET_TABLES
