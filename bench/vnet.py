@@ -35,6 +35,11 @@ from sim.vnetlab import VNetLab, ns
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
     parser.add_argument("--pings", type=int, default=40)
+    parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="in the agents' environment (wireguard-go inherits it: e.g. "
+                             "GOMAXPROCS=1)")
+    parser.add_argument("--skip-python", action="store_true",
+                        help="leave out the Python plane's figures")
 
 
 def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
@@ -68,7 +73,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pings = 10 if args.quick else args.pings
     root = Path(tempfile.mkdtemp(prefix="bench-vnet-"))
     figures: dict[str, Any] = {}
-    with VNetLab(root, 2) as lab:
+    env = dict(item.split("=", 1) for item in args.agent_env)
+    if env:
+        figures["agent_env"] = env
+    with VNetLab(root, 2, env=env) as lab:
         a, b = lab.agents
         ha, hb = lab.hosts
         a.cli("vnet", "create", "bench", "--cidr", "10.77.0.0/24")
@@ -85,8 +93,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
         a.cli("vnet", "rm", "bench")
     try:
-        py = importlib.import_module("bench._vnet_py")
+        py = None if args.skip_python else importlib.import_module("bench._vnet_py")
     except ImportError:
+        py = None
+    if py is None:
         figures["py_tcp_mb_s"] = None
     else:  # its own two namespaces, once the agents' lab is gone
         figures.update(py.measure(seconds))

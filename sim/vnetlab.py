@@ -2,10 +2,10 @@
 benchmark's lab (needs root).
 
 Each "host" is a namespace of a :class:`~sim.netns.NetnsLab` running one genuine
-``meshcloud up``. The agent also gets a private mount namespace with its own
-``/run/wireguard`` (a tmpfs), as a real machine has: ``wireguard-go`` keeps its control
-socket there under the interface's name, and every host names its interface for a V-Net
-alike.
+``meshcloud up``. The agent also gets a private mount namespace with the machine's
+cgroups (for podman) and its own ``/run/wireguard`` (a tmpfs), as a real machine has:
+``wireguard-go`` keeps its control socket there under the interface's name, and every
+host names its interface for a V-Net alike.
 """
 
 from __future__ import annotations
@@ -19,7 +19,23 @@ from typing import Any
 from sim.agents import Agent, LocalCluster, wait_until
 from sim.netns import Host, NetnsLab
 
-PRIVATE_RUN = 'mkdir -p /run/wireguard && mount -t tmpfs mcwg /run/wireguard && exec "$@"'
+CGROUPS = r"""
+if ! grep -q ' /sys/fs/cgroup ' /proc/self/mountinfo; then
+  if grep -q ' /sys/fs/cgroup [^-]*- cgroup2 ' /proc/1/mountinfo; then
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup
+  elif grep -q ' - cgroup ' /proc/1/mountinfo; then
+    mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+    grep ' - cgroup ' /proc/1/mountinfo | while read -r line; do
+      set -- $line
+      mkdir -p "$5" && mount -t cgroup -o "$(echo "$line" | awk '{print $NF}')" cgroup "$5"
+    done
+  fi
+fi
+"""
+"""The machine's cgroups, mounted again (``ip netns exec`` remounts /sys without them),
+so that podman can run containers on a lab host."""
+PRIVATE_RUN = (CGROUPS + 'mkdir -p /run/wireguard && mount -t tmpfs mcwg /run/wireguard '
+               '&& exec "$@"')
 
 
 def agent_prefix(host: Host) -> list[str]:
@@ -51,9 +67,11 @@ class VNetLab:
     """``n`` namespaces, an agent in each, all alive to each other."""
 
     def __init__(self, root: Path, n: int, *, env: dict[str, str] | None = None,
-                 listen_any: frozenset[int] = frozenset()) -> None:
+                 listen_any: frozenset[int] = frozenset(),
+                 labels: dict[int, list[str]] | None = None) -> None:
         """``listen_any``: hosts whose agent listens on 0.0.0.0 (its underlay address
-        may change; it advertises what it has at start)."""
+        may change; it advertises what it has at start). ``labels``: placement labels
+        (``KEY=VALUE``) of the agent of each host index."""
         self.lab = NetnsLab(n)
         self.cluster = LocalCluster(root / "agents", env=env)
         try:
@@ -67,7 +85,8 @@ class VNetLab:
                     f"node{index + 1}",
                     listen=f"{'0.0.0.0' if index in listen_any else host.ip}:0",
                     api=f"{host.ip}:0", s3=f"{host.ip}:0", prefix=agent_prefix(host),
-                    extra_args=["--profile", "local"])
+                    extra_args=["--profile", "local",
+                                *[f"--label={x}" for x in (labels or {}).get(index, [])]])
             first = self.agents[0]
             first.cli("init", "--name", "vnetlab", *first.node_flags())
             first.start()

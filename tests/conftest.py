@@ -34,6 +34,8 @@ MACHINE_LANE = (
     "tests/netns/test_vnet_wireguard.py",    # network namespaces, iptables, wireguard-go
     "tests/netns/test_vnet_planes.py",       # idem
     "tests/netns/test_vnet_partition_roam.py",  # idem
+    "tests/netns/test_vnet_replicas.py",     # idem, and replicas in their own netns
+    "tests/apps/runtimes/test_process_netns.py",  # network namespaces
     "tests/vnet/test_pyplane_netns.py",      # network namespaces
     "tests/vnet/test_pyplane_driver.py",     # TUN devices, network namespaces
 )

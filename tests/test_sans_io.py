@@ -105,6 +105,10 @@ CORE_GLOBS = [
     "vnet/pyplane/session.py",
     "vnet/userspace/routing.py",
     "vnet/userspace/socks.py",
+    "vnet/core.py",
+    "vnet/ipam.py",
+    "vnet/names.py",
+    "vnet/wiring.py",
 ]
 DRIVER_NAMES = {"driver.py", "sysinfo.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "lmdb", "asyncio", "select", "selectors", "threading",

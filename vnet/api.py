@@ -7,7 +7,8 @@ GET      /v1/vnets                       every V-Net: range, member count, local
 POST     /v1/vnets                       ``{"name", "cidr"}``: a new V-Net
 GET      /v1/vnets/{name}                members, addresses, tunnels, bytes, handshakes
 DELETE   /v1/vnets/{name}                the V-Net, its members and attachments
-POST     /v1/vnets/{name}/attach         ``{"host": true, "plane"?}`` or ``{"workload"}``
+POST     /v1/vnets/{name}/attach         ``{"host": true, "plane"?}`` or ``{"workload",
+                                         "ahead"?}`` (ahead: not created yet)
 POST     /v1/vnets/{name}/detach         ``{"host": true}`` or ``{"workload"}``
 GET      /v1/vnets/{name}/refused        packets this node's isolation rules refused
 =======  ==============================  ===============================================
@@ -47,7 +48,8 @@ def routes(service: VNetService) -> list[Route]:
         body = await read_json(request)
         return JSONResponse(await service.attach(
             request.path_params["name"], host=bool(field(body, "host", bool, False)),
-            workload=field(body, "workload", str), plane=field(body, "plane", str, "")))
+            workload=field(body, "workload", str), plane=field(body, "plane", str, ""),
+            ahead=bool(field(body, "ahead", bool, False))))
 
     async def detach(request: Request) -> Response:
         body = await read_json(request)

@@ -84,8 +84,26 @@ def new_host_member(view: View, vnet: str, node: bytes, now_ms: int, *,
                                           plane=plane))
 
 
+def _replica_address(view: View, vnet: str, member: str) -> int | None:
+    """An address for replica ``member`` moving onto (or appearing on) this node: the one
+    its row already names when no other member holds it (a re-placed replica keeps its
+    address), else a free one; None when the range is full."""
+    network = network_of(view.vnets[vnet])
+    if network is None:
+        return None
+    row = view.members.get((vnet, member))
+    held = owners(view.members, vnet)
+    if row is not None and row.address and held.get(row.address, member) == member:
+        return row.address
+    taken = [r.address for (v, m), r in view.members.items() if v == vnet and m != member]
+    try:
+        return allocate(network, member, taken)
+    except VNetError:
+        return None
+
+
 def reconcile(view: View, node: bytes, public_key: bytes, ports: Mapping[str, int],
-              now_ms: int) -> list[Order]:
+              now_ms: int, netted: frozenset[MemberKey] = frozenset()) -> list[Order]:
     """The writes that make this node's own member rows right:
 
     * rows of V-Nets that no longer exist are deleted;
@@ -93,8 +111,11 @@ def reconcile(view: View, node: bytes, public_key: bytes, ports: Mapping[str, in
     * the node's tunnel key and its plane's port (``ports[vnet]``, once known) are kept
       current in its host row;
     * a replica of an attached workload running here gets a replica row, and the node a
-      host row (process replicas use the host's address); rows of replicas no longer
-      running here are deleted.
+      host row; rows of replicas no longer running here are deleted. A replica with a
+      network namespace of its own here (``netted``) gets an address of its own (the
+      one its row had on its previous node when still free: it keeps it on failover);
+      one without (a process replica started before the attach) shares the host's
+      (address 0).
     """
     orders: list[Order] = []
     mine = {k: r for k, r in view.members.items() if r.node == node}
@@ -113,17 +134,29 @@ def reconcile(view: View, node: bytes, public_key: bytes, ports: Mapping[str, in
                 continue  # exhausted: the host row waits for a free address
             orders.append(put)
             mine[(vnet, put.member)] = put.record
-        if key not in mine:
+        current = mine.get(key)
+        if key in netted and (current is None or current.address == 0):
+            address = _replica_address(view, vnet, member)
+            previous = view.members.get(key)
+            claimed = previous.claimed_ms if previous is not None and address and \
+                previous.address == address else now_ms
+            record = MemberRecord(kind=REPLICA, node=node, address=address or 0,
+                                  claimed_ms=claimed)
+            if record != current:
+                orders.append(Put(vnet, member, record))
+                mine[key] = record
+        elif current is None:
             orders.append(Put(vnet, member, MemberRecord(
                 kind=REPLICA, node=node, address=0, claimed_ms=now_ms)))
+        elif key not in netted and current.address != 0:
+            orders.append(Put(vnet, member, replace(current, address=0, claimed_ms=now_ms)))
     losers: dict[str, set[str]] = {}
     for (vnet, member), record in sorted(mine.items()):
         if vnet not in view.vnets:
             orders.append(Delete(vnet, member))
             continue
-        if record.kind == REPLICA:
-            if (vnet, member) not in wanted_replicas:
-                orders.append(Delete(vnet, member))
+        if record.kind == REPLICA and (vnet, member) not in wanted_replicas:
+            orders.append(Delete(vnet, member))
             continue
         if vnet not in losers:
             losers[vnet] = resolve(claims(view.members, vnet))[1]
@@ -139,9 +172,10 @@ def reconcile(view: View, node: bytes, public_key: bytes, ports: Mapping[str, in
             except VNetError:
                 continue  # stays unrouted until an address frees up
             updated = replace(updated, address=address, claimed_ms=now_ms)
-        port = ports.get(vnet, updated.port)
-        if updated.public_key != public_key or updated.port != port:
-            updated = replace(updated, public_key=public_key, port=port)
+        if record.kind == HOST:
+            port = ports.get(vnet, updated.port)
+            if updated.public_key != public_key or updated.port != port:
+                updated = replace(updated, public_key=public_key, port=port)
         if updated != record:
             orders.append(Put(vnet, member, updated))
     return orders
@@ -187,14 +221,17 @@ def plane_configs(view: View, node: bytes, private_key: bytes,
         mine = [a for a, m in held.items() if m == me]
         if not mine:
             continue
+        hosts = {r.node: r for (v, _), r in view.members.items()
+                 if v == vnet and r.kind == HOST and len(r.public_key) == 32}
         peers: dict[bytes, tuple[MemberRecord, list[int]]] = {}
         for address, member in sorted(held.items()):
             row = view.members[(vnet, member)]
-            if row.node == node or len(row.public_key) != 32:
-                continue
+            host_row = hosts.get(row.node)
+            if row.node == node or host_row is None:
+                continue  # a node's key and port are in its host row
             if alive is not None and row.node not in alive:
                 continue
-            entry = peers.setdefault(row.node, (row, []))
+            entry = peers.setdefault(row.node, (host_row, []))
             entry[1].append(address)
         configs: list[PeerConfig] = []
         for peer_node, (row, peer_addresses) in sorted(peers.items()):

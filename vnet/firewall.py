@@ -3,13 +3,16 @@
 Two chains, ``MC-VNET-IN`` (jumped to from ``INPUT``) and ``MC-VNET-FWD`` (from
 ``FORWARD``), hold per V-Net rules tagged with a comment ``mc-vnet:<name>``:
 
-* ``FWD -i IF -j DROP`` and ``FWD -o IF -j DROP``: nothing is forwarded into or out of a
-  V-Net's interface, so a V-Net never reaches another V-Net nor the host's other
-  interfaces through this host;
-* ``IN -i IF ! -s CIDR -j DROP`` and ``IN -i IF ! -d CIDR -j DROP``: what arrives on a
-  V-Net's interface is for this host's address *in that V-Net* only (Linux would otherwise
-  deliver a packet for any local address, e.g. the host's address in another V-Net or on
-  the underlay).
+* ``FWD -i IF -o mvXXXXXX+ -s CIDR -d CIDR -j ACCEPT`` (and back, and between two
+  replicas): the V-Net's own traffic between its tunnel and the veths of its replicas on
+  this host (``mvXXXXXX`` is the V-Net's replica prefix, :func:`vnet.ipam.replica_links`);
+* ``FWD -i IF -j DROP`` and ``FWD -o IF -j DROP`` (and the same for its replica veths):
+  nothing else is forwarded into or out of a V-Net, so a V-Net never reaches another
+  V-Net nor the host's other interfaces through this host;
+* ``IN -i IF ! -s CIDR -j DROP`` and ``IN -i IF ! -d CIDR -j DROP`` (and the same for
+  its replica veths): what arrives on a V-Net's interface is for this host's address
+  *in that V-Net* only (Linux would otherwise deliver a packet for any local address,
+  e.g. the host's address in another V-Net or on the underlay).
 
 :meth:`Firewall.remove` deletes a V-Net's rules; when no V-Net is left it removes the
 jumps and the chains too, so ``iptables-save`` is as before.
@@ -21,6 +24,7 @@ import ipaddress
 
 import trio
 
+from vnet.ipam import replica_links
 from vnet.plane import PlaneError
 
 IN_CHAIN = "MC-VNET-IN"
@@ -43,12 +47,22 @@ async def run(*cmd: str, check: bool = True, stdin: bytes | None = None) -> str:
 
 def rules_for(vnet: str, interface: str, network: ipaddress.IPv4Network
               ) -> list[tuple[str, ...]]:
+    """The V-Net's rules, in order: its accepts (between its tunnel interface and its
+    replicas' veths, V-Net addresses only), then its drops."""
     tag = ("-m", "comment", "--comment", f"mc-vnet:{vnet}")
     cidr = str(network)
-    return [(FWD_CHAIN, "-i", interface, *tag, "-j", "DROP"),
-            (FWD_CHAIN, "-o", interface, *tag, "-j", "DROP"),
-            (IN_CHAIN, "-i", interface, "!", "-s", cidr, *tag, "-j", "DROP"),
-            (IN_CHAIN, "-i", interface, "!", "-d", cidr, *tag, "-j", "DROP")]
+    links = replica_links(vnet) + "+"
+    inside = ("-s", cidr, "-d", cidr)
+    rules: list[tuple[str, ...]] = [
+        (FWD_CHAIN, "-i", interface, "-o", links, *inside, *tag, "-j", "ACCEPT"),
+        (FWD_CHAIN, "-i", links, "-o", interface, *inside, *tag, "-j", "ACCEPT"),
+        (FWD_CHAIN, "-i", links, "-o", links, *inside, *tag, "-j", "ACCEPT")]
+    for device in (interface, links):
+        rules += [(FWD_CHAIN, "-i", device, *tag, "-j", "DROP"),
+                  (FWD_CHAIN, "-o", device, *tag, "-j", "DROP"),
+                  (IN_CHAIN, "-i", device, "!", "-s", cidr, *tag, "-j", "DROP"),
+                  (IN_CHAIN, "-i", device, "!", "-d", cidr, *tag, "-j", "DROP")]
+    return rules
 
 
 class Firewall:
@@ -115,8 +129,9 @@ class Firewall:
         for chain in (IN_CHAIN, FWD_CHAIN):
             text = await self._ipt("-L", chain, "-v", "-x", "-n", check=False)
             for line in text.splitlines():
-                if f"mc-vnet:{vnet} " in line + " " and line.split() and \
-                        line.split()[0].isdigit():
+                words = line.split()
+                if f"mc-vnet:{vnet} " in line + " " and len(words) > 2 and \
+                        words[0].isdigit() and words[2] == "DROP":
                     total += int(line.split()[0])
         return total
 

@@ -146,6 +146,19 @@ def interface_name(vnet: str) -> str:
     return f"mc-{vnet[:6]}-{digest[:5]}"
 
 
+def replica_links(vnet: str) -> str:
+    """The prefix of the host ends of ``vnet``'s replica veths on a node: ``mv`` and six
+    hex digits of the V-Net's name (iptables matches them all as ``PREFIX+``)."""
+    return "mv" + hashlib.blake2b(vnet.encode(), digest_size=3).hexdigest()
+
+
+def replica_link(vnet: str, node: bytes, replica: str) -> str:
+    """The host end of one replica's veth into ``vnet``: the V-Net's prefix and seven hex
+    digits of (node, replica), 15 characters."""
+    digest = hashlib.blake2b(node + b"/" + replica.encode(), digest_size=4).hexdigest()
+    return replica_links(vnet) + digest[:7]
+
+
 def check_name(name: object) -> str:
     """A V-Net name: 1..32 of a-z, 0-9 and '-', starting with a letter (it becomes an
     interface name and a DNS label)."""

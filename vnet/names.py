@@ -2,8 +2,9 @@
 
 Inside V-Net ``NET`` (the resolver listens on each node's address in it):
 
-* ``WORKLOAD.NET.vnet``: every live replica of a workload attached to ``NET`` (their
-  nodes' addresses: a process replica uses its node's host address);
+* ``WORKLOAD.NET.vnet``: every live replica of a workload attached to ``NET`` (each
+  replica's own address; a process replica started before the attach shares its node's
+  host address);
 * ``INDEX.WORKLOAD.vnet``: one replica of such a workload;
 * ``NODE.NET.vnet``: a host member, by the first 12 hex digits of its node id.
 
@@ -33,6 +34,15 @@ def _host_address(members: Mapping[MemberKey, MemberRecord], vnet: str,
     return ipaddress.IPv4Address(row.address)
 
 
+def _replica_address(members: Mapping[MemberKey, MemberRecord], vnet: str, member: str,
+                     row: MemberRecord) -> ipaddress.IPv4Address | None:
+    if row.address == 0:
+        return _host_address(members, vnet, row.node)
+    if owners(members, vnet).get(row.address) != member:
+        return None  # a claim that lost a collision is not routed
+    return ipaddress.IPv4Address(row.address)
+
+
 def resolve_name(name: str, vnet: str, members: Mapping[MemberKey, MemberRecord]
                  ) -> list[ipaddress.IPv4Address] | None:
     """The addresses ``name`` has inside ``vnet``; [] for a name under ``.vnet`` that
@@ -50,7 +60,7 @@ def resolve_name(name: str, vnet: str, members: Mapping[MemberKey, MemberRecord]
         prefix = f"wl:{first}/"
         for member, row in sorted(rows.items()):
             if member.startswith(prefix) and row.kind == REPLICA:
-                address = _host_address(members, vnet, row.node)
+                address = _replica_address(members, vnet, member, row)
                 if address is not None and address not in found:
                     found.append(address)
         if found:
@@ -63,8 +73,9 @@ def resolve_name(name: str, vnet: str, members: Mapping[MemberKey, MemberRecord]
                     return [address]
         return []
     if first.isdigit():
-        replica = rows.get(f"wl:{second}/{int(first)}")
+        member = f"wl:{second}/{int(first)}"
+        replica = rows.get(member)
         if replica is not None:
-            address = _host_address(members, vnet, replica.node)
+            address = _replica_address(members, vnet, member, replica)
             return [address] if address is not None else []
     return []

@@ -1,13 +1,14 @@
 """The V-Net service of a node (built in :mod:`meshcloud.agent.compose`).
 
 A loop, woken by changes to the V-Net tables and at least every :data:`PASS_EVERY`
-seconds while this node has a V-Net or a plane (only by the changes otherwise: an idle
-node, a phone, is not woken for nothing), runs one pass: the core's
+seconds while this node has a V-Net, a plane or a replica on one (only by the changes
+otherwise: an idle node, a phone, is not woken for nothing), runs one pass: the core's
 :func:`~vnet.core.reconcile` orders for this node's member rows are written, then
 :func:`~vnet.core.plane_configs` (with the membership view's addresses, so a roaming
 peer is followed) is applied to one data plane per V-Net this node is in; planes of
-V-Nets it left are closed. Stopping the service closes every plane (interfaces, routes,
-firewall rules).
+V-Nets it left are closed; the network namespaces of the replicas running here are
+wired to match the rows (:mod:`vnet.replicas`). Stopping the service closes every plane
+and replica namespace (interfaces, routes, firewall rules).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,13 @@ class VNetService(ServiceBase):
         self.tcp = VnetTcpServer(node.transport)
         """``/meshcloud/vnet-tcp/1`` for every V-Net of this node: userspace-mode nodes
         reach the members hosted here (and a userspace plane here its own address)."""
+        from vnet.replicas import ReplicaNets
+
+        self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows,
+                                    node.datadir.path / "runtimes" / "process")
+        self.replica_network = self.replicas
+        """The runtimes' hook (:class:`apps.runtimes.network.ReplicaNetwork`): replicas
+        of attached workloads run in namespaces of their own."""
 
     def tables(self) -> tuple[Any, ...]:
         return VNET_TABLES
@@ -161,7 +170,7 @@ class VNetService(ServiceBase):
         root = os.geteuid() == 0
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.replicas.nursery = nursery
                 for table in (VNETS.name, MEMBERS.name, ATTACHMENTS.name):
                     nursery.start_soon(self._follow, table)
                 task_status.started()  # the node's start never waits on iptables
@@ -181,6 +190,7 @@ class VNetService(ServiceBase):
                     self.wake = trio.Event()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20):
+                await self.replicas.close()
                 await self.close_all()
                 if root and self.firewall.used:
                     try:
@@ -211,24 +221,11 @@ class VNetService(ServiceBase):
         private = self._keys()
         self.passes += 1
         view = self.view()
-        self.busy = bool(view.vnets or view.members or self.planes)
+        self.busy = bool(view.vnets or view.members or self.planes
+                         or self.replicas.entries)
         if not self.busy:
             return  # nothing to do (the common case on a mesh without V-Nets)
-        # the row publishes the plane's UDP port (peers send tunnel packets there); a
-        # userspace plane has none (its peers reach it over the mesh transport)
-        ports = {vnet: 0 if plane.name == "userspace" else _udp_port(plane)
-                 for vnet, plane in self.planes.items()
-                 if plane.name == "userspace" or _udp_port(plane)}
-        orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
-                                self.node.clock.wall_ms())
-        if orders:
-            for order in orders:
-                key = (order.vnet, order.member)
-                if isinstance(order, core.Put):
-                    self.node.state.put(MEMBERS.name, key, order.record)
-                else:
-                    self.node.state.delete(MEMBERS.name, key)
-            view = self.view()
+        view = self._write_rows(self.replicas.netted(view), view)
         self._note_traffic()
         addresses, alive = self._membership()
         me = host_member(self.node.node_id)
@@ -242,8 +239,34 @@ class VNetService(ServiceBase):
         for vnet, config in configs.items():
             row = view.members.get((vnet, me))
             await self._apply(vnet, config, row.plane if row is not None else "")
+        await self.replicas.sync()
+        await self.replicas.forward({v: c.interface for v, c in configs.items()
+                                     if v in self.applied})
         if self.planes:
             await self._check_underlay()
+
+    def _write_rows(self, netted: frozenset[core.MemberKey],
+                    view: core.View | None = None) -> core.View:
+        """Write the control core's orders for this node's member rows (synchronously);
+        the view after them."""
+        self._keys()
+        view = view or self.view()
+        # the row publishes the plane's UDP port (peers send tunnel packets there); a
+        # userspace plane has none (its peers reach it over the mesh transport)
+        ports = {vnet: 0 if plane.name == "userspace" else _udp_port(plane)
+                 for vnet, plane in self.planes.items()
+                 if plane.name == "userspace" or _udp_port(plane)}
+        orders = core.reconcile(view, self.node.node_id, self.public_key, ports,
+                                self.node.clock.wall_ms(), netted)
+        if not orders:
+            return view
+        for order in orders:
+            key = (order.vnet, order.member)
+            if isinstance(order, core.Put):
+                self.node.state.put(MEMBERS.name, key, order.record)
+            else:
+                self.node.state.delete(MEMBERS.name, key)
+        return self.view()
 
     async def _check_underlay(self) -> None:
         """When this host's own addresses change (it roamed), tell the planes at once."""
@@ -418,14 +441,19 @@ class VNetService(ServiceBase):
         return {"removed": name}
 
     async def attach(self, name: str, *, host: bool, workload: str | None,
-                     plane: str = "") -> dict[str, Any]:
+                     plane: str = "", ahead: bool = False) -> dict[str, Any]:
+        """Attach this node (``host``) or a workload's replicas; ``ahead``: a workload
+        about to be created (``meshcloud run … --vnet NAME``), so that its first
+        replicas start in their own namespaces."""
         self._require(name)
         if plane and plane not in PLANES:
             raise VNetError(f"unknown plane {plane!r} (one of {', '.join(PLANES)})")
         if host == bool(workload):
             raise VNetError("attach either --host or a WORKLOAD")
         if workload:
-            if self.node.state.get("workloads", workload) is None:
+            if ahead and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", workload):
+                raise VNetError(f"bad workload name {workload[:70]!r}")
+            if not ahead and self.node.state.get("workloads", workload) is None:
                 raise NotFoundError(f"no workload {workload!r}")
             self.node.state.put(ATTACHMENTS.name, (name, workload),
                                 AttachRecord(created_ms=self.node.clock.wall_ms()))

@@ -6,7 +6,9 @@ agent's child and exits when the interface is deleted). Either way ``wg set`` co
 it, so the rest is the same. The private key goes to ``wg`` through a 0600 file that is
 removed at once (never on a command line); peers are added, updated and removed to match
 the :class:`~vnet.plane.PlaneConfig`; WireGuard itself rekeys every two minutes and
-follows a peer that roams. Stats come from ``wg show IF dump``.
+follows a peer that roams. Stats come from ``wg show IF dump``. wireguard-go's UDP socket
+gets 7 MiB buffers (:mod:`vnet.sockbuf`): the version apt ships keeps the kernel's
+default, which drops bursts.
 
 :meth:`WireGuardPlane.close` deletes the interface (its address and routes go with it)
 and the V-Net's firewall rules (:mod:`vnet.firewall`).
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from vnet import sockbuf
 from vnet.firewall import Firewall, run
 from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
 
@@ -71,6 +74,8 @@ class WireGuardPlane:
         self._port = 0
         self._stats: list[PeerStats] = []
         self.mode = ""
+        self._buffers: frozenset[int] = frozenset()
+        """wireguard-go's UDP sockets given larger buffers (:mod:`vnet.sockbuf`)."""
 
     # --- the interface --------------------------------------------------------------------
 
@@ -190,6 +195,12 @@ class WireGuardPlane:
         port, stats = parse_dump(text)
         self._port = port or self._port
         self._stats = stats
+        if self.process is not None and self._port and self.process.poll() is None:
+            try:  # its socket (again after a rebind) gets the buffers it lacks
+                self._buffers |= sockbuf.enlarge(self.process.pid, self._port,
+                                                 done=self._buffers)
+            except OSError as exc:
+                log.debug("wireguard-go socket buffers: %s", exc)
 
     def listen_port(self) -> int:
         return self._port

@@ -60,6 +60,7 @@ from apps.runtimes.config import PodmanConfig, volume_dir
 from apps.runtimes.health import HealthCore
 from apps.runtimes.homes import Identity, chown_tree
 from apps.runtimes.logfile import read_log
+from apps.runtimes.network import ReplicaNetwork
 from apps.runtimes.podman_service import PodmanService, podman_unavailable_reason
 from apps.runtimes.podman_status import (
     LABEL,
@@ -73,6 +74,7 @@ from apps.runtimes.podman_status import (
 )
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
 from apps.runtimes.users import SLOT_SIZE, UidAllocator, can_switch_user
+from meshcloud.errors import MeshError
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,10 @@ class PodmanRuntime:
 
     kind = KIND
 
-    def __init__(self, config: PodmanConfig) -> None:
+    def __init__(self, config: PodmanConfig, network: ReplicaNetwork | None = None) -> None:
         self.config = config
+        self.network = network
+        """Told of each started container's process (the V-Nets wire its namespace)."""
         self.service = PodmanService(config)
         self.api_calls = 0
         """podman API calls made so far (tests check that refused specs make none)."""
@@ -378,7 +382,21 @@ class PodmanRuntime:
             raise WorkloadRuntimeError(ErrorCode.START_FAILED,
                                        f"{spec.name}: start failed: {exc.message}") from exc
         log.info("started %s (%s)", spec.name, container.id[:12])
+        await self._join_network(spec)
         return str(container.id)
+
+    async def _join_network(self, spec: ContainerSpec) -> None:
+        """Tell ``self.network`` the container's process (a failure is logged: the
+        container runs, without its V-Net interfaces until the next start)."""
+        if self.network is None:
+            return
+        try:
+            info = await self._inspect(spec.name)
+            pid = int((info or {}).get("State", {}).get("Pid") or 0)
+            if pid > 0:
+                await self.network.joined(spec, pid)
+        except (OSError, ValueError, MeshError) as exc:
+            log.warning("%s: its V-Net interfaces: %s", spec.name, exc)
 
     # -- ending -----------------------------------------------------------------------
 

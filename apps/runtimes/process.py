@@ -28,7 +28,10 @@ does not inherit it) until the command has ended.
   stderr, rotated by copytruncate). The working directory and ``HOME`` is
   ``<homes>/<name>/`` for a root agent, ``work/`` beside ``state.json`` otherwise; volumes
   appear as symlinks at their path inside it, and as ``VOLUME_<NAME>`` variables.
-- **Ports**: there is no network namespace; the command listens on ``PORT`` (the first
+- **Network**: the host's, unless ``network`` (the V-Net hook, :mod:`.network`) gives the
+  replica a namespace of its own: it is then entered between fork and exec, before the
+  switch of user.
+- **Ports**: in the host's network, the command listens on ``PORT`` (the first
   mapping's host port; ``PORT_<container port>`` for each, ``HOST`` the first host ip).
 - **Stop**: SIGTERM to the process group, SIGKILL to the group after ``stop_timeout``.
 - **Adoption**: a pid is trusted only with its recorded kernel start time
@@ -69,10 +72,12 @@ from apps.runtimes.config import ProcessConfig, volume_dir
 from apps.runtimes.health import HealthCore
 from apps.runtimes.homes import Identity, ensure_owned_dir, ensure_root_dir, setup_inside
 from apps.runtimes.logfile import read_log, rotate, rotated_files
+from apps.runtimes.network import ReplicaNet, ReplicaNetwork, enter_netns, load_setns
 from apps.runtimes.probes import Probe, health_loop, probe_http, probe_tcp
 from apps.runtimes.process_state import ReplicaRecord, read_exit_file
 from apps.runtimes.users import UidAllocator, can_switch_user
 from meshcloud.clock import next_tick
+from meshcloud.errors import MeshError
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,10 @@ class ProcessRuntime:
 
     kind = KIND
 
-    def __init__(self, config: ProcessConfig) -> None:
+    def __init__(self, config: ProcessConfig, network: ReplicaNetwork | None = None) -> None:
         self.config = config
+        self.network = network
+        """Gives a replica a network namespace of its own (a V-Net's), or None."""
         self._replicas: dict[str, _Replica] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._nursery: trio.Nursery | None = None
@@ -314,8 +321,24 @@ class ProcessRuntime:
         if ident is None:  # the agent's own user (or root by policy): no one to fear
             setup_inside(str(home), links, cwd, enter=False)
         limits = self._rlimits(spec)
+        placed = await self._place(spec)
+        netns_fd = -1
+        if placed is not None:
+            load_setns()
+            try:
+                netns_fd = os.open(placed.netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise WorkloadRuntimeError(
+                    ErrorCode.START_FAILED, f"{spec.name}: its network namespace "
+                    f"{placed.netns}: {exc.strerror or exc}") from exc
 
         def in_child() -> None:  # between fork and exec, after the switch of user
+            if netns_fd >= 0:  # its own network: enter it as root, then switch user
+                enter_netns(netns_fd)
+                if ident is not None:
+                    os.setgroups([])
+                    os.setgid(ident.gid)
+                    os.setuid(ident.uid)
             for which, value in limits:
                 resource.setrlimit(which, value)
             if ident is not None:
@@ -326,13 +349,15 @@ class ProcessRuntime:
         argv = [self.config.shell, "-c", WRAPPER, "meshcloud-wrap",
                 *spec.command, *spec.args]
         user: dict[str, object] = {}
-        if ident is not None:
+        if ident is not None and netns_fd < 0:
             user = {"user": ident.uid, "group": ident.gid, "extra_groups": []}
+        env = self._environment(spec, home, volumes)
+        if placed is not None:
+            env.update(placed.env)
         try:
             proc = await trio.lowlevel.open_process(
                 argv, stdin=exit_fd, stdout=fd, stderr=fd,
-                cwd=str(home) if ident is not None else cwd,
-                env=self._environment(spec, home, volumes),
+                cwd=str(home) if ident is not None else cwd, env=env,
                 start_new_session=True, preexec_fn=in_child, **user)
         except (OSError, subprocess.SubprocessError) as exc:
             raise WorkloadRuntimeError(
@@ -340,6 +365,8 @@ class ProcessRuntime:
         finally:
             os.close(fd)
             os.close(exit_fd)
+            if netns_fd >= 0:
+                os.close(netns_fd)
         # our unreaped child cannot be replaced under its pid: its start time is safe to read
         rec = ReplicaRecord(node=self.config.node_id, spec=spec, pid=proc.pid,
                             start_ticks=pidfile.start_ticks(proc.pid), started_at=time.time(),
@@ -351,6 +378,17 @@ class ProcessRuntime:
         log.info("started %s (pid %d, uid %s)", spec.name, proc.pid,
                  os.geteuid() if ident is None else ident.uid)
         return rep
+
+    async def _place(self, spec: ContainerSpec) -> ReplicaNet | None:
+        """The network namespace the replica runs in (None: the host's), from
+        ``self.network`` (the V-Nets it is attached to)."""
+        if self.network is None:
+            return None
+        try:
+            return await self.network.prepare(spec)
+        except (OSError, MeshError) as exc:
+            raise WorkloadRuntimeError(
+                ErrorCode.START_FAILED, f"{spec.name}: its network: {exc}") from exc
 
     # -- ending -----------------------------------------------------------------------
 

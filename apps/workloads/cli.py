@@ -143,7 +143,11 @@ def _wait_running(api: Any, name: str, timeout: float) -> dict[str, Any]:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> None:
-    _submit(args, spec_from_args(args), replace=False)
+    spec = spec_from_args(args)
+    for vnet in args.vnet or ():  # first, so that the first replicas start in it
+        client(args).post(f"/v1/vnets/{_quote(vnet)}/attach",
+                          {"workload": args.name, "ahead": True})
+    _submit(args, spec, replace=False)
 
 
 @command("deploy")
@@ -391,6 +395,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--singleton", action="store_true",
                    help="at most one copy anywhere, under a lease (replicas = 1)")
     p.add_argument("--runtime", choices=["podman", "process"])
+    p.add_argument("--vnet", action="append", metavar="NAME",
+                   help="attach to this V-Net: each replica gets its own address in it")
     p.add_argument("--arch", action="append", help="accepted architecture (repeatable)")
     p.add_argument("--require-label", action="append", metavar="KEY=VALUE",
                    help="run only on nodes with this label")

@@ -56,6 +56,7 @@ from meshcloud.state.tables import NODES
 from meshcloud.transport.base import Stream
 
 if TYPE_CHECKING:
+    from apps.runtimes.network import ReplicaNetwork
     from meshcloud.kit.service import NodeContext
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ class WorkloadService(WorkloadOperations, ServiceBase):
             leases=self.leases, emit=node.events.emit, wall_ms=node.clock.wall_ms,
             watchdog_dir=node.datadir.path, root_allowed=self.policy.allowed)
         self.images: tuple[str, ...] = ()
+        self.network: ReplicaNetwork | None = None
+        """Gives process replicas of V-Net-attached workloads a network of their own
+        (set by the node's composition before the runtimes start)."""
         self.started = trio.Event()
         self._synced: dict[bytes, float] = {}
 
@@ -197,14 +201,15 @@ class WorkloadService(WorkloadOperations, ServiceBase):
                 from apps.runtimes.podman import PodmanRuntime
 
                 candidates.append(PodmanRuntime(PodmanConfig(data_dir=data_dir,
-                                                             node_id=node_hex)))
+                                                             node_id=node_hex),
+                                                network=self.network))
             elif kind == "process":
                 from apps.runtimes.process import ProcessRuntime
 
                 config = ProcessConfig(data_dir=data_dir, node_id=node_hex)
                 if self.node.config.profile == "phone":
                     config = config.phone()
-                candidates.append(ProcessRuntime(config))
+                candidates.append(ProcessRuntime(config, network=self.network))
         for runtime in candidates:
             if not await runtime.available():
                 log.info("%s runtime not available on this machine", runtime.kind)

@@ -29,12 +29,13 @@ def build_services(ctx: NodeContext) -> list[Service]:
     from blobstore.node_service import BlobService
     from vnet.service import VNetService
 
-    workloads = WorkloadService(ctx)
+    workloads, vnets = WorkloadService(ctx), VNetService(ctx)
+    workloads.network = vnets.replica_network  # replicas of attached workloads
     blobs, ingress = BlobService(ctx), IngressService(ctx, workloads)
     sites = SiteService(ctx, blobs)
     if ctx.config.profile == "phone":  # no databases, function executors or Spark on a phone
         ingress.add_host_lookup(sites.lookup)
-        return [workloads, blobs, ingress, sites, VNetService(ctx)]
+        return [workloads, blobs, ingress, sites, vnets]
     from apps.db.service import DbService
     from apps.functions.service import FunctionService
 
@@ -42,7 +43,7 @@ def build_services(ctx: NodeContext) -> list[Service]:
     ingress.add_host_lookup(functions.lookup)  # POST /fn/NAME on any host
     ingress.add_host_lookup(sites.lookup)
     return [workloads, blobs, ingress, sites, functions, DbService(ctx, blobs),
-            VNetService(ctx), SparkService(ctx, workloads, blobs)]
+            vnets, SparkService(ctx, workloads, blobs)]
 
 
 def load_cli_verbs() -> None:

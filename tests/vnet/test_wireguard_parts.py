@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from vnet.firewall import FWD_CHAIN, IN_CHAIN, rules_for
+from vnet.ipam import replica_links
 from vnet.keys import load_or_create
 from vnet.plane import PeerConfig, PlaneConfig
 from vnet.wireguard import parse_dump, peer_args
@@ -51,7 +52,23 @@ def test_isolation_rules():
     assert ("-o", "mc-blue") in {r[1:3] for r in rules if r[0] == FWD_CHAIN}
     inbound = [r for r in rules if r[0] == IN_CHAIN]
     assert {r[r.index("!") + 1] for r in inbound} == {"-s", "-d"}
-    assert all("mc-vnet:blue" in r and r[-1] == "DROP" for r in rules)
+    assert all("mc-vnet:blue" in r for r in rules)
+    # the accepts (tunnel <-> this V-Net's replica veths, its range only) come first,
+    # then nothing else in or out of the tunnel or the replica veths
+    links = replica_links("blue") + "+"
+    accepts = [r for r in rules if r[-1] == "ACCEPT"]
+    assert rules[:len(accepts)] == accepts and len(accepts) == 3
+    for rule in accepts:
+        assert rule[0] == FWD_CHAIN and links in rule
+        assert rule[5:9] == ("-s", "10.42.0.0/24", "-d", "10.42.0.0/24")
+    drops = {(r[0], r[1], r[2]) for r in rules if r[-1] == "DROP"}
+    for device in ("mc-blue", links):
+        assert {(FWD_CHAIN, "-i", device), (FWD_CHAIN, "-o", device),
+                (IN_CHAIN, "-i", device)} <= drops
+    # another V-Net's replicas match another prefix
+    assert replica_links("red") != replica_links("blue")
+    assert not any(links in r for r in rules_for("red", "mc-red",
+                                                 ipaddress.IPv4Network("10.43.0.0/24")))
 
 
 def test_tunnel_key_file(tmp_path):
