@@ -60,6 +60,23 @@ lines = spark.read''').replace('appName("wordcount")', 'appName("gated")')
 """The word count, held after its executors started until ``books/gate/`` has an object:
 an application that is running when the test kills the master's node."""
 
+PARQUET = '''
+import sys
+from pyspark.sql import SparkSession, functions as F
+
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+spark = SparkSession.builder.appName("parquet").getOrCreate()
+df = spark.range(0, 3000, numPartitions=3).select(
+    F.col("id"), (F.col("id") * 0.5).alias("half"), F.col("id").cast("string").alias("s"),
+    (F.col("id") % 3 == 0).alias("third"))
+df.write.format("meshcloud").option("format", "parquet").mode("append").save(args["--output"])
+back = spark.read.format("meshcloud").option("format", "parquet").load(args["--output"])
+assert back.schema.simpleString() == df.schema.simpleString(), back.schema.simpleString()
+assert sorted(back.collect()) == sorted(df.collect())
+print("parquet round trip", back.count(), back.rdd.getNumPartitions())
+spark.stop()
+'''
+
 WORDS = ["mesh", "spark", "node", "bucket", "shard", "lease", "worker", "master", "trio"]
 
 
@@ -206,6 +223,30 @@ def test_up_wordcount_bad_input(cluster, tmp_path):
                      "s3://counts/x", check=False)
     assert nobucket.returncode != 0 and "no bucket 'nosuch'" in nobucket.stderr
     assert len(a.get("/v1/spark/jobs")["jobs"]) == 1
+
+
+def test_parquet_round_trip(cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    b = cluster.agents[1]
+    b.cli("bucket", "create", "tables")
+    job = tmp_path / "parquet.py"
+    job.write_text(PARQUET)
+    run = b.cli("spark", "submit", str(job), "--output", "s3://tables/numbers", timeout=600,
+                check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "parquet round trip 3000 3" in run.stdout  # 3 objects read as 3 partitions
+    listing = b.get("/v1/storage/objects/tables?prefix=numbers/")["objects"]
+    parts = sorted(o["key"] for o in listing if o["key"].endswith(".parquet"))
+    assert len(parts) == 3 and "numbers/_SUCCESS" in {o["key"] for o in listing}
+    rows = 0
+    for key in parts:  # real Parquet objects, one a task
+        dest = tmp_path / key.replace("/", "_")
+        b.cli("cp", f"s3://tables/{key}", str(dest))
+        table = pq.read_table(dest)
+        assert table.column_names == ["id", "half", "s", "third"]
+        rows += table.num_rows
+    assert rows == 3000
 
 
 def kill_node(agent: Agent) -> None:
