@@ -44,6 +44,8 @@ FORMATS = ("text", "csv", "json", "parquet")
 FOOTER_TAIL = 64 << 10
 """Bytes of a Parquet object's end read for its schema (more if its footer is longer)."""
 MAGIC = b"PAR1"
+BATCH_ROWS = 32768
+"""Rows per Arrow record batch handed to Spark."""
 DEFAULT_SPLIT = 64 << 20
 """Text objects above this many bytes are read as several ranges."""
 MAX_OBJECTS = 100_000
@@ -289,6 +291,62 @@ def lines_of(data: bytes, begin: int, piece: Piece) -> Iterator[str]:
         yield line.decode("utf-8", errors="replace").rstrip("\r")
 
 
+def line_span(data: bytes, begin: int, piece: Piece) -> tuple[int, int] | None:
+    """``(lo, hi)``: ``data[lo:hi].split(b"\\n")`` are exactly the lines :func:`lines_of`
+    yields (before decoding); None when it yields none. Lets a reader cut the lines in
+    one vectorised step instead of one at a time."""
+    pos = 0
+    if piece.start > 0:
+        cut = data.find(b"\n")
+        if cut < 0:
+            return None
+        pos = cut + 1
+    if pos >= len(data) or (piece.end >= 0 and begin + pos >= piece.end):
+        return None
+    if piece.end < 0 or piece.end - begin > len(data):  # to the end of what was read
+        return pos, len(data) - 1 if data.endswith(b"\n") else len(data)
+    nl = data.find(b"\n", piece.end - begin - 1)  # ends the last line starting inside
+    return pos, len(data) if nl < 0 else nl
+
+
+def text_batches(data: bytes, begin: int, piece: Piece, column: str = "value",
+                 rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """The lines of :func:`lines_of` as Arrow record batches of one string column (split
+    by Arrow, not line by line in Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    span = line_span(data, begin, piece)
+    if span is None:
+        return
+    text = data[span[0]:span[1]].decode("utf-8", errors="replace")
+    lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten()
+    lines = pc.utf8_rtrim(lines, characters="\r").cast(pa.string())
+    for offset in range(0, len(lines), rows):
+        yield pa.RecordBatch.from_arrays([lines.slice(offset, rows)], names=[column])
+
+
+def row_batches(rows: Iterator[tuple[Any, ...]], columns: Sequence[str],
+                size: int = BATCH_ROWS // 4) -> Iterator[Any]:
+    """Rows of string cells as Arrow record batches (Spark takes a batch in one step, a
+    row at a time it converts each)."""
+    import pyarrow as pa
+
+    chunk: list[tuple[Any, ...]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield _batch(pa, chunk, columns)
+            chunk = []
+    if chunk:
+        yield _batch(pa, chunk, columns)
+
+
+def _batch(pa: Any, chunk: list[tuple[Any, ...]], columns: Sequence[str]) -> Any:
+    arrays = [pa.array([row[i] for row in chunk], pa.string()) for i in range(len(columns))]
+    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
 def csv_rows(data: bytes, header: bool, width: int) -> Iterator[tuple[str | None, ...]]:
     reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
     for i, row in enumerate(reader):
@@ -339,27 +397,33 @@ class _Reader(DataSourceReader):  # type: ignore[misc,valid-type]
     def partitions(self) -> list[_Part]:
         return [_Part(p) for p in self.pieces]
 
-    def read(self, partition: _Part) -> Iterator[tuple[Any, ...]]:
+    def read(self, partition: _Part) -> Iterator[Any]:
         piece = partition.piece
         s3 = self.s3.here()
         if self.fmt == "text":
             begin, end = fetch_range(piece)
             data = s3.get(self.bucket, piece.key, begin, end)
-            for line in lines_of(data, begin, piece):
-                yield (line,)
+            yield from text_batches(data, begin, piece, self.columns[0])
             return
         data = s3.get(self.bucket, piece.key)
         if self.fmt == "parquet":
             yield from parquet_batches(data, self.arrow_schema, piece.key)
             return
-        if self.fmt == "csv":
-            yield from csv_rows(data, self.header, len(self.columns))
+        if not self.columns:
             return
-        for line in data.decode("utf-8", errors="replace").splitlines():
-            if line.strip():
-                value = json.loads(line)
-                yield tuple(None if value.get(c) is None else str(value.get(c))
-                            for c in self.columns)
+        if self.fmt == "csv":
+            yield from row_batches(csv_rows(data, self.header, len(self.columns)),
+                                   self.columns)
+            return
+        yield from row_batches(json_rows(data, self.columns), self.columns)
+
+
+def json_rows(data: bytes, columns: Sequence[str]) -> Iterator[tuple[str | None, ...]]:
+    """One row a JSON object line: the columns' values as strings (None when absent)."""
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            value = json.loads(line)
+            yield tuple(None if value.get(c) is None else str(value.get(c)) for c in columns)
 
 
 @dataclass

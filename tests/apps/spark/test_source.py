@@ -75,6 +75,44 @@ def test_ranges_read_every_line_exactly_once(lines, split, trailing):
     assert read_all(data, split) == want
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: bytes(
+           [b"ab\n\r\xc3\xa9\xff"[x % 7] for x in b])),
+       st.integers(0, 60), st.integers(-1, 60), st.integers(0, 8))
+def test_arrow_lines_are_the_lines_of_a_range(obj, start, end, slack):
+    """The vectorised cut (``line_span`` + Arrow) yields what ``lines_of`` does, for any
+    range and any bytes, new lines, carriage returns and broken UTF-8 included."""
+    from apps.spark.source import line_span, text_batches
+
+    start = min(start, len(obj))
+    if end >= 0:
+        end = max(end, start + 1)
+    piece = Piece("k", start, end)
+    begin = start - 1 if start > 0 else 0
+    chunk = obj[begin:] if end < 0 else obj[begin:end + slack]
+    want = list(lines_of(chunk, begin, piece))
+    span = line_span(chunk, begin, piece)
+    if span is None:
+        assert want == []
+    else:
+        assert [x.decode("utf-8", errors="replace").rstrip("\r")
+                for x in chunk[span[0]:span[1]].split(b"\n")] == want
+    got = [v for b in text_batches(chunk, begin, piece, "line", rows=3)
+           for v in b.column(0).to_pylist()]
+    assert got == want
+
+
+def test_rows_become_string_batches():
+    from apps.spark.source import csv_rows, row_batches
+
+    rows = list(csv_rows(b"k,v\n1,a\n2\n3,\"x,y\"\n", True, 2))
+    batches = list(row_batches(iter(rows), ["k", "v"], size=2))
+    assert [b.num_rows for b in batches] == [2, 1]
+    assert [r for b in batches for r in b.to_pylist()] == [
+        {"k": "1", "v": "a"}, {"k": "2", "v": None}, {"k": "3", "v": "x,y"}]
+    assert list(row_batches(iter([]), ["k"])) == []
+
+
 def test_part_keys():
     assert part_key("out/run1", 3, 17, "csv") == "out/run1/part-00003-17.csv"
     assert part_key("out/run1/", 0, 1, "text") == "out/run1/part-00000-1.txt"
