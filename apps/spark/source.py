@@ -11,7 +11,9 @@ into byte ranges that end on line boundaries); one output object per task
 (``PREFIX/part-PARTITION-ID.FORMAT``). Parquet goes through Arrow both ways: the schema
 comes from the footer of the first object (one ranged GET of its tail), a partition reads
 its whole object and hands Spark Arrow record batches, a write task gets record batches and
-stores one Parquet object (snappy). Every request goes to the S3 API of the node the
+stores one Parquet object (snappy). Every read hands Spark Arrow record batches (text
+lines cut by Arrow in one step: :func:`line_span`), which Spark takes whole where it
+would convert tuples one by one. Every request goes to the S3 API of the node the
 Python worker runs on (``MESHCLOUD_S3_URL``, set by the Spark worker of that node), signed
 with SigV4 by the key the job was given (``MESHCLOUD_S3_ACCESS_KEY`` / ``_SECRET``, read on
 the driver and carried inside the pickled reader and writer).
