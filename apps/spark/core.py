@@ -112,20 +112,56 @@ export SPARK_USER=spark HADOOP_USER_NAME=spark
 gets one of its own through nss_wrapper (apt libnss-wrapper)."""
 
 
-def _java(memory: int, main: str) -> str:
+def _java(memory: int, main: str, props: str = "") -> str:
     return (f'exec "$JAVA" -Xmx{mib(memory)}m -cp "$SPARK_HOME/jars/*" '
-            f'-Dspark.worker.preferConfiguredMasterAddress=true {main}')
+            f'-Dspark.worker.preferConfiguredMasterAddress=true{props} {main}')
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Where the master keeps its recovery state (:mod:`apps.spark.recovery`): a bucket
+    prefix of its own, and a key that may only read and write that bucket."""
+
+    bucket: str
+    prefix: str
+    access_key: str
+    secret: str
+
+
+RECOVERY_BUCKET = "spark-recovery"
+RECOVERY_TIMEOUT = "20s"
+"""How long a new master waits for the applications and workers of the state it read to
+answer before it drops those that did not and schedules again."""
 
 
 def master_spec(plan: ClusterPlan, *, java: str, spark_home: str, hosts: Mapping[str, str],
-                default_host: str) -> dict[str, Any]:
-    script = (host_case(hosts, default_host) + IDENTITY
-              + _java(DAEMON_MEMORY, "org.apache.spark.deploy.master.Master")
+                default_host: str, recovery: Recovery | None = None, python: str = "",
+                pythonpath: str = "", s3_urls: Mapping[str, str] | None = None
+                ) -> dict[str, Any]:
+    """The master; with ``recovery`` (and ``python``/``pythonpath`` of the dist), its state
+    is read from the bucket before it starts and pushed there while it runs."""
+    env = _env(java, spark_home)
+    keep = ""
+    props = ""
+    if recovery is not None:
+        keep = ('R="$HOME/recovery"\n'
+                '"$PYTHON" -m meshcloud_spark_recovery pull "$R" || exit 1\n'
+                '"$PYTHON" -m meshcloud_spark_recovery push "$R" --watch $$ &\n')
+        props = (' -Dspark.deploy.recoveryMode=FILESYSTEM'
+                 ' -Dspark.deploy.recoveryDirectory="$R"'
+                 f' -Dspark.deploy.recoveryTimeout={RECOVERY_TIMEOUT}')
+        env |= {"PYTHON": python, "PYTHONPATH": pythonpath,
+                "MESHCLOUD_RECOVERY_BUCKET": recovery.bucket,
+                "MESHCLOUD_RECOVERY_PREFIX": recovery.prefix,
+                "MESHCLOUD_RECOVERY_KEY": recovery.access_key,
+                "MESHCLOUD_RECOVERY_SECRET": recovery.secret}
+    script = (host_case(hosts, default_host) + s3_case(s3_urls or {}) + IDENTITY + keep
+              + _java(DAEMON_MEMORY, "org.apache.spark.deploy.master.Master", props)
               + f' --host "$H" --port "$PORT_{RPC_LABEL}" --webui-port "$PORT_{UI_LABEL}"\n')
     return {
         "name": MASTER, "command": ["/bin/sh", "-c", script], "singleton": True,
         "replicas": 1, "publish": [f"rpc={RPC_LABEL}", f"ui={UI_LABEL}"],
-        "env": _env(java, spark_home), "stop_timeout": 5.0,
+        "env": env, "stop_timeout": 5.0,
         "constraints": {"runtime": "process", "labels": dict([CAPABILITY]),
                         "min_ram": DAEMON_MEMORY * 2, "avoid_battery": True},
     }

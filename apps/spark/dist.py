@@ -5,9 +5,10 @@ Replicas run as unprivileged users, which may not read the agent's virtualenv (u
 /root, or a 0700 checkout). So the service lays out a *dist* directory once per machine
 and pyspark version, that everyone may read: ``pyspark``, ``py4j``, ``pyarrow`` and
 ``numpy`` (the Python data source of Spark 4 needs Arrow) — links to the installed
-packages when others can read them, else a copy — and ``pyspark_meshcloud.py`` (the
-bucket data source, :mod:`apps.spark.source`). Drivers and executors run the system's
-Python (same minor version as the packages) with ``PYTHONPATH`` set to it.
+packages when others can read them, else a copy — ``pyspark_meshcloud.py`` (the
+bucket data source, :mod:`apps.spark.source`) and ``meshcloud_spark_recovery.py`` (the
+master's state in a bucket, :mod:`apps.spark.recovery`). Drivers and executors run the
+system's Python (same minor version as the packages) with ``PYTHONPATH`` set to it.
 """
 
 from __future__ import annotations
@@ -124,9 +125,12 @@ def dist_root(data_dir: Path) -> Path:
 def prepare(tools: Toolchain, data_dir: Path, source_file: Path) -> Path:
     """The dist directory for ``tools`` (made once; safe against a racing agent)."""
     root = dist_root(data_dir)
-    digest = f"{tools.version}-{int(source_file.stat().st_mtime)}"
+    recovery_file = source_file.with_name("recovery.py")
+    stamp = max(int(source_file.stat().st_mtime), int(recovery_file.stat().st_mtime))
+    digest = f"{tools.version}-{stamp}"
     target = root / digest
-    if (target / "pyspark_meshcloud.py").exists():
+    if (target / "pyspark_meshcloud.py").exists() \
+            and (target / "meshcloud_spark_recovery.py").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
@@ -149,8 +153,10 @@ def prepare(tools: Toolchain, data_dir: Path, source_file: Path) -> Path:
                     p = Path(dirpath) / f
                     if not p.is_symlink():
                         os.chmod(p, p.stat().st_mode | 0o444)
-    shutil.copyfile(source_file, tmp / "pyspark_meshcloud.py")
-    os.chmod(tmp / "pyspark_meshcloud.py", 0o644)
+    for src, name in ((source_file, "pyspark_meshcloud.py"),
+                      (recovery_file, "meshcloud_spark_recovery.py")):
+        shutil.copyfile(src, tmp / name)
+        os.chmod(tmp / name, 0o644)
     try:
         os.rename(tmp, target)
     except OSError:  # another agent made it first

@@ -30,6 +30,12 @@ class SparkCluster:
     secret: str
     log_bucket: str = "spark-logs"
     created_ms: int = 0
+    recovery_prefix: str = ""
+    """Where in the recovery bucket this cluster's master keeps its state (empty: a
+    cluster made before recovery existed; the next ``up`` gives it one)."""
+    recovery_key: str = ""
+    """A key that may only read and write the recovery bucket (its secret below)."""
+    recovery_secret: str = ""
 
 
 @message(TagBlock.APPS + 65)

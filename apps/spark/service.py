@@ -180,7 +180,6 @@ class SparkService(ServiceBase):
 
     async def up(self, *, workers: int, worker_memory: int, cores: int = 1) -> dict[str, Any]:
         from apps.ingress.tables import EXPOSURES, exposures
-        from blobstore.records import S3KEYS, AccessKeyRecord
 
         capable = self.capable_nodes(worker_memory)
         core.check_up(workers, worker_memory, cores, len(capable))
@@ -193,30 +192,61 @@ class SparkService(ServiceBase):
             key, secret = current.access_key, current.secret
         else:
             rpc_port, ui_port = core.free_ports(exposures(self.state))
-            key = "MCSPARK" + secrets.token_hex(7).upper()[:13]
-            secret = secrets.token_urlsafe(30)[:40]
-            record = AccessKeyRecord(name="spark", secret=secret,
-                                     created_ms=self.node.clock.wall_ms(),
-                                     buckets={"*": "read,write"}, create_buckets=True,
-                                     creator=self.node.node_id)
-            assert self.blobs.index is not None
-            await self.blobs.index.put_everywhere(S3KEYS.name, (key,), record)
+            key, secret = await self._new_key("spark", {"*": "read,write"}, create=True)
+        if current is not None and current.recovery_key:
+            recovery = core.Recovery(core.RECOVERY_BUCKET, current.recovery_prefix,
+                                     current.recovery_key, current.recovery_secret)
+        else:
+            # the master's state: a prefix of this cluster's own, a key for that bucket only
+            r_key, r_secret = await self._new_key(
+                "spark-recovery", {core.RECOVERY_BUCKET: "read,write"}, create=False)
+            recovery = core.Recovery(core.RECOVERY_BUCKET, f"{secrets.token_hex(6)}/",
+                                     r_key, r_secret)
+        await self._ensure_bucket(core.RECOVERY_BUCKET)
         plan = ClusterPlan(workers=workers, worker_memory=worker_memory, worker_cores=cores,
                            rpc_port=rpc_port, ui_port=ui_port)
         rows = spark_nodes(self.state)
-        master, worker = self.specs(plan, rows)
+        master, worker = self.specs(plan, rows, recovery)
         self.workloads.submit(master, replace_existing=True)
         self.workloads.submit(worker, replace_existing=True)
         self.state.put(EXPOSURES.name, (ui_port,),
                        Exposure(workload=MASTER, endpoint="ui", bind="mesh"))
         row = SparkCluster(workers=workers, worker_memory=worker_memory, worker_cores=cores,
                            rpc_port=rpc_port, ui_port=ui_port, access_key=key, secret=secret,
-                           created_ms=self.node.clock.wall_ms())
+                           created_ms=self.node.clock.wall_ms(),
+                           recovery_prefix=recovery.prefix, recovery_key=recovery.access_key,
+                           recovery_secret=recovery.secret)
         self.state.put(SPARK_CLUSTER.name, (CLUSTER_KEY,), row)
         self.node.events.emit("spark.up", workers=workers)
         return self.overview()
 
-    def specs(self, plan: ClusterPlan, rows: dict[bytes, SparkNode]
+    async def _new_key(self, name: str, buckets: dict[str, str], *, create: bool
+                       ) -> tuple[str, str]:
+        from blobstore.records import S3KEYS, AccessKeyRecord
+
+        key = "MCSPARK" + secrets.token_hex(7).upper()[:13]
+        secret = secrets.token_urlsafe(30)[:40]
+        record = AccessKeyRecord(name=name, secret=secret, created_ms=self.node.clock.wall_ms(),
+                                 buckets=buckets, create_buckets=create,
+                                 creator=self.node.node_id)
+        assert self.blobs.index is not None
+        await self.blobs.index.put_everywhere(S3KEYS.name, (key,), record)
+        return key, secret
+
+    async def _ensure_bucket(self, name: str) -> None:
+        from blobstore.s3.errors import S3Error
+
+        assert self.blobs.objects is not None
+        try:
+            self.blobs.objects.bucket(name)
+        except S3Error:
+            try:
+                await self.blobs.objects.create_bucket(name)
+            except S3Error:
+                pass  # made by another node meanwhile
+
+    def specs(self, plan: ClusterPlan, rows: dict[bytes, SparkNode],
+              recovery: core.Recovery | None = None
               ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The two workloads; every per-machine path comes from the nodes' own rows (the
         shell picks its node's by ``$MESHCLOUD_NODE``)."""
@@ -230,7 +260,8 @@ class SparkService(ServiceBase):
         default = self.bind_host()
         master = core.master_spec(plan, java=self.tools.java,
                                   spark_home=f"{dist_dir}/pyspark", hosts=hosts,
-                                  default_host=default)
+                                  default_host=default, recovery=recovery,
+                                  python=self.tools.python, pythonpath=dist_dir, s3_urls=s3)
         worker = core.worker_spec(plan, java=self.tools.java,
                                   spark_home=f"{dist_dir}/pyspark", python=self.tools.python,
                                   pythonpath=dist_dir, hosts=hosts, default_host=default,
@@ -254,10 +285,30 @@ class SparkService(ServiceBase):
         self.state.delete(SPARK_CLUSTER.name, (CLUSTER_KEY,))
         for scope in self.running.values():
             scope.cancel()
-        if self.blobs.index is not None:  # the jobs' S3 key goes with the cluster
-            await self.blobs.index.put_everywhere(S3KEYS.name, (current.access_key,), None)
+        if self.blobs.index is not None:  # the jobs' S3 keys go with the cluster
+            for key in (current.access_key, current.recovery_key):
+                if key:
+                    await self.blobs.index.put_everywhere(S3KEYS.name, (key,), None)
+        await self._forget_recovery(current.recovery_prefix)
         self.node.events.emit("spark.down")
         return {"removed": True}
+
+    async def _forget_recovery(self, prefix: str) -> None:
+        """The master's state goes with the cluster (a later cluster starts clean)."""
+        from blobstore.bucketlist import list_bucket
+
+        objects = self.blobs.objects
+        if not prefix or objects is None or self.blobs.index is None:
+            return
+        try:
+            bucket_id = objects.bucket(core.RECOVERY_BUCKET).bucket_id
+            page = await list_bucket(self.blobs.index, bucket_id, prefix=prefix,
+                                     max_keys=1000)
+            keys = [k for k, _ in page.contents]
+            if keys:
+                await objects.delete_many(core.RECOVERY_BUCKET, keys)
+        except (MeshError, OSError) as exc:
+            log.warning("spark: the master's recovery state was not removed: %s", exc)
 
     def overview(self) -> dict[str, Any]:
         current = cluster(self.state)
@@ -283,6 +334,8 @@ class SparkService(ServiceBase):
             "master_node": where[0].hex() if where else None,
             "master": masters, "worker_replicas": replicas,
             "log_bucket": current.log_bucket,
+            "recovery": (f"{core.RECOVERY_BUCKET}/{current.recovery_prefix}"
+                         if current.recovery_prefix else ""),
         }
         return out
 

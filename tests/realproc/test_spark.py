@@ -5,7 +5,9 @@ Five agents on their own loopback addresses (127.0.0.71 … .75); the last has n
 three workers on three distinct capable nodes; a word count over objects of a bucket,
 submitted through the CLI, writes counts to a bucket that equal a plain Python count; bad
 input gets clear errors and leaves nothing behind; ``kill -9`` of a worker's node mid-job
-and of the master's node: the jobs still complete; ``spark down`` leaves nothing running.
+and of the master's node: the jobs still complete (an application running when the
+master's node dies re-registers with the next master, which read the recovery state from
+its bucket); ``spark down`` leaves nothing running.
 """
 
 from __future__ import annotations
@@ -43,6 +45,35 @@ counts = words.groupBy("word").count().repartition(3)
 counts.write.format("meshcloud").option("format", "csv").mode("append") \\
     .save(args["--output"])
 print("wordcount done", counts.count())
+spark.stop()
+'''
+
+GATED = WORDCOUNT.replace('''lines = spark.read''', '''
+import time
+import pyspark_meshcloud as mc
+print("executors ready", spark.sparkContext.parallelize(range(60), 6).count(), flush=True)
+gate = mc.S3.from_env()
+while not gate.list("books", "gate/"):
+    time.sleep(0.5)
+print("gate open", flush=True)
+lines = spark.read''').replace('appName("wordcount")', 'appName("gated")')
+"""The word count, held after its executors started until ``books/gate/`` has an object:
+an application that is running when the test kills the master's node."""
+
+PARQUET = '''
+import sys
+from pyspark.sql import SparkSession, functions as F
+
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+spark = SparkSession.builder.appName("parquet").getOrCreate()
+df = spark.range(0, 3000, numPartitions=3).select(
+    F.col("id"), (F.col("id") * 0.5).alias("half"), F.col("id").cast("string").alias("s"),
+    (F.col("id") % 3 == 0).alias("third"))
+df.write.format("meshcloud").option("format", "parquet").mode("append").save(args["--output"])
+back = spark.read.format("meshcloud").option("format", "parquet").load(args["--output"])
+assert back.schema.simpleString() == df.schema.simpleString(), back.schema.simpleString()
+assert sorted(back.collect()) == sorted(df.collect())
+print("parquet round trip", back.count(), back.rdd.getNumPartitions())
 spark.stop()
 '''
 
@@ -194,6 +225,30 @@ def test_up_wordcount_bad_input(cluster, tmp_path):
     assert len(a.get("/v1/spark/jobs")["jobs"]) == 1
 
 
+def test_parquet_round_trip(cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    b = cluster.agents[1]
+    b.cli("bucket", "create", "tables")
+    job = tmp_path / "parquet.py"
+    job.write_text(PARQUET)
+    run = b.cli("spark", "submit", str(job), "--output", "s3://tables/numbers", timeout=600,
+                check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "parquet round trip 3000 3" in run.stdout  # 3 objects read as 3 partitions
+    listing = b.get("/v1/storage/objects/tables?prefix=numbers/")["objects"]
+    parts = sorted(o["key"] for o in listing if o["key"].endswith(".parquet"))
+    assert len(parts) == 3 and "numbers/_SUCCESS" in {o["key"] for o in listing}
+    rows = 0
+    for key in parts:  # real Parquet objects, one a task
+        dest = tmp_path / key.replace("/", "_")
+        b.cli("cp", f"s3://tables/{key}", str(dest))
+        table = pq.read_table(dest)
+        assert table.column_names == ["id", "half", "s", "third"]
+        rows += table.num_rows
+    assert rows == 3000
+
+
 def kill_node(agent: Agent) -> None:
     """A machine's death: its agent and every process it started, with SIGKILL."""
     agent.kill()
@@ -243,10 +298,30 @@ def test_kill_the_masters_node(cluster, tmp_path):
     c = spark(alive[0])["cluster"]
     old = c["master_node"]
     victim = by_node(cluster, old)
-    survivor = next(x for x in alive if x is not victim)
+    survivor = next(x for x in alive if x is not victim
+                    and cluster.agents.index(x) != NO_JAVA)
     workers_before = {w["host"] for w in alive_workers(survivor)} - {
         ADDRESSES[cluster.agents.index(victim)]}
     assert workers_before
+
+    # an application running when the master goes: its driver on a surviving node
+    objects = corpus(4, 300, seed=4)
+    put_objects(survivor, tmp_path, "books", "held/", objects)
+    gated = tmp_path / "gated.py"
+    gated.write_text(GATED)
+    held = survivor.cli("spark", "submit", str(gated), "--input", "s3://books/held/",
+                        "--output", "s3://counts/run4", "--detach").stdout.split()[-1]
+    wait_until(lambda: "executors ready" in survivor.get(
+        f"/v1/spark/jobs/{held}/log")["data"], 300, interval=0.5,
+        message="the held job's executors")
+    app = next(a["id"] for a in spark(survivor)["master_view"]["activeapps"]
+               if a["name"] == "gated")
+    bucket, _, prefix = c["recovery"].partition("/")
+    assert bucket == "spark-recovery" and prefix
+    wait_until(lambda: f"{prefix}app_{app}" in {o["key"] for o in survivor.get(
+        f"/v1/storage/objects/{bucket}?prefix={prefix}")["objects"]}, 30, interval=0.2,
+        message="the application in the master's recovery state")
+
     kill_node(victim)
     t0 = time.monotonic()
     wait_until(lambda: spark(survivor)["cluster"]["master_node"] not in (None, old), 120,
@@ -254,8 +329,20 @@ def test_kill_the_masters_node(cluster, tmp_path):
     moved = time.monotonic() - t0
     wait_until(lambda: {w["host"] for w in alive_workers(survivor)} >= workers_before, 180,
                interval=1, message="the surviving workers re-registered")
-    print(f"master moved in {moved:.1f} s; workers re-registered after "
-          f"{time.monotonic() - t0:.1f} s")
+    # the new master read the state: it knows the running application
+    wait_until(lambda: app in {a["id"] for a in (spark(survivor)["master_view"] or {}).get(
+        "activeapps", [])}, 120, interval=1, message="the application re-registered")
+    print(f"master moved in {moved:.1f} s; workers and the running application "
+          f"re-registered after {time.monotonic() - t0:.1f} s")
+    gate = tmp_path / "go"
+    gate.write_text("go")
+    survivor.cli("cp", str(gate), "s3://books/gate/go")
+    done = wait_job(survivor, held, 600)
+    assert done["state"] == "succeeded", survivor.cli("spark", "logs", held).stdout[-3000:]
+    assert done["app_id"] in ("", app)
+    assert read_counts(survivor, tmp_path, "counts", "run4/") == expected(objects)
+
+    # and a job submitted afterwards
     objects = corpus(3, 200, seed=3)
     put_objects(survivor, tmp_path, "books", "after/", objects)
     job = tmp_path / "wordcount.py"
@@ -269,8 +356,13 @@ def test_kill_the_masters_node(cluster, tmp_path):
 def test_down_leaves_nothing_running(cluster):
     alive = [x for x in cluster.agents if x.running]
     x = alive[0]
+    bucket, _, prefix = spark(x)["cluster"]["recovery"].partition("/")
+    assert any(o["key"].startswith(prefix + "worker_") for o in x.get(
+        f"/v1/storage/objects/{bucket}?prefix={prefix}")["objects"])
     x.cli("spark", "down")
     assert spark(x)["cluster"] is None
+    # the master's state goes with the cluster
+    assert x.get(f"/v1/storage/objects/{bucket}?prefix={prefix}")["objects"] == []
     wait_until(lambda: not any(workload_pids(y) for y in alive), 120, interval=1,
                message="no Spark process left")
     again = x.cli("spark", "down", check=False)
