@@ -339,8 +339,12 @@ class RepairWorker(AsyncWorker):
             return  # overwritten meanwhile: the new object was written whole
         manifest = record.manifest
         rebuilt = 0
+        view = getattr(planner.picker, "view", None)
+        metered = frozenset(i.node_id for i in view() if i.metered) if callable(view) \
+            else frozenset()
         for task in planner.plan([manifest], live).rebuild:
-            refs = await rebuild_chunk(task, service.client)
+            # repair traffic avoids metered links: their shards are read only if needed
+            refs = await rebuild_chunk(task, service.client, avoid=metered)
             if refs:
                 manifest = task.apply(manifest, refs)
                 rebuilt += len(refs)

@@ -47,12 +47,13 @@ def reencode(task: RebuildChunk, sealed: bytes) -> dict[int, bytes]:
 
 async def rebuild_chunk(
     task: RebuildChunk, client: ShardClient, *, config: ReaderConfig = ReaderConfig(),
-    on_bad_shard: BadShardHook | None = None,
+    on_bad_shard: BadShardHook | None = None, avoid: frozenset[bytes] = frozenset(),
 ) -> list[ShardRef]:
-    """Rebuild ``task``'s missing shards on its targets; returns the refs now stored."""
+    """Rebuild ``task``'s missing shards on its targets; returns the refs now stored.
+    Shards on ``avoid`` nodes (metered links) are read only when the others fall short."""
     sources = ChunkRef(index=task.chunk.index, length=task.chunk.length,
                        sealed_length=task.chunk.sealed_length, shards=task.sources)
-    fetch = ChunkFetch(task.object_id, task.scheme, task.k, task.m, sources)
+    fetch = ChunkFetch(task.object_id, task.scheme, task.k, task.m, sources, skip=avoid)
     await gather_chunk(fetch, client, config=config, on_bad_shard=on_bad_shard)
     blobs = await trio.to_thread.run_sync(lambda: reencode(task, fetch.decode()))
     stored: list[ShardRef] = []

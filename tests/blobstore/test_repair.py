@@ -163,3 +163,32 @@ async def test_rebuild_skips_targets_that_refuse():
     (task,) = plan.rebuild
     client.full.add(task.targets[0][1])
     assert await rebuild_chunk(task, client) == []
+
+
+async def test_repair_reads_no_shard_from_a_metered_node_while_others_suffice():
+    client = MemoryShardClient(NODES)
+    manifest = await put(client, bytes(range(256)) * 2)  # one chunk of 4 + 2 shards
+    assert len(manifest.chunks) == 1
+    chunk = manifest.chunks[0]
+    holders = [r.node for r in sorted(chunk.shards, key=lambda r: r.index)]
+    dead, metered = holders[0], holders[1]  # a data shard's holder is metered
+    client.down.add(dead)
+    live = [n for n in NODES if n != dead]
+    task = RepairPlanner(RendezvousHolders(live)).plan([manifest], live).rebuild[0]
+    read_from: list[bytes] = []
+    fetch = client.get_shard
+
+    async def counting(n: bytes, sid: bytes) -> bytes:
+        read_from.append(n)
+        return await fetch(n, sid)
+
+    client.get_shard = counting
+    assert await rebuild_chunk(task, client, avoid=frozenset({metered}))
+    assert metered not in read_from and len(read_from) == 4
+    # with one more holder gone, the metered node's shard is needed: read after all
+    read_from.clear()
+    client.down.add(holders[2])
+    task = RepairPlanner(RendezvousHolders(live)).plan(
+        [manifest], [n for n in live if n != holders[2]]).rebuild[0]
+    assert await rebuild_chunk(task, client, avoid=frozenset({metered}))
+    assert metered in read_from
