@@ -166,7 +166,7 @@ class Repo:
         if spec.backup_every_s <= 0 or name in self.running:
             return
         row = self.service.state.get(DB_BACKUPS.name, (name,))
-        backups = _backups_of(row, st)
+        backups = backups_of(row, st)
         kind = scheduled_kind(backups, self.service.node.clock.wall_ms() / 1000,
                               spec.backup_every_s)
         if kind is not None:
@@ -265,7 +265,8 @@ def _pw(password: str) -> dict[str, str]:
     return {"PGPASSWORD": password}
 
 
-def _backups_of(row: DbBackups | None, st: str) -> list[Backup]:
+def backups_of(row: DbBackups | None, st: str) -> list[Backup]:
+    """The backups a ``db_backups`` row lists for stanza ``st`` (the primary's last look)."""
     if row is None or row.stanza != st:
         return []
     try:

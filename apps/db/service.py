@@ -49,7 +49,7 @@ from apps.db.messages import (
     DbMember,
     DbSpec,
 )
-from apps.db.repo import Repo
+from apps.db.repo import Repo, backups_of
 from apps.db.tables import DATABASES, DB_BACKUPS, DB_MEMBERS, all_databases, all_members
 from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
 from apps.ingress.messages import ForwardOpen, ForwardReply
@@ -216,6 +216,13 @@ class DbService(ServiceBase):
         except (MeshError, OSError, trio.TooSlowError) as exc:
             log.info("database %s: no archive check before the restore: %s", name, exc)
         backups = await self.repo.info(st)
+        listed = backups_of(self.state.get(DB_BACKUPS.name, (name,)), st)
+        if len(listed) > len(backups):
+            # the primary listed a backup this node's read of the repository does not
+            # show yet (its objects written moments ago through another node)
+            log.info("database %s: the repository read here lists %d backups, the "
+                     "primary's row %d: using the row", name, len(backups), len(listed))
+            backups = listed
         check_restore_time(target, backups, self.node.clock.wall_ms() / 1000)
         carrier = replace(spec, restore_from=st, restore_at=target.isoformat(),
                           restore_user=name,
