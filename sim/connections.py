@@ -155,12 +155,6 @@ class ConnectionModel:
             peer_pool = pools.get(dst)
             if peer_pool is not None and src in peer_pool:
                 peer_pool.move_to_end(src)
-            conn.last_used = now
-            overhead = cfg.frame_overhead
-            count(src, 0, overhead)
-            stats.frame_bytes += overhead
-            wait = conn.ready_at - now
-            return wait if wait > 0.0 else 0.0
         conn.last_used = now
         overhead = cfg.frame_overhead
         count(src, 0, overhead)
