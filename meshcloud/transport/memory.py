@@ -408,8 +408,12 @@ class MemoryTransport:
         if handler is None or other._nursery is None:
             await theirs.abort(f"protocol {protocol} is not served")
             raise StreamReset(f"peer does not serve {protocol}")
+        try:
+            other._nursery.start_soon(other._run_handler, handler, theirs, conn, mine)
+        except RuntimeError:  # the peer is shutting down: its nursery takes no new task
+            await theirs.abort("peer is shutting down")
+            raise ConnectionLost(f"peer {other.local_id.hex()[:12]} is shutting down") from None
         conn.streams[id(mine)] = (mine, theirs)
-        other._nursery.start_soon(other._run_handler, handler, theirs, conn, mine)
         return mine
 
     async def _run_handler(self, handler: StreamHandler, stream: MemoryStream,

@@ -137,10 +137,15 @@ class LocalMesh:
                     await connected(member.running, other.node_id)
 
     async def wait_offers(self) -> None:
-        """Until every running node sees every running node's offer."""
+        """Until every running node sees every running node's offer, and holds every one
+        of them alive (admission counts only the nodes gossip holds alive)."""
         ids = {m.node_id for m in self.up()}
-        await wait_for(lambda: all(set(m.service.known_nodes()) >= ids for m in self.up()),
-                       "every offer everywhere")
+
+        def settled() -> bool:
+            return all(set(m.service.known_nodes()) >= ids
+                       and {n.node_id for n in m.service.view()} >= ids for m in self.up())
+
+        await wait_for(settled, "every offer everywhere, every node alive everywhere")
 
     def member_of(self, node_id: bytes) -> Member:
         return next(m for m in self.members if m.node_id == node_id)
