@@ -80,3 +80,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadgroup":
         return None
     return lane_scheduling()(config, log)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Busy time per worker and per lane (setup, call and teardown summed): the suite's
+    wall time is its busiest worker's, so this shows what to move or trim."""
+    by_worker: dict[str, float] = {}
+    by_lane: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            duration = getattr(report, "duration", None)
+            nodeid = getattr(report, "nodeid", "")
+            if not isinstance(duration, float) or not nodeid:
+                continue
+            node = getattr(report, "node", None)
+            worker = getattr(getattr(node, "gateway", None), "id", "main")
+            by_worker[worker] = by_worker.get(worker, 0.0) + duration
+            name = lane(nodeid.split("::", 1)[0]) or "any"
+            by_lane[name] = by_lane.get(name, 0.0) + duration
+    if not by_worker:
+        return
+    terminalreporter.write_sep("=", "busy time per worker and per lane")
+    for label, totals in (("worker", by_worker), ("lane", by_lane)):
+        terminalreporter.write_line(f"{label}: " + ", ".join(
+            f"{key} {seconds:.0f}s" for key, seconds in sorted(totals.items())))
