@@ -113,9 +113,10 @@ class SealedKeys(Generic[B]):
         key = unseal(self.curve_private, box.box)
         return key if key is not None and len(key) == KEY_BYTES else None
 
-    def create(self, item: Hashable) -> tuple[bytes, bytes]:
-        """A new data key for ``item`` sealed to every member: (key, key id)."""
-        key, key_id = self.random(KEY_BYTES), self.random(KEY_ID_BYTES)
+    def create(self, item: Hashable, key_id: bytes = b"") -> tuple[bytes, bytes]:
+        """A new data key for ``item`` sealed to every member: (key, key id). The key id
+        is random unless given (an item named by its key id)."""
+        key, key_id = self.random(KEY_BYTES), key_id or self.random(KEY_ID_BYTES)
         for node, public in sorted(self.members().items()):
             self.state.put(self.table, (item, node), self.make(key_id, seal(public, key)))
         return key, key_id
