@@ -50,6 +50,9 @@ class Repo:
         self.ready_stanzas: set[str] = set()
         self.running: dict[str, str] = {}
         """name → kind of the backup running on this node."""
+        self.scopes: dict[str, trio.CancelScope] = {}
+        """name → the scope of that backup (cancelled when the copy is dropped: no
+        backup writes into a stanza after its database is gone)."""
         self.looked: dict[str, float] = {}
         self.locks: dict[str, trio.Lock] = {}
         self.error = ""
@@ -207,12 +210,18 @@ class Repo:
         async with lock:  # one at a time: a request waits for the running one
             self.running[name] = kind
             started = trio.current_time()
+            scope = self.scopes[name] = trio.CancelScope()
             try:
-                await pgbr.run(inst, st, "backup", env=self._pw(name, spec),
-                               extra=(f"--pg1-port={port}", f"--pg1-user={name}",
-                                      f"--type={kind}"))
+                with scope:
+                    await pgbr.run(inst, st, "backup", env=self._pw(name, spec),
+                                   extra=(f"--pg1-port={port}", f"--pg1-user={name}",
+                                          f"--type={kind}"))
             finally:
                 del self.running[name]
+                self.scopes.pop(name, None)
+            if scope.cancelled_caught:
+                raise DbError(f"database {name!r} was removed during its backup",
+                              code="unavailable")
             seconds = trio.current_time() - started
         backups = await self.look(name, spec, inst)
         last = backups[-1].as_json() if backups else {}
@@ -232,6 +241,12 @@ class Repo:
                        extra=(f"--pg1-port={port}", f"--pg1-user={name}"), timeout=300)
 
     # --- removal ----------------------------------------------------------------------------
+
+    def stop_backup(self, name: str) -> None:
+        """End the backup of ``name`` running here (its process is killed)."""
+        scope = self.scopes.get(name)
+        if scope is not None:
+            scope.cancel()
 
     async def delete_backups(self, name: str) -> int:
         """Delete from the bucket every object of the stanzas of databases named ``name``

@@ -948,6 +948,7 @@ class DbService(ServiceBase):
                       env={"PGPASSWORD": password})
 
     async def _drop(self, name: str) -> None:
+        self.repo.stop_backup(name)
         inst = self.instance(name)
         if inst.data.exists():
             await pg.stop(inst, "immediate")
