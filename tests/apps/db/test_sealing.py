@@ -174,3 +174,40 @@ def test_what_db_rm_says():
     deleted = rm_text("shop", {"removed": "shop", "bucket": "meshcloud-db",
                                "objects_deleted": 17, "deleted": ["shop-5", "shop-9"]})
     assert "17 objects of shop-5, shop-9" in deleted and "kept" not in deleted
+
+
+def test_a_row_stored_by_the_previous_version_decodes_with_its_clear_password():
+    from meshcloud.codec.messages import from_wire, to_wire
+
+    old = replace(SPEC, password=PW, restore_password="src-pw-abcdefgh1234")
+    wire = to_wire(old)
+    wire[1] = 2  # version 2: no key_id, no sealed
+    row = from_wire(wire[:-2], DbSpec)
+    assert row.password == PW and row.sealed == b"" and row.key_id == b""
+    mesh = Mesh()
+    assert mesh.node(b"a" * 32).of("shop", row).password == PW
+
+
+def test_the_lease_holder_rewrites_an_old_row_sealed_and_others_leave_it():
+    from types import SimpleNamespace
+
+    from apps.db.service import DbService
+    from apps.db.tables import DATABASES
+
+    mesh = Mesh()
+    holder, other = mesh.node(b"a" * 32), mesh.node(b"b" * 32)
+    old = replace(SPEC, password=PW)
+    mesh.state.put(DATABASES.name, ("shop",), old)
+    DbService._seal_round(SimpleNamespace(passwords=other, state=mesh.state),
+                          {"shop": old}, {})
+    assert mesh.state.get(DATABASES.name, ("shop",)) == old  # not its lease: untouched
+    DbService._seal_round(SimpleNamespace(passwords=holder, state=mesh.state),
+                          {"shop": old}, {"shop": object()})
+    new = mesh.state.get(DATABASES.name, ("shop",))
+    assert new.password == "" and new.sealed and other.of("shop", new).password == PW
+    # a row changed since the round read it is left to the next round
+    newer = replace(old, standbys=2)
+    mesh.state.put(DATABASES.name, ("shop",), newer)
+    DbService._seal_round(SimpleNamespace(passwords=holder, state=mesh.state),
+                          {"shop": old}, {"shop": object()})
+    assert mesh.state.get(DATABASES.name, ("shop",)) == newer
