@@ -3,7 +3,8 @@
 =======  ====================  ===========================================================
 method   path                  what
 =======  ====================  ===========================================================
-GET      /v1/db                every database: port, primary, members (no password)
+GET      /v1/db                every database: port, primary, members (no password); and
+                               ``kept``: removed databases whose backups are kept
 POST     /v1/db                ``{"name", "standbys", "version", "port", "size"}``: create
 GET      /v1/db/{name}/url     the connection string, with the password (``?read_only=1``:
                                the standbys' port; POST too, for the UI's button)
@@ -12,7 +13,10 @@ POST     /v1/db/{name}/failover ``{"to": NODE}``: planned switchover to a standb
 POST     /v1/db/{name}/backup  ``{"type": "full"|"incr"|"diff"}``: run it on the primary
 GET      /v1/db/{name}/backups the backups in the repository (as last seen)
 POST     /v1/db/{name}/restore ``{"at": TIME, "as": NEW}``: point-in-time restore
-DELETE   /v1/db/{name}         stop it everywhere and delete its data
+DELETE   /v1/db/{name}         stop it everywhere and delete its data; its backups are kept
+                               unless ``{"delete_backups": true}`` (or
+                               ``?delete_backups=1``); on a removed name with kept backups,
+                               that deletes them
 =======  ====================  ===========================================================
 """
 
@@ -42,7 +46,7 @@ def routes(service: DbService) -> list[Route]:
                                   params=field(body, "params", list, []))
             return JSONResponse({"name": name, "port": spec.port,
                                  "home": spec.home.hex()}, status_code=201)
-        return JSONResponse({"databases": service.overview()})
+        return JSONResponse({"databases": service.overview(), "kept": service.kept()})
 
     async def url(request: Request) -> Response:
         read_only = request.query_params.get("read_only", "") in ("1", "true", "yes")
@@ -77,8 +81,11 @@ def routes(service: DbService) -> list[Route]:
         return JSONResponse(result, status_code=201)
 
     async def one(request: Request) -> Response:
-        service.remove(request.path_params["name"])
-        return JSONResponse({"removed": request.path_params["name"]})
+        body = await read_json(request)
+        delete = field(body, "delete_backups", bool, False) or \
+            request.query_params.get("delete_backups", "") in ("1", "true", "yes")
+        return JSONResponse(await service.remove(request.path_params["name"],
+                                                 delete_backups=delete))
 
     return [Route("/v1/db", listing, methods=["GET", "POST"]),
             Route("/v1/db/{name}/url", url, methods=["GET", "POST"]),

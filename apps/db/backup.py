@@ -26,6 +26,9 @@ FULL_EVERY_S = 7 * DAY_S
 RETENTION_FULL = 2
 """Full backups kept (with their incrementals and the WAL they need)."""
 BACKUP_TYPES = ("full", "incr", "diff")
+REPO_PATH = "/pgbackrest"
+"""``repo1-path``: each stanza's objects are under ``pgbackrest/archive/STANZA/`` (the WAL)
+and ``pgbackrest/backup/STANZA/`` (the base backups) in :data:`BUCKET`."""
 
 
 def access_key_id(mesh_id: bytes) -> str:
@@ -60,7 +63,7 @@ def repo_conf(*, key: str, secret: str, port: int, ca_file: str, log_path: str,
         f"repo1-s3-key-secret={secret}",
         "repo1-storage-verify-tls=y",
         f"repo1-storage-ca-file={ca_file}",
-        "repo1-path=/pgbackrest",
+        f"repo1-path={REPO_PATH}",
         f"repo1-retention-full={RETENTION_FULL}",
         "repo1-bundle=y",
         "start-fast=y",
@@ -76,6 +79,25 @@ def repo_conf(*, key: str, secret: str, port: int, ca_file: str, log_path: str,
         if "\n" in line:
             raise DbError("a newline in a pgBackRest setting", code="bad_request")
     return "\n".join(lines) + "\n"
+
+
+def repo_roots() -> tuple[str, ...]:
+    """The key prefixes under which the stanzas' directories are (with and without the
+    leading slash: the repository path is absolute, S3 keys are not)."""
+    base = REPO_PATH.strip("/")
+    return tuple(f"{lead}{base}/{kind}/" for lead in ("", "/") for kind in ("archive", "backup"))
+
+
+def is_stanza_of(prefix: str, root: str, name: str) -> bool:
+    """Whether the listed directory ``prefix`` (under ``root``) is a stanza of a database
+    named ``name`` (``NAME-CREATED_MS/``: any incarnation, never another name's)."""
+    if not prefix.startswith(root):
+        return False
+    rest = prefix[len(root):]
+    head, dash, tail = rest.rpartition("-")
+    digits = tail[:-1]
+    return bool(dash) and head == name and tail.endswith("/") and digits.isascii() \
+        and digits.isdigit()
 
 
 def archive_command(pgbackrest: str, conf: str, stanza_name: str, data: str) -> str:
@@ -153,9 +175,11 @@ def parse_time(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def check_restore_time(target: dt.datetime, backups: list[Backup], now_s: float) -> None:
+def check_restore_time(target: dt.datetime, backups: list[Backup], now_s: float,
+                       end: str = "") -> None:
     """A point in time can be restored when a backup had finished by then and it is not in
-    the future."""
+    the future (``end``: the WAL ends at ``now_s``, a removed database's kept backups:
+    what to say of a later time)."""
     ts = target.timestamp()
     if not backups:
         raise DbError("no backup of this database yet (`meshcloud db backup NAME`)",
@@ -164,6 +188,10 @@ def check_restore_time(target: dt.datetime, backups: list[Backup], now_s: float)
         first = dt.datetime.fromtimestamp(backups[0].stop, dt.UTC).isoformat()
         raise DbError(f"{target.isoformat()} is before the first backup (finished "
                       f"{first}): nothing to restore from", code="too_early")
+    if ts >= now_s and end:
+        last = dt.datetime.fromtimestamp(now_s, dt.UTC).isoformat()
+        raise DbError(f"{target.isoformat()} is after the kept backups end ({end}, "
+                      f"{last})", code="too_late")
     if ts >= now_s:
         raise DbError(f"{target.isoformat()} is not in the past", code="bad_time")
 

@@ -1,4 +1,4 @@
-"""CLI verbs of the database service: ``meshcloud db create|ls|url|rm``.
+"""CLI verbs of the database service: ``meshcloud db create|ls|url|rm|...``.
 
 Registered with :mod:`meshcloud.kit.cli` (``EXTENSIONS`` and ``COMMANDS``) when imported."""
 
@@ -75,10 +75,12 @@ def cmd_db(args: argparse.Namespace) -> int | None:
         print(f"restoring {args.name} at {reply['at']} as {reply['name']} "
               f"(port {reply['port']}; `meshcloud db ls` shows when it is up)")
     elif verb == "rm":
-        api.delete(f"/v1/db/{args.name}")
-        print(f"removed database {args.name}")
+        reply = api.call("DELETE", f"/v1/db/{args.name}",
+                         {"delete_backups": bool(args.delete_backups)}, timeout=600)
+        print(rm_text(args.name, reply))
     else:
-        dbs = api.get("/v1/db")["databases"]
+        listing = api.get("/v1/db")
+        dbs = listing["databases"]
         if args.json:
             print_json(dbs)
             return None
@@ -90,7 +92,31 @@ def cmd_db(args: argparse.Namespace) -> int | None:
                              for m in d["members"])
             print(f"{d['name']:20} port {d['port']:<6} pg{d['version']} "
                   f"standbys {d['standbys']}  {roles or 'starting'}")
+        for k in listing.get("kept") or []:
+            print(f"{k['name']:20} removed {_utc(k['removed_ms'] / 1000)}, backups kept "
+                  f"({len(k['backups'])}) in {k['bucket']} ({k['stanza']})")
     return None
+
+
+def rm_text(name: str, reply: dict[str, Any]) -> str:
+    """What ``db rm`` did, and with kept backups where they are and what to do next."""
+    lines = []
+    if reply.get("stanza"):
+        lines.append(f"removed database {name}")
+    if "objects_deleted" in reply:
+        lines.append(f"deleted its backups: {reply['objects_deleted']} objects of "
+                     f"{', '.join(reply.get('deleted') or [reply.get('stanza', name)])} "
+                     f"from bucket {reply['bucket']}")
+        return "\n".join(lines)
+    n = len(reply.get("backups") or [])
+    where = ", ".join(f"{reply['bucket']}/pgbackrest/{{archive,backup}}/{st}/"
+                      for st in reply.get("kept") or [])
+    lines.append(f"its backups are kept ({n} base backup{'' if n == 1 else 's'} and the "
+                 f"WAL archive{'' if reply.get('archived') else ' as far as archived'}) "
+                 f"in {where}")
+    lines.append(f"  restore: meshcloud db restore {name} --at TIME --as NEW")
+    lines.append(f"  delete:  meshcloud db rm {name} --delete-backups")
+    return "\n".join(lines)
 
 
 def add_parsers(sub: Any) -> None:
@@ -136,8 +162,12 @@ def add_parsers(sub: Any) -> None:
     rs.add_argument("--at", required=True, help="ISO 8601 time (UTC unless a zone is given) "
                                                 "or Unix seconds")
     rs.add_argument("--as", dest="as_name", help="the new database's name")
-    r = dsub.add_parser("rm", help="stop a database and delete its data everywhere")
+    r = dsub.add_parser("rm", help="stop a database and delete its data everywhere "
+                                   "(its backups are kept unless --delete-backups)")
     r.add_argument("name")
+    r.add_argument("--delete-backups", action="store_true",
+                   help="also delete its backups and WAL archive from the bucket (on a "
+                        "removed database: its kept backups)")
 
 
 EXTENSIONS.append(add_parsers)

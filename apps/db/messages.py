@@ -1,4 +1,4 @@
-"""Stored rows of the database service (tags ``APPS + 90`` … ``APPS + 99``)."""
+"""Stored rows of the database service (tags ``APPS + 90`` … ``APPS + 96``)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ DB_FORWARD_PROTOCOL = "/meshcloud/db-forward/1"
 that database's primary itself)."""
 
 
-@message(TagBlock.APPS + 90, version=2)
+@message(TagBlock.APPS + 90, version=3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DbSpec:
     """A database the user asked for. Key in ``databases``: its name."""
 
     port: int
     """The TCP port every node's ingress listens on for it."""
-    password: str
-    """The generated password of the user NAME (never logged, never listed)."""
+    password: str = ""
+    """(versions 1-2) The generated password of the user NAME, in clear. Rows written
+    now keep it empty: the passwords are in ``sealed``; an old row's are read from here
+    and sealed by the node running the primary."""
     home: bytes
     """The node chosen at creation to run the primary."""
     standbys: int = 0
@@ -35,7 +37,8 @@ class DbSpec:
     restore_user: str = ""
     """The user (and database) name inside the restored copy (the source database's)."""
     restore_password: str = ""
-    """The source's password at restore time (to log in once and rename)."""
+    """(versions 1-2, in clear; now in ``sealed``) The source's password at restore time
+    (to log in once and rename)."""
     backup_every_s: int = 86_400
     """Scheduled backups: one when the last is older than this (0: none)."""
     ro_port: int = 0
@@ -47,6 +50,12 @@ class DbSpec:
     params: tuple[str, ...] = ()
     """``--param k=v`` settings (checked against the server's own list), written before
     the settings meshcloud owns in every copy's ``meshcloud.conf``."""
+    key_id: bytes = b""
+    """(version 3) The data key ``sealed`` is encrypted under; its boxes, one per member
+    node, are the rows ``(key_id, node)`` of ``db_secret_keys``."""
+    sealed: bytes = b""
+    """The passwords (``password``, ``restore_password``) as one XSalsa20-Poly1305 box
+    under that key (see :mod:`apps.db.sealing`); empty in an old row."""
 
 
 @message(TagBlock.APPS + 91, version=2)
@@ -118,3 +127,34 @@ class DbCallReply:
     message: str = ""
     result: str = "{}"
     """JSON."""
+
+
+@message(TagBlock.APPS + 95)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DbSecretKey:
+    """A database's data key ``key_id`` sealed (X25519 SealedBox) to one node's key (the
+    one ``ingress_keys`` publishes). Key in ``db_secret_keys``: (key id, node id)."""
+
+    key_id: bytes
+    box: bytes
+
+
+@message(TagBlock.APPS + 96)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DbKept:
+    """The backups of a removed database, kept in the repository (``db rm`` without
+    ``--delete-backups``): what a restore from them needs. Key in ``db_kept``: the
+    stanza."""
+
+    name: str
+    created_ms: int
+    """The removed incarnation's ``created_ms`` (its stanza is ``NAME-created_ms``)."""
+    removed_ms: int
+    version: int = 15
+    standbys: int = 0
+    params: tuple[str, ...] = ()
+    key_id: bytes = b""
+    sealed: bytes = b""
+    """Its passwords, sealed as in its ``DbSpec`` (a restore logs in once with them)."""
+    backups: str = "[]"
+    """JSON list of ``Backup.as_json()`` as last seen before the removal."""

@@ -75,7 +75,10 @@ def prepare(inst: Instance) -> None:
 
 
 async def _run(inst: Instance, args: list[str], *, env: dict[str, str] | None = None,
-               timeout: float = 120.0) -> str:
+               timeout: float = 120.0, stdin: bytes | None = None,
+               hide: tuple[str, ...] = ()) -> str:
+    """Run a tool as the instance's uid; its output (an error when it fails). A password
+    in ``env`` (``PGPASSWORD``) or in ``hide`` never appears in the error."""
     base = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(inst.root), "LC_ALL": "C.UTF-8",
             "PGTZ": "UTC"}
     uid = inst.uid
@@ -85,10 +88,14 @@ async def _run(inst: Instance, args: list[str], *, env: dict[str, str] | None = 
     with trio.fail_after(timeout):
         done = await trio.run_process(
             args, capture_stdout=True, capture_stderr=True, check=False,
-            env={**base, **(env or {})}, cwd=str(inst.root), stdin=subprocess.DEVNULL,
+            env={**base, **(env or {})}, cwd=str(inst.root),
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             user=uid, group=uid, extra_groups=[] if uid is not None else None)
     out = bytes(done.stdout + done.stderr).decode(errors="replace")
     if done.returncode != 0:
+        for secret in (*hide, (env or {}).get("PGPASSWORD", "")):
+            if secret:
+                out = out.replace(secret, "********")
         raise PgFailed(f"{Path(args[0]).name} exited {done.returncode}: {out[-2000:]}")
     return out
 
@@ -195,11 +202,18 @@ async def promote(inst: Instance) -> None:
 
 
 async def sql(inst: Instance, port: int, user: str, password: str, query: str, *,
-              database: str = "postgres", timeout: float = 60) -> str:
-    """Run ``query`` through the instance's socket as ``user``; the unaligned output."""
-    return await _run(inst, [str(BIN / "psql"), "-h", str(inst.sock), "-p", str(port),
-                             "-U", user, "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1",
-                             "-c", query], env={"PGPASSWORD": password}, timeout=timeout)
+              database: str = "postgres", timeout: float = 60,
+              hide: tuple[str, ...] = ()) -> str:
+    """Run ``query`` through the instance's socket as ``user``; the unaligned output.
+    A query holding a password (``hide``) goes on psql's standard input, not its
+    command line (which every local user can read), and never into an error."""
+    args = [str(BIN / "psql"), "-h", str(inst.sock), "-p", str(port), "-U", user, "-d",
+            database, "-XAtq", "-v", "ON_ERROR_STOP=1"]
+    if hide:
+        return await _run(inst, args, env={"PGPASSWORD": password}, timeout=timeout,
+                          stdin=query.encode(), hide=hide)
+    return await _run(inst, [*args, "-c", query], env={"PGPASSWORD": password},
+                      timeout=timeout)
 
 
 async def reload(inst: Instance) -> None:

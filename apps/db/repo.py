@@ -20,8 +20,10 @@ from apps.db.backup import (
     Backup,
     access_key_id,
     archive_command,
+    is_stanza_of,
     parse_info,
     repo_conf,
+    repo_roots,
     scheduled_kind,
     stanza,
 )
@@ -48,6 +50,9 @@ class Repo:
         self.ready_stanzas: set[str] = set()
         self.running: dict[str, str] = {}
         """name → kind of the backup running on this node."""
+        self.scopes: dict[str, trio.CancelScope] = {}
+        """name → the scope of that backup (cancelled when the copy is dropped: no
+        backup writes into a stanza after its database is gone)."""
         self.looked: dict[str, float] = {}
         self.locks: dict[str, trio.Lock] = {}
         self.error = ""
@@ -120,6 +125,9 @@ class Repo:
         if record is not None and record.secret != self.key[1]:
             self.key = (self.key[0], record.secret)
 
+    def _pw(self, name: str, spec: DbSpec) -> dict[str, str]:
+        return {"PGPASSWORD": self.service.pw(name, spec).password}
+
     def ready(self) -> bool:
         return self.front_port > 0 and self.ca_file is not None and self.key is not None
 
@@ -155,7 +163,7 @@ class Repo:
             return
         st = stanza(name, spec.created_ms)
         if st not in self.ready_stanzas:
-            await pgbr.run(inst, st, "stanza-create", env=_pw(spec.password),
+            await pgbr.run(inst, st, "stanza-create", env=self._pw(name, spec),
                            extra=(f"--pg1-port={port}", f"--pg1-user={name}"),
                            timeout=300)
             self.ready_stanzas.add(st)
@@ -202,12 +210,18 @@ class Repo:
         async with lock:  # one at a time: a request waits for the running one
             self.running[name] = kind
             started = trio.current_time()
+            scope = self.scopes[name] = trio.CancelScope()
             try:
-                await pgbr.run(inst, st, "backup", env=_pw(spec.password),
-                               extra=(f"--pg1-port={port}", f"--pg1-user={name}",
-                                      f"--type={kind}"))
+                with scope:
+                    await pgbr.run(inst, st, "backup", env=self._pw(name, spec),
+                                   extra=(f"--pg1-port={port}", f"--pg1-user={name}",
+                                          f"--type={kind}"))
             finally:
                 del self.running[name]
+                self.scopes.pop(name, None)
+            if scope.cancelled_caught:
+                raise DbError(f"database {name!r} was removed during its backup",
+                              code="unavailable")
             seconds = trio.current_time() - started
         backups = await self.look(name, spec, inst)
         last = backups[-1].as_json() if backups else {}
@@ -221,9 +235,59 @@ class Repo:
             raise DbError("the backup repository is not ready", code="unavailable")
         # a commit record after the restore target: recovery to a time stops at the first
         # commit past it, and ends in error when the archived WAL has none
-        await pg.sql(inst, port, name, spec.password, "SELECT txid_current()", timeout=60)
-        await pgbr.run(inst, stanza(name, spec.created_ms), "check", env=_pw(spec.password),
+        await pg.sql(inst, port, name, self.service.pw(name, spec).password,
+                     "SELECT txid_current()", timeout=60)
+        await pgbr.run(inst, stanza(name, spec.created_ms), "check", env=self._pw(name, spec),
                        extra=(f"--pg1-port={port}", f"--pg1-user={name}"), timeout=300)
+
+    # --- removal ----------------------------------------------------------------------------
+
+    def stop_backup(self, name: str) -> None:
+        """End the backup of ``name`` running here (its process is killed)."""
+        scope = self.scopes.get(name)
+        if scope is not None:
+            scope.cancel()
+
+    async def delete_backups(self, name: str) -> int:
+        """Delete from the bucket every object of the stanzas of databases named ``name``
+        (each incarnation's backups and WAL archive), through the node's object store.
+        Returns the objects deleted."""
+        from blobstore.bucketlist import list_bucket
+        from blobstore.s3.errors import NoSuchBucket
+
+        objects = getattr(self.blobs, "objects", None)
+        if objects is None:
+            raise DbError("no storage on this node: the backups cannot be deleted from "
+                          "here", code="unavailable")
+        try:
+            bucket_id = objects.bucket(BUCKET).bucket_id
+        except NoSuchBucket:
+            return 0
+
+        async def walk(prefix: str, delimiter: str | None) -> list[str]:
+            found: list[str] = []
+            after = None
+            while True:
+                page = await list_bucket(objects.index, bucket_id, prefix=prefix,
+                                         delimiter=delimiter, max_keys=1000, after=after)
+                found += page.common_prefixes if delimiter else \
+                    [k for k, _ in page.contents]
+                if not page.is_truncated or page.last is None:
+                    return found
+                after = page.last
+
+        deleted = 0
+        for root in repo_roots():
+            for prefix in await walk(root, "/"):
+                if not is_stanza_of(prefix, root, name):
+                    continue
+                keys = await walk(prefix, None)
+                for i in range(0, len(keys), 1000):
+                    await objects.delete_many(BUCKET, keys[i:i + 1000])
+                deleted += len(keys)
+                log.warning("database %s: deleted %d objects under %s%s", name, len(keys),
+                            BUCKET, "/" + prefix.lstrip("/"))
+        return deleted
 
     # --- restore ----------------------------------------------------------------------------
 
@@ -259,10 +323,6 @@ class Repo:
         await pgbr.run(inst, spec.restore_from, "restore",
                        extra=("--type=time", f"--target={target}",
                               "--target-action=promote"))
-
-
-def _pw(password: str) -> dict[str, str]:
-    return {"PGPASSWORD": password}
 
 
 def backups_of(row: DbBackups | None, st: str) -> list[Backup]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from apps.db import pg
-from apps.db.backup import check_restore_time, parse_time, stanza
+from apps.db.backup import BUCKET, check_restore_time, parse_time, stanza
 from apps.db.core import (
     CLONE,
     DROP,
@@ -44,13 +44,25 @@ from apps.db.core import (
 from apps.db.messages import (
     DB_CALL_PROTOCOL,
     DB_FORWARD_PROTOCOL,
+    DbBackups,
     DbCall,
     DbCallReply,
+    DbKept,
     DbMember,
     DbSpec,
 )
 from apps.db.repo import Repo, backups_of
-from apps.db.tables import DATABASES, DB_BACKUPS, DB_MEMBERS, all_databases, all_members
+from apps.db.sealing import DbPasswords, Passwords
+from apps.db.tables import (
+    DATABASES,
+    DB_BACKUPS,
+    DB_KEPT,
+    DB_MEMBERS,
+    DB_SECRET_KEYS,
+    all_databases,
+    all_kept,
+    all_members,
+)
 from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
 from apps.ingress.messages import ForwardOpen, ForwardReply
 from apps.ingress.ports import ephemeral_port
@@ -93,6 +105,9 @@ class DbService(ServiceBase):
         node.state.open_table(DATABASES)
         node.state.open_table(DB_MEMBERS)
         node.state.open_table(DB_BACKUPS)
+        node.state.open_table(DB_SECRET_KEYS)
+        node.state.open_table(DB_KEPT)
+        self.passwords = _passwords_of(node)
         data_dir = Path(node.datadir.path)
         self.switch_users = can_switch_user()
         self.root = default_homes(data_dir) / "db" if self.switch_users else data_dir / "db"
@@ -123,14 +138,19 @@ class DbService(ServiceBase):
         """Databases this node's primary is handing over (switchover): left alone."""
 
     def tables(self) -> tuple[Any, ...]:
-        return (DATABASES, DB_MEMBERS, DB_BACKUPS)
+        return (DATABASES, DB_MEMBERS, DB_BACKUPS, DB_SECRET_KEYS, DB_KEPT)
+
+    def pw(self, name: str, spec: DbSpec) -> Passwords:
+        """``name``'s passwords, opened here (an error when they are not sealed to this
+        node yet)."""
+        return self.passwords.of(name, spec)
 
     # --- requests (API) --------------------------------------------------------------------
 
     def create(self, name: str, *, standbys: int = 0, version: int = 15,
                port: int | None = None, restore: DbSpec | None = None,
                home: bytes | None = None, size: int | str | None = None,
-               params: Sequence[str] = ()) -> DbSpec:
+               params: Sequence[str] = (), restore_password: str = "") -> DbSpec:
         from apps.ingress.tables import exposures
 
         specs = all_databases(self.state)
@@ -167,22 +187,90 @@ class DbService(ServiceBase):
             nodes = set(check_size(size_bytes, self._free_disk(nodes), 1 + standbys))
         if home is None or home not in nodes:
             home = placement(name, nodes, 0)[0]
-        spec = DbSpec(port=port, password=secrets.token_urlsafe(24), home=home, standbys=standbys,
+        spec = DbSpec(port=port, home=home, standbys=standbys,
                       version=version, created_ms=self.node.clock.wall_ms(), ro_port=ro_port,
                       size=size_bytes, params=checked)
         if restore is not None:
             spec = replace(spec, restore_from=restore.restore_from,
-                           restore_at=restore.restore_at, restore_user=restore.restore_user,
-                           restore_password=restore.restore_password)
+                           restore_at=restore.restore_at, restore_user=restore.restore_user)
+        spec = self.passwords.sealed_spec(spec, Passwords(
+            secrets.token_urlsafe(24), restore_password if restore is not None else ""))
         self.state.put(DATABASES.name, (name,), spec)
         self.node.events.emit("db.created", name=name, port=port)
         return spec
 
-    def remove(self, name: str) -> None:
-        if name not in all_databases(self.state):
+    async def remove(self, name: str, delete_backups: bool = False) -> dict[str, Any]:
+        """Stop ``name`` everywhere and delete its data. Its backups are kept (a
+        ``db_kept`` row says where, with what a restore needs) unless ``delete_backups``:
+        then, once no node runs it any more, every object of its stanzas (each
+        incarnation's, and those kept from earlier removals of the same name) is deleted
+        from the bucket. ``delete_backups`` on a removed name deletes its kept backups."""
+        spec = all_databases(self.state).get(name)
+        kept = {st: k for st, k in all_kept(self.state).items() if k.name == name}
+        if spec is None and not kept:
             raise NotFoundError(f"no database {name!r}")
-        self.state.delete(DATABASES.name, (name,))
-        self.node.events.emit("db.removed", name=name)
+        if spec is None and not delete_backups:
+            raise NotFoundError(f"no database {name!r} (removed; its backups are kept: "
+                                f"`meshcloud db rm {name} --delete-backups` deletes them)")
+        out: dict[str, Any] = {"removed": name, "bucket": BUCKET}
+        if spec is not None:
+            st = stanza(name, spec.created_ms)
+            archived = False
+            row = self.state.get(DB_BACKUPS.name, (name,))
+            if not delete_backups and backups_of(row, st):
+                try:  # the WAL up to now into the repository (a restore reaches it)
+                    await self.call(name, "check", {}, timeout=90)
+                    archived = True
+                except (MeshError, OSError, trio.TooSlowError) as exc:
+                    log.info("database %s: no archive check before the removal: %s", name,
+                             exc)
+            sealed_row = self.passwords.migrate(spec) or spec
+            kept[st] = DbKept(name=name, created_ms=spec.created_ms,
+                              removed_ms=self.node.clock.wall_ms(), version=spec.version,
+                              standbys=spec.standbys, params=spec.params,
+                              key_id=sealed_row.key_id, sealed=sealed_row.sealed,
+                              backups=row.backups if row is not None and row.stanza == st
+                              else "[]")
+            # first the kept row: a removal cut short still knows the backups are there
+            self.state.put(DB_KEPT.name, (st,), kept[st])
+            self.state.delete(DATABASES.name, (name,))
+            if row is not None:
+                self.state.delete(DB_BACKUPS.name, (name,))
+            self.node.events.emit("db.removed", name=name)
+            out.update(stanza=st, archived=archived,
+                       backups=[b["label"] for b in json.loads(kept[st].backups)])
+        if not delete_backups:
+            out["kept"] = sorted(kept)
+            return out
+        await self._wait_stopped(name)
+        out["objects_deleted"] = await self.repo.delete_backups(name)
+        for st, k in sorted(kept.items()):
+            self.state.delete(DB_KEPT.name, (st,))
+            self.passwords.drop(k.key_id)
+        out["deleted"] = sorted(kept)
+        return out
+
+    async def _wait_stopped(self, name: str, timeout: float = 120.0) -> None:
+        """Until no live node reports a copy of ``name`` (each drops its copy, and its
+        row, on the round after the spec is gone): a primary still running could
+        archive WAL into the stanza being deleted."""
+        with trio.move_on_after(timeout):
+            while True:
+                alive = self.alive_nodes()
+                running = [n for n in all_members(self.state).get(name, {}) if n in alive]
+                if not running and name not in self.local:
+                    return
+                await trio.sleep(0.5)
+        raise DbError(f"database {name!r} is removed but still running on a node: its "
+                      f"backups are kept (run `meshcloud db rm {name} --delete-backups` "
+                      f"again in a minute)", code="unavailable")
+
+    def kept(self) -> list[dict[str, Any]]:
+        """The removed databases whose backups are kept (names, never passwords)."""
+        return [{"name": k.name, "stanza": st, "bucket": BUCKET,
+                 "created_ms": k.created_ms, "removed_ms": k.removed_ms,
+                 "backups": json.loads(k.backups)}
+                for st, k in sorted(all_kept(self.state).items())]
 
     def spec(self, name: str) -> DbSpec:
         spec = all_databases(self.state).get(name)
@@ -198,18 +286,23 @@ class DbService(ServiceBase):
                 raise DbError(f"database {name!r} has no standbys, so no read-only port",
                               code="bad_request")
             port = spec.ro_port
-        return f"postgresql://{name}:{spec.password}@{self.bind_host()}:{port}/{name}"
+        password = self.pw(name, spec).password
+        return f"postgresql://{name}:{password}@{self.bind_host()}:{port}/{name}"
 
     async def restore(self, name: str, at: str, as_name: str | None = None
                       ) -> dict[str, Any]:
         """Point-in-time restore of ``name`` to ``at``: into a new database ``as_name``, or
         replacing ``name`` (a new incarnation under the same name, port and password).
+        A removed database whose backups were kept restores into a new one (``as_name``).
         The target is checked against the repository first: nothing changes when it
         cannot be restored."""
-        spec = self.spec(name)
         target = parse_time(at)
+        spec = all_databases(self.state).get(name)
+        if spec is None:
+            return await self._restore_kept(name, target, as_name)
         if as_name is not None:
             check_create(as_name, spec.standbys, spec.version, all_databases(self.state))
+        old = self.pw(name, spec)  # opened here, or an error before anything changes
         st = stanza(name, spec.created_ms)
         try:  # the WAL up to now into the repository (when the primary is up)
             await self.call(name, "check", {}, timeout=300)
@@ -225,19 +318,49 @@ class DbService(ServiceBase):
             backups = listed
         check_restore_time(target, backups, self.node.clock.wall_ms() / 1000)
         carrier = replace(spec, restore_from=st, restore_at=target.isoformat(),
-                          restore_user=name,
-                          restore_password=spec.password)
+                          restore_user=name)
         if as_name is not None:
             new = self.create(as_name, standbys=spec.standbys, version=spec.version,
-                              restore=carrier, params=spec.params)
+                              restore=carrier, params=spec.params,
+                              restore_password=old.password)
             return {"name": as_name, "port": new.port, "from": st,
                     "at": carrier.restore_at}
         found = self._primary_node(name)
         home = found[0] if found is not None else spec.home
         created = max(self.node.clock.wall_ms(), spec.created_ms + 1)
-        self.state.put(DATABASES.name, (name,), replace(carrier, home=home,
-                                                         created_ms=created))
+        row = self.passwords.sealed_spec(replace(carrier, home=home, created_ms=created),
+                                         Passwords(old.password, old.password))
+        self.state.put(DATABASES.name, (name,), row)
         return {"name": name, "port": spec.port, "from": st, "at": carrier.restore_at}
+
+    async def _restore_kept(self, name: str, target: Any, as_name: str | None
+                            ) -> dict[str, Any]:
+        """A restore from the kept backups of a removed database ``name`` (the latest
+        incarnation created before ``target``) into the new database ``as_name``."""
+        kept = sorted((k for k in all_kept(self.state).values() if k.name == name),
+                      key=lambda k: k.created_ms, reverse=True)
+        if not kept:
+            raise NotFoundError(f"no database {name!r} (and no kept backups of one)")
+        if as_name is None:
+            raise DbError(f"database {name!r} was removed: restore its kept backups into "
+                          f"a new database (--as NEW)", code="bad_request")
+        ts = target.timestamp()
+        source = next((k for k in kept if k.created_ms / 1000 <= ts), kept[-1])
+        check_create(as_name, source.standbys, source.version, all_databases(self.state))
+        old = self.passwords.open(name, source.key_id, source.sealed)
+        st = stanza(name, source.created_ms)
+        backups = await self.repo.info(st)
+        listed = backups_of(DbBackups(stanza=st, backups=source.backups), st)
+        if len(listed) > len(backups):
+            backups = listed
+        check_restore_time(target, backups, source.removed_ms / 1000,
+                           end=f"when {name} was removed")
+        carrier = DbSpec(port=0, home=b"", restore_from=st,
+                         restore_at=target.isoformat(), restore_user=name)
+        new = self.create(as_name, standbys=source.standbys, version=source.version,
+                          restore=carrier, params=source.params,
+                          restore_password=old.password)
+        return {"name": as_name, "port": new.port, "from": st, "at": carrier.restore_at}
 
     async def add_user(self, name: str, user: str, role: str = "readwrite"
                        ) -> dict[str, Any]:
@@ -329,14 +452,17 @@ class DbService(ServiceBase):
                 result = {}
             elif msg.op == "user":
                 user, role = msg.args.get("user", ""), msg.args.get("role", "")
-                sql = user_sql(msg.name, user, role, msg.args.get("password", ""))
-                exists = await pg.sql(inst, port, msg.name, spec.password,
+                new_pw = msg.args.get("password", "")
+                sql = user_sql(msg.name, user, role, new_pw)
+                password = self.pw(msg.name, spec).password
+                exists = await pg.sql(inst, port, msg.name, password,
                                       f"SELECT count(*) FROM pg_roles WHERE rolname = "
                                       f"'{user}'")
                 if exists.strip() != "0":
                     raise DbError(f"user {user!r} already exists in {msg.name}",
                                   code="conflict")
-                await pg.sql(inst, port, msg.name, spec.password, sql, database=msg.name)
+                await pg.sql(inst, port, msg.name, password, sql, database=msg.name,
+                             hide=(new_pw,))
                 result = {"user": user, "role": role}
             elif msg.op == "switchover":
                 result = await self._switchover(msg.name, spec, inst, port,
@@ -496,6 +622,7 @@ class DbService(ServiceBase):
                 self.errors[name] = str(exc)[-500:]
                 log.warning("database %s: %s", name, str(exc)[-300:])
         self.leases.want(want)
+        self._seal_round(specs, held)
         for name in sorted(set(self.local) | set(self._ports())):
             if name not in specs:
                 await self._drop(name)
@@ -503,6 +630,20 @@ class DbService(ServiceBase):
                 if v is not None and len(k) == 2 and k[1] == me}
         for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
+
+    def _seal_round(self, specs: dict[str, DbSpec], held: dict[str, Any]) -> None:
+        """Seal the passwords' keys to members that lack them, and rewrite a row of an
+        earlier version (passwords in clear) sealed, on the node holding its lease."""
+        self.passwords.reseal([s.key_id for s in specs.values()] +
+                              [k.key_id for k in all_kept(self.state).values()])
+        for name, spec in sorted(specs.items()):
+            if name not in held:
+                continue
+            sealed_row = self.passwords.migrate(spec)
+            if sealed_row is not None and all_databases(self.state).get(name) == spec:
+                log.warning("database %s: its password was stored in clear (an earlier "
+                            "version): sealed now", name)
+                self.state.put(DATABASES.name, (name,), sealed_row)
 
     def _gone(self, known: list[bytes], alive: set[bytes]) -> set[bytes]:
         """Known nodes down longer than the replace delay (their copies are remade on
@@ -577,12 +718,13 @@ class DbService(ServiceBase):
             await self._finish_restore(inst, name, spec, port)
         elif action == INITDB:
             pg.prepare(inst)
-            await pg.initdb(inst, name, spec.password, port=port, standbys=0,
+            password = self.pw(name, spec).password
+            await pg.initdb(inst, name, password, port=port, standbys=0,
                             archive=self.repo.archive(inst, spec, name), params=spec.params)
             self._set_marker(inst, spec.created_ms)
             self._set_term(inst, term)
             await pg.start(inst)
-            await self._create_database(inst, name, spec.password)
+            await self._create_database(inst, name, password)
         elif action == START_PRIMARY:
             self._set_term(inst, term)
             await self._sync(inst, name, spec, rows, alive, port, lease, force=True)
@@ -598,7 +740,7 @@ class DbService(ServiceBase):
                 await pg.stop(inst, "immediate")
             log.info("database %s: cloning a standby from the primary", name)
             await pg.basebackup(inst, host=self.bind_host(), port=spec.port, user=name,
-                                password=spec.password, my_port=port,
+                                password=self.pw(name, spec).password, my_port=port,
                                 standbys=spec.standbys,
                                 archive=self.repo.archive(inst, spec, name),
                                 app_name=standby_name(self.node.node_id),
@@ -693,9 +835,10 @@ class DbService(ServiceBase):
                  if role == PRIMARY else
                  "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
         try:
-            out = (await pg.sql(inst, port, name, spec.password, query, timeout=10)).split()
+            out = (await pg.sql(inst, port, name, self.pw(name, spec).password, query,
+                                timeout=10)).split()
             return int(out[0]), tuple(a for a in "".join(out[1:]).split(",") if a)
-        except (pg.PgFailed, OSError, trio.TooSlowError, ValueError, IndexError):
+        except (DbError, OSError, trio.TooSlowError, ValueError, IndexError):
             return 0, ()
 
     async def _finish_restore(self, inst: pg.Instance, name: str, spec: DbSpec,
@@ -703,7 +846,10 @@ class DbService(ServiceBase):
         """After ``pgbackrest restore``: wait for the promotion at the target, give the
         copy its own user and database name and password, drop the recovery settings
         pgBackRest wrote, and open its own stanza."""
-        source, old_pw = spec.restore_user or name, spec.restore_password or spec.password
+        pws = self.pw(name, spec)
+        password = pws.password
+        source, old_pw = spec.restore_user or name, pws.restore_password or password
+        hide = (password, old_pw)
         with trio.fail_after(900):
             while True:
                 try:
@@ -712,9 +858,9 @@ class DbService(ServiceBase):
                 except pg.PgFailed:
                     out = ""
                     try:  # renamed already (a round cut short after it)
-                        out = await pg.sql(inst, port, name, spec.password,
+                        out = await pg.sql(inst, port, name, password,
                                            "SELECT pg_is_in_recovery()", timeout=10)
-                        source, old_pw = name, spec.password
+                        source, old_pw = name, password
                     except pg.PgFailed:
                         pass
                 if out.strip() == "f":
@@ -723,16 +869,16 @@ class DbService(ServiceBase):
         if source != name:
             await pg.sql(inst, port, source, old_pw,
                          f"CREATE ROLE \"{name}\" SUPERUSER LOGIN PASSWORD "
-                         f"'{spec.password}'")
-            await pg.sql(inst, port, name, spec.password,
+                         f"'{password}'", hide=hide)
+            await pg.sql(inst, port, name, password,
                          f'ALTER DATABASE "{source}" RENAME TO "{name}"')
-            await pg.sql(inst, port, name, spec.password,
+            await pg.sql(inst, port, name, password,
                          f'ALTER ROLE "{source}" NOLOGIN PASSWORD NULL')
-        elif old_pw != spec.password:
+        elif old_pw != password:
             await pg.sql(inst, port, name, old_pw,
-                         f"ALTER ROLE \"{name}\" PASSWORD '{spec.password}'")
-        await pg.sql(inst, port, name, spec.password, "ALTER SYSTEM RESET ALL")
-        await pg.sql(inst, port, name, spec.password, "SELECT pg_reload_conf()")
+                         f"ALTER ROLE \"{name}\" PASSWORD '{password}'", hide=hide)
+        await pg.sql(inst, port, name, password, "ALTER SYSTEM RESET ALL")
+        await pg.sql(inst, port, name, password, "SELECT pg_reload_conf()")
         (inst.root / "restored").write_text(spec.restore_at)
         self.node.events.emit("db.restored", name=name, source=spec.restore_from,
                               target=spec.restore_at)
@@ -762,6 +908,7 @@ class DbService(ServiceBase):
         else:
             raise DbError(f"database {name!r} has no live standby to switch over to",
                           code="unavailable")
+        self.pw(name, spec)  # the standby's settings need it: fail before stopping
         old_term = self._term(inst)
         started = trio.current_time()
         self.handing.add(name)
@@ -769,7 +916,7 @@ class DbService(ServiceBase):
             self.local[name] = (PRIMARY, port, False)  # no new connections here
             await pg.stop(inst, "fast")
             conninfo = (f"host={self.bind_host()} port={spec.port} user={name} "
-                        f"password={spec.password} "
+                        f"password={self.pw(name, spec).password} "
                         f"application_name={standby_name(me)}")
             pg.write_conf(inst, conf_text(port=port, socket_dir=str(inst.sock),
                                           standbys=spec.standbys, standby_of=conninfo,
@@ -801,6 +948,7 @@ class DbService(ServiceBase):
                       env={"PGPASSWORD": password})
 
     async def _drop(self, name: str) -> None:
+        self.repo.stop_backup(name)
         inst = self.instance(name)
         if inst.data.exists():
             await pg.stop(inst, "immediate")
@@ -967,3 +1115,24 @@ async def tcp_check(port: int, timeout: float = 2.0) -> bool:
     return False
 
 
+def _passwords_of(node: Any) -> DbPasswords:
+    """Passwords sealed to the node keys ``ingress_keys`` publishes (the ingress service
+    publishes this node's; the table is opened here if it is not yet)."""
+    from apps.ingress.tables import INGRESS_KEYS, seal_keys
+    from meshcloud.errors import LocalProtocolError
+
+    try:
+        node.state.open_table(INGRESS_KEYS)
+    except LocalProtocolError:
+        pass  # another service opened it
+
+    def revoked() -> set[bytes]:
+        return {subject for kind, subject, _ in node.records.revocations()
+                if kind == "node"}
+
+    def sealable() -> dict[bytes, bytes]:
+        gone = revoked()
+        return {n: k for n, k in seal_keys(node.state).items() if n not in gone}
+
+    return DbPasswords(node.state, node.node_id,
+                       node.datadir.node_key().to_curve25519_private(), sealable, revoked)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.db.messages import DbBackups, DbMember, DbSpec
+from apps.db.messages import DbBackups, DbKept, DbMember, DbSecretKey, DbSpec
 from meshcloud.state.schema import TableSchema, record_codec
 
 _spec_enc, _spec_dec = record_codec(DbSpec)
@@ -41,4 +41,22 @@ DB_BACKUPS: TableSchema[DbBackups] = TableSchema(
 
 def all_backups(state: Any) -> dict[str, DbBackups]:
     return {k[0]: v for k, v in state.scan(DB_BACKUPS.name)
+            if v is not None and k and isinstance(k[0], str)}
+
+
+_sk_enc, _sk_dec = record_codec(DbSecretKey)
+DB_SECRET_KEYS: TableSchema[DbSecretKey] = TableSchema(
+    "db_secret_keys", partition=(bytes,), sort=(bytes,), encode=_sk_enc, decode=_sk_dec,
+    max_value_bytes=1024)
+"""Key (key id, node id): a database's data key sealed to each member node."""
+
+_kept_enc, _kept_dec = record_codec(DbKept)
+DB_KEPT: TableSchema[DbKept] = TableSchema(
+    "db_kept", partition=(str,), encode=_kept_enc, decode=_kept_dec,
+    max_value_bytes=64 * 1024)
+"""Key: the stanza of a removed database whose backups were kept."""
+
+
+def all_kept(state: Any) -> dict[str, DbKept]:
+    return {k[0]: v for k, v in state.scan(DB_KEPT.name)
             if v is not None and k and isinstance(k[0], str)}

@@ -5,8 +5,9 @@ Each function with secrets has a random 256-bit data key. The secrets (a JSON ob
 the ciphertext, the key id, the names in clear); the data key is sealed (X25519
 SealedBox) to every node's key published in ``ingress_keys`` — the same node keys the
 mesh's site-certificate keys are sealed to — one row of ``fn_secret_keys`` per (function,
-node). A node that can open the key seals it to members that joined later and drops the
-rows of revoked ones (:meth:`FunctionSecrets.reseal`); setting secrets re-encrypts them
+node), kept by :class:`meshcloud.kit.sealed.SealedKeys`. A node that can open the key
+seals it to members that joined later and drops the rows of revoked ones
+(:meth:`FunctionSecrets.reseal`); setting secrets re-encrypts them
 under the same key, so the two writes never undo each other. Values never appear in a
 log, an error, ``fn ls`` or the API: only names do.
 
@@ -21,13 +22,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import nacl.exceptions
-import nacl.public
-import nacl.secret
-
 from apps.functions.core import FunctionError
 from apps.functions.messages import FnSecretKey, FnSecrets
-from apps.functions.tables import SECRET_KEYS, SECRETS, secret_keys
+from apps.functions.tables import SECRET_KEYS, SECRETS
+from meshcloud.kit import sealed
 
 MAX_SECRETS = 64
 MAX_VALUE = 4096
@@ -60,28 +58,20 @@ def check_updates(set_: Any, remove: Any) -> tuple[dict[str, str], list[str]]:
 
 def encrypt(key: bytes, values: dict[str, str], nonce: bytes) -> bytes:
     blob = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
-    return bytes(nacl.secret.SecretBox(key).encrypt(blob, nonce))
+    return sealed.encrypt(key, blob, nonce)
 
 
 def decrypt(key: bytes, ciphertext: bytes) -> dict[str, str]:
+    blob = sealed.decrypt(key, ciphertext)
     try:
-        values = json.loads(nacl.secret.SecretBox(key).decrypt(ciphertext))
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        raise SecretsUnavailable("the secrets do not open with their key") from None
+        values = json.loads(blob) if blob is not None else None
+    except ValueError:
+        values = None
+    if blob is None or values is None:
+        raise SecretsUnavailable("the secrets do not open with their key")
     if not isinstance(values, dict):
         raise SecretsUnavailable("the secrets are not a JSON object")
     return {str(k): str(v) for k, v in values.items()}
-
-
-def seal(curve_public: bytes, data: bytes) -> bytes:
-    return bytes(nacl.public.SealedBox(nacl.public.PublicKey(curve_public)).encrypt(data))
-
-
-def unseal(curve_private: bytes, box: bytes) -> bytes | None:
-    try:
-        return bytes(nacl.public.SealedBox(nacl.public.PrivateKey(curve_private)).decrypt(box))
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return None
 
 
 class FunctionSecrets:
@@ -93,13 +83,9 @@ class FunctionSecrets:
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self.state = state
         self.node_id = node_id
-        self.curve_private = curve_private
-        self.curve_public = bytes(nacl.public.PrivateKey(curve_private).public_key)
-        self.sealable = sealable
-        """Node id → X25519 public key of every member a key may be sealed to."""
-        self.revoked = revoked
-        """Nodes whose boxes are dropped (a key they opened before stays known to them:
-        set the secrets anew to rotate what they held)."""
+        self.keys = sealed.SealedKeys(state, SECRET_KEYS.name, _box, node_id,
+                                      curve_private, sealable, revoked, random)
+        self.curve_public = self.keys.curve_public
         self.random = random
 
     def row(self, name: str) -> FnSecrets | None:
@@ -112,11 +98,7 @@ class FunctionSecrets:
 
     def data_key(self, name: str, row: FnSecrets) -> bytes | None:
         """The function's data key if this node can open it (its box is current)."""
-        box = self.state.get(SECRET_KEYS.name, (name, self.node_id))
-        if box is None or box.key_id != row.key_id:
-            return None
-        key = unseal(self.curve_private, box.box)
-        return key if key is not None and len(key) == 32 else None
+        return self.keys.open(name, row.key_id)
 
     def values(self, name: str) -> dict[str, str]:
         """The function's secrets (empty when it has none); an error when this node
@@ -138,11 +120,7 @@ class FunctionSecrets:
         row = self.row(name)
         if row is None:
             values: dict[str, str] = {}
-            key, key_id = self.random(32), self.random(8)
-            keys = {**self.sealable(), self.node_id: self.curve_public}
-            for node, public in sorted(keys.items()):
-                self.state.put(SECRET_KEYS.name, (name, node),
-                               FnSecretKey(key_id=key_id, box=seal(public, key)))
+            key, key_id = self.keys.create(name)
         else:
             values = self.values(name)
             found = self.data_key(name, row)
@@ -163,8 +141,7 @@ class FunctionSecrets:
     def remove_all(self, name: str) -> None:
         if self.row(name) is not None:
             self.state.delete(SECRETS.name, name)
-        for node in secret_keys(self.state, name):
-            self.state.delete(SECRET_KEYS.name, (name, node))
+        self.keys.drop(name)
 
     def functions(self) -> list[str]:
         return sorted(str(k[0]) for k, v in self.state.scan(SECRETS.name)
@@ -175,24 +152,12 @@ class FunctionSecrets:
         old one), and drop the boxes of revoked nodes. Returns the rows written or
         deleted."""
         changed = 0
-        revoked = self.revoked()
-        members = {n: k for n, k in {**self.sealable(), self.node_id: self.curve_public
-                                     }.items() if n not in revoked}
         for name in self.functions():
             row = self.row(name)
-            if row is None:
-                continue
-            key = self.data_key(name, row)
-            if key is None:
-                continue
-            boxes = secret_keys(self.state, name)
-            for node, public in sorted(members.items()):
-                box = boxes.get(node)
-                if box is None or box.key_id != row.key_id:
-                    self.state.put(SECRET_KEYS.name, (name, node),
-                                   FnSecretKey(key_id=row.key_id, box=seal(public, key)))
-                    changed += 1
-            for node in sorted(set(boxes) & revoked):
-                self.state.delete(SECRET_KEYS.name, (name, node))
-                changed += 1
+            if row is not None:
+                changed += self.keys.reseal(name, row.key_id)
         return changed
+
+
+def _box(key_id: bytes, box: bytes) -> FnSecretKey:
+    return FnSecretKey(key_id=key_id, box=box)

@@ -7,7 +7,9 @@ refused with nothing created.
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 
 import pytest
 
@@ -35,6 +37,18 @@ def cluster(tmp_path_factory):
         for agent in cluster.agents:
             for root in db_roots(agent, node_dirs=True):
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def stanza_objects(agent, name: str) -> list[str]:
+    """The bucket's objects of every stanza (incarnation) of database ``name``."""
+    found = []
+    for root in ("pgbackrest/", "/pgbackrest/"):
+        for kind in ("archive", "backup"):
+            listing = agent.get(f"/v1/storage/objects/meshcloud-db?prefix={root}{kind}/"
+                                f"{name}-&limit=1000")
+            found += [o["key"] for o in listing["objects"]
+                      if o["key"][len(f"{root}{kind}/{name}-"):].split("/")[0].isdigit()]
+    return found
 
 
 def ids(url: str) -> list[int]:
@@ -111,6 +125,8 @@ def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
     assert old.returncode != 0
     out = a.cli("db", "backup", "copy", "--type", "full", timeout=600).stdout
     assert "(full)" in out, out
+    assert psql(copy_url, "INSERT INTO t VALUES (1001)").returncode == 0
+    copy_at = psql(copy_url, "SELECT extract(epoch FROM clock_timestamp())").stdout.strip()
 
     # DROP TABLE, then restore shop in place to just before it: the table is back, whole,
     # under the same URL (port and password)
@@ -126,6 +142,42 @@ def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
                == "200", 300, interval=1, message="shop restored in place")
     assert ids(url) == list(range(1, 201))
     wait_until(lambda: ready(b, "shop", 1), 300, interval=0.5, message="shop's standby")
+
+    # `db rm copy` keeps its backups and says where and how to restore or delete them
+    wait_until(lambda: psql(copy_url, f"SELECT extract(epoch FROM clock_timestamp()) > "
+                                      f"{copy_at}").stdout.strip() == "t", 10,
+               message="clock past the copy's mark")
+    out = a.cli("db", "rm", "copy", timeout=300).stdout
+    assert re.search(r"backups are kept \(\d+ base backups? and the WAL archive\)", out), out
+    assert "meshcloud db restore copy --at TIME --as NEW" in out, out
+    assert "meshcloud db rm copy --delete-backups" in out, out
+    assert stanza_objects(a, "copy"), "the kept backups are in the bucket"
+    assert "backups kept" in a.cli("db", "ls").stdout
+    # ... and a restore from them makes a new database with the copy's rows
+    out = a.cli("db", "restore", "copy", "--at", copy_at, "--as", "again",
+                timeout=600).stdout
+    assert "as again" in out, out
+    again_url = via(a.cli("db", "url", "again").stdout.strip(), ADDRESSES[1])
+    wait_until(lambda: psql(again_url, "SELECT 1", timeout=10).returncode == 0, 300,
+               interval=1, message="again answers")
+    assert ids(again_url) == [*range(1, 151), 1000, 1001]
+    late = a.cli("db", "restore", "copy", "--at", str(time.time() + 60), "--as", "nope",
+                 check=False, timeout=300)
+    assert late.returncode != 0 and "after the kept backups end" in late.stderr, late.stderr
+
+    # --delete-backups: on a live database (stopped first), then on the removed one
+    wait_until(lambda: stanza_objects(a, "again"), 120, interval=1,
+               message="again's own stanza in the bucket")
+    out = a.cli("db", "rm", "again", "--delete-backups", timeout=300).stdout
+    assert "deleted its backups" in out, out
+    assert stanza_objects(a, "again") == []
+    out = a.cli("db", "rm", "copy", "--delete-backups", timeout=300).stdout
+    assert "deleted its backups" in out, out
+    assert stanza_objects(a, "copy") == []
+    assert stanza_objects(a, "shop"), "another database's backups stay"
+    assert "backups kept" not in a.cli("db", "ls").stdout
+    gone = a.cli("db", "restore", "copy", "--at", copy_at, "--as", "nope", check=False)
+    assert gone.returncode != 0 and "no database 'copy'" in gone.stderr, gone.stderr
 
 
 def test_user_add_read_only_port_and_planned_switchover(cluster):
