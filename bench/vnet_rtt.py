@@ -16,7 +16,8 @@ every round trip into seven stages::
 and the same ping to B's underlay address gives the bare path's round trip
 (``underlay``). Medians in microseconds; ``ping_ms`` is ping's own average (it adds the
 socket hops to and from the ping process). ``--wg-nice N`` renices both wireguard-go
-processes first; ``--agent-env`` as in ``bench vnet``. Needs root, tcpdump, ping.
+processes first, ``--wg-cpus LIST`` pins them; ``--agent-env`` as in ``bench vnet``.
+Needs root, tcpdump, ping.
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--wg-nice", type=int, default=None,
                         help="renice both wireguard-go processes to this first")
+    parser.add_argument("--wg-cpus", default=None, metavar="LIST",
+                        help="pin every thread of both wireguard-go processes to these "
+                             "CPUs first (taskset's list, e.g. 0)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,6 +163,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     subprocess.run(["renice", "-n", str(args.wg_nice), "-p", str(pid)],
                                    check=True, capture_output=True)
             figures["wg_nice"] = args.wg_nice
+        if args.wg_cpus is not None:
+            for host in (ha, hb):
+                for pid in wg_processes(host):
+                    subprocess.run(["taskset", "-a", "-c", "-p", args.wg_cpus, str(pid)],
+                                   check=True, capture_output=True)
+            figures["wg_cpus"] = args.wg_cpus
         rtt(ha, addresses[1], 3)
         expr = f"icmp or (udp and not port 53 and host {hb.ip})"
         caps = [Capture(h, root / f"{h.netns}.txt", expr) for h in (ha, hb)]
