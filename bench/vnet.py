@@ -5,7 +5,8 @@ with both hosts attached (``sim/vnetlab.py``); then in the same run:
 
 * ``wg_tcp_mb_s``: ``iperf3`` TCP from one host to the other's V-Net address, over the
   WireGuard plane (kernel WireGuard when the host has it, else ``wireguard-go``; the
-  run says which: ``wg_mode``);
+  run says which: ``wg_mode``; for wireguard-go, which binary and version, ``wg_go``,
+  and whether it opened its TUN with segmentation offload, ``wg_offload``);
 * ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
   bare veth + bridge path);
 * ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the average of ``ping`` RTTs over each path;
@@ -19,11 +20,14 @@ Needs root, ``iperf3``, ``wireguard-go`` or kernel WireGuard. MB/s are 10^6 byte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "GOMAXPROCS=1)")
     parser.add_argument("--skip-python", action="store_true",
                         help="leave out the Python plane's figures")
+
+
+@contextlib.contextmanager
+def vnet_lab(root: Path, env: dict[str, str]) -> Iterator[tuple[VNetLab, list[str]]]:
+    """Two hosts with an agent each, both attached to V-Net ``bench`` (interface
+    ``mc-bench``) with their tunnel handshaken; yields the lab and their V-Net addresses.
+    The V-Net is removed before the lab closes."""
+    with VNetLab(root, 2, env=env) as lab:
+        a, b = lab.agents
+        a.cli("vnet", "create", "bench", "--cidr", "10.77.0.0/24")
+        wait_until(lambda: b.get("/v1/vnets")["vnets"], 20, message="the V-Net on both")
+        addresses = lab.attach_all("bench")
+        wait_until(lambda: lab.tunnels_up("bench"), 40, interval=0.3, message="tunnel up")
+        yield lab, addresses
+        a.cli("vnet", "rm", "bench")
+
+
+def wg_processes(host: Host) -> list[int]:
+    """The pids of the wireguard-go processes in ``host``'s namespace."""
+    out = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True,
+                         text=True).stdout
+    pids = []
+    for pid in out.split():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def wg_go_version(host: Host) -> str | None:
+    """Which wireguard-go runs on ``host``: its binary's Debian package version when
+    dpkg owns it (0.0.20231211 calls itself v0.0.20230223), else what ``--version``
+    says, after the binary's path."""
+    for pid in wg_processes(host):
+        path = os.path.realpath(f"/proc/{pid}/exe")
+        owner = subprocess.run(["dpkg-query", "-S", path], capture_output=True,
+                               text=True).stdout.split(":")[0]
+        if owner:
+            version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", owner],
+                                     capture_output=True, text=True).stdout
+            return f"{path} (deb {version})"
+        out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+        match = re.search(r"wireguard-go (v?[\d.]+)", out)
+        return f"{path} ({match.group(1) if match else '?'})"
+    return None
 
 
 def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
@@ -61,9 +112,9 @@ def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
         daemon.wait()
 
 
-def rtt(host: Host, address: str, count: int) -> float | None:
-    out = ns(host, "ping", "-n", "-q", "-c", str(count), "-i", "0.05", address,
-             check=False, timeout=count + 30).stdout
+def rtt(host: Host, address: str, count: int, interval: float = 0.05) -> float | None:
+    out = ns(host, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), address,
+             check=False, timeout=count * interval + 30).stdout
     match = re.search(r"= [\d.]+/([\d.]+)/", out)
     return float(match.group(1)) if match else None
 
@@ -76,22 +127,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(item.split("=", 1) for item in args.agent_env)
     if env:
         figures["agent_env"] = env
-    with VNetLab(root, 2, env=env) as lab:
-        a, b = lab.agents
+    with vnet_lab(root, env) as (lab, addresses):
+        a = lab.agents[0]
         ha, hb = lab.hosts
-        a.cli("vnet", "create", "bench", "--cidr", "10.77.0.0/24")
-        wait_until(lambda: b.get("/v1/vnets")["vnets"], 20, message="the V-Net on both")
-        addresses = lab.attach_all("bench")
-        wait_until(lambda: lab.tunnels_up("bench"), 40, interval=0.3, message="tunnel up")
         mode = subprocess.run(["nsenter", "-t", str(a.pid), "-m", "-n", "ip", "-d", "link",
                                "show", "mc-bench"], capture_output=True, text=True).stdout
         figures["wg_mode"] = "kernel" if "wireguard" in mode else "wireguard-go"
+        if figures["wg_mode"] == "wireguard-go":
+            figures["wg_go"] = wg_go_version(ha)
+            # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
+            figures["wg_offload"] = "vnet_hdr on" in mode
         rtt(ha, addresses[1], 3)  # warm the path
         figures["vnet_rtt_ms"] = rtt(ha, addresses[1], pings)
         figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
         figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
         figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
-        a.cli("vnet", "rm", "bench")
     try:
         py = None if args.skip_python else importlib.import_module("bench._vnet_py")
     except ImportError:

@@ -7,8 +7,11 @@ it, so the rest is the same. The private key goes to ``wg`` through a 0600 file 
 removed at once (never on a command line); peers are added, updated and removed to match
 the :class:`~vnet.plane.PlaneConfig`; WireGuard itself rekeys every two minutes and
 follows a peer that roams. Stats come from ``wg show IF dump``. wireguard-go's UDP socket
-gets 7 MiB buffers (:mod:`vnet.sockbuf`): the version apt ships keeps the kernel's
-default, which drops bursts.
+gets 7 MiB buffers (:mod:`vnet.sockbuf`): bookworm's 0.0.20220316 keeps the kernel's
+default, which drops bursts (0.0.20231211, from bookworm-backports through ``./dev
+setup``, sets them itself and adds TUN segmentation offload). The interface's MTU is the
+V-Net's, or less where the underlay route to the peers leaves less after WireGuard's 80
+bytes (:func:`tunnel_mtu`, as wg-quick does).
 
 :meth:`WireGuardPlane.close` deletes the interface (its address and routes go with it)
 and the V-Net's firewall rules (:mod:`vnet.firewall`).
@@ -35,6 +38,10 @@ KEEPALIVE = 5
 """Seconds between keepalives to each peer (keeps NAT mappings and shows liveness)."""
 UAPI_DIR = Path("/var/run/wireguard")
 START_TIMEOUT = 10.0
+OVERHEAD = 80
+"""Bytes WireGuard adds to a packet over an IPv6 underlay (60 over IPv4): the margin
+wg-quick keeps below the underlay's MTU, so that no tunnel datagram is fragmented."""
+MIN_MTU = 576
 
 
 def b64(key: bytes) -> str:
@@ -75,6 +82,10 @@ class WireGuardPlane:
         self._stats: list[PeerStats] = []
         self.mode = ""
         self._buffers: frozenset[int] = frozenset()
+        self._mtu = 0
+        """The interface's MTU as last set (:func:`tunnel_mtu`)."""
+        self._mtu_hosts: tuple[str, ...] | None = None
+        self._route_mtus: list[int] = []
         """wireguard-go's UDP sockets given larger buffers (:mod:`vnet.sockbuf`)."""
 
     # --- the interface --------------------------------------------------------------------
@@ -150,14 +161,26 @@ class WireGuardPlane:
                     raise
                 # the port is taken (by something else since last time): any port
                 await self._set_key(_with_port(config, 0))
-        if old is None or old.address != config.address or old.mtu != config.mtu:
+        if old is None or old.address != config.address:
             await run("ip", "-4", "addr", "flush", "dev", iface)
             await run("ip", "addr", "add", str(config.address), "dev", iface)
-            await run("ip", "link", "set", iface, "mtu", str(config.mtu), "up")
+        mtu = await self._tunnel_mtu(config)
+        if old is None or mtu != self._mtu:
+            await run("ip", "link", "set", iface, "mtu", str(mtu), "up")
+            self._mtu = mtu
         await self.firewall.ensure(config.vnet, iface, config.address.network)
         await self._sync_peers(config, old)
         self.config = config
         await self.refresh()
+
+    async def _tunnel_mtu(self, config: PlaneConfig) -> int:
+        """:func:`tunnel_mtu` for the underlay routes to the peers' endpoints (looked up
+        again only when their addresses change)."""
+        hosts = tuple(sorted({p.endpoint[0] for p in config.peers if p.endpoint}))
+        if hosts != self._mtu_hosts:
+            self._mtu_hosts = hosts
+            self._route_mtus = [m for m in [await route_mtu(h) for h in hosts] if m]
+        return tunnel_mtu(config.mtu, self._route_mtus)
 
     async def _sync_peers(self, config: PlaneConfig, old: PlaneConfig | None) -> None:
         wanted = {b64(p.public_key): p for p in config.peers}
@@ -266,3 +289,46 @@ def parse_dump(text: str) -> tuple[int, list[PeerStats]]:
     return port, stats
 
 
+
+
+def tunnel_mtu(wanted: int, route_mtus: list[int]) -> int:
+    """The interface's MTU: ``wanted`` (the V-Net's), or less where the underlay route to
+    the peers leaves less after WireGuard's :data:`OVERHEAD` (as wg-quick does: the
+    largest of the routes' MTUs, less 80). Never more than ``wanted``: every member of a
+    V-Net keeps the MTU its replicas' interfaces were given."""
+    if not route_mtus:
+        return wanted
+    return max(MIN_MTU, min(wanted, max(route_mtus) - OVERHEAD))
+
+
+def parse_route(route_get: str) -> tuple[str | None, int | None]:
+    """``ip -o route get ADDRESS``: the device, and the route's own ``mtu`` if it has
+    one."""
+    words = route_get.split()
+    dev = words[words.index("dev") + 1] if "dev" in words[:-1] else None
+    mtu = None
+    for i, word in enumerate(words[:-1]):
+        if word == "mtu" and words[i + 1].isdigit():
+            mtu = int(words[i + 1])
+        elif word == "mtu" and words[i + 1] == "lock" and i + 2 < len(words) \
+                and words[i + 2].isdigit():
+            mtu = int(words[i + 2])
+    return dev, mtu
+
+
+def parse_link_mtu(link_show: str) -> int | None:
+    """``ip -o link show dev DEV``: its ``mtu``."""
+    words = link_show.split()
+    for i, word in enumerate(words[:-1]):
+        if word == "mtu" and words[i + 1].isdigit():
+            return int(words[i + 1])
+    return None
+
+
+async def route_mtu(host: str) -> int | None:
+    """The MTU of this host's route to ``host``: the route's own, else its device's
+    (None when there is no route)."""
+    dev, mtu = parse_route(await run("ip", "-o", "route", "get", host, check=False))
+    if mtu is None and dev is not None:
+        mtu = parse_link_mtu(await run("ip", "-o", "link", "show", "dev", dev, check=False))
+    return mtu

@@ -12,7 +12,7 @@ from vnet.firewall import FWD_CHAIN, IN_CHAIN, rules_for
 from vnet.ipam import replica_links
 from vnet.keys import load_or_create
 from vnet.plane import PeerConfig, PlaneConfig
-from vnet.wireguard import parse_dump, peer_args
+from vnet.wireguard import parse_dump, parse_link_mtu, parse_route, peer_args, tunnel_mtu
 
 K1, K2 = base64.b64encode(b"\x01" * 32).decode(), base64.b64encode(b"\x02" * 32).decode()
 
@@ -86,3 +86,32 @@ def test_tunnel_key_file(tmp_path):
     path.write_bytes(b"short")
     with pytest.raises(DataDirError, match="32-byte"):
         load_or_create(path)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.99.0.7 dev v0 src 10.99.0.1 uid 0 \\    cache mtu 1400 ", ("v0", 1400)),
+    ("10.99.0.7 dev v0 src 10.99.0.1 uid 0 \\    cache mtu lock 1300 ", ("v0", 1300)),
+    ("10.99.0.7 via 10.99.0.254 dev eth0 src 10.99.0.1 uid 0 \\    cache ", ("eth0", None)),
+    ("", (None, None)),  # no route: `ip route get` failed
+])
+def test_parse_route(text, expected):
+    assert parse_route(text) == expected
+
+
+def test_parse_link_mtu():
+    line = ("2: eth0@if9: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1492 qdisc noqueue state UP "
+            "mode DEFAULT group default qlen 1000\\    link/ether 4a:1b:00:00:00:01")
+    assert parse_link_mtu(line) == 1492
+    assert parse_link_mtu("") is None
+
+
+@pytest.mark.parametrize(("routes", "expected"), [
+    ([], 1420),               # no peer endpoint yet: the V-Net's MTU
+    ([1500], 1420),           # Ethernet: 1500 - 80 = the V-Net's 1420
+    ([9000], 1420),           # jumbo frames: never above the V-Net's MTU
+    ([1492], 1412),           # PPPoE
+    ([1400, 1492], 1412),     # the largest route, as wg-quick picks
+    ([600], 576),             # never below IPv4's minimum
+])
+def test_tunnel_mtu_follows_the_underlay_route_less_80(routes, expected):
+    assert tunnel_mtu(1420, routes) == expected
