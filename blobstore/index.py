@@ -17,13 +17,30 @@ read repair) over its ``TableShardedReplication``.
 
 **Quorums** (:class:`~blobstore.quorum.QuorumCall`): the holders of a key are the top 3
 of its partition's rendezvous ranking over the live view (``Sharded(3, 2, 2)``); a write
-returns once 2 acknowledged (the third keeps going in the background), a point read
-once 2 answered and agree on an entry (absence, or disagreement, waits for all three:
-after two holders died the live top 3 holds two new, empty ones); a scan hears all.
-Read replies are merged by the CRDT join; replicas that answered something
+returns once 2 acknowledged (the third keeps going in the background); point reads and
+scans hear every holder (each bounded by the request timeout) and fail only below 2
+replies. Read replies are merged by the CRDT join; replicas that answered something
 older (or nothing) get the merged entry back (**read repair**), after the caller already
 has its answer. With fewer live nodes the quorum shrinks with the holder list (a one-node
 mesh writes to itself).
+
+**Consistency** (read-your-writes across nodes, tests/blobstore/test_read_your_writes.py):
+
+* *Reads hear every holder.* Holders follow each node's own live view, which differs for
+  a moment after a join, a restart or a failure. A reader whose view lacks a node the
+  writer counted asks one holder the writer did not; that one and a holder whose copy of
+  the write was lost (its leg failed, and the news with it) could agree on the older row.
+  While the views differ by one node, the writer's acknowledging pair and the reader's
+  three holders share at least one node, so hearing all three finds the write; two empty
+  new holders (after two of three died) never outvote the old third either.
+* *Overwrites are stamped past what they replace* (:meth:`Index.replace`,
+  :meth:`Index.entry_after`): a node's HLC only follows the entries it merges, so one
+  whose clock is behind the previous writer's (wall clocks differ; a restarted node
+  resumes at its persisted HLC ceiling, up to 10 s ahead) would stamp an acknowledged
+  overwrite or delete *older* than the row it replaces, and last-writer-wins would keep
+  the old row on every node. Writers of object rows, tombstones, parts and the BlobRef
+  a multipart completion re-points read the row first (a put reads it while its body
+  streams) and stamp past it.
 
 **Scans** merge pages: each replica returns up to ``limit`` entries; when a replica's
 page was truncated, the merged page is only complete up to that replica's last key, so it
@@ -46,6 +63,7 @@ from blobstore.errors import IndexUnavailable
 from blobstore.messages import IndexEntries, IndexRead, IndexScan, IndexWrite, IndexWriteReply
 from blobstore.quorum import QuorumCall, QuorumState
 from blobstore.records import FULL_COPY_TABLES, INDEX_TABLES
+from meshcloud.codec import cbor
 from meshcloud.errors import CodecError, MeshError
 from meshcloud.state.crdt import LwwRegister, entry_bytes
 from meshcloud.state.driver import StateDriver
@@ -69,6 +87,13 @@ _TRANSIENT = (MeshError, trio.TooSlowError, trio.BrokenResourceError,
 
 NodeId = bytes
 View = Callable[[], Collection[NodeId]]
+
+
+class Missing:
+    """The type of :data:`MISSING`: "not read yet", unlike None ("read: no row")."""
+
+
+MISSING = Missing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +197,31 @@ class Index:
         await self.write_entries(table, key[: len(self._table(table).schema.partition)],
                                  [entry])
 
+    def entry_after(self, table: str, key: Key, value: Any, current: Found | None
+                    ) -> tuple[bytes, bytes]:
+        """An entry for ``value`` (None: a tombstone) that beats ``current``, the row as a
+        read quorum returned it: stamped by our HLC, or just past ``current`` when our
+        clock is behind the node that wrote it (its clock runs ahead, or it restarted and
+        resumed at its persisted HLC ceiling). Without this a write acknowledged *after*
+        another could lose to it, and every later read would return the older one."""
+        key_bytes, entry = self.state.build_entry(table, key, value)
+        if current is not None and _stamp_of(entry) <= current.entry.ts:
+            key_bytes, entry = self.state.build_entry(table, key, value,
+                                                      ts=current.entry.ts + 1)
+        return key_bytes, entry
+
+    async def replace(self, table: str, key: Key, value: Any,
+                      current: Found | Missing | None = MISSING) -> None:
+        """Write ``value`` (None: delete) at ``key`` so that it supersedes the row a read
+        quorum holds now (read first unless ``current`` is that row, read after the
+        caller's request began): an overwrite or delete wins over every write that was
+        acknowledged before it, whatever the writers' clocks say."""
+        if isinstance(current, Missing):
+            current = await self.get(table, key)
+        entry = self.entry_after(table, key, value, current)
+        await self.write_entries(table, key[: len(self._table(table).schema.partition)],
+                                 [entry])
+
     async def write_entries(self, table: str, partition: Key,
                             entries: Sequence[tuple[bytes, bytes]]) -> None:
         msg = IndexWrite(table=table, entries=tuple(entries))
@@ -227,11 +277,23 @@ class Index:
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, table: str, key: Key) -> Found | None:
-        """The merged row at ``key`` from a read quorum (None: never written)."""
+        """The merged row at ``key`` from every holder (None: never written)."""
         schema = self._table(table).schema
-        key_bytes = schema.key_bytes(key)
-        msg = IndexRead(table=table, keys=(key_bytes,))
-        targets = self.holders(table, key[: len(schema.partition)])
+        found = await self.get_many(table, key[: len(schema.partition)], [key])
+        return found.get(schema.key_bytes(key))
+
+    async def get_many(self, table: str, partition: Key, keys: Sequence[Key]
+                       ) -> dict[bytes, Found]:
+        """Merged rows (tombstones included) of ``keys``, all in ``partition``, by key
+        bytes; keys never written are absent. Hears every live holder (or its timeout),
+        not just a quorum: holders follow each node's live view, which differs for a
+        moment after a join, a restart or a failure, so the two replies a quorum would
+        stop at may both come from holders the writer did not count, and agree on an
+        older row (module docstring, "Consistency")."""
+        schema = self._table(table).schema
+        wanted = [schema.key_bytes(key) for key in keys][:MAX_SCAN]
+        msg = IndexRead(table=table, keys=tuple(wanted))
+        targets = self.holders(table, partition)
         need = min(self._replication(table).read_quorum, len(targets))
 
         async def one(node: NodeId) -> dict[bytes, bytes]:
@@ -241,13 +303,12 @@ class Index:
             return self._validated(table, reply.entries)
 
         async def repair(call: QuorumCall[dict[bytes, bytes]]) -> None:
-            await self._repair(table, key[: len(schema.partition)], call.replies, None)
+            await self._repair(table, partition, call.replies, None)
 
         replies = await self._quorum(targets, need, one, f"read from {table}", repair,
-                                     settled=_agree_on_something)
+                                     settled=_never)
         merged = _merge(self._table(table), list(replies.values()))
-        return merged.get(key_bytes)
-
+        return {k: merged[k] for k in wanted if k in merged}
     async def get_value(self, table: str, key: Key) -> Any:
         found = await self.get(table, key)
         return None if found is None else found.value
@@ -414,13 +475,13 @@ def _merge(core: TableCore[Any], replies: list[dict[bytes, bytes]]) -> dict[byte
             for key, entry in entries.items()}
 
 
-def _agree_on_something(values: list[dict[bytes, bytes]]) -> bool:
-    """A point read may stop at its quorum when the replies agree on an entry; agreeing
-    on *nothing* proves little (new holders start empty), so absence waits for all."""
-    return bool(values[0]) and all(v == values[0] for v in values[1:])
-
-
 def _never(values: list[Any]) -> bool:
-    """Scans hear every holder (or its timeout): pages of new holders may agree on a
-    part of the listing."""
+    """Reads and scans hear every holder (or its timeout): replies of holders the writer
+    did not count may agree on an older row or page."""
     return False
+
+
+def _stamp_of(entry: bytes) -> int:
+    """The HLC stamp of an encoded register (its first field)."""
+    return int(cbor.decode(entry)[0])
+
