@@ -220,20 +220,31 @@ class ObjectStore:
                           ) -> ObjectRecord:
         """A small object: its bytes go in the record (see ``ObjectRecord.inline``)."""
         data = bytearray()
-        async for piece in source:
-            data += piece
-            if len(data) > INLINE_MAX:
-                raise InvalidArgument("body longer than its declared length")
+        current: list[Found | None] = []
+
+        async def drain() -> None:
+            async for piece in source:
+                data.extend(piece)
+                if len(data) > INLINE_MAX:
+                    raise InvalidArgument("body longer than its declared length")
+
+        async def read_current() -> None:  # what this put replaces, read while it arrives
+            current.append(await self.current(bucket, key))
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(drain)
+            if precheck is None:
+                nursery.start_soon(read_current)
         manifest = Manifest(object_id=new_object_id(), size=0,
                             etag=hashlib.md5(data).hexdigest(), scheme=Scheme.REPLICATION,
                             k=1, m=0, key=bytes(32), chunks=())
         record = ObjectRecord(key=key, manifest=manifest, content_type=content_type,
                               metadata=dict(metadata or {}), modified_ms=self.wall_ms(),
                               inline=bytes(data))
-        current = await self.current(bucket, key)
         if precheck is not None:
-            precheck(_live(current))
-        await self.commit(bucket, record, current)
+            current.append(await self.current(bucket, key))
+            precheck(_live(current[0]))
+        await self.commit(bucket, record, current[0])
         return record
 
     async def current(self, bucket: BucketRecord, key: str) -> Found | None:
