@@ -333,4 +333,4 @@ class ObjectStore:
 
 def _live(found: Found | None) -> ObjectRecord | None:
     """The object a row holds (None: no row, or a tombstone)."""
-    return None if found is None else found.value  # type: ignore[no-any-return]
+    return None if found is None else found.value
