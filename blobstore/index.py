@@ -18,9 +18,10 @@ read repair) over its ``TableShardedReplication``.
 **Quorums** (:class:`~blobstore.quorum.QuorumCall`): the holders of a key are the top 3
 of its partition's rendezvous ranking over the live view (``Sharded(3, 2, 2)``); a write
 returns once 2 acknowledged (the third keeps going in the background); point reads and
-scans hear every holder (each bounded by the request timeout) and fail only below 2
-replies. Read replies are merged by the CRDT join; replicas that answered something
-older (or nothing) get the merged entry back (**read repair**), after the caller already
+scans hear every holder gossip does not suspect (each bounded by the request timeout;
+a suspected one is asked and merged if it answers in time) and fail below 2 replies.
+Read replies are merged by the CRDT join; replicas that answered something older (or
+nothing) get the merged entry back (**read repair**), after the caller already
 has its answer. With fewer live nodes the quorum shrinks with the holder list (a one-node
 mesh writes to itself).
 
@@ -161,11 +162,14 @@ class Index:
     """Client side: quorum calls to a key's holders (see the module docstring)."""
 
     def __init__(self, transport: Transport, state: StateDriver, service: IndexService,
-                 view: View, *, timeout: float = REQUEST_TIMEOUT) -> None:
+                 view: View, *, timeout: float = REQUEST_TIMEOUT,
+                 suspects: View = frozenset) -> None:
         self.transport = transport
         self.state = state
         self.service = service
         self.view = view
+        self.suspects = suspects
+        """Live members gossip suspects: asked, but reads do not wait for them."""
         self.timeout = timeout
         self.nursery: trio.Nursery | None = None
         """Where stragglers and read repairs finish after a call returned (set by the
@@ -306,7 +310,7 @@ class Index:
             await self._repair(table, partition, call.replies, None)
 
         replies = await self._quorum(targets, need, one, f"read from {table}", repair,
-                                     settled=_never)
+                                     hear_all=True)
         merged = _merge(self._table(table), list(replies.values()))
         return {k: merged[k] for k in wanted if k in merged}
     async def get_value(self, table: str, key: Key) -> Any:
@@ -329,7 +333,7 @@ class Index:
             return self._validated(table, reply.entries), reply.truncated
 
         replies = await self._quorum(targets, need, one, f"scan of {table}",
-                                     settled=_never)
+                                     hear_all=True)
         pages = list(replies.values())
         horizon: bytes | None = None
         for rows, truncated in pages:
@@ -366,19 +370,22 @@ class Index:
     async def _quorum(self, targets: list[NodeId], need: int,
                       fn: Callable[[NodeId], Awaitable[Any]], what: str,
                       on_complete: Callable[[QuorumCall[Any]], Awaitable[None]] | None = None,
-                      *, settled: Callable[[list[Any]], bool] | None = None
-                      ) -> dict[NodeId, Any]:
+                      *, hear_all: bool = False) -> dict[NodeId, Any]:
         """Run ``fn`` on every target; return the replies once ``need`` answered. With
-        ``settled`` (reads), a quorum whose replies it does not accept waits for every
-        target (or its timeout). Holders are the top of the ranking over the *live* view:
-        after two of a key's three holders died, two new, empty holders and one old one
-        hold it, and the two empty replies must not outvote the one with the row."""
+        ``hear_all`` (reads), also wait until every target gossip does not suspect has
+        answered or failed (or timed out): see the module docstring, "Consistency". A
+        suspected holder (a phone gone to sleep, a stalled machine) is still asked and its
+        reply merged if it comes in time, but a read does not wait for it."""
         if not targets:
             raise IndexUnavailable(f"{what}: no live holder")
         call: QuorumCall[Any] = QuorumCall(targets, need)
         decided = trio.Event()
-        finished = trio.Event()
+        heard = trio.Event()
+        must = frozenset(targets) - frozenset(self.suspects()) if hear_all else frozenset()
         now = trio.current_time
+
+        def heard_enough() -> bool:
+            return must <= (call.replies.keys() | call.failures.keys())
 
         async def one(node: NodeId) -> None:
             try:
@@ -390,8 +397,8 @@ class Index:
                 outputs = call.on_reply(node, value, now())
             if outputs:
                 decided.set()
-            if call.complete:
-                finished.set()
+            if heard_enough():
+                heard.set()
             if call.complete and on_complete is not None and call.replies:
                 try:
                     await on_complete(call)
@@ -406,9 +413,8 @@ class Index:
             for node in targets:
                 self.nursery.start_soon(one, node)
             await decided.wait()
-            if (settled is not None and call.state is QuorumState.SUCCEEDED
-                    and not call.complete and not settled(list(call.replies.values()))):
-                await finished.wait()
+            if call.state is QuorumState.SUCCEEDED and not heard_enough():
+                await heard.wait()
         if call.state is not QuorumState.SUCCEEDED:
             failures = "; ".join(f"{n.hex()[:12]}: {why}" for n, why in call.failures.items())
             raise IndexUnavailable(f"{what}: {len(call.replies)} of {need} replicas answered"
@@ -473,12 +479,6 @@ def _merge(core: TableCore[Any], replies: list[dict[bytes, bytes]]) -> dict[byte
             entries[key] = entry if mine is None else mine.merge(entry)
     return {key: Found(key, entry, core.value_of_entry(entry))
             for key, entry in entries.items()}
-
-
-def _never(values: list[Any]) -> bool:
-    """Reads and scans hear every holder (or its timeout): replies of holders the writer
-    did not count may agree on an older row or page."""
-    return False
 
 
 def _stamp_of(entry: bytes) -> int:

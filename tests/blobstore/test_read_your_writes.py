@@ -34,11 +34,14 @@ EPOCH_MS = 1_767_225_600_000
 
 
 class Node:
-    def __init__(self, index: Index, store: ObjectStore, view: list[bytes]) -> None:
+    def __init__(self, index: Index, store: ObjectStore, view: list[bytes],
+                 suspects: set[bytes]) -> None:
         self.index = index
         self.store = store
         self.view = view
         """What this node's membership holds live (edit it as membership would)."""
+        self.suspects = suspects
+        """The live members this node's gossip suspects."""
 
     @property
     def me(self) -> bytes:
@@ -68,11 +71,13 @@ async def start(nursery, n: int = 5, *, skew_ms: dict[int, int] | None = None) -
         await nursery.start(state.run)
         service = IndexService(state)
         service.register(t)
-        index = Index(t, state, service, lambda v=view: v, timeout=1.0)
+        suspects: set[bytes] = set()
+        index = Index(t, state, service, lambda v=view: v, timeout=1.0,
+                      suspects=lambda s=suspects: s)
         index.nursery = nursery  # as on a node: a call returns at its quorum
         store = ObjectStore(state, index, shards, PlacementPicker(lambda v=view: v),
                             wall_ms=lambda c=clock: c.wall_ms() + int(trio.current_time() * 1000))
-        nodes.append(Node(index, store, view))
+        nodes.append(Node(index, store, view, suspects))
     await nodes[0].store.create_bucket("bkt")
     return network, nodes
 
@@ -187,6 +192,30 @@ async def test_read_through_a_node_that_has_not_seen_a_join_yet(nursery, autojum
     assert holders(reader) == before
     assert await body_via(reader, "k") == b"new"
     assert (await listed_via(reader))["k"] == (await writer.store.head("bkt", "k")).etag
+
+
+async def test_a_read_does_not_wait_for_a_holder_gossip_suspects(nursery, autojump_clock):
+    """A holder that stopped answering (a phone asleep, a stalled machine) costs a read
+    the request timeout until gossip suspects it; from then on the other two suffice."""
+    _network, nodes = await start(nursery)
+    by_id = {n.me: n for n in nodes}
+    await put(nodes[0], "k", b"v")
+    await trio.sleep(1)
+    stalled = by_id[holders(nodes[0])[2]]
+    reader = next(n for n in nodes if n.me not in holders(nodes[0]))
+
+    async def silent(stream):
+        await trio.sleep_forever()
+
+    stalled.index.transport.registry.handlers[INDEX_PROTOCOL] = silent
+    began = trio.current_time()
+    assert await body_via(reader, "k") == b"v"
+    assert trio.current_time() - began > reader.index.timeout * 0.9  # heard everyone
+    reader.suspects.add(stalled.me)
+    began = trio.current_time()
+    assert await body_via(reader, "k") == b"v"
+    assert "k" in await listed_via(reader)
+    assert trio.current_time() - began < reader.index.timeout / 2
 
 
 async def test_bucket_created_through_one_node_is_usable_through_any_other(
