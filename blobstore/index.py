@@ -23,7 +23,8 @@ a suspected one is asked and merged if it answers in time) and fail below 2 repl
 Read replies are merged by the CRDT join; replicas that answered something older (or
 nothing) get the merged entry back (**read repair**), after the caller already
 has its answer. With fewer live nodes the quorum shrinks with the holder list (a one-node
-mesh writes to itself).
+mesh writes to itself); a write then also goes to the holders believed dead
+(:meth:`Index._hand_off`).
 
 **Consistency** (read-your-writes across nodes, tests/blobstore/test_read_your_writes.py):
 
@@ -60,6 +61,7 @@ from typing import Any
 
 import trio
 
+from blobstore.concurrency import open_nursery
 from blobstore.errors import IndexUnavailable
 from blobstore.messages import IndexEntries, IndexRead, IndexScan, IndexWrite, IndexWriteReply
 from blobstore.quorum import QuorumCall, QuorumState
@@ -82,6 +84,10 @@ MAX_SCAN = 1000
 
 REQUEST_TIMEOUT = 5.0
 """Seconds one replica may take; a dead holder costs at most this once per call."""
+
+HAND_OFF_WAIT = 1.0
+"""Seconds a write in a shrunk quorum waits for a holder believed dead but still
+connected (:meth:`Index._hand_off`)."""
 
 _TRANSIENT = (MeshError, trio.TooSlowError, trio.BrokenResourceError,
               trio.ClosedResourceError, trio.EndOfChannel, OSError)
@@ -163,13 +169,16 @@ class Index:
 
     def __init__(self, transport: Transport, state: StateDriver, service: IndexService,
                  view: View, *, timeout: float = REQUEST_TIMEOUT,
-                 suspects: View = frozenset) -> None:
+                 suspects: View = frozenset, known: View = frozenset) -> None:
         self.transport = transport
         self.state = state
         self.service = service
         self.view = view
         self.suspects = suspects
         """Live members gossip suspects: asked, but reads do not wait for them."""
+        self.known = known
+        """Members not known to have left, dead ones included (see :meth:`_hand_off`)."""
+        self.handed_off = 0
         self.timeout = timeout
         self.nursery: trio.Nursery | None = None
         """Where stragglers and read repairs finish after a call returned (set by the
@@ -238,7 +247,43 @@ class Index:
                 raise IndexUnavailable(f"{node.hex()[:12]} refused: {reply.error}")
             return True
 
-        await self._quorum(targets, need, one, f"write to {table}")
+        replication = self._replication(table)
+        rf = getattr(replication, "rf", len(targets))
+        extra = ([n for n in self._known_holders(table, partition) if n not in targets]
+                 if len(targets) < rf else [])
+        if not extra:
+            await self._quorum(targets, need, one, f"write to {table}")
+            return
+        # the quorum shrank with the live view: hand the write to the holders believed
+        # dead too; to those still connected (busy, not dead) as part of the write
+        connected = {p.node_id for p in self.transport.connected_peers()}
+        async with open_nursery() as nursery:  # IndexUnavailable, not a group
+            for node in extra:
+                if node in connected:
+                    nursery.start_soon(self._hand_off, node, msg, HAND_OFF_WAIT)
+                else:
+                    await self._spawn(self._hand_off, node, msg, self.timeout)
+            await self._quorum(targets, need, one, f"write to {table}")
+
+    def _known_holders(self, table: str, partition: Key) -> list[NodeId]:
+        """The holders of a partition over every known member that has not left."""
+        view = frozenset(self.view()) | frozenset(self.known()) | {self.me}
+        number = partition_of(encode_key(partition))
+        return list(self._replication(table).storage_nodes(number, view))
+
+    async def _hand_off(self, node: NodeId, msg: IndexWrite, wait: float) -> None:
+        """A write sent to a holder this node believes dead (best effort, never fatal). In
+        a mesh of fewer than 3 live nodes the quorum shrinks with the live view; two
+        nodes that each wrongly think the other dead (busy, missing probes) would
+        otherwise each keep writes the other never sees until anti-entropy, and serve
+        reads from their own copy."""
+        try:
+            with trio.fail_after(wait):
+                await self._ask(node, msg, IndexWriteReply)
+            self.handed_off += 1
+        except _TRANSIENT as exc:
+            log.debug("hand-off of a %s write to %s failed: %s", msg.table, node.hex()[:12],
+                      exc)
 
     async def put_everywhere(self, table: str, key: Key, value: Any) -> None:
         """A full-copy row (bucket, access key): stored here, then pushed to every live
@@ -313,6 +358,7 @@ class Index:
                                      hear_all=True)
         merged = _merge(self._table(table), list(replies.values()))
         return {k: merged[k] for k in wanted if k in merged}
+
     async def get_value(self, table: str, key: Key) -> Any:
         found = await self.get(table, key)
         return None if found is None else found.value

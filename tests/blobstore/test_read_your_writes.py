@@ -73,7 +73,7 @@ async def start(nursery, n: int = 5, *, skew_ms: dict[int, int] | None = None) -
         service.register(t)
         suspects: set[bytes] = set()
         index = Index(t, state, service, lambda v=view: v, timeout=1.0,
-                      suspects=lambda s=suspects: s)
+                      suspects=lambda s=suspects: s, known=lambda: ids)
         index.nursery = nursery  # as on a node: a call returns at its quorum
         store = ObjectStore(state, index, shards, PlacementPicker(lambda v=view: v),
                             wall_ms=lambda c=clock: c.wall_ms() + int(trio.current_time() * 1000))
@@ -216,6 +216,29 @@ async def test_a_read_does_not_wait_for_a_holder_gossip_suspects(nursery, autoju
     assert await body_via(reader, "k") == b"v"
     assert "k" in await listed_via(reader)
     assert trio.current_time() - began < reader.index.timeout / 2
+
+
+async def test_two_nodes_that_each_think_the_other_dead(nursery, autojump_clock):
+    """Two busy nodes miss each other's probes and each declares the other dead, while
+    their connection stays up: each now writes with a quorum of one (itself). A write is
+    still handed to the other before it is acknowledged, so a read through the other,
+    which asks only itself, sees it; a real node that is gone costs the write nothing."""
+    network, nodes = await start(nursery, n=2)
+    a, b = nodes
+    await put(a, "k", b"old")
+    a.view.remove(b.me)
+    b.view.remove(a.me)
+    assert holders(a) == [a.me] and holders(b) == [b.me]
+    await put(a, "k", b"new")
+    assert await body_via(b, "k") == b"new"
+    await b.store.delete("bkt", "k")
+    assert await body_via(a, "k") is None
+    assert a.index.handed_off >= 1 and b.index.handed_off >= 1
+    network.crash(b.me)  # really gone: the write does not wait for it
+    began = trio.current_time()
+    await put(a, "solo", b"x")
+    assert trio.current_time() - began < a.index.timeout / 2
+    assert await body_via(a, "solo") == b"x"
 
 
 async def test_bucket_created_through_one_node_is_usable_through_any_other(
