@@ -17,13 +17,32 @@ read repair) over its ``TableShardedReplication``.
 
 **Quorums** (:class:`~blobstore.quorum.QuorumCall`): the holders of a key are the top 3
 of its partition's rendezvous ranking over the live view (``Sharded(3, 2, 2)``); a write
-returns once 2 acknowledged (the third keeps going in the background), a point read
-once 2 answered and agree on an entry (absence, or disagreement, waits for all three:
-after two holders died the live top 3 holds two new, empty ones); a scan hears all.
-Read replies are merged by the CRDT join; replicas that answered something
-older (or nothing) get the merged entry back (**read repair**), after the caller already
+returns once 2 acknowledged (the third keeps going in the background); point reads and
+scans hear every holder gossip does not suspect (each bounded by the request timeout;
+a suspected one is asked and merged if it answers in time) and fail below 2 replies.
+Read replies are merged by the CRDT join; replicas that answered something older (or
+nothing) get the merged entry back (**read repair**), after the caller already
 has its answer. With fewer live nodes the quorum shrinks with the holder list (a one-node
-mesh writes to itself).
+mesh writes to itself); a write then also goes to the holders believed dead
+(:meth:`Index._hand_off`).
+
+**Consistency** (read-your-writes across nodes, tests/blobstore/test_read_your_writes.py):
+
+* *Reads hear every holder.* Holders follow each node's own live view, which differs for
+  a moment after a join, a restart or a failure. A reader whose view lacks a node the
+  writer counted asks one holder the writer did not; that one and a holder whose copy of
+  the write was lost (its leg failed, and the news with it) could agree on the older row.
+  While the views differ by one node, the writer's acknowledging pair and the reader's
+  three holders share at least one node, so hearing all three finds the write; two empty
+  new holders (after two of three died) never outvote the old third either.
+* *Overwrites are stamped past what they replace* (:meth:`Index.replace`,
+  :meth:`Index.entry_after`): a node's HLC only follows the entries it merges, so one
+  whose clock is behind the previous writer's (wall clocks differ; a restarted node
+  resumes at its persisted HLC ceiling, up to 10 s ahead) would stamp an acknowledged
+  overwrite or delete *older* than the row it replaces, and last-writer-wins would keep
+  the old row on every node. Writers of object rows, tombstones, parts and the BlobRef
+  a multipart completion re-points read the row first (a put reads it while its body
+  streams) and stamp past it.
 
 **Scans** merge pages: each replica returns up to ``limit`` entries; when a replica's
 page was truncated, the merged page is only complete up to that replica's last key, so it
@@ -42,10 +61,12 @@ from typing import Any
 
 import trio
 
+from blobstore.concurrency import open_nursery
 from blobstore.errors import IndexUnavailable
 from blobstore.messages import IndexEntries, IndexRead, IndexScan, IndexWrite, IndexWriteReply
 from blobstore.quorum import QuorumCall, QuorumState
 from blobstore.records import FULL_COPY_TABLES, INDEX_TABLES
+from meshcloud.codec import cbor
 from meshcloud.errors import CodecError, MeshError
 from meshcloud.state.crdt import LwwRegister, entry_bytes
 from meshcloud.state.driver import StateDriver
@@ -64,11 +85,22 @@ MAX_SCAN = 1000
 REQUEST_TIMEOUT = 5.0
 """Seconds one replica may take; a dead holder costs at most this once per call."""
 
+HAND_OFF_WAIT = 1.0
+"""Seconds a write in a shrunk quorum waits for a holder believed dead but still
+connected (:meth:`Index._hand_off`)."""
+
 _TRANSIENT = (MeshError, trio.TooSlowError, trio.BrokenResourceError,
               trio.ClosedResourceError, trio.EndOfChannel, OSError)
 
 NodeId = bytes
 View = Callable[[], Collection[NodeId]]
+
+
+class Missing:
+    """The type of :data:`MISSING`: "not read yet", unlike None ("read: no row")."""
+
+
+MISSING = Missing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +168,17 @@ class Index:
     """Client side: quorum calls to a key's holders (see the module docstring)."""
 
     def __init__(self, transport: Transport, state: StateDriver, service: IndexService,
-                 view: View, *, timeout: float = REQUEST_TIMEOUT) -> None:
+                 view: View, *, timeout: float = REQUEST_TIMEOUT,
+                 suspects: View = frozenset, known: View = frozenset) -> None:
         self.transport = transport
         self.state = state
         self.service = service
         self.view = view
+        self.suspects = suspects
+        """Live members gossip suspects: asked, but reads do not wait for them."""
+        self.known = known
+        """Members not known to have left, dead ones included (see :meth:`_hand_off`)."""
+        self.handed_off = 0
         self.timeout = timeout
         self.nursery: trio.Nursery | None = None
         """Where stragglers and read repairs finish after a call returned (set by the
@@ -172,6 +210,31 @@ class Index:
         await self.write_entries(table, key[: len(self._table(table).schema.partition)],
                                  [entry])
 
+    def entry_after(self, table: str, key: Key, value: Any, current: Found | None
+                    ) -> tuple[bytes, bytes]:
+        """An entry for ``value`` (None: a tombstone) that beats ``current``, the row as a
+        read quorum returned it: stamped by our HLC, or just past ``current`` when our
+        clock is behind the node that wrote it (its clock runs ahead, or it restarted and
+        resumed at its persisted HLC ceiling). Without this a write acknowledged *after*
+        another could lose to it, and every later read would return the older one."""
+        key_bytes, entry = self.state.build_entry(table, key, value)
+        if current is not None and _stamp_of(entry) <= current.entry.ts:
+            key_bytes, entry = self.state.build_entry(table, key, value,
+                                                      ts=current.entry.ts + 1)
+        return key_bytes, entry
+
+    async def replace(self, table: str, key: Key, value: Any,
+                      current: Found | Missing | None = MISSING) -> None:
+        """Write ``value`` (None: delete) at ``key`` so that it supersedes the row a read
+        quorum holds now (read first unless ``current`` is that row, read after the
+        caller's request began): an overwrite or delete wins over every write that was
+        acknowledged before it, whatever the writers' clocks say."""
+        if isinstance(current, Missing):
+            current = await self.get(table, key)
+        entry = self.entry_after(table, key, value, current)
+        await self.write_entries(table, key[: len(self._table(table).schema.partition)],
+                                 [entry])
+
     async def write_entries(self, table: str, partition: Key,
                             entries: Sequence[tuple[bytes, bytes]]) -> None:
         msg = IndexWrite(table=table, entries=tuple(entries))
@@ -184,7 +247,43 @@ class Index:
                 raise IndexUnavailable(f"{node.hex()[:12]} refused: {reply.error}")
             return True
 
-        await self._quorum(targets, need, one, f"write to {table}")
+        replication = self._replication(table)
+        rf = getattr(replication, "rf", len(targets))
+        extra = ([n for n in self._known_holders(table, partition) if n not in targets]
+                 if len(targets) < rf else [])
+        if not extra:
+            await self._quorum(targets, need, one, f"write to {table}")
+            return
+        # the quorum shrank with the live view: hand the write to the holders believed
+        # dead too; to those still connected (busy, not dead) as part of the write
+        connected = {p.node_id for p in self.transport.connected_peers()}
+        async with open_nursery() as nursery:  # IndexUnavailable, not a group
+            for node in extra:
+                if node in connected:
+                    nursery.start_soon(self._hand_off, node, msg, HAND_OFF_WAIT)
+                else:
+                    await self._spawn(self._hand_off, node, msg, self.timeout)
+            await self._quorum(targets, need, one, f"write to {table}")
+
+    def _known_holders(self, table: str, partition: Key) -> list[NodeId]:
+        """The holders of a partition over every known member that has not left."""
+        view = frozenset(self.view()) | frozenset(self.known()) | {self.me}
+        number = partition_of(encode_key(partition))
+        return list(self._replication(table).storage_nodes(number, view))
+
+    async def _hand_off(self, node: NodeId, msg: IndexWrite, wait: float) -> None:
+        """A write sent to a holder this node believes dead (best effort, never fatal). In
+        a mesh of fewer than 3 live nodes the quorum shrinks with the live view; two
+        nodes that each wrongly think the other dead (busy, missing probes) would
+        otherwise each keep writes the other never sees until anti-entropy, and serve
+        reads from their own copy."""
+        try:
+            with trio.fail_after(wait):
+                await self._ask(node, msg, IndexWriteReply)
+            self.handed_off += 1
+        except _TRANSIENT as exc:
+            log.debug("hand-off of a %s write to %s failed: %s", msg.table, node.hex()[:12],
+                      exc)
 
     async def put_everywhere(self, table: str, key: Key, value: Any) -> None:
         """A full-copy row (bucket, access key): stored here, then pushed to every live
@@ -227,11 +326,23 @@ class Index:
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, table: str, key: Key) -> Found | None:
-        """The merged row at ``key`` from a read quorum (None: never written)."""
+        """The merged row at ``key`` from every holder (None: never written)."""
         schema = self._table(table).schema
-        key_bytes = schema.key_bytes(key)
-        msg = IndexRead(table=table, keys=(key_bytes,))
-        targets = self.holders(table, key[: len(schema.partition)])
+        found = await self.get_many(table, key[: len(schema.partition)], [key])
+        return found.get(schema.key_bytes(key))
+
+    async def get_many(self, table: str, partition: Key, keys: Sequence[Key]
+                       ) -> dict[bytes, Found]:
+        """Merged rows (tombstones included) of ``keys``, all in ``partition``, by key
+        bytes; keys never written are absent. Hears every live holder (or its timeout),
+        not just a quorum: holders follow each node's live view, which differs for a
+        moment after a join, a restart or a failure, so the two replies a quorum would
+        stop at may both come from holders the writer did not count, and agree on an
+        older row (module docstring, "Consistency")."""
+        schema = self._table(table).schema
+        wanted = [schema.key_bytes(key) for key in keys][:MAX_SCAN]
+        msg = IndexRead(table=table, keys=tuple(wanted))
+        targets = self.holders(table, partition)
         need = min(self._replication(table).read_quorum, len(targets))
 
         async def one(node: NodeId) -> dict[bytes, bytes]:
@@ -241,12 +352,12 @@ class Index:
             return self._validated(table, reply.entries)
 
         async def repair(call: QuorumCall[dict[bytes, bytes]]) -> None:
-            await self._repair(table, key[: len(schema.partition)], call.replies, None)
+            await self._repair(table, partition, call.replies, None)
 
         replies = await self._quorum(targets, need, one, f"read from {table}", repair,
-                                     settled=_agree_on_something)
+                                     hear_all=True)
         merged = _merge(self._table(table), list(replies.values()))
-        return merged.get(key_bytes)
+        return {k: merged[k] for k in wanted if k in merged}
 
     async def get_value(self, table: str, key: Key) -> Any:
         found = await self.get(table, key)
@@ -268,7 +379,7 @@ class Index:
             return self._validated(table, reply.entries), reply.truncated
 
         replies = await self._quorum(targets, need, one, f"scan of {table}",
-                                     settled=_never)
+                                     hear_all=True)
         pages = list(replies.values())
         horizon: bytes | None = None
         for rows, truncated in pages:
@@ -305,19 +416,22 @@ class Index:
     async def _quorum(self, targets: list[NodeId], need: int,
                       fn: Callable[[NodeId], Awaitable[Any]], what: str,
                       on_complete: Callable[[QuorumCall[Any]], Awaitable[None]] | None = None,
-                      *, settled: Callable[[list[Any]], bool] | None = None
-                      ) -> dict[NodeId, Any]:
+                      *, hear_all: bool = False) -> dict[NodeId, Any]:
         """Run ``fn`` on every target; return the replies once ``need`` answered. With
-        ``settled`` (reads), a quorum whose replies it does not accept waits for every
-        target (or its timeout). Holders are the top of the ranking over the *live* view:
-        after two of a key's three holders died, two new, empty holders and one old one
-        hold it, and the two empty replies must not outvote the one with the row."""
+        ``hear_all`` (reads), also wait until every target gossip does not suspect has
+        answered or failed (or timed out): see the module docstring, "Consistency". A
+        suspected holder (a phone gone to sleep, a stalled machine) is still asked and its
+        reply merged if it comes in time, but a read does not wait for it."""
         if not targets:
             raise IndexUnavailable(f"{what}: no live holder")
         call: QuorumCall[Any] = QuorumCall(targets, need)
         decided = trio.Event()
-        finished = trio.Event()
+        heard = trio.Event()
+        must = frozenset(targets) - frozenset(self.suspects()) if hear_all else frozenset()
         now = trio.current_time
+
+        def heard_enough() -> bool:
+            return must <= (call.replies.keys() | call.failures.keys())
 
         async def one(node: NodeId) -> None:
             try:
@@ -329,8 +443,8 @@ class Index:
                 outputs = call.on_reply(node, value, now())
             if outputs:
                 decided.set()
-            if call.complete:
-                finished.set()
+            if heard_enough():
+                heard.set()
             if call.complete and on_complete is not None and call.replies:
                 try:
                     await on_complete(call)
@@ -345,9 +459,8 @@ class Index:
             for node in targets:
                 self.nursery.start_soon(one, node)
             await decided.wait()
-            if (settled is not None and call.state is QuorumState.SUCCEEDED
-                    and not call.complete and not settled(list(call.replies.values()))):
-                await finished.wait()
+            if call.state is QuorumState.SUCCEEDED and not heard_enough():
+                await heard.wait()
         if call.state is not QuorumState.SUCCEEDED:
             failures = "; ".join(f"{n.hex()[:12]}: {why}" for n, why in call.failures.items())
             raise IndexUnavailable(f"{what}: {len(call.replies)} of {need} replicas answered"
@@ -414,13 +527,7 @@ def _merge(core: TableCore[Any], replies: list[dict[bytes, bytes]]) -> dict[byte
             for key, entry in entries.items()}
 
 
-def _agree_on_something(values: list[dict[bytes, bytes]]) -> bool:
-    """A point read may stop at its quorum when the replies agree on an entry; agreeing
-    on *nothing* proves little (new holders start empty), so absence waits for all."""
-    return bool(values[0]) and all(v == values[0] for v in values[1:])
+def _stamp_of(entry: bytes) -> int:
+    """The HLC stamp of an encoded register (its first field)."""
+    return int(cbor.decode(entry)[0])
 
-
-def _never(values: list[Any]) -> bool:
-    """Scans hear every holder (or its timeout): pages of new holders may agree on a
-    part of the listing."""
-    return False

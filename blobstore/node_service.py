@@ -117,7 +117,8 @@ class BlobService(ServiceBase):
         open_tables(node.state)
         self.picker = PlacementPicker(self.alive, node.members_view)
         self.index_service = IndexService(node.state)
-        self.index = Index(node.transport, node.state, self.index_service, self.alive)
+        self.index = Index(node.transport, node.state, self.index_service, self.alive,
+                           suspects=self.suspected, known=self.known)
         self.shards: AsyncShardStore | None = None
         self.shard_service: ShardService | None = None
         self.client: TransportShardClient | None = None
@@ -130,6 +131,16 @@ class BlobService(ServiceBase):
 
     def alive(self) -> frozenset[bytes]:
         return frozenset(self.node.alive_peer_ids()) | {self.node.node_id}
+
+    def suspected(self) -> frozenset[bytes]:
+        """Live members gossip suspects (index reads ask them but do not wait for them)."""
+        return frozenset(bytes.fromhex(row["id"]) for row in self.node.members_view()
+                         if row.get("state") == "suspect")
+
+    def known(self) -> frozenset[bytes]:
+        """Members not known to have left, dead ones included."""
+        return frozenset(bytes.fromhex(row["id"]) for row in self.node.members_view()
+                         if row.get("state") != "left")
 
     def mesh_size(self) -> int:
         """Members not known to have left, this node included: the nodes an object's target

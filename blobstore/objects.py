@@ -35,7 +35,7 @@ from blobstore.client import ShardClient
 from blobstore.concurrency import open_nursery
 from blobstore.erasure import ErasureCode, ReplicationCode, Scheme, ZfecCode, choose_code
 from blobstore.fetch import BadShard
-from blobstore.index import Index
+from blobstore.index import MISSING, Found, Index, Missing
 from blobstore.manifest import Manifest
 from blobstore.picker import PlacementPicker
 from blobstore.reader import ReaderConfig, read_object
@@ -194,15 +194,23 @@ class ObjectStore:
                                                code=code, config=self.writer,
                                                object_id=object_id))
 
+        current: list[Found | None] = []
+
+        async def read_current() -> None:  # what this put replaces, read while it streams
+            current.append(await self.current(bucket, key))
+
         async with open_nursery() as nursery:
             nursery.start_soon(shards)
             nursery.start_soon(self._write_ref, object_id,
                                BlobRef(bucket_id=bucket.bucket_id, sort_key=sk))
+            if precheck is None:
+                nursery.start_soon(read_current)
         record = ObjectRecord(key=key, manifest=manifest[0], content_type=content_type,
                               metadata=dict(metadata or {}), modified_ms=self.wall_ms())
         if precheck is not None:
-            precheck(await self.find(bucket_name, key))
-        await self.commit(bucket, record)
+            current.append(await self.current(bucket, key))
+            precheck(_live(current[0]))
+        await self.commit(bucket, record, current[0])
         return record
 
     async def _put_inline(self, bucket: BucketRecord, bucket_name: str, key: str,
@@ -212,10 +220,21 @@ class ObjectStore:
                           ) -> ObjectRecord:
         """A small object: its bytes go in the record (see ``ObjectRecord.inline``)."""
         data = bytearray()
-        async for piece in source:
-            data += piece
-            if len(data) > INLINE_MAX:
-                raise InvalidArgument("body longer than its declared length")
+        current: list[Found | None] = []
+
+        async def drain() -> None:
+            async for piece in source:
+                data.extend(piece)
+                if len(data) > INLINE_MAX:
+                    raise InvalidArgument("body longer than its declared length")
+
+        async def read_current() -> None:  # what this put replaces, read while it arrives
+            current.append(await self.current(bucket, key))
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(drain)
+            if precheck is None:
+                nursery.start_soon(read_current)
         manifest = Manifest(object_id=new_object_id(), size=0,
                             etag=hashlib.md5(data).hexdigest(), scheme=Scheme.REPLICATION,
                             k=1, m=0, key=bytes(32), chunks=())
@@ -223,13 +242,22 @@ class ObjectStore:
                               metadata=dict(metadata or {}), modified_ms=self.wall_ms(),
                               inline=bytes(data))
         if precheck is not None:
-            precheck(await self.find(bucket_name, key))
-        await self.commit(bucket, record)
+            current.append(await self.current(bucket, key))
+            precheck(_live(current[0]))
+        await self.commit(bucket, record, current[0])
         return record
 
-    async def commit(self, bucket: BucketRecord, record: ObjectRecord) -> None:
-        """Write an object record on a quorum (the acknowledgement of a put)."""
-        await self.index.put(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)), record)
+    async def current(self, bucket: BucketRecord, key: str) -> Found | None:
+        """The key's row (a tombstone included) as every holder has it now."""
+        return await self.index.get(OBJECTS.name, (bucket.bucket_id, sort_key(key)))
+
+    async def commit(self, bucket: BucketRecord, record: ObjectRecord,
+                     current: Found | Missing | None = MISSING) -> None:
+        """Write an object record on a quorum (the acknowledgement of a put), stamped to
+        supersede ``current``, the key's row read after the request began (read here when
+        not given): see :meth:`Index.replace`."""
+        await self.index.replace(OBJECTS.name, (bucket.bucket_id, sort_key(record.key)),
+                                 record, current)
         self.puts += 1
         self.bytes_moved += record.size
         if self.emit is not None:
@@ -262,8 +290,12 @@ class ObjectStore:
         (a bucket's rows share their holders), one commit per holder instead of one per
         key (S3 DeleteObjects)."""
         bucket = self.bucket(bucket_name)
-        entries = [self.state.build_entry(OBJECTS.name, (bucket.bucket_id, sort_key(key)), None)
-                   for key in dict.fromkeys(keys)]
+        wanted = [(bucket.bucket_id, sort_key(key)) for key in dict.fromkeys(keys)]
+        current = await self.index.get_many(OBJECTS.name, (bucket.bucket_id,), wanted)
+        schema = self.state.core.table(OBJECTS.name).schema
+        entries = [self.index.entry_after(OBJECTS.name, key, None,
+                                          current.get(schema.key_bytes(key)))
+                   for key in wanted]
         if entries:
             await self.index.write_entries(OBJECTS.name, (bucket.bucket_id,), entries)
             for key, (_, entry) in zip(dict.fromkeys(keys), entries, strict=True):
@@ -297,3 +329,8 @@ class ObjectStore:
             nursery.start_soon(pump)
             nursery.start_soon(store)
         return result[0]
+
+
+def _live(found: Found | None) -> ObjectRecord | None:
+    """The object a row holds (None: no row, or a tombstone)."""
+    return None if found is None else found.value

@@ -21,6 +21,7 @@ from typing import Any
 
 from blobstore.crypto import new_object_key
 from blobstore.erasure import Scheme, code_for
+from blobstore.index import MAX_SCAN
 from blobstore.objects import ObjectStore
 from blobstore.records import (
     BLOBREFS,
@@ -87,7 +88,7 @@ class Uploads:
             first_chunk_index=part_chunk_base(number))
         part = PartRecord(etag=manifest.etag, size=manifest.size,
                           modified_ms=self.store.wall_ms(), chunks=manifest.chunks)
-        await self.index.put(PARTS.name, (bucket_id, upload_id, number), part)
+        await self.index.replace(PARTS.name, (bucket_id, upload_id, number), part)
         return part
 
     async def parts(self, bucket_id: bytes, upload_id: str) -> list[tuple[int, PartRecord]]:
@@ -142,11 +143,13 @@ class Uploads:
                                      content_type=record.content_type,
                                      metadata=dict(record.metadata),
                                      modified_ms=self.store.wall_ms())
+        current = await self.store.current(bucket, record.key)
         if precheck is not None:
-            precheck(await self.store.find(bucket_name, record.key))
-        await self.index.put(BLOBREFS.name, (record.object_id,),
-                             BlobRef(bucket_id=bucket_id, sort_key=sort_key(record.key)))
-        await self.store.commit(bucket, object_record)
+            precheck(None if current is None else current.value)
+        # past the upload's own ref, or GC would judge the parts by the upload row
+        await self.index.replace(BLOBREFS.name, (record.object_id,),
+                                 BlobRef(bucket_id=bucket_id, sort_key=sort_key(record.key)))
+        await self.store.commit(bucket, object_record, current)
         await self._forget(bucket_id, upload_id, parts)
         return object_record
 
@@ -166,9 +169,18 @@ class Uploads:
 
     async def _forget(self, bucket_id: bytes, upload_id: str,
                       parts: Sequence[tuple[int, PartRecord]]) -> None:
-        await self.index.put(UPLOADS.name, (bucket_id, upload_id), None)
-        for number, _ in parts:
-            await self.index.put(PARTS.name, (bucket_id, upload_id, number), None)
+        """Tombstones for the upload and its parts, past their rows' stamps (a part
+        written through a node whose clock runs ahead must not outlive its upload)."""
+        await self.index.replace(UPLOADS.name, (bucket_id, upload_id), None)
+        keys = [(bucket_id, upload_id, number) for number, _ in parts]
+        schema = self.index.state.core.table(PARTS.name).schema
+        for i in range(0, len(keys), MAX_SCAN):
+            batch = keys[i:i + MAX_SCAN]
+            current = await self.index.get_many(PARTS.name, (bucket_id,), batch)
+            entries = [self.index.entry_after(PARTS.name, key, None,
+                                              current.get(schema.key_bytes(key)))
+                       for key in batch]
+            await self.index.write_entries(PARTS.name, (bucket_id,), entries)
 
     async def list(self, bucket_name: str) -> list[UploadEntry]:
         bucket = self.store.bucket(bucket_name)
