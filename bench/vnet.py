@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -127,21 +128,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(item.split("=", 1) for item in args.agent_env)
     if env:
         figures["agent_env"] = env
-    with vnet_lab(root, env) as (lab, addresses):
-        a = lab.agents[0]
-        ha, hb = lab.hosts
-        mode = subprocess.run(["nsenter", "-t", str(a.pid), "-m", "-n", "ip", "-d", "link",
-                               "show", "mc-bench"], capture_output=True, text=True).stdout
-        figures["wg_mode"] = "kernel" if "wireguard" in mode else "wireguard-go"
-        if figures["wg_mode"] == "wireguard-go":
-            figures["wg_go"] = wg_go_version(ha)
-            # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
-            figures["wg_offload"] = "vnet_hdr on" in mode
-        rtt(ha, addresses[1], 3)  # warm the path
-        figures["vnet_rtt_ms"] = rtt(ha, addresses[1], pings)
-        figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
-        figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
-        figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
+    try:
+        with vnet_lab(root, env) as (lab, addresses):
+            a = lab.agents[0]
+            ha, hb = lab.hosts
+            mode = subprocess.run(["nsenter", "-t", str(a.pid), "-m", "-n", "ip", "-d", "link",
+                                   "show", "mc-bench"], capture_output=True, text=True).stdout
+            figures["wg_mode"] = "kernel" if "wireguard" in mode else "wireguard-go"
+            if figures["wg_mode"] == "wireguard-go":
+                figures["wg_go"] = wg_go_version(ha)
+                # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
+                figures["wg_offload"] = "vnet_hdr on" in mode
+            rtt(ha, addresses[1], 3)  # warm the path
+            figures["vnet_rtt_ms"] = rtt(ha, addresses[1], pings)
+            figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
+            figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
+            figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
+    finally:  # the agents' data dirs and logs
+        shutil.rmtree(root, ignore_errors=True)
     try:
         py = None if args.skip_python else importlib.import_module("bench._vnet_py")
     except ImportError:

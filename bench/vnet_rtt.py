@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -155,33 +156,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-vnet-rtt-"))
     env = dict(item.split("=", 1) for item in args.agent_env)
     figures: dict[str, Any] = {"agent_env": env} if env else {}
-    with vnet_lab(root, env) as (lab, addresses):
-        ha, hb = lab.hosts
-        if args.wg_nice is not None:
-            for host in (ha, hb):
-                for pid in wg_processes(host):
-                    subprocess.run(["renice", "-n", str(args.wg_nice), "-p", str(pid)],
-                                   check=True, capture_output=True)
-            figures["wg_nice"] = args.wg_nice
-        if args.wg_cpus is not None:
-            for host in (ha, hb):
-                for pid in wg_processes(host):
-                    subprocess.run(["taskset", "-a", "-c", "-p", args.wg_cpus, str(pid)],
-                                   check=True, capture_output=True)
-            figures["wg_cpus"] = args.wg_cpus
-        rtt(ha, addresses[1], 3)
-        expr = f"icmp or (udp and not port 53 and host {hb.ip})"
-        caps = [Capture(h, root / f"{h.netns}.txt", expr) for h in (ha, hb)]
-        try:
-            figures["ping_ms"] = rtt(ha, addresses[1], pings, interval=args.interval)
-            figures["underlay_ping_ms"] = rtt(ha, hb.ip, pings, interval=args.interval)
-        finally:
-            lines = [c.stop() for c in caps]
-        a_events, b_events = (parse(x, "mc-bench") for x in lines)
-        trips = round_trips(a_events, b_events)
-        figures["trips"] = len(trips)
-        figures.update(summary(trips))
-        figures["underlay_us"] = underlay_us(lines[0], hb.ip)
+    try:
+        with vnet_lab(root, env) as (lab, addresses):
+            ha, hb = lab.hosts
+            if args.wg_nice is not None:
+                for host in (ha, hb):
+                    for pid in wg_processes(host):
+                        subprocess.run(["renice", "-n", str(args.wg_nice), "-p", str(pid)],
+                                       check=True, capture_output=True)
+                figures["wg_nice"] = args.wg_nice
+            if args.wg_cpus is not None:
+                for host in (ha, hb):
+                    for pid in wg_processes(host):
+                        subprocess.run(["taskset", "-a", "-c", "-p", args.wg_cpus, str(pid)],
+                                       check=True, capture_output=True)
+                figures["wg_cpus"] = args.wg_cpus
+            rtt(ha, addresses[1], 3)
+            expr = f"icmp or (udp and not port 53 and host {hb.ip})"
+            caps = [Capture(h, root / f"{h.netns}.txt", expr) for h in (ha, hb)]
+            try:
+                figures["ping_ms"] = rtt(ha, addresses[1], pings, interval=args.interval)
+                figures["underlay_ping_ms"] = rtt(ha, hb.ip, pings, interval=args.interval)
+            finally:
+                lines = [c.stop() for c in caps]
+            a_events, b_events = (parse(x, "mc-bench") for x in lines)
+            trips = round_trips(a_events, b_events)
+            figures["trips"] = len(trips)
+            figures.update(summary(trips))
+            figures["underlay_us"] = underlay_us(lines[0], hb.ip)
+    finally:  # the agents' data dirs and logs
+        shutil.rmtree(root, ignore_errors=True)
     for key, value in figures.items():
         print(f"{key:20} {value}")
     return figures
