@@ -89,6 +89,9 @@ logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "meshcloud/0.1"
 
+_IDLE_REASON = "idle"
+_CAP_REASON = "connection limit: least recently used"
+
 _STANDARD_ERRORS = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.EndOfChannel)
 
@@ -226,6 +229,7 @@ class TcpTransport:
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
         self._background_dials: set[NodeId] = set()
+        self._unused: set[Connection] = set()  # retired by the pool (idle or over the cap)
         config = self.config
         self._slots = HandshakeSlots(
             total=config.max_handshakes,
@@ -634,13 +638,15 @@ class TcpTransport:
             self.counters.evictions += 1
             logger.debug("retiring idle %r: over %d connections", conn,
                          self.config.max_connections)
-            conn.retire("connection limit: least recently used")
+            self._unused.add(conn)
+            conn.retire(_CAP_REASON)
 
     def _on_idle(self, conn: Connection) -> None:
         """``conn`` had no stream and no traffic for ``idle_timeout``: retire it."""
         self.counters.idle_closes += 1
         logger.debug("retiring idle %r", conn)
-        conn.retire("idle")
+        self._unused.add(conn)
+        conn.retire(_IDLE_REASON)
 
     def _learn_addresses(self, peer: PeerAuth, dialled: str | None) -> None:
         if dialled is not None and dialled.startswith("relay://") and ">" in dialled:
@@ -662,6 +668,8 @@ class TcpTransport:
                 conn.retire("duplicate connection")
 
     def _on_goaway(self, conn: Connection, reason: str) -> None:
+        if reason in (_IDLE_REASON, _CAP_REASON):
+            self._unused.add(conn)
         conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
 
     @property
@@ -675,14 +683,17 @@ class TcpTransport:
 
     def _forget(self, conn: Connection, reason: str) -> None:
         node_id = conn.peer.node_id
+        unused = conn in self._unused and conn.mux.drained
+        self._unused.discard(conn)
         conns = self._connections.get(node_id)
         if conns is None or conn not in conns:
             return
         conns.remove(conn)
         if not conns:
             del self._connections[node_id]
-            logger.info("disconnected from %s: %s", short_id(node_id), reason)
-            self._publish(PeerDisconnected(node_id=node_id, reason=reason))
+            (logger.debug if unused else logger.info)(
+                "disconnected from %s: %s", short_id(node_id), reason)
+            self._publish(PeerDisconnected(node_id=node_id, reason=reason, unused=unused))
 
     async def disconnect(self, peer: NodeId, reason: str = "") -> None:
         if self.udp is not None:

@@ -35,11 +35,13 @@ async def proven_pair(nursery, mesh: TestMesh, config: TcpConfig = IDLE
     """Two members that met once over a connection, which then closed as idle."""
     a = await start_member(nursery, mesh.members[0], config)
     b = await start_member(nursery, mesh.members[1], config)
-    events = a.peer_events()
+    events, b_events = a.peer_events(), b.peer_events()
     await a.dial(b.listen_addresses[0])
     with trio.fail_after(10):
-        while not isinstance(await events.receive(), PeerDisconnected):
-            pass
+        for channel in (events, b_events):  # both ends call it an unused close
+            while not isinstance(gone := await channel.receive(), PeerDisconnected):
+                pass
+            assert gone.unused and gone.reason.endswith("idle")
     assert a.udp is not None and b.udp is not None
     assert a.udp.knows(b.local_id) and b.udp.knows(a.local_id)
     return a, b
@@ -154,3 +156,17 @@ async def test_without_sealed_datagrams_every_datagram_rides_a_connection(nurser
         a.send_datagram(b.local_id, DG, b"dialled")
         assert await at_b.receive() == (a.local_id, b"dialled")
     assert a.udp is None and a.connection_count == 1
+
+
+async def test_a_close_that_is_not_the_pools_is_not_unused(nursery):
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0], FAST)
+    b = await start_member(nursery, mesh.members[1], FAST)
+    events = b.peer_events()
+    await a.dial(b.listen_addresses[0])
+    await a.disconnect(b.local_id, "tests")
+    with trio.fail_after(10):
+        while not isinstance(gone := await events.receive(), PeerDisconnected):
+            pass
+    assert not gone.unused
+    assert not a.udp.knows(b.local_id)  # datagrams need a new handshake too
