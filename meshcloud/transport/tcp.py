@@ -315,6 +315,10 @@ class TcpTransport:
     def addresses_of(self, peer: NodeId) -> list[str]:
         return list(self._addresses.get(peer, ()))
 
+    def node_with_prefix(self, prefix: bytes) -> NodeId | None:
+        """A node of the address book whose id starts with ``prefix`` (None if none)."""
+        return next((node for node in self._addresses if node.startswith(prefix)), None)
+
     def connected_peers(self) -> list[PeerAuth]:
         return [conns[0].peer for conns in self._connections.values() if conns]
 

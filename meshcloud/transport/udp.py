@@ -10,9 +10,10 @@ only and close when idle). What decides who may send:
   peers never); its certificate is checked again through the node's ``Authenticator`` at
   most every :data:`RECHECK` seconds while datagrams flow, so a revocation stops them too;
 * a datagram from a sender whose keys we do not have (we restarted, or forgot it) is held
-  (a few per sender) while a connection to that node id is dialled (its addresses, or the
-  packet's source: it must answer as that node id); once the handshake proved it, the held
-  datagrams are opened; otherwise they are dropped;
+  (a few per sender) while a connection to the node it names is dialled (the addresses of
+  the known node whose id starts with its tag, else the packet's source; it must answer
+  as a node with that tag); once the handshake proved it, the held datagrams are opened;
+  otherwise they are dropped;
 * replies go to the source address of the peer's last *authenticated* datagram, else to
   its first direct address in the address book;
 * :meth:`send` returns False where the transport should use a connection instead: keys
@@ -41,6 +42,7 @@ from meshcloud.transport.addresses import format_address, parse_address
 from meshcloud.transport.peers import NodeId, PeerAuth
 from meshcloud.transport.sealed import (
     MAX_PACKET,
+    SENDER_TAG,
     DatagramRefused,
     SealCore,
     UnknownSender,
@@ -80,9 +82,9 @@ class DatagramPath:
         self._reply_to: dict[NodeId, Any] = {}
         self._unanswered_since: dict[NodeId, float] = {}
         self._fallback_until: dict[NodeId, float] = {}
-        self._held: dict[NodeId, deque[tuple[bytes, Any]]] = {}
-        self._authenticating: set[NodeId] = set()
-        self._failed: dict[NodeId, float] = {}
+        self._held: dict[bytes, deque[tuple[bytes, Any]]] = {}  # by sender tag
+        self._authenticating: set[bytes] = set()
+        self._failed: dict[bytes, float] = {}
 
     # --- sockets ------------------------------------------------------------------------
 
@@ -137,7 +139,7 @@ class DatagramPath:
         self._peers[peer.node_id] = peer
         self._checked[peer.node_id] = trio.current_time()
         self._failed.pop(peer.node_id, None)
-        held = self._held.pop(peer.node_id, None)
+        held = self._held.pop(peer.node_id[:SENDER_TAG], None)
         for packet, source in held or ():
             self.on_packet(packet, source, retry=False)
 
@@ -145,7 +147,7 @@ class DatagramPath:
         """Datagrams from and to ``node_id`` need a new handshake (revoked, disconnected)."""
         self.core.forget(node_id)
         for table in (self._peers, self._checked, self._reply_to, self._unanswered_since,
-                      self._fallback_until, self._held):
+                      self._fallback_until):
             table.pop(node_id, None)
 
     def knows(self, node_id: NodeId) -> bool:
@@ -261,12 +263,14 @@ class DatagramPath:
         transport.usage.received(opened.protocol, len(opened.data))
         transport.registry.deliver_datagram(sender, opened.protocol, opened.data)
 
-    def _hold(self, sender: NodeId, packet: bytes, source: Any) -> None:
-        """Keep a packet of an unknown sender while a connection proves who it is."""
+    def _hold(self, sender: bytes, packet: bytes, source: Any) -> None:
+        """Keep a packet of an unknown sender (``sender``: the tag it claims) while a
+        connection proves who it is."""
         transport = self.transport
         now = trio.current_time()
         failed = self._failed.get(sender)
-        if sender == transport.local_id or (failed is not None and now - failed < FAILED_MEMORY):
+        if (sender == transport.local_id[:SENDER_TAG]
+                or (failed is not None and now - failed < FAILED_MEMORY)):
             transport.counters.udp_refused += 1
             return
         held = self._held.get(sender)
@@ -283,14 +287,19 @@ class DatagramPath:
             return
         held.append((packet, source))
 
-    async def _authenticate(self, sender: NodeId, source: Any) -> None:
+    async def _authenticate(self, sender: bytes, source: Any) -> None:
+        """Connect to the node whose id starts with the tag ``sender`` (from the address
+        book, else at the packet's source address) and learn it if it is a member."""
         transport = self.transport
         try:
-            if transport.addresses_of(sender):
-                peer = (await transport.ensure_connection(sender)).peer
+            known = transport.node_with_prefix(sender)
+            if known is not None:
+                peer = (await transport.ensure_connection(known)).peer
             else:
-                peer = await transport.dial(format_address(*source[:2]), expect=sender)
-            if not self.core.knows(sender):  # an older connection: check it again
+                peer = await transport.dial(format_address(*source[:2]))
+            if peer.node_id[:SENDER_TAG] != sender:
+                raise AuthError("the sender's address answered as another node")
+            if not self.core.knows(peer.node_id):  # an older connection: check it again
                 transport.authenticator.check_peer(peer, we_dialed=True)
                 self.learn(peer)
         except MeshError as exc:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from meshcloud.identity.keys import SigningKey
 from meshcloud.transport.sealed import (
     OVERHEAD,
+    WELL_KNOWN,
     WINDOW,
     ForgedDatagram,
     MalformedDatagram,
@@ -39,7 +40,8 @@ def pair(boot_a: int = 1000, boot_b: int = 1000) -> tuple[SealCore, SealCore]:
 def test_round_trip_any_protocol_and_data(protocol: str, data: bytes) -> None:
     a, b = pair()
     packet = a.seal(KEYS[1].id, protocol, data)
-    assert len(packet) == OVERHEAD + len(protocol.encode()) + len(data)
+    name = 1 if protocol in WELL_KNOWN else len(protocol.encode())
+    assert len(packet) == OVERHEAD + name + len(data)
     opened = b.open(packet)
     assert (opened.sender, opened.protocol, opened.data) == (KEYS[0].id, protocol, data)
     assert data not in packet[OVERHEAD:] or len(data) < 8  # encrypted, not just signed
@@ -56,7 +58,7 @@ def test_each_direction_and_pair_has_its_own_key() -> None:
         a.open(packet)
     forged = b.seal(KEYS[0].id, "/p", b"x")  # b's key towards a is not a's towards b
     with pytest.raises(ForgedDatagram):
-        b.open(forged[:1] + KEYS[0].id + forged[33:])
+        b.open(forged[:1] + KEYS[0].id[:8] + forged[9:])
     assert b.open(packet).data == b"ping"
 
 
@@ -65,11 +67,11 @@ def test_unknown_sender_is_named_and_changes_nothing() -> None:
     c = core(KEYS[2])
     with pytest.raises(UnknownSender) as refused:
         c.open(a.seal(KEYS[1].id, "/p", b"x"))
-    assert refused.value.sender == KEYS[0].id
+    assert refused.value.sender == KEYS[0].id[:8]
     assert len(c) == 0
 
 
-@pytest.mark.parametrize("position", [0, 5, 40, 60, -1])
+@pytest.mark.parametrize("position", [0, 5, 12, 20, 30, -1])
 def test_any_flipped_bit_is_refused_and_the_window_does_not_move(position: int) -> None:
     a, b = pair()
     packet = bytearray(a.seal(KEYS[1].id, "/p", b"hello"))
@@ -97,6 +99,21 @@ def test_a_restarted_sender_is_accepted_and_its_old_boot_refused() -> None:
     assert b.open(a_again.seal(KEYS[1].id, "/p", b"new")).data == b"new"
     with pytest.raises(ReplayedDatagram):
         b.open(old)
+
+
+def test_well_known_protocols_travel_as_one_byte() -> None:
+    a, b = pair()
+    packet = a.seal(KEYS[1].id, WELL_KNOWN[0], b"probe")
+    assert len(packet) == OVERHEAD + 1 + 5
+    assert b.open(packet).protocol == WELL_KNOWN[0]
+
+
+def test_a_peer_whose_tag_collides_is_refused() -> None:
+    a = core(KEYS[0])
+    a.add_peer(KEYS[1].id, KEYS[1].public)
+    with pytest.raises(ValueError, match="collides"):
+        a.add_peer(KEYS[1].id[:8] + bytes(24), KEYS[2].public)
+    assert a.knows(KEYS[1].id) and len(a) == 1
 
 
 def test_bad_peer_keys_are_refused() -> None:
