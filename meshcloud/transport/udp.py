@@ -17,9 +17,11 @@ only and close when idle). What decides who may send:
 * replies go to the source address of the peer's last *authenticated* datagram, else to
   its first direct address in the address book;
 * :meth:`send` returns False where the transport should use a connection instead: keys
-  unknown, no direct address (relayed peers), too big, or a peer that never answered a
-  datagram for :data:`GIVE_UP` seconds (UDP filtered between us: the connection carries its
-  datagrams for :data:`FALLBACK` seconds, then UDP is tried again).
+  unknown, no direct address (relayed peers), too big, or UDP that seems filtered: more
+  than :data:`UNANSWERED` datagrams to a peer over more than :data:`GIVE_UP` seconds with
+  none back from it, or more than :data:`QUIET_SENDS` datagrams sent over :data:`GIVE_UP`
+  seconds while none came from anyone. Then connections carry those datagrams for
+  :data:`FALLBACK` seconds (any datagram received ends the node-wide fallback).
 
 Refused datagrams are counted (``udp_refused``) and logged at debug level only (anyone can
 send UDP); nothing a refused packet holds is kept.
@@ -56,8 +58,13 @@ logger = logging.getLogger(__name__)
 RECHECK = 1.0
 """Seconds a peer's certificate check is trusted before datagrams check it again."""
 GIVE_UP = 10.0
-"""Seconds of sending to a peer with no datagram back before its datagrams take a
-connection instead (UDP filtered between the two)."""
+"""Seconds of sending with no datagram back before datagrams take a connection instead
+(UDP filtered), with :data:`UNANSWERED` / :data:`QUIET_SENDS`."""
+UNANSWERED = 3
+"""Datagrams in a row to one peer with none back from it (a probe gets an ack: in a
+healthy pair this count stays at 1 or 2, however long apart the probes are)."""
+QUIET_SENDS = 20
+"""Datagrams in a row to anyone while none came from anyone (our UDP is cut)."""
 FALLBACK = 60.0
 """Seconds datagrams to such a peer take a connection before UDP is tried again."""
 HELD_PER_SENDER = 8
@@ -80,7 +87,10 @@ class DatagramPath:
         self._peers: dict[NodeId, PeerAuth] = {}
         self._checked: dict[NodeId, float] = {}
         self._reply_to: dict[NodeId, Any] = {}
-        self._unanswered_since: dict[NodeId, float] = {}
+        self._unanswered: dict[NodeId, tuple[float, int]] = {}  # since, how many
+        self._quiet_since = 0.0  # first datagram sent since the last one from anyone
+        self._quiet_sends = 0  # datagrams sent since the last one from anyone
+        self._all_fallback_until = 0.0
         self._fallback_until: dict[NodeId, float] = {}
         self._held: dict[bytes, deque[tuple[bytes, Any]]] = {}  # by sender tag
         self._authenticating: set[bytes] = set()
@@ -146,7 +156,7 @@ class DatagramPath:
     def forget(self, node_id: NodeId) -> None:
         """Datagrams from and to ``node_id`` need a new handshake (revoked, disconnected)."""
         self.core.forget(node_id)
-        for table in (self._peers, self._checked, self._reply_to, self._unanswered_since,
+        for table in (self._peers, self._checked, self._reply_to, self._unanswered,
                       self._fallback_until):
             table.pop(node_id, None)
 
@@ -185,12 +195,24 @@ class DatagramPath:
         destination = self._destination(peer)
         if destination is None or not self._still_member(peer):
             return False
-        since = self._unanswered_since.setdefault(peer, now)
-        if now - since > GIVE_UP:
+        if now < self._all_fallback_until:
+            return False
+        since, count = self._unanswered.get(peer, (now, 0))
+        self._unanswered[peer] = (since, count + 1)
+        if count + 1 > UNANSWERED and now - since > GIVE_UP:
             logger.info("no datagram back from %s for %.0f s: its datagrams take a "
                         "connection for %.0f s", short_id(peer), now - since, FALLBACK)
             self._fallback_until[peer] = now + FALLBACK
-            del self._unanswered_since[peer]
+            del self._unanswered[peer]
+            return False
+        if self._quiet_sends == 0:
+            self._quiet_since = now
+        self._quiet_sends += 1
+        if self._quiet_sends > QUIET_SENDS and now - self._quiet_since > GIVE_UP:
+            logger.warning("no datagram from any member for %.0f s: datagrams take "
+                           "connections for %.0f s", now - self._quiet_since, FALLBACK)
+            self._all_fallback_until = now + FALLBACK
+            self._quiet_sends = 0
             return False
         try:
             packet = self.core.seal(peer, protocol, data)
@@ -256,8 +278,9 @@ class DatagramPath:
             transport.counters.udp_refused += 1
             return
         self._reply_to[sender] = source
-        self._unanswered_since.pop(sender, None)
+        self._unanswered.pop(sender, None)
         self._fallback_until.pop(sender, None)
+        self._quiet_sends, self._all_fallback_until = 0, 0.0
         transport.counters.bytes_received += len(packet)
         transport.counters.packets_received += 1
         transport.usage.received(opened.protocol, len(opened.data))

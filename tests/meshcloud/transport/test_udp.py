@@ -126,7 +126,8 @@ async def test_a_revoked_member_can_no_longer_send_or_receive_datagrams(nursery,
 
 
 async def test_datagrams_take_a_connection_when_udp_gets_no_answer(nursery, monkeypatch):
-    monkeypatch.setattr(udp, "GIVE_UP", 0.0)  # give up once a datagram went unanswered
+    monkeypatch.setattr(udp, "GIVE_UP", 0.0)  # give up at the 2nd datagram with no answer
+    monkeypatch.setattr(udp, "UNANSWERED", 1)
     mesh = TestMesh.with_members(2)
     a, b = await proven_pair(nursery, mesh)
     at_b = b.datagrams(DG)
@@ -170,3 +171,45 @@ async def test_a_close_that_is_not_the_pools_is_not_unused(nursery):
             pass
     assert not gone.unused
     assert not a.udp.knows(b.local_id)  # datagrams need a new handshake too
+
+
+async def test_probes_far_apart_do_not_count_as_unanswered(nursery, monkeypatch):
+    """A healthy pair that talks rarely (each member probed once per N seconds): every
+    datagram gets one back before the next, so UDP is never given up."""
+    monkeypatch.setattr(udp, "GIVE_UP", 0.0)
+    monkeypatch.setattr(udp, "UNANSWERED", 2)
+    mesh = TestMesh.with_members(2)
+    a, b = await proven_pair(nursery, mesh)
+    at_a, at_b = a.datagrams(DG), b.datagrams(DG)
+    with trio.fail_after(10):
+        for _ in range(5):  # a probes b; later b probes a: b sends twice in a row
+            a.send_datagram(b.local_id, DG, b"ping from a")
+            await at_b.receive()
+            b.send_datagram(a.local_id, DG, b"ack from b")
+            await at_a.receive()
+            b.send_datagram(a.local_id, DG, b"ping from b")
+            await at_a.receive()
+            a.send_datagram(b.local_id, DG, b"ack from a")
+            await at_b.receive()
+    assert a.connection_count == 0 and b.connection_count == 0
+
+
+async def test_when_no_datagram_comes_from_anyone_connections_carry_them(nursery, monkeypatch):
+    monkeypatch.setattr(udp, "GIVE_UP", 0.0)
+    monkeypatch.setattr(udp, "QUIET_SENDS", 1)
+    monkeypatch.setattr(udp, "UNANSWERED", 1000)
+    mesh = TestMesh.with_members(2)
+    a, b = await proven_pair(nursery, mesh)
+    at_b = b.datagrams(DG)
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 0))
+    try:
+        a.udp._reply_to[b.local_id] = hole.getsockname()
+        a.send_datagram(b.local_id, DG, b"lost")
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(hole)
+            a.send_datagram(b.local_id, DG, b"over a connection")
+            assert await at_b.receive() == (a.local_id, b"over a connection")
+    finally:
+        hole.close()
+    assert a.udp._all_fallback_until > trio.current_time()
