@@ -604,7 +604,7 @@ class TcpTransport:
         self.counters.connections_opened += 1
         self._learn_addresses(peer, address if we_dialed else None)
         if self.udp is not None:
-            self.udp.learn(peer)
+            self.udp.learn(peer, address if we_dialed and not (relayed or punched) else None)
         self._nursery.start_soon(conn.run, early)
         logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
                     short_id(peer.node_id), address, " (joining)" if peer.joining else "")

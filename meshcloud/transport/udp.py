@@ -14,8 +14,10 @@ only and close when idle). What decides who may send:
   the known node whose id starts with its tag, else the packet's source; it must answer
   as a node with that tag); once the handshake proved it, the held datagrams are opened;
   otherwise they are dropped;
-* replies go to the source address of the peer's last *authenticated* datagram, else to
-  its first direct address in the address book;
+* packets go to the source address of the peer's last *authenticated* datagram, else to
+  the address we last reached it at directly over TCP (a dial, not relayed or punched: an
+  address book entry may be a private address behind a NAT); with neither, the
+  connection carries them (the peer, having dialled us, sends first and tells us);
 * :meth:`send` returns False where the transport should use a connection instead: keys
   unknown, no direct address (relayed peers), too big, or UDP that seems filtered: more
   than :data:`UNANSWERED` datagrams to a peer over more than :data:`GIVE_UP` seconds with
@@ -86,7 +88,8 @@ class DatagramPath:
         self.sockets: list[socket.socket] = []
         self._peers: dict[NodeId, PeerAuth] = {}
         self._checked: dict[NodeId, float] = {}
-        self._reply_to: dict[NodeId, Any] = {}
+        self._reply_to: dict[NodeId, Any] = {}  # source of its last authenticated datagram
+        self._dialled: dict[NodeId, Any] = {}  # where we reached it directly over TCP
         self._unanswered: dict[NodeId, tuple[float, int]] = {}  # since, how many
         self._quiet_since = 0.0  # first datagram sent since the last one from anyone
         self._quiet_sends = 0  # datagrams sent since the last one from anyone
@@ -137,10 +140,15 @@ class DatagramPath:
 
     # --- peers --------------------------------------------------------------------------
 
-    def learn(self, peer: PeerAuth) -> None:
-        """``peer``'s membership was just checked by a handshake: it may send datagrams."""
+    def learn(self, peer: PeerAuth, dialled: str | None = None) -> None:
+        """``peer``'s membership was just checked by a handshake: it may send datagrams.
+        ``dialled``: the address we reached it at directly over TCP (not relayed or
+        punched), where its UDP is too."""
         if peer.joining:
             return
+        sockaddr = _sockaddr(dialled) if dialled is not None else None
+        if sockaddr is not None:
+            self._dialled[peer.node_id] = sockaddr
         try:
             self.core.add_peer(peer.node_id, peer.node_public)
         except ValueError as exc:
@@ -156,7 +164,7 @@ class DatagramPath:
     def forget(self, node_id: NodeId) -> None:
         """Datagrams from and to ``node_id`` need a new handshake (revoked, disconnected)."""
         self.core.forget(node_id)
-        for table in (self._peers, self._checked, self._reply_to, self._unanswered,
+        for table in (self._peers, self._checked, self._reply_to, self._dialled, self._unanswered,
                       self._fallback_until):
             table.pop(node_id, None)
 
@@ -242,20 +250,7 @@ class DatagramPath:
 
     def _destination(self, peer: NodeId) -> Any:
         known = self._reply_to.get(peer)
-        if known is not None:
-            return known
-        for address in self.transport.addresses_of(peer):
-            if "://" in address:
-                continue
-            try:
-                host, port = parse_address(address)
-                ip = ipaddress.ip_address(host)
-            except (MeshError, ValueError):
-                continue
-            if ip.is_unspecified:
-                continue
-            return (str(ip), port) if ip.version == 4 else (str(ip), port, 0, 0)
-        return None
+        return known if known is not None else self._dialled.get(peer)
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -338,3 +333,15 @@ class DatagramPath:
             held = self._held.pop(sender, None)  # learn() consumed them if it was proven
             if held:
                 transport.counters.udp_refused += len(held)
+
+
+def _sockaddr(address: str) -> Any:
+    """``host:port`` with a literal IP as a socket address; None for anything else."""
+    try:
+        host, port = parse_address(address)
+        ip = ipaddress.ip_address(host)
+    except (MeshError, ValueError):
+        return None
+    if ip.is_unspecified:
+        return None
+    return (str(ip), port) if ip.version == 4 else (str(ip), port, 0, 0)

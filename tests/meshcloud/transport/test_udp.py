@@ -213,3 +213,20 @@ async def test_when_no_datagram_comes_from_anyone_connections_carry_them(nursery
     finally:
         hole.close()
     assert a.udp._all_fallback_until > trio.current_time()
+
+
+async def test_the_dialled_side_waits_to_hear_from_its_peer_before_using_udp(nursery):
+    """b was dialled: the addresses it has for a may be private ones behind a NAT, so it
+    does not guess; its datagram takes a connection, and once a has sent one over UDP
+    (to the address it dialled), b answers over UDP too."""
+    mesh = TestMesh.with_members(2)
+    a, b = await proven_pair(nursery, mesh)
+    at_a, at_b = a.datagrams(DG), b.datagrams(DG)
+    opened = b.counters.connections_opened
+    with trio.fail_after(10):
+        b.send_datagram(a.local_id, DG, b"first, from the dialled side")
+        assert await at_a.receive() == (b.local_id, b"first, from the dialled side")
+        assert b.counters.connections_opened == opened + 1  # b dialled a for it
+        a.send_datagram(b.local_id, DG, b"over udp")
+        assert await at_b.receive() == (a.local_id, b"over udp")
+    assert b.udp._destination(a.local_id) is not None
