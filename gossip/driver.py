@@ -10,7 +10,8 @@ The driver
   :mod:`gossip.digest`; bounded by ``sync_timeout`` and ``max_sync_bytes``);
 * keeps **one** timer, at ``core.next_deadline()``, re-armed after every input;
 * turns ``PeerDisconnected`` from ``transport.peer_events()`` into ``core.on_peer_lost``
-  (a hint to probe that peer now; death still goes through suspicion);
+  (a hint to probe that peer now; death still goes through suspicion), except for
+  connections the pool closed as unused (``unused``: nothing happened to the peer);
 * tells the transport every member's addresses (``set_addresses``) as they are learnt;
 * optionally samples the machine's capacity (``capacity_source``, in a worker thread)
   every ``capacity_interval`` and hands it to ``core.update_capacity``;
@@ -400,7 +401,7 @@ class GossipDriver:
 
     async def _peer_event_loop(self, events: trio.MemoryReceiveChannel[object]) -> None:
         async for event in events:
-            if isinstance(event, PeerDisconnected):
+            if isinstance(event, PeerDisconnected) and not event.unused:
                 self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
 
     async def _lag_loop(self, interval: float) -> None:

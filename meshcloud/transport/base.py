@@ -61,6 +61,10 @@ class PeerConnected:
 class PeerDisconnected:
     node_id: NodeId
     reason: str
+    unused: bool = False
+    """The pool closed the connection because no stream used it (idle, or over the cap),
+    both sides agreeing: it says nothing about the peer, which is dialled again on demand
+    (membership need not probe it; nobody need re-sync with it when it reconnects)."""
 
 
 PeerEvent = PeerConnected | PeerDisconnected
