@@ -35,7 +35,8 @@ What this module does (the protocol logic lives in the sans-IO cores):
   wait in a small queue while a background dial runs, and are dropped if the queue is
   full or the dial fails;
 * **peer events**: :class:`PeerConnected` when a peer's first connection is up,
-  :class:`PeerDisconnected` when its last one is gone;
+  :class:`PeerDisconnected` when its last one is gone, :class:`PeerUnreachable` when a
+  datagram to it came back as an ICMP error;
 * **failures** of one handshake, dial, connection or handler end that one only, and are
   counted once in :attr:`TcpTransport.counters` and logged once; received bytes are
   bounded per connection and per node (:mod:`~meshcloud.transport.buffers`).
@@ -330,6 +331,11 @@ class TcpTransport:
         send, receive = trio.open_memory_channel[PeerEvent](math.inf)
         self._subscribers.append(send)
         return receive
+
+    def publish(self, event: PeerEvent) -> None:
+        """Hand ``event`` to every :meth:`peer_events` subscriber (the datagram path's
+        :class:`~meshcloud.transport.base.PeerUnreachable` hints)."""
+        self._publish(event)
 
     def _publish(self, event: PeerEvent) -> None:
         for channel in list(self._subscribers):

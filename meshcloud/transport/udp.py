@@ -27,13 +27,25 @@ only and close when idle). What decides who may send:
 
 Refused datagrams are counted (``udp_refused``) and logged at debug level only (anyone can
 send UDP); nothing a refused packet holds is kept.
+
+**Unreachable hints.** The sockets ask the kernel for the ICMP errors our datagrams cause
+(``IP_RECVERR``): a datagram to a killed process comes back as "port unreachable", to a
+host gone from its LAN as "host unreachable". Such an error names the address the datagram
+went to; the peer last reached there is published as
+:class:`~meshcloud.transport.base.PeerUnreachable` (at most once per :data:`HINT_INTERVAL`
+per peer), which membership takes as what a connection reset used to tell it: probe that
+peer now. A hint is no verdict (the probe still has to fail), so a forged error costs one
+probe.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
+import struct
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -43,6 +55,7 @@ import trio
 from meshcloud.errors import AuthError, MeshError
 from meshcloud.identity.keys import short_id
 from meshcloud.transport.addresses import format_address, parse_address
+from meshcloud.transport.base import PeerUnreachable
 from meshcloud.transport.peers import NodeId, PeerAuth
 from meshcloud.transport.sealed import (
     MAX_PACKET,
@@ -76,6 +89,45 @@ AUTHENTICATING = 8
 FAILED_MEMORY = 10.0
 """Seconds an unknown sender whose proof failed is not dialled again."""
 RECEIVE_BATCH = 64
+HINT_INTERVAL = 1.0
+"""Seconds between two :class:`PeerUnreachable` hints about one peer."""
+
+IP_RECVERR = 11  # <linux/in.h>
+IPV6_RECVERR = 25  # <linux/in6.h>
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
+UNREACHABLE = {errno.ECONNREFUSED: "port unreachable", errno.EHOSTUNREACH: "host unreachable",
+               errno.ENETUNREACH: "network unreachable"}
+"""ICMP errors that hint the peer is gone (errno as the kernel reports them)."""
+
+
+def icmp_error(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The errno of an ICMP error read from a socket's error queue (``recvmsg`` with
+    ``MSG_ERRQUEUE``: its ancillary data), or None if it holds no ICMP error."""
+    for level, kind, data in ancdata:
+        if not ((level == socket.IPPROTO_IP and kind == IP_RECVERR)
+                or (level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR)):
+            continue
+        if len(data) < _EXTENDED_ERR.size:
+            continue
+        code, origin = _EXTENDED_ERR.unpack_from(data)[:2]
+        if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
+            return int(code)
+    return None
+
+
+def _ask_for_errors(sock: socket.socket) -> None:
+    """Queue the ICMP errors our datagrams cause on ``sock`` (Linux; elsewhere none)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except OSError as exc:
+        logger.debug("no ICMP errors on the UDP socket: %s", exc)
 
 
 class DatagramPath:
@@ -98,6 +150,7 @@ class DatagramPath:
         self._held: dict[bytes, deque[tuple[bytes, Any]]] = {}  # by sender tag
         self._authenticating: set[bytes] = set()
         self._failed: dict[bytes, float] = {}
+        self._hinted: dict[NodeId, float] = {}  # last PeerUnreachable published
 
     # --- sockets ------------------------------------------------------------------------
 
@@ -112,6 +165,7 @@ class DatagramPath:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(sockaddr)
                 sock.setblocking(False)
+                _ask_for_errors(sock)
             except OSError as exc:
                 sock.close()
                 logger.warning("no sealed datagrams on %s (UDP: %s): members use "
@@ -126,7 +180,8 @@ class DatagramPath:
 
     async def receive_loop(self, sock: socket.socket) -> None:
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            await trio.lowlevel.wait_readable(sock)  # an error queued wakes it too
+            self.read_errors(sock)
             for _ in range(RECEIVE_BATCH):
                 try:
                     packet, source = sock.recvfrom(MAX_PACKET)
@@ -137,6 +192,41 @@ class DatagramPath:
                     continue
                 self.on_packet(packet, source)
             await trio.lowlevel.checkpoint()
+
+    def read_errors(self, sock: socket.socket) -> None:
+        """Read the ICMP errors queued on ``sock``; each names where a datagram went, and
+        the peer last reached there gets a :class:`PeerUnreachable` hint."""
+        for _ in range(RECEIVE_BATCH):
+            try:
+                _, ancdata, _, destination = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # no error queue here (not Linux), or nothing queued
+                if exc.errno not in UNREACHABLE:
+                    return
+                continue  # the pending error itself, reported once: read the queue on
+            code = icmp_error(ancdata)
+            if code is None or code not in UNREACHABLE or not destination:
+                continue
+            self.transport.counters.udp_unreachable += 1
+            peer = self._peer_at(destination)
+            if peer is None:
+                continue
+            now = trio.current_time()
+            if now - self._hinted.get(peer, -HINT_INTERVAL) < HINT_INTERVAL:
+                continue
+            self._hinted[peer] = now
+            logger.debug("datagram to %s: %s", short_id(peer), UNREACHABLE[code])
+            self.transport.publish(PeerUnreachable(node_id=peer, reason=UNREACHABLE[code]))
+
+    def _peer_at(self, address: Any) -> NodeId | None:
+        """The peer whose datagrams go to ``address`` now (None if nobody's)."""
+        where = tuple(address[:2])
+        for node_id in {**self._dialled, **self._reply_to}:
+            destination = self._destination(node_id)
+            if destination is not None and tuple(destination[:2]) == where:
+                return node_id
+        return None
 
     # --- peers --------------------------------------------------------------------------
 
@@ -165,7 +255,7 @@ class DatagramPath:
         """Datagrams from and to ``node_id`` need a new handshake (revoked, disconnected)."""
         self.core.forget(node_id)
         for table in (self._peers, self._checked, self._reply_to, self._dialled, self._unanswered,
-                      self._fallback_until):
+                      self._fallback_until, self._hinted):
             table.pop(node_id, None)
 
     def knows(self, node_id: NodeId) -> bool:
@@ -230,12 +320,19 @@ class DatagramPath:
         if sock is None:
             return False
         counters = self.transport.counters
-        try:
-            sock.sendto(packet, destination)
-        except OSError as exc:  # full buffer, unreachable network: best effort, dropped
-            counters.udp_dropped += 1
-            logger.debug("UDP to %s dropped: %s", short_id(peer), exc)
-            return True
+        for attempt in (1, 2):
+            try:
+                sock.sendto(packet, destination)
+                break
+            except OSError as exc:
+                if exc.errno in UNREACHABLE and attempt == 1:
+                    # an earlier datagram's ICMP error, reported on this call: read the
+                    # queue (a hint for that datagram's peer), then send this one
+                    self.read_errors(sock)
+                    continue
+                counters.udp_dropped += 1  # full buffer, no route: best effort, dropped
+                logger.debug("UDP to %s dropped: %s", short_id(peer), exc)
+                return True
         counters.bytes_sent += len(packet)
         counters.packets_sent += 1
         self.transport.usage.sent(protocol, len(data))

@@ -12,7 +12,7 @@ import trio
 
 from meshcloud.testing import TestMesh
 from meshcloud.transport import udp
-from meshcloud.transport.base import PeerDisconnected
+from meshcloud.transport.base import PeerDisconnected, PeerUnreachable
 from meshcloud.transport.sealed import SealCore
 from meshcloud.transport.tcp import TcpConfig, TcpTransport
 
@@ -230,3 +230,67 @@ async def test_the_dialled_side_waits_to_hear_from_its_peer_before_using_udp(nur
         a.send_datagram(b.local_id, DG, b"over udp")
         assert await at_b.receive() == (a.local_id, b"over udp")
     assert b.udp._destination(a.local_id) is not None
+
+
+def closed_port() -> tuple[str, int]:
+    """A loopback UDP address where nothing listens (as after a kill -9)."""
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 0))
+    address = hole.getsockname()
+    hole.close()
+    return address
+
+
+async def test_a_datagram_to_a_closed_port_hints_that_the_peer_is_gone(nursery):
+    """What a killed peer's sockets do to datagrams: ICMP port unreachable, which the
+    transport turns into a PeerUnreachable hint for membership (no connection needed)."""
+    mesh = TestMesh.with_members(2)
+    a, b = await proven_pair(nursery, mesh)
+    events = a.peer_events()
+    at_b = b.datagrams(DG)
+    real = a.udp._destination(b.local_id)
+    a.udp._reply_to[b.local_id] = closed_port()
+    a.send_datagram(b.local_id, DG, b"to nobody")
+    with trio.fail_after(10):
+        while not isinstance(hint := await events.receive(), PeerUnreachable):
+            pass
+    assert hint.node_id == b.local_id and hint.reason == "port unreachable"
+    assert a.counters.udp_unreachable == 1 and a.counters.udp_dropped == 0
+    # the socket is fine afterwards, and b's own datagrams still reach a
+    a.udp._reply_to[b.local_id] = real
+    a.send_datagram(b.local_id, DG, b"still works")
+    with trio.fail_after(10):
+        assert await at_b.receive() == (a.local_id, b"still works")
+
+
+async def test_an_earlier_datagrams_error_does_not_cost_the_next_one(nursery):
+    """The kernel reports an ICMP error on the socket's next call: a send right after a
+    datagram to a closed port must still go out (and the hint still be given)."""
+    mesh = TestMesh.with_members(3)
+    a, b = await proven_pair(nursery, mesh)
+    c = await start_member(nursery, mesh.members[2], IDLE)
+    await a.dial(c.listen_addresses[0])
+    events = a.peer_events()
+    at_b = b.datagrams(DG)
+    a.udp._reply_to[c.local_id] = closed_port()
+    for i in range(5):  # no checkpoint in between: the receive loop cannot read the error
+        a.send_datagram(c.local_id, DG, b"to nobody")
+        a.send_datagram(b.local_id, DG, b"to b %d" % i)
+    with trio.fail_after(10):
+        for i in range(5):
+            assert await at_b.receive() == (a.local_id, b"to b %d" % i)
+        while not isinstance(hint := await events.receive(), PeerUnreachable):
+            pass
+    assert hint.node_id == c.local_id
+    assert a.counters.udp_dropped == 0 and a.counters.udp_unreachable >= 1
+
+
+def test_icmp_errors_are_read_from_the_kernels_extended_error():
+    err = udp._EXTENDED_ERR.pack(111, udp.SO_EE_ORIGIN_ICMP, 3, 3, 0, 0, 0) + bytes(16)
+    assert udp.icmp_error([(socket.IPPROTO_IP, udp.IP_RECVERR, err)]) == 111
+    err6 = udp._EXTENDED_ERR.pack(113, udp.SO_EE_ORIGIN_ICMP6, 1, 0, 0, 0, 0)
+    assert udp.icmp_error([(socket.IPPROTO_IPV6, udp.IPV6_RECVERR, err6)]) == 113
+    local = udp._EXTENDED_ERR.pack(90, 1, 0, 0, 0, 0, 0)  # SO_EE_ORIGIN_LOCAL: not ICMP
+    assert udp.icmp_error([(socket.IPPROTO_IP, udp.IP_RECVERR, local)]) is None
+    assert udp.icmp_error([(socket.IPPROTO_IP, udp.IP_RECVERR, b"short")]) is None
+    assert udp.icmp_error([(socket.SOL_SOCKET, 1, err)]) is None
