@@ -94,6 +94,8 @@ HINT_INTERVAL = 1.0
 
 IP_RECVERR = 11  # <linux/in.h>
 IPV6_RECVERR = 25  # <linux/in6.h>
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0) if sys.platform.startswith("linux") else 0
+"""0 where the kernel keeps no error queue for us (then no hints)."""
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
@@ -119,7 +121,7 @@ def icmp_error(ancdata: list[tuple[int, int, bytes]]) -> int | None:
 
 def _ask_for_errors(sock: socket.socket) -> None:
     """Queue the ICMP errors our datagrams cause on ``sock`` (Linux; elsewhere none)."""
-    if not sys.platform.startswith("linux"):
+    if not MSG_ERRQUEUE:
         return
     try:
         if sock.family == socket.AF_INET6:
@@ -196,9 +198,11 @@ class DatagramPath:
     def read_errors(self, sock: socket.socket) -> None:
         """Read the ICMP errors queued on ``sock``; each names where a datagram went, and
         the peer last reached there gets a :class:`PeerUnreachable` hint."""
+        if not MSG_ERRQUEUE:
+            return
         for _ in range(RECEIVE_BATCH):
             try:
-                _, ancdata, _, destination = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+                _, ancdata, _, destination = sock.recvmsg(1, 512, MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # no error queue here (not Linux), or nothing queued
