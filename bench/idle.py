@@ -15,9 +15,12 @@ counters:
 * per protocol: message bytes per node per second (``transport.protocols``), which shows
   which service sends what when nothing happens.
 
-With N = 30 (or the size given by ``--detect-at``), one agent is then frozen with SIGSTOP
-(no TCP close hints at its death) and every other agent is polled until it lists it dead:
-``detect_sigstop_median_s`` and ``_max_s``.
+With N = 30 (or the size given by ``--detect-at``), ``--freezes`` agents (5) are then
+frozen with SIGSTOP in turn (no TCP close, no ICMP hints at their death), each until every
+other agent lists it dead, then thawed and seen alive again: ``detect_sigstop_median_s``
+and ``_max_s`` (polled), ``detect_sigstop_own_median_s`` (the median over freezes of the
+observers' own ``member.failed`` times), and per freeze the first suspicion and what the
+observers' probers did (``detect_sigstop_runs_*``).
 
 JSON keys are per size (``idle_cpu_pct_10``...) and as objects keyed by N.
 """
