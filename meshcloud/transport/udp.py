@@ -216,6 +216,12 @@ class DatagramPath:
             peer = self._peer_at(destination)
             if peer is None:
                 continue
+            # nobody listens there now: until the peer is heard from again, its datagrams
+            # take a connection (dialled at its announced addresses: a restarted peer may
+            # listen elsewhere)
+            for table in (self._reply_to, self._dialled):
+                if peer in table and tuple(table[peer][:2]) == tuple(destination[:2]):
+                    del table[peer]
             now = trio.current_time()
             if now - self._hinted.get(peer, -HINT_INTERVAL) < HINT_INTERVAL:
                 continue

@@ -256,11 +256,20 @@ async def test_a_datagram_to_a_closed_port_hints_that_the_peer_is_gone(nursery):
             pass
     assert hint.node_id == b.local_id and hint.reason == "port unreachable"
     assert a.counters.udp_unreachable == 1 and a.counters.udp_dropped == 0
-    # the socket is fine afterwards, and b's own datagrams still reach a
-    a.udp._reply_to[b.local_id] = real
-    a.send_datagram(b.local_id, DG, b"still works")
+    # the dead address is forgotten: the next datagram goes where a dialled b
+    assert b.local_id not in a.udp._reply_to and a.udp._destination(b.local_id) == real
+    a.send_datagram(b.local_id, DG, b"where it was dialled")
     with trio.fail_after(10):
-        assert await at_b.receive() == (a.local_id, b"still works")
+        assert await at_b.receive() == (a.local_id, b"where it was dialled")
+    # with no address left, a connection carries it (dialled at b's announced address)
+    a.udp._dialled[b.local_id] = a.udp._reply_to[b.local_id] = closed_port()
+    a.send_datagram(b.local_id, DG, b"to nobody again")
+    await until(lambda: a.udp._destination(b.local_id) is None, "the dead address forgotten")
+    opened = a.counters.connections_opened
+    a.send_datagram(b.local_id, DG, b"over a connection")
+    with trio.fail_after(10):
+        assert await at_b.receive() == (a.local_id, b"over a connection")
+    assert a.counters.connections_opened == opened + 1
 
 
 async def test_an_earlier_datagrams_error_does_not_cost_the_next_one(nursery):
