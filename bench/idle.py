@@ -15,9 +15,12 @@ counters:
 * per protocol: message bytes per node per second (``transport.protocols``), which shows
   which service sends what when nothing happens.
 
-With N = 30 (or the size given by ``--detect-at``), one agent is then frozen with SIGSTOP
-(no TCP close hints at its death) and every other agent is polled until it lists it dead:
-``detect_sigstop_median_s`` and ``_max_s``.
+With N = 30 (or the size given by ``--detect-at``), ``--freezes`` agents (5) are then
+frozen with SIGSTOP in turn (no TCP close, no ICMP hints at their death), each until every
+other agent lists it dead, then thawed and seen alive again: ``detect_sigstop_median_s``
+and ``_max_s`` (polled), ``detect_sigstop_own_median_s`` (the median over freezes of the
+observers' own ``member.failed`` times), and per freeze the first suspicion and what the
+observers' probers did (``detect_sigstop_runs_*``).
 
 JSON keys are per size (``idle_cpu_pct_10``...) and as objects keyed by N.
 """
@@ -45,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds after convergence before measuring")
     parser.add_argument("--detect-at", type=int, default=30,
                         help="mesh size at which SIGSTOP detection is measured (0: never)")
+    parser.add_argument("--freezes", type=int, default=5,
+                        help="agents frozen in turn for the SIGSTOP detection figure")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -115,7 +120,7 @@ def snapshot(agents: list[Agent]) -> list[dict[str, Any]]:
     for agent in agents:
         status = agent.get("/v1/status")
         out.append({"cpu": cpu_seconds(agent.pid), "t": time.monotonic(),
-                    "transport": status.get("transport", {})})
+                    "transport": status.get("transport", {}), "loop": status.get("loop", {})})
     return out
 
 
@@ -141,6 +146,8 @@ def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
             old = pb.get(name, {}).get("bytes_sent", 0)
             protocols[name] = protocols.get(name, 0.0) + (usage["bytes_sent"] - old) / span
     n = len(agents)
+    stalls = [a["loop"].get("stalls", 0) - b["loop"].get("stalls", 0)
+              for b, a in zip(before, after, strict=True)]
     handshakes = sum(a["transport"]["counters"]["connections_opened"]
                      - b["transport"]["counters"]["connections_opened"]
                      for b, a in zip(before, after, strict=True))
@@ -153,17 +160,36 @@ def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
         "connections_per_node": round(statistics.fmean(connections), 1),
         "connections_max": max(connections),
         "connections_opened_per_node_s": round(handshakes / n / seconds, 3),
+        "loop_stalls_per_node_min": round(statistics.fmean(stalls) * 60 / seconds, 2),
         "protocol_bytes_sent_per_node_s": {k: round(v / n, 1)
                                            for k, v in sorted(protocols.items()) if v},
     }
 
 
-def detect_sigstop(cluster: LocalCluster, timeout: float = 30.0) -> dict[str, float]:
-    victim = cluster.agents[-1]
-    observers = cluster.agents[:-1]
+def _alive_everywhere(observers: list[Agent], node_id: str) -> bool:
+    return all(node_id in alive_ids(agent) for agent in observers)
+
+
+LOOP_COUNTERS = ("probes_retried", "probes_stalled", "probes_failed", "stalls")
+
+
+def _loop_counters(agents: list[Agent]) -> dict[str, int]:
+    totals = dict.fromkeys(LOOP_COUNTERS, 0)
+    for agent in agents:
+        loop = agent.get("/v1/status").get("loop", {})
+        for key in LOOP_COUNTERS:
+            totals[key] += int(loop.get(key, 0))
+    return totals
+
+
+def _freeze_once(victim: Agent, observers: list[Agent], timeout: float) -> dict[str, Any]:
+    """Freeze ``victim``; poll until every observer lists it dead; thaw it. Returns the
+    polled delays, the observers' own ``member.suspect`` / ``member.failed`` delays, and
+    what their probers did meanwhile (retried rounds of a shaky prober, stalls)."""
+    counters = _loop_counters(observers)
     seen: dict[str, float] = {}
     victim.freeze()
-    frozen_at = time.monotonic()
+    frozen_at, frozen_ms = time.monotonic(), time.time() * 1000
     try:
         while len(seen) < len(observers) and time.monotonic() - frozen_at < timeout:
             for agent in observers:
@@ -174,10 +200,61 @@ def detect_sigstop(cluster: LocalCluster, timeout: float = 30.0) -> dict[str, fl
                     seen[agent.name] = time.monotonic() - frozen_at
     finally:
         victim.thaw()
-    times = sorted(seen.values())
-    return {"detect_sigstop_median_s": round(statistics.median(times), 2) if times else -1.0,
-            "detect_sigstop_max_s": round(times[-1], 2) if times else -1.0,
-            "detect_sigstop_observers": len(times)}
+    after = _loop_counters(observers)
+    # the observers' own clocks (their events): polling 29 APIs in turn on a loaded
+    # machine takes seconds, which the polled figure includes
+    failed, suspected = [], []
+    for agent in observers:
+        first_suspect = None
+        for event in agent.get("/v1/events?limit=500&kind=member."):
+            if event.get("peer") != victim.node_id or event["at"] < frozen_ms:
+                continue
+            delay = (event["at"] - frozen_ms) / 1000
+            if event["kind"] == "member.failed":
+                failed.append(delay)
+            elif event["kind"] == "member.suspect" and first_suspect is None:
+                first_suspect = delay
+        if first_suspect is not None:
+            suspected.append(first_suspect)
+    return {"polled": sorted(seen.values()), "failed": sorted(failed),
+            "suspected": sorted(suspected),
+            "loop": {key: after[key] - counters[key] for key in LOOP_COUNTERS}}
+
+
+def detect_sigstop(cluster: LocalCluster, freezes: int = 1,
+                   timeout: float = 30.0) -> dict[str, Any]:
+    """Freeze ``freezes`` agents in turn (the last ones), each until every other agent
+    lists it dead, then thaw it and wait until all list it alive again (it refutes).
+    Figures: per freeze, the median over observers; overall, the median of those."""
+    agents = cluster.agents
+    runs = []
+    for i in range(freezes):
+        victim = agents[-1 - (i % (len(agents) - 1))]
+        observers = [a for a in agents if a is not victim]
+        runs.append(_freeze_once(victim, observers, timeout))
+        deadline = time.monotonic() + 60
+        while not _alive_everywhere(observers, victim.node_id):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{victim.name} was not alive again 60 s after its thaw")
+            time.sleep(0.5)
+        time.sleep(5)  # let suspicions and health scores of the round settle
+
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 2) if values else -1.0
+
+    polled = [med(r["polled"]) for r in runs]
+    own = [med(r["failed"]) for r in runs]
+    own_max = [round(r["failed"][-1], 2) if r["failed"] else -1.0 for r in runs]
+    first_suspect = [round(r["suspected"][0], 2) if r["suspected"] else -1.0 for r in runs]
+    return {"detect_sigstop_median_s": med(polled),
+            "detect_sigstop_max_s": max(round(r["polled"][-1], 2) if r["polled"] else -1.0
+                                        for r in runs),
+            "detect_sigstop_observers": min(len(r["polled"]) for r in runs),
+            "detect_sigstop_own_median_s": med(own),
+            "detect_sigstop_own_max_s": max(own_max),
+            "detect_sigstop_runs_own_median_s": own,
+            "detect_sigstop_runs_first_suspect_s": first_suspect,
+            "detect_sigstop_runs_loop": [r["loop"] for r in runs]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.settle)
                 result = measure(cluster, seconds)
                 if n == args.detect_at:
-                    result.update(detect_sigstop(cluster))
+                    result.update(detect_sigstop(cluster, args.freezes))
             finally:
                 cluster.close()
         for key in keys:
@@ -211,12 +288,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{result['idle_packets_s']:>7.1f} {result['connections_per_node']:>6.1f} "
               f"{result['connections_max']:>4} {result['connections_opened_per_node_s']:>8.3f}"
               f"   ({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"     loop stalls per agent per minute: {result['loop_stalls_per_node_min']}",
+              flush=True)
         print(f"     sent per protocol, B/s per node: {result['protocol_bytes_sent_per_node_s']}",
               flush=True)
         if "detect_sigstop_median_s" in result:
             print(f"     SIGSTOP detection: median {result['detect_sigstop_median_s']} s, max "
                   f"{result['detect_sigstop_max_s']} s "
-                  f"({result['detect_sigstop_observers']} observers)", flush=True)
+                  f"({result['detect_sigstop_observers']} observers, polled); by their own "
+                  f"events: median {result['detect_sigstop_own_median_s']} s, max "
+                  f"{result['detect_sigstop_own_max_s']} s; per freeze (own median) "
+                  f"{result['detect_sigstop_runs_own_median_s']}, first suspicion "
+                  f"{result['detect_sigstop_runs_first_suspect_s']}; observers' probers "
+                  f"meanwhile {result['detect_sigstop_runs_loop']}", flush=True)
     rates = list(figures["idle_bytes_s"].values())
     if len(rates) > 1 and min(rates) > 0:
         figures["idle_bytes_s_spread_pct"] = round((max(rates) / min(rates) - 1) * 100, 1)

@@ -6,7 +6,8 @@ the suspicion timers, and reacts to three kinds of input, each returning a list 
 
 * ``on_message(peer, msg, now)`` — a decoded datagram (one message or a Compound);
   ``on_push_pull(peer, msg, now)`` / ``on_push_pull_reply`` — a full-state sync;
-  ``on_peer_lost(peer, now)`` — a hint from the transport that a connection died;
+  ``on_peer_lost(peer, now)`` — a hint from the transport that a connection died (or a
+  datagram came back unreachable);
 * ``on_timer(now)`` — call at (or after) ``next_deadline()``;
 * commands: ``join(seeds, now)``, ``leave(now)``, ``update_capacity(capacity, now)``,
   ``update_addresses(addresses, now)``, ``revoke(node_id, now)``.
@@ -389,11 +390,16 @@ class SwimCore(Prober, NewsApplier):
         return []
 
     def on_peer_lost(self, peer: bytes, now: float) -> list[Output]:
-        """The transport lost its connection to ``peer``: probe it now (not declare it)."""
+        """The transport lost its connection to ``peer``, or a datagram to it came back
+        unreachable: probe it now (not declare it). A round already running for it takes
+        the hint (its failure then accuses even when our judgement is weak)."""
         out: list[Output] = []
         m = self.table.get(peer)
-        if (self._left or m is None or m.state.gone or peer == self.node_id
-                or peer in self._rounds):
+        if self._left or m is None or m.state.gone or peer == self.node_id:
+            return out
+        running = self._rounds.get(peer)
+        if running is not None:
+            running.hinted = True
             return out
         self.counters.probe_hints += 1
         self._start_round(m, now, out, escalate=True)

@@ -10,7 +10,9 @@ The driver
   :mod:`gossip.digest`; bounded by ``sync_timeout`` and ``max_sync_bytes``);
 * keeps **one** timer, at ``core.next_deadline()``, re-armed after every input;
 * turns ``PeerDisconnected`` from ``transport.peer_events()`` into ``core.on_peer_lost``
-  (a hint to probe that peer now; death still goes through suspicion);
+  (a hint to probe that peer now; death still goes through suspicion), except for
+  connections the pool closed as unused (``unused``: nothing happened to the peer), and
+  ``PeerUnreachable`` (a datagram to it came back as an ICMP error) the same way;
 * tells the transport every member's addresses (``set_addresses``) as they are learnt;
 * optionally samples the machine's capacity (``capacity_source``, in a worker thread)
   every ``capacity_interval`` and hands it to ``core.update_capacity``;
@@ -71,7 +73,7 @@ from gossip.outputs import (
 from gossip.stats import GossipStatistics
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import AuthError, CodecError, MeshError, TransportError
-from meshcloud.transport.base import PeerDisconnected, Stream, Transport
+from meshcloud.transport.base import PeerDisconnected, PeerUnreachable, Stream, Transport
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +329,9 @@ class GossipDriver:
             stats = self._core.statistics()
             out.update(health_score=stats.health_score, probes_stalled=stats.probes_stalled,
                        suspicions_postponed=stats.suspicions_postponed,
-                       probes_unsettled=stats.probes_unsettled)
+                       probes_unsettled=stats.probes_unsettled,
+                       probes_retried=stats.probes_retried, probes_failed=stats.probes_failed,
+                       probe_hints=stats.probe_hints)
         return out
 
     # --- performing outputs ---------------------------------------------------------------
@@ -400,7 +404,8 @@ class GossipDriver:
 
     async def _peer_event_loop(self, events: trio.MemoryReceiveChannel[object]) -> None:
         async for event in events:
-            if isinstance(event, PeerDisconnected):
+            if ((isinstance(event, PeerDisconnected) and not event.unused)
+                    or isinstance(event, PeerUnreachable)):
                 self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
 
     async def _lag_loop(self, interval: float) -> None:

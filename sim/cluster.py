@@ -9,7 +9,9 @@ nodes fit in minutes.
 Node model:
 
 * **crash** (kill -9): the process is gone; peers with an open connection are told at once
-  (the kernel resets the sockets: the transport's ``on_peer_lost`` hint);
+  (the kernel resets the sockets: the transport's ``on_peer_lost`` hint), and a datagram
+  a peer sends it later comes back as ICMP port unreachable (the same hint, at most once
+  per ``HINT_INTERVAL`` per pair); a permanent crash (the machine gone) tells nothing;
 * **restart**: a new core with the same id and a higher incarnation (the real node keeps
   its incarnation on disk), joining through a live member;
 * **leave**: a graceful leave, then the process stops once the leave has spread;
@@ -50,6 +52,7 @@ from gossip.outputs import (
     Send,
     Sync,
 )
+from meshcloud.transport.udp import HINT_INTERVAL
 from sim.connections import ConnectionModel
 from sim.engine import Engine
 from sim.network import Network
@@ -85,6 +88,8 @@ class Host:
     slow: bool = False
     phone: bool = False
     left: bool = False
+    gone: bool = False
+    """Crashed for good (the machine is gone): nothing answers for it, not even ICMP."""
     generation: int = 0
     incarnation_on_disk: int = 0
     address_version: int = 0
@@ -127,6 +132,7 @@ class SimCluster:
         self.conns = ConnectionModel(count=self._count_overhead)
         """Every node's transport connections (:mod:`sim.connections`)."""
         self.overhead_messages = 0
+        self._unreachable_hints: dict[tuple[bytes, bytes], float] = {}
 
     # --- building -------------------------------------------------------------------------
 
@@ -167,6 +173,7 @@ class SimCluster:
         for host in hosts:
             host.slow = host.index in slow_set
         alives = [h.swim.table.members[h.node_id].alive for h in hosts]
+        self.conns.warm_start([h.node_id for h in hosts])  # they all met once
         now = self.engine.now
         for host in hosts:
             host.swim.preload(alives, now, verified=True)
@@ -225,6 +232,7 @@ class SimCluster:
             return
         host.incarnation_on_disk = max(host.incarnation_on_disk, host.swim.incarnation)
         host.up = False
+        host.gone = permanent
         host.generation += 1
         now = self.engine.now
         self.trace.node_state(now, node, "gone" if permanent else "crashed")
@@ -331,10 +339,18 @@ class SimCluster:
         conns = self.conns
         now = engine.now
         src_id = src.node_id
-        # a message needs a connection: dialled first (handshake) when the pool has none;
-        # whether the dial can succeed is asked only when one is needed
-        wait = conns.send(src_id, dst_id, now, 2 * network.default.sample_delay(network.rng),
-                          can_connect=lambda: self._can_connect(src, dst))
+        # a DHT message needs a connection: dialled first (handshake) when the pool has
+        # none; gossip goes as a sealed datagram between proven pairs. Whether a dial can
+        # succeed is asked only when one is needed
+        rtt = 2 * network.default.sample_delay(network.rng)
+        if kind == 0:
+            if not dst.up and not dst.gone and conns.knows(src_id, dst_id):
+                self._unreachable(src, dst_id, now, rtt)
+            wait = conns.datagram(src_id, dst_id, now, rtt,
+                                  can_connect=lambda: self._can_connect(src, dst))
+        else:
+            wait = conns.send(src_id, dst_id, now, rtt,
+                              can_connect=lambda: self._can_connect(src, dst))
         if wait is None:
             return  # the dial failed: a datagram is dropped, a request times out
         # DHT requests and replies travel on streams: loss only delays them
@@ -355,6 +371,15 @@ class SimCluster:
         if dst.slow:
             delay += SLOW_DELAY
         engine.at(now + delay, self._deliver, src_id, dst_id, dst.generation, kind, msg)
+
+    def _unreachable(self, src: Host, dst_id: bytes, now: float, rtt: float) -> None:
+        """``src``'s datagram reaches a killed process's host: ICMP port unreachable comes
+        back after a round trip, which the transport turns into a hint (rate-limited)."""
+        pair = (src.node_id, dst_id)
+        if now - self._unreachable_hints.get(pair, -HINT_INTERVAL) < HINT_INTERVAL:
+            return
+        self._unreachable_hints[pair] = now
+        self.engine.after(rtt, self._peer_lost, src.node_id, src.generation, dst_id)
 
     def _count_bytes(self, host: Host, msg: Any) -> None:
         """Encode one message to estimate bytes on the wire (every BYTES_SAMPLE_EVERY-th)."""

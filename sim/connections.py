@@ -21,6 +21,15 @@ It follows :mod:`meshcloud.transport` (docs/architecture.md, "Connections" and
   connection carrying only datagrams (gossip) sends nothing when idle.
 * every message on a connection pays the frame header and the Noise tag and length
   (``frame_overhead``).
+* **gossip datagrams go as sealed UDP packets** (``sealed_datagrams``, as the transport's
+  :mod:`~meshcloud.transport.udp`): once a connection's handshake proved a pair to each
+  other, their datagrams need no connection (:meth:`ConnectionModel.datagram` counts one
+  packet and ``datagram_overhead`` bytes: the sealed header, AEAD tag and protocol index);
+  a pair not proven yet sends its first datagram on a connection (dialled first), which
+  proves it. A crashed node forgets every key; its peers keep its (their datagrams to a
+  killed process come back unreachable: the cluster's hint), and its restarted process
+  proves each sender again with a connection.
+  Connections then carry streams only, and close after ``idle_timeout`` (30 s) unused.
 
 Counting: each node's ``sent`` (messages) and ``overhead_bytes`` (bytes besides protocol
 messages) on its :class:`~sim.cluster.Host`, and totals in :class:`ConnectionStats`.
@@ -35,6 +44,7 @@ from dataclasses import dataclass, field
 
 from meshcloud.transport.muxframes import HEADER_SIZE
 from meshcloud.transport.noise import TAG_SIZE
+from meshcloud.transport.sealed import OVERHEAD as SEALED_OVERHEAD
 
 NodeId = bytes
 
@@ -48,7 +58,7 @@ estimate: id, key, roles, expiry and two signatures)."""
 @dataclass(frozen=True)
 class PoolConfig:
     max_connections: int = 64
-    idle_timeout: float = 120.0
+    idle_timeout: float = 30.0
     keepalive_interval: float = 1.0
     dead_timeout: float = 4.0
     handshake_rtts: float = 2.0
@@ -61,6 +71,8 @@ class PoolConfig:
     frame_overhead: int = NOISE_LENGTH + TAG_SIZE + HEADER_SIZE
     ping_bytes: int = NOISE_LENGTH + TAG_SIZE + HEADER_SIZE + 8
     goaway_bytes: int = NOISE_LENGTH + TAG_SIZE + HEADER_SIZE + 8
+    sealed_datagrams: bool = True
+    datagram_overhead: int = SEALED_OVERHEAD + 1  # header, AEAD tag, 0 + protocol index
 
 
 @dataclass
@@ -76,6 +88,10 @@ class ConnectionStats:
     evictions: int = 0
     dead: int = 0
     frame_bytes: int = 0
+    datagrams: int = 0
+    """Sealed UDP datagrams sent (no connection)."""
+    datagram_bytes: int = 0
+    """Their overhead: sealed header, AEAD tag, protocol index."""
 
 
 @dataclass(slots=True)
@@ -99,6 +115,10 @@ class ConnectionModel:
 
     def __post_init__(self) -> None:
         self.pools: dict[NodeId, OrderedDict[NodeId, Conn]] = {}
+        self.proven: dict[NodeId, set[NodeId]] = {}
+        """The peers whose keys each node holds (proven by a handshake)."""
+        self._warm: set[NodeId] = set()
+        self._warm_holders: set[NodeId] = set()
 
     # --- queries --------------------------------------------------------------------------
 
@@ -113,7 +133,39 @@ class ConnectionModel:
     def size(self, node: NodeId) -> int:
         return len(self.pools.get(node, ()))
 
+    def knows(self, a: NodeId, b: NodeId) -> bool:
+        """Does ``a`` hold ``b``'s keys (a handshake proved ``b`` to it)?"""
+        known = self.proven.get(a)
+        return ((known is not None and b in known)
+                or (a in self._warm_holders and b in self._warm))
+
+    def warm_start(self, nodes: list[NodeId]) -> None:
+        """``nodes`` are a converged mesh: every pair met once (its connection long
+        closed), so each holds the others' keys (kept as two sets, not N² pairs)."""
+        self._warm.update(nodes)
+        self._warm_holders.update(nodes)
+
     # --- traffic --------------------------------------------------------------------------
+
+    def datagram(self, src: NodeId, dst: NodeId, now: float, rtt: float, *,
+                 can_connect: bool | Callable[[], bool]) -> float | None:
+        """A datagram (gossip) from ``src`` to ``dst`` is about to leave. If ``src`` holds
+        the pair's keys it goes sealed over UDP (one packet, no connection); if ``dst``
+        has forgotten them (it restarted) it dials ``src`` to prove it first, like the
+        transport's unknown-sender path. Otherwise it rides a connection like
+        :meth:`send`, whose handshake proves the pair. Returns the extra seconds it
+        waits, or None when a needed dial fails (the datagram is lost)."""
+        cfg = self.config
+        if cfg.sealed_datagrams and self.knows(src, dst):
+            self.count(src, 0, cfg.datagram_overhead)
+            self.stats.datagrams += 1
+            self.stats.datagram_bytes += cfg.datagram_overhead
+            if self.knows(dst, src):
+                return 0.0
+            if not (can_connect if type(can_connect) is bool else can_connect()):
+                return None  # lost (a killed process: ICMP, the cluster's hint)
+            return self.send(dst, src, now, rtt, can_connect=True)
+        return self.send(src, dst, now, rtt, can_connect=can_connect)
 
     def send(self, src: NodeId, dst: NodeId, now: float, rtt: float, *,
              can_connect: bool | Callable[[], bool], size: int = 0) -> float | None:
@@ -139,6 +191,9 @@ class ConnectionModel:
             if peer_pool is None:
                 peer_pool = self._pool(dst)
             peer_pool[src] = conn
+            if cfg.sealed_datagrams:  # the handshake proves the pair for datagrams
+                self.proven.setdefault(src, set()).add(dst)
+                self.proven.setdefault(dst, set()).add(src)
             half = cfg.handshake_messages // 2
             count(src, half, cfg.handshake_bytes // 2)
             count(dst, cfg.handshake_messages - half,
@@ -238,7 +293,10 @@ class ConnectionModel:
                 self.stats.idle_closes += 1
 
     def crashed(self, node: NodeId) -> list[NodeId]:
-        """``node`` died: its connections reset. Returns the peers that held one."""
+        """``node`` died: its connections reset, its pairs are forgotten (a restarted
+        process proves them again). Returns the peers that held a connection."""
+        self.proven.pop(node, None)  # (its peers keep its keys, as the transport does)
+        self._warm_holders.discard(node)
         pool = self.pools.pop(node, None)
         if not pool:
             return []

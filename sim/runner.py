@@ -346,6 +346,7 @@ class Run:
             "connections_per_node_max": max((c.conns.size(h.node_id) for h in c.live()),
                                             default=0),
             "dials_per_node_s": round(cs.dials / seconds / live, 3),
+            "datagrams_per_node_s": round(cs.datagrams / seconds / live, 3),
             "dials_failed": cs.dials_failed,
             "keepalive_msgs_per_node_s": round(cs.keepalive_messages / seconds / live, 4),
             "idle_closes": cs.idle_closes,

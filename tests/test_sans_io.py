@@ -21,6 +21,7 @@ CORE_GLOBS = [
     "meshcloud/transport/natmessages.py",
     "meshcloud/transport/reachability.py",
     "meshcloud/transport/relaylimits.py",
+    "meshcloud/transport/sealed.py",
     "meshcloud/clock.py",
     "meshcloud/placement.py",
     "meshcloud/state/crdt.py",

@@ -34,6 +34,9 @@ class PeerRecord:
     since: float = 0.0
     agent_version: str = ""
     last_change_ms: int = 0
+    pooled: bool = False
+    """Its last connection was closed by the pool as unused: the next one is routine
+    (no ``peer.connected`` event, nobody re-syncs with it)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.node_id.hex(), "addresses": self.addresses,
@@ -109,26 +112,31 @@ class AddressBook:
                 if peer.joining:
                     continue
                 record = self.peers.setdefault(peer.node_id, PeerRecord(peer.node_id))
+                routine, record.pooled = record.pooled, False
                 record.connected = True
-                record.since = self.clock.monotonic()
+                if not routine:
+                    record.since = self.clock.monotonic()
                 record.agent_version = peer.agent_version
                 record.last_change_ms = now
                 if peer.listen_addresses:
                     self.learn(peer.node_id, expand_wildcards(
                         list(peer.listen_addresses), host_hint=event.address))
-                log.info("peer connected", extra={"peer": short_id(peer.node_id),
-                                                   "address": event.address})
-                self.events.emit("peer.connected", peer=peer.node_id.hex(),
-                                 address=event.address)
+                if not routine:  # (dialled again after an idle close: nothing to tell)
+                    log.info("peer connected", extra={"peer": short_id(peer.node_id),
+                                                       "address": event.address})
+                    self.events.emit("peer.connected", peer=peer.node_id.hex(),
+                                     address=event.address)
             elif isinstance(event, PeerDisconnected):
                 record = self.peers.get(event.node_id)
                 if record is None or not record.connected:
                     continue
                 record.connected = False
-                record.last_change_ms = now
-                log.info("peer disconnected", extra={"peer": short_id(event.node_id),
-                                                      "why": event.reason})
-                self.events.emit("peer.disconnected", peer=event.node_id.hex(),
-                                 reason=event.reason)
+                record.pooled = event.unused  # closed unused: datagrams need no connection
+                if not event.unused:
+                    record.last_change_ms = now
+                    log.info("peer disconnected", extra={"peer": short_id(event.node_id),
+                                                          "why": event.reason})
+                    self.events.emit("peer.disconnected", peer=event.node_id.hex(),
+                                     reason=event.reason)
             self.changed.set()
             self.changed = trio.Event()

@@ -166,3 +166,12 @@ class TransportCounters:
     evictions: int = 0
     """Idle connections retired, least recently used first, to stay within
     ``max_connections``."""
+    udp_refused: int = 0
+    """Sealed UDP datagrams refused: malformed, forged, replayed, or from a sender that
+    did not prove its membership (:mod:`~meshcloud.transport.udp`)."""
+    udp_dropped: int = 0
+    """Sealed UDP datagrams the socket would not take (buffer full, no route)."""
+    udp_unreachable: int = 0
+    """ICMP errors for our datagrams (port or host unreachable): each a hint, published as
+    :class:`~meshcloud.transport.base.PeerUnreachable`, that the peer's process or host
+    is gone (what a connection reset used to tell)."""

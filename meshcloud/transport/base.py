@@ -41,6 +41,7 @@ __all__ = [
     "PeerAuth",
     "PeerConnected",
     "PeerDisconnected",
+    "PeerUnreachable",
     "Stream",
     "StreamHandler",
     "StreamReset",
@@ -61,9 +62,24 @@ class PeerConnected:
 class PeerDisconnected:
     node_id: NodeId
     reason: str
+    unused: bool = False
+    """The pool closed the connection because no stream used it (idle, or over the cap),
+    both sides agreeing: it says nothing about the peer, which is dialled again on demand
+    (membership need not probe it; nobody need re-sync with it when it reconnects)."""
 
 
-PeerEvent = PeerConnected | PeerDisconnected
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """A datagram to the peer came back as an ICMP error (port or host unreachable): its
+    process or host is probably gone, whether or not a connection to it is open. A hint
+    for membership to probe it now (what a connection reset tells for streams); nothing
+    more, since anyone on the path can forge such an error."""
+
+    node_id: NodeId
+    reason: str
+
+
+PeerEvent = PeerConnected | PeerDisconnected | PeerUnreachable
 
 
 class Stream(Protocol):

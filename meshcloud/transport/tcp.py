@@ -26,11 +26,17 @@ What this module does (the protocol logic lives in the sans-IO cores):
 * **open_stream** uses the peer's connection, or dials the addresses of the address book
   (:meth:`set_addresses`, filled by the DHT and gossip; a dialled address and, for inbound
   peers, their announced listen addresses are learnt automatically);
-* **datagrams** never block or raise: on a connection they are queued in the mux (dropped
-  when its backlog is full); to a peer we are not connected to they wait in a small queue
-  while a background dial runs, and are dropped if the queue is full or the dial fails;
+* **datagrams** never block or raise. To a member whose certificate a handshake once
+  checked, they go as sealed UDP packets from the listening port
+  (:mod:`~meshcloud.transport.udp`, :mod:`~meshcloud.transport.sealed`): no connection
+  is needed per member, so connections carry streams only and close when idle. Otherwise
+  (first contact, joining or relayed peers, UDP filtered) on a connection they are queued
+  in the mux (dropped when its backlog is full); to a peer we are not connected to they
+  wait in a small queue while a background dial runs, and are dropped if the queue is
+  full or the dial fails;
 * **peer events**: :class:`PeerConnected` when a peer's first connection is up,
-  :class:`PeerDisconnected` when its last one is gone;
+  :class:`PeerDisconnected` when its last one is gone, :class:`PeerUnreachable` when a
+  datagram to it came back as an ICMP error;
 * **failures** of one handshake, dial, connection or handler end that one only, and are
   counted once in :attr:`TcpTransport.counters` and logged once; received bytes are
   bounded per connection and per node (:mod:`~meshcloud.transport.buffers`).
@@ -77,11 +83,15 @@ from meshcloud.transport.connection import Connection, TcpStream
 from meshcloud.transport.handshake import HandshakeCore, HandshakeStatus
 from meshcloud.transport.mux import MuxConfig
 from meshcloud.transport.sockets import bind, connect, run_handshake, tune
+from meshcloud.transport.udp import DatagramPath
 from meshcloud.transport.usage import UsageTable
 
 logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "meshcloud/0.1"
+
+_IDLE_REASON = "idle"
+_CAP_REASON = "connection limit: least recently used"
 
 _STANDARD_ERRORS = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.EndOfChannel)
@@ -138,11 +148,15 @@ class TcpConfig:
     second, so a cap well below the mesh size trades a little memory for constant
     redials (measured in docs/benchmarks.md, "idle")."""
 
-    idle_timeout: float | None = 120.0
+    idle_timeout: float | None = 30.0
     """Seconds without a stream and without any traffic after which a connection is
-    retired gracefully (GOAWAY both ways, then closed); ``None`` keeps it open. Longer
-    than a membership probe cycle (each member is probed about once per N seconds), so
-    only connections to members that left or stay unused are reaped."""
+    retired gracefully (GOAWAY both ways, then closed); ``None`` keeps it open. Membership
+    probes and gossip go as sealed datagrams (``sealed_datagrams``), so only streams keep
+    a connection: an idle mesh holds the few its periodic syncs use."""
+
+    sealed_datagrams: bool = True
+    """Send datagrams to members as sealed UDP packets from the listening port (see
+    :mod:`~meshcloud.transport.udp`); False: every datagram rides a connection."""
 
     agent_version: str = AGENT_VERSION
     """Told to peers in the handshake (shown by ``meshcloud status``)."""
@@ -216,6 +230,7 @@ class TcpTransport:
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._queued: dict[NodeId, deque[tuple[str, bytes]]] = {}
         self._background_dials: set[NodeId] = set()
+        self._unused: set[Connection] = set()  # retired by the pool (idle or over the cap)
         config = self.config
         self._slots = HandshakeSlots(
             total=config.max_handshakes,
@@ -233,6 +248,8 @@ class TcpTransport:
         self._buffer_lot = trio.lowlevel.ParkingLot()  # readers paused by back-pressure
         self._nursery: trio.Nursery | None = None
         self._serial = itertools.count(1)
+        self.udp = DatagramPath(self) if self.config.sealed_datagrams else None
+        """Sealed datagrams to members over UDP (None when disabled)."""
 
     def __repr__(self) -> str:
         return f"<TcpTransport {short_id(self.local_id)} {self.listen_addresses}>"
@@ -260,10 +277,16 @@ class TcpTransport:
             for address in self._listen_spec:
                 listeners.append(await bind(address, reuse_port=self.config.reuse_port))
             self._listeners = listeners
+            if self.udp is not None:
+                self.udp.bind(listeners)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener)
+                udp = self.udp
+                for udp_socket in udp.sockets if udp is not None else ():
+                    assert udp is not None
+                    nursery.start_soon(udp.receive_loop, udp_socket)
                 logger.info("transport %s listening on %s", short_id(self.local_id),
                             ", ".join(self.listen_addresses))
                 task_status.started()
@@ -277,6 +300,8 @@ class TcpTransport:
             for listener in listeners:
                 listener.close()
             self._listeners = []
+            if self.udp is not None:
+                self.udp.close()
 
     def _shut_down(self) -> None:
         for conns in list(self._connections.values()):
@@ -291,6 +316,10 @@ class TcpTransport:
     def addresses_of(self, peer: NodeId) -> list[str]:
         return list(self._addresses.get(peer, ()))
 
+    def node_with_prefix(self, prefix: bytes) -> NodeId | None:
+        """A node of the address book whose id starts with ``prefix`` (None if none)."""
+        return next((node for node in self._addresses if node.startswith(prefix)), None)
+
     def connected_peers(self) -> list[PeerAuth]:
         return [conns[0].peer for conns in self._connections.values() if conns]
 
@@ -302,6 +331,11 @@ class TcpTransport:
         send, receive = trio.open_memory_channel[PeerEvent](math.inf)
         self._subscribers.append(send)
         return receive
+
+    def publish(self, event: PeerEvent) -> None:
+        """Hand ``event`` to every :meth:`peer_events` subscriber (the datagram path's
+        :class:`~meshcloud.transport.base.PeerUnreachable` hints)."""
+        self._publish(event)
 
     def _publish(self, event: PeerEvent) -> None:
         for channel in list(self._subscribers):
@@ -438,7 +472,8 @@ class TcpTransport:
                              listen_addresses=tuple(self.listen_addresses),
                              agent_version=self.config.agent_version, expect=expect)
 
-    async def _ensure_connection(self, peer: NodeId) -> Connection:
+    async def ensure_connection(self, peer: NodeId) -> Connection:
+        """The peer's usable connection, dialling its known addresses if there is none."""
         conn = self._usable(peer)
         if conn is not None:
             return conn
@@ -574,6 +609,8 @@ class TcpTransport:
         conns.append(conn)
         self.counters.connections_opened += 1
         self._learn_addresses(peer, address if we_dialed else None)
+        if self.udp is not None:
+            self.udp.learn(peer, address if we_dialed and not (relayed or punched) else None)
         self._nursery.start_soon(conn.run, early)
         logger.info("connected %s %s at %s%s", "to" if we_dialed else "from",
                     short_id(peer.node_id), address, " (joining)" if peer.joining else "")
@@ -589,6 +626,7 @@ class TcpTransport:
         """Connections, counters and per-protocol usage, for ``status`` (JSON-ready)."""
         return {"connections": self.connection_count,
                 "connected_peers": len(self._connections),
+                "datagram_peers": len(self.udp.core) if self.udp is not None else 0,
                 "counters": dataclasses.asdict(self.counters),
                 "protocols": self.usage.to_json()}
 
@@ -610,13 +648,15 @@ class TcpTransport:
             self.counters.evictions += 1
             logger.debug("retiring idle %r: over %d connections", conn,
                          self.config.max_connections)
-            conn.retire("connection limit: least recently used")
+            self._unused.add(conn)
+            conn.retire(_CAP_REASON)
 
     def _on_idle(self, conn: Connection) -> None:
         """``conn`` had no stream and no traffic for ``idle_timeout``: retire it."""
         self.counters.idle_closes += 1
         logger.debug("retiring idle %r", conn)
-        conn.retire("idle")
+        self._unused.add(conn)
+        conn.retire(_IDLE_REASON)
 
     def _learn_addresses(self, peer: PeerAuth, dialled: str | None) -> None:
         if dialled is not None and dialled.startswith("relay://") and ">" in dialled:
@@ -638,6 +678,8 @@ class TcpTransport:
                 conn.retire("duplicate connection")
 
     def _on_goaway(self, conn: Connection, reason: str) -> None:
+        if reason in (_IDLE_REASON, _CAP_REASON):
+            self._unused.add(conn)
         conn.retire(reason)  # answer with our GOAWAY: the connection closes once drained
 
     @property
@@ -651,16 +693,21 @@ class TcpTransport:
 
     def _forget(self, conn: Connection, reason: str) -> None:
         node_id = conn.peer.node_id
+        unused = conn in self._unused and conn.mux.drained
+        self._unused.discard(conn)
         conns = self._connections.get(node_id)
         if conns is None or conn not in conns:
             return
         conns.remove(conn)
         if not conns:
             del self._connections[node_id]
-            logger.info("disconnected from %s: %s", short_id(node_id), reason)
-            self._publish(PeerDisconnected(node_id=node_id, reason=reason))
+            (logger.debug if unused else logger.info)(
+                "disconnected from %s: %s", short_id(node_id), reason)
+            self._publish(PeerDisconnected(node_id=node_id, reason=reason, unused=unused))
 
     async def disconnect(self, peer: NodeId, reason: str = "") -> None:
+        if self.udp is not None:
+            self.udp.forget(peer)  # datagrams too need a new handshake now
         for conn in list(self._connections.get(peer, ())):
             conn.close(reason or "disconnected")
         await trio.lowlevel.checkpoint()
@@ -678,7 +725,7 @@ class TcpTransport:
         for _ in range(3):
             conn = self._usable(peer)
             if conn is None:
-                conn = await self._ensure_connection(peer)
+                conn = await self.ensure_connection(peer)
             else:
                 await trio.lowlevel.checkpoint()
             # the connection may have been retired (a simultaneous dial won) or lost while
@@ -726,6 +773,8 @@ class TcpTransport:
     def send_datagram(self, peer: NodeId, protocol: str, data: bytes) -> None:
         if self._nursery is None:
             return
+        if self.udp is not None and self.udp.send(peer, protocol, data):
+            return
         conn = self._usable(peer)
         if conn is not None:
             conn.send_datagram(protocol, data)
@@ -746,7 +795,7 @@ class TcpTransport:
 
     async def _dial_in_background(self, peer: NodeId) -> None:
         try:
-            await self._ensure_connection(peer)
+            await self.ensure_connection(peer)
         except MeshError as exc:
             logger.debug("dropping datagrams for %s: %s", short_id(peer), exc)
             self._queued.pop(peer, None)

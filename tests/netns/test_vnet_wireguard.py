@@ -2,8 +2,10 @@
 real agent in each (``sim/vnetlab.py``).
 
 What is shown: a V-Net across the three with every host attached; ping and a TCP stream
-by V-Net address between hosts; on the underlay only UDP (the stream's bytes never
-appear in clear); two V-Nets on the same hosts cannot reach each other (a peer that
+by V-Net address between hosts; on the underlay only encrypted UDP: the V-Nets' WireGuard
+packets (the stream's bytes never appear in clear) and the agents' own sealed gossip
+datagrams (no member id, protocol name or V-Net byte in clear); two V-Nets on the same
+hosts cannot reach each other (a peer that
 forces the other V-Net's address into its tunnel is refused by the receiver's rule, whose
 packet counter shows it); a kill -9'd host is dropped by its peers and rejoins with the
 same addresses; a host that leaves the mesh loses its tunnels; ``ip link``, routes and
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import threading
 
 import pytest
 
+from meshcloud.transport.sealed import OVERHEAD, SENDER_TAG, VERSION
 from sim.agents import wait_until
 from sim.vnetlab import VNetLab, ns, snapshot
 
@@ -87,6 +91,52 @@ def capture(host):
     return proc, path
 
 
+def udp_packets(pcap: str) -> list[tuple[int, int, bytes]]:
+    """(source port, destination port, payload) of each IPv4 UDP packet of a pcap file
+    (Ethernet, Linux cooked or raw IP link; later fragments skipped)."""
+    with open(pcap, "rb") as fh:
+        data = fh.read()
+    if len(data) < 24:
+        return []
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    link = struct.unpack_from(endian + "I", data, 20)[0] & 0xFFFF
+    offset, out = 24, []
+    while offset + 16 <= len(data):
+        size = struct.unpack_from(endian + "I", data, offset + 8)[0]
+        frame = data[offset + 16:offset + 16 + size]
+        offset += 16 + size
+        if link == 1 and frame[12:14] == b"\x08\x00":
+            ip = frame[14:]
+        elif link == 113 and frame[14:16] == b"\x08\x00":
+            ip = frame[16:]
+        elif link == 101:
+            ip = frame
+        else:
+            continue
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        if struct.unpack_from(">H", ip, 6)[0] & 0x1FFF:  # not the first fragment
+            continue
+        head = (ip[0] & 15) * 4
+        source, destination = struct.unpack_from(">HH", ip, head)
+        out.append((source, destination, ip[head + 8:]))
+    return out
+
+
+def agent_ports(agents) -> set[int]:
+    return {int(x.address.rsplit(":", 1)[1]) for x in agents}
+
+
+def check_sealed(payload: bytes, ids: list[bytes]) -> None:
+    """An agent's gossip datagram on the underlay: sealed (our header, a member's tag,
+    room for the AEAD tag) and nothing of what it carries in clear (member ids, V-Net
+    bytes, protocol names)."""
+    assert len(payload) > OVERHEAD and payload[0] == VERSION, payload[:16]
+    assert payload[1:1 + SENDER_TAG] in {i[:SENDER_TAG] for i in ids}, payload[:16]
+    for clear in (*ids, MARKER, b"/meshcloud/"):
+        assert clear not in payload, f"{clear!r} in clear in a gossip datagram"
+
+
 def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     h, a = lab.hosts, lab.agents
     # host 2's route to the others has a smaller MTU (as over PPPoE or another tunnel):
@@ -142,11 +192,16 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     payload = tmp_path / "payload"
     payload.write_bytes((MARKER * (STREAM // len(MARKER) + 1))[:STREAM])
     dump, pcap = capture(h[1])
+    gossip_ports = agent_ports(a)
     try:
         size, digest = tcp_stream(lab, h[0], h[1], blue[1], payload)
+        wait_until(lambda: any(src in gossip_ports or dst in gossip_ports
+                               for src, dst, _ in udp_packets(pcap)), 20, interval=0.2,
+                   message="an agent's sealed gossip datagram on the underlay")
     finally:
         dump.terminate()
         dump.wait(timeout=10)
+    packets = udp_packets(pcap)
     assert size == STREAM and digest == hashlib.sha256(payload.read_bytes()).hexdigest()
     with open(pcap, "rb") as fh:
         raw = fh.read()
@@ -158,14 +213,21 @@ def test_vnet_over_wireguard_between_three_hosts(lab, tmp_path):
     vnet_lines = [line for line in lines if "10.42." in line or "10.43." in line]
     assert vnet_lines == [], f"V-Net addresses on the underlay: {vnet_lines[:3]}"
     udp = [line for line in lines if " UDP," in line]
-    # by bytes, not packets: a wireguard-go with UDP segmentation offload hands the veth
-    # datagrams batched up to 64 KiB, and tcpdump sees each batch as one
-    carried = sum(int(line.rsplit("length ", 1)[1].split()[0]) for line in udp)
-    assert carried > STREAM, f"only {carried} UDP bytes ({len(udp)} lines) for the stream"
-    ports = {str(x.get(f"/v1/vnets/{v}")["local"]["port"]) for x in a for v in ("blue", "red")}
-    for line in udp:  # "IP 10.213.X.10.PORT > 10.213.X.11.PORT: UDP, length N"
-        src, dst = line.split()[2], line.split()[4].rstrip(":")
-        assert src.rsplit(".", 1)[1] in ports or dst.rsplit(".", 1)[1] in ports, line
+    assert len(packets) >= len(udp) - 2  # (the capture may end inside a packet)
+    ports = {x.get(f"/v1/vnets/{v}")["local"]["port"] for x in a for v in ("blue", "red")}
+    ids = [bytes.fromhex(x.node_id) for x in a]
+    sealed = tunnelled = 0
+    for src, dst, body in packets:  # WireGuard between V-Net ports, or sealed gossip
+        if src in ports or dst in ports:
+            # (with UDP segmentation offload one captured packet may hold many)
+            assert body[0] in (1, 2, 3, 4) and body[1:4] == bytes(3), (src, dst, body[:8])
+            tunnelled += len(body)
+        else:
+            assert src in gossip_ports and dst in gossip_ports, ("unexpected UDP", src, dst)
+            check_sealed(body, ids)
+            sealed += 1
+    assert tunnelled > STREAM, f"only {tunnelled} bytes of WireGuard for the stream"
+    assert sealed >= 1
 
     # --- isolation: blue cannot reach red, even when a blue peer tries ----------------
     # host 0 forces host 1's red address into its blue tunnel (as a hostile node could):

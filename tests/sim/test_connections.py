@@ -1,5 +1,6 @@
 """The simulator's transport connections: pool cap and idle close, set-up cost,
-keepalives only while streams are open; and their share of a run's load figure."""
+keepalives only while streams are open, sealed datagrams between proven pairs; and their
+share of a run's load figure."""
 
 from __future__ import annotations
 
@@ -93,11 +94,49 @@ def test_a_crash_resets_every_connection_of_the_node():
     assert conns.peers(B) == [D] and conns.peers(C) == [] and conns.crashed(A) == []
 
 
+def test_datagrams_between_a_proven_pair_need_no_connection():
+    conns, sent = model()
+    cfg = conns.config
+    assert conns.datagram(A, B, 0.0, 0.004, can_connect=True) == pytest.approx(
+        cfg.handshake_rtts * 0.004)  # first contact: a connection proves the pair
+    assert conns.knows(A, B) and conns.knows(B, A)
+    conns.sweep(cfg.idle_timeout + 1.0)  # no stream: the connection closes
+    assert not conns.connected(A, B)
+    before = {n: list(v) for n, v in sent.items()}
+    for t in range(10):
+        assert conns.datagram(B, A, 100.0 + t, 0.004, can_connect=False) == 0.0
+    assert not conns.connected(A, B) and conns.stats.dials == 1
+    assert conns.stats.datagrams == 10
+    assert sent[B][0] == before[B][0]  # the datagram is the message itself
+    assert sent[B][1] - before[B][1] == 10 * cfg.datagram_overhead
+    assert 40 <= cfg.datagram_overhead < cfg.frame_overhead + 20
+
+
+def test_a_restarted_node_proves_its_senders_again_with_a_connection():
+    conns, _ = model()
+    conns.datagram(A, B, 0.0, 0.004, can_connect=True)
+    conns.sweep(1000.0)
+    conns.crashed(B)  # B forgot every key; A still holds B's
+    assert conns.knows(A, B) and not conns.knows(B, A)
+    assert conns.datagram(A, B, 2000.0, 0.004, can_connect=False) is None  # dead: lost
+    assert conns.datagram(A, B, 2001.0, 0.004, can_connect=True) > 0  # B dials A back
+    assert conns.knows(B, A) and conns.stats.dials == 2  # no dial to the dead one
+    assert conns.datagram(A, B, 2002.0, 0.004, can_connect=True) == 0.0
+
+
+def test_without_sealed_datagrams_every_datagram_rides_a_connection():
+    conns, _ = model(sealed_datagrams=False)
+    conns.datagram(A, B, 0.0, 0.004, can_connect=True)
+    conns.sweep(1000.0)
+    assert conns.datagram(A, B, 1001.0, 0.004, can_connect=True) > 0  # dialled again
+    assert conns.stats.dials == 2 and conns.stats.datagrams == 0 and not conns.knows(A, B)
+
+
 NODES = [bytes([i]) * 32 for i in range(1, 9)]
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["send", "sweep", "crash", "stream"]),
+@given(st.lists(st.tuples(st.sampled_from(["send", "datagram", "sweep", "crash", "stream"]),
                           st.integers(0, 7), st.integers(0, 7), st.booleans()),
                 max_size=80),
        st.integers(1, 5))
@@ -109,6 +148,8 @@ def test_pools_stay_symmetric_and_within_their_cap(ops, cap):
         a, b = NODES[i], NODES[j]
         if op == "send" and a != b:
             conns.send(a, b, now, 0.004, can_connect=flag)
+        elif op == "datagram" and a != b:
+            conns.datagram(a, b, now, 0.004, can_connect=flag)
         elif op == "sweep":
             conns.sweep(now)
         elif op == "crash":
@@ -136,3 +177,13 @@ def test_a_run_counts_connections_handshakes_and_keepalives_in_its_load_figure()
     assert figures["bytes_per_node_s"] > figures["overhead_bytes_per_node_s"]
     for host in run.cluster.live():
         assert run.cluster.conns.size(host.node_id) <= 64
+    assert figures["datagrams_per_node_s"] > 1.0  # probes and acks, sealed over UDP
+    # the same run with every datagram on a connection holds more and dials more
+    old = Run(scenario, models=[])
+    old.cluster.conns.config = PoolConfig(sealed_datagrams=False)
+    old.run()
+    before = old.figures()
+    assert before["datagrams_per_node_s"] == 0
+    assert figures["connections_per_node"] < before["connections_per_node"]
+    assert figures["dials_per_node_s"] < before["dials_per_node_s"]
+    assert figures["overhead_bytes_per_node_s"] < before["overhead_bytes_per_node_s"]
