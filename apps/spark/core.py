@@ -277,14 +277,16 @@ def proxy_url(base: str, ident: object) -> str:
 
 
 def view_links(view: Mapping[str, Any], base: str) -> dict[str, Any]:
-    """The master's ``/json`` view with ``ui_url`` (through the ingress) on each worker
-    and each running application; finished ones keep none (their UI is gone)."""
+    """The master's ``/json`` view with ``ui_url`` (through the ingress) on each live
+    worker and each running application; dead workers and finished applications get
+    "" or nothing (the master proxies only what it has now)."""
     out = dict(view)
     for key in ("workers", "activeapps"):
         items = view.get(key)
         if isinstance(items, list):
-            out[key] = [dict(item, ui_url=proxy_url(base, item.get("id")))
-                        if isinstance(item, dict) else item for item in items]
+            out[key] = [dict(item, ui_url=proxy_url(base, item.get("id")) if (
+                key == "activeapps" or item.get("state") == "ALIVE") else "")
+                if isinstance(item, dict) else item for item in items]
     return out
 
 

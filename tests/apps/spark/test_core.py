@@ -143,12 +143,14 @@ def test_proxy_urls_of_applications_and_workers():
 
 
 def test_the_masters_view_gets_links_for_workers_and_running_apps_only():
-    view = {"url": "spark://x:1", "workers": [{"id": WORKER, "host": "h"}, "junk"],
+    dead = WORKER.replace("-36583", "-1")
+    view = {"url": "spark://x:1",
+            "workers": [{"id": WORKER, "state": "ALIVE"}, "junk", {"id": dead, "state": "DEAD"}],
             "activeapps": [{"id": APP, "name": "wc"}, {"id": "nope"}],
             "completedapps": [{"id": "app-20261207040000-0000"}]}
     out = core.view_links(view, "http://n:2/")
     assert out["workers"][0]["ui_url"] == f"http://n:2/proxy/{WORKER}/"
-    assert out["workers"][1] == "junk"
+    assert out["workers"][1] == "junk" and out["workers"][2]["ui_url"] == ""
     assert [a["ui_url"] for a in out["activeapps"]] == [f"http://n:2/proxy/{APP}/", ""]
     assert "ui_url" not in out["completedapps"][0]
     assert "ui_url" not in view["workers"][0]  # the input is left alone
