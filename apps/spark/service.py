@@ -10,11 +10,15 @@
   to the master wherever it runs now (over a mesh stream when it is elsewhere): the stable
   master address of workers and drivers;
 * ``submit``: runs a job's driver here (client deploy mode), as an unprivileged user when
-  the agent is root, keeps its log, stores it in the log bucket when it ends.
+  the agent is root, keeps its log, stores it in the log bucket when it ends;
+* the master, the workers and the drivers run behind the master's reverse proxy, so the
+  workers' and running applications' UIs are under the master's UI on every node's
+  ingress (``ui_url`` in the API; the driver's application id is asked of its UI).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -58,7 +62,9 @@ UI_TIMEOUT = 3.0
 SOURCE_FILE = Path(__file__).with_name("source.py")
 MAX_LOG_READ = 256 * 1024
 APP_ID_POLL = 0.5
-"""Seconds between two asks of a starting driver's UI for its application id."""
+"""Seconds between two asks of a starting driver's UI for its application id (ten times
+that after ``APP_ID_PATIENCE`` asks: a driver with its UI off never answers)."""
+APP_ID_PATIENCE = 240
 
 
 class SparkService(ServiceBase):
@@ -619,7 +625,7 @@ class SparkService(ServiceBase):
             except (OSError, ValueError):
                 return b""
 
-        while True:
+        for tries in itertools.count():
             app_id = core.app_id_of(await trio.to_thread.run_sync(ask, abandon_on_cancel=True))
             if app_id:
                 self.app_ids[job_id] = app_id
@@ -628,7 +634,7 @@ class SparkService(ServiceBase):
                     self.state.put(SPARK_JOBS.name, (job_id,), _replace(row, app_id=app_id))
                     self.node.events.emit("spark.job", job=job_id, state=row.state)
                 return
-            await trio.sleep(APP_ID_POLL)
+            await trio.sleep(APP_ID_POLL * (10 if tries >= APP_ID_PATIENCE else 1))
 
     async def _store_log(self, bucket: str, key: str, data: bytes) -> None:
         from blobstore.s3.errors import S3Error
