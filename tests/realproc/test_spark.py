@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from apps.runtimes.homes import default_homes
-from sim.agents import Agent, LocalCluster, wait_until
+from sim.agents import Agent, AgentError, LocalCluster, wait_until
 
 ADDRESSES = [f"127.0.0.{71 + i}" for i in range(5)]
 NO_JAVA = 4
@@ -292,8 +292,14 @@ def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_p
     job.write_text(HELD)
     job_id = driver.cli("spark", "submit", str(job), "--detach").stdout.split()[-1]
     try:
-        wait_until(lambda: edge.get(f"/v1/spark/jobs/{job_id}")["ui_url"], 300, interval=0.5,
-                   message="the application's UI URL")
+        try:
+            wait_until(lambda: edge.get(f"/v1/spark/jobs/{job_id}")["ui_url"], 300,
+                       interval=0.5, message="the application's UI URL")
+        except AgentError as exc:  # say why: the job, the master's view, the driver's log
+            raise AssertionError(
+                f"{exc}\njob {edge.get(f'/v1/spark/jobs/{job_id}')}\nmaster "
+                f"{spark(edge).get('master_view')}\nlog " + driver.get(
+                    f"/v1/spark/jobs/{job_id}/log")["data"][-3000:]) from None
         row = edge.get(f"/v1/spark/jobs/{job_id}")
         app = row["app_id"]
         assert row["state"] == "running" and re.fullmatch(r"app-\d{14}-\d{4,}", app), row
