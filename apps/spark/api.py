@@ -62,11 +62,11 @@ def routes(service: SparkService) -> list[Route]:
                                    args=[str(a) for a in args], conf=conf,
                                    input=field(body, "input", str, ""),
                                    output=field(body, "output", str, ""))
-        return JSONResponse(job_dict(job_id, job), status_code=201)
+        return JSONResponse(job_dict(job_id, job, service.ui_base()), status_code=201)
 
     async def one(request: Request) -> Response:
         job_id = request.path_params["id"]
-        return JSONResponse(job_dict(job_id, service.job(job_id)))
+        return JSONResponse(job_dict(job_id, service.job(job_id), service.ui_base()))
 
     async def job_log(request: Request) -> Response:
         offset = query_int(request, "offset", 0, minimum=0, maximum=1 << 40)

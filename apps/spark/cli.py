@@ -55,7 +55,8 @@ def cmd_spark(args: argparse.Namespace) -> int | None:
         for j in rows:
             took = (j["finished_ms"] - j["submitted_ms"]) / 1000 if j["finished_ms"] else None
             print(f"{j['id']}  {j['state']:9} {j['file']:24} node {j['node'][:8]}  "
-                  f"{'' if took is None else f'{took:.1f}s '}{j['error'][:80]}")
+                  f"{'' if took is None else f'{took:.1f}s '}{j['error'][:80]}"
+                  f"{'UI ' + j['ui_url'] if j.get('ui_url') else ''}")
     elif verb == "logs":
         reply = api.get(f"/v1/spark/jobs/{args.id}/log")
         sys.stdout.write(reply["data"])
@@ -76,9 +77,11 @@ def print_status(reply: dict[str, Any]) -> None:
         view = reply.get("master_view") or {}
         for w in view.get("workers", []):
             print(f"  registered {w.get('host')}:{w.get('port')} {w.get('state')} "
-                  f"cores {w.get('cores')} memory {w.get('memory')} MiB")
+                  f"cores {w.get('cores')} memory {w.get('memory')} MiB"
+                  f"{'  UI ' + w['ui_url'] if w.get('ui_url') else ''}")
         for a in view.get("activeapps", []):
-            print(f"  running app {a.get('id')} {a.get('name')}")
+            print(f"  running app {a.get('id')} {a.get('name')}"
+                  f"{'  UI ' + a['ui_url'] if a.get('ui_url') else ''}")
         for a in view.get("completedapps", [])[-5:]:
             print(f"  finished app {a.get('id')} {a.get('name')} {a.get('state')}")
     for n in reply["nodes"]:
@@ -105,7 +108,13 @@ def submit(api: Any, args: argparse.Namespace) -> int:
         print(job_id)
         return 0
     offset = 0
+    ui_shown = False
     while True:
+        if not ui_shown:  # the application's UI, once its driver registered
+            row = api.get(f"/v1/spark/jobs/{job_id}")
+            if row.get("ui_url"):
+                print(f"spark job {job_id}: UI {row['ui_url']}", file=sys.stderr)
+            ui_shown = bool(row.get("ui_url")) or row.get("state") != "running"
         reply = api.get(f"/v1/spark/jobs/{job_id}/log?offset={offset}")
         if reply["data"]:
             sys.stdout.write(reply["data"])

@@ -4,6 +4,7 @@ arguments and their checks (no I/O)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +31,19 @@ DAEMON_MEMORY = 256 << 20
 """Heap of the master and worker daemons themselves (executors get the worker memory)."""
 JOB_ID_RE = re.compile(r"^[a-z0-9]{6,32}$")
 CONF_KEY_RE = re.compile(r"^spark\.[A-Za-z0-9_.\-]{1,120}$")
-RESERVED_CONF = frozenset({"spark.master", "spark.submit.deployMode"})
+REVERSE_PROXY_URL = "/"
+"""Where the ingress serves the master's web UI: the root of its exposure port, on every
+node. The master proxies the workers' and the running applications' UIs under
+``/proxy/ID/``; with this URL every link of the three UIs is server-relative, so a page
+works through whichever node's ingress the browser used (Spark rewrites the ``Location``
+of a proxied redirect with the request's ``Host``, which the TCP exposure passes on)."""
+UI_CONF = {"spark.ui.reverseProxy": "true", "spark.ui.reverseProxyUrl": REVERSE_PROXY_URL}
+"""Set alike on the master, the workers and every driver (Spark requires it)."""
+RESERVED_CONF = frozenset({"spark.master", "spark.submit.deployMode", *UI_CONF})
+APP_ID_RE = re.compile(r"^app-[0-9]{14}-[0-9]{4,9}\Z")
+WORKER_ID_RE = re.compile(r"^worker-[0-9]{14}-[A-Za-z0-9_.:\[\]-]{1,200}-[0-9]{1,5}\Z")
+"""Spark's ``worker-DATE-HOST-PORT``; both id patterns admit no character that a URL path
+would need escaped, nor ``/``, ``?`` or ``#``."""
 MAX_JOB_BYTES = 512 << 10
 MAX_ARGS = 64
 
@@ -113,8 +126,9 @@ gets one of its own through nss_wrapper (apt libnss-wrapper)."""
 
 
 def _java(memory: int, main: str, props: str = "") -> str:
+    ui = "".join(f" -D{k}={shlex.quote(v)}" for k, v in sorted(UI_CONF.items()))
     return (f'exec "$JAVA" -Xmx{mib(memory)}m -cp "$SPARK_HOME/jars/*" '
-            f'-Dspark.worker.preferConfiguredMasterAddress=true{props} {main}')
+            f'-Dspark.worker.preferConfiguredMasterAddress=true{ui}{props} {main}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,18 +244,63 @@ def check_job(name: str, size: int, args: Sequence[str]) -> None:
 
 
 def submit_args(master_url: str, conf: Mapping[str, str], *, workers: int,
-                executor_memory: int, driver_host: str) -> str:
-    """``PYSPARK_SUBMIT_ARGS`` of a driver: the master, small executors, the user's conf."""
+                executor_memory: int, driver_host: str, ui_port: int = 0) -> str:
+    """``PYSPARK_SUBMIT_ARGS`` of a driver: the master, small executors, its UI's port
+    (``ui_port``, unless the user's conf names one) behind the master's reverse proxy,
+    the user's conf."""
     base = {"spark.executor.memory": f"{mib(executor_memory)}m",
             "spark.executor.cores": "1", "spark.cores.max": str(workers),
             "spark.driver.memory": "512m", "spark.driver.host": driver_host,
             "spark.ui.showConsoleProgress": "true",
             "spark.sql.execution.pythonUDF.arrow.enabled": "false"}
-    merged = base | dict(conf)
+    if ui_port:
+        base["spark.ui.port"] = str(ui_port)
+    merged = base | dict(conf) | UI_CONF
     words = ["--master", master_url]
     for key, value in sorted(merged.items()):
         words += ["--conf", f"{key}={value}"]
     return " ".join(shlex.quote(w) for w in [*words, "pyspark-shell"])
+
+
+def ui_base(host: str, port: int) -> str:
+    """The master's web UI through the ingress of the node whose mesh host is ``host``."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def proxy_url(base: str, ident: object) -> str:
+    """The UI of a running application or a worker, proxied by the master: ``base``
+    (:func:`ui_base`) + ``proxy/ID/``; "" for anything that is not such an id."""
+    if not base or not isinstance(ident, str) or not (
+            APP_ID_RE.match(ident) or WORKER_ID_RE.match(ident)):
+        return ""
+    return f"{base}proxy/{ident}/"
+
+
+def view_links(view: Mapping[str, Any], base: str) -> dict[str, Any]:
+    """The master's ``/json`` view with ``ui_url`` (through the ingress) on each live
+    worker and each running application; dead workers and finished applications get
+    "" or nothing (the master proxies only what it has now)."""
+    out = dict(view)
+    for key in ("workers", "activeapps"):
+        items = view.get(key)
+        if isinstance(items, list):
+            out[key] = [dict(item, ui_url=proxy_url(base, item.get("id")) if (
+                key == "activeapps" or item.get("state") == "ALIVE") else "")
+                if isinstance(item, dict) else item for item in items]
+    return out
+
+
+def app_id_of(payload: bytes) -> str:
+    """The application id in a driver UI's ``/api/v1/applications`` answer ("" if none)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        ident = data[0].get("id")
+        if isinstance(ident, str) and APP_ID_RE.match(ident):
+            return ident
+    return ""
 
 
 def executor_memory(worker_memory: int) -> int:

@@ -10,11 +10,15 @@
   to the master wherever it runs now (over a mesh stream when it is elsewhere): the stable
   master address of workers and drivers;
 * ``submit``: runs a job's driver here (client deploy mode), as an unprivileged user when
-  the agent is root, keeps its log, stores it in the log bucket when it ends.
+  the agent is root, keeps its log, stores it in the log bucket when it ends;
+* the master, the workers and the drivers run behind the master's reverse proxy, so the
+  workers' and running applications' UIs are under the master's UI on every node's
+  ingress (``ui_url`` in the API; the driver's application id is asked of its UI).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -57,6 +61,10 @@ OPEN_TIMEOUT = 5.0
 UI_TIMEOUT = 3.0
 SOURCE_FILE = Path(__file__).with_name("source.py")
 MAX_LOG_READ = 256 * 1024
+APP_ID_POLL = 0.5
+"""Seconds between two asks of a starting driver's UI for its application id (ten times
+that after ``APP_ID_PATIENCE`` asks: a driver with its UI off never answers)."""
+APP_ID_PATIENCE = 240
 
 
 class SparkService(ServiceBase):
@@ -89,6 +97,8 @@ class SparkService(ServiceBase):
         self.refused = 0
         self.errors: dict[str, str] = {}
         self.running: dict[str, trio.CancelScope] = {}
+        self.app_ids: dict[str, str] = {}
+        """Application ids of running jobs, as their drivers' UIs told them."""
         self.nursery: trio.Nursery | None = None
 
     def tables(self) -> tuple[Any, ...]:
@@ -330,7 +340,7 @@ class SparkService(ServiceBase):
             "workers": current.workers, "worker_memory_mb": core.mib(current.worker_memory),
             "worker_cores": current.worker_cores, "rpc_port": current.rpc_port,
             "ui_port": current.ui_port, "master_url": f"spark://{host}:{current.rpc_port}",
-            "ui_url": f"http://{host}:{current.ui_port}/",
+            "ui_url": core.ui_base(host, current.ui_port),
             "master_node": where[0].hex() if where else None,
             "master": masters, "worker_replicas": replicas,
             "log_bucket": current.log_bucket,
@@ -342,8 +352,14 @@ class SparkService(ServiceBase):
     def _has(self, name: str) -> bool:
         return name in self.workloads.specs()
 
+    def ui_base(self) -> str:
+        """The master's web UI through this node's ingress ("" without a cluster)."""
+        current = cluster(self.state)
+        return core.ui_base(self.bind_host(), current.ui_port) if current else ""
+
     async def master_json(self) -> dict[str, Any] | None:
-        """The master's own view (its web UI's ``/json``): workers, applications."""
+        """The master's own view (its web UI's ``/json``): workers, applications, each
+        running one and each worker with its ``ui_url`` through this node's ingress."""
         current = cluster(self.state)
         if current is None:
             return None
@@ -360,7 +376,8 @@ class SparkService(ServiceBase):
             except (OSError, ValueError):
                 return None
 
-        return await trio.to_thread.run_sync(fetch)
+        view = await trio.to_thread.run_sync(fetch)
+        return core.view_links(view, self.ui_base()) if view is not None else None
 
     # --- the master's address on every node ----------------------------------------------------
 
@@ -497,8 +514,21 @@ class SparkService(ServiceBase):
         self.node.events.emit("spark.job", job=job_id, state=core.RUNNING)
         return job_id, job
 
+    def _driver_ui_port(self, settings: dict[str, str]) -> int:
+        """The port of the driver's UI: the user's ``spark.ui.port``, else a free one of
+        this host (0: unknown, the application id then comes from the log at the end)."""
+        from apps.ingress.ports import ephemeral_port
+
+        given = settings.get("spark.ui.port")
+        if given is not None:
+            return int(given) if given.isdigit() and 0 < int(given) < 65536 else 0
+        try:
+            return ephemeral_port(self.bind_host())
+        except OSError:
+            return 0
+
     def _driver_env(self, current: SparkCluster, settings: dict[str, str],
-                    workdir: Path) -> dict[str, str]:
+                    workdir: Path, ui_port: int = 0) -> dict[str, str]:
         assert self.dist_dir is not None
         host = self.bind_host()
         java_home = str(Path(self.tools.java).resolve().parent.parent)
@@ -516,14 +546,15 @@ class SparkService(ServiceBase):
             "PYSPARK_SUBMIT_ARGS": core.submit_args(
                 f"spark://{host}:{current.rpc_port}", settings, workers=current.workers,
                 executor_memory=core.executor_memory(current.worker_memory),
-                driver_host=host),
+                driver_host=host, ui_port=ui_port),
         }
 
     async def _run_job(self, job_id: str, job: SparkJob, workdir: Path,
                        current: SparkCluster, settings: dict[str, str],
                        scope: trio.CancelScope) -> None:
         logfile = workdir / "driver.log"
-        env = self._driver_env(current, settings, workdir)
+        ui_port = self._driver_ui_port(settings)
+        env = self._driver_env(current, settings, workdir, ui_port)
         ident: dict[str, Any] = {}
         if self.switch_users:
             from apps.runtimes.users import UidAllocator
@@ -547,7 +578,10 @@ class SparkService(ServiceBase):
             if proc is not None:
                 with scope:
                     try:
-                        code = await proc.wait()
+                        async with trio.open_nursery() as watch:
+                            watch.start_soon(self._watch_app_id, job_id, ui_port)
+                            code = await proc.wait()
+                            watch.cancel_scope.cancel()
                     finally:
                         _kill_group(proc.pid)
                         if code is None:
@@ -558,7 +592,7 @@ class SparkService(ServiceBase):
                         code = proc.returncode
         self.running.pop(job_id, None)
         text = logfile.read_bytes() if logfile.exists() else b""
-        app_id = _app_id(text)
+        app_id = self.app_ids.pop(job_id, "") or _app_id(text)
         log_key = f"{job_id}.log"
         with trio.CancelScope(shield=True):
             try:
@@ -574,6 +608,33 @@ class SparkService(ServiceBase):
                             log_key=log_key)
             self.state.put(SPARK_JOBS.name, (job_id,), done)
             self.node.events.emit("spark.job", job=job_id, state=state)
+
+    async def _watch_app_id(self, job_id: str, ui_port: int) -> None:
+        """Ask the driver's UI for its application id until it has one, then put it in
+        the job's row (its UI is reachable through the master from then on)."""
+        if not ui_port:
+            return
+        url = f"{core.ui_base(self.bind_host(), ui_port)}api/v1/applications"
+
+        def ask() -> bytes:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(url, timeout=UI_TIMEOUT) as resp:
+                    return bytes(resp.read(1 << 16))
+            except (OSError, ValueError):
+                return b""
+
+        for tries in itertools.count():
+            app_id = core.app_id_of(await trio.to_thread.run_sync(ask, abandon_on_cancel=True))
+            if app_id:
+                self.app_ids[job_id] = app_id
+                row = self.state.get(SPARK_JOBS.name, (job_id,))
+                if isinstance(row, SparkJob) and row.state not in core.FINAL:
+                    self.state.put(SPARK_JOBS.name, (job_id,), _replace(row, app_id=app_id))
+                    self.node.events.emit("spark.job", job=job_id, state=row.state)
+                return
+            await trio.sleep(APP_ID_POLL * (10 if tries >= APP_ID_PATIENCE else 1))
 
     async def _store_log(self, bucket: str, key: str, data: bytes) -> None:
         from blobstore.s3.errors import S3Error
@@ -621,8 +682,9 @@ class SparkService(ServiceBase):
         return b"".join(chunks)[:MAX_LOG_READ], True
 
     def job_rows(self) -> list[dict[str, Any]]:
-        return [job_dict(i, j) for i, j in sorted(jobs(self.state).items(),
-                                                  key=lambda t: -t[1].submitted_ms)]
+        base = self.ui_base()
+        return [job_dict(i, j, base) for i, j in sorted(jobs(self.state).items(),
+                                                        key=lambda t: -t[1].submitted_ms)]
 
     # --- node hooks ---------------------------------------------------------------------------
 
@@ -661,11 +723,15 @@ def passwd_env(home: Path, uid: int) -> dict[str, str]:
     return env
 
 
-def job_dict(job_id: str, job: SparkJob) -> dict[str, Any]:
+def job_dict(job_id: str, job: SparkJob, ui_base: str = "") -> dict[str, Any]:
+    """A job for the API; ``ui_url``: its application's UI through the ingress whose base
+    is ``ui_base`` while it runs ("" before the driver registered and once it ended)."""
+    running = job.state == core.RUNNING and job.app_id
     return {"id": job_id, "node": job.node.hex(), "file": job.file, "state": job.state,
             "args": list(job.args), "submitted_ms": job.submitted_ms,
             "finished_ms": job.finished_ms, "exit_code": job.exit_code, "error": job.error,
-            "app_id": job.app_id, "log_key": job.log_key}
+            "app_id": job.app_id, "log_key": job.log_key,
+            "ui_url": core.proxy_url(ui_base, job.app_id) if running else ""}
 
 
 def _replace(job: SparkJob, **changes: Any) -> SparkJob:

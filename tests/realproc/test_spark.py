@@ -7,14 +7,18 @@ submitted through the CLI, writes counts to a bucket that equal a plain Python c
 input gets clear errors and leaves nothing behind; ``kill -9`` of a worker's node mid-job
 and of the master's node: the jobs still complete (an application running when the
 master's node dies re-registers with the next master, which read the recovery state from
-its bucket); ``spark down`` leaves nothing running.
+its bucket); ``spark down`` leaves nothing running. While an application runs, its UI
+and a worker's UI are served through the ingress of a node that runs neither the master
+nor the driver (the master's reverse proxy), with working links and redirects.
 """
 
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import os
+import re
 import shutil
 import signal
 import time
@@ -24,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from apps.runtimes.homes import default_homes
-from sim.agents import Agent, LocalCluster, wait_until
+from sim.agents import Agent, AgentError, LocalCluster, wait_until
 
 ADDRESSES = [f"127.0.0.{71 + i}" for i in range(5)]
 NO_JAVA = 4
@@ -76,6 +80,20 @@ assert sorted(back.collect()) == sorted(df.collect())
 print("parquet round trip", back.count(), back.rdd.getNumPartitions())
 spark.stop()
 '''
+
+HELD = '''
+import time
+import pyspark_meshcloud as mc
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.appName("held-ui").getOrCreate()
+print("executors ready", spark.sparkContext.parallelize(range(4), 2).count(), flush=True)
+gate = mc.S3.from_env()
+while not gate.list("books", "uigate/"):
+    time.sleep(0.5)
+spark.stop()
+'''
+"""An application that runs until ``books/uigate/`` has an object."""
 
 WORDS = ["mesh", "spark", "node", "bucket", "shard", "lease", "worker", "master", "trio"]
 
@@ -247,6 +265,88 @@ def test_parquet_round_trip(cluster, tmp_path):
         assert table.column_names == ["id", "half", "s", "third"]
         rows += table.num_rows
     assert rows == 3000
+
+
+def http_get(host: str, port: int, path: str) -> tuple[int, dict[str, str], str]:
+    """One GET, redirects not followed: (status, headers with lower-case names, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", errors="replace")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_path):
+    a = cluster.agents[0]
+    c = spark(a)["cluster"]
+    # the driver on a node without the master; the browser at the node without Java,
+    # which runs neither the master nor the driver nor a worker
+    driver = next(x for i, x in enumerate(cluster.agents)
+                  if i != NO_JAVA and x.node_id != c["master_node"])
+    edge = cluster.agents[NO_JAVA]
+    host, port = ADDRESSES[NO_JAVA], c["ui_port"]
+    job = tmp_path / "held.py"
+    job.write_text(HELD)
+    job_id = driver.cli("spark", "submit", str(job), "--detach").stdout.split()[-1]
+    try:
+        try:
+            wait_until(lambda: edge.get(f"/v1/spark/jobs/{job_id}")["ui_url"], 300,
+                       interval=0.5, message="the application's UI URL")
+        except AgentError as exc:  # say why: the job, the master's view, the driver's log
+            raise AssertionError(
+                f"{exc}\njob {edge.get(f'/v1/spark/jobs/{job_id}')}\nmaster "
+                f"{spark(edge).get('master_view')}\nlog " + driver.get(
+                    f"/v1/spark/jobs/{job_id}/log")["data"][-3000:]) from None
+        row = edge.get(f"/v1/spark/jobs/{job_id}")
+        app = row["app_id"]
+        assert row["state"] == "running" and re.fullmatch(r"app-\d{14}-\d{4,}", app), row
+        base = f"http://{host}:{port}/proxy/{app}/"
+        assert row["ui_url"] == base
+        wait_until(lambda: "executors ready" in driver.get(
+            f"/v1/spark/jobs/{job_id}/log")["data"], 300, interval=0.5,
+            message="the held job's executors")
+
+        # the application's jobs page, through the edge node's ingress and the master
+        status, _, page = http_get(host, port, f"/proxy/{app}/jobs/")
+        assert status == 200, page[-2000:]
+        assert "<title>held-ui - Spark Jobs" in page
+        links = set(re.findall(r'href="(/proxy/[^"#]*)"', page))
+        assert f"/proxy/{app}/stages/" in links and f"/proxy/{app}/executors/" in links
+        status, _, stages = http_get(host, port, f"/proxy/{app}/stages/")
+        assert status == 200 and "held-ui" in stages
+        css = next(x for x in links if x.endswith(".css"))
+        assert http_get(host, port, css)[0] == 200
+        # the application's root redirects to its jobs page at the edge, not the driver
+        status, headers, _ = http_get(host, port, f"/proxy/{app}/")
+        assert status in (301, 302, 307) and headers["location"] == base + "jobs/", headers
+
+        # the master's page links to the application and the workers through the proxy
+        status, _, front = http_get(host, port, "/")
+        assert status == 200 and f'href="/proxy/{app}"' in front
+        view = edge.get("/v1/spark")["master_view"]
+        assert [x["ui_url"] for x in view["activeapps"] if x["id"] == app] == [base]
+        worker = next(w for w in view["workers"] if w["state"] == "ALIVE")
+        assert worker["ui_url"] == f"http://{host}:{port}/proxy/{worker['id']}/"
+        assert f'href="/proxy/{worker["id"]}"' in front
+        status, _, wpage = http_get(host, port, f"/proxy/{worker['id']}/")
+        assert status == 200, wpage[-2000:]
+        assert f"Spark Worker at {worker['host']}:{worker['port']}" in wpage
+
+        # the CLI of the edge node prints the URLs of the master, the app and the workers
+        out = edge.cli("spark", "status").stdout
+        assert f"UI http://{host}:{port}/" in out and f"UI {base}" in out
+        assert f"UI {worker['ui_url']}" in out
+        assert f"UI {base}" in edge.cli("spark", "jobs").stdout
+    finally:
+        gate = tmp_path / "go"
+        gate.write_text("go")
+        a.cli("cp", str(gate), "s3://books/uigate/go")
+    done = wait_job(driver, job_id, 300)
+    assert done["state"] == "succeeded", driver.cli("spark", "logs", job_id).stdout[-3000:]
+    assert done["app_id"] == app and done["ui_url"] == ""
 
 
 def kill_node(agent: Agent) -> None:

@@ -95,3 +95,86 @@ def test_submit_args_put_the_mesh_master_first_and_keep_the_users_conf():
     assert "spark.executor.memory=300m" in words and "spark.cores.max=3" in words
     assert core.executor_memory(768 << 20) == 768 << 20
     assert core.executor_memory(256 << 20) == 512 << 20
+
+
+# --- the UIs through the ingress (the master's reverse proxy) --------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+APP = "app-20261207104616-0000"
+WORKER = "worker-20261207104522-127.0.0.92-36583"
+
+
+def test_master_workers_and_drivers_all_run_behind_the_reverse_proxy():
+    master = core.master_spec(PLAN, java="/usr/bin/java", spark_home="/d/pyspark",
+                              hosts=HOSTS, default_host="127.0.0.1")
+    workers = core.worker_spec(PLAN, java="/usr/bin/java", spark_home="/d/pyspark",
+                               python="/usr/bin/python3", pythonpath="/d", hosts=HOSTS,
+                               default_host="127.0.0.1", s3_urls={})
+    for spec in (master, workers):
+        script = spec["command"][2]
+        assert "-Dspark.ui.reverseProxy=true -Dspark.ui.reverseProxyUrl=/ " in script
+    words = shlex.split(core.submit_args("spark://h:1", {}, workers=1,
+                                         executor_memory=512 << 20, driver_host="h",
+                                         ui_port=40123))
+    assert {"spark.ui.reverseProxy=true", "spark.ui.reverseProxyUrl=/",
+            "spark.ui.port=40123"} <= set(words)
+    # the user may pick the driver UI's port, not switch the proxy off
+    mine = shlex.split(core.submit_args("spark://h:1", {"spark.ui.port": "4050"}, workers=1,
+                                        executor_memory=512 << 20, driver_host="h",
+                                        ui_port=40123))
+    assert "spark.ui.port=4050" in mine and "spark.ui.port=40123" not in mine
+    for key in core.UI_CONF:
+        with pytest.raises(SparkError, match="set by the mesh"):
+            core.parse_conf([f"{key}=false"])
+
+
+def test_proxy_urls_of_applications_and_workers():
+    base = core.ui_base("127.0.0.71", 17078)
+    assert base == "http://127.0.0.71:17078/"
+    assert core.ui_base("fd00::1", 17078) == "http://[fd00::1]:17078/"
+    assert core.proxy_url(base, APP) == f"http://127.0.0.71:17078/proxy/{APP}/"
+    assert core.proxy_url(base, WORKER) == f"http://127.0.0.71:17078/proxy/{WORKER}/"
+    for bad in ("", "app-1", "../x", f"{APP}/../../admin", "worker-x", None, 3, f"{APP}?a",
+                f"{APP}\n", "app-2026120710461\u0660-0000"):
+        assert core.proxy_url(base, bad) == ""
+    assert core.proxy_url("", APP) == ""
+
+
+def test_the_masters_view_gets_links_for_workers_and_running_apps_only():
+    dead = WORKER.replace("-36583", "-1")
+    view = {"url": "spark://x:1",
+            "workers": [{"id": WORKER, "state": "ALIVE"}, "junk", {"id": dead, "state": "DEAD"}],
+            "activeapps": [{"id": APP, "name": "wc"}, {"id": "nope"}],
+            "completedapps": [{"id": "app-20261207040000-0000"}]}
+    out = core.view_links(view, "http://n:2/")
+    assert out["workers"][0]["ui_url"] == f"http://n:2/proxy/{WORKER}/"
+    assert out["workers"][1] == "junk" and out["workers"][2]["ui_url"] == ""
+    assert [a["ui_url"] for a in out["activeapps"]] == [f"http://n:2/proxy/{APP}/", ""]
+    assert "ui_url" not in out["completedapps"][0]
+    assert "ui_url" not in view["workers"][0]  # the input is left alone
+    assert core.view_links({}, "http://n:2/") == {}
+
+
+def test_app_id_from_the_drivers_ui():
+    assert core.app_id_of(f'[{{"id": "{APP}", "name": "wc"}}]'.encode()) == APP
+    for bad in (b"", b"<html>", b"[]", b'{"id": "x"}', b'[{"id": "local-1"}]', b"\xff",
+                b'[{"id": 5}]', b"[1]"):
+        assert core.app_id_of(bad) == ""
+
+
+@given(st.binary(max_size=200))
+def test_app_id_of_never_raises_and_only_returns_ids(data):
+    found = core.app_id_of(data)
+    assert found == "" or core.APP_ID_RE.match(found)
+
+
+@given(st.text(max_size=60) | st.from_regex(core.WORKER_ID_RE, fullmatch=True)
+       | st.from_regex(core.APP_ID_RE, fullmatch=True))
+def test_proxy_url_is_empty_or_one_path_segment_under_proxy(ident):
+    url = core.proxy_url("http://n:2/", ident)
+    if url:
+        rest = url.removeprefix("http://n:2/proxy/")
+        assert rest.endswith("/") and rest[:-1] == ident
+        assert not set(ident) & set("/?#%\\ \"'<>") and ident.isascii()
