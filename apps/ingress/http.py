@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from apps.ingress import fastpath
 from apps.ingress.forward import _ERRORS as FORWARD_ERRORS
 from apps.ingress.httpcore import (
     IDEMPOTENT,
@@ -43,6 +44,7 @@ from apps.ingress.httpcore import (
     not_found_page,
     upstream_headers,
 )
+from apps.ingress.sealed import SealedStream
 from apps.ingress.targets import HostRequest
 from meshcloud.transport.base import Stream
 
@@ -60,6 +62,9 @@ ACME_PREFIX = "/.well-known/acme-challenge/"
 """Never redirected to HTTPS (the seam for an ACME client answering challenges)."""
 RETRY_BODY = 64 * 1024
 """Request bodies up to this size are kept so that an idempotent request can be retried."""
+STREAM_LIFE = 5.0
+"""Seconds an upstream carried on its mesh stream is kept alive, when the forward relays'
+direct path is on: the target's relay may not have run when it was opened."""
 
 Headers = list[tuple[bytes, bytes]]
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -83,6 +88,12 @@ class StreamBytes:
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
+        self.born = trio.current_time()
+
+    def keep(self) -> bool:
+        """Whether to keep this upstream for another request: for ``STREAM_LIFE``
+        seconds when the direct path is on (then a new connection tries it again)."""
+        return not fastpath.enabled() or trio.current_time() - self.born < STREAM_LIFE
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
@@ -373,7 +384,8 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
         if kept is not None:
             upstream, up = kept
         else:
-            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
+            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried,
+                                              pipe=True)
             if connected is None:
                 ingress.failed += 1
                 if not complete:
@@ -382,7 +394,8 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
                               "again\n", [(b"retry-after", RETRY_AFTER)])
                 return
             target, raw = connected
-            upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+            upstream = raw if isinstance(raw, trio.SocketStream | SealedStream) \
+                else StreamBytes(raw)
             up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
         assert target is not None
         ingress.open[target.key] += 1
@@ -391,7 +404,7 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
         try:
             reusable = await _exchange(conn, client, head, body, complete, upstream, up,
                                        route, checked, retryable)
-            if reusable:
+            if reusable and (not isinstance(upstream, StreamBytes) or upstream.keep()):
                 up.start_next_cycle()
                 parked = pool.put(target.key, (upstream, up))
             return
