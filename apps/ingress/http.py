@@ -67,8 +67,9 @@ ACME_PREFIX = "/.well-known/acme-challenge/"
 RETRY_BODY = 64 * 1024
 """Request bodies up to this size are kept so that an idempotent request can be retried."""
 STREAM_LIFE = 5.0
-"""Seconds an upstream carried on its mesh stream is kept alive, when the forward relays'
-direct path is on: the target's relay may not have run when it was opened."""
+"""Seconds an upstream carried on its mesh stream is kept alive when the HTTP ingress
+takes the direct path (``MESHCLOUD_HTTP_DIRECT=1``): the target's relay may not have
+run when it was opened."""
 
 Headers = list[tuple[bytes, bytes]]
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -97,7 +98,7 @@ class StreamBytes:
     def keep(self) -> bool:
         """Whether to keep this upstream for another request: for ``STREAM_LIFE``
         seconds when the direct path is on (then a new connection tries it again)."""
-        return not fastpath.enabled() or trio.current_time() - self.born < STREAM_LIFE
+        return not fastpath.http_direct() or trio.current_time() - self.born < STREAM_LIFE
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:

@@ -52,6 +52,11 @@ async def sealed_upstream(pair, nursery):
     return sealed
 
 
+@pytest.fixture(autouse=True)
+def http_direct(monkeypatch):
+    monkeypatch.setenv(fastpath.HTTP_ENV, "1")
+
+
 async def test_a_sealed_upstream_carries_the_bytes_off_the_stream(nursery):
     pair = await setup(nursery)
     with trio.fail_after(60):
@@ -101,8 +106,10 @@ async def test_a_lost_lifeline_cuts_the_sealed_upstream(nursery):
     await sealed.aclose()
 
 
-async def test_the_direct_path_off_keeps_the_upstream_on_the_stream(nursery, monkeypatch):
-    monkeypatch.setenv(fastpath.ENV, "0")
+@pytest.mark.parametrize("switch", [fastpath.ENV, fastpath.HTTP_ENV])
+async def test_the_direct_path_off_keeps_the_upstream_on_the_stream(nursery, monkeypatch,
+                                                                   switch):
+    monkeypatch.setenv(switch, "0")
     pair = await setup(nursery)
     with trio.fail_after(60):
         stream = await open_forward(pair.a, pair.b.local_id, "echo", "echo", 0)
