@@ -13,6 +13,14 @@ declared length, until it is complete); a replica that does not answer within th
 timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
 ``Upgrade`` answered with 101 becomes a raw byte splice both ways.
 
+The common case skips h11 after the client's request (:func:`_fast_exchange`): a whole
+request is written upstream directly, and a plain response (a final status, one
+``Content-Length``: :func:`~apps.ingress.httpcore.plain_response`) goes to the client
+with its hop-by-hop headers dropped, in one write; any other response is handed to h11
+with the bytes read so far. With ``MESHCLOUD_HTTP_DIRECT=1`` an upstream to a remote
+replica is a :class:`~apps.ingress.sealed.SealedStream` to the target's forward relay
+(its agent off the path) instead of the mesh stream.
+
 Hostile clients: headers over 64 KiB get 431, headers not complete within the header
 timeout get 408 and the connection closed (slowloris), connections beyond the limit get a
 503 at once; Host tricks are refused (:func:`apps.ingress.httpcore.check_request`).
