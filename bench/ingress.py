@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the agents' timing profile (default local)")
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="seconds of each wrk throughput run (default 8)")
+    parser.add_argument("--only", default="", choices=["", "proxy"],
+                        help="proxy: only the proxy figures (no static, no stream)")
 
 
 def hypercorn_path() -> str:
@@ -244,6 +246,32 @@ def send_and_digest(host: str, port: int, total: int) -> tuple[float, bool, str]
 # --- the run ----------------------------------------------------------------------------------
 
 
+def _static(root: Path, seconds: float, figures: dict[str, float]) -> None:
+    """nginx, then the ingress of a node with a host lookup, serving the same file."""
+    (root / "nginx" / "tmp").mkdir(parents=True)
+    nginx, nginx_port = start_nginx(root / "nginx")
+    try:
+        direct = wrk(f"http://127.0.0.1:{nginx_port}/file.bin", seconds)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+    figures["nginx_static_rps"] = round(direct["rps"])
+    print(f"nginx, 4 KiB file:            {direct['rps']:9.0f} req/s  "
+          f"p50 {direct['p50_ms']:.2f} ms", flush=True)
+    static_node = StaticNode(root / "static")
+    address = static_node.start()
+    try:
+        wrk(f"http://{address}/file.bin", 1, host="static.home")  # warm up
+        static = wrk(f"http://{address}/file.bin", seconds, host="static.home")
+    finally:
+        static_node.stop()
+    figures["static_rps"] = round(static["rps"])
+    figures["static_non_2xx"] = static["non_2xx"]
+    print(f"ingress host lookup, 4 KiB:   {static['rps']:9.0f} req/s  "
+          f"p50 {static['p50_ms']:.2f} ms  non-2xx {static['non_2xx']:.0f}", flush=True)
+
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     mib = 64 if args.quick else args.mib
     seconds = 3.0 if args.quick else args.seconds
@@ -254,29 +282,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           flush=True)
     with tempfile.TemporaryDirectory(prefix="mc-bench-ingress-") as tmp:
         root = Path(tmp)
-        # static: nginx, then the ingress of a node with a host lookup
-        (root / "nginx" / "tmp").mkdir(parents=True)
-        nginx, nginx_port = start_nginx(root / "nginx")
-        try:
-            direct = wrk(f"http://127.0.0.1:{nginx_port}/file.bin", seconds)
-        finally:
-            nginx.terminate()
-            nginx.wait(10)
-        figures["nginx_static_rps"] = round(direct["rps"])
-        print(f"nginx, 4 KiB file:            {direct['rps']:9.0f} req/s  "
-              f"p50 {direct['p50_ms']:.2f} ms", flush=True)
-        static_node = StaticNode(root / "static")
-        address = static_node.start()
-        try:
-            wrk(f"http://{address}/file.bin", 1, host="static.home")  # warm up
-            static = wrk(f"http://{address}/file.bin", seconds, host="static.home")
-        finally:
-            static_node.stop()
-        figures["static_rps"] = round(static["rps"])
-        figures["static_non_2xx"] = static["non_2xx"]
-        print(f"ingress host lookup, 4 KiB:   {static['rps']:9.0f} req/s  "
-              f"p50 {static['p50_ms']:.2f} ms  non-2xx {static['non_2xx']:.0f}", flush=True)
-
+        if not getattr(args, "only", ""):
+            _static(root, seconds, figures)
+        exact = True
+        name = ""
+        took = 0.0
         http_port = free_port()
         cluster = LocalCluster(root / "mesh", extra_args=["--profile", args.profile],
                                env={"MESHCLOUD_RUNTIMES": "process",
@@ -308,6 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                    host="hello.home")["non_2xx"] == 0, 30,
                        message="the ingress routes hello.home")
             direct_url = f"http://127.0.0.1:{hello['port']}/"
+            wrk(url, 2, host="hello.home")  # warm up: upstream connections, relays
             direct = wrk(direct_url, seconds)
             proxy = wrk(url, seconds, host="hello.home")
             direct1 = wrk(direct_url, seconds, connections=1, threads=1)
@@ -325,29 +336,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                   f"p50 (1 conn) {proxy1['p50_ms']:.2f} ms  non-2xx {proxy['non_2xx']:.0f}",
                   flush=True)
 
-            sink = row("sink")
-            assert sink is not None
-            client_side = b if a.node_id == sink["node"] else a
-            port = free_port()
-            a.cli("expose", "sink:data", "--port", str(port), "--bind", "mesh")
-            shost = client_side.address.rsplit(":", 1)[0]
-            wait_until(lambda: send_and_digest(shost, port, 1)[1], 30,
-                       message="exposed port forwards")
-            print(f"sending {mib} MiB through {client_side.name} to the replica on the "
-                  "other node", flush=True)
-            took, exact, name = send_and_digest(shost, port, total)
+            if not getattr(args, "only", ""):
+                sink = row("sink")
+                assert sink is not None
+                client_side = b if a.node_id == sink["node"] else a
+                port = free_port()
+                a.cli("expose", "sink:data", "--port", str(port), "--bind", "mesh")
+                shost = client_side.address.rsplit(":", 1)[0]
+                wait_until(lambda: send_and_digest(shost, port, 1)[1], 30,
+                           message="exposed port forwards")
+                print(f"sending {mib} MiB through {client_side.name} to the replica on the "
+                      "other node", flush=True)
+                took, exact, name = send_and_digest(shost, port, total)
         finally:
             cluster.close()
             for agent in cluster.agents:
                 for path in agent.data_dir.glob("runtimes/process/*/state.json"):
                     _kill(path)
+    figures["load_1m"] = round(load[0], 2)
+    if getattr(args, "only", ""):
+        return figures
     if not exact:
         raise SystemExit(f"the {mib} MiB stream did NOT arrive byte-exact at {name}")
     rate = total / took / 1e6
     print(f"{mib} MiB byte-exact at {name} in {took:.2f} s: {rate:.1f} MB/s")
     figures.update(forward_stream_mb_s=round(rate, 1), forward_stream_mib=mib,
-                   forward_stream_s=round(took, 2), byte_exact=1.0,
-                   load_1m=round(load[0], 2))
+                   forward_stream_s=round(took, 2), byte_exact=1.0)
     return figures
 
 

@@ -13,6 +13,14 @@ declared length, until it is complete); a replica that does not answer within th
 timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
 ``Upgrade`` answered with 101 becomes a raw byte splice both ways.
 
+The common case skips h11 after the client's request (:func:`_fast_exchange`): a whole
+request is written upstream directly, and a plain response (a final status, one
+``Content-Length``: :func:`~apps.ingress.httpcore.plain_response`) goes to the client
+with its hop-by-hop headers dropped, in one write; any other response is handed to h11
+with the bytes read so far. With ``MESHCLOUD_HTTP_DIRECT=1`` an upstream to a remote
+replica is a :class:`~apps.ingress.sealed.SealedStream` to the target's forward relay
+(its agent off the path) instead of the mesh stream.
+
 Hostile clients: headers over 64 KiB get 431, headers not complete within the header
 timeout get 408 and the connection closed (slowloris), connections beyond the limit get a
 503 at once; Host tricks are refused (:func:`apps.ingress.httpcore.check_request`).
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from apps.ingress import fastpath
 from apps.ingress.forward import _ERRORS as FORWARD_ERRORS
 from apps.ingress.httpcore import (
     IDEMPOTENT,
@@ -41,8 +50,13 @@ from apps.ingress.httpcore import (
     downstream_headers,
     host_of,
     not_found_page,
+    plain_response,
+    request_head,
+    response_head,
     upstream_headers,
+    wants_close,
 )
+from apps.ingress.sealed import SealedStream
 from apps.ingress.targets import HostRequest
 from meshcloud.transport.base import Stream
 
@@ -60,6 +74,10 @@ ACME_PREFIX = "/.well-known/acme-challenge/"
 """Never redirected to HTTPS (the seam for an ACME client answering challenges)."""
 RETRY_BODY = 64 * 1024
 """Request bodies up to this size are kept so that an idempotent request can be retried."""
+STREAM_LIFE = 5.0
+"""Seconds an upstream carried on its mesh stream is kept alive when the HTTP ingress
+takes the direct path (``MESHCLOUD_HTTP_DIRECT=1``): the target's relay may not have
+run when it was opened."""
 
 Headers = list[tuple[bytes, bytes]]
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -83,6 +101,12 @@ class StreamBytes:
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
+        self.born = trio.current_time()
+
+    def keep(self) -> bool:
+        """Whether to keep this upstream for another request: for ``STREAM_LIFE``
+        seconds when the direct path is on (then a new connection tries it again)."""
+        return not fastpath.http_direct() or trio.current_time() - self.born < STREAM_LIFE
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
@@ -251,8 +275,11 @@ async def serve_http(client: Any, ingress: IngressService, proto: str = "http") 
                     break
             if not isinstance(event, h11.Request):
                 break
-            await _one_request(conn, Patient(client, limits.idle_timeout), event, client_ip,
-                               ingress, proto)
+            fresh = await _one_request(conn, Patient(client, limits.idle_timeout), event,
+                                       client_ip, ingress, proto)
+            if fresh is not None:  # answered without h11: its next request on a new one
+                conn = fresh
+                continue
             if conn.our_state is h11.SWITCHED_PROTOCOL:
                 break
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -273,7 +300,10 @@ async def serve_http(client: Any, ingress: IngressService, proto: str = "http") 
 
 
 async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
-                       client_ip: str, ingress: IngressService, proto: str = "http") -> None:
+                       client_ip: str, ingress: IngressService, proto: str = "http"
+                       ) -> h11.Connection | None:
+    """Answer ``request``; a new connection state for the client's next request when the
+    answer bypassed ``conn`` (the proxy's fast path), else None."""
     method = request.method.decode("ascii", "replace").upper()
     target = request.target.decode("latin-1")
     size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
@@ -319,8 +349,8 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
             headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
             host=checked.host, body=body))
         return
-    await _proxy_route(conn, client, request, method, checked, route, client_ip, ingress,
-                       proto)
+    return await _proxy_route(conn, client, request, method, checked, route, client_ip,
+                              ingress, proto)
 
 
 async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
@@ -356,12 +386,27 @@ class _Retry(Exception):
 
 async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, method: str,
                        checked: Checked, route: HttpRoute, client_ip: str,
-                       ingress: IngressService, proto: str = "http") -> None:
+                       ingress: IngressService, proto: str = "http") -> h11.Connection | None:
     idempotent = method in IDEMPOTENT
     body, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
     retryable = idempotent and complete
     headers = upstream_headers(request.headers, client_ip, proto, upgrade=checked.upgrade)
+    # the fast path: a whole request to pass on, a client that keeps its connection, a
+    # response that may have a body (not HEAD) and is no upgrade
+    fast = complete and not checked.upgrade and method != "HEAD" and \
+        request.http_version == b"1.1" and not wants_close(request.headers)
+    if complete:  # one declared length upstream, whatever the client's framing was
+        whole = b"".join(body)
+        length = any(n == b"content-length" for n, _ in headers)
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
+        if whole or length:
+            headers.append((b"content-length", str(len(whole)).encode()))
+        body = [whole] if whole else []
+    elif not any(n == b"content-length" for n, _ in headers):  # streamed as it came
+        headers.append((b"transfer-encoding", b"chunked"))
     head = h11.Request(method=request.method, target=request.target, headers=headers)
+    wire = request_head(request.method, request.target, headers) + b"".join(body) \
+        if fast else b""
     tried: set[Any] = set()
     use_pool = retryable and not checked.upgrade
     pool = ingress.pool
@@ -373,28 +418,37 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
         if kept is not None:
             upstream, up = kept
         else:
-            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried)
+            connected = await ingress.connect(route.workload, route.endpoint, exclude=tried,
+                                              pipe=True)
             if connected is None:
                 ingress.failed += 1
                 if not complete:
                     await _drain_request(conn, client)
                 await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
                               "again\n", [(b"retry-after", RETRY_AFTER)])
-                return
+                return None
             target, raw = connected
-            upstream = raw if isinstance(raw, trio.SocketStream) else StreamBytes(raw)
+            upstream = raw if isinstance(raw, trio.SocketStream | SealedStream) \
+                else StreamBytes(raw)
             up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
         assert target is not None
         ingress.open[target.key] += 1
         ingress.forwarded += 1
         parked = False
+        fresh: h11.Connection | None = None
         try:
-            reusable = await _exchange(conn, client, head, body, complete, upstream, up,
-                                       route, checked, retryable)
-            if reusable:
-                up.start_next_cycle()
+            if fast:
+                reusable, fresh = await _fast_exchange(conn, client, head, body, wire,
+                                                       upstream, up, route, checked,
+                                                       retryable)
+            else:
+                reusable = await _exchange(conn, client, head, body, complete, upstream, up,
+                                           route, checked, retryable)
+            if reusable and (not isinstance(upstream, StreamBytes) or upstream.keep()):
+                if up.our_state is not h11.IDLE:
+                    up.start_next_cycle()
                 parked = pool.put(target.key, (upstream, up))
-            return
+            return fresh
         except _Retry as exc:
             if kept is not None:  # the replica closed a kept connection: a fresh one
                 log.debug("a kept connection to %s failed (%s)", route.workload, exc)
@@ -413,6 +467,104 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
             for stream, _ in doomed:
                 with trio.move_on_after(1):
                     await stream.aclose()
+
+
+async def _timed_read(upstream: Any, seconds: float) -> bytes | None:
+    """The next bytes of ``upstream``, None if none came within ``seconds``."""
+    with trio.move_on_after(seconds):
+        return bytes(await upstream.receive_some(CHUNK))
+    return None
+
+
+async def _fast_exchange(conn: h11.Connection, client: Any, head: h11.Request,
+                         body: list[bytes], wire: bytes, raw_upstream: Any,
+                         up: h11.Connection, route: HttpRoute, checked: Checked,
+                         retryable: bool) -> tuple[bool, h11.Connection | None]:
+    """One whole request (``wire``) and a plain response passed on without h11 (a
+    status line, headers, a declared length: :func:`plain_response`); any other
+    response goes on through h11 (``up`` is told of the request then). (Whether the
+    upstream connection may be reused, the client's new connection state or None when
+    ``conn`` answered.)"""
+    upstream = Counted(raw_upstream)
+    try:
+        await upstream.send_all(wire)
+    except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
+        if retryable:
+            raise _Retry(repr(exc)) from None
+        await _simple(conn, client, 502, "the replica went away\n")
+        return False, None
+    buffer = b""
+    end = -1
+    while end < 0 and len(buffer) <= MAX_HEADERS:
+        try:
+            data = await _timed_read(upstream, route.timeout)
+        except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
+            data = b""
+            why = repr(exc)
+        else:
+            why = "the replica closed without a response"
+        if data is None:
+            await _simple(conn, client, 504, f"{route.workload} did not answer within "
+                          f"{route.timeout:g} s\n", [(b"connection", b"close")])
+            return False, None
+        if not data:
+            if retryable:
+                raise _Retry(why)
+            await _simple(conn, client, 502, "the replica closed without a response\n")
+            return False, None
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+    response = plain_response(buffer[:end]) if end >= 0 else None
+    if response is None:  # h11 takes it from here, with what came so far
+        up.send(head)
+        for chunk in body:
+            up.send(h11.Data(data=chunk))
+        up.send(h11.EndOfMessage())
+        up.receive_data(buffer)
+        return await _response(conn, client, up, upstream, raw_upstream, route, checked,
+                               retryable), None
+    rest = buffer[end + 4:]
+    length = response.length
+    reply = response_head(response)
+    if length <= RETRY_BODY:  # kept whole: a replica dying mid-body costs a retry
+        while len(rest) < length:
+            try:
+                data = await _timed_read(upstream, route.timeout)
+            except (*_IO_ERRORS, *FORWARD_ERRORS):
+                data = b""
+            if not data:
+                if retryable:
+                    raise _Retry("the replica ended mid-response")
+                await _simple(conn, client, 502, "the replica ended mid-response\n")
+                return False, None
+            rest += data
+        await client.send_all(reply + rest[:length])
+        extra = len(rest) > length
+    else:  # streamed: from its first byte on, the client has the response
+        await client.send_all(reply + rest[:length])
+        sent = min(len(rest), length)
+        extra = len(rest) > length
+        while sent < length:
+            try:
+                data = await _timed_read(upstream, route.timeout)
+            except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
+                raise trio.BrokenResourceError("upstream failed mid-response") from exc
+            if data is None:
+                raise trio.BrokenResourceError("upstream stalled mid-response")
+            if not data:
+                raise trio.BrokenResourceError("upstream ended mid-response")
+            piece = data[:length - sent]
+            await client.send_all(piece)
+            sent += len(piece)
+            extra = len(data) > len(piece)
+    fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+    pending, closed = conn.trailing_data
+    if pending:
+        fresh.receive_data(pending)
+    if closed:
+        fresh.receive_data(b"")  # (an empty read is the end of the client's data)
+    # bytes past the declared length, or a replica that closes: not kept
+    return not (response.close or extra), fresh
 
 
 async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: list[bytes],
@@ -445,6 +597,15 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
         except FORWARD_ERRORS as exc:
             if conn.their_state is h11.SEND_BODY:
                 raise trio.BrokenResourceError("upstream failed mid-request") from exc
+    return await _response(conn, client, up, upstream, raw_upstream, route, checked,
+                           retryable)
+
+
+async def _response(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Counted,
+                    raw_upstream: Any, route: HttpRoute, checked: Checked, retryable: bool
+                    ) -> bool:
+    """The replica's response through h11, to the client; True if the upstream
+    connection may be reused."""
     responded = False  # nothing of the response has reached the client yet
     held: list[Any] | None = None  # a small response kept whole while it may be retried
     while True:  # the response, chunk by chunk, each read within the route's timeout

@@ -190,6 +190,84 @@ def downstream_headers(headers: Iterable[tuple[bytes, bytes]], upgrade: bool = F
     return _strip(headers)
 
 
+# --- the proxy's fast path: a request and a plain response without h11 ----------------------
+
+_STATUS_RE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_FIELD_RE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*")
+
+
+@dataclass(frozen=True, slots=True)
+class PlainResponse:
+    """A response head the proxy may pass on without h11: a final status with a body
+    of one declared ``Content-Length``."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+    """Names lower case, as received otherwise."""
+    length: int
+    close: bool
+    """The replica will close the connection after this response."""
+
+
+def wants_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return _has_token(headers, b"connection", b"close")
+
+
+def plain_response(head: bytes) -> PlainResponse | None:
+    """``head`` (a response's status line and header lines, without the blank line) as a
+    :class:`PlainResponse`; None when it is anything else (an informational status,
+    204/304, no or several Content-Length, a Transfer-Encoding, HTTP/1.0, a line h11
+    would refuse…): then h11 parses it."""
+    lines = head.split(b"\r\n")
+    status_line = _STATUS_RE.fullmatch(lines[0])
+    if status_line is None or not lines[0].startswith(b"HTTP/1.1 "):
+        return None
+    status = int(status_line.group(1))
+    if status < 200 or status in (204, 304):
+        return None
+    headers: Headers = []
+    length = -1
+    for line in lines[1:]:
+        field = _FIELD_RE.fullmatch(line)
+        if field is None:
+            return None
+        name, value = field.group(1).lower(), field.group(2)
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit() or len(value) > 18:
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+        headers.append((name, value))
+    if length < 0:
+        return None
+    return PlainResponse(status, status_line.group(2) or b"", headers, length,
+                         wants_close(headers))
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """An HTTP/1.1 request head from parts h11 validated (the client's request) and the
+    proxy's own headers."""
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        out += [name, b": ", value, b"\r\n"]
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head(response: PlainResponse) -> bytes:
+    """The head the client gets for ``response``: its status and its headers without
+    the hop-by-hop ones (the declared length stays)."""
+    out = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
+    for name, value in downstream_headers(response.headers):
+        out += [name, b": ", value, b"\r\n"]
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
 def not_found_page(host: str) -> bytes:
     name = html.escape(host or "(none)")
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>404 Not Found"

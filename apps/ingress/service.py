@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from apps.ingress import fastpath
 from apps.ingress.forward import (
     OPEN_TIMEOUT,
     ForwardError,
@@ -123,6 +124,8 @@ class IngressService(ServiceBase):
         self._rows: tuple[float, dict[RowKey, Any]] | None = None
         self._routes: tuple[Any, dict[str, list[HttpRoute]]] = (None, {})
         self._targets: dict[tuple[str, str], tuple[float, Any, Any, list[Target]]] = {}
+        self._nursery: trio.Nursery | None = None
+        """Where the lifelines of the HTTP ingress's direct-path upstreams run."""
 
     # --- running ----------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class IngressService(ServiceBase):
                   ) -> None:
         self.node.transport.serve(FORWARD_PROTOCOL, self._serve_forward)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._watch_endpoints, self.state.subscribe(ENDPOINTS.name))
             nursery.start_soon(self._endpoint_loop)
             nursery.start_soon(self._exposure_loop, nursery)
@@ -291,11 +295,13 @@ class IngressService(ServiceBase):
                     ) -> Target | None:
         return pick(self.targets(workload, endpoint), self.open, self.rng, exclude)
 
-    async def connect(self, workload: str, endpoint: str, exclude: set[RowKey] | None = None
-                      ) -> tuple[Target, Any] | None:
+    async def connect(self, workload: str, endpoint: str, exclude: set[RowKey] | None = None,
+                      *, pipe: bool = False) -> tuple[Target, Any] | None:
         """A connection to a live replica of ``workload:endpoint`` not in ``exclude``: a
-        TCP stream to a replica on this node, else a forward stream (None if no replica
-        could be reached in ``MAX_ATTEMPTS`` tries)."""
+        TCP stream to a replica on this node, else a forward stream, or with ``pipe`` a
+        :class:`~apps.ingress.sealed.SealedStream` to the target's forward relay when it
+        offers the direct path (None if no replica could be reached in ``MAX_ATTEMPTS``
+        tries)."""
         tried: set[RowKey] = set(exclude or ())
         for _ in range(MAX_ATTEMPTS):
             target = pick(self.targets(workload, endpoint), self.open, self.rng, tried)
@@ -309,6 +315,8 @@ class IngressService(ServiceBase):
                     else:
                         upstream = await open_forward(self.node.transport, target.node,
                                                       workload, endpoint, target.index)
+                        if pipe:
+                            upstream = await self._pipe(upstream)
             except (ForwardError, MeshError, OSError, trio.TooSlowError,
                     trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.EndOfChannel) as exc:
@@ -318,6 +326,19 @@ class IngressService(ServiceBase):
                 continue
             return target, upstream
         return None
+
+    async def _pipe(self, stream: Any) -> Any:
+        """``stream`` (an opened forward) as a sealed connection to the target's relay
+        (the direct path), or itself when the bytes stay on it."""
+        if self._nursery is None:
+            return stream
+        try:
+            piped = await fastpath.open_sealed(stream, self._nursery)
+        except BaseException:
+            with trio.move_on_after(1):
+                await stream.abort("forward path negotiation failed")
+            raise
+        return stream if piped is None else piped
 
     async def forward(self, client: trio.SocketStream, workload: str, endpoint: str) -> bool:
         """Carry ``client`` to a live replica of ``workload:endpoint``; False (client
