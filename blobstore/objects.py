@@ -85,6 +85,12 @@ def parse_code(text: str) -> tuple[int, int] | int | None:
     return k, m
 
 
+
+def service_bucket_id(name: str) -> bytes:
+    """The id of a service's bucket: the same on every node, from the name alone."""
+    return hashlib.blake2b(name.encode(), digest_size=16,
+                           person=b"mc-svc-bucket").digest()
+
 class ObjectStore:
     """See the module docstring."""
 
@@ -119,7 +125,8 @@ class ObjectStore:
     def buckets(self) -> list[tuple[str, BucketRecord]]:
         return [(str(key[0]), value) for key, value in self.state.scan(BUCKETS.name)]
 
-    async def create_bucket(self, name: str, *, code: str = "", owner: str = "") -> BucketRecord:
+    async def create_bucket(self, name: str, *, code: str = "", owner: str = "",
+                            bucket_id: bytes | None = None) -> BucketRecord:
         validate_bucket_name(name)
         try:
             parse_code(code)
@@ -127,10 +134,27 @@ class ObjectStore:
             raise InvalidArgument(str(exc)) from None
         if self.state.get(BUCKETS.name, name) is not None:
             raise BucketAlreadyOwnedByYou(BucketName=name)
-        record = BucketRecord(bucket_id=nacl.utils.random(16), created_ms=self.wall_ms(),
-                              code=code, owner=owner)
+        record = BucketRecord(bucket_id=bucket_id or nacl.utils.random(16),
+                              created_ms=self.wall_ms(), code=code, owner=owner)
         await self.index.put_everywhere(BUCKETS.name, (name,), record)
         return record
+
+    async def ensure_service_bucket(self, name: str, *, code: str = "") -> BucketRecord:
+        """The bucket a service keeps its own objects in (database backups, sites, Spark's
+        recovery state and logs), made if missing. Services on several nodes make it at
+        once when they start; the bucket rows they write then merge to one of them, and
+        objects written under a random id that lost would be out of sight for good. So a
+        service bucket's id comes from its name (:func:`service_bucket_id`): whichever row
+        wins, every node writes and reads under the same id."""
+        try:
+            return self.bucket(name)
+        except NoSuchBucket:
+            pass
+        try:
+            return await self.create_bucket(name, code=code,
+                                            bucket_id=service_bucket_id(name))
+        except BucketAlreadyOwnedByYou:
+            return self.bucket(name)
 
     async def delete_bucket(self, name: str) -> None:
         bucket = self.bucket(name)

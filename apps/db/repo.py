@@ -88,7 +88,6 @@ class Repo:
         them; a race between two nodes ends with one secret, the row's)."""
         from blobstore.api import new_access_key
         from blobstore.records import S3KEYS, AccessKeyRecord
-        from blobstore.s3.errors import BucketAlreadyOwnedByYou, NoSuchBucket
 
         state = self.service.state
         key_id = access_key_id(self.service.node.mesh.mesh_id)
@@ -103,13 +102,7 @@ class Repo:
         objects = self.blobs.objects
         if objects is None:
             raise DbError("storage is starting", code="unavailable")
-        try:
-            objects.bucket(BUCKET)
-        except NoSuchBucket:
-            try:
-                await objects.create_bucket(BUCKET, code="")
-            except BucketAlreadyOwnedByYou:
-                pass
+        await objects.ensure_service_bucket(BUCKET)
         self.key = (key_id, record.secret)
         return self.key
 

@@ -58,16 +58,8 @@ class BlobStorage:
         return objects
 
     async def ensure_bucket(self) -> None:
-        from blobstore.s3.errors import BucketAlreadyOwnedByYou, NoSuchBucket
 
-        objects = self._objects()
-        try:
-            objects.bucket(self.bucket)
-        except NoSuchBucket:
-            try:
-                await objects.create_bucket(self.bucket, code="")
-            except BucketAlreadyOwnedByYou:
-                pass
+        await self._objects().ensure_service_bucket(self.bucket)
 
     async def size_of(self, key: str) -> int | None:
         record = await self._objects().find(self.bucket, key)

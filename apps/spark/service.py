@@ -248,12 +248,9 @@ class SparkService(ServiceBase):
 
         assert self.blobs.objects is not None
         try:
-            self.blobs.objects.bucket(name)
+            await self.blobs.objects.ensure_service_bucket(name)
         except S3Error:
-            try:
-                await self.blobs.objects.create_bucket(name)
-            except S3Error:
-                pass  # made by another node meanwhile
+            pass  # a bad name: the caller's next step says so
 
     def specs(self, plan: ClusterPlan, rows: dict[bytes, SparkNode],
               recovery: core.Recovery | None = None
@@ -642,12 +639,9 @@ class SparkService(ServiceBase):
         assert self.blobs.objects is not None
         objects = self.blobs.objects
         try:
-            objects.bucket(bucket)
+            await objects.ensure_service_bucket(bucket)
         except S3Error:
-            try:
-                await objects.create_bucket(bucket)
-            except S3Error:
-                pass  # made by another node meanwhile
+            pass  # a bad name: the caller's next step says so
 
         async def body() -> Any:
             yield data
