@@ -38,6 +38,8 @@ MACHINE_LANE = (
     "tests/apps/runtimes/test_process_netns.py",  # network namespaces
     "tests/vnet/test_pyplane_netns.py",      # network namespaces
     "tests/vnet/test_pyplane_driver.py",     # TUN devices, network namespaces
+    "tests/realproc/test_phone_asleep.py",   # cgroups, SIGSTOP for 60 s: its 77 s also
+                                             # balance the lanes (agents ran 924 s, 771)
 )
 """Test files that use something machine-wide (podman, iptables, netns, every core) or
 bound a detection time: they run one after another in the lane ``machine``, beside the
