@@ -9,26 +9,28 @@ across the V-Net. ``python -m bench vnet`` calls it; ``python -m bench._vnet_py
 from __future__ import annotations
 
 import json
-import re
+import statistics
 import subprocess
 import sys
 
+from bench._ping import ping_times
 from vnet.plane import PlaneError
 from vnet.pyplane.lab import PlaneLab, wait_output
 
 
 def rtt_ms(lab: PlaneLab, count: int = 20) -> float:
-    """The average ping round trip across the V-Net (after one ping that handshakes)."""
+    """The median ping round trip across the V-Net (after one ping that handshakes), as
+    ``vnet_rtt_ms`` of the WireGuard plane."""
     a, b = lab.sides
     subprocess.run(a.exec("ping", "-c", "1", "-W", "10", b.address), capture_output=True,
                    check=True, timeout=30)
-    out = subprocess.run(a.exec("ping", "-q", "-c", str(count), "-i", "0.05", "-W", "5",
+    out = subprocess.run(a.exec("ping", "-c", str(count), "-i", "0.05", "-W", "5",
                                 b.address), capture_output=True, text=True, check=True,
                          timeout=60).stdout
-    match = re.search(r"= [\d.]+/([\d.]+)/", out)
-    if match is None:
-        raise PlaneError(f"no ping summary in {out!r}")
-    return float(match.group(1))
+    times = ping_times(out)
+    if not times:
+        raise PlaneError(f"no ping reply in {out!r}")
+    return statistics.median(times)
 
 
 def tcp_mb_s(lab: PlaneLab, seconds: float) -> float:

@@ -9,7 +9,10 @@ with both hosts attached (``sim/vnetlab.py``); then in the same run:
   and whether it opened its TUN with segmentation offload, ``wg_offload``);
 * ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
   bare veth + bridge path);
-* ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the average of ``ping`` RTTs over each path;
+* ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the median of ``--pings`` ``ping`` round trips
+  (one every 50 ms) over each path, and ``rtt_overhead_ms``, their difference; the means
+  beside them (``…_mean_ms``, ``rtt_overhead_mean_ms``): on a busy machine a few pings
+  wait milliseconds for a CPU, which moves the mean and not the median;
 * ``py_tcp_mb_s`` / ``py_rtt_ms``: the Python plane, from
   ``bench._vnet_py.measure(seconds)`` (a Python plane helper in each of two namespaces of
   its own, after the agents' lab is closed).
@@ -26,12 +29,14 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench._ping import ping_times
 from sim.agents import wait_until
 from sim.netns import Host
 from sim.vnetlab import VNetLab, ns
@@ -39,7 +44,7 @@ from sim.vnetlab import VNetLab, ns
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
-    parser.add_argument("--pings", type=int, default=40)
+    parser.add_argument("--pings", type=int, default=100)
     parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
                         help="in the agents' environment (wireguard-go inherits it: e.g. "
                              "GOMAXPROCS=1)")
@@ -113,11 +118,16 @@ def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
         daemon.wait()
 
 
-def rtt(host: Host, address: str, count: int, interval: float = 0.05) -> float | None:
-    out = ns(host, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), address,
+def rtt(host: Host, address: str, count: int,
+        interval: float = 0.05) -> tuple[float, float] | None:
+    """(median, mean) of ``count`` pings of ``address`` from ``host``, in ms; ``None``
+    when no reply came back."""
+    out = ns(host, "ping", "-n", "-c", str(count), "-i", str(interval), address,
              check=False, timeout=count * interval + 30).stdout
-    match = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return float(match.group(1)) if match else None
+    times = ping_times(out)
+    if not times:
+        return None
+    return round(statistics.median(times), 3), round(statistics.fmean(times), 3)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,8 +150,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
                 figures["wg_offload"] = "vnet_hdr on" in mode
             rtt(ha, addresses[1], 3)  # warm the path
-            figures["vnet_rtt_ms"] = rtt(ha, addresses[1], pings)
-            figures["underlay_rtt_ms"] = rtt(ha, hb.ip, pings)
+            for key, address in (("vnet", addresses[1]), ("underlay", hb.ip)):
+                median_mean = rtt(ha, address, pings)
+                figures[f"{key}_rtt_ms"], figures[f"{key}_rtt_mean_ms"] = (
+                    median_mean or (None, None))
             figures["wg_tcp_mb_s"] = iperf(ha, hb, addresses[1], seconds)
             figures["underlay_tcp_mb_s"] = iperf(ha, hb, hb.ip, seconds)
     finally:  # the agents' data dirs and logs
@@ -154,9 +166,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["py_tcp_mb_s"] = None
     else:  # its own two namespaces, once the agents' lab is gone
         figures.update(py.measure(seconds))
-    if figures["vnet_rtt_ms"] is not None and figures["underlay_rtt_ms"] is not None:
-        figures["rtt_overhead_ms"] = round(figures["vnet_rtt_ms"] - figures["underlay_rtt_ms"],
-                                           3)
+    for suffix in ("", "_mean"):
+        vnet, underlay = figures[f"vnet_rtt{suffix}_ms"], figures[f"underlay_rtt{suffix}_ms"]
+        if vnet is not None and underlay is not None:
+            figures[f"rtt_overhead{suffix}_ms"] = round(vnet - underlay, 3)
     for key, value in figures.items():
         print(f"{key:20} {value}")
     return figures
