@@ -63,8 +63,14 @@ from apps.db.tables import (
     all_kept,
     all_members,
 )
-from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
-from apps.ingress.messages import ForwardOpen, ForwardReply
+from apps.ingress.forward import (
+    ForwardError,
+    open_forward,
+    serve_forward,
+    splice_stream,
+    splice_tcp,
+)
+from apps.ingress.messages import ForwardOpen
 from apps.ingress.ports import ephemeral_port
 from apps.leases import LEASE_DURATION, RENEW_EVERY
 from apps.workloads.leasing import LeaseService
@@ -1053,20 +1059,9 @@ class DbService(ServiceBase):
         return True
 
     async def _open_forward(self, node: bytes, name: str, read_only: bool = False) -> Any:
-        stream = await self.node.transport.open_stream(node, DB_FORWARD_PROTOCOL)
-        try:
-            await stream.send(encode_message(ForwardOpen(
-                workload=name, endpoint=RO_ENDPOINT if read_only else ENDPOINT, index=0)))
-            reply = decode_message(await stream.receive(), ForwardReply, max_size=4096)
-        except BaseException:
-            with trio.move_on_after(1):
-                await stream.abort("database forward open failed")
-            raise
-        if not reply.ok:
-            with trio.move_on_after(1):
-                await stream.abort("refused")
-            raise ForwardError(reply.code or "refused", reply.message)
-        return stream
+        return await open_forward(self.node.transport, node, name,
+                                  RO_ENDPOINT if read_only else ENDPOINT, 0,
+                                  protocol=DB_FORWARD_PROTOCOL)
 
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only this node's own primary (a peer cannot make us connect elsewhere)."""

@@ -130,9 +130,10 @@ async def splice_tcp(a: trio.SocketStream, b: trio.SocketStream) -> bool:
 
 
 async def open_forward(transport: Transport, node: bytes, workload: str, endpoint: str,
-                       index: int) -> Stream:
-    """A stream connected to replica ``index`` on ``node``; ForwardError if refused."""
-    stream = await transport.open_stream(node, FORWARD_PROTOCOL)
+                       index: int, protocol: str = FORWARD_PROTOCOL) -> Stream:
+    """A stream connected to replica ``index`` on ``node``; ForwardError if refused.
+    ``protocol`` is the target's forward protocol (a service may serve its own)."""
+    stream = await transport.open_stream(node, protocol)
     try:
         with trio.fail_after(OPEN_TIMEOUT):
             await stream.send(encode_message(

@@ -31,8 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
-from apps.ingress.messages import Exposure, ForwardOpen, ForwardReply
+from apps.ingress.forward import (
+    ForwardError,
+    open_forward,
+    serve_forward,
+    splice_stream,
+    splice_tcp,
+)
+from apps.ingress.messages import Exposure, ForwardOpen
 from apps.spark import core, dist
 from apps.spark.core import MASTER, WORKERS, ClusterPlan, SparkError
 from apps.spark.messages import SPARK_FORWARD_PROTOCOL, SparkCluster, SparkJob, SparkNode
@@ -45,7 +51,6 @@ from apps.spark.tables import (
     jobs,
     spark_nodes,
 )
-from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
 
@@ -440,20 +445,8 @@ class SparkService(ServiceBase):
         return True
 
     async def _open_forward(self, node: bytes) -> Any:
-        stream = await self.node.transport.open_stream(node, SPARK_FORWARD_PROTOCOL)
-        try:
-            await stream.send(encode_message(ForwardOpen(workload=MASTER, endpoint="rpc",
-                                                         index=0)))
-            reply = decode_message(await stream.receive(), ForwardReply, max_size=4096)
-        except BaseException:
-            with trio.move_on_after(1):
-                await stream.abort("spark forward open failed")
-            raise
-        if not reply.ok:
-            with trio.move_on_after(1):
-                await stream.abort("refused")
-            raise ForwardError(reply.code or "refused", reply.message)
-        return stream
+        return await open_forward(self.node.transport, node, MASTER, "rpc", 0,
+                                  protocol=SPARK_FORWARD_PROTOCOL)
 
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only the master this node runs itself (a peer cannot make us connect elsewhere)."""

@@ -1,0 +1,39 @@
+"""``open_forward`` on a service's own forward protocol (the databases and Spark serve
+theirs beside the ingress's): the request reaches that protocol's resolver, a refusal
+comes back as ForwardError. Two real TcpTransports over loopback."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from apps.ingress.forward import ForwardError, open_forward, serve_forward
+from apps.ingress.messages import FORWARD_PROTOCOL
+from meshcloud.testing import TestMesh
+from meshcloud.transport.tcp import TcpTransport
+
+OWN = "/meshcloud/test-own-forward/1"
+
+
+async def test_a_services_own_forward_protocol_reaches_its_resolver(nursery):
+    mesh = TestMesh.with_members(2)
+    a, b = (TcpTransport(m.key, m.authenticator) for m in mesh.members)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    asked: dict[str, list[tuple[str, str, int]]] = {"own": [], "ingress": []}
+
+    def resolver(which: str):
+        def resolve(request):
+            asked[which].append((request.workload, request.endpoint, request.index))
+            return None  # refused: nothing of that name runs here
+        return resolve
+
+    b.serve(OWN, lambda stream: serve_forward(stream, resolver("own")))
+    b.serve(FORWARD_PROTOCOL, lambda stream: serve_forward(stream, resolver("ingress")))
+    await a.dial(b.listen_addresses[0], expect=b.local_id)
+    with trio.fail_after(30), pytest.raises(ForwardError):
+        await open_forward(a, b.local_id, "pg", "postgres", 0, protocol=OWN)
+    assert asked == {"own": [("pg", "postgres", 0)], "ingress": []}
+    with trio.fail_after(30), pytest.raises(ForwardError):
+        await open_forward(a, b.local_id, "web", "http", 1)
+    assert asked["ingress"] == [("web", "http", 1)]
