@@ -64,11 +64,10 @@ from apps.db.tables import (
     all_members,
 )
 from apps.ingress.forward import (
-    ForwardError,
+    connect_upstream,
     open_forward,
     serve_forward,
-    splice_stream,
-    splice_tcp,
+    splice_upstream,
 )
 from apps.ingress.messages import ForwardOpen
 from apps.ingress.ports import ephemeral_port
@@ -1036,26 +1035,17 @@ class DbService(ServiceBase):
         upstream: Any = None
         if found is not None:
             node, member = found
-            try:
-                with trio.fail_after(OPEN_TIMEOUT):
-                    if node == self.node.node_id:
-                        upstream = await trio.open_tcp_stream("127.0.0.1", member.port)
-                    else:
-                        upstream = await self._open_forward(node, name, read_only)
-            except (ForwardError, MeshError, OSError, trio.TooSlowError,
-                    trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.EndOfChannel) as exc:
-                log.info("database %s: no way to its primary: %r", name, exc)
-                upstream = None
+            upstream = await connect_upstream(
+                node == self.node.node_id,
+                lambda: trio.open_tcp_stream("127.0.0.1", member.port),
+                lambda: self._open_forward(node, name, read_only),
+                f"database {name}: no way to its primary")
         if upstream is None:
             self.refused += 1
             await client.aclose()
             return False
         self.forwarded += 1
-        if isinstance(upstream, trio.SocketStream):
-            await splice_tcp(client, upstream)
-        else:
-            await splice_stream(client, upstream)
+        await splice_upstream(client, upstream)
         return True
 
     async def _open_forward(self, node: bytes, name: str, read_only: bool = False) -> Any:

@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from apps.ingress.forward import (
-    ForwardError,
+    connect_upstream,
     open_forward,
     serve_forward,
-    splice_stream,
-    splice_tcp,
+    splice_upstream,
 )
 from apps.ingress.messages import Exposure, ForwardOpen
 from apps.spark import core, dist
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 1.0
-OPEN_TIMEOUT = 5.0
 UI_TIMEOUT = 3.0
 SOURCE_FILE = Path(__file__).with_name("source.py")
 MAX_LOG_READ = 256 * 1024
@@ -422,26 +420,16 @@ class SparkService(ServiceBase):
         upstream: Any = None
         if where is not None:
             node, port = where
-            try:
-                with trio.fail_after(OPEN_TIMEOUT):
-                    if node == self.node.node_id:
-                        upstream = await trio.open_tcp_stream(self.bind_host(), port)
-                    else:
-                        upstream = await self._open_forward(node)
-            except (ForwardError, MeshError, OSError, trio.TooSlowError,
-                    trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.EndOfChannel) as exc:
-                log.info("spark: no way to the master: %r", exc)
-                upstream = None
+            upstream = await connect_upstream(
+                node == self.node.node_id,
+                lambda: trio.open_tcp_stream(self.bind_host(), port),
+                lambda: self._open_forward(node), "spark: no way to the master")
         if upstream is None:
             self.refused += 1
             await client.aclose()
             return False
         self.forwarded += 1
-        if isinstance(upstream, trio.SocketStream):
-            await splice_tcp(client, upstream)
-        else:
-            await splice_stream(client, upstream)
+        await splice_upstream(client, upstream)
         return True
 
     async def _open_forward(self, node: bytes) -> Any:

@@ -37,3 +37,49 @@ async def test_a_services_own_forward_protocol_reaches_its_resolver(nursery):
     with trio.fail_after(30), pytest.raises(ForwardError):
         await open_forward(a, b.local_id, "web", "http", 1)
     assert asked["ingress"] == [("web", "http", 1)]
+
+
+async def test_connect_upstream_takes_the_local_port_here_a_forward_elsewhere(nursery):
+    from apps.ingress.forward import connect_upstream, splice_upstream
+
+    async def echo(stream):
+        async with stream:
+            while data := await stream.receive_some(4096):
+                await stream.send_all(data)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, echo, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    opened: list[str] = []
+
+    async def local():
+        opened.append("local")
+        return await trio.open_tcp_stream("127.0.0.1", port)
+
+    async def remote():
+        opened.append("remote")
+        raise ForwardError("refused", "no such replica")
+
+    assert await connect_upstream(False, local, remote, "test: refused") is None
+    upstream = await connect_upstream(True, local, remote, "test")
+    assert opened == ["remote", "local"] and isinstance(upstream, trio.SocketStream)
+    # the client's bytes reach the replica and its answer comes back, then both close
+    client_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    done = trio.Event()
+    spliced: list[bool] = []
+
+    async def serve(client):
+        spliced.append(await splice_upstream(client, upstream))
+        done.set()
+
+    nursery.start_soon(trio.serve_listeners, serve, client_listeners)
+    with trio.fail_after(30):
+        user = await trio.open_tcp_stream(
+            "127.0.0.1", client_listeners[0].socket.getsockname()[1])
+        await user.send_all(b"ping")
+        got = b""
+        while len(got) < 4:
+            got += await user.receive_some(4096)
+        await user.send_eof()
+        await done.wait()
+    assert got == b"ping" and spliced == [True]
