@@ -323,6 +323,32 @@ class Index:
                 log.debug("fetch of %s from %s failed: %s", table, node.hex()[:12], exc)
         return False
 
+    async def gather(self, table: str, key: Key) -> int:
+        """A full-copy row as every live peer holds it, merged here: after a
+        :meth:`put_everywhere` of a row that another node may have written at the same
+        moment, the rows have met on every peer that acknowledged both, so this node then
+        holds the row the merge keeps everywhere. Returns the peers that answered."""
+        schema = self._table(table).schema
+        msg = IndexRead(table=table, keys=(schema.key_bytes(key),))
+        answered = 0
+
+        async def one(node: NodeId) -> None:
+            nonlocal answered
+            try:
+                with trio.fail_after(self.timeout):
+                    reply = await self._ask(node, msg, IndexEntries)
+                if reply.entries:
+                    self.state.merge_entries(node, table, list(reply.entries))
+                answered += 1
+            except (*_TRANSIENT, CodecError) as exc:
+                log.debug("gather of %s from %s failed: %s", table, node.hex()[:12], exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in sorted(set(self.view())):
+                if node != self.me:
+                    nursery.start_soon(one, node)
+        return answered
+
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, table: str, key: Key) -> Found | None:

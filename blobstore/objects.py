@@ -28,7 +28,6 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-import nacl.utils
 import trio
 
 from blobstore.client import ShardClient
@@ -86,10 +85,18 @@ def parse_code(text: str) -> tuple[int, int] | int | None:
 
 
 
+def bucket_id_for(name: str, generation: int = 0) -> bytes:
+    """The id of generation ``generation`` of bucket ``name`` (its ``generation``-th life
+    after as many deletions): the same on every node, from the name and the generation
+    alone. Names never hold a NUL, so no two (name, generation) share an input."""
+    data = name.encode() if generation == 0 else f"{name}\x00{generation}".encode()
+    return hashlib.blake2b(data, digest_size=16, person=b"mc-svc-bucket").digest()
+
+
 def service_bucket_id(name: str) -> bytes:
-    """The id of a service's bucket: the same on every node, from the name alone."""
-    return hashlib.blake2b(name.encode(), digest_size=16,
-                           person=b"mc-svc-bucket").digest()
+    """The id of a service's bucket in its first life (as :func:`bucket_id_for`)."""
+    return bucket_id_for(name, 0)
+
 
 class ObjectStore:
     """See the module docstring."""
@@ -116,47 +123,66 @@ class ObjectStore:
 
     # --- buckets (full copy: local reads) -------------------------------------------------
 
+    def find_bucket(self, name: str) -> BucketRecord | None:
+        """The live bucket ``name`` as this node knows it (None: none, or deleted)."""
+        record: BucketRecord | None = self.state.get(BUCKETS.name, name)
+        return None if record is None or record.deleted else record
+
     def bucket(self, name: str) -> BucketRecord:
-        record = self.state.get(BUCKETS.name, name)
+        record = self.find_bucket(name)
         if record is None:
             raise NoSuchBucket(BucketName=name)
-        return record  # type: ignore[no-any-return]
+        return record
 
     def buckets(self) -> list[tuple[str, BucketRecord]]:
-        return [(str(key[0]), value) for key, value in self.state.scan(BUCKETS.name)]
+        return [(str(key[0]), value) for key, value in self.state.scan(BUCKETS.name)
+                if value is not None and not value.deleted]
 
-    async def create_bucket(self, name: str, *, code: str = "", owner: str = "",
-                            bucket_id: bytes | None = None) -> BucketRecord:
+    async def create_bucket(self, name: str, *, code: str = "",
+                            owner: str = "") -> BucketRecord:
+        """A new bucket, or BucketAlreadyOwnedByYou if this node knows one of the name.
+
+        Two nodes may create the same bucket at once (two CreateBucket calls at the same
+        moment, or on both sides of a partition); their rows then merge to one, last
+        writer wins. So that no object written under the losing row is out of sight, the
+        id does not come from chance but from (name, generation), the generation being
+        one more than that of the last deletion this node knows of the name: both rows
+        carry the same id, whichever wins. A deletion keeps a row with its generation
+        (:meth:`delete_bucket`), so a bucket made again takes a new id and never shows
+        the objects of its earlier life."""
         validate_bucket_name(name)
         try:
             parse_code(code)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        if self.state.get(BUCKETS.name, name) is not None:
+        known: BucketRecord | None = self.state.get(BUCKETS.name, name)
+        if known is not None and not known.deleted:
             raise BucketAlreadyOwnedByYou(BucketName=name)
-        record = BucketRecord(bucket_id=bucket_id or nacl.utils.random(16),
-                              created_ms=self.wall_ms(), code=code, owner=owner)
+        generation = 0 if known is None else known.generation + 1
+        record = BucketRecord(bucket_id=bucket_id_for(name, generation),
+                              created_ms=self.wall_ms(), code=code, owner=owner,
+                              generation=generation)
         await self.index.put_everywhere(BUCKETS.name, (name,), record)
         return record
 
     async def ensure_service_bucket(self, name: str, *, code: str = "") -> BucketRecord:
         """The bucket a service keeps its own objects in (database backups, sites, Spark's
         recovery state and logs), made if missing. Services on several nodes make it at
-        once when they start; the bucket rows they write then merge to one of them, and
-        objects written under a random id that lost would be out of sight for good. So a
-        service bucket's id comes from its name (:func:`service_bucket_id`): whichever row
-        wins, every node writes and reads under the same id."""
+        once when they start: as for any bucket (:meth:`create_bucket`) its id comes from
+        its name and generation, so whichever row wins, every node writes and reads under
+        the same id."""
         try:
             return self.bucket(name)
         except NoSuchBucket:
             pass
         try:
-            return await self.create_bucket(name, code=code,
-                                            bucket_id=service_bucket_id(name))
+            return await self.create_bucket(name, code=code)
         except BucketAlreadyOwnedByYou:
             return self.bucket(name)
 
     async def delete_bucket(self, name: str) -> None:
+        """Refused while it holds objects; leaves a row marked deleted that keeps the
+        generation (see :meth:`create_bucket`)."""
         bucket = self.bucket(name)
         for table in (OBJECTS.name,):
             low = encode_key((bucket.bucket_id,))
@@ -164,7 +190,9 @@ class ObjectStore:
                                             limit=50)
             if any(row.value is not None for row in rows):
                 raise BucketNotEmpty(BucketName=name)
-        await self.index.put_everywhere(BUCKETS.name, (name,), None)
+        gone = BucketRecord(bucket_id=bucket.bucket_id, created_ms=self.wall_ms(),
+                            owner=bucket.owner, generation=bucket.generation, deleted=True)
+        await self.index.put_everywhere(BUCKETS.name, (name,), gone)
 
     def code_for(self, bucket: BucketRecord) -> ErasureCode:
         explicit = self.explicit_code(bucket)

@@ -58,18 +58,26 @@ class Permission:
     ALL = ("read", "write")
 
 
-@message(RECORDS + 0)
+@message(RECORDS + 0, version=2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BucketRecord:
     bucket_id: bytes
-    """16 random bytes: the index partition key. A bucket deleted and created again gets a
-    new id, so rows of the old one can never reappear in it."""
+    """16 bytes: the index partition key, derived from the name and the generation
+    (:func:`blobstore.objects.bucket_id_for`), so nodes that create the same bucket at
+    once agree on it; buckets made before version 2 have a random one. A bucket deleted
+    and created again is a new generation with a new id, so rows of the old one can
+    never reappear in it."""
     created_ms: int
     code: str = ""
     """Erasure code for new objects: "" (automatic: 4+2 from 6 nodes, else 3 copies),
     "k+m" (e.g. "4+2"), or "rN" (N plain copies)."""
     owner: str = ""
     """Access key that created it through S3 ("" when made with the CLI or API)."""
+    generation: int = 0
+    """How many times a bucket of this name was deleted before this one was made."""
+    deleted: bool = False
+    """The bucket is gone: the row stays (instead of a tombstone, which is collected) so
+    that the next creation knows the generation to take."""
 
 
 @message(RECORDS + 1, version=2)

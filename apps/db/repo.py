@@ -85,12 +85,23 @@ class Repo:
 
     async def ensure_key(self) -> tuple[str, str]:
         """The mesh's database-backup S3 key and bucket (made by the first node needing
-        them; a race between two nodes ends with one secret, the row's)."""
+        them).
+
+        The key's id is the same on every node (:func:`access_key_id`), its secret is
+        random: two nodes that make it at once write two secrets, and the row keeps one.
+        So that this node never signs with a secret the row did not keep (every node's S3
+        API would answer SignatureDoesNotMatch until it noticed), a node that lacks the
+        row first asks its peers for it, and a node that made it reads it back from every
+        live peer once its write is on all of them: a rival write made before ours
+        reached its node is then merged here too, and the secret used is the one kept."""
         from blobstore.api import new_access_key
         from blobstore.records import S3KEYS, AccessKeyRecord
 
         state = self.service.state
+        index = self.blobs.index
         key_id = access_key_id(self.service.node.mesh.mesh_id)
+        if state.get(S3KEYS.name, key_id) is None:
+            await index.fetch_missing(S3KEYS.name, (key_id,))
         record = state.get(S3KEYS.name, key_id)
         if record is None:
             _, secret = new_access_key()
@@ -98,7 +109,9 @@ class Repo:
                                      created_ms=self.service.node.clock.wall_ms(),
                                      buckets={BUCKET: "read,write"},
                                      creator=self.service.node.node_id)
-            await self.blobs.index.put_everywhere(S3KEYS.name, (key_id,), record)
+            await index.put_everywhere(S3KEYS.name, (key_id,), record)
+            await index.gather(S3KEYS.name, (key_id,))
+            record = state.get(S3KEYS.name, key_id)
         objects = self.blobs.objects
         if objects is None:
             raise DbError("storage is starting", code="unavailable")

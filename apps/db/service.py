@@ -63,8 +63,13 @@ from apps.db.tables import (
     all_kept,
     all_members,
 )
-from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
-from apps.ingress.messages import ForwardOpen, ForwardReply
+from apps.ingress.forward import (
+    connect_upstream,
+    open_forward,
+    serve_forward,
+    splice_upstream,
+)
+from apps.ingress.messages import ForwardOpen
 from apps.ingress.ports import ephemeral_port
 from apps.leases import LEASE_DURATION, RENEW_EVERY
 from apps.workloads.leasing import LeaseService
@@ -1030,43 +1035,23 @@ class DbService(ServiceBase):
         upstream: Any = None
         if found is not None:
             node, member = found
-            try:
-                with trio.fail_after(OPEN_TIMEOUT):
-                    if node == self.node.node_id:
-                        upstream = await trio.open_tcp_stream("127.0.0.1", member.port)
-                    else:
-                        upstream = await self._open_forward(node, name, read_only)
-            except (ForwardError, MeshError, OSError, trio.TooSlowError,
-                    trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.EndOfChannel) as exc:
-                log.info("database %s: no way to its primary: %r", name, exc)
-                upstream = None
+            upstream = await connect_upstream(
+                node == self.node.node_id,
+                lambda: trio.open_tcp_stream("127.0.0.1", member.port),
+                lambda: self._open_forward(node, name, read_only),
+                f"database {name}: no way to its primary")
         if upstream is None:
             self.refused += 1
             await client.aclose()
             return False
         self.forwarded += 1
-        if isinstance(upstream, trio.SocketStream):
-            await splice_tcp(client, upstream)
-        else:
-            await splice_stream(client, upstream)
+        await splice_upstream(client, upstream)
         return True
 
     async def _open_forward(self, node: bytes, name: str, read_only: bool = False) -> Any:
-        stream = await self.node.transport.open_stream(node, DB_FORWARD_PROTOCOL)
-        try:
-            await stream.send(encode_message(ForwardOpen(
-                workload=name, endpoint=RO_ENDPOINT if read_only else ENDPOINT, index=0)))
-            reply = decode_message(await stream.receive(), ForwardReply, max_size=4096)
-        except BaseException:
-            with trio.move_on_after(1):
-                await stream.abort("database forward open failed")
-            raise
-        if not reply.ok:
-            with trio.move_on_after(1):
-                await stream.abort("refused")
-            raise ForwardError(reply.code or "refused", reply.message)
-        return stream
+        return await open_forward(self.node.transport, node, name,
+                                  RO_ENDPOINT if read_only else ENDPOINT, 0,
+                                  protocol=DB_FORWARD_PROTOCOL)
 
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only this node's own primary (a peer cannot make us connect elsewhere)."""
@@ -1117,22 +1102,8 @@ async def tcp_check(port: int, timeout: float = 2.0) -> bool:
 
 def _passwords_of(node: Any) -> DbPasswords:
     """Passwords sealed to the node keys ``ingress_keys`` publishes (the ingress service
-    publishes this node's; the table is opened here if it is not yet)."""
+    publishes this node's)."""
     from apps.ingress.tables import INGRESS_KEYS, seal_keys
-    from meshcloud.errors import LocalProtocolError
+    from meshcloud.kit.sealed import node_sealing
 
-    try:
-        node.state.open_table(INGRESS_KEYS)
-    except LocalProtocolError:
-        pass  # another service opened it
-
-    def revoked() -> set[bytes]:
-        return {subject for kind, subject, _ in node.records.revocations()
-                if kind == "node"}
-
-    def sealable() -> dict[bytes, bytes]:
-        gone = revoked()
-        return {n: k for n, k in seal_keys(node.state).items() if n not in gone}
-
-    return DbPasswords(node.state, node.node_id,
-                       node.datadir.node_key().to_curve25519_private(), sealable, revoked)
+    return DbPasswords(node.state, *node_sealing(node, INGRESS_KEYS, seal_keys))

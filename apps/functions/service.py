@@ -286,26 +286,11 @@ class FunctionService(ServiceBase):
     @staticmethod
     def _secrets_of(node: Any) -> FunctionSecrets:
         """Secrets sealed to the node keys ``ingress_keys`` publishes (the ingress
-        service publishes this node's; the table is opened here if it is not yet)."""
+        service publishes this node's)."""
         from apps.ingress.tables import INGRESS_KEYS, seal_keys
-        from meshcloud.errors import LocalProtocolError
+        from meshcloud.kit.sealed import node_sealing
 
-        try:
-            node.state.open_table(INGRESS_KEYS)
-        except LocalProtocolError:
-            pass  # the ingress service opened it
-
-        def revoked() -> set[bytes]:
-            return {subject for kind, subject, _ in node.records.revocations()
-                    if kind == "node"}
-
-        def sealable() -> dict[bytes, bytes]:
-            gone = revoked()
-            return {n: k for n, k in seal_keys(node.state).items() if n not in gone}
-
-        return FunctionSecrets(node.state, node.node_id,
-                               node.datadir.node_key().to_curve25519_private(),
-                               sealable, revoked)
+        return FunctionSecrets(node.state, *node_sealing(node, INGRESS_KEYS, seal_keys))
 
     async def secret_values(self, name: str) -> dict[str, str]:
         """The secrets of ``name`` for its instances; waits a little for the sealed key

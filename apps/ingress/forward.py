@@ -130,9 +130,10 @@ async def splice_tcp(a: trio.SocketStream, b: trio.SocketStream) -> bool:
 
 
 async def open_forward(transport: Transport, node: bytes, workload: str, endpoint: str,
-                       index: int) -> Stream:
-    """A stream connected to replica ``index`` on ``node``; ForwardError if refused."""
-    stream = await transport.open_stream(node, FORWARD_PROTOCOL)
+                       index: int, protocol: str = FORWARD_PROTOCOL) -> Stream:
+    """A stream connected to replica ``index`` on ``node``; ForwardError if refused.
+    ``protocol`` is the target's forward protocol (a service may serve its own)."""
+    stream = await transport.open_stream(node, protocol)
     try:
         with trio.fail_after(OPEN_TIMEOUT):
             await stream.send(encode_message(
@@ -210,3 +211,25 @@ async def serve_forward(stream: Stream, resolve: Callable[[ForwardOpen], int | N
 async def _refuse(stream: Stream, code: str, message: str) -> None:
     await stream.send(encode_message(ForwardReply(ok=False, code=code, message=message)))
     await stream.close()
+
+
+async def connect_upstream(here: bool, local: Callable[[], Awaitable[trio.SocketStream]],
+                           remote: Callable[[], Awaitable[Stream]],
+                           what: str) -> trio.SocketStream | Stream | None:
+    """A service's way to its replica: ``local()`` (its TCP port) when it runs on this node
+    (``here``), else ``remote()`` (a forward stream to its node), within OPEN_TIMEOUT.
+    None, logged with ``what``, when it does not open."""
+    try:
+        with trio.fail_after(OPEN_TIMEOUT):
+            return await (local() if here else remote())
+    except _ERRORS as exc:  # ForwardError (a refusal) is a MeshError
+        log.info("%s: %r", what, exc)
+        return None
+
+
+async def splice_upstream(client: trio.SocketStream,
+                          upstream: trio.SocketStream | Stream) -> bool:
+    """Copy both ways between ``client`` and what :func:`connect_upstream` opened."""
+    if isinstance(upstream, trio.SocketStream):
+        return await splice_tcp(client, upstream)
+    return await splice_stream(client, upstream)

@@ -31,8 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from apps.ingress.forward import ForwardError, serve_forward, splice_stream, splice_tcp
-from apps.ingress.messages import Exposure, ForwardOpen, ForwardReply
+from apps.ingress.forward import (
+    connect_upstream,
+    open_forward,
+    serve_forward,
+    splice_upstream,
+)
+from apps.ingress.messages import Exposure, ForwardOpen
 from apps.spark import core, dist
 from apps.spark.core import MASTER, WORKERS, ClusterPlan, SparkError
 from apps.spark.messages import SPARK_FORWARD_PROTOCOL, SparkCluster, SparkJob, SparkNode
@@ -45,7 +50,6 @@ from apps.spark.tables import (
     jobs,
     spark_nodes,
 )
-from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
 
@@ -57,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 1.0
-OPEN_TIMEOUT = 5.0
 UI_TIMEOUT = 3.0
 SOURCE_FILE = Path(__file__).with_name("source.py")
 MAX_LOG_READ = 256 * 1024
@@ -417,43 +420,21 @@ class SparkService(ServiceBase):
         upstream: Any = None
         if where is not None:
             node, port = where
-            try:
-                with trio.fail_after(OPEN_TIMEOUT):
-                    if node == self.node.node_id:
-                        upstream = await trio.open_tcp_stream(self.bind_host(), port)
-                    else:
-                        upstream = await self._open_forward(node)
-            except (ForwardError, MeshError, OSError, trio.TooSlowError,
-                    trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.EndOfChannel) as exc:
-                log.info("spark: no way to the master: %r", exc)
-                upstream = None
+            upstream = await connect_upstream(
+                node == self.node.node_id,
+                lambda: trio.open_tcp_stream(self.bind_host(), port),
+                lambda: self._open_forward(node), "spark: no way to the master")
         if upstream is None:
             self.refused += 1
             await client.aclose()
             return False
         self.forwarded += 1
-        if isinstance(upstream, trio.SocketStream):
-            await splice_tcp(client, upstream)
-        else:
-            await splice_stream(client, upstream)
+        await splice_upstream(client, upstream)
         return True
 
     async def _open_forward(self, node: bytes) -> Any:
-        stream = await self.node.transport.open_stream(node, SPARK_FORWARD_PROTOCOL)
-        try:
-            await stream.send(encode_message(ForwardOpen(workload=MASTER, endpoint="rpc",
-                                                         index=0)))
-            reply = decode_message(await stream.receive(), ForwardReply, max_size=4096)
-        except BaseException:
-            with trio.move_on_after(1):
-                await stream.abort("spark forward open failed")
-            raise
-        if not reply.ok:
-            with trio.move_on_after(1):
-                await stream.abort("refused")
-            raise ForwardError(reply.code or "refused", reply.message)
-        return stream
+        return await open_forward(self.node.transport, node, MASTER, "rpc", 0,
+                                  protocol=SPARK_FORWARD_PROTOCOL)
 
     def _resolve(self, request: ForwardOpen) -> int | None:
         """Only the master this node runs itself (a peer cannot make us connect elsewhere)."""

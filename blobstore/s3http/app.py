@@ -208,8 +208,7 @@ class S3App:
             raise AccessDenied()
         target = parse_target(request.header("host"), request.raw_path,
                               base_domains=self.base_domains)
-        if target.bucket is not None and \
-                self.store.state.get(BUCKETS.name, target.bucket) is None:
+        if target.bucket is not None and self.store.find_bucket(target.bucket) is None:
             await self.store.index.fetch_missing(BUCKETS.name, (target.bucket,))
         call = Call(request, auth, key, target.bucket, target.key, receive, request_id)
         return await route(self, call)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from blobstore.bucketlist import list_bucket
-from blobstore.records import S3KEYS, ObjectRecord, Permission
+from blobstore.records import S3KEYS, BucketRecord, ObjectRecord, Permission
 from blobstore.s3.conditions import Current, check_conditions, check_copy_source
 from blobstore.s3.errors import (
     AccessDenied,
@@ -205,7 +205,10 @@ async def create_bucket(app: S3App, call: Call) -> Reply:
     return Reply(200, [("location", f"/{name}")])
 
 
-async def list_objects(app: S3App, call: Call) -> Reply:
+def _list_params(app: S3App, call: Call) -> tuple[
+        str, BucketRecord, dict[str, str], str, str | None, str | None, int]:
+    """What both listings read of a request: (bucket name, bucket, query, prefix,
+    delimiter, encoding type, max keys); NoSuchBucket / InvalidArgument when off."""
     bucket_name = call.bucket or ""
     bucket = app.store.bucket(bucket_name)
     q = call.query()
@@ -216,6 +219,11 @@ async def list_objects(app: S3App, call: Call) -> Reply:
         raise InvalidArgument("Invalid Encoding Method specified in Request",
                               ArgumentName="encoding-type")
     max_keys = parse_max_keys(q.get("max-keys"))
+    return bucket_name, bucket, q, prefix, delimiter, encoding, max_keys
+
+
+async def list_objects(app: S3App, call: Call) -> Reply:
+    bucket_name, bucket, q, prefix, delimiter, encoding, max_keys = _list_params(app, call)
     if q.get("list-type") == "2":
         token = q.get("continuation-token")
         start_after = q.get("start-after", "")
@@ -248,16 +256,7 @@ async def list_objects(app: S3App, call: Call) -> Reply:
 
 async def list_object_versions(app: S3App, call: Call) -> Reply:
     """ListObjectVersions: without versioning each object is one version, ``null``."""
-    bucket_name = call.bucket or ""
-    bucket = app.store.bucket(bucket_name)
-    q = call.query()
-    prefix = q.get("prefix", "")
-    delimiter = q.get("delimiter") or None
-    encoding = q.get("encoding-type") or None
-    if encoding not in (None, "url"):
-        raise InvalidArgument("Invalid Encoding Method specified in Request",
-                              ArgumentName="encoding-type")
-    max_keys = parse_max_keys(q.get("max-keys"))
+    bucket_name, bucket, q, prefix, delimiter, encoding, max_keys = _list_params(app, call)
     key_marker = q.get("key-marker", "")
     version_marker = q.get("version-id-marker", "")
     if version_marker and not key_marker:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import nacl.exceptions
 import nacl.public
 import nacl.secret
+
+from meshcloud.errors import LocalProtocolError
 
 KEY_BYTES = 32
 KEY_ID_BYTES = 8
@@ -69,6 +71,39 @@ def decrypt(key: bytes, ciphertext: bytes) -> bytes | None:
         return bytes(nacl.secret.SecretBox(key).decrypt(ciphertext))
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return None
+
+
+class Sealing(NamedTuple):
+    """What a service's :class:`SealedKeys` needs of its node, in that order."""
+
+    node_id: bytes
+    curve_private: bytes
+    sealable: Callable[[], dict[bytes, bytes]]
+    revoked: Callable[[], set[bytes]]
+
+
+def node_sealing(node: Any, keys_table: Any,
+                 published: Callable[[Any], dict[bytes, bytes]]) -> Sealing:
+    """A node's sealing identity and its view of the members keys may be sealed to.
+
+    ``keys_table`` is the schema of the table where nodes publish their X25519 keys and
+    ``published(state)`` reads it (node id → public key); the table is opened here if no
+    other service opened it yet. A node revoked in the membership records is neither
+    sealable nor kept: ``revoked()`` lists those nodes."""
+    try:
+        node.state.open_table(keys_table)
+    except LocalProtocolError:
+        pass  # the service that publishes the keys opened it
+
+    def revoked() -> set[bytes]:
+        return {subject for kind, subject, _ in node.records.revocations() if kind == "node"}
+
+    def sealable() -> dict[bytes, bytes]:
+        gone = revoked()
+        return {n: k for n, k in published(node.state).items() if n not in gone}
+
+    return Sealing(node.node_id, node.datadir.node_key().to_curve25519_private(),
+                   sealable, revoked)
 
 
 class SealedKeys(Generic[B]):

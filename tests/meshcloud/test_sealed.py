@@ -81,3 +81,62 @@ def test_keys_sealed_to_members_resealed_to_joiners_dropped_for_revoked():
     assert set(a.boxes("item")) == {b"a", b"b"}
     a.drop("item")
     assert state.scan("t") == [] and a.open("item", key_id) is None
+
+
+class _Key:
+    def __init__(self, private: bytes) -> None:
+        self.private = private
+
+    def to_curve25519_private(self) -> bytes:
+        return self.private
+
+
+class _Node:
+    """Only what :func:`sealed.node_sealing` reads of a node (the unit under test is the
+    helper; the services using it run their own tests on real nodes)."""
+
+    def __init__(self, state: _OpeningState, private: bytes) -> None:
+        self.node_id = b"me"
+        self.state = state
+        self.revoked: list[tuple[str, bytes, int]] = []
+        self.records = self
+        self.datadir = self
+        self._key = _Key(private)
+
+    def revocations(self) -> list[tuple[str, bytes, int]]:
+        return list(self.revoked)
+
+    def node_key(self) -> _Key:
+        return self._key
+
+
+class _OpeningState(FakeState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[str] = []
+
+    def open_table(self, schema) -> None:
+        from meshcloud.errors import LocalProtocolError
+
+        if schema in self.opened:
+            raise LocalProtocolError(f"table {schema} is already open")
+        self.opened.append(schema)
+
+
+def test_node_sealing_leaves_out_revoked_nodes_and_opens_the_keys_table_once():
+    state = _OpeningState()
+    private = _private()
+    node = _Node(state, private)
+    for n in (b"a", b"b", b"me"):
+        state.put("keys", (n,), b"pub-" + n)
+    one = sealed.node_sealing(node, "keys", lambda s: {k[0]: v for k, v in s.scan("keys")})
+    two = sealed.node_sealing(node, "keys", lambda s: {})  # the table is open: no error
+    assert state.opened == ["keys"] and two.node_id == b"me"
+    assert one.node_id == b"me" and one.curve_private == private
+    assert one.sealable() == {b"a": b"pub-a", b"b": b"pub-b", b"me": b"pub-me"}
+    node.revoked += [("node", b"b", 1), ("invite", b"a", 2)]
+    assert one.revoked() == {b"b"}  # an invite's revocation is not a node's
+    assert one.sealable() == {b"a": b"pub-a", b"me": b"pub-me"}
+    keys = sealed.SealedKeys(state, "t", lambda i, b: Box(i, b), *one)
+    assert keys.curve_public == sealed.curve_public(private)
+    assert set(keys.members()) == {b"a", b"me"}
