@@ -4,7 +4,9 @@ Starts two genuine agents (``meshcloud init`` / ``invite`` / ``join`` / ``up``),
 settle, reads the idle RSS of one, then asks agent A (over its API) to measure the link to
 agent B with :func:`meshcloud.transport.benchmark.measure`: fresh connects (TCP + Noise XX
 + certificate checks), small request/response on a fresh stream each (≥ 1,000), and a bulk
-stream of 256 MiB. Several rounds; the median of each figure is reported.
+stream of 256 MiB. Several rounds; the median of each figure is reported, with agent A's
+CPU time per request (``rpc_cpu_us``, comparable across loads where the wall times are
+not) and the highest 1-minute load average seen at a round's start (``load_avg``).
 
 Reference (measured here before the project started, see docs/architecture.md):
 py-libp2p 0.8.1 idled at 84 MiB, moved 186–367 MB/s with 0.34–0.58 ms round trips.
@@ -49,15 +51,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                  timeout=600)
             results.append(figures)
             print(f"round {index + 1}: connect {figures['connect_ms']:.2f} ms, "
-                  f"rpc p50 {figures['rpc_p50_ms']:.3f} ms p99 {figures['rpc_p99_ms']:.3f} ms, "
+                  f"rpc p50 {figures['rpc_p50_ms']:.3f} ms p99 {figures['rpc_p99_ms']:.3f} ms "
+                  f"({figures['rpc_cpu_us']:.0f} us CPU each), "
                   f"stream {figures['stream_mb_s']:.0f} MB/s "
-                  f"({figures['bulk_bytes'] >> 20} MiB)")
+                  f"({figures['bulk_bytes'] >> 20} MiB), load {figures['load_avg']}")
     out = {key: round(statistics.median(r[key] for r in results), 3)
-           for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "stream_mb_s")}
+           for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "rpc_cpu_us", "stream_mb_s")}
+    out["load_avg"] = max(r["load_avg"] or 0.0 for r in results)
     out["idle_rss_mb"] = max(x for x in idle if x is not None)
     print()
     print(f"{'figure':<14}{'measured':>12}{'target':>12}   py-libp2p 0.8.1 (earlier, here)")
-    for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "stream_mb_s", "idle_rss_mb"):
+    for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "rpc_cpu_us", "stream_mb_s",
+                "idle_rss_mb", "load_avg"):
         ref = LIBP2P.get(key)
         if ref is None:
             ref_text = ""

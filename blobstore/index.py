@@ -508,6 +508,8 @@ class Index:
     async def _repair(self, table: str, partition: Key, replies: dict[NodeId, dict[bytes, bytes]],
                       keys: Collection[bytes] | None) -> None:
         """Send the merged entry of each key to every replica that answered otherwise."""
+        if len(replies) < 2:  # one copy (a 1-node mesh): nothing to compare it with
+            return
         core = self._table(table)
         merged = _merge(core, list(replies.values()))
         for node, rows in replies.items():
@@ -519,6 +521,8 @@ class Index:
     async def _repair_scan(self, table: str, partition: Key,
                            replies: dict[NodeId, tuple[dict[bytes, bytes], bool]],
                            found: list[Found]) -> None:
+        if len(replies) < 2:  # ``found`` is that one copy's rows
+            return
         for node, (rows, truncated) in replies.items():
             edge = max(rows) if truncated and rows else None
             stale = [(f.key, _bytes(f)) for f in found

@@ -56,16 +56,22 @@ class Repo:
         self.looked: dict[str, float] = {}
         self.locks: dict[str, trio.Lock] = {}
         self.error = ""
+        self.wanted = trio.Event()
+        """Set (by the controller) once the mesh holds a database or kept backups: only
+        then does this node make its TLS front (``cryptography``, 7 MiB resident) and the
+        backup key."""
 
     # --- infrastructure --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Start the TLS front once the node's S3 API listens; keep the key known."""
+        """Start the TLS front once the mesh has a database (:meth:`want`) and the node's
+        S3 API listens; keep the key known."""
         task_status.started()
         if self.blobs is None:
             self.error = "no storage service on this node: backups unavailable"
             return
+        await self.wanted.wait()
         while not getattr(self.blobs, "s3_urls", None):
             await trio.sleep(0.5)
         tls_dir = self.service.root / ".tls"
@@ -82,6 +88,10 @@ class Repo:
                     self.error = f"backup repository not ready: {exc}"
                 await trio.sleep(5 if self.key is None else 30)
                 self._refresh_key()
+
+    def want(self) -> None:
+        """The mesh holds a database (or kept backups): bring the repository up."""
+        self.wanted.set()
 
     async def ensure_key(self) -> tuple[str, str]:
         """The mesh's database-backup S3 key and bucket (made by the first node needing

@@ -596,6 +596,8 @@ class DbService(ServiceBase):
 
     async def control_round(self) -> None:
         specs = all_databases(self.state)
+        if not self.repo.wanted.is_set() and (specs or all_kept(self.state)):
+            self.repo.want()
         me = self.node.node_id
         members = all_members(self.state)
         known = self.known_nodes()

@@ -96,10 +96,14 @@ async def measure(transport: Transport, peer_address: str, *, connects: int = 25
     * ``connect_ms``: median of ``connects`` fresh connections (TCP, handshake, cert checks);
     * ``rpc_p50_ms``/``rpc_p99_ms``: a 64-byte request and its echo on a fresh stream each
       (the shape of :func:`~meshcloud.transport.base.request`), ``rpcs`` times;
+    * ``rpc_cpu_us``: CPU time this process (all its tasks and threads) used per request
+      meanwhile: unlike wall time it barely moves with other processes' load, so runs on
+      a busy machine compare; ``load_avg``: the 1-minute load average at the start;
     * ``pingpong_p50_ms``: the same on one long-lived stream;
     * ``stream_mb_s``: ``bulk_bytes`` sent to the sink in ``message_size`` messages, timed
       until the sink confirmed the byte count.
     """
+    load = load_average()
     peer = await transport.dial(peer_address)
     node = peer.node_id
     times = []
@@ -113,7 +117,9 @@ async def measure(transport: Transport, peer_address: str, *, connects: int = 25
     request = b"q" * 64
     for _ in range(100):  # warm up
         await _one_rpc(transport, node, request)
+    cpu = time.process_time()
     rpc = sorted([await _one_rpc(transport, node, request) for _ in range(rpcs)])
+    rpc_cpu = (time.process_time() - cpu) / rpcs
 
     stream = await transport.open_stream(node, ECHO)
     pings = []
@@ -140,6 +146,8 @@ async def measure(transport: Transport, peer_address: str, *, connects: int = 25
         "connect_ms": round(connect_ms, 3),
         "rpc_p50_ms": round(_percentile(rpc, 0.5) * 1000, 4),
         "rpc_p99_ms": round(_percentile(rpc, 0.99) * 1000, 4),
+        "rpc_cpu_us": round(rpc_cpu * 1e6, 1),
+        "load_avg": load,
         "pingpong_p50_ms": round(_percentile(pings, 0.5) * 1000, 4),
         "stream_mb_s": round(count * message_size / elapsed / 1e6, 1),
         "bulk_bytes": count * message_size,
@@ -178,6 +186,14 @@ def load_credentials(path: Path) -> tuple[SigningKey, MeshAuthenticator]:
     authenticator = MeshAuthenticator(data["root"], MemoryMembershipRecords(),
                                       lambda: time.time_ns() // 1_000_000, cert)
     return SigningKey(data["seed"]), authenticator
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def rss_mib(pid: int) -> float | None:

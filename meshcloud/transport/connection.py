@@ -292,7 +292,8 @@ class Connection:
         # close/retire before run started) sends them first.
         self._first = first
         self._writer_lot = trio.lowlevel.ParkingLot()
-        self._timer_lot = trio.lowlevel.ParkingLot()  # wakes the timer to look again
+        self._timer_scope: trio.CancelScope | None = None
+        """The timer's sleep; its deadline is moved earlier when there is more to watch."""
         self.last_used = trio.current_time()
         """When a stream was opened, or a datagram or any byte went either way (trio time)."""
         self._cancel = trio.CancelScope()
@@ -340,7 +341,7 @@ class Connection:
         self.last_used = now
         if not self.mux.watching:
             self.mux.activate(now)
-            self._timer_lot.unpark_all()
+            self._timer_by(self.mux.next_deadline())
 
     def retire(self, reason: str) -> None:
         """Stop opening streams here and close once both sides are done (duplicates)."""
@@ -385,7 +386,7 @@ class Connection:
     def release(self, stream: TcpStream) -> None:
         self.streams.pop(stream.stream_id, None)
         if not self.streams:
-            self._timer_lot.unpark_all()  # idle now: the timer sets the idle deadline
+            self._timer_by(self._idle_deadline())  # idle now: the idle deadline counts
         self._close_if_drained()
 
     def release_if_done(self, stream: TcpStream) -> None:
@@ -560,7 +561,7 @@ class Connection:
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=True)
         self.streams[stream_id] = stream
         self.usage.opened(protocol)
-        self._timer_lot.unpark_all()  # the core watches now: the timer must look again
+        self._timer_by(self.mux.next_deadline())  # the core watches now
         transport._spawn_handler(handler, stream)
 
     async def _writer(self) -> None:
@@ -633,25 +634,37 @@ class Connection:
             return None
         return self.last_used + timeout
 
+    def _timer_by(self, at: float | None) -> None:
+        """The timer must look again at ``at`` at the latest (None: nothing new to watch).
+
+        Moves the deadline of the timer's sleep earlier instead of waking it: a request on
+        a fresh stream (a stream opened and released on an idle connection) costs the
+        timer no task step; it wakes once at the earliest deadline and looks at all."""
+        scope = self._timer_scope
+        if at is not None and scope is not None and at < scope.deadline:
+            scope.deadline = at
+
     async def _timer(self) -> None:
         mux = self.mux
         while True:
+            if mux.state in (MuxState.DEAD, MuxState.ERROR):
+                return
             deadline = mux.next_deadline()
             idle_at = self._idle_deadline()
-            if deadline is None:
-                if mux.state in (MuxState.DEAD, MuxState.ERROR):
-                    return
-                with trio.move_on_at(idle_at if idle_at is not None else math.inf):
-                    await self._timer_lot.park()
-                now = trio.current_time()
-                idle_at = self._idle_deadline()  # traffic may have moved it meanwhile
-                if idle_at is not None and now >= idle_at:
-                    self.transport._on_idle(self)
+            wake = min(math.inf if deadline is None else deadline,
+                       math.inf if idle_at is None else idle_at)
+            with trio.CancelScope(deadline=wake) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            idle_at = self._idle_deadline()  # traffic may have moved it meanwhile
+            if idle_at is not None and now >= idle_at:
+                self.transport._on_idle(self)
                 continue
-            with trio.move_on_at(deadline):
-                await self._timer_lot.park()
-            if trio.current_time() < deadline:
-                continue  # woken early to look again
+            deadline = mux.next_deadline()
+            if deadline is None or now < deadline:
+                continue  # woken early (the deadline moved): look again
             # If this process stalled (a long computation, a suspended phone), the peer's
             # bytes may be waiting unread in the socket: read them before judging silence.
             for _ in range(READS_BEFORE_YIELD):

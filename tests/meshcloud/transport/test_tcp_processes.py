@@ -108,6 +108,7 @@ async def test_benchmark_measures_a_peer_process(nursery, tmp_path):
     for key in ("connect_ms", "rpc_p50_ms", "rpc_p99_ms", "pingpong_p50_ms", "stream_mb_s"):
         assert figures[key] > 0, key
     assert figures["rpc_p50_ms"] <= figures["rpc_p99_ms"]
+    assert 0 < figures["rpc_cpu_us"] < 1e6 and figures["load_avg"] >= 0
 
 
 async def test_our_own_stall_does_not_kill_a_live_peer(nursery, tmp_path):
