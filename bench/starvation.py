@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -343,13 +344,19 @@ def _make_bucket(agent: Agent, key: dict[str, str]) -> None:
 
 
 def burst(cluster: LocalCluster, n: int, live: dict[str, tuple[float, float]], *,
-          quiet: float = 30.0) -> dict[str, Any]:
-    """Join ``n`` new agents (data dirs only), start them all at once, let them settle
-    (until every agent lists every agent alive, then ``quiet`` seconds more)."""
+          quiet: float = 30.0, joined: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Join ``n`` new agents (data dirs only; ``joined()`` is called once they are), start
+    them all at once, let them settle (until every agent lists every agent alive, then
+    ``quiet`` seconds more)."""
     # every first-generation agent joined through the admin's node (certificates of one
-    # link), so each can sponsor newcomers (a chain is at most MAX_CHAIN links)
+    # link), so each can sponsor newcomers (a chain is at most MAX_CHAIN links); the
+    # newcomers of one sponsor join at once
     through = [a for a in cluster.agents if a.running]
-    fresh = [cluster.join(through=through[i % len(through)], start=False) for i in range(n)]
+    fresh = [agent for i, sponsor in enumerate(through)
+             for agent in cluster.join_many([{} for _ in range(i, n, len(through))],
+                                            through=sponsor)]
+    if joined is not None:
+        joined()
     started_ms = time.time() * 1000
     for agent in fresh:
         agent.start(wait=False)

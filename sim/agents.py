@@ -22,13 +22,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshcloud.datadir import DataDir
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+"""Seconds an agent may take to write its run/agent.json: a loaded machine (every core
+busy, other meshes starting) has taken over 30 s."""
 
 
 class AgentError(Exception):
@@ -224,14 +227,39 @@ class LocalCluster:
             agent.start()
         return agent
 
+    def join_many(self, specs: list[dict[str, Any]], through: Agent | None = None
+                  ) -> list[Agent]:
+        """New agents (one per spec: :meth:`new_agent`'s keyword arguments) joined through
+        one member, their `meshcloud join` commands run at once (as machines joining
+        together would); not started."""
+        through = through or self.agents[0]
+        fresh = [(self.invite(through), self.new_agent(**spec)) for spec in specs]
+        n = len(fresh)
+        with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+            for done in [pool.submit(agent.cli, "join", token, *agent.node_flags())
+                         for token, agent in fresh]:
+                done.result()
+        return [agent for _token, agent in fresh]
+
+    def start_all(self, agents: list[Agent], timeout: float = START_TIMEOUT) -> None:
+        """Start agents at once, then wait until each is ready."""
+        for agent in agents:
+            agent.start(wait=False)
+        for agent in agents:
+            agent.wait_ready(timeout=timeout)
+
     @classmethod
     def create(cls, root: Path, n: int, *, chain: bool = True, **kwargs: Any) -> LocalCluster:
-        """n agents; with ``chain`` each joins through the one before it."""
+        """n agents; with ``chain`` each joins through the one before it, one after the
+        other; without, all join through the first at once, then start at once."""
         cluster = cls(root, **kwargs)
         try:
             cluster.init_first()
-            for i in range(1, n):
-                cluster.join(through=cluster.agents[i - 1] if chain else cluster.agents[0])
+            if chain:
+                for i in range(1, n):
+                    cluster.join(through=cluster.agents[i - 1])
+            else:
+                cluster.start_all(cluster.join_many([{} for _ in range(n - 1)]))
         except BaseException:
             cluster.close()
             raise
@@ -286,8 +314,8 @@ def process_mesh(root: Path, addresses: list[str], *, http_port: int,
                                 "MESHCLOUD_HTTP": f"mesh:{http_port}"})
     try:
         cluster.init_first(listen=f"{addresses[0]}:0")
-        for address in addresses[1:]:
-            cluster.join(through=cluster.agents[0], listen=f"{address}:0")
+        cluster.start_all(cluster.join_many([{"listen": f"{address}:0"}
+                                             for address in addresses[1:]]))
         if wait_alive:
             wait_until(lambda: all(
                 len([m for m in a.get("/v1/status")["members"] if m.get("state") == "alive"])

@@ -65,24 +65,24 @@ class RealRun:
     # --- building -----------------------------------------------------------------------
 
     def build(self) -> None:
+        """The first agent inits the mesh; the others join through it at once and start
+        together, as machines switched on together would."""
         n = self.scenario.scenario.nodes
         self.lab = NetnsLab(n)
         bandwidth = self.scenario.network.bandwidth
+        specs = []
         for index, host in enumerate(self.lab.hosts):
-            agent = self.cluster.new_agent(
-                f"node{index + 1}", listen=f"{host.ip}:{PEER_PORT}", api=f"{host.ip}:{API_PORT}",
-                s3=f"{host.ip}:{S3_PORT}", prefix=host.exec_prefix(),
-                extra_args=["--profile", self.scenario.scenario.profile])
-            self.host_of[agent.name] = host
+            self.host_of[f"node{index + 1}"] = host
             if bandwidth:
                 self.lab.bandwidth(host, f"{int(bandwidth * 8)}bit")
-            if index == 0:
-                agent.cli("init", "--name", self.scenario.name, *agent.node_flags())
-            else:
-                through = self.rng.choice(self.cluster.agents[:-1])
-                token = self.cluster.invite(through)
-                agent.cli("join", token, *agent.node_flags())
-            agent.start()
+            specs.append({"name": f"node{index + 1}", "listen": f"{host.ip}:{PEER_PORT}",
+                          "api": f"{host.ip}:{API_PORT}", "s3": f"{host.ip}:{S3_PORT}",
+                          "prefix": host.exec_prefix(),
+                          "extra_args": ["--profile", self.scenario.scenario.profile]})
+        first = self.cluster.new_agent(**specs[0])
+        first.cli("init", "--name", self.scenario.name, *first.node_flags())
+        first.start()
+        self.cluster.start_all(self.cluster.join_many(specs[1:], through=first))
         if self.scenario.network.loss:
             self.lab.loss(self.lab.hosts, self.scenario.network.loss)
 

@@ -3,6 +3,7 @@ on two pytest-xdist workers: ``-n 2 --dist loadgroup``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ settings.register_profile("meshcloud", deadline=None)
 settings.load_profile("meshcloud")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every agent and CLI command a test starts is a fresh Python process. With
+# PYTHONDONTWRITEBYTECODE set (some shells and CI images set it) each one compiled the
+# project's ~330 modules from source again: about 0.5 s of CPU per `meshcloud up` or `join`,
+# paid hundreds of times per run. The children write and reuse ``__pycache__`` (gitignored).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 MACHINE_LANE = (
     "tests/realproc/test_workloads.py",      # podman stores, iptables DROP rules

@@ -39,3 +39,10 @@ def test_the_scheduler_puts_a_lane_in_one_unit_and_other_tests_alone() -> None:
     assert split("tests/ui/test_pages.py::test_x[desktop]") == "agents"
     assert split("tests/realproc/test_workloads.py::test_drain") == "machine"
     assert split("tests/gossip/test_core.py::test_a") == "tests/gossip/test_core.py::test_a"
+
+
+def test_the_processes_tests_start_reuse_compiled_bytecode() -> None:
+    # each agent and CLI child would otherwise compile the project from source again
+    import os
+
+    assert "PYTHONDONTWRITEBYTECODE" not in os.environ

@@ -21,11 +21,16 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 def test_a_burst_of_agents_starting_at_once_declares_no_live_agent_dead(cluster_factory):
-    cluster = cluster_factory(3)
+    cluster = cluster_factory(3, chain=False)  # sponsors of one link (bench.starvation)
     live = {a.node_id: (time.time() * 1000, float("inf")) for a in cluster.agents}
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 2)]
+    hogs: list[subprocess.Popen[bytes]] = []
+
+    def saturate() -> None:  # once the newcomers have joined, before they start
+        hogs.extend(subprocess.Popen([sys.executable, "-c", HOG])
+                    for _ in range(os.cpu_count() or 2))
+
     try:
-        figures = burst(cluster, 16, live, quiet=0.0)
+        figures = burst(cluster, 16, live, quiet=0.0, joined=saturate)
     finally:
         for hog in hogs:
             hog.kill()

@@ -28,10 +28,11 @@ ENV = {"MESHCLOUD_BLOB_REPAIR_INTERVAL": "3"}
 
 def sizes(rng: random.Random) -> list[int]:
     # the largest spans four 4 MiB chunks: every multi-chunk path without 64 MiB read
-    # back four times
+    # back four times; one of 2-3 chunks with a partial last one; forty of one partial
+    # chunk (below 1 MiB: the same single-chunk path as up to 4 MiB, a third of the bytes)
     out = [0, 1, 4095, 4096, 4 * MIB, 4 * MIB + 1, 16 * MIB]
-    out += [rng.randrange(8 * MIB, 12 * MIB) for _ in range(3)]
-    out += [rng.randrange(64 * 1024, 3 * MIB) for _ in range(40)]
+    out += [rng.randrange(8 * MIB, 12 * MIB)]
+    out += [rng.randrange(64 * 1024, MIB) for _ in range(40)]
     out += [rng.randrange(0, 64 * 1024) for _ in range(200 - len(out))]
     rng.shuffle(out)
     return out

@@ -29,7 +29,7 @@ def all_alive(cluster: LocalCluster) -> bool:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    cluster = LocalCluster.create(tmp_path_factory.mktemp("rywmesh"), N)
+    cluster = LocalCluster.create(tmp_path_factory.mktemp("rywmesh"), N, chain=False)
     try:
         wait_until(lambda: all_alive(cluster), 90, interval=0.2, message="every member alive")
         key = cluster.agents[0].post("/v1/storage/keys", {

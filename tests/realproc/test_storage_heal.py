@@ -24,9 +24,11 @@ pytestmark = pytest.mark.real
 
 KIB = 1024
 MIB = 1024 * KIB
-ENV = {"MESHCLOUD_BLOB_REPAIR_INTERVAL": "2", "MESHCLOUD_BLOB_GC_GRACE": "20",
+ENV = {"MESHCLOUD_BLOB_REPAIR_INTERVAL": "2", "MESHCLOUD_BLOB_GC_GRACE": "8",
        "MESHCLOUD_BLOB_GC_INTERVAL": "3"}
-"""Short GC grace: the old layouts' shards, unreferenced once re-encoded, go within a minute."""
+"""Short GC grace: the old layouts' shards, unreferenced once re-encoded, go within about
+20 s (a shard goes once it is past the grace and still unreferenced a grace later; the
+writes and re-encodes here commit their manifests within a second or two of storing)."""
 SIZES = [5 * KIB, 64 * KIB, 300 * KIB, MIB, 4 * MIB + 7, 9 * MIB]
 
 

@@ -32,7 +32,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    cluster = LocalCluster.create(tmp_path_factory.mktemp("s3mesh"), 3)
+    cluster = LocalCluster.create(tmp_path_factory.mktemp("s3mesh"), 3, chain=False)
     try:
         admin = cluster.agents[0]
         key = admin.post("/v1/storage/keys", {"name": "tests", "buckets": {"*": "read,write"},

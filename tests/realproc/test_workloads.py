@@ -121,8 +121,7 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(root, extra_args=["--profile", "local"])
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 5):
-            cluster.join(through=cluster.agents[i - 1], listen=f"{ADDRESSES[i]}:0")
+        cluster.start_all(cluster.join_many([{"listen": f"{a}:0"} for a in ADDRESSES[1:]]))
         with ThreadPoolExecutor(len(cluster.agents)) as pool:  # every node builds at once
             builds = list(pool.map(lambda a: a.api_call(
                 "POST", "/v1/images/build-demo", {}, timeout=120)["built"], cluster.agents))
