@@ -286,8 +286,12 @@ def process_mesh(root: Path, addresses: list[str], *, http_port: int,
                                 "MESHCLOUD_HTTP": f"mesh:{http_port}"})
     try:
         cluster.init_first(listen=f"{addresses[0]}:0")
-        for address in addresses[1:]:
-            cluster.join(through=cluster.agents[0], listen=f"{address}:0")
+        for address in addresses[1:]:  # joined one by one, started all at once
+            cluster.join(through=cluster.agents[0], listen=f"{address}:0", start=False)
+        for agent in cluster.agents[1:]:
+            agent.start(wait=False)
+        for agent in cluster.agents[1:]:
+            agent.wait_ready()
         if wait_alive:
             wait_until(lambda: all(
                 len([m for m in a.get("/v1/status")["members"] if m.get("state") == "alive"])
