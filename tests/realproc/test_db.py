@@ -12,7 +12,10 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -22,6 +25,7 @@ from sim.agents import Agent, LocalCluster, wait_until
 
 ADDRESSES = [f"127.0.0.{61 + i}" for i in range(3)]
 PSQL = "/usr/lib/postgresql/15/bin/psql"
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -82,8 +86,12 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(root, extra_args=["--profile", "local"])
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 3):
-            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0")
+        for i in range(1, 3):  # joined one by one, started all at once
+            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0", start=False)
+        for agent in cluster.agents[1:]:
+            agent.start(wait=False)
+        for agent in cluster.agents[1:]:
+            agent.wait_ready()
         yield cluster
     finally:
         cluster.close()
@@ -92,6 +100,13 @@ def cluster(tmp_path_factory):
         for agent in cluster.agents:  # the homes root outlives the test's tmp dir
             for root in db_roots(agent, node_dirs=True):
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def at_once(*calls: Callable[[], T]) -> list[T]:
+    """Independent requests (CLI processes, psql) run at the same time; their results in
+    order."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
 
 
 def databases(agent: Agent) -> dict[str, dict]:
@@ -116,14 +131,18 @@ def test_create_reach_through_every_node_sync_standby_and_rm(cluster):
     out = a.cli("db", "create", "shop", "--standbys", "1", "--port", str(port),
                 "--param", "work_mem=24MB", "--param", "jit=off").stdout
     assert f"port {port}" in out
-    # bad input: one clear error, nothing stored
-    bad = a.cli("db", "create", "Bad-Name", check=False)
+    # bad input: one clear error, nothing stored (the requests at once, while the database
+    # starts: each is refused on its own)
+    cases = (("no_such=1", "no such setting"), ("port=1", "set by meshcloud"),
+             ("work_mem=lots", "a number"))
+    bad, dup, *refused = at_once(
+        lambda: a.cli("db", "create", "Bad-Name", check=False),
+        lambda: a.cli("db", "create", "shop", check=False),
+        *[lambda param=param: a.cli("db", "create", "other", "--param", param, check=False)
+          for param, _ in cases])
     assert bad.returncode != 0 and "bad database name" in (bad.stderr + bad.stdout)
-    for param, says in (("no_such=1", "no such setting"), ("port=1", "set by meshcloud"),
-                        ("work_mem=lots", "a number")):
-        refused = a.cli("db", "create", "other", "--param", param, check=False)
-        assert refused.returncode != 0 and says in refused.stderr, refused.stderr
-    dup = a.cli("db", "create", "shop", check=False)
+    for (_, says), result in zip(cases, refused, strict=True):
+        assert result.returncode != 0 and says in result.stderr, result.stderr
     assert dup.returncode != 0 and "already exists" in (dup.stderr + dup.stdout)
     assert sorted(databases(b)) == ["shop"]
 

@@ -15,7 +15,15 @@ import pytest
 
 from apps.ingress.ports import ephemeral_port
 from sim.agents import LocalCluster, wait_until
-from tests.realproc.test_db import databases, db_roots, kill_postgres, psql, ready, via
+from tests.realproc.test_db import (
+    at_once,
+    databases,
+    db_roots,
+    kill_postgres,
+    psql,
+    ready,
+    via,
+)
 
 ADDRESSES = [f"127.0.0.{71 + i}" for i in range(2)]
 
@@ -93,16 +101,18 @@ def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
     r = psql(url, "INSERT INTO t SELECT generate_series(151, 200)")
     assert r.returncode == 0, r.stderr
 
-    # bad input: a time before the first backup, a taken name, a bad time
-    before = a.cli("db", "restore", "shop", "--at", str(first_stop - 3600), "--as", "nope",
-                   check=False, timeout=300)
+    # bad input: a time before the first backup, a taken name, a bad time (three requests
+    # at once: each is refused alone, and none may leave anything behind)
+    before, taken, garbage = at_once(
+        lambda: a.cli("db", "restore", "shop", "--at", str(first_stop - 3600), "--as",
+                      "nope", check=False, timeout=300),
+        lambda: a.cli("db", "restore", "shop", "--at", at, "--as", "shop", check=False,
+                      timeout=300),
+        lambda: a.cli("db", "restore", "shop", "--at", "yesterday", "--as", "nope",
+                      check=False, timeout=300))
     assert before.returncode != 0 and "before the first backup" in before.stderr, \
         before.stderr
-    taken = a.cli("db", "restore", "shop", "--at", at, "--as", "shop", check=False,
-                  timeout=300)
     assert taken.returncode != 0 and "already exists" in taken.stderr, taken.stderr
-    garbage = a.cli("db", "restore", "shop", "--at", "yesterday", "--as", "nope",
-                    check=False, timeout=300)
     assert garbage.returncode != 0 and "bad time" in garbage.stderr, garbage.stderr
     assert sorted(databases(a)) == ["shop"]
 
@@ -168,11 +178,12 @@ def test_backup_then_point_in_time_restore_as_a_new_database(cluster):
     # --delete-backups: on a live database (stopped first), then on the removed one
     wait_until(lambda: stanza_objects(a, "again"), 120, interval=1,
                message="again's own stanza in the bucket")
-    out = a.cli("db", "rm", "again", "--delete-backups", timeout=300).stdout
-    assert "deleted its backups" in out, out
+    live, removed = at_once(
+        lambda: a.cli("db", "rm", "again", "--delete-backups", timeout=300).stdout,
+        lambda: a.cli("db", "rm", "copy", "--delete-backups", timeout=300).stdout)
+    assert "deleted its backups" in live, live
+    assert "deleted its backups" in removed, removed
     assert stanza_objects(a, "again") == []
-    out = a.cli("db", "rm", "copy", "--delete-backups", timeout=300).stdout
-    assert "deleted its backups" in out, out
     assert stanza_objects(a, "copy") == []
     assert stanza_objects(a, "shop"), "another database's backups stay"
     assert "backups kept" not in a.cli("db", "ls").stdout

@@ -23,7 +23,10 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +48,7 @@ split = spark.conf.get("spark.meshcloud.split", "67108864")
 lines = spark.read.format("meshcloud").option("split", split).load(args["--input"])
 words = lines.select(F.explode(F.split(F.col("value"), " ")).alias("word")) \\
     .where(F.col("word") != "")
-counts = words.groupBy("word").count().repartition(3)
+counts = words.groupBy("word").count().repartition(3).cache()
 counts.write.format("meshcloud").option("format", "csv").mode("append") \\
     .save(args["--output"])
 print("wordcount done", counts.count())
@@ -64,12 +67,14 @@ lines = spark.read''').replace('appName("wordcount")', 'appName("gated")')
 """The word count, held after its executors started until ``books/gate/`` has an object:
 an application that is running when the test kills the master's node."""
 
-PARQUET = '''
+PARQUET_HELD = '''
 import sys
+import time
+import pyspark_meshcloud as mc
 from pyspark.sql import SparkSession, functions as F
 
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-spark = SparkSession.builder.appName("parquet").getOrCreate()
+spark = SparkSession.builder.appName("held-ui").getOrCreate()
 df = spark.range(0, 3000, numPartitions=3).select(
     F.col("id"), (F.col("id") * 0.5).alias("half"), F.col("id").cast("string").alias("s"),
     (F.col("id") % 3 == 0).alias("third"))
@@ -77,23 +82,16 @@ df.write.format("meshcloud").option("format", "parquet").mode("append").save(arg
 back = spark.read.format("meshcloud").option("format", "parquet").load(args["--output"])
 assert back.schema.simpleString() == df.schema.simpleString(), back.schema.simpleString()
 assert sorted(back.collect()) == sorted(df.collect())
-print("parquet round trip", back.count(), back.rdd.getNumPartitions())
-spark.stop()
-'''
-
-HELD = '''
-import time
-import pyspark_meshcloud as mc
-from pyspark.sql import SparkSession
-
-spark = SparkSession.builder.appName("held-ui").getOrCreate()
-print("executors ready", spark.sparkContext.parallelize(range(4), 2).count(), flush=True)
+print("parquet round trip", back.count(), back.rdd.getNumPartitions(), flush=True)
+print("executors ready", flush=True)
 gate = mc.S3.from_env()
 while not gate.list("books", "uigate/"):
     time.sleep(0.5)
 spark.stop()
 '''
-"""An application that runs until ``books/uigate/`` has an object."""
+"""A Parquet round trip through a bucket, then the application runs on until
+``books/uigate/`` has an object (one driver and its executors serve both the Parquet test
+and the UI test: a Spark application's start is the costly part of each)."""
 
 WORDS = ["mesh", "spark", "node", "bucket", "shard", "lease", "worker", "master", "trio"]
 
@@ -112,10 +110,14 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(root, extra_args=["--profile", "local"])
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 5):
+        for i in range(1, 5):  # joined one by one, started all at once
             env = {"MESHCLOUD_JAVA": "/nonexistent/java"} if i == NO_JAVA else None
             cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0",
-                         **({"env": env} if env else {}))
+                         start=False, **({"env": env} if env else {}))
+        for agent in cluster.agents[1:]:
+            agent.start(wait=False)
+        for agent in cluster.agents[1:]:
+            agent.wait_ready()
         yield cluster
     finally:
         cluster.close()
@@ -161,12 +163,18 @@ def alive_workers(agent: Agent) -> list[dict]:
     return [w for w in view.get("workers", []) if w.get("state") == "ALIVE"]
 
 
+def each(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent CLI calls at once (each is a process of its own); their results."""
+    with ThreadPoolExecutor(len(calls) or 1) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
 def put_objects(agent: Agent, tmp: Path, bucket: str, prefix: str,
                 objects: dict[str, str]) -> None:
     for name, text in objects.items():
-        path = tmp / name
-        path.write_text(text)
-        agent.cli("cp", str(path), f"s3://{bucket}/{prefix}{name}")
+        (tmp / name).write_text(text)
+    each([lambda name=name: agent.cli("cp", str(tmp / name), f"s3://{bucket}/{prefix}{name}")
+          for name in objects])
 
 
 def read_counts(agent: Agent, tmp: Path, bucket: str, prefix: str) -> Counter:
@@ -174,9 +182,10 @@ def read_counts(agent: Agent, tmp: Path, bucket: str, prefix: str) -> Counter:
     keys = [o["key"] for o in listing if o["key"].endswith(".csv")]
     assert keys, listing
     total: Counter = Counter()
-    for key in keys:
-        dest = tmp / key.replace("/", "_")
-        agent.cli("cp", f"s3://{bucket}/{key}", str(dest))
+    dests = {key: tmp / key.replace("/", "_") for key in keys}
+    each([lambda key=key: agent.cli("cp", f"s3://{bucket}/{key}", str(dests[key]))
+          for key in keys])
+    for dest in dests.values():
         for word, count in csv.reader(io.StringIO(dest.read_text())):
             assert word not in total, f"{word} counted twice"
             total[word] = int(count)
@@ -205,18 +214,20 @@ def test_up_wordcount_bad_input(cluster, tmp_path):
 
     out = a.cli("spark", "up", "--workers", "3", "--worker-memory", "512m").stdout
     assert "3 worker(s)" in out
-    wait_until(lambda: len(alive_workers(a)) == 3, 300, interval=1,
+    # data in a bucket while the master and the workers start (objects of several splits
+    # each: a split boundary falls inside a line)
+    each([lambda: a.cli("bucket", "create", "books"),
+          lambda: a.cli("bucket", "create", "counts")])
+    objects = corpus(3, 120, seed=1)
+    put_objects(a, tmp_path, "books", "in/", objects)
+    wait_until(lambda: len(alive_workers(a)) == 3, 300, interval=0.5,
                message="3 workers registered with the master")
     reps = spark(a)["cluster"]["worker_replicas"]
     nodes = {r["node"] for r in reps if r.get("node")}
     assert len(nodes) == 3, reps
     assert cluster.agents[NO_JAVA].node_id not in nodes
 
-    # data in a bucket, the job through the CLI of another node
-    a.cli("bucket", "create", "books")
-    a.cli("bucket", "create", "counts")
-    objects = corpus(6, 300, seed=1)
-    put_objects(a, tmp_path, "books", "in/", objects)
+    # the job through the CLI of another node
     job = tmp_path / "wordcount.py"
     job.write_text(WORDCOUNT)
     b = cluster.agents[1]
@@ -243,24 +254,18 @@ def test_up_wordcount_bad_input(cluster, tmp_path):
     assert len(a.get("/v1/spark/jobs")["jobs"]) == 1
 
 
-def test_parquet_round_trip(cluster, tmp_path):
+def check_parquet(agent: Agent, tmp: Path, prefix: str) -> None:
+    """The Parquet objects a job wrote under ``tables/PREFIX``: one a task, 3000 rows."""
     import pyarrow.parquet as pq
 
-    b = cluster.agents[1]
-    b.cli("bucket", "create", "tables")
-    job = tmp_path / "parquet.py"
-    job.write_text(PARQUET)
-    run = b.cli("spark", "submit", str(job), "--output", "s3://tables/numbers", timeout=600,
-                check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "parquet round trip 3000 3" in run.stdout  # 3 objects read as 3 partitions
-    listing = b.get("/v1/storage/objects/tables?prefix=numbers/")["objects"]
+    listing = agent.get(f"/v1/storage/objects/tables?prefix={prefix}")["objects"]
     parts = sorted(o["key"] for o in listing if o["key"].endswith(".parquet"))
-    assert len(parts) == 3 and "numbers/_SUCCESS" in {o["key"] for o in listing}
+    assert len(parts) == 3 and f"{prefix}_SUCCESS" in {o["key"] for o in listing}
+    dests = {key: tmp / key.replace("/", "_") for key in parts}
+    each([lambda key=key: agent.cli("cp", f"s3://tables/{key}", str(dests[key]))
+          for key in parts])
     rows = 0
-    for key in parts:  # real Parquet objects, one a task
-        dest = tmp_path / key.replace("/", "_")
-        b.cli("cp", f"s3://tables/{key}", str(dest))
+    for dest in dests.values():  # real Parquet objects, one a task
         table = pq.read_table(dest)
         assert table.column_names == ["id", "half", "s", "third"]
         rows += table.num_rows
@@ -279,7 +284,10 @@ def http_get(host: str, port: int, path: str) -> tuple[int, dict[str, str], str]
         conn.close()
 
 
-def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_path):
+def test_parquet_round_trip_and_the_uis_through_another_nodes_ingress(cluster, tmp_path):
+    """One application: a Parquet round trip through a bucket, then, while it runs on,
+    its UI and a worker's through the ingress of a node that runs neither the master nor
+    the driver."""
     a = cluster.agents[0]
     c = spark(a)["cluster"]
     # the driver on a node without the master; the browser at the node without Java,
@@ -288,9 +296,11 @@ def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_p
                   if i != NO_JAVA and x.node_id != c["master_node"])
     edge = cluster.agents[NO_JAVA]
     host, port = ADDRESSES[NO_JAVA], c["ui_port"]
+    driver.cli("bucket", "create", "tables")
     job = tmp_path / "held.py"
-    job.write_text(HELD)
-    job_id = driver.cli("spark", "submit", str(job), "--detach").stdout.split()[-1]
+    job.write_text(PARQUET_HELD)
+    job_id = driver.cli("spark", "submit", str(job), "--output", "s3://tables/numbers",
+                        "--detach").stdout.split()[-1]
     try:
         try:
             wait_until(lambda: edge.get(f"/v1/spark/jobs/{job_id}")["ui_url"], 300,
@@ -308,6 +318,8 @@ def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_p
         wait_until(lambda: "executors ready" in driver.get(
             f"/v1/spark/jobs/{job_id}/log")["data"], 300, interval=0.5,
             message="the held job's executors")
+        log = driver.get(f"/v1/spark/jobs/{job_id}/log")["data"]
+        assert "parquet round trip 3000 3" in log, log[-3000:]  # 3 objects, 3 partitions
 
         # the application's jobs page, through the edge node's ingress and the master
         status, _, page = http_get(host, port, f"/proxy/{app}/jobs/")
@@ -347,6 +359,7 @@ def test_application_and_worker_uis_through_another_nodes_ingress(cluster, tmp_p
     done = wait_job(driver, job_id, 300)
     assert done["state"] == "succeeded", driver.cli("spark", "logs", job_id).stdout[-3000:]
     assert done["app_id"] == app and done["ui_url"] == ""
+    check_parquet(driver, tmp_path, "numbers/")
 
 
 def kill_node(agent: Agent) -> None:
