@@ -73,12 +73,8 @@ def cluster(tmp_path_factory):
                                 "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}"})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 3):  # joined one by one, started all at once
-            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0", start=False)
-        for agent in cluster.agents[1:]:
-            agent.start(wait=False)
-        for agent in cluster.agents[1:]:
-            agent.wait_ready()
+        cluster.start_all(cluster.join_many([{"listen": f"{ADDRESSES[i]}:0"}
+                                             for i in range(1, 3)]))
         yield cluster
     finally:
         cluster.close()

@@ -83,12 +83,8 @@ def test_kill_9_of_a_replica_node_under_load(tmp_path):
                                 "MESHCLOUD_HTTP": f"mesh:{HTTP_PORT}"})
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 3):  # joined one by one, started all at once
-            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0", start=False)
-        for agent in cluster.agents[1:]:
-            agent.start(wait=False)
-        for agent in cluster.agents[1:]:
-            agent.wait_ready()
+        cluster.start_all(cluster.join_many([{"listen": f"{ADDRESSES[i]}:0"}
+                                             for i in range(1, 3)]))
         a = cluster.agents[0]
         wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) == 3
                    and len(a.get("/v1/images")["mesh"]) == 3, 60,

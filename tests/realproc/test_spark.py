@@ -110,14 +110,10 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(root, extra_args=["--profile", "local"])
     try:
         cluster.init_first(listen=f"{ADDRESSES[0]}:0")
-        for i in range(1, 5):  # joined one by one, started all at once
-            env = {"MESHCLOUD_JAVA": "/nonexistent/java"} if i == NO_JAVA else None
-            cluster.join(through=cluster.agents[0], listen=f"{ADDRESSES[i]}:0",
-                         start=False, **({"env": env} if env else {}))
-        for agent in cluster.agents[1:]:
-            agent.start(wait=False)
-        for agent in cluster.agents[1:]:
-            agent.wait_ready()
+        no_java = {"env": {"MESHCLOUD_JAVA": "/nonexistent/java"}}
+        cluster.start_all(cluster.join_many([{"listen": f"{ADDRESSES[i]}:0",
+                                              **(no_java if i == NO_JAVA else {})}
+                                             for i in range(1, 5)]))
         yield cluster
     finally:
         cluster.close()
