@@ -12,7 +12,9 @@ Thin on purpose (the simulator drives the core without it):
 * one timer task sleeps until ``core.next_deadline()`` (or until poked by new work) and
   calls ``core.on_timer``; background workers are throttled by CPU time measured with
   ``time.perf_counter`` (tranquility, :mod:`meshcloud.workers`);
-* ``Change`` outputs are decoded and fanned out to :meth:`StateDriver.subscribe` channels.
+* ``Change`` outputs are decoded and fanned out to :meth:`StateDriver.subscribe` channels,
+  and set the :class:`TableWatch` flags of :meth:`StateDriver.watch` (a loop with nothing
+  to do sleeps on one until a row of its tables changes, instead of polling them).
 
 The node uses the synchronous API (:meth:`get`, :meth:`put`, :meth:`delete`, :meth:`scan`,
 ...): writes are local and immediate (LMDB commits in microseconds), their news is handed
@@ -105,6 +107,40 @@ class StateChanged:
     new: Any
 
 
+class TableWatch:
+    """A flag set whenever a row of some tables changes (local or remote writes, merges,
+    deletions): what a periodic loop waits on while it has nothing to do, so an idle
+    node does not wake to rescan tables that did not change. Never overflows (unlike a
+    :meth:`StateDriver.subscribe` channel): it says *that* something changed, not what."""
+
+    def __init__(self, tables: tuple[str, ...]) -> None:
+        self.tables = tables
+        self.changes = 0
+        """Changes seen since the watch was made (tests, statistics)."""
+        self._event = trio.Event()
+
+    @property
+    def changed(self) -> bool:
+        """A change came since the last :meth:`clear`."""
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self.changes += 1
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget the changes seen so far (call it before reading the tables)."""
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Until a change since the last :meth:`clear` or ``deadline`` (trio time);
+        True if a change came."""
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        return self._event.is_set()
+
+
 class StateDriver:
     """One node's replicated state service (see the module docstring)."""
 
@@ -117,6 +153,7 @@ class StateDriver:
         self.core = StateCore(transport.local_id, kv, view, config=self.config,
                               rng=rng or random.Random(), cpu_clock=time.perf_counter)
         self._subscribers: dict[str, list[trio.MemorySendChannel[StateChanged]]] = {}
+        self._watches: dict[str, list[TableWatch]] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._flush_wanted = trio.Event()
@@ -181,6 +218,16 @@ class StateDriver:
         send, receive = trio.open_memory_channel[StateChanged](SUBSCRIBER_BUFFER)
         self._subscribers.setdefault(table, []).append(send)
         return receive
+
+    def watch(self, *tables: str) -> TableWatch:
+        """A :class:`TableWatch` set by every change of a row of ``tables`` from now on
+        (UnknownTableError if one is not open)."""
+        for table in tables:
+            self.core.table(table)
+        watch = TableWatch(tuple(tables))
+        for table in tables:
+            self._watches.setdefault(table, []).append(watch)
+        return watch
 
     async def sync_with(self, peer: bytes) -> SyncStatistics:
         """Run one anti-entropy session with ``peer`` now (tests, ``meshcloud status``)."""
@@ -262,6 +309,8 @@ class StateDriver:
             await flushed.wait()
 
     def _publish(self, change: Change) -> None:
+        for watch in self._watches.get(change.table, ()):
+            watch.set()
         channels = self._subscribers.get(change.table)
         if not channels:
             return
