@@ -204,6 +204,8 @@ class GossipDriver:
         self._core: SwimCore | None = None
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
+        self._sleeping_until = -math.inf
+        """The deadline the timer loop sleeps until (-inf while it is not sleeping)."""
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._leave_spread = trio.Event()
         self._counts = dict.fromkeys(
@@ -358,7 +360,13 @@ class GossipDriver:
                         if info.node_id != self.transport.local_id:
                             self.transport.set_addresses(info.node_id, list(info.addresses))
                     self._publish(out)
-        self._wakeup.set()
+        # wake the timer loop only if the core's next deadline moved before the one it
+        # sleeps until: an ack, a ping answered or a lag sample (5 a second) usually
+        # moves none, and each needless wake-up is a task step of the idle agent
+        core = self._core
+        deadline = core.next_deadline() if core is not None else None
+        if core is None or (deadline is not None and deadline < self._sleeping_until):
+            self._wakeup.set()
 
     def _publish(self, event: MemberEvent) -> None:
         for channel in list(self._subscribers):
@@ -376,8 +384,10 @@ class GossipDriver:
         while True:
             deadline = core.next_deadline()
             self._wakeup = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            self._sleeping_until = deadline if deadline is not None else math.inf
+            with trio.move_on_at(self._sleeping_until):
                 await self._wakeup.wait()
+            self._sleeping_until = -math.inf  # awake: it reads the deadline again
             now = trio.current_time()
             deadline = core.next_deadline()
             if deadline is not None and now >= deadline:
