@@ -93,6 +93,7 @@ from apps.functions.tables import (
 )
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from apps.sites.storage import BlobStorage
+from meshcloud.clock import next_tick
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
@@ -111,6 +112,9 @@ FORWARD_SLACK = 5.0
 """Seconds a forwarding node waits beyond the function's timeout."""
 SCHEDULE_EVERY = 0.25
 """Seconds between looks at the schedules by the scheduler lease holder."""
+IDLE_HOUSEKEEPING = 5.0
+"""Seconds between housekeeping passes while the mesh has no function (a row of
+``functions`` or of the secrets tables starts one at once); TICK otherwise."""
 IDLE_RECHECK = 30.0
 """With no schedule and nothing queued in the mesh, the scheduler sleeps until a row of
 ``functions`` or ``fn_queue`` changes, and looks again at least this often anyway."""
@@ -746,12 +750,18 @@ class FunctionService(ServiceBase):
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._object_events)
+                watch = self.state.watch(FUNCTIONS.name, SECRETS.name, SECRET_KEYS.name)
                 while True:
+                    watch.clear()
                     try:
                         self.housekeeping(nursery)
                     except Exception:  # housekeeping must not stop serving
                         log.exception("functions housekeeping failed")
-                    await trio.sleep(TICK)
+                    if self.executor.pools or self.executor.preparing or \
+                            all_functions(self.state):
+                        await trio.sleep_until(next_tick(trio.current_time(), TICK))
+                    else:  # no function here or in the mesh: nothing to retire or scale
+                        await watch.wait(next_tick(trio.current_time(), IDLE_HOUSEKEEPING))
         finally:
             self.executor.close()
 

@@ -5,7 +5,7 @@ in-memory transport under trio's autojump clock, with no database, function, wor
 Spark cluster in the mesh. Once they are connected and settled, the task steps of each
 service loop are counted: a loop with nothing to do sleeps until a row of its tables
 changes (``StateDriver.watch``), so it runs rarely; before, the functions scheduler ran
-four times a second, the database controller and the revocation check twice, the
+four times a second, its housekeeping once, the database controller and the revocation check twice, the
 listeners' loops twice, the reconciler every 2 s.
 """
 
@@ -33,6 +33,7 @@ QUIET = {
     "apps.workloads.reconciler.Reconciler.run": 0.3,
     "meshcloud.revocation.RevocationEnforcer.run": 0.1,
     "gossip.driver.GossipDriver._timer_loop": 6.0,
+    "apps.functions.service.FunctionService.run": 0.5,
 }
 """Task steps per second allowed to each loop on the two nodes together, with nothing to
 do (measured before: 8, 4, 4, 4, 3 and 4; a pass may take a few steps). The gossip
