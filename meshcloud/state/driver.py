@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
@@ -75,6 +75,10 @@ MAX_SYNC_MESSAGE = 4 * 1024 * 1024
 """Decode limit on sync streams: 256 full Merkle nodes are 2.2 MiB."""
 MAX_DATAGRAM = 256 * 1024
 """Decode limit on state datagrams (the sender's budget is 60 KB)."""
+ANNOUNCED_FLUSH_POLL = 30.0
+"""Seconds between the flush loop's checks for pending commits when the store announces
+its commits (``LmdbKv.on_commit``): only commits made outside the trio thread wait for
+it (an idle agent woke once a second to find nothing pending)."""
 SUBSCRIBER_BUFFER = 4096
 """Events a subscriber may fall behind before it is dropped (its channel ends: it should
 re-subscribe and rescan)."""
@@ -87,6 +91,7 @@ class _BackgroundSyncKv(Protocol):
     background_sync: bool
     committed: int
     synced: int
+    on_commit: Callable[[], None] | None
 
     @property
     def pending(self) -> int: ...
@@ -276,14 +281,29 @@ class StateDriver:
         if getattr(self.core.kv, "pending", 0):
             self._flush_wanted.set()
 
+    def _on_commit(self) -> None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # another thread committed: the flush loop's poll finds it
+            return
+        self._flush_wanted.set()
+
     async def _flush_loop(self) -> None:
         """Background sync: flush pending commits to disk in a worker thread, so the
-        event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`)."""
+        event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`).
+        The store announces each commit made on the trio thread, so the loop sleeps
+        while nothing is written; a commit made in another thread is found by a poll
+        every ``flush_poll`` seconds (``ANNOUNCED_FLUSH_POLL`` when commits announce
+        themselves)."""
         kv = self.core.kv
         assert _background_sync(kv)
+        poll = self.config.flush_poll
+        if hasattr(kv, "on_commit"):
+            kv.on_commit = self._on_commit
+            poll = max(poll, ANNOUNCED_FLUSH_POLL)
         while True:
             # a commit no output announced: checked on the shared tick
-            with trio.move_on_at(next_tick(trio.current_time(), self.config.flush_poll)):
+            with trio.move_on_at(next_tick(trio.current_time(), poll)):
                 await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             if kv.pending:

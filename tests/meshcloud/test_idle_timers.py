@@ -5,8 +5,8 @@ in-memory transport under trio's autojump clock, with no database, function, wor
 Spark cluster in the mesh. Once they are connected and settled, the task steps of each
 service loop are counted: a loop with nothing to do sleeps until a row of its tables
 changes (``StateDriver.watch``), so it runs rarely; before, the functions scheduler ran
-four times a second, its housekeeping once, the database controller and the revocation check twice, the
-listeners' loops twice, the reconciler every 2 s.
+four times a second, its housekeeping once, the database controller once, the revocation
+check and the listeners' loops twice, the reconciler every 2 s.
 """
 
 from __future__ import annotations
