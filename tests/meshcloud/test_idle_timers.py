@@ -32,14 +32,14 @@ QUIET = {
     "apps.spark.service.SparkService._listen_loop": 0.1,
     "apps.workloads.reconciler.Reconciler.run": 0.3,
     "meshcloud.revocation.RevocationEnforcer.run": 0.1,
-    "gossip.driver.GossipDriver._timer_loop": 6.0,
+    "gossip.driver.GossipDriver._timer_loop": 3.0,
     "apps.functions.service.FunctionService.run": 0.5,
 }
 """Task steps per second allowed to each loop on the two nodes together, with nothing to
 do (measured before: 8, 4, 4, 4, 3 and 4; a pass may take a few steps). The gossip
-timer runs a probe round a second on each node (its start and its end: ~4 steps a second
-for the two); it stepped 16 times a second when every ack, answered ping and loop-lag
-sample woke it whether or not the core's next deadline had moved."""
+timer starts a probe round a second on each node (~2 steps a second for the two; an ack
+moves its sleep's deadline instead of waking it); it stepped 16 times a second when every
+ack, answered ping and loop-lag sample woke it."""
 
 
 class Steps(trio.abc.Instrument):
