@@ -203,7 +203,8 @@ class GossipDriver:
         self.slow_steps = SlowSteps() if watch_steps else None
         self._core: SwimCore | None = None
         self._nursery: trio.Nursery | None = None
-        self._wakeup = trio.Event()
+        self._timer_scope: trio.CancelScope | None = None
+        """The timer loop's sleep (None while it is awake): its deadline follows the core's."""
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._leave_spread = trio.Event()
         self._counts = dict.fromkeys(
@@ -358,7 +359,13 @@ class GossipDriver:
                         if info.node_id != self.transport.local_id:
                             self.transport.set_addresses(info.node_id, list(info.addresses))
                     self._publish(out)
-        self._wakeup.set()
+        # move the timer loop's sleep to the core's next deadline instead of waking it:
+        # an ack, a ping answered or a lag sample (5 a second) rarely moves it earlier,
+        # and an ack's cancelled probe timeout moves it later (no wake-up for nothing)
+        scope, core = self._timer_scope, self._core
+        if scope is not None and core is not None:
+            deadline = core.next_deadline()
+            scope.deadline = deadline if deadline is not None else math.inf
 
     def _publish(self, event: MemberEvent) -> None:
         for channel in list(self._subscribers):
@@ -375,9 +382,11 @@ class GossipDriver:
         core = self.core
         while True:
             deadline = core.next_deadline()
-            self._wakeup = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._wakeup.wait()
+            with trio.CancelScope(deadline=deadline if deadline is not None
+                                  else math.inf) as scope:
+                self._timer_scope = scope  # _perform moves its deadline
+                await trio.sleep_forever()
+            self._timer_scope = None  # awake: it reads the deadline again
             now = trio.current_time()
             deadline = core.next_deadline()
             if deadline is not None and now >= deadline:

@@ -9,7 +9,7 @@ valid root signature are ignored: one member cannot revoke another. Every node t
   revoked node: :func:`meshcloud.auth.is_cert_revoked` checks the whole chain) at every
   handshake and in gossip;
 * cuts connections already open to such peers (:class:`RevocationEnforcer`, within a
-  second of the row's arrival);
+  second of the row's arrival: it checks them when a row of the records changes);
 * refuses S3 keys created through the revoked node (the blobstore consults the records).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -30,7 +30,19 @@ log = logging.getLogger(__name__)
 
 KINDS = ("node", "invite")
 ENFORCE_INTERVAL = 0.5
-"""Seconds between checks of the open connections against the revocation records."""
+"""Seconds between checks of the open connections against the revocation records (when
+no change watch of the records is given)."""
+WATCHED_RECHECK = 60.0
+"""With a watch of the records' table, the connections are checked when a row changes
+(then on the next ``interval`` tick), and at least this often anyway."""
+
+
+class ChangeWatch(Protocol):
+    """What :meth:`meshcloud.state.driver.StateDriver.watch` returns."""
+
+    def clear(self) -> None: ...
+
+    async def wait(self, deadline: float = ...) -> bool: ...
 
 
 def revocation_bytes(mesh_id: bytes, kind: str, subject: bytes, at_ms: int) -> bytes:
@@ -59,14 +71,19 @@ class RevocationEnforcer:
 
     def __init__(self, transport: Transport, is_revoked_peer: Callable[[Any], bool],
                  on_cut: Callable[[bytes], None] | None = None,
-                 interval: float = ENFORCE_INTERVAL) -> None:
+                 interval: float = ENFORCE_INTERVAL, watch: ChangeWatch | None = None) -> None:
         self.interval = interval
+        self.watch = watch
+        """Set by changes of the records: no check while none came (an idle node does not
+        wake twice a second to re-check every connection's certificate)."""
+        self.checks = 0
         self.transport = transport
         self.is_revoked_peer = is_revoked_peer
         self.on_cut = on_cut
         self.cut = 0
 
     async def check_once(self) -> None:
+        self.checks += 1
         for peer in self.transport.connected_peers():
             if not self.is_revoked_peer(peer):
                 continue
@@ -80,7 +97,11 @@ class RevocationEnforcer:
                   ) -> None:
         task_status.started()
         while True:
+            if self.watch is not None:
+                self.watch.clear()  # a row from here on means another check
             await self.check_once()
+            if self.watch is not None:
+                await self.watch.wait(trio.current_time() + WATCHED_RECHECK)
             await trio.sleep_until(next_tick(trio.current_time(), self.interval))
 
 

@@ -84,6 +84,10 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0
 """Seconds between controller rounds."""
+IDLE_RECHECK = 30.0
+"""A node with no database, no copy and no kept backup key to look after runs no rounds:
+it sleeps until a row of ``databases``, ``db_members`` or ``db_kept`` changes, and looks
+again at least this often anyway (the same for its client listeners)."""
 OPEN_TIMEOUT = 5.0
 ENDPOINT = "pg"
 RO_ENDPOINT = "pg-ro"
@@ -123,6 +127,8 @@ class DbService(ServiceBase):
         self.uids = UidAllocator(data_dir)
         self.ports_file = data_dir / "db-ports.json"
         self.local: dict[str, tuple[str, int, bool]] = {}
+        self.idle_waits = 0
+        """Rounds after which the controller found nothing to do and waited for a row."""
         """name → (role, postgres port, healthy) of the instances running here."""
         self.errors: dict[str, str] = {}
         self.listeners: dict[int, trio.CancelScope] = {}
@@ -587,14 +593,23 @@ class DbService(ServiceBase):
             task_status.started()
 
     async def _control_loop(self) -> None:
+        watch = self.state.watch(DATABASES.name, DB_MEMBERS.name, DB_KEPT.name)
         while True:
+            watch.clear()  # a change from here on means another round
+            idle = False
             try:
-                await self.control_round()
+                idle = await self.control_round()
             except (MeshError, OSError) as exc:
                 log.warning("database controller round failed: %s", exc)
-            await trio.sleep(TICK)
+            if idle:
+                self.idle_waits += 1
+                await watch.wait(trio.current_time() + IDLE_RECHECK)
+            else:
+                await trio.sleep(TICK)
 
-    async def control_round(self) -> None:
+    async def control_round(self) -> bool:
+        """One round; True when this node has nothing to look after (no database, no
+        copy or port of one, no lease, no kept key), so the next can wait for a row."""
         specs = all_databases(self.state)
         if not self.repo.wanted.is_set() and (specs or all_kept(self.state)):
             self.repo.want()
@@ -637,6 +652,8 @@ class DbService(ServiceBase):
                 if v is not None and len(k) == 2 and k[1] == me}
         for name in mine - set(specs):
             self.state.delete(DB_MEMBERS.name, (name, me))
+        return not (specs or mine or held or self.local or self.handing or self.listeners
+                    or self._ports() or all_kept(self.state))
 
     def _seal_round(self, specs: dict[str, DbSpec], held: dict[str, Any]) -> None:
         """Seal the passwords' keys to members that lack them, and rewrite a row of an
@@ -991,7 +1008,9 @@ class DbService(ServiceBase):
     # --- client connections ----------------------------------------------------------------
 
     async def _listen_loop(self, nursery: trio.Nursery) -> None:
+        watch = self.state.watch(DATABASES.name)
         while True:
+            watch.clear()
             wanted: dict[int, tuple[str, bool]] = {}
             for name, spec in all_databases(self.state).items():
                 wanted[spec.port] = (name, False)
@@ -1006,7 +1025,10 @@ class DbService(ServiceBase):
                     scope = trio.CancelScope()
                     self.listeners[port] = scope
                     nursery.start_soon(self._listen, name, port, scope, read_only)
-            await trio.sleep(TICK / 2)
+            if wanted:  # a listener that failed to bind is retried on this tick
+                await trio.sleep(TICK / 2)
+            else:
+                await watch.wait(trio.current_time() + IDLE_RECHECK)
 
     async def _listen(self, name: str, port: int, scope: trio.CancelScope,
                       read_only: bool = False) -> None:

@@ -93,6 +93,7 @@ from apps.functions.tables import (
 )
 from apps.ingress.targets import HostHandler, HostRequest, HostResponse
 from apps.sites.storage import BlobStorage
+from meshcloud.clock import next_tick
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
@@ -111,6 +112,17 @@ FORWARD_SLACK = 5.0
 """Seconds a forwarding node waits beyond the function's timeout."""
 SCHEDULE_EVERY = 0.25
 """Seconds between looks at the schedules by the scheduler lease holder."""
+IDLE_HOUSEKEEPING = 5.0
+"""Seconds between housekeeping passes while the mesh has no function (a row of
+``functions`` or of the secrets tables starts one at once); TICK otherwise."""
+IDLE_RECHECK = 30.0
+"""With no schedule and nothing queued in the mesh, the scheduler sleeps until a row of
+``functions`` or ``fn_queue`` changes, and looks again at least this often anyway."""
+MARK_SAVE_MS = 30_000
+"""The bucket triggers' mark (``fn-events.mark``) is rewritten when it moved this far
+(ms): an idle node does not rewrite a file every second, and a restart's catch-up scan
+looks at most this much further back (it already looks ``SCAN_SLACK_MS`` before it;
+what it finds again is queued under the same ids)."""
 MIN_LEASE_LEFT = 1.5
 """A tick starts only with at least this much of the scheduler lease left."""
 LOCAL_LEASE, LOCAL_RENEW = 6.0, 1.0
@@ -277,6 +289,8 @@ class FunctionService(ServiceBase):
         self._event_feed: Any = None
         self._nursery: trio.Nursery | None = None
         self._saved_mark: int | None = None
+        self.scheduler_idle_waits = 0
+        """Times the scheduler found nothing to do and slept until a row changed."""
         self.caught_up = 0
         self.scans_done = 0
         """Bucket events queued by catch-up scans (status)."""
@@ -721,12 +735,18 @@ class FunctionService(ServiceBase):
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._object_events)
+                watch = self.state.watch(FUNCTIONS.name, SECRETS.name, SECRET_KEYS.name)
                 while True:
+                    watch.clear()
                     try:
                         self.housekeeping(nursery)
                     except Exception:  # housekeeping must not stop serving
                         log.exception("functions housekeeping failed")
-                    await trio.sleep(TICK)
+                    if self.executor.pools or self.executor.preparing or \
+                            all_functions(self.state):
+                        await trio.sleep_until(next_tick(trio.current_time(), TICK))
+                    else:  # no function here or in the mesh: nothing to retire or scale
+                        await watch.wait(next_tick(trio.current_time(), IDLE_HOUSEKEEPING))
         finally:
             self.executor.close()
 
@@ -869,6 +889,9 @@ class FunctionService(ServiceBase):
                 log.warning("bucket triggers missed events: scanning")
                 self._nursery.start_soon(self._catch_up, token, 0.0)
         if feed is None or self._cursor.mark_ms == self._saved_mark:
+            return
+        if self._saved_mark is not None and \
+                0 <= self._cursor.mark_ms - self._saved_mark < MARK_SAVE_MS:
             return
         path = self._mark_path()
         tmp = path.with_suffix(".tmp")
@@ -1084,30 +1107,43 @@ class FunctionService(ServiceBase):
     async def _scheduler(self) -> None:
         """One node of the mesh (the first live node by rank) holds the scheduler lease
         and runs each due tick once: a ``started`` row before, a ``done`` row after."""
+        watch = self.state.watch(FUNCTIONS.name, QUEUE.name)
         async with trio.open_nursery() as nursery:
             while True:
+                watch.clear()  # a change from here on means another pass
+                idle = False
                 try:
-                    self._schedule_pass(nursery)
+                    idle = self._schedule_pass(nursery)
                 except Exception:  # a bad row must not stop the schedules
                     log.exception("functions scheduler pass failed")
-                await trio.sleep(SCHEDULE_EVERY)
+                if idle:  # nothing scheduled or queued anywhere: wait for a row
+                    self.scheduler_idle_waits += 1
+                    await watch.wait(trio.current_time() + IDLE_RECHECK)
+                else:
+                    await trio.sleep(SCHEDULE_EVERY)
 
-    def _schedule_pass(self, nursery: trio.Nursery) -> None:
+    def _schedule_pass(self, nursery: trio.Nursery) -> bool:
+        """One look at the schedules and the queue; True when there is nothing to do
+        until a ``functions`` or ``fn_queue`` row changes (no schedule, nothing queued,
+        no lease held)."""
         scheduled = self._scheduled()
-        alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
-        top = rank(alive, SCHEDULE_LEASE.encode())[0]
-        busy = scheduled or any(r.state == "queued" for _, _, r in queued(self.state))
-        self.leases.want({SCHEDULE_LEASE} if busy and top == self.node.node_id
-                         else set())
+        busy = bool(scheduled) or any(r.state == "queued" for _, _, r in queued(self.state))
+        if busy:
+            alive = set(self.node.alive_peer_ids()) | {self.node.node_id}
+            top = rank(alive, SCHEDULE_LEASE.encode())[0]
+            self.leases.want({SCHEDULE_LEASE} if top == self.node.node_id else set())
+        else:
+            self.leases.want(set())
         held = self.leases.leases().get(SCHEDULE_LEASE)
         self.scheduler_term = held.term if held is not None else 0
         if held is None or held.valid_until - trio.current_time() < MIN_LEASE_LEFT:
-            return  # only the lease holder looks for due ticks and queued invocations
+            # only the lease holder looks for due ticks and queued invocations
+            return not busy and held is None and not self._ticks_running
         if self._caught_up_term != held.term:
             if self._catching_up_term != held.term:  # a new term: read the rows first
                 self._catching_up_term = held.term
                 nursery.start_soon(self._sync_for_term, held.term)
-            return
+            return False
         self._queue_pass(nursery)
         for name, record in sorted(scheduled.items()):
             try:
@@ -1126,12 +1162,13 @@ class FunctionService(ServiceBase):
             for tick, rerun in sorted([(t, True) for t in stale] + [(t, False) for t in due]):
                 lease = self.leases.leases().get(SCHEDULE_LEASE)
                 if lease is None or lease.valid_until - trio.current_time() < MIN_LEASE_LEFT:
-                    return
+                    return False
                 self.state.put(TICKS.name, (name, tick), TickRecord(
                     state="started", term=lease.term, node=self.node.node_id,
                     at_ms=self.node.clock.wall_ms()))
                 self._ticks_running.add((name, tick))
                 nursery.start_soon(self._run_tick, name, tick, lease.term, rerun)
+        return False
 
     async def _sync_for_term(self, term: int) -> None:
         """Before a new holder runs anything, one anti-entropy session with each live

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+IDLE_RECHECK = 30.0
+"""With no Spark cluster, the master-address listener loop sleeps until the cluster's row
+changes, and looks again at least this often anyway."""
 UI_TIMEOUT = 3.0
 SOURCE_FILE = Path(__file__).with_name("source.py")
 MAX_LOG_READ = 256 * 1024
@@ -382,7 +385,9 @@ class SparkService(ServiceBase):
     # --- the master's address on every node ----------------------------------------------------
 
     async def _listen_loop(self, nursery: trio.Nursery) -> None:
+        watch = self.state.watch(SPARK_CLUSTER.name)
         while True:
+            watch.clear()
             current = cluster(self.state)
             want = current.rpc_port if current is not None else None
             if self.listener is not None and self.listener[0] != want:
@@ -392,7 +397,10 @@ class SparkService(ServiceBase):
                 scope = trio.CancelScope()
                 self.listener = (want, scope)
                 nursery.start_soon(self._listen, want, scope)
-            await trio.sleep(TICK / 2)
+            if want is not None:  # a listener that failed to bind is retried on this tick
+                await trio.sleep(TICK / 2)
+            else:  # no cluster: nothing to listen for until its row changes
+                await watch.wait(trio.current_time() + IDLE_RECHECK)
 
     async def _listen(self, port: int, scope: trio.CancelScope) -> None:
         with scope:

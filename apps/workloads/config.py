@@ -32,6 +32,11 @@ class ReconcilerConfig:
     singleton_start_margin: float = 1.0
     """A singleton starts only with at least budget + this much lease left."""
 
+    idle_resync_interval: float = 30.0
+    """Seconds between passes when the last pass saw no workload in the mesh and no
+    replica here (nothing to notice crashing): pokes (a row, a member event) still start
+    a pass at once."""
+
     guard_interval: float = 0.25
     """Seconds between checks of running singletons' leases by the guard task (below
     ``singleton_stop_budget``)."""
@@ -41,7 +46,7 @@ class ReconcilerConfig:
     passed (a node alone at boot would otherwise start every workload of the mesh)."""
 
     def __post_init__(self) -> None:
-        if min(self.resync_interval, self.backoff_base, self.backoff_max,
+        if min(self.resync_interval, self.idle_resync_interval, self.backoff_base, self.backoff_max,
                self.handoff_timeout, self.singleton_stop_budget) <= 0:
             raise ConfigError("reconciler intervals must be positive")
         if self.backoff_base > self.backoff_max:

@@ -10,7 +10,8 @@ never delays another replica's start); the core skips names with a task in fligh
 A pass runs when something changes — a row of ``workloads``, ``replicas``, ``nodes``
 or ``offers`` (local or from a peer), a member event (``member.*``, ``peer.*``), a lease
 won or lost, an operation finished — and otherwise every ``resync_interval`` (crashed
-replicas are noticed by the runtimes' ``list``) or at the core's next deadline. A guard
+replicas are noticed by the runtimes' ``list``; every ``idle_resync_interval`` while the
+mesh has no workload and this node runs no replica) or at the core's next deadline. A guard
 task checks running singletons' leases four times a second, independently of passes.
 
 Failover path after a node dies: membership drops it from the view → every node's pass
@@ -179,7 +180,7 @@ class Reconciler:
                 while True:
                     self._wake = trio.Event()
                     await self.run_pass()
-                    deadline = trio.current_time() + self.config.resync_interval
+                    deadline = trio.current_time() + self.resync_interval()
                     core_deadline = self.core.next_deadline()
                     if core_deadline is not None:
                         deadline = min(deadline, core_deadline)
@@ -187,6 +188,14 @@ class Reconciler:
                         await self._wake.wait()
             finally:
                 self._nursery = None
+
+    def resync_interval(self) -> float:
+        """Seconds until the next pass if nothing pokes: ``resync_interval``, or the longer
+        ``idle_resync_interval`` after a pass that saw no workload and no replica here."""
+        last = self.last
+        if last is not None and not last.workloads and not last.observed and not self.busy:
+            return max(self.config.resync_interval, self.config.idle_resync_interval)
+        return self.config.resync_interval
 
     async def _watch(self, table: str) -> None:
         changes = self.state.subscribe(table)

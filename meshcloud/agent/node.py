@@ -39,7 +39,7 @@ from meshcloud.kit.service import NodeContext, Service
 from meshcloud.membership import MemoryMembershipRecords
 from meshcloud.redemption import REDEEM_PROTOCOL, FileLedgerBook, LedgerService
 from meshcloud.revocation import RevocationEnforcer
-from meshcloud.state.tables import CLUSTER_TABLES, TableMembershipRecords
+from meshcloud.state.tables import CLUSTER_TABLES, MEMBERSHIP, TableMembershipRecords
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class Node:
         self.revocations = RevocationEnforcer(
             self.transport, lambda peer: peer.cert is not None and is_cert_revoked(
                 peer.cert, self.records), interval=revocation_interval(config.profile),
-            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()))
+            on_cut=lambda node_id: self.events.emit("peer.revoked", peer=node_id.hex()),
+            watch=self.state.watch(MEMBERSHIP.name))
         self.members = Members(self)
         self.stop_requested = trio.Event()
         self.events = EventFeed(self.clock.wall_ms, self.key.id.hex())

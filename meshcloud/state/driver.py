@@ -12,7 +12,9 @@ Thin on purpose (the simulator drives the core without it):
 * one timer task sleeps until ``core.next_deadline()`` (or until poked by new work) and
   calls ``core.on_timer``; background workers are throttled by CPU time measured with
   ``time.perf_counter`` (tranquility, :mod:`meshcloud.workers`);
-* ``Change`` outputs are decoded and fanned out to :meth:`StateDriver.subscribe` channels.
+* ``Change`` outputs are decoded and fanned out to :meth:`StateDriver.subscribe` channels,
+  and set the :class:`TableWatch` flags of :meth:`StateDriver.watch` (a loop with nothing
+  to do sleeps on one until a row of its tables changes, instead of polling them).
 
 The node uses the synchronous API (:meth:`get`, :meth:`put`, :meth:`delete`, :meth:`scan`,
 ...): writes are local and immediate (LMDB commits in microseconds), their news is handed
@@ -25,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
@@ -73,6 +75,10 @@ MAX_SYNC_MESSAGE = 4 * 1024 * 1024
 """Decode limit on sync streams: 256 full Merkle nodes are 2.2 MiB."""
 MAX_DATAGRAM = 256 * 1024
 """Decode limit on state datagrams (the sender's budget is 60 KB)."""
+ANNOUNCED_FLUSH_POLL = 30.0
+"""Seconds between the flush loop's checks for pending commits when the store announces
+its commits (``LmdbKv.on_commit``): only commits made outside the trio thread wait for
+it (an idle agent woke once a second to find nothing pending)."""
 SUBSCRIBER_BUFFER = 4096
 """Events a subscriber may fall behind before it is dropped (its channel ends: it should
 re-subscribe and rescan)."""
@@ -85,6 +91,7 @@ class _BackgroundSyncKv(Protocol):
     background_sync: bool
     committed: int
     synced: int
+    on_commit: Callable[[], None] | None
 
     @property
     def pending(self) -> int: ...
@@ -105,6 +112,40 @@ class StateChanged:
     new: Any
 
 
+class TableWatch:
+    """A flag set whenever a row of some tables changes (local or remote writes, merges,
+    deletions): what a periodic loop waits on while it has nothing to do, so an idle
+    node does not wake to rescan tables that did not change. Never overflows (unlike a
+    :meth:`StateDriver.subscribe` channel): it says *that* something changed, not what."""
+
+    def __init__(self, tables: tuple[str, ...]) -> None:
+        self.tables = tables
+        self.changes = 0
+        """Changes seen since the watch was made (tests, statistics)."""
+        self._event = trio.Event()
+
+    @property
+    def changed(self) -> bool:
+        """A change came since the last :meth:`clear`."""
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self.changes += 1
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget the changes seen so far (call it before reading the tables)."""
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Until a change since the last :meth:`clear` or ``deadline`` (trio time);
+        True if a change came."""
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        return self._event.is_set()
+
+
 class StateDriver:
     """One node's replicated state service (see the module docstring)."""
 
@@ -117,6 +158,7 @@ class StateDriver:
         self.core = StateCore(transport.local_id, kv, view, config=self.config,
                               rng=rng or random.Random(), cpu_clock=time.perf_counter)
         self._subscribers: dict[str, list[trio.MemorySendChannel[StateChanged]]] = {}
+        self._watches: dict[str, list[TableWatch]] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._flush_wanted = trio.Event()
@@ -182,6 +224,16 @@ class StateDriver:
         self._subscribers.setdefault(table, []).append(send)
         return receive
 
+    def watch(self, *tables: str) -> TableWatch:
+        """A :class:`TableWatch` set by every change of a row of ``tables`` from now on
+        (UnknownTableError if one is not open)."""
+        for table in tables:
+            self.core.table(table)
+        watch = TableWatch(tuple(tables))
+        for table in tables:
+            self._watches.setdefault(table, []).append(watch)
+        return watch
+
     async def sync_with(self, peer: bytes) -> SyncStatistics:
         """Run one anti-entropy session with ``peer`` now (tests, ``meshcloud status``)."""
         async with self._sessions:  # the session (and its timeout) starts with its turn
@@ -229,14 +281,29 @@ class StateDriver:
         if getattr(self.core.kv, "pending", 0):
             self._flush_wanted.set()
 
+    def _on_commit(self) -> None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # another thread committed: the flush loop's poll finds it
+            return
+        self._flush_wanted.set()
+
     async def _flush_loop(self) -> None:
         """Background sync: flush pending commits to disk in a worker thread, so the
-        event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`)."""
+        event loop never waits for an fdatasync (see :mod:`meshcloud.state.store`).
+        The store announces each commit made on the trio thread, so the loop sleeps
+        while nothing is written; a commit made in another thread is found by a poll
+        every ``flush_poll`` seconds (``ANNOUNCED_FLUSH_POLL`` when commits announce
+        themselves)."""
         kv = self.core.kv
         assert _background_sync(kv)
+        poll = self.config.flush_poll
+        if hasattr(kv, "on_commit"):
+            kv.on_commit = self._on_commit
+            poll = max(poll, ANNOUNCED_FLUSH_POLL)
         while True:
             # a commit no output announced: checked on the shared tick
-            with trio.move_on_at(next_tick(trio.current_time(), self.config.flush_poll)):
+            with trio.move_on_at(next_tick(trio.current_time(), poll)):
                 await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             if kv.pending:
@@ -262,6 +329,8 @@ class StateDriver:
             await flushed.wait()
 
     def _publish(self, change: Change) -> None:
+        for watch in self._watches.get(change.table, ()):
+            watch.set()
         channels = self._subscribers.get(change.table)
         if not channels:
             return

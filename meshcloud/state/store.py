@@ -70,6 +70,9 @@ class LmdbKv:
         self.synced = 0
         """Commits known flushed (only :meth:`flush` moves it)."""
         self.flushes = 0
+        self.on_commit: Callable[[], None] | None = None
+        """Called after each commit (background sync only), in the committing thread: the
+        state driver's flush loop waits on it instead of polling."""
         self.max_map_size = max(max_map_size, map_size)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
@@ -149,6 +152,8 @@ class LmdbKv:
         txn.commit()
         if self.background_sync:
             self.committed += 1
+            if self.on_commit is not None:
+                self.on_commit()
         return result
 
     def _with_growth(self, attempt: Callable[[], R]) -> R:

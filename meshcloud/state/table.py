@@ -406,10 +406,17 @@ class TableCore(Generic[V]):
         horizon = self._expiry_horizon(now_ms)
         if horizon is None:
             return 0
+        end = _TS.pack(horizon)
+
+        def due(txn: Txn) -> bool:
+            return next(iter(txn.range(self.expiry_tree, b"", end)), None) is not None
+
+        if not self.kv.read(due):  # nothing expired: no write transaction, no commit
+            return 0
 
         def run(txn: Txn) -> int:
             removed = 0
-            items = list(txn.range(self.expiry_tree, b"", _TS.pack(horizon)))[:limit]
+            items = list(txn.range(self.expiry_tree, b"", end))[:limit]
             for todo_key, _ in items:
                 key = todo_key[_TS.size :]
                 txn.delete(self.expiry_tree, todo_key)

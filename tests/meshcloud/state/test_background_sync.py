@@ -99,3 +99,34 @@ async def test_durable_returns_only_once_every_earlier_commit_is_on_disk(tmp_pat
     with trio.fail_after(10):
         await waited.wait()
     assert kv.pending == 0
+
+
+async def test_the_flush_loop_sleeps_until_a_commit(tmp_path, nursery, autojump_clock):
+    """The store announces its commits: the flush loop does not poll an idle store every
+    ``flush_poll`` (once a second), yet a commit no output announced (a direct write to
+    the store, as a table's GC does) is flushed at once."""
+    kv, driver = await start_driver(tmp_path, nursery)
+    assert driver.config.flush_poll == 1.0
+
+    class Steps(trio.abc.Instrument):
+        count = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("StateDriver._flush_loop"):
+                Steps.count += 1
+
+    await trio.sleep(5)
+    steps = Steps()
+    trio.lowlevel.add_instrument(steps)
+    await trio.sleep(300)
+    assert Steps.count <= 20  # the rare poll and a stray commit (300 before)
+    kv.ensure("direct")  # a commit no driver output announces
+    kv.transact(lambda txn: txn.put("direct", b"k", b"v"))
+    assert kv.pending
+    start = trio.current_time()
+    with trio.fail_after(30):
+        while kv.pending:
+            await trio.to_thread.run_sync(lambda: None)  # let the worker thread run
+            await trio.sleep(0.01)
+    trio.lowlevel.remove_instrument(steps)
+    assert trio.current_time() - start < 1.0

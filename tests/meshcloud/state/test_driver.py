@@ -88,6 +88,37 @@ async def test_subscribers_see_local_and_remote_changes(nursery, autojump_clock)
     assert event.old == WorkloadRecord(kind="service") and event.new is None
 
 
+async def test_a_watch_wakes_on_local_and_remote_changes_of_its_tables(nursery,
+                                                                      autojump_clock):
+    from meshcloud.state.errors import UnknownTableError
+
+    _, _, drivers = await start_cluster(nursery, 2)
+    watch = drivers[1].watch("workloads", "replicas")
+    assert not watch.changed
+    start = trio.current_time()
+    assert not await watch.wait(start + 30)  # nothing changed: waits until the deadline
+    assert trio.current_time() == pytest.approx(start + 30)
+    drivers[1].log_event("test", "a row of a table it does not watch")
+    assert not watch.changed
+    drivers[0].put("workloads", "web", WorkloadRecord(kind="service"))  # remote news
+    with trio.fail_after(5):
+        assert await watch.wait()
+    assert watch.changed and watch.changes == 1
+    watch.clear()
+    assert not watch.changed
+    for i in range(SUBSCRIBER_OVERFLOW):  # never overflows, unlike a subscription
+        drivers[1].put("workloads", f"w{i}", WorkloadRecord(kind="service"))
+    assert watch.changed and watch.changes == 1 + SUBSCRIBER_OVERFLOW
+    watch.clear()
+    drivers[1].delete("workloads", "web")
+    assert watch.changed
+    with pytest.raises(UnknownTableError):
+        drivers[1].watch("buckets")
+
+
+SUBSCRIBER_OVERFLOW = 5000
+
+
 async def test_sync_with_a_peer_on_demand(nursery, autojump_clock):
     network, ids, drivers = await start_cluster(nursery, 2)
     network.loss = 1.0  # news is lost: only anti-entropy can carry the write

@@ -151,6 +151,25 @@ def test_expired_entries_are_refused_and_purged_without_tombstones():
     assert t.gc_todo_count() == 0
 
 
+def test_a_purge_with_nothing_expired_commits_nothing(tmp_path):
+    """An idle node's purge (every ``expiry_interval``) writes no transaction: with
+    background sync each commit costs the flush loop a wake-up and an fdatasync."""
+    from meshcloud.state.store import LmdbKv
+    from meshcloud.state.table import TableCore
+
+    schema = TableSchema("ev", partition=(), sort=(int,), expires_after_ms=1000)
+    kv = LmdbKv(tmp_path / "s", background_sync=True)
+    t = TableCore(schema, kv)
+    t.merge([(schema.key_bytes((1,)), LwwRegister.write(hlc_pack(10_000, 0), W, "a"))],
+            now_ms=10_000)
+    committed = kv.committed
+    assert t.purge_expired(now_ms=10_500) == 0
+    assert kv.committed == committed  # nothing due: no commit
+    assert t.purge_expired(now_ms=11_200) == 1
+    assert kv.committed == committed + 1
+    kv.close()
+
+
 def test_updated_hook_sees_old_and_new_in_the_transaction():
     seen = []
     schema = TableSchema("h", partition=(str,),
