@@ -27,7 +27,8 @@ What the core does with what it hears (Kademlia §2.2-2.5, libp2p kad-dht):
 * a peer record is believed only if signed by the node's own key (see :mod:`dht.records`);
   the newest wins;
 * maintenance every ``maintenance_interval``: expire records, refresh buckets no lookup
-  touched for ``refresh_interval``, republish our peer record and provider records.
+  touched for about ``refresh_interval`` (each bucket of each node its own period, see
+  :func:`refresh_period`), republish our peer record and provider records.
 
 Operations: a command starts one *operation* (a :class:`~dht.lookup.Lookup`, then for
 publish/provide a store phase at the k closest found) and emits ``LookupStarted`` then,
@@ -51,6 +52,7 @@ Driving a core (what :mod:`dht.driver` and :mod:`sim.dhtmesh` do)::
 from __future__ import annotations
 
 import enum
+import hashlib
 import heapq
 import itertools
 import random
@@ -567,7 +569,8 @@ class DhtCore:
         first = indices[0] + 1 if force else indices[0]
         for index in range(first, 256):
             touched = self._touched.get(index, self._created)
-            if force or now - touched >= self.config.refresh_interval:
+            if force or now - touched >= refresh_period(self.local_id, index,
+                                                         self.config.refresh_interval):
                 target = random_id_in_bucket(self.local_id, index, self.rng)
                 out += self._start(Purpose.REFRESH, target, now)
         return out
@@ -586,6 +589,16 @@ class DhtCore:
             requests_received=counts["requests_received"],
             replies_received=counts["replies_received"], timeouts=counts["timeouts"],
             dropped=dict(self.dropped))
+
+
+def refresh_period(local_id: bytes, index: int, interval: float) -> float:
+    """How long bucket ``index`` of node ``local_id`` may go untouched before it is
+    refreshed: ``interval`` times a factor in [0.5, 1.5) fixed by the node's id and the
+    bucket (mean ``interval``). Nodes started or joined together (every bucket touched at
+    once by the join's refresh) would otherwise all refresh at the same moment, one
+    interval later, a burst of lookups across the whole mesh."""
+    digest = hashlib.blake2b(local_id + index.to_bytes(2, "big"), digest_size=4).digest()
+    return interval * (0.5 + int.from_bytes(digest, "big") / 2**32)
 
 
 def _checked_id(value: bytes) -> bytes:

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from dht.config import DhtConfig
-from dht.core import DhtCore
+from dht.core import DhtCore, refresh_period
 from dht.hooks import FakeSigner, FakeVerifier
 from dht.ids import random_id
 from dht.messages import (
@@ -354,3 +354,32 @@ def test_garbage_requests_are_dropped_before_anything_is_learned():
     assert core.on_message(peer, Ping(rid=3, sender_addresses=("a",) * 9), 1.0) == []
     assert len(core.table) == 0
     assert core.statistics().dropped == {"garbage_request": 3}
+
+
+def test_refresh_periods_are_fixed_per_bucket_and_spread_across_nodes():
+    """Each bucket of each node waits its own period, in [0.5, 1.5) × the interval:
+    nodes that joined together do not refresh together one interval later."""
+    rng = random.Random(11)
+    ids = [random_id(rng) for _ in range(60)]
+    periods = [refresh_period(i, 200, 600.0) for i in ids]
+    assert all(300.0 <= p < 900.0 for p in periods)
+    assert periods == [refresh_period(i, 200, 600.0) for i in ids]  # stable
+    assert max(periods) - min(periods) > 300.0
+    assert abs(sum(periods) / len(periods) - 600.0) < 60.0  # the mean rate is kept
+    assert len({refresh_period(ids[0], index, 600.0) for index in range(200, 256)}) > 50
+
+
+def test_nodes_joined_together_spread_their_first_refresh():
+    config = dataclasses.replace(CONFIG, maintenance_interval=5.0, refresh_interval=600.0)
+    net = joined(12, config=config)
+    first: dict[int, float] = {}
+    elapsed = 0.0
+    while elapsed < 1.6 * config.refresh_interval:
+        net.log = []
+        net.run_for(config.maintenance_interval)
+        elapsed += config.maintenance_interval
+        for i, out in net.log:
+            if type(out) is LookupStarted and out.purpose is Purpose.REFRESH:
+                first.setdefault(i, elapsed)
+    assert len(first) == 12  # every node refreshed within 1.5 intervals
+    assert max(first.values()) - min(first.values()) > 0.2 * config.refresh_interval
