@@ -64,13 +64,16 @@ def outage_then_heal(tmp_path, nodes: int, down: int, during: tuple[str, str],
         victims = cluster.agents[-down:]
         for victim in victims:
             victim.kill()
-        wait_until(lambda: len(admin.get("/v1/storage/layout/heal")["live"]) == nodes - down,
-                   60, interval=0.5, message="the outage seen")
+        survivors = cluster.agents[:nodes - down]
+        # every writer must see the outage: one that still counts a victim live writes
+        # the object at the full layout's code
+        wait_until(lambda: all(len(a.get("/v1/storage/layout/heal")["live"]) == nodes - down
+                               for a in survivors), 60, interval=0.5, message="the outage seen")
         for i, size in enumerate(SIZES):
             name = f"during/{i}"
             data = random.Random(100 + i).randbytes(size)
             for _attempt in range(3):
-                writer = rng.choice(cluster.agents[:nodes - down])
+                writer = rng.choice(survivors)
                 try:
                     s3_for(writer, key).put_object(Bucket="heal", Key=name, Body=data)
                 except (ClientError, BotoCoreError):
@@ -80,7 +83,7 @@ def outage_then_heal(tmp_path, nodes: int, down: int, during: tuple[str, str],
         assert len(written) == 2 + len(SIZES), sorted(written)
         layout = admin.get("/v1/storage/layout/heal")
         codes = {o["key"]: o["code"] for o in layout["objects"]}
-        assert all(codes[f"during/{i}"] == during[0] for i in range(len(SIZES)))
+        assert all(codes[f"during/{i}"] == during[0] for i in range(len(SIZES))), codes
         before = layout["below_target"]
         assert before >= len(SIZES) - 1  # the 5 KiB object may be inline: at target
         assert layout["target"] == during[1]
