@@ -16,11 +16,9 @@ from collections import Counter
 import pytest
 import trio
 
-from meshcloud.agent.lifecycle import init_mesh, join_mesh
-from meshcloud.agent.node import Node
 from meshcloud.config import NodeConfig
-from meshcloud.datadir import DataDir
 from meshcloud.transport.memory import MemoryNetwork
+from tests.meshcloud.two_nodes import two_joined_nodes
 
 DEFAULT = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0")
 WINDOW = 300.0
@@ -57,20 +55,7 @@ def network() -> MemoryNetwork:
 
 async def test_idle_services_sleep_until_a_row_changes(tmp_path, nursery, network,
                                                       autojump_clock):
-    def factory(key, auth, config):
-        return network.add(key, auth)
-
-    a_dir, b_dir = DataDir(tmp_path / "a"), DataDir(tmp_path / "b")
-    init_mesh(a_dir, "home", {})
-    a = Node(a_dir, DEFAULT, transport_factory=factory)
-    await nursery.start(a.run)
-    token = a.create_invite(ttl_s=60, uses=1)
-    await join_mesh(b_dir, token.encode(), {}, transport_factory=factory)
-    b = Node(b_dir, DEFAULT, transport_factory=factory)
-    await nursery.start(b.run)
-    with trio.fail_after(120):
-        while not (b.node_id in a.alive_peer_ids() and a.node_id in b.alive_peer_ids()):
-            await trio.sleep(1)
+    a, b = await two_joined_nodes(tmp_path, nursery, network, DEFAULT)
     await trio.sleep(120)  # start-up work (first syncs, offers, DHT) is over
 
     steps = Steps()

@@ -17,12 +17,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcloud.agent.lifecycle import init_mesh, join_mesh
-from meshcloud.agent.node import Node
 from meshcloud.clock import next_tick
 from meshcloud.config import NodeConfig
-from meshcloud.datadir import DataDir
 from meshcloud.transport.memory import MemoryNetwork
+from tests.meshcloud.two_nodes import two_joined_nodes
 
 PHONE = NodeConfig(listen=["127.0.0.1:0"], api="127.0.0.1:0", s3="127.0.0.1:0",
                    profile="phone")
@@ -70,20 +68,7 @@ def network() -> MemoryNetwork:
 
 
 async def test_two_idle_phone_nodes_wake_rarely(tmp_path, nursery, network, autojump_clock):
-    def factory(key, auth, config):
-        return network.add(key, auth)
-
-    a_dir, b_dir = DataDir(tmp_path / "a"), DataDir(tmp_path / "b")
-    init_mesh(a_dir, "home", {})
-    a = Node(a_dir, PHONE, transport_factory=factory)
-    await nursery.start(a.run)
-    token = a.create_invite(ttl_s=60, uses=1)
-    await join_mesh(b_dir, token.encode(), {}, transport_factory=factory)
-    b = Node(b_dir, PHONE, transport_factory=factory)
-    await nursery.start(b.run)
-    with trio.fail_after(120):
-        while not (b.node_id in a.alive_peer_ids() and a.node_id in b.alive_peer_ids()):
-            await trio.sleep(1)
+    a, b = await two_joined_nodes(tmp_path, nursery, network, PHONE)
     await trio.sleep(300)  # start-up work (first syncs, offers, DHT) is over
 
     wakes = WakeInstants()
