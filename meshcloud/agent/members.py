@@ -96,6 +96,10 @@ class Members:
         )
         self.left = False
         self._saved = -1
+        self.revoked: set[bytes] = set()
+        """Members whose revocation this node has enforced: out of :meth:`alive_ids` at
+        once, before gossip has found them dead (they still answer pings on UDP for a
+        while, and reads must not wait for a holder every connection refuses)."""
 
     # --- incarnation ----------------------------------------------------------------------
 
@@ -127,6 +131,7 @@ class Members:
             return frozenset()
         me = self.node.node_id
         return frozenset(m.node_id for m in members if m.node_id != me and
+                         m.node_id not in self.revoked and
                          m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 
     def view(self) -> list[dict[str, Any]]:

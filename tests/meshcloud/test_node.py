@@ -285,6 +285,9 @@ async def test_revoking_a_node_cuts_it_off_everywhere_within_seconds(tmp_path, n
             await trio.sleep(0.05)
     took = trio.current_time() - revoked_at
     assert took < 5
+    # once cut it is out of the live view at once (reads and placement stop waiting on it),
+    # though gossip has not found it dead yet
+    assert all(b.node_id not in n.alive_peer_ids() for n in (a, c))
     # and b cannot come back: a fresh dial is refused by every member
     for member in (a, c):
         with pytest.raises(MeshError, match="revoked"):
