@@ -135,7 +135,9 @@ class Pair:
             if self.failed:
                 return
             self.failed = True
-        for sock in (self.plain, self.sealed):
+        # the sealed side first: a thread woken by the plain side's shutdown must not
+        # get a FIN record out, or the peer would take a failed forward for an ended one
+        for sock in (self.sealed, self.plain):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the other thread
 
