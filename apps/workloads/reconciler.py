@@ -56,6 +56,7 @@ from apps.workloads.view import plan_item
 from apps.workloads.watchdog import Watched, ensure_watchdog, read_watched, write_watched
 from meshcloud.errors import MeshError
 from meshcloud.placement import NodeInfo
+from meshcloud.state.driver import TableWatch
 from meshcloud.state.tables import NODES
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,9 @@ class Reconciler:
         self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for table in WATCHED_TABLES:
-                nursery.start_soon(self._watch, table)
-            if self.root_allowed is not None:
-                nursery.start_soon(self._watch, POLICY_TABLE)
+            tables = (*WATCHED_TABLES, *((POLICY_TABLE,) if self.root_allowed is not None
+                                          else ()))
+            nursery.start_soon(self._watch, self.state.watch(*tables))
             nursery.start_soon(self._guard)
             task_status.started()
             try:
@@ -197,9 +197,12 @@ class Reconciler:
             return max(self.config.resync_interval, self.config.idle_resync_interval)
         return self.config.resync_interval
 
-    async def _watch(self, table: str) -> None:
-        changes = self.state.subscribe(table)
-        async for _ in changes:
+    async def _watch(self, watch: TableWatch) -> None:
+        """Poke a pass at every change of a watched table, for as long as the reconciler
+        runs (a watch never overflows, whatever a burst of rows)."""
+        while True:
+            await watch.wait()
+            watch.clear()
             self.poke()
 
     # --- one pass -------------------------------------------------------------------------
