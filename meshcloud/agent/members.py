@@ -123,6 +123,11 @@ class Members:
 
     # --- the view -------------------------------------------------------------------------
 
+    def revoked_cut(self, node_id: bytes) -> None:
+        """This node cut a revoked member's connections: out of the live view now."""
+        self.revoked.add(node_id)
+        self.node.events.emit("peer.revoked", peer=node_id.hex())
+
     def alive_ids(self) -> frozenset[bytes]:
         """Members gossip holds alive (or only suspected), this node excluded."""
         try:

@@ -82,7 +82,7 @@ class Node:
         self.revocations = RevocationEnforcer(
             self.transport, lambda peer: peer.cert is not None and is_cert_revoked(
                 peer.cert, self.records), interval=revocation_interval(config.profile),
-            on_cut=self._revoked_peer_cut,
+            on_cut=lambda node_id: self.members.revoked_cut(node_id),
             watch=self.state.watch(MEMBERSHIP.name))
         self.members = Members(self)
         self.stop_requested = trio.Event()
@@ -117,10 +117,6 @@ class Node:
     @property
     def peers(self) -> dict[bytes, PeerRecord]:
         return self.book.peers
-
-    def _revoked_peer_cut(self, node_id: bytes) -> None:
-        self.members.revoked.add(node_id)
-        self.events.emit("peer.revoked", peer=node_id.hex())
 
     def alive_peer_ids(self) -> frozenset[bytes]:
         """The other members that gossip holds alive (or only suspects)."""
