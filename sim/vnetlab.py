@@ -158,7 +158,28 @@ class VNetLab:
         cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), "-i", "0.2"]
         if interface:
             cmd += ["-I", interface]
-        return ns(host, *cmd, address, check=False, timeout=30).returncode == 0
+        ok = ns(host, *cmd, address, check=False, timeout=30).returncode == 0
+        if not ok:  # what a failed check needs to be understood (pytest shows stdout)
+            print(f"ping from host {host.index} to {address} got no answer; then:\n"
+                  f"{self.explain()}", flush=True)
+        return ok
+
+    def explain(self) -> str:
+        """Every host's WireGuard peers and routes, and every agent's V-Nets view."""
+        out = []
+        for host, agent in zip(self.hosts, self.agents, strict=False):
+            out.append(f"--- host {host.index} (node {agent.node_id[:12]})")
+            for cmd in (("wg", "show", "all"), ("ip", "-o", "addr"),
+                        ("ip", "route")):
+                done = ns(host, *cmd, check=False, timeout=10)
+                out.append(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+            try:
+                for vnet in agent.get("/v1/vnets")["vnets"]:
+                    name = vnet["name"]
+                    out.append(f"vnet {name}: {self.show(agent, name)}")
+            except Exception as exc:  # a dead agent: say so and go on
+                out.append(f"agent API: {exc!r}")
+        return "\n".join(out)
 
     def close(self) -> None:
         self.cluster.close()
