@@ -250,6 +250,7 @@ class BlobService(ServiceBase):
         if self.memory is not None:
             out["memory_releases"] = self.memory.releases
             out["memory_collection_max_ms"] = round(self.memory.slowest_collection_ms, 1)
+            out["memory_frozen"] = self.memory.frozen
         return out
 
     def api_routes(self) -> list[Any]:
