@@ -363,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        message="every agent froze its start-up objects")
         except AgentError as exc:  # agents without the figure: the fixed wait only
             print(f"  {exc}", flush=True)
+        time.sleep(1.0)  # the freeze's stall is logged at the next lag sample
         since_ms = time.time() * 1000
         figures["load_avg_start"] = round(os.getloadavg()[0], 1)
         hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
