@@ -488,7 +488,7 @@ def test_a_slow_steps_wall_time_splits_into_cpu_run_queue_and_the_rest():
     (top,) = steps.top()
     assert top["max_ms"] == 200.0 and top["runq_ms"] == 120.0
     assert 30.0 <= top["cpu_ms"] <= 40.0
-    name, took, cpu, queued = steps.last or ("", 0.0, 0.0, 0.0)
+    name, took, _cpu, queued = steps.last or ("", 0.0, 0.0, 0.0)
     assert name == "busy" and took == pytest.approx(0.2) and queued == pytest.approx(0.12)
     runq[0] += 5.0  # a run-queue clock that ran ahead: capped at wall minus CPU
     _step(steps, clocks, 0.1, cpu=0.01)
