@@ -168,4 +168,4 @@ def test_a_release_collects_cycles_and_says_what_the_collection_cost():
     assert r.collect() >= 2
     assert r.last_collection["freed"] >= 2
     assert r.last_collection["cpu_ms"] >= 0.0 and r.last_collection["wall_ms"] >= 0.0
-    assert r.slowest_collection_ms >= r.last_collection["wall_ms"]
+    assert r.slowest_collection_ms == pytest.approx(r.last_collection["wall_ms"], abs=0.06)
