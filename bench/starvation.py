@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,10 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blobstore.memory import FREEZE_AFTER
 from sim.agents import Agent, AgentError, LocalCluster, wait_until
 
 MIB = 1024 * 1024
 HOG = "while True:\n    pass\n"
+STARTUP_SETTLE = FREEZE_AFTER + 5.0
+"""Seconds after the agents' start before the loaded window (and its lag figures) begins."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,6 +240,59 @@ def logged_max_lag(agents: list[Agent], start: float, end: float) -> float:
     return best
 
 
+_STEP = re.compile(r"last slow step: (?P<name>.+?), (?P<ms>[0-9.]+) ms"
+                   r"(?:; cpu (?P<cpu>[0-9.]+) ms, run queue (?P<runq>[0-9.]+) ms)?\)")
+
+
+def logged_stall_steps(agents: list[Agent], start: float, end: float
+                       ) -> dict[str, list[float]]:
+    """Per task name, the stalls over 100 ms the agents logged between two wall times
+    (seconds) whose last slow step it was: [count, max ms of that step, and of that
+    worst step: its CPU ms and run-queue ms (agents that log them)]."""
+    out: dict[str, list[float]] = {}
+    for agent in agents:
+        try:
+            lines = (agent.data_dir / "logs" / "agent.log").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "last slow step: " not in line:
+                continue
+            try:
+                entry = json.loads(line)
+                found = _STEP.search(entry["msg"])
+            except (ValueError, KeyError):
+                continue
+            if found is None or not start <= entry.get("ts", 0) <= end:
+                continue
+            took = float(found["ms"])
+            slot = out.setdefault(found["name"], [0, 0.0, 0.0, 0.0])
+            slot[0] += 1
+            if took >= slot[1]:
+                slot[1:] = [took, float(found["cpu"] or 0), float(found["runq"] or 0)]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+
+def slow_steps(agents: list[Agent], n: int = 12) -> list[dict[str, Any]]:
+    """The agents' slow task steps (over 50 ms, since each started), merged by task name:
+    count, worst wall ms, total wall ms, CPU ms of those steps (wall far above CPU: the
+    machine did not run the agent; close to it: its own work held the loop)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for agent in agents:
+        if not agent.running:
+            continue
+        for step in loop_lag(agent).get("slow_steps", []):
+            slot = merged.setdefault(step["task"], {"task": step["task"], "count": 0,
+                                                    "max_ms": 0.0, "total_ms": 0.0,
+                                                    "cpu_ms": 0.0, "runq_ms": 0.0})
+            slot["count"] += step["count"]
+            slot["max_ms"] = max(slot["max_ms"], step["max_ms"])
+            slot["total_ms"] = round(slot["total_ms"] + step["total_ms"], 1)
+            slot["cpu_ms"] = round(slot["cpu_ms"] + step["cpu_ms"], 1)
+            slot["runq_ms"] = round(slot["runq_ms"] + step.get("runq_ms", 0.0), 1)
+    return sorted(merged.values(), key=lambda s: -s["max_ms"])[:n]
+
+
 def lag_share_over(agents: list[Agent], bound: str = "<=200") -> float:
     """Share (%) of all lag samples above the histogram bucket ``bound``."""
     total = above = 0
@@ -250,6 +307,28 @@ def lag_share_over(agents: list[Agent], bound: str = "<=200") -> float:
     return round(100 * above / total, 3) if total else 0.0
 
 
+def payload_modes(agents: list[Agent]) -> dict[str, int]:
+    """How the clients' S3 bodies came (aws-chunked signed or not, ...), summed."""
+    out: dict[str, int] = {}
+
+    def find(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "s3_payload_modes" and isinstance(value, dict):
+                    for mode, n in value.items():
+                        out[mode] = out.get(mode, 0) + int(n)
+                else:
+                    find(value)
+
+    for agent in agents:
+        if agent.running:
+            try:
+                find(agent.api_call("GET", "/v1/status", timeout=30))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
 def max_lag(agents: list[Agent]) -> float:
     return max((loop_lag(a).get("max_ms", 0.0) for a in agents if a.running), default=0.0)
 
@@ -259,6 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"agents": args.agents, "minutes": args.minutes,
                                "hogs": args.hogs, "burst": args.burst}
     hogs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
     cluster = LocalCluster.create(root / "mesh", args.agents, chain=False)
     workloads: list[Workload] = []
     try:
@@ -275,7 +355,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import boto3  # noqa: F401 - fail early when it is missing
 
         _make_bucket(agents[0], key)
+        # the loaded window starts once the agents' one-off start-up steps are over (the
+        # collector's freeze, FREEZE_AFTER after storage starts): their lag is start-up's
+        time.sleep(max(0.0, started + STARTUP_SETTLE - time.monotonic()))
+        try:
+            wait_until(lambda: all(_frozen(a) for a in agents), 60, interval=0.5,
+                       message="every agent froze its start-up objects")
+        except AgentError as exc:  # agents without the figure: the fixed wait only
+            print(f"  {exc}", flush=True)
+        time.sleep(1.0)  # the freeze's stall is logged at the next lag sample
         since_ms = time.time() * 1000
+        figures["load_avg_start"] = round(os.getloadavg()[0], 1)
         hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
         workloads = [Workload(a, key, "starve", args.big_mib, root) for a in agents]
         end = time.monotonic() + args.minutes * 60
@@ -290,6 +380,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                           time.time()), 1)
         figures["max_loop_lag_ms_with_startup"] = round(max_lag(agents), 1)
         figures["lag_samples_over_200ms_pct"] = lag_share_over(agents)
+        figures["stall_steps"] = logged_stall_steps(agents, since_ms / 1000, time.time())
+        figures["slow_steps"] = slow_steps(agents)
+        figures["load_avg_end"] = round(os.getloadavg()[0], 1)
+        figures["s3_payload_modes"] = payload_modes(agents)
         lags = {a.name: loop_lag(a) for a in agents}
         figures["loop_lag_ms_by_agent"] = {n: v.get("max_ms") for n, v in lags.items()}
         detect: list[float] = []
@@ -330,6 +424,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.root is None:  # ten minutes of 64 MiB objects fill tens of GiB
             shutil.rmtree(root, ignore_errors=True)
     return figures
+
+
+def _frozen(agent: Agent) -> bool:
+    found: list[int] = []
+
+    def find(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "memory_frozen" and isinstance(value, int):
+                    found.append(value)
+                else:
+                    find(value)
+
+    try:
+        find(agent.api_call("GET", "/v1/status", timeout=30))
+    except (OSError, ValueError):
+        return False
+    return bool(found) and found[0] > 0
 
 
 def _make_bucket(agent: Agent, key: dict[str, str]) -> None:

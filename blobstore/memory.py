@@ -34,6 +34,7 @@ import functools
 import gc
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import trio
@@ -115,6 +116,9 @@ class MemoryReleaser:
         self.frozen = 0
         """Objects frozen after start-up (0 until then)."""
         self.releases = 0
+        self.last_collection: dict[str, float] = {}
+        """The latest release's collection: wall and CPU milliseconds, objects freed."""
+        self.slowest_collection_ms = 0.0
         self._seen = 0
         self._released_at = 0
 
@@ -146,6 +150,18 @@ class MemoryReleaser:
                 # buffers held by reference cycles (a cancelled fetch's traceback keeps its
                 # frame's shard) wait for a full collection, which an idle process never
                 # triggers; collected here, in the trio thread (finalizers stay in it)
-                gc.collect()
+                self.collect()
                 await trio.to_thread.run_sync(self.release)
                 self.releases += 1
+
+    def collect(self) -> int:
+        """One full collection, timed (:attr:`last_collection`); returns what it freed."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        freed = gc.collect()
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        self.last_collection = {"wall_ms": round(wall * 1000, 1),
+                                "cpu_ms": round(cpu * 1000, 1), "freed": freed}
+        self.slowest_collection_ms = max(self.slowest_collection_ms, wall * 1000)
+        log.info("memory release: full collection %.0f ms (CPU %.0f ms), %d objects freed",
+                 wall * 1000, cpu * 1000, freed)
+        return freed

@@ -249,6 +249,8 @@ class BlobService(ServiceBase):
             out.update(self.maintenance.status())
         if self.memory is not None:
             out["memory_releases"] = self.memory.releases
+            out["memory_collection_max_ms"] = round(self.memory.slowest_collection_ms, 1)
+            out["memory_frozen"] = self.memory.frozen
         return out
 
     def api_routes(self) -> list[Any]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -108,6 +109,24 @@ class DriverStatistics:
         return self.core.hostile_dropped + self.dropped_malformed
 
 
+def thread_runqueue_clock() -> Callable[[], float]:
+    """A clock of the seconds the *calling* thread has spent runnable but not running
+    (waiting on a run queue: Linux ``/proc/thread-self/schedstat``), read with one
+    ``pread``; a clock that stays at 0 where there is no such file."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return lambda: 0.0
+
+    def read() -> float:
+        try:
+            return int(os.pread(fd, 96, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    return read
+
+
 class SlowSteps(trio.abc.Instrument):
     """Times each task step; remembers the slow ones by task name (count, max, total).
 
@@ -115,32 +134,44 @@ class SlowSteps(trio.abc.Instrument):
     clock (no system call); the thread's CPU clock (a system call) is read only when a
     step turned out slow, and otherwise at most once per ``cpu_mark_every`` seconds, so
     a slow step's CPU time is counted from a mark taken at most that long before it
-    began (and capped at its wall time)."""
+    began (and capped at its wall time).
+
+    With the run-queue clock (``runq_clock``, read at the same moments), a slow step's
+    wall time splits three ways: CPU (our own work), run queue (the kernel ran other
+    threads: the machine is busy) and the rest, blocked while ready to go on (on this
+    thread of a trio loop: waiting for the GIL a worker thread holds)."""
 
     def __init__(self, threshold: float = 0.05, keep: int = 64, *,
                  cpu_mark_every: float = CPU_MARK_EVERY,
                  clock: Callable[[], float] = time.perf_counter,
-                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
+                 cpu_clock: Callable[[], float] = time.thread_time,
+                 runq_clock: Callable[[], float] | None = None) -> None:
         self.threshold = threshold
         self.keep = keep
         self.cpu_mark_every = cpu_mark_every
         self.clock = clock
         self.cpu_clock = cpu_clock
+        self.runq_clock = runq_clock
+        """None: opened on the first step, in the loop's thread (the clock is per thread)."""
         self.slow: dict[str, list[float]] = {}
-        """task name -> [count, max seconds, total seconds, CPU seconds]"""
+        """task name -> [count, max seconds, total seconds, CPU seconds, run-queue seconds]"""
         self._started: float | None = None
         self._mark_at = -math.inf
         self._cpu_mark = 0.0
+        self._runq_mark = 0.0
         self.longest = 0.0
         """The longest slow step since the last :meth:`take_longest` (seconds, 0 if none)."""
-        self.last: tuple[str, float] | None = None
-        """The latest slow step: (task name, seconds)."""
+        self.last: tuple[str, float, float, float] | None = None
+        """The latest slow step: (task name, seconds, CPU seconds, run-queue seconds)."""
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         now = self._started = self.clock()
         if now - self._mark_at >= self.cpu_mark_every:
             self._mark_at = now
             self._cpu_mark = self.cpu_clock()
+            if self.runq_clock is None:
+                self.runq_clock = thread_runqueue_clock()
+            self._runq_mark = self.runq_clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         started = self._started
@@ -152,18 +183,21 @@ class SlowSteps(trio.abc.Instrument):
             return
         cpu_now = self.cpu_clock()
         cpu = min(max(0.0, cpu_now - self._cpu_mark), took)
-        self._mark_at, self._cpu_mark = started + took, cpu_now
+        runq_now = self.runq_clock() if self.runq_clock is not None else 0.0
+        runq = min(max(0.0, runq_now - self._runq_mark), took - cpu)
+        self._mark_at, self._cpu_mark, self._runq_mark = started + took, cpu_now, runq_now
         self.longest = max(self.longest, took)
-        self.last = (task.name, took)
+        self.last = (task.name, took, cpu, runq)
         entry = self.slow.get(task.name)
         if entry is None:
             if len(self.slow) >= self.keep:
                 return
-            entry = self.slow[task.name] = [0, 0.0, 0.0, 0.0]
+            entry = self.slow[task.name] = [0, 0.0, 0.0, 0.0, 0.0]
         entry[0] += 1
         entry[1] = max(entry[1], took)
         entry[2] += took
         entry[3] += cpu
+        entry[4] += runq
 
     def take_longest(self) -> float:
         """The longest slow step since the last call (0.0 if none), and start over."""
@@ -176,8 +210,9 @@ class SlowSteps(trio.abc.Instrument):
         not run us (other processes), CPU close to wall means our own work blocked."""
         ranked = sorted(self.slow.items(), key=lambda kv: -kv[1][2])[:n]
         return [{"task": name, "count": int(c), "max_ms": round(m * 1000, 1),
-                 "total_ms": round(t * 1000, 1), "cpu_ms": round(u * 1000, 1)}
-                for name, (c, m, t, u) in ranked]
+                 "total_ms": round(t * 1000, 1), "cpu_ms": round(u * 1000, 1),
+                 "runq_ms": round(q * 1000, 1)}
+                for name, (c, m, t, u, q) in ranked]
 
 
 class GossipDriver:
@@ -433,8 +468,9 @@ class GossipDriver:
             if self.lag.record(lag):
                 last = self.slow_steps.last if self.slow_steps is not None else None
                 log.warning("event loop stalled for %.0f ms%s", lag * 1000,
-                            f" (last slow step: {last[0]}, {last[1] * 1000:.0f} ms)"
-                            if last else "")
+                            f" (last slow step: {last[0]}, {last[1] * 1000:.0f} ms; "
+                            f"cpu {last[2] * 1000:.0f} ms, run queue "
+                            f"{last[3] * 1000:.0f} ms)" if last else "")
             self._perform(core.on_loop_lag(lag, now))
 
     async def _capacity_loop(self) -> None:

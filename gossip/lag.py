@@ -13,7 +13,9 @@ lets a suspicion expire on it (Lifeguard's local health awareness, fed by the lo
   timing every task step with the monotonic clock (the CPU clock only for slow ones);
   steps longer than a threshold are counted per task name, so the status page says
   *who* held the loop, and for how long, and the longest one since the last sample
-  counts as lag.
+  counts as lag; with the thread's run-queue clock (Linux schedstat) a slow step's wall
+  time splits into our CPU, the kernel running other threads, and the rest (the GIL
+  held by a worker thread, a page fault).
 
 Pure (no clock, no I/O): the driver measures, this module keeps the figures.
 """

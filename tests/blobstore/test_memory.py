@@ -153,3 +153,19 @@ async def test_start_up_objects_are_frozen_out_of_later_collections(autojump_clo
         assert any(obj is fresh for obj in gc.get_objects())
     finally:
         gc.unfreeze()
+
+
+def test_a_release_collects_cycles_and_says_what_the_collection_cost():
+    r = releaser()
+
+    class Holder:
+        pass
+
+    a, b = Holder(), Holder()
+    a.other, b.other = b, a
+    a.buffer = bytearray(4 * MIB)  # a chunk buffer only a cycle keeps alive
+    del a, b
+    assert r.collect() >= 2
+    assert r.last_collection["freed"] >= 2
+    assert r.last_collection["cpu_ms"] >= 0.0 and r.last_collection["wall_ms"] >= 0.0
+    assert r.slowest_collection_ms == pytest.approx(r.last_collection["wall_ms"], abs=0.06)

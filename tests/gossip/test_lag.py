@@ -6,6 +6,7 @@ the driver test holds the loop under the autojump clock and checks that it is me
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -467,3 +468,40 @@ async def test_a_slow_step_between_two_samples_is_lag(autojump_clock):
         assert driver.statistics().core.loop_stalls >= 1
         assert status["slow_steps"][0]["max_ms"] == 150.0
         nursery.cancel_scope.cancel()
+
+
+def test_a_slow_steps_wall_time_splits_into_cpu_run_queue_and_the_rest():
+    """Wall ≫ CPU has two causes the status must tell apart: the kernel running other
+    threads (run queue) and the loop blocked while ready (the GIL held by a worker)."""
+    from gossip.driver import SlowSteps
+
+    clocks = _Clocks()
+    runq = [0.0]
+    steps = SlowSteps(0.05, cpu_mark_every=0.01, clock=clocks.wall, cpu_clock=clocks.thread,
+                      runq_clock=lambda: runq[0])
+    _step(steps, clocks, 0.005)  # a mark
+    steps.before_task_step(_Task())
+    clocks.now += 0.2
+    clocks.cpu += 0.03
+    runq[0] += 0.12  # 120 ms waiting for a CPU; 50 ms neither running nor queued
+    steps.after_task_step(_Task())
+    (top,) = steps.top()
+    assert top["max_ms"] == 200.0 and top["runq_ms"] == 120.0
+    assert 30.0 <= top["cpu_ms"] <= 40.0
+    name, took, _cpu, queued = steps.last or ("", 0.0, 0.0, 0.0)
+    assert name == "busy" and took == pytest.approx(0.2) and queued == pytest.approx(0.12)
+    runq[0] += 5.0  # a run-queue clock that ran ahead: capped at wall minus CPU
+    _step(steps, clocks, 0.1, cpu=0.01)
+    assert steps.last is not None and steps.last[3] == pytest.approx(0.09)
+
+
+def test_the_run_queue_clock_reads_this_threads_schedstat():
+    from gossip.driver import thread_runqueue_clock
+
+    clock = thread_runqueue_clock()
+    first = clock()
+    assert isinstance(first, float) and first >= 0.0
+    assert clock() >= first  # a counter: never goes back
+    if os.path.exists("/proc/thread-self/schedstat"):  # Linux: a real reading
+        with open("/proc/thread-self/schedstat") as fh:
+            assert abs(int(fh.read().split()[1]) / 1e9 - clock()) < 1.0

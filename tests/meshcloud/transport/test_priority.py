@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given
@@ -110,3 +111,92 @@ async def test_bulk_work_runs_in_a_lowered_thread_and_is_bounded():
     assert all(tid != main and prio == min(19, loop_priority + bulk.BULK_NICENESS)
                for tid, prio in results)
     assert os.getpriority(os.PRIO_PROCESS, main) == loop_priority  # the loop is untouched
+
+
+class _BytesPerStep(trio.abc.Instrument):
+    """Bytes a connection's channel decrypted during each step of its reader task."""
+
+    def __init__(self) -> None:
+        self.conn = None
+        self.before = 0
+        self.steps: list[int] = []
+
+    def before_task_step(self, task) -> None:
+        if self.conn is not None and task.name.endswith("Connection.run"):
+            self.before = self.conn.channel.bytes_received
+
+    def after_task_step(self, task) -> None:
+        if self.conn is not None and task.name.endswith("Connection.run"):
+            self.steps.append(self.conn.channel.bytes_received - self.before)
+
+
+async def test_the_reader_decrypts_a_bounded_amount_per_task_step(nursery, monkeypatch):
+    """Bulk data always ready in the socket: the reader lets the loop run every
+    BYTES_BEFORE_YIELD bytes (plus the one read that crossed it), not every 8 reads."""
+    from meshcloud.testing import TestMesh
+    from meshcloud.transport import connection
+    from meshcloud.transport.mux import MuxConfig
+    from meshcloud.transport.tcp import TcpConfig, TcpTransport
+
+    # the sender writes 8 MiB per step, so the receiver finds MiBs waiting at each wake
+    monkeypatch.setattr(connection, "WRITE_SLICE", 8 << 20)
+    mux = MuxConfig(stream_window=16 << 20, max_message=2 << 20, max_buffered=64 << 20)
+    config = TcpConfig(mux=mux, max_buffered=64 << 20)
+    mesh = TestMesh.with_members(2)
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def sink(stream) -> None:
+        for _ in range(16):
+            got.append(await stream.receive())
+        done.set()
+
+    receiver = TcpTransport(mesh.members[0].key, mesh.members[0].authenticator, config=config)
+    receiver.serve("/test/sink/1", sink)
+    await nursery.start(receiver.run)
+    sender = TcpTransport(mesh.members[1].key, mesh.members[1].authenticator, config=config)
+    await nursery.start(sender.run)
+    await sender.dial(receiver.listen_addresses[0])
+    (conn,) = receiver.connections_to(sender.local_id)
+    watch = _BytesPerStep()
+    watch.conn = conn
+    trio.lowlevel.add_instrument(watch)
+    try:
+        payloads = [os.urandom((1 << 20) - i) for i in range(16)]
+        stream = await sender.open_stream(receiver.local_id, "/test/sink/1")
+        for payload in payloads:
+            await stream.send(payload)
+        with trio.fail_after(60):
+            await done.wait()
+    finally:
+        trio.lowlevel.remove_instrument(watch)
+    assert got == payloads
+    assert sum(watch.steps) >= 16 << 20
+    bound = 512 * 1024 + connection.READ_SIZE  # the budget, and the read that crossed it
+    assert max(watch.steps) <= bound, sorted(watch.steps)[-5:]
+
+
+def test_favour_loop_shortens_the_gil_switch_interval_and_never_lengthens_it():
+    import sys
+
+    old = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # CPython's default
+        assert bulk.favour_loop() == pytest.approx(bulk.SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == pytest.approx(bulk.SWITCH_INTERVAL)
+        sys.setswitchinterval(0.0001)  # someone wants it shorter still: left alone
+        assert bulk.favour_loop() == pytest.approx(0.0001)
+    finally:
+        sys.setswitchinterval(old)
+
+
+async def test_the_first_bulk_work_of_a_run_favours_the_loop():
+    import sys
+
+    old = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        assert await bulk.run_bulk(lambda: 7) == 7
+        assert sys.getswitchinterval() <= bulk.SWITCH_INTERVAL
+    finally:
+        sys.setswitchinterval(old)
