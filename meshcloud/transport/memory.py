@@ -337,6 +337,11 @@ class MemoryTransport:
         if existing is not None:
             return self._peer_of(existing)
         await trio.sleep(self.network._sample_delay() * 3)  # a handshake is 1.5 round trips
+        if target._nursery is None or not self.network.reachable(self.local_id,
+                                                                 target.local_id):
+            # partitioned or crashed while the handshake was in flight: it times out
+            await trio.sleep(self.network.dial_timeout)
+            raise TransportError(f"cannot reach {address}: handshake timed out")
         mine, theirs = self._auth(), target._auth()
         target.authenticator.check_peer(mine, we_dialed=False)  # raises AuthError: refused
         self.authenticator.check_peer(theirs, we_dialed=True)

@@ -97,6 +97,29 @@ async def test_partition_kills_connections_after_dead_after(nursery, autojump_cl
     assert trio.current_time() - start_time == pytest.approx(4.0)
 
 
+async def test_a_partition_cuts_a_handshake_in_flight(nursery, autojump_clock):
+    """A dial whose handshake is under way when the partition comes times out, and no
+    connection crosses the partition."""
+    mesh = TestMesh.with_members(2)
+    network = MemoryNetwork(latency=0.5, dial_timeout=3.0)
+    a = await start(nursery, network, mesh.members[0])
+    b = await start(nursery, network, mesh.members[1])
+    outcome: list[BaseException] = []
+
+    async def dial() -> None:
+        try:
+            await a.dial(b.listen_addresses[0])
+        except TransportError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(dial)
+        await trio.sleep(0.1)  # the handshake is in flight (1.5 round trips of 0.5 s)
+        network.partition({a.local_id}, {b.local_id})
+    assert len(outcome) == 1 and "timed out" in str(outcome[0])
+    assert a.connected_peers() == [] and b.connected_peers() == []
+
+
 async def test_datagrams_respect_loss_and_partitions(nursery, autojump_clock):
     mesh = TestMesh.with_members(2)
     network = MemoryNetwork(seed=3, loss=0.5, latency=0.005)
