@@ -84,8 +84,12 @@ class ReplicaNets:
 
     def __init__(self, node: bytes, view: Callable[[], View],
                  write_rows: Callable[[frozenset[MemberKey]], View],
-                 process_root: Path | None = None) -> None:
+                 process_root: Path | None = None,
+                 attachments: Callable[[], View] | None = None) -> None:
         self.node = node
+        self.attachments = attachments or view
+        """The V-Nets and attachments only (what :meth:`networks` reads on every pass of
+        the reconciler, for every replica: no scan of the replicas' claims)."""
         self.process_root = process_root
         """Where the process runtime keeps its replicas (their published ports are read
         from there for namespaces found after a restart of the agent)."""
@@ -110,7 +114,7 @@ class ReplicaNets:
         ``vnet rm``). A process keeps the sockets of the namespace it started in, so
         restarting it is the one way to move it; a container restarts the same way, so
         every replica follows one path."""
-        return tuple(attached(self.view(), workload))
+        return tuple(attached(self.attachments(), workload))
 
     async def prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
         """See :class:`apps.runtimes.network.ReplicaNetwork`; a failure is one
