@@ -206,3 +206,78 @@ async def test_detach_removes_the_namespace_veths_and_row_before_the_next_run(
     await nets.sync()
     assert nets.entries == {}
     assert ("ip", "netns", "del", netns_name(node, "api-0")) in ran
+
+
+# --- a rolling restart: one replica at a time, each live before the next goes ----------
+
+WEB = parse_spec({"name": "web", "command": ["python3", "-c", "pass"], "replicas": 3})
+
+
+def web_status(index, spec) -> ReplicaStatus:
+    return ReplicaStatus(name=spec.name, runtime="process", state=ReplicaState.RUNNING,
+                         id=f"p{index}", restarts=0, workload="web", replica=index,
+                         fencing_token=1, spec_hash=spec.spec_hash())
+
+
+def web_claim(state=ClaimState.RUNNING, networks=()) -> ReplicaClaim:
+    return ReplicaClaim(node=ME, fencing=1, state=state, restarts=0, updated_ms=1,
+                        generation=1, message="", networks=networks)
+
+
+def test_replicas_join_a_vnet_one_at_a_time_in_index_order():
+    """Three replicas (here on one node; the rule reads only the replicated claims, so it
+    holds across nodes): replica 1 waits until replica 0 runs in blue, replica 2 until
+    replica 1 does; a failed replica is not waited for."""
+    core = ReconcilerCore(ME, ReconcilerConfig())
+    core.networks = lambda workload: ["blue"]
+    old = {i: web_status(i, WEB.container_spec(i, 1)) for i in range(3)}
+    new = {i: web_status(i, with_networks(WEB.container_spec(i, 1), ["blue"]))
+           for i in range(3)}
+    blue = ("blue",)
+
+    def run(now, observed, claims):
+        return core.step(now, 1000, workloads={"web": WorkloadEntry(WEB, 3, 1)},
+                         assignment={"web": {0: ME, 1: ME, 2: ME}},
+                         claims={("web", i): c for i, c in claims.items()},
+                         observed=list(observed))
+
+    out = run(0.0, old.values(), {i: web_claim() for i in range(3)})
+    assert [s.key for s in of(out, StopReplica)] == [("web", 0)]
+    said = {w.key[1]: w.claim for w in of(out, WriteClaim)}
+    assert said[0].state == ClaimState.STOPPING and said[0].networks == ()
+    assert said[1].state == ClaimState.RUNNING
+    assert said[1].message == "waiting for replica 0 before restarting to join V-Net blue"
+    assert said[2].message.startswith("waiting for replica 0")
+
+    # replica 0 starting in blue: not live yet, the others wait
+    claims = {0: web_claim(ClaimState.STARTING, blue), 1: said[1], 2: said[2]}
+    out = run(1.0, [new[0], old[1], old[2]], claims)
+    assert of(out, StopReplica) == []
+    # replica 0 live in blue: replica 1 goes, replica 2 waits for it
+    claims[0] = web_claim(ClaimState.RUNNING, blue)
+    out = run(2.0, [new[0], old[1], old[2]], claims)
+    assert [s.key for s in of(out, StopReplica)] == [("web", 1)]
+    said = {w.key[1]: w.claim for w in of(out, WriteClaim)}
+    assert said[2].message.startswith("waiting for replica 1")
+    # replica 1 failed in blue: replica 2 does not wait for it
+    claims[1] = web_claim(ClaimState.FAILED, blue)
+    out = run(3.0, [new[0], old[2]], claims)
+    assert ("web", 2) in [s.key for s in of(out, StopReplica)]
+
+
+claim_states = st.sampled_from([None, ClaimState.RUNNING, ClaimState.STARTING,
+                                ClaimState.STOPPING, ClaimState.FAILED])
+
+
+@given(st.lists(st.tuples(claim_states, st.booleans()), min_size=1, max_size=5))
+def test_a_replica_waits_exactly_for_the_first_earlier_one_not_live_in_the_new_vnets(rows):
+    from apps.workloads.core import _turn
+
+    nets = ("blue",)
+    claims = {("web", j): web_claim(state, nets if joined else ())
+              for j, (state, joined) in enumerate(rows) if state is not None}
+    index = len(rows)
+    expected = next((j for j, (state, joined) in enumerate(rows)
+                     if state not in (None, ClaimState.FAILED)
+                     and not (state == ClaimState.RUNNING and joined)), None)
+    assert _turn(claims, "web", index, index + 1, nets) == expected
