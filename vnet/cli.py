@@ -107,10 +107,11 @@ def add_parsers(sub: Any) -> None:
     r = vsub.add_parser("rm", help="remove a V-Net: every node drops its interface")
     r.add_argument("name")
     for verb, text in (("attach", "join a V-Net: this node (--host) or a workload (its "
-                                  "running replicas restart into it)"),
+                                  "running replicas restart into it, one at a time)"),
                        ("detach", "leave a V-Net: this node (--host) or a workload (its "
-                                  "replicas restart on the host's network)")):
-        a = vsub.add_parser(verb, help=text)
+                                  "replicas restart on the host's network, one at a "
+                                  "time)")):
+        a = vsub.add_parser(verb, help=text, description=text)
         a.add_argument("name")
         group = a.add_mutually_exclusive_group(required=True)
         group.add_argument("--host", action="store_true", help="this machine")
