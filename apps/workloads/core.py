@@ -218,7 +218,7 @@ class ReconcilerCore:
                     track.networks, claim.networks if claim is not None and ours else None,
                     ())) if status.runtime == runtime else None
                 ahead = _turn(ctx.claims, workload, index, entry.replicas, nets) \
-                    if before is not None else None
+                    if before is not None and _state(status) == "running" else None
                 if ahead is not None:  # only its V-Nets changed: one replica at a time
                     ctx.claim(self, key, claim, fencing, claim.state if claim is not None
                               and ours else ClaimState.RUNNING, status.restarts,
