@@ -35,7 +35,10 @@ def print_show(info: dict[str, Any]) -> None:
     for m in info["members"]:
         where = "this node" if m["this_node"] else m["node"][:12]
         state = "" if m["routed"] else "  (address in conflict, re-allocating)"
-        line = f"  {m['address'] or '(host address)':15} {m['member'][:30]:30} {where:12}"
+        # a replica row without an address of its own: its replica runs on the host's
+        # network until the reconciler restarts it into its namespace
+        none = "(restarting)" if m.get("kind") == "replica" else "(host address)"
+        line = f"  {m['address'] or none:15} {m['member'][:30]:30} {where:12}"
         tunnel = m.get("tunnel")
         if tunnel:
             age = tunnel["handshake_age_s"]
@@ -103,9 +106,12 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--json", action="store_true")
     r = vsub.add_parser("rm", help="remove a V-Net: every node drops its interface")
     r.add_argument("name")
-    for verb, text in (("attach", "join a V-Net: this node (--host) or a workload"),
-                       ("detach", "leave a V-Net: this node (--host) or a workload")):
-        a = vsub.add_parser(verb, help=text)
+    for verb, text in (("attach", "join a V-Net: this node (--host) or a workload (its "
+                                  "running replicas restart into it, one at a time)"),
+                       ("detach", "leave a V-Net: this node (--host) or a workload (its "
+                                  "replicas restart on the host's network, one at a "
+                                  "time)")):
+        a = vsub.add_parser(verb, help=text, description=text)
         a.add_argument("name")
         group = a.add_mutually_exclusive_group(required=True)
         group.add_argument("--host", action="store_true", help="this machine")

@@ -9,7 +9,11 @@ namespace already: :meth:`ReplicaNets.joined` (called by the podman runtime once
 container runs) names it (``ip netns attach``) and wires it the same way. :meth:`ReplicaNets.sync`,
 run on every pass of the service, keeps each namespace's veths matching the rows (an
 address re-allocated after a collision, a V-Net attached or detached, the node's own
-address changed) and removes the namespaces of replicas no longer running here. A
+address changed) and removes the namespaces of replicas no longer running here or of
+workloads no longer attached. Attaching or detaching a running workload changes its
+replicas' spec (:meth:`ReplicaNets.networks`): the reconciler restarts each one, and
+the new run starts in its namespace, or on the host's network once the old namespace,
+veths and port forwards are gone (its address is released with its row). A
 process replica's published ports are forwarded from the node into its namespace
 (:mod:`vnet.portfwd`), so the ingress and the health probes reach it as before.
 """
@@ -80,8 +84,12 @@ class ReplicaNets:
 
     def __init__(self, node: bytes, view: Callable[[], View],
                  write_rows: Callable[[frozenset[MemberKey]], View],
-                 process_root: Path | None = None) -> None:
+                 process_root: Path | None = None,
+                 attachments: Callable[[], View] | None = None) -> None:
         self.node = node
+        self.attachments = attachments or view
+        """The V-Nets and attachments only (what :meth:`networks` reads on every pass of
+        the reconciler, for every replica: no scan of the replicas' claims)."""
         self.process_root = process_root
         """Where the process runtime keeps its replicas (their published ports are read
         from there for namespaces found after a restart of the agent)."""
@@ -100,6 +108,14 @@ class ReplicaNets:
 
     # --- the runtime's hook -----------------------------------------------------------
 
+    def networks(self, workload: str) -> tuple[str, ...]:
+        """The V-Nets ``workload`` is attached to: part of its replicas' desired spec, so
+        the reconciler restarts a running replica when they change (attach, detach,
+        ``vnet rm``). A process keeps the sockets of the namespace it started in, so
+        restarting it is the one way to move it; a container restarts the same way, so
+        every replica follows one path."""
+        return tuple(attached(self.attachments(), workload))
+
     async def prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
         """See :class:`apps.runtimes.network.ReplicaNetwork`; a failure is one
         :class:`~vnet.ipam.VNetError` (the runtime refuses the start)."""
@@ -109,9 +125,12 @@ class ReplicaNets:
             raise VNetError(f"{spec.name}: its V-Net namespace: {exc}") from None
 
     async def _prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
-        if os.geteuid() != 0 or not attached(self.view(), spec.workload or spec.name):
-            return None
         workload, index = spec.workload or spec.name, spec.replica
+        if os.geteuid() != 0:
+            return None
+        if not attached(self.view(), workload):
+            await self._drop(f"{workload}-{index}")  # detached: back on the host's network
+            return None
         async with self.lock:
             await self._find()
             entry = self.entries.get(f"{workload}-{index}")
@@ -165,7 +184,10 @@ class ReplicaNets:
 
     async def _joined(self, spec: ContainerSpec, pid: int) -> None:
         workload, index = spec.workload or spec.name, spec.replica
-        if os.geteuid() != 0 or not attached(self.view(), workload):
+        if os.geteuid() != 0:
+            return
+        if not attached(self.view(), workload):
+            await self._drop(f"{workload}-{index}")  # its previous run's
             return
         async with self.lock:
             await self._find()
@@ -227,7 +249,9 @@ class ReplicaNets:
             now = time.monotonic()
             for entry in list(self.entries.values()):
                 here = entry.index in running.get(entry.workload, frozenset())
-                if not here and now - entry.since > GRACE:
+                if not attached(view, entry.workload) or (
+                        not here and now - entry.since > GRACE):
+                    # detached (its replica restarts on the host's network) or gone
                     await self._remove(entry)
                     continue
                 if here:
@@ -270,6 +294,15 @@ class ReplicaNets:
                     path.write_text("1")
             except OSError as exc:
                 log.warning("V-Net %s: forwarding on %s: %s", vnet, interface, exc)
+
+    async def _drop(self, replica: str) -> None:
+        """Remove what ``replica`` had (a workload detached from its V-Nets), before its
+        next run starts on the host's network (its published ports are free again)."""
+        async with self.lock:
+            await self._find()
+            entry = self.entries.get(replica)
+            if entry is not None:
+                await self._remove(entry)
 
     async def _remove(self, entry: Entry) -> None:
         for scope in entry.forwards:

@@ -98,7 +98,10 @@ class VNetService(ServiceBase):
         from vnet.replicas import ReplicaNets
 
         self.replicas = ReplicaNets(node.node_id, self.view, self._write_rows,
-                                    node.datadir.path / "runtimes" / "process")
+                                    node.datadir.path / "runtimes" / "process",
+                                    attachments=lambda: core.View(
+                                        vnets=all_vnets(node.state), members={},
+                                        attachments=all_attachments(node.state)))
         self.replica_network = self.replicas
         """The runtimes' hook (:class:`apps.runtimes.network.ReplicaNetwork`): replicas
         of attached workloads run in namespaces of their own."""

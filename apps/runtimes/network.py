@@ -38,6 +38,12 @@ class ReplicaNetwork(Protocol):
         """The namespace ``spec``'s replica runs in, made ready; None: the host's."""
         ...
 
+    def networks(self, workload: str) -> tuple[str, ...]:
+        """The networks ``workload``'s replicas join: part of their desired spec (the
+        reconciler restarts a running replica into them, or out of them, when they
+        change; a process cannot move its sockets to another namespace)."""
+        ...
+
     async def joined(self, spec: ContainerSpec, pid: int) -> None:
         """A container runtime started ``spec``'s replica (main process ``pid``) in a
         namespace of its own: wire that one (a container keeps its runtime's network,

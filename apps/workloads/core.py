@@ -11,7 +11,12 @@ Rules, per replica key (workload, index):
 * **Assigned here, running with the wanted spec**: keep it; raise its fencing token if
   the claim's is higher; report ``running`` (``starting`` until its health check passes).
 * **Assigned here, running another spec** (a new generation): stop it; the next pass
-  starts the new one without counting a failure.
+  starts the new one without counting a failure. The V-Nets a workload is attached to
+  are part of its replicas' spec (:data:`NETWORKS_ENV`, from ``networks``): attaching or
+  detaching a running workload restarts its replicas into (out of) their V-Nets, one
+  at a time in index order (each waits until those before it run in the new V-Nets:
+  ``networks`` in their claims), and their claims say so ("restarting to join V-Net
+  blue", "waiting for replica 0 before restarting to join V-Net blue").
 * **Assigned here, not running**: start it, unless it is backing off after failures
   (``backoff_base × 2^(n−1)``, at most ``backoff_max``; reset after ``backoff_reset`` of
   running). A replica that ended without being asked to — crash, OOM, exit 0, or
@@ -39,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from apps.leases import HeldLease
@@ -58,8 +63,12 @@ from apps.workloads.tables import ReplicaClaim
 
 if TYPE_CHECKING:
     from apps.runtimes.base import ReplicaStatus
+    from apps.runtimes.spec import ContainerSpec
 
 ALIVE_STATES = ("creating", "running", "unhealthy")
+NETWORKS_ENV = "MESHCLOUD_VNETS"
+"""A replica's environment names the V-Nets its workload is attached to (comma
+separated): so they are part of what the replica is (its spec hash)."""
 
 
 class ClaimState:
@@ -96,6 +105,8 @@ class _Track:
     adopt_sent: int = -1
     handoff_since: float | None = None
     message: str = ""
+    networks: tuple[str, ...] | None = None
+    """The V-Nets the running replica was started in (None: not known here)."""
 
 
 class ReconcilerCore:
@@ -105,6 +116,9 @@ class ReconcilerCore:
         self.endpoint_port: Callable[[str, int, str], int] | None = None
         """The node's host port for a replica's published endpoint (the ingress sets it;
         it must answer the same for the same replica, or the replica restarts)."""
+        self.networks: Callable[[str], Sequence[str]] | None = None
+        """The V-Nets a workload's replicas join (the V-Net service sets it): part of
+        their spec, so that an attach or detach restarts them (:func:`with_networks`)."""
         self.wanted_leases: set[str] = set()
         """Singletons this node should hold a lease for (the lease driver follows it)."""
         self._tracks: dict[ReplicaKey, _Track] = {}
@@ -192,14 +206,29 @@ class ReconcilerCore:
             fencing = base if claim is not None and claim.node == self.node_id else base + 1
             if status is not None:
                 fencing = max(fencing, status.fencing_token)
-        wanted = spec.container_spec(index, fencing, self.endpoint_port)
+        plain = spec.container_spec(index, fencing, self.endpoint_port)
+        nets = tuple(sorted(set(self.networks(workload)))) if self.networks else ()
+        wanted = with_networks(plain, nets)
         runtime = spec.runtime
 
         if status is not None and _alive(status):
             if status.spec_hash != wanted.spec_hash() or status.runtime != runtime:
+                ours = claim is not None and claim.node == self.node_id
+                before = _ran_with(status.spec_hash, plain, (
+                    track.networks, claim.networks if claim is not None and ours else None,
+                    ())) if status.runtime == runtime else None
+                ahead = _turn(ctx.claims, workload, index, entry.replicas, nets) \
+                    if before is not None and _state(status) == "running" else None
+                if ahead is not None:  # only its V-Nets changed: one replica at a time
+                    ctx.claim(self, key, claim, fencing, claim.state if claim is not None
+                              and ours else ClaimState.RUNNING, status.restarts,
+                              entry.generation, restart_reason(before, nets).replace(
+                                  "restarting", "waiting for replica "
+                                  f"{ahead} before restarting", 1), before or ())
+                    return
                 track.planned_stop = status.id
                 ctx.claim(self, key, claim, fencing, ClaimState.STOPPING, status.restarts,
-                          entry.generation, "restarting with a new spec")
+                          entry.generation, restart_reason(before, nets), before or ())
                 ctx.out.append(StopReplica(key, name, status.runtime, None,
                                            status.runtime != runtime, "spec changed"))
                 return
@@ -214,12 +243,13 @@ class ReconcilerCore:
                 track.planned_stop = status.id
                 self._fail(track, ctx.now, f"unhealthy: {status.health_detail}")
                 ctx.claim(self, key, claim, fencing, ClaimState.FAILED, status.restarts,
-                          entry.generation, track.message)
+                          entry.generation, track.message, nets)
                 ctx.out.append(StopReplica(key, name, status.runtime, None, False,
                                            "unhealthy"))
                 ctx.out.append(Report("replica.unhealthy", {
                     "workload": workload, "replica": index, "detail": status.health_detail}))
                 return
+            track.networks = nets
             if track.running_since is None:
                 track.running_since = ctx.now
             if ctx.now - track.running_since >= cfg.backoff_reset:
@@ -231,7 +261,7 @@ class ReconcilerCore:
             healthy = _health(status) != "starting" and _state(status) == "running"
             ctx.claim(self, key, claim, fencing,
                       ClaimState.RUNNING if healthy else ClaimState.STARTING,
-                      status.restarts, entry.generation, "")
+                      status.restarts, entry.generation, "", nets)
             if spec.singleton:
                 ctx.deadlines.append(ctx.now + lease_left - cfg.singleton_stop_budget)
             return
@@ -252,12 +282,13 @@ class ReconcilerCore:
             ctx.deadlines.append(track.next_start)
             if claim is not None and claim.node == self.node_id:
                 ctx.claim(self, key, claim, fencing, ClaimState.FAILED, restarts,
-                          entry.generation, track.message)
+                          entry.generation, track.message, nets)
             return
         if ctx.hold_new:
             return
         ctx.claim(self, key, claim, fencing, ClaimState.STARTING, restarts, entry.generation,
-                  track.message)
+                  track.message, nets)
+        track.networks = nets
         ctx.out.append(StartReplica(key, wanted, runtime))
         ctx.out.append(Report("replica.starting", {
             "workload": workload, "replica": index, "fencing": fencing,
@@ -322,16 +353,65 @@ class _Pass:
     hold_new: bool = False
 
     def claim(self, core: ReconcilerCore, key: ReplicaKey, current: ReplicaClaim | None,
-              fencing: int, state: str, restarts: int, generation: int, message: str) -> None:
+              fencing: int, state: str, restarts: int, generation: int, message: str,
+              networks: tuple[str, ...] = ()) -> None:
         """Write this node's claim of ``key`` if it says something new."""
         if current is not None and current.node == core.node_id and (
                 current.fencing, current.state, current.restarts, current.generation,
-                current.message) == (fencing, state, restarts, generation, message):
+                current.message, current.networks) == (
+                    fencing, state, restarts, generation, message, networks):
             return
         claim = ReplicaClaim(node=core.node_id, fencing=fencing, state=state,
                              restarts=restarts, updated_ms=self.wall_ms,
-                             generation=generation, message=message)
+                             generation=generation, message=message, networks=networks)
         self.out.append(WriteClaim(key, claim))
+
+
+def with_networks(spec: ContainerSpec, networks: Sequence[str]) -> ContainerSpec:
+    """``spec`` with :data:`NETWORKS_ENV` naming ``networks`` (unchanged when none)."""
+    if not networks:
+        return spec
+    return replace(spec, env={**spec.env, NETWORKS_ENV: ",".join(sorted(networks))})
+
+
+def _ran_with(spec_hash: str, plain: ContainerSpec,
+              candidates: Sequence[tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    """The V-Nets a running replica was started in, when its spec is ``plain`` with one
+    of ``candidates`` (then only its V-Nets changed); None otherwise."""
+    for networks in candidates:
+        if networks is not None and with_networks(plain, networks).spec_hash() == spec_hash:
+            return networks
+    return None
+
+
+def _turn(claims: Mapping[ReplicaKey, ReplicaClaim], workload: str, index: int,
+          replicas: int, networks: tuple[str, ...]) -> int | None:
+    """The replica a replica joining or leaving V-Nets waits for (None: its turn): the
+    first one before it that is starting, stopping, or running outside ``networks``. A
+    rolling restart: each new replica is live before the next goes (a failed one is not
+    waited for: it restarts into the new V-Nets anyway)."""
+    for j in range(min(index, replicas)):
+        claim = claims.get((workload, j))
+        if claim is None or claim.state == ClaimState.FAILED:
+            continue
+        if claim.state != ClaimState.RUNNING or claim.networks != networks:
+            return j
+    return None
+
+
+def restart_reason(before: tuple[str, ...] | None, after: tuple[str, ...]) -> str:
+    """What a replica's claim says while it restarts with a new spec: which V-Nets it
+    joins or leaves, when that is what changed (``before`` None: not known)."""
+    if before is None or tuple(before) == tuple(after):
+        return "restarting with a new spec"
+    parts = []
+    joins = [n for n in after if n not in before]
+    leaves = [n for n in before if n not in after]
+    if joins:
+        parts.append("join V-Net " + ", ".join(joins))
+    if leaves:
+        parts.append("leave V-Net " + ", ".join(leaves))
+    return "restarting to " + " and ".join(parts)
 
 
 def _state(status: Any) -> str:

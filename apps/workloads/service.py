@@ -177,6 +177,8 @@ class WorkloadService(WorkloadOperations, ServiceBase):
             task_status.started()
 
     async def _bring_up(self, nursery: trio.Nursery) -> None:
+        if self.network is not None:  # a V-Net attachment is part of the replicas' spec
+            self.reconciler.core.networks = self.network.networks
         await self._start_runtimes(nursery)
         await self.publish_offer()
         await nursery.start(self.reconciler.run)

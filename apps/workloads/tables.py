@@ -42,7 +42,7 @@ class ReplicaState:
     FAILED = "failed"
 
 
-@message(RECORDS + 2, version=2)
+@message(RECORDS + 2, version=3)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaClaim:
     node: bytes
@@ -55,6 +55,9 @@ class ReplicaClaim:
     generation: int = 0
     message: str = ""
     """Why it is not running, in words (version 2): a start error, the last exit."""
+    networks: tuple[str, ...] = ()
+    """The V-Nets it runs (or starts) in (version 3): a replica restarting to join or
+    leave one waits until the replicas before it run in the new ones."""
 
 
 _wl_enc, _wl_dec = record_codec(WorkloadRecord)

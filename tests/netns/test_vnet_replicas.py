@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -317,6 +318,198 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
                     subprocess.run(["ip", "netns", "del", entry], capture_output=True)
         # podman's handle of the container's namespace was mounted in the killed agent's
         # mount namespace: the file it mounted on stays behind in /run/netns
+        now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+        for entry in now - handles:
+            path = f"/run/netns/{entry}"
+            if entry.startswith("netns-") and not os.path.ismount(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def test_attach_and_detach_of_a_running_process_replica_take_effect(tmp_path):
+    """``meshcloud run`` first, ``vnet attach`` later: the running replica restarts into
+    a namespace of its own with its V-Net address, and another host reaches it by name;
+    ``vnet detach``: it restarts on the host's network, reachable on its published port
+    again, and its namespace, veth and address are gone."""
+    if os.geteuid() != 0:
+        pytest.fail("the V-Net replica test needs root (network namespaces)")
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process"},
+                  labels={0: ["role=api"], 1: ["tier=web"]})
+    try:
+        h, a = lab.hosts, lab.agents
+        a[0].cli("vnet", "create", "blue", "--cidr", "10.49.0.0/24")
+        wait_until(lambda: len(a[1].get("/v1/vnets")["vnets"]) == 1, 20,
+                   message="blue on both hosts")
+        other = a[1].post("/v1/vnets/blue/attach", {"host": True})["address"]
+        a[0].cli("run", "api", "--runtime", "process", "--require-label", "role=api",
+                 "--port", f"127.0.0.1:{PORT}:{PORT}", "--command",
+                 inline_script_line(server))
+
+        def local() -> list[str]:
+            out = ns(h[0], "python3", "-c", LOCAL, str(PORT), check=False)
+            return out.stdout.split() if out.returncode == 0 else []
+
+        wait_until(lambda: local()[:2] == ["api-0", "127.0.0.1"], 60, interval=0.3,
+                   message="api on the host's network, on its published port")
+        host_net = os.readlink(f"/proc/{a[0].pid}/ns/net")
+        first = replica_pid(a[0], "api-0")
+        assert os.readlink(f"/proc/{first}/ns/net") == host_net
+
+        # --- attach: it restarts into blue, with an address of its own -----------------
+        asked = time.monotonic()
+        a[0].cli("vnet", "attach", "blue", "api")
+
+        def joined() -> dict | None:
+            row = members(a[0], "blue").get("wl:api/0")
+            return row if row and row["address"] and row["routed"] else None
+
+        wait_until(joined, 60, interval=0.3, message="api has its V-Net address")
+        address = joined()["address"]
+        print(f"the running replica had its V-Net address "
+              f"{time.monotonic() - asked:.1f} s after `vnet attach`")
+        wait_until(lambda: replica_pid(a[0], "api-0") != first, 30, interval=0.2,
+                   message="api restarted")
+        pid = replica_pid(a[0], "api-0")
+        assert os.readlink(f"/proc/{pid}/ns/net") != host_net
+        shown = in_netns(pid, "ip", "-o", "-4", "addr", "show", "dev", "mc-blue").stdout
+        assert f"inet {address}/32" in shown, shown
+        # from the other host, by name (its resolver is on its own V-Net address)
+        def by_name() -> list[str]:
+            return ns(h[1], sys.executable, "-c", CLIENT, "0.api.vnet", other, str(PORT),
+                      check=False).stdout.split()
+
+        wait_until(lambda: by_name()[:1] == ["api-0"], 60, interval=0.5,
+                   message="the other host reaches api by name")
+        print(f"the other host reached it by name {time.monotonic() - asked:.1f} s after "
+              "`vnet attach`")
+        assert by_name()[:3] == ["api-0", address, other]
+        assert local()[:2] == ["api-0", address]  # its published port is forwarded
+        (row,) = a[0].get("/v1/replicas?workload=api")["replicas"]
+        assert row["state"] in ("running", "starting"), row
+        assert any(e.startswith(f"mc{a[0].node_id[:8]}-api-0")
+                   for e in os.listdir("/run/netns"))
+        assert "mv" in ns(h[0], "ip", "-br", "link").stdout
+
+        # --- detach: back on the host's network, nothing left behind --------------------
+        asked = time.monotonic()
+        a[0].cli("vnet", "detach", "blue", "api")
+        wait_until(lambda: local()[:2] == ["api-0", "127.0.0.1"], 60, interval=0.3,
+                   message="api back on the host's network")
+        print(f"the replica answered on the host's network "
+              f"{time.monotonic() - asked:.1f} s after `vnet detach`")
+        last = replica_pid(a[0], "api-0")
+        assert last != pid and os.readlink(f"/proc/{last}/ns/net") == host_net
+        wait_until(lambda: "wl:api/0" not in members(a[0], "blue"), 20, interval=0.3,
+                   message="its row (address) released")
+        wait_until(lambda: not any(e.startswith(f"mc{a[0].node_id[:8]}-")
+                                   for e in os.listdir("/run/netns")), 20, interval=0.3,
+                   message="its namespace removed")
+        assert "mv" not in ns(h[0], "ip", "-br", "link").stdout
+        assert not ns(h[1], sys.executable, "-c", CLIENT, address, other, str(PORT),
+                      check=False).stdout.strip()
+    finally:
+        lab.cluster.close()
+        for agent in lab.agents:
+            clean_workloads(agent.data_dir)
+        lab.close()
+        for agent in lab.agents:
+            prefix = f"mc{agent.node_id[:8]}-"
+            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+                if entry.startswith(prefix):
+                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+
+
+def test_attach_and_detach_of_a_running_container_take_effect(tmp_path):
+    """A podman container started outside any V-Net: ``vnet attach`` restarts it with
+    its V-Net interface beside podman's network (another host reaches it at its
+    address); ``vnet detach`` restarts it without, and its namespace handle, veth and
+    row are gone."""
+    if os.geteuid() != 0:
+        pytest.fail("the V-Net replica test needs root (network namespaces)")
+    from apps.runtimes.config import PodmanConfig
+    from apps.runtimes.podman import container_name
+    from apps.runtimes.podman_service import PodmanService
+
+    lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process,podman"},
+                  labels={0: ["role=api"], 1: ["tier=web"]})
+    handles = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    try:
+        h, a = lab.hosts, lab.agents
+        built = a[1].api_call("POST", "/v1/images/build-demo", {}, timeout=300)["built"]
+        web_image = next(b["image"] for b in built if "/web:" in b["image"])
+        a[0].cli("vnet", "create", "blue", "--cidr", "10.50.0.0/24")
+        wait_until(lambda: len(a[1].get("/v1/vnets")["vnets"]) == 1, 20)
+        a[0].post("/v1/vnets/blue/attach", {"host": True})
+        a[0].cli("run", "web", "--image", web_image, "--require-label", "tier=web")
+        service = PodmanService(PodmanConfig(data_dir=a[1].data_dir, node_id="cli"))
+        service.prepare()
+
+        def pid() -> int:
+            out = subprocess.run(
+                [*service.cli_args(), "inspect", "-f", "{{.State.Pid}}",
+                 container_name("web-0")], env=service.env(), capture_output=True,
+                text=True, timeout=60)
+            return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+        def inside(p: int) -> str:
+            return in_netns(p, "ip", "-o", "-4", "addr").stdout if p else ""
+
+        wait_until(lambda: "eth0" in inside(pid()), 180, interval=0.5,
+                   message="the container runs")
+        first = pid()
+        assert "mc-blue" not in inside(first)
+
+        def page(target: str) -> str:
+            out = ns(h[0], sys.executable, "-c", HTTP_GET, target, "8080", check=False)
+            return out.stdout if out.returncode == 0 else ""
+
+        asked = time.monotonic()
+        a[0].cli("vnet", "attach", "blue", "web")
+
+        def joined() -> str | None:
+            row = members(a[0], "blue").get("wl:web/0")
+            p = pid()
+            if row and row["address"] and p and p != first and \
+                    f"inet {row['address']}/32" in inside(p):
+                return row["address"]
+            return None
+
+        wait_until(joined, 120, interval=0.5, message="the container in blue")
+        address = joined()
+        wait_until(lambda: "web-0" in page(address), 60, interval=0.5,
+                   message="the other host reaches the container by its V-Net address")
+        print(f"the container answered at its V-Net address "
+              f"{time.monotonic() - asked:.1f} s after `vnet attach`")
+        second = pid()
+        assert "eth0" in inside(second)  # podman's network stays
+        handle = f"mc{a[1].node_id[:8]}-web-0"
+        assert handle in os.listdir("/run/netns")
+
+        asked = time.monotonic()
+        a[0].cli("vnet", "detach", "blue", "web")
+        wait_until(lambda: pid() not in (0, second) and "eth0" in inside(pid())
+                   and "mc-blue" not in inside(pid()), 120, interval=0.5,
+                   message="the container restarted outside blue")
+        print(f"the container ran outside blue {time.monotonic() - asked:.1f} s after "
+              "`vnet detach`")
+        wait_until(lambda: "wl:web/0" not in members(a[0], "blue"), 20, interval=0.3,
+                   message="its row (address) released")
+        wait_until(lambda: handle not in os.listdir("/run/netns"), 20, interval=0.3,
+                   message="its namespace handle removed")
+        assert "mv" not in ns(h[1], "ip", "-br", "link").stdout
+        assert "web-0" not in page(address)
+    finally:
+        lab.cluster.close()
+        for agent in lab.agents:
+            clean_workloads(agent.data_dir)
+        lab.close()
+        for agent in lab.agents:
+            prefix = f"mc{agent.node_id[:8]}-"
+            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+                if entry.startswith(prefix):
+                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
         now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
         for entry in now - handles:
             path = f"/run/netns/{entry}"

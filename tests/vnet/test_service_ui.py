@@ -69,6 +69,19 @@ async def test_create_errors_show_and_page(nodes):  # noqa: F811
         while body["address"] not in (await trio.to_thread.run_sync(
                 browser.get, "/ui/frag/vnets"))[1]:
             await trio.sleep(0.05)
+    # a workload attached (ahead of its creation): the V-Nets are part of its replicas'
+    # spec, as the reconciler reads them through the hook (attach/detach restarts them)
+    status, _ = await run(admin, "POST", "/v1/vnets/blue/attach", {"workload": "api",
+                                                                  "ahead": True})
+    assert status == 200
+    (workloads,) = [s for s in admin.services if s.name == "workloads"]
+    (vnets,) = [s for s in admin.services if s.name == "vnet"]
+    assert vnets.replica_network.networks("api") == ("blue",)
+    with trio.fail_after(20):  # set once the runtimes are up
+        await workloads.started.wait()
+    assert workloads.reconciler.core.networks("api") == ("blue",)
+    assert workloads.reconciler.core.networks("web") == ()
     status, _ = await run(admin, "DELETE", "/v1/vnets/blue")
     assert status == 200
     assert (await run(admin, "GET", "/v1/vnets"))[1]["vnets"] == []
+    assert workloads.reconciler.core.networks("api") == ()  # its replicas leave
