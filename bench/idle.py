@@ -13,7 +13,9 @@ counters:
   ``transport.counters``; handshakes included);
 * ``connections_per_node``: connections each agent holds at the end (mean; max too);
 * per protocol: message bytes per node per second (``transport.protocols``), which shows
-  which service sends what when nothing happens.
+  which service sends what when nothing happens, and the dials each protocol caused
+  (``dials_per_node_s_by_cause``: a stream opened to a peer without a connection, a
+  datagram sender proved; ``connections_opened_per_node_s`` counts both ends).
 
 With N = 30 (or the size given by ``--detect-at``), ``--freezes`` agents (5) are then
 frozen with SIGSTOP in turn (no TCP close, no ICMP hints at their death), each until every
@@ -131,6 +133,7 @@ def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
     after = snapshot(agents)
     cpu, byte_rates, packet_rates, sent_rates, connections = [], [], [], [], []
     protocols: dict[str, float] = {}
+    dials: dict[str, float] = {}
     for b, a in zip(before, after, strict=True):
         span = a["t"] - b["t"]
         cpu.append((a["cpu"] - b["cpu"]) / span * 100)
@@ -145,6 +148,8 @@ def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
         for name, usage in pa.items():
             old = pb.get(name, {}).get("bytes_sent", 0)
             protocols[name] = protocols.get(name, 0.0) + (usage["bytes_sent"] - old) / span
+            dialled = usage.get("dials", 0) - pb.get(name, {}).get("dials", 0)
+            dials[name] = dials.get(name, 0.0) + dialled / span
     n = len(agents)
     stalls = [a["loop"].get("stalls", 0) - b["loop"].get("stalls", 0)
               for b, a in zip(before, after, strict=True)]
@@ -163,6 +168,9 @@ def measure(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
         "loop_stalls_per_node_min": round(statistics.fmean(stalls) * 60 / seconds, 2),
         "protocol_bytes_sent_per_node_s": {k: round(v / n, 1)
                                            for k, v in sorted(protocols.items()) if v},
+        "dials_per_node_s_by_cause": {k: round(v / n, 4)
+                                      for k, v in sorted(dials.items(), key=lambda kv: -kv[1])
+                                      if v},
     }
 
 
@@ -292,6 +300,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               flush=True)
         print(f"     sent per protocol, B/s per node: {result['protocol_bytes_sent_per_node_s']}",
               flush=True)
+        print(f"     dials per node per second, by the protocol that needed them: "
+              f"{result['dials_per_node_s_by_cause']}", flush=True)
         if "detect_sigstop_median_s" in result:
             print(f"     SIGSTOP detection: median {result['detect_sigstop_median_s']} s, max "
                   f"{result['detect_sigstop_max_s']} s "

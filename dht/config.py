@@ -51,9 +51,15 @@ class DhtConfig:
     maintenance_interval: float = 30.0
     """Seconds between maintenance passes (expire records, refresh buckets, republish)."""
 
-    refresh_interval: float = 600.0
-    """A bucket no lookup has touched for this long gets a lookup of a random id in it
-    (libp2p's 10 min; the paper's hour is for a far larger, slower-changing network)."""
+    refresh_interval: float = 3600.0
+    """A bucket no lookup has touched for this long gets a lookup of a random id in it:
+    the hour of the Kademlia paper (§2.3; libp2p uses 10 min). Each bucket of each node
+    waits its own 0.5-1.5 × this (:func:`dht.core.refresh_period`). A refresh is what an
+    idle mesh's DHT costs: a lookup per stale bucket, to several peers, each stream
+    usually a dial (a handshake of ~2 KB); at 10 min it was most of an idle 60-node
+    mesh's traffic and dials (docs/benchmarks.md, "idle, part 6"). Contacts stay fresh
+    meanwhile: every valid message refreshes its sender, a failed request counts against
+    a contact, and the agent finds moved members by lookups of its own."""
 
     peer_record_ttl: float = 3600.0
     """Lifetime of our signed peer record: stale addresses of a node that vanished stop
@@ -138,6 +144,6 @@ class DhtConfig:
 
     @classmethod
     def phone(cls) -> DhtConfig:
-        return cls(serving=False, request_timeout=5.0, refresh_interval=3600.0,
+        return cls(serving=False, request_timeout=5.0, refresh_interval=4 * 3600.0,
                    maintenance_interval=120.0, peer_record_ttl=900.0,
                    peer_republish_interval=300.0)

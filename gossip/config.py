@@ -142,6 +142,11 @@ class GossipConfig:
     push_pull_scale_threshold: int = 32
     """Mesh size from which the sync period grows (memberlist: 32)."""
 
+    push_pull_explore: float = 0.25
+    """Share of periodic syncs whose partner is any live member, drawn uniformly; the
+    others go to a live member this node already holds a connection to, if any (a sync
+    to an unconnected member costs a handshake first: see :mod:`gossip.partners`)."""
+
     reconnect_interval: float = 30.0
     """Seconds between attempts to sync with one member we hold DEAD (Serf's reconnect,
     every 30 s). Not scaled with N like push-pull: after a partition of a large mesh heals,
@@ -258,6 +263,8 @@ class GossipConfig:
                      "push_pull_scale_threshold", "max_datagram", "max_sync_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"gossip.{name} must be at least 1")
+        if not 0.0 <= self.push_pull_explore <= 1.0:
+            raise ConfigError("gossip.push_pull_explore must be within [0, 1]")
         if self.packet_budget < 256:
             raise ConfigError("gossip.packet_budget must be at least 256 bytes")
         if self.reconnect_interval <= 0:

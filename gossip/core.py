@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gossip.awareness import Awareness
 from gossip.capacity import Capacity, dynamic_change, static_change
@@ -74,6 +74,7 @@ from gossip.messages import (
 )
 from gossip.news import NewsApplier
 from gossip.outputs import LeaveSpread, MemberReaped, Output, Send, Sync
+from gossip.partners import RecentPartners, prefer_connected
 from gossip.probe import RELAY_SHARE, Prober, ProbeRound, Relay
 from gossip.queue import TransmitQueue
 from gossip.stats import Counters, GossipStatistics
@@ -90,13 +91,18 @@ PRIMARY_RESERVE = 64
 class SwimCore(Prober, NewsApplier):
     def __init__(self, node_id: bytes, config: GossipConfig, hooks: GossipHooks,
                  rng: random.Random, *, now: float, addresses: Iterable[str] = (),
-                 capacity: Capacity | None = None, incarnation: int = 0) -> None:
+                 capacity: Capacity | None = None, incarnation: int = 0,
+                 connected: Callable[[], Iterable[bytes]] | None = None) -> None:
         if not 0 <= incarnation < MAX_INCARNATION:
             raise LocalProtocolError("incarnation out of range")
         self.node_id = node_id
         self.config = config
         self.hooks = hooks
         self.random = rng
+        self._connected = connected
+        """The peers the transport holds a connection to (periodic syncs prefer them)."""
+        self._synced = RecentPartners()
+        """Whom we synced with lately, either side starting (see gossip.partners)."""
         self.table = MemberTable(rng)
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.queue = TransmitQueue(config.retransmit_mult, config.max_queue)
@@ -336,6 +342,7 @@ class SwimCore(Prober, NewsApplier):
             return PushPull(join=False, entries=()), []
         reply = PushPull(join=False, entries=self._local_state())
         self.counters.syncs_received += 1
+        self._synced.note(peer, now)
         return reply, self._merge(peer, msg, now)
 
     def on_push_pull_reply(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
@@ -366,6 +373,7 @@ class SwimCore(Prober, NewsApplier):
             self.counters.dropped_non_member += 1
             return SyncDelta(entries=())
         self.counters.syncs_received += 1
+        self._synced.note(peer, now)
         return delta_for(self.table, digest)
 
     def on_sync_delta(self, peer: bytes, delta: SyncDelta,
@@ -570,15 +578,39 @@ class SwimCore(Prober, NewsApplier):
     def _push_pull_tick(self, now: float, out: list[Output]) -> None:
         config = self.config
         n = self.table.live_count
-        self._next_push_pull = now + push_pull_interval(config.push_pull_interval, n,
-                                                        config.push_pull_scale_threshold)
-        peers = self.table.random_members(1, (self.node_id,))
-        if peers and self.table.members[peers[0]].state is MemberState.ALIVE:
+        period = push_pull_interval(config.push_pull_interval, n,
+                                    config.push_pull_scale_threshold)
+        self._next_push_pull = now + period
+        self._synced.prune(now, period)
+        partner = self._sync_partner(now, period)
+        if partner is not None:
+            self._synced.note(partner, now)
             state = PushPull(join=False, entries=self._local_state())
             self.counters.syncs_started += 1
-            out.append(Sync(peers[0], state))
+            out.append(Sync(partner, state))
         if n <= 1 and self._seeds:  # alone: knock on the seeds' doors again
             out.extend(self.join(self._seeds, now))
+
+    def _sync_partner(self, now: float, period: float) -> bytes | None:
+        """A live member for a periodic sync: one we hold a connection to and did not sync
+        with within ``period``, if any (but a share ``push_pull_explore`` of the syncs),
+        else one drawn from all (see :mod:`gossip.partners`)."""
+        table = self.table
+        if self._connected is not None:
+            synced = self._synced
+
+            def fresh(peer: bytes) -> bool:
+                m = table.get(peer)
+                return (peer != self.node_id and m is not None
+                        and m.state is MemberState.ALIVE and synced.fresh(peer, now, period))
+            held = prefer_connected(self._connected(), fresh, self.random,
+                                    self.config.push_pull_explore)
+            if held is not None:
+                return held
+        peers = table.random_members(1, (self.node_id,))
+        if peers and table.members[peers[0]].state is MemberState.ALIVE:
+            return peers[0]
+        return None
 
     def _reconnect_tick(self, now: float, out: list[Output]) -> None:
         """Reconnect (Serf's idea): a member we hold DEAD may be alive behind a healed

@@ -262,7 +262,8 @@ class GossipDriver:
         self._core = SwimCore(transport.local_id, self.config, self.hooks, self._random,
                               now=trio.current_time(),
                               addresses=transport.listen_addresses, capacity=self._capacity,
-                              incarnation=self._incarnation)
+                              incarnation=self._incarnation,
+                              connected=lambda: [p.node_id for p in transport.connected_peers()])
         datagrams = transport.datagrams(GOSSIP_PROTOCOL)
         events = transport.peer_events()
         transport.serve(SYNC_PROTOCOL, self._serve_sync)

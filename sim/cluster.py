@@ -149,7 +149,8 @@ class SimCluster:
                             runtimes=("process",) if phone else ("podman", "process"))
         swim = SwimCore(node_id, config, fake_hooks(node_id), rng, now=self.engine.now,
                         addresses=(f"sim://{index}/{address_version}",), capacity=capacity,
-                        incarnation=incarnation)
+                        incarnation=incarnation,
+                        connected=lambda: self.conns.peers(node_id))  # as the agent does
         dht = None
         if self.with_dht:
             dht = DhtCore(DhtFakeSigner(node_id), DhtFakeVerifier(), None,

@@ -3,7 +3,9 @@
 * ``merkle``: applies Merkle to-do items (``merkle_batch`` per step; BUSY while more wait);
 * ``anti-entropy``: every ``sync_interval`` (jittered ±50 %, random first phase) starts
   one session with a random live peer, or, every other round when sharded tables exist, a
-  peer sharing one of our partitions; one outgoing session at a time;
+  peer sharing one of our partitions; one outgoing session at a time. The peer is
+  preferably one we hold a connection to and ran no session with within
+  ``sync_interval`` (``sync_explore``: :mod:`gossip.partners`);
 * ``gc``: every ``gc_interval`` starts GC rounds for due tombstones we coordinate;
 * ``expiry``: every ``expiry_interval`` purges expired rows.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gossip.partners import prefer_connected
 from meshcloud.workers import Worker, WorkerState
 
 if TYPE_CHECKING:
@@ -83,7 +86,16 @@ class AntiEntropyWorker:
             peers = core.sorted_peers()
         if not peers:
             return WorkerState.IDLE
-        peer = core.rng.choice(peers)
+        peer = None
+        core.synced.prune(now, interval)
+        if core.connected is not None:  # a connected partner saves a handshake
+            candidates = set(peers)
+            peer = prefer_connected(
+                core.connected(),
+                lambda p: p in candidates and core.synced.fresh(p, now, interval),
+                core.rng, core.config.sync_explore)
+        if peer is None:
+            peer = core.rng.choice(peers)
         if not any(core.plan_for(peer).values()):
             return WorkerState.IDLE
         self.emit(core.begin_sync(peer, now))

@@ -25,6 +25,10 @@ class StateConfig:
     """Mean seconds between anti-entropy rounds started by this node (jittered ±50 %).
     Garage uses 10 min with a full sync per partition; ours is one random peer per round,
     so with N nodes each node is compared about twice per interval."""
+    sync_explore: float = 0.25
+    """Share of anti-entropy rounds whose partner is drawn from all candidates; the others
+    go to a candidate this node already holds a connection to, if any, which saves the
+    round a handshake (see :mod:`gossip.partners`)."""
     sync_timeout: float = 60.0
     """A session not reported closed by then is considered failed (lost driver task)."""
     sync_max_requests: int = 2000
@@ -78,6 +82,8 @@ class StateConfig:
                 raise ValueError(f"{name} must be positive")
         if self.gc_delay < 0 or self.tranquility < 0:
             raise ValueError("gc_delay and tranquility are >= 0")
+        if not 0.0 <= self.sync_explore <= 1.0:
+            raise ValueError("sync_explore must be within [0, 1]")
         if self.sync_concurrency < 1:
             raise ValueError("sync_concurrency must be at least 1")
         if not 1 <= self.sync_nodes_per_request <= 256:

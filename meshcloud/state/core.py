@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gossip.partners import RecentPartners
 from meshcloud.clock import Hlc, hlc_pack, hlc_physical
 from meshcloud.errors import CodecError, LocalProtocolError, RemoteProtocolError
 from meshcloud.state.background import background_workers
@@ -100,8 +101,13 @@ class StateCore:
 
     def __init__(self, me: NodeId, kv: Kv, view: View, *, config: StateConfig | None = None,
                  rng: random.Random | None = None, wall_offset_ms: int = 0,
-                 cpu_clock: Callable[[], float] = lambda: 0.0) -> None:
+                 cpu_clock: Callable[[], float] = lambda: 0.0,
+                 connected: Callable[[], Iterable[NodeId]] | None = None) -> None:
         self.me = me
+        self.connected = connected
+        """The peers the transport holds a connection to (anti-entropy prefers them)."""
+        self.synced = RecentPartners()
+        """Whom we ran an anti-entropy session with lately, either side starting."""
         self.kv = kv
         self.view = view
         self.config = config or StateConfig()
@@ -330,6 +336,7 @@ class StateCore:
 
     def start_sync(self, peer: NodeId, now: float) -> SyncSession:
         """A new anti-entropy session with ``peer`` (the driver runs it)."""
+        self.synced.note(peer, now)
         for core in self.tables.values():
             while core.flush_merkle(self.config.merkle_batch):
                 pass
@@ -375,6 +382,7 @@ class StateCore:
             return prefix[0] in replication.partitions_of(self.me, view | {self.me})
 
         if isinstance(request, SyncHello):
+            self.synced.note(peer, now)
             for core in self.tables.values():
                 while core.flush_merkle(self.config.merkle_batch):
                     pass

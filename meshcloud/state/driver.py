@@ -156,7 +156,8 @@ class StateDriver:
         self.clock = clock or SystemClock()
         self.config = config or StateConfig()
         self.core = StateCore(transport.local_id, kv, view, config=self.config,
-                              rng=rng or random.Random(), cpu_clock=time.perf_counter)
+                              rng=rng or random.Random(), cpu_clock=time.perf_counter,
+                              connected=lambda: [p.node_id for p in transport.connected_peers()])
         self._subscribers: dict[str, list[trio.MemorySendChannel[StateChanged]]] = {}
         self._watches: dict[str, list[TableWatch]] = {}
         self._nursery: trio.Nursery | None = None

@@ -472,14 +472,17 @@ class TcpTransport:
                              listen_addresses=tuple(self.listen_addresses),
                              agent_version=self.config.agent_version, expect=expect)
 
-    async def ensure_connection(self, peer: NodeId) -> Connection:
-        """The peer's usable connection, dialling its known addresses if there is none."""
+    async def ensure_connection(self, peer: NodeId, cause: str = "other") -> Connection:
+        """The peer's usable connection, dialling its known addresses if there is none
+        (counted as a dial for ``cause``, a protocol name, in :attr:`usage`)."""
         conn = self._usable(peer)
         if conn is not None:
             return conn
         addresses = self._addresses.get(peer)
         if not addresses:
             raise TransportError(f"no known address for peer {short_id(peer)}")
+        if peer not in self._connections:  # not just the replacement of a retiring one
+            self.usage.dialled(cause)
         errors = []
         for address in list(addresses):
             try:
@@ -725,7 +728,7 @@ class TcpTransport:
         for _ in range(3):
             conn = self._usable(peer)
             if conn is None:
-                conn = await self.ensure_connection(peer)
+                conn = await self.ensure_connection(peer, protocol)
             else:
                 await trio.lowlevel.checkpoint()
             # the connection may have been retired (a simultaneous dial won) or lost while
@@ -787,15 +790,15 @@ class TcpTransport:
         queue.append((protocol, bytes(data)))
         if peer not in self._background_dials:
             try:
-                self._nursery.start_soon(self._dial_in_background, peer)
+                self._nursery.start_soon(self._dial_in_background, peer, protocol)
             except RuntimeError:  # the transport is stopping: best effort means dropped
                 self._queued.pop(peer, None)
                 return
             self._background_dials.add(peer)
 
-    async def _dial_in_background(self, peer: NodeId) -> None:
+    async def _dial_in_background(self, peer: NodeId, protocol: str) -> None:
         try:
-            await self.ensure_connection(peer)
+            await self.ensure_connection(peer, protocol)
         except MeshError as exc:
             logger.debug("dropping datagrams for %s: %s", short_id(peer), exc)
             self._queued.pop(peer, None)

@@ -89,6 +89,8 @@ AUTHENTICATING = 8
 FAILED_MEMORY = 10.0
 """Seconds an unknown sender whose proof failed is not dialled again."""
 RECEIVE_BATCH = 64
+PROOF_CAUSE = "sealed-datagram proof"
+"""What a dial to prove an unknown datagram sender is counted as (``usage`` dials)."""
 HINT_INTERVAL = 1.0
 """Seconds between two :class:`PeerUnreachable` hints about one peer."""
 
@@ -419,8 +421,9 @@ class DatagramPath:
         try:
             known = transport.node_with_prefix(sender)
             if known is not None:
-                peer = (await transport.ensure_connection(known)).peer
+                peer = (await transport.ensure_connection(known, PROOF_CAUSE)).peer
             else:
+                transport.usage.dialled(PROOF_CAUSE)
                 peer = await transport.dial(format_address(*source[:2]))
             if peer.node_id[:SENDER_TAG] != sender:
                 raise AuthError("the sender's address answered as another node")

@@ -19,6 +19,10 @@ class ProtocolUsage:
     bytes_sent: int = 0
     messages_received: int = 0
     bytes_received: int = 0
+    dials: int = 0
+    """Connections this node dialled because this protocol had none to use (a stream
+    opened to an unconnected peer; for datagrams, a dial to send them or to prove their
+    sender): what each service costs in handshakes."""
 
 
 class UsageTable:
@@ -50,6 +54,9 @@ class UsageTable:
         usage = self.of(protocol)
         usage.messages_received += 1
         usage.bytes_received += size
+
+    def dialled(self, protocol: str) -> None:
+        self.of(protocol).dials += 1
 
     def opened(self, protocol: str) -> None:
         self.of(protocol).streams_opened += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 
 import pytest
 
@@ -383,3 +384,25 @@ def test_nodes_joined_together_spread_their_first_refresh():
                 first.setdefault(i, elapsed)
     assert len(first) == 12  # every node refreshed within 1.5 intervals
     assert max(first.values()) - min(first.values()) > 0.2 * config.refresh_interval
+
+
+def test_an_idle_lan_mesh_refreshes_each_bucket_about_hourly():
+    """The lan preset refreshes a bucket no lookup touched for ~an hour (Kademlia §2.3),
+    each bucket in 0.5-1.5 h: no refresh in the half hour after the join's, then every
+    bucket's within the next hour."""
+    config = DhtConfig.lan()
+    net = joined(12, config=config)
+    refreshed: dict[int, list[float]] = {}
+    elapsed = 0.0
+    while elapsed < 1.6 * 3600.0:
+        net.log = []
+        net.run_for(config.maintenance_interval)
+        elapsed += config.maintenance_interval
+        for i, out in net.log:
+            if type(out) is LookupStarted and out.purpose is Purpose.REFRESH:
+                refreshed.setdefault(i, []).append(elapsed)
+    assert min(min(times) for times in refreshed.values()) >= 1800.0 - 60.0  # none in 30 min
+    assert len(refreshed) == 12
+    per_node_hour = statistics.fmean(len(t) for t in refreshed.values()) / 1.6
+    buckets = statistics.fmean(len(net.cores[i].table.bucket_indices()) for i in range(12))
+    assert per_node_hour <= 2 * buckets  # about one lookup per bucket per hour

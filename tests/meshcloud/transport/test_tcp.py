@@ -497,6 +497,21 @@ async def test_counters_count_bytes_and_packets_both_ways(nursery):
     assert a.statistics()["protocols"][ECHO]["messages_sent"] == 1
 
 
+async def test_dials_are_counted_for_the_protocol_that_needed_them(nursery):
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0])
+    b = await start_member(nursery, mesh.members[1])
+    a.set_addresses(b.local_id, b.listen_addresses)
+    with trio.fail_after(10):
+        assert await echo_once(a, b.local_id, b"first") == b"first"  # dials
+        assert await echo_once(a, b.local_id, b"again") == b"again"  # reuses it
+        assert await echo_once(b, a.local_id, b"back") == b"back"  # b reuses it too
+    assert a.usage.by_protocol[ECHO].dials == 1
+    assert a.statistics()["protocols"][ECHO]["dials"] == 1
+    assert b.usage.by_protocol[ECHO].dials == 0
+    assert a.counters.connections_opened == b.counters.connections_opened == 1
+
+
 async def test_silent_sockets_cannot_exhaust_the_listener(nursery):
     mesh = TestMesh.with_members(2)
     config = TcpConfig(handshake_timeout=0.5, first_message_timeout=0.5, max_silent=2)
