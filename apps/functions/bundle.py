@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -45,6 +44,8 @@ def pack_files(files: list[tuple[str, bytes]]) -> bytes:
     folders = {str(parent) for path in names for parent in PurePosixPath(path).parents}
     if len(names) != len(files) or names & folders:
         raise FunctionError("a bundle names a file twice (or as a file and a folder)")
+    import tarfile  # here: an agent without functions never imports it
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, data in sorted(files):
@@ -107,6 +108,8 @@ def from_zip(data: bytes) -> bytes:
 def unpack(data: bytes, target: Path) -> None:
     """Extract ``data`` into the new directory ``target`` (made atomically: a partial
     extraction is never visible under ``target``)."""
+    import tarfile  # here: an agent without functions never imports it
+
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o755)

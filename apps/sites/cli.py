@@ -13,7 +13,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +94,8 @@ def deploy(api: Any, root: Path, name: str, domains: list[str] | None, spa: bool
     total = sum(size for _, size in todo.values())
     print(f"{name}: {len(files)} files, {len(todo)} to upload ({total} bytes), "
           f"{len(files) - len(todo)} unchanged", file=out, flush=True)
+    from concurrent.futures import ThreadPoolExecutor  # the agent loads this module too
+
     progress = _progress()
     order = sorted(todo.items())
     with progress, ThreadPoolExecutor(UPLOADS) as pool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +63,8 @@ def with_catalogue(offers: Mapping[bytes, NodeOffer], refs: set[str] | frozenset
 def archive_references(head: bytes | Path) -> list[str]:
     """The image references a ``podman save`` / ``docker save`` archive names (its
     ``manifest.json`` RepoTags), or :class:`ImageArchiveError` saying why not."""
+    import tarfile  # here: an agent that never loads an archive never imports it
+
     source: dict[str, Any] = ({"name": head} if isinstance(head, Path)
                               else {"fileobj": io.BytesIO(head)})
     try:

@@ -49,7 +49,6 @@ CBOR-friendly), and each replica becomes a :class:`~apps.runtimes.spec.Container
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import tomllib
@@ -414,6 +413,8 @@ class _Reader:
         self.problems = problems
         for key in data:
             if key not in known:
+                import difflib  # here: only a spec with an unknown key needs it
+
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.problems.append(f"unknown {where}key {key!r}{hint}")

@@ -118,6 +118,8 @@ class TcpStream:
         self._failure: TransportError | None = None
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
+        self._usage = conn.usage.of(protocol)
+        """This protocol's row of the usage table, looked up once (counted per message)."""
 
     def __repr__(self) -> str:
         return f"<TcpStream {self.protocol} #{self.stream_id} to {short_id(self.peer.node_id)}>"
@@ -134,7 +136,9 @@ class TcpStream:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
-        conn.usage.sent(self.protocol, len(data))
+        usage = self._usage
+        usage.messages_sent += 1
+        usage.bytes_sent += len(data)
         try:
             view = memoryview(data)
             mux = conn.mux
@@ -165,7 +169,8 @@ class TcpStream:
                 data = self._inbox.popleft()
                 conn = self._conn
                 conn.mux.acknowledge(self.stream_id, len(data))
-                conn.transport._buffers_freed()
+                if conn.transport._buffer_lot:  # a reader waits for buffer room
+                    conn.transport._buffers_freed()
                 if conn.mux.backlog:
                     conn.schedule_flush()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -247,7 +252,9 @@ class TcpStream:
         self._writable.unpark_all()
 
     def _on_message(self, data: bytes) -> None:
-        self._conn.usage.received(self.protocol, len(data))
+        usage = self._usage
+        usage.messages_received += 1
+        usage.bytes_received += len(data)
         self._inbox.append(data)
         self._readable.unpark_all()
 
@@ -330,7 +337,7 @@ class Connection:
         stream_id = self.mux.open_stream(protocol)
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=False)
         self.streams[stream_id] = stream
-        self.usage.opened(protocol)
+        stream._usage.streams_opened += 1
         self._activate()
         return stream
 
@@ -440,7 +447,8 @@ class Connection:
     async def _reader(self) -> None:
         streak = taken = 0
         while not self.lost:
-            if self._read_allowance() <= 0:  # back-pressure: leave the bytes in TCP
+            allowance = self._read_allowance()
+            if allowance <= 0:  # back-pressure: leave the bytes in TCP
                 self.paused = True
                 with trio.move_on_after(self.mux.config.keepalive_interval) as waited:
                     await self.transport._buffer_lot.park()
@@ -449,7 +457,7 @@ class Connection:
                 continue
             self.paused = False
             before = self.counters.bytes_received
-            got = self._receive_once()
+            got = self._receive_once(allowance)
             if got is None:
                 return
             if not got:
@@ -462,10 +470,12 @@ class Connection:
                 streak = taken = 0
                 await trio.lowlevel.checkpoint()
 
-    def _receive_once(self) -> bool | None:
+    def _receive_once(self, allowance: int | None = None) -> bool | None:
         """One non-blocking read, fed to the core: True if data came, False if none was
-        waiting (or no room to read), None if the connection ended."""
-        allowance = self._read_allowance()
+        waiting (or no room to read), None if the connection ended. ``allowance``: the
+        read allowance if the caller just computed it."""
+        if allowance is None:
+            allowance = self._read_allowance()
         if allowance <= 0:
             return False
         try:
@@ -569,7 +579,7 @@ class Connection:
             return
         stream = TcpStream(self, stream_id, protocol, self.peer, announced=True)
         self.streams[stream_id] = stream
-        self.usage.opened(protocol)
+        stream._usage.streams_opened += 1
         self._timer_by(self.mux.next_deadline())  # the core watches now
         transport._spawn_handler(handler, stream)
 

@@ -494,6 +494,8 @@ class MuxCore:
         return self._lane == stream.id
 
     def _retry_starved(self) -> None:
+        if not self._starved:
+            return
         for stream_id in list(self._starved):
             stream = self._streams.get(stream_id)
             if stream is None or not stream.recv_open:

@@ -760,11 +760,14 @@ class TcpTransport:
             await stream.abort("handler failed")
             return
         # A handler that returns is done with the stream: finish our side cleanly, and
-        # reset the peer's side if it is still sending (nobody will read it).
-        try:
-            await stream.close()
-        except (*_STANDARD_ERRORS, trio.BusyResourceError):
-            pass
+        # reset the peer's side if it is still sending (nobody will read it). Most
+        # handlers closed it themselves: then there is nothing to queue, and no second
+        # checkpoint (a task step per request) either.
+        if not stream._send_closed:
+            try:
+                await stream.close()
+            except (*_STANDARD_ERRORS, trio.BusyResourceError):
+                pass
         if not stream._eof:
             await stream.abort("handler finished")
 

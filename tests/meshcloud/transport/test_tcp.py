@@ -680,3 +680,57 @@ async def test_requests_on_fresh_streams_do_not_wake_the_timer(nursery):
     # the keepalive looks once per interval and side while requests come; never per request
     allowed = 4 * (2 + elapsed / MuxConfig().keepalive_interval)
     assert steps.steps <= allowed, (steps.steps, elapsed)
+
+
+class _StepsAfterReturn(trio.abc.Instrument):
+    """Counts the steps of handler tasks that begin after the handler itself returned."""
+
+    def __init__(self) -> None:
+        self.returned: set[trio.lowlevel.Task] = set()
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task in self.returned:
+            self.steps += 1
+
+
+async def test_a_handler_that_closed_its_stream_costs_no_step_after_it_returns(nursery):
+    """The transport finishes a returned handler's stream; a handler that closed it itself
+    (most do) leaves nothing to queue, and its task ends in the step the handler returned
+    in (a second close used to take one more task step per request)."""
+    counter = _StepsAfterReturn()
+    served = []
+    all_served = trio.Event()
+
+    async def echo_and_close(stream):
+        data = await stream.receive()
+        await stream.send(data)
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()
+        await stream.close()
+        served.append(data)
+        counter.returned.add(trio.lowlevel.current_task())
+        if len(served) == 20:
+            all_served.set()
+
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0])
+    b = await start_member(nursery, mesh.members[1])
+    b.serve("/test/echo-close/1", echo_and_close)
+    await a.dial(b.listen_addresses[0], expect=b.local_id)
+    trio.lowlevel.add_instrument(counter)
+    try:
+        for index in range(20):
+            stream = await a.open_stream(b.local_id, "/test/echo-close/1")
+            await stream.send(b"%d" % index)
+            await stream.close()
+            assert await stream.receive() == b"%d" % index
+            with pytest.raises(trio.EndOfChannel):
+                await stream.receive()
+        with trio.fail_after(10):
+            await all_served.wait()
+        await trio.testing.wait_all_tasks_blocked()  # a step due after the last return runs
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(counter.returned) == 20
+    assert counter.steps == 0
