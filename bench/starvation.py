@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,25 +218,37 @@ def kill_and_time(victim: Agent, survivors: list[Agent], live: dict[str, tuple[f
     return times
 
 
-def logged_max_lag(agents: list[Agent], start: float, end: float) -> float:
-    """Largest stall (ms) the agents logged between two wall times (seconds): the
-    status's max also covers each agent's own start-up, before the phase measured."""
-    best = 0.0
+def logged_messages(agents: list[Agent], marker: str, start: float, end: float
+                    ) -> Iterator[str]:
+    """The messages containing ``marker`` the agents logged between two wall times
+    (seconds), from their JSON logs."""
     for agent in agents:
         try:
             lines = (agent.data_dir / "logs" / "agent.log").read_text().splitlines()
         except OSError:
             continue
         for line in lines:
-            if "event loop stalled" not in line:
+            if marker not in line:
                 continue
             try:
                 entry = json.loads(line)
-                lag = float(entry["msg"].split("stalled for ")[1].split(" ms")[0])
-            except (ValueError, KeyError, IndexError):
+                message = entry["msg"]
+            except (ValueError, KeyError):
                 continue
             if start <= entry.get("ts", 0) <= end:
-                best = max(best, lag)
+                yield message
+
+
+def logged_max_lag(agents: list[Agent], start: float, end: float) -> float:
+    """Largest stall (ms) the agents logged between two wall times (seconds): the
+    status's max also covers each agent's own start-up, before the phase measured."""
+    best = 0.0
+    for message in logged_messages(agents, "event loop stalled", start, end):
+        try:
+            lag = float(message.split("stalled for ")[1].split(" ms")[0])
+        except (ValueError, IndexError):
+            continue
+        best = max(best, lag)
     return best
 
 
@@ -250,26 +262,15 @@ def logged_stall_steps(agents: list[Agent], start: float, end: float
     (seconds) whose last slow step it was: [count, max ms of that step, and of that
     worst step: its CPU ms and run-queue ms (agents that log them)]."""
     out: dict[str, list[float]] = {}
-    for agent in agents:
-        try:
-            lines = (agent.data_dir / "logs" / "agent.log").read_text().splitlines()
-        except OSError:
+    for message in logged_messages(agents, "last slow step: ", start, end):
+        found = _STEP.search(message)
+        if found is None:
             continue
-        for line in lines:
-            if "last slow step: " not in line:
-                continue
-            try:
-                entry = json.loads(line)
-                found = _STEP.search(entry["msg"])
-            except (ValueError, KeyError):
-                continue
-            if found is None or not start <= entry.get("ts", 0) <= end:
-                continue
-            took = float(found["ms"])
-            slot = out.setdefault(found["name"], [0, 0.0, 0.0, 0.0])
-            slot[0] += 1
-            if took >= slot[1]:
-                slot[1:] = [took, float(found["cpu"] or 0), float(found["runq"] or 0)]
+        took = float(found["ms"])
+        slot = out.setdefault(found["name"], [0, 0.0, 0.0, 0.0])
+        slot[0] += 1
+        if took >= slot[1]:
+            slot[1:] = [took, float(found["cpu"] or 0), float(found["runq"] or 0)]
     return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
 
 
