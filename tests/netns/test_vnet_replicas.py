@@ -96,6 +96,34 @@ def members(agent, vnet: str) -> dict[str, dict]:
     return {m["member"]: m for m in agent.get(f"/v1/vnets/{vnet}")["members"]}
 
 
+def netns_handles() -> set[str]:
+    """The names in /run/netns now."""
+    return set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+
+
+def close_lab(lab, handles: set[str] | None = None) -> None:
+    """Stop the agents and their replicas and close the lab; delete the names of replica
+    namespaces made in an agent's mount namespace (gone with it). With ``handles`` (the
+    names before the test), also the files podman mounted a container's namespace handle
+    on in a killed agent's mount namespace: they stay behind in /run/netns."""
+    lab.cluster.close()
+    for agent in lab.agents:
+        clean_workloads(agent.data_dir)
+    lab.close()
+    for agent in lab.agents:
+        prefix = f"mc{agent.node_id[:8]}-"
+        for entry in netns_handles():
+            if entry.startswith(prefix):
+                subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+    if handles is None:
+        return
+    for entry in netns_handles() - handles:
+        path = f"/run/netns/{entry}"
+        if entry.startswith("netns-") and not os.path.ismount(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
 @pytest.mark.parametrize("plane", ["wireguard", "python"])
 def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_path, plane):
     if os.geteuid() != 0:
@@ -217,15 +245,7 @@ def test_replicas_on_a_vnet_talk_by_address_and_name_and_move_with_failover(tmp_
         assert a[0].stop() == 0
         assert snapshot(h[0]) == before
     finally:
-        lab.cluster.close()
-        for agent in lab.agents:
-            clean_workloads(agent.data_dir)
-        lab.close()
-        for agent in lab.agents:  # names of replica namespaces made in an agent's
-            prefix = f"mc{agent.node_id[:8]}-"  # mount namespace (gone with it)
-            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-                if entry.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+        close_lab(lab)
 
 
 HTTP_GET = """
@@ -253,7 +273,7 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
     server.write_text(SERVER)
     lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process,podman"},
                   labels={0: ["role=api"], 1: ["tier=web"]})
-    handles = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    handles = netns_handles()
     try:
         a = lab.agents
         built = a[1].api_call("POST", "/v1/images/build-demo", {}, timeout=300)["built"]
@@ -307,23 +327,7 @@ def test_a_container_on_a_vnet_talks_to_a_process_replica(tmp_path):
         assert call(pid, api["address"], gw[a[1].node_id]).split()[:3] == [
             "api-0", api["address"], web["address"]]
     finally:
-        lab.cluster.close()
-        for agent in lab.agents:
-            clean_workloads(agent.data_dir)
-        lab.close()
-        for agent in lab.agents:
-            prefix = f"mc{agent.node_id[:8]}-"
-            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-                if entry.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
-        # podman's handle of the container's namespace was mounted in the killed agent's
-        # mount namespace: the file it mounted on stays behind in /run/netns
-        now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-        for entry in now - handles:
-            path = f"/run/netns/{entry}"
-            if entry.startswith("netns-") and not os.path.ismount(path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        close_lab(lab, handles)
 
 
 def test_attach_and_detach_of_a_running_process_replica_take_effect(tmp_path):
@@ -410,15 +414,7 @@ def test_attach_and_detach_of_a_running_process_replica_take_effect(tmp_path):
         assert not ns(h[1], sys.executable, "-c", CLIENT, address, other, str(PORT),
                       check=False).stdout.strip()
     finally:
-        lab.cluster.close()
-        for agent in lab.agents:
-            clean_workloads(agent.data_dir)
-        lab.close()
-        for agent in lab.agents:
-            prefix = f"mc{agent.node_id[:8]}-"
-            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-                if entry.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+        close_lab(lab)
 
 
 def test_attach_and_detach_of_a_running_container_take_effect(tmp_path):
@@ -434,7 +430,7 @@ def test_attach_and_detach_of_a_running_container_take_effect(tmp_path):
 
     lab = VNetLab(tmp_path, 2, env={"MESHCLOUD_RUNTIMES": "process,podman"},
                   labels={0: ["role=api"], 1: ["tier=web"]})
-    handles = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    handles = netns_handles()
     try:
         h, a = lab.hosts, lab.agents
         built = a[1].api_call("POST", "/v1/images/build-demo", {}, timeout=300)["built"]
@@ -501,18 +497,4 @@ def test_attach_and_detach_of_a_running_container_take_effect(tmp_path):
         assert "mv" not in ns(h[1], "ip", "-br", "link").stdout
         assert "web-0" not in page(address)
     finally:
-        lab.cluster.close()
-        for agent in lab.agents:
-            clean_workloads(agent.data_dir)
-        lab.close()
-        for agent in lab.agents:
-            prefix = f"mc{agent.node_id[:8]}-"
-            for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-                if entry.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", entry], capture_output=True)
-        now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-        for entry in now - handles:
-            path = f"/run/netns/{entry}"
-            if entry.startswith("netns-") and not os.path.ismount(path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        close_lab(lab, handles)
