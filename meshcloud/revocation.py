@@ -84,7 +84,7 @@ class RevocationEnforcer:
 
     async def check_once(self) -> None:
         self.checks += 1
-        for peer in self.transport.connected_peers():
+        for peer in self.transport.connected_peers(retiring=True):
             if not self.is_revoked_peer(peer):
                 continue
             self.cut += 1

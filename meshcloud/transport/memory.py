@@ -305,7 +305,8 @@ class MemoryTransport:
 
     # --- connections ----------------------------------------------------------------------
 
-    def connected_peers(self) -> list[PeerAuth]:
+    def connected_peers(self, *, retiring: bool = False) -> list[PeerAuth]:
+        # connections here are never retired, so ``retiring`` changes nothing
         seen: dict[NodeId, PeerAuth] = {}
         for conn in self._connections:
             peer = self._peer_of(conn)

@@ -320,8 +320,10 @@ class TcpTransport:
         """A node of the address book whose id starts with ``prefix`` (None if none)."""
         return next((node for node in self._addresses if node.startswith(prefix)), None)
 
-    def connected_peers(self) -> list[PeerAuth]:
-        return [conns[0].peer for conns in self._connections.values() if conns]
+    def connected_peers(self, *, retiring: bool = False) -> list[PeerAuth]:
+        if retiring:
+            return [conns[0].peer for conns in self._connections.values() if conns]
+        return [conn.peer for peer in self._connections if (conn := self._usable(peer))]
 
     def connections_to(self, peer: NodeId) -> list[Connection]:
         """Live connections to ``peer`` (normally one; two while a duplicate drains)."""

@@ -420,6 +420,7 @@ async def test_idle_connection_sends_nothing_then_is_retired(nursery):
             await trio.lowlevel.wait_readable(sock)  # the first byte since the handshake
             first_byte = trio.current_time() - started
             assert listener.connection_count == 0  # being retired: no longer counted
+            assert listener.connected_peers() == []  # nor offered as a connected peer
             gone = await events.receive()
         # a keepalive would have pinged after 0.1 s; the idle connection said nothing
         # until its GOAWAY at idle_timeout
