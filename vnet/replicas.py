@@ -39,7 +39,7 @@ from vnet.firewall import run
 from vnet.ipam import VNetError
 from vnet.plane import PlaneError
 from vnet.portfwd import forward
-from vnet.tables import replica_member
+from vnet.tables import ATTACHMENTS, VNETS, replica_member
 from vnet.wiring import (
     Wiring,
     attached,
@@ -115,6 +115,11 @@ class ReplicaNets:
         restarting it is the one way to move it; a container restarts the same way, so
         every replica follows one path."""
         return tuple(attached(self.attachments(), workload))
+
+    @property
+    def network_tables(self) -> tuple[str, ...]:
+        """What :meth:`networks` reads: V-Nets (``vnet rm``) and attachments."""
+        return (VNETS.name, ATTACHMENTS.name)
 
     async def prepare(self, spec: ContainerSpec) -> ReplicaNet | None:
         """See :class:`apps.runtimes.network.ReplicaNetwork`; a failure is one

@@ -44,6 +44,12 @@ class ReplicaNetwork(Protocol):
         change; a process cannot move its sockets to another namespace)."""
         ...
 
+    @property
+    def network_tables(self) -> tuple[str, ...]:
+        """The state tables whose rows :meth:`networks` reads: the reconciler watches them,
+        so an attach or detach starts a pass at once."""
+        ...
+
     async def joined(self, spec: ContainerSpec, pid: int) -> None:
         """A container runtime started ``spec``'s replica (main process ``pid``) in a
         namespace of its own: wire that one (a container keeps its runtime's network,

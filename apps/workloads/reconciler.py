@@ -160,6 +160,9 @@ class Reconciler:
             read_watched(watchdog_dir) if watchdog_dir is not None else {})
         self._watchdog_checked = -1e9
         self.root_allowed = root_allowed
+        self.watch_also: tuple[str, ...] = ()
+        """More tables whose changes call for a pass (a replica network's: an attach or
+        detach changes the replicas' spec); set before :meth:`run`."""
         """Workloads the mesh's signed policy lets run as root (None: none may)."""
 
     def poke(self) -> None:
@@ -172,7 +175,7 @@ class Reconciler:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             tables = (*WATCHED_TABLES, *((POLICY_TABLE,) if self.root_allowed is not None
-                                          else ()))
+                                          else ()), *self.watch_also)
             nursery.start_soon(self._watch, self.state.watch(*tables))
             nursery.start_soon(self._guard)
             task_status.started()

@@ -179,6 +179,7 @@ class WorkloadService(WorkloadOperations, ServiceBase):
     async def _bring_up(self, nursery: trio.Nursery) -> None:
         if self.network is not None:  # a V-Net attachment is part of the replicas' spec
             self.reconciler.core.networks = self.network.networks
+            self.reconciler.watch_also = self.network.network_tables
         await self._start_runtimes(nursery)
         await self.publish_offer()
         await nursery.start(self.reconciler.run)

@@ -5,6 +5,7 @@ hand-made runtime reports; no I/O)."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -281,3 +282,38 @@ def test_a_replica_waits_exactly_for_the_first_earlier_one_not_live_in_the_new_v
                      if state not in (None, ClaimState.FAILED)
                      and not (state == ClaimState.RUNNING and joined)), None)
     assert _turn(claims, "web", index, index + 1, nets) == expected
+
+
+async def test_an_attachment_row_wakes_the_reconciler_at_once(nursery, autojump_clock):
+    """The reconciler watches the tables the replica network reads (``network_tables``):
+    an attach starts a pass at once, not at the next idle resync (30 s and more)."""
+    from apps.workloads.catalogue import IMAGES
+    from apps.workloads.offers import OFFERS
+    from apps.workloads.reconciler import Reconciler
+    from tests.apps.workloads.test_reconciler_watch import next_pass
+    from tests.meshcloud.state.test_driver import start_cluster
+    from vnet import core
+    from vnet.records import AttachRecord, VNetRecord
+    from vnet.replicas import ReplicaNets
+    from vnet.tables import ATTACHMENTS, VNETS, all_attachments, all_vnets
+
+    _, ids, drivers = await start_cluster(nursery, 1)
+    state = drivers[0]
+    for schema in (OFFERS, IMAGES, VNETS, ATTACHMENTS):
+        state.open_table(schema)
+    state.put(VNETS.name, ("blue",), VNetRecord(cidr="10.42.0.0/24", created_ms=1))
+    nets = ReplicaNets(ids[0], lambda: core.View(), lambda keys: core.View(), Path("/nonexistent"),
+                       attachments=lambda: core.View(vnets=all_vnets(state), members={},
+                                                     attachments=all_attachments(state)))
+    reconciler = Reconciler(ids[0], state, {}, lambda: [])
+    reconciler.core.networks = nets.networks
+    reconciler.watch_also = nets.network_tables
+    await nursery.start(reconciler.run)
+    idle = reconciler.config.idle_resync_interval
+    await next_pass(reconciler, idle + 5)  # the first pass; nothing runs here: it idles
+    assert nets.networks("api") == ()
+
+    state.put(ATTACHMENTS.name, ("blue", "api"), AttachRecord(created_ms=2))
+    took = await next_pass(reconciler, idle + 5)
+    assert took < 1.0, f"an attach waited {took:.1f} s for a pass"
+    assert nets.networks("api") == ("blue",)
