@@ -144,9 +144,9 @@ class DbService(ServiceBase):
         self.repo = Repo(self, blobs)
         self.nursery: trio.Nursery | None = None
         self.handing: set[str] = set()
+        """Databases this node's primary is handing over (switchover): left alone."""
         self.down_since: dict[bytes, float] = {}
         self.replace_after = LOCAL_REPLACE_AFTER if local else REPLACE_AFTER
-        """Databases this node's primary is handing over (switchover): left alone."""
 
     def tables(self) -> tuple[Any, ...]:
         return (DATABASES, DB_MEMBERS, DB_BACKUPS, DB_SECRET_KEYS, DB_KEPT)
