@@ -80,7 +80,15 @@ class NodeConfig:
     """Peer connections kept open; beyond, idle ones are closed (least recently used
     first) and dialled again when needed. Memory and idle traffic grow with it."""
 
+    loop_priority: int = 5
+    """Nice steps the agent's event-loop thread runs above the agent's own priority, when
+    the agent may raise it (root, CAP_SYS_NICE, RLIMIT_NICE); 0 turns it off. Nothing else
+    of the agent (worker threads, processes) runs raised. ``MESHCLOUD_LOOP_PRIORITY``
+    overrides it."""
+
     def __post_init__(self) -> None:
+        if not 0 <= self.loop_priority <= 20:
+            raise ConfigError("loop_priority: a whole number from 0 to 20")
         if self.max_connections < 1:
             raise ConfigError("max_connections: must be at least 1")
         if self.profile not in PROFILES:

@@ -7,6 +7,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 import meshcloud
+from meshcloud import priority
 
 if TYPE_CHECKING:
     from meshcloud.agent.node import Node
@@ -33,13 +34,22 @@ def node_status(node: Node) -> dict[str, Any]:
         "peers": sorted((p.to_json() for p in node.peers.values()),
                         key=lambda p: (not p["connected"], p["id"])),
         "members": node.members_view(),
-        "loop": node.members.loop_status(),
+        "loop": {**node.members.loop_status(), **loop_priority()},
         "reachability": node.nat.status(),
         "versions": versions(),
         **({"transport": node.transport.statistics()}
            if hasattr(node.transport, "statistics") else {}),
         **{name: section for name, section in sections.items() if section is not None},
     }
+
+
+def loop_priority() -> dict[str, Any]:
+    """The event-loop thread's nice value now, the base, and what start-up did."""
+    state = priority.current()
+    if state is None:
+        return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "raised": False,
+                "priority_note": "not set by this process's start-up"}
+    return {**state.status(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def versions() -> dict[str, str]:
