@@ -86,9 +86,17 @@ class NodeConfig:
     of the agent (worker threads, processes) runs raised. ``MESHCLOUD_LOOP_PRIORITY``
     overrides it."""
 
+    loop_scheduler: str = "fair"
+    """``fair``: the event loop gets the ``loop_priority`` nice boost; ``rr``: it runs
+    real-time (SCHED_RR 1, when permitted; else the nice boost), ahead of every ordinary
+    thread of the machine; it goes back to ``fair`` if it ever runs a second of CPU without
+    sleeping. ``MESHCLOUD_LOOP_SCHEDULER`` overrides it."""
+
     def __post_init__(self) -> None:
         if not 0 <= self.loop_priority <= 20:
             raise ConfigError("loop_priority: a whole number from 0 to 20")
+        if self.loop_scheduler not in ("fair", "rr"):
+            raise ConfigError(f"loop_scheduler: {self.loop_scheduler!r} is not fair or rr")
         if self.max_connections < 1:
             raise ConfigError("max_connections: must be at least 1")
         if self.profile not in PROFILES:

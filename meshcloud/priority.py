@@ -35,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -50,8 +52,13 @@ log = logging.getLogger(__name__)
 LOOP_BOOST = 5
 """Nice steps the event-loop thread runs above the process's base priority (0: off)."""
 
+SCHED_ENV_VAR = "MESHCLOUD_LOOP_SCHEDULER"
+"""Overrides the ``loop_scheduler`` setting (``fair``: a nice boost; ``rr``: real time)."""
+
+SCHEDULERS = ("fair", "rr")
+
 ENV_VAR = "MESHCLOUD_LOOP_PRIORITY"
-"""Overrides the ``loop_priority`` setting (``0`` turns the raise off)."""
+"""Overrides the ``loop_priority`` setting (``0`` turns every raise off)."""
 
 T = TypeVar("T")
 Get = Callable[[int, int], int]
@@ -67,11 +74,12 @@ class LoopPriority:
     applied: bool
     note: str
     loop_tid: int = 0
+    scheduler: str = "fair"
 
     def status(self) -> dict[str, Any]:
         """The figures ``/v1/status`` shows next to the loop lag."""
         return {"nice": self.loop, "base_nice": self.base, "raised": self.applied,
-                "priority_note": self.note}
+                "scheduler": self.scheduler, "priority_note": self.note}
 
 
 _state: LoopPriority | None = None
@@ -92,6 +100,34 @@ def boost_setting(configured: int, environ: Mapping[str, str]) -> int:
     except ValueError:
         raise ConfigError(f"{ENV_VAR}: {text!r} is not a whole number from 0 to 20") from None
     return check_boost(value, ENV_VAR)
+
+
+def scheduler_setting(configured: str, environ: Mapping[str, str]) -> str:
+    """The loop's scheduler: ``MESHCLOUD_LOOP_SCHEDULER`` if set, else the config's."""
+    value = environ.get(SCHED_ENV_VAR, "").strip() or configured
+    if value not in SCHEDULERS:
+        name = SCHED_ENV_VAR if environ.get(SCHED_ENV_VAR, "").strip() else "loop_scheduler"
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(SCHEDULERS)}")
+    return value
+
+
+def apply(boost: int, scheduler: str) -> LoopPriority:
+    """The agent's start-up: the calling thread (the event loop) real-time if asked and
+    permitted, else ``boost`` nice steps above the base if permitted (0: neither)."""
+    if scheduler == "rr" and boost:
+        realtime = realtime_loop()
+        if realtime.applied:
+            return realtime
+        fair = raise_loop(boost)
+        return fair_with_note(fair, realtime.note)
+    return raise_loop(boost)
+
+
+def fair_with_note(fair: LoopPriority, before: str) -> LoopPriority:
+    global _state
+    _state = LoopPriority(fair.base, fair.loop, fair.applied, f"{before}; {fair.note}",
+                          fair.loop_tid)
+    return _state
 
 
 def check_boost(value: int, name: str) -> int:
@@ -127,6 +163,70 @@ def raise_loop(boost: int, *, get: Get = os.getpriority, set_: Set = os.setprior
                                   f"event loop at nice {target}, other threads at {base}", tid)
     _state = result
     return result
+
+
+RT_PRIORITY = 1
+"""The event loop's real-time priority with ``loop_scheduler = "rr"`` (the lowest: above
+every ordinary thread, below the kernel's own real-time threads)."""
+
+RT_CPU_LIMIT_US = 1_000_000
+"""CPU time (µs) the real-time loop may run without sleeping before the kernel warns it
+(``RLIMIT_RTTIME``, SIGXCPU): it then leaves real time for good (:func:`_leave_realtime`)."""
+
+
+def realtime_loop(*, platform: str = sys.platform) -> LoopPriority:
+    """Make the calling thread (the event loop) ``SCHED_RR`` at :data:`RT_PRIORITY`, with
+    ``SCHED_RESET_ON_FORK`` (a thread or process it creates starts as an ordinary one),
+    if permitted; a loop that runs :data:`RT_CPU_LIMIT_US` of CPU without sleeping goes
+    back to the ordinary scheduler (and RT throttling caps it meanwhile)."""
+    global _state
+    tid = threading.get_native_id()
+    if not platform.startswith("linux"):
+        _state = LoopPriority(0, 0, False, "not raised: per-thread priority is Linux only")
+        return _state
+    base = os.getpriority(os.PRIO_PROCESS, tid)
+    try:
+        signal.signal(signal.SIGXCPU, _leave_realtime)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_RTTIME)
+        limit = RT_CPU_LIMIT_US if hard == resource.RLIM_INFINITY else min(hard, RT_CPU_LIMIT_US)
+        resource.setrlimit(resource.RLIMIT_RTTIME, (limit, hard))
+        os.sched_setscheduler(tid, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(RT_PRIORITY))
+    except (OSError, ValueError) as exc:
+        _state = LoopPriority(base, base, False, (
+            f"not raised: real time not permitted ({getattr(exc, 'strerror', None) or exc}); "
+            "it needs root, CAP_SYS_NICE or RLIMIT_RTPRIO >= 1"), tid)
+        return _state
+    _state = LoopPriority(base, base, True, (
+        f"event loop real-time (SCHED_RR {RT_PRIORITY}, reset on fork), other threads at "
+        f"nice {base}"), tid, "rr")
+    return _state
+
+
+def _leave_realtime(signum: int, frame: FrameType | None) -> None:
+    """SIGXCPU: the real-time loop ran too long without sleeping: ordinary from now on."""
+    global _state
+    state = _state
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_OTHER, os.sched_param(0))
+    if state is not None and state.scheduler == "rr":
+        _state = LoopPriority(state.base, state.base, False, (
+            f"event loop left real time: it ran {RT_CPU_LIMIT_US // 1000} ms of CPU "
+            "without sleeping"), state.loop_tid)
+        log.warning(_state.note)
+
+
+def live_status() -> dict[str, Any]:
+    """For ``/v1/status`` (called on the loop thread): its nice value and scheduler now,
+    the base, and what start-up did."""
+    state = _state
+    out: dict[str, Any] = state.status() if state is not None else {
+        "raised": False, "priority_note": "not set by this process's start-up"}
+    with contextlib.suppress(OSError, AttributeError):
+        out["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+        out["scheduler"] = "rr" if policy == os.SCHED_RR else "fair"
+    return out
 
 
 def forget() -> None:
@@ -227,7 +327,13 @@ def call_at_base(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 @contextlib.contextmanager
 def lowered(steps: int) -> Iterator[bool]:
     """The body runs with the calling thread ``steps`` nice steps below the base (yields
-    True if it does); after, the thread goes back to the base if permitted."""
+    True if it does); after, the thread goes back to the base if permitted. Not when the
+    loop is real-time: it runs ahead of every ordinary thread anyway, and a low thread
+    that holds the GIL when the kernel preempts it keeps the loop waiting all the longer."""
+    state = _state
+    if state is not None and state.applied and state.scheduler == "rr":
+        yield False
+        return
     tid = threading.get_native_id()
     base = base_nice()
     try:

@@ -101,15 +101,16 @@ def run_agent(datadir: DataDir, settings: dict[str, object], *, log_level: str |
     with agent_lock(datadir):
         config = load_config(datadir.config_path).with_overrides(**settings)
         boost = priority.boost_setting(config.loop_priority, os.environ)
+        scheduler = priority.scheduler_setting(config.loop_scheduler, os.environ)
         setup_logging(log_level or config.log_level, datadir.log_path)
-        return trio.run(_main, datadir, config, boost)
+        return trio.run(_main, datadir, config, boost, scheduler)
 
 
-async def _main(datadir: DataDir, config: NodeConfig, boost: int) -> int:
+async def _main(datadir: DataDir, config: NodeConfig, boost: int, scheduler: str) -> int:
     from meshcloud.agent.node import Node
 
     # this thread runs the event loop: raised (if permitted) before it starts any other
-    loop = priority.raise_loop(boost)
+    loop = priority.apply(boost, scheduler)
     log.info(f"event loop priority: {loop.note}",
              extra={"nice": loop.loop, "base_nice": loop.base})
     node = Node(datadir, config)

@@ -34,22 +34,13 @@ def node_status(node: Node) -> dict[str, Any]:
         "peers": sorted((p.to_json() for p in node.peers.values()),
                         key=lambda p: (not p["connected"], p["id"])),
         "members": node.members_view(),
-        "loop": {**node.members.loop_status(), **loop_priority()},
+        "loop": {**node.members.loop_status(), **priority.live_status()},
         "reachability": node.nat.status(),
         "versions": versions(),
         **({"transport": node.transport.statistics()}
            if hasattr(node.transport, "statistics") else {}),
         **{name: section for name, section in sections.items() if section is not None},
     }
-
-
-def loop_priority() -> dict[str, Any]:
-    """The event-loop thread's nice value now, the base, and what start-up did."""
-    state = priority.current()
-    if state is None:
-        return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "raised": False,
-                "priority_note": "not set by this process's start-up"}
-    return {**state.status(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def versions() -> dict[str, str]:

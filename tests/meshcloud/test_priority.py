@@ -72,7 +72,7 @@ def test_the_boost_never_goes_past_minus_20():
                                  set_=lambda which, who, value: asked.append(value),
                                  platform="linux")
     assert asked == [-20] and result.applied and result.loop == -20 and result.base == -18
-    assert result.status() == {"nice": -20, "base_nice": -18, "raised": True,
+    assert result.status() == {"nice": -20, "base_nice": -18, "raised": True, "scheduler": "fair",
                                "priority_note": result.note}
 
 
@@ -201,6 +201,100 @@ def test_at_base_puts_the_thread_back_after():
                           check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     before, inside, after = json.loads(done.stdout)
     assert inside == before + 5 and after == before
+
+
+RT_PROBE = textwrap.dedent("""
+    import json, os, subprocess, sys, threading
+    import trio
+    from meshcloud import bulk, priority
+
+    def policy_of_stat(text):
+        fields = text.rsplit(")", 1)[1].split()
+        return int(fields[38]), int(fields[16])  # fields 41 (policy) and 19 (nice)
+
+    def me():
+        with open(f"/proc/thread-self/stat") as f:
+            return policy_of_stat(f.read())
+
+    async def main():
+        result = priority.apply(5, "rr")
+        out = {"applied": result.applied, "note": result.note, "scheduler": result.scheduler,
+               "loop": me(), "status": priority.live_status()}
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(me()))
+        t.start(); t.join()
+        out["thread"] = seen[0]
+        out["to_thread"] = await trio.to_thread.run_sync(me)
+        done = await trio.run_process(["/bin/cat", "/proc/self/stat"], capture_stdout=True)
+        out["trio_process"] = policy_of_stat(done.stdout.decode())
+        out["popen"] = policy_of_stat(priority.popen(["/bin/cat", "/proc/self/stat"],
+            stdout=subprocess.PIPE).communicate()[0].decode())
+        out["bulk"] = await bulk.run_bulk(me)
+        if sys.argv[1] == "spin":  # a loop that never sleeps leaves real time
+            import time
+            deadline = time.monotonic() + 30  # a kernel that never warns: fail, not spin
+            while (os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+                   and time.monotonic() < deadline):
+                pass
+            out["after_spin"] = me()
+            out["note_after"] = priority.current().note
+        print(json.dumps(out))
+
+    trio.run(main)
+""")
+
+
+def _rt_probe(mode: str, prefix: tuple[str, ...] = ()) -> dict:
+    done = subprocess.run([*prefix, sys.executable, "-c", RT_PROBE, mode], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _may_realtime() -> bool:
+    return LINUX and subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_RR, "
+         "os.sched_param(1))"], capture_output=True).returncode == 0
+
+
+SCHED_OTHER, SCHED_RR = 0, 2
+
+
+@pytest.mark.skipif(not _may_realtime(), reason="needs Linux and the right to run real-time")
+def test_a_real_time_loop_creates_only_ordinary_threads_and_processes():
+    out = _rt_probe("plain")
+    base = out["loop"][1]
+    assert out["applied"] and out["scheduler"] == "rr", out["note"]
+    assert out["loop"] == [SCHED_RR, base]
+    assert out["status"]["scheduler"] == "rr" and out["status"]["raised"]
+    for name in ("thread", "to_thread", "trio_process", "popen", "bulk"):
+        assert out[name] == [SCHED_OTHER, base], name
+
+
+@pytest.mark.skipif(not _may_realtime(), reason="needs Linux and the right to run real-time")
+def test_a_real_time_loop_that_never_sleeps_goes_back_to_the_fair_scheduler():
+    out = _rt_probe("spin")  # returns only once the kernel's SIGXCPU demoted it
+    assert out["after_spin"][0] == SCHED_OTHER
+    assert "left real time" in out["note_after"]
+
+
+@pytest.mark.skipif(not LINUX or shutil.which("setpriv") is None,
+                    reason="needs Linux and setpriv (util-linux) to drop CAP_SYS_NICE")
+def test_real_time_not_permitted_falls_back_and_says_why():
+    out = _rt_probe("plain", prefix=("setpriv", "--bounding-set=-sys_nice"))
+    assert not out["applied"] and out["loop"][0] == SCHED_OTHER
+    assert "real time not permitted" in out["note"] and "RLIMIT_RTPRIO" in out["note"]
+    assert "not raised: not permitted" in out["note"]  # the nice boost was tried next
+
+
+def test_the_scheduler_setting():
+    assert priority.scheduler_setting("fair", {}) == "fair"
+    assert priority.scheduler_setting("fair", {priority.SCHED_ENV_VAR: "rr"}) == "rr"
+    with pytest.raises(ConfigError, match=priority.SCHED_ENV_VAR):
+        priority.scheduler_setting("fair", {priority.SCHED_ENV_VAR: "fifo"})
+    with pytest.raises(ConfigError, match="loop_scheduler"):
+        NodeConfig(loop_scheduler="fifo")
 
 
 # --- every spawn in agent code goes through the helpers -------------------------------------

@@ -1,11 +1,12 @@
 """Issue 12 §1: a real agent raises its event-loop thread, and nothing else.
 
 One agent (root, the process runtime) runs a process workload; the kernel's own view
-(``/proc/PID/task/TID/stat``, field 19: the nice value) must show the loop thread (the
-main thread: trio runs there) at the base minus the boost, every other thread of the
-agent at the base, and every process the agent started (the workload's replica, the
-workloads watchdog), every thread of them, at the base. Then the same agent started
-with ``MESHCLOUD_LOOP_PRIORITY=0`` leaves its loop at the base.
+(``/proc/PID/task/TID/stat``, field 19: the nice value, field 41: the scheduling policy)
+must show the loop thread (the main thread: trio runs there) raised — the base minus the
+boost (``fair``), or SCHED_RR at the base nice (``rr``) — every other thread of the agent
+ordinary at the base, and every process the agent started (the workload's replica, the
+workloads watchdog), every thread of them, ordinary at the base. Then the same agent
+started with ``MESHCLOUD_LOOP_PRIORITY=0`` leaves its loop at the base.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from meshcloud.bulk import BULK_NICENESS
-from meshcloud.priority import ENV_VAR, LOOP_BOOST
+from meshcloud.priority import ENV_VAR, LOOP_BOOST, SCHED_ENV_VAR
 from sim.agents import Agent, LocalCluster, wait_until
 from tests.workload_python import WORKLOAD_PYTHON
 
@@ -34,11 +35,16 @@ def stat_fields(path: Path) -> list[str]:
     return path.read_text().rsplit(")", 1)[1].split()
 
 
-def task_nices(pid: int) -> dict[int, int]:
+SCHED_OTHER, SCHED_RR = 0, 2
+
+
+def task_nices(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread: (scheduling policy, nice value)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            out[int(task.name)] = int(stat_fields(task / "stat")[16])  # field 19
+            fields = stat_fields(task / "stat")
+            out[int(task.name)] = (int(fields[38]), int(fields[16]))  # fields 41 and 19
         except (OSError, IndexError):  # the thread ended meanwhile
             continue
     return out
@@ -73,11 +79,15 @@ def replica_pids(agent: Agent) -> set[int]:
     return pids
 
 
-def test_only_the_event_loop_thread_runs_raised(tmp_path):
+@pytest.mark.parametrize("scheduler", ["fair", "rr"])
+def test_only_the_event_loop_thread_runs_raised(tmp_path, scheduler):
     base = os.getpriority(os.PRIO_PROCESS, 0)  # the agent inherits this thread's nice
-    raised = max(-20, base - LOOP_BOOST)
+    ordinary = (SCHED_OTHER, base)
+    raised = (SCHED_OTHER, max(-20, base - LOOP_BOOST)) if scheduler == "fair" else \
+        (SCHED_RR, base)
     cluster = LocalCluster(tmp_path, extra_args=["--profile", "local"],
-                           env={"MESHCLOUD_RUNTIMES": "process"})
+                           env={"MESHCLOUD_RUNTIMES": "process",
+                                SCHED_ENV_VAR: scheduler})
     replicas: set[int] = set()
     try:
         agent = cluster.init_first()
@@ -90,25 +100,27 @@ def test_only_the_event_loop_thread_runs_raised(tmp_path):
         assert threads[agent.pid] == raised, threads  # trio's loop: the main thread
         others = {tid: nice for tid, nice in threads.items() if tid != agent.pid}
         assert others, "the agent runs worker threads by now (state flushes, the workload)"
-        # at the base; a worker thread in the middle of a bulk item runs below it
-        assert set(others.values()) <= {base, min(19, base + BULK_NICENESS)}, others
-        assert base in others.values()
+        # at the base; a worker thread in the middle of a bulk item runs below it (fair)
+        bulk = (SCHED_OTHER, min(19, base + BULK_NICENESS))
+        assert set(others.values()) <= {ordinary, bulk}, others
+        assert ordinary in others.values()
         children = descendants(agent.pid) | replicas
         assert replicas <= children and len(children) >= 2  # the replica and the watchdog
         for child in children:
             nices = task_nices(child) if Path(f"/proc/{child}").exists() else {}
-            assert set(nices.values()) <= {base}, (child, nices)
+            assert set(nices.values()) <= {ordinary}, (child, nices)
         loop = agent.get("/v1/status")["loop"]
-        assert (loop["nice"], loop["base_nice"], loop["raised"]) == (raised, base, True)
+        assert (loop["scheduler"], loop["nice"], loop["base_nice"], loop["raised"]) == \
+            (scheduler, raised[1], base, True)
         log = (agent.data_dir / "logs" / "agent.log").read_text()
-        assert log.count("event loop priority: event loop at nice") == 1
+        assert log.count("event loop priority: event loop ") == 1
 
         agent.env[ENV_VAR] = "0"
         agent.stop()
         agent.start()
-        assert task_nices(agent.pid)[agent.pid] == base
+        assert task_nices(agent.pid)[agent.pid] == ordinary
         loop = agent.get("/v1/status")["loop"]
-        assert (loop["nice"], loop["raised"]) == (base, False)
+        assert (loop["scheduler"], loop["nice"], loop["raised"]) == ("fair", base, False)
         assert "not raised: loop_priority is 0" in loop["priority_note"]
     finally:
         cluster.close()
