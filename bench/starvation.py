@@ -387,6 +387,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["s3_payload_modes"] = payload_modes(agents)
         lags = {a.name: loop_lag(a) for a in agents}
         figures["loop_lag_ms_by_agent"] = {n: v.get("max_ms") for n, v in lags.items()}
+        figures["max_loop_lag_ms_by_agent"] = {  # the loaded window only
+            a.name: round(logged_max_lag([a], since_ms / 1000, time.time()), 1) for a in agents}
         detect: list[float] = []
         for victim in agents[len(agents) - args.kills:]:
             for w in workloads:
