@@ -16,8 +16,8 @@ an agent that was running), ``false_suspicions`` (distinct (peer, incarnation)
 suspicions of a running agent), ``startup_false_deaths`` (false deaths during the burst),
 ``detect_median_s`` / ``detect_median_idle_s``, ``max_loop_lag_ms`` (largest event-loop
 lag any agent logged while loaded; ``max_loop_lag_ms_with_startup`` adds their own
-start-up), ``lag_samples_over_200ms_pct``, ``startup_max_loop_lag_ms``, plus workload
-counts. Never asserts: it measures.
+start-up; ``max_loop_lag_ms_by_agent`` each agent's), ``lag_samples_over_200ms_pct``,
+``startup_max_loop_lag_ms``, plus workload counts. Never asserts: it measures.
 """
 
 from __future__ import annotations

@@ -27,6 +27,15 @@ may run above the base, so it holds by construction:
   process trio starts from it, say). Unprivileged, a thread cannot come back up: it stays
   low, as it did before loop priorities existed.
 
+A nice value only counts against the threads of the same scheduling group (the
+session's autogroup, or a systemd service's CPU cgroup): it orders the loop ahead of the
+agent's own worker threads, not ahead of other programs. :func:`realtime_loop`
+(``loop_scheduler = "rr"``) puts the loop thread in the real-time class instead, ahead of
+every ordinary thread of the machine, with ``SCHED_RESET_ON_FORK`` so that nothing it
+creates is real-time, and ``RLIMIT_RTTIME`` so that a loop that stops sleeping goes back
+to the fair scheduler (docs/architecture.md, "The node and the agent"; docs/benchmarks.md,
+"loop priority").
+
 Linux only: elsewhere a nice value belongs to the whole process, and nothing is changed.
 """
 
