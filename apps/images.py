@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import struct
-import subprocess
 import sys
 import tarfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.runtimes.base import ErrorCode, WorkloadRuntimeError
+from meshcloud import priority
 
 DEMO_BASE_IMAGE = "localhost/meshcloud/busybox:1"
 DEMO_WEB_IMAGE = "localhost/meshcloud/web:1"
@@ -135,7 +135,7 @@ def find_static_busybox() -> Path:
 
 
 def busybox_applets(busybox: Path) -> tuple[str, ...]:
-    out = subprocess.run([str(busybox), "--list"], check=True, capture_output=True, text=True)
+    out = priority.run([str(busybox), "--list"], check=True, capture_output=True, text=True)
     return tuple(sorted(a for a in out.stdout.split() if a and "/" not in a and a != "busybox"))
 
 

@@ -6,10 +6,12 @@ coding run in worker threads (:func:`run_bulk`), at most :data:`BULK_THREADS` at
 per process (a :class:`trio.CapacityLimiter` per trio run), so bulk work cannot take
 every core either.
 
-Each worker thread lowers its own scheduling priority once (``os.setpriority`` on its
-thread id: Linux schedules threads separately, and raising one's own niceness needs no
-privilege). Within the agent's share of the machine, the kernel then runs the event-loop
-thread first whenever both are ready: the loop is not starved by its own bulk work.
+Each work item runs with its worker thread's scheduling priority lowered
+(:func:`meshcloud.priority.lowered`: ``os.setpriority`` on the thread id; Linux schedules
+threads separately, and raising one's own niceness needs no privilege). Within the
+agent's share of the machine, the kernel then runs the event-loop thread first whenever
+both are ready: the loop is not starved by its own bulk work. After the item the thread
+goes back to the base priority when the process may raise it again (else it stays low).
 Elsewhere (no per-thread priority), the call fails quietly and only the bound applies.
 
 The GIL is the other way a worker thread holds the loop: the loop thread releases it in
@@ -24,13 +26,13 @@ use of the bulk limiter therefore shortens the process's switch interval to
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import trio
+
+from meshcloud import priority
 
 T = TypeVar("T")
 
@@ -38,14 +40,13 @@ BULK_THREADS = 2
 """Bulk work items running at once per process (one per core of a small machine)."""
 
 BULK_NICENESS = 10
-"""How much lower than the loop a bulk worker thread runs (Unix niceness, 0 to 19)."""
+"""How much lower than the base priority a bulk work item runs (Unix niceness, 0 to 19)."""
 
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread waiting for the GIL waits before it asks the holder to drop it
 (CPython's default is 0.005): bounds what each GIL hand-over costs the event loop."""
 
 _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("bulk")
-_local = threading.local()
 
 
 def favour_loop(interval: float = SWITCH_INTERVAL) -> float:
@@ -70,25 +71,9 @@ def limiter() -> trio.CapacityLimiter:
         return lim
 
 
-def lower_this_thread() -> bool:
-    """Lower the calling thread's priority by :data:`BULK_NICENESS` (once per thread).
-    True if this thread now runs at the lower priority."""
-    done = getattr(_local, "lowered", None)
-    if done is None:
-        try:
-            native = threading.get_native_id()
-            current = os.getpriority(os.PRIO_PROCESS, native)
-            os.setpriority(os.PRIO_PROCESS, native, min(19, current + BULK_NICENESS))
-            done = True
-        except (AttributeError, OSError):
-            done = False
-        _local.lowered = done
-    return done
-
-
 def _lowered(fn: Callable[..., T], *args: object) -> T:
-    lower_this_thread()
-    return fn(*args)
+    with priority.lowered(BULK_NICENESS):
+        return fn(*args)
 
 
 async def run_bulk(fn: Callable[..., T], *args: object,

@@ -80,7 +80,23 @@ class NodeConfig:
     """Peer connections kept open; beyond, idle ones are closed (least recently used
     first) and dialled again when needed. Memory and idle traffic grow with it."""
 
+    loop_priority: int = 5
+    """Nice steps the agent's event-loop thread runs above the agent's own priority, when
+    the agent may raise it (root, CAP_SYS_NICE, RLIMIT_NICE); 0 turns it off. Nothing else
+    of the agent (worker threads, processes) runs raised. ``MESHCLOUD_LOOP_PRIORITY``
+    overrides it."""
+
+    loop_scheduler: str = "fair"
+    """``fair``: the event loop gets the ``loop_priority`` nice boost; ``rr``: it runs
+    real-time (SCHED_RR 1, when permitted; else the nice boost), ahead of every ordinary
+    thread of the machine; it goes back to ``fair`` if it ever runs a second of CPU without
+    sleeping. ``MESHCLOUD_LOOP_SCHEDULER`` overrides it."""
+
     def __post_init__(self) -> None:
+        if not 0 <= self.loop_priority <= 20:
+            raise ConfigError("loop_priority: a whole number from 0 to 20")
+        if self.loop_scheduler not in ("fair", "rr"):
+            raise ConfigError(f"loop_scheduler: {self.loop_scheduler!r} is not fair or rr")
         if self.max_connections < 1:
             raise ConfigError("max_connections: must be at least 1")
         if self.profile not in PROFILES:

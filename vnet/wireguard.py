@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from meshcloud import priority
 from vnet import sockbuf
 from vnet.firewall import Firewall, run
 from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
@@ -113,7 +114,7 @@ class WireGuardPlane:
             raise PlaneError("wireguard-go needs /dev/net/tun")
         self.workdir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.workdir / f"{interface}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = priority.popen(
             ["wireguard-go", "-f", interface], stdout=logfile, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env={**os.environ, "LOG_LEVEL": "error"})
         logfile.close()

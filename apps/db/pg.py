@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from apps.db.core import HBA, DbError, conf_text
+from meshcloud import priority
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def describe_config() -> dict[str, tuple[str, str, str, str]]:
     """The server's settings: name → (context, type, min, max), from ``postgres
     --describe-config`` (empty when the server is not installed here)."""
     try:
-        out = subprocess.run([str(BIN / "postgres"), "--describe-config"], check=True,
+        out = priority.run([str(BIN / "postgres"), "--describe-config"], check=True,
                              capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {}

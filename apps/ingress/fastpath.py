@@ -34,6 +34,7 @@ import trio
 
 from apps.ingress.fastseal import SHARE_SIZE, Sealer, Unsealer, derive_keys
 from apps.ingress.sealed import SealedStream, lifeline
+from meshcloud import priority
 from meshcloud.codec.messages import decode_message, encode_message, message
 from meshcloud.codec.tags import TagBlock
 from meshcloud.errors import MeshError
@@ -120,7 +121,7 @@ class RelayClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            self.process = subprocess.Popen(
+            self.process = priority.popen(
                 [sys.executable, "-m", "apps.ingress.fastrelay", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:

@@ -17,6 +17,7 @@ from apps.runtimes import pidfile
 from apps.runtimes.config import PodmanConfig
 from apps.runtimes.podman_service import PodmanService, release_store
 from apps.runtimes.process_state import ReplicaRecord
+from meshcloud import priority
 
 STOP_TIMEOUT = 15.0
 """Seconds to wait for a store's processes to end before killing them."""
@@ -58,10 +59,10 @@ def _clean_podman(data_dir: Path) -> list[str]:
     base = [*service.cli_args()]
     env = service.env()
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        names = subprocess.run([*base, "ps", "-a", "--format", "{{.Names}}"], env=env,
+        names = priority.run([*base, "ps", "-a", "--format", "{{.Names}}"], env=env,
                                capture_output=True, text=True, timeout=60).stdout.split()
         if names:
-            subprocess.run([*base, "rm", "-f", "-t", "2", *names], env=env,
+            priority.run([*base, "rm", "-f", "-t", "2", *names], env=env,
                            capture_output=True, timeout=120)
             done += [f"container {name}" for name in names]
     with contextlib.suppress(OSError, ValueError, IndexError):

@@ -51,6 +51,7 @@ import trio
 from apps.runtimes import pidfile
 from apps.runtimes.base import ErrorCode, WorkloadRuntimeError
 from apps.runtimes.config import PodmanConfig
+from meshcloud import priority
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def release_store(graph_root: Path) -> None:
     is bind-mounted onto itself), so the data dir can be deleted. Call with no container
     running; a mount still in use stays and is reported by the next ``rmtree``."""
     for point in store_mounts(graph_root):
-        subprocess.run(["umount", str(point)], check=False, capture_output=True)
+        priority.run(["umount", str(point)], check=False, capture_output=True)
 
 
 def short_run_dir(store_dir: Path) -> Path:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from meshcloud import priority
+
 PACKAGES = ("pyspark", "py4j", "pyarrow", "pyarrow.libs", "numpy", "numpy.libs")
 REQUIRED = ("pyspark", "py4j", "pyarrow")
 JAVA_ENV = "MESHCLOUD_JAVA"
@@ -56,7 +58,7 @@ def java_path() -> str | None:
 @lru_cache(maxsize=4)
 def _java_major(java: str) -> int:
     try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True,
+        out = priority.run([java, "-version"], capture_output=True, text=True,
                              timeout=30).stderr
     except (OSError, subprocess.SubprocessError):
         return 0

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from meshcloud import priority
+
 log = logging.getLogger("meshcloud.watchdog")
 
 POLL_INTERVAL = 0.2
@@ -104,7 +106,7 @@ def stop_replica(data_dir: Path, name: str, runtime: str) -> None:
         from apps.runtimes.podman_service import PodmanService
 
         service = PodmanService(PodmanConfig(data_dir=data_dir, node_id="watchdog"))
-        subprocess.run([*service.cli_args(), "stop", "--time", str(STOP_GRACE),
+        priority.run([*service.cli_args(), "stop", "--time", str(STOP_GRACE),
                         f"meshcloud-{name}"], env=service.env(), capture_output=True,
                        timeout=30, check=False)
     elif runtime == "process":
@@ -164,7 +166,7 @@ def ensure_watchdog(data_dir: Path) -> int | None:
     logf = os.open(Path(data_dir) / "workloads" / "watchdog.log",
                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
-        proc = subprocess.Popen(
+        proc = priority.popen(
             [sys.executable, "-m", "apps.workloads.watchdog", "--data-dir", str(data_dir)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
     finally:

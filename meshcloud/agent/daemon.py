@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING
 
 import trio
 
+from meshcloud import priority
 from meshcloud.config import NodeConfig, load_config
 from meshcloud.datadir import DataDir
 from meshcloud.errors import MeshError
@@ -99,13 +100,19 @@ def run_agent(datadir: DataDir, settings: dict[str, object], *, log_level: str |
     datadir.require()
     with agent_lock(datadir):
         config = load_config(datadir.config_path).with_overrides(**settings)
+        boost = priority.boost_setting(config.loop_priority, os.environ)
+        scheduler = priority.scheduler_setting(config.loop_scheduler, os.environ)
         setup_logging(log_level or config.log_level, datadir.log_path)
-        return trio.run(_main, datadir, config)
+        return trio.run(_main, datadir, config, boost, scheduler)
 
 
-async def _main(datadir: DataDir, config: NodeConfig) -> int:
+async def _main(datadir: DataDir, config: NodeConfig, boost: int, scheduler: str) -> int:
     from meshcloud.agent.node import Node
 
+    # this thread runs the event loop: raised (if permitted) before it starts any other
+    loop = priority.apply(boost, scheduler)
+    log.info(f"event loop priority: {loop.note}",
+             extra={"nice": loop.loop, "base_nice": loop.base})
     node = Node(datadir, config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

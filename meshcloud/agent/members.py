@@ -40,6 +40,7 @@ from gossip.outputs import (
     MemberUpdated,
 )
 from gossip.sysinfo import read_capacity
+from meshcloud import priority
 from meshcloud.clock import next_tick
 from meshcloud.identity.keys import short_id
 
@@ -83,8 +84,9 @@ class Members:
         self.node = node
         config = node.config
         self.incarnation_path = node.datadir.path / "run" / "incarnation"
-        self.sample = partial(read_capacity, node.datadir.path, labels=config.labels,
-                              metered=True if config.metered else None,
+        # on a phone, sampling may start a Termux:API command: at the base priority
+        self.sample = partial(priority.call_at_base, read_capacity, node.datadir.path,
+                              labels=config.labels, metered=True if config.metered else None,
                               low_battery=config.battery_threshold,
                               disk_quota=config.quota_bytes())
         self.gossip = GossipDriver(

@@ -7,6 +7,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 import meshcloud
+from meshcloud import priority
 
 if TYPE_CHECKING:
     from meshcloud.agent.node import Node
@@ -33,7 +34,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "peers": sorted((p.to_json() for p in node.peers.values()),
                         key=lambda p: (not p["connected"], p["id"])),
         "members": node.members_view(),
-        "loop": node.members.loop_status(),
+        "loop": {**node.members.loop_status(), **priority.live_status()},
         "reachability": node.nat.status(),
         "versions": versions(),
         **({"transport": node.transport.statistics()}
