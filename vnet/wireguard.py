@@ -11,7 +11,9 @@ gets 7 MiB buffers (:mod:`vnet.sockbuf`): bookworm's 0.0.20220316 keeps the kern
 default, which drops bursts (0.0.20231211, from bookworm-backports through ``./dev
 setup``, sets them itself and adds TUN segmentation offload). wireguard-go runs with
 ``GOMAXPROCS=1`` on hosts of a few CPUs (:func:`wireguard_go_env`: fewer thread wakeups
-per packet). The interface's MTU is the
+per packet) and its threads ask the kernel for a short scheduler slice
+(:mod:`vnet.schedslice`: they run sooner after a wakeup on a busy host). The interface's
+MTU is the
 V-Net's, or less where the underlay route to the peers leaves less after WireGuard's 80
 bytes (:func:`tunnel_mtu`, as wg-quick does).
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from vnet import sockbuf
+from vnet import schedslice, sockbuf
 from vnet.firewall import Firewall, run
 from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
 
@@ -134,6 +136,9 @@ class WireGuardPlane:
         self._mtu_hosts: tuple[str, ...] | None = None
         self._route_mtus: list[int] = []
         """wireguard-go's UDP sockets given larger buffers (:mod:`vnet.sockbuf`)."""
+        self._slice_ns = 0
+        self._sliced: frozenset[int] = frozenset()
+        """wireguard-go's threads given a short scheduler slice (:mod:`vnet.schedslice`)."""
 
     # --- the interface --------------------------------------------------------------------
 
@@ -158,11 +163,13 @@ class WireGuardPlane:
                              "(apt-get install wireguard-go), or use --plane python")
         if not os.path.exists("/dev/net/tun"):
             raise PlaneError("wireguard-go needs /dev/net/tun")
+        env = wireguard_go_env(os.environ, host_cpus())
+        self._slice_ns = schedslice.slice_from_env(os.environ)
         self.workdir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.workdir / f"{interface}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             ["wireguard-go", "-f", interface], stdout=logfile, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=wireguard_go_env(os.environ, host_cpus()))
+            stdin=subprocess.DEVNULL, env=env)
         logfile.close()
         self.mode = "wireguard-go"
         with trio.move_on_after(START_TIMEOUT):
@@ -172,6 +179,7 @@ class WireGuardPlane:
                     raise PlaneError(f"wireguard-go exited ({self.process.returncode}); "
                                      f"see {self.workdir / (interface + '.log')}")
                 await trio.sleep(0.02)
+            self._shorten_slices()
             return
         raise PlaneError(f"wireguard-go did not make {interface} within {START_TIMEOUT} s")
 
@@ -271,6 +279,18 @@ class WireGuardPlane:
                                                  done=self._buffers)
             except OSError as exc:
                 log.debug("wireguard-go socket buffers: %s", exc)
+        self._shorten_slices()
+
+    def _shorten_slices(self) -> None:
+        """wireguard-go's threads (again: those it made since) get a short scheduler
+        slice (:mod:`vnet.schedslice`)."""
+        if self.process is None or not self._slice_ns or self.process.poll() is not None:
+            return
+        try:
+            self._sliced |= schedslice.shorten(self.process.pid, self._slice_ns,
+                                               done=self._sliced)
+        except OSError as exc:
+            log.debug("wireguard-go scheduler slice: %s", exc)
 
     def listen_port(self) -> int:
         return self._port
