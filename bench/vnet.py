@@ -7,8 +7,7 @@ with both hosts attached (``sim/vnetlab.py``); then in the same run:
   WireGuard plane (kernel WireGuard when the host has it, else ``wireguard-go``; the
   run says which: ``wg_mode``; for wireguard-go, which binary and version, ``wg_go``,
   whether it opened its TUN with segmentation offload, ``wg_offload``, and the
-  ``GOMAXPROCS`` it runs with, ``wg_gomaxprocs``, and its threads' scheduler slice,
-  ``wg_slice_us``);
+  ``GOMAXPROCS`` it runs with, ``wg_gomaxprocs``);
 * ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
   bare veth + bridge path);
 * ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the median of ``--pings`` ``ping`` round trips
@@ -42,7 +41,6 @@ from bench._ping import ping_times
 from sim.agents import wait_until
 from sim.netns import Host
 from sim.vnetlab import VNetLab, ns
-from vnet import schedslice
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,15 +115,6 @@ def wg_gomaxprocs(host: Host) -> str | None:
     return None
 
 
-def wg_slice_us(host: Host) -> float | None:
-    """The scheduler slice of the threads of ``host``'s wireguard-go, in µs (their
-    largest: :mod:`vnet.schedslice`), None when none runs or the kernel does not say."""
-    slices = [schedslice.current_slice(tid) for pid in wg_processes(host)
-              for tid in schedslice.thread_ids(pid)]
-    known = [s for s in slices if s is not None]
-    return max(known) / 1000 if known else None
-
-
 def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
     """TCP MB/s from ``client`` to an iperf3 server on ``server``'s ``address``."""
     daemon = subprocess.Popen([*server.exec_prefix(), "iperf3", "-s", "-B", address],
@@ -177,7 +166,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
                 figures["wg_offload"] = "vnet_hdr on" in mode
                 figures["wg_gomaxprocs"] = wg_gomaxprocs(ha)
-                figures["wg_slice_us"] = wg_slice_us(ha)
             rtt(ha, addresses[1], 3)  # warm the path
             for key, address in (("vnet", addresses[1]), ("underlay", hb.ip)):
                 median_mean = rtt(ha, address, pings)

@@ -11,9 +11,7 @@ gets 7 MiB buffers (:mod:`vnet.sockbuf`): bookworm's 0.0.20220316 keeps the kern
 default, which drops bursts (0.0.20231211, from bookworm-backports through ``./dev
 setup``, sets them itself and adds TUN segmentation offload). wireguard-go runs with
 ``GOMAXPROCS=1`` on hosts of a few CPUs (:func:`wireguard_go_env`: fewer thread wakeups
-per packet) and its threads ask the kernel for a short scheduler slice
-(:mod:`vnet.schedslice`: they run sooner after a wakeup on a busy host). The interface's
-MTU is the
+per packet). The interface's MTU is the
 V-Net's, or less where the underlay route to the peers leaves less after WireGuard's 80
 bytes (:func:`tunnel_mtu`, as wg-quick does).
 
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from vnet import schedslice, sockbuf
+from vnet import sockbuf
 from vnet.firewall import Firewall, run
 from vnet.plane import PeerConfig, PeerStats, PlaneConfig, PlaneError
 
@@ -73,11 +71,13 @@ def wireguard_go_env(base: Mapping[str, str], cpus: int) -> dict[str, str]:
     hand-off may wake another parked Go thread, and on a machine at rest that is a
     wakeup of another, halted CPU (an inter-processor interrupt; on a VM, through the
     hypervisor); with one, the goroutines run one after the other on the thread the
-    packet woke. Measured on a 2-CPU VM: ~0.1 ms less on a V-Net ping's round trip,
+    packet woke. Measured on a 2-CPU VM: 0.05-0.1 ms less on the median V-Net ping,
     throughput within the noise (docs/benchmarks.md). What it gives up is crypto on
     several cores at once, which a host of a few CPUs, whose applications want them
-    too, has little of to give. ``$MESHCLOUD_WG_GOMAXPROCS`` (a number, or ``default``)
-    overrides the choice; a ``GOMAXPROCS`` already in the agent's environment is kept."""
+    too, has little of to give; and on a CPU-saturated host a preempted thread holds up
+    the whole pipeline (there the ping's mean and 90th percentile rose).
+    ``$MESHCLOUD_WG_GOMAXPROCS`` (a number, or ``default``) overrides the choice; a
+    ``GOMAXPROCS`` already in the agent's environment is kept."""
     env = {**base, "LOG_LEVEL": "error"}
     env.pop(GOMAXPROCS_ENV, None)
     wanted = base.get(GOMAXPROCS_ENV, "").strip()
@@ -136,9 +136,6 @@ class WireGuardPlane:
         self._mtu_hosts: tuple[str, ...] | None = None
         self._route_mtus: list[int] = []
         """wireguard-go's UDP sockets given larger buffers (:mod:`vnet.sockbuf`)."""
-        self._slice_ns = 0
-        self._sliced: frozenset[int] = frozenset()
-        """wireguard-go's threads given a short scheduler slice (:mod:`vnet.schedslice`)."""
 
     # --- the interface --------------------------------------------------------------------
 
@@ -163,13 +160,11 @@ class WireGuardPlane:
                              "(apt-get install wireguard-go), or use --plane python")
         if not os.path.exists("/dev/net/tun"):
             raise PlaneError("wireguard-go needs /dev/net/tun")
-        env = wireguard_go_env(os.environ, host_cpus())
-        self._slice_ns = schedslice.slice_from_env(os.environ)
         self.workdir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.workdir / f"{interface}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             ["wireguard-go", "-f", interface], stdout=logfile, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env)
+            stdin=subprocess.DEVNULL, env=wireguard_go_env(os.environ, host_cpus()))
         logfile.close()
         self.mode = "wireguard-go"
         with trio.move_on_after(START_TIMEOUT):
@@ -179,7 +174,6 @@ class WireGuardPlane:
                     raise PlaneError(f"wireguard-go exited ({self.process.returncode}); "
                                      f"see {self.workdir / (interface + '.log')}")
                 await trio.sleep(0.02)
-            self._shorten_slices()
             return
         raise PlaneError(f"wireguard-go did not make {interface} within {START_TIMEOUT} s")
 
@@ -279,18 +273,6 @@ class WireGuardPlane:
                                                  done=self._buffers)
             except OSError as exc:
                 log.debug("wireguard-go socket buffers: %s", exc)
-        self._shorten_slices()
-
-    def _shorten_slices(self) -> None:
-        """wireguard-go's threads (again: those it made since) get a short scheduler
-        slice (:mod:`vnet.schedslice`)."""
-        if self.process is None or not self._slice_ns or self.process.poll() is not None:
-            return
-        try:
-            self._sliced |= schedslice.shorten(self.process.pid, self._slice_ns,
-                                               done=self._sliced)
-        except OSError as exc:
-            log.debug("wireguard-go scheduler slice: %s", exc)
 
     def listen_port(self) -> int:
         return self._port
