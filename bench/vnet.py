@@ -6,7 +6,8 @@ with both hosts attached (``sim/vnetlab.py``); then in the same run:
 * ``wg_tcp_mb_s``: ``iperf3`` TCP from one host to the other's V-Net address, over the
   WireGuard plane (kernel WireGuard when the host has it, else ``wireguard-go``; the
   run says which: ``wg_mode``; for wireguard-go, which binary and version, ``wg_go``,
-  and whether it opened its TUN with segmentation offload, ``wg_offload``);
+  whether it opened its TUN with segmentation offload, ``wg_offload``, and the
+  ``GOMAXPROCS`` it runs with, ``wg_gomaxprocs``);
 * ``underlay_tcp_mb_s``: the same ``iperf3`` to the other host's underlay address (the
   bare veth + bridge path);
 * ``vnet_rtt_ms`` / ``underlay_rtt_ms``: the median of ``--pings`` ``ping`` round trips
@@ -99,6 +100,21 @@ def wg_go_version(host: Host) -> str | None:
     return None
 
 
+def wg_gomaxprocs(host: Host) -> str | None:
+    """The ``GOMAXPROCS`` in the environment of ``host``'s wireguard-go (``"default"``
+    when it has none: Go's one per CPU), None when none runs."""
+    for pid in wg_processes(host):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"GOMAXPROCS="):
+                return item.split(b"=", 1)[1].decode(errors="replace")
+        return "default"
+    return None
+
+
 def iperf(client: Host, server: Host, address: str, seconds: float) -> float:
     """TCP MB/s from ``client`` to an iperf3 server on ``server``'s ``address``."""
     daemon = subprocess.Popen([*server.exec_prefix(), "iperf3", "-s", "-B", address],
@@ -149,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures["wg_go"] = wg_go_version(ha)
                 # a wireguard-go with TUN segmentation offload opens its TUN with vnet_hdr
                 figures["wg_offload"] = "vnet_hdr on" in mode
+                figures["wg_gomaxprocs"] = wg_gomaxprocs(ha)
             rtt(ha, addresses[1], 3)  # warm the path
             for key, address in (("vnet", addresses[1]), ("underlay", hb.ip)):
                 median_mean = rtt(ha, address, pings)

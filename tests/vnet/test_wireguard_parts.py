@@ -1,5 +1,6 @@
 """The WireGuard plane's pure parts: `wg show dump` parsing, `wg set` arguments, the
-isolation rules, the interface key file. (The plane itself runs in tests/netns.)"""
+isolation rules, the interface key file, wireguard-go's environment. (The plane itself
+runs in tests/netns.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import pytest
 from vnet.firewall import FWD_CHAIN, IN_CHAIN, rules_for
 from vnet.ipam import replica_links
 from vnet.keys import load_or_create
-from vnet.plane import PeerConfig, PlaneConfig
-from vnet.wireguard import parse_dump, parse_link_mtu, parse_route, peer_args, tunnel_mtu
+from vnet.plane import PeerConfig, PlaneConfig, PlaneError
+from vnet.wireguard import (
+    GOMAXPROCS_ENV,
+    SMALL_HOST_CPUS,
+    parse_dump,
+    parse_link_mtu,
+    parse_route,
+    peer_args,
+    tunnel_mtu,
+    wireguard_go_env,
+)
 
 K1, K2 = base64.b64encode(b"\x01" * 32).decode(), base64.b64encode(b"\x02" * 32).decode()
 
@@ -115,3 +125,29 @@ def test_parse_link_mtu():
 ])
 def test_tunnel_mtu_follows_the_underlay_route_less_80(routes, expected):
     assert tunnel_mtu(1420, routes) == expected
+
+
+@pytest.mark.parametrize(("agent_env", "cpus", "expected"), [
+    ({}, 1, "1"),
+    ({}, 2, "1"),
+    ({}, SMALL_HOST_CPUS, "1"),                  # a host of a few CPUs: one Go thread
+    ({}, SMALL_HOST_CPUS + 1, None),             # larger: Go's default, one per CPU
+    ({"GOMAXPROCS": "3"}, 2, "3"),               # the agent's own setting is kept
+    ({GOMAXPROCS_ENV: "default"}, 2, None),      # the override, both ways
+    ({GOMAXPROCS_ENV: "default", "GOMAXPROCS": "3"}, 2, None),
+    ({GOMAXPROCS_ENV: " 2 "}, 64, "2"),
+    ({GOMAXPROCS_ENV: "1", "GOMAXPROCS": "8"}, 64, "1"),
+])
+def test_wireguard_go_gomaxprocs(agent_env, cpus, expected):
+    base = {"PATH": "/usr/bin", **agent_env}
+    env = wireguard_go_env(base, cpus)
+    assert env.get("GOMAXPROCS") == expected
+    assert env["LOG_LEVEL"] == "error" and env["PATH"] == "/usr/bin"
+    assert GOMAXPROCS_ENV not in env  # ours, not wireguard-go's
+    assert base == {"PATH": "/usr/bin", **agent_env}  # the agent's own is left alone
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5"])
+def test_wireguard_go_gomaxprocs_refuses_nonsense(bad):
+    with pytest.raises(PlaneError, match=GOMAXPROCS_ENV):
+        wireguard_go_env({GOMAXPROCS_ENV: bad}, 2)
