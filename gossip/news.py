@@ -372,8 +372,11 @@ class NewsApplier:
         self._apply_dead(m, d, now, out)
 
     def _spoke_lately(self, m: Member, now: float) -> bool:
-        """Did ``m`` send us something itself since we suspect it (or, if we do not,
-        within the time a declarer's probe round and unconfirmed suspicion take)?"""
+        """Did ``m`` send us something itself since we suspect it, or, if we do not,
+        since the declarer's suspicion began? Any declarer's suspicion ran at least the
+        minimum timeout before it declared, so a message newer than that is one the
+        declarer did not weigh; a crashed member's last one is older (it precedes the
+        declarer's probe round too), so crashes are not checked twice."""
         heard = self._heard.get(m.node_id)
         if heard is None:
             return False
@@ -381,10 +384,8 @@ class NewsApplier:
         if suspicion is not None and suspicion.incarnation == m.incarnation:
             return heard > suspicion.start
         config = self.config
-        window = (config.probe_timeout + config.indirect_timeout + config.suspicion_max_timeout_mult
-                  * suspicion_timeout(config.suspicion_mult, self.table.live_count,
-                                      config.probe_interval))
-        return heard > now - window
+        return heard > now - suspicion_timeout(config.suspicion_mult, self.table.live_count,
+                                               config.probe_interval)
 
     def _apply_dead(self, m: Member, d: Dead, now: float, out: list[Output]) -> None:
         if m.node_id == self.node_id:

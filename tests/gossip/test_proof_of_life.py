@@ -71,9 +71,9 @@ def test_a_death_declared_elsewhere_is_checked_by_a_node_that_heard_the_member_l
     cores, wire = meshed(6)
     a, b, x = cores[0], cores[1], cores[2]
     speak(a, x, 0.0)
-    wire.now = 0.5
+    wire.now = 0.1  # less than any suspicion's minimum timeout after x spoke
     out = a.on_message(b.node_id, Dead(node=x.node_id, incarnation=0,
-                                       from_node=b.node_id), 0.5)
+                                       from_node=b.node_id), 0.1)
     assert a.state_of(x.node_id) is SUSPECT  # not DEAD: a checks first
     assert sent(out, Ping, to=x.node_id)
     assert a.statistics().deaths_checked == 1
@@ -87,11 +87,11 @@ def test_a_death_is_agreed_after_one_failed_check_when_the_member_went_silent():
     a, b, x = cores[0], cores[1], cores[2]
     speak(a, x, 0.0)
     wire.drop = lambda src, dst, msg: dst == x.node_id or src == x.node_id  # x crashed
-    wire.now = 0.5
+    wire.now = 0.1
     wire.run(b.node_id, a.on_message(b.node_id, Dead(node=x.node_id, incarnation=0,
-                                                    from_node=b.node_id), 0.5))
+                                                    from_node=b.node_id), 0.1))
     assert a.state_of(x.node_id) is SUSPECT
-    wire.advance(0.5 + CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
+    wire.advance(0.1 + CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
     assert a.state_of(x.node_id) is DEAD
 
 
@@ -99,7 +99,7 @@ def test_a_death_of_a_member_not_heard_lately_is_applied_at_once():
     cores, _wire = meshed(6)
     a, b, x = cores[0], cores[1], cores[2]
     speak(a, x, 0.0)
-    later = 60.0  # far beyond a declarer's probe round and suspicion
+    later = 0.3  # more than the minimum suspicion timeout (0.25 s here) after x spoke
     a.on_message(b.node_id, Dead(node=x.node_id, incarnation=0, from_node=b.node_id), later)
     assert a.state_of(x.node_id) is DEAD
     assert a.statistics().deaths_checked == 0
