@@ -142,6 +142,9 @@ class SwimCore(Prober, NewsApplier):
         node knows no one to accuse before it joins."""
         self._joined_at = -math.inf
         """When the join's full sync completed (the grace ends by startup_grace_max after)."""
+        self._heard: dict[bytes, float] = {}
+        """When each member last sent us something itself (a datagram, or its side of a
+        sync): proof of life that outweighs a suspicion begun before it (gossip.news)."""
         self._queue_news(me, me.alive, now)
 
     # === queries ==========================================================================
@@ -323,6 +326,7 @@ class SwimCore(Prober, NewsApplier):
             self.counters.dropped_non_member += 1
             return out
         self.counters.messages_received += 1
+        self._heard[peer] = now
         match msg:
             case Compound():
                 for part in msg.parts:
@@ -343,11 +347,13 @@ class SwimCore(Prober, NewsApplier):
         reply = PushPull(join=False, entries=self._local_state())
         self.counters.syncs_received += 1
         self._synced.note(peer, now)
+        self._heard[peer] = now
         return reply, self._merge(peer, msg, now)
 
     def on_push_pull_reply(self, peer: bytes, msg: PushPull, now: float) -> list[Output]:
         if peer == self.node_id:
             return []
+        self._heard[peer] = now
         out = self._merge(peer, msg, now)
         if self._joining:  # a join is a full sync: the periodic one can wait a period
             self._joining = False
@@ -374,6 +380,7 @@ class SwimCore(Prober, NewsApplier):
             return SyncDelta(entries=())
         self.counters.syncs_received += 1
         self._synced.note(peer, now)
+        self._heard[peer] = now
         return delta_for(self.table, digest)
 
     def on_sync_delta(self, peer: bytes, delta: SyncDelta,
@@ -382,6 +389,7 @@ class SwimCore(Prober, NewsApplier):
         merging, like a full sync), and the outputs of merging the peer's entries."""
         if peer == self.node_id:
             return PushPull(join=False, entries=()), []
+        self._heard[peer] = now
         wanted = PushPull(join=False, entries=wanted_entries(self.table, delta))
         return wanted, self._merge(peer, PushPull(join=False, entries=delta.entries), now)
 
@@ -391,6 +399,7 @@ class SwimCore(Prober, NewsApplier):
                                     and not self.hooks.membership.is_member(peer, None)):
             self.counters.dropped_non_member += 1
             return []
+        self._heard[peer] = now
         return self._merge(peer, msg, now)
 
     def on_push_pull_failed(self, peer: bytes, now: float) -> list[Output]:
@@ -517,6 +526,7 @@ class SwimCore(Prober, NewsApplier):
             self._suspicion_expired(self._suspicions[key], now, out)
         else:
             self.table.remove(key)
+            self._heard.pop(key, None)
             out.append(MemberReaped(key))
 
     def _resumed(self, now: float) -> None:

@@ -366,6 +366,8 @@ class GossipDriver:
             stats = self._core.statistics()
             out.update(health_score=stats.health_score, probes_stalled=stats.probes_stalled,
                        suspicions_postponed=stats.suspicions_postponed,
+                       suspicions_renewed=stats.suspicions_renewed,
+                       deaths_checked=stats.deaths_checked,
                        probes_unsettled=stats.probes_unsettled,
                        probes_retried=stats.probes_retried, probes_failed=stats.probes_failed,
                        probe_hints=stats.probe_hints)

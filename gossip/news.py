@@ -32,6 +32,7 @@ refuses stale Alives of the dead like everyone else.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 from gossip.formulas import confirmations_needed, suspicion_timeout
@@ -137,6 +138,7 @@ class NewsApplier:
     _next_capacity: float | None
     _me: Member
     _settle_at: float
+    _heard: dict[bytes, float]
 
     if TYPE_CHECKING:  # provided by the other parts of the core
         def settled(self, now: float) -> bool: ...
@@ -266,6 +268,9 @@ class NewsApplier:
             return
         if self._postpone(suspicion, now):
             return
+        if self._heard.get(m.node_id, -math.inf) > suspicion.start and not self._left:
+            self._renew(m, suspicion, now, out)
+            return
         weak = self.shaky(now) and not suspicion.witnessed  # only others' word, and ours
         if (not suspicion.confirmed or weak) and not suspicion.checking and not self._left:
             # hearsay alone (no probe of anyone's accused it): as many rounds as at once
@@ -276,6 +281,19 @@ class NewsApplier:
         self.counters.deaths_declared += 1
         self._apply_dead(m, Dead(node=m.node_id, incarnation=m.incarnation,
                                  from_node=self.node_id), now, out)
+
+    def _renew(self, m: Member, suspicion: Suspicion, now: float, out: list[Output]) -> None:
+        """The suspect sent us something itself after the suspicion began: it lives. Its
+        silence to the probes was slowness (a loop starved for seconds) or deafness (its
+        inbound path lost for a while), not a crash: a crashed process sends nothing. It
+        stays suspect, with the full unconfirmed timeout again (the confirmations were
+        about the same silence), and is told directly so that it can refute."""
+        self.counters.suspicions_renewed += 1
+        suspicion.confirmers.clear()
+        suspicion.restart(now)
+        self.timers.schedule(suspicion.deadline(), TimerKind.SUSPICION, m.node_id)
+        self._send(m.node_id, Suspect(node=m.node_id, incarnation=suspicion.incarnation,
+                                      from_node=suspicion.accuser), now, out)
 
     def _postpone(self, suspicion: Suspicion, now: float) -> bool:
         """Give a running-out suspicion more time when its end is no evidence:
@@ -342,7 +360,32 @@ class NewsApplier:
                 node, m.alive.public_key, d.leave_bytes(), d.signature):
             self.counters.dropped_bad_signature += 1
             return
+        if not d.is_leave and self._spoke_lately(m, now) and not self._left:
+            # Our own evidence says otherwise: the declarer did not hear it, we did.
+            # Check it ourselves first (one probe round; a crash costs that much more).
+            self.counters.deaths_checked += 1
+            if m.state is not MemberState.SUSPECT or m.incarnation != d.incarnation:
+                self._apply_suspect(m, Suspect(node=node, incarnation=d.incarnation,
+                                               from_node=d.from_node), now, out, spread=False)
+            self._check_now(m, now, out)
+            return
         self._apply_dead(m, d, now, out)
+
+    def _spoke_lately(self, m: Member, now: float) -> bool:
+        """Did ``m`` send us something itself since we suspect it, or, if we do not,
+        since the declarer's suspicion began? Any declarer's suspicion ran at least the
+        minimum timeout before it declared, so a message newer than that is one the
+        declarer did not weigh; a crashed member's last one is older (it precedes the
+        declarer's probe round too), so crashes are not checked twice."""
+        heard = self._heard.get(m.node_id)
+        if heard is None:
+            return False
+        suspicion = self._suspicions.get(m.node_id)
+        if suspicion is not None and suspicion.incarnation == m.incarnation:
+            return heard > suspicion.start
+        config = self.config
+        return heard > now - suspicion_timeout(config.suspicion_mult, self.table.live_count,
+                                               config.probe_interval)
 
     def _apply_dead(self, m: Member, d: Dead, now: float, out: list[Output]) -> None:
         if m.node_id == self.node_id:

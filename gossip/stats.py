@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 @dataclass(slots=True)
 class Counters:
     broadcasts_sent: int = 0
+    deaths_checked: int = 0
     deaths_declared: int = 0
     dropped_bad_signature: int = 0
     dropped_implausible: int = 0
@@ -37,6 +38,7 @@ class Counters:
     refutations: int = 0
     resumes: int = 0
     suspicions_postponed: int = 0
+    suspicions_renewed: int = 0
     suspicions_started: int = 0
     syncs_received: int = 0
     syncs_started: int = 0
@@ -57,6 +59,9 @@ class GossipStatistics:
     refutations: int
     deaths_declared: int
     """Suspicions that expired here (this node declared the member dead)."""
+    deaths_checked: int
+    """Deaths declared elsewhere of a member that had lately sent us something itself:
+    checked here by a probe round of our own before we agree."""
     syncs_started: int
     syncs_received: int
     resumes: int
@@ -72,6 +77,9 @@ class GossipStatistics:
     suspicions_postponed: int
     """Suspicions that ran out during (or just after) a stall of ours, or during the
     start-up grace, and were given more time."""
+    suspicions_renewed: int
+    """Suspicions that ran out (or whose last check failed) after the suspect itself
+    had sent us something since they began: it lives, so they started over."""
     """Times this node found its timers firing late (it was frozen) and started over."""
     dropped_bad_signature: int
     dropped_implausible: int

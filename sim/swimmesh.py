@@ -67,6 +67,10 @@ class SimNode:
     sent: int = 0
     """Datagrams sent by this node (all generations)."""
     sent_bytes: int = 0
+    frozen_until: float = 0.0
+    """Its loop is stalled until then: what reaches it waits, its timers fire late."""
+    deaf_until: float = 0.0
+    """Datagrams to it are lost until then (it still sends, and syncs still work)."""
 
 
 @dataclass(slots=True)
@@ -175,6 +179,35 @@ class SwimCluster:
         self._run_outputs(node, node.core.join(list(seeds), self.now))
         self._arm(node)
 
+    def freeze(self, node_id: bytes, seconds: float) -> None:
+        """Stall the node's event loop for ``seconds`` from now (a starved process): what
+        reaches it meanwhile waits, its timers fire late, and when it comes back the core
+        hears of the stall first (``on_loop_lag``), as the driver's late timer tells it."""
+        node = self.nodes[node_id]
+        until = self.now + seconds
+        if until <= node.frozen_until:
+            return
+        node.frozen_until = until
+        self.engine.at(until, self._thaw, node, node.generation, until, seconds)
+
+    def deafen(self, node_id: bytes, seconds: float) -> None:
+        """Lose every datagram to the node for ``seconds`` from now."""
+        node = self.nodes[node_id]
+        node.deaf_until = max(node.deaf_until, self.now + seconds)
+
+    def _frozen(self, node: SimNode, fn: Callable[..., None], *args: object) -> bool:
+        """If ``node`` is stalled, run ``fn(*args)`` when it comes back (True)."""
+        if node.frozen_until <= self.now:
+            return False
+        self.engine.at(node.frozen_until, fn, *args)
+        return True
+
+    def _thaw(self, node: SimNode, generation: int, until: float, seconds: float) -> None:
+        if not node.up or node.generation != generation or node.frozen_until != until:
+            return
+        self._run_outputs(node, node.core.on_loop_lag(seconds, self.now))
+        self._arm(node)
+
     def leave(self, node_id: bytes) -> None:
         node = self.nodes[node_id]
         self._run_outputs(node, node.core.leave(self.now))
@@ -214,13 +247,17 @@ class SwimCluster:
     def _timer(self, node: SimNode, generation: int, deadline: float) -> None:
         if not node.up or node.generation != generation or node.scheduled != deadline:
             return
+        if self._frozen(node, self._timer, node, generation, deadline):
+            return
         node.scheduled = None
         self._run_outputs(node, node.core.on_timer(self.now))
         self._arm(node)
 
     def _deliver(self, target: bytes, sender: bytes, msg: object) -> None:
         node = self.nodes[target]
-        if not node.up:
+        if not node.up or node.deaf_until > self.now:
+            return
+        if self._frozen(node, self._deliver, target, sender, msg):
             return
         self.delivered += 1
         self._run_outputs(node, node.core.on_message(sender, msg, self.now))
@@ -233,6 +270,8 @@ class SwimCluster:
         if not node.up or not self.network.reachable(sender, target):
             self.engine.at(now + self.config.sync_timeout, self._sync_failed, sender, target,
                            generation)
+            return
+        if self._frozen(node, self._sync_request, target, sender, generation, msg):
             return
         reply: PushPull | SyncDelta
         if isinstance(msg, SyncDigest):
@@ -249,6 +288,8 @@ class SwimCluster:
         node = self.nodes[target]
         if not (node.up and node.generation == generation):
             return
+        if self._frozen(node, self._sync_reply, target, sender, generation, msg):
+            return
         if isinstance(msg, SyncDelta):
             wanted, outputs = node.core.on_sync_delta(sender, msg, self.now)
             self.engine.at(self.now + self.latency, self._sync_entries, sender, target, wanted)
@@ -259,12 +300,16 @@ class SwimCluster:
 
     def _sync_entries(self, target: bytes, sender: bytes, msg: object) -> None:
         node = self.nodes[target]
+        if self._frozen(node, self._sync_entries, target, sender, msg):
+            return
         if node.up:
             self._run_outputs(node, node.core.on_sync_entries(sender, msg, self.now))  # type: ignore[arg-type]
             self._arm(node)
 
     def _sync_failed(self, target: bytes, sender: bytes, generation: int) -> None:
         node = self.nodes[target]
+        if self._frozen(node, self._sync_failed, target, sender, generation):
+            return
         if node.up and node.generation == generation:
             self._run_outputs(node, node.core.on_push_pull_failed(sender, self.now))
             self._arm(node)

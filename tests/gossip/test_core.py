@@ -267,6 +267,8 @@ def test_unconfirmed_suspicion_gets_a_last_check_before_death():
     a.on_message(accuser.node_id, Suspect(node=x.node_id, incarnation=0,
                                           from_node=accuser.node_id), 0.0)
     hi = a._suspicions[x.node_id].deadline()
+    wire.drop = lambda src, dst, msg: src == x.node_id  # a hears nothing from x meanwhile
+    wire.advance(hi - 0.001)
     wire.drop = lambda src, dst, msg: type(msg) is Alive or any(
         type(p) is Alive for p in getattr(msg, "parts", ()))  # the refutation never lands
     wire.advance(hi + 0.01)
