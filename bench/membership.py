@@ -4,8 +4,10 @@ Runs the production cores in the simulator (``sim/``: one event queue, virtual t
 network with latency and loss), so 5,000 nodes and an hour of 10 % loss take minutes:
 
 * **detection**: a converged mesh of N nodes; every 15 s one node crashes (kill -9: peers
-  with an open connection see the reset); per crash and observer, the seconds until the
-  observer declares it dead. Median and p99 over all (crash, observer) pairs.
+  with an open connection see the reset, a datagram sent to it comes back unreachable);
+  per crash and observer, the seconds until the observer declares it dead. Median and p99
+  over all (crash, observer) pairs (six crashes at N <= 1,000: the median moves with when
+  each victim's first probe came, see docs/benchmarks.md).
 * **false positives**: N nodes, no crash, 0 % and 10 % loss for a simulated hour (10 min
   with ``--quick``): suspicions and deaths of live nodes per node-hour.
 * **load**: messages and bytes sent per node per second in a steady mesh, by N (the

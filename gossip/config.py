@@ -17,8 +17,10 @@ How a crash is detected, with the defaults (N = 1,000, no loss): the dead node i
 by someone about once per ``probe_interval`` (every node probes one member per period,
 round-robin), so the first probe comes after ~0.7 s (median; p99 ~4.6 s). That prober
 pings, waits ``probe_timeout``, asks ``indirect_checks`` relays and suspects the node
-``probe_timeout + indirect_timeout`` = 0.8 s after it began. The relays, seeing no answer
-either, each run their own probe round at once (``escalate``) and confirm 0.4 s later, so
+``probe_timeout + indirect_timeout`` = 0.8 s after it began; when its ping to a killed
+process comes back unreachable (ICMP), it asks the relays at once and suspects 0.4 s
+after the ping. The relays, seeing no answer either, each run their own probe round at
+once (``escalate``) and confirm 0.4 s later (about when it starts, if their pings bounce), so
 the suspicion has its ``k`` confirmations before its *minimum* timeout (0.75 s) is up. The
 Dead news then reaches every node in about ``log4(N)`` gossip rounds. Measured: median
 2.7 s, p99 6.0 s until every survivor marks it DEAD.

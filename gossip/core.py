@@ -6,8 +6,9 @@ the suspicion timers, and reacts to three kinds of input, each returning a list 
 
 * ``on_message(peer, msg, now)`` — a decoded datagram (one message or a Compound);
   ``on_push_pull(peer, msg, now)`` / ``on_push_pull_reply`` — a full-state sync;
-  ``on_peer_lost(peer, now)`` — a hint from the transport that a connection died (or a
-  datagram came back unreachable);
+  ``on_peer_lost(peer, now)`` — a hint from the transport that a connection died;
+  ``on_peer_unreachable(peer, now)`` — the same for a datagram that came back
+  unreachable (its probe round then skips the wait for a direct ack);
 * ``on_timer(now)`` — call at (or after) ``next_deadline()``;
 * commands: ``join(seeds, now)``, ``leave(now)``, ``update_capacity(capacity, now)``,
   ``update_addresses(addresses, now)``, ``revoke(node_id, now)``.
@@ -407,9 +408,10 @@ class SwimCore(Prober, NewsApplier):
         return []
 
     def on_peer_lost(self, peer: bytes, now: float) -> list[Output]:
-        """The transport lost its connection to ``peer``, or a datagram to it came back
-        unreachable: probe it now (not declare it). A round already running for it takes
-        the hint (its failure then accuses even when our judgement is weak)."""
+        """The transport lost its connection to ``peer`` (or, through
+        :meth:`on_peer_unreachable`, a datagram to it came back unreachable): probe it now
+        (not declare it). A round already running for it takes the hint (its failure then
+        accuses even when our judgement is weak)."""
         out: list[Output] = []
         m = self.table.get(peer)
         if self._left or m is None or m.state.gone or peer == self.node_id:
@@ -421,6 +423,19 @@ class SwimCore(Prober, NewsApplier):
         self.counters.probe_hints += 1
         self._start_round(m, now, out, escalate=True)
         self._rounds[peer].hinted = True
+        return out
+
+    def on_peer_unreachable(self, peer: bytes, now: float) -> list[Output]:
+        """A datagram to ``peer`` came back as an ICMP error (nobody listens at its address,
+        or its host is gone): the hint of :meth:`on_peer_lost`, and since no ack can come
+        for that datagram, a round for ``peer`` still in its direct stage (or started here)
+        asks its relays now instead of after ``probe_timeout``. Only a hint (ICMP can be
+        forged): the relays' pings and a second direct ping must fail too."""
+        running = self._rounds.get(peer)
+        out = self.on_peer_lost(peer, now)
+        rnd = self._rounds.get(peer)
+        if rnd is not None:
+            self._no_ack_can_come(rnd, now, out, pinged=running is None)
         return out
 
     def on_loop_lag(self, lag: float, now: float) -> list[Output]:

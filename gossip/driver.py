@@ -12,7 +12,8 @@ The driver
 * turns ``PeerDisconnected`` from ``transport.peer_events()`` into ``core.on_peer_lost``
   (a hint to probe that peer now; death still goes through suspicion), except for
   connections the pool closed as unused (``unused``: nothing happened to the peer), and
-  ``PeerUnreachable`` (a datagram to it came back as an ICMP error) the same way;
+  ``PeerUnreachable`` (a datagram to it came back as an ICMP error) into
+  ``core.on_peer_unreachable`` (the same hint; the probe skips the wait for a direct ack);
 * tells the transport every member's addresses (``set_addresses``) as they are learnt;
 * optionally samples the machine's capacity (``capacity_source``, in a worker thread)
   every ``capacity_interval`` and hands it to ``core.update_capacity``;
@@ -451,9 +452,11 @@ class GossipDriver:
 
     async def _peer_event_loop(self, events: trio.MemoryReceiveChannel[object]) -> None:
         async for event in events:
-            if ((isinstance(event, PeerDisconnected) and not event.unused)
-                    or isinstance(event, PeerUnreachable)):
+            if isinstance(event, PeerDisconnected) and not event.unused:
                 self._perform(self.core.on_peer_lost(event.node_id, trio.current_time()))
+            elif isinstance(event, PeerUnreachable):
+                self._perform(self.core.on_peer_unreachable(event.node_id,
+                                                            trio.current_time()))
 
     async def _lag_loop(self, interval: float) -> None:
         """Sleep ``interval``; how late trio wakes us is the loop's lag (a task step

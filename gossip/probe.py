@@ -190,23 +190,7 @@ class Prober:
         if self._extend_for_stall(rnd, now):
             return
         if rnd.stage is Stage.DIRECT:
-            if rnd.relay is not None and not rnd.relay.answered:
-                rnd.relay.answered = True
-                self._send(rnd.relay.requester, Nack(seq=rnd.relay.requester_seq), now, out)
-            rnd.stage = Stage.INDIRECT
-            rnd.step_start = now
-            target = rnd.target
-            relays = self.table.random_members(self.config.indirect_checks,
-                                               (self.node_id, target))
-            rnd.expected_nacks = len(relays)
-            req = PingReq(seq=rnd.seq, target=target, escalate=rnd.escalate)
-            for relay in relays:
-                self._send(relay, req, now, out)
-            self.counters.indirect_probes += len(relays)
-            m = self.table.get(target)
-            if m is not None:
-                self._send(target, Ping(seq=rnd.seq, target=target), now, out, self._buddy(m))
-            self.timers.schedule(rnd.next_at, TimerKind.ROUND, target)
+            self._ask_relays(rnd, now, out)
             return
         # The round ended without an ack.
         self._end_round(rnd)
@@ -238,6 +222,41 @@ class Prober:
         self._send(m.node_id, suspect, now, out)  # let it refute at once
         if rnd.confirm_to is not None and rnd.confirm_to in self.table.members:
             self._send(rnd.confirm_to, suspect, now, out)  # our confirmation
+
+    def _ask_relays(self, rnd: ProbeRound, now: float, out: list[Output], *,
+                    ping: bool = True) -> None:
+        """The direct stage is over: ask the relays, ping the target once more (unless
+        ``ping`` is False: one just went) and wait until ``rnd.end``. A round that grew out
+        of a relayed ping owes its requester a Nack."""
+        if rnd.relay is not None and not rnd.relay.answered:
+            rnd.relay.answered = True
+            self._send(rnd.relay.requester, Nack(seq=rnd.relay.requester_seq), now, out)
+        rnd.stage = Stage.INDIRECT
+        rnd.step_start = now
+        target = rnd.target
+        relays = self.table.random_members(self.config.indirect_checks,
+                                           (self.node_id, target))
+        rnd.expected_nacks = len(relays)
+        req = PingReq(seq=rnd.seq, target=target, escalate=rnd.escalate)
+        for relay in relays:
+            self._send(relay, req, now, out)
+        self.counters.indirect_probes += len(relays)
+        m = self.table.get(target)
+        if ping and m is not None:
+            self._send(target, Ping(seq=rnd.seq, target=target), now, out, self._buddy(m))
+        self.timers.schedule(rnd.next_at, TimerKind.ROUND, target)
+
+    def _no_ack_can_come(self, rnd: ProbeRound, now: float, out: list[Output], *,
+                         pinged: bool = False) -> None:
+        """A datagram to the target came back unreachable: waiting out the direct stage
+        would only wait for an ack that cannot come, so a round still in it asks its
+        relays now and ends ``indirect_timeout`` later (``pinged``: its first ping went
+        just now, so no second one). Still no verdict: the relays must fail too."""
+        if rnd.stage is not Stage.DIRECT:
+            return
+        rnd.end = now + self.awareness.scale(self.config.indirect_timeout)
+        self.counters.probes_hastened += 1
+        self._ask_relays(rnd, now, out, ping=not pinged)
 
     def _end_round(self, rnd: ProbeRound) -> None:
         self._rounds.pop(rnd.target, None)

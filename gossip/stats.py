@@ -31,6 +31,7 @@ class Counters:
     messages_sent: int = 0
     probe_hints: int = 0
     probes_failed: int = 0
+    probes_hastened: int = 0
     probes_retried: int = 0
     probes_stalled: int = 0
     probes_started: int = 0
@@ -53,7 +54,11 @@ class GossipStatistics:
     probes_started: int
     probes_failed: int
     probe_hints: int
-    """Probes started early because the transport lost the connection to a peer."""
+    """Probes started early because the transport lost the connection to a peer (or a
+    datagram to it came back unreachable)."""
+    probes_hastened: int
+    """Probe rounds that asked their relays at once, without waiting out the direct stage,
+    because a datagram to the target came back unreachable (no ack could come)."""
     indirect_probes: int
     suspicions_started: int
     refutations: int

@@ -380,7 +380,13 @@ class SimCluster:
         if now - self._unreachable_hints.get(pair, -HINT_INTERVAL) < HINT_INTERVAL:
             return
         self._unreachable_hints[pair] = now
-        self.engine.after(rtt, self._peer_lost, src.node_id, src.generation, dst_id)
+        self.engine.after(rtt, self._peer_unreachable, src.node_id, src.generation, dst_id)
+
+    def _peer_unreachable(self, node: bytes, generation: int, lost: bytes) -> None:
+        host = self.hosts[node]
+        if host.generation != generation or not host.reachable:
+            return
+        self._handle_swim(host, host.swim.on_peer_unreachable(lost, self.engine.now))
 
     def _count_bytes(self, host: Host, msg: Any) -> None:
         """Encode one message to estimate bytes on the wire (every BYTES_SAMPLE_EVERY-th)."""

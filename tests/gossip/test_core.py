@@ -194,6 +194,69 @@ def test_peer_lost_hint_probes_at_once_but_does_not_declare():
     assert a.on_peer_lost(b.node_id, 3.4) == []  # already probing it
 
 
+def test_unreachable_hint_asks_the_relays_at_once_and_fails_the_round_sooner():
+    cores, wire = meshed(5)
+    a, b = cores[0], cores[1]
+    wire.drop = lambda src, dst, msg: dst == b.node_id or src == b.node_id  # b is gone
+    out = a.on_peer_unreachable(b.node_id, 3.0)
+    assert len(sent(out, Ping, to=b.node_id)) == 1  # one ping, not two at once
+    reqs = sent(out, PingReq)
+    assert len(reqs) == CONFIG.indirect_checks
+    assert all(r.target == b.node_id and r.escalate for r in reqs)
+    assert a.statistics().probe_hints == 1 and a.statistics().probes_hastened == 1
+    wire.now = 3.0
+    wire.run(a.node_id, out)
+    wire.advance(3.0 + CONFIG.indirect_timeout - 0.01)
+    assert a.state_of(b.node_id) is ALIVE
+    wire.advance(3.0 + CONFIG.indirect_timeout + 0.01)  # not probe + indirect timeout
+    assert a.state_of(b.node_id) is SUSPECT
+
+
+def test_unreachable_hint_ends_the_direct_wait_of_a_running_round():
+    cores, wire = meshed(5)
+    a = cores[0]
+    target, _ = first_probe(a, wire)
+    started = wire.now
+    rnd = a._rounds[target]
+    out = a.on_peer_unreachable(target, started + 0.01)
+    assert len(sent(out, PingReq)) == CONFIG.indirect_checks
+    assert len(sent(out, Ping, to=target)) == 1  # the second direct ping
+    assert rnd.hinted and a._rounds[target] is rnd
+    assert rnd.end == pytest.approx(started + 0.01 + CONFIG.indirect_timeout)
+    # A round already asking its relays only takes the hint.
+    assert a.on_peer_unreachable(target, started + 0.02) == []
+    assert a.statistics().probes_hastened == 1
+
+
+def test_unreachable_hint_is_no_verdict_when_the_member_answers():
+    cores, wire = meshed(5)
+    a, b = cores[0], cores[1]
+    wire.drop = lambda src, dst, msg: src == a.node_id and dst == b.node_id  # forged ICMP,
+    wire.now = 3.0                                                            # a's path cut
+    wire.run(a.node_id, a.on_peer_unreachable(b.node_id, 3.0))
+    wire.advance(3.0 + CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.1)
+    assert b.node_id not in a._rounds  # a relay's ack ended the round
+    assert a.state_of(b.node_id) is ALIVE
+    assert not events(wire.all_outputs(), MemberSuspected)
+
+
+def test_unreachable_hint_makes_an_escalated_relay_nack_and_confirm_sooner():
+    cores, wire = meshed(5)
+    a, c, t = cores[0], cores[1], cores[2]
+    wire.drop = lambda src, dst, msg: dst == t.node_id or src == t.node_id
+    wire.cores = {a.node_id: a, c.node_id: c, t.node_id: t}
+    wire.run(c.node_id, c.on_message(a.node_id, PingReq(seq=9, target=t.node_id,
+                                                        escalate=True), 0.0))
+    out = c.on_peer_unreachable(t.node_id, 0.01)  # its relayed ping bounced
+    assert sent(out, Nack, to=a.node_id) == [Nack(seq=9)]
+    assert sent(out, PingReq) and not any(r.escalate for r in sent(out, PingReq))
+    wire.now = 0.01
+    wire.run(c.node_id, out)
+    wire.advance(0.01 + CONFIG.indirect_timeout + 0.01)
+    assert c.state_of(t.node_id) is SUSPECT
+    assert sent(wire.outputs_of(c.node_id), Suspect, to=a.node_id)
+
+
 # --- suspicion, refutation, death --------------------------------------------------------
 
 

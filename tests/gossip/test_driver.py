@@ -23,6 +23,7 @@ from gossip.outputs import MemberFailed, MemberJoined, MemberLeft
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.testing import TestMember as MeshMember
 from meshcloud.testing import TestMesh
+from meshcloud.transport.base import PeerUnreachable
 from meshcloud.transport.memory import MemoryNetwork, MemoryTransport
 
 CONFIG = GossipConfig.lan()
@@ -144,6 +145,20 @@ async def test_crash_is_marked_dead_by_every_survivor_within_six_seconds(nursery
             except trio.WouldBlock:
                 break
         assert any(type(e) is MemberFailed and e.member.node_id == victim.id for e in seen)
+
+
+async def test_an_unreachable_hint_hastens_a_probe_but_a_live_member_stays_alive(
+        nursery, autojump_clock):
+    mesh = TestMesh.with_members(5)
+    network = MemoryNetwork(latency=0.002, jitter=0.002)
+    nodes = await five_node_mesh(nursery, network, mesh)
+    a, b = nodes[0], nodes[1]
+    core = a.driver.core
+    a.transport._publish(PeerUnreachable(node_id=b.id, reason="port unreachable"))  # forged
+    await wait_until(lambda: core.statistics().probes_hastened == 1, timeout=5.0)
+    await wait_until(lambda: b.id not in core._rounds, timeout=5.0)  # b's ack ended it
+    assert core.statistics().probes_failed == 0
+    assert sees(a, b.id, MemberState.ALIVE)
 
 
 async def test_leave_is_seen_as_left(nursery, autojump_clock):
