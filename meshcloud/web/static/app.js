@@ -75,9 +75,13 @@ async function errorText(response) {
 const busy = new WeakMap();      // section -> a refresh is in flight
 const deferred = new WeakSet();  // sections waiting for the user to leave them
 
+let pressed = null;  // where a pointer is down: a swap between its press and release loses the click
+
 function userIsIn(section) {
-  // typing in a field, or half-way through a two-tap confirmation: a swap would undo it
+  // typing in a field, half-way through a two-tap confirmation, or pressing a button:
+  // a swap would undo it
   if (section.querySelector('[data-armed="1"]')) return true;
+  if (pressed && section.contains(pressed)) return true;
   const active = document.activeElement;
   return active && section.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
 }
@@ -124,6 +128,11 @@ function resumeDeferred() {
 }
 
 document.addEventListener("focusout", resumeDeferred);
+document.addEventListener("pointerdown", (event) => { pressed = event.target; }, true);
+for (const kind of ["pointerup", "pointercancel"]) {
+  // after the click event of the same release has run (it may arm a button)
+  document.addEventListener(kind, () => { setTimeout(() => { pressed = null; resumeDeferred(); }, 0); }, true);
+}
 
 function startPolling() {
   for (const section of $$("[data-frag][data-poll]")) {
