@@ -167,13 +167,19 @@ def test_relay_nacks_when_the_target_is_silent():
     assert sent(out, Nack, to=a.node_id) == [Nack(seq=501)]
 
 
-def test_escalating_relay_runs_its_own_round_and_confirms_to_the_requester():
+def relay_escalating_for_a_silent_target():
+    """a asks relay c (escalate) to ping t, whose every datagram is lost."""
     cores, wire = meshed(5)
     a, c, t = cores[0], cores[1], cores[2]
     wire.drop = lambda src, dst, msg: dst == t.node_id or src == t.node_id
     wire.cores = {a.node_id: a, c.node_id: c, t.node_id: t}
     wire.run(c.node_id, c.on_message(a.node_id, PingReq(seq=9, target=t.node_id,
                                                         escalate=True), 0.0))
+    return a, c, t, wire
+
+
+def test_escalating_relay_runs_its_own_round_and_confirms_to_the_requester():
+    a, c, t, wire = relay_escalating_for_a_silent_target()
     assert c._rounds[t.node_id].relay is not None
     wire.advance(CONFIG.probe_timeout + CONFIG.indirect_timeout + 0.01)
     assert c.state_of(t.node_id) is SUSPECT
@@ -241,12 +247,7 @@ def test_unreachable_hint_is_no_verdict_when_the_member_answers():
 
 
 def test_unreachable_hint_makes_an_escalated_relay_nack_and_confirm_sooner():
-    cores, wire = meshed(5)
-    a, c, t = cores[0], cores[1], cores[2]
-    wire.drop = lambda src, dst, msg: dst == t.node_id or src == t.node_id
-    wire.cores = {a.node_id: a, c.node_id: c, t.node_id: t}
-    wire.run(c.node_id, c.on_message(a.node_id, PingReq(seq=9, target=t.node_id,
-                                                        escalate=True), 0.0))
+    a, c, t, wire = relay_escalating_for_a_silent_target()
     out = c.on_peer_unreachable(t.node_id, 0.01)  # its relayed ping bounced
     assert sent(out, Nack, to=a.node_id) == [Nack(seq=9)]
     assert sent(out, PingReq) and not any(r.escalate for r in sent(out, PingReq))
