@@ -32,7 +32,7 @@ stream (its own framing, streaming, half-close) that an ASGI server hides.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,7 @@ from apps.ingress.httpcore import (
     upstream_headers,
     wants_close,
 )
+from apps.ingress.requesthead import PlainRequest, plain_request
 from apps.ingress.sealed import SealedStream
 from apps.ingress.targets import HostRequest
 from meshcloud.transport.base import Stream
@@ -246,50 +247,51 @@ async def _pump(src: Any, dst: Any) -> None:
 
 async def serve_http(client: Any, ingress: IngressService, proto: str = "http") -> None:
     """Serve one client connection (TCP, or TLS for ``proto="https"``): requests in
-    turn, each routed and answered."""
+    turn, each routed and answered. A plain request to a workload's route is parsed and
+    proxied without h11 (:func:`_plain_proxy`); any other request is parsed by h11 from
+    the same bytes (:func:`_h11_request`)."""
     limits: HttpLimits = ingress.http_limits
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+    conn: h11.Connection | None = None
     try:
         peer = getattr(client, "transport_stream", client).socket.getpeername()
         client_ip = str(peer[0]) if isinstance(peer, tuple) else "unknown"
     except OSError:
         client_ip = "unknown"
+    pending = b""
+    """Bytes of the client's next request(s) read so far."""
     try:
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
+            conn = None
+            if not pending:
                 with trio.move_on_after(limits.idle_timeout) as idle:
-                    data = await client.receive_some(CHUNK)
-                if idle.cancelled_caught:
+                    pending = bytes(await client.receive_some(CHUNK))
+                if idle.cancelled_caught or not pending:
                     break
-                conn.receive_data(bytes(data))
-                event = conn.next_event()  # the whole head came in one read, usually
-                if event is h11.NEED_DATA:
-                    with trio.move_on_after(limits.header_timeout):
-                        event = await _next_event(conn, client)
-                if event is h11.NEED_DATA:  # the header timeout struck
-                    ingress.http_timeouts += 1
-                    if conn.our_state is h11.IDLE:
-                        await _simple(conn, client, 408, "request headers took too long\n",
-                                      [(b"connection", b"close")])
-                    break
-            if not isinstance(event, h11.Request):
+            request = plain_request(pending)
+            if request is not None and len(pending) >= request.size:
+                try:
+                    rest = await _plain_proxy(client, pending, request, client_ip, ingress,
+                                              proto)
+                except _ForH11:
+                    pass
+                else:
+                    if rest is None:
+                        break
+                    pending = rest
+                    continue
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+            conn.receive_data(pending)
+            if not await _h11_request(conn, client, client_ip, ingress, proto):
                 break
-            fresh = await _one_request(conn, Patient(client, limits.idle_timeout), event,
-                                       client_ip, ingress, proto)
-            if fresh is not None:  # answered without h11: its next request on a new one
-                conn = fresh
-                continue
-            if conn.our_state is h11.SWITCHED_PROTOCOL:
+            pending, closed = conn.trailing_data
+            if closed and not pending:
                 break
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                break
-            conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
         ingress.http_refused += 1
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if conn is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                await _simple(conn, client, exc.error_status_hint, f"bad request: {exc}\n")
+                await _simple(conn, client, exc.error_status_hint, f"bad request: {exc}\n",
+                              [(b"connection", b"close")])
             except (h11.LocalProtocolError, *_IO_ERRORS):
                 pass
     except (*_IO_ERRORS, h11.LocalProtocolError, trio.TooSlowError) as exc:
@@ -299,11 +301,91 @@ async def serve_http(client: Any, ingress: IngressService, proto: str = "http") 
             await client.aclose()
 
 
+async def _h11_request(conn: h11.Connection, client: Any, client_ip: str,
+                       ingress: IngressService, proto: str) -> bool:
+    """One request through h11 (``conn`` holds what was read of it): True when the
+    client's connection goes on (its next bytes in ``conn.trailing_data``)."""
+    limits: HttpLimits = ingress.http_limits
+    event = conn.next_event()  # the whole head came in one read, usually
+    if event is h11.NEED_DATA:
+        with trio.move_on_after(limits.header_timeout):
+            event = await _next_event(conn, client)
+    if event is h11.NEED_DATA:  # the header timeout struck
+        ingress.http_timeouts += 1
+        if conn.our_state is h11.IDLE:
+            await _simple(conn, client, 408, "request headers took too long\n",
+                          [(b"connection", b"close")])
+        return False
+    if not isinstance(event, h11.Request):
+        return False
+    bypassed = await _one_request(conn, Patient(client, limits.idle_timeout), event,
+                                  client_ip, ingress, proto)
+    if bypassed:  # answered without h11: the client's next bytes are its trailing data
+        return True
+    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+
+async def _plain_proxy(client: Any, data: bytes, request: PlainRequest, client_ip: str,
+                       ingress: IngressService, proto: str) -> bytes | None:
+    """A plain request (its bytes at the start of ``data``) to a workload's route,
+    proxied without h11: the client's next bytes (the rest of ``data``) when its
+    connection goes on, else None. :class:`_ForH11`, having done nothing, for a request
+    that is not for a route (refused, redirected, a host handler's, a 404, HEAD): h11
+    takes it from the same bytes."""
+    method = request.method.decode("ascii")
+    if method == "HEAD":
+        raise _ForH11
+    target = request.target.decode("latin-1")
+    try:
+        checked = check_request(method, target, request.headers)
+    except BadRequest:
+        raise _ForH11 from None
+    if proto == "http" and ingress.https_redirect(checked.host) is not None:
+        raise _ForH11
+    route = ingress.http_route(checked.host, checked.path)
+    if route is None or checked.upgrade:
+        raise _ForH11
+    size = request.size
+    replay = _Replay(data[:size])
+    body = [data[request.head_size:size]] if request.length else []
+    bypassed = await _proxy_route(replay, client, request, method, checked, route,
+                                  client_ip, ingress, proto, body, True)
+    if not bypassed:  # answered through h11, from a replay of the request
+        conn = replay.conn
+        if conn is None or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return None
+    return data[size:]
+
+
+class _ForH11(Exception):
+    """Not a request :func:`_plain_proxy` answers: h11 parses it."""
+
+
+class _Replay:
+    """The h11 state of a request parsed without h11, made only when an answer needs it
+    (a response h11 frames, an error page): the request's bytes fed to a new h11
+    connection, read to its end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.conn: h11.Connection | None = None
+
+    def __call__(self) -> h11.Connection:
+        if self.conn is None:
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+            conn.receive_data(self.data)
+            for _ in range(4):  # Request, Data, EndOfMessage: a plain request is whole
+                if isinstance(conn.next_event(), h11.EndOfMessage):
+                    break
+            self.conn = conn
+        return self.conn
+
+
 async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
                        client_ip: str, ingress: IngressService, proto: str = "http"
-                       ) -> h11.Connection | None:
-    """Answer ``request``; a new connection state for the client's next request when the
-    answer bypassed ``conn`` (the proxy's fast path), else None."""
+                       ) -> bool:
+    """Answer ``request``: True when the answer bypassed ``conn`` (the proxy's fast
+    path: ``conn`` is left as the request left it)."""
     method = request.method.decode("ascii", "replace").upper()
     target = request.target.decode("latin-1")
     size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
@@ -315,7 +397,7 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
         ingress.http_refused += 1
         await _simple(conn, client, exc.status, exc.reason + "\n",
                       [(b"connection", b"close")])
-        return
+        return False
     if conn.they_are_waiting_for_100_continue:  # curl waits a second for this otherwise
         await _send(conn, client, h11.InformationalResponse(status_code=100, headers=[]))
     if proto == "http" and not checked.path.startswith(ACME_PREFIX):
@@ -325,7 +407,7 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
             await _simple(conn, client, 308, f"moved to {base}\n",
                           [(b"location", (base + target if target.startswith("/")
                                           else base + "/").encode("latin-1"))])
-            return
+            return False
     route = ingress.http_route(checked.host, checked.path)
     if route is None:
         handler = ingress.host_handler(checked.host, checked.path)
@@ -336,21 +418,23 @@ async def _one_request(conn: h11.Connection, client: Any, request: h11.Request,
             if not complete:
                 await _simple(conn, client, 413, "request body too large\n",
                               [(b"connection", b"close")])
-                return
+                return False
             body = b"".join(chunks)
         else:
             await _drain_request(conn, client)
         if handler is None:
             ingress.http_not_found += 1
             await _simple(conn, client, 404, not_found_page(checked.host), html=True)
-            return
+            return False
         await _serve_handler(conn, client, handler, HostRequest(
             method=method, target=target,
             headers=[(n.lower(), v) for n, v in request.headers], client_ip=client_ip,
             host=checked.host, body=body))
-        return
-    return await _proxy_route(conn, client, request, method, checked, route, client_ip,
-                              ingress, proto)
+        return False
+    idempotent = method in IDEMPOTENT
+    chunks, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
+    return await _proxy_route(lambda: conn, client, request, method, checked, route,
+                              client_ip, ingress, proto, chunks, complete)
 
 
 async def _serve_handler(conn: h11.Connection, client: Any, handler: Any,
@@ -384,12 +468,15 @@ class _Retry(Exception):
     """The replica failed before any response byte: another may take the request."""
 
 
-async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, method: str,
-                       checked: Checked, route: HttpRoute, client_ip: str,
-                       ingress: IngressService, proto: str = "http") -> h11.Connection | None:
-    idempotent = method in IDEMPOTENT
-    body, complete = await _read_body(conn, client, RETRY_BODY if idempotent else 0)
-    retryable = idempotent and complete
+async def _proxy_route(conn_of: Callable[[], h11.Connection], client: Any, request: Any,
+                       method: str, checked: Checked, route: HttpRoute, client_ip: str,
+                       ingress: IngressService, proto: str, body: list[bytes],
+                       complete: bool) -> bool:
+    """Proxy ``request`` (an ``h11.Request`` or a
+    :class:`~apps.ingress.requesthead.PlainRequest`; ``body`` read so far, ``complete``
+    if that is all of it) to a replica of ``route``: True when the answer bypassed the
+    client's h11 state (``conn_of()``, made only when an answer needs it)."""
+    retryable = method in IDEMPOTENT and complete
     headers = upstream_headers(request.headers, client_ip, proto, upgrade=checked.upgrade)
     # the fast path: a whole request to pass on, a client that keeps its connection, a
     # response that may have a body (not HEAD) and is no upgrade
@@ -404,7 +491,9 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
         body = [whole] if whole else []
     elif not any(n == b"content-length" for n, _ in headers):  # streamed as it came
         headers.append((b"transfer-encoding", b"chunked"))
-    head = h11.Request(method=request.method, target=request.target, headers=headers)
+    def head() -> h11.Request:  # (built only for h11: it validates, at a cost)
+        return h11.Request(method=request.method, target=request.target, headers=headers)
+
     wire = request_head(request.method, request.target, headers) + b"".join(body) \
         if fast else b""
     tried: set[Any] = set()
@@ -422,11 +511,12 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
                                               pipe=True)
             if connected is None:
                 ingress.failed += 1
+                conn = conn_of()
                 if not complete:
                     await _drain_request(conn, client)
                 await _simple(conn, client, 503, f"{route.workload}: no live replica, try "
                               "again\n", [(b"retry-after", RETRY_AFTER)])
-                return None
+                return False
             target, raw = connected
             upstream = raw if isinstance(raw, trio.SocketStream | SealedStream) \
                 else StreamBytes(raw)
@@ -435,20 +525,20 @@ async def _proxy_route(conn: h11.Connection, client: Any, request: h11.Request, 
         ingress.open[target.key] += 1
         ingress.forwarded += 1
         parked = False
-        fresh: h11.Connection | None = None
+        bypassed = False
         try:
             if fast:
-                reusable, fresh = await _fast_exchange(conn, client, head, body, wire,
-                                                       upstream, up, route, checked,
-                                                       retryable)
+                reusable, bypassed = await _fast_exchange(conn_of, client, head, body, wire,
+                                                          upstream, up, route, checked,
+                                                          retryable)
             else:
-                reusable = await _exchange(conn, client, head, body, complete, upstream, up,
-                                           route, checked, retryable)
+                reusable = await _exchange(conn_of(), client, head(), body, complete,
+                                           upstream, up, route, checked, retryable)
             if reusable and (not isinstance(upstream, StreamBytes) or upstream.keep()):
                 if up.our_state is not h11.IDLE:
                     up.start_next_cycle()
                 parked = pool.put(target.key, (upstream, up))
-            return fresh
+            return bypassed
         except _Retry as exc:
             if kept is not None:  # the replica closed a kept connection: a fresh one
                 log.debug("a kept connection to %s failed (%s)", route.workload, exc)
@@ -476,23 +566,23 @@ async def _timed_read(upstream: Any, seconds: float) -> bytes | None:
     return None
 
 
-async def _fast_exchange(conn: h11.Connection, client: Any, head: h11.Request,
-                         body: list[bytes], wire: bytes, raw_upstream: Any,
-                         up: h11.Connection, route: HttpRoute, checked: Checked,
-                         retryable: bool) -> tuple[bool, h11.Connection | None]:
+async def _fast_exchange(conn_of: Callable[[], h11.Connection], client: Any,
+                         head: Callable[[], h11.Request], body: list[bytes], wire: bytes,
+                         raw_upstream: Any, up: h11.Connection, route: HttpRoute,
+                         checked: Checked, retryable: bool) -> tuple[bool, bool]:
     """One whole request (``wire``) and a plain response passed on without h11 (a
     status line, headers, a declared length: :func:`plain_response`); any other
-    response goes on through h11 (``up`` is told of the request then). (Whether the
-    upstream connection may be reused, the client's new connection state or None when
-    ``conn`` answered.)"""
+    response goes on through h11 (``up`` is told of the request then), and so do error
+    pages (the client's h11 state from ``conn_of()``). (Whether the upstream connection
+    may be reused, whether the answer bypassed the client's h11 state.)"""
     upstream = Counted(raw_upstream)
     try:
         await upstream.send_all(wire)
     except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
         if retryable:
             raise _Retry(repr(exc)) from None
-        await _simple(conn, client, 502, "the replica went away\n")
-        return False, None
+        await _simple(conn_of(), client, 502, "the replica went away\n")
+        return False, False
     buffer = b""
     end = -1
     while end < 0 and len(buffer) <= MAX_HEADERS:
@@ -504,25 +594,25 @@ async def _fast_exchange(conn: h11.Connection, client: Any, head: h11.Request,
         else:
             why = "the replica closed without a response"
         if data is None:
-            await _simple(conn, client, 504, f"{route.workload} did not answer within "
+            await _simple(conn_of(), client, 504, f"{route.workload} did not answer within "
                           f"{route.timeout:g} s\n", [(b"connection", b"close")])
-            return False, None
+            return False, False
         if not data:
             if retryable:
                 raise _Retry(why)
-            await _simple(conn, client, 502, "the replica closed without a response\n")
-            return False, None
+            await _simple(conn_of(), client, 502, "the replica closed without a response\n")
+            return False, False
         buffer += data
         end = buffer.find(b"\r\n\r\n")
     response = plain_response(buffer[:end]) if end >= 0 else None
     if response is None:  # h11 takes it from here, with what came so far
-        up.send(head)
+        up.send(head())
         for chunk in body:
             up.send(h11.Data(data=chunk))
         up.send(h11.EndOfMessage())
         up.receive_data(buffer)
-        return await _response(conn, client, up, upstream, raw_upstream, route, checked,
-                               retryable), None
+        return await _response(conn_of(), client, up, upstream, raw_upstream, route,
+                               checked, retryable), False
     rest = buffer[end + 4:]
     length = response.length
     reply = response_head(response)
@@ -535,8 +625,8 @@ async def _fast_exchange(conn: h11.Connection, client: Any, head: h11.Request,
             if not data:
                 if retryable:
                     raise _Retry("the replica ended mid-response")
-                await _simple(conn, client, 502, "the replica ended mid-response\n")
-                return False, None
+                await _simple(conn_of(), client, 502, "the replica ended mid-response\n")
+                return False, False
             rest += data
         await client.send_all(reply + rest[:length])
         extra = len(rest) > length
@@ -557,14 +647,8 @@ async def _fast_exchange(conn: h11.Connection, client: Any, head: h11.Request,
             await client.send_all(piece)
             sent += len(piece)
             extra = len(data) > len(piece)
-    fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
-    pending, closed = conn.trailing_data
-    if pending:
-        fresh.receive_data(pending)
-    if closed:
-        fresh.receive_data(b"")  # (an empty read is the end of the client's data)
     # bytes past the declared length, or a replica that closes: not kept
-    return not (response.close or extra), fresh
+    return not (response.close or extra), True
 
 
 async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: list[bytes],

@@ -113,12 +113,17 @@ def _has_token(headers: Iterable[tuple[bytes, bytes]], name: bytes, token: bytes
 
 
 def check_request(method: str, target: str, headers: Headers) -> Checked:
-    """Refuse what a proxy must not pass on: several or malformed Host headers, an
-    absolute target naming another host, CONNECT, dot segments in the path (plain or
-    percent-encoded) and backslashes. BadRequest says which."""
+    """Refuse what a proxy must not pass on: several or malformed Host headers, a body
+    framed both by ``Content-Length`` and ``Transfer-Encoding`` (two parsers on the way
+    could disagree where the request ends: request smuggling), an absolute target
+    naming another host, CONNECT, dot segments in the path (plain or percent-encoded)
+    and backslashes. BadRequest says which."""
     hosts = [v.decode("latin-1").strip() for n, v in headers if n.lower() == b"host"]
     if len(hosts) > 1:
         raise BadRequest(400, "more than one Host header")
+    names = {n.lower() for n, _ in headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        raise BadRequest(400, "both Content-Length and Transfer-Encoding")
     host = ""
     if hosts:
         if not _HOST_RE.match(hosts[0].lower()):

@@ -266,3 +266,44 @@ def test_a_plain_response_keeps_its_length_and_loses_hop_by_hop_headers():
     assert response is not None and response.length == 12 and response.close
     assert response_head(response) == (b"HTTP/1.1 201 Created\r\ncontent-length: 12\r\n"
                                        b"x-b: two words\r\n\r\n")
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on one client connection and read until the ingress closes it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    out = b""
+    async with stream:
+        await stream.send_all(data)
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+    return out
+
+
+PLAIN = b"GET /first HTTP/1.1\r\nHost: shop.home\r\n\r\n"
+
+
+@pytest.mark.parametrize("hostile, status", [
+    (b"POST /p HTTP/1.1\r\nHost: shop.home\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+     b"GET /smuggled HTTP/1.1\r\nHost: shop.home\r\n\r\n",
+     b"400"),
+    (b"POST /p HTTP/1.1\r\nHost: shop.home\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+     b"hello!", b"400"),
+    (b"POST /p HTTP/1.1\r\nHost: shop.home\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"zz\r\nhello\r\n0\r\n\r\n", b"400"),
+    (b"GET /p HTTP/1.1\r\nHost: shop.home\r\nX: " + b"x" * 70000 + b"\r\n\r\n", b"431"),
+    (b"GET /p HTTP/1.1\r\nHost : shop.home\r\n\r\n", b"400"),
+    (b"GET /p HTTP/1.1\r\nHost: shop.home\r\nHost: shop.home\r\n\r\n", b"400"),
+])
+async def test_a_hostile_request_after_a_plain_one_gets_one_error_and_the_close(
+        nursery, hostile, status):
+    port, _ = await replica(nursery)
+    fake = FakeIngress([port])
+    address = await ingress(nursery, fake)
+    with trio.fail_after(30):
+        out = await raw_exchange(address, PLAIN + hostile)
+    first, _, rest = out.partition(b"HTTP/1.1 ")[2].partition(b"HTTP/1.1 ")
+    assert first.startswith(b"200 ") and b'"path": "/first"' in out
+    assert rest.startswith(status + b" ") and b"connection: close" in rest.lower()
+    assert rest.count(b"HTTP/1.1 ") == 0  # one error, then the connection closed
+    assert fake.forwarded == 1  # nothing of it reached the replica
