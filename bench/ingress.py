@@ -98,8 +98,36 @@ def wrk(url: str, seconds: float, *, connections: int = 32, threads: int = 2,
     median = float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*?timeout (\d+)", out)
+    count = re.search(r"(\d+) requests in", out)
     return {"rps": rps, "p50_ms": median, "non_2xx": float(bad.group(1)) if bad else 0.0,
-            "timeouts": float(errors.group(1)) if errors else 0.0}
+            "timeouts": float(errors.group(1)) if errors else 0.0,
+            "requests": float(count.group(1)) if count else 0.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(pids: list[int], run: Any, idle_seconds: float = 2.0
+                    ) -> tuple[dict[str, float], list[float]]:
+    """``run()`` (a wrk run) and the CPU µs per request of each of ``pids`` during it,
+    less what each burns idle (measured over ``idle_seconds`` just before)."""
+    start = [cpu_seconds(pid) for pid in pids]
+    began = time.monotonic()
+    time.sleep(idle_seconds)  # the idle rate, not a wait for something
+    idle = [(cpu_seconds(pid) - s) / (time.monotonic() - began)
+            for pid, s in zip(pids, start, strict=True)]
+    start = [cpu_seconds(pid) for pid in pids]
+    began = time.monotonic()
+    result = run()
+    took = time.monotonic() - began
+    used = [cpu_seconds(pid) - s - rate * took
+            for pid, s, rate in zip(pids, start, idle, strict=True)]
+    requests = max(result["requests"], 1.0)
+    return result, [round(u / requests * 1e6, 1) for u in used]
 
 
 def free_port() -> int:
@@ -320,13 +348,17 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             direct_url = f"http://127.0.0.1:{hello['port']}/"
             wrk(url, 2, host="hello.home")  # warm up: upstream connections, relays
             direct = wrk(direct_url, seconds)
-            proxy = wrk(url, seconds, host="hello.home")
+            replica_agent = a if a.node_id == hello["node"] else b
+            proxy, (ingress_cpu, replica_cpu) = cpu_per_request(
+                [through.pid, replica_agent.pid],
+                lambda: wrk(url, seconds, host="hello.home"))
             direct1 = wrk(direct_url, seconds, connections=1, threads=1)
             proxy1 = wrk(url, seconds, connections=1, threads=1, host="hello.home")
             figures.update(
                 direct_rps=round(direct["rps"]), proxy_rps=round(proxy["rps"]),
                 proxy_ratio=round(proxy["rps"] / direct["rps"], 3),
                 proxy_non_2xx=proxy["non_2xx"],
+                ingress_cpu_us=ingress_cpu, replica_agent_cpu_us=replica_cpu,
                 direct_p50_ms=round(direct1["p50_ms"], 3),
                 proxy_p50_ms=round(proxy1["p50_ms"], 3),
                 proxy_added_p50_ms=round(proxy1["p50_ms"] - direct1["p50_ms"], 3))
@@ -335,6 +367,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             print(f"through the other node:       {proxy['rps']:9.0f} req/s  "
                   f"p50 (1 conn) {proxy1['p50_ms']:.2f} ms  non-2xx {proxy['non_2xx']:.0f}",
                   flush=True)
+            print(f"CPU per proxied request:      ingress agent {ingress_cpu:.0f} µs, "
+                  f"replica's agent {replica_cpu:.0f} µs", flush=True)
 
             if not getattr(args, "only", ""):
                 sink = row("sink")
