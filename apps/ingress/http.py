@@ -3,20 +3,24 @@
 ``meshcloud run NAME --domain shop.home[/prefix] --publish http`` routes requests for
 ``shop.home`` (under ``/prefix``, longest prefix first) to the workload's first endpoint;
 a request no workload route matches goes to the host lookups of in-process services
-(static sites, :mod:`apps.ingress.targets`), else gets a 404 page. Each proxied request
-gets its own upstream connection (a local replica by TCP or a ``/meshcloud/forward/1``
-stream, power of two choices) with ``Connection: close`` upstream; the client side keeps
-its connection alive. Bodies stream both ways chunk by chunk. An idempotent request whose
-replica fails before any response byte reached the client is retried on another replica
-(its body, up to ``RETRY_BODY``, is kept for that, and so is a response of at most that
-declared length, until it is complete); a replica that does not answer within the route's
+(static sites, :mod:`apps.ingress.targets`), else gets a 404 page. A proxied request goes
+to a replica (power of two choices) on a kept-alive upstream connection
+(:mod:`apps.ingress.pool`) or a new one (a local replica by TCP, else a
+``/meshcloud/forward/1`` stream); the client side keeps its connection alive. Bodies
+stream both ways chunk by chunk. An idempotent request whose replica fails before any
+response byte reached the client is retried on another replica (its body, up to
+``RETRY_BODY``, is kept for that, and so is a response of at most that declared length,
+until it is complete); a replica that does not answer within the route's
 timeout gets the client a 504; no live replica: 503 with ``Retry-After``. A websocket
 ``Upgrade`` answered with 101 becomes a raw byte splice both ways.
 
-The common case skips h11 after the client's request (:func:`_fast_exchange`): a whole
-request is written upstream directly, and a plain response (a final status, one
-``Content-Length``: :func:`~apps.ingress.httpcore.plain_response`) goes to the client
-with its hop-by-hop headers dropped, in one write; any other response is handed to h11
+The common case skips h11 altogether: a plain request to a route
+(:func:`~apps.ingress.requesthead.plain_request`; anything else h11 parses from the
+same bytes) is proxied by :func:`_plain_proxy`; for it and for a whole request h11
+parsed (:func:`_fast_exchange`), the request is written upstream directly, and a plain
+response (a final status, one ``Content-Length``:
+:func:`~apps.ingress.httpcore.plain_response`) goes to the client with its hop-by-hop
+headers dropped, in one write; any other response is handed to h11
 with the bytes read so far. With ``MESHCLOUD_HTTP_DIRECT=1`` an upstream to a remote
 replica is a :class:`~apps.ingress.sealed.SealedStream` to the target's forward relay
 (its agent off the path) instead of the mesh stream.
@@ -124,22 +128,6 @@ class StreamBytes:
     async def aclose(self) -> None:
         with trio.move_on_after(1):
             await self.stream.abort("closed")
-
-
-class Counted:
-    """An upstream byte stream that counts what it received (retry only before a byte)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.received = 0
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self.inner.receive_some(CHUNK)
-        self.received += len(data)
-        return bytes(data)
-
-    async def send_all(self, data: bytes) -> None:
-        await self.inner.send_all(data)
 
 
 class Patient:
@@ -575,7 +563,7 @@ async def _fast_exchange(conn_of: Callable[[], h11.Connection], client: Any,
     response goes on through h11 (``up`` is told of the request then), and so do error
     pages (the client's h11 state from ``conn_of()``). (Whether the upstream connection
     may be reused, whether the answer bypassed the client's h11 state.)"""
-    upstream = Counted(raw_upstream)
+    upstream = raw_upstream
     try:
         await upstream.send_all(wire)
     except (*_IO_ERRORS, *FORWARD_ERRORS) as exc:
@@ -655,7 +643,7 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                     complete: bool, raw_upstream: Any, up: h11.Connection, route: HttpRoute,
                     checked: Checked, retryable: bool) -> bool:
     """One request and its response; True if the upstream connection may be reused."""
-    upstream = Counted(raw_upstream)
+    upstream = raw_upstream
     try:  # the head and the body read so far in one write
         out = [up.send(head) or b""]
         out += [up.send(h11.Data(data=chunk)) or b"" for chunk in body]
@@ -685,7 +673,7 @@ async def _exchange(conn: h11.Connection, client: Any, head: h11.Request, body: 
                            retryable)
 
 
-async def _response(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Counted,
+async def _response(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Any,
                     raw_upstream: Any, route: HttpRoute, checked: Checked, retryable: bool
                     ) -> bool:
     """The replica's response through h11, to the client; True if the upstream
@@ -753,7 +741,7 @@ async def _answer_failure(conn: h11.Connection, client: Any, status: int, text: 
     await _simple(conn, client, status, text)
 
 
-async def _switch(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Counted,
+async def _switch(conn: h11.Connection, client: Any, up: h11.Connection, upstream: Any,
                   raw_upstream: Any, response: h11.InformationalResponse) -> None:
     """A 101: tell the client, then carry bytes both ways until both sides end."""
     await _send(conn, client, h11.InformationalResponse(
