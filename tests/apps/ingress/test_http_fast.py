@@ -13,7 +13,7 @@ import h11
 import pytest
 import trio
 
-from apps.ingress.http import HttpLimits, serve_http
+from apps.ingress.http import HttpLimits, send_now, serve_http
 from apps.ingress.httpcore import HttpRoute, plain_response, response_head
 from apps.ingress.pool import UpstreamPool
 from apps.ingress.routing import Target
@@ -307,3 +307,35 @@ async def test_a_hostile_request_after_a_plain_one_gets_one_error_and_the_close(
     assert rest.startswith(status + b" ") and b"connection: close" in rest.lower()
     assert rest.count(b"HTTP/1.1 ") == 0  # one error, then the connection closed
     assert fake.forwarded == 1  # nothing of it reached the replica
+
+
+async def test_send_now_writes_what_the_socket_takes_and_the_rest_when_it_can(nursery):
+    """A write larger than the socket's buffer: part written at once, the rest through
+    trio's send_all once the reader drains; every byte arrives, in order."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    accepted: list[trio.SocketStream] = []
+    ready = trio.Event()
+
+    async def keep(stream):
+        accepted.append(stream)
+        ready.set()
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, keep, listeners)
+    writer = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+    writer.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than the buffers hold
+    with trio.fail_after(30):
+        await ready.wait()
+        reader = accepted[0]
+        received = bytearray()
+
+        async def read_all():
+            while len(received) < len(data):
+                received.extend(await reader.receive_some(65536))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send_now, writer, data)
+            inner.start_soon(read_all)
+    assert bytes(received) == data
+    await writer.aclose()
