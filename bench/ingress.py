@@ -68,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the agents' timing profile (default local)")
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="seconds of each wrk throughput run (default 8)")
-    parser.add_argument("--only", default="", choices=["", "proxy"],
-                        help="proxy: only the proxy figures (no static, no stream)")
+    parser.add_argument("--only", default="", choices=["", "proxy", "path"],
+                        help="proxy: only the proxy figures (no static, no stream); path: "
+                             "only the HTTP path's work per request (in this process)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="requests of the path measure (default 2000)")
 
 
 def hypercorn_path() -> str:
@@ -300,7 +303,141 @@ def _static(root: Path, seconds: float, figures: dict[str, float]) -> None:
 
 
 
+class OneRoute:
+    """What ``serve_http`` asks of the ingress service, for the path measure: one route
+    (``hello.home``) to one replica on this machine, its upstream connections kept."""
+
+    def __init__(self, port: int) -> None:
+        from collections import defaultdict
+
+        from apps.ingress.http import HttpLimits
+        from apps.ingress.httpcore import HttpRoute
+        from apps.ingress.pool import UpstreamPool
+        from apps.ingress.routing import Target
+
+        self.http_limits = HttpLimits()
+        self.route = HttpRoute("hello.home", "", "hello", "http")
+        self.target = Target("hello", "http", 0, b"here", port)
+        self.pool = UpstreamPool()
+        self.open: defaultdict[Any, int] = defaultdict(int)
+        self.forwarded = self.failed = self.retries = 0
+        self.http_refused = self.http_timeouts = self.http_not_found = 0
+
+    def https_redirect(self, host: str) -> None:
+        return None
+
+    def http_route(self, host: str, path: str) -> Any:
+        return self.route if host == "hello.home" else None
+
+    def host_handler(self, host: str, path: str) -> None:
+        return None
+
+    def pick_target(self, workload: str, endpoint: str, exclude: set[Any]) -> Any:
+        return None if self.target.key in exclude else self.target
+
+    async def connect(self, workload: str, endpoint: str, exclude: Any = None, *,
+                      pipe: bool = False) -> Any:
+        import trio
+
+        return self.target, await trio.open_tcp_stream("127.0.0.1", self.target.port)
+
+
+def _client(port: int, count: int, box: dict[str, Any]) -> None:
+    """``count`` GET requests on one kept-alive connection, one at a time."""
+    request = b"GET / HTTP/1.1\r\nHost: hello.home\r\nUser-Agent: bench\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        for _ in range(count):
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += sock.recv(65536)
+            if not head.startswith(b"HTTP/1.1 200"):
+                box["bad"] = box.get("bad", 0) + 1
+
+
+def path_work(count: int) -> dict[str, float]:
+    """The ingress's HTTP path alone (``serve_http`` in this process, a plain GET each,
+    to a hypercorn replica on this machine by TCP, its connection kept): per request,
+    the Python function calls, trio task steps and CPU µs of this process's event loop
+    thread. The calls and steps do not move with the machine's load."""
+    import sys
+
+    import trio
+
+    from apps.ingress.http import serve_http
+
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-c", HYPERCORN_APP],
+                           env={**os.environ, "PORT": str(port)})
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()
+               is None, 30, message="the replica listening")
+    figures: dict[str, float] = {}
+
+    class Steps(trio.abc.Instrument):
+        steps = 0
+
+        def before_task_step(self, task: Any) -> None:
+            Steps.steps += 1
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        ingress = OneRoute(port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners,
+                               lambda s: serve_http(s, ingress), listeners)  # type: ignore[arg-type]
+            address = listeners[0].socket.getsockname()[1]
+            box: dict[str, Any] = {}
+            await trio.to_thread.run_sync(_client, address, 50, box)  # warm up
+            calls = [0]
+
+            def profile(frame: Any, event: str, arg: Any) -> None:
+                if event == "call" or event == "c_call":
+                    calls[0] += 1
+
+            instrument = Steps()
+            trio.lowlevel.add_instrument(instrument)
+            cpu = time.thread_time()
+            Steps.steps = 0
+            sys.setprofile(profile)
+            thread = threading.Thread(target=_client, args=(address, count, box))
+            thread.start()
+            await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+            sys.setprofile(None)
+            steps = Steps.steps
+            trio.lowlevel.remove_instrument(instrument)
+            profiled = time.thread_time() - cpu
+            # the CPU again without the profiler (it slows every call)
+            cpu = time.thread_time()
+            await trio.to_thread.run_sync(_client, address, count, box)
+            plain = time.thread_time() - cpu
+            figures.update(path_calls=round(calls[0] / count, 1),
+                           path_task_steps=round(steps / count, 2),
+                           path_cpu_us=round(plain / count * 1e6, 1),
+                           path_profiled_cpu_us=round(profiled / count * 1e6, 1),
+                           path_bad=float(box.get("bad", 0)))
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        app.kill()
+        app.wait(10)
+    print(f"HTTP path, per request:       {figures['path_calls']:.0f} calls, "
+          f"{figures['path_task_steps']:.2f} task steps, {figures['path_cpu_us']:.0f} µs CPU",
+          flush=True)
+    return figures
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
+    if getattr(args, "only", "") == "path":
+        load = os.getloadavg()
+        figures = path_work(200 if args.quick else args.requests)
+        figures["load_1m"] = round(load[0], 2)
+        return figures
     mib = 64 if args.quick else args.mib
     seconds = 3.0 if args.quick else args.seconds
     total = mib << 20
