@@ -18,7 +18,9 @@ stays on the stream.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -49,6 +51,23 @@ class ForwardError(MeshError):
         super().__init__(message or code, code=code)
 
 
+async def send_now(stream: Any, data: bytes) -> None:
+    """``stream.send_all(data)``, but for a TCP stream whose socket takes all of ``data``
+    at once (the usual case for a response or a request head), written straight to it:
+    no round trip through trio's scheduler (the checkpoint of each send costs a task
+    step). The caller's next read is the checkpoint; the caller is the stream's only
+    writer (a write straight to the socket bypasses send_all's conflict check)."""
+    if type(stream) is trio.SocketStream:
+        try:
+            sent = os.write(stream.socket.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    await stream.send_all(data)
+
+
 async def _tcp_to_stream(tcp: trio.SocketStream, stream: Stream) -> None:
     while data := await tcp.receive_some(CHUNK):
         await stream.send(bytes(data))
@@ -62,7 +81,7 @@ async def _stream_to_tcp(stream: Stream, tcp: trio.SocketStream) -> None:
         except trio.EndOfChannel:
             await tcp.send_eof()
             return
-        await tcp.send_all(data)
+        await send_now(tcp, data)  # (each stream.receive is a checkpoint)
 
 
 async def _tcp_to_tcp(a: trio.SocketStream, b: trio.SocketStream) -> None:

@@ -36,7 +36,6 @@ stream (its own framing, streaming, half-close) that an ASGI server hides.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ import trio
 
 from apps.ingress import fastpath
 from apps.ingress.forward import _ERRORS as FORWARD_ERRORS
+from apps.ingress.forward import send_now
 from apps.ingress.httpcore import (
     IDEMPOTENT,
     BadRequest,
@@ -69,7 +69,8 @@ from meshcloud.transport.base import Stream
 if TYPE_CHECKING:
     from apps.ingress.service import IngressService
 
-__all__ = ["HttpLimits", "downstream_headers", "host_of", "serve_http", "upstream_headers"]
+__all__ = ["HttpLimits", "downstream_headers", "host_of", "send_now", "serve_http",
+           "upstream_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -150,22 +151,6 @@ class Patient:
         eof = getattr(self.inner, "send_eof", None)
         if eof is not None:
             await eof()
-
-
-async def send_now(stream: Any, data: bytes) -> None:
-    """``stream.send_all(data)``, but for a TCP stream whose socket takes all of ``data``
-    at once (the usual case for a response or a request head), written straight to it:
-    no round trip through trio's scheduler (the checkpoint of each send costs a task
-    step). The caller waits on a read next, which is the checkpoint."""
-    if type(stream) is trio.SocketStream:
-        try:
-            sent = os.write(stream.socket.fileno(), data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    await stream.send_all(data)
 
 
 async def _next_event(conn: h11.Connection, sock: Any) -> Any:
