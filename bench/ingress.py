@@ -13,7 +13,14 @@ that is not ours (``wrk``), beside ``nginx`` serving the same file, in one run.
   exposed port to a digest replica, which must answer the byte count and SHA-256 of what
   it read (``forward_stream_mb_s``).
 
-Throughput runs use ``wrk -t2 -c32``; the latency runs ``wrk -t1 -c1``.
+Throughput runs use ``wrk -t2 -c32``; the latency runs ``wrk -t1 -c1``. During the
+proxied throughput run, each agent's CPU per request (``/proc``, less its idle rate over
+the 2 s before): ``ingress_cpu_us``, ``replica_agent_cpu_us``.
+
+``--only path``: the ingress's HTTP path alone, in this process (``serve_http`` with one
+route to a hypercorn replica on this machine by TCP, sequential GETs on one kept-alive
+connection): ``path_calls`` (Python calls) and ``path_task_steps`` per request, which do
+not move with the machine's load, and ``path_cpu_us``.
 """
 
 from __future__ import annotations
