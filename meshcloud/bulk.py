@@ -22,6 +22,12 @@ thread then waits CPython's *switch interval* before it may ask for it back (the
 2 MiB in 40 calls took 50-350 ms of wall time for 2-4 ms of CPU under load). The first
 use of the bulk limiter therefore shortens the process's switch interval to
 :data:`SWITCH_INTERVAL` (:func:`favour_loop`): the loop waits at most that long per call.
+
+That bound holds only while the thread holding the GIL runs. When the loop is real-time
+(``loop_scheduler = "rr"``), an item is not lowered but runs its Python real-time, one
+priority below the loop, and its long C calls that release the GIL ordinary
+(:func:`meshcloud.priority.python_work`, :func:`meshcloud.priority.gil_free`): a worker
+preempted while it holds the GIL runs again as soon as the loop waits for it.
 """
 
 from __future__ import annotations
@@ -71,9 +77,21 @@ def limiter() -> trio.CapacityLimiter:
         return lim
 
 
-def _lowered(fn: Callable[..., T], *args: object) -> T:
+def _bulk_item(fn: Callable[..., T], *args: object) -> T:
+    if priority.realtime_now():
+        with priority.python_work():
+            return fn(*args)
     with priority.lowered(BULK_NICENESS):
         return fn(*args)
+
+
+def released(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` as a bulk item that is one long C call releasing the GIL (hashing): it runs
+    at the ordinary priority even next to a real-time loop (:func:`priority.gil_free`)."""
+    def call(*args: object) -> T:
+        with priority.gil_free():
+            return fn(*args)
+    return call
 
 
 async def run_bulk(fn: Callable[..., T], *args: object,
@@ -81,4 +99,4 @@ async def run_bulk(fn: Callable[..., T], *args: object,
     """``fn(*args)`` in a low-priority worker thread, at most :data:`BULK_THREADS` at a
     time per process (or under ``bound``: disk I/O has its own). Not cancellable once
     started (the work finishes; its result is then dropped)."""
-    return await trio.to_thread.run_sync(_lowered, fn, *args, limiter=bound or limiter())
+    return await trio.to_thread.run_sync(_bulk_item, fn, *args, limiter=bound or limiter())
