@@ -32,10 +32,12 @@ preempted while it holds the GIL runs again as soon as the loop waits for it.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+import outcome
 import trio
 
 from meshcloud import priority
@@ -78,9 +80,8 @@ def limiter() -> trio.CapacityLimiter:
 
 
 def _bulk_item(fn: Callable[..., T], *args: object) -> T:
-    if priority.realtime_now():
-        with priority.python_work():
-            return fn(*args)
+    if priority.begin_python_work():  # real-time until its result is delivered
+        return fn(*args)
     with priority.lowered(BULK_NICENESS):
         return fn(*args)
 
@@ -96,7 +97,28 @@ def released(fn: Callable[..., T]) -> Callable[..., T]:
 
 async def run_bulk(fn: Callable[..., T], *args: object,
                    bound: trio.CapacityLimiter | None = None) -> T:
-    """``fn(*args)`` in a low-priority worker thread, at most :data:`BULK_THREADS` at a
-    time per process (or under ``bound``: disk I/O has its own). Not cancellable once
-    started (the work finishes; its result is then dropped)."""
-    return await trio.to_thread.run_sync(_bulk_item, fn, *args, limiter=bound or limiter())
+    """``fn(*args)`` in a low-priority worker thread (real-time Python next to a
+    real-time loop), at most :data:`BULK_THREADS` at a time per process (or under
+    ``bound``: disk I/O has its own). Not cancellable once started (the work finishes;
+    its result is then dropped).
+
+    Started with :func:`trio.lowlevel.start_thread_soon`, not ``trio.to_thread``, so
+    that the worker thread leaves real time only after it has handed the result back
+    (``deliver``): trio's hand-over takes the GIL too."""
+    async with bound or limiter():
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            try:
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            finally:
+                priority.end_python_work()
+
+        trio.lowlevel.start_thread_soon(functools.partial(_bulk_item, fn, *args), deliver)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED  # the item runs to its end
+
+        value: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return value

@@ -284,26 +284,38 @@ def _set_policy(policy: int, prio: int) -> bool:
 
 @contextlib.contextmanager
 def python_work() -> Iterator[bool]:
-    """A worker thread's bulk item next to a real-time loop (yields True if so).
+    """A worker thread's bulk item next to a real-time loop (yields True if so):
+    :func:`begin_python_work` for the body, :func:`end_python_work` after."""
+    try:
+        yield begin_python_work()
+    finally:
+        end_python_work()
+
+
+def begin_python_work() -> bool:
+    """The calling worker thread real-time at :data:`HOLDER_RT_PRIORITY` while the loop
+    is real-time (True if so), until :func:`end_python_work`.
 
     The event loop waits for the GIL whenever another thread of the process holds it,
     and an ordinary thread that holds it when the kernel preempts it (on a busy machine,
     or for the real-time loop itself) keeps the loop waiting until it runs again: tens
     to hundreds of ms (docs/benchmarks.md, "loop priority, part 2"). So while the loop is
-    real-time, the item runs real-time too, one priority below every loop: a preempted
+    real-time, a bulk item runs real-time too, one priority below every loop: a preempted
     holder runs again as soon as the loop waits for it. The long C calls of the item that
     release the GIL (hashing, sealing, erasure coding) run ordinary inside
     :func:`gil_free`, so the real-time share is the item's Python and copies only."""
-    if not realtime_now() or _holder.realtime:
-        yield False
-        return
-    if not _set_policy(os.SCHED_RR, HOLDER_RT_PRIORITY):
-        yield False
-        return
+    if _holder.realtime:
+        return True
+    if not realtime_now() or not _set_policy(os.SCHED_RR, HOLDER_RT_PRIORITY):
+        return False
     _holder.realtime = True
-    try:
-        yield True
-    finally:
+    return True
+
+
+def end_python_work() -> None:
+    """The calling worker thread back to the ordinary scheduler (if :func:`begin_python_work`
+    raised it)."""
+    if _holder.realtime:
         _holder.realtime = False
         _set_policy(os.SCHED_OTHER, 0)
 

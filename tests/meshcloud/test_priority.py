@@ -244,8 +244,15 @@ RT_PROBE = textwrap.dedent("""
             return (threading.get_native_id(), os.sched_getparam(0).sched_priority, made)
 
         tid, out["bulk_rt_priority"], out["bulk_made"] = await bulk.run_bulk(item)
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            out["bulk_thread_after"] = policy_of_stat(f.read())
+        # the worker leaves real time right after it handed the result over: wait for
+        # that (with a deadline), then it must be ordinary
+        def worker():
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                return policy_of_stat(f.read())
+        with trio.move_on_after(10):
+            while worker()[0] != 0:
+                await trio.sleep(0.001)
+        out["bulk_thread_after"] = worker()
         out["released"] = await bulk.run_bulk(bulk.released(me))
         if sys.argv[1] == "guard":  # spins with short sleeps: the CPU-share guard demotes it
             import time
