@@ -79,8 +79,8 @@ def limiter() -> trio.CapacityLimiter:
         return lim
 
 
-def _bulk_item(fn: Callable[..., T], *args: object) -> T:
-    if priority.begin_python_work():  # real-time until its result is delivered
+def _bulk_item(lower: bool, fn: Callable[..., T], *args: object) -> T:
+    if priority.begin_python_work() or not lower:  # real-time until delivered
         return fn(*args)
     with priority.lowered(BULK_NICENESS):
         return fn(*args)
@@ -96,11 +96,13 @@ def released(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 async def run_bulk(fn: Callable[..., T], *args: object,
-                   bound: trio.CapacityLimiter | None = None) -> T:
+                   bound: trio.CapacityLimiter | None = None, lower: bool = True) -> T:
     """``fn(*args)`` in a low-priority worker thread (real-time Python next to a
     real-time loop), at most :data:`BULK_THREADS` at a time per process (or under
-    ``bound``: disk I/O has its own). Not cancellable once started (the work finishes;
-    its result is then dropped).
+    ``bound``: disk I/O has its own). ``lower=False``: at the base priority unless the
+    loop is real-time (short Python work off the loop: the state store's flush, the
+    capacity sample). Not cancellable once started (the work finishes; its result is
+    then dropped).
 
     Started with :func:`trio.lowlevel.start_thread_soon`, not ``trio.to_thread``, so
     that the worker thread leaves real time only after it has handed the result back
@@ -115,7 +117,7 @@ async def run_bulk(fn: Callable[..., T], *args: object,
             finally:
                 priority.end_python_work()
 
-        trio.lowlevel.start_thread_soon(functools.partial(_bulk_item, fn, *args), deliver)
+        trio.lowlevel.start_thread_soon(functools.partial(_bulk_item, lower, fn, *args), deliver)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             return trio.lowlevel.Abort.FAILED  # the item runs to its end
