@@ -57,6 +57,16 @@ def thread_state(pid: int, tid: int, policy: bool = False) -> tuple[str, str]:
     return state, read(f"/proc/{pid}/task/{tid}/wchan")
 
 
+def futex_kind(pid: int) -> str:
+    """What the loop thread sleeps in: a futex wait with a timeout is CPython's GIL
+    (``take_gil`` waits the switch interval at a time); without one, a lock (LMDB's
+    writer mutex, a ``threading`` lock)."""
+    fields = read(f"/proc/{pid}/task/{pid}/syscall").split()
+    if not fields or fields[0] != "202":  # futex on x86-64
+        return f"syscall {fields[0] if fields else '?'}"
+    return f"futex@{fields[1]} {'timed' if int(fields[4], 16) else 'untimed'}"
+
+
 def threads(pid: int) -> dict[int, tuple[str, int, int, str]]:
     """tid -> (comm, ns on CPU, ns waiting in the run queue, state and policy)."""
     out = {}
@@ -97,7 +107,7 @@ def main() -> None:
             states[key] = states.get(key, 0) + 1
             blocked = state in ("S", "D") and "epoll" not in wchan and wchan != "0"
             if blocked and pid not in open_ep:
-                open_ep[pid] = (time.monotonic(), threads(pid), wchan)
+                open_ep[pid] = (time.monotonic(), threads(pid), f"{wchan} {futex_kind(pid)}")
             elif not blocked and pid in open_ep:
                 t0, before, wch = open_ep.pop(pid)
                 ms = (time.monotonic() - t0) * 1000
