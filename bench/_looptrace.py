@@ -64,7 +64,19 @@ def futex_kind(pid: int) -> str:
     fields = read(f"/proc/{pid}/task/{pid}/syscall").split()
     if not fields or fields[0] != "202":  # futex on x86-64
         return f"syscall {fields[0] if fields else '?'}"
-    return f"futex@{fields[1]} {'timed' if int(fields[4], 16) else 'untimed'}"
+    return (f"futex@{fields[1]} {'timed' if int(fields[4], 16) else 'untimed'} "
+            f"in {mapping_of(pid, int(fields[1], 16))}")
+
+
+def mapping_of(pid: int, address: int) -> str:
+    """The file mapped at ``address`` (LMDB's ``lock.mdb`` holds its mutexes), else
+    the kind of memory (heap, anonymous)."""
+    for line in read(f"/proc/{pid}/maps").splitlines():
+        span, _perms, _offset, _dev, _inode, *name = line.split()
+        low, high = (int(x, 16) for x in span.split("-"))
+        if low <= address < high:
+            return os.path.basename(name[0]) if name else "anonymous"
+    return "?"
 
 
 def threads(pid: int) -> dict[int, tuple[str, int, int, str]]:
