@@ -24,10 +24,10 @@ import struct
 
 import nacl.exceptions
 import nacl.utils
+from nacl._sodium import ffi, lib
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_ABYTES,
     crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
     crypto_aead_xchacha20poly1305_ietf_KEYBYTES,
     crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
 )
@@ -72,10 +72,15 @@ def seal_chunk(
         nonce = nacl.utils.random(NONCE_SIZE)
     elif len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
-    body = crypto_aead_xchacha20poly1305_ietf_encrypt(
-        bytes(plaintext), chunk_aad(object_id, index), nonce, key
-    )
-    return nonce + body
+    aad = chunk_aad(object_id, index)
+    out = _fresh(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+    target = ffi.from_buffer(out)
+    ffi.memmove(target, nonce, NONCE_SIZE)
+    with ffi.from_buffer(plaintext) as plain:
+        lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            target + NONCE_SIZE, ffi.NULL, plain, len(plaintext), aad, len(aad), ffi.NULL,
+            nonce, key)
+    return out
 
 
 def open_chunk(key: bytes, object_id: bytes, index: int, sealed: bytes | memoryview) -> bytes:
@@ -83,16 +88,45 @@ def open_chunk(key: bytes, object_id: bytes, index: int, sealed: bytes | memoryv
     _check_key(key)
     if len(sealed) < SEAL_OVERHEAD:
         raise IntegrityError(f"chunk {index}: sealed chunk too short ({len(sealed)} bytes)")
-    view = memoryview(sealed)
-    try:
-        return crypto_aead_xchacha20poly1305_ietf_decrypt(
-            bytes(view[NONCE_SIZE:]), chunk_aad(object_id, index), bytes(view[:NONCE_SIZE]), key
-        )
-    except nacl.exceptions.CryptoError:
-        raise IntegrityError(
-            f"chunk {index} of object {object_id.hex()[:16]} failed authentication "
-            "(wrong key, wrong object or index, or tampered bytes)"
-        ) from None
+    aad = chunk_aad(object_id, index)
+    if len(sealed) - SEAL_OVERHEAD < IN_PLACE_MIN:  # small: libsodium's wrapper
+        view = memoryview(sealed)
+        try:
+            return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                bytes(view[NONCE_SIZE:]), aad, bytes(view[:NONCE_SIZE]), key)
+        except nacl.exceptions.CryptoError:
+            raise IntegrityError(_failed(object_id, index)) from None
+    out = _fresh(len(sealed) - SEAL_OVERHEAD)
+    with ffi.from_buffer(sealed) as source:
+        failed = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            ffi.from_buffer(out), ffi.NULL, ffi.NULL, source + NONCE_SIZE,
+            len(sealed) - NONCE_SIZE, aad, len(aad), source, key)
+    if failed:
+        raise IntegrityError(_failed(object_id, index))
+    return out
+
+
+def _failed(object_id: bytes, index: int) -> str:
+    return (f"chunk {index} of object {object_id.hex()[:16]} failed authentication "
+            "(wrong key, wrong object or index, or tampered bytes)")
+
+
+IN_PLACE_MIN = 4096
+"""Plaintext size from which a chunk is opened in place (:func:`_fresh`); CPython shares
+its ``bytes`` of length 0 and 1, which must never be written."""
+
+
+def _fresh(size: int) -> bytes:
+    """A new ``bytes`` of ``size`` (at least 2) that the libsodium call fills in place.
+
+    ``bytes(size)`` takes zeroed pages from ``calloc`` (no pass over the memory), and the
+    AEAD call writes the result straight into it with the GIL released: no copy of the
+    chunk with the GIL held (nacl.bindings' wrappers clear an output buffer, then copy it
+    into a new ``bytes``, and copy a memoryview input once more). The object is
+    not shared with anyone until it is returned."""
+    if size < 2:
+        raise ValueError("a bytes object this short may be shared")
+    return bytes(size)
 
 
 def _check_key(key: bytes) -> None:

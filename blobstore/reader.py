@@ -34,8 +34,9 @@ from blobstore.crypto import open_chunk
 from blobstore.errors import NotEnoughShards
 from blobstore.fetch import BadShard, ChunkFetch, verdict
 from blobstore.manifest import ChunkRef, Manifest, ShardRef
-from meshcloud.bulk import run_bulk
+from meshcloud.bulk import released, run_bulk
 from meshcloud.errors import MeshError
+from meshcloud.priority import gil_free
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,9 @@ async def read_chunk(
     await gather_chunk(fetch, client, config=config, on_bad_shard=on_bad_shard)
 
     def finish() -> bytes:
-        return open_chunk(manifest.key, manifest.object_id, chunk.index, fetch.decode())
+        sealed = fetch.decode()
+        with gil_free():  # next to a real-time loop, the decryption runs ordinary
+            return open_chunk(manifest.key, manifest.object_id, chunk.index, sealed)
 
     if chunk.sealed_length >= config.thread_threshold:
         return await run_bulk(finish)
@@ -124,7 +127,7 @@ async def gather_chunk(
                 more = fetch.on_bad(ref, reason, corrupt=False)
             else:
                 if big:
-                    payload, reason = await run_bulk(verdict, fetch, ref, blob)
+                    payload, reason = await run_bulk(released(verdict), fetch, ref, blob)
                 else:
                     payload, reason = verdict(fetch, ref, blob)
                 if payload is None:

@@ -45,8 +45,9 @@ from blobstore.errors import WriteFailed
 from blobstore.holders import HolderPicker, assign_holders, placement_key
 from blobstore.manifest import ChunkRef, Manifest, ShardRef
 from blobstore.shards import ShardHeader, pack_shard, shard_id
-from meshcloud.bulk import run_bulk
+from meshcloud.bulk import released, run_bulk
 from meshcloud.errors import MeshError
+from meshcloud.priority import gil_free
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,17 @@ class PreparedChunk:
 def prepare_chunk(
     code: ErasureCode, key: bytes, object_id: bytes, index: int, plain: bytes
 ) -> PreparedChunk:
-    """Seal, encode and frame one chunk (pure CPU work)."""
-    sealed = seal_chunk(key, object_id, index, plain)
+    """Seal, encode and frame one chunk (pure CPU work; the sealing, coding and hashing
+    run ordinary next to a real-time loop: :func:`meshcloud.priority.gil_free`)."""
+    with gil_free():
+        sealed = seal_chunk(key, object_id, index, plain)
     header = ShardHeader(object_id, index, 0, code.scheme, code.k, code.m, len(sealed))
-    blobs = [pack_shard(header.for_shard(i), p) for i, p in enumerate(code.encode(sealed))]
-    return PreparedChunk(index, len(plain), len(sealed), blobs, [shard_id(b) for b in blobs])
+    with gil_free():
+        parts = code.encode(sealed)
+    blobs = [pack_shard(header.for_shard(i), p) for i, p in enumerate(parts)]
+    with gil_free():
+        ids = [shard_id(b) for b in blobs]
+    return PreparedChunk(index, len(plain), len(sealed), blobs, ids)
 
 
 async def write_object(
@@ -148,7 +155,7 @@ async def write_object(
         position = 0
         async for plain in chunks(source, config.chunk_size):
             if len(plain) >= config.thread_threshold:
-                await run_bulk(md5.update, plain)
+                await run_bulk(released(md5.update), plain)
             else:
                 md5.update(plain)
             size += len(plain)

@@ -22,14 +22,22 @@ thread then waits CPython's *switch interval* before it may ask for it back (the
 2 MiB in 40 calls took 50-350 ms of wall time for 2-4 ms of CPU under load). The first
 use of the bulk limiter therefore shortens the process's switch interval to
 :data:`SWITCH_INTERVAL` (:func:`favour_loop`): the loop waits at most that long per call.
+
+That bound holds only while the thread holding the GIL runs. When the loop is real-time
+(``loop_scheduler = "rr"``), an item is not lowered but runs its Python real-time, one
+priority below the loop, and its long C calls that release the GIL ordinary
+(:func:`meshcloud.priority.python_work`, :func:`meshcloud.priority.gil_free`): a worker
+preempted while it holds the GIL runs again as soon as the loop waits for it.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+import outcome
 import trio
 
 from meshcloud import priority
@@ -71,14 +79,48 @@ def limiter() -> trio.CapacityLimiter:
         return lim
 
 
-def _lowered(fn: Callable[..., T], *args: object) -> T:
+def _bulk_item(lower: bool, fn: Callable[..., T], *args: object) -> T:
+    if priority.begin_python_work() or not lower:  # real-time until delivered
+        return fn(*args)
     with priority.lowered(BULK_NICENESS):
         return fn(*args)
 
 
+def released(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` as a bulk item that is one long C call releasing the GIL (hashing): it runs
+    at the ordinary priority even next to a real-time loop (:func:`priority.gil_free`)."""
+    def call(*args: object) -> T:
+        with priority.gil_free():
+            return fn(*args)
+    return call
+
+
 async def run_bulk(fn: Callable[..., T], *args: object,
-                   bound: trio.CapacityLimiter | None = None) -> T:
-    """``fn(*args)`` in a low-priority worker thread, at most :data:`BULK_THREADS` at a
-    time per process (or under ``bound``: disk I/O has its own). Not cancellable once
-    started (the work finishes; its result is then dropped)."""
-    return await trio.to_thread.run_sync(_lowered, fn, *args, limiter=bound or limiter())
+                   bound: trio.CapacityLimiter | None = None, lower: bool = True) -> T:
+    """``fn(*args)`` in a low-priority worker thread (real-time Python next to a
+    real-time loop), at most :data:`BULK_THREADS` at a time per process (or under
+    ``bound``: disk I/O has its own). ``lower=False``: at the base priority unless the
+    loop is real-time (short Python work off the loop: the state store's flush, the
+    capacity sample). Not cancellable once started (the work finishes; its result is
+    then dropped).
+
+    Started with :func:`trio.lowlevel.start_thread_soon`, not ``trio.to_thread``, so
+    that the worker thread leaves real time only after it has handed the result back
+    (``deliver``): trio's hand-over takes the GIL too."""
+    async with bound or limiter():
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            try:
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            finally:
+                priority.end_python_work()
+
+        trio.lowlevel.start_thread_soon(functools.partial(_bulk_item, lower, fn, *args), deliver)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED  # the item runs to its end
+
+        value: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return value

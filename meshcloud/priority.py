@@ -34,7 +34,10 @@ agent's own worker threads, not ahead of other programs. :func:`realtime_loop`
 every ordinary thread of the machine, with ``SCHED_RESET_ON_FORK`` so that nothing it
 creates is real-time, and ``RLIMIT_RTTIME`` so that a loop that stops sleeping goes back
 to the fair scheduler (docs/architecture.md, "The node and the agent"; docs/benchmarks.md,
-"loop priority").
+"loop priority"). It is the default where permitted; next to it, bulk items run their
+Python real-time one step below (:func:`python_work`, :func:`gil_free`: no priority
+inversion through the GIL), and :mod:`meshcloud.rtguard` takes a loop that uses too
+much CPU out of real time for a while (:func:`leave_realtime`, :func:`return_to_realtime`).
 
 Linux only: elsewhere a nice value belongs to the whole process, and nothing is changed.
 """
@@ -93,6 +96,9 @@ class LoopPriority:
 
 _state: LoopPriority | None = None
 """This process's loop priority (a property of its threads, so one per process)."""
+
+_out_for_good = False
+"""The kernel's RLIMIT_RTTIME demoted the loop: no :func:`return_to_realtime`."""
 
 
 def current() -> LoopPriority | None:
@@ -174,9 +180,14 @@ def raise_loop(boost: int, *, get: Get = os.getpriority, set_: Set = os.setprior
     return result
 
 
-RT_PRIORITY = 1
-"""The event loop's real-time priority with ``loop_scheduler = "rr"`` (the lowest: above
-every ordinary thread, below the kernel's own real-time threads)."""
+RT_PRIORITY = 2
+"""The event loop's real-time priority with ``loop_scheduler = "rr"`` (above every
+ordinary thread and above :data:`HOLDER_RT_PRIORITY`, below the kernel's own real-time
+threads)."""
+
+HOLDER_RT_PRIORITY = 1
+"""A worker thread's real-time priority while it runs Python in a bulk item
+(:func:`python_work`): below every real-time loop, above every ordinary thread."""
 
 RT_CPU_LIMIT_US = 1_000_000
 """CPU time (µs) the real-time loop may run without sleeping before the kernel warns it
@@ -212,17 +223,128 @@ def realtime_loop(*, platform: str = sys.platform) -> LoopPriority:
     return _state
 
 
-def _leave_realtime(signum: int, frame: FrameType | None) -> None:
-    """SIGXCPU: the real-time loop ran too long without sleeping: ordinary from now on."""
+def realtime_now() -> bool:
+    """Whether the event loop runs real-time at this moment (then bulk items'
+    Python runs real-time too: :func:`python_work`)."""
+    state = _state
+    return state is not None and state.applied and state.scheduler == "rr"
+
+
+def out_for_good() -> bool:
+    """The kernel's RLIMIT_RTTIME demoted the loop: it does not come back."""
+    return _out_for_good
+
+
+def leave_realtime(why: str) -> None:
+    """The loop thread (the caller) back to the ordinary scheduler, for ``why``; bulk
+    items that start from now on stay ordinary (:func:`python_work`)."""
     global _state
     state = _state
     with contextlib.suppress(OSError):
         os.sched_setscheduler(threading.get_native_id(), os.SCHED_OTHER, os.sched_param(0))
     if state is not None and state.scheduler == "rr":
-        _state = LoopPriority(state.base, state.base, False, (
-            f"event loop left real time: it ran {RT_CPU_LIMIT_US // 1000} ms of CPU "
-            "without sleeping"), state.loop_tid)
+        _state = LoopPriority(state.base, state.base, False, f"event loop left real time: {why}",
+                              state.loop_tid)
         log.warning(_state.note)
+
+
+def return_to_realtime() -> bool:
+    """The loop thread (the caller) real-time again after :func:`leave_realtime`."""
+    global _state
+    state = _state
+    if (state is None or state.applied or _out_for_good
+            or state.loop_tid != threading.get_native_id()):
+        return False
+    try:
+        os.sched_setscheduler(state.loop_tid, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(RT_PRIORITY))
+    except OSError:
+        return False
+    _state = LoopPriority(state.base, state.base, True, (
+        f"event loop real-time again (SCHED_RR {RT_PRIORITY}): its CPU share fell"),
+        state.loop_tid, "rr")
+    log.info(_state.note)
+    return True
+
+
+# --- bulk items next to a real-time loop: no priority inversion through the GIL -------------
+
+class _Holder(threading.local):
+    realtime = False
+    """This thread is in :func:`python_work` at :data:`HOLDER_RT_PRIORITY`."""
+
+
+_holder = _Holder()
+
+
+def _set_policy(policy: int, prio: int) -> bool:
+    try:
+        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(prio))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def python_work() -> Iterator[bool]:
+    """A worker thread's bulk item next to a real-time loop (yields True if so):
+    :func:`begin_python_work` for the body, :func:`end_python_work` after."""
+    try:
+        yield begin_python_work()
+    finally:
+        end_python_work()
+
+
+def begin_python_work() -> bool:
+    """The calling worker thread real-time at :data:`HOLDER_RT_PRIORITY` while the loop
+    is real-time (True if so), until :func:`end_python_work`.
+
+    The event loop waits for the GIL whenever another thread of the process holds it,
+    and an ordinary thread that holds it when the kernel preempts it (on a busy machine,
+    or for the real-time loop itself) keeps the loop waiting until it runs again: tens
+    to hundreds of ms (docs/benchmarks.md, "loop priority, part 2"). So while the loop is
+    real-time, a bulk item runs real-time too, one priority below every loop: a preempted
+    holder runs again as soon as the loop waits for it. The long C calls of the item that
+    release the GIL (hashing, sealing, erasure coding) run ordinary inside
+    :func:`gil_free`, so the real-time share is the item's Python and copies only."""
+    if _holder.realtime:
+        return True
+    if not realtime_now() or not _set_policy(os.SCHED_RR, HOLDER_RT_PRIORITY):
+        return False
+    _holder.realtime = True
+    return True
+
+
+def end_python_work() -> None:
+    """The calling worker thread back to the ordinary scheduler (if :func:`begin_python_work`
+    raised it)."""
+    if _holder.realtime:
+        _holder.realtime = False
+        _set_policy(os.SCHED_OTHER, 0)
+
+
+@contextlib.contextmanager
+def gil_free() -> Iterator[None]:
+    """The body is one C call that releases the GIL (hashing, sealing, coding): inside
+    :func:`python_work` it runs at the ordinary priority, then real-time again."""
+    if not _holder.realtime:
+        yield
+        return
+    _set_policy(os.SCHED_OTHER, 0)
+    try:
+        yield
+    finally:
+        if realtime_now():
+            _set_policy(os.SCHED_RR, HOLDER_RT_PRIORITY)
+        else:
+            _holder.realtime = False  # the loop left real time: the item stays ordinary
+
+
+def _leave_realtime(signum: int, frame: FrameType | None) -> None:
+    """SIGXCPU: the real-time loop ran too long without sleeping: ordinary from now on."""
+    global _out_for_good
+    _out_for_good = True  # the guard never brings it back
+    leave_realtime(f"it ran {RT_CPU_LIMIT_US // 1000} ms of CPU without sleeping")
 
 
 def live_status() -> dict[str, Any]:
@@ -240,9 +362,10 @@ def live_status() -> dict[str, Any]:
 
 def forget() -> None:
     """Back to no recorded loop priority (tests; the threads keep their nice values)."""
-    global _state
+    global _state, _out_for_good
     uninstall_thread_reset()
     _state = None
+    _out_for_good = False
 
 
 def base_nice() -> int:

@@ -28,7 +28,8 @@ TOP_PACKAGES = ("meshcloud", "gossip", "dht", "blobstore", "apps", "vnet", "sim"
 BELOW_DOMAINS = ["foundation", "wire", "protocols", "core"]
 LAYERS: list[tuple[str, list[str], list[str]]] = [
     ("foundation", ["meshcloud/__init__.py", "meshcloud/errors.py", "meshcloud/clock.py",
-                    "meshcloud/bulk.py", "meshcloud/extras.py", "meshcloud/priority.py"],
+                    "meshcloud/bulk.py", "meshcloud/extras.py", "meshcloud/priority.py",
+                    "meshcloud/rtguard.py"],
      []),
     # Identity, admission (join, redemption, revocation) and the membership records travel
     # with the wire; so does TestMesh, the real keys and certificates wire tests use.

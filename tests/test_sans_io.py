@@ -23,6 +23,7 @@ CORE_GLOBS = [
     "meshcloud/transport/relaylimits.py",
     "meshcloud/transport/sealed.py",
     "meshcloud/clock.py",
+    "meshcloud/rtguard.py",
     "meshcloud/placement.py",
     "meshcloud/state/crdt.py",
     "meshcloud/state/merkle.py",

@@ -23,7 +23,7 @@ from blobstore.s3.payload import PayloadCheck
 from blobstore.s3.request import S3Request
 from blobstore.s3.sigv4 import Authorization
 from blobstore.s3.xml import MAX_XML_BODY
-from meshcloud.bulk import run_bulk
+from meshcloud.bulk import released, run_bulk
 
 DRAIN_TIMEOUT = 1.0
 """Seconds spent reading the rest of a refused request's body before answering anyway."""
@@ -69,7 +69,7 @@ class Body:
                 for piece in pieces:
                     self.check.feed(piece)
                     if self.check.hash_due:  # a megabyte or more: off the event loop
-                        await run_bulk(self.check.hash, self.check.take_pending())
+                        await run_bulk(released(self.check.hash), self.check.take_pending())
                     yield piece
             if not message.get("more_body", False):
                 break

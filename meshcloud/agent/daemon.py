@@ -107,6 +107,7 @@ def run_agent(datadir: DataDir, settings: dict[str, object], *, log_level: str |
 
 
 async def _main(datadir: DataDir, config: NodeConfig, boost: int, scheduler: str) -> int:
+    from meshcloud.agent.loopguard import guard_realtime_loop
     from meshcloud.agent.node import Node
 
     # this thread runs the event loop: raised (if permitted) before it starts any other
@@ -132,6 +133,7 @@ async def _main(datadir: DataDir, config: NodeConfig, boost: int, scheduler: str
 
             nursery.start_soon(on_signal)
             nursery.start_soon(on_request)
+            nursery.start_soon(guard_realtime_loop)
     return 0
 
 

@@ -41,6 +41,7 @@ from gossip.outputs import (
 )
 from gossip.sysinfo import read_capacity
 from meshcloud import priority
+from meshcloud.bulk import run_bulk
 from meshcloud.clock import next_tick
 from meshcloud.identity.keys import short_id
 
@@ -93,6 +94,8 @@ class Members:
             node.transport, PRESETS[config.profile](),
             cert_hooks(node.key, node.cert, node.mesh.root_public, node.records),
             capacity=self.sample(), capacity_source=self.sample,
+            # parsing /proc is Python: real-time next to a real-time loop (meshcloud/bulk.py)
+            run_sync=partial(run_bulk, bound=trio.CapacityLimiter(1), lower=False),
             incarnation=self._saved_incarnation() + 1, watch_steps=True,
             lag_interval=PHONE_LAG_SAMPLE if config.profile == "phone" else SAMPLE_INTERVAL,
         )

@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeGuard
 
 import trio
 
+from meshcloud.bulk import run_bulk
 from meshcloud.clock import Clock, SystemClock, next_tick
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.errors import CodecError, MeshError, TransportError
@@ -309,7 +310,7 @@ class StateDriver:
             self._flush_wanted = trio.Event()
             if kv.pending:
                 try:
-                    await trio.to_thread.run_sync(kv.flush, limiter=self._flush_limiter)
+                    await run_bulk(kv.flush, bound=self._flush_limiter, lower=False)
                 except MeshError as exc:
                     log.warning("state store flush failed: %s", exc)
             self._flushed.set()

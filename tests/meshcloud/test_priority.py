@@ -230,6 +230,52 @@ RT_PROBE = textwrap.dedent("""
         out["popen"] = policy_of_stat(priority.popen(["/bin/cat", "/proc/self/stat"],
             stdout=subprocess.PIPE).communicate()[0].decode())
         out["bulk"] = await bulk.run_bulk(me)
+        out["loop_rt_priority"] = os.sched_getparam(0).sched_priority
+
+        def item():
+            made = []
+            t = threading.Thread(target=lambda: made.append(me()))
+            t.start(); t.join()
+            child = priority.popen(["/bin/cat", "/proc/self/stat"], stdout=subprocess.PIPE)
+            made.append(policy_of_stat(child.communicate()[0].decode()))
+            with priority.gil_free():
+                made.append(me())
+            made.append(me())
+            return (threading.get_native_id(), os.sched_getparam(0).sched_priority, made)
+
+        tid, out["bulk_rt_priority"], out["bulk_made"] = await bulk.run_bulk(item)
+        # the worker leaves real time right after it handed the result over: wait for
+        # that (with a deadline), then it must be ordinary
+        def worker():
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                return policy_of_stat(f.read())
+        with trio.move_on_after(10):
+            while worker()[0] != 0:
+                await trio.sleep(0.001)
+        out["bulk_thread_after"] = worker()
+        out["released"] = await bulk.run_bulk(bulk.released(me))
+        if sys.argv[1] == "guard":  # spins with short sleeps: the CPU-share guard demotes it
+            import time
+            from meshcloud.agent.loopguard import guard_realtime_loop
+            from meshcloud.rtguard import GuardPolicy
+            policy = GuardPolicy(window=1.0, period=0.1, cooldown=1.0)
+            rr = lambda: os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(guard_realtime_loop, policy)
+                deadline = time.monotonic() + 30  # a guard that never acts: fail, not spin
+                while rr() and time.monotonic() < deadline:
+                    busy = time.monotonic() + 0.02
+                    while time.monotonic() < busy:
+                        pass
+                    await trio.sleep(0.001)
+                out["after_spin"] = me()
+                out["note_after_spin"] = priority.current().note
+                with trio.move_on_after(30):
+                    while not rr():
+                        await trio.sleep(0.05)
+                out["after_rest"] = me()
+                out["note_after_rest"] = priority.current().note
+                nursery.cancel_scope.cancel()
         if sys.argv[1] == "spin":  # a loop that never sleeps leaves real time
             import time
             deadline = time.monotonic() + 30  # a kernel that never warns: fail, not spin
@@ -268,8 +314,25 @@ def test_a_real_time_loop_creates_only_ordinary_threads_and_processes():
     assert out["applied"] and out["scheduler"] == "rr", out["note"]
     assert out["loop"] == [SCHED_RR, base]
     assert out["status"]["scheduler"] == "rr" and out["status"]["raised"]
-    for name in ("thread", "to_thread", "trio_process", "popen", "bulk"):
+    for name in ("thread", "to_thread", "trio_process", "popen", "released",
+                 "bulk_thread_after"):
         assert out[name] == [SCHED_OTHER, base], name
+    # a bulk item's Python runs real-time one step below the loop, its GIL-free C calls
+    # ordinary; what it starts is ordinary
+    assert out["bulk"] == [SCHED_RR, base]
+    assert out["loop_rt_priority"] > out["bulk_rt_priority"] >= 1
+    thread, process, in_c_call, after_c_call = out["bulk_made"]
+    assert thread == process == in_c_call == [SCHED_OTHER, base]
+    assert after_c_call == [SCHED_RR, base]
+
+
+@pytest.mark.skipif(not _may_realtime(), reason="needs Linux and the right to run real-time")
+def test_a_real_time_loop_that_spins_with_short_sleeps_leaves_and_comes_back():
+    out = _rt_probe("guard")
+    assert out["after_spin"][0] == SCHED_OTHER
+    assert "left real time: it used" in out["note_after_spin"]
+    assert out["after_rest"][0] == SCHED_RR
+    assert "real-time again" in out["note_after_rest"]
 
 
 @pytest.mark.skipif(not _may_realtime(), reason="needs Linux and the right to run real-time")

@@ -200,3 +200,24 @@ async def test_the_first_bulk_work_of_a_run_favours_the_loop():
         assert sys.getswitchinterval() <= bulk.SWITCH_INTERVAL
     finally:
         sys.setswitchinterval(old)
+
+
+async def test_short_python_work_off_the_loop_is_not_lowered(monkeypatch):
+    """``lower=False`` (the state store's flush, the capacity sample): the item runs at
+    the worker's priority; a bulk item is lowered."""
+    import contextlib
+
+    lowered: list[int] = []
+
+    @contextlib.contextmanager
+    def record(steps):
+        lowered.append(steps)
+        yield True
+
+    monkeypatch.setattr(bulk.priority, "lowered", record)
+    assert await bulk.run_bulk(lambda: 1, lower=False) == 1
+    assert lowered == []
+    assert await bulk.run_bulk(lambda: 2) == 2
+    assert lowered == [bulk.BULK_NICENESS]
+    with pytest.raises(ZeroDivisionError):  # an item's error reaches the caller
+        await bulk.run_bulk(lambda: 1 / 0, lower=False)
