@@ -193,11 +193,14 @@ class TcpConfig:
 
 @dataclass(slots=True)
 class _Dial:
-    """One dial in progress; concurrent dials of the same address wait for it."""
+    """One dial in progress; concurrent dials of the same address wait for it (and dial
+    again themselves if its caller abandons it: a caller's deadline is not the peer's
+    failure)."""
 
     done: trio.Event = field(default_factory=trio.Event)
     peer: PeerAuth | None = None
     error: MeshError | None = None
+    abandoned: bool = False
 
 
 def _has_data(sock: socket.socket) -> bool:
@@ -370,34 +373,39 @@ class TcpTransport:
             raise TransportError(str(exc)) from None
         if relay is not None and expect is None:
             raise TransportError(f"dialling {address} needs the node id expected behind it")
-        existing = self._usable(expect) if expect is not None else self._connected_at(address)
-        if existing is not None:
-            await trio.lowlevel.checkpoint()
-            return existing.peer
-        if relay is not None:  # one relay carries circuits to many nodes: one attempt each
-            address = f"{address}>{expect.hex() if expect else ''}"
-        attempt = self._dials.get(address)
-        if attempt is not None:
+        # one relay carries circuits to many nodes: one attempt each
+        key = f"{address}>{expect.hex() if expect else ''}" if relay is not None else address
+        while True:
+            existing = (self._usable(expect) if expect is not None
+                        else self._connected_at(address))
+            if existing is not None:
+                await trio.lowlevel.checkpoint()
+                return existing.peer
+            attempt = self._dials.get(key)
+            if attempt is None:
+                break
             await attempt.done.wait()
+            if attempt.abandoned:  # its caller gave up (its own deadline), not the peer:
+                continue  # dial again ourselves (or join whoever already does)
             if attempt.error is not None:
                 raise type(attempt.error)(str(attempt.error))
             assert attempt.peer is not None
             if expect is not None and attempt.peer.node_id != expect:
                 raise AuthError("the address answered with another node than the one expected")
             return attempt.peer
-        attempt = self._dials[address] = _Dial()
+        attempt = self._dials[key] = _Dial()
         try:
-            attempt.peer = await self._dial_now(address, expect)
+            attempt.peer = await self._dial_now(key, expect)
             return attempt.peer
         except MeshError as exc:
             self.counters.dials_failed += 1
             attempt.error = exc
             raise
         except BaseException:
-            attempt.error = TransportError(f"dial of {address} was abandoned")
+            attempt.abandoned = True
             raise
         finally:
-            del self._dials[address]
+            del self._dials[key]
             attempt.done.set()
 
     def _connected_at(self, address: str) -> Connection | None:

@@ -23,7 +23,10 @@ only and close when idle). What decides who may send:
   than :data:`UNANSWERED` datagrams to a peer over more than :data:`GIVE_UP` seconds with
   none back from it, or more than :data:`QUIET_SENDS` datagrams sent over :data:`GIVE_UP`
   seconds while none came from anyone. Then connections carry those datagrams for
-  :data:`FALLBACK` seconds (any datagram received ends the node-wide fallback).
+  :data:`FALLBACK` seconds, and UDP still carries a copy (best effort): a peer that was
+  only slow to answer (a starved loop) still gets them at once rather than behind a
+  dial, and its first datagram back ends its fallback (any datagram received ends the
+  node-wide one).
 
 Refused datagrams are counted (``udp_refused``) and logged at debug level only (anyone can
 send UDP); nothing a refused packet holds is kept.
@@ -81,7 +84,7 @@ healthy pair this count stays at 1 or 2, however long apart the probes are)."""
 QUIET_SENDS = 20
 """Datagrams in a row to anyone while none came from anyone (our UDP is cut)."""
 FALLBACK = 60.0
-"""Seconds datagrams to such a peer take a connection before UDP is tried again."""
+"""Seconds datagrams to such a peer take a connection (as well as UDP) unless it answers."""
 HELD_PER_SENDER = 8
 HELD_SENDERS = 64
 AUTHENTICATING = 8
@@ -293,37 +296,56 @@ class DatagramPath:
     # --- sending ------------------------------------------------------------------------
 
     def send(self, peer: NodeId, protocol: str, data: bytes | bytearray | memoryview) -> bool:
-        """Seal and send one datagram; False when a connection should carry it instead."""
+        """Seal and send one datagram; False when a connection should carry it (too).
+
+        While UDP to ``peer`` seems cut (the fallback), the datagram goes over UDP as well:
+        a peer that was only slow to answer (a starved loop, a backlog) gets it at once
+        instead of behind a dial, and its first datagram back ends the fallback."""
         if not self.sockets or not self.core.knows(peer):
             return False
-        now = trio.current_time()
-        until = self._fallback_until.get(peer)
-        if until is not None:
-            if now < until:
-                return False
-            del self._fallback_until[peer]
         destination = self._destination(peer)
         if destination is None or not self._still_member(peer):
             return False
-        if now < self._all_fallback_until:
+        now = trio.current_time()
+        if self._falling_back(peer, now) or self._gives_up(peer, now):
+            self._transmit(peer, destination, protocol, data)
             return False
+        return self._transmit(peer, destination, protocol, data)
+
+    def _falling_back(self, peer: NodeId, now: float) -> bool:
+        until = self._fallback_until.get(peer)
+        if until is not None:
+            if now < until:
+                return True
+            del self._fallback_until[peer]
+        return now < self._all_fallback_until
+
+    def _gives_up(self, peer: NodeId, now: float) -> bool:
+        """Count one more datagram sent; True once UDP seems cut (to ``peer``, or to
+        everyone): the fallback starts."""
         since, count = self._unanswered.get(peer, (now, 0))
         self._unanswered[peer] = (since, count + 1)
         if count + 1 > UNANSWERED and now - since > GIVE_UP:
             logger.info("no datagram back from %s for %.0f s: its datagrams take a "
-                        "connection for %.0f s", short_id(peer), now - since, FALLBACK)
+                        "connection too for %.0f s", short_id(peer), now - since, FALLBACK)
             self._fallback_until[peer] = now + FALLBACK
             del self._unanswered[peer]
-            return False
+            return True
         if self._quiet_sends == 0:
             self._quiet_since = now
         self._quiet_sends += 1
         if self._quiet_sends > QUIET_SENDS and now - self._quiet_since > GIVE_UP:
             logger.warning("no datagram from any member for %.0f s: datagrams take "
-                           "connections for %.0f s", now - self._quiet_since, FALLBACK)
+                           "connections too for %.0f s", now - self._quiet_since, FALLBACK)
             self._all_fallback_until = now + FALLBACK
             self._quiet_sends = 0
-            return False
+            return True
+        return False
+
+    def _transmit(self, peer: NodeId, destination: Any, protocol: str,
+                  data: bytes | bytearray | memoryview) -> bool:
+        """Seal and send over UDP; False if it cannot go as one packet (too big, no
+        socket of the destination's family)."""
         try:
             packet = self.core.seal(peer, protocol, data)
         except ValueError:  # too big for one UDP packet

@@ -18,7 +18,7 @@ from gossip.config import GossipConfig
 from gossip.driver import GossipDriver, GossipError
 from gossip.hooks import cert_hooks
 from gossip.member import MemberState
-from gossip.messages import GOSSIP_PROTOCOL, SYNC_PROTOCOL, Alive, PushPull, SyncDelta
+from gossip.messages import GOSSIP_PROTOCOL, SYNC_PROTOCOL, Alive, Ping, PushPull, SyncDelta
 from gossip.outputs import MemberFailed, MemberJoined, MemberLeft
 from meshcloud.codec.messages import decode_message, encode_message
 from meshcloud.testing import TestMember as MeshMember
@@ -333,3 +333,26 @@ async def test_malformed_digest_sync_entries_are_dropped_and_counted(nursery,
     await stream.send(b"\xff\x00junk")
     await wait_until(lambda: nodes[0].driver.statistics().dropped_malformed == 1)
     assert nodes[0].driver.members() == before
+
+
+async def test_datagrams_queued_at_once_are_handled_in_one_step_not_one_per_round(
+        nursery, autojump_clock):
+    """A starved loop runs each runnable task about once per scheduling round: a driver
+    that took one datagram per round let a burst's traffic queue up for tens of seconds
+    (probes acked and accusations refuted far too late). What is queued is handled
+    before the other tasks run again."""
+    mesh = TestMesh.with_members(2)
+    network = MemoryNetwork()
+    a, b = [await start_node(nursery, network, mesh, m) for m in mesh.members]
+    await b.driver.join([a.transport.listen_addresses[0]])
+    await wait_until(lambda: sees(a, b.id, MemberState.ALIVE))
+    queued = 50
+    before = a.driver.statistics().datagrams_received
+    for seq in range(1, queued + 1):  # all at once, as a socket's backlog is read
+        ping = encode_message(Ping(seq=seq, target=a.id))
+        assert a.transport.registry.deliver_datagram(b.id, GOSSIP_PROTOCOL, ping)
+    rounds = 0
+    while a.driver.statistics().datagrams_received < before + queued:
+        await trio.lowlevel.cancel_shielded_checkpoint()  # one scheduling round
+        rounds += 1
+        assert rounds <= 5, "the driver took the queued datagrams one per round"

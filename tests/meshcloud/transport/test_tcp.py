@@ -179,6 +179,36 @@ async def test_dials_are_shared_and_connections_reused(nursery):
     assert len(a.connections_to(b.local_id)) == 1
 
 
+async def test_a_dial_its_caller_abandons_does_not_fail_those_sharing_it(nursery):
+    """A caller's deadline (a sync giving up) cancels its dial; another task waiting on
+    the same attempt (a background dial holding queued datagrams) dials again instead of
+    failing with it."""
+    mesh = TestMesh.with_members(2)
+    a = await start_member(nursery, mesh.members[0])
+    b = await start_member(nursery, mesh.members[1])
+    address = b.listen_addresses[0]
+    impatient, got = trio.CancelScope(), []
+
+    async def dial_impatiently():
+        with impatient:
+            await a.dial(address)
+
+    async def dial():
+        got.append(await a.dial(address, expect=b.local_id))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(dial_impatiently)
+        while address not in a._dials:
+            await trio.lowlevel.checkpoint()
+        inner.start_soon(dial)
+        while a._dials[address].done.statistics().tasks_waiting < 1:
+            await trio.lowlevel.checkpoint()
+        impatient.cancel()  # the shared attempt is still in flight
+    assert impatient.cancelled_caught
+    assert [p.node_id for p in got] == [b.local_id]
+    assert len(a.connections_to(b.local_id)) == 1
+
+
 async def test_open_stream_dials_from_the_address_book(nursery):
     mesh = TestMesh.with_members(2)
     a = await start_member(nursery, mesh.members[0])

@@ -145,6 +145,44 @@ async def test_datagrams_take_a_connection_when_udp_gets_no_answer(nursery, monk
     assert a.connection_count == 1
 
 
+async def test_while_udp_seems_cut_datagrams_still_try_it_and_an_answer_ends_that(
+        nursery, monkeypatch):
+    """A peer that was only slow to answer (a starved loop) is not cut off from UDP:
+    during the fallback each datagram goes over UDP as well as a connection (which may
+    first have to be dialled), and the peer's first datagram back ends the fallback."""
+    monkeypatch.setattr(udp, "GIVE_UP", 0.0)
+    monkeypatch.setattr(udp, "UNANSWERED", 1)
+    mesh = TestMesh.with_members(2)
+    a, b = await proven_pair(nursery, mesh)
+    at_a, at_b = a.datagrams(DG), b.datagrams(DG)
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 0))
+    try:
+        a.udp._reply_to[b.local_id] = hole.getsockname()  # b's answers never come
+        with trio.fail_after(10):
+            a.send_datagram(b.local_id, DG, b"unanswered")
+            await trio.lowlevel.wait_readable(hole)
+            assert hole.recv(2048)
+            a.send_datagram(b.local_id, DG, b"both ways")  # a gives up on UDP here
+            assert await at_b.receive() == (a.local_id, b"both ways")  # the connection
+            await trio.lowlevel.wait_readable(hole)  # and a copy over UDP
+            assert hole.recv(2048)
+            assert b.local_id in a.udp._fallback_until
+            b.udp._reply_to[a.local_id] = a.udp.sockets[0].getsockname()
+            sent = b.counters.packets_sent
+            b.send_datagram(a.local_id, DG, b"an answer over udp")
+            assert await at_a.receive() == (b.local_id, b"an answer over udp")
+            assert b.counters.packets_sent == sent + 1
+    finally:
+        hole.close()
+    assert not a.udp._fallback_until
+    sent = a.counters.packets_sent
+    a.send_datagram(b.local_id, DG, b"udp again")
+    with trio.fail_after(10):
+        assert await at_b.receive() == (a.local_id, b"udp again")
+    assert a.counters.packets_sent == sent + 1
+
+
 async def test_without_sealed_datagrams_every_datagram_rides_a_connection(nursery):
     mesh = TestMesh.with_members(2)
     config = dataclasses.replace(FAST, sealed_datagrams=False)
