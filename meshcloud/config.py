@@ -86,13 +86,15 @@ class NodeConfig:
     of the agent (worker threads, processes) runs raised. ``MESHCLOUD_LOOP_PRIORITY``
     overrides it."""
 
-    loop_scheduler: str = "rr"
-    """``fair``: the event loop gets the ``loop_priority`` nice boost; ``rr`` (the
-    default): it runs real-time (SCHED_RR 2, when permitted; else the nice boost), ahead of
+    loop_scheduler: str = "fair"
+    """``fair`` (the default): the event loop gets the ``loop_priority`` nice boost;
+    ``rr``: it runs real-time (SCHED_RR 2, when permitted; else the nice boost), ahead of
     every ordinary thread of the machine, and bulk items' Python one step below it; it goes
     back to the ordinary scheduler for good if it ever runs a second of CPU without
     sleeping, and for a while if it uses more than half a core over 10 s
-    (:mod:`meshcloud.rtguard`). ``MESHCLOUD_LOOP_SCHEDULER`` overrides it."""
+    (:mod:`meshcloud.rtguard`). Not the default: a real-time loop doubled the ingress's
+    CPU per proxied request (docs/benchmarks.md, "loop priority, part 2").
+    ``MESHCLOUD_LOOP_SCHEDULER`` overrides it."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.loop_priority <= 20:

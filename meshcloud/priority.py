@@ -34,7 +34,8 @@ agent's own worker threads, not ahead of other programs. :func:`realtime_loop`
 every ordinary thread of the machine, with ``SCHED_RESET_ON_FORK`` so that nothing it
 creates is real-time, and ``RLIMIT_RTTIME`` so that a loop that stops sleeping goes back
 to the fair scheduler (docs/architecture.md, "The node and the agent"; docs/benchmarks.md,
-"loop priority"). It is the default where permitted; next to it, bulk items run their
+"loop priority"). It is opt-in (a real-time loop costs throughput: docs/benchmarks.md,
+"loop priority, part 2"); next to it, bulk items run their
 Python real-time one step below (:func:`python_work`, :func:`gil_free`: no priority
 inversion through the GIL), and :mod:`meshcloud.rtguard` takes a loop that uses too
 much CPU out of real time for a while (:func:`leave_realtime`, :func:`return_to_realtime`).
