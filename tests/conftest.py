@@ -37,6 +37,8 @@ MACHINE_LANE = (
     "tests/realproc/test_functions_image.py",      # podman
     "tests/apps/functions/test_image_functions.py",  # podman
     "tests/realproc/test_db.py",             # iptables DROP rules (partition)
+    "tests/realproc/test_db_replace.py",     # postgres and a 10 s replace delay: beside
+                                             # test_db.py, and it balances the lanes
     "tests/netns/test_nat.py",               # network namespaces, iptables NAT
     "tests/netns/test_vnet_wireguard.py",    # network namespaces, iptables, wireguard-go
     "tests/netns/test_vnet_planes.py",       # idem
@@ -45,8 +47,7 @@ MACHINE_LANE = (
     "tests/apps/runtimes/test_process_netns.py",  # network namespaces
     "tests/vnet/test_pyplane_netns.py",      # network namespaces
     "tests/vnet/test_pyplane_driver.py",     # TUN devices, network namespaces
-    "tests/realproc/test_phone_asleep.py",   # cgroups, SIGSTOP for 60 s: its 77 s also
-                                             # balance the lanes (agents ran 924 s, 771)
+    "tests/realproc/test_phone_asleep.py",   # cgroups, SIGSTOP until forgotten (~35 s)
 )
 """Test files that use something machine-wide (podman, iptables, netns, every core) or
 bound a detection time: they run one after another in the lane ``machine``, beside the

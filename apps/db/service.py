@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ from apps.ingress.ports import ephemeral_port
 from apps.leases import LEASE_DURATION, RENEW_EVERY
 from apps.workloads.leasing import LeaseService
 from meshcloud.codec.messages import decode_message, encode_message
-from meshcloud.errors import MeshError, NotFoundError
+from meshcloud.errors import ConfigError, MeshError, NotFoundError
 from meshcloud.kit.service import ServiceBase
 
 if TYPE_CHECKING:
@@ -95,10 +96,28 @@ HANDOVER_TIMEOUT = 120.0
 REPLACE_AFTER = 300.0
 """Seconds a node is down before its database copies are remade on another node."""
 LOCAL_REPLACE_AFTER = 30.0
+REPLACE_AFTER_ENV = "MESHCLOUD_DB_REPLACE_AFTER"
+"""Environment variable of ``meshcloud up`` that sets the replace delay (seconds), for
+tests that would otherwise wait the profile's delay out."""
 DB_LEASE_PROTOCOL = "/meshcloud/db-lease/1"
 LOCAL_LEASE = 6.0
 LOCAL_RENEW = 1.0
 """Lease timing under ``--profile local`` (as the workloads': one machine, fast failover)."""
+
+
+def replace_after(local: bool) -> float:
+    """Seconds a node is down before its copies are remade elsewhere: the profile's delay,
+    or ``MESHCLOUD_DB_REPLACE_AFTER`` when set (a positive number, else one clear error)."""
+    raw = os.environ.get(REPLACE_AFTER_ENV, "").strip()
+    if not raw:
+        return LOCAL_REPLACE_AFTER if local else REPLACE_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e9:
+        raise ConfigError(f"{REPLACE_AFTER_ENV}: {raw!r} is not a positive number of seconds")
+    return value
 
 
 class DbService(ServiceBase):
@@ -146,7 +165,7 @@ class DbService(ServiceBase):
         self.handing: set[str] = set()
         """Databases this node's primary is handing over (switchover): left alone."""
         self.down_since: dict[bytes, float] = {}
-        self.replace_after = LOCAL_REPLACE_AFTER if local else REPLACE_AFTER
+        self.replace_after = replace_after(local)
 
     def tables(self) -> tuple[Any, ...]:
         return (DATABASES, DB_MEMBERS, DB_BACKUPS, DB_SECRET_KEYS, DB_KEPT)

@@ -16,8 +16,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from apps.functions.bundle import pack
-from apps.functions.core import FunctionError, check_name
 from meshcloud.errors import MeshError
 from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
@@ -37,6 +35,9 @@ def _raw(api: Any, method: str, path: str, data: bytes | None, timeout: float = 
 
 
 def deploy(api: Any, name: str, root: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    from apps.functions.bundle import pack
+    from apps.functions.core import check_name
+
     check_name(name)
     bundle = pack(root)
     digest = hashlib.sha256(bundle).hexdigest()
@@ -127,6 +128,8 @@ def follow_logs(api: Any, path: str, offsets: dict[str, int], every: float = 0.5
 def parse_secrets(pairs: list[str]) -> dict[str, str]:
     """``K=V`` (or ``K=@FILE``: the file's text, so the value stays out of the shell's
     history and the process list)."""
+    from apps.functions.core import FunctionError
+
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -145,6 +148,8 @@ def parse_secrets(pairs: list[str]) -> dict[str, str]:
 
 def put_secrets(api: Any, name: str, set_: dict[str, str], remove: list[str]
                 ) -> list[str]:
+    from apps.functions.core import check_name
+
     check_name(name)
     reply = api.post(f"/v1/functions/{urllib.parse.quote(name)}/secrets",
                      {"set": set_, "remove": remove})
@@ -161,6 +166,8 @@ def _data(arg: str | None) -> bytes:
 
 @command("fn")
 def cmd_fn(args: argparse.Namespace) -> None:
+    from apps.functions.core import FunctionError
+
     api = client(args)
     verb = args.fn_command
     if verb == "deploy":
@@ -356,4 +363,4 @@ def add_parsers(sub: Any) -> None:
 
 
 EXTENSIONS.append(add_parsers)
-__all__ = ["FunctionError", "deploy", "invoke"]
+__all__ = ["deploy", "invoke"]

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from apps.sites.manifest import MAX_FILES, SiteError, check_path
 from meshcloud.errors import MeshError
 from meshcloud.kit.cli import EXTENSIONS, client, command, print_json
 
@@ -29,6 +28,8 @@ SKIP_DIRS = {".git", ".hg", ".svn"}
 def scan_tree(root: Path) -> list[tuple[str, Path, int, str]]:
     """Every regular file under ``root`` as (site path, file, size, sha256), sorted; a
     name the site cannot serve is one clear error before anything is uploaded."""
+    from apps.sites.manifest import MAX_FILES, SiteError, check_path
+
     if not root.is_dir():
         raise SiteError(f"{root} is not a directory")
     out: list[tuple[str, Path, int, str]] = []

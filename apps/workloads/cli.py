@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from apps.workloads.errors import SpecError
-from apps.workloads.spec import parse_env, spec_from_toml
 from meshcloud.errors import MeshError
 from meshcloud.kit.cli import EXTENSIONS, client, command, parse_duration, print_json
 
@@ -29,6 +28,8 @@ def _quote(text: str) -> str:
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The spec dict of ``meshcloud run`` flags (checked by the agent, all at once)."""
+    from apps.workloads.spec import parse_env
+
     problems: list[str] = []
     env: dict[str, str] = {}
     for item in args.env or []:
@@ -152,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 @command("deploy")
 def cmd_deploy(args: argparse.Namespace) -> None:
+    from apps.workloads.spec import spec_from_toml
+
     path = Path(args.file)
     try:
         text = path.read_text()

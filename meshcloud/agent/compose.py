@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 if TYPE_CHECKING:
+    import trio
+
     from meshcloud.api.face import AgentFace
     from meshcloud.kit.service import NodeContext, Service
 
@@ -67,10 +67,10 @@ def clean_workloads(data_dir: Path) -> list[str]:
     return clean(data_dir)
 
 
-async def serve_faces(node: AgentFace, *,
-                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-                      ) -> None:
-    """The node's API and web UI until cancelled; ``task_status`` gets the bound URLs."""
+async def serve_faces(node: AgentFace, *, task_status: trio.TaskStatus[list[str]]) -> None:
+    """The node's API and web UI until cancelled (``nursery.start``: ``task_status`` gets
+    the bound URLs). trio is imported by the agent only, not at module level here: every
+    CLI command imports this module for its verbs and needs no event loop."""
     from meshcloud.api.server import serve_api
 
     await serve_api(node, task_status=task_status)

@@ -263,45 +263,6 @@ def test_failover_keeps_every_acknowledged_row_and_the_old_primary_rejoins(clust
                message="synchronous standby again")
 
 
-def test_a_lost_standby_is_remade_on_another_node_and_the_old_one_drops_its_copy(cluster):
-    a = cluster.agents[0]
-    for agent in cluster.agents:  # the previous test restarted one
-        wait_until(lambda agent=agent: agent.get("/v1/status") is not None, 60,
-                   message="agent up")
-    wait_until(lambda: sum(m["state"] == "alive" for m in a.get("/v1/members")) >= 3,
-               120, message="3 members")
-    a.cli("db", "create", "stock", "--standbys", "1", "--port", str(ephemeral_port()))
-    wait_until(lambda: ready(a, "stock", 1), 180, interval=0.5, message="stock ready")
-    before = roles(a, "stock")
-    primary_hex = next(n for n, r in before.items() if r == "primary")
-    standby_hex = next(n for n, r in before.items() if r == "standby")
-    lost = agent_of(cluster, standby_hex)
-    third = next(x for x in cluster.agents if x.node_id not in (primary_hex, standby_hex))
-    observer = agent_of(cluster, primary_hex)
-    url = via(a.cli("db", "url", "stock").stdout.strip(),
-              ADDRESSES[cluster.agents.index(third)])
-    assert psql(url, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").returncode == 0
-
-    lost.kill()
-    kill_postgres(lost, signal.SIGKILL)
-    # writes go on (the primary degrades to asynchronous while no standby streams)
-    assert psql(url, "INSERT INTO t VALUES (2)", timeout=60).returncode == 0
-    wait_until(lambda: roles(observer, "stock") == {primary_hex: "primary",
-                                                     third.node_id: "standby"},
-               240, interval=0.5, message="a new standby on the third node")
-    wait_until(lambda: psql(url, "SELECT sync_state FROM pg_stat_replication"
-                            ).stdout.split() == ["quorum"], 60, interval=0.5,
-               message="synchronous again with the new standby")
-    assert psql(url, "INSERT INTO t VALUES (3); SELECT count(*) FROM t"
-                ).stdout.split()[-1] == "3"
-
-    # the lost node comes back: outside the group now, it drops its copy, never serves
-    lost.start()
-    wait_until(lambda: not any(p.name == "stock" for p in db_roots(lost)), 180,
-               interval=0.5, message="the returning node dropped its copy")
-    assert roles(observer, "stock") == {primary_hex: "primary", third.node_id: "standby"}
-
-
 def test_partition_of_the_primary_never_gives_two_primaries_accepting_writes(cluster):
     """iptables DROP between the primary's address and the others' (the transport dials
     from its listen address). Writes are tried on both sides all along: straight to the

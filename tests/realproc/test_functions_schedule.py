@@ -43,6 +43,12 @@ def cluster(tmp_path_factory):
 
 
 def ticks(agent) -> dict[int, dict]:
+    """The ticks of ``tick`` as the API lists them (what ``fn ticks --json`` prints: the
+    waits poll the API, as a CLI process per poll would cost more CPU than the agents)."""
+    return {r["tick"]: r for r in agent.get("/v1/functions/tick/ticks")["ticks"]}
+
+
+def cli_ticks(agent) -> dict[int, dict]:
     return {r["tick"]: r for r in json.loads(agent.cli("fn", "ticks", "tick", "--json")
                                              .stdout)}
 
@@ -87,6 +93,7 @@ def test_every_tick_once_while_the_scheduler_dies(cluster, tmp_path):
     wait_until(lambda: all(r["state"] == "done" for r in ticks(others[0]).values()), 30,
                interval=0.5, message="the last ticks done")
     rows = ticks(others[0])
+    assert cli_ticks(others[0]) == rows  # the CLI shows the same rows
     first, last = min(rows), max(rows)
     # none skipped: every firing time from the first to the last has its row
     assert sorted(rows) == list(range(first, last + 1, EVERY)), sorted(rows)
@@ -124,9 +131,13 @@ def http_event(address: str, target: str, body: bytes, ident: str = "") -> tuple
         conn.close()
 
 
+def invocation_rows(agent, name: str) -> list[dict]:
+    """What ``fn invocations NAME --json`` prints, from the API (polled: see ``ticks``)."""
+    return agent.get(f"/v1/functions/{name}/invocations")["invocations"]
+
+
 def invocations(agent) -> dict[str, dict]:
-    return {r["id"]: r for r in json.loads(agent.cli("fn", "invocations", "tick", "--json")
-                                           .stdout)}
+    return {r["id"]: r for r in invocation_rows(agent, "tick")}
 
 
 def test_async_invocations_queued_run_once_and_retried(cluster):
@@ -150,6 +161,8 @@ def test_async_invocations_queued_run_once_and_retried(cluster):
                message="the failing one given up after its attempts")
     row = invocations(c)[queued]
     assert row["attempts"] == 5 and "asked to fail" in row["message"], row
+    listed = json.loads(c.cli("fn", "invocations", "tick", "--json").stdout)
+    assert {r["id"]: r for r in listed} == invocations(c)  # the CLI shows the same rows
     assert invocations(c)["order-1"]["attempts"] == 1
     logs = c.cli("fn", "logs", "tick", "--lines", "10000").stdout
     assert logs.count("ASYNCRAN order-1") == 1, logs  # the repeated id queued nothing new
@@ -179,7 +192,7 @@ def handle(event, context):
     c.cli("cp", str(data), "s3://inbox/elsewhere.txt")  # not under the prefix
 
     def done() -> bool:
-        rows = json.loads(c.cli("fn", "invocations", "onobj", "--json").stdout)
+        rows = invocation_rows(c, "onobj")
         return len(rows) == 1 and rows[0]["state"] == "done"
 
     wait_until(done, 60, interval=0.3, message="the bucket event ran onobj")
@@ -220,7 +233,7 @@ def handle(event, context):
     c.start()
 
     def done() -> bool:
-        rows = json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout)
+        rows = invocation_rows(a, "crashobj")
         return len(rows) == 1 and rows[0]["state"] == "done"
 
     wait_until(done, 90, interval=0.5, message="the event lost in the crash ran")
@@ -248,7 +261,7 @@ def handle(event, context):
     c.start()
 
     def all_done(n: int) -> bool:
-        rows = json.loads(a.cli("fn", "invocations", "crashobj", "--json").stdout)
+        rows = invocation_rows(a, "crashobj")
         return len(rows) == n and all(r["state"] == "done" for r in rows)
 
     wait_until(lambda: all_done(2), 90, interval=0.5, message="the lost delete ran")
